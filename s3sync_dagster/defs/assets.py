@@ -1,0 +1,126 @@
+"""The indexing asset of a source: one dynamic partition per object key, many keys per run."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.sync import KeyReport, sync_keys
+from s3sync_dagster.resources import ChromaResource, EmbeddingResource, S3SourceResource, source_resource_key
+
+# A UI backfill over many keys becomes runs of this many keys each, never one run per object.
+KEYS_PER_RUN = 100
+
+
+def partitions_name(source_name: str) -> str:
+    return f"{source_name}_objects"
+
+
+def documents_asset_key(source_name: str) -> dg.AssetKey:
+    return dg.AssetKey([source_name, "documents"])
+
+
+def partitions_def(source_name: str) -> dg.DynamicPartitionsDefinition:
+    return dg.DynamicPartitionsDefinition(name=partitions_name(source_name))
+
+
+def _key_metadata(report: KeyReport) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "object_key": report.object_key,
+        "status": report.status,
+        "collection": report.collection_name,
+        "bytes": report.size_bytes,
+        "etag": report.etag,
+        "chunks": report.chunk_count,
+        "chunks_written": report.chunks_written,
+        "chunks_embedded": report.chunks_embedded,
+        "chunks_metadata_only": report.chunks_metadata_only,
+        "chunks_unchanged": report.chunks_unchanged,
+        "chunks_deleted": report.chunks_deleted,
+        "chunker": report.chunker,
+        "duration_s": round(report.duration_s, 4),
+    }
+    if report.language:
+        metadata["language"] = report.language
+    if report.extractor:
+        metadata["extractor"] = report.extractor
+    if report.message:
+        metadata["message"] = report.message
+    if report.preview:
+        metadata["preview"] = dg.MetadataValue.md(f"```\n{report.preview}\n```")
+    return metadata
+
+
+def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
+    s3_key = source_resource_key(source.name)
+    asset_key = documents_asset_key(source.name)
+
+    @dg.asset(
+        key=asset_key,
+        partitions_def=partitions_def(source.name),
+        kinds={"s3", "chroma"},
+        group_name=source.name,
+        description=(
+            f"Chunks of the objects in s3://{source.bucket_name}/{source.path_prefix} "
+            f"in Chroma collection '{source.collection_name}'. One partition per object key."
+        ),
+        metadata={
+            "collection": source.collection_name,
+            "bucket": source.bucket_name,
+            "path_prefix": source.path_prefix,
+            "chunking": source.chunking.signature(),
+        },
+        required_resource_keys={s3_key, "chroma", "embedding"},
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=KEYS_PER_RUN),
+        # Each key reports its own materialisation below; the step itself yields no output.
+        output_required=False,
+    )
+    def documents(context: dg.AssetExecutionContext) -> Iterator[dg.Output[None]]:
+        s3_source: S3SourceResource = getattr(context.resources, s3_key)
+        chroma: ChromaResource = context.resources.chroma
+        embedding: EmbeddingResource = context.resources.embedding
+        spec = s3_source.spec()
+        object_keys = [keys.to_object_key(partition_key) for partition_key in context.partition_keys]
+        context.log.info(f"syncing {len(object_keys)} object(s) of source '{spec.name}' into {chroma.describe()}")
+        collections: dict[str, Any] = {}
+
+        def collection_for(name: str) -> Any:
+            if name not in collections:
+                collections[name] = chroma.collection(name, embedding)
+            return collections[name]
+
+        def record(report: KeyReport) -> None:
+            partition_key = keys.to_partition_key(report.object_key)
+            if report.status == "failed":
+                context.log.error(f"object '{report.object_key}' failed: {report.message}")
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=asset_key, partition=partition_key, metadata={"error": report.message, "status": "failed"}
+                    )
+                )
+                return
+            context.log.info(
+                f"{report.status}: '{report.object_key}' ({report.chunk_count} chunks, "
+                f"{report.chunks_written} written, {report.chunks_deleted} deleted)"
+            )
+            context.log_event(
+                dg.AssetMaterialization(asset_key=asset_key, partition=partition_key, metadata=_key_metadata(report))
+            )
+
+        embed = embedding.function()
+        with chroma.write_lock():
+            reports = sync_keys(s3_source.get_client(), spec, collection_for, embed, object_keys, on_report=record)
+        failed = [report for report in reports if report.status == "failed"]
+        if failed:
+            shown = "\n".join(f"- {report.object_key}: {report.message}" for report in failed[:20])
+            more = f"\n(and {len(failed) - 20} more)" if len(failed) > 20 else ""
+            raise dg.Failure(
+                description=f"{len(failed)} of {len(reports)} object(s) failed; the others were indexed:\n{shown}{more}",
+                metadata={"failed_keys": [report.object_key for report in failed], "failed_count": len(failed)},
+                allow_retries=False,
+            )
+        yield from ()
+
+    return documents

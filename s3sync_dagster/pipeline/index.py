@@ -1,0 +1,214 @@
+"""Chunks -> Chroma: replace an object's chunks exactly, skip what did not change, delete, in client batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from chromadb.api.models.Collection import Collection
+
+MetadataValue = str | int | float | bool | list[str] | list[int] | list[float] | list[bool]
+Metadata = dict[str, MetadataValue]
+Embedder = Callable[[list[str]], Sequence[Any]]
+
+# Keys this project writes on every chunk; user metadata may not overwrite them.
+RESERVED_METADATA_KEYS = frozenset(
+    {
+        "object_key", "bucket_name", "source", "etag", "last_modified", "size_bytes",
+        "chunk_index", "chunk_count", "start_line", "end_line", "language", "chunker",
+        "custom_id", "document_id", "sync_signature", "extractor",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    chunk_id: str
+    text: str
+    metadata: Metadata
+
+
+@dataclass
+class WriteStats:
+    written: int = 0  # chunks whose text is new or changed (embedded or reused by text)
+    embedded: int = 0  # of those, how many needed the model
+    metadata_only: int = 0  # same text, new metadata (no embedding, no vector rewrite)
+    unchanged: int = 0
+    deleted: int = 0
+    skipped: bool = False  # the object was already indexed as it is: nothing read, nothing written
+    stale_ids: list[str] = field(default_factory=list)
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def max_batch_size(collection: Collection) -> int:
+    # The client's own limit (5461 here): one record more raises.
+    return int(collection._client.get_max_batch_size())
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    chunk_id: str
+    text: str | None
+    metadata: Mapping[str, Any]
+
+
+def stored_chunks(collection: Collection, object_key: str, with_text: bool = True) -> dict[str, StoredChunk]:
+    include: list[Any] = ["metadatas", "documents"] if with_text else ["metadatas"]
+    found = collection.get(where={"object_key": object_key}, include=include)
+    documents = found.get("documents") or [None] * len(found["ids"])
+    metadatas = found.get("metadatas") or [{}] * len(found["ids"])
+    return {
+        chunk_id: StoredChunk(chunk_id, text, metadata or {})
+        for chunk_id, text, metadata in zip(found["ids"], documents, metadatas, strict=True)
+    }
+
+
+def is_current(stored: Mapping[str, StoredChunk], document_id: str, etag: str, sync_signature: str) -> bool:
+    """True when the collection holds exactly the chunks this object version and these settings produce."""
+    if not stored:
+        return False
+    count = next(iter(stored.values())).metadata.get("chunk_count")
+    if not isinstance(count, int) or count != len(stored):
+        return False
+    expected_ids = {f"{document_id}-{index}" for index in range(count)}
+    return set(stored) == expected_ids and all(
+        chunk.metadata.get("etag") == etag and chunk.metadata.get("sync_signature") == sync_signature
+        for chunk in stored.values()
+    )
+
+
+def _with_deletions(new: Metadata, old: Mapping[str, Any]) -> dict[str, Any]:
+    # Chroma merges metadata on update/upsert; a key the new version lacks must be removed with None.
+    merged: dict[str, Any] = dict(new)
+    merged.update({key: None for key in old if key not in new})
+    return merged
+
+
+def replace_chunks(
+    collection: Collection,
+    records: Sequence[ChunkRecord],
+    stored: Mapping[str, StoredChunk],
+    embed: Embedder,
+) -> WriteStats:
+    """Make the collection hold exactly `records` for this object, touching only what differs.
+
+    New rows are written before stale rows are deleted, so a crash leaves extra rows (which the next
+    sync's `is_current` check notices) rather than a gap.
+    """
+    stats = WriteStats()
+    batch = max_batch_size(collection)
+    to_write: list[ChunkRecord] = []
+    to_update: list[ChunkRecord] = []
+    for record in records:
+        old = stored.get(record.chunk_id)
+        if old is None or old.text != record.text:
+            to_write.append(record)
+        elif dict(old.metadata) != record.metadata:
+            to_update.append(record)
+        else:
+            stats.unchanged += 1
+
+    vectors = _vectors_for(collection, to_write, stored, embed, stats)
+    for part in _batches(list(range(len(to_write))), batch):
+        collection.upsert(
+            ids=[to_write[i].chunk_id for i in part],
+            documents=[to_write[i].text for i in part],
+            embeddings=[vectors[i] for i in part],
+            metadatas=[
+                _with_deletions(to_write[i].metadata, stored[to_write[i].chunk_id].metadata)
+                if to_write[i].chunk_id in stored
+                else to_write[i].metadata
+                for i in part
+            ],  # type: ignore[misc]
+        )
+    stats.written = len(to_write)
+    for part_records in _batches(to_update, batch):
+        collection.update(
+            ids=[record.chunk_id for record in part_records],
+            metadatas=[_with_deletions(record.metadata, stored[record.chunk_id].metadata) for record in part_records],  # type: ignore[misc]
+        )
+    stats.metadata_only = len(to_update)
+
+    keep = {record.chunk_id for record in records}
+    stale = sorted(chunk_id for chunk_id in stored if chunk_id not in keep)
+    for part_ids in _batches(stale, batch):
+        collection.delete(ids=list(part_ids))
+    stats.deleted = len(stale)
+    stats.stale_ids = stale
+    return stats
+
+
+def _vectors_for(
+    collection: Collection,
+    records: Sequence[ChunkRecord],
+    stored: Mapping[str, StoredChunk],
+    embed: Embedder,
+    stats: WriteStats,
+) -> list[Any]:
+    """Embeddings for records, reusing the stored vector of any chunk with the same text (a shifted chunk)."""
+    if not records:
+        return []
+    reusable_ids: dict[str, str] = {}
+    for chunk in stored.values():
+        if chunk.text is not None:
+            reusable_ids.setdefault(chunk.text, chunk.chunk_id)
+    wanted = {reusable_ids[r.text] for r in records if r.text in reusable_ids}
+    reused: dict[str, Any] = {}
+    if wanted:
+        found = collection.get(ids=sorted(wanted), include=["embeddings", "documents"])
+        embeddings = found.get("embeddings")
+        documents = found.get("documents") or []
+        if embeddings is not None:
+            for text, vector in zip(documents, embeddings, strict=True):
+                if text is not None:
+                    reused[text] = vector
+    # Each distinct new text is embedded once, even when it repeats within the object.
+    fresh_texts = sorted({r.text for r in records if r.text not in reused})
+    fresh = dict(zip(fresh_texts, embed(fresh_texts), strict=True)) if fresh_texts else {}
+    stats.embedded = len(fresh_texts)
+    return [reused[r.text] if r.text in reused else fresh[r.text] for r in records]
+
+
+def delete_object(collection: Collection, object_key: str) -> int:
+    """Remove every chunk of an object, whatever id scheme wrote it; returns how many."""
+    ids = list(stored_chunks(collection, object_key, with_text=False))
+    for part in _batches(ids, max_batch_size(collection)):
+        collection.delete(ids=list(part))
+    return len(ids)
+
+
+def validate_user_metadata(metadata: Mapping[str, Any], what: str) -> Metadata:
+    """Sync API rule: scalars (str, number, bool, null) or non-empty homogeneous arrays of scalars.
+
+    Null values are dropped (Chroma stores no nulls); reserved keys are refused rather than silently lost.
+    """
+    clean: Metadata = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{what}: metadata keys must be non-empty strings (got {key!r})")
+        if key in RESERVED_METADATA_KEYS:
+            raise ValueError(f"{what}: metadata key '{key}' is reserved for the sync's own metadata")
+        if value is None:
+            continue
+        if isinstance(value, (str, bool, int, float)):
+            clean[key] = value
+        elif isinstance(value, list):
+            if not value:
+                raise ValueError(f"{what}: metadata '{key}' is an empty array; arrays need at least one value")
+            kinds = {type(item) for item in value}
+            if len(kinds) != 1 or not kinds <= {str, bool, int, float}:
+                raise ValueError(
+                    f"{what}: metadata '{key}' must be an array of one scalar type (got {sorted(k.__name__ for k in kinds)})"
+                )
+            clean[key] = list(value)
+        else:
+            raise ValueError(
+                f"{what}: metadata '{key}' must be a string, number, boolean, null or an array of one of those "
+                f"(got {type(value).__name__})"
+            )
+    return clean

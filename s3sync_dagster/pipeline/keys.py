@@ -1,0 +1,54 @@
+"""Object key <-> partition key, and the chunk id scheme."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from urllib.parse import unquote
+
+# Dagster refuses "..." and control characters in partition keys, a "," splits a UI backfill
+# selection and a "|" breaks adding a partition in the UI. S3 keys may hold all of them, so those
+# characters are percent-encoded; "%" itself is always encoded, which makes the mapping reversible
+# while ordinary keys ("docs/guide v2.md") stay exactly as they are.
+_ALWAYS_ENCODED = frozenset("%,|")
+_DOT_RUN = re.compile(r"\.{3,}")
+MAX_CUSTOM_ID_BYTES = 120
+
+
+def _needs_encoding(char: str) -> bool:
+    # Cc: ASCII and C1 controls; Zl/Zp: unicode line/paragraph separators, which split log lines.
+    return char in _ALWAYS_ENCODED or unicodedata.category(char) in ("Cc", "Zl", "Zp")
+
+
+def _percent(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+
+
+def to_partition_key(object_key: str) -> str:
+    """A Dagster-safe partition key for an S3 object key; `to_object_key` undoes it."""
+    escaped = "".join(_percent(char) if _needs_encoding(char) else char for char in object_key)
+    # Every dot of a run of three or more is encoded so no "..." remains.
+    return _DOT_RUN.sub(lambda run: "%2E" * len(run.group()), escaped)
+
+
+def to_object_key(partition_key: str) -> str:
+    return unquote(partition_key, encoding="utf-8", errors="strict")
+
+
+def object_id(object_key: str) -> str:
+    """The document id Chroma Sync uses when no custom id is given: sha256 of the UTF-8 key, hex."""
+    return hashlib.sha256(object_key.encode("utf-8")).hexdigest()
+
+
+def chunk_id(document_id: str, chunk_index: int) -> str:
+    return f"{document_id}-{chunk_index}"
+
+
+def validate_custom_id(custom_id: str) -> str:
+    size = len(custom_id.encode("utf-8"))
+    if not custom_id:
+        raise ValueError("custom id is empty")
+    if size > MAX_CUSTOM_ID_BYTES:
+        raise ValueError(f"custom id is {size} bytes; at most {MAX_CUSTOM_ID_BYTES} bytes are allowed")
+    return custom_id

@@ -1,0 +1,140 @@
+"""S3 objects: HEAD, bounded GET, paged listing under a prefix with include/exclude globs."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+S3Client = Any  # a boto3 S3 client; boto3 ships no type stubs
+
+
+class ObjectError(Exception):
+    """An object could not be read, or breaks a rule; the message names the object and the rule."""
+
+
+class ObjectMissing(ObjectError):
+    """The object does not exist (any more)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    object_key: str
+    size: int
+    etag: str
+    last_modified: str  # ISO 8601, UTC
+
+
+def _etag(raw: str) -> str:
+    return raw.strip('"')
+
+
+def _describe(error: ClientError) -> str:
+    details = error.response.get("Error", {})
+    return f"{details.get('Code', 'error')}: {details.get('Message', '') or 'no message'}".rstrip(": ")
+
+
+def head_object(s3: S3Client, bucket_name: str, object_key: str) -> ObjectInfo:
+    try:
+        head = s3.head_object(Bucket=bucket_name, Key=object_key)
+    except ClientError as error:
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 404:
+            raise ObjectMissing(f"object '{object_key}' does not exist in bucket '{bucket_name}'") from None
+        raise ObjectError(f"object '{object_key}' in bucket '{bucket_name}': HEAD failed ({_describe(error)})") from None
+    return ObjectInfo(
+        object_key=object_key,
+        size=int(head["ContentLength"]),
+        etag=_etag(head["ETag"]),
+        last_modified=head["LastModified"].isoformat(),
+    )
+
+
+def check_size(info: ObjectInfo, max_object_bytes: int) -> None:
+    if info.size > max_object_bytes:
+        raise ObjectError(
+            f"object '{info.object_key}' is {info.size:,} bytes, over the limit of "
+            f"{max_object_bytes:,} bytes per object (max_object_bytes)"
+        )
+
+
+def read_object(s3: S3Client, bucket_name: str, info: ObjectInfo, max_object_bytes: int) -> bytes:
+    """GET the very version HEAD saw (If-Match on its ETag), refusing it before download if too large."""
+    check_size(info, max_object_bytes)
+    try:
+        response = s3.get_object(Bucket=bucket_name, Key=info.object_key, IfMatch=f'"{info.etag}"')
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code")
+        if code == "PreconditionFailed":
+            raise ObjectError(
+                f"object '{info.object_key}' changed while it was being read (ETag is no longer {info.etag}); "
+                "the next sync picks up the new version"
+            ) from None
+        raise ObjectError(f"object '{info.object_key}' in bucket '{bucket_name}': GET failed ({_describe(error)})") from None
+    body: bytes = response["Body"].read(max_object_bytes + 1)
+    if len(body) > max_object_bytes:  # the object grew behind HEAD's back
+        check_size(ObjectInfo(info.object_key, len(body), info.etag, info.last_modified), max_object_bytes)
+    return body
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """`**` crosses folders, `*` and `?` stay within one; a pattern with no `/` matches the file name."""
+    if "/" not in pattern:
+        pattern = "**/" + pattern
+    out: list[str] = []
+    index = 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            out.append("(?:.*/)?")
+            index += 3
+        elif pattern.startswith("**", index):
+            out.append(".*")
+            index += 2
+        elif pattern[index] == "*":
+            out.append("[^/]*")
+            index += 1
+        elif pattern[index] == "?":
+            out.append("[^/]")
+            index += 1
+        else:
+            out.append(re.escape(pattern[index]))
+            index += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def key_selected(object_key: str, path_prefix: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Whether a key belongs to a source: under its prefix, matching an include glob (if any), no exclude glob."""
+    if not object_key.startswith(path_prefix) or object_key.endswith("/"):
+        return False
+    if include and not any(_glob_regex(p).fullmatch(object_key) for p in include):
+        return False
+    return not any(_glob_regex(p).fullmatch(object_key) for p in exclude)
+
+
+def list_objects(
+    s3: S3Client,
+    bucket_name: str,
+    path_prefix: str = "",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    page_size: int = 1000,
+) -> Iterator[ObjectInfo]:
+    """Every selected object under the prefix, paging ListObjectsV2 lazily."""
+    paginator = s3.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket_name, Prefix=path_prefix, PaginationConfig={"PageSize": page_size}):
+            for entry in page.get("Contents", []):
+                if key_selected(entry["Key"], path_prefix, include, exclude):
+                    yield ObjectInfo(
+                        object_key=entry["Key"],
+                        size=int(entry["Size"]),
+                        etag=_etag(entry["ETag"]),
+                        last_modified=entry["LastModified"].isoformat(),
+                    )
+    except ClientError as error:
+        raise ObjectError(f"listing bucket '{bucket_name}' under '{path_prefix}' failed ({_describe(error)})") from None

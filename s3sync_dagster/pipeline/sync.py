@@ -1,0 +1,240 @@
+"""One object, top to bottom: HEAD -> skip check -> bytes -> text -> chunks -> Chroma; and a loop over many keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from chromadb.api.models.Collection import Collection
+
+from s3sync_dagster.pipeline import chunk, extract, index, keys, objects
+from s3sync_dagster.pipeline.objects import S3Client
+
+# Bump when chunking or extraction changes what a given object produces: every object re-indexes once.
+PIPELINE_VERSION = "1"
+PREVIEW_CHARS = 160
+
+Status = Literal["indexed", "unchanged", "empty", "removed", "failed"]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What the engine needs to know of a source, as plain values."""
+
+    name: str
+    bucket_name: str
+    collection_name: str
+    path_prefix: str = ""
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    chunking_mode: Literal["tree_sitter", "lines"] = "tree_sitter"
+    max_size_bytes: int = 4096
+    max_lines: int = 10
+    max_object_bytes: int = 200 * 1024 * 1024
+
+    @property
+    def chunking_signature(self) -> str:
+        return f"{self.chunking_mode}:{self.max_size_bytes}:{self.max_lines}"
+
+
+@dataclass
+class KeyReport:
+    """What happened to one object key, as reported on its materialisation."""
+
+    object_key: str
+    status: Status
+    collection_name: str
+    size_bytes: int = 0
+    etag: str = ""
+    chunk_count: int = 0
+    chunks_written: int = 0
+    chunks_embedded: int = 0
+    chunks_metadata_only: int = 0
+    chunks_unchanged: int = 0
+    chunks_deleted: int = 0
+    chunker: str = ""
+    language: str | None = None
+    extractor: str = ""
+    duration_s: float = 0.0
+    preview: str = ""
+    message: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CollectionFor = Callable[[str], Collection]
+
+
+def sync_signature(spec: SourceSpec, custom_id: str | None, user_metadata: Mapping[str, Any]) -> str:
+    """Everything besides the object's bytes that decides its chunks: a change re-indexes the object."""
+    settings = {
+        "pipeline": PIPELINE_VERSION,
+        "chunking": spec.chunking_signature,
+        "custom_id": custom_id,
+        "metadata": user_metadata,
+        "source": spec.name,
+        "bucket": spec.bucket_name,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_key_in_source(spec: SourceSpec, object_key: str) -> None:
+    if not object_key.startswith(spec.path_prefix):
+        raise ValueError(
+            f"object key '{object_key}' does not start with source '{spec.name}' path_prefix '{spec.path_prefix}'"
+        )
+
+
+def sync_object(
+    s3: S3Client,
+    spec: SourceSpec,
+    collection_for: CollectionFor,
+    embed: index.Embedder,
+    object_key: str,
+    *,
+    custom_id: str | None = None,
+    user_metadata: Mapping[str, Any] | None = None,
+    target_collection_name: str | None = None,
+) -> KeyReport:
+    """Bring one object's chunks in Chroma up to date. Raises on bad input, naming the object and the rule."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(step: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[step] = timings.get(step, 0.0) + (now - since)
+        return now
+
+    check_key_in_source(spec, object_key)
+    if custom_id is not None:
+        keys.validate_custom_id(custom_id)
+    metadata = index.validate_user_metadata(user_metadata or {}, f"object '{object_key}'")
+    collection_name = target_collection_name or spec.collection_name
+    collection = collection_for(collection_name)
+    report = KeyReport(object_key=object_key, status="indexed", collection_name=collection_name, timings=timings)
+
+    mark = time.perf_counter()
+    try:
+        info = objects.head_object(s3, spec.bucket_name, object_key)
+    except objects.ObjectMissing:
+        # Gone from the bucket: its chunks go too, so the collection mirrors the bucket.
+        report.chunks_deleted = index.delete_object(collection, object_key)
+        report.status = "removed"
+        report.message = f"object '{object_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
+        report.duration_s = time.perf_counter() - started
+        return report
+    mark = lap("s3_head", mark)
+    report.size_bytes, report.etag = info.size, info.etag
+    objects.check_size(info, spec.max_object_bytes)
+
+    document_id = custom_id or keys.object_id(object_key)
+    signature = sync_signature(spec, custom_id, metadata)
+    stored = index.stored_chunks(collection, object_key, with_text=False)
+    mark = lap("chroma_read", mark)
+    if index.is_current(stored, document_id, info.etag, signature):
+        report.status = "unchanged"
+        report.chunk_count = report.chunks_unchanged = len(stored)
+        report.chunker = str(next(iter(stored.values())).metadata.get("chunker", ""))
+        report.message = "already indexed at this ETag with these settings: nothing read or written"
+        report.duration_s = time.perf_counter() - started
+        return report
+
+    data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
+    mark = lap("s3_read", mark)
+    extracted = extract.extract_text(object_key, data)
+    mark = lap("extract", mark)
+    chunked = chunk.chunk_text(
+        extracted.text,
+        object_key,
+        mode=spec.chunking_mode,
+        max_size_bytes=spec.max_size_bytes,
+        max_lines=spec.max_lines,
+        markdown=extracted.markdown,
+    )
+    mark = lap("chunk", mark)
+    report.chunker, report.language, report.extractor = chunked.chunker, chunked.language, extracted.extractor
+    report.chunk_count = len(chunked.chunks)
+    report.preview = extracted.text[:PREVIEW_CHARS]
+
+    count = len(chunked.chunks)
+    records = []
+    for position, piece in enumerate(chunked.chunks):
+        chunk_metadata: index.Metadata = dict(metadata)
+        chunk_metadata.update(
+            {
+                "object_key": object_key,
+                "bucket_name": spec.bucket_name,
+                "source": spec.name,
+                "etag": info.etag,
+                "last_modified": info.last_modified,
+                "size_bytes": info.size,
+                "chunk_index": position,
+                "chunk_count": count,
+                "start_line": piece.start_line,
+                "end_line": piece.end_line,
+                "chunker": chunked.chunker,
+                "extractor": extracted.extractor,
+                "document_id": document_id,
+                "sync_signature": signature,
+            }
+        )
+        if chunked.language is not None:
+            chunk_metadata["language"] = chunked.language
+        if custom_id is not None:
+            chunk_metadata["custom_id"] = custom_id
+        records.append(index.ChunkRecord(keys.chunk_id(document_id, position), piece.text, chunk_metadata))
+
+    full_stored = index.stored_chunks(collection, object_key, with_text=True) if stored else {}
+    stats = index.replace_chunks(collection, records, full_stored, embed)
+    lap("chroma_write", mark)
+    report.chunks_written = stats.written
+    report.chunks_embedded = stats.embedded
+    report.chunks_metadata_only = stats.metadata_only
+    report.chunks_unchanged = stats.unchanged
+    report.chunks_deleted = stats.deleted
+    if count == 0:
+        report.status = "empty"
+        report.message = f"object '{object_key}' has no text ({info.size} bytes): nothing indexed"
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def failure_message(object_key: str, error: Exception) -> str:
+    """Our own errors already name the object and rule; anything else gets the object named for it."""
+    if isinstance(error, (objects.ObjectError, extract.ExtractionError, ValueError)):
+        return str(error)
+    return f"object '{object_key}': {type(error).__name__}: {error}"
+
+
+def sync_keys(
+    s3: S3Client,
+    spec: SourceSpec,
+    collection_for: CollectionFor,
+    embed: index.Embedder,
+    object_keys: Iterable[str],
+    on_report: Callable[[KeyReport], None] | None = None,
+) -> list[KeyReport]:
+    """Sync many keys; a key that fails is reported as failed and never stops the others."""
+    reports = []
+    for object_key in object_keys:
+        started = time.perf_counter()
+        try:
+            report = sync_object(s3, spec, collection_for, embed, object_key)
+        except Exception as error:  # one bad object fails its own key, never the others
+            report = KeyReport(
+                object_key=object_key,
+                status="failed",
+                collection_name=spec.collection_name,
+                message=failure_message(object_key, error),
+                duration_s=time.perf_counter() - started,
+            )
+        reports.append(report)
+        if on_report is not None:
+            on_report(report)
+    return reports

@@ -1,0 +1,221 @@
+"""Dagster resources: an S3 source (on dagster-aws's S3Resource), the Chroma store, the embedding model."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig
+from s3sync_dagster.pipeline.sync import SourceSpec
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+    from s3sync_dagster.pipeline.embed import LazySentenceTransformer
+
+
+class S3SourceResource(S3Resource):
+    """One configured S3 source: where its objects live, which keys belong to it, how they are chunked.
+
+    Credentials are `dg.EnvVar`s (shown by name, never by value, in the UI and run config), or absent,
+    in which case boto3's default credential chain (environment, profile, instance role) applies.
+    """
+
+    source_name: str
+    bucket_name: str
+    collection_name: str
+    path_prefix: str = ""
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    chunking_mode: str = "tree_sitter"
+    chunk_max_size_bytes: int = 4096
+    chunk_max_lines: int = 10
+    max_object_bytes: int = 200 * 1024 * 1024
+
+    def get_object_to_set_on_execution_context(self) -> Any:
+        # S3Resource hands ops a bare boto3 client; the asset needs the source's settings too.
+        return self
+
+    def spec(self) -> SourceSpec:
+        if self.chunking_mode not in ("tree_sitter", "lines"):
+            raise ValueError(f"source '{self.source_name}': chunking_mode must be tree_sitter or lines")
+        return SourceSpec(
+            name=self.source_name,
+            bucket_name=self.bucket_name,
+            collection_name=self.collection_name,
+            path_prefix=self.path_prefix,
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+            chunking_mode=self.chunking_mode,  # type: ignore[arg-type]
+            max_size_bytes=self.chunk_max_size_bytes,
+            max_lines=self.chunk_max_lines,
+            max_object_bytes=self.max_object_bytes,
+        )
+
+
+def _env(ref: EnvRef | None) -> Any:
+    return dg.EnvVar(ref.env) if ref is not None else None
+
+
+def s3_source_resource(source: SourceConfig) -> S3SourceResource:
+    return S3SourceResource(
+        source_name=source.name,
+        bucket_name=source.bucket_name,
+        collection_name=source.collection_name,
+        region_name=source.region,
+        endpoint_url=source.endpoint_url,
+        aws_access_key_id=_env(source.aws_access_key_id),
+        aws_secret_access_key=_env(source.aws_secret_access_key),
+        aws_session_token=_env(source.aws_session_token),
+        path_prefix=source.path_prefix,
+        include=list(source.include),
+        exclude=list(source.exclude),
+        chunking_mode=source.chunking.type,
+        chunk_max_size_bytes=source.chunking.max_size_bytes,
+        chunk_max_lines=source.chunking.max_lines,
+        max_object_bytes=source.max_object_bytes,
+    )
+
+
+class EmbeddingResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The dense embedding model; None means all-MiniLM-L6-v2 from the installed wheel."""
+
+    model: str | None = None
+    device: str = "cpu"
+    batch_size: int = 64
+
+    def function(self) -> LazySentenceTransformer:
+        return _embedding_function(self.model, self.device, self.batch_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _embedding_function(model: str | None, device: str, batch_size: int) -> LazySentenceTransformer:
+    from s3sync_dagster.pipeline.embed import LazySentenceTransformer
+
+    return LazySentenceTransformer(model_name=model, device=device, batch_size=batch_size)
+
+
+class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The Chroma store: embedded (`path`), a server (`host`), or Chroma Cloud (`cloud_*`)."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int = 8000
+    ssl: bool = False
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Header name -> environment variable holding its (secret) value, read when the client is made.
+    header_env: dict[str, str] = Field(default_factory=dict)
+    cloud_tenant: str | None = None
+    cloud_database: str | None = None
+    cloud_api_key: str | None = None
+
+    def describe(self) -> str:
+        if self.cloud_tenant:
+            return f"Chroma Cloud (tenant {self.cloud_tenant}, database {self.cloud_database})"
+        if self.host:
+            return f"Chroma server {'https' if self.ssl else 'http'}://{self.host}:{self.port}"
+        return f"embedded Chroma at {self.path}"
+
+    @property
+    def is_embedded(self) -> bool:
+        return not self.host and not self.cloud_tenant
+
+    def client(self) -> ClientAPI:
+        headers = dict(self.headers)
+        for header, variable in self.header_env.items():
+            headers[header] = EnvRef(env=variable).resolve(f"chroma header {header}")
+        return _client(
+            self.path, self.host, self.port, self.ssl, tuple(sorted(headers.items())),
+            self.cloud_tenant, self.cloud_database, self.cloud_api_key,
+        )  # fmt: skip
+
+    def collection(self, name: str, embedding: EmbeddingResource) -> Collection:
+        return self.client().get_or_create_collection(
+            name=name,
+            embedding_function=embedding.function(),  # type: ignore[arg-type]
+            metadata={"created_by": "s3sync-dagster"},
+        )
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """An embedded store is one process's at a time: runs that write to it take turns."""
+        if not self.is_embedded or not self.path:
+            yield
+            return
+        Path(self.path).mkdir(parents=True, exist_ok=True)
+        with open(Path(self.path) / ".s3sync-write.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@functools.lru_cache(maxsize=8)
+def _client(
+    path: str | None,
+    host: str | None,
+    port: int,
+    ssl: bool,
+    headers: tuple[tuple[str, str], ...],
+    cloud_tenant: str | None,
+    cloud_database: str | None,
+    cloud_api_key: str | None,
+) -> ClientAPI:
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if cloud_tenant:
+        return chromadb.CloudClient(
+            tenant=cloud_tenant, database=cloud_database, api_key=cloud_api_key, settings=settings
+        )
+    if host:
+        return chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=dict(headers), settings=settings)
+    return chromadb.PersistentClient(path=path or ".s3sync/chroma", settings=settings)
+
+
+def chroma_resource(chroma: ChromaConfig) -> ChromaResource:
+    literal_headers = {name: value for name, value in chroma.headers.items() if isinstance(value, str)}
+    env_headers = {name: value.env for name, value in chroma.headers.items() if isinstance(value, EnvRef)}
+    cloud = chroma.cloud
+    return ChromaResource(
+        path=chroma.embedded_path if chroma.is_embedded else None,
+        host=chroma.host,
+        port=chroma.port,
+        ssl=chroma.ssl,
+        headers=literal_headers,
+        header_env=env_headers,
+        cloud_tenant=cloud.tenant if cloud else None,
+        cloud_database=cloud.database if cloud else None,
+        cloud_api_key=dg.EnvVar(cloud.api_key.env) if cloud else None,  # type: ignore[arg-type]
+    )
+
+
+def embedding_resource(embedding: EmbeddingConfig) -> EmbeddingResource:
+    return EmbeddingResource(model=embedding.model, device=embedding.device, batch_size=embedding.batch_size)
+
+
+def resources_for(config: AppConfig) -> dict[str, Any]:
+    """Every resource the definitions need, keyed as the assets ask for them."""
+    resources: dict[str, Any] = {
+        "chroma": chroma_resource(config.chroma),
+        "embedding": embedding_resource(config.embedding),
+    }
+    for source in config.sources:
+        resources[source_resource_key(source.name)] = s3_source_resource(source)
+    return resources
+
+
+def source_resource_key(source_name: str) -> str:
+    return f"s3_{source_name}"
+

@@ -1,0 +1,203 @@
+"""Discovery and batched materialisation on a Dagster instance: what `s3sync` and the demo drive."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from s3sync_dagster.config import AppConfig, SourceConfig, config_path
+from s3sync_dagster.defs.assets import KEYS_PER_RUN, documents_asset_key, partitions_name
+from s3sync_dagster.definitions import build_definitions
+from s3sync_dagster.pipeline import keys, objects
+from s3sync_dagster.resources import S3SourceResource, s3_source_resource
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def ensure_dagster_home(explicit_config: str | None = None) -> Path:
+    """`$DAGSTER_HOME`, else `.s3sync/dagster` beside the config file, so runs land where the UI looks."""
+    home = os.environ.get("DAGSTER_HOME")
+    path = Path(home) if home else config_path(explicit_config).resolve().parent / ".s3sync" / "dagster"
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(path)
+    return path
+
+
+def initialized(resource: S3SourceResource) -> S3SourceResource:
+    # Resolves dg.EnvVar fields to their values, as a run does; outside a run they are only names.
+    return resource.process_config_and_initialize()
+
+
+def s3_client(source: SourceConfig) -> Any:
+    return initialized(s3_source_resource(source)).get_client()
+
+
+@dataclass
+class DiscoverResult:
+    source: str
+    listed: int = 0
+    new: int = 0
+    registered: int = 0
+    missing: int = 0  # registered partitions whose objects are no longer in the bucket
+    new_keys: list[str] = field(default_factory=list)
+
+
+def discover(config: AppConfig, source_name: str, instance: dg.DagsterInstance) -> DiscoverResult:
+    """List the source's prefix and register every new object key as a partition, in one request."""
+    source = config.source(source_name)
+    result = DiscoverResult(source=source_name)
+    listed = [
+        info.object_key
+        for info in objects.list_objects(
+            s3_client(source), source.bucket_name, source.path_prefix, source.include, source.exclude
+        )
+    ]
+    result.listed = len(listed)
+    name = partitions_name(source_name)
+    existing = set(instance.get_dynamic_partitions(name))
+    listed_partitions = [keys.to_partition_key(object_key) for object_key in listed]
+    new = [partition_key for partition_key in listed_partitions if partition_key not in existing]
+    if new:
+        instance.add_dynamic_partitions(name, new)
+    result.new = len(new)
+    result.new_keys = [keys.to_object_key(partition_key) for partition_key in new]
+    result.registered = len(existing) + len(new)
+    result.missing = len(existing - set(listed_partitions))
+    return result
+
+
+def register_keys(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> None:
+    name = partitions_name(source.name)
+    existing = set(instance.get_dynamic_partitions(name))
+    new = [pk for pk in dict.fromkeys(keys.to_partition_key(k) for k in object_keys) if pk not in existing]
+    if new:
+        instance.add_dynamic_partitions(name, new)
+
+
+def contiguous_batches(ordered: Sequence[str], wanted: Sequence[str], batch_size: int) -> list[list[str]]:
+    """Group wanted partition keys into runs of neighbours in partition order, at most batch_size each.
+
+    A run covers a partition *range*, so a batch may only hold keys that sit next to each other.
+    """
+    position = {partition_key: index for index, partition_key in enumerate(ordered)}
+    indices = sorted({position[pk] for pk in wanted})
+    batches: list[list[str]] = []
+    for index in indices:
+        if batches and position[batches[-1][-1]] == index - 1 and len(batches[-1]) < batch_size:
+            batches[-1].append(ordered[index])
+        else:
+            batches.append([ordered[index]])
+    return batches
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    success: bool
+    partition_range: tuple[str, str]
+    keys: int
+    duration_s: float
+
+
+@dataclass
+class SyncResult:
+    source: str
+    runs: list[RunSummary] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [report for report in self.reports if report["status"] == "failed"]
+
+
+def _metadata_value(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def sync(
+    config: AppConfig,
+    source_name: str,
+    instance: dg.DagsterInstance,
+    object_keys: Sequence[str] | None = None,
+    batch_size: int = KEYS_PER_RUN,
+    tags: dict[str, str] | None = None,
+) -> SyncResult:
+    """Materialise the given keys (None: every registered key) in ranged runs recorded on the instance."""
+    source = config.source(source_name)
+    started = time.perf_counter()
+    if object_keys is not None:
+        for object_key in object_keys:
+            if not object_key.startswith(source.path_prefix):
+                raise ValueError(
+                    f"object key '{object_key}' does not start with source '{source_name}' "
+                    f"path_prefix '{source.path_prefix}'"
+                )
+        register_keys(instance, source, object_keys)
+    ordered = instance.get_dynamic_partitions(partitions_name(source_name))
+    wanted = ordered if object_keys is None else [keys.to_partition_key(k) for k in object_keys]
+    result = SyncResult(source=source_name)
+    if not wanted:
+        return result
+    job = build_definitions(config).resolve_implicit_global_asset_job_def()
+    asset_key = documents_asset_key(source_name)
+    for batch in contiguous_batches(ordered, wanted, batch_size):
+        run_started = time.perf_counter()
+        run_tags = {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1], "s3sync/source": source_name}
+        run_tags.update(tags or {})
+        execution = job.execute_in_process(
+            instance=instance, asset_selection=[asset_key], tags=run_tags, raise_on_error=False
+        )
+        result.runs.append(
+            RunSummary(
+                run_id=execution.run_id,
+                success=execution.success,
+                partition_range=(keys.to_object_key(batch[0]), keys.to_object_key(batch[-1])),
+                keys=len(batch),
+                duration_s=time.perf_counter() - run_started,
+            )
+        )
+        reports = _reports_of(execution)
+        reported = {report["object_key"] for report in reports}
+        for partition_key in batch:
+            object_key = keys.to_object_key(partition_key)
+            if object_key not in reported:  # the run died before it could report this key
+                reports.append(
+                    {"object_key": object_key, "status": "failed", "message": f"run {execution.run_id} failed: {_run_error(execution)}"}
+                )
+        result.reports.extend(reports)
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _run_error(execution: dg.ExecuteInProcessResult) -> str:
+    for event in execution.all_events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            return event.step_failure_data.error.message.strip().splitlines()[0]
+    return "no step failure recorded"
+
+
+def _reports_of(execution: dg.ExecuteInProcessResult) -> list[dict[str, Any]]:
+    reports = []
+    for event in execution.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        report = {name: _metadata_value(value) for name, value in materialization.metadata.items()}
+        report.pop("preview", None)
+        reports.append(report)
+    for event in execution.get_asset_observation_events():
+        observation = event.asset_observation_data.asset_observation
+        reports.append(
+            {
+                "object_key": keys.to_object_key(observation.partition or ""),
+                "status": "failed",
+                "message": _metadata_value(observation.metadata.get("error")),
+            }
+        )
+    return reports
