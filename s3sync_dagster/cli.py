@@ -100,7 +100,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     }
     lines = [
         f"source '{result.source}': {len(result.reports)} key(s) in {len(result.runs)} run(s), "
-        f"{result.duration_s:.1f} s: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do")
+        f"{result.duration_s:.1f} s: "
+        + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do")
     ]
     lines += [f"  run {run.run_id}: {run.keys} key(s), {'ok' if run.success else 'FAILED'}" for run in result.runs]
     lines += [f"  failed: {report['object_key']}: {report['message']}" for report in result.failed]
@@ -126,14 +127,24 @@ def cmd_query(args: argparse.Namespace) -> int:
             "document": document,
         }
         for chunk_id, document, metadata, distance in zip(
-            found["ids"][0], (found["documents"] or [[]])[0], (found["metadatas"] or [[]])[0], (found["distances"] or [[]])[0], strict=True
+            found["ids"][0],
+            (found["documents"] or [[]])[0],
+            (found["metadatas"] or [[]])[0],
+            (found["distances"] or [[]])[0],
+            strict=True,
         )
     ]
     lines = []
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(str(hit["document"]).split())[:160]
-        lines.append(f"{rank}. {hit['object_key']} lines {hit['start_line']}-{hit['end_line']} (distance {hit['distance']:.3f})\n   {snippet}")
-    _emit(args, {"query": args.text, "collection": source.collection_name, "results": hits}, "\n".join(lines) or "no results")
+        lines.append(
+            f"{rank}. {hit['object_key']} lines {hit['start_line']}-{hit['end_line']} (distance {hit['distance']:.3f})\n   {snippet}"
+        )
+    _emit(
+        args,
+        {"query": args.text, "collection": source.collection_name, "results": hits},
+        "\n".join(lines) or "no results",
+    )
     return EXIT_OK
 
 
@@ -144,7 +155,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s3sync", description="Keep Chroma collections in sync with S3, through Dagster.")
+    parser = argparse.ArgumentParser(
+        prog="s3sync", description="Keep Chroma collections in sync with S3, through Dagster."
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="config file (default: $S3SYNC_CONFIG, else ./s3sync.yaml)")
     common.add_argument("--json", action="store_true", help="print JSON")

@@ -109,9 +109,7 @@ class ChromaConfig(_Model):
             raise ValueError(f"give only one of path, host or cloud (got {', '.join(targets)})")
         for header, value in self.headers.items():
             if isinstance(value, str) and any(word in header.lower() for word in _SECRET_HEADER_WORDS):
-                raise ValueError(
-                    f"headers.{header}: a literal secret is refused: write it as {{env: VAR_NAME}}"
-                )
+                raise ValueError(f"headers.{header}: a literal secret is refused: write it as {{env: VAR_NAME}}")
         return self
 
     @property
@@ -150,9 +148,9 @@ class SourceConfig(_Model):
     chunking: ChunkingConfig = Field(default_factory=TreeSitterChunking)
     max_object_bytes: int = Field(default=DEFAULT_MAX_OBJECT_BYTES, ge=1)
 
-    _literal = field_validator(
-        "aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before"
-    )(_secret_must_be_env_ref)
+    _literal = field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before")(
+        _secret_must_be_env_ref
+    )
 
     @field_validator("collection_name")
     @classmethod
@@ -213,11 +211,15 @@ def _where(raw: Any, loc: tuple[int | str, ...]) -> str:
         if parts and parts[-1] == "chunking" and step in ("tree_sitter", "lines"):
             continue  # the discriminator tag pydantic adds to the location
         if isinstance(step, int):
-            name = node[step].get("name") if isinstance(node, list) and step < len(node) and isinstance(node[step], dict) else None
+            name = (
+                node[step].get("name")
+                if isinstance(node, list) and step < len(node) and isinstance(node[step], dict)
+                else None
+            )
             parts[-1] += f"[{step}]" + (f" (source '{name}')" if name else "")
         else:
             parts.append(step)
-        node = node[step] if isinstance(node, (dict, list)) and _has(node, step) else None
+        node = node[step] if isinstance(node, (dict, list)) and _has(node, step) else None  # type: ignore[index]
     return ".".join(parts) or "(top level)"
 
 

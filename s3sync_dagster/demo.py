@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -156,9 +157,18 @@ def _query(config_file: Path) -> dict[str, Any]:
 
 def _serve_ui(config_file: Path) -> None:
     env = dict(os.environ, S3SYNC_CONFIG=str(config_file))
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "s3sync_dagster.definitions", "-h", "127.0.0.1", "-p", "3000"]
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-m",
+        "s3sync_dagster.definitions",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "3000",
+    ]
     print("starting the Dagster UI on http://127.0.0.1:3000 (Ctrl-C stops it and the local S3 endpoint)", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         subprocess.run(command, env=env, check=False)
-    except KeyboardInterrupt:
-        pass

@@ -218,4 +218,3 @@ def resources_for(config: AppConfig) -> dict[str, Any]:
 
 def source_resource_key(source_name: str) -> str:
     return f"s3_{source_name}"
-

@@ -12,8 +12,8 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import AppConfig, SourceConfig, config_path
-from s3sync_dagster.defs.assets import KEYS_PER_RUN, documents_asset_key, partitions_name
 from s3sync_dagster.definitions import build_definitions
+from s3sync_dagster.defs.assets import KEYS_PER_RUN, documents_asset_key, partitions_name
 from s3sync_dagster.pipeline import keys, objects
 from s3sync_dagster.resources import S3SourceResource, s3_source_resource
 
@@ -164,13 +164,17 @@ def sync(
                 duration_s=time.perf_counter() - run_started,
             )
         )
-        reports = _reports_of(execution)
+        reports = _reports_of(instance, execution.run_id)
         reported = {report["object_key"] for report in reports}
         for partition_key in batch:
             object_key = keys.to_object_key(partition_key)
             if object_key not in reported:  # the run died before it could report this key
                 reports.append(
-                    {"object_key": object_key, "status": "failed", "message": f"run {execution.run_id} failed: {_run_error(execution)}"}
+                    {
+                        "object_key": object_key,
+                        "status": "failed",
+                        "message": f"run {execution.run_id} failed: {_run_error(execution)}",
+                    }
                 )
         result.reports.extend(reports)
     result.duration_s = time.perf_counter() - started
@@ -184,20 +188,28 @@ def _run_error(execution: dg.ExecuteInProcessResult) -> str:
     return "no step failure recorded"
 
 
-def _reports_of(execution: dg.ExecuteInProcessResult) -> list[dict[str, Any]]:
+def _reports_of(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, Any]]:
+    """Per-key reports as the run recorded them on the instance (what the UI shows)."""
     reports = []
-    for event in execution.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        report = {name: _metadata_value(value) for name, value in materialization.metadata.items()}
-        report.pop("preview", None)
-        reports.append(report)
-    for event in execution.get_asset_observation_events():
-        observation = event.asset_observation_data.asset_observation
-        reports.append(
-            {
-                "object_key": keys.to_object_key(observation.partition or ""),
-                "status": "failed",
-                "message": _metadata_value(observation.metadata.get("error")),
-            }
-        )
+    events = instance.all_logs(
+        run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_OBSERVATION}
+    )
+    for entry in events:
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            materialization = event.step_materialization_data.materialization
+            report = {name: _metadata_value(value) for name, value in materialization.metadata.items()}
+            report.pop("preview", None)
+            reports.append(report)
+        else:
+            observation = event.asset_observation_data.asset_observation
+            reports.append(
+                {
+                    "object_key": keys.to_object_key(observation.partition or ""),
+                    "status": "failed",
+                    "message": _metadata_value(observation.metadata.get("error")),
+                }
+            )
     return reports

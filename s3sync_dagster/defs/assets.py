@@ -97,7 +97,9 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
                 context.log.error(f"object '{report.object_key}' failed: {report.message}")
                 context.log_event(
                     dg.AssetObservation(
-                        asset_key=asset_key, partition=partition_key, metadata={"error": report.message, "status": "failed"}
+                        asset_key=asset_key,
+                        partition=partition_key,
+                        metadata={"error": report.message, "status": "failed"},
                     )
                 )
                 return

@@ -12,6 +12,11 @@ from chromadb.utils.embedding_functions.sentence_transformer_embedding_function 
     SentenceTransformerEmbeddingFunction,
 )
 
+# Chroma's Rust client keeps threads of its own; OpenMP workers that spin while they wait then
+# starve the two cores: one 256-token chunk took 0.97 s instead of 0.075 s. OpenMP reads this when
+# torch loads, so it is set when this module is imported, before any torch import in our processes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 _load_lock = threading.Lock()
 
 
@@ -60,6 +65,16 @@ class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
                 model = SentenceTransformer(model_name_or_path=self.model_name, device=self.device)
                 self.models[self.model_name] = model
             return model
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> LazySentenceTransformer:
+        # Chroma calls this while creating or opening a collection (`is_legacy`); the stock
+        # version loads the model there, which would put torch on every run's path.
+        return LazySentenceTransformer(
+            model_name=config.get("model_name"),
+            device=config.get("device") or "cpu",
+            normalize_embeddings=bool(config.get("normalize_embeddings", True)),
+        )
 
     def __call__(self, input: Documents) -> Embeddings:
         if not input:

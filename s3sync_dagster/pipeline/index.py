@@ -60,7 +60,8 @@ class StoredChunk:
 def stored_chunks(collection: Collection, object_key: str, with_text: bool = True) -> dict[str, StoredChunk]:
     include: list[Any] = ["metadatas", "documents"] if with_text else ["metadatas"]
     found = collection.get(where={"object_key": object_key}, include=include)
-    documents = found.get("documents") or [None] * len(found["ids"])
+    no_text: list[str | None] = [None] * len(found["ids"])
+    documents: list[str | None] = list(found.get("documents") or no_text)
     metadatas = found.get("metadatas") or [{}] * len(found["ids"])
     return {
         chunk_id: StoredChunk(chunk_id, text, metadata or {})

@@ -45,7 +45,9 @@ def head_object(s3: S3Client, bucket_name: str, object_key: str) -> ObjectInfo:
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if status == 404:
             raise ObjectMissing(f"object '{object_key}' does not exist in bucket '{bucket_name}'") from None
-        raise ObjectError(f"object '{object_key}' in bucket '{bucket_name}': HEAD failed ({_describe(error)})") from None
+        raise ObjectError(
+            f"object '{object_key}' in bucket '{bucket_name}': HEAD failed ({_describe(error)})"
+        ) from None
     return ObjectInfo(
         object_key=object_key,
         size=int(head["ContentLength"]),
@@ -74,7 +76,9 @@ def read_object(s3: S3Client, bucket_name: str, info: ObjectInfo, max_object_byt
                 f"object '{info.object_key}' changed while it was being read (ETag is no longer {info.etag}); "
                 "the next sync picks up the new version"
             ) from None
-        raise ObjectError(f"object '{info.object_key}' in bucket '{bucket_name}': GET failed ({_describe(error)})") from None
+        raise ObjectError(
+            f"object '{info.object_key}' in bucket '{bucket_name}': GET failed ({_describe(error)})"
+        ) from None
     body: bytes = response["Body"].read(max_object_bytes + 1)
     if len(body) > max_object_bytes:  # the object grew behind HEAD's back
         check_size(ObjectInfo(info.object_key, len(body), info.etag, info.last_modified), max_object_bytes)
@@ -127,7 +131,9 @@ def list_objects(
     """Every selected object under the prefix, paging ListObjectsV2 lazily."""
     paginator = s3.get_paginator("list_objects_v2")
     try:
-        for page in paginator.paginate(Bucket=bucket_name, Prefix=path_prefix, PaginationConfig={"PageSize": page_size}):
+        for page in paginator.paginate(
+            Bucket=bucket_name, Prefix=path_prefix, PaginationConfig={"PageSize": page_size}
+        ):
             for entry in page.get("Contents", []):
                 if key_selected(entry["Key"], path_prefix, include, exclude):
                     yield ObjectInfo(

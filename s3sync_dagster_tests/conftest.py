@@ -1,0 +1,115 @@
+"""Shared fixtures: a real moto server over HTTP, embedded Chroma, a real Dagster instance, config files."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import dagster as dg
+import pytest
+import yaml
+
+from s3sync_dagster import local_s3
+from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.pipeline.embed import LazySentenceTransformer
+
+# Credentials the tests hand over through the environment, as users do. Moto accepts anything; the
+# values are distinctive so a test can prove they never leak into output, events or metadata.
+TEST_KEY_ID = "S3SYNC-TEST-KEY-ID-7f3a"
+TEST_SECRET = "s3sync-test-secret-value-9c41e2"
+
+_bucket_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    os.environ["S3SYNC_TEST_KEY_ID"] = TEST_KEY_ID
+    os.environ["S3SYNC_TEST_SECRET"] = TEST_SECRET
+    # boto3 clients made directly by the tests use the default chain: give it the same values.
+    os.environ["AWS_ACCESS_KEY_ID"] = TEST_KEY_ID
+    os.environ["AWS_SECRET_ACCESS_KEY"] = TEST_SECRET
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with local_s3.running() as server:
+        yield server.endpoint_url
+
+
+@pytest.fixture(scope="session")
+def s3(moto_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"s3sync-test-{os.getpid()}-{next(_bucket_numbers)}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+class CountingEmbedder:
+    """The real embedding function, counting the texts it is asked to embed."""
+
+    def __init__(self, inner: LazySentenceTransformer) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    def __call__(self, texts: list[str]) -> Any:
+        self.texts.extend(texts)
+        return self.inner(texts)
+
+
+@pytest.fixture(scope="session")
+def embedding_function() -> LazySentenceTransformer:
+    return LazySentenceTransformer()
+
+
+@pytest.fixture
+def embedder(embedding_function: LazySentenceTransformer) -> CountingEmbedder:
+    return CountingEmbedder(embedding_function)
+
+
+@pytest.fixture
+def chroma_client(tmp_path: Path) -> Any:
+    import chromadb
+    from chromadb.config import Settings
+
+    return chromadb.PersistentClient(path=str(tmp_path / "chroma"), settings=Settings(anonymized_telemetry=False))
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+ConfigFactory = Callable[..., tuple[AppConfig, Path]]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, moto_endpoint: str) -> ConfigFactory:
+    """Write a YAML config for one source on `bucket` and load it as the CLI would."""
+
+    def make(bucket_name: str, name: str = "docs", **source: Any) -> tuple[AppConfig, Path]:
+        entry: dict[str, Any] = {
+            "name": name,
+            "bucket_name": bucket_name,
+            "region": "us-east-1",
+            "collection_name": f"{name}-collection",
+            "endpoint_url": moto_endpoint,
+            "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"},
+            "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
+        }
+        entry.update(source)
+        path = tmp_path / "s3sync.yaml"
+        path.write_text(yaml.safe_dump({"chroma": {"path": "chroma"}, "sources": [entry]}), encoding="utf-8")
+        return load_config(path), path
+
+    return make
+
+
+def put(s3: Any, bucket_name: str, files: dict[str, bytes | str]) -> None:
+    for object_key, body in files.items():
+        s3.put_object(Bucket=bucket_name, Key=object_key, Body=body.encode() if isinstance(body, str) else body)

@@ -1,0 +1,114 @@
+"""The YAML contract: names, defaults, secrets only as {env: ...}, errors that name the field and source."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from s3sync_dagster.config import ConfigError, config_path, load_config, parse_config
+
+SOURCE = {"name": "docs", "bucket_name": "my-bucket", "region": "eu-west-1", "collection_name": "docs-col"}
+
+
+def test_minimal_source_gets_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "s3sync.yaml"
+    path.write_text(yaml.safe_dump({"sources": [SOURCE]}))
+    config = load_config(path)
+    source = config.source("docs")
+    assert source.chunking.type == "tree_sitter" and source.chunking.max_size_bytes == 4096
+    assert source.max_object_bytes == 200 * 1024 * 1024
+    assert source.aws_access_key_id is None  # the default credential chain
+    # The embedded store lives beside the config file.
+    assert config.chroma.path == str((tmp_path / ".s3sync" / "chroma").resolve())
+    assert config.embedding.model is None
+
+
+def test_lines_chunking_and_env_credentials() -> None:
+    config = parse_config(
+        {
+            "sources": [
+                {
+                    **SOURCE,
+                    "chunking": {"type": "lines", "max_lines": 20, "max_size_bytes": 2048},
+                    "aws_access_key_id": {"env": "MY_KEY_ID"},
+                    "aws_secret_access_key": {"env": "MY_SECRET"},
+                }
+            ]
+        }
+    )
+    source = config.sources[0]
+    assert source.chunking.type == "lines" and source.chunking.max_lines == 20
+    assert source.aws_secret_access_key is not None and source.aws_secret_access_key.env == "MY_SECRET"
+
+
+def test_literal_secret_is_refused_and_not_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {"sources": [{**SOURCE, "aws_access_key_id": {"env": "K"}, "aws_secret_access_key": "hunter2-literal"}]}
+        )
+    message = str(caught.value)
+    assert "sources[0] (source 'docs').aws_secret_access_key" in message
+    assert "literal secret is refused" in message
+    assert "hunter2-literal" not in message
+
+
+def test_key_shaped_literal_anywhere_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"sources": [{**SOURCE, "path_prefix": "AKIAABCDEFGHIJKLMNOP"}]})
+    assert "sources[0].path_prefix" in str(caught.value)
+    assert "AKIAABCDEFGHIJKLMNOP" not in str(caught.value)
+
+
+def test_chroma_cloud_key_and_secret_headers_must_be_env_refs() -> None:
+    with pytest.raises(ConfigError, match="api_key"):
+        parse_config({"chroma": {"cloud": {"tenant": "t", "database": "d", "api_key": "plain"}}})
+    with pytest.raises(ConfigError, match=r"headers\.Authorization"):
+        parse_config({"chroma": {"host": "localhost", "headers": {"Authorization": "Bearer x"}}})
+    config = parse_config(
+        {"chroma": {"host": "localhost", "headers": {"Authorization": {"env": "TOKEN"}, "X-Team": "a"}}}
+    )
+    assert not config.chroma.is_embedded
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"name": "Bad-Name"}, "sources[0] (source 'Bad-Name').name"),
+        ({"region": None}, "sources[0] (source 'docs').region"),
+        ({"collection_name": "-x"}, "collection_name"),
+        ({"chunking": {"type": "words"}}, "chunking"),
+        ({"chunking": {"type": "lines", "max_lines": 0}}, "chunking.max_lines"),
+        ({"aws_access_key_id": {"env": "K"}}, "together"),
+        ({"bucket": "typo"}, "sources[0] (source 'docs').bucket"),
+    ],
+)
+def test_errors_name_the_source_and_field(change: dict, expected: str) -> None:
+    entry = {**SOURCE, **change}
+    entry = {k: v for k, v in entry.items() if v is not None}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"sources": [entry]}, "s3sync.yaml")
+    assert expected in str(caught.value)
+    assert str(caught.value).startswith("s3sync.yaml:")
+
+
+def test_duplicate_source_names_and_one_chroma_target() -> None:
+    with pytest.raises(ConfigError, match="used twice"):
+        parse_config({"sources": [SOURCE, SOURCE]})
+    with pytest.raises(ConfigError, match="only one of path, host or cloud"):
+        parse_config({"chroma": {"path": "x", "host": "y"}})
+
+
+def test_config_file_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("S3SYNC_CONFIG", raising=False)
+    assert config_path() == Path("s3sync.yaml")
+    monkeypatch.setenv("S3SYNC_CONFIG", "/etc/s3sync.yaml")
+    assert config_path() == Path("/etc/s3sync.yaml")
+    assert config_path("given.yaml") == Path("given.yaml")
+    with pytest.raises(ConfigError, match=r"given\.yaml not found"):
+        load_config("given.yaml")
+
+
+def test_unknown_source_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"no source named 'nope' \(configured: docs\)"):
+        parse_config({"sources": [SOURCE]}).source("nope")

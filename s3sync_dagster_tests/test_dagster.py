@@ -1,0 +1,75 @@
+"""Through Dagster: definitions from YAML, ranged runs on a real instance, per-key materialisations and failures."""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from s3sync_dagster.definitions import build_definitions
+from s3sync_dagster.defs.assets import KEYS_PER_RUN, documents_asset_key, partitions_name
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster.runner import RANGE_END_TAG, RANGE_START_TAG, contiguous_batches
+from s3sync_dagster_tests.conftest import ConfigFactory, put
+
+
+def test_definitions_load_from_yaml(bucket: str, make_config: ConfigFactory) -> None:
+    config, _ = make_config(bucket, name="handbook", path_prefix="hb/")
+    defs = build_definitions(config)
+    asset = defs.resolve_assets_def(dg.AssetKey(["handbook", "documents"]))
+    assert asset.partitions_def == dg.DynamicPartitionsDefinition(name="handbook_objects")
+    spec = asset.specs_by_key[asset.key]
+    assert spec.metadata["collection"] == "handbook-collection"
+    assert {"s3", "chroma"} <= set(spec.kinds)
+    assert asset.backfill_policy == dg.BackfillPolicy.multi_run(KEYS_PER_RUN)
+    defs.resolve_implicit_global_asset_job_def()  # the whole thing resolves
+    # Credentials stay environment-variable references in the definitions.
+    resource = defs.resources["s3_handbook"]
+    assert isinstance(resource.aws_secret_access_key, dg.EnvVar)
+
+
+def test_ranged_run_indexes_every_key_and_fails_only_the_bad_one(
+    s3: Any, bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    config, _ = make_config(bucket)
+    files = {
+        "a/one.md": "# One\n\nFirst document.\n",
+        "a/two, with comma.txt": "second\n",
+        "a/three...dots.txt": "third\n",
+        "a/bad.txt": b"\xff\xfe not utf-8",
+        "a/four.py": "def four():\n    return 4\n",
+    }
+    put(s3, bucket, files)
+    partition_keys = [keys.to_partition_key(k) for k in files]
+    instance.add_dynamic_partitions(partitions_name("docs"), partition_keys)
+    job = build_definitions(config).resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=[documents_asset_key("docs")],
+        tags={RANGE_START_TAG: partition_keys[0], RANGE_END_TAG: partition_keys[-1]},
+        raise_on_error=False,
+    )
+    assert not result.success
+    records = instance.fetch_materializations(documents_asset_key("docs"), limit=100).records
+    materialized = {keys.to_object_key(r.partition_key or ""): r.asset_materialization.metadata for r in records}
+    assert set(materialized) == set(files) - {"a/bad.txt"}
+    one = materialized["a/one.md"]
+    assert (
+        one["status"].value == "indexed" and one["chunks"].value >= 1 and one["bytes"].value == len(files["a/one.md"])
+    )
+    assert one["chunker"].value == "tree_sitter:markdown"
+    for name in ("chunks_written", "chunks_deleted", "chunks_unchanged", "duration_s", "preview"):
+        assert name in one
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message
+    assert "1 of 5 object(s) failed" in message and "a/bad.txt: object 'a/bad.txt' is not UTF-8 text" in message
+    status = instance.get_status_by_partition(
+        documents_asset_key("docs"), partition_keys, dg.DynamicPartitionsDefinition(name=partitions_name("docs"))
+    )
+    assert status[keys.to_partition_key("a/bad.txt")] == dg.AssetPartitionStatus.FAILED
+    assert status[keys.to_partition_key("a/one.md")] == dg.AssetPartitionStatus.MATERIALIZED
+
+
+def test_contiguous_batches_never_span_unwanted_keys() -> None:
+    ordered = [f"k{n}" for n in range(10)]
+    assert contiguous_batches(ordered, ordered, 4) == [ordered[0:4], ordered[4:8], ordered[8:10]]
+    assert contiguous_batches(ordered, ["k1", "k2", "k5", "k9", "k8"], 10) == [["k1", "k2"], ["k5"], ["k8", "k9"]]

