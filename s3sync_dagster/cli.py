@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    # Dagster marks some parameters beta (backfill_policy); users of the command can do nothing about it.
+    warnings.filterwarnings("ignore", message=r".*(beta|preview)", category=Warning)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -19,6 +19,8 @@ from s3sync_dagster.resources import S3SourceResource, s3_source_resource
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+# The CLI prints its own summary; the run's full event log stays on the instance for the UI.
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def ensure_dagster_home(explicit_config: str | None = None) -> Path:
@@ -153,7 +155,11 @@ def sync(
         run_tags = {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1], "s3sync/source": source_name}
         run_tags.update(tags or {})
         execution = job.execute_in_process(
-            instance=instance, asset_selection=[asset_key], tags=run_tags, raise_on_error=False
+            instance=instance,
+            asset_selection=[asset_key],
+            tags=run_tags,
+            run_config=QUIET_RUN_CONFIG,
+            raise_on_error=False,
         )
         result.runs.append(
             RunSummary(

@@ -12,6 +12,7 @@ import boto3
 import dagster as dg
 import pytest
 import yaml
+from hypothesis import settings
 
 from s3sync_dagster import local_s3
 from s3sync_dagster.config import AppConfig, load_config
@@ -23,6 +24,11 @@ TEST_KEY_ID = "S3SYNC-TEST-KEY-ID-7f3a"
 TEST_SECRET = "s3sync-test-secret-value-9c41e2"
 
 _bucket_numbers = itertools.count()
+
+# CI must be repeatable: the same examples every run there; locally each run explores new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -36,3 +36,22 @@ def test_plain_chromadb_client_can_query_our_collection(
     )
     plain = chromadb.PersistentClient(path=str(tmp_path)).get_collection("plain-check")  # no function given
     assert plain.query(query_texts=["how do I deploy"], n_results=1)["ids"] == [["a"]]
+
+
+def test_opening_a_collection_does_not_load_torch() -> None:
+    # In a fresh interpreter: creating and reopening a collection with our function must not import
+    # torch; only an actual embedding does (runs over unchanged objects never pay for it).
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, chromadb\n"
+        "from s3sync_dagster.pipeline.embed import LazySentenceTransformer\n"
+        "client = chromadb.EphemeralClient()\n"
+        "client.get_or_create_collection('no-torch', embedding_function=LazySentenceTransformer())\n"
+        "client.get_collection('no-torch', embedding_function=LazySentenceTransformer())\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "LazySentenceTransformer()(['now it loads'])\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)

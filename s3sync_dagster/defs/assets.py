@@ -48,6 +48,9 @@ def _key_metadata(report: KeyReport) -> dict[str, Any]:
         metadata["extractor"] = report.extractor
     if report.message:
         metadata["message"] = report.message
+    if report.timings:
+        # Where this key's time went (s3_head, s3_read, extract, chunk, chroma_read, chroma_write).
+        metadata["timings_s"] = {step: round(seconds, 4) for step, seconds in report.timings.items()}
     if report.preview:
         metadata["preview"] = dg.MetadataValue.md(f"```\n{report.preview}\n```")
     return metadata

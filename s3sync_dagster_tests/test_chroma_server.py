@@ -1,0 +1,63 @@
+"""The network path: a `chroma run` server on loopback, reached through the Chroma resource's HttpClient."""
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3sync_dagster.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.sync import SourceSpec, sync_object
+from s3sync_dagster.resources import ChromaResource, EmbeddingResource
+from s3sync_dagster_tests.conftest import CountingEmbedder, put
+
+
+@pytest.fixture(scope="module")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    chroma = shutil.which("chroma") or str(Path(__import__("sys").executable).parent / "chroma")
+    port = free_port()
+    data = tmp_path_factory.mktemp("chroma-server")
+    process = subprocess.Popen(
+        [chroma, "run", "--path", str(data), "--host", LOOPBACK, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import chromadb
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            chromadb.HttpClient(host=LOOPBACK, port=port).heartbeat()
+            break
+        except Exception:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("chroma run did not start") from None
+            time.sleep(0.2)
+    yield port
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_sync_through_a_chroma_server(s3: Any, bucket: str, chroma_server: int, embedder: CountingEmbedder) -> None:
+    chroma = ChromaResource(host=LOOPBACK, port=chroma_server)
+    collection = chroma.collection("server-test", EmbeddingResource())
+    spec = SourceSpec(name="docs", bucket_name=bucket, collection_name="server-test", chunking_mode="lines")
+    text = "".join(f"row {n}\n" for n in range(25))
+    put(s3, bucket, {"net/rows.txt": text})
+    report = sync_object(s3, spec, lambda _: collection, embedder, "net/rows.txt")
+    assert report.status == "indexed" and report.chunk_count == 3
+    again = sync_object(s3, spec, lambda _: collection, embedder, "net/rows.txt")
+    assert again.status == "unchanged"
+
+    # A separate, plain client over HTTP sees exactly the chunks, and can query with the recorded function.
+    import chromadb
+
+    plain = chromadb.HttpClient(host=LOOPBACK, port=chroma_server).get_collection("server-test")
+    found = plain.get(where={"object_key": "net/rows.txt"})
+    assert sorted(found["ids"]) == [f"{keys.object_id('net/rows.txt')}-{n}" for n in range(3)]
+    assert plain.query(query_texts=["row 13"], n_results=1)["metadatas"][0][0]["object_key"] == "net/rows.txt"
