@@ -221,3 +221,20 @@ def test_writes_respect_the_client_batch_limit(
     assert index.max_batch_size(collection) < 6000
     assert report.chunk_count == report.chunks_written == 6000 and report.chunks_embedded == 1
     assert collection.count() == 6000
+
+
+def test_dropped_user_metadata_leaves_no_stale_key(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    put(s3, spec.bucket_name, {"meta.txt": "first version\n"})
+    sync_object(s3, spec, lambda _: collection, embedder, "meta.txt", user_metadata={"team": "core", "year": 2024})
+    # Same text, fewer keys: a metadata-only update must remove the key, not merge around it.
+    report = sync_object(s3, spec, lambda _: collection, embedder, "meta.txt", user_metadata={"year": 2025})
+    assert report.chunks_metadata_only == 1 and report.chunks_embedded == 0
+    (meta,) = [m for _, m in all_rows(collection, "meta.txt").values()]
+    assert meta["year"] == 2025 and "team" not in meta
+    # New text and fewer keys: the rewrite (upsert) must remove the key too.
+    put(s3, spec.bucket_name, {"meta.txt": "second version\n"})
+    sync_object(s3, spec, lambda _: collection, embedder, "meta.txt")
+    ((text, meta),) = all_rows(collection, "meta.txt").values()
+    assert text == "second version\n" and "year" not in meta
