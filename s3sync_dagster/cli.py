@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from s3sync_dagster.config import AppConfig, ConfigError, load_config
+from s3sync_dagster.pipeline.objects import ObjectError
+from s3sync_dagster.runner import UsageError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad arguments or configuration: exit code 2."""
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -66,6 +66,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     with _instance(args) as instance:
         result = discover(config, args.source, instance)
     payload = asdict(result)
+    payload["new_keys_truncated"] = len(result.new_keys) > 1000
     payload["new_keys"] = payload["new_keys"][:1000]
     _emit(
         args,
@@ -81,8 +82,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     config = _config(args)
     config.source(args.source)
-    if not args.all and not args.key:
-        raise UsageError("give --key KEY (repeatable) or --all")
+    if args.all == bool(args.key):
+        raise UsageError("give --key KEY (repeatable) or --all, not both")
     with _instance(args) as instance:
         if args.all:
             discover(config, args.source, instance)
@@ -114,8 +115,15 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     config = _config(args)
     source = config.source(args.source)
+    from chromadb.errors import NotFoundError
+
     chroma = chroma_resource(config.chroma).process_config_and_initialize()
-    collection = chroma.collection(source.collection_name, embedding_resource(config.embedding))
+    try:
+        collection = chroma.collection(source.collection_name, embedding_resource(config.embedding), create=False)
+    except NotFoundError:
+        raise UsageError(
+            f"source '{source.name}' has not been synced yet: collection '{source.collection_name}' does not exist"
+        ) from None
     found = collection.query(query_texts=[args.text], n_results=args.n, include=["documents", "metadatas", "distances"])
     hits = [
         {
@@ -204,8 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.run(args))
-    except (ConfigError, UsageError, ValueError) as error:
+    except (ConfigError, UsageError, ObjectError, BotoCoreError, ClientError) as error:
+        # Nothing was synced: the request, the config or the store is wrong. Said in one line.
         print(f"s3sync: {error}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(error)}))
         return EXIT_USAGE
 
 

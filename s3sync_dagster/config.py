@@ -181,10 +181,19 @@ class AppConfig(_Model):
     @model_validator(mode="after")
     def _unique_names(self) -> AppConfig:
         seen: set[str] = set()
+        writers: dict[str, str] = {}
         for source in self.sources:
             if source.name in seen:
                 raise ValueError(f"source name '{source.name}' is used twice")
             seen.add(source.name)
+            # Chunk ids are sha256(object_key): two sources in one collection would overwrite and
+            # delete each other's chunks whenever their keys meet.
+            other = writers.setdefault(source.collection_name, source.name)
+            if other != source.name:
+                raise ValueError(
+                    f"sources '{other}' and '{source.name}' both write collection '{source.collection_name}'; "
+                    "give each source its own collection"
+                )
         return self
 
     def source(self, name: str) -> SourceConfig:

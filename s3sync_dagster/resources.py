@@ -138,12 +138,27 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             self.cloud_tenant, self.cloud_database, self.cloud_api_key,
         )  # fmt: skip
 
-    def collection(self, name: str, embedding: EmbeddingResource) -> Collection:
-        return self.client().get_or_create_collection(
-            name=name,
-            embedding_function=embedding.function(),  # type: ignore[arg-type]
-            metadata={"created_by": "s3sync-dagster"},
-        )
+    def collection(self, name: str, embedding: EmbeddingResource, create: bool = True) -> Collection:
+        """The collection, created with our embedding function recorded in its configuration if missing.
+
+        With create=False a missing collection raises chromadb's NotFoundError.
+        """
+        from s3sync_dagster.pipeline.embed import check_collection_model
+
+        function = embedding.function()
+        client = self.client()
+        if create:
+            collection = client.get_or_create_collection(
+                name=name,
+                embedding_function=function,  # type: ignore[arg-type]
+                metadata={"created_by": "s3sync-dagster"},
+            )
+        else:
+            collection = client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+        recorded = (collection.configuration_json or {}).get("embedding_function")
+        if check_collection_model(name, recorded, function):
+            collection.modify(configuration={"embedding_function": function})  # type: ignore[typeddict-item]
+        return collection
 
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from botocore.exceptions import BotoCoreError, ClientError
 
-from s3sync_dagster.config import AppConfig, SourceConfig, config_path
+from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_path
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.assets import KEYS_PER_RUN, documents_asset_key, partitions_name
 from s3sync_dagster.pipeline import keys, objects
@@ -21,6 +22,10 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 # The CLI prints its own summary; the run's full event log stays on the instance for the UI.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+class UsageError(ValueError):
+    """The request itself is wrong (a key outside the source's prefix, ...): nothing was run."""
 
 
 def ensure_dagster_home(explicit_config: str | None = None) -> Path:
@@ -38,7 +43,23 @@ def initialized(resource: S3SourceResource) -> S3SourceResource:
 
 
 def s3_client(source: SourceConfig) -> Any:
-    return initialized(s3_source_resource(source)).get_client()
+    """A client for the source, after checking its credential variables are set and its bucket answers."""
+    for field_name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+        ref = getattr(source, field_name)
+        if ref is not None:
+            ref.resolve(f"source '{source.name}' {field_name}")
+    client = initialized(s3_source_resource(source)).get_client()
+    try:
+        client.head_bucket(Bucket=source.bucket_name)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "error")
+        raise ConfigError(
+            f"source '{source.name}': bucket '{source.bucket_name}' cannot be used ({code}: "
+            f"{'it does not exist' if code in ('404', 'NoSuchBucket') else 'check the credentials and region'})"
+        ) from None
+    except BotoCoreError as error:
+        raise ConfigError(f"source '{source.name}': S3 endpoint cannot be reached ({error})") from None
+    return client
 
 
 @dataclass
@@ -138,11 +159,12 @@ def sync(
     if object_keys is not None:
         for object_key in object_keys:
             if not object_key.startswith(source.path_prefix):
-                raise ValueError(
+                raise UsageError(
                     f"object key '{object_key}' does not start with source '{source_name}' "
                     f"path_prefix '{source.path_prefix}'"
                 )
         register_keys(instance, source, object_keys)
+    s3_client(source)  # fail fast, once, on credentials or bucket, before any run starts
     ordered = instance.get_dynamic_partitions(partitions_name(source_name))
     wanted = ordered if object_keys is None else [keys.to_partition_key(k) for k in object_keys]
     result = SyncResult(source=source_name)
@@ -187,6 +209,13 @@ def sync(
     return result
 
 
+def _object_key_or_partition(partition_key: str) -> str:
+    try:
+        return keys.to_object_key(partition_key)
+    except ValueError:
+        return partition_key
+
+
 def _run_error(execution: dg.ExecuteInProcessResult) -> str:
     for event in execution.all_events:
         if event.is_step_failure and event.step_failure_data.error is not None:
@@ -213,7 +242,7 @@ def _reports_of(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, Any
             observation = event.asset_observation_data.asset_observation
             reports.append(
                 {
-                    "object_key": keys.to_object_key(observation.partition or ""),
+                    "object_key": _object_key_or_partition(observation.partition or ""),
                     "status": "failed",
                     "message": _metadata_value(observation.metadata.get("error")),
                 }

@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from s3sync_dagster.cli import main
+from s3sync_dagster.local_s3 import free_port
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ConfigFactory, put
 
 
@@ -77,6 +78,40 @@ def test_usage_and_config_errors_exit_2(
     assert main(["sources", "--config", str(broken)]) == 2
     assert "sources[0] (source 'docs').region: Field required" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+    assert main(["sync", "docs", "--all", "--key", "p/x", "--config", str(path)]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_store_and_credential_problems_exit_2_in_one_line(
+    s3: Any,
+    bucket: str,
+    make_config: ConfigFactory,
+    dagster_home: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, path = make_config("no-such-bucket-here")
+    code, out = run_json(capsys, "discover", "docs", "--config", str(path))
+    assert code == 2 and "bucket 'no-such-bucket-here' cannot be used" in out["error"]
+    code, out = run_json(capsys, "sync", "docs", "--all", "--config", str(path))
+    assert code == 2 and "no-such-bucket-here" in out["error"]
+
+    _, path = make_config(bucket, aws_secret_access_key={"env": "S3SYNC_TEST_UNSET"})
+    monkeypatch.delenv("S3SYNC_TEST_UNSET", raising=False)
+    code, out = run_json(capsys, "sync", "docs", "--all", "--config", str(path))
+    assert code == 2
+    assert out["error"] == "source 'docs' aws_secret_access_key: environment variable S3SYNC_TEST_UNSET is not set"
+
+    _, path = make_config(bucket, endpoint_url=f"http://127.0.0.1:{free_port()}")
+    code, out = run_json(capsys, "discover", "docs", "--config", str(path))
+    assert code == 2 and "S3 endpoint cannot be reached" in out["error"]
+
+    _, path = make_config(bucket)
+    code, out = run_json(capsys, "query", "docs", "anything", "--config", str(path))
+    assert (
+        code == 2
+        and out["error"] == "source 'docs' has not been synced yet: collection 'docs-collection' does not exist"
+    )
 
 
 def test_sources_lists_without_secrets(
@@ -86,6 +121,8 @@ def test_sources_lists_without_secrets(
     code, listed = run_json(capsys, "sources", "--config", str(path))
     assert code == 0 and listed["sources"][0]["name"] == "docs"
     assert listed["sources"][0]["credentials"] == "environment"
+    printed = json.dumps(listed)
+    assert TEST_SECRET not in printed and TEST_KEY_ID not in printed
 
 
 def test_no_secret_in_output_events_run_config_or_metadata(

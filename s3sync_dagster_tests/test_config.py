@@ -112,3 +112,9 @@ def test_config_file_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_unknown_source_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"no source named 'nope' \(configured: docs\)"):
         parse_config({"sources": [SOURCE]}).source("nope")
+
+
+def test_two_sources_cannot_share_a_collection() -> None:
+    other = {**SOURCE, "name": "wiki", "bucket_name": "other-bucket"}
+    with pytest.raises(ConfigError, match="sources 'docs' and 'wiki' both write collection 'docs-col'"):
+        parse_config({"sources": [SOURCE, other]})

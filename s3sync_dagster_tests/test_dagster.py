@@ -31,7 +31,7 @@ def test_ranged_run_indexes_every_key_and_fails_only_the_bad_one(
     s3: Any, bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     config, _ = make_config(bucket)
-    files = {
+    files: dict[str, bytes | str] = {
         "a/one.md": "# One\n\nFirst document.\n",
         "a/two, with comma.txt": "second\n",
         "a/three...dots.txt": "third\n",
@@ -39,7 +39,8 @@ def test_ranged_run_indexes_every_key_and_fails_only_the_bad_one(
         "a/four.py": "def four():\n    return 4\n",
     }
     put(s3, bucket, files)
-    partition_keys = [keys.to_partition_key(k) for k in files]
+    # The last partition is what a user might type in the UI: not canonical, it must fail alone.
+    partition_keys = [keys.to_partition_key(k) for k in files] + ["a/typed%41.txt"]
     instance.add_dynamic_partitions(partitions_name("docs"), partition_keys)
     job = build_definitions(config).resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
@@ -61,12 +62,14 @@ def test_ranged_run_indexes_every_key_and_fails_only_the_bad_one(
         assert name in one
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.message
-    assert "1 of 5 object(s) failed" in message and "a/bad.txt: object 'a/bad.txt' is not UTF-8 text" in message
+    assert "2 of 6 object(s) failed" in message and "a/bad.txt: object 'a/bad.txt' is not UTF-8 text" in message
+    assert "partition key 'a/typed%41.txt' is not in canonical form" in message
     status = instance.get_status_by_partition(
         documents_asset_key("docs"), partition_keys, dg.DynamicPartitionsDefinition(name=partitions_name("docs"))
     )
     assert status[keys.to_partition_key("a/bad.txt")] == dg.AssetPartitionStatus.FAILED
     assert status[keys.to_partition_key("a/one.md")] == dg.AssetPartitionStatus.MATERIALIZED
+    assert status["a/typed%41.txt"] == dg.AssetPartitionStatus.FAILED
 
 
 def test_contiguous_batches_never_span_unwanted_keys() -> None:

@@ -1,6 +1,7 @@
 """Object key <-> partition key round trip on hostile keys, and the chunk id scheme."""
 
 import hashlib
+import re
 
 import pytest
 from dagster._core.definitions.partitions.utils.base import INVALID_PARTITION_SUBSTRINGS
@@ -86,3 +87,13 @@ def test_custom_id_limit_is_120_bytes() -> None:
         keys.validate_custom_id("é" * 61)
     with pytest.raises(ValueError, match="empty"):
         keys.validate_custom_id("")
+
+
+def test_non_canonical_partition_keys_are_refused() -> None:
+    # What a user might type in the UI: it would decode to another object's key.
+    with pytest.raises(
+        ValueError, match=re.escape("not in canonical form: the partition for object key 'd/aA.txt' is 'd/aA.txt'")
+    ):
+        keys.to_object_key("d/a%41.txt")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        keys.to_object_key("d/%FF")

@@ -55,3 +55,17 @@ def test_opening_a_collection_does_not_load_torch() -> None:
         "assert 'torch' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+
+
+def test_one_collection_never_mixes_two_models(tmp_path: Path) -> None:
+    import pytest
+
+    from s3sync_dagster.resources import ChromaResource, EmbeddingResource
+
+    chroma = ChromaResource(path=str(tmp_path))
+    chroma.collection("one-model", EmbeddingResource())
+    chroma.collection("one-model", EmbeddingResource())  # same model: fine
+    with pytest.raises(
+        ValueError, match="collection 'one-model' was built with embedding function sentence_transformer"
+    ):
+        chroma.collection("one-model", EmbeddingResource(model=str(tmp_path / "another-model")))

@@ -1,11 +1,12 @@
 """The engine without Dagster: moto server over HTTP -> chunks -> embedded Chroma; replace and skip semantics."""
 
+import re
 from typing import Any
 
 import pytest
 
 from s3sync_dagster.pipeline import index, keys
-from s3sync_dagster.pipeline.objects import list_objects
+from s3sync_dagster.pipeline.objects import ObjectMissing, head_object, list_objects, read_object
 from s3sync_dagster.pipeline.sync import SourceSpec, sync_keys, sync_object
 from s3sync_dagster_tests.conftest import CountingEmbedder, put
 
@@ -193,6 +194,17 @@ def test_deleted_object_loses_its_chunks(
     report = sync_object(s3, spec, lambda _: collection, embedder, "gone.txt")
     assert report.status == "removed" and report.chunks_deleted == 3
     assert all_rows(collection, "gone.txt") == {}
+
+
+def test_object_deleted_between_head_and_get_is_removed(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    put(s3, spec.bucket_name, {"race.txt": numbered_lines(5)})
+    sync_object(s3, spec, lambda _: collection, embedder, "race.txt")
+    info = head_object(s3, spec.bucket_name, "race.txt")
+    s3.delete_object(Bucket=spec.bucket_name, Key="race.txt")
+    with pytest.raises(ObjectMissing, match=re.escape("'race.txt' was deleted while it was being read")):
+        read_object(s3, spec.bucket_name, info, 1000)
 
 
 def test_key_outside_prefix_is_refused(s3: Any, bucket: str, collection: Any, embedder: CountingEmbedder) -> None:

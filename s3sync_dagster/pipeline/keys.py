@@ -33,7 +33,18 @@ def to_partition_key(object_key: str) -> str:
 
 
 def to_object_key(partition_key: str) -> str:
-    return unquote(partition_key, encoding="utf-8", errors="strict")
+    """The object key of a partition key; refuses keys `to_partition_key` would not have produced
+    (say `a%41` typed in the UI for `aA`), so a materialisation always lands on its own partition."""
+    try:
+        object_key = unquote(partition_key, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError(f"partition key '{partition_key}' percent-decodes to bytes that are not UTF-8") from None
+    if to_partition_key(object_key) != partition_key:
+        raise ValueError(
+            f"partition key '{partition_key}' is not in canonical form: the partition for object key "
+            f"'{object_key}' is '{to_partition_key(object_key)}'"
+        )
+    return object_key
 
 
 def object_id(object_key: str) -> str:

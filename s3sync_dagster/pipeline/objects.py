@@ -71,6 +71,8 @@ def read_object(s3: S3Client, bucket_name: str, info: ObjectInfo, max_object_byt
         response = s3.get_object(Bucket=bucket_name, Key=info.object_key, IfMatch=f'"{info.etag}"')
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code")
+        if code in ("NoSuchKey", "404"):
+            raise ObjectMissing(f"object '{info.object_key}' was deleted while it was being read") from None
         if code == "PreconditionFailed":
             raise ObjectError(
                 f"object '{info.object_key}' changed while it was being read (ETag is no longer {info.etag}); "

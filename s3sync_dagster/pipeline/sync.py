@@ -123,12 +123,7 @@ def sync_object(
     try:
         info = objects.head_object(s3, spec.bucket_name, object_key)
     except objects.ObjectMissing:
-        # Gone from the bucket: its chunks go too, so the collection mirrors the bucket.
-        report.chunks_deleted = index.delete_object(collection, object_key)
-        report.status = "removed"
-        report.message = f"object '{object_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
-        report.duration_s = time.perf_counter() - started
-        return report
+        return _removed(report, collection, started)
     mark = lap("s3_head", mark)
     report.size_bytes, report.etag = info.size, info.etag
     objects.check_size(info, spec.max_object_bytes)
@@ -145,7 +140,10 @@ def sync_object(
         report.duration_s = time.perf_counter() - started
         return report
 
-    data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
+    try:
+        data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
+    except objects.ObjectMissing:  # deleted between HEAD and GET
+        return _removed(report, collection, started)
     mark = lap("s3_read", mark)
     extracted = extract.extract_text(object_key, data)
     mark = lap("extract", mark)
@@ -201,6 +199,15 @@ def sync_object(
     if count == 0:
         report.status = "empty"
         report.message = f"object '{object_key}' has no text ({info.size} bytes): nothing indexed"
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _removed(report: KeyReport, collection: Collection, started: float) -> KeyReport:
+    """The object is gone from the bucket: its chunks go too, so the collection mirrors the bucket."""
+    report.chunks_deleted = index.delete_object(collection, report.object_key)
+    report.status = "removed"
+    report.message = f"object '{report.object_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
     report.duration_s = time.perf_counter() - started
     return report
 
