@@ -131,6 +131,17 @@ class EmbeddingConfig(_Model):
     batch_size: int = Field(default=64, ge=1)
 
 
+class DocumentsConfig(_Model):
+    """Document extraction (PDF, Office, OpenDocument, HTML, EPUB, images), shared by all sources."""
+
+    # docling's model weights for the full PDF layout pipeline; absent: the Hugging Face cache, and
+    # the model-free native pipeline (with a warning) when they are not there either.
+    artifacts_path: str | None = None
+    timeout_seconds: float = Field(default=300.0, gt=0)  # per file; an overrun fails that key only
+    workers: int = Field(default=2, ge=1)  # worker processes converting documents in parallel
+    ocr: bool = True  # Tesseract for images and PDF pages without a text layer, when installed
+
+
 class SourceConfig(_Model):
     """One S3 source: a bucket (and prefix) synced into one Chroma collection."""
 
@@ -147,6 +158,7 @@ class SourceConfig(_Model):
     exclude: list[str] = Field(default_factory=list)
     chunking: ChunkingConfig = Field(default_factory=TreeSitterChunking)
     max_object_bytes: int = Field(default=DEFAULT_MAX_OBJECT_BYTES, ge=1)
+    max_document_pages: int = Field(default=7000, ge=1)  # Chroma Sync's limit per document
 
     _literal = field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before")(
         _secret_must_be_env_ref
@@ -176,6 +188,7 @@ class SourceConfig(_Model):
 class AppConfig(_Model):
     chroma: ChromaConfig = Field(default_factory=ChromaConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

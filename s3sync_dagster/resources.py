@@ -14,6 +14,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig
+from s3sync_dagster.pipeline.documents import DocumentOptions
 from s3sync_dagster.pipeline.sync import SourceSpec
 
 if TYPE_CHECKING:
@@ -40,12 +41,13 @@ class S3SourceResource(S3Resource):
     chunk_max_size_bytes: int = 4096
     chunk_max_lines: int = 10
     max_object_bytes: int = 200 * 1024 * 1024
+    max_document_pages: int = 7000
 
     def get_object_to_set_on_execution_context(self) -> Any:
         # S3Resource hands ops a bare boto3 client; the asset needs the source's settings too.
         return self
 
-    def spec(self) -> SourceSpec:
+    def spec(self, documents: DocumentsResource | None = None) -> SourceSpec:
         if self.chunking_mode not in ("tree_sitter", "lines"):
             raise ValueError(f"source '{self.source_name}': chunking_mode must be tree_sitter or lines")
         return SourceSpec(
@@ -59,6 +61,21 @@ class S3SourceResource(S3Resource):
             max_size_bytes=self.chunk_max_size_bytes,
             max_lines=self.chunk_max_lines,
             max_object_bytes=self.max_object_bytes,
+            document_options=(documents or DocumentsResource()).options(self.max_document_pages),
+        )
+
+
+class DocumentsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """How documents are converted: docling model weights, time limit per file, worker processes, OCR."""
+
+    artifacts_path: str | None = None
+    timeout_seconds: float = 300.0
+    workers: int = 2
+    ocr: bool = True
+
+    def options(self, max_pages: int) -> DocumentOptions:
+        return DocumentOptions(
+            max_pages=max_pages, timeout_s=self.timeout_seconds, artifacts_path=self.artifacts_path, ocr=self.ocr
         )
 
 
@@ -83,6 +100,7 @@ def s3_source_resource(source: SourceConfig) -> S3SourceResource:
         chunk_max_size_bytes=source.chunking.max_size_bytes,
         chunk_max_lines=source.chunking.max_lines,
         max_object_bytes=source.max_object_bytes,
+        max_document_pages=source.max_document_pages,
     )
 
 
@@ -225,6 +243,7 @@ def resources_for(config: AppConfig) -> dict[str, Any]:
     resources: dict[str, Any] = {
         "chroma": chroma_resource(config.chroma),
         "embedding": embedding_resource(config.embedding),
+        "documents": DocumentsResource(**config.documents.model_dump()),
     }
     for source in config.sources:
         resources[source_resource_key(source.name)] = s3_source_resource(source)

@@ -9,6 +9,7 @@ from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.assets import KEYS_PER_RUN, documents_asset_key, partitions_name
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.runner import RANGE_END_TAG, RANGE_START_TAG, contiguous_batches
+from s3sync_dagster_tests import document_fixtures as fx
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
 
@@ -37,6 +38,7 @@ def test_ranged_run_indexes_every_key_and_fails_only_the_bad_one(
         "a/three...dots.txt": "third\n",
         "a/bad.txt": b"\xff\xfe not utf-8",
         "a/four.py": "def four():\n    return 4\n",
+        "a/report.docx": fx.docx_bytes(),  # converted in the run's worker processes
     }
     put(s3, bucket, files)
     # The last partition is what a user might type in the UI: not canonical, it must fail alone.
@@ -62,7 +64,8 @@ def test_ranged_run_indexes_every_key_and_fails_only_the_bad_one(
         assert name in one
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.message
-    assert "2 of 6 object(s) failed" in message and "a/bad.txt: object 'a/bad.txt' is not UTF-8 text" in message
+    assert materialized["a/report.docx"]["extractor"].value == "docling:docx"
+    assert "2 of 7 object(s) failed" in message and "a/bad.txt: object 'a/bad.txt' is not UTF-8 text" in message
     assert "partition key 'a/typed%41.txt' is not in canonical form" in message
     status = instance.get_status_by_partition(
         documents_asset_key("docs"), partition_keys, dg.DynamicPartitionsDefinition(name=partitions_name("docs"))

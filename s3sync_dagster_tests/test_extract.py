@@ -2,6 +2,7 @@
 
 import pytest
 
+from s3sync_dagster.pipeline.documents import is_converted
 from s3sync_dagster.pipeline.extract import ExtractionError, extract_text
 
 
@@ -18,6 +19,8 @@ def test_non_utf8_names_object_byte_and_offset() -> None:
     assert str(caught.value).startswith("object 'data/latin1.txt' is not UTF-8 text (byte 0xe9 at offset 7")
 
 
-def test_documents_are_not_read_as_text() -> None:
-    with pytest.raises(ExtractionError, match=r"object 'r/report.PDF' is a \.pdf document"):
-        extract_text("r/report.PDF", b"%PDF-1.7")
+def test_documents_are_routed_to_conversion_by_suffix() -> None:
+    for object_key in ("r/report.PDF", "a/b.docx", "page.htm", "data.csv", "scan.TIFF", "book.epub"):
+        assert is_converted(object_key), object_key
+    for object_key in ("notes.txt", "main.py", "README.md", "config.yaml", "no-suffix"):
+        assert not is_converted(object_key), object_key

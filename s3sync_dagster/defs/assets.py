@@ -7,8 +7,15 @@ import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.documents import DocumentPool
 from s3sync_dagster.pipeline.sync import KeyReport, sync_keys
-from s3sync_dagster.resources import ChromaResource, EmbeddingResource, S3SourceResource, source_resource_key
+from s3sync_dagster.resources import (
+    ChromaResource,
+    DocumentsResource,
+    EmbeddingResource,
+    S3SourceResource,
+    source_resource_key,
+)
 
 # A UI backfill over many keys becomes runs of this many keys each, never one run per object.
 KEYS_PER_RUN = 100
@@ -48,6 +55,10 @@ def _key_metadata(report: KeyReport) -> dict[str, Any]:
         metadata["extractor"] = report.extractor
     if report.message:
         metadata["message"] = report.message
+    if report.pages is not None:
+        metadata["pages"] = report.pages
+    if report.warnings:
+        metadata["warnings"] = "\n".join(report.warnings)
     if report.timings:
         # Where this key's time went (s3_head, s3_read, extract, chunk, chroma_read, chroma_write).
         metadata["timings_s"] = {step: round(seconds, 4) for step, seconds in report.timings.items()}
@@ -75,7 +86,7 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
             "path_prefix": source.path_prefix,
             "chunking": source.chunking.signature(),
         },
-        required_resource_keys={s3_key, "chroma", "embedding"},
+        required_resource_keys={s3_key, "chroma", "embedding", "documents"},
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=KEYS_PER_RUN),
         # Each key reports its own materialisation below; the step itself yields no output.
         output_required=False,
@@ -84,7 +95,8 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
         s3_source: S3SourceResource = getattr(context.resources, s3_key)
         chroma: ChromaResource = context.resources.chroma
         embedding: EmbeddingResource = context.resources.embedding
-        spec = s3_source.spec()
+        documents: DocumentsResource = context.resources.documents
+        spec = s3_source.spec(documents)
         object_keys: list[str] = []
         refused: list[KeyReport] = []
         for partition_key in context.partition_keys:
@@ -116,6 +128,8 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
                     )
                 )
                 return
+            for warning in report.warnings:
+                context.log.warning(warning)
             context.log.info(
                 f"{report.status}: '{report.object_key}' ({report.chunk_count} chunks, "
                 f"{report.chunks_written} written, {report.chunks_deleted} deleted)"
@@ -127,10 +141,15 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
         for report in refused:
             record(report, partition_key=report.object_key)
         embed = embedding.function()
-        with chroma.write_lock():
-            reports = refused + sync_keys(
-                s3_source.get_client(), spec, collection_for, embed, object_keys, on_report=record
-            )
+        # Worker processes start only if a document turns up; closed with the run.
+        pool = DocumentPool(documents.workers)
+        try:
+            with chroma.write_lock():
+                reports = refused + sync_keys(
+                    s3_source.get_client(), spec, collection_for, embed, object_keys, on_report=record, pool=pool
+                )
+        finally:
+            pool.close()
         failed = [report for report in reports if report.status == "failed"]
         if failed:
             shown = "\n".join(f"- {report.object_key}: {report.message}" for report in failed[:20])

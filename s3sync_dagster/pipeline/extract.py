@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-# Chroma Sync's document formats (by suffix): they need a document extractor, never the UTF-8 path.
+# Chroma Sync's document formats (by suffix): converted to markdown, never read as UTF-8 text.
+# HTML and CSV are UTF-8 but are converted too, so tables and headings survive as markdown.
 DOCUMENT_SUFFIXES = frozenset(
     {
         ".pdf",
@@ -28,6 +29,9 @@ class Extracted:
     text: str
     markdown: bool  # chunk with the markdown chunker whatever the suffix
     extractor: str  # which path produced the text, for the run's metadata
+    page_label: str = "page"  # what a page is called in this format: page, slide or sheet
+    page_starts: tuple[tuple[int, int], ...] = ()  # (1-based line, page number) where each page begins
+    warnings: tuple[str, ...] = ()
 
 
 def suffix_of(object_key: str) -> str:
@@ -51,11 +55,7 @@ def decode_utf8(object_key: str, data: bytes) -> str:
 
 
 def extract_text(object_key: str, data: bytes) -> Extracted:
-    if is_document(object_key):
-        raise ExtractionError(
-            f"object '{object_key}' is a {suffix_of(object_key)} document: document extraction "
-            "is not available in this version; only UTF-8 text and code are indexed"
-        )
+    """The UTF-8 text path; documents go through `documents.convert_document` instead."""
     return Extracted(
         text=decode_utf8(object_key, data),
         markdown=suffix_of(object_key) in MARKDOWN_SUFFIXES,

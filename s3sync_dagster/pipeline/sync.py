@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline import chunk, extract, index, keys, objects
+from s3sync_dagster.pipeline import chunk, documents, extract, index, keys, objects
 from s3sync_dagster.pipeline.objects import S3Client
 
 # Bump when chunking or extraction changes what a given object produces: every object re-indexes once.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: HTML and CSV are converted to markdown by docling
 PREVIEW_CHARS = 160
 
 Status = Literal["indexed", "unchanged", "empty", "removed", "failed"]
@@ -35,6 +37,7 @@ class SourceSpec:
     max_size_bytes: int = 4096
     max_lines: int = 10
     max_object_bytes: int = 200 * 1024 * 1024
+    document_options: documents.DocumentOptions = field(default_factory=documents.DocumentOptions)
 
     @property
     def chunking_signature(self) -> str:
@@ -62,6 +65,8 @@ class KeyReport:
     duration_s: float = 0.0
     preview: str = ""
     message: str = ""
+    pages: int | None = None
+    warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -91,47 +96,61 @@ def check_key_in_source(spec: SourceSpec, object_key: str) -> None:
         )
 
 
-def sync_object(
+@dataclass
+class _Fetched:
+    """An object whose bytes were read because its chunks are not current: extraction comes next."""
+
+    report: KeyReport
+    info: objects.ObjectInfo
+    data: bytes
+    collection: Collection
+    document_id: str
+    signature: str
+    metadata: index.Metadata
+    custom_id: str | None
+    had_chunks: bool
+    started: float
+
+
+def _lap(report: KeyReport, step: str, since: float) -> float:
+    now = time.perf_counter()
+    report.timings[step] = report.timings.get(step, 0.0) + (now - since)
+    return now
+
+
+def fetch(
     s3: S3Client,
     spec: SourceSpec,
     collection_for: CollectionFor,
-    embed: index.Embedder,
     object_key: str,
     *,
     custom_id: str | None = None,
     user_metadata: Mapping[str, Any] | None = None,
     target_collection_name: str | None = None,
-) -> KeyReport:
-    """Bring one object's chunks in Chroma up to date. Raises on bad input, naming the object and the rule."""
+) -> KeyReport | _Fetched:
+    """Validate, HEAD, skip if current (a final report), else read the bytes for extraction."""
     started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(step: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[step] = timings.get(step, 0.0) + (now - since)
-        return now
-
     check_key_in_source(spec, object_key)
     if custom_id is not None:
         keys.validate_custom_id(custom_id)
     metadata = index.validate_user_metadata(user_metadata or {}, f"object '{object_key}'")
     collection_name = target_collection_name or spec.collection_name
     collection = collection_for(collection_name)
-    report = KeyReport(object_key=object_key, status="indexed", collection_name=collection_name, timings=timings)
+    report = KeyReport(object_key=object_key, status="indexed", collection_name=collection_name)
 
     mark = time.perf_counter()
     try:
         info = objects.head_object(s3, spec.bucket_name, object_key)
     except objects.ObjectMissing:
         return _removed(report, collection, started)
-    mark = lap("s3_head", mark)
+    mark = _lap(report, "s3_head", mark)
     report.size_bytes, report.etag = info.size, info.etag
     objects.check_size(info, spec.max_object_bytes)
 
     document_id = custom_id or keys.object_id(object_key)
     signature = sync_signature(spec, custom_id, metadata)
     stored = index.stored_chunks(collection, object_key, with_text=False)
-    mark = lap("chroma_read", mark)
+    mark = _lap(report, "chroma_read", mark)
     if index.is_current(stored, document_id, info.etag, signature):
         report.status = "unchanged"
         report.chunk_count = report.chunks_unchanged = len(stored)
@@ -144,26 +163,34 @@ def sync_object(
         data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
     except objects.ObjectMissing:  # deleted between HEAD and GET
         return _removed(report, collection, started)
-    mark = lap("s3_read", mark)
-    extracted = extract.extract_text(object_key, data)
-    mark = lap("extract", mark)
-    chunked = chunk.chunk_text(
-        extracted.text,
-        object_key,
-        mode=spec.chunking_mode,
-        max_size_bytes=spec.max_size_bytes,
-        max_lines=spec.max_lines,
-        markdown=extracted.markdown,
-    )
-    mark = lap("chunk", mark)
-    report.chunker, report.language, report.extractor = chunked.chunker, chunked.language, extracted.extractor
-    report.chunk_count = len(chunked.chunks)
-    report.preview = extracted.text[:PREVIEW_CHARS]
+    _lap(report, "s3_read", mark)
+    return _Fetched(report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started)
 
-    count = len(chunked.chunks)
+
+def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extract.Extracted:
+    if documents.is_converted(object_key):
+        return documents.convert_document(object_key, data, spec.document_options).to_extracted()
+    return extract.extract_text(object_key, data)
+
+
+def finish(fetched: _Fetched, extracted: extract.Extracted, spec: SourceSpec, embed: index.Embedder) -> KeyReport:
+    """Chunk the extracted text and make the collection hold exactly those chunks for the object."""
+    report, info = fetched.report, fetched.info
+    object_key = report.object_key
+    mark = time.perf_counter()
+    pieces, chunked = _chunk_by_page(extracted, object_key, spec)
+    mark = _lap(report, "chunk", mark)
+    report.chunker, report.language, report.extractor = chunked.chunker, chunked.language, extracted.extractor
+    report.chunk_count = len(pieces)
+    report.preview = extracted.text[:PREVIEW_CHARS]
+    report.warnings = list(extracted.warnings)
+    if extracted.page_starts:
+        report.pages = len(extracted.page_starts)
+
+    count = len(pieces)
     records = []
-    for position, piece in enumerate(chunked.chunks):
-        chunk_metadata: index.Metadata = dict(metadata)
+    for position, (piece, page) in enumerate(pieces):
+        chunk_metadata: index.Metadata = dict(fetched.metadata)
         chunk_metadata.update(
             {
                 "object_key": object_key,
@@ -178,19 +205,24 @@ def sync_object(
                 "end_line": piece.end_line,
                 "chunker": chunked.chunker,
                 "extractor": extracted.extractor,
-                "document_id": document_id,
-                "sync_signature": signature,
+                "document_id": fetched.document_id,
+                "sync_signature": fetched.signature,
             }
         )
         if chunked.language is not None:
             chunk_metadata["language"] = chunked.language
-        if custom_id is not None:
-            chunk_metadata["custom_id"] = custom_id
-        records.append(index.ChunkRecord(keys.chunk_id(document_id, position), piece.text, chunk_metadata))
+        if fetched.custom_id is not None:
+            chunk_metadata["custom_id"] = fetched.custom_id
+        if page is not None:
+            chunk_metadata["page"] = page
+            if extracted.page_label != "page":
+                chunk_metadata[extracted.page_label] = page
+        records.append(index.ChunkRecord(keys.chunk_id(fetched.document_id, position), piece.text, chunk_metadata))
 
-    full_stored = index.stored_chunks(collection, object_key, with_text=True) if stored else {}
+    collection = fetched.collection
+    full_stored = index.stored_chunks(collection, object_key, with_text=True) if fetched.had_chunks else {}
     stats = index.replace_chunks(collection, records, full_stored, embed)
-    lap("chroma_write", mark)
+    _lap(report, "chroma_write", mark)
     report.chunks_written = stats.written
     report.chunks_embedded = stats.embedded
     report.chunks_metadata_only = stats.metadata_only
@@ -198,9 +230,71 @@ def sync_object(
     report.chunks_deleted = stats.deleted
     if count == 0:
         report.status = "empty"
-        report.message = f"object '{object_key}' has no text ({info.size} bytes): nothing indexed"
-    report.duration_s = time.perf_counter() - started
+        report.message = (
+            "; ".join(extracted.warnings) or f"object '{object_key}' has no text ({info.size} bytes): nothing indexed"
+        )
+    report.duration_s = time.perf_counter() - fetched.started
     return report
+
+
+def _chunk_by_page(
+    extracted: extract.Extracted, object_key: str, spec: SourceSpec
+) -> tuple[list[tuple[chunk.Chunk, int | None]], chunk.ChunkResult]:
+    """Chunks with their page (slide, sheet): each page is chunked on its own, so no chunk spans two."""
+
+    def chunk_part(text: str) -> chunk.ChunkResult:
+        return chunk.chunk_text(
+            text,
+            object_key,
+            mode=spec.chunking_mode,
+            max_size_bytes=spec.max_size_bytes,
+            max_lines=spec.max_lines,
+            markdown=extracted.markdown,
+        )
+
+    if not extracted.page_starts:
+        whole = chunk_part(extracted.text)
+        return [(piece, None) for piece in whole.chunks], whole
+    lines = extracted.text.splitlines(keepends=True)
+    bounds = [start for start, _ in extracted.page_starts[1:]] + [len(lines) + 1]
+    pieces: list[tuple[chunk.Chunk, int | None]] = []
+    result = chunk.ChunkResult([], "", None)
+    previous_end = 1
+    for (start, page), end in zip(extracted.page_starts, bounds, strict=True):
+        # Text before the first page mark (none, as documents.py joins pages) stays with that page.
+        first = min(start, previous_end)
+        result = chunk_part("".join(lines[first - 1 : end - 1]))
+        offset = first - 1
+        pieces.extend(
+            (chunk.Chunk(piece.text, piece.start_line + offset, piece.end_line + offset), page)
+            for piece in result.chunks
+        )
+        previous_end = end
+    return pieces, result
+
+
+def sync_object(
+    s3: S3Client,
+    spec: SourceSpec,
+    collection_for: CollectionFor,
+    embed: index.Embedder,
+    object_key: str,
+    *,
+    custom_id: str | None = None,
+    user_metadata: Mapping[str, Any] | None = None,
+    target_collection_name: str | None = None,
+) -> KeyReport:
+    """Bring one object's chunks in Chroma up to date. Raises on bad input, naming the object and the rule."""
+    fetched = fetch(
+        s3, spec, collection_for, object_key,
+        custom_id=custom_id, user_metadata=user_metadata, target_collection_name=target_collection_name,
+    )  # fmt: skip
+    if isinstance(fetched, KeyReport):
+        return fetched
+    mark = time.perf_counter()
+    extracted = extract_in_process(object_key, fetched.data, spec)
+    _lap(fetched.report, "extract", mark)
+    return finish(fetched, extracted, spec, embed)
 
 
 def _removed(report: KeyReport, collection: Collection, started: float) -> KeyReport:
@@ -226,22 +320,61 @@ def sync_keys(
     embed: index.Embedder,
     object_keys: Iterable[str],
     on_report: Callable[[KeyReport], None] | None = None,
+    pool: documents.DocumentPool | None = None,
 ) -> list[KeyReport]:
-    """Sync many keys; a key that fails is reported as failed and never stops the others."""
-    reports = []
-    for object_key in object_keys:
-        started = time.perf_counter()
-        try:
-            report = sync_object(s3, spec, collection_for, embed, object_key)
-        except Exception as error:  # one bad object fails its own key, never the others
-            report = KeyReport(
+    """Sync many keys; a key that fails is reported as failed and never stops the others.
+
+    With a pool, documents are converted in its worker processes while this thread reads, chunks,
+    embeds and writes the others; a few conversions are kept in flight so every core stays busy.
+    """
+    reports: list[KeyReport] = []
+    in_flight: deque[tuple[_Fetched, Future[documents.Converted]]] = deque()
+    window = 2 * pool.workers if pool is not None else 0
+
+    def done(report: KeyReport) -> None:
+        reports.append(report)
+        if on_report is not None:
+            on_report(report)
+
+    def failed(object_key: str, error: Exception, started: float) -> None:
+        done(
+            KeyReport(
                 object_key=object_key,
                 status="failed",
                 collection_name=spec.collection_name,
                 message=failure_message(object_key, error),
                 duration_s=time.perf_counter() - started,
             )
-        reports.append(report)
-        if on_report is not None:
-            on_report(report)
+        )
+
+    def drain_one() -> None:
+        fetched, future = in_flight.popleft()
+        try:
+            mark = time.perf_counter()
+            extracted = documents.result_of(fetched.report.object_key, future, spec.document_options)
+            _lap(fetched.report, "extract", mark)
+            done(finish(fetched, extracted, spec, embed))
+        except Exception as error:  # one bad object fails its own key, never the others
+            failed(fetched.report.object_key, error, fetched.started)
+
+    for object_key in object_keys:
+        started = time.perf_counter()
+        try:
+            fetched = fetch(s3, spec, collection_for, object_key)
+            if isinstance(fetched, KeyReport):
+                done(fetched)
+            elif pool is not None and documents.is_converted(object_key):
+                in_flight.append((fetched, pool.submit(object_key, fetched.data, spec.document_options)))
+                fetched.data = b""  # the worker has its copy; do not hold every document in memory
+                while len(in_flight) >= window:
+                    drain_one()
+            else:
+                mark = time.perf_counter()
+                extracted = extract_in_process(object_key, fetched.data, spec)
+                _lap(fetched.report, "extract", mark)
+                done(finish(fetched, extracted, spec, embed))
+        except Exception as error:  # one bad object fails its own key, never the others
+            failed(object_key, error, started)
+    while in_flight:
+        drain_one()
     return reports
