@@ -223,7 +223,9 @@ def libreoffice_convert(data: bytes, source_suffix: str, target: str) -> bytes:
              "--outdir", folder, str(source)],
             check=True, capture_output=True, timeout=180,
         )  # fmt: skip
-        return (Path(folder) / f"fixture.{target}").read_bytes()
+        converted = Path(folder) / f"fixture.{target}"
+        assert converted.exists(), f"LibreOffice did not convert {source_suffix} to .{target} (is it fully installed?)"
+        return converted.read_bytes()
 
 
 @functools.lru_cache(maxsize=1)
