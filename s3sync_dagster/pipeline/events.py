@@ -61,7 +61,7 @@ def parse_message(
     out: list[SyncRequest | Ignored] = []
     for record in records:
         event_name = str(record.get("eventName", ""))
-        s3 = record.get("s3") if isinstance(record.get("s3"), dict) else {}
+        s3: Mapping[str, Any] = record.get("s3") or {}
         bucket = (s3.get("bucket") or {}).get("name")
         raw_key = (s3.get("object") or {}).get("key")
         if not str(record.get("eventSource", "aws:s3")).endswith("s3") or raw_key is None:
@@ -76,7 +76,9 @@ def parse_message(
             out.append(Ignored(f"'{object_key}' is a folder marker"))
         elif event_name.startswith("ObjectCreated:"):
             if auto_sync == "metadata" and not object_key.endswith(META_SUFFIX):
-                out.append(Ignored(f"'{object_key}' is not a {META_SUFFIX} file and this source syncs in metadata mode"))
+                out.append(
+                    Ignored(f"'{object_key}' is not a {META_SUFFIX} file and this source syncs in metadata mode")
+                )
             else:
                 out.append(SyncRequest("index", object_key, event_name))
         elif event_name.startswith("ObjectRemoved:"):
@@ -114,7 +116,7 @@ def parse_meta_file(meta_key: str, data: bytes, path_prefix: str) -> MetaFile:
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
     if content.get("version") != META_VERSION:
-        raise ValueError(f"{where}: version must be \"{META_VERSION}\" (got {json.dumps(content.get('version'))})")
+        raise ValueError(f'{where}: version must be "{META_VERSION}" (got {json.dumps(content.get("version"))})')
     document_id = content.get("id")
     if not isinstance(document_id, str):
         raise ValueError(f"{where}: id is required and must be a string")
