@@ -159,6 +159,15 @@ class SourceConfig(_Model):
     chunking: ChunkingConfig = Field(default_factory=TreeSitterChunking)
     max_object_bytes: int = Field(default=DEFAULT_MAX_OBJECT_BYTES, ge=1)
     max_document_pages: int = Field(default=7000, ge=1)  # Chroma Sync's limit per document
+    # Auto-sync, as Chroma Sync: S3 event notifications through an SQS queue, `direct` (every upload)
+    # or `metadata` (only .meta.json uploads); deletes are followed too.
+    auto_sync: Literal["none", "direct", "metadata"] = "none"
+    sqs_queue_url: str | None = None
+    poll_interval_seconds: int | None = Field(default=None, ge=1)  # prefix polling; absent: none
+    document_limit: int | None = Field(default=None, ge=1)  # at most this many keys are registered
+    # A regular expression with a named group `container_tag`, matched against each object key; the
+    # group's text is stored as the chunks' `container_tag` metadata (Supermemory's dynamic tags).
+    container_tag_regex: str | None = None
 
     _literal = field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before")(
         _secret_must_be_env_ref
@@ -174,6 +183,25 @@ class SourceConfig(_Model):
                 "and starts and ends with a letter or digit"
             )
         return value
+
+    @field_validator("container_tag_regex")
+    @classmethod
+    def _container_tag_group(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            pattern = re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression ({error})") from None
+        if "container_tag" not in pattern.groupindex:
+            raise ValueError("needs a named group: (?P<container_tag>...)")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_sync_needs_a_queue(self) -> SourceConfig:
+        if self.auto_sync != "none" and not self.sqs_queue_url:
+            raise ValueError(f"auto_sync: {self.auto_sync} needs sqs_queue_url")
+        return self
 
     @model_validator(mode="after")
     def _credentials_in_pairs(self) -> SourceConfig:

@@ -6,12 +6,27 @@ import dagster as dg
 
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.defs.assets import build_documents_asset
+from s3sync_dagster.defs.jobs import build_sync_job
+from s3sync_dagster.defs.sensors import build_poll_sensor, build_sqs_sensor
 from s3sync_dagster.resources import resources_for
 
 
 def build_definitions(config: AppConfig) -> dg.Definitions:
+    jobs: list[dg.JobDefinition] = []
+    sensors: list[dg.SensorDefinition] = []
+    for source in config.sources:
+        if source.auto_sync == "none" and source.poll_interval_seconds is None:
+            continue
+        job = build_sync_job(source)
+        jobs.append(job)
+        if source.auto_sync != "none":
+            sensors.append(build_sqs_sensor(source, job))
+        if source.poll_interval_seconds is not None:
+            sensors.append(build_poll_sensor(source, job))
     return dg.Definitions(
         assets=[build_documents_asset(source) for source in config.sources],
+        jobs=jobs,
+        sensors=sensors,
         resources=resources_for(config),
     )
 

@@ -42,6 +42,7 @@ class S3SourceResource(S3Resource):
     chunk_max_lines: int = 10
     max_object_bytes: int = 200 * 1024 * 1024
     max_document_pages: int = 7000
+    container_tag_regex: str | None = None
 
     def get_object_to_set_on_execution_context(self) -> Any:
         # S3Resource hands ops a bare boto3 client; the asset needs the source's settings too.
@@ -62,6 +63,7 @@ class S3SourceResource(S3Resource):
             max_lines=self.chunk_max_lines,
             max_object_bytes=self.max_object_bytes,
             document_options=(documents or DocumentsResource()).options(self.max_document_pages),
+            container_tag_regex=self.container_tag_regex,
         )
 
 
@@ -101,7 +103,45 @@ def s3_source_resource(source: SourceConfig) -> S3SourceResource:
         chunk_max_lines=source.chunking.max_lines,
         max_object_bytes=source.max_object_bytes,
         max_document_pages=source.max_document_pages,
+        container_tag_regex=source.container_tag_regex,
     )
+
+
+class SQSQueueResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The SQS queue S3 sends a source's event notifications to (dagster-aws has no SQS resource)."""
+
+    queue_url: str
+    region_name: str | None = None
+    endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+
+    def get_client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session(
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            region_name=self.region_name,
+        ).client("sqs", endpoint_url=self.endpoint_url)
+
+
+def sqs_queue_resource(source: SourceConfig) -> SQSQueueResource:
+    assert source.sqs_queue_url is not None
+    return SQSQueueResource(
+        queue_url=source.sqs_queue_url,
+        region_name=source.region,
+        endpoint_url=source.endpoint_url,
+        aws_access_key_id=_env(source.aws_access_key_id),
+        aws_secret_access_key=_env(source.aws_secret_access_key),
+        aws_session_token=_env(source.aws_session_token),
+    )
+
+
+def sqs_resource_key(source_name: str) -> str:
+    return f"sqs_{source_name}"
 
 
 class EmbeddingResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -247,6 +287,8 @@ def resources_for(config: AppConfig) -> dict[str, Any]:
     }
     for source in config.sources:
         resources[source_resource_key(source.name)] = s3_source_resource(source)
+        if source.sqs_queue_url:
+            resources[sqs_resource_key(source.name)] = sqs_queue_resource(source)
     return resources
 
 

@@ -1,6 +1,6 @@
 """The indexing asset of a source: one dynamic partition per object key, many keys per run."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -49,6 +49,8 @@ def _key_metadata(report: KeyReport) -> dict[str, Any]:
         "chunker": report.chunker,
         "duration_s": round(report.duration_s, 4),
     }
+    if report.document_key:
+        metadata["document_key"] = report.document_key
     if report.language:
         metadata["language"] = report.language
     if report.extractor:
@@ -65,6 +67,82 @@ def _key_metadata(report: KeyReport) -> dict[str, Any]:
     if report.preview:
         metadata["preview"] = dg.MetadataValue.md(f"```\n{report.preview}\n```")
     return metadata
+
+
+def index_partitions(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext,
+    asset_key: dg.AssetKey,
+    s3_key: str,
+    partition_keys: Sequence[str],
+) -> None:
+    """Sync the objects behind these partition keys, one materialisation (or failure) per key.
+
+    Shared by the asset (UI launches, backfills, `s3sync sync`) and the sensors' sync job, so both
+    record the same per-key materialisations of the same partitions.
+    """
+    s3_source: S3SourceResource = getattr(context.resources, s3_key)
+    chroma: ChromaResource = context.resources.chroma
+    embedding: EmbeddingResource = context.resources.embedding
+    documents: DocumentsResource = context.resources.documents
+    spec = s3_source.spec(documents)
+    object_keys: list[str] = []
+    refused: list[KeyReport] = []
+    for partition_key in partition_keys:
+        try:
+            object_keys.append(keys.to_object_key(partition_key))
+        except ValueError as error:  # a partition typed by hand in the UI: fails alone
+            refused.append(KeyReport(object_key=partition_key, status="failed", collection_name="", message=str(error)))
+    context.log.info(f"syncing {len(object_keys)} object(s) of source '{spec.name}' into {chroma.describe()}")
+    # Opened once, outside the per-key isolation: an unreachable store or a model mismatch is the
+    # run's failure, said once, not the same error repeated for every key.
+    collections: dict[str, Any] = {spec.collection_name: chroma.collection(spec.collection_name, embedding)}
+
+    def collection_for(name: str) -> Any:
+        if name not in collections:
+            collections[name] = chroma.collection(name, embedding)
+        return collections[name]
+
+    def record(report: KeyReport, partition_key: str | None = None) -> None:
+        partition_key = partition_key or keys.to_partition_key(report.object_key)
+        if report.status == "failed":
+            context.log.error(f"object '{report.object_key}' failed: {report.message}")
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=asset_key, partition=partition_key, metadata={"error": report.message, "status": "failed"}
+                )
+            )
+            return
+        for warning in report.warnings:
+            context.log.warning(warning)
+        context.log.info(
+            f"{report.status}: '{report.object_key}' ({report.chunk_count} chunks, "
+            f"{report.chunks_written} written, {report.chunks_deleted} deleted)"
+        )
+        context.log_event(
+            dg.AssetMaterialization(asset_key=asset_key, partition=partition_key, metadata=_key_metadata(report))
+        )
+
+    for report in refused:
+        record(report, partition_key=report.object_key)
+    embed = embedding.function()
+    # Worker processes start only if a document turns up; closed with the run.
+    pool = DocumentPool(documents.workers)
+    try:
+        with chroma.write_lock():
+            reports = refused + sync_keys(
+                s3_source.get_client(), spec, collection_for, embed, object_keys, on_report=record, pool=pool
+            )
+    finally:
+        pool.close()
+    failed = [report for report in reports if report.status == "failed"]
+    if failed:
+        shown = "\n".join(f"- {report.object_key}: {report.message}" for report in failed[:20])
+        more = f"\n(and {len(failed) - 20} more)" if len(failed) > 20 else ""
+        raise dg.Failure(
+            description=f"{len(failed)} of {len(reports)} object(s) failed; the others were indexed:\n{shown}{more}",
+            metadata={"failed_keys": [report.object_key for report in failed], "failed_count": len(failed)},
+            allow_retries=False,
+        )
 
 
 def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
@@ -92,73 +170,7 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
         output_required=False,
     )
     def documents(context: dg.AssetExecutionContext) -> Iterator[dg.Output[None]]:
-        s3_source: S3SourceResource = getattr(context.resources, s3_key)
-        chroma: ChromaResource = context.resources.chroma
-        embedding: EmbeddingResource = context.resources.embedding
-        documents: DocumentsResource = context.resources.documents
-        spec = s3_source.spec(documents)
-        object_keys: list[str] = []
-        refused: list[KeyReport] = []
-        for partition_key in context.partition_keys:
-            try:
-                object_keys.append(keys.to_object_key(partition_key))
-            except ValueError as error:  # a partition typed by hand in the UI: fails alone
-                refused.append(
-                    KeyReport(object_key=partition_key, status="failed", collection_name="", message=str(error))
-                )
-        context.log.info(f"syncing {len(object_keys)} object(s) of source '{spec.name}' into {chroma.describe()}")
-        # Opened once, outside the per-key isolation: an unreachable store or a model mismatch is the
-        # run's failure, said once, not the same error repeated for every key.
-        collections: dict[str, Any] = {spec.collection_name: chroma.collection(spec.collection_name, embedding)}
-
-        def collection_for(name: str) -> Any:
-            if name not in collections:
-                collections[name] = chroma.collection(name, embedding)
-            return collections[name]
-
-        def record(report: KeyReport, partition_key: str | None = None) -> None:
-            partition_key = partition_key or keys.to_partition_key(report.object_key)
-            if report.status == "failed":
-                context.log.error(f"object '{report.object_key}' failed: {report.message}")
-                context.log_event(
-                    dg.AssetObservation(
-                        asset_key=asset_key,
-                        partition=partition_key,
-                        metadata={"error": report.message, "status": "failed"},
-                    )
-                )
-                return
-            for warning in report.warnings:
-                context.log.warning(warning)
-            context.log.info(
-                f"{report.status}: '{report.object_key}' ({report.chunk_count} chunks, "
-                f"{report.chunks_written} written, {report.chunks_deleted} deleted)"
-            )
-            context.log_event(
-                dg.AssetMaterialization(asset_key=asset_key, partition=partition_key, metadata=_key_metadata(report))
-            )
-
-        for report in refused:
-            record(report, partition_key=report.object_key)
-        embed = embedding.function()
-        # Worker processes start only if a document turns up; closed with the run.
-        pool = DocumentPool(documents.workers)
-        try:
-            with chroma.write_lock():
-                reports = refused + sync_keys(
-                    s3_source.get_client(), spec, collection_for, embed, object_keys, on_report=record, pool=pool
-                )
-        finally:
-            pool.close()
-        failed = [report for report in reports if report.status == "failed"]
-        if failed:
-            shown = "\n".join(f"- {report.object_key}: {report.message}" for report in failed[:20])
-            more = f"\n(and {len(failed) - 20} more)" if len(failed) > 20 else ""
-            raise dg.Failure(
-                description=f"{len(failed)} of {len(reports)} object(s) failed; the others were indexed:\n{shown}{more}",
-                metadata={"failed_keys": [report.object_key for report in failed], "failed_count": len(failed)},
-                allow_retries=False,
-            )
+        index_partitions(context, asset_key, s3_key, context.partition_keys)
         yield from ()
 
     return documents

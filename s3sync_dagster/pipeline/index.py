@@ -17,7 +17,8 @@ RESERVED_METADATA_KEYS = frozenset(
     {
         "object_key", "bucket_name", "source", "etag", "last_modified", "size_bytes",
         "chunk_index", "chunk_count", "start_line", "end_line", "language", "chunker",
-        "custom_id", "document_id", "sync_signature", "extractor",
+        "custom_id", "document_id", "sync_signature", "extractor", "page", "slide", "sheet",
+        "page_end", "metadata_key", "container_tag",
     }
 )  # fmt: skip
 
@@ -177,7 +178,11 @@ def _vectors_for(
 
 def delete_object(collection: Collection, object_key: str) -> int:
     """Remove every chunk of an object, whatever id scheme wrote it; returns how many."""
-    ids = list(stored_chunks(collection, object_key, with_text=False))
+    return delete_where(collection, {"object_key": object_key})
+
+
+def delete_where(collection: Collection, where: dict[str, Any]) -> int:
+    ids = collection.get(where=where, include=[])["ids"]  # type: ignore[arg-type]
     for part in _batches(ids, max_batch_size(collection)):
         collection.delete(ids=list(part))
     return len(ids)

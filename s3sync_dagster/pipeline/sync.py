@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -13,7 +14,7 @@ from typing import Any, Literal
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline import chunk, documents, extract, index, keys, objects
+from s3sync_dagster.pipeline import chunk, documents, events, extract, index, keys, objects
 from s3sync_dagster.pipeline.objects import S3Client
 
 # Bump when chunking or extraction changes what a given object produces: every object re-indexes once.
@@ -38,6 +39,7 @@ class SourceSpec:
     max_lines: int = 10
     max_object_bytes: int = 200 * 1024 * 1024
     document_options: documents.DocumentOptions = field(default_factory=documents.DocumentOptions)
+    container_tag_regex: str | None = None
 
     @property
     def chunking_signature(self) -> str:
@@ -48,9 +50,10 @@ class SourceSpec:
 class KeyReport:
     """What happened to one object key, as reported on its materialisation."""
 
-    object_key: str
+    object_key: str  # the partition's key: the object's, or its .meta.json file's
     status: Status
     collection_name: str
+    document_key: str | None = None  # the object a .meta.json file pointed at
     size_bytes: int = 0
     etag: str = ""
     chunk_count: int = 0
@@ -85,6 +88,7 @@ def sync_signature(spec: SourceSpec, custom_id: str | None, user_metadata: Mappi
         "metadata": user_metadata,
         "source": spec.name,
         "bucket": spec.bucket_name,
+        "container_tag_regex": spec.container_tag_regex,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -110,6 +114,7 @@ class _Fetched:
     custom_id: str | None
     had_chunks: bool
     started: float
+    meta_key: str | None = None
 
 
 def _lap(report: KeyReport, step: str, since: float) -> float:
@@ -129,6 +134,8 @@ def fetch(
     target_collection_name: str | None = None,
 ) -> KeyReport | _Fetched:
     """Validate, HEAD, skip if current (a final report), else read the bytes for extraction."""
+    if events.is_meta_key(object_key):
+        return _fetch_by_meta_file(s3, spec, collection_for, object_key)
     started = time.perf_counter()
     check_key_in_source(spec, object_key)
     if custom_id is not None:
@@ -167,6 +174,39 @@ def fetch(
     return _Fetched(report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started)
 
 
+MAX_META_FILE_BYTES = 1024 * 1024
+
+
+def _fetch_by_meta_file(
+    s3: S3Client, spec: SourceSpec, collection_for: CollectionFor, meta_key: str
+) -> KeyReport | _Fetched:
+    """A `.meta.json` partition: (re-)read the metadata file, then sync the document it names."""
+    started = time.perf_counter()
+    check_key_in_source(spec, meta_key)
+    try:
+        info = objects.head_object(s3, spec.bucket_name, meta_key)
+        data = objects.read_object(s3, spec.bucket_name, info, MAX_META_FILE_BYTES)
+    except objects.ObjectMissing:
+        # The metadata file is gone: so are the chunks it asked for (in the source's collection).
+        collection = collection_for(spec.collection_name)
+        report = KeyReport(object_key=meta_key, status="removed", collection_name=spec.collection_name)
+        report.chunks_deleted = index.delete_where(collection, {"metadata_key": meta_key})
+        report.message = f"metadata file '{meta_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
+        report.duration_s = time.perf_counter() - started
+        return report
+    meta = events.parse_meta_file(meta_key, data, spec.path_prefix)
+    fetched = fetch(
+        s3, spec, collection_for, meta.path,
+        custom_id=meta.document_id, user_metadata=meta.metadata,
+        target_collection_name=meta.target_collection_name,
+    )  # fmt: skip
+    report = fetched if isinstance(fetched, KeyReport) else fetched.report
+    report.document_key, report.object_key = meta.path, meta_key
+    if isinstance(fetched, _Fetched):
+        fetched.meta_key = meta_key
+    return fetched
+
+
 def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extract.Extracted:
     if documents.is_converted(object_key):
         return documents.convert_document(object_key, data, spec.document_options).to_extracted()
@@ -176,7 +216,7 @@ def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extrac
 def finish(fetched: _Fetched, extracted: extract.Extracted, spec: SourceSpec, embed: index.Embedder) -> KeyReport:
     """Chunk the extracted text and make the collection hold exactly those chunks for the object."""
     report, info = fetched.report, fetched.info
-    object_key = report.object_key
+    object_key = report.document_key or report.object_key
     mark = time.perf_counter()
     pieces, chunked = _chunk_by_page(extracted, object_key, spec)
     mark = _lap(report, "chunk", mark)
@@ -188,6 +228,8 @@ def finish(fetched: _Fetched, extracted: extract.Extracted, spec: SourceSpec, em
         report.pages = len(extracted.page_starts)
 
     count = len(pieces)
+    match = re.search(spec.container_tag_regex, object_key) if spec.container_tag_regex else None
+    container_tag = match.group("container_tag") if match and match.group("container_tag") else None
     records = []
     for position, (piece, page) in enumerate(pieces):
         chunk_metadata: index.Metadata = dict(fetched.metadata)
@@ -213,6 +255,10 @@ def finish(fetched: _Fetched, extracted: extract.Extracted, spec: SourceSpec, em
             chunk_metadata["language"] = chunked.language
         if fetched.custom_id is not None:
             chunk_metadata["custom_id"] = fetched.custom_id
+        if fetched.meta_key is not None:
+            chunk_metadata["metadata_key"] = fetched.meta_key
+        if container_tag is not None:
+            chunk_metadata["container_tag"] = container_tag
         if page is not None:
             chunk_metadata["page"] = page
             if extracted.page_label != "page":
@@ -292,7 +338,7 @@ def sync_object(
     if isinstance(fetched, KeyReport):
         return fetched
     mark = time.perf_counter()
-    extracted = extract_in_process(object_key, fetched.data, spec)
+    extracted = extract_in_process(fetched.report.document_key or object_key, fetched.data, spec)
     _lap(fetched.report, "extract", mark)
     return finish(fetched, extracted, spec, embed)
 
@@ -351,7 +397,9 @@ def sync_keys(
         fetched, future = in_flight.popleft()
         try:
             mark = time.perf_counter()
-            extracted = documents.result_of(fetched.report.object_key, future, spec.document_options)
+            extracted = documents.result_of(
+                fetched.report.document_key or fetched.report.object_key, future, spec.document_options
+            )
             _lap(fetched.report, "extract", mark)
             done(finish(fetched, extracted, spec, embed))
         except Exception as error:  # one bad object fails its own key, never the others
@@ -363,14 +411,15 @@ def sync_keys(
             fetched = fetch(s3, spec, collection_for, object_key)
             if isinstance(fetched, KeyReport):
                 done(fetched)
-            elif pool is not None and documents.is_converted(object_key):
-                in_flight.append((fetched, pool.submit(object_key, fetched.data, spec.document_options)))
+            elif pool is not None and documents.is_converted(fetched.report.document_key or object_key):
+                document_key = fetched.report.document_key or object_key
+                in_flight.append((fetched, pool.submit(document_key, fetched.data, spec.document_options)))
                 fetched.data = b""  # the worker has its copy; do not hold every document in memory
                 while len(in_flight) >= window:
                     drain_one()
             else:
                 mark = time.perf_counter()
-                extracted = extract_in_process(object_key, fetched.data, spec)
+                extracted = extract_in_process(fetched.report.document_key or object_key, fetched.data, spec)
                 _lap(fetched.report, "extract", mark)
                 done(finish(fetched, extracted, spec, embed))
         except Exception as error:  # one bad object fails its own key, never the others

@@ -1,0 +1,233 @@
+"""Auto-sync through SQS: a real bucket notification (moto server) to a real queue, the sensor evaluated on
+a real Dagster instance, and its run requests executed there as the daemon would."""
+
+import json
+from typing import Any
+
+import boto3
+import dagster as dg
+import pytest
+
+from s3sync_dagster.config import AppConfig
+from s3sync_dagster.definitions import build_definitions
+from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
+from s3sync_dagster.defs.jobs import sync_job_name
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster.resources import ChromaResource
+from s3sync_dagster_tests.conftest import ConfigFactory, put
+
+
+@pytest.fixture
+def sqs(moto_endpoint: str) -> Any:
+    return boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def queue_url(sqs: Any, s3: Any, bucket: str) -> str:
+    """A queue that receives the bucket's created and removed events, drained of the setup test event."""
+    url = sqs.create_queue(QueueName=f"{bucket}-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
+        },
+    )
+    return str(url)
+
+
+class AutoSync:
+    """One source with auto-sync, its definitions and a helper that runs a daemon-like tick."""
+
+    def __init__(self, config: AppConfig, instance: dg.DagsterInstance, sensor: str = "sqs") -> None:
+        self.config = config
+        self.source = config.sources[0]
+        self.instance = instance
+        self.defs = build_definitions(config)
+        self.sensor = self.defs.resolve_sensor_def(f"{self.source.name}_{sensor}")
+        self.job = self.defs.resolve_job_def(sync_job_name(self.source.name))
+
+    def tick(self) -> tuple[dg.SensorResult, list[dg.ExecuteInProcessResult]]:
+        with dg.build_sensor_context(instance=self.instance, resources=self.defs.resources) as context:
+            result = self.sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        for request in result.dynamic_partitions_requests or []:
+            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys or []))
+        runs = [
+            self.job.execute_in_process(
+                run_config=request.run_config, instance=self.instance, tags=request.tags, raise_on_error=False
+            )
+            for request in result.run_requests or []
+        ]
+        return result, runs
+
+    def collection(self, name: str | None = None) -> Any:
+        # The same (cached) client the runs used: one embedded store, one set of settings per process.
+        return ChromaResource(path=self.config.chroma.path).client().get_collection(name or self.source.collection_name)
+
+    def chunks(self, object_key: str, collection: str | None = None) -> dict[str, str]:
+        found = self.collection(collection).get(where={"object_key": object_key})
+        return dict(zip(found["ids"], found["documents"], strict=True))
+
+    def latest(self, object_key: str) -> dict[str, Any]:
+        records = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=documents_asset_key(self.source.name), asset_partitions=[keys.to_partition_key(object_key)]
+            ),
+            limit=1,
+        ).records
+        metadata = records[0].asset_materialization.metadata
+        return {name: getattr(value, "value", value) for name, value in metadata.items()}
+
+
+@pytest.fixture
+def direct(make_config: ConfigFactory, bucket: str, queue_url: str, instance: dg.DagsterInstance) -> AutoSync:
+    config, _ = make_config(bucket, path_prefix="in/", auto_sync="direct", sqs_queue_url=queue_url)
+    return AutoSync(config, instance)
+
+
+def test_upload_overwrite_and_delete_follow_the_bucket(
+    s3: Any, bucket: str, direct: AutoSync, sqs: Any, queue_url: str
+) -> None:
+    hostile = ["in/plain.txt", "in/with space+plus.txt", "in/ünïcødé/文件.md", "in/dots...here.txt"]
+    put(s3, bucket, {key: f"first version of {key}\n" for key in hostile} | {"out/elsewhere.txt": "x"})
+    result, runs = direct.tick()
+    assert [run.success for run in runs] == [True]
+    assert sorted(direct.instance.get_dynamic_partitions(partitions_name("docs"))) == sorted(
+        keys.to_partition_key(k) for k in hostile
+    )
+    for key in hostile:
+        assert list(direct.chunks(key).values()) == [f"first version of {key}\n"]
+
+    put(s3, bucket, {"in/plain.txt": "second, replacing version\n"})
+    s3.delete_object(Bucket=bucket, Key="in/with space+plus.txt")
+    _, runs = direct.tick()
+    assert [run.success for run in runs] == [True]
+    assert list(direct.chunks("in/plain.txt").values()) == ["second, replacing version\n"]
+    assert direct.chunks("in/with space+plus.txt") == {}
+    removed = direct.latest("in/with space+plus.txt")
+    assert removed["status"] == "removed" and removed["chunks_deleted"] == 1
+    # Everything was consumed: the next tick has nothing to do.
+    assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None
+    result, runs = direct.tick()
+    assert runs == [] and result.skip_reason
+
+
+def test_redelivered_and_foreign_messages_are_harmless(
+    s3: Any, bucket: str, direct: AutoSync, sqs: Any, queue_url: str
+) -> None:
+    put(s3, bucket, {"in/a.txt": "alpha\n"})
+    peeked = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=0)
+    body = next(m["Body"] for m in peeked["Messages"] if "ObjectCreated" in m["Body"])
+    _, runs = direct.tick()
+    assert [run.success for run in runs] == [True]
+    before = direct.chunks("in/a.txt")
+    sqs.send_message(QueueUrl=queue_url, MessageBody=body)  # the same notification again
+    sqs.send_message(QueueUrl=queue_url, MessageBody="hello, not an S3 event")
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"Event": "s3:TestEvent", "Bucket": bucket}))
+    _, runs = direct.tick()
+    assert [run.success for run in runs] == [True]
+    assert direct.chunks("in/a.txt") == before  # no duplicate, nothing rewritten
+    assert direct.latest("in/a.txt")["status"] == "unchanged"
+    assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None
+
+
+def test_a_burst_becomes_a_few_runs(s3: Any, bucket: str, direct: AutoSync) -> None:
+    put(s3, bucket, {f"in/burst/{n:03d}.txt": f"burst file {n}\n" for n in range(300)})
+    result, runs = direct.tick()
+    assert len(result.run_requests or []) == 3 and all(run.success for run in runs)
+    assert direct.collection().count() == 300
+
+
+def test_document_limit_caps_registration(
+    make_config: ConfigFactory, s3: Any, bucket: str, queue_url: str, instance: dg.DagsterInstance
+) -> None:
+    config, _ = make_config(bucket, auto_sync="direct", sqs_queue_url=queue_url, document_limit=2)
+    limited = AutoSync(config, instance)
+    put(s3, bucket, {f"doc-{n}.txt": "x\n" for n in range(4)})
+    limited.tick()
+    assert len(instance.get_dynamic_partitions(partitions_name("docs"))) == 2
+
+
+def test_metadata_mode(
+    make_config: ConfigFactory, s3: Any, bucket: str, queue_url: str, instance: dg.DagsterInstance
+) -> None:
+    config, _ = make_config(bucket, path_prefix="t1/", auto_sync="metadata", sqs_queue_url=queue_url)
+    tenant = AutoSync(config, instance)
+    put(s3, bucket, {"t1/report.txt": "the tenant's report\n", "t1/ignored.txt": "no metadata file\n"})
+    _, runs = tenant.tick()
+    assert runs == []  # plain uploads do not trigger in metadata mode
+    meta = {
+        "version": "chroma-v1",
+        "id": "report-1",
+        "path": "t1/report.txt",
+        "target_collection_name": "tenant-one",
+        "metadata": {"year": 2024},
+    }
+    put(s3, bucket, {"t1/report.meta.json": json.dumps(meta)})
+    _, runs = tenant.tick()
+    assert [run.success for run in runs] == [True]
+    assert instance.get_dynamic_partitions(partitions_name("docs")) == ["t1/report.meta.json"]
+    found = tenant.collection("tenant-one").get(where={"object_key": "t1/report.txt"}, include=["metadatas"])
+    assert found["ids"] == ["report-1-0"]
+    assert found["metadatas"][0]["year"] == 2024 and found["metadatas"][0]["metadata_key"] == "t1/report.meta.json"
+    assert tenant.latest("t1/report.meta.json")["document_key"] == "t1/report.txt"
+
+    bad = {"version": "chroma-v1", "id": "x", "path": "t2/other-tenant.txt"}
+    put(s3, bucket, {"t1/evil.meta.json": json.dumps(bad)})
+    _, runs = tenant.tick()
+    assert [run.success for run in runs] == [False]
+    failure = next(e for e in runs[0].all_events if e.is_step_failure).step_failure_data.error.message
+    assert (
+        "metadata file 't1/evil.meta.json': path 't2/other-tenant.txt' is outside this source's path_prefix 't1/'"
+        in failure
+    )
+
+
+def test_sensor_is_on_by_default(direct: AutoSync) -> None:
+    assert direct.sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+@pytest.fixture
+def polled(make_config: ConfigFactory, bucket: str, instance: dg.DagsterInstance) -> AutoSync:
+    config, _ = make_config(bucket, path_prefix="p/", poll_interval_seconds=30, exclude=["*.tmp"])
+    return AutoSync(config, instance, sensor="poll")
+
+
+def test_polling_finds_new_changed_and_vanished_keys(s3: Any, bucket: str, polled: AutoSync) -> None:
+    put(s3, bucket, {f"p/file-{n}.txt": f"file {n}\n" for n in range(5)} | {"p/skip.tmp": "x", "q/other.txt": "x"})
+    result, runs = polled.tick()
+    assert [run.success for run in runs] == [True]
+    assert polled.collection().count() == 5
+
+    # A pass over the unchanged bucket launches nothing and writes nothing.
+    materializations = polled.instance.fetch_materializations(documents_asset_key("docs"), limit=1000).records
+    result, runs = polled.tick()
+    assert runs == [] and result.skip_reason
+    assert polled.instance.fetch_materializations(documents_asset_key("docs"), limit=1000).records == materializations
+
+    put(s3, bucket, {"p/file-1.txt": "file 1, changed\n", "p/file-9.txt": "a new file\n"})
+    s3.delete_object(Bucket=bucket, Key="p/file-2.txt")
+    _, runs = polled.tick()
+    assert [run.success for run in runs] == [True]
+    assert list(polled.chunks("p/file-1.txt").values()) == ["file 1, changed\n"]
+    assert polled.chunks("p/file-2.txt") == {}
+    assert list(polled.chunks("p/file-9.txt").values()) == ["a new file\n"]
+    assert polled.collection().count() == 5
+    assert polled.latest("p/file-2.txt")["status"] == "removed"
+
+
+def test_a_pass_over_a_large_listing_spans_ticks(
+    s3: Any, bucket: str, polled: AutoSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3sync_dagster.defs import sensors
+
+    put(s3, bucket, {f"p/k{n:02d}.txt": f"key {n}\n" for n in range(6)})
+    polled.tick()  # the first complete pass
+    monkeypatch.setattr(sensors, "LIST_PAGE_SIZE", 2)
+    monkeypatch.setattr(sensors, "READ_BUDGET_S", 0.0)  # one page per tick
+    s3.delete_object(Bucket=bucket, Key="p/k00.txt")
+    ticks = [polled.tick() for _ in range(3)]
+    # Deletes are only known once the pass is complete: the third tick reads the last page.
+    assert [len(runs) for _, runs in ticks] == [0, 0, 1]
+    assert polled.chunks("p/k00.txt") == {}
