@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from hypothesis import settings
 
 from s3sync_dagster import local_s3
 from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.pipeline.embed import LazySentenceTransformer
 
 # Credentials the tests hand over through the environment, as users do. Moto accepts anything; the
@@ -119,3 +123,30 @@ def make_config(tmp_path: Path, moto_endpoint: str) -> ConfigFactory:
 def put(s3: Any, bucket_name: str, files: dict[str, bytes | str]) -> None:
     for object_key, body in files.items():
         s3.put_object(Bucket=bucket_name, Key=object_key, Body=body.encode() if isinstance(body, str) else body)
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    chroma = shutil.which("chroma") or str(Path(__import__("sys").executable).parent / "chroma")
+    port = free_port()
+    data = tmp_path_factory.mktemp("chroma-server")
+    process = subprocess.Popen(
+        [chroma, "run", "--path", str(data), "--host", LOOPBACK, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import chromadb
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            chromadb.HttpClient(host=LOOPBACK, port=port).heartbeat()
+            break
+        except Exception:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("chroma run did not start") from None
+            time.sleep(0.2)
+    yield port
+    process.terminate()
+    process.wait(timeout=20)

@@ -1,46 +1,12 @@
 """The network path: a `chroma run` server on loopback, reached through the Chroma resource's HttpClient."""
 
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from s3sync_dagster.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.local_s3 import LOOPBACK
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.sync import SourceSpec, sync_object
 from s3sync_dagster.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster_tests.conftest import CountingEmbedder, put
-
-
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    chroma = shutil.which("chroma") or str(Path(__import__("sys").executable).parent / "chroma")
-    port = free_port()
-    data = tmp_path_factory.mktemp("chroma-server")
-    process = subprocess.Popen(
-        [chroma, "run", "--path", str(data), "--host", LOOPBACK, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import chromadb
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            chromadb.HttpClient(host=LOOPBACK, port=port).heartbeat()
-            break
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("chroma run did not start") from None
-            time.sleep(0.2)
-    yield port
-    process.terminate()
-    process.wait(timeout=20)
 
 
 def test_sync_through_a_chroma_server(s3: Any, bucket: str, chroma_server: int, embedder: CountingEmbedder) -> None:

@@ -251,3 +251,16 @@ def test_dropped_user_metadata_leaves_no_stale_key(
     sync_object(s3, spec, lambda _: collection, embedder, "meta.txt")
     ((text, meta),) = all_rows(collection, "meta.txt").values()
     assert text == "second version\n" and "year" not in meta
+
+
+def test_container_tag_from_the_key(s3: Any, bucket: str, collection: Any, embedder: CountingEmbedder) -> None:
+    spec = SourceSpec(
+        name="docs",
+        bucket_name=bucket,
+        collection_name="engine-test",
+        container_tag_regex=r"^users/(?P<container_tag>[^/]+)/",
+    )
+    put(s3, bucket, {"users/ana/notes.txt": "ana's notes\n", "shared/readme.txt": "for everyone\n"})
+    sync_keys(s3, spec, lambda _: collection, embedder, ["users/ana/notes.txt", "shared/readme.txt"])
+    assert [m["container_tag"] for _, m in all_rows(collection, "users/ana/notes.txt").values()] == ["ana"]
+    assert all("container_tag" not in m for _, m in all_rows(collection, "shared/readme.txt").values())
