@@ -173,6 +173,30 @@ def test_metadata_mode(
     assert found["metadatas"][0]["year"] == 2024 and found["metadatas"][0]["metadata_key"] == "t1/report.meta.json"
     assert tenant.latest("t1/report.meta.json")["document_key"] == "t1/report.txt"
 
+    # A second document routed by its metadata file; deleting that file removes the chunks from the target.
+    put(
+        s3,
+        bucket,
+        {
+            "t1/other.txt": "another report\n",
+            "t1/other.meta.json": json.dumps(meta | {"id": "o", "path": "t1/other.txt"}),
+        },
+    )
+    _, runs = tenant.tick()
+    assert tenant.collection("tenant-one").get(where={"object_key": "t1/other.txt"})["ids"] == ["o-0"]
+    s3.delete_object(Bucket=bucket, Key="t1/other.meta.json")
+    _, runs = tenant.tick()
+    assert [run.success for run in runs] == [True]
+    assert (
+        tenant.collection("tenant-one").get(where={"object_key": "t1/other.txt"})["ids"] == []
+    )  # its metadata file went
+
+    # Deleting the document removes its chunks, though only its metadata file was a partition.
+    s3.delete_object(Bucket=bucket, Key="t1/report.txt")
+    _, runs = tenant.tick()
+    assert [run.success for run in runs] == [True]
+    assert tenant.collection("tenant-one").get(where={"object_key": "t1/report.txt"})["ids"] == []
+
     bad = {"version": "chroma-v1", "id": "x", "path": "t2/other-tenant.txt"}
     put(s3, bucket, {"t1/evil.meta.json": json.dumps(bad)})
     _, runs = tenant.tick()

@@ -8,7 +8,7 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.documents import DocumentPool
-from s3sync_dagster.pipeline.sync import KeyReport, sync_keys
+from s3sync_dagster.pipeline.sync import Collections, KeyReport, sync_keys
 from s3sync_dagster.resources import (
     ChromaResource,
     DocumentsResource,
@@ -95,12 +95,11 @@ def index_partitions(
     context.log.info(f"syncing {len(object_keys)} object(s) of source '{spec.name}' into {chroma.describe()}")
     # Opened once, outside the per-key isolation: an unreachable store or a model mismatch is the
     # run's failure, said once, not the same error repeated for every key.
-    collections: dict[str, Any] = {spec.collection_name: chroma.collection(spec.collection_name, embedding)}
-
-    def collection_for(name: str) -> Any:
-        if name not in collections:
-            collections[name] = chroma.collection(name, embedding)
-        return collections[name]
+    collection_for = Collections(
+        lambda name: chroma.collection(name, embedding),
+        lambda: [collection.name for collection in chroma.client().list_collections()],
+    )
+    collection_for(spec.collection_name)
 
     def record(report: KeyReport, partition_key: str | None = None) -> None:
         partition_key = partition_key or keys.to_partition_key(report.object_key)

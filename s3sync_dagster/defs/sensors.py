@@ -94,7 +94,7 @@ def plan_keys(
         partition_key = keys.to_partition_key(object_key)
         if partition_key in registered:
             to_sync.append(object_key)
-        elif action == "remove":
+        elif action == "remove" and source.auto_sync != "metadata":
             context.log.info(f"source '{source.name}': '{object_key}' was deleted but never indexed: nothing to remove")
         elif room is not None and len(to_register) >= room:
             context.log.warning(
@@ -201,6 +201,8 @@ def build_poll_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorD
                     objects.ObjectInfo(e["Key"], int(e["Size"]), e["ETag"].strip('"'), e["LastModified"].isoformat())
                     for e in page.get("Contents", [])
                     if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
+                    # In metadata mode only .meta.json files are partitions, as with events.
+                    and (source.auto_sync != "metadata" or events.is_meta_key(e["Key"]))
                 )
                 state.next_page(page.get("NextContinuationToken"))
                 if not page.get("IsTruncated"):

@@ -79,6 +79,34 @@ class KeyReport:
 CollectionFor = Callable[[str], Collection]
 
 
+class Collections:
+    """The collections a sync writes to, opened once each; knows the others a removal must search.
+
+    A `.meta.json` may route an object to any target collection, and once the object is deleted
+    nothing says which: its chunks are then looked for in every collection this source wrote to.
+    """
+
+    def __init__(self, open_collection: CollectionFor, list_names: Callable[[], Iterable[str]] | None = None) -> None:
+        self._open = open_collection
+        self._list_names = list_names
+        self._opened: dict[str, Collection] = {}
+
+    def __call__(self, name: str) -> Collection:
+        if name not in self._opened:
+            self._opened[name] = self._open(name)
+        return self._opened[name]
+
+    def searchable(self, default: str) -> list[Collection]:
+        found = [self(default)]
+        for name in self._list_names() if self._list_names else []:
+            if name != default:
+                try:
+                    found.append(self(name))
+                except Exception:  # not ours (another embedding function): none of our chunks there
+                    continue
+        return found
+
+
 def sync_signature(spec: SourceSpec, custom_id: str | None, user_metadata: Mapping[str, Any]) -> str:
     """Everything besides the object's bytes that decides its chunks: a change re-indexes the object."""
     settings = {
@@ -149,7 +177,7 @@ def fetch(
     try:
         info = objects.head_object(s3, spec.bucket_name, object_key)
     except objects.ObjectMissing:
-        return _removed(report, collection, started)
+        return _removed(report, spec, collection_for, started)
     mark = _lap(report, "s3_head", mark)
     report.size_bytes, report.etag = info.size, info.etag
     objects.check_size(info, spec.max_object_bytes)
@@ -169,7 +197,7 @@ def fetch(
     try:
         data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
     except objects.ObjectMissing:  # deleted between HEAD and GET
-        return _removed(report, collection, started)
+        return _removed(report, spec, collection_for, started)
     _lap(report, "s3_read", mark)
     return _Fetched(report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started)
 
@@ -187,10 +215,12 @@ def _fetch_by_meta_file(
         info = objects.head_object(s3, spec.bucket_name, meta_key)
         data = objects.read_object(s3, spec.bucket_name, info, MAX_META_FILE_BYTES)
     except objects.ObjectMissing:
-        # The metadata file is gone: so are the chunks it asked for (in the source's collection).
-        collection = collection_for(spec.collection_name)
+        # The metadata file is gone: so are the chunks it asked for, wherever it had sent them.
         report = KeyReport(object_key=meta_key, status="removed", collection_name=spec.collection_name)
-        report.chunks_deleted = index.delete_where(collection, {"metadata_key": meta_key})
+        where = {"$and": [{"metadata_key": meta_key}, {"source": spec.name}]}
+        report.chunks_deleted = sum(
+            index.delete_where(c, where) for c in _searchable(collection_for, spec.collection_name)
+        )
         report.message = f"metadata file '{meta_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
         report.duration_s = time.perf_counter() - started
         return report
@@ -343,9 +373,17 @@ def sync_object(
     return finish(fetched, extracted, spec, embed)
 
 
-def _removed(report: KeyReport, collection: Collection, started: float) -> KeyReport:
+def _searchable(collection_for: CollectionFor, default: str) -> list[Collection]:
+    if isinstance(collection_for, Collections):
+        return collection_for.searchable(default)
+    return [collection_for(default)]
+
+
+def _removed(report: KeyReport, spec: SourceSpec, collection_for: CollectionFor, started: float) -> KeyReport:
     """The object is gone from the bucket: its chunks go too, so the collection mirrors the bucket."""
-    report.chunks_deleted = index.delete_object(collection, report.object_key)
+    where = {"$and": [{"object_key": report.object_key}, {"source": spec.name}]}
+    searched = _searchable(collection_for, report.collection_name)
+    report.chunks_deleted = sum(index.delete_where(collection, where) for collection in searched)
     report.status = "removed"
     report.message = f"object '{report.object_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
     report.duration_s = time.perf_counter() - started
