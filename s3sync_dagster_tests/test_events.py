@@ -93,3 +93,17 @@ def test_meta_file_rules(content: bytes, rule: str) -> None:
         parse_meta_file("t1/doc.meta.json", content, "t1/")
     assert str(caught.value).startswith("metadata file 't1/doc.meta.json'")
     assert rule in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"Records": [{"s3": "malformed"}]}),
+        json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": "x", "object": 5}}]}),
+        json.dumps({"Type": "Notification", "Message": "not json"}),
+        json.dumps([1, 2, 3]),
+    ],
+)
+def test_malformed_messages_are_ignored_not_raised(body: str) -> None:
+    items = parse_message(body, "bkt", "", "direct")
+    assert items and all(isinstance(item, Ignored) for item in items)

@@ -36,6 +36,12 @@ def queue_url(sqs: Any, s3: Any, bucket: str) -> str:
     return str(url)
 
 
+def queue_depth(sqs: Any, queue_url: str) -> int:
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+    return sum(int(attributes[name]) for name in names)
+
+
 class AutoSync:
     """One source with auto-sync, its definitions and a helper that runs a daemon-like tick."""
 
@@ -107,8 +113,8 @@ def test_upload_overwrite_and_delete_follow_the_bucket(
     assert direct.chunks("in/with space+plus.txt") == {}
     removed = direct.latest("in/with space+plus.txt")
     assert removed["status"] == "removed" and removed["chunks_deleted"] == 1
-    # Everything was consumed: the next tick has nothing to do.
-    assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None
+    # Everything was consumed (deleted, not merely in flight): the next tick has nothing to do.
+    assert queue_depth(sqs, queue_url) == 0
     result, runs = direct.tick()
     assert runs == [] and result.skip_reason
 
@@ -124,12 +130,13 @@ def test_redelivered_and_foreign_messages_are_harmless(
     before = direct.chunks("in/a.txt")
     sqs.send_message(QueueUrl=queue_url, MessageBody=body)  # the same notification again
     sqs.send_message(QueueUrl=queue_url, MessageBody="hello, not an S3 event")
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"Records": [{"s3": "malformed"}]}))
     sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"Event": "s3:TestEvent", "Bucket": bucket}))
     _, runs = direct.tick()
     assert [run.success for run in runs] == [True]
     assert direct.chunks("in/a.txt") == before  # no duplicate, nothing rewritten
     assert direct.latest("in/a.txt")["status"] == "unchanged"
-    assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None
+    assert queue_depth(sqs, queue_url) == 0
 
 
 def test_a_burst_becomes_a_few_runs(s3: Any, bucket: str, direct: AutoSync) -> None:
@@ -173,6 +180,13 @@ def test_metadata_mode(
     assert found["metadatas"][0]["year"] == 2024 and found["metadatas"][0]["metadata_key"] == "t1/report.meta.json"
     assert tenant.latest("t1/report.meta.json")["document_key"] == "t1/report.txt"
 
+    # The metadata file now routes the document elsewhere: the old collection loses its chunks.
+    put(s3, bucket, {"t1/report.meta.json": json.dumps(meta | {"target_collection_name": "tenant-one-b"})})
+    _, runs = tenant.tick()
+    assert [run.success for run in runs] == [True]
+    assert tenant.collection("tenant-one").get(where={"object_key": "t1/report.txt"})["ids"] == []
+    assert tenant.collection("tenant-one-b").get(where={"object_key": "t1/report.txt"})["ids"] == ["report-1-0"]
+
     # A second document routed by its metadata file; deleting that file removes the chunks from the target.
     put(
         s3,
@@ -191,11 +205,17 @@ def test_metadata_mode(
         tenant.collection("tenant-one").get(where={"object_key": "t1/other.txt"})["ids"] == []
     )  # its metadata file went
 
+    # Re-uploading a document in metadata mode does not index it on its own.
+    s3.delete_object(Bucket=bucket, Key="t1/ignored.txt")
+    put(s3, bucket, {"t1/ignored.txt": "still no metadata file\n"})
+    tenant.tick()
+    assert tenant.collection().get(where={"object_key": "t1/ignored.txt"})["ids"] == []
+
     # Deleting the document removes its chunks, though only its metadata file was a partition.
     s3.delete_object(Bucket=bucket, Key="t1/report.txt")
     _, runs = tenant.tick()
     assert [run.success for run in runs] == [True]
-    assert tenant.collection("tenant-one").get(where={"object_key": "t1/report.txt"})["ids"] == []
+    assert tenant.collection("tenant-one-b").get(where={"object_key": "t1/report.txt"})["ids"] == []
 
     bad = {"version": "chroma-v1", "id": "x", "path": "t2/other-tenant.txt"}
     put(s3, bucket, {"t1/evil.meta.json": json.dumps(bad)})

@@ -74,6 +74,7 @@ def index_partitions(
     asset_key: dg.AssetKey,
     s3_key: str,
     partition_keys: Sequence[str],
+    remove_only: frozenset[str] = frozenset(),
 ) -> None:
     """Sync the objects behind these partition keys, one materialisation (or failure) per key.
 
@@ -129,7 +130,14 @@ def index_partitions(
     try:
         with chroma.write_lock():
             reports = refused + sync_keys(
-                s3_source.get_client(), spec, collection_for, embed, object_keys, on_report=record, pool=pool
+                s3_source.get_client(),
+                spec,
+                collection_for,
+                embed,
+                object_keys,
+                on_report=record,
+                pool=pool,
+                remove_only=remove_only,
             )
     finally:
         pool.close()

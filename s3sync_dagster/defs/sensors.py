@@ -53,13 +53,22 @@ def receive_messages(client: Any, queue_url: str, budget_s: float = READ_BUDGET_
     return messages
 
 
-def delete_messages(client: Any, queue_url: str, messages: Sequence[dict[str, Any]]) -> None:
+def delete_messages(
+    context: dg.SensorEvaluationContext, client: Any, queue_url: str, messages: Sequence[dict[str, Any]]
+) -> None:
+    """Best effort: a message that stays is delivered again later, which is harmless (idempotent syncs)."""
     for start in range(0, len(messages), 10):
         entries = [
             {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]}
             for index, message in enumerate(messages[start : start + 10])
         ]
-        client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        try:
+            failed = client.delete_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+        except Exception as error:  # the result is built: never lose it over a failed delete
+            context.log.warning(f"could not delete {len(entries)} SQS message(s); they will be redelivered ({error})")
+            continue
+        if failed:
+            context.log.warning(f"could not delete {len(failed)} SQS message(s); they will be redelivered: {failed}")
 
 
 def plan_sync(
@@ -96,6 +105,11 @@ def plan_keys(
             to_sync.append(object_key)
         elif action == "remove" and source.auto_sync != "metadata":
             context.log.info(f"source '{source.name}': '{object_key}' was deleted but never indexed: nothing to remove")
+        elif action == "remove":
+            # Metadata mode: the document was a .meta.json's target, not a partition; its removal is
+            # recorded on a partition of its own (and does not count against document_limit).
+            to_register.append(partition_key)
+            to_sync.append(object_key)
         elif room is not None and len(to_register) >= room:
             context.log.warning(
                 f"source '{source.name}': '{object_key}' not indexed: document_limit of {source.document_limit} reached"
@@ -112,7 +126,12 @@ def _sync_result(
     run_requests = [
         dg.RunRequest(
             run_key=hashlib.sha256("\n".join([*run_key_seed, *batch]).encode()).hexdigest()[:32],
-            run_config=sync_run_config(source.name, batch),
+            run_config=sync_run_config(
+                source.name,
+                batch,
+                # In metadata mode only .meta.json files index; a document key here was deleted.
+                [k for k in batch if not events.is_meta_key(k)] if source.auto_sync == "metadata" else None,
+            ),
             tags={"s3sync/source": source.name, "s3sync/trigger": trigger},
         )
         for batch in _batches(to_sync, KEYS_PER_RUN)
@@ -148,7 +167,7 @@ def build_sqs_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorDe
         message_ids = sorted(str(message.get("MessageId")) for message in messages)
         result = _sync_result(source, to_sync, to_register, message_ids, f"sqs:{source.auto_sync}")
         # Deleted only now that the result covering every message is built (at-least-once).
-        delete_messages(client, queue.queue_url, messages)
+        delete_messages(context, client, queue.queue_url, messages)
         context.log.info(
             f"source '{source.name}': {len(messages)} message(s) -> {len(to_sync)} key(s) "
             f"in {len(result.run_requests or [])} run(s)"

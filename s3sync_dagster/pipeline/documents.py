@@ -36,8 +36,8 @@ _MAGIC: dict[str, tuple[bytes, ...]] = {
     ".jpg": (b"\xff\xd8\xff",),
     ".jpeg": (b"\xff\xd8\xff",),
     ".gif": (b"GIF87a", b"GIF89a"),
-    ".tiff": (b"II*\x00", b"MM\x00*"),
-    ".tif": (b"II*\x00", b"MM\x00*"),
+    ".tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),  # classic and BigTIFF
+    ".tif": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
 }
 _KNOWN_CONTENT = [
     (b"%PDF", "PDF"),
@@ -84,6 +84,9 @@ def check_content(object_key: str, data: bytes) -> None:
     )
     if suffix == ".webp" and not (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
         mislabelled = True
+    if mislabelled and data.startswith(_OLE) and "EncryptedPackage".encode("utf-16-le") in data[:65536]:
+        # Office keeps a password-protected .docx/.xlsx/.pptx in an encrypted OLE container.
+        raise ExtractionError(f"object '{object_key}' is a password-protected {suffix} document: it cannot be read")
     if mislabelled:
         raise ExtractionError(f"object '{object_key}' is not a {suffix} file: its content {_describe_content(data)}")
 
@@ -297,7 +300,11 @@ def convert_document(object_key: str, data: bytes, options: DocumentOptions) -> 
     label = {".pptx": "slide", ".ppt": "slide", ".odp": "slide", ".xlsx": "sheet", ".xlsm": "sheet",
              ".xltx": "sheet", ".xls": "sheet", ".ods": "sheet"}.get(suffix, "page")  # fmt: skip
     if len(page_numbers) <= 1 and suffix != ".pdf":
-        return Converted(document.export_to_markdown(image_placeholder=""), extractor, label, warnings=warnings)
+        # One page (a one-sheet workbook, ...): the whole export, which some backends fill better than
+        # a page-scoped one, still marked as that page.
+        markdown = document.export_to_markdown(image_placeholder="")
+        starts = [(1, page_numbers[0])] if page_numbers and markdown.strip() else []
+        return Converted(markdown, extractor, label, starts, warnings)
     # Pictures carry no text here; a placeholder per picture would only add noise to the vectors.
     page_texts = [
         (number, document.export_to_markdown(page_no=number, image_placeholder="")) for number in page_numbers

@@ -54,16 +54,30 @@ def _records(body: str) -> list[Mapping[str, Any]] | Ignored:
 def parse_message(
     body: str, bucket_name: str, path_prefix: str, auto_sync: Literal["direct", "metadata"]
 ) -> list[SyncRequest | Ignored]:
-    """The sync requests one SQS message body asks for, in order, for a source's bucket and prefix."""
+    """The sync requests one SQS message body asks for, in order, for a source's bucket and prefix.
+
+    Never raises: a malformed message must be logged and dropped, not stall the queue.
+    """
+    try:
+        return _parse_message(body, bucket_name, path_prefix, auto_sync)
+    except Exception as error:
+        return [Ignored(f"malformed S3 event notification ({type(error).__name__}: {error})")]
+
+
+def _parse_message(
+    body: str, bucket_name: str, path_prefix: str, auto_sync: Literal["direct", "metadata"]
+) -> list[SyncRequest | Ignored]:
     records = _records(body)
     if isinstance(records, Ignored):
         return [records]
     out: list[SyncRequest | Ignored] = []
     for record in records:
         event_name = str(record.get("eventName", ""))
-        s3: Mapping[str, Any] = record.get("s3") or {}
-        bucket = (s3.get("bucket") or {}).get("name")
-        raw_key = (s3.get("object") or {}).get("key")
+        s3 = record.get("s3")
+        bucket_entry = s3.get("bucket") if isinstance(s3, dict) else None
+        object_entry = s3.get("object") if isinstance(s3, dict) else None
+        bucket = bucket_entry.get("name") if isinstance(bucket_entry, dict) else None
+        raw_key = object_entry.get("key") if isinstance(object_entry, dict) else None
         if not str(record.get("eventSource", "aws:s3")).endswith("s3") or raw_key is None:
             out.append(Ignored(f"record {event_name or '?'} is not an S3 object event"))
             continue

@@ -107,7 +107,13 @@ class Collections:
         return found
 
 
-def sync_signature(spec: SourceSpec, custom_id: str | None, user_metadata: Mapping[str, Any]) -> str:
+def sync_signature(
+    spec: SourceSpec,
+    custom_id: str | None,
+    user_metadata: Mapping[str, Any],
+    meta_key: str | None = None,
+    target_collection_name: str | None = None,
+) -> str:
     """Everything besides the object's bytes that decides its chunks: a change re-indexes the object."""
     settings = {
         "pipeline": PIPELINE_VERSION,
@@ -117,6 +123,8 @@ def sync_signature(spec: SourceSpec, custom_id: str | None, user_metadata: Mappi
         "source": spec.name,
         "bucket": spec.bucket_name,
         "container_tag_regex": spec.container_tag_regex,
+        "meta_key": meta_key,
+        "target_collection": target_collection_name,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -160,8 +168,14 @@ def fetch(
     custom_id: str | None = None,
     user_metadata: Mapping[str, Any] | None = None,
     target_collection_name: str | None = None,
+    meta_key: str | None = None,
+    index_if_present: bool = True,
 ) -> KeyReport | _Fetched:
-    """Validate, HEAD, skip if current (a final report), else read the bytes for extraction."""
+    """Validate, HEAD, skip if current (a final report), else read the bytes for extraction.
+
+    With index_if_present=False (a deleted document in metadata mode, where only .meta.json files
+    index) an object that exists is left alone and a missing one loses its chunks.
+    """
     if events.is_meta_key(object_key):
         return _fetch_by_meta_file(s3, spec, collection_for, object_key)
     started = time.perf_counter()
@@ -179,11 +193,16 @@ def fetch(
     except objects.ObjectMissing:
         return _removed(report, spec, collection_for, started)
     mark = _lap(report, "s3_head", mark)
+    if not index_if_present:
+        report.status = "unchanged"
+        report.message = f"object '{object_key}' exists again; in metadata mode it is indexed through its .meta.json"
+        report.duration_s = time.perf_counter() - started
+        return report
     report.size_bytes, report.etag = info.size, info.etag
     objects.check_size(info, spec.max_object_bytes)
 
     document_id = custom_id or keys.object_id(object_key)
-    signature = sync_signature(spec, custom_id, metadata)
+    signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
     stored = index.stored_chunks(collection, object_key, with_text=False)
     mark = _lap(report, "chroma_read", mark)
     if index.is_current(stored, document_id, info.etag, signature):
@@ -199,7 +218,9 @@ def fetch(
     except objects.ObjectMissing:  # deleted between HEAD and GET
         return _removed(report, spec, collection_for, started)
     _lap(report, "s3_read", mark)
-    return _Fetched(report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started)
+    return _Fetched(
+        report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started, meta_key
+    )
 
 
 MAX_META_FILE_BYTES = 1024 * 1024
@@ -217,23 +238,28 @@ def _fetch_by_meta_file(
     except objects.ObjectMissing:
         # The metadata file is gone: so are the chunks it asked for, wherever it had sent them.
         report = KeyReport(object_key=meta_key, status="removed", collection_name=spec.collection_name)
-        where = {"$and": [{"metadata_key": meta_key}, {"source": spec.name}]}
+        asked_for = {"$and": [{"metadata_key": meta_key}, {"source": spec.name}]}
         report.chunks_deleted = sum(
-            index.delete_where(c, where) for c in _searchable(collection_for, spec.collection_name)
+            index.delete_where(c, asked_for) for c in _searchable(collection_for, spec.collection_name)
         )
         report.message = f"metadata file '{meta_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
         report.duration_s = time.perf_counter() - started
         return report
     meta = events.parse_meta_file(meta_key, data, spec.path_prefix)
+    # A metadata file that now names another path or collection: what it asked for before goes.
+    target = meta.target_collection_name or spec.collection_name
+    for collection in _searchable(collection_for, target):
+        conditions: list[dict[str, Any]] = [{"metadata_key": meta_key}, {"source": spec.name}]
+        if collection.name == target:
+            conditions.append({"object_key": {"$ne": meta.path}})
+        index.delete_where(collection, {"$and": conditions})
     fetched = fetch(
         s3, spec, collection_for, meta.path,
         custom_id=meta.document_id, user_metadata=meta.metadata,
-        target_collection_name=meta.target_collection_name,
+        target_collection_name=meta.target_collection_name, meta_key=meta_key,
     )  # fmt: skip
     report = fetched if isinstance(fetched, KeyReport) else fetched.report
     report.document_key, report.object_key = meta.path, meta_key
-    if isinstance(fetched, _Fetched):
-        fetched.meta_key = meta_key
     return fetched
 
 
@@ -331,7 +357,8 @@ def _chunk_by_page(
     if not extracted.page_starts:
         whole = chunk_part(extracted.text)
         return [(piece, None) for piece in whole.chunks], whole
-    lines = extracted.text.splitlines(keepends=True)
+    lines = extracted.text.split("\n")
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])  # as _join_pages counts
     bounds = [start for start, _ in extracted.page_starts[1:]] + [len(lines) + 1]
     pieces: list[tuple[chunk.Chunk, int | None]] = []
     result = chunk.ChunkResult([], "", None)
@@ -405,6 +432,7 @@ def sync_keys(
     object_keys: Iterable[str],
     on_report: Callable[[KeyReport], None] | None = None,
     pool: documents.DocumentPool | None = None,
+    remove_only: frozenset[str] = frozenset(),
 ) -> list[KeyReport]:
     """Sync many keys; a key that fails is reported as failed and never stops the others.
 
@@ -446,7 +474,7 @@ def sync_keys(
     for object_key in object_keys:
         started = time.perf_counter()
         try:
-            fetched = fetch(s3, spec, collection_for, object_key)
+            fetched = fetch(s3, spec, collection_for, object_key, index_if_present=object_key not in remove_only)
             if isinstance(fetched, KeyReport):
                 done(fetched)
             elif pool is not None and documents.is_converted(fetched.report.document_key or object_key):
