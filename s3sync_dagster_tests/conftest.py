@@ -150,3 +150,16 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     yield port
     process.terminate()
     process.wait(timeout=20)
+
+
+def notifying_queue(sqs: Any, s3: Any, bucket_name: str, queue_name: str) -> str:
+    """A queue that receives the bucket's created and removed events, as S3 event notifications."""
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket_name,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
+        },
+    )
+    return str(url)

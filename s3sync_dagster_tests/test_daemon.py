@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from s3sync_dagster.local_s3 import LOOPBACK
+from s3sync_dagster_tests.conftest import notifying_queue
 
 REPO = Path(__file__).resolve().parent.parent
 # S3SYNC_LATENCY_UPLOADS=10 turns this test into the latency measurement quoted in the notes.
@@ -38,14 +39,7 @@ def test_daemon_syncs_uploads_end_to_end(
     import chromadb
 
     sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
-    queue_url = sqs.create_queue(QueueName=f"{bucket}-daemon")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
-        },
-    )
+    queue_url = notifying_queue(sqs, s3, bucket, f"{bucket}-daemon")
     collection_name = f"{bucket}-daemon"
     config = {
         "chroma": {"host": LOOPBACK, "port": chroma_server},

@@ -14,7 +14,7 @@ from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
 from s3sync_dagster.defs.jobs import sync_job_name
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.resources import ChromaResource
-from s3sync_dagster_tests.conftest import ConfigFactory, put
+from s3sync_dagster_tests.conftest import ConfigFactory, notifying_queue, put
 
 
 @pytest.fixture
@@ -24,16 +24,7 @@ def sqs(moto_endpoint: str) -> Any:
 
 @pytest.fixture
 def queue_url(sqs: Any, s3: Any, bucket: str) -> str:
-    """A queue that receives the bucket's created and removed events, drained of the setup test event."""
-    url = sqs.create_queue(QueueName=f"{bucket}-events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
-        },
-    )
-    return str(url)
+    return notifying_queue(sqs, s3, bucket, f"{bucket}-events")
 
 
 def queue_depth(sqs: Any, queue_url: str) -> int:
