@@ -38,10 +38,6 @@ def suffix_of(object_key: str) -> str:
     return PurePosixPath(object_key).suffix.lower()
 
 
-def is_document(object_key: str) -> bool:
-    return suffix_of(object_key) in DOCUMENT_SUFFIXES
-
-
 def decode_utf8(object_key: str, data: bytes) -> str:
     try:
         text = data.decode("utf-8")

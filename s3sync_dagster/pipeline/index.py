@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from chromadb.api.models.Collection import Collection
@@ -37,8 +37,6 @@ class WriteStats:
     metadata_only: int = 0  # same text, new metadata (no embedding, no vector rewrite)
     unchanged: int = 0
     deleted: int = 0
-    skipped: bool = False  # the object was already indexed as it is: nothing read, nothing written
-    stale_ids: list[str] = field(default_factory=list)
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -141,7 +139,6 @@ def replace_chunks(
     for part_ids in _batches(stale, batch):
         collection.delete(ids=list(part_ids))
     stats.deleted = len(stale)
-    stats.stale_ids = stale
     return stats
 
 
