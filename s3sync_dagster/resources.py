@@ -85,16 +85,23 @@ def _env(ref: EnvRef | None) -> Any:
     return dg.EnvVar(ref.env) if ref is not None else None
 
 
+def _connection(source: SourceConfig) -> dict[str, Any]:
+    """Where and as whom a source's S3 and SQS clients connect; credentials stay variable names."""
+    return {
+        "region_name": source.region,
+        "endpoint_url": source.endpoint_url,
+        "aws_access_key_id": _env(source.aws_access_key_id),
+        "aws_secret_access_key": _env(source.aws_secret_access_key),
+        "aws_session_token": _env(source.aws_session_token),
+    }
+
+
 def s3_source_resource(source: SourceConfig) -> S3SourceResource:
     return S3SourceResource(
         source_name=source.name,
         bucket_name=source.bucket_name,
         collection_name=source.collection_name,
-        region_name=source.region,
-        endpoint_url=source.endpoint_url,
-        aws_access_key_id=_env(source.aws_access_key_id),
-        aws_secret_access_key=_env(source.aws_secret_access_key),
-        aws_session_token=_env(source.aws_session_token),
+        **_connection(source),
         path_prefix=source.path_prefix,
         include=list(source.include),
         exclude=list(source.exclude),
@@ -132,11 +139,7 @@ def sqs_queue_resource(source: SourceConfig) -> SQSQueueResource:
     assert source.sqs_queue_url is not None
     return SQSQueueResource(
         queue_url=source.sqs_queue_url,
-        region_name=source.region,
-        endpoint_url=source.endpoint_url,
-        aws_access_key_id=_env(source.aws_access_key_id),
-        aws_secret_access_key=_env(source.aws_secret_access_key),
-        aws_session_token=_env(source.aws_session_token),
+        **_connection(source),
     )
 
 

@@ -14,6 +14,17 @@ IMAGE_TEXT = "Zanzibar Widgets revenue grew"
 TABLE = [["part", "code"], ["widget", CELL]]
 
 
+def _fill(table) -> None:  # type: ignore[no-untyped-def]
+    """Write TABLE into a python-docx or python-pptx table (both address cells as .cell(r, c).text)."""
+    for r, row in enumerate(TABLE):
+        for c, value in enumerate(row):
+            table.cell(r, c).text = value
+
+
+def _html_rows() -> str:
+    return "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for row in TABLE)
+
+
 def docx_bytes() -> bytes:
     import docx
 
@@ -21,9 +32,7 @@ def docx_bytes() -> bytes:
     document.add_heading("Annual report", 1)
     document.add_paragraph(SENTENCE)
     table = document.add_table(rows=2, cols=2)
-    for r, row in enumerate(TABLE):
-        for c, value in enumerate(row):
-            table.cell(r, c).text = value
+    _fill(table)
     buffer = io.BytesIO()
     document.save(buffer)
     return buffer.getvalue()
@@ -40,9 +49,7 @@ def pptx_bytes() -> bytes:
     second = deck.slides.add_slide(deck.slide_layouts[5])
     second.shapes.title.text = "Slide two"
     table = second.shapes.add_table(2, 2, Inches(1), Inches(2), Inches(4), Inches(1)).table
-    for r, row in enumerate(TABLE):
-        for c, value in enumerate(row):
-            table.cell(r, c).text = value
+    _fill(table)
     buffer = io.BytesIO()
     deck.save(buffer)
     return buffer.getvalue()
@@ -68,7 +75,7 @@ def csv_bytes() -> bytes:
 
 
 def html_bytes() -> bytes:
-    rows = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for row in TABLE)
+    rows = _html_rows()
     return f"<html><body><h1>Report</h1><p>{SENTENCE}</p><table>{rows}</table></body></html>".encode()
 
 
@@ -79,7 +86,7 @@ def epub_bytes() -> bytes:
     book.set_identifier("s3sync-fixture")
     book.set_title("Fixture book")
     book.set_language("en")
-    rows = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for row in TABLE)
+    rows = _html_rows()
     chapter = epub.EpubHtml(title="Chapter 1", file_name="c1.xhtml", lang="en")
     chapter.content = f"<h1>Chapter 1</h1><p>{SENTENCE}</p><table>{rows}</table>"
     book.add_item(chapter)
