@@ -11,7 +11,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3sync_dagster.config import AppConfig, ConfigError, load_config
+from s3sync_dagster.config import AppConfig, ConfigError, config_path, load_config
+from s3sync_dagster.invocations import InvocationError
+from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
 from s3sync_dagster.runner import UsageError
 
@@ -30,21 +32,19 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
+    from s3sync_dagster.source_admin import describe_source
+
     config = _config(args)
-    rows = [
-        {
-            "name": s.name,
-            "bucket_name": s.bucket_name,
-            "region": s.region,
-            "path_prefix": s.path_prefix,
-            "collection_name": s.collection_name,
-            "endpoint_url": s.endpoint_url,
-            "chunking": s.chunking.model_dump(),
-            "credentials": "environment" if s.aws_access_key_id else "default AWS credential chain",
-        }
-        for s in config.sources
-    ]
-    lines = [f"{r['name']}: s3://{r['bucket_name']}/{r['path_prefix']} -> {r['collection_name']}" for r in rows]
+    with _instance(args) as instance:
+        rows = [describe_source(config, source, instance) for source in config.sources]
+    lines = []
+    for row in rows:
+        s3 = row["payload"]["s3"]
+        lines.append(
+            f"{row['name']} ({row['source_id']}): s3://{s3['bucket_name']}/{s3['path_prefix'] or ''} -> "
+            f"{s3['collection_name']}; trigger_mode {s3['trigger_mode']}; credentials from {row['credentials']['from']}; "
+            f"{row['registered_keys']} registered key(s), {row['indexed_chunks']} indexed chunk(s)"
+        )
     _emit(args, {"sources": rows}, "\n".join(lines) or "no sources configured")
     return EXIT_OK
 
@@ -156,6 +156,131 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parse_metadata(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--metadata is not valid JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise UsageError(f"--metadata must be a JSON object, got {type(metadata).__name__}")
+    return metadata
+
+
+def _status_text(status: Any) -> str:
+    if isinstance(status, str):
+        return status
+    if "complete" in status:
+        return f"complete in {status['complete']['duration_ms']} ms (finished {status['complete']['finished_at']})"
+    return f"failed: {status['failed']['error']}"
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    from s3sync_dagster import invocations
+    from s3sync_dagster.pipeline.sync import Invocation
+    from s3sync_dagster.runner import register_keys, s3_client
+
+    config = _config(args)
+    source = config.source(args.source)
+    invocation = Invocation(args.custom_id, _parse_metadata(args.metadata), args.target_collection)
+    invocations.validate_invocation(source, args.object_key, invocation)
+    invocations.check_object_exists(s3_client(source), source, args.object_key)
+    with _instance(args) as instance:
+        register_keys(instance, source, [args.object_key])
+        run = invocations.submit_partition_run(
+            instance,
+            args.config,
+            source.name,
+            keys.to_partition_key(args.object_key),
+            invocations.invocation_run_config(source.name, invocation),
+            {invocations.SOURCE_TAG: source.name, invocations.INVOCATION_TAG: "cli"},
+        )
+        if not invocations.daemon_running(instance):
+            print(
+                "s3sync: no dagster-daemon is serving this instance's run queue: the run waits until "
+                "`dagster dev` or `dagster-daemon run` starts",
+                file=sys.stderr,
+            )
+        if args.wait:
+            invocations.wait_for(
+                instance,
+                run.run_id,
+                args.timeout,
+                on_status=None if args.json else lambda status: print(f"run {run.run_id}: {status}", file=sys.stderr),
+            )
+        row = invocations.list_invocations_by_id(instance, config, run.run_id)
+    _emit(args, row, f"run {row['id']}: {_status_text(row['status'])}")
+    if not args.wait:
+        return EXIT_OK
+    return EXIT_OK if "complete" in row["status"] else EXIT_SOME_FAILED
+
+
+def cmd_invocations(args: argparse.Namespace) -> int:
+    from s3sync_dagster.invocations import list_invocations
+
+    config = _config(args)
+    with _instance(args) as instance:
+        rows = list_invocations(instance, config, args.source, args.status, args.limit, args.offset)
+    lines = [
+        f"{row['id']}  {row['created_at']}  {row['source']}  "
+        f"{row['metadata']['s3']['object_key'] or (str(row['keys']) + ' keys' if row['keys'] else 'many keys')}  "
+        f"[{row['trigger']}]  {_status_text(row['status'])}"
+        for row in rows
+    ]
+    _emit(args, rows, "\n".join(lines) or "no invocations")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from s3sync_dagster.invocations import cancel
+
+    with _instance(args) as instance:
+        status = cancel(instance, args.run_id)
+    _emit(args, {"id": args.run_id, "status": status}, f"run {args.run_id}: {status}")
+    return EXIT_OK
+
+
+def cmd_remove_source(args: argparse.Namespace) -> int:
+    from s3sync_dagster.invocations import source_runs_in_flight
+    from s3sync_dagster.source_admin import chunk_counts, remove_source
+
+    config = _config(args)
+    source = config.source(args.source)
+    with _instance(args) as instance:
+        busy = source_runs_in_flight(instance, config, source.name)
+        if busy:
+            raise UsageError(
+                f"source '{source.name}' has {len(busy)} run(s) queued or in progress ({', '.join(busy[:5])}): "
+                "wait for them or cancel them (s3sync cancel RUN_ID) first"
+            )
+        if not args.yes:
+            counts = chunk_counts(config, source.name)
+            if not sys.stdin.isatty():
+                raise UsageError("remove-source deletes chunks: confirm with --yes when not at a terminal")
+            answer = input(
+                f"Delete {sum(counts.values())} chunk(s) of source '{source.name}' from "
+                f"{', '.join(counts) or 'no collection'}, and its registered keys? Type the source name to confirm: "
+            )
+            if answer.strip() != source.name:
+                print("s3sync: not confirmed; nothing deleted", file=sys.stderr)
+                return EXIT_USAGE
+        result = remove_source(config, source.name, instance)
+    text = (
+        f"source '{source.name}': deleted {sum(result.chunks_deleted.values())} chunk(s)"
+        + "".join(f"\n  {name}: {count}" for name, count in result.chunks_deleted.items())
+        + f"\n  {result.partitions_deleted} registered key(s) forgotten"
+        + (
+            f"\nThe source is still in the config with auto-sync on: its sensors will index it again; "
+            f"remove it from {config_path(args.config)} to stop that."
+            if source.auto_sync != "none" or source.poll_interval_seconds is not None
+            else ""
+        )
+    )
+    _emit(args, asdict(result), text)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from s3sync_dagster.demo import run_demo
 
@@ -190,6 +315,38 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("-n", type=int, default=5, help="number of results (default 5)")
     query.set_defaults(run=cmd_query)
 
+    invoke = commands.add_parser(
+        "invoke", parents=[common], help="queue a sync of one object key (the Sync API's invocation)"
+    )
+    invoke.add_argument("source")
+    invoke.add_argument("object_key", help="full key from the bucket root; must start with the source's path_prefix")
+    invoke.add_argument("--custom-id", help="document id for the chunks (at most 120 bytes): ids become ID-N")
+    invoke.add_argument("--metadata", help='JSON object merged into every chunk\'s metadata, e.g. \'{"team": "a"}\'')
+    invoke.add_argument("--target-collection", help="write to this collection instead of the source's")
+    invoke.add_argument("--wait", action="store_true", help="follow the run until it finishes")
+    invoke.add_argument(
+        "--timeout", type=float, default=3600.0, help="with --wait: stop following after this many seconds"
+    )
+    invoke.set_defaults(run=cmd_invoke)
+
+    listing = commands.add_parser("invocations", parents=[common], help="list runs as the Sync API lists jobs")
+    listing.add_argument("source", nargs="?")
+    listing.add_argument("--status", choices=["pending", "processing", "complete", "failed", "cancelled"])
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--offset", type=int, default=0)
+    listing.set_defaults(run=cmd_invocations)
+
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued (or running) run")
+    cancel.add_argument("run_id")
+    cancel.set_defaults(run=cmd_cancel)
+
+    remove = commands.add_parser(
+        "remove-source", parents=[common], help="delete every chunk a source wrote, and its registered keys"
+    )
+    remove.add_argument("source")
+    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    remove.set_defaults(run=cmd_remove_source)
+
     demo = commands.add_parser("demo", parents=[common], help="sync a bundled sample through a local S3 endpoint")
     demo.add_argument("--workdir", default=".s3sync/demo", help="where the demo keeps its config and data")
     demo.add_argument("--ui", action="store_true", help="afterwards, keep S3 up and start the Dagster UI")
@@ -207,12 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) and EXIT_USAGE
-    if getattr(args, "batch_size", 1) < 1:
-        print("s3sync: --batch-size must be at least 1", file=sys.stderr)
+    for option in ("batch_size", "limit"):
+        if getattr(args, option, 1) < 1:
+            print(f"s3sync: --{option.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+    if getattr(args, "offset", 0) < 0:
+        print("s3sync: --offset must be at least 0", file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.run(args))
-    except (ConfigError, UsageError, ObjectError, BotoCoreError, ClientError) as error:
+    except (ConfigError, UsageError, InvocationError, ObjectError, BotoCoreError, ClientError) as error:
         # Nothing was synced: the request, the config or the store is wrong. Said in one line.
         print(f"s3sync: {error}", file=sys.stderr)
         if getattr(args, "json", False):

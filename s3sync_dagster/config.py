@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from s3sync_dagster.pipeline import keys
+
 DEFAULT_CONFIG_FILE = "s3sync.yaml"
 CONFIG_ENV_VAR = "S3SYNC_CONFIG"
 DEFAULT_CHROMA_PATH = ".s3sync/chroma"
@@ -177,11 +179,7 @@ class SourceConfig(_Model):
     @classmethod
     def _chroma_collection_name(cls, value: str) -> str:
         # Chroma's own rule, checked here so the error names the source instead of failing mid-run.
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]", value):
-            raise ValueError(
-                "a Chroma collection name has 3-512 characters from [a-zA-Z0-9._-] "
-                "and starts and ends with a letter or digit"
-            )
+        keys.validate_collection_name(value, "collection_name")
         return value
 
     @field_validator("container_tag_regex")

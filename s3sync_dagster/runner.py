@@ -192,7 +192,7 @@ def sync(
                 duration_s=time.perf_counter() - run_started,
             )
         )
-        reports = _reports_of(instance, execution.run_id)
+        reports = reports_of(instance, execution.run_id)
         reported = {report["object_key"] for report in reports}
         for partition_key in batch:
             object_key = keys.to_object_key(partition_key)
@@ -223,7 +223,7 @@ def _run_error(execution: dg.ExecuteInProcessResult) -> str:
     return "no step failure recorded"
 
 
-def _reports_of(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, Any]]:
+def reports_of(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, Any]]:
     """Per-key reports as the run recorded them on the instance (what the UI shows)."""
     reports = []
     events = instance.all_logs(

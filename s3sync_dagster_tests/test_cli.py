@@ -120,7 +120,9 @@ def test_sources_lists_without_secrets(
     _, path = make_config(bucket)
     code, listed = run_json(capsys, "sources", "--config", str(path))
     assert code == 0 and listed["sources"][0]["name"] == "docs"
-    assert listed["sources"][0]["credentials"] == "environment"
+    credentials = listed["sources"][0]["credentials"]
+    assert credentials["aws_access_key_id"] == {"env": "S3SYNC_TEST_KEY_ID", "set": True}
+    assert credentials["from"] == "environment variables"
     printed = json.dumps(listed)
     assert TEST_SECRET not in printed and TEST_KEY_ID not in printed
 

@@ -8,7 +8,7 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.documents import DocumentPool
-from s3sync_dagster.pipeline.sync import Collections, KeyReport, sync_keys
+from s3sync_dagster.pipeline.sync import Collections, Invocation, KeyReport, sync_keys
 from s3sync_dagster.resources import (
     ChromaResource,
     DocumentsResource,
@@ -19,6 +19,20 @@ from s3sync_dagster.resources import (
 
 # A UI backfill over many keys becomes runs of this many keys each, never one run per object.
 KEYS_PER_RUN = 100
+
+
+class InvocationConfig(dg.Config):
+    """The Sync API's invocation parameters (`s3sync invoke`); empty for plain syncs and backfills.
+
+    They travel in the run's config, so a re-execution from the UI uses them again.
+    """
+
+    custom_id: str | None = None  # chunk ids become `{custom_id}-{n}`; one object key per run
+    metadata: dict[str, Any] = {}  # noqa: RUF012 - a pydantic field: copied per instance
+    target_collection_name: str | None = None  # instead of the source's collection
+
+    def invocation(self) -> Invocation:
+        return Invocation(self.custom_id, dict(self.metadata), self.target_collection_name)
 
 
 def partitions_name(source_name: str) -> str:
@@ -75,6 +89,7 @@ def index_partitions(
     s3_key: str,
     partition_keys: Sequence[str],
     remove_only: frozenset[str] = frozenset(),
+    invocation: Invocation | None = None,
 ) -> None:
     """Sync the objects behind these partition keys, one materialisation (or failure) per key.
 
@@ -122,6 +137,14 @@ def index_partitions(
             dg.AssetMaterialization(asset_key=asset_key, partition=partition_key, metadata=_key_metadata(report))
         )
 
+    if invocation is not None and invocation.custom_id is not None and len(partition_keys) > 1:
+        raise dg.Failure(
+            description=(
+                f"custom_id '{invocation.custom_id}' names one document, but this run covers "
+                f"{len(partition_keys)} object keys: invoke one key per run"
+            ),
+            allow_retries=False,
+        )
     for report in refused:
         record(report, partition_key=report.object_key)
     embed = embedding.function()
@@ -138,6 +161,7 @@ def index_partitions(
                 on_report=record,
                 pool=pool,
                 remove_only=remove_only,
+                invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
             )
     finally:
         pool.close()
@@ -176,8 +200,15 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
         # Each key reports its own materialisation below; the step itself yields no output.
         output_required=False,
     )
-    def documents(context: dg.AssetExecutionContext) -> Iterator[dg.Output[None]]:
-        index_partitions(context, asset_key, s3_key, context.partition_keys)
+    def documents(context: dg.AssetExecutionContext, config: InvocationConfig) -> Iterator[dg.Output[None]]:
+        invocation = config.invocation()
+        index_partitions(
+            context,
+            asset_key,
+            s3_key,
+            context.partition_keys,
+            invocation=None if invocation == Invocation() else invocation,
+        )
         yield from ()
 
     return documents

@@ -63,3 +63,13 @@ def validate_custom_id(custom_id: str) -> str:
     if size > MAX_CUSTOM_ID_BYTES:
         raise ValueError(f"custom id is {size} bytes; at most {MAX_CUSTOM_ID_BYTES} bytes are allowed")
     return custom_id
+
+
+def validate_collection_name(name: str, what: str) -> str:
+    """Chroma's rule for collection names, checked before a run so the error names who asked for it."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", name):
+        raise ValueError(
+            f"{what} '{name}' is not a valid Chroma collection name: 3-512 characters from [a-zA-Z0-9._-], "
+            "starting and ending with a letter or digit"
+        )
+    return name

@@ -129,6 +129,35 @@ def sync_signature(
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """The Sync API's invocation parameters for one object key: they apply to the run that carries them.
+
+    A later sync of the key without them (a poll, an event, a backfill) indexes it with the source's
+    own settings, replacing the invocation's chunks in the source's collection.
+    """
+
+    custom_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    target_collection_name: str | None = None
+
+    def validate(self, spec: SourceSpec, object_key: str) -> None:
+        """The Sync API's checks, before anything runs; errors name the object and the rule."""
+        check_key_in_source(spec, object_key)
+        if events.is_meta_key(object_key) and self != Invocation():
+            raise ValueError(
+                f"object '{object_key}' is a .meta.json file: it carries its own custom id, metadata and target"
+            )
+        if self.custom_id is not None:
+            try:
+                keys.validate_custom_id(self.custom_id)
+            except ValueError as error:
+                raise ValueError(f"object '{object_key}': {error}") from None
+        index.validate_user_metadata(self.metadata, f"object '{object_key}'")
+        if self.target_collection_name is not None:
+            keys.validate_collection_name(self.target_collection_name, f"object '{object_key}' target collection")
+
+
 def check_key_in_source(spec: SourceSpec, object_key: str) -> None:
     if not object_key.startswith(spec.path_prefix):
         raise ValueError(
@@ -433,6 +462,7 @@ def sync_keys(
     on_report: Callable[[KeyReport], None] | None = None,
     pool: documents.DocumentPool | None = None,
     remove_only: frozenset[str] = frozenset(),
+    invocations: Mapping[str, Invocation] | None = None,
 ) -> list[KeyReport]:
     """Sync many keys; a key that fails is reported as failed and never stops the others.
 
@@ -474,7 +504,14 @@ def sync_keys(
     for object_key in object_keys:
         started = time.perf_counter()
         try:
-            fetched = fetch(s3, spec, collection_for, object_key, index_if_present=object_key not in remove_only)
+            invocation = (invocations or {}).get(object_key, Invocation())
+            invocation.validate(spec, object_key)
+            fetched = fetch(
+                s3, spec, collection_for, object_key,
+                custom_id=invocation.custom_id, user_metadata=invocation.metadata,
+                target_collection_name=invocation.target_collection_name,
+                index_if_present=object_key not in remove_only,
+            )  # fmt: skip
             if isinstance(fetched, KeyReport):
                 done(fetched)
             elif pool is not None and documents.is_converted(fetched.report.document_key or object_key):
