@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("source")
     sync.add_argument("--key", action="append", default=[], metavar="KEY", help="an object key (repeatable)")
     sync.add_argument("--all", action="store_true", help="discover, then sync every key of the source")
-    sync.add_argument("--batch-size", type=int, default=100, help="keys per run (default 100)")
+    sync.add_argument("--batch-size", type=int, help="keys per run (default: the source's keys_per_run, 100)")
     sync.set_defaults(run=cmd_sync)
 
     query = commands.add_parser("query", parents=[common], help="search a source's collection")
@@ -365,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0) and EXIT_USAGE
     for option in ("batch_size", "limit"):
-        if getattr(args, option, 1) < 1:
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
             print(f"s3sync: --{option.replace('_', '-')} must be at least 1", file=sys.stderr)
             return EXIT_USAGE
     if getattr(args, "offset", 0) < 0:

@@ -167,6 +167,8 @@ class SourceConfig(_Model):
     sqs_queue_url: str | None = None
     poll_interval_seconds: int | None = Field(default=None, ge=1)  # prefix polling; absent: none
     document_limit: int | None = Field(default=None, ge=1)  # at most this many keys are registered
+    # Keys per run for backfills, `s3sync sync` and the sensors: one run start-up is shared by these.
+    keys_per_run: int = Field(default=100, ge=1)
     # A regular expression with a named group `container_tag`, matched against each object key; the
     # group's text is stored as the chunks' `container_tag` metadata (Supermemory's dynamic tags).
     container_tag_regex: str | None = None

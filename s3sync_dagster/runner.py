@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_path
 from s3sync_dagster.definitions import build_definitions
-from s3sync_dagster.defs.assets import KEYS_PER_RUN, documents_asset_key, partitions_name
+from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
 from s3sync_dagster.pipeline import keys, objects
 from s3sync_dagster.resources import S3SourceResource, s3_source_resource
 
@@ -150,7 +150,7 @@ def sync(
     source_name: str,
     instance: dg.DagsterInstance,
     object_keys: Sequence[str] | None = None,
-    batch_size: int = KEYS_PER_RUN,
+    batch_size: int | None = None,
     tags: dict[str, str] | None = None,
 ) -> SyncResult:
     """Materialise the given keys (None: every registered key) in ranged runs recorded on the instance."""
@@ -172,7 +172,7 @@ def sync(
         return result
     job = build_definitions(config).resolve_implicit_global_asset_job_def()
     asset_key = documents_asset_key(source_name)
-    for batch in contiguous_batches(ordered, wanted, batch_size):
+    for batch in contiguous_batches(ordered, wanted, batch_size or source.keys_per_run):
         run_started = time.perf_counter()
         run_tags = {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1], "s3sync/source": source_name}
         run_tags.update(tags or {})

@@ -17,9 +17,6 @@ from s3sync_dagster.resources import (
     source_resource_key,
 )
 
-# A UI backfill over many keys becomes runs of this many keys each, never one run per object.
-KEYS_PER_RUN = 100
-
 
 class InvocationConfig(dg.Config):
     """The Sync API's invocation parameters (`s3sync invoke`); empty for plain syncs and backfills.
@@ -196,7 +193,8 @@ def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
             "chunking": source.chunking.signature(),
         },
         required_resource_keys={s3_key, "chroma", "embedding", "documents"},
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=KEYS_PER_RUN),
+        # A UI backfill over many keys becomes runs of keys_per_run keys, never one run per object.
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=source.keys_per_run),
         # Each key reports its own materialisation below; the step itself yields no output.
         output_required=False,
     )

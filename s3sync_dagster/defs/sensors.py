@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
-from s3sync_dagster.defs.assets import KEYS_PER_RUN, partitions_def, partitions_name
+from s3sync_dagster.defs.assets import partitions_def, partitions_name
 from s3sync_dagster.defs.jobs import sync_run_config
 from s3sync_dagster.pipeline import events, keys, objects
 from s3sync_dagster.pipeline.poll import PollState
@@ -134,7 +134,7 @@ def _sync_result(
             ),
             tags={"s3sync/source": source.name, "s3sync/trigger": trigger},
         )
-        for batch in _batches(to_sync, KEYS_PER_RUN)
+        for batch in _batches(to_sync, source.keys_per_run)
     ]
     return dg.SensorResult(
         run_requests=run_requests,

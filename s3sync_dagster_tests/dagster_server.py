@@ -1,0 +1,331 @@
+"""`dagster dev` (webserver and daemon) on a loopback port, and GraphQL as the UI sends it.
+
+The documents below are the ones the UI itself sends (dagster-webserver 1.13's own TypeScript):
+one key is launched as one run, several keys or "all" as a partition backfill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from s3sync_dagster.invocations import ASSET_JOB, LOCATION_NAME
+from s3sync_dagster.local_s3 import LOOPBACK, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+REPOSITORY = "__repository__"  # the repository of a plain Definitions object
+TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
+TERMINAL_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+WORKSPACE = """
+query { workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+DAEMONS = "query { instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"
+
+ADD_DYNAMIC_PARTITION = """
+mutation AddDynamicPartitionMutation($partitionsDefName: String!, $partitionKey: String!,
+                                     $repositorySelector: RepositorySelector!) {
+  addDynamicPartition(partitionsDefName: $partitionsDefName, partitionKey: $partitionKey,
+                      repositorySelector: $repositorySelector) {
+    __typename
+    ... on DuplicateDynamicPartitionError { partitionName }
+    ... on PythonError { message }
+  }
+}"""
+PARTITION_TAGS = """
+query ConfigPartitionForAssetJobQuery($repositoryName: String!, $repositoryLocationName: String!,
+    $jobName: String!, $partitionName: String!, $assetKeys: [AssetKeyInput!]!) {
+  pipelineOrError(params: {pipelineName: $jobName, repositoryName: $repositoryName,
+                           repositoryLocationName: $repositoryLocationName}) {
+    ... on Pipeline { partition(partitionName: $partitionName, selectedAssetKeys: $assetKeys) {
+        runConfigOrError { ... on PartitionRunConfig { yaml } }
+        tagsOrError { ... on PartitionTags { results { key value } } } } }
+  }
+}"""
+ASSET_CHECKS = """
+query AssetChecks($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    ... on AssetNode { assetChecksOrError { ... on AssetChecks { checks { name jobNames } } } } }
+}"""
+LAUNCH = """
+mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message }
+  }
+}"""
+REEXECUTE = """
+mutation Reexecute($reexecutionParams: ReexecutionParams!) {
+  launchPipelineReexecution(reexecutionParams: $reexecutionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}"""
+BACKFILL = """
+mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PartitionKeysNotFoundError { message }
+    ... on PythonError { message }
+  }
+}"""
+BACKFILL_STATUS = """
+query Backfill($backfillId: String!) {
+  partitionBackfillOrError(backfillId: $backfillId) {
+    ... on PartitionBackfill { id status runs { runId status tags { key value } } }
+  }
+}"""
+RUN = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run { runId status jobName runConfigYaml tags { key value } parentRunId }
+  }
+}"""
+RUNS = """
+query Runs($limit: Int) { runsOrError(limit: $limit) { ... on Runs { results { runId status } } } }"""
+RUN_FAILURES = """
+query RunFailure($runId: ID!) {
+  logsForRun(runId: $runId, limit: 1000) {
+    ... on EventConnection { events { __typename
+      ... on ExecutionStepFailureEvent { stepKey error { message } failureMetadata { description } } } }
+  }
+}"""
+PARTITIONS = """
+query AssetPartitions($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    ... on AssetNode { partitionKeys
+      assetPartitionStatuses { ... on DefaultPartitionStatuses {
+        materializedPartitions failedPartitions unmaterializedPartitions materializingPartitions } } }
+  }
+}"""
+LATEST = """
+query Latest($assetKey: AssetKeyInput!, $partitions: [String!]) {
+  assetNodeOrError(assetKey: $assetKey) {
+    ... on AssetNode { latestMaterializationByPartition(partitions: $partitions) {
+      partition runId
+      metadataEntries { label
+        ... on IntMetadataEntry { intValue } ... on TextMetadataEntry { text }
+        ... on FloatMetadataEntry { floatValue } } } }
+  }
+}"""
+OBSERVATIONS = """
+query Observations($assetKey: AssetKeyInput!, $partitions: [String!]) {
+  assetOrError(assetKey: $assetKey) {
+    ... on Asset { assetObservations(partitions: $partitions, limit: 10) {
+      partition runId metadataEntries { label ... on TextMetadataEntry { text } } } }
+  }
+}"""
+CHECK_EXECUTIONS = """
+query CheckExecs($assetKey: AssetKeyInput!, $checkName: String!) {
+  assetCheckExecutions(assetKey: $assetKey, checkName: $checkName, limit: 10) {
+    runId status
+    evaluation { success metadataEntries { label
+      ... on IntMetadataEntry { intValue } ... on MarkdownMetadataEntry { mdStr } } }
+  }
+}"""
+
+
+class GraphQLError(RuntimeError):
+    pass
+
+
+@dataclass
+class DagsterDev:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    client: httpx.Client
+
+    def gql(self, query: str, **variables: Any) -> dict[str, Any]:
+        response = self.client.post("/graphql", json={"query": query, "variables": variables})
+        response.raise_for_status()
+        body = response.json()
+        if body.get("errors"):
+            raise GraphQLError(str(body["errors"])[:3000])
+        return dict(body["data"])
+
+    @staticmethod
+    def repository() -> dict[str, str]:
+        return {"repositoryLocationName": LOCATION_NAME, "repositoryName": REPOSITORY}
+
+    def add_partition(self, partitions_def: str, partition_key: str) -> str:
+        result = self.gql(
+            ADD_DYNAMIC_PARTITION,
+            partitionsDefName=partitions_def,
+            partitionKey=partition_key,
+            repositorySelector=self.repository(),
+        )
+        return str(result["addDynamicPartition"]["__typename"])
+
+    def launch_partition(self, asset_path: list[str], partition_key: str, run_config: Any = None) -> str:
+        """What the UI's Materialize dialog sends for one key: the partition's tags, the asset's checks."""
+        partition = self.gql(
+            PARTITION_TAGS,
+            repositoryName=REPOSITORY,
+            repositoryLocationName=LOCATION_NAME,
+            jobName=ASSET_JOB,
+            partitionName=partition_key,
+            assetKeys=[{"path": asset_path}],
+        )["pipelineOrError"]["partition"]
+        checks = self.gql(ASSET_CHECKS, assetKey={"path": asset_path})["assetNodeOrError"]["assetChecksOrError"]
+        tags = [*partition["tagsOrError"]["results"], {"key": "dagster/from_ui", "value": "true"}]
+        params = {
+            "mode": "default",
+            "executionMetadata": {"tags": tags},
+            "runConfigData": run_config if run_config is not None else partition["runConfigOrError"]["yaml"],
+            "selector": {
+                **self.repository(),
+                "pipelineName": ASSET_JOB,
+                "assetSelection": [{"path": asset_path}],
+                "assetCheckSelection": [
+                    {"name": check["name"], "assetKey": {"path": asset_path}} for check in checks["checks"]
+                ],
+            },
+        }
+        launched = self.gql(LAUNCH, executionParams=params)["launchPipelineExecution"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        return str(launched["run"]["runId"])
+
+    def launch_check(self, asset_path: list[str], check_name: str) -> str:
+        """The Checks tab's "Execute": a run of the check alone."""
+        params = {
+            "mode": "default",
+            "executionMetadata": {"tags": [{"key": "dagster/from_ui", "value": "true"}]},
+            "runConfigData": "{}",
+            "selector": {
+                **self.repository(),
+                "pipelineName": ASSET_JOB,
+                "assetSelection": [],
+                "assetCheckSelection": [{"name": check_name, "assetKey": {"path": asset_path}}],
+            },
+        }
+        launched = self.gql(LAUNCH, executionParams=params)["launchPipelineExecution"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        return str(launched["run"]["runId"])
+
+    def reexecute(self, run_id: str) -> str:
+        launched = self.gql(REEXECUTE, reexecutionParams={"parentRunId": run_id, "strategy": "ALL_STEPS"})
+        assert launched["launchPipelineReexecution"]["__typename"] == "LaunchRunSuccess", launched
+        return str(launched["launchPipelineReexecution"]["run"]["runId"])
+
+    def backfill(self, asset_path: list[str], partition_keys: list[str] | None = None) -> str:
+        params: dict[str, Any] = {
+            "tags": [{"key": "dagster/from_ui", "value": "true"}],
+            "assetSelection": [{"path": asset_path}],
+        }
+        if partition_keys is None:
+            params["allPartitions"] = True
+        else:
+            params["partitionNames"] = partition_keys
+            params["fromFailure"] = False
+        launched = self.gql(BACKFILL, backfillParams=params)["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        return str(launched["backfillId"])
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return dict(self.gql(RUN, runId=run_id)["runOrError"])
+
+    def wait_run(self, run_id: str, timeout_s: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            run = self.run(run_id)
+            if run["status"] in TERMINAL_RUN:
+                return run
+            time.sleep(0.5)
+        raise TimeoutError(f"run {run_id} still {self.run(run_id)['status']}; log tail:\n{self.tail()}")
+
+    def wait_backfill(self, backfill_id: str, timeout_s: float = 300) -> dict[str, Any]:
+        """The backfill daemon ticks every 30 s: a backfill takes about a minute however small."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            backfill = self.gql(BACKFILL_STATUS, backfillId=backfill_id)["partitionBackfillOrError"]
+            runs_done = all(run["status"] in TERMINAL_RUN for run in backfill["runs"])
+            if backfill["status"] in TERMINAL_BACKFILL and runs_done:
+                return dict(backfill)
+            time.sleep(1)
+        raise TimeoutError(f"backfill {backfill_id} not finished; log tail:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def _ready(server: DagsterDev, deadline: float) -> None:
+    """Up when the code location has loaded and the run queue and backfill daemons are healthy."""
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"dagster dev exited ({server.process.returncode}):\n{server.tail()}")
+        try:
+            entries = server.gql(WORKSPACE)["workspaceOrError"]["locationEntries"]
+            if entries and all(entry["loadStatus"] == "LOADED" for entry in entries):
+                errors = [e for e in entries if e["locationOrLoadError"]["__typename"] != "RepositoryLocation"]
+                if errors:
+                    raise RuntimeError(f"the code location failed to load: {errors}")
+                statuses = server.gql(DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
+                healthy = {status["daemonType"] for status in statuses if status["healthy"]}
+                if {"BACKFILL", "QUEUED_RUN_COORDINATOR"} <= healthy:
+                    return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"dagster dev not ready; log tail:\n{server.tail()}")
+
+
+def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    """The whole process group: code servers outlive a SIGTERM to `dagster dev` otherwise."""
+
+    def alive() -> bool:
+        try:
+            os.killpg(process.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    if alive():
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive() and time.monotonic() < deadline:
+        process.poll()
+        time.sleep(0.2)
+    if alive():
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@contextmanager
+def dagster_dev(home: Path, config_file: Path, log: Path) -> Iterator[DagsterDev]:
+    port = free_port()
+    env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file))
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"),
+         "-h", LOOPBACK, "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    server = DagsterDev(
+        f"http://{LOOPBACK}:{port}", process, log, httpx.Client(base_url=f"http://{LOOPBACK}:{port}", timeout=60)
+    )
+    try:
+        _ready(server, time.monotonic() + 180)
+        # The "Join the Dagster community" dialog would cover the page in the browser test.
+        server.gql("mutation SetNuxSeen { setNuxSeen }")
+        yield server
+    finally:
+        server.client.close()
+        _stop(process)

@@ -1,0 +1,158 @@
+"""`s3sync invoke / invocations / cancel` on a real instance with no daemon: runs wait in the queue.
+
+What happens once a daemon picks them up is tested against `dagster dev` in test_webserver.py.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import jsonschema
+import pytest
+
+from s3sync_dagster.cli import main
+from s3sync_dagster.invocations import asset_op_name
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster_tests.conftest import ConfigFactory, put
+
+SCHEMA = json.loads((Path(__file__).parent / "data" / "sync_api_jobs.schema.json").read_text())
+
+
+def validate_jobs(rows: Any) -> None:
+    """The Sync API's job list schema, formats (uuid, date-time) included."""
+    validator = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    errors = [f"{list(error.absolute_path)}: {error.message}" for error in validator.iter_errors(rows)]
+    assert not errors, errors
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    code = main([*argv, "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
+
+
+@pytest.mark.parametrize(
+    ("extra", "object_key", "rule"),
+    [
+        ([], "other/a.md", "does not start with source 'docs' path_prefix 'team/'"),
+        (["--custom-id", "x" * 121], "team/a.md", "custom id is 121 bytes; at most 120 bytes are allowed"),
+        (["--custom-id", "é" * 61], "team/a.md", "custom id is 122 bytes"),
+        (["--metadata", '{"nested": {"a": 1}}'], "team/a.md", "metadata 'nested' must be a string, number"),
+        (["--metadata", '{"mixed": [1, "a"]}'], "team/a.md", "metadata 'mixed' must be an array of one scalar type"),
+        (["--metadata", '{"object_key": "x"}'], "team/a.md", "metadata key 'object_key' is reserved"),
+        (["--metadata", "[1]"], "team/a.md", "--metadata must be a JSON object"),
+        (["--metadata", "{nope"], "team/a.md", "--metadata is not valid JSON"),
+        (["--target-collection", "a b"], "team/a.md", "target collection 'a b' is not a valid Chroma collection name"),
+        ([], "team/missing.md", "object 'team/missing.md' does not exist in bucket"),
+        (["--custom-id", "c"], "team/a.md.meta.json", "is a .meta.json file: it carries its own custom id"),
+    ],
+)
+def test_invoke_refuses_what_the_sync_api_refuses_before_anything_runs(
+    s3: Any,
+    bucket: str,
+    make_config: ConfigFactory,
+    dagster_home: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    object_key: str,
+    rule: str,
+) -> None:
+    put(s3, bucket, {"team/a.md": "# A\n", "other/a.md": "# other\n", "team/a.md.meta.json": "{}"})
+    _, path = make_config(bucket, path_prefix="team/")
+    code, out, err = cli(capsys, "invoke", "docs", object_key, *extra, "--config", str(path))
+    assert code == 2
+    assert rule in out["error"] and rule in err
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_records() == []
+        assert instance.get_dynamic_partitions("docs_objects") == []
+
+
+def test_invoke_queues_a_partition_run_carrying_its_parameters_then_cancel(
+    s3: Any, bucket: str, make_config: ConfigFactory, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    object_key = "team/notes, draft.md"  # a comma: the partition key is encoded, the object key is not
+    put(s3, bucket, {object_key: "# Notes\n\nThe invoice total is 42.\n"})
+    _, path = make_config(bucket, path_prefix="team/")
+    metadata = {"team": "finance", "tags": ["a", "b"], "score": 1.5, "draft": True, "dropped": None}
+    code, row, err = cli(
+        capsys, "invoke", "docs", object_key, "--custom-id", "notes-1", "--metadata", json.dumps(metadata),
+        "--target-collection", "finance-notes", "--config", str(path),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "no dagster-daemon is serving this instance's run queue" in err
+    assert row["status"] == "pending" and row["trigger"] == "invocation"
+    assert row["metadata"] == {
+        "s3": {"bucket_name": bucket, "object_key": object_key},
+        "database_name": "default_database",
+        "collection_name": "finance-notes",
+    }
+    validate_jobs([row])
+
+    partition_key = keys.to_partition_key(object_key)
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_dynamic_partitions("docs_objects") == [partition_key]
+        run = instance.get_run_by_id(row["id"])
+        assert run is not None and run.status == dg.DagsterRunStatus.QUEUED
+        assert run.job_name == "__ASSET_JOB" and run.asset_selection == {dg.AssetKey(["docs", "documents"])}
+        assert run.tags["dagster/partition"] == partition_key and run.tags["s3sync/source"] == "docs"
+        # The parameters are the run's config: shown in the UI, reused by a re-execution.
+        assert run.run_config == {
+            "ops": {
+                asset_op_name("docs"): {
+                    "config": {
+                        "custom_id": "notes-1",
+                        "metadata": {"team": "finance", "tags": ["a", "b"], "score": 1.5, "draft": True},
+                        "target_collection_name": "finance-notes",
+                    }
+                }
+            }
+        }
+
+    code, rows, _ = cli(capsys, "invocations", "docs", "--status", "pending", "--config", str(path))
+    assert code == 0 and [r["id"] for r in rows] == [row["id"]]
+    validate_jobs(rows)
+    code, rows, _ = cli(capsys, "invocations", "--status", "complete", "--config", str(path))
+    assert code == 0 and rows == []
+
+    code, cancelled, _ = cli(capsys, "cancel", row["id"], "--config", str(path))
+    assert code == 0 and cancelled == {"id": row["id"], "status": "cancelled"}
+    code, rows, _ = cli(capsys, "invocations", "--config", str(path))
+    assert [r["status"] for r in rows] == ["cancelled"]
+    validate_jobs(rows)
+    code, out, _ = cli(capsys, "cancel", row["id"], "--config", str(path))
+    assert code == 2 and out["error"] == f"run {row['id']} has already finished (cancelled): nothing to cancel"
+    code, out, _ = cli(capsys, "cancel", "00000000-0000-0000-0000-000000000000", "--config", str(path))
+    assert code == 2 and "does not exist on this instance" in out["error"]
+
+
+def test_invocations_pages_newest_first_and_lists_every_kind_of_run(
+    s3: Any, bucket: str, make_config: ConfigFactory, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put(s3, bucket, {f"p/{n}.txt": f"file {n}\n" for n in range(3)} | {"p/bad.txt": b"\xff\xfe\x00bad"})
+    _, path = make_config(bucket, path_prefix="p/")
+    invoked = [cli(capsys, "invoke", "docs", f"p/{n}.txt", "--config", str(path))[1]["id"] for n in range(3)]
+    # An in-process sync: one ranged run over the four keys, one of which fails.
+    assert main(["sync", "docs", "--all", "--config", str(path)]) == 1
+    capsys.readouterr()
+    code, rows, _ = cli(capsys, "invocations", "--config", str(path))
+    validate_jobs(rows)
+    assert [r["id"] for r in rows[1:]] == invoked[::-1]
+    synced = rows[0]
+    assert synced["trigger"] == "sync" and synced["metadata"]["s3"]["object_key"] is None
+    assert synced["status"]["failed"]["error"].startswith("p/bad.txt: object 'p/bad.txt' is not UTF-8 text")
+    code, page, _ = cli(capsys, "invocations", "docs", "--limit", "2", "--offset", "1", "--config", str(path))
+    assert [r["id"] for r in page] == [rows[1]["id"], rows[2]["id"]]
+    code, failed, _ = cli(capsys, "invocations", "--status", "failed", "--config", str(path))
+    assert [r["id"] for r in failed] == [synced["id"]]
+    code, out, _ = cli(capsys, "invocations", "nope", "--config", str(path))
+    assert code == 2 and "nope" in out["error"]
