@@ -131,6 +131,8 @@ def submit_partition_run(
             job_name=ASSET_JOB,
             op_selection=None,
             asset_selection=[asset_key],
+            # The source's check compares the whole source: run it on its own, not after each key.
+            asset_check_selection=[],
         )
         remote_job = location.get_job(selector)
         plan = location.get_execution_plan(
@@ -153,7 +155,7 @@ def submit_partition_run(
             remote_job_origin=remote_job.get_remote_origin(),
             job_code_origin=remote_job.get_python_origin(),
             asset_selection=frozenset([asset_key]),
-            asset_check_selection=None,
+            asset_check_selection=frozenset(),
             asset_graph=repository.asset_graph,
         )
         return instance.submit_run(run.run_id, workspace=None)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.definitions import build_definitions
-from s3sync_dagster.defs.assets import KEYS_PER_RUN, documents_asset_key, partitions_name
+from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.runner import RANGE_END_TAG, RANGE_START_TAG, contiguous_batches
 from s3sync_dagster_tests import document_fixtures as fx
@@ -21,7 +21,7 @@ def test_definitions_load_from_yaml(bucket: str, make_config: ConfigFactory) -> 
     spec = asset.specs_by_key[asset.key]
     assert spec.metadata["collection"] == "handbook-collection"
     assert {"s3", "chroma"} <= set(spec.kinds)
-    assert asset.backfill_policy == dg.BackfillPolicy.multi_run(KEYS_PER_RUN)
+    assert asset.backfill_policy == dg.BackfillPolicy.multi_run(100)  # keys_per_run by default
     defs.resolve_implicit_global_asset_job_def()  # the whole thing resolves
     # Credentials stay environment-variable references in the definitions.
     resource = defs.resources["s3_handbook"]

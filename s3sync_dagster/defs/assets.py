@@ -73,7 +73,7 @@ def _key_metadata(report: KeyReport) -> dict[str, Any]:
     if report.warnings:
         metadata["warnings"] = "\n".join(report.warnings)
     if report.timings:
-        # Where this key's time went (s3_head, s3_read, extract, chunk, chroma_read, chroma_write).
+        # Where this key's time went (s3_head, s3_read, extract, chunk, chroma_read, embed, chroma_write).
         metadata["timings_s"] = {step: round(seconds, 4) for step, seconds in report.timings.items()}
     if report.preview:
         metadata["preview"] = dg.MetadataValue.md(f"```\n{report.preview}\n```")

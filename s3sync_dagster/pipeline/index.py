@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ class WriteStats:
     metadata_only: int = 0  # same text, new metadata (no embedding, no vector rewrite)
     unchanged: int = 0
     deleted: int = 0
+    embed_seconds: float = 0.0  # time in the model, included in the write
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -168,7 +170,9 @@ def _vectors_for(
                     reused[text] = vector
     # Each distinct new text is embedded once, even when it repeats within the object.
     fresh_texts = sorted({r.text for r in records if r.text not in reused})
+    started = time.perf_counter()
     fresh = dict(zip(fresh_texts, embed(fresh_texts), strict=True)) if fresh_texts else {}
+    stats.embed_seconds = time.perf_counter() - started
     stats.embedded = len(fresh_texts)
     return [reused[r.text] if r.text in reused else fresh[r.text] for r in records]
 

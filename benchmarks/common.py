@@ -1,0 +1,110 @@
+"""What every benchmark shares: a moto server, a bucket filled in parallel, a config file, the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+KEY_ID_VAR, SECRET_VAR = "S3SYNC_BENCH_KEY_ID", "S3SYNC_BENCH_SECRET"
+
+
+def credentials() -> None:
+    """Moto takes any credentials; they reach the code through variables, as a user's would."""
+    os.environ.setdefault(KEY_ID_VAR, "bench-key-id")
+    os.environ.setdefault(SECRET_VAR, "bench-secret")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", os.environ[KEY_ID_VAR])
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", os.environ[SECRET_VAR])
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def s3_client(endpoint_url: str) -> Any:
+    credentials()
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1")
+
+
+def fill_bucket(s3: Any, bucket: str, objects: Mapping[str, bytes], threads: int = 16) -> None:
+    s3.create_bucket(Bucket=bucket)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda item: s3.put_object(Bucket=bucket, Key=item[0], Body=item[1]), objects.items()))
+
+
+def write_config(
+    path: Path,
+    endpoint_url: str,
+    bucket: str,
+    chroma_path: Path,
+    source: str = "bench",
+    prefix: str = "",
+    **settings: Any,
+) -> Path:
+    entry: dict[str, Any] = {
+        "name": source,
+        "bucket_name": bucket,
+        "region": "us-east-1",
+        "collection_name": f"{source}-chunks",
+        "endpoint_url": endpoint_url,
+        "path_prefix": prefix,
+        "aws_access_key_id": {"env": KEY_ID_VAR},
+        "aws_secret_access_key": {"env": SECRET_VAR},
+    }
+    entry.update(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"chroma": {"path": str(chroma_path)}, "sources": [entry]}))
+    return path
+
+
+def dagster_home(path: Path) -> Path:
+    """An instance with the project's settings (run queue, retries), as scripts/setup makes one."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    return path
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def spread(values: list[float]) -> str:
+    """How noisy repeated figures were: (max - min) / median."""
+    if len(values) < 2:
+        return "one run"
+    return f"{(max(values) - min(values)) / statistics.median(values) * 100:.0f}% spread over {len(values)} runs"
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = "unknown"
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{kb / 1024 / 1024:.0f} GB"
+    except (OSError, ValueError, IndexError):
+        pass
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": memory,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "commit": git.strip() or "unknown",
+    }
