@@ -43,7 +43,8 @@ def cmd_sources(args: argparse.Namespace) -> int:
         lines.append(
             f"{row['name']} ({row['source_id']}): s3://{s3['bucket_name']}/{s3['path_prefix'] or ''} -> "
             f"{s3['collection_name']}; trigger_mode {s3['trigger_mode']}; credentials from {row['credentials']['from']}; "
-            f"{row['registered_keys']} registered key(s), {row['indexed_chunks']} indexed chunk(s)"
+            f"{row['registered_keys']} registered key(s), "
+            + (f"{row['indexed_chunks']} indexed chunk(s)" if "counts_error" not in row else row["counts_error"])
         )
     _emit(args, {"sources": rows}, "\n".join(lines) or "no sources configured")
     return EXIT_OK

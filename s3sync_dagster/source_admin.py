@@ -63,7 +63,12 @@ def chunk_counts(config: AppConfig, source_name: str) -> dict[str, int]:
 
 
 def describe_source(config: AppConfig, source: SourceConfig, instance: dg.DagsterInstance | None) -> dict[str, Any]:
-    counts = chunk_counts(config, source.name)
+    # The settings are shown even when the store cannot be reached; the counts then say why they are missing.
+    counts: dict[str, int] | None
+    try:
+        counts, counts_error = chunk_counts(config, source.name), None
+    except Exception as error:
+        counts, counts_error = None, f"Chroma could not be read: {type(error).__name__}: {error}"
     return {
         "name": source.name,
         "source_id": source_id(source),
@@ -88,8 +93,9 @@ def describe_source(config: AppConfig, source: SourceConfig, instance: dg.Dagste
         "registered_keys": (
             len(instance.get_dynamic_partitions(partitions_name(source.name))) if instance is not None else None
         ),
-        "indexed_chunks": sum(counts.values()),
+        "indexed_chunks": sum(counts.values()) if counts is not None else None,
         "chunks_by_collection": counts,
+        **({"counts_error": counts_error} if counts_error else {}),
     }
 
 

@@ -156,3 +156,21 @@ def test_invocations_pages_newest_first_and_lists_every_kind_of_run(
     assert [r["id"] for r in failed] == [synced["id"]]
     code, out, _ = cli(capsys, "invocations", "nope", "--config", str(path))
     assert code == 2 and "nope" in out["error"]
+
+
+def test_sources_still_shows_settings_when_chroma_is_down(
+    bucket: str, make_config: ConfigFactory, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from s3sync_dagster.local_s3 import LOOPBACK, free_port
+
+    _, path = make_config(bucket)
+    raw = yaml.safe_load(path.read_text())
+    raw["chroma"] = {"host": LOOPBACK, "port": free_port()}  # nothing listens there
+    path.write_text(yaml.safe_dump(raw))
+    code, out, _ = cli(capsys, "sources", "--config", str(path))
+    source = out["sources"][0]
+    assert code == 0 and source["payload"]["s3"]["bucket_name"] == bucket
+    assert source["indexed_chunks"] is None and source["counts_error"].startswith("Chroma could not be read")
+    assert source["registered_keys"] == 0
