@@ -145,23 +145,20 @@ def index_partitions(
     for report in refused:
         record(report, partition_key=report.object_key)
     embed = embedding.function()
-    # Worker processes start only if a document turns up; closed with the run.
-    pool = DocumentPool(documents.workers)
-    try:
-        with chroma.write_lock():
-            reports = refused + sync_keys(
-                s3_source.get_client(),
-                spec,
-                collection_for,
-                embed,
-                object_keys,
-                on_report=record,
-                pool=pool,
-                remove_only=remove_only,
-                invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
-            )
-    finally:
-        pool.close()
+    # Worker processes start only if a document turns up, and stay warm for the process's next runs.
+    pool = DocumentPool.shared(documents.workers)
+    with chroma.write_lock():
+        reports = refused + sync_keys(
+            s3_source.get_client(),
+            spec,
+            collection_for,
+            embed,
+            object_keys,
+            on_report=record,
+            pool=pool,
+            remove_only=remove_only,
+            invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
+        )
     failed = [report for report in reports if report.status == "failed"]
     if failed:
         shown = "\n".join(f"- {report.object_key}: {report.message}" for report in failed[:20])

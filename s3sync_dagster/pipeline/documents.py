@@ -8,6 +8,7 @@ costs only its own key. Nothing here imports docling or torch until a document i
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import shutil
@@ -387,6 +388,27 @@ class DocumentPool:
                 self._pool.stop()
                 self._pool.join()
                 self._pool = None
+
+    @classmethod
+    def shared(cls, workers: int | None = None) -> DocumentPool:
+        """One pool per process and size, kept for the process's life: the runs of `s3sync sync` in one
+        process share warm workers instead of each paying docling's import again (seconds per worker)."""
+        with _shared_lock:
+            pool = _shared_pools.get(workers)
+            if pool is None:
+                pool = _shared_pools[workers] = cls(workers)
+                if len(_shared_pools) == 1:
+                    atexit.register(_close_shared)
+            return pool
+
+
+_shared_pools: dict[int | None, DocumentPool] = {}
+_shared_lock = threading.Lock()
+
+
+def _close_shared() -> None:
+    for pool in list(_shared_pools.values()):
+        pool.close()
 
 
 def result_of(object_key: str, future: Future[Converted], options: DocumentOptions) -> Extracted:
