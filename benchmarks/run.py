@@ -34,7 +34,9 @@ def peer_available() -> bool:
     )
 
 
-def bulk(endpoint_url: str, workdir: Path, size: int, repeats: int, with_peer: bool) -> dict[str, Any]:
+def bulk(
+    endpoint_url: str, workdir: Path, size: int, repeats: int, with_peer: bool, peer_repeats: int
+) -> dict[str, Any]:
     data = corpus.generate(size)
     bucket = f"bulk-{size}"
     s3 = common.s3_client(endpoint_url)
@@ -52,7 +54,7 @@ def bulk(endpoint_url: str, workdir: Path, size: int, repeats: int, with_peer: b
         runs["B"].append(throughput.run_dagster(config_b, base / "home"))
         last_b = (config_b, base / "home")
         log(f"B {size} #{repeat}: {runs['B'][-1]['seconds']:.1f} s in {runs['B'][-1]['runs']} run(s)")
-        if with_peer:
+        if with_peer and repeat < peer_repeats:
             runs["C"].append(throughput.run_peer(endpoint_url, bucket, "", base / "chroma-c"))
             log(f"C {size} #{repeat}: {runs['C'][-1]['seconds']:.1f} s")
     result: dict[str, Any] = {"size": size, "corpus": corpus.describe(data), "runs": runs, "bucket": bucket}
@@ -176,10 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: keeps the suite working (CI)")
     parser.add_argument("--sizes", default="1000,10000", help="corpus sizes (default 1000,10000)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline for the smallest size")
+    parser.add_argument("--peer-repeats", type=int, help="runs of the peer pipeline (default: --repeats)")
     parser.add_argument("--uploads", type=int, default=20, help="latency samples")
     parser.add_argument("--scale-keys", type=int, default=100_000)
     parser.add_argument("--big-object-mb", type=int, default=200)
     parser.add_argument("--skip", default="", help="sections to skip, e.g. 3,4")
+    parser.add_argument(
+        "--scale-json", help="section 4 from an earlier `python -m benchmarks.scale` run's JSON instead of measuring"
+    )
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--workdir", help="where buckets' copies, stores and instances go (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -200,7 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "1" not in skip or "2" not in skip or "5" not in skip:
             bulks = [
-                bulk(server.endpoint_url, workdir, size, args.repeats if n == 0 else 1, with_peer)
+                bulk(
+                    server.endpoint_url,
+                    workdir,
+                    size,
+                    args.repeats if n == 0 else 1,
+                    with_peer,
+                    (args.peer_repeats or args.repeats) if n == 0 else 1,
+                )
                 for n, size in enumerate(sizes)
             ]
             raw["bulk"] = [{k: v for k, v in result.items() if k != "keys"} for result in bulks]
@@ -228,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         if "4" not in skip:
             from benchmarks import scale
 
-            result = scale.measure(workdir / "scale", args.scale_keys, args.big_object_mb, smoke=args.smoke)
+            if args.scale_json:
+                result = json.loads(Path(args.scale_json).read_text())
+                log(f"section 4 from {args.scale_json} (measured earlier by python -m benchmarks.scale)")
+            else:
+                result = scale.measure(workdir / "scale", args.scale_keys, args.big_object_mb, smoke=args.smoke)
             raw["scale"] = result
             sections.append(scale.section_markdown(result))
         if "5" not in skip and "bulk" in raw:

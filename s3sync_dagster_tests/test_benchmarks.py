@@ -1,0 +1,31 @@
+"""The benchmark suite's smoke version: tiny sizes, every section, so `python -m benchmarks.run` keeps
+working. It measures nothing worth keeping; the real figures are in benchmarks/RESULTS.md."""
+
+import json
+from pathlib import Path
+
+from benchmarks.run import main
+
+
+def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    assert main(["--smoke", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    text = out.read_text()
+    for heading in (
+        "## 1. Bulk sync throughput",
+        "## 2. Incremental cost",
+        "## 3. Latency",
+        "## 4. Scale",
+        "## 5. Where the time goes",
+    ):
+        assert heading in text, heading
+    raw = json.loads((tmp_path / "results.json").read_text())
+    bulk = raw["bulk"][0]["median"]
+    # Every pipeline indexed the whole corpus (24 objects, each kind at least once).
+    assert bulk["A"]["objects"] == bulk["B"]["objects"] == 24
+    assert bulk["A"]["chunks"] == bulk["B"]["chunks"] > 24
+    assert bulk["B"]["statuses"] == {"indexed": 24}
+    incremental = raw["incremental"]
+    assert incremental["unchanged_pass"]["runs"] == 0
+    assert incremental["after_change"]["keys"] == incremental["changed"] + incremental["deleted"]
+    assert raw["latency"]["uploads"] == 1
