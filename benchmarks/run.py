@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks import common, corpus, incremental, latency, throughput
 from s3sync_dagster import local_s3
+from s3sync_dagster.pipeline.embed import resolve_precision
 
 HERE = Path(__file__).resolve().parent
 PIPELINES = {"A": "engine, plain loop", "B": "s3sync sync --all (Dagster)", "C": "LlamaIndex peer"}
@@ -77,7 +78,9 @@ def bulk_markdown(results: list[dict[str, Any]]) -> str:
         "## 1. Bulk sync throughput",
         "",
         "Same corpus, same model (all-MiniLM-L6-v2, CPU), each pipeline in a fresh process into its own "
-        "embedded Chroma; seconds are wall time from process start to exit (imports and model load included).",
+        "embedded Chroma; seconds are wall time from process start to exit (imports and model load included). "
+        f"A and B embed with `embedding.precision: auto`, which is {resolve_precision('auto', 'cpu')} on this "
+        "CPU (section 6); C with LlamaIndex's HuggingFaceEmbedding as it comes (float32).",
         "",
         "| objects | pipeline | seconds | objects/s | chunks/s | MB/s | chunks | noise |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uploads", type=int, default=20, help="latency samples")
     parser.add_argument("--scale-keys", type=int, default=100_000)
     parser.add_argument("--big-object-mb", type=int, default=200)
-    parser.add_argument("--skip", default="", help="sections to skip, e.g. 3,4")
+    parser.add_argument("--skip", default="", help="sections to skip, e.g. 3,4,6")
     parser.add_argument(
         "--scale-json", help="section 4 from an earlier `python -m benchmarks.scale` run's JSON instead of measuring"
     )
@@ -250,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(scale.section_markdown(result))
         if "5" not in skip and "bulk" in raw:
             sections.append(profile_markdown(bulks[-1]))
+        if "6" not in skip:
+            from benchmarks import fixes
+
+            result = fixes.measure(24 if args.smoke else 1000, 16 if args.smoke else 128)
+            raw["fixes"] = result
+            sections.append(fixes.section_markdown(result))
+            log(f"fixes: {result}")
     finally:
         server.stop()
         if not args.workdir:

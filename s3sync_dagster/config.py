@@ -131,6 +131,9 @@ class EmbeddingConfig(_Model):
     model: str | None = None
     device: str = "cpu"
     batch_size: int = Field(default=64, ge=1)
+    # auto: bfloat16 matrix products where the CPU has them in hardware (about 2x faster, vectors within
+    # 1e-4 in cosine of float32), float32 elsewhere; float32 or bfloat16 to choose.
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class DocumentsConfig(_Model):

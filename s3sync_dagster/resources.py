@@ -153,16 +153,22 @@ class EmbeddingResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     model: str | None = None
     device: str = "cpu"
     batch_size: int = 64
+    precision: str = "auto"  # auto, float32 or bfloat16 (EmbeddingConfig checks it)
 
     def function(self) -> LazySentenceTransformer:
-        return _embedding_function(self.model, self.device, self.batch_size)
+        return _embedding_function(self.model, self.device, self.batch_size, self.precision)
 
 
 @functools.lru_cache(maxsize=8)
-def _embedding_function(model: str | None, device: str, batch_size: int) -> LazySentenceTransformer:
+def _embedding_function(model: str | None, device: str, batch_size: int, precision: str) -> LazySentenceTransformer:
     from s3sync_dagster.pipeline.embed import LazySentenceTransformer
 
-    return LazySentenceTransformer(model_name=model, device=device, batch_size=batch_size)
+    return LazySentenceTransformer(
+        model_name=model,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,  # type: ignore[arg-type]
+    )
 
 
 class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -278,7 +284,9 @@ def chroma_resource(chroma: ChromaConfig) -> ChromaResource:
 
 
 def embedding_resource(embedding: EmbeddingConfig) -> EmbeddingResource:
-    return EmbeddingResource(model=embedding.model, device=embedding.device, batch_size=embedding.batch_size)
+    return EmbeddingResource(
+        model=embedding.model, device=embedding.device, batch_size=embedding.batch_size, precision=embedding.precision
+    )
 
 
 def resources_for(config: AppConfig) -> dict[str, Any]:

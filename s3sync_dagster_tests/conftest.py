@@ -65,9 +65,11 @@ class CountingEmbedder:
     def __init__(self, inner: LazySentenceTransformer) -> None:
         self.inner = inner
         self.texts: list[str] = []
+        self.calls = 0
 
     def __call__(self, texts: list[str]) -> Any:
         self.texts.extend(texts)
+        self.calls += 1
         return self.inner(texts)
 
 

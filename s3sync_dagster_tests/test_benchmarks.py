@@ -17,6 +17,7 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
         "## 3. Latency",
         "## 4. Scale",
         "## 5. Where the time goes",
+        "## 6. Fixes: before and after",
     ):
         assert heading in text, heading
     raw = json.loads((tmp_path / "results.json").read_text())
@@ -29,3 +30,7 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert incremental["unchanged_pass"]["runs"] == 0
     assert incremental["after_change"]["keys"] == incremental["changed"] + incremental["deleted"]
     assert raw["latency"]["uploads"] == 1
+    # The before/after measurements wrote the same chunks both ways and compared real vectors.
+    fixes = raw["fixes"]
+    assert fixes["writes"]["chunks"] > fixes["writes"]["objects"] > 0
+    assert fixes["embedding"]["min_cosine"] > 0.999

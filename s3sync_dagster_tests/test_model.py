@@ -69,3 +69,34 @@ def test_one_collection_never_mixes_two_models(tmp_path: Path) -> None:
         ValueError, match="collection 'one-model' was built with embedding function sentence_transformer"
     ):
         chroma.collection("one-model", EmbeddingResource(model=str(tmp_path / "another-model")))
+
+
+def test_auto_precision_takes_bfloat16_only_where_the_cpu_has_it() -> None:
+    from s3sync_dagster.pipeline.embed import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n")  # emulated: slower
+    assert not cpu_has_native_bf16("Features\t: fp asimd\n")  # no x86 flags line
+    assert LazySentenceTransformer(precision="float32").precision == "float32"
+    assert LazySentenceTransformer(precision="bfloat16").precision == "bfloat16"
+    assert LazySentenceTransformer(precision="auto").precision == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert LazySentenceTransformer(device="cuda", precision="auto").precision == "float32"
+
+
+def test_bfloat16_vectors_match_float32_ones() -> None:
+    # A collection written in bfloat16 is queried by stock float32 clients: the two must agree.
+    import numpy as np
+
+    texts = [
+        "def replace_chunks(collection, records):\n    return collection.upsert(ids=[r.id for r in records])\n" * 8,
+        "The deploy runbook: drain the node, roll the release, watch the error rate for ten minutes.",
+        "quarterly tax filing deadline",
+        "x",
+    ]
+    exact = np.array(LazySentenceTransformer(precision="float32")(texts))
+    fast = np.array(LazySentenceTransformer(precision="bfloat16")(texts))
+    cosines = (exact * fast).sum(axis=1)
+    assert cosines.min() > 0.9999, cosines
+    # Each bfloat16 vector's nearest float32 vector is its own text's.
+    assert list((fast @ exact.T).argmax(axis=1)) == [0, 1, 2, 3]

@@ -185,6 +185,64 @@ def test_bad_input_fails_only_its_own_key(s3: Any, bucket: str, collection: Any,
     assert reports["ok/missing.txt"].status == "removed"
 
 
+def test_new_objects_are_embedded_and_written_together(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    # 70 new objects of 2 chunks: one embedding call per 64 objects (BATCH_OBJECTS), not one per object.
+    contents = {f"many/{n:02d}.txt": numbered_lines(12, tag=f"object {n}") for n in range(70)}
+    put(s3, spec.bucket_name, contents)
+    reports = sync_keys(s3, spec, lambda _: collection, embedder, sorted(contents))
+    assert embedder.calls == 2
+    assert sorted(r.object_key for r in reports) == sorted(contents)
+    for report in reports:
+        assert (report.status, report.chunk_count, report.chunks_written, report.chunks_embedded) == (
+            "indexed",
+            2,
+            2,
+            2,
+        )
+        assert report.timings["embed"] > 0 and report.timings["chroma_write"] >= 0
+        rows = all_rows(collection, report.object_key)
+        document_id = keys.object_id(report.object_key)
+        assert sorted(rows) == [f"{document_id}-0", f"{document_id}-1"]
+        assert (
+            "".join(text for text, _ in sorted(rows.values(), key=lambda r: r[1]["chunk_index"]))
+            == contents[report.object_key]
+        )
+    # Nothing changed: the next pass reads metadata only and writes nothing.
+    again = sync_keys(s3, spec, lambda _: collection, embedder, sorted(contents))
+    assert {r.status for r in again} == {"unchanged"} and embedder.calls == 2
+
+
+class RefusingEmbedder(CountingEmbedder):
+    """The real model, except that it fails on any batch holding a text with the given marker."""
+
+    def __init__(self, inner: Any, marker: str) -> None:
+        super().__init__(inner)
+        self.marker = marker
+
+    def __call__(self, texts: list[str]) -> Any:
+        if any(self.marker in text for text in texts):
+            raise RuntimeError("the model refused this text")
+        return super().__call__(texts)
+
+
+def test_object_that_spoils_a_shared_write_fails_alone(
+    s3: Any, spec: SourceSpec, collection: Any, embedding_function: Any
+) -> None:
+    put(s3, spec.bucket_name, {"mix/a.txt": "alpha\n", "mix/b.txt": "POISON\n", "mix/c.txt": "gamma\n"})
+    embedder = RefusingEmbedder(embedding_function, "POISON")
+    reports = {
+        r.object_key: r
+        for r in sync_keys(s3, spec, lambda _: collection, embedder, ["mix/a.txt", "mix/b.txt", "mix/c.txt"])
+    }
+    assert reports["mix/a.txt"].status == reports["mix/c.txt"].status == "indexed"
+    assert reports["mix/b.txt"].status == "failed"
+    assert reports["mix/b.txt"].message == "object 'mix/b.txt': RuntimeError: the model refused this text"
+    assert all_rows(collection, "mix/b.txt") == {}
+    assert [text for text, _ in all_rows(collection, "mix/c.txt").values()] == ["gamma\n"]
+
+
 def test_deleted_object_loses_its_chunks(
     s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
 ) -> None:

@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chromadb.api.types import Documents, Embeddings
 from chromadb.utils.embedding_functions.sentence_transformer_embedding_function import (
@@ -17,6 +17,8 @@ from chromadb.utils.embedding_functions.sentence_transformer_embedding_function 
 # starve the two cores: one 256-token chunk took 0.97 s instead of 0.075 s. OpenMP reads this when
 # torch loads, so it is set when this module is imported, before any torch import in our processes.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+Precision = Literal["auto", "float32", "bfloat16"]
 
 _load_lock = threading.Lock()
 _models: dict[tuple[str, str], Any] = {}  # (model, device) -> loaded SentenceTransformer, one per process
@@ -59,6 +61,29 @@ def check_collection_model(
     return bool(model != ours.model_name)
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this x86 CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), from /proc/cpuinfo's flags.
+
+    Elsewhere bfloat16 is emulated and slower than float32, so `auto` keeps float32 there.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def resolve_precision(precision: Precision, device: str) -> Literal["float32", "bfloat16"]:
+    if precision == "auto":
+        return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
+    return precision
+
+
 class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
     """Chroma's `sentence_transformer` function, but torch loads on the first embedding, not on construction.
 
@@ -73,6 +98,7 @@ class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
         device: str = "cpu",
         normalize_embeddings: bool = True,
         batch_size: int = 64,
+        precision: Precision = "auto",
     ) -> None:
         # Deliberately not calling super().__init__: it loads the model at once.
         self.model_name = model_name or bundled_model_path()
@@ -80,6 +106,9 @@ class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
         self.normalize_embeddings = normalize_embeddings
         self.kwargs: dict[str, Any] = {}
         self.batch_size = batch_size
+        # Not part of get_config(): the collection records the model, and a stock float32 client
+        # querying it gets the same vectors to within 1e-4 in cosine (checked in test_model.py).
+        self.precision = resolve_precision(precision, device)
 
     def _model_instance(self) -> Any:
         with _load_lock:
@@ -111,13 +140,23 @@ class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
     def __call__(self, input: Documents) -> Embeddings:
         if not input:
             return []
-        import numpy as np
+        import contextlib
 
-        vectors = self._model_instance().encode(
-            list(input),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=self.normalize_embeddings,
-            show_progress_bar=False,
+        import numpy as np
+        import torch
+
+        model = self._model_instance()
+        # bfloat16 autocast: the weights stay float32 and matrix products run in bfloat16 with float32
+        # accumulation, which halves the model's time on CPUs with native bfloat16 (benchmarks/RESULTS.md).
+        autocast = (
+            torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bfloat16" else contextlib.nullcontext()
         )
+        with autocast:
+            vectors = model.encode(
+                list(input),
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=self.normalize_embeddings,
+                show_progress_bar=False,
+            )
         return [np.asarray(vector, dtype=np.float32) for vector in vectors]
