@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uploads", type=int, default=20, help="latency samples")
     parser.add_argument("--scale-keys", type=int, default=100_000)
     parser.add_argument("--big-object-mb", type=int, default=200)
+    parser.add_argument("--scale-repeats", type=int, default=3, help="repeats of each scale key step")
+    parser.add_argument("--moto-keys", type=int, default=5_000, help="keys for the scale steps over moto")
+    parser.add_argument("--big-budget-s", type=float, default=1800.0, help="time for the big-object model runs")
     parser.add_argument("--skip", default="", help="sections to skip, e.g. 3,4,6")
     parser.add_argument(
         "--scale-json", help="section 4 from an earlier `python -m benchmarks.scale` run's JSON instead of measuring"
@@ -205,6 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.machine()
     sections: list[str] = []
     raw: dict[str, Any] = {"machine": machine, "argv": sys.argv[1:] if argv is None else argv}
+
+    def write() -> None:
+        # After every section, so a long run that is stopped part-way keeps what it measured.
+        header = [
+            "# Benchmark results",
+            "",
+            f"Measured {machine['date']} at commit {machine['commit']} with "
+            f"`.venv/bin/python -m benchmarks.run {' '.join(raw['argv'])}`.",
+            f"Machine: {machine['cpu']}, {machine['memory']} RAM, Python {machine['python']}, {machine['os']}.",
+        ]
+        ordered = sorted(sections, key=lambda section: section.split(".", 1)[0])  # "## 1." .. "## 6."
+        Path(args.out).write_text("\n\n".join(["\n".join(header), *ordered]) + "\n")
+        Path(args.out).with_name("results.json").write_text(json.dumps(raw, indent=2, default=str))
+
     server = local_s3.start()
     try:
         if "1" not in skip or "2" not in skip or "5" not in skip:
@@ -221,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             raw["bulk"] = [{k: v for k, v in result.items() if k != "keys"} for result in bulks]
             sections.append(bulk_markdown(bulks))
+            write()
             for result in bulks:
                 median = result["median"]
                 log(
@@ -235,11 +253,24 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 raw["incremental"] = result
                 sections.append(incremental_markdown(result, largest["median"]["B"]["seconds"]))
+                write()
                 log(f"incremental: {result}")
+        if "5" not in skip and "bulk" in raw:
+            sections.append(profile_markdown(bulks[-1]))
+            write()
+        if "6" not in skip:
+            from benchmarks import fixes
+
+            result = fixes.measure(24 if args.smoke else 1000, 16 if args.smoke else 128)
+            raw["fixes"] = result
+            sections.append(fixes.section_markdown(result))
+            write()
+            log(f"fixes: {result}")
         if "3" not in skip:
             result = latency.measure(server.endpoint_url, workdir / "latency", args.uploads)
             raw["latency"] = result
             sections.append(latency_markdown(result))
+            write()
             log(f"latency: median {result['median_s']:.1f} s, max {result['max_s']:.1f} s")
         if "4" not in skip:
             from benchmarks import scale
@@ -248,31 +279,17 @@ def main(argv: list[str] | None = None) -> int:
                 result = json.loads(Path(args.scale_json).read_text())
                 log(f"section 4 from {args.scale_json} (measured earlier by python -m benchmarks.scale)")
             else:
-                result = scale.measure(workdir / "scale", args.scale_keys, args.big_object_mb, smoke=args.smoke)
+                result = scale.measure(
+                    workdir / "scale", args.scale_keys, args.big_object_mb, smoke=args.smoke,
+                    repeats=args.scale_repeats, moto_keys=args.moto_keys, big_budget_s=args.big_budget_s,
+                )  # fmt: skip
             raw["scale"] = result
             sections.append(scale.section_markdown(result))
-        if "5" not in skip and "bulk" in raw:
-            sections.append(profile_markdown(bulks[-1]))
-        if "6" not in skip:
-            from benchmarks import fixes
-
-            result = fixes.measure(24 if args.smoke else 1000, 16 if args.smoke else 128)
-            raw["fixes"] = result
-            sections.append(fixes.section_markdown(result))
-            log(f"fixes: {result}")
+            write()
     finally:
         server.stop()
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    header = [
-        "# Benchmark results",
-        "",
-        f"Measured {machine['date']} at commit {machine['commit']} with "
-        f"`.venv/bin/python -m benchmarks.run {' '.join(raw['argv'])}`.",
-        f"Machine: {machine['cpu']}, {machine['memory']} RAM, Python {machine['python']}, {machine['os']}.",
-    ]
-    Path(args.out).write_text("\n\n".join(["\n".join(header), *sections]) + "\n")
-    Path(args.out).with_name("results.json").write_text(json.dumps(raw, indent=2, default=str))
     log(f"wrote {args.out}")
     return 0
 

@@ -266,6 +266,9 @@ def test_browser_lists_partitions_and_shows_a_keys_metadata(live: Live) -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
             page.set_default_timeout(60_000)
+            # Assertions wait as long as actions: on a busy 2-core machine the asset page can take
+            # well over expect()'s default 5 s to load the code location and its partitions.
+            expect.set_options(timeout=60_000)
             page.goto(f"{live.server.url}/assets/{SOURCE}/documents?view=partitions", wait_until="domcontentloaded")
             for partition_key in ("web/alpha.md", "web/beta.py", "web/gamma.txt"):
                 expect(page.get_by_text(partition_key, exact=True).first).to_be_visible()
