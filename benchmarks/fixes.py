@@ -4,17 +4,24 @@
    products (`embedding.precision: auto` on a CPU with native bfloat16), and how far the vectors moved.
 2. Chroma writes of new small objects: one upsert per object (before) against the engine's shared
    writes (`sync.BATCH_CHUNKS` / `BATCH_OBJECTS`), vectors precomputed so only Chroma is timed.
+3. Dagster event writes: what each key costs the instance (a planned and a materialisation event per
+   partition) on Dagster's stock SQLite event log (before) and on this repo's dagster.yaml, which keeps
+   the event log's connections open (`s3sync_dagster/event_log.py`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks import corpus
+from benchmarks import common, corpus
 from s3sync_dagster.pipeline import chunk, index, keys, sync
 from s3sync_dagster.pipeline.embed import LazySentenceTransformer, cpu_has_native_bf16
 
@@ -92,7 +99,7 @@ def _writes(objects: list[list[str]]) -> dict[str, Any]:
         for object_records in records:
             group += object_records
             count += 1
-            if len(group) >= sync.BATCH_CHUNKS or count >= sync.BATCH_OBJECTS:
+            if sync.batch_is_full(len(group), count):
                 index.replace_chunks(shared, group, {}, embed)
                 group, count = [], 0
         if group:
@@ -102,14 +109,65 @@ def _writes(objects: list[list[str]]) -> dict[str, Any]:
     return result
 
 
-def measure(objects: int = 1000, embed_chunks: int = 128) -> dict[str, Any]:
+def _key_events_seconds(home: Path, keys_per_run: int, runs: int) -> float:
+    """Seconds to record what `keys_per_run` partitions cost a run's event log, `runs` times over."""
+    import dagster as dg
+    from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent, StepMaterializationData
+
+    asset_key = dg.AssetKey(["fixes", "documents"])
+    saved = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            started = time.perf_counter()
+            for _ in range(runs):
+                run_id = str(uuid.uuid4())
+                for number in range(keys_per_run):
+                    partition_key = f"fixes/{number:05d}.txt"
+                    planned = DagsterEvent.build_asset_materialization_planned_event(
+                        "job", "step", AssetMaterializationPlannedData(asset_key, partition=partition_key)
+                    )
+                    instance.report_dagster_event(planned, run_id)
+                    done = dg.AssetMaterialization(
+                        asset_key=asset_key, partition=partition_key, metadata={"status": "written", "chunks": 3}
+                    )
+                    materialization = DagsterEvent(
+                        event_type_value=dg.DagsterEventType.ASSET_MATERIALIZATION.value,
+                        job_name="job",
+                        step_key="step",
+                        event_specific_data=StepMaterializationData(done),
+                    )
+                    instance.report_dagster_event(materialization, run_id)
+            return time.perf_counter() - started
+    finally:
+        if saved is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = saved
+
+
+def _event_writes(keys_per_run: int = 100, runs: int = 3) -> dict[str, Any]:
+    events = keys_per_run * runs * 2
+    result: dict[str, Any] = {"events": events, "keys_per_run": keys_per_run, "runs": runs}
+    with tempfile.TemporaryDirectory(prefix="fixes-dagster-") as path:
+        stock, pooled = Path(path) / "stock", Path(path) / "pooled"
+        stock.mkdir()
+        (stock / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        pooled.mkdir()
+        shutil.copy(common.REPO / "dagster.yaml", pooled / "dagster.yaml")
+        result["stock_ms_per_event"] = _key_events_seconds(stock, keys_per_run, runs) / events * 1000
+        result["pooled_ms_per_event"] = _key_events_seconds(pooled, keys_per_run, runs) / events * 1000
+    return result
+
+
+def measure(objects: int = 1000, embed_chunks: int = 128, keys_per_run: int = 100) -> dict[str, Any]:
     chunked = _corpus_chunks(objects)
     texts = [text for texts in chunked for text in texts][:embed_chunks]
-    return {"embedding": _embedding(texts), "writes": _writes(chunked)}
+    return {"embedding": _embedding(texts), "writes": _writes(chunked), "events": _event_writes(keys_per_run)}
 
 
 def section_markdown(result: dict[str, Any]) -> str:
-    emb, writes = result["embedding"], result["writes"]
+    emb, writes, events = result["embedding"], result["writes"], result["events"]
     speedup = emb["float32_ms_per_chunk"] / emb["bfloat16_ms_per_chunk"]
     return "\n".join(
         [
@@ -124,6 +182,10 @@ def section_markdown(result: dict[str, Any]) -> str:
             f"| Chroma writes of {writes['objects']:,} new objects ({writes['chunks']:,} chunks): one upsert per "
             f"object -> shared upserts of up to {sync.BATCH_OBJECTS} objects / {sync.BATCH_CHUNKS} chunks (s) | "
             f"{writes['per_object_s']:.1f} | {writes['shared_s']:.1f} | {writes['per_object_s'] / writes['shared_s']:.2f}x |",
+            f"| Dagster event log, {events['events']:,} asset events ({events['runs']} runs of "
+            f"{events['keys_per_run']} keys: planned + materialised per key): stock SQLite storage -> "
+            f"connections kept open, `dagster.yaml` (ms per event) | {events['stock_ms_per_event']:.1f} | "
+            f"{events['pooled_ms_per_event']:.1f} | {events['stock_ms_per_event'] / events['pooled_ms_per_event']:.2f}x |",
             "",
             f"bfloat16 vectors against float32 ones: minimum cosine {emb['min_cosine']:.6f}; each text's nearest "
             f"float32 vector is its own for {emb['nearest_is_own'] * 100:.0f}% of them. This CPU "

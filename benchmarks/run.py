@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if "6" not in skip:
             from benchmarks import fixes
 
-            result = fixes.measure(24 if args.smoke else 1000, 16 if args.smoke else 128)
+            result = fixes.measure(24 if args.smoke else 1000, 16 if args.smoke else 128, 10 if args.smoke else 100)
             raw["fixes"] = result
             sections.append(fixes.section_markdown(result))
             write()

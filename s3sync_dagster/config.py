@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.embed import Precision
 
 DEFAULT_CONFIG_FILE = "s3sync.yaml"
 CONFIG_ENV_VAR = "S3SYNC_CONFIG"
@@ -133,7 +134,7 @@ class EmbeddingConfig(_Model):
     batch_size: int = Field(default=64, ge=1)
     # auto: bfloat16 matrix products where the CPU has them in hardware (about 2x faster, vectors within
     # 1e-4 in cosine of float32), float32 elsewhere; float32 or bfloat16 to choose.
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    precision: Precision = "auto"
 
 
 class DocumentsConfig(_Model):

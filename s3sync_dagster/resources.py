@@ -15,6 +15,7 @@ from pydantic import Field
 
 from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig
 from s3sync_dagster.pipeline.documents import DocumentOptions
+from s3sync_dagster.pipeline.embed import Precision
 from s3sync_dagster.pipeline.sync import SourceSpec
 
 if TYPE_CHECKING:
@@ -153,21 +154,23 @@ class EmbeddingResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     model: str | None = None
     device: str = "cpu"
     batch_size: int = 64
-    precision: str = "auto"  # auto, float32 or bfloat16 (EmbeddingConfig checks it)
+    precision: Precision = "auto"
 
     def function(self) -> LazySentenceTransformer:
         return _embedding_function(self.model, self.device, self.batch_size, self.precision)
 
 
 @functools.lru_cache(maxsize=8)
-def _embedding_function(model: str | None, device: str, batch_size: int, precision: str) -> LazySentenceTransformer:
+def _embedding_function(
+    model: str | None, device: str, batch_size: int, precision: Precision
+) -> LazySentenceTransformer:
     from s3sync_dagster.pipeline.embed import LazySentenceTransformer
 
     return LazySentenceTransformer(
         model_name=model,
         device=device,
         batch_size=batch_size,
-        precision=precision,  # type: ignore[arg-type]
+        precision=precision,
     )
 
 

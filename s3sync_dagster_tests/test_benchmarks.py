@@ -34,3 +34,5 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     fixes = raw["fixes"]
     assert fixes["writes"]["chunks"] > fixes["writes"]["objects"] > 0
     assert fixes["embedding"]["min_cosine"] > 0.999
+    assert fixes["events"]["events"] == 2 * fixes["events"]["keys_per_run"] * fixes["events"]["runs"] > 0
+    assert fixes["events"]["stock_ms_per_event"] > 0 and fixes["events"]["pooled_ms_per_event"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Mapping
@@ -61,16 +62,21 @@ def check_collection_model(
     return bool(model != ours.model_name)
 
 
+@functools.cache
+def _this_cpu_has_native_bf16() -> bool:
+    try:  # read once per process: Chroma rebuilds the function each time it opens a collection
+        return cpu_has_native_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this x86 CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), from /proc/cpuinfo's flags.
 
     Elsewhere bfloat16 is emulated and slower than float32, so `auto` keeps float32 there.
     """
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
+        return _this_cpu_has_native_bf16()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags = set(line.partition(":")[2].split())

@@ -404,6 +404,11 @@ BATCH_CHUNKS = 256
 BATCH_OBJECTS = 64
 
 
+def batch_is_full(chunks: int, objects: int) -> bool:
+    """When new objects waiting for a shared embedding call and upsert are written."""
+    return chunks >= BATCH_CHUNKS or objects >= BATCH_OBJECTS
+
+
 class _NewObjects:
     """Prepared new objects waiting to be embedded and written in one go; reported only once written."""
 
@@ -431,7 +436,7 @@ class _NewObjects:
     def add(self, prepared: _Prepared) -> None:
         self._waiting.append(prepared)
         self._chunks += len(prepared.records)
-        if self._chunks >= BATCH_CHUNKS or len(self._waiting) >= BATCH_OBJECTS:
+        if batch_is_full(self._chunks, len(self._waiting)):
             self.flush()
 
     def flush(self) -> None:
