@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from benchmarks import common, corpus, incremental, latency, throughput
 from s3sync_dagster import local_s3
 from s3sync_dagster.pipeline.embed import resolve_precision
@@ -176,6 +178,26 @@ def profile_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _earlier_bulks(results_json: Path, endpoint_url: str, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """Section 1 as an earlier run measured it: its buckets refilled (same seed, same bytes and ETags) in
+    this run's moto, its last B config pointed at it, so section 2 goes on from B's instance and store."""
+    earlier = json.loads(results_json.read_text())
+    raw["bulk_measured"] = {"machine": earlier["machine"], "argv": earlier["argv"]}
+    s3 = common.s3_client(endpoint_url)
+    bulks = earlier["bulk"]
+    for result in bulks:
+        data = corpus.generate(result["size"])
+        common.fill_bucket(s3, result["bucket"], data)
+        result["keys"] = sorted(data)
+        config_b = Path(result["last_b"][0])
+        settings = yaml.safe_load(config_b.read_text())
+        for source in settings["sources"]:
+            source["endpoint_url"] = endpoint_url
+        config_b.write_text(yaml.safe_dump(settings))
+        log(f"section 1 for {result['size']} objects from {results_json}; bucket refilled")
+    return bulks
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: keeps the suite working (CI)")
@@ -191,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="sections to skip, e.g. 3,4,6")
     parser.add_argument(
         "--scale-json", help="section 4 from an earlier `python -m benchmarks.scale` run's JSON instead of measuring"
+    )
+    parser.add_argument(
+        "--bulk-json",
+        help="section 1 from an earlier run's results.json (its --workdir kept) instead of measuring; "
+        "sections 2 and 5 go on from it",
     )
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--workdir", help="where buckets' copies, stores and instances go (default: a temp dir)")
@@ -218,13 +245,22 @@ def main(argv: list[str] | None = None) -> int:
             f"`.venv/bin/python -m benchmarks.run {' '.join(raw['argv'])}`.",
             f"Machine: {machine['cpu']}, {machine['memory']} RAM, Python {machine['python']}, {machine['os']}.",
         ]
+        if "bulk_measured" in raw:
+            earlier = raw["bulk_measured"]
+            header.append(
+                f"Section 1 (and section 5, which reads its figures) was measured on this machine by an earlier "
+                f"invocation, {earlier['machine']['date']} at commit {earlier['machine']['commit']}, with "
+                f"`python -m benchmarks.run {' '.join(earlier['argv'])}`; the other sections went on from its instance and stores."
+            )
         ordered = sorted(sections, key=lambda section: section.split(".", 1)[0])  # "## 1." .. "## 6."
         Path(args.out).write_text("\n\n".join(["\n".join(header), *ordered]) + "\n")
         Path(args.out).with_name("results.json").write_text(json.dumps(raw, indent=2, default=str))
 
     server = local_s3.start()
     try:
-        if "1" not in skip or "2" not in skip or "5" not in skip:
+        if args.bulk_json:
+            bulks = _earlier_bulks(Path(args.bulk_json), server.endpoint_url, raw)
+        elif "1" not in skip or "2" not in skip or "5" not in skip:
             bulks = [
                 bulk(
                     server.endpoint_url,
@@ -236,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for n, size in enumerate(sizes)
             ]
+        if args.bulk_json or "1" not in skip or "2" not in skip or "5" not in skip:
             raw["bulk"] = [{k: v for k, v in result.items() if k != "keys"} for result in bulks]
             sections.append(bulk_markdown(bulks))
             write()

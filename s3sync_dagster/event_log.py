@@ -44,17 +44,18 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     """
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None) -> None:
-        if base_dir is None:
-            home = os.environ.get("DAGSTER_HOME")
-            if not home:
-                raise dg.DagsterInvariantViolationError(
-                    f"{type(self).__name__} keeps its files in $DAGSTER_HOME/history/runs, but DAGSTER_HOME "
-                    "is not set: set it, or give event_log_storage a base_dir in dagster.yaml"
-                )
-            base_dir = os.path.join(home, "history", "runs")  # where a stock instance keeps its event logs
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_lock = threading.Lock()
-        super().__init__(base_dir, inst_data)
+        self._deferred_inst_data = inst_data
+        if base_dir is not None:
+            super().__init__(base_dir, inst_data)
+        # else: the instance's own directory, which dagster.yaml cannot name; known at register_instance.
+
+    def register_instance(self, instance: dg.DagsterInstance) -> None:
+        if not hasattr(self, "_base_dir"):
+            # Where a stock instance keeps its event logs: <instance root>/history/runs.
+            super().__init__(os.path.join(instance.root_directory, "history", "runs"), self._deferred_inst_data)
+        super().register_instance(instance)
 
     @classmethod
     def config_type(cls) -> Mapping[str, Any]:

@@ -126,7 +126,23 @@ def test_open_connections_are_bounded_and_wipe_starts_clean(tmp_path: Path) -> N
         storage.dispose()
 
 
-def test_without_a_home_or_base_dir_the_error_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    with pytest.raises(dg.DagsterInvariantViolationError, match="DAGSTER_HOME is not set"):
-        PooledSqliteEventLogStorage()
+def test_an_instance_opened_by_directory_keeps_its_events_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`DagsterInstance.from_config(dir)` with $DAGSTER_HOME elsewhere (or unset): the events stay in dir."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    for dagster_home in (str(elsewhere), None):
+        if dagster_home is None:
+            monkeypatch.delenv("DAGSTER_HOME", raising=False)
+        else:
+            monkeypatch.setenv("DAGSTER_HOME", dagster_home)
+        run_id = str(uuid.uuid4())
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+            for entry in _key_events(run_id, f"a/{run_id}.txt"):
+                instance.handle_new_event(entry)
+            assert f"a/{run_id}.txt" in instance.get_materialized_partitions(ASSET)
+        assert (home / "history" / "runs" / f"{run_id}.db").exists()
+    assert not elsewhere.exists()
