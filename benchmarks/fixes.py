@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -115,35 +114,27 @@ def _key_events_seconds(home: Path, keys_per_run: int, runs: int) -> float:
     from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent, StepMaterializationData
 
     asset_key = dg.AssetKey(["fixes", "documents"])
-    saved = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            started = time.perf_counter()
-            for _ in range(runs):
-                run_id = str(uuid.uuid4())
-                for number in range(keys_per_run):
-                    partition_key = f"fixes/{number:05d}.txt"
-                    planned = DagsterEvent.build_asset_materialization_planned_event(
-                        "job", "step", AssetMaterializationPlannedData(asset_key, partition=partition_key)
-                    )
-                    instance.report_dagster_event(planned, run_id)
-                    done = dg.AssetMaterialization(
-                        asset_key=asset_key, partition=partition_key, metadata={"status": "written", "chunks": 3}
-                    )
-                    materialization = DagsterEvent(
-                        event_type_value=dg.DagsterEventType.ASSET_MATERIALIZATION.value,
-                        job_name="job",
-                        step_key="step",
-                        event_specific_data=StepMaterializationData(done),
-                    )
-                    instance.report_dagster_event(materialization, run_id)
-            return time.perf_counter() - started
-    finally:
-        if saved is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = saved
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        started = time.perf_counter()
+        for _ in range(runs):
+            run_id = str(uuid.uuid4())
+            for number in range(keys_per_run):
+                partition_key = f"fixes/{number:05d}.txt"
+                planned = DagsterEvent.build_asset_materialization_planned_event(
+                    "job", "step", AssetMaterializationPlannedData(asset_key, partition=partition_key)
+                )
+                instance.report_dagster_event(planned, run_id)
+                done = dg.AssetMaterialization(
+                    asset_key=asset_key, partition=partition_key, metadata={"status": "written", "chunks": 3}
+                )
+                materialization = DagsterEvent(
+                    event_type_value=dg.DagsterEventType.ASSET_MATERIALIZATION.value,
+                    job_name="job",
+                    step_key="step",
+                    event_specific_data=StepMaterializationData(done),
+                )
+                instance.report_dagster_event(materialization, run_id)
+        return time.perf_counter() - started
 
 
 def _event_writes(keys_per_run: int = 100, runs: int = 3) -> dict[str, Any]:

@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = local_s3.start()
     try:
+        bulks: list[dict[str, Any]] | None = None
         if args.bulk_json:
             bulks = _earlier_bulks(Path(args.bulk_json), server.endpoint_url, raw)
         elif "1" not in skip or "2" not in skip or "5" not in skip:
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for n, size in enumerate(sizes)
             ]
-        if args.bulk_json or "1" not in skip or "2" not in skip or "5" not in skip:
+        if bulks is not None:
             raw["bulk"] = [{k: v for k, v in result.items() if k != "keys"} for result in bulks]
             sections.append(bulk_markdown(bulks))
             write()
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 sections.append(incremental_markdown(result, largest["median"]["B"]["seconds"]))
                 write()
                 log(f"incremental: {result}")
-        if "5" not in skip and "bulk" in raw:
+        if "5" not in skip and bulks is not None:
             sections.append(profile_markdown(bulks[-1]))
             write()
         if "6" not in skip:

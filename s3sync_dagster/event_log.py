@@ -37,7 +37,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     Stock, each asset event is two open/commit/close cycles (the run's shard, then the asset index),
     and closing the last connection to a WAL database checkpoints it: 28-37 ms per event on the
     benchmark machine, where a run of 100 keys writes ~200 asset events (one planned and one
-    materialisation per partition). Kept open, 7-9 ms (benchmarks/RESULTS.md, section 6).
+    materialisation per partition). Kept open, about 3x less (benchmarks/RESULTS.md, section 6).
 
     A run shard is still checkpointed after each use, so its `.db` file changes on every write as
     before: the webserver's live run view watches that file.

@@ -15,14 +15,12 @@ from pydantic import Field
 
 from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig
 from s3sync_dagster.pipeline.documents import DocumentOptions
-from s3sync_dagster.pipeline.embed import Precision
+from s3sync_dagster.pipeline.embed import LazySentenceTransformer, Precision
 from s3sync_dagster.pipeline.sync import SourceSpec
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
-
-    from s3sync_dagster.pipeline.embed import LazySentenceTransformer
 
 
 class S3SourceResource(S3Resource):
@@ -164,8 +162,6 @@ class EmbeddingResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 def _embedding_function(
     model: str | None, device: str, batch_size: int, precision: Precision
 ) -> LazySentenceTransformer:
-    from s3sync_dagster.pipeline.embed import LazySentenceTransformer
-
     return LazySentenceTransformer(
         model_name=model,
         device=device,
