@@ -61,14 +61,14 @@ def engine_main(config_file: str) -> None:
     s3_resource = s3_source_resource(source).process_config_and_initialize()
     s3 = s3_resource.get_client()
     documents = DocumentsResource(**config.documents.model_dump())
-    spec = s3_resource.spec(documents)
+    spec = s3_resource.spec(documents, embedding_resource(config.embedding))
     chroma = chroma_resource(config.chroma).process_config_and_initialize()
     embedding = embedding_resource(config.embedding)
     object_keys = [info.object_key for info in objects.list_objects(s3, source.bucket_name, source.path_prefix, (), ())]
     collections = Collections(lambda name: chroma.collection(name, embedding))
     pool = DocumentPool(documents.workers)
     try:
-        reports = sync_keys(s3, spec, collections, embedding.function(), object_keys, pool=pool)
+        reports = sync_keys(s3, spec, collections, embedding.embedding_function(), object_keys, pool=pool)
     finally:
         pool.close()
     summary = _summary([report.as_dict() for report in reports], time.perf_counter() - started)

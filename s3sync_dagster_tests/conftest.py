@@ -20,7 +20,7 @@ from hypothesis import settings
 from s3sync_dagster import local_s3
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.local_s3 import LOOPBACK, free_port
-from s3sync_dagster.pipeline.embed import LazySentenceTransformer
+from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
 
 # Credentials the tests hand over through the environment, as users do. Moto accepts anything; the
 # values are distinctive so a test can prove they never leak into output, events or metadata.
@@ -62,7 +62,7 @@ def bucket(s3: Any) -> str:
 class CountingEmbedder:
     """The real embedding function, counting the texts it is asked to embed."""
 
-    def __init__(self, inner: LazySentenceTransformer) -> None:
+    def __init__(self, inner: ChromaDefaultFunction) -> None:
         self.inner = inner
         self.texts: list[str] = []
         self.calls = 0
@@ -74,12 +74,12 @@ class CountingEmbedder:
 
 
 @pytest.fixture(scope="session")
-def embedding_function() -> LazySentenceTransformer:
-    return LazySentenceTransformer()
+def embedding_function() -> ChromaDefaultFunction:
+    return ChromaDefaultFunction()
 
 
 @pytest.fixture
-def embedder(embedding_function: LazySentenceTransformer) -> CountingEmbedder:
+def embedder(embedding_function: ChromaDefaultFunction) -> CountingEmbedder:
     return CountingEmbedder(embedding_function)
 
 

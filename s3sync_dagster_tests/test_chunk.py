@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from s3sync_dagster.pipeline import chunk
 from s3sync_dagster.pipeline.chunk import SUPPORTED_LANGUAGES, ChunkResult, chunk_text, language_for
+from s3sync_dagster.pipeline.embed import EmbeddingSpec
+from s3sync_dagster.pipeline.tokens import TokenBudget
 
 PROPERTY_SETTINGS = settings(
     max_examples=120,
@@ -277,7 +279,7 @@ def test_tree_stage_alone_keeps_the_limits(rng: random.Random, max_bytes: int, l
     else:
         text = make_c_like(rng, language)
     data = text.encode()
-    cuts = chunk._tree_cuts(data, language, max_bytes, 10)
+    cuts = chunk._tree_cuts(data, language, chunk._Limits(max_bytes), 10)
     assert cuts is not None
     assert cuts[0] == 0 and cuts[-1] == len(data)
     for start, end in itertools.pairwise(cuts):
@@ -288,7 +290,7 @@ def test_tree_stage_alone_keeps_the_limits(rng: random.Random, max_bytes: int, l
 def test_tree_stage_packs_exactly_up_to_the_limit() -> None:
     data = b"a=1\n" * 10  # ten 4-byte statements
     for max_bytes, expected in ((15, [12, 12, 12, 4]), (16, [16, 16, 8]), (17, [16, 16, 8])):
-        cuts = chunk._tree_cuts(data, "python", max_bytes, 10)
+        cuts = chunk._tree_cuts(data, "python", chunk._Limits(max_bytes), 10)
         assert cuts is not None
         assert [end - start for start, end in itertools.pairwise(cuts)] == expected
 
@@ -694,3 +696,123 @@ def test_smallest_limits_are_accepted() -> None:
     text = "ab😀c\n" * 5
     result = chunk_text(text, "a.py", max_size_bytes=16, max_lines=1)
     assert_chunking_ok(text, result, 16, None)
+
+
+# --- token budgets: every chunk fits what the embedding model reads -------------------------------
+
+TOKENS = EmbeddingSpec().token_budget()  # all-MiniLM-L6-v2: 256 tokens, [CLS] and [SEP] included
+COUNTER = TOKENS.counter()
+assert COUNTER is not None
+token_budgets_st = st.one_of(st.integers(6, 40), st.integers(41, 256))
+
+
+def assert_tokens_ok(text: str, result: ChunkResult, max_tokens: int, max_bytes: int, max_lines: int | None) -> None:
+    """The hard properties, and each chunk costs the model at most max_tokens counted alone."""
+    assert "".join(c.text for c in result.chunks) == text
+    counts = COUNTER.count([c.text for c in result.chunks])
+    assert all(count <= max_tokens for count in counts), (max_tokens, max(counts))
+    offset = 0
+    for index, piece in enumerate(result.chunks):
+        assert piece.text, f"chunk {index} is empty"
+        assert len(piece.text.encode("utf-8", "surrogatepass")) <= max_bytes
+        expected = (text.count("\n", 0, offset) + 1, text.count("\n", 0, offset + len(piece.text) - 1) + 1)
+        assert (piece.start_line, piece.end_line) == expected, index
+        if max_lines is not None:
+            assert piece.end_line - piece.start_line + 1 <= max_lines, index
+        offset += len(piece.text)
+
+
+def _budget(max_tokens: int) -> TokenBudget:
+    return TokenBudget(max_tokens, TOKENS.tokenizer_file, TOKENS.model)
+
+
+@PROPERTY_SETTINGS
+@given(text=any_text, max_tokens=token_budgets_st, max_bytes=max_bytes_st, max_lines=max_lines_st)
+def test_token_budget_holds_on_any_text(text: str, max_tokens: int, max_bytes: int, max_lines: int) -> None:
+    for mode, name in (("lines", "notes.txt"), ("tree_sitter", "doc.md"), ("tree_sitter", "code.py")):
+        result = chunk_text(
+            text, name, mode=mode, max_size_bytes=max_bytes, max_lines=max_lines, tokens=_budget(max_tokens)
+        )
+        assert_tokens_ok(text, result, max_tokens, max_bytes, max_lines if mode == "lines" else None)
+
+
+@PROPERTY_SETTINGS
+@given(rng=seeded, max_tokens=token_budgets_st, language=st.sampled_from(["python", "javascript", "c", "markdown"]))
+def test_token_budget_holds_on_generated_code_and_markdown(rng: random.Random, max_tokens: int, language: str) -> None:
+    if language == "python":
+        text, name = make_python(rng), "gen.py"
+    elif language == "markdown":
+        text, name = make_markdown(rng), "gen.md"
+    else:
+        text, name = make_c_like(rng, language), {"javascript": "gen.js", "c": "gen.c"}[language]
+    result = chunk_text(text, name, tokens=_budget(max_tokens))
+    assert_tokens_ok(text, result, max_tokens, 4096, None)
+    assert result.chunker == f"tree_sitter:{language}"
+
+
+def test_without_a_token_budget_chunks_run_past_the_window() -> None:
+    # What the budget fixes: 4096-byte chunks of prose are about 800 tokens, three times the window.
+    text = "\n\n".join(" ".join(f"Sentence {n} of paragraph {p} says something." for n in range(12)) for p in range(40))
+    unbounded = chunk_text(text, "doc.md", max_size_bytes=4096)
+    assert max(COUNTER.count([c.text for c in unbounded.chunks])) > 700
+    bounded = chunk_text(text, "doc.md", max_size_bytes=4096, tokens=TOKENS)
+    assert_tokens_ok(text, bounded, 256, 4096, None)
+    assert len(bounded.chunks) > len(unbounded.chunks)
+
+
+def test_an_over_long_line_is_cut_after_sentences() -> None:
+    paragraph = " ".join(f"The river number {n} flows past the old mill before it reaches the sea." for n in range(60))
+    result = chunk_text(paragraph + "\n", "notes.md", tokens=_budget(64))
+    assert_tokens_ok(paragraph + "\n", result, 64, 4096, None)
+    assert len(result.chunks) > 5
+    # Every piece but the last ends where a sentence ends: nobody's sentence is cut in two.
+    assert all(piece.text.endswith("sea. ") for piece in result.chunks[:-1])
+
+
+def test_a_line_without_spaces_is_cut_by_tokens() -> None:
+    # (A run of over 100 characters without punctuation is one [UNK] token to this tokenizer: it fits.)
+    blob = "/usr/lib/python3/dist-packages/s3sync_dagster/pipeline/" * 60  # one "line" far over budget
+    chinese = "数据同步到向量数据库以后每个词都能被找到" * 40  # no spaces between words
+    for text in (blob, chinese, blob + " " + chinese):
+        result = chunk_text(text, "blob.txt", tokens=_budget(32))
+        assert_tokens_ok(text, result, 32, 4096, 10)
+        assert len(result.chunks) > 3
+
+
+def test_a_long_function_is_split_at_its_statements_not_inside_lines() -> None:
+    body = "\n".join(f"    total_{n} = compute_the_value(alpha, beta, gamma, delta) + {n}" for n in range(80))
+    text = (
+        f"def long_function(alpha, beta, gamma, delta):\n{body}\n    return total_1\n\n\ndef short():\n    return 1\n"
+    )
+    result = chunk_text(text, "code.py", tokens=TOKENS)
+    assert_tokens_ok(text, result, 256, 4096, None)
+    assert len(result.chunks) >= 3
+    assert all(piece.text.endswith("\n") for piece in result.chunks)  # every cut at a line end
+    assert result.chunks[-1].text.startswith("def short")
+
+
+def test_pieces_that_tokenize_differently_alone_are_cut_again() -> None:
+    # Cut inside a word, a piece can cost more tokens alone than its share of the whole text: the
+    # final count per piece (as the model receives it) catches that.
+    text = "".join(f"unbelievably{n}" for n in range(400))
+    result = chunk_text(text, "blob.txt", tokens=_budget(12))
+    assert_tokens_ok(text, result, 12, 4096, 10)
+
+
+def test_token_budget_keeps_lone_surrogates() -> None:
+    text = "ok \udcff bad bytes \udc80 here " * 100
+    result = chunk_text(text, "x.txt", tokens=_budget(16))
+    assert "".join(c.text for c in result.chunks) == text
+
+
+def test_a_budget_with_no_room_for_text_is_refused() -> None:
+    with pytest.raises(ValueError, match="leaves no room for text"):
+        chunk_text("hello", "x.txt", tokens=_budget(2))
+
+
+def test_without_a_tokenizer_each_byte_counts_as_a_token() -> None:
+    # A model behind an API: no tokenizer here, so a chunk holds at most max_tokens - 16 bytes.
+    text = "word " * 2000
+    result = chunk_text(text, "x.txt", tokens=TokenBudget(max_tokens=512, model="cohere"))
+    assert max(len(c.text.encode()) for c in result.chunks) <= 512 - 16
+    assert "".join(c.text for c in result.chunks) == text

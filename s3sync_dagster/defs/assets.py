@@ -98,7 +98,7 @@ def index_partitions(
     chroma: ChromaResource = context.resources.chroma
     embedding: EmbeddingResource = context.resources.embedding
     documents: DocumentsResource = context.resources.documents
-    spec = s3_source.spec(documents)
+    spec = s3_source.spec(documents, embedding)
     object_keys: list[str] = []
     refused: list[KeyReport] = []
     for partition_key in partition_keys:
@@ -143,7 +143,7 @@ def index_partitions(
         )
     for report in refused:
         record(report, partition_key=report.object_key)
-    embed = embedding.function()
+    embed = embedding.embedding_function()
     # Worker processes start only if a document turns up, and stay warm for the process's next runs.
     pool = DocumentPool.shared(documents.workers)
     with chroma.write_lock():

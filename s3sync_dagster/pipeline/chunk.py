@@ -25,7 +25,11 @@ from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Final, Literal
 
+import numpy as np
+import numpy.typing as npt
 import tree_sitter
+
+from s3sync_dagster.pipeline.tokens import TokenBudget, TokenCounter
 
 __all__ = [
     "SUPPORTED_LANGUAGES",
@@ -236,12 +240,78 @@ def _char_floor(data: bytes, pos: int, low: int) -> int:
     return pos if pos > low else start
 
 
-def _line_ends(data: bytes, start: int, end: int, max_bytes: int, max_lines: int) -> list[int]:
+class _Limits:
+    """What one chunk may hold: UTF-8 bytes, and the embedding model's tokens where its tokenizer is here.
+
+    Token counts come from one tokenization of the whole text: a range holds the tokens that start in
+    it. That is exact at the cuts the chunker makes (line ends, node and word boundaries); a cut inside
+    a word can make a piece tokenize differently alone, which `_fit_tokens` checks and mends.
+    """
+
+    def __init__(self, max_bytes: int, token_starts: npt.NDArray[np.int64] | None = None, max_tokens: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self._starts = token_starts
+        self._max_tokens = max_tokens
+
+    def tokens(self, start: int, end: int) -> int:
+        if self._starts is None:
+            return 0
+        return int(np.searchsorted(self._starts, end) - np.searchsorted(self._starts, start))
+
+    def fits(self, start: int, end: int) -> bool:
+        if end - start > self.max_bytes:
+            return False
+        return self._starts is None or self.tokens(start, end) <= self._max_tokens
+
+    def reach(self, start: int) -> int:
+        """The furthest end a chunk starting at ``start`` may have (before snapping to a character)."""
+        end = start + self.max_bytes
+        if self._starts is not None:
+            first = int(np.searchsorted(self._starts, start))
+            if first + self._max_tokens < len(self._starts):
+                end = min(end, int(self._starts[first + self._max_tokens]))
+        return end
+
+    def last_token_start(self, start: int, end: int) -> int | None:
+        """The last token start in (start, end], if the tokens are known and one lies there."""
+        if self._starts is None:
+            return None
+        index = int(np.searchsorted(self._starts, end, side="right")) - 1
+        if index >= 0 and self._starts[index] > start:
+            return int(self._starts[index])
+        return None
+
+
+# Where a line too long for one chunk is cut: after a sentence, else after a space, else at a token.
+_SENTENCE_END: Final = re.compile(rb"(?:[.!?][\"')\]]*|\xe3\x80\x82)[ \t]+")
+_SPACES: Final = re.compile(rb"[ \t]+")
+
+
+def _cut_long_line(data: bytes, start: int, limit: int, limits: _Limits) -> int:
+    """Where to end a chunk inside one line that runs past ``limit``: the last sentence end in the
+    second half of the room, else the last space in its last three quarters, else the last token start,
+    else the last character boundary."""
+    room = limit - start
+    best = None
+    for match in _SENTENCE_END.finditer(data, start + room // 2, limit):
+        best = match.end()
+    if best is None:
+        for match in _SPACES.finditer(data, start + room // 4, limit):
+            best = match.end()
+    if best is not None and best < limit:
+        return best
+    token = limits.last_token_start(start, limit)
+    if token is not None and token < limit:
+        return token
+    return _char_floor(data, limit, start)
+
+
+def _line_ends(data: bytes, start: int, end: int, limits: _Limits, max_lines: int) -> list[int]:
     """End offsets of line chunks covering ``data[start:end]``."""
     ends: list[int] = []
     pos = start
     while pos < end:
-        limit = min(end, pos + max_bytes)
+        limit = min(end, limits.reach(pos))
         after_newline = pos
         newlines = 0
         # Bounded by ``limit`` so a megabyte-long line costs O(max_bytes) per chunk.
@@ -258,7 +328,7 @@ def _line_ends(data: bytes, start: int, end: int, max_bytes: int, max_lines: int
         elif newlines:
             cut = after_newline
         else:
-            cut = _char_floor(data, limit, pos)
+            cut = _cut_long_line(data, pos, limit, limits)
         ends.append(cut)
         pos = cut
     return ends
@@ -277,9 +347,9 @@ class _TreeChunker:
     like. The open chunk ("pending") is always a contiguous byte range.
     """
 
-    def __init__(self, data: bytes, max_bytes: int, max_lines: int, rules: _Rules) -> None:
+    def __init__(self, data: bytes, limits: _Limits, max_lines: int, rules: _Rules) -> None:
         self._data = data
-        self._max = max_bytes
+        self._limits = limits
         self._max_lines = max_lines
         self._kinds = _Kinds(rules)
         self._ends: list[int] = []
@@ -291,7 +361,7 @@ class _TreeChunker:
 
     def run(self, root: tree_sitter.Node) -> list[int]:
         size = len(self._data)
-        if size <= self._max:
+        if self._limits.fits(0, size):
             return [size] if size else []
         if root.child_count and self._kinds.of(root)[2]:
             self._walk(root, 0, size, 0)
@@ -319,16 +389,16 @@ class _TreeChunker:
             # A comment after code on the same line ("x = 1  # why") is about
             # that code, not about what follows.
             is_leading = False
-        size = end - start
-        pending = self._end - self._start
-        if pending + size <= self._max:
+        fits = self._limits.fits
+        # The pending chunk is contiguous and ends where this node's span starts.
+        if fits(self._start if self._end > self._start else start, end):
             if self._tail and is_unit:
                 self._flush(hold_leading=True)
             self._append(start, end, is_unit=is_unit, is_leading=is_leading)
             return
-        if size <= self._max:
-            held = self._end - self._leading_from if self._leading_from is not None else 0
-            self._flush(hold_leading=held + size <= self._max)
+        if fits(start, end):
+            held_from = self._leading_from if self._leading_from is not None else start
+            self._flush(hold_leading=fits(held_from, end))
             self._append(start, end, is_unit=is_unit, is_leading=is_leading)
             return
         # Too big for one chunk. What is pending is carried into its first
@@ -363,7 +433,7 @@ class _TreeChunker:
     def _lines(self, start: int, end: int) -> None:
         if self._end > self._start:
             start = self._start
-        ends = _line_ends(self._data, start, end, self._max, self._max_lines)
+        ends = _line_ends(self._data, start, end, self._limits, self._max_lines)
         self._ends.extend(ends[:-1])
         self._start = ends[-2] if len(ends) > 1 else start
         self._end = end
@@ -388,7 +458,7 @@ class _TreeChunker:
         self._tail = False
 
 
-def _indent_to_line_start(data: bytes, cuts: list[int], max_bytes: int) -> None:
+def _indent_to_line_start(data: bytes, cuts: list[int], limits: _Limits) -> None:
     """Move cuts that fall after a line's indentation back to the line start.
 
     Chunks then start with a whole line (``"    def f"`` rather than
@@ -401,7 +471,7 @@ def _indent_to_line_start(data: bytes, cuts: list[int], max_bytes: int) -> None:
             line_start > cuts[index - 1]
             and line_start < cut
             and not data[line_start:cut].strip(b" \t")
-            and cuts[index + 1] - line_start <= max_bytes
+            and limits.fits(line_start, cuts[index + 1])
         ):
             cuts[index] = line_start
 
@@ -409,59 +479,53 @@ def _indent_to_line_start(data: bytes, cuts: list[int], max_bytes: int) -> None:
 # --- assembling the result --------------------------------------------------------
 
 
-def _normalise(data: bytes, cuts: list[int], max_bytes: int, max_lines: int) -> list[int]:
+def _normalise(data: bytes, cuts: list[int], limits: _Limits, max_lines: int) -> list[int]:
     """Safety net for the invariants: increasing cuts on character boundaries,
-    no piece over the byte limit (re-split by lines if one ever is)."""
+    no piece over the limits (re-split by lines if one ever is)."""
     size = len(data)
     fixed = [0]
     for cut in cuts[1:]:
         cut = size if cut >= size else _char_floor(data, cut, fixed[-1])
         if cut <= fixed[-1]:
             continue
-        if cut - fixed[-1] > max_bytes:
-            fixed.extend(_line_ends(data, fixed[-1], cut, max_bytes, max_lines))
+        if not limits.fits(fixed[-1], cut):
+            fixed.extend(_line_ends(data, fixed[-1], cut, limits, max_lines))
         else:
             fixed.append(cut)
     if fixed[-1] != size:
-        fixed.extend(_line_ends(data, fixed[-1], size, max_bytes, max_lines))
+        fixed.extend(_line_ends(data, fixed[-1], size, limits, max_lines))
     return fixed
 
 
-def _line_span(text: str) -> int:
-    """Lines a non-empty text touches; a final "\n" ends its line, it opens none."""
-    return text.count("\n") - text.endswith("\n") + 1
+def _line_span(data: bytes, start: int, end: int) -> int:
+    """Lines a non-empty piece touches; a final "\n" ends its line, it opens none."""
+    return data.count(b"\n", start, end) - (data[end - 1 : end] == b"\n") + 1
 
 
 def _blank_split(
-    before: tuple[str, int],
-    blank: str,
-    after: tuple[str, int],
-    max_bytes: int,
-    max_lines: int | None,
+    data: bytes, before_start: int, blank: tuple[int, int], after_end: int, limits: _Limits, max_lines: int | None
 ) -> int | None:
-    """Where to cut ``blank`` so its head joins ``before`` and its tail ``after``.
+    """Where to cut the whitespace ``data[blank]`` so its head joins the piece before and its tail the one after.
 
-    Prefers the cut that leaves ``before`` ending a line and gives it as much
-    as it can take (trailing whitespace reads as the end of what it follows).
+    Prefers the cut that leaves the piece before ending a line and gives it as much as it can take
+    (trailing whitespace reads as the end of what it follows).
     """
-    before_text, before_size = before
-    after_text, after_size = after
-    before_newlines = before_text.count("\n")
-    after_span = after_text.count("\n") - after_text.endswith("\n") + 1
-    blank_size = len(blank.encode("utf-8", "surrogatepass"))
-    blank_newlines = blank.count("\n")
-    head_size = head_newlines = 0
+    blank_start, blank_end = blank
+    before_newlines = data.count(b"\n", before_start, blank_start)
+    blank_newlines = data.count(b"\n", blank_start, blank_end)
+    after_span = _line_span(data, blank_end, after_end)
     best: int | None = None
     best_at_line_end: int | None = None
-    for cut in range(1, len(blank)):
-        char = blank[cut - 1]
-        head_size += len(char.encode("utf-8", "surrogatepass"))
+    cut = blank_start
+    head_newlines = 0
+    for char in data[blank_start:blank_end].decode("utf-8", "surrogatepass")[:-1]:
+        cut += len(char.encode("utf-8", "surrogatepass"))
         head_newlines += char == "\n"
-        if before_size + head_size > max_bytes:
+        if not limits.fits(before_start, cut):
             break
         if max_lines is not None and before_newlines + head_newlines - (char == "\n") + 1 > max_lines:
             break
-        if blank_size - head_size + after_size > max_bytes:
+        if not limits.fits(cut, after_end):
             continue
         if max_lines is not None and blank_newlines - head_newlines + after_span > max_lines:
             continue
@@ -471,48 +535,69 @@ def _blank_split(
     return best_at_line_end if best_at_line_end is not None else best
 
 
-def _merge_blank(pieces: list[tuple[str, int]], max_bytes: int, max_lines: int | None) -> list[tuple[str, int]]:
+def _merge_blank(data: bytes, cuts: list[int], limits: _Limits, max_lines: int | None) -> list[int]:
     """Fold whitespace-only pieces into their neighbours where the limits allow.
 
-    Each piece is (text, utf-8 size). A blank piece wastes an embedding, so it
-    goes whole to the piece before, else whole to the piece after, else is
-    shared between the two; only a blank that none of these fit stays.
+    A blank piece wastes an embedding, so it goes whole to the piece before, else whole to the piece
+    after, else is shared between the two; only a blank that none of these fit stays.
     """
 
-    def fits(text: str, size: int) -> bool:
-        return size <= max_bytes and (max_lines is None or _line_span(text) <= max_lines)
+    def fits(start: int, end: int) -> bool:
+        return limits.fits(start, end) and (max_lines is None or _line_span(data, start, end) <= max_lines)
 
-    pending = list(pieces)
-    out: list[tuple[str, int]] = []
-    for index, (text, size) in enumerate(pending):
-        if not text.isspace():
-            out.append((text, size))
+    pieces = [[start, end] for start, end in pairwise(cuts)]
+    out: list[list[int]] = []
+    for index, (start, end) in enumerate(pieces):
+        if not data[start:end].decode("utf-8", "surrogatepass").isspace():
+            out.append([start, end])
             continue
-        has_next = index + 1 < len(pending)
-        if out and fits(out[-1][0] + text, out[-1][1] + size):
-            out[-1] = (out[-1][0] + text, out[-1][1] + size)
+        if out and fits(out[-1][0], end):
+            out[-1][1] = end
             continue
-        if has_next:
-            next_text, next_size = pending[index + 1]
-            if fits(text + next_text, size + next_size):
+        if index + 1 < len(pieces):
+            following = pieces[index + 1]
+            if fits(start, following[1]):
                 # The next piece is visited later, so it may take further blanks.
-                pending[index + 1] = (text + next_text, size + next_size)
+                following[0] = start
                 continue
-            cut = _blank_split(out[-1], text, pending[index + 1], max_bytes, max_lines) if out else None
+            cut = _blank_split(data, out[-1][0], (start, end), following[1], limits, max_lines) if out else None
             if cut is not None:
-                head, tail = text[:cut], text[cut:]
-                head_size = len(head.encode("utf-8", "surrogatepass"))
-                out[-1] = (out[-1][0] + head, out[-1][1] + head_size)
-                pending[index + 1] = (tail + next_text, size - head_size + next_size)
+                out[-1][1] = following[0] = cut
                 continue
-        out.append((text, size))
-    return out
+        out.append([start, end])
+    return [cuts[0], *(end for _start, end in out)]
 
 
-def _to_chunks(pieces: list[tuple[str, int]]) -> list[Chunk]:
+def _fit_tokens(data: bytes, cuts: list[int], counter: TokenCounter, max_tokens: int, max_lines: int) -> list[int]:
+    """Count every piece alone, as the model will receive it, and re-split any that is over budget.
+
+    The chunker counts tokens on the whole text; a piece that starts or ends inside a word can cost
+    more alone. Such a piece is cut again with its own tokenization, until every piece fits.
+    """
+    content = max_tokens - counter.special_tokens
+    while True:
+        texts = [data[start:end].decode("utf-8", "surrogatepass") for start, end in pairwise(cuts)]
+        over = {index for index, count in enumerate(counter.count(texts)) if count > max_tokens}
+        if not over:
+            return cuts
+        fixed = [cuts[0]]
+        for index, (start, end) in enumerate(pairwise(cuts)):
+            if index not in over:
+                fixed.append(end)
+                continue
+            own = _Limits(end - start, start + counter.token_starts(texts[index]), content)
+            ends = _line_ends(data, start, end, own, max_lines)
+            if len(ends) == 1:  # counted to fit by its own tokens yet over: cut it in two by bytes
+                ends = [_char_floor(data, start + (end - start) // 2, start), end]
+            fixed.extend(cut for cut in ends if cut > fixed[-1])
+        cuts = fixed
+
+
+def _to_chunks(data: bytes, cuts: list[int]) -> list[Chunk]:
     chunks: list[Chunk] = []
     line = 1
-    for text, _size in pieces:
+    for start, end in pairwise(cuts):
+        text = data[start:end].decode("utf-8", "surrogatepass")
         end_line = line + text.count("\n", 0, len(text) - 1)
         chunks.append(Chunk(text=text, start_line=line, end_line=end_line))
         line = end_line + (1 if text.endswith("\n") else 0)
@@ -539,7 +624,7 @@ def _parse(parser: tree_sitter.Parser, data: bytes) -> tree_sitter.Tree | None:
         return None
 
 
-def _tree_cuts(data: bytes, language: str, max_bytes: int, max_lines: int) -> list[int] | None:
+def _tree_cuts(data: bytes, language: str, limits: _Limits, max_lines: int) -> list[int] | None:
     """Cuts from the tree-sitter stage, or None when the grammar is unusable."""
     if not data:
         return [0]
@@ -557,9 +642,9 @@ def _tree_cuts(data: bytes, language: str, max_bytes: int, max_lines: int) -> li
         _log.warning("tree-sitter parse of %d bytes as %s took too long; chunking by lines", len(data), language)
         return None
     rules = _MARKDOWN_RULES if language == "markdown" else _CODE_RULES
-    ends = _TreeChunker(data, max_bytes, max_lines, rules).run(tree.root_node)
+    ends = _TreeChunker(data, limits, max_lines, rules).run(tree.root_node)
     cuts = [0, *ends]
-    _indent_to_line_start(data, cuts, max_bytes)
+    _indent_to_line_start(data, cuts, limits)
     return cuts
 
 
@@ -571,6 +656,7 @@ def chunk_text(
     max_size_bytes: int = 4096,
     max_lines: int = 10,
     markdown: bool = False,
+    tokens: TokenBudget | None = None,
 ) -> ChunkResult:
     """Split ``text`` into consecutive chunks that together are exactly ``text``.
 
@@ -579,6 +665,11 @@ def chunk_text(
     syntax and markdown (by extension, or any file when ``markdown`` is true)
     by sections and blocks, bounded by ``max_size_bytes`` only; other files,
     and single nodes too big to split further, are chunked by lines.
+
+    With ``tokens``, no chunk costs the embedding model more than ``tokens.max_tokens``
+    (special tokens included), counted with the model's tokenizer: structure still
+    decides where to cut, and only a single line too long for the budget is cut
+    inside, after a sentence or a word where it can be.
     """
     if max_size_bytes < MIN_SIZE_BYTES:
         raise ValueError(f"max_size_bytes must be at least {MIN_SIZE_BYTES}, got {max_size_bytes}")
@@ -590,18 +681,35 @@ def chunk_text(
     language = "markdown" if markdown else language_for(file_name)
     # surrogatepass: text decoded with surrogateescape must not crash the sync.
     data = text.encode("utf-8", "surrogatepass")
+    limits, counter = _limits(text, max_size_bytes, tokens)
 
     tree_language = language if mode == "tree_sitter" else None
-    cuts = _tree_cuts(data, tree_language, max_size_bytes, max_lines) if tree_language else None
+    cuts = _tree_cuts(data, tree_language, limits, max_lines) if tree_language else None
     if cuts is None:
-        cuts = [0, *_line_ends(data, 0, len(data), max_size_bytes, max_lines)]
+        cuts = [0, *_line_ends(data, 0, len(data), limits, max_lines)]
         line_limit: int | None = max_lines
     else:
         line_limit = None
     # An unusable grammar reports "lines": the name says what really chunked.
     chunker = f"tree_sitter:{tree_language}" if line_limit is None else "lines"
 
-    cuts = _normalise(data, cuts, max_size_bytes, max_lines)
-    pieces = [(data[start:end].decode("utf-8", "surrogatepass"), end - start) for start, end in pairwise(cuts)]
-    pieces = _merge_blank(pieces, max_size_bytes, line_limit)
-    return ChunkResult(chunks=_to_chunks(pieces), chunker=chunker, language=language)
+    cuts = _normalise(data, cuts, limits, max_lines)
+    cuts = _merge_blank(data, cuts, limits, line_limit)
+    if counter is not None and tokens is not None:
+        cuts = _fit_tokens(data, cuts, counter, tokens.max_tokens, max_lines)
+    return ChunkResult(chunks=_to_chunks(data, cuts), chunker=chunker, language=language)
+
+
+def _limits(text: str, max_size_bytes: int, tokens: TokenBudget | None) -> tuple[_Limits, TokenCounter | None]:
+    if tokens is None:
+        return _Limits(max_size_bytes), None
+    counter = tokens.counter()
+    if counter is None:
+        byte_bound = tokens.byte_bound() or max_size_bytes
+        return _Limits(max(MIN_SIZE_BYTES, min(max_size_bytes, byte_bound))), None
+    content = tokens.max_tokens - counter.special_tokens
+    if content < 1:
+        raise ValueError(
+            f"max_tokens {tokens.max_tokens} leaves no room for text beside {counter.special_tokens} special tokens"
+        )
+    return _Limits(max_size_bytes, counter.token_starts(text), content), counter

