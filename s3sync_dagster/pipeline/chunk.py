@@ -396,7 +396,12 @@ class _TreeChunker:
                 self._flush(hold_leading=True)
             self._append(start, end, is_unit=is_unit, is_leading=is_leading)
             return
-        if fits(start, end):
+        can_split = may_recurse and node.child_count > 0 and depth < _MAX_DEPTH
+        header_only = self._end > self._start and not self._has_unit and not self._tail
+        # A node that fits alone but not after a pending header (a decorator, a signature, a heading) is
+        # split at its children instead, so the header travels with its first part and no chunk is a
+        # lone "def f(x):" or "@property".
+        if fits(start, end) and not (header_only and can_split):
             held_from = self._leading_from if self._leading_from is not None else start
             self._flush(hold_leading=fits(held_from, end))
             self._append(start, end, is_unit=is_unit, is_leading=is_leading)
@@ -406,7 +411,7 @@ class _TreeChunker:
         # when it holds whole statements or the end of a node split before.
         if self._has_unit or self._tail:
             self._flush(hold_leading=True)
-        if may_recurse and node.child_count and depth < _MAX_DEPTH:
+        if can_split:
             self._walk(node, start, end, depth + 1)
             self._tail = True
         else:
