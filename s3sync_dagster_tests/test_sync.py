@@ -238,7 +238,9 @@ def test_object_that_spoils_a_shared_write_fails_alone(
     }
     assert reports["mix/a.txt"].status == reports["mix/c.txt"].status == "indexed"
     assert reports["mix/b.txt"].status == "failed"
-    assert reports["mix/b.txt"].message == "object 'mix/b.txt': RuntimeError: the model refused this text"
+    assert reports["mix/b.txt"].message == (
+        "object 'mix/b.txt': the embedding function failed on 1 chunk(s): RuntimeError: the model refused this text"
+    )
     assert all_rows(collection, "mix/b.txt") == {}
     assert [text for text, _ in all_rows(collection, "mix/c.txt").values()] == ["gamma\n"]
 
