@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,3 +109,12 @@ def machine() -> dict[str, str]:
         "os": platform.platform(),
         "commit": git.strip() or "unknown",
     }
+
+
+def snapshot(revision: str, into: Path) -> Path:
+    """The repository's files at ``revision`` (an earlier commit), to run its engine as "before"."""
+    shutil.rmtree(into, ignore_errors=True)
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", revision], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into

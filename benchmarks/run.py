@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -21,10 +22,19 @@ import yaml
 
 from benchmarks import common, corpus, incremental, latency, throughput
 from s3sync_dagster import local_s3
-from s3sync_dagster.pipeline.embed import resolve_precision
+from s3sync_dagster.pipeline.embed import default_token_budget, resolve_precision
 
 HERE = Path(__file__).resolve().parent
-PIPELINES = {"A": "engine, plain loop", "B": "s3sync sync --all (Dagster)", "C": "LlamaIndex peer"}
+PIPELINES = {
+    "A0": "engine, plain loop, before",
+    "A": "engine, plain loop",
+    "B": "s3sync sync --all (Dagster)",
+    "C": "LlamaIndex peer, same budget and precision",
+}
+# C chunks to what our default chunking gives the model (its whole window) and embeds at our precision,
+# so B/C compares pipelines, not chunk sizes or number formats.
+PEER_BUDGET = default_token_budget().max_tokens
+PRECISION = resolve_precision("auto", "cpu")
 
 
 def log(message: str) -> None:
@@ -38,16 +48,30 @@ def peer_available() -> bool:
 
 
 def bulk(
-    endpoint_url: str, workdir: Path, size: int, repeats: int, with_peer: bool, peer_repeats: int
+    endpoint_url: str,
+    workdir: Path,
+    size: int,
+    repeats: int,
+    with_peer: bool,
+    peer_repeats: int,
+    before: str | None = None,
 ) -> dict[str, Any]:
+    """A, B and C over one corpus; C held to our chunk budget and precision; with ``before`` (a git
+    revision), first A by that commit's engine on the same corpus, in this same run."""
     data = corpus.generate(size)
     bucket = f"bulk-{size}"
     s3 = common.s3_client(endpoint_url)
     started = time.perf_counter()
     common.fill_bucket(s3, bucket, data)
     log(f"{size} objects uploaded in {time.perf_counter() - started:.1f} s: {corpus.describe(data)}")
-    runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "C": []}
+    runs: dict[str, list[dict[str, Any]]] = {"A0": [], "A": [], "B": [], "C": []}
     last_b: tuple[Path, Path] | None = None
+    if before:
+        base = workdir / f"bulk-{size}-before"
+        shutil.rmtree(base, ignore_errors=True)
+        config_before = common.write_config(base / "a.yaml", endpoint_url, bucket, base / "chroma-a")
+        runs["A0"].append(throughput.run_engine(config_before, common.snapshot(before, base / "tree")))
+        log(f"A at {before} {size}: {runs['A0'][-1]['seconds']:.1f} s")
     for repeat in range(repeats):
         base = workdir / f"bulk-{size}-{repeat}"
         config_a = common.write_config(base / "a.yaml", endpoint_url, bucket, base / "chroma-a")
@@ -58,9 +82,11 @@ def bulk(
         last_b = (config_b, base / "home")
         log(f"B {size} #{repeat}: {runs['B'][-1]['seconds']:.1f} s in {runs['B'][-1]['runs']} run(s)")
         if with_peer and repeat < peer_repeats:
-            runs["C"].append(throughput.run_peer(endpoint_url, bucket, "", base / "chroma-c"))
+            runs["C"].append(throughput.run_peer(endpoint_url, bucket, "", base / "chroma-c", PEER_BUDGET, PRECISION))
             log(f"C {size} #{repeat}: {runs['C'][-1]['seconds']:.1f} s")
-    result: dict[str, Any] = {"size": size, "corpus": corpus.describe(data), "runs": runs, "bucket": bucket}
+    result: dict[str, Any] = {
+        "size": size, "corpus": corpus.describe(data), "runs": runs, "bucket": bucket, "before": before,
+    }  # fmt: skip
     result["median"] = {name: _median_run(values) for name, values in runs.items() if values}
     result["keys"] = sorted(data)
     result["last_b"] = [str(path) for path in last_b] if last_b else None
@@ -81,24 +107,39 @@ def bulk_markdown(results: list[dict[str, Any]]) -> str:
         "",
         "Same corpus, same model (all-MiniLM-L6-v2, CPU), each pipeline in a fresh process into its own "
         "embedded Chroma; seconds are wall time from process start to exit (imports and model load included). "
-        f"A and B embed with `embedding.precision: auto`, which is {resolve_precision('auto', 'cpu')} on this "
-        "CPU (section 6); C with LlamaIndex's HuggingFaceEmbedding as it comes (float32).",
+        f"A and B embed with `embedding.precision: auto`, which is {PRECISION} on this CPU (section 6), and "
+        f"chunk to the model's window ({PEER_BUDGET} tokens), so every word reaches the embedding (section 7). "
+        f"C is LlamaIndex held to the same: its splitters at {PEER_BUDGET} tokens of the same tokenizer, no "
+        f"overlap, HuggingFaceEmbedding in {PRECISION}. A0, where shown, is A by the engine of an earlier "
+        "commit on the same corpus in the same run (byte limits only: the text past each chunk's first "
+        f"{PEER_BUDGET} tokens was stored but never embedded).",
         "",
         "| objects | pipeline | seconds | objects/s | chunks/s | MB/s | chunks | noise |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for result in results:
         for name, run in result["median"].items():
+            label = PIPELINES[name] + (f" ({result['before']})" if name == "A0" else "")
             lines.append(
-                f"| {result['size']:,} | {name}: {PIPELINES[name]} | {run['seconds']:.1f} | {run['objects_s']:.2f} | "
+                f"| {result['size']:,} | {name}: {label} | {run['seconds']:.1f} | {run['objects_s']:.2f} | "
                 f"{run['chunks_s']:.1f} | {run['mb_s']:.3f} | {run['chunks']:,} | {run['spread']} |"
             )
-    lines += ["", "| objects | B/A (goal >= 0.80) | B/C (goal >= 2.0) |", "| ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "| objects | B/A (goal >= 0.80) | B/C (goal >= 2.0) | A/A0: full coverage against before |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
     for result in results:
         median = result["median"]
         b_a = median["A"]["seconds"] / median["B"]["seconds"]
         b_c = f"{median['C']['seconds'] / median['B']['seconds']:.2f}" if "C" in median else "not run"
-        lines.append(f"| {result['size']:,} | {b_a:.2f} | {b_c} |")
+        a_a0 = (
+            f"{median['A0']['seconds'] / median['A']['seconds']:.2f} "
+            f"({median['A']['chunks'] / median['A0']['chunks']:.1f}x the chunks)"
+            if "A0" in median
+            else "not run"
+        )
+        lines.append(f"| {result['size']:,} | {b_a:.2f} | {b_c} | {a_a0} |")
     corpus_line = results[-1]["corpus"]
     lines += [
         "",
@@ -198,6 +239,39 @@ def _earlier_bulks(results_json: Path, endpoint_url: str, raw: dict[str, Any]) -
     return bulks
 
 
+# Where each section's raw figures sit in results.json (section 5 reads section 1's).
+RAW_KEYS = {"1": ("bulk", "bulk_measured"), "2": ("incremental",), "3": ("latency",), "4": ("scale",),
+            "5": (), "6": ("fixes",), "7": ("retrieval",)}  # fmt: skip
+CARRIED_NOTE = "_Not measured by the invocation above: carried over from the earlier run that wrote this file"
+
+
+def _earlier_sections(out: Path, skip: set[str]) -> list[str]:
+    """The skipped sections as the file at ``out`` has them, each with a line saying where it came from."""
+    if not out.is_file():
+        return []
+    text = out.read_text()
+    header = text.split("\n## ", 1)[0]
+    measured = re.search(r"Measured (.+?) at commit (\w+)", header)
+    origin = f" ({measured.group(1)}, commit {measured.group(2)})" if measured else ""
+    carried = []
+    for section in re.split(r"\n(?=## \d+\. )", text)[1:]:
+        number = section[3:].split(".", 1)[0]
+        if number in skip:
+            heading, _, body = section.strip().partition("\n")
+            body = body.strip()
+            if not body.startswith(CARRIED_NOTE):  # carried twice: it keeps the run that measured it
+                body = f"{CARRIED_NOTE}{origin}._\n\n{body}"
+            carried.append(f"{heading}\n\n{body}")
+    return carried
+
+
+def _earlier_raw(results_json: Path, skip: set[str]) -> dict[str, Any]:
+    if not results_json.is_file():
+        return {}
+    earlier = json.loads(results_json.read_text())
+    return {key: earlier[key] for number in skip for key in RAW_KEYS.get(number, ()) if key in earlier}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: keeps the suite working (CI)")
@@ -210,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-repeats", type=int, default=3, help="repeats of each scale key step")
     parser.add_argument("--moto-keys", type=int, default=5_000, help="keys for the scale steps over moto")
     parser.add_argument("--big-budget-s", type=float, default=1800.0, help="time for the big-object model runs")
+    parser.add_argument("--retrieval-files", type=int, default=600, help="real documentation and stdlib files")
+    parser.add_argument("--retrieval-probes", type=int, default=600, help="known-item queries per budget")
+    parser.add_argument(
+        "--retrieval-budgets", default="none", help="chunking.max_tokens per sync, 'none' for no budget: none,256,128"
+    )
+    parser.add_argument("--retrieval-before", help="git revision whose engine syncs the retrieval corpus as 'before'")
+    parser.add_argument("--bulk-before", help="git revision whose engine (A0) syncs the bulk corpus as 'before'")
     parser.add_argument("--skip", default="", help="sections to skip, e.g. 3,4,6")
     parser.add_argument(
         "--scale-json", help="section 4 from an earlier `python -m benchmarks.scale` run's JSON instead of measuring"
@@ -224,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.sizes, args.repeats, args.uploads, args.scale_keys, args.big_object_mb = "24", 1, 1, 200, 1
+        args.retrieval_files, args.retrieval_probes, args.retrieval_budgets = 12, 24, "none"
     sizes = [int(size) for size in args.sizes.split(",")]
     skip = {section.strip() for section in args.skip.split(",") if section.strip()}
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="s3sync-bench-"))
@@ -235,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.machine()
     sections: list[str] = []
     raw: dict[str, Any] = {"machine": machine, "argv": sys.argv[1:] if argv is None else argv}
+
+    # Sections this invocation skips keep what an earlier run wrote to the same file, marked as such.
+    carried = _earlier_sections(Path(args.out), skip)
+    raw.update(_earlier_raw(Path(args.out).with_name("results.json"), skip))
 
     def write() -> None:
         # After every section, so a long run that is stopped part-way keeps what it measured.
@@ -252,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"invocation, {earlier['machine']['date']} at commit {earlier['machine']['commit']}, with "
                 f"`python -m benchmarks.run {' '.join(earlier['argv'])}`; the other sections went on from its instance and stores."
             )
-        ordered = sorted(sections, key=lambda section: section.split(".", 1)[0])  # "## 1." .. "## 6."
+        ordered = sorted([*sections, *carried], key=lambda section: section.split(".", 1)[0])  # "## 1." .. "## 7."
         Path(args.out).write_text("\n\n".join(["\n".join(header), *ordered]) + "\n")
         Path(args.out).with_name("results.json").write_text(json.dumps(raw, indent=2, default=str))
 
@@ -270,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.repeats if n == 0 else 1,
                     with_peer,
                     (args.peer_repeats or args.repeats) if n == 0 else 1,
+                    args.bulk_before if n == 0 else None,
                 )
                 for n, size in enumerate(sizes)
             ]
@@ -324,6 +411,21 @@ def main(argv: list[str] | None = None) -> int:
             raw["scale"] = result
             sections.append(scale.section_markdown(result))
             write()
+        if "7" not in skip:
+            from benchmarks import retrieval
+
+            result = retrieval.measure(
+                server.endpoint_url, workdir / "retrieval", retrieval.parse_budgets(args.retrieval_budgets),
+                args.retrieval_files, args.retrieval_probes,
+                max_bytes=retrieval.SMOKE_MAX_BYTES if args.smoke else retrieval.MAX_BYTES,
+                before=args.retrieval_before,
+            )  # fmt: skip
+            raw["retrieval"] = result
+            sections.append(retrieval.section_markdown(result))
+            write()
+            for run in result["budgets"]:
+                thirds = {third: group["recall_at_5"] for third, group in run["probes"]["by_third"].items()}
+                log(f"retrieval, max_tokens {run['label']}: recall@5 by third {thirds}")
     finally:
         server.stop()
         if not args.workdir:

@@ -75,18 +75,23 @@ def engine_main(config_file: str) -> None:
     print(json.dumps(summary))
 
 
-def _timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+def _timed(command: list[str], env: dict[str, str], cwd: Path = common.REPO) -> tuple[float, str]:
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=common.REPO)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=cwd)
     seconds = time.perf_counter() - started
     if done.returncode not in (0, 1):  # 1: some keys failed, which the figures report
         raise RuntimeError(f"{command[:4]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return seconds, done.stdout
 
 
-def run_engine(config_file: Path) -> dict[str, Any]:
+def run_engine(config_file: Path, tree: Path | None = None) -> dict[str, Any]:
+    """A in a fresh process; with ``tree``, the engine of that snapshot of the repo (an earlier commit)."""
     env = dict(os.environ)
-    wall, out = _timed([sys.executable, "-m", "benchmarks.throughput", "engine", str(config_file)], env)
+    if tree is not None:
+        # `python -m` puts the working directory first on sys.path: the snapshot's package shadows ours.
+        env["PYTHONPATH"] = str(tree)
+    command = [sys.executable, "-m", "benchmarks.throughput", "engine", str(config_file)]
+    wall, out = _timed(command, env, cwd=tree or common.REPO)
     result = json.loads(out.strip().splitlines()[-1])
     result["seconds"] = wall
     return result

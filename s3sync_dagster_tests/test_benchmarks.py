@@ -4,9 +4,12 @@ working. It measures nothing worth keeping; the real figures are in benchmarks/R
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.run import main
 
 
+@pytest.mark.timeout(900)  # the smoke run of seven sections, past the suite's 600 s default on 2 cores
 def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     assert main(["--smoke", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
@@ -18,6 +21,7 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
         "## 4. Scale",
         "## 5. Where the time goes",
         "## 6. Fixes: before and after",
+        "## 7. Retrieval quality",
     ):
         assert heading in text, heading
     raw = json.loads((tmp_path / "results.json").read_text())
@@ -36,3 +40,15 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert fixes["embedding"]["min_cosine"] > 0.999
     assert fixes["events"]["events"] == 2 * fixes["events"]["keys_per_run"] * fixes["events"]["runs"] > 0
     assert fixes["events"]["stock_ms_per_event"] > 0 and fixes["events"]["pooled_ms_per_event"] > 0
+    # Real documentation and stdlib files went through the engine; every probe was asked and scored.
+    retrieval = raw["retrieval"]
+    assert retrieval["corpus"]["objects"] == 12 and set(retrieval["corpus"]["by_kind"]) == {"html", "py"}
+    run = retrieval["budgets"][0]
+    assert run["budget"] is None and run["sync"]["statuses"] == {"indexed": 12}
+    assert run["chunks"] > 12 and 0 < run["share_chars_inside_window"] <= 1 and run["chunks_per_mb"] > 0
+    probes = run["probes"]
+    assert probes["n"] == sum(group["n"] for group in probes["by_third"].values()) > 0
+    for group in [probes, *probes["by_third"].values(), *probes["by_kind"].values()]:
+        for rank in ("recall_at_1", "recall_at_5"):
+            assert group[rank] is None or 0 <= group[rank] <= 1
+    assert probes["recall_at_1"] <= probes["recall_at_5"]
