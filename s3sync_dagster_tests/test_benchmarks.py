@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import main
+from benchmarks.run import CARRIED_NOTE, _earlier_raw, _earlier_sections, main
 
 
 @pytest.mark.timeout(900)  # the smoke run of seven sections, past the suite's 600 s default on 2 cores
 def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
-    assert main(["--smoke", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    # A0: the engine of a commit (here the checked-out one) run from its own snapshot of the repo.
+    assert main(["--smoke", "--bulk-before", "HEAD", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
     text = out.read_text()
     for heading in (
         "## 1. Bulk sync throughput",
@@ -30,6 +31,9 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert bulk["A"]["objects"] == bulk["B"]["objects"] == 24
     assert bulk["A"]["chunks"] == bulk["B"]["chunks"] > 24
     assert bulk["B"]["statuses"] == {"indexed": 24}
+    assert bulk["A0"]["statuses"] == {"indexed": 24} and bulk["A0"]["chunks"] > 24
+    if "C" in bulk:  # the peer, held to our chunk budget and precision, indexed every object too
+        assert bulk["C"]["settings"]["chunk_tokens"] == 256 and bulk["C"]["chunks"] >= 24
     incremental = raw["incremental"]
     assert incremental["unchanged_pass"]["runs"] == 0
     assert incremental["after_change"]["keys"] == incremental["changed"] + incremental["deleted"]
@@ -45,10 +49,27 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert retrieval["corpus"]["objects"] == 12 and set(retrieval["corpus"]["by_kind"]) == {"html", "py"}
     run = retrieval["budgets"][0]
     assert run["budget"] is None and run["sync"]["statuses"] == {"indexed": 12}
-    assert run["chunks"] > 12 and 0 < run["share_chars_inside_window"] <= 1 and run["chunks_per_mb"] > 0
+    # Every indexed character lies inside the model's window: no chunk is cut short by the embedding.
+    assert run["chunks"] > 12 and run["share_chars_inside_window"] == 1 and run["chunks_over_window"] == 0
+    assert run["chunks_per_mb"] > 0
     probes = run["probes"]
     assert probes["n"] == sum(group["n"] for group in probes["by_third"].values()) > 0
     for group in [probes, *probes["by_third"].values(), *probes["by_kind"].values()]:
         for rank in ("recall_at_1", "recall_at_5"):
             assert group[rank] is None or 0 <= group[rank] <= 1
     assert probes["recall_at_1"] <= probes["recall_at_5"]
+
+
+def test_sections_a_run_skips_keep_the_earlier_figures_and_say_so(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    out.write_text(
+        "# Benchmark results\n\nMeasured 2026-01-02 03:04 UTC at commit abc1234 with `...`.\n\n"
+        "## 1. Bulk sync throughput\n\nbulk table\n\n## 3. Latency\n\nlatency table\n"
+    )
+    (tmp_path / "results.json").write_text(json.dumps({"bulk": [1], "latency": {"median_s": 9}}))
+    carried = _earlier_sections(out, {"3", "4"})
+    assert carried == [f"## 3. Latency\n\n{CARRIED_NOTE} (2026-01-02 03:04 UTC, commit abc1234)._\n\nlatency table"]
+    assert _earlier_raw(tmp_path / "results.json", {"3", "4"}) == {"latency": {"median_s": 9}}
+    # Carried again by a later run, it still names the run that measured it.
+    out.write_text("# Benchmark results\n\nMeasured 2026-02-03 at commit def5678 with `...`.\n\n" + carried[0])
+    assert _earlier_sections(out, {"3"}) == carried

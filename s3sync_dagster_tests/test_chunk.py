@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -789,6 +791,31 @@ def test_a_long_function_is_split_at_its_statements_not_inside_lines() -> None:
     assert len(result.chunks) >= 3
     assert all(piece.text.endswith("\n") for piece in result.chunks)  # every cut at a line end
     assert result.chunks[-1].text.startswith("def short")
+
+
+@pytest.mark.parametrize("module_name", ["modulefinder", "shlex", "configparser", "dataclasses", "_osx_support"])
+@pytest.mark.parametrize("max_tokens", [128, 256])
+def test_real_code_is_cut_inside_a_line_only_when_neither_neighbour_can_take_it(
+    module_name: str, max_tokens: int
+) -> None:
+    # Real code (the standard library that runs this test): packing statements greedily used to end
+    # chunks inside a line ("maybe.append(name" | ")", "cc = '" | "...'") 2-13 times per module.
+
+    path = importlib.import_module(module_name).__file__
+    assert path is not None
+    text = Path(path).read_text(encoding="utf-8")
+    result = chunk_text(text, f"{module_name}.py", tokens=_budget(max_tokens))
+    assert_tokens_ok(text, result, max_tokens, 4096, None)
+    for before, after in itertools.pairwise(result.chunks):
+        if before.text.endswith("\n"):
+            continue
+        head = after.text.partition("\n")[0]
+        line_start = before.text.rfind("\n") + 1
+        with_rest = COUNTER.count([before.text + head + "\n"])[0]
+        with_head = COUNTER.count([before.text[line_start:] + after.text])[0]
+        assert with_rest > max_tokens and (line_start == 0 or with_head > max_tokens), (
+            f"{module_name}: cut inside line {before.end_line}: {before.text[line_start:]!r} | {head!r}"
+        )
 
 
 def test_pieces_that_tokenize_differently_alone_are_cut_again() -> None:

@@ -463,21 +463,24 @@ class _TreeChunker:
         self._tail = False
 
 
-def _indent_to_line_start(data: bytes, cuts: list[int], limits: _Limits) -> None:
-    """Move cuts that fall after a line's indentation back to the line start.
+def _cuts_to_line_ends(data: bytes, cuts: list[int], limits: _Limits) -> None:
+    """Move cuts that fall inside a line to a line boundary wherever the limits allow.
 
-    Chunks then start with a whole line (``"    def f"`` rather than
-    ``"def f"``) and the chunk before ends with its newline.
+    Packing nodes greedily can end a chunk inside a statement (``maybe.append(name`` | ``)``) or after a
+    line's indentation; only a line too long for one chunk should be cut inside. Such a cut moves to the
+    end of its line when the chunk before can take the rest of it, else back to the line's start when
+    the chunk after can take its head, so chunks start and end with whole lines.
     """
     for index in range(1, len(cuts) - 1):
-        cut = cuts[index]
-        line_start = data.rfind(b"\n", cuts[index - 1], cut) + 1
-        if (
-            line_start > cuts[index - 1]
-            and line_start < cut
-            and not data[line_start:cut].strip(b" \t")
-            and limits.fits(line_start, cuts[index + 1])
-        ):
+        before, cut, after = cuts[index - 1], cuts[index], cuts[index + 1]
+        line_start = data.rfind(b"\n", before, cut) + 1
+        if line_start == cut or (line_start == 0 and before > 0) or data[cut - 1 : cut] == b"\n":
+            continue
+        line_end = data.find(b"\n", cut, after) + 1
+        indentation_only = not data[line_start:cut].strip(b" \t")
+        if 0 < line_end < after and not indentation_only and limits.fits(before, line_end):
+            cuts[index] = line_end
+        elif line_start > before and limits.fits(line_start, after):
             cuts[index] = line_start
 
 
@@ -649,7 +652,7 @@ def _tree_cuts(data: bytes, language: str, limits: _Limits, max_lines: int) -> l
     rules = _MARKDOWN_RULES if language == "markdown" else _CODE_RULES
     ends = _TreeChunker(data, limits, max_lines, rules).run(tree.root_node)
     cuts = [0, *ends]
-    _indent_to_line_start(data, cuts, limits)
+    _cuts_to_line_ends(data, cuts, limits)
     return cuts
 
 
