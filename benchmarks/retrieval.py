@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common, throughput
-from s3sync_dagster.pipeline.embed import EmbeddingSpec
+from s3sync_dagster.pipeline.embed import EmbeddingSpec, default_token_budget
 
 HTML_ROOT = Path("/usr/share/doc/python3.11/html")  # Debian package python3.11-doc
 SYSTEM_PYTHON = "/usr/bin/python3.11"
@@ -389,7 +389,8 @@ def section_markdown(result: dict[str, Any]) -> str:
         f"HTML documentation and {kinds.get('py', {}).get('objects', 0)} modules of the Python 3.11 standard "
         f"library ({corpus['bytes'] / 1e6:.1f} MB, up to {result['max_bytes'] // 1000} KB a file, seed {result['seed']}), "
         'synced through the engine (section 1\'s A) once per `chunking.max_tokens` ("unset": no such key, the '
-        "default chunking), each into a fresh embedded Chroma. "
+        f"default chunking: {default_token_budget().max_tokens} tokens for this model), each into a fresh embedded "
+        'Chroma; "before" is the engine of an earlier commit, byte limits only. '
         f'The model reads {window} tokens including [CLS] and [SEP]; "inside the window" is the share of the '
         "indexed characters it reads before truncating. A probe is a sentence of 8-40 words from a sampled chunk "
         "(split on . ! ? and newlines; a third of the probes from each third of a chunk, by where the sentence "

@@ -22,7 +22,7 @@ import yaml
 
 from benchmarks import common, corpus, incremental, latency, throughput
 from s3sync_dagster import local_s3
-from s3sync_dagster.pipeline.embed import default_token_budget, resolve_precision
+from s3sync_dagster.pipeline.embed import DEFAULT_MODEL_MAX_TOKENS, default_token_budget, resolve_precision
 
 HERE = Path(__file__).resolve().parent
 PIPELINES = {
@@ -31,7 +31,7 @@ PIPELINES = {
     "B": "s3sync sync --all (Dagster)",
     "C": "LlamaIndex peer, same budget and precision",
 }
-# C chunks to what our default chunking gives the model (its whole window) and embeds at our precision,
+# C chunks to our default budget (128 of the model's tokens) and embeds at our precision,
 # so B/C compares pipelines, not chunk sizes or number formats.
 PEER_BUDGET = default_token_budget().max_tokens
 PRECISION = resolve_precision("auto", "cpu")
@@ -108,11 +108,11 @@ def bulk_markdown(results: list[dict[str, Any]]) -> str:
         "Same corpus, same model (all-MiniLM-L6-v2, CPU), each pipeline in a fresh process into its own "
         "embedded Chroma; seconds are wall time from process start to exit (imports and model load included). "
         f"A and B embed with `embedding.precision: auto`, which is {PRECISION} on this CPU (section 6), and "
-        f"chunk to the model's window ({PEER_BUDGET} tokens), so every word reaches the embedding (section 7). "
+        f"chunk to the default budget ({PEER_BUDGET} tokens), so every word reaches the embedding (section 7). "
         f"C is LlamaIndex held to the same: its splitters at {PEER_BUDGET} tokens of the same tokenizer, no "
         f"overlap, HuggingFaceEmbedding in {PRECISION}. A0, where shown, is A by the engine of an earlier "
         "commit on the same corpus in the same run (byte limits only: the text past each chunk's first "
-        f"{PEER_BUDGET} tokens was stored but never embedded).",
+        f"{DEFAULT_MODEL_MAX_TOKENS} tokens was stored but never embedded).",
         "",
         "| objects | pipeline | seconds | objects/s | chunks/s | MB/s | chunks | noise |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",

@@ -48,7 +48,7 @@ class S3SourceResource(S3Resource):
     chunking_mode: str = "tree_sitter"
     chunk_max_size_bytes: int = 4096
     chunk_max_lines: int = 10
-    chunk_max_tokens: int | None = None  # absent: the embedding model's window
+    chunk_max_tokens: int | None = None  # absent: the embedding model's default (EmbeddingSpec.default_chunk_tokens)
     max_object_bytes: int = 200 * 1024 * 1024
     max_document_pages: int = 7000
     container_tag_regex: str | None = None

@@ -702,7 +702,7 @@ def test_smallest_limits_are_accepted() -> None:
 
 # --- token budgets: every chunk fits what the embedding model reads -------------------------------
 
-TOKENS = EmbeddingSpec().token_budget()  # all-MiniLM-L6-v2: 256 tokens, [CLS] and [SEP] included
+TOKENS = EmbeddingSpec().token_budget(256)  # all-MiniLM-L6-v2's window: 256 tokens, [CLS] and [SEP] included
 COUNTER = TOKENS.counter()
 assert COUNTER is not None
 token_budgets_st = st.one_of(st.integers(6, 40), st.integers(41, 256))

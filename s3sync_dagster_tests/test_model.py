@@ -174,6 +174,16 @@ def test_a_rebuild_a_crash_interrupted_is_finished_on_next_open(tmp_path: Path) 
     assert sorted(collection.name for collection in client.list_collections()) == ["crashed"]
 
 
+def test_the_bundled_model_chunks_to_128_tokens_unless_told_and_never_past_its_window() -> None:
+    # all-MiniLM-L6-v2 reads 256 tokens but was trained on 128: the default chunk budget (README).
+    for spec in (EmbeddingSpec(), EmbeddingSpec(function="sentence_transformer", model="all-MiniLM-L6-v2")):
+        assert spec.window() == 256
+        assert spec.token_budget().max_tokens == 128
+        assert spec.token_budget(256).max_tokens == 256 and spec.token_budget(64).max_tokens == 64
+        with pytest.raises(ValueError, match=r"chunking\.max_tokens is 257, more than embedding model"):
+            spec.token_budget(257)
+
+
 def test_a_sentence_transformer_directory_records_its_name_and_its_own_budget(tmp_path: Path) -> None:
     model_dir = tmp_path / "my-minilm"
     shutil.copytree(bundled_model_path(), model_dir)

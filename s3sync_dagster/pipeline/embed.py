@@ -33,6 +33,9 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # What Chroma's default function (ONNX Runtime) reads: it truncates every text at 256 tokens, [CLS] and
 # [SEP] included, as does the model's own sentence-transformers configuration.
 DEFAULT_MODEL_MAX_TOKENS = 256
+# all-MiniLM-L6-v2 reads 256 tokens but was trained on texts of at most 128: its chunks default to that
+# length, where a sentence finds its chunk more often (benchmarks/RESULTS.md, section 7; README).
+DEFAULT_MODEL_CHUNK_TOKENS = 128
 
 # Windows of models behind an API, in tokens, by (function, model); (function, None) for the function's
 # default model. A function or model not listed needs `embedding.max_tokens`.
@@ -283,8 +286,16 @@ class EmbeddingSpec:
             )
         return min(w for w in (known, self.max_tokens) if w is not None)
 
+    def default_chunk_tokens(self) -> int:
+        """Tokens per chunk when the chunking does not say: the model's window, but for the bundled model
+        the length it was trained on."""
+        window = self.window()
+        if self.local_model_dir() == bundled_model_path():
+            return min(window, DEFAULT_MODEL_CHUNK_TOKENS)
+        return window
+
     def token_budget(self, chunk_max_tokens: int | None = None) -> TokenBudget:
-        """What one chunk may cost: the model's window, or less when the chunking asks for less."""
+        """What one chunk may cost: ``chunk_max_tokens`` (never past the model's window), else the default."""
         window = self.window()
         if chunk_max_tokens is not None and chunk_max_tokens > window:
             raise ValueError(
@@ -294,14 +305,14 @@ class EmbeddingSpec:
         model_dir = self.local_model_dir()
         tokenizer = Path(model_dir) / "tokenizer.json" if model_dir else None
         return TokenBudget(
-            max_tokens=chunk_max_tokens or window,
+            max_tokens=chunk_max_tokens or self.default_chunk_tokens(),
             tokenizer_file=str(tokenizer) if tokenizer is not None and tokenizer.is_file() else None,
             model=self.describe(),
         )
 
 
 def default_token_budget() -> TokenBudget:
-    """The budget of Chroma's default function: all-MiniLM-L6-v2's 256 tokens, by its own tokenizer."""
+    """The default chunk budget of Chroma's default function: 128 of all-MiniLM-L6-v2's tokens, by its own tokenizer."""
     return EmbeddingSpec().token_budget()
 
 
