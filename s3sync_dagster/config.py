@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,6 +59,16 @@ class ConfigError(ValueError):
     """The configuration file is missing or breaks a rule; the message names the field and source."""
 
 
+def _no_credentials_in_url(value: str | None) -> str | None:
+    """A URL or host with `user:password@` would carry a secret into logs, run config and `sources`."""
+    if value is not None and "@" in (urlsplit(value).netloc if "://" in value else value):
+        raise ValueError(
+            "carries credentials (user:password@...), which are refused and not shown: give S3 credentials as "
+            "aws_access_key_id / aws_secret_access_key {env: VAR}, Chroma's as headers {env: VAR}"
+        )
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,7 +82,8 @@ class EnvRef(_Model):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         if not _ENV_VAR_NAME.match(value):
-            raise ValueError(f"'{value}' is not an environment variable name")
+            # Not echoed: what stands here by mistake is most often the secret itself.
+            raise ValueError("is not an environment variable name (letters, digits, _; the value is not shown)")
         return value
 
     def resolve(self, what: str) -> str:
@@ -135,6 +147,8 @@ class ChromaConfig(_Model):
     ssl: bool = False
     headers: dict[str, str | EnvRef] = Field(default_factory=dict)
     cloud: ChromaCloudConfig | None = None
+
+    _host = field_validator("host")(_no_credentials_in_url)
 
     @model_validator(mode="after")
     def _one_target(self) -> ChromaConfig:
@@ -274,6 +288,7 @@ class SourceConfig(_Model):
     _literal = field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before")(
         _secret_must_be_env_ref
     )
+    _urls = field_validator("endpoint_url", "sqs_queue_url")(_no_credentials_in_url)
 
     @field_validator("collection_name")
     @classmethod

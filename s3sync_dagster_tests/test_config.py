@@ -90,6 +90,23 @@ def test_an_openai_shaped_key_anywhere_is_refused() -> None:
     assert key_shaped not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"endpoint_url": "https://minio-user:pasted-value-123@minio.internal:9000"},
+        {"auto_sync": "direct", "sqs_queue_url": "https://user:pasted-value-123@sqs.local/1/q"},
+        {"aws_access_key_id": {"env": "K"}, "aws_secret_access_key": {"env": "pasted-value-123"}},
+    ],
+)
+def test_a_secret_pasted_in_the_wrong_place_is_refused_and_never_echoed(change: dict) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"sources": [{**SOURCE, **change}]})
+    assert "pasted-value-123" not in str(caught.value) and "sources[0] (source 'docs')" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"chroma": {"host": "admin:pasted-value-123@chroma.internal"}})
+    assert "chroma.host" in str(caught.value) and "pasted-value-123" not in str(caught.value)
+
+
 def test_chroma_cloud_key_and_secret_headers_must_be_env_refs() -> None:
     with pytest.raises(ConfigError, match="api_key"):
         parse_config({"chroma": {"cloud": {"tenant": "t", "database": "d", "api_key": "plain"}}})
