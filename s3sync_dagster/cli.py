@@ -185,7 +185,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     config = _config(args)
     source = config.source(args.source)
     invocation = Invocation(args.custom_id, _parse_metadata(args.metadata), args.target_collection)
-    invocations.validate_invocation(source, args.object_key, invocation)
+    invocations.validate_invocation(source, args.object_key, invocation, config.embedding)
     invocations.check_object_exists(s3_client(source), source, args.object_key)
     with _instance(args) as instance:
         register_keys(instance, source, [args.object_key])

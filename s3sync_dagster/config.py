@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,13 +26,47 @@ _ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LITERAL_SECRET_SHAPES = (
     re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
     re.compile(r"\bck-[A-Za-z0-9]{20,}\b"),  # Chroma Cloud API keys
+    re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"),  # OpenAI API keys (embedding functions)
 )
 _SECRET_HEADER_WORDS = ("auth", "token", "key", "secret", "password", "cookie")
-_SECRET_CONFIG_WORDS = ("api_key", "token", "secret", "password")
+
+
+def _function_config(value: dict[str, Any], where: str) -> dict[str, Any]:
+    """An embedding function's config as chromadb records it: `KEY: {env: VAR}` becomes `KEY_env_var: VAR`
+    (chromadb reads the variable when it embeds), and a literal under a key that names a secret, at any
+    depth, is refused, as is a `*_env_var` that is no variable name: the record is readable by anyone."""
+    config: dict[str, Any] = {}
+    for key, item in value.items():
+        name = f"{where}.{key}"
+        if isinstance(item, dict) and set(item) == {"env"}:
+            if where != "config":
+                raise ValueError(f"{name}: chromadb reads secrets only from the config's top-level *_env_var keys")
+            config[key if str(key).endswith("_env_var") else f"{key}_env_var"] = EnvRef.model_validate(item).env
+        elif isinstance(item, dict):
+            config[key] = _function_config(item, name)
+        elif str(key).endswith("_env_var"):
+            if not isinstance(item, str) or not _ENV_VAR_NAME.match(item):
+                raise ValueError(f"{name}: must be an environment variable's name (the value is not shown)")
+            config[key] = item
+        elif isinstance(item, str) and any(word in str(key).lower() for word in _SECRET_HEADER_WORDS):
+            raise ValueError(f"{name}: a literal secret is refused: write it as {{env: VAR_NAME}}")
+        else:
+            config[key] = item
+    return config
 
 
 class ConfigError(ValueError):
     """The configuration file is missing or breaks a rule; the message names the field and source."""
+
+
+def _no_credentials_in_url(value: str | None) -> str | None:
+    """A URL or host with `user:password@` would carry a secret into logs, run config and `sources`."""
+    if value is not None and "@" in (urlsplit(value).netloc if "://" in value else value):
+        raise ValueError(
+            "carries credentials (user:password@...), which are refused and not shown: give S3 credentials as "
+            "aws_access_key_id / aws_secret_access_key {env: VAR}, Chroma's as headers {env: VAR}"
+        )
+    return value
 
 
 class _Model(BaseModel):
@@ -47,7 +82,8 @@ class EnvRef(_Model):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         if not _ENV_VAR_NAME.match(value):
-            raise ValueError(f"'{value}' is not an environment variable name")
+            # Not echoed: what stands here by mistake is most often the secret itself.
+            raise ValueError("is not an environment variable name (letters, digits, _; the value is not shown)")
         return value
 
     def resolve(self, what: str) -> str:
@@ -112,6 +148,8 @@ class ChromaConfig(_Model):
     headers: dict[str, str | EnvRef] = Field(default_factory=dict)
     cloud: ChromaCloudConfig | None = None
 
+    _host = field_validator("host")(_no_credentials_in_url)
+
     @model_validator(mode="after")
     def _one_target(self) -> ChromaConfig:
         targets = [name for name in ("path", "host", "cloud") if getattr(self, name) is not None]
@@ -170,20 +208,7 @@ class EmbeddingConfig(_Model):
     @field_validator("config", mode="before")
     @classmethod
     def _env_refs(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        config: dict[str, Any] = {}
-        for key, item in value.items():
-            if isinstance(item, dict) and set(item) == {"env"}:
-                name = EnvRef.model_validate(item).env
-                config[key if str(key).endswith("_env_var") else f"{key}_env_var"] = name
-            elif isinstance(item, str) and any(word in str(key).lower() for word in _SECRET_CONFIG_WORDS):
-                if not str(key).endswith("_env_var"):
-                    raise ValueError(f"config.{key}: a literal secret is refused: write it as {{env: VAR_NAME}}")
-                config[key] = item
-            else:
-                config[key] = item
-        return config
+        return _function_config(value, "config") if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _known_function(self) -> EmbeddingConfig:
@@ -263,6 +288,7 @@ class SourceConfig(_Model):
     _literal = field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before")(
         _secret_must_be_env_ref
     )
+    _urls = field_validator("endpoint_url", "sqs_queue_url")(_no_credentials_in_url)
 
     @field_validator("collection_name")
     @classmethod

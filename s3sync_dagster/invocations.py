@@ -18,12 +18,12 @@ from typing import Any
 
 import dagster as dg
 
-from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, SourceConfig, config_path
+from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, EmbeddingConfig, SourceConfig, config_path
 from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
 from s3sync_dagster.defs.jobs import sync_op_name
 from s3sync_dagster.pipeline import keys, objects
 from s3sync_dagster.pipeline.sync import Invocation
-from s3sync_dagster.resources import s3_source_resource
+from s3sync_dagster.resources import embedding_resource, s3_source_resource
 
 SOURCE_TAG = "s3sync/source"
 INVOCATION_TAG = "s3sync/invocation"
@@ -75,10 +75,12 @@ def invocation_run_config(source_name: str, invocation: Invocation) -> dict[str,
     return {"ops": {asset_op_name(source_name): {"config": config}}} if config else {}
 
 
-def validate_invocation(source: SourceConfig, object_key: str, invocation: Invocation) -> None:
+def validate_invocation(
+    source: SourceConfig, object_key: str, invocation: Invocation, embedding: EmbeddingConfig
+) -> None:
     """The Sync API's rules, checked before anything is registered or run."""
-    spec = s3_source_resource(source).spec()
     try:
+        spec = s3_source_resource(source).spec(embedding=embedding_resource(embedding))
         invocation.validate(spec, object_key)
         keys.to_partition_key(object_key)
     except ValueError as error:

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -252,24 +253,41 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         recorded = (collection.configuration_json or {}).get("embedding_function")
         if is_old_bundled_record(recorded) and spec.function == DEFAULT_FUNCTION:
             if create:
-                collection = index.rebuild_collection(client, collection, function)
+                # One rebuild at a time: a second run must not delete the first one's copy mid-way.
+                with self.write_lock():
+                    collection = index.open_collection(client, name, function, metadata={})  # rebuilt meanwhile?
+                    if is_old_bundled_record((collection.configuration_json or {}).get("embedding_function")):
+                        collection = index.rebuild_collection(client, collection, function)
             return collection
         check_collection_model(name, recorded, spec)
         return collection
 
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
-        """An embedded store is one process's at a time: runs that write to it take turns."""
+        """An embedded store is one process's at a time: runs that write to it take turns.
+
+        Re-entrant within a thread (a run holding it may open, and so rebuild, another collection).
+        """
         if not self.is_embedded or not self.path:
             yield
             return
+        lock_file = str(Path(self.path).resolve() / ".s3sync-write.lock")
+        held = _held_locks.__dict__.setdefault("paths", set())
+        if lock_file in held:
+            yield
+            return
         Path(self.path).mkdir(parents=True, exist_ok=True)
-        with open(Path(self.path) / ".s3sync-write.lock", "w") as handle:
+        with open(lock_file, "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
+            held.add(lock_file)
             try:
                 yield
             finally:
+                held.discard(lock_file)
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_held_locks = threading.local()  # the write locks this thread holds, by lock file
 
 
 @functools.lru_cache(maxsize=8)

@@ -13,7 +13,7 @@ import pytest
 
 from s3sync_dagster.chroma_default import ONNX_FILES, default_target, ensure_default_model
 from s3sync_dagster.local_s3 import free_port
-from s3sync_dagster.pipeline.embed import LazySentenceTransformer, bundled_model_path
+from s3sync_dagster.pipeline.embed import ChromaDefaultFunction, LazySentenceTransformer, bundled_model_path
 
 MAX_TOKENS = 256  # chromadb's ONNXMiniLM_L6_V2 truncates (and pads) to this; so does sentence-transformers
 
@@ -106,10 +106,12 @@ def test_chroma_default_function_matches_sentence_transformers(monkeypatch: pyte
     chroma = np.array(DefaultEmbeddingFunction()(texts))
     assert chroma.shape == (len(texts), 384)
     for precision in ("float32", "bfloat16"):
-        ours = np.array(LazySentenceTransformer(precision=precision)(texts))
-        cosines = (chroma * ours).sum(axis=1) / np.linalg.norm(chroma, axis=1) / np.linalg.norm(ours, axis=1)
-        assert cosines.min() >= 0.9999, (precision, cosines)
-        assert list((chroma @ ours.T).argmax(axis=1)) == list(range(len(texts)))
+        # The class that writes `default` collections, and the `sentence_transformer` one over the same weights.
+        for function in (ChromaDefaultFunction(precision=precision), LazySentenceTransformer(precision=precision)):
+            ours = np.array(function(texts))
+            cosines = (chroma * ours).sum(axis=1) / np.linalg.norm(chroma, axis=1) / np.linalg.norm(ours, axis=1)
+            assert cosines.min() >= 0.9999, (precision, function.name(), cosines)
+            assert list((chroma @ ours.T).argmax(axis=1)) == list(range(len(texts)))
 
 
 def test_plain_chromadb_uses_the_files_offline(tmp_path: Path) -> None:

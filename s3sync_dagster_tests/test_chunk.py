@@ -826,6 +826,19 @@ def test_pieces_that_tokenize_differently_alone_are_cut_again() -> None:
     assert_tokens_ok(text, result, 12, 4096, 10)
 
 
+def test_a_long_text_without_newlines_is_tokenized_in_pieces_with_the_same_starts() -> None:
+    # A minified file: one line of 300,000 characters is tokenized in pieces cut after a space (so the
+    # tokenizer never holds the whole file's tokens at once), and the starts equal one whole encoding's.
+    from s3sync_dagster.pipeline import tokens
+
+    text = " ".join(f"var{n % 977}=é{n}" for n in range(30_000))
+    assert "\n" not in text and len(tokens._segments(text)) > 2
+    whole = COUNTER._tokenizer.encode(text, add_special_tokens=False)
+    byte_at = list(itertools.accumulate((len(char.encode("utf-8")) for char in text), initial=0))
+    expected = sorted({byte_at[start] for start, _end in whole.offsets})
+    assert COUNTER.token_starts(text).tolist() == expected
+
+
 def test_token_budget_keeps_lone_surrogates() -> None:
     text = "ok \udcff bad bytes \udc80 here " * 100
     result = chunk_text(text, "x.txt", tokens=_budget(16))

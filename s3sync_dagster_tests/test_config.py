@@ -60,6 +60,53 @@ def test_key_shaped_literal_anywhere_is_refused() -> None:
     assert key_shaped not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        # Nested: chromadb's openai function records default_headers whole in the collection.
+        ({"default_headers": {"Authorization": "Bearer pasted-value-123"}}, "config.default_headers.Authorization"),
+        # The secret itself pasted where a variable's name goes.
+        ({"api_key_env_var": "pasted-value-123"}, "config.api_key_env_var"),
+        ({"api_key": "pasted-value-123"}, "config.api_key"),
+    ],
+)
+def test_a_secret_in_an_embedding_functions_config_is_refused_at_any_depth_and_not_echoed(
+    config: dict, field: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {"embedding": {"function": "openai", "config": {"model_name": "text-embedding-3-small", **config}}}
+        )
+    assert field in str(caught.value) and "pasted-value-123" not in str(caught.value)
+    # Written as the Sync API's users write it, the variable's name is what the collection records.
+    embedding = parse_config({"embedding": {"function": "openai", "config": {"api_key": {"env": "OPENAI_KEY"}}}})
+    assert embedding.embedding.config == {"api_key_env_var": "OPENAI_KEY"}
+
+
+def test_an_openai_shaped_key_anywhere_is_refused() -> None:
+    key_shaped = "sk-" + "proj" + "A1b2C3d4E5f6G7h8I9j0"  # built here so no key-shaped literal sits in the repo
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"sources": [{**SOURCE, "path_prefix": key_shaped}]})
+    assert key_shaped not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"endpoint_url": "https://minio-user:pasted-value-123@minio.internal:9000"},
+        {"auto_sync": "direct", "sqs_queue_url": "https://user:pasted-value-123@sqs.local/1/q"},
+        {"aws_access_key_id": {"env": "K"}, "aws_secret_access_key": {"env": "pasted-value-123"}},
+    ],
+)
+def test_a_secret_pasted_in_the_wrong_place_is_refused_and_never_echoed(change: dict) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"sources": [{**SOURCE, **change}]})
+    assert "pasted-value-123" not in str(caught.value) and "sources[0] (source 'docs')" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"chroma": {"host": "admin:pasted-value-123@chroma.internal"}})
+    assert "chroma.host" in str(caught.value) and "pasted-value-123" not in str(caught.value)
+
+
 def test_chroma_cloud_key_and_secret_headers_must_be_env_refs() -> None:
     with pytest.raises(ConfigError, match="api_key"):
         parse_config({"chroma": {"cloud": {"tenant": "t", "database": "d", "api_key": "plain"}}})

@@ -12,8 +12,10 @@ import jsonschema
 import pytest
 
 from s3sync_dagster.cli import main
-from s3sync_dagster.invocations import asset_op_name
+from s3sync_dagster.config import parse_config
+from s3sync_dagster.invocations import asset_op_name, validate_invocation
 from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.sync import Invocation
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "sync_api_jobs.schema.json").read_text())
@@ -174,3 +176,14 @@ def test_sources_still_shows_settings_when_chroma_is_down(
     assert code == 0 and source["payload"]["s3"]["bucket_name"] == bucket
     assert source["indexed_chunks"] is None and source["counts_error"].startswith("Chroma could not be read")
     assert source["registered_keys"] == 0
+
+
+def test_an_invocation_is_checked_against_the_configured_model_not_the_bundled_one() -> None:
+    # OpenAI's model reads 8,191 tokens: 1,000-token chunks are valid for it (all-MiniLM-L6-v2's 256 are refused
+    # when the config loads), so the invocation's checks must use the configured model, not the bundled one.
+    source = {"name": "docs", "bucket_name": "docs-bucket", "region": "us-east-1", "collection_name": "docs"}
+    source["path_prefix"] = "docs/"
+    openai = {"function": "openai", "config": {"model_name": "text-embedding-3-small", "api_key": {"env": "K"}}}
+    chunking = {"type": "tree_sitter", "max_tokens": 1000}
+    config = parse_config({"embedding": openai, "sources": [{**source, "chunking": chunking}]})
+    validate_invocation(config.sources[0], "docs/a.md", Invocation(), config.embedding)

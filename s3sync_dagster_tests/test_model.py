@@ -155,13 +155,26 @@ def test_a_collection_recorded_with_the_old_machine_path_is_rebuilt_as_default(t
     configuration = _configuration(tmp_path, "legacy")
     assert '"name": "default"' in configuration and "site-packages" not in configuration
     new = migrated.get(include=["embeddings", "documents", "metadatas"])
+    # The index keeps its settings: distances stay on the old record's scale (cosine), not default's l2.
+    assert migrated.configuration["hnsw"] == before.configuration["hnsw"]  # type: ignore[index]
+    assert before.configuration["hnsw"]["space"] == "cosine"  # type: ignore[index]
     assert new["ids"] == old["ids"] and new["documents"] == old["documents"] and new["metadatas"] == old["metadatas"]
-    assert (new["embeddings"] == old["embeddings"]).all()  # type: ignore[union-attr]
+    # The same vectors (a cosine index stores them through float32 arithmetic: equal to 1e-6).
+    assert abs(new["embeddings"] - old["embeddings"]).max() < 1e-6  # type: ignore[operator]
     names = [collection.name for collection in _client(tmp_path).list_collections()]
     assert names == ["legacy"]
     # Querying without rebuilding (create=False: `s3sync query`) works on an old record too.
     _old_collection(tmp_path, "legacy-read", texts[:3])
     ChromaResource(path=str(tmp_path)).collection("legacy-read", EmbeddingResource(), create=False)
+
+
+def test_a_run_holding_the_write_lock_can_still_rebuild_an_old_collection(tmp_path: Path) -> None:
+    # A run writes under the store's lock and may then open an old target collection: no self-deadlock.
+    _old_collection(tmp_path, "legacy-target", ["a document in an old collection"])
+    chroma = ChromaResource(path=str(tmp_path))
+    with chroma.write_lock():
+        migrated = chroma.collection("legacy-target", EmbeddingResource())
+    assert migrated.configuration_json["embedding_function"]["name"] == "default"
 
 
 def test_a_rebuild_a_crash_interrupted_is_finished_on_next_open(tmp_path: Path) -> None:

@@ -216,8 +216,11 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
     copy_name = name + _REBUILD_SUFFIX
     with contextlib.suppress(NotFoundError, ValueError):
         client.delete_collection(copy_name)  # a copy a crash left before the original was deleted
+    hnsw = (collection.configuration or {}).get("hnsw")
     copy = client.create_collection(
         name=copy_name,
+        # The same index settings: the old record's "cosine" space must not become the new function's "l2".
+        configuration={"hnsw": dict(hnsw)} if hnsw else None,  # type: ignore[arg-type,typeddict-item]
         embedding_function=function,  # type: ignore[arg-type]
         metadata=dict(collection.metadata or {}) or None,
     )

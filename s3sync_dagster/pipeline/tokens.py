@@ -29,6 +29,7 @@ BYTE_BOUND_RESERVE: Final = 16
 # The text is tokenized in pieces of about this many characters, cut after a newline (no token spans
 # one in the vocabularies we meet), so a 200 MB object never holds all its token objects at once.
 _SEGMENT_CHARS: Final = 64 * 1024
+_SEGMENTS_PER_BATCH: Final = 16  # tokenized together (the tokenizer's threads share a batch)
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
@@ -55,27 +56,38 @@ class TokenCounter:
 
     def token_starts(self, text: str) -> npt.NDArray[np.int64]:
         """UTF-8 byte offset (surrogatepass, as the chunker encodes) where each token of ``text`` starts."""
-        segments = list(_segments(text))
-        encoded = self._tokenizer.encode_batch(
-            [_tokenizable(segment) for segment in segments], add_special_tokens=False
-        )
+        segments = _segments(text)
         starts: list[npt.NDArray[np.int64]] = []
         byte_base = 0
-        for segment, encoding in zip(segments, encoded, strict=True):
-            char_starts = np.fromiter((start for start, _end in encoding.offsets), dtype=np.int64)
-            byte_offsets = _byte_offsets(segment)
-            starts.append(byte_base + (byte_offsets[char_starts] if byte_offsets is not None else char_starts))
-            byte_base += len(segment) if byte_offsets is None else int(byte_offsets[-1])
+        # A few segments at a time: a 200 MB object never holds all its token objects at once, only
+        # one int64 per token.
+        for first in range(0, len(segments), _SEGMENTS_PER_BATCH):
+            batch = segments[first : first + _SEGMENTS_PER_BATCH]
+            encoded = self._tokenizer.encode_batch(
+                [_tokenizable(segment) for segment in batch], add_special_tokens=False
+            )
+            for segment, encoding in zip(batch, encoded, strict=True):
+                char_starts = np.fromiter((start for start, _end in encoding.offsets), dtype=np.int64)
+                byte_offsets = _byte_offsets(segment)
+                starts.append(byte_base + (byte_offsets[char_starts] if byte_offsets is not None else char_starts))
+                byte_base += len(segment) if byte_offsets is None else int(byte_offsets[-1])
         merged = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         # Offsets of word pieces of one word can repeat (a normaliser that expands a character); one start each.
         return np.unique(merged)
 
 
 def _segments(text: str) -> list[str]:
+    """Pieces of about _SEGMENT_CHARS, cut after a newline; a text with no newline for twice that long (a
+    minified file) is cut after a space, else anywhere: a token there may count differently than in the
+    whole text, which the chunker's final count of each piece catches."""
     segments: list[str] = []
     start = 0
     while start < len(text):
-        end = text.find("\n", start + _SEGMENT_CHARS)
+        limit = start + 2 * _SEGMENT_CHARS
+        end = text.find("\n", start + _SEGMENT_CHARS, limit)
+        if end < 0 and limit < len(text):
+            end = text.rfind(" ", start + _SEGMENT_CHARS, limit)
+            end = limit - 1 if end < 0 else end
         end = len(text) if end < 0 else end + 1
         segments.append(text[start:end])
         start = end
