@@ -131,6 +131,41 @@ def test_bad_documents_fail_only_their_own_key(
     assert "no text found in the image: nothing indexed" in reports["bad/blank.png"].message
 
 
+def _pdf_without_pages() -> bytes:
+    """A valid PDF whose page tree is empty (what some tools write for an empty export)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"]
+    body, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, text in enumerate(objects, 1):
+        offsets.append(len(body))
+        body += b"%d 0 obj\n%s\nendobj\n" % (number, text)
+    xref = len(body)
+    body += b"xref\n0 3\n0000000000 65535 f \n" + b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    body += b"trailer\n<< /Size 3 /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % xref
+    return bytes(body)
+
+
+def test_valid_but_unusual_documents_are_indexed_not_failed(
+    s3: Any, bucket: str, chroma_client: Any, embedder: Any, pool: DocumentPool
+) -> None:
+    # HTML nested 10,000 deep (past docling's recursive walk: "maximum recursion depth exceeded" before)
+    # is indexed by its text; a PDF with no pages (reported "not a readable PDF" before) is empty.
+    sentence = "The deepest sentence sits under ten thousand nested divisions."
+    deep = "<html><body><style>p {}</style>" + "<div>" * 10_000 + f"<p>{sentence}</p>" + "</div>" * 10_000
+    put(s3, bucket, {"odd/deep.html": (deep + "</body></html>").encode(), "odd/empty.pdf": _pdf_without_pages()})
+    collection = chroma_client.get_or_create_collection("odd-docs")
+    spec = SourceSpec(name="docs", bucket_name=bucket, collection_name="odd-docs", path_prefix="odd/")
+    object_keys = ["odd/deep.html", "odd/empty.pdf"]
+    reports = {r.object_key: r for r in sync_keys(s3, spec, lambda _: collection, embedder, object_keys, pool=pool)}
+    assert reports["odd/deep.html"].status == "indexed", reports["odd/deep.html"].message
+    assert reports["odd/deep.html"].extractor == "html:text"
+    assert "nested too deeply" in " ".join(reports["odd/deep.html"].warnings)
+    chunks = collection.get(where={"object_key": "odd/deep.html"})["documents"]
+    assert chunks == [sentence + "\n"]  # the text, and nothing of the style sheet
+    assert reports["odd/empty.pdf"].status == "empty", reports["odd/empty.pdf"].message
+    assert "the PDF has no pages: nothing indexed" in reports["odd/empty.pdf"].message
+    assert collection.get(where={"object_key": "odd/empty.pdf"})["ids"] == []
+
+
 def test_a_document_that_overruns_its_time_limit_fails_alone(
     s3: Any, bucket: str, chroma_client: Any, embedder: Any
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import io
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -235,6 +236,8 @@ def _pdf_page_count(object_key: str, data: bytes) -> int:
     try:
         document = pypdfium2.PdfDocument(data)
     except pypdfium2.PdfiumError as error:
+        if getattr(error, "err_code", None) == pypdfium2.raw.FPDF_ERR_SUCCESS:
+            return 0  # parsed without error, but PDFium opens no document whose page tree is empty
         if "password" in str(error).lower():
             raise ExtractionError(f"object '{object_key}' is a password-protected PDF: it cannot be read") from None
         raise ExtractionError(f"object '{object_key}' is not a readable PDF ({error})") from None
@@ -270,6 +273,8 @@ def convert_document(object_key: str, data: bytes, options: DocumentOptions) -> 
     warnings: list[str] = []
     if suffix == ".pdf":
         pages = _pdf_page_count(object_key, data)
+        if pages == 0:
+            return Converted("", "none", warnings=[f"object '{object_key}': the PDF has no pages: nothing indexed"])
         if pages > options.max_pages:
             raise ExtractionError(_too_many_pages(object_key, pages, options.max_pages))
         layout = layout_models_available(options)
@@ -278,6 +283,107 @@ def convert_document(object_key: str, data: bytes, options: DocumentOptions) -> 
                 f"object '{object_key}': docling's PDF layout model is not installed here; used the model-free "
                 "native pipeline (text only: no table structure or headings)"
             )
+    # Valid HTML can nest deeper than docling's recursive walk goes (it fails past ~500 levels, and takes
+    # 47 s to fail at 10,000): such a page is indexed by its text, without structure.
+    too_deep = suffix in HTML_SUFFIXES and _html_depth(data) > HTML_MAX_DEPTH
+    if not too_deep:
+        try:
+            return _convert_with_docling(object_key, data, options, suffix, layout, warnings)
+        except RecursionError:
+            if suffix not in HTML_SUFFIXES:
+                raise ExtractionError(
+                    f"object '{object_key}' is nested too deeply to be read as a {suffix} document"
+                ) from None
+    warnings.append(f"object '{object_key}': HTML nested too deeply for docling; indexed its text without structure")
+    return Converted(html_text(data), "html:text", warnings=warnings)
+
+
+HTML_MAX_DEPTH = 256  # elements inside elements; docling converted 300 in 0.5 s here and failed at 600
+_HTML_TAG = re.compile(rb"<(/?)([a-zA-Z][a-zA-Z0-9]*)")
+# Void elements, and those HTML closes implicitly (often written without an end tag): no depth of their own.
+_HTML_FLAT = frozenset(
+    b"area base br col embed hr img input link meta source track wbr p li dt dd tr td th option".split()
+)
+
+
+def _html_depth(data: bytes) -> int:
+    """How deep elements nest, from the tags alone (a regular expression over the bytes: fast, no tree)."""
+    depth = deepest = 0
+    for match in _HTML_TAG.finditer(data):
+        if match.group(2).lower() in _HTML_FLAT:
+            continue
+        if match.group(1):
+            depth = max(0, depth - 1)
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
+def html_text(data: bytes) -> str:
+    """The text of an HTML page, a line per block, by a streaming parser: no depth limit, no recursion."""
+    from html.parser import HTMLParser
+
+    class _Text(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.parts: list[str] = []
+            self._skipped = 0  # inside <script> or <style>
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag in ("script", "style"):
+                self._skipped += 1
+            if tag in _HTML_BLOCKS:
+                self.parts.append("\n")
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in ("script", "style") and self._skipped:
+                self._skipped -= 1
+            if tag in _HTML_BLOCKS:
+                self.parts.append("\n")
+
+        def handle_data(self, text: str) -> None:
+            if not self._skipped:
+                self.parts.append(text)
+
+    parser = _Text()
+    parser.feed(data.decode("utf-8", "replace"))
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+_HTML_BLOCKS = frozenset(
+    [
+        "p",
+        "div",
+        "br",
+        "li",
+        "ul",
+        "ol",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "tr",
+        "table",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "pre",
+        "blockquote",
+        "dt",
+        "dd",
+    ]
+)
+
+
+def _convert_with_docling(
+    object_key: str, data: bytes, options: DocumentOptions, suffix: str, layout: bool, warnings: list[str]
+) -> Converted:
     from docling.datamodel.base_models import ConversionStatus, DocumentStream
 
     try:
@@ -286,12 +392,16 @@ def convert_document(object_key: str, data: bytes, options: DocumentOptions) -> 
             raises_on_error=False,
             max_num_pages=options.max_pages,
         )
+    except RecursionError:
+        raise
     except Exception as error:  # docling raises many types for unreadable input
         raise ExtractionError(
             f"object '{object_key}' could not be read as a {suffix} document ({_short(error)})"
         ) from None
     if result.status not in (ConversionStatus.SUCCESS, ConversionStatus.PARTIAL_SUCCESS):
         reasons = "; ".join(_short(e.error_message) for e in result.errors) or result.status.value
+        if "maximum recursion depth" in reasons:
+            raise RecursionError(reasons)
         raise ExtractionError(f"object '{object_key}' could not be read as a {suffix} document ({reasons})")
     document = result.document
     extractor = f"docling:{'pdf-layout' if layout else 'pdf-native'}" if suffix == ".pdf" else f"docling:{suffix[1:]}"
