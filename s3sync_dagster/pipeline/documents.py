@@ -230,14 +230,18 @@ def _too_many_pages(object_key: str, pages: int, limit: int) -> str:
     return f"object '{object_key}' has {pages:,} pages, over the limit of {limit:,} pages per document (max_document_pages)"
 
 
+_EMPTY_PAGE_TREE = re.compile(rb"/Type\s*/Pages\b[^>]*?/Count\s+0\b|/Count\s+0\b[^>]*?/Type\s*/Pages\b")
+_PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+
+
 def _pdf_page_count(object_key: str, data: bytes) -> int:
     import pypdfium2
 
     try:
         document = pypdfium2.PdfDocument(data)
     except pypdfium2.PdfiumError as error:
-        if getattr(error, "err_code", None) == pypdfium2.raw.FPDF_ERR_SUCCESS:
-            return 0  # parsed without error, but PDFium opens no document whose page tree is empty
+        if _EMPTY_PAGE_TREE.search(data) and not _PAGE_OBJECT.search(data):
+            return 0  # PDFium opens no document whose page tree is empty (its error code is not reliable)
         if "password" in str(error).lower():
             raise ExtractionError(f"object '{object_key}' is a password-protected PDF: it cannot be read") from None
         raise ExtractionError(f"object '{object_key}' is not a readable PDF ({error})") from None
