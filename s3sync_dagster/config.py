@@ -277,6 +277,9 @@ class SourceConfig(_Model):
     # or `metadata` (only .meta.json uploads); deletes are followed too.
     auto_sync: Literal["none", "direct", "metadata"] = "none"
     sqs_queue_url: str | None = None
+    # How long a received event stays hidden from other readers. Its message is deleted only once the
+    # runs it asked for exist (a later tick); a tick that dies before has it delivered again after this.
+    sqs_visibility_timeout_seconds: int = Field(default=300, ge=10, le=43200)
     poll_interval_seconds: int | None = Field(default=None, ge=1)  # prefix polling; absent: none
     document_limit: int | None = Field(default=None, ge=1)  # at most this many keys are registered
     # Keys per run for backfills, `s3sync sync` and the sensors: one run start-up is shared by these.

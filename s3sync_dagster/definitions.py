@@ -8,13 +8,14 @@ from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.defs.assets import build_documents_asset
 from s3sync_dagster.defs.checks import build_index_check
 from s3sync_dagster.defs.jobs import build_sync_job
+from s3sync_dagster.defs.monitor import build_run_monitor
 from s3sync_dagster.defs.sensors import build_poll_sensor, build_sqs_sensor
 from s3sync_dagster.resources import resources_for
 
 
 def build_definitions(config: AppConfig) -> dg.Definitions:
     jobs: list[dg.JobDefinition] = []
-    sensors: list[dg.SensorDefinition] = []
+    sensors: list[dg.SensorDefinition] = [build_run_monitor()] if config.sources else []
     for source in config.sources:
         if source.auto_sync == "none" and source.poll_interval_seconds is None:
             continue

@@ -53,6 +53,7 @@ class S3SourceResource(S3Resource):
     max_object_bytes: int = 200 * 1024 * 1024
     max_document_pages: int = 7000
     container_tag_regex: str | None = None
+    auto_sync: str = "none"
 
     def get_object_to_set_on_execution_context(self) -> Any:
         # S3Resource hands ops a bare boto3 client; the asset needs the source's settings too.
@@ -81,6 +82,7 @@ class S3SourceResource(S3Resource):
             max_object_bytes=self.max_object_bytes,
             document_options=(documents or DocumentsResource()).options(self.max_document_pages),
             container_tag_regex=self.container_tag_regex,
+            auto_sync=self.auto_sync,  # type: ignore[arg-type]
         )
 
 
@@ -129,6 +131,7 @@ def s3_source_resource(source: SourceConfig) -> S3SourceResource:
         max_object_bytes=source.max_object_bytes,
         max_document_pages=source.max_document_pages,
         container_tag_regex=source.container_tag_regex,
+        auto_sync=source.auto_sync,
     )
 
 

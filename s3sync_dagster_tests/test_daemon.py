@@ -2,6 +2,7 @@
 their own processes, and an upload to the bucket becomes a queryable chunk in a `chroma run` server."""
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -10,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import chromadb
+import dagster as dg
 import pytest
 import yaml
 
+from s3sync_dagster.defs.monitor import worker_pid
 from s3sync_dagster.local_s3 import LOOPBACK
-from s3sync_dagster_tests.conftest import notifying_queue
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster_tests.conftest import notifying_queue, put
 
 REPO = Path(__file__).resolve().parent.parent
 # S3SYNC_LATENCY_UPLOADS=10 turns this test into the latency measurement quoted in the notes.
@@ -97,3 +102,163 @@ def test_daemon_syncs_uploads_end_to_end(
             f"\nupload -> queryable with the daemon: {len(latencies)} uploads, median {statistics.median(latencies):.1f} s, "
             f"max {max(latencies):.1f} s (first includes daemon start-up: {latencies[0]:.1f} s)"
         )
+
+
+class LiveSource:
+    """A direct-mode source on a real queue, a Dagster home with this repo's dagster.yaml, and daemons run on it."""
+
+    def __init__(self, s3: Any, bucket: str, moto_endpoint: str, chroma_port: int, tmp_path: Path, name: str) -> None:
+        self.s3, self.bucket, self.tmp_path = s3, bucket, tmp_path
+        self.sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
+        self.queue_url = notifying_queue(self.sqs, s3, bucket, f"{bucket}-{name}")
+        self.collection_name = f"{bucket}-{name}"
+        config = {
+            "chroma": {"host": LOOPBACK, "port": chroma_port},
+            "sources": [
+                {
+                    "name": "live",
+                    "bucket_name": bucket,
+                    "region": "us-east-1",
+                    "collection_name": self.collection_name,
+                    "endpoint_url": moto_endpoint,
+                    "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"},
+                    "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
+                    "auto_sync": "direct",
+                    "sqs_queue_url": self.queue_url,
+                    # Short, so a tick that died is redelivered within the test.
+                    "sqs_visibility_timeout_seconds": 15,
+                }
+            ],
+        }
+        config_path = tmp_path / "s3sync.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        self.home = tmp_path / "dagster_home"
+        self.home.mkdir()
+        (self.home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+        self.env = dict(os.environ, DAGSTER_HOME=str(self.home), S3SYNC_CONFIG=str(config_path))
+        self.daemons: list[subprocess.Popen[bytes]] = []
+        self.chroma = chromadb.HttpClient(host=LOOPBACK, port=chroma_port)
+
+    def start_daemon(self, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp_path / f"daemon-{len(self.daemons)}.log", "wb")  # noqa: SIM115 - closed with the process
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+            cwd=REPO,
+            env=dict(self.env, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: code server and run workers with it
+        )
+        self.daemons.append(daemon)
+        return daemon
+
+    def stop(self) -> None:
+        for daemon in self.daemons:
+            if daemon.poll() is None:
+                os.killpg(daemon.pid, signal.SIGTERM)
+                try:
+                    daemon.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(daemon.pid, signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace")[-3000:] for path in sorted(self.tmp_path.glob("daemon-*.log"))
+        )
+
+    def chunks(self) -> dict[str, str]:
+        try:
+            found = self.chroma.get_collection(self.collection_name).get()
+        except Exception:  # created by the first run
+            return {}
+        return dict(zip(found["ids"], found["documents"], strict=True))
+
+    def queue_depth(self) -> int:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)["Attributes"]
+        return sum(int(attributes[name]) for name in names)
+
+    def wait_until(self, what: str, condition: Any, timeout_s: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"{what} not reached after {timeout_s} s; daemon logs:\n{self.logs()}"
+            time.sleep(1)
+
+
+def expected_chunks(files: dict[str, str]) -> dict[str, str]:
+    return {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
+
+
+@pytest.mark.parametrize("failpoint", ["sqs:received", "sqs:deleting", "sqs:deleted"])
+def test_no_event_is_lost_when_the_daemon_dies(
+    failpoint: str, s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path
+) -> None:
+    """kill -9 of the daemon's process group (daemon, code server, run workers) before the tick's runs are
+    stored, while its messages are being deleted, and right after: every upload is indexed exactly once."""
+    live = LiveSource(s3, bucket, moto_endpoint, chroma_server, tmp_path, "crash")
+    # More than one delete batch (10 per call), so "sqs:deleting" falls between two of them.
+    files = {f"crash/file-{n:02d}.txt": f"upload {n} must survive a crash at {failpoint}\n" for n in range(14)}
+    put(s3, bucket, files)
+    try:
+        crashing = live.start_daemon(S3SYNC_FAILPOINTS=failpoint)
+        try:
+            crashing.wait(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the daemon never reached {failpoint}; logs:\n{live.logs()}")
+        assert crashing.returncode == -signal.SIGKILL
+        live.start_daemon()
+        want = expected_chunks(files)
+        live.wait_until("every upload indexed", lambda: live.chunks() == want, timeout_s=2 * WAIT_S)
+        live.wait_until("the queue drained", lambda: live.queue_depth() == 0)
+        assert live.chunks() == want  # exactly these ids and texts: nothing lost, nothing twice
+    finally:
+        live.stop()
+
+
+def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_retried(
+    s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path
+) -> None:
+    """kill -9 of the daemon's process group while a run is in progress takes the run worker and the code
+    server that watched it: after a restart the run is marked failed (not left in progress forever) and its
+    retry indexes the keys exactly once. (A worker killed alone is failed by its code server: Dagster's own.)"""
+    live = LiveSource(s3, bucket, moto_endpoint, chroma_server, tmp_path, "workers")
+    files = {f"workers/file-{n}.txt": f"worker test file {n}\n" for n in range(3)}
+    put(s3, bucket, files)
+    try:
+        first = live.start_daemon()
+        with dg.DagsterInstance.from_config(str(live.home)) as instance:
+
+            def worker_in_progress() -> tuple[str, int] | None:
+                statuses = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+                for record in instance.get_run_records(dg.RunsFilter(statuses=statuses)):
+                    worker = worker_pid(instance, record.dagster_run.run_id)
+                    if worker is not None:
+                        return record.dagster_run.run_id, worker[0]
+                return None
+
+            live.wait_until("a run in progress", lambda: worker_in_progress() is not None)
+            found = worker_in_progress()
+            assert found is not None
+            run_id, pid = found
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+            live.start_daemon()
+            live.wait_until(
+                "the run marked failed",
+                lambda: instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE,  # type: ignore[union-attr]
+            )
+            live.wait_until("every file indexed by the retry", lambda: live.chunks() == expected_chunks(files))
+            failure = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+            assert f"run worker process {pid} is gone" in (failure[-1].dagster_event.message or "")  # type: ignore[union-attr]
+            live.wait_until(
+                "the retry finished",
+                lambda: (
+                    [
+                        record.dagster_run.status
+                        for record in instance.get_run_records(dg.RunsFilter(tags={"dagster/parent_run_id": run_id}))
+                    ]
+                    == [dg.DagsterRunStatus.SUCCESS]
+                ),
+            )
+    finally:
+        live.stop()

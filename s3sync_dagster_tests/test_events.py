@@ -18,13 +18,13 @@ def s3_event(key: str, name: str = "ObjectCreated:Put", bucket: str = "bkt") -> 
 
 
 def test_keys_are_url_decoded() -> None:
-    [request] = parse_message(s3_event("docs/a+b%2Bc+%C3%A9.txt"), "bkt", "docs/", "direct")
+    [request] = parse_message(s3_event("docs/a+b%2Bc+%C3%A9.txt"), "bkt", "docs/")
     assert request == SyncRequest("index", "docs/a b+c é.txt", "ObjectCreated:Put")
 
 
 def test_sns_wrapped_notifications_are_unwrapped() -> None:
     body = json.dumps({"Type": "Notification", "Message": s3_event("docs/x.md", "ObjectRemoved:Delete")})
-    assert parse_message(body, "bkt", "docs/", "direct") == [SyncRequest("remove", "docs/x.md", "ObjectRemoved:Delete")]
+    assert parse_message(body, "bkt", "docs/") == [SyncRequest("remove", "docs/x.md", "ObjectRemoved:Delete")]
 
 
 @pytest.mark.parametrize(
@@ -40,18 +40,8 @@ def test_sns_wrapped_notifications_are_unwrapped() -> None:
     ],
 )
 def test_what_is_ignored_says_why(body: str, reason: str) -> None:
-    [item] = parse_message(body, "bkt", "docs/", "direct")
+    [item] = parse_message(body, "bkt", "docs/")
     assert isinstance(item, Ignored) and reason in item.reason
-
-
-def test_metadata_mode_only_follows_meta_files_but_always_deletes() -> None:
-    assert isinstance(parse_message(s3_event("docs/a.pdf"), "bkt", "docs/", "metadata")[0], Ignored)
-    assert parse_message(s3_event("docs/a.meta.json"), "bkt", "docs/", "metadata")[0] == SyncRequest(
-        "index", "docs/a.meta.json", "ObjectCreated:Put"
-    )
-    assert parse_message(s3_event("docs/a.pdf", "ObjectRemoved:Delete"), "bkt", "docs/", "metadata")[0] == SyncRequest(
-        "remove", "docs/a.pdf", "ObjectRemoved:Delete"
-    )
 
 
 def meta(**fields: object) -> bytes:
@@ -105,5 +95,5 @@ def test_meta_file_rules(content: bytes, rule: str) -> None:
     ],
 )
 def test_malformed_messages_are_ignored_not_raised(body: str) -> None:
-    items = parse_message(body, "bkt", "", "direct")
+    items = parse_message(body, "bkt", "")
     assert items and all(isinstance(item, Ignored) for item in items)

@@ -2,6 +2,7 @@
 a real Dagster instance, and its run requests executed there as the daemon would."""
 
 import json
+import time
 from typing import Any
 
 import boto3
@@ -43,11 +44,16 @@ class AutoSync:
         self.defs = build_definitions(config)
         self.sensor = self.defs.resolve_sensor_def(f"{self.source.name}_{sensor}")
         self.job = self.defs.resolve_job_def(sync_job_name(self.source.name))
+        self.cursor: str | None = None
 
     def tick(self) -> tuple[dg.SensorResult, list[dg.ExecuteInProcessResult]]:
-        with dg.build_sensor_context(instance=self.instance, resources=self.defs.resources) as context:
+        """Evaluate the sensor as the daemon does: with the cursor the last tick left, its runs then launched."""
+        with dg.build_sensor_context(
+            instance=self.instance, resources=self.defs.resources, cursor=self.cursor
+        ) as context:
             result = self.sensor(context)
         assert isinstance(result, dg.SensorResult)
+        self.cursor = result.cursor if result.cursor is not None else self.cursor
         for request in result.dynamic_partitions_requests or []:
             self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys or []))
         runs = [
@@ -104,10 +110,11 @@ def test_upload_overwrite_and_delete_follow_the_bucket(
     assert direct.chunks("in/with space+plus.txt") == {}
     removed = direct.latest("in/with space+plus.txt")
     assert removed["status"] == "removed" and removed["chunks_deleted"] == 1
-    # Everything was consumed (deleted, not merely in flight): the next tick has nothing to do.
-    assert queue_depth(sqs, queue_url) == 0
+    # Messages stay (in flight) until a later tick sees their runs; then everything is consumed.
+    assert queue_depth(sqs, queue_url) > 0
     result, runs = direct.tick()
     assert runs == [] and result.skip_reason
+    assert queue_depth(sqs, queue_url) == 0
 
 
 def test_redelivered_and_foreign_messages_are_harmless(
@@ -127,6 +134,7 @@ def test_redelivered_and_foreign_messages_are_harmless(
     assert [run.success for run in runs] == [True]
     assert direct.chunks("in/a.txt") == before  # no duplicate, nothing rewritten
     assert direct.latest("in/a.txt")["status"] == "unchanged"
+    direct.tick()
     assert queue_depth(sqs, queue_url) == 0
 
 
@@ -278,3 +286,131 @@ def test_a_pass_over_a_large_listing_spans_ticks(
     # Deletes are only known once the pass is complete: the third tick reads the last page.
     assert [len(runs) for _, runs in ticks] == [0, 0, 1]
     assert polled.chunks("p/k00.txt") == {}
+
+
+@pytest.fixture
+def tenant(make_config: ConfigFactory, bucket: str, queue_url: str, instance: dg.DagsterInstance) -> AutoSync:
+    config, _ = make_config(bucket, path_prefix="t1/", auto_sync="metadata", sqs_queue_url=queue_url)
+    return AutoSync(config, instance)
+
+
+def meta_file(document_id: str, path: str, **fields: Any) -> str:
+    return json.dumps({"version": "chroma-v1", "id": document_id, "path": path, **fields})
+
+
+def test_a_meta_file_before_its_document_waits_for_it(s3: Any, bucket: str, tenant: AutoSync) -> None:
+    put(s3, bucket, {"t1/early.meta.json": meta_file("early", "t1/early.txt", metadata={"team": "a"})})
+    _, runs = tenant.tick()
+    assert [run.success for run in runs] == [True]
+    waiting = tenant.latest("t1/early.meta.json")
+    assert waiting["status"] == "waiting" and waiting["document_key"] == "t1/early.txt"
+    assert "names 't1/early.txt', which is not in the bucket: waiting for it" in waiting["message"]
+
+    # The document's upload completes what its metadata file asked for.
+    put(s3, bucket, {"t1/early.txt": "the document arrived after its metadata file\n"})
+    _, runs = tenant.tick()
+    assert [run.success for run in runs] == [True]
+    assert tenant.chunks("t1/early.txt") == {"early-0": "the document arrived after its metadata file\n"}
+    indexed = tenant.latest("t1/early.meta.json")
+    assert indexed["status"] == "indexed" and indexed["document_key"] == "t1/early.txt"
+
+    # A change of the document refreshes it; its deletion empties it and the metadata file waits again.
+    put(s3, bucket, {"t1/early.txt": "a second version of the document\n"})
+    tenant.tick()
+    assert tenant.chunks("t1/early.txt") == {"early-0": "a second version of the document\n"}
+    s3.delete_object(Bucket=bucket, Key="t1/early.txt")
+    _, runs = tenant.tick()
+    assert [run.success for run in runs] == [True]
+    assert tenant.chunks("t1/early.txt") == {}
+    assert tenant.latest("t1/early.meta.json")["status"] == "waiting"
+    # Documents are never partitions in metadata mode.
+    assert tenant.instance.get_dynamic_partitions(partitions_name("docs")) == ["t1/early.meta.json"]
+
+
+def test_each_meta_file_is_its_own_document(s3: Any, bucket: str, tenant: AutoSync) -> None:
+    put(s3, bucket, {"t1/shared.txt": "one object named by two metadata files\n"})
+    put(s3, bucket, {"t1/first.meta.json": meta_file("first", "t1/shared.txt", metadata={"who": "first"})})
+    tenant.tick()
+    put(s3, bucket, {"t1/second.meta.json": meta_file("second", "t1/shared.txt", metadata={"who": "second"})})
+    tenant.tick()
+    text = "one object named by two metadata files\n"
+    assert tenant.chunks("t1/shared.txt") == {"first-0": text, "second-0": text}
+    assert tenant.latest("t1/first.meta.json")["status"] in ("indexed", "unchanged")
+    assert tenant.latest("t1/second.meta.json")["status"] == "indexed"
+
+    # Re-syncing either leaves the other alone; deleting one takes only its own chunks.
+    put(s3, bucket, {"t1/first.meta.json": meta_file("first", "t1/shared.txt", metadata={"who": "first, again"})})
+    tenant.tick()
+    assert set(tenant.chunks("t1/shared.txt")) == {"first-0", "second-0"}
+    s3.delete_object(Bucket=bucket, Key="t1/second.meta.json")
+    tenant.tick()
+    assert tenant.chunks("t1/shared.txt") == {"first-0": text}
+    assert tenant.latest("t1/second.meta.json")["status"] == "removed"
+
+    # One id, one document: a metadata file cannot take over the id of another that still exists.
+    put(s3, bucket, {"t1/thief.meta.json": meta_file("first", "t1/shared.txt", metadata={"who": "thief"})})
+    _, runs = tenant.tick()
+    assert [run.success for run in runs] == [False]
+    failure = next(e for e in runs[0].all_events if e.is_step_failure).step_failure_data.error.message
+    assert (
+        "metadata file 't1/thief.meta.json': id 'first' is already the id of the document of metadata file "
+        "'t1/first.meta.json'" in failure
+    )
+    found = tenant.collection().get(ids=["first-0"], include=["metadatas"])
+    assert found["metadatas"][0]["metadata_key"] == "t1/first.meta.json"
+    assert found["metadatas"][0]["who"] == "first, again"
+
+
+@pytest.fixture
+def polled_tenant(make_config: ConfigFactory, bucket: str, queue_url: str, instance: dg.DagsterInstance) -> AutoSync:
+    config, _ = make_config(
+        bucket, path_prefix="t1/", auto_sync="metadata", sqs_queue_url=queue_url, poll_interval_seconds=30
+    )
+    return AutoSync(config, instance, sensor="poll")
+
+
+def test_polling_in_metadata_mode_indexes_only_through_meta_files(
+    s3: Any, bucket: str, polled_tenant: AutoSync
+) -> None:
+    put(
+        s3,
+        bucket,
+        {
+            "t1/plain.txt": "no metadata file names me\n",
+            "t1/named.txt": "a metadata file names me\n",
+            "t1/named.meta.json": meta_file("named-doc", "t1/named.txt", metadata={"k": 1}),
+        },
+    )
+    _, runs = polled_tenant.tick()
+    assert all(run.success for run in runs)
+    assert polled_tenant.collection().get()["ids"] == ["named-doc-0"]  # the id its metadata file gave
+    assert polled_tenant.instance.get_dynamic_partitions(partitions_name("docs")) == ["t1/named.meta.json"]
+    # A pass over the unchanged bucket launches nothing, and a re-sync finds the document unchanged.
+    _, runs = polled_tenant.tick()
+    assert runs == []
+    put(s3, bucket, {"t1/named.txt": "a metadata file names me, changed\n"})
+    _, runs = polled_tenant.tick()
+    assert all(run.success for run in runs)
+    assert polled_tenant.chunks("t1/named.txt") == {"named-doc-0": "a metadata file names me, changed\n"}
+
+
+def test_messages_outlive_a_tick_whose_runs_were_never_stored(
+    make_config: ConfigFactory, s3: Any, bucket: str, queue_url: str, sqs: Any, instance: dg.DagsterInstance
+) -> None:
+    """The daemon dies after the sensor returned, before it stored the run requests: the messages were not
+    deleted, come back after the visibility timeout, and are synced then (the daemon test kills for real)."""
+    config, _ = make_config(bucket, auto_sync="direct", sqs_queue_url=queue_url, sqs_visibility_timeout_seconds=10)
+    live = AutoSync(config, instance)
+    put(s3, bucket, {f"lost-{n}.txt": f"event {n} must not be lost\n" for n in range(3)})
+    with dg.build_sensor_context(instance=instance, resources=live.defs.resources) as context:
+        lost = live.sensor(context)  # its result (runs and cursor) never reaches the instance
+    assert isinstance(lost, dg.SensorResult) and lost.run_requests
+    assert queue_depth(sqs, queue_url) >= 3
+    deadline = time.monotonic() + 60
+    runs: list[dg.ExecuteInProcessResult] = []
+    while not runs and time.monotonic() < deadline:
+        _, runs = live.tick()
+    assert [run.success for run in runs] == [True]
+    assert live.collection().count() == 3
+    live.tick()  # sees the runs, deletes their messages
+    assert queue_depth(sqs, queue_url) == 0

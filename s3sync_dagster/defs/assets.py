@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.documents import DocumentPool
 from s3sync_dagster.pipeline.sync import Collections, Invocation, KeyReport, sync_keys
@@ -86,7 +87,6 @@ def index_partitions(
     asset_key: dg.AssetKey,
     s3_key: str,
     partition_keys: Sequence[str],
-    remove_only: frozenset[str] = frozenset(),
     invocation: Invocation | None = None,
 ) -> None:
     """Sync the objects behind these partition keys, one materialisation (or failure) per key.
@@ -117,6 +117,9 @@ def index_partitions(
 
     def record(report: KeyReport, partition_key: str | None = None) -> None:
         partition_key = partition_key or keys.to_partition_key(report.object_key)
+        if report.status == "ignored":  # a document in metadata mode: not a partition; its metadata files are
+            context.log.info(report.message)
+            return
         if report.status == "failed":
             context.log.error(f"object '{report.object_key}' failed: {report.message}")
             context.log_event(
@@ -155,8 +158,8 @@ def index_partitions(
             object_keys,
             on_report=record,
             pool=pool,
-            remove_only=remove_only,
             invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
+            links=InstanceMetaLinks(context.instance, spec.name),
         )
     counts = Counter(report.status for report in reports)
     context.log.info(

@@ -12,8 +12,6 @@ class SyncKeysConfig(dg.Config):
     """Object keys to bring up to date: created or changed ones are indexed, deleted ones removed."""
 
     object_keys: list[str]
-    # Keys that may only lose chunks, never be indexed (deleted documents in metadata mode).
-    remove_only: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
 
 
 def sync_job_name(source_name: str) -> str:
@@ -41,7 +39,6 @@ def build_sync_job(source: SourceConfig) -> dg.JobDefinition:
             asset_key,
             s3_key,
             [keys.to_partition_key(k) for k in config.object_keys],
-            remove_only=frozenset(config.remove_only),
         )
 
     @dg.job(name=sync_job_name(source.name), tags={"s3sync/source": source.name})
@@ -51,10 +48,5 @@ def build_sync_job(source: SourceConfig) -> dg.JobDefinition:
     return sync_job
 
 
-def sync_run_config(
-    source_name: str, object_keys: list[str], remove_only: list[str] | None = None
-) -> dict[str, object]:
-    config: dict[str, object] = {"object_keys": object_keys}
-    if remove_only:
-        config["remove_only"] = remove_only
-    return {"ops": {sync_op_name(source_name): {"config": config}}}
+def sync_run_config(source_name: str, object_keys: list[str]) -> dict[str, object]:
+    return {"ops": {sync_op_name(source_name): {"config": {"object_keys": object_keys}}}}

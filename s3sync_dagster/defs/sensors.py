@@ -1,28 +1,32 @@
 """Auto-sync sensors: S3 event notifications read from SQS become sync runs of the keys they name."""
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from s3sync_dagster import failpoints
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.assets import partitions_def, partitions_name
 from s3sync_dagster.defs.jobs import sync_run_config
+from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.pipeline import events, keys, objects
 from s3sync_dagster.pipeline.poll import PollState
 from s3sync_dagster.resources import S3SourceResource, SQSQueueResource, source_resource_key, sqs_resource_key
 
-# A tick may run 60 s by default; reading stops well before, so building the result and deleting
-# the messages it covers always fit.
+# A tick may run 60 s by default; reading stops well before, so building the result always fits.
 READ_BUDGET_S = 25.0
-MAX_MESSAGES_PER_TICK = 5000
-# Received messages stay invisible to other readers this long; a tick that dies before deleting
-# them has them delivered again, which is harmless: syncs are idempotent.
-VISIBILITY_TIMEOUT_S = 300
+# Messages awaiting deletion travel in the sensor's cursor (their receipt handles): a bound on its size.
+MAX_MESSAGES_PER_TICK = 1000
 LIST_PAGE_SIZE = 1000  # ListObjectsV2's own maximum
+# Every run an SQS tick requests carries this tag, valued by the tick's messages: a later tick deletes
+# the messages once runs with it exist.
+SQS_BATCH_TAG = "s3sync/sqs_batch"
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -30,9 +34,14 @@ def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
         yield list(items[start : start + size])
 
 
-def receive_messages(client: Any, queue_url: str, budget_s: float = READ_BUDGET_S) -> list[dict[str, Any]]:
-    """Long-poll the queue until it is drained or the budget is spent."""
-    deadline = time.monotonic() + budget_s
+def receive_messages(
+    client: Any, queue_url: str, visibility_timeout_s: int, budget_s: float = READ_BUDGET_S
+) -> list[dict[str, Any]]:
+    """Long-poll the queue until it is drained or the budget is spent.
+
+    The budget stays well inside the visibility timeout, so no message comes back while its tick runs.
+    """
+    deadline = time.monotonic() + min(budget_s, visibility_timeout_s / 3)
     messages: list[dict[str, Any]] = []
     while len(messages) < MAX_MESSAGES_PER_TICK:
         remaining = deadline - time.monotonic()
@@ -44,7 +53,7 @@ def receive_messages(client: Any, queue_url: str, budget_s: float = READ_BUDGET_
             QueueUrl=queue_url,
             MaxNumberOfMessages=10,
             WaitTimeSeconds=max(wait, 0),
-            VisibilityTimeout=VISIBILITY_TIMEOUT_S,
+            VisibilityTimeout=visibility_timeout_s,
         )
         batch = response.get("Messages", [])
         if not batch:
@@ -54,13 +63,15 @@ def receive_messages(client: Any, queue_url: str, budget_s: float = READ_BUDGET_
 
 
 def delete_messages(
-    context: dg.SensorEvaluationContext, client: Any, queue_url: str, messages: Sequence[dict[str, Any]]
+    context: dg.SensorEvaluationContext, client: Any, queue_url: str, receipt_handles: Sequence[str]
 ) -> None:
     """Best effort: a message that stays is delivered again later, which is harmless (idempotent syncs)."""
-    for start in range(0, len(messages), 10):
+    for start in range(0, len(receipt_handles), 10):
+        if start:
+            failpoints.reached("sqs:deleting")
         entries = [
-            {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]}
-            for index, message in enumerate(messages[start : start + 10])
+            {"Id": str(index), "ReceiptHandle": handle}
+            for index, handle in enumerate(receipt_handles[start : start + 10])
         ]
         try:
             failed = client.delete_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
@@ -80,9 +91,7 @@ def plan_sync(
     assert source.auto_sync in ("direct", "metadata")
     wanted: dict[str, str] = {}  # object key -> action; syncing HEADs the object, so the last event decides
     for message in messages:
-        for item in events.parse_message(
-            message.get("Body", ""), source.bucket_name, source.path_prefix, source.auto_sync
-        ):
+        for item in events.parse_message(message.get("Body", ""), source.bucket_name, source.path_prefix):
             if isinstance(item, events.Ignored):
                 context.log.info(f"source '{source.name}': ignored: {item.reason}")
             else:
@@ -94,22 +103,35 @@ def plan_sync(
 def plan_keys(
     context: dg.SensorEvaluationContext, source: SourceConfig, wanted: dict[str, str]
 ) -> tuple[list[str], list[str]]:
-    """Which of the wanted keys to sync and which partitions to register (document_limit applied)."""
+    """Which of the wanted keys to sync and which partitions to register (document_limit applied).
+
+    In metadata mode only .meta.json files are partitions; a document's upload is synced (that is, the
+    metadata files naming it are) only when one names it, and its deletion always (its chunks go).
+    """
     registered = set(context.instance.get_dynamic_partitions(partitions_name(source.name)))
     room = None if source.document_limit is None else max(source.document_limit - len(registered), 0)
+    metadata_mode = source.auto_sync == "metadata"
+    named = (
+        InstanceMetaLinks(context.instance, source.name).naming(k for k in wanted if not events.is_meta_key(k))
+        if metadata_mode
+        else {}
+    )
     to_sync: list[str] = []
     to_register: list[str] = []
     for object_key, action in wanted.items():
         partition_key = keys.to_partition_key(object_key)
-        if partition_key in registered:
+        if metadata_mode and not events.is_meta_key(object_key):
+            if action == "remove" or object_key in named:
+                to_sync.append(object_key)
+            else:
+                context.log.info(
+                    f"source '{source.name}': ignored: '{object_key}' is named by no {events.META_SUFFIX} file "
+                    "and this source syncs in metadata mode"
+                )
+        elif partition_key in registered:
             to_sync.append(object_key)
-        elif action == "remove" and source.auto_sync != "metadata":
-            context.log.info(f"source '{source.name}': '{object_key}' was deleted but never indexed: nothing to remove")
         elif action == "remove":
-            # Metadata mode: the document was a .meta.json's target, not a partition; its removal is
-            # recorded on a partition of its own (and does not count against document_limit).
-            to_register.append(partition_key)
-            to_sync.append(object_key)
+            context.log.info(f"source '{source.name}': '{object_key}' was deleted but never indexed: nothing to remove")
         elif room is not None and len(to_register) >= room:
             context.log.warning(
                 f"source '{source.name}': '{object_key}' not indexed: document_limit of {source.document_limit} reached"
@@ -121,18 +143,18 @@ def plan_keys(
 
 
 def _sync_result(
-    source: SourceConfig, to_sync: list[str], to_register: list[str], run_key_seed: Sequence[str], trigger: str
+    source: SourceConfig,
+    to_sync: list[str],
+    to_register: list[str],
+    run_key_seed: Sequence[str],
+    trigger: str,
+    extra_tags: dict[str, str] | None = None,
 ) -> dg.SensorResult:
     run_requests = [
         dg.RunRequest(
             run_key=hashlib.sha256("\n".join([*run_key_seed, *batch]).encode()).hexdigest()[:32],
-            run_config=sync_run_config(
-                source.name,
-                batch,
-                # In metadata mode only .meta.json files index; a document key here was deleted.
-                [k for k in batch if not events.is_meta_key(k)] if source.auto_sync == "metadata" else None,
-            ),
-            tags={"s3sync/source": source.name, "s3sync/trigger": trigger},
+            run_config=sync_run_config(source.name, batch),
+            tags={"s3sync/source": source.name, "s3sync/trigger": trigger, **(extra_tags or {})},
         )
         for batch in _batches(to_sync, source.keys_per_run)
     ]
@@ -143,8 +165,61 @@ def _sync_result(
     )
 
 
+@dataclass(frozen=True)
+class PendingDelete:
+    """Messages a tick turned into run requests, kept until those runs exist on the instance.
+
+    Deleting them in the tick that read them would lose them if the daemon died before storing the
+    run requests; so the next tick deletes them once it sees the runs (Dagster resumes a tick whose
+    requests it stored), and if the runs never appear the messages become visible again and are
+    read anew: at-least-once delivery, with run keys and idempotent syncs against duplicates.
+    """
+
+    batch: str  # the SQS_BATCH_TAG value of its runs
+    runs: int
+    receipt_handles: list[str]
+    received_at: float  # epoch seconds
+
+
+def pending_deletes(cursor: str | None) -> list[PendingDelete]:
+    if not cursor:
+        return []
+    try:
+        return [PendingDelete(**entry) for entry in json.loads(cursor).get("pending", [])]
+    except (ValueError, TypeError, AttributeError):  # a cursor from an older version: redelivery covers it
+        return []
+
+
+def settle_pending(
+    context: dg.SensorEvaluationContext,
+    client: Any,
+    queue_url: str,
+    pending: Sequence[PendingDelete],
+    visibility_timeout_s: int,
+) -> list[PendingDelete]:
+    """Delete the messages whose runs exist; returns the entries still waiting for theirs."""
+    waiting = []
+    deleted = False
+    for entry in pending:
+        found = context.instance.get_runs_count(dg.RunsFilter(tags={SQS_BATCH_TAG: entry.batch}))
+        if found >= entry.runs:
+            delete_messages(context, client, queue_url, entry.receipt_handles)
+            deleted = True
+        elif time.time() - entry.received_at < visibility_timeout_s:
+            waiting.append(entry)
+        else:  # never launched: the messages are visible again and the next read takes them
+            context.log.warning(
+                f"{len(entry.receipt_handles)} SQS message(s) led to no run within the visibility timeout; "
+                "they are read again"
+            )
+    if deleted:
+        failpoints.reached("sqs:deleted")
+    return waiting
+
+
 def build_sqs_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorDefinition:
     sqs_key = sqs_resource_key(source.name)
+    visibility_s = source.sqs_visibility_timeout_seconds
 
     @dg.sensor(
         name=f"{source.name}_sqs",
@@ -159,22 +234,39 @@ def build_sqs_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorDe
         # Direct invocation (tests) hands required resources over as keywords; the daemon's context has them.
         queue: SQSQueueResource = resources.get(sqs_key) or getattr(context.resources, sqs_key)
         client = queue.get_client()
-        messages = receive_messages(client, queue.queue_url)
+        pending = settle_pending(context, client, queue.queue_url, pending_deletes(context.cursor), visibility_s)
+        messages = receive_messages(client, queue.queue_url, visibility_s)
         if not messages:
-            return dg.SensorResult(skip_reason="no S3 events in the queue")
+            return dg.SensorResult(skip_reason="no S3 events in the queue", cursor=_cursor(pending))
         to_sync, to_register = plan_sync(context, source, messages)
         # Keyed by the messages it covers: a redelivered message never launches a second run.
         message_ids = sorted(str(message.get("MessageId")) for message in messages)
-        result = _sync_result(source, to_sync, to_register, message_ids, f"sqs:{source.auto_sync}")
-        # Deleted only now that the result covering every message is built (at-least-once).
-        delete_messages(context, client, queue.queue_url, messages)
+        batch = hashlib.sha256("\n".join(message_ids).encode()).hexdigest()[:32]
+        result = _sync_result(
+            source, to_sync, to_register, message_ids, f"sqs:{source.auto_sync}", {SQS_BATCH_TAG: batch}
+        )
+        handles = [str(message["ReceiptHandle"]) for message in messages]
+        if result.run_requests:
+            pending.append(PendingDelete(batch, len(result.run_requests), handles, time.time()))
+        else:  # nothing to run: nothing is lost if these go now
+            delete_messages(context, client, queue.queue_url, handles)
         context.log.info(
             f"source '{source.name}': {len(messages)} message(s) -> {len(to_sync)} key(s) "
             f"in {len(result.run_requests or [])} run(s)"
         )
-        return result
+        failpoints.reached("sqs:received")
+        return dg.SensorResult(
+            run_requests=result.run_requests,
+            dynamic_partitions_requests=result.dynamic_partitions_requests,
+            skip_reason=result.skip_reason,
+            cursor=_cursor(pending),
+        )
 
     return sqs_sensor
+
+
+def _cursor(pending: Sequence[PendingDelete]) -> str:
+    return json.dumps({"pending": [asdict(entry) for entry in pending]}, separators=(",", ":"))
 
 
 def poll_state_path(instance: dg.DagsterInstance, source_name: str) -> Path:
@@ -220,8 +312,6 @@ def build_poll_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorD
                     objects.ObjectInfo(e["Key"], int(e["Size"]), e["ETag"].strip('"'), e["LastModified"].isoformat())
                     for e in page.get("Contents", [])
                     if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
-                    # In metadata mode only .meta.json files are partitions, as with events.
-                    and (source.auto_sync != "metadata" or events.is_meta_key(e["Key"]))
                 )
                 state.next_page(page.get("NextContinuationToken"))
                 if not page.get("IsTruncated"):

@@ -51,22 +51,18 @@ def _records(body: str) -> list[Mapping[str, Any]] | Ignored:
     return [record for record in records if isinstance(record, dict)]
 
 
-def parse_message(
-    body: str, bucket_name: str, path_prefix: str, auto_sync: Literal["direct", "metadata"]
-) -> list[SyncRequest | Ignored]:
+def parse_message(body: str, bucket_name: str, path_prefix: str) -> list[SyncRequest | Ignored]:
     """The sync requests one SQS message body asks for, in order, for a source's bucket and prefix.
 
     Never raises: a malformed message must be logged and dropped, not stall the queue.
     """
     try:
-        return _parse_message(body, bucket_name, path_prefix, auto_sync)
+        return _parse_message(body, bucket_name, path_prefix)
     except Exception as error:
         return [Ignored(f"malformed S3 event notification ({type(error).__name__}: {error})")]
 
 
-def _parse_message(
-    body: str, bucket_name: str, path_prefix: str, auto_sync: Literal["direct", "metadata"]
-) -> list[SyncRequest | Ignored]:
+def _parse_message(body: str, bucket_name: str, path_prefix: str) -> list[SyncRequest | Ignored]:
     records = _records(body)
     if isinstance(records, Ignored):
         return [records]
@@ -89,12 +85,9 @@ def _parse_message(
         elif object_key.endswith("/"):
             out.append(Ignored(f"'{object_key}' is a folder marker"))
         elif event_name.startswith("ObjectCreated:"):
-            if auto_sync == "metadata" and not object_key.endswith(META_SUFFIX):
-                out.append(
-                    Ignored(f"'{object_key}' is not a {META_SUFFIX} file and this source syncs in metadata mode")
-                )
-            else:
-                out.append(SyncRequest("index", object_key, event_name))
+            # In metadata mode a document's upload matters only to the metadata files naming it (the sensor
+            # knows which do); it is never indexed on its own.
+            out.append(SyncRequest("index", object_key, event_name))
         elif event_name.startswith("ObjectRemoved:"):
             out.append(SyncRequest("remove", object_key, event_name))
         else:

@@ -16,6 +16,7 @@ from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline import chunk, documents, events, extract, index, keys, objects
 from s3sync_dagster.pipeline.embed import default_token_budget
+from s3sync_dagster.pipeline.meta_links import InMemoryMetaLinks, MetaLinks
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.tokens import TokenBudget
 
@@ -23,7 +24,9 @@ from s3sync_dagster.pipeline.tokens import TokenBudget
 PIPELINE_VERSION = "3"  # 2: HTML and CSV are converted to markdown by docling; 3: chunks fit the model's window
 PREVIEW_CHARS = 160
 
-Status = Literal["indexed", "unchanged", "empty", "removed", "failed"]
+# waiting: a .meta.json names an object not in the bucket (yet); ignored: a document in metadata mode,
+# indexed only through the .meta.json files naming it (reported in the run's log, not on a partition).
+Status = Literal["indexed", "unchanged", "empty", "removed", "waiting", "ignored", "failed"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class SourceSpec:
     max_object_bytes: int = 200 * 1024 * 1024
     document_options: documents.DocumentOptions = field(default_factory=documents.DocumentOptions)
     container_tag_regex: str | None = None
+    # metadata: only .meta.json files index (each is its own document); a document's own sync only
+    # brings the metadata files naming it up to date.
+    auto_sync: Literal["none", "direct", "metadata"] = "none"
 
     @property
     def chunking_signature(self) -> str:
@@ -203,15 +209,11 @@ def fetch(
     user_metadata: Mapping[str, Any] | None = None,
     target_collection_name: str | None = None,
     meta_key: str | None = None,
-    index_if_present: bool = True,
+    links: MetaLinks | None = None,
 ) -> KeyReport | _Fetched:
-    """Validate, HEAD, skip if current (a final report), else read the bytes for extraction.
-
-    With index_if_present=False (a deleted document in metadata mode, where only .meta.json files
-    index) an object that exists is left alone and a missing one loses its chunks.
-    """
+    """Validate, HEAD, skip if current (a final report), else read the bytes for extraction."""
     if events.is_meta_key(object_key):
-        return _fetch_by_meta_file(s3, spec, collection_for, object_key)
+        return _fetch_by_meta_file(s3, spec, collection_for, object_key, links or InMemoryMetaLinks())
     started = time.perf_counter()
     check_key_in_source(spec, object_key)
     if custom_id is not None:
@@ -225,19 +227,16 @@ def fetch(
     try:
         info = objects.head_object(s3, spec.bucket_name, object_key)
     except objects.ObjectMissing:
+        if meta_key is not None:
+            return _waiting(report, spec, collection_for, meta_key, started)
         return _removed(report, spec, collection_for, started)
     mark = _lap(report, "s3_head", mark)
-    if not index_if_present:
-        report.status = "unchanged"
-        report.message = f"object '{object_key}' exists again; in metadata mode it is indexed through its .meta.json"
-        report.duration_s = time.perf_counter() - started
-        return report
     report.size_bytes, report.etag = info.size, info.etag
     objects.check_size(info, spec.max_object_bytes)
 
     document_id = custom_id or keys.object_id(object_key)
     signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
-    stored = index.stored_chunks(collection, object_key, with_text=False)
+    stored = _own_chunks(index.stored_chunks(collection, object_key, with_text=False), meta_key)
     mark = _lap(report, "chroma_read", mark)
     if index.is_current(stored, document_id, info.etag, signature):
         report.status = "unchanged"
@@ -250,6 +249,8 @@ def fetch(
     try:
         data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
     except objects.ObjectMissing:  # deleted between HEAD and GET
+        if meta_key is not None:
+            return _waiting(report, spec, collection_for, meta_key, started)
         return _removed(report, spec, collection_for, started)
     _lap(report, "s3_read", mark)
     return _Fetched(
@@ -260,8 +261,14 @@ def fetch(
 MAX_META_FILE_BYTES = 1024 * 1024
 
 
+def _own_chunks(stored: dict[str, index.StoredChunk], meta_key: str | None) -> dict[str, index.StoredChunk]:
+    """The object's chunks that this sync owns: each .meta.json naming the object is its own document,
+    and the object's own (direct) chunks are those no metadata file wrote."""
+    return {chunk_id: chunk for chunk_id, chunk in stored.items() if chunk.metadata.get("metadata_key") == meta_key}
+
+
 def _fetch_by_meta_file(
-    s3: S3Client, spec: SourceSpec, collection_for: CollectionFor, meta_key: str
+    s3: S3Client, spec: SourceSpec, collection_for: CollectionFor, meta_key: str, links: MetaLinks
 ) -> KeyReport | _Fetched:
     """A `.meta.json` partition: (re-)read the metadata file, then sync the document it names."""
     started = time.perf_counter()
@@ -272,9 +279,9 @@ def _fetch_by_meta_file(
     except objects.ObjectMissing:
         # The metadata file is gone: so are the chunks it asked for, wherever it had sent them.
         report = KeyReport(object_key=meta_key, status="removed", collection_name=spec.collection_name)
-        asked_for = {"$and": [{"metadata_key": meta_key}, {"source": spec.name}]}
         report.chunks_deleted = sum(
-            index.delete_where(c, asked_for) for c in _searchable(collection_for, spec.collection_name)
+            index.delete_where(c, _asked_for_by(spec, meta_key))
+            for c in _searchable(collection_for, spec.collection_name)
         )
         report.message = f"metadata file '{meta_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
         report.duration_s = time.perf_counter() - started
@@ -287,6 +294,8 @@ def _fetch_by_meta_file(
         if collection.name == target:
             conditions.append({"object_key": {"$ne": meta.path}})
         index.delete_where(collection, {"$and": conditions})
+    _claim_document_id(s3, spec, collection_for(target), meta)
+    links.link(meta.path, meta_key)
     fetched = fetch(
         s3, spec, collection_for, meta.path,
         custom_id=meta.document_id, user_metadata=meta.metadata,
@@ -295,6 +304,40 @@ def _fetch_by_meta_file(
     report = fetched if isinstance(fetched, KeyReport) else fetched.report
     report.document_key, report.object_key = meta.path, meta_key
     return fetched
+
+
+def _asked_for_by(spec: SourceSpec, meta_key: str) -> dict[str, Any]:
+    return {"$and": [{"metadata_key": meta_key}, {"source": spec.name}]}
+
+
+def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, meta: events.MetaFile) -> None:
+    """One id, one document: a metadata file may not take over the chunks of another that still exists.
+
+    Chunks under this id left by a metadata file that is gone (or by an invocation) are replaced.
+    """
+    found = collection.get(where={"document_id": meta.document_id}, include=["metadatas"])
+    others = {
+        str((metadata or {}).get("metadata_key") or "")
+        for metadata in found.get("metadatas") or []
+        if (metadata or {}).get("metadata_key") != meta.meta_key
+    }
+    for other in sorted(others - {""}):
+        try:
+            objects.head_object(s3, spec.bucket_name, other)
+        except objects.ObjectMissing:
+            continue
+        raise ValueError(
+            f"metadata file '{meta.meta_key}': id '{meta.document_id}' is already the id of the document of "
+            f"metadata file '{other}' in collection '{collection.name}'; each metadata file is its own document "
+            "and needs its own id"
+        )
+    if others:
+        stale = [
+            chunk_id
+            for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [], strict=True)
+            if (metadata or {}).get("metadata_key") != meta.meta_key
+        ]
+        collection.delete(ids=stale)
 
 
 def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extract.Extracted:
@@ -392,7 +435,11 @@ def write(prepared: _Prepared, embed: index.Embedder) -> KeyReport:
     fetched = prepared.fetched
     mark = time.perf_counter()
     object_key = fetched.report.document_key or fetched.report.object_key
-    full_stored = index.stored_chunks(fetched.collection, object_key, with_text=True) if fetched.had_chunks else {}
+    full_stored = (
+        _own_chunks(index.stored_chunks(fetched.collection, object_key, with_text=True), fetched.meta_key)
+        if fetched.had_chunks
+        else {}
+    )
     stats = index.replace_chunks(fetched.collection, prepared.records, full_stored, embed)
     return _completed(prepared, stats, time.perf_counter() - mark)
 
@@ -545,6 +592,55 @@ def _searchable(collection_for: CollectionFor, default: str) -> list[Collection]
     return [collection_for(default)]
 
 
+def _waiting(
+    report: KeyReport, spec: SourceSpec, collection_for: CollectionFor, meta_key: str, started: float
+) -> KeyReport:
+    """A metadata file names an object that is not in the bucket (yet): nothing of it stays indexed."""
+    searched = _searchable(collection_for, report.collection_name)
+    report.chunks_deleted = sum(
+        index.delete_where(collection, _asked_for_by(spec, meta_key)) for collection in searched
+    )
+    report.status = "waiting"
+    report.message = (
+        f"metadata file '{meta_key}' names '{report.object_key}', which is not in the bucket: waiting for it "
+        "(it is indexed when it arrives)"
+        + (f"; removed {report.chunks_deleted} chunk(s) of its earlier version" if report.chunks_deleted else "")
+    )
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _document_in_metadata_mode(
+    spec: SourceSpec, collection_for: CollectionFor, object_key: str, linked: list[str]
+) -> tuple[KeyReport, list[str]]:
+    """In metadata mode a document is indexed only through the metadata files naming it, which are synced
+    next: the linked ones and any whose chunks hold it. Chunks it has of its own (indexed directly) go."""
+    started = time.perf_counter()
+    report = KeyReport(object_key=object_key, status="ignored", collection_name=spec.collection_name)
+    meta_keys = list(linked)
+    for collection in _searchable(collection_for, spec.collection_name):
+        found = collection.get(
+            where={"$and": [{"object_key": object_key}, {"source": spec.name}]}, include=["metadatas"]
+        )
+        own = []
+        for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [], strict=True):
+            meta_key = (metadata or {}).get("metadata_key")
+            if not meta_key:
+                own.append(chunk_id)
+            elif meta_key not in meta_keys:
+                meta_keys.append(str(meta_key))
+        if own:
+            collection.delete(ids=own)
+            report.chunks_deleted += len(own)
+    report.message = (
+        f"'{object_key}' is indexed through its metadata file(s) {', '.join(meta_keys)}"
+        if meta_keys
+        else f"'{object_key}' is named by no .meta.json file: in metadata mode only named documents are indexed"
+    ) + (f"; removed {report.chunks_deleted} chunk(s) it had of its own" if report.chunks_deleted else "")
+    report.duration_s = time.perf_counter() - started
+    return report, meta_keys
+
+
 def _removed(report: KeyReport, spec: SourceSpec, collection_for: CollectionFor, started: float) -> KeyReport:
     """The object is gone from the bucket: its chunks go too, so the collection mirrors the bucket."""
     where = {"$and": [{"object_key": report.object_key}, {"source": spec.name}]}
@@ -573,19 +669,37 @@ def sync_keys(
     object_keys: Iterable[str],
     on_report: Callable[[KeyReport], None] | None = None,
     pool: documents.DocumentPool | None = None,
-    remove_only: frozenset[str] = frozenset(),
     invocations: Mapping[str, Invocation] | None = None,
+    links: MetaLinks | None = None,
 ) -> list[KeyReport]:
     """Sync many keys; a key that fails is reported as failed and never stops the others.
 
     With a pool, documents are converted in its worker processes while this thread reads, chunks,
     embeds and writes the others; a few conversions are kept in flight so every core stays busy.
+    A document's sync also syncs the metadata files that name it (links), after it; in metadata mode
+    only they index it.
     """
+    links = links if links is not None else InMemoryMetaLinks()
+    worklist = deque(dict.fromkeys(object_keys))
+    queued = set(worklist)
+    naming = links.naming(key for key in worklist if not events.is_meta_key(key))
+    named_document = {meta_key: document for document, metas in naming.items() for meta_key in metas}
     reports: list[KeyReport] = []
     in_flight: deque[tuple[_Fetched, Future[documents.Converted]]] = deque()
     window = 2 * pool.workers if pool is not None else 0
 
+    def then_sync(document_key: str, meta_keys: list[str]) -> None:
+        """The metadata files naming a document are synced after it, in this run."""
+        for meta_key in meta_keys:
+            named_document.setdefault(meta_key, document_key)
+            if meta_key not in queued:
+                worklist.append(meta_key)
+                queued.add(meta_key)
+
     def done(report: KeyReport) -> None:
+        document = named_document.get(report.object_key)
+        if document is not None and report.status != "failed" and report.document_key != document:
+            links.unlink(document, report.object_key)  # the metadata file is gone or names another object now
         reports.append(report)
         if on_report is not None:
             on_report(report)
@@ -624,11 +738,20 @@ def sync_keys(
         except Exception as error:  # one bad object fails its own key, never the others
             failed(fetched.report.object_key, error, fetched.started)
 
-    for object_key in object_keys:
+    while worklist:
+        object_key = worklist.popleft()
         started = time.perf_counter()
         try:
             invocation = (invocations or {}).get(object_key, Invocation())
             invocation.validate(spec, object_key)
+            if not events.is_meta_key(object_key):
+                meta_keys = naming.get(object_key, [])
+                if spec.auto_sync == "metadata" and invocation == Invocation():
+                    report, meta_keys = _document_in_metadata_mode(spec, collection_for, object_key, meta_keys)
+                    then_sync(object_key, meta_keys)
+                    done(report)
+                    continue
+                then_sync(object_key, meta_keys)
             if new_objects.holds(object_key):
                 # Its chunks (or those its .meta.json names) must be in Chroma before it is looked at again.
                 new_objects.flush()
@@ -636,7 +759,7 @@ def sync_keys(
                 s3, spec, collection_for, object_key,
                 custom_id=invocation.custom_id, user_metadata=invocation.metadata,
                 target_collection_name=invocation.target_collection_name,
-                index_if_present=object_key not in remove_only,
+                links=links,
             )  # fmt: skip
             if isinstance(fetched, KeyReport):
                 done(fetched)

@@ -1,0 +1,90 @@
+"""Run workers that died (kill -9, out of memory, a lost daemon) leave their runs STARTED forever: mark them failed.
+
+Dagster's run monitoring (on in dagster.yaml) fails runs stuck while STARTING and, for launchers that
+can ask their platform (Kubernetes, ECS, Docker), runs whose worker is gone. The default launcher runs
+workers as local processes and cannot answer that question, so this sensor does: a STARTED run whose
+worker process (the pid its "Started process for run" event recorded) no longer exists on this host is
+reported failed, and the instance's run retries (dagster.yaml) launch it again. Syncs are idempotent,
+so the retry finishes what the dead worker started without duplicating anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+import psutil
+
+RUN_MONITOR_NAME = "s3sync_run_workers"
+# Before the daemon's first look at a run there is nothing to judge; after, every 30 s is enough to
+# turn a dead worker into a retry well before anyone waits on it.
+INTERVAL_S = 30
+# The worker's process exists before it records its pid; a process created later than that record is
+# another process that was given the same pid after the worker died.
+PID_REUSE_SLACK_S = 5.0
+
+
+@dataclass(frozen=True)
+class DeadWorker:
+    run: dg.DagsterRun
+    pid: int
+
+
+def worker_pid(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float] | None:
+    """The pid of the run's worker process and when it was recorded, from the engine event it wrote on start."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        event = entry.dagster_event
+        data = event.engine_event_data if event is not None else None
+        pid = data.metadata.get("pid") if data is not None else None
+        if pid is not None:
+            return int(str(getattr(pid, "value", pid))), entry.timestamp
+    return None
+
+
+def worker_alive(pid: int, recorded_at: float) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        created = process.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return created <= recorded_at + PID_REUSE_SLACK_S
+
+
+def dead_workers(instance: dg.DagsterInstance) -> list[DeadWorker]:
+    """STARTING or STARTED runs of local workers whose process is gone. Empty unless runs are local processes."""
+    if not isinstance(instance.run_launcher, dg.DefaultRunLauncher):
+        return []  # workers on other hosts or platforms: Dagster's run monitoring asks the launcher
+    dead = []
+    in_progress = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    for record in instance.get_run_records(dg.RunsFilter(statuses=in_progress)):
+        worker = worker_pid(instance, record.dagster_run.run_id)
+        # No pid: not started yet (Dagster's start timeout covers it), or a run executed in the launching
+        # process (`s3sync sync`), which reports its own end.
+        if worker is not None and not worker_alive(*worker):
+            dead.append(DeadWorker(record.dagster_run, worker[0]))
+    return dead
+
+
+def build_run_monitor() -> dg.SensorDefinition:
+    @dg.sensor(
+        name=RUN_MONITOR_NAME,
+        minimum_interval_seconds=INTERVAL_S,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Marks runs whose local worker process died as failed, so run retries launch them again.",
+    )
+    def run_monitor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        dead = dead_workers(context.instance)
+        for worker in dead:
+            message = (
+                f"run worker process {worker.pid} is gone (killed or crashed) while the run was in progress: "
+                "marked failed so that run retries launch it again"
+            )
+            context.log.warning(f"run {worker.run.run_id}: {message}")
+            context.instance.report_run_failed(worker.run, message)
+        return dg.SkipReason(
+            f"{len(dead)} run(s) with a dead worker marked failed" if dead else "all run workers alive"
+        )
+
+    return run_monitor
