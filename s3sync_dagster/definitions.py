@@ -6,14 +6,16 @@ import dagster as dg
 
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.defs.assets import build_documents_asset
-from s3sync_dagster.defs.checks import build_index_check
+from s3sync_dagster.defs.checks import build_bucket_asset, build_drift_check, build_index_check
 from s3sync_dagster.defs.jobs import build_sync_job
 from s3sync_dagster.defs.sensors import build_poll_sensor, build_sqs_sensor
+from s3sync_dagster.repair import build_repair_job
 from s3sync_dagster.resources import resources_for
 
 
 def build_definitions(config: AppConfig) -> dg.Definitions:
-    jobs: list[dg.JobDefinition] = []
+    # Every source can be repaired from the UI (the job behind `s3sync repair`).
+    jobs: list[dg.JobDefinition] = [build_repair_job(source) for source in config.sources]
     sensors: list[dg.SensorDefinition] = []
     for source in config.sources:
         if source.auto_sync == "none" and source.poll_interval_seconds is None:
@@ -25,8 +27,14 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         if source.poll_interval_seconds is not None:
             sensors.append(build_poll_sensor(source, job))
     return dg.Definitions(
-        assets=[build_documents_asset(source) for source in config.sources],
-        asset_checks=[build_index_check(source) for source in config.sources],
+        assets=[
+            *(build_documents_asset(source) for source in config.sources),
+            *(build_bucket_asset(source) for source in config.sources),
+        ],
+        asset_checks=[
+            *(build_index_check(source) for source in config.sources),
+            *(build_drift_check(source) for source in config.sources),
+        ],
         jobs=jobs,
         sensors=sensors,
         resources=resources_for(config),
