@@ -6,7 +6,7 @@ import dagster as dg
 
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.defs.assets import build_documents_asset
-from s3sync_dagster.defs.checks import build_bucket_asset, build_drift_check, build_index_check
+from s3sync_dagster.defs.checks import build_drift_check, build_index_check
 from s3sync_dagster.defs.jobs import build_sync_job
 from s3sync_dagster.defs.sensors import build_poll_sensor, build_sqs_sensor
 from s3sync_dagster.repair import build_repair_job
@@ -27,10 +27,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         if source.poll_interval_seconds is not None:
             sensors.append(build_poll_sensor(source, job))
     return dg.Definitions(
-        assets=[
-            *(build_documents_asset(source) for source in config.sources),
-            *(build_bucket_asset(source) for source in config.sources),
-        ],
+        assets=[build_documents_asset(source) for source in config.sources],
         asset_checks=[
             *(build_index_check(source) for source in config.sources),
             *(build_drift_check(source) for source in config.sources),

@@ -231,31 +231,10 @@ def drift_table(drift: audit.Drift) -> dg.MetadataValue:
     )
 
 
-def bucket_asset_key(source_name: str) -> dg.AssetKey:
-    return dg.AssetKey([source_name, "bucket"])
-
-
-def build_bucket_asset(source: SourceConfig) -> dg.AssetSpec:
-    """The source's objects in S3, as Dagster sees data it does not make: the drift check hangs on it.
-
-    Not on the documents asset: Dagster runs every check of an asset in each run that materialises
-    it, and the audit lists the whole bucket; it belongs in its own runs (the UI, a schedule).
-    """
-    return dg.AssetSpec(
-        key=bucket_asset_key(source.name),
-        group_name=source.name,
-        kinds={"s3"},
-        description=(
-            f"The objects of s3://{source.bucket_name}/{source.path_prefix} that source '{source.name}' "
-            "selects (written by others, not by Dagster). Its `drift` check compares them with the chunks in "
-            f"Chroma collection '{source.collection_name}'."
-        ),
-        metadata={"bucket": source.bucket_name, "path_prefix": source.path_prefix},
-    )
-
-
 def build_drift_check(source: SourceConfig) -> dg.AssetChecksDefinition:
-    asset_key = bucket_asset_key(source.name)
+    """Executed on its own (the UI's Execute, a schedule): in a sync run the asset yields no output,
+    so Dagster skips its checks and no sync pays for listing the whole bucket."""
+    asset_key = documents_asset_key(source.name)
     s3_key = source_resource_key(source.name)
 
     @dg.asset_check(
