@@ -282,6 +282,32 @@ def cmd_remove_source(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from s3sync_dagster.repair import repair
+
+    config = _config(args)
+    config.source(args.source)
+    with _instance(args) as instance:
+        result = repair(config, args.source, instance)
+    before, after = result.before["counts"], result.after["counts"]
+
+    def drift_text(counts: dict[str, int | None]) -> str:
+        return ", ".join(f"{'n/a' if n is None else n} {kind}" for kind, n in counts.items())
+
+    lines = [f"source '{result.source}': before: {drift_text(before)}"]
+    if result.run_id is None:
+        lines.append("  no drift: nothing to repair")
+    else:
+        lines.append(
+            f"  run {result.run_id}: {result.synced} key(s) synced, {'ok' if result.success else 'FAILED'}; "
+            f"after: {drift_text(after)}"
+        )
+    lines += [f"  failed: {report['object_key']}: {report.get('message', '')}" for report in result.failed]
+    payload = {**asdict(result), "failed": result.failed}
+    _emit(args, payload, "\n".join(lines))
+    return EXIT_OK if result.success and not result.failed and result.after["clean"] else EXIT_SOME_FAILED
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from s3sync_dagster.demo import run_demo
 
@@ -347,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("source")
     remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     remove.set_defaults(run=cmd_remove_source)
+
+    repair = commands.add_parser(
+        "repair", parents=[common], help="audit a source's drift from its bucket and sync exactly the drifted keys"
+    )
+    repair.add_argument("source")
+    repair.set_defaults(run=cmd_repair)
 
     demo = commands.add_parser("demo", parents=[common], help="sync a bundled sample through a local S3 endpoint")
     demo.add_argument("--workdir", default=".s3sync/demo", help="where the demo keeps its config and data")

@@ -6,15 +6,17 @@ import dagster as dg
 
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.defs.assets import build_documents_asset
-from s3sync_dagster.defs.checks import build_index_check
+from s3sync_dagster.defs.checks import build_drift_check, build_index_check
 from s3sync_dagster.defs.jobs import build_sync_job
 from s3sync_dagster.defs.monitor import build_run_monitor
 from s3sync_dagster.defs.sensors import build_poll_sensor, build_sqs_sensor
+from s3sync_dagster.repair import build_repair_job
 from s3sync_dagster.resources import resources_for
 
 
 def build_definitions(config: AppConfig) -> dg.Definitions:
-    jobs: list[dg.JobDefinition] = []
+    # Every source can be repaired from the UI (the job behind `s3sync repair`).
+    jobs: list[dg.JobDefinition] = [build_repair_job(source) for source in config.sources]
     sensors: list[dg.SensorDefinition] = [build_run_monitor()] if config.sources else []
     for source in config.sources:
         if source.auto_sync == "none" and source.poll_interval_seconds is None:
@@ -27,7 +29,10 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
             sensors.append(build_poll_sensor(source, job))
     return dg.Definitions(
         assets=[build_documents_asset(source) for source in config.sources],
-        asset_checks=[build_index_check(source) for source in config.sources],
+        asset_checks=[
+            *(build_index_check(source) for source in config.sources),
+            *(build_drift_check(source) for source in config.sources),
+        ],
         jobs=jobs,
         sensors=sensors,
         resources=resources_for(config),

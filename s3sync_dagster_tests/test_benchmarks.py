@@ -73,3 +73,15 @@ def test_sections_a_run_skips_keep_the_earlier_figures_and_say_so(tmp_path: Path
     # Carried again by a later run, it still names the run that measured it.
     out.write_text("# Benchmark results\n\nMeasured 2026-02-03 at commit def5678 with `...`.\n\n" + carried[0])
     assert _earlier_sections(out, {"3"}) == carried
+
+
+def test_audit_benchmark_smoke_finds_the_planted_drift(tmp_path: Path) -> None:
+    from benchmarks import audit as audit_benchmark
+
+    # Each size's audit runs in a child process that asserts it found exactly the planted drift.
+    result = audit_benchmark.measure(tmp_path / "audit", keys=500, moto_keys=0)
+    assert [run["counts"] for run in result["runs"]] == [
+        {"missing": 1, "stale": 1, "orphaned": 1},
+        {"missing": 5, "stale": 5, "orphaned": 5},
+    ]
+    assert "## Drift audit" in audit_benchmark.section_markdown(result)

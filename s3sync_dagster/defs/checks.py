@@ -1,14 +1,15 @@
-"""The asset check of a source: every key the asset says it indexed has chunks in Chroma, and no more."""
+"""The asset checks of a source: every key the asset says it indexed has chunks in Chroma; and no drift
+between the bucket and the collection (missing, stale and orphaned keys)."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.assets import documents_asset_key
-from s3sync_dagster.pipeline import keys
-from s3sync_dagster.resources import ChromaResource, EmbeddingResource
+from s3sync_dagster.pipeline import audit, keys
+from s3sync_dagster.resources import ChromaResource, EmbeddingResource, S3SourceResource, source_resource_key
 
 CHECK_NAME = "indexed_keys_have_chunks"
 SHOWN = 20
@@ -119,3 +120,161 @@ def build_index_check(source: SourceConfig) -> dg.AssetChecksDefinition:
         )
 
     return indexed_keys_have_chunks
+
+
+# --- drift: the bucket against the collection --------------------------------------------------
+
+DRIFT_CHECK_NAME = "drift"
+DRIFT_SHOWN = 50  # drifted keys shown per kind in the check's table
+
+
+def audit_target(source: SourceConfig) -> audit.AuditTarget:
+    return audit.AuditTarget(
+        name=source.name,
+        bucket_name=source.bucket_name,
+        collection_name=source.collection_name,
+        path_prefix=source.path_prefix,
+        include=tuple(source.include),
+        exclude=tuple(source.exclude),
+        metadata_mode=source.auto_sync == "metadata",
+    )
+
+
+def empty_at(instance: dg.DagsterInstance, asset_key: dg.AssetKey, object_keys: Sequence[str]) -> dict[str, str]:
+    """The keys whose newest materialisation says `empty` (no text), with the ETag it saw.
+
+    Asked only for the keys that look missing, so the cost follows the drift, not the bucket.
+    """
+    found: dict[str, str] = {}
+    for start in range(0, len(object_keys), 500):
+        partitions = [keys.to_partition_key(object_key) for object_key in object_keys[start : start + 500]]
+        seen: set[str] = set()
+        cursor = None
+        while True:
+            result = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=partitions),
+                limit=1000,
+                cursor=cursor,
+                ascending=False,
+            )
+            for record in result.records:
+                materialization = record.asset_materialization
+                if materialization is None or materialization.partition in seen or materialization.partition is None:
+                    continue
+                seen.add(materialization.partition)
+                metadata = {name: getattr(value, "value", value) for name, value in materialization.metadata.items()}
+                if metadata.get("status") == "empty":
+                    found[keys.to_object_key(materialization.partition)] = str(metadata.get("etag", ""))
+            if not result.has_more:
+                break
+            cursor = result.cursor
+    return found
+
+
+def audited_collections(chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig) -> Iterator[Any]:
+    """The source's collection first, then every other collection of our model (targets of invocations
+    and .meta.json files): a removal searches them all, so orphans are looked for in them all."""
+    names = [collection.name for collection in chroma.client().list_collections()]
+    for name in sorted(names, key=lambda name: name != source.collection_name):
+        try:
+            yield chroma.collection(name, embedding, create=False)
+        except Exception:  # another model's collection: none of our chunks there
+            continue
+
+
+def drift_of(
+    source: SourceConfig,
+    instance: dg.DagsterInstance,
+    s3: Any,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+) -> audit.Drift:
+    """The source's drift; objects whose last sync found no text at their ETag are not missing."""
+    asset_key = documents_asset_key(source.name)
+    return audit.audit(
+        s3,
+        audit_target(source),
+        audited_collections(chroma, embedding, source),
+        known_empty=lambda object_keys: empty_at(instance, asset_key, object_keys),
+    )
+
+
+_REPAIRS = {
+    "missing": "sync: indexes it",
+    "stale": "sync: re-indexes it",
+    "orphaned": "sync: removes its chunks",
+    "unselected": "delete its chunks (not selected by the source)",
+}
+
+
+def drift_rows(drift: audit.Drift, shown: int = DRIFT_SHOWN) -> list[dict[str, str]]:
+    """The first `shown` drifted keys of each kind, with what a repair does to them."""
+    unselected = set(drift.unselected)
+    rows: list[dict[str, str]] = []
+    for kind, found in (("missing", drift.missing), ("stale", drift.stale), ("orphaned", drift.orphaned)):
+        for object_key in (found or [])[:shown]:
+            action = "unselected" if kind == "orphaned" and object_key in unselected else kind
+            rows.append({"kind": kind, "object_key": object_key, "repair": _REPAIRS[action]})
+    return rows
+
+
+def drift_table(drift: audit.Drift) -> dg.MetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in drift_rows(drift)],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("kind", "string", description="missing, stale (old ETag) or orphaned"),
+                dg.TableColumn("object_key", "string"),
+                dg.TableColumn("repair", "string", description="what `s3sync repair` does to it"),
+            ]
+        ),
+    )
+
+
+def build_drift_check(source: SourceConfig) -> dg.AssetChecksDefinition:
+    """Executed on its own (the UI's Execute, a schedule): in a sync run the asset yields no output,
+    so Dagster skips its checks and no sync pays for listing the whole bucket."""
+    asset_key = documents_asset_key(source.name)
+    s3_key = source_resource_key(source.name)
+
+    @dg.asset_check(
+        asset=asset_key,
+        name=DRIFT_CHECK_NAME,
+        required_resource_keys={s3_key, "chroma", "embedding"},
+        blocking=False,
+        description=(
+            "Joins the bucket listing with the chunks' metadata: objects missing from the index, indexed at "
+            "an old ETag, and chunks whose object is gone. `s3sync repair "
+            f"{source.name}` (or the {source.name}_repair job) fixes exactly those."
+        ),
+    )
+    def drift(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        s3_source: S3SourceResource = getattr(context.resources, s3_key)
+        found = drift_of(
+            source, context.instance, s3_source.get_client(), context.resources.chroma, context.resources.embedding
+        )
+        context.log.info(found.summary())
+        counts = found.counts()
+        return dg.AssetCheckResult(
+            passed=found.clean,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(
+                f"{found.summary()}: run `s3sync repair {source.name}` or the {source.name}_repair job"
+                if not found.clean
+                else f"no drift: {found.listed} object(s), {found.chunks} chunk(s)"
+            ),
+            metadata={
+                "listed": found.listed,
+                "indexed": found.indexed,
+                "empty": found.empty,
+                "chunks": found.chunks,
+                "missing_count": counts["missing"] if counts["missing"] is not None else "n/a (metadata mode)",
+                "stale_count": counts["stale"] if counts["stale"] is not None else "n/a (metadata mode)",
+                "orphaned_count": counts["orphaned"],
+                "drift": drift_table(found),
+                "collections": found.collections,
+                "seconds": {step: round(seconds, 3) for step, seconds in found.seconds.items()},
+            },
+        )
+
+    return drift

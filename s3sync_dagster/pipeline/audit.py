@@ -1,0 +1,244 @@
+"""Drift between a source's bucket and its chunks in Chroma: keys missing, indexed at an old ETag, or gone.
+
+The bucket listing and the chunks' metadata are paged into two small pandas frames (one row per
+object, one row per distinct (key, ETag) of the chunks) and joined; nothing else is read, so memory
+grows with the number of objects, not with their size or their chunks.
+
+Which chunks count:
+- A chunk belongs to the partition that indexed it: its `.meta.json` file (`metadata_key`) if one
+  named the document, else its own `object_key`.
+- A listed key is *missing* when no chunk of the source (in any collection) belongs to it, unless
+  its last sync found no text at this very ETag (`empty`: such objects legitimately have no chunks).
+- A key is *stale* when a chunk of its document carries another ETag than the listing. Chunks an
+  invocation wrote to another collection (no `metadata_key`, not in the source's collection) are
+  left out: a sync writes to the source's collection, so it could never bring them up to date.
+- A chunk is *orphaned* when its object (or the `.meta.json` that named it) is no longer in the
+  bucket, or no longer selected by the source's prefix and include/exclude globs (`unselected`:
+  a sync would index such an object again, so those chunks are deleted instead of re-synced).
+
+Metadata-mode sources (`auto_sync: metadata`) are audited for orphans only: which documents their
+`.meta.json` files should have indexed is their sensor's business, and missing/stale are reported as
+not applicable. There a document need not match the globs, only lie under the prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from chromadb.api.models.Collection import Collection
+
+from s3sync_dagster.pipeline import events, index, objects
+from s3sync_dagster.pipeline.objects import S3Client
+
+# Given the keys that look missing, each one's ETag at its last sync if that sync found no text.
+EmptyLookup = Callable[[Sequence[str]], Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class AuditTarget:
+    """What the audit needs to know of a source, as plain values."""
+
+    name: str
+    bucket_name: str
+    collection_name: str
+    path_prefix: str = ""
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    metadata_mode: bool = False
+
+
+@dataclass
+class Drift:
+    """The drift of one source; key lists are sorted, `None` when not applicable (metadata mode)."""
+
+    source: str
+    metadata_mode: bool
+    listed: int  # objects of the source in the bucket
+    chunks: int  # chunks of the source in Chroma, over every collection read
+    indexed: int  # listed objects with chunks
+    missing: list[str] | None
+    stale: list[str] | None
+    orphaned: list[str]  # partition keys whose chunks must go: their object is gone or no longer selected
+    unselected: list[str] = field(default_factory=list)  # the orphans whose object exists but is not selected
+    empty: int = 0  # listed objects without chunks because their last sync found no text at this ETag
+    collections: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # list, chroma, join
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.stale or self.orphaned)
+
+    def counts(self) -> dict[str, int | None]:
+        return {
+            "missing": None if self.missing is None else len(self.missing),
+            "stale": None if self.stale is None else len(self.stale),
+            "orphaned": len(self.orphaned),
+        }
+
+    def to_sync(self) -> list[str]:
+        """The keys a sync repairs: missing and stale ones are indexed, gone ones lose their chunks."""
+        unselected = set(self.unselected)
+        gone = [key for key in self.orphaned if key not in unselected]
+        return sorted({*(self.missing or []), *(self.stale or []), *gone})
+
+    def summary(self) -> str:
+        counts = self.counts()
+        shown = ", ".join(f"{'n/a' if n is None else n} {kind}" for kind, n in counts.items())
+        return f"source '{self.source}': {self.listed} object(s) listed, {self.chunks} chunk(s); drift: {shown}"
+
+
+def listing_frame(s3: S3Client, target: AuditTarget) -> pd.DataFrame:
+    """Every object under the prefix: object_key, etag, and whether the source selects it."""
+    object_keys: list[str] = []
+    etags: list[str] = []
+    selected: list[bool] = []
+    for info in objects.list_objects(s3, target.bucket_name, target.path_prefix):
+        object_keys.append(info.object_key)
+        etags.append(info.etag)
+        selected.append(objects.key_selected(info.object_key, target.path_prefix, target.include, target.exclude))
+    return pd.DataFrame({"object_key": object_keys, "etag": etags, "selected": selected})
+
+
+_CHUNK_COLUMNS = ["object_key", "metadata_key", "etag", "home"]
+
+
+def chunk_frame(collections: Iterable[Collection], target: AuditTarget) -> pd.DataFrame:
+    """The source's chunks as distinct (object_key, metadata_key, etag, home) rows with a chunk count.
+
+    `home` says the chunks lie in the source's own collection. Paged at the client's batch size and
+    folded page by page, so a frame never holds a row per chunk.
+    """
+    folded: list[pd.DataFrame] = []
+    for collection in collections:
+        home = collection.name == target.collection_name
+        page_size = index.max_batch_size(collection)
+        offset = 0
+        while True:
+            page = collection.get(where={"source": target.name}, include=["metadatas"], limit=page_size, offset=offset)  # type: ignore[arg-type]
+            metadatas: list[Mapping[str, Any]] = [m or {} for m in page["metadatas"] or []]
+            if metadatas:
+                rows = pd.DataFrame(
+                    {
+                        "object_key": [str(m.get("object_key", "")) for m in metadatas],
+                        "metadata_key": [str(m.get("metadata_key") or "") for m in metadatas],
+                        "etag": [str(m.get("etag", "")) for m in metadatas],
+                        "home": home,
+                    }
+                )
+                folded.append(rows.groupby(_CHUNK_COLUMNS, sort=False).size().rename("chunks").reset_index())
+            if len(page["ids"]) < page_size:
+                break
+            offset += page_size
+    if not folded:
+        return pd.DataFrame({**{column: pd.Series(dtype="str") for column in _CHUNK_COLUMNS}, "chunks": []})
+    frame = pd.concat(folded, ignore_index=True)
+    frame["home"] = frame["home"].astype(bool)
+    return frame.groupby(_CHUNK_COLUMNS, sort=False)["chunks"].sum().reset_index()
+
+
+def join(
+    listing: pd.DataFrame,
+    chunks: pd.DataFrame,
+    target: AuditTarget,
+    known_empty: EmptyLookup | None = None,
+) -> Drift:
+    """Missing, stale and orphaned keys from the two frames (see the module's docstring for the rules)."""
+    chunks = chunks.assign(
+        partition=chunks["metadata_key"].where(chunks["metadata_key"] != "", chunks["object_key"]),
+    )
+    # The document's listing entry (any object under the prefix) and the partition's (selected or not).
+    present = listing[["object_key", "etag", "selected"]]
+    with_document = chunks.merge(
+        present[["object_key", "etag"]].rename(columns={"etag": "listed_etag"}),
+        on="object_key",
+        how="left",
+        indicator="document",
+    )
+    with_both = with_document.merge(
+        present[["object_key", "selected"]].rename(
+            columns={"object_key": "partition", "selected": "partition_selected"}
+        ),
+        on="partition",
+        how="left",
+        indicator="partition_listed",
+    )
+    document_gone = with_both["document"] == "left_only"
+    partition_gone = with_both["partition_listed"] == "left_only"
+    gone = document_gone | partition_gone
+    outside = ~with_both["partition"].str.startswith(target.path_prefix)
+    if target.metadata_mode:
+        unselected = ~gone & outside
+    else:
+        # The partition must be selected (a .meta.json's document need only lie under the prefix).
+        partition_selected = with_both["partition_selected"].astype("boolean").fillna(False).astype(bool)
+        unselected = ~gone & ~partition_selected
+    # A key outside the prefix cannot be synced by the source: its chunks are deleted, never re-synced.
+    unselected |= outside
+    gone &= ~outside
+    orphaned = sorted(set(with_both.loc[gone | unselected, "partition"]))
+    unselected_keys = sorted(set(with_both.loc[unselected, "partition"]) - set(with_both.loc[gone, "partition"]))
+    chunk_total = int(chunks["chunks"].sum())
+    selected_listing = listing[listing["selected"]]
+    indexed_partitions = set(chunks["partition"])
+    indexed = int(selected_listing["object_key"].isin(indexed_partitions).sum())
+    if target.metadata_mode:
+        return Drift(
+            target.name, True, len(selected_listing), chunk_total, indexed, None, None, orphaned, unselected_keys
+        )
+
+    live = with_both[~gone & ~unselected]
+    comparable = live[live["home"] | (live["metadata_key"] != "")]
+    stale = sorted(set(comparable.loc[comparable["etag"] != comparable["listed_etag"], "partition"]))
+
+    unindexed = selected_listing[~selected_listing["object_key"].isin(indexed_partitions)]
+    empty_at = dict(known_empty(list(unindexed["object_key"]))) if known_empty is not None and len(unindexed) else {}
+    excused = [
+        object_key in empty_at and (empty_at[object_key] == etag or events.is_meta_key(object_key))
+        for object_key, etag in zip(unindexed["object_key"], unindexed["etag"], strict=True)
+    ]
+    missing = sorted(unindexed.loc[[not e for e in excused], "object_key"]) if excused else []
+    return Drift(
+        target.name,
+        False,
+        len(selected_listing),
+        chunk_total,
+        indexed,
+        missing,
+        stale,
+        orphaned,
+        unselected_keys,
+        empty=sum(excused),
+    )
+
+
+def audit(
+    s3: S3Client,
+    target: AuditTarget,
+    collections: Iterable[Collection],
+    known_empty: EmptyLookup | None = None,
+) -> Drift:
+    """List the bucket, read the source's chunk metadata from the collections, and join the two."""
+    started = time.perf_counter()
+    listing = listing_frame(s3, target)
+    listed = time.perf_counter()
+    read: list[str] = []
+
+    def reading() -> Iterable[Collection]:
+        for collection in collections:
+            read.append(collection.name)
+            yield collection
+
+    chunks = chunk_frame(reading(), target)
+    chroma = time.perf_counter()
+    drift = join(listing, chunks, target, known_empty)
+    drift.collections = read
+    drift.seconds = {
+        "list": listed - started,
+        "chroma": chroma - listed,
+        "join": time.perf_counter() - chroma,
+    }
+    return drift

@@ -1,0 +1,168 @@
+"""Repairing a source's drift: sync exactly the keys the audit found, as one Dagster run (CLI or UI).
+
+Missing and stale keys are registered as partitions and indexed; keys whose object is gone are
+synced too, which removes their chunks (and records `removed` on their partition); chunks of keys
+the source no longer selects are deleted directly, since a sync would index those objects again.
+"""
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from s3sync_dagster.config import AppConfig, SourceConfig
+from s3sync_dagster.defs.assets import documents_asset_key, index_partitions, partitions_name
+from s3sync_dagster.defs.checks import audited_collections, drift_of
+from s3sync_dagster.pipeline import audit, events, index, keys
+from s3sync_dagster.resources import (
+    ChromaResource,
+    EmbeddingResource,
+    S3SourceResource,
+    chroma_resource,
+    embedding_resource,
+    source_resource_key,
+)
+
+
+class RepairConfig(dg.Config):
+    """What to repair; launched from the UI with nothing set, the run audits the source first."""
+
+    # None: audit first and repair what it finds. A list (what `s3sync repair` passes): sync these keys.
+    object_keys: list[str] | None = None
+    unselected: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
+
+
+def repair_job_name(source_name: str) -> str:
+    return f"{source_name}_repair"
+
+
+def repair_op_name(source_name: str) -> str:
+    return f"{source_name}_repair_drift"
+
+
+def delete_unselected(
+    chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig, partitions: list[str]
+) -> int:
+    """Delete the chunks that belong to these partition keys (their object or their .meta.json)."""
+    deleted = 0
+    for collection in audited_collections(chroma, embedding, source):
+        for partition in partitions:
+            field_name = "metadata_key" if events.is_meta_key(partition) else "object_key"
+            found = collection.get(
+                where={"$and": [{"source": source.name}, {field_name: partition}]}, include=["metadatas"]
+            )  # type: ignore[arg-type]
+            ids = [
+                chunk_id
+                # A chunk a .meta.json indexed belongs to that file's partition, not to its document's.
+                for chunk_id, metadata in zip(found["ids"], found["metadatas"] or [], strict=True)
+                if field_name == "metadata_key" or not (metadata or {}).get("metadata_key")
+            ]
+            for start in range(0, len(ids), index.max_batch_size(collection)):
+                collection.delete(ids=ids[start : start + index.max_batch_size(collection)])
+            deleted += len(ids)
+    return deleted
+
+
+def build_repair_job(source: SourceConfig) -> dg.JobDefinition:
+    s3_key = source_resource_key(source.name)
+    asset_key = documents_asset_key(source.name)
+
+    @dg.op(
+        name=repair_op_name(source.name),
+        required_resource_keys={s3_key, "chroma", "embedding", "documents"},
+        description=f"Syncs the keys of source '{source.name}' that drifted from the bucket (its `drift` check).",
+    )
+    def repair_drift(context: dg.OpExecutionContext, config: RepairConfig) -> None:
+        chroma: ChromaResource = context.resources.chroma
+        embedding: EmbeddingResource = context.resources.embedding
+        object_keys, unselected = config.object_keys, config.unselected
+        if object_keys is None:
+            s3_source: S3SourceResource = getattr(context.resources, s3_key)
+            drift = drift_of(source, context.instance, s3_source.get_client(), chroma, embedding)
+            context.log.info(drift.summary())
+            object_keys, unselected = drift.to_sync(), drift.unselected
+        if unselected:
+            with chroma.write_lock():
+                deleted = delete_unselected(chroma, embedding, source, unselected)
+            context.log.info(f"deleted {deleted} chunk(s) of {len(unselected)} key(s) the source no longer selects")
+        if not object_keys:
+            return
+        name = partitions_name(source.name)
+        registered = set(context.instance.get_dynamic_partitions(name))
+        partitions = [keys.to_partition_key(object_key) for object_key in object_keys]
+        # In metadata mode documents are not partitions: their sync brings the metadata files naming them up to date.
+        new = [
+            partition
+            for partition, object_key in zip(partitions, object_keys, strict=True)
+            if partition not in registered and (source.auto_sync != "metadata" or events.is_meta_key(object_key))
+        ]
+        if new:
+            context.instance.add_dynamic_partitions(name, new)
+        index_partitions(context, asset_key, s3_key, partitions)
+
+    @dg.job(name=repair_job_name(source.name), tags={"s3sync/source": source.name, "s3sync/trigger": "repair"})
+    def repair_job() -> None:
+        repair_drift()
+
+    return repair_job
+
+
+@dataclass
+class RepairResult:
+    source: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+    run_id: str | None = None
+    success: bool = True
+    synced: int = 0
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [report for report in self.reports if report.get("status") == "failed"]
+
+
+def _described(drift: audit.Drift) -> dict[str, Any]:
+    described = asdict(drift)
+    described["counts"] = drift.counts()
+    described["clean"] = drift.clean
+    return described
+
+
+def repair(config: AppConfig, source_name: str, instance: dg.DagsterInstance) -> RepairResult:
+    """Audit the source, repair exactly the drift found in one run on the instance, and audit again."""
+    # Imported here: the definitions (which runner.py builds) register this module's job.
+    from s3sync_dagster.definitions import build_definitions
+    from s3sync_dagster.runner import QUIET_RUN_CONFIG, reports_of, s3_client
+
+    started = time.perf_counter()
+    source = config.source(source_name)
+    s3 = s3_client(source)  # checks credentials and bucket before anything runs
+    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    embedding = embedding_resource(config.embedding)
+    before = drift_of(source, instance, s3, chroma, embedding)
+    result = RepairResult(source=source_name, before=_described(before), after=_described(before))
+    if before.clean:
+        result.duration_s = time.perf_counter() - started
+        return result
+    to_sync = before.to_sync()
+    job = build_definitions(config).get_job_def(repair_job_name(source_name))
+    run_config = {
+        **QUIET_RUN_CONFIG,
+        "ops": {repair_op_name(source_name): {"config": {"object_keys": to_sync, "unselected": before.unselected}}},
+    }
+    execution = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    result.run_id, result.success, result.synced = execution.run_id, execution.success, len(to_sync)
+    result.reports = reports_of(instance, execution.run_id)
+    reported = {report.get("object_key") for report in result.reports}
+    for object_key in to_sync:
+        if object_key not in reported:  # the run died before it could report this key
+            result.reports.append(
+                {"object_key": object_key, "status": "failed", "message": f"run {execution.run_id} failed"}
+            )
+    after = drift_of(source, instance, s3, chroma, embedding)
+    result.after = _described(after)
+    result.duration_s = time.perf_counter() - started
+    return result
