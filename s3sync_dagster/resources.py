@@ -58,8 +58,8 @@ def boto_client(
     """An S3 or SQS client that gives up on a silent endpoint: connect and read timeouts, and retries
     with exponential backoff (botocore's standard mode) for timeouts, refused connections and throttling.
 
-    Without them botocore waits 60 s per read and retries 4 times: a frozen endpoint stalls a run
-    for minutes with nothing said.
+    S3Resource's own client has botocore's 60 s connect and read timeouts, and its max_attempts=5 is
+    botocore's retry count: one HEAD to a frozen endpoint took 362 s (6 attempts) before an error.
     """
     import boto3
 

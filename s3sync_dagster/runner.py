@@ -51,8 +51,9 @@ def home_lock(home: str | os.PathLike[str]) -> Iterator[None]:
     """One s3sync process at a time sets up a Dagster home's databases or registers partitions in it.
 
     Neither is atomic across processes on SQLite: two `s3sync sync` started together on a fresh home
-    both stamp the new schedule database (IntegrityError on alembic_version), and both read the
-    registered keys, then insert the same new ones (IntegrityError on the partitions' unique index).
+    both create and stamp its databases (IntegrityError on alembic_version, "table secondary_indexes
+    already exists"), and both read the registered keys, then insert the same new ones
+    (IntegrityError on the partitions' unique index).
     """
     Path(home).mkdir(parents=True, exist_ok=True)
     with open(Path(home) / ".s3sync-setup.lock", "w") as handle:
