@@ -15,7 +15,7 @@ from s3sync_dagster.config import AppConfig, ConfigError, config_path, load_conf
 from s3sync_dagster.invocations import InvocationError
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
-from s3sync_dagster.runner import UsageError
+from s3sync_dagster.runner import RunError, UsageError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -51,12 +51,9 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
 
 def _instance(args: argparse.Namespace) -> Any:
-    import dagster as dg
+    from s3sync_dagster.runner import open_instance
 
-    from s3sync_dagster.runner import ensure_dagster_home
-
-    ensure_dagster_home(args.config)
-    return dg.DagsterInstance.get()
+    return open_instance(args.config)
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
@@ -107,6 +104,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     ]
     lines += [f"  run {run.run_id}: {run.keys} key(s), {'ok' if run.success else 'FAILED'}" for run in result.runs]
     lines += [f"  failed: {report['object_key']}: {report['message']}" for report in result.failed]
+    # Run logs stay off the terminal (runner.QUIET_RUN_CONFIG): their warnings are said here.
+    lines += [
+        f"  warning: {line}" for report in result.reports for line in str(report.get("warnings") or "").splitlines()
+    ]
     _emit(args, payload, "\n".join(lines))
     return EXIT_SOME_FAILED if result.failed else EXIT_OK
 
@@ -407,8 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.run(args))
-    except (ConfigError, UsageError, InvocationError, ObjectError, BotoCoreError, ClientError) as error:
-        # Nothing was synced: the request, the config or the store is wrong. Said in one line.
+    except (ConfigError, UsageError, InvocationError, ObjectError, BotoCoreError, ClientError, RunError) as error:
+        # Nothing (more) was synced: the request, the config or the store is wrong. Said in one line;
+        # a run's traceback is in its log on the instance (the UI, or `dagster run` commands).
         print(f"s3sync: {error}", file=sys.stderr)
         if getattr(args, "json", False):
             print(json.dumps({"error": str(error)}))

@@ -256,6 +256,18 @@ class DocumentsConfig(_Model):
     ocr: bool = True  # Tesseract for images and PDF pages without a text layer, when installed
 
 
+class TimeoutsConfig(_Model):
+    """How long a source's S3 (and SQS) endpoint may take, and how often a request is tried.
+
+    A request that times out or cannot connect is tried again after an exponential backoff with
+    jitter (botocore's standard retry mode); when the last attempt fails, so does that key alone.
+    """
+
+    connect_seconds: float = Field(default=10.0, gt=0)
+    read_seconds: float = Field(default=60.0, gt=0)  # between two reads of an answer, not for the whole body
+    max_attempts: int = Field(default=3, ge=1)  # the first request counts
+
+
 class SourceConfig(_Model):
     """One S3 source: a bucket (and prefix) synced into one Chroma collection."""
 
@@ -284,6 +296,7 @@ class SourceConfig(_Model):
     document_limit: int | None = Field(default=None, ge=1)  # at most this many keys are registered
     # Keys per run for backfills, `s3sync sync` and the sensors: one run start-up is shared by these.
     keys_per_run: int = Field(default=100, ge=1)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     # A regular expression with a named group `container_tag`, matched against each object key; the
     # group's text is stored as the chunks' `container_tag` metadata (Supermemory's dynamic tags).
     container_tag_regex: str | None = None

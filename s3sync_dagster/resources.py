@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig
+from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig, TimeoutsConfig
 from s3sync_dagster.pipeline import index
 from s3sync_dagster.pipeline.documents import DocumentOptions
 from s3sync_dagster.pipeline.embed import (
@@ -28,9 +29,65 @@ from s3sync_dagster.pipeline.embed import (
 from s3sync_dagster.pipeline.sync import SourceSpec
 
 if TYPE_CHECKING:
+    from botocore.config import Config
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Documents, EmbeddingFunction
+
+
+_TIMEOUTS = TimeoutsConfig()  # the defaults, for resources made without a config file
+# SQS's longest long poll: a receive may rightly wait this long before its answer starts.
+SQS_MAX_WAIT_SECONDS = 20
+
+
+def boto_client(
+    service: str,
+    *,
+    connect_timeout_seconds: float,
+    read_timeout_seconds: float,
+    max_attempts: int,
+    region_name: str | None,
+    endpoint_url: str | None,
+    aws_access_key_id: str | None,
+    aws_secret_access_key: str | None,
+    aws_session_token: str | None,
+    profile_name: str | None = None,
+    unsigned: bool = False,
+    **client_options: Any,
+) -> Any:
+    """An S3 or SQS client that gives up on a silent endpoint: connect and read timeouts, and retries
+    with exponential backoff (botocore's standard mode) for timeouts, refused connections and throttling.
+
+    S3Resource's own client has botocore's 60 s connect and read timeouts, and its max_attempts=5 is
+    botocore's retry count: one HEAD to a frozen endpoint took 362 s (6 attempts) before an error.
+    """
+    import boto3
+
+    return boto3.session.Session(profile_name=profile_name).client(
+        service,
+        region_name=region_name,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=aws_access_key_id,
+        aws_secret_access_key=aws_secret_access_key,
+        aws_session_token=aws_session_token,
+        config=_client_config(connect_timeout_seconds, read_timeout_seconds, max_attempts, unsigned),
+        **client_options,
+    )
+
+
+def _client_config(
+    connect_timeout_seconds: float, read_timeout_seconds: float, max_attempts: int, unsigned: bool
+) -> Config:
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=connect_timeout_seconds,
+        read_timeout=read_timeout_seconds,
+        # botocore's `max_attempts` counts retries only; S3Resource's and ours count the first request too.
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
+    )
+    return config.merge(Config(signature_version=UNSIGNED)) if unsigned else config
 
 
 class S3SourceResource(S3Resource):
@@ -54,6 +111,27 @@ class S3SourceResource(S3Resource):
     max_document_pages: int = 7000
     container_tag_regex: str | None = None
     auto_sync: str = "none"
+    connect_timeout_seconds: float = _TIMEOUTS.connect_seconds
+    read_timeout_seconds: float = _TIMEOUTS.read_seconds
+    max_attempts: int = _TIMEOUTS.max_attempts  # S3Resource's own field (its default is 5)
+
+    def get_client(self) -> Any:
+        """S3Resource's client, with this source's timeouts (S3Resource sets only max_attempts)."""
+        return boto_client(
+            "s3",
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            read_timeout_seconds=self.read_timeout_seconds,
+            max_attempts=self.max_attempts,
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            profile_name=self.profile_name,
+            unsigned=self.use_unsigned_session,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+        )
 
     def get_object_to_set_on_execution_context(self) -> Any:
         # S3Resource hands ops a bare boto3 client; the asset needs the source's settings too.
@@ -107,6 +185,9 @@ def _env(ref: EnvRef | None) -> Any:
 def _connection(source: SourceConfig) -> dict[str, Any]:
     """Where and as whom a source's S3 and SQS clients connect; credentials stay variable names."""
     return {
+        "connect_timeout_seconds": source.timeouts.connect_seconds,
+        "read_timeout_seconds": source.timeouts.read_seconds,
+        "max_attempts": source.timeouts.max_attempts,
         "region_name": source.region,
         "endpoint_url": source.endpoint_url,
         "aws_access_key_id": _env(source.aws_access_key_id),
@@ -144,16 +225,23 @@ class SQSQueueResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
+    connect_timeout_seconds: float = _TIMEOUTS.connect_seconds
+    read_timeout_seconds: float = _TIMEOUTS.read_seconds
+    max_attempts: int = _TIMEOUTS.max_attempts
 
     def get_client(self) -> Any:
-        import boto3
-
-        return boto3.session.Session(
+        return boto_client(
+            "sqs",
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            # A long poll is silent until a message arrives or its wait ends: not a frozen endpoint.
+            read_timeout_seconds=self.read_timeout_seconds + SQS_MAX_WAIT_SECONDS,
+            max_attempts=self.max_attempts,
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
             aws_access_key_id=self.aws_access_key_id,
             aws_secret_access_key=self.aws_secret_access_key,
             aws_session_token=self.aws_session_token,
-            region_name=self.region_name,
-        ).client("sqs", endpoint_url=self.endpoint_url)
+        )
 
 
 def sqs_queue_resource(source: SourceConfig) -> SQSQueueResource:
@@ -217,6 +305,20 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if self.host:
             return f"Chroma server {'https' if self.ssl else 'http'}://{self.host}:{self.port}"
         return f"embedded Chroma at {self.path}"
+
+    def failure(self, error: BaseException) -> str:
+        """One line naming the store and what went wrong, e.g. 'Chroma server http://127.0.0.1:8000
+        cannot be reached: Connection refused' (the full chain stays in the run's log)."""
+        import httpx
+
+        chain = [error]
+        while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+            chain.append(nxt)
+        if any(isinstance(link, (OSError, httpx.TransportError)) for link in chain):
+            reason = re.sub(r"^\[Errno -?\d+\]\s*", "", str(chain[-1]).strip()) or type(chain[-1]).__name__
+            return f"{self.describe()} cannot be reached: {reason}"
+        text = str(error).strip() or type(error).__name__
+        return f"{self.describe()}: {text}"
 
     @property
     def is_embedded(self) -> bool:

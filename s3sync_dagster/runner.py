@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_path
 from s3sync_dagster.definitions import build_definitions
@@ -20,12 +23,18 @@ from s3sync_dagster.resources import S3SourceResource, s3_source_resource
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
-# The CLI prints its own summary; the run's full event log stays on the instance for the UI.
-QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The CLI prints its own summary, a line per failed key or failed run; the run's full event log,
+# warnings and tracebacks included, stays on the instance for the UI (`dagster` prints failures at
+# ERROR level with their whole traceback: hundreds of lines for one unreachable store).
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 class UsageError(ValueError):
     """The request itself is wrong (a key outside the source's prefix, ...): nothing was run."""
+
+
+class RunError(RuntimeError):
+    """A run failed as a whole (the store cannot be reached, ...), not key by key: the next runs are not tried."""
 
 
 def ensure_dagster_home(explicit_config: str | None = None) -> Path:
@@ -35,6 +44,50 @@ def ensure_dagster_home(explicit_config: str | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(path)
     return path
+
+
+@contextlib.contextmanager
+def home_lock(home: str | os.PathLike[str]) -> Iterator[None]:
+    """One s3sync process at a time sets up a Dagster home's databases or registers partitions in it.
+
+    Neither is atomic across processes on SQLite: two `s3sync sync` started together on a fresh home
+    both create and stamp its databases (IntegrityError on alembic_version, "table secondary_indexes
+    already exists"), and both read the registered keys, then insert the same new ones
+    (IntegrityError on the partitions' unique index).
+    """
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / ".s3sync-setup.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_instance(explicit_config: str | None = None) -> dg.DagsterInstance:
+    """The instance in `ensure_dagster_home()`, its databases created by one process at a time."""
+    home = ensure_dagster_home(explicit_config)
+    with home_lock(home):
+        return dg.DagsterInstance.get()
+
+
+def add_partitions(
+    instance: dg.DagsterInstance, partitions_name: str, partition_keys: Sequence[str]
+) -> tuple[list[str], set[str]]:
+    """Register the keys not registered yet: returns those this call added, and those there before."""
+    with home_lock(instance.root_directory):
+        for attempt in range(2):
+            existing = set(instance.get_dynamic_partitions(partitions_name))
+            new = [partition_key for partition_key in dict.fromkeys(partition_keys) if partition_key not in existing]
+            try:
+                if new:
+                    instance.add_dynamic_partitions(partitions_name, new)
+                break
+            except IntegrityError:
+                # A writer outside this lock (the daemon's sensors) registered some of them meanwhile.
+                if attempt:
+                    raise
+    return new, existing
 
 
 def initialized(resource: S3SourceResource) -> S3SourceResource:
@@ -57,6 +110,8 @@ def s3_client(source: SourceConfig) -> Any:
             f"source '{source.name}': bucket '{source.bucket_name}' cannot be used ({code}: "
             f"{'it does not exist' if code in ('404', 'NoSuchBucket') else 'check the credentials and region'})"
         ) from None
+    except objects.EndpointError as error:
+        raise ConfigError(f"source '{source.name}': {objects.endpoint_failure(client, error)}") from None
     except BotoCoreError as error:
         raise ConfigError(f"source '{source.name}': S3 endpoint cannot be reached ({error})") from None
     return client
@@ -84,11 +139,8 @@ def discover(config: AppConfig, source_name: str, instance: dg.DagsterInstance) 
     ]
     result.listed = len(listed)
     name = partitions_name(source_name)
-    existing = set(instance.get_dynamic_partitions(name))
     listed_partitions = [keys.to_partition_key(object_key) for object_key in listed]
-    new = [partition_key for partition_key in listed_partitions if partition_key not in existing]
-    if new:
-        instance.add_dynamic_partitions(name, new)
+    new, existing = add_partitions(instance, name, listed_partitions)
     result.new = len(new)
     result.new_keys = [keys.to_object_key(partition_key) for partition_key in new]
     result.registered = len(existing) + len(new)
@@ -97,11 +149,7 @@ def discover(config: AppConfig, source_name: str, instance: dg.DagsterInstance) 
 
 
 def register_keys(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> None:
-    name = partitions_name(source.name)
-    existing = set(instance.get_dynamic_partitions(name))
-    new = [pk for pk in dict.fromkeys(keys.to_partition_key(k) for k in object_keys) if pk not in existing]
-    if new:
-        instance.add_dynamic_partitions(name, new)
+    add_partitions(instance, partitions_name(source.name), [keys.to_partition_key(k) for k in object_keys])
 
 
 def contiguous_batches(ordered: Sequence[str], wanted: Sequence[str], batch_size: int) -> list[list[str]]:
@@ -193,6 +241,12 @@ def sync(
             )
         )
         reports = reports_of(instance, execution.run_id)
+        if not execution.success and not reports:
+            done = len(result.reports)
+            raise RunError(
+                f"run {execution.run_id} failed: {_run_error(execution)}"
+                + (f" ({done} key(s) were synced by the runs before it; the others were not tried)" if done else "")
+            )
         reported = {report["object_key"] for report in reports}
         for partition_key in batch:
             object_key = keys.to_object_key(partition_key)
@@ -217,9 +271,19 @@ def _object_key_or_partition(partition_key: str) -> str:
 
 
 def _run_error(execution: dg.ExecuteInProcessResult) -> str:
+    """The first line of what failed the run: a dg.Failure's description, else the user code's error."""
     for event in execution.all_events:
-        if event.is_step_failure and event.step_failure_data.error is not None:
-            return event.step_failure_data.error.message.strip().splitlines()[0]
+        if not event.is_step_failure:
+            continue
+        failure = event.step_failure_data
+        if failure.user_failure_data is not None and failure.user_failure_data.description:
+            return failure.user_failure_data.description.strip().splitlines()[0]
+        error = failure.error
+        # Dagster wraps the user code's exception (DagsterExecutionStepExecutionError): say the user's.
+        while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
+            error = error.cause
+        if error is not None:
+            return error.message.strip().splitlines()[0]
     return "no step failure recorded"
 
 

@@ -105,7 +105,11 @@ def test_store_and_credential_problems_exit_2_in_one_line(
 
     _, path = make_config(bucket, endpoint_url=f"http://127.0.0.1:{free_port()}")
     code, out = run_json(capsys, "discover", "docs", "--config", str(path))
-    assert code == 2 and "S3 endpoint cannot be reached" in out["error"]
+    assert (
+        code == 2
+        and "S3 endpoint http://127.0.0.1:" in out["error"]
+        and "cannot be reached: Connection refused" in out["error"]
+    )
 
     _, path = make_config(bucket)
     code, out = run_json(capsys, "query", "docs", "anything", "--config", str(path))

@@ -113,7 +113,10 @@ def index_partitions(
         lambda name: chroma.collection(name, embedding),
         lambda: [collection.name for collection in chroma.client().list_collections()],
     )
-    collection_for(spec.collection_name)
+    try:
+        collection_for(spec.collection_name)
+    except Exception as error:
+        raise dg.Failure(description=chroma.failure(error)) from error
 
     def record(report: KeyReport, partition_key: str | None = None) -> None:
         partition_key = partition_key or keys.to_partition_key(report.object_key)

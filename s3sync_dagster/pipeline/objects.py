@@ -7,8 +7,17 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 S3Client = Any  # a boto3 S3 client; boto3 ships no type stubs
 
@@ -38,6 +47,32 @@ def _describe(error: ClientError) -> str:
     return f"{details.get('Code', 'error')}: {details.get('Message', '') or 'no message'}".rstrip(": ")
 
 
+# What botocore raises when the endpoint itself fails (no answer, or none in time), after its retries.
+EndpointError = (BotoConnectionError, HTTPClientError)
+
+
+def endpoint_failure(s3: S3Client, error: Exception, retried: bool = True) -> str:
+    """Why the endpoint gave no answer, with the client's timeout and attempts: 'the S3 endpoint
+    http://host:9000 did not answer within the read timeout of 60 s (3 attempts)'."""
+    config = s3.meta.config
+    split = urlsplit(s3.meta.endpoint_url)
+    endpoint = f"{split.scheme}://{split.hostname}" + (f":{split.port}" if split.port else "")  # no user:password
+    attempts = (config.retries or {}).get("total_max_attempts")
+    tried = f" ({attempts} attempt{'s' if attempts != 1 else ''})" if retried and attempts else ""
+    if isinstance(error, ReadTimeoutError):
+        what = f"did not answer within the read timeout of {config.read_timeout:g} s"
+    elif isinstance(error, ConnectTimeoutError):
+        what = f"did not accept a connection within the connect timeout of {config.connect_timeout:g} s"
+    elif isinstance(error, EndpointConnectionError):
+        cause = re.search(r"\[Errno -?\d+\]\s*(.+)", str(getattr(error, "kwargs", {}).get("error", "")))
+        what = "cannot be reached" + (f": {cause.group(1).strip()}" if cause else "")
+    elif isinstance(error, ConnectionClosedError):
+        what = "closed the connection without answering"
+    else:
+        what = f"failed ({type(error).__name__}: {error})"
+    return f"the S3 endpoint {endpoint} {what}{tried}"
+
+
 def head_object(s3: S3Client, bucket_name: str, object_key: str) -> ObjectInfo:
     try:
         head = s3.head_object(Bucket=bucket_name, Key=object_key)
@@ -47,6 +82,10 @@ def head_object(s3: S3Client, bucket_name: str, object_key: str) -> ObjectInfo:
             raise ObjectMissing(f"object '{object_key}' does not exist in bucket '{bucket_name}'") from None
         raise ObjectError(
             f"object '{object_key}' in bucket '{bucket_name}': HEAD failed ({_describe(error)})"
+        ) from None
+    except EndpointError as error:
+        raise ObjectError(
+            f"object '{object_key}' in bucket '{bucket_name}': HEAD failed: {endpoint_failure(s3, error)}"
         ) from None
     return ObjectInfo(
         object_key=object_key,
@@ -81,7 +120,17 @@ def read_object(s3: S3Client, bucket_name: str, info: ObjectInfo, max_object_byt
         raise ObjectError(
             f"object '{info.object_key}' in bucket '{bucket_name}': GET failed ({_describe(error)})"
         ) from None
-    body: bytes = response["Body"].read(max_object_bytes + 1)
+    except EndpointError as error:
+        raise ObjectError(
+            f"object '{info.object_key}' in bucket '{bucket_name}': GET failed: {endpoint_failure(s3, error)}"
+        ) from None
+    try:
+        body: bytes = response["Body"].read(max_object_bytes + 1)
+    except EndpointError as error:  # the body stalled midway: botocore does not retry that
+        raise ObjectError(
+            f"object '{info.object_key}' in bucket '{bucket_name}': reading its body failed: "
+            f"{endpoint_failure(s3, error, retried=False)}"
+        ) from None
     if len(body) > max_object_bytes:  # the object grew behind HEAD's back
         check_size(ObjectInfo(info.object_key, len(body), info.etag, info.last_modified), max_object_bytes)
     return body
@@ -146,3 +195,7 @@ def list_objects(
                     )
     except ClientError as error:
         raise ObjectError(f"listing bucket '{bucket_name}' under '{path_prefix}' failed ({_describe(error)})") from None
+    except EndpointError as error:
+        raise ObjectError(
+            f"listing bucket '{bucket_name}' under '{path_prefix}' failed: {endpoint_failure(s3, error)}"
+        ) from None

@@ -1,0 +1,275 @@
+"""Faults that must say what happened: a frozen S3 endpoint, Chroma down, two syncs on a fresh Dagster home."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import dagster as dg
+import pytest
+import yaml
+from chromadb.config import Settings
+
+from s3sync_dagster.cli import main
+from s3sync_dagster.config import load_config
+from s3sync_dagster.definitions import build_definitions
+from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
+from s3sync_dagster.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster.resources import SQSQueueResource, sqs_queue_resource
+from s3sync_dagster.runner import (
+    QUIET_RUN_CONFIG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    open_instance,
+    register_keys,
+    reports_of,
+)
+from s3sync_dagster_tests.conftest import ConfigFactory, put
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT_TIMEOUTS = {"connect_seconds": 1, "read_seconds": 1, "max_attempts": 2}
+
+
+class FrozenEndpoint:
+    """A TCP server that accepts every connection and never answers: a hung S3 server or balancer."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server((LOOPBACK, 0), backlog=64)
+        self.url = f"http://{LOOPBACK}:{self._server.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            self.connections.append(connection)  # held open, never read, never answered
+
+    def __enter__(self) -> FrozenEndpoint:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.fixture
+def frozen() -> Iterator[FrozenEndpoint]:
+    with FrozenEndpoint() as endpoint:
+        yield endpoint
+
+
+def _cli(*argv: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`s3sync` in its own process, as a user runs it: what lands on the terminal is what is checked."""
+    return subprocess.run(
+        [sys.executable, "-m", "s3sync_dagster.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        cwd=REPO,
+    )
+
+
+def _fresh_home(path: Path) -> Path:
+    """A new Dagster home with this repo's instance settings (its pooled SQLite event log)."""
+    path.mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", path / "dagster.yaml")
+    return path
+
+
+def _chunks(config_path: Path, collection_name: str) -> dict[str, Any]:
+    config = load_config(config_path)
+    client = chromadb.PersistentClient(path=config.chroma.embedded_path, settings=Settings(anonymized_telemetry=False))
+    try:
+        found = client.get_collection(collection_name).get(include=["metadatas"])
+    except Exception:  # never created
+        return {}
+    return {chunk_id: metadata for chunk_id, metadata in zip(found["ids"], found["metadatas"] or [], strict=True)}
+
+
+# (a) A frozen S3 endpoint: timeouts, retries, then a failure per key that says so.
+
+
+@pytest.mark.timeout(240)  # the old clients waited 60 s per read, 5 times per request: minutes per key
+def test_a_frozen_s3_endpoint_fails_each_key_naming_it_and_the_timeout(
+    bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance, frozen: FrozenEndpoint
+) -> None:
+    object_keys = ["d/a.txt", "d/b.md", "d/c.py"]
+    config, path = make_config(bucket, path_prefix="d/", endpoint_url=frozen.url, timeouts=SHORT_TIMEOUTS)
+    register_keys(instance, config.source("docs"), object_keys)
+    ordered = instance.get_dynamic_partitions(partitions_name("docs"))
+    execution = (
+        build_definitions(config)
+        .resolve_implicit_global_asset_job_def()
+        .execute_in_process(
+            instance=instance,
+            asset_selection=[documents_asset_key("docs")],
+            tags={RANGE_START_TAG: ordered[0], RANGE_END_TAG: ordered[-1]},
+            run_config=QUIET_RUN_CONFIG,
+            raise_on_error=False,
+        )
+    )
+    assert not execution.success
+    reports = {report["object_key"]: report for report in reports_of(instance, execution.run_id)}
+    assert sorted(reports) == object_keys
+    for object_key in object_keys:
+        assert reports[object_key]["status"] == "failed"
+        assert reports[object_key]["message"] == (
+            f"object '{object_key}' in bucket '{bucket}': HEAD failed: the S3 endpoint {frozen.url} "
+            "did not answer within the read timeout of 1 s (2 attempts)"
+        )
+    assert len(frozen.connections) >= 2 * len(object_keys)  # every attempt was made, on a new connection
+    assert _chunks(path, "docs-collection") == {}
+
+
+@pytest.mark.timeout(240)
+def test_sync_against_a_frozen_endpoint_says_so_in_one_line(
+    bucket: str, make_config: ConfigFactory, tmp_path: Path, frozen: FrozenEndpoint
+) -> None:
+    _, path = make_config(bucket, path_prefix="d/", endpoint_url=frozen.url, timeouts=SHORT_TIMEOUTS)
+    done = _cli("sync", "docs", "--key", "d/a.txt", "--config", str(path), home=_fresh_home(tmp_path / "home"))
+    assert done.returncode == 2, done
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"s3sync: source 'docs': the S3 endpoint {frozen.url} did not answer within the read timeout of 1 s "
+        "(2 attempts)\n"
+    )
+
+
+def test_sqs_clients_get_the_sources_timeouts_and_room_for_a_long_poll(bucket: str, make_config: ConfigFactory) -> None:
+    config, _ = make_config(bucket, sqs_queue_url="http://127.0.0.1:1/123/q", timeouts=SHORT_TIMEOUTS)
+    client = sqs_queue_resource(config.source("docs")).get_client()
+    assert client.meta.config.connect_timeout == 1
+    assert client.meta.config.read_timeout == 1 + 20  # a 20 s long poll is silent, not frozen
+    assert client.meta.config.retries == {"total_max_attempts": 2, "mode": "standard"}
+    default = SQSQueueResource(queue_url="http://127.0.0.1:1/123/q").get_client()
+    assert (default.meta.config.connect_timeout, default.meta.config.retries["total_max_attempts"]) == (10, 3)
+
+
+# (b) Chroma down: one line naming the store and the cause; the traceback in the run's log only.
+
+
+def test_chroma_down_is_one_line_on_the_terminal_and_a_traceback_in_the_run_log(
+    s3: Any,
+    bucket: str,
+    make_config: ConfigFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    put(s3, bucket, {f"d/file-{n}.txt": f"file {n}\n" for n in range(3)})
+    _, path = make_config(bucket, path_prefix="d/", keys_per_run=1)
+    raw = yaml.safe_load(path.read_text())
+    port = free_port()  # nothing listens there
+    raw["chroma"] = {"host": LOOPBACK, "port": port}
+    path.write_text(yaml.safe_dump(raw))
+    home = _fresh_home(tmp_path / "home")
+
+    done = _cli("sync", "docs", "--all", "--config", str(path), home=home)
+    assert done.returncode == 2, done
+    assert done.stdout == ""
+    store = f"Chroma server http://{LOOPBACK}:{port}"
+    match = re.fullmatch(
+        rf"s3sync: run (\S+) failed: {re.escape(store)} cannot be reached: Connection refused\n", done.stderr
+    )
+    assert match, done.stderr
+    run_id = match.group(1)
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_run_records()) == 1  # the first run said it: the others were not started
+        run = instance.get_run_by_id(run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+        failures = [
+            entry.dagster_event
+            for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+            if entry.dagster_event is not None
+        ]
+        failure = failures[0].step_failure_data
+        assert failure.user_failure_data.description == f"{store} cannot be reached: Connection refused"
+        assert failure.error is not None and failure.error.cause is not None
+        assert "Connection refused" in failure.error.cause.to_string()  # the whole chain is kept there
+
+    assert main(["sync", "docs", "--all", "--config", str(path), "--json"]) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith("s3sync: run ") and out.err.count("\n") == 1 and "Traceback" not in out.err
+
+
+# (d) Two syncs started together on a fresh Dagster home.
+
+
+def _open_and_register(home: str, config_path: str, start: Any, errors: Any) -> None:
+    os.environ["DAGSTER_HOME"] = home
+    config = load_config(config_path)
+    start.wait()  # both processes set up the fresh home at the same moment
+    try:
+        with open_instance(config_path) as instance:
+            register_keys(instance, config.source("docs"), [f"d/file-{n:03d}.txt" for n in range(300)])
+    except Exception as error:
+        errors.put(f"{type(error).__name__}: {error}")
+
+
+def test_two_processes_set_up_a_fresh_home_and_register_the_same_keys_together(
+    bucket: str, make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = make_config(bucket, path_prefix="d/")
+    spawn = multiprocessing.get_context("spawn")
+    for repetition in range(4):
+        home = _fresh_home(tmp_path / f"home-{repetition}")
+        start, errors = spawn.Barrier(2), spawn.Queue()
+        workers = [
+            spawn.Process(target=_open_and_register, args=(str(home), str(path), start, errors)) for _ in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert [worker.exitcode for worker in workers] == [0, 0]
+        assert errors.empty(), errors.get()
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+        with dg.DagsterInstance.get() as instance:
+            assert len(instance.get_dynamic_partitions(partitions_name("docs"))) == 300
+
+
+@pytest.mark.timeout(600)
+def test_two_syncs_started_together_on_a_fresh_home_both_succeed_with_the_exact_chunks(
+    s3: Any, bucket: str, make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    object_keys = [f"d/file-{n:02d}.txt" for n in range(12)]
+    put(s3, bucket, {object_key: f"small file {object_key}\n" for object_key in object_keys})
+    for repetition in range(3):
+        workdir = tmp_path / f"run-{repetition}"
+        workdir.mkdir()
+        _, path = make_config(bucket, path_prefix="d/")
+        config_path = workdir / "s3sync.yaml"  # its own embedded Chroma (`chroma` beside it) each time
+        shutil.move(path, config_path)
+        home = _fresh_home(workdir / "home")
+        argv = [sys.executable, "-m", "s3sync_dagster.cli", "sync", "docs", "--all", "--config", str(config_path)]
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        syncs = [
+            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+            for _ in range(2)
+        ]
+        outcomes = [sync.communicate(timeout=300) for sync in syncs]
+        assert [sync.returncode for sync in syncs] == [0, 0], outcomes
+        chunks = _chunks(config_path, "docs-collection")
+        assert len(chunks) == len(object_keys)  # one chunk per small file: none lost, none twice
+        assert {chunk_id: metadata["object_key"] for chunk_id, metadata in chunks.items()} == {
+            keys.chunk_id(keys.object_id(object_key), 0): object_key for object_key in object_keys
+        }
