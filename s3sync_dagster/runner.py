@@ -18,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_path
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
-from s3sync_dagster.pipeline import keys, objects
+from s3sync_dagster.defs.links import InstanceMetaLinks
+from s3sync_dagster.pipeline import events, keys, objects
 from s3sync_dagster.resources import S3SourceResource, s3_source_resource
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -136,6 +137,8 @@ def discover(config: AppConfig, source_name: str, instance: dg.DagsterInstance) 
         for info in objects.list_objects(
             s3_client(source), source.bucket_name, source.path_prefix, source.include, source.exclude
         )
+        # In metadata mode only .meta.json files are partitions: the documents they name are not.
+        if source.auto_sync != "metadata" or events.is_meta_key(info.object_key)
     ]
     result.listed = len(listed)
     name = partitions_name(source_name)
@@ -146,6 +149,25 @@ def discover(config: AppConfig, source_name: str, instance: dg.DagsterInstance) 
     result.registered = len(existing) + len(new)
     result.missing = len(existing - set(listed_partitions))
     return result
+
+
+def meta_keys_for(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> list[str]:
+    """Metadata mode: a document is synced through the .meta.json files naming it, which take its place."""
+    documents = [object_key for object_key in object_keys if not events.is_meta_key(object_key)]
+    named = InstanceMetaLinks(instance, source.name).naming(documents)
+    for document in documents:
+        if document not in named:
+            raise UsageError(
+                f"source '{source.name}' syncs in metadata mode: object '{document}' is indexed only through a "
+                f"{events.META_SUFFIX} file naming it, and none does (sync the metadata file)"
+            )
+    return list(
+        dict.fromkeys(
+            meta_key
+            for object_key in object_keys
+            for meta_key in ([object_key] if events.is_meta_key(object_key) else named[object_key])
+        )
+    )
 
 
 def register_keys(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> None:
@@ -211,6 +233,8 @@ def sync(
                     f"object key '{object_key}' does not start with source '{source_name}' "
                     f"path_prefix '{source.path_prefix}'"
                 )
+        if source.auto_sync == "metadata":
+            object_keys = meta_keys_for(instance, source, object_keys)
         register_keys(instance, source, object_keys)
     s3_client(source)  # fail fast, once, on credentials or bucket, before any run starts
     ordered = instance.get_dynamic_partitions(partitions_name(source_name))

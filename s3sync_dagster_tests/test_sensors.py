@@ -414,3 +414,32 @@ def test_messages_outlive_a_tick_whose_runs_were_never_stored(
     assert live.collection().count() == 3
     live.tick()  # sees the runs, deletes their messages
     assert queue_depth(sqs, queue_url) == 0
+
+
+def test_discover_and_sync_all_in_metadata_mode_index_only_through_meta_files(
+    make_config: ConfigFactory, s3: Any, bucket: str, queue_url: str, instance: dg.DagsterInstance
+) -> None:
+    from s3sync_dagster import runner
+
+    config, _ = make_config(bucket, path_prefix="t1/", auto_sync="metadata", sqs_queue_url=queue_url)
+    put(
+        s3,
+        bucket,
+        {
+            "t1/plain.txt": "no metadata file names me\n",
+            "t1/named.txt": "a metadata file names me\n",
+            "t1/named.meta.json": meta_file("named-doc", "t1/named.txt", metadata={"k": 1}),
+        },
+    )
+    assert runner.discover(config, "docs", instance).new_keys == ["t1/named.meta.json"]
+    first = runner.sync(config, "docs", instance)
+    assert [(r["object_key"], r["status"]) for r in first.reports] == [("t1/named.meta.json", "indexed")]
+    found = ChromaResource(path=config.chroma.path).client().get_collection("docs-collection").get()
+    assert found["ids"] == ["named-doc-0"] and found["metadatas"][0]["k"] == 1
+    # Re-runs find it current; a document asked for by name is synced through its metadata file.
+    again = runner.sync(config, "docs", instance)
+    assert [r["status"] for r in again.reports] == ["unchanged"]
+    by_document = runner.sync(config, "docs", instance, ["t1/named.txt"])
+    assert [(r["object_key"], r["status"]) for r in by_document.reports] == [("t1/named.meta.json", "unchanged")]
+    with pytest.raises(runner.UsageError, match=r"object 't1/plain\.txt' is indexed only through a \.meta\.json file"):
+        runner.sync(config, "docs", instance, ["t1/plain.txt"])
