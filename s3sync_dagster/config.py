@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision
@@ -127,7 +127,16 @@ class LinesChunking(_Model):
         return f"lines:{self.max_size_bytes}:{self.max_lines}" + (f":{self.max_tokens}t" if self.max_tokens else "")
 
 
-ChunkingConfig = Annotated[TreeSitterChunking | LinesChunking, Field(discriminator="type")]
+def _default_chunking_type(value: Any) -> Any:
+    # `type` may be left out, as the Sync API allows: tree_sitter is the default chunker.
+    if isinstance(value, dict) and "type" not in value:
+        return {"type": "tree_sitter", **value}
+    return value
+
+
+ChunkingConfig = Annotated[
+    TreeSitterChunking | LinesChunking, Field(discriminator="type"), BeforeValidator(_default_chunking_type)
+]
 
 
 class ChromaCloudConfig(_Model):
@@ -450,6 +459,10 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> AppConfig:
     path = config_path(explicit)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+        ) from None
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} not found (give --config PATH, set ${CONFIG_ENV_VAR}, "

@@ -114,7 +114,7 @@ def parse_meta_file(meta_key: str, data: bytes, path_prefix: str) -> MetaFile:
     """Validate every field; errors name the metadata file and the rule it broke."""
     where = f"metadata file '{meta_key}'"
     try:
-        content = json.loads(data.decode("utf-8"))
+        content = json.loads(data.decode("utf-8-sig"))  # a byte order mark, as Windows editors write it, is fine
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{where} is not valid UTF-8 JSON ({error})") from None
     if not isinstance(content, dict):
@@ -142,6 +142,8 @@ def parse_meta_file(meta_key: str, data: bytes, path_prefix: str) -> MetaFile:
     target = content.get("target_collection_name")
     if target is not None and not isinstance(target, str):
         raise ValueError(f"{where}: target_collection_name must be a string")
+    if target is not None:
+        keys.validate_collection_name(target, f"{where}: target_collection_name")
     metadata = content.get("metadata", {})
     if metadata is None:
         metadata = {}

@@ -270,6 +270,15 @@ def delete_where(collection: Collection, where: dict[str, Any]) -> int:
     return len(ids)
 
 
+INT64 = range(-(2**63), 2**63)
+
+
+def _check_storable(value: Any, key: str, what: str) -> None:
+    """Chroma stores 64-bit integers: a larger one would silently become a float and change."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in INT64:
+        raise ValueError(f"{what}: metadata '{key}' holds an integer outside the 64-bit range Chroma stores")
+
+
 def validate_user_metadata(metadata: Mapping[str, Any], what: str) -> Metadata:
     """Sync API rule: scalars (str, number, bool, null) or non-empty homogeneous arrays of scalars.
 
@@ -284,6 +293,7 @@ def validate_user_metadata(metadata: Mapping[str, Any], what: str) -> Metadata:
         if value is None:
             continue
         if isinstance(value, (str, bool, int, float)):
+            _check_storable(value, key, what)
             clean[key] = value
         elif isinstance(value, list):
             if not value:
@@ -293,6 +303,8 @@ def validate_user_metadata(metadata: Mapping[str, Any], what: str) -> Metadata:
                 raise ValueError(
                     f"{what}: metadata '{key}' must be an array of one scalar type (got {sorted(k.__name__ for k in kinds)})"
                 )
+            for item in value:
+                _check_storable(item, key, what)
             clean[key] = list(value)
         else:
             raise ValueError(

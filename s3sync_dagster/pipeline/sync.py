@@ -275,6 +275,11 @@ def _fetch_by_meta_file(
     check_key_in_source(spec, meta_key)
     try:
         info = objects.head_object(s3, spec.bucket_name, meta_key)
+        if info.size > MAX_META_FILE_BYTES:
+            raise ValueError(
+                f"metadata file '{meta_key}' is {info.size:,} bytes, over the limit of {MAX_META_FILE_BYTES:,} "
+                "bytes for a .meta.json file"
+            )
         data = objects.read_object(s3, spec.bucket_name, info, MAX_META_FILE_BYTES)
     except objects.ObjectMissing:
         # The metadata file is gone: so are the chunks it asked for, wherever it had sent them.
@@ -361,6 +366,8 @@ def prepare(fetched: _Fetched, extracted: extract.Extracted, spec: SourceSpec) -
     object_key = report.document_key or report.object_key
     mark = time.perf_counter()
     pieces, chunked = _chunk_by_page(extracted, object_key, spec)
+    # Whitespace alone is nothing anyone can find: an object of only blanks is empty, not one blank chunk.
+    pieces = [(piece, page) for piece, page in pieces if piece.text.strip()]
     _lap(report, "chunk", mark)
     report.chunker, report.language, report.extractor = chunked.chunker, chunked.language, extracted.extractor
     report.chunk_count = len(pieces)
