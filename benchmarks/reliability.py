@@ -1,0 +1,118 @@
+"""The reliability table: runs the hostile-input suite and writes RELIABILITY.md at the repository's root.
+
+`python -m benchmarks.reliability` (pytest arguments may follow `--`, say `-- -k meta_file`). Each case
+of s3sync_dagster_tests/test_reliability.py records a row (family, case, passed, chunks expected and
+found, lost, duplicated, stray) into the JSON file S3SYNC_RELIABILITY_REPORT names; this script runs
+the suite with that variable set and renders the rows: a summary per family with totals, then every
+case. A case marked xfail (a bug found and not fixed yet) counts as not passed and names its bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+
+REPORT_ENV = "S3SYNC_RELIABILITY_REPORT"
+SUITE = "s3sync_dagster_tests/test_reliability.py"
+COMMAND = "python -m benchmarks.reliability"
+TARGET = common.REPO / "RELIABILITY.md"
+COUNTS = ("chunks_expected", "chunks_found", "lost", "duplicated", "stray")
+
+
+def run_suite(rows_file: Path, pytest_args: Sequence[str]) -> tuple[int, float]:
+    """(pytest's exit code, seconds) of one run of the suite writing its rows to rows_file."""
+    env = {**os.environ, REPORT_ENV: str(rows_file)}
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", SUITE, "-q", "-p", "no:cacheprovider", *pytest_args],
+        cwd=common.REPO,
+        env=env,
+        check=False,
+    )
+    return completed.returncode, time.monotonic() - started
+
+
+def _families(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    families: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        families.setdefault(str(row["family"]), []).append(row)
+    return families
+
+
+def _summary_line(name: str, rows: Sequence[dict[str, Any]]) -> str:
+    passed = sum(1 for row in rows if row["passed"])
+    bugs = sum(1 for row in rows if row["known_bug"])
+    totals = [sum(int(row[count]) for row in rows) for count in COUNTS]
+    return f"| {name} | {len(rows)} | {passed} | {bugs} | " + " | ".join(str(total) for total in totals) + " |"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(rows: Sequence[dict[str, Any]], exit_code: int, seconds: float, machine: dict[str, str]) -> str:
+    families = _families(rows)
+    header = "| cases | passed | known bugs (xfail) | chunks expected | chunks found | lost | duplicated | stray |"
+    lines = [
+        "# Reliability: hostile inputs against the exact chunk set",
+        "",
+        f"Made by `{COMMAND}` (it runs `pytest {SUITE}` with {REPORT_ENV} set) on {machine['date']}, "
+        f"commit {machine['commit']}, {machine['cpu']}: {len(rows)} cases in {seconds:.0f} s, pytest exit code "
+        f"{exit_code}.",
+        "",
+        "Each case syncs a hostile input (through the engine, the SQS sensor on a real Dagster instance, or "
+        "the config loader), compares every chunk in Chroma (ids and texts, all collections) with the exact "
+        "set expected, syncs again and compares again, and checks each key's status and message and that "
+        "the fixtures' secret appears nowhere. *Lost*: expected chunks missing or holding another text; "
+        "*duplicated*: ids or texts present more often than expected; *stray*: chunks that should not be "
+        "there at all; the worst of the two syncs is counted. A known bug is a case marked "
+        "`xfail(strict=True)`: it fails today for the reason given and is not counted as passed.",
+        "",
+        "| family " + header,
+        "| --- " + "| ---: " * 8 + "|",
+        *(_summary_line(name, family) for name, family in families.items()),
+        _summary_line("**total**", rows),
+    ]
+    bugs = [row for row in rows if row["known_bug"]]
+    if bugs:
+        lines += ["", "## Known bugs", ""]
+        lines += [f"- {row['family']} / `{row['case']}`: {_cell(str(row['known_bug']))}" for row in bugs]
+    for name, family in families.items():
+        lines += ["", f"## {name}", "", "| case | passed | expected | found | lost | duplicated | stray |"]
+        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for row in family:
+            verdict = "yes" if row["passed"] else ("known bug" if row["known_bug"] else "**no**")
+            counts = " | ".join(str(row[count]) for count in COUNTS)
+            lines.append(f"| `{_cell(str(row['case']))}` | {verdict} | {counts} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        rows_file = Path(folder) / "rows.json"
+        exit_code, seconds = run_suite(rows_file, args.pytest_args)
+        if not rows_file.exists():
+            print(f"the suite wrote no rows (pytest exit code {exit_code})", file=sys.stderr)
+            return exit_code or 1
+        rows = json.loads(rows_file.read_text(encoding="utf-8"))
+    TARGET.write_text(render(rows, exit_code, seconds, common.machine()), encoding="utf-8")
+    passed = sum(1 for row in rows if row["passed"])
+    print(f"{passed}/{len(rows)} cases passed; wrote {TARGET}")
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
