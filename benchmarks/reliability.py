@@ -1,7 +1,8 @@
-"""The reliability table: runs the hostile-input suite and writes RELIABILITY.md at the repository's root.
+"""The reliability table: runs the hostile-input and fault suites and writes RELIABILITY.md at the repository's root.
 
-`python -m benchmarks.reliability` (pytest arguments may follow `--`, say `-- -k meta_file`). Each case
-of s3sync_dagster_tests/test_reliability.py records a row (family, case, passed, chunks expected and
+`python -m benchmarks.reliability` (pytest arguments may follow `--`, say `-- -k meta_file`). Each test
+marked `reliability` (s3sync_dagster_tests/test_reliability.py, and the fault-injection tests of
+test_daemon, test_faults and test_sensors) records a row (family, case, passed, chunks expected and
 found, lost, duplicated, stray) into the JSON file S3SYNC_RELIABILITY_REPORT names; this script runs
 the suite with that variable set and renders the rows: a summary per family with totals, then every
 case. A case marked xfail (a bug found and not fixed yet) counts as not passed and names its bug.
@@ -23,7 +24,8 @@ from typing import Any
 from benchmarks import common
 
 REPORT_ENV = "S3SYNC_RELIABILITY_REPORT"
-SUITE = "s3sync_dagster_tests/test_reliability.py"
+# The hostile-input suite and the fault-injection tests: every test marked `reliability`.
+SUITE = "-m reliability"
 COMMAND = "python -m benchmarks.reliability"
 TARGET = common.REPO / "RELIABILITY.md"
 COUNTS = ("chunks_expected", "chunks_found", "lost", "duplicated", "stray")
@@ -34,7 +36,7 @@ def run_suite(rows_file: Path, pytest_args: Sequence[str]) -> tuple[int, float]:
     env = {**os.environ, REPORT_ENV: str(rows_file)}
     started = time.monotonic()
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", SUITE, "-q", "-p", "no:cacheprovider", *pytest_args],
+        [sys.executable, "-m", "pytest", *SUITE.split(), "-q", "-p", "no:cacheprovider", *pytest_args],
         cwd=common.REPO,
         env=env,
         check=False,
@@ -64,7 +66,7 @@ def render(rows: Sequence[dict[str, Any]], exit_code: int, seconds: float, machi
     families = _families(rows)
     header = "| cases | passed | known bugs (xfail) | chunks expected | chunks found | lost | duplicated | stray |"
     lines = [
-        "# Reliability: hostile inputs against the exact chunk set",
+        "# Reliability: hostile inputs and faults against the exact chunk set",
         "",
         f"Made by `{COMMAND}` (it runs `pytest {SUITE}` with {REPORT_ENV} set) on {machine['date']}, "
         f"commit {machine['commit']}, {machine['cpu']}: {len(rows)} cases in {seconds:.0f} s, pytest exit code "
@@ -77,6 +79,14 @@ def render(rows: Sequence[dict[str, Any]], exit_code: int, seconds: float, machi
         "*duplicated*: ids or texts present more often than expected; *stray*: chunks that should not be "
         "there at all; the worst of the two syncs is counted. A known bug is a case marked "
         "`xfail(strict=True)`: it fails today for the reason given and is not counted as passed.",
+        "",
+        "The *faults* cases inject faults into real processes and servers: `kill -9` of the daemon's process "
+        "group (daemon, code server, run workers) before its tick's runs are stored, between two SQS delete "
+        "calls and right after them, and while a run is in progress; a tick whose result never reached the "
+        "instance; redelivered and foreign SQS messages; an S3 endpoint that accepts connections and never "
+        "answers; a Chroma server that is down; two `s3sync sync` processes started together on a fresh "
+        "Dagster home. Each ends with the exact chunk set of its uploads. The *metadata mode* cases: a "
+        "`.meta.json` that arrives before its document, and two naming one object.",
         "",
         "| family " + header,
         "| --- " + "| ---: " * 8 + "|",

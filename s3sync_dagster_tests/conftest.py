@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 import yaml
 from hypothesis import settings
 
+from benchmarks.reliability import REPORT_ENV
 from s3sync_dagster import local_s3
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.local_s3 import LOOPBACK, free_port
@@ -165,3 +169,72 @@ def notifying_queue(sqs: Any, s3: Any, bucket_name: str, queue_name: str) -> str
         },
     )
     return str(url)
+
+
+# --- the reliability table (RELIABILITY.md, `python -m benchmarks.reliability`) ----------------------------
+
+# (collection name, chunk id) -> chunk text: what Chroma must hold, all collections together.
+Chunks = dict[tuple[str, str], str]
+
+
+@dataclass
+class Row:
+    """One case's line in RELIABILITY.md."""
+
+    family: str
+    case: str
+    known_bug: str = ""  # the xfail reason, when the case shows a bug not fixed yet
+    passed: bool = False  # set by the case's last line: an assertion on the way leaves it False
+    chunks_expected: int = 0
+    chunks_found: int = 0
+    lost: int = 0  # expected chunks missing, or holding another text
+    duplicated: int = 0  # ids or texts present more often than expected
+    stray: int = 0  # chunks that should not be there at all (neither their id nor their text is expected)
+
+    def observe(self, expected: Chunks, found: list[tuple[str, str, str]]) -> None:
+        """Count what differs between the chunks expected and those found; the worst of all checks stays."""
+        by_key = {(collection, chunk_id): text for collection, chunk_id, text in found}
+        expected_ids = Counter(chunk_id for _, chunk_id in expected)
+        expected_texts = Counter(expected.values())
+        found_ids = Counter(chunk_id for _, chunk_id, _ in found)
+        found_texts = Counter(text for _, _, text in found)
+        self.chunks_expected = len(expected)
+        self.chunks_found = max(self.chunks_found, len(found))
+        self.lost = max(self.lost, sum(1 for key, text in expected.items() if by_key.get(key) != text))
+        self.duplicated = max(
+            self.duplicated,
+            sum(max(0, n - expected_ids[i]) for i, n in found_ids.items() if i in expected_ids)
+            + sum(max(0, n - expected_texts[t]) for t, n in found_texts.items() if t in expected_texts),
+        )
+        self.stray = max(
+            self.stray, sum(1 for key, text in by_key.items() if key not in expected and text not in expected_texts)
+        )
+
+
+@pytest.fixture(scope="session")
+def reliability_rows() -> Iterator[list[Row]]:
+    rows: list[Row] = []
+    yield rows
+    target = os.environ.get(REPORT_ENV)
+    if target:
+        Path(target).write_text(json.dumps([asdict(row) for row in rows], indent=1), encoding="utf-8")
+
+
+@pytest.fixture
+def fault_row(request: pytest.FixtureRequest, reliability_rows: list[Row]) -> Row:
+    """The table's row of a fault-injection test (marked `reliability`): it observes the chunks at its end."""
+    callspec = getattr(request.node, "callspec", None)
+    marker = request.node.get_closest_marker("reliability")
+    family = str(marker.args[0]) if marker is not None and marker.args else "faults"
+    this = Row(family=family, case=request.node.originalname + (f"[{callspec.id}]" if callspec else ""))
+    reliability_rows.append(this)
+    return this
+
+
+def store_chunks(client: Any) -> list[tuple[str, str, str]]:
+    """(collection, chunk id, text) of every chunk in a Chroma store."""
+    found: list[tuple[str, str, str]] = []
+    for collection in client.list_collections():
+        rows = collection.get(include=["documents"])
+        found += [(collection.name, i, text) for i, text in zip(rows["ids"], rows["documents"], strict=True)]
+    return found

@@ -19,7 +19,7 @@ import yaml
 from s3sync_dagster.defs.monitor import worker_pid
 from s3sync_dagster.local_s3 import LOOPBACK
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster_tests.conftest import notifying_queue, put
+from s3sync_dagster_tests.conftest import Row, notifying_queue, put, store_chunks
 
 REPO = Path(__file__).resolve().parent.parent
 # S3SYNC_LATENCY_UPLOADS=10 turns this test into the latency measurement quoted in the notes.
@@ -173,6 +173,10 @@ class LiveSource:
             return {}
         return dict(zip(found["ids"], found["documents"], strict=True))
 
+    def store_chunks(self) -> list[tuple[str, str, str]]:
+        """Every chunk of this source's collection (the server is shared by other tests' collections)."""
+        return [chunk for chunk in store_chunks(self.chroma) if chunk[0] == self.collection_name]
+
     def queue_depth(self) -> int:
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)["Attributes"]
@@ -189,9 +193,10 @@ def expected_chunks(files: dict[str, str]) -> dict[str, str]:
     return {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("failpoint", ["sqs:received", "sqs:deleting", "sqs:deleted"])
 def test_no_event_is_lost_when_the_daemon_dies(
-    failpoint: str, s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path
+    failpoint: str, s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path, fault_row: Row
 ) -> None:
     """kill -9 of the daemon's process group (daemon, code server, run workers) before the tick's runs are
     stored, while its messages are being deleted, and right after: every upload is indexed exactly once."""
@@ -210,13 +215,16 @@ def test_no_event_is_lost_when_the_daemon_dies(
         want = expected_chunks(files)
         live.wait_until("every upload indexed", lambda: live.chunks() == want, timeout_s=2 * WAIT_S)
         live.wait_until("the queue drained", lambda: live.queue_depth() == 0)
+        fault_row.observe({(live.collection_name, i): text for i, text in want.items()}, live.store_chunks())
         assert live.chunks() == want  # exactly these ids and texts: nothing lost, nothing twice
+        fault_row.passed = True
     finally:
         live.stop()
 
 
+@pytest.mark.reliability
 def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_retried(
-    s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path
+    s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path, fault_row: Row
 ) -> None:
     """kill -9 of the daemon's process group while a run is in progress takes the run worker and the code
     server that watched it: after a restart the run is marked failed (not left in progress forever) and its
@@ -260,5 +268,9 @@ def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_retried(
                     == [dg.DagsterRunStatus.SUCCESS]
                 ),
             )
+            want = expected_chunks(files)
+            fault_row.observe({(live.collection_name, i): text for i, text in want.items()}, live.store_chunks())
+            assert live.chunks() == want
+            fault_row.passed = True
     finally:
         live.stop()

@@ -35,7 +35,7 @@ from s3sync_dagster.runner import (
     register_keys,
     reports_of,
 )
-from s3sync_dagster_tests.conftest import ConfigFactory, put
+from s3sync_dagster_tests.conftest import ConfigFactory, Row, put, store_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT_TIMEOUTS = {"connect_seconds": 1, "read_seconds": 1, "max_attempts": 2}
@@ -93,9 +93,13 @@ def _fresh_home(path: Path) -> Path:
     return path
 
 
-def _chunks(config_path: Path, collection_name: str) -> dict[str, Any]:
+def _store(config_path: Path) -> Any:
     config = load_config(config_path)
-    client = chromadb.PersistentClient(path=config.chroma.embedded_path, settings=Settings(anonymized_telemetry=False))
+    return chromadb.PersistentClient(path=config.chroma.embedded_path, settings=Settings(anonymized_telemetry=False))
+
+
+def _chunks(config_path: Path, collection_name: str) -> dict[str, Any]:
+    client = _store(config_path)
     try:
         found = client.get_collection(collection_name).get(include=["metadatas"])
     except Exception:  # never created
@@ -106,9 +110,10 @@ def _chunks(config_path: Path, collection_name: str) -> dict[str, Any]:
 # (a) A frozen S3 endpoint: timeouts, retries, then a failure per key that says so.
 
 
+@pytest.mark.reliability
 @pytest.mark.timeout(240)  # the old clients waited 60 s per read, 5 times per request: minutes per key
 def test_a_frozen_s3_endpoint_fails_each_key_naming_it_and_the_timeout(
-    bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance, frozen: FrozenEndpoint
+    bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance, frozen: FrozenEndpoint, fault_row: Row
 ) -> None:
     object_keys = ["d/a.txt", "d/b.md", "d/c.py"]
     config, path = make_config(bucket, path_prefix="d/", endpoint_url=frozen.url, timeouts=SHORT_TIMEOUTS)
@@ -135,7 +140,9 @@ def test_a_frozen_s3_endpoint_fails_each_key_naming_it_and_the_timeout(
             "did not answer within the read timeout of 1 s (2 attempts)"
         )
     assert len(frozen.connections) >= 2 * len(object_keys)  # every attempt was made, on a new connection
+    fault_row.observe({}, store_chunks(_store(path)))
     assert _chunks(path, "docs-collection") == {}
+    fault_row.passed = True
 
 
 @pytest.mark.timeout(240)
@@ -165,7 +172,9 @@ def test_sqs_clients_get_the_sources_timeouts_and_room_for_a_long_poll(bucket: s
 # (b) Chroma down: one line naming the store and the cause; the traceback in the run's log only.
 
 
+@pytest.mark.reliability
 def test_chroma_down_is_one_line_on_the_terminal_and_a_traceback_in_the_run_log(
+    fault_row: Row,
     s3: Any,
     bucket: str,
     make_config: ConfigFactory,
@@ -209,6 +218,8 @@ def test_chroma_down_is_one_line_on_the_terminal_and_a_traceback_in_the_run_log(
     assert main(["sync", "docs", "--all", "--config", str(path), "--json"]) == 2
     out = capsys.readouterr()
     assert out.err.startswith("s3sync: run ") and out.err.count("\n") == 1 and "Traceback" not in out.err
+    fault_row.observe({}, [])  # the store was down: nothing could be written, and nothing else happened
+    fault_row.passed = True
 
 
 # (d) Two syncs started together on a fresh Dagster home.
@@ -247,9 +258,10 @@ def test_two_processes_set_up_a_fresh_home_and_register_the_same_keys_together(
             assert len(instance.get_dynamic_partitions(partitions_name("docs"))) == 300
 
 
+@pytest.mark.reliability
 @pytest.mark.timeout(600)
 def test_two_syncs_started_together_on_a_fresh_home_both_succeed_with_the_exact_chunks(
-    s3: Any, bucket: str, make_config: ConfigFactory, tmp_path: Path
+    s3: Any, bucket: str, make_config: ConfigFactory, tmp_path: Path, fault_row: Row
 ) -> None:
     object_keys = [f"d/file-{n:02d}.txt" for n in range(12)]
     put(s3, bucket, {object_key: f"small file {object_key}\n" for object_key in object_keys})
@@ -269,7 +281,13 @@ def test_two_syncs_started_together_on_a_fresh_home_both_succeed_with_the_exact_
         outcomes = [sync.communicate(timeout=300) for sync in syncs]
         assert [sync.returncode for sync in syncs] == [0, 0], outcomes
         chunks = _chunks(config_path, "docs-collection")
+        expected = {
+            ("docs-collection", keys.chunk_id(keys.object_id(object_key), 0)): f"small file {object_key}\n"
+            for object_key in object_keys
+        }
+        fault_row.observe(expected, store_chunks(_store(config_path)))
         assert len(chunks) == len(object_keys)  # one chunk per small file: none lost, none twice
         assert {chunk_id: metadata["object_key"] for chunk_id, metadata in chunks.items()} == {
             keys.chunk_id(keys.object_id(object_key), 0): object_key for object_key in object_keys
         }
+    fault_row.passed = True

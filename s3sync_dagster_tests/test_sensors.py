@@ -15,7 +15,7 @@ from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
 from s3sync_dagster.defs.jobs import sync_job_name
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.resources import ChromaResource
-from s3sync_dagster_tests.conftest import ConfigFactory, notifying_queue, put
+from s3sync_dagster_tests.conftest import ConfigFactory, Row, notifying_queue, put, store_chunks
 
 
 @pytest.fixture
@@ -68,6 +68,9 @@ class AutoSync:
         # The same (cached) client the runs used: one embedded store, one set of settings per process.
         return ChromaResource(path=self.config.chroma.path).client().get_collection(name or self.source.collection_name)
 
+    def store_chunks(self) -> list[tuple[str, str, str]]:
+        return store_chunks(ChromaResource(path=self.config.chroma.path).client())
+
     def chunks(self, object_key: str, collection: str | None = None) -> dict[str, str]:
         found = self.collection(collection).get(where={"object_key": object_key})
         return dict(zip(found["ids"], found["documents"], strict=True))
@@ -117,8 +120,9 @@ def test_upload_overwrite_and_delete_follow_the_bucket(
     assert queue_depth(sqs, queue_url) == 0
 
 
+@pytest.mark.reliability
 def test_redelivered_and_foreign_messages_are_harmless(
-    s3: Any, bucket: str, direct: AutoSync, sqs: Any, queue_url: str
+    s3: Any, bucket: str, direct: AutoSync, sqs: Any, queue_url: str, fault_row: Row
 ) -> None:
     put(s3, bucket, {"in/a.txt": "alpha\n"})
     peeked = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=0)
@@ -136,6 +140,8 @@ def test_redelivered_and_foreign_messages_are_harmless(
     assert direct.latest("in/a.txt")["status"] == "unchanged"
     direct.tick()
     assert queue_depth(sqs, queue_url) == 0
+    fault_row.observe({("docs-collection", i): text for i, text in before.items()}, direct.store_chunks())
+    fault_row.passed = len(before) == 1
 
 
 def test_a_burst_becomes_a_few_runs(s3: Any, bucket: str, direct: AutoSync, sqs: Any, queue_url: str) -> None:
@@ -298,7 +304,8 @@ def meta_file(document_id: str, path: str, **fields: Any) -> str:
     return json.dumps({"version": "chroma-v1", "id": document_id, "path": path, **fields})
 
 
-def test_a_meta_file_before_its_document_waits_for_it(s3: Any, bucket: str, tenant: AutoSync) -> None:
+@pytest.mark.reliability("metadata mode")
+def test_a_meta_file_before_its_document_waits_for_it(s3: Any, bucket: str, tenant: AutoSync, fault_row: Row) -> None:
     put(s3, bucket, {"t1/early.meta.json": meta_file("early", "t1/early.txt", metadata={"team": "a"})})
     _, runs = tenant.tick()
     assert [run.success for run in runs] == [True]
@@ -325,9 +332,12 @@ def test_a_meta_file_before_its_document_waits_for_it(s3: Any, bucket: str, tena
     assert tenant.latest("t1/early.meta.json")["status"] == "waiting"
     # Documents are never partitions in metadata mode.
     assert tenant.instance.get_dynamic_partitions(partitions_name("docs")) == ["t1/early.meta.json"]
+    fault_row.observe({}, tenant.store_chunks())
+    fault_row.passed = not tenant.store_chunks()
 
 
-def test_each_meta_file_is_its_own_document(s3: Any, bucket: str, tenant: AutoSync) -> None:
+@pytest.mark.reliability("metadata mode")
+def test_each_meta_file_is_its_own_document(s3: Any, bucket: str, tenant: AutoSync, fault_row: Row) -> None:
     put(s3, bucket, {"t1/shared.txt": "one object named by two metadata files\n"})
     put(s3, bucket, {"t1/first.meta.json": meta_file("first", "t1/shared.txt", metadata={"who": "first"})})
     tenant.tick()
@@ -359,6 +369,9 @@ def test_each_meta_file_is_its_own_document(s3: Any, bucket: str, tenant: AutoSy
     found = tenant.collection().get(ids=["first-0"], include=["metadatas"])
     assert found["metadatas"][0]["metadata_key"] == "t1/first.meta.json"
     assert found["metadatas"][0]["who"] == "first, again"
+    fault_row.observe({("docs-collection", "first-0"): text}, tenant.store_chunks())
+    assert tenant.chunks("t1/shared.txt") == {"first-0": text}
+    fault_row.passed = True
 
 
 @pytest.fixture
@@ -394,8 +407,15 @@ def test_polling_in_metadata_mode_indexes_only_through_meta_files(
     assert polled_tenant.chunks("t1/named.txt") == {"named-doc-0": "a metadata file names me, changed\n"}
 
 
+@pytest.mark.reliability
 def test_messages_outlive_a_tick_whose_runs_were_never_stored(
-    make_config: ConfigFactory, s3: Any, bucket: str, queue_url: str, sqs: Any, instance: dg.DagsterInstance
+    make_config: ConfigFactory,
+    s3: Any,
+    bucket: str,
+    queue_url: str,
+    sqs: Any,
+    instance: dg.DagsterInstance,
+    fault_row: Row,
 ) -> None:
     """The daemon dies after the sensor returned, before it stored the run requests: the messages were not
     deleted, come back after the visibility timeout, and are synced then (the daemon test kills for real)."""
@@ -414,6 +434,13 @@ def test_messages_outlive_a_tick_whose_runs_were_never_stored(
     assert live.collection().count() == 3
     live.tick()  # sees the runs, deletes their messages
     assert queue_depth(sqs, queue_url) == 0
+    expected = {
+        ("docs-collection", keys.chunk_id(keys.object_id(f"lost-{n}.txt"), 0)): f"event {n} must not be lost\n"
+        for n in range(3)
+    }
+    fault_row.observe(expected, live.store_chunks())
+    assert {(c, i): text for c, i, text in live.store_chunks()} == expected
+    fault_row.passed = True
 
 
 def test_discover_and_sync_all_in_metadata_mode_index_only_through_meta_files(
