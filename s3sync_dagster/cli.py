@@ -190,28 +190,30 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     invocations.check_object_exists(s3_client(source), source, args.object_key)
     with _instance(args) as instance:
         register_keys(instance, source, [args.object_key])
-        run = invocations.submit_partition_run(
-            instance,
-            args.config,
-            source.name,
-            keys.to_partition_key(args.object_key),
-            invocations.invocation_run_config(source.name, invocation),
-            {invocations.SOURCE_TAG: source.name, invocations.INVOCATION_TAG: "cli"},
-        )
-        if not invocations.daemon_running(instance):
-            print(
-                "s3sync: no dagster-daemon is serving this instance's run queue: the run waits until "
-                "`dagster dev` or `dagster-daemon run` starts",
-                file=sys.stderr,
-            )
-        if args.wait:
-            invocations.wait_for(
-                instance,
-                run.run_id,
-                args.timeout,
-                on_status=None if args.json else lambda status: print(f"run {run.run_id}: {status}", file=sys.stderr),
-            )
-        row = invocations.list_invocations_by_id(instance, config, run.run_id)
+        partition_key = keys.to_partition_key(args.object_key)
+        run_config = invocations.invocation_run_config(source.name, invocation)
+        tags = {invocations.SOURCE_TAG: source.name, invocations.INVOCATION_TAG: "cli"}
+        if args.wait and not invocations.daemon_running(instance):
+            # Nobody would dequeue it: run it here, now, recorded on the instance as the queued run would be.
+            run_id = invocations.execute_partition_run(instance, config, source.name, partition_key, run_config, tags)
+        else:
+            run_id = invocations.submit_partition_run(
+                instance, args.config, source.name, partition_key, run_config, tags
+            ).run_id
+            if not invocations.daemon_running(instance):
+                print(
+                    "s3sync: no dagster-daemon is serving this instance's run queue: the run waits until "
+                    "`dagster dev` or `dagster-daemon run` starts (or use --wait to run it here)",
+                    file=sys.stderr,
+                )
+            if args.wait:
+                invocations.wait_for(
+                    instance,
+                    run_id,
+                    args.timeout,
+                    on_status=None if args.json else lambda status: print(f"run {run_id}: {status}", file=sys.stderr),
+                )
+        row = invocations.list_invocations_by_id(instance, config, run_id)
     _emit(args, row, f"run {row['id']}: {_status_text(row['status'])}")
     if not args.wait:
         return EXIT_OK

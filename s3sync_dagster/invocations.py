@@ -163,6 +163,33 @@ def submit_partition_run(
         return instance.submit_run(run.run_id, workspace=None)  # type: ignore[arg-type]
 
 
+def execute_partition_run(
+    instance: dg.DagsterInstance,
+    config: AppConfig,
+    source_name: str,
+    partition_key: str,
+    run_config: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> str:
+    """Run one partition in this process (no daemon serves the queue), recorded on the instance as the
+    queued run would be: same job, config, tags and events, so the UI and `s3sync invocations` show it."""
+    from s3sync_dagster.definitions import build_definitions
+    from s3sync_dagster.runner import QUIET_RUN_CONFIG
+
+    execution = (
+        build_definitions(config)
+        .resolve_implicit_global_asset_job_def()
+        .execute_in_process(
+            instance=instance,
+            asset_selection=[documents_asset_key(source_name)],
+            tags={**tags, PARTITION_TAG: partition_key},
+            run_config={**dict(run_config), **QUIET_RUN_CONFIG},
+            raise_on_error=False,
+        )
+    )
+    return execution.run_id
+
+
 def daemon_running(instance: dg.DagsterInstance, within_s: float = 60.0) -> bool:
     """Whether a dagster-daemon (or `dagster dev`) is dequeuing this instance's runs."""
     heartbeats = instance.get_daemon_heartbeats()

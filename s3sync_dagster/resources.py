@@ -23,6 +23,7 @@ from s3sync_dagster.pipeline.embed import (
     DEFAULT_FUNCTION,
     EmbeddingSpec,
     Precision,
+    Runtime,
     check_collection_model,
     is_old_bundled_record,
 )
@@ -268,6 +269,7 @@ class EmbeddingResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     device: str = "cpu"
     batch_size: int = 64
     precision: Precision = "auto"
+    runtime: Runtime = "auto"
 
     def spec(self) -> EmbeddingSpec:
         return EmbeddingSpec(
@@ -279,6 +281,7 @@ class EmbeddingResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             device=self.device,
             batch_size=self.batch_size,
             precision=self.precision,
+            runtime=self.runtime,
         )
 
     def embedding_function(self) -> EmbeddingFunction[Documents]:
@@ -446,6 +449,7 @@ def embedding_resource(embedding: EmbeddingConfig) -> EmbeddingResource:
         device=embedding.device,
         batch_size=embedding.batch_size,
         precision=embedding.precision,
+        runtime=embedding.runtime,
     )
 
 

@@ -187,3 +187,30 @@ def test_an_invocation_is_checked_against_the_configured_model_not_the_bundled_o
     chunking = {"type": "tree_sitter", "max_tokens": 1000}
     config = parse_config({"embedding": openai, "sources": [{**source, "chunking": chunking}]})
     validate_invocation(config.sources[0], "docs/a.md", Invocation(), config.embedding)
+
+
+def test_invoke_wait_with_no_daemon_runs_the_invocation_here(
+    s3: Any, bucket: str, make_config: ConfigFactory, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No daemon serves the queue: `--wait` does not wait on nobody, it runs the invocation in this process,
+    recorded on the instance as the queued run would be (same job, config, tags and events)."""
+    object_key = "team/report.md"
+    put(s3, bucket, {object_key: "# Report\n\nThe quarterly total is 42.\n"})
+    config, path = make_config(bucket, path_prefix="team/")
+    code, row, err = cli(
+        capsys, "invoke", "docs", object_key, "--custom-id", "report-1", "--metadata", '{"team": "finance"}',
+        "--wait", "--timeout", "5", "--config", str(path),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "no dagster-daemon" not in err
+    assert row["status"]["complete"]["duration_ms"] > 0 and row["trigger"] == "invocation"
+    validate_jobs([row])
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(row["id"])
+        assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags["dagster/partition"] == keys.to_partition_key(object_key)
+        assert run.run_config["ops"][asset_op_name("docs")]["config"]["custom_id"] == "report-1"
+    from s3sync_dagster.resources import ChromaResource
+
+    found = ChromaResource(path=config.chroma.embedded_path).client().get_collection("docs-collection").get()
+    assert found["ids"] == ["report-1-0"] and found["metadatas"][0]["team"] == "finance"

@@ -47,8 +47,9 @@ def receive_messages(
         remaining = deadline - time.monotonic()
         if remaining <= 1:
             break
-        # A long wait only while nothing has arrived yet; once a burst is flowing, short polls drain it.
-        wait = min(5 if not messages else 1, int(remaining) - 1)
+        # A long wait only while nothing has arrived yet (an upload during it is seen at once); once
+        # messages flow, polls that do not wait drain the rest, and the first empty one ends the read.
+        wait = min(5, int(remaining) - 1) if not messages else 0
         response = client.receive_message(
             QueueUrl=queue_url,
             MaxNumberOfMessages=10,

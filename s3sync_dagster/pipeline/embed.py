@@ -26,6 +26,11 @@ from s3sync_dagster.pipeline.tokens import TokenBudget
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 Precision = Literal["auto", "float32", "bfloat16"]
+# How our `default` function computes: ONNX Runtime (loads in <1 s) or torch (5-8 s to load; where the
+# CPU multiplies bfloat16 natively, ~1.3x faster per text). auto: ONNX, and torch in bfloat16 once a
+# process has embedded TORCH_AFTER_TEXTS texts on such a CPU (a bulk sync), where its load pays off.
+Runtime = Literal["auto", "onnx", "torch"]
+TORCH_AFTER_TEXTS = 2000
 
 DEFAULT_FUNCTION = "default"
 SENTENCE_TRANSFORMER = "sentence_transformer"
@@ -129,21 +134,45 @@ def _encode(
     return [np.asarray(vector, dtype=np.float32) for vector in vectors]
 
 
+_texts_embedded = [0]  # by this process's default functions: when `auto` turns to torch
+
+
 class ChromaDefaultFunction(EmbeddingFunction[Documents]):
-    """Chroma's `default` function (all-MiniLM-L6-v2), computed with the bundled weights in torch.
+    """Chroma's `default` function (all-MiniLM-L6-v2), computed from the bundled weights.
 
     The collection records `{"name": "default"}` with no machine path, so any `chromadb` client opens it
-    with no arguments and embeds queries into the same space (its ONNX Runtime copy of the same weights;
-    vectors agree to cosine >= 0.9999, tested). Writing goes through torch instead, which runs bfloat16
-    matrix products where the CPU has them (about 2x) and pads a batch only to its longest text.
+    with no arguments and embeds queries into the same space (its ONNX Runtime copy of the same weights).
+    We compute with that same ONNX model, padded per batch instead of to 256 tokens (pipeline/onnx_minilm.py),
+    or with torch, which runs bfloat16 matrix products where the CPU has them: both agree with chromadb's
+    function to cosine >= 0.9999 (tested). See Runtime for which one runs.
     """
 
-    def __init__(self, batch_size: int = 64, precision: Precision = "auto", device: str = "cpu") -> None:
+    def __init__(
+        self, batch_size: int = 64, precision: Precision = "auto", device: str = "cpu", runtime: Runtime = "auto"
+    ) -> None:
         self.batch_size = batch_size
         self.device = device
         self.precision = resolve_precision(precision, device)
+        self.runtime = runtime
+        if runtime == "auto" and (device != "cpu" or precision == "bfloat16"):
+            self.runtime = "torch"  # a GPU, or bfloat16 asked for by name: only torch has them
+
+    def uses_onnx(self) -> bool:
+        if self.runtime != "auto":
+            return self.runtime == "onnx"
+        return self.precision == "float32" or _texts_embedded[0] < TORCH_AFTER_TEXTS
 
     def __call__(self, input: Documents) -> Embeddings:
+        if not input:
+            return []
+        onnx = self.uses_onnx()
+        _texts_embedded[0] += len(input)
+        if onnx:
+            from s3sync_dagster.chroma_default import ensure_default_model
+            from s3sync_dagster.pipeline import onnx_minilm
+
+            # The model files setup made (made now, offline, if they are missing).
+            return onnx_minilm.encode(ensure_default_model(), list(input))
         return _encode(bundled_model_path(), self.device, input, self.batch_size, self.precision, normalize=True)
 
     @staticmethod
@@ -223,6 +252,7 @@ class EmbeddingSpec:
     device: str = "cpu"
     batch_size: int = 64
     precision: Precision = "auto"
+    runtime: Runtime = "auto"
 
     def build(self) -> EmbeddingFunction[Documents]:
         """The function; building it loads no model (and for a registered one, calls out to nothing)."""
@@ -334,7 +364,9 @@ def _sentence_transformer_window(model_dir: str) -> int | None:
 def _build(spec_json: str) -> EmbeddingFunction[Documents]:
     spec = EmbeddingSpec(**json.loads(spec_json))
     if spec.function == DEFAULT_FUNCTION:
-        return ChromaDefaultFunction(batch_size=spec.batch_size, precision=spec.precision, device=spec.device)
+        return ChromaDefaultFunction(
+            batch_size=spec.batch_size, precision=spec.precision, device=spec.device, runtime=spec.runtime
+        )
     if spec.function == SENTENCE_TRANSFORMER:
         return LazySentenceTransformer(
             model_name=spec.recorded_model_name(),

@@ -1,0 +1,60 @@
+"""Chroma's default model (all-MiniLM-L6-v2) on ONNX Runtime, as chromadb computes it, padded per batch.
+
+chromadb's own function pads every text to 256 tokens; padding a batch only to its longest text (texts
+sorted by length, so neighbours are alike) gives the same vectors (masked mean pooling ignores padding;
+tested) at a fraction of the work. The session loads in well under a second, where torch and
+sentence-transformers take 5-8 s here: what a run that embeds a few chunks waits for (README,
+"Embedding functions"; benchmarks/RESULTS.md, section 9).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+MAX_TOKENS = 256  # what chromadb's ONNX function truncates at, [CLS] and [SEP] included
+BATCH_SIZE = 16  # larger batches pad more and gain nothing on two cores (measured)
+
+_lock = threading.Lock()
+_loaded: dict[str, tuple[Any, Any]] = {}  # model folder -> (session, tokenizer), one per process
+
+
+def _load(folder: Path) -> tuple[Any, Any]:
+    with _lock:
+        if str(folder) not in _loaded:
+            import onnxruntime
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            tokenizer.enable_truncation(max_length=MAX_TOKENS)
+            tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest text
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3
+            session = onnxruntime.InferenceSession(
+                str(folder / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            _loaded[str(folder)] = (session, tokenizer)
+        return _loaded[str(folder)]
+
+
+def encode(folder: Path, texts: list[str], batch_size: int = BATCH_SIZE) -> list[Any]:
+    """Unit-length float32 vectors of texts, in their order."""
+    import numpy as np
+
+    session, tokenizer = _load(folder)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    vectors: list[Any] = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        encoded = tokenizer.encode_batch([texts[i] for i in batch])
+        input_ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        attention_mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
+        (hidden,) = session.run(["last_hidden_state"], feed)
+        mask = attention_mask[..., None].astype(np.float32)
+        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        for position, index in enumerate(batch):
+            vectors[index] = pooled[position].astype(np.float32)
+    return vectors
