@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,7 +63,68 @@ def notifying_queue(endpoint_url: str, bucket: str) -> str:
     return str(url)
 
 
-def measure(endpoint_url: str, workdir: Path, uploads: int = 20) -> dict[str, Any]:
+STAGES = (
+    ("sqs_sent", "event in SQS"),
+    ("run_created", "run requested (sensor tick)"),
+    ("run_starting", "run dequeued"),
+    ("worker_started", "run worker started"),
+    ("run_started", "run started"),
+    ("step_started", "step started"),
+    ("written", "chunks written"),
+    ("queryable", "queryable"),
+)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+
+
+def _run_stages(instance: Any, run_id: str) -> dict[str, float]:
+    """Epoch seconds at which the run reached each stage (from its own events), and its materialisations."""
+    import dagster as dg
+
+    from s3sync_dagster.defs.sensors import SQS_SENT_TAG
+
+    record = instance.get_run_record_by_id(run_id)
+    stages: dict[str, float] = {"run_created": record.create_timestamp.timestamp()}
+    sent = record.dagster_run.tags.get(SQS_SENT_TAG)
+    if sent and int(sent) > 0:
+        stages["sqs_sent"] = int(sent) / 1000
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        kind = event.event_type
+        if kind == dg.DagsterEventType.RUN_STARTING:
+            stages.setdefault("run_starting", entry.timestamp)
+        elif kind == dg.DagsterEventType.ENGINE_EVENT and "pid" in (event.engine_event_data.metadata or {}):
+            stages.setdefault("worker_started", entry.timestamp)
+        elif kind == dg.DagsterEventType.RUN_START:
+            stages.setdefault("run_started", entry.timestamp)
+        elif kind == dg.DagsterEventType.STEP_START:
+            stages.setdefault("step_started", entry.timestamp)
+    return stages
+
+
+def _written_at(instance: Any, run_id: str) -> dict[str, tuple[float, float]]:
+    """object key -> (when its materialisation was logged, seconds its embedding took), for a run."""
+    import dagster as dg
+
+    written: dict[str, tuple[float, float]] = {}
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = entry.dagster_event.step_materialization_data.materialization
+        metadata = {name: getattr(value, "value", value) for name, value in materialization.metadata.items()}
+        timings = metadata.get("timings_s") or {}
+        written[str(metadata.get("object_key"))] = (entry.timestamp, float(timings.get("embed", 0.0)))
+    return written
+
+
+def measure(
+    endpoint_url: str, workdir: Path, uploads: int = 30, spacing_s: float = 3.0, burst: int = 100
+) -> dict[str, Any]:
+    """Single uploads `spacing_s` apart (each timed from PutObject's return to a query finding its chunk),
+    then a burst of uploads at once; every stage of each single upload from its run's events."""
     import chromadb
 
     common.credentials()
@@ -71,7 +133,6 @@ def measure(endpoint_url: str, workdir: Path, uploads: int = 20) -> dict[str, An
     s3.create_bucket(Bucket=bucket)
     queue_url = notifying_queue(endpoint_url, bucket)
     home = common.dagster_home(workdir / "home")
-    latencies: list[float] = []
     with chroma_server(workdir / "chroma-server") as port:
         config_file = workdir / "latency.yaml"
         config_file.write_text(
@@ -105,23 +166,48 @@ def measure(endpoint_url: str, workdir: Path, uploads: int = 20) -> dict[str, An
             start_new_session=True,
         )
         client = chromadb.HttpClient(host=LOOPBACK, port=port)
+        put_at: dict[str, float] = {}  # object key -> epoch seconds PutObject returned
+        queryable_at: dict[str, float] = {}
+
+        def watch(object_keys: list[str], deadline_s: float) -> None:
+            """Poll Chroma until every key has a chunk, noting when each first did."""
+            deadline = time.monotonic() + deadline_s
+            while len(queryable_at.keys() & set(object_keys)) < len(object_keys):
+                if time.monotonic() > deadline:
+                    missing = sorted(set(object_keys) - queryable_at.keys())
+                    raise TimeoutError(
+                        f"{len(missing)} upload(s) not queryable, {missing[:3]}...:\n{log.read_text()[-3000:]}"
+                    )
+                try:
+                    metadatas = client.get_collection("live-chunks").get(include=["metadatas"])["metadatas"] or []
+                except Exception:  # the collection comes with the first run
+                    metadatas = []
+                now = time.time()
+                for metadata in metadatas:
+                    queryable_at.setdefault(str(metadata["object_key"]), now)
+                time.sleep(0.1)
+
+        def upload(object_key: str) -> None:
+            s3.put_object(Bucket=bucket, Key=object_key, Body=f"{object_key} reached the index\n".encode())
+            put_at[object_key] = time.time()
+
         try:
             # A warm-up upload: the daemon's start (code server, first sensor tick) is not latency.
-            for number in range(uploads + 1):
-                object_key = f"uploads/file-{number:03d}.txt"
-                started = time.monotonic()
-                s3.put_object(Bucket=bucket, Key=object_key, Body=f"upload {number} reached the index\n".encode())
-                while True:
-                    try:
-                        if client.get_collection("live-chunks").get(where={"object_key": object_key})["ids"]:
-                            break
-                    except Exception:  # the collection comes with the first run
-                        pass
-                    if time.monotonic() - started > WAIT_S:
-                        raise TimeoutError(f"{object_key} not queryable after {WAIT_S} s:\n{log.read_text()[-3000:]}")
-                    time.sleep(0.1)
-                if number > 0:
-                    latencies.append(time.monotonic() - started)
+            upload("warmup/file.txt")
+            watch(["warmup/file.txt"], WAIT_S)
+            singles = [f"single/file-{number:03d}.txt" for number in range(uploads)]
+            watcher = threading.Thread(target=watch, args=(singles, WAIT_S + uploads * spacing_s), daemon=True)
+            watcher.start()
+            for object_key in singles:
+                upload(object_key)
+                time.sleep(spacing_s)
+            watcher.join()
+            bursts = [f"burst/file-{number:03d}.txt" for number in range(burst)]
+            burst_started = time.time()
+            for object_key in bursts:
+                upload(object_key)
+            watch(bursts, WAIT_S)
+            burst_s = max(queryable_at[key] for key in bursts) - burst_started
         finally:
             os.killpg(daemon.pid, signal.SIGTERM)
             try:
@@ -129,10 +215,42 @@ def measure(endpoint_url: str, workdir: Path, uploads: int = 20) -> dict[str, An
             except subprocess.TimeoutExpired:
                 os.killpg(daemon.pid, signal.SIGKILL)
                 daemon.wait()
+    latencies = [queryable_at[key] - put_at[key] for key in singles]
+    stages = _stages_of_singles(home, singles, put_at, queryable_at)
     return {
         "uploads": len(latencies),
+        "spacing_s": spacing_s,
         "median_s": common.median(latencies),
+        "p95_s": _percentile(latencies, 0.95),
         "max_s": max(latencies),
         "min_s": min(latencies),
         "all_s": [round(value, 2) for value in latencies],
+        "burst": burst,
+        "burst_all_queryable_s": burst_s,
+        "stages_median_s": stages,
     }
+
+
+def _stages_of_singles(
+    home: Path, singles: list[str], put_at: dict[str, float], queryable_at: dict[str, float]
+) -> dict[str, float]:
+    """Median seconds after PutObject at which each single upload reached each stage."""
+    import dagster as dg
+
+    offsets: dict[str, list[float]] = {name: [] for name, _ in STAGES}
+    embed: list[float] = []
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_run_records(dg.RunsFilter(tags={"s3sync/source": "live"}))
+        for record in runs:
+            run_id = record.dagster_run.run_id
+            stages = _run_stages(instance, run_id)
+            for object_key, (written, embed_s) in _written_at(instance, run_id).items():
+                if object_key not in singles:
+                    continue
+                start = put_at[object_key]
+                for name, at in {**stages, "written": written, "queryable": queryable_at[object_key]}.items():
+                    offsets[name].append(at - start)
+                embed.append(embed_s)
+    medians = {name: round(common.median(values), 2) for name, values in offsets.items() if values}
+    medians["embed_duration"] = round(common.median(embed), 3) if embed else 0.0
+    return medians

@@ -27,6 +27,9 @@ LIST_PAGE_SIZE = 1000  # ListObjectsV2's own maximum
 # Every run an SQS tick requests carries this tag, valued by the tick's messages: a later tick deletes
 # the messages once runs with it exist.
 SQS_BATCH_TAG = "s3sync/sqs_batch"
+# When the oldest event of a run reached the queue (epoch ms, SQS's SentTimestamp): how old events are when
+# their run starts (benchmarks, section 3).
+SQS_SENT_TAG = "s3sync/sqs_sent_ms"
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -55,6 +58,7 @@ def receive_messages(
             MaxNumberOfMessages=10,
             WaitTimeSeconds=max(wait, 0),
             VisibilityTimeout=visibility_timeout_s,
+            AttributeNames=["SentTimestamp"],
         )
         batch = response.get("Messages", [])
         if not batch:
@@ -243,8 +247,14 @@ def build_sqs_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorDe
         # Keyed by the messages it covers: a redelivered message never launches a second run.
         message_ids = sorted(str(message.get("MessageId")) for message in messages)
         batch = hashlib.sha256("\n".join(message_ids).encode()).hexdigest()[:32]
+        sent = [int(message.get("Attributes", {}).get("SentTimestamp", 0)) for message in messages]
         result = _sync_result(
-            source, to_sync, to_register, message_ids, f"sqs:{source.auto_sync}", {SQS_BATCH_TAG: batch}
+            source,
+            to_sync,
+            to_register,
+            message_ids,
+            f"sqs:{source.auto_sync}",
+            {SQS_BATCH_TAG: batch, SQS_SENT_TAG: str(min(sent))},
         )
         handles = [str(message["ReceiptHandle"]) for message in messages]
         if result.run_requests:
