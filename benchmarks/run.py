@@ -252,9 +252,36 @@ def _earlier_bulks(results_json: Path, endpoint_url: str, raw: dict[str, Any]) -
     return bulks
 
 
+def inrun_markdown(result: dict[str, Any]) -> str:
+    in_run, bare, changed = result["in_run"], result["bare"], result["changed"]
+    return "\n".join(
+        [
+            "## 9. Embedding inside a run; a run of changed keys",
+            "",
+            f"{result['objects']} generated text and code objects synced by `s3sync sync --all` in a fresh process "
+            f"({result['sync_all_s']:.1f} s): the embedding time the run's keys report against the same embedding "
+            "function, in another fresh process, on the very texts the run stored (each distinct text once, in the "
+            "engine's write groups). Both pay their own model load, as a run does.",
+            "",
+            "| | texts | embedding s | texts/s |",
+            "| --- | ---: | ---: | ---: |",
+            f"| inside the run | {in_run['texts']} | {in_run['embed_s']:.2f} | {in_run['texts_per_s']:.1f} |",
+            f"| bare function | {bare['texts']} | {bare['seconds']:.2f} | {bare['texts_per_s']:.1f} |",
+            "",
+            f"In-run / bare throughput: **{result['ratio']:.2f}**.",
+            "",
+            f"Then {changed['keys']} neighbouring keys change and `s3sync sync --key ...` syncs them: "
+            f"{changed['runs']} run, **{changed['run_start_to_last_write_s']:.1f} s from the run's start to its "
+            f"last write** ({changed['command_s']:.1f} s for the whole command, process start included).",
+        ]
+    )
+
+
 # Where each section's raw figures sit in results.json (section 5 reads section 1's).
 RAW_KEYS = {"1": ("bulk", "bulk_measured"), "2": ("incremental",), "3": ("latency",), "4": ("scale",),
-            "5": (), "6": ("fixes",), "7": ("retrieval",)}  # fmt: skip
+            "5": (), "6": ("fixes",), "7": ("retrieval",), "8": (), "9": ("inrun",)}  # fmt: skip
+# Section 8 (drift audit) is measured on its own (`python -m benchmarks.audit WORKDIR`): always carried over here.
+STANDALONE = {"8"}
 CARRIED_NOTE = "_Not measured by the invocation above: carried over from the earlier run that wrote this file"
 
 
@@ -293,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-repeats", type=int, help="runs of the peer pipeline (default: --repeats)")
     parser.add_argument("--uploads", type=int, default=30, help="latency: single uploads, 3 s apart")
     parser.add_argument("--burst", type=int, default=100, help="latency: uploads in the burst")
+    parser.add_argument("--inrun-objects", type=int, default=150, help="section 9: text objects synced")
     parser.add_argument("--scale-keys", type=int, default=100_000)
     parser.add_argument("--big-object-mb", type=int, default=200)
     parser.add_argument("--scale-repeats", type=int, default=3, help="repeats of each scale key step")
@@ -322,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         args.burst = 3
         args.retrieval_files, args.retrieval_probes, args.retrieval_budgets = 12, 24, "none"
     sizes = [int(size) for size in args.sizes.split(",")]
-    skip = {section.strip() for section in args.skip.split(",") if section.strip()}
+    skip = {section.strip() for section in args.skip.split(",") if section.strip()} | STANDALONE
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="s3sync-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     common.credentials()
@@ -353,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"invocation, {earlier['machine']['date']} at commit {earlier['machine']['commit']}, with "
                 f"`python -m benchmarks.run {' '.join(earlier['argv'])}`; the other sections went on from its instance and stores."
             )
-        ordered = sorted([*sections, *carried], key=lambda section: section.split(".", 1)[0])  # "## 1." .. "## 7."
+        ordered = sorted([*sections, *carried], key=lambda section: int(section[3:].split(".", 1)[0]))
         Path(args.out).write_text("\n\n".join(["\n".join(header), *ordered]) + "\n")
         Path(args.out).with_name("results.json").write_text(json.dumps(raw, indent=2, default=str))
 
@@ -426,6 +454,14 @@ def main(argv: list[str] | None = None) -> int:
             raw["scale"] = result
             sections.append(scale.section_markdown(result))
             write()
+        if "9" not in skip:
+            from benchmarks import inrun
+
+            result = inrun.measure(server.endpoint_url, workdir / "inrun", 20 if args.smoke else args.inrun_objects)
+            raw["inrun"] = result
+            sections.append(inrun_markdown(result))
+            write()
+            log(f"in-run embedding: {result['ratio']:.2f}x the bare function")
         if "7" not in skip:
             from benchmarks import retrieval
 

@@ -23,6 +23,7 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
         "## 5. Where the time goes",
         "## 6. Fixes: before and after",
         "## 7. Retrieval quality",
+        "## 9. Embedding inside a run; a run of changed keys",
     ):
         assert heading in text, heading
     raw = json.loads((tmp_path / "results.json").read_text())
@@ -37,7 +38,10 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     incremental = raw["incremental"]
     assert incremental["unchanged_pass"]["runs"] == 0
     assert incremental["after_change"]["keys"] == incremental["changed"] + incremental["deleted"]
-    assert raw["latency"]["uploads"] == 1
+    assert raw["latency"]["uploads"] == 1 and raw["latency"]["burst"] == 3
+    assert raw["latency"]["stages_median_s"]["queryable"] > raw["latency"]["stages_median_s"]["run_created"]
+    assert raw["inrun"]["in_run"]["texts"] == raw["inrun"]["bare"]["texts"] > 0
+    assert raw["inrun"]["changed"]["runs"] == 1
     # The before/after measurements wrote the same chunks both ways and compared real vectors.
     fixes = raw["fixes"]
     assert fixes["writes"]["chunks"] > fixes["writes"]["objects"] > 0

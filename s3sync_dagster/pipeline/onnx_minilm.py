@@ -31,6 +31,9 @@ def _load(folder: Path) -> tuple[Any, Any]:
             tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest text
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 3
+            # Chroma's own threads share the cores inside a run: ONNX Runtime's workers must sleep while they
+            # wait, not spin (as OMP_WAIT_POLICY=PASSIVE does for torch; pipeline/embed.py).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = onnxruntime.InferenceSession(
                 str(folder / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
             )
