@@ -244,11 +244,15 @@ def _stages_of_singles(
         for record in runs:
             run_id = record.dagster_run.run_id
             stages = _run_stages(instance, run_id)
-            for object_key, (written, embed_s) in _written_at(instance, run_id).items():
+            written_by_run = _written_at(instance, run_id)
+            for object_key, (written, embed_s) in written_by_run.items():
                 if object_key not in singles:
                     continue
                 start = put_at[object_key]
-                for name, at in {**stages, "written": written, "queryable": queryable_at[object_key]}.items():
+                reached = {**stages, "written": written, "queryable": queryable_at[object_key]}
+                if len(written_by_run) > 1:
+                    reached.pop("sqs_sent", None)  # the run's tag is its oldest event's: another upload's
+                for name, at in reached.items():
                     offsets[name].append(at - start)
                 embed.append(embed_s)
     medians = {name: round(common.median(values), 2) for name, values in offsets.items() if values}
