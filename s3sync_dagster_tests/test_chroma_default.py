@@ -107,7 +107,11 @@ def test_chroma_default_function_matches_sentence_transformers(monkeypatch: pyte
     assert chroma.shape == (len(texts), 384)
     for precision in ("float32", "bfloat16"):
         # The class that writes `default` collections, and the `sentence_transformer` one over the same weights.
-        for function in (ChromaDefaultFunction(precision=precision), LazySentenceTransformer(precision=precision)):
+        for function in (
+            ChromaDefaultFunction(precision=precision),  # float32: ONNX Runtime; bfloat16: torch
+            ChromaDefaultFunction(precision=precision, runtime="torch"),
+            LazySentenceTransformer(precision=precision),
+        ):
             ours = np.array(function(texts))
             cosines = (chroma * ours).sum(axis=1) / np.linalg.norm(chroma, axis=1) / np.linalg.norm(ours, axis=1)
             assert cosines.min() >= 0.9999, (precision, function.name(), cosines)

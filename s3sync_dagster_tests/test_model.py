@@ -95,17 +95,20 @@ def test_plain_chromadb_client_in_a_fresh_process_gets_our_top_results(
     assert plain_client_query(tmp_path, "plain-check", queries) == ours
 
 
-def test_opening_a_collection_does_not_load_torch() -> None:
-    # In a fresh interpreter: creating and reopening a collection with our function must not import
-    # torch; only an actual embedding does (runs over unchanged objects never pay for it).
+def test_opening_a_collection_does_not_load_a_model() -> None:
+    # In a fresh interpreter: creating and reopening a collection with our function must not load a model;
+    # only an actual embedding does (runs over unchanged objects never pay for it), and the default runtime
+    # (ONNX) never imports torch.
     script = (
         "import sys, chromadb\n"
         "from s3sync_dagster.pipeline.embed import ChromaDefaultFunction\n"
         "client = chromadb.EphemeralClient()\n"
         "client.get_or_create_collection('no-torch', embedding_function=ChromaDefaultFunction())\n"
         "client.get_collection('no-torch', embedding_function=ChromaDefaultFunction())\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "ChromaDefaultFunction()(['now it loads'])\n"
+        "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules, 'a model runtime was imported'\n"
+        "ChromaDefaultFunction(runtime='onnx')(['now it loads'])\n"
+        "assert 'onnxruntime' in sys.modules and 'torch' not in sys.modules\n"
+        "ChromaDefaultFunction(runtime='torch')(['now torch loads'])\n"
         "assert 'torch' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
