@@ -237,10 +237,12 @@ def _stages_of_singles(
     """Median seconds after PutObject at which each single upload reached each stage."""
     import dagster as dg
 
+    from s3sync_dagster.defs.tags import SOURCE_TAG
+
     offsets: dict[str, list[float]] = {name: [] for name, _ in STAGES}
     embed: list[float] = []
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        runs = instance.get_run_records(dg.RunsFilter(tags={"s3sync/source": "live"}))
+        runs = instance.get_run_records(dg.RunsFilter(tags={SOURCE_TAG: "live"}))
         for record in runs:
             run_id = record.dagster_run.run_id
             stages = _run_stages(instance, run_id)

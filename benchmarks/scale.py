@@ -40,7 +40,7 @@ import dagster as dg
 import psutil
 from botocore.config import Config as BotoConfig
 
-from benchmarks import common
+from benchmarks import common, dagster_server
 from benchmarks.corpus import WORDS
 from s3sync_dagster import local_s3
 from s3sync_dagster.config import AppConfig, load_config
@@ -52,7 +52,6 @@ from s3sync_dagster.pipeline import keys as partition_keys
 from s3sync_dagster.pipeline.poll import PollState
 from s3sync_dagster.resources import S3SourceResource
 from s3sync_dagster.runner import discover
-from s3sync_dagster_tests import dagster_server
 
 SOURCE = "scale"
 BUCKET = "s3sync-scale"

@@ -12,6 +12,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3sync_dagster.config import AppConfig, ConfigError, config_path, load_config
+from s3sync_dagster.defs.tags import INVOCATION_TAG, SOURCE_TAG
 from s3sync_dagster.invocations import InvocationError
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
@@ -192,7 +193,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         register_keys(instance, source, [args.object_key])
         partition_key = keys.to_partition_key(args.object_key)
         run_config = invocations.invocation_run_config(source.name, invocation)
-        tags = {invocations.SOURCE_TAG: source.name, invocations.INVOCATION_TAG: "cli"}
+        tags = {SOURCE_TAG: source.name, INVOCATION_TAG: "cli"}
         if args.wait and not invocations.daemon_running(instance):
             # Nobody would dequeue it: run it here, now, recorded on the instance as the queued run would be.
             run_id = invocations.execute_partition_run(instance, config, source.name, partition_key, run_config, tags)

@@ -12,13 +12,14 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.documents import DEFAULT_MAX_PAGES
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision, Runtime
+from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
 
 DEFAULT_CONFIG_FILE = "s3sync.yaml"
 CONFIG_ENV_VAR = "S3SYNC_CONFIG"
 DEFAULT_CHROMA_PATH = ".s3sync/chroma"
 # Chroma Sync's own limit per file; configurable per source.
-DEFAULT_MAX_OBJECT_BYTES = 200 * 1024 * 1024
 
 SOURCE_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 _ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -297,7 +298,7 @@ class SourceConfig(_Model):
     exclude: list[str] = Field(default_factory=list)
     chunking: ChunkingConfig = Field(default_factory=TreeSitterChunking)
     max_object_bytes: int = Field(default=DEFAULT_MAX_OBJECT_BYTES, ge=1)
-    max_document_pages: int = Field(default=7000, ge=1)  # Chroma Sync's limit per document
+    max_document_pages: int = Field(default=DEFAULT_MAX_PAGES, ge=1)  # Chroma Sync's limit per document
     # Auto-sync, as Chroma Sync: S3 event notifications through an SQS queue, `direct` (every upload)
     # or `metadata` (only .meta.json uploads); deletes are followed too.
     auto_sync: Literal["none", "direct", "metadata"] = "none"

@@ -21,15 +21,12 @@ import dagster as dg
 from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, EmbeddingConfig, SourceConfig, config_path
 from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
 from s3sync_dagster.defs.jobs import sync_op_name
+from s3sync_dagster.defs.tags import INVOCATION_TAG, RANGE_END_TAG, RANGE_START_TAG, SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import keys, objects
 from s3sync_dagster.pipeline.sync import Invocation
 from s3sync_dagster.resources import embedding_resource, s3_source_resource
 
-SOURCE_TAG = "s3sync/source"
-INVOCATION_TAG = "s3sync/invocation"
 PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 ASSET_JOB = "__ASSET_JOB"
 # workspace.yaml's location: runs made here must name it, so the daemon and the UI find their code.
 LOCATION_NAME = "s3sync_dagster.definitions"
@@ -257,7 +254,7 @@ def run_scope(run: dg.DagsterRun, config: AppConfig) -> RunScope | None:
     elif "dagster/backfill" in run.tags:
         trigger = "backfill"
     else:
-        trigger = run.tags.get("s3sync/trigger") or ("sync" if name == run.tags.get(SOURCE_TAG) else "ui")
+        trigger = run.tags.get(TRIGGER_TAG) or ("sync" if name == run.tags.get(SOURCE_TAG) else "ui")
     return RunScope(name, object_key, count, target or source.collection_name, trigger)
 
 

@@ -14,6 +14,7 @@ import dagster as dg
 from s3sync_dagster.config import AppConfig, SourceConfig
 from s3sync_dagster.defs.assets import documents_asset_key, index_partitions, partitions_name
 from s3sync_dagster.defs.checks import audited_collections, drift_of
+from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import audit, events, index, keys
 from s3sync_dagster.resources import (
     ChromaResource,
@@ -101,7 +102,7 @@ def build_repair_job(source: SourceConfig) -> dg.JobDefinition:
             context.instance.add_dynamic_partitions(name, new)
         index_partitions(context, asset_key, s3_key, partitions)
 
-    @dg.job(name=repair_job_name(source.name), tags={"s3sync/source": source.name, "s3sync/trigger": "repair"})
+    @dg.job(name=repair_job_name(source.name), tags={SOURCE_TAG: source.name, TRIGGER_TAG: "repair"})
     def repair_job() -> None:
         repair_drift()
 

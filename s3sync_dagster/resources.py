@@ -18,7 +18,7 @@ from pydantic import Field
 
 from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig, TimeoutsConfig
 from s3sync_dagster.pipeline import index
-from s3sync_dagster.pipeline.documents import DocumentOptions
+from s3sync_dagster.pipeline.documents import DEFAULT_MAX_PAGES, DocumentOptions
 from s3sync_dagster.pipeline.embed import (
     DEFAULT_FUNCTION,
     EmbeddingSpec,
@@ -27,6 +27,7 @@ from s3sync_dagster.pipeline.embed import (
     check_collection_model,
     is_old_bundled_record,
 )
+from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
 from s3sync_dagster.pipeline.sync import SourceSpec
 
 if TYPE_CHECKING:
@@ -108,8 +109,8 @@ class S3SourceResource(S3Resource):
     chunk_max_size_bytes: int = 4096
     chunk_max_lines: int = 10
     chunk_max_tokens: int | None = None  # absent: the embedding model's default (EmbeddingSpec.default_chunk_tokens)
-    max_object_bytes: int = 200 * 1024 * 1024
-    max_document_pages: int = 7000
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    max_document_pages: int = DEFAULT_MAX_PAGES
     container_tag_regex: str | None = None
     auto_sync: str = "none"
     connect_timeout_seconds: float = _TIMEOUTS.connect_seconds

@@ -19,11 +19,10 @@ from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_p
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
 from s3sync_dagster.defs.links import InstanceMetaLinks
+from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG, SOURCE_TAG
 from s3sync_dagster.pipeline import events, keys, objects
 from s3sync_dagster.resources import S3SourceResource, s3_source_resource
 
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 # The CLI prints its own summary, a line per failed key or failed run; the run's full event log,
 # warnings and tracebacks included, stays on the instance for the UI (`dagster` prints failures at
 # ERROR level with their whole traceback: hundreds of lines for one unreachable store).
@@ -246,7 +245,7 @@ def sync(
     asset_key = documents_asset_key(source_name)
     for batch in contiguous_batches(ordered, wanted, batch_size or source.keys_per_run):
         run_started = time.perf_counter()
-        run_tags = {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1], "s3sync/source": source_name}
+        run_tags = {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1], SOURCE_TAG: source_name}
         run_tags.update(tags or {})
         execution = job.execute_in_process(
             instance=instance,

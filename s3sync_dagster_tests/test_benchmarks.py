@@ -89,3 +89,17 @@ def test_audit_benchmark_smoke_finds_the_planted_drift(tmp_path: Path) -> None:
         {"missing": 5, "stale": 5, "orphaned": 5},
     ]
     assert "## Drift audit" in audit_benchmark.section_markdown(result)
+
+
+def test_benchmarks_import_no_tests() -> None:
+    # Tests may use the benchmarks' harness (the reliability table, dagster_server); never the other way round.
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    offenders = [
+        path.name
+        for path in benchmarks.glob("*.py")
+        for line in path.read_text().splitlines()
+        if line.lstrip().startswith(("import s3sync_dagster_tests", "from s3sync_dagster_tests"))
+    ]
+    assert offenders == []

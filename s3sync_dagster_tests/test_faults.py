@@ -24,17 +24,11 @@ from s3sync_dagster.cli import main
 from s3sync_dagster.config import load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
+from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from s3sync_dagster.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.resources import SQSQueueResource, sqs_queue_resource
-from s3sync_dagster.runner import (
-    QUIET_RUN_CONFIG,
-    RANGE_END_TAG,
-    RANGE_START_TAG,
-    open_instance,
-    register_keys,
-    reports_of,
-)
+from s3sync_dagster.runner import QUIET_RUN_CONFIG, open_instance, register_keys, reports_of
 from s3sync_dagster_tests.conftest import ConfigFactory, Row, put, store_chunks
 
 REPO = Path(__file__).resolve().parents[1]

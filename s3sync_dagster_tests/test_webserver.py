@@ -14,12 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from s3sync_dagster.cli import main
-from s3sync_dagster.defs.checks import CHECK_NAME
-from s3sync_dagster.local_s3 import LOOPBACK
-from s3sync_dagster.pipeline import keys
-from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, put
-from s3sync_dagster_tests.dagster_server import (
+from benchmarks.dagster_server import (
     CHECK_EXECUTIONS,
     LATEST,
     OBSERVATIONS,
@@ -29,6 +24,11 @@ from s3sync_dagster_tests.dagster_server import (
     DagsterDev,
     dagster_dev,
 )
+from s3sync_dagster.cli import main
+from s3sync_dagster.defs.checks import CHECK_NAME
+from s3sync_dagster.local_s3 import LOOPBACK
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, put
 from s3sync_dagster_tests.test_invocations import validate_jobs
 
 SOURCE = "web"

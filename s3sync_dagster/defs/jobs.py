@@ -4,6 +4,7 @@ import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.assets import documents_asset_key, index_partitions
+from s3sync_dagster.defs.tags import SOURCE_TAG
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.resources import source_resource_key
 
@@ -41,7 +42,7 @@ def build_sync_job(source: SourceConfig) -> dg.JobDefinition:
             [keys.to_partition_key(k) for k in config.object_keys],
         )
 
-    @dg.job(name=sync_job_name(source.name), tags={"s3sync/source": source.name})
+    @dg.job(name=sync_job_name(source.name), tags={SOURCE_TAG: source.name})
     def sync_job() -> None:
         sync_keys_op()
 

@@ -15,6 +15,7 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.assets import partitions_def, partitions_name
 from s3sync_dagster.defs.jobs import sync_run_config
 from s3sync_dagster.defs.links import InstanceMetaLinks
+from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import events, keys, objects
 from s3sync_dagster.pipeline.poll import PollState
 from s3sync_dagster.resources import S3SourceResource, SQSQueueResource, source_resource_key, sqs_resource_key
@@ -159,7 +160,7 @@ def _sync_result(
         dg.RunRequest(
             run_key=hashlib.sha256("\n".join([*run_key_seed, *batch]).encode()).hexdigest()[:32],
             run_config=sync_run_config(source.name, batch),
-            tags={"s3sync/source": source.name, "s3sync/trigger": trigger, **(extra_tags or {})},
+            tags={SOURCE_TAG: source.name, TRIGGER_TAG: trigger, **(extra_tags or {})},
         )
         for batch in _batches(to_sync, source.keys_per_run)
     ]

@@ -537,7 +537,7 @@ def result_of(object_key: str, future: Future[Converted], options: DocumentOptio
     except FutureTimeout:
         raise ExtractionError(
             f"object '{object_key}': document extraction took longer than {options.timeout_s:g} s "
-            "(extraction_timeout_seconds) and was stopped"
+            "(documents.timeout_seconds) and was stopped"
         ) from None
     except (ProcessExpired, BrokenProcessPool) as error:
         raise ExtractionError(f"object '{object_key}': the extraction worker died ({error})") from None

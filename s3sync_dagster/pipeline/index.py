@@ -12,6 +12,8 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
+from s3sync_dagster.pipeline import keys
+
 MetadataValue = str | int | float | bool | list[str] | list[int] | list[float] | list[bool]
 Metadata = dict[str, MetadataValue]
 Embedder = Callable[[list[str]], Sequence[Any]]
@@ -80,7 +82,7 @@ def is_current(stored: Mapping[str, StoredChunk], document_id: str, etag: str, s
     count = next(iter(stored.values())).metadata.get("chunk_count")
     if not isinstance(count, int) or count != len(stored):
         return False
-    expected_ids = {f"{document_id}-{index}" for index in range(count)}
+    expected_ids = {keys.chunk_id(document_id, index) for index in range(count)}
     return set(stored) == expected_ids and all(
         chunk.metadata.get("etag") == etag and chunk.metadata.get("sync_signature") == sync_signature
         for chunk in stored.values()

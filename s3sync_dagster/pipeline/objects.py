@@ -20,6 +20,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 S3Client = Any  # a boto3 S3 client; boto3 ships no type stubs
+DEFAULT_MAX_OBJECT_BYTES = 200 * 1024 * 1024  # refused before download when larger (Chroma Sync's limit)
 
 
 class ObjectError(Exception):

@@ -44,7 +44,7 @@ class SourceSpec:
     max_lines: int = 10
     # No chunk costs the embedding model more tokens than this; the default is the bundled model's window.
     tokens: TokenBudget | None = field(default_factory=default_token_budget)
-    max_object_bytes: int = 200 * 1024 * 1024
+    max_object_bytes: int = objects.DEFAULT_MAX_OBJECT_BYTES
     document_options: documents.DocumentOptions = field(default_factory=documents.DocumentOptions)
     container_tag_regex: str | None = None
     # metadata: only .meta.json files index (each is its own document); a document's own sync only
