@@ -185,7 +185,7 @@ def test_a_document_that_overruns_its_time_limit_fails_alone(
     finally:
         slow_pool.close()
     assert reports["slow/report.docx"].status == "failed"
-    assert "took longer than 0.5 s (extraction_timeout_seconds) and was stopped" in reports["slow/report.docx"].message
+    assert "took longer than 0.5 s (documents.timeout_seconds) and was stopped" in reports["slow/report.docx"].message
     assert reports["slow/notes.txt"].status == "indexed"
 
 
