@@ -1,0 +1,60 @@
+"""The whole Definitions for a config of three sources (SQS, polling, neither): the exact set of Dagster
+objects each source gets, so a renamed asset, a lost sensor or a broken import fails here, in one place."""
+
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from s3sync_dagster.config import load_config
+from s3sync_dagster.definitions import build_definitions
+
+
+def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path: Path) -> None:
+    def source(name: str, **settings: object) -> dict[str, object]:
+        return {"name": name, "bucket_name": "bucket", "region": "us-east-1", "collection_name": f"{name}-chunks",
+                "path_prefix": f"{name}/", **settings}  # fmt: skip
+
+    path = tmp_path / "s3sync.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [
+                    source("events", auto_sync="direct", sqs_queue_url="https://sqs.us-east-1.amazonaws.com/1/events"),
+                    source("polled", poll_interval_seconds=60),
+                    source("manual"),
+                ]
+            }
+        )
+    )
+    defs = build_definitions(load_config(path))
+    repository = defs.get_repository_def()
+
+    assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} == {
+        "events/documents",
+        "polled/documents",
+        "manual/documents",
+    }
+    checks = {(key.asset_key.to_user_string(), key.name) for key in repository.asset_graph.asset_check_keys}
+    assert checks == {
+        (f"{name}/documents", check)
+        for name in ("events", "polled", "manual")
+        for check in ("drift", "indexed_keys_have_chunks")
+    }
+    assert {job.name for job in repository.get_all_jobs()} == {
+        "__ASSET_JOB",
+        "events_auto_sync",
+        "polled_auto_sync",
+        "events_repair",
+        "polled_repair",
+        "manual_repair",
+    }
+    sensors = {sensor.name: sensor for sensor in repository.sensor_defs}
+    assert set(sensors) == {"events_sqs", "polled_poll", "s3sync_run_workers"}
+    assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in sensors.values())
+    assert sensors["events_sqs"].job_name == "events_auto_sync"
+    assert sensors["polled_poll"].minimum_interval_seconds == 60
+    # Every source's S3 resource; the SQS one only where a queue is configured; one store, one model.
+    assert set(repository.get_top_level_resources()) == {
+        "chroma", "embedding", "documents", "s3_events", "s3_polled", "s3_manual", "sqs_events",
+    }  # fmt: skip
