@@ -26,13 +26,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline import events, index, objects
 from s3sync_dagster.pipeline.objects import S3Client
+
+if TYPE_CHECKING:  # pandas loads when an audit runs, not with the definitions every run process imports
+    import pandas as pd
 
 # Given the keys that look missing, each one's ETag at its last sync if that sync found no text.
 EmptyLookup = Callable[[Sequence[str]], Mapping[str, str]]
@@ -93,6 +95,8 @@ class Drift:
 
 def listing_frame(s3: S3Client, target: AuditTarget) -> pd.DataFrame:
     """Every object under the prefix: object_key, etag, and whether the source selects it."""
+    import pandas as pd
+
     object_keys: list[str] = []
     etags: list[str] = []
     selected: list[bool] = []
@@ -112,6 +116,8 @@ def chunk_frame(collections: Iterable[Collection], target: AuditTarget) -> pd.Da
     `home` says the chunks lie in the source's own collection. Paged at the client's batch size and
     folded page by page, so a frame never holds a row per chunk.
     """
+    import pandas as pd
+
     folded: list[pd.DataFrame] = []
     for collection in collections:
         home = collection.name == target.collection_name
