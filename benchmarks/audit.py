@@ -29,6 +29,7 @@ import psutil
 from benchmarks import common, scale
 from s3sync_dagster import local_s3
 from s3sync_dagster.pipeline import audit
+from s3sync_dagster.pipeline.sync import SourceSpec
 
 SOURCE = "audit"
 COLLECTION = "audit-chunks"
@@ -90,7 +91,7 @@ def _child(options: dict[str, Any]) -> dict[str, Any]:
     s3 = common.s3_client(options["endpoint_url"]) if options["endpoint_url"] else scale.MemoryS3(count)
     client = chromadb.PersistentClient(path=options["chroma"], settings=Settings(anonymized_telemetry=False))
     collection = client.get_collection(COLLECTION)
-    target = audit.AuditTarget(SOURCE, scale.BUCKET, COLLECTION, path_prefix=scale.PREFIX)
+    target = SourceSpec(SOURCE, scale.BUCKET, COLLECTION, path_prefix=scale.PREFIX)
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
     drift = audit.audit(s3, target, [collection])

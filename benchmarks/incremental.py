@@ -17,7 +17,7 @@ import yaml
 
 from s3sync_dagster.config import load_config
 from s3sync_dagster.definitions import build_definitions
-from s3sync_dagster.defs.jobs import sync_job_name
+from s3sync_dagster.defs.names import sync_job_name
 
 
 def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, source: str) -> dict[str, Any]:

@@ -45,12 +45,11 @@ from benchmarks.corpus import WORDS
 from s3sync_dagster import local_s3
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.definitions import build_definitions
-from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
-from s3sync_dagster.defs.jobs import sync_op_name
+from s3sync_dagster.defs.names import documents_asset_key, partitions_name, sync_op_name
 from s3sync_dagster.defs.sensors import poll_state_path
 from s3sync_dagster.pipeline import keys as partition_keys
 from s3sync_dagster.pipeline.poll import PollState
-from s3sync_dagster.resources import S3SourceResource
+from s3sync_dagster.resources import S3Connection
 from s3sync_dagster.runner import discover
 
 SOURCE = "scale"
@@ -166,7 +165,7 @@ def _listing(fake: MemoryS3 | None) -> Iterator[None]:
         return
     with (
         mock.patch("s3sync_dagster.runner.s3_client", lambda source: fake),
-        mock.patch.object(S3SourceResource, "get_client", lambda self: fake),
+        mock.patch.object(S3Connection, "get_client", lambda self: fake),
     ):
         yield
 

@@ -53,15 +53,14 @@ def engine_main(config_file: str) -> None:
         DocumentsResource,
         chroma_resource,
         embedding_resource,
-        s3_source_resource,
+        s3_connection,
     )
 
     config = load_config(config_file)
     source = config.sources[0]
-    s3_resource = s3_source_resource(source).process_config_and_initialize()
-    s3 = s3_resource.get_client()
+    s3 = s3_connection(source).process_config_and_initialize().get_client()
     documents = DocumentsResource(**config.documents.model_dump())
-    spec = s3_resource.spec(documents, embedding_resource(config.embedding))
+    spec = source.spec(config.embedding.spec(), documents.options())
     chroma = chroma_resource(config.chroma).process_config_and_initialize()
     embedding = embedding_resource(config.embedding)
     object_keys = [info.object_key for info in objects.list_objects(s3, source.bucket_name, source.path_prefix, (), ())]

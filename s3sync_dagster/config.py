@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster.pipeline.documents import DEFAULT_MAX_PAGES
+from s3sync_dagster.pipeline.documents import DEFAULT_MAX_PAGES, DocumentOptions
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision, Runtime
 from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
+
+if TYPE_CHECKING:
+    from s3sync_dagster.pipeline.sync import SourceSpec
 
 DEFAULT_CONFIG_FILE = "s3sync.yaml"
 CONFIG_ENV_VAR = "S3SYNC_CONFIG"
@@ -345,6 +349,32 @@ class SourceConfig(_Model):
         if self.auto_sync != "none" and not self.sqs_queue_url:
             raise ValueError(f"auto_sync: {self.auto_sync} needs sqs_queue_url")
         return self
+
+    def spec(self, embedding: EmbeddingSpec | None = None, documents: DocumentOptions | None = None) -> SourceSpec:
+        """The engine's view of this source: its settings as plain values, with the chunk token budget of
+        the embedding model and the document options (extraction settings shared by every source)."""
+        from s3sync_dagster.pipeline.sync import SourceSpec
+
+        try:
+            tokens = (embedding or EmbeddingConfig().spec()).token_budget(self.chunking.max_tokens)
+        except ValueError as error:
+            raise ValueError(f"source '{self.name}': {error}") from None
+        return SourceSpec(
+            name=self.name,
+            bucket_name=self.bucket_name,
+            collection_name=self.collection_name,
+            path_prefix=self.path_prefix,
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+            chunking_mode=self.chunking.type,
+            max_size_bytes=self.chunking.max_size_bytes,
+            max_lines=self.chunking.max_lines,
+            tokens=tokens,
+            max_object_bytes=self.max_object_bytes,
+            document_options=dataclasses.replace(documents or DocumentOptions(), max_pages=self.max_document_pages),
+            container_tag_regex=self.container_tag_regex,
+            auto_sync=self.auto_sync,
+        )
 
     @model_validator(mode="after")
     def _credentials_in_pairs(self) -> SourceConfig:

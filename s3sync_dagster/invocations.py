@@ -19,12 +19,10 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, EmbeddingConfig, SourceConfig, config_path
-from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
-from s3sync_dagster.defs.jobs import sync_op_name
+from s3sync_dagster.defs.names import asset_op_name, documents_asset_key, partitions_name, sync_op_name
 from s3sync_dagster.defs.tags import INVOCATION_TAG, RANGE_END_TAG, RANGE_START_TAG, SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import keys, objects
 from s3sync_dagster.pipeline.sync import Invocation
-from s3sync_dagster.resources import embedding_resource, s3_source_resource
 
 PARTITION_TAG = "dagster/partition"
 ASSET_JOB = "__ASSET_JOB"
@@ -56,10 +54,6 @@ def source_id(source: SourceConfig) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"s3sync-dagster:{source.name}:{source.bucket_name}"))
 
 
-def asset_op_name(source_name: str) -> str:
-    return "__".join(documents_asset_key(source_name).path)
-
-
 def invocation_run_config(source_name: str, invocation: Invocation) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if invocation.custom_id is not None:
@@ -77,7 +71,7 @@ def validate_invocation(
 ) -> None:
     """The Sync API's rules, checked before anything is registered or run."""
     try:
-        spec = s3_source_resource(source).spec(embedding=embedding_resource(embedding))
+        spec = source.spec(embedding.spec())
         invocation.validate(spec, object_key)
         keys.to_partition_key(object_key)
     except ValueError as error:

@@ -12,34 +12,19 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import AppConfig, SourceConfig
-from s3sync_dagster.defs.assets import documents_asset_key, index_partitions, partitions_name
+from s3sync_dagster.defs.assets import index_partitions
 from s3sync_dagster.defs.checks import audited_collections, drift_of
-from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
+from s3sync_dagster.defs.names import partitions_name, repair_job_name
+from s3sync_dagster.defs.run_config import RepairConfig, repair_run_config
 from s3sync_dagster.pipeline import audit, events, index, keys
 from s3sync_dagster.resources import (
     ChromaResource,
+    DocumentsResource,
     EmbeddingResource,
-    S3SourceResource,
+    S3Connections,
     chroma_resource,
     embedding_resource,
-    source_resource_key,
 )
-
-
-class RepairConfig(dg.Config):
-    """What to repair; launched from the UI with nothing set, the run audits the source first."""
-
-    # None: audit first and repair what it finds. A list (what `s3sync repair` passes): sync these keys.
-    object_keys: list[str] | None = None
-    unselected: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
-
-
-def repair_job_name(source_name: str) -> str:
-    return f"{source_name}_repair"
-
-
-def repair_op_name(source_name: str) -> str:
-    return f"{source_name}_repair_drift"
 
 
 def delete_unselected(
@@ -59,54 +44,44 @@ def delete_unselected(
                 for chunk_id, metadata in zip(found["ids"], found["metadatas"] or [], strict=True)
                 if field_name == "metadata_key" or not (metadata or {}).get("metadata_key")
             ]
-            for start in range(0, len(ids), index.max_batch_size(collection)):
-                collection.delete(ids=ids[start : start + index.max_batch_size(collection)])
-            deleted += len(ids)
+            deleted += index.delete_ids(collection, ids)
     return deleted
 
 
-def build_repair_job(source: SourceConfig) -> dg.JobDefinition:
-    s3_key = source_resource_key(source.name)
-    asset_key = documents_asset_key(source.name)
-
-    @dg.op(
-        name=repair_op_name(source.name),
-        required_resource_keys={s3_key, "chroma", "embedding", "documents"},
-        description=f"Syncs the keys of source '{source.name}' that drifted from the bucket (its `drift` check).",
-    )
-    def repair_drift(context: dg.OpExecutionContext, config: RepairConfig) -> None:
-        chroma: ChromaResource = context.resources.chroma
-        embedding: EmbeddingResource = context.resources.embedding
-        object_keys, unselected = config.object_keys, config.unselected
-        if object_keys is None:
-            s3_source: S3SourceResource = getattr(context.resources, s3_key)
-            drift = drift_of(source, context.instance, s3_source.get_client(), chroma, embedding)
-            context.log.info(drift.summary())
-            object_keys, unselected = drift.to_sync(), drift.unselected
-        if unselected:
-            with chroma.write_lock():
-                deleted = delete_unselected(chroma, embedding, source, unselected)
-            context.log.info(f"deleted {deleted} chunk(s) of {len(unselected)} key(s) the source no longer selects")
-        if not object_keys:
-            return
-        name = partitions_name(source.name)
-        registered = set(context.instance.get_dynamic_partitions(name))
-        partitions = [keys.to_partition_key(object_key) for object_key in object_keys]
-        # In metadata mode documents are not partitions: their sync brings the metadata files naming them up to date.
-        new = [
-            partition
-            for partition, object_key in zip(partitions, object_keys, strict=True)
-            if partition not in registered and (source.auto_sync != "metadata" or events.is_meta_key(object_key))
-        ]
-        if new:
-            context.instance.add_dynamic_partitions(name, new)
-        index_partitions(context, asset_key, s3_key, partitions)
-
-    @dg.job(name=repair_job_name(source.name), tags={SOURCE_TAG: source.name, TRIGGER_TAG: "repair"})
-    def repair_job() -> None:
-        repair_drift()
-
-    return repair_job
+def repair_drift(
+    context: dg.OpExecutionContext,
+    source: SourceConfig,
+    config: RepairConfig,
+    *,
+    s3: S3Connections,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+    documents: DocumentsResource,
+) -> None:
+    """The repair job's run: the given keys (else what an audit finds) are synced, unselected chunks deleted."""
+    object_keys, unselected = config.object_keys, config.unselected
+    if object_keys is None:
+        drift = drift_of(source, context.instance, s3.client(source.name), chroma, embedding)
+        context.log.info(drift.summary())
+        object_keys, unselected = drift.to_sync(), drift.unselected
+    if unselected:
+        with chroma.write_lock():
+            deleted = delete_unselected(chroma, embedding, source, unselected)
+        context.log.info(f"deleted {deleted} chunk(s) of {len(unselected)} key(s) the source no longer selects")
+    if not object_keys:
+        return
+    name = partitions_name(source.name)
+    registered = set(context.instance.get_dynamic_partitions(name))
+    partitions = [keys.to_partition_key(object_key) for object_key in object_keys]
+    # In metadata mode documents are not partitions: their sync brings the metadata files naming them up to date.
+    new = [
+        partition
+        for partition, object_key in zip(partitions, object_keys, strict=True)
+        if partition not in registered and (source.auto_sync != "metadata" or events.is_meta_key(object_key))
+    ]
+    if new:
+        context.instance.add_dynamic_partitions(name, new)
+    index_partitions(context, source, partitions, s3=s3, chroma=chroma, embedding=embedding, documents=documents)
 
 
 @dataclass
@@ -136,7 +111,7 @@ def repair(config: AppConfig, source_name: str, instance: dg.DagsterInstance) ->
     """Audit the source, repair exactly the drift found in one run on the instance, and audit again."""
     # Imported here: the definitions (which runner.py builds) register this module's job.
     from s3sync_dagster.definitions import build_definitions
-    from s3sync_dagster.runner import QUIET_RUN_CONFIG, reports_of, s3_client
+    from s3sync_dagster.runner import reports_of, s3_client
 
     started = time.perf_counter()
     source = config.source(source_name)
@@ -150,11 +125,9 @@ def repair(config: AppConfig, source_name: str, instance: dg.DagsterInstance) ->
         return result
     to_sync = before.to_sync()
     job = build_definitions(config).get_job_def(repair_job_name(source_name))
-    run_config = {
-        **QUIET_RUN_CONFIG,
-        "ops": {repair_op_name(source_name): {"config": {"object_keys": to_sync, "unselected": before.unselected}}},
-    }
-    execution = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    execution = job.execute_in_process(
+        instance=instance, run_config=repair_run_config(source_name, to_sync, before.unselected), raise_on_error=False
+    )
     result.run_id, result.success, result.synced = execution.run_id, execution.success, len(to_sync)
     result.reports = reports_of(instance, execution.run_id)
     reported = {report.get("object_key") for report in result.reports}

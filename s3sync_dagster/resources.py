@@ -1,4 +1,5 @@
-"""Dagster resources: an S3 source (on dagster-aws's S3Resource), the Chroma store, the embedding model."""
+"""Dagster resources, connections only: each source's S3 and SQS endpoint (on dagster-aws's S3Resource), the
+Chroma store, the embedding model, document extraction. What a source is lives in config.SourceConfig."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pydantic import Field
 
 from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig, TimeoutsConfig
 from s3sync_dagster.pipeline import index
-from s3sync_dagster.pipeline.documents import DEFAULT_MAX_PAGES, DocumentOptions
+from s3sync_dagster.pipeline.documents import DocumentOptions
 from s3sync_dagster.pipeline.embed import (
     DEFAULT_FUNCTION,
     EmbeddingSpec,
@@ -27,8 +28,6 @@ from s3sync_dagster.pipeline.embed import (
     check_collection_model,
     is_old_bundled_record,
 )
-from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
-from s3sync_dagster.pipeline.sync import SourceSpec
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -92,37 +91,34 @@ def _client_config(
     return config.merge(Config(signature_version=UNSIGNED)) if unsigned else config
 
 
-class S3SourceResource(S3Resource):
-    """One configured S3 source: where its objects live, which keys belong to it, how they are chunked.
+class S3Connection(S3Resource):
+    """How one source reaches its bucket and queue: endpoint, region, credentials, timeouts (dagster-aws's
+    S3Resource, plus connect and read timeouts). What the source holds and how it is indexed is its
+    SourceConfig's business, not the connection's.
 
     Credentials are `dg.EnvVar`s (shown by name, never by value, in the UI and run config), or absent,
     in which case boto3's default credential chain (environment, profile, instance role) applies.
     """
 
     source_name: str
-    bucket_name: str
-    collection_name: str
-    path_prefix: str = ""
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
-    chunking_mode: str = "tree_sitter"
-    chunk_max_size_bytes: int = 4096
-    chunk_max_lines: int = 10
-    chunk_max_tokens: int | None = None  # absent: the embedding model's default (EmbeddingSpec.default_chunk_tokens)
-    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
-    max_document_pages: int = DEFAULT_MAX_PAGES
-    container_tag_regex: str | None = None
-    auto_sync: str = "none"
     connect_timeout_seconds: float = _TIMEOUTS.connect_seconds
     read_timeout_seconds: float = _TIMEOUTS.read_seconds
     max_attempts: int = _TIMEOUTS.max_attempts  # S3Resource's own field (its default is 5)
 
     def get_client(self) -> Any:
         """S3Resource's client, with this source's timeouts (S3Resource sets only max_attempts)."""
+        return self._boto("s3", self.read_timeout_seconds, use_ssl=self.use_ssl, verify=self.verify)
+
+    def get_sqs_client(self) -> Any:
+        """The source's event queue is reached as its bucket is (same endpoint, region and credentials)."""
+        # A long poll is silent until a message arrives or its wait ends: not a frozen endpoint.
+        return self._boto("sqs", self.read_timeout_seconds + SQS_MAX_WAIT_SECONDS)
+
+    def _boto(self, service: str, read_timeout_seconds: float, **client_options: Any) -> Any:
         return boto_client(
-            "s3",
+            service,
             connect_timeout_seconds=self.connect_timeout_seconds,
-            read_timeout_seconds=self.read_timeout_seconds,
+            read_timeout_seconds=read_timeout_seconds,
             max_attempts=self.max_attempts,
             region_name=self.region_name,
             endpoint_url=self.endpoint_url,
@@ -131,39 +127,46 @@ class S3SourceResource(S3Resource):
             aws_session_token=self.aws_session_token,
             profile_name=self.profile_name,
             unsigned=self.use_unsigned_session,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
+            **client_options,
         )
 
-    def get_object_to_set_on_execution_context(self) -> Any:
-        # S3Resource hands ops a bare boto3 client; the asset needs the source's settings too.
-        return self
 
-    def spec(
-        self, documents: DocumentsResource | None = None, embedding: EmbeddingResource | None = None
-    ) -> SourceSpec:
-        if self.chunking_mode not in ("tree_sitter", "lines"):
-            raise ValueError(f"source '{self.source_name}': chunking_mode must be tree_sitter or lines")
-        try:
-            tokens = (embedding or EmbeddingResource()).spec().token_budget(self.chunk_max_tokens)
-        except ValueError as error:
-            raise ValueError(f"source '{self.source_name}': {error}") from None
-        return SourceSpec(
-            name=self.source_name,
-            bucket_name=self.bucket_name,
-            collection_name=self.collection_name,
-            path_prefix=self.path_prefix,
-            include=tuple(self.include),
-            exclude=tuple(self.exclude),
-            chunking_mode=self.chunking_mode,  # type: ignore[arg-type]
-            max_size_bytes=self.chunk_max_size_bytes,
-            max_lines=self.chunk_max_lines,
-            tokens=tokens,
-            max_object_bytes=self.max_object_bytes,
-            document_options=(documents or DocumentsResource()).options(self.max_document_pages),
-            container_tag_regex=self.container_tag_regex,
-            auto_sync=self.auto_sync,  # type: ignore[arg-type]
-        )
+class S3Connections(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Every source's connection, under one resource key (`s3`): ops and sensors take it as a typed
+    parameter and pick their source's, as dagster-sling's SlingResource holds its connections."""
+
+    connections: list[S3Connection]
+
+    def for_source(self, source_name: str) -> S3Connection:
+        for connection in self.connections:
+            if connection.source_name == source_name:
+                return connection
+        raise KeyError(f"no S3 connection for source '{source_name}'")
+
+    def client(self, source_name: str) -> Any:
+        return self.for_source(source_name).get_client()
+
+    def sqs_client(self, source_name: str) -> Any:
+        return self.for_source(source_name).get_sqs_client()
+
+
+def _env(ref: EnvRef | None) -> Any:
+    return dg.EnvVar(ref.env) if ref is not None else None
+
+
+def s3_connection(source: SourceConfig) -> S3Connection:
+    """Where and as whom a source's S3 and SQS clients connect; credentials stay variable names."""
+    return S3Connection(
+        source_name=source.name,
+        connect_timeout_seconds=source.timeouts.connect_seconds,
+        read_timeout_seconds=source.timeouts.read_seconds,
+        max_attempts=source.timeouts.max_attempts,
+        region_name=source.region,
+        endpoint_url=source.endpoint_url,
+        aws_access_key_id=_env(source.aws_access_key_id),
+        aws_secret_access_key=_env(source.aws_secret_access_key),
+        aws_session_token=_env(source.aws_session_token),
+    )
 
 
 class DocumentsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -174,88 +177,9 @@ class DocumentsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     workers: int = 2
     ocr: bool = True
 
-    def options(self, max_pages: int) -> DocumentOptions:
-        return DocumentOptions(
-            max_pages=max_pages, timeout_s=self.timeout_seconds, artifacts_path=self.artifacts_path, ocr=self.ocr
-        )
-
-
-def _env(ref: EnvRef | None) -> Any:
-    return dg.EnvVar(ref.env) if ref is not None else None
-
-
-def _connection(source: SourceConfig) -> dict[str, Any]:
-    """Where and as whom a source's S3 and SQS clients connect; credentials stay variable names."""
-    return {
-        "connect_timeout_seconds": source.timeouts.connect_seconds,
-        "read_timeout_seconds": source.timeouts.read_seconds,
-        "max_attempts": source.timeouts.max_attempts,
-        "region_name": source.region,
-        "endpoint_url": source.endpoint_url,
-        "aws_access_key_id": _env(source.aws_access_key_id),
-        "aws_secret_access_key": _env(source.aws_secret_access_key),
-        "aws_session_token": _env(source.aws_session_token),
-    }
-
-
-def s3_source_resource(source: SourceConfig) -> S3SourceResource:
-    return S3SourceResource(
-        source_name=source.name,
-        bucket_name=source.bucket_name,
-        collection_name=source.collection_name,
-        **_connection(source),
-        path_prefix=source.path_prefix,
-        include=list(source.include),
-        exclude=list(source.exclude),
-        chunking_mode=source.chunking.type,
-        chunk_max_size_bytes=source.chunking.max_size_bytes,
-        chunk_max_lines=source.chunking.max_lines,
-        chunk_max_tokens=source.chunking.max_tokens,
-        max_object_bytes=source.max_object_bytes,
-        max_document_pages=source.max_document_pages,
-        container_tag_regex=source.container_tag_regex,
-        auto_sync=source.auto_sync,
-    )
-
-
-class SQSQueueResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The SQS queue S3 sends a source's event notifications to (dagster-aws has no SQS resource)."""
-
-    queue_url: str
-    region_name: str | None = None
-    endpoint_url: str | None = None
-    aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = None
-    aws_session_token: str | None = None
-    connect_timeout_seconds: float = _TIMEOUTS.connect_seconds
-    read_timeout_seconds: float = _TIMEOUTS.read_seconds
-    max_attempts: int = _TIMEOUTS.max_attempts
-
-    def get_client(self) -> Any:
-        return boto_client(
-            "sqs",
-            connect_timeout_seconds=self.connect_timeout_seconds,
-            # A long poll is silent until a message arrives or its wait ends: not a frozen endpoint.
-            read_timeout_seconds=self.read_timeout_seconds + SQS_MAX_WAIT_SECONDS,
-            max_attempts=self.max_attempts,
-            region_name=self.region_name,
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-        )
-
-
-def sqs_queue_resource(source: SourceConfig) -> SQSQueueResource:
-    assert source.sqs_queue_url is not None
-    return SQSQueueResource(
-        queue_url=source.sqs_queue_url,
-        **_connection(source),
-    )
-
-
-def sqs_resource_key(source_name: str) -> str:
-    return f"sqs_{source_name}"
+    def options(self) -> DocumentOptions:
+        """The extraction options every source shares; a source sets its own page limit (SourceConfig.spec)."""
+        return DocumentOptions(timeout_s=self.timeout_seconds, artifacts_path=self.artifacts_path, ocr=self.ocr)
 
 
 class EmbeddingResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -351,7 +275,7 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             if create:
                 collection = index.open_collection(client, name, function, metadata={"created_by": "s3sync-dagster"})
             else:
-                collection = client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+                collection = index.get_collection(client, name, function)
         except ValueError as error:
             if "conflict" not in str(error):
                 raise
@@ -461,12 +385,6 @@ def resources_for(config: AppConfig) -> dict[str, Any]:
         "embedding": embedding_resource(config.embedding),
         "documents": DocumentsResource(**config.documents.model_dump()),
     }
-    for source in config.sources:
-        resources[source_resource_key(source.name)] = s3_source_resource(source)
-        if source.sqs_queue_url:
-            resources[sqs_resource_key(source.name)] = sqs_queue_resource(source)
+    if config.sources:
+        resources["s3"] = S3Connections(connections=[s3_connection(source) for source in config.sources])
     return resources
-
-
-def source_resource_key(source_name: str) -> str:
-    return f"s3_{source_name}"

@@ -17,16 +17,17 @@ from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_path
 from s3sync_dagster.definitions import build_definitions
-from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
 from s3sync_dagster.defs.links import InstanceMetaLinks
+from s3sync_dagster.defs.names import documents_asset_key, partitions_name
+from s3sync_dagster.defs.run_config import QUIET_LOGGERS
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG, SOURCE_TAG
 from s3sync_dagster.pipeline import events, keys, objects
-from s3sync_dagster.resources import S3SourceResource, s3_source_resource
+from s3sync_dagster.resources import s3_connection
 
 # The CLI prints its own summary, a line per failed key or failed run; the run's full event log,
 # warnings and tracebacks included, stays on the instance for the UI (`dagster` prints failures at
 # ERROR level with their whole traceback: hundreds of lines for one unreachable store).
-QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+QUIET_RUN_CONFIG = {"loggers": QUIET_LOGGERS}
 
 
 class UsageError(ValueError):
@@ -90,18 +91,14 @@ def add_partitions(
     return new, existing
 
 
-def initialized(resource: S3SourceResource) -> S3SourceResource:
-    # Resolves dg.EnvVar fields to their values, as a run does; outside a run they are only names.
-    return resource.process_config_and_initialize()
-
-
 def s3_client(source: SourceConfig) -> Any:
     """A client for the source, after checking its credential variables are set and its bucket answers."""
     for field_name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
         ref = getattr(source, field_name)
         if ref is not None:
             ref.resolve(f"source '{source.name}' {field_name}")
-    client = initialized(s3_source_resource(source)).get_client()
+    # Initialised as a run does, which resolves the dg.EnvVar fields (outside a run they are only names).
+    client = s3_connection(source).process_config_and_initialize().get_client()
     try:
         client.head_bucket(Bucket=source.bucket_name)
     except ClientError as error:

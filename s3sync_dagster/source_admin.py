@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import AppConfig, EnvRef, SourceConfig
-from s3sync_dagster.defs.assets import partitions_name
+from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.sensors import poll_state_path
 from s3sync_dagster.invocations import database_name, source_id
 from s3sync_dagster.pipeline import index

@@ -13,10 +13,10 @@ import pytest
 from s3sync_dagster import cli
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions
-from s3sync_dagster.defs.assets import documents_asset_key
-from s3sync_dagster.defs.checks import DRIFT_CHECK_NAME, drift_of
+from s3sync_dagster.defs.checks import drift_of
+from s3sync_dagster.defs.names import DRIFT_CHECK_NAME, documents_asset_key, repair_job_name
 from s3sync_dagster.pipeline import audit, keys
-from s3sync_dagster.repair import repair, repair_job_name
+from s3sync_dagster.repair import repair
 from s3sync_dagster.resources import chroma_resource, embedding_resource
 from s3sync_dagster.runner import sync
 from s3sync_dagster_tests.conftest import ConfigFactory, put

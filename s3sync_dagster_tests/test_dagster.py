@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.definitions import build_definitions
-from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
+from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.runner import contiguous_batches
@@ -25,7 +25,7 @@ def test_definitions_load_from_yaml(bucket: str, make_config: ConfigFactory) -> 
     assert asset.backfill_policy == dg.BackfillPolicy.multi_run(100)  # keys_per_run by default
     defs.resolve_implicit_global_asset_job_def()  # the whole thing resolves
     # Credentials stay environment-variable references in the definitions.
-    resource = defs.resources["s3_handbook"]
+    resource = defs.resources["s3"].for_source("handbook")
     assert isinstance(resource.aws_secret_access_key, dg.EnvVar)
 
 

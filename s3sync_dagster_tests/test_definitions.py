@@ -54,7 +54,9 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in sensors.values())
     assert sensors["events_sqs"].job_name == "events_auto_sync"
     assert sensors["polled_poll"].minimum_interval_seconds == 60
-    # Every source's S3 resource; the SQS one only where a queue is configured; one store, one model.
-    assert set(repository.get_top_level_resources()) == {
-        "chroma", "embedding", "documents", "s3_events", "s3_polled", "s3_manual", "sqs_events",
-    }  # fmt: skip
+    # Connections only: one S3 resource holding every source's connection; one store, one model.
+    assert set(repository.get_top_level_resources()) == {"chroma", "embedding", "documents", "s3"}
+    connections = defs.resources["s3"].connections
+    assert [connection.source_name for connection in connections] == ["events", "polled", "manual"]
+    # What a source is (bucket, prefix, chunking) is its config's business, not a resource's.
+    assert "bucket_name" not in type(connections[0]).model_fields

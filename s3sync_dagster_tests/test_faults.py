@@ -23,11 +23,11 @@ from chromadb.config import Settings
 from s3sync_dagster.cli import main
 from s3sync_dagster.config import load_config
 from s3sync_dagster.definitions import build_definitions
-from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
+from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from s3sync_dagster.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster.resources import SQSQueueResource, sqs_queue_resource
+from s3sync_dagster.resources import S3Connection, s3_connection
 from s3sync_dagster.runner import QUIET_RUN_CONFIG, open_instance, register_keys, reports_of
 from s3sync_dagster_tests.conftest import ConfigFactory, Row, put, store_chunks
 
@@ -155,11 +155,11 @@ def test_sync_against_a_frozen_endpoint_says_so_in_one_line(
 
 def test_sqs_clients_get_the_sources_timeouts_and_room_for_a_long_poll(bucket: str, make_config: ConfigFactory) -> None:
     config, _ = make_config(bucket, sqs_queue_url="http://127.0.0.1:1/123/q", timeouts=SHORT_TIMEOUTS)
-    client = sqs_queue_resource(config.source("docs")).get_client()
+    client = s3_connection(config.source("docs")).get_sqs_client()
     assert client.meta.config.connect_timeout == 1
     assert client.meta.config.read_timeout == 1 + 20  # a 20 s long poll is silent, not frozen
     assert client.meta.config.retries == {"total_max_attempts": 2, "mode": "standard"}
-    default = SQSQueueResource(queue_url="http://127.0.0.1:1/123/q").get_client()
+    default = S3Connection(source_name="docs").get_sqs_client()
     assert (default.meta.config.connect_timeout, default.meta.config.retries["total_max_attempts"]) == (10, 3)
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions
-from s3sync_dagster.defs.assets import documents_asset_key, partitions_name
-from s3sync_dagster.defs.jobs import sync_job_name
+from s3sync_dagster.defs.names import documents_asset_key, partitions_name, sync_job_name
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.resources import ChromaResource
 from s3sync_dagster_tests.conftest import ConfigFactory, Row, notifying_queue, put, store_chunks

@@ -291,7 +291,22 @@ def test_writes_respect_the_client_batch_limit(
     )
     put(s3, bucket, {"many.txt": "same line\n" * 6000})
     report = sync_object(s3, spec, lambda _: collection, embedder, "many.txt")
-    assert index.max_batch_size(collection) < 6000
+    assert index.max_batch_size(collection) == index.FALLBACK_MAX_BATCH  # opened by chromadb directly
+    assert report.chunk_count == report.chunks_written == 6000 and report.chunks_embedded == 1
+    assert collection.count() == 6000
+
+
+def test_a_collection_opened_here_knows_its_clients_batch_limit(
+    s3: Any, bucket: str, chroma_client: Any, embedding_function: Any, embedder: CountingEmbedder
+) -> None:
+    # Chroma's Collection does not say how large a batch its client takes: open_collection records it.
+    collection = index.open_collection(chroma_client, "engine-batches", embedding_function, metadata={"by": "test"})
+    assert index.max_batch_size(collection) == chroma_client.get_max_batch_size() < 6000
+    spec = SourceSpec(
+        name="docs", bucket_name=bucket, collection_name="engine-batches", chunking_mode="lines", max_lines=1
+    )
+    put(s3, bucket, {"many.txt": "same line\n" * 6000})
+    report = sync_object(s3, spec, lambda _: collection, embedder, "many.txt")
     assert report.chunk_count == report.chunks_written == 6000 and report.chunks_embedded == 1
     assert collection.count() == 6000
 

@@ -1,49 +1,18 @@
-"""The indexing asset of a source: one dynamic partition per object key, many keys per run."""
+"""A run of a source's asset or jobs: sync the objects behind its partition keys, one materialisation per key."""
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.links import InstanceMetaLinks
+from s3sync_dagster.defs.names import documents_asset_key
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.documents import DocumentPool
 from s3sync_dagster.pipeline.sync import Collections, Invocation, KeyReport, sync_keys
-from s3sync_dagster.resources import (
-    ChromaResource,
-    DocumentsResource,
-    EmbeddingResource,
-    S3SourceResource,
-    source_resource_key,
-)
-
-
-class InvocationConfig(dg.Config):
-    """The Sync API's invocation parameters (`s3sync invoke`); empty for plain syncs and backfills.
-
-    They travel in the run's config, so a re-execution from the UI uses them again.
-    """
-
-    custom_id: str | None = None  # chunk ids become `{custom_id}-{n}`; one object key per run
-    metadata: dict[str, Any] = {}  # noqa: RUF012 - a pydantic field: copied per instance
-    target_collection_name: str | None = None  # instead of the source's collection
-
-    def invocation(self) -> Invocation:
-        return Invocation(self.custom_id, dict(self.metadata), self.target_collection_name)
-
-
-def partitions_name(source_name: str) -> str:
-    return f"{source_name}_objects"
-
-
-def documents_asset_key(source_name: str) -> dg.AssetKey:
-    return dg.AssetKey([source_name, "documents"])
-
-
-def partitions_def(source_name: str) -> dg.DynamicPartitionsDefinition:
-    return dg.DynamicPartitionsDefinition(name=partitions_name(source_name))
+from s3sync_dagster.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 
 
 def _key_metadata(report: KeyReport) -> dict[str, Any]:
@@ -84,9 +53,13 @@ def _key_metadata(report: KeyReport) -> dict[str, Any]:
 
 def index_partitions(
     context: dg.OpExecutionContext | dg.AssetExecutionContext,
-    asset_key: dg.AssetKey,
-    s3_key: str,
+    source: SourceConfig,
     partition_keys: Sequence[str],
+    *,
+    s3: S3Connections,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+    documents: DocumentsResource,
     invocation: Invocation | None = None,
 ) -> None:
     """Sync the objects behind these partition keys, one materialisation (or failure) per key.
@@ -94,11 +67,8 @@ def index_partitions(
     Shared by the asset (UI launches, backfills, `s3sync sync`) and the sensors' sync job, so both
     record the same per-key materialisations of the same partitions.
     """
-    s3_source: S3SourceResource = getattr(context.resources, s3_key)
-    chroma: ChromaResource = context.resources.chroma
-    embedding: EmbeddingResource = context.resources.embedding
-    documents: DocumentsResource = context.resources.documents
-    spec = s3_source.spec(documents, embedding)
+    asset_key = documents_asset_key(source.name)
+    spec = source.spec(embedding.spec(), documents.options())
     object_keys: list[str] = []
     refused: list[KeyReport] = []
     for partition_key in partition_keys:
@@ -154,7 +124,7 @@ def index_partitions(
     pool = DocumentPool.shared(documents.workers)
     with chroma.write_lock():
         reports = refused + sync_keys(
-            s3_source.get_client(),
+            s3.client(source.name),
             spec,
             collection_for,
             embed,
@@ -180,42 +150,3 @@ def index_partitions(
             metadata={"failed_keys": [report.object_key for report in failed], "failed_count": len(failed)},
             allow_retries=False,
         )
-
-
-def build_documents_asset(source: SourceConfig) -> dg.AssetsDefinition:
-    s3_key = source_resource_key(source.name)
-    asset_key = documents_asset_key(source.name)
-
-    @dg.asset(
-        key=asset_key,
-        partitions_def=partitions_def(source.name),
-        kinds={"s3", "chroma"},
-        group_name=source.name,
-        description=(
-            f"Chunks of the objects in s3://{source.bucket_name}/{source.path_prefix} "
-            f"in Chroma collection '{source.collection_name}'. One partition per object key."
-        ),
-        metadata={
-            "collection": source.collection_name,
-            "bucket": source.bucket_name,
-            "path_prefix": source.path_prefix,
-            "chunking": source.chunking.signature(),
-        },
-        required_resource_keys={s3_key, "chroma", "embedding", "documents"},
-        # A UI backfill over many keys becomes runs of keys_per_run keys, never one run per object.
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=source.keys_per_run),
-        # Each key reports its own materialisation below; the step itself yields no output.
-        output_required=False,
-    )
-    def documents(context: dg.AssetExecutionContext, config: InvocationConfig) -> Iterator[dg.Output[None]]:
-        invocation = config.invocation()
-        index_partitions(
-            context,
-            asset_key,
-            s3_key,
-            context.partition_keys,
-            invocation=None if invocation == Invocation() else invocation,
-        )
-        yield from ()
-
-    return documents

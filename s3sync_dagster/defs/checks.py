@@ -1,4 +1,4 @@
-"""The asset checks of a source: every key the asset says it indexed has chunks in Chroma; and no drift
+"""What the asset checks of a source find (defs/source.py makes the checks): every key the asset says it indexed has chunks in Chroma; and no drift
 between the bucket and the collection (missing, stale and orphaned keys)."""
 
 from collections.abc import Iterator, Sequence
@@ -7,11 +7,10 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
-from s3sync_dagster.defs.assets import documents_asset_key
+from s3sync_dagster.defs.names import documents_asset_key, repair_job_name
 from s3sync_dagster.pipeline import audit, keys
-from s3sync_dagster.resources import ChromaResource, EmbeddingResource, S3SourceResource, source_resource_key
+from s3sync_dagster.resources import ChromaResource, EmbeddingResource
 
-CHECK_NAME = "indexed_keys_have_chunks"
 SHOWN = 20
 # Statuses whose object must have chunks in Chroma ("empty" and "removed" must not have any).
 HAS_CHUNKS = frozenset({"indexed", "unchanged"})
@@ -62,82 +61,56 @@ def _listing(items: list[str]) -> dg.MetadataValue:
     return dg.MetadataValue.md(shown + more if items else "none")
 
 
-def build_index_check(source: SourceConfig) -> dg.AssetChecksDefinition:
+def index_check(
+    context: dg.AssetCheckExecutionContext, source: SourceConfig, chroma: ChromaResource, embedding: EmbeddingResource
+) -> dg.AssetCheckResult:
+    """Every key the asset last reported as indexed has chunks in Chroma; chunks of other keys are reported."""
     asset_key = documents_asset_key(source.name)
+    statuses = latest_statuses(context.instance, asset_key)
+    expected = {partition for partition, meta in statuses.items() if meta.get("status") in HAS_CHUNKS}
+    collections = {source.collection_name} | {
+        str(meta["collection"]) for meta in statuses.values() if meta.get("collection")
+    }
+    existing = {collection.name for collection in chroma.client().list_collections()}
 
-    @dg.asset_check(
-        asset=asset_key,
-        name=CHECK_NAME,
-        required_resource_keys={"chroma", "embedding"},
-        blocking=False,
-        description=(
-            "Compares the keys this asset last reported as indexed with the chunks in Chroma: a key "
-            "with no chunks fails the check; chunks of keys the asset does not know are reported."
-        ),
+    def opened() -> Iterator[Any]:
+        for name in sorted(collections & existing):
+            yield chroma.collection(name, embedding, create=False)
+
+    with_chunks = {keys.to_partition_key(key) for key in _chunk_keys(opened(), source.name)}
+    missing = sorted(keys.to_object_key(partition) for partition in expected - with_chunks)
+    unknown = sorted(
+        keys.to_object_key(partition)
+        for partition in with_chunks
+        if statuses.get(partition, {}).get("status") not in HAS_CHUNKS
     )
-    def indexed_keys_have_chunks(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        chroma: ChromaResource = context.resources.chroma
-        embedding: EmbeddingResource = context.resources.embedding
-        statuses = latest_statuses(context.instance, asset_key)
-        expected = {partition for partition, meta in statuses.items() if meta.get("status") in HAS_CHUNKS}
-        collections = {source.collection_name} | {
-            str(meta["collection"]) for meta in statuses.values() if meta.get("collection")
-        }
-        existing = {collection.name for collection in chroma.client().list_collections()}
-
-        def opened() -> Iterator[Any]:
-            for name in sorted(collections & existing):
-                yield chroma.collection(name, embedding, create=False)
-
-        with_chunks = {keys.to_partition_key(key) for key in _chunk_keys(opened(), source.name)}
-        missing = sorted(keys.to_object_key(partition) for partition in expected - with_chunks)
-        unknown = sorted(
-            keys.to_object_key(partition)
-            for partition in with_chunks
-            if statuses.get(partition, {}).get("status") not in HAS_CHUNKS
-        )
-        context.log.info(
-            f"{len(expected)} key(s) indexed, {len(missing)} without chunks, {len(unknown)} with chunks "
-            "the asset does not report as indexed"
-        )
-        return dg.AssetCheckResult(
-            passed=not missing,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=(
-                f"{len(missing)} indexed key(s) have no chunks in Chroma: re-sync them (backfill the partitions)"
-                if missing
-                else f"all {len(expected)} indexed key(s) have chunks in Chroma"
-            ),
-            metadata={
-                "indexed_keys": len(expected),
-                "keys_with_chunks": len(with_chunks),
-                "missing_count": len(missing),
-                "missing": _listing(missing),
-                "unreported_count": len(unknown),
-                "unreported": _listing(unknown),
-                "collections": sorted(collections & existing),
-            },
-        )
-
-    return indexed_keys_have_chunks
+    context.log.info(
+        f"{len(expected)} key(s) indexed, {len(missing)} without chunks, {len(unknown)} with chunks "
+        "the asset does not report as indexed"
+    )
+    return dg.AssetCheckResult(
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"{len(missing)} indexed key(s) have no chunks in Chroma: re-sync them (backfill the partitions)"
+            if missing
+            else f"all {len(expected)} indexed key(s) have chunks in Chroma"
+        ),
+        metadata={
+            "indexed_keys": len(expected),
+            "keys_with_chunks": len(with_chunks),
+            "missing_count": len(missing),
+            "missing": _listing(missing),
+            "unreported_count": len(unknown),
+            "unreported": _listing(unknown),
+            "collections": sorted(collections & existing),
+        },
+    )
 
 
 # --- drift: the bucket against the collection --------------------------------------------------
 
-DRIFT_CHECK_NAME = "drift"
 DRIFT_SHOWN = 50  # drifted keys shown per kind in the check's table
-
-
-def audit_target(source: SourceConfig) -> audit.AuditTarget:
-    return audit.AuditTarget(
-        name=source.name,
-        bucket_name=source.bucket_name,
-        collection_name=source.collection_name,
-        path_prefix=source.path_prefix,
-        include=tuple(source.include),
-        exclude=tuple(source.exclude),
-        metadata_mode=source.auto_sync == "metadata",
-    )
 
 
 def empty_at(instance: dg.DagsterInstance, asset_key: dg.AssetKey, object_keys: Sequence[str]) -> dict[str, str]:
@@ -193,7 +166,7 @@ def drift_of(
     asset_key = documents_asset_key(source.name)
     return audit.audit(
         s3,
-        audit_target(source),
+        source.spec(embedding.spec()),
         audited_collections(chroma, embedding, source),
         known_empty=lambda object_keys: empty_at(instance, asset_key, object_keys),
     )
@@ -231,50 +204,39 @@ def drift_table(drift: audit.Drift) -> dg.MetadataValue:
     )
 
 
-def build_drift_check(source: SourceConfig) -> dg.AssetChecksDefinition:
-    """Executed on its own (the UI's Execute, a schedule): in a sync run the asset yields no output,
-    so Dagster skips its checks and no sync pays for listing the whole bucket."""
-    asset_key = documents_asset_key(source.name)
-    s3_key = source_resource_key(source.name)
+def drift_check(
+    context: dg.AssetCheckExecutionContext,
+    source: SourceConfig,
+    s3: Any,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+) -> dg.AssetCheckResult:
+    """The bucket against the collection: objects missing from the index, at an old ETag, or gone.
 
-    @dg.asset_check(
-        asset=asset_key,
-        name=DRIFT_CHECK_NAME,
-        required_resource_keys={s3_key, "chroma", "embedding"},
-        blocking=False,
+    Executed on its own (the UI's Execute, a schedule): in a sync run the asset yields no output, so
+    Dagster skips its checks and no sync pays for listing the whole bucket.
+    """
+    found = drift_of(source, context.instance, s3, chroma, embedding)
+    context.log.info(found.summary())
+    counts = found.counts()
+    return dg.AssetCheckResult(
+        passed=found.clean,
+        severity=dg.AssetCheckSeverity.WARN,
         description=(
-            "Joins the bucket listing with the chunks' metadata: objects missing from the index, indexed at "
-            "an old ETag, and chunks whose object is gone. `s3sync repair "
-            f"{source.name}` (or the {source.name}_repair job) fixes exactly those."
+            f"{found.summary()}: run `s3sync repair {source.name}` or the {repair_job_name(source.name)} job"
+            if not found.clean
+            else f"no drift: {found.listed} object(s), {found.chunks} chunk(s)"
         ),
+        metadata={
+            "listed": found.listed,
+            "indexed": found.indexed,
+            "empty": found.empty,
+            "chunks": found.chunks,
+            "missing_count": counts["missing"] if counts["missing"] is not None else "n/a (metadata mode)",
+            "stale_count": counts["stale"] if counts["stale"] is not None else "n/a (metadata mode)",
+            "orphaned_count": counts["orphaned"],
+            "drift": drift_table(found),
+            "collections": found.collections,
+            "seconds": {step: round(seconds, 3) for step, seconds in found.seconds.items()},
+        },
     )
-    def drift(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        s3_source: S3SourceResource = getattr(context.resources, s3_key)
-        found = drift_of(
-            source, context.instance, s3_source.get_client(), context.resources.chroma, context.resources.embedding
-        )
-        context.log.info(found.summary())
-        counts = found.counts()
-        return dg.AssetCheckResult(
-            passed=found.clean,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=(
-                f"{found.summary()}: run `s3sync repair {source.name}` or the {source.name}_repair job"
-                if not found.clean
-                else f"no drift: {found.listed} object(s), {found.chunks} chunk(s)"
-            ),
-            metadata={
-                "listed": found.listed,
-                "indexed": found.indexed,
-                "empty": found.empty,
-                "chunks": found.chunks,
-                "missing_count": counts["missing"] if counts["missing"] is not None else "n/a (metadata mode)",
-                "stale_count": counts["stale"] if counts["stale"] is not None else "n/a (metadata mode)",
-                "orphaned_count": counts["orphaned"],
-                "drift": drift_table(found),
-                "collections": found.collections,
-                "seconds": {step: round(seconds, 3) for step, seconds in found.seconds.items()},
-            },
-        )
-
-    return drift

@@ -1,4 +1,5 @@
-"""Auto-sync sensors: S3 event notifications read from SQS become sync runs of the keys they name."""
+"""What a source's sensors do on each tick: S3 event notifications read from SQS, or a pass over the prefix,
+become sync runs of the keys they name (defs/source.py makes the sensors)."""
 
 import hashlib
 import json
@@ -12,13 +13,13 @@ import dagster as dg
 
 from s3sync_dagster import failpoints
 from s3sync_dagster.config import SourceConfig
-from s3sync_dagster.defs.assets import partitions_def, partitions_name
-from s3sync_dagster.defs.jobs import sync_run_config
 from s3sync_dagster.defs.links import InstanceMetaLinks
+from s3sync_dagster.defs.names import partitions_def, partitions_name
+from s3sync_dagster.defs.run_config import sync_run_config
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import events, keys, objects
 from s3sync_dagster.pipeline.poll import PollState
-from s3sync_dagster.resources import S3SourceResource, SQSQueueResource, source_resource_key, sqs_resource_key
+from s3sync_dagster.resources import S3Connections
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
 READ_BUDGET_S = 25.0
@@ -223,58 +224,44 @@ def settle_pending(
     return waiting
 
 
-def build_sqs_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorDefinition:
-    sqs_key = sqs_resource_key(source.name)
-    visibility_s = source.sqs_visibility_timeout_seconds
-
-    @dg.sensor(
-        name=f"{source.name}_sqs",
-        job=job,
-        minimum_interval_seconds=5,
-        # A user who configured auto-sync expects it on as soon as `dagster dev` starts.
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={sqs_key},
-        description=f"S3 event notifications for source '{source.name}' ({source.auto_sync} mode) from SQS.",
+def sqs_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Connections) -> dg.SensorResult:
+    """Settle the messages of earlier ticks whose runs exist, read new ones, and request their runs."""
+    assert source.sqs_queue_url is not None
+    queue_url, visibility_s = source.sqs_queue_url, source.sqs_visibility_timeout_seconds
+    client = s3.sqs_client(source.name)
+    pending = settle_pending(context, client, queue_url, pending_deletes(context.cursor), visibility_s)
+    messages = receive_messages(client, queue_url, visibility_s)
+    if not messages:
+        return dg.SensorResult(skip_reason="no S3 events in the queue", cursor=_cursor(pending))
+    to_sync, to_register = plan_sync(context, source, messages)
+    # Keyed by the messages it covers: a redelivered message never launches a second run.
+    message_ids = sorted(str(message.get("MessageId")) for message in messages)
+    batch = hashlib.sha256("\n".join(message_ids).encode()).hexdigest()[:32]
+    sent = [int(message.get("Attributes", {}).get("SentTimestamp", 0)) for message in messages]
+    result = _sync_result(
+        source,
+        to_sync,
+        to_register,
+        message_ids,
+        f"sqs:{source.auto_sync}",
+        {SQS_BATCH_TAG: batch, SQS_SENT_TAG: str(min(sent))},
     )
-    def sqs_sensor(context: dg.SensorEvaluationContext, **resources: Any) -> dg.SensorResult:
-        # Direct invocation (tests) hands required resources over as keywords; the daemon's context has them.
-        queue: SQSQueueResource = resources.get(sqs_key) or getattr(context.resources, sqs_key)
-        client = queue.get_client()
-        pending = settle_pending(context, client, queue.queue_url, pending_deletes(context.cursor), visibility_s)
-        messages = receive_messages(client, queue.queue_url, visibility_s)
-        if not messages:
-            return dg.SensorResult(skip_reason="no S3 events in the queue", cursor=_cursor(pending))
-        to_sync, to_register = plan_sync(context, source, messages)
-        # Keyed by the messages it covers: a redelivered message never launches a second run.
-        message_ids = sorted(str(message.get("MessageId")) for message in messages)
-        batch = hashlib.sha256("\n".join(message_ids).encode()).hexdigest()[:32]
-        sent = [int(message.get("Attributes", {}).get("SentTimestamp", 0)) for message in messages]
-        result = _sync_result(
-            source,
-            to_sync,
-            to_register,
-            message_ids,
-            f"sqs:{source.auto_sync}",
-            {SQS_BATCH_TAG: batch, SQS_SENT_TAG: str(min(sent))},
-        )
-        handles = [str(message["ReceiptHandle"]) for message in messages]
-        if result.run_requests:
-            pending.append(PendingDelete(batch, len(result.run_requests), handles, time.time()))
-        else:  # nothing to run: nothing is lost if these go now
-            delete_messages(context, client, queue.queue_url, handles)
-        context.log.info(
-            f"source '{source.name}': {len(messages)} message(s) -> {len(to_sync)} key(s) "
-            f"in {len(result.run_requests or [])} run(s)"
-        )
-        failpoints.reached("sqs:received")
-        return dg.SensorResult(
-            run_requests=result.run_requests,
-            dynamic_partitions_requests=result.dynamic_partitions_requests,
-            skip_reason=result.skip_reason,
-            cursor=_cursor(pending),
-        )
-
-    return sqs_sensor
+    handles = [str(message["ReceiptHandle"]) for message in messages]
+    if result.run_requests:
+        pending.append(PendingDelete(batch, len(result.run_requests), handles, time.time()))
+    else:  # nothing to run: nothing is lost if these go now
+        delete_messages(context, client, queue_url, handles)
+    context.log.info(
+        f"source '{source.name}': {len(messages)} message(s) -> {len(to_sync)} key(s) "
+        f"in {len(result.run_requests or [])} run(s)"
+    )
+    failpoints.reached("sqs:received")
+    return dg.SensorResult(
+        run_requests=result.run_requests,
+        dynamic_partitions_requests=result.dynamic_partitions_requests,
+        skip_reason=result.skip_reason,
+        cursor=_cursor(pending),
+    )
 
 
 def _cursor(pending: Sequence[PendingDelete]) -> str:
@@ -285,62 +272,45 @@ def poll_state_path(instance: dg.DagsterInstance, source_name: str) -> Path:
     return Path(instance.root_directory) / "s3sync" / f"{source_name}-poll.sqlite"
 
 
-def build_poll_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorDefinition:
-    s3_key = source_resource_key(source.name)
-    assert source.poll_interval_seconds is not None
-
-    @dg.sensor(
-        name=f"{source.name}_poll",
-        job=job,
-        minimum_interval_seconds=source.poll_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={s3_key},
-        description=(
-            f"Lists s3://{source.bucket_name}/{source.path_prefix} every {source.poll_interval_seconds} s: "
-            "new and changed objects are indexed, vanished ones removed."
-        ),
+def poll_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Connections) -> dg.SensorResult:
+    """Go on with the pass over the source's prefix: new and changed keys are synced, vanished ones removed."""
+    client = s3.client(source.name)
+    state = PollState(poll_state_path(context.instance, source.name))
+    try:
+        deadline = time.monotonic() + READ_BUDGET_S
+        changed: list[str] = []
+        vanished: list[str] = []
+        pass_number = state.pass_number
+        # One page at a time, resumed from the stored token: a large bucket spans several ticks
+        # (at least one page each, whatever the budget).
+        while True:
+            request: dict[str, Any] = {
+                "Bucket": source.bucket_name,
+                "Prefix": source.path_prefix,
+                "MaxKeys": LIST_PAGE_SIZE,
+            }
+            if state.continuation_token:
+                request["ContinuationToken"] = state.continuation_token
+            page = client.list_objects_v2(**request)
+            changed += state.observe(
+                objects.ObjectInfo(e["Key"], int(e["Size"]), e["ETag"].strip('"'), e["LastModified"].isoformat())
+                for e in page.get("Contents", [])
+                if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
+            )
+            state.next_page(page.get("NextContinuationToken"))
+            if not page.get("IsTruncated"):
+                vanished = state.finish_pass()
+                break
+            if time.monotonic() >= deadline:
+                break
+        wanted = dict.fromkeys(changed, "index") | dict.fromkeys(vanished, "remove")
+        to_sync, to_register = plan_keys(context, source, wanted)
+        result = _sync_result(source, to_sync, to_register, [f"poll-{pass_number}"], "poll")
+        state.commit()  # only now that the result covering these changes is built
+    finally:
+        state.close()
+    context.log.info(
+        f"source '{source.name}': pass {pass_number}: {len(changed)} new or changed, {len(vanished)} vanished, "
+        f"{len(result.run_requests or [])} run(s)"
     )
-    def poll_sensor(context: dg.SensorEvaluationContext, **resources: Any) -> dg.SensorResult:
-        s3_source: S3SourceResource = resources.get(s3_key) or getattr(context.resources, s3_key)
-        client = s3_source.get_client()
-        state = PollState(poll_state_path(context.instance, source.name))
-        try:
-            deadline = time.monotonic() + READ_BUDGET_S
-            changed: list[str] = []
-            vanished: list[str] = []
-            pass_number = state.pass_number
-            # One page at a time, resumed from the stored token: a large bucket spans several ticks
-            # (at least one page each, whatever the budget).
-            while True:
-                request: dict[str, Any] = {
-                    "Bucket": source.bucket_name,
-                    "Prefix": source.path_prefix,
-                    "MaxKeys": LIST_PAGE_SIZE,
-                }
-                if state.continuation_token:
-                    request["ContinuationToken"] = state.continuation_token
-                page = client.list_objects_v2(**request)
-                changed += state.observe(
-                    objects.ObjectInfo(e["Key"], int(e["Size"]), e["ETag"].strip('"'), e["LastModified"].isoformat())
-                    for e in page.get("Contents", [])
-                    if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
-                )
-                state.next_page(page.get("NextContinuationToken"))
-                if not page.get("IsTruncated"):
-                    vanished = state.finish_pass()
-                    break
-                if time.monotonic() >= deadline:
-                    break
-            wanted = dict.fromkeys(changed, "index") | dict.fromkeys(vanished, "remove")
-            to_sync, to_register = plan_keys(context, source, wanted)
-            result = _sync_result(source, to_sync, to_register, [f"poll-{pass_number}"], "poll")
-            state.commit()  # only now that the result covering these changes is built
-        finally:
-            state.close()
-        context.log.info(
-            f"source '{source.name}': pass {pass_number}: {len(changed)} new or changed, {len(vanished)} vanished, "
-            f"{len(result.run_requests or [])} run(s)"
-        )
-        return result
-
-    return poll_sensor
+    return result

@@ -36,21 +36,10 @@ from s3sync_dagster.pipeline.objects import S3Client
 if TYPE_CHECKING:  # pandas loads when an audit runs, not with the definitions every run process imports
     import pandas as pd
 
+    from s3sync_dagster.pipeline.sync import SourceSpec
+
 # Given the keys that look missing, each one's ETag at its last sync if that sync found no text.
 EmptyLookup = Callable[[Sequence[str]], Mapping[str, str]]
-
-
-@dataclass(frozen=True)
-class AuditTarget:
-    """What the audit needs to know of a source, as plain values."""
-
-    name: str
-    bucket_name: str
-    collection_name: str
-    path_prefix: str = ""
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    metadata_mode: bool = False
 
 
 @dataclass
@@ -93,7 +82,7 @@ class Drift:
         return f"source '{self.source}': {self.listed} object(s) listed, {self.chunks} chunk(s); drift: {shown}"
 
 
-def listing_frame(s3: S3Client, target: AuditTarget) -> pd.DataFrame:
+def listing_frame(s3: S3Client, target: SourceSpec) -> pd.DataFrame:
     """Every object under the prefix: object_key, etag, and whether the source selects it."""
     import pandas as pd
 
@@ -110,7 +99,7 @@ def listing_frame(s3: S3Client, target: AuditTarget) -> pd.DataFrame:
 _CHUNK_COLUMNS = ["object_key", "metadata_key", "etag", "home"]
 
 
-def chunk_frame(collections: Iterable[Collection], target: AuditTarget) -> pd.DataFrame:
+def chunk_frame(collections: Iterable[Collection], target: SourceSpec) -> pd.DataFrame:
     """The source's chunks as distinct (object_key, metadata_key, etag, home) rows with a chunk count.
 
     `home` says the chunks lie in the source's own collection. Paged at the client's batch size and
@@ -149,7 +138,7 @@ def chunk_frame(collections: Iterable[Collection], target: AuditTarget) -> pd.Da
 def join(
     listing: pd.DataFrame,
     chunks: pd.DataFrame,
-    target: AuditTarget,
+    target: SourceSpec,
     known_empty: EmptyLookup | None = None,
 ) -> Drift:
     """Missing, stale and orphaned keys from the two frames (see the module's docstring for the rules)."""
@@ -223,7 +212,7 @@ def join(
 
 def audit(
     s3: S3Client,
-    target: AuditTarget,
+    target: SourceSpec,
     collections: Iterable[Collection],
     known_empty: EmptyLookup | None = None,
 ) -> Drift:

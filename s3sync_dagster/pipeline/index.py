@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
@@ -51,9 +52,27 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+# How many records one request may carry is the client's to say (5,461 embedded here; a server or
+# Chroma Cloud answers with its own), and a Collection keeps its client to itself: the limit is
+# recorded by collection id when a collection is opened here (open_collection, get_collection). A
+# collection opened elsewhere gets the fallback, below every limit seen.
+FALLBACK_MAX_BATCH = 1000
+_max_batch: dict[UUID, int] = {}
+
+
+def _opened(client: ClientAPI, collection: Collection) -> Collection:
+    _max_batch[collection.id] = int(client.get_max_batch_size())
+    return collection
+
+
 def max_batch_size(collection: Collection) -> int:
-    # The client's own limit (5461 here): one record more raises.
-    return int(collection._client.get_max_batch_size())
+    return _max_batch.get(collection.id, FALLBACK_MAX_BATCH)
+
+
+def delete_ids(collection: Collection, ids: Sequence[str]) -> int:
+    for part in _batches(ids, max_batch_size(collection)):
+        collection.delete(ids=list(part))
+    return len(ids)
 
 
 @dataclass(frozen=True)
@@ -194,16 +213,22 @@ def open_collection(
     from chromadb.errors import NotFoundError
 
     try:
-        return client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+        return get_collection(client, name, function)
     except NotFoundError:
         pass
     try:
         # The copy is complete once the original is gone (it is deleted only after the last page).
         copy = client.get_collection(name=name + _REBUILD_SUFFIX, embedding_function=function)  # type: ignore[arg-type]
     except NotFoundError:
-        return client.get_or_create_collection(name=name, embedding_function=function, metadata=dict(metadata))  # type: ignore[arg-type]
+        created = client.get_or_create_collection(name=name, embedding_function=function, metadata=dict(metadata))  # type: ignore[arg-type]
+        return _opened(client, created)
     copy.modify(name=name)
-    return client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+    return get_collection(client, name, function)
+
+
+def get_collection(client: ClientAPI, name: str, function: EmbeddingFunction[Documents]) -> Collection:
+    """An existing collection (chromadb's NotFoundError if there is none), with its client's batch limit known."""
+    return _opened(client, client.get_collection(name=name, embedding_function=function))  # type: ignore[arg-type]
 
 
 def rebuild_collection(client: ClientAPI, collection: Collection, function: EmbeddingFunction[Documents]) -> Collection:
@@ -241,7 +266,7 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
         offset += len(found["ids"])
     client.delete_collection(name)
     copy.modify(name=name)
-    return client.get_collection(name=name, embedding_function=function)  # type: ignore[arg-type]
+    return get_collection(client, name, function)
 
 
 class EmbeddingError(RuntimeError):
@@ -266,10 +291,7 @@ def delete_object(collection: Collection, object_key: str) -> int:
 
 
 def delete_where(collection: Collection, where: dict[str, Any]) -> int:
-    ids = collection.get(where=where, include=[])["ids"]  # type: ignore[arg-type]
-    for part in _batches(ids, max_batch_size(collection)):
-        collection.delete(ids=list(part))
-    return len(ids)
+    return delete_ids(collection, collection.get(where=where, include=[])["ids"])  # type: ignore[arg-type]
 
 
 INT64 = range(-(2**63), 2**63)

@@ -52,6 +52,10 @@ class SourceSpec:
     auto_sync: Literal["none", "direct", "metadata"] = "none"
 
     @property
+    def metadata_mode(self) -> bool:
+        return self.auto_sync == "metadata"
+
+    @property
     def chunking_signature(self) -> str:
         tokens = f":{self.tokens.signature}" if self.tokens is not None else ""
         return f"{self.chunking_mode}:{self.max_size_bytes}:{self.max_lines}{tokens}"

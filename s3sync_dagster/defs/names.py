@@ -1,0 +1,52 @@
+"""The names of a source's Dagster objects, in one place: what the UI shows, and what runs and sensors refer to.
+
+A source `docs` has the asset `docs/documents` over the dynamic partitions `docs_objects` (one per object
+key), its checks, the jobs `docs_auto_sync` (its sensors' runs) and `docs_repair`, and the sensors
+`docs_sqs` and `docs_poll`. defs/source.py makes them all.
+"""
+
+import dagster as dg
+
+INDEX_CHECK_NAME = "indexed_keys_have_chunks"
+DRIFT_CHECK_NAME = "drift"
+
+
+def documents_asset_key(source_name: str) -> dg.AssetKey:
+    return dg.AssetKey([source_name, "documents"])
+
+
+def asset_op_name(source_name: str) -> str:
+    """The asset's op, under which a run's config carries the asset's (invocation) config."""
+    return "__".join(documents_asset_key(source_name).path)
+
+
+def partitions_name(source_name: str) -> str:
+    return f"{source_name}_objects"
+
+
+def partitions_def(source_name: str) -> dg.DynamicPartitionsDefinition:
+    return dg.DynamicPartitionsDefinition(name=partitions_name(source_name))
+
+
+def sync_job_name(source_name: str) -> str:
+    return f"{source_name}_auto_sync"
+
+
+def sync_op_name(source_name: str) -> str:
+    return f"{source_name}_sync_keys"
+
+
+def repair_job_name(source_name: str) -> str:
+    return f"{source_name}_repair"
+
+
+def repair_op_name(source_name: str) -> str:
+    return f"{source_name}_repair_drift"
+
+
+def sqs_sensor_name(source_name: str) -> str:
+    return f"{source_name}_sqs"
+
+
+def poll_sensor_name(source_name: str) -> str:
+    return f"{source_name}_poll"

@@ -1,0 +1,51 @@
+"""The run config of a source's asset and jobs, typed: what the launchpad shows, what a re-execution reuses."""
+
+from typing import Any
+
+import dagster as dg
+
+from s3sync_dagster.defs.names import repair_op_name, sync_op_name
+from s3sync_dagster.pipeline.sync import Invocation
+
+# Run logs of the command line's in-process runs stay off the terminal: the command says what happened.
+QUIET_LOGGERS: dict[str, Any] = {"console": {"config": {"log_level": "CRITICAL"}}}
+
+
+class InvocationConfig(dg.Config):
+    """The Sync API's invocation parameters (`s3sync invoke`); empty for plain syncs and backfills.
+
+    They travel in the run's config, so a re-execution from the UI uses them again.
+    """
+
+    custom_id: str | None = None  # chunk ids become `{custom_id}-{n}`; one object key per run
+    metadata: dict[str, Any] = {}  # noqa: RUF012 - a pydantic field: copied per instance
+    target_collection_name: str | None = None  # instead of the source's collection
+
+    def invocation(self) -> Invocation | None:
+        invocation = Invocation(self.custom_id, dict(self.metadata), self.target_collection_name)
+        return None if invocation == Invocation() else invocation
+
+
+class SyncKeysConfig(dg.Config):
+    """Object keys to bring up to date: created or changed ones are indexed, deleted ones removed."""
+
+    object_keys: list[str]
+
+
+class RepairConfig(dg.Config):
+    """What to repair; launched from the UI with nothing set, the run audits the source first."""
+
+    # None: audit first and repair what it finds. A list (what `s3sync repair` passes): sync these keys.
+    object_keys: list[str] | None = None
+    unselected: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
+
+
+def sync_run_config(source_name: str, object_keys: list[str]) -> dg.RunConfig:
+    return dg.RunConfig(ops={sync_op_name(source_name): SyncKeysConfig(object_keys=object_keys)})
+
+
+def repair_run_config(source_name: str, object_keys: list[str], unselected: list[str]) -> dg.RunConfig:
+    return dg.RunConfig(
+        ops={repair_op_name(source_name): RepairConfig(object_keys=object_keys, unselected=unselected)},
+        loggers=QUIET_LOGGERS,
+    )
