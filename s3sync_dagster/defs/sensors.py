@@ -5,7 +5,6 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -15,9 +14,9 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.assets import partitions_def, partitions_name
 from s3sync_dagster.defs.jobs import sync_run_config
 from s3sync_dagster.defs.links import InstanceMetaLinks
+from s3sync_dagster.defs.state import poll_state
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import events, keys, objects
-from s3sync_dagster.pipeline.poll import PollState
 from s3sync_dagster.resources import S3SourceResource, SQSQueueResource, source_resource_key, sqs_resource_key
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
@@ -281,10 +280,6 @@ def _cursor(pending: Sequence[PendingDelete]) -> str:
     return json.dumps({"pending": [asdict(entry) for entry in pending]}, separators=(",", ":"))
 
 
-def poll_state_path(instance: dg.DagsterInstance, source_name: str) -> Path:
-    return Path(instance.root_directory) / "s3sync" / f"{source_name}-poll.sqlite"
-
-
 def build_poll_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorDefinition:
     s3_key = source_resource_key(source.name)
     assert source.poll_interval_seconds is not None
@@ -303,7 +298,7 @@ def build_poll_sensor(source: SourceConfig, job: dg.JobDefinition) -> dg.SensorD
     def poll_sensor(context: dg.SensorEvaluationContext, **resources: Any) -> dg.SensorResult:
         s3_source: S3SourceResource = resources.get(s3_key) or getattr(context.resources, s3_key)
         client = s3_source.get_client()
-        state = PollState(poll_state_path(context.instance, source.name))
+        state = poll_state(context.instance, source.name)
         try:
             deadline = time.monotonic() + READ_BUDGET_S
             changed: list[str] = []
