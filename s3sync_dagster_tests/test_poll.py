@@ -283,3 +283,16 @@ def test_the_poll_sensor_moves_a_legacy_file_in(
     assert [
         r.run_config["ops"][next(iter(r.run_config["ops"]))]["config"]["object_keys"] for r in result.run_requests or []
     ] == [["p/file-2.txt"]]
+
+
+def test_remove_source_forgets_the_poll_state(
+    make_config: ConfigFactory, bucket: str, instance: dg.DagsterInstance
+) -> None:
+    from s3sync_dagster.source_admin import remove_source
+
+    config, _ = make_config(bucket, path_prefix="p/", poll_interval_seconds=30)
+    one_pass(poll_store(instance, "docs"), LISTING)
+    assert remove_source(config, "docs", instance).poll_state_deleted
+    assert one_pass(poll_store(instance, "docs"), LISTING)[0] == ["a", "b", "c", "d", "e"]  # all new again
+    poll.clear(poll_store(instance, "docs"))
+    assert not remove_source(config, "docs", instance).poll_state_deleted
