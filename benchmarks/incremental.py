@@ -55,10 +55,9 @@ def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, source: str) -> di
 
 
 def _pass_done(instance: dg.DagsterInstance, source: str) -> bool:
-    from s3sync_dagster.defs.sensors import poll_state_path
-    from s3sync_dagster.pipeline.poll import PollState
+    from s3sync_dagster.defs.state import poll_state
 
-    state = PollState(poll_state_path(instance, source))
+    state = poll_state(instance, source)
     try:
         return state.continuation_token is None
     finally:

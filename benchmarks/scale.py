@@ -46,9 +46,8 @@ from s3sync_dagster import local_s3
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name, sync_op_name
-from s3sync_dagster.defs.sensors import poll_state_path
+from s3sync_dagster.defs.state import poll_state
 from s3sync_dagster.pipeline import keys as partition_keys
-from s3sync_dagster.pipeline.poll import PollState
 from s3sync_dagster.resources import S3Connection
 from s3sync_dagster.runner import discover
 
@@ -193,7 +192,7 @@ def _register_once(home: Path, count: int) -> float:
 
 
 def _completed_passes(instance: dg.DagsterInstance) -> int:
-    state = PollState(poll_state_path(instance, SOURCE))
+    state = poll_state(instance, SOURCE)
     try:
         return state.completed_passes
     finally:

@@ -11,7 +11,7 @@ import dagster as dg
 
 from s3sync_dagster.config import AppConfig, EnvRef, SourceConfig
 from s3sync_dagster.defs.names import partitions_name
-from s3sync_dagster.defs.sensors import poll_state_path
+from s3sync_dagster.defs.state import clear_poll_state
 from s3sync_dagster.invocations import database_name, source_id
 from s3sync_dagster.pipeline import index
 from s3sync_dagster.resources import ChromaResource, EmbeddingResource, chroma_resource, embedding_resource
@@ -122,8 +122,5 @@ def remove_source(config: AppConfig, source_name: str, instance: dg.DagsterInsta
     for partition_key in instance.get_dynamic_partitions(name):
         instance.delete_dynamic_partition(name, partition_key)
         result.partitions_deleted += 1
-    state = poll_state_path(instance, source_name)
-    if state.exists():
-        state.unlink()
-        result.poll_state_deleted = True
+    result.poll_state_deleted = clear_poll_state(instance, source_name)
     return result

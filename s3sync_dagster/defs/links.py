@@ -13,20 +13,21 @@ from collections.abc import Iterable
 
 import dagster as dg
 
+from s3sync_dagster.defs.state import InstanceKeyValues
+
 
 class InstanceMetaLinks:
     def __init__(self, instance: dg.DagsterInstance, source_name: str) -> None:
-        self._storage = instance.run_storage
-        self._prefix = f"s3sync/{source_name}/meta-links/"
+        self._store = InstanceKeyValues(instance, f"s3sync/{source_name}/meta-links/")
 
     def _entry(self, document_key: str) -> str:
-        return self._prefix + hashlib.sha256(document_key.encode()).hexdigest()[:40]
+        return hashlib.sha256(document_key.encode()).hexdigest()[:40]
 
     def _read(self, document_keys: Iterable[str]) -> dict[str, list[str]]:
         by_entry = {self._entry(key): key for key in document_keys}
         if not by_entry:
             return {}
-        stored = self._storage.get_cursor_values(set(by_entry))
+        stored = self._store.get_many(set(by_entry))
         found: dict[str, list[str]] = {}
         for entry, value in stored.items():
             document_key = by_entry.get(entry)
@@ -41,10 +42,10 @@ class InstanceMetaLinks:
     def link(self, document_key: str, meta_key: str) -> None:
         meta_keys = self._read([document_key]).get(document_key, [])
         if meta_key not in meta_keys:
-            self._storage.set_cursor_values({self._entry(document_key): json.dumps([*meta_keys, meta_key])})
+            self._store.set_many({self._entry(document_key): json.dumps([*meta_keys, meta_key])})
 
     def unlink(self, document_key: str, meta_key: str) -> None:
         meta_keys = self._read([document_key]).get(document_key, [])
         if meta_key in meta_keys:
             meta_keys.remove(meta_key)
-            self._storage.set_cursor_values({self._entry(document_key): json.dumps(meta_keys)})
+            self._store.set_many({self._entry(document_key): json.dumps(meta_keys)})

@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -16,9 +15,9 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_def, partitions_name
 from s3sync_dagster.defs.run_config import sync_run_config
+from s3sync_dagster.defs.state import poll_state
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import events, keys, objects
-from s3sync_dagster.pipeline.poll import PollState
 from s3sync_dagster.resources import S3Connections
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
@@ -268,14 +267,10 @@ def _cursor(pending: Sequence[PendingDelete]) -> str:
     return json.dumps({"pending": [asdict(entry) for entry in pending]}, separators=(",", ":"))
 
 
-def poll_state_path(instance: dg.DagsterInstance, source_name: str) -> Path:
-    return Path(instance.root_directory) / "s3sync" / f"{source_name}-poll.sqlite"
-
-
 def poll_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Connections) -> dg.SensorResult:
     """Go on with the pass over the source's prefix: new and changed keys are synced, vanished ones removed."""
     client = s3.client(source.name)
-    state = PollState(poll_state_path(context.instance, source.name))
+    state = poll_state(context.instance, source.name)
     try:
         deadline = time.monotonic() + READ_BUDGET_S
         changed: list[str] = []
