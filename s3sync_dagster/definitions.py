@@ -7,6 +7,7 @@ import dagster as dg
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.defs.assets import build_documents_asset
 from s3sync_dagster.defs.checks import build_drift_check, build_index_check
+from s3sync_dagster.defs.invocation_sensor import build_invocation_sensor
 from s3sync_dagster.defs.jobs import build_sync_job
 from s3sync_dagster.defs.monitor import build_run_monitor
 from s3sync_dagster.defs.sensors import build_poll_sensor, build_sqs_sensor
@@ -18,6 +19,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
     # Every source can be repaired from the UI (the job behind `s3sync repair`).
     jobs: list[dg.JobDefinition] = [build_repair_job(source) for source in config.sources]
     sensors: list[dg.SensorDefinition] = [build_run_monitor()] if config.sources else []
+    sensors += [build_invocation_sensor(config.sources)] if config.sources else []
     for source in config.sources:
         if source.auto_sync == "none" and source.poll_interval_seconds is None:
             continue
