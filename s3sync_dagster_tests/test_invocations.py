@@ -97,8 +97,10 @@ class Daemon:
         self.sensor = self.defs.resolve_sensor_def(INVOCATION_SENSOR)
         self.cursor: str | None = None
 
-    def tick(self, instance: dg.DagsterInstance, cursor: str | None = None) -> list[dg.RunRequest]:
-        with dg.build_sensor_context(instance=instance, cursor=cursor or self.cursor, definitions=self.defs) as context:
+    def tick(self, instance: dg.DagsterInstance, cursor: str | None = "kept") -> list[dg.RunRequest]:
+        """A tick with the cursor the last one left ("kept"), or with this one (None: a reset cursor)."""
+        cursor = self.cursor if cursor == "kept" else cursor
+        with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=self.defs) as context:
             result = self.sensor(context)
         assert isinstance(result, dg.SensorResult)
         self.cursor = result.cursor
@@ -157,7 +159,7 @@ def test_invoke_records_a_request_that_the_sensor_turns_into_one_run_carrying_it
         assert run.success
         # Seen again (the next tick, or a tick whose cursor was lost): no second run.
         assert daemon.tick(instance) == []
-        assert daemon.tick(instance, cursor="0") == []
+        assert daemon.tick(instance, cursor=None) == [] and daemon.tick(instance, cursor="0") == []
         [record] = instance.get_run_records()
         assert record.dagster_run.tags["dagster/partition"] == partition_key
         # The parameters are the run's config: shown in the UI, reused by a re-execution.
@@ -205,7 +207,9 @@ def test_one_sensor_serves_every_source_and_holds_its_cursor_on_a_long_backlog(
     ]
     instance.delete_dynamic_partition("other_objects", "b/gone")
     daemon = Daemon(config)
-    first = daemon.tick(instance)
+    # A reset cursor reads each source's latest tick's worth, not its whole history: a/1 is older.
+    assert [r.partition_key for r in daemon.tick(instance, cursor=None)] == ["b/1", "a/2", "a/3"]
+    first = daemon.tick(instance, cursor="0")
     # docs has three requests, two read: the cursor stops at docs' second, so other's b/gone waits too.
     assert [(r.partition_key, r.run_key) for r in first] == [
         ("a/1", recorded[0].invocation_id), ("b/1", recorded[1].invocation_id), ("a/2", recorded[2].invocation_id)
@@ -297,3 +301,26 @@ def test_invoke_wait_with_no_daemon_runs_the_invocation_here(
         assert run.run_config["ops"][asset_op_name("docs")]["config"]["custom_id"] == "report-1"
     found = ChromaResource(path=config.chroma.embedded_path).client().get_collection("docs-collection").get()
     assert found["ids"] == ["report-1-0"] and found["metadatas"][0]["team"] == "finance"
+
+
+def test_a_sensor_that_started_before_any_request_reads_every_later_one(
+    make_config: ConfigFactory, bucket: str, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first tick on an empty instance leaves a cursor: a request followed by more than a tick's worth of
+    other observations (failed keys) is still read, not hidden behind the latest ones."""
+    config, _ = make_config(bucket)
+    monkeypatch.setattr(invocation_sensor, "REQUESTS_PER_TICK", 2)
+    daemon = Daemon(config)
+    assert daemon.tick(instance, cursor=None) == [] and daemon.cursor == "0"
+    instance.add_dynamic_partitions("docs_objects", ["k"])
+    request = record_request(instance, "docs", "k", Invocation())
+    for _ in range(3):
+        failed = dg.AssetObservation(asset_key=["docs", "documents"], partition="k", metadata={"status": "failed"})
+        instance.report_runless_asset_event(failed)
+    assert [r.run_key for r in daemon.tick(instance)] == [request.invocation_id]
+
+
+@pytest.mark.parametrize("module", ["invocations.py", "cli.py", "defs/invocation_sensor.py"])
+def test_the_invocation_path_names_nothing_private_of_dagster(module: str) -> None:
+    source = (Path(__file__).parent.parent / "s3sync_dagster" / module).read_text()
+    assert "dagster._" not in source and "__ASSET_JOB" not in source

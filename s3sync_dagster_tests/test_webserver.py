@@ -142,7 +142,8 @@ def test_cli_invocation_runs_on_the_daemon_and_a_ui_reexecution_keeps_its_parame
     # The daemon's invocation sensor made the run: it carries the invocation's id.
     assert row["run_id"] != row["id"]
     run = live.server.run(row["run_id"])
-    assert {tag["key"]: tag["value"] for tag in run["tags"]}["s3sync/invocation"] == row["id"]
+    run_tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+    assert run_tags["s3sync/invocation"] == row["id"] and run_tags["dagster/sensor_name"] == "s3sync_invocations"
     # What the UI shows of the run: its parameters are the run config.
     assert yaml.safe_load(run["runConfigYaml"])["ops"]["web__documents"]["config"]["custom_id"] == "alpha-doc"
     # Re-executed from the UI: same parameters, same partition, and nothing duplicated.

@@ -146,30 +146,36 @@ def invocation_run_request(request: InvocationRequest) -> dg.RunRequest:
 
 def new_requests(
     instance: dg.DagsterInstance, source_names: Sequence[str], after_storage_id: int | None
-) -> tuple[list[InvocationRequest], int | None]:
-    """Every source's requests after the cursor, and the cursor past them.
+) -> tuple[list[InvocationRequest], int]:
+    """Every source's requests after the cursor, oldest first, and the cursor past them.
 
     Storage ids are the event log's, shared by all assets. A source with more than a tick's worth holds the
-    cursor back to its last request read; what the other sources have beyond it is read again next tick.
+    cursor back to its last record read; what the other sources have beyond it is read again next tick.
+    With no cursor (the first tick, or a reset one) only each source's latest tick's worth is read, not the
+    asset's whole history of observations (a failed key is one too).
     """
-    start = after_storage_id or 0
     read: list[InvocationRequest] = []
     cursor: int | None = None
     held: int | None = None
     for name in source_names:
-        records_filter = dg.AssetRecordsFilter(asset_key=documents_asset_key(name), after_storage_id=start)
-        records = instance.fetch_observations(records_filter, limit=REQUESTS_PER_TICK, ascending=True).records
+        records_filter = dg.AssetRecordsFilter(asset_key=documents_asset_key(name), after_storage_id=after_storage_id)
+        records = instance.fetch_observations(
+            records_filter, limit=REQUESTS_PER_TICK, ascending=after_storage_id is not None
+        ).records
         if not records:
             continue
+        records = sorted(records, key=lambda record: record.storage_id)
         last = records[-1].storage_id
         cursor = max(cursor or 0, last)
-        if len(records) == REQUESTS_PER_TICK:
+        if after_storage_id is not None and len(records) == REQUESTS_PER_TICK:
             held = min(held if held is not None else last, last)
         read.extend(request for record in records if (request := _request(name, record)) is not None)
     if held is not None:
         cursor = held
         read = [request for request in read if request.storage_id <= held]
-    return sorted(read, key=lambda request: request.storage_id), cursor if cursor is not None else after_storage_id
+    if cursor is None:  # nothing recorded after the cursor (or at all: every later record is new)
+        cursor = after_storage_id if after_storage_id is not None else 0
+    return sorted(read, key=lambda request: request.storage_id), cursor
 
 
 def build_invocation_sensor(sources: Sequence[SourceConfig]) -> dg.SensorDefinition:
@@ -200,9 +206,8 @@ def build_invocation_sensor(sources: Sequence[SourceConfig]) -> dg.SensorDefinit
                 )
                 continue
             run_requests.append(invocation_run_request(request))
-        new_cursor = str(cursor) if cursor is not None else None
         if not run_requests:
-            return dg.SensorResult(skip_reason="no new invocation", cursor=new_cursor)
-        return dg.SensorResult(run_requests=run_requests, cursor=new_cursor)
+            return dg.SensorResult(skip_reason="no new invocation", cursor=str(cursor))
+        return dg.SensorResult(run_requests=run_requests, cursor=str(cursor))
 
     return s3sync_invocations
