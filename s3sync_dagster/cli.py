@@ -181,7 +181,12 @@ def _status_text(status: Any) -> str:
 
 def cmd_invoke(args: argparse.Namespace) -> int:
     from s3sync_dagster import invocations
-    from s3sync_dagster.defs.invocation_sensor import invocation_run_config, invocation_tags, record_request
+    from s3sync_dagster.defs.invocation_sensor import (
+        invocation_run_config,
+        invocation_tags,
+        new_invocation_id,
+        record_request,
+    )
     from s3sync_dagster.pipeline.sync import Invocation
     from s3sync_dagster.runner import register_keys, s3_client
 
@@ -196,7 +201,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         daemon = invocations.daemon_running(instance)
         if args.wait and not daemon:
             # Nobody would make its run: run it here, now, recorded on the instance as the sensor's run would be.
-            invocation_id = invocations.new_invocation_id()
+            invocation_id = new_invocation_id()
             invocations.execute_partition_run(
                 instance,
                 config,

@@ -59,10 +59,6 @@ def source_id(source: SourceConfig) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"s3sync-dagster:{source.name}:{source.bucket_name}"))
 
 
-def new_invocation_id() -> str:
-    return str(uuid.uuid4())
-
-
 def validate_invocation(
     source: SourceConfig, object_key: str, invocation: Invocation, embedding: EmbeddingConfig
 ) -> None:

@@ -64,11 +64,16 @@ def invocation_tags(source_name: str, invocation_id: str) -> dict[str, str]:
     return {SOURCE_TAG: source_name, INVOCATION_TAG: invocation_id}
 
 
+def new_invocation_id() -> str:
+    """An invocation's id: the Sync API's job id, `invoke` returns it before any run exists."""
+    return str(uuid.uuid4())
+
+
 def record_request(
     instance: dg.DagsterInstance, source_name: str, partition_key: str, invocation: Invocation
 ) -> InvocationRequest:
     """Record an invocation for the sensor to run; its partition must be registered already."""
-    invocation_id = str(uuid.uuid4())
+    invocation_id = new_invocation_id()
     metadata: dict[str, Any] = {REQUEST_MARKER: REQUEST_KIND, "invocation_id": invocation_id}
     if invocation.custom_id is not None:
         metadata["custom_id"] = invocation.custom_id
@@ -107,18 +112,10 @@ def _request(source_name: str, record: dg.EventLogRecord) -> InvocationRequest |
     )
 
 
-def recorded_requests(
-    instance: dg.DagsterInstance, source_name: str, after_storage_id: int | None = None, limit: int = 1000
-) -> list[InvocationRequest]:
-    """The requests among the source's `limit` observations after `after_storage_id` (oldest first), or among
-    its latest `limit` observations when no storage id is given."""
-    records_filter = dg.AssetRecordsFilter(
-        asset_key=documents_asset_key(source_name), after_storage_id=after_storage_id
-    )
-    records = instance.fetch_observations(records_filter, limit=limit, ascending=after_storage_id is not None).records
-    if after_storage_id is None:
-        records = list(reversed(records))
-    return [request for record in records if (request := _request(source_name, record)) is not None]
+def recorded_requests(instance: dg.DagsterInstance, source_name: str, limit: int = 1000) -> list[InvocationRequest]:
+    """The requests among the source's latest `limit` observations, oldest first."""
+    records = instance.fetch_observations(documents_asset_key(source_name), limit=limit).records
+    return [request for record in reversed(records) if (request := _request(source_name, record)) is not None]
 
 
 def runs_of_invocations(instance: dg.DagsterInstance, invocation_ids: Sequence[str]) -> dict[str, list[dg.RunRecord]]:
