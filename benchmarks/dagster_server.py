@@ -19,11 +19,13 @@ from typing import Any
 
 import httpx
 
-from s3sync_dagster.invocations import ASSET_JOB, LOCATION_NAME
 from s3sync_dagster.local_s3 import LOOPBACK, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 REPOSITORY = "__repository__"  # the repository of a plain Definitions object
+# workspace.yaml's location (its module's name) and the job Dagster makes of all assets: what the UI launches.
+LOCATION_NAME = "s3sync_dagster.definitions"
+ASSET_JOB = "__ASSET_JOB"
 TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
 TERMINAL_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 

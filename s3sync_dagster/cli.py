@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -12,7 +13,6 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3sync_dagster.config import AppConfig, ConfigError, config_path, load_config
-from s3sync_dagster.defs.tags import INVOCATION_TAG, SOURCE_TAG
 from s3sync_dagster.invocations import InvocationError
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
@@ -181,6 +181,7 @@ def _status_text(status: Any) -> str:
 
 def cmd_invoke(args: argparse.Namespace) -> int:
     from s3sync_dagster import invocations
+    from s3sync_dagster.defs.invocation_sensor import invocation_tags, new_invocation_id, record_request
     from s3sync_dagster.pipeline.sync import Invocation
     from s3sync_dagster.runner import register_keys, s3_client
 
@@ -192,30 +193,41 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     with _instance(args) as instance:
         register_keys(instance, source, [args.object_key])
         partition_key = keys.to_partition_key(args.object_key)
-        run_config = invocations.invocation_run_config(source.name, invocation)
-        tags = {SOURCE_TAG: source.name, INVOCATION_TAG: "cli"}
-        if args.wait and not invocations.daemon_running(instance):
-            # Nobody would dequeue it: run it here, now, recorded on the instance as the queued run would be.
-            run_id = invocations.execute_partition_run(instance, config, source.name, partition_key, run_config, tags)
+        daemon = invocations.daemon_running(instance)
+        if args.wait and not daemon:
+            # Nobody would make its run: run it here, now, recorded on the instance as the sensor's run would be.
+            invocation_id = new_invocation_id()
+            invocations.execute_partition_run(
+                instance,
+                config,
+                source.name,
+                partition_key,
+                invocation,
+                invocation_tags(source.name, invocation_id),
+            )
         else:
-            run_id = invocations.submit_partition_run(
-                instance, args.config, source.name, partition_key, run_config, tags
-            ).run_id
-            if not invocations.daemon_running(instance):
+            invocation_id = record_request(instance, source.name, partition_key, invocation).invocation_id
+            if not daemon:
                 print(
-                    "s3sync: no dagster-daemon is serving this instance's run queue: the run waits until "
-                    "`dagster dev` or `dagster-daemon run` starts (or use --wait to run it here)",
+                    "s3sync: no dagster-daemon is serving this instance: the invocation waits until "
+                    "`dagster dev` or `dagster-daemon run` starts and its sensor makes the run "
+                    "(or use --wait to run it here)",
                     file=sys.stderr,
                 )
             if args.wait:
-                invocations.wait_for(
-                    instance,
-                    run_id,
-                    args.timeout,
-                    on_status=None if args.json else lambda status: print(f"run {run_id}: {status}", file=sys.stderr),
-                )
-        row = invocations.list_invocations_by_id(instance, config, run_id)
-    _emit(args, row, f"run {row['id']}: {_status_text(row['status'])}")
+                deadline = time.monotonic() + args.timeout
+                run_id = invocations.wait_for_run(instance, invocation_id, args.timeout)
+                if run_id is not None:
+                    invocations.wait_for(
+                        instance,
+                        run_id,
+                        max(0.0, deadline - time.monotonic()),
+                        on_status=None
+                        if args.json
+                        else lambda status: print(f"invocation {invocation_id}: {status}", file=sys.stderr),
+                    )
+        row = invocations.list_invocations_by_id(instance, config, invocation_id)
+    _emit(args, row, f"invocation {row['id']}: {_status_text(row['status'])}")
     if not args.wait:
         return EXIT_OK
     return EXIT_OK if "complete" in row["status"] else EXIT_SOME_FAILED
@@ -240,9 +252,10 @@ def cmd_invocations(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from s3sync_dagster.invocations import cancel
 
+    config = _config(args)
     with _instance(args) as instance:
-        status = cancel(instance, args.run_id)
-    _emit(args, {"id": args.run_id, "status": status}, f"run {args.run_id}: {status}")
+        status = cancel(instance, args.job_id, config)
+    _emit(args, {"id": args.job_id, "status": status}, f"{args.job_id}: {status}")
     return EXIT_OK
 
 
@@ -368,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(run=cmd_invocations)
 
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued (or running) run")
-    cancel.add_argument("run_id")
+    cancel.add_argument("job_id", metavar="ID", help="the id `invoke` returned, or a run's id")
     cancel.set_defaults(run=cmd_cancel)
 
     remove = commands.add_parser(

@@ -1,34 +1,43 @@
-"""The Sync API's workflow on a Dagster instance: invoke one key (a queued run), list runs as jobs, cancel.
+"""The Sync API's workflow on a Dagster instance: invoke one key, list runs as jobs, cancel.
 
-An invocation is a run of the source's asset for one partition, created as the UI creates one and
-put on the instance's run queue, so `dagster dev` or `dagster-daemon` executes it. Its parameters
-are the run's config: visible in the UI, and used again by a re-execution from there.
+An invocation is a request recorded on the instance (defs/invocation_sensor.py) that the daemon's
+`s3sync_invocations` sensor turns into a run of the source's asset for one partition. Its parameters are
+the run's config: visible in the UI, and used again by a re-execution from there. Its id (the Sync API's
+job id) is known at once; its run's id once the sensor has made the run, which carries the id as a tag.
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import heapq
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
-from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, EmbeddingConfig, SourceConfig, config_path
+from s3sync_dagster.config import AppConfig, EmbeddingConfig, SourceConfig
+from s3sync_dagster.defs.invocation_sensor import (
+    INVOCATION_SENSOR,
+    InvocationRequest,
+    recorded_requests,
+    runs_of_invocations,
+)
 from s3sync_dagster.defs.names import asset_op_name, documents_asset_key, partitions_name, sync_op_name
-from s3sync_dagster.defs.tags import INVOCATION_TAG, RANGE_END_TAG, RANGE_START_TAG, SOURCE_TAG, TRIGGER_TAG
+from s3sync_dagster.defs.run_config import QUIET_LOGGERS, invocation_run_config
+from s3sync_dagster.defs.tags import (
+    BACKFILL_TAG,
+    INVOCATION_TAG,
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SOURCE_TAG,
+    TRIGGER_TAG,
+)
 from s3sync_dagster.pipeline import keys, objects
 from s3sync_dagster.pipeline.sync import Invocation
-
-PARTITION_TAG = "dagster/partition"
-ASSET_JOB = "__ASSET_JOB"
-# workspace.yaml's location: runs made here must name it, so the daemon and the UI find their code.
-LOCATION_NAME = "s3sync_dagster.definitions"
-DEFINITIONS_MODULE = "s3sync_dagster.definitions"
 
 Status = str  # pending | processing | complete | failed | cancelled
 STATUSES: dict[Status, frozenset[dg.DagsterRunStatus]] = {
@@ -54,18 +63,6 @@ def source_id(source: SourceConfig) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"s3sync-dagster:{source.name}:{source.bucket_name}"))
 
 
-def invocation_run_config(source_name: str, invocation: Invocation) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    if invocation.custom_id is not None:
-        config["custom_id"] = invocation.custom_id
-    if invocation.metadata:
-        # Dagster config has no nulls; the Sync API drops null metadata values anyway.
-        config["metadata"] = {key: value for key, value in invocation.metadata.items() if value is not None}
-    if invocation.target_collection_name is not None:
-        config["target_collection_name"] = invocation.target_collection_name
-    return {"ops": {asset_op_name(source_name): {"config": config}}} if config else {}
-
-
 def validate_invocation(
     source: SourceConfig, object_key: str, invocation: Invocation, embedding: EmbeddingConfig
 ) -> None:
@@ -88,84 +85,17 @@ def check_object_exists(client: Any, source: SourceConfig, object_key: str) -> N
         ) from None
 
 
-def _code_location(instance: dg.DagsterInstance, config_file: str | None) -> Any:
-    """The project's definitions loaded in this process, under the name workspace.yaml gives them."""
-    from dagster._core.remote_origin import InProcessCodeLocationOrigin
-    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-
-    # The definitions find the config as every Dagster process does: through $S3SYNC_CONFIG.
-    os.environ[CONFIG_ENV_VAR] = str(config_path(config_file).resolve())
-    origin = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(
-            executable_path=sys.executable, module_name=DEFINITIONS_MODULE, working_directory=os.getcwd()
-        ),
-        location_name=LOCATION_NAME,
-    )
-    return origin.create_location(instance)
-
-
-def submit_partition_run(
-    instance: dg.DagsterInstance,
-    config_file: str | None,
-    source_name: str,
-    partition_key: str,
-    run_config: Mapping[str, Any],
-    tags: Mapping[str, str],
-) -> dg.DagsterRun:
-    """Create the run the UI's "Materialize" creates for one partition, and put it on the run queue."""
-    from dagster._core.definitions.selector import JobSubsetSelector
-
-    asset_key = documents_asset_key(source_name)
-    with _code_location(instance, config_file) as location:
-        repository = next(iter(location.get_repositories().values()))
-        selector = JobSubsetSelector(
-            location_name=location.name,
-            repository_name=repository.name,
-            job_name=ASSET_JOB,
-            op_selection=None,
-            asset_selection=[asset_key],
-            # The source's check compares the whole source: run it on its own, not after each key.
-            asset_check_selection=[],
-        )
-        remote_job = location.get_job(selector)
-        plan = location.get_execution_plan(
-            remote_job, dict(run_config), step_keys_to_execute=None, known_state=None, instance=instance
-        ).execution_plan_snapshot
-        run = instance.create_run(
-            job_name=ASSET_JOB,
-            run_id=None,
-            run_config=dict(run_config),
-            resolved_op_selection=None,
-            step_keys_to_execute=plan.step_keys_to_execute,
-            op_selection=None,
-            status=None,
-            root_run_id=None,
-            parent_run_id=None,
-            tags={**remote_job.tags, **tags, PARTITION_TAG: partition_key},
-            job_snapshot=remote_job.job_snapshot,
-            execution_plan_snapshot=plan,
-            parent_job_snapshot=remote_job.parent_job_snapshot,
-            remote_job_origin=remote_job.get_remote_origin(),
-            job_code_origin=remote_job.get_python_origin(),
-            asset_selection=frozenset([asset_key]),
-            asset_check_selection=frozenset(),
-            asset_graph=repository.asset_graph,
-        )
-        return instance.submit_run(run.run_id, workspace=None)  # type: ignore[arg-type]
-
-
 def execute_partition_run(
     instance: dg.DagsterInstance,
     config: AppConfig,
     source_name: str,
     partition_key: str,
-    run_config: Mapping[str, Any],
+    invocation: Invocation,
     tags: Mapping[str, str],
 ) -> str:
     """Run one partition in this process (no daemon serves the queue), recorded on the instance as the
     queued run would be: same job, config, tags and events, so the UI and `s3sync invocations` show it."""
     from s3sync_dagster.definitions import build_definitions
-    from s3sync_dagster.runner import QUIET_RUN_CONFIG
 
     execution = (
         build_definitions(config)
@@ -174,7 +104,7 @@ def execute_partition_run(
             instance=instance,
             asset_selection=[documents_asset_key(source_name)],
             tags={**tags, PARTITION_TAG: partition_key},
-            run_config={**dict(run_config), **QUIET_RUN_CONFIG},
+            run_config=invocation_run_config(source_name, invocation, loggers=QUIET_LOGGERS),
             raise_on_error=False,
         )
     )
@@ -182,10 +112,26 @@ def execute_partition_run(
 
 
 def daemon_running(instance: dg.DagsterInstance, within_s: float = 60.0) -> bool:
-    """Whether a dagster-daemon (or `dagster dev`) is dequeuing this instance's runs."""
+    """Whether a dagster-daemon (or `dagster dev`) evaluates this instance's sensors and dequeues its runs:
+    the invocation sensor makes an invocation's run, the queue starts it."""
     heartbeats = instance.get_daemon_heartbeats()
-    beat = heartbeats.get("QUEUED_RUN_COORDINATOR")
-    return beat is not None and time.time() - beat.timestamp < within_s
+    now = time.time()
+    return all(
+        (beat := heartbeats.get(daemon)) is not None and now - beat.timestamp < within_s
+        for daemon in ("SENSOR", "QUEUED_RUN_COORDINATOR")
+    )
+
+
+def wait_for_run(instance: dg.DagsterInstance, invocation_id: str, timeout_s: float, poll_s: float = 0.5) -> str | None:
+    """The id of the invocation's run once the sensor has made it; None if the timeout passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = runs_of_invocations(instance, [invocation_id]).get(invocation_id)
+        if runs:
+            return runs[0].dagster_run.run_id
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(poll_s)
 
 
 def wait_for(
@@ -245,7 +191,7 @@ def run_scope(run: dg.DagsterRun, config: AppConfig) -> RunScope | None:
     target = ops.get(asset_op_name(name), {}).get("config", {}).get("target_collection_name")
     if INVOCATION_TAG in run.tags:
         trigger = "invocation"
-    elif "dagster/backfill" in run.tags:
+    elif BACKFILL_TAG in run.tags:
         trigger = "backfill"
     else:
         trigger = run.tags.get(TRIGGER_TAG) or ("sync" if name == run.tags.get(SOURCE_TAG) else "ui")
@@ -300,12 +246,30 @@ def job_status(instance: dg.DagsterInstance, record: Any) -> Any:
     return status
 
 
+def job_id(run: dg.DagsterRun) -> str:
+    """A run's id in the Sync API's list: the invocation's id for the run made for it (what `invoke` returned),
+    the run's own id for every other run (a re-execution carries its parent's tags, not its identity)."""
+    invocation_id = run.tags.get(INVOCATION_TAG)
+    if invocation_id is not None and run.parent_run_id is None and _is_uuid(invocation_id):
+        return invocation_id
+    return run.run_id
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:  # "cli": the tag's value on runs of an earlier version
+        return False
+    return True
+
+
 def invocation_row(instance: dg.DagsterInstance, config: AppConfig, record: Any, scope: RunScope) -> dict[str, Any]:
     """One run, shaped as an item of the Sync API's job list (plus a few fields of ours)."""
     run: dg.DagsterRun = record.dagster_run
     source = config.source(scope.source)
     return {
-        "id": run.run_id,
+        "id": job_id(run),
+        "run_id": run.run_id,
         "source_id": source_id(source),
         "created_at": _timestamp(record.create_timestamp.timestamp()),
         "status": job_status(instance, record),
@@ -318,6 +282,27 @@ def invocation_row(instance: dg.DagsterInstance, config: AppConfig, record: Any,
         "keys": scope.keys,
         "trigger": scope.trigger,
         "job_name": run.job_name,
+    }
+
+
+def request_row(config: AppConfig, request: InvocationRequest) -> dict[str, Any]:
+    """An invocation recorded but not run yet (no daemon has made its run): pending, with no run id."""
+    source = config.source(request.source_name)
+    return {
+        "id": request.invocation_id,
+        "run_id": None,
+        "source_id": source_id(source),
+        "created_at": _timestamp(request.timestamp),
+        "status": "pending",
+        "metadata": {
+            "s3": {"bucket_name": source.bucket_name, "object_key": _object_key(request.partition_key)},
+            "database_name": database_name(config),
+            "collection_name": request.invocation.target_collection_name or source.collection_name,
+        },
+        "source": source.name,
+        "keys": 1,
+        "trigger": "invocation",
+        "job_name": None,
     }
 
 
@@ -340,6 +325,18 @@ def _records(instance: dg.DagsterInstance, statuses: frozenset[dg.DagsterRunStat
         cursor = page[-1].dagster_run.run_id
 
 
+def pending_requests(
+    instance: dg.DagsterInstance, config: AppConfig, source_names: Sequence[str] | None = None
+) -> list[InvocationRequest]:
+    """Invocations recorded but not run yet, newest first: the requests among each source's latest 1,000
+    observations that no run carries (the sensor makes runs within seconds while a daemon runs)."""
+    names = source_names if source_names is not None else [source.name for source in config.sources]
+    requests = [request for name in names for request in recorded_requests(instance, name)]
+    made = runs_of_invocations(instance, [request.invocation_id for request in requests])
+    waiting = [request for request in requests if request.invocation_id not in made]
+    return sorted(waiting, key=lambda request: request.timestamp, reverse=True)
+
+
 def list_invocations(
     instance: dg.DagsterInstance,
     config: AppConfig,
@@ -348,42 +345,72 @@ def list_invocations(
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Runs of the configured sources (all, or one), newest first: invocations, syncs, backfills, sensors."""
+    """Runs of the configured sources (all, or one), newest first: invocations, syncs, backfills, sensors;
+    and invocations whose run is not made yet, as pending."""
     if source_name is not None:
         config.source(source_name)
     statuses = STATUSES[status] if status is not None else None
+
+    def runs() -> Iterator[tuple[float, Any, RunScope | None]]:
+        for record in _records(instance, statuses):
+            scope = run_scope(record.dagster_run, config)
+            if scope is not None and (source_name is None or scope.source == source_name):
+                yield record.create_timestamp.timestamp(), record, scope
+
+    requests: list[tuple[float, Any, RunScope | None]] = []
+    if status in (None, "pending"):
+        names = [source_name] if source_name is not None else None
+        requests = [(request.timestamp, request, None) for request in pending_requests(instance, config, names)]
     rows: list[dict[str, Any]] = []
-    skipped = 0
-    for record in _records(instance, statuses):
-        scope = run_scope(record.dagster_run, config)
-        if scope is None or (source_name is not None and scope.source != source_name):
+    merged = heapq.merge(requests, runs(), key=lambda item: -item[0])
+    for position, (_, found, scope) in enumerate(merged):
+        if position < offset:
             continue
-        if skipped < offset:
-            skipped += 1
-            continue
-        rows.append(invocation_row(instance, config, record, scope))
+        rows.append(request_row(config, found) if scope is None else invocation_row(instance, config, found, scope))
         if len(rows) >= limit:
             break
     return rows
 
 
-def list_invocations_by_id(instance: dg.DagsterInstance, config: AppConfig, run_id: str) -> dict[str, Any]:
-    records = instance.get_run_records(filters=dg.RunsFilter(run_ids=[run_id]), limit=1)
-    scope = run_scope(records[0].dagster_run, config) if records else None
+def _invocation_run(instance: dg.DagsterInstance, invocation_id: str) -> Any | None:
+    """The run made for an invocation (not its re-executions): the oldest run carrying its id."""
+    runs = runs_of_invocations(instance, [invocation_id]).get(invocation_id, [])
+    return next((record for record in runs if record.dagster_run.parent_run_id is None), runs[0] if runs else None)
+
+
+def list_invocations_by_id(instance: dg.DagsterInstance, config: AppConfig, job_id: str) -> dict[str, Any]:
+    """One job by the id `invoke` returned (an invocation's), or by a run's id."""
+    record = _invocation_run(instance, job_id)
+    if record is None:
+        records = instance.get_run_records(filters=dg.RunsFilter(run_ids=[job_id]), limit=1)
+        record = records[0] if records else None
+    if record is None:
+        pending = next((r for r in pending_requests(instance, config) if r.invocation_id == job_id), None)
+        if pending is not None:
+            return request_row(config, pending)
+        raise InvocationError(f"job {job_id} is neither an invocation nor a run of a configured source")
+    scope = run_scope(record.dagster_run, config)
     if scope is None:
-        raise InvocationError(f"run {run_id} is not a run of a configured source")
-    return invocation_row(instance, config, records[0], scope)
+        raise InvocationError(f"run {job_id} is not a run of a configured source")
+    return invocation_row(instance, config, record, scope)
 
 
-def cancel(instance: dg.DagsterInstance, run_id: str) -> Status:
-    """Cancel a queued run (or ask a running one to stop); a finished run is refused."""
-    run = instance.get_run_by_id(run_id)
+def cancel(instance: dg.DagsterInstance, job_id: str, config: AppConfig | None = None) -> Status:
+    """Cancel a queued run (or ask a running one to stop), by its id or its invocation's; a finished run is
+    refused, and so is an invocation whose run is not made yet."""
+    record = _invocation_run(instance, job_id)
+    run = record.dagster_run if record is not None else instance.get_run_by_id(job_id)
     if run is None:
-        raise InvocationError(f"run {run_id} does not exist on this instance")
+        if config is not None and any(r.invocation_id == job_id for r in pending_requests(instance, config)):
+            raise InvocationError(
+                f"invocation {job_id} has no run yet: the {INVOCATION_SENSOR} sensor of a running daemon "
+                "(`dagster dev` or `dagster-daemon run`) makes it; cancel it once it is queued"
+            )
+        raise InvocationError(f"run {job_id} does not exist on this instance")
     if run.status in FINISHED:
-        raise InvocationError(f"run {run_id} has already finished ({status_name(run.status)}): nothing to cancel")
-    instance.run_coordinator.cancel_run(run_id)
-    updated = instance.get_run_by_id(run_id)
+        raise InvocationError(f"run {job_id} has already finished ({status_name(run.status)}): nothing to cancel")
+    instance.run_coordinator.cancel_run(run.run_id)
+    updated = instance.get_run_by_id(run.run_id)
     return status_name(updated.status if updated is not None else run.status)
 
 

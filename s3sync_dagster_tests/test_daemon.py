@@ -274,3 +274,105 @@ def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_retried(
             fault_row.passed = True
     finally:
         live.stop()
+
+
+def test_the_daemon_runs_each_invocation_once_and_a_queued_one_can_be_cancelled(
+    s3: Any,
+    bucket: str,
+    moto_endpoint: str,
+    chroma_server: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`s3sync invoke` records a request; the daemon's s3sync_invocations sensor makes its run, once, and the
+    run queue runs it. Runs of source 'held' never leave the queue (a tag limit of 0): one is cancelled there."""
+    import json
+
+    from s3sync_dagster.cli import main
+    from s3sync_dagster.invocations import daemon_running
+
+    put(s3, bucket, {"live/a.txt": "alpha invoked\n", "live/c.txt": "gamma invoked\n", "held/b.txt": "beta\n"})
+
+    def source(name: str) -> dict[str, Any]:
+        return {
+            "name": name, "bucket_name": bucket, "region": "us-east-1", "collection_name": f"{bucket}-{name}",
+            "endpoint_url": moto_endpoint, "path_prefix": f"{name}/",
+            "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"}, "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
+        }  # fmt: skip
+
+    config_path = tmp_path / "s3sync.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {"chroma": {"host": LOOPBACK, "port": chroma_server}, "sources": [source("live"), source("held")]}
+        )
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    settings = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    settings["run_queue"]["tag_concurrency_limits"] = [{"key": "s3sync/source", "value": "held", "limit": 0}]
+    (home / "dagster.yaml").write_text(yaml.safe_dump(settings))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    env = dict(os.environ, S3SYNC_CONFIG=str(config_path))
+    log = tmp_path / "daemon.log"
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+        cwd=REPO,
+        env=env,
+        stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def cli(*argv: str) -> tuple[int, Any]:
+        code = main([*argv, "--config", str(config_path), "--json"])
+        out = capsys.readouterr().out
+        return code, json.loads(out) if out.strip() else None
+
+    def wait_until(what: str, condition: Any) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not condition():
+            assert time.monotonic() < deadline, (
+                f"{what} not reached after {WAIT_S} s; daemon log:\n{log.read_text()[-3000:]}"
+            )
+            time.sleep(0.5)
+
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            wait_until("the daemon's heartbeats", lambda: daemon_running(instance))
+
+            def runs_of(invocation_id: str) -> list[dg.DagsterRun]:
+                records = instance.get_run_records(dg.RunsFilter(tags={"s3sync/invocation": invocation_id}))
+                return [record.dagster_run for record in records]
+
+            code, alpha = cli(
+                "invoke", "live", "live/a.txt", "--custom-id", "alpha", "--wait", "--timeout", str(WAIT_S)
+            )
+            assert code == 0 and "complete" in alpha["status"], (alpha, log.read_text()[-3000:])
+            [run] = runs_of(alpha["id"])
+            assert run.run_id == alpha["run_id"]
+            assert (
+                run.tags["dagster/sensor_name"] == "s3sync_invocations" and run.tags["dagster/run_key"] == alpha["id"]
+            )
+            chunks = chromadb.HttpClient(host=LOOPBACK, port=chroma_server).get_collection(f"{bucket}-live").get()
+            assert chunks["ids"] == ["alpha-0"]
+
+            code, beta = cli("invoke", "held", "held/b.txt")
+            assert code == 0 and beta["status"] == "pending" and beta["run_id"] is None
+            wait_until("the held invocation's run", lambda: cli("invocations", "held")[1][0]["run_id"] is not None)
+            code, rows = cli("invocations", "held")
+            assert [(row["id"], row["status"]) for row in rows] == [(beta["id"], "pending")]
+            assert instance.get_run_by_id(rows[0]["run_id"]).status == dg.DagsterRunStatus.QUEUED  # type: ignore[union-attr]
+            code, cancelled = cli("cancel", beta["id"])
+            assert code == 0 and cancelled == {"id": beta["id"], "status": "cancelled"}
+
+            code, gamma = cli("invoke", "live", "live/c.txt", "--wait", "--timeout", str(WAIT_S))
+            assert code == 0 and "complete" in gamma["status"], (gamma, log.read_text()[-3000:])
+            # The sensor has ticked since those runs were made: it made no second run of either.
+            assert [len(runs_of(row["id"])) for row in (alpha, beta, gamma)] == [1, 1, 1]
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)

@@ -50,7 +50,12 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
         "manual_repair",
     }
     sensors = {sensor.name: sensor for sensor in repository.sensor_defs}
-    assert set(sensors) == {"events_sqs", "polled_poll", "s3sync_run_workers"}
+    assert set(sensors) == {"events_sqs", "polled_poll", "s3sync_run_workers", "s3sync_invocations"}
+    # One sensor runs every source's invocations.
+    assert sensors["s3sync_invocations"].asset_selection is not None
+    assert sensors["s3sync_invocations"].asset_selection.resolve(repository.asset_graph) == {
+        dg.AssetKey([name, "documents"]) for name in ("events", "polled", "manual")
+    }
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in sensors.values())
     assert sensors["events_sqs"].job_name == "events_auto_sync"
     assert sensors["polled_poll"].minimum_interval_seconds == 60

@@ -1,6 +1,8 @@
-"""`s3sync invoke / invocations / cancel` on a real instance with no daemon: runs wait in the queue.
+"""`s3sync invoke / invocations / cancel` on a real instance with no daemon: invocations wait as requests,
+and the invocation sensor is evaluated here as the daemon evaluates it.
 
-What happens once a daemon picks them up is tested against `dagster dev` in test_webserver.py.
+The daemon's own run of it is tested in test_daemon.py, and a UI re-execution against `dagster dev` in
+test_webserver.py.
 """
 
 import json
@@ -10,12 +12,17 @@ from typing import Any
 import dagster as dg
 import jsonschema
 import pytest
+import yaml
 
 from s3sync_dagster.cli import main
-from s3sync_dagster.config import parse_config
-from s3sync_dagster.invocations import asset_op_name, validate_invocation
+from s3sync_dagster.config import AppConfig, load_config, parse_config
+from s3sync_dagster.defs import invocation_sensor
+from s3sync_dagster.defs.invocation_sensor import INVOCATION_SENSOR, record_request
+from s3sync_dagster.defs.names import asset_op_name
+from s3sync_dagster.invocations import validate_invocation
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.sync import Invocation
+from s3sync_dagster.resources import ChromaResource
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "sync_api_jobs.schema.json").read_text())
@@ -77,64 +84,142 @@ def test_invoke_refuses_what_the_sync_api_refuses_before_anything_runs(
     with dg.DagsterInstance.get() as instance:
         assert instance.get_run_records() == []
         assert instance.get_dynamic_partitions("docs_objects") == []
+        assert instance.fetch_observations(dg.AssetKey(["docs", "documents"]), limit=1).records == []
 
 
-def test_invoke_queues_a_partition_run_carrying_its_parameters_then_cancel(
+class Daemon:
+    """The daemon's part, evaluated here: a tick of the invocation sensor (with the cursor the last tick left),
+    then its run requests run on the instance as the daemon's run queue would run them."""
+
+    def __init__(self, config: AppConfig) -> None:
+        from s3sync_dagster.definitions import build_definitions
+
+        self.defs = build_definitions(config)
+        self.sensor = self.defs.resolve_sensor_def(INVOCATION_SENSOR)
+        self.cursor: str | None = None
+
+    def tick(self, instance: dg.DagsterInstance, cursor: str | None = "kept") -> list[dg.RunRequest]:
+        """A tick with the cursor the last one left ("kept"), or with this one (None: a reset cursor)."""
+        cursor = self.cursor if cursor == "kept" else cursor
+        with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=self.defs) as context:
+            result = self.sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        self.cursor = result.cursor
+        return list(result.run_requests or [])
+
+    def run(self, instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        return self.defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance,
+            asset_selection=list(request.asset_selection or []),
+            partition_key=request.partition_key,
+            run_config=request.run_config,
+            tags=request.tags,
+            raise_on_error=False,
+        )
+
+
+def test_invoke_records_a_request_that_the_sensor_turns_into_one_run_carrying_its_parameters(
     s3: Any, bucket: str, make_config: ConfigFactory, dagster_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     object_key = "team/notes, draft.md"  # a comma: the partition key is encoded, the object key is not
     put(s3, bucket, {object_key: "# Notes\n\nThe invoice total is 42.\n"})
-    _, path = make_config(bucket, path_prefix="team/")
+    config, path = make_config(bucket, path_prefix="team/")
     metadata = {"team": "finance", "tags": ["a", "b"], "score": 1.5, "draft": True, "dropped": None}
     code, row, err = cli(
         capsys, "invoke", "docs", object_key, "--custom-id", "notes-1", "--metadata", json.dumps(metadata),
         "--target-collection", "finance-notes", "--config", str(path),
     )  # fmt: skip
     assert code == 0, err
-    assert "no dagster-daemon is serving this instance's run queue" in err
-    assert row["status"] == "pending" and row["trigger"] == "invocation"
+    assert "no dagster-daemon is serving this instance" in err
+    # The invocation's id at once; no run yet: the daemon's sensor makes it.
+    assert row["status"] == "pending" and row["trigger"] == "invocation" and row["run_id"] is None
     assert row["metadata"] == {
         "s3": {"bucket_name": bucket, "object_key": object_key},
         "database_name": "default_database",
         "collection_name": "finance-notes",
     }
     validate_jobs([row])
+    code, rows, _ = cli(capsys, "invocations", "docs", "--status", "pending", "--config", str(path))
+    assert code == 0 and rows == [row]
+    code, rows, _ = cli(capsys, "invocations", "--status", "complete", "--config", str(path))
+    assert code == 0 and rows == []
+    code, out, _ = cli(capsys, "cancel", row["id"], "--config", str(path))
+    assert code == 2 and f"invocation {row['id']} has no run yet" in out["error"]
 
     partition_key = keys.to_partition_key(object_key)
+    daemon = Daemon(config)
     with dg.DagsterInstance.get() as instance:
         assert instance.get_dynamic_partitions("docs_objects") == [partition_key]
-        run = instance.get_run_by_id(row["id"])
-        assert run is not None and run.status == dg.DagsterRunStatus.QUEUED
-        assert run.job_name == "__ASSET_JOB" and run.asset_selection == {dg.AssetKey(["docs", "documents"])}
-        assert run.tags["dagster/partition"] == partition_key and run.tags["s3sync/source"] == "docs"
+        assert instance.get_run_records() == []
+        [request] = daemon.tick(instance)
+        assert request.run_key == row["id"]
+        assert request.asset_selection == [dg.AssetKey(["docs", "documents"])] and request.asset_check_keys == []
+        assert request.partition_key == partition_key
+        assert request.tags == {"s3sync/source": "docs", "s3sync/invocation": row["id"]}
+        run = daemon.run(instance, request)
+        assert run.success
+        # Seen again (the next tick, or a tick whose cursor was lost): no second run.
+        assert daemon.tick(instance) == []
+        assert daemon.tick(instance, cursor=None) == [] and daemon.tick(instance, cursor="0") == []
+        [record] = instance.get_run_records()
+        assert record.dagster_run.tags["dagster/partition"] == partition_key
         # The parameters are the run's config: shown in the UI, reused by a re-execution.
-        assert run.run_config == {
-            "ops": {
-                asset_op_name("docs"): {
-                    "config": {
-                        "custom_id": "notes-1",
-                        "metadata": {"team": "finance", "tags": ["a", "b"], "score": 1.5, "draft": True},
-                        "target_collection_name": "finance-notes",
-                    }
+        assert record.dagster_run.run_config["ops"] == {
+            asset_op_name("docs"): {
+                "config": {
+                    "custom_id": "notes-1",
+                    "metadata": {"team": "finance", "tags": ["a", "b"], "score": 1.5, "draft": True},
+                    "target_collection_name": "finance-notes",
                 }
             }
         }
 
-    code, rows, _ = cli(capsys, "invocations", "docs", "--status", "pending", "--config", str(path))
-    assert code == 0 and [r["id"] for r in rows] == [row["id"]]
-    validate_jobs(rows)
-    code, rows, _ = cli(capsys, "invocations", "--status", "complete", "--config", str(path))
-    assert code == 0 and rows == []
-
-    code, cancelled, _ = cli(capsys, "cancel", row["id"], "--config", str(path))
-    assert code == 0 and cancelled == {"id": row["id"], "status": "cancelled"}
+    found = ChromaResource(path=config.chroma.embedded_path).client().get_collection("finance-notes").get()
+    assert found["ids"] == ["notes-1-0"] and found["metadatas"][0]["team"] == "finance"
+    # The same job, by the id invoke gave: now with its run.
     code, rows, _ = cli(capsys, "invocations", "--config", str(path))
-    assert [r["status"] for r in rows] == ["cancelled"]
+    assert [(r["id"], r["run_id"], r["trigger"]) for r in rows] == [(row["id"], run.run_id, "invocation")]
+    assert "complete" in rows[0]["status"]
     validate_jobs(rows)
     code, out, _ = cli(capsys, "cancel", row["id"], "--config", str(path))
-    assert code == 2 and out["error"] == f"run {row['id']} has already finished (cancelled): nothing to cancel"
+    assert code == 2 and out["error"] == f"run {row['id']} has already finished (complete): nothing to cancel"
     code, out, _ = cli(capsys, "cancel", "00000000-0000-0000-0000-000000000000", "--config", str(path))
     assert code == 2 and "does not exist on this instance" in out["error"]
+
+
+def test_one_sensor_serves_every_source_and_holds_its_cursor_on_a_long_backlog(
+    make_config: ConfigFactory, bucket: str, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sources' requests, more than a tick reads for one of them: each becomes one run of its own source's
+    asset, in order, none skipped and none twice; a request whose key was forgotten since runs nothing."""
+    config, path = make_config(bucket, path_prefix="a/")
+    raw = yaml.safe_load(path.read_text())
+    raw["sources"].append({**raw["sources"][0], "name": "other", "path_prefix": "b/", "collection_name": "other-c"})
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    monkeypatch.setattr(invocation_sensor, "REQUESTS_PER_TICK", 2)
+    instance.add_dynamic_partitions("docs_objects", ["a/1", "a/2", "a/3"])
+    instance.add_dynamic_partitions("other_objects", ["b/1", "b/gone"])
+    recorded = [
+        record_request(instance, source, key, Invocation(custom_id=key.replace("/", "-")))
+        for source, key in [("docs", "a/1"), ("other", "b/1"), ("docs", "a/2"), ("other", "b/gone"), ("docs", "a/3")]
+    ]
+    instance.delete_dynamic_partition("other_objects", "b/gone")
+    daemon = Daemon(config)
+    # A reset cursor reads each source's latest tick's worth, not its whole history: a/1 is older.
+    assert [r.partition_key for r in daemon.tick(instance, cursor=None)] == ["b/1", "a/2", "a/3"]
+    first = daemon.tick(instance, cursor="0")
+    # docs has three requests, two read: the cursor stops at docs' second, so other's b/gone waits too.
+    assert [(r.partition_key, r.run_key) for r in first] == [
+        ("a/1", recorded[0].invocation_id), ("b/1", recorded[1].invocation_id), ("a/2", recorded[2].invocation_id)
+    ]  # fmt: skip
+    assert [r.asset_selection for r in first] == [[dg.AssetKey([s, "documents"])] for s in ("docs", "other", "docs")]
+    assert first[1].run_config["ops"] == {"other__documents": {"config": {"custom_id": "b-1", "metadata": {}}}}
+    assert daemon.cursor == str(recorded[2].storage_id)
+    second = daemon.tick(instance)
+    assert [r.partition_key for r in second] == ["a/3"]  # b/gone: no longer registered, not run
+    assert daemon.cursor == str(recorded[4].storage_id)
+    assert daemon.tick(instance) == []
 
 
 def test_invocations_pages_newest_first_and_lists_every_kind_of_run(
@@ -206,11 +291,35 @@ def test_invoke_wait_with_no_daemon_runs_the_invocation_here(
     assert row["status"]["complete"]["duration_ms"] > 0 and row["trigger"] == "invocation"
     validate_jobs([row])
     with dg.DagsterInstance.get() as instance:
-        run = instance.get_run_by_id(row["id"])
+        run = instance.get_run_by_id(row["run_id"])
         assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags["s3sync/invocation"] == row["id"] != row["run_id"]
+        # Run here, so nothing is left for a daemon's sensor to run again.
+        assert Daemon(config).tick(instance, cursor="0") == []
         assert run.tags["dagster/partition"] == keys.to_partition_key(object_key)
         assert run.run_config["ops"][asset_op_name("docs")]["config"]["custom_id"] == "report-1"
-    from s3sync_dagster.resources import ChromaResource
-
     found = ChromaResource(path=config.chroma.embedded_path).client().get_collection("docs-collection").get()
     assert found["ids"] == ["report-1-0"] and found["metadatas"][0]["team"] == "finance"
+
+
+def test_a_sensor_that_started_before_any_request_reads_every_later_one(
+    make_config: ConfigFactory, bucket: str, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first tick on an empty instance leaves a cursor: a request followed by more than a tick's worth of
+    other observations (failed keys) is still read, not hidden behind the latest ones."""
+    config, _ = make_config(bucket)
+    monkeypatch.setattr(invocation_sensor, "REQUESTS_PER_TICK", 2)
+    daemon = Daemon(config)
+    assert daemon.tick(instance, cursor=None) == [] and daemon.cursor == "0"
+    instance.add_dynamic_partitions("docs_objects", ["k"])
+    request = record_request(instance, "docs", "k", Invocation())
+    for _ in range(3):
+        failed = dg.AssetObservation(asset_key=["docs", "documents"], partition="k", metadata={"status": "failed"})
+        instance.report_runless_asset_event(failed)
+    assert [r.run_key for r in daemon.tick(instance)] == [request.invocation_id]
+
+
+@pytest.mark.parametrize("module", ["invocations.py", "cli.py", "defs/invocation_sensor.py"])
+def test_the_invocation_path_names_nothing_private_of_dagster(module: str) -> None:
+    source = (Path(__file__).parent.parent / "s3sync_dagster" / module).read_text()
+    assert "dagster._" not in source and "__ASSET_JOB" not in source

@@ -139,13 +139,17 @@ def test_cli_invocation_runs_on_the_daemon_and_a_ui_reexecution_keeps_its_parame
     assert stored["alpha-doc-0"]["team"] == "docs" and stored["alpha-doc-0"]["year"] == 2026
     assert stored["alpha-doc-0"]["custom_id"] == "alpha-doc"
 
+    # The daemon's invocation sensor made the run: it carries the invocation's id.
+    assert row["run_id"] != row["id"]
+    run = live.server.run(row["run_id"])
+    run_tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+    assert run_tags["s3sync/invocation"] == row["id"] and run_tags["dagster/sensor_name"] == "s3sync_invocations"
     # What the UI shows of the run: its parameters are the run config.
-    run = live.server.run(row["id"])
     assert yaml.safe_load(run["runConfigYaml"])["ops"]["web__documents"]["config"]["custom_id"] == "alpha-doc"
     # Re-executed from the UI: same parameters, same partition, and nothing duplicated.
     live.collection().delete(ids=["alpha-doc-0"])
-    again = live.server.wait_run(live.server.reexecute(row["id"]))
-    assert again["status"] == "SUCCESS" and again["parentRunId"] == row["id"]
+    again = live.server.wait_run(live.server.reexecute(row["run_id"]))
+    assert again["status"] == "SUCCESS" and again["parentRunId"] == row["run_id"]
     assert yaml.safe_load(again["runConfigYaml"]) == yaml.safe_load(run["runConfigYaml"])
     assert {tag["key"]: tag["value"] for tag in again["tags"]}["dagster/partition"] == "web/alpha.md"
     assert sorted(chunk_metadatas(live, "web/alpha.md")) == ["alpha-doc-0"]
@@ -234,7 +238,7 @@ def test_cli_lists_the_same_runs_as_the_ui(live: Live, capsys: pytest.CaptureFix
     assert code == 0
     validate_jobs(rows)
     ui_runs = {run["runId"]: run["status"] for run in live.server.gql(RUNS, limit=100)["runsOrError"]["results"]}
-    listed = {row["id"]: row for row in rows}
+    listed = {row["run_id"]: row for row in rows}
     # Every run on the instance synced this source, except the check runs (they index nothing).
     assert set(listed) == set(ui_runs) - set(live.check_runs)
     expected = {"SUCCESS": "complete", "FAILURE": "failed", "CANCELED": "cancelled"}

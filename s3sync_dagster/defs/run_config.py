@@ -4,7 +4,7 @@ from typing import Any
 
 import dagster as dg
 
-from s3sync_dagster.defs.names import repair_op_name, sync_op_name
+from s3sync_dagster.defs.names import asset_op_name, repair_op_name, sync_op_name
 from s3sync_dagster.pipeline.sync import Invocation
 
 # Run logs of the command line's in-process runs stay off the terminal: the command says what happened.
@@ -49,3 +49,16 @@ def repair_run_config(source_name: str, object_keys: list[str], unselected: list
         ops={repair_op_name(source_name): RepairConfig(object_keys=object_keys, unselected=unselected)},
         loggers=QUIET_LOGGERS,
     )
+
+
+def invocation_run_config(
+    source_name: str, invocation: Invocation, loggers: dict[str, Any] | None = None
+) -> dg.RunConfig:
+    """The asset's config for an invocation's parameters: shown in the UI, reused by a re-execution."""
+    config = InvocationConfig(
+        custom_id=invocation.custom_id,
+        # Dagster config has no nulls; the Sync API drops null metadata values anyway.
+        metadata={key: value for key, value in invocation.metadata.items() if value is not None},
+        target_collection_name=invocation.target_collection_name,
+    )
+    return dg.RunConfig(ops={asset_op_name(source_name): config}, loggers=loggers)

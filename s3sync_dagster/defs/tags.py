@@ -3,6 +3,8 @@
 SOURCE_TAG = "s3sync/source"  # the source a run syncs
 TRIGGER_TAG = "s3sync/trigger"  # why: sync, repair, poll, sqs:direct, sqs:metadata (UI runs carry none)
 INVOCATION_TAG = "s3sync/invocation"  # set on runs `s3sync invoke` made
-# Dagster's own tags for a run over a range of partitions (many keys in one run).
+# Dagster's own tags: a run of one partition, of a range of partitions (many keys in one run), of a backfill.
+PARTITION_TAG = "dagster/partition"
+BACKFILL_TAG = "dagster/backfill"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
