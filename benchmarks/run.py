@@ -277,6 +277,15 @@ def inrun_markdown(result: dict[str, Any]) -> str:
     )
 
 
+def _sync_ms_per_key(raw: dict[str, Any]) -> float | None:
+    """What a key cost B (`s3sync sync --all`) at the largest size of section 1, measured or carried over."""
+    for result in reversed(raw.get("bulk") or []):
+        b_run = result.get("median", {}).get("B")
+        if b_run and b_run.get("objects"):
+            return float(b_run["seconds"]) / b_run["objects"] * 1000
+    return None
+
+
 # Where each section's raw figures sit in results.json (section 5 reads section 1's).
 RAW_KEYS = {"1": ("bulk", "bulk_measured"), "2": ("incremental",), "3": ("latency",), "4": ("scale",),
             "5": (), "6": ("fixes",), "7": ("retrieval",), "8": (), "9": ("inrun",)}  # fmt: skip
@@ -431,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result = fixes.measure(24 if args.smoke else 1000, 16 if args.smoke else 128, 10 if args.smoke else 100)
             raw["fixes"] = result
-            sections.append(fixes.section_markdown(result))
+            sections.append(fixes.section_markdown(result, _sync_ms_per_key(raw)))
             write()
             log(f"fixes: {result}")
         if "3" not in skip:
