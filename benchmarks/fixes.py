@@ -13,7 +13,7 @@
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +176,42 @@ def _event_log(keys_per_run: int = 100, runs: int = 5) -> dict[str, Any]:
     }
 
 
-def measure(objects: int = 1000, embed_chunks: int = 128, keys_per_run: int = 100) -> dict[str, Any]:
-    chunked = _corpus_chunks(objects)
-    texts = [text for texts in chunked for text in texts][:embed_chunks]
-    return {"embedding": _embedding(texts), "writes": _writes(chunked), "events": _event_log(keys_per_run)}
+# The figures section 6 reports; a run may measure some and carry the others over (run.py --fixes-parts).
+PARTS = ("embedding", "writes", "events")
 
 
-def section_markdown(result: dict[str, Any], sync_ms_per_key: float | None = None) -> str:
-    """Section 6; `sync_ms_per_key`, when known (section 1's B), gives the event log's share of a key's sync."""
+def measure(
+    objects: int = 1000, embed_chunks: int = 128, keys_per_run: int = 100, parts: Collection[str] = PARTS
+) -> dict[str, Any]:
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"section 6 has no part {sorted(unknown)}: its parts are {', '.join(PARTS)}")
+    result: dict[str, Any] = {}
+    if "embedding" in parts or "writes" in parts:
+        chunked = _corpus_chunks(objects)
+        if "embedding" in parts:
+            result["embedding"] = _embedding([text for texts in chunked for text in texts][:embed_chunks])
+        if "writes" in parts:
+            result["writes"] = _writes(chunked)
+    if "events" in parts:
+        result["events"] = _event_log(keys_per_run)
+    return result
+
+
+def _by_origin(carried: Mapping[str, str]) -> dict[str, list[str]]:
+    names = {"embedding": "embedding", "writes": "Chroma writes", "events": "event log"}
+    grouped: dict[str, list[str]] = {}
+    for part in PARTS:
+        if part in carried:
+            grouped.setdefault(carried[part], []).append(names[part])
+    return grouped
+
+
+def section_markdown(
+    result: dict[str, Any], sync_ms_per_key: float | None = None, carried: Mapping[str, str] | None = None
+) -> str:
+    """Section 6; `sync_ms_per_key`, when known (section 1's B), gives the event log's share of a key's sync;
+    `carried` names the parts an earlier run measured, each with that run ("date, commit abc1234")."""
     emb, writes, events = result["embedding"], result["writes"], result["events"]
     speedup = emb["float32_ms_per_chunk"] / emb["bfloat16_ms_per_chunk"]
     share = (
@@ -198,6 +226,11 @@ def section_markdown(result: dict[str, Any], sync_ms_per_key: float | None = Non
             "",
             "Measured in this run, each against its own floor (see `benchmarks/fixes.py`).",
             "",
+            *[
+                f"_Not measured by the invocation above: the {' and '.join(parts)} figures, carried over from the "
+                f"earlier run that measured them ({origin})._\n"
+                for origin, parts in _by_origin(carried or {}).items()
+            ],
             "| step | before | after | ratio |",
             "| --- | ---: | ---: | ---: |",
             f"| embedding, {emb['chunks']} corpus chunks: float32 -> bfloat16 matrix products (ms per chunk) | "
