@@ -10,6 +10,7 @@
    run's events to disk costs, per event, per key and per run.
 """
 
+import os
 import tempfile
 import time
 from collections import Counter
@@ -146,6 +147,7 @@ def _event_log(keys_per_run: int = 100, runs: int = 5) -> dict[str, Any]:
     on each), timed from the call to its return."""
     partition_keys = [f"fixes/{number:05d}.txt" for number in range(keys_per_run)]
     seconds: dict[str, list[float]] = {"disk": [], "memory": []}
+    load_before = os.getloadavg()[0]  # disk writes and fsyncs slow down a lot on a shared machine
     with tempfile.TemporaryDirectory(prefix="fixes-dagster-") as path:
         home = common.dagster_home(Path(path) / "home")
         with dg.DagsterInstance.from_config(str(home)) as disk, dg.DagsterInstance.ephemeral() as memory:
@@ -167,6 +169,7 @@ def _event_log(keys_per_run: int = 100, runs: int = 5) -> dict[str, Any]:
         "asset_events_per_run": asset_events,
         "disk_s": disk_s,
         "memory_s": memory_s,
+        "load_average": [load_before, os.getloadavg()[0]],
         "disk_spread": common.spread(seconds["disk"]),
         "memory_spread": common.spread(seconds["memory"]),
         # What the instance on disk adds to a run: nearly all of it the event log's writes.
@@ -250,7 +253,8 @@ def section_markdown(
             f"like ours (one materialisation reported per key) writes {events['events_per_run']} events, "
             f"{events['asset_events_per_run']} of them asset events (planned + materialised per key); the same run "
             f"on an instance with this repo's `dagster.yaml` and on an in-memory instance, median of "
-            f"{events['runs']} each, alternating:",
+            f"{events['runs']} each, alternating (1-minute load average {events['load_average'][0]:.1f} before, "
+            f"{events['load_average'][1]:.1f} after: on a busy machine the disk's share grows several-fold):",
             "",
             f"| run of {events['keys_per_run']} keys | seconds | noise |",
             "| --- | ---: | --- |",
