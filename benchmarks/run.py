@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks import common, corpus, incremental, latency, throughput
+from benchmarks import common, corpus, fixes, incremental, latency, throughput
 from s3sync_dagster import local_s3
 from s3sync_dagster.pipeline.embed import DEFAULT_MODEL_MAX_TOKENS, default_token_budget, resolve_precision
 
@@ -277,6 +277,15 @@ def inrun_markdown(result: dict[str, Any]) -> str:
     )
 
 
+def _sync_ms_per_key(raw: dict[str, Any]) -> float | None:
+    """What a key cost B (`s3sync sync --all`) at the largest size of section 1, measured or carried over."""
+    for result in reversed(raw.get("bulk") or []):
+        b_run = result.get("median", {}).get("B")
+        if b_run and b_run.get("objects"):
+            return float(b_run["seconds"]) / b_run["objects"] * 1000
+    return None
+
+
 # Where each section's raw figures sit in results.json (section 5 reads section 1's).
 RAW_KEYS = {"1": ("bulk", "bulk_measured"), "2": ("incremental",), "3": ("latency",), "4": ("scale",),
             "5": (), "6": ("fixes",), "7": ("retrieval",), "8": (), "9": ("inrun",)}  # fmt: skip
@@ -303,6 +312,35 @@ def _earlier_sections(out: Path, skip: set[str]) -> list[str]:
                 body = f"{CARRIED_NOTE}{origin}._\n\n{body}"
             carried.append(f"{heading}\n\n{body}")
     return carried
+
+
+def _origin(text: str, number: str) -> str:
+    """Which run measured section ``number`` of a RESULTS.md text: "date, commit abc1234"."""
+    header = text.split("\n## ", 1)[0]
+    for section in re.split(r"\n(?=## \d+\. )", text)[1:]:
+        if section[3:].split(".", 1)[0] == number:
+            note = re.search(re.escape(CARRIED_NOTE) + r" \((.+?)\)\._", section)
+            if note:
+                return note.group(1)
+    measured = re.search(r"Measured (.+?) at commit (\w+)", header)
+    return f"{measured.group(1)}, commit {measured.group(2)}" if measured else "an earlier run"
+
+
+def _earlier_fixes(out: Path, parts: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Section 6's figures for the parts this run does not measure, from the results.json beside ``out``,
+    and for each the run that measured it."""
+    results_json = out.with_name("results.json")
+    earlier = json.loads(results_json.read_text()).get("fixes", {}) if results_json.is_file() else {}
+    origin = _origin(out.read_text(), "6") if out.is_file() else "an earlier run"
+    figures, carried = {}, {}
+    for part in fixes.PARTS:
+        if part in parts:
+            continue
+        if part not in earlier:
+            raise SystemExit(f"section 6: {results_json} has no earlier '{part}' figures to carry over: measure it")
+        carried[part] = earlier[part].get("measured", origin)
+        figures[part] = {**earlier[part], "measured": carried[part]}  # carried again, it still names its run
+    return figures, carried
 
 
 def _earlier_raw(results_json: Path, skip: set[str]) -> dict[str, Any]:
@@ -335,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk-before", help="git revision whose engine (A0) syncs the bulk corpus as 'before'")
     parser.add_argument("--skip", default="", help="sections to skip, e.g. 3,4,6")
     parser.add_argument(
+        "--fixes-parts",
+        default=",".join(fixes.PARTS),
+        help="section 6: the parts to measure; the others are carried over from the results.json beside --out",
+    )
+    parser.add_argument(
         "--scale-json", help="section 4 from an earlier `python -m benchmarks.scale` run's JSON instead of measuring"
     )
     parser.add_argument(
@@ -364,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     # Sections this invocation skips keep what an earlier run wrote to the same file, marked as such.
     carried = _earlier_sections(Path(args.out), skip)
     raw.update(_earlier_raw(Path(args.out).with_name("results.json"), skip))
+    fixes_parts = [part.strip() for part in args.fixes_parts.split(",") if part.strip()]
+    earlier_fixes, fixes_carried = ({}, {}) if "6" in skip else _earlier_fixes(Path(args.out), fixes_parts)
 
     def write() -> None:
         # After every section, so a long run that is stopped part-way keeps what it measured.
@@ -427,11 +472,13 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(profile_markdown(bulks[-1]))
             write()
         if "6" not in skip:
-            from benchmarks import fixes
-
-            result = fixes.measure(24 if args.smoke else 1000, 16 if args.smoke else 128, 10 if args.smoke else 100)
-            raw["fixes"] = result
-            sections.append(fixes.section_markdown(result))
+            result = fixes.measure(
+                24 if args.smoke else 1000, 16 if args.smoke else 128, 10 if args.smoke else 100, fixes_parts
+            )
+            for figures in result.values():
+                figures["measured"] = f"{machine['date']}, commit {machine['commit']}"
+            raw["fixes"] = {**earlier_fixes, **result}
+            sections.append(fixes.section_markdown(raw["fixes"], _sync_ms_per_key(raw), fixes_carried))
             write()
             log(f"fixes: {result}")
         if "3" not in skip:

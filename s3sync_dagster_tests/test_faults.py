@@ -81,7 +81,7 @@ def _cli(*argv: str, home: Path, timeout: float = 300) -> subprocess.CompletedPr
 
 
 def _fresh_home(path: Path) -> Path:
-    """A new Dagster home with this repo's instance settings (its pooled SQLite event log)."""
+    """A new Dagster home with this repo's instance settings."""
     path.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", path / "dagster.yaml")
     return path
