@@ -135,6 +135,9 @@ class LiveSource:
         self.home = tmp_path / "dagster_home"
         self.home.mkdir()
         (self.home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+        # The databases are made before any daemon starts: two processes creating a fresh SQLite home at once
+        # can both stamp its schema version, and then neither can open it.
+        dg.DagsterInstance.from_config(str(self.home)).dispose()
         self.env = dict(os.environ, DAGSTER_HOME=str(self.home), S3SYNC_CONFIG=str(config_path))
         self.daemons: list[subprocess.Popen[bytes]] = []
         self.chroma = chromadb.HttpClient(host=LOOPBACK, port=chroma_port)
@@ -313,6 +316,9 @@ def test_the_daemon_runs_each_invocation_once_and_a_queued_one_can_be_cancelled(
     settings["run_queue"]["tag_concurrency_limits"] = [{"key": "s3sync/source", "value": "held", "limit": 0}]
     (home / "dagster.yaml").write_text(yaml.safe_dump(settings))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    # The home's databases are made before the daemon starts: two processes creating a fresh SQLite home
+    # at once can both stamp its schema version, and then neither can open it.
+    dg.DagsterInstance.from_config(str(home)).dispose()
     env = dict(os.environ, S3SYNC_CONFIG=str(config_path))
     log = tmp_path / "daemon.log"
     daemon = subprocess.Popen(
