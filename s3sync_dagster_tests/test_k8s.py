@@ -5,7 +5,9 @@ Each file is parsed and its parts checked against each other and against the pro
 server serves, the run tag the queue limits, the instance settings of the root dagster.yaml, the source
 config through the project's own parser). With DAGSTER_HELM_CHART pointing at a copy of Dagster's chart
 (the folder holding its Chart.yaml and values.schema.json), the values are also validated against the chart's
-schemas after merging them onto its defaults as Helm does.
+schemas after merging them onto its defaults as Helm does (Kubernetes' own types too with
+KUBERNETES_DEFINITIONS), and, where Helm's library for Python (helm-python-sdk) is importable, Helm renders the
+chart and the rendered instance and code server are checked.
 """
 
 from __future__ import annotations
@@ -451,3 +453,55 @@ def test_values_validate_against_the_charts_schemas() -> None:
             for error in validator.iter_errors(helm_merge(defaults, override))
         ]
         assert errors == [], f"{folder}: values rejected by the chart's schema"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DAGSTER_HELM_CHART") or importlib.util.find_spec("helm_python") is None,
+    reason="needs DAGSTER_HELM_CHART and Helm's library for Python (helm-python-sdk)",
+)
+def test_chart_renders_the_instance_and_code_server_we_mean(tmp_path: Path) -> None:
+    """Helm itself (its Go library, offline) renders the chart with these values: the instance's dagster.yaml
+    and the code server's Deployment say what values.yaml means them to."""
+    import json
+    import shutil
+
+    from helm_python import Chart
+
+    # Helm fetches the schemas' remote `$ref`s; offline, a copy of the chart without them renders instead.
+    chart = shutil.copytree(os.environ["DAGSTER_HELM_CHART"], tmp_path / "dagster")
+    for schema_path in chart.glob("**/values.schema.json"):
+        schema_path.write_text(json.dumps(without_remote_refs(json.loads(schema_path.read_text()))))
+    with Chart.load(str(chart)) as loaded:
+        rendered = loaded.render(values=values(), name="s3sync", namespace="s3sync", is_install=True)
+    objects = [
+        doc
+        for path, text in rendered.items()
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc is not None
+    ]
+
+    (instance_map,) = [
+        doc for doc in objects if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-instance")
+    ]
+    instance = yaml.safe_load(instance_map["data"]["dagster.yaml"])
+    assert instance["run_launcher"]["class"] == "K8sRunLauncher"
+    assert instance["run_storage"]["class"] == "PostgresRunStorage"
+    assert instance["run_storage"]["config"]["postgres_db"]["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+    coordinator = instance["run_coordinator"]["config"]
+    assert coordinator["tag_concurrency_limits"][0]["key"] == SOURCE_TAG
+    root = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
+    assert instance["run_retries"] == root["run_retries"]
+
+    (code_server,) = [
+        doc for doc in objects if doc["kind"] == "Deployment" and "user-deployments" in doc["metadata"]["name"]
+    ]
+    (container,) = code_server["spec"]["template"]["spec"]["containers"]
+    assert container["args"][-2:] == user_deployment()["dagsterApiGrpcArgs"]
+    env = {item["name"]: item for item in container["env"]}
+    run_context = json.loads(env["DAGSTER_CLI_API_GRPC_CONTAINER_CONTEXT"]["value"])["k8s"]
+    assert {item["name"] for item in run_context["env"]} >= {
+        "S3SYNC_CONFIG",
+        *env_refs(yaml.safe_load(source_config_text()[1])),
+    }
+    assert run_context["labels"] == user_deployment()["labels"], "run pods must pass Chroma's NetworkPolicy"
