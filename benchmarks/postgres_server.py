@@ -31,6 +31,21 @@ class LocalPostgres:
     user: str
     db_name: str
 
+    @contextmanager
+    def exported(self) -> Iterator[None]:
+        """deploy/dagster.yaml's variables in this process's environment (Dagster reads them when an
+        instance is made from the file), restored on the way out."""
+        saved = {name: os.environ.get(name) for name in self.env()}
+        os.environ.update(self.env())
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
     def env(self) -> dict[str, str]:
         """deploy/dagster.yaml's variables. The password is ignored under trust auth but must be set."""
         return {

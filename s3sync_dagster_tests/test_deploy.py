@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from benchmarks import postgres_server
+from benchmarks.common import DEPLOY_SETTINGS, dagster_home
 from benchmarks.dagster_server import PARTITIONS, webserver_and_daemon
 from s3sync_dagster.config import load_config
 from s3sync_dagster.defs import names
@@ -24,7 +25,7 @@ from s3sync_dagster_tests.conftest import put
 from s3sync_dagster_tests.test_daemon import WAIT_S, expected_chunks
 
 REPO = Path(__file__).resolve().parent.parent
-DEPLOY = REPO / "deploy"
+DEPLOY = DEPLOY_SETTINGS.parent
 POLLED = ("alpha", "beta")  # sources the poll sensors sync, one key per run
 BACKFILLED = "gamma"  # a source with no sensor: only the backfill syncs it
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
@@ -102,9 +103,7 @@ def test_production_instance_syncs_through_sensors_and_backfills(
     # All there before the daemon's first tick: each polled source asks for its three runs at once.
     for by_key in files.values():
         put(s3, bucket, dict(by_key))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((DEPLOY / "dagster.yaml").read_text())
+    home = dagster_home(tmp_path / "dagster_home", settings=DEPLOY_SETTINGS)
     for variable, value in postgres.env().items():
         monkeypatch.setenv(variable, value)
     chroma = chromadb.HttpClient(host=LOOPBACK, port=chroma_server)
