@@ -52,7 +52,7 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert events["storage"] == "SqliteEventLogStorage"
     assert events["asset_events_per_run"] == 2 * events["keys_per_run"] > 0
     assert events["events_per_run"] > events["asset_events_per_run"]
-    assert events["disk_s"] > 0 and events["memory_s"] > 0
+    assert events["disk_s"] > 0 and events["memory_s"] > 0 and events["postgres_s"] > 0
     # Real documentation and stdlib files went through the engine; every probe was asked and scored.
     retrieval = raw["retrieval"]
     assert retrieval["corpus"]["objects"] == 12 and set(retrieval["corpus"]["by_kind"]) == {"html", "py"}
