@@ -493,7 +493,7 @@ def settle(report: KeyReport, check: Check, spec: SourceSpec, embed: index.Embed
     """Check a sync's outcome against the bucket's current version; sync again until they agree."""
     if report.status not in _WRITES:
         return report  # nothing written: nothing another writer could have raced
-    first = report
+    first, started = report, time.perf_counter()
     resyncs = 0
     try:
         while True:
@@ -527,8 +527,11 @@ def settle(report: KeyReport, check: Check, spec: SourceSpec, embed: index.Embed
             collection_name=first.collection_name,
             document_key=first.document_key,
             message=failure_message(first.object_key, error),
-            duration_s=first.duration_s,
+            duration_s=first.duration_s + time.perf_counter() - started,
         )
+    # The check's own cost (a HEAD and a read of the stored chunks' metadata), resyncs included.
+    report.timings["settle"] = time.perf_counter() - started
+    report.duration_s = first.duration_s + report.timings["settle"]
     if resyncs:
         report.message = (report.message + "; " if report.message else "") + (
             f"synced {resyncs} more time(s): another writer changed the object or its chunks meanwhile"
