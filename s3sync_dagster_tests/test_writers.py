@@ -19,6 +19,7 @@ from botocore.response import StreamingBody
 
 from s3sync_dagster.local_s3 import LOOPBACK
 from s3sync_dagster.pipeline import index
+from s3sync_dagster.pipeline.documents import DocumentPool
 from s3sync_dagster.pipeline.sync import MAX_RESYNCS, KeyReport, SourceSpec, sync_keys
 from s3sync_dagster_tests.conftest import CountingEmbedder, Row, put
 
@@ -401,3 +402,50 @@ class CountingS3:
     def get_object(self, **kwargs: Any) -> Any:
         self.calls.append("get_object")
         return self._client.get_object(**kwargs)
+
+
+class CountingPool:
+    """The run's document pool, noting each conversion it is handed."""
+
+    def __init__(self, pool: DocumentPool) -> None:
+        self._pool, self.workers = pool, pool.workers
+        self.submitted: list[str] = []
+
+    def submit(self, object_key: str, data: bytes, options: Any) -> Any:
+        self.submitted.append(object_key)
+        return self._pool.submit(object_key, data, options)
+
+
+@pytest.mark.reliability("writers")
+@pytest.mark.timeout(300)
+def test_a_document_synced_again_is_converted_in_the_runs_pool(
+    s3: Any, spec: SourceSpec, chroma_client: Any, embedding_function: Any, embedder: CountingEmbedder, fault_row: Row
+) -> None:
+    """The resync of a converted document goes through the pool too: its timeout, its isolation."""
+    table = "docs/table.csv"
+    collection = index.open_collection(chroma_client, spec.collection_name, embedding_function, {"created_by": "t"})
+    put(s3, spec.bucket_name, {table: "name,colour\n" + "".join(f"first {n},red\n" for n in range(30))})
+    gate = Gate()
+    pool = DocumentPool(1)
+    try:
+        counting = CountingPool(pool)
+        stale = Writer(
+            lambda: sync_keys(
+                HeldS3(s3, after_get=gate, key=table),
+                spec,
+                lambda _: collection,
+                embedder,
+                [table],
+                pool=counting,  # type: ignore[arg-type]
+            )
+        )
+        stale.start()
+        gate.wait_reached()
+        put(s3, spec.bucket_name, {table: "name,colour\n" + "".join(f"second {n},blue\n" for n in range(12))})
+        assert sync_now(s3, spec, collection, embedder, [table]) == ["indexed"]
+        gate.opened.set()
+        (report,) = stale.result()
+    finally:
+        pool.close()
+    assert_newest_wins(s3, spec, chroma_client, embedding_function, embedder, collection, fault_row, [table])
+    assert report.status == "indexed" and counting.submitted == [table, table]

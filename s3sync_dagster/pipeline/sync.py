@@ -487,9 +487,13 @@ _WRITES: frozenset[Status] = frozenset({"indexed", "empty", "removed", "waiting"
 
 # The skip check of an object key, as the sync that produced a report ran it (same invocation).
 Check = Callable[[KeyReport], "KeyReport | _Fetched"]
+# Object key, bytes -> text: in this process, or in the run's document pool (its timeout, its isolation).
+Extract = Callable[[str, bytes], extract.Extracted]
 
 
-def settle(report: KeyReport, check: Check, spec: SourceSpec, embed: index.Embedder) -> KeyReport:
+def settle(
+    report: KeyReport, check: Check, extract_text: Extract, spec: SourceSpec, embed: index.Embedder
+) -> KeyReport:
     """Check a sync's outcome against the bucket's current version; sync again until they agree."""
     if report.status not in _WRITES:
         return report  # nothing written: nothing another writer could have raced
@@ -515,9 +519,7 @@ def settle(report: KeyReport, check: Check, spec: SourceSpec, embed: index.Embed
                 report = checked  # removed (or waiting) meanwhile: that removal is checked in turn
             else:
                 mark = time.perf_counter()
-                extracted = extract_in_process(
-                    checked.report.document_key or checked.report.object_key, checked.data, spec
-                )
+                extracted = extract_text(checked.report.document_key or checked.report.object_key, checked.data)
                 _lap(checked.report, "extract", mark)
                 report = finish(checked, extracted, spec, embed)
     except Exception as error:
@@ -672,13 +674,16 @@ def sync_object(
             empty_etag=report.etag if report is not None and report.status == "empty" else None,
         )  # fmt: skip
 
+    def extract_text(key: str, data: bytes) -> extract.Extracted:
+        return extract_in_process(key, data, spec)
+
     fetched = check()
     if isinstance(fetched, KeyReport):
-        return settle(fetched, check, spec, embed)
+        return settle(fetched, check, extract_text, spec, embed)
     mark = time.perf_counter()
-    extracted = extract_in_process(fetched.report.document_key or object_key, fetched.data, spec)
+    extracted = extract_text(fetched.report.document_key or object_key, fetched.data)
     _lap(fetched.report, "extract", mark)
-    return settle(finish(fetched, extracted, spec, embed), check, spec, embed)
+    return settle(finish(fetched, extracted, spec, embed), check, extract_text, spec, embed)
 
 
 def _searchable(collection_for: CollectionFor, default: str) -> list[Collection]:
@@ -800,8 +805,13 @@ def sync_keys(
             empty_etag=report.etag if report.status == "empty" else None,
         )  # fmt: skip
 
+    def extract_text(key: str, data: bytes) -> extract.Extracted:
+        if pool is not None and documents.is_converted(key):
+            return documents.result_of(key, pool.submit(key, data, spec.document_options), spec.document_options)
+        return extract_in_process(key, data, spec)
+
     def done(report: KeyReport) -> None:
-        report = settle(report, check, spec, embed)
+        report = settle(report, check, extract_text, spec, embed)
         document = named_document.get(report.object_key)
         if document is not None and report.status != "failed" and report.document_key != document:
             links.unlink(document, report.object_key)  # the metadata file is gone or names another object now
