@@ -9,7 +9,9 @@ let another writer finish. Everything else is real: the moto server over HTTP, e
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -142,19 +144,40 @@ def rows_of(collection: Any, object_keys: list[str]) -> Rows:
     return {i: (d, m) for i, d, m in zip(found["ids"], found["documents"], found["metadatas"], strict=True)}
 
 
-def fresh_sync(s3: Any, spec: SourceSpec, store: Any, function: Any, embed: Any, object_keys: list[str]) -> Rows:
+def fresh_sync(
+    s3: Any,
+    spec: SourceSpec,
+    store: Any,
+    function: Any,
+    embed: Any,
+    object_keys: list[str],
+    documents: list[str] | None = None,
+) -> Rows:
     """What one sync of the bucket as it is now produces, into an empty collection: the expected chunks."""
-    fresh = index.open_collection(store, spec.collection_name + "-fresh", function, {"created_by": "test_writers"})
-    sync_keys(s3, spec, lambda _: fresh, embed, object_keys)
-    return rows_of(fresh, object_keys)
+    fresh_spec = dataclasses.replace(spec, collection_name=spec.collection_name + "-fresh")
+    fresh = index.open_collection(store, fresh_spec.collection_name, function, {"created_by": "test_writers"})
+    fresh_reports = sync_keys(s3, fresh_spec, lambda _: fresh, embed, object_keys)
+    assert all(r.status != "failed" for r in fresh_reports), fresh_reports
+    return rows_of(fresh, documents or object_keys)
 
 
 def assert_newest_wins(
-    s3: Any, spec: SourceSpec, store: Any, function: Any, embed: Any, collection: Any, row: Row, keys: list[str]
+    s3: Any,
+    spec: SourceSpec,
+    store: Any,
+    function: Any,
+    embed: Any,
+    collection: Any,
+    row: Row,
+    keys: list[str],
+    documents: list[str] | None = None,
 ) -> None:
-    """The collection holds exactly the chunks a fresh sync of the bucket's current objects writes."""
-    expected = fresh_sync(s3, spec, store, function, embed, keys)
-    found = rows_of(collection, keys)
+    """The collection holds exactly the chunks a fresh sync of the bucket's current objects writes.
+
+    documents: the objects whose chunks the keys write, when they are .meta.json files naming them.
+    """
+    expected = fresh_sync(s3, spec, store, function, embed, keys, documents)
+    found = rows_of(collection, documents or keys)
     row.observe(
         {(spec.collection_name, i): text for i, (text, _) in expected.items()},
         [(spec.collection_name, i, text) for i, (text, _) in found.items()],
@@ -304,6 +327,41 @@ def test_an_object_uploaded_again_after_a_delete_syncs_head_is_indexed(
     assert_newest_wins(s3, spec, store, embedding_function, embedder, collection, fault_row, [KEY])
     assert len(rows_of(collection, [KEY])) == 4
     assert report.status == "indexed", report
+
+
+def meta_file(team: str) -> str:
+    return json.dumps({"version": "chroma-v1", "id": "notes-doc", "path": KEY, "metadata": {"team": team}})
+
+
+@pytest.mark.reliability("writers")
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("change", ["document", "metadata"])
+def test_two_syncs_of_a_metadata_file_leave_the_newest_document_and_metadata(
+    s3: Any,
+    spec: SourceSpec,
+    store: Any,
+    collection: Any,
+    embedding_function: Any,
+    embedder: CountingEmbedder,
+    fault_row: Row,
+    change: str,
+) -> None:
+    """A .meta.json sync read the document (and the metadata file's first version); the document or the
+    metadata file changes and another sync writes that; then the first writes what it read."""
+    meta_key = "docs/notes.meta.json"
+    put(s3, spec.bucket_name, {KEY: version("v1", 25), meta_key: meta_file("first")})
+    gate = Gate()
+    stale = sync_one(HeldS3(s3, after_get=gate), spec, collection, embedder, [meta_key])
+    stale.start()
+    gate.wait_reached()  # it holds the document's bytes
+    put(s3, spec.bucket_name, {KEY: version("v2", 12)} if change == "document" else {meta_key: meta_file("second")})
+    assert sync_now(s3, spec, collection, embedder, [meta_key]) == ["indexed"]
+    gate.opened.set()
+    (report,) = stale.result()
+    assert_newest_wins(
+        s3, spec, store, embedding_function, embedder, collection, fault_row, [meta_key], documents=[KEY]
+    )
+    assert report.status == "indexed" and "synced 1 more time(s)" in report.message
 
 
 # (4) A sensor run's sync and a backfill's sync of the same key, at once, on a Chroma server.
