@@ -96,6 +96,19 @@ def test_audit_benchmark_smoke_finds_the_planted_drift(tmp_path: Path) -> None:
     assert "## Drift audit" in audit_benchmark.section_markdown(result)
 
 
+def test_writers_benchmark_smoke_measures_both_arms() -> None:
+    from benchmarks import writers
+
+    result = writers.measure(keys=4, rounds=2)  # it asserts every sync indexed (or skipped) every key
+    assert sorted(result["per_key_s"]) == ["changed", "new", "unchanged"]
+    assert all(len(arm) == 2 for arms in result["per_key_s"].values() for arm in arms.values())
+    # The check runs after each write, never after a sync that wrote nothing.
+    assert min(result["settle_ms"]["new"]) > 0 and result["settle_ms"]["unchanged"] == [0.0, 0.0]
+    lines: list[str] = []
+    writers.report(result, lines.append)
+    assert len(lines) == 6 and lines[3].startswith("| new |")
+
+
 def test_benchmarks_import_no_tests() -> None:
     # Tests may use the benchmarks' harness (the reliability table, dagster_server); never the other way round.
     from pathlib import Path
