@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.defs.executor import executor_for
 from s3sync_dagster.defs.invocation_sensor import build_invocation_sensor
 from s3sync_dagster.defs.monitor import build_run_monitor
 from s3sync_dagster.defs.source import source_definitions
@@ -16,10 +17,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         # Turns `s3sync invoke` requests into runs; fails runs whose worker died.
         sensors=[build_invocation_sensor(config.sources), build_run_monitor()] if config.sources else [],
         resources=resources_for(config),
-        # A run is one step: running it in the run's own process saves a second process start and import
-        # of everything (~3 s before the step, ~2.6 s after it; benchmarks, section 9). A step that dies
-        # takes its run with it either way: run retries and the run-worker monitor handle that.
-        executor=dg.in_process_executor,
+        executor=executor_for(config),
     )
     return dg.Definitions.merge(shared, *(source_definitions(source) for source in config.sources))
 
@@ -29,3 +27,12 @@ def defs() -> dg.Definitions:
     # Loaded by `dagster dev` / the webserver through workspace.yaml; the config file is found as
     # the CLI finds it (`$S3SYNC_CONFIG`, else ./s3sync.yaml).
     return build_definitions(load_config())
+
+
+def configured_job() -> dg.JobDefinition:
+    """The asset job of the config file ($S3SYNC_CONFIG, else ./s3sync.yaml).
+
+    What `dg.reconstructable` points at when runs execute through Celery: a worker rebuilds the job
+    from this module-level function in its own process, from the same config file.
+    """
+    return build_definitions(load_config()).resolve_implicit_global_asset_job_def()

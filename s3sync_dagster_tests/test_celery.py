@@ -1,0 +1,319 @@
+"""Parallel workers on Dagster's Celery integration (dagster-celery, Redis as the broker).
+
+Two Celery workers, each in a network namespace of its own (a host of its own as far as the network
+goes), take the steps of `s3sync sync` from Redis and write to one `chroma run` server; S3 is a moto
+server. One worker is killed with SIGKILL while it executes a step: the broker hands that step to the
+other worker, and the collection ends with exactly the chunks of the bucket. Without root (no
+namespaces) the workers are two processes on this host.
+
+`S3SYNC_CELERY_KEYS` sets the number of keys (default 60; the issue's 500: `S3SYNC_CELERY_KEYS=500`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from s3sync_dagster import local_s3
+from s3sync_dagster.defs.executor import WORKER_APP
+from s3sync_dagster.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, put
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = int(os.environ.get("S3SYNC_CELERY_KEYS", "60"))
+BATCH = 5  # keys per run: a dozen runs for two workers to share
+# A message taken by a worker that vanished returns to the queue after this; a run of BATCH keys takes
+# a few seconds, so a live worker's message is never handed out twice.
+VISIBILITY_TIMEOUT_S = 20
+WAIT_S = 600  # against hangs only
+REDIS = shutil.which("redis-server")
+CHROMA = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
+# No snapshot, no append-only file, reachable from the namespaces; then the data directory.
+REDIS_EPHEMERAL = ["--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir"]
+# One step at a time in the worker's own process (a kill -9 of it is a lost host); no chatter between workers.
+WORKER_OPTIONS = ["--pool", "solo", "-l", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+pytestmark = [
+    pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (scripts/setup installs it)"),
+    pytest.mark.timeout(WAIT_S + 120),
+]
+
+
+@dataclass
+class Hosts:
+    """Where the services listen (`address`) and the command prefix that puts a worker on a host of its own."""
+
+    address: str
+    worker_prefixes: list[list[str]]
+    namespaces: bool
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True)
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    """A bridge on this host and two namespaces on it, one per worker; loopback and no namespaces without root."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        yield Hosts(LOOPBACK, [[], []], namespaces=False)
+        return
+    tag = os.getpid() % 100000
+    subnet = f"10.213.{tag % 250}"
+    bridge = f"s3b{tag}"
+    namespaces = [f"s3sync-w{index}-{tag}" for index in (1, 2)]
+    try:
+        _ip("link", "add", bridge, "type", "bridge")
+        _ip("addr", "add", f"{subnet}.1/24", "dev", bridge)
+        _ip("link", "set", bridge, "up")
+        for index, namespace in enumerate(namespaces, start=2):
+            host_end, worker_end = f"s3h{tag}{index}", f"s3n{tag}{index}"
+            _ip("netns", "add", namespace)
+            _ip("link", "add", host_end, "type", "veth", "peer", "name", worker_end)
+            _ip("link", "set", host_end, "master", bridge)
+            _ip("link", "set", host_end, "up")
+            _ip("link", "set", worker_end, "netns", namespace)
+            _ip("-n", namespace, "addr", "add", f"{subnet}.{index}/24", "dev", worker_end)
+            _ip("-n", namespace, "link", "set", worker_end, "up")
+            _ip("-n", namespace, "link", "set", "lo", "up")
+        yield Hosts(f"{subnet}.1", [["ip", "netns", "exec", namespace] for namespace in namespaces], namespaces=True)
+    finally:
+        for namespace in namespaces:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)  # takes its veth pair with it
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def _wait(what: str, ready: Any, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start (exit code {process.poll()})")
+        time.sleep(0.2)
+
+
+def _answers(call: Any) -> bool:
+    try:
+        call()
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class Services:
+    s3_endpoint: str
+    broker: str
+    chroma_port: int
+
+
+@pytest.fixture
+def services(hosts: Hosts, tmp_path: Path) -> Iterator[Services]:
+    """Redis (no persistence), a `chroma run` server and a moto S3 server, all on the workers' side of the bridge."""
+    import chromadb
+    import redis
+
+    os.environ.update(S3SYNC_TEST_KEY_ID=TEST_KEY_ID, S3SYNC_TEST_SECRET=TEST_SECRET)
+    redis_port, chroma_port = free_port(), free_port()
+    started: list[subprocess.Popen[bytes]] = []
+    s3_server = None
+    try:
+        (tmp_path / "redis").mkdir()
+        broker = subprocess.Popen(
+            [str(REDIS), "--bind", hosts.address, "--port", str(redis_port), *REDIS_EPHEMERAL, str(tmp_path / "redis")],
+            stdout=subprocess.DEVNULL,
+        )
+        started.append(broker)
+        _wait("redis-server", lambda: _answers(redis.Redis(host=hosts.address, port=redis_port).ping), broker)
+        chroma = subprocess.Popen(
+            [CHROMA, "run", "--path", str(tmp_path / "chroma"), "--host", hosts.address, "--port", str(chroma_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(chroma)
+        _wait(
+            "chroma run",
+            lambda: _answers(chromadb.HttpClient(host=hosts.address, port=chroma_port).heartbeat),
+            chroma,
+        )
+        s3_server = local_s3.start(host=hosts.address)
+        yield Services(s3_server.endpoint_url, f"redis://{hosts.address}:{redis_port}/0", chroma_port)
+    finally:
+        if s3_server is not None:
+            s3_server.stop()
+        for process in started:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+class Worker:
+    """`celery -A s3sync_dagster.celery_worker worker` on a host of its own, its log in a file."""
+
+    def __init__(self, name: str, prefix: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        with open(log, "wb") as output:
+            self.process = subprocess.Popen(
+                [
+                    *prefix,
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    WORKER_APP,
+                    "worker",
+                    "-n",
+                    f"{name}@s3sync",
+                    *WORKER_OPTIONS,
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def tasks(self, state: str) -> list[str]:
+        """Ids of the tasks this worker logged as `received` or `succeeded`, in order."""
+        return re.findall(rf"Task execute_plan\[([0-9a-f-]+)\] {state}", self.text())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def test_two_celery_workers_index_every_key_once_and_a_killed_workers_step_is_redone_by_the_other(
+    hosts: Hosts, services: Services, tmp_path: Path
+) -> None:
+    import chromadb
+
+    bucket = f"s3sync-celery-{os.getpid()}"
+    s3 = boto3.client("s3", endpoint_url=services.s3_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    files = {f"docs/note-{index:04}.txt": f"Note {index}: the quick brown fox {index} jumps." for index in range(KEYS)}
+    put(s3, bucket, files)
+    collection_name = f"{bucket}-docs"
+    config = {
+        "chroma": {"host": hosts.address, "port": services.chroma_port},
+        "executor": {
+            "celery": {
+                "broker": services.broker,
+                "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
+                "concurrent_runs": 2,
+            }
+        },
+        "sources": [
+            {
+                "name": "docs",
+                "bucket_name": bucket,
+                "region": "us-east-1",
+                "collection_name": collection_name,
+                "endpoint_url": services.s3_endpoint,
+                "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"},
+                "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
+            }
+        ],
+    }
+    config_path = tmp_path / "s3sync.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = dict(
+        os.environ,
+        S3SYNC_CONFIG=str(config_path),
+        DAGSTER_HOME=str(home),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    workers = [
+        Worker(f"w{index}", prefix, env, tmp_path / f"w{index}.log")
+        for index, prefix in enumerate(hosts.worker_prefixes, start=1)
+    ]
+    sync = None
+    try:
+        for worker in workers:
+            _wait(f"worker {worker.name}", lambda worker=worker: " ready." in worker.text(), worker.process, 120)
+        sync_log = tmp_path / "sync.json"
+        with open(sync_log, "wb") as output:
+            sync = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "s3sync_dagster.cli",
+                    "sync",
+                    "docs",
+                    "--all",
+                    "--batch-size",
+                    str(BATCH),
+                    "--json",
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=output,
+                stderr=subprocess.PIPE,
+            )
+        victim, survivor = workers
+        # Kill the first worker in the middle: after it finished a step, while it executes another.
+        deadline = time.monotonic() + WAIT_S
+        killed_task = None
+        while killed_task is None:
+            received, succeeded = victim.tasks("received"), victim.tasks("succeeded")
+            if succeeded and len(received) > len(succeeded):
+                victim.process.send_signal(signal.SIGKILL)
+                victim.process.wait()
+                killed_task = received[-1]
+            assert sync.poll() is None, f"the sync ended before the worker could be killed: {victim.text()[-3000:]}"
+            assert time.monotonic() < deadline, "the first worker never took a second step"
+            time.sleep(0.05)
+        assert killed_task not in victim.tasks("succeeded"), "the kill came after the step ended: nothing to redo"
+
+        _, errors = sync.communicate(timeout=WAIT_S)
+        assert sync.returncode == 0, f"{errors.decode(errors='replace')[-3000:]}\n{sync_log.read_text()[-3000:]}"
+        result = json.loads(sync_log.read_text())
+    finally:
+        if sync is not None and sync.poll() is None:
+            sync.kill()
+        for worker in workers:
+            worker.stop()
+
+    # The killed worker's step was handed to the other worker, which finished it.
+    assert killed_task in survivor.tasks("received"), survivor.text()[-3000:]
+    assert killed_task in survivor.tasks("succeeded"), survivor.text()[-3000:]
+    # Both workers did work, and every run succeeded.
+    assert victim.tasks("succeeded") and survivor.tasks("succeeded")
+    assert len(result["runs"]) == -(-KEYS // BATCH)
+    assert all(run["success"] for run in result["runs"]), result["runs"]
+    # Every key reported; its chunks embedded and written once: a key the killed worker had written is
+    # found unchanged when its step is redone, not written again.
+    statuses = Counter(report["status"] for report in result["keys"])
+    assert set(statuses) <= {"indexed", "unchanged"}, statuses
+    assert {report["object_key"] for report in result["keys"]} == set(files)
+    indexed = Counter(report["object_key"] for report in result["keys"] if report["status"] == "indexed")
+    assert max(indexed.values()) == 1, [key for key, times in indexed.items() if times > 1]
+
+    # The server's collection holds exactly the bucket's chunks: none missing, none twice, none stale.
+    stored = chromadb.HttpClient(host=hosts.address, port=services.chroma_port).get_collection(collection_name)
+    rows = stored.get(include=["documents"])
+    expected = {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
+    assert len(rows["ids"]) == len(expected)
+    assert dict(zip(rows["ids"], rows["documents"], strict=True)) == expected
