@@ -6,7 +6,8 @@ server. One worker is killed with SIGKILL while it executes a step: the broker h
 other worker, and the collection ends with exactly the chunks of the bucket. Without root (no
 namespaces) the workers are two processes on this host.
 
-`S3SYNC_CELERY_KEYS` sets the number of keys (default 60; the issue's 500: `S3SYNC_CELERY_KEYS=500`).
+`S3SYNC_CELERY_KEYS` sets the number of keys (default 60; the issue's 500: `S3SYNC_CELERY_KEYS=500`);
+`S3SYNC_CELERY_BENCH=1` also measures keys/s with one and with two workers (no kill).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ BATCH = 5  # keys per run: a dozen runs for two workers to share
 # a few seconds, so a live worker's message is never handed out twice.
 VISIBILITY_TIMEOUT_S = 20
 WAIT_S = 600  # against hangs only
+BENCH_ENV = "S3SYNC_CELERY_BENCH"  # =1: also measure keys/s with one and with two workers
 REDIS = shutil.which("redis-server")
 CHROMA = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
 # No snapshot, no append-only file, reachable from the namespaces; then the data directory.
@@ -203,59 +205,68 @@ class Worker:
                 self.process.wait()
 
 
-def test_two_celery_workers_index_every_key_once_and_a_killed_workers_step_is_redone_by_the_other(
-    hosts: Hosts, services: Services, tmp_path: Path
-) -> None:
-    import chromadb
+class Cluster:
+    """A bucket of `keys` notes, a config sending steps to Celery, and workers on their hosts."""
 
-    bucket = f"s3sync-celery-{os.getpid()}"
-    s3 = boto3.client("s3", endpoint_url=services.s3_endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket=bucket)
-    files = {f"docs/note-{index:04}.txt": f"Note {index}: the quick brown fox {index} jumps." for index in range(KEYS)}
-    put(s3, bucket, files)
-    collection_name = f"{bucket}-docs"
-    config = {
-        "chroma": {"host": hosts.address, "port": services.chroma_port},
-        "executor": {
-            "celery": {
-                "broker": services.broker,
-                "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
-                "concurrent_runs": 2,
-            }
-        },
-        "sources": [
-            {
-                "name": "docs",
-                "bucket_name": bucket,
-                "region": "us-east-1",
-                "collection_name": collection_name,
-                "endpoint_url": services.s3_endpoint,
-                "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"},
-                "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
-            }
-        ],
-    }
-    config_path = tmp_path / "s3sync.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    env = dict(
-        os.environ,
-        S3SYNC_CONFIG=str(config_path),
-        DAGSTER_HOME=str(home),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
-    workers = [
-        Worker(f"w{index}", prefix, env, tmp_path / f"w{index}.log")
-        for index, prefix in enumerate(hosts.worker_prefixes, start=1)
-    ]
-    sync = None
-    try:
-        for worker in workers:
+    def __init__(self, hosts: Hosts, services: Services, tmp_path: Path, keys_count: int) -> None:
+        self.hosts, self.services, self.tmp_path = hosts, services, tmp_path
+        bucket = f"s3sync-celery-{os.getpid()}-{keys_count}"
+        s3 = boto3.client("s3", endpoint_url=services.s3_endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket=bucket)
+        self.files = {
+            f"docs/note-{index:04}.txt": f"Note {index}: the quick brown fox {index} jumps."
+            for index in range(keys_count)
+        }
+        put(s3, bucket, self.files)
+        self.collection_name = f"{bucket}-docs"
+        config = {
+            "chroma": {"host": hosts.address, "port": services.chroma_port},
+            "executor": {
+                "celery": {
+                    "broker": services.broker,
+                    "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
+                    "concurrent_runs": 2,
+                }
+            },
+            "sources": [
+                {
+                    "name": "docs",
+                    "bucket_name": bucket,
+                    "region": "us-east-1",
+                    "collection_name": self.collection_name,
+                    "endpoint_url": services.s3_endpoint,
+                    "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"},
+                    "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
+                }
+            ],
+        }
+        config_path = tmp_path / "s3sync.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        home = tmp_path / "dagster_home"
+        home.mkdir()
+        self.env = dict(
+            os.environ,
+            S3SYNC_CONFIG=str(config_path),
+            DAGSTER_HOME=str(home),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        )
+        self.workers: list[Worker] = []
+        self.sync_log = tmp_path / "sync.json"
+        self.sync: subprocess.Popen[bytes] | None = None
+
+    def start_workers(self, count: int) -> list[Worker]:
+        self.workers = [
+            Worker(f"w{index}", prefix, self.env, self.tmp_path / f"w{index}.log")
+            for index, prefix in enumerate(self.hosts.worker_prefixes[:count], start=1)
+        ]
+        for worker in self.workers:
             _wait(f"worker {worker.name}", lambda worker=worker: " ready." in worker.text(), worker.process, 120)
-        sync_log = tmp_path / "sync.json"
-        with open(sync_log, "wb") as output:
-            sync = subprocess.Popen(
+        return self.workers
+
+    def start_sync(self) -> subprocess.Popen[bytes]:
+        """`s3sync sync docs --all`, its JSON report in a file."""
+        with open(self.sync_log, "wb") as output:
+            self.sync = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -267,12 +278,48 @@ def test_two_celery_workers_index_every_key_once_and_a_killed_workers_step_is_re
                     str(BATCH),
                     "--json",
                 ],
-                cwd=tmp_path,
-                env=env,
+                cwd=self.tmp_path,
+                env=self.env,
                 stdout=output,
                 stderr=subprocess.PIPE,
             )
-        victim, survivor = workers
+        return self.sync
+
+    def sync_result(self) -> dict[str, Any]:
+        assert self.sync is not None
+        _, errors = self.sync.communicate(timeout=WAIT_S)
+        assert self.sync.returncode == 0, (
+            f"{errors.decode(errors='replace')[-3000:]}\n{self.sync_log.read_text()[-3000:]}"
+        )
+        result: dict[str, Any] = json.loads(self.sync_log.read_text())
+        return result
+
+    def stop(self) -> None:
+        if self.sync is not None and self.sync.poll() is None:
+            self.sync.kill()
+            self.sync.wait()
+        for worker in self.workers:
+            worker.stop()
+
+    def stored_chunks(self) -> dict[str, str]:
+        import chromadb
+
+        client = chromadb.HttpClient(host=self.hosts.address, port=self.services.chroma_port)
+        rows = client.get_collection(self.collection_name).get(include=["documents"])
+        assert len(rows["ids"]) == len(set(rows["ids"]))
+        return dict(zip(rows["ids"], rows["documents"], strict=True))
+
+    def expected_chunks(self) -> dict[str, str]:
+        return {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in self.files.items()}
+
+
+def test_two_celery_workers_index_every_key_once_and_a_killed_workers_step_is_redone_by_the_other(
+    hosts: Hosts, services: Services, tmp_path: Path
+) -> None:
+    cluster = Cluster(hosts, services, tmp_path, KEYS)
+    try:
+        victim, survivor = cluster.start_workers(2)
+        sync = cluster.start_sync()
         # Kill the first worker in the middle: after it finished a step, while it executes another.
         deadline = time.monotonic() + WAIT_S
         killed_task = None
@@ -286,15 +333,9 @@ def test_two_celery_workers_index_every_key_once_and_a_killed_workers_step_is_re
             assert time.monotonic() < deadline, "the first worker never took a second step"
             time.sleep(0.05)
         assert killed_task not in victim.tasks("succeeded"), "the kill came after the step ended: nothing to redo"
-
-        _, errors = sync.communicate(timeout=WAIT_S)
-        assert sync.returncode == 0, f"{errors.decode(errors='replace')[-3000:]}\n{sync_log.read_text()[-3000:]}"
-        result = json.loads(sync_log.read_text())
+        result = cluster.sync_result()
     finally:
-        if sync is not None and sync.poll() is None:
-            sync.kill()
-        for worker in workers:
-            worker.stop()
+        cluster.stop()
 
     # The killed worker's step was handed to the other worker, which finished it.
     assert killed_task in survivor.tasks("received"), survivor.text()[-3000:]
@@ -307,13 +348,28 @@ def test_two_celery_workers_index_every_key_once_and_a_killed_workers_step_is_re
     # found unchanged when its step is redone, not written again.
     statuses = Counter(report["status"] for report in result["keys"])
     assert set(statuses) <= {"indexed", "unchanged"}, statuses
-    assert {report["object_key"] for report in result["keys"]} == set(files)
+    assert {report["object_key"] for report in result["keys"]} == set(cluster.files)
     indexed = Counter(report["object_key"] for report in result["keys"] if report["status"] == "indexed")
     assert max(indexed.values()) == 1, [key for key, times in indexed.items() if times > 1]
-
     # The server's collection holds exactly the bucket's chunks: none missing, none twice, none stale.
-    stored = chromadb.HttpClient(host=hosts.address, port=services.chroma_port).get_collection(collection_name)
-    rows = stored.get(include=["documents"])
-    expected = {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
-    assert len(rows["ids"]) == len(expected)
-    assert dict(zip(rows["ids"], rows["documents"], strict=True)) == expected
+    assert cluster.stored_chunks() == cluster.expected_chunks()
+
+
+@pytest.mark.skipif(not os.environ.get(BENCH_ENV), reason=f"a measurement: set {BENCH_ENV}=1")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_throughput_with_one_and_two_workers(
+    workers: int, hosts: Hosts, services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = Cluster(hosts, services, tmp_path, KEYS)
+    try:
+        cluster.start_workers(workers)
+        cluster.start_sync()
+        result = cluster.sync_result()
+    finally:
+        cluster.stop()
+    assert cluster.stored_chunks() == cluster.expected_chunks()
+    with capsys.disabled():
+        print(
+            f"\ncelery, {workers} worker(s), {KEYS} keys in runs of {BATCH}: {result['duration_s']:.1f} s, "
+            f"{KEYS / result['duration_s']:.2f} keys/s"
+        )

@@ -33,6 +33,10 @@ def celery_settings(celery: CeleryConfig) -> dict[str, Any]:
         "broker_transport_options": {
             **cast("dict[str, Any]", DEFAULT_CONFIG["broker_transport_options"]),
             "visibility_timeout": celery.visibility_timeout_s,
+            # Workers look for such messages every 100 s by default (10 s, scanning every 10th time): scan
+            # every time, a quarter of the timeout apart (at most 10 s), so a lost step is back soon after it.
+            "unacked_restore_interval": max(1, min(10, celery.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
         },
     }
 
