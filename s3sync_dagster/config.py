@@ -440,6 +440,15 @@ class AppConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _workers_reach_the_store(self) -> AppConfig:
+        if self.executor.celery is not None and self.chroma.is_embedded:
+            raise ValueError(
+                "executor.celery runs steps on workers that may be other hosts: they cannot share an embedded "
+                "Chroma store (chroma.path); give chroma.host (a Chroma server) or chroma.cloud"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _budgets_fit_the_model(self) -> AppConfig:
         # Checked here so the error names the source at load time, not in the middle of a run.
         spec = self.embedding.spec()

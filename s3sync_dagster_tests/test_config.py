@@ -175,7 +175,13 @@ def test_steps_run_in_process_unless_a_celery_broker_is_given() -> None:
 
     default = parse_config({"sources": [SOURCE]})
     assert default.executor.celery is None and executor_for(default) is dg.in_process_executor
-    celery = parse_config({"executor": {"celery": {"broker": {"env": "S3SYNC_BROKER_URL"}}}, "sources": [SOURCE]})
+    celery = parse_config(
+        {
+            "executor": {"celery": {"broker": {"env": "S3SYNC_BROKER_URL"}}},
+            "chroma": {"host": "chroma.internal"},
+            "sources": [SOURCE],
+        }
+    )
     assert celery.executor.celery is not None and celery.executor.celery.visibility_timeout_s == 3600
     assert executor_for(celery).name == "s3sync_celery"
 
@@ -185,3 +191,8 @@ def test_a_broker_url_with_a_password_is_refused_and_not_echoed() -> None:
         parse_config({"executor": {"celery": {"broker": "redis://:hunter2-broker@redis.example:6379/0"}}})
     assert "executor.celery.broker" in str(refused.value) and "{env: VAR_NAME}" in str(refused.value)
     assert "hunter2-broker" not in str(refused.value)
+
+
+def test_celery_workers_need_a_chroma_server() -> None:
+    with pytest.raises(ConfigError, match="cannot share an embedded Chroma store"):
+        parse_config({"executor": {"celery": {"broker": "redis://redis.internal:6379/0"}}, "sources": [SOURCE]})
