@@ -2,7 +2,7 @@
 
 The config file is found as the CLI finds it ($S3SYNC_CONFIG, else ./s3sync.yaml); its `executor.celery`
 names the broker. The task is dagster-celery's own: it rebuilds the run's job from this package
-(definitions.configured_job) and executes the step it was sent, writing events to the run's instance.
+(definitions.documents_job) and executes the step it was sent, writing events to the run's instance.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
 def _config(args: argparse.Namespace) -> AppConfig:
     if args.config:
         # Runs on Celery workers rebuild their job from the config file by this variable, in this process
-        # too (definitions.configured_job): it must name the file given here.
+        # too (definitions.documents_job): it must name the file given here.
         os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
     return load_config(args.config)
 

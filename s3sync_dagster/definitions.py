@@ -8,6 +8,7 @@ from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.defs.executor import executor_for
 from s3sync_dagster.defs.invocation_sensor import build_invocation_sensor
 from s3sync_dagster.defs.monitor import build_run_monitor
+from s3sync_dagster.defs.names import documents_asset_key, documents_job_name
 from s3sync_dagster.defs.source import source_definitions
 from s3sync_dagster.resources import resources_for
 
@@ -29,10 +30,13 @@ def defs() -> dg.Definitions:
     return build_definitions(load_config())
 
 
-def configured_job() -> dg.JobDefinition:
-    """The asset job of the config file ($S3SYNC_CONFIG, else ./s3sync.yaml).
+def documents_job(source_name: str) -> dg.JobDefinition:
+    """The job of one source's documents asset, from the config file ($S3SYNC_CONFIG, else ./s3sync.yaml).
 
-    What `dg.reconstructable` points at when runs execute through Celery: a worker rebuilds the job
-    from this module-level function in its own process, from the same config file.
+    What runs executed through Celery are rebuilt from (`dg.build_reconstructable_job`): each worker calls
+    this in its own process, on the same config file. The implicit asset job cannot be: Dagster refuses
+    to put a job of that reserved name into the repository a reconstructed job needs.
     """
-    return build_definitions(load_config()).resolve_implicit_global_asset_job_def()
+    documents = dg.define_asset_job(documents_job_name(source_name), selection=[documents_asset_key(source_name)])
+    merged = dg.Definitions.merge(build_definitions(load_config()), dg.Definitions(jobs=[documents]))
+    return merged.resolve_job_def(documents.name)

@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_path
-from s3sync_dagster.definitions import build_definitions, configured_job
+from s3sync_dagster.definitions import build_definitions, documents_job
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.run_config import QUIET_LOGGERS
@@ -295,8 +295,8 @@ def _execute_runs(
     """One run per batch, yielded in batch order with its duration: in this process, or through Celery.
 
     In process, one run after another. With `executor.celery`, `concurrent_runs` runs at a time, each
-    orchestrated from a thread of this process while its step executes on a worker; the job is the
-    reconstructable `definitions.configured_job`, which the workers rebuild from the same config file.
+    orchestrated from a thread of this process while its step executes on a worker; the job is
+    `definitions.documents_job`, which the workers rebuild from the same config file.
     A caller that stops early (a run failed as a whole) leaves the batches not yet started untried.
     """
     asset_key = documents_asset_key(source_name)
@@ -318,14 +318,13 @@ def _execute_runs(
             )
             yield batch, execution, time.perf_counter() - run_started
         return
-    recon_job = dg.reconstructable(configured_job)
+    recon_job = dg.build_reconstructable_job(documents_job.__module__, documents_job.__name__, (source_name,))
 
     def execute(batch: list[str]) -> tuple[Execution, float]:
         run_started = time.perf_counter()
         execution = dg.execute_job(
             recon_job,
             instance=instance,
-            asset_selection=[asset_key],
             tags=run_tags(batch),
             run_config=QUIET_RUN_CONFIG,
             raise_on_error=False,

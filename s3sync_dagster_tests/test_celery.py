@@ -110,6 +110,7 @@ def _wait(what: str, ready: Any, process: subprocess.Popen[bytes], timeout_s: fl
 
 
 def _answers(call: Any) -> bool:
+    """Whether call() returns: a server answers (clients may raise already when made)."""
     try:
         call()
         return True
@@ -141,7 +142,7 @@ def services(hosts: Hosts, tmp_path: Path) -> Iterator[Services]:
             stdout=subprocess.DEVNULL,
         )
         started.append(broker)
-        _wait("redis-server", lambda: _answers(redis.Redis(host=hosts.address, port=redis_port).ping), broker)
+        _wait("redis-server", lambda: _answers(lambda: redis.Redis(host=hosts.address, port=redis_port).ping()), broker)
         chroma = subprocess.Popen(
             [CHROMA, "run", "--path", str(tmp_path / "chroma"), "--host", hosts.address, "--port", str(chroma_port)],
             stdout=subprocess.DEVNULL,
@@ -150,7 +151,7 @@ def services(hosts: Hosts, tmp_path: Path) -> Iterator[Services]:
         started.append(chroma)
         _wait(
             "chroma run",
-            lambda: _answers(chromadb.HttpClient(host=hosts.address, port=chroma_port).heartbeat),
+            lambda: _answers(lambda: chromadb.HttpClient(host=hosts.address, port=chroma_port).heartbeat()),
             chroma,
         )
         s3_server = local_s3.start(host=hosts.address)
@@ -211,7 +212,13 @@ class Cluster:
     def __init__(self, hosts: Hosts, services: Services, tmp_path: Path, keys_count: int) -> None:
         self.hosts, self.services, self.tmp_path = hosts, services, tmp_path
         bucket = f"s3sync-celery-{os.getpid()}-{keys_count}"
-        s3 = boto3.client("s3", endpoint_url=services.s3_endpoint, region_name="us-east-1")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=services.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=TEST_KEY_ID,
+            aws_secret_access_key=TEST_SECRET,
+        )
         s3.create_bucket(Bucket=bucket)
         self.files = {
             f"docs/note-{index:04}.txt": f"Note {index}: the quick brown fox {index} jumps."
@@ -285,12 +292,16 @@ class Cluster:
             )
         return self.sync
 
-    def sync_result(self) -> dict[str, Any]:
+    def sync_output(self) -> str:
+        """The end of the sync's error output and report, once it has ended."""
         assert self.sync is not None
         _, errors = self.sync.communicate(timeout=WAIT_S)
-        assert self.sync.returncode == 0, (
-            f"{errors.decode(errors='replace')[-3000:]}\n{self.sync_log.read_text()[-3000:]}"
-        )
+        report = self.sync_log.read_text()[-3000:]
+        return f"exit code {self.sync.returncode}\n{errors.decode(errors='replace')[-3000:]}\n{report}"
+
+    def sync_result(self) -> dict[str, Any]:
+        output = self.sync_output()
+        assert self.sync is not None and self.sync.returncode == 0, output
         result: dict[str, Any] = json.loads(self.sync_log.read_text())
         return result
 
@@ -329,7 +340,8 @@ def test_two_celery_workers_index_every_key_once_and_a_killed_workers_step_is_re
                 victim.process.send_signal(signal.SIGKILL)
                 victim.process.wait()
                 killed_task = received[-1]
-            assert sync.poll() is None, f"the sync ended before the worker could be killed: {victim.text()[-3000:]}"
+            if sync.poll() is not None:
+                pytest.fail(f"the sync ended before the worker could be killed: {cluster.sync_output()}")
             assert time.monotonic() < deadline, "the first worker never took a second step"
             time.sleep(0.05)
         assert killed_task not in victim.tasks("succeeded"), "the kill came after the step ended: nothing to redo"
