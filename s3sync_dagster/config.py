@@ -395,7 +395,9 @@ class CeleryConfig(_Model):
     # A step taken by a worker that vanished (kill -9, a lost host) goes back to the queue after this
     # long: Redis cannot tell a dead worker from a slow one, so keep it above the longest run.
     visibility_timeout_s: int = Field(default=3600, ge=1)
-    concurrent_runs: int = Field(default=2, ge=1)  # runs `s3sync sync` keeps in flight: about the workers
+    # Runs `s3sync sync` keeps in flight. About twice the workers: a run's orchestration (its creation, the
+    # events, dagster-celery's one-second poll for the result) takes as long as a small step on a worker.
+    concurrent_runs: int = Field(default=4, ge=1)
 
     @field_validator("broker", "backend")
     @classmethod

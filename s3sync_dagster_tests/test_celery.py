@@ -210,7 +210,9 @@ class Worker:
 class Cluster:
     """A bucket of `keys` notes, a config sending steps to Celery, and workers on their hosts."""
 
-    def __init__(self, hosts: Hosts, services: Services, tmp_path: Path, keys_count: int) -> None:
+    def __init__(
+        self, hosts: Hosts, services: Services, tmp_path: Path, keys_count: int, concurrent_runs: int = 4
+    ) -> None:
         self.hosts, self.services, self.tmp_path = hosts, services, tmp_path
         bucket = f"s3sync-celery-{os.getpid()}-{keys_count}"
         s3 = boto3.client(
@@ -233,7 +235,7 @@ class Cluster:
                 "celery": {
                     "broker": services.broker,
                     "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
-                    "concurrent_runs": 2,
+                    "concurrent_runs": concurrent_runs,
                 }
             },
             "sources": [
@@ -371,11 +373,16 @@ def test_two_celery_workers_index_every_key_once_and_a_killed_workers_step_is_re
 
 
 @pytest.mark.skipif(not os.environ.get(BENCH_ENV), reason=f"a measurement: set {BENCH_ENV}=1")
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "concurrent_runs"), [(1, 2), (2, 2), (1, 4), (2, 4)])
 def test_throughput_with_one_and_two_workers(
-    workers: int, hosts: Hosts, services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    workers: int,
+    concurrent_runs: int,
+    hosts: Hosts,
+    services: Services,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    cluster = Cluster(hosts, services, tmp_path, KEYS)
+    cluster = Cluster(hosts, services, tmp_path, KEYS, concurrent_runs)
     try:
         cluster.start_workers(workers)
         cluster.start_sync()
@@ -385,6 +392,7 @@ def test_throughput_with_one_and_two_workers(
     assert cluster.stored_chunks() == cluster.expected_chunks()
     with capsys.disabled():
         print(
-            f"\ncelery, {workers} worker(s), {KEYS} keys in runs of {BATCH}: {result['duration_s']:.1f} s, "
+            f"\ncelery, {workers} worker(s), {concurrent_runs} runs at a time, {KEYS} keys in runs of {BATCH}: "
+            f"{result['duration_s']:.1f} s, "
             f"{KEYS / result['duration_s']:.2f} keys/s"
         )

@@ -183,6 +183,7 @@ def test_steps_run_in_process_unless_a_celery_broker_is_given() -> None:
         }
     )
     assert celery.executor.celery is not None and celery.executor.celery.visibility_timeout_s == 3600
+    assert celery.executor.celery.concurrent_runs == 4
     assert executor_for(celery).name == "s3sync_celery"
 
 
