@@ -18,6 +18,7 @@ import boto3
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+DEPLOY_SETTINGS = REPO / "deploy" / "dagster.yaml"  # the production instance (README "Production instance")
 BIN = Path(sys.executable).parent
 KEY_ID_VAR, SECRET_VAR = "S3SYNC_BENCH_KEY_ID", "S3SYNC_BENCH_SECRET"
 
@@ -67,10 +68,11 @@ def write_config(
     return path
 
 
-def dagster_home(path: Path) -> Path:
-    """An instance with the project's settings (run queue, retries), as scripts/setup makes one."""
+def dagster_home(path: Path, settings: Path = REPO / "dagster.yaml") -> Path:
+    """An instance with the project's settings (run queue, retries), as scripts/setup makes one; or with
+    `settings=DEPLOY_SETTINGS`, the production instance's (PostgreSQL storage, deploy/dagster.yaml)."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (path / "dagster.yaml").write_text(settings.read_text())
     return path
 
 

@@ -1,4 +1,5 @@
-"""`dagster dev` (webserver and daemon) on a loopback port, and GraphQL as the UI sends it.
+"""`dagster dev` (webserver and daemon in one), or dagster-webserver and dagster-daemon apart, on a loopback
+port, and GraphQL as the UI sends it.
 
 The documents below are the ones the UI itself sends (dagster-webserver 1.13's own TypeScript):
 one key is launched as one run, several keys or "all" as a partition backfill.
@@ -148,9 +149,10 @@ class GraphQLError(RuntimeError):
 @dataclass
 class DagsterDev:
     url: str
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes]  # `dagster dev`, or dagster-webserver when the daemon runs apart
     log: Path
     client: httpx.Client
+    others: tuple[subprocess.Popen[bytes], ...] = ()  # dagster-daemon, run apart as in production
 
     def gql(self, query: str, **variables: Any) -> dict[str, Any]:
         response = self.client.post("/graphql", json={"query": query, "variables": variables})
@@ -268,8 +270,9 @@ class DagsterDev:
 def _ready(server: DagsterDev, deadline: float) -> None:
     """Up when the code location has loaded and the run queue and backfill daemons are healthy."""
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"dagster dev exited ({server.process.returncode}):\n{server.tail()}")
+        for process in (server.process, *server.others):
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args!r} exited ({process.returncode}):\n{server.tail()}")
         try:
             entries = server.gql(WORKSPACE)["workspaceOrError"]["locationEntries"]
             if entries and all(entry["loadStatus"] == "LOADED" for entry in entries):
@@ -283,7 +286,7 @@ def _ready(server: DagsterDev, deadline: float) -> None:
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"dagster dev not ready; log tail:\n{server.tail()}")
+    raise TimeoutError(f"dagster not ready; log tail:\n{server.tail()}")
 
 
 def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
@@ -307,27 +310,53 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
     process.wait()
 
 
-@contextmanager
-def dagster_dev(home: Path, config_file: Path, log: Path) -> Iterator[DagsterDev]:
-    port = free_port()
-    env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file))
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"),
-         "-h", LOOPBACK, "-p", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    server = DagsterDev(
-        f"http://{LOOPBACK}:{port}", process, log, httpx.Client(base_url=f"http://{LOOPBACK}:{port}", timeout=60)
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """One Dagster process in its own process group (its code servers and run workers with it); logs appended."""
+    return subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+@contextmanager
+def _serving(argvs: list[list[str]], env: dict[str, str], port: int, log: Path) -> Iterator[DagsterDev]:
+    """Start the processes (the first serves GraphQL on `port`), wait until they are ready, stop them all."""
+    processes: list[subprocess.Popen[bytes]] = []
+    client = httpx.Client(base_url=f"http://{LOOPBACK}:{port}", timeout=60)
     try:
+        processes += [_spawn(argv, env, log) for argv in argvs]
+        server = DagsterDev(f"http://{LOOPBACK}:{port}", processes[0], log, client, tuple(processes[1:]))
         _ready(server, time.monotonic() + 180)
         # The "Join the Dagster community" dialog would cover the page in the browser test.
         server.gql("mutation SetNuxSeen { setNuxSeen }")
         yield server
     finally:
-        server.client.close()
-        _stop(process)
+        client.close()
+        for process in processes:
+            _stop(process)
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@contextmanager
+def dagster_dev(home: Path, config_file: Path, log: Path) -> Iterator[DagsterDev]:
+    """`dagster dev`: webserver and daemon in one command, as a developer runs them."""
+    port = free_port()
+    env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file))
+    argv = [_bin("dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", LOOPBACK, "-p", str(port)]
+    with _serving([argv], env, port, log) as server:
+        yield server
+
+
+@contextmanager
+def webserver_and_daemon(
+    home: Path, config_file: Path, log: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[DagsterDev]:
+    """dagster-webserver and dagster-daemon as separate processes on one instance, as deployed."""
+    port = free_port()
+    env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file), **(extra_env or {}))
+    workspace = str(REPO / "workspace.yaml")
+    webserver = [_bin("dagster-webserver"), "-w", workspace, "-h", LOOPBACK, "-p", str(port)]
+    with _serving([webserver, [_bin("dagster-daemon"), "run", "-w", workspace]], env, port, log) as server:
+        yield server

@@ -299,6 +299,10 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def write_lock(self) -> Iterator[None]:
         """An embedded store is one process's at a time: runs that write to it take turns.
 
+        It guards the store, not the keys: a PersistentClient is not process-safe (each process keeps
+        its own HNSW index in memory; chroma-core/chroma#3792), so it cannot be narrowed to single
+        writes. Two writers of one key are reconciled by the engine (pipeline/sync.py `settle`).
+
         Re-entrant within a thread (a run holding it may open, and so rebuild, another collection).
         """
         if not self.is_embedded or not self.path:

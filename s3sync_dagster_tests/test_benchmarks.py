@@ -52,7 +52,7 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert events["storage"] == "SqliteEventLogStorage"
     assert events["asset_events_per_run"] == 2 * events["keys_per_run"] > 0
     assert events["events_per_run"] > events["asset_events_per_run"]
-    assert events["disk_s"] > 0 and events["memory_s"] > 0
+    assert events["disk_s"] > 0 and events["memory_s"] > 0 and events["postgres_s"] > 0
     # Real documentation and stdlib files went through the engine; every probe was asked and scored.
     retrieval = raw["retrieval"]
     assert retrieval["corpus"]["objects"] == 12 and set(retrieval["corpus"]["by_kind"]) == {"html", "py"}
@@ -94,6 +94,19 @@ def test_audit_benchmark_smoke_finds_the_planted_drift(tmp_path: Path) -> None:
         {"missing": 5, "stale": 5, "orphaned": 5},
     ]
     assert "## Drift audit" in audit_benchmark.section_markdown(result)
+
+
+def test_writers_benchmark_smoke_measures_both_arms() -> None:
+    from benchmarks import writers
+
+    result = writers.measure(keys=4, rounds=2)  # it asserts every sync indexed (or skipped) every key
+    assert sorted(result["per_key_s"]) == ["changed", "new", "unchanged"]
+    assert all(len(arm) == 2 for arms in result["per_key_s"].values() for arm in arms.values())
+    # The check runs after each write, never after a sync that wrote nothing.
+    assert min(result["settle_ms"]["new"]) > 0 and result["settle_ms"]["unchanged"] == [0.0, 0.0]
+    lines: list[str] = []
+    writers.report(result, lines.append)
+    assert len(lines) == 6 and lines[3].startswith("| new |")
 
 
 def test_benchmarks_import_no_tests() -> None:

@@ -214,10 +214,15 @@ def fetch(
     target_collection_name: str | None = None,
     meta_key: str | None = None,
     links: MetaLinks | None = None,
+    empty_etag: str | None = None,
 ) -> KeyReport | _Fetched:
-    """Validate, HEAD, skip if current (a final report), else read the bytes for extraction."""
+    """Validate, HEAD, skip if current (a final report), else read the bytes for extraction.
+
+    empty_etag: the ETag at which the object was just found empty (no chunks): at that ETag with no
+    chunks stored it is current too (a settle check, which must not read it again).
+    """
     if events.is_meta_key(object_key):
-        return _fetch_by_meta_file(s3, spec, collection_for, object_key, links or InMemoryMetaLinks())
+        return _fetch_by_meta_file(s3, spec, collection_for, object_key, links or InMemoryMetaLinks(), empty_etag)
     started = time.perf_counter()
     check_key_in_source(spec, object_key)
     if custom_id is not None:
@@ -249,6 +254,11 @@ def fetch(
         report.message = "already indexed at this ETag with these settings: nothing read or written"
         report.duration_s = time.perf_counter() - started
         return report
+    if not stored and empty_etag == info.etag:
+        report.status = "unchanged"
+        report.message = "empty at this ETag: nothing read or written"
+        report.duration_s = time.perf_counter() - started
+        return report
 
     try:
         data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
@@ -272,7 +282,12 @@ def _own_chunks(stored: dict[str, index.StoredChunk], meta_key: str | None) -> d
 
 
 def _fetch_by_meta_file(
-    s3: S3Client, spec: SourceSpec, collection_for: CollectionFor, meta_key: str, links: MetaLinks
+    s3: S3Client,
+    spec: SourceSpec,
+    collection_for: CollectionFor,
+    meta_key: str,
+    links: MetaLinks,
+    empty_etag: str | None = None,
 ) -> KeyReport | _Fetched:
     """A `.meta.json` partition: (re-)read the metadata file, then sync the document it names."""
     started = time.perf_counter()
@@ -308,7 +323,7 @@ def _fetch_by_meta_file(
     fetched = fetch(
         s3, spec, collection_for, meta.path,
         custom_id=meta.document_id, user_metadata=meta.metadata,
-        target_collection_name=meta.target_collection_name, meta_key=meta_key,
+        target_collection_name=meta.target_collection_name, meta_key=meta_key, empty_etag=empty_etag,
     )  # fmt: skip
     report = fetched if isinstance(fetched, KeyReport) else fetched.report
     report.document_key, report.object_key = meta.path, meta_key
@@ -460,6 +475,72 @@ def finish(fetched: _Fetched, extracted: extract.Extracted, spec: SourceSpec, em
     return write(prepare(fetched, extracted, spec), embed)
 
 
+# Two writers of one key (a sensor run and a backfill, two hosts on one Chroma server) take no lock
+# together, and can interleave: one reads version 1, the other writes version 2, then the first writes
+# version 1's chunks over them and deletes from a snapshot taken before. So a sync that wrote or removed
+# an object's chunks ends with the skip check (HEAD again, read the stored chunks' ids and ETags) and
+# syncs again while they are not exactly the current version's. A writer's writes all come before its
+# own last check, so the check that passes last sees every write: it leaves the newest version's exact
+# chunk set, whatever the order of the others. Bounded, so a key rewritten without pause fails, named.
+MAX_RESYNCS = 3
+_WRITES: frozenset[Status] = frozenset({"indexed", "empty", "removed", "waiting"})
+
+# The skip check of an object key, as the sync that produced a report ran it (same invocation).
+Check = Callable[[KeyReport], "KeyReport | _Fetched"]
+# Object key, bytes -> text: in this process, or in the run's document pool (its timeout, its isolation).
+Extract = Callable[[str, bytes], extract.Extracted]
+
+
+def settle(
+    report: KeyReport, check: Check, extract_text: Extract, spec: SourceSpec, embed: index.Embedder
+) -> KeyReport:
+    """Check a sync's outcome against the bucket's current version; sync again until they agree."""
+    if report.status not in _WRITES:
+        return report  # nothing written: nothing another writer could have raced
+    first, started = report, time.perf_counter()
+    resyncs = 0
+    try:
+        while True:
+            checked = check(report)
+            if isinstance(checked, KeyReport) and (
+                checked.status == "unchanged" or (checked.status == report.status and not checked.chunks_deleted)
+            ):
+                break  # the chunks are the current version's (or the object is still gone, and so are they)
+            if resyncs == MAX_RESYNCS:
+                seen = checked.etag if isinstance(checked, KeyReport) else checked.info.etag
+                raise ValueError(
+                    f"object '{report.object_key}' or its chunks changed under {MAX_RESYNCS + 1} syncs in a row "
+                    f"(last stored at ETag '{report.etag or 'none'}', now '{seen or 'none'}'): another writer keeps "
+                    "replacing it; a sync ends only when the stored chunks are the current version's, and the "
+                    "next sync of the key tries again"
+                )
+            resyncs += 1
+            if isinstance(checked, KeyReport):
+                report = checked  # removed (or waiting) meanwhile: that removal is checked in turn
+            else:
+                mark = time.perf_counter()
+                extracted = extract_text(checked.report.document_key or checked.report.object_key, checked.data)
+                _lap(checked.report, "extract", mark)
+                report = finish(checked, extracted, spec, embed)
+    except Exception as error:
+        return KeyReport(
+            object_key=first.object_key,
+            status="failed",
+            collection_name=first.collection_name,
+            document_key=first.document_key,
+            message=failure_message(first.object_key, error),
+            duration_s=first.duration_s + time.perf_counter() - started,
+        )
+    # The check's own cost (a HEAD and a read of the stored chunks' metadata), resyncs included.
+    report.timings["settle"] = time.perf_counter() - started
+    report.duration_s = first.duration_s + report.timings["settle"]
+    if resyncs:
+        report.message = (report.message + "; " if report.message else "") + (
+            f"synced {resyncs} more time(s): another writer changed the object or its chunks meanwhile"
+        )
+    return report
+
+
 # New objects (no chunks stored yet) are written together, up to this many chunks: one embedding call
 # and one upsert for many small objects instead of one each (a Chroma upsert costs ~37 ms whatever its
 # size up to a few hundred records: 1,000 per-object upserts were 20% of a bulk sync; benchmarks/).
@@ -585,16 +666,24 @@ def sync_object(
     target_collection_name: str | None = None,
 ) -> KeyReport:
     """Bring one object's chunks in Chroma up to date. Raises on bad input, naming the object and the rule."""
-    fetched = fetch(
-        s3, spec, collection_for, object_key,
-        custom_id=custom_id, user_metadata=user_metadata, target_collection_name=target_collection_name,
-    )  # fmt: skip
+
+    def check(report: KeyReport | None = None) -> KeyReport | _Fetched:
+        return fetch(
+            s3, spec, collection_for, object_key,
+            custom_id=custom_id, user_metadata=user_metadata, target_collection_name=target_collection_name,
+            empty_etag=report.etag if report is not None and report.status == "empty" else None,
+        )  # fmt: skip
+
+    def extract_text(key: str, data: bytes) -> extract.Extracted:
+        return extract_in_process(key, data, spec)
+
+    fetched = check()
     if isinstance(fetched, KeyReport):
-        return fetched
+        return settle(fetched, check, extract_text, spec, embed)
     mark = time.perf_counter()
-    extracted = extract_in_process(fetched.report.document_key or object_key, fetched.data, spec)
+    extracted = extract_text(fetched.report.document_key or object_key, fetched.data)
     _lap(fetched.report, "extract", mark)
-    return finish(fetched, extracted, spec, embed)
+    return settle(finish(fetched, extracted, spec, embed), check, extract_text, spec, embed)
 
 
 def _searchable(collection_for: CollectionFor, default: str) -> list[Collection]:
@@ -707,7 +796,22 @@ def sync_keys(
                 worklist.append(meta_key)
                 queued.add(meta_key)
 
+    def check(report: KeyReport) -> KeyReport | _Fetched:
+        invocation = (invocations or {}).get(report.object_key, Invocation())
+        return fetch(
+            s3, spec, collection_for, report.object_key,
+            custom_id=invocation.custom_id, user_metadata=invocation.metadata,
+            target_collection_name=invocation.target_collection_name, links=links,
+            empty_etag=report.etag if report.status == "empty" else None,
+        )  # fmt: skip
+
+    def extract_text(key: str, data: bytes) -> extract.Extracted:
+        if pool is not None and documents.is_converted(key):
+            return documents.result_of(key, pool.submit(key, data, spec.document_options), spec.document_options)
+        return extract_in_process(key, data, spec)
+
     def done(report: KeyReport) -> None:
+        report = settle(report, check, extract_text, spec, embed)
         document = named_document.get(report.object_key)
         if document is not None and report.status != "failed" and report.document_key != document:
             links.unlink(document, report.object_key)  # the metadata file is gone or names another object now
