@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3sync_dagster.config import AppConfig, ConfigError, config_path, load_config
+from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError, config_path, load_config
 from s3sync_dagster.invocations import InvocationError
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
@@ -29,6 +31,10 @@ def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
 
 
 def _config(args: argparse.Namespace) -> AppConfig:
+    if args.config:
+        # Runs on Celery workers rebuild their job from the config file by this variable, in this process
+        # too (definitions.documents_job): it must name the file given here.
+        os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
     return load_config(args.config)
 
 

@@ -386,10 +386,41 @@ class SourceConfig(_Model):
         return self
 
 
+class CeleryConfig(_Model):
+    """Steps run on Celery workers (dagster-celery) that share this config file: where their broker is."""
+
+    # redis://host:port/db. A URL with a password is a secret: give it as {env: VAR_NAME}.
+    broker: str | EnvRef
+    backend: str | EnvRef | None = None  # where step results wait for the run; default: the broker
+    # A step taken by a worker that vanished (kill -9, a lost host) goes back to the queue after this
+    # long: Redis cannot tell a dead worker from a slow one, so keep it above the longest run.
+    visibility_timeout_s: int = Field(default=3600, ge=1)
+    # Runs `s3sync sync` keeps in flight. About twice the workers: a run's orchestration (its creation, the
+    # events, dagster-celery's one-second poll for the result) takes as long as a small step on a worker.
+    concurrent_runs: int = Field(default=4, ge=1)
+
+    @field_validator("broker", "backend")
+    @classmethod
+    def _no_password(cls, value: str | EnvRef | None) -> str | EnvRef | None:
+        if isinstance(value, str) and "@" in urlsplit(value).netloc:
+            raise ValueError(
+                "carries credentials (user:password@...), which are refused and not shown: "
+                "give the whole URL as {env: VAR_NAME}"
+            )
+        return value
+
+
+class ExecutorConfig(_Model):
+    """Where a run's step executes: in the run's own process (default), or on Celery workers."""
+
+    celery: CeleryConfig | None = None
+
+
 class AppConfig(_Model):
     chroma: ChromaConfig = Field(default_factory=ChromaConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -408,6 +439,15 @@ class AppConfig(_Model):
                     f"sources '{other}' and '{source.name}' both write collection '{source.collection_name}'; "
                     "give each source its own collection"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_reach_the_store(self) -> AppConfig:
+        if self.executor.celery is not None and self.chroma.is_embedded:
+            raise ValueError(
+                "executor.celery runs steps on workers that may be other hosts: they cannot share an embedded "
+                "Chroma store (chroma.path); give chroma.host (a Chroma server) or chroma.cloud"
+            )
         return self
 
     @model_validator(mode="after")

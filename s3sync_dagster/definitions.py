@@ -5,8 +5,10 @@ from __future__ import annotations
 import dagster as dg
 
 from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.defs.executor import executor_for
 from s3sync_dagster.defs.invocation_sensor import build_invocation_sensor
 from s3sync_dagster.defs.monitor import build_run_monitor
+from s3sync_dagster.defs.names import documents_asset_key, documents_job_name
 from s3sync_dagster.defs.source import source_definitions
 from s3sync_dagster.resources import resources_for
 
@@ -16,10 +18,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         # Turns `s3sync invoke` requests into runs; fails runs whose worker died.
         sensors=[build_invocation_sensor(config.sources), build_run_monitor()] if config.sources else [],
         resources=resources_for(config),
-        # A run is one step: running it in the run's own process saves a second process start and import
-        # of everything (~3 s before the step, ~2.6 s after it; benchmarks, section 9). A step that dies
-        # takes its run with it either way: run retries and the run-worker monitor handle that.
-        executor=dg.in_process_executor,
+        executor=executor_for(config),
     )
     return dg.Definitions.merge(shared, *(source_definitions(source) for source in config.sources))
 
@@ -29,3 +28,15 @@ def defs() -> dg.Definitions:
     # Loaded by `dagster dev` / the webserver through workspace.yaml; the config file is found as
     # the CLI finds it (`$S3SYNC_CONFIG`, else ./s3sync.yaml).
     return build_definitions(load_config())
+
+
+def documents_job(source_name: str) -> dg.JobDefinition:
+    """The job of one source's documents asset, from the config file ($S3SYNC_CONFIG, else ./s3sync.yaml).
+
+    What runs executed through Celery are rebuilt from (`dg.build_reconstructable_job`): each worker calls
+    this in its own process, on the same config file. The implicit asset job cannot be: Dagster refuses
+    to put a job of that reserved name into the repository a reconstructed job needs.
+    """
+    documents = dg.define_asset_job(documents_job_name(source_name), selection=[documents_asset_key(source_name)])
+    merged = dg.Definitions.merge(build_definitions(load_config()), dg.Definitions(jobs=[documents]))
+    return merged.resolve_job_def(documents.name)

@@ -36,14 +36,15 @@ class LocalS3:
                 self.process.wait()
 
 
-def start(port: int | None = None, timeout_s: float = 30.0) -> LocalS3:
+def start(port: int | None = None, timeout_s: float = 30.0, host: str = LOOPBACK) -> LocalS3:
+    """A moto server on host:port (a free loopback port by default); `host` another local address to serve."""
     port = port or free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    endpoint_url = f"http://{LOOPBACK}:{port}"
+    endpoint_url = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -6,7 +6,8 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_path
-from s3sync_dagster.definitions import build_definitions
+from s3sync_dagster.definitions import build_definitions, documents_job
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.run_config import QUIET_LOGGERS
@@ -186,6 +187,10 @@ def contiguous_batches(ordered: Sequence[str], wanted: Sequence[str], batch_size
     return batches
 
 
+# What a run leaves to read back: executed in this process, or orchestrated here with its step on a worker.
+Execution = dg.ExecuteInProcessResult | dg.JobExecutionResult
+
+
 @dataclass
 class RunSummary:
     run_id: str
@@ -238,26 +243,25 @@ def sync(
     result = SyncResult(source=source_name)
     if not wanted:
         return result
-    job = build_definitions(config).resolve_implicit_global_asset_job_def()
-    asset_key = documents_asset_key(source_name)
-    for batch in contiguous_batches(ordered, wanted, batch_size or source.keys_per_run):
-        run_started = time.perf_counter()
-        run_tags = {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1], SOURCE_TAG: source_name}
-        run_tags.update(tags or {})
-        execution = job.execute_in_process(
-            instance=instance,
-            asset_selection=[asset_key],
-            tags=run_tags,
-            run_config=QUIET_RUN_CONFIG,
-            raise_on_error=False,
-        )
+    batches = contiguous_batches(ordered, wanted, batch_size or source.keys_per_run)
+    runs = _execute_runs(config, source_name, instance, batches, tags or {})
+    with contextlib.closing(runs):  # a RunError below: runs not started yet are not started
+        _collect(result, instance, runs)
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _collect(
+    result: SyncResult, instance: dg.DagsterInstance, runs: Generator[tuple[list[str], Execution, float]]
+) -> None:
+    for batch, execution, duration_s in runs:
         result.runs.append(
             RunSummary(
                 run_id=execution.run_id,
                 success=execution.success,
                 partition_range=(keys.to_object_key(batch[0]), keys.to_object_key(batch[-1])),
                 keys=len(batch),
-                duration_s=time.perf_counter() - run_started,
+                duration_s=duration_s,
             )
         )
         reports = reports_of(instance, execution.run_id)
@@ -279,8 +283,62 @@ def sync(
                     }
                 )
         result.reports.extend(reports)
-    result.duration_s = time.perf_counter() - started
-    return result
+
+
+def _execute_runs(
+    config: AppConfig,
+    source_name: str,
+    instance: dg.DagsterInstance,
+    batches: list[list[str]],
+    tags: dict[str, str],
+) -> Generator[tuple[list[str], Execution, float]]:
+    """One run per batch, yielded in batch order with its duration: in this process, or through Celery.
+
+    In process, one run after another. With `executor.celery`, `concurrent_runs` runs at a time, each
+    orchestrated from a thread of this process while its step executes on a worker; the job is
+    `definitions.documents_job`, which the workers rebuild from the same config file.
+    A caller that stops early (a run failed as a whole) leaves the batches not yet started untried.
+    """
+    asset_key = documents_asset_key(source_name)
+
+    def run_tags(batch: list[str]) -> dict[str, str]:
+        return {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1], SOURCE_TAG: source_name, **tags}
+
+    celery = config.executor.celery
+    if celery is None:
+        job = build_definitions(config).resolve_implicit_global_asset_job_def()
+        for batch in batches:
+            run_started = time.perf_counter()
+            execution: Execution = job.execute_in_process(
+                instance=instance,
+                asset_selection=[asset_key],
+                tags=run_tags(batch),
+                run_config=QUIET_RUN_CONFIG,
+                raise_on_error=False,
+            )
+            yield batch, execution, time.perf_counter() - run_started
+        return
+    recon_job = dg.build_reconstructable_job(documents_job.__module__, documents_job.__name__, (source_name,))
+
+    def execute(batch: list[str]) -> tuple[Execution, float]:
+        run_started = time.perf_counter()
+        execution = dg.execute_job(
+            recon_job,
+            instance=instance,
+            tags=run_tags(batch),
+            run_config=QUIET_RUN_CONFIG,
+            raise_on_error=False,
+        )
+        return execution, time.perf_counter() - run_started
+
+    with ThreadPoolExecutor(max_workers=celery.concurrent_runs, thread_name_prefix="s3sync-run") as pool:
+        futures = [pool.submit(execute, batch) for batch in batches]
+        try:
+            for batch, future in zip(batches, futures, strict=True):
+                yield batch, *future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _object_key_or_partition(partition_key: str) -> str:
@@ -290,7 +348,7 @@ def _object_key_or_partition(partition_key: str) -> str:
         return partition_key
 
 
-def _run_error(execution: dg.ExecuteInProcessResult) -> str:
+def _run_error(execution: Execution) -> str:
     """The first line of what failed the run: a dg.Failure's description, else the user code's error."""
     for event in execution.all_events:
         if not event.is_step_failure:

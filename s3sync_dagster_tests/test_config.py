@@ -166,3 +166,34 @@ def test_two_sources_cannot_share_a_collection() -> None:
     other = {**SOURCE, "name": "wiki", "bucket_name": "other-bucket"}
     with pytest.raises(ConfigError, match="sources 'docs' and 'wiki' both write collection 'docs-col'"):
         parse_config({"sources": [SOURCE, other]})
+
+
+def test_steps_run_in_process_unless_a_celery_broker_is_given() -> None:
+    import dagster as dg
+
+    from s3sync_dagster.defs.executor import executor_for
+
+    default = parse_config({"sources": [SOURCE]})
+    assert default.executor.celery is None and executor_for(default) is dg.in_process_executor
+    celery = parse_config(
+        {
+            "executor": {"celery": {"broker": {"env": "S3SYNC_BROKER_URL"}}},
+            "chroma": {"host": "chroma.internal"},
+            "sources": [SOURCE],
+        }
+    )
+    assert celery.executor.celery is not None and celery.executor.celery.visibility_timeout_s == 3600
+    assert celery.executor.celery.concurrent_runs == 4
+    assert executor_for(celery).name == "s3sync_celery"
+
+
+def test_a_broker_url_with_a_password_is_refused_and_not_echoed() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"executor": {"celery": {"broker": "redis://:hunter2-broker@redis.example:6379/0"}}})
+    assert "executor.celery.broker" in str(refused.value) and "{env: VAR_NAME}" in str(refused.value)
+    assert "hunter2-broker" not in str(refused.value)
+
+
+def test_celery_workers_need_a_chroma_server() -> None:
+    with pytest.raises(ConfigError, match="cannot share an embedded Chroma store"):
+        parse_config({"executor": {"celery": {"broker": "redis://redis.internal:6379/0"}}, "sources": [SOURCE]})

@@ -28,6 +28,11 @@ def partitions_def(source_name: str) -> dg.DynamicPartitionsDefinition:
     return dg.DynamicPartitionsDefinition(name=partitions_name(source_name))
 
 
+def documents_job_name(source_name: str) -> str:
+    """The documents asset's job, which runs on Celery workers are rebuilt from (definitions.documents_job)."""
+    return f"{source_name}_documents"
+
+
 def sync_job_name(source_name: str) -> str:
     return f"{source_name}_auto_sync"
 
