@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from s3sync_dagster.local_s3 import LOOPBACK, free_port
 
@@ -35,16 +36,8 @@ class LocalPostgres:
     def exported(self) -> Iterator[None]:
         """deploy/dagster.yaml's variables in this process's environment (Dagster reads them when an
         instance is made from the file), restored on the way out."""
-        saved = {name: os.environ.get(name) for name in self.env()}
-        os.environ.update(self.env())
-        try:
+        with mock.patch.dict(os.environ, self.env()):
             yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
     def env(self) -> dict[str, str]:
         """deploy/dagster.yaml's variables. The password is ignored under trust auth but must be set."""
