@@ -1,11 +1,17 @@
 """Section 10, beyond one machine: `python -m benchmarks.cluster PART --json FILE` (parts: bulk, workers).
 
+workers: one corpus synced four ways, one after the other in this one invocation: B (`s3sync sync --all`,
+each run in its own process, the default instance, embedded Chroma), then through Celery workers
+(benchmarks/celery_cluster.py: Redis, a `chroma run` server, workers in network namespaces) with one
+worker and with two on the production instance (PostgreSQL), and with two on SQLite instance files.
+
 bulk: B of section 1 (`s3sync sync SOURCE --all` on the default instance, embedded Chroma) over the
 section 1 corpus at 500 objects and at 10,000, one after the other in this one invocation, so the
 ratio of their rates says what scale alone costs. About 75 minutes on 2 cores; hence a part of its own,
 run when the machine is otherwise idle, and read into RESULTS.md by `benchmarks.run --cluster-json`.
 
-Each part writes its figures into FILE under its own name, keeping the other part's.
+Each part writes its figures into FILE under its own name, keeping the other part's, and (re)writes
+section 10 of benchmarks/RESULTS.md from FILE; `benchmarks.run` carries the section over as it is.
 """
 
 from __future__ import annotations
@@ -13,15 +19,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, corpus, throughput
+from benchmarks import celery_cluster, common, corpus, throughput
 from s3sync_dagster import local_s3
 
+HERE = Path(__file__).resolve().parent
+SECTION = "## 10. Beyond one machine"
 BULK_SIZES = (500, 10_000)
+WORKERS_SIZE = 300
+KEYS_PER_RUN = 10
+CONCURRENT_RUNS = 4
+# (label, workers, instance on PostgreSQL): the Celery ways the workers part syncs the corpus.
+CELERY_WAYS = (("1 worker, PostgreSQL", 1, True), ("2 workers, PostgreSQL", 2, True), ("2 workers, SQLite", 2, False))
 
 
 def log(message: str) -> None:
@@ -82,24 +96,177 @@ def bulk(workdir: Path, sizes: tuple[int, ...] = BULK_SIZES) -> dict[str, Any]:
     return {"measured": common.machine(), "runs": results}
 
 
+def _celery_run(data: dict[str, bytes], workdir: Path, workers: int, postgres: bool) -> dict[str, Any]:
+    with celery_cluster.hosts(workers) as where, celery_cluster.services(where, workdir / "services", postgres) as up:
+        cluster = celery_cluster.Cluster(where, up, workdir / "cluster", data, batch=KEYS_PER_RUN,
+                                         concurrent_runs=CONCURRENT_RUNS, visibility_timeout_s=600)  # fmt: skip
+        try:
+            cluster.start_workers([celery_cluster.SOLO] * workers)
+            started = time.perf_counter()
+            with LoadSampler() as load:
+                cluster.start_sync()
+                payload = cluster.sync_result()
+            seconds = time.perf_counter() - started
+        finally:
+            cluster.stop()
+        stored = len(cluster.stored_chunks())
+    run = throughput.summarise(payload["keys"], float(payload["duration_s"]))
+    run.update(seconds=seconds, runs=len(payload["runs"]), stored_chunks=stored, load=load.summary(),
+               namespaces=where.namespaces)  # fmt: skip
+    run.update(throughput.rates(run))
+    return run
+
+
+def workers(workdir: Path, size: int = WORKERS_SIZE) -> dict[str, Any]:
+    """The corpus through B, then through Celery in each of CELERY_WAYS (workers already up, warm or not:
+    each worker loads the model on its first step, inside the measured time)."""
+    common.credentials()
+    data = corpus.generate(size)
+    runs: dict[str, dict[str, Any]] = {}
+    server = local_s3.start()
+    try:
+        common.fill_bucket(common.s3_client(server.endpoint_url), "workers-b", data)
+        base = workdir / "b"
+        config = common.write_config(base / "b.yaml", endpoint_url=server.endpoint_url, bucket="workers-b",
+                                     chroma_path=base / "chroma", keys_per_run=KEYS_PER_RUN)  # fmt: skip
+        with LoadSampler() as load:
+            run = throughput.run_dagster(config, base / "home")
+        run.update(throughput.rates(run), load=load.summary())
+        runs["B: in-process runs, SQLite, embedded Chroma"] = run
+        log(f"B {size}: {run['seconds']:.1f} s")
+    finally:
+        server.stop()
+    for label, count, postgres in CELERY_WAYS:
+        runs[f"Celery: {label}, Chroma server"] = run = _celery_run(data, workdir / label.replace(" ", "-"), count,
+                                                                     postgres)  # fmt: skip
+        log(f"{label}: {run['seconds']:.1f} s, {run['objects_s']:.2f} objects/s, load {run['load']}")
+    return {
+        "measured": common.machine(), "size": size, "corpus": corpus.describe(data), "keys_per_run": KEYS_PER_RUN,
+        "concurrent_runs": CONCURRENT_RUNS, "runs": runs,
+    }  # fmt: skip
+
+
 def _update(json_file: Path, part: str, figures: dict[str, Any]) -> None:
     earlier = json.loads(json_file.read_text()) if json_file.is_file() else {}
     earlier[part] = figures
     json_file.write_text(json.dumps(earlier, indent=2, default=str))
 
 
+def _load(load: dict[str, float]) -> str:
+    return f"{load['median']:.1f} (max {load['max']:.1f})" if load else "not sampled"
+
+
+def section_markdown(figures: dict[str, Any]) -> str:
+    lines = [SECTION]
+    bulk_figures = figures.get("bulk")
+    if bulk_figures:
+        measured, runs = bulk_figures["measured"], bulk_figures["runs"]
+        lines += [
+            "",
+            f"### The 10,000-object bulk run (measured {measured['date']}, commit {measured['commit']})",
+            "",
+            "B of section 1 (`s3sync sync SOURCE --all`: the default instance, embedded Chroma, the real model) "
+            "over the section 1 corpus at each size, one after the other in one invocation "
+            "(`python -m benchmarks.cluster bulk`). Load is the 1-minute load average sampled every 30 s "
+            "during the run (2 cores: above 2, something else was running too).",
+            "",
+            "| objects | MB | seconds | objects/s | chunks/s | chunks | statuses | load |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        for run in runs:
+            statuses = ", ".join(f"{name} {count:,}" for name, count in sorted(run["statuses"].items()))
+            lines.append(
+                f"| {run['size']:,} | {run['bytes'] / 1e6:.1f} | {run['seconds']:.1f} | {run['objects_s']:.2f} | "
+                f"{run['chunks_s']:.1f} | {run['chunks']:,} | {statuses} | {_load(run['load'])} |"
+            )
+        if len(runs) >= 2:
+            small, large = runs[0], runs[-1]
+            lines += [
+                "",
+                f"{large['size']:,} objects against {small['size']:,}: {large['chunks_s'] / small['chunks_s']:.2f}x "
+                f"the chunks/s and {large['objects_s'] / small['objects_s']:.2f}x the objects/s.",
+            ]
+        timings = runs[-1]["timings"]
+        total = sum(timings.values()) or 1.0
+        lines += [
+            "",
+            f"Where the {runs[-1]['size']:,}-object run's key time went (the per-key timers): "
+            + ", ".join(f"{step} {value / total * 100:.0f}%" for step, value in timings.items() if value)
+            + ".",
+        ]
+    workers_figures = figures.get("workers")
+    if workers_figures:
+        measured, runs = workers_figures["measured"], workers_figures["runs"]
+        any_run = next(iter(runs.values()))
+        hosts = "each in a network namespace of its own" if any_run.get("namespaces") else "on this host"
+        lines += [
+            "",
+            f"### Parallel workers and the instance's storage (measured {measured['date']}, commit "
+            f"{measured['commit']})",
+            "",
+            f"The section 1 corpus at {workers_figures['size']:,} objects, in runs of "
+            f"{workers_figures['keys_per_run']} keys, synced four ways one after the other in one invocation "
+            "(`python -m benchmarks.cluster workers`): B, each run executed in its own process on the default "
+            "instance into embedded Chroma; then `s3sync sync --all` with `executor.celery` "
+            f"({workers_figures['concurrent_runs']} runs in flight), steps on Celery workers ({hosts}, started "
+            "before the sync; each loads the model on its first step) writing to a `chroma run` server, the "
+            "instance on PostgreSQL (deploy/dagster.yaml) or on SQLite files (the repo's dagster.yaml).",
+            "",
+            "| way | seconds | objects/s | chunks/s | chunks | load |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for label, run in runs.items():
+            lines.append(
+                f"| {label} | {run['seconds']:.1f} | {run['objects_s']:.2f} | {run['chunks_s']:.1f} | "
+                f"{run['chunks']:,} | {_load(run['load'])} |"
+            )
+        by = {label.split(": ", 1)[1].split(", Chroma")[0]: run for label, run in runs.items()}
+        one, two, sqlite = (by.get(label) for label, _, _ in CELERY_WAYS)
+        b_run = next(iter(runs.values()))
+        ratios = []
+        if one and two:
+            ratios.append(f"two workers against one: {one['seconds'] / two['seconds']:.2f}x the throughput")
+        if two and sqlite:
+            per_key = (two["seconds"] - sqlite["seconds"]) / two["objects"] * 1000
+            ratios.append(
+                f"PostgreSQL against SQLite with two workers: {sqlite['seconds'] / two['seconds']:.2f}x the "
+                f"throughput ({per_key:+.0f} ms per key)"
+            )
+        if two:
+            ratios.append(f"two workers on PostgreSQL against B: {b_run['seconds'] / two['seconds']:.2f}x")
+        lines += ["", "; ".join(ratios) + "."]
+    return "\n".join(lines)
+
+
+def write_section(out: Path, figures: dict[str, Any]) -> None:
+    """Section 10 of `out` replaced (or added after the others) by what `figures` hold."""
+    text = out.read_text() if out.is_file() else "# Benchmark results\n"
+    parts = re.split(r"\n(?=## \d+\. )", text.rstrip("\n"))
+    kept = [part.rstrip("\n") for part in parts if not part.startswith(SECTION[:7])]
+    out.write_text("\n\n".join([*kept, section_markdown(figures)]) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
-    parser.add_argument("part", choices=["bulk"])
+    parser.add_argument("part", choices=["bulk", "workers", "section"], help="section: only rewrite section 10")
     parser.add_argument("--json", required=True, help="where the figures go (other parts' figures are kept)")
-    parser.add_argument("--workdir", required=True, help="buckets' stores and instances (kept)")
-    parser.add_argument("--sizes", default=",".join(str(size) for size in BULK_SIZES))
+    parser.add_argument("--workdir", help="buckets' stores and instances (kept; required to measure)")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--sizes", default=",".join(str(size) for size in BULK_SIZES), help="bulk: corpus sizes")
+    parser.add_argument("--size", type=int, default=WORKERS_SIZE, help="workers: corpus size")
     args = parser.parse_args(argv)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if args.part == "bulk":
-        _update(Path(args.json), "bulk", bulk(workdir, tuple(int(size) for size in args.sizes.split(","))))
-    log(f"wrote {args.json}")
+    if args.part != "section":
+        if not args.workdir:
+            parser.error("--workdir is required to measure")
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        if args.part == "bulk":
+            figures = bulk(workdir, tuple(int(size) for size in args.sizes.split(",")))
+        else:
+            figures = workers(workdir, args.size)
+        _update(Path(args.json), args.part, figures)
+    write_section(Path(args.out), json.loads(Path(args.json).read_text()))
+    log(f"wrote {args.json} and section 10 of {args.out}")
     return 0
 
 

@@ -65,15 +65,17 @@ def _as_server_user(argv: list[str]) -> list[str]:
 
 
 @contextmanager
-def running(db_name: str = "dagster", timeout_s: float = 60.0) -> Iterator[LocalPostgres]:
-    """initdb, start, create the database; stopped (immediate shutdown) and removed on the way out."""
+def running(db_name: str = "dagster", timeout_s: float = 60.0, host: str = LOOPBACK) -> Iterator[LocalPostgres]:
+    """initdb, start, create the database; stopped (immediate shutdown) and removed on the way out.
+
+    On `host` (loopback by default); on another address, hosts of its subnets connect too (trusted)."""
     base = Path(tempfile.mkdtemp(prefix="s3sync-postgres-"))
     if os.geteuid() == 0:
         owner = pwd.getpwnam(SYSTEM_USER)
         os.chown(base, owner.pw_uid, owner.pw_gid)
     data, log = base / "data", base / "server.log"
     port = free_port()
-    server = LocalPostgres(LOOPBACK, port, DB_USER, db_name)
+    server = LocalPostgres(host, port, DB_USER, db_name)
 
     def run(argv: list[str]) -> None:
         done = subprocess.run(_as_server_user(argv), capture_output=True, text=True, timeout=timeout_s)
@@ -83,8 +85,11 @@ def running(db_name: str = "dagster", timeout_s: float = 60.0) -> Iterator[Local
     started = False
     try:
         run([_binary("initdb"), "-D", str(data), "-U", DB_USER, "--auth=trust", "-E", "UTF8", "--no-sync"])
+        if host != LOOPBACK:  # initdb trusts loopback only; `samenet`: the subnets the server's addresses are on
+            with open(data / "pg_hba.conf", "a") as rules:
+                rules.write("host all all samenet trust\n")
         # -k: the Unix socket in our directory, not /var/run/postgresql; fsync off: a test server.
-        options = f"-h {LOOPBACK} -p {port} -k {base} -c fsync=off -c full_page_writes=off"
+        options = f"-h {host} -p {port} -k {base} -c fsync=off -c full_page_writes=off"
         run(
             [
                 _binary("pg_ctl"),
@@ -101,7 +106,7 @@ def running(db_name: str = "dagster", timeout_s: float = 60.0) -> Iterator[Local
             ]
         )
         started = True
-        run([_binary("createdb"), "-h", LOOPBACK, "-p", str(port), "-U", DB_USER, db_name])
+        run([_binary("createdb"), "-h", host, "-p", str(port), "-U", DB_USER, db_name])
         yield server
     finally:
         if started:

@@ -288,9 +288,10 @@ def _sync_ms_per_key(raw: dict[str, Any]) -> float | None:
 
 # Where each section's raw figures sit in results.json (section 5 reads section 1's).
 RAW_KEYS = {"1": ("bulk", "bulk_measured"), "2": ("incremental",), "3": ("latency",), "4": ("scale",),
-            "5": (), "6": ("fixes",), "7": ("retrieval",), "8": (), "9": ("inrun",)}  # fmt: skip
-# Section 8 (drift audit) is measured on its own (`python -m benchmarks.audit WORKDIR`): always carried over here.
-STANDALONE = {"8"}
+            "5": (), "6": ("fixes",), "7": ("retrieval",), "8": (), "9": ("inrun",), "10": ()}  # fmt: skip
+# Measured on their own, always carried over here: section 8 (drift audit, `python -m benchmarks.audit
+# WORKDIR`) and section 10 (beyond one machine, `python -m benchmarks.cluster`, which writes it).
+STANDALONE = {"8", "10"}
 CARRIED_NOTE = "_Not measured by the invocation above: carried over from the earlier run that wrote this file"
 
 

@@ -23,7 +23,7 @@ from benchmarks import common
 STEPS = ("s3_head", "chroma_read", "s3_read", "extract", "chunk", "embed", "chroma_write")
 
 
-def _summary(reports: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def summarise(reports: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     timings = {step: 0.0 for step in STEPS}
     for report in reports:
         for step, value in (report.get("timings_s") or report.get("timings") or {}).items():
@@ -70,7 +70,7 @@ def engine_main(config_file: str) -> None:
         reports = sync_keys(s3, spec, collections, embedding.embedding_function(), object_keys, pool=pool)
     finally:
         pool.close()
-    summary = _summary([report.as_dict() for report in reports], time.perf_counter() - started)
+    summary = summarise([report.as_dict() for report in reports], time.perf_counter() - started)
     print(json.dumps(summary))
 
 
@@ -101,7 +101,7 @@ def run_dagster(config_file: Path, home: Path, source: str = "bench") -> dict[st
     command = [str(common.BIN / "s3sync"), "sync", source, "--all", "--json", "--config", str(config_file)]
     wall, out = _timed(command, env)
     payload = json.loads(out)
-    result = _summary(payload["keys"], float(payload["duration_s"]))
+    result = summarise(payload["keys"], float(payload["duration_s"]))
     result["seconds"] = wall
     result["runs"] = len(payload["runs"])
     result["run_seconds"] = sum(float(run["duration_s"]) for run in payload["runs"])

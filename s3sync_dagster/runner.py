@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import multiprocessing
 import os
 import time
 from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,8 +189,17 @@ def contiguous_batches(ordered: Sequence[str], wanted: Sequence[str], batch_size
     return batches
 
 
-# What a run leaves to read back: executed in this process, or orchestrated here with its step on a worker.
-Execution = dg.ExecuteInProcessResult | dg.JobExecutionResult
+@dataclass(frozen=True)
+class Executed:
+    """What a sync reads back from a finished run, wherever it was orchestrated (it crosses processes)."""
+
+    run_id: str
+    success: bool
+    error: str  # the first line of what failed the run; "" when it succeeded
+
+    @classmethod
+    def of(cls, execution: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> Executed:
+        return cls(execution.run_id, execution.success, "" if execution.success else _run_error(execution))
 
 
 @dataclass
@@ -252,7 +263,7 @@ def sync(
 
 
 def _collect(
-    result: SyncResult, instance: dg.DagsterInstance, runs: Generator[tuple[list[str], Execution, float]]
+    result: SyncResult, instance: dg.DagsterInstance, runs: Generator[tuple[list[str], Executed, float]]
 ) -> None:
     for batch, execution, duration_s in runs:
         result.runs.append(
@@ -268,7 +279,7 @@ def _collect(
         if not execution.success and not reports:
             done = len(result.reports)
             raise RunError(
-                f"run {execution.run_id} failed: {_run_error(execution)}"
+                f"run {execution.run_id} failed: {execution.error}"
                 + (f" ({done} key(s) were synced by the runs before it; the others were not tried)" if done else "")
             )
         reported = {report["object_key"] for report in reports}
@@ -279,7 +290,7 @@ def _collect(
                     {
                         "object_key": object_key,
                         "status": "failed",
-                        "message": f"run {execution.run_id} failed: {_run_error(execution)}",
+                        "message": f"run {execution.run_id} failed: {execution.error}",
                     }
                 )
         result.reports.extend(reports)
@@ -291,12 +302,11 @@ def _execute_runs(
     instance: dg.DagsterInstance,
     batches: list[list[str]],
     tags: dict[str, str],
-) -> Generator[tuple[list[str], Execution, float]]:
+) -> Generator[tuple[list[str], Executed, float]]:
     """One run per batch, yielded in batch order with its duration: in this process, or through Celery.
 
     In process, one run after another. With `executor.celery`, `concurrent_runs` runs at a time, each
-    orchestrated from a thread of this process while its step executes on a worker; the job is
-    `definitions.documents_job`, which the workers rebuild from the same config file.
+    orchestrated from a process of a pool while its step executes on a worker (`_orchestrate`).
     A caller that stops early (a run failed as a whole) leaves the batches not yet started untried.
     """
     asset_key = documents_asset_key(source_name)
@@ -309,36 +319,46 @@ def _execute_runs(
         job = build_definitions(config).resolve_implicit_global_asset_job_def()
         for batch in batches:
             run_started = time.perf_counter()
-            execution: Execution = job.execute_in_process(
+            execution = job.execute_in_process(
                 instance=instance,
                 asset_selection=[asset_key],
                 tags=run_tags(batch),
                 run_config=QUIET_RUN_CONFIG,
                 raise_on_error=False,
             )
-            yield batch, execution, time.perf_counter() - run_started
+            yield batch, Executed.of(execution), time.perf_counter() - run_started
         return
-    recon_job = dg.build_reconstructable_job(documents_job.__module__, documents_job.__name__, (source_name,))
-
-    def execute(batch: list[str]) -> tuple[Execution, float]:
-        run_started = time.perf_counter()
-        execution = dg.execute_job(
-            recon_job,
-            instance=instance,
-            tags=run_tags(batch),
-            run_config=QUIET_RUN_CONFIG,
-            raise_on_error=False,
-        )
-        return execution, time.perf_counter() - run_started
-
-    with ThreadPoolExecutor(max_workers=celery.concurrent_runs, thread_name_prefix="s3sync-run") as pool:
-        futures = [pool.submit(execute, batch) for batch in batches]
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no lock or thread of this one
+    with ProcessPoolExecutor(max_workers=celery.concurrent_runs, mp_context=spawn) as pool:
+        futures = [pool.submit(_orchestrate, instance.get_ref(), source_name, run_tags(batch)) for batch in batches]
         try:
             for batch, future in zip(batches, futures, strict=True):
-                yield batch, *future.result()
+                try:
+                    yield batch, *future.result()
+                except BrokenProcessPool as error:
+                    raise RunError(
+                        f"the process orchestrating the run of {batch[0]}..{batch[-1]} died: {error}"
+                    ) from None
         finally:
             for future in futures:
                 future.cancel()
+
+
+def _orchestrate(instance_ref: Any, source_name: str, tags: dict[str, str]) -> tuple[Executed, float]:
+    """One run of `definitions.documents_job` (rebuilt here, and by the workers, from the same config file),
+    its step sent to Celery, in a process of the sync's pool.
+
+    Not a thread: Dagster sets up each run's logging with `logging.config.dictConfig`, which closes every
+    handler under logging's global lock; runs set up in threads of one process while others write events
+    deadlock (seen with the PostgreSQL instance: a sync hung with four runs in flight).
+    """
+    run_started = time.perf_counter()
+    recon_job = dg.build_reconstructable_job(documents_job.__module__, documents_job.__name__, (source_name,))
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        execution = dg.execute_job(
+            recon_job, instance=instance, tags=tags, run_config=QUIET_RUN_CONFIG, raise_on_error=False
+        )
+        return Executed.of(execution), time.perf_counter() - run_started
 
 
 def _object_key_or_partition(partition_key: str) -> str:
@@ -348,7 +368,7 @@ def _object_key_or_partition(partition_key: str) -> str:
         return partition_key
 
 
-def _run_error(execution: Execution) -> str:
+def _run_error(execution: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> str:
     """The first line of what failed the run: a dg.Failure's description, else the user code's error."""
     for event in execution.all_events:
         if not event.is_step_failure:

@@ -19,10 +19,12 @@ WORKER_APP = "s3sync_dagster.celery_worker"
 def celery_settings(celery: CeleryConfig) -> dict[str, Any]:
     """Celery settings under dagster-celery's defaults: a step's message survives the worker that took it.
 
-    dagster-celery acknowledges a task when a worker takes it (Celery's default): a worker killed in
-    the middle of a step would lose it and its run would wait forever. Acknowledged late, the message
-    stays with the broker until the step is done; Redis hands it to another worker after the
-    visibility timeout (a whole worker lost) or at once when only the pool's child died.
+    dagster-celery acknowledges a task when a worker takes it (Celery's default): under Celery's default
+    prefork pool the worker's main process acknowledges it as its child begins, so a worker killed in
+    the middle of a step loses it and its run waits forever (test_celery.py fails so; seen here, the solo
+    pool happened to keep the message until the step ended). Acknowledged late, the message stays with
+    the broker until the step is done; Redis hands it to another worker after the visibility timeout (a
+    whole worker lost) or at once when only the pool's child died.
     """
     from dagster_celery.config import DEFAULT_CONFIG
 
