@@ -280,7 +280,11 @@ class Cluster:
     def sync_output(self) -> str:
         """The end of the sync's error output and report, once it has ended."""
         assert self.sync is not None
-        _, errors = self.sync.communicate(timeout=WAIT_S)
+        try:
+            _, errors = self.sync.communicate(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"s3sync sync did not end within {WAIT_S} s: a run waits for a step that never ends "
+                               f"(lost with a worker?); its report so far: {self.sync_log.read_text()[-2000:]}") from None  # fmt: skip
         report = self.sync_log.read_text()[-3000:]
         return f"exit code {self.sync.returncode}\n{errors.decode(errors='replace')[-3000:]}\n{report}"
 
