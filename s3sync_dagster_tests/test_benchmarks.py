@@ -144,3 +144,18 @@ def test_section_6_can_measure_some_parts_and_carry_the_others(tmp_path: Path) -
         _earlier_fixes(out, ["embedding"])
     with pytest.raises(ValueError, match="no part"):
         fixes.measure(parts=["event"])
+
+
+def test_cluster_bulk_part_measures_and_writes_section_10_once(tmp_path: Path) -> None:
+    from benchmarks import cluster
+
+    figures = {"bulk": cluster.bulk(tmp_path / "work", sizes=(12,))}
+    run = figures["bulk"]["runs"][0]
+    assert run["objects"] == 12 and run["statuses"] == {"indexed": 12} and run["chunks"] > 12
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Benchmark results\n\nheader\n\n## 9. Embedding inside a run\n\nnine\n")
+    for _ in range(2):  # written again, it replaces itself
+        cluster.write_section(out, figures)
+    text = out.read_text()
+    assert text.count("## 10. Beyond one machine") == 1 and text.index("nine") < text.index("## 10.")
+    assert "\n| 12 | " in text
