@@ -197,8 +197,8 @@ def section_markdown(figures: dict[str, Any]) -> str:
     workers_figures = figures.get("workers")
     if workers_figures:
         measured, runs = workers_figures["measured"], workers_figures["runs"]
-        any_run = next(iter(runs.values()))
-        hosts = "each in a network namespace of its own" if any_run.get("namespaces") else "on this host"
+        namespaces = any(run.get("namespaces") for run in runs.values())
+        hosts = "each in a network namespace of its own" if namespaces else "on this host"
         lines += [
             "",
             f"### Parallel workers and the instance's storage (measured {measured['date']}, commit "
