@@ -72,6 +72,11 @@ def chunks_of(client: Any, collection_name: str) -> dict[str, str]:
     return dict(zip(found["ids"], found["documents"], strict=True))
 
 
+def sync_command(source_name: str) -> list[str]:
+    """`s3sync sync` of the source's first key, from this checkout: its run executes in its own process."""
+    return [sys.executable, "-m", "s3sync_dagster.cli", "sync", source_name, "--key", f"{source_name}/note-0.txt"]
+
+
 def op_spans(instance: dg.DagsterInstance, source_name: str) -> list[tuple[float, float, str]]:
     """(start, end, launcher) of every execution of an op writing the source's collection, in any run."""
     ops = {names.asset_op_name(source_name), names.sync_op_name(source_name), names.repair_op_name(source_name)}
@@ -147,9 +152,9 @@ def test_production_instance_syncs_through_sensors_and_backfills(
             wait_until(f"{name} indexed", lambda: chunks_of(chroma, f"{bucket}-{name}") == want, server.tail)  # noqa: B023
 
         # (b) Backfills launched as the UI does (GraphQL: Dagster's asset job, none of our tags): over the third
-        # source's keys, and over alpha's (registered by its poll sensor in (a)). Once alpha's backfill has made
-        # its runs, alpha gets the two other kinds of runs too: new objects for its poll sensor, and a run of
-        # `s3sync sync` executed in its own process, which the run queue never sees.
+        # source's keys, and over alpha's (registered by its poll sensor in (a)). Once a run of alpha's backfill
+        # is executing its op, alpha gets the two other kinds of runs too: new objects for its poll sensor, and a
+        # run of `s3sync sync` executed in its own process, which the run queue never sees.
         backfilled_keys = sorted(keys.to_partition_key(object_key) for object_key in files[BACKFILLED])
         for partition_key in backfilled_keys:
             assert (
@@ -163,16 +168,20 @@ def test_production_instance_syncs_through_sensors_and_backfills(
             for name in (BACKFILLED, CONTENDED)
         }
         wait_until(
-            f"{CONTENDED}'s backfill launched its runs",
-            lambda: instance.get_run_records(dg.RunsFilter(tags={BACKFILL_TAG: backfills[CONTENDED]})),
+            f"{CONTENDED}'s backfill executing its op",
+            lambda: any(
+                instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_START)
+                for record in instance.get_run_records(dg.RunsFilter(tags={BACKFILL_TAG: backfills[CONTENDED]}))
+            ),
             server.tail,
         )
         later = {f"{CONTENDED}/later-{n}.txt": f"{CONTENDED} later note {n}: {n + 7} jars\n" for n in range(2)}
         put(s3, bucket, dict(later))
         files[CONTENDED].update(later)
-        command = [sys.executable, "-m", "s3sync_dagster.cli", "sync", CONTENDED, "--key", f"{CONTENDED}/note-0.txt"]
         env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file), PYTHONPATH=str(REPO))
-        synced = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=WAIT_S)
+        synced = subprocess.run(
+            sync_command(CONTENDED), cwd=REPO, env=env, capture_output=True, text=True, timeout=WAIT_S
+        )
         assert synced.returncode == 0, synced.stdout + synced.stderr
         for name, runs in ((BACKFILLED, 2), (CONTENDED, 3)):  # keys_per_run 2 and 1
             backfill = server.wait_backfill(backfills[name])
@@ -217,7 +226,35 @@ def test_production_instance_syncs_through_sensors_and_backfills(
                 assert later_start >= earlier_end, (name, earlier, later, ops)
         assert {launcher for *_, launcher in op_spans(instance, CONTENDED)} == {"backfill", "poll", "s3sync sync"}
 
-        # (d) Everything went to PostgreSQL: Dagster's storages are dagster-postgres's, and no SQLite file exists.
+        # (d) The wait itself, for a run no queue sees: while another step holds beta's slot (the test claims
+        # it through the event log storage, as a run's step does), `s3sync sync beta` starts its run and its
+        # step waits on the pool, not started; freed, the step runs and the command succeeds.
+        pool, holder = names.pool_name("beta"), ("held-by-the-test", "holder")
+        if pool not in {limit.name for limit in instance.event_log_storage.get_pool_limits()}:  # a pool never used
+            instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
+        assert instance.event_log_storage.claim_concurrency_slot(pool, *holder).is_claimed
+        try:
+            waiting = subprocess.Popen(
+                sync_command("beta"), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+
+            def pending() -> list[str]:
+                steps = instance.event_log_storage.get_concurrency_info(pool).pending_steps
+                return [step.run_id for step in steps if step.run_id != holder[0] and step.assigned_timestamp is None]
+
+            wait_until(
+                "s3sync sync waiting on the pool, or done", lambda: pending() or waiting.poll() is not None, server.tail
+            )
+            assert pending(), "`s3sync sync beta` did not wait for the slot another step held"
+            (run_id,) = pending()
+            assert not instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+        finally:
+            instance.event_log_storage.free_concurrency_slot_for_step(*holder)
+        output, _ = waiting.communicate(timeout=WAIT_S)
+        assert waiting.returncode == 0, output
+        assert [launcher for *_, launcher in op_spans(instance, "beta")].count("s3sync sync") == 1
+
+        # (e) Everything went to PostgreSQL: Dagster's storages are dagster-postgres's, and no SQLite file exists.
         for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
             assert type(storage).__module__.startswith("dagster_postgres."), type(storage)
     assert sorted(path.relative_to(home) for path in home.rglob("*") if path.suffix in {".db", ".sqlite"}) == []
