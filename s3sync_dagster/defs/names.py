@@ -2,7 +2,8 @@
 
 A source `docs` has the asset `docs/documents` over the dynamic partitions `docs_objects` (one per object
 key), its checks, the jobs `docs_auto_sync` (its sensors' runs) and `docs_repair`, and the sensors
-`docs_sqs` and `docs_poll`. defs/source.py makes them all.
+`docs_sqs` and `docs_poll`, and every op of them that writes the collection is in the concurrency pool
+`s3sync_docs`. defs/source.py makes them all.
 """
 
 import dagster as dg
@@ -18,6 +19,12 @@ def documents_asset_key(source_name: str) -> dg.AssetKey:
 def asset_op_name(source_name: str) -> str:
     """The asset's op, under which a run's config carries the asset's (invocation) config."""
     return "__".join(documents_asset_key(source_name).path)
+
+
+def pool_name(source_name: str) -> str:
+    """The concurrency pool of the source's writing ops (asset, sync, repair): the instance's pool limit
+    (deploy/dagster.yaml: 1) holds every run of the source to it, whoever launched the run."""
+    return f"s3sync_{source_name}"
 
 
 def partitions_name(source_name: str) -> str:

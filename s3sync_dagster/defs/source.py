@@ -45,6 +45,8 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=source.keys_per_run),
         # Each key reports its own materialisation; the step itself yields no output.
         output_required=False,
+        # The run's tags are the launcher's (a UI backfill has none of ours): the pool is the op's own.
+        pool=names.pool_name(source.name),
     )
     def documents_asset(
         context: dg.AssetExecutionContext,
@@ -98,6 +100,7 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
     @dg.op(
         name=names.repair_op_name(source.name),
         description=f"Syncs the keys of source '{source.name}' that drifted from the bucket (its `drift` check).",
+        pool=names.pool_name(source.name),
     )
     def repair_keys(
         context: dg.OpExecutionContext,
@@ -121,6 +124,7 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
         @dg.op(
             name=names.sync_op_name(source.name),
             description=f"Syncs the given object keys of source '{source.name}' into Chroma.",
+            pool=names.pool_name(source.name),
         )
         def sync_keys(
             context: dg.OpExecutionContext,
