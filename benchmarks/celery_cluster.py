@@ -27,6 +27,7 @@ import yaml
 from benchmarks import common, postgres_server
 from s3sync_dagster import local_s3
 from s3sync_dagster.defs.executor import WORKER_APP
+from s3sync_dagster.defs.names import pool_name
 from s3sync_dagster.local_s3 import LOOPBACK, free_port
 
 REPO = common.REPO
@@ -253,6 +254,13 @@ class Cluster:
             DAGSTER_HOME=str(self.home),
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         )
+        if services.postgres is not None:
+            # The production instance holds a source to one step at a time (its pool, deploy/dagster.yaml);
+            # parallel workers on one source need the limit raised, as the README says.
+            subprocess.run(
+                [str(common.BIN / "dagster"), "instance", "concurrency", "set", pool_name("docs"), str(concurrent_runs)],
+                env=self.env, check=True, capture_output=True,
+            )  # fmt: skip
         self.workers: list[Worker] = []
         self.sync_log = workdir / "sync.json"
         self.sync: subprocess.Popen[bytes] | None = None
