@@ -132,7 +132,7 @@ def workers(workdir: Path, size: int = WORKERS_SIZE) -> dict[str, Any]:
         with LoadSampler() as load:
             run = throughput.run_dagster(config, base / "home")
         run.update(throughput.rates(run), load=load.summary())
-        runs["B: in-process runs, SQLite, embedded Chroma"] = run
+        runs["B: runs in the sync's process, SQLite, embedded Chroma"] = run
         log(f"B {size}: {run['seconds']:.1f} s")
     finally:
         server.stop()
@@ -206,8 +206,8 @@ def section_markdown(figures: dict[str, Any]) -> str:
             "",
             f"The section 1 corpus at {workers_figures['size']:,} objects, in runs of "
             f"{workers_figures['keys_per_run']} keys, synced four ways one after the other in one invocation "
-            "(`python -m benchmarks.cluster workers`): B, each run executed in its own process on the default "
-            "instance into embedded Chroma; then `s3sync sync --all` with `executor.celery` "
+            "(`python -m benchmarks.cluster workers`): B, its runs executed one after another in the `s3sync sync` "
+            "process on the default instance into embedded Chroma; then `s3sync sync --all` with `executor.celery` "
             f"({workers_figures['concurrent_runs']} runs in flight), steps on Celery workers ({hosts}, started "
             "before the sync; each loads the model on its first step) writing to a `chroma run` server, the "
             "instance on PostgreSQL (deploy/dagster.yaml) or on SQLite files (the repo's dagster.yaml).",
