@@ -212,6 +212,7 @@ class Cluster:
         batch: int,
         concurrent_runs: int = 4,
         visibility_timeout_s: int = 20,
+        source_settings: Mapping[str, Any] | None = None,
     ) -> None:
         import boto3
 
@@ -220,7 +221,7 @@ class Cluster:
         bucket = f"s3sync-celery-{os.getpid()}-{len(files)}-{free_port()}"
         s3 = boto3.client("s3", endpoint_url=services.s3_endpoint, region_name="us-east-1")
         common.fill_bucket(s3, bucket, files)
-        self.collection_name = f"{bucket}-docs"
+        self.bucket, self.collection_name = bucket, f"{bucket}-docs"
         config = {
             "chroma": {"host": services.address, "port": services.chroma_port},
             "executor": {
@@ -239,12 +240,14 @@ class Cluster:
                     "endpoint_url": services.s3_endpoint,
                     "aws_access_key_id": {"env": common.KEY_ID_VAR},
                     "aws_secret_access_key": {"env": common.SECRET_VAR},
+                    **(source_settings or {}),  # e.g. poll_interval_seconds, keys_per_run
                 }
             ],
         }
         workdir.mkdir(parents=True, exist_ok=True)
         config_path = workdir / "s3sync.yaml"
         config_path.write_text(yaml.safe_dump(config))
+        self.config_path = config_path
         settings = common.DEPLOY_SETTINGS if services.postgres is not None else common.REPO / "dagster.yaml"
         self.home = common.dagster_home(workdir / "dagster_home", settings)
         self.env = dict(
@@ -274,6 +277,20 @@ class Cluster:
         for worker in self.workers:
             wait_until(f"worker {worker.name}", worker.ready, worker.process, 120)
         return self.workers
+
+    def served_env(self) -> dict[str, str]:
+        """What Dagster's own processes (webserver, daemon, their run workers) need beyond DAGSTER_HOME and
+        S3SYNC_CONFIG, which benchmarks.dagster_server sets: the instance's database, this checkout first."""
+        given = {"DAGSTER_HOME", "S3SYNC_CONFIG"}
+        return {name: value for name, value in self.env.items() if name not in given and os.environ.get(name) != value}
+
+    def cli(self, *argv: str) -> str:
+        """`s3sync ARGV...` on this cluster's config and instance; its output, or an error naming the command."""
+        done = subprocess.run([sys.executable, "-m", "s3sync_dagster.cli", *argv], cwd=self.workdir, env=self.env,
+                              capture_output=True, timeout=WAIT_S)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"s3sync {' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()[-3000:]}")
+        return done.stdout.decode()
 
     def start_sync(self) -> subprocess.Popen[bytes]:
         """`s3sync sync docs --all`, its JSON report in a file."""

@@ -1,8 +1,11 @@
 """The Celery app s3sync's workers serve: `celery -A s3sync_dagster.celery_worker worker --pool solo`.
 
 The config file is found as the CLI finds it ($S3SYNC_CONFIG, else ./s3sync.yaml); its `executor.celery`
-names the broker. The task is dagster-celery's own: it rebuilds the run's job from this package
-(definitions.documents_job) and executes the step it was sent, writing events to the run's instance.
+names the broker. The task is dagster-celery's own: it rebuilds the run's job from the pointer the run
+carries and executes the step it was sent, writing events to the run's instance. The pointer is this
+package's either way: definitions.documents_job for `s3sync sync`'s runs, the code location's `defs`
+(module s3sync_dagster.definitions) for runs the daemon launches; both read this same config file, so a
+worker must be given the config the code location loads.
 """
 
 from __future__ import annotations

@@ -33,9 +33,12 @@ def defs() -> dg.Definitions:
 def documents_job(source_name: str) -> dg.JobDefinition:
     """The job of one source's documents asset, from the config file ($S3SYNC_CONFIG, else ./s3sync.yaml).
 
-    What runs executed through Celery are rebuilt from (`dg.build_reconstructable_job`): each worker calls
-    this in its own process, on the same config file. The implicit asset job cannot be: Dagster refuses
-    to put a job of that reserved name into the repository a reconstructed job needs.
+    What the runs of `s3sync sync` executed through Celery are rebuilt from (`dg.build_reconstructable_job`):
+    each worker calls this in its own process, on the same config file. The implicit asset job cannot be:
+    Dagster refuses to put a job of that reserved name into the repository a reconstructed job needs.
+    Runs the daemon launches (sensors, UI backfills) need none of this: their pointer is the code
+    location's (`defs` above, through workspace.yaml), whose repository holds the implicit asset job and the
+    sensors' jobs, and a worker rebuilds the job from it (test_celery_daemon.py).
     """
     documents = dg.define_asset_job(documents_job_name(source_name), selection=[documents_asset_key(source_name)])
     merged = dg.Definitions.merge(build_definitions(load_config()), dg.Definitions(jobs=[documents]))
