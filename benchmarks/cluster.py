@@ -10,7 +10,8 @@ section 1 corpus at 500 objects and at 10,000, one after the other in this one i
 ratio of their rates says what scale alone costs. About 75 minutes on 2 cores; hence a part of its own,
 run when the machine is otherwise idle, and read into RESULTS.md by `benchmarks.run --cluster-json`.
 
-Each part writes its figures into FILE under its own name, keeping the other part's, and (re)writes
+Each part writes its figures into FILE under its own name, keeping the other part's (a part's "remarks",
+added by hand, say what the figures cannot: what else ran beside them), and (re)writes
 section 10 of benchmarks/RESULTS.md from FILE; `benchmarks.run` carries the section over as it is.
 """
 
@@ -186,14 +187,18 @@ def section_markdown(figures: dict[str, Any]) -> str:
                 f"{large['size']:,} objects against {small['size']:,}: {large['chunks_s'] / small['chunks_s']:.2f}x "
                 f"the chunks/s and {large['objects_s'] / small['objects_s']:.2f}x the objects/s.",
             ]
-        timings = runs[-1]["timings"]
-        total = sum(timings.values()) or 1.0
+        if bulk_figures.get("remarks"):
+            lines += ["", bulk_figures["remarks"]]
         lines += [
             "",
-            f"Where the {runs[-1]['size']:,}-object run's key time went (the per-key timers): "
-            + ", ".join(f"{step} {value / total * 100:.0f}%" for step, value in timings.items() if value)
-            + ".",
+            "Where each run's key time went (the per-key timers; embedding is the model, Chroma reads, writes and "
+            "the settle re-check grow with the collection):",
+            "",
         ]
+        for run in runs:
+            total = sum(run["timings"].values()) or 1.0
+            shares = ", ".join(f"{step} {value / total * 100:.0f}%" for step, value in run["timings"].items() if value)
+            lines.append(f"- {run['size']:,} objects: {shares}.")
     workers_figures = figures.get("workers")
     if workers_figures:
         measured, runs = workers_figures["measured"], workers_figures["runs"]
@@ -235,6 +240,8 @@ def section_markdown(figures: dict[str, Any]) -> str:
         if two:
             ratios.append(f"two workers on PostgreSQL against B: {b_run['seconds'] / two['seconds']:.2f}x")
         lines += ["", "; ".join(ratios) + "."]
+        if workers_figures.get("remarks"):
+            lines += ["", workers_figures["remarks"]]
     return "\n".join(lines)
 
 
