@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.documents import DEFAULT_MAX_PAGES, DocumentOptions
@@ -318,6 +327,12 @@ class SourceConfig(_Model):
     # A regular expression with a named group `container_tag`, matched against each object key; the
     # group's text is stored as the chunks' `container_tag` metadata (Supermemory's dynamic tags).
     container_tag_regex: str | None = None
+    # Where this source's .meta.json files and invocations may send chunks besides its own collection: globs
+    # on collection names (absent: any collection no other configured source writes). A collection another
+    # source writes is never allowed, whatever the globs say.
+    target_collections: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # The collections the other sources of the same config write, by name -> their source (set by AppConfig).
+    _collection_owners: dict[str, str] = PrivateAttr(default_factory=dict)
 
     _literal = field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before")(
         _secret_must_be_env_ref
@@ -374,7 +389,18 @@ class SourceConfig(_Model):
             document_options=dataclasses.replace(documents or DocumentOptions(), max_pages=self.max_document_pages),
             container_tag_regex=self.container_tag_regex,
             auto_sync=self.auto_sync,
+            collection_owners=tuple(sorted(self._collection_owners.items())),
+            target_collections=tuple(self.target_collections),
         )
+
+    @property
+    def other_sources(self) -> frozenset[str]:
+        """The names of the config's other sources."""
+        return frozenset(self._collection_owners.values())
+
+    def set_collection_owners(self, owners: dict[str, str]) -> None:
+        """Which source writes which collection, over the whole config: the others' are never this one's."""
+        self._collection_owners = {name: owner for name, owner in owners.items() if owner != self.name}
 
     @model_validator(mode="after")
     def _credentials_in_pairs(self) -> SourceConfig:
@@ -439,6 +465,8 @@ class AppConfig(_Model):
                     f"sources '{other}' and '{source.name}' both write collection '{source.collection_name}'; "
                     "give each source its own collection"
                 )
+        for source in self.sources:
+            source.set_collection_owners(writers)
         return self
 
     @model_validator(mode="after")

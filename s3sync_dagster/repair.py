@@ -48,6 +48,39 @@ def delete_unselected(
     return deleted
 
 
+def delete_foreign(chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig) -> dict[str, int]:
+    """Delete the chunks the config's other sources wrote into this source's own collection, where none of
+    them may write (so the source's documents can be restored under their own ids); by writing source."""
+    others = source.other_sources
+    collection = chroma.collection(source.collection_name, embedding)
+    deleted: dict[str, int] = {}
+    ids: list[str] = []
+    where: Any = {"source": {"$ne": source.name}}
+    page_size, offset = index.max_batch_size(collection), 0
+    while True:
+        found = collection.get(where=where, include=["metadatas"], limit=page_size, offset=offset)
+        for chunk_id, metadata in zip(found["ids"], found["metadatas"] or [], strict=True):
+            writer = (metadata or {}).get("source")
+            if writer in others:
+                ids.append(chunk_id)
+                deleted[writer] = deleted.get(writer, 0) + 1
+        if len(found["ids"]) < page_size:
+            break
+        offset += page_size
+    index.delete_ids(collection, ids)
+    return deleted
+
+
+def delete_misplaced(
+    chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig, collection_names: list[str]
+) -> int:
+    """Delete the source's own chunks from collections it may not write (another source's)."""
+    return sum(
+        index.delete_where(chroma.collection(name, embedding, create=False), {"source": source.name})
+        for name in collection_names
+    )
+
+
 def repair_drift(
     context: dg.OpExecutionContext,
     source: SourceConfig,
@@ -60,10 +93,24 @@ def repair_drift(
 ) -> None:
     """The repair job's run: the given keys (else what an audit finds) are synced, unselected chunks deleted."""
     object_keys, unselected = config.object_keys, config.unselected
+    misplaced, foreign = config.misplaced, config.foreign
     if object_keys is None:
         drift = drift_of(source, context.instance, s3.client(source.name), chroma, embedding)
         context.log.info(drift.summary())
         object_keys, unselected = drift.to_sync(), drift.unselected
+        misplaced, foreign = sorted(drift.misplaced), bool(drift.foreign)
+    if foreign:
+        with chroma.write_lock():
+            by_writer = delete_foreign(chroma, embedding, source)
+        shown = ", ".join(f"{n} of source '{writer}'" for writer, n in sorted(by_writer.items())) or "none"
+        context.log.info(f"deleted chunks other sources wrote into collection '{source.collection_name}': {shown}")
+    if misplaced:
+        with chroma.write_lock():
+            deleted = delete_misplaced(chroma, embedding, source, misplaced)
+        context.log.info(
+            f"deleted {deleted} chunk(s) of source '{source.name}' from collection(s) it may not write: "
+            + ", ".join(misplaced)
+        )
     if unselected:
         with chroma.write_lock():
             deleted = delete_unselected(chroma, embedding, source, unselected)
@@ -126,7 +173,11 @@ def repair(config: AppConfig, source_name: str, instance: dg.DagsterInstance) ->
     to_sync = before.to_sync()
     job = build_definitions(config).get_job_def(repair_job_name(source_name))
     execution = job.execute_in_process(
-        instance=instance, run_config=repair_run_config(source_name, to_sync, before.unselected), raise_on_error=False
+        instance=instance,
+        run_config=repair_run_config(
+            source_name, to_sync, before.unselected, sorted(before.misplaced), bool(before.foreign)
+        ),
+        raise_on_error=False,
     )
     result.run_id, result.success, result.synced = execution.run_id, execution.success, len(to_sync)
     result.reports = reports_of(instance, execution.run_id)

@@ -96,7 +96,7 @@ def drifted(
         metadatas=[foreign],
         embeddings=embedding_function(["a chunk of nothing"]),
     )
-    # Another source's chunk of a key this bucket lacks is not this source's drift.
+    # A chunk of a source this config does not know (another project on the store) is not this source's drift.
     other = {"object_key": "a/theirs.txt", "source": "other", "etag": "1" * 32}
     collection.add(ids=["theirs-0"], documents=["theirs"], metadatas=[other], embeddings=embedding_function(["theirs"]))
     return config, path, synced
@@ -137,7 +137,7 @@ def test_repair_fixes_exactly_the_drift_and_the_check_says_so(
     code = cli.main(["repair", "docs", "--config", str(path), "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == cli.EXIT_OK, payload
-    assert payload["before"]["counts"] == {"missing": 1, "stale": 1, "orphaned": 2}
+    assert payload["before"]["counts"] == {"missing": 1, "stale": 1, "orphaned": 2, "foreign": 0, "misplaced": 0}
     assert payload["after"]["clean"] is True
     statuses = {r["object_key"]: r["status"] for r in payload["reports"]}
     assert statuses == {
@@ -199,7 +199,9 @@ def test_metadata_mode_audits_orphans_only(
     )
     assert not sync(config, "docs", instance, ["a/doc.meta.json"]).failed
     put(s3, bucket, {"a/unnamed.txt": "no meta file names me\n"})
-    assert _drift(config, instance, s3).counts() == {"missing": None, "stale": None, "orphaned": 0}
+    assert _drift(config, instance, s3).counts() == {
+        "missing": None, "stale": None, "orphaned": 0, "foreign": 0, "misplaced": 0
+    }  # fmt: skip
     s3.delete_object(Bucket=bucket, Key="a/doc.meta.json")
     drift = _drift(config, instance, s3)
     assert drift.orphaned == ["a/doc.meta.json"] and drift.to_sync() == ["a/doc.meta.json"]

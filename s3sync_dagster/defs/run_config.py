@@ -38,17 +38,24 @@ class RepairConfig(dg.Config):
     # None: audit first and repair what it finds. A list (what `s3sync repair` passes): sync these keys.
     object_keys: list[str] | None = None
     unselected: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
+    # Collections where the source's chunks are deleted: it may not write there (another source's).
+    misplaced: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
+    foreign: bool = False  # delete the chunks other sources wrote into the source's own collection
 
 
 def sync_run_config(source_name: str, object_keys: list[str]) -> dg.RunConfig:
     return dg.RunConfig(ops={sync_op_name(source_name): SyncKeysConfig(object_keys=object_keys)})
 
 
-def repair_run_config(source_name: str, object_keys: list[str], unselected: list[str]) -> dg.RunConfig:
-    return dg.RunConfig(
-        ops={repair_op_name(source_name): RepairConfig(object_keys=object_keys, unselected=unselected)},
-        loggers=QUIET_LOGGERS,
-    )
+def repair_run_config(
+    source_name: str,
+    object_keys: list[str],
+    unselected: list[str],
+    misplaced: list[str] | None = None,
+    foreign: bool = False,
+) -> dg.RunConfig:
+    config = RepairConfig(object_keys=object_keys, unselected=unselected, misplaced=misplaced or [], foreign=foreign)
+    return dg.RunConfig(ops={repair_op_name(source_name): config}, loggers=QUIET_LOGGERS)
 
 
 def invocation_run_config(

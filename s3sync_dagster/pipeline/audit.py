@@ -58,16 +58,23 @@ class Drift:
     empty: int = 0  # listed objects without chunks because their last sync found no text at this ETag
     collections: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # list, chroma, join
+    # Chunks other sources wrote into this source's own collection, by writing source (a repair removes them).
+    foreign: dict[str, int] = field(default_factory=dict)
+    # This source's chunks in collections it may not write, by collection (a repair removes them).
+    misplaced: dict[str, int] = field(default_factory=dict)
+    incomplete: int = 0  # of the stale documents, those missing some of their chunks (or holding extra ones)
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.stale or self.orphaned)
+        return not (self.missing or self.stale or self.orphaned or self.foreign or self.misplaced)
 
     def counts(self) -> dict[str, int | None]:
         return {
             "missing": None if self.missing is None else len(self.missing),
             "stale": None if self.stale is None else len(self.stale),
             "orphaned": len(self.orphaned),
+            "foreign": sum(self.foreign.values()),
+            "misplaced": sum(self.misplaced.values()),
         }
 
     def to_sync(self) -> list[str]:
@@ -93,23 +100,29 @@ def listing_frame(s3: S3Client, target: SourceSpec) -> pd.DataFrame:
         object_keys.append(info.object_key)
         etags.append(info.etag)
         selected.append(objects.key_selected(info.object_key, target.path_prefix, target.include, target.exclude))
-    return pd.DataFrame({"object_key": object_keys, "etag": etags, "selected": selected})
+    # Typed, so an empty prefix is an empty frame of the same columns, not one pandas cannot join.
+    return pd.DataFrame(
+        {
+            "object_key": pd.Series(object_keys, dtype="object"),
+            "etag": pd.Series(etags, dtype="object"),
+            "selected": pd.Series(selected, dtype="bool"),
+        }
+    )
 
 
-_CHUNK_COLUMNS = ["object_key", "metadata_key", "etag", "home"]
+_CHUNK_COLUMNS = ["collection", "object_key", "metadata_key", "document_id", "etag", "chunk_count"]
 
 
 def chunk_frame(collections: Iterable[Collection], target: SourceSpec) -> pd.DataFrame:
-    """The source's chunks as distinct (object_key, metadata_key, etag, home) rows with a chunk count.
+    """The source's chunks as distinct (collection, object_key, metadata_key, document_id, etag, chunk_count)
+    rows with how many chunks each has.
 
-    `home` says the chunks lie in the source's own collection. Paged at the client's batch size and
-    folded page by page, so a frame never holds a row per chunk.
+    Paged at the client's batch size and folded page by page, so a frame never holds a row per chunk.
     """
     import pandas as pd
 
     folded: list[pd.DataFrame] = []
     for collection in collections:
-        home = collection.name == target.collection_name
         page_size = index.max_batch_size(collection)
         offset = 0
         while True:
@@ -118,10 +131,12 @@ def chunk_frame(collections: Iterable[Collection], target: SourceSpec) -> pd.Dat
             if metadatas:
                 rows = pd.DataFrame(
                     {
+                        "collection": collection.name,
                         "object_key": [str(m.get("object_key", "")) for m in metadatas],
                         "metadata_key": [str(m.get("metadata_key") or "") for m in metadatas],
+                        "document_id": [str(m.get("document_id", "")) for m in metadatas],
                         "etag": [str(m.get("etag", "")) for m in metadatas],
-                        "home": home,
+                        "chunk_count": [_count(m.get("chunk_count")) for m in metadatas],
                     }
                 )
                 folded.append(rows.groupby(_CHUNK_COLUMNS, sort=False).size().rename("chunks").reset_index())
@@ -129,10 +144,49 @@ def chunk_frame(collections: Iterable[Collection], target: SourceSpec) -> pd.Dat
                 break
             offset += page_size
     if not folded:
-        return pd.DataFrame({**{column: pd.Series(dtype="str") for column in _CHUNK_COLUMNS}, "chunks": []})
+        return _empty_chunk_frame()
     frame = pd.concat(folded, ignore_index=True)
-    frame["home"] = frame["home"].astype(bool)
     return frame.groupby(_CHUNK_COLUMNS, sort=False)["chunks"].sum().reset_index()
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
+def _empty_chunk_frame() -> pd.DataFrame:
+    import pandas as pd
+
+    columns = {column: pd.Series(dtype="object") for column in _CHUNK_COLUMNS}
+    return pd.DataFrame({**columns, "chunk_count": pd.Series(dtype="int64"), "chunks": pd.Series(dtype="int64")})
+
+
+def foreign_chunks(collection: Collection, target: SourceSpec) -> dict[str, int]:
+    """Chunks another configured source wrote into this source's own collection (where none of them may
+    write), counted by the source that wrote them. A writer the config does not know (another project on
+    the same store) is not judged here."""
+    others = target.other_sources
+    found: dict[str, int] = {}
+    page_size = index.max_batch_size(collection)
+    offset = 0
+    while True:
+        where: Any = {"source": {"$ne": target.name}}
+        page = collection.get(where=where, include=["metadatas"], limit=page_size, offset=offset)
+        for metadata in page["metadatas"] or []:
+            writer = (metadata or {}).get("source")
+            if writer in others:
+                found[writer] = found.get(writer, 0) + 1
+        if len(page["ids"]) < page_size:
+            break
+        offset += page_size
+    return found
+
+
+def _may_write(target: SourceSpec, collection_name: str) -> bool:
+    try:
+        target.check_target(collection_name, f"source '{target.name}'")
+    except ValueError:
+        return False
+    return True
 
 
 def join(
@@ -140,13 +194,24 @@ def join(
     chunks: pd.DataFrame,
     target: SourceSpec,
     known_empty: EmptyLookup | None = None,
+    foreign: Mapping[str, int] | None = None,
 ) -> Drift:
     """Missing, stale and orphaned keys from the two frames (see the module's docstring for the rules)."""
+    if chunks.empty:
+        chunks = _empty_chunk_frame()
     chunks = chunks.assign(
-        partition=chunks["metadata_key"].where(chunks["metadata_key"] != "", chunks["object_key"]),
+        partition=chunks["metadata_key"].where(chunks["metadata_key"] != "", chunks["object_key"]).astype("object"),
+        home=chunks["collection"] == target.collection_name,
     )
+    # Chunks in a collection the source may not write (another source's, or outside its target_collections)
+    # are deleted, never synced: no sync of the source could bring them up to date there.
+    allowed = {name: _may_write(target, name) for name in set(chunks["collection"])}
+    placed = chunks["collection"].map(allowed).astype(bool) if len(chunks) else chunks["home"]
+    misplaced_rows = chunks[~placed]
+    misplaced = {str(name): int(n) for name, n in misplaced_rows.groupby("collection")["chunks"].sum().items()}
+    chunks = chunks[placed]
     # The document's listing entry (any object under the prefix) and the partition's (selected or not).
-    present = listing[["object_key", "etag", "selected"]]
+    present = listing[["object_key", "etag", "selected"]].astype({"object_key": "object", "etag": "object"})
     with_document = chunks.merge(
         present[["object_key", "etag"]].rename(columns={"etag": "listed_etag"}),
         on="object_key",
@@ -164,7 +229,7 @@ def join(
     document_gone = with_both["document"] == "left_only"
     partition_gone = with_both["partition_listed"] == "left_only"
     gone = document_gone | partition_gone
-    outside = ~with_both["partition"].str.startswith(target.path_prefix)
+    outside = ~with_both["partition"].astype(str).str.startswith(target.path_prefix)
     if target.metadata_mode:
         unselected = ~gone & outside
     else:
@@ -176,18 +241,28 @@ def join(
     gone &= ~outside
     orphaned = sorted(set(with_both.loc[gone | unselected, "partition"]))
     unselected_keys = sorted(set(with_both.loc[unselected, "partition"]) - set(with_both.loc[gone, "partition"]))
-    chunk_total = int(chunks["chunks"].sum())
+    chunk_total = int(chunks["chunks"].sum()) + sum(misplaced.values())
     selected_listing = listing[listing["selected"]]
     indexed_partitions = set(chunks["partition"])
     indexed = int(selected_listing["object_key"].isin(indexed_partitions).sum())
     if target.metadata_mode:
         return Drift(
-            target.name, True, len(selected_listing), chunk_total, indexed, None, None, orphaned, unselected_keys
-        )
+            target.name, True, len(selected_listing), chunk_total, indexed, None, None, orphaned, unselected_keys,
+            foreign=dict(foreign or {}), misplaced=misplaced,
+        )  # fmt: skip
 
     live = with_both[~gone & ~unselected]
     comparable = live[live["home"] | (live["metadata_key"] != "")]
-    stale = sorted(set(comparable.loc[comparable["etag"] != comparable["listed_etag"], "partition"]))
+    stale_etag = set(comparable.loc[comparable["etag"] != comparable["listed_etag"], "partition"])
+    # A document missing some of its chunks (or holding more than it says): each chunk records how many
+    # its document has, so the chunks present in one collection under one id must be exactly that many.
+    per_document = comparable.groupby(["collection", "document_id", "partition"], sort=False).agg(
+        present=("chunks", "sum"), low=("chunk_count", "min"), high=("chunk_count", "max")
+    )
+    incomplete = per_document[
+        (per_document["present"] != per_document["high"]) | (per_document["low"] != per_document["high"])
+    ]
+    stale = sorted(stale_etag | set(incomplete.index.get_level_values("partition")))
 
     unindexed = selected_listing[~selected_listing["object_key"].isin(indexed_partitions)]
     empty_at = dict(known_empty(list(unindexed["object_key"]))) if known_empty is not None and len(unindexed) else {}
@@ -207,6 +282,9 @@ def join(
         orphaned,
         unselected_keys,
         empty=sum(excused),
+        foreign=dict(foreign or {}),
+        misplaced=misplaced,
+        incomplete=len(incomplete),
     )
 
 
@@ -227,9 +305,12 @@ def audit(
             read.append(collection.name)
             yield collection
 
+    collections = list(collections)
     chunks = chunk_frame(reading(), target)
+    home = [collection for collection in collections if collection.name == target.collection_name]
+    foreign = foreign_chunks(home[0], target) if home else {}
     chroma = time.perf_counter()
-    drift = join(listing, chunks, target, known_empty)
+    drift = join(listing, chunks, target, known_empty, foreign)
     drift.collections = read
     drift.seconds = {
         "list": listed - started,

@@ -82,9 +82,12 @@ class StoredChunk:
     metadata: Mapping[str, Any]
 
 
-def stored_chunks(collection: Collection, object_key: str, with_text: bool = True) -> dict[str, StoredChunk]:
+def stored_chunks(
+    collection: Collection, object_key: str, source: str, with_text: bool = True
+) -> dict[str, StoredChunk]:
+    """The chunks one source wrote for an object: another source's chunks of a same-named key are not its own."""
     include: list[Any] = ["metadatas", "documents"] if with_text else ["metadatas"]
-    found = collection.get(where={"object_key": object_key}, include=include)
+    found = collection.get(where={"$and": [{"object_key": object_key}, {"source": source}]}, include=include)
     no_text: list[str | None] = [None] * len(found["ids"])
     documents: list[str | None] = list(found.get("documents") or no_text)
     metadatas = found.get("metadatas") or [{}] * len(found["ids"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import re
@@ -50,10 +51,38 @@ class SourceSpec:
     # metadata: only .meta.json files index (each is its own document); a document's own sync only
     # brings the metadata files naming it up to date.
     auto_sync: Literal["none", "direct", "metadata"] = "none"
+    # Tenancy: each collection another configured source writes (collection name, that source's name), never
+    # this source's to write; and globs narrowing where its metadata files and invocations may send chunks.
+    collection_owners: tuple[tuple[str, str], ...] = ()
+    target_collections: tuple[str, ...] = ()
 
     @property
     def metadata_mode(self) -> bool:
         return self.auto_sync == "metadata"
+
+    @property
+    def other_sources(self) -> frozenset[str]:
+        """The other sources of the config (each writes one collection)."""
+        return frozenset(owner for _, owner in self.collection_owners) - {self.name}
+
+    def check_target(self, collection_name: str, what: str) -> None:
+        """A source writes to its own collection, and to others only if no other source owns them and
+        they match its `target_collections` globs (when given); errors name the asker, the sources and the rule."""
+        if collection_name == self.collection_name:
+            return
+        owner = dict(self.collection_owners).get(collection_name)
+        if owner is not None and owner != self.name:
+            raise ValueError(
+                f"{what}: collection '{collection_name}' belongs to source '{owner}'; source '{self.name}' may "
+                f"write only to its own collection '{self.collection_name}' and to collections no other source owns"
+            )
+        if self.target_collections and not any(
+            fnmatch.fnmatchcase(collection_name, pattern) for pattern in self.target_collections
+        ):
+            raise ValueError(
+                f"{what}: collection '{collection_name}' is not in source '{self.name}' target_collections "
+                f"({', '.join(self.target_collections)}); besides its own collection, a source writes only there"
+            )
 
     @property
     def chunking_signature(self) -> str:
@@ -171,6 +200,7 @@ class Invocation:
         index.validate_user_metadata(self.metadata, f"object '{object_key}'")
         if self.target_collection_name is not None:
             keys.validate_collection_name(self.target_collection_name, f"object '{object_key}' target collection")
+            spec.check_target(self.target_collection_name, f"object '{object_key}'")
 
 
 def check_key_in_source(spec: SourceSpec, object_key: str) -> None:
@@ -194,6 +224,7 @@ class _Fetched:
     custom_id: str | None
     had_chunks: bool
     started: float
+    source: str  # the source syncing it: the only one whose chunks it may replace
     meta_key: str | None = None
 
 
@@ -229,6 +260,7 @@ def fetch(
         keys.validate_custom_id(custom_id)
     metadata = index.validate_user_metadata(user_metadata or {}, f"object '{object_key}'")
     collection_name = target_collection_name or spec.collection_name
+    spec.check_target(collection_name, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'")
     collection = collection_for(collection_name)
     report = KeyReport(object_key=object_key, status="indexed", collection_name=collection_name)
 
@@ -245,7 +277,7 @@ def fetch(
 
     document_id = custom_id or keys.object_id(object_key)
     signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
-    stored = _own_chunks(index.stored_chunks(collection, object_key, with_text=False), meta_key)
+    stored = _own_chunks(index.stored_chunks(collection, object_key, spec.name, with_text=False), meta_key)
     mark = _lap(report, "chroma_read", mark)
     if index.is_current(stored, document_id, info.etag, signature):
         report.status = "unchanged"
@@ -259,6 +291,10 @@ def fetch(
         report.message = "empty at this ETag: nothing read or written"
         report.duration_s = time.perf_counter() - started
         return report
+    if collection_name != spec.collection_name:
+        check_id_free(
+            collection, spec, document_id, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'"
+        )
 
     try:
         data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
@@ -268,8 +304,9 @@ def fetch(
         return _removed(report, spec, collection_for, started)
     _lap(report, "s3_read", mark)
     return _Fetched(
-        report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started, meta_key
-    )
+        report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started,
+        spec.name, meta_key,
+    )  # fmt: skip
 
 
 MAX_META_FILE_BYTES = 1024 * 1024
@@ -313,6 +350,7 @@ def _fetch_by_meta_file(
     meta = events.parse_meta_file(meta_key, data, spec.path_prefix)
     # A metadata file that now names another path or collection: what it asked for before goes.
     target = meta.target_collection_name or spec.collection_name
+    spec.check_target(target, f"metadata file '{meta_key}'")  # before anything is deleted: a refusal changes nothing
     for collection in _searchable(collection_for, target):
         conditions: list[dict[str, Any]] = [{"metadata_key": meta_key}, {"source": spec.name}]
         if collection.name == target:
@@ -334,34 +372,57 @@ def _asked_for_by(spec: SourceSpec, meta_key: str) -> dict[str, Any]:
     return {"$and": [{"metadata_key": meta_key}, {"source": spec.name}]}
 
 
-def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, meta: events.MetaFile) -> None:
-    """One id, one document: a metadata file may not take over the chunks of another that still exists.
-
-    Chunks under this id left by a metadata file that is gone (or by an invocation) are replaced.
-    """
-    found = collection.get(where={"document_id": meta.document_id}, include=["metadatas"])
-    others = {
-        str((metadata or {}).get("metadata_key") or "")
-        for metadata in found.get("metadatas") or []
-        if (metadata or {}).get("metadata_key") != meta.meta_key
-    }
-    for other in sorted(others - {""}):
-        try:
-            objects.head_object(s3, spec.bucket_name, other)
-        except objects.ObjectMissing:
-            continue
+def check_id_free(collection: Collection, spec: SourceSpec, document_id: str, what: str) -> None:
+    """A source never takes the id of another source's document: its chunks would replace theirs."""
+    where: Any = {"$and": [{"document_id": document_id}, {"source": {"$ne": spec.name}}]}
+    found = collection.get(where=where, include=["metadatas"], limit=1)
+    if found["ids"]:
+        other = str(((found.get("metadatas") or [{}])[0] or {}).get("source", "?"))
         raise ValueError(
-            f"metadata file '{meta.meta_key}': id '{meta.document_id}' is already the id of the document of "
-            f"metadata file '{other}' in collection '{collection.name}'; each metadata file is its own document "
-            "and needs its own id"
+            f"{what}: id '{document_id}' in collection '{collection.name}' is the id of a document of source "
+            f"'{other}'; source '{spec.name}' replaces or deletes only its own chunks, so it may not take that id"
         )
-    if others:
-        stale = [
-            chunk_id
-            for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [], strict=True)
-            if (metadata or {}).get("metadata_key") != meta.meta_key
-        ]
-        collection.delete(ids=stale)
+
+
+def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, meta: events.MetaFile) -> None:
+    """One id, one document: a metadata file may not take over the chunks of another document that still exists.
+
+    Whose chunks hold the id decides, wherever that document lives: another source's are never taken (in
+    this source's own collection, where no other source may write, they are an intrusion and replaced);
+    this source's are taken only when the document that wrote them is gone (its metadata file, or, for
+    chunks an object's own sync wrote, the object) or when an invocation wrote them.
+    """
+    what = f"metadata file '{meta.meta_key}'"
+    found = collection.get(where={"document_id": meta.document_id}, include=["metadatas"])
+    stale: list[str] = []
+    for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [], strict=True):
+        metadata = metadata or {}
+        other_meta = str(metadata.get("metadata_key") or "")
+        if metadata.get("source") != spec.name:
+            if collection.name != spec.collection_name:
+                check_id_free(collection, spec, meta.document_id, what)
+            stale.append(chunk_id)
+            continue
+        if other_meta == meta.meta_key:
+            continue
+        # An object's own chunks, in metadata mode, are leftovers: that mode indexes documents only through
+        # their metadata files (the object's next sync removes them anyway).
+        direct = not metadata.get("custom_id") and not spec.metadata_mode
+        claimer = other_meta or (str(metadata.get("object_key") or "") if direct else None)
+        if claimer:
+            try:
+                objects.head_object(s3, str(metadata.get("bucket_name") or spec.bucket_name), claimer)
+            except objects.ObjectMissing:
+                stale.append(chunk_id)
+                continue
+            kind = f"metadata file '{claimer}'" if other_meta else f"object '{claimer}'"
+            raise ValueError(
+                f"{what}: id '{meta.document_id}' is already the id of the document of {kind} in collection "
+                f"'{collection.name}'; each metadata file is its own document and needs its own id"
+            )
+        stale.append(chunk_id)
+    if stale:
+        index.delete_ids(collection, stale)
 
 
 def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extract.Extracted:
@@ -462,7 +523,9 @@ def write(prepared: _Prepared, embed: index.Embedder) -> KeyReport:
     mark = time.perf_counter()
     object_key = fetched.report.document_key or fetched.report.object_key
     full_stored = (
-        _own_chunks(index.stored_chunks(fetched.collection, object_key, with_text=True), fetched.meta_key)
+        _own_chunks(
+            index.stored_chunks(fetched.collection, object_key, fetched.source, with_text=True), fetched.meta_key
+        )
         if fetched.had_chunks
         else {}
     )
