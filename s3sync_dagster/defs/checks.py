@@ -235,6 +235,9 @@ def drift_check(
             "missing_count": counts["missing"] if counts["missing"] is not None else "n/a (metadata mode)",
             "stale_count": counts["stale"] if counts["stale"] is not None else "n/a (metadata mode)",
             "orphaned_count": counts["orphaned"],
+            # Tenancy: chunks of other sources in this source's collection, and its own where it may not write.
+            "foreign_chunks": dict(found.foreign),
+            "misplaced_chunks": dict(found.misplaced),
             "drift": drift_table(found),
             "collections": found.collections,
             "seconds": {step: round(seconds, 3) for step, seconds in found.seconds.items()},

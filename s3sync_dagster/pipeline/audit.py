@@ -9,12 +9,18 @@ Which chunks count:
   named the document, else its own `object_key`.
 - A listed key is *missing* when no chunk of the source (in any collection) belongs to it, unless
   its last sync found no text at this very ETag (`empty`: such objects legitimately have no chunks).
-- A key is *stale* when a chunk of its document carries another ETag than the listing. Chunks an
+- A key is *stale* when a chunk of its document carries another ETag than the listing, or when its
+  document lacks some of its chunks (each chunk records its document's `chunk_count`; the chunks under
+  one id in one collection must be exactly that many: `incomplete`). Chunks an
   invocation wrote to another collection (no `metadata_key`, not in the source's collection) are
   left out: a sync writes to the source's collection, so it could never bring them up to date.
 - A chunk is *orphaned* when its object (or the `.meta.json` that named it) is no longer in the
   bucket, or no longer selected by the source's prefix and include/exclude globs (`unselected`:
   a sync would index such an object again, so those chunks are deleted instead of re-synced).
+
+Tenancy: chunks another configured source wrote into this source's own collection (where none may
+write) are *foreign*; this source's chunks in a collection it may not write (another source's, or one
+outside its `target_collections`) are *misplaced*. Both make the audit unclean; a repair deletes them.
 
 Metadata-mode sources (`auto_sync: metadata`) are audited for orphans only: which documents their
 `.meta.json` files should have indexed is their sensor's business, and missing/stale are reported as
