@@ -23,6 +23,7 @@ from s3sync_dagster.cli import main
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.local_s3 import LOOPBACK
 from s3sync_dagster.resources import chroma_resource, embedding_resource
+from s3sync_dagster.runner import reports_of
 from s3sync_dagster_tests.conftest import Chunks, Row, put
 
 pytestmark = pytest.mark.reliability("tenancy")
@@ -426,7 +427,9 @@ def test_instance_records_every_refusal_on_its_partition(s3: Any, bucket: str, t
     code, result = t.cli("sync", "a", "--all")
     assert code == 1 and set(failed_keys(result)) == {"tenant-a/xb.meta.json"}, result
     with dg.DagsterInstance.get() as instance:
-        records = instance.get_run_records()
-        assert records
+        run_id = instance.get_run_records(limit=1)[0].dagster_run.run_id
+        recorded = {report["object_key"]: report for report in reports_of(instance, run_id)}
+    assert recorded["tenant-a/fine.meta.json"]["status"] == "indexed"
+    assert "belongs to source 'b'" in recorded["tenant-a/xb.meta.json"]["message"]
     check(fault_row, t, {**baseline, (t.name("coll-a"), "fine-0"): OWN})
     fault_row.passed = True
