@@ -149,6 +149,19 @@ def b_synced(t: Tenants) -> Chunks:
     return baseline
 
 
+def with_source_c(s3: Any, bucket: str, tenants: Any, path_prefix: str) -> tuple[Tenants, str]:
+    """The tenants plus `c`, on a bucket of its own."""
+    other_bucket = f"{bucket}-c"
+    s3.create_bucket(Bucket=other_bucket)
+    extra = {
+        "name": "c",
+        "bucket_name": other_bucket,
+        "collection_name": f"coll-c-{bucket}",
+        "path_prefix": path_prefix,
+    }
+    return tenants(extra=[extra]), other_bucket
+
+
 def meta_file(document_id: str, path: str, target: str | None = None) -> str:
     content: dict[str, Any] = {"version": "chroma-v1", "id": document_id, "path": path}
     if target is not None:
@@ -198,18 +211,7 @@ def test_a_metadata_file_cannot_take_another_sources_document(
 
 
 def test_a_metadata_file_in_another_bucket_cannot_either(s3: Any, bucket: str, tenants: Any, fault_row: Row) -> None:
-    other_bucket = f"{bucket}-c"
-    s3.create_bucket(Bucket=other_bucket)
-    t = tenants(
-        extra=[
-            {
-                "name": "c",
-                "bucket_name": other_bucket,
-                "collection_name": f"coll-c-{bucket}",
-                "path_prefix": "tenant-c/",
-            }
-        ]
-    )
+    t, other_bucket = with_source_c(s3, bucket, tenants, "tenant-c/")
     baseline = b_synced(t)
     put(s3, other_bucket, {"tenant-c/doc.txt": "c's text\n"})
     put(s3, other_bucket, {"tenant-c/xb.meta.json": meta_file(sha_id(B_KEY), "tenant-c/doc.txt", t.name("coll-b"))})
@@ -272,18 +274,7 @@ def test_a_same_named_key_in_another_bucket_is_another_sources(
     s3: Any, bucket: str, tenants: Any, fault_row: Row
 ) -> None:
     # b and c hold the same object key in two buckets; both send it to one shared collection.
-    other_bucket = f"{bucket}-c"
-    s3.create_bucket(Bucket=other_bucket)
-    t = tenants(
-        extra=[
-            {
-                "name": "c",
-                "bucket_name": other_bucket,
-                "collection_name": f"coll-c-{bucket}",
-                "path_prefix": "tenant-b/",
-            }
-        ]
-    )
+    t, other_bucket = with_source_c(s3, bucket, tenants, "tenant-b/")
     baseline = b_synced(t)
     shared = t.name("shared")
     put(s3, other_bucket, {B_KEY: "c's own file under the same key\n"})
