@@ -75,11 +75,15 @@ class Tenants:
     def exact(self) -> Chunks:
         return {(c, i): t for c, i, t in self.chunks()}
 
-    def write_behind(self, collection_name: str, chunk_id: str, text: str, metadata: dict[str, Any]) -> None:
-        """A chunk written straight into Chroma, as an older release or another tool could have left it."""
+    def a_chunk_behind(self, collection_name: str, document_id: str, meta_key: str) -> None:
+        """Chunk 0 of a document of source a, written straight into Chroma as an older release let it be."""
+        metadata = {
+            "source": "a", "object_key": "tenant-a/own.txt", "metadata_key": meta_key, "document_id": document_id,
+            "chunk_index": 0, "chunk_count": 1, "etag": "x", "bucket_name": self.suffix,
+        }  # fmt: skip
         chroma = chroma_resource(self.config.chroma).process_config_and_initialize()
         collection = chroma.collection(collection_name, embedding_resource(self.config.embedding))
-        collection.upsert(ids=[chunk_id], documents=[text], metadatas=[metadata])
+        collection.upsert(ids=[f"{document_id}-0"], documents=[OWN], metadatas=[metadata])
 
 
 @pytest.fixture(params=["embedded", "server"])
@@ -349,13 +353,7 @@ def test_repair_removes_what_another_source_wrote_into_its_collection(tenants: A
     # As an older release let a's metadata file leave it: a's text under b's id, in b's collection.
     t = tenants()
     baseline = b_synced(t)
-    t.write_behind(
-        t.name("coll-b"),
-        f"{sha_id(B_KEY)}-0",
-        OWN,
-        {"source": "a", "object_key": "tenant-a/own.txt", "metadata_key": "tenant-a/xb.meta.json",
-         "document_id": sha_id(B_KEY), "chunk_index": 0, "chunk_count": 1, "etag": "x", "bucket_name": t.suffix},
-    )  # fmt: skip
+    t.a_chunk_behind(t.name("coll-b"), sha_id(B_KEY), "tenant-a/xb.meta.json")
     code, result = t.cli("repair", "b")
     before = result["before"]
     assert before["foreign"] == {"a": 1} and before["stale"] == [B_KEY] and not before["clean"], result
@@ -367,13 +365,7 @@ def test_repair_removes_what_another_source_wrote_into_its_collection(tenants: A
 def test_repair_removes_a_sources_chunks_from_a_collection_it_may_not_write(tenants: Any, fault_row: Row) -> None:
     t = tenants()
     baseline = b_synced(t)
-    t.write_behind(
-        t.name("coll-b"),
-        "stray-0",
-        OWN,
-        {"source": "a", "object_key": "tenant-a/own.txt", "metadata_key": "tenant-a/stray.meta.json",
-         "document_id": "stray", "chunk_index": 0, "chunk_count": 1, "etag": "x", "bucket_name": t.suffix},
-    )  # fmt: skip
+    t.a_chunk_behind(t.name("coll-b"), "stray", "tenant-a/stray.meta.json")
     code, result = t.cli("repair", "a")
     assert result["before"]["misplaced"] == {t.name("coll-b"): 1}, result
     assert code == 0 and result["after"]["clean"], result
