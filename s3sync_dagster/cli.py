@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,7 @@ from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError, config
 from s3sync_dagster.invocations import InvocationError
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
-from s3sync_dagster.runner import RunError, UsageError
+from s3sync_dagster.runner import RunError, SyncResult, UsageError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -89,34 +90,69 @@ def cmd_sync(args: argparse.Namespace) -> int:
     config.source(args.source)
     if args.all == bool(args.key):
         raise UsageError("give --key KEY (repeatable) or --all, not both")
+    failure: RunError | None = None
     with _instance(args) as instance:
         if args.all:
             discover(config, args.source, instance)
-        result = sync(config, args.source, instance, None if args.all else args.key, batch_size=args.batch_size)
-    counts: dict[str, int] = {}
-    for report in result.reports:
-        counts[report["status"]] = counts.get(report["status"], 0) + 1
+        try:
+            result = sync(config, args.source, instance, None if args.all else args.key, batch_size=args.batch_size)
+        except RunError as error:
+            if error.result is None:
+                raise
+            # A run failed as a whole: what the runs before it did is said all the same, then the failure.
+            result, failure = error.result, error
+    counts = result.counts()
     payload = {
         "source": result.source,
+        "asked": result.asked,
         "runs": [asdict(run) for run in result.runs],
-        "counts": counts,
+        "counts": counts,  # they add up to `asked`
         "failed": result.failed,
+        "not_tried": result.not_tried,
         "duration_s": round(result.duration_s, 3),
         "keys": result.reports,
+        "also_synced": result.also_synced,
     }
+    if failure is not None:
+        payload["error"] = str(failure)
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    elif failure is None or result.reports or result.also_synced:
+        print("\n".join(_sync_lines(result, counts)))
+    if failure is not None:
+        print(f"s3sync: {failure}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK
+
+
+def _count_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in sorted(counts.items()))
+
+
+def _sync_lines(result: SyncResult, counts: dict[str, int]) -> list[str]:
     lines = [
-        f"source '{result.source}': {len(result.reports)} key(s) in {len(result.runs)} run(s), "
-        f"{result.duration_s:.1f} s: "
-        + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do")
+        f"source '{result.source}': {result.asked} key(s) asked, {len(result.runs)} run(s), "
+        f"{result.duration_s:.1f} s: {_count_text(counts) or 'nothing to do'}"
     ]
     lines += [f"  run {run.run_id}: {run.keys} key(s), {'ok' if run.success else 'FAILED'}" for run in result.runs]
+    if result.also_synced:
+        also = Counter(str(report["status"]) for report in result.also_synced)
+        lines.append(
+            f"  also synced with them: {len(result.also_synced)} metadata file(s) naming their documents: "
+            + _count_text(dict(also))
+        )
     lines += [f"  failed: {report['object_key']}: {report['message']}" for report in result.failed]
+    if result.not_tried:
+        shown = ", ".join(result.not_tried[:10])
+        more = f" and {len(result.not_tried) - 10} more" if len(result.not_tried) > 10 else ""
+        lines.append(f"  not tried: {shown}{more}")
     # Run logs stay off the terminal (runner.QUIET_RUN_CONFIG): their warnings are said here.
     lines += [
-        f"  warning: {line}" for report in result.reports for line in str(report.get("warnings") or "").splitlines()
+        f"  warning: {line}"
+        for report in [*result.reports, *result.also_synced]
+        for line in str(report.get("warnings") or "").splitlines()
     ]
-    _emit(args, payload, "\n".join(lines))
-    return EXIT_SOME_FAILED if result.failed else EXIT_OK
+    return lines
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -197,6 +233,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     invocations.validate_invocation(source, args.object_key, invocation, config.embedding)
     invocations.check_object_exists(s3_client(source), source, args.object_key)
     with _instance(args) as instance:
+        invocations.check_indexable(instance, source, args.object_key, invocation)
         register_keys(instance, source, [args.object_key])
         partition_key = keys.to_partition_key(args.object_key)
         daemon = invocations.daemon_running(instance)
@@ -307,11 +344,22 @@ def cmd_remove_source(args: argparse.Namespace) -> int:
 
 def cmd_repair(args: argparse.Namespace) -> int:
     from s3sync_dagster.repair import repair
+    from s3sync_dagster.runner import key_outcomes, run_failure
 
     config = _config(args)
-    config.source(args.source)
+    source = config.source(args.source)
     with _instance(args) as instance:
         result = repair(config, args.source, instance)
+        if result.run_id is not None:
+            # Each key with the reason for its outcome: repair.py marks a key its run recorded nothing for
+            # "run R failed", with no reason, even when the run succeeded (a document in metadata mode).
+            result.reports, _ = key_outcomes(
+                instance,
+                source,
+                result.run_id,
+                [report["object_key"] for report in result.reports],
+                None if result.success else run_failure(instance, result.run_id),
+            )
     before, after = result.before["counts"], result.after["counts"]
 
     def drift_text(counts: dict[str, int | None]) -> str:
@@ -325,7 +373,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
             f"  run {result.run_id}: {result.synced} key(s) synced, {'ok' if result.success else 'FAILED'}; "
             f"after: {drift_text(after)}"
         )
-    lines += [f"  failed: {report['object_key']}: {report.get('message', '')}" for report in result.failed]
+    lines += [f"  failed: {report['object_key']}: {report['message']}" for report in result.failed]
     payload = {**asdict(result), "failed": result.failed}
     _emit(args, payload, "\n".join(lines))
     return EXIT_OK if result.success and not result.failed and result.after["clean"] else EXIT_SOME_FAILED

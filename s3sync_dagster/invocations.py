@@ -36,8 +36,9 @@ from s3sync_dagster.defs.tags import (
     SOURCE_TAG,
     TRIGGER_TAG,
 )
-from s3sync_dagster.pipeline import keys, objects
+from s3sync_dagster.pipeline import events, keys, objects
 from s3sync_dagster.pipeline.sync import Invocation
+from s3sync_dagster.runner import UsageError, meta_keys_for, reports_of, run_failure, unnamed_document
 
 Status = str  # pending | processing | complete | failed | cancelled
 STATUSES: dict[Status, frozenset[dg.DagsterRunStatus]] = {
@@ -82,6 +83,26 @@ def check_object_exists(client: Any, source: SourceConfig, object_key: str) -> N
         raise InvocationError(
             f"object '{object_key}' does not exist in bucket '{source.bucket_name}' "
             f"(to remove the chunks of a deleted object: s3sync sync {source.name} --key KEY)"
+        ) from None
+
+
+def check_indexable(
+    instance: dg.DagsterInstance, source: SourceConfig, object_key: str, invocation: Invocation
+) -> None:
+    """An invocation that could index nothing is refused, not run and reported complete.
+
+    In metadata mode a document is indexed only through the .meta.json files naming it, unless the
+    invocation's own parameters index it directly (pipeline/sync.py `sync_keys`): with none given and no
+    metadata file naming it, its run would index nothing.
+    """
+    if source.auto_sync != "metadata" or events.is_meta_key(object_key) or invocation != Invocation():
+        return
+    try:
+        meta_keys_for(instance, source, [object_key])
+    except UsageError:
+        raise InvocationError(
+            f"{unnamed_document(source, object_key)}: invoke the metadata file, or give the invocation a "
+            "--custom-id, --metadata or --target-collection to index the object by itself"
         ) from None
 
 
@@ -212,25 +233,12 @@ def _timestamp(value: float | None) -> str | None:
 
 
 def run_error(instance: dg.DagsterInstance, run_id: str) -> str:
-    """Why a run failed: its failed keys' own messages, else the step's or the run's failure."""
-    from s3sync_dagster.runner import reports_of
-
+    """Why a run failed: its failed keys' own messages, else the step's or the run's failure; never empty."""
     failed = [report for report in reports_of(instance, run_id) if report["status"] == "failed"]
     if failed:
         shown = "; ".join(f"{report['object_key']}: {report['message']}" for report in failed[:5])
         return shown + (f" (and {len(failed) - 5} more)" if len(failed) > 5 else "")
-    records = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE})
-    for record in records:
-        event = record.dagster_event
-        if event is not None and event.is_step_failure and event.step_failure_data.error is not None:
-            failure = event.step_failure_data.user_failure_data
-            if failure is not None and failure.description:
-                return failure.description
-            return event.step_failure_data.error.message.strip()
-    for record in records:
-        if record.dagster_event is not None and record.dagster_event.message:
-            return record.dagster_event.message
-    return "the run failed before any step ran"
+    return run_failure(instance, run_id)
 
 
 def job_status(instance: dg.DagsterInstance, record: Any) -> Any:

@@ -7,7 +7,8 @@ import fcntl
 import multiprocessing
 import os
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections import Counter
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -38,7 +39,15 @@ class UsageError(ValueError):
 
 
 class RunError(RuntimeError):
-    """A run failed as a whole (the store cannot be reached, ...), not key by key: the next runs are not tried."""
+    """A run failed as a whole (the store cannot be reached, ...), not key by key: the next runs are not tried.
+
+    `result`: what the sync did before (`sync` sets it): the keys the runs before it synced or failed, and
+    those not tried.
+    """
+
+    def __init__(self, message: str, result: SyncResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def ensure_dagster_home(explicit_config: str | None = None) -> Path:
@@ -150,16 +159,21 @@ def discover(config: AppConfig, source_name: str, instance: dg.DagsterInstance) 
     return result
 
 
+def unnamed_document(source: SourceConfig, document: str) -> str:
+    """Why a document of a metadata-mode source that no synced metadata file names cannot be synced by itself."""
+    return (
+        f"source '{source.name}' syncs in metadata mode: object '{document}' is indexed only through a "
+        f"{events.META_SUFFIX} file naming it, and no metadata file synced so far names it"
+    )
+
+
 def meta_keys_for(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> list[str]:
     """Metadata mode: a document is synced through the .meta.json files naming it, which take its place."""
     documents = [object_key for object_key in object_keys if not events.is_meta_key(object_key)]
     named = InstanceMetaLinks(instance, source.name).naming(documents)
     for document in documents:
         if document not in named:
-            raise UsageError(
-                f"source '{source.name}' syncs in metadata mode: object '{document}' is indexed only through a "
-                f"{events.META_SUFFIX} file naming it, and none does (sync the metadata file)"
-            )
+            raise UsageError(f"{unnamed_document(source, document)} (sync the metadata file)")
     return list(
         dict.fromkeys(
             meta_key
@@ -195,11 +209,13 @@ class Executed:
 
     run_id: str
     success: bool
-    error: str  # the first line of what failed the run; "" when it succeeded
+    error: str  # the first line of what failed the run (never empty then); "" when it succeeded
 
     @classmethod
     def of(cls, execution: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> Executed:
-        return cls(execution.run_id, execution.success, "" if execution.success else _run_error(execution))
+        return cls(
+            execution.run_id, execution.success, "" if execution.success else failure_reason(execution.all_events)
+        )
 
 
 @dataclass
@@ -211,16 +227,33 @@ class RunSummary:
     duration_s: float
 
 
+NOT_TRIED = "not_tried"  # the outcome of a key asked for whose run never came: one before it failed as a whole
+
+
 @dataclass
 class SyncResult:
+    """What a sync did with the keys it was asked for. Each has one outcome (its report, or not tried), so
+    `counts()` adds up to `asked`."""
+
     source: str
+    asked: int = 0  # distinct keys asked for
     runs: list[RunSummary] = field(default_factory=list)
-    reports: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)  # one per key asked that a run was given
+    # Keys the runs synced along with those asked for: the metadata files naming a synced document.
+    also_synced: list[dict[str, Any]] = field(default_factory=list)
+    not_tried: list[str] = field(default_factory=list)
     duration_s: float = 0.0
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [report for report in self.reports if report["status"] == "failed"]
+        return [report for report in [*self.reports, *self.also_synced] if report["status"] == "failed"]
+
+    def counts(self) -> dict[str, int]:
+        """The keys asked for by outcome: their reports' statuses, and not_tried."""
+        counts = Counter(report["status"] for report in self.reports)
+        if self.not_tried:
+            counts[NOT_TRIED] = len(self.not_tried)
+        return dict(counts)
 
 
 def _metadata_value(value: Any) -> Any:
@@ -235,7 +268,11 @@ def sync(
     batch_size: int | None = None,
     tags: dict[str, str] | None = None,
 ) -> SyncResult:
-    """Materialise the given keys (None: every registered key) in ranged runs recorded on the instance."""
+    """Materialise the given keys (None: every registered key) in ranged runs recorded on the instance.
+
+    A run that fails as a whole raises RunError, which carries the result so far: what the runs before it
+    did, and the keys not tried.
+    """
     source = config.source(source_name)
     started = time.perf_counter()
     if object_keys is not None:
@@ -250,50 +287,133 @@ def sync(
         register_keys(instance, source, object_keys)
     s3_client(source)  # fail fast, once, on credentials or bucket, before any run starts
     ordered = instance.get_dynamic_partitions(partitions_name(source_name))
-    wanted = ordered if object_keys is None else [keys.to_partition_key(k) for k in object_keys]
-    result = SyncResult(source=source_name)
+    wanted = ordered if object_keys is None else list(dict.fromkeys(keys.to_partition_key(k) for k in object_keys))
+    result = SyncResult(source=source_name, asked=len(wanted))
     if not wanted:
         return result
     batches = contiguous_batches(ordered, wanted, batch_size or source.keys_per_run)
     runs = _execute_runs(config, source_name, instance, batches, tags or {})
-    with contextlib.closing(runs):  # a RunError below: runs not started yet are not started
-        _collect(result, instance, runs)
+    try:
+        with contextlib.closing(runs):  # a RunError below: runs not started yet are not started
+            _collect(result, instance, source, runs)
+    except RunError as error:
+        reported = {report["object_key"] for report in result.reports}
+        result.not_tried = [
+            object_key
+            for batch in batches
+            for object_key in map(_object_key_or_partition, batch)
+            if object_key not in reported
+        ]
+        result.duration_s = time.perf_counter() - started
+        raise RunError(f"{error}{_before_it(result)}", result) from None
     result.duration_s = time.perf_counter() - started
     return result
 
 
+def _before_it(result: SyncResult) -> str:
+    """For the line of a run that failed as a whole: what the runs before it did. Only keys that were
+    synced count as synced; failed ones are counted apart (and listed with their reasons by the caller)."""
+    if not result.reports and not result.also_synced:
+        return ""  # nothing was tried: the run's failure is all there is to say
+    failed = sum(1 for report in result.reports if report["status"] == "failed")
+    text = f"; of the {result.asked} key(s) asked, the runs before it synced {len(result.reports) - failed}"
+    if failed:
+        text += f" and failed {failed} (each listed with its reason)"
+    also_failed = sum(1 for report in result.also_synced if report["status"] == "failed")
+    if also_failed:
+        text += f", and failed {also_failed} metadata file(s) synced with them"
+    return text + f"; {len(result.not_tried)} were not tried"
+
+
 def _collect(
-    result: SyncResult, instance: dg.DagsterInstance, runs: Generator[tuple[list[str], Executed, float]]
+    result: SyncResult,
+    instance: dg.DagsterInstance,
+    source: SourceConfig,
+    runs: Generator[tuple[list[str], Executed, float]],
 ) -> None:
     for batch, execution, duration_s in runs:
+        object_keys = [_object_key_or_partition(partition_key) for partition_key in batch]
         result.runs.append(
             RunSummary(
                 run_id=execution.run_id,
                 success=execution.success,
-                partition_range=(keys.to_object_key(batch[0]), keys.to_object_key(batch[-1])),
+                partition_range=(object_keys[0], object_keys[-1]),
                 keys=len(batch),
                 duration_s=duration_s,
             )
         )
-        reports = reports_of(instance, execution.run_id)
-        if not execution.success and not reports:
-            done = len(result.reports)
-            raise RunError(
-                f"run {execution.run_id} failed: {execution.error}"
-                + (f" ({done} key(s) were synced by the runs before it; the others were not tried)" if done else "")
+        recorded = reports_of(instance, execution.run_id)
+        if not execution.success and not recorded:
+            raise RunError(f"run {execution.run_id} failed: {execution.error}")
+        own, also_synced = key_outcomes(
+            instance,
+            source,
+            execution.run_id,
+            object_keys,
+            None if execution.success else execution.error,
+            recorded,
+        )
+        result.reports.extend(own)
+        result.also_synced.extend(also_synced)
+
+
+def key_outcomes(
+    instance: dg.DagsterInstance,
+    source: SourceConfig,
+    run_id: str,
+    object_keys: Sequence[str],
+    failure: str | None,
+    recorded: list[dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each key a finished run was given with its outcome there (in order), and the reports of the keys it
+    synced along with them.
+
+    failure: why the run failed (None: it succeeded). A key the run recorded nothing for gets a report that
+    says why: a document of a metadata-mode source is ignored (the engine logs that report, which belongs
+    to no partition); any other key was not reached, because the run failed (or died) first.
+    """
+    recorded = reports_of(instance, run_id) if recorded is None else recorded
+    by_key = {report["object_key"]: report for report in recorded}
+    unreported = [object_key for object_key in object_keys if object_key not in by_key]
+    documents = [k for k in unreported if source.auto_sync == "metadata" and not events.is_meta_key(k)]
+    logged = _logged_about(instance, run_id, documents) if documents else {}
+    for object_key in unreported:
+        if object_key in logged or (object_key in documents and failure is None):
+            message = logged.get(object_key) or (
+                f"source '{source.name}' syncs in metadata mode: object '{object_key}' is indexed only through "
+                f"the {events.META_SUFFIX} files naming it, never by itself; run {run_id} recorded nothing for it"
             )
-        reported = {report["object_key"] for report in reports}
-        for partition_key in batch:
-            object_key = keys.to_object_key(partition_key)
-            if object_key not in reported:  # the run died before it could report this key
-                reports.append(
-                    {
-                        "object_key": object_key,
-                        "status": "failed",
-                        "message": f"run {execution.run_id} failed: {execution.error}",
-                    }
-                )
-        result.reports.extend(reports)
+            by_key[object_key] = {"object_key": object_key, "status": "ignored", "message": message}
+        elif failure is not None:
+            by_key[object_key] = _failed(
+                object_key, f"run {run_id} failed before it reported object '{object_key}': {failure}"
+            )
+        else:
+            by_key[object_key] = _failed(
+                object_key,
+                f"run {run_id} succeeded but recorded no outcome for object '{object_key}' "
+                "(no materialisation or failure on its partition)",
+            )
+    asked = set(object_keys)
+    return [by_key[k] for k in object_keys], [report for report in recorded if report["object_key"] not in asked]
+
+
+def _failed(object_key: str, message: str) -> dict[str, Any]:
+    return {"object_key": object_key, "status": "failed", "message": message}
+
+
+def _logged_about(instance: dg.DagsterInstance, run_id: str, documents: Sequence[str]) -> dict[str, str]:
+    """What a run's log says of documents it recorded no event for: the engine's "ignored" report of a
+    document in metadata mode is a log line that starts with the quoted key (pipeline/sync.py)."""
+    wanted = {f"'{document}' ": document for document in documents}
+    said: dict[str, str] = {}
+    for entry in instance.all_logs(run_id):
+        message = entry.user_message or ""
+        if entry.dagster_event is None and message.startswith("'"):
+            document = next((key for prefix, key in wanted.items() if message.startswith(prefix)), None)
+            if document is not None:
+                said[document] = message
+    return said
 
 
 def _execute_runs(
@@ -368,30 +488,45 @@ def _object_key_or_partition(partition_key: str) -> str:
         return partition_key
 
 
-def _run_error(execution: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> str:
-    """The first line of what failed the run: a dg.Failure's description, else the user code's error."""
-    for event in execution.all_events:
-        if not event.is_step_failure:
+def _first_line(text: str | None) -> str:
+    return next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+
+
+def failure_reason(dagster_events: Iterable[dg.DagsterEvent | None]) -> str:
+    """The first line of what failed a run, never empty: a step's dg.Failure description, else the user
+    code's error, else the run's own failure message (a run marked failed from outside says why there)."""
+    run_failure = ""
+    for event in dagster_events:
+        if event is None:
             continue
-        failure = event.step_failure_data
-        if failure.user_failure_data is not None and failure.user_failure_data.description:
-            return failure.user_failure_data.description.strip().splitlines()[0]
-        error = failure.error
-        # Dagster wraps the user code's exception (DagsterExecutionStepExecutionError): say the user's.
-        while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
-            error = error.cause
-        if error is not None:
-            return error.message.strip().splitlines()[0]
-    return "no step failure recorded"
+        if event.is_step_failure:
+            failure = event.step_failure_data
+            if failure.user_failure_data is not None and _first_line(failure.user_failure_data.description):
+                return _first_line(failure.user_failure_data.description)
+            error = failure.error
+            # Dagster wraps the user code's exception (DagsterExecutionStepExecutionError): say the user's.
+            while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
+                error = error.cause
+            if error is not None:
+                return _first_line(error.message) or f"step {event.step_key} raised {error.cls_name}"
+        elif event.is_run_failure and not run_failure:
+            run_failure = _first_line(event.message)
+    return run_failure or "the run failed and recorded no reason (its process may have died): see its log"
+
+
+def run_failure(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Why a finished run failed, from its events on the instance (`failure_reason`)."""
+    records = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE})
+    return failure_reason(record.dagster_event for record in records)
 
 
 def reports_of(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, Any]]:
     """Per-key reports as the run recorded them on the instance (what the UI shows)."""
     reports = []
-    events = instance.all_logs(
+    records = instance.all_logs(
         run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_OBSERVATION}
     )
-    for entry in events:
+    for entry in records:
         event = entry.dagster_event
         if event is None:
             continue
@@ -402,11 +537,14 @@ def reports_of(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, Any]
             reports.append(report)
         else:
             observation = event.asset_observation_data.asset_observation
-            reports.append(
-                {
-                    "object_key": _object_key_or_partition(observation.partition or ""),
-                    "status": "failed",
-                    "message": _metadata_value(observation.metadata.get("error")),
-                }
-            )
+            object_key = _object_key_or_partition(observation.partition or "")
+            message = str(_metadata_value(observation.metadata.get("error")) or "").strip()
+            reports.append(_failed(object_key, _naming(object_key, message, run_id)))
     return reports
+
+
+def _naming(object_key: str, message: str, run_id: str) -> str:
+    """A failed key's message names the object, whatever raised it (the engine's own errors already do)."""
+    if not message:
+        return f"object '{object_key}' failed in run {run_id} with no message: its log on the instance has the error"
+    return message if f"'{object_key}'" in message else f"object '{object_key}': {message}"
