@@ -344,22 +344,11 @@ def cmd_remove_source(args: argparse.Namespace) -> int:
 
 def cmd_repair(args: argparse.Namespace) -> int:
     from s3sync_dagster.repair import repair
-    from s3sync_dagster.runner import key_outcomes, run_failure
 
     config = _config(args)
-    source = config.source(args.source)
+    config.source(args.source)
     with _instance(args) as instance:
         result = repair(config, args.source, instance)
-        if result.run_id is not None:
-            # Each key with the reason for its outcome: repair.py marks a key its run recorded nothing for
-            # "run R failed", with no reason, even when the run succeeded (a document in metadata mode).
-            result.reports, _ = key_outcomes(
-                instance,
-                source,
-                result.run_id,
-                [report["object_key"] for report in result.reports],
-                None if result.success else run_failure(instance, result.run_id),
-            )
     before, after = result.before["counts"], result.after["counts"]
 
     def drift_text(counts: dict[str, int | None]) -> str:

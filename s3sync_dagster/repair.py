@@ -158,7 +158,7 @@ def repair(config: AppConfig, source_name: str, instance: dg.DagsterInstance) ->
     """Audit the source, repair exactly the drift found in one run on the instance, and audit again."""
     # Imported here: the definitions (which runner.py builds) register this module's job.
     from s3sync_dagster.definitions import build_definitions
-    from s3sync_dagster.runner import reports_of, s3_client
+    from s3sync_dagster.runner import key_outcomes, run_failure, s3_client
 
     started = time.perf_counter()
     source = config.source(source_name)
@@ -180,13 +180,16 @@ def repair(config: AppConfig, source_name: str, instance: dg.DagsterInstance) ->
         raise_on_error=False,
     )
     result.run_id, result.success, result.synced = execution.run_id, execution.success, len(to_sync)
-    result.reports = reports_of(instance, execution.run_id)
-    reported = {report.get("object_key") for report in result.reports}
-    for object_key in to_sync:
-        if object_key not in reported:  # the run died before it could report this key
-            result.reports.append(
-                {"object_key": object_key, "status": "failed", "message": f"run {execution.run_id} failed"}
-            )
+    # Each key with the reason for its outcome (a key the run recorded nothing for says why), then the
+    # metadata files synced along with a document.
+    own, also_synced = key_outcomes(
+        instance,
+        source,
+        execution.run_id,
+        to_sync,
+        None if execution.success else run_failure(instance, execution.run_id),
+    )
+    result.reports = own + also_synced
     after = drift_of(source, instance, s3, chroma, embedding)
     result.after = _described(after)
     result.duration_s = time.perf_counter() - started

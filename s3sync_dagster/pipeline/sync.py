@@ -816,12 +816,14 @@ def _removed(report: KeyReport, spec: SourceSpec, collection_for: CollectionFor,
 
 
 def failure_message(object_key: str, error: Exception) -> str:
-    """Our own errors already name the object and rule; anything else gets the object named for it."""
-    if isinstance(error, (objects.ObjectError, extract.ExtractionError, ValueError)):
-        return str(error)
-    if isinstance(error, index.EmbeddingError):
-        return f"object '{object_key}': {error}"
-    return f"object '{object_key}': {type(error).__name__}: {error}"
+    """Our own errors already name the object and rule; anything else gets the object named for it, and
+    an error with no text is named by its type: never an empty message."""
+    text = str(error).strip()
+    if isinstance(error, (objects.ObjectError, extract.ExtractionError, ValueError)) and object_key in text:
+        return text
+    if isinstance(error, (index.EmbeddingError, ValueError)) and text:
+        return f"object '{object_key}': {text}"
+    return f"object '{object_key}': {type(error).__name__}" + (f": {text}" if text else " (the error gave no reason)")
 
 
 def sync_keys(
