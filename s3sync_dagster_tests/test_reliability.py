@@ -36,7 +36,7 @@ from s3sync_dagster.pipeline.sync import Collections, KeyReport, SourceSpec, syn
 from s3sync_dagster.resources import ChromaResource
 from s3sync_dagster_tests import document_fixtures as fx
 from s3sync_dagster_tests.conftest import TEST_SECRET, Chunks, ConfigFactory, CountingEmbedder, Row, put
-from s3sync_dagster_tests.test_sensors import AutoSync
+from s3sync_dagster_tests.test_sensors import AutoSync, queue_depth
 
 pytestmark = pytest.mark.reliability  # in the table: python -m benchmarks.reliability
 
@@ -602,6 +602,36 @@ def sns(inner: Messages) -> Messages:
     ]
 
 
+def eventbridge_event(bucket: str, object_key: str, detail_type: str = "Object Created", **detail: Any) -> str:
+    """One S3 event as EventBridge delivers it (S3 user guide, "EventBridge event message structure"): the
+    key as it is, not URL-encoded."""
+    return json.dumps(
+        {
+            "version": "0",
+            "id": "2ee9cc15-d022-99ea-1fb8-1b1bac4850f9",
+            "detail-type": detail_type,
+            "source": "aws.s3",
+            "account": "111122223333",
+            "time": "2021-11-12T00:00:00Z",
+            "region": "us-east-1",
+            "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {
+                "version": "0",
+                "bucket": {"name": bucket},
+                "object": {"key": object_key, "etag": "d41d8cd98f00b204e9800998ecf8427e", "sequencer": "617f08"},
+                "request-id": "0BH729840619AG5K",
+                "requester": "123456789012",
+                **detail,
+            },
+        }
+    )
+
+
+def bridged(*object_keys: str, detail_type: str = "Object Created", **detail: Any) -> Messages:
+    """One EventBridge event per key, in the bucket of the case."""
+    return lambda bucket: [eventbridge_event(bucket, k, detail_type, **detail) for k in object_keys]
+
+
 @dataclass(frozen=True)
 class SqsCase:
     """Objects in the bucket, then messages on the source's queue, read by the sensor and run as the daemon would.
@@ -617,6 +647,9 @@ class SqsCase:
     deleted: tuple[str, ...] = ()  # indexed first (a created event), then deleted from the bucket
     extra: Mapping[str, bytes] = field(default_factory=dict)  # objects with their own bodies
     meta_chunks: Chunks = field(default_factory=dict)  # chunks a .meta.json asks for, besides `indexed`
+    # Messages of each delivery not understood: never deleted, they stay on the queue (for its dead-letter
+    # queue); every other message must be consumed.
+    kept: int = 0
     bug: str = ""
 
 
@@ -654,9 +687,11 @@ SQS_CASES = {
         lambda bucket: [notification(s3_record(bucket, "in/x+y.txt", encode=False))], objects=("in/x+y.txt",), runs=1
     ),
     "sns-wrapped": SqsCase(sns(created("in/a.txt")), indexed=("in/a.txt",), runs=1),
-    "sns-wrapped-text-not-json": SqsCase(lambda _: [json.dumps({"Type": "Notification", "Message": "not json"})]),
-    "not-json": SqsCase(lambda _: ["hello, not an S3 event", "{", ""]),
-    "json-but-not-an-event": SqsCase(lambda _: ["[1, 2]", "null", '"in/a.txt"', json.dumps({"Records": []})]),
+    "sns-wrapped-text-not-json": SqsCase(
+        lambda _: [json.dumps({"Type": "Notification", "Message": "not json"})], kept=1
+    ),
+    "not-json": SqsCase(lambda _: ["hello, not an S3 event", "{", ""], kept=3),
+    "json-but-not-an-event": SqsCase(lambda _: ["[1, 2]", "null", '"in/a.txt"', json.dumps({"Records": []})], kept=4),
     "test-event": SqsCase(
         lambda bucket: [json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": bucket})]
     ),
@@ -664,20 +699,30 @@ SQS_CASES = {
     "outside-prefix-and-folder-marker": SqsCase(
         created("out/a.txt", "in/folder/"), objects=("in/a.txt", "out/a.txt", "in/folder/")
     ),
+    # What it understands is synced; the message still goes to the dead-letter queue for the rest.
     "records-missing-fields": SqsCase(
         lambda bucket: [json.dumps({"Records": [*WRONG_RECORDS, s3_record(bucket, "in/a.txt")]})],
         indexed=("in/a.txt",),
         runs=1,
+        kept=1,
     ),
-    "records-not-a-list": SqsCase(lambda _: [json.dumps({"Records": "in/a.txt"}), json.dumps({"Records": {"a": 1}})]),
+    "records-not-a-list": SqsCase(
+        lambda _: [json.dumps({"Records": "in/a.txt"}), json.dumps({"Records": {"a": 1}})], kept=2
+    ),
     "not-an-s3-event-source": SqsCase(
-        lambda bucket: [notification(s3_record(bucket, "in/a.txt", eventSource="aws:sns"))]
+        lambda bucket: [notification(s3_record(bucket, "in/a.txt", eventSource="aws:sns"))], kept=1
     ),
     "restore-event": SqsCase(lambda bucket: [notification(s3_record(bucket, "in/a.txt", "ObjectRestore:Completed"))]),
     "huge-message": SqsCase(huge_message, objects=("in/a.txt", "in/b.txt"), indexed=("in/a.txt", "in/b.txt"), runs=1),
     "duplicate-redelivery": SqsCase(lambda bucket: created("in/a.txt")(bucket) * 3, indexed=("in/a.txt",), runs=1),
     "removed-never-indexed": SqsCase(removed("in/ghost.txt")),
     "removed-after-indexing": SqsCase(removed("in/a.txt"), deleted=("in/a.txt",), runs=1),
+    # A lifecycle rule's expiration deletes the object: its chunks go.
+    "lifecycle-expiration-record": SqsCase(
+        lambda bucket: [notification(s3_record(bucket, "in/a.txt", "LifecycleExpiration:Delete"))],
+        deleted=("in/a.txt",),
+        runs=1,
+    ),
     "stale-created-after-removed": SqsCase(
         lambda bucket: removed("in/a.txt")(bucket) + created("in/a.txt")(bucket), deleted=("in/a.txt",), runs=1
     ),
@@ -692,6 +737,132 @@ SQS_CASES = {
         auto_sync="metadata",
         runs=1,
         meta_chunks={("docs-collection", "sqs-doc-0"): "the document a metadata file names\n"},
+    ),
+    # S3 -> EventBridge -> SQS. A case whose events need no sync carries one that does ("in/b.txt"): the
+    # irrelevant ones must not index "in/a.txt", while EventBridge events are read at all.
+    "eventbridge-created": SqsCase(bridged("in/a.txt", reason="PutObject"), indexed=("in/a.txt",), runs=1),
+    "eventbridge-deleted": SqsCase(
+        bridged(
+            "in/a.txt", detail_type="Object Deleted", reason="DeleteObject", **{"deletion-type": "Permanently Deleted"}
+        ),
+        deleted=("in/a.txt",),
+        runs=1,
+    ),
+    "eventbridge-lifecycle-expiration": SqsCase(
+        bridged(
+            "in/a.txt",
+            detail_type="Object Deleted",
+            reason="Lifecycle Expiration",
+            **{"deletion-type": "Delete Marker Created"},
+        ),
+        deleted=("in/a.txt",),
+        runs=1,
+    ),
+    # EventBridge does not URL-encode keys: "+" is a plus and "%2B" three characters.
+    "eventbridge-key-as-is": SqsCase(
+        bridged("in/a b+c é%2B,|....txt"),
+        objects=("in/a b+c é%2B,|....txt",),
+        indexed=("in/a b+c é%2B,|....txt",),
+        runs=1,
+    ),
+    "eventbridge-other-bucket": SqsCase(
+        lambda bucket: [eventbridge_event("someone-elses-bucket", "in/a.txt"), eventbridge_event(bucket, "in/b.txt")],
+        objects=("in/a.txt", "in/b.txt"),
+        indexed=("in/b.txt",),
+        runs=1,
+    ),
+    "eventbridge-outside-prefix-and-folder-marker": SqsCase(
+        bridged("out/a.txt", "in/folder/", "in/b.txt"),
+        objects=("out/a.txt", "in/folder/", "in/b.txt"),
+        indexed=("in/b.txt",),
+        runs=1,
+    ),
+    "eventbridge-restore-tags-acl-storage-class": SqsCase(
+        lambda bucket: [
+            *(
+                eventbridge_event(bucket, "in/a.txt", detail_type)
+                for detail_type in (
+                    "Object Restore Initiated",
+                    "Object Restore Completed",
+                    "Object Restore Expired",
+                    "Object Tags Added",
+                    "Object ACL Updated",
+                    "Object Storage Class Changed",
+                    "Object Access Tier Changed",
+                )
+            ),
+            eventbridge_event(bucket, "in/b.txt"),
+        ],
+        objects=("in/a.txt", "in/b.txt"),
+        indexed=("in/b.txt",),
+        runs=1,
+    ),
+    # An EventBridge rule may target an SNS topic that the queue subscribes to.
+    "sns-wrapped-eventbridge": SqsCase(sns(bridged("in/a.txt")), indexed=("in/a.txt",), runs=1),
+    "eventbridge-duplicate-redelivery": SqsCase(
+        lambda bucket: bridged("in/a.txt")(bucket) * 3, indexed=("in/a.txt",), runs=1
+    ),
+    "eventbridge-stale-created-after-deleted": SqsCase(
+        lambda bucket: bridged("in/a.txt", detail_type="Object Deleted")(bucket) + bridged("in/a.txt")(bucket),
+        deleted=("in/a.txt",),
+        runs=1,
+    ),
+    "eventbridge-metadata-mode-meta-file": SqsCase(
+        bridged("in/doc.meta.json"),
+        objects=(),
+        extra={
+            "in/doc.txt": b"a document an EventBridge event's metadata file names\n",
+            "in/doc.meta.json": json.dumps({"version": "chroma-v1", "id": "eb-doc", "path": "in/doc.txt"}).encode(),
+        },
+        auto_sync="metadata",
+        runs=1,
+        meta_chunks={("docs-collection", "eb-doc-0"): "a document an EventBridge event's metadata file names\n"},
+    ),
+    # Not understood: left on the queue, whatever is around them.
+    "unknown-json-shapes": SqsCase(
+        lambda _: [
+            json.dumps({"hello": "world"}),
+            json.dumps({"detail-type": "Object Created", "detail": {"bucket": {"name": "x"}}}),  # no source
+            json.dumps({"Message": "an SNS envelope without its Type"}),
+        ],
+        kept=3,
+    ),
+    "unknown-beside-known": SqsCase(
+        lambda bucket: ["hello, not an S3 event", *bridged("in/a.txt")(bucket), json.dumps({"Event": "s3:Other"})],
+        indexed=("in/a.txt",),
+        runs=1,
+        kept=2,
+    ),
+    "eventbridge-not-from-s3": SqsCase(
+        lambda bucket: [json.dumps({**json.loads(eventbridge_event(bucket, "in/a.txt")), "source": "aws.ec2"})], kept=1
+    ),
+    "eventbridge-without-object-key": SqsCase(
+        lambda bucket: [
+            json.dumps({**json.loads(eventbridge_event(bucket, "in/a.txt")), "detail": {"bucket": {"name": bucket}}})
+        ],
+        kept=1,
+    ),
+    # S3 API calls recorded by CloudTrail reach EventBridge with source aws.s3 in another shape.
+    "eventbridge-cloudtrail-api-call": SqsCase(
+        lambda bucket: [
+            json.dumps(
+                {
+                    "version": "0",
+                    "detail-type": "AWS API Call via CloudTrail",
+                    "source": "aws.s3",
+                    "detail": {
+                        "eventSource": "s3.amazonaws.com",
+                        "eventName": "PutObject",
+                        "requestParameters": {"bucketName": bucket, "key": "in/a.txt"},
+                    },
+                }
+            )
+        ],
+        kept=1,
+    ),
+    "secret-in-an-unknown-message": SqsCase(
+        lambda _: [json.dumps({"token": TEST_SECRET}), json.dumps({"detail-type": TEST_SECRET, "source": TEST_SECRET})],
+        kept=2,
     ),
 }
 
@@ -711,6 +882,7 @@ def test_sqs_message(
     make_config: ConfigFactory,
     instance: dg.DagsterInstance,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # The messages are all on the queue before the tick: short polls read them, no long wait at the end.
     monkeypatch.setattr(sensors, "READ_BUDGET_S", 1.9)
@@ -746,6 +918,10 @@ def test_sqs_message(
         latest = auto.latest(object_key)
         assert_no_secret(latest)
         assert latest["status"] == status, latest
+    # Once a tick has seen the runs, every message is consumed but those not understood, of both deliveries.
+    auto.tick()
+    assert queue_depth(sqs, queue_url) == 2 * case.kept
+    assert_no_secret(capsys.readouterr())  # the sensor's log: reasons and message ids, never bodies
     row.passed = True
 
 

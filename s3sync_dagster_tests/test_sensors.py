@@ -14,7 +14,7 @@ from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name, sync_job_name
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.resources import ChromaResource
-from s3sync_dagster_tests.conftest import ConfigFactory, Row, notifying_queue, put, store_chunks
+from s3sync_dagster_tests.conftest import TEST_SECRET, ConfigFactory, Row, notifying_queue, put, store_chunks
 
 
 @pytest.fixture
@@ -138,7 +138,8 @@ def test_redelivered_and_foreign_messages_are_harmless(
     assert direct.chunks("in/a.txt") == before  # no duplicate, nothing rewritten
     assert direct.latest("in/a.txt")["status"] == "unchanged"
     direct.tick()
-    assert queue_depth(sqs, queue_url) == 0
+    # All is consumed but the two messages not understood: they stay for the queue's dead-letter queue.
+    assert queue_depth(sqs, queue_url) == 2
     fault_row.observe({("docs-collection", i): text for i, text in before.items()}, direct.store_chunks())
     fault_row.passed = len(before) == 1
 
@@ -469,3 +470,235 @@ def test_discover_and_sync_all_in_metadata_mode_index_only_through_meta_files(
     assert [(r["object_key"], r["status"]) for r in by_document.reports] == [("t1/named.meta.json", "unchanged")]
     with pytest.raises(runner.UsageError, match=r"object 't1/plain\.txt' is indexed only through a \.meta\.json file"):
         runner.sync(config, "docs", instance, ["t1/plain.txt"])
+
+
+# --- every shape of S3 event, in both modes ------------------------------------------------------------
+
+
+@pytest.fixture
+def events_client(moto_endpoint: str) -> Any:
+    return boto3.client("events", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def sns_client(moto_endpoint: str) -> Any:
+    return boto3.client("sns", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+def queue_arn(sqs: Any, url: str) -> str:
+    return str(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+
+
+def eventbridge_queue(sqs: Any, events_client: Any, s3: Any, bucket_name: str, queue_name: str) -> str:
+    """A queue that receives the bucket's events as Amazon EventBridge delivers them: S3 -> the default
+    event bus -> a rule for this bucket (every detail-type) -> the queue."""
+    url = str(sqs.create_queue(QueueName=queue_name)["QueueUrl"])
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket_name, NotificationConfiguration={"EventBridgeConfiguration": {}}
+    )
+    pattern = {"source": ["aws.s3"], "detail": {"bucket": {"name": [bucket_name]}}}
+    events_client.put_rule(Name=queue_name, EventPattern=json.dumps(pattern))
+    events_client.put_targets(Rule=queue_name, Targets=[{"Id": "queue", "Arn": queue_arn(sqs, url)}])
+    return url
+
+
+MODES = ["direct", "metadata"]
+
+
+def document(mode: str, object_key: str, text: str) -> tuple[dict[str, bytes | str], str, str]:
+    """(objects to upload, the key whose partition records the document's sync, its chunk id) in a mode:
+    in metadata mode a `.meta.json` names the document and gives it its id."""
+    if mode == "direct":
+        return {object_key: text}, object_key, keys.chunk_id(keys.object_id(object_key), 0)
+    meta_key = object_key.rsplit(".", 1)[0] + ".meta.json"
+    document_id = object_key.rsplit("/", 1)[-1].split(".")[0]
+    return {object_key: text, meta_key: meta_file(document_id, object_key)}, meta_key, f"{document_id}-0"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eventbridge_created_indexes_and_deleted_removes(
+    mode: str,
+    make_config: ConfigFactory,
+    s3: Any,
+    sqs: Any,
+    events_client: Any,
+    bucket: str,
+    instance: dg.DagsterInstance,
+) -> None:
+    url = eventbridge_queue(sqs, events_client, s3, bucket, f"{bucket}-eventbridge")
+    config, _ = make_config(bucket, path_prefix="in/", auto_sync=mode, sqs_queue_url=url)
+    auto = AutoSync(config, instance)
+    files, partition_object, chunk = document(mode, "in/report.txt", "a report that arrived through EventBridge\n")
+    put(s3, bucket, files | {"out/elsewhere.txt": "outside the prefix\n"})
+    _, runs = auto.tick()
+    assert [run.success for run in runs] == [True]
+    assert auto.chunks("in/report.txt") == {chunk: "a report that arrived through EventBridge\n"}
+    assert auto.latest(partition_object)["status"] == "indexed"
+
+    # "Object Tags Added": understood, nothing to sync, and consumed.
+    s3.put_object_tagging(Bucket=bucket, Key="in/report.txt", Tagging={"TagSet": [{"Key": "team", "Value": "a"}]})
+    _, runs = auto.tick()
+    assert runs == []
+
+    s3.delete_object(Bucket=bucket, Key="in/report.txt")
+    _, runs = auto.tick()
+    assert [run.success for run in runs] == [True]
+    assert auto.chunks("in/report.txt") == {}
+    assert auto.latest(partition_object)["status"] == ("removed" if mode == "direct" else "waiting")
+    auto.tick()
+    assert queue_depth(sqs, url) == 0
+    assert auto.store_chunks() == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_redelivered_eventbridge_event_changes_nothing(
+    mode: str,
+    make_config: ConfigFactory,
+    s3: Any,
+    sqs: Any,
+    events_client: Any,
+    bucket: str,
+    instance: dg.DagsterInstance,
+) -> None:
+    url = eventbridge_queue(sqs, events_client, s3, bucket, f"{bucket}-eventbridge")
+    config, _ = make_config(bucket, path_prefix="in/", auto_sync=mode, sqs_queue_url=url)
+    auto = AutoSync(config, instance)
+    files, partition_object, chunk = document(mode, "in/a.txt", "alpha\n")
+    put(s3, bucket, files)
+    peeked = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=0)
+    bodies = [message["Body"] for message in peeked["Messages"]]
+    # moto's PutObject also sends "Object Tags Added"; every event is delivered again below.
+    assert sum(json.loads(body)["detail-type"] == "Object Created" for body in bodies) == len(files), bodies
+    _, runs = auto.tick()
+    assert [run.success for run in runs] == [True]
+    before = auto.store_chunks()
+    assert [(chunk_id, text) for _, chunk_id, text in before] == [(chunk, "alpha\n")]
+    for body in bodies:  # EventBridge delivers at least once: the same events again
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    _, runs = auto.tick()
+    assert [run.success for run in runs] == [True]
+    assert auto.store_chunks() == before  # no duplicate, nothing rewritten
+    assert auto.latest(partition_object)["status"] == "unchanged"
+    auto.tick()
+    assert queue_depth(sqs, url) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sns_wrapped_notifications_and_eventbridge_events(
+    mode: str,
+    make_config: ConfigFactory,
+    s3: Any,
+    sqs: Any,
+    sns_client: Any,
+    events_client: Any,
+    bucket: str,
+    instance: dg.DagsterInstance,
+) -> None:
+    """S3 -> SNS -> SQS, and S3 -> EventBridge -> SNS -> SQS: the EventBridge events are real ones (S3 to a
+    rule to a queue, in moto); the test publishes them to the topic as EventBridge's SNS target would
+    (moto's EventBridge has no SNS target). SNS wraps both in its envelope on the way to the queue."""
+    topic = sns_client.create_topic(Name=f"{bucket}-topic")["TopicArn"]
+    url = str(sqs.create_queue(QueueName=f"{bucket}-sns")["QueueUrl"])
+    sns_client.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn(sqs, url))
+    captured = eventbridge_queue(sqs, events_client, s3, bucket, f"{bucket}-captured")
+    via_eventbridge, eventbridge_partition, eventbridge_chunk = document(mode, "in/bridged.txt", "via EventBridge\n")
+    put(s3, bucket, via_eventbridge)
+    bridged = sqs.receive_message(QueueUrl=captured, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    created = [m for m in bridged if json.loads(m["Body"])["detail-type"] == "Object Created"]
+    assert len(created) == len(via_eventbridge)  # and moto's "Object Tags Added" of each PutObject
+    # Now the bucket notifies the topic (S3 sends it an s3:TestEvent first).
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "TopicConfigurations": [{"TopicArn": topic, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
+        },
+    )
+    via_notification, notification_partition, notification_chunk = document(mode, "in/notified.txt", "via SNS\n")
+    put(s3, bucket, via_notification)
+    for message in bridged:
+        sns_client.publish(TopicArn=topic, Message=message["Body"])
+    config, _ = make_config(bucket, path_prefix="in/", auto_sync=mode, sqs_queue_url=url)
+    auto = AutoSync(config, instance)
+    _, runs = auto.tick()
+    assert [run.success for run in runs] == [True]
+    assert auto.chunks("in/bridged.txt") == {eventbridge_chunk: "via EventBridge\n"}
+    assert auto.chunks("in/notified.txt") == {notification_chunk: "via SNS\n"}
+    assert auto.latest(eventbridge_partition)["status"] == auto.latest(notification_partition)["status"] == "indexed"
+    auto.tick()
+    assert queue_depth(sqs, url) == 0  # the test event too
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_message_not_understood_stays_for_the_dead_letter_queue(
+    mode: str,
+    make_config: ConfigFactory,
+    s3: Any,
+    sqs: Any,
+    bucket: str,
+    instance: dg.DagsterInstance,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Good messages around it are synced and deleted; it is reported on each tick that reads it, read
+    again only after its visibility timeout, and SQS moves it to the dead-letter queue after
+    maxReceiveCount receives. The s3:TestEvent S3 sends first is understood and deleted."""
+    dead_letters = str(sqs.create_queue(QueueName=f"{bucket}-dlq")["QueueUrl"])
+    redrive = {"deadLetterTargetArn": queue_arn(sqs, dead_letters), "maxReceiveCount": "2"}
+    url = str(
+        sqs.create_queue(QueueName=f"{bucket}-main", Attributes={"RedrivePolicy": json.dumps(redrive)})["QueueUrl"]
+    )
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {"QueueArn": queue_arn(sqs, url), "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
+            ]
+        },
+    )
+    config, _ = make_config(
+        bucket, path_prefix="in/", auto_sync=mode, sqs_queue_url=url, sqs_visibility_timeout_seconds=10
+    )
+    auto = AutoSync(config, instance)
+    first, first_partition, first_chunk = document(mode, "in/first.txt", "before the stranger\n")
+    put(s3, bucket, first)
+    unknown = {
+        sqs.send_message(QueueUrl=url, MessageBody=body)["MessageId"]: body
+        for body in ["hello, not an S3 event", json.dumps({"token": TEST_SECRET, "note": "no S3 event"})]
+    }
+    second, second_partition, second_chunk = document(mode, "in/second.txt", "after the stranger\n")
+    put(s3, bucket, second)
+    good = 1 + len(first) + len(second)  # the test event and one notification per upload
+
+    result, runs = auto.tick()
+    assert [run.success for run in runs] == [True]
+    assert auto.chunks("in/first.txt") == {first_chunk: "before the stranger\n"}
+    assert auto.chunks("in/second.txt") == {second_chunk: "after the stranger\n"}
+    [pending] = json.loads(auto.cursor or "")["pending"]
+    assert len(pending["receipt_handles"]) == good  # the bookkeeping holds the good messages only
+    log = capsys.readouterr().err
+    assert "message body is not JSON" in log and "neither an S3 event notification" in log
+    assert all(f"SQS message {message_id} is not an S3 event" in log for message_id in unknown)
+    assert TEST_SECRET not in log
+
+    result, runs = auto.tick()  # deletes the good ones; the others are invisible until their timeout
+    assert runs == [] and queue_depth(sqs, url) == len(unknown)
+    assert result.skip_reason and result.skip_reason.skip_message == "no S3 events in the queue"
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # visible again after 10 s: read and reported a second time
+        result, runs = auto.tick()
+        if result.skip_reason and "not understood" in (result.skip_reason.skip_message or ""):
+            break
+    assert runs == [] and result.skip_reason
+    message = result.skip_reason.skip_message or ""
+    assert message.startswith("nothing to sync; 2 SQS message(s) not understood, left on the queue")
+    assert all(message_id in message for message_id in unknown)
+    assert "(received 2 time(s))" in capsys.readouterr().err
+    assert queue_depth(sqs, url) == len(unknown) and queue_depth(sqs, dead_letters) == 0
+
+    while time.monotonic() < deadline and queue_depth(sqs, dead_letters) < len(unknown):
+        auto.tick()  # the third receive finds maxReceiveCount reached: SQS moves them on
+    assert queue_depth(sqs, url) == 0
+    moved = sqs.receive_message(QueueUrl=dead_letters, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    assert sorted(m["Body"] for m in moved) == sorted(unknown.values())
+    assert auto.chunks("in/first.txt") == {first_chunk: "before the stranger\n"}
+    assert auto.latest(first_partition)["status"] == auto.latest(second_partition)["status"] == "indexed"

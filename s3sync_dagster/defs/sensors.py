@@ -59,7 +59,7 @@ def receive_messages(
             MaxNumberOfMessages=10,
             WaitTimeSeconds=max(wait, 0),
             VisibilityTimeout=visibility_timeout_s,
-            AttributeNames=["SentTimestamp"],
+            AttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
         )
         batch = response.get("Messages", [])
         if not batch:
@@ -88,22 +88,42 @@ def delete_messages(
             context.log.warning(f"could not delete {len(failed)} SQS message(s); they will be redelivered: {failed}")
 
 
+@dataclass(frozen=True)
+class KeptMessage:
+    """A message not understood: never deleted, so the queue's redrive policy moves it to the dead-letter
+    queue after maxReceiveCount receives; until then it is reported each time it is read."""
+
+    message_id: str
+    receive_count: int
+    reason: str
+
+
 def plan_sync(
     context: dg.SensorEvaluationContext,
     source: SourceConfig,
     messages: Sequence[dict[str, Any]],
-) -> tuple[list[str], list[str]]:
-    """(object keys to sync, in event order; partition keys to register) for the received messages."""
+) -> tuple[list[str], list[str], list[KeptMessage]]:
+    """(object keys to sync, in event order; partition keys to register; messages to leave on the queue).
+
+    A message with records we understand and records we do not is both synced and kept: what it asks for
+    that we understand is done (syncs are idempotent), and the rest goes to the dead-letter queue.
+    """
     assert source.auto_sync in ("direct", "metadata")
     wanted: dict[str, str] = {}  # object key -> action; syncing HEADs the object, so the last event decides
+    kept: list[KeptMessage] = []
     for message in messages:
-        for item in events.parse_message(message.get("Body", ""), source.bucket_name, source.path_prefix):
+        items = events.parse_message(message.get("Body", ""), source.bucket_name, source.path_prefix)
+        for item in items:
             if isinstance(item, events.Ignored):
                 context.log.info(f"source '{source.name}': ignored: {item.reason}")
-            else:
+            elif isinstance(item, events.SyncRequest):
                 wanted.pop(item.object_key, None)
                 wanted[item.object_key] = item.action
-    return plan_keys(context, source, wanted)
+        reason = events.not_understood(items)
+        if reason is not None:
+            receive_count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 0))
+            kept.append(KeptMessage(str(message.get("MessageId")), receive_count, reason))
+    return (*plan_keys(context, source, wanted), kept)
 
 
 def plan_keys(
@@ -232,7 +252,7 @@ def sqs_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Co
     messages = receive_messages(client, queue_url, visibility_s)
     if not messages:
         return dg.SensorResult(skip_reason="no S3 events in the queue", cursor=_cursor(pending))
-    to_sync, to_register = plan_sync(context, source, messages)
+    to_sync, to_register, kept = plan_sync(context, source, messages)
     # Keyed by the messages it covers: a redelivered message never launches a second run.
     message_ids = sorted(str(message.get("MessageId")) for message in messages)
     batch = hashlib.sha256("\n".join(message_ids).encode()).hexdigest()[:32]
@@ -245,22 +265,53 @@ def sqs_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Co
         f"sqs:{source.auto_sync}",
         {SQS_BATCH_TAG: batch, SQS_SENT_TAG: str(min(sent))},
     )
-    handles = [str(message["ReceiptHandle"]) for message in messages]
+    # A kept message is never deleted, by this tick or a later one: it stays invisible for the visibility
+    # timeout, is read (and reported) again after it, and leaves for the dead-letter queue in the end.
+    kept_ids = {entry.message_id for entry in kept}
+    handles = [str(message["ReceiptHandle"]) for message in messages if str(message.get("MessageId")) not in kept_ids]
     if result.run_requests:
-        pending.append(PendingDelete(batch, len(result.run_requests), handles, time.time()))
-    else:  # nothing to run: nothing is lost if these go now
+        if handles:
+            pending.append(PendingDelete(batch, len(result.run_requests), handles, time.time()))
+    elif handles:  # nothing to run: nothing is lost if these go now
         delete_messages(context, client, queue_url, handles)
-    context.log.info(
-        f"source '{source.name}': {len(messages)} message(s) -> {len(to_sync)} key(s) "
-        f"in {len(result.run_requests or [])} run(s)"
-    )
+    summary = f"{len(messages)} message(s) -> {len(to_sync)} key(s) in {len(result.run_requests or [])} run(s)"
+    context.log.info(f"source '{source.name}': {summary}" + (f"; {len(kept)} not understood" if kept else ""))
+    report = report_kept(context, source, kept)
     failpoints.reached("sqs:received")
     return dg.SensorResult(
         run_requests=result.run_requests,
         dynamic_partitions_requests=result.dynamic_partitions_requests,
-        skip_reason=result.skip_reason,
+        # The tick's line in the UI: a tick with runs shows them, one without says what was left and why.
+        skip_reason=None if result.run_requests else "; ".join(filter(None, [_skip_message(result), report])),
         cursor=_cursor(pending),
     )
+
+
+def _skip_message(result: dg.SensorResult) -> str | None:
+    return result.skip_reason.skip_message if result.skip_reason else None
+
+
+# Each kept message is a warning in the tick's log; past this many, one line counts the rest.
+MAX_KEPT_REPORTED = 20
+
+
+def report_kept(context: dg.SensorEvaluationContext, source: SourceConfig, kept: Sequence[KeptMessage]) -> str | None:
+    """Log each kept message (its id, how often it was received, why); a short summary for the tick, or None."""
+    for entry in kept[:MAX_KEPT_REPORTED]:
+        context.log.warning(
+            f"source '{source.name}': SQS message {entry.message_id} is not an S3 event this sync understands "
+            f"({entry.reason}); left on the queue (received {entry.receive_count} time(s)): its redrive policy "
+            "moves it to the dead-letter queue after maxReceiveCount receives"
+        )
+    if len(kept) > MAX_KEPT_REPORTED:
+        context.log.warning(
+            f"source '{source.name}': {len(kept) - MAX_KEPT_REPORTED} more SQS message(s) not understood, left on the queue"
+        )
+    if not kept:
+        return None
+    shown = ", ".join(f"{entry.message_id} ({entry.reason})" for entry in kept[:3])
+    more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
+    return f"{len(kept)} SQS message(s) not understood, left on the queue for its dead-letter queue: {shown}{more}"
 
 
 def _cursor(pending: Sequence[PendingDelete]) -> str:

@@ -1,9 +1,10 @@
-"""S3 event notifications (direct or wrapped in SNS) from SQS -> what to sync; and `.meta.json` files."""
+"""S3 events read from SQS -> what to sync: S3 event notifications (direct or through SNS) and Amazon
+EventBridge's S3 events (direct or through SNS); and `.meta.json` files."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote_plus
@@ -12,6 +13,9 @@ from s3sync_dagster.pipeline import index, keys
 
 META_SUFFIX = ".meta.json"
 META_VERSION = "chroma-v1"
+# EventBridge's S3 detail-types that change what an object holds; every other one (restores, tags, ACLs,
+# storage classes) leaves its text as it was.
+EVENTBRIDGE_ACTIONS: Mapping[str, Literal["index", "remove"]] = {"Object Created": "index", "Object Deleted": "remove"}
 
 
 @dataclass(frozen=True)
@@ -25,74 +29,171 @@ class SyncRequest:
 
 @dataclass(frozen=True)
 class Ignored:
-    """A record or message that leads to no sync, with the reason (logged by the sensor)."""
+    """An event understood that needs no sync (a test event, another bucket, outside the prefix, a folder
+    marker, a restore): its message may be deleted. The reason is logged by the sensor."""
 
     reason: str
 
 
-def _records(body: str) -> list[Mapping[str, Any]] | Ignored:
-    try:
-        message = json.loads(body)
-    except json.JSONDecodeError:
-        return Ignored("message body is not JSON: not an S3 event notification")
-    if isinstance(message, dict) and message.get("Type") == "Notification" and isinstance(message.get("Message"), str):
-        # S3 -> SNS -> SQS: the S3 notification is the SNS message's text.
-        try:
-            message = json.loads(message["Message"])
-        except json.JSONDecodeError:
-            return Ignored("SNS message text is not JSON: not an S3 event notification")
-    if not isinstance(message, dict):
-        return Ignored("message is not a JSON object: not an S3 event notification")
-    if message.get("Event") == "s3:TestEvent":
-        return Ignored("s3:TestEvent (sent by S3 when notifications are configured)")
-    records = message.get("Records")
-    if not isinstance(records, list) or not records:
-        return Ignored("message has no Records: not an S3 event notification")
-    return [record for record in records if isinstance(record, dict)]
+@dataclass(frozen=True)
+class NotUnderstood:
+    """A message, or a record in one, that is no S3 event of a shape we know: its message must stay on the
+    queue (the queue's redrive policy moves it to a dead-letter queue) and be reported, never dropped.
+
+    The reason names the rule the message broke and shows no more of the message than an event type (cut
+    short): a body may carry anything, and the sensor logs the reason.
+    """
+
+    reason: str
 
 
-def parse_message(body: str, bucket_name: str, path_prefix: str) -> list[SyncRequest | Ignored]:
-    """The sync requests one SQS message body asks for, in order, for a source's bucket and prefix.
+Parsed = SyncRequest | Ignored | NotUnderstood
 
-    Never raises: a malformed message must be logged and dropped, not stall the queue.
+
+def parse_message(body: str, bucket_name: str, path_prefix: str) -> list[Parsed]:
+    """What one SQS message body asks for, in order, for a source's bucket and prefix.
+
+    Never raises: a message we cannot read comes back as NotUnderstood, so it neither stalls the queue
+    nor is dropped.
     """
     try:
         return _parse_message(body, bucket_name, path_prefix)
-    except Exception as error:
-        return [Ignored(f"malformed S3 event notification ({type(error).__name__}: {error})")]
+    except Exception as error:  # a rule missing below: the message is kept and reported, not lost
+        return [NotUnderstood(f"unreadable S3 event ({type(error).__name__})")]
 
 
-def _parse_message(body: str, bucket_name: str, path_prefix: str) -> list[SyncRequest | Ignored]:
-    records = _records(body)
-    if isinstance(records, Ignored):
-        return [records]
-    out: list[SyncRequest | Ignored] = []
-    for record in records:
-        event_name = str(record.get("eventName", ""))
-        s3 = record.get("s3")
-        bucket_entry = s3.get("bucket") if isinstance(s3, dict) else None
-        object_entry = s3.get("object") if isinstance(s3, dict) else None
-        bucket = bucket_entry.get("name") if isinstance(bucket_entry, dict) else None
-        raw_key = object_entry.get("key") if isinstance(object_entry, dict) else None
-        if not str(record.get("eventSource", "aws:s3")).endswith("s3") or raw_key is None:
-            out.append(Ignored(f"record {event_name or '?'} is not an S3 object event"))
+def not_understood(items: Sequence[Parsed]) -> str | None:
+    """Why a message must stay on the queue (the first reason, and how many more), or None if all is understood."""
+    reasons = [item.reason for item in items if isinstance(item, NotUnderstood)]
+    if not reasons:
+        return None
+    return reasons[0] + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
+
+
+def _parse_message(body: str, bucket_name: str, path_prefix: str) -> list[Parsed]:
+    try:
+        message = json.loads(body)
+    except json.JSONDecodeError:
+        return [NotUnderstood("message body is not JSON")]
+    if isinstance(message, dict) and message.get("Type") == "Notification" and "Message" in message:
+        # ... -> SNS -> SQS: the S3 event (a notification or an EventBridge event) is the SNS message's text.
+        if not isinstance(message["Message"], str):
+            return [NotUnderstood("SNS notification whose Message is not text")]
+        try:
+            message = json.loads(message["Message"])
+        except json.JSONDecodeError:
+            return [NotUnderstood("SNS notification whose Message is not JSON")]
+    if not isinstance(message, dict):
+        return [NotUnderstood("message is not a JSON object")]
+    if message.get("Event") == "s3:TestEvent":
+        return [Ignored("s3:TestEvent (sent by S3 when notifications are configured)")]
+    if "Records" in message:
+        return _parse_records(message["Records"], bucket_name, path_prefix)
+    if "detail-type" in message and "source" in message:
+        return [_parse_eventbridge(message, bucket_name, path_prefix)]
+    return [NotUnderstood("neither an S3 event notification (Records) nor an EventBridge event (detail-type)")]
+
+
+def _parse_records(records: Any, bucket_name: str, path_prefix: str) -> list[Parsed]:
+    """S3 -> SQS (or SNS): `Records`, each naming its bucket and its URL-encoded key."""
+    if not isinstance(records, list) or not records:
+        return [NotUnderstood("Records is not a non-empty list")]
+    out: list[Parsed] = []
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            out.append(NotUnderstood(f"record {number} is not a JSON object"))
             continue
-        object_key = unquote_plus(str(raw_key))  # S3 encodes keys in events: "a+b.txt" is "a b.txt"
-        if bucket != bucket_name:
-            out.append(Ignored(f"'{object_key}' is in bucket '{bucket}', not this source's bucket '{bucket_name}'"))
-        elif not object_key.startswith(path_prefix):
-            out.append(Ignored(f"'{object_key}' is outside this source's path_prefix '{path_prefix}'"))
-        elif object_key.endswith("/"):
-            out.append(Ignored(f"'{object_key}' is a folder marker"))
-        elif event_name.startswith("ObjectCreated:"):
-            # In metadata mode a document's upload matters only to the metadata files naming it (the sensor
-            # knows which do); it is never indexed on its own.
-            out.append(SyncRequest("index", object_key, event_name))
-        elif event_name.startswith("ObjectRemoved:"):
-            out.append(SyncRequest("remove", object_key, event_name))
+        event_name = record.get("eventName")
+        event_source = record.get("eventSource", "aws:s3")
+        s3 = record.get("s3")
+        bucket = _field(s3, "bucket", "name")
+        raw_key = _field(s3, "object", "key")
+        # S3-compatible stores name themselves ("minio:s3", "ceph:s3"); other services' records are no S3 event.
+        if not isinstance(event_source, str) or not event_source.endswith("s3"):
+            out.append(NotUnderstood(f"record {number} has an eventSource other than S3"))
+        elif not isinstance(event_name, str) or not event_name:
+            out.append(NotUnderstood(f"record {number} has no eventName"))
+        elif not isinstance(bucket, str) or not bucket:
+            out.append(NotUnderstood(f"record {number} ({_short(event_name)}) has no s3.bucket.name"))
+        elif not isinstance(raw_key, str) or not raw_key:
+            out.append(NotUnderstood(f"record {number} ({_short(event_name)}) has no s3.object.key"))
         else:
-            out.append(Ignored(f"event {event_name} for '{object_key}' needs no sync"))
+            try:
+                # S3 encodes keys in notifications: "a+b%2B.txt" is "a b+.txt".
+                object_key = unquote_plus(raw_key, errors="strict")
+            except UnicodeDecodeError:
+                out.append(
+                    NotUnderstood(f"record {number} ({_short(event_name)}): s3.object.key is not URL-encoded UTF-8")
+                )
+                continue
+            if event_name.startswith("ObjectCreated:"):
+                action: Literal["index", "remove"] | None = "index"
+            elif event_name.startswith(("ObjectRemoved:", "LifecycleExpiration:")):
+                action = "remove"  # a lifecycle rule's expiration deletes the object (or hides it behind a marker)
+            else:
+                action = None
+            out.append(_request(event_name, action, bucket, object_key, bucket_name, path_prefix))
     return out
+
+
+def _parse_eventbridge(event: Mapping[str, Any], bucket_name: str, path_prefix: str) -> Parsed:
+    """S3 -> EventBridge -> SQS (or SNS): one event, `detail.bucket.name` and `detail.object.key`.
+
+    The key is taken as it is, not URL-decoded as a notification's: AWS documents no encoding for it,
+    and AWS's Media Lake guidance reads EventBridge keys such as "test+b.png" and "%2B++ %20.mp3" as
+    they stand (its fix after testing on S3, aws-solutions-library-samples/guidance-for-medialake-on-aws#21).
+    """
+    detail_type, source, detail = event.get("detail-type"), event.get("source"), event.get("detail")
+    if source != "aws.s3":
+        return NotUnderstood("EventBridge event whose source is not aws.s3")
+    if not isinstance(detail_type, str) or not detail_type:
+        return NotUnderstood("EventBridge S3 event with no detail-type")
+    bucket = _field(detail, "bucket", "name")
+    object_key = _field(detail, "object", "key")
+    # Events from CloudTrail ("AWS API Call via CloudTrail") carry neither: a shape this sync does not read.
+    if not isinstance(bucket, str) or not bucket:
+        return NotUnderstood(f"EventBridge S3 event ({_short(detail_type)}) has no detail.bucket.name")
+    if not isinstance(object_key, str) or not object_key:
+        return NotUnderstood(f"EventBridge S3 event ({_short(detail_type)}) has no detail.object.key")
+    reason = detail.get("reason") if isinstance(detail, dict) else None
+    event_name = _short(f"{detail_type} ({reason})" if isinstance(reason, str) and reason else detail_type)
+    return _request(event_name, EVENTBRIDGE_ACTIONS.get(detail_type), bucket, object_key, bucket_name, path_prefix)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _field(parent: Any, entry: str, name: str) -> Any:
+    """parent[entry][name], or None where a level is missing or not an object."""
+    child = parent.get(entry) if isinstance(parent, dict) else None
+    return child.get(name) if isinstance(child, dict) else None
+
+
+def _request(
+    event_name: str,
+    action: Literal["index", "remove"] | None,
+    bucket: str,
+    object_key: str,
+    bucket_name: str,
+    path_prefix: str,
+) -> Parsed:
+    """One understood event on one object: a sync of it, or why none is needed."""
+    try:
+        object_key.encode("utf-8")
+    except UnicodeEncodeError:  # JSON may carry lone surrogates; S3 keys are UTF-8
+        return NotUnderstood(f"{_short(event_name)}: the object key is not valid Unicode")
+    if bucket != bucket_name:
+        return Ignored(f"'{object_key}' is in bucket '{bucket}', not this source's bucket '{bucket_name}'")
+    if not object_key.startswith(path_prefix):
+        return Ignored(f"'{object_key}' is outside this source's path_prefix '{path_prefix}'")
+    if object_key.endswith("/"):
+        return Ignored(f"'{object_key}' is a folder marker")
+    if action is None:
+        return Ignored(f"event {event_name} for '{object_key}' needs no sync")
+    # In metadata mode a document's upload matters only to the metadata files naming it (the sensor knows
+    # which do); it is never indexed on its own.
+    return SyncRequest(action, object_key, event_name)
 
 
 @dataclass(frozen=True)
