@@ -47,10 +47,9 @@ def _orphan_key(index: int) -> str:
 
 def fill_chroma(path: Path, count: int, etag_of: Any) -> float:
     """One chunk record per indexed key, plus 1% orphans; returns the seconds it took (setup)."""
-    import chromadb
-    from chromadb.config import Settings
+    from s3sync_dagster.resources import embedded_client
 
-    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    client = embedded_client(path)
     collection = client.get_or_create_collection(COLLECTION)
     records: list[tuple[str, str]] = []  # (object_key, etag)
     for index in range(count):
@@ -84,12 +83,11 @@ def _moto_etag(index: int) -> str:
 
 def _child(options: dict[str, Any]) -> dict[str, Any]:
     """One audit in this (fresh) process: its timings, its result's counts, and the RSS it took."""
-    import chromadb
-    from chromadb.config import Settings
+    from s3sync_dagster.resources import embedded_client
 
     count = options["keys"]
     s3 = common.s3_client(options["endpoint_url"]) if options["endpoint_url"] else scale.MemoryS3(count)
-    client = chromadb.PersistentClient(path=options["chroma"], settings=Settings(anonymized_telemetry=False))
+    client = embedded_client(options["chroma"])
     collection = client.get_collection(COLLECTION)
     target = SourceSpec(SOURCE, scale.BUCKET, COLLECTION, path_prefix=scale.PREFIX)
     before = psutil.Process().memory_info().rss

@@ -76,7 +76,7 @@ def _records(objects: list[list[str]]) -> list[list[index.ChunkRecord]]:
 
 
 def _writes(objects: list[list[str]]) -> dict[str, Any]:
-    import chromadb
+    from s3sync_dagster.resources import embedded_client
 
     rng = np.random.default_rng(7)
     vector_for = {text: rng.standard_normal(384).astype(np.float32) for texts in objects for text in texts}
@@ -88,7 +88,7 @@ def _writes(objects: list[list[str]]) -> dict[str, Any]:
     records = _records(small)
     result: dict[str, Any] = {"objects": len(small), "chunks": sum(len(r) for r in records)}
     with tempfile.TemporaryDirectory(prefix="fixes-chroma-") as path:
-        client = chromadb.PersistentClient(path=path)
+        client = embedded_client(path)
         alone = client.create_collection("per-object", embedding_function=None)
         started = time.perf_counter()
         for object_records in records:

@@ -255,9 +255,9 @@ def chunking(budget: int | None) -> dict[str, Any]:
 
 def read_chunks(chroma_path: Path, collection_name: str) -> tuple[Any, list[str], list[str], list[dict[str, Any]]]:
     """The collection (opened by a plain client) and all its chunks: ids, documents, metadatas."""
-    import chromadb
+    from s3sync_dagster.resources import embedded_client
 
-    client = chromadb.PersistentClient(path=str(chroma_path))
+    client = embedded_client(chroma_path)
     try:
         # Queries go by vectors we make ourselves, so whatever function the collection records is not called.
         collection = client.get_collection(collection_name)

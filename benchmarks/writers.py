@@ -67,13 +67,10 @@ def timed_sync(
 
 def measure(keys: int = 100, rounds: int = 3) -> dict[str, Any]:
     with local_s3.running() as server, tempfile.TemporaryDirectory() as workdir:
-        import chromadb
-        from chromadb.config import Settings
+        from s3sync_dagster.resources import embedded_client
 
         s3 = common.s3_client(server.endpoint_url)
-        store = chromadb.PersistentClient(
-            path=str(Path(workdir) / "chroma"), settings=Settings(anonymized_telemetry=False)
-        )
+        store = embedded_client(Path(workdir) / "chroma")
         function = ChromaDefaultFunction()
         bucket = "writers-bench"
         s3.create_bucket(Bucket=bucket)

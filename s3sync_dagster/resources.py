@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 _TIMEOUTS = TimeoutsConfig()  # the defaults, for resources made without a config file
 # SQS's longest long poll: a receive may rightly wait this long before its answer starts.
 SQS_MAX_WAIT_SECONDS = 20
+DEFAULT_EMBEDDED_PATH = ".s3sync/chroma"  # an embedded store's folder when the config names none
+# Lock files in an embedded store's folder. Two, not one: a run holds the write lock for all its writes
+# (minutes), and opening the store (a status command, a check, another run's first look) must not wait that long.
+WRITE_LOCK_FILE = ".s3sync-write.lock"
+OPEN_LOCK_FILE = ".s3sync-open.lock"
 
 
 def boto_client(
@@ -308,23 +314,50 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if not self.is_embedded or not self.path:
             yield
             return
-        lock_file = str(Path(self.path).resolve() / ".s3sync-write.lock")
-        held = _held_locks.__dict__.setdefault("paths", set())
-        if lock_file in held:
+        with _store_lock(self.path, WRITE_LOCK_FILE):
             yield
-            return
-        Path(self.path).mkdir(parents=True, exist_ok=True)
-        with open(lock_file, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            held.add(lock_file)
-            try:
-                yield
-            finally:
-                held.discard(lock_file)
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-_held_locks = threading.local()  # the write locks this thread holds, by lock file
+def embedded_client(path: str | os.PathLike[str]) -> ClientAPI:
+    """The client of the embedded Chroma store at ``path`` (made if missing): the project's one way to make a
+    `chromadb.PersistentClient`, so that only one process (or thread) at a time opens a store, as
+    runner.home_lock does for the Dagster home. The lock file is ``path``/.s3sync-open.lock.
+
+    A process's first client of a store starts chromadb's engine for it (kept per path for the rest of the
+    process: chromadb's SharedSystemClient), which applies the store's SQLite migrations (the Rust SqliteDb
+    behind RustBindingsAPI.start): it lists the applied ones, then applies the rest in a deferred transaction,
+    so two processes opening a fresh store at once both run `CREATE TABLE collections` ("table collections
+    already exists"), or one finds the database locked. Creating a collection needs no lock of ours: chromadb
+    looks for it and inserts it in one immediate transaction.
+    """
+    import chromadb
+    from chromadb.config import Settings
+
+    with _store_lock(path, OPEN_LOCK_FILE):
+        return chromadb.PersistentClient(path=os.fspath(path), settings=Settings(anonymized_telemetry=False))
+
+
+@contextlib.contextmanager
+def _store_lock(path: str | os.PathLike[str], lock_name: str) -> Iterator[None]:
+    """An exclusive lock on the file ``lock_name`` in the store's folder, against other processes and other
+    threads (flock locks an open file, and each taker opens its own); a thread holding it passes through."""
+    lock_file = str(Path(path).resolve() / lock_name)
+    held = _held_locks.__dict__.setdefault("paths", set())
+    if lock_file in held:
+        yield
+        return
+    Path(path).mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        held.add(lock_file)
+        try:
+            yield
+        finally:
+            held.discard(lock_file)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_held_locks = threading.local()  # the store locks this thread holds, by lock file
 
 
 @functools.lru_cache(maxsize=8)
@@ -348,7 +381,7 @@ def _client(
         )
     if host:
         return chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=dict(headers), settings=settings)
-    return chromadb.PersistentClient(path=path or ".s3sync/chroma", settings=settings)
+    return embedded_client(path or DEFAULT_EMBEDDED_PATH)
 
 
 def chroma_resource(chroma: ChromaConfig) -> ChromaResource:
