@@ -86,7 +86,13 @@ def render(rows: Sequence[dict[str, Any]], exit_code: int, seconds: float, machi
         "instance; redelivered and foreign SQS messages; an S3 endpoint that accepts connections and never "
         "answers; a Chroma server that is down; two `s3sync sync` processes started together on a fresh "
         "Dagster home. Each ends with the exact chunk set of its uploads. The *metadata mode* cases: a "
-        "`.meta.json` that arrives before its document, and two naming one object.",
+        "`.meta.json` that arrives before its document, and two naming one object. The *tenancy* cases "
+        "(test_tenancy.py, each against embedded Chroma and a `chroma run` server): two tenants on one bucket "
+        "and one store, one of them hostile: a metadata file or an invocation aimed at another source's "
+        "collection or document id (from the same bucket or another), ids in a collection no source owns, a "
+        "same-named key in another bucket, `target_collections` globs, a document missing a chunk, another "
+        "source's chunk in a source's collection, a source's chunk where it may not write, and repair on an "
+        "empty prefix and after every object is gone; each ends with the exact chunk set of every collection.",
         "",
         "| family " + header,
         "| --- " + "| ---: " * 8 + "|",
