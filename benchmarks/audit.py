@@ -95,7 +95,13 @@ def _child(options: dict[str, Any]) -> dict[str, Any]:
     drift = audit.audit(s3, target, [collection])
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    expected = {"missing": len(range(0, count, 100)), "stale": len(range(1, count, 100)), "orphaned": count // 100}
+    expected = {
+        "missing": len(range(0, count, 100)),
+        "stale": len(range(1, count, 100)),
+        "orphaned": count // 100,
+        "foreign": 0,
+        "misplaced": 0,
+    }
     assert drift.counts() == expected, (drift.counts(), expected)
     return {
         "keys": count,

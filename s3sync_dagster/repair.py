@@ -74,11 +74,21 @@ def delete_foreign(chroma: ChromaResource, embedding: EmbeddingResource, source:
 def delete_misplaced(
     chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig, collection_names: list[str]
 ) -> int:
-    """Delete the source's own chunks from collections it may not write (another source's)."""
-    return sum(
-        index.delete_where(chroma.collection(name, embedding, create=False), {"source": source.name})
-        for name in collection_names
-    )
+    """Delete the source's own chunks from collections it may not write (another source's). A name it may
+    write (its own collection, say, typed into a repair's config in the launchpad) is never emptied."""
+    from chromadb.errors import NotFoundError
+
+    spec = source.spec(embedding.spec())
+    deleted = 0
+    for name in collection_names:
+        if audit.may_write(spec, name):
+            continue
+        try:
+            collection = chroma.collection(name, embedding, create=False)
+        except NotFoundError:  # dropped since the audit: nothing of the source is left there
+            continue
+        deleted += index.delete_where(collection, {"source": source.name})
+    return deleted
 
 
 def repair_drift(

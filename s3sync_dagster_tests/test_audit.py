@@ -200,7 +200,7 @@ def test_metadata_mode_audits_orphans_only(
     assert not sync(config, "docs", instance, ["a/doc.meta.json"]).failed
     put(s3, bucket, {"a/unnamed.txt": "no meta file names me\n"})
     assert _drift(config, instance, s3).counts() == {
-        "missing": None, "stale": None, "orphaned": 0, "foreign": 0, "misplaced": 0
+        "missing": None, "stale": 0, "orphaned": 0, "foreign": 0, "misplaced": 0
     }  # fmt: skip
     s3.delete_object(Bucket=bucket, Key="a/doc.meta.json")
     drift = _drift(config, instance, s3)

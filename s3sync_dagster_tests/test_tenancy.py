@@ -21,6 +21,9 @@ import yaml
 
 from s3sync_dagster.cli import main
 from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.definitions import build_definitions
+from s3sync_dagster.defs.names import repair_job_name
+from s3sync_dagster.defs.run_config import repair_run_config
 from s3sync_dagster.local_s3 import LOOPBACK
 from s3sync_dagster.resources import chroma_resource, embedding_resource
 from s3sync_dagster.runner import reports_of
@@ -415,4 +418,68 @@ def test_instance_records_every_refusal_on_its_partition(s3: Any, bucket: str, t
     assert recorded["tenant-a/fine.meta.json"]["status"] == "indexed"
     assert "belongs to source 'b'" in recorded["tenant-a/xb.meta.json"]["message"]
     check(fault_row, t, {**baseline, (t.name("coll-a"), "fine-0"): OWN})
+    fault_row.passed = True
+
+
+def test_a_refused_metadata_file_changes_nothing_it_had(s3: Any, bucket: str, tenants: Any, fault_row: Row) -> None:
+    # a's metadata file is indexed, then edited to move its document under an id b holds in a shared
+    # collection: the move is refused before the chunks it had are deleted.
+    t = tenants()
+    baseline = b_synced(t)
+    shared = t.name("shared")
+    code, row = t.cli("invoke", "b", B_KEY, "--custom-id", "taken", "--target-collection", shared, "--wait")
+    assert code == 0, row
+    put(s3, bucket, {"tenant-a/move.meta.json": meta_file("mine", "tenant-a/own.txt")})
+    code, result = t.cli("sync", "a", "--all")
+    assert code == 0, result
+    expected = {**baseline, **{(shared, f"taken-{i.rsplit('-', 1)[1]}"): text for (_, i), text in baseline.items()}}
+    expected[(t.name("coll-a"), "mine-0")] = OWN
+    check(fault_row, t, expected)
+    put(s3, bucket, {"tenant-a/move.meta.json": meta_file("taken", "tenant-a/own.txt", shared)})
+    code, result = t.cli("sync", "a", "--all")
+    assert code == 1 and "is the id of a document of source 'b'" in failed_keys(result)["tenant-a/move.meta.json"]
+    check(fault_row, t, expected)
+    fault_row.passed = True
+
+
+def test_no_source_writes_a_rebuild_copy(s3: Any, bucket: str, tenants: Any, fault_row: Row) -> None:
+    # `<collection>-s3sync-rebuild` is where a rebuild copies a collection (and which it drops and renames).
+    t = tenants()
+    baseline = b_synced(t)
+    copy = t.name("coll-b") + "-s3sync-rebuild"
+    put(s3, bucket, {"tenant-a/copy.meta.json": meta_file("copy", "tenant-a/own.txt", copy)})
+    code, result = t.cli("sync", "a", "--all")
+    assert code == 1 and "are reserved for the copy a rebuild makes" in failed_keys(result)["tenant-a/copy.meta.json"]
+    check(fault_row, t, baseline)
+    fault_row.passed = True
+
+
+def test_a_metadata_mode_document_missing_a_chunk_is_repaired(
+    s3: Any, bucket: str, tenants: Any, fault_row: Row
+) -> None:
+    t = tenants()
+    baseline = b_synced(t)
+    put(s3, bucket, {"tenant-a/long.txt": SECRET, "tenant-a/long.meta.json": meta_file("long", "tenant-a/long.txt")})
+    code, result = t.cli("sync", "a", "--all")
+    assert code == 0, result
+    expected = {**baseline, **{(t.name("coll-a"), f"long-{n}"): line for n, line in enumerate(SECRET.splitlines(True))}}
+    check(fault_row, t, expected)
+    t.client().get_collection(t.name("coll-a")).delete(ids=["long-5"])
+    code, result = t.cli("repair", "a")
+    assert result["before"]["stale"] == ["tenant-a/long.meta.json"], result
+    assert code == 0 and result["after"]["clean"], result
+    check(fault_row, t, expected)
+    fault_row.passed = True
+
+
+def test_a_repair_never_empties_a_collection_the_source_may_write(tenants: Any, fault_row: Row) -> None:
+    # The repair job's config is typed in the launchpad: naming the source's own collection as misplaced
+    # must not delete its index.
+    t = tenants()
+    baseline = b_synced(t)
+    job = build_definitions(t.config).get_job_def(repair_job_name("b"))
+    with dg.DagsterInstance.get() as instance:
+        run_config = repair_run_config("b", [], [], [t.name("coll-b")])
+        assert job.execute_in_process(instance=instance, run_config=run_config).success
+    check(fault_row, t, baseline)
     fault_row.passed = True

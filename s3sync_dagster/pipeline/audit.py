@@ -22,9 +22,10 @@ Tenancy: chunks another configured source wrote into this source's own collectio
 write) are *foreign*; this source's chunks in a collection it may not write (another source's, or one
 outside its `target_collections`) are *misplaced*. Both make the audit unclean; a repair deletes them.
 
-Metadata-mode sources (`auto_sync: metadata`) are audited for orphans only: which documents their
-`.meta.json` files should have indexed is their sensor's business, and missing/stale are reported as
-not applicable. There a document need not match the globs, only lie under the prefix.
+Metadata-mode sources (`auto_sync: metadata`) are audited for orphans and incomplete documents only:
+which documents their `.meta.json` files should have indexed is their sensor's business, so missing is
+reported as not applicable, and stale holds only the metadata files whose documents lack chunks.
+There a document need not match the globs, only lie under the prefix.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ def foreign_chunks(collection: Collection, target: SourceSpec) -> dict[str, int]
     return found
 
 
-def _may_write(target: SourceSpec, collection_name: str) -> bool:
+def may_write(target: SourceSpec, collection_name: str) -> bool:
+    """Whether the source may write to the collection (its own, or one its tenancy rules allow)."""
     try:
         target.check_target(collection_name, f"source '{target.name}'")
     except ValueError:
@@ -211,7 +213,7 @@ def join(
     )
     # Chunks in a collection the source may not write (another source's, or outside its target_collections)
     # are deleted, never synced: no sync of the source could bring them up to date there.
-    allowed = {name: _may_write(target, name) for name in set(chunks["collection"])}
+    allowed = {name: may_write(target, name) for name in set(chunks["collection"])}
     placed = chunks["collection"].map(allowed).astype(bool) if len(chunks) else chunks["home"]
     misplaced_rows = chunks[~placed]
     misplaced = {str(name): int(n) for name, n in misplaced_rows.groupby("collection")["chunks"].sum().items()}
@@ -251,14 +253,9 @@ def join(
     selected_listing = listing[listing["selected"]]
     indexed_partitions = set(chunks["partition"])
     indexed = int(selected_listing["object_key"].isin(indexed_partitions).sum())
-    if target.metadata_mode:
-        return Drift(
-            target.name, True, len(selected_listing), chunk_total, indexed, None, None, orphaned, unselected_keys,
-            foreign=dict(foreign or {}), misplaced=misplaced,
-        )  # fmt: skip
-
     live = with_both[~gone & ~unselected]
-    comparable = live[live["home"] | (live["metadata_key"] != "")]
+    # In metadata mode a metadata file's document counts wherever it was sent.
+    comparable = live if target.metadata_mode else live[live["home"] | (live["metadata_key"] != "")]
     stale_etag = set(comparable.loc[comparable["etag"] != comparable["listed_etag"], "partition"])
     # A document missing some of its chunks (or holding more than it says): each chunk records how many
     # its document has, so the chunks present in one collection under one id must be exactly that many.
@@ -268,7 +265,15 @@ def join(
     incomplete = per_document[
         (per_document["present"] != per_document["high"]) | (per_document["low"] != per_document["high"])
     ]
-    stale = sorted(stale_etag | set(incomplete.index.get_level_values("partition")))
+    incomplete_partitions = set(incomplete.index.get_level_values("partition"))
+    if target.metadata_mode:
+        return Drift(
+            target.name, True, len(selected_listing), chunk_total, indexed, None, sorted(incomplete_partitions),
+            orphaned, unselected_keys, incomplete=len(incomplete),
+            foreign=dict(foreign or {}), misplaced=misplaced,
+        )  # fmt: skip
+
+    stale = sorted(stale_etag | incomplete_partitions)
 
     unindexed = selected_listing[~selected_listing["object_key"].isin(indexed_partitions)]
     empty_at = dict(known_empty(list(unindexed["object_key"]))) if known_empty is not None and len(unindexed) else {}

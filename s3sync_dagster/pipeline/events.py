@@ -190,7 +190,7 @@ def _request(
     if object_key.endswith("/"):
         return Ignored(f"'{object_key}' is a folder marker")
     if action is None:
-        return Ignored(f"event {event_name} for '{object_key}' needs no sync")
+        return Ignored(f"event {_short(event_name)} for '{object_key}' needs no sync")
     # In metadata mode a document's upload matters only to the metadata files naming it (the sensor knows
     # which do); it is never indexed on its own.
     return SyncRequest(action, object_key, event_name)

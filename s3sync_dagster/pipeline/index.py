@@ -206,7 +206,7 @@ def _vectors_for(
 
 # While a collection is rebuilt under a new configuration, the copy has this name; it takes the
 # collection's name only once complete, and a copy left by a crash is finished or dropped on next open.
-_REBUILD_SUFFIX = "-s3sync-rebuild"
+REBUILD_SUFFIX = "-s3sync-rebuild"
 
 
 def open_collection(
@@ -221,7 +221,7 @@ def open_collection(
         pass
     try:
         # The copy is complete once the original is gone (it is deleted only after the last page).
-        copy = client.get_collection(name=name + _REBUILD_SUFFIX, embedding_function=function)  # type: ignore[arg-type]
+        copy = client.get_collection(name=name + REBUILD_SUFFIX, embedding_function=function)  # type: ignore[arg-type]
     except NotFoundError:
         created = client.get_or_create_collection(name=name, embedding_function=function, metadata=dict(metadata))  # type: ignore[arg-type]
         return _opened(client, created)
@@ -243,7 +243,7 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
     from chromadb.errors import NotFoundError
 
     name = collection.name
-    copy_name = name + _REBUILD_SUFFIX
+    copy_name = name + REBUILD_SUFFIX
     with contextlib.suppress(NotFoundError, ValueError):
         client.delete_collection(copy_name)  # a copy a crash left before the original was deleted
     hnsw = (collection.configuration or {}).get("hnsw")

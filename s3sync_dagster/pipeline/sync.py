@@ -70,6 +70,11 @@ class SourceSpec:
         they match its `target_collections` globs (when given); errors name the asker, the sources and the rule."""
         if collection_name == self.collection_name:
             return
+        if collection_name.endswith(index.REBUILD_SUFFIX):  # the copy of a collection being rebuilt: its owner's
+            raise ValueError(
+                f"{what}: collection names ending in '{index.REBUILD_SUFFIX}' are reserved for the copy a rebuild "
+                "makes of a collection; no source may write to one"
+            )
         owner = dict(self.collection_owners).get(collection_name)
         if owner is not None and owner != self.name:
             raise ValueError(
@@ -226,6 +231,7 @@ class _Fetched:
     started: float
     source: str  # the source syncing it: the only one whose chunks it may replace
     meta_key: str | None = None
+    shared: bool = False  # written to a collection other than the source's own: its id is checked at the write
 
 
 def _lap(report: KeyReport, step: str, since: float) -> float:
@@ -291,9 +297,10 @@ def fetch(
         report.message = "empty at this ETag: nothing read or written"
         report.duration_s = time.perf_counter() - started
         return report
-    if collection_name != spec.collection_name:
+    shared = collection_name != spec.collection_name
+    if shared:  # a collection other sources may write too: the id must be free (checked again at the write)
         check_id_free(
-            collection, spec, document_id, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'"
+            collection, spec.name, document_id, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'"
         )
 
     try:
@@ -305,7 +312,7 @@ def fetch(
     _lap(report, "s3_read", mark)
     return _Fetched(
         report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started,
-        spec.name, meta_key,
+        spec.name, meta_key, shared,
     )  # fmt: skip
 
 
@@ -350,13 +357,15 @@ def _fetch_by_meta_file(
     meta = events.parse_meta_file(meta_key, data, spec.path_prefix)
     # A metadata file that now names another path or collection: what it asked for before goes.
     target = meta.target_collection_name or spec.collection_name
-    spec.check_target(target, f"metadata file '{meta_key}'")  # before anything is deleted: a refusal changes nothing
+    # Every check comes before anything is deleted: a refused metadata file changes nothing.
+    spec.check_target(target, f"metadata file '{meta_key}'")
+    taken_over = _claim_document_id(s3, spec, collection_for(target), meta)
     for collection in _searchable(collection_for, target):
         conditions: list[dict[str, Any]] = [{"metadata_key": meta_key}, {"source": spec.name}]
         if collection.name == target:
             conditions.append({"object_key": {"$ne": meta.path}})
         index.delete_where(collection, {"$and": conditions})
-    _claim_document_id(s3, spec, collection_for(target), meta)
+    index.delete_ids(collection_for(target), taken_over)
     links.link(meta.path, meta_key)
     fetched = fetch(
         s3, spec, collection_for, meta.path,
@@ -372,20 +381,21 @@ def _asked_for_by(spec: SourceSpec, meta_key: str) -> dict[str, Any]:
     return {"$and": [{"metadata_key": meta_key}, {"source": spec.name}]}
 
 
-def check_id_free(collection: Collection, spec: SourceSpec, document_id: str, what: str) -> None:
+def check_id_free(collection: Collection, source: str, document_id: str, what: str) -> None:
     """A source never takes the id of another source's document: its chunks would replace theirs."""
-    where: Any = {"$and": [{"document_id": document_id}, {"source": {"$ne": spec.name}}]}
+    where: Any = {"$and": [{"document_id": document_id}, {"source": {"$ne": source}}]}
     found = collection.get(where=where, include=["metadatas"], limit=1)
     if found["ids"]:
         other = str(((found.get("metadatas") or [{}])[0] or {}).get("source", "?"))
         raise ValueError(
             f"{what}: id '{document_id}' in collection '{collection.name}' is the id of a document of source "
-            f"'{other}'; source '{spec.name}' replaces or deletes only its own chunks, so it may not take that id"
+            f"'{other}'; source '{source}' replaces or deletes only its own chunks, so it may not take that id"
         )
 
 
-def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, meta: events.MetaFile) -> None:
+def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, meta: events.MetaFile) -> list[str]:
     """One id, one document: a metadata file may not take over the chunks of another document that still exists.
+    Raises naming the other document; else returns the ids of the chunks it takes over (the caller deletes them).
 
     Whose chunks hold the id decides, wherever that document lives: another source's are never taken (in
     this source's own collection, where no other source may write, they are an intrusion and replaced);
@@ -400,7 +410,7 @@ def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, m
         other_meta = str(metadata.get("metadata_key") or "")
         if metadata.get("source") != spec.name:
             if collection.name != spec.collection_name:
-                check_id_free(collection, spec, meta.document_id, what)
+                check_id_free(collection, spec.name, meta.document_id, what)
             stale.append(chunk_id)
             continue
         if other_meta == meta.meta_key:
@@ -421,8 +431,7 @@ def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, m
                 f"'{collection.name}'; each metadata file is its own document and needs its own id"
             )
         stale.append(chunk_id)
-    if stale:
-        index.delete_ids(collection, stale)
+    return stale
 
 
 def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extract.Extracted:
@@ -522,6 +531,11 @@ def write(prepared: _Prepared, embed: index.Embedder) -> KeyReport:
     fetched = prepared.fetched
     mark = time.perf_counter()
     object_key = fetched.report.document_key or fetched.report.object_key
+    if fetched.shared and prepared.records:
+        # Again, just before the write: another source may have taken the id since the fetch (no lock spans
+        # two sources' runs on a Chroma server). What remains is the window of one upsert.
+        what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
+        check_id_free(fetched.collection, fetched.source, fetched.document_id, what)
     full_stored = (
         _own_chunks(
             index.stored_chunks(fetched.collection, object_key, fetched.source, with_text=True), fetched.meta_key
@@ -630,6 +644,7 @@ class _NewObjects:
         fetched = prepared.fetched
         return (
             not fetched.had_chunks
+            and not fetched.shared  # written alone, its id checked just before (write)
             and 0 < len(prepared.records) < BATCH_CHUNKS
             and all(p.fetched.document_id != fetched.document_id for p in self._waiting)
         )
