@@ -101,6 +101,16 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield test_instance
 
 
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real Dagster home in $DAGSTER_HOME, the one the `s3sync` command opens (and the test may read)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
 ConfigFactory = Callable[..., tuple[AppConfig, Path]]
 
 

@@ -41,15 +41,6 @@ METADATA_MODE = {"auto_sync": "metadata", "sqs_queue_url": "http://127.0.0.1:1/1
 RUN = r"run [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # a message naming a run by its id
 
 
-@pytest.fixture
-def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    return home
-
-
 @dataclass
 class World:
     """One case's bucket and config file, on the Dagster home the test set ($DAGSTER_HOME)."""

@@ -10,7 +10,6 @@ collection it uses (ids and texts), checked into the reliability table's `tenanc
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,15 +94,6 @@ def chroma_target(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, A
         return {"path": str(tmp_path / "chroma")}
     port = request.getfixturevalue("chroma_server")
     return {"host": LOOPBACK, "port": port}
-
-
-@pytest.fixture
-def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    yield home
 
 
 @pytest.fixture
