@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -141,28 +142,32 @@ def put(s3: Any, bucket_name: str, files: dict[str, bytes | str]) -> None:
         s3.put_object(Bucket=bucket_name, Key=object_key, Body=body.encode() if isinstance(body, str) else body)
 
 
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    chroma = shutil.which("chroma") or str(Path(__import__("sys").executable).parent / "chroma")
+def start_chroma_server(data: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """A `chroma run` server on a free loopback port over `data`, once it answers: (port, its process)."""
+    import chromadb
+
+    chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
     port = free_port()
-    data = tmp_path_factory.mktemp("chroma-server")
     process = subprocess.Popen(
         [chroma, "run", "--path", str(data), "--host", LOOPBACK, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    import chromadb
-
     deadline = time.monotonic() + 60
     while True:
         try:
             chromadb.HttpClient(host=LOOPBACK, port=port).heartbeat()
-            break
+            return port, process
         except Exception:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError("chroma run did not start") from None
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port, process = start_chroma_server(tmp_path_factory.mktemp("chroma-server"))
     yield port
     process.terminate()
     process.wait(timeout=20)

@@ -33,7 +33,7 @@ from s3sync_dagster.config import load_config
 from s3sync_dagster.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.runner import home_lock
 from s3sync_dagster_tests import document_fixtures as fx
-from s3sync_dagster_tests.conftest import ConfigFactory, put
+from s3sync_dagster_tests.conftest import ConfigFactory, put, start_chroma_server
 
 REPO = Path(__file__).resolve().parents[1]
 # Metadata mode needs a queue in the config; nothing here reads it (no sensor runs).
@@ -406,25 +406,7 @@ def test_every_failure_names_the_object_and_the_rule(
 @pytest.fixture
 def doomed_chroma(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """A `chroma run` server of this test's own, for it to kill."""
-    import chromadb
-
-    chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
-    port = free_port()
-    process = subprocess.Popen(
-        [chroma, "run", "--path", str(tmp_path / "chroma-server"), "--host", LOOPBACK, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            chromadb.HttpClient(host=LOOPBACK, port=port).heartbeat()
-            break
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("chroma run did not start") from None
-            time.sleep(0.2)
+    port, process = start_chroma_server(tmp_path / "chroma-server")
     yield port, process
     process.kill()
     process.wait(timeout=20)
