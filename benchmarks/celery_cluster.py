@@ -25,10 +25,10 @@ from typing import Any
 import yaml
 
 from benchmarks import common, postgres_server
-from s3sync_dagster import local_s3
+from s3sync_dagster.commands import local_s3
+from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.defs.executor import WORKER_APP
 from s3sync_dagster.defs.names import pool_name
-from s3sync_dagster.local_s3 import LOOPBACK, free_port
 
 REPO = common.REPO
 REDIS = shutil.which("redis-server")
@@ -163,7 +163,7 @@ def services(where: Hosts, workdir: Path, postgres: bool = True) -> Iterator[Ser
 
 
 class Worker:
-    """`celery -A s3sync_dagster.celery_worker worker` on a host of its own, its log in a file."""
+    """`celery -A s3sync_dagster.defs.celery_worker worker` on a host of its own, its log in a file."""
 
     def __init__(self, name: str, prefix: list[str], env: Mapping[str, str], log: Path, pool: list[str] = SOLO) -> None:
         self.name, self.log = name, log
@@ -286,7 +286,7 @@ class Cluster:
 
     def cli(self, *argv: str) -> str:
         """`s3sync ARGV...` on this cluster's config and instance; its output, or an error naming the command."""
-        done = subprocess.run([sys.executable, "-m", "s3sync_dagster.cli", *argv], cwd=self.workdir, env=self.env,
+        done = subprocess.run([sys.executable, "-m", "s3sync_dagster.commands.cli", *argv], cwd=self.workdir, env=self.env,
                               capture_output=True, timeout=WAIT_S)  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"s3sync {' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()[-3000:]}")
@@ -296,7 +296,7 @@ class Cluster:
         """`s3sync sync docs --all`, its JSON report in a file."""
         with open(self.sync_log, "wb") as output:
             self.sync = subprocess.Popen(
-                [sys.executable, "-m", "s3sync_dagster.cli", "sync", "docs", "--all", "--batch-size", str(self.batch),
+                [sys.executable, "-m", "s3sync_dagster.commands.cli", "sync", "docs", "--all", "--batch-size", str(self.batch),
                  "--json"],
                 cwd=self.workdir, env=self.env, stdout=output, stderr=subprocess.PIPE,
             )  # fmt: skip

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import celery_cluster, common, corpus, throughput
-from s3sync_dagster import local_s3
+from s3sync_dagster.commands import local_s3
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## 10. Beyond one machine"

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from s3sync_dagster.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 REPOSITORY = "__repository__"  # the repository of a plain Definitions object

@@ -3,7 +3,7 @@
 1. Embedding precision: the same corpus chunks embedded in float32 (before) and with bfloat16 matrix
    products (`embedding.precision: auto` on a CPU with native bfloat16), and how far the vectors moved.
 2. Chroma writes of new small objects: one upsert per object (before) against the engine's shared
-   writes (`sync.BATCH_CHUNKS` / `BATCH_OBJECTS`), vectors precomputed so only Chroma is timed.
+   writes (`write.BATCH_CHUNKS` / `BATCH_OBJECTS`), vectors precomputed so only Chroma is timed.
 3. Dagster's event log (not a fix: what it costs). A run of keys that reports a materialisation per key,
    as the project's asset does, executed on an instance with this repo's dagster.yaml (Dagster's stock
    SQLite storage on disk), on the production instance (deploy/dagster.yaml: PostgreSQL, a throw-away
@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks import common, corpus, postgres_server
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
-from s3sync_dagster.pipeline import chunk, index, keys, sync
+from s3sync_dagster.pipeline import chunk, index, keys, write
 from s3sync_dagster.pipeline.embed import LazySentenceTransformer, cpu_has_native_bf16
 
 
@@ -76,7 +76,7 @@ def _records(objects: list[list[str]]) -> list[list[index.ChunkRecord]]:
 
 
 def _writes(objects: list[list[str]]) -> dict[str, Any]:
-    from s3sync_dagster.resources import embedded_client
+    from s3sync_dagster.defs.resources import embedded_client
 
     rng = np.random.default_rng(7)
     vector_for = {text: rng.standard_normal(384).astype(np.float32) for texts in objects for text in texts}
@@ -84,7 +84,7 @@ def _writes(objects: list[list[str]]) -> dict[str, Any]:
     def embed(texts: list[str]) -> list[Any]:
         return [vector_for[text] for text in texts]
 
-    small = [texts for texts in objects if 0 < len(texts) < sync.BATCH_CHUNKS]
+    small = [texts for texts in objects if 0 < len(texts) < write.BATCH_CHUNKS]
     records = _records(small)
     result: dict[str, Any] = {"objects": len(small), "chunks": sum(len(r) for r in records)}
     with tempfile.TemporaryDirectory(prefix="fixes-chroma-") as path:
@@ -101,7 +101,7 @@ def _writes(objects: list[list[str]]) -> dict[str, Any]:
         for object_records in records:
             group += object_records
             count += 1
-            if sync.batch_is_full(len(group), count):
+            if write.batch_is_full(len(group), count):
                 index.replace_chunks(shared, group, {}, embed)
                 group, count = [], 0
         if group:
@@ -270,7 +270,7 @@ def section_markdown(
             f"| embedding, {emb['chunks']} corpus chunks: float32 -> bfloat16 matrix products (ms per chunk) | "
             f"{emb['float32_ms_per_chunk']:.1f} | {emb['bfloat16_ms_per_chunk']:.1f} | {speedup:.2f}x |",
             f"| Chroma writes of {writes['objects']:,} new objects ({writes['chunks']:,} chunks): one upsert per "
-            f"object -> shared upserts of up to {sync.BATCH_OBJECTS} objects / {sync.BATCH_CHUNKS} chunks (s) | "
+            f"object -> shared upserts of up to {write.BATCH_OBJECTS} objects / {write.BATCH_CHUNKS} chunks (s) | "
             f"{writes['per_object_s']:.1f} | {writes['shared_s']:.1f} | {writes['per_object_s'] / writes['shared_s']:.2f}x |",
             "",
             f"bfloat16 vectors against float32 ones: minimum cosine {emb['min_cosine']:.6f}; each text's nearest "

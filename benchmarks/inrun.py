@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks import common, corpus
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".ts", ".go", ".java")
-GROUP = 256  # the engine's shared write (pipeline/sync.py BATCH_CHUNKS)
+GROUP = 256  # the engine's shared write (pipeline/write.py BATCH_CHUNKS)
 CHANGED_KEYS = 20
 
 
@@ -61,7 +61,7 @@ def _run_started(home: Path, run_id: str) -> float:
 def bare(config_file: str, out: str) -> None:
     """In a fresh process: the configured embedding function on every stored chunk text, cold, in write groups."""
     from s3sync_dagster.config import load_config
-    from s3sync_dagster.resources import chroma_resource
+    from s3sync_dagster.defs.resources import chroma_resource
 
     config = load_config(config_file)
     texts = chroma_resource(config.chroma).client().get_collection(config.sources[0].collection_name).get()["documents"]

@@ -17,7 +17,7 @@ import boto3
 import yaml
 
 from benchmarks import common
-from s3sync_dagster.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 
 WAIT_S = 300
 

@@ -126,7 +126,7 @@ def normalise(text: str) -> str:
 
 
 def model_window() -> int:
-    from s3sync_dagster.pipeline.embed import bundled_model_path
+    from s3sync_dagster.pipeline.default_model import bundled_model_path
 
     settings = json.loads((Path(bundled_model_path()) / "sentence_bert_config.json").read_text())
     return int(settings["max_seq_length"])
@@ -135,7 +135,7 @@ def model_window() -> int:
 def _tokenizer() -> Any:
     from tokenizers import Tokenizer
 
-    from s3sync_dagster.pipeline.embed import bundled_model_path
+    from s3sync_dagster.pipeline.default_model import bundled_model_path
 
     tokenizer = Tokenizer.from_file(str(Path(bundled_model_path()) / "tokenizer.json"))
     tokenizer.no_truncation()
@@ -255,7 +255,7 @@ def chunking(budget: int | None) -> dict[str, Any]:
 
 def read_chunks(chroma_path: Path, collection_name: str) -> tuple[Any, list[str], list[str], list[dict[str, Any]]]:
     """The collection (opened by a plain client) and all its chunks: ids, documents, metadatas."""
-    from s3sync_dagster.resources import embedded_client
+    from s3sync_dagster.defs.resources import embedded_client
 
     client = embedded_client(chroma_path)
     try:
@@ -456,7 +456,7 @@ def parse_budgets(text: str) -> list[int | None]:
 
 
 def main() -> None:
-    from s3sync_dagster import local_s3
+    from s3sync_dagster.commands import local_s3
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieval", description=__doc__)
     parser.add_argument("workdir", type=Path)

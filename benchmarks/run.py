@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from benchmarks import common, corpus, fixes, incremental, latency, throughput
-from s3sync_dagster import local_s3
+from s3sync_dagster.commands import local_s3
 from s3sync_dagster.pipeline.embed import DEFAULT_MODEL_MAX_TOKENS, default_token_budget, resolve_precision
 
 HERE = Path(__file__).resolve().parent

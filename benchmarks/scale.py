@@ -42,14 +42,14 @@ from botocore.config import Config as BotoConfig
 
 from benchmarks import common, dagster_server
 from benchmarks.corpus import WORDS
-from s3sync_dagster import local_s3
+from s3sync_dagster.commands import local_s3
+from s3sync_dagster.commands.runner import discover
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name, sync_op_name
+from s3sync_dagster.defs.resources import S3Connection
 from s3sync_dagster.defs.state import poll_state
 from s3sync_dagster.pipeline import keys as partition_keys
-from s3sync_dagster.resources import S3Connection
-from s3sync_dagster.runner import discover
 
 SOURCE = "scale"
 BUCKET = "s3sync-scale"
@@ -163,7 +163,7 @@ def _listing(fake: MemoryS3 | None) -> Iterator[None]:
         yield
         return
     with (
-        mock.patch("s3sync_dagster.runner.s3_client", lambda source: fake),
+        mock.patch("s3sync_dagster.commands.runner.s3_client", lambda source: fake),
         mock.patch.object(S3Connection, "get_client", lambda self: fake),
     ):
         yield
@@ -364,7 +364,7 @@ def _peak_rss(command: list[str], env: dict[str, str], time_file: Path) -> dict[
 STUB_EMBEDDING_S3SYNC = """
 import sys
 import numpy as np
-from s3sync_dagster.cli import main
+from s3sync_dagster.commands.cli import main
 from s3sync_dagster.pipeline import embed
 def vectors(self, input):  # Chroma checks the parameter's name
     found = np.random.default_rng(len(input)).standard_normal((len(input), 384), dtype=np.float32)

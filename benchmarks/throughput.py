@@ -46,15 +46,16 @@ def engine_main(config_file: str) -> None:
     """A: what the asset does for its keys, called directly: list, then sync_keys over everything."""
     started = time.perf_counter()
     from s3sync_dagster.config import load_config
-    from s3sync_dagster.pipeline import objects
-    from s3sync_dagster.pipeline.documents import DocumentPool
-    from s3sync_dagster.pipeline.sync import Collections, sync_keys
-    from s3sync_dagster.resources import (
+    from s3sync_dagster.defs.resources import (
         DocumentsResource,
         chroma_resource,
         embedding_resource,
         s3_connection,
     )
+    from s3sync_dagster.pipeline import objects
+    from s3sync_dagster.pipeline.documents import DocumentPool
+    from s3sync_dagster.pipeline.sync import sync_keys
+    from s3sync_dagster.pipeline.targets import Collections
 
     config = load_config(config_file)
     source = config.sources[0]

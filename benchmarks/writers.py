@@ -1,5 +1,5 @@
 """What the two-writers check costs: a 100-key sync through the moto server and embedded Chroma, with and
-without the settle check (pipeline/sync.py `settle`: a HEAD and a read of the stored chunks' metadata per
+without the settle check (pipeline/settle.py `settle`: a HEAD and a read of the stored chunks' metadata per
 key that wrote), in one run.
 
 `python -m benchmarks.writers [--keys 100] [--rounds 3]`. The two arms alternate in each round (which goes
@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from s3sync_dagster import local_s3
-from s3sync_dagster.pipeline import index, sync
+from s3sync_dagster.commands import local_s3
+from s3sync_dagster.pipeline import index, settle, sync
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
-from s3sync_dagster.pipeline.sync import KeyReport, SourceSpec
+from s3sync_dagster.pipeline.reports import KeyReport
+from s3sync_dagster.pipeline.spec import SourceSpec
 
 DIMENSIONS = 384
 
@@ -54,20 +55,20 @@ def timed_sync(
     s3: Any, spec: SourceSpec, collection: Any, object_keys: list[str], checked: bool
 ) -> tuple[float, list[KeyReport]]:
     """Seconds for one sync of the keys; without the check when `checked` is False (the code before it)."""
-    real_settle = sync.settle
+    real_settle = settle.settle
     if not checked:
-        sync.settle = lambda report, *_: report  # type: ignore[assignment]
+        settle.settle = lambda report, *_: report  # type: ignore[assignment]
     try:
         started = time.perf_counter()
         reports = sync.sync_keys(s3, spec, lambda _: collection, hash_vectors, object_keys)
         return time.perf_counter() - started, reports
     finally:
-        sync.settle = real_settle  # type: ignore[assignment]
+        settle.settle = real_settle  # type: ignore[assignment]
 
 
 def measure(keys: int = 100, rounds: int = 3) -> dict[str, Any]:
     with local_s3.running() as server, tempfile.TemporaryDirectory() as workdir:
-        from s3sync_dagster.resources import embedded_client
+        from s3sync_dagster.defs.resources import embedded_client
 
         s3 = common.s3_client(server.endpoint_url)
         store = embedded_client(Path(workdir) / "chroma")

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -25,9 +25,7 @@ from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.documents import DEFAULT_MAX_PAGES, DocumentOptions
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision, Runtime
 from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
-
-if TYPE_CHECKING:
-    from s3sync_dagster.pipeline.sync import SourceSpec
+from s3sync_dagster.pipeline.spec import SourceSpec
 
 DEFAULT_CONFIG_FILE = "s3sync.yaml"
 CONFIG_ENV_VAR = "S3SYNC_CONFIG"
@@ -368,8 +366,6 @@ class SourceConfig(_Model):
     def spec(self, embedding: EmbeddingSpec | None = None, documents: DocumentOptions | None = None) -> SourceSpec:
         """The engine's view of this source: its settings as plain values, with the chunk token budget of
         the embedding model and the document options (extraction settings shared by every source)."""
-        from s3sync_dagster.pipeline.sync import SourceSpec
-
         try:
             tokens = (embedding or EmbeddingConfig().spec()).token_budget(self.chunking.max_tokens)
         except ValueError as error:

@@ -9,8 +9,8 @@ from s3sync_dagster.defs.executor import executor_for
 from s3sync_dagster.defs.invocation_sensor import build_invocation_sensor
 from s3sync_dagster.defs.monitor import build_run_monitor
 from s3sync_dagster.defs.names import documents_asset_key, documents_job_name
+from s3sync_dagster.defs.resources import resources_for
 from s3sync_dagster.defs.source import source_definitions
-from s3sync_dagster.resources import resources_for
 
 
 def build_definitions(config: AppConfig) -> dg.Definitions:

@@ -22,9 +22,9 @@ import yaml
 from hypothesis import settings
 
 from benchmarks.reliability import REPORT_ENV
-from s3sync_dagster import local_s3
+from s3sync_dagster.commands import local_s3
+from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.config import AppConfig, load_config
-from s3sync_dagster.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
 
 # Credentials the tests hand over through the environment, as users do. Moto accepts anything; the

@@ -10,15 +10,15 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from s3sync_dagster import cli
+from s3sync_dagster.commands import cli
+from s3sync_dagster.commands.repair import repair
+from s3sync_dagster.commands.runner import sync
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.checks import drift_of
 from s3sync_dagster.defs.names import DRIFT_CHECK_NAME, documents_asset_key, repair_job_name
+from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
 from s3sync_dagster.pipeline import audit, keys
-from s3sync_dagster.repair import repair
-from s3sync_dagster.resources import chroma_resource, embedding_resource
-from s3sync_dagster.runner import sync
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
 FILES: dict[str, bytes | str] = {

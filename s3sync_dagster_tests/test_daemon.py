@@ -16,8 +16,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from s3sync_dagster.commands.local_s3 import LOOPBACK
 from s3sync_dagster.defs.monitor import worker_pid
-from s3sync_dagster.local_s3 import LOOPBACK
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster_tests.conftest import Row, notifying_queue, put, store_chunks
 
@@ -292,8 +292,8 @@ def test_the_daemon_runs_each_invocation_once_and_a_queued_one_can_be_cancelled(
     run queue runs it. Runs of source 'held' never leave the queue (a tag limit of 0): one is cancelled there."""
     import json
 
-    from s3sync_dagster.cli import main
-    from s3sync_dagster.invocations import daemon_running
+    from s3sync_dagster.commands.cli import main
+    from s3sync_dagster.commands.invocations import daemon_running
 
     put(s3, bucket, {"live/a.txt": "alpha invoked\n", "live/c.txt": "gamma invoked\n", "held/b.txt": "beta\n"})
 

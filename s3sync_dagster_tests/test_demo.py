@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from s3sync_dagster.cli import main
-from s3sync_dagster.demo import sample_files
+from s3sync_dagster.commands.cli import main
+from s3sync_dagster.commands.demo import sample_files
 
 
 def test_demo_syncs_the_sample_and_answers(

@@ -19,10 +19,10 @@ import yaml
 from benchmarks import postgres_server
 from benchmarks.common import DEPLOY_SETTINGS, dagster_home
 from benchmarks.dagster_server import PARTITIONS, webserver_and_daemon
+from s3sync_dagster.commands.local_s3 import LOOPBACK
 from s3sync_dagster.config import load_config
 from s3sync_dagster.defs import names
 from s3sync_dagster.defs.tags import BACKFILL_TAG, SOURCE_TAG, TRIGGER_TAG
-from s3sync_dagster.local_s3 import LOOPBACK
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster_tests.conftest import put
 from s3sync_dagster_tests.test_daemon import WAIT_S, expected_chunks
@@ -74,7 +74,15 @@ def chunks_of(client: Any, collection_name: str) -> dict[str, str]:
 
 def sync_command(source_name: str) -> list[str]:
     """`s3sync sync` of the source's first key, from this checkout: its run executes in its own process."""
-    return [sys.executable, "-m", "s3sync_dagster.cli", "sync", source_name, "--key", f"{source_name}/note-0.txt"]
+    return [
+        sys.executable,
+        "-m",
+        "s3sync_dagster.commands.cli",
+        "sync",
+        source_name,
+        "--key",
+        f"{source_name}/note-0.txt",
+    ]
 
 
 def op_spans(instance: dg.DagsterInstance, source_name: str) -> list[tuple[float, float, str]]:

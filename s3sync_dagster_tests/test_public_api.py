@@ -47,7 +47,7 @@ def test_the_rule_finds_what_it_is_for() -> None:
         "2: import dagster._serdes",
     ]
     assert private_uses("self._lock\ncls._cache\nx.__dict__\nfrom __future__ import annotations\n") == []
-    assert private_uses("from s3sync_dagster.resources import _client\nfrom ._x import y\n") == []  # our own
+    assert private_uses("from s3sync_dagster.defs.resources import _client\nfrom ._x import y\n") == []  # our own
 
 
 def test_no_private_name_of_another_library_in_the_package() -> None:

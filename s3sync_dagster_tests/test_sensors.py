@@ -12,8 +12,8 @@ import pytest
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name, sync_job_name
+from s3sync_dagster.defs.resources import ChromaResource
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster.resources import ChromaResource
 from s3sync_dagster_tests.conftest import TEST_SECRET, ConfigFactory, Row, notifying_queue, put, store_chunks
 
 
@@ -446,7 +446,7 @@ def test_messages_outlive_a_tick_whose_runs_were_never_stored(
 def test_discover_and_sync_all_in_metadata_mode_index_only_through_meta_files(
     make_config: ConfigFactory, s3: Any, bucket: str, queue_url: str, instance: dg.DagsterInstance
 ) -> None:
-    from s3sync_dagster import runner
+    from s3sync_dagster.commands import runner
 
     config, _ = make_config(bucket, path_prefix="t1/", auto_sync="metadata", sqs_queue_url=queue_url)
     put(

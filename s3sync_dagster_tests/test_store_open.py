@@ -36,7 +36,7 @@ import fcntl, sys
 import chromadb
 from chromadb.config import Settings
 from s3sync_dagster.pipeline import index
-from s3sync_dagster.resources import ChromaResource, EmbeddingResource
+from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 
 locked, collection_name = sys.argv[1] == "locked", sys.argv[2]
 embedding = EmbeddingResource()

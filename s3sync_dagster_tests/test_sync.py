@@ -7,7 +7,8 @@ import pytest
 
 from s3sync_dagster.pipeline import index, keys
 from s3sync_dagster.pipeline.objects import ObjectMissing, head_object, list_objects, read_object
-from s3sync_dagster.pipeline.sync import SourceSpec, sync_keys, sync_object
+from s3sync_dagster.pipeline.spec import SourceSpec
+from s3sync_dagster.pipeline.sync import sync_keys, sync_object
 from s3sync_dagster_tests.conftest import CountingEmbedder, put
 
 

@@ -18,14 +18,14 @@ import dagster as dg
 import pytest
 import yaml
 
-from s3sync_dagster.cli import main
+from s3sync_dagster.commands.cli import main
+from s3sync_dagster.commands.local_s3 import LOOPBACK
+from s3sync_dagster.commands.runner import reports_of
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import repair_job_name
+from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
 from s3sync_dagster.defs.run_config import repair_run_config
-from s3sync_dagster.local_s3 import LOOPBACK
-from s3sync_dagster.resources import chroma_resource, embedding_resource
-from s3sync_dagster.runner import reports_of
 from s3sync_dagster_tests.conftest import Chunks, Row, put
 
 pytestmark = pytest.mark.reliability("tenancy")

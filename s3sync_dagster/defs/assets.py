@@ -9,10 +9,13 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key
+from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.documents import DocumentPool
-from s3sync_dagster.pipeline.sync import Collections, Invocation, KeyReport, sync_keys
-from s3sync_dagster.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
+from s3sync_dagster.pipeline.reports import KeyReport
+from s3sync_dagster.pipeline.spec import Invocation
+from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.targets import Collections
 
 
 def _key_metadata(report: KeyReport) -> dict[str, Any]:

@@ -8,8 +8,8 @@ import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.names import documents_asset_key, repair_job_name
+from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.pipeline import audit, keys
-from s3sync_dagster.resources import ChromaResource, EmbeddingResource
 
 SHOWN = 20
 # Statuses whose object must have chunks in Chroma ("empty" and "removed" must not have any).

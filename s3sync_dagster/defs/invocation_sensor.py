@@ -21,7 +21,7 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.run_config import invocation_run_config
 from s3sync_dagster.defs.tags import INVOCATION_TAG, SOURCE_TAG
-from s3sync_dagster.pipeline.sync import Invocation
+from s3sync_dagster.pipeline.spec import Invocation
 
 INVOCATION_SENSOR = "s3sync_invocations"
 # The observation metadata that marks a request (the asset's other observations are failed keys).

@@ -5,7 +5,7 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.defs.names import asset_op_name, repair_op_name, sync_op_name
-from s3sync_dagster.pipeline.sync import Invocation
+from s3sync_dagster.pipeline.spec import Invocation
 
 # Run logs of the command line's in-process runs stay off the terminal: the command says what happened.
 QUIET_LOGGERS: dict[str, Any] = {"console": {"config": {"log_level": "CRITICAL"}}}

@@ -10,15 +10,15 @@ from typing import Any
 
 import dagster as dg
 
-from s3sync_dagster import failpoints
 from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_def, partitions_name
+from s3sync_dagster.defs.resources import S3Connections
 from s3sync_dagster.defs.run_config import sync_run_config
 from s3sync_dagster.defs.state import poll_state
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import events, keys, objects
-from s3sync_dagster.resources import S3Connections
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
 READ_BUDGET_S = 25.0

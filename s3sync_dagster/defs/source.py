@@ -2,7 +2,7 @@
 
 Everything a source is comes from its SourceConfig (the user's YAML); resources are connections only,
 taken as typed parameters. What the objects do on a run or a tick lives beside them: defs/assets.py
-(indexing), defs/checks.py, defs/sensors.py and repair.py.
+(indexing), defs/checks.py, defs/sensors.py and defs/repair.py.
 """
 
 from collections.abc import Iterator
@@ -13,12 +13,12 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import names
 from s3sync_dagster.defs.assets import index_partitions
 from s3sync_dagster.defs.checks import drift_check, index_check
+from s3sync_dagster.defs.repair import repair_drift
+from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import InvocationConfig, RepairConfig, SyncKeysConfig
 from s3sync_dagster.defs.sensors import poll_tick, sqs_tick
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster.repair import repair_drift
-from s3sync_dagster.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 
 
 def source_definitions(source: SourceConfig) -> dg.Definitions:

@@ -43,7 +43,7 @@ from s3sync_dagster.pipeline.objects import S3Client
 if TYPE_CHECKING:  # pandas loads when an audit runs, not with the definitions every run process imports
     import pandas as pd
 
-    from s3sync_dagster.pipeline.sync import SourceSpec
+    from s3sync_dagster.pipeline.spec import SourceSpec
 
 # Given the keys that look missing, each one's ETag at its last sync if that sync found no text.
 EmptyLookup = Callable[[Sequence[str]], Mapping[str, str]]

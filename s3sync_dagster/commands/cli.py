@@ -15,11 +15,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from s3sync_dagster.commands.invocations import InvocationError
+from s3sync_dagster.commands.runner import RunError, SyncResult, UsageError
 from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError, config_path, load_config
-from s3sync_dagster.invocations import InvocationError
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
-from s3sync_dagster.runner import RunError, SyncResult, UsageError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -40,7 +40,7 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
-    from s3sync_dagster.source_admin import describe_source
+    from s3sync_dagster.commands.source_admin import describe_source
 
     config = _config(args)
     with _instance(args) as instance:
@@ -59,13 +59,13 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
 
 def _instance(args: argparse.Namespace) -> Any:
-    from s3sync_dagster.runner import open_instance
+    from s3sync_dagster.commands.runner import open_instance
 
     return open_instance(args.config)
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from s3sync_dagster.runner import discover
+    from s3sync_dagster.commands.runner import discover
 
     config = _config(args)
     config.source(args.source)
@@ -84,7 +84,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from s3sync_dagster.runner import discover, sync
+    from s3sync_dagster.commands.runner import discover, sync
 
     config = _config(args)
     config.source(args.source)
@@ -156,7 +156,7 @@ def _sync_lines(result: SyncResult, counts: dict[str, int]) -> list[str]:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from s3sync_dagster.resources import chroma_resource, embedding_resource
+    from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
 
     config = _config(args)
     source = config.source(args.source)
@@ -222,10 +222,10 @@ def _status_text(status: Any) -> str:
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
-    from s3sync_dagster import invocations
+    from s3sync_dagster.commands import invocations
+    from s3sync_dagster.commands.runner import register_keys, s3_client
     from s3sync_dagster.defs.invocation_sensor import invocation_tags, new_invocation_id, record_request
-    from s3sync_dagster.pipeline.sync import Invocation
-    from s3sync_dagster.runner import register_keys, s3_client
+    from s3sync_dagster.pipeline.spec import Invocation
 
     config = _config(args)
     source = config.source(args.source)
@@ -277,7 +277,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
 
 def cmd_invocations(args: argparse.Namespace) -> int:
-    from s3sync_dagster.invocations import list_invocations
+    from s3sync_dagster.commands.invocations import list_invocations
 
     config = _config(args)
     with _instance(args) as instance:
@@ -293,7 +293,7 @@ def cmd_invocations(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from s3sync_dagster.invocations import cancel
+    from s3sync_dagster.commands.invocations import cancel
 
     config = _config(args)
     with _instance(args) as instance:
@@ -303,8 +303,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_remove_source(args: argparse.Namespace) -> int:
-    from s3sync_dagster.invocations import source_runs_in_flight
-    from s3sync_dagster.source_admin import chunk_counts, remove_source
+    from s3sync_dagster.commands.invocations import source_runs_in_flight
+    from s3sync_dagster.commands.source_admin import chunk_counts, remove_source
 
     config = _config(args)
     source = config.source(args.source)
@@ -343,7 +343,7 @@ def cmd_remove_source(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from s3sync_dagster.repair import repair
+    from s3sync_dagster.commands.repair import repair
 
     config = _config(args)
     config.source(args.source)
@@ -369,7 +369,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from s3sync_dagster.demo import run_demo
+    from s3sync_dagster.commands.demo import run_demo
 
     return run_demo(workdir=args.workdir, ui=args.ui, as_json=args.json)
 

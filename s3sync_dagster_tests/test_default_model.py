@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s3sync_dagster.chroma_default import ONNX_FILES, default_target, ensure_default_model
-from s3sync_dagster.local_s3 import free_port
-from s3sync_dagster.pipeline.embed import ChromaDefaultFunction, LazySentenceTransformer, bundled_model_path
+from s3sync_dagster.commands.local_s3 import free_port
+from s3sync_dagster.pipeline.default_model import ONNX_FILES, bundled_model_path, default_target, ensure_default_model
+from s3sync_dagster.pipeline.embed import ChromaDefaultFunction, LazySentenceTransformer
 
 MAX_TOKENS = 256  # chromadb's ONNXMiniLM_L6_V2 truncates (and pads) to this; so does sentence-transformers
 

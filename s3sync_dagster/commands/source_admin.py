@@ -9,12 +9,12 @@ from typing import Any
 
 import dagster as dg
 
+from s3sync_dagster.commands.invocations import database_name, source_id
 from s3sync_dagster.config import AppConfig, EnvRef, SourceConfig
 from s3sync_dagster.defs.names import partitions_name
+from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_resource, embedding_resource
 from s3sync_dagster.defs.state import clear_poll_state
-from s3sync_dagster.invocations import database_name, source_id
 from s3sync_dagster.pipeline import index
-from s3sync_dagster.resources import ChromaResource, EmbeddingResource, chroma_resource, embedding_resource
 
 
 def _masked(ref: EnvRef | None) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ DEMO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "s3sync-demo", "AWS_SECRET_ACCESS_KEY":
 
 def sample_files() -> dict[str, bytes]:
     """The bundled sample, as object key -> bytes."""
-    root = package_files.files("s3sync_dagster") / "demo_data"
+    root = package_files.files("s3sync_dagster.commands") / "demo_data"
     found: dict[str, bytes] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -75,9 +75,9 @@ def upload_sample(endpoint_url: str) -> int:
 def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
     import dagster as dg
 
-    from s3sync_dagster import local_s3
+    from s3sync_dagster.commands import local_s3
+    from s3sync_dagster.commands.runner import discover, sync
     from s3sync_dagster.config import load_config
-    from s3sync_dagster.runner import discover, sync
 
     def say(message: str) -> None:
         if not as_json:
@@ -133,7 +133,7 @@ def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
 
 def _query(config_file: Path) -> dict[str, Any]:
     from s3sync_dagster.config import load_config
-    from s3sync_dagster.resources import chroma_resource, embedding_resource
+    from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
 
     config = load_config(config_file)
     chroma = chroma_resource(config.chroma).process_config_and_initialize()

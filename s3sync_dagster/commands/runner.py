@@ -23,10 +23,10 @@ from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_p
 from s3sync_dagster.definitions import build_definitions, documents_job
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
+from s3sync_dagster.defs.resources import s3_connection
 from s3sync_dagster.defs.run_config import QUIET_LOGGERS
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG, SOURCE_TAG
 from s3sync_dagster.pipeline import events, keys, objects
-from s3sync_dagster.resources import s3_connection
 
 # The CLI prints its own summary, a line per failed key or failed run; the run's full event log,
 # warnings and tracebacks included, stays on the instance for the UI (`dagster` prints failures at

@@ -1,30 +1,21 @@
-"""Repairing a source's drift: sync exactly the keys the audit found, as one Dagster run (CLI or UI).
+"""The repair job's run: sync exactly the keys the audit found and delete the chunks no sync would remove.
 
 Missing and stale keys are registered as partitions and indexed; keys whose object is gone are
 synced too, which removes their chunks (and records `removed` on their partition); chunks of keys
 the source no longer selects are deleted directly, since a sync would index those objects again.
 """
 
-import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dagster as dg
 
-from s3sync_dagster.config import AppConfig, SourceConfig
+from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.assets import index_partitions
 from s3sync_dagster.defs.checks import audited_collections, drift_of
-from s3sync_dagster.defs.names import partitions_name, repair_job_name
-from s3sync_dagster.defs.run_config import RepairConfig, repair_run_config
+from s3sync_dagster.defs.names import partitions_name
+from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
+from s3sync_dagster.defs.run_config import RepairConfig
 from s3sync_dagster.pipeline import audit, events, index, keys
-from s3sync_dagster.resources import (
-    ChromaResource,
-    DocumentsResource,
-    EmbeddingResource,
-    S3Connections,
-    chroma_resource,
-    embedding_resource,
-)
 
 
 def delete_unselected(
@@ -139,68 +130,3 @@ def repair_drift(
     if new:
         context.instance.add_dynamic_partitions(name, new)
     index_partitions(context, source, partitions, s3=s3, chroma=chroma, embedding=embedding, documents=documents)
-
-
-@dataclass
-class RepairResult:
-    source: str
-    before: dict[str, Any]
-    after: dict[str, Any]
-    run_id: str | None = None
-    success: bool = True
-    synced: int = 0
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    duration_s: float = 0.0
-
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [report for report in self.reports if report.get("status") == "failed"]
-
-
-def _described(drift: audit.Drift) -> dict[str, Any]:
-    described = asdict(drift)
-    described["counts"] = drift.counts()
-    described["clean"] = drift.clean
-    return described
-
-
-def repair(config: AppConfig, source_name: str, instance: dg.DagsterInstance) -> RepairResult:
-    """Audit the source, repair exactly the drift found in one run on the instance, and audit again."""
-    # Imported here: the definitions (which runner.py builds) register this module's job.
-    from s3sync_dagster.definitions import build_definitions
-    from s3sync_dagster.runner import key_outcomes, run_failure, s3_client
-
-    started = time.perf_counter()
-    source = config.source(source_name)
-    s3 = s3_client(source)  # checks credentials and bucket before anything runs
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
-    embedding = embedding_resource(config.embedding)
-    before = drift_of(source, instance, s3, chroma, embedding)
-    result = RepairResult(source=source_name, before=_described(before), after=_described(before))
-    if before.clean:
-        result.duration_s = time.perf_counter() - started
-        return result
-    to_sync = before.to_sync()
-    job = build_definitions(config).get_job_def(repair_job_name(source_name))
-    execution = job.execute_in_process(
-        instance=instance,
-        run_config=repair_run_config(
-            source_name, to_sync, before.unselected, sorted(before.misplaced), bool(before.foreign)
-        ),
-        raise_on_error=False,
-    )
-    result.run_id, result.success, result.synced = execution.run_id, execution.success, len(to_sync)
-    # Each key with the reason for its outcome (a key the run recorded nothing for says why), then the
-    # metadata files synced along with a document.
-    own, also_synced = key_outcomes(
-        instance,
-        source,
-        execution.run_id,
-        to_sync,
-        None if execution.success else run_failure(instance, execution.run_id),
-    )
-    result.reports = own + also_synced
-    after = drift_of(source, instance, s3, chroma, embedding)
-    result.after = _described(after)
-    result.duration_s = time.perf_counter() - started
-    return result

@@ -18,7 +18,9 @@ from typing import Any
 
 import dagster as dg
 
+from s3sync_dagster.commands.runner import UsageError, meta_keys_for, reports_of, run_failure, unnamed_document
 from s3sync_dagster.config import AppConfig, EmbeddingConfig, SourceConfig
+from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.invocation_sensor import (
     INVOCATION_SENSOR,
     InvocationRequest,
@@ -37,8 +39,7 @@ from s3sync_dagster.defs.tags import (
     TRIGGER_TAG,
 )
 from s3sync_dagster.pipeline import events, keys, objects
-from s3sync_dagster.pipeline.sync import Invocation
-from s3sync_dagster.runner import UsageError, meta_keys_for, reports_of, run_failure, unnamed_document
+from s3sync_dagster.pipeline.spec import Invocation
 
 Status = str  # pending | processing | complete | failed | cancelled
 STATUSES: dict[Status, frozenset[dg.DagsterRunStatus]] = {
@@ -116,8 +117,6 @@ def execute_partition_run(
 ) -> str:
     """Run one partition in this process (no daemon serves the queue), recorded on the instance as the
     queued run would be: same job, config, tags and events, so the UI and `s3sync invocations` show it."""
-    from s3sync_dagster.definitions import build_definitions
-
     execution = (
         build_definitions(config)
         .resolve_implicit_global_asset_job_def()

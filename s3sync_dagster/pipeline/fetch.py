@@ -1,0 +1,246 @@
+"""Fetching one object key: validate, HEAD, skip when its chunks are current, else read its bytes; a
+`.meta.json` key is read first and claims its document's id; a gone object or metadata file removes its chunks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chromadb.api.models.Collection import Collection
+
+from s3sync_dagster.pipeline import events, index, keys, objects
+from s3sync_dagster.pipeline.meta_links import InMemoryMetaLinks, MetaLinks
+from s3sync_dagster.pipeline.objects import S3Client
+from s3sync_dagster.pipeline.reports import KeyReport, lap
+from s3sync_dagster.pipeline.spec import SourceSpec, check_key_in_source, sync_signature
+from s3sync_dagster.pipeline.targets import CollectionFor, check_id_free, searchable
+
+
+@dataclass
+class Fetched:
+    """An object whose bytes were read because its chunks are not current: extraction comes next."""
+
+    report: KeyReport
+    info: objects.ObjectInfo
+    data: bytes
+    collection: Collection
+    document_id: str
+    signature: str
+    metadata: index.Metadata
+    custom_id: str | None
+    had_chunks: bool
+    started: float
+    source: str  # the source syncing it: the only one whose chunks it may replace
+    meta_key: str | None = None
+    shared: bool = False  # written to a collection other than the source's own: its id is checked at the write
+
+
+def fetch(
+    s3: S3Client,
+    spec: SourceSpec,
+    collection_for: CollectionFor,
+    object_key: str,
+    *,
+    custom_id: str | None = None,
+    user_metadata: Mapping[str, Any] | None = None,
+    target_collection_name: str | None = None,
+    meta_key: str | None = None,
+    links: MetaLinks | None = None,
+    empty_etag: str | None = None,
+) -> KeyReport | Fetched:
+    """Validate, HEAD, skip if current (a final report), else read the bytes for extraction.
+
+    empty_etag: the ETag at which the object was just found empty (no chunks): at that ETag with no
+    chunks stored it is current too (a settle check, which must not read it again).
+    """
+    if events.is_meta_key(object_key):
+        return _fetch_by_meta_file(s3, spec, collection_for, object_key, links or InMemoryMetaLinks(), empty_etag)
+    started = time.perf_counter()
+    check_key_in_source(spec, object_key)
+    if custom_id is not None:
+        keys.validate_custom_id(custom_id)
+    metadata = index.validate_user_metadata(user_metadata or {}, f"object '{object_key}'")
+    collection_name = target_collection_name or spec.collection_name
+    spec.check_target(collection_name, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'")
+    collection = collection_for(collection_name)
+    report = KeyReport(object_key=object_key, status="indexed", collection_name=collection_name)
+
+    mark = time.perf_counter()
+    try:
+        info = objects.head_object(s3, spec.bucket_name, object_key)
+    except objects.ObjectMissing:
+        if meta_key is not None:
+            return _waiting(report, spec, collection_for, meta_key, started)
+        return _removed(report, spec, collection_for, started)
+    mark = lap(report, "s3_head", mark)
+    report.size_bytes, report.etag = info.size, info.etag
+    objects.check_size(info, spec.max_object_bytes)
+
+    document_id = custom_id or keys.object_id(object_key)
+    signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
+    stored = own_chunks(index.stored_chunks(collection, object_key, spec.name, with_text=False), meta_key)
+    mark = lap(report, "chroma_read", mark)
+    if index.is_current(stored, document_id, info.etag, signature):
+        report.status = "unchanged"
+        report.chunk_count = report.chunks_unchanged = len(stored)
+        report.chunker = str(next(iter(stored.values())).metadata.get("chunker", ""))
+        report.message = "already indexed at this ETag with these settings: nothing read or written"
+        report.duration_s = time.perf_counter() - started
+        return report
+    if not stored and empty_etag == info.etag:
+        report.status = "unchanged"
+        report.message = "empty at this ETag: nothing read or written"
+        report.duration_s = time.perf_counter() - started
+        return report
+    shared = collection_name != spec.collection_name
+    if shared:  # a collection other sources may write too: the id must be free (checked again at the write)
+        check_id_free(
+            collection, spec.name, document_id, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'"
+        )
+
+    try:
+        data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
+    except objects.ObjectMissing:  # deleted between HEAD and GET
+        if meta_key is not None:
+            return _waiting(report, spec, collection_for, meta_key, started)
+        return _removed(report, spec, collection_for, started)
+    lap(report, "s3_read", mark)
+    return Fetched(
+        report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started,
+        spec.name, meta_key, shared,
+    )  # fmt: skip
+
+
+MAX_META_FILE_BYTES = 1024 * 1024
+
+
+def own_chunks(stored: dict[str, index.StoredChunk], meta_key: str | None) -> dict[str, index.StoredChunk]:
+    """The object's chunks that this sync owns: each .meta.json naming the object is its own document,
+    and the object's own (direct) chunks are those no metadata file wrote."""
+    return {chunk_id: chunk for chunk_id, chunk in stored.items() if chunk.metadata.get("metadata_key") == meta_key}
+
+
+def _fetch_by_meta_file(
+    s3: S3Client,
+    spec: SourceSpec,
+    collection_for: CollectionFor,
+    meta_key: str,
+    links: MetaLinks,
+    empty_etag: str | None = None,
+) -> KeyReport | Fetched:
+    """A `.meta.json` partition: (re-)read the metadata file, then sync the document it names."""
+    started = time.perf_counter()
+    check_key_in_source(spec, meta_key)
+    try:
+        info = objects.head_object(s3, spec.bucket_name, meta_key)
+        if info.size > MAX_META_FILE_BYTES:
+            raise ValueError(
+                f"metadata file '{meta_key}' is {info.size:,} bytes, over the limit of {MAX_META_FILE_BYTES:,} "
+                "bytes for a .meta.json file"
+            )
+        data = objects.read_object(s3, spec.bucket_name, info, MAX_META_FILE_BYTES)
+    except objects.ObjectMissing:
+        # The metadata file is gone: so are the chunks it asked for, wherever it had sent them.
+        report = KeyReport(object_key=meta_key, status="removed", collection_name=spec.collection_name)
+        report.chunks_deleted = sum(
+            index.delete_where(c, asked_for_by(spec, meta_key))
+            for c in searchable(collection_for, spec.collection_name)
+        )
+        report.message = f"metadata file '{meta_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
+        report.duration_s = time.perf_counter() - started
+        return report
+    meta = events.parse_meta_file(meta_key, data, spec.path_prefix)
+    # A metadata file that now names another path or collection: what it asked for before goes.
+    target = meta.target_collection_name or spec.collection_name
+    # Every check comes before anything is deleted: a refused metadata file changes nothing.
+    spec.check_target(target, f"metadata file '{meta_key}'")
+    taken_over = _claim_document_id(s3, spec, collection_for(target), meta)
+    for collection in searchable(collection_for, target):
+        conditions: list[dict[str, Any]] = [{"metadata_key": meta_key}, {"source": spec.name}]
+        if collection.name == target:
+            conditions.append({"object_key": {"$ne": meta.path}})
+        index.delete_where(collection, {"$and": conditions})
+    index.delete_ids(collection_for(target), taken_over)
+    links.link(meta.path, meta_key)
+    fetched = fetch(
+        s3, spec, collection_for, meta.path,
+        custom_id=meta.document_id, user_metadata=meta.metadata,
+        target_collection_name=meta.target_collection_name, meta_key=meta_key, empty_etag=empty_etag,
+    )  # fmt: skip
+    report = fetched if isinstance(fetched, KeyReport) else fetched.report
+    report.document_key, report.object_key = meta.path, meta_key
+    return fetched
+
+
+def asked_for_by(spec: SourceSpec, meta_key: str) -> dict[str, Any]:
+    return {"$and": [{"metadata_key": meta_key}, {"source": spec.name}]}
+
+
+def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, meta: events.MetaFile) -> list[str]:
+    """One id, one document: a metadata file may not take over the chunks of another document that still exists.
+    Raises naming the other document; else returns the ids of the chunks it takes over (the caller deletes them).
+
+    Whose chunks hold the id decides, wherever that document lives: another source's are never taken (in
+    this source's own collection, where no other source may write, they are an intrusion and replaced);
+    this source's are taken only when the document that wrote them is gone (its metadata file, or, for
+    chunks an object's own sync wrote, the object) or when an invocation wrote them.
+    """
+    what = f"metadata file '{meta.meta_key}'"
+    found = collection.get(where={"document_id": meta.document_id}, include=["metadatas"])
+    stale: list[str] = []
+    for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [], strict=True):
+        metadata = metadata or {}
+        other_meta = str(metadata.get("metadata_key") or "")
+        if metadata.get("source") != spec.name:
+            if collection.name != spec.collection_name:
+                check_id_free(collection, spec.name, meta.document_id, what)
+            stale.append(chunk_id)
+            continue
+        if other_meta == meta.meta_key:
+            continue
+        # An object's own chunks, in metadata mode, are leftovers: that mode indexes documents only through
+        # their metadata files (the object's next sync removes them anyway).
+        direct = not metadata.get("custom_id") and not spec.metadata_mode
+        claimer = other_meta or (str(metadata.get("object_key") or "") if direct else None)
+        if claimer:
+            try:
+                objects.head_object(s3, str(metadata.get("bucket_name") or spec.bucket_name), claimer)
+            except objects.ObjectMissing:
+                stale.append(chunk_id)
+                continue
+            kind = f"metadata file '{claimer}'" if other_meta else f"object '{claimer}'"
+            raise ValueError(
+                f"{what}: id '{meta.document_id}' is already the id of the document of {kind} in collection "
+                f"'{collection.name}'; each metadata file is its own document and needs its own id"
+            )
+        stale.append(chunk_id)
+    return stale
+
+
+def _waiting(
+    report: KeyReport, spec: SourceSpec, collection_for: CollectionFor, meta_key: str, started: float
+) -> KeyReport:
+    """A metadata file names an object that is not in the bucket (yet): nothing of it stays indexed."""
+    searched = searchable(collection_for, report.collection_name)
+    report.chunks_deleted = sum(index.delete_where(collection, asked_for_by(spec, meta_key)) for collection in searched)
+    report.status = "waiting"
+    report.message = (
+        f"metadata file '{meta_key}' names '{report.object_key}', which is not in the bucket: waiting for it "
+        "(it is indexed when it arrives)"
+        + (f"; removed {report.chunks_deleted} chunk(s) of its earlier version" if report.chunks_deleted else "")
+    )
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _removed(report: KeyReport, spec: SourceSpec, collection_for: CollectionFor, started: float) -> KeyReport:
+    """The object is gone from the bucket: its chunks go too, so the collection mirrors the bucket."""
+    where = {"$and": [{"object_key": report.object_key}, {"source": spec.name}]}
+    searched = searchable(collection_for, report.collection_name)
+    report.chunks_deleted = sum(index.delete_where(collection, where) for collection in searched)
+    report.status = "removed"
+    report.message = f"object '{report.object_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
+    report.duration_s = time.perf_counter() - started
+    return report

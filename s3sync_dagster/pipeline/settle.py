@@ -1,0 +1,77 @@
+"""Settling a sync against concurrent writers: check its outcome against the bucket, sync again until they agree."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from s3sync_dagster.pipeline import extract, index
+from s3sync_dagster.pipeline.fetch import Fetched
+from s3sync_dagster.pipeline.reports import KeyReport, Status, failure_message, lap
+from s3sync_dagster.pipeline.spec import SourceSpec
+from s3sync_dagster.pipeline.write import finish
+
+# Two writers of one key (a sensor run and a backfill, two hosts on one Chroma server) take no lock
+# together, and can interleave: one reads version 1, the other writes version 2, then the first writes
+# version 1's chunks over them and deletes from a snapshot taken before. So a sync that wrote or removed
+# an object's chunks ends with the skip check (HEAD again, read the stored chunks' ids and ETags) and
+# syncs again while they are not exactly the current version's. A writer's writes all come before its
+# own last check, so the check that passes last sees every write: it leaves the newest version's exact
+# chunk set, whatever the order of the others. Bounded, so a key rewritten without pause fails, named.
+MAX_RESYNCS = 3
+_WRITES: frozenset[Status] = frozenset({"indexed", "empty", "removed", "waiting"})
+
+# The skip check of an object key, as the sync that produced a report ran it (same invocation).
+Check = Callable[[KeyReport], "KeyReport | Fetched"]
+# Object key, bytes -> text: in this process, or in the run's document pool (its timeout, its isolation).
+Extract = Callable[[str, bytes], extract.Extracted]
+
+
+def settle(
+    report: KeyReport, check: Check, extract_text: Extract, spec: SourceSpec, embed: index.Embedder
+) -> KeyReport:
+    """Check a sync's outcome against the bucket's current version; sync again until they agree."""
+    if report.status not in _WRITES:
+        return report  # nothing written: nothing another writer could have raced
+    first, started = report, time.perf_counter()
+    resyncs = 0
+    try:
+        while True:
+            checked = check(report)
+            if isinstance(checked, KeyReport) and (
+                checked.status == "unchanged" or (checked.status == report.status and not checked.chunks_deleted)
+            ):
+                break  # the chunks are the current version's (or the object is still gone, and so are they)
+            if resyncs == MAX_RESYNCS:
+                seen = checked.etag if isinstance(checked, KeyReport) else checked.info.etag
+                raise ValueError(
+                    f"object '{report.object_key}' or its chunks changed under {MAX_RESYNCS + 1} syncs in a row "
+                    f"(last stored at ETag '{report.etag or 'none'}', now '{seen or 'none'}'): another writer keeps "
+                    "replacing it; a sync ends only when the stored chunks are the current version's, and the "
+                    "next sync of the key tries again"
+                )
+            resyncs += 1
+            if isinstance(checked, KeyReport):
+                report = checked  # removed (or waiting) meanwhile: that removal is checked in turn
+            else:
+                mark = time.perf_counter()
+                extracted = extract_text(checked.report.document_key or checked.report.object_key, checked.data)
+                lap(checked.report, "extract", mark)
+                report = finish(checked, extracted, spec, embed)
+    except Exception as error:
+        return KeyReport(
+            object_key=first.object_key,
+            status="failed",
+            collection_name=first.collection_name,
+            document_key=first.document_key,
+            message=failure_message(first.object_key, error),
+            duration_s=first.duration_s + time.perf_counter() - started,
+        )
+    # The check's own cost (a HEAD and a read of the stored chunks' metadata), resyncs included.
+    report.timings["settle"] = time.perf_counter() - started
+    report.duration_s = first.duration_s + report.timings["settle"]
+    if resyncs:
+        report.message = (report.message + "; " if report.message else "") + (
+            f"synced {resyncs} more time(s): another writer changed the object or its chunks meanwhile"
+        )
+    return report

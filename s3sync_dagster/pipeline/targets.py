@@ -1,0 +1,56 @@
+"""The collections a sync writes to and searches, and the rule that a source never takes another's document id."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from chromadb.api.models.Collection import Collection
+
+CollectionFor = Callable[[str], Collection]
+
+
+class Collections:
+    """The collections a sync writes to, opened once each; knows the others a removal must search.
+
+    A `.meta.json` may route an object to any target collection, and once the object is deleted
+    nothing says which: its chunks are then looked for in every collection this source wrote to.
+    """
+
+    def __init__(self, open_collection: CollectionFor, list_names: Callable[[], Iterable[str]] | None = None) -> None:
+        self._open = open_collection
+        self._list_names = list_names
+        self._opened: dict[str, Collection] = {}
+
+    def __call__(self, name: str) -> Collection:
+        if name not in self._opened:
+            self._opened[name] = self._open(name)
+        return self._opened[name]
+
+    def searchable(self, default: str) -> list[Collection]:
+        found = [self(default)]
+        for name in self._list_names() if self._list_names else []:
+            if name != default:
+                try:
+                    found.append(self(name))
+                except Exception:  # not ours (another embedding function): none of our chunks there
+                    continue
+        return found
+
+
+def searchable(collection_for: CollectionFor, default: str) -> list[Collection]:
+    if isinstance(collection_for, Collections):
+        return collection_for.searchable(default)
+    return [collection_for(default)]
+
+
+def check_id_free(collection: Collection, source: str, document_id: str, what: str) -> None:
+    """A source never takes the id of another source's document: its chunks would replace theirs."""
+    where: Any = {"$and": [{"document_id": document_id}, {"source": {"$ne": source}}]}
+    found = collection.get(where=where, include=["metadatas"], limit=1)
+    if found["ids"]:
+        other = str(((found.get("metadatas") or [{}])[0] or {}).get("source", "?"))
+        raise ValueError(
+            f"{what}: id '{document_id}' in collection '{collection.name}' is the id of a document of source "
+            f"'{other}'; source '{source}' replaces or deletes only its own chunks, so it may not take that id"
+        )

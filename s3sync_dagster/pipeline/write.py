@@ -1,0 +1,243 @@
+"""Writing one fetched object: chunk its text into records (page by page), make the collection hold exactly
+those, and write many new objects in one embedding call and one upsert."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from s3sync_dagster.pipeline import chunk, events, extract, index, keys
+from s3sync_dagster.pipeline.fetch import Fetched, own_chunks
+from s3sync_dagster.pipeline.reports import KeyReport, lap
+from s3sync_dagster.pipeline.spec import SourceSpec
+from s3sync_dagster.pipeline.targets import check_id_free
+
+PREVIEW_CHARS = 160
+
+
+@dataclass
+class Prepared:
+    """An object chunked into the records it should have in Chroma: writing them comes next."""
+
+    fetched: Fetched
+    records: list[index.ChunkRecord]
+    empty_message: str
+
+
+def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) -> Prepared:
+    """Chunk the extracted text into the records (ids, text, metadata) the object should have."""
+    report, info = fetched.report, fetched.info
+    object_key = report.document_key or report.object_key
+    mark = time.perf_counter()
+    pieces, chunked = _chunk_by_page(extracted, object_key, spec)
+    # Whitespace alone is nothing anyone can find: an object of only blanks is empty, not one blank chunk.
+    pieces = [(piece, page) for piece, page in pieces if piece.text.strip()]
+    lap(report, "chunk", mark)
+    report.chunker, report.language, report.extractor = chunked.chunker, chunked.language, extracted.extractor
+    report.chunk_count = len(pieces)
+    report.preview = extracted.text[:PREVIEW_CHARS]
+    report.warnings = list(extracted.warnings)
+    if extracted.page_starts:
+        report.pages = len(extracted.page_starts)
+
+    count = len(pieces)
+    match = re.search(spec.container_tag_regex, object_key) if spec.container_tag_regex else None
+    container_tag = match.group("container_tag") if match and match.group("container_tag") else None
+    records = []
+    for position, (piece, page) in enumerate(pieces):
+        chunk_metadata: index.Metadata = dict(fetched.metadata)
+        chunk_metadata.update(
+            {
+                "object_key": object_key,
+                "bucket_name": spec.bucket_name,
+                "source": spec.name,
+                "etag": info.etag,
+                "last_modified": info.last_modified,
+                "size_bytes": info.size,
+                "chunk_index": position,
+                "chunk_count": count,
+                "start_line": piece.start_line,
+                "end_line": piece.end_line,
+                "chunker": chunked.chunker,
+                "extractor": extracted.extractor,
+                "document_id": fetched.document_id,
+                "sync_signature": fetched.signature,
+            }
+        )
+        if chunked.language is not None:
+            chunk_metadata["language"] = chunked.language
+        if fetched.custom_id is not None:
+            chunk_metadata["custom_id"] = fetched.custom_id
+        if fetched.meta_key is not None:
+            chunk_metadata["metadata_key"] = fetched.meta_key
+        if container_tag is not None:
+            chunk_metadata["container_tag"] = container_tag
+        if page is not None:
+            chunk_metadata["page"] = page
+            if extracted.page_label != "page":
+                chunk_metadata[extracted.page_label] = page
+        records.append(index.ChunkRecord(keys.chunk_id(fetched.document_id, position), piece.text, chunk_metadata))
+    empty_message = (
+        "; ".join(extracted.warnings) or f"object '{object_key}' has no text ({info.size} bytes): nothing indexed"
+    )
+    return Prepared(fetched, records, empty_message)
+
+
+def _chunk_by_page(
+    extracted: extract.Extracted, object_key: str, spec: SourceSpec
+) -> tuple[list[tuple[chunk.Chunk, int | None]], chunk.ChunkResult]:
+    """Chunks with their page (slide, sheet): each page is chunked on its own, so no chunk spans two."""
+
+    def chunk_part(text: str) -> chunk.ChunkResult:
+        return chunk.chunk_text(
+            text,
+            object_key,
+            mode=spec.chunking_mode,
+            max_size_bytes=spec.max_size_bytes,
+            max_lines=spec.max_lines,
+            markdown=extracted.markdown,
+            tokens=spec.tokens,
+        )
+
+    if not extracted.page_starts:
+        whole = chunk_part(extracted.text)
+        return [(piece, None) for piece in whole.chunks], whole
+    lines = extracted.text.split("\n")
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])  # as _join_pages counts
+    bounds = [start for start, _ in extracted.page_starts[1:]] + [len(lines) + 1]
+    pieces: list[tuple[chunk.Chunk, int | None]] = []
+    result = chunk.ChunkResult([], "", None)
+    previous_end = 1
+    for (start, page), end in zip(extracted.page_starts, bounds, strict=True):
+        # Text before the first page mark (none, as documents.py joins pages) stays with that page.
+        first = min(start, previous_end)
+        result = chunk_part("".join(lines[first - 1 : end - 1]))
+        offset = first - 1
+        pieces.extend(
+            (chunk.Chunk(piece.text, piece.start_line + offset, piece.end_line + offset), page)
+            for piece in result.chunks
+        )
+        previous_end = end
+    return pieces, result
+
+
+def completed(prepared: Prepared, stats: index.WriteStats, write_seconds: float) -> KeyReport:
+    """The report of a prepared object once its records are in Chroma (write_seconds includes the model)."""
+    report = prepared.fetched.report
+    report.timings["chroma_write"] = report.timings.get("chroma_write", 0.0) + write_seconds - stats.embed_seconds
+    # The model's share of the write, apart: the two have different floors.
+    report.timings["embed"] = stats.embed_seconds
+    report.chunks_written = stats.written
+    report.chunks_embedded = stats.embedded
+    report.chunks_metadata_only = stats.metadata_only
+    report.chunks_unchanged = stats.unchanged
+    report.chunks_deleted = stats.deleted
+    if not prepared.records:
+        report.status = "empty"
+        report.message = prepared.empty_message
+    report.duration_s = time.perf_counter() - prepared.fetched.started
+    return report
+
+
+def write(prepared: Prepared, embed: index.Embedder) -> KeyReport:
+    """Make the collection hold exactly the prepared records for this object, touching only what differs."""
+    fetched = prepared.fetched
+    mark = time.perf_counter()
+    object_key = fetched.report.document_key or fetched.report.object_key
+    if fetched.shared and prepared.records:
+        # Again, just before the write: another source may have taken the id since the fetch (no lock spans
+        # two sources' runs on a Chroma server). What remains is the window of one upsert.
+        what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
+        check_id_free(fetched.collection, fetched.source, fetched.document_id, what)
+    full_stored = (
+        own_chunks(
+            index.stored_chunks(fetched.collection, object_key, fetched.source, with_text=True), fetched.meta_key
+        )
+        if fetched.had_chunks
+        else {}
+    )
+    stats = index.replace_chunks(fetched.collection, prepared.records, full_stored, embed)
+    return completed(prepared, stats, time.perf_counter() - mark)
+
+
+def finish(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec, embed: index.Embedder) -> KeyReport:
+    """Chunk the extracted text and make the collection hold exactly those chunks for the object."""
+    return write(prepare(fetched, extracted, spec), embed)
+
+
+# New objects (no chunks stored yet) are written together, up to this many chunks: one embedding call
+# and one upsert for many small objects instead of one each (a Chroma upsert costs ~37 ms whatever its
+# size up to a few hundred records: 1,000 per-object upserts were 20% of a bulk sync; benchmarks/).
+BATCH_CHUNKS = 256
+BATCH_OBJECTS = 64
+
+
+def batch_is_full(chunks: int, objects: int) -> bool:
+    """When new objects waiting for a shared embedding call and upsert are written."""
+    return chunks >= BATCH_CHUNKS or objects >= BATCH_OBJECTS
+
+
+class NewObjects:
+    """Prepared new objects waiting to be embedded and written in one go; reported only once written."""
+
+    def __init__(
+        self, embed: index.Embedder, done: Callable[[KeyReport], None], failed: Callable[[Fetched, Exception], None]
+    ) -> None:
+        self._embed, self._done, self._failed = embed, done, failed
+        self._waiting: list[Prepared] = []
+        self._chunks = 0
+
+    def takes(self, prepared: Prepared) -> bool:
+        fetched = prepared.fetched
+        return (
+            not fetched.had_chunks
+            and not fetched.shared  # written alone, its id checked just before (write)
+            and 0 < len(prepared.records) < BATCH_CHUNKS
+            and all(p.fetched.document_id != fetched.document_id for p in self._waiting)
+        )
+
+    def holds(self, object_key: str) -> bool:
+        """Whether syncing object_key now could read or replace chunks still waiting here."""
+        if events.is_meta_key(object_key):
+            return bool(self._waiting)
+        return any(object_key in (p.fetched.report.object_key, p.fetched.report.document_key) for p in self._waiting)
+
+    def add(self, prepared: Prepared) -> None:
+        self._waiting.append(prepared)
+        self._chunks += len(prepared.records)
+        if batch_is_full(self._chunks, len(self._waiting)):
+            self.flush()
+
+    def flush(self) -> None:
+        waiting, self._waiting, self._chunks = self._waiting, [], 0
+        by_collection: dict[str, list[Prepared]] = {}
+        for prepared in waiting:
+            by_collection.setdefault(prepared.fetched.collection.name, []).append(prepared)
+        for group in by_collection.values():
+            self._write_group(group)
+
+    def _write_group(self, group: list[Prepared]) -> None:
+        records = [record for prepared in group for record in prepared.records]
+        started = time.perf_counter()
+        try:
+            stats = index.replace_chunks(group[0].fetched.collection, records, {}, self._embed)
+        except Exception:  # one object's records spoil the batch: write each alone, so only it fails
+            for prepared in group:
+                try:
+                    self._done(write(prepared, self._embed))
+                except Exception as error:
+                    self._failed(prepared.fetched, error)
+            return
+        elapsed = time.perf_counter() - started
+        seen: set[str] = set()
+        for prepared in group:
+            # The batch's time is shared out by chunk count; each distinct text counts where it first appears.
+            share = len(prepared.records) / len(records)
+            fresh = {record.text for record in prepared.records} - seen
+            seen |= fresh
+            own = index.WriteStats(
+                written=len(prepared.records), embedded=len(fresh), embed_seconds=stats.embed_seconds * share
+            )
+            self._done(completed(prepared, own, elapsed * share))
