@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster.pipeline.documents import DEFAULT_MAX_PAGES, DocumentOptions
+from s3sync_dagster.pipeline.conversion import DEFAULT_MAX_PAGES, DocumentOptions
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision, Runtime
 from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
 from s3sync_dagster.pipeline.spec import SourceSpec

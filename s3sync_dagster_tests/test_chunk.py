@@ -13,9 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3sync_dagster.pipeline import chunk
-from s3sync_dagster.pipeline.chunk import SUPPORTED_LANGUAGES, ChunkResult, chunk_text, language_for
+from s3sync_dagster.pipeline import chunk, grammars
+from s3sync_dagster.pipeline.chunk import ChunkResult, chunk_text
+from s3sync_dagster.pipeline.cuts import Limits
 from s3sync_dagster.pipeline.embed import EmbeddingSpec
+from s3sync_dagster.pipeline.grammars import SUPPORTED_LANGUAGES, language_for
 from s3sync_dagster.pipeline.tokens import TokenBudget
 
 PROPERTY_SETTINGS = settings(
@@ -281,7 +283,7 @@ def test_tree_stage_alone_keeps_the_limits(rng: random.Random, max_bytes: int, l
     else:
         text = make_c_like(rng, language)
     data = text.encode()
-    cuts = chunk._tree_cuts(data, language, chunk._Limits(max_bytes), 10)
+    cuts = chunk._tree_cuts(data, language, Limits(max_bytes), 10)
     assert cuts is not None
     assert cuts[0] == 0 and cuts[-1] == len(data)
     for start, end in itertools.pairwise(cuts):
@@ -292,7 +294,7 @@ def test_tree_stage_alone_keeps_the_limits(rng: random.Random, max_bytes: int, l
 def test_tree_stage_packs_exactly_up_to_the_limit() -> None:
     data = b"a=1\n" * 10  # ten 4-byte statements
     for max_bytes, expected in ((15, [12, 12, 12, 4]), (16, [16, 16, 8]), (17, [16, 16, 8])):
-        cuts = chunk._tree_cuts(data, "python", chunk._Limits(max_bytes), 10)
+        cuts = chunk._tree_cuts(data, "python", Limits(max_bytes), 10)
         assert cuts is not None
         assert [end - start for start, end in itertools.pairwise(cuts)] == expected
 
@@ -481,8 +483,8 @@ def test_one_megabyte_chunks_quickly() -> None:
 
 def test_parse_over_budget_falls_back_to_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     source = PYTHON_FUNCTIONS * 30
-    monkeypatch.setattr(chunk, "_PARSE_SECONDS_BASE", -1.0)
-    monkeypatch.setattr(chunk, "_PARSE_SECONDS_PER_MB", 0.0)
+    monkeypatch.setattr(grammars, "_PARSE_SECONDS_BASE", -1.0)
+    monkeypatch.setattr(grammars, "_PARSE_SECONDS_PER_MB", 0.0)
     result = chunk_text(source, "a.py", max_size_bytes=200, max_lines=4)
     assert result.chunker == "lines" and result.language == "python"
     assert_chunking_ok(source, result, 200, 4)
@@ -504,7 +506,7 @@ def test_missing_grammar_falls_back_to_lines(monkeypatch: pytest.MonkeyPatch) ->
     def no_grammar(language: str) -> None:
         raise ImportError(f"No module named tree_sitter_{language}")
 
-    monkeypatch.setattr(chunk, "_parser", no_grammar)
+    monkeypatch.setattr(chunk, "parser_for", no_grammar)
     result = chunk_text("x = 1\n" * 30, "a.py", max_lines=5)
     assert result.chunker == "lines"
     assert [(c.start_line, c.end_line) for c in result.chunks] == [
@@ -656,7 +658,7 @@ def test_every_language_maps_and_parses(language: str) -> None:
         assert SUPPORTED_LANGUAGES[extension] == language
         assert language_for(f"dir/File{extension.upper()}") == language
     # The grammar wheel is installed, loads with this tree-sitter and parses the sample.
-    tree = chunk._parser(language).parse(sample.encode())
+    tree = grammars.parser_for(language).parse(sample.encode())
     assert not tree.root_node.has_error, str(tree.root_node)
     result = chunk_text(sample * 40, f"x{extensions[0]}", max_size_bytes=64)
     assert result.chunker == f"tree_sitter:{language}"

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from s3sync_dagster.pipeline.documents import IMAGE_SUFFIXES, DocumentOptions, DocumentPool, convert_document
+from s3sync_dagster.pipeline.conversion import DocumentOptions
+from s3sync_dagster.pipeline.documents import IMAGE_SUFFIXES, DocumentPool, convert_document
 from s3sync_dagster.pipeline.extract import DOCUMENT_SUFFIXES, ExtractionError
 from s3sync_dagster.pipeline.reports import KeyReport
 from s3sync_dagster.pipeline.spec import SourceSpec

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig, TimeoutsConfig
 from s3sync_dagster.pipeline import index
-from s3sync_dagster.pipeline.documents import DocumentOptions
+from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import (
     DEFAULT_FUNCTION,
     EmbeddingSpec,
