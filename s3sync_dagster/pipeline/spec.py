@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from s3sync_dagster.pipeline import documents, events, index, keys, objects
+from s3sync_dagster.pipeline import events, index, keys, objects
+from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import default_token_budget
 from s3sync_dagster.pipeline.tokens import TokenBudget
 
@@ -33,7 +34,7 @@ class SourceSpec:
     # No chunk costs the embedding model more tokens than this; the default is the bundled model's window.
     tokens: TokenBudget | None = field(default_factory=default_token_budget)
     max_object_bytes: int = objects.DEFAULT_MAX_OBJECT_BYTES
-    document_options: documents.DocumentOptions = field(default_factory=documents.DocumentOptions)
+    document_options: DocumentOptions = field(default_factory=DocumentOptions)
     container_tag_regex: str | None = None
     # metadata: only .meta.json files index (each is its own document); a document's own sync only
     # brings the metadata files naming it up to date.

@@ -105,13 +105,13 @@ def _chunk_by_page(
         whole = chunk_part(extracted.text)
         return [(piece, None) for piece in whole.chunks], whole
     lines = extracted.text.split("\n")
-    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])  # as _join_pages counts
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])  # as conversion.join_pages counts
     bounds = [start for start, _ in extracted.page_starts[1:]] + [len(lines) + 1]
     pieces: list[tuple[chunk.Chunk, int | None]] = []
     result = chunk.ChunkResult([], "", None)
     previous_end = 1
     for (start, page), end in zip(extracted.page_starts, bounds, strict=True):
-        # Text before the first page mark (none, as documents.py joins pages) stays with that page.
+        # Text before the first page mark (none, as conversion.join_pages joins them) stays with that page.
         first = min(start, previous_end)
         result = chunk_part("".join(lines[first - 1 : end - 1]))
         offset = first - 1
