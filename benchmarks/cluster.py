@@ -1,14 +1,14 @@
 """Section 10, beyond one machine: `python -m benchmarks.cluster PART --json FILE` (parts: bulk, workers).
 
 workers: one corpus synced four ways, one after the other in this one invocation: B (`s3sync sync --all`,
-each run in its own process, the default instance, embedded Chroma), then through Celery workers
+its runs in the sync's own process, the default instance, embedded Chroma), then through Celery workers
 (benchmarks/celery_cluster.py: Redis, a `chroma run` server, workers in network namespaces) with one
 worker and with two on the production instance (PostgreSQL), and with two on SQLite instance files.
 
 bulk: B of section 1 (`s3sync sync SOURCE --all` on the default instance, embedded Chroma) over the
 section 1 corpus at 500 objects and at 10,000, one after the other in this one invocation, so the
-ratio of their rates says what scale alone costs. About 75 minutes on 2 cores; hence a part of its own,
-run when the machine is otherwise idle, and read into RESULTS.md by `benchmarks.run --cluster-json`.
+ratio of their rates says what scale alone costs. About 100 minutes on 2 cores (benchmarks/README.md);
+hence a part of its own, run when the machine is otherwise idle.
 
 Each part writes its figures into FILE under its own name, keeping the other part's (a part's "remarks",
 added by hand, say what the figures cannot: what else ran beside them), and (re)writes
