@@ -164,12 +164,17 @@ def test_a_plain_chromadb_client_elsewhere_gets_the_same_top_results_as_s3sync_q
     code, synced = run_json(capsys, "sync", "docs", "--all", "--config", str(path))
     assert code == 0 and synced["counts"] == {"indexed": 5}
     queries = ["how do I roll out a release", "leek soup", "when are taxes due", "birds that never land", "upsert"]
-    ours = []
+    ours, hybrid = [], []
     for query in queries:
-        code, found = run_json(capsys, "query", "docs", query, "-n", "3", "--config", str(path))
-        assert code == 0
+        code, found = run_json(capsys, "query", "docs", query, "-n", "3", "--mode", "dense", "--config", str(path))
+        assert code == 0 and found["mode"] == "dense"
         ours.append([hit["id"] for hit in found["results"]])
+        code, found = run_json(capsys, "query", "docs", query, "-n", "3", "--config", str(path))  # hybrid
+        assert code == 0 and found["mode"] == "hybrid"
+        hybrid.append(found["results"][0]["id"])
     assert [hits[0] for hits in ours] == [keys.object_id(key) + "-0" for key in notes]
-    # A fresh process with chromadb alone (no project code, no torch), as an application elsewhere.
+    assert hybrid == [hits[0] for hits in ours]  # the words do not pull a meaning query off its chunk
+    # A fresh process with chromadb alone (no project code, no torch), as an application elsewhere: its
+    # query is the dense side of ours.
     store = Path(str(config.chroma.path))
     assert plain_client_query(store, "docs-collection", queries) == ours

@@ -156,46 +156,41 @@ def _sync_lines(result: SyncResult, counts: dict[str, int]) -> list[str]:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
+    from s3sync_dagster.commands.query import search_source
 
     config = _config(args)
     source = config.source(args.source)
-    from chromadb.errors import NotFoundError
-
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
     try:
-        collection = chroma.collection(source.collection_name, embedding_resource(config.embedding), create=False)
-    except NotFoundError:
-        raise UsageError(
-            f"source '{source.name}' has not been synced yet: collection '{source.collection_name}' does not exist"
-        ) from None
-    found = collection.query(query_texts=[args.text], n_results=args.n, include=["documents", "metadatas", "distances"])
+        found = search_source(args.source, args.text, mode=args.mode, n=args.n, config=config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     hits = [
         {
-            "id": chunk_id,
-            "distance": distance,
-            "object_key": (metadata or {}).get("object_key"),
-            "start_line": (metadata or {}).get("start_line"),
-            "end_line": (metadata or {}).get("end_line"),
-            "document": document,
+            "id": hit.chunk_id,
+            "score": hit.score,
+            "distance": hit.distance,
+            "dense_rank": hit.dense_rank,
+            "lexical_rank": hit.lexical_rank,
+            "object_key": hit.metadata.get("object_key"),
+            "start_line": hit.metadata.get("start_line"),
+            "end_line": hit.metadata.get("end_line"),
+            "document": hit.document,
         }
-        for chunk_id, document, metadata, distance in zip(
-            found["ids"][0],
-            (found["documents"] or [[]])[0],
-            (found["metadatas"] or [[]])[0],
-            (found["distances"] or [[]])[0],
-            strict=True,
-        )
+        for hit in found
     ]
     lines = []
-    for rank, hit in enumerate(hits, 1):
-        snippet = " ".join(str(hit["document"]).split())[:160]
+    for rank, hit in enumerate(found, 1):
+        snippet = " ".join(hit.document.split())[:160]
+        sides = ", ".join(
+            f"{side} #{place}" for side, place in (("dense", hit.dense_rank), ("lexical", hit.lexical_rank)) if place
+        )
         lines.append(
-            f"{rank}. {hit['object_key']} lines {hit['start_line']}-{hit['end_line']} (distance {hit['distance']:.3f})\n   {snippet}"
+            f"{rank}. {hit.metadata.get('object_key')} lines {hit.metadata.get('start_line')}-"
+            f"{hit.metadata.get('end_line')} ({sides})\n   {snippet}"
         )
     _emit(
         args,
-        {"query": args.text, "collection": source.collection_name, "results": hits},
+        {"query": args.text, "mode": args.mode, "collection": source.collection_name, "results": hits},
         "\n".join(lines) or "no results",
     )
     return EXIT_OK
@@ -400,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("source")
     query.add_argument("text")
     query.add_argument("-n", type=int, default=5, help="number of results (default 5)")
+    query.add_argument(
+        "--mode",
+        choices=["dense", "lexical", "hybrid"],
+        default="hybrid",
+        help="by meaning (dense), by exact words (lexical), or both fused (hybrid, the default)",
+    )
     query.set_defaults(run=cmd_query)
 
     invoke = commands.add_parser(

@@ -1,0 +1,240 @@
+"""Finding chunks by their meaning and by their exact words: dense, lexical and hybrid ranking of a collection.
+
+The lexical side is read from what Chroma itself holds: each query term is looked up in the collection's
+full-text index over chunk texts (`where_document` `$regex`, whole words, any case), which gives the
+term's document frequency; the chunks holding the rarest terms are then scored with BM25 (Okapi, k1 1.2,
+b 0.75). Nothing is stored beside the chunks, so the lexical side is exactly as current as they are: a
+changed object's new words are found and its old ones are not, a removed object's are gone, on every
+target (embedded, a `chroma run` server, the production deployment's). Hybrid fuses the two rankings
+(FUSION: chosen by benchmarks/RESULTS.md section 7).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from chromadb.api.models.Collection import Collection
+from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import DEFAULT_CHROMA_BM25_STOPWORDS
+
+Mode = Literal["dense", "lexical", "hybrid"]
+MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
+
+# A term: a word, or words joined by . - (an identifier path, a product code: `os.path.join`, `XK-42`).
+_TERM = re.compile(r"\w+(?:[.\-]\w+)*")
+_WORD = re.compile(r"\w+")
+# Chroma's full-text index is of trigrams: a shorter term cannot use it, and finds nearly everything anyway.
+MIN_TERM_CHARS = 3
+_STOPWORDS = frozenset(DEFAULT_CHROMA_BM25_STOPWORDS)
+# The most terms of one query looked up (the rarest-looking first: longest, with digits); each is one read.
+MAX_TERMS = 12
+# A term in more chunks than this is common: it scores, but no longer picks candidates (nor is it counted).
+DF_LIMIT = 2000
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid merges the two rankings: reciprocal-rank (`rrf`, k) or relative-score (`relative`: each
+    ranking's scores scaled to 0-1 by its best and worst candidate, then summed), either weighted."""
+
+    method: Literal["rrf", "relative"] = "rrf"
+    lexical_weight: float = 0.5
+    k: int = 60
+    # Each side offers this many candidates times the results asked for (at least `min_pool`).
+    pool_factor: int = 4
+    min_pool: int = 20
+
+    def pool(self, n: int) -> int:
+        return max(self.min_pool, self.pool_factor * n)
+
+
+FUSION = Fusion()
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One chunk found: its text and metadata, the score of the mode asked (higher is better), and where
+    each side ranked it (1 is first; None where that side did not offer it)."""
+
+    chunk_id: str
+    document: str
+    metadata: Mapping[str, Any]
+    score: float
+    dense_rank: int | None = None
+    lexical_rank: int | None = None
+    distance: float | None = None  # the dense side's, where it offered the chunk
+
+
+def query_terms(text: str) -> list[str]:
+    """The query's distinct terms worth looking up, lower-cased, the rarest-looking first."""
+    seen: dict[str, None] = {}
+    for match in _TERM.finditer(text):
+        term = match.group(0).lower().strip(".-")
+        if len(term) >= MIN_TERM_CHARS and term not in _STOPWORDS:
+            seen.setdefault(term)
+    ranked = sorted(seen, key=lambda term: (not any(c.isdigit() for c in term), -len(term)))
+    return ranked[:MAX_TERMS]
+
+
+def term_pattern(term: str) -> str:
+    """The whole term in any case, as Chroma's `$regex` (Rust regex syntax) and Python's `re` both read it."""
+    return rf"(?i)\b{re.escape(term)}\b"
+
+
+def _where(where: Mapping[str, Any] | None) -> Any:
+    return dict(where) if where else None
+
+
+def dense_ranking(
+    collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None
+) -> list[tuple[str, str, dict[str, Any], float]]:
+    """(chunk id, text, metadata, distance) of the n nearest chunks by the collection's embedding."""
+    found = collection.query(
+        query_texts=[text], n_results=n, where=_where(where), include=["documents", "metadatas", "distances"]
+    )
+    return [
+        (chunk_id, document or "", dict(metadata or {}), float(distance))
+        for chunk_id, document, metadata, distance in zip(
+            found["ids"][0],
+            (found["documents"] or [[]])[0],
+            (found["metadatas"] or [[]])[0],
+            (found["distances"] or [[]])[0],
+            strict=True,
+        )
+    ]
+
+
+def lexical_ranking(
+    collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None
+) -> list[tuple[str, str, dict[str, Any], float]]:
+    """(chunk id, text, metadata, BM25 score) of the n best chunks for the query's words."""
+    terms = query_terms(text)
+    if not terms:
+        return []
+    matching: dict[str, list[str]] = {}
+    for term in terms:
+        found = collection.get(
+            where=_where(where), where_document={"$regex": term_pattern(term)}, include=[], limit=DF_LIMIT
+        )
+        matching[term] = list(found["ids"])
+    total = max(collection.count(), 1)
+    # Candidates: the chunks holding the rarest terms, until there are enough to rank (a common term picks none).
+    candidates: dict[str, None] = {}
+    for term in sorted(terms, key=lambda term: len(matching[term])):
+        if len(matching[term]) >= DF_LIMIT and candidates:
+            break
+        candidates.update(dict.fromkeys(matching[term]))
+        if len(candidates) >= max(n, DF_LIMIT // 4):
+            break
+    if not candidates:
+        return []
+    got = collection.get(ids=list(candidates), include=["documents", "metadatas"])
+    texts = {chunk_id: document or "" for chunk_id, document in zip(got["ids"], got["documents"] or [], strict=True)}
+    metadatas = {
+        chunk_id: dict(metadata or {}) for chunk_id, metadata in zip(got["ids"], got["metadatas"] or [], strict=True)
+    }
+    lengths = {chunk_id: len(_WORD.findall(document)) for chunk_id, document in texts.items()}
+    average = sum(lengths.values()) / max(len(lengths), 1) or 1.0
+    patterns = {term: re.compile(term_pattern(term)) for term in terms}
+    idf = {term: math.log(1 + (total - len(ids) + 0.5) / (len(ids) + 0.5)) for term, ids in matching.items()}
+    scored = []
+    for chunk_id, document in texts.items():
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths[chunk_id] / average)
+        score = 0.0
+        for term, pattern in patterns.items():
+            frequency = len(pattern.findall(document))
+            if frequency:
+                score += idf[term] * frequency * (BM25_K1 + 1) / (frequency + norm)
+        scored.append((chunk_id, document, metadatas[chunk_id], score))
+    scored.sort(key=lambda row: (-row[3], row[0]))
+    return scored[:n]
+
+
+def fuse(
+    dense: Sequence[tuple[str, str, dict[str, Any], float]],
+    lexical: Sequence[tuple[str, str, dict[str, Any], float]],
+    n: int,
+    fusion: Fusion = FUSION,
+) -> list[Hit]:
+    """One ranking from the dense one (by distance, lower first) and the lexical one (by score, higher first)."""
+    rows = {chunk_id: (document, metadata) for chunk_id, document, metadata, _ in [*dense, *lexical]}
+    dense_rank = {row[0]: rank for rank, row in enumerate(dense, 1)}
+    lexical_rank = {row[0]: rank for rank, row in enumerate(lexical, 1)}
+    distance = {row[0]: row[3] for row in dense}
+    weights = (1.0 - fusion.lexical_weight, fusion.lexical_weight)
+    if fusion.method == "rrf":
+        scores = {
+            chunk_id: sum(
+                weight / (fusion.k + ranks[chunk_id])
+                for weight, ranks in zip(weights, (dense_rank, lexical_rank), strict=True)
+                if chunk_id in ranks
+            )
+            for chunk_id in rows
+        }
+    else:
+        dense_scaled = _scaled({row[0]: -row[3] for row in dense})
+        lexical_scaled = _scaled({row[0]: row[3] for row in lexical})
+        scores = {
+            chunk_id: weights[0] * dense_scaled.get(chunk_id, 0.0) + weights[1] * lexical_scaled.get(chunk_id, 0.0)
+            for chunk_id in rows
+        }
+    ranked = sorted(scores, key=lambda chunk_id: (-scores[chunk_id], chunk_id))[:n]
+    return [
+        Hit(
+            chunk_id,
+            rows[chunk_id][0],
+            rows[chunk_id][1],
+            scores[chunk_id],
+            dense_rank.get(chunk_id),
+            lexical_rank.get(chunk_id),
+            distance.get(chunk_id),
+        )
+        for chunk_id in ranked
+    ]
+
+
+def _scaled(scores: Mapping[str, float]) -> dict[str, float]:
+    if not scores:
+        return {}
+    low, high = min(scores.values()), max(scores.values())
+    if high == low:
+        return dict.fromkeys(scores, 1.0)
+    return {chunk_id: (score - low) / (high - low) for chunk_id, score in scores.items()}
+
+
+def search(
+    collection: Collection,
+    text: str,
+    *,
+    mode: Mode = "hybrid",
+    n: int = 5,
+    where: Mapping[str, Any] | None = None,
+    fusion: Fusion = FUSION,
+) -> list[Hit]:
+    """The n chunks of the collection that best answer `text`: by meaning (dense), by its words (lexical), or
+    both fused (hybrid). `where` filters by chunk metadata, as in Chroma (`{"source": "docs"}`)."""
+    if mode not in MODES:
+        raise ValueError(f"search mode '{mode}' is not one of {', '.join(MODES)}")
+    if n < 1:
+        raise ValueError(f"the number of results must be at least 1, got {n}")
+    if not text.strip():
+        raise ValueError("the query is empty: give the words or the meaning to search for")
+    if mode == "dense":
+        return [
+            Hit(chunk_id, document, metadata, -distance, rank, None, distance)
+            for rank, (chunk_id, document, metadata, distance) in enumerate(
+                dense_ranking(collection, text, n, where), 1
+            )
+        ]
+    if mode == "lexical":
+        return [
+            Hit(chunk_id, document, metadata, score, None, rank)
+            for rank, (chunk_id, document, metadata, score) in enumerate(lexical_ranking(collection, text, n, where), 1)
+        ]
+    pool = fusion.pool(n)
+    return fuse(dense_ranking(collection, text, pool, where), lexical_ranking(collection, text, pool, where), n, fusion)

@@ -1,0 +1,155 @@
+"""Search by meaning and by exact words (pipeline/search.py): moto over HTTP -> the engine -> real Chroma,
+embedded and a `chroma run` server, queried as `s3sync query` and the Python API query it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import chromadb
+import pytest
+
+from s3sync_dagster.pipeline import keys, search
+from s3sync_dagster.pipeline.search import Fusion, fuse, query_terms
+from s3sync_dagster.pipeline.spec import SourceSpec
+from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster_tests.conftest import CountingEmbedder, put
+
+# Prose on one theme, so meaning alone cannot tell them apart; each holds one exact thing someone remembers.
+NOTES = {
+    f"kb/note-{n:02d}.md": f"# Shipping note {n}\n\nThe parcel left the warehouse and reached the customer on time. "
+    f"Reference {code} was printed on the label.\n"
+    for n, code in enumerate(["QX-7741-B", "RB-1020-A", "MK-5550-C", "TT-9013-D", "ZP-3388-E", "LW-6204-F"])
+}
+
+
+@pytest.fixture(params=["embedded", "server"])
+def client(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
+    if request.param == "embedded":
+        yield chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    else:
+        port = request.getfixturevalue("chroma_server")
+        yield chromadb.HttpClient(host="127.0.0.1", port=port)
+
+
+@pytest.fixture
+def spec(bucket: str) -> SourceSpec:
+    return SourceSpec(name="docs", bucket_name=bucket, collection_name=f"search-{bucket}"[:60])
+
+
+@pytest.fixture
+def collection(client: Any, spec: SourceSpec, embedding_function: Any) -> Iterator[Any]:
+    collection = client.get_or_create_collection(spec.collection_name, embedding_function=embedding_function)
+    yield collection
+    client.delete_collection(spec.collection_name)
+
+
+def synced(s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder, files: dict[str, str]) -> None:
+    put(s3, spec.bucket_name, files)
+    reports = sync_keys(s3, spec, lambda _: collection, embedder, list(files))
+    assert all(report.status in ("indexed", "unchanged") for report in reports), reports
+
+
+def first_key(hits: list[search.Hit]) -> str | None:
+    return str(hits[0].metadata["object_key"]) if hits else None
+
+
+def test_an_exact_code_is_found_first_by_lexical_and_hybrid_search(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    synced(s3, spec, collection, embedder, NOTES)
+    for object_key, text in NOTES.items():
+        code = text.split("Reference ")[1].split(" ")[0]
+        for mode in ("lexical", "hybrid"):
+            hits = search.search(collection, code, mode=mode, n=3)
+            assert first_key(hits) == object_key, (mode, code, [h.metadata["object_key"] for h in hits])
+        # Any case, inside a question: the term is the code, the rest are stop words.
+        assert first_key(search.search(collection, f"what was {code.lower()}?", mode="lexical")) == object_key
+    lexical = search.search(collection, "RB-1020-A", mode="lexical", n=5)
+    assert [hit.lexical_rank for hit in lexical] == list(range(1, len(lexical) + 1))
+    assert lexical[0].dense_rank is None and lexical[0].score > 0
+
+
+def test_whole_words_only(s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder) -> None:
+    synced(s3, spec, collection, embedder, {"c/a.py": "def parse_header(line):\n    return line\n"})
+    synced(s3, spec, collection, embedder, {"c/b.py": "def parse_headers(lines):\n    return lines\n"})
+    assert [first_key(search.search(collection, q, mode="lexical")) for q in ("parse_header", "PARSE_HEADERS")] == [
+        "c/a.py",
+        "c/b.py",
+    ]
+    assert search.search(collection, "parse_head", mode="lexical") == []  # a part of a word is not the word
+
+
+def test_a_changed_object_is_found_by_its_new_words_only_and_a_removed_one_not_at_all(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    synced(s3, spec, collection, embedder, {"kb/policy.md": "# Policy\n\nThe override code is HALCYON-17.\n"})
+    assert first_key(search.search(collection, "HALCYON-17", mode="lexical")) == "kb/policy.md"
+    synced(s3, spec, collection, embedder, {"kb/policy.md": "# Policy\n\nThe override code is BRAMBLE-42.\n"})
+    assert search.search(collection, "HALCYON-17", mode="lexical") == []
+    assert first_key(search.search(collection, "bramble-42", mode="lexical")) == "kb/policy.md"
+    s3.delete_object(Bucket=spec.bucket_name, Key="kb/policy.md")
+    [report] = sync_keys(s3, spec, lambda _: collection, embedder, ["kb/policy.md"])
+    assert report.status == "removed"
+    assert search.search(collection, "BRAMBLE-42", mode="lexical") == []
+    assert all(hit.metadata.get("object_key") != "kb/policy.md" for hit in search.search(collection, "policy"))
+
+
+def test_where_keeps_the_search_to_one_source(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    other = SourceSpec(name="other", bucket_name=spec.bucket_name, collection_name="unused", path_prefix="o/")
+    put(s3, spec.bucket_name, {"o/x.md": "The vault combination is 31-07-99.\n", "d/y.md": "Combination 31-07-99.\n"})
+    sync_keys(s3, spec, lambda _: collection, embedder, ["d/y.md"])
+    sync_keys(s3, other, lambda _: collection, embedder, ["o/x.md"])
+    for mode in search.MODES:
+        hits = search.search(collection, "vault combination 31-07-99", mode=mode, where={"source": "other"})
+        assert {hit.metadata["source"] for hit in hits} == {"other"}, mode
+
+
+def test_hybrid_reports_where_each_side_ranked_a_chunk(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    synced(s3, spec, collection, embedder, NOTES)
+    hits = search.search(collection, "label reference MK-5550-C", n=3)
+    assert first_key(hits) == "kb/note-02.md"
+    assert hits[0].lexical_rank == 1 and hits[0].dense_rank is not None and hits[0].distance is not None
+    assert hits[0].chunk_id == keys.object_id("kb/note-02.md") + "-0"
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "n", "rule"),
+    [
+        ("fuzzy", "x", 5, "search mode 'fuzzy' is not one of dense, lexical, hybrid"),
+        ("hybrid", "  ", 5, "the query is empty"),
+        ("dense", "x", 0, "the number of results must be at least 1, got 0"),
+    ],
+)
+def test_bad_searches_say_which_rule(mode: Any, text: str, n: int, rule: str, chroma_client: Any) -> None:
+    collection = chroma_client.get_or_create_collection("bad-searches")
+    with pytest.raises(ValueError, match=rule):
+        search.search(collection, text, mode=mode, n=n)
+
+
+def test_query_terms_keep_codes_and_identifiers_and_drop_stop_words() -> None:
+    assert query_terms("How do I call os.path.join() with the XK-42 flag in it?") == [
+        "xk-42",
+        "os.path.join",
+        "call",
+        "flag",
+    ]
+    assert query_terms("a an of to it") == []
+
+
+def test_fusions_keep_each_sides_winner_and_weigh_as_asked() -> None:
+    dense = [("d1", "", {}, 0.1), ("both", "", {}, 0.2), ("d3", "", {}, 0.9)]
+    lexical = [("l1", "", {}, 9.0), ("both", "", {}, 5.0), ("l3", "", {}, 0.5)]
+    rrf = [hit.chunk_id for hit in fuse(dense, lexical, 3, Fusion("rrf"))]
+    assert rrf[0] == "both" and set(rrf[1:]) == {"d1", "l1"}
+    assert [hit.chunk_id for hit in fuse(dense, lexical, 1, Fusion("rrf", lexical_weight=1.0))] == ["l1"]
+    assert [hit.chunk_id for hit in fuse(dense, lexical, 1, Fusion("rrf", lexical_weight=0.0))] == ["d1"]
+    relative = fuse(dense, lexical, 5, Fusion("relative", lexical_weight=0.5))
+    scores = {hit.chunk_id: hit.score for hit in relative}
+    assert scores["d1"] == pytest.approx(0.5) and scores["l1"] == pytest.approx(0.5)
+    assert scores["both"] == pytest.approx(0.5 * (0.7 / 0.8) + 0.5 * (4.5 / 8.5))
+    assert [hit.chunk_id for hit in fuse(dense, lexical, 1, Fusion("relative", lexical_weight=0.0))] == ["d1"]
