@@ -297,8 +297,8 @@ def test_sources_count_then_remove_source_deletes_everything_it_wrote(
     assert source["payload"]["s3"]["path_prefix"] == "web/"
     assert TEST_SECRET not in json.dumps(listed) and TEST_KEY_ID not in json.dumps(listed)
 
-    code, found = live.cli(capsys, "query", SOURCE, "llama census", "--mode", "lexical")
-    assert code == 0 and found["results"][0]["object_key"] == "web/beta.py"
+    code, found = live.cli(capsys, "query", SOURCE, "GAZEBO", "--mode", "lexical")
+    assert code == 0 and [hit["object_key"] for hit in found["results"]] == ["web/gamma.txt"]
 
     code, out = live.cli(capsys, "remove-source", SOURCE)  # stdin is not a terminal here
     assert code == 2 and "--yes" in out["error"]
@@ -310,7 +310,7 @@ def test_sources_count_then_remove_source_deletes_everything_it_wrote(
     assert live.collection().count() == 0
     assert partitions(live)["keys"] == []
     for mode in ("lexical", "hybrid"):  # the words went with the chunks: nothing else held them
-        code, found = live.cli(capsys, "query", SOURCE, "llama census", "--mode", mode)
+        code, found = live.cli(capsys, "query", SOURCE, "GAZEBO", "--mode", mode)
         assert code == 0 and found["results"] == []
     code, listed = live.cli(capsys, "sources")
     assert listed["sources"][0]["indexed_chunks"] == 0 and listed["sources"][0]["registered_keys"] == 0

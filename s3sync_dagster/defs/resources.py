@@ -19,7 +19,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig, TimeoutsConfig
-from s3sync_dagster.pipeline import index
+from s3sync_dagster.pipeline import index, search
 from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import (
     DEFAULT_FUNCTION,
@@ -279,7 +279,11 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         client = self.client()
         try:
             if create:
-                collection = index.open_collection(client, name, function, metadata={"created_by": "s3sync-dagster"})
+                # On Chroma Cloud a collection gets Chroma's BM25 sparse index beside the dense one, for search.
+                schema = search.hybrid_schema() if self.cloud_tenant else None
+                collection = index.open_collection(
+                    client, name, function, metadata={"created_by": "s3sync-dagster"}, schema=schema
+                )
             else:
                 collection = index.get_collection(client, name, function)
         except ValueError as error:
@@ -307,7 +311,7 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
         It guards the store, not the keys: a PersistentClient is not process-safe (each process keeps
         its own HNSW index in memory; chroma-core/chroma#3792), so it cannot be narrowed to single
-        writes. Two writers of one key are reconciled by the engine (pipeline/sync.py `settle`).
+        writes. Two writers of one key are reconciled by the engine (pipeline/settle.py).
 
         Re-entrant within a thread (a run holding it may open, and so rebuild, another collection).
         """

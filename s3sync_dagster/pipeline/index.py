@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from chromadb import Schema
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
@@ -210,9 +211,14 @@ REBUILD_SUFFIX = "-s3sync-rebuild"
 
 
 def open_collection(
-    client: ClientAPI, name: str, function: EmbeddingFunction[Documents], metadata: Mapping[str, Any]
+    client: ClientAPI,
+    name: str,
+    function: EmbeddingFunction[Documents],
+    metadata: Mapping[str, Any],
+    schema: Schema | None = None,
 ) -> Collection:
-    """Get or create a collection recording ``function``; finishes a rebuild a crash interrupted."""
+    """Get or create a collection recording ``function`` (and, new, ``schema``'s indexes); finishes a rebuild
+    a crash interrupted."""
     from chromadb.errors import NotFoundError
 
     try:
@@ -223,7 +229,12 @@ def open_collection(
         # The copy is complete once the original is gone (it is deleted only after the last page).
         copy = client.get_collection(name=name + REBUILD_SUFFIX, embedding_function=function)  # type: ignore[arg-type]
     except NotFoundError:
-        created = client.get_or_create_collection(name=name, embedding_function=function, metadata=dict(metadata))  # type: ignore[arg-type]
+        created = client.get_or_create_collection(
+            name=name,
+            embedding_function=function,  # type: ignore[arg-type]
+            metadata=dict(metadata),
+            schema=schema,
+        )
         return _opened(client, created)
     copy.modify(name=name)
     return get_collection(client, name, function)

@@ -7,6 +7,11 @@ b 0.75). Nothing is stored beside the chunks, so the lexical side is exactly as 
 changed object's new words are found and its old ones are not, a removed object's are gone, on every
 target (embedded, a `chroma run` server, the production deployment's). Hybrid fuses the two rankings
 (FUSION: chosen by benchmarks/RESULTS.md section 7).
+
+On Chroma Cloud a collection s3sync creates also holds Chroma's own BM25 sparse index over the chunk
+texts (`hybrid_schema`): there the lexical side is that index, asked through Chroma's Search API in the
+same request as the dense side, and fused as everywhere else. A Cloud collection made without it (by an
+earlier release, or by another tool) is searched the portable way.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from chromadb import K, Knn, Schema, Search, SparseVectorIndexConfig
 from chromadb.api.models.Collection import Collection
-from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import DEFAULT_CHROMA_BM25_STOPWORDS
+from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import (
+    DEFAULT_CHROMA_BM25_STOPWORDS,
+    ChromaBm25EmbeddingFunction,
+)
 
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
@@ -35,6 +44,10 @@ MAX_TERMS = 12
 DF_LIMIT = 2000
 BM25_K1 = 1.2
 BM25_B = 0.75
+# Where a Chroma Cloud collection keeps each chunk's BM25 sparse vector (computed from its text by chromadb).
+SPARSE_KEY = "bm25_sparse"
+
+Ranking = list[tuple[str, str, dict[str, Any], float]]  # (chunk id, text, metadata, score or distance)
 
 
 @dataclass(frozen=True)
@@ -86,19 +99,75 @@ def term_pattern(term: str) -> str:
     return rf"(?i)\b{re.escape(term)}\b"
 
 
+def _plain(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A chunk's metadata as written; a Cloud collection's BM25 vector is Chroma's, not the caller's."""
+    return {key: value for key, value in (metadata or {}).items() if key != SPARSE_KEY}
+
+
 def _where(where: Mapping[str, Any] | None) -> Any:
     return dict(where) if where else None
 
 
-def dense_ranking(
-    collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None
-) -> list[tuple[str, str, dict[str, Any], float]]:
+def hybrid_schema() -> Schema:
+    """A Chroma Cloud collection's indexes: the dense one, and Chroma's BM25 sparse index over the chunk texts."""
+    return Schema().create_index(
+        config=SparseVectorIndexConfig(
+            source_key=K.DOCUMENT.name, embedding_function=ChromaBm25EmbeddingFunction(), bm25=True
+        ),
+        key=SPARSE_KEY,
+    )
+
+
+def has_sparse_index(collection: Collection) -> bool:
+    """Whether the collection keeps BM25 sparse vectors under SPARSE_KEY (a Chroma Cloud one s3sync made)."""
+    schema = collection.schema
+    if schema is None:
+        return False
+    key = schema.serialize_to_json().get("keys", {}).get(SPARSE_KEY, {})
+    return bool(key.get("sparse_vector", {}).get("sparse_vector_index", {}).get("enabled"))
+
+
+def search_requests(text: str, pool: int, where: Mapping[str, Any] | None = None) -> list[Search]:
+    """Chroma Search API requests, sent together: the pool nearest chunks by the dense index, then by BM25."""
+    select = (K.DOCUMENT, K.METADATA, K.SCORE)
+    requests = []
+    for key in (K.EMBEDDING, SPARSE_KEY):
+        request = Search().rank(Knn(query=text, key=key, limit=pool)).limit(pool).select(*select)
+        requests.append(request.where(dict(where)) if where else request)
+    return requests
+
+
+def sparse_rankings(
+    collection: Collection, text: str, pool: int, where: Mapping[str, Any] | None = None
+) -> tuple[Ranking, Ranking]:
+    """The dense and the BM25 ranking of a collection with a sparse index, in one Search API request."""
+    try:
+        found = collection.search(search_requests(text, pool, where))
+    except NotImplementedError as error:  # a local client: only Chroma Cloud (or distributed Chroma) searches
+        raise ValueError(
+            f"collection '{collection.name}' has a sparse index, but this Chroma does not offer the Search API "
+            f"to query it ({error}); search it through Chroma Cloud"
+        ) from None
+    rows = found.rows()
+    # Knn scores are distances (lower is nearer); the lexical side is ranked by a score, higher first.
+    dense: Ranking = [
+        (row["id"], row.get("document") or "", _plain(row.get("metadata")), float(row.get("score") or 0.0))
+        for row in rows[0]
+    ]
+    lexical: Ranking = [
+        (row["id"], row.get("document") or "", _plain(row.get("metadata")), -float(row.get("score") or 0.0))
+        for row in rows[1]
+    ]
+    return dense, lexical
+
+
+def dense_ranking(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Ranking:
     """(chunk id, text, metadata, distance) of the n nearest chunks by the collection's embedding."""
     found = collection.query(
         query_texts=[text], n_results=n, where=_where(where), include=["documents", "metadatas", "distances"]
     )
     return [
-        (chunk_id, document or "", dict(metadata or {}), float(distance))
+        (chunk_id, document or "", _plain(metadata), float(distance))
         for chunk_id, document, metadata, distance in zip(
             found["ids"][0],
             (found["documents"] or [[]])[0],
@@ -109,9 +178,7 @@ def dense_ranking(
     ]
 
 
-def lexical_ranking(
-    collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None
-) -> list[tuple[str, str, dict[str, Any], float]]:
+def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Ranking:
     """(chunk id, text, metadata, BM25 score) of the n best chunks for the query's words."""
     terms = query_terms(text)
     if not terms:
@@ -136,7 +203,7 @@ def lexical_ranking(
     got = collection.get(ids=list(candidates), include=["documents", "metadatas"])
     texts = {chunk_id: document or "" for chunk_id, document in zip(got["ids"], got["documents"] or [], strict=True)}
     metadatas = {
-        chunk_id: dict(metadata or {}) for chunk_id, metadata in zip(got["ids"], got["metadatas"] or [], strict=True)
+        chunk_id: _plain(metadata) for chunk_id, metadata in zip(got["ids"], got["metadatas"] or [], strict=True)
     }
     lengths = {chunk_id: len(_WORD.findall(document)) for chunk_id, document in texts.items()}
     average = sum(lengths.values()) / max(len(lengths), 1) or 1.0
@@ -231,10 +298,18 @@ def search(
                 dense_ranking(collection, text, n, where), 1
             )
         ]
+    pool = fusion.pool(n)
+    if has_sparse_index(collection):
+        dense, lexical = sparse_rankings(collection, text, pool, where)
+        if mode == "lexical":
+            return [
+                Hit(chunk_id, document, metadata, score, None, rank)
+                for rank, (chunk_id, document, metadata, score) in enumerate(lexical[:n], 1)
+            ]
+        return fuse(dense, lexical, n, fusion)
     if mode == "lexical":
         return [
             Hit(chunk_id, document, metadata, score, None, rank)
             for rank, (chunk_id, document, metadata, score) in enumerate(lexical_ranking(collection, text, n, where), 1)
         ]
-    pool = fusion.pool(n)
     return fuse(dense_ranking(collection, text, pool, where), lexical_ranking(collection, text, pool, where), n, fusion)
