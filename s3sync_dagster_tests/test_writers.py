@@ -20,7 +20,7 @@ import pytest
 from botocore.response import StreamingBody
 
 from s3sync_dagster.commands.local_s3 import LOOPBACK
-from s3sync_dagster.pipeline import index
+from s3sync_dagster.pipeline import index, search
 from s3sync_dagster.pipeline.documents import DocumentPool
 from s3sync_dagster.pipeline.reports import KeyReport
 from s3sync_dagster.pipeline.settle import MAX_RESYNCS
@@ -188,6 +188,17 @@ def assert_newest_wins(
     assert sorted(found) == sorted(expected)  # no stale id left, none missing
     assert {i: text for i, (text, _) in found.items()} == {i: text for i, (text, _) in expected.items()}
     assert found == expected  # metadata too: the etag, chunk_count, last_modified of the newest version
+    # The lexical side reads the same chunks: each chunk's words find the newest version's chunks, no stale one.
+    fresh = store.get_collection(spec.collection_name + "-fresh", embedding_function=function)
+    for written in (collection, fresh):
+        found_by_words: dict[str, str] = {}
+        for text, _ in expected.values():
+            term = search.query_terms(text)[0]
+            for chunk_id, chunk_text, _, _ in search.lexical_ranking(
+                written, term, 1000, where={"object_key": {"$in": documents or keys}}
+            ):
+                found_by_words[chunk_id] = chunk_text
+        assert found_by_words == {i: text for i, (text, _) in expected.items()}
     row.passed = True
 
 
