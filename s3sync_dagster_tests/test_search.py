@@ -153,3 +153,12 @@ def test_fusions_keep_each_sides_winner_and_weigh_as_asked() -> None:
     assert scores["d1"] == pytest.approx(0.5) and scores["l1"] == pytest.approx(0.5)
     assert scores["both"] == pytest.approx(0.5 * (0.7 / 0.8) + 0.5 * (4.5 / 8.5))
     assert [hit.chunk_id for hit in fuse(dense, lexical, 1, Fusion("relative", lexical_weight=0.0))] == ["d1"]
+
+
+def test_words_in_most_chunks_pick_nothing_and_leave_the_dense_answer_first(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    synced(s3, spec, collection, embedder, {f"n/file-{n:02d}.txt": f"small file number {n}\n" for n in range(30)})
+    assert search.search(collection, "small file number", mode="lexical") == []
+    dense = search.search(collection, "small file number 17", mode="dense", n=1)
+    assert first_key(search.search(collection, "small file number 17", n=1)) == first_key(dense) == "n/file-17.txt"

@@ -40,8 +40,10 @@ MIN_TERM_CHARS = 3
 _STOPWORDS = frozenset(DEFAULT_CHROMA_BM25_STOPWORDS)
 # The most terms of one query looked up (the rarest-looking first: longest, with digits); each is one read.
 MAX_TERMS = 12
-# A term in more chunks than this is common: it scores, but no longer picks candidates (nor is it counted).
+# A term in more chunks than this, or with a BM25 idf under MIN_IDF (in over ~80% of the chunks of a large
+# collection, in both of two), is common: it scores, but picks no candidates.
 DF_LIMIT = 2000
+MIN_IDF = 0.2
 BM25_K1 = 1.2
 BM25_B = 0.75
 # Where a Chroma Cloud collection keeps each chunk's BM25 sparse vector (computed from its text by chromadb).
@@ -190,10 +192,13 @@ def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[st
         )
         matching[term] = list(found["ids"])
     total = max(collection.count(), 1)
-    # Candidates: the chunks holding the rarest terms, until there are enough to rank (a common term picks none).
+    idf = {term: math.log(1 + (total - len(ids) + 0.5) / (len(ids) + 0.5)) for term, ids in matching.items()}
+    # Candidates: the chunks holding the rarest terms, until there are enough to rank. A common term (past
+    # DF_LIMIT, or with an idf under MIN_IDF: in most chunks) picks none: it says little, and a ranking of
+    # near-equal scores would only push the dense side's answer down in a fusion. Only common terms: no answer.
     candidates: dict[str, None] = {}
     for term in sorted(terms, key=lambda term: len(matching[term])):
-        if len(matching[term]) >= DF_LIMIT and candidates:
+        if len(matching[term]) >= DF_LIMIT or idf[term] < MIN_IDF:
             break
         candidates.update(dict.fromkeys(matching[term]))
         if len(candidates) >= max(n, DF_LIMIT // 4):
@@ -208,7 +213,6 @@ def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[st
     lengths = {chunk_id: len(_WORD.findall(document)) for chunk_id, document in texts.items()}
     average = sum(lengths.values()) / max(len(lengths), 1) or 1.0
     patterns = {term: re.compile(term_pattern(term)) for term in terms}
-    idf = {term: math.log(1 + (total - len(ids) + 0.5) / (len(ids) + 0.5)) for term, ids in matching.items()}
     scored = []
     for chunk_id, document in texts.items():
         norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths[chunk_id] / average)
