@@ -112,6 +112,10 @@ def test_upload_overwrite_and_delete_follow_the_bucket(
     assert direct.chunks("in/with space+plus.txt") == {}
     removed = direct.latest("in/with space+plus.txt")
     assert removed["status"] == "removed" and removed["chunks_deleted"] == 1
+    # Its object and chunks gone, the key leaves the partitions; its history (above) stays.
+    assert sorted(direct.instance.get_dynamic_partitions(partitions_name("docs"))) == sorted(
+        keys.to_partition_key(k) for k in hostile if k != "in/with space+plus.txt"
+    )
     # Messages stay (in flight) until a later tick sees their runs; then everything is consumed.
     assert queue_depth(sqs, queue_url) > 0
     result, runs = direct.tick()

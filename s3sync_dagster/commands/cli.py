@@ -78,7 +78,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
         args,
         payload,
         f"source '{result.source}': {result.listed} object(s) listed, {result.new} new partition(s) registered, "
-        f"{result.registered} registered in all, {result.missing} registered but no longer in the bucket",
+        f"{result.registered} registered in all, {result.missing} registered but no longer in the bucket"
+        + (
+            " (a sync of them, `s3sync sync --all` or the poll sensor's, removes their chunks and their partitions)"
+            if result.missing
+            else ""
+        ),
     )
     return EXIT_OK
 

@@ -8,12 +8,13 @@ import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.links import InstanceMetaLinks
-from s3sync_dagster.defs.names import documents_asset_key
+from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline import keys, objects
 from s3sync_dagster.pipeline.documents import DocumentPool
+from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.reports import KeyReport
-from s3sync_dagster.pipeline.spec import Invocation
+from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster.pipeline.targets import Collections
 
@@ -52,6 +53,25 @@ def _key_metadata(report: KeyReport) -> dict[str, Any]:
     if report.preview:
         metadata["preview"] = dg.MetadataValue.md(f"```\n{report.preview}\n```")
     return metadata
+
+
+def forget_removed(
+    instance: dg.DagsterInstance, spec: SourceSpec, s3: S3Client, reports: Sequence[KeyReport]
+) -> list[str]:
+    """Keys whose object and chunks are gone leave the source's partitions, so its pages and queries hold only
+    what exists (each key's history stays in the event log). Each object is looked for once more first:
+    one uploaded again since its removal keeps its partition (its next sync indexes it)."""
+    forgotten = []
+    for report in reports:
+        if report.status != "removed":
+            continue
+        try:
+            objects.head_object(s3, spec.bucket_name, report.object_key)
+        except objects.ObjectMissing:
+            partition_key = keys.to_partition_key(report.object_key)
+            instance.delete_dynamic_partition(partitions_name(spec.name), partition_key)
+            forgotten.append(partition_key)
+    return forgotten
 
 
 def index_partitions(
@@ -137,6 +157,7 @@ def index_partitions(
             invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
             links=InstanceMetaLinks(context.instance, spec.name),
         )
+    forget_removed(context.instance, spec, s3.client(source.name), reports)
     counts = Counter(report.status for report in reports)
     context.log.info(
         f"source '{spec.name}': {len(reports)} object(s): "
