@@ -132,25 +132,22 @@ def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
 
 
 def _query(config_file: Path) -> dict[str, Any]:
+    """The demo's question, asked as `s3sync query` asks it (hybrid: by meaning and by its words)."""
+    from s3sync_dagster.commands.query import search_source
     from s3sync_dagster.config import load_config
-    from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
 
-    config = load_config(config_file)
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
-    collection = chroma.collection(DEMO_COLLECTION, embedding_resource(config.embedding))
-    found = collection.query(query_texts=[DEMO_QUERY], n_results=3, include=["documents", "metadatas"])
-    metadatas = (found["metadatas"] or [[]])[0]
-    documents = (found["documents"] or [[]])[0]
+    hits = search_source(DEMO_SOURCE, DEMO_QUERY, n=3, config=load_config(config_file))
     return {
         "query": DEMO_QUERY,
+        "mode": "hybrid",
         "results": [
             {
-                "object_key": metadata.get("object_key"),
-                "start_line": metadata.get("start_line"),
-                "end_line": metadata.get("end_line"),
-                "document": document,
+                "object_key": hit.metadata.get("object_key"),
+                "start_line": hit.metadata.get("start_line"),
+                "end_line": hit.metadata.get("end_line"),
+                "document": hit.document,
             }
-            for metadata, document in zip(metadatas, documents, strict=True)
+            for hit in hits
         ],
     }
 
