@@ -309,7 +309,9 @@ def _earlier_sections(out: Path, skip: set[str]) -> list[str]:
         if number in skip:
             heading, _, body = section.strip().partition("\n")
             body = body.strip()
-            if not body.startswith(CARRIED_NOTE):  # carried twice: it keeps the run that measured it
+            # Carried twice, it keeps the run that measured it; a section another module writes (section 10,
+            # which dates each part) was never this file's run's to begin with: it stays as it stands.
+            if not body.startswith(CARRIED_NOTE) and number not in STANDALONE:
                 body = f"{CARRIED_NOTE}{origin}._\n\n{body}"
             carried.append(f"{heading}\n\n{body}")
     return carried
