@@ -11,11 +11,16 @@ sources, a deterministic sample of each, uploaded to a moto bucket and synced th
 2. known-item recall: a probe is one sentence of 8-40 words taken from a sampled chunk (an equal
    number of probes from each third of a chunk, by where the sentence starts); its vector, from the
    same model, queries the collection; a hit at k is a top-k chunk containing the sentence (after
-   whitespace normalisation).
+   whitespace normalisation);
+3. hybrid search (with the default budget only, `hybrid.py`): dense, lexical and fused rankings on those
+   probes and on semantic ones (a function's description in the library reference asking for its
+   source; their modules are added to the corpus where the sample lacks them), every fusion variant,
+   query latency per mode there and on a synthetic collection of `--latency-chunks` chunks, and what
+   Chroma's full-text index (the lexical side's) costs the writes.
 
 A budget of None writes no `max_tokens` key (the source's default chunking; shown as "unset").
-`python -m benchmarks.retrieval WORKDIR [--budgets none,256,128] [--files N] [--probes N]` runs it
-alone and prints the figures as JSON, then the section.
+`python -m benchmarks.retrieval WORKDIR [--budgets none,256,128] [--files N] [--probes N] [--semantic N]
+[--latency-chunks N]` runs it alone and prints the figures as JSON, then the section.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, throughput
+from benchmarks import common, hybrid, search_cost, throughput
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, default_token_budget
 
 HTML_ROOT = Path("/usr/share/doc/python3.11/html")  # Debian package python3.11-doc
@@ -103,6 +108,11 @@ def select_files(count: int, seed: int = 7, max_bytes: int = MAX_BYTES) -> dict[
     python = _py_candidates(stdlib_root(), max_bytes)
     chosen = rng.sample(html, min(len(html), count // 2)) + rng.sample(python, min(len(python), count - count // 2))
     return {object_key: path.read_bytes() for object_key, path in sorted(chosen)}
+
+
+def py_files(max_bytes: int = MAX_BYTES) -> dict[str, Path]:
+    """The standard-library files the corpus may take: {object_key: path}."""
+    return dict(_py_candidates(stdlib_root(), max_bytes))
 
 
 def describe(files: dict[str, bytes]) -> dict[str, Any]:
@@ -259,10 +269,10 @@ def read_chunks(chroma_path: Path, collection_name: str) -> tuple[Any, list[str]
 
     client = embedded_client(chroma_path)
     try:
-        # Queries go by vectors we make ourselves, so whatever function the collection records is not called.
-        collection = client.get_collection(collection_name)
-    except Exception:  # an earlier version's record (a path on this machine): hand Chroma the same model
+        # The engine's own function, as `s3sync query` opens it: hybrid.py's dense side embeds query texts.
         collection = client.get_collection(collection_name, embedding_function=EmbeddingSpec().build())  # type: ignore[arg-type]
+    except Exception:  # a record of another function (an earlier commit's "before"): queried by vectors only
+        collection = client.get_collection(collection_name)
     ids: list[str] = []
     documents: list[str] = []
     metadatas: list[dict[str, Any]] = []
@@ -284,8 +294,11 @@ def measure_budget(
     probes: int,
     seed: int,
     before: str | None = None,
+    semantic: list[hybrid.SemanticProbe] | None = None,
+    latency_chunks: int = search_cost.LARGE_CHUNKS,
 ) -> dict[str, Any]:
-    """One sync of the corpus and its figures; with ``before``, by the engine of that earlier commit."""
+    """One sync of the corpus and its figures; with ``before``, by the engine of that earlier commit; with
+    ``semantic`` (probes), the hybrid search figures too."""
     name = f"before {before}" if before else label(budget)
     base = workdir / f"budget-{name.replace(' ', '-')}"
     shutil.rmtree(base, ignore_errors=True)  # a store left by an earlier run would make the sync a no-op
@@ -335,6 +348,10 @@ def measure_budget(
         found = collection.query(query_embeddings=vectors[start : start + 100], n_results=5, include=["documents"])
         top += [[document or "" for document in row] for row in found["documents"] or []]
     result["probes"] = recall(chosen, top, [normalise(document) for document in documents])
+    if semantic is not None:
+        result["hybrid"] = hybrid.measure(
+            collection, base / "chroma", ids, documents, object_keys, chosen, semantic, base, latency_chunks, seed
+        )
     return result
 
 
@@ -347,13 +364,21 @@ def measure(
     seed: int = 7,
     max_bytes: int = MAX_BYTES,
     before: str | None = None,
+    semantic: int = hybrid.SEMANTIC_PROBES,
+    latency_chunks: int = search_cost.LARGE_CHUNKS,
 ) -> dict[str, Any]:
-    """Figures per budget for the same `files`-file corpus, each budget synced into a fresh store; with
-    ``before`` (a git revision), first the same corpus by that commit's engine and default chunking."""
+    """Figures per budget for the same corpus (`files` sampled files, plus the modules of up to `semantic`
+    semantic probes where the sample lacks them), each budget synced into a fresh store; with ``before``
+    (a git revision), first the same corpus by that commit's engine and default chunking. The budget
+    None (unset) also measures hybrid search (hybrid.py)."""
     corpus = select_files(files, seed, max_bytes)
+    sampled = len(corpus)
+    semantic_probes, added = hybrid.choose_semantic(HTML_ROOT, py_files(max_bytes), set(corpus), semantic, seed)
+    corpus.update(added)
     common.fill_bucket(common.s3_client(endpoint_url), BUCKET, corpus)
     described = describe(corpus)
     described["html_root"], described["stdlib_root"] = str(HTML_ROOT), str(stdlib_root())
+    described["sampled"], described["added_for_semantic"] = sampled, sorted(added)
     return {
         "corpus": described,
         "seed": seed,
@@ -361,7 +386,20 @@ def measure(
         "window": model_window(),
         "targets_recall_at_5": TARGETS,
         "budgets": ([measure_budget(endpoint_url, workdir, None, described, probes, seed, before)] if before else [])
-        + [measure_budget(endpoint_url, workdir, budget, described, probes, seed) for budget in budgets],
+        + [
+            measure_budget(
+                endpoint_url,
+                workdir,
+                budget,
+                described,
+                probes,
+                seed,
+                None,
+                semantic_probes if budget is None else None,
+                latency_chunks,
+            )
+            for budget in budgets
+        ],
     }
 
 
@@ -379,15 +417,24 @@ def _r(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _label(run: dict[str, Any]) -> str:
+    """A budget's row label; a row carried over from an earlier run is marked with a dagger."""
+    name = run.get("label") or label(run["budget"])
+    return f"{name} †" if run.get("measured") else name
+
+
 def section_markdown(result: dict[str, Any]) -> str:
     corpus, window = result["corpus"], result["window"]
     kinds = corpus["by_kind"]
+    added = len(corpus.get("added_for_semantic", []))
+    runs = [*result["budgets"], *result.get("carried_budgets", [])]
     lines = [
         "## 7. Retrieval quality",
         "",
         f"Real text no one here wrote: {kinds.get('html', {}).get('objects', 0)} pages of Debian's python3.11-doc "
         f"HTML documentation and {kinds.get('py', {}).get('objects', 0)} modules of the Python 3.11 standard "
-        f"library ({corpus['bytes'] / 1e6:.1f} MB, up to {result['max_bytes'] // 1000} KB a file, seed {result['seed']}), "
+        f"library ({added} of them added to the sample for the semantic probes below; "
+        f"{corpus['bytes'] / 1e6:.1f} MB, up to {result['max_bytes'] // 1000} KB a file, seed {result['seed']}), "
         'synced through the engine (section 1\'s A) once per `chunking.max_tokens` ("unset": no such key, the '
         f"default chunking: {default_token_budget().max_tokens} tokens for this model), each into a fresh embedded "
         'Chroma; "before" is the engine of an earlier commit, byte limits only. '
@@ -400,10 +447,10 @@ def section_markdown(result: dict[str, Any]) -> str:
         "sync s | objects/s | MB/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for run in result["budgets"]:
+    for run in runs:
         sync = run["sync"]
         lines.append(
-            f"| {run.get('label') or label(run['budget'])} | {run['chunks']:,} | {run['chunks_per_mb']:.0f} | "
+            f"| {_label(run)} | {run['chunks']:,} | {run['chunks_per_mb']:.0f} | "
             f"{_pct(run['share_chars_inside_window'])} | {run['chunks_over_window']:,} "
             f"({_pct(run['share_chunks_over_window'])}) | {run['median_tokens']} | {sync['seconds']:.1f} | "
             f"{sync['objects_s']:.2f} | {sync['mb_s']:.3f} |"
@@ -414,17 +461,26 @@ def section_markdown(result: dict[str, Any]) -> str:
         "@5 html (n) | @5 py (n) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for run in result["budgets"]:
+    for run in runs:
         probes = run["probes"]
         groups = [*probes["by_third"].values(), *(probes["by_kind"].get(kind, EMPTY) for kind in ("html", "py"))]
         cells = [f"{_r(group['recall_at_5'])} ({group['n']})" for group in groups]
         lines.append(
-            f"| {run.get('label') or label(run['budget'])} | {probes['n']} | {_r(probes['recall_at_1'])} | {_r(probes['recall_at_5'])} | "
+            f"| {_label(run)} | {probes['n']} | {_r(probes['recall_at_1'])} | {_r(probes['recall_at_5'])} | "
             + " | ".join(cells)
             + " |"
         )
     lines.append("")
-    for run in result["budgets"]:
+    origins = sorted({run["measured"] for run in result.get("carried_budgets", [])})
+    for origin in origins:
+        earlier = next(run["corpus"] for run in result["carried_budgets"] if run["measured"] == origin)
+        lines += [
+            f"† Carried over from the run of {origin}, on its own corpus ({earlier['objects']} files, "
+            f"{earlier['bytes'] / 1e6:.1f} MB: the same seed's sample without the added modules), so not "
+            "comparable figure by figure with the rows measured here.",
+            "",
+        ]
+    for run in runs:
         by_third = run["probes"]["by_third"]
         verdicts = [
             f"{third} {_r(by_third[third]['recall_at_5'])} "
@@ -439,12 +495,13 @@ def section_markdown(result: dict[str, Any]) -> str:
         )
         met = all((by_third[third]["recall_at_5"] or 0) >= target for third, target in TARGETS.items())
         lines.append(
-            f"- max_tokens {run.get('label') or label(run['budget'])}: targets "
-            + ("met" if met else "not met")
-            + f" ({'; '.join(verdicts)}); "
+            f"- max_tokens {_label(run)}: targets " + ("met" if met else "not met") + f" ({'; '.join(verdicts)}); "
             f"{run['probes']['sentences_repeated']} of {run['probes']['n']} probe sentences occur more than once "
             f"in the indexed text (any chunk holding one is a hit). By kind, {kinds}."
         )
+    for run in result["budgets"]:
+        if "hybrid" in run:
+            lines += hybrid.section_lines(run["hybrid"])
     return "\n".join(lines)
 
 
@@ -466,6 +523,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="largest file taken into the corpus")
     parser.add_argument("--before", help="a git revision whose engine syncs the corpus first, as 'before'")
+    parser.add_argument("--semantic", type=int, default=hybrid.SEMANTIC_PROBES, help="semantic probes drawn")
+    parser.add_argument(
+        "--latency-chunks",
+        type=int,
+        default=search_cost.LARGE_CHUNKS,
+        help="chunks of the synthetic latency collection",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     common.credentials()
@@ -480,6 +544,8 @@ def main() -> None:
             args.seed,
             args.max_bytes,
             args.before,
+            args.semantic,
+            args.latency_chunks,
         )
     finally:
         server.stop()

@@ -309,7 +309,9 @@ def _earlier_sections(out: Path, skip: set[str]) -> list[str]:
         if number in skip:
             heading, _, body = section.strip().partition("\n")
             body = body.strip()
-            if not body.startswith(CARRIED_NOTE):  # carried twice: it keeps the run that measured it
+            # Carried twice, it keeps the run that measured it; a section another module writes (section 10,
+            # which dates each part) was never this file's run's to begin with: it stays as it stands.
+            if not body.startswith(CARRIED_NOTE) and number not in STANDALONE:
                 body = f"{CARRIED_NOTE}{origin}._\n\n{body}"
             carried.append(f"{heading}\n\n{body}")
     return carried
@@ -344,6 +346,22 @@ def _earlier_fixes(out: Path, parts: list[str]) -> tuple[dict[str, Any], dict[st
     return figures, carried
 
 
+def _earlier_retrieval(out: Path) -> list[dict[str, Any]]:
+    """Section 7's budget rows as the results.json beside ``out`` has them (those it carried too), each
+    stamped with the run that measured it and that run's corpus; the caller keeps those not measured again."""
+    results_json = out.with_name("results.json")
+    earlier = json.loads(results_json.read_text()).get("retrieval") if results_json.is_file() else None
+    if not earlier:
+        return []
+    origin = _origin(out.read_text(), "7") if out.is_file() else "an earlier run"
+    corpus = {key: earlier["corpus"][key] for key in ("objects", "bytes")}
+    carried = []
+    for run in [*earlier.get("budgets", []), *earlier.get("carried_budgets", [])]:
+        run = {key: value for key, value in run.items() if key != "hybrid"}  # hybrid: measured runs only
+        carried.append({**run, "measured": run.get("measured", origin), "corpus": run.get("corpus", corpus)})
+    return carried
+
+
 def _earlier_raw(results_json: Path, skip: set[str]) -> dict[str, Any]:
     if not results_json.is_file():
         return {}
@@ -371,6 +389,15 @@ def main(argv: list[str] | None = None) -> int:
         "--retrieval-budgets", default="none", help="chunking.max_tokens per sync, 'none' for no budget: none,256,128"
     )
     parser.add_argument("--retrieval-before", help="git revision whose engine syncs the retrieval corpus as 'before'")
+    parser.add_argument(
+        "--retrieval-semantic", type=int, default=160, help="semantic probes drawn (hybrid search, section 7)"
+    )
+    parser.add_argument(
+        "--retrieval-latency-chunks",
+        type=int,
+        default=100_000,
+        help="chunks of the synthetic collection section 7 times queries on",
+    )
     parser.add_argument("--bulk-before", help="git revision whose engine (A0) syncs the bulk corpus as 'before'")
     parser.add_argument("--skip", default="", help="sections to skip, e.g. 3,4,6")
     parser.add_argument(
@@ -393,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.repeats, args.uploads, args.scale_keys, args.big_object_mb = "24", 1, 1, 200, 1
         args.burst = 3
         args.retrieval_files, args.retrieval_probes, args.retrieval_budgets = 12, 24, "none"
+        args.retrieval_semantic, args.retrieval_latency_chunks = 4, 2000
     sizes = [int(size) for size in args.sizes.split(",")]
     skip = {section.strip() for section in args.skip.split(",") if section.strip()} | STANDALONE
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="s3sync-bench-"))
@@ -410,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     raw.update(_earlier_raw(Path(args.out).with_name("results.json"), skip))
     fixes_parts = [part.strip() for part in args.fixes_parts.split(",") if part.strip()]
     earlier_fixes, fixes_carried = ({}, {}) if "6" in skip else _earlier_fixes(Path(args.out), fixes_parts)
+    earlier_retrieval = [] if "7" in skip else _earlier_retrieval(Path(args.out))
 
     def write() -> None:
         # After every section, so a long run that is stopped part-way keeps what it measured.
@@ -517,8 +546,12 @@ def main(argv: list[str] | None = None) -> int:
                 server.endpoint_url, workdir / "retrieval", retrieval.parse_budgets(args.retrieval_budgets),
                 args.retrieval_files, args.retrieval_probes,
                 max_bytes=retrieval.SMOKE_MAX_BYTES if args.smoke else retrieval.MAX_BYTES,
-                before=args.retrieval_before,
+                before=args.retrieval_before, semantic=args.retrieval_semantic,
+                latency_chunks=args.retrieval_latency_chunks,
             )  # fmt: skip
+            # Budgets not measured again keep their earlier rows, marked with the run that measured them.
+            measured = {run["label"] for run in result["budgets"]}
+            result["carried_budgets"] = [run for run in earlier_retrieval if run["label"] not in measured]
             raw["retrieval"] = result
             sections.append(retrieval.section_markdown(result))
             write()

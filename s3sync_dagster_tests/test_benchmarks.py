@@ -55,9 +55,12 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert events["disk_s"] > 0 and events["memory_s"] > 0 and events["postgres_s"] > 0
     # Real documentation and stdlib files went through the engine; every probe was asked and scored.
     retrieval = raw["retrieval"]
-    assert retrieval["corpus"]["objects"] == 12 and set(retrieval["corpus"]["by_kind"]) == {"html", "py"}
+    corpus = retrieval["corpus"]
+    assert corpus["sampled"] == 12 and set(corpus["by_kind"]) == {"html", "py"}
+    # The modules of the semantic probes that the sample lacked were added to it.
+    assert corpus["objects"] == 12 + len(corpus["added_for_semantic"])
     run = retrieval["budgets"][0]
-    assert run["budget"] is None and run["sync"]["statuses"] == {"indexed": 12}
+    assert run["budget"] is None and run["sync"]["statuses"] == {"indexed": corpus["objects"]}
     # Every indexed character lies inside the model's window: no chunk is cut short by the embedding.
     assert run["chunks"] > 12 and run["share_chars_inside_window"] == 1 and run["chunks_over_window"] == 0
     assert run["chunks_per_mb"] > 0
@@ -67,6 +70,27 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
         for rank in ("recall_at_1", "recall_at_5"):
             assert group[rank] is None or 0 <= group[rank] <= 1
     assert probes["recall_at_1"] <= probes["recall_at_5"]
+    # Hybrid search: every mode and fusion variant scored on both probe sets, one of them the winner;
+    # latency per mode on the synced collection and the synthetic one; the full-text index's write cost.
+    hybrid = run["hybrid"]
+    semantic = hybrid["semantic"]
+    assert (
+        hybrid["known_n"] == probes["n"] and semantic["kept"] + sum(semantic["left_out"].values()) == semantic["asked"]
+    )
+    assert hybrid["winner"] in {row["label"] for row in hybrid["variants"]} and any(
+        row["default"] for row in hybrid["variants"]
+    )
+    for figures in [*hybrid["modes"].values(), *(row["sets"] for row in hybrid["variants"])]:
+        assert figures["known"]["n"] == probes["n"] and figures["semantic"]["n"] == semantic["kept"]
+        for group in (figures["known"], figures["semantic"]):
+            assert group["recall_at_1"] is None or 0 <= group["recall_at_1"] <= group["recall_at_5"] <= 1
+    for latency in (hybrid["latency"], hybrid["latency_large"]):
+        assert {"dense", "lexical", "hybrid (default)"} <= set(latency["modes"])
+        assert all(mode["p50_ms"] > 0 for mode in latency["modes"].values())
+    assert hybrid["latency_large"]["chunks"] == 2000 and hybrid["latency_large"]["dimension"] == 384
+    fts = hybrid["fts"]
+    assert fts["fts_rows"]["on"] == fts["chunks"] == run["chunks"] and fts["on_s"] > 0 and fts["off_s"] > 0
+    assert 0 < fts["store"]["fts_bytes"] < fts["store"]["sqlite_bytes"]
 
 
 def test_sections_a_run_skips_keep_the_earlier_figures_and_say_so(tmp_path: Path) -> None:

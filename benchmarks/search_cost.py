@@ -1,0 +1,190 @@
+"""What hybrid search costs (section 7, with hybrid.py): query latency per mode, on a synced collection and
+on a large synthetic one, and what Chroma's full-text index (the lexical side's) costs the writes."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from s3sync_dagster.pipeline import search
+from s3sync_dagster.pipeline.search import Fusion
+
+LARGE_CHUNKS = 100_000
+WRITE_BATCH = 5000
+FTS_CHUNKS = 10_000  # chunks written with the full-text index on and off
+FTS_ROUNDS = 3
+
+
+# --- latency --------------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def latency(collection: Any, queries: Sequence[str], fusions: dict[str, Fusion], n: int = 5) -> dict[str, Any]:
+    """Milliseconds of `search.search` (top n) per mode, the modes taking turns query by query after a
+    warm-up; hybrid once per fusion given (by label)."""
+    modes: list[tuple[str, str, Fusion]] = [("dense", "dense", search.FUSION), ("lexical", "lexical", search.FUSION)]
+    modes += [(f"hybrid ({label})", "hybrid", fusion) for label, fusion in fusions.items()]
+    for query in queries[:3]:
+        for _, mode, fusion in modes:
+            search.search(collection, query, mode=mode, n=n, fusion=fusion)  # type: ignore[arg-type]
+    timings: dict[str, list[float]] = {label: [] for label, _, _ in modes}
+    for query in queries:
+        for label, mode, fusion in modes:
+            started = time.perf_counter()
+            search.search(collection, query, mode=mode, n=n, fusion=fusion)  # type: ignore[arg-type]
+            timings[label].append((time.perf_counter() - started) * 1000)
+    return {
+        label: {
+            "queries": len(values),
+            "p50_ms": statistics.median(values),
+            "p95_ms": _percentile(values, 0.95),
+            "max_ms": max(values),
+        }
+        for label, values in timings.items()
+    }
+
+
+def large_collection(path: Path, documents: Sequence[str], size: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    """An embedded collection of `size` synthetic chunks, made in a fresh store at `path`: each as many
+    words as the real chunk it stands for, drawn at random from all the real chunks' words (so a term is
+    about as common as in the real text), with a random unit vector of the model's dimension. Its
+    embedding function is the engine's, so a dense query embeds its text as a real one does."""
+    import numpy as np
+
+    from s3sync_dagster.defs.resources import embedded_client
+    from s3sync_dagster.pipeline.embed import EmbeddingSpec
+
+    shutil.rmtree(path, ignore_errors=True)
+    function = EmbeddingSpec().build()
+    dimension = len(function(["dimension"])[0])
+    generator = np.random.default_rng(seed)
+    words = np.array([word for document in documents for word in document.split()], dtype=object)
+    lengths = [max(1, len(document.split())) for document in documents]
+    client = embedded_client(path)
+    collection = client.create_collection("large-chunks", embedding_function=function)  # type: ignore[arg-type]
+    batch = min(WRITE_BATCH, client.get_max_batch_size())
+    started = time.perf_counter()
+    for start in range(0, size, batch):
+        count = min(batch, size - start)
+        texts = [
+            " ".join(words[generator.integers(0, len(words), lengths[(start + i) % len(lengths)])])
+            for i in range(count)
+        ]
+        vectors = generator.standard_normal((count, dimension), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        collection.add(
+            ids=[f"synthetic-{start + i:07d}" for i in range(count)],
+            documents=texts,
+            embeddings=vectors,
+            metadatas=[
+                {"object_key": f"synthetic/{(start + i) // 20:05d}.txt", "chunk_index": (start + i) % 20}
+                for i in range(count)
+            ],
+        )
+    return collection, {"chunks": collection.count(), "dimension": dimension, "build_s": time.perf_counter() - started}
+
+
+# --- the full-text index's cost -------------------------------------------------------------------
+
+
+def _fts_schema() -> Any:
+    from chromadb.api.types import FtsIndexConfig, Schema
+
+    return Schema().delete_index(config=FtsIndexConfig(), key="#document")
+
+
+def _fts_rows(store: Path) -> dict[str, int]:
+    """Rows of Chroma's full-text table (the FTS5 `embedding_fulltext_search`) per collection name."""
+    with sqlite3.connect(f"file:{store / 'chroma.sqlite3'}?mode=ro", uri=True) as db:
+        return dict(
+            db.execute(
+                "SELECT c.name, COUNT(*) FROM embedding_fulltext_search f JOIN embeddings e ON e.id = f.rowid "
+                "JOIN segments s ON s.id = e.segment_id JOIN collections c ON c.id = s.collection GROUP BY c.name"
+            ).fetchall()
+        )
+
+
+def fts_bytes(store: Path) -> dict[str, int]:
+    """Bytes of a store's SQLite file in all and in the full-text index's tables (SQLite's dbstat)."""
+    with sqlite3.connect(f"file:{store / 'chroma.sqlite3'}?mode=ro", uri=True) as db:
+        sizes = dict(db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall())
+    return {
+        "sqlite_bytes": sum(sizes.values()),
+        "fts_bytes": sum(size for name, size in sizes.items() if name.startswith("embedding_fulltext_search")),
+    }
+
+
+def fts_cost(
+    path: Path, source: Any, ids: list[str], chunks: int = FTS_CHUNKS, rounds: int = FTS_ROUNDS
+) -> dict[str, Any]:
+    """The first `chunks` chunks of `source` (texts, metadata and stored vectors) written into fresh
+    collections of one store with Chroma's full-text index on (the default) and off, the two taking
+    turns `rounds` times; then whether the index was off indeed, and a bare SQLite FTS5 trigram table
+    (Chroma's local full-text index is one: `tokenize='trigram'`) built from the same texts."""
+    from s3sync_dagster.defs.resources import embedded_client
+
+    chosen = sorted(ids)[:chunks]
+    got = source.get(ids=chosen, include=["documents", "metadatas", "embeddings"])
+    documents = [document or "" for document in got["documents"] or []]
+    metadatas = got["metadatas"]
+    vectors = got["embeddings"]
+    shutil.rmtree(path, ignore_errors=True)
+    client = embedded_client(path)
+    batch = min(WRITE_BATCH, client.get_max_batch_size())
+    seconds: dict[str, list[float]] = {"on": [], "off": []}
+    for round_number in range(rounds):
+        for state in ("on", "off") if round_number % 2 == 0 else ("off", "on"):
+            name = f"fts-{state}-{round_number}"
+            collection = (
+                client.create_collection(name, embedding_function=None, schema=_fts_schema())
+                if state == "off"
+                else client.create_collection(name, embedding_function=None)
+            )
+            started = time.perf_counter()
+            for start in range(0, len(chosen), batch):
+                collection.add(
+                    ids=list(got["ids"][start : start + batch]),
+                    documents=documents[start : start + batch],
+                    metadatas=metadatas[start : start + batch] if metadatas else None,
+                    embeddings=vectors[start : start + batch] if vectors is not None else None,
+                )
+            seconds[state].append(time.perf_counter() - started)
+    off = client.get_collection(f"fts-off-{rounds - 1}")
+    try:
+        off.get(where_document={"$contains": "the"}, limit=1)
+        refused = ""
+    except Exception as error:  # chromadb refuses a full-text filter on a collection without the index
+        refused = str(error)
+    rows = _fts_rows(path)
+    bare = path / "bare-fts5.sqlite3"
+    started = time.perf_counter()
+    with sqlite3.connect(bare) as db:
+        db.execute("CREATE VIRTUAL TABLE texts USING fts5(string_value, tokenize='trigram')")
+        db.executemany("INSERT INTO texts (rowid, string_value) VALUES (?, ?)", enumerate(documents, 1))
+    bare_s = time.perf_counter() - started
+    on_s, off_s = statistics.median(seconds["on"]), statistics.median(seconds["off"])
+    return {
+        "chunks": len(chosen),
+        "characters": sum(len(document) for document in documents),
+        "rounds": rounds,
+        "seconds": seconds,
+        "on_s": on_s,
+        "off_s": off_s,
+        "on_chunks_s": len(chosen) / on_s,
+        "off_chunks_s": len(chosen) / off_s,
+        "off_over_on": on_s / off_s,  # write throughput with the index off, as a multiple of with it on
+        "fts_rows": {state: rows.get(f"fts-{state}-0", 0) for state in ("on", "off")},
+        "off_query_refused": refused,
+        "bare_fts5_s": bare_s,
+        "bare_fts5_bytes": bare.stat().st_size,
+        "bare_share_of_on": bare_s / on_s,
+    }
