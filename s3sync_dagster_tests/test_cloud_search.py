@@ -140,9 +140,13 @@ def test_hybrid_search_on_cloud_asks_both_rankings_in_one_request_and_fuses_them
     pool = search.FUSION.pool(3)
     assert dense["limit"]["limit"] == sparse["limit"]["limit"] == pool
     assert dense["filter"] == sparse["filter"] == {"source": {"$eq": "docs"}}
-    # Both sides' winners, and the chunk both offered first; ranks as each side gave them.
-    assert hits[0].chunk_id == "c-both" and (hits[0].dense_rank, hits[0].lexical_rank) == (2, 2)
-    assert {hit.chunk_id for hit in hits[1:]} == {"c-near", "c-code"}
+    # Relative-score fusion of the answer: each side scaled 0-1 (distances turned round), lexical weighted 0.6.
+    assert [(hit.chunk_id, hit.dense_rank, hit.lexical_rank) for hit in hits] == [
+        ("c-code", None, 1),
+        ("c-near", 1, None),
+        ("c-both", 2, 2),
+    ]
+    assert [round(hit.score, 3) for hit in hits] == [0.6, 0.4, round(0.4 * (0.9 - 0.3) / (0.9 - 0.2), 3)]
     assert all(SPARSE_KEY not in hit.metadata for hit in hits)  # the vector is Chroma's, not the caller's
     lexical = search.search(collection, "XK-42 flag", mode="lexical", n=5)
     assert [hit.chunk_id for hit in lexical] == ["c-code", "c-both"] and lexical[0].score == 7.5
