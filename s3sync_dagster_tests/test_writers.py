@@ -188,16 +188,18 @@ def assert_newest_wins(
     assert sorted(found) == sorted(expected)  # no stale id left, none missing
     assert {i: text for i, (text, _) in found.items()} == {i: text for i, (text, _) in expected.items()}
     assert found == expected  # metadata too: the etag, chunk_count, last_modified of the newest version
-    # The lexical side reads the same chunks: each chunk's words find the newest version's chunks, no stale one.
+    # The lexical side reads Chroma's full-text index of the same chunks: each chunk's words find exactly the
+    # newest version's chunks there, no stale one (a stale chunk holds the same words).
     fresh = store.get_collection(spec.collection_name + "-fresh", embedding_function=function)
     for written in (collection, fresh):
         found_by_words: dict[str, str] = {}
         for text, _ in expected.values():
-            term = search.query_terms(text)[0]
-            for chunk_id, chunk_text, _, _ in search.lexical_ranking(
-                written, term, 1000, where={"object_key": {"$in": documents or keys}}
-            ):
-                found_by_words[chunk_id] = chunk_text
+            found = written.get(
+                where={"object_key": {"$in": documents or keys}},
+                where_document={"$regex": search.term_pattern(search.query_terms(text)[0])},
+                include=["documents"],
+            )
+            found_by_words.update(zip(found["ids"], found["documents"], strict=True))
         assert found_by_words == {i: text for i, (text, _) in expected.items()}
     row.passed = True
 
