@@ -204,6 +204,18 @@ class DagsterDev:
         assert launched["__typename"] == "LaunchRunSuccess", launched
         return str(launched["run"]["runId"])
 
+    def launch_job(self, job_name: str, run_config: dict[str, Any]) -> str:
+        """The launchpad's "Launch run" for a job, with the config typed into it."""
+        params = {
+            "mode": "default",
+            "executionMetadata": {"tags": [{"key": "dagster/from_ui", "value": "true"}]},
+            "runConfigData": run_config,
+            "selector": {**self.repository(), "pipelineName": job_name},
+        }
+        launched = self.gql(LAUNCH, executionParams=params)["launchPipelineExecution"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        return str(launched["run"]["runId"])
+
     def launch_check(self, asset_path: list[str], check_name: str) -> str:
         """The Checks tab's "Execute": a run of the check alone."""
         params = {
@@ -340,9 +352,10 @@ def _bin(name: str) -> str:
 
 
 @contextmanager
-def dagster_dev(home: Path, config_file: Path, log: Path) -> Iterator[DagsterDev]:
-    """`dagster dev`: webserver and daemon in one command, as a developer runs them."""
-    port = free_port()
+def dagster_dev(home: Path, config_file: Path, log: Path, port: int | None = None) -> Iterator[DagsterDev]:
+    """`dagster dev`: webserver and daemon in one command, as a developer runs them. `port`: one chosen ahead
+    (free_port), for a config file that names the webserver's URL."""
+    port = port or free_port()
     env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file))
     argv = [_bin("dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", LOOPBACK, "-p", str(port)]
     with _serving([argv], env, port, log) as server:

@@ -438,8 +438,21 @@ class ExecutorConfig(_Model):
     celery: CeleryConfig | None = None
 
 
+class WebserverConfig(_Model):
+    """Where the Dagster webserver answers: each source's backfill job starts Dagster's own partition backfills
+    through its GraphQL API (the call the UI's own Materialize dialog makes), the only public way to start one."""
+
+    url: str = "http://localhost:3000"  # `dagster dev`'s default; in a deployment, the webserver's service
+    # Dagster+ (or a proxy in front of the webserver): the API token, sent as `Dagster-Cloud-Api-Token`.
+    api_token: EnvRef | None = None
+
+    _url = field_validator("url")(_no_credentials_in_url)
+    _literal = field_validator("api_token", mode="before")(_secret_must_be_env_ref)
+
+
 class AppConfig(_Model):
     chroma: ChromaConfig = Field(default_factory=ChromaConfig)
+    webserver: WebserverConfig = Field(default_factory=WebserverConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)

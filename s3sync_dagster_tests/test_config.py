@@ -118,6 +118,18 @@ def test_chroma_cloud_key_and_secret_headers_must_be_env_refs() -> None:
     assert not config.chroma.is_embedded
 
 
+def test_the_webserver_url_and_token_keep_secrets_out() -> None:
+    assert parse_config({}).webserver.url == "http://localhost:3000"
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"webserver": {"url": "http://admin:pasted-value-123@dagster.internal"}})
+    assert "webserver.url" in str(caught.value) and "pasted-value-123" not in str(caught.value)
+    with pytest.raises(ConfigError, match=r"webserver\.api_token") as refused:
+        parse_config({"webserver": {"api_token": "user:pasted-token-456"}})
+    assert "pasted-token-456" not in str(refused.value)
+    config = parse_config({"webserver": {"url": "http://dagster:80", "api_token": {"env": "DAGSTER_TOKEN"}}})
+    assert config.webserver.api_token is not None and config.webserver.api_token.env == "DAGSTER_TOKEN"
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

@@ -48,6 +48,9 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
         "events_repair",
         "polled_repair",
         "manual_repair",
+        "events_backfill",
+        "polled_backfill",
+        "manual_backfill",
     }
     sensors = {sensor.name: sensor for sensor in repository.sensor_defs}
     assert set(sensors) == {"events_sqs", "polled_poll", "s3sync_run_workers", "s3sync_invocations"}
@@ -60,7 +63,7 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
     assert sensors["events_sqs"].job_name == "events_auto_sync"
     assert sensors["polled_poll"].minimum_interval_seconds == 60
     # Connections only: one S3 resource holding every source's connection; one store, one model.
-    assert set(repository.get_top_level_resources()) == {"chroma", "embedding", "documents", "s3"}
+    assert set(repository.get_top_level_resources()) == {"chroma", "embedding", "documents", "s3", "webserver"}
     connections = defs.resources["s3"].connections
     assert [connection.source_name for connection in connections] == ["events", "polled", "manual"]
     # What a source is (bucket, prefix, chunking) is its config's business, not a resource's.
@@ -74,8 +77,10 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
         **{f"{name}_repair_drift": f"s3sync_{name}" for name in ("events", "polled", "manual")},
         **{f"{name}_sync_keys": f"s3sync_{name}" for name in ("events", "polled")},
     }
+    # The checks only read; the backfill job's op only asks the webserver for a backfill, whose runs are the
+    # asset's (in the pool).
     assert {op_name for op_name, pool in pools.items() if pool is None} == {
         f"{name}__documents_{check}"
         for name in ("events", "polled", "manual")
         for check in ("drift", "indexed_keys_have_chunks")
-    }
+    } | {f"{name}_request_backfill" for name in ("events", "polled", "manual")}

@@ -1,7 +1,7 @@
 """The names of a source's Dagster objects, in one place: what the UI shows, and what runs and sensors refer to.
 
 A source `docs` has the asset `docs/documents` over the dynamic partitions `docs_objects` (one per object
-key), its checks, the jobs `docs_auto_sync` (its sensors' runs) and `docs_repair`, and the sensors
+key), its checks, the jobs `docs_auto_sync` (its sensors' runs), `docs_repair` and `docs_backfill`, and the sensors
 `docs_sqs` and `docs_poll`, and every op of them that writes the collection is in the concurrency pool
 `s3sync_docs`. defs/source.py makes them all.
 """
@@ -54,6 +54,14 @@ def repair_job_name(source_name: str) -> str:
 
 def repair_op_name(source_name: str) -> str:
     return f"{source_name}_repair_drift"
+
+
+def backfill_job_name(source_name: str) -> str:
+    return f"{source_name}_backfill"
+
+
+def backfill_op_name(source_name: str) -> str:
+    return f"{source_name}_request_backfill"
 
 
 def sqs_sensor_name(source_name: str) -> str:

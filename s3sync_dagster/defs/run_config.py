@@ -1,5 +1,6 @@
 """The run config of a source's asset and jobs, typed: what the launchpad shows, what a re-execution reuses."""
 
+import enum
 from typing import Any
 
 import dagster as dg
@@ -41,6 +42,24 @@ class RepairConfig(dg.Config):
     # Collections where the source's chunks are deleted: it may not write there (another source's).
     misplaced: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
     foreign: bool = False  # delete the chunks other sources wrote into the source's own collection
+
+
+class Selection(enum.Enum):
+    """Which keys of the source a backfill covers (the launchpad shows these as a drop-down)."""
+
+    ALL = "all"  # every registered key
+    MISSING = "missing"  # registered keys never materialised (the grey of the partition bar)
+    FAILED = "failed"  # keys whose last run failed (the red)
+    STALE = "stale"  # objects changed in the bucket since they were indexed, or missing some chunks (the audit)
+    PREFIX = "prefix"  # registered keys whose object key starts with `pattern`
+    GLOB = "glob"  # registered keys whose object key matches `pattern` (the include/exclude glob syntax)
+
+
+class BackfillConfig(dg.Config):
+    """What to backfill. `pattern` is the prefix or the glob of those two selections, ignored by the others."""
+
+    selection: Selection = Selection.MISSING
+    pattern: str = ""
 
 
 def sync_run_config(source_name: str, object_keys: list[str]) -> dg.RunConfig:

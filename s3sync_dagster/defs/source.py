@@ -12,10 +12,17 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import names
 from s3sync_dagster.defs.assets import index_partitions
+from s3sync_dagster.defs.backfill import request_backfill
 from s3sync_dagster.defs.checks import drift_check, index_check
 from s3sync_dagster.defs.repair import repair_drift
-from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
-from s3sync_dagster.defs.run_config import InvocationConfig, RepairConfig, SyncKeysConfig
+from s3sync_dagster.defs.resources import (
+    ChromaResource,
+    DagsterWebserver,
+    DocumentsResource,
+    EmbeddingResource,
+    S3Connections,
+)
+from s3sync_dagster.defs.run_config import BackfillConfig, InvocationConfig, RepairConfig, SyncKeysConfig
 from s3sync_dagster.defs.sensors import poll_tick, sqs_tick
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import keys
@@ -33,7 +40,9 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
         group_name=source.name,
         description=(
             f"Chunks of the objects in s3://{source.bucket_name}/{source.path_prefix} "
-            f"in Chroma collection '{source.collection_name}'. One partition per object key."
+            f"in Chroma collection '{source.collection_name}'. One partition per object key. "
+            f"To backfill all, missing, failed or stale keys, or a prefix or glob, at any number of keys, "
+            f"launch the job {names.backfill_job_name(source.name)}."
         ),
         metadata={
             "collection": source.collection_name,
@@ -116,7 +125,36 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
     def repair_job() -> None:
         repair_keys()
 
-    jobs = [repair_job]
+    @dg.op(
+        name=names.backfill_op_name(source.name),
+        description=(
+            f"Starts Dagster's own backfill of source '{source.name}''s asset over the keys chosen: all, "
+            "missing, failed, stale, a prefix or a glob. Through the webserver, in seconds at a million keys."
+        ),
+    )
+    def backfill_keys(
+        context: dg.OpExecutionContext,
+        config: BackfillConfig,
+        webserver: DagsterWebserver,
+        s3: S3Connections,
+        chroma: ChromaResource,
+        embedding: EmbeddingResource,
+    ) -> dg.Output[str | None]:
+        return request_backfill(context, source, config, webserver=webserver, s3=s3, chroma=chroma, embedding=embedding)
+
+    @dg.job(
+        name=names.backfill_job_name(source.name),
+        tags={SOURCE_TAG: source.name, TRIGGER_TAG: "backfill"},
+        description=(
+            f"Backfill source '{source.name}' from the launchpad: choose a selection (all, missing, failed, "
+            "stale, prefix, glob); the run starts a backfill on the Backfills page, runs of "
+            f"{source.keys_per_run} keys. Use it above 100,000 keys, where the Materialize dialog's 'All' freezes."
+        ),
+    )
+    def backfill_job() -> None:
+        backfill_keys()
+
+    jobs = [repair_job, backfill_job]
     sensors: list[dg.SensorDefinition] = []
     if source.auto_sync != "none" or source.poll_interval_seconds is not None:
         # Keys from events are scattered over the partition list, so they cannot form one partition

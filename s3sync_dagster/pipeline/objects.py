@@ -163,13 +163,18 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
+def glob_matches(pattern: str, object_key: str) -> bool:
+    """Whether the whole key matches a glob of the include/exclude syntax."""
+    return _glob_regex(pattern).fullmatch(object_key) is not None
+
+
 def key_selected(object_key: str, path_prefix: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     """Whether a key belongs to a source: under its prefix, matching an include glob (if any), no exclude glob."""
     if not object_key.startswith(path_prefix) or object_key.endswith("/"):
         return False
-    if include and not any(_glob_regex(p).fullmatch(object_key) for p in include):
+    if include and not any(glob_matches(p, object_key) for p in include):
         return False
-    return not any(_glob_regex(p).fullmatch(object_key) for p in exclude)
+    return not any(glob_matches(p, object_key) for p in exclude)
 
 
 def list_objects(

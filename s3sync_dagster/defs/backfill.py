@@ -1,0 +1,142 @@
+"""The backfill job's run: choose a source's keys, then start Dagster's own partition backfill over them.
+
+A backfill is started the way the UI's Materialize dialog starts one, through the webserver's GraphQL API
+(`launchPartitionBackfill`): Dagster has no public Python call that creates a backfill. So the backfill is an
+ordinary one, on the Backfills page, cancellable there, and cut into runs of `keys_per_run` keys by the
+asset's backfill policy. "Every key" goes as `allPartitions`, which the webserver expands itself: no list of
+a million keys travels, and that is what keeps it to seconds where the dialog's own "All" freezes the browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.defs.checks import drift_of
+from s3sync_dagster.defs.names import documents_asset_key, partitions_def, partitions_name
+from s3sync_dagster.defs.resources import ChromaResource, DagsterWebserver, EmbeddingResource, S3Connections
+from s3sync_dagster.defs.run_config import BackfillConfig, Selection
+from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
+from s3sync_dagster.pipeline import keys, objects
+
+LAUNCH_BACKFILL = """
+mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PartitionKeysNotFoundError { message }
+    ... on PartitionSetNotFoundError { message }
+    ... on UnauthorizedError { message }
+    ... on InvalidSubsetError { message }
+    ... on ConflictingExecutionParamsError { message }
+    ... on PythonError { message }
+  }
+}"""
+REQUESTED_BY_RUN_TAG = "s3sync/requested_by_run"  # on the backfill and its runs: the job run that started it
+
+
+def selected_partitions(
+    context: dg.OpExecutionContext,
+    source: SourceConfig,
+    config: BackfillConfig,
+    s3: S3Connections,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+) -> list[str] | None:
+    """The partition keys the backfill covers, sorted; None for every key of the source."""
+    if config.selection in (Selection.PREFIX, Selection.GLOB) and not config.pattern:
+        raise dg.Failure(
+            f"source '{source.name}': selection '{config.selection.value}' needs a pattern "
+            "(a key prefix, or a glob such as 'reports/**/*.pdf')"
+        )
+    if config.selection is Selection.ALL:
+        return None
+    instance = context.instance
+    if config.selection is Selection.STALE:
+        drift = drift_of(source, instance, s3.client(source.name), chroma, embedding)
+        stale = drift.stale or []
+        # An audit may find keys no listing registered (indexed before a rename of the partitions): a backfill
+        # needs them registered.
+        instance.add_dynamic_partitions(partitions_name(source.name), stale)
+        return sorted(stale)
+    registered = instance.get_dynamic_partitions(partitions_name(source.name))
+    if config.selection is Selection.PREFIX:
+        return sorted(key for key in registered if keys.to_object_key(key).startswith(config.pattern))
+    if config.selection is Selection.GLOB:
+        return sorted(key for key in registered if objects.glob_matches(config.pattern, keys.to_object_key(key)))
+    statuses = (
+        instance.get_status_by_partition(documents_asset_key(source.name), registered, partitions_def(source.name))
+        or {}
+    )
+    if config.selection is Selection.MISSING:
+        return sorted(key for key in registered if statuses.get(key) is None)
+    return sorted(key for key, status in statuses.items() if status == dg.AssetPartitionStatus.FAILED)
+
+
+def backfill_params(
+    source: SourceConfig, partition_keys: Sequence[str] | None, what: str, run_id: str
+) -> dict[str, Any]:
+    """`LaunchBackfillParams` as the UI's dialog sends them, for the source's asset."""
+    params: dict[str, Any] = {
+        "assetSelection": [{"path": documents_asset_key(source.name).path}],
+        # Dagster refuses %, * and " in a title: the selection's name there, the pattern in the description.
+        "title": f"{source.name}: {what.split(' ')[0]}",
+        "description": f"source '{source.name}', {what}",
+        "tags": [
+            {"key": SOURCE_TAG, "value": source.name},
+            {"key": TRIGGER_TAG, "value": "backfill"},
+            {"key": REQUESTED_BY_RUN_TAG, "value": run_id},
+        ],
+    }
+    if partition_keys is None:
+        params["allPartitions"] = True
+    else:
+        params["partitionNames"] = list(partition_keys)
+        params["fromFailure"] = False
+    return params
+
+
+def launch_backfill(webserver: DagsterWebserver, params: dict[str, Any]) -> str:
+    """Start the backfill through the webserver; its id, or dg.Failure with the webserver's reason."""
+    answer = webserver.graphql(LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
+    if answer["__typename"] != "LaunchBackfillSuccess":
+        raise dg.Failure(
+            f"the Dagster webserver at {webserver.url} refused the backfill: "
+            f"{answer['__typename']}: {str(answer.get('message', ''))[:1000]}"
+        )
+    return str(answer["backfillId"])
+
+
+def request_backfill(
+    context: dg.OpExecutionContext,
+    source: SourceConfig,
+    config: BackfillConfig,
+    *,
+    webserver: DagsterWebserver,
+    s3: S3Connections,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+) -> dg.Output[str | None]:
+    partition_keys = selected_partitions(context, source, config, s3, chroma, embedding)
+    what = config.selection.value + (f" '{config.pattern}'" if config.pattern else "")
+    if partition_keys == []:
+        context.log.info(f"source '{source.name}': no key is {what}; nothing to backfill")
+        return dg.Output(None, metadata={"selection": what, "partitions": 0})
+    registered = partition_keys or context.instance.get_dynamic_partitions(partitions_name(source.name))
+    count = len(registered)
+    backfill_id = launch_backfill(webserver, backfill_params(source, partition_keys, what, context.run_id))
+    page = f"{webserver.url.rstrip('/')}/runs/b/{backfill_id}"
+    context.log.info(f"source '{source.name}': backfill {backfill_id} of {count} keys ({what}): {page}")
+    return dg.Output(
+        backfill_id,
+        metadata={
+            "backfill": dg.MetadataValue.url(page),
+            "backfill_id": backfill_id,
+            "selection": what,
+            "partitions": count,
+            "keys_per_run": source.keys_per_run,
+        },
+    )
