@@ -116,14 +116,13 @@ class MemoryS3:
     """
 
     def __init__(self, count: int) -> None:
-        modified = datetime(2026, 1, 1, tzinfo=UTC)
-        self._entries = sorted(
-            (
-                {"Key": _object_key(i), "Size": 10, "ETag": f'"{i:032x}"', "LastModified": modified}
-                for i in range(count)
-            ),
-            key=lambda entry: str(entry["Key"]),
-        )
+        # Only the sorted keys stay in memory (about 100 MB at a million); a page's entries are made when it is
+        # listed, so the memory measured is the project's, not the stand-in's.
+        self._indices = sorted(range(count), key=_object_key)
+        self._modified = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def _entry(self, index: int) -> dict[str, Any]:
+        return {"Key": _object_key(index), "Size": 10, "ETag": f'"{index:032x}"', "LastModified": self._modified}
 
     def head_bucket(self, **_: Any) -> dict[str, Any]:
         return {}
@@ -132,8 +131,9 @@ class MemoryS3:
         self, Bucket: str, Prefix: str = "", MaxKeys: int = 1000, ContinuationToken: str | None = None, **_: Any
     ) -> dict[str, Any]:
         start = int(ContinuationToken or 0)
-        entries = [e for e in self._entries[start : start + MaxKeys] if str(e["Key"]).startswith(Prefix)]
-        truncated = start + MaxKeys < len(self._entries)
+        listed = (self._entry(index) for index in self._indices[start : start + MaxKeys])
+        entries = [e for e in listed if str(e["Key"]).startswith(Prefix)]
+        truncated = start + MaxKeys < len(self._indices)
         page: dict[str, Any] = {"Contents": entries, "KeyCount": len(entries), "IsTruncated": truncated}
         if truncated:
             page["NextContinuationToken"] = str(start + MaxKeys)

@@ -183,3 +183,15 @@ def test_cluster_bulk_part_measures_and_writes_section_10_once(tmp_path: Path) -
     text = out.read_text()
     assert text.count("## 10. Beyond one machine") == 1 and text.index("nine") < text.index("## 10.")
     assert "\n| 12 | " in text
+
+
+def test_million_benchmark_steps_smoke(tmp_path: Path) -> None:
+    """The key steps of benchmarks/million.py at 300 keys, each in its own process as the benchmark runs them
+    (its `dagster dev` part is what test_ui_backfill.py tests at a million keys)."""
+    from benchmarks import million
+
+    found = {step: million._step_in_process(step, tmp_path, 300) for step in million.STEPS}
+    assert found["discover"]["new"] == 300 and found["discover_again"]["new"] == 0
+    assert found["poll"]["registered"] == 300 and found["poll"]["runs"] == 3
+    assert found["poll_again"]["runs"] == 0
+    assert all(step["peak_rss_mb"] >= step["stand_in_mb"] > 0 for step in found.values())

@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+import unicodedata
 
 import pytest
 from dagster._core.definitions.partitions.utils.base import INVALID_PARTITION_SUBSTRINGS
@@ -98,3 +99,12 @@ def test_non_canonical_partition_keys_are_refused() -> None:
         keys.to_object_key("d/a%41.txt")
     with pytest.raises(ValueError, match="not UTF-8"):
         keys.to_object_key("d/%FF")
+
+
+def test_the_encoded_characters_are_exactly_the_rule_over_every_code_point() -> None:
+    """`%`, `,`, `|`, controls (Cc) and the line and paragraph separators (Zl, Zp): the fast path's character
+    class against unicodedata, over all of Unicode."""
+    for code_point in range(0x110000):
+        char = chr(code_point)
+        expected = char in "%,|" or unicodedata.category(char) in ("Cc", "Zl", "Zp")
+        assert keys.needs_encoding(char) == expected, hex(code_point)

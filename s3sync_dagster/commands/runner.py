@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_path
 from s3sync_dagster.definitions import build_definitions, documents_job
 from s3sync_dagster.defs.links import InstanceMetaLinks
-from s3sync_dagster.defs.names import documents_asset_key, partitions_name
+from s3sync_dagster.defs.names import documents_asset_key, partitions_name, register_partitions
 from s3sync_dagster.defs.resources import s3_connection
 from s3sync_dagster.defs.run_config import QUIET_LOGGERS
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG, SOURCE_TAG
@@ -85,16 +85,15 @@ def open_instance(explicit_config: str | None = None) -> dg.DagsterInstance:
 
 
 def add_partitions(
-    instance: dg.DagsterInstance, partitions_name: str, partition_keys: Sequence[str]
+    instance: dg.DagsterInstance, source_name: str, partition_keys: Sequence[str]
 ) -> tuple[list[str], set[str]]:
     """Register the keys not registered yet: returns those this call added, and those there before."""
     with home_lock(instance.root_directory):
         for attempt in range(2):
-            existing = set(instance.get_dynamic_partitions(partitions_name))
+            existing = set(instance.get_dynamic_partitions(partitions_name(source_name)))
             new = [partition_key for partition_key in dict.fromkeys(partition_keys) if partition_key not in existing]
             try:
-                if new:
-                    instance.add_dynamic_partitions(partitions_name, new)
+                register_partitions(instance, source_name, new)
                 break
             except IntegrityError:
                 # A writer outside this lock (the daemon's sensors) registered some of them meanwhile.
@@ -137,7 +136,7 @@ class DiscoverResult:
 
 
 def discover(config: AppConfig, source_name: str, instance: dg.DagsterInstance) -> DiscoverResult:
-    """List the source's prefix and register every new object key as a partition, in one request."""
+    """List the source's prefix and register every new object key as a partition."""
     source = config.source(source_name)
     result = DiscoverResult(source=source_name)
     listed = [
@@ -149,9 +148,8 @@ def discover(config: AppConfig, source_name: str, instance: dg.DagsterInstance) 
         if source.auto_sync != "metadata" or events.is_meta_key(info.object_key)
     ]
     result.listed = len(listed)
-    name = partitions_name(source_name)
     listed_partitions = [keys.to_partition_key(object_key) for object_key in listed]
-    new, existing = add_partitions(instance, name, listed_partitions)
+    new, existing = add_partitions(instance, source_name, listed_partitions)
     result.new = len(new)
     result.new_keys = [keys.to_object_key(partition_key) for partition_key in new]
     result.registered = len(existing) + len(new)
@@ -184,7 +182,7 @@ def meta_keys_for(instance: dg.DagsterInstance, source: SourceConfig, object_key
 
 
 def register_keys(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> None:
-    add_partitions(instance, partitions_name(source.name), [keys.to_partition_key(k) for k in object_keys])
+    add_partitions(instance, source.name, [keys.to_partition_key(k) for k in object_keys])
 
 
 def contiguous_batches(ordered: Sequence[str], wanted: Sequence[str], batch_size: int) -> list[list[str]]:

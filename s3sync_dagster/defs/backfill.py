@@ -16,7 +16,7 @@ import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.checks import drift_of
-from s3sync_dagster.defs.names import documents_asset_key, partitions_def, partitions_name
+from s3sync_dagster.defs.names import documents_asset_key, partitions_def, partitions_name, register_partitions
 from s3sync_dagster.defs.resources import ChromaResource, DagsterWebserver, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import BackfillConfig, Selection
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
@@ -60,7 +60,7 @@ def selected_partitions(
         stale = drift.stale or []
         # An audit may find keys no listing registered (indexed before a rename of the partitions): a backfill
         # needs them registered.
-        instance.add_dynamic_partitions(partitions_name(source.name), stale)
+        register_partitions(instance, source.name, stale)
         return sorted(stale)
     registered = instance.get_dynamic_partitions(partitions_name(source.name))
     if config.selection is Selection.PREFIX:

@@ -6,6 +6,8 @@ key), its checks, the jobs `docs_auto_sync` (its sensors' runs), `docs_repair` a
 `s3sync_docs`. defs/source.py makes them all.
 """
 
+from collections.abc import Sequence
+
 import dagster as dg
 
 INDEX_CHECK_NAME = "indexed_keys_have_chunks"
@@ -33,6 +35,26 @@ def partitions_name(source_name: str) -> str:
 
 def partitions_def(source_name: str) -> dg.DynamicPartitionsDefinition:
     return dg.DynamicPartitionsDefinition(name=partitions_name(source_name))
+
+
+# Keys registered per call: Dagster looks the keys up first in one `IN (...)` query, which SQLite refuses past its
+# bound on parameters (a million keys failed here) and Postgres past 65,535.
+REGISTER_BATCH = 10_000
+
+
+def register_partitions(instance: dg.DagsterInstance, source_name: str, partition_keys: Sequence[str]) -> None:
+    """Register keys as the source's partitions (keys already there are left as they are), in batches."""
+    for start in range(0, len(partition_keys), REGISTER_BATCH):
+        instance.add_dynamic_partitions(partitions_name(source_name), partition_keys[start : start + REGISTER_BATCH])
+
+
+def register_requests(source_name: str, partition_keys: Sequence[str]) -> list[dg.AddDynamicPartitionsRequest]:
+    """The same for a sensor: the daemon applies each request with one call."""
+    definition = partitions_def(source_name)
+    return [
+        definition.build_add_request(list(partition_keys[start : start + REGISTER_BATCH]))
+        for start in range(0, len(partition_keys), REGISTER_BATCH)
+    ]
 
 
 def documents_job_name(source_name: str) -> str:

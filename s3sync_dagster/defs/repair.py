@@ -12,7 +12,7 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.assets import index_partitions
 from s3sync_dagster.defs.checks import audited_collections, drift_of
-from s3sync_dagster.defs.names import partitions_name
+from s3sync_dagster.defs.names import partitions_name, register_partitions
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import RepairConfig
 from s3sync_dagster.pipeline import audit, events, index, keys
@@ -127,6 +127,5 @@ def repair_drift(
         for partition, object_key in zip(partitions, object_keys, strict=True)
         if partition not in registered and (source.auto_sync != "metadata" or events.is_meta_key(object_key))
     ]
-    if new:
-        context.instance.add_dynamic_partitions(name, new)
+    register_partitions(context.instance, source.name, new)
     index_partitions(context, source, partitions, s3=s3, chroma=chroma, embedding=embedding, documents=documents)

@@ -13,7 +13,7 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.links import InstanceMetaLinks
-from s3sync_dagster.defs.names import partitions_def, partitions_name
+from s3sync_dagster.defs.names import partitions_name, register_requests
 from s3sync_dagster.defs.resources import S3Connections
 from s3sync_dagster.defs.run_config import sync_run_config
 from s3sync_dagster.defs.state import poll_state
@@ -134,6 +134,8 @@ def plan_keys(
     In metadata mode only .meta.json files are partitions; a document's upload is synced (that is, the
     metadata files naming it are) only when one names it, and its deletion always (its chunks go).
     """
+    if not wanted:  # a pass over an unchanged bucket: no need to read every registered key
+        return [], []
     registered = set(context.instance.get_dynamic_partitions(partitions_name(source.name)))
     room = None if source.document_limit is None else max(source.document_limit - len(registered), 0)
     metadata_mode = source.auto_sync == "metadata"
@@ -186,7 +188,7 @@ def _sync_result(
     ]
     return dg.SensorResult(
         run_requests=run_requests,
-        dynamic_partitions_requests=[partitions_def(source.name).build_add_request(to_register)] if to_register else [],
+        dynamic_partitions_requests=register_requests(source.name, to_register),
         skip_reason=None if run_requests else "nothing to sync",
     )
 

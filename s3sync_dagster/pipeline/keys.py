@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from urllib.parse import unquote
 
 # Dagster refuses "..." and control characters in partition keys, a "," splits a UI backfill
 # selection and a "|" breaks adding a partition in the UI. S3 keys may hold all of them, so those
 # characters are percent-encoded; "%" itself is always encoded, which makes the mapping reversible
 # while ordinary keys ("docs/guide v2.md") stay exactly as they are.
-_ALWAYS_ENCODED = frozenset("%,|")
+# Cc (ASCII and C1 controls) and Zl/Zp (the unicode line and paragraph separators, which split log lines) hold
+# exactly these code points; test_keys checks the class against unicodedata over every code point.
+_ENCODED = re.compile("[%,|\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _DOT_RUN = re.compile(r"\.{3,}")
 MAX_CUSTOM_ID_BYTES = 120
 
 
-def _needs_encoding(char: str) -> bool:
-    # Cc: ASCII and C1 controls; Zl/Zp: unicode line/paragraph separators, which split log lines.
-    return char in _ALWAYS_ENCODED or unicodedata.category(char) in ("Cc", "Zl", "Zp")
+def needs_encoding(char: str) -> bool:
+    return _ENCODED.fullmatch(char) is not None
 
 
-def _percent(char: str) -> str:
-    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8"))
 
 
 def to_partition_key(object_key: str) -> str:
     """A Dagster-safe partition key for an S3 object key; `to_object_key` undoes it."""
-    escaped = "".join(_percent(char) if _needs_encoding(char) else char for char in object_key)
+    if _ENCODED.search(object_key) is None and "..." not in object_key:
+        return object_key  # nearly every key: one regex scan (a million keys are listed in seconds)
+    escaped = _ENCODED.sub(_percent, object_key)
     # Every dot of a run of three or more is encoded so no "..." remains.
     return _DOT_RUN.sub(lambda run: "%2E" * len(run.group()), escaped)
 
