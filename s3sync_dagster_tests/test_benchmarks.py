@@ -120,6 +120,24 @@ def test_audit_benchmark_smoke_finds_the_planted_drift(tmp_path: Path) -> None:
     assert "## Drift audit" in audit_benchmark.section_markdown(result)
 
 
+def test_flops_benchmark_counts_by_hand_and_renders_its_section() -> None:
+    # No model runs here: the FLOP formula and the ONNX path's padding by hand, the section from the
+    # figures the last real run committed (`python -m benchmarks.flops`).
+    from benchmarks import flops
+
+    shape = flops.ModelShape.bundled()
+    assert (shape.layers, shape.hidden, shape.intermediate) == (6, 384, 1536)
+    assert shape.sequence_flops(128) == 6 * (2 * 128 * (4 * 384 * 384 + 2 * 384 * 1536) + 2 * 2 * 128 * 128 * 384)
+    # onnx_minilm's batches: texts sorted by characters, 16 a batch, each padded to its longest.
+    lengths = list(range(20, 0, -1))
+    assert flops._onnx_batches(["x" * n for n in lengths], lengths) == [(16, 16), (4, 20)]
+    figures = json.loads((Path(flops.__file__).parent / "results-flops.json").read_text())
+    section = flops.section_markdown(figures)
+    assert section.startswith("## 11. Embedding against the CPU's peak (issue 27)\n")
+    for label, _runtime, _precision in flops.PATHS:
+        assert f"\n| {label} |" in section
+
+
 def test_writers_benchmark_smoke_measures_both_arms() -> None:
     from benchmarks import writers
 
