@@ -279,12 +279,7 @@ def chunk_sample(count: int) -> tuple[list[str], list[str], dict[str, Any]]:
 
 def _onnx_batches(texts: Sequence[str], tokens: Sequence[int]) -> list[tuple[int, int]]:
     """(texts, padded length) of each batch onnx_minilm.encode runs for one call with ``texts``."""
-    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
-    return [
-        (len(batch), max(tokens[index] for index in batch))
-        for start in range(0, len(order), onnx_minilm.BATCH_SIZE)
-        for batch in [order[start : start + onnx_minilm.BATCH_SIZE]]
-    ]
+    return [(len(batch), max(tokens[index] for index in batch)) for batch in onnx_minilm.batches(tokens)]
 
 
 def _token_sorted_waste(tokens: Sequence[int], groups: Sequence[range], shape: ModelShape, batch_size: int) -> float:

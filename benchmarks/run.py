@@ -288,11 +288,12 @@ def _sync_ms_per_key(raw: dict[str, Any]) -> float | None:
 
 # Where each section's raw figures sit in results.json (section 5 reads section 1's).
 RAW_KEYS = {"1": ("bulk", "bulk_measured"), "2": ("incremental",), "3": ("latency",), "4": ("scale",),
-            "5": (), "6": ("fixes",), "7": ("retrieval",), "8": (), "9": ("inrun",), "10": (), "11": ()}  # fmt: skip
+            "5": (), "6": ("fixes",), "7": ("retrieval",), "8": (), "9": ("inrun",), "10": (), "11": (), "12": ()}  # fmt: skip
 # Measured on their own, always carried over here: section 8 (drift audit, `python -m benchmarks.audit
 # WORKDIR`), section 10 (beyond one machine, `python -m benchmarks.cluster`, which writes it) and section 11
-# (the model against the CPU's peak, `python -m benchmarks.flops`, its figures in results-flops.json).
-STANDALONE = {"8", "10", "11"}
+# (the model against the CPU's peak, `python -m benchmarks.flops`, its figures in results-flops.json) and
+# section 12 (a million keys, `python -m benchmarks.million WORKDIR`).
+STANDALONE = {"8", "10", "11", "12"}
 CARRIED_NOTE = "_Not measured by the invocation above: carried over from the earlier run that wrote this file"
 
 

@@ -1,8 +1,9 @@
 """Chroma's default model (all-MiniLM-L6-v2) on ONNX Runtime, as chromadb computes it, padded per batch.
 
 chromadb's own function pads every text to 256 tokens; padding a batch only to its longest text (texts
-sorted by length, so neighbours are alike) gives the same vectors (masked mean pooling ignores padding;
-tested) at a fraction of the work. The session loads in well under a second, where torch and
+sorted by their token counts, so neighbours are alike) gives the same vectors (masked mean pooling ignores
+padding; tested) at a fraction of the work. Sorted by characters instead, 20% of the model's work was padding;
+by tokens, 4% (benchmarks/RESULTS.md, section 11). The session loads in well under a second, where torch and
 sentence-transformers take 5-8 s here: what a run that embeds a few chunks waits for (README,
 "Embedding functions"; benchmarks/RESULTS.md, section 9).
 """
@@ -10,6 +11,7 @@ sentence-transformers take 5-8 s here: what a run that embeds a few chunks waits
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ def _load(folder: Path) -> tuple[Any, Any]:
 
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             tokenizer.enable_truncation(max_length=MAX_TOKENS)
-            tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest text
+            tokenizer.no_padding()  # encode pads each batch itself, to its longest text
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 3
             # Chroma's own threads share the cores inside a run: ONNX Runtime's workers must sleep while they
@@ -41,18 +43,26 @@ def _load(folder: Path) -> tuple[Any, Any]:
         return _loaded[str(folder)]
 
 
+def batches(token_counts: Sequence[int], batch_size: int = BATCH_SIZE) -> list[list[int]]:
+    """The texts' indices in the batches `encode` runs: sorted by token count, `batch_size` at a time."""
+    order = sorted(range(len(token_counts)), key=lambda index: token_counts[index])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def encode(folder: Path, texts: list[str], batch_size: int = BATCH_SIZE) -> list[Any]:
     """Unit-length float32 vectors of texts, in their order."""
     import numpy as np
 
     session, tokenizer = _load(folder)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    token_ids = [encoded.ids for encoded in tokenizer.encode_batch(texts)]
     vectors: list[Any] = [None] * len(texts)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        encoded = tokenizer.encode_batch([texts[i] for i in batch])
-        input_ids = np.array([e.ids for e in encoded], dtype=np.int64)
-        attention_mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+    for batch in batches([len(ids) for ids in token_ids], batch_size):
+        width = max(len(token_ids[i]) for i in batch)
+        input_ids = np.zeros((len(batch), width), dtype=np.int64)  # [PAD] is id 0
+        attention_mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, index in enumerate(batch):
+            input_ids[row, : len(token_ids[index])] = token_ids[index]
+            attention_mask[row, : len(token_ids[index])] = 1
         feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
         (hidden,) = session.run(["last_hidden_state"], feed)
         mask = attention_mask[..., None].astype(np.float32)
