@@ -185,11 +185,7 @@ def test_each_selection_backfills_exactly_its_keys(s3: Any, live: Live, capsys: 
     assert targeted(live, stale) == ["ui/notes.txt"]
     for backfill_id in (failed, stale):
         cancel(live, backfill_id)
-    assert {live.server.wait_backfill(failed)["status"], live.server.wait_backfill(stale)["status"]} <= {
-        "CANCELED",
-        "COMPLETED_SUCCESS",
-        "COMPLETED_FAILED",
-    }
+        assert live.backfill(backfill_id)["status"] in ("CANCELING", "CANCELED")
 
 
 def test_a_backfill_of_a_million_keys_starts_from_the_launchpad_and_cancels(live: Live) -> None:
@@ -208,8 +204,10 @@ def test_a_backfill_of_a_million_keys_starts_from_the_launchpad_and_cancels(live
     assert backfill["numPartitions"] == BIG_KEYS and backfill["title"] == "big: all"
     tags = {tag["key"]: tag["value"] for tag in backfill["tags"]}
     assert tags["s3sync/source"] == BIG and tags["s3sync/trigger"] == "backfill"
+    assert backfill["status"] == "REQUESTED"
     cancel(live, backfill_id)
-    assert live.server.wait_backfill(backfill_id)["status"] == "CANCELED"
+    # The daemon finishes the cancellation on its next look (every 30 s), after any run it already launched.
+    assert live.backfill(backfill_id)["status"] in ("CANCELING", "CANCELED")
     assert TEST_SECRET not in live.server.tail()
 
 

@@ -11,7 +11,7 @@ sentence-transformers take 5-8 s here: what a run that embeds a few chunks waits
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,11 @@ def batches(token_counts: Sequence[int], batch_size: int = BATCH_SIZE) -> list[l
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def encode(folder: Path, texts: list[str], batch_size: int = BATCH_SIZE) -> list[Any]:
-    """Unit-length float32 vectors of texts, in their order."""
+def batch_feeds(tokenizer: Any, texts: list[str], batch_size: int = BATCH_SIZE) -> Iterator[tuple[list[int], Any]]:
+    """Each batch `encode` runs: its texts' indices and the model's inputs, padded to its longest text."""
     import numpy as np
 
-    session, tokenizer = _load(folder)
     token_ids = [encoded.ids for encoded in tokenizer.encode_batch(texts)]
-    vectors: list[Any] = [None] * len(texts)
     for batch in batches([len(ids) for ids in token_ids], batch_size):
         width = max(len(token_ids[i]) for i in batch)
         input_ids = np.zeros((len(batch), width), dtype=np.int64)  # [PAD] is id 0
@@ -63,9 +61,21 @@ def encode(folder: Path, texts: list[str], batch_size: int = BATCH_SIZE) -> list
         for row, index in enumerate(batch):
             input_ids[row, : len(token_ids[index])] = token_ids[index]
             attention_mask[row, : len(token_ids[index])] = 1
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
+        yield (
+            batch,
+            {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)},
+        )
+
+
+def encode(folder: Path, texts: list[str], batch_size: int = BATCH_SIZE) -> list[Any]:
+    """Unit-length float32 vectors of texts, in their order."""
+    import numpy as np
+
+    session, tokenizer = _load(folder)
+    vectors: list[Any] = [None] * len(texts)
+    for batch, feed in batch_feeds(tokenizer, texts, batch_size):
         (hidden,) = session.run(["last_hidden_state"], feed)
-        mask = attention_mask[..., None].astype(np.float32)
+        mask = feed["attention_mask"][..., None].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
         pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         for position, index in enumerate(batch):
