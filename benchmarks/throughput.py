@@ -97,10 +97,13 @@ def run_engine(config_file: Path, tree: Path | None = None) -> dict[str, Any]:
     return result
 
 
-def run_dagster(config_file: Path, home: Path, source: str = "bench") -> dict[str, Any]:
+def run_dagster(config_file: Path, home: Path, source: str = "bench", tree: Path | None = None) -> dict[str, Any]:
+    """B in a fresh process; with ``tree``, the `s3sync` of that snapshot of the repo (an earlier commit)."""
     env = dict(os.environ, DAGSTER_HOME=str(common.dagster_home(home)))
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)  # ahead of the installed package, for this process and its children
     command = [str(common.BIN / "s3sync"), "sync", source, "--all", "--json", "--config", str(config_file)]
-    wall, out = _timed(command, env)
+    wall, out = _timed(command, env, cwd=tree or common.REPO)
     payload = json.loads(out)
     result = summarise(payload["keys"], float(payload["duration_s"]))
     result["seconds"] = wall

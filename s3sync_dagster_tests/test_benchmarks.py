@@ -13,7 +13,7 @@ from benchmarks.run import CARRIED_NOTE, _earlier_fixes, _earlier_raw, _earlier_
 @pytest.mark.timeout(900)  # the smoke run of seven sections, past the suite's 600 s default on 2 cores
 def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
-    # A0: the engine of a commit (here the checked-out one) run from its own snapshot of the repo.
+    # A0 and B0: the engine and the command of a commit (here the checked-out one), from its own snapshot.
     assert main(["--smoke", "--bulk-before", "HEAD", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
     text = out.read_text()
     for heading in (
@@ -34,6 +34,9 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert bulk["A"]["chunks"] == bulk["B"]["chunks"] > 24
     assert bulk["B"]["statuses"] == {"indexed": 24}
     assert bulk["A0"]["statuses"] == {"indexed": 24} and bulk["A0"]["chunks"] > 24
+    # B0: that commit's `s3sync sync --all`, on its own instance and store; B/B0 is the ratio.
+    assert bulk["B0"]["statuses"] == {"indexed": 24} and bulk["B0"]["chunks"] == bulk["B"]["chunks"]
+    assert "| B/B0 |" in text
     if "C" in bulk:  # the peer, held to our chunk budget and precision, indexed every object too
         assert bulk["C"]["settings"]["chunk_tokens"] == 128 and bulk["C"]["chunks"] >= 24
     incremental = raw["incremental"]

@@ -1,6 +1,7 @@
 """The engine without Dagster: moto server over HTTP -> chunks -> embedded Chroma; replace and skip semantics."""
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from s3sync_dagster.pipeline import index, keys
 from s3sync_dagster.pipeline.objects import ObjectMissing, head_object, list_objects, read_object
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import sync_keys, sync_object
+from s3sync_dagster.pipeline.sync import STAGE_AHEAD, sync_keys, sync_object
 from s3sync_dagster_tests.conftest import CountingEmbedder, put
 
 
@@ -213,6 +214,65 @@ def test_new_objects_are_embedded_and_written_together(
     # Nothing changed: the next pass reads metadata only and writes nothing.
     again = sync_keys(s3, spec, lambda _: collection, embedder, sorted(contents))
     assert {r.status for r in again} == {"unchanged"} and embedder.calls == 2
+
+
+class WatchingEmbedder(CountingEmbedder):
+    """The real model, made slower than S3, noting which objects S3 served while each call ran; in the first
+    call it rewrites the first object read meanwhile (one another writer changes after this sync read it)."""
+
+    def __init__(self, inner: Any, s3: Any, bucket_name: str) -> None:
+        super().__init__(inner)
+        self.s3, self.bucket_name = s3, bucket_name
+        self.read: list[str] = []  # object keys in the order their GETs were made
+        self.read_during: list[list[str]] = []
+        self.rewritten: str | None = None
+
+    def noted(self, params: dict[str, Any], **_: Any) -> None:
+        self.read.append(params["Key"])
+
+    def __call__(self, texts: list[str]) -> Any:
+        before = len(self.read)
+        vectors = super().__call__(texts)
+        deadline = time.monotonic() + 3
+        while len(self.read) == before and time.monotonic() < deadline:
+            time.sleep(0.05)  # the staging thread, if any, reads on meanwhile
+        during = self.read[before:]
+        if during and not self.read_during:
+            self.rewritten = during[0]
+            self.s3.put_object(Bucket=self.bucket_name, Key=self.rewritten, Body=b"rewritten meanwhile\n")
+        self.read_during.append(during)
+        return vectors
+
+
+@pytest.mark.parametrize("ahead", [STAGE_AHEAD, 0])
+def test_the_next_keys_are_read_and_chunked_while_the_model_embeds(
+    s3: Any, spec: SourceSpec, collection: Any, embedding_function: Any, ahead: int
+) -> None:
+    # 70 new objects: the first 64 are embedded in one call, and meanwhile the staging thread reads (and chunks)
+    # the last 6. One of those is rewritten after it was read: the write is of the version read, and the settle
+    # check syncs it again, so the collection ends with the new version's text.
+    contents = {f"many/{n:02d}.txt": numbered_lines(12, tag=f"object {n}") for n in range(70)}
+    put(s3, spec.bucket_name, contents)
+    embedder = WatchingEmbedder(embedding_function, s3, spec.bucket_name)
+    s3.meta.events.register("provide-client-params.s3.GetObject", embedder.noted)
+    try:
+        reports = sync_keys(s3, spec, lambda _: collection, embedder, sorted(contents), ahead=ahead)
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.GetObject", embedder.noted)
+    assert [r.object_key for r in reports] == sorted(contents) and {r.status for r in reports} == {"indexed"}
+    if not ahead:  # one key at a time: nothing is read while the model works
+        assert embedder.read_during == [[], []] and embedder.rewritten is None
+        return
+    during = embedder.read_during[0]
+    assert during and during == [f"many/{n:02d}.txt" for n in range(70 - len(during), 70)]
+    rewritten = embedder.rewritten
+    assert rewritten is not None
+    assert [text for text, _ in all_rows(collection, rewritten).values()] == ["rewritten meanwhile\n"]
+    assert "synced 1 more time(s)" in next(r.message for r in reports if r.object_key == rewritten)
+    for report in reports:
+        if report.object_key != rewritten:
+            rows = sorted(all_rows(collection, report.object_key).values(), key=lambda row: row[1]["chunk_index"])
+            assert "".join(text for text, _ in rows) == contents[report.object_key]
 
 
 class RefusingEmbedder(CountingEmbedder):

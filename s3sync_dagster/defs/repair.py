@@ -26,14 +26,11 @@ def delete_unselected(
     for collection in audited_collections(chroma, embedding, source):
         for partition in partitions:
             field_name = "metadata_key" if events.is_meta_key(partition) else "object_key"
-            found = collection.get(
-                where={"$and": [{"source": source.name}, {field_name: partition}]}, include=["metadatas"]
-            )  # type: ignore[arg-type]
             ids = [
                 chunk_id
                 # A chunk a .meta.json indexed belongs to that file's partition, not to its document's.
-                for chunk_id, metadata in zip(found["ids"], found["metadatas"] or [], strict=True)
-                if field_name == "metadata_key" or not (metadata or {}).get("metadata_key")
+                for chunk_id, chunk in index.chunks_of(collection, field_name, partition, source.name).items()
+                if field_name == "metadata_key" or not chunk.metadata.get("metadata_key")
             ]
             deleted += index.delete_ids(collection, ids)
     return deleted

@@ -145,7 +145,7 @@ def _fetch_by_meta_file(
         # The metadata file is gone: so are the chunks it asked for, wherever it had sent them.
         report = KeyReport(object_key=meta_key, status="removed", collection_name=spec.collection_name)
         report.chunks_deleted = sum(
-            index.delete_where(c, asked_for_by(spec, meta_key))
+            index.delete_of(c, "metadata_key", meta_key, spec.name)
             for c in searchable(collection_for, spec.collection_name)
         )
         report.message = f"metadata file '{meta_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
@@ -158,10 +158,15 @@ def _fetch_by_meta_file(
     spec.check_target(target, f"metadata file '{meta_key}'")
     taken_over = _claim_document_id(s3, spec, collection_for(target), meta)
     for collection in searchable(collection_for, target):
-        conditions: list[dict[str, Any]] = [{"metadata_key": meta_key}, {"source": spec.name}]
-        if collection.name == target:
-            conditions.append({"object_key": {"$ne": meta.path}})
-        index.delete_where(collection, {"$and": conditions})
+        asked = index.chunks_of(collection, "metadata_key", meta_key, spec.name)
+        index.delete_ids(
+            collection,
+            sorted(
+                chunk_id
+                for chunk_id, chunk in asked.items()
+                if collection.name != target or chunk.metadata.get("object_key") != meta.path
+            ),
+        )
     index.delete_ids(collection_for(target), taken_over)
     links.link(meta.path, meta_key)
     fetched = fetch(
@@ -172,10 +177,6 @@ def _fetch_by_meta_file(
     report = fetched if isinstance(fetched, KeyReport) else fetched.report
     report.document_key, report.object_key = meta.path, meta_key
     return fetched
-
-
-def asked_for_by(spec: SourceSpec, meta_key: str) -> dict[str, Any]:
-    return {"$and": [{"metadata_key": meta_key}, {"source": spec.name}]}
 
 
 def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, meta: events.MetaFile) -> list[str]:
@@ -224,7 +225,9 @@ def _waiting(
 ) -> KeyReport:
     """A metadata file names an object that is not in the bucket (yet): nothing of it stays indexed."""
     searched = searchable(collection_for, report.collection_name)
-    report.chunks_deleted = sum(index.delete_where(collection, asked_for_by(spec, meta_key)) for collection in searched)
+    report.chunks_deleted = sum(
+        index.delete_of(collection, "metadata_key", meta_key, spec.name) for collection in searched
+    )
     report.status = "waiting"
     report.message = (
         f"metadata file '{meta_key}' names '{report.object_key}', which is not in the bucket: waiting for it "
@@ -237,9 +240,10 @@ def _waiting(
 
 def _removed(report: KeyReport, spec: SourceSpec, collection_for: CollectionFor, started: float) -> KeyReport:
     """The object is gone from the bucket: its chunks go too, so the collection mirrors the bucket."""
-    where = {"$and": [{"object_key": report.object_key}, {"source": spec.name}]}
     searched = searchable(collection_for, report.collection_name)
-    report.chunks_deleted = sum(index.delete_where(collection, where) for collection in searched)
+    report.chunks_deleted = sum(
+        index.delete_of(collection, "object_key", report.object_key, spec.name) for collection in searched
+    )
     report.status = "removed"
     report.message = f"object '{report.object_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
     report.duration_s = time.perf_counter() - started

@@ -3,10 +3,12 @@ over a run's keys, which batches new objects and keeps documents converting in a
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from s3sync_dagster.pipeline import documents, events, extract, index, settle
@@ -16,7 +18,7 @@ from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.reports import KeyReport, failure_message, lap
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
 from s3sync_dagster.pipeline.targets import CollectionFor, searchable
-from s3sync_dagster.pipeline.write import NewObjects, finish, prepare, write
+from s3sync_dagster.pipeline.write import NewObjects, Prepared, finish, prepare, write
 
 
 def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extract.Extracted:
@@ -66,12 +68,9 @@ def _document_in_metadata_mode(
     report = KeyReport(object_key=object_key, status="ignored", collection_name=spec.collection_name)
     meta_keys = list(linked)
     for collection in searchable(collection_for, spec.collection_name):
-        found = collection.get(
-            where={"$and": [{"object_key": object_key}, {"source": spec.name}]}, include=["metadatas"]
-        )
         own = []
-        for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [], strict=True):
-            meta_key = (metadata or {}).get("metadata_key")
+        for chunk_id, chunk in index.stored_chunks(collection, object_key, spec.name, with_text=False).items():
+            meta_key = chunk.metadata.get("metadata_key")
             if not meta_key:
                 own.append(chunk_id)
             elif meta_key not in meta_keys:
@@ -88,6 +87,38 @@ def _document_in_metadata_mode(
     return report, meta_keys
 
 
+# How many keys ahead of the one being written a sync fetches, extracts and chunks in its staging thread:
+# one batch of new objects (write.BATCH_OBJECTS), so the next batch is ready when the model finishes one.
+STAGE_AHEAD = 64
+
+
+@dataclass
+class _Staged:
+    """A key fetched (and, unless a document for the pool, extracted and chunked) ahead of its write."""
+
+    result: KeyReport | Fetched | Prepared | None = None
+    error: Exception | None = None
+    started: float = 0.0
+
+
+def _stage(s3: S3Client, spec: SourceSpec, collection_for: CollectionFor, object_key: str, pooled: bool) -> _Staged:
+    """The read side of one plain key, in the staging thread: HEAD, skip check, GET, text, chunks."""
+    staged = _Staged(started=time.perf_counter())
+    try:
+        fetched = fetch(s3, spec, collection_for, object_key)
+        if isinstance(fetched, KeyReport) or (pooled and documents.is_converted(object_key)):
+            staged.result = fetched  # final, or a document for the run's converter pool (submitted in order)
+            return staged
+        mark = time.perf_counter()
+        extracted = extract_in_process(object_key, fetched.data, spec)
+        lap(fetched.report, "extract", mark)
+        fetched.data = b""  # chunked next: the text is what the write needs
+        staged.result = prepare(fetched, extracted, spec)
+    except Exception as error:  # the key's own failure, reported in its turn
+        staged.error = error
+    return staged
+
+
 def sync_keys(
     s3: S3Client,
     spec: SourceSpec,
@@ -98,13 +129,17 @@ def sync_keys(
     pool: documents.DocumentPool | None = None,
     invocations: Mapping[str, Invocation] | None = None,
     links: MetaLinks | None = None,
+    ahead: int = STAGE_AHEAD,
 ) -> list[KeyReport]:
     """Sync many keys; a key that fails is reported as failed and never stops the others.
 
-    With a pool, documents are converted in its worker processes while this thread reads, chunks,
-    embeds and writes the others; a few conversions are kept in flight so every core stays busy.
-    A document's sync also syncs the metadata files that name it (links), after it; in metadata mode
-    only they index it.
+    The stages overlap: a staging thread reads, extracts and chunks up to `ahead` plain keys (no
+    `.meta.json`, no invocation, not metadata mode) ahead of the one this thread embeds and writes,
+    so S3 and extraction wait while the model works; writes, settle checks and reports stay on this
+    thread, in key order. A key staged ahead is checked against the bucket again after its write
+    (settle), as any sync is. With a pool, documents are converted in its worker processes; a few
+    conversions are kept in flight so every core stays busy. A document's sync also syncs the metadata
+    files that name it (links), after it; in metadata mode only they index it.
     """
     links = links if links is not None else InMemoryMetaLinks()
     worklist = deque(dict.fromkeys(object_keys))
@@ -114,6 +149,23 @@ def sync_keys(
     reports: list[KeyReport] = []
     in_flight: deque[tuple[Fetched, Future[documents.Converted]]] = deque()
     window = 2 * pool.workers if pool is not None else 0
+    # Staging ahead only where no key's sync reads or writes another's chunks: a .meta.json (and the
+    # documents named by one) is synced in order after every earlier write, as before.
+    staging = (
+        ahead > 0
+        and len(worklist) > 1
+        and spec.auto_sync != "metadata"
+        and not naming
+        and not any(events.is_meta_key(key) for key in worklist)
+    )
+    stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3sync-stage") if staging else None
+    staged: dict[str, Future[_Staged]] = {}
+
+    def stage_ahead() -> None:
+        assert stager is not None
+        for object_key in itertools.islice(worklist, ahead):
+            if object_key not in staged and object_key not in (invocations or {}):
+                staged[object_key] = stager.submit(_stage, s3, spec, collection_for, object_key, pool is not None)
 
     def then_sync(document_key: str, meta_keys: list[str]) -> None:
         """The metadata files naming a document are synced after it, in this run."""
@@ -162,7 +214,9 @@ def sync_keys(
     )
 
     def deliver(fetched: Fetched, extracted: extract.Extracted) -> None:
-        prepared = prepare(fetched, extracted, spec)
+        deliver_prepared(prepare(fetched, extracted, spec))
+
+    def deliver_prepared(prepared: Prepared) -> None:
         if new_objects.takes(prepared):
             new_objects.add(prepared)
         else:
@@ -180,9 +234,25 @@ def sync_keys(
         except Exception as error:  # one bad object fails its own key, never the others
             failed(fetched.report.object_key, error, fetched.started)
 
-    while worklist:
-        object_key = worklist.popleft()
-        started = time.perf_counter()
+    def submit_document(fetched: Fetched) -> None:
+        document_key = fetched.report.document_key or fetched.report.object_key
+        in_flight.append((fetched, pool.submit(document_key, fetched.data, spec.document_options)))  # type: ignore[union-attr]
+        fetched.data = b""  # the worker has its copy; do not hold every document in memory
+        while len(in_flight) >= window:
+            drain_one()
+
+    def take_staged(object_key: str) -> None:
+        result = staged.pop(object_key).result()
+        if result.error is not None:
+            failed(object_key, result.error, result.started)
+        elif isinstance(result.result, KeyReport):
+            done(result.result)
+        elif isinstance(result.result, Fetched):
+            submit_document(result.result)
+        elif result.result is not None:
+            deliver_prepared(result.result)
+
+    def sync_one(object_key: str, started: float) -> None:
         try:
             invocation = (invocations or {}).get(object_key, Invocation())
             invocation.validate(spec, object_key)
@@ -192,7 +262,7 @@ def sync_keys(
                     report, meta_keys = _document_in_metadata_mode(spec, collection_for, object_key, meta_keys)
                     then_sync(object_key, meta_keys)
                     done(report)
-                    continue
+                    return
                 then_sync(object_key, meta_keys)
             if new_objects.holds(object_key):
                 # Its chunks (or those its .meta.json names) must be in Chroma before it is looked at again.
@@ -206,11 +276,7 @@ def sync_keys(
             if isinstance(fetched, KeyReport):
                 done(fetched)
             elif pool is not None and documents.is_converted(fetched.report.document_key or object_key):
-                document_key = fetched.report.document_key or object_key
-                in_flight.append((fetched, pool.submit(document_key, fetched.data, spec.document_options)))
-                fetched.data = b""  # the worker has its copy; do not hold every document in memory
-                while len(in_flight) >= window:
-                    drain_one()
+                submit_document(fetched)
             else:
                 mark = time.perf_counter()
                 extracted = extract_in_process(fetched.report.document_key or object_key, fetched.data, spec)
@@ -218,7 +284,24 @@ def sync_keys(
                 deliver(fetched, extracted)
         except Exception as error:  # one bad object fails its own key, never the others
             failed(object_key, error, started)
-    while in_flight:
-        drain_one()
-    new_objects.flush()
+
+    try:
+        while worklist:
+            if stager is not None:
+                stage_ahead()
+            object_key = worklist.popleft()
+            started = time.perf_counter()
+            if object_key in staged:
+                try:
+                    take_staged(object_key)
+                except Exception as error:  # one bad object fails its own key, never the others
+                    failed(object_key, error, started)
+                continue
+            sync_one(object_key, started)
+        while in_flight:
+            drain_one()
+        new_objects.flush()
+    finally:
+        if stager is not None:
+            stager.shutdown(wait=True, cancel_futures=True)
     return reports

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from chromadb.api.models.Collection import Collection
+
+from s3sync_dagster.pipeline import index
 
 CollectionFor = Callable[[str], Collection]
 
@@ -21,11 +23,13 @@ class Collections:
         self._open = open_collection
         self._list_names = list_names
         self._opened: dict[str, Collection] = {}
+        self._lock = threading.Lock()  # a sync's staging thread opens collections too
 
     def __call__(self, name: str) -> Collection:
-        if name not in self._opened:
-            self._opened[name] = self._open(name)
-        return self._opened[name]
+        with self._lock:
+            if name not in self._opened:
+                self._opened[name] = self._open(name)
+            return self._opened[name]
 
     def searchable(self, default: str) -> list[Collection]:
         found = [self(default)]
@@ -46,10 +50,9 @@ def searchable(collection_for: CollectionFor, default: str) -> list[Collection]:
 
 def check_id_free(collection: Collection, source: str, document_id: str, what: str) -> None:
     """A source never takes the id of another source's document: its chunks would replace theirs."""
-    where: Any = {"$and": [{"document_id": document_id}, {"source": {"$ne": source}}]}
-    found = collection.get(where=where, include=["metadatas"], limit=1)
-    if found["ids"]:
-        other = str(((found.get("metadatas") or [{}])[0] or {}).get("source", "?"))
+    others = index.chunks_of(collection, "document_id", document_id, source, same_source=False)
+    if others:
+        other = str(next(iter(others.values())).metadata.get("source", "?"))
         raise ValueError(
             f"{what}: id '{document_id}' in collection '{collection.name}' is the id of a document of source "
             f"'{other}'; source '{source}' replaces or deletes only its own chunks, so it may not take that id"
