@@ -1,4 +1,4 @@
-"""Section 10, beyond one machine: `python -m benchmarks.cluster PART --json FILE` (parts: bulk, workers).
+"""Section 10, beyond one machine: `python -m benchmarks.cluster PART --json FILE` (parts: bulk, reads, workers).
 
 workers: one corpus synced four ways, one after the other in this one invocation: B (`s3sync sync --all`,
 its runs in the sync's own process, the default instance, embedded Chroma), then through Celery workers
@@ -9,6 +9,9 @@ bulk: B of section 1 (`s3sync sync SOURCE --all` on the default instance, embedd
 section 1 corpus at 500 objects and at 10,000, one after the other in this one invocation, so the
 ratio of their rates says what scale alone costs. About 100 minutes on 2 cores (benchmarks/README.md);
 hence a part of its own, run when the machine is otherwise idle.
+
+reads: what one key's skip check (and settle check) costs in Chroma at 500 objects' chunks and at
+10,000's, the filter before issue 27 and now, in one process (a few minutes).
 
 Each part writes its figures into FILE under its own name, keeping the other part's (a part's "remarks",
 added by hand, say what the figures cannot: what else ran beside them), and (re)writes
@@ -95,6 +98,85 @@ def bulk(workdir: Path, sizes: tuple[int, ...] = BULK_SIZES) -> dict[str, Any]:
     finally:
         server.stop()
     return {"measured": common.machine(), "runs": results}
+
+
+def reads(
+    workdir: Path, sizes: tuple[int, ...] = BULK_SIZES, chunks_per_object: int = 17, probes: int = 200
+) -> dict[str, Any]:
+    """What one key's skip check (and its settle check, the same read) costs in Chroma as the collection
+    grows: a collection opened as a sync opens it, filled with `chunks_per_object` chunks per object (the
+    bulk corpus averages 17) shaped as a sync writes them (random unit vectors: the model is not what this
+    measures), grown to each size in turn; at each, `probes` objects' chunks read three ways."""
+    import numpy as np
+
+    from s3sync_dagster.config import load_config
+    from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
+    from s3sync_dagster.pipeline import index, keys
+
+    common.credentials()
+    config = load_config(common.write_config(workdir / "reads.yaml", "http://localhost:1", "reads", workdir / "chroma"))
+    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    collection = chroma.collection(config.sources[0].collection_name, embedding_resource(config.embedding))
+    source = config.sources[0].name
+    rng = np.random.default_rng(7)
+    object_key = "corpus/{:06d}.py".format
+
+    def add(first: int, last: int) -> None:
+        ids, texts, metadatas = [], [], []
+        for number in range(first, last):
+            document_id = keys.object_id(object_key(number))
+            for position in range(chunks_per_object):
+                ids.append(keys.chunk_id(document_id, position))
+                texts.append(f"object {number} chunk {position}: def handler_{number}_{position}(event): return event")
+                metadatas.append({
+                    "object_key": object_key(number), "bucket_name": "reads", "source": source, "etag": "0" * 32,
+                    "chunk_index": position, "chunk_count": chunks_per_object, "document_id": document_id,
+                    "sync_signature": "1" * 16, "chunker": "tree-sitter", "extractor": "text",
+                })  # fmt: skip
+        for start in range(0, len(ids), 256):  # as the sync writes: one upsert per batch of new objects
+            vectors = rng.standard_normal((len(ids[start : start + 256]), 384)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            collection.upsert(
+                ids=ids[start : start + 256], documents=texts[start : start + 256],
+                embeddings=vectors, metadatas=metadatas[start : start + 256],  # type: ignore[arg-type]
+            )  # fmt: skip
+
+    def timed(read: Any, numbers: list[int]) -> float:
+        started = time.perf_counter()
+        for number in numbers:
+            read(number)
+        return (time.perf_counter() - started) / len(numbers) * 1000
+
+    ways = {
+        "both fields in Chroma's filter (before)": lambda number: collection.get(
+            where={"$and": [{"object_key": object_key(number)}, {"source": source}]}, include=["metadatas"]
+        ),
+        "object_key in Chroma, source tested here (now)": lambda number: index.stored_chunks(
+            collection, object_key(number), source, with_text=False
+        ),
+        "by chunk ids (no filter: a floor)": lambda number: collection.get(
+            ids=[keys.chunk_id(keys.object_id(object_key(number)), p) for p in range(chunks_per_object + 1)],
+            include=["metadatas"],
+        ),
+    }
+    results: list[dict[str, Any]] = []
+    objects = 0
+    for size in sizes:
+        started = time.perf_counter()
+        add(objects, size)
+        objects = size
+        written = time.perf_counter() - started
+        numbers = [int(n) for n in rng.integers(0, size, probes)]
+        for label, read in ways.items():  # warm, and check that each way finds the object's chunks
+            found = read(numbers[0])
+            count = len(found) if isinstance(found, dict) and "ids" not in found else len(found["ids"])
+            if count != chunks_per_object:
+                raise RuntimeError(f"{label}: {count} chunks of object {numbers[0]}, not {chunks_per_object}")
+        row = {"objects": size, "chunks": collection.count(), "fill_s": written}
+        row["ms"] = {label: timed(read, numbers) for label, read in ways.items()}
+        results.append(row)
+        log(f"reads at {size} objects ({row['chunks']:,} chunks): {row['ms']}")
+    return {"measured": common.machine(), "probes": probes, "chunks_per_object": chunks_per_object, "runs": results}
 
 
 def _celery_run(data: dict[str, bytes], workdir: Path, workers: int, postgres: bool) -> dict[str, Any]:
@@ -199,6 +281,38 @@ def section_markdown(figures: dict[str, Any]) -> str:
             total = sum(run["timings"].values()) or 1.0
             shares = ", ".join(f"{step} {value / total * 100:.0f}%" for step, value in run["timings"].items() if value)
             lines.append(f"- {run['size']:,} objects: {shares}.")
+    reads_figures = figures.get("reads")
+    if reads_figures:
+        measured, runs = reads_figures["measured"], reads_figures["runs"]
+        labels = list(runs[0]["ms"])
+        lines += [
+            "",
+            f"### Chroma's reads against the collection's size (measured {measured['date']}, commit "
+            f"{measured['commit']})",
+            "",
+            "What one key's skip check costs in embedded Chroma (a settle check after a write reads the same), "
+            "ms per read, the mean of "
+            f"{reads_figures['probes']} random objects' chunks (`python -m benchmarks.cluster reads`): one "
+            f"collection opened as a sync opens it, {reads_figures['chunks_per_object']} chunks per object "
+            "shaped as a sync writes them (random vectors), grown to each size in turn, every way at each.",
+            "",
+            "| objects | chunks | " + " | ".join(labels) + " |",
+            "| ---: | ---: | " + " | ".join("---:" for _ in labels) + " |",
+        ]
+        for run in runs:
+            lines.append(
+                f"| {run['objects']:,} | {run['chunks']:,} | "
+                + " | ".join(f"{run['ms'][label]:.1f}" for label in labels)
+                + " |"
+            )
+        if len(runs) >= 2:
+            small, large = runs[0], runs[-1]
+            lines += [
+                "",
+                "From the smallest to the largest collection: "
+                + "; ".join(f"{label} {large['ms'][label] / small['ms'][label]:.1f}x" for label in labels)
+                + ".",
+            ]
     workers_figures = figures.get("workers")
     if workers_figures:
         measured, runs = workers_figures["measured"], workers_figures["runs"]
@@ -255,7 +369,9 @@ def write_section(out: Path, figures: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
-    parser.add_argument("part", choices=["bulk", "workers", "section"], help="section: only rewrite section 10")
+    parser.add_argument(
+        "part", choices=["bulk", "reads", "workers", "section"], help="section: only rewrite section 10"
+    )
     parser.add_argument("--json", required=True, help="where the figures go (other parts' figures are kept)")
     parser.add_argument("--workdir", help="buckets' stores and instances (kept; required to measure)")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
@@ -269,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         if args.part == "bulk":
             figures = bulk(workdir, tuple(int(size) for size in args.sizes.split(",")))
+        elif args.part == "reads":
+            figures = reads(workdir, tuple(int(size) for size in args.sizes.split(",")))
         else:
             figures = workers(workdir, args.size)
         _update(Path(args.json), args.part, figures)

@@ -195,6 +195,9 @@ def test_cluster_bulk_part_measures_and_writes_section_10_once(tmp_path: Path) -
     from benchmarks import cluster
 
     figures = {"bulk": cluster.bulk(tmp_path / "work", sizes=(12,))}
+    # The reads part: at each size in turn, each way finds an object's 17 chunks (reads() checks it).
+    figures["reads"] = cluster.reads(tmp_path / "reads", sizes=(10, 30), probes=5)
+    assert [row["chunks"] for row in figures["reads"]["runs"]] == [170, 510]
     run = figures["bulk"]["runs"][0]
     assert run["objects"] == 12 and run["statuses"] == {"indexed": 12} and run["chunks"] > 12
     out = tmp_path / "RESULTS.md"
@@ -204,6 +207,7 @@ def test_cluster_bulk_part_measures_and_writes_section_10_once(tmp_path: Path) -
     text = out.read_text()
     assert text.count("## 10. Beyond one machine") == 1 and text.index("nine") < text.index("## 10.")
     assert "\n| 12 | " in text
+    assert "### Chroma's reads against the collection's size" in text and "\n| 30 | 510 | " in text
 
 
 def test_million_benchmark_steps_smoke(tmp_path: Path) -> None:

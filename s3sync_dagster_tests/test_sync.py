@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from s3sync_dagster.pipeline import index, keys
+from s3sync_dagster.pipeline import index, keys, sync
 from s3sync_dagster.pipeline.objects import ObjectMissing, head_object, list_objects, read_object
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync import STAGE_AHEAD, sync_keys, sync_object
@@ -220,12 +220,13 @@ class WatchingEmbedder(CountingEmbedder):
     """The real model, made slower than S3, noting which objects S3 served while each call ran; in the first
     call it rewrites the first object read meanwhile (one another writer changes after this sync read it)."""
 
-    def __init__(self, inner: Any, s3: Any, bucket_name: str) -> None:
+    def __init__(self, inner: Any, s3: Any, bucket_name: str, rewrite: bool = True, linger: float = 0.0) -> None:
         super().__init__(inner)
-        self.s3, self.bucket_name = s3, bucket_name
+        self.s3, self.bucket_name, self.rewrite, self.linger = s3, bucket_name, rewrite, linger
         self.read: list[str] = []  # object keys in the order their GETs were made
         self.read_during: list[list[str]] = []
         self.rewritten: str | None = None
+        self.read_by_end: list[list[str]] = []  # the objects read by the end of each call
 
     def noted(self, params: dict[str, Any], **_: Any) -> None:
         self.read.append(params["Key"])
@@ -237,10 +238,12 @@ class WatchingEmbedder(CountingEmbedder):
         while len(self.read) == before and time.monotonic() < deadline:
             time.sleep(0.05)  # the staging thread, if any, reads on meanwhile
         during = self.read[before:]
-        if during and not self.read_during:
+        if self.rewrite and during and not self.read_during:
             self.rewritten = during[0]
             self.s3.put_object(Bucket=self.bucket_name, Key=self.rewritten, Body=b"rewritten meanwhile\n")
         self.read_during.append(during)
+        time.sleep(self.linger)  # time for the staging thread to read on, if it may
+        self.read_by_end.append(list(self.read))
         return vectors
 
 
@@ -273,6 +276,26 @@ def test_the_next_keys_are_read_and_chunked_while_the_model_embeds(
         if report.object_key != rewritten:
             rows = sorted(all_rows(collection, report.object_key).values(), key=lambda row: row[1]["chunk_index"])
             assert "".join(text for text, _ in rows) == contents[report.object_key]
+
+
+def test_staging_holds_at_most_one_large_object_besides_the_one_written(
+    s3: Any, spec: SourceSpec, collection: Any, embedding_function: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Objects of 257 chunks are written one by one (past write.BATCH_CHUNKS); each is over STAGE_BYTES here, as
+    # objects near max_object_bytes are over the real limit: while the first is embedded, the staging thread
+    # has read the second and waits, and reads the third only once the second is taken.
+    monkeypatch.setattr(sync, "STAGE_BYTES", 1000)
+    contents = {f"big/{n}.txt": numbered_lines(2570, tag=f"o{n}") for n in range(3)}
+    put(s3, spec.bucket_name, contents)
+    embedder = WatchingEmbedder(embedding_function, s3, spec.bucket_name, rewrite=False, linger=1.0)
+    s3.meta.events.register("provide-client-params.s3.GetObject", embedder.noted)
+    try:
+        reports = sync_keys(s3, spec, lambda _: collection, embedder, sorted(contents))
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.GetObject", embedder.noted)
+    assert [(r.status, r.chunk_count) for r in reports] == [("indexed", 257)] * 3
+    assert embedder.read_by_end[0] == ["big/0.txt", "big/1.txt"]
+    assert embedder.read == sorted(contents)
 
 
 class RefusingEmbedder(CountingEmbedder):

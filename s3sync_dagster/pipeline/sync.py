@@ -4,6 +4,7 @@ over a run's keys, which batches new objects and keeps documents converting in a
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -90,6 +91,38 @@ def _document_in_metadata_mode(
 # How many keys ahead of the one being written a sync fetches, extracts and chunks in its staging thread:
 # one batch of new objects (write.BATCH_OBJECTS), so the next batch is ready when the model finishes one.
 STAGE_AHEAD = 64
+# ... and while the objects staged and not yet written hold fewer bytes than this: of a run of large objects,
+# at most one is held besides the one being written (a sync without staging holds that one).
+STAGE_BYTES = 64 * 1024 * 1024
+
+
+class _Held:
+    """The bytes of the objects staged and not yet taken by the writing thread; the staging thread reads
+    the next key only while they are under the limit (one object of any size when none is held)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit, self._bytes, self._closed = limit, 0, False
+        self._changed = threading.Condition()
+
+    def wait_for_room(self) -> bool:
+        """Wait until the next key may be read; False once the sync is closing."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or self._bytes < self._limit)
+            return not self._closed
+
+    def add(self, count: int) -> None:
+        with self._changed:
+            self._bytes += count
+
+    def release(self, count: int) -> None:
+        with self._changed:
+            self._bytes -= count
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
 
 
 @dataclass
@@ -99,13 +132,22 @@ class _Staged:
     result: KeyReport | Fetched | Prepared | None = None
     error: Exception | None = None
     started: float = 0.0
+    held: int = 0  # the object's bytes, counted in _Held until the writing thread takes it
 
 
-def _stage(s3: S3Client, spec: SourceSpec, collection_for: CollectionFor, object_key: str, pooled: bool) -> _Staged:
+def _stage(
+    s3: S3Client, spec: SourceSpec, collection_for: CollectionFor, object_key: str, pooled: bool, held: _Held
+) -> _Staged:
     """The read side of one plain key, in the staging thread: HEAD, skip check, GET, text, chunks."""
     staged = _Staged(started=time.perf_counter())
+    if not held.wait_for_room():
+        staged.error = RuntimeError(f"object '{object_key}': the sync stopped before it was read")
+        return staged
     try:
         fetched = fetch(s3, spec, collection_for, object_key)
+        if isinstance(fetched, Fetched):
+            staged.held = fetched.info.size
+            held.add(staged.held)
         if isinstance(fetched, KeyReport) or (pooled and documents.is_converted(object_key)):
             staged.result = fetched  # final, or a document for the run's converter pool (submitted in order)
             return staged
@@ -134,7 +176,8 @@ def sync_keys(
     """Sync many keys; a key that fails is reported as failed and never stops the others.
 
     The stages overlap: a staging thread reads, extracts and chunks up to `ahead` plain keys (no
-    `.meta.json`, no invocation, not metadata mode) ahead of the one this thread embeds and writes,
+    `.meta.json`, no invocation, not metadata mode; under STAGE_BYTES held) ahead of the one this
+    thread embeds and writes,
     so S3 and extraction wait while the model works; writes, settle checks and reports stay on this
     thread, in key order. A key staged ahead is checked against the bucket again after its write
     (settle), as any sync is. With a pool, documents are converted in its worker processes; a few
@@ -160,12 +203,13 @@ def sync_keys(
     )
     stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3sync-stage") if staging else None
     staged: dict[str, Future[_Staged]] = {}
+    held = _Held(STAGE_BYTES)
 
     def stage_ahead() -> None:
         assert stager is not None
         for object_key in itertools.islice(worklist, ahead):
             if object_key not in staged and object_key not in (invocations or {}):
-                staged[object_key] = stager.submit(_stage, s3, spec, collection_for, object_key, pool is not None)
+                staged[object_key] = stager.submit(_stage, s3, spec, collection_for, object_key, pool is not None, held)
 
     def then_sync(document_key: str, meta_keys: list[str]) -> None:
         """The metadata files naming a document are synced after it, in this run."""
@@ -243,6 +287,7 @@ def sync_keys(
 
     def take_staged(object_key: str) -> None:
         result = staged.pop(object_key).result()
+        held.release(result.held)
         if result.error is not None:
             failed(object_key, result.error, result.started)
         elif isinstance(result.result, KeyReport):
@@ -303,5 +348,6 @@ def sync_keys(
         new_objects.flush()
     finally:
         if stager is not None:
+            held.close()  # a staging thread waiting for room stops waiting
             stager.shutdown(wait=True, cancel_futures=True)
     return reports
