@@ -298,6 +298,41 @@ def test_staging_holds_at_most_one_large_object_besides_the_one_written(
     assert embedder.read == sorted(contents)
 
 
+class ReadCountingCollection:
+    """The real collection, counting the reads (`get`) made of it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gets = 0
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        self.gets += 1
+        return self.inner.get(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize(("ahead", "reads"), [(STAGE_AHEAD, 4), (0, 72)])
+def test_a_bulk_sync_reads_stored_chunks_for_many_keys_at_once(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder, ahead: int, reads: int
+) -> None:
+    # Embedded Chroma scans the collection for any metadata filter, so 70 new objects cost 4 reads staged (the
+    # skip checks of 64 keys, then of the last 6; the settle checks of each written batch of 64, then of 6), not
+    # 2 per key. Unstaged (ahead=0), each skip check reads for itself: 70, and the settle checks still 2.
+    contents = {f"many/{n:02d}.txt": numbered_lines(12, tag=f"object {n}") for n in range(70)}
+    put(s3, spec.bucket_name, contents)
+    counted = ReadCountingCollection(collection)
+    reports = sync_keys(s3, spec, lambda _: counted, embedder, sorted(contents), ahead=ahead)
+    assert {r.status for r in reports} == {"indexed"} and counted.gets == reads
+    assert all("synced" not in r.message for r in reports)  # every settle check found exactly its chunks
+    assert all(r.timings["chroma_read"] > 0 and r.timings["settle"] > 0 for r in reports)
+    # Read for many keys or for one, the next pass finds every object current.
+    counted.gets = 0
+    again = sync_keys(s3, spec, lambda _: counted, embedder, sorted(contents), ahead=ahead)
+    assert {r.status for r in again} == {"unchanged"} and counted.gets == (2 if ahead else 70)
+
+
 class RefusingEmbedder(CountingEmbedder):
     """The real model, except that it fails on any batch holding a text with the given marker."""
 

@@ -49,8 +49,12 @@ def fetch(
     meta_key: str | None = None,
     links: MetaLinks | None = None,
     empty_etag: str | None = None,
+    stored: Mapping[str, index.StoredChunk] | None = None,
 ) -> KeyReport | Fetched:
     """Validate, HEAD, skip if current (a final report), else read the bytes for extraction.
+
+    stored: the object's chunks of this source in its target collection, read for many keys at once
+    (index.chunks_of_keys) after any write of it by this sync; else they are read here.
 
     empty_etag: the ETag at which the object was just found empty (no chunks): at that ETag with no
     chunks stored it is current too (a settle check, which must not read it again).
@@ -80,7 +84,9 @@ def fetch(
 
     document_id = custom_id or keys.object_id(object_key)
     signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
-    stored = own_chunks(index.stored_chunks(collection, object_key, spec.name, with_text=False), meta_key)
+    if stored is None:
+        stored = index.stored_chunks(collection, object_key, spec.name, with_text=False)
+    stored = own_chunks(dict(stored), meta_key)
     mark = lap(report, "chroma_read", mark)
     if index.is_current(stored, document_id, info.etag, signature):
         report.status = "unchanged"

@@ -113,6 +113,31 @@ def stored_chunks(
     return chunks_of(collection, "object_key", object_key, source, with_text=with_text)
 
 
+# Object keys one read of stored chunks asks for (chunks_of_keys).
+READ_KEYS = 64
+
+
+def chunks_of_keys(
+    collection: Collection, object_keys: Sequence[str], source: str
+) -> dict[str, dict[str, StoredChunk]]:
+    """Each object's chunks of one source (metadata only), for many objects in one read per READ_KEYS keys.
+
+    Embedded Chroma answers a metadata filter by scanning the collection whatever it matches (it keeps no
+    index over metadata: chroma-core/chroma#4089, #7092): one key's read cost 26 ms at 170,000 chunks
+    against 2 ms at 8,500, and a `$in` of 64 keys about as much as one (benchmarks/RESULTS.md, section 10).
+    """
+    found_chunks: dict[str, dict[str, StoredChunk]] = {key: {} for key in object_keys}
+    for part in _batches(list(found_chunks), READ_KEYS):
+        where: Any = {"object_key": {"$in": list(part)}}
+        found = collection.get(where=where, include=["metadatas"])
+        for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [{}] * len(found["ids"]), strict=True):
+            metadata = metadata or {}
+            key = metadata.get("object_key")
+            if metadata.get("source") == source and isinstance(key, str) and key in found_chunks:
+                found_chunks[key][chunk_id] = StoredChunk(chunk_id, None, metadata)
+    return found_chunks
+
+
 def delete_of(collection: Collection, field: str, value: str, source: str) -> int:
     """Delete one source's chunks whose metadata `field` is `value` (read as chunks_of reads them)."""
     return delete_ids(collection, sorted(chunks_of(collection, field, value, source)))

@@ -28,6 +28,15 @@ def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extrac
     return extract.extract_text(object_key, data)
 
 
+def chunked_in_process(fetched: Fetched, spec: SourceSpec) -> Prepared:
+    """A fetched object's text, extracted in this process, cut into the records its write needs."""
+    mark = time.perf_counter()
+    extracted = extract_in_process(fetched.report.document_key or fetched.report.object_key, fetched.data, spec)
+    lap(fetched.report, "extract", mark)
+    fetched.data = b""  # chunked next: the text is what the write needs
+    return prepare(fetched, extracted, spec)
+
+
 def sync_object(
     s3: S3Client,
     spec: SourceSpec,
@@ -125,6 +134,30 @@ class _Held:
             self._changed.notify_all()
 
 
+class _ReadAhead:
+    """Stored chunks read for many keys at once (index.chunks_of_keys), each key's taken once by its check;
+    with each, its share of the read's time."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, tuple[dict[str, index.StoredChunk], float]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, collection_for: CollectionFor, collection_name: str, object_keys: list[str], source: str) -> None:
+        started = time.perf_counter()
+        try:
+            found = index.chunks_of_keys(collection_for(collection_name), object_keys, source)
+        except Exception:  # each key's check reads for itself then, and fails on its own
+            return
+        share = (time.perf_counter() - started) / len(object_keys)
+        with self._lock:
+            self._found.update({key: (chunks, share) for key, chunks in found.items()})
+
+    def take(self, object_key: str) -> tuple[dict[str, index.StoredChunk] | None, float]:
+        """The key's chunks as read (None where it was not read, or its read failed), and its share of the time."""
+        with self._lock:
+            return self._found.pop(object_key, (None, 0.0))
+
+
 @dataclass
 class _Staged:
     """A key fetched (and, unless a document for the pool, extracted and chunked) ahead of its write."""
@@ -136,26 +169,31 @@ class _Staged:
 
 
 def _stage(
-    s3: S3Client, spec: SourceSpec, collection_for: CollectionFor, object_key: str, pooled: bool, held: _Held
+    s3: S3Client,
+    spec: SourceSpec,
+    collection_for: CollectionFor,
+    object_key: str,
+    pooled: bool,
+    held: _Held,
+    reads: _ReadAhead,
 ) -> _Staged:
     """The read side of one plain key, in the staging thread: HEAD, skip check, GET, text, chunks."""
     staged = _Staged(started=time.perf_counter())
+    stored, read_share = reads.take(object_key)
     if not held.wait_for_room():
         staged.error = RuntimeError(f"object '{object_key}': the sync stopped before it was read")
         return staged
     try:
-        fetched = fetch(s3, spec, collection_for, object_key)
+        fetched = fetch(s3, spec, collection_for, object_key, stored=stored)
+        report = fetched if isinstance(fetched, KeyReport) else fetched.report
+        report.timings["chroma_read"] = report.timings.get("chroma_read", 0.0) + read_share
         if isinstance(fetched, Fetched):
             staged.held = fetched.info.size
             held.add(staged.held)
         if isinstance(fetched, KeyReport) or (pooled and documents.is_converted(object_key)):
             staged.result = fetched  # final, or a document for the run's converter pool (submitted in order)
             return staged
-        mark = time.perf_counter()
-        extracted = extract_in_process(object_key, fetched.data, spec)
-        lap(fetched.report, "extract", mark)
-        fetched.data = b""  # chunked next: the text is what the write needs
-        staged.result = prepare(fetched, extracted, spec)
+        staged.result = chunked_in_process(fetched, spec)
     except Exception as error:  # the key's own failure, reported in its turn
         staged.error = error
     return staged
@@ -204,12 +242,24 @@ def sync_keys(
     stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3sync-stage") if staging else None
     staged: dict[str, Future[_Staged]] = {}
     held = _Held(STAGE_BYTES)
+    # The skip checks of staged keys, and the settle checks after a batch of new objects is written, read the
+    # stored chunks of many keys at once: in embedded Chroma a read costs about the same for 1 key or 64.
+    staged_reads, settle_reads = _ReadAhead(), _ReadAhead()
+    settle_read_share: dict[str, float] = {}
 
     def stage_ahead() -> None:
+        """Top the staged keys up to `ahead` once half of them are taken: one read of stored chunks each time."""
         assert stager is not None
-        for object_key in itertools.islice(worklist, ahead):
-            if object_key not in staged and object_key not in (invocations or {}):
-                staged[object_key] = stager.submit(_stage, s3, spec, collection_for, object_key, pool is not None, held)
+        if len(staged) > ahead // 2:
+            return
+        wanted = [
+            key for key in itertools.islice(worklist, ahead) if key not in staged and key not in (invocations or {})
+        ][: ahead - len(staged)]
+        if not wanted:
+            return
+        stager.submit(staged_reads.read, collection_for, spec.collection_name, wanted, spec.name)
+        for key in wanted:
+            staged[key] = stager.submit(_stage, s3, spec, collection_for, key, pool is not None, held, staged_reads)
 
     def then_sync(document_key: str, meta_keys: list[str]) -> None:
         """The metadata files naming a document are synced after it, in this run."""
@@ -221,11 +271,14 @@ def sync_keys(
 
     def check(report: KeyReport) -> KeyReport | Fetched:
         invocation = (invocations or {}).get(report.object_key, Invocation())
+        stored, share = settle_reads.take(report.object_key)  # only a plain key's, once, just after its write
+        if share:
+            settle_read_share[report.object_key] = share
         return fetch(
             s3, spec, collection_for, report.object_key,
             custom_id=invocation.custom_id, user_metadata=invocation.metadata,
             target_collection_name=invocation.target_collection_name, links=links,
-            empty_etag=report.etag if report.status == "empty" else None,
+            empty_etag=report.etag if report.status == "empty" else None, stored=stored,
         )  # fmt: skip
 
     def extract_text(key: str, data: bytes) -> extract.Extracted:
@@ -235,6 +288,10 @@ def sync_keys(
 
     def done(report: KeyReport) -> None:
         report = settle.settle(report, check, extract_text, spec, embed)
+        settle_reads.take(report.object_key)  # unread where the settle check did not run: never used later
+        share = settle_read_share.pop(report.object_key, 0.0)
+        if "settle" in report.timings:
+            report.timings["settle"] += share
         document = named_document.get(report.object_key)
         if document is not None and report.status != "failed" and report.document_key != document:
             links.unlink(document, report.object_key)  # the metadata file is gone or names another object now
@@ -253,8 +310,22 @@ def sync_keys(
             )
         )
 
+    def written(group: list[Prepared]) -> None:
+        """A batch of new objects is in Chroma: read their chunks for the settle checks in one go."""
+        plain = [
+            prepared.fetched.report.object_key
+            for prepared in group
+            if prepared.fetched.meta_key is None
+            and prepared.fetched.custom_id is None
+            and not prepared.fetched.shared
+            and prepared.fetched.report.object_key not in (invocations or {})
+            and not events.is_meta_key(prepared.fetched.report.object_key)
+        ]
+        if len(plain) > 1:
+            settle_reads.read(collection_for, spec.collection_name, plain, spec.name)  # plain: the source's own
+
     new_objects = NewObjects(
-        embed, done, lambda fetched, error: failed(fetched.report.object_key, error, fetched.started)
+        embed, done, lambda fetched, error: failed(fetched.report.object_key, error, fetched.started), written
     )
 
     def deliver(fetched: Fetched, extracted: extract.Extracted) -> None:
@@ -323,10 +394,7 @@ def sync_keys(
             elif pool is not None and documents.is_converted(fetched.report.document_key or object_key):
                 submit_document(fetched)
             else:
-                mark = time.perf_counter()
-                extracted = extract_in_process(fetched.report.document_key or object_key, fetched.data, spec)
-                lap(fetched.report, "extract", mark)
-                deliver(fetched, extracted)
+                deliver_prepared(chunked_in_process(fetched, spec))
         except Exception as error:  # one bad object fails its own key, never the others
             failed(object_key, error, started)
 

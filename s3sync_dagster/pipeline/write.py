@@ -183,9 +183,14 @@ class NewObjects:
     """Prepared new objects waiting to be embedded and written in one go; reported only once written."""
 
     def __init__(
-        self, embed: index.Embedder, done: Callable[[KeyReport], None], failed: Callable[[Fetched, Exception], None]
+        self,
+        embed: index.Embedder,
+        done: Callable[[KeyReport], None],
+        failed: Callable[[Fetched, Exception], None],
+        written: Callable[[list[Prepared]], None] | None = None,
     ) -> None:
-        self._embed, self._done, self._failed = embed, done, failed
+        """written: called with a batch once it is in Chroma, before its objects are reported (done)."""
+        self._embed, self._done, self._failed, self._written = embed, done, failed, written
         self._waiting: list[Prepared] = []
         self._chunks = 0
 
@@ -231,6 +236,8 @@ class NewObjects:
                     self._failed(prepared.fetched, error)
             return
         elapsed = time.perf_counter() - started
+        if self._written is not None:
+            self._written(group)
         seen: set[str] = set()
         for prepared in group:
             # The batch's time is shared out by chunk count; each distinct text counts where it first appears.
