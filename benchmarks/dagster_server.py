@@ -153,6 +153,7 @@ class DagsterDev:
     log: Path
     client: httpx.Client
     others: tuple[subprocess.Popen[bytes], ...] = ()  # dagster-daemon, run apart as in production
+    location: str = LOCATION_NAME  # the code location: this repo's workspace.yaml, or a dg project's name
 
     def gql(self, query: str, **variables: Any) -> dict[str, Any]:
         response = self.client.post("/graphql", json={"query": query, "variables": variables})
@@ -162,9 +163,8 @@ class DagsterDev:
             raise GraphQLError(str(body["errors"])[:3000])
         return dict(body["data"])
 
-    @staticmethod
-    def repository() -> dict[str, str]:
-        return {"repositoryLocationName": LOCATION_NAME, "repositoryName": REPOSITORY}
+    def repository(self) -> dict[str, str]:
+        return {"repositoryLocationName": self.location, "repositoryName": REPOSITORY}
 
     def add_partition(self, partitions_def: str, partition_key: str) -> str:
         result = self.gql(
@@ -180,7 +180,7 @@ class DagsterDev:
         partition = self.gql(
             PARTITION_TAGS,
             repositoryName=REPOSITORY,
-            repositoryLocationName=LOCATION_NAME,
+            repositoryLocationName=self.location,
             jobName=ASSET_JOB,
             partitionName=partition_key,
             assetKeys=[{"path": asset_path}],
@@ -322,21 +322,28 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
     process.wait()
 
 
-def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
     """One Dagster process in its own process group (its code servers and run workers with it); logs appended."""
     return subprocess.Popen(
-        argv, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+        argv, cwd=cwd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
     )
 
 
 @contextmanager
-def _serving(argvs: list[list[str]], env: dict[str, str], port: int, log: Path) -> Iterator[DagsterDev]:
+def _serving(
+    argvs: list[list[str]],
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    cwd: Path = REPO,
+    location: str = LOCATION_NAME,
+) -> Iterator[DagsterDev]:
     """Start the processes (the first serves GraphQL on `port`), wait until they are ready, stop them all."""
     processes: list[subprocess.Popen[bytes]] = []
     client = httpx.Client(base_url=f"http://{LOOPBACK}:{port}", timeout=60)
     try:
-        processes += [_spawn(argv, env, log) for argv in argvs]
-        server = DagsterDev(f"http://{LOOPBACK}:{port}", processes[0], log, client, tuple(processes[1:]))
+        processes += [_spawn(argv, env, log, cwd) for argv in argvs]
+        server = DagsterDev(f"http://{LOOPBACK}:{port}", processes[0], log, client, tuple(processes[1:]), location)
         _ready(server, time.monotonic() + 180)
         # The "Join the Dagster community" dialog would cover the page in the browser test.
         server.gql("mutation SetNuxSeen { setNuxSeen }")
@@ -359,6 +366,15 @@ def dagster_dev(home: Path, config_file: Path, log: Path, port: int | None = Non
     env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file))
     argv = [_bin("dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", LOOPBACK, "-p", str(port)]
     with _serving([argv], env, port, log) as server:
+        yield server
+
+
+@contextmanager
+def dg_dev(project: Path, home: Path, log: Path, env: dict[str, str]) -> Iterator[DagsterDev]:
+    """`dg dev` in a Dagster project of the user's (webserver and daemon on its code location, named after it)."""
+    port = free_port()
+    argv = [_bin("dg"), "dev", "--host", LOOPBACK, "--port", str(port)]
+    with _serving([argv], dict(env, DAGSTER_HOME=str(home)), port, log, project, project.name) as server:
         yield server
 
 

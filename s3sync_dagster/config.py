@@ -82,7 +82,8 @@ def _no_credentials_in_url(value: str | None) -> str | None:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Errors never echo what was written: a value in the wrong field is most often a secret.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class EnvRef(_Model):

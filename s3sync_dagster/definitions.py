@@ -1,10 +1,27 @@
-"""Builds the Dagster Definitions from the user's config file: each source's own (defs/source.py), merged."""
+"""Builds the Dagster Definitions from the user's config, each source's own (defs/source.py) merged, through
+either front door: the code location of `s3sync.yaml`, or the `S3ChromaSync` component in a Dagster project."""
 
 from __future__ import annotations
 
-import dagster as dg
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
 
-from s3sync_dagster.config import AppConfig, load_config
+import dagster as dg
+import yaml
+from pydantic import BaseModel
+
+from s3sync_dagster.config import (
+    CONFIG_ENV_VAR,
+    DEFAULT_CHROMA_PATH,
+    AppConfig,
+    ConfigError,
+    config_path,
+    load_config,
+    parse_config,
+)
 from s3sync_dagster.defs.executor import executor_for
 from s3sync_dagster.defs.invocation_sensor import build_invocation_sensor
 from s3sync_dagster.defs.monitor import build_run_monitor
@@ -27,11 +44,218 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
 def defs() -> dg.Definitions:
     # Loaded by `dagster dev` / the webserver through workspace.yaml; the config file is found as
     # the CLI finds it (`$S3SYNC_CONFIG`, else ./s3sync.yaml).
-    return build_definitions(load_config())
+    return build_definitions(load_app_config())
+
+
+# The component's type as a project's defs.yaml names it (the package exports the class: s3sync_dagster/__init__.py).
+COMPONENT_TYPE = "s3sync_dagster.S3ChromaSync"
+COMPONENT_FILES = ("defs.yaml", "defs.yml")
+
+
+class ScaffoldParams(BaseModel):
+    """`dg scaffold defs s3sync_dagster.S3ChromaSync NAME [--bucket-name ...]`: the first source's place."""
+
+    bucket_name: str = "my-bucket"
+    region: str = "us-east-1"
+    path_prefix: str = ""
+    collection_name: str | None = None  # default: the source's name
+    endpoint_url: str | None = None  # MinIO, R2, a local endpoint; absent: AWS
+
+
+# What `dg scaffold defs` writes: one source, every other setting shown commented at its default.
+_SCAFFOLD = """\
+type: {type}
+
+# S3 sources kept in sync with Chroma collections. These attributes are those of s3sync.yaml, one model
+# (`dg check yaml` and `dg check defs` validate them). One component holds all of this project's sources.
+attributes:
+  # Where the chunks go: an embedded store (a path under the project), a Chroma server, or Chroma Cloud.
+  chroma:
+    path: .s3sync/chroma
+    # host: chroma.internal
+    # port: 8000
+    # cloud: {{tenant: my-tenant, database: my-db, api_key: {{env: CHROMA_API_KEY}}}}
+  # embedding: default          # Chroma's own all-MiniLM-L6-v2, bundled: nothing downloaded
+  # documents: {{timeout_seconds: 300, workers: 2, ocr: true}}
+  sources:
+    - name: {name}
+      bucket_name: {bucket_name}
+      region: {region}
+      collection_name: {collection_name}
+      path_prefix: {path_prefix}
+{endpoint}\
+      # Credentials: the default AWS chain (environment, profile, instance role), or variables by name:
+      # aws_access_key_id: {{env: AWS_ACCESS_KEY_ID}}
+      # aws_secret_access_key: {{env: AWS_SECRET_ACCESS_KEY}}
+      # include: ["**/*.md", "**/*.pdf"]
+      # exclude: ["drafts/**"]
+      # chunking: {{type: tree_sitter, max_size_bytes: 4096}}
+      # Auto-sync: S3 event notifications through SQS (every upload, or only .meta.json files) ...
+      # auto_sync: direct
+      # sqs_queue_url: https://sqs.us-east-1.amazonaws.com/123456789012/my-queue
+      # ... or polling the prefix for new, changed and deleted objects:
+      # poll_interval_seconds: 300
+      # keys_per_run: 100
+"""
+
+
+class S3ChromaSyncScaffolder(dg.Scaffolder[ScaffoldParams]):
+    """Writes a commented defs.yaml with one source, named after the folder (`dg scaffold defs ... docs`)."""
+
+    @classmethod
+    def get_scaffold_params(cls) -> type[ScaffoldParams]:
+        return ScaffoldParams
+
+    def scaffold(self, request: dg.ScaffoldRequest[ScaffoldParams]) -> None:
+        if request.scaffold_format != "yaml":
+            raise ConfigError(f"{COMPONENT_TYPE} is declared in YAML: scaffold it without --format python")
+        name = re.sub(r"[^a-z0-9_]+", "_", request.target_path.name.lower()).strip("_")
+        name = name if re.match(r"^[a-z]", name) else f"source_{name}"
+        params = request.params
+        quoted = json.dumps  # a JSON string is a YAML string, whatever it holds ({{ env.VAR }} templates too)
+        text = _SCAFFOLD.format(
+            type=request.type_name,
+            name=name,
+            bucket_name=quoted(params.bucket_name),
+            region=quoted(params.region),
+            collection_name=quoted(params.collection_name or f"{name.replace('_', '-')}-chunks"),
+            path_prefix=quoted(params.path_prefix),
+            endpoint=f"      endpoint_url: {quoted(params.endpoint_url)}\n" if params.endpoint_url else "",
+        )
+        request.target_path.mkdir(parents=True, exist_ok=True)
+        (request.target_path / "defs.yaml").write_text(text, encoding="utf-8")
+
+
+@dg.scaffold_with(S3ChromaSyncScaffolder)
+class S3ChromaSync(dg.Component):
+    """S3 sources kept in sync with Chroma collections, in the Dagster project you already have.
+
+    Each source's object keys are the dynamic partitions of its asset `<source>/documents`, with two asset
+    checks, a repair job, a backfill job and, where configured, sensors (S3 events through SQS, or polling).
+    The attributes are those of `s3sync.yaml`, validated by the same model: `sources` (a list: one entry per
+    bucket and prefix) and the settings they share, `chroma`, `embedding`, `documents`, `webserver` and
+    `executor`. One component holds all of a project's sources. Secrets are environment variables, written
+    `{env: VAR_NAME}`; other text fields take Dagster's templates (`{{ env.VAR_NAME }}`). A relative
+    `chroma.path` (default `.s3sync/chroma`) is under the project's root.
+    """
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def get_model_cls(cls) -> type[BaseModel]:
+        # The one model of both front doors: `dg check yaml` validates defs.yaml against its JSON schema.
+        return AppConfig
+
+    @classmethod
+    def load(cls, attributes: BaseModel | None, context: dg.ComponentLoadContext) -> S3ChromaSync:
+        # Dagster validated the attributes as written; its templates are rendered here, then validated again.
+        raw = attributes.model_dump(mode="json", exclude_unset=True) if attributes is not None else {}
+        rendered = context.resolution_context.at_path("attributes").resolve_value(raw)
+        origin = _component_file(context.component_path.file_path) or context.component_path.file_path
+        find_component(context.project_root)  # refuses a second one: the sources' shared resources are one
+        return cls(parse_config(_chroma_under(dict(rendered), context.project_root), origin=str(origin)))
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        return build_definitions(self.config)
+
+
+def _chroma_under(raw: dict[str, Any], project_root: Path) -> dict[str, Any]:
+    """An embedded store's relative path is under the project's root, wherever the code server starts."""
+    chroma = dict(raw.get("chroma") or {})
+    if chroma.get("host") is None and chroma.get("cloud") is None:
+        path = Path(chroma.get("path") or DEFAULT_CHROMA_PATH)
+        chroma["path"] = str(path if path.is_absolute() else project_root / path)
+    return {**raw, "chroma": chroma}
+
+
+def _component_file(path: Path) -> Path | None:
+    """The defs.yaml that declares the S3ChromaSync component at `path` (the file, or its folder), if any."""
+    candidates = [path / name for name in COMPONENT_FILES] if path.is_dir() else [path]
+    for candidate in candidates:
+        if candidate.name in COMPONENT_FILES and candidate.is_file():
+            try:
+                documents = list(yaml.safe_load_all(candidate.read_text(encoding="utf-8")))
+            except (yaml.YAMLError, UnicodeDecodeError):
+                return None
+            if any(isinstance(doc, dict) and doc.get("type") == COMPONENT_TYPE for doc in documents):
+                return candidate
+    return None
+
+
+def _project_root(start: Path) -> Path | None:
+    """The Dagster project holding `start`: the nearest folder with a dg.toml or a pyproject.toml with [tool.dg]."""
+    for folder in [start, *start.parents]:
+        if (folder / "dg.toml").is_file():
+            return folder
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and "[tool.dg" in pyproject.read_text(encoding="utf-8", errors="replace"):
+            return folder
+    return None
+
+
+def find_component(start: Path) -> Path | None:
+    """The defs.yaml of the S3ChromaSync component in the Dagster project holding `start`, if there is one."""
+    root = _project_root(start.resolve())
+    if root is None:
+        return None
+    found = sorted(
+        path
+        for name in COMPONENT_FILES
+        for path in root.rglob(name)
+        if not any(
+            part.startswith(".") or part in ("node_modules", "__pycache__") for part in path.relative_to(root).parts
+        )
+        and _component_file(path)
+    )
+    if len(found) > 1:
+        raise ConfigError(
+            f"the Dagster project {root} declares {COMPONENT_TYPE} {len(found)} times "
+            f"({', '.join(str(path.relative_to(root)) for path in found)}): one component holds all of a project's "
+            "sources: list them all under one component's `sources`"
+        )
+    return found[0] if found else None
+
+
+def config_file() -> Path:
+    """The file that declares the sources: `$S3SYNC_CONFIG`, else ./s3sync.yaml, else the S3ChromaSync component's
+    defs.yaml in the Dagster project around the working directory."""
+    path = config_path()
+    if os.environ.get(CONFIG_ENV_VAR) or path.exists():
+        return path
+    return find_component(Path.cwd()) or path
+
+
+def is_component(path: Path) -> bool:
+    return _component_file(path) is not None
+
+
+def state_dir(path: Path) -> Path:
+    """Where `.s3sync/` goes for the sources declared at `path`: the Dagster project's root for a component,
+    else the config file's folder."""
+    if is_component(path):
+        return _project_root(path.resolve().parent if path.is_file() else path.resolve()) or path.resolve().parent
+    return path.resolve().parent
+
+
+def load_app_config(path: str | os.PathLike[str] | None = None) -> AppConfig:
+    """The sources and their shared settings, from `s3sync.yaml` or from the project's S3ChromaSync component
+    (loaded as Dagster loads it, its templates rendered: the project must be importable, as for `dg`)."""
+    where = Path(path) if path is not None else config_file()
+    component = _component_file(where)
+    if component is None:
+        return load_config(where)
+    try:
+        tree = dg.ComponentTree.for_project(component.parent)
+        return tree.load_component(component.parent.resolve(), S3ChromaSync).config
+    except ConfigError:
+        raise
+    except Exception as error:  # the project cannot be imported, the file is broken: say which
+        raise ConfigError(f"{component}: the {COMPONENT_TYPE} component could not be loaded: {error}") from None
 
 
 def documents_job(source_name: str) -> dg.JobDefinition:
-    """The job of one source's documents asset, from the config file ($S3SYNC_CONFIG, else ./s3sync.yaml).
+    """The job of one source's documents asset, from the config (load_app_config: $S3SYNC_CONFIG, ...).
 
     What the runs of `s3sync sync` executed through Celery are rebuilt from (`dg.build_reconstructable_job`):
     each worker calls this in its own process, on the same config file. The implicit asset job cannot be:
@@ -41,5 +265,5 @@ def documents_job(source_name: str) -> dg.JobDefinition:
     sensors' jobs, and a worker rebuilds the job from it (test_celery_daemon.py).
     """
     documents = dg.define_asset_job(documents_job_name(source_name), selection=[documents_asset_key(source_name)])
-    merged = dg.Definitions.merge(build_definitions(load_config()), dg.Definitions(jobs=[documents]))
+    merged = dg.Definitions.merge(build_definitions(load_app_config()), dg.Definitions(jobs=[documents]))
     return merged.resolve_job_def(documents.name)

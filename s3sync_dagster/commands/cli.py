@@ -17,7 +17,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from s3sync_dagster.commands.invocations import InvocationError
 from s3sync_dagster.commands.runner import RunError, SyncResult, UsageError
-from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError, config_path, load_config
+from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError
+from s3sync_dagster.definitions import config_file, is_component, load_app_config
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
 
@@ -32,11 +33,14 @@ def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
 
 
 def _config(args: argparse.Namespace) -> AppConfig:
-    if args.config:
-        # Runs on Celery workers rebuild their job from the config file by this variable, in this process
-        # too (definitions.documents_job): it must name the file given here.
-        os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
-    return load_config(args.config)
+    """The sources, from --config (an s3sync.yaml or a component's defs.yaml), $S3SYNC_CONFIG, ./s3sync.yaml, or
+    the S3ChromaSync component of the Dagster project around the working directory."""
+    path = Path(args.config) if args.config else config_file()
+    if args.config or is_component(path):
+        # Runs on Celery workers rebuild their job from the config by this variable, in this process too
+        # (definitions.documents_job): it must name the file found here.
+        os.environ[CONFIG_ENV_VAR] = str(path.resolve())
+    return load_app_config(path)
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
@@ -333,7 +337,7 @@ def cmd_remove_source(args: argparse.Namespace) -> int:
         + f"\n  {result.partitions_deleted} registered key(s) forgotten"
         + (
             f"\nThe source is still in the config with auto-sync on: its sensors will index it again; "
-            f"remove it from {config_path(args.config)} to stop that."
+            f"remove it from {(args.config or config_file())} to stop that."
             if source.auto_sync != "none" or source.poll_interval_seconds is not None
             else ""
         )
@@ -379,7 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="s3sync", description="Keep Chroma collections in sync with S3, through Dagster."
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="config file (default: $S3SYNC_CONFIG, else ./s3sync.yaml)")
+    common.add_argument(
+        "--config",
+        help="config file: an s3sync.yaml, or the defs.yaml of an S3ChromaSync component (default: $S3SYNC_CONFIG, "
+        "else ./s3sync.yaml, else the component of the Dagster project around the working directory)",
+    )
     common.add_argument("--json", action="store_true", help="print JSON")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from chromadb.errors import NotFoundError
 
 from s3sync_dagster.commands.runner import UsageError
-from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.config import AppConfig
+from s3sync_dagster.definitions import load_app_config
 from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
 from s3sync_dagster.pipeline.search import FUSION, Fusion, Hit, Mode, search
 
@@ -24,7 +25,7 @@ def search_source(
     config: the app's config (default: $S3SYNC_CONFIG, else ./s3sync.yaml). Chroma and the embedding
     function are opened as the source's syncs open them, so the query is embedded by the same model.
     """
-    config = config or load_config()
+    config = config or load_app_config()
     source = config.source(source_name)
     chroma = chroma_resource(config.chroma).process_config_and_initialize()
     try:

@@ -19,8 +19,8 @@ import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import IntegrityError
 
-from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_path
-from s3sync_dagster.definitions import build_definitions, documents_job
+from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig
+from s3sync_dagster.definitions import build_definitions, config_file, documents_job, state_dir
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name, register_partitions
 from s3sync_dagster.defs.resources import s3_connection
@@ -51,9 +51,11 @@ class RunError(RuntimeError):
 
 
 def ensure_dagster_home(explicit_config: str | None = None) -> Path:
-    """`$DAGSTER_HOME`, else `.s3sync/dagster` beside the config file, so runs land where the UI looks."""
+    """`$DAGSTER_HOME`, else `.s3sync/dagster` beside the config file (a component's: in the project's root), so
+    runs land where the UI looks."""
     home = os.environ.get("DAGSTER_HOME")
-    path = Path(home) if home else config_path(explicit_config).resolve().parent / ".s3sync" / "dagster"
+    config = Path(explicit_config) if explicit_config else config_file()
+    path = Path(home) if home else state_dir(config) / ".s3sync" / "dagster"
     path.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(path)
     return path

@@ -1,0 +1,232 @@
+"""In the Dagster project a user already has: Dagster's own scaffolding makes the project (`create-dagster`), `dg`
+lists and scaffolds the S3ChromaSync component beside an asset of the user's, `dg check` validates it (and names
+the field of a broken defs.yaml), and `dg dev` serves it: a partition launched through the webserver's GraphQL
+and the poll sensor on its daemon index exact chunks; the `s3sync` command finds the component's sources.
+
+The tests share one project and one `dg dev`, and run in file order: each builds on what the previous one left.
+The project is not pip-installed (pip would fetch hatchling, its build backend, from the index): its `src`
+folder is on PYTHONPATH, which is where an install would put it for `dg` and the code server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import pytest
+import yaml
+
+from benchmarks.dagster_server import DagsterDev, dg_dev
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster_tests.conftest import TEST_SECRET, put
+
+PROJECT = "riverbank"
+SOURCE = "handbook"
+ASSET = [SOURCE, "documents"]
+BIN = Path(sys.executable).parent
+FILES = {
+    "guides/otters.md": "# Otters\n\nThe otter enclosure is cleaned every Tuesday before nine.\n",
+    "guides/herons.txt": "Herons are fed smelt at noon; the keeper logs each feeding in ledger HX-42.\n",
+}
+LATER = {"guides/kingfishers.txt": "Kingfisher nest boxes are checked on the first of every month.\n"}
+USER_ASSET = '''import dagster as dg
+
+
+@dg.asset
+def visitor_report() -> dg.MaterializeResult:
+    """An asset of the user's own, beside the component's."""
+    return dg.MaterializeResult(metadata={"visitors": 1200})
+'''
+
+
+@dataclass
+class Project:
+    root: Path
+    env: dict[str, str]
+    bucket: str
+
+    @property
+    def defs_yaml(self) -> Path:
+        return self.root / "src" / PROJECT / "defs" / SOURCE / "defs.yaml"
+
+    def dg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(BIN / "dg"), *args], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=300
+        )
+        if check:
+            assert done.returncode == 0, (
+                f"dg {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def s3sync(self, *args: str) -> Any:
+        done = subprocess.run(
+            [str(BIN / "s3sync"), *args, "--json"], cwd=self.root, env=self.env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, (
+            f"s3sync {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+        )
+        assert TEST_SECRET not in done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    def collection(self) -> Any:
+        client = chromadb.PersistentClient(path=str(self.root / ".s3sync" / "chroma"))
+        return client.get_collection(f"{SOURCE}-chunks")
+
+
+def expected_chunks(files: dict[str, str]) -> dict[str, str]:
+    return {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
+
+
+def stored(project: Project, files: dict[str, str]) -> dict[str, str]:
+    rows = project.collection().get(where={"object_key": {"$in": sorted(files)}}, include=["documents"])
+    return dict(zip(rows["ids"], rows["documents"], strict=True))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, s3: Any) -> Project:
+    """A project as `create-dagster project` makes it, the component scaffolded in and edited as its docs say."""
+    parent = tmp_path_factory.mktemp("dg")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(parent / PROJECT / "src"), os.environ.get("PYTHONPATH")])),
+        DAGSTER_DG_UPDATE_CHECK_ENABLED="0",  # it would ask PyPI for a newer create-dagster
+        DAGSTER_DISABLE_TELEMETRY="1",
+        HANDBOOK_ENDPOINT=moto_endpoint,  # the defs.yaml takes it through a Dagster template
+    )
+    env.pop("S3SYNC_CONFIG", None)
+    env.pop("DAGSTER_HOME", None)
+    made = subprocess.run(
+        [str(BIN / "create-dagster"), "project", PROJECT, "--no-uv-sync"],
+        cwd=parent, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    bucket = f"riverbank-{os.getpid()}"
+    s3.create_bucket(Bucket=bucket)
+    put(s3, bucket, FILES)
+    return Project(parent / PROJECT, env, bucket)
+
+
+def test_dg_lists_the_component(project: Project) -> None:
+    listed = json.loads(project.dg("list", "components", "--json").stdout)
+    components = {item["key"]: item for item in listed["items"]}
+    assert "s3sync_dagster.S3ChromaSync" in components
+    assert "S3 sources kept in sync with Chroma" in components["s3sync_dagster.S3ChromaSync"]["summary"]
+
+
+def test_dg_scaffolds_a_commented_source_beside_the_users_own_asset(project: Project) -> None:
+    project.dg(
+        "scaffold", "defs", "s3sync_dagster.S3ChromaSync", SOURCE,
+        "--bucket-name", project.bucket, "--endpoint-url", "{{ env.HANDBOOK_ENDPOINT }}",
+    )  # fmt: skip
+    text = project.defs_yaml.read_text()
+    assert text.startswith("type: s3sync_dagster.S3ChromaSync\n")
+    assert f"    - name: {SOURCE}\n" in text and "# poll_interval_seconds: 300" in text
+    # As a user does: credentials by variable name, and polling turned on, by uncommenting what is shown.
+    text = text.replace("# aws_access_key_id: {env: AWS_ACCESS_KEY_ID}", "aws_access_key_id: {env: S3SYNC_TEST_KEY_ID}")
+    text = text.replace(
+        "# aws_secret_access_key: {env: AWS_SECRET_ACCESS_KEY}", "aws_secret_access_key: {env: S3SYNC_TEST_SECRET}"
+    )
+    text = text.replace("# poll_interval_seconds: 300", "poll_interval_seconds: 2")
+    project.defs_yaml.write_text(text)
+    project.dg("scaffold", "defs", "dagster.asset", "reports.py")
+    (project.root / "src" / PROJECT / "defs" / "reports.py").write_text(USER_ASSET)
+
+    checked = project.dg("check", "yaml")
+    assert "validated successfully" in checked.stdout + checked.stderr
+    loaded = project.dg("check", "defs")
+    assert "All definitions loaded successfully" in loaded.stdout + loaded.stderr
+
+
+def test_dg_list_defs_shows_the_sources_objects_beside_the_users(project: Project) -> None:
+    listed = json.loads(project.dg("list", "defs", "--json").stdout)
+    assets = {item["asset_key"] for item in listed["assets"]}
+    assert assets == {f"{SOURCE}/documents", "visitor_report"}
+    assert {item["key"] for item in listed["asset_checks"]} == {
+        f"{SOURCE}/documents:indexed_keys_have_chunks",
+        f"{SOURCE}/documents:drift",
+    }
+    assert {item["name"] for item in listed["jobs"]} >= {f"{SOURCE}_repair", f"{SOURCE}_backfill"}
+    assert {item["name"] for item in listed["sensors"]} >= {f"{SOURCE}_poll", "s3sync_invocations"}
+
+
+def test_a_broken_defs_yaml_is_refused_naming_the_field(project: Project) -> None:
+    good = project.defs_yaml.read_text()
+    broken = good.replace('      region: "us-east-1"\n', "").replace(
+        "      path_prefix:", "      keys_per_run: lots\n      path_prefix:"
+    )
+    assert broken.count("\n") == good.count("\n")  # one line gone, one added
+    project.defs_yaml.write_text(broken)
+    try:
+        checked = project.dg("check", "yaml", check=False)
+        said = checked.stdout + checked.stderr
+        assert checked.returncode != 0
+        assert "attributes.sources.0 'region' is a required property" in said, said[-3000:]
+        assert "attributes.sources.0.keys_per_run 'lots' is not of type 'integer'" in said
+        assert "defs.yaml:" in said  # with the file and line
+        loaded = project.dg("check", "defs", "--no-check-yaml", check=False)
+        said = loaded.stdout + loaded.stderr
+        assert loaded.returncode != 0
+        assert "attributes.sources.0.region" in said and "attributes.sources.0.keys_per_run" in said, said[-3000:]
+    finally:
+        project.defs_yaml.write_text(good)
+
+
+def test_a_second_component_is_refused_naming_both_files(project: Project) -> None:
+    second = project.defs_yaml.parent.parent / "archive" / "defs.yaml"
+    second.parent.mkdir()
+    second.write_text(project.defs_yaml.read_text().replace(f"name: {SOURCE}", "name: archive"))
+    try:
+        loaded = project.dg("check", "defs", "--no-check-yaml", check=False)
+        said = loaded.stdout + loaded.stderr
+        assert loaded.returncode != 0
+        assert "declares s3sync_dagster.S3ChromaSync 2 times" in said, said[-3000:]
+        assert f"{SOURCE}/defs.yaml" in said and "archive/defs.yaml" in said
+    finally:
+        second.unlink()
+        second.parent.rmdir()
+
+
+def test_the_s3sync_command_finds_the_components_sources(project: Project) -> None:
+    home = project.root / ".s3sync" / "dagster"  # where the command keeps its instance for a project
+    discovered = project.s3sync("discover", SOURCE)  # registers the keys in the instance `dg dev` serves next
+    assert (discovered["listed"], discovered["new"]) == (len(FILES), len(FILES))
+    sources = project.s3sync("sources")
+    assert [row["name"] for row in sources["sources"]] == [SOURCE]
+    assert home.is_dir()
+
+
+@pytest.fixture(scope="module")
+def served(project: Project, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
+    home = project.root / ".s3sync" / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    settings = yaml.safe_load((Path(__file__).resolve().parent.parent / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text(yaml.safe_dump({**settings, "telemetry": {"enabled": False}}))
+    log = tmp_path_factory.mktemp("dg-dev") / "dg-dev.log"
+    with dg_dev(project.root, home, log, project.env) as server:
+        yield server
+
+
+def test_a_partition_launched_from_the_webserver_indexes_exact_chunks(project: Project, served: DagsterDev) -> None:
+    object_key = "guides/herons.txt"
+    run_id = served.launch_partition(ASSET, keys.to_partition_key(object_key))
+    assert served.wait_run(run_id)["status"] == "SUCCESS", served.tail()
+    assert stored(project, {object_key: FILES[object_key]}) == expected_chunks({object_key: FILES[object_key]})
+
+
+def test_the_poll_sensor_on_the_daemon_indexes_new_objects(project: Project, served: DagsterDev, s3: Any) -> None:
+    put(s3, project.bucket, LATER)
+    everything = {**FILES, **LATER}
+    deadline = time.monotonic() + 240
+    while stored(project, everything) != expected_chunks(everything):
+        assert time.monotonic() < deadline, f"not indexed by the poll sensor; dg dev log:\n{served.tail()}"
+        time.sleep(2)
+    assert TEST_SECRET not in served.log.read_text(errors="replace")
