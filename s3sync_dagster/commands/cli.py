@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -16,7 +17,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3sync_dagster.commands.invocations import InvocationError
-from s3sync_dagster.commands.runner import RunError, SyncResult, UsageError
+from s3sync_dagster.commands.progress import COMMAND_TAG, counting, runs_progress, shown
+from s3sync_dagster.commands.runner import DiscoverResult, RunError, SyncResult, UsageError
 from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError
 from s3sync_dagster.definitions import config_file, is_component, load_app_config
 from s3sync_dagster.pipeline import keys
@@ -68,13 +70,19 @@ def _instance(args: argparse.Namespace) -> Any:
     return open_instance(args.config)
 
 
-def cmd_discover(args: argparse.Namespace) -> int:
+def _discover(args: argparse.Namespace, config: AppConfig, source_name: str, instance: Any) -> DiscoverResult:
+    """discover, with the objects listed so far counted on a terminal."""
     from s3sync_dagster.commands.runner import discover
 
+    with counting(f"discover {source_name}: listing", shown(args.json)) as listed:
+        return discover(config, source_name, instance, on_listed=listed.advance if listed is not None else None)
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
     config = _config(args)
     config.source(args.source)
     with _instance(args) as instance:
-        result = discover(config, args.source, instance)
+        result = _discover(args, config, args.source, instance)
     payload = asdict(result)
     payload["new_keys_truncated"] = len(result.new_keys) > 1000
     payload["new_keys"] = payload["new_keys"][:1000]
@@ -93,18 +101,23 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.runner import discover, sync
+    from s3sync_dagster.commands.runner import sync
 
     config = _config(args)
     config.source(args.source)
     if args.all == bool(args.key):
         raise UsageError("give --key KEY (repeatable) or --all, not both")
     failure: RunError | None = None
+    command_id = uuid.uuid4().hex
     with _instance(args) as instance:
         if args.all:
-            discover(config, args.source, instance)
+            _discover(args, config, args.source, instance)
         try:
-            result = sync(config, args.source, instance, None if args.all else args.key, batch_size=args.batch_size)
+            with runs_progress(instance, command_id, f"sync {args.source}", shown(args.json)) as progress:
+                result = sync(
+                    config, args.source, instance, None if args.all else args.key, batch_size=args.batch_size,
+                    tags={COMMAND_TAG: command_id}, on_start=progress.begin if progress is not None else None,
+                )  # fmt: skip
         except RunError as error:
             if error.result is None:
                 raise

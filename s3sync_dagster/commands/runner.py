@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -127,6 +127,9 @@ def s3_client(source: SourceConfig) -> Any:
     return client
 
 
+LISTED_STEP = 1000  # one listing page
+
+
 @dataclass
 class DiscoverResult:
     source: str
@@ -137,18 +140,31 @@ class DiscoverResult:
     new_keys: list[str] = field(default_factory=list)
 
 
-def discover(config: AppConfig, source_name: str, instance: dg.DagsterInstance) -> DiscoverResult:
-    """List the source's prefix and register every new object key as a partition."""
+def discover(
+    config: AppConfig,
+    source_name: str,
+    instance: dg.DagsterInstance,
+    on_listed: Callable[[int], None] | None = None,
+) -> DiscoverResult:
+    """List the source's prefix and register every new object key as a partition.
+
+    on_listed: told of each object listed (a progress display), every LISTED_STEP objects and at the end.
+    """
     source = config.source(source_name)
     result = DiscoverResult(source=source_name)
-    listed = [
-        info.object_key
-        for info in objects.list_objects(
-            s3_client(source), source.bucket_name, source.path_prefix, source.include, source.exclude
-        )
+    listed: list[str] = []
+    told = 0
+    for info in objects.list_objects(
+        s3_client(source), source.bucket_name, source.path_prefix, source.include, source.exclude
+    ):
         # In metadata mode only .meta.json files are partitions: the documents they name are not.
-        if source.auto_sync != "metadata" or events.is_meta_key(info.object_key)
-    ]
+        if source.auto_sync != "metadata" or events.is_meta_key(info.object_key):
+            listed.append(info.object_key)
+        if on_listed is not None and len(listed) - told >= LISTED_STEP:
+            on_listed(len(listed) - told)
+            told = len(listed)
+    if on_listed is not None and len(listed) > told:
+        on_listed(len(listed) - told)
     result.listed = len(listed)
     listed_partitions = [keys.to_partition_key(object_key) for object_key in listed]
     new, existing = add_partitions(instance, source_name, listed_partitions)
@@ -267,8 +283,11 @@ def sync(
     object_keys: Sequence[str] | None = None,
     batch_size: int | None = None,
     tags: dict[str, str] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> SyncResult:
     """Materialise the given keys (None: every registered key) in ranged runs recorded on the instance.
+
+    on_start: told how many keys the runs will sync, just before the first starts (a progress display).
 
     A run that fails as a whole raises RunError, which carries the result so far: what the runs before it
     did, and the keys not tried.
@@ -292,6 +311,8 @@ def sync(
     if not wanted:
         return result
     batches = contiguous_batches(ordered, wanted, batch_size or source.keys_per_run)
+    if on_start is not None:
+        on_start(len(wanted))
     runs = _execute_runs(config, source_name, instance, batches, tags or {})
     try:
         with contextlib.closing(runs):  # a RunError below: runs not started yet are not started

@@ -1,0 +1,67 @@
+"""Progress on long work, as a person sees it: `s3sync sync --all` on a pseudo-terminal shows the listing, then the
+keys done, failed and unchanged growing while the runs work, with a rate and the time left; off a terminal, and
+under --json, nothing but the result."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pexpect
+
+from s3sync_dagster_tests.conftest import TEST_SECRET, ConfigFactory, put
+
+BIN = Path(sys.executable).parent
+KEYS = 200
+FILES: dict[str, bytes | str] = {
+    f"notes/note-{n:03d}.txt": f"Note {n}: the lock on gate {n} is oiled.\n" for n in range(KEYS)
+}
+FILES["notes/broken.txt"] = b"\xff\xfe\x00 not text"
+# rich's MofNCompleteColumn: "done/total", redrawn in place as the runs report their keys.
+COUNT = re.compile(rb"(\d+)/" + str(KEYS + 1).encode())
+
+
+def test_sync_shows_live_progress_on_a_terminal_and_nothing_off_one(
+    s3: Any, bucket: str, make_config: ConfigFactory, dagster_home: Path, tmp_path: Path
+) -> None:
+    put(s3, bucket, FILES)
+    _, config_file = make_config(bucket, name="notes")
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="160", LINES="40")
+    command = [str(BIN / "s3sync"), "sync", "notes", "--all", "--config", str(config_file)]
+    terminal = pexpect.spawn(command[0], command[1:], env=env, timeout=600, dimensions=(40, 160))
+    terminal.logfile_read = io.BytesIO()
+    terminal.expect(rb"discover notes: listing")
+    seen: list[int] = []
+    while True:
+        matched = terminal.expect([COUNT, pexpect.EOF])
+        if matched == 1:
+            break
+        seen.append(int(terminal.match.group(1)))
+    terminal.close()
+    everything = terminal.logfile_read.getvalue().decode(errors="replace")
+    assert terminal.exitstatus == 1, everything[-3000:]  # one key failed: the command says so by its status
+    assert seen and seen[-1] == KEYS + 1  # every key counted, the failed one too
+    assert any(0 < count < KEYS + 1 for count in seen), seen  # drawn while the runs worked, not only at the end
+    assert seen == sorted(seen)
+    # The last frame: one failed, none unchanged on a first sync, a rate; then the result's own lines.
+    assert "failed 1, unchanged 0" in everything and "keys/s" in everything
+    assert f"1 failed, {KEYS} indexed" in everything
+    assert TEST_SECRET not in everything
+
+    # The same keys again, off a terminal: the result only, and every key now unchanged.
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert "keys/s" not in done.stderr + done.stdout and "listing" not in done.stderr
+    assert f"{KEYS} unchanged" in done.stdout
+    # --json on a terminal: the JSON alone.
+    terminal = pexpect.spawn(command[0], [*command[1:], "--json"], env=env, timeout=600, dimensions=(40, 160))
+    terminal.expect(pexpect.EOF)
+    terminal.close()
+    payload = json.loads(terminal.before.decode())
+    assert payload["counts"] == {"unchanged": KEYS, "failed": 1}
