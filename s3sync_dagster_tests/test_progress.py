@@ -1,6 +1,6 @@
 """Progress on long work, as a person sees it: `s3sync sync --all` on a pseudo-terminal shows the listing, then the
 keys done, failed and unchanged growing while the runs work, with a rate and the time left; off a terminal, and
-under --json, nothing but the result."""
+under --json, nothing but the result; `invoke --wait` shows its key's run the same way."""
 
 from __future__ import annotations
 
@@ -65,3 +65,12 @@ def test_sync_shows_live_progress_on_a_terminal_and_nothing_off_one(
     terminal.close()
     payload = json.loads(terminal.before.decode())
     assert payload["counts"] == {"unchanged": KEYS, "failed": 1}
+
+    # invoke --wait (no daemon: it runs the key here) shows its one key's progress from its run's events.
+    invoke = [str(BIN / "s3sync"), "invoke", "notes", "notes/note-007.txt", "--custom-id", "gate-7", "--wait"]
+    terminal = pexpect.spawn(invoke[0], [*invoke[1:], "--config", str(config_file)], env=env, timeout=600)
+    terminal.logfile_read = io.BytesIO()
+    terminal.expect(rb"invocation \S+ .*1/1")
+    terminal.expect(pexpect.EOF)
+    terminal.close()
+    assert terminal.exitstatus == 0, terminal.logfile_read.getvalue()[-2000:]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3sync_dagster.commands.invocations import InvocationError
-from s3sync_dagster.commands.progress import COMMAND_TAG, counting, runs_progress, shown
+from s3sync_dagster.commands.progress import COMMAND_TAG, RunsProgress, counting, runs_progress, shown
 from s3sync_dagster.commands.runner import DiscoverResult, RunError, SyncResult, UsageError
 from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError
 from s3sync_dagster.definitions import config_file, is_component, load_app_config
@@ -113,7 +114,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         if args.all:
             _discover(args, config, args.source, instance)
         try:
-            with runs_progress(instance, command_id, f"sync {args.source}", shown(args.json)) as progress:
+            with runs_progress(
+                instance, (COMMAND_TAG, command_id), f"sync {args.source}", shown(args.json)
+            ) as progress:
                 result = sync(
                     config, args.source, instance, None if args.all else args.key, batch_size=args.batch_size,
                     tags={COMMAND_TAG: command_id}, on_start=progress.begin if progress is not None else None,
@@ -257,14 +260,15 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         if args.wait and not daemon:
             # Nobody would make its run: run it here, now, recorded on the instance as the sensor's run would be.
             invocation_id = new_invocation_id()
-            invocations.execute_partition_run(
-                instance,
-                config,
-                source.name,
-                partition_key,
-                invocation,
-                invocation_tags(source.name, invocation_id),
-            )
+            with _invocation_progress(args, instance, invocation_id):
+                invocations.execute_partition_run(
+                    instance,
+                    config,
+                    source.name,
+                    partition_key,
+                    invocation,
+                    invocation_tags(source.name, invocation_id),
+                )
         else:
             invocation_id = record_request(instance, source.name, partition_key, invocation).invocation_id
             if not daemon:
@@ -276,21 +280,35 @@ def cmd_invoke(args: argparse.Namespace) -> int:
                 )
             if args.wait:
                 deadline = time.monotonic() + args.timeout
-                run_id = invocations.wait_for_run(instance, invocation_id, args.timeout)
-                if run_id is not None:
-                    invocations.wait_for(
-                        instance,
-                        run_id,
-                        max(0.0, deadline - time.monotonic()),
-                        on_status=None
-                        if args.json
-                        else lambda status: print(f"invocation {invocation_id}: {status}", file=sys.stderr),
-                    )
+                with _invocation_progress(args, instance, invocation_id) as progress:
+                    run_id = invocations.wait_for_run(instance, invocation_id, args.timeout)
+                    if run_id is not None:
+                        invocations.wait_for(
+                            instance,
+                            run_id,
+                            max(0.0, deadline - time.monotonic()),
+                            on_status=None
+                            if args.json or progress is not None
+                            else lambda status: print(f"invocation {invocation_id}: {status}", file=sys.stderr),
+                        )
         row = invocations.list_invocations_by_id(instance, config, invocation_id)
     _emit(args, row, f"invocation {row['id']}: {_status_text(row['status'])}")
     if not args.wait:
         return EXIT_OK
     return EXIT_OK if "complete" in row["status"] else EXIT_SOME_FAILED
+
+
+@contextlib.contextmanager
+def _invocation_progress(args: argparse.Namespace, instance: Any, invocation_id: str) -> Iterator[RunsProgress | None]:
+    """invoke --wait on a terminal: its one key's progress, from the events of the run carrying its id."""
+    from s3sync_dagster.defs.tags import INVOCATION_TAG
+
+    with runs_progress(
+        instance, (INVOCATION_TAG, invocation_id), f"invocation {invocation_id}", shown(args.json)
+    ) as progress:
+        if progress is not None:
+            progress.begin(1)
+        yield progress
 
 
 def cmd_invocations(args: argparse.Namespace) -> int:
@@ -364,8 +382,15 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
     config = _config(args)
     config.source(args.source)
-    with _instance(args) as instance:
-        result = repair(config, args.source, instance)
+    command_id = uuid.uuid4().hex
+    with (
+        _instance(args) as instance,
+        runs_progress(instance, (COMMAND_TAG, command_id), f"repair {args.source}", shown(args.json)) as progress,
+    ):
+        result = repair(
+            config, args.source, instance, tags={COMMAND_TAG: command_id},
+            on_start=progress.begin if progress is not None else None,
+        )  # fmt: skip
     before, after = result.before["counts"], result.after["counts"]
 
     def drift_text(counts: dict[str, int | None]) -> str:

@@ -53,13 +53,14 @@ def _bar(console: Console, total: int | None) -> Progress:
 
 
 class RunsProgress:
-    """The keys reported by the runs carrying COMMAND_TAG=`command_id`, counted from their events as they arrive.
+    """The keys reported by the runs carrying the tag `tag` (COMMAND_TAG and the command's id, or an invocation's
+    id), counted from their events as they arrive.
 
     Drawn from `begin(total)`, once the command knows how many keys it asked for, until the block ends.
     """
 
-    def __init__(self, instance: dg.DagsterInstance, command_id: str, description: str) -> None:
-        self._instance, self._command_id, self._description = instance, command_id, description
+    def __init__(self, instance: dg.DagsterInstance, tag: tuple[str, str], description: str) -> None:
+        self._instance, self._tag, self._description = instance, tag, description
         self._cursors: dict[str, str | None] = {}
         self.done = self.failed = self.unchanged = 0
         self._progress: Progress | None = None
@@ -96,7 +97,7 @@ class RunsProgress:
                 continue
 
     def _poll(self) -> None:
-        records = self._instance.get_run_records(dg.RunsFilter(tags={COMMAND_TAG: self._command_id}))
+        records = self._instance.get_run_records(dg.RunsFilter(tags=dict([self._tag])))
         for record in records:
             run_id = record.dagster_run.run_id
             found = self._instance.get_records_for_run(run_id, cursor=self._cursors.get(run_id), of_type=_KEY_EVENTS)
@@ -144,11 +145,11 @@ def counting(description: str, enabled: bool) -> Iterator[Counting | None]:
 
 @contextmanager
 def runs_progress(
-    instance: dg.DagsterInstance, command_id: str, description: str, enabled: bool
+    instance: dg.DagsterInstance, tag: tuple[str, str], description: str, enabled: bool
 ) -> Iterator[RunsProgress | None]:
-    """RunsProgress over the command's runs while the block runs; None when progress is not shown."""
+    """RunsProgress over the runs carrying `tag` while the block runs; None when progress is not shown."""
     if not enabled:
         yield None
         return
-    with RunsProgress(instance, command_id, description) as progress:
+    with RunsProgress(instance, tag, description) as progress:
         yield progress

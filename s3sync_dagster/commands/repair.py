@@ -1,6 +1,7 @@
 """`s3sync repair`: audit a source, repair exactly the drift found in one run of its repair job, audit again."""
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,8 +40,17 @@ def _described(drift: audit.Drift) -> dict[str, Any]:
     return described
 
 
-def repair(config: AppConfig, source_name: str, instance: dg.DagsterInstance) -> RepairResult:
-    """Audit the source, repair exactly the drift found in one run on the instance, and audit again."""
+def repair(
+    config: AppConfig,
+    source_name: str,
+    instance: dg.DagsterInstance,
+    tags: dict[str, str] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> RepairResult:
+    """Audit the source, repair exactly the drift found in one run on the instance, and audit again.
+
+    on_start: told how many keys the run will sync, just before it starts (a progress display).
+    """
     started = time.perf_counter()
     source = config.source(source_name)
     s3 = s3_client(source)  # checks credentials and bucket before anything runs
@@ -53,8 +63,11 @@ def repair(config: AppConfig, source_name: str, instance: dg.DagsterInstance) ->
         return result
     to_sync = before.to_sync()
     job = build_definitions(config).get_job_def(repair_job_name(source_name))
+    if on_start is not None:
+        on_start(len(to_sync))
     execution = job.execute_in_process(
         instance=instance,
+        tags=tags,
         run_config=repair_run_config(
             source_name, to_sync, before.unselected, sorted(before.misplaced), bool(before.foreign)
         ),
