@@ -37,7 +37,7 @@ CHROMA = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
 REDIS_EPHEMERAL = ["--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir"]
 # No chatter between workers; the pool is the worker's own choice (Worker below).
 WORKER_OPTIONS = ["-l", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-# One step at a time in the worker's own process, as the README starts workers.
+# One step at a time in the worker's own process, as docs/deployment.md starts workers.
 SOLO = ["--pool", "solo"]
 # Celery's default pool, one child: the worker's main process takes messages, a child executes them.
 PREFORK = ["--pool", "prefork", "--concurrency", "1"]
@@ -259,7 +259,7 @@ class Cluster:
         )
         if services.postgres is not None:
             # The production instance holds a source to one step at a time (its pool, deploy/dagster.yaml);
-            # parallel workers on one source need the limit raised, as the README says.
+            # parallel workers on one source need the limit raised, as docs/deployment.md says.
             subprocess.run(
                 [str(common.BIN / "dagster"), "instance", "concurrency", "set", pool_name("docs"), str(concurrent_runs)],
                 env=self.env, check=True, capture_output=True,

@@ -18,7 +18,7 @@ import boto3
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-DEPLOY_SETTINGS = REPO / "deploy" / "dagster.yaml"  # the production instance (README "Production instance")
+DEPLOY_SETTINGS = REPO / "deploy" / "dagster.yaml"  # the production instance (docs/deployment.md, "Production instance")
 BIN = Path(sys.executable).parent
 KEY_ID_VAR, SECRET_VAR = "S3SYNC_BENCH_KEY_ID", "S3SYNC_BENCH_SECRET"
 

@@ -40,7 +40,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # [SEP] included, as does the model's own sentence-transformers configuration.
 DEFAULT_MODEL_MAX_TOKENS = 256
 # all-MiniLM-L6-v2 reads 256 tokens but was trained on texts of at most 128: its chunks default to that
-# length, where a sentence finds its chunk more often (benchmarks/RESULTS.md, section 7; README).
+# length, where a sentence finds its chunk more often (benchmarks/RESULTS.md, section 7; docs/sources.md).
 DEFAULT_MODEL_CHUNK_TOKENS = 128
 
 # Windows of models behind an API, in tokens, by (function, model); (function, None) for the function's

@@ -4,7 +4,7 @@ chromadb's own function pads every text to 256 tokens; padding a batch only to i
 sorted by their token counts, so neighbours are alike) gives the same vectors (masked mean pooling ignores
 padding; tested) at a fraction of the work. Sorted by characters instead, 20% of the model's work was padding;
 by tokens, 4% (benchmarks/RESULTS.md, section 11). The session loads in well under a second, where torch and
-sentence-transformers take 5-8 s here: what a run that embeds a few chunks waits for (README,
+sentence-transformers take 5-8 s here: what a run that embeds a few chunks waits for (docs/sources.md,
 "Embedding functions"; benchmarks/RESULTS.md, section 9).
 """
 
