@@ -18,7 +18,8 @@ import boto3
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-DEPLOY_SETTINGS = REPO / "deploy" / "dagster.yaml"  # the production instance (docs/deployment.md, "Production instance")
+# The production instance (docs/deployment.md, "Production instance").
+DEPLOY_SETTINGS = REPO / "deploy" / "dagster.yaml"
 BIN = Path(sys.executable).parent
 KEY_ID_VAR, SECRET_VAR = "S3SYNC_BENCH_KEY_ID", "S3SYNC_BENCH_SECRET"
 
