@@ -136,6 +136,12 @@ def test_dg_scaffolds_a_commented_source_beside_the_users_own_asset(project: Pro
         "# aws_secret_access_key: {env: AWS_SECRET_ACCESS_KEY}", "aws_secret_access_key: {env: S3SYNC_TEST_SECRET}"
     )
     text = text.replace("# poll_interval_seconds: 300", "poll_interval_seconds: 2")
+    # A second source shares the component's chroma, embedding and documents settings.
+    text += (
+        f'    - name: archive\n      bucket_name: "{project.bucket}"\n      region: "us-east-1"\n'
+        '      collection_name: "archive-chunks"\n      path_prefix: "archive/"\n'
+        '      endpoint_url: "{{ env.HANDBOOK_ENDPOINT }}"\n'
+    )
     project.defs_yaml.write_text(text)
     project.dg("scaffold", "defs", "dagster.asset", "reports.py")
     (project.root / "src" / PROJECT / "defs" / "reports.py").write_text(USER_ASSET)
@@ -149,12 +155,11 @@ def test_dg_scaffolds_a_commented_source_beside_the_users_own_asset(project: Pro
 def test_dg_list_defs_shows_the_sources_objects_beside_the_users(project: Project) -> None:
     listed = json.loads(project.dg("list", "defs", "--json").stdout)
     assets = {item["asset_key"] for item in listed["assets"]}
-    assert assets == {f"{SOURCE}/documents", "visitor_report"}
+    assert assets == {f"{SOURCE}/documents", "archive/documents", "visitor_report"}
     assert {item["key"] for item in listed["asset_checks"]} == {
-        f"{SOURCE}/documents:indexed_keys_have_chunks",
-        f"{SOURCE}/documents:drift",
+        f"{name}/documents:{check}" for name in (SOURCE, "archive") for check in ("indexed_keys_have_chunks", "drift")
     }
-    assert {item["name"] for item in listed["jobs"]} >= {f"{SOURCE}_repair", f"{SOURCE}_backfill"}
+    assert {item["name"] for item in listed["jobs"]} >= {f"{SOURCE}_repair", f"{SOURCE}_backfill", "archive_backfill"}
     assert {item["name"] for item in listed["sensors"]} >= {f"{SOURCE}_poll", "s3sync_invocations"}
 
 
@@ -183,7 +188,10 @@ def test_a_broken_defs_yaml_is_refused_naming_the_field(project: Project) -> Non
 def test_a_second_component_is_refused_naming_both_files(project: Project) -> None:
     second = project.defs_yaml.parent.parent / "archive" / "defs.yaml"
     second.parent.mkdir()
-    second.write_text(project.defs_yaml.read_text().replace(f"name: {SOURCE}", "name: archive"))
+    second.write_text(
+        "type: s3sync_dagster.S3ChromaSync\nattributes:\n  sources:\n    - name: attic\n"
+        f"      bucket_name: {project.bucket}\n      region: us-east-1\n      collection_name: attic-chunks\n"
+    )
     try:
         loaded = project.dg("check", "defs", "--no-check-yaml", check=False)
         said = loaded.stdout + loaded.stderr
@@ -200,7 +208,7 @@ def test_the_s3sync_command_finds_the_components_sources(project: Project) -> No
     discovered = project.s3sync("discover", SOURCE)  # registers the keys in the instance `dg dev` serves next
     assert (discovered["listed"], discovered["new"]) == (len(FILES), len(FILES))
     sources = project.s3sync("sources")
-    assert [row["name"] for row in sources["sources"]] == [SOURCE]
+    assert [row["name"] for row in sources["sources"]] == [SOURCE, "archive"]
     assert home.is_dir()
 
 
