@@ -153,7 +153,8 @@ class S3ChromaSync(dg.Component):
         raw = attributes.model_dump(mode="json", exclude_unset=True) if attributes is not None else {}
         rendered = context.resolution_context.at_path("attributes").resolve_value(raw)
         origin = _component_file(context.component_path.file_path) or context.component_path.file_path
-        find_component(context.project_root)  # refuses a second one: the sources' shared resources are one
+        # A second one is refused: the sources' shared resources (chroma, s3, ...) are one per code location.
+        find_component(context.project_root, within=context.defs_module_path)
         return cls(parse_config(_chroma_under(dict(rendered), context.project_root), origin=str(origin)))
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
@@ -194,25 +195,28 @@ def _project_root(start: Path) -> Path | None:
     return None
 
 
-def find_component(start: Path) -> Path | None:
-    """The defs.yaml of the S3ChromaSync component in the Dagster project holding `start`, if there is one."""
+def _skipped(folder: str) -> bool:
+    """Folders no defs.yaml of the project's is in: virtual environments, caches, hidden folders."""
+    return folder.startswith(".") or folder in ("node_modules", "__pycache__", "site-packages", "venv")
+
+
+def find_component(start: Path, within: Path | None = None) -> Path | None:
+    """The defs.yaml of the S3ChromaSync component in the Dagster project holding `start` (searched `within` its
+    defs folder when known, else the whole project but its environments and caches), if there is one."""
     root = _project_root(start.resolve())
     if root is None:
         return None
-    found = sorted(
-        path
-        for name in COMPONENT_FILES
-        for path in root.rglob(name)
-        if not any(
-            part.startswith(".") or part in ("node_modules", "__pycache__") for part in path.relative_to(root).parts
-        )
-        and _component_file(path)
-    )
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(within or root):
+        subfolders[:] = sorted(name for name in subfolders if not _skipped(name))
+        found += [
+            Path(folder) / name for name in COMPONENT_FILES if name in files and _component_file(Path(folder) / name)
+        ]
     if len(found) > 1:
         raise ConfigError(
             f"the Dagster project {root} declares {COMPONENT_TYPE} {len(found)} times "
-            f"({', '.join(str(path.relative_to(root)) for path in found)}): one component holds all of a project's "
-            "sources: list them all under one component's `sources`"
+            f"({', '.join(str(path.relative_to(root)) for path in sorted(found))}): one component holds all of a "
+            "project's sources: list them all under one component's `sources`"
         )
     return found[0] if found else None
 
