@@ -24,6 +24,7 @@ from pydantic import (
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.conversion import DEFAULT_MAX_PAGES, DocumentOptions
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision, Runtime
+from s3sync_dagster.pipeline.index import REBUILD_SUFFIX
 from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
 from s3sync_dagster.pipeline.spec import SourceSpec
 
@@ -330,6 +331,10 @@ class SourceConfig(_Model):
     # on collection names (absent: any collection no other configured source writes). A collection another
     # source writes is never allowed, whatever the globs say.
     target_collections: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # Two sources whose prefixes overlap in one bucket (`team1` and `team10/`, or `""` and anything) would each
+    # index the other's keys: refused at load unless both sources set this (a deliberate second view of the
+    # same objects, into its own collection).
+    allow_prefix_overlap: bool = False
     # The collections the other sources of the same config write, by name -> their source (set by AppConfig).
     _collection_owners: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -343,6 +348,12 @@ class SourceConfig(_Model):
     def _chroma_collection_name(cls, value: str) -> str:
         # Chroma's own rule, checked here so the error names the source instead of failing mid-run.
         keys.validate_collection_name(value, "collection_name")
+        if value.endswith(REBUILD_SUFFIX):
+            # Another source's first open would take such a collection for its interrupted rebuild and rename it.
+            raise ValueError(
+                f"collection name '{value}' ends in '{REBUILD_SUFFIX}', which is reserved for the copy a rebuild "
+                "makes of a collection; choose another name"
+            )
         return value
 
     @field_validator("container_tag_regex")
@@ -477,6 +488,26 @@ class AppConfig(_Model):
                 )
         for source in self.sources:
             source.set_collection_owners(writers)
+        return self
+
+    @model_validator(mode="after")
+    def _prefixes_apart(self) -> AppConfig:
+        # S3 prefixes are plain string prefixes: `team1` holds `team10/secret.txt`.
+        for position, first in enumerate(self.sources):
+            for second in self.sources[position + 1 :]:
+                if (first.endpoint_url, first.bucket_name) != (second.endpoint_url, second.bucket_name):
+                    continue
+                inner, outer = sorted((first, second), key=lambda source: len(source.path_prefix), reverse=True)
+                if not inner.path_prefix.startswith(outer.path_prefix):
+                    continue
+                if first.allow_prefix_overlap and second.allow_prefix_overlap:
+                    continue
+                raise ValueError(
+                    f"sources '{first.name}' (path_prefix '{first.path_prefix}') and '{second.name}' (path_prefix "
+                    f"'{second.path_prefix}') overlap in bucket '{first.bucket_name}': every key under "
+                    f"'{inner.path_prefix}' belongs to both, so each would index the other's objects; give them "
+                    "prefixes that do not start one another, or set allow_prefix_overlap: true on both"
+                )
         return self
 
     @model_validator(mode="after")

@@ -125,7 +125,7 @@ def test_dg_lists_the_component(project: Project) -> None:
 def test_dg_scaffolds_a_commented_source_beside_the_users_own_asset(project: Project) -> None:
     project.dg(
         "scaffold", "defs", "s3sync_dagster.S3ChromaSync", SOURCE,
-        "--bucket-name", project.bucket, "--endpoint-url", "{{ env.HANDBOOK_ENDPOINT }}",
+        "--bucket-name", project.bucket, "--path-prefix", "guides/", "--endpoint-url", "{{ env.HANDBOOK_ENDPOINT }}",
     )  # fmt: skip
     text = project.defs_yaml.read_text()
     assert text.startswith("type: s3sync_dagster.S3ChromaSync\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import unicodedata
 import zipfile
 from collections.abc import Callable, Mapping
@@ -486,6 +487,22 @@ META_CASES = {
     "integer-over-64-bits": MetaCase(
         meta(metadata={"big": 10**30}),
         "metadata 'big'",
+    ),
+    "metadata-nan": MetaCase(meta(metadata={"score": math.nan}), "metadata 'score' is NaN"),
+    "metadata-infinity": MetaCase(meta(metadata={"score": math.inf}), "metadata 'score' is Infinity"),
+    "metadata-array-with-minus-infinity": MetaCase(
+        meta(metadata={"scores": [0.5, -math.inf]}), "metadata 'scores' is -Infinity"
+    ),
+    "metadata-of-33-keys": MetaCase(
+        meta(metadata={f"k{n}": n for n in range(33)}), "metadata has 33 keys; at most 32 are allowed"
+    ),
+    "metadata-of-exactly-32-keys": MetaCase(
+        meta(id="k-32", metadata={f"k{n}": n for n in range(32)}),
+        document_id="k-32",
+        metadata={f"k{n}": n for n in range(32)},
+    ),
+    "metadata-string-of-100-kib": MetaCase(
+        meta(metadata={"note": "n" * 100 * 1024}), "(largest: 'note'); at most 16,384 bytes are allowed"
     ),
     "utf8-byte-order-mark": MetaCase(
         b"\xef\xbb\xbf" + meta(id="bom-1"),
@@ -1020,6 +1037,54 @@ CONFIG_CASES = {
     ),
     "invalid-collection-name": ConfigCase(
         {"collection_name": "-docs-"}, said=(f"{WHERE}.collection_name", "is not a valid Chroma collection name")
+    ),
+    "collection-name-with-the-rebuild-suffix": ConfigCase(
+        {"collection_name": "docs-s3sync-rebuild"},
+        said=(f"{WHERE}.collection_name", "reserved for the copy a rebuild makes of a collection"),
+    ),
+    "prefixes-overlapping-as-strings": ConfigCase(
+        top={
+            "sources": [
+                {**SOURCE, "path_prefix": "team1"},
+                {**SOURCE, "name": "wiki", "collection_name": "wiki-col", "path_prefix": "team10/"},
+            ]
+        },
+        said=("sources 'docs' (path_prefix 'team1') and 'wiki' (path_prefix 'team10/') overlap in bucket 'my-bucket'",),
+    ),
+    "empty-prefix-overlaps-every-other": ConfigCase(
+        top={"sources": [SOURCE, {**SOURCE, "name": "wiki", "collection_name": "wiki-col", "path_prefix": "w/"}]},
+        said=("sources 'docs' (path_prefix '') and 'wiki' (path_prefix 'w/') overlap", "allow_prefix_overlap"),
+    ),
+    "overlap-allowed-by-one-source-only": ConfigCase(
+        top={
+            "sources": [
+                {**SOURCE, "allow_prefix_overlap": True},
+                {**SOURCE, "name": "wiki", "collection_name": "wiki-col", "path_prefix": "w/"},
+            ]
+        },
+        said=("overlap in bucket 'my-bucket'",),
+    ),
+    "overlap-allowed-by-both-sources": ConfigCase(
+        top={
+            "sources": [
+                {**SOURCE, "allow_prefix_overlap": True},
+                {
+                    **SOURCE,
+                    "name": "wiki",
+                    "collection_name": "wiki-col",
+                    "path_prefix": "w/",
+                    "allow_prefix_overlap": True,
+                },
+            ]
+        },
+    ),
+    "same-prefix-in-two-buckets": ConfigCase(
+        top={
+            "sources": [
+                SOURCE,
+                {**SOURCE, "name": "wiki", "collection_name": "wiki-col", "bucket_name": "other-bucket"},
+            ]
+        },
     ),
     "auto-sync-without-queue": ConfigCase({"auto_sync": "direct"}, said=("auto_sync: direct needs sqs_queue_url",)),
     "half-a-credential-pair": ConfigCase(ENV_PAIR, said=("aws_access_key_id and aws_secret_access_key together",)),

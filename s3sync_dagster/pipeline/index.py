@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -164,16 +166,64 @@ def _with_deletions(new: Metadata, old: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+class ClaimLost(ValueError):
+    """Another source took a chunk id first, in a collection several sources write: nothing of this write stays."""
+
+    def __init__(self, collection_name: str, chunk_id: str, holder: str) -> None:
+        super().__init__(
+            f"id '{chunk_id}' in collection '{collection_name}' was claimed by source '{holder}' while this sync "
+            "prepared its chunks; a source replaces or deletes only its own chunks, so none of these were written"
+        )
+        self.holder = holder
+
+
+def _claim(
+    collection: Collection, records: Sequence[ChunkRecord], vectors: Sequence[Any], source: str, batch: int
+) -> dict[int, Mapping[str, Any]]:
+    """Write records whose ids this source does not hold yet so that, of writers racing for an id, exactly
+    one ends holding it: Chroma's `add` leaves an id that exists as it is (embedded, `chroma run`, Cloud: its
+    log applies writes in order), so the first add wins, and reading the ids back tells each writer whether it
+    was first. A writer that lost any id takes back those it got, and raises ClaimLost naming the holder.
+
+    Returns, by position, the metadata of records whose id this source already held with other contents (a
+    chunk of its own the caller did not count as this object's): the caller overwrites those.
+    """
+    ids = [record.chunk_id for record in records]
+    for part in _batches(list(range(len(records))), batch):
+        collection.add(
+            ids=[ids[i] for i in part],
+            documents=[records[i].text for i in part],
+            embeddings=[vectors[i] for i in part],
+            metadatas=[records[i].metadata for i in part],  # type: ignore[misc]
+        )
+    held: dict[str, Mapping[str, Any]] = {}
+    for part_ids in _batches(ids, batch):
+        found = collection.get(ids=list(part_ids), include=["metadatas"])
+        metadatas = found.get("metadatas") or [{}] * len(found["ids"])
+        held.update({chunk_id: metadata or {} for chunk_id, metadata in zip(found["ids"], metadatas, strict=True)})
+    lost = [chunk_id for chunk_id in ids if chunk_id not in held or held[chunk_id].get("source") != source]
+    if lost:
+        delete_ids(collection, sorted(chunk_id for chunk_id in ids if chunk_id not in lost))
+        first = lost[0]
+        raise ClaimLost(collection.name, first, str(held.get(first, {}).get("source", "(none: removed meanwhile)")))
+    return {i: held[r.chunk_id] for i, r in enumerate(records) if dict(held[r.chunk_id]) != r.metadata}
+
+
 def replace_chunks(
     collection: Collection,
     records: Sequence[ChunkRecord],
     stored: Mapping[str, StoredChunk],
     embed: Embedder,
+    claim_for: str | None = None,
 ) -> WriteStats:
     """Make the collection hold exactly `records` for this object, touching only what differs.
 
     New rows are written before stale rows are deleted, so a crash leaves extra rows (which the next
     sync's `is_current` check notices) rather than a gap.
+
+    claim_for: the source writing, in a collection other sources may write too: ids it does not hold yet
+    (not in `stored`) are claimed (`_claim`) before anything else is written, so of two sources racing for
+    one document id exactly one succeeds and the other raises ClaimLost having changed nothing.
     """
     stats = WriteStats()
     batch = max_batch_size(collection)
@@ -189,6 +239,21 @@ def replace_chunks(
             stats.unchanged += 1
 
     vectors = _vectors_for(collection, to_write, stored, embed, stats)
+    if claim_for is not None:
+        claimed = [i for i, record in enumerate(to_write) if record.chunk_id not in stored]
+        claiming = [to_write[i] for i in claimed]
+        earlier = _claim(collection, claiming, [vectors[i] for i in claimed], claim_for, batch)
+        # Written by the claim; chunks of this source the add left as they were are overwritten below.
+        held = set(claimed) - {claimed[i] for i in earlier}
+        stored = {
+            **stored,
+            **{claiming[i].chunk_id: StoredChunk(claiming[i].chunk_id, None, m) for i, m in earlier.items()},
+        }
+        stats.written = len(held)
+        to_write, vectors = (
+            [r for i, r in enumerate(to_write) if i not in held],
+            [v for i, v in enumerate(vectors) if i not in held],
+        )
     for part in _batches(list(range(len(to_write))), batch):
         collection.upsert(
             ids=[to_write[i].chunk_id for i in part],
@@ -201,7 +266,7 @@ def replace_chunks(
                 for i in part
             ],  # type: ignore[misc]
         )
-    stats.written = len(to_write)
+    stats.written += len(to_write)
     for part_records in _batches(to_update, batch):
         collection.update(
             ids=[record.chunk_id for record in part_records],
@@ -354,12 +419,36 @@ def delete_where(collection: Collection, where: dict[str, Any]) -> int:
 
 
 INT64 = range(-(2**63), 2**63)
+# What one object's own metadata (a .meta.json file's, an invocation's) may hold, on every chunk of it:
+# Chroma Cloud's limits per record (32 metadata keys, 16 KiB) are the reference. Without a bound a 1 MB
+# string on a 728-chunk document grew the store 390x (2.2 GB against 5.6 MB).
+MAX_USER_METADATA_KEYS = 32
+MAX_USER_METADATA_BYTES = 16 * 1024
 
 
 def _check_storable(value: Any, key: str, what: str) -> None:
-    """Chroma stores 64-bit integers: a larger one would silently become a float and change."""
+    """Chroma stores 64-bit integers (a larger one would silently become a float and change) and finite
+    floats (NaN and Infinity, which Python's JSON reader accepts, were silently dropped)."""
     if isinstance(value, int) and not isinstance(value, bool) and value not in INT64:
         raise ValueError(f"{what}: metadata '{key}' holds an integer outside the 64-bit range Chroma stores")
+    if isinstance(value, float) and not math.isfinite(value):
+        shown = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        raise ValueError(f"{what}: metadata '{key}' is {shown}; only finite numbers can be stored")
+
+
+def _check_size(metadata: Metadata, what: str) -> None:
+    if len(metadata) > MAX_USER_METADATA_KEYS:
+        raise ValueError(
+            f"{what}: metadata has {len(metadata)} keys; at most {MAX_USER_METADATA_KEYS} are allowed "
+            "(Chroma Cloud's limit per record)"
+        )
+    size = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_USER_METADATA_BYTES:
+        largest = max(metadata, key=lambda key: len(json.dumps(metadata[key], ensure_ascii=False).encode("utf-8")))
+        raise ValueError(
+            f"{what}: metadata is {size:,} bytes as JSON (largest: '{largest}'); at most {MAX_USER_METADATA_BYTES:,} "
+            "bytes are allowed, as every chunk of the object stores it"
+        )
 
 
 def validate_user_metadata(metadata: Mapping[str, Any], what: str) -> Metadata:
@@ -394,4 +483,5 @@ def validate_user_metadata(metadata: Mapping[str, Any], what: str) -> Metadata:
                 f"{what}: metadata '{key}' must be a string, number, boolean, null or an array of one of those "
                 f"(got {type(value).__name__})"
             )
+    _check_size(clean, what)
     return clean

@@ -148,7 +148,7 @@ def write(prepared: Prepared, embed: index.Embedder) -> KeyReport:
     object_key = fetched.report.document_key or fetched.report.object_key
     if fetched.shared and prepared.records:
         # Again, just before the write: another source may have taken the id since the fetch (no lock spans
-        # two sources' runs on a Chroma server). What remains is the window of one upsert.
+        # two sources' runs on a Chroma server). A source taking it from now on loses the claim (replace_chunks).
         what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
         check_id_free(fetched.collection, fetched.source, fetched.document_id, what)
     full_stored = (
@@ -158,7 +158,17 @@ def write(prepared: Prepared, embed: index.Embedder) -> KeyReport:
         if fetched.had_chunks
         else {}
     )
-    stats = index.replace_chunks(fetched.collection, prepared.records, full_stored, embed)
+    try:
+        stats = index.replace_chunks(
+            fetched.collection,
+            prepared.records,
+            full_stored,
+            embed,
+            claim_for=fetched.source if fetched.shared else None,
+        )
+    except index.ClaimLost as lost:
+        what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
+        raise ValueError(f"{what} (source '{fetched.source}'): {lost}") from None
     return completed(prepared, stats, time.perf_counter() - mark)
 
 
