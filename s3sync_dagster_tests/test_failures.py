@@ -32,6 +32,7 @@ from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.commands.runner import home_lock
 from s3sync_dagster.config import load_config
+from s3sync_dagster.defs.failpoints import FAILPOINTS_ENV
 from s3sync_dagster_tests import document_fixtures as fx
 from s3sync_dagster_tests.conftest import ConfigFactory, put, start_chroma_server
 
@@ -113,10 +114,11 @@ def repair(world: World, object_key: str) -> Said:
 
 
 def died_run(world: World, object_key: str) -> Said:
-    """`s3sync sync` killed (SIGKILL, with its document workers) after its run reported a first key and while it
-    converts the second, a .docx (docling takes seconds to start in a fresh worker); then the run is marked failed
-    as the run monitor marks a run whose worker died (defs/monitor.py, or Dagster's run monitoring). The runner
-    reads each key's outcome in that run back from the instance."""
+    """`s3sync sync` killed (SIGKILL, with its document workers) right after its run stored the outcome of a first
+    key, before the second (a .docx): the failpoint `run:reported` kills the process group at that instant, so no
+    clock decides whether the kill comes before the sync ends. Then the run is marked failed as the run monitor
+    marks a run whose worker died (defs/monitor.py, or Dagster's run monitoring). The runner reads each key's
+    outcome in that run back from the instance."""
     from s3sync_dagster.commands import runner  # what it reads a run with is the subject here
 
     argv = ["sync", "docs", "--key", "d/gone.txt", "--key", object_key, "--config", str(world.config_path)]
@@ -125,19 +127,14 @@ def died_run(world: World, object_key: str) -> Said:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=REPO,
+        env={**os.environ, FAILPOINTS_ENV: "run:reported"},
         start_new_session=True,  # its own process group: killed with its workers, not with this test
     )
     try:
+        assert process.wait(timeout=180) == -signal.SIGKILL, "the sync was not killed at its first key's outcome"
         with dg.DagsterInstance.get() as instance:
-            deadline = time.monotonic() + 180
-            while not (records := instance.get_run_records()) or not runner.reports_of(
-                instance, records[0].dagster_run.run_id
-            ):
-                assert process.poll() is None, "the sync ended before its run could be killed"
-                assert time.monotonic() < deadline, "the run reported no key in time"
-                time.sleep(0.05)
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+            records = instance.get_run_records()
+            assert len(records) == 1 and runner.reports_of(instance, records[0].dagster_run.run_id)
             run = instance.get_run_by_id(records[0].dagster_run.run_id)
             assert run is not None and run.status == dg.DagsterRunStatus.STARTED  # nobody said it ended
             instance.report_run_failed(
@@ -151,6 +148,7 @@ def died_run(world: World, object_key: str) -> Said:
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
     assert also_synced == [] and reports[0]["status"] == "removed"
     # The jobs list says why the run failed too.
     code, rows = world.cli("invocations", "docs")

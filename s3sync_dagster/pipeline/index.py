@@ -183,29 +183,36 @@ def _claim(
     """Write records whose ids this source does not hold yet so that, of writers racing for an id, exactly
     one ends holding it: Chroma's `add` leaves an id that exists as it is (embedded, `chroma run`, Cloud: its
     log applies writes in order), so the first add wins, and reading the ids back tells each writer whether it
-    was first. A writer that lost any id takes back those it got, and raises ClaimLost naming the holder.
+    was first. Chunk 0 goes first, alone: every document has one, so whoever holds it holds the document, and
+    a loser never puts a chunk beside the winner's (where the winner's own checks would see a stranger's).
+    A writer that lost any id takes back those it got, and raises ClaimLost naming the holder.
 
     Returns, by position, the metadata of records whose id this source already held with other contents (a
     chunk of its own the caller did not count as this object's): the caller overwrites those.
     """
-    ids = [record.chunk_id for record in records]
-    for part in _batches(list(range(len(records))), batch):
-        collection.add(
-            ids=[ids[i] for i in part],
-            documents=[records[i].text for i in part],
-            embeddings=[vectors[i] for i in part],
-            metadatas=[records[i].metadata for i in part],  # type: ignore[misc]
-        )
+    first = [i for i, record in enumerate(records) if record.metadata.get("chunk_index") == 0]
+    phases = [first, [i for i in range(len(records)) if i not in set(first)]]
     held: dict[str, Mapping[str, Any]] = {}
-    for part_ids in _batches(ids, batch):
-        found = collection.get(ids=list(part_ids), include=["metadatas"])
-        metadatas = found.get("metadatas") or [{}] * len(found["ids"])
-        held.update({chunk_id: metadata or {} for chunk_id, metadata in zip(found["ids"], metadatas, strict=True)})
-    lost = [chunk_id for chunk_id in ids if chunk_id not in held or held[chunk_id].get("source") != source]
-    if lost:
-        delete_ids(collection, sorted(chunk_id for chunk_id in ids if chunk_id not in lost))
-        first = lost[0]
-        raise ClaimLost(collection.name, first, str(held.get(first, {}).get("source", "(none: removed meanwhile)")))
+    claimed: list[str] = []
+    for phase in (phase for phase in phases if phase):
+        ids = [records[i].chunk_id for i in phase]
+        for part in _batches(phase, batch):
+            collection.add(
+                ids=[records[i].chunk_id for i in part],
+                documents=[records[i].text for i in part],
+                embeddings=[vectors[i] for i in part],
+                metadatas=[records[i].metadata for i in part],  # type: ignore[misc]
+            )
+        for part_ids in _batches(ids, batch):
+            found = collection.get(ids=list(part_ids), include=["metadatas"])
+            metadatas = found.get("metadatas") or [{}] * len(found["ids"])
+            held.update({chunk_id: metadata or {} for chunk_id, metadata in zip(found["ids"], metadatas, strict=True)})
+        claimed += [chunk_id for chunk_id in ids if chunk_id in held and held[chunk_id].get("source") == source]
+        lost = [chunk_id for chunk_id in ids if chunk_id not in held or held[chunk_id].get("source") != source]
+        if lost:
+            delete_ids(collection, sorted(claimed))
+            holder = str(held.get(lost[0], {}).get("source", "(none: removed meanwhile)"))
+            raise ClaimLost(collection.name, lost[0], holder)
     return {i: held[r.chunk_id] for i, r in enumerate(records) if dict(held[r.chunk_id]) != r.metadata}
 
 
