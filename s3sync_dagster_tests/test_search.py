@@ -3,6 +3,8 @@ embedded and a `chroma run` server, queried as `s3sync query` and the Python API
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,10 +12,10 @@ import chromadb
 import pytest
 
 from s3sync_dagster.pipeline import keys, search
-from s3sync_dagster.pipeline.search import Fusion, fuse, query_terms
+from s3sync_dagster.pipeline.search import Fusion, fuse, query_terms, term_pattern
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync import sync_keys
-from s3sync_dagster_tests.conftest import CountingEmbedder, put
+from s3sync_dagster_tests.conftest import CountingEmbedder, Row, put, store_chunks
 
 # Prose on one theme, so meaning alone cannot tell them apart; each holds one exact thing someone remembers.
 NOTES = {
@@ -162,3 +164,65 @@ def test_words_in_most_chunks_pick_nothing_and_leave_the_dense_answer_first(
     assert search.search(collection, "small file number", mode="lexical") == []
     dense = search.search(collection, "small file number 17", mode="dense", n=1)
     assert first_key(search.search(collection, "small file number 17", n=1)) == first_key(dense) == "n/file-17.txt"
+
+
+# Chunks whose words are written as people do not type them: a capital dotted or a dotless Turkish i, a
+# sharp s, decomposed accents (a letter, then U+0301 or U+0308), capitals with tonos, a ligature.
+SPELLED = {
+    "turkish": "The night ferry to İstanbul leaves the harbour at nine.",
+    "dotless": "Our cousins drove all the way from Diyarbak\u0131r last summer.",
+    "sharp-s": "Die Straße am Hafen bleibt bis Montag gesperrt.",
+    "capitals": "ZUR FUSSGÄNGERZONE GEHT ES GERADEAUS.",
+    "nfc": unicodedata.normalize("NFC", "Order a café with the breakfast plate."),
+    "nfd": unicodedata.normalize("NFD", "Send my résumé to the naïve recruiter."),
+    "greek": "ΣΊΣΥΦΟΣ pushed the stone up the hill again.",
+    "ligature": "Ask at the back oﬃce for a parking permit.",
+    "marks": "हिन्दी भाषा",  # vowel signs that no NFC composes: marks inside the word
+}
+
+
+@pytest.mark.reliability("shared stores")
+@pytest.mark.parametrize(
+    ("query", "chunk_id"),
+    [
+        pytest.param("istanbul", "turkish", id="lexical-turkish-dotted-i"),
+        pytest.param("İSTANBUL", "turkish", id="lexical-turkish-dotted-capital-i"),
+        pytest.param("ISTANBUL", "turkish", id="lexical-turkish-capital-i"),
+        pytest.param("DIYARBAKIR", "dotless", id="lexical-turkish-dotless-i"),
+        pytest.param("strasse", "sharp-s", id="lexical-sharp-s"),
+        pytest.param("STRASSE", "sharp-s", id="lexical-sharp-s-capitals"),
+        pytest.param("Fußgängerzone", "capitals", id="lexical-sharp-s-query-capital-text"),
+        pytest.param(unicodedata.normalize("NFD", "café"), "nfc", id="lexical-nfd-query"),
+        pytest.param(unicodedata.normalize("NFC", "résumé"), "nfd", id="lexical-nfc-query-nfd-text"),
+        pytest.param(unicodedata.normalize("NFD", "naïve"), "nfd", id="lexical-nfd-query-nfd-text"),
+        pytest.param(unicodedata.normalize("NFD", "σίσυφος"), "greek", id="lexical-greek-nfd-query-capital-text"),
+        pytest.param("office", "ligature", id="lexical-ligature"),
+        pytest.param("हिन्दी", "marks", id="lexical-combining-marks-in-word"),
+        pytest.param("Ankara", None, id="lexical-unrelated-word"),
+    ],
+)
+def test_words_are_found_in_any_case_and_unicode_form(
+    query: str, chunk_id: str | None, chroma_client: Any, embedding_function: Any, fault_row: Row
+) -> None:
+    collection = chroma_client.get_or_create_collection("spelled", embedding_function=embedding_function)
+    collection.add(ids=list(SPELLED), documents=list(SPELLED.values()), metadatas=[{"source": "docs"}] * len(SPELLED))
+    for term in query_terms(query):  # the pattern Chroma runs is one Python's re reads too
+        re.compile(term_pattern(term))
+    lexical = search.search(collection, query, mode="lexical", n=3)
+    hybrid = search.search(collection, query, mode="hybrid", n=3)
+    if chunk_id is None:
+        assert lexical == [] and all(hit.lexical_rank is None for hit in hybrid), (lexical, hybrid)
+    else:
+        assert [hit.chunk_id for hit in lexical] == [chunk_id], lexical
+        assert lexical[0].score > 0
+        assert hybrid[0].chunk_id == chunk_id and hybrid[0].lexical_rank == 1, hybrid
+    fault_row.observe({("spelled", i): text for i, text in SPELLED.items()}, store_chunks(chroma_client))
+    fault_row.passed = True
+
+
+def test_query_terms_are_folded_and_a_combining_mark_belongs_to_its_word() -> None:
+    assert query_terms("Where is İSTANBUL's Straße, CAFE\u0301?") == ["istanbul", "strasse", "café"]
+    assert query_terms("हिन्दी") == ["हिन्दी"]
+    # As in Chroma's regex: no precomposed q with acute exists, so "faq" is not a word of "faq\u0301".
+    assert search.term_frequency("faq", search.fold("FAQ\u0301 faq, FAQ")) == 2
+    assert search.term_frequency("हिन्द", search.fold("हिन्दी")) == 0

@@ -8,6 +8,13 @@ changed object's new words are found and its old ones are not, a removed object'
 target (embedded, a `chroma run` server, the production deployment's). Hybrid fuses the two rankings
 (FUSION: relative-score fusion, the lexical side weighted 0.6, chosen by benchmarks/RESULTS.md section 7).
 
+Words match as people type them, not only as they were stored: the query and the chunk texts are compared
+folded (`fold`: NFC, Unicode case folding, the Turkish dotted and dotless i as plain i), so "istanbul"
+finds "İstanbul", "strasse" finds "Straße", and a café typed with a combining accent finds one stored
+precomposed, and the reverse. Chunk texts are stored as written, so the pattern Chroma runs spells out
+each letter of the folded term in the forms that fold to it (`term_pattern`); BM25 then counts the term in
+the folded text. Accents still tell words apart: "cafe" is not "café".
+
 On Chroma Cloud a collection s3sync creates also holds Chroma's own BM25 sparse index over the chunk
 texts (`hybrid_schema`): there the lexical side is that index, asked through Chroma's Search API in the
 same request as the dense side, and fused as everywhere else. A Cloud collection made without it (by an
@@ -16,9 +23,12 @@ earlier release, or by another tool) is searched the portable way.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,9 +42,13 @@ from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import (
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
 
-# A term: a word, or words joined by . - (an identifier path, a product code: `os.path.join`, `XK-42`).
-_TERM = re.compile(r"\w+(?:[.\-]\w+)*")
+# A term: a word, or words joined by . - (an identifier path, a product code: `os.path.join`, `XK-42`); a
+# word of the characters Chroma's regex counts as word characters (`_Folding.word_extra`).
+_TERM = r"{word}+(?:[.\-]{word}+)*"
 _WORD = re.compile(r"\w+")
+# The most ways of writing one run of a term's letters that multi-letter folds overlap in ("ss": ss or ß;
+# "ffi": ffi, fﬁ, ﬀi, ﬃ): past it (a run like "sssssss") the rarer ways are left out of the pattern.
+MAX_SPELLINGS = 16
 # Chroma's full-text index is of trigrams: a shorter term cannot use it, and finds nearly everything anyway.
 MIN_TERM_CHARS = 3
 _STOPWORDS = frozenset(DEFAULT_CHROMA_BM25_STOPWORDS)
@@ -89,20 +103,163 @@ class Hit:
     distance: float | None = None  # the dense side's, where it offered the chunk
 
 
+def fold(text: str) -> str:
+    """Text as lexical search compares it: NFC, Unicode case folding (ß is ss, ﬁ is fi), and the Turkish
+    capital dotted and small dotless i (U+0130, U+0131) as plain i: case folding alone makes the first an i
+    with a combining dot above and leaves the second apart, so "istanbul" would not find İstanbul."""
+    folded = unicodedata.normalize("NFC", text).casefold().replace("i\u0307", "i").replace("\u0131", "i")
+    # Folding can decompose (ǰ, ΐ): composed again, a folded text is its own fold.
+    return unicodedata.normalize("NFC", folded)
+
+
+@dataclass(frozen=True)
+class _Folding:
+    """What `fold` makes of each character, read once from unicodedata (a scan of every code point)."""
+
+    # A folded letter or letters -> the other texts that fold to it (each code point as written, in NFC and
+    # in NFD), leaving out those Rust's `(?i)` already matches (its simple case folding: K and k and the
+    # Kelvin sign, ß and ẞ, the Greek sigmas), which keeps the pattern short.
+    spellings: Mapping[str, tuple[str, ...]]
+    # A letter -> the folds of more than one letter that start with it ("s" -> "ss" for ß, "st" for ﬆ).
+    multi: Mapping[str, tuple[str, ...]]
+    # What Rust's `\w` (so Chroma's `\b`) holds beyond Python's: combining marks, connector punctuation,
+    # joiners. Both sides then agree where a word ends, even at a mark that NFC could not compose.
+    word_extra: frozenset[str]
+    term: re.Pattern[str]  # _TERM, of those word characters
+
+    def is_word(self, character: str) -> bool:
+        return character.isalnum() or character == "_" or character in self.word_extra
+
+
+def _rust_case(text: str) -> str:
+    """`text` with each character as Rust's `(?i)` sees it: its simple case folding (one character)."""
+    simple = []
+    for character in text:
+        mapped = next((m for m in (character.casefold(), character.lower()) if len(m) == 1), character)
+        simple.append(mapped)
+    return "".join(simple)
+
+
+def _ranges(code_points: list[int]) -> str:
+    """Sorted code points as the inside of a Python character class."""
+    runs: list[tuple[int, int]] = []
+    for code_point in code_points:
+        if runs and runs[-1][1] == code_point - 1:
+            runs[-1] = (runs[-1][0], code_point)
+        else:
+            runs.append((code_point, code_point))
+    return "".join(f"\\U{low:08x}" + (f"-\\U{high:08x}" if high > low else "") for low, high in runs)
+
+
+@functools.cache
+def _folding() -> _Folding:
+    forms: dict[str, set[str]] = {}
+    word_extra: list[int] = []  # sorted
+    for code_point in range(0x110000):
+        character = chr(code_point)
+        category = unicodedata.category(character)
+        if category in ("Cn", "Cs", "Co"):
+            continue
+        if (category[0] == "M" or category == "Pc" or code_point in (0x200C, 0x200D)) and not re.match(
+            r"\w", character
+        ):
+            word_extra.append(code_point)
+        if character.casefold() == character and unicodedata.is_normalized("NFD", character) and character != "\u0131":
+            continue  # folds to itself, in one form only: nothing to spell out
+        written = {character, unicodedata.normalize("NFC", character), unicodedata.normalize("NFD", character)}
+        forms.setdefault(fold(character), set()).update(written)
+    spellings: dict[str, tuple[str, ...]] = {}
+    for folded, written in forms.items():
+        kept: dict[str, str] = {}
+        # The folded text itself first: what `(?i)` matches of it needs no alternative of its own.
+        for form in sorted(written, key=lambda form: (form != folded, -len(form), _rust_case(form) != form, form)):
+            kept.setdefault(_rust_case(form), form)
+        others = tuple(form for form in kept.values() if _rust_case(form) != _rust_case(folded))
+        if others:
+            spellings[folded] = others
+    multi: dict[str, list[str]] = {}
+    for folded in spellings:
+        if len(folded) > 1:
+            multi.setdefault(folded[0], []).append(folded)
+    return _Folding(
+        spellings=spellings,
+        multi={first: tuple(sorted(folds, key=len, reverse=True)) for first, folds in multi.items()},
+        word_extra=frozenset(map(chr, word_extra)),
+        term=re.compile(_TERM.format(word=rf"[\w{_ranges(word_extra)}]")),
+    )
+
+
 def query_terms(text: str) -> list[str]:
-    """The query's distinct terms worth looking up, lower-cased, the rarest-looking first."""
+    """The query's distinct terms worth looking up, folded (`fold`), the rarest-looking first."""
     seen: dict[str, None] = {}
-    for match in _TERM.finditer(text):
-        term = match.group(0).lower().strip(".-")
+    for match in _folding().term.finditer(fold(text)):
+        term = match.group(0).strip(".-")
         if len(term) >= MIN_TERM_CHARS and term not in _STOPWORDS:
             seen.setdefault(term)
     ranked = sorted(seen, key=lambda term: (not any(c.isdigit() for c in term), -len(term)))
     return ranked[:MAX_TERMS]
 
 
+def _alternatives(texts: Sequence[str]) -> str:
+    escaped = [re.escape(text) for text in texts]
+    return escaped[0] if len(escaped) == 1 else f"(?:{'|'.join(escaped)})"
+
+
+def _spellings(run: str, folding: _Folding) -> Iterator[str]:
+    """Each way of writing a run of folded letters, as a pattern: letter by letter first, then with a
+    multi-letter fold (ß, ﬃ) standing for the letters it folds to."""
+    if not run:
+        yield ""
+        return
+    first = _alternatives((run[0], *folding.spellings.get(run[0], ())))
+    yield from (first + rest for rest in _spellings(run[1:], folding))
+    for folded in folding.multi.get(run[0], ()):
+        if run.startswith(folded):
+            for written in folding.spellings[folded]:
+                yield from (re.escape(written) + rest for rest in _spellings(run[len(folded) :], folding))
+
+
 def term_pattern(term: str) -> str:
-    """The whole term in any case, as Chroma's `$regex` (Rust regex syntax) and Python's `re` both read it."""
-    return rf"(?i)\b{re.escape(term)}\b"
+    """Where a folded term is written in a chunk, in any case and form (`fold`), as a whole word: the pattern
+    for Chroma's `$regex` (Rust regex syntax), which Python's `re` reads too.
+
+    Chroma runs it on the texts as stored, so each letter becomes the group of what folds to it beyond
+    `(?i)` (for i: I + U+0307, U+0130, U+0131; for é: e + U+0301) and a run that a multi-letter fold covers
+    becomes each way of writing it ("strasse": `(?:st|ﬅ|ﬆ)ra(?:ss|ß)e`)."""
+    folding = _folding()
+    pieces = []
+    start = 0
+    while start < len(term):
+        # The run: from here to the end of every multi-letter fold that starts inside it.
+        end = start + 1
+        at = start
+        while at < end:
+            for folded in folding.multi.get(term[at], ()):
+                if term.startswith(folded, at):
+                    end = max(end, at + len(folded))
+            at += 1
+        spellings = list(itertools.islice(_spellings(term[start:end], folding), MAX_SPELLINGS))
+        pieces.append(spellings[0] if len(spellings) == 1 else f"(?:{'|'.join(spellings)})")
+        start = end
+    return rf"(?i)\b{''.join(pieces)}\b"
+
+
+def term_frequency(term: str, folded_text: str) -> int:
+    """How often a folded term stands as a whole word in a folded text (`fold`), for BM25. Not `term_pattern`
+    on the text as stored: Python's `re` ends a word at a combining mark, where Rust's (Chroma's) does not."""
+    folding = _folding()
+    count = 0
+    start = folded_text.find(term)
+    while start >= 0:
+        end = start + len(term)
+        before = start > 0 and folding.is_word(folded_text[start - 1])
+        after = end < len(folded_text) and folding.is_word(folded_text[end])
+        if before or after:
+            start = folded_text.find(term, start + 1)
+        else:
+            count += 1
+            start = folded_text.find(term, end)
+    return count
 
 
 def _plain(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -216,13 +373,13 @@ def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[st
     }
     lengths = {chunk_id: len(_WORD.findall(document)) for chunk_id, document in texts.items()}
     average = sum(lengths.values()) / max(len(lengths), 1) or 1.0
-    patterns = {term: re.compile(term_pattern(term)) for term in terms}
     scored = []
     for chunk_id, document in texts.items():
         norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths[chunk_id] / average)
         score = 0.0
-        for term, pattern in patterns.items():
-            frequency = len(pattern.findall(document))
+        folded = fold(document)
+        for term in terms:
+            frequency = term_frequency(term, folded)
             if frequency:
                 score += idf[term] * frequency * (BM25_K1 + 1) / (frequency + norm)
         scored.append((chunk_id, document, metadatas[chunk_id], score))
