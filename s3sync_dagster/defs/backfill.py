@@ -9,7 +9,7 @@ a million keys travels, and that is what keeps it to seconds where the dialog's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -36,6 +36,24 @@ mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
   }
 }"""
 REQUESTED_BY_RUN_TAG = "s3sync/requested_by_run"  # on the backfill and its runs: the job run that started it
+MAX_REFUSALS_LOGGED = 20  # keys a selection leaves out named one warning each; past them, one warning counts them
+
+
+def select_by_object_key(partition_keys: Iterable[str], wanted: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+    """The partition keys whose object key is wanted, sorted, and why each key naming no object key was left out:
+    one registered by hand (the UI, the API) not in canonical form, say 'a%41' for 'aA'. A backfill of it could
+    only fail, and it must not take the rest of the selection with it."""
+    selected: list[str] = []
+    refused: list[str] = []
+    for partition_key in partition_keys:
+        try:
+            object_key = keys.to_object_key(partition_key)
+        except ValueError as error:  # names the key and the rule it breaks
+            refused.append(str(error))
+            continue
+        if wanted(object_key):
+            selected.append(partition_key)
+    return sorted(selected), refused
 
 
 def selected_partitions(
@@ -63,10 +81,23 @@ def selected_partitions(
         register_partitions(instance, source.name, stale)
         return sorted(stale)
     registered = instance.get_dynamic_partitions(partitions_name(source.name))
-    if config.selection is Selection.PREFIX:
-        return sorted(key for key in registered if keys.to_object_key(key).startswith(config.pattern))
-    if config.selection is Selection.GLOB:
-        return sorted(key for key in registered if objects.glob_matches(config.pattern, keys.to_object_key(key)))
+    if config.selection in (Selection.PREFIX, Selection.GLOB):
+
+        def wanted(object_key: str) -> bool:
+            if config.selection is Selection.GLOB:
+                return objects.glob_matches(config.pattern, object_key)
+            return object_key.startswith(config.pattern)
+
+        selected, refused = select_by_object_key(registered, wanted)
+        what = f"{config.selection.value} selection '{config.pattern}'"
+        for reason in refused[:MAX_REFUSALS_LOGGED]:
+            context.log.warning(f"source '{source.name}': {reason}; the {what} leaves it out")
+        if len(refused) > MAX_REFUSALS_LOGGED:
+            context.log.warning(
+                f"source '{source.name}': the {what} leaves out {len(refused) - MAX_REFUSALS_LOGGED:,} more "
+                "partition keys that name no object key"
+            )
+        return selected
     statuses = (
         instance.get_status_by_partition(documents_asset_key(source.name), registered, partitions_def(source.name))
         or {}
