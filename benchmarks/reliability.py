@@ -92,7 +92,16 @@ def render(rows: Sequence[dict[str, Any]], exit_code: int, seconds: float, machi
         "collection or document id (from the same bucket or another), ids in a collection no source owns, a "
         "same-named key in another bucket, `target_collections` globs, a document missing a chunk, another "
         "source's chunk in a source's collection, a source's chunk where it may not write, and repair on an "
-        "empty prefix and after every object is gone; each ends with the exact chunk set of every collection.",
+        "empty prefix and after every object is gone; each ends with the exact chunk set of every collection. "
+        "The *shared stores* cases (issue 35): two sources racing for one document id in a shared collection "
+        "on a `chroma run` server, 20 rounds from two processes (test_claims.py); two projects (configs with "
+        "their own Dagster homes) on one store, embedded and server: a second project's source writing the "
+        "first's collection, repair, `remove-source` and `sources` of each, two projects reading one bucket "
+        "told apart by `project:`, an unknown writer's chunk in a source's collection (search, audit, "
+        "repair), a project named later (test_shared_store.py); `sync --all` while `repair`, `remove-source` "
+        "or a partition removed as Dagster checks a run's range, and a waiting metadata file "
+        "(test_concurrent_commands.py); lexical search across case and Unicode forms (test_search.py); globs "
+        "that backtracked and hand-registered keys in a selection (test_selections.py).",
         "",
         "| family " + header,
         "| --- " + "| ---: " * 8 + "|",

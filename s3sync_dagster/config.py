@@ -337,6 +337,7 @@ class SourceConfig(_Model):
     allow_prefix_overlap: bool = False
     # The collections the other sources of the same config write, by name -> their source (set by AppConfig).
     _collection_owners: dict[str, str] = PrivateAttr(default_factory=dict)
+    _project: str = PrivateAttr(default="")  # the config's project (set by AppConfig)
 
     _literal = field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before")(
         _secret_must_be_env_ref
@@ -399,6 +400,7 @@ class SourceConfig(_Model):
             auto_sync=self.auto_sync,
             collection_owners=tuple(sorted(self._collection_owners.items())),
             target_collections=tuple(self.target_collections),
+            project=self._project,
         )
 
     @property
@@ -409,6 +411,10 @@ class SourceConfig(_Model):
     def set_collection_owners(self, owners: dict[str, str]) -> None:
         """Which source writes which collection, over the whole config: the others' are never this one's."""
         self._collection_owners = {name: owner for name, owner in owners.items() if owner != self.name}
+
+    def set_project(self, project: str) -> None:
+        """The config's project, recorded on every chunk the source writes (set by AppConfig)."""
+        self._project = project
 
     @model_validator(mode="after")
     def _credentials_in_pairs(self) -> SourceConfig:
@@ -463,6 +469,10 @@ class WebserverConfig(_Model):
 
 
 class AppConfig(_Model):
+    # The deployment these sources belong to, recorded on every chunk they write: two projects sharing one
+    # Chroma store (or server) whose sources read the same bucket tell their chunks apart by it. Absent,
+    # sources are told apart by name, bucket and prefix (pipeline/owners.py). Not a secret: it is in metadata.
+    project: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
     chroma: ChromaConfig = Field(default_factory=ChromaConfig)
     webserver: WebserverConfig = Field(default_factory=WebserverConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
@@ -488,6 +498,7 @@ class AppConfig(_Model):
                 )
         for source in self.sources:
             source.set_collection_owners(writers)
+            source.set_project(self.project or "")
         return self
 
     @model_validator(mode="after")

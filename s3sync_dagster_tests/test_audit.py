@@ -96,7 +96,7 @@ def drifted(
         metadatas=[foreign],
         embeddings=embedding_function(["a chunk of nothing"]),
     )
-    # A chunk of a source this config does not know (another project on the store) is not this source's drift.
+    # A chunk of a writer this config does not know, in the source's own collection: foreign, which repair removes.
     other = {"object_key": "a/theirs.txt", "source": "other", "etag": "1" * 32}
     collection.add(ids=["theirs-0"], documents=["theirs"], metadatas=[other], embeddings=embedding_function(["theirs"]))
     return config, path, synced
@@ -137,7 +137,7 @@ def test_repair_fixes_exactly_the_drift_and_the_check_says_so(
     code = cli.main(["repair", "docs", "--config", str(path), "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == cli.EXIT_OK, payload
-    assert payload["before"]["counts"] == {"missing": 1, "stale": 1, "orphaned": 2, "foreign": 0, "misplaced": 0}
+    assert payload["before"]["counts"] == {"missing": 1, "stale": 1, "orphaned": 2, "foreign": 1, "misplaced": 0}
     assert payload["after"]["clean"] is True
     statuses = {r["object_key"]: r["status"] for r in payload["reports"]}
     assert statuses == {
@@ -155,7 +155,7 @@ def test_repair_fixes_exactly_the_drift_and_the_check_says_so(
     by_key: dict[str, set[str]] = {}
     for object_key, etag in after.values():
         by_key.setdefault(object_key, set()).add(etag)
-    assert by_key == {**{k: {e} for k, e in etags.items()}, "a/theirs.txt": {"1" * 32}}
+    assert by_key == {k: {e} for k, e in etags.items()}
     # Keys that had not drifted were not rewritten: same ids, same metadata as after the first sync.
     untouched = {cid: v for cid, v in synced.items() if v[0] in ("a/keep.txt", "a/two.md")}
     assert untouched and all(after[cid] == v for cid, v in untouched.items())

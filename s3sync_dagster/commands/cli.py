@@ -134,6 +134,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         "counts": counts,  # they add up to `asked`
         "failed": result.failed,
         "not_tried": result.not_tried,
+        "removed_elsewhere": result.removed_elsewhere,
         "duration_s": round(result.duration_s, 3),
         "keys": result.reports,
         "also_synced": result.also_synced,
@@ -167,10 +168,13 @@ def _sync_lines(result: SyncResult, counts: dict[str, int]) -> list[str]:
             + _count_text(dict(also))
         )
     lines += [f"  failed: {report['object_key']}: {report['message']}" for report in result.failed]
+    if result.removed_elsewhere:
+        lines.append(
+            f"  removed by another command while this sync ran (objects gone, partitions and chunks removed): "
+            f"{_some(result.removed_elsewhere)}"
+        )
     if result.not_tried:
-        shown = ", ".join(result.not_tried[:10])
-        more = f" and {len(result.not_tried) - 10} more" if len(result.not_tried) > 10 else ""
-        lines.append(f"  not tried: {shown}{more}")
+        lines.append(f"  not tried: {_some(result.not_tried)}")
     # Run logs stay off the terminal (runner.QUIET_RUN_CONFIG): their warnings are said here.
     lines += [
         f"  warning: {line}"
@@ -180,13 +184,21 @@ def _sync_lines(result: SyncResult, counts: dict[str, int]) -> list[str]:
     return lines
 
 
+def _some(object_keys: Sequence[str], shown: int = 10) -> str:
+    more = f" and {len(object_keys) - shown} more" if len(object_keys) > shown else ""
+    return ", ".join(object_keys[:shown]) + more
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from s3sync_dagster.commands.query import search_source
+    from s3sync_dagster.pipeline.owners import describe
 
     config = _config(args)
     source = config.source(args.source)
     try:
-        found = search_source(args.source, args.text, mode=args.mode, n=args.n, config=config)
+        found = search_source(
+            args.source, args.text, mode=args.mode, n=args.n, config=config, every_writer=args.every_writer
+        )
     except ValueError as error:
         raise UsageError(str(error)) from None
     hits = [
@@ -197,6 +209,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             "dense_rank": hit.dense_rank,
             "lexical_rank": hit.lexical_rank,
             "object_key": hit.metadata.get("object_key"),
+            "source": hit.metadata.get("source"),  # whose chunk it is
+            "project": hit.metadata.get("project"),
             "start_line": hit.metadata.get("start_line"),
             "end_line": hit.metadata.get("end_line"),
             "document": hit.document,
@@ -211,7 +225,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         )
         lines.append(
             f"{rank}. {hit.metadata.get('object_key')} lines {hit.metadata.get('start_line')}-"
-            f"{hit.metadata.get('end_line')} ({sides})\n   {snippet}"
+            f"{hit.metadata.get('end_line')} ({sides}{'; ' + describe(hit.metadata) if args.every_writer else ''})"
+            f"\n   {snippet}"
         )
     _emit(
         args,
@@ -391,18 +406,20 @@ def cmd_repair(args: argparse.Namespace) -> int:
             config, args.source, instance, tags={COMMAND_TAG: command_id},
             on_start=progress.begin if progress is not None else None,
         )  # fmt: skip
-    before, after = result.before["counts"], result.after["counts"]
 
-    def drift_text(counts: dict[str, int | None]) -> str:
-        return ", ".join(f"{'n/a' if n is None else n} {kind}" for kind, n in counts.items())
+    def drift_text(drift: dict[str, Any]) -> str:
+        shown = ", ".join(f"{'n/a' if n is None else n} {kind}" for kind, n in drift["counts"].items())
+        # Not drift: metadata files whose document is not in the bucket yet (its upload completes them).
+        waiting = drift.get("waiting") or {}
+        return shown + (f"; {len(waiting)} waiting for their document" if waiting else "")
 
-    lines = [f"source '{result.source}': before: {drift_text(before)}"]
+    lines = [f"source '{result.source}': before: {drift_text(result.before)}"]
     if result.run_id is None:
         lines.append("  no drift: nothing to repair")
     else:
         lines.append(
             f"  run {result.run_id}: {result.synced} key(s) synced, {'ok' if result.success else 'FAILED'}; "
-            f"after: {drift_text(after)}"
+            f"after: {drift_text(result.after)}"
         )
     lines += [f"  failed: {report['object_key']}: {report['message']}" for report in result.failed]
     payload = {**asdict(result), "failed": result.failed}
@@ -451,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dense", "lexical", "hybrid"],
         default="hybrid",
         help="by meaning (dense), by exact words (lexical), or both fused (hybrid, the default)",
+    )
+    query.add_argument(
+        "--every-writer",
+        action="store_true",
+        help="search every chunk of the collection, not only the source's own (each hit says whose it is)",
     )
     query.set_defaults(run=cmd_query)
 

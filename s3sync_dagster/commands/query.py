@@ -19,11 +19,16 @@ def search_source(
     n: int = 5,
     config: AppConfig | None = None,
     fusion: Fusion = FUSION,
+    every_writer: bool = False,
 ) -> list[Hit]:
     """The n chunks of a configured source that best answer `text`, found as `s3sync query` finds them.
 
     config: the app's config (default: $S3SYNC_CONFIG, else ./s3sync.yaml). Chroma and the embedding
     function are opened as the source's syncs open them, so the query is embedded by the same model.
+
+    Only the source's own chunks are searched (pipeline/owners.py): a chunk another writer put into its
+    collection is not an answer of this source's documents. every_writer=True searches the whole collection;
+    each hit's metadata says whose it is (`source`, `project`).
     """
     config = config or load_app_config()
     source = config.source(source_name)
@@ -34,4 +39,11 @@ def search_source(
         raise UsageError(
             f"source '{source.name}' has not been synced yet: collection '{source.collection_name}' does not exist"
         ) from None
-    return search(collection, text, mode=mode, n=n, fusion=fusion)
+    if every_writer:
+        return search(collection, text, mode=mode, n=n, fusion=fusion)
+    owner = source.spec(config.embedding.spec()).owner
+    return [
+        hit
+        for hit in search(collection, text, mode=mode, n=n, fusion=fusion, where=owner.where())
+        if owner.owns(hit.metadata)  # the prefix, which Chroma's filter cannot test
+    ]

@@ -1,4 +1,8 @@
-"""`s3sync repair`: audit a source, repair exactly the drift found in one run of its repair job, audit again."""
+"""`s3sync repair`: audit a source, repair exactly the drift found in one run of its repair job, audit again.
+
+It may run beside syncs, sensors' runs and other repairs of the source: each audit is read between their
+writes, and the run's keys are the audit's, whatever those others sync or remove meanwhile.
+"""
 
 import time
 from collections.abc import Callable
@@ -8,11 +12,12 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.commands.runner import key_outcomes, run_failure, s3_client
-from s3sync_dagster.config import AppConfig
+from s3sync_dagster.config import AppConfig, SourceConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.checks import drift_of
 from s3sync_dagster.defs.names import repair_job_name
-from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
+from s3sync_dagster.defs.repair import unlinked_waiting
+from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_resource, embedding_resource
 from s3sync_dagster.defs.run_config import repair_run_config
 from s3sync_dagster.pipeline import audit
 
@@ -40,6 +45,15 @@ def _described(drift: audit.Drift) -> dict[str, Any]:
     return described
 
 
+def _audit(
+    source: SourceConfig, instance: dg.DagsterInstance, s3: Any, chroma: ChromaResource, embedding: EmbeddingResource
+) -> audit.Drift:
+    """The drift, read between the writes of other commands' runs (each holds the store's write lock for all
+    of its writes): a sync or a sensor's run at work is never caught halfway through a document."""
+    with chroma.write_lock():
+        return drift_of(source, instance, s3, chroma, embedding)
+
+
 def repair(
     config: AppConfig,
     source_name: str,
@@ -56,12 +70,13 @@ def repair(
     s3 = s3_client(source)  # checks credentials and bucket before anything runs
     chroma = chroma_resource(config.chroma).process_config_and_initialize()
     embedding = embedding_resource(config.embedding)
-    before = drift_of(source, instance, s3, chroma, embedding)
+    before = _audit(source, instance, s3, chroma, embedding)
     result = RepairResult(source=source_name, before=_described(before), after=_described(before))
-    if before.clean:
+    # Waiting metadata files are no drift: only those no sync has linked to their document are synced.
+    to_sync = sorted({*before.to_sync(), *unlinked_waiting(instance, source_name, before)})
+    if before.clean and not to_sync:
         result.duration_s = time.perf_counter() - started
         return result
-    to_sync = before.to_sync()
     job = build_definitions(config).get_job_def(repair_job_name(source_name))
     if on_start is not None:
         on_start(len(to_sync))
@@ -84,7 +99,7 @@ def repair(
         None if execution.success else run_failure(instance, execution.run_id),
     )
     result.reports = own + also_synced
-    after = drift_of(source, instance, s3, chroma, embedding)
+    after = _audit(source, instance, s3, chroma, embedding)
     result.after = _described(after)
     result.duration_s = time.perf_counter() - started
     return result

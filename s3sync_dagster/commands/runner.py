@@ -7,11 +7,13 @@ import fcntl
 import multiprocessing
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -226,12 +228,19 @@ class Executed:
     run_id: str
     success: bool
     error: str  # the first line of what failed the run (never empty then); "" when it succeeded
+    # False: no run was made, because the batch was no longer a range of partitions when its turn came
+    # (another command removed one of them): its keys are planned again (`sync`).
+    launched: bool = True
 
     @classmethod
     def of(cls, execution: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> Executed:
         return cls(
             execution.run_id, execution.success, "" if execution.success else failure_reason(execution.all_events)
         )
+
+    @classmethod
+    def not_launched(cls) -> Executed:
+        return cls("", False, "its partition range changed before its run started", launched=False)
 
 
 @dataclass
@@ -258,6 +267,9 @@ class SyncResult:
     # Keys the runs synced along with those asked for: the metadata files naming a synced document.
     also_synced: list[dict[str, Any]] = field(default_factory=list)
     not_tried: list[str] = field(default_factory=list)
+    # Keys reported `removed` without a run of this sync: another command removed their object's partition
+    # (and its chunks) after this sync had listed them.
+    removed_elsewhere: list[str] = field(default_factory=list)
     duration_s: float = 0.0
 
     @property
@@ -289,6 +301,9 @@ def sync(
 
     on_start: told how many keys the runs will sync, just before the first starts (a progress display).
 
+    Other commands may remove partitions meanwhile (`_sync_rounds`): such a key is reported `removed` when its
+    object is gone, else registered again and synced; every key asked still has exactly one outcome.
+
     A run that fails as a whole raises RunError, which carries the result so far: what the runs before it
     did, and the keys not tried.
     """
@@ -304,31 +319,112 @@ def sync(
         if source.auto_sync == "metadata":
             object_keys = meta_keys_for(instance, source, object_keys)
         register_keys(instance, source, object_keys)
-    s3_client(source)  # fail fast, once, on credentials or bucket, before any run starts
+    s3 = s3_client(source)  # fail fast, once, on credentials or bucket, before any run starts
     ordered = instance.get_dynamic_partitions(partitions_name(source_name))
     wanted = ordered if object_keys is None else list(dict.fromkeys(keys.to_partition_key(k) for k in object_keys))
     result = SyncResult(source=source_name, asked=len(wanted))
     if not wanted:
         return result
-    batches = contiguous_batches(ordered, wanted, batch_size or source.keys_per_run)
     if on_start is not None:
         on_start(len(wanted))
-    runs = _execute_runs(config, source_name, instance, batches, tags or {})
     try:
-        with contextlib.closing(runs):  # a RunError below: runs not started yet are not started
-            _collect(result, instance, source, runs)
+        _sync_rounds(config, source, instance, s3, result, ordered, wanted, batch_size or source.keys_per_run, tags)
     except RunError as error:
         reported = {report["object_key"] for report in result.reports}
         result.not_tried = [
-            object_key
-            for batch in batches
-            for object_key in map(_object_key_or_partition, batch)
-            if object_key not in reported
+            object_key for object_key in map(_object_key_or_partition, wanted) if object_key not in reported
         ]
         result.duration_s = time.perf_counter() - started
         raise RunError(f"{error}{_before_it(result)}", result) from None
     result.duration_s = time.perf_counter() - started
     return result
+
+
+# How many times a sync plans again the keys that other commands moved under it (below): past that, each is
+# failed, named. Each time needs another command to remove the key's partition again, in a window of seconds.
+REPLANS = 3
+
+
+def _sync_rounds(
+    config: AppConfig,
+    source: SourceConfig,
+    instance: dg.DagsterInstance,
+    s3: Any,
+    result: SyncResult,
+    ordered: Sequence[str],
+    wanted: Sequence[str],
+    batch_size: int,
+    tags: dict[str, str] | None,
+) -> None:
+    """Sync the wanted partition keys in ranged runs, over partitions other commands may change meanwhile.
+
+    `repair`, the sensors' runs, other syncs and `remove-source` remove partitions (a gone object's, once its
+    chunks are removed; every key of a removed source) while this sync has them listed, and a ranged run over
+    a key that is no longer a partition cannot be made (Dagster refuses the range) or skips the key. So each
+    round runs what is planned, and whatever a run could not cover is planned again: a key whose partition is
+    gone is reported `removed` if its object is gone too, else registered again and synced in the next round.
+    """
+    name = partitions_name(source.name)
+    pending = list(wanted)
+    for attempt in range(REPLANS + 1):
+        registered = set(ordered)
+        present = [partition_key for partition_key in pending if partition_key in registered]
+        vanished = [partition_key for partition_key in pending if partition_key not in registered]
+        # Registered again, these are planned in the next round, over the partitions as they are then.
+        again = _settle_vanished(instance, source, s3, result, vanished) if vanished else []
+        if present:
+            runs = _execute_runs(
+                config, source.name, instance, contiguous_batches(ordered, present, batch_size), tags or {}
+            )
+            with contextlib.closing(runs):  # a RunError below: runs not started yet are not started
+                again += _collect(result, instance, source, runs)
+        pending = list(dict.fromkeys(again))
+        if not pending:
+            return
+        if attempt < REPLANS:
+            ordered = instance.get_dynamic_partitions(name)
+    for partition_key in pending:
+        object_key = _object_key_or_partition(partition_key)
+        result.reports.append(
+            _failed(
+                object_key,
+                f"object '{object_key}' was not synced: other commands removed or registered its partition again "
+                f"each of the {REPLANS + 1} times this sync planned a run for it; sync it again",
+            )
+        )
+
+
+def _settle_vanished(
+    instance: dg.DagsterInstance, source: SourceConfig, s3: Any, result: SyncResult, partition_keys: Sequence[str]
+) -> list[str]:
+    """Keys whose partition another command removed after this sync listed them: each is reported `removed`
+    if its object is gone too (that command removed its chunks with it), else registered again, and returned
+    to be synced."""
+    back: list[str] = []
+    for partition_key in partition_keys:
+        object_key = _object_key_or_partition(partition_key)
+        try:
+            objects.head_object(s3, source.bucket_name, object_key)
+        except objects.ObjectMissing:
+            result.removed_elsewhere.append(object_key)
+            result.reports.append(
+                {
+                    "object_key": object_key,
+                    "status": "removed",
+                    "message": (
+                        f"object '{object_key}' is no longer in the bucket, and another command (a repair, a "
+                        "sensor's or another sync's run, or remove-source) removed its partition and its chunks "
+                        "while this sync ran: nothing of it was left to sync"
+                    ),
+                }
+            )
+        except objects.ObjectError as error:
+            unknown = f"another command removed the partition of object '{object_key}' while this sync ran"
+            result.reports.append(_failed(object_key, f"{unknown}, and the object could not be looked up: {error}"))
+        else:
+            back.append(partition_key)
+    add_partitions(instance, source.name, back)
+    return back
 
 
 def _before_it(result: SyncResult) -> str:
@@ -351,8 +447,15 @@ def _collect(
     instance: dg.DagsterInstance,
     source: SourceConfig,
     runs: Generator[tuple[list[str], Executed, float]],
-) -> None:
+) -> list[str]:
+    """Each run's keys with their outcomes into the result. Returns the partition keys to plan again: those of
+    batches no run was made for, and those a run could not reach because another command removed their
+    partition (or registered it again, at the end of the order) once the run's range was set."""
+    again: list[str] = []
     for batch, execution, duration_s in runs:
+        if not execution.launched:
+            again.extend(batch)
+            continue
         object_keys = [_object_key_or_partition(partition_key) for partition_key in batch]
         result.runs.append(
             RunSummary(
@@ -364,18 +467,47 @@ def _collect(
             )
         )
         recorded = reports_of(instance, execution.run_id)
+        reached = {report["object_key"] for report in recorded}
+        unreached = [pk for pk, object_key in zip(batch, object_keys, strict=True) if object_key not in reached]
+        moved = set(_outside_range(instance, source.name, batch, unreached)) if unreached else set()
         if not execution.success and not recorded:
+            if moved:
+                # Its range broke between the run's creation and its step (Dagster failed the step): tried again.
+                again.extend(batch)
+                continue
             raise RunError(f"run {execution.run_id} failed: {execution.error}")
+        again.extend(partition_key for partition_key in batch if partition_key in moved)
         own, also_synced = key_outcomes(
             instance,
             source,
             execution.run_id,
-            object_keys,
+            [object_key for pk, object_key in zip(batch, object_keys, strict=True) if pk not in moved],
             None if execution.success else execution.error,
             recorded,
         )
         result.reports.extend(own)
         result.also_synced.extend(also_synced)
+    return again
+
+
+def _outside_range(
+    instance: dg.DagsterInstance, source_name: str, batch: Sequence[str], partition_keys: Sequence[str]
+) -> list[str]:
+    """Of these keys of a batch, those no longer between the batch's first and last partitions."""
+    registered = instance.get_dynamic_partitions(partitions_name(source_name))
+    try:
+        covered = set(registered[registered.index(batch[0]) : registered.index(batch[-1]) + 1])
+    except ValueError:  # an end is gone, and the range with it
+        covered = set()
+    return [partition_key for partition_key in partition_keys if partition_key not in covered]
+
+
+def _ends_registered(instance: dg.DagsterInstance, source_name: str, batch: Sequence[str]) -> bool:
+    """Whether the first and last keys of a batch are still partitions: Dagster refuses to make a run over a
+    range whose ends are not (a key gone from inside the range is skipped, and planned again by `_collect`).
+    Read right before the run is made, since another command may have removed one since the batch was planned."""
+    name = partitions_name(source_name)
+    return instance.has_dynamic_partition(name, batch[0]) and instance.has_dynamic_partition(name, batch[-1])
 
 
 def key_outcomes(
@@ -460,18 +592,31 @@ def _execute_runs(
         job = build_definitions(config).resolve_implicit_global_asset_job_def()
         for batch in batches:
             run_started = time.perf_counter()
-            execution = job.execute_in_process(
-                instance=instance,
-                asset_selection=[asset_key],
-                tags=run_tags(batch),
-                run_config=QUIET_RUN_CONFIG,
-                raise_on_error=False,
-            )
+            if not _ends_registered(instance, source_name, batch):
+                yield batch, Executed.not_launched(), 0.0
+                continue
+            run_id = str(uuid.uuid4())  # Dagster's own form of run id
+            try:
+                execution = job.execute_in_process(
+                    instance=instance,
+                    asset_selection=[asset_key],
+                    tags=run_tags(batch),
+                    run_config=QUIET_RUN_CONFIG,
+                    raise_on_error=False,
+                    run_id=run_id,
+                )
+            except dg.DagsterInvalidInvocationError:
+                if not _range_broke(instance, source_name, batch, [run_id]):
+                    raise
+                yield batch, Executed.not_launched(), 0.0
+                continue
             yield batch, Executed.of(execution), time.perf_counter() - run_started
         return
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no lock or thread of this one
     with ProcessPoolExecutor(max_workers=celery.concurrent_runs, mp_context=spawn) as pool:
-        futures = [pool.submit(_orchestrate, instance.get_ref(), source_name, run_tags(batch)) for batch in batches]
+        futures = [
+            pool.submit(_orchestrate, instance.get_ref(), source_name, batch, run_tags(batch)) for batch in batches
+        ]
         try:
             for batch, future in zip(batches, futures, strict=True):
                 try:
@@ -485,7 +630,7 @@ def _execute_runs(
                 future.cancel()
 
 
-def _orchestrate(instance_ref: Any, source_name: str, tags: dict[str, str]) -> tuple[Executed, float]:
+def _orchestrate(instance_ref: Any, source_name: str, batch: list[str], tags: dict[str, str]) -> tuple[Executed, float]:
     """One run of `definitions.documents_job` (rebuilt here, and by the workers, from the same config file),
     its step sent to Celery, in a process of the sync's pool.
 
@@ -496,10 +641,36 @@ def _orchestrate(instance_ref: Any, source_name: str, tags: dict[str, str]) -> t
     run_started = time.perf_counter()
     recon_job = dg.build_reconstructable_job(documents_job.__module__, documents_job.__name__, (source_name,))
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
-        execution = dg.execute_job(
-            recon_job, instance=instance, tags=tags, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-        )
+        if not _ends_registered(instance, source_name, batch):
+            return Executed.not_launched(), 0.0
+        launched = datetime.now(UTC)
+        try:
+            execution = dg.execute_job(
+                recon_job, instance=instance, tags=tags, run_config=QUIET_RUN_CONFIG, raise_on_error=False
+            )
+        except dg.DagsterInvalidInvocationError:
+            # execute_job takes no run id: the run it stored is the one of these tags (the range, the source,
+            # the command's) made since, never started.
+            made = instance.get_run_records(
+                filters=dg.RunsFilter(tags=tags, statuses=[dg.DagsterRunStatus.NOT_STARTED], created_after=launched)
+            )
+            if not _range_broke(instance, source_name, batch, [record.dagster_run.run_id for record in made]):
+                raise
+            return Executed.not_launched(), 0.0
         return Executed.of(execution), time.perf_counter() - run_started
+
+
+def _range_broke(instance: dg.DagsterInstance, source_name: str, batch: list[str], run_ids: Sequence[str]) -> bool:
+    """Dagster refused to make a batch's run: whether another command removed an end of its range since
+    `_ends_registered` looked. Dagster stores the run before it checks the range: that run, never started, is
+    deleted, so nothing counts it as in flight. False: both ends are there, the error is another one."""
+    if _ends_registered(instance, source_name, batch):
+        return False
+    for run_id in run_ids:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.status == dg.DagsterRunStatus.NOT_STARTED:
+            instance.delete_run(run_id)
+    return True
 
 
 def _object_key_or_partition(partition_key: str) -> str:

@@ -51,12 +51,13 @@ def _ours(chroma: ChromaResource, embedding: EmbeddingResource) -> Iterator[Any]
 
 
 def chunk_counts(config: AppConfig, source_name: str) -> dict[str, int]:
-    """Chunks this source wrote, per collection that holds any."""
+    """Chunks this source wrote, per collection that holds any (never another project's same-named source's)."""
     chroma = chroma_resource(config.chroma).process_config_and_initialize()
     embedding = embedding_resource(config.embedding)
+    owner = config.source(source_name).spec(config.embedding.spec()).owner
     counts = {}
     for collection in _ours(chroma, embedding):
-        found = len(collection.get(where={"source": source_name}, include=[])["ids"])  # type: ignore[arg-type]
+        found = sum(1 for _ in index.owned(collection, owner))
         if found:
             counts[collection.name] = found
     return counts
@@ -108,14 +109,15 @@ class RemovedSource:
 
 
 def remove_source(config: AppConfig, source_name: str, instance: dg.DagsterInstance) -> RemovedSource:
-    """Delete every chunk the source wrote (in every collection), its registered keys and poll state."""
-    config.source(source_name)
+    """Delete every chunk the source wrote (in every collection), its registered keys and poll state; a
+    same-named source's chunks of another project (or bucket) stay."""
+    owner = config.source(source_name).spec(config.embedding.spec()).owner
     result = RemovedSource(source=source_name)
     chroma = chroma_resource(config.chroma).process_config_and_initialize()
     embedding = embedding_resource(config.embedding)
     with chroma.write_lock():
         for collection in _ours(chroma, embedding):
-            deleted = index.delete_where(collection, {"source": source_name})
+            deleted = index.delete_ids(collection, [chunk_id for chunk_id, _ in index.owned(collection, owner)])
             if deleted:
                 result.chunks_deleted[collection.name] = deleted
     name = partitions_name(source_name)

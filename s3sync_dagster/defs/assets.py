@@ -11,7 +11,7 @@ from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
-from s3sync_dagster.pipeline import keys, objects
+from s3sync_dagster.pipeline import index, keys, objects
 from s3sync_dagster.pipeline.documents import DocumentPool
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.reports import KeyReport
@@ -108,9 +108,15 @@ def index_partitions(
         lambda: [collection.name for collection in chroma.client().list_collections()],
     )
     try:
-        collection_for(spec.collection_name)
+        own = collection_for(spec.collection_name)
     except Exception as error:
         raise dg.Failure(description=chroma.failure(error)) from error
+    try:
+        stamped = index.bind_owner(own, spec.owner, lambda: chroma.client().list_collections())
+    except ValueError as error:  # another project's source: every key would be refused alike
+        raise dg.Failure(description=f"source '{spec.name}': {error}", allow_retries=False) from None
+    if stamped:
+        context.log.info(f"source '{spec.name}': {stamped} chunk(s) of it recorded as project '{spec.project}'")
 
     def record(report: KeyReport, partition_key: str | None = None) -> None:
         partition_key = partition_key or keys.to_partition_key(report.object_key)

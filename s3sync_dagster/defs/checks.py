@@ -9,7 +9,8 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.names import documents_asset_key, repair_job_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
-from s3sync_dagster.pipeline import audit, keys
+from s3sync_dagster.pipeline import audit, index, keys
+from s3sync_dagster.pipeline.owners import Owner
 
 SHOWN = 20
 # Statuses whose object must have chunks in Chroma ("empty" and "removed" must not have any).
@@ -37,21 +38,15 @@ def latest_statuses(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> dic
         cursor = result.cursor
 
 
-def _chunk_keys(collections: Iterator[Any], source_name: str) -> set[str]:
+def _chunk_keys(collections: Iterator[Any], owner: Owner) -> set[str]:
     """Partition object keys (an object's, or its .meta.json's) with at least one chunk of this source."""
     found: set[str] = set()
     for collection in collections:
-        offset = 0
-        while True:
-            page = collection.get(where={"source": source_name}, include=["metadatas"], limit=5000, offset=offset)
-            for metadata in page["metadatas"] or []:
-                # A document indexed through a .meta.json belongs to that file's partition.
-                key = metadata.get("metadata_key") or metadata.get("object_key")
-                if key:
-                    found.add(str(key))
-            if len(page["ids"]) < 5000:
-                break
-            offset += 5000
+        for _, metadata in index.owned(collection, owner):
+            # A document indexed through a .meta.json belongs to that file's partition.
+            key = metadata.get("metadata_key") or metadata.get("object_key")
+            if key:
+                found.add(str(key))
     return found
 
 
@@ -77,7 +72,8 @@ def index_check(
         for name in sorted(collections & existing):
             yield chroma.collection(name, embedding, create=False)
 
-    with_chunks = {keys.to_partition_key(key) for key in _chunk_keys(opened(), source.name)}
+    owner = source.spec(embedding.spec()).owner
+    with_chunks = {keys.to_partition_key(key) for key in _chunk_keys(opened(), owner)}
     missing = sorted(keys.to_object_key(partition) for partition in expected - with_chunks)
     unknown = sorted(
         keys.to_object_key(partition)

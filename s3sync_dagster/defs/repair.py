@@ -3,15 +3,17 @@
 Missing and stale keys are registered as partitions and indexed; keys whose object is gone are
 synced too, which removes their chunks (and records `removed` on their partition); chunks of keys
 the source no longer selects are deleted directly, since a sync would index those objects again.
+Metadata files waiting for their document are synced only if no sync has recorded which document
+they name yet (so that its upload completes them).
 """
 
-from typing import Any
-
 import dagster as dg
+from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.assets import index_partitions
 from s3sync_dagster.defs.checks import audited_collections, drift_of
+from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_partitions
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import RepairConfig
@@ -29,7 +31,9 @@ def delete_unselected(
             ids = [
                 chunk_id
                 # A chunk a .meta.json indexed belongs to that file's partition, not to its document's.
-                for chunk_id, chunk in index.chunks_of(collection, field_name, partition, source.name).items()
+                for chunk_id, chunk in index.chunks_of(
+                    collection, field_name, partition, source.spec(embedding.spec()).owner
+                ).items()
                 if field_name == "metadata_key" or not chunk.metadata.get("metadata_key")
             ]
             deleted += index.delete_ids(collection, ids)
@@ -37,26 +41,14 @@ def delete_unselected(
 
 
 def delete_foreign(chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig) -> dict[str, int]:
-    """Delete the chunks the config's other sources wrote into this source's own collection, where none of
-    them may write (so the source's documents can be restored under their own ids); by writing source."""
-    others = source.other_sources
+    """Delete every chunk in this source's own collection that is not the source's (another source's, another
+    project's, an unknown writer's: none may write there), so its documents can be restored under their own
+    ids; counted by who wrote them."""
     collection = chroma.collection(source.collection_name, embedding)
-    deleted: dict[str, int] = {}
-    ids: list[str] = []
-    where: Any = {"source": {"$ne": source.name}}
-    page_size, offset = index.max_batch_size(collection), 0
-    while True:
-        found = collection.get(where=where, include=["metadatas"], limit=page_size, offset=offset)
-        for chunk_id, metadata in zip(found["ids"], found["metadatas"] or [], strict=True):
-            writer = (metadata or {}).get("source")
-            if writer in others:
-                ids.append(chunk_id)
-                deleted[writer] = deleted.get(writer, 0) + 1
-        if len(found["ids"]) < page_size:
-            break
-        offset += page_size
-    index.delete_ids(collection, ids)
-    return deleted
+    spec = source.spec(embedding.spec())
+    found = index.strangers(collection, spec.owner, lambda metadata: audit.writer_of(metadata, spec))
+    index.delete_ids(collection, [chunk_id for ids in found.values() for chunk_id in ids])
+    return {writer: len(ids) for writer, ids in found.items()}
 
 
 def delete_misplaced(
@@ -79,6 +71,37 @@ def delete_misplaced(
     return deleted
 
 
+def unlinked_waiting(instance: dg.DagsterInstance, source_name: str, drift: audit.Drift) -> list[str]:
+    """The waiting metadata files no sync has linked to their document yet (uploaded while nothing listened):
+    a sync of each records the link, so the document's upload completes it; linked ones need nothing."""
+    linked = InstanceMetaLinks(instance, source_name).naming(set(drift.waiting.values()))
+    return sorted(meta_key for meta_key, document in drift.waiting.items() if meta_key not in linked.get(document, []))
+
+
+def register_new(instance: dg.DagsterInstance, source: SourceConfig, object_keys: list[str]) -> list[str]:
+    """Register the keys' partitions not registered yet; returns every key's partition key.
+
+    In metadata mode documents are not partitions: their sync brings the metadata files naming them up to date.
+    """
+    name = partitions_name(source.name)
+    partitions = [keys.to_partition_key(object_key) for object_key in object_keys]
+    for attempt in range(2):
+        registered = set(instance.get_dynamic_partitions(name))
+        new = [
+            partition
+            for partition, object_key in zip(partitions, object_keys, strict=True)
+            if partition not in registered and (source.auto_sync != "metadata" or events.is_meta_key(object_key))
+        ]
+        try:
+            register_partitions(instance, source.name, new)
+            break
+        except IntegrityError:
+            # Another command (a sync's discovery, a sensor) registered some of them since they were read.
+            if attempt:
+                raise
+    return partitions
+
+
 def repair_drift(
     context: dg.OpExecutionContext,
     source: SourceConfig,
@@ -95,7 +118,8 @@ def repair_drift(
     if object_keys is None:
         drift = drift_of(source, context.instance, s3.client(source.name), chroma, embedding)
         context.log.info(drift.summary())
-        object_keys, unselected = drift.to_sync(), drift.unselected
+        object_keys = sorted({*drift.to_sync(), *unlinked_waiting(context.instance, source.name, drift)})
+        unselected = drift.unselected
         misplaced, foreign = sorted(drift.misplaced), bool(drift.foreign)
     if foreign:
         with chroma.write_lock():
@@ -115,14 +139,5 @@ def repair_drift(
         context.log.info(f"deleted {deleted} chunk(s) of {len(unselected)} key(s) the source no longer selects")
     if not object_keys:
         return
-    name = partitions_name(source.name)
-    registered = set(context.instance.get_dynamic_partitions(name))
-    partitions = [keys.to_partition_key(object_key) for object_key in object_keys]
-    # In metadata mode documents are not partitions: their sync brings the metadata files naming them up to date.
-    new = [
-        partition
-        for partition, object_key in zip(partitions, object_keys, strict=True)
-        if partition not in registered and (source.auto_sync != "metadata" or events.is_meta_key(object_key))
-    ]
-    register_partitions(context.instance, source.name, new)
+    partitions = register_new(context.instance, source, object_keys)
     index_partitions(context, source, partitions, s3=s3, chroma=chroma, embedding=embedding, documents=documents)

@@ -9,6 +9,10 @@ Which chunks count:
   named the document, else its own `object_key`.
 - A listed key is *missing* when no chunk of the source (in any collection) belongs to it, unless
   its last sync found no text at this very ETag (`empty`: such objects legitimately have no chunks).
+- A listed `.meta.json` without chunks whose document is not in the bucket (yet) is *waiting*, not
+  missing: a sync of it indexes nothing and says so; the document's upload completes it. It is read
+  to learn which document it names (one GET per such file, so the cost follows the drift). Waiting
+  files are counted apart and leave the audit clean.
 - A key is *stale* when a chunk of its document carries another ETag than the listing, or when its
   document lacks some of its chunks (each chunk records its document's `chunk_count`; the chunks under
   one id in one collection must be exactly that many: `incomplete`). Chunks an
@@ -18,8 +22,8 @@ Which chunks count:
   bucket, or no longer selected by the source's prefix and include/exclude globs (`unselected`:
   a sync would index such an object again, so those chunks are deleted instead of re-synced).
 
-Tenancy: chunks another configured source wrote into this source's own collection (where none may
-write) are *foreign*; this source's chunks in a collection it may not write (another source's, or one
+Tenancy (pipeline/owners.py): every chunk in this source's own collection that is not the source's (another
+configured source's, another project's, a writer that recorded no source: none may write there) is *foreign*; this source's chunks in a collection it may not write (another source's, or one
 outside its `target_collections`) are *misplaced*. Both make the audit unclean; a repair deletes them.
 
 Metadata-mode sources (`auto_sync: metadata`) are audited for orphans and incomplete documents only:
@@ -38,7 +42,9 @@ from typing import TYPE_CHECKING, Any
 from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline import events, index, objects
+from s3sync_dagster.pipeline.fetch import MAX_META_FILE_BYTES
 from s3sync_dagster.pipeline.objects import S3Client
+from s3sync_dagster.pipeline.owners import describe
 
 if TYPE_CHECKING:  # pandas loads when an audit runs, not with the definitions every run process imports
     import pandas as pd
@@ -47,6 +53,8 @@ if TYPE_CHECKING:  # pandas loads when an audit runs, not with the definitions e
 
 # Given the keys that look missing, each one's ETag at its last sync if that sync found no text.
 EmptyLookup = Callable[[Sequence[str]], Mapping[str, str]]
+# Given metadata files that look missing, the document each names (a file that cannot be read is left out).
+NamedLookup = Callable[[Sequence[str]], Mapping[str, str]]
 
 
 @dataclass
@@ -70,6 +78,8 @@ class Drift:
     # This source's chunks in collections it may not write, by collection (a repair removes them).
     misplaced: dict[str, int] = field(default_factory=dict)
     incomplete: int = 0  # of the stale documents, those missing some of their chunks (or holding extra ones)
+    # Metadata files without chunks naming a document not in the bucket yet -> that document (not drift).
+    waiting: dict[str, str] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -93,7 +103,10 @@ class Drift:
     def summary(self) -> str:
         counts = self.counts()
         shown = ", ".join(f"{'n/a' if n is None else n} {kind}" for kind, n in counts.items())
-        return f"source '{self.source}': {self.listed} object(s) listed, {self.chunks} chunk(s); drift: {shown}"
+        waiting = f"; {len(self.waiting)} metadata file(s) waiting for their document" if self.waiting else ""
+        return (
+            f"source '{self.source}': {self.listed} object(s) listed, {self.chunks} chunk(s); drift: {shown}{waiting}"
+        )
 
 
 def listing_frame(s3: S3Client, target: SourceSpec) -> pd.DataFrame:
@@ -120,21 +133,30 @@ def listing_frame(s3: S3Client, target: SourceSpec) -> pd.DataFrame:
 _CHUNK_COLUMNS = ["collection", "object_key", "metadata_key", "document_id", "etag", "chunk_count"]
 
 
-def chunk_frame(collections: Iterable[Collection], target: SourceSpec) -> pd.DataFrame:
+def chunk_frame(
+    collections: Iterable[Collection], target: SourceSpec, foreign: dict[str, int] | None = None
+) -> pd.DataFrame:
     """The source's chunks as distinct (collection, object_key, metadata_key, document_id, etag, chunk_count)
     rows with how many chunks each has.
 
     Paged at the client's batch size and folded page by page, so a frame never holds a row per chunk.
+    foreign: given, the source's own collection is read whole in the same pass, and every chunk in it that
+    is not the source's (pipeline/owners.py) is counted there by who wrote it.
     """
     import pandas as pd
 
+    owner = target.owner
     folded: list[pd.DataFrame] = []
     for collection in collections:
-        page_size = index.max_batch_size(collection)
-        offset = 0
-        while True:
-            page = collection.get(where={"source": target.name}, include=["metadatas"], limit=page_size, offset=offset)  # type: ignore[arg-type]
-            metadatas: list[Mapping[str, Any]] = [m or {} for m in page["metadatas"] or []]
+        home = foreign is not None and collection.name == target.collection_name
+        for page in index.pages(collection, None if home else owner.where()):
+            metadatas: list[Mapping[str, Any]] = []
+            for _, metadata in page:
+                if owner.owns(metadata):
+                    metadatas.append(metadata)
+                elif home and foreign is not None:
+                    writer = writer_of(metadata, target)
+                    foreign[writer] = foreign.get(writer, 0) + 1
             if metadatas:
                 rows = pd.DataFrame(
                     {
@@ -147,13 +169,19 @@ def chunk_frame(collections: Iterable[Collection], target: SourceSpec) -> pd.Dat
                     }
                 )
                 folded.append(rows.groupby(_CHUNK_COLUMNS, sort=False).size().rename("chunks").reset_index())
-            if len(page["ids"]) < page_size:
-                break
-            offset += page_size
     if not folded:
         return _empty_chunk_frame()
     frame = pd.concat(folded, ignore_index=True)
     return frame.groupby(_CHUNK_COLUMNS, sort=False)["chunks"].sum().reset_index()
+
+
+def writer_of(metadata: Mapping[str, Any], target: SourceSpec) -> str:
+    """Who wrote a chunk that is not the source's: another source of the config by its name, anyone else
+    described (a same-named source of another project or bucket, a writer that recorded no source)."""
+    writer = metadata.get("source")
+    if writer in target.other_sources and str(metadata.get("project") or "") == target.project:
+        return str(writer)
+    return describe(metadata) if writer else "a writer that recorded no source"
 
 
 def _count(value: Any) -> int:
@@ -167,25 +195,18 @@ def _empty_chunk_frame() -> pd.DataFrame:
     return pd.DataFrame({**columns, "chunk_count": pd.Series(dtype="int64"), "chunks": pd.Series(dtype="int64")})
 
 
-def foreign_chunks(collection: Collection, target: SourceSpec) -> dict[str, int]:
-    """Chunks another configured source wrote into this source's own collection (where none of them may
-    write), counted by the source that wrote them. A writer the config does not know (another project on
-    the same store) is not judged here."""
-    others = target.other_sources
-    found: dict[str, int] = {}
-    page_size = index.max_batch_size(collection)
-    offset = 0
-    while True:
-        where: Any = {"source": {"$ne": target.name}}
-        page = collection.get(where=where, include=["metadatas"], limit=page_size, offset=offset)
-        for metadata in page["metadatas"] or []:
-            writer = (metadata or {}).get("source")
-            if writer in others:
-                found[writer] = found.get(writer, 0) + 1
-        if len(page["ids"]) < page_size:
-            break
-        offset += page_size
-    return found
+def named_documents(s3: S3Client, target: SourceSpec, meta_keys: Sequence[str]) -> dict[str, str]:
+    """The document each metadata file names. One that cannot be read or is not valid is left out: it stays
+    missing, and a sync of it says what is wrong."""
+    named: dict[str, str] = {}
+    for meta_key in meta_keys:
+        try:
+            info = objects.head_object(s3, target.bucket_name, meta_key)
+            data = objects.read_object(s3, target.bucket_name, info, MAX_META_FILE_BYTES)
+            named[meta_key] = events.parse_meta_file(meta_key, data, target.path_prefix).path
+        except (objects.ObjectError, ValueError):
+            continue
+    return named
 
 
 def may_write(target: SourceSpec, collection_name: str) -> bool:
@@ -203,8 +224,12 @@ def join(
     target: SourceSpec,
     known_empty: EmptyLookup | None = None,
     foreign: Mapping[str, int] | None = None,
+    named: NamedLookup | None = None,
 ) -> Drift:
-    """Missing, stale and orphaned keys from the two frames (see the module's docstring for the rules)."""
+    """Missing, stale, orphaned and waiting keys from the two frames (see the module's docstring for the rules).
+
+    named: the documents metadata files name, asked for those that look missing (None: none is waiting).
+    """
     if chunks.empty:
         chunks = _empty_chunk_frame()
     chunks = chunks.assign(
@@ -282,6 +307,12 @@ def join(
         for object_key, etag in zip(unindexed["object_key"], unindexed["etag"], strict=True)
     ]
     missing = sorted(unindexed.loc[[not e for e in excused], "object_key"]) if excused else []
+    waiting: dict[str, str] = {}
+    unnamed = [object_key for object_key in missing if events.is_meta_key(object_key)]
+    if named is not None and unnamed:
+        listed = set(listing["object_key"])
+        waiting = {meta_key: document for meta_key, document in named(unnamed).items() if document not in listed}
+        missing = [object_key for object_key in missing if object_key not in waiting]
     return Drift(
         target.name,
         False,
@@ -296,6 +327,7 @@ def join(
         foreign=dict(foreign or {}),
         misplaced=misplaced,
         incomplete=len(incomplete),
+        waiting=dict(sorted(waiting.items())),
     )
 
 
@@ -316,12 +348,12 @@ def audit(
             read.append(collection.name)
             yield collection
 
-    collections = list(collections)
-    chunks = chunk_frame(reading(), target)
-    home = [collection for collection in collections if collection.name == target.collection_name]
-    foreign = foreign_chunks(home[0], target) if home else {}
+    foreign: dict[str, int] = {}
+    chunks = chunk_frame(reading(), target, foreign)
     chroma = time.perf_counter()
-    drift = join(listing, chunks, target, known_empty, foreign)
+    drift = join(
+        listing, chunks, target, known_empty, foreign, lambda meta_keys: named_documents(s3, target, meta_keys)
+    )
     drift.collections = read
     drift.seconds = {
         "list": listed - started,

@@ -13,6 +13,7 @@ from chromadb.api.models.Collection import Collection
 from s3sync_dagster.pipeline import events, index, keys, objects
 from s3sync_dagster.pipeline.meta_links import InMemoryMetaLinks, MetaLinks
 from s3sync_dagster.pipeline.objects import S3Client
+from s3sync_dagster.pipeline.owners import Owner
 from s3sync_dagster.pipeline.reports import KeyReport, lap
 from s3sync_dagster.pipeline.spec import SourceSpec, check_key_in_source, sync_signature
 from s3sync_dagster.pipeline.targets import CollectionFor, check_id_free, searchable
@@ -32,7 +33,7 @@ class Fetched:
     custom_id: str | None
     had_chunks: bool
     started: float
-    source: str  # the source syncing it: the only one whose chunks it may replace
+    owner: Owner  # the source syncing it: the only one whose chunks it may replace
     meta_key: str | None = None
     shared: bool = False  # written to a collection other than the source's own: its id is checked at the write
 
@@ -85,7 +86,7 @@ def fetch(
     document_id = custom_id or keys.object_id(object_key)
     signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
     if stored is None:
-        stored = index.stored_chunks(collection, object_key, spec.name, with_text=False)
+        stored = index.stored_chunks(collection, object_key, spec.owner, with_text=False)
     stored = own_chunks(dict(stored), meta_key)
     mark = lap(report, "chroma_read", mark)
     if index.is_current(stored, document_id, info.etag, signature):
@@ -103,7 +104,7 @@ def fetch(
     shared = collection_name != spec.collection_name
     if shared:  # a collection other sources may write too: the id must be free (checked again at the write)
         check_id_free(
-            collection, spec.name, document_id, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'"
+            collection, spec.owner, document_id, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'"
         )
 
     try:
@@ -115,7 +116,7 @@ def fetch(
     lap(report, "s3_read", mark)
     return Fetched(
         report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started,
-        spec.name, meta_key, shared,
+        spec.owner, meta_key, shared,
     )  # fmt: skip
 
 
@@ -151,7 +152,7 @@ def _fetch_by_meta_file(
         # The metadata file is gone: so are the chunks it asked for, wherever it had sent them.
         report = KeyReport(object_key=meta_key, status="removed", collection_name=spec.collection_name)
         report.chunks_deleted = sum(
-            index.delete_of(c, "metadata_key", meta_key, spec.name)
+            index.delete_of(c, "metadata_key", meta_key, spec.owner)
             for c in searchable(collection_for, spec.collection_name)
         )
         report.message = f"metadata file '{meta_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
@@ -164,7 +165,7 @@ def _fetch_by_meta_file(
     spec.check_target(target, f"metadata file '{meta_key}'")
     taken_over = _claim_document_id(s3, spec, collection_for(target), meta)
     for collection in searchable(collection_for, target):
-        asked = index.chunks_of(collection, "metadata_key", meta_key, spec.name)
+        asked = index.chunks_of(collection, "metadata_key", meta_key, spec.owner)
         index.delete_ids(
             collection,
             sorted(
@@ -200,9 +201,9 @@ def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, m
     for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [], strict=True):
         metadata = metadata or {}
         other_meta = str(metadata.get("metadata_key") or "")
-        if metadata.get("source") != spec.name:
+        if not spec.owner.owns(metadata):
             if collection.name != spec.collection_name:
-                check_id_free(collection, spec.name, meta.document_id, what)
+                check_id_free(collection, spec.owner, meta.document_id, what)
             stale.append(chunk_id)
             continue
         if other_meta == meta.meta_key:
@@ -232,7 +233,7 @@ def _waiting(
     """A metadata file names an object that is not in the bucket (yet): nothing of it stays indexed."""
     searched = searchable(collection_for, report.collection_name)
     report.chunks_deleted = sum(
-        index.delete_of(collection, "metadata_key", meta_key, spec.name) for collection in searched
+        index.delete_of(collection, "metadata_key", meta_key, spec.owner) for collection in searched
     )
     report.status = "waiting"
     report.message = (
@@ -248,7 +249,7 @@ def _removed(report: KeyReport, spec: SourceSpec, collection_for: CollectionFor,
     """The object is gone from the bucket: its chunks go too, so the collection mirrors the bucket."""
     searched = searchable(collection_for, report.collection_name)
     report.chunks_deleted = sum(
-        index.delete_of(collection, "object_key", report.object_key, spec.name) for collection in searched
+        index.delete_of(collection, "object_key", report.object_key, spec.owner) for collection in searched
     )
     report.status = "removed"
     report.message = f"object '{report.object_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -17,6 +19,7 @@ from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
 from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.owners import Owner, describe
 
 MetadataValue = str | int | float | bool | list[str] | list[int] | list[float] | list[bool]
 Metadata = dict[str, MetadataValue]
@@ -28,7 +31,7 @@ RESERVED_METADATA_KEYS = frozenset(
         "object_key", "bucket_name", "source", "etag", "last_modified", "size_bytes",
         "chunk_index", "chunk_count", "start_line", "end_line", "language", "chunker",
         "custom_id", "document_id", "sync_signature", "extractor", "page", "slide", "sheet",
-        "page_end", "metadata_key", "container_tag",
+        "page_end", "metadata_key", "container_tag", "project",
     }
 )  # fmt: skip
 
@@ -86,9 +89,9 @@ class StoredChunk:
 
 
 def chunks_of(
-    collection: Collection, field: str, value: str, source: str, *, with_text: bool = False, same_source: bool = True
+    collection: Collection, field: str, value: str, owner: Owner, *, with_text: bool = False, own: bool = True
 ) -> dict[str, StoredChunk]:
-    """The chunks whose metadata `field` is `value`, of one source (or, same_source=False, of every other).
+    """The chunks whose metadata `field` is `value`, of one owner (or, own=False, of every other writer).
 
     Chroma is asked for the one selective field and the source is tested here: in embedded Chroma a
     `{"$and": [{field: value}, {"source": source}]}` filter costs in proportion to the source's whole
@@ -104,15 +107,15 @@ def chunks_of(
     return {
         chunk_id: StoredChunk(chunk_id, text, metadata or {})
         for chunk_id, text, metadata in zip(found["ids"], documents, metadatas, strict=True)
-        if ((metadata or {}).get("source") == source) == same_source
+        if owner.owns(metadata or {}) == own
     }
 
 
 def stored_chunks(
-    collection: Collection, object_key: str, source: str, with_text: bool = True
+    collection: Collection, object_key: str, owner: Owner, with_text: bool = True
 ) -> dict[str, StoredChunk]:
     """The chunks one source wrote for an object: another source's chunks of a same-named key are not its own."""
-    return chunks_of(collection, "object_key", object_key, source, with_text=with_text)
+    return chunks_of(collection, "object_key", object_key, owner, with_text=with_text)
 
 
 # Object keys one read of stored chunks asks for (chunks_of_keys).
@@ -120,7 +123,7 @@ READ_KEYS = 64
 
 
 def chunks_of_keys(
-    collection: Collection, object_keys: Sequence[str], source: str
+    collection: Collection, object_keys: Sequence[str], owner: Owner
 ) -> dict[str, dict[str, StoredChunk]]:
     """Each object's chunks of one source (metadata only), for many objects in one read per READ_KEYS keys.
 
@@ -135,14 +138,49 @@ def chunks_of_keys(
         for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [{}] * len(found["ids"]), strict=True):
             metadata = metadata or {}
             key = metadata.get("object_key")
-            if metadata.get("source") == source and isinstance(key, str) and key in found_chunks:
+            if owner.owns(metadata) and isinstance(key, str) and key in found_chunks:
                 found_chunks[key][chunk_id] = StoredChunk(chunk_id, None, metadata)
     return found_chunks
 
 
-def delete_of(collection: Collection, field: str, value: str, source: str) -> int:
-    """Delete one source's chunks whose metadata `field` is `value` (read as chunks_of reads them)."""
-    return delete_ids(collection, sorted(chunks_of(collection, field, value, source)))
+def delete_of(collection: Collection, field: str, value: str, owner: Owner) -> int:
+    """Delete one owner's chunks whose metadata `field` is `value` (read as chunks_of reads them)."""
+    return delete_ids(collection, sorted(chunks_of(collection, field, value, owner)))
+
+
+def pages(
+    collection: Collection, where: Mapping[str, Any] | None = None
+) -> Iterator[list[tuple[str, Mapping[str, Any]]]]:
+    """(chunk id, metadata) of the chunks matching `where` (all, when None), a page (the client's batch) at a time."""
+    size, offset = max_batch_size(collection), 0
+    while True:
+        found = collection.get(where=dict(where) if where else None, include=["metadatas"], limit=size, offset=offset)
+        metadatas = found.get("metadatas") or [{}] * len(found["ids"])
+        yield [(chunk_id, metadata or {}) for chunk_id, metadata in zip(found["ids"], metadatas, strict=True)]
+        if len(found["ids"]) < size:
+            return
+        offset += size
+
+
+def owned(collection: Collection, owner: Owner) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(chunk id, metadata) of every chunk of one owner in a collection: what a source counts, audits and
+    removes as its own, never a same-named source's of another project or bucket."""
+    for page in pages(collection, owner.where()):
+        yield from ((chunk_id, metadata) for chunk_id, metadata in page if owner.owns(metadata))
+
+
+def strangers(
+    collection: Collection, owner: Owner, writer_of: Callable[[Mapping[str, Any]], str]
+) -> dict[str, list[str]]:
+    """The ids of every chunk in a source's own collection that is not the source's, by who wrote it (as
+    `writer_of` names them): another source, another project's, or a writer that recorded none (another
+    tool). None of them may be there."""
+    found: dict[str, list[str]] = {}
+    for page in pages(collection):
+        for chunk_id, metadata in page:
+            if not owner.owns(metadata):
+                found.setdefault(writer_of(metadata), []).append(chunk_id)
+    return found
 
 
 def is_current(stored: Mapping[str, StoredChunk], document_id: str, etag: str, sync_signature: str) -> bool:
@@ -171,14 +209,14 @@ class ClaimLost(ValueError):
 
     def __init__(self, collection_name: str, chunk_id: str, holder: str) -> None:
         super().__init__(
-            f"id '{chunk_id}' in collection '{collection_name}' was claimed by source '{holder}' while this sync "
+            f"id '{chunk_id}' in collection '{collection_name}' was claimed by {holder} while this sync "
             "prepared its chunks; a source replaces or deletes only its own chunks, so none of these were written"
         )
         self.holder = holder
 
 
 def _claim(
-    collection: Collection, records: Sequence[ChunkRecord], vectors: Sequence[Any], source: str, batch: int
+    collection: Collection, records: Sequence[ChunkRecord], vectors: Sequence[Any], owner: Owner, batch: int
 ) -> dict[int, Mapping[str, Any]]:
     """Write records whose ids this source does not hold yet so that, of writers racing for an id, exactly
     one ends holding it: Chroma's `add` leaves an id that exists as it is (embedded, `chroma run`, Cloud: its
@@ -207,11 +245,11 @@ def _claim(
             found = collection.get(ids=list(part_ids), include=["metadatas"])
             metadatas = found.get("metadatas") or [{}] * len(found["ids"])
             held.update({chunk_id: metadata or {} for chunk_id, metadata in zip(found["ids"], metadatas, strict=True)})
-        claimed += [chunk_id for chunk_id in ids if chunk_id in held and held[chunk_id].get("source") == source]
-        lost = [chunk_id for chunk_id in ids if chunk_id not in held or held[chunk_id].get("source") != source]
+        claimed += [chunk_id for chunk_id in ids if chunk_id in held and owner.owns(held[chunk_id])]
+        lost = [chunk_id for chunk_id in ids if chunk_id not in held or not owner.owns(held[chunk_id])]
         if lost:
             delete_ids(collection, sorted(claimed))
-            holder = str(held.get(lost[0], {}).get("source", "(none: removed meanwhile)"))
+            holder = describe(held[lost[0]]) if lost[0] in held else "nobody (removed meanwhile)"
             raise ClaimLost(collection.name, lost[0], holder)
     return {i: held[r.chunk_id] for i, r in enumerate(records) if dict(held[r.chunk_id]) != r.metadata}
 
@@ -221,7 +259,7 @@ def replace_chunks(
     records: Sequence[ChunkRecord],
     stored: Mapping[str, StoredChunk],
     embed: Embedder,
-    claim_for: str | None = None,
+    claim_for: Owner | None = None,
 ) -> WriteStats:
     """Make the collection hold exactly `records` for this object, touching only what differs.
 
@@ -398,6 +436,70 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
     client.delete_collection(name)
     copy.modify(name=name)
     return get_collection(client, name, function)
+
+
+# A source's own collection records which source writes it (owners.Owner.record), in its metadata.
+OWNER_KEY = "s3sync_owner"
+
+
+def bind_owner(collection: Collection, owner: Owner, store: Callable[[], Iterable[Collection]] = tuple) -> int:
+    """Make a source's own collection record that it is this source's, or refuse when it records another;
+    returns how many chunks were stamped with the config's new `project` (see below).
+
+    Chunk ids are the object's (sha256 of its key): another project's source writing the same collection
+    would replace that source's chunks whenever their keys meet, and count, repair or remove them as its
+    own. So the first source to sync into a collection is recorded on it, and any other (another project's
+    same-named source, or this source moved to another bucket or prefix) is told so at its first sync; so is
+    a source whose very owner (name, bucket, prefix, project) already records another collection of the
+    store (`store`: lists every collection, asked only on a first binding), as two projects' identical sources would. A collection from before the
+    record existed is bound by the first sync after the upgrade, and when the config has named a `project`
+    since, the source's chunks are stamped with it (a metadata update: no re-sync, no embedding).
+    """
+    metadata = dict(collection.metadata or {})
+    recorded = metadata.get(OWNER_KEY)
+    if recorded == owner.record():
+        return 0
+    unnamed = dataclasses.replace(owner, project="")  # the same source, before its config named a project
+    if recorded is not None and not (owner.project and recorded == unnamed.record()):
+        raise ValueError(
+            f"collection '{collection.name}' is the own collection of {_recorded(recorded)}; "
+            f"{_recorded(owner.record())} may not write it: another project's source by the same name would replace "
+            "and delete that source's chunks. Give this source its own collection_name, or set `project:` in one "
+            "config; a source that moved to another bucket or prefix is removed under its old settings first "
+            "(s3sync remove-source)"
+        )
+    others = [other for other in store() if other.name != collection.name]
+    if recorded is None:
+        for other in others:
+            if (other.metadata or {}).get(OWNER_KEY) == owner.record():
+                raise ValueError(
+                    f"{_recorded(owner.record())} already writes collection '{other.name}' of this store, as another "
+                    f"project's identical source would; collection '{collection.name}' would hold the same documents "
+                    "and each project would count and remove the other's chunks as its own: set `project:` in one "
+                    "config (or remove the source under its old collection_name first)"
+                )
+    stamped = 0
+    # Stamped only where the chunks are surely this source's: its own collection, when it records the source
+    # as it was (or records nothing and holds its chunks), and then the collections no source records as its
+    # own (those its metadata files and invocations wrote). Another collection recording the unnamed source
+    # may be another project's, which names none.
+    legacy = recorded is not None or any(True for _ in itertools.islice(owned(collection, unnamed), 1))
+    if owner.project and legacy:
+        unbound = [other for other in others if OWNER_KEY not in (other.metadata or {})]
+        for target in [collection, *unbound]:
+            ids = [chunk_id for chunk_id, _ in owned(target, unnamed)]
+            for part in _batches(ids, max_batch_size(target)):
+                target.update(ids=list(part), metadatas=[{"project": owner.project}] * len(part))
+            stamped += len(ids)
+    collection.modify(metadata={**metadata, OWNER_KEY: owner.record()})
+    return stamped
+
+
+def _recorded(record: Any) -> str:
+    try:
+        return describe(json.loads(str(record)))
+    except ValueError:
+        return "another writer"
 
 
 class EmbeddingError(RuntimeError):

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from s3sync_dagster.pipeline import events, index, keys, objects
 from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import default_token_budget
+from s3sync_dagster.pipeline.owners import Owner
 from s3sync_dagster.pipeline.tokens import TokenBudget
 
 # Bump when chunking or extraction changes what a given object produces: every object re-indexes once.
@@ -43,6 +44,14 @@ class SourceSpec:
     # this source's to write; and globs narrowing where its metadata files and invocations may send chunks.
     collection_owners: tuple[tuple[str, str], ...] = ()
     target_collections: tuple[str, ...] = ()
+    # The deployment the source belongs to (`project` in the config; "" when it names none): recorded on
+    # every chunk, so two projects sharing a store never count, replace or delete each other's chunks.
+    project: str = ""
+
+    @property
+    def owner(self) -> Owner:
+        """Whose chunks this source may read as its own, replace and delete (pipeline/owners.py)."""
+        return Owner(self.name, self.bucket_name, self.path_prefix, self.project)
 
     @property
     def metadata_mode(self) -> bool:

@@ -16,6 +16,7 @@ from s3sync_dagster.pipeline import documents, events, extract, index, settle
 from s3sync_dagster.pipeline.fetch import Fetched, fetch
 from s3sync_dagster.pipeline.meta_links import InMemoryMetaLinks, MetaLinks
 from s3sync_dagster.pipeline.objects import S3Client
+from s3sync_dagster.pipeline.owners import Owner
 from s3sync_dagster.pipeline.reports import KeyReport, failure_message, lap
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
 from s3sync_dagster.pipeline.targets import CollectionFor, searchable
@@ -79,7 +80,7 @@ def _document_in_metadata_mode(
     meta_keys = list(linked)
     for collection in searchable(collection_for, spec.collection_name):
         own = []
-        for chunk_id, chunk in index.stored_chunks(collection, object_key, spec.name, with_text=False).items():
+        for chunk_id, chunk in index.stored_chunks(collection, object_key, spec.owner, with_text=False).items():
             meta_key = chunk.metadata.get("metadata_key")
             if not meta_key:
                 own.append(chunk_id)
@@ -142,10 +143,10 @@ class _ReadAhead:
         self._found: dict[str, tuple[dict[str, index.StoredChunk], float]] = {}
         self._lock = threading.Lock()
 
-    def read(self, collection_for: CollectionFor, collection_name: str, object_keys: list[str], source: str) -> None:
+    def read(self, collection_for: CollectionFor, collection_name: str, object_keys: list[str], owner: Owner) -> None:
         started = time.perf_counter()
         try:
-            found = index.chunks_of_keys(collection_for(collection_name), object_keys, source)
+            found = index.chunks_of_keys(collection_for(collection_name), object_keys, owner)
         except Exception:  # each key's check reads for itself then, and fails on its own
             return
         share = (time.perf_counter() - started) / len(object_keys)
@@ -257,7 +258,7 @@ def sync_keys(
         ][: ahead - len(staged)]
         if not wanted:
             return
-        stager.submit(staged_reads.read, collection_for, spec.collection_name, wanted, spec.name)
+        stager.submit(staged_reads.read, collection_for, spec.collection_name, wanted, spec.owner)
         for key in wanted:
             staged[key] = stager.submit(_stage, s3, spec, collection_for, key, pool is not None, held, staged_reads)
 
@@ -322,7 +323,7 @@ def sync_keys(
             and not events.is_meta_key(prepared.fetched.report.object_key)
         ]
         if len(plain) > 1:
-            settle_reads.read(collection_for, spec.collection_name, plain, spec.name)  # plain: the source's own
+            settle_reads.read(collection_for, spec.collection_name, plain, spec.owner)  # plain: the source's own
 
     new_objects = NewObjects(
         embed, done, lambda fetched, error: failed(fetched.report.object_key, error, fetched.started), written

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline import index
+from s3sync_dagster.pipeline.owners import Owner, describe
 
 CollectionFor = Callable[[str], Collection]
 
@@ -48,12 +49,12 @@ def searchable(collection_for: CollectionFor, default: str) -> list[Collection]:
     return [collection_for(default)]
 
 
-def check_id_free(collection: Collection, source: str, document_id: str, what: str) -> None:
-    """A source never takes the id of another source's document: its chunks would replace theirs."""
-    others = index.chunks_of(collection, "document_id", document_id, source, same_source=False)
+def check_id_free(collection: Collection, owner: Owner, document_id: str, what: str) -> None:
+    """A source never takes the id of another writer's document: its chunks would replace theirs."""
+    others = index.chunks_of(collection, "document_id", document_id, owner, own=False)
     if others:
-        other = str(next(iter(others.values())).metadata.get("source", "?"))
+        other = describe(next(iter(others.values())).metadata)
         raise ValueError(
-            f"{what}: id '{document_id}' in collection '{collection.name}' is the id of a document of source "
-            f"'{other}'; source '{source}' replaces or deletes only its own chunks, so it may not take that id"
+            f"{what}: id '{document_id}' in collection '{collection.name}' is the id of a document of {other}; "
+            f"{owner.describe()} replaces or deletes only its own chunks, so it may not take that id"
         )

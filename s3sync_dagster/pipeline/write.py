@@ -52,7 +52,7 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
             {
                 "object_key": object_key,
                 "bucket_name": spec.bucket_name,
-                "source": spec.name,
+                **spec.owner.stamp(),
                 "etag": info.etag,
                 "last_modified": info.last_modified,
                 "size_bytes": info.size,
@@ -150,11 +150,9 @@ def write(prepared: Prepared, embed: index.Embedder) -> KeyReport:
         # Again, just before the write: another source may have taken the id since the fetch (no lock spans
         # two sources' runs on a Chroma server). A source taking it from now on loses the claim (replace_chunks).
         what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
-        check_id_free(fetched.collection, fetched.source, fetched.document_id, what)
+        check_id_free(fetched.collection, fetched.owner, fetched.document_id, what)
     full_stored = (
-        own_chunks(
-            index.stored_chunks(fetched.collection, object_key, fetched.source, with_text=True), fetched.meta_key
-        )
+        own_chunks(index.stored_chunks(fetched.collection, object_key, fetched.owner, with_text=True), fetched.meta_key)
         if fetched.had_chunks
         else {}
     )
@@ -164,11 +162,11 @@ def write(prepared: Prepared, embed: index.Embedder) -> KeyReport:
             prepared.records,
             full_stored,
             embed,
-            claim_for=fetched.source if fetched.shared else None,
+            claim_for=fetched.owner if fetched.shared else None,
         )
     except index.ClaimLost as lost:
         what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
-        raise ValueError(f"{what} (source '{fetched.source}'): {lost}") from None
+        raise ValueError(f"{what} ({fetched.owner.describe()}): {lost}") from None
     return completed(prepared, stats, time.perf_counter() - mark)
 
 
