@@ -55,6 +55,12 @@ class Project:
         self.err = captured.err
         return code, json.loads(captured.out) if captured.out.strip() else None
 
+    def opened(self) -> Any:
+        """Its collection, as its syncs open it (to write a stranger's chunk into)."""
+        config = load_config(self.path)
+        chroma = chroma_resource(config.chroma).process_config_and_initialize()
+        return chroma.collection(self.collection, embedding_resource(config.embedding))
+
     def expected(self) -> Chunks:
         """Its documents' chunks (one a line) in its collection."""
         return {
@@ -161,8 +167,7 @@ def test_a_query_answers_from_the_sources_own_chunks_and_says_whose_each_hit_is(
     first = make_project(1)
     synced(first)
     config = load_config(first.path)
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
-    collection = chroma.collection(first.collection, embedding_resource(config.embedding))
+    collection = first.opened()
     # Another writer (no source of this config: another tool, or another project) puts a chunk into it.
     intruder = {"source": "docs", "bucket_name": "someone-elses", "object_key": "docs/otters.txt"}
     collection.upsert(ids=["intruder-0"], documents=["otters are fed at nine by the intruder"], metadatas=[intruder])
@@ -236,9 +241,7 @@ def test_a_chunk_of_an_unknown_writer_in_a_sources_collection_is_foreign_and_rep
 ) -> None:
     first = make_project(1)
     synced(first)
-    config = load_config(first.path)
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
-    collection = chroma.collection(first.collection, embedding_resource(config.embedding))
+    collection = first.opened()
     collection.upsert(ids=["stray-0"], documents=["otters are fed at nine, says a stranger"], metadatas=[{"x": 1}])
     code, found = first.cli("query", "docs", "when are otters fed")
     assert code == 0 and "stray-0" not in {hit["id"] for hit in found["results"]}, found
