@@ -61,7 +61,9 @@ def worker(
         name=source, bucket_name=bucket, collection_name=f"own-{source}-{bucket}", path_prefix=f"{source}/",
         chunking_mode="lines", max_lines=1, collection_owners=owners,
     )  # fmt: skip
-    collections = Collections(lambda name: index.open_collection(client, name, function, {"created_by": "s3sync-dagster"}))
+    collections = Collections(
+        lambda name: index.open_collection(client, name, function, {"created_by": "s3sync-dagster"})
+    )
     write = index.replace_chunks
 
     def replace_together(*args: Any, **kwargs: Any) -> Any:
