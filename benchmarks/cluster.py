@@ -112,6 +112,7 @@ def reads(
     from s3sync_dagster.config import load_config
     from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
     from s3sync_dagster.pipeline import index, keys
+    from s3sync_dagster.pipeline.owners import Owner
 
     common.credentials()
     config = load_config(common.write_config(workdir / "reads.yaml", "http://localhost:1", "reads", workdir / "chroma"))
@@ -152,7 +153,7 @@ def reads(
             where={"$and": [{"object_key": object_key(number)}, {"source": source}]}, include=["metadatas"]
         ),
         "object_key in Chroma, source tested here (now)": lambda number: index.stored_chunks(
-            collection, object_key(number), source, with_text=False
+            collection, object_key(number), Owner(source), with_text=False
         ),
         "by chunk ids (no filter: a floor)": lambda number: collection.get(
             ids=[keys.chunk_id(keys.object_id(object_key(number)), p) for p in range(chunks_per_object + 1)],
