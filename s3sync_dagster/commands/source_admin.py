@@ -117,7 +117,7 @@ def remove_source(config: AppConfig, source_name: str, instance: dg.DagsterInsta
     embedding = embedding_resource(config.embedding)
     with chroma.write_lock():
         for collection in _ours(chroma, embedding):
-            deleted = index.delete_ids(collection, [chunk_id for chunk_id, _ in index.owned(collection, owner)])
+            deleted = index.delete_owned(collection, owner)
             if deleted:
                 result.chunks_deleted[collection.name] = deleted
     name = partitions_name(source_name)

@@ -67,7 +67,7 @@ def delete_misplaced(
             collection = chroma.collection(name, embedding, create=False)
         except NotFoundError:  # dropped since the audit: nothing of the source is left there
             continue
-        deleted += index.delete_where(collection, {"source": source.name})
+        deleted += index.delete_owned(collection, spec.owner)  # never a same-named source's of another project
     return deleted
 
 

@@ -22,8 +22,9 @@ Which chunks count:
   bucket, or no longer selected by the source's prefix and include/exclude globs (`unselected`:
   a sync would index such an object again, so those chunks are deleted instead of re-synced).
 
-Tenancy (pipeline/owners.py): every chunk in this source's own collection that is not the source's (another
-configured source's, another project's, a writer that recorded no source: none may write there) is *foreign*; this source's chunks in a collection it may not write (another source's, or one
+Tenancy (pipeline/owners.py): every chunk in this source's own collection that is not the source's
+(another configured source's, another project's, a writer that recorded no source: none may write
+there) is *foreign*; this source's chunks in a collection it may not write (another source's, or one
 outside its `target_collections`) are *misplaced*. Both make the audit unclean; a repair deletes them.
 
 Metadata-mode sources (`auto_sync: metadata`) are audited for orphans and incomplete documents only:

@@ -169,6 +169,11 @@ def owned(collection: Collection, owner: Owner) -> Iterator[tuple[str, Mapping[s
         yield from ((chunk_id, metadata) for chunk_id, metadata in page if owner.owns(metadata))
 
 
+def delete_owned(collection: Collection, owner: Owner) -> int:
+    """Delete every chunk of one owner in a collection (a removed source's, a source's misplaced ones)."""
+    return delete_ids(collection, [chunk_id for chunk_id, _ in owned(collection, owner)])
+
+
 def strangers(
     collection: Collection, owner: Owner, writer_of: Callable[[Mapping[str, Any]], str]
 ) -> dict[str, list[str]]:
