@@ -47,7 +47,7 @@ def _orphan_key(index: int) -> str:
 
 def fill_chroma(path: Path, count: int, etag_of: Any) -> float:
     """One chunk record per indexed key, plus 1% orphans; returns the seconds it took (setup)."""
-    from s3sync_dagster.defs.resources import embedded_client
+    from s3sync_dagster.pipeline.store import embedded_client
 
     client = embedded_client(path)
     collection = client.get_or_create_collection(COLLECTION)
@@ -83,7 +83,7 @@ def _moto_etag(index: int) -> str:
 
 def _child(options: dict[str, Any]) -> dict[str, Any]:
     """One audit in this (fresh) process: its timings, its result's counts, and the RSS it took."""
-    from s3sync_dagster.defs.resources import embedded_client
+    from s3sync_dagster.pipeline.store import embedded_client
 
     count = options["keys"]
     s3 = common.s3_client(options["endpoint_url"]) if options["endpoint_url"] else scale.MemoryS3(count)

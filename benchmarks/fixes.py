@@ -76,7 +76,7 @@ def _records(objects: list[list[str]]) -> list[list[index.ChunkRecord]]:
 
 
 def _writes(objects: list[list[str]]) -> dict[str, Any]:
-    from s3sync_dagster.defs.resources import embedded_client
+    from s3sync_dagster.pipeline.store import embedded_client
 
     rng = np.random.default_rng(7)
     vector_for = {text: rng.standard_normal(384).astype(np.float32) for texts in objects for text in texts}

@@ -265,7 +265,7 @@ def chunking(budget: int | None) -> dict[str, Any]:
 
 def read_chunks(chroma_path: Path, collection_name: str) -> tuple[Any, list[str], list[str], list[dict[str, Any]]]:
     """The collection (opened by a plain client) and all its chunks: ids, documents, metadatas."""
-    from s3sync_dagster.defs.resources import embedded_client
+    from s3sync_dagster.pipeline.store import embedded_client
 
     client = embedded_client(chroma_path)
     try:
@@ -296,9 +296,10 @@ def measure_budget(
     before: str | None = None,
     semantic: list[hybrid.SemanticProbe] | None = None,
     latency_chunks: int = search_cost.LARGE_CHUNKS,
+    paraphrase: list[hybrid.ParaphraseProbe] | None = None,
 ) -> dict[str, Any]:
     """One sync of the corpus and its figures; with ``before``, by the engine of that earlier commit; with
-    ``semantic`` (probes), the hybrid search figures too."""
+    ``semantic`` (probes), the hybrid search figures too, with the ``paraphrase`` probes."""
     name = f"before {before}" if before else label(budget)
     base = workdir / f"budget-{name.replace(' ', '-')}"
     shutil.rmtree(base, ignore_errors=True)  # a store left by an earlier run would make the sync a no-op
@@ -350,8 +351,9 @@ def measure_budget(
     result["probes"] = recall(chosen, top, [normalise(document) for document in documents])
     if semantic is not None:
         result["hybrid"] = hybrid.measure(
-            collection, base / "chroma", ids, documents, object_keys, chosen, semantic, base, latency_chunks, seed
-        )
+            collection, base / "chroma", ids, documents, object_keys, chosen, semantic, base, latency_chunks, seed,
+            paraphrase or [], config, SOURCE,
+        )  # fmt: skip
     return result
 
 
@@ -366,14 +368,20 @@ def measure(
     before: str | None = None,
     semantic: int = hybrid.SEMANTIC_PROBES,
     latency_chunks: int = search_cost.LARGE_CHUNKS,
+    paraphrase: int | None = None,
 ) -> dict[str, Any]:
     """Figures per budget for the same corpus (`files` sampled files, plus the modules of up to `semantic`
-    semantic probes where the sample lacks them), each budget synced into a fresh store; with ``before``
-    (a git revision), first the same corpus by that commit's engine and default chunking. The budget
-    None (unset) also measures hybrid search (hybrid.py)."""
+    semantic probes and the pages of `paraphrase` paraphrase probes, all of them when None, where the sample
+    lacks them), each budget synced into a fresh store; with ``before`` (a git revision), first the same corpus
+    by that commit's engine and default chunking. The budget None (unset) also measures hybrid search
+    (hybrid.py)."""
     corpus = select_files(files, seed, max_bytes)
     sampled = len(corpus)
     semantic_probes, added = hybrid.choose_semantic(HTML_ROOT, py_files(max_bytes), set(corpus), semantic, seed)
+    paraphrase_probes = hybrid.load_paraphrase(paraphrase)
+    for probe in paraphrase_probes:
+        if probe.object_key not in corpus and probe.object_key not in added:
+            added[probe.object_key] = (HTML_ROOT / probe.page).read_bytes()
     corpus.update(added)
     common.fill_bucket(common.s3_client(endpoint_url), BUCKET, corpus)
     described = describe(corpus)
@@ -397,6 +405,7 @@ def measure(
                 None,
                 semantic_probes if budget is None else None,
                 latency_chunks,
+                paraphrase_probes if budget is None else None,
             )
             for budget in budgets
         ],
@@ -524,6 +533,7 @@ def main() -> None:
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="largest file taken into the corpus")
     parser.add_argument("--before", help="a git revision whose engine syncs the corpus first, as 'before'")
     parser.add_argument("--semantic", type=int, default=hybrid.SEMANTIC_PROBES, help="semantic probes drawn")
+    parser.add_argument("--paraphrase", type=int, help="paraphrase probes asked (default: all of them)")
     parser.add_argument(
         "--latency-chunks",
         type=int,
@@ -546,6 +556,7 @@ def main() -> None:
             args.before,
             args.semantic,
             args.latency_chunks,
+            args.paraphrase,
         )
     finally:
         server.stop()

@@ -400,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         "--retrieval-semantic", type=int, default=160, help="semantic probes drawn (hybrid search, section 7)"
     )
     parser.add_argument(
+        "--retrieval-paraphrase", type=int, help="paraphrase probes asked (hybrid search, section 7; default: all)"
+    )
+    parser.add_argument(
         "--retrieval-latency-chunks",
         type=int,
         default=100_000,
@@ -429,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.repeats, args.uploads, args.scale_keys, args.big_object_mb = "24", 1, 1, 200, 1
         args.burst = 3
         args.retrieval_files, args.retrieval_probes, args.retrieval_budgets = 12, 24, "none"
-        args.retrieval_semantic, args.retrieval_latency_chunks = 4, 2000
+        args.retrieval_semantic, args.retrieval_latency_chunks, args.retrieval_paraphrase = 4, 2000, 2
     sizes = [int(size) for size in args.sizes.split(",")]
     skip = {section.strip() for section in args.skip.split(",") if section.strip()} | STANDALONE
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="s3sync-bench-"))
@@ -556,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.retrieval_files, args.retrieval_probes,
                 max_bytes=retrieval.SMOKE_MAX_BYTES if args.smoke else retrieval.MAX_BYTES,
                 before=args.retrieval_before, semantic=args.retrieval_semantic,
-                latency_chunks=args.retrieval_latency_chunks,
+                latency_chunks=args.retrieval_latency_chunks, paraphrase=args.retrieval_paraphrase,
             )  # fmt: skip
             # Budgets not measured again keep their earlier rows, marked with the run that measured them.
             measured = {run["label"] for run in result["budgets"]}

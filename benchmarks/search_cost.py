@@ -53,6 +53,30 @@ def latency(collection: Any, queries: Sequence[str], fusions: dict[str, Fusion],
     }
 
 
+def command_wall(config: Path, source: str, queries: Sequence[str], rounds: int = 5) -> dict[str, Any]:
+    """Seconds of wall time of `s3sync query` (a fresh process: imports, config, store, model, search) and, taking
+    turns with it, of a process that only imports chromadb (the floor the command cannot go under)."""
+    import subprocess
+    import sys
+
+    from benchmarks.common import BIN
+
+    timings: dict[str, list[float]] = {"s3sync query": [], "import chromadb": []}
+    for round_number in range(rounds):
+        query = queries[round_number % len(queries)]
+        for label, command in (
+            ("s3sync query", [str(BIN / "s3sync"), "query", source, query, "--config", str(config), "--json"]),
+            ("import chromadb", [sys.executable, "-c", "import chromadb"]),
+        ):
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            timings[label].append(time.perf_counter() - started)
+    return {
+        label: {"runs": len(values), "p50_s": statistics.median(values), "max_s": max(values)}
+        for label, values in timings.items()
+    }
+
+
 def large_collection(path: Path, documents: Sequence[str], size: int, seed: int) -> tuple[Any, dict[str, Any]]:
     """An embedded collection of `size` synthetic chunks, made in a fresh store at `path`: each as many
     words as the real chunk it stands for, drawn at random from all the real chunks' words (so a term is
@@ -60,8 +84,8 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
     embedding function is the engine's, so a dense query embeds its text as a real one does."""
     import numpy as np
 
-    from s3sync_dagster.defs.resources import embedded_client
     from s3sync_dagster.pipeline.embed import EmbeddingSpec
+    from s3sync_dagster.pipeline.store import embedded_client
 
     shutil.rmtree(path, ignore_errors=True)
     function = EmbeddingSpec().build()
@@ -130,7 +154,7 @@ def fts_cost(
     collections of one store with Chroma's full-text index on (the default) and off, the two taking
     turns `rounds` times; then whether the index was off indeed, and a bare SQLite FTS5 trigram table
     (Chroma's local full-text index is one: `tokenize='trigram'`) built from the same texts."""
-    from s3sync_dagster.defs.resources import embedded_client
+    from s3sync_dagster.pipeline.store import embedded_client
 
     chosen = sorted(ids)[:chunks]
     got = source.get(ids=chosen, include=["documents", "metadatas", "embeddings"])

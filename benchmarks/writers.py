@@ -68,7 +68,7 @@ def timed_sync(
 
 def measure(keys: int = 100, rounds: int = 3) -> dict[str, Any]:
     with local_s3.running() as server, tempfile.TemporaryDirectory() as workdir:
-        from s3sync_dagster.defs.resources import embedded_client
+        from s3sync_dagster.pipeline.store import embedded_client
 
         s3 = common.s3_client(server.endpoint_url)
         store = embedded_client(Path(workdir) / "chroma")

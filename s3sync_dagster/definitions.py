@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import yaml
 from pydantic import BaseModel
 
 from s3sync_dagster.config import (
-    CONFIG_ENV_VAR,
+    COMPONENT_TYPE,
     DEFAULT_CHROMA_PATH,
     AppConfig,
     ConfigError,
-    config_path,
+    component_file,
+    config_file,
+    find_component,
     load_config,
     parse_config,
 )
@@ -45,11 +46,6 @@ def defs() -> dg.Definitions:
     # Loaded by `dagster dev` / the webserver through workspace.yaml; the config file is found as
     # the CLI finds it (`$S3SYNC_CONFIG`, else ./s3sync.yaml).
     return build_definitions(load_app_config())
-
-
-# The component's type as a project's defs.yaml names it (the package exports the class: s3sync_dagster/__init__.py).
-COMPONENT_TYPE = "s3sync_dagster.S3ChromaSync"
-COMPONENT_FILES = ("defs.yaml", "defs.yml")
 
 
 class ScaffoldParams(BaseModel):
@@ -152,7 +148,7 @@ class S3ChromaSync(dg.Component):
         # Dagster validated the attributes as written; its templates are rendered here, then validated again.
         raw = attributes.model_dump(mode="json", exclude_unset=True) if attributes is not None else {}
         rendered = context.resolution_context.at_path("attributes").resolve_value(raw)
-        origin = _component_file(context.component_path.file_path) or context.component_path.file_path
+        origin = component_file(context.component_path.file_path) or context.component_path.file_path
         # A second one is refused: the sources' shared resources (chroma, s3, ...) are one per code location.
         find_component(context.project_root, within=context.defs_module_path)
         return cls(parse_config(_chroma_under(dict(rendered), context.project_root), origin=str(origin)))
@@ -170,83 +166,11 @@ def _chroma_under(raw: dict[str, Any], project_root: Path) -> dict[str, Any]:
     return {**raw, "chroma": chroma}
 
 
-def _component_file(path: Path) -> Path | None:
-    """The defs.yaml that declares the S3ChromaSync component at `path` (the file, or its folder), if any."""
-    candidates = [path / name for name in COMPONENT_FILES] if path.is_dir() else [path]
-    for candidate in candidates:
-        if candidate.name in COMPONENT_FILES and candidate.is_file():
-            try:
-                documents = list(yaml.safe_load_all(candidate.read_text(encoding="utf-8")))
-            except (yaml.YAMLError, UnicodeDecodeError):
-                return None
-            if any(isinstance(doc, dict) and doc.get("type") == COMPONENT_TYPE for doc in documents):
-                return candidate
-    return None
-
-
-def _project_root(start: Path) -> Path | None:
-    """The Dagster project holding `start`: the nearest folder with a dg.toml or a pyproject.toml with [tool.dg]."""
-    for folder in [start, *start.parents]:
-        if (folder / "dg.toml").is_file():
-            return folder
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file() and "[tool.dg" in pyproject.read_text(encoding="utf-8", errors="replace"):
-            return folder
-    return None
-
-
-def _skipped(folder: str) -> bool:
-    """Folders no defs.yaml of the project's is in: virtual environments, caches, hidden folders."""
-    return folder.startswith(".") or folder in ("node_modules", "__pycache__", "site-packages", "venv")
-
-
-def find_component(start: Path, within: Path | None = None) -> Path | None:
-    """The defs.yaml of the S3ChromaSync component in the Dagster project holding `start` (searched `within` its
-    defs folder when known, else the whole project but its environments and caches), if there is one."""
-    root = _project_root(start.resolve())
-    if root is None:
-        return None
-    found: list[Path] = []
-    for folder, subfolders, files in os.walk(within or root):
-        subfolders[:] = sorted(name for name in subfolders if not _skipped(name))
-        found += [
-            Path(folder) / name for name in COMPONENT_FILES if name in files and _component_file(Path(folder) / name)
-        ]
-    if len(found) > 1:
-        raise ConfigError(
-            f"the Dagster project {root} declares {COMPONENT_TYPE} {len(found)} times "
-            f"({', '.join(str(path.relative_to(root)) for path in sorted(found))}): one component holds all of a "
-            "project's sources: list them all under one component's `sources`"
-        )
-    return found[0] if found else None
-
-
-def config_file() -> Path:
-    """The file that declares the sources: `$S3SYNC_CONFIG`, else ./s3sync.yaml, else the S3ChromaSync component's
-    defs.yaml in the Dagster project around the working directory."""
-    path = config_path()
-    if os.environ.get(CONFIG_ENV_VAR) or path.exists():
-        return path
-    return find_component(Path.cwd()) or path
-
-
-def is_component(path: Path) -> bool:
-    return _component_file(path) is not None
-
-
-def state_dir(path: Path) -> Path:
-    """Where `.s3sync/` goes for the sources declared at `path`: the Dagster project's root for a component,
-    else the config file's folder."""
-    if is_component(path):
-        return _project_root(path.resolve().parent if path.is_file() else path.resolve()) or path.resolve().parent
-    return path.resolve().parent
-
-
 def load_app_config(path: str | os.PathLike[str] | None = None) -> AppConfig:
     """The sources and their shared settings, from `s3sync.yaml` or from the project's S3ChromaSync component
     (loaded as Dagster loads it, its templates rendered: the project must be importable, as for `dg`)."""
     where = Path(path) if path is not None else config_file()
-    component = _component_file(where)
+    component = component_file(where)
     if component is None:
         return load_config(where)
     try:

@@ -83,14 +83,23 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert hybrid["winner"] in {row["label"] for row in hybrid["variants"]} and any(
         row["default"] for row in hybrid["variants"]
     )
+    paraphrase = hybrid["paraphrase"]
+    assert paraphrase["asked"] == 2 and paraphrase["kept"] + paraphrase["left_out"]["anchor_not_found"] == 2
+    assert any(row["label"].startswith("both sides scored") for row in hybrid["variants"])
     for figures in [*hybrid["modes"].values(), *(row["sets"] for row in hybrid["variants"])]:
         assert figures["known"]["n"] == probes["n"] and figures["semantic"]["n"] == semantic["kept"]
-        for group in (figures["known"], figures["semantic"]):
+        assert figures["paraphrase"]["n"] == paraphrase["kept"]
+        for group in (figures["known"], figures["semantic"], figures["paraphrase"]):
             assert group["recall_at_1"] is None or 0 <= group["recall_at_1"] <= group["recall_at_5"] <= 1
+            assert group["recall_at_5"] is None or group["recall_at_5"] <= group["recall_at_10"] <= 1
+            assert group["mrr_at_10"] is None or group["recall_at_1"] <= group["mrr_at_10"] <= group["recall_at_10"]
     for latency in (hybrid["latency"], hybrid["latency_large"]):
         assert {"dense", "lexical", "hybrid (default)"} <= set(latency["modes"])
         assert all(mode["p50_ms"] > 0 for mode in latency["modes"].values())
     assert hybrid["latency_large"]["chunks"] == 2000 and hybrid["latency_large"]["dimension"] == 384
+    wall = hybrid["command_wall"]  # `s3sync query` beside a bare `import chromadb`, each in a fresh process
+    assert wall["s3sync query"]["runs"] == wall["import chromadb"]["runs"] > 0
+    assert wall["s3sync query"]["p50_s"] > wall["import chromadb"]["p50_s"] > 0
     fts = hybrid["fts"]
     assert fts["fts_rows"]["on"] == fts["chunks"] == run["chunks"] and fts["on_s"] > 0 and fts["off_s"] > 0
     assert 0 < fts["store"]["fts_bytes"] < fts["store"]["sqlite_bytes"]

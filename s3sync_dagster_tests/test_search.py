@@ -226,3 +226,68 @@ def test_query_terms_are_folded_and_a_combining_mark_belongs_to_its_word() -> No
     # As in Chroma's regex: no precomposed q with acute exists, so "faq" is not a word of "faq\u0301".
     assert search.term_frequency("faq", search.fold("FAQ\u0301 faq, FAQ")) == 2
     assert search.term_frequency("हिन्द", search.fold("हिन्दी")) == 0
+
+
+# --- fusion scoring every candidate on both sides (issue 36) ------------------------------------------------
+
+SCORED = Fusion("scored", lexical_weight=0.7, coverage_power=2.0, pool_factor=2, min_pool=10)
+
+
+def candidate(chunk_id: str, distance: float, bm25: float) -> search.Candidate:
+    return search.Candidate(chunk_id, chunk_id, {}, distance, bm25, None, None)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.5, 0.8, 1.0])
+@pytest.mark.parametrize("coverage", [0.0, 0.4, 1.0])
+def test_a_chunk_both_sides_score_best_comes_first_whatever_the_weights(weight: float, coverage: float) -> None:
+    rows = (candidate("best", 0.2, 9.0), candidate("near", 0.3, 1.0), candidate("wordy", 0.9, 8.9))
+    for power in (None, 1.0, 3.0):
+        fusion = Fusion("scored", lexical_weight=weight, coverage_power=power)
+        hits = search.fuse_scored(search.Candidates(rows, coverage), 3, fusion)
+        assert hits[0].chunk_id == "best", (weight, coverage, power)
+
+
+def test_the_lexical_weight_follows_how_much_of_the_query_the_best_candidates_hold() -> None:
+    adaptive = Fusion("scored", lexical_weight=0.8, coverage_power=2.0)
+    assert search.lexical_weight(adaptive, 1.0) == pytest.approx(0.8)
+    assert search.lexical_weight(adaptive, 0.5) == pytest.approx(0.2)
+    assert search.lexical_weight(adaptive, 0.0) == 0.0
+    assert search.lexical_weight(Fusion("scored", lexical_weight=0.4), 0.1) == 0.4  # static
+    # A question whose words no chunk holds together: dense decides; the same words held whole: BM25 does.
+    rows = (candidate("meaning", 0.2, 0.5), candidate("words", 0.6, 6.0))
+    assert search.fuse_scored(search.Candidates(rows, 0.2), 1, adaptive)[0].chunk_id == "meaning"
+    assert search.fuse_scored(search.Candidates(rows, 1.0), 1, adaptive)[0].chunk_id == "words"
+
+
+def test_scored_fusion_scores_each_sides_candidates_on_the_other(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder, embedding_function: Any
+) -> None:
+    synced(s3, spec, collection, embedder, {**NOTES, "kb/codes.txt": "Codes: ZZ-9999-Q\n"})
+    query = "the parcel reached the customer on time ZZ-9999-Q"
+    found = search.scored_candidates(collection, query, 1, None, embedding_function)
+    (dense_first,) = (row for row in found.rows if row.dense_rank == 1)
+    (lexical_first,) = (row for row in found.rows if row.lexical_rank == 1)
+    # Each side's first is the other side's stranger: a note by meaning, the codes file by its rare word.
+    assert dense_first.metadata["object_key"].startswith("kb/note-") and dense_first.lexical_rank is None
+    assert lexical_first.metadata["object_key"] == "kb/codes.txt" and lexical_first.dense_rank is None
+    assert len(found.rows) == 2 and found.coverage < 1.0  # no chunk holds every word of the query
+    # Scored on both: the distance a full dense query gives each, and BM25 for the note's shared words.
+    distances = {row[0]: row[3] for row in search.dense_ranking(collection, query, len(NOTES) + 1)}
+    for row in found.rows:
+        assert row.distance == pytest.approx(distances[row.chunk_id], abs=1e-4), row.chunk_id
+    assert dense_first.bm25 > 0 and lexical_first.bm25 > 0
+
+
+def test_scored_fusion_keeps_the_exact_code_first_and_the_dense_answer_for_common_words(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    synced(s3, spec, collection, embedder, NOTES)
+    for object_key, text in NOTES.items():
+        code = text.split("Reference ")[1].split(" ")[0]
+        assert first_key(search.search(collection, f"which parcel had {code}?", fusion=SCORED)) == object_key
+    common = {f"n/file-{n:02d}.txt": f"small file number {n}\n" for n in range(30)}
+    synced(s3, spec, collection, embedder, common)
+    for query in ("small file number 17", "a small file"):
+        dense = search.search(collection, query, mode="dense", n=3)
+        hybrid = search.search(collection, query, n=3, fusion=SCORED)
+        assert first_key(hybrid) == first_key(dense), query

@@ -13,17 +13,20 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3sync_dagster.commands.invocations import InvocationError
-from s3sync_dagster.commands.progress import COMMAND_TAG, RunsProgress, counting, runs_progress, shown
-from s3sync_dagster.commands.runner import DiscoverResult, RunError, SyncResult, UsageError
-from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError
-from s3sync_dagster.definitions import config_file, is_component, load_app_config
+from s3sync_dagster.commands.errors import InvocationError, RunError, UsageError
+from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError, config_file, is_component
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
+
+# Dagster, and the modules that import it, are imported by the commands that use them: `s3sync query` needs
+# none of it (test_cli asserts it), and importing Dagster takes longer than answering a search.
+if TYPE_CHECKING:
+    from s3sync_dagster.commands.progress import RunsProgress
+    from s3sync_dagster.commands.runner import DiscoverResult, SyncResult
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -43,7 +46,9 @@ def _config(args: argparse.Namespace) -> AppConfig:
         # Runs on Celery workers rebuild their job from the config by this variable, in this process too
         # (definitions.documents_job): it must name the file found here.
         os.environ[CONFIG_ENV_VAR] = str(path.resolve())
-    return load_app_config(path)
+    from s3sync_dagster.commands.query import load_sources
+
+    return load_sources(path)
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
@@ -73,6 +78,7 @@ def _instance(args: argparse.Namespace) -> Any:
 
 def _discover(args: argparse.Namespace, config: AppConfig, source_name: str, instance: Any) -> DiscoverResult:
     """discover, with the objects listed so far counted on a terminal."""
+    from s3sync_dagster.commands.progress import counting, shown
     from s3sync_dagster.commands.runner import discover
 
     with counting(f"discover {source_name}: listing", shown(args.json)) as listed:
@@ -102,6 +108,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    from s3sync_dagster.commands.progress import COMMAND_TAG, runs_progress, shown
     from s3sync_dagster.commands.runner import sync
 
     config = _config(args)
@@ -197,8 +204,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     source = config.source(args.source)
     try:
         found = search_source(
-            args.source, args.text, mode=args.mode, n=args.n, config=config, every_writer=args.every_writer
-        )
+            args.source, args.text, mode=args.mode, n=args.n, config=config, every_writer=args.every_writer,
+            context=args.context, per_object=args.per_object,
+        )  # fmt: skip
     except ValueError as error:
         raise UsageError(str(error)) from None
     hits = [
@@ -211,23 +219,39 @@ def cmd_query(args: argparse.Namespace) -> int:
             "object_key": hit.metadata.get("object_key"),
             "source": hit.metadata.get("source"),  # whose chunk it is
             "project": hit.metadata.get("project"),
+            "chunk_index": hit.metadata.get("chunk_index"),
             "start_line": hit.metadata.get("start_line"),
             "end_line": hit.metadata.get("end_line"),
             "document": hit.document,
+            **(
+                {
+                    "context": [
+                        {"id": p.chunk_id, "chunk_index": p.chunk_index, "document": p.document} for p in hit.context
+                    ]
+                }
+                if args.context
+                else {}
+            ),
         }
         for hit in found
     ]
     lines = []
     for rank, hit in enumerate(found, 1):
-        snippet = " ".join(hit.document.split())[:160]
         sides = ", ".join(
             f"{side} #{place}" for side, place in (("dense", hit.dense_rank), ("lexical", hit.lexical_rank)) if place
         )
         lines.append(
             f"{rank}. {hit.metadata.get('object_key')} lines {hit.metadata.get('start_line')}-"
             f"{hit.metadata.get('end_line')} ({sides}{'; ' + describe(hit.metadata) if args.every_writer else ''})"
-            f"\n   {snippet}"
         )
+        if hit.context:
+            # The hit and its neighbours, in the object's order; the hit's own chunk marked.
+            lines += [
+                f"   {'>' if passage.chunk_id == hit.chunk_id else ' '} {' '.join(passage.document.split())[:160]}"
+                for passage in hit.context
+            ]
+        else:
+            lines.append(f"   {' '.join(hit.document.split())[:160]}")
     _emit(
         args,
         {"query": args.text, "mode": args.mode, "collection": source.collection_name, "results": hits},
@@ -316,6 +340,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _invocation_progress(args: argparse.Namespace, instance: Any, invocation_id: str) -> Iterator[RunsProgress | None]:
     """invoke --wait on a terminal: its one key's progress, from the events of the run carrying its id."""
+    from s3sync_dagster.commands.progress import runs_progress, shown
     from s3sync_dagster.defs.tags import INVOCATION_TAG
 
     with runs_progress(
@@ -393,6 +418,7 @@ def cmd_remove_source(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
+    from s3sync_dagster.commands.progress import COMMAND_TAG, runs_progress, shown
     from s3sync_dagster.commands.repair import repair
 
     config = _config(args)
@@ -408,10 +434,10 @@ def cmd_repair(args: argparse.Namespace) -> int:
         )  # fmt: skip
 
     def drift_text(drift: dict[str, Any]) -> str:
-        shown = ", ".join(f"{'n/a' if n is None else n} {kind}" for kind, n in drift["counts"].items())
+        said = ", ".join(f"{'n/a' if n is None else n} {kind}" for kind, n in drift["counts"].items())
         # Not drift: metadata files whose document is not in the bucket yet (its upload completes them).
         waiting = drift.get("waiting") or {}
-        return shown + (f"; {len(waiting)} waiting for their document" if waiting else "")
+        return said + (f"; {len(waiting)} waiting for their document" if waiting else "")
 
     lines = [f"source '{result.source}': before: {drift_text(result.before)}"]
     if result.run_id is None:
@@ -468,6 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dense", "lexical", "hybrid"],
         default="hybrid",
         help="by meaning (dense), by exact words (lexical), or both fused (hybrid, the default)",
+    )
+    query.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        metavar="N",
+        help="show each hit with the N chunks before and after it in its object (default 0)",
+    )
+    query.add_argument(
+        "--per-object", type=int, metavar="K", help="keep at most K hits of one object (1: one hit per object)"
     )
     query.add_argument(
         "--every-writer",
@@ -531,14 +567,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) and EXIT_USAGE
-    for option in ("batch_size", "limit"):
+    for option in ("batch_size", "limit", "per_object", "n"):
         value = getattr(args, option, None)
         if value is not None and value < 1:
-            print(f"s3sync: --{option.replace('_', '-')} must be at least 1", file=sys.stderr)
+            flag = "-n" if option == "n" else f"--{option.replace('_', '-')}"
+            print(f"s3sync: {flag} must be at least 1", file=sys.stderr)
             return EXIT_USAGE
-    if getattr(args, "offset", 0) < 0:
-        print("s3sync: --offset must be at least 0", file=sys.stderr)
-        return EXIT_USAGE
+    for option in ("offset", "context"):
+        if getattr(args, option, 0) < 0:
+            print(f"s3sync: --{option} must be at least 0", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return int(args.run(args))
     except (ConfigError, UsageError, InvocationError, ObjectError, BotoCoreError, ClientError, RunError) as error:

@@ -18,6 +18,7 @@ from typing import Any
 
 import dagster as dg
 
+from s3sync_dagster.commands.errors import InvocationError
 from s3sync_dagster.commands.runner import UsageError, meta_keys_for, reports_of, run_failure, unnamed_document
 from s3sync_dagster.config import AppConfig, EmbeddingConfig, SourceConfig
 from s3sync_dagster.definitions import build_definitions
@@ -50,10 +51,6 @@ STATUSES: dict[Status, frozenset[dg.DagsterRunStatus]] = {
     "cancelled": frozenset({dg.DagsterRunStatus.CANCELED}),
 }
 FINISHED = STATUSES["complete"] | STATUSES["failed"] | STATUSES["cancelled"]
-
-
-class InvocationError(ValueError):
-    """The invocation breaks a rule (prefix, custom id, metadata, target, a missing object): nothing ran."""
 
 
 def status_name(status: dg.DagsterRunStatus) -> Status:

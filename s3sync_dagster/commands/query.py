@@ -1,14 +1,107 @@
-"""`s3sync query` and its Python form: search a source's collection by meaning, by exact words, or both."""
+"""`s3sync query` and its Python form: search a source's collection by meaning, by exact words, or both.
+
+Nothing here imports Dagster (test_cli asserts it for `s3sync query`): the config is read by config.py, the
+store opened by pipeline/store.py, as a run opens them. Only a component's defs.yaml needs Dagster, to render
+its templates.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from chromadb.errors import NotFoundError
 
-from s3sync_dagster.commands.runner import UsageError
-from s3sync_dagster.config import AppConfig
-from s3sync_dagster.definitions import load_app_config
-from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
-from s3sync_dagster.pipeline.search import FUSION, Fusion, Hit, Mode, search
+from s3sync_dagster.commands.errors import UsageError
+from s3sync_dagster.config import AppConfig, config_file, is_component, load_config
+from s3sync_dagster.pipeline import search as engine
+from s3sync_dagster.pipeline.search import FUSION, Fusion, Hit, Mode
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
+
+# A search that must drop hits (another writer's chunks, a second hit of one object) asks again for this many
+# times more, up to MAX_ASKED, until it has the number asked for.
+WIDEN = 4
+MAX_ASKED = 1000
+
+
+def load_sources(path: str | os.PathLike[str] | None = None) -> AppConfig:
+    """The config as `s3sync` finds it (--config, $S3SYNC_CONFIG, ./s3sync.yaml, the project's component)."""
+    where = Path(path) if path is not None else config_file()
+    if not is_component(where):
+        return load_config(where)
+    from s3sync_dagster.definitions import load_app_config  # a component's templates are Dagster's
+
+    return load_app_config(where)
+
+
+class SourceSearch:
+    """A source's collection, opened once and kept open (the store's client, the collection, the embedding
+    model) for as many queries as a program asks: `s3sync query`'s search, without the cost of opening.
+
+        searcher = SourceSearch("handbook")            # the config as `s3sync` finds it
+        for hit in searcher.search("how do I reset my password", n=3, context=1):
+            print(hit.object_key, [passage.document for passage in hit.context])
+
+    Only the source's own chunks are answers (pipeline/owners.py): a chunk another writer put into its
+    collection is not one of this source's documents. every_writer=True searches the whole collection; each
+    hit's metadata says whose it is (`source`, `project`).
+    """
+
+    def __init__(self, source_name: str, config: AppConfig | None = None, *, every_writer: bool = False) -> None:
+        self.config = config or load_sources()
+        self.source = self.config.source(source_name)
+        self.every_writer = every_writer
+        spec = self.config.embedding.spec()
+        self.owner = self.source.spec(spec).owner
+        self.embedding_function = spec.build()  # the model loads at the first query, then stays loaded
+        try:
+            self.collection: Collection = self.config.chroma.store().collection(
+                self.source.collection_name, spec, create=False
+            )
+        except NotFoundError:
+            raise UsageError(
+                f"source '{self.source.name}' has not been synced yet: "
+                f"collection '{self.source.collection_name}' does not exist"
+            ) from None
+
+    def owns(self, metadata: Mapping[str, Any]) -> bool:
+        return self.every_writer or self.owner.owns(metadata)
+
+    def search(
+        self,
+        text: str,
+        *,
+        mode: Mode = "hybrid",
+        n: int = 5,
+        context: int = 0,
+        per_object: int | None = None,
+        fusion: Fusion = FUSION,
+    ) -> list[Hit]:
+        """The n best answers to `text` (see pipeline/search.py for the modes).
+
+        context: each hit comes with the `context` chunks before and after it in its object (`Hit.context`,
+        in the object's order, the hit among them). per_object: at most this many hits of one object."""
+        if per_object is not None and per_object < 1:
+            raise ValueError(f"per_object must be at least 1, got {per_object}")
+        where = None if self.every_writer else self.owner.where()
+        asked = n
+        while True:
+            found = engine.search(
+                self.collection, text, mode=mode, n=asked, where=where, fusion=fusion,
+                embedding_function=self.embedding_function,
+            )  # fmt: skip
+            # The prefix, which Chroma's filter cannot test, is tested on each hit.
+            kept = [hit for hit in found if self.owns(hit.metadata)]
+            if per_object is not None:
+                kept = engine.per_object(kept, per_object)
+            if len(kept) >= n or len(found) < asked or asked >= MAX_ASKED:
+                break
+            asked = min(asked * WIDEN, MAX_ASKED)
+        return engine.with_context(self.collection, kept[:n], context, self.owns)
 
 
 def search_source(
@@ -20,30 +113,10 @@ def search_source(
     config: AppConfig | None = None,
     fusion: Fusion = FUSION,
     every_writer: bool = False,
+    context: int = 0,
+    per_object: int | None = None,
 ) -> list[Hit]:
-    """The n chunks of a configured source that best answer `text`, found as `s3sync query` finds them.
-
-    config: the app's config (default: $S3SYNC_CONFIG, else ./s3sync.yaml). Chroma and the embedding
-    function are opened as the source's syncs open them, so the query is embedded by the same model.
-
-    Only the source's own chunks are searched (pipeline/owners.py): a chunk another writer put into its
-    collection is not an answer of this source's documents. every_writer=True searches the whole collection;
-    each hit's metadata says whose it is (`source`, `project`).
-    """
-    config = config or load_app_config()
-    source = config.source(source_name)
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
-    try:
-        collection = chroma.collection(source.collection_name, embedding_resource(config.embedding), create=False)
-    except NotFoundError:
-        raise UsageError(
-            f"source '{source.name}' has not been synced yet: collection '{source.collection_name}' does not exist"
-        ) from None
-    if every_writer:
-        return search(collection, text, mode=mode, n=n, fusion=fusion)
-    owner = source.spec(config.embedding.spec()).owner
-    return [
-        hit
-        for hit in search(collection, text, mode=mode, n=n, fusion=fusion, where=owner.where())
-        if owner.owns(hit.metadata)  # the prefix, which Chroma's filter cannot test
-    ]
+    """The n chunks of a configured source that best answer `text`, found as `s3sync query` finds them: one
+    query of a `SourceSearch` (which a program asking many keeps, so the store and the model stay open)."""
+    searcher = SourceSearch(source_name, config, every_writer=every_writer)
+    return searcher.search(text, mode=mode, n=n, fusion=fusion, context=context, per_object=per_object)

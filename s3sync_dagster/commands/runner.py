@@ -21,8 +21,9 @@ import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import IntegrityError
 
-from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig
-from s3sync_dagster.definitions import build_definitions, config_file, documents_job, state_dir
+from s3sync_dagster.commands.errors import RunError, UsageError
+from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_file, state_dir
+from s3sync_dagster.definitions import build_definitions, documents_job
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name, register_partitions
 from s3sync_dagster.defs.resources import s3_connection
@@ -34,22 +35,6 @@ from s3sync_dagster.pipeline import events, keys, objects
 # warnings and tracebacks included, stays on the instance for the UI (`dagster` prints failures at
 # ERROR level with their whole traceback: hundreds of lines for one unreachable store).
 QUIET_RUN_CONFIG = {"loggers": QUIET_LOGGERS}
-
-
-class UsageError(ValueError):
-    """The request itself is wrong (a key outside the source's prefix, ...): nothing was run."""
-
-
-class RunError(RuntimeError):
-    """A run failed as a whole (the store cannot be reached, ...), not key by key: the next runs are not tried.
-
-    `result`: what the sync did before (`sync` sets it): the keys the runs before it synced or failed, and
-    those not tried.
-    """
-
-    def __init__(self, message: str, result: SyncResult | None = None) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 def ensure_dagster_home(explicit_config: str | None = None) -> Path:

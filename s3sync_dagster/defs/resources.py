@@ -4,14 +4,8 @@ Chroma store, the embedding model, document extraction. What a source is lives i
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import functools
 import json
-import os
-import re
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -19,16 +13,9 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig, TimeoutsConfig
-from s3sync_dagster.pipeline import index, search
 from s3sync_dagster.pipeline.conversion import DocumentOptions
-from s3sync_dagster.pipeline.embed import (
-    DEFAULT_FUNCTION,
-    EmbeddingSpec,
-    Precision,
-    Runtime,
-    check_collection_model,
-    is_old_bundled_record,
-)
+from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
+from s3sync_dagster.pipeline.store import Store
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -40,11 +27,6 @@ if TYPE_CHECKING:
 _TIMEOUTS = TimeoutsConfig()  # the defaults, for resources made without a config file
 # SQS's longest long poll: a receive may rightly wait this long before its answer starts.
 SQS_MAX_WAIT_SECONDS = 20
-DEFAULT_EMBEDDED_PATH = ".s3sync/chroma"  # an embedded store's folder when the config names none
-# Lock files in an embedded store's folder. Two, not one: a run holds the write lock for all its writes
-# (minutes), and opening the store (a status command, a check, another run's first look) must not wait that long.
-WRITE_LOCK_FILE = ".s3sync-write.lock"
-OPEN_LOCK_FILE = ".s3sync-open.lock"
 
 
 def boto_client(
@@ -267,159 +249,43 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     cloud_database: str | None = None
     cloud_api_key: str | None = None
 
+    def store(self) -> Store:
+        """The store itself (pipeline/store.py), its secrets read now from their variables."""
+        headers = dict(self.headers)
+        for header, variable in self.header_env.items():
+            headers[header] = EnvRef(env=variable).resolve(f"chroma header {header}")
+        return Store(
+            self.path, self.host, self.port, self.ssl, tuple(sorted(headers.items())),
+            self.cloud_tenant, self.cloud_database, self.cloud_api_key,
+        )  # fmt: skip
+
+    def _named(self) -> Store:
+        """The store without its secrets: enough to name it and to lock it."""
+        return Store(self.path, self.host, self.port, self.ssl, (), self.cloud_tenant, self.cloud_database)
+
     def describe(self) -> str:
-        if self.cloud_tenant:
-            return f"Chroma Cloud (tenant {self.cloud_tenant}, database {self.cloud_database})"
-        if self.host:
-            return f"Chroma server {'https' if self.ssl else 'http'}://{self.host}:{self.port}"
-        return f"embedded Chroma at {self.path}"
+        return self._named().describe()
 
     def failure(self, error: BaseException) -> str:
-        """One line naming the store and what went wrong, e.g. 'Chroma server http://127.0.0.1:8000
-        cannot be reached: Connection refused' (the full chain stays in the run's log)."""
-        import httpx
-
-        chain = [error]
-        while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
-            chain.append(nxt)
-        if any(isinstance(link, (OSError, httpx.TransportError)) for link in chain):
-            reason = re.sub(r"^\[Errno -?\d+\]\s*", "", str(chain[-1]).strip()) or type(chain[-1]).__name__
-            return f"{self.describe()} cannot be reached: {reason}"
-        text = str(error).strip() or type(error).__name__
-        return f"{self.describe()}: {text}"
+        """One line naming the store and what went wrong (Store.failure)."""
+        return self._named().failure(error)
 
     @property
     def is_embedded(self) -> bool:
         return not self.host and not self.cloud_tenant
 
     def client(self) -> ClientAPI:
-        headers = dict(self.headers)
-        for header, variable in self.header_env.items():
-            headers[header] = EnvRef(env=variable).resolve(f"chroma header {header}")
-        return _client(
-            self.path, self.host, self.port, self.ssl, tuple(sorted(headers.items())),
-            self.cloud_tenant, self.cloud_database, self.cloud_api_key,
-        )  # fmt: skip
+        return self.store().client()
 
     def collection(self, name: str, embedding: EmbeddingResource, create: bool = True) -> Collection:
-        """The collection, created with the embedding function recorded in its configuration if missing.
-
-        A collection an earlier version recorded as `sentence_transformer` over this machine's copy of
-        the bundled model is rebuilt (same vectors) to record Chroma's `default` when that is the
-        configured function. With create=False a missing collection raises chromadb's NotFoundError.
-        """
-        spec = embedding.spec()
-        function = spec.build()
-        client = self.client()
-        try:
-            if create:
-                # On Chroma Cloud a collection gets Chroma's BM25 sparse index beside the dense one, for search.
-                schema = search.hybrid_schema() if self.cloud_tenant else None
-                collection = index.open_collection(
-                    client, name, function, metadata={"created_by": "s3sync-dagster"}, schema=schema
-                )
-            else:
-                collection = index.get_collection(client, name, function)
-        except ValueError as error:
-            if "conflict" not in str(error):
-                raise
-            raise ValueError(
-                f"collection '{name}' was built with another embedding function than {spec.describe()} "
-                f"({error}): use another collection_name, or delete the collection to rebuild it with the new model"
-            ) from None
-        recorded = (collection.configuration_json or {}).get("embedding_function")
-        if is_old_bundled_record(recorded) and spec.function == DEFAULT_FUNCTION:
-            if create:
-                # One rebuild at a time: a second run must not delete the first one's copy mid-way.
-                with self.write_lock():
-                    collection = index.open_collection(client, name, function, metadata={})  # rebuilt meanwhile?
-                    if is_old_bundled_record((collection.configuration_json or {}).get("embedding_function")):
-                        collection = index.rebuild_collection(client, collection, function)
-            return collection
-        check_collection_model(name, recorded, spec)
-        return collection
+        """The collection, opened (or created) as Store.collection opens it, with this embedding function."""
+        return self.store().collection(name, embedding.spec(), create=create)
 
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
-        """An embedded store is one process's at a time: runs that write to it take turns.
-
-        It guards the store, not the keys: a PersistentClient is not process-safe (each process keeps
-        its own HNSW index in memory; chroma-core/chroma#3792), so it cannot be narrowed to single
-        writes. Two writers of one key are reconciled by the engine (pipeline/settle.py).
-
-        Re-entrant within a thread (a run holding it may open, and so rebuild, another collection).
-        """
-        if not self.is_embedded or not self.path:
+        """An embedded store is one process's at a time: runs that write to it take turns (Store.write_lock)."""
+        with self._named().write_lock():
             yield
-            return
-        with _store_lock(self.path, WRITE_LOCK_FILE):
-            yield
-
-
-def embedded_client(path: str | os.PathLike[str]) -> ClientAPI:
-    """The client of the embedded Chroma store at ``path`` (made if missing): the project's one way to make a
-    `chromadb.PersistentClient`, so that only one process (or thread) at a time opens a store, as
-    runner.home_lock does for the Dagster home. The lock file is ``path``/.s3sync-open.lock.
-
-    A process's first client of a store starts chromadb's engine for it (kept per path for the rest of the
-    process: chromadb's SharedSystemClient), which applies the store's SQLite migrations (the Rust SqliteDb
-    behind RustBindingsAPI.start): it lists the applied ones, then applies the rest in a deferred transaction,
-    so two processes opening a fresh store at once both run `CREATE TABLE collections` ("table collections
-    already exists"), or one finds the database locked. Creating a collection needs no lock of ours: chromadb
-    looks for it and inserts it in one immediate transaction.
-    """
-    import chromadb
-    from chromadb.config import Settings
-
-    with _store_lock(path, OPEN_LOCK_FILE):
-        return chromadb.PersistentClient(path=os.fspath(path), settings=Settings(anonymized_telemetry=False))
-
-
-@contextlib.contextmanager
-def _store_lock(path: str | os.PathLike[str], lock_name: str) -> Iterator[None]:
-    """An exclusive lock on the file ``lock_name`` in the store's folder, against other processes and other
-    threads (flock locks an open file, and each taker opens its own); a thread holding it passes through."""
-    lock_file = str(Path(path).resolve() / lock_name)
-    held = _held_locks.__dict__.setdefault("paths", set())
-    if lock_file in held:
-        yield
-        return
-    Path(path).mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        held.add(lock_file)
-        try:
-            yield
-        finally:
-            held.discard(lock_file)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-_held_locks = threading.local()  # the store locks this thread holds, by lock file
-
-
-@functools.lru_cache(maxsize=8)
-def _client(
-    path: str | None,
-    host: str | None,
-    port: int,
-    ssl: bool,
-    headers: tuple[tuple[str, str], ...],
-    cloud_tenant: str | None,
-    cloud_database: str | None,
-    cloud_api_key: str | None,
-) -> ClientAPI:
-    import chromadb
-    from chromadb.config import Settings
-
-    settings = Settings(anonymized_telemetry=False)
-    if cloud_tenant:
-        return chromadb.CloudClient(
-            tenant=cloud_tenant, database=cloud_database, api_key=cloud_api_key, settings=settings
-        )
-    if host:
-        return chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=dict(headers), settings=settings)
-    return embedded_client(path or DEFAULT_EMBEDDED_PATH)
 
 
 def chroma_resource(chroma: ChromaConfig) -> ChromaResource:

@@ -23,12 +23,13 @@ earlier release, or by another tool) is searched the portable way.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +39,8 @@ from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import (
     DEFAULT_CHROMA_BM25_STOPWORDS,
     ChromaBm25EmbeddingFunction,
 )
+
+from s3sync_dagster.pipeline import keys
 
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
@@ -68,15 +71,22 @@ Ranking = list[tuple[str, str, dict[str, Any], float]]  # (chunk id, text, metad
 
 @dataclass(frozen=True)
 class Fusion:
-    """How hybrid merges the two rankings: reciprocal-rank (`rrf`, k) or relative-score (`relative`: each
-    ranking's scores scaled to 0-1 by its best and worst candidate, then summed), either weighted."""
+    """How hybrid merges the two sides.
 
-    method: Literal["rrf", "relative"] = "rrf"
+    `rrf` (k) and `relative` fuse the two rankings as they are: a chunk only one side offered has nothing on
+    the other (RRF: no term; relative: 0). `scored` scores every candidate of either side on both
+    (`scored_candidates`: a distance for the lexical side's, a BM25 score for the dense side's), scales each
+    side's scores to 0-1 over them all and sums them. The lexical side counts `lexical_weight`, or, with
+    `coverage_power` set, `lexical_weight * coverage ** coverage_power` (`lexical_weight()`).
+    """
+
+    method: Literal["rrf", "relative", "scored"] = "rrf"
     lexical_weight: float = 0.5
     k: int = 60
     # Each side offers this many candidates times the results asked for (at least `min_pool`).
     pool_factor: int = 4
     min_pool: int = 20
+    coverage_power: float | None = None
 
     def pool(self, n: int) -> int:
         return max(self.min_pool, self.pool_factor * n)
@@ -87,6 +97,17 @@ class Fusion:
 # recall@5 0.99/0.99/0.98 by third, against dense's 0.83/0.70/0.65) and dense's on meaning (semantic
 # recall@5 0.78, dense 0.69); RRF k=60 lost recall as its pool widened (best 0.874 mean against 0.883).
 FUSION = Fusion(method="relative", lexical_weight=0.6, pool_factor=2, min_pool=10)
+# The lexical side's best candidates whose coverage of the query is read (`Candidates.coverage`).
+COVERAGE_TOP = 3
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A chunk of the hit's object around it (`with_context`): its place in the object and its text."""
+
+    chunk_id: str
+    chunk_index: int
+    document: str
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,65 @@ class Hit:
     dense_rank: int | None = None
     lexical_rank: int | None = None
     distance: float | None = None  # the dense side's, where it offered the chunk
+    # With context (`with_context`): the chunks of the same object around this one, this one among them, in
+    # the object's order; empty when none was asked for.
+    context: tuple[Passage, ...] = ()
+
+    @property
+    def object_key(self) -> str:
+        return str(self.metadata.get("object_key") or "")
+
+
+def per_object(hits: Sequence[Hit], most: int) -> list[Hit]:
+    """The hits in their order, keeping at most `most` of each object (the best ones, as ranked)."""
+    seen: dict[str, int] = {}
+    kept = []
+    for hit in hits:
+        seen[hit.object_key] = seen.get(hit.object_key, 0) + 1
+        if seen[hit.object_key] <= most:
+            kept.append(hit)
+    return kept
+
+
+def with_context(
+    collection: Collection, hits: Sequence[Hit], size: int, keep: Callable[[Mapping[str, Any]], bool] | None = None
+) -> list[Hit]:
+    """Each hit with the `size` chunks before and after it in its object (fewer at the object's ends), read by
+    their ids in one request: a chunk's id is its document's id and its place (keys.chunk_id). `keep` says
+    which chunks may be shown (a source's own): a neighbour it refuses is left out."""
+    if size < 0:
+        raise ValueError(f"the context must be 0 chunks or more, got {size}")
+    if size == 0 or not hits:
+        return list(hits)
+    wanted: dict[str, tuple[str, int]] = {}
+    for hit in hits:
+        document_id, position, count = (hit.metadata.get(k) for k in ("document_id", "chunk_index", "chunk_count"))
+        if not isinstance(document_id, str) or not isinstance(position, int) or not isinstance(count, int):
+            continue  # not a chunk s3sync wrote: no neighbours known
+        for at in range(max(0, position - size), min(count, position + size + 1)):
+            wanted[keys.chunk_id(document_id, at)] = (document_id, at)
+    found = collection.get(ids=list(wanted), include=["documents", "metadatas"]) if wanted else None
+    passages: dict[tuple[str, int], Passage] = {}
+    if found is not None:
+        for chunk_id, document, metadata in zip(
+            found["ids"], found["documents"] or [], found["metadatas"] or [], strict=True
+        ):
+            metadata = metadata or {}
+            document_id, at = wanted[chunk_id]
+            if metadata.get("document_id") == document_id and (keep is None or keep(metadata)):
+                passages[(document_id, at)] = Passage(chunk_id, at, document or "")
+    with_passages = []
+    for hit in hits:
+        document_id, position = hit.metadata.get("document_id"), hit.metadata.get("chunk_index")
+        if not isinstance(document_id, str) or not isinstance(position, int):
+            with_passages.append(hit)
+            continue
+        around = [
+            passages.get((document_id, at)) or (Passage(hit.chunk_id, at, hit.document) if at == position else None)
+            for at in range(position - size, position + size + 1)
+        ]
+        with_passages.append(dataclasses.replace(hit, context=tuple(p for p in around if p is not None)))
+    return with_passages
 
 
 def fold(text: str) -> str:
@@ -341,18 +421,47 @@ def dense_ranking(collection: Collection, text: str, n: int, where: Mapping[str,
     ]
 
 
-def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Ranking:
-    """(chunk id, text, metadata, BM25 score) of the n best chunks for the query's words."""
+@dataclass(frozen=True)
+class Lexical:
+    """What the lexical side knows of one query: its terms, each term's BM25 idf (from its document frequency
+    in the collection, read from Chroma's full-text index), and the ids of the chunks holding the rarest
+    terms (its candidates). `score` gives BM25 for any chunk's text, offered by this side or not."""
+
+    terms: tuple[str, ...]
+    idf: Mapping[str, float]
+    candidate_ids: tuple[str, ...]
+
+    def bm25(self, document: str, average_words: float) -> float:
+        words = len(_WORD.findall(document))
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * words / (average_words or 1.0))
+        folded = fold(document)
+        score = 0.0
+        for term in self.terms:
+            frequency = term_frequency(term, folded)
+            if frequency:
+                score += self.idf[term] * frequency * (BM25_K1 + 1) / (frequency + norm)
+        return score
+
+    def coverage(self, document: str) -> float:
+        """The share of the query's idf the text holds (each term counted once): 1.0 when it holds every term."""
+        total = sum(self.idf.values())
+        if total <= 0:
+            return 0.0
+        folded = fold(document)
+        return sum(idf for term, idf in self.idf.items() if term_frequency(term, folded)) / total
+
+
+def lexical_side(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Lexical:
+    """Looks each query term up whole-word in the collection (`where_document` `$regex`) for its document
+    frequency, and picks the chunks holding the rarest terms as candidates."""
     terms = query_terms(text)
-    if not terms:
-        return []
     matching: dict[str, list[str]] = {}
     for term in terms:
         found = collection.get(
             where=_where(where), where_document={"$regex": term_pattern(term)}, include=[], limit=DF_LIMIT
         )
         matching[term] = list(found["ids"])
-    total = max(collection.count(), 1)
+    total = max(collection.count(), 1) if terms else 1
     idf = {term: math.log(1 + (total - len(ids) + 0.5) / (len(ids) + 0.5)) for term, ids in matching.items()}
     # Candidates: the chunks holding the rarest terms, until there are enough to rank. A common term (past
     # DF_LIMIT, or with an idf under MIN_IDF: in most chunks) picks none: it says little, and a ranking of
@@ -364,27 +473,145 @@ def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[st
         candidates.update(dict.fromkeys(matching[term]))
         if len(candidates) >= max(n, DF_LIMIT // 4):
             break
-    if not candidates:
+    return Lexical(tuple(terms), idf, tuple(candidates))
+
+
+def _average_words(documents: Sequence[str]) -> float:
+    return sum(len(_WORD.findall(document)) for document in documents) / max(len(documents), 1) or 1.0
+
+
+def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Ranking:
+    """(chunk id, text, metadata, BM25 score) of the n best chunks for the query's words."""
+    side = lexical_side(collection, text, n, where)
+    if not side.candidate_ids:
         return []
-    got = collection.get(ids=list(candidates), include=["documents", "metadatas"])
-    texts = {chunk_id: document or "" for chunk_id, document in zip(got["ids"], got["documents"] or [], strict=True)}
-    metadatas = {
-        chunk_id: _plain(metadata) for chunk_id, metadata in zip(got["ids"], got["metadatas"] or [], strict=True)
-    }
-    lengths = {chunk_id: len(_WORD.findall(document)) for chunk_id, document in texts.items()}
-    average = sum(lengths.values()) / max(len(lengths), 1) or 1.0
-    scored = []
-    for chunk_id, document in texts.items():
-        norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths[chunk_id] / average)
-        score = 0.0
-        folded = fold(document)
-        for term in terms:
-            frequency = term_frequency(term, folded)
-            if frequency:
-                score += idf[term] * frequency * (BM25_K1 + 1) / (frequency + norm)
-        scored.append((chunk_id, document, metadatas[chunk_id], score))
+    got = collection.get(ids=list(side.candidate_ids), include=["documents", "metadatas"])
+    rows = [
+        (chunk_id, document or "", _plain(metadata))
+        for chunk_id, document, metadata in zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True)
+    ]
+    average = _average_words([document for _, document, _ in rows])
+    scored = [(chunk_id, document, metadata, side.bm25(document, average)) for chunk_id, document, metadata in rows]
     scored.sort(key=lambda row: (-row[3], row[0]))
     return scored[:n]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A chunk either side offered, scored on both: its dense distance to the query and its BM25 score."""
+
+    chunk_id: str
+    document: str
+    metadata: Mapping[str, Any]
+    distance: float
+    bm25: float
+    dense_rank: int | None
+    lexical_rank: int | None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Both sides' candidates for one query, each scored on both sides; `coverage`: the most of the query's
+    idf any of the lexical side's best candidates holds (0 when it offered none): how much the query's own
+    words say where its answer is."""
+
+    rows: tuple[Candidate, ...]
+    coverage: float
+
+
+def scored_candidates(
+    collection: Collection,
+    text: str,
+    pool: int,
+    where: Mapping[str, Any] | None = None,
+    embedding_function: Callable[[list[str]], Any] | None = None,
+) -> Candidates:
+    """The pool best chunks of each side, every one scored on both: a chunk the dense side did not offer is
+    given its distance (a dense query narrowed to those ids), one the lexical side did not offer its BM25
+    score (from its text and the query terms' idf)."""
+    embedded = embedding_function([text])[0] if embedding_function is not None else None
+    asked: dict[str, Any] = {"query_embeddings": [embedded]} if embedded is not None else {"query_texts": [text]}
+    dense = collection.query(
+        **asked, n_results=pool, where=_where(where), include=["documents", "metadatas", "distances"]
+    )
+    rows: dict[str, tuple[str, dict[str, Any]]] = {}
+    distance: dict[str, float] = {}
+    for chunk_id, document, metadata, far in zip(
+        dense["ids"][0], (dense["documents"] or [[]])[0], (dense["metadatas"] or [[]])[0], (dense["distances"] or [[]])[0],
+        strict=True,
+    ):  # fmt: skip
+        rows[chunk_id] = (document or "", _plain(metadata))
+        distance[chunk_id] = float(far)
+    side = lexical_side(collection, text, pool, where)
+    lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
+    if lexical_only:
+        got = collection.query(
+            **asked, ids=lexical_only, n_results=len(lexical_only), include=["documents", "metadatas", "distances"]
+        )
+        for chunk_id, document, metadata, far in zip(
+            got["ids"][0], (got["documents"] or [[]])[0], (got["metadatas"] or [[]])[0], (got["distances"] or [[]])[0],
+            strict=True,
+        ):  # fmt: skip
+            rows[chunk_id] = (document or "", _plain(metadata))
+            distance[chunk_id] = float(far)
+    average = _average_words([document for document, _ in rows.values()])
+    bm25 = {chunk_id: side.bm25(document, average) for chunk_id, (document, _) in rows.items()}
+    dense_order = sorted(distance, key=lambda chunk_id: (distance[chunk_id], chunk_id))
+    lexical_order = sorted(
+        (chunk_id for chunk_id in side.candidate_ids if chunk_id in rows), key=lambda c: (-bm25[c], c)
+    )
+    dense_rank = {chunk_id: rank for rank, chunk_id in enumerate(dense_order[:pool], 1)}
+    lexical_rank = {chunk_id: rank for rank, chunk_id in enumerate(lexical_order[:pool], 1)}
+    kept = set(dense_rank) | set(lexical_rank)
+    coverage = max((side.coverage(rows[chunk_id][0]) for chunk_id in lexical_order[:COVERAGE_TOP]), default=0.0)
+    made = [
+        Candidate(
+            chunk_id,
+            *rows[chunk_id],
+            distance[chunk_id],
+            bm25[chunk_id],
+            dense_rank.get(chunk_id),
+            lexical_rank.get(chunk_id),
+        )
+        for chunk_id in sorted(kept)
+    ]
+    return Candidates(tuple(made), coverage)
+
+
+def lexical_weight(fusion: Fusion, coverage: float) -> float:
+    """How much the lexical side counts for a query: `lexical_weight` itself, or, when the fusion is
+    adaptive, that much times the query's coverage to the power `coverage_power` (a question in a user's own
+    words, whose terms no chunk holds together, leaves the answer to meaning)."""
+    if fusion.coverage_power is None:
+        return fusion.lexical_weight
+    return fusion.lexical_weight * max(0.0, min(1.0, coverage)) ** fusion.coverage_power
+
+
+def fuse_scored(candidates: Candidates, n: int, fusion: Fusion) -> list[Hit]:
+    """One ranking of candidates scored on both sides: each side's scores scaled to 0-1 over all the
+    candidates (similarity as 1 - distance, BM25 as it is), summed with the query's lexical weight."""
+    rows = candidates.rows
+    if not rows:
+        return []
+    weight = lexical_weight(fusion, candidates.coverage)
+    dense = _scaled({row.chunk_id: -row.distance for row in rows})
+    lexical = _scaled({row.chunk_id: row.bm25 for row in rows}) if any(row.bm25 for row in rows) else {}
+    scores = {
+        row.chunk_id: (1 - weight) * dense[row.chunk_id] + weight * lexical.get(row.chunk_id, 0.0) for row in rows
+    }
+    ranked = sorted(rows, key=lambda row: (-scores[row.chunk_id], row.distance, row.chunk_id))[:n]
+    return [
+        Hit(
+            row.chunk_id,
+            row.document,
+            row.metadata,
+            scores[row.chunk_id],
+            row.dense_rank,
+            row.lexical_rank,
+            row.distance,
+        )
+        for row in ranked
+    ]
 
 
 def fuse(
@@ -447,9 +674,12 @@ def search(
     n: int = 5,
     where: Mapping[str, Any] | None = None,
     fusion: Fusion = FUSION,
+    embedding_function: Callable[[list[str]], Any] | None = None,
 ) -> list[Hit]:
     """The n chunks of the collection that best answer `text`: by meaning (dense), by its words (lexical), or
-    both fused (hybrid). `where` filters by chunk metadata, as in Chroma (`{"source": "docs"}`)."""
+    both fused (hybrid). `where` filters by chunk metadata, as in Chroma (`{"source": "docs"}`).
+    embedding_function: the collection's own, when the caller holds it: the query is then embedded once for
+    both of the dense side's requests (else Chroma embeds it for each)."""
     if mode not in MODES:
         raise ValueError(f"search mode '{mode}' is not one of {', '.join(MODES)}")
     if n < 1:
@@ -471,10 +701,15 @@ def search(
                 Hit(chunk_id, document, metadata, score, None, rank)
                 for rank, (chunk_id, document, metadata, score) in enumerate(lexical[:n], 1)
             ]
+        # Chroma Cloud's BM25 scores only its own candidates: its two rankings are fused as they are.
+        if fusion.method == "scored":
+            fusion = dataclasses.replace(fusion, method="relative")
         return fuse(dense, lexical, n, fusion)
     if mode == "lexical":
         return [
             Hit(chunk_id, document, metadata, score, None, rank)
             for rank, (chunk_id, document, metadata, score) in enumerate(lexical_ranking(collection, text, n, where), 1)
         ]
+    if fusion.method == "scored":
+        return fuse_scored(scored_candidates(collection, text, pool, where, embedding_function), n, fusion)
     return fuse(dense_ranking(collection, text, pool, where), lexical_ranking(collection, text, pool, where), n, fusion)
