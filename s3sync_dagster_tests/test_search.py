@@ -3,6 +3,7 @@ embedded and a `chroma run` server, queried as `s3sync query` and the Python API
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -291,3 +292,24 @@ def test_scored_fusion_keeps_the_exact_code_first_and_the_dense_answer_for_commo
         dense = search.search(collection, query, mode="dense", n=3)
         hybrid = search.search(collection, query, n=3, fusion=SCORED)
         assert first_key(hybrid) == first_key(dense), query
+
+
+def test_the_folding_tables_are_kept_between_processes_and_rebuilt_when_damaged(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-off `s3sync query` does not scan every code point again (about a second): the tables are read
+    from a file named after the Unicode data and the code deriving them, the same as a scan gives."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    search._folding.cache_clear()
+    try:
+        scanned = search._folding()
+        (cache,) = (tmp_path / "s3sync-dagster").glob("folding-*.json")
+        search._folding.cache_clear()
+        loaded = search._folding()
+        assert loaded == scanned and loaded is not scanned
+        assert re.search(term_pattern("strasse"), "Die Straße am Hafen")  # spelled from the loaded tables
+        cache.write_text("{not json")
+        search._folding.cache_clear()
+        assert search._folding() == scanned and json.loads(cache.read_text())["word_extra"]
+    finally:
+        search._folding.cache_clear()

@@ -23,14 +23,20 @@ earlier release, or by another tool) is searched the portable way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
+import inspect
 import itertools
+import json
 import math
+import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from chromadb import K, Knn, Schema, Search, SparseVectorIndexConfig
@@ -231,8 +237,9 @@ def _ranges(code_points: list[int]) -> str:
     return "".join(f"\\U{low:08x}" + (f"-\\U{high:08x}" if high > low else "") for low, high in runs)
 
 
-@functools.cache
-def _folding() -> _Folding:
+def _folding_tables() -> tuple[dict[str, tuple[str, ...]], list[int]]:
+    """What `fold` makes of each character, from a scan of every code point (about a second): the other
+    spellings of each folded letter or letters, and the code points of FOLDING's word_extra."""
     forms: dict[str, set[str]] = {}
     word_extra: list[int] = []  # sorted
     for code_point in range(0x110000):
@@ -257,6 +264,39 @@ def _folding() -> _Folding:
         others = tuple(form for form in kept.values() if _rust_case(form) != _rust_case(folded))
         if others:
             spellings[folded] = others
+    return spellings, word_extra
+
+
+def _folding_cache() -> Path | None:
+    """Where the tables are kept between processes: they depend only on this Python's Unicode data and on the
+    code that derives them, both in the file's name, so a one-off `s3sync query` does not scan again. None
+    where that code cannot be read (an install without sources): then every process scans."""
+    try:
+        derivation = inspect.getsource(_folding_tables) + inspect.getsource(fold) + inspect.getsource(_rust_case)
+    except (OSError, TypeError):
+        return None
+    key = hashlib.sha256(f"{unicodedata.unidata_version}\n{derivation}".encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "s3sync-dagster" / f"folding-{key}.json"
+
+
+@functools.cache
+def _folding() -> _Folding:
+    cache = _folding_cache()
+    try:
+        if cache is None:
+            raise OSError("no cache")
+        raw = json.loads(cache.read_text(encoding="utf-8"))
+        spellings = {folded: tuple(others) for folded, others in raw["spellings"].items()}
+        word_extra = [int(code_point) for code_point in raw["word_extra"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        spellings, word_extra = _folding_tables()
+        if cache is not None:
+            with contextlib.suppress(OSError):  # a read-only home: the next process scans again
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                partial = cache.with_suffix(f".{os.getpid()}.tmp")
+                partial.write_text(json.dumps({"spellings": spellings, "word_extra": word_extra}), encoding="utf-8")
+                partial.replace(cache)
     multi: dict[str, list[str]] = {}
     for folded in spellings:
         if len(folded) > 1:
