@@ -449,7 +449,12 @@ def dense_ranking(collection: Collection, text: str, n: int, where: Mapping[str,
     found = collection.query(
         query_texts=[text], n_results=n, where=_where(where), include=["documents", "metadatas", "distances"]
     )
-    return [
+    return list(_query_rows(found))
+
+
+def _query_rows(found: Any) -> Iterator[tuple[str, str, dict[str, Any], float]]:
+    """(chunk id, text, metadata, distance) of a one-query `collection.query` answer, nearest first."""
+    yield from (
         (chunk_id, document or "", _plain(metadata), float(distance))
         for chunk_id, document, metadata, distance in zip(
             found["ids"][0],
@@ -458,7 +463,7 @@ def dense_ranking(collection: Collection, text: str, n: int, where: Mapping[str,
             (found["distances"] or [[]])[0],
             strict=True,
         )
-    ]
+    )
 
 
 @dataclass(frozen=True)
@@ -576,24 +581,16 @@ def scored_candidates(
     )
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
     distance: dict[str, float] = {}
-    for chunk_id, document, metadata, far in zip(
-        dense["ids"][0], (dense["documents"] or [[]])[0], (dense["metadatas"] or [[]])[0], (dense["distances"] or [[]])[0],
-        strict=True,
-    ):  # fmt: skip
-        rows[chunk_id] = (document or "", _plain(metadata))
-        distance[chunk_id] = float(far)
+    for chunk_id, document, metadata, far in _query_rows(dense):
+        rows[chunk_id], distance[chunk_id] = (document, metadata), far
     side = lexical_side(collection, text, pool, where)
     lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
     if lexical_only:
         got = collection.query(
             **asked, ids=lexical_only, n_results=len(lexical_only), include=["documents", "metadatas", "distances"]
         )
-        for chunk_id, document, metadata, far in zip(
-            got["ids"][0], (got["documents"] or [[]])[0], (got["metadatas"] or [[]])[0], (got["distances"] or [[]])[0],
-            strict=True,
-        ):  # fmt: skip
-            rows[chunk_id] = (document or "", _plain(metadata))
-            distance[chunk_id] = float(far)
+        for chunk_id, document, metadata, far in _query_rows(got):
+            rows[chunk_id], distance[chunk_id] = (document, metadata), far
     average = _average_words([document for document, _ in rows.values()])
     bm25 = {chunk_id: side.bm25(document, average) for chunk_id, (document, _) in rows.items()}
     dense_order = sorted(distance, key=lambda chunk_id: (distance[chunk_id], chunk_id))
