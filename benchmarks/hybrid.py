@@ -687,9 +687,11 @@ def section_lines(result: dict[str, Any]) -> list[str]:
         )
     dense_sem = modes["dense"]["semantic"]["recall_at_5"]
     verdict = (
-        "no variant keeps dense's semantic recall@5: the winner is the best mean regardless, and loses to dense there"
+        f"no variant meets every figure of the rule: the winner misses {', '.join(winner['missed'])}"
         if result["none_eligible"]
-        else f"the winner's semantic recall@5 is {_r(winner['sets']['semantic']['recall_at_5'])} against dense's "
+        else "it meets every figure of the rule"
+    ) + (
+        f"; its semantic recall@5 is {_r(winner['sets']['semantic']['recall_at_5'])} against dense's "
         f"{_r(dense_sem)} and lexical's {_r(modes['lexical']['semantic']['recall_at_5'])}; its known-item recall@1 "
         f"is {_r(winner['sets']['known']['recall_at_1'])} against lexical's "
         f"{_r(modes['lexical']['known']['recall_at_1'])}"

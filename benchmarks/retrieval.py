@@ -442,7 +442,7 @@ def section_markdown(result: dict[str, Any]) -> str:
         "",
         f"Real text no one here wrote: {kinds.get('html', {}).get('objects', 0)} pages of Debian's python3.11-doc "
         f"HTML documentation and {kinds.get('py', {}).get('objects', 0)} modules of the Python 3.11 standard "
-        f"library ({added} of them added to the sample for the semantic probes below; "
+        f"library ({added} of them added to the sample for the semantic and paraphrase probes below; "
         f"{corpus['bytes'] / 1e6:.1f} MB, up to {result['max_bytes'] // 1000} KB a file, seed {result['seed']}), "
         'synced through the engine (section 1\'s A) once per `chunking.max_tokens` ("unset": no such key, the '
         f"default chunking: {default_token_budget().max_tokens} tokens for this model), each into a fresh embedded "

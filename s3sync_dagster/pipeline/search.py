@@ -5,8 +5,9 @@ full-text index over chunk texts (`where_document` `$regex`, whole words, any ca
 term's document frequency; the chunks holding the rarest terms are then scored with BM25 (Okapi, k1 1.2,
 b 0.75). Nothing is stored beside the chunks, so the lexical side is exactly as current as they are: a
 changed object's new words are found and its old ones are not, a removed object's are gone, on every
-target (embedded, a `chroma run` server, the production deployment's). Hybrid fuses the two rankings
-(FUSION: relative-score fusion, the lexical side weighted 0.6, chosen by benchmarks/RESULTS.md section 7).
+target (embedded, a `chroma run` server, the production deployment's). Hybrid scores every candidate of
+either side on both and sums them (FUSION: the lexical side weighted by how much of the query its best
+candidates hold, chosen by benchmarks/RESULTS.md section 7).
 
 Words match as people type them, not only as they were stored: the query and the chunk texts are compared
 folded (`fold`: NFC, Unicode case folding, the Turkish dotted and dotless i as plain i), so "istanbul"
@@ -98,11 +99,17 @@ class Fusion:
         return max(self.min_pool, self.pool_factor * n)
 
 
-# Measured (benchmarks/RESULTS.md section 7: 1,200 known-item and 126 semantic probes, 24 variants): scores
-# scaled per side and summed with the lexical side at 0.6 keeps lexical's wins on exact words (known-item
-# recall@5 0.99/0.99/0.98 by third, against dense's 0.83/0.70/0.65) and dense's on meaning (semantic
-# recall@5 0.78, dense 0.69); RRF k=60 lost recall as its pool widened (best 0.874 mean against 0.883).
-FUSION = Fusion(method="relative", lexical_weight=0.6, pool_factor=2, min_pool=10)
+# The two rankings fused as they are (issue 26's default): what Chroma Cloud's BM25 index, which scores only
+# its own candidates, is fused with; a `scored` fusion asked of a Cloud collection runs as this.
+RANKINGS_FUSION = Fusion(method="relative", lexical_weight=0.6, pool_factor=2, min_pool=10)
+# Measured (benchmarks/RESULTS.md section 7: 1,200 known-item, 126 semantic and 187 paraphrase probes, 56
+# variants, the rule written before their figures): every candidate scored on both sides, the lexical side
+# at 0.9 x coverage^2. A remembered sentence (coverage near 1) is found by its words: known-item recall@1
+# 0.91 (relative 0.6: 0.88; lexical 0.90; dense 0.53), recall@5 0.99/0.98/0.97 by third; a question in the
+# user's own words (coverage low) is left to meaning: paraphrase recall@1 0.11, MRR@10 0.17, recall@5 0.24
+# against dense's 0.11, 0.16, 0.23 (relative 0.6: 0.02, 0.07, 0.18); semantic recall@1 0.52, @5 0.76
+# (dense 0.39, 0.67).
+FUSION = Fusion(method="scored", lexical_weight=0.9, pool_factor=2, min_pool=10, coverage_power=2.0)
 # The lexical side's best candidates whose coverage of the query is read (`Candidates.coverage`).
 COVERAGE_TOP = 3
 
@@ -655,7 +662,7 @@ def fuse(
     dense: Sequence[tuple[str, str, dict[str, Any], float]],
     lexical: Sequence[tuple[str, str, dict[str, Any], float]],
     n: int,
-    fusion: Fusion = FUSION,
+    fusion: Fusion = RANKINGS_FUSION,
 ) -> list[Hit]:
     """One ranking from the dense one (by distance, lower first) and the lexical one (by score, higher first)."""
     rows = {chunk_id: (document, metadata) for chunk_id, document, metadata, _ in [*dense, *lexical]}
@@ -740,7 +747,7 @@ def search(
             ]
         # Chroma Cloud's BM25 scores only its own candidates: its two rankings are fused as they are.
         if fusion.method == "scored":
-            fusion = dataclasses.replace(fusion, method="relative")
+            fusion = dataclasses.replace(RANKINGS_FUSION, pool_factor=fusion.pool_factor, min_pool=fusion.min_pool)
         return fuse(dense, lexical, n, fusion)
     if mode == "lexical":
         return [
