@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import search_cost
-from s3sync_dagster.pipeline import search
+from s3sync_dagster.pipeline import search, terms
 from s3sync_dagster.pipeline.search import Fusion
 
 POOL = 50  # candidates each side offers per probe, asked once
@@ -162,11 +162,11 @@ def semantic_targets(
 
 
 def term_overlap(query: str, document: str) -> float:
-    """The share of the query's looked-up terms (search.query_terms) that the document holds as whole words."""
-    terms = search.query_terms(query)
-    if not terms:
+    """The share of the query's looked-up terms (terms.query_terms) that the document holds as whole words."""
+    looked_up = terms.query_terms(query)
+    if not looked_up:
         return 0.0
-    return sum(bool(re.search(search.term_pattern(term), document)) for term in terms) / len(terms)
+    return sum(bool(re.search(terms.term_pattern(term), document)) for term in looked_up) / len(looked_up)
 
 
 # --- paraphrase probes (issue 36) -----------------------------------------------------------------

@@ -28,19 +28,22 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def latency(collection: Any, queries: Sequence[str], fusions: dict[str, Fusion], n: int = 5) -> dict[str, Any]:
+def latency(
+    collection: Any, queries: Sequence[str], fusions: dict[str, Fusion], n: int = 5, embedding_function: Any = None
+) -> dict[str, Any]:
     """Milliseconds of `search.search` (top n) per mode, the modes taking turns query by query after a
-    warm-up; hybrid once per fusion given (by label)."""
+    warm-up; hybrid once per fusion given (by label). embedding_function: the collection's, held by the
+    caller as `SourceSearch` holds it (the query embedded once, a lexical candidate's distance computed)."""
     modes: list[tuple[str, str, Fusion]] = [("dense", "dense", search.FUSION), ("lexical", "lexical", search.FUSION)]
     modes += [(f"hybrid ({label})", "hybrid", fusion) for label, fusion in fusions.items()]
     for query in queries[:3]:
         for _, mode, fusion in modes:
-            search.search(collection, query, mode=mode, n=n, fusion=fusion)  # type: ignore[arg-type]
+            search.search(collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function)  # type: ignore[arg-type]
     timings: dict[str, list[float]] = {label: [] for label, _, _ in modes}
     for query in queries:
         for label, mode, fusion in modes:
             started = time.perf_counter()
-            search.search(collection, query, mode=mode, n=n, fusion=fusion)  # type: ignore[arg-type]
+            search.search(collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function)  # type: ignore[arg-type]
             timings[label].append((time.perf_counter() - started) * 1000)
     return {
         label: {
@@ -114,7 +117,23 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
                 for i in range(count)
             ],
         )
-    return collection, {"chunks": collection.count(), "dimension": dimension, "build_s": time.perf_counter() - started}
+    built_s = time.perf_counter() - started
+    # Opened as the engine opens a collection, then its lexical index built from the chunks (written above
+    # straight into Chroma, for speed), as `s3sync rebuild-lexicon` builds one.
+    from s3sync_dagster.pipeline import index, lexicon
+
+    collection = index.get_collection(client, "large-chunks", function)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    indexed = lexicon.of(collection)
+    assert indexed is not None
+    indexed.rebuild(collection)
+    return collection, {
+        "chunks": collection.count(),
+        "dimension": dimension,
+        "build_s": built_s,
+        "lexicon_build_s": time.perf_counter() - started,
+        "lexicon_bytes": (path / lexicon.FILE).stat().st_size,
+    }
 
 
 # --- the full-text index's cost -------------------------------------------------------------------
@@ -212,3 +231,79 @@ def fts_cost(
         "bare_fts5_bytes": bare.stat().st_size,
         "bare_share_of_on": bare_s / on_s,
     }
+
+
+# --- part 3's figures on their own --------------------------------------------------------------------
+
+
+def part3(workdir: Path, synced: Path, collection_name: str, chunks: int, queries_n: int, seed: int) -> dict[str, Any]:
+    """Hybrid, lexical and dense latency at `chunks` synthetic chunks (made from the texts of the synced store
+    at `synced`) in one run: embedded with the lexical index, the same collection as another tool opens it
+    (Chroma's full-text filter: the path before the index), and through a `chroma run` server on a copy."""
+    import json
+    import random
+
+    import chromadb
+
+    from benchmarks.latency import chroma_server
+    from s3sync_dagster.commands.local_s3 import LOOPBACK
+    from s3sync_dagster.pipeline.embed import EmbeddingSpec
+    from s3sync_dagster.pipeline.store import embedded_client
+
+    source = embedded_client(synced).get_collection(collection_name)
+    got = source.get(include=["documents"])
+    documents = [document or "" for document in got["documents"] or []]
+    chooser = random.Random(seed)
+    # Queries as people ask them: a sentence remembered from a chunk (known-item) and questions in their own
+    # words (benchmarks/probes/paraphrase.json), two to one.
+    remembered = [" ".join(document.split())[:160] for document in chooser.sample(documents, queries_n * 2 // 3)]
+    probes = json.loads((Path(__file__).parent / "probes" / "paraphrase.json").read_text(encoding="utf-8"))["probes"]
+    queries = remembered + [probe["question"] for probe in chooser.sample(probes, queries_n - len(remembered))]
+    fusions = {"default": search.FUSION}
+    function = EmbeddingSpec().build()
+    big, built = large_collection(workdir / "large", documents, chunks, seed)
+    result: dict[str, Any] = {"built": built, "queries": len(queries)}
+    result["embedded"] = latency(big, queries, fusions, embedding_function=function)
+    from s3sync_dagster.pipeline import lexicon
+
+    detached = lexicon.detach(big)  # as another tool opens the store: Chroma's full-text filter answers
+    result["embedded_chroma_filter"] = latency(big, queries, fusions, embedding_function=function)
+    assert detached is not None
+    lexicon.attach(big, detached.path.parent)
+    copy = workdir / "server-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(workdir / "large", copy)
+    with chroma_server(copy) as port:
+        server = chromadb.HttpClient(host=LOOPBACK, port=port)
+        remote = server.get_collection("large-chunks", embedding_function=function)  # type: ignore[arg-type]
+        result["server"] = latency(remote, queries, fusions, embedding_function=function)
+    return result
+
+
+def main() -> None:
+    import argparse
+    import json
+    import os
+
+    parser = argparse.ArgumentParser(description=part3.__doc__)
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--synced", type=Path, required=True, help="an embedded store synced by s3sync")
+    parser.add_argument("--collection", required=True)
+    parser.add_argument("--chunks", type=int, default=LARGE_CHUNKS)
+    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--config", type=Path, help="the synced store's config: s3sync query's wall time too")
+    parser.add_argument("--source")
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    result = part3(args.workdir, args.synced, args.collection, args.chunks, args.queries, args.seed)
+    if args.config and args.source:
+        result["command_wall"] = command_wall(
+            args.config, args.source, ["how do I read a file line by line", "RB-1020-A"], 9
+        )
+    result["load_average"] = [load_before, os.getloadavg()[0]]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -137,7 +137,14 @@ def test_repair_fixes_exactly_the_drift_and_the_check_says_so(
     code = cli.main(["repair", "docs", "--config", str(path), "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == cli.EXIT_OK, payload
-    assert payload["before"]["counts"] == {"missing": 1, "stale": 1, "orphaned": 2, "foreign": 1, "misplaced": 0}
+    assert payload["before"]["counts"] == {
+        "missing": 1,
+        "stale": 1,
+        "orphaned": 2,
+        "foreign": 1,
+        "misplaced": 0,
+        "lexicon": 1,
+    }
     assert payload["after"]["clean"] is True
     statuses = {r["object_key"]: r["status"] for r in payload["reports"]}
     assert statuses == {
@@ -200,7 +207,7 @@ def test_metadata_mode_audits_orphans_only(
     assert not sync(config, "docs", instance, ["a/doc.meta.json"]).failed
     put(s3, bucket, {"a/unnamed.txt": "no meta file names me\n"})
     assert _drift(config, instance, s3).counts() == {
-        "missing": None, "stale": 0, "orphaned": 0, "foreign": 0, "misplaced": 0
+        "missing": None, "stale": 0, "orphaned": 0, "foreign": 0, "misplaced": 0, "lexicon": 0
     }  # fmt: skip
     s3.delete_object(Bucket=bucket, Key="a/doc.meta.json")
     drift = _drift(config, instance, s3)

@@ -12,10 +12,11 @@ from typing import Any
 import chromadb
 import pytest
 
-from s3sync_dagster.pipeline import keys, search
-from s3sync_dagster.pipeline.search import Fusion, fuse, query_terms, term_pattern
+from s3sync_dagster.pipeline import index, keys, lexicon, search, terms
+from s3sync_dagster.pipeline.search import Fusion, fuse
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.terms import query_terms, term_pattern
 from s3sync_dagster_tests.conftest import CountingEmbedder, Row, put, store_chunks
 
 # Prose on one theme, so meaning alone cannot tell them apart; each holds one exact thing someone remembers.
@@ -26,9 +27,11 @@ NOTES = {
 }
 
 
-@pytest.fixture(params=["embedded", "server"])
+# embedded: the store's lexical index answers the lexical side (pipeline/lexicon.py); unindexed: an embedded
+# collection opened as another tool opens it, where Chroma's full-text filter does; server: a `chroma run` one.
+@pytest.fixture(params=["embedded", "unindexed", "server"])
 def client(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
-    if request.param == "embedded":
+    if request.param != "server":
         yield chromadb.PersistentClient(path=str(tmp_path / "chroma"))
     else:
         port = request.getfixturevalue("chroma_server")
@@ -41,8 +44,14 @@ def spec(bucket: str) -> SourceSpec:
 
 
 @pytest.fixture
-def collection(client: Any, spec: SourceSpec, embedding_function: Any) -> Iterator[Any]:
-    collection = client.get_or_create_collection(spec.collection_name, embedding_function=embedding_function)
+def collection(request: pytest.FixtureRequest, client: Any, spec: SourceSpec, embedding_function: Any) -> Iterator[Any]:
+    if request.node.callspec.params["client"] == "unindexed":
+        collection = client.get_or_create_collection(spec.collection_name, embedding_function=embedding_function)
+    else:
+        collection = index.open_collection(
+            client, spec.collection_name, embedding_function, metadata={"created_by": "s3sync-dagster"}
+        )
+    assert (lexicon.of(collection) is not None) == (request.node.callspec.params["client"] == "embedded")
     yield collection
     client.delete_collection(spec.collection_name)
 
@@ -225,8 +234,8 @@ def test_query_terms_are_folded_and_a_combining_mark_belongs_to_its_word() -> No
     assert query_terms("Where is İSTANBUL's Straße, CAFE\u0301?") == ["istanbul", "strasse", "café"]
     assert query_terms("हिन्दी") == ["हिन्दी"]
     # As in Chroma's regex: no precomposed q with acute exists, so "faq" is not a word of "faq\u0301".
-    assert search.term_frequency("faq", search.fold("FAQ\u0301 faq, FAQ")) == 2
-    assert search.term_frequency("हिन्द", search.fold("हिन्दी")) == 0
+    assert terms.term_frequency("faq", terms.fold("FAQ\u0301 faq, FAQ")) == 2
+    assert terms.term_frequency("हिन्द", terms.fold("हिन्दी")) == 0
 
 
 # --- fusion scoring every candidate on both sides (issue 36) ------------------------------------------------
@@ -300,16 +309,16 @@ def test_the_folding_tables_are_kept_between_processes_and_rebuilt_when_damaged(
     """A one-off `s3sync query` does not scan every code point again (about a second): the tables are read
     from a file named after the Unicode data and the code deriving them, the same as a scan gives."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    search._folding.cache_clear()
+    terms._folding.cache_clear()
     try:
-        scanned = search._folding()
+        scanned = terms._folding()
         (cache,) = (tmp_path / "s3sync-dagster").glob("folding-*.json")
-        search._folding.cache_clear()
-        loaded = search._folding()
+        terms._folding.cache_clear()
+        loaded = terms._folding()
         assert loaded == scanned and loaded is not scanned
         assert re.search(term_pattern("strasse"), "Die Straße am Hafen")  # spelled from the loaded tables
         cache.write_text("{not json")
-        search._folding.cache_clear()
-        assert search._folding() == scanned and json.loads(cache.read_text())["word_extra"]
+        terms._folding.cache_clear()
+        assert terms._folding() == scanned and json.loads(cache.read_text())["word_extra"]
     finally:
-        search._folding.cache_clear()
+        terms._folding.cache_clear()

@@ -20,7 +20,7 @@ import pytest
 from botocore.response import StreamingBody
 
 from s3sync_dagster.commands.local_s3 import LOOPBACK
-from s3sync_dagster.pipeline import index, search
+from s3sync_dagster.pipeline import index, terms
 from s3sync_dagster.pipeline.documents import DocumentPool
 from s3sync_dagster.pipeline.reports import KeyReport
 from s3sync_dagster.pipeline.settle import MAX_RESYNCS
@@ -196,7 +196,7 @@ def assert_newest_wins(
         for text, _ in expected.values():
             found = written.get(
                 where={"object_key": {"$in": documents or keys}},
-                where_document={"$regex": search.term_pattern(search.query_terms(text)[0])},
+                where_document={"$regex": terms.term_pattern(terms.query_terms(text)[0])},
                 include=["documents"],
             )
             found_by_words.update(zip(found["ids"], found["documents"], strict=True))

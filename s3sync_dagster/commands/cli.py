@@ -453,6 +453,45 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return EXIT_OK if result.success and not result.failed and result.after["clean"] else EXIT_SOME_FAILED
 
 
+def cmd_rebuild_lexicon(args: argparse.Namespace) -> int:
+    from chromadb.errors import NotFoundError
+
+    from s3sync_dagster.pipeline import lexicon
+
+    config = _config(args)
+    source = config.source(args.source)
+    store = config.chroma.store()
+    if not store.is_embedded:
+        _emit(
+            args,
+            {"source": source.name, "collections": {}},
+            f"source '{source.name}': {store.describe()} keeps no lexical index of ours (it answers the lexical "
+            "side itself): nothing to build",
+        )
+        return EXIT_OK
+    spec = config.embedding.spec()
+    target = source.spec(spec)
+
+    def written() -> Iterator[Any]:
+        for name in dict.fromkeys([target.collection_name, *target.target_collections]):
+            with contextlib.suppress(NotFoundError):  # not made yet: nothing to index
+                yield store.collection(name, spec, create=False)
+
+    started = time.perf_counter()
+    with store.write_lock():  # no sync writes meanwhile
+        built = lexicon.rebuild_all(written())
+    seconds = time.perf_counter() - started
+    text = f"source '{source.name}': lexical index built again in {seconds:.1f} s" + "".join(
+        f"\n  {name}: {count} chunk(s)" for name, count in built.items()
+    )
+    _emit(
+        args,
+        {"source": source.name, "collections": built, "seconds": seconds},
+        text if built else text + "; no collection yet",
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from s3sync_dagster.commands.demo import run_demo
 
@@ -549,6 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repair.add_argument("source")
     repair.set_defaults(run=cmd_repair)
+
+    lexicon = commands.add_parser(
+        "rebuild-lexicon",
+        parents=[common],
+        help="build the lexical index of a source's collections again from their chunks (an embedded store)",
+    )
+    lexicon.add_argument("source")
+    lexicon.set_defaults(run=cmd_rebuild_lexicon)
 
     demo = commands.add_parser("demo", parents=[common], help="sync a bundled sample through a local S3 endpoint")
     demo.add_argument("--workdir", default=".s3sync/demo", help="where the demo keeps its config and data")

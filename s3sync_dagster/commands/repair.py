@@ -84,7 +84,12 @@ def repair(
         instance=instance,
         tags=tags,
         run_config=repair_run_config(
-            source_name, to_sync, before.unselected, sorted(before.misplaced), bool(before.foreign)
+            source_name,
+            to_sync,
+            before.unselected,
+            sorted(before.misplaced),
+            bool(before.foreign),
+            sorted(before.lexicon),
         ),
         raise_on_error=False,
     )

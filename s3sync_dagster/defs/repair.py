@@ -17,7 +17,7 @@ from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_partitions
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import RepairConfig
-from s3sync_dagster.pipeline import audit, events, index, keys
+from s3sync_dagster.pipeline import audit, events, index, keys, lexicon
 
 
 def delete_unselected(
@@ -114,13 +114,13 @@ def repair_drift(
 ) -> None:
     """The repair job's run: the given keys (else what an audit finds) are synced, unselected chunks deleted."""
     object_keys, unselected = config.object_keys, config.unselected
-    misplaced, foreign = config.misplaced, config.foreign
+    misplaced, foreign, indexes = config.misplaced, config.foreign, config.lexicon
     if object_keys is None:
         drift = drift_of(source, context.instance, s3.client(source.name), chroma, embedding)
         context.log.info(drift.summary())
         object_keys = sorted({*drift.to_sync(), *unlinked_waiting(context.instance, source.name, drift)})
         unselected = drift.unselected
-        misplaced, foreign = sorted(drift.misplaced), bool(drift.foreign)
+        misplaced, foreign, indexes = sorted(drift.misplaced), bool(drift.foreign), sorted(drift.lexicon)
     if foreign:
         with chroma.write_lock():
             by_writer = delete_foreign(chroma, embedding, source)
@@ -137,6 +137,12 @@ def repair_drift(
         with chroma.write_lock():
             deleted = delete_unselected(chroma, embedding, source, unselected)
         context.log.info(f"deleted {deleted} chunk(s) of {len(unselected)} key(s) the source no longer selects")
+    if indexes:
+        with chroma.write_lock():
+            built = lexicon.rebuild_all(chroma.collection(name, embedding, create=False) for name in indexes)
+        context.log.info(
+            "built the lexical index again: " + ", ".join(f"{name} ({n} chunks)" for name, n in built.items())
+        )
     if not object_keys:
         return
     partitions = register_new(context.instance, source, object_keys)

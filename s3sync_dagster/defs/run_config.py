@@ -42,6 +42,8 @@ class RepairConfig(dg.Config):
     # Collections where the source's chunks are deleted: it may not write there (another source's).
     misplaced: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
     foreign: bool = False  # delete the chunks other sources wrote into the source's own collection
+    # Collections whose lexical index is built again from their chunks (pipeline/lexicon.py).
+    lexicon: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
 
 
 class Selection(enum.Enum):
@@ -72,8 +74,15 @@ def repair_run_config(
     unselected: list[str],
     misplaced: list[str] | None = None,
     foreign: bool = False,
+    lexicon: list[str] | None = None,
 ) -> dg.RunConfig:
-    config = RepairConfig(object_keys=object_keys, unselected=unselected, misplaced=misplaced or [], foreign=foreign)
+    config = RepairConfig(
+        object_keys=object_keys,
+        unselected=unselected,
+        misplaced=misplaced or [],
+        foreign=foreign,
+        lexicon=lexicon or [],
+    )
     return dg.RunConfig(ops={repair_op_name(source_name): config}, loggers=QUIET_LOGGERS)
 
 

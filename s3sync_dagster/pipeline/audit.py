@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline import events, index, objects
+from s3sync_dagster.pipeline import events, index, lexicon, objects
 from s3sync_dagster.pipeline.fetch import MAX_META_FILE_BYTES
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.owners import describe
@@ -78,13 +78,16 @@ class Drift:
     foreign: dict[str, int] = field(default_factory=dict)
     # This source's chunks in collections it may not write, by collection (a repair removes them).
     misplaced: dict[str, int] = field(default_factory=dict)
+    # Collections the source writes, in an embedded store, whose lexical index (pipeline/lexicon.py) does not
+    # hold their chunks as they are, with why (a repair builds it again from the collection).
+    lexicon: dict[str, str] = field(default_factory=dict)
     incomplete: int = 0  # of the stale documents, those missing some of their chunks (or holding extra ones)
     # Metadata files without chunks naming a document not in the bucket yet -> that document (not drift).
     waiting: dict[str, str] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.stale or self.orphaned or self.foreign or self.misplaced)
+        return not (self.missing or self.stale or self.orphaned or self.foreign or self.misplaced or self.lexicon)
 
     def counts(self) -> dict[str, int | None]:
         return {
@@ -93,6 +96,7 @@ class Drift:
             "orphaned": len(self.orphaned),
             "foreign": sum(self.foreign.values()),
             "misplaced": sum(self.misplaced.values()),
+            "lexicon": len(self.lexicon),
         }
 
     def to_sync(self) -> list[str]:
@@ -332,6 +336,25 @@ def join(
     )
 
 
+def lexicon_drift(collections: Iterable[Collection]) -> dict[str, str]:
+    """Why each collection's lexical index cannot answer for it, or does not hold every chunk's text as Chroma
+    does (read in full: a writer other than s3sync, or an index a crash left behind); collections of a server
+    or Chroma Cloud have none."""
+    found = {}
+    for collection in collections:
+        index_of = lexicon.of(collection)
+        if index_of is None:
+            continue
+        problem = index_of.state(collection)
+        if problem is None:
+            wrong = index_of.verify(collection)
+            if wrong:
+                problem = f"{len(wrong)} chunk(s) differ between it and the collection, e.g. '{wrong[0]}'"
+        if problem is not None:
+            found[collection.name] = problem
+    return found
+
+
 def audit(
     s3: S3Client,
     target: SourceSpec,
@@ -343,10 +366,13 @@ def audit(
     listing = listing_frame(s3, target)
     listed = time.perf_counter()
     read: list[str] = []
+    written: list[Collection] = []
 
     def reading() -> Iterable[Collection]:
         for collection in collections:
             read.append(collection.name)
+            if may_write(target, collection.name):
+                written.append(collection)
             yield collection
 
     foreign: dict[str, int] = {}
@@ -356,6 +382,7 @@ def audit(
         listing, chunks, target, known_empty, foreign, lambda meta_keys: named_documents(s3, target, meta_keys)
     )
     drift.collections = read
+    drift.lexicon = lexicon_drift(written)
     drift.seconds = {
         "list": listed - started,
         "chroma": chroma - listed,

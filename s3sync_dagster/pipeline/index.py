@@ -18,7 +18,7 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline import keys, lexicon
 from s3sync_dagster.pipeline.owners import Owner, describe
 
 MetadataValue = str | int | float | bool | list[str] | list[int] | list[float] | list[bool]
@@ -68,6 +68,9 @@ _max_batch: dict[UUID, int] = {}
 
 def _opened(client: ClientAPI, collection: Collection) -> Collection:
     _max_batch[collection.id] = int(client.get_max_batch_size())
+    settings = client.get_settings()
+    if settings.is_persistent:  # an embedded store: its lexical index lies in its folder (pipeline/lexicon.py)
+        lexicon.attach(collection, settings.persist_directory)
     return collection
 
 
@@ -77,7 +80,8 @@ def max_batch_size(collection: Collection) -> int:
 
 def delete_ids(collection: Collection, ids: Sequence[str]) -> int:
     for part in _batches(ids, max_batch_size(collection)):
-        collection.delete(ids=list(part))
+        with lexicon.mirrored(collection, part):
+            collection.delete(ids=list(part))
     return len(ids)
 
 
@@ -240,12 +244,13 @@ def _claim(
     for phase in (phase for phase in phases if phase):
         ids = [records[i].chunk_id for i in phase]
         for part in _batches(phase, batch):
-            collection.add(
-                ids=[records[i].chunk_id for i in part],
-                documents=[records[i].text for i in part],
-                embeddings=[vectors[i] for i in part],
-                metadatas=[records[i].metadata for i in part],  # type: ignore[misc]
-            )
+            with lexicon.mirrored(collection, [records[i].chunk_id for i in part]):
+                collection.add(
+                    ids=[records[i].chunk_id for i in part],
+                    documents=[records[i].text for i in part],
+                    embeddings=[vectors[i] for i in part],
+                    metadatas=[records[i].metadata for i in part],  # type: ignore[misc]
+                )
         for part_ids in _batches(ids, batch):
             found = collection.get(ids=list(part_ids), include=["metadatas"])
             metadatas = found.get("metadatas") or [{}] * len(found["ids"])
@@ -305,17 +310,18 @@ def replace_chunks(
             [v for i, v in enumerate(vectors) if i not in held],
         )
     for part in _batches(list(range(len(to_write))), batch):
-        collection.upsert(
-            ids=[to_write[i].chunk_id for i in part],
-            documents=[to_write[i].text for i in part],
-            embeddings=[vectors[i] for i in part],
-            metadatas=[
-                _with_deletions(to_write[i].metadata, stored[to_write[i].chunk_id].metadata)
-                if to_write[i].chunk_id in stored
-                else to_write[i].metadata
-                for i in part
-            ],  # type: ignore[misc]
-        )
+        with lexicon.mirrored(collection, [to_write[i].chunk_id for i in part]):
+            collection.upsert(
+                ids=[to_write[i].chunk_id for i in part],
+                documents=[to_write[i].text for i in part],
+                embeddings=[vectors[i] for i in part],
+                metadatas=[
+                    _with_deletions(to_write[i].metadata, stored[to_write[i].chunk_id].metadata)
+                    if to_write[i].chunk_id in stored
+                    else to_write[i].metadata
+                    for i in part
+                ],  # type: ignore[misc]
+            )
     stats.written += len(to_write)
     for part_records in _batches(to_update, batch):
         collection.update(
@@ -327,7 +333,8 @@ def replace_chunks(
     keep = {record.chunk_id for record in records}
     stale = sorted(chunk_id for chunk_id in stored if chunk_id not in keep)
     for part_ids in _batches(stale, batch):
-        collection.delete(ids=list(part_ids))
+        with lexicon.mirrored(collection, part_ids):
+            collection.delete(ids=list(part_ids))
     stats.deleted = len(stale)
     return stats
 
@@ -395,7 +402,11 @@ def open_collection(
             metadata=dict(metadata),
             schema=schema,
         )
-        return _opened(client, created)
+        opened = _opened(client, created)
+        index = lexicon.of(opened)
+        if index is not None:
+            index.create_if_empty(opened)
+        return opened
     copy.modify(name=name)
     return get_collection(client, name, function)
 
@@ -440,7 +451,12 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
         offset += len(found["ids"])
     client.delete_collection(name)
     copy.modify(name=name)
-    return get_collection(client, name, function)
+    rebuilt = get_collection(client, name, function)
+    index = lexicon.of(rebuilt)
+    if index is not None:  # the copy is a new collection: its lexical index is built anew, the old one's dropped
+        index.rebuild(rebuilt)
+        index.drop(collection.id)
+    return rebuilt
 
 
 # A source's own collection records which source writes it (owners.Owner.record), in its metadata.

@@ -24,46 +24,29 @@ earlier release, or by another tool) is searched the portable way.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import hashlib
-import inspect
-import itertools
-import json
 import math
-import os
 import re
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from chromadb import K, Knn, Schema, Search, SparseVectorIndexConfig
 from chromadb.api.models.Collection import Collection
-from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import (
-    DEFAULT_CHROMA_BM25_STOPWORDS,
-    ChromaBm25EmbeddingFunction,
-)
+from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import ChromaBm25EmbeddingFunction
 
 from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.terms import (  # how text becomes terms, read by both sides of search
+    fold,
+    query_terms,
+    term_frequency,
+    term_pattern,
+)
 
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
-
-# A term: a word, or words joined by . - (an identifier path, a product code: `os.path.join`, `XK-42`); a
-# word of the characters Chroma's regex counts as word characters (`_Folding.word_extra`).
-_TERM = r"{word}+(?:[.\-]{word}+)*"
 _WORD = re.compile(r"\w+")
-# The most ways of writing one run of a term's letters that multi-letter folds overlap in ("ss": ss or ß;
-# "ffi": ffi, fﬁ, ﬀi, ﬃ): past it (a run like "sssssss") the rarer ways are left out of the pattern.
-MAX_SPELLINGS = 16
-# Chroma's full-text index is of trigrams: a shorter term cannot use it, and finds nearly everything anyway.
-MIN_TERM_CHARS = 3
-_STOPWORDS = frozenset(DEFAULT_CHROMA_BM25_STOPWORDS)
-# The most terms of one query looked up (the rarest-looking first: longest, with digits); each is one read.
-MAX_TERMS = 12
+
 # A term in more chunks than this, or with a BM25 idf under MIN_IDF (in over ~80% of the chunks of a large
 # collection, in both of two), is common: it scores, but picks no candidates.
 DF_LIMIT = 2000
@@ -196,199 +179,6 @@ def with_context(
     return with_passages
 
 
-def fold(text: str) -> str:
-    """Text as lexical search compares it: NFC, Unicode case folding (ß is ss, ﬁ is fi), and the Turkish
-    capital dotted and small dotless i (U+0130, U+0131) as plain i: case folding alone makes the first an i
-    with a combining dot above and leaves the second apart, so "istanbul" would not find İstanbul."""
-    folded = unicodedata.normalize("NFC", text).casefold().replace("i\u0307", "i").replace("\u0131", "i")
-    # Folding can decompose (ǰ, ΐ): composed again, a folded text is its own fold.
-    return unicodedata.normalize("NFC", folded)
-
-
-@dataclass(frozen=True)
-class _Folding:
-    """What `fold` makes of each character, read once from unicodedata (a scan of every code point)."""
-
-    # A folded letter or letters -> the other texts that fold to it (each code point as written, in NFC and
-    # in NFD), leaving out those Rust's `(?i)` already matches (its simple case folding: K and k and the
-    # Kelvin sign, ß and ẞ, the Greek sigmas), which keeps the pattern short.
-    spellings: Mapping[str, tuple[str, ...]]
-    # A letter -> the folds of more than one letter that start with it ("s" -> "ss" for ß, "st" for ﬆ).
-    multi: Mapping[str, tuple[str, ...]]
-    # What Rust's `\w` (so Chroma's `\b`) holds beyond Python's: combining marks, connector punctuation,
-    # joiners. Both sides then agree where a word ends, even at a mark that NFC could not compose.
-    word_extra: frozenset[str]
-    term: re.Pattern[str]  # _TERM, of those word characters
-
-    def is_word(self, character: str) -> bool:
-        return character.isalnum() or character == "_" or character in self.word_extra
-
-
-def _rust_case(text: str) -> str:
-    """`text` with each character as Rust's `(?i)` sees it: its simple case folding (one character)."""
-    simple = []
-    for character in text:
-        mapped = next((m for m in (character.casefold(), character.lower()) if len(m) == 1), character)
-        simple.append(mapped)
-    return "".join(simple)
-
-
-def _ranges(code_points: list[int]) -> str:
-    """Sorted code points as the inside of a Python character class."""
-    runs: list[tuple[int, int]] = []
-    for code_point in code_points:
-        if runs and runs[-1][1] == code_point - 1:
-            runs[-1] = (runs[-1][0], code_point)
-        else:
-            runs.append((code_point, code_point))
-    return "".join(f"\\U{low:08x}" + (f"-\\U{high:08x}" if high > low else "") for low, high in runs)
-
-
-def _folding_tables() -> tuple[dict[str, tuple[str, ...]], list[int]]:
-    """What `fold` makes of each character, from a scan of every code point (about a second): the other
-    spellings of each folded letter or letters, and the code points of FOLDING's word_extra."""
-    forms: dict[str, set[str]] = {}
-    word_extra: list[int] = []  # sorted
-    for code_point in range(0x110000):
-        character = chr(code_point)
-        category = unicodedata.category(character)
-        if category in ("Cn", "Cs", "Co"):
-            continue
-        if (category[0] == "M" or category == "Pc" or code_point in (0x200C, 0x200D)) and not re.match(
-            r"\w", character
-        ):
-            word_extra.append(code_point)
-        if character.casefold() == character and unicodedata.is_normalized("NFD", character) and character != "\u0131":
-            continue  # folds to itself, in one form only: nothing to spell out
-        written = {character, unicodedata.normalize("NFC", character), unicodedata.normalize("NFD", character)}
-        forms.setdefault(fold(character), set()).update(written)
-    spellings: dict[str, tuple[str, ...]] = {}
-    for folded, written in forms.items():
-        kept: dict[str, str] = {}
-        # The folded text itself first: what `(?i)` matches of it needs no alternative of its own.
-        for form in sorted(written, key=lambda form: (form != folded, -len(form), _rust_case(form) != form, form)):
-            kept.setdefault(_rust_case(form), form)
-        others = tuple(form for form in kept.values() if _rust_case(form) != _rust_case(folded))
-        if others:
-            spellings[folded] = others
-    return spellings, word_extra
-
-
-def _folding_cache() -> Path | None:
-    """Where the tables are kept between processes: they depend only on this Python's Unicode data and on the
-    code that derives them, both in the file's name, so a one-off `s3sync query` does not scan again. None
-    where that code cannot be read (an install without sources): then every process scans."""
-    try:
-        derivation = inspect.getsource(_folding_tables) + inspect.getsource(fold) + inspect.getsource(_rust_case)
-    except (OSError, TypeError):
-        return None
-    key = hashlib.sha256(f"{unicodedata.unidata_version}\n{derivation}".encode()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "s3sync-dagster" / f"folding-{key}.json"
-
-
-@functools.cache
-def _folding() -> _Folding:
-    cache = _folding_cache()
-    try:
-        if cache is None:
-            raise OSError("no cache")
-        raw = json.loads(cache.read_text(encoding="utf-8"))
-        spellings = {folded: tuple(others) for folded, others in raw["spellings"].items()}
-        word_extra = [int(code_point) for code_point in raw["word_extra"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        spellings, word_extra = _folding_tables()
-        if cache is not None:
-            with contextlib.suppress(OSError):  # a read-only home: the next process scans again
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                partial = cache.with_suffix(f".{os.getpid()}.tmp")
-                partial.write_text(json.dumps({"spellings": spellings, "word_extra": word_extra}), encoding="utf-8")
-                partial.replace(cache)
-    multi: dict[str, list[str]] = {}
-    for folded in spellings:
-        if len(folded) > 1:
-            multi.setdefault(folded[0], []).append(folded)
-    return _Folding(
-        spellings=spellings,
-        multi={first: tuple(sorted(folds, key=len, reverse=True)) for first, folds in multi.items()},
-        word_extra=frozenset(map(chr, word_extra)),
-        term=re.compile(_TERM.format(word=rf"[\w{_ranges(word_extra)}]")),
-    )
-
-
-def query_terms(text: str) -> list[str]:
-    """The query's distinct terms worth looking up, folded (`fold`), the rarest-looking first."""
-    seen: dict[str, None] = {}
-    for match in _folding().term.finditer(fold(text)):
-        term = match.group(0).strip(".-")
-        if len(term) >= MIN_TERM_CHARS and term not in _STOPWORDS:
-            seen.setdefault(term)
-    ranked = sorted(seen, key=lambda term: (not any(c.isdigit() for c in term), -len(term)))
-    return ranked[:MAX_TERMS]
-
-
-def _alternatives(texts: Sequence[str]) -> str:
-    escaped = [re.escape(text) for text in texts]
-    return escaped[0] if len(escaped) == 1 else f"(?:{'|'.join(escaped)})"
-
-
-def _spellings(run: str, folding: _Folding) -> Iterator[str]:
-    """Each way of writing a run of folded letters, as a pattern: letter by letter first, then with a
-    multi-letter fold (ß, ﬃ) standing for the letters it folds to."""
-    if not run:
-        yield ""
-        return
-    first = _alternatives((run[0], *folding.spellings.get(run[0], ())))
-    yield from (first + rest for rest in _spellings(run[1:], folding))
-    for folded in folding.multi.get(run[0], ()):
-        if run.startswith(folded):
-            for written in folding.spellings[folded]:
-                yield from (re.escape(written) + rest for rest in _spellings(run[len(folded) :], folding))
-
-
-def term_pattern(term: str) -> str:
-    """Where a folded term is written in a chunk, in any case and form (`fold`), as a whole word: the pattern
-    for Chroma's `$regex` (Rust regex syntax), which Python's `re` reads too.
-
-    Chroma runs it on the texts as stored, so each letter becomes the group of what folds to it beyond
-    `(?i)` (for i: I + U+0307, U+0130, U+0131; for é: e + U+0301) and a run that a multi-letter fold covers
-    becomes each way of writing it ("strasse": `(?:st|ﬅ|ﬆ)ra(?:ss|ß)e`)."""
-    folding = _folding()
-    pieces = []
-    start = 0
-    while start < len(term):
-        # The run: from here to the end of every multi-letter fold that starts inside it.
-        end = start + 1
-        at = start
-        while at < end:
-            for folded in folding.multi.get(term[at], ()):
-                if term.startswith(folded, at):
-                    end = max(end, at + len(folded))
-            at += 1
-        spellings = list(itertools.islice(_spellings(term[start:end], folding), MAX_SPELLINGS))
-        pieces.append(spellings[0] if len(spellings) == 1 else f"(?:{'|'.join(spellings)})")
-        start = end
-    return rf"(?i)\b{''.join(pieces)}\b"
-
-
-def term_frequency(term: str, folded_text: str) -> int:
-    """How often a folded term stands as a whole word in a folded text (`fold`), for BM25. Not `term_pattern`
-    on the text as stored: Python's `re` ends a word at a combining mark, where Rust's (Chroma's) does not."""
-    folding = _folding()
-    count = 0
-    start = folded_text.find(term)
-    while start >= 0:
-        end = start + len(term)
-        before = start > 0 and folding.is_word(folded_text[start - 1])
-        after = end < len(folded_text) and folding.is_word(folded_text[end])
-        if before or after:
-            start = folded_text.find(term, start + 1)
-        else:
-            count += 1
-            start = folded_text.find(term, end)
-    return count
-
-
 def _plain(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     """A chunk's metadata as written; a Cloud collection's BM25 vector is Chroma's, not the caller's."""
     return {key: value for key, value in (metadata or {}).items() if key != SPARSE_KEY}
@@ -451,11 +241,21 @@ def sparse_rankings(
     return dense, lexical
 
 
-def dense_ranking(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Ranking:
-    """(chunk id, text, metadata, distance) of the n nearest chunks by the collection's embedding."""
-    found = collection.query(
-        query_texts=[text], n_results=n, where=_where(where), include=["documents", "metadatas", "distances"]
+def dense_ranking(
+    collection: Collection,
+    text: str,
+    n: int,
+    where: Mapping[str, Any] | None = None,
+    embedding_function: Callable[[list[str]], Any] | None = None,
+) -> Ranking:
+    """(chunk id, text, metadata, distance) of the n nearest chunks by the collection's embedding (the query
+    embedded by `embedding_function`, the collection's own, when the caller holds it)."""
+    asked: dict[str, Any] = (
+        {"query_embeddings": [embedding_function([text])[0]]}
+        if embedding_function is not None
+        else {"query_texts": [text]}
     )
+    found = collection.query(**asked, n_results=n, where=_where(where), include=["documents", "metadatas", "distances"])
     return list(_query_rows(found))
 
 
@@ -528,13 +328,54 @@ def lexical_side(collection: Collection, text: str, n: int, where: Mapping[str, 
     return Lexical(tuple(terms), idf, tuple(candidates))
 
 
+# The lexical index path: the lexical side offers this many times the pool, best first by BM25 on the
+# query's rarer terms, and every candidate is then scored on all of them.
+LEXICON_POOL_FACTOR = 2
+# The rarer terms that pick the index's candidates hold at most this many chunks together (past the first),
+# as Chroma's path keeps at most DF_LIMIT // 4 candidates: BM25 ranks each chunk holding one of them.
+CANDIDATE_DF = DF_LIMIT // 4
+
+
+def indexed(collection: Collection) -> Any:
+    """The collection's lexical index (pipeline/lexicon.py) when it can answer for it now, else None."""
+    from s3sync_dagster.pipeline import lexicon
+
+    found = lexicon.of(collection)
+    return found if found is not None and found.state(collection) is None else None
+
+
+def lexicon_side(index: Any, collection: Collection, text: str, n: int) -> Lexical:
+    """The lexical side from the index: each term's idf from its exact document frequency, and as
+    candidates the n chunks BM25 ranks best on the rarer terms (as `lexical_side` picks them: a common
+    term scores, but picks no candidates)."""
+    terms = query_terms(text)
+    frequency, total = index.document_frequency(collection, terms)
+    total = max(total, 1)
+    idf = {term: math.log(1 + (total - count + 0.5) / (count + 0.5)) for term, count in frequency.items()}
+    rarer: list[str] = []
+    held = 0
+    for term in sorted(terms, key=lambda term: (frequency[term], term)):
+        if not frequency[term]:
+            continue
+        if frequency[term] >= DF_LIMIT or idf[term] < MIN_IDF or (rarer and held + frequency[term] > CANDIDATE_DF):
+            break
+        rarer.append(term)
+        held += frequency[term]
+    best = index.best(collection, rarer, n)
+    return Lexical(tuple(terms), idf, tuple(chunk_id for chunk_id, _ in best))
+
+
 def _average_words(documents: Sequence[str]) -> float:
     return sum(len(_WORD.findall(document)) for document in documents) / max(len(documents), 1) or 1.0
 
 
 def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Ranking:
     """(chunk id, text, metadata, BM25 score) of the n best chunks for the query's words."""
-    side = lexical_side(collection, text, n, where)
+    index = indexed(collection) if not where else None
+    if index is not None:
+        side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * n)
+    else:
+        side = lexical_side(collection, text, n, where)
     if not side.candidate_ids:
         return []
     got = collection.get(ids=list(side.candidate_ids), include=["documents", "metadatas"])
@@ -579,8 +420,13 @@ def scored_candidates(
     embedding_function: Callable[[list[str]], Any] | None = None,
 ) -> Candidates:
     """The pool best chunks of each side, every one scored on both: a chunk the dense side did not offer is
-    given its distance (a dense query narrowed to those ids), one the lexical side did not offer its BM25
-    score (from its text and the query terms' idf)."""
+    given its distance, one the lexical side did not offer its BM25 score.
+
+    The lexical side comes from an embedded store's lexical index (pipeline/lexicon.py) when it can answer and
+    no filter is asked (each term's document frequency and the candidates; BM25 is computed from the texts),
+    else from Chroma's full-text filter (`lexical_side`). With the query's vector known (embedding_function),
+    a lexical candidate's distance is computed from its stored vector, as Chroma's index computes it; else a
+    dense query narrowed to those ids asks Chroma for it."""
     embedded = embedding_function([text])[0] if embedding_function is not None else None
     asked: dict[str, Any] = {"query_embeddings": [embedded]} if embedded is not None else {"query_texts": [text]}
     dense = collection.query(
@@ -590,16 +436,54 @@ def scored_candidates(
     distance: dict[str, float] = {}
     for chunk_id, document, metadata, far in _query_rows(dense):
         rows[chunk_id], distance[chunk_id] = (document, metadata), far
-    side = lexical_side(collection, text, pool, where)
-    lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
-    if lexical_only:
-        got = collection.query(
-            **asked, ids=lexical_only, n_results=len(lexical_only), include=["documents", "metadatas", "distances"]
-        )
-        for chunk_id, document, metadata, far in _query_rows(got):
-            rows[chunk_id], distance[chunk_id] = (document, metadata), far
+    index = indexed(collection) if not where else None
+    side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * pool) if index else None
+    if side is not None and embedded is not None:
+        _read_with_distances(collection, side, embedded, rows, distance)
+    else:
+        side = side or lexical_side(collection, text, pool, where)
+        lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
+        if lexical_only:
+            got = collection.query(
+                **asked, ids=lexical_only, n_results=len(lexical_only), include=["documents", "metadatas", "distances"]
+            )
+            for chunk_id, document, metadata, far in _query_rows(got):
+                rows[chunk_id], distance[chunk_id] = (document, metadata), far
     average = _average_words([document for document, _ in rows.values()])
-    bm25 = {chunk_id: side.bm25(document, average) for chunk_id, (document, _) in rows.items()}
+    return _candidates(
+        rows, distance, {c: side.bm25(document, average) for c, (document, _) in rows.items()}, side, pool
+    )
+
+
+def _read_with_distances(
+    collection: Collection,
+    side: Lexical,
+    embedded: Any,
+    rows: dict[str, tuple[str, dict[str, Any]]],
+    distance: dict[str, float],
+) -> None:
+    """Read the lexical candidates the dense side did not offer into rows, by id with their vectors, and their
+    distances to the query's vector (`distances`): a dense query narrowed to ids reads every chunk's metadata
+    (138 ms at 100,000 chunks), this reads only theirs."""
+    lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
+    if not lexical_only:
+        return
+    got = collection.get(ids=lexical_only, include=["documents", "metadatas", "embeddings"])  # type: ignore[list-item]
+    far_of = distances(collection, embedded, got["embeddings"])
+    for chunk_id, document, metadata, far in zip(
+        got["ids"], got["documents"] or [], got["metadatas"] or [], far_of, strict=True
+    ):
+        rows[chunk_id], distance[chunk_id] = (document or "", _plain(metadata)), far
+
+
+def _candidates(
+    rows: Mapping[str, tuple[str, dict[str, Any]]],
+    distance: Mapping[str, float],
+    bm25: Mapping[str, float],
+    side: Lexical,
+    pool: int,
+) -> Candidates:
+    """Each side's pool best of the chunks read, each scored on both, and the query's coverage."""
     dense_order = sorted(distance, key=lambda chunk_id: (distance[chunk_id], chunk_id))
     lexical_order = sorted(
         (chunk_id for chunk_id in side.candidate_ids if chunk_id in rows), key=lambda c: (-bm25[c], c)
@@ -620,6 +504,24 @@ def scored_candidates(
         for chunk_id in sorted(kept)
     ]
     return Candidates(tuple(made), coverage)
+
+
+def distances(collection: Collection, query: Any, vectors: Any) -> list[float]:
+    """Each stored vector's distance to the query's, in the collection's space as its HNSW index measures it
+    (cosine: 1 - cosine similarity; ip: 1 - inner product; l2: squared Euclidean distance)."""
+    import numpy as np
+
+    if vectors is None or len(vectors) == 0:
+        return []
+    space = ((collection.configuration or {}).get("hnsw") or {}).get("space") or "l2"
+    target = np.asarray(query, dtype=np.float32)
+    stored = np.asarray(vectors, dtype=np.float32)
+    if space == "cosine":
+        norms = np.linalg.norm(stored, axis=1) * (np.linalg.norm(target) or 1.0)
+        return [float(value) for value in 1.0 - (stored @ target) / np.where(norms == 0, 1.0, norms)]
+    if space == "ip":
+        return [float(value) for value in 1.0 - stored @ target]
+    return [float(value) for value in ((stored - target) ** 2).sum(axis=1)]
 
 
 def lexical_weight(fusion: Fusion, coverage: float) -> float:
@@ -734,7 +636,7 @@ def search(
         return [
             Hit(chunk_id, document, metadata, -distance, rank, None, distance)
             for rank, (chunk_id, document, metadata, distance) in enumerate(
-                dense_ranking(collection, text, n, where), 1
+                dense_ranking(collection, text, n, where, embedding_function), 1
             )
         ]
     pool = fusion.pool(n)

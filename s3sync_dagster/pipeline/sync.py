@@ -87,7 +87,7 @@ def _document_in_metadata_mode(
             elif meta_key not in meta_keys:
                 meta_keys.append(str(meta_key))
         if own:
-            collection.delete(ids=own)
+            index.delete_ids(collection, own)
             report.chunks_deleted += len(own)
     report.message = (
         f"'{object_key}' is indexed through its metadata file(s) {', '.join(meta_keys)}"

@@ -1,0 +1,155 @@
+"""The lexical index of an embedded store (pipeline/lexicon.py): written with the chunks through real syncs (moto
+over HTTP, embedded Chroma), answering as Chroma's own full-text filter does, refused while it may be wrong,
+found by the audit and built again by `s3sync repair` and `s3sync rebuild-lexicon`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from s3sync_dagster.commands import cli
+from s3sync_dagster.commands.runner import sync
+from s3sync_dagster.pipeline import audit, index, lexicon, search
+from s3sync_dagster.pipeline.spec import SourceSpec
+from s3sync_dagster.pipeline.store import embedded_client
+from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster_tests.conftest import ConfigFactory, CountingEmbedder, put
+
+FILES = {
+    "notes/a.md": "# Parcels\n\nThe parcel QX-7741-B left the warehouse in İstanbul on Monday.\n",
+    "notes/b.md": "# Invoices\n\nInvoice RB-1020-A was paid by the Straße office after the audit.\n",
+    "notes/c.py": "def ship(parcel):\n    return os.path.join('warehouse', parcel)\n",
+    "notes/d.txt": "The warehouse ships every parcel on time; the customer signs for it.\n",
+}
+QUERIES = ["QX-7741-B", "istanbul warehouse", "strasse audit invoice", "os.path.join", "parcel customer", "nothing"]
+
+
+@pytest.fixture
+def spec(bucket: str) -> SourceSpec:
+    return SourceSpec(name="docs", bucket_name=bucket, collection_name=f"lexicon-{bucket}"[:60])
+
+
+@pytest.fixture
+def collection(chroma_client: Any, spec: SourceSpec, embedding_function: Any) -> Any:
+    return index.open_collection(
+        chroma_client, spec.collection_name, embedding_function, metadata={"created_by": "s3sync-dagster"}
+    )
+
+
+def synced(s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder, files: dict[str, str]) -> None:
+    put(s3, spec.bucket_name, files)
+    reports = sync_keys(s3, spec, lambda _: collection, embedder, list(files))
+    assert all(report.status in ("indexed", "unchanged", "removed") for report in reports), reports
+
+
+def keys_found(collection: Any, text: str) -> list[str]:
+    return [str(hit.metadata["object_key"]) for hit in search.search(collection, text, mode="lexical", n=10)]
+
+
+def test_the_index_follows_every_sync_and_answers_as_chromas_filter_does(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    index_of = lexicon.of(collection)
+    assert index_of is not None and index_of.state(collection) is None  # a new collection: empty and complete
+    synced(s3, spec, collection, embedder, FILES)
+    assert search.indexed(collection) is index_of and index_of.verify(collection) == []
+    for query in QUERIES:
+        from_index = search.lexicon_side(index_of, collection, query, 50)
+        from_chroma = search.lexical_side(collection, query, 50)
+        assert from_index.terms == from_chroma.terms
+        assert from_index.idf == pytest.approx(from_chroma.idf)
+        assert set(from_index.candidate_ids) == set(from_chroma.candidate_ids), query
+    assert keys_found(collection, "QX-7741-B") == ["notes/a.md"]
+    assert keys_found(collection, "strasse") == ["notes/b.md"]  # folded as the query is
+
+    # A changed object is found by its new words only, a deleted one not at all: the index is rewritten with
+    # the chunks, in the same sync.
+    synced(s3, spec, collection, embedder, {"notes/a.md": "# Parcels\n\nParcel ZP-3388-E waits in Ankara.\n"})
+    s3.delete_object(Bucket=spec.bucket_name, Key="notes/b.md")
+    synced(s3, spec, collection, embedder, {})
+    assert sync_keys(s3, spec, lambda _: collection, embedder, ["notes/b.md"])[0].status == "removed"
+    assert index_of.state(collection) is None and index_of.verify(collection) == []
+    assert keys_found(collection, "ZP-3388-E") == ["notes/a.md"]
+    assert keys_found(collection, "QX-7741-B") == [] and keys_found(collection, "RB-1020-A") == []
+    assert keys_found(collection, "ankara") == ["notes/a.md"]
+
+
+def test_while_a_write_is_not_mirrored_chromas_filter_answers_and_a_rebuild_mends_it(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    synced(s3, spec, collection, embedder, FILES)
+    index_of = lexicon.of(collection)
+    assert index_of is not None
+    [chunk_id] = [c for c, m in zip(*_ids_and_metadata(collection), strict=True) if m["object_key"] == "notes/d.txt"]
+    # A crash between Chroma's write and the index's: the id is pending, the index holds the old text.
+    index_of.pending(collection, [chunk_id])
+    collection.update(ids=[chunk_id], documents=["The lighthouse keeper logs every storm."])
+    assert index_of.state(collection) == "writes to it are not yet in its lexical index"
+    assert search.indexed(collection) is None
+    assert keys_found(collection, "lighthouse") == ["notes/d.txt"]  # Chroma's filter: exact as the chunks are
+    assert audit.lexicon_drift([collection]) == {collection.name: "writes to it are not yet in its lexical index"}
+
+    assert index_of.rebuild(collection) == collection.count()
+    assert index_of.state(collection) is None and index_of.verify(collection) == []
+    assert keys_found(collection, "lighthouse") == ["notes/d.txt"]
+    # A writer that is not s3sync changes a text behind the index's back: the audit reads it and says so.
+    collection.update(ids=[chunk_id], documents=["Only the harbour master signs."])
+    assert index_of.verify(collection) == [chunk_id]
+    assert audit.lexicon_drift([collection]) == {
+        collection.name: f"1 chunk(s) differ between it and the collection, e.g. '{chunk_id}'"
+    }
+
+
+def _ids_and_metadata(collection: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    found = collection.get(include=["metadatas"])
+    return found["ids"], found["metadatas"]
+
+
+@pytest.mark.parametrize("space", ["l2", "cosine", "ip"])
+def test_a_distance_computed_from_a_stored_vector_is_chromas(chroma_client: Any, space: str) -> None:
+    collection = chroma_client.create_collection(f"space-{space}", configuration={"hnsw": {"space": space}})
+    vectors = np.random.default_rng(3).standard_normal((20, 8)).astype(np.float32)
+    if space == "ip":
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    collection.add(ids=[f"v{i}" for i in range(20)], embeddings=vectors, documents=[f"d{i}" for i in range(20)])
+    query = vectors[0] + 0.1
+    found = collection.query(query_embeddings=[query], n_results=20, include=["distances", "embeddings"])
+    computed = search.distances(collection, query, found["embeddings"][0])
+    assert computed == pytest.approx(found["distances"][0], rel=1e-4, abs=1e-5)
+
+
+def test_a_store_synced_before_the_index_is_searched_through_chroma_until_rebuild_lexicon(
+    make_config: ConfigFactory,
+    bucket: str,
+    s3: Any,
+    instance: dg.DagsterInstance,
+    dagster_home: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config, path = make_config(bucket)
+    put(s3, bucket, FILES)
+    assert not sync(config, "docs", instance, list(FILES)).failed
+    store = path.parent / "chroma"
+    (store / lexicon.FILE).unlink()  # as an earlier release left it: chunks, no index
+    code = cli.main(["query", "docs", "QX-7741-B", "--mode", "lexical", "--config", str(path), "--json"])
+    assert code == 0 and [hit["object_key"] for hit in json.loads(capsys.readouterr().out)["results"]] == ["notes/a.md"]
+
+    # The audit says what is wrong, the repair builds it again, and the audit is clean.
+    code = cli.main(["repair", "docs", "--config", str(path), "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == cli.EXIT_OK, payload
+    assert payload["before"]["lexicon"] == {"docs-collection": "no lexical index was built for it"}
+    assert payload["after"]["clean"] and payload["after"]["lexicon"] == {}
+
+    (store / lexicon.FILE).unlink()
+    code = cli.main(["rebuild-lexicon", "docs", "--config", str(path), "--json"])
+    built = json.loads(capsys.readouterr().out)
+    assert code == 0 and built["collections"] == {"docs-collection": 4}
+    client = embedded_client(store)
+    collection = index.get_collection(client, "docs-collection", None)  # type: ignore[arg-type]
+    assert search.indexed(collection) is not None and lexicon.of(collection).verify(collection) == []  # type: ignore[union-attr]
