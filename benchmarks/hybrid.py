@@ -478,10 +478,12 @@ def measure(
     paraphrase: Sequence[ParaphraseProbe] = (),
     config: Path | None = None,
     source: str | None = None,
+    costs: bool = True,
 ) -> dict[str, Any]:
     """Section 7's hybrid figures on a synced collection (opened with the engine's embedding function);
     `known` are retrieval.py's known-item probes (`.sentence`, `.third`, `.object_key`); with the `config`
-    that synced it and its `source`, the wall time of `s3sync query` on it too."""
+    that synced it and its `source`, the wall time of `s3sync query` on it too. costs=False: the quality
+    figures alone (no latency, no synthetic collection, no full-text index costs)."""
     from s3sync_dagster.pipeline.embed import EmbeddingSpec
 
     load_before = os.getloadavg()[0]
@@ -571,6 +573,8 @@ def measure(
             },
         }
     )
+    if not costs:
+        return result
     fusions = {"default": search.FUSION}
     if winner != search.FUSION:
         fusions["winner"] = winner

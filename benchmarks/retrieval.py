@@ -264,13 +264,15 @@ def chunking(budget: int | None) -> dict[str, Any]:
 
 
 def read_chunks(chroma_path: Path, collection_name: str) -> tuple[Any, list[str], list[str], list[dict[str, Any]]]:
-    """The collection (opened by a plain client) and all its chunks: ids, documents, metadatas."""
+    """The collection (opened as the engine opens it, so with the store's lexical index) and all its chunks:
+    ids, documents, metadatas."""
+    from s3sync_dagster.pipeline import index
     from s3sync_dagster.pipeline.store import embedded_client
 
     client = embedded_client(chroma_path)
     try:
         # The engine's own function, as `s3sync query` opens it: hybrid.py's dense side embeds query texts.
-        collection = client.get_collection(collection_name, embedding_function=EmbeddingSpec().build())  # type: ignore[arg-type]
+        collection = index.get_collection(client, collection_name, EmbeddingSpec().build())  # type: ignore[arg-type]
     except Exception:  # a record of another function (an earlier commit's "before"): queried by vectors only
         collection = client.get_collection(collection_name)
     ids: list[str] = []
@@ -355,6 +357,23 @@ def measure_budget(
             paraphrase or [], config, SOURCE,
         )  # fmt: skip
     return result
+
+
+def measure_synced(
+    workdir: Path, files: int, probes: int, seed: int, semantic: int, max_bytes: int = MAX_BYTES
+) -> dict[str, Any]:
+    """Section 7's quality figures again on the store a full run synced (`workdir`/budget-unset), by the
+    engine as it is now: the same corpus, probes and variants, no sync and no cost figures."""
+    corpus = select_files(files, seed, max_bytes)
+    semantic_probes, _ = hybrid.choose_semantic(HTML_ROOT, py_files(max_bytes), set(corpus), semantic, seed)
+    base = workdir / f"budget-{label(None)}"
+    collection, ids, documents, metadatas = read_chunks(base / "chroma", f"{SOURCE}-chunks")
+    object_keys = [str(metadata.get("object_key", "")) for metadata in metadatas]
+    chosen = sample_probes(ids, documents, object_keys, probes, seed)
+    return hybrid.measure(
+        collection, base / "chroma", ids, documents, object_keys, chosen, semantic_probes, base,
+        seed=seed, paraphrase=hybrid.load_paraphrase(None), costs=False,
+    )  # fmt: skip
 
 
 def measure(
@@ -535,6 +554,11 @@ def main() -> None:
     parser.add_argument("--semantic", type=int, default=hybrid.SEMANTIC_PROBES, help="semantic probes drawn")
     parser.add_argument("--paraphrase", type=int, help="paraphrase probes asked (default: all of them)")
     parser.add_argument(
+        "--synced",
+        action="store_true",
+        help="only the hybrid quality figures again, on the store an earlier full run left in WORKDIR",
+    )
+    parser.add_argument(
         "--latency-chunks",
         type=int,
         default=search_cost.LARGE_CHUNKS,
@@ -542,6 +566,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.synced:
+        again = measure_synced(args.workdir, args.files, args.probes, args.seed, args.semantic, args.max_bytes)
+        (args.workdir / "hybrid-again.json").write_text(json.dumps(again, indent=2, default=str))
+        default = next(row for row in again["variants"] if row["default"])
+        print(json.dumps({"modes": again["modes"], "default": default, "winner": again["winner"]}, indent=2))
+        return
     common.credentials()
     server = local_s3.start()
     try:

@@ -280,6 +280,51 @@ def part3(workdir: Path, synced: Path, collection_name: str, chunks: int, querie
     return result
 
 
+def lexicon_write_cost(
+    path: Path, source: Any, chunks: int = FTS_CHUNKS, per_object: int = 20, rounds: int = FTS_ROUNDS
+) -> dict[str, Any]:
+    """What the lexical index costs a sync's writes: the first `chunks` chunks of `source` (texts and stored
+    vectors, so no model runs) written object by object (`per_object` chunks each) through
+    `index.replace_chunks`, as a sync writes, into a fresh collection with the index and one without, the two
+    taking turns `rounds` times."""
+    from s3sync_dagster.pipeline import index, lexicon
+    from s3sync_dagster.pipeline.store import embedded_client
+
+    got = source.get(limit=chunks, include=["documents", "embeddings"])
+    vector_of = {document: vector for document, vector in zip(got["documents"], got["embeddings"], strict=True)}
+    records = [
+        index.ChunkRecord(
+            f"doc-{i // per_object:05d}-{i % per_object}", document or "", {"chunk_index": i % per_object}
+        )
+        for i, document in enumerate(got["documents"] or [])
+    ]
+    shutil.rmtree(path, ignore_errors=True)
+    client = embedded_client(path)
+    seconds: dict[str, list[float]] = {"with": [], "without": []}
+    for round_number in range(rounds):
+        for state in ("with", "without") if round_number % 2 == 0 else ("without", "with"):
+            name = f"writes-{state}-{round_number}"
+            collection = index.open_collection(client, name, None, metadata={"round": round_number})  # type: ignore[arg-type]
+            if state == "without":
+                lexicon.detach(collection)
+            started = time.perf_counter()
+            for start in range(0, len(records), per_object):
+                part = records[start : start + per_object]
+                index.replace_chunks(collection, part, {}, lambda texts: [vector_of[text] for text in texts])
+            seconds[state].append(time.perf_counter() - started)
+    with_s, without_s = statistics.median(seconds["with"]), statistics.median(seconds["without"])
+    return {
+        "chunks": len(records),
+        "objects": len(records) // per_object,
+        "rounds": rounds,
+        "seconds": seconds,
+        "with_chunks_s": len(records) / with_s,
+        "without_chunks_s": len(records) / without_s,
+        "with_over_without": with_s / without_s,  # write time with the index, as a multiple of without
+        "lexicon_bytes": (path / lexicon.FILE).stat().st_size,
+    }
+
+
 def main() -> None:
     import argparse
     import json
@@ -301,6 +346,10 @@ def main() -> None:
         result["command_wall"] = command_wall(
             args.config, args.source, ["how do I read a file line by line", "RB-1020-A"], 9
         )
+    from s3sync_dagster.pipeline.store import embedded_client
+
+    synced = embedded_client(args.synced).get_collection(args.collection)
+    result["writes"] = lexicon_write_cost(args.workdir / "writes", synced)
     result["load_average"] = [load_before, os.getloadavg()[0]]
     print(json.dumps(result, indent=2))
 

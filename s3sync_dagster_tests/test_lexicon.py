@@ -134,8 +134,10 @@ def test_a_store_synced_before_the_index_is_searched_through_chroma_until_rebuil
     config, path = make_config(bucket)
     put(s3, bucket, FILES)
     assert not sync(config, "docs", instance, list(FILES)).failed
-    store = path.parent / "chroma"
-    (store / lexicon.FILE).unlink()  # as an earlier release left it: chunks, no index
+    collection = index.get_collection(embedded_client(path.parent / "chroma"), "docs-collection", None)  # type: ignore[arg-type]
+    index_of = lexicon.of(collection)
+    assert index_of is not None and index_of.state(collection) is None
+    index_of.drop(collection.id)  # as an earlier release left the store: chunks, no index
     code = cli.main(["query", "docs", "QX-7741-B", "--mode", "lexical", "--config", str(path), "--json"])
     assert code == 0 and [hit["object_key"] for hit in json.loads(capsys.readouterr().out)["results"]] == ["notes/a.md"]
 
@@ -146,10 +148,9 @@ def test_a_store_synced_before_the_index_is_searched_through_chroma_until_rebuil
     assert payload["before"]["lexicon"] == {"docs-collection": "no lexical index was built for it"}
     assert payload["after"]["clean"] and payload["after"]["lexicon"] == {}
 
-    (store / lexicon.FILE).unlink()
+    index_of.drop(collection.id)
+    assert search.indexed(collection) is None
     code = cli.main(["rebuild-lexicon", "docs", "--config", str(path), "--json"])
     built = json.loads(capsys.readouterr().out)
     assert code == 0 and built["collections"] == {"docs-collection": 4}
-    client = embedded_client(store)
-    collection = index.get_collection(client, "docs-collection", None)  # type: ignore[arg-type]
-    assert search.indexed(collection) is not None and lexicon.of(collection).verify(collection) == []  # type: ignore[union-attr]
+    assert search.indexed(collection) is index_of and index_of.verify(collection) == []

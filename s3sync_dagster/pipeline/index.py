@@ -80,7 +80,7 @@ def max_batch_size(collection: Collection) -> int:
 
 def delete_ids(collection: Collection, ids: Sequence[str]) -> int:
     for part in _batches(ids, max_batch_size(collection)):
-        with lexicon.mirrored(collection, part):
+        with lexicon.mirrored(collection, part, written={}):
             collection.delete(ids=list(part))
     return len(ids)
 
@@ -310,7 +310,8 @@ def replace_chunks(
             [v for i, v in enumerate(vectors) if i not in held],
         )
     for part in _batches(list(range(len(to_write))), batch):
-        with lexicon.mirrored(collection, [to_write[i].chunk_id for i in part]):
+        written = {to_write[i].chunk_id: to_write[i].text for i in part}
+        with lexicon.mirrored(collection, list(written), written):
             collection.upsert(
                 ids=[to_write[i].chunk_id for i in part],
                 documents=[to_write[i].text for i in part],
@@ -333,7 +334,7 @@ def replace_chunks(
     keep = {record.chunk_id for record in records}
     stale = sorted(chunk_id for chunk_id in stored if chunk_id not in keep)
     for part_ids in _batches(stale, batch):
-        with lexicon.mirrored(collection, part_ids):
+        with lexicon.mirrored(collection, part_ids, written={}):
             collection.delete(ids=list(part_ids))
     stats.deleted = len(stale)
     return stats

@@ -26,15 +26,17 @@ BM25 is FTS5's (k1 1.2, b 0.75, over every term of every chunk in the collection
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
 import sqlite3
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.terms import text_terms
 
@@ -74,24 +76,42 @@ class Lexicon:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.path = Path(folder) / FILE
+        self._lock = threading.Lock()
+        # By process and thread: a connection is one thread's at a time, and a forked child (a Celery worker's
+        # pool) must not use its parent's.
+        self._open: dict[tuple[int, int], sqlite3.Connection] = {}
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        """A connection for one operation (opening one takes well under a millisecond): none is kept, so none
-        is shared between threads or outlives the store's folder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None)
-        try:
+        """This thread's connection, opened at its first use and kept (closing the last connection of a WAL
+        database checkpoints it: 1.8 ms, twice per write)."""
+        thread = (os.getpid(), threading.get_ident())
+        with self._lock:
+            db = self._open.get(thread)
+        if db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
             db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+            # A commit is not flushed to the disk (WAL's NORMAL): a crash of the process loses nothing, a power
+            # loss at most the last commits, and the index is derived (the audit sees it, a rebuild mends it).
+            db.execute("PRAGMA synchronous = NORMAL")
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode = WAL")  # readers go on while a writer writes (kept in the file)
             db.execute(
                 "CREATE TABLE IF NOT EXISTS collections (collection_id TEXT PRIMARY KEY, name TEXT, "
                 "version INTEGER NOT NULL, complete INTEGER NOT NULL)"
             )
-            yield db
-        finally:
-            db.close()
+            with self._lock:
+                self._open[thread] = db
+        yield db
+
+    def close(self) -> None:
+        """Close every thread's connection (a later use opens one again)."""
+        with self._lock:
+            opened, self._open = self._open, {}
+        for (pid, _), db in opened.items():
+            if pid == os.getpid():
+                db.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -129,21 +149,28 @@ class Lexicon:
 
     def pending(self, collection: Collection, ids: Sequence[str]) -> None:
         """Mark ids about to be written in Chroma: until `refresh`, the index does not answer for them."""
-        if not ids or not self._known(collection):
+        if not ids:
             return
         _, _, pending = _tables(collection.id)
         with self._transaction() as db:
-            db.executemany(f"INSERT OR IGNORE INTO {pending} VALUES (?)", [(chunk_id,) for chunk_id in ids])
+            if self._known(db, collection):
+                db.executemany(f"INSERT OR IGNORE INTO {pending} VALUES (?)", [(chunk_id,) for chunk_id in ids])
 
-    def refresh(self, collection: Collection, ids: Sequence[str]) -> None:
-        """Make the index hold, for these ids, what Chroma now holds: their texts, or nothing if gone."""
-        if not ids or not self._known(collection):
+    def refresh(self, collection: Collection, ids: Sequence[str], held: Mapping[str, str] | None = None) -> None:
+        """Make the index hold, for these ids, what Chroma now holds: `held` (id -> text; an id not in it is
+        gone) where the caller knows it (an upsert's texts, a delete's nothing), else their texts read back
+        from Chroma by id."""
+        if not ids:
             return
-        held: dict[str, str] = {}
-        for start in range(0, len(ids), READ_PAGE):
-            found = collection.get(ids=list(ids[start : start + READ_PAGE]), include=["documents"])
-            held.update(zip(found["ids"], [document or "" for document in found["documents"] or []], strict=True))
+        if held is None:
+            read: dict[str, str] = {}
+            for start in range(0, len(ids), READ_PAGE):
+                found = collection.get(ids=list(ids[start : start + READ_PAGE]), include=["documents"])
+                read.update(zip(found["ids"], [document or "" for document in found["documents"] or []], strict=True))
+            held = read
         with self._transaction() as db:
+            if not self._known(db, collection):
+                return
             self._write(db, collection, ids, held)
             _, _, pending = _tables(collection.id)
             db.executemany(f"DELETE FROM {pending} WHERE chunk_id = ?", [(chunk_id,) for chunk_id in ids])
@@ -187,11 +214,10 @@ class Lexicon:
 
     # --- reading ----------------------------------------------------------------------------------
 
-    def _known(self, collection: Collection) -> bool:
-        with self._connection() as db:
-            row = db.execute(
-                "SELECT version FROM collections WHERE collection_id = ?", (str(collection.id),)
-            ).fetchone()
+    @staticmethod
+    def _known(db: sqlite3.Connection, collection: Collection) -> bool:
+        """Whether the collection has an index of this version (complete or being built) to keep current."""
+        row = db.execute("SELECT version FROM collections WHERE collection_id = ?", (str(collection.id),)).fetchone()
         return row is not None and row[0] == VERSION
 
     def state(self, collection: Collection) -> str | None:
@@ -268,50 +294,67 @@ def _any_of(terms: Sequence[str]) -> str:
     return " OR ".join(token(term) for term in terms)
 
 
-def rebuild_all(collections: Iterator[Collection]) -> dict[str, int]:
+def rebuild_all(opened: Iterator[Collection]) -> dict[str, int]:
     """Build each collection's lexical index again from its chunks (those of an embedded store); returns how
     many chunks each holds. The caller holds the store's write lock."""
     built = {}
-    for collection in collections:
+    for collection in opened:
         index = of(collection)
         if index is not None:
             built[collection.name] = index.rebuild(collection)
     return built
 
 
-# The lexicon of each embedded store, by folder, and of each collection opened here, by id (as index.py
-# records batch limits): pipeline/index.py's writes and search.py's reads find it from the collection.
-_by_folder: dict[str, Lexicon] = {}
-_by_collection: dict[str, Lexicon] = {}
+# The lexicon of each embedded store, by folder, and of each Collection object opened here (pipeline/index.py
+# opens every collection the engine reads or writes): by the object itself, not by the collection's id, which
+# a copy of a store's folder (a backup, a server started on it) shares.
+_by_folder: collections.OrderedDict[str, Lexicon] = collections.OrderedDict()
+OPEN_FOLDERS = 8  # lexicons kept with their connections open; the least recently attached is closed
+_by_object: dict[int, tuple[weakref.ref[Any], Lexicon]] = {}
 _registry_lock = threading.Lock()
 
 
 def attach(collection: Collection, folder: str | os.PathLike[str]) -> Lexicon:
-    """Record that the collection lives in the embedded store at `folder`, whose lexicon it uses."""
+    """Record that this collection object is of the embedded store at `folder`, whose lexicon it uses."""
     key = str(Path(folder).resolve())
     with _registry_lock:
         lexicon = _by_folder.setdefault(key, Lexicon(key))
-        _by_collection[str(collection.id)] = lexicon
+        _by_folder.move_to_end(key)
+        while len(_by_folder) > OPEN_FOLDERS:
+            _, oldest = _by_folder.popitem(last=False)
+            oldest.close()
+        _by_object[id(collection)] = (weakref.ref(collection), lexicon)
+    weakref.finalize(collection, _forget, id(collection))
     return lexicon
+
+
+def _forget(object_id: int) -> None:
+    with _registry_lock:
+        entry = _by_object.get(object_id)
+        if entry is not None and entry[0]() is None:
+            del _by_object[object_id]
 
 
 def detach(collection: Collection) -> Lexicon | None:
     """Forget, in this process, that the collection has a lexicon (a benchmark's comparison with Chroma's own
     full-text filter); returns the one it had."""
     with _registry_lock:
-        return _by_collection.pop(str(collection.id), None)
+        entry = _by_object.pop(id(collection), None)
+    return entry[1] if entry is not None and entry[0]() is collection else None
 
 
 def of(collection: Collection) -> Lexicon | None:
     """The lexicon of the collection's store: None for a collection of a server or Chroma Cloud, or one
     not opened through pipeline/index.py."""
-    return _by_collection.get(str(collection.id))
+    entry = _by_object.get(id(collection))
+    return entry[1] if entry is not None and entry[0]() is collection else None
 
 
 @contextlib.contextmanager
-def mirrored(collection: Collection, ids: Sequence[str]) -> Iterator[None]:
-    """Around a write of these ids' texts to Chroma: pending before, mirrored after (also when it failed,
-    for what it may have written)."""
+def mirrored(collection: Collection, ids: Sequence[str], written: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Around a write of these ids to Chroma: pending before, mirrored after. written: what Chroma holds for
+    them once the write succeeded (an upsert's texts; {} for a delete), else (an `add`, which leaves an id
+    another writer holds as it is) it is read back; a failed write's ids are read back too."""
     lexicon = of(collection)
     if lexicon is None:
         yield
@@ -319,5 +362,10 @@ def mirrored(collection: Collection, ids: Sequence[str]) -> Iterator[None]:
     lexicon.pending(collection, ids)
     try:
         yield
-    finally:
-        lexicon.refresh(collection, ids)
+    except BaseException:
+        # What the failed write may have left is mirrored if it can be; if not, the ids stay pending and
+        # searches ask Chroma's filter until a write or a rebuild mirrors them. The write's error is the one told.
+        with contextlib.suppress(Exception):
+            lexicon.refresh(collection, ids)
+        raise
+    lexicon.refresh(collection, ids, written)
