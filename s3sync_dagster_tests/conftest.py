@@ -24,6 +24,7 @@ from hypothesis import settings
 from benchmarks.reliability import REPORT_ENV
 from s3sync_dagster.commands import local_s3
 from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.resident import SERVER_ENV as RESIDENT_ENV
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
 
@@ -33,6 +34,10 @@ TEST_KEY_ID = "S3SYNC-TEST-KEY-ID-7f3a"
 TEST_SECRET = "s3sync-test-secret-value-9c41e2"
 
 _bucket_numbers = itertools.count()
+
+# `s3sync query` run by a test answers in its own process and leaves no resident query process behind; the
+# tests of the resident process turn it on for themselves (test_query).
+os.environ[RESIDENT_ENV] = "0"
 
 # CI must be repeatable: the same examples every run there; locally each run explores new ones.
 settings.register_profile("ci", derandomize=True, print_blob=True)

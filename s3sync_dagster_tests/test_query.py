@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, put
 
 # One line a chunk (lines chunking, max_lines 1): each manual is a numbered procedure, so a hit's neighbours
 # are known by their place. Every step names its manual's code, so a query for a code matches each step.
+BIN = Path(sys.executable).parent
+
 MANUALS = {
     f"manuals/{name}.txt": "".join(f"Step {step} of the {name} manual, code {code}: {action}.\n" for step, action in enumerate(actions))
     for name, code, actions in [
@@ -147,3 +150,71 @@ def test_s3sync_query_imports_no_dagster(searched: tuple[AppConfig, Path]) -> No
     syncing = script.replace("['query', 'manuals', 'reset the router',", "['discover', 'manuals',")
     done = subprocess.run([sys.executable, "-c", syncing], capture_output=True, text=True, env=env, timeout=300)
     assert json.loads(done.stderr.strip().splitlines()[-1])["dagster"], done.stderr[-3000:]
+
+
+def test_a_resident_process_answers_later_queries_and_sees_other_writers(
+    searched: tuple[AppConfig, Path], s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """`s3sync query` answers the first query itself and leaves a resident process (commands/resident.py) that
+    answers the next ones as it would, importing nothing on the caller's side, and sees what another process
+    writes to the store after it opened it (an embedded client keeps its index in memory)."""
+    config, path = searched
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    env = dict(
+        os.environ, S3SYNC_QUERY_SERVER="1", XDG_RUNTIME_DIR=str(run_dir), S3SYNC_QUERY_IDLE_SECONDS="120",
+        S3SYNC_TEST_KEY_ID=TEST_KEY_ID, S3SYNC_TEST_SECRET=TEST_SECRET,
+    )  # fmt: skip
+
+    def s3sync(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "s3sync"), *args], capture_output=True, text=True, env=env, timeout=300)
+
+    def query(text: str, mode: str = "lexical") -> list[str]:
+        done = s3sync("query", "manuals", text, "--config", str(path), "--mode", mode, "-n", "1", "--json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [hit["object_key"] for hit in json.loads(done.stdout)["results"]]
+
+    def served() -> int | None:
+        status = json.loads(s3sync("query-server", "status", "--json").stdout)
+        return status["served"] if status["running"] else None
+
+    try:
+        assert served() is None
+        assert query("KT-2093 descale the element") == ["manuals/kettle.txt"]  # answered here; one is started
+        deadline = time.monotonic() + 120
+        while served() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        before = served()
+        assert before is not None, (run_dir / "s3sync-0").iterdir()
+        assert query("RT-7788 hold the reset pin") == ["manuals/router.txt"]
+        assert served() == before + 1
+        # The caller imports none of chromadb, Dagster or the config on that path.
+        script = (
+            "import json, sys\n"
+            "from s3sync_dagster.commands.launcher import main\n"
+            f"code = main(['query', 'manuals', 'BX-4410', '--config', {str(path)!r}, '-n', '1', '--json'])\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('chromadb', 'dagster', 'onnxruntime')"
+            " or m == 's3sync_dagster.config')\n"
+            "print(json.dumps({'code': code, 'heavy': heavy}), file=sys.stderr)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+        assert json.loads(done.stderr.strip().splitlines()[-1]) == {"code": 0, "heavy": []}, done.stderr[-2000:]
+        assert json.loads(done.stdout)["results"][0]["object_key"] == "manuals/boiler.txt"
+        assert served() == before + 2
+        # Another process (this one) writes a new manual into the store the resident process has open.
+        oven = {"manuals/oven.txt": "Step 0 of the oven manual, code OV-5150: preheat the oven.\n"}
+        put(s3, bucket, oven)
+        spec = config.sources[0].spec(config.embedding.spec())
+        collection = config.chroma.store().collection(spec.collection_name, config.embedding.spec())
+        (report,) = sync_keys(s3, spec, lambda _: collection, config.embedding.spec().build(), sorted(oven))
+        assert report.status == "indexed", report
+        # By meaning: the HNSW index, which a client opened before the write does not have.
+        assert query("preheat the oven", mode="dense") == ["manuals/oven.txt"]
+        assert served() == before + 3
+        # A bad request is told as the command tells it, through the resident process too.
+        bad = s3sync("query", "manuals", "oven", "--config", str(path), "--per-object=0")
+        assert bad.returncode == 2 and "--per-object must be at least 1" in bad.stderr
+    finally:
+        stopped = json.loads(s3sync("query-server", "stop", "--json").stdout)
+    assert "pid" in stopped and not stopped["running"]
+    assert served() is None

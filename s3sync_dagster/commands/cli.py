@@ -26,6 +26,7 @@ from s3sync_dagster.pipeline.objects import ObjectError
 # none of it (test_cli asserts it), and importing Dagster takes longer than answering a search.
 if TYPE_CHECKING:
     from s3sync_dagster.commands.progress import RunsProgress
+    from s3sync_dagster.commands.query import OpenSearchers
     from s3sync_dagster.commands.runner import DiscoverResult, SyncResult
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -203,7 +204,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     config = _config(args)
     source = config.source(args.source)
     try:
-        found = search_source(
+        found = (_searchers.search if _searchers is not None else search_source)(
             args.source, args.text, mode=args.mode, n=args.n, config=config, every_writer=args.every_writer,
             context=args.context, per_object=args.per_object,
         )  # fmt: skip
@@ -258,6 +259,33 @@ def cmd_query(args: argparse.Namespace) -> int:
         "\n".join(lines) or "no results",
     )
     return EXIT_OK
+
+
+def cmd_query_server(args: argparse.Namespace) -> int:
+    from s3sync_dagster.commands import resident
+
+    status = resident.control(args.action)
+    if status.get("running"):
+        text = f"query server running (pid {status['pid']}, {status['served']} queries answered): {status['socket']}"
+    elif args.action == "stop" and "pid" in status:
+        text = f"query server stopped (pid {status['pid']})"
+    else:
+        text = f"no query server running{': ' + status['why'] if 'why' in status else ''}"
+    _emit(args, status, text)
+    return EXIT_OK if status.get("running") or args.action != "start" else EXIT_USAGE
+
+
+# The sources' searchers, kept open across the queries of a process that answers many (commands/resident.py);
+# a process that answers one opens its store for it.
+_searchers: OpenSearchers | None = None
+
+
+def keep_searchers_open() -> None:
+    """From now on `s3sync query`s in this process keep their store and model open for the next."""
+    global _searchers
+    from s3sync_dagster.commands.query import OpenSearchers
+
+    _searchers = _searchers or OpenSearchers()
 
 
 def _parse_metadata(text: str | None) -> dict[str, Any]:
@@ -550,6 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="search every chunk of the collection, not only the source's own (each hit says whose it is)",
     )
     query.set_defaults(run=cmd_query)
+
+    server = commands.add_parser(
+        "query-server",
+        parents=[common],
+        help="the resident process that answers queries with the store and model kept open: start, status, stop",
+    )
+    server.add_argument("action", choices=["start", "status", "stop"])
+    server.set_defaults(run=cmd_query_server)
 
     invoke = commands.add_parser(
         "invoke", parents=[common], help="queue a sync of one object key (the Sync API's invocation)"

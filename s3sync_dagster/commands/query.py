@@ -18,6 +18,7 @@ from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.config import AppConfig, config_file, is_component, load_config
 from s3sync_dagster.pipeline import search as engine
 from s3sync_dagster.pipeline.search import FUSION, Fusion, Hit, Mode
+from s3sync_dagster.pipeline.store import close_clients
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -123,6 +124,45 @@ class SourceSearch:
             if len(kept) >= n or len(found) < asked or asked >= most:
                 return kept, len(found) < asked
             asked = min(asked * WIDEN, most)
+
+
+class OpenSearchers:
+    """The searchers of a process that answers many `s3sync query`s (commands/resident.py), one a source as
+    configured, each kept open while its store is as it left it.
+
+    Another process's writes to an embedded store are not in this process's client (it keeps the HNSW index in
+    memory), so before each search the store's files are compared with how the searcher's last search left
+    them: if any changed, every client of the process is closed and the store opened again. A write during a
+    search closes them too, after it. A server's (or Chroma Cloud's) clients are always current."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[SourceSearch, Any]] = {}
+
+    def search(
+        self, source_name: str, text: str, *, config: AppConfig, every_writer: bool = False, **options: Any
+    ) -> list[Hit]:
+        embedding = config.embedding.spec()
+        store = config.chroma.store()
+        key = repr((store, embedding, config.source(source_name).spec(embedding), every_writer))
+        kept = self._open.get(key)
+        if kept is not None and kept[1] != store.disk_state():
+            self.close()
+            kept = None
+        searcher = kept[0] if kept is not None else SourceSearch(source_name, config, every_writer=every_writer)
+        before = store.disk_state()
+        try:
+            found = searcher.search(text, **options)
+        finally:
+            after = store.disk_state()
+            if after == before:
+                self._open[key] = (searcher, after)
+            else:
+                self.close()
+        return found
+
+    def close(self) -> None:
+        self._open.clear()
+        close_clients()
 
 
 def search_source(

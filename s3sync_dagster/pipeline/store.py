@@ -113,6 +113,20 @@ class Store:
         check_collection_model(name, recorded, spec)
         return collection
 
+    def disk_state(self) -> tuple[tuple[str, int, int], ...] | None:
+        """An embedded store's SQLite files (Chroma's, the lexical index's) by name, modification time and size;
+        None for a server or Chroma Cloud. Every write to the store, from any process, changes it; a query
+        does not. A process that keeps a store open compares it to see another process's writes, which its
+        client does not (it keeps its HNSW index in memory: chroma-core/chroma#3792)."""
+        if not self.is_embedded:
+            return None
+        try:
+            with os.scandir(self.path or DEFAULT_EMBEDDED_PATH) as entries:
+                files = [entry for entry in entries if entry.name.endswith((".sqlite3", ".sqlite3-wal"))]
+                return tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+        except FileNotFoundError:
+            return ()
+
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
         """An embedded store is one process's at a time: runs that write to it take turns.
@@ -172,6 +186,18 @@ def _store_lock(path: str | os.PathLike[str], lock_name: str) -> Iterator[None]:
 _held_locks = threading.local()  # the store locks this thread holds, by lock file
 
 
+def close_clients() -> None:
+    """Close every client this process opened (chromadb keeps one engine a store path for the life of the
+    process): the next client reads its store from disk again, with other processes' writes."""
+    if _opened:
+        _opened[-1].clear_system_cache()  # every engine of the process, not only this client's
+    _opened.clear()
+    _client.cache_clear()
+
+
+_opened: list[ClientAPI] = []  # the clients _client made, until close_clients
+
+
 @functools.lru_cache(maxsize=8)
 def _client(
     path: str | None,
@@ -193,4 +219,6 @@ def _client(
         )
     if host:
         return chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=dict(headers), settings=settings)
-    return embedded_client(path or DEFAULT_EMBEDDED_PATH)
+    client = embedded_client(path or DEFAULT_EMBEDDED_PATH)
+    _opened.append(client)
+    return client

@@ -1,0 +1,35 @@
+"""Where the `s3sync` command starts: a query goes to the resident query process when one is running, importing
+nothing else (commands/resident.py); anything else, and a query with none running, is answered by
+commands/cli.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from s3sync_dagster.commands import resident
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `s3sync` command: a query goes to the resident process if one is running; anything else (and a
+    query with none) is answered here, by commands/cli.py."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    querying = args[:1] == ["query"] and resident.enabled() and not _asks_for_help(args)
+    environment, where = resident.launched(dict(os.environ), resident.address())
+    if querying:
+        answer = resident.ask({"argv": args, "cwd": os.getcwd()}, where)
+        if answer is not None and isinstance(answer.get("code"), int):
+            sys.stdout.write(answer.get("stdout", ""))
+            sys.stderr.write(answer.get("stderr", ""))
+            return int(answer["code"])
+    from s3sync_dagster.commands.cli import main as answer_here
+
+    code = answer_here(args)
+    if querying and code == 0:
+        resident.start(where, environment, warm=args)
+    return code
+
+
+def _asks_for_help(args: Sequence[str]) -> bool:
+    return any(arg in {"-h", "--help"} for arg in args)
