@@ -152,6 +152,8 @@ def test_s3sync_query_imports_no_dagster(searched: tuple[AppConfig, Path]) -> No
     assert json.loads(done.stderr.strip().splitlines()[-1])["dagster"], done.stderr[-3000:]
 
 
+# Embedded only: a server's client is always current, and the resident process runs the same command for it.
+@pytest.mark.parametrize("searched", ["embedded"], indirect=True)
 def test_a_resident_process_answers_later_queries_and_sees_other_writers(
     searched: tuple[AppConfig, Path], s3: Any, bucket: str, tmp_path: Path
 ) -> None:

@@ -272,7 +272,7 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     @property
     def is_embedded(self) -> bool:
-        return not self.host and not self.cloud_tenant
+        return self._named().is_embedded
 
     def client(self) -> ClientAPI:
         return self.store().client()

@@ -35,7 +35,8 @@ from chromadb import K, Knn, Schema, Search, SparseVectorIndexConfig
 from chromadb.api.models.Collection import Collection
 from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import ChromaBm25EmbeddingFunction
 
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline import keys, lexicon
+from s3sync_dagster.pipeline.lexicon import Lexicon
 from s3sync_dagster.pipeline.terms import (  # how text becomes terms, read by both sides of search
     fold,
     query_terms,
@@ -251,12 +252,10 @@ def dense_ranking(
 ) -> Ranking:
     """(chunk id, text, metadata, distance) of the n nearest chunks by the collection's embedding (the query
     embedded by `embedding_function`, the collection's own, when the caller holds it)."""
-    asked: dict[str, Any] = (
-        {"query_embeddings": [embedding_function([text])[0]]}
-        if embedding_function is not None
-        else {"query_texts": [text]}
+    embedded = embedding_function([text])[0] if embedding_function is not None else None
+    found = collection.query(
+        **_query_of(text, embedded), n_results=n, where=_where(where), include=["documents", "metadatas", "distances"]
     )
-    found = collection.query(**asked, n_results=n, where=_where(where), include=["documents", "metadatas", "distances"])
     return list(_query_rows(found))
 
 
@@ -315,7 +314,7 @@ def lexical_side(collection: Collection, text: str, n: int, where: Mapping[str, 
         )
         matching[term] = list(found["ids"])
     total = max(collection.count(), 1) if terms else 1
-    idf = {term: math.log(1 + (total - len(ids) + 0.5) / (len(ids) + 0.5)) for term, ids in matching.items()}
+    idf = {term: bm25_idf(total, len(ids)) for term, ids in matching.items()}
     # Candidates: the chunks holding the rarest terms, until there are enough to rank. A common term (past
     # DF_LIMIT, or with an idf under MIN_IDF: in most chunks) picks none: it says little, and a ranking of
     # near-equal scores would only push the dense side's answer down in a fusion. Only common terms: no answer.
@@ -337,22 +336,30 @@ LEXICON_POOL_FACTOR = 2
 CANDIDATE_DF = DF_LIMIT // 4
 
 
-def indexed(collection: Collection) -> Any:
-    """The collection's lexical index (pipeline/lexicon.py) when it can answer for it now, else None."""
-    from s3sync_dagster.pipeline import lexicon
+def _query_of(text: str, embedded: Any) -> dict[str, Any]:
+    """A Chroma query's input: the query's vector where the caller embedded it, else its text."""
+    return {"query_embeddings": [embedded]} if embedded is not None else {"query_texts": [text]}
 
+
+def bm25_idf(total: int, count: int) -> float:
+    """A term's BM25 idf (the non-negative form) in `total` chunks of which `count` hold it."""
+    return math.log(1 + (total - count + 0.5) / (count + 0.5))
+
+
+def indexed(collection: Collection) -> Lexicon | None:
+    """The collection's lexical index (pipeline/lexicon.py) when it can answer for it now, else None."""
     found = lexicon.of(collection)
     return found if found is not None and found.state(collection) is None else None
 
 
-def lexicon_side(index: Any, collection: Collection, text: str, n: int) -> Lexical:
+def lexicon_side(index: Lexicon, collection: Collection, text: str, n: int) -> Lexical:
     """The lexical side from the index: each term's idf from its exact document frequency, and as
     candidates the n chunks BM25 ranks best on the rarer terms (as `lexical_side` picks them: a common
     term scores, but picks no candidates)."""
     terms = query_terms(text)
     frequency, total = index.document_frequency(collection, terms)
     total = max(total, 1)
-    idf = {term: math.log(1 + (total - count + 0.5) / (count + 0.5)) for term, count in frequency.items()}
+    idf = {term: bm25_idf(total, count) for term, count in frequency.items()}
     rarer: list[str] = []
     held = 0
     for term in sorted(terms, key=lambda term: (frequency[term], term)):
@@ -429,7 +436,7 @@ def scored_candidates(
     a lexical candidate's distance is computed from its stored vector, as Chroma's index computes it; else a
     dense query narrowed to those ids asks Chroma for it."""
     embedded = embedding_function([text])[0] if embedding_function is not None else None
-    asked: dict[str, Any] = {"query_embeddings": [embedded]} if embedded is not None else {"query_texts": [text]}
+    asked = _query_of(text, embedded)
     dense = collection.query(
         **asked, n_results=pool, where=_where(where), include=["documents", "metadatas", "distances"]
     )
