@@ -251,19 +251,25 @@ def fts_cost(
 # --- part 3's figures on their own --------------------------------------------------------------------
 
 
-def part3(workdir: Path, synced: Path, collection_name: str, chunks: int, queries_n: int, seed: int) -> dict[str, Any]:
+def part3(
+    workdir: Path, synced: Path, collection_name: str, chunks: int, queries_n: int, seed: int, reuse: bool = False
+) -> dict[str, Any]:
     """Hybrid, lexical and dense latency at `chunks` synthetic chunks (made from the texts of the synced store
-    at `synced`) in one run: embedded with the lexical index, the same collection as another tool opens it
-    (Chroma's full-text filter: the path before the index), and through a `chroma run` server on a copy."""
+    at `synced`; reuse: those an earlier run made in `workdir`) in one run: embedded with the lexical index,
+    the same collection as another tool opens it (Chroma's full-text filter: the path before the index), and
+    through a `chroma run` server on a copy, first without a lexical index, then with one in PostgreSQL
+    (pipeline/lexicon_postgres.py, built from the server's collection)."""
     import json
     import random
 
     import chromadb
 
+    from benchmarks import postgres_server
     from benchmarks.latency import chroma_server
     from s3sync_dagster.commands.local_s3 import LOOPBACK
+    from s3sync_dagster.pipeline import index
     from s3sync_dagster.pipeline.embed import EmbeddingSpec
-    from s3sync_dagster.pipeline.store import embedded_client
+    from s3sync_dagster.pipeline.store import Store, embedded_client
 
     source = embedded_client(synced).get_collection(collection_name)
     got = source.get(include=["documents"])
@@ -276,7 +282,11 @@ def part3(workdir: Path, synced: Path, collection_name: str, chunks: int, querie
     queries = remembered + [probe["question"] for probe in chooser.sample(probes, queries_n - len(remembered))]
     fusions = {"default": search.FUSION}
     function = EmbeddingSpec().build()
-    big, built = large_collection(workdir / "large", documents, chunks, seed)
+    if reuse and (workdir / "large").exists():
+        big = index.get_collection(embedded_client(workdir / "large"), "large-chunks", function)  # type: ignore[arg-type]
+        built: dict[str, Any] = {"chunks": big.count(), "reused": str(workdir / "large")}
+    else:
+        big, built = large_collection(workdir / "large", documents, chunks, seed)
     result: dict[str, Any] = {"built": built, "queries": len(queries)}
     result["embedded"] = latency(big, queries, fusions, embedding_function=function)
     from s3sync_dagster.pipeline import lexicon
@@ -284,14 +294,23 @@ def part3(workdir: Path, synced: Path, collection_name: str, chunks: int, querie
     detached = lexicon.detach(big)  # as another tool opens the store: Chroma's full-text filter answers
     result["embedded_chroma_filter"] = latency(big, queries, fusions, embedding_function=function)
     assert detached is not None
-    lexicon.attach(big, detached.path.parent)
+    lexicon.attach_index(big, detached)
     copy = workdir / "server-copy"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(workdir / "large", copy)
-    with chroma_server(copy) as port:
-        server = chromadb.HttpClient(host=LOOPBACK, port=port)
-        remote = server.get_collection("large-chunks", embedding_function=function)  # type: ignore[arg-type]
+    with chroma_server(copy) as port, postgres_server.running(db_name="lexicon") as database:
+        remote = index.get_collection(chromadb.HttpClient(host=LOOPBACK, port=port), "large-chunks", function)  # type: ignore[arg-type]
         result["server"] = latency(remote, queries, fusions, embedding_function=function)
+        # The same server with its lexical index in PostgreSQL, as `chroma.lexicon_postgres` makes it.
+        dsn = f"postgresql://{database.user}@{database.host}:{database.port}/{database.db_name}"
+        served = Store(host=LOOPBACK, port=port, lexicon_dsn=dsn)
+        remote = index.get_collection(served.client(), "large-chunks", function)  # type: ignore[arg-type]
+        index_of = lexicon.of(remote)
+        assert index_of is not None
+        started = time.perf_counter()
+        result["server_index"] = {"chunks": index_of.rebuild(remote), "build_s": time.perf_counter() - started}
+        assert index_of.state(remote) is None, index_of.state(remote)
+        result["server_postgres"] = latency(remote, queries, fusions, embedding_function=function)
     return result
 
 
@@ -354,9 +373,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--config", type=Path, help="the synced store's config: s3sync query's wall time too")
     parser.add_argument("--source")
+    parser.add_argument("--reuse", action="store_true", help="the synthetic collection an earlier run made here")
+    parser.add_argument("--no-writes", action="store_true", help="skip what the index costs writes")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    result = part3(args.workdir, args.synced, args.collection, args.chunks, args.queries, args.seed)
+    result = part3(args.workdir, args.synced, args.collection, args.chunks, args.queries, args.seed, args.reuse)
     if args.config and args.source:
         result["command_wall"] = command_wall(
             args.config, args.source, ["how do I read a file line by line", "RB-1020-A"], 9
@@ -364,7 +385,8 @@ def main() -> None:
     from s3sync_dagster.pipeline.store import embedded_client
 
     synced = embedded_client(args.synced).get_collection(args.collection)
-    result["writes"] = lexicon_write_cost(args.workdir / "writes", synced)
+    if not args.no_writes:
+        result["writes"] = lexicon_write_cost(args.workdir / "writes", synced)
     result["load_average"] = [load_before, os.getloadavg()[0]]
     print(json.dumps(result, indent=2))
 

@@ -171,14 +171,23 @@ class ChromaConfig(_Model):
     ssl: bool = False
     headers: dict[str, str | EnvRef] = Field(default_factory=dict)
     cloud: ChromaCloudConfig | None = None
+    # A server's lexical index (pipeline/lexicon_postgres.py): a PostgreSQL connection URL, in a variable
+    # (postgresql://user:password@host:port/database), that every host writing or searching the server reaches.
+    lexicon_postgres: EnvRef | None = None
 
     _host = field_validator("host")(_no_credentials_in_url)
+    _lexicon_postgres = field_validator("lexicon_postgres", mode="before")(_secret_must_be_env_ref)
 
     @model_validator(mode="after")
     def _one_target(self) -> ChromaConfig:
         targets = [name for name in ("path", "host", "cloud") if getattr(self, name) is not None]
         if len(targets) > 1:
             raise ValueError(f"give only one of path, host or cloud (got {', '.join(targets)})")
+        if self.lexicon_postgres is not None and self.host is None:
+            raise ValueError(
+                "lexicon_postgres is for a Chroma server (host): an embedded store keeps its lexical index in its "
+                "folder, Chroma Cloud its own BM25 index"
+            )
         for header, value in self.headers.items():
             if isinstance(value, str) and any(word in header.lower() for word in _SECRET_HEADER_WORDS):
                 raise ValueError(f"headers.{header}: a literal secret is refused: write it as {{env: VAR_NAME}}")
@@ -208,6 +217,7 @@ class ChromaConfig(_Model):
             cloud_tenant=self.cloud.tenant if self.cloud else None,
             cloud_database=self.cloud.database if self.cloud else None,
             cloud_api_key=self.cloud.api_key.resolve("chroma cloud api_key") if self.cloud else None,
+            lexicon_dsn=self.lexicon_postgres.resolve("chroma lexicon_postgres") if self.lexicon_postgres else None,
         )
 
 

@@ -118,6 +118,21 @@ def test_chroma_cloud_key_and_secret_headers_must_be_env_refs() -> None:
     assert not config.chroma.is_embedded
 
 
+def test_a_servers_lexical_index_is_a_postgres_url_in_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql://lexicon:s3cr3t-pw@db.internal:5432/lexicon"
+    with pytest.raises(ConfigError, match="lexicon_postgres") as refused:
+        parse_config({"chroma": {"host": "chroma", "lexicon_postgres": url}})
+    assert "s3cr3t-pw" not in str(refused.value)
+    with pytest.raises(ConfigError, match="lexicon_postgres is for a Chroma server"):
+        parse_config({"chroma": {"path": "chroma", "lexicon_postgres": {"env": "S3SYNC_LEXICON"}}})
+    config = parse_config({"chroma": {"host": "chroma", "lexicon_postgres": {"env": "S3SYNC_LEXICON"}}})
+    with pytest.raises(ConfigError, match="S3SYNC_LEXICON is not set"):
+        config.chroma.store()
+    monkeypatch.setenv("S3SYNC_LEXICON", url)
+    store = config.chroma.store()
+    assert store.lexicon_dsn == url and "s3cr3t-pw" not in repr(store)
+
+
 def test_the_webserver_url_and_token_keep_secrets_out() -> None:
     assert parse_config({}).webserver.url == "http://localhost:3000"
     with pytest.raises(ConfigError) as caught:

@@ -1,10 +1,12 @@
-"""The lexical index of an embedded store (pipeline/lexicon.py): written with the chunks through real syncs (moto
-over HTTP, embedded Chroma), answering as Chroma's own full-text filter does, refused while it may be wrong,
-found by the audit and built again by `s3sync repair` and `s3sync rebuild-lexicon`."""
+"""The lexical index of an embedded store (pipeline/lexicon.py) and of a `chroma run` server's collections, in
+PostgreSQL (pipeline/lexicon_postgres.py): written with the chunks through real syncs (moto over HTTP, embedded
+Chroma, a `chroma run` server, Debian's PostgreSQL), answering as Chroma's own full-text filter does, refused
+while it may be wrong, found by the audit and built again by `s3sync repair` and `s3sync rebuild-lexicon`."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,14 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from benchmarks import postgres_server
 from s3sync_dagster.commands import cli
 from s3sync_dagster.commands.runner import sync
+from s3sync_dagster.config import load_config
 from s3sync_dagster.pipeline import audit, index, lexicon, search
+from s3sync_dagster.pipeline.lexicon_postgres import PostgresLexicon
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.store import embedded_client
+from s3sync_dagster.pipeline.store import Store, embedded_client
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster_tests.conftest import ConfigFactory, CountingEmbedder, put
 
@@ -34,10 +39,25 @@ def spec(bucket: str) -> SourceSpec:
     return SourceSpec(name="docs", bucket_name=bucket, collection_name=f"lexicon-{bucket}"[:60])
 
 
-@pytest.fixture
-def collection(chroma_client: Any, spec: SourceSpec, embedding_function: Any) -> Any:
+@pytest.fixture(scope="session")
+def lexicon_database() -> Iterator[str]:
+    """A PostgreSQL database for servers' lexical indexes: its connection URL (loopback, trusted)."""
+    with postgres_server.running(db_name="lexicon") as server:
+        yield f"postgresql://{server.user}@{server.host}:{server.port}/{server.db_name}"
+
+
+@pytest.fixture(params=["embedded", "server"])
+def collection(request: pytest.FixtureRequest, spec: SourceSpec, embedding_function: Any) -> Any:
+    """The source's collection, new: in an embedded store, or on a `chroma run` server whose lexical index is
+    in PostgreSQL."""
+    if request.param == "embedded":
+        client = request.getfixturevalue("chroma_client")
+    else:
+        port, dsn = request.getfixturevalue("chroma_server"), request.getfixturevalue("lexicon_database")
+        store = Store(host="127.0.0.1", port=port, lexicon_dsn=dsn)
+        client = store.client()
     return index.open_collection(
-        chroma_client, spec.collection_name, embedding_function, metadata={"created_by": "s3sync-dagster"}
+        client, spec.collection_name, embedding_function, metadata={"created_by": "s3sync-dagster"}
     )
 
 
@@ -58,12 +78,7 @@ def test_the_index_follows_every_sync_and_answers_as_chromas_filter_does(
     assert index_of is not None and index_of.state(collection) is None  # a new collection: empty and complete
     synced(s3, spec, collection, embedder, FILES)
     assert search.indexed(collection) is index_of and index_of.verify(collection) == []
-    for query in QUERIES:
-        from_index = search.lexicon_side(index_of, collection, query, 50)
-        from_chroma = search.lexical_side(collection, query, 50)
-        assert from_index.terms == from_chroma.terms
-        assert from_index.idf == pytest.approx(from_chroma.idf)
-        assert set(from_index.candidate_ids) == set(from_chroma.candidate_ids), query
+    assert_answers_as_chroma(index_of, collection, QUERIES)
     assert keys_found(collection, "QX-7741-B") == ["notes/a.md"]
     assert keys_found(collection, "strasse") == ["notes/b.md"]  # folded as the query is
 
@@ -74,9 +89,19 @@ def test_the_index_follows_every_sync_and_answers_as_chromas_filter_does(
     synced(s3, spec, collection, embedder, {})
     assert sync_keys(s3, spec, lambda _: collection, embedder, ["notes/b.md"])[0].status == "removed"
     assert index_of.state(collection) is None and index_of.verify(collection) == []
+    assert_answers_as_chroma(index_of, collection, [*QUERIES, "ZP-3388-E ankara parcel"])  # frequencies kept
     assert keys_found(collection, "ZP-3388-E") == ["notes/a.md"]
     assert keys_found(collection, "QX-7741-B") == [] and keys_found(collection, "RB-1020-A") == []
     assert keys_found(collection, "ankara") == ["notes/a.md"]
+
+
+def assert_answers_as_chroma(index_of: Any, collection: Any, queries: list[str]) -> None:
+    for query in queries:
+        from_index = search.lexicon_side(index_of, collection, query, 50)
+        from_chroma = search.lexical_side(collection, query, 50)
+        assert from_index.terms == from_chroma.terms
+        assert from_index.idf == pytest.approx(from_chroma.idf), query
+        assert set(from_index.candidate_ids) == set(from_chroma.candidate_ids), query
 
 
 def test_while_a_write_is_not_mirrored_chromas_filter_answers_and_a_rebuild_mends_it(
@@ -153,4 +178,57 @@ def test_a_store_synced_before_the_index_is_searched_through_chroma_until_rebuil
     code = cli.main(["rebuild-lexicon", "docs", "--config", str(path), "--json"])
     built = json.loads(capsys.readouterr().out)
     assert code == 0 and built["collections"] == {"docs-collection": 4}
+    assert search.indexed(collection) is index_of and index_of.verify(collection) == []
+
+
+def test_a_servers_index_in_postgres_answers_s3sync_query_counts_writers_and_is_built_again(
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+    moto_endpoint: str,
+    chroma_server: int,
+    lexicon_database: str,
+    embedder: CountingEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`chroma.lexicon_postgres` gives a `chroma run` server's collections their lexical index in PostgreSQL, which
+    every host reaches: `s3sync query` answers from it, two writers of one chunk must both mirror their write
+    before it answers again, and `s3sync rebuild-lexicon` builds it from the collection alone."""
+    monkeypatch.setenv("S3SYNC_TEST_LEXICON", lexicon_database)
+    source = {
+        "name": "docs", "bucket_name": bucket, "region": "us-east-1", "collection_name": f"pg-{bucket}"[:60],
+        "endpoint_url": moto_endpoint, "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"},
+        "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
+    }  # fmt: skip
+    chroma = {"host": "127.0.0.1", "port": chroma_server, "lexicon_postgres": {"env": "S3SYNC_TEST_LEXICON"}}
+    path = tmp_path / "s3sync.yaml"
+    path.write_text(json.dumps({"chroma": chroma, "sources": [source]}), encoding="utf-8")
+    config = load_config(path)
+    spec = config.sources[0].spec(config.embedding.spec())
+    collection = config.chroma.store().collection(spec.collection_name, config.embedding.spec())
+    synced(s3, spec, collection, embedder, FILES)
+    index_of = lexicon.of(collection)
+    assert isinstance(index_of, PostgresLexicon) and search.indexed(collection) is index_of
+    assert index_of.verify(collection) == []
+    argv = ["query", "docs", "QX-7741-B", "--mode", "lexical", "--config", str(path), "--json"]
+    assert cli.main(argv) == 0
+    assert [hit["object_key"] for hit in json.loads(capsys.readouterr().out)["results"]] == ["notes/a.md"]
+
+    # Two hosts write one chunk at once: the index answers again only once both have mirrored their write.
+    chunk_id = collection.get(where={"object_key": "notes/d.txt"})["ids"][0]
+    index_of.pending(collection, [chunk_id])
+    index_of.pending(collection, [chunk_id])
+    collection.update(ids=[chunk_id], documents=["The lighthouse keeper logs every storm."])
+    index_of.refresh(collection, [chunk_id], {chunk_id: "a text this writer wrote, since replaced"})
+    assert index_of.state(collection) == "writes to it are not yet in its lexical index"
+    assert keys_found(collection, "lighthouse") == ["notes/d.txt"]  # Chroma's filter meanwhile
+    index_of.refresh(collection, [chunk_id])
+    assert index_of.state(collection) is None and index_of.verify(collection) == []  # what Chroma holds
+    assert keys_found(collection, "lighthouse") == ["notes/d.txt"]
+
+    index_of.drop(collection.id)
+    assert search.indexed(collection) is None
+    assert cli.main(["rebuild-lexicon", "docs", "--config", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["collections"] == {spec.collection_name: len(collection.get()["ids"])}
     assert search.indexed(collection) is index_of and index_of.verify(collection) == []

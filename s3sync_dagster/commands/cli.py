@@ -489,12 +489,12 @@ def cmd_rebuild_lexicon(args: argparse.Namespace) -> int:
     config = _config(args)
     source = config.source(args.source)
     store = config.chroma.store()
-    if not store.is_embedded:
+    if not store.is_embedded and not (store.host and store.lexicon_dsn):
         _emit(
             args,
             {"source": source.name, "collections": {}},
             f"source '{source.name}': {store.describe()} keeps no lexical index of ours (it answers the lexical "
-            "side itself): nothing to build",
+            "side itself; a server's goes in PostgreSQL with chroma.lexicon_postgres): nothing to build",
         )
         return EXIT_OK
     spec = config.embedding.spec()

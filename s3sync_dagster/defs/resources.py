@@ -248,15 +248,19 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     cloud_tenant: str | None = None
     cloud_database: str | None = None
     cloud_api_key: str | None = None
+    # The environment variable holding the PostgreSQL URL of a server's lexical index, read when opened.
+    lexicon_postgres_env: str | None = None
 
     def store(self) -> Store:
         """The store itself (pipeline/store.py), its secrets read now from their variables."""
         headers = dict(self.headers)
         for header, variable in self.header_env.items():
             headers[header] = EnvRef(env=variable).resolve(f"chroma header {header}")
+        lexicon = self.lexicon_postgres_env
         return Store(
             self.path, self.host, self.port, self.ssl, tuple(sorted(headers.items())),
             self.cloud_tenant, self.cloud_database, self.cloud_api_key,
+            EnvRef(env=lexicon).resolve("chroma lexicon_postgres") if lexicon else None,
         )  # fmt: skip
 
     def _named(self) -> Store:
@@ -302,6 +306,7 @@ def chroma_resource(chroma: ChromaConfig) -> ChromaResource:
         cloud_tenant=cloud.tenant if cloud else None,
         cloud_database=cloud.database if cloud else None,
         cloud_api_key=dg.EnvVar(cloud.api_key.env) if cloud else None,  # type: ignore[arg-type]
+        lexicon_postgres_env=chroma.lexicon_postgres.env if chroma.lexicon_postgres else None,
     )
 
 

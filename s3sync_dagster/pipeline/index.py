@@ -71,6 +71,8 @@ def _opened(client: ClientAPI, collection: Collection) -> Collection:
     settings = client.get_settings()
     if settings.is_persistent:  # an embedded store: its lexical index lies in its folder (pipeline/lexicon.py)
         lexicon.attach(collection, settings.persist_directory)
+    elif (served := lexicon.served(settings.chroma_server_host, settings.chroma_server_http_port)) is not None:
+        lexicon.attach_index(collection, served)  # a server's, in PostgreSQL (pipeline/lexicon_postgres.py)
     return collection
 
 

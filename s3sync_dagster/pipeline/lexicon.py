@@ -16,8 +16,9 @@ It is derived, and exact as the chunks are:
   as many chunks as the collection (`state`); the drift audit compares every chunk's text with it
   (`verify`), and `s3sync rebuild-lexicon` (or a repair) builds it again from the collection alone.
 - **Reachable from every host that reaches the store:** an embedded store is one folder on one host (a
-  PersistentClient is not process-safe), and the index is a file in that folder. A `chroma run` server or
-  Chroma Cloud has none: there the lexical side asks Chroma (Cloud: its own BM25 index).
+  PersistentClient is not process-safe), and the index is a file in that folder. A `chroma run` server's is
+  in PostgreSQL where its config names one (pipeline/lexicon_postgres.py), else the lexical side asks the
+  server's full-text filter; Chroma Cloud answers with its own BM25 index.
 
 Tokens: every term of a chunk's text as search.py reads them (`terms.text_terms`: folded, words joined by
 . and -), each hashed to an ASCII token, so FTS5's `ascii` tokenizer takes it whole whatever its letters.
@@ -34,9 +35,9 @@ import sqlite3
 import threading
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from s3sync_dagster.pipeline.terms import text_terms
 
@@ -69,6 +70,21 @@ def _tables(collection_id: uuid.UUID | str) -> tuple[str, str, str]:
     and made again under its name starts a new index)."""
     suffix = uuid.UUID(str(collection_id)).hex
     return f"fts_{suffix}", f"chunks_{suffix}", f"pending_{suffix}"
+
+
+class LexicalIndex(Protocol):
+    """What a lexical index answers and keeps (this module's `Lexicon` of an embedded store; a server's in
+    PostgreSQL, pipeline/lexicon_postgres.py)."""
+
+    def create_if_empty(self, collection: Collection) -> None: ...
+    def pending(self, collection: Collection, ids: Sequence[str]) -> None: ...
+    def refresh(self, collection: Collection, ids: Sequence[str], held: Mapping[str, str] | None = None) -> None: ...
+    def rebuild(self, collection: Collection) -> int: ...
+    def drop(self, collection_id: uuid.UUID | str) -> None: ...
+    def state(self, collection: Collection) -> str | None: ...
+    def verify(self, collection: Collection) -> list[str]: ...
+    def document_frequency(self, collection: Collection, terms: Sequence[str]) -> tuple[dict[str, int], int]: ...
+    def best(self, collection: Collection, terms: Sequence[str], limit: int) -> list[tuple[str, float]]: ...
 
 
 class Lexicon:
@@ -310,7 +326,9 @@ def rebuild_all(opened: Iterator[Collection]) -> dict[str, int]:
 # a copy of a store's folder (a backup, a server started on it) shares.
 _by_folder: collections.OrderedDict[str, Lexicon] = collections.OrderedDict()
 OPEN_FOLDERS = 8  # lexicons kept with their connections open; the least recently attached is closed
-_by_object: dict[int, tuple[weakref.ref[Any], Lexicon]] = {}
+_by_object: dict[int, tuple[weakref.ref[Any], LexicalIndex]] = {}
+# The lexical index of each Chroma server that has one (host, port), as its config names it (Store.client).
+_by_server: dict[tuple[str, str], LexicalIndex] = {}
 _registry_lock = threading.Lock()
 
 
@@ -323,9 +341,29 @@ def attach(collection: Collection, folder: str | os.PathLike[str]) -> Lexicon:
         while len(_by_folder) > OPEN_FOLDERS:
             _, oldest = _by_folder.popitem(last=False)
             oldest.close()
-        _by_object[id(collection)] = (weakref.ref(collection), lexicon)
+    return attach_index(collection, lexicon)
+
+
+def attach_index(collection: Collection, index: LexicalIndex) -> Any:
+    """Record that this collection object keeps its lexical index in `index`; returns it."""
+    with _registry_lock:
+        _by_object[id(collection)] = (weakref.ref(collection), index)
     weakref.finalize(collection, _forget, id(collection))
-    return lexicon
+    return index
+
+
+def register_server(host: str, port: int | str, made: Callable[[LexicalIndex | None], LexicalIndex]) -> LexicalIndex:
+    """Record the lexical index of the collections of the Chroma server at host:port, as they are opened from
+    now on (pipeline/index.py): `made(the one known)` returns the one to keep (pipeline/lexicon_postgres.serve)."""
+    key = (host, str(port))
+    with _registry_lock:
+        _by_server[key] = made(_by_server.get(key))
+        return _by_server[key]
+
+
+def served(host: str | None, port: int | str | None) -> LexicalIndex | None:
+    """The lexical index of the Chroma server at host:port, if its config names one (`serve`)."""
+    return _by_server.get((host or "", str(port)))
 
 
 def _forget(object_id: int) -> None:
@@ -335,7 +373,7 @@ def _forget(object_id: int) -> None:
             del _by_object[object_id]
 
 
-def detach(collection: Collection) -> Lexicon | None:
+def detach(collection: Collection) -> LexicalIndex | None:
     """Forget, in this process, that the collection has a lexicon (a benchmark's comparison with Chroma's own
     full-text filter); returns the one it had."""
     with _registry_lock:
@@ -343,9 +381,9 @@ def detach(collection: Collection) -> Lexicon | None:
     return entry[1] if entry is not None and entry[0]() is collection else None
 
 
-def of(collection: Collection) -> Lexicon | None:
-    """The lexicon of the collection's store: None for a collection of a server or Chroma Cloud, or one
-    not opened through pipeline/index.py."""
+def of(collection: Collection) -> LexicalIndex | None:
+    """The lexical index of the collection's store: None for a collection of Chroma Cloud, of a server whose
+    config names none, or one not opened through pipeline/index.py."""
     entry = _by_object.get(id(collection))
     return entry[1] if entry is not None and entry[0]() is collection else None
 

@@ -36,7 +36,7 @@ from chromadb.api.models.Collection import Collection
 from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import ChromaBm25EmbeddingFunction
 
 from s3sync_dagster.pipeline import keys, lexicon
-from s3sync_dagster.pipeline.lexicon import Lexicon
+from s3sync_dagster.pipeline.lexicon import LexicalIndex
 from s3sync_dagster.pipeline.terms import (  # how text becomes terms, read by both sides of search
     fold,
     query_terms,
@@ -346,13 +346,13 @@ def bm25_idf(total: int, count: int) -> float:
     return math.log(1 + (total - count + 0.5) / (count + 0.5))
 
 
-def indexed(collection: Collection) -> Lexicon | None:
+def indexed(collection: Collection) -> LexicalIndex | None:
     """The collection's lexical index (pipeline/lexicon.py) when it can answer for it now, else None."""
     found = lexicon.of(collection)
     return found if found is not None and found.state(collection) is None else None
 
 
-def lexicon_side(index: Lexicon, collection: Collection, text: str, n: int) -> Lexical:
+def lexicon_side(index: LexicalIndex, collection: Collection, text: str, n: int) -> Lexical:
     """The lexical side from the index: each term's idf from its exact document frequency, and as
     candidates the n chunks BM25 ranks best on the rarer terms (as `lexical_side` picks them: a common
     term scores, but picks no candidates)."""

@@ -13,11 +13,11 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from s3sync_dagster.pipeline import index, search
+from s3sync_dagster.pipeline import index, lexicon_postgres, search
 from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, check_collection_model, is_old_bundled_record
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ class Store:
     cloud_tenant: str | None = None
     cloud_database: str | None = None
     cloud_api_key: str | None = None
+    # A server's lexical index in PostgreSQL (pipeline/lexicon_postgres.py): its connection URL, a secret.
+    lexicon_dsn: str | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         if self.cloud_tenant:
@@ -71,10 +73,14 @@ class Store:
         return not self.host and not self.cloud_tenant
 
     def client(self) -> ClientAPI:
-        return _client(
+        client = _client(
             self.path, self.host, self.port, self.ssl, tuple(sorted(self.headers)),
             self.cloud_tenant, self.cloud_database, self.cloud_api_key,
         )  # fmt: skip
+        if self.host and self.lexicon_dsn:
+            # The server's collections, as index.py opens them, keep their lexical index there.
+            lexicon_postgres.serve(self.host, self.port, self.lexicon_dsn)
+        return client
 
     def collection(self, name: str, spec: EmbeddingSpec, create: bool = True) -> Collection:
         """The collection, created with the embedding function recorded in its configuration if missing.
