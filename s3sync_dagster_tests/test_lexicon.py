@@ -40,10 +40,17 @@ def spec(bucket: str) -> SourceSpec:
 
 
 @pytest.fixture(scope="session")
-def lexicon_database() -> Iterator[str]:
-    """A PostgreSQL database for servers' lexical indexes: its connection URL (loopback, trusted)."""
+def postgres_database() -> Iterator[str]:
     with postgres_server.running(db_name="lexicon") as server:
         yield f"postgresql://{server.user}@{server.host}:{server.port}/{server.db_name}"
+
+
+@pytest.fixture
+def lexicon_database(postgres_database: str, chroma_server: int) -> Iterator[str]:
+    """A PostgreSQL database for servers' lexical indexes: its connection URL (loopback, trusted). The session's
+    `chroma run` server is shared: its collections are opened without one again after the test."""
+    yield postgres_database
+    lexicon.forget_server("127.0.0.1", chroma_server)
 
 
 @pytest.fixture(params=["embedded", "server"])

@@ -361,6 +361,12 @@ def register_server(host: str, port: int | str, made: Callable[[LexicalIndex | N
         return _by_server[key]
 
 
+def forget_server(host: str, port: int | str) -> None:
+    """Collections of the server at host:port opened from now on have no lexical index of ours."""
+    with _registry_lock:
+        _by_server.pop((host, str(port)), None)
+
+
 def served(host: str | None, port: int | str | None) -> LexicalIndex | None:
     """The lexical index of the Chroma server at host:port, if its config names one (`serve`)."""
     return _by_server.get((host or "", str(port)))
