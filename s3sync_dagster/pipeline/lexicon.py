@@ -179,11 +179,7 @@ class Lexicon:
         if not ids:
             return
         if held is None:
-            read: dict[str, str] = {}
-            for start in range(0, len(ids), READ_PAGE):
-                found = collection.get(ids=list(ids[start : start + READ_PAGE]), include=["documents"])
-                read.update(zip(found["ids"], [document or "" for document in found["documents"] or []], strict=True))
-            held = read
+            held = read_texts(collection, ids)
         with self._transaction() as db:
             if not self._known(db, collection):
                 return
@@ -211,16 +207,12 @@ class Lexicon:
         holds the store's write lock, so no chunk changes meanwhile."""
         with self._transaction() as db:
             self._create(db, collection, complete=False)
-            offset = 0
-            while True:
-                found = collection.get(limit=READ_PAGE, offset=offset, include=["documents"])
-                if not found["ids"]:
-                    break
-                documents = [document or "" for document in found["documents"] or []]
-                self._write(db, collection, found["ids"], dict(zip(found["ids"], documents, strict=True)))
-                offset += len(found["ids"])
+            held = 0
+            for texts in pages(collection):
+                self._write(db, collection, list(texts), texts)
+                held += len(texts)
             db.execute("UPDATE collections SET complete = 1 WHERE collection_id = ?", (str(collection.id),))
-        return offset
+        return held
 
     def drop(self, collection_id: uuid.UUID | str) -> None:
         with self._transaction() as db:
@@ -268,17 +260,7 @@ class Lexicon:
                 indexed = dict(db.execute(f"SELECT chunk_id, digest FROM {chunks}").fetchall())
             except sqlite3.OperationalError:  # no index at all
                 indexed = {}
-        wrong: list[str] = []
-        offset = 0
-        while True:
-            found = collection.get(limit=READ_PAGE, offset=offset, include=["documents"])
-            if not found["ids"]:
-                break
-            for chunk_id, document in zip(found["ids"], found["documents"] or [], strict=True):
-                if indexed.pop(chunk_id, None) != digest(document or ""):
-                    wrong.append(chunk_id)
-            offset += len(found["ids"])
-        return sorted([*wrong, *indexed])
+        return differing(collection, indexed)
 
     def document_frequency(self, collection: Collection, terms: Sequence[str]) -> tuple[dict[str, int], int]:
         """How many chunks hold each term, and how many chunks there are."""
@@ -304,6 +286,38 @@ class Lexicon:
                 (_any_of(terms), limit),
             ).fetchall()
         return [(str(chunk_id), float(score)) for chunk_id, score in rows]
+
+
+def read_texts(collection: Collection, ids: Sequence[str]) -> dict[str, str]:
+    """What Chroma holds for these ids, read by id (an id it does not hold is absent)."""
+    read: dict[str, str] = {}
+    for start in range(0, len(ids), READ_PAGE):
+        found = collection.get(ids=list(ids[start : start + READ_PAGE]), include=["documents"])
+        read.update(zip(found["ids"], [document or "" for document in found["documents"] or []], strict=True))
+    return read
+
+
+def pages(collection: Collection) -> Iterator[dict[str, str]]:
+    """Every chunk's text, READ_PAGE chunks at a time (id -> text)."""
+    offset = 0
+    while True:
+        found = collection.get(limit=READ_PAGE, offset=offset, include=["documents"])
+        if not found["ids"]:
+            return
+        yield dict(zip(found["ids"], [document or "" for document in found["documents"] or []], strict=True))
+        offset += len(found["ids"])
+
+
+def differing(collection: Collection, indexed: dict[str, str]) -> list[str]:
+    """The chunk ids whose text an index holding `indexed` (id -> digest; emptied) does not hold as Chroma does:
+    missing, extra or changed."""
+    wrong = [
+        chunk_id
+        for texts in pages(collection)
+        for chunk_id, text in texts.items()
+        if indexed.pop(chunk_id, None) != digest(text)
+    ]
+    return sorted([*wrong, *indexed])
 
 
 def _any_of(terms: Sequence[str]) -> str:

@@ -28,7 +28,16 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from s3sync_dagster.pipeline.lexicon import READ_PAGE, VERSION, LexicalIndex, digest, register_server, token
+from s3sync_dagster.pipeline.lexicon import (
+    VERSION,
+    LexicalIndex,
+    differing,
+    digest,
+    pages,
+    read_texts,
+    register_server,
+    token,
+)
 from s3sync_dagster.pipeline.terms import text_terms
 
 if TYPE_CHECKING:
@@ -141,7 +150,7 @@ class PostgresLexicon:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (str(collection.id),))
             if not self._known(cursor, collection):
                 return
-            self._write(cursor, collection, unique, _read(collection, unique))
+            self._write(cursor, collection, unique, read_texts(collection, unique))
             cursor.executemany(
                 "UPDATE s3sync_lexicon_pending SET writers = writers - 1 WHERE collection_id = %s AND chunk_id = %s",
                 [(str(collection.id), chunk_id) for chunk_id in unique],
@@ -205,15 +214,10 @@ class PostgresLexicon:
         with self._transaction() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (str(collection.id),))
             self._create(cursor, collection, complete=False)
-            offset = 0
-            while True:
-                found = collection.get(limit=READ_PAGE, offset=offset, include=["documents"])
-                if not found["ids"]:
-                    break
-                documents = [document or "" for document in found["documents"] or []]
-                held = dict(zip(found["ids"], documents, strict=True))
-                self._write(cursor, collection, found["ids"], held, terms=False)
-                offset += len(found["ids"])
+            held = 0
+            for texts in pages(collection):
+                self._write(cursor, collection, list(texts), texts, terms=False)
+                held += len(texts)
             cursor.execute(
                 "INSERT INTO s3sync_lexicon_terms SELECT collection_id, token, count(*) FROM s3sync_lexicon_postings "
                 "WHERE collection_id = %s GROUP BY collection_id, token",
@@ -224,7 +228,7 @@ class PostgresLexicon:
             )
         with self._transaction() as cursor:
             cursor.execute("ANALYZE s3sync_lexicon_postings")  # plans for the new numbers of rows
-        return offset
+        return held
 
     def drop(self, collection_id: uuid.UUID | str) -> None:
         with self._transaction() as cursor:
@@ -275,17 +279,7 @@ class PostgresLexicon:
                 "SELECT chunk_id, digest FROM s3sync_lexicon_chunks WHERE collection_id = %s", (str(collection.id),)
             )
             indexed = dict(cursor.fetchall())
-        wrong: list[str] = []
-        offset = 0
-        while True:
-            found = collection.get(limit=READ_PAGE, offset=offset, include=["documents"])
-            if not found["ids"]:
-                break
-            for chunk_id, document in zip(found["ids"], found["documents"] or [], strict=True):
-                if indexed.pop(chunk_id, None) != digest(document or ""):
-                    wrong.append(chunk_id)
-            offset += len(found["ids"])
-        return sorted([*wrong, *indexed])
+        return differing(collection, indexed)
 
     def document_frequency(self, collection: Collection, terms: Sequence[str]) -> tuple[dict[str, int], int]:
         tokens = {token(term): term for term in terms}
@@ -332,14 +326,6 @@ class PostgresLexicon:
             )
             rows = cursor.fetchall()
         return [(str(chunk_id), float(score)) for chunk_id, score in rows]
-
-
-def _read(collection: Collection, ids: Sequence[str]) -> dict[str, str]:
-    read: dict[str, str] = {}
-    for start in range(0, len(ids), READ_PAGE):
-        found = collection.get(ids=list(ids[start : start + READ_PAGE]), include=["documents"])
-        read.update(zip(found["ids"], [document or "" for document in found["documents"] or []], strict=True))
-    return read
 
 
 def serve(host: str, port: int | str, dsn: str) -> LexicalIndex:
