@@ -386,6 +386,9 @@ def webserver_and_daemon(
     port = free_port()
     env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file), **(extra_env or {}))
     workspace = str(REPO / "workspace.yaml")
+    # As deployed (docs/deployment.md): the schema first, once. Two services creating the tables of a fresh
+    # database at once race ("type event_logs already exists") and one of them exits.
+    subprocess.run([_bin("dagster"), "instance", "migrate"], env=env, check=True, capture_output=True)
     webserver = [_bin("dagster-webserver"), "-w", workspace, "-h", LOOPBACK, "-p", str(port)]
     with _serving([webserver, [_bin("dagster-daemon"), "run", "-w", workspace]], env, port, log) as server:
         yield server
