@@ -121,3 +121,18 @@ def snapshot(revision: str, into: Path) -> Path:
     archive = subprocess.run(["git", "archive", revision], cwd=REPO, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def sensor_tick(sensor: Any, context: Any) -> Any:
+    """One tick of a sensor as the daemon evaluates it (SensorDefinition.evaluate_tick: its resources taken from
+    the context by key), as a dagster SensorResult. Calling the sensor directly would pass each required resource
+    as a keyword argument, which our sensors, asking for theirs by configured key, do not take."""
+    import dagster as dg
+
+    data = sensor.evaluate_tick(context)
+    return dg.SensorResult(
+        run_requests=list(data.run_requests or []),
+        cursor=data.cursor,
+        dynamic_partitions_requests=list(data.dynamic_partitions_requests or []),
+        skip_reason=None if data.run_requests else data.skip_message,
+    )

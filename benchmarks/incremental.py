@@ -15,6 +15,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
+from benchmarks.common import sensor_tick
 from s3sync_dagster.config import load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import sync_job_name
@@ -30,7 +31,7 @@ def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, source: str) -> di
     while True:
         ticks += 1
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
-            result = sensor(context)
+            result = sensor_tick(sensor, context)
         assert isinstance(result, dg.SensorResult)
         for partitions in result.dynamic_partitions_requests or []:
             instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys or []))

@@ -208,7 +208,7 @@ def _poll_pass(instance: dg.DagsterInstance, defs: dg.Definitions, sensor: dg.Se
     while _completed_passes(instance) < target:
         assert len(ticks) < MAX_TICKS, "the poll pass does not end"
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
-            seconds, result = _timed(lambda context=context: sensor(context))  # type: ignore[misc]
+            seconds, result = _timed(lambda context=context: common.sensor_tick(sensor, context))  # type: ignore[misc]
         assert isinstance(result, dg.SensorResult)
         ticks.append(seconds)
         runs += len(result.run_requests or [])

@@ -364,6 +364,7 @@ class SourceConfig(_Model):
     # index the other's keys: refused at load unless both sources set this (a deliberate second view of the
     # same objects, into its own collection).
     allow_prefix_overlap: bool = False
+    group_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")  # the UI's asset group; default: name
     # The collections the other sources of the same config write, by name -> their source (set by AppConfig).
     _collection_owners: dict[str, str] = PrivateAttr(default_factory=dict)
     _project: str = PrivateAttr(default="")  # the config's project (set by AppConfig)
@@ -497,6 +498,32 @@ class WebserverConfig(_Model):
     _literal = field_validator("api_token", mode="before")(_secret_must_be_env_ref)
 
 
+_RESOURCE_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"  # a Python identifier: Dagster's rule for resource keys
+
+
+class ResourceKeysConfig(_Model):
+    """The keys the sources' resources take in the code location. Namespaced, so a Dagster project's own `s3`,
+    `chroma` or `io_manager` resources are left alone; change one if it still meets one of the project's."""
+
+    s3: str = Field(default="s3sync_s3", pattern=_RESOURCE_KEY)
+    chroma: str = Field(default="s3sync_chroma", pattern=_RESOURCE_KEY)
+    embedding: str = Field(default="s3sync_embedding", pattern=_RESOURCE_KEY)
+    documents: str = Field(default="s3sync_documents", pattern=_RESOURCE_KEY)
+    webserver: str = Field(default="s3sync_webserver", pattern=_RESOURCE_KEY)
+    # What the asset's and the jobs' outputs (none of them has a value) are handed to, instead of the project's
+    # `io_manager`, which our runs then never start.
+    io_manager: str = Field(default="s3sync_io_manager", pattern=_RESOURCE_KEY)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ResourceKeysConfig:
+        seen: dict[str, str] = {}
+        for role, key in self.model_dump().items():
+            other = seen.setdefault(key, role)
+            if other != role:
+                raise ValueError(f"resource_keys.{other} and resource_keys.{role} are both '{key}': give each its own")
+        return self
+
+
 class AppConfig(_Model):
     # The deployment these sources belong to, recorded on every chunk they write: two projects sharing one
     # Chroma store (or server) whose sources read the same bucket tell their chunks apart by it. Absent,
@@ -507,6 +534,7 @@ class AppConfig(_Model):
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    resource_keys: ResourceKeysConfig = Field(default_factory=ResourceKeysConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -38,7 +38,9 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         resources=resources_for(config),
         executor=executor_for(config),
     )
-    return dg.Definitions.merge(shared, *(source_definitions(source) for source in config.sources))
+    return dg.Definitions.merge(
+        shared, *(source_definitions(source, config.resource_keys) for source in config.sources)
+    )
 
 
 @dg.definitions
@@ -73,6 +75,8 @@ attributes:
     # cloud: {{tenant: my-tenant, database: my-db, api_key: {{env: CHROMA_API_KEY}}}}
   # embedding: default          # Chroma's own all-MiniLM-L6-v2, bundled: nothing downloaded
   # documents: {{timeout_seconds: 300, workers: 2, ocr: true}}
+  # The resources' keys in this project (s3sync_s3, s3sync_chroma, ...): rename one that meets one of yours.
+  # resource_keys: {{s3: s3sync_s3, chroma: s3sync_chroma, io_manager: s3sync_io_manager}}
   sources:
     - name: {name}
       bucket_name: {bucket_name}
@@ -92,6 +96,7 @@ attributes:
       # ... or polling the prefix for new, changed and deleted objects:
       # poll_interval_seconds: 300
       # keys_per_run: 100
+      # group_name: {name}            # the asset group in the UI
 """
 
 

@@ -39,12 +39,51 @@ FILES = {
 LATER = {"guides/kingfishers.txt": "Kingfisher nest boxes are checked on the first of every month.\n"}
 USER_ASSET = '''import dagster as dg
 
+from riverbank.defs.resources import ChromaClient
+
 
 @dg.asset
-def visitor_report() -> dg.MaterializeResult:
-    """An asset of the user's own, beside the component's."""
-    return dg.MaterializeResult(metadata={"visitors": 1200})
+def visitor_report(chroma: ChromaClient) -> dg.MaterializeResult:
+    """An asset of the user's own, beside the component's, on the project's own `chroma` resource."""
+    return dg.MaterializeResult(metadata={"visitors": 1200, "chroma": chroma.host})
+
+
+@dg.asset(deps=[dg.AssetKey(["handbook", "documents"])], automation_condition=dg.AutomationCondition.eager())
+def handbook_digest() -> dg.MaterializeResult:
+    """The user's asset downstream of the component's, kept up to date by Dagster's automation."""
+    return dg.MaterializeResult()
 '''
+# The project's own resources under the names dagster-aws's docs and every tutorial use: the component's must not
+# meet them (`dg check defs` refused the project while both were called `s3`). The project's io_manager cannot
+# store anything here (it would reach the project's warehouse), and records each run that starts it.
+USER_RESOURCES = """import os
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+
+class ChromaClient(dg.ConfigurableResource):
+    host: str = "chroma.riverbank.internal"
+
+
+class WarehouseIOManager(dg.ConfigurableIOManager):
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        with open(os.environ["RIVERBANK_IO_MANAGER_LOG"], "a") as log:
+            log.write(f"{context.run_id}\\n")
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        raise RuntimeError("the warehouse cannot be reached from here")
+
+    def load_input(self, context: dg.InputContext) -> object:
+        raise RuntimeError("the warehouse cannot be reached from here")
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(
+        resources={"s3": S3Resource(region_name="eu-west-1"), "chroma": ChromaClient(), "io_manager": WarehouseIOManager()}
+    )
+"""
 
 
 @dataclass
@@ -101,6 +140,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, s3: An
         DAGSTER_DG_UPDATE_CHECK_ENABLED="0",  # it would ask PyPI for a newer create-dagster
         DAGSTER_DISABLE_TELEMETRY="1",
         HANDBOOK_ENDPOINT=moto_endpoint,  # the defs.yaml takes it through a Dagster template
+        RIVERBANK_IO_MANAGER_LOG=str(parent / "io_manager.log"),
     )
     env.pop("S3SYNC_CONFIG", None)
     env.pop("DAGSTER_HOME", None)
@@ -144,6 +184,7 @@ def test_dg_scaffolds_a_commented_source_beside_the_users_own_asset(project: Pro
     )
     project.defs_yaml.write_text(text)
     project.dg("scaffold", "defs", "dagster.asset", "reports.py")
+    (project.root / "src" / PROJECT / "defs" / "resources.py").write_text(USER_RESOURCES)
     (project.root / "src" / PROJECT / "defs" / "reports.py").write_text(USER_ASSET)
 
     checked = project.dg("check", "yaml")
@@ -155,7 +196,9 @@ def test_dg_scaffolds_a_commented_source_beside_the_users_own_asset(project: Pro
 def test_dg_list_defs_shows_the_sources_objects_beside_the_users(project: Project) -> None:
     listed = json.loads(project.dg("list", "defs", "--json").stdout)
     assets = {item["asset_key"] for item in listed["assets"]}
-    assert assets == {f"{SOURCE}/documents", "archive/documents", "visitor_report"}
+    assert assets == {f"{SOURCE}/documents", "archive/documents", "visitor_report", "handbook_digest"}
+    resources = {item["name"] for item in listed["resources"]}
+    assert {"s3", "chroma", "io_manager", "s3sync_s3", "s3sync_chroma", "s3sync_io_manager"} <= resources, resources
     assert {item["key"] for item in listed["asset_checks"]} == {
         f"{name}/documents:{check}" for name in (SOURCE, "archive") for check in ("indexed_keys_have_chunks", "drift")
     }
@@ -238,3 +281,11 @@ def test_the_poll_sensor_on_the_daemon_indexes_new_objects(project: Project, ser
         assert time.monotonic() < deadline, f"not indexed by the poll sensor; dg dev log:\n{served.tail()}"
         time.sleep(2)
     assert TEST_SECRET not in served.log.read_text(errors="replace")
+    # No sync run of ours started the project's io_manager (its own assets' runs may). Our asset and ops hand their
+    # (valueless) outputs to ours; the asset's checks are Dagster's, whose decorator takes no IO manager: their step
+    # starts the project's `io_manager` and never hands it anything (the launched partition's run succeeded above,
+    # where its handle_output raises).
+    io_log = Path(project.env["RIVERBANK_IO_MANAGER_LOG"])
+    started = io_log.read_text().split() if io_log.exists() else []
+    jobs = {served.run(run_id)["jobName"] for run_id in started}
+    assert f"{SOURCE}_auto_sync" not in jobs, jobs

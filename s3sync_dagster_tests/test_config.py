@@ -195,6 +195,24 @@ def test_two_sources_cannot_share_a_collection() -> None:
         parse_config({"sources": [SOURCE, other]})
 
 
+def test_resource_keys_are_ours_by_default_and_renamed_one_by_one() -> None:
+    import dagster as dg
+
+    from s3sync_dagster.definitions import build_definitions
+
+    keys = parse_config({"sources": [SOURCE]}).resource_keys
+    assert (keys.s3, keys.chroma, keys.io_manager) == ("s3sync_s3", "s3sync_chroma", "s3sync_io_manager")
+    config = parse_config({"resource_keys": {"s3": "handbook_s3"}, "sources": [{**SOURCE, "group_name": "library"}]})
+    defs = build_definitions(config)
+    assert "handbook_s3" in defs.resources and "s3sync_s3" not in defs.resources
+    asset = defs.resolve_assets_def(dg.AssetKey(["docs", "documents"]))
+    assert "handbook_s3" in asset.required_resource_keys and asset.group_names_by_key[asset.key] == "library"
+    with pytest.raises(ConfigError, match=r"resource_keys\.s3 and resource_keys\.chroma are both 'store'"):
+        parse_config({"resource_keys": {"s3": "store", "chroma": "store"}})
+    with pytest.raises(ConfigError, match=r"resource_keys\.s3"):
+        parse_config({"resource_keys": {"s3": "my-s3"}})  # Dagster's keys are identifiers
+
+
 def test_steps_run_in_process_unless_a_celery_broker_is_given() -> None:
     import dagster as dg
 

@@ -25,7 +25,7 @@ def test_definitions_load_from_yaml(bucket: str, make_config: ConfigFactory) -> 
     assert asset.backfill_policy == dg.BackfillPolicy.multi_run(100)  # keys_per_run by default
     defs.resolve_implicit_global_asset_job_def()  # the whole thing resolves
     # Credentials stay environment-variable references in the definitions.
-    resource = defs.resources["s3"].for_source("handbook")
+    resource = defs.resources["s3sync_s3"].for_source("handbook")
     assert isinstance(resource.aws_secret_access_key, dg.EnvVar)
 
 

@@ -63,8 +63,11 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
     assert sensors["events_sqs"].job_name == "events_auto_sync"
     assert sensors["polled_poll"].minimum_interval_seconds == 60
     # Connections only: one S3 resource holding every source's connection; one store, one model.
-    assert set(repository.get_top_level_resources()) == {"chroma", "embedding", "documents", "s3", "webserver"}
-    connections = defs.resources["s3"].connections
+    # Under our own keys: a project's `s3`, `chroma` and `io_manager` are never ours (test_component.py).
+    assert set(repository.get_top_level_resources()) == {
+        f"s3sync_{role}" for role in ("chroma", "embedding", "documents", "s3", "webserver", "io_manager")
+    }
+    connections = defs.resources["s3sync_s3"].connections
     assert [connection.source_name for connection in connections] == ["events", "polled", "manual"]
     # What a source is (bucket, prefix, chunking) is its config's business, not a resource's.
     assert "bucket_name" not in type(connections[0]).model_fields

@@ -10,6 +10,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from benchmarks.common import sensor_tick
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.state import (
@@ -271,7 +272,7 @@ def test_the_poll_sensor_moves_a_legacy_file_in(
 
     def evaluate() -> dg.SensorResult:
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
-            result = sensor(context)
+            result = sensor_tick(sensor, context)
         assert isinstance(result, dg.SensorResult)
         return result
 

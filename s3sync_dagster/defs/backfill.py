@@ -150,7 +150,8 @@ def request_backfill(
     s3: S3Connections,
     chroma: ChromaResource,
     embedding: EmbeddingResource,
-) -> dg.Output[str | None]:
+) -> dg.Output[None]:
+    """Starts the backfill; its id, page and size are the output's metadata (the output has no value)."""
     partition_keys = selected_partitions(context, source, config, s3, chroma, embedding)
     what = config.selection.value + (f" '{config.pattern}'" if config.pattern else "")
     if partition_keys == []:
@@ -162,7 +163,7 @@ def request_backfill(
     page = f"{webserver.url.rstrip('/')}/runs/b/{backfill_id}"
     context.log.info(f"source '{source.name}': backfill {backfill_id} of {count} keys ({what}): {page}")
     return dg.Output(
-        backfill_id,
+        None,
         metadata={
             "backfill": dg.MetadataValue.url(page),
             "backfill_id": backfill_id,

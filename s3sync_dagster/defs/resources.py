@@ -12,7 +12,15 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from s3sync_dagster.config import AppConfig, ChromaConfig, EmbeddingConfig, EnvRef, SourceConfig, TimeoutsConfig
+from s3sync_dagster.config import (
+    AppConfig,
+    ChromaConfig,
+    EmbeddingConfig,
+    EnvRef,
+    ResourceKeysConfig,
+    SourceConfig,
+    TimeoutsConfig,
+)
 from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
 from s3sync_dagster.pipeline.store import Store
@@ -324,14 +332,38 @@ def embedding_resource(embedding: EmbeddingConfig) -> EmbeddingResource:
     )
 
 
+class NoValueIOManager(dg.ConfigurableIOManager):
+    """Our asset and ops output no value (each key reports its own materialisation): nothing to store or load.
+    Bound under our own key, so our runs never start the project's `io_manager`."""
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is not None:
+            raise TypeError(f"{context.step_key}: an s3sync output has no value, got {type(obj).__name__}")
+
+    def load_input(self, context: dg.InputContext) -> None:
+        return None
+
+
 def resources_for(config: AppConfig) -> dict[str, Any]:
-    """Every resource the definitions need, keyed as the assets ask for them."""
+    """Every resource the definitions need, under the keys config.resource_keys names (`s3sync_*`)."""
+    keys = config.resource_keys
     resources: dict[str, Any] = {
-        "chroma": chroma_resource(config.chroma),
-        "embedding": embedding_resource(config.embedding),
-        "documents": DocumentsResource(**config.documents.model_dump()),
-        "webserver": DagsterWebserver(url=config.webserver.url, api_token=_env(config.webserver.api_token)),
+        keys.chroma: chroma_resource(config.chroma),
+        keys.embedding: embedding_resource(config.embedding),
+        keys.documents: DocumentsResource(**config.documents.model_dump()),
+        keys.webserver: DagsterWebserver(url=config.webserver.url, api_token=_env(config.webserver.api_token)),
+        keys.io_manager: NoValueIOManager(),
     }
     if config.sources:
-        resources["s3"] = S3Connections(connections=[s3_connection(source) for source in config.sources])
+        resources[keys.s3] = S3Connections(connections=[s3_connection(source) for source in config.sources])
     return resources
+
+
+def required(keys: ResourceKeysConfig, *roles: str) -> set[str]:
+    """The resource keys a definition asks for, by role (`s3`, `chroma`, ...)."""
+    return {getattr(keys, role) for role in roles}
+
+
+def taken(resources: Any, keys: ResourceKeysConfig, role: str) -> Any:
+    """One resource of a context's `resources`, by role."""
+    return getattr(resources, getattr(keys, role))

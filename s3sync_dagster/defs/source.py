@@ -1,43 +1,46 @@
 """One source's Dagster objects, all made here: its asset, checks, jobs and sensors (definitions.py merges them).
 
-Everything a source is comes from its SourceConfig (the user's YAML); resources are connections only,
-taken as typed parameters. What the objects do on a run or a tick lives beside them: defs/assets.py
+Everything a source is comes from its SourceConfig (the user's YAML); resources are connections only, asked
+for by the keys the config names (config.ResourceKeysConfig, `s3sync_*`: never a key of the user's project). What the objects do on a run or a tick lives beside them: defs/assets.py
 (indexing), defs/checks.py, defs/sensors.py and defs/repair.py.
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
-from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.config import ResourceKeysConfig, SourceConfig
 from s3sync_dagster.defs import names
 from s3sync_dagster.defs.assets import index_partitions
 from s3sync_dagster.defs.backfill import request_backfill
 from s3sync_dagster.defs.checks import drift_check, index_check
 from s3sync_dagster.defs.repair import repair_drift
-from s3sync_dagster.defs.resources import (
-    ChromaResource,
-    DagsterWebserver,
-    DocumentsResource,
-    EmbeddingResource,
-    S3Connections,
-)
+from s3sync_dagster.defs.resources import required, taken
 from s3sync_dagster.defs.run_config import BackfillConfig, InvocationConfig, RepairConfig, SyncKeysConfig
 from s3sync_dagster.defs.sensors import poll_tick, sqs_tick
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline import keys as object_keys
 
 
-def source_definitions(source: SourceConfig) -> dg.Definitions:
+def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Definitions:
     """The asset (one partition per object key), its two checks, the repair job, and with auto-sync or
     polling configured, the sync job and the sensors that launch it."""
     asset_key = names.documents_asset_key(source.name)
+    writing = required(keys, "s3", "chroma", "embedding", "documents")
+    # Our ops output no value: to our own IO manager, so a run never starts the project's `io_manager`.
+    no_value = dg.Out(dg.Nothing, io_manager_key=keys.io_manager)
+
+    def taking(context: Any, *roles: str) -> dict[str, Any]:
+        return {role: taken(context.resources, keys, role) for role in roles}
 
     @dg.asset(
         key=asset_key,
         partitions_def=names.partitions_def(source.name),
         kinds={"s3", "chroma"},
-        group_name=source.name,
+        group_name=source.group_name or source.name,
+        required_resource_keys=writing,
+        io_manager_key=keys.io_manager,
         description=(
             f"Chunks of the objects in s3://{source.bucket_name}/{source.path_prefix} "
             f"in Chroma collection '{source.collection_name}'. One partition per object key. "
@@ -57,22 +60,12 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
         # The run's tags are the launcher's (a UI backfill has none of ours): the pool is the op's own.
         pool=names.pool_name(source.name),
     )
-    def documents_asset(
-        context: dg.AssetExecutionContext,
-        config: InvocationConfig,
-        s3: S3Connections,
-        chroma: ChromaResource,
-        embedding: EmbeddingResource,
-        documents: DocumentsResource,
-    ) -> Iterator[dg.Output[None]]:
+    def documents_asset(context: dg.AssetExecutionContext, config: InvocationConfig) -> Iterator[dg.Output[None]]:
         index_partitions(
             context,
             source,
             context.partition_keys,
-            s3=s3,
-            chroma=chroma,
-            embedding=embedding,
-            documents=documents,
+            **taking(context, "s3", "chroma", "embedding", "documents"),
             invocation=config.invocation(),
         )
         yield from ()
@@ -81,45 +74,39 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
         asset=asset_key,
         name=names.INDEX_CHECK_NAME,
         blocking=False,
+        required_resource_keys=required(keys, "chroma", "embedding"),
         description=(
             "Compares the keys this asset last reported as indexed with the chunks in Chroma: a key "
             "with no chunks fails the check; chunks of keys the asset does not know are reported."
         ),
     )
-    def indexed_keys_have_chunks(
-        context: dg.AssetCheckExecutionContext, chroma: ChromaResource, embedding: EmbeddingResource
-    ) -> dg.AssetCheckResult:
-        return index_check(context, source, chroma, embedding)
+    def indexed_keys_have_chunks(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return index_check(context, source, **taking(context, "chroma", "embedding"))
 
     @dg.asset_check(
         asset=asset_key,
         name=names.DRIFT_CHECK_NAME,
         blocking=False,
+        required_resource_keys=required(keys, "s3", "chroma", "embedding"),
         description=(
             "Joins the bucket listing with the chunks' metadata: objects missing from the index, indexed at "
             f"an old ETag, and chunks whose object is gone. `s3sync repair {source.name}` (or the "
             f"{names.repair_job_name(source.name)} job) fixes exactly those."
         ),
     )
-    def drift(
-        context: dg.AssetCheckExecutionContext, s3: S3Connections, chroma: ChromaResource, embedding: EmbeddingResource
-    ) -> dg.AssetCheckResult:
-        return drift_check(context, source, s3.client(source.name), chroma, embedding)
+    def drift(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        s3 = taken(context.resources, keys, "s3")
+        return drift_check(context, source, s3.client(source.name), **taking(context, "chroma", "embedding"))
 
     @dg.op(
         name=names.repair_op_name(source.name),
         description=f"Syncs the keys of source '{source.name}' that drifted from the bucket (its `drift` check).",
         pool=names.pool_name(source.name),
+        required_resource_keys=writing,
+        out=no_value,
     )
-    def repair_keys(
-        context: dg.OpExecutionContext,
-        config: RepairConfig,
-        s3: S3Connections,
-        chroma: ChromaResource,
-        embedding: EmbeddingResource,
-        documents: DocumentsResource,
-    ) -> None:
-        repair_drift(context, source, config, s3=s3, chroma=chroma, embedding=embedding, documents=documents)
+    def repair_keys(context: dg.OpExecutionContext, config: RepairConfig) -> None:
+        repair_drift(context, source, config, **taking(context, "s3", "chroma", "embedding", "documents"))
 
     @dg.job(name=names.repair_job_name(source.name), tags={SOURCE_TAG: source.name, TRIGGER_TAG: "repair"})
     def repair_job() -> None:
@@ -131,16 +118,11 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
             f"Starts Dagster's own backfill of source '{source.name}''s asset over the keys chosen: all, "
             "missing, failed, stale, a prefix or a glob. Through the webserver, in seconds at a million keys."
         ),
+        required_resource_keys=required(keys, "webserver", "s3", "chroma", "embedding"),
+        out=no_value,
     )
-    def backfill_keys(
-        context: dg.OpExecutionContext,
-        config: BackfillConfig,
-        webserver: DagsterWebserver,
-        s3: S3Connections,
-        chroma: ChromaResource,
-        embedding: EmbeddingResource,
-    ) -> dg.Output[str | None]:
-        return request_backfill(context, source, config, webserver=webserver, s3=s3, chroma=chroma, embedding=embedding)
+    def backfill_keys(context: dg.OpExecutionContext, config: BackfillConfig) -> dg.Output[None]:
+        return request_backfill(context, source, config, **taking(context, "webserver", "s3", "chroma", "embedding"))
 
     @dg.job(
         name=names.backfill_job_name(source.name),
@@ -163,18 +145,13 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
             name=names.sync_op_name(source.name),
             description=f"Syncs the given object keys of source '{source.name}' into Chroma.",
             pool=names.pool_name(source.name),
+            required_resource_keys=writing,
+            out=no_value,
         )
-        def sync_keys(
-            context: dg.OpExecutionContext,
-            config: SyncKeysConfig,
-            s3: S3Connections,
-            chroma: ChromaResource,
-            embedding: EmbeddingResource,
-            documents: DocumentsResource,
-        ) -> None:
-            partition_keys = [keys.to_partition_key(object_key) for object_key in config.object_keys]
+        def sync_keys(context: dg.OpExecutionContext, config: SyncKeysConfig) -> None:
+            partition_keys = [object_keys.to_partition_key(object_key) for object_key in config.object_keys]
             index_partitions(
-                context, source, partition_keys, s3=s3, chroma=chroma, embedding=embedding, documents=documents
+                context, source, partition_keys, **taking(context, "s3", "chroma", "embedding", "documents")
             )
 
         @dg.job(name=names.sync_job_name(source.name), tags={SOURCE_TAG: source.name})
@@ -182,13 +159,13 @@ def source_definitions(source: SourceConfig) -> dg.Definitions:
             sync_keys()
 
         jobs.append(sync_job)
-        sensors += _sensors(source, sync_job)
+        sensors += _sensors(source, sync_job, keys)
     return dg.Definitions(
         assets=[documents_asset], asset_checks=[indexed_keys_have_chunks, drift], jobs=jobs, sensors=sensors
     )
 
 
-def _sensors(source: SourceConfig, job: dg.JobDefinition) -> list[dg.SensorDefinition]:
+def _sensors(source: SourceConfig, job: dg.JobDefinition, keys: ResourceKeysConfig) -> list[dg.SensorDefinition]:
     sensors = []
     if source.auto_sync != "none":
 
@@ -199,9 +176,10 @@ def _sensors(source: SourceConfig, job: dg.JobDefinition) -> list[dg.SensorDefin
             # A user who configured auto-sync expects it on as soon as `dagster dev` starts.
             default_status=dg.DefaultSensorStatus.RUNNING,
             description=f"S3 event notifications for source '{source.name}' ({source.auto_sync} mode) from SQS.",
+            required_resource_keys=required(keys, "s3"),
         )
-        def sqs_sensor(context: dg.SensorEvaluationContext, s3: S3Connections) -> dg.SensorResult:
-            return sqs_tick(context, source, s3)
+        def sqs_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+            return sqs_tick(context, source, taken(context.resources, keys, "s3"))
 
         sensors.append(sqs_sensor)
     if source.poll_interval_seconds is not None:
@@ -215,9 +193,10 @@ def _sensors(source: SourceConfig, job: dg.JobDefinition) -> list[dg.SensorDefin
                 f"Lists s3://{source.bucket_name}/{source.path_prefix} every {source.poll_interval_seconds} s: "
                 "new and changed objects are indexed, vanished ones removed."
             ),
+            required_resource_keys=required(keys, "s3"),
         )
-        def poll_sensor(context: dg.SensorEvaluationContext, s3: S3Connections) -> dg.SensorResult:
-            return poll_tick(context, source, s3)
+        def poll_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+            return poll_tick(context, source, taken(context.resources, keys, "s3"))
 
         sensors.append(poll_sensor)
     return sensors
