@@ -718,7 +718,50 @@ def _has(node: dict[Any, Any] | list[Any], step: int | str) -> bool:
     return isinstance(step, int) and step < len(node)
 
 
-def parse_config(raw: Any, origin: str = "<config>") -> AppConfig:
+Lines = dict[tuple[int | str, ...], int]  # a YAML file's line (1-based) of each value, by its path
+
+
+def yaml_lines(text: str, under: tuple[int | str, ...] = ()) -> Lines:
+    """Where each value of a YAML document stands: its line, by path (`under`: the part of the path the mapping
+    of the settings sits at, `("attributes",)` in a component's defs.yaml, dropped from the paths)."""
+    try:
+        documents = list(yaml.compose_all(text))
+    except yaml.YAMLError:
+        return {}
+    # The component's document, in a defs.yaml that may declare several; the one document of an s3sync.yaml.
+    root = next((doc for doc in documents if under and _declares_component(doc)), documents[0] if documents else None)
+    lines: Lines = {}
+
+    def walk(node: yaml.Node, path: tuple[int | str, ...]) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                walk(value, (*path, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index))
+
+    if root is not None:
+        walk(root, ())
+    return {path[len(under) :]: line for path, line in lines.items() if path[: len(under)] == under}
+
+
+def _declares_component(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.MappingNode) and any(
+        key.value == "type" and getattr(value, "value", None) == COMPONENT_TYPE for key, value in node.value
+    )
+
+
+def line_of(lines: Lines, loc: tuple[int | str, ...]) -> int | None:
+    """The line of the deepest part of `loc` that the file holds (a missing field: its mapping's line)."""
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def parse_config(raw: Any, origin: str = "<config>", lines: Lines | None = None) -> AppConfig:
+    """The settings, validated; an error names the file, each problem's line (where `lines` tell it) and field."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -727,10 +770,71 @@ def parse_config(raw: Any, origin: str = "<config>") -> AppConfig:
     try:
         return AppConfig.model_validate(raw)
     except ValidationError as error:
-        lines = [f"{origin}: {error.error_count()} problem(s):"]
+        problems = [f"{origin}: {error.error_count()} problem(s):"]
         for problem in error.errors():
-            lines.append(f"  {_where(raw, tuple(problem['loc']))}: {problem['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+            loc = tuple(problem["loc"])
+            line = line_of(lines or {}, loc)
+            problems.append(f"  {f'line {line}: ' if line else ''}{_where(raw, loc)}: {problem['msg']}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+# A Dagster template (`{{ env.VAR }}`), which a component's attributes may hold in place of any value: Dagster
+# renders it before our model sees the value (S3ChromaSync.load).
+_TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\{.*\}\}"}
+
+
+def component_schema() -> dict[str, Any]:
+    """What `dg check yaml` checks a component's attributes against, and `s3sync` too: AppConfig's JSON schema,
+    where a value may also be written as AppConfig's own validators take it (`embedding: default`, a function's
+    name) or as a Dagster template wherever free text is not what the field takes (a number, a flag, a choice,
+    a name with a pattern). Whatever the schema lets through is then validated by AppConfig, rendered."""
+    schema = AppConfig.model_json_schema()
+    embedding = schema["properties"]["embedding"]
+    schema["properties"]["embedding"] = {"anyOf": [embedding, {"type": "string", "description": "a function's name"}]}
+    return _templated(schema)
+
+
+def _templated(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_templated(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        key: (
+            {name: _templated(value) for name, value in item.items()}
+            if key in ("properties", "$defs", "patternProperties")
+            else _templated(item)
+        )
+        for key, item in node.items()
+    }
+    kind = node.get("type")
+    constrained_text = kind == "string" and any(rule in node for rule in ("pattern", "enum", "const", "minLength"))
+    if kind in ("integer", "number", "boolean") or "enum" in node or "const" in node or constrained_text:
+        return {"anyOf": [out, _TEMPLATE_SCHEMA]}
+    return out
+
+
+def schema_problems(attributes: Any, origin: str, lines: Lines) -> list[str]:
+    """A component's attributes against component_schema(), each problem as `dg check yaml` prints it:
+    `FILE:LINE - attributes.PATH MESSAGE`."""
+    from jsonschema import Draft202012Validator
+
+    problems = []
+    for error in sorted(Draft202012Validator(component_schema()).iter_errors(attributes), key=lambda e: list(e.path)):
+        loc = tuple(error.path)
+        where = ".".join(["attributes", *(str(part) for part in loc)])
+        problems.append(f"{origin}:{line_of(lines, loc) or 1} - {where} {_message(error)}")
+    return problems
+
+
+def _message(error: Any) -> str:
+    """What was wrong with the value itself, where jsonschema says only that no branch of a field's `anyOf` took
+    it (the value, or a template): `'lots' is not of type 'integer' (nor a {{ template }})`."""
+    template = error.validator == "anyOf" and _TEMPLATE_SCHEMA in error.validator_value
+    own = [inner for inner in error.context or [] if inner.schema is not _TEMPLATE_SCHEMA and not inner.path]
+    if template and own:
+        return f"{own[0].message} (nor a {{{{ template }}}})"
+    return str(error.message)
 
 
 def _refuse_literal_secrets(node: Any, origin: str, path: str = "") -> None:
@@ -762,7 +866,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> AppConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    config = parse_config(raw, str(path))
+    config = parse_config(raw, str(path), yaml_lines(text))
     if config.chroma.is_embedded:
         # An embedded store lives beside the config file, wherever the command runs from.
         store = (path.parent / config.chroma.embedded_path).resolve()

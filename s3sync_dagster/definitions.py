@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from s3sync_dagster.config import (
     COMPONENT_TYPE,
@@ -18,10 +18,13 @@ from s3sync_dagster.config import (
     AppConfig,
     ConfigError,
     component_file,
+    component_schema,
     config_file,
     find_component,
     load_config,
     parse_config,
+    schema_problems,
+    yaml_lines,
 )
 from s3sync_dagster.defs.executor import executor_for
 from s3sync_dagster.defs.invocation_sensor import build_invocation_sensor
@@ -66,13 +69,15 @@ type: {type}
 
 # S3 sources kept in sync with Chroma collections. These attributes are those of s3sync.yaml, one model
 # (`dg check yaml` and `dg check defs` validate them). One component holds all of this project's sources.
+# Each commented setting is valid uncommented, at its default or as an example ("with"/"instead of": what
+# else it needs, or what it replaces). Values but secrets may be Dagster templates: "{{{{ env.VAR_NAME }}}}".
 attributes:
   # Where the chunks go: an embedded store (a path under the project), a Chroma server, or Chroma Cloud.
   chroma:
     path: .s3sync/chroma
-    # host: chroma.internal
+    # host: chroma.internal                                   # instead of path: a Chroma server
     # port: 8000
-    # cloud: {{tenant: my-tenant, database: my-db, api_key: {{env: CHROMA_API_KEY}}}}
+    # cloud: {{tenant: my-tenant, database: my-db, api_key: {{env: CHROMA_API_KEY}}}}   # instead of path
   # embedding: default          # Chroma's own all-MiniLM-L6-v2, bundled: nothing downloaded
   # documents: {{timeout_seconds: 300, workers: 2, ocr: true}}
   # The resources' keys in this project (s3sync_s3, s3sync_chroma, ...): rename one that meets one of yours.
@@ -85,13 +90,13 @@ attributes:
       path_prefix: {path_prefix}
 {endpoint}\
       # Credentials: the default AWS chain (environment, profile, instance role), or variables by name:
-      # aws_access_key_id: {{env: AWS_ACCESS_KEY_ID}}
-      # aws_secret_access_key: {{env: AWS_SECRET_ACCESS_KEY}}
+      # aws_access_key_id: {{env: AWS_ACCESS_KEY_ID}}               # with aws_secret_access_key
+      # aws_secret_access_key: {{env: AWS_SECRET_ACCESS_KEY}}       # with aws_access_key_id
       # include: ["**/*.md", "**/*.pdf"]
       # exclude: ["drafts/**"]
       # chunking: {{type: tree_sitter, max_size_bytes: 4096}}
       # Auto-sync: S3 event notifications through SQS (every upload, or only .meta.json files) ...
-      # auto_sync: direct
+      # auto_sync: direct                                     # with sqs_queue_url
       # sqs_queue_url: https://sqs.us-east-1.amazonaws.com/123456789012/my-queue
       # ... or polling the prefix for new, changed and deleted objects:
       # poll_interval_seconds: 300
@@ -127,6 +132,19 @@ class S3ChromaSyncScaffolder(dg.Scaffolder[ScaffoldParams]):
         (request.target_path / "defs.yaml").write_text(text, encoding="utf-8")
 
 
+class ComponentAttributes(BaseModel):
+    """A component's attributes as Dagster hands them over: checked by `dg check yaml` against component_schema()
+    (AppConfig's, a template allowed in any field), kept as written, then rendered and validated by AppConfig in
+    S3ChromaSync.load. AppConfig itself cannot be Dagster's model: a `{{ env.N }}` in a number field would fail
+    it before Dagster renders it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return component_schema()
+
+
 @dg.scaffold_with(S3ChromaSyncScaffolder)
 class S3ChromaSync(dg.Component):
     """S3 sources kept in sync with Chroma collections, in the Dagster project you already have.
@@ -145,18 +163,24 @@ class S3ChromaSync(dg.Component):
 
     @classmethod
     def get_model_cls(cls) -> type[BaseModel]:
-        # The one model of both front doors: `dg check yaml` validates defs.yaml against its JSON schema.
-        return AppConfig
+        # The one model of both front doors: `dg check yaml` validates defs.yaml against AppConfig's JSON schema.
+        return ComponentAttributes
 
     @classmethod
     def load(cls, attributes: BaseModel | None, context: dg.ComponentLoadContext) -> S3ChromaSync:
-        # Dagster validated the attributes as written; its templates are rendered here, then validated again.
+        # As written, checked as `dg check yaml` checks it (for `dg check defs --no-check-yaml`, `dg dev` and
+        # `s3sync`); Dagster's templates then rendered, and the values validated by AppConfig, file and line named.
         raw = attributes.model_dump(mode="json", exclude_unset=True) if attributes is not None else {}
-        rendered = context.resolution_context.at_path("attributes").resolve_value(raw)
         origin = component_file(context.component_path.file_path) or context.component_path.file_path
+        lines = yaml_lines(Path(origin).read_text(encoding="utf-8"), under=("attributes",)) if origin.is_file() else {}
+        problems = schema_problems(raw, str(origin), lines)
+        if problems:
+            raise ConfigError("\n".join([f"{origin}: {len(problems)} problem(s):", *problems]))
+        rendered = context.resolution_context.at_path("attributes").resolve_value(raw)
         # A second one is refused: the sources' shared resources (chroma, s3, ...) are one per code location.
         find_component(context.project_root, within=context.defs_module_path)
-        return cls(parse_config(_chroma_under(dict(rendered), context.project_root), origin=str(origin)))
+        config = _chroma_under(dict(rendered), context.project_root)
+        return cls(parse_config(config, origin=str(origin), lines=lines))
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         return build_definitions(self.config)
@@ -183,7 +207,14 @@ def load_app_config(path: str | os.PathLike[str] | None = None) -> AppConfig:
         return tree.load_component(component.parent.resolve(), S3ChromaSync).config
     except ConfigError:
         raise
-    except Exception as error:  # the project cannot be imported, the file is broken: say which
+    except Exception as error:
+        # Our own error, from inside Dagster's loading: as it is, file, line and field, without Dagster's tree.
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        # The project cannot be imported, the file is broken: say which.
         raise ConfigError(f"{component}: the {COMPONENT_TYPE} component could not be loaded: {error}") from None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -140,6 +141,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, s3: An
         DAGSTER_DG_UPDATE_CHECK_ENABLED="0",  # it would ask PyPI for a newer create-dagster
         DAGSTER_DISABLE_TELEMETRY="1",
         HANDBOOK_ENDPOINT=moto_endpoint,  # the defs.yaml takes it through a Dagster template
+        ARCHIVE_KEYS_PER_RUN="7",
         RIVERBANK_IO_MANAGER_LOG=str(parent / "io_manager.log"),
     )
     env.pop("S3SYNC_CONFIG", None)
@@ -181,6 +183,7 @@ def test_dg_scaffolds_a_commented_source_beside_the_users_own_asset(project: Pro
         f'    - name: archive\n      bucket_name: "{project.bucket}"\n      region: "us-east-1"\n'
         '      collection_name: "archive-chunks"\n      path_prefix: "archive/"\n'
         '      endpoint_url: "{{ env.HANDBOOK_ENDPOINT }}"\n'
+        '      keys_per_run: "{{ env.ARCHIVE_KEYS_PER_RUN }}"\n'  # a template in a number field
     )
     project.defs_yaml.write_text(text)
     project.dg("scaffold", "defs", "dagster.asset", "reports.py")
@@ -208,8 +211,8 @@ def test_dg_list_defs_shows_the_sources_objects_beside_the_users(project: Projec
 
 def test_a_broken_defs_yaml_is_refused_naming_the_field(project: Project) -> None:
     good = project.defs_yaml.read_text()
-    broken = good.replace('      region: "us-east-1"\n', "").replace(
-        "      path_prefix:", "      keys_per_run: lots\n      path_prefix:"
+    broken = good.replace('      region: "us-east-1"\n', "", 1).replace(
+        "      path_prefix:", "      keys_per_run: lots\n      path_prefix:", 1
     )
     assert broken.count("\n") == good.count("\n")  # one line gone, one added
     project.defs_yaml.write_text(broken)
@@ -217,13 +220,37 @@ def test_a_broken_defs_yaml_is_refused_naming_the_field(project: Project) -> Non
         checked = project.dg("check", "yaml", check=False)
         said = checked.stdout + checked.stderr
         assert checked.returncode != 0
-        assert "attributes.sources.0 'region' is a required property" in said, said[-3000:]
-        assert "attributes.sources.0.keys_per_run 'lots' is not of type 'integer'" in said
-        assert "defs.yaml:" in said  # with the file and line
+        # dg: `FILE:LINE - TYPE attributes.PATH MESSAGE` (colours aside), a snippet below each.
+        located = {
+            (match[0], match[1])
+            for match in re.findall(
+                r"(defs\.yaml:\d+)\S* - \S*s3sync_dagster\.S3ChromaSync\S* \S*(attributes\.\S+)", said
+            )
+        }
+        region_line = next(n for n, line in enumerate(broken.splitlines(), 1) if f"- name: {SOURCE}" in line)
+        keys_line = next(n for n, line in enumerate(broken.splitlines(), 1) if "keys_per_run: lots" in line)
+        assert located == {
+            (f"defs.yaml:{region_line}", "attributes.sources.0"),
+            (f"defs.yaml:{keys_line}", "attributes.sources.0.keys_per_run"),
+        }, said[-3000:]
+        assert "'region' is a required property" in said
         loaded = project.dg("check", "defs", "--no-check-yaml", check=False)
         said = loaded.stdout + loaded.stderr
         assert loaded.returncode != 0
-        assert "attributes.sources.0.region" in said and "attributes.sources.0.keys_per_run" in said, said[-3000:]
+        assert f"defs.yaml:{keys_line} - attributes.sources.0.keys_per_run 'lots' is not of type 'integer'" in said
+        # s3sync says the same files, lines and fields, and the value's own fault; no Dagster tree around it.
+        done = subprocess.run(
+            [str(BIN / "s3sync"), "sources"], cwd=project.root, env=project.env, capture_output=True, text=True
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert (
+            f"{project.defs_yaml}:{region_line} - attributes.sources.0 'region' is a required property" in done.stderr
+        )
+        assert (
+            f"{project.defs_yaml}:{keys_line} - attributes.sources.0.keys_per_run 'lots' is not of type 'integer' "
+            "(nor a {{ template }})"
+        ) in done.stderr, done.stderr
+        assert "Error while loading component" not in done.stderr
     finally:
         project.defs_yaml.write_text(good)
 

@@ -1,5 +1,6 @@
 """The YAML contract: names, defaults, secrets only as {env: ...}, errors that name the field and source."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,71 @@ def test_a_broker_url_with_a_password_is_refused_and_not_echoed() -> None:
 def test_celery_workers_need_a_chroma_server() -> None:
     with pytest.raises(ConfigError, match="cannot share an embedded Chroma store"):
         parse_config({"executor": {"celery": {"broker": "redis://redis.internal:6379/0"}}, "sources": [SOURCE]})
+
+
+HINT = re.compile(r"^(\s*)# ([a-z_0-9]+): (.*?)(?:\s+# (with|instead of) (\w+)\b.*)?$")
+
+
+def scaffolded(tmp_path: Path) -> str:
+    import dagster as dg
+
+    from s3sync_dagster.definitions import S3ChromaSyncScaffolder, ScaffoldParams
+
+    target = tmp_path / "handbook"
+    request = dg.ScaffoldRequest("s3sync_dagster.S3ChromaSync", target, "yaml", tmp_path, ScaffoldParams())
+    S3ChromaSyncScaffolder().scaffold(request)
+    return (target / "defs.yaml").read_text()
+
+
+def uncommented(text: str, position: int) -> str:
+    """The scaffold with the hint on line `position` uncommented, as its comment says: with the setting it needs
+    (uncommented too), or instead of the one it replaces (that line dropped)."""
+    lines = text.splitlines()
+    match = HINT.match(lines[position])
+    assert match, lines[position]
+    indent, key, value, relation, other = match.groups()
+    lines[position] = f"{indent}{key}: {value}"
+    for index, line in enumerate(lines):
+        if relation == "with" and line.strip().startswith(f"# {other}:"):
+            lines[index] = line.replace(f"# {other}:", f"{other}:", 1)
+        if relation == "instead of" and line.strip().startswith(f"{other}:") and line.startswith(indent):
+            lines[index] = ""
+    return "\n".join(lines) + "\n"
+
+
+def test_every_hint_the_scaffold_writes_is_valid_uncommented_for_dg_and_for_s3sync(tmp_path: Path) -> None:
+    from s3sync_dagster.config import component_schema, schema_problems, yaml_lines
+    from s3sync_dagster.definitions import S3ChromaSync
+
+    # `dg check yaml` checks the attributes against the schema of the component's model: this one.
+    assert S3ChromaSync.get_model_cls().model_json_schema() == component_schema()
+    text = scaffolded(tmp_path)
+    hints = [n for n, line in enumerate(text.splitlines()) if HINT.match(line)]
+    assert len(hints) == 16, text
+    for position in hints:
+        variant = uncommented(text, position)
+        attributes = yaml.safe_load(variant)["attributes"]
+        assert schema_problems(attributes, "defs.yaml", yaml_lines(variant, under=("attributes",))) == [], variant
+        parse_config(attributes, "defs.yaml")  # what s3sync and the component's load accept
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        # A template in a number, a flag and a choice passes the schema (Dagster renders it before AppConfig).
+        ({"sources": [{**SOURCE, "keys_per_run": "{{ env.KEYS }}", "auto_sync": "{{ env.MODE }}"}]}, []),
+        ({"embedding": "default", "documents": {"ocr": "{{ env.OCR }}"}}, []),
+        (
+            {"sources": [{**SOURCE, "keys_per_run": "lots"}]},
+            ["defs.yaml:8 - attributes.sources.0.keys_per_run 'lots' is not of type 'integer' (nor a {{ template }})"],
+        ),
+        ({"sources": [{"name": "docs"}]}, ["defs.yaml:4 - attributes.sources.0 'bucket_name' is a required property"]),
+    ],
+)
+def test_the_component_schema_takes_templates_and_names_line_and_field(attributes: dict, expected: list) -> None:
+    from s3sync_dagster.config import schema_problems, yaml_lines
+
+    text = yaml.safe_dump({"type": "s3sync_dagster.S3ChromaSync", "attributes": attributes}, sort_keys=False)
+    # Lines as written: type (1), attributes (2), then the mapping's keys in order.
+    problems = schema_problems(attributes, "defs.yaml", yaml_lines(text, under=("attributes",)))
+    assert problems[:1] == expected[:1], text
