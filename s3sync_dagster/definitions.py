@@ -130,6 +130,20 @@ class S3ChromaSyncScaffolder(dg.Scaffolder[ScaffoldParams]):
         )
         request.target_path.mkdir(parents=True, exist_ok=True)
         (request.target_path / "defs.yaml").write_text(text, encoding="utf-8")
+        _ignore_state(request.project_root)
+
+
+def _ignore_state(project_root: Path | None) -> None:
+    """The project's .gitignore gets `.s3sync/` (the embedded store and the command's Dagster home), once."""
+    ignore = project_root / ".gitignore" if project_root is not None else None
+    if ignore is None or not ignore.is_file():
+        return
+    text = ignore.read_text(encoding="utf-8")
+    if not any(line.strip() in (".s3sync/", ".s3sync", "/.s3sync/") for line in text.splitlines()):
+        ending = "" if text.endswith("\n") or not text else "\n"
+        ignore.write_text(
+            f"{text}{ending}\n# s3sync-dagster: the embedded Chroma store and its Dagster home\n.s3sync/\n"
+        )
 
 
 class ComponentAttributes(BaseModel):
