@@ -92,6 +92,7 @@ class Project:
     root: Path
     env: dict[str, str]
     bucket: str
+    stderr: str = ""  # of the last `s3sync` command
 
     @property
     def defs_yaml(self) -> Path:
@@ -115,6 +116,7 @@ class Project:
             f"s3sync {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
         )
         assert TEST_SECRET not in done.stdout + done.stderr
+        self.stderr = done.stderr
         return json.loads(done.stdout)
 
     def collection(self) -> Any:
@@ -140,8 +142,6 @@ def project(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, s3: An
         PYTHONPATH=os.pathsep.join(filter(None, [str(parent / PROJECT / "src"), os.environ.get("PYTHONPATH")])),
         DAGSTER_DG_UPDATE_CHECK_ENABLED="0",  # it would ask PyPI for a newer create-dagster
         DAGSTER_DISABLE_TELEMETRY="1",
-        HANDBOOK_ENDPOINT=moto_endpoint,  # the defs.yaml takes it through a Dagster template
-        ARCHIVE_KEYS_PER_RUN="7",
         RIVERBANK_IO_MANAGER_LOG=str(parent / "io_manager.log"),
     )
     env.pop("S3SYNC_CONFIG", None)
@@ -151,6 +151,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, s3: An
         cwd=parent, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert made.returncode == 0, made.stdout + made.stderr
+    # The project's .env, which `dg` loads and so must `s3sync`: the defs.yaml's templates read these.
+    (parent / PROJECT / ".env").write_text(f"HANDBOOK_ENDPOINT={moto_endpoint}\nARCHIVE_KEYS_PER_RUN=7\n")
     bucket = f"riverbank-{os.getpid()}"
     s3.create_bucket(Bucket=bucket)
     put(s3, bucket, FILES)
@@ -277,7 +279,11 @@ def test_the_s3sync_command_finds_the_components_sources(project: Project) -> No
     home = project.root / ".s3sync" / "dagster"  # where the command keeps its instance for a project
     discovered = project.s3sync("discover", SOURCE)  # registers the keys in the instance `dg dev` serves next
     assert (discovered["listed"], discovered["new"]) == (len(FILES), len(FILES))
+    # The home it made has none of the settings the sources rely on: said once, with what to copy.
+    assert f"the Dagster instance in {home} lacks run_retries, run_monitoring" in project.stderr, project.stderr
+    assert "run_retries: {enabled: true" in project.stderr and "docs/install.md" in project.stderr
     sources = project.s3sync("sources")
+    assert "lacks" not in project.stderr
     assert [row["name"] for row in sources["sources"]] == [SOURCE, "archive"]
     assert home.is_dir()
 

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
+import sys
 import time
 import uuid
 from collections import Counter
@@ -70,7 +71,48 @@ def open_instance(explicit_config: str | None = None) -> dg.DagsterInstance:
     """The instance in `ensure_dagster_home()`, its databases created by one process at a time."""
     home = ensure_dagster_home(explicit_config)
     with home_lock(home):
-        return dg.DagsterInstance.get()
+        instance = dg.DagsterInstance.get()
+        warn_of_missing_settings(instance, home)
+        return instance
+
+
+# The instance settings the sources rely on (this repository's dagster.yaml; docs/install.md, step 4), each
+# with the snippet that gives it.
+RELIED_ON = {
+    "run_retries": "run_retries: {enabled: true, max_retries: 2, retry_on_asset_or_op_failure: false}",
+    "run_monitoring": "run_monitoring: {enabled: true, start_timeout_seconds: 180, poll_interval_seconds: 30}",
+    "run_queue.dequeue_interval_seconds": "run_queue: {dequeue_use_threads: true, dequeue_interval_seconds: 1}",
+}
+WARNED_FILE = ".s3sync-settings-warned"
+
+
+def missing_settings(instance: dg.DagsterInstance) -> list[str]:
+    """The settings of RELIED_ON the instance lacks: a run whose process died would not be retried, one whose
+    worker never came up would stay STARTING, a queued run would wait up to 5 s to start."""
+    missing = []
+    if not instance.run_retries_enabled:
+        missing.append("run_retries")
+    if not instance.run_monitoring_enabled:
+        missing.append("run_monitoring")
+    dequeue = getattr(instance.run_coordinator, "dequeue_interval_seconds", None)
+    if dequeue is not None and dequeue > 1:
+        missing.append("run_queue.dequeue_interval_seconds")
+    return missing
+
+
+def warn_of_missing_settings(instance: dg.DagsterInstance, home: Path) -> None:
+    """Once per home and set of missing settings (a file in the home remembers it): which, and what to copy."""
+    missing = missing_settings(instance)
+    marker = home / WARNED_FILE
+    said = ",".join(missing)
+    if not missing or (marker.is_file() and marker.read_text(encoding="utf-8") == said):
+        return
+    lines = [f"s3sync: warning: the Dagster instance in {home} lacks {', '.join(missing)}; add to {home}/dagster.yaml:"]
+    lines += [f"  {RELIED_ON[name]}" for name in missing]
+    lines.append("  (docs/install.md, step 4; this warning is shown once)")
+    print("\n".join(lines), file=sys.stderr)
+    with contextlib.suppress(OSError):
+        marker.write_text(said, encoding="utf-8")
 
 
 def add_partitions(
