@@ -104,7 +104,10 @@ class EnvRef(_Model):
     def resolve(self, what: str) -> str:
         value = os.environ.get(self.env)
         if value is None:
-            raise ConfigError(f"{what}: environment variable {self.env} is not set")
+            raise ConfigError(
+                f"{what}: environment variable {self.env} is not set: set it where s3sync and Dagster run (the "
+                "shell, the project's .env, the deployment's environment), or name another variable"
+            )
         return value
 
 
@@ -405,6 +408,21 @@ class SourceConfig(_Model):
         if self.auto_sync != "none" and not self.sqs_queue_url:
             raise ValueError(f"auto_sync: {self.auto_sync} needs sqs_queue_url")
         return self
+
+    def credentials_in_words(self) -> str:
+        """What this source authenticates with, for an error that says what to check: the fields and the
+        names of their variables (never their values), or the default AWS credential chain."""
+        named = [
+            f"{field_name} (variable {ref.env})"
+            for field_name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+            if (ref := getattr(self, field_name)) is not None
+        ]
+        if named:
+            return " and ".join(named)
+        return (
+            "the default AWS credential chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance "
+            "role), or give aws_access_key_id and aws_secret_access_key as {env: VAR}"
+        )
 
     def spec(self, embedding: EmbeddingSpec | None = None, documents: DocumentOptions | None = None) -> SourceSpec:
         """The engine's view of this source: its settings as plain values, with the chunk token budget of

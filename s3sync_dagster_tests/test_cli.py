@@ -84,7 +84,7 @@ def test_store_and_credential_problems_exit_2_in_one_line(
 ) -> None:
     _, path = make_config("no-such-bucket-here")
     code, out = run_json(capsys, "discover", "docs", "--config", str(path))
-    assert code == 2 and "bucket 'no-such-bucket-here' cannot be used" in out["error"]
+    assert code == 2 and "bucket_name: bucket 'no-such-bucket-here' does not exist" in out["error"]
     code, out = run_json(capsys, "sync", "docs", "--all", "--config", str(path))
     assert code == 2 and "no-such-bucket-here" in out["error"]
 
@@ -92,7 +92,9 @@ def test_store_and_credential_problems_exit_2_in_one_line(
     monkeypatch.delenv("S3SYNC_TEST_UNSET", raising=False)
     code, out = run_json(capsys, "sync", "docs", "--all", "--config", str(path))
     assert code == 2
-    assert out["error"] == "source 'docs' aws_secret_access_key: environment variable S3SYNC_TEST_UNSET is not set"
+    assert out["error"].startswith(
+        "source 'docs' aws_secret_access_key: environment variable S3SYNC_TEST_UNSET is not set: set it where "
+    )
 
     _, path = make_config(bucket, endpoint_url=f"http://127.0.0.1:{free_port()}")
     code, out = run_json(capsys, "discover", "docs", "--config", str(path))

@@ -24,9 +24,9 @@ def test_definitions_load_from_yaml(bucket: str, make_config: ConfigFactory) -> 
     assert {"s3", "chroma"} <= set(spec.kinds)
     assert asset.backfill_policy == dg.BackfillPolicy.multi_run(100)  # keys_per_run by default
     defs.resolve_implicit_global_asset_job_def()  # the whole thing resolves
-    # Credentials stay environment-variable references in the definitions.
+    # Credentials stay environment-variable names in the definitions, read only when a client is made.
     resource = defs.resources["s3sync_s3"].for_source("handbook")
-    assert isinstance(resource.aws_secret_access_key, dg.EnvVar)
+    assert resource.aws_secret_access_key is None and resource.aws_secret_access_key_env == "S3SYNC_TEST_SECRET"
 
 
 def test_ranged_run_indexes_every_key_and_fails_only_the_bad_one(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -36,13 +37,23 @@ class LocalS3:
                 self.process.wait()
 
 
-def start(port: int | None = None, timeout_s: float = 30.0, host: str = LOOPBACK) -> LocalS3:
-    """A moto server on host:port (a free loopback port by default); `host` another local address to serve."""
+def start(
+    port: int | None = None, timeout_s: float = 30.0, host: str = LOOPBACK, unchecked_requests: int | None = None
+) -> LocalS3:
+    """A moto server on host:port (a free loopback port by default); `host` another local address to serve.
+
+    unchecked_requests: moto accepts any credentials by default; given a number, it checks them after that many
+    requests (moto's INITIAL_NO_AUTH_ACTION_COUNT), refusing keys its IAM never issued, as S3 does.
+    """
     port = port or free_port()
+    env = dict(os.environ)
+    if unchecked_requests is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(unchecked_requests)
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     endpoint_url = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout_s

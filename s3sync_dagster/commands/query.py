@@ -59,15 +59,18 @@ class SourceSearch:
         spec = self.config.embedding.spec()
         self.owner = self.source.spec(spec).owner
         self.embedding_function = spec.build()  # the model loads at the first query, then stays loaded
+        store = self.config.chroma.store()
         try:
-            self.collection: Collection = self.config.chroma.store().collection(
-                self.source.collection_name, spec, create=False
-            )
+            self.collection: Collection = store.collection(self.source.collection_name, spec, create=False)
         except NotFoundError:
             raise UsageError(
                 f"source '{self.source.name}' has not been synced yet: "
                 f"collection '{self.source.collection_name}' does not exist"
             ) from None
+        except Exception as error:
+            if store.unreachable(error) is None:
+                raise
+            raise UsageError(store.failure(error)) from None  # the store itself: named, with the setting to correct
 
     def owns(self, metadata: Mapping[str, Any]) -> bool:
         return self.every_writer or self.owner.owns(metadata)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError
 from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.commands.errors import RunError, UsageError
@@ -135,25 +135,25 @@ def add_partitions(
 
 def s3_client(source: SourceConfig) -> Any:
     """A client for the source, after checking its credential variables are set and its bucket answers."""
-    for field_name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
-        ref = getattr(source, field_name)
-        if ref is not None:
-            ref.resolve(f"source '{source.name}' {field_name}")
-    # Initialised as a run does, which resolves the dg.EnvVar fields (outside a run they are only names).
-    client = s3_connection(source).process_config_and_initialize().get_client()
+    # Initialised as a run does; the credentials' variables are read when the client is made.
+    connection = s3_connection(source).process_config_and_initialize()
+    client = connection.get_client()
     try:
-        client.head_bucket(Bucket=source.bucket_name)
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "error")
-        raise ConfigError(
-            f"source '{source.name}': bucket '{source.bucket_name}' cannot be used ({code}: "
-            f"{'it does not exist' if code in ('404', 'NoSuchBucket') else 'check the credentials and region'})"
-        ) from None
-    except objects.EndpointError as error:
-        raise ConfigError(f"source '{source.name}': {objects.endpoint_failure(client, error)}") from None
+        objects.check_bucket(client, source.bucket_name, source.name, source.credentials_in_words())
+    except objects.BucketError as error:
+        raise ConfigError(str(error)) from None
     except BotoCoreError as error:
-        raise ConfigError(f"source '{source.name}': S3 endpoint cannot be reached ({error})") from None
+        raise ConfigError(f"source '{source.name}': the S3 client failed ({error})") from None
     return client
+
+
+def check_store(config: AppConfig) -> None:
+    """The Chroma store can be opened (Store.check), or a ConfigError naming it and the setting to correct."""
+    store = config.chroma.store()
+    try:
+        store.check()
+    except Exception as error:
+        raise ConfigError(store.failure(error)) from None
 
 
 LISTED_STEP = 1000  # one listing page
@@ -347,6 +347,7 @@ def sync(
             object_keys = meta_keys_for(instance, source, object_keys)
         register_keys(instance, source, object_keys)
     s3 = s3_client(source)  # fail fast, once, on credentials or bucket, before any run starts
+    check_store(config)  # and on the store: no run is made (nor its partitions marked failed) to say it
     ordered = instance.get_dynamic_partitions(partitions_name(source_name))
     wanted = ordered if object_keys is None else list(dict.fromkeys(keys.to_partition_key(k) for k in object_keys))
     result = SyncResult(source=source_name, asked=len(wanted))

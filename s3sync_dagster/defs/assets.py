@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.config import ConfigError, SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
@@ -101,8 +101,17 @@ def index_partitions(
         except ValueError as error:  # a partition typed by hand in the UI: fails alone
             refused.append(KeyReport(object_key=partition_key, status="failed", collection_name="", message=str(error)))
     context.log.info(f"syncing {len(object_keys)} object(s) of source '{spec.name}' into {chroma.describe()}")
-    # Opened once, outside the per-key isolation: an unreachable store or a model mismatch is the
-    # run's failure, said once, not the same error repeated for every key.
+    # The bucket and the store are tried once, outside the per-key isolation: a missing bucket, refused
+    # credentials, an unset variable, an unreachable endpoint or store, a model mismatch is the run's failure,
+    # said once with the field to correct, not the same error repeated for every key (nor, for a bucket name
+    # that is wrong, every key's HEAD answering 404, which would read as objects deleted).
+    try:
+        client = s3.client(source.name)
+        objects.check_bucket(client, source.bucket_name, source.name, source.credentials_in_words())
+    except ConfigError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+    except objects.BucketError as error:
+        raise dg.Failure(description=str(error), allow_retries=error.transient) from None
     collection_for = Collections(
         lambda name: chroma.collection(name, embedding),
         lambda: [collection.name for collection in chroma.client().list_collections()],
@@ -155,7 +164,7 @@ def index_partitions(
     pool = DocumentPool.shared(documents.workers)
     with chroma.write_lock():
         reports = refused + sync_keys(
-            s3.client(source.name),
+            client,
             spec,
             collection_for,
             embed,
@@ -165,7 +174,7 @@ def index_partitions(
             invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
             links=InstanceMetaLinks(context.instance, spec.name),
         )
-    forget_removed(context.instance, spec, s3.client(source.name), reports)
+    forget_removed(context.instance, spec, client, reports)
     counts = Counter(report.status for report in reports)
     context.log.info(
         f"source '{spec.name}': {len(reports)} object(s): "

@@ -92,7 +92,7 @@ class S3Connection(S3Resource):
     S3Resource, plus connect and read timeouts). What the source holds and how it is indexed is its
     SourceConfig's business, not the connection's.
 
-    Credentials are `dg.EnvVar`s (shown by name, never by value, in the UI and run config), or absent,
+    Credentials are the names of environment variables (shown by name, never by value, in the UI), or absent,
     in which case boto3's default credential chain (environment, profile, instance role) applies.
     """
 
@@ -100,6 +100,12 @@ class S3Connection(S3Resource):
     connect_timeout_seconds: float = _TIMEOUTS.connect_seconds
     read_timeout_seconds: float = _TIMEOUTS.read_seconds
     max_attempts: int = _TIMEOUTS.max_attempts  # S3Resource's own field (its default is 5)
+    # The source's credentials as the names of their variables, read when a client is made (S3Resource's own
+    # fields, as dg.EnvVar, would be read when the resource starts: one unset variable would then fail every
+    # source's runs with Dagster's message, naming neither the source nor the field).
+    aws_access_key_id_env: str | None = None
+    aws_secret_access_key_env: str | None = None
+    aws_session_token_env: str | None = None
 
     def get_client(self) -> Any:
         """S3Resource's client, with this source's timeouts (S3Resource sets only max_attempts)."""
@@ -118,13 +124,19 @@ class S3Connection(S3Resource):
             max_attempts=self.max_attempts,
             region_name=self.region_name,
             endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
+            aws_access_key_id=self._credential("aws_access_key_id"),
+            aws_secret_access_key=self._credential("aws_secret_access_key"),
+            aws_session_token=self._credential("aws_session_token"),
             profile_name=self.profile_name,
             unsigned=self.use_unsigned_session,
             **client_options,
         )
+
+    def _credential(self, field_name: str) -> str | None:
+        variable = getattr(self, f"{field_name}_env")
+        if variable is None:
+            return getattr(self, field_name)  # type: ignore[no-any-return]
+        return EnvRef(env=variable).resolve(f"source '{self.source_name}' {field_name}")
 
 
 class S3Connections(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -193,9 +205,9 @@ def s3_connection(source: SourceConfig) -> S3Connection:
         max_attempts=source.timeouts.max_attempts,
         region_name=source.region,
         endpoint_url=source.endpoint_url,
-        aws_access_key_id=_env(source.aws_access_key_id),
-        aws_secret_access_key=_env(source.aws_secret_access_key),
-        aws_session_token=_env(source.aws_session_token),
+        aws_access_key_id_env=source.aws_access_key_id.env if source.aws_access_key_id else None,
+        aws_secret_access_key_env=source.aws_secret_access_key.env if source.aws_secret_access_key else None,
+        aws_session_token_env=source.aws_session_token.env if source.aws_session_token else None,
     )
 
 

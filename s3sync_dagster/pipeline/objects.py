@@ -57,8 +57,6 @@ def endpoint_failure(s3: S3Client, error: Exception, retried: bool = True) -> st
     """Why the endpoint gave no answer, with the client's timeout and attempts: 'the S3 endpoint
     http://host:9000 did not answer within the read timeout of 60 s (3 attempts)'."""
     config = s3.meta.config
-    split = urlsplit(s3.meta.endpoint_url)
-    endpoint = f"{split.scheme}://{split.hostname}" + (f":{split.port}" if split.port else "")  # no user:password
     attempts = (config.retries or {}).get("total_max_attempts")
     tried = f" ({attempts} attempt{'s' if attempts != 1 else ''})" if retried and attempts else ""
     if isinstance(error, ReadTimeoutError):
@@ -72,7 +70,67 @@ def endpoint_failure(s3: S3Client, error: Exception, retried: bool = True) -> st
         what = "closed the connection without answering"
     else:
         what = f"failed ({type(error).__name__}: {error})"
-    return f"the S3 endpoint {endpoint} {what}{tried}"
+    return f"{_endpoint(s3)} {what}{tried}"
+
+
+class BucketError(ObjectError):
+    """The source's bucket cannot be used at all (missing, refused, unreachable): every key of it would fail
+    alike, so it is said once, naming the field to correct. `transient`: worth trying again unchanged."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# Answers to a HEAD of the bucket that mean the credentials, not the bucket, are wrong (a HEAD has no body: a
+# bare status is all there is; a GET or a listing names the code).
+_REFUSED = {"403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
+
+
+def check_bucket(s3: S3Client, bucket_name: str, source_name: str, credentials: str) -> None:
+    """HEAD the bucket once, before any key: a wrong bucket name, refused credentials or an endpoint that does
+    not answer is the source's one failure, said once with the field to correct. Without it each key's HEAD
+    would answer 404 for a bucket that is not there, which reads as an object deleted: its chunks removed.
+
+    `credentials`: what the source authenticates with, in words (SourceConfig.credentials_in_words).
+    """
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    where = f"source '{source_name}'"
+    try:
+        s3.head_bucket(Bucket=bucket_name)
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", "error"))
+        at = _endpoint(s3)
+        if code in ("404", "NoSuchBucket"):
+            raise BucketError(
+                f"{where} bucket_name: bucket '{bucket_name}' does not exist at {at}: correct bucket_name "
+                "(or endpoint_url, if the bucket is on another endpoint)"
+            ) from None
+        if code in _REFUSED:
+            raise BucketError(
+                f"{where}: {at} refused the credentials for bucket '{bucket_name}' ({code}): check {credentials}, "
+                "and that they may list and read the bucket"
+            ) from None
+        if code in ("301", "400", "PermanentRedirect", "AuthorizationHeaderMalformed"):
+            raise BucketError(
+                f"{where} region: bucket '{bucket_name}' is not in region '{s3.meta.region_name}' ({code}): "
+                "correct region"
+            ) from None
+        raise BucketError(f"{where}: bucket '{bucket_name}' cannot be used ({_describe(error)})") from None
+    except (NoCredentialsError, PartialCredentialsError) as error:
+        raise BucketError(f"{where}: no S3 credentials were found ({error}): set {credentials}") from None
+    except EndpointError as error:
+        raise BucketError(
+            f"{where} endpoint_url: {endpoint_failure(s3, error)}: correct endpoint_url, or start the endpoint",
+            transient=True,
+        ) from None
+
+
+def _endpoint(s3: S3Client) -> str:
+    """'the S3 endpoint http://host:9000': scheme, host and port only, never a user:password."""
+    split = urlsplit(s3.meta.endpoint_url)
+    return f"the S3 endpoint {split.scheme}://{split.hostname}" + (f":{split.port}" if split.port else "")
 
 
 def head_object(s3: S3Client, bucket_name: str, object_key: str) -> ObjectInfo:

@@ -7,6 +7,7 @@ Python search API (commands/query.py) open the same store the same way, without 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import os
@@ -55,18 +56,52 @@ class Store:
         return f"embedded Chroma at {self.path}"
 
     def failure(self, error: BaseException) -> str:
-        """One line naming the store and what went wrong, e.g. 'Chroma server http://127.0.0.1:8000
-        cannot be reached: Connection refused' (the full chain stays in the run's log)."""
+        """One line naming the store, what went wrong and the setting to correct, e.g. 'Chroma server
+        http://127.0.0.1:8000 cannot be reached: Connection refused: check chroma.host and chroma.port, ...'
+        (the full chain stays in the run's log)."""
+        reason = self.unreachable(error)
+        if reason is not None:
+            if self.is_embedded:
+                return (
+                    f"{self.describe()} cannot be opened: {reason}: set chroma.path to a folder this user can "
+                    "create and write"
+                )
+            return f"{self.describe()} cannot be reached: {reason}: {self._fix()}"
+        text = str(error).strip() or type(error).__name__
+        return f"{self.describe()}: {text}"
+
+    @staticmethod
+    def unreachable(error: BaseException) -> str | None:
+        """Why the store itself could not be opened or reached (an OS or network error anywhere in the chain,
+        its last cause's words), or None when the error is about something else (a model mismatch, ...)."""
         import httpx
 
         chain = [error]
         while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
             chain.append(nxt)
-        if any(isinstance(link, (OSError, httpx.TransportError)) for link in chain):
-            reason = re.sub(r"^\[Errno -?\d+\]\s*", "", str(chain[-1]).strip()) or type(chain[-1]).__name__
-            return f"{self.describe()} cannot be reached: {reason}"
-        text = str(error).strip() or type(error).__name__
-        return f"{self.describe()}: {text}"
+        if not any(isinstance(link, (OSError, httpx.TransportError)) for link in chain):
+            return None
+        return re.sub(r"^\[Errno -?\d+\]\s*", "", str(chain[-1]).strip()) or type(chain[-1]).__name__
+
+    def _fix(self) -> str:
+        if self.cloud_tenant:
+            return "check chroma.cloud (tenant, database) and that this machine reaches Chroma Cloud"
+        return f"check chroma.host and chroma.port, and that a Chroma server runs there (chroma run --port {self.port})"
+
+    def check(self) -> None:
+        """Fail before any run starts, as opening would fail in each: an embedded store's folder (or its nearest
+        existing parent) is a folder this user can write, without creating it; a server answers its heartbeat.
+        Raises what opening would raise: `failure` says it."""
+        if not self.is_embedded:
+            self.client().heartbeat()
+            return
+        folder = Path(self.path or DEFAULT_EMBEDDED_PATH).absolute()
+        while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied", str(folder))
 
     @property
     def is_embedded(self) -> bool:
