@@ -157,6 +157,9 @@ class DagsterDev:
 
     def gql(self, query: str, **variables: Any) -> dict[str, Any]:
         response = self.client.post("/graphql", json={"query": query, "variables": variables})
+        if response.status_code >= 500:  # GraphQL says why in the body: an error in a resolver
+            errors = response.text[response.text.find('"errors"') :] if '"errors"' in response.text else response.text
+            raise GraphQLError(f"{response.status_code}: {errors[:3000]}")
         response.raise_for_status()
         body = response.json()
         if body.get("errors"):

@@ -368,6 +368,13 @@ class SourceConfig(_Model):
     # same objects, into its own collection).
     allow_prefix_overlap: bool = False
     group_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")  # the UI's asset group; default: name
+    # A key whose object is deleted leaves the source's partitions once its chunks are gone, so the UI lists only
+    # what exists. Set false when assets of your own are partitioned by the source's partitions (`<name>_objects`)
+    # with an automation condition: Dagster cannot show their Automation tab once a partition one of their
+    # evaluations named is deleted (dagster #33910); the partition then stays, its last materialization `removed`.
+    forget_deleted_keys: bool = True
+    # The asset's key is this prefix, then `documents`: default [name] (the key `<name>/documents`, as before).
+    asset_key_prefix: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]] | None = Field(default=None, min_length=1)
     # The collections the other sources of the same config write, by name -> their source (set by AppConfig).
     _collection_owners: dict[str, str] = PrivateAttr(default_factory=dict)
     _project: str = PrivateAttr(default="")  # the config's project (set by AppConfig)
@@ -559,10 +566,17 @@ class AppConfig(_Model):
     def _unique_names(self) -> AppConfig:
         seen: set[str] = set()
         writers: dict[str, str] = {}
+        keys_of: dict[tuple[str, ...], str] = {}
         for source in self.sources:
             if source.name in seen:
                 raise ValueError(f"source name '{source.name}' is used twice")
             seen.add(source.name)
+            key = (*(source.asset_key_prefix or [source.name]), "documents")
+            if (other_key := keys_of.setdefault(key, source.name)) != source.name:
+                raise ValueError(
+                    f"sources '{other_key}' and '{source.name}' both have the asset key '{'/'.join(key)}': give one "
+                    "another asset_key_prefix"
+                )
             # Chunk ids are sha256(object_key): two sources in one collection would overwrite and
             # delete each other's chunks whenever their keys meet.
             other = writers.setdefault(source.collection_name, source.name)

@@ -102,6 +102,8 @@ attributes:
       # poll_interval_seconds: 300
       # keys_per_run: 100
       # group_name: {name}            # the asset group in the UI
+      # asset_key_prefix: [{name}]    # the asset's key: <prefix>/documents
+      # forget_deleted_keys: false    # keep a deleted object's partition: set when assets of yours use its partitions
 """
 
 
@@ -242,6 +244,8 @@ def documents_job(source_name: str) -> dg.JobDefinition:
     location's (`defs` above, through workspace.yaml), whose repository holds the implicit asset job and the
     sensors' jobs, and a worker rebuilds the job from it (test_celery_daemon.py).
     """
-    documents = dg.define_asset_job(documents_job_name(source_name), selection=[documents_asset_key(source_name)])
-    merged = dg.Definitions.merge(build_definitions(load_app_config()), dg.Definitions(jobs=[documents]))
+    config = load_app_config()
+    selection = [documents_asset_key(config.source(source_name))]
+    documents = dg.define_asset_job(documents_job_name(source_name), selection=selection)
+    merged = dg.Definitions.merge(build_definitions(config), dg.Definitions(jobs=[documents]))
     return merged.resolve_job_def(documents.name)

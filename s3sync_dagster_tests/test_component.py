@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import chromadb
+import dagster as dg
 import pytest
 import yaml
 
@@ -52,6 +53,16 @@ def visitor_report(chroma: ChromaClient) -> dg.MaterializeResult:
 @dg.asset(deps=[dg.AssetKey(["handbook", "documents"])], automation_condition=dg.AutomationCondition.eager())
 def handbook_digest() -> dg.MaterializeResult:
     """The user's asset downstream of the component's, kept up to date by Dagster's automation."""
+    return dg.MaterializeResult()
+
+
+@dg.asset(
+    deps=[dg.AssetKey(["handbook", "documents"])],
+    partitions_def=dg.DynamicPartitionsDefinition(name="handbook_objects"),
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def handbook_summaries() -> dg.MaterializeResult:
+    """One per document, on the source's own partitions: a key that vanishes leaves this asset's history too."""
     return dg.MaterializeResult()
 '''
 # The project's own resources under the names dagster-aws's docs and every tutorial use: the component's must not
@@ -180,6 +191,8 @@ def test_dg_scaffolds_a_commented_source_beside_the_users_own_asset(project: Pro
         "# aws_secret_access_key: {env: AWS_SECRET_ACCESS_KEY}", "aws_secret_access_key: {env: S3SYNC_TEST_SECRET}"
     )
     text = text.replace("# poll_interval_seconds: 300", "poll_interval_seconds: 2")
+    # handbook_summaries (the user's) is partitioned by the source's partitions: a deleted object's stays.
+    text = text.replace("# forget_deleted_keys: false", "forget_deleted_keys: false")
     # A second source shares the component's chroma, embedding and documents settings.
     text += (
         f'    - name: archive\n      bucket_name: "{project.bucket}"\n      region: "us-east-1"\n'
@@ -201,7 +214,13 @@ def test_dg_scaffolds_a_commented_source_beside_the_users_own_asset(project: Pro
 def test_dg_list_defs_shows_the_sources_objects_beside_the_users(project: Project) -> None:
     listed = json.loads(project.dg("list", "defs", "--json").stdout)
     assets = {item["asset_key"] for item in listed["assets"]}
-    assert assets == {f"{SOURCE}/documents", "archive/documents", "visitor_report", "handbook_digest"}
+    assert assets == {
+        f"{SOURCE}/documents",
+        "archive/documents",
+        "visitor_report",
+        "handbook_digest",
+        "handbook_summaries",
+    }
     resources = {item["name"] for item in listed["resources"]}
     assert {"s3", "chroma", "io_manager", "s3sync_s3", "s3sync_chroma", "s3sync_io_manager"} <= resources, resources
     assert {item["key"] for item in listed["asset_checks"]} == {
@@ -296,6 +315,9 @@ def served(project: Project, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     (home / "dagster.yaml").write_text(yaml.safe_dump({**settings, "telemetry": {"enabled": False}}))
     log = tmp_path_factory.mktemp("dg-dev") / "dg-dev.log"
     with dg_dev(project.root, home, log, project.env) as server:
+        # Dagster's automation, as a user turns it on in the UI: it evaluates the user's assets downstream of ours.
+        started = server.gql(START_SENSOR, sensorSelector={**server.repository(), "sensorName": AUTOMATION_SENSOR})
+        assert started["startSensor"]["__typename"] == "Sensor", started
         yield server
 
 
@@ -322,3 +344,68 @@ def test_the_poll_sensor_on_the_daemon_indexes_new_objects(project: Project, ser
     started = io_log.read_text().split() if io_log.exists() else []
     jobs = {served.run(run_id)["jobName"] for run_id in started}
     assert f"{SOURCE}_auto_sync" not in jobs, jobs
+
+
+AUTOMATION_SENSOR = "default_automation_condition_sensor"
+START_SENSOR = """
+mutation Start($sensorSelector: SensorSelector!) {
+  startSensor(sensorSelector: $sensorSelector) { __typename ... on PythonError { message } }
+}"""
+SENSOR_TICKS = """
+query Ticks($sensorSelector: SensorSelector!) {
+  sensorOrError(sensorSelector: $sensorSelector) {
+    ... on Sensor { sensorState { ticks(limit: 5) { timestamp status } } }
+  }
+}"""
+# What the asset page's Automation tab asks (its GetEvaluationsQuery): it failed in some Dagster releases once a
+# dynamic partition an evaluation named was deleted (dagster #33910), which is what the poll sensor does to a key
+# whose object is gone.
+EVALUATIONS = """
+query Evaluations($assetKey: AssetKeyInput!) {
+  assetConditionEvaluationRecordsOrError(assetKey: $assetKey, limit: 50) {
+    __typename
+    ... on AssetConditionEvaluationRecords {
+      records { evaluationId timestamp numRequested evaluationNodes { uniqueId numTrue numCandidates isPartitioned } }
+    }
+  }
+}"""
+
+
+def test_a_vanished_key_leaves_the_automation_of_the_users_downstream_assets_readable(
+    project: Project, served: DagsterDev, s3: Any
+) -> None:
+    object_key = next(iter(LATER))
+    partition_key = keys.to_partition_key(object_key)
+    home = project.root / ".s3sync" / "dagster"
+    # The automation has evaluated (and requested) the user's per-document asset for the key before it vanishes.
+    deadline = time.monotonic() + 240
+    while not _requested(served, ["handbook_summaries"]):
+        assert time.monotonic() < deadline, f"no evaluation requested {partition_key}; dg dev log:\n{served.tail()}"
+        time.sleep(3)
+
+    s3.delete_object(Bucket=project.bucket, Key=object_key)
+    while stored(project, {**FILES, **LATER}) != expected_chunks(FILES):  # the poll sensor removes its chunks
+        assert time.monotonic() < deadline + 240, f"the chunks stayed; dg dev log:\n{served.tail()}"
+        time.sleep(2)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        # forget_deleted_keys: false: the partition stays (deleting it is what broke the tab, dagster #33910).
+        assert partition_key in instance.get_dynamic_partitions(f"{SOURCE}_objects")
+    gone = time.time()
+    selector = {**served.repository(), "sensorName": AUTOMATION_SENSOR}
+    while not any(
+        tick["timestamp"] > gone and tick["status"] in ("SUCCESS", "SKIPPED", "FAILURE")
+        for tick in served.gql(SENSOR_TICKS, sensorSelector=selector)["sensorOrError"]["sensorState"]["ticks"]
+    ):
+        assert time.monotonic() < deadline + 480, f"no automation tick after the key vanished:\n{served.tail()}"
+        time.sleep(3)
+    ticks = served.gql(SENSOR_TICKS, sensorSelector=selector)["sensorOrError"]["sensorState"]["ticks"]
+    assert all(tick["status"] != "FAILURE" for tick in ticks if tick["timestamp"] > gone), ticks
+    for asset in (["handbook_summaries"], ["handbook_digest"]):
+        answer = served.gql(EVALUATIONS, assetKey={"path": asset})["assetConditionEvaluationRecordsOrError"]
+        assert answer["__typename"] == "AssetConditionEvaluationRecords", answer
+        assert answer["records"], asset  # the tab shows the evaluations, before and after the key vanished
+
+
+def _requested(served: DagsterDev, asset: list[str]) -> bool:
+    answer = served.gql(EVALUATIONS, assetKey={"path": asset})["assetConditionEvaluationRecordsOrError"]
+    return any(record["numRequested"] for record in answer.get("records", []))

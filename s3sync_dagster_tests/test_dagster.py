@@ -4,8 +4,12 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
+import yaml
 
+from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.runner import contiguous_batches
+from s3sync_dagster.config import ConfigError, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
@@ -80,3 +84,28 @@ def test_contiguous_batches_never_span_unwanted_keys() -> None:
     ordered = [f"k{n}" for n in range(10)]
     assert contiguous_batches(ordered, ordered, 4) == [ordered[0:4], ordered[4:8], ordered[8:10]]
     assert contiguous_batches(ordered, ["k1", "k2", "k5", "k9", "k8"], 10) == [["k1", "k2"], ["k5"], ["k8", "k9"]]
+
+
+def test_an_asset_key_prefix_names_the_asset_and_every_run_of_it(
+    s3: Any, bucket: str, make_config: ConfigFactory, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put(s3, bucket, {"p/a.txt": "alpha\n", "p/b.txt": "beta\n"})
+    config, path = make_config(bucket, path_prefix="p/", asset_key_prefix=["riverbank", "handbook"])
+    key = dg.AssetKey(["riverbank", "handbook", "documents"])
+    defs = build_definitions(config)
+    assert defs.resolve_assets_def(key).partitions_def == dg.DynamicPartitionsDefinition(name="docs_objects")
+    assert main(["sync", "docs", "--all", "--config", str(path), "--json"]) == 0
+    capsys.readouterr()
+    put(s3, bucket, {"p/a.txt": "alpha, changed\n"})
+    assert main(["invoke", "docs", "p/a.txt", "--wait", "--config", str(path), "--json"]) == 0, capsys.readouterr()
+    with dg.DagsterInstance.get() as instance:
+        records = instance.fetch_materializations(key, limit=10).records
+        assert sorted(keys.to_object_key(r.partition_key or "") for r in records) == ["p/a.txt", "p/a.txt", "p/b.txt"]
+        assert instance.fetch_materializations(dg.AssetKey(["docs", "documents"]), limit=1).records == []
+    # Two sources may not share a key.
+    raw = yaml.safe_load(path.read_text())
+    raw["sources"].append({**raw["sources"][0], "name": "other", "collection_name": "other-collection",
+                           "path_prefix": "q/", "asset_key_prefix": ["riverbank", "handbook"]})  # fmt: skip
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="sources 'docs' and 'other' both have the asset key 'riverbank/handbook/doc"):
+        load_config(path)

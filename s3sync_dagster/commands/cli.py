@@ -348,7 +348,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
                     invocation_tags(source.name, invocation_id),
                 )
         else:
-            invocation_id = record_request(instance, source.name, partition_key, invocation).invocation_id
+            invocation_id = record_request(instance, source, partition_key, invocation).invocation_id
             if not daemon:
                 print(
                     "s3sync: no dagster-daemon is serving this instance: the invocation waits until "

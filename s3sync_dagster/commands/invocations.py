@@ -119,9 +119,9 @@ def execute_partition_run(
         .resolve_implicit_global_asset_job_def()
         .execute_in_process(
             instance=instance,
-            asset_selection=[documents_asset_key(source_name)],
+            asset_selection=[documents_asset_key(config.source(source_name))],
             tags={**tags, PARTITION_TAG: partition_key},
-            run_config=invocation_run_config(source_name, invocation, loggers=QUIET_LOGGERS),
+            run_config=invocation_run_config(config.source(source_name), invocation, loggers=QUIET_LOGGERS),
             raise_on_error=False,
         )
     )
@@ -191,7 +191,7 @@ def run_scope(run: dg.DagsterRun, config: AppConfig) -> RunScope | None:
     name = run.tags.get(SOURCE_TAG)
     if name is None:
         selected = {tuple(key.path) for key in run.asset_selection or ()}
-        name = next((s for s in by_name if tuple(documents_asset_key(s).path) in selected), None)
+        name = next((s for s, source in by_name.items() if tuple(documents_asset_key(source).path) in selected), None)
     if name is None or name not in by_name:
         return None
     source = by_name[name]
@@ -205,7 +205,7 @@ def run_scope(run: dg.DagsterRun, config: AppConfig) -> RunScope | None:
     elif sensor_keys is not None:
         count = len(sensor_keys)
         object_key = sensor_keys[0] if count == 1 else None
-    target = ops.get(asset_op_name(name), {}).get("config", {}).get("target_collection_name")
+    target = ops.get(asset_op_name(source), {}).get("config", {}).get("target_collection_name")
     if INVOCATION_TAG in run.tags:
         trigger = "invocation"
     elif BACKFILL_TAG in run.tags:
@@ -335,7 +335,7 @@ def pending_requests(
     """Invocations recorded but not run yet, newest first: the requests among each source's latest 1,000
     observations that no run carries (the sensor makes runs within seconds while a daemon runs)."""
     names = source_names if source_names is not None else [source.name for source in config.sources]
-    requests = [request for name in names for request in recorded_requests(instance, name)]
+    requests = [request for name in names for request in recorded_requests(instance, config.source(name))]
     made = runs_of_invocations(instance, [request.invocation_id for request in requests])
     waiting = [request for request in requests if request.invocation_id not in made]
     return sorted(waiting, key=lambda request: request.timestamp, reverse=True)

@@ -610,7 +610,7 @@ def _execute_runs(
     orchestrated from a process of a pool while its step executes on a worker (`_orchestrate`).
     A caller that stops early (a run failed as a whole) leaves the batches not yet started untried.
     """
-    asset_key = documents_asset_key(source_name)
+    asset_key = documents_asset_key(config.source(source_name))
 
     def run_tags(batch: list[str]) -> dict[str, str]:
         return {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1], SOURCE_TAG: source_name, **tags}

@@ -91,7 +91,7 @@ def index_partitions(
     Shared by the asset (UI launches, backfills, `s3sync sync`) and the sensors' sync job, so both
     record the same per-key materialisations of the same partitions.
     """
-    asset_key = documents_asset_key(source.name)
+    asset_key = documents_asset_key(source)
     spec = source.spec(embedding.spec(), documents.options())
     object_keys: list[str] = []
     refused: list[KeyReport] = []
@@ -174,7 +174,8 @@ def index_partitions(
             invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
             links=InstanceMetaLinks(context.instance, spec.name),
         )
-    forget_removed(context.instance, spec, client, reports)
+    if source.forget_deleted_keys:
+        forget_removed(context.instance, spec, client, reports)
     counts = Counter(report.status for report in reports)
     context.log.info(
         f"source '{spec.name}': {len(reports)} object(s): "

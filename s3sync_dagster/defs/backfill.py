@@ -99,8 +99,7 @@ def selected_partitions(
             )
         return selected
     statuses = (
-        instance.get_status_by_partition(documents_asset_key(source.name), registered, partitions_def(source.name))
-        or {}
+        instance.get_status_by_partition(documents_asset_key(source), registered, partitions_def(source.name)) or {}
     )
     if config.selection is Selection.MISSING:
         return sorted(key for key in registered if statuses.get(key) is None)
@@ -112,7 +111,7 @@ def backfill_params(
 ) -> dict[str, Any]:
     """`LaunchBackfillParams` as the UI's dialog sends them, for the source's asset."""
     params: dict[str, Any] = {
-        "assetSelection": [{"path": documents_asset_key(source.name).path}],
+        "assetSelection": [{"path": documents_asset_key(source).path}],
         # Dagster refuses %, * and " in a title: the selection's name there, the pattern in the description.
         "title": f"{source.name}: {what.split(' ')[0]}",
         "description": f"source '{source.name}', {what}",

@@ -60,7 +60,7 @@ def index_check(
     context: dg.AssetCheckExecutionContext, source: SourceConfig, chroma: ChromaResource, embedding: EmbeddingResource
 ) -> dg.AssetCheckResult:
     """Every key the asset last reported as indexed has chunks in Chroma; chunks of other keys are reported."""
-    asset_key = documents_asset_key(source.name)
+    asset_key = documents_asset_key(source)
     statuses = latest_statuses(context.instance, asset_key)
     expected = {partition for partition, meta in statuses.items() if meta.get("status") in HAS_CHUNKS}
     collections = {source.collection_name} | {
@@ -159,7 +159,7 @@ def drift_of(
     embedding: EmbeddingResource,
 ) -> audit.Drift:
     """The source's drift; objects whose last sync found no text at their ETag are not missing."""
-    asset_key = documents_asset_key(source.name)
+    asset_key = documents_asset_key(source)
     return audit.audit(
         s3,
         source.spec(embedding.spec()),

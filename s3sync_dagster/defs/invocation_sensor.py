@@ -53,10 +53,15 @@ def new_invocation_id() -> str:
     return str(uuid.uuid4())
 
 
+def _name(source: SourceConfig | str) -> str:
+    return source if isinstance(source, str) else source.name
+
+
 def record_request(
-    instance: dg.DagsterInstance, source_name: str, partition_key: str, invocation: Invocation
+    instance: dg.DagsterInstance, source: SourceConfig | str, partition_key: str, invocation: Invocation
 ) -> InvocationRequest:
     """Record an invocation for the sensor to run; its partition must be registered already."""
+    source_name = _name(source)
     invocation_id = new_invocation_id()
     metadata: dict[str, Any] = {REQUEST_MARKER: REQUEST_KIND, "invocation_id": invocation_id}
     if invocation.custom_id is not None:
@@ -66,10 +71,10 @@ def record_request(
     if invocation.target_collection_name is not None:
         metadata["target_collection_name"] = invocation.target_collection_name
     instance.report_runless_asset_event(
-        dg.AssetObservation(asset_key=documents_asset_key(source_name), partition=partition_key, metadata=metadata)
+        dg.AssetObservation(asset_key=documents_asset_key(source), partition=partition_key, metadata=metadata)
     )
     # Read back from the partition's latest observations: its storage id and time are the store's.
-    records_filter = dg.AssetRecordsFilter(asset_key=documents_asset_key(source_name), asset_partitions=[partition_key])
+    records_filter = dg.AssetRecordsFilter(asset_key=documents_asset_key(source), asset_partitions=[partition_key])
     for record in instance.fetch_observations(records_filter, limit=20).records:
         request = _request(source_name, record)
         if request is not None and request.invocation_id == invocation_id:
@@ -96,10 +101,12 @@ def _request(source_name: str, record: dg.EventLogRecord) -> InvocationRequest |
     )
 
 
-def recorded_requests(instance: dg.DagsterInstance, source_name: str, limit: int = 1000) -> list[InvocationRequest]:
+def recorded_requests(
+    instance: dg.DagsterInstance, source: SourceConfig | str, limit: int = 1000
+) -> list[InvocationRequest]:
     """The requests among the source's latest `limit` observations, oldest first."""
-    records = instance.fetch_observations(documents_asset_key(source_name), limit=limit).records
-    return [request for record in reversed(records) if (request := _request(source_name, record)) is not None]
+    records = instance.fetch_observations(documents_asset_key(source), limit=limit).records
+    return [request for record in reversed(records) if (request := _request(_name(source), record)) is not None]
 
 
 def runs_of_invocations(instance: dg.DagsterInstance, invocation_ids: Sequence[str]) -> dict[str, list[dg.RunRecord]]:
@@ -112,21 +119,21 @@ def runs_of_invocations(instance: dg.DagsterInstance, invocation_ids: Sequence[s
     return found
 
 
-def invocation_run_request(request: InvocationRequest) -> dg.RunRequest:
+def invocation_run_request(request: InvocationRequest, source: SourceConfig | str) -> dg.RunRequest:
     return dg.RunRequest(
         # The daemon makes no second run for a run key it has seen: a tick that is evaluated again is harmless.
         run_key=request.invocation_id,
-        asset_selection=[documents_asset_key(request.source_name)],
+        asset_selection=[documents_asset_key(source)],
         # The source's checks compare the whole source: they run on their own, not after each key.
         asset_check_keys=[],
         partition_key=request.partition_key,
-        run_config=invocation_run_config(request.source_name, request.invocation),
+        run_config=invocation_run_config(source, request.invocation),
         tags=invocation_tags(request.source_name, request.invocation_id),
     )
 
 
 def new_requests(
-    instance: dg.DagsterInstance, source_names: Sequence[str], after_storage_id: int | None
+    instance: dg.DagsterInstance, sources: Sequence[SourceConfig | str], after_storage_id: int | None
 ) -> tuple[list[InvocationRequest], int]:
     """Every source's requests after the cursor, oldest first, and the cursor past them.
 
@@ -138,8 +145,9 @@ def new_requests(
     read: list[InvocationRequest] = []
     cursor: int | None = None
     held: int | None = None
-    for name in source_names:
-        records_filter = dg.AssetRecordsFilter(asset_key=documents_asset_key(name), after_storage_id=after_storage_id)
+    for source in sources:
+        name = _name(source)
+        records_filter = dg.AssetRecordsFilter(asset_key=documents_asset_key(source), after_storage_id=after_storage_id)
         records = instance.fetch_observations(
             records_filter, limit=REQUESTS_PER_TICK, ascending=after_storage_id is not None
         ).records
@@ -161,18 +169,18 @@ def new_requests(
 
 def build_invocation_sensor(sources: Sequence[SourceConfig]) -> dg.SensorDefinition:
     """One sensor for every source: requests recorded by `s3sync invoke` become runs of their partition."""
-    names = [source.name for source in sources]
+    by_name = {source.name: source for source in sources}
 
     @dg.sensor(
         name=INVOCATION_SENSOR,
-        asset_selection=[documents_asset_key(name) for name in names],
+        asset_selection=[documents_asset_key(source) for source in sources],
         minimum_interval_seconds=5,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Runs the invocations `s3sync invoke` records: one run of the object's partition each.",
     )
     def s3sync_invocations(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         instance = context.instance
-        requests, cursor = new_requests(instance, names, int(context.cursor) if context.cursor else None)
+        requests, cursor = new_requests(instance, list(sources), int(context.cursor) if context.cursor else None)
         # A cursor reset (or a tick evaluated again) finds requests that already have their run.
         done = runs_of_invocations(instance, [request.invocation_id for request in requests])
         run_requests = []
@@ -186,7 +194,7 @@ def build_invocation_sensor(sources: Sequence[SourceConfig]) -> dg.SensorDefinit
                     f"'{request.source_name}' is no longer registered: not run"
                 )
                 continue
-            run_requests.append(invocation_run_request(request))
+            run_requests.append(invocation_run_request(request, by_name[request.source_name]))
         if not run_requests:
             return dg.SensorResult(skip_reason="no new invocation", cursor=str(cursor))
         return dg.SensorResult(run_requests=run_requests, cursor=str(cursor))

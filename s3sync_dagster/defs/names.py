@@ -10,17 +10,23 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from s3sync_dagster.config import SourceConfig
+
 INDEX_CHECK_NAME = "indexed_keys_have_chunks"
 DRIFT_CHECK_NAME = "drift"
 
 
-def documents_asset_key(source_name: str) -> dg.AssetKey:
-    return dg.AssetKey([source_name, "documents"])
+def documents_asset_key(source: SourceConfig | str) -> dg.AssetKey:
+    """`<asset_key_prefix>/documents`, the prefix being the source's name unless it sets one. A bare name stands
+    for a source that sets none (the tests', the benchmarks')."""
+    if isinstance(source, str):
+        return dg.AssetKey([source, "documents"])
+    return dg.AssetKey([*(source.asset_key_prefix or [source.name]), "documents"])
 
 
-def asset_op_name(source_name: str) -> str:
+def asset_op_name(source: SourceConfig | str) -> str:
     """The asset's op, under which a run's config carries the asset's (invocation) config."""
-    return "__".join(documents_asset_key(source_name).path)
+    return "__".join(documents_asset_key(source).path)
 
 
 def pool_name(source_name: str) -> str:

@@ -5,6 +5,7 @@ from typing import Any
 
 import dagster as dg
 
+from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.names import asset_op_name, repair_op_name, sync_op_name
 from s3sync_dagster.pipeline.spec import Invocation
 
@@ -87,7 +88,7 @@ def repair_run_config(
 
 
 def invocation_run_config(
-    source_name: str, invocation: Invocation, loggers: dict[str, Any] | None = None
+    source: SourceConfig | str, invocation: Invocation, loggers: dict[str, Any] | None = None
 ) -> dg.RunConfig:
     """The asset's config for an invocation's parameters: shown in the UI, reused by a re-execution."""
     config = InvocationConfig(
@@ -96,4 +97,4 @@ def invocation_run_config(
         metadata={key: value for key, value in invocation.metadata.items() if value is not None},
         target_collection_name=invocation.target_collection_name,
     )
-    return dg.RunConfig(ops={asset_op_name(source_name): config}, loggers=loggers)
+    return dg.RunConfig(ops={asset_op_name(source): config}, loggers=loggers)

@@ -26,7 +26,7 @@ from s3sync_dagster.pipeline import keys as object_keys
 def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Definitions:
     """The asset (one partition per object key), its two checks, the repair job, and with auto-sync or
     polling configured, the sync job and the sensors that launch it."""
-    asset_key = names.documents_asset_key(source.name)
+    asset_key = names.documents_asset_key(source)
     writing = required(keys, "s3", "chroma", "embedding", "documents")
     # Our ops output no value: to our own IO manager, so a run never starts the project's `io_manager`.
     no_value = dg.Out(dg.Nothing, io_manager_key=keys.io_manager)
