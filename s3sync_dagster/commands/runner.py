@@ -135,9 +135,9 @@ def add_partitions(
 
 def s3_client(source: SourceConfig) -> Any:
     """A client for the source, after checking its credential variables are set and its bucket answers."""
-    # Initialised as a run does; the credentials' variables are read when the client is made.
-    connection = s3_connection(source).process_config_and_initialize()
-    client = connection.get_client()
+    # Its fields are plain values (the credentials are variable names, read when the client is made): no Dagster
+    # init context is needed, whose ephemeral instance would stay the process's current one after it is gone.
+    client = s3_connection(source).get_client()
     try:
         objects.check_bucket(client, source.bucket_name, source.name, source.credentials_in_words())
     except objects.BucketError as error:
