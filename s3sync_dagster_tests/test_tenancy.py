@@ -63,7 +63,9 @@ class Tenants:
         return code, json.loads(captured.out) if captured.out.strip() else None
 
     def client(self) -> Any:
-        return chroma_resource(self.config.chroma).process_config_and_initialize().client()
+        # The store as the config names it, without Dagster's init context (whose ephemeral instance would stay
+        # the process's current one once gone: definitions built later outside an instance then fail).
+        return self.config.chroma.store().client()
 
     def chunks(self) -> list[tuple[str, str, str]]:
         """(collection, id, text) of every chunk in the case's collections."""
@@ -467,8 +469,8 @@ def test_a_repair_never_empties_a_collection_the_source_may_write(tenants: Any, 
     # must not delete its index.
     t = tenants()
     baseline = b_synced(t)
-    job = build_definitions(t.config).get_job_def(repair_job_name("b"))
     with dg.DagsterInstance.get() as instance:
+        job = build_definitions(t.config).get_job_def(repair_job_name("b"))
         run_config = repair_run_config("b", [], [], [t.name("coll-b")])
         assert job.execute_in_process(instance=instance, run_config=run_config).success
     check(fault_row, t, baseline)
