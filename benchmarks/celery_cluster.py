@@ -163,7 +163,7 @@ def services(where: Hosts, workdir: Path, postgres: bool = True) -> Iterator[Ser
 
 
 class Worker:
-    """`celery -A s3sync_dagster.defs.celery_worker worker` on a host of its own, its log in a file."""
+    """`celery -A s3sync_dagster.commands.celery_worker worker` on a host of its own, its log in a file."""
 
     def __init__(self, name: str, prefix: list[str], env: Mapping[str, str], log: Path, pool: list[str] = SOLO) -> None:
         self.name, self.log = name, log

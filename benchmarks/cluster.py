@@ -110,13 +110,13 @@ def reads(
     import numpy as np
 
     from s3sync_dagster.config import load_config
-    from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
+    from s3sync_dagster.defs.resources import chroma_outside_runs, embedding_resource
     from s3sync_dagster.pipeline import index, keys
     from s3sync_dagster.pipeline.owners import Owner
 
     common.credentials()
     config = load_config(common.write_config(workdir / "reads.yaml", "http://localhost:1", "reads", workdir / "chroma"))
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    chroma = chroma_outside_runs(config.chroma)
     collection = chroma.collection(config.sources[0].collection_name, embedding_resource(config.embedding))
     source = config.sources[0].name
     rng = np.random.default_rng(7)
@@ -169,11 +169,11 @@ def reads(
         written = time.perf_counter() - started
         numbers = [int(n) for n in rng.integers(0, size, probes)]
         for label, read in ways.items():  # warm, and check that each way finds the object's chunks
-            found = read(numbers[0])
+            found: Any = read(numbers[0])
             count = len(found) if isinstance(found, dict) and "ids" not in found else len(found["ids"])
             if count != chunks_per_object:
                 raise RuntimeError(f"{label}: {count} chunks of object {numbers[0]}, not {chunks_per_object}")
-        row = {"objects": size, "chunks": collection.count(), "fill_s": written}
+        row: dict[str, Any] = {"objects": size, "chunks": collection.count(), "fill_s": written}
         row["ms"] = {label: timed(read, numbers) for label, read in ways.items()}
         results.append(row)
         log(f"reads at {size} objects ({row['chunks']:,} chunks): {row['ms']}")

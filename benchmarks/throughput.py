@@ -48,7 +48,7 @@ def engine_main(config_file: str) -> None:
     from s3sync_dagster.config import load_config
     from s3sync_dagster.defs.resources import (
         DocumentsResource,
-        chroma_resource,
+        chroma_outside_runs,
         embedding_resource,
         s3_connection,
     )
@@ -59,10 +59,10 @@ def engine_main(config_file: str) -> None:
 
     config = load_config(config_file)
     source = config.sources[0]
-    s3 = s3_connection(source).process_config_and_initialize().get_client()
+    s3 = s3_connection(source).get_client()
     documents = DocumentsResource(**config.documents.model_dump())
     spec = source.spec(config.embedding.spec(), documents.options())
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    chroma = chroma_outside_runs(config.chroma)
     embedding = embedding_resource(config.embedding)
     object_keys = [info.object_key for info in objects.list_objects(s3, source.bucket_name, source.path_prefix, (), ())]
     collections = Collections(lambda name: chroma.collection(name, embedding))

@@ -677,6 +677,15 @@ def project_root(start: Path) -> Path | None:
     return None
 
 
+def load_project_env(component: Path) -> None:
+    """The Dagster project's `.env`, as `dg dev` and `dg check` load it: variables already set keep their value."""
+    root = project_root(component.resolve().parent)
+    if root is not None and (root / ".env").is_file():
+        from dotenv import load_dotenv
+
+        load_dotenv(root / ".env", override=False)
+
+
 def _skipped(folder: str) -> bool:
     """Folders no defs.yaml of the project's is in: virtual environments, caches, hidden folders."""
     return folder.startswith(".") or folder in ("node_modules", "__pycache__", "site-packages", "venv")

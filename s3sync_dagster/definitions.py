@@ -29,7 +29,7 @@ from s3sync_dagster.config import (
 from s3sync_dagster.defs.executor import executor_for
 from s3sync_dagster.defs.invocation_sensor import build_invocation_sensor
 from s3sync_dagster.defs.monitor import build_run_monitor
-from s3sync_dagster.defs.names import documents_asset_key, documents_job_name
+from s3sync_dagster.defs.names import documents_job_name
 from s3sync_dagster.defs.resources import resources_for
 from s3sync_dagster.defs.source import source_definitions
 
@@ -244,8 +244,4 @@ def documents_job(source_name: str) -> dg.JobDefinition:
     location's (`defs` above, through workspace.yaml), whose repository holds the implicit asset job and the
     sensors' jobs, and a worker rebuilds the job from it (test_celery_daemon.py).
     """
-    config = load_app_config()
-    selection = [documents_asset_key(config.source(source_name))]
-    documents = dg.define_asset_job(documents_job_name(source_name), selection=selection)
-    merged = dg.Definitions.merge(build_definitions(config), dg.Definitions(jobs=[documents]))
-    return merged.resolve_job_def(documents.name)
+    return build_definitions(load_app_config()).resolve_job_def(documents_job_name(source_name))

@@ -17,7 +17,7 @@ from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.checks import drift_of
 from s3sync_dagster.defs.names import DRIFT_CHECK_NAME, documents_asset_key, repair_job_name
-from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
+from s3sync_dagster.defs.resources import chroma_outside_runs, embedding_resource
 from s3sync_dagster.pipeline import audit, keys
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
@@ -32,7 +32,7 @@ FILES: dict[str, bytes | str] = {
 
 def _chunks(config: AppConfig, collection_name: str) -> dict[str, tuple[str, str]]:
     """Every chunk in the collection: id -> (object_key, etag)."""
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    chroma = chroma_outside_runs(config.chroma)
     found = chroma.client().get_collection(collection_name).get(include=["metadatas"])
     return {
         chunk_id: (str(m["object_key"]), str(m["etag"]))
@@ -42,7 +42,7 @@ def _chunks(config: AppConfig, collection_name: str) -> dict[str, tuple[str, str
 
 def _drift(config: AppConfig, instance: dg.DagsterInstance, s3: Any) -> audit.Drift:
     source = config.source("docs")
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    chroma = chroma_outside_runs(config.chroma)
     return drift_of(source, instance, s3, chroma, embedding_resource(config.embedding))
 
 
@@ -87,7 +87,7 @@ def drifted(
     put(s3, bucket, {"a/new.txt": "uploaded while nobody listened\n", "a/change.txt": "second version\n"})
     s3.delete_object(Bucket=bucket, Key="a/gone.txt")
     put(s3, bucket, {"b/outside.txt": "not under the prefix: not ours\n"})
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    chroma = chroma_outside_runs(config.chroma)
     collection = chroma.client().get_collection("docs-collection")
     foreign = {"object_key": "a/phantom.txt", "source": "docs", "etag": "0" * 32}
     collection.add(

@@ -307,6 +307,27 @@ def test_the_s3sync_command_finds_the_components_sources(project: Project) -> No
     assert home.is_dir()
 
 
+def test_a_celery_worker_in_the_project_reads_the_components_broker_from_its_env(project: Project) -> None:
+    """A worker started in the project (no s3sync.yaml, no S3SYNC_CONFIG) serves the component's broker, named
+    by a variable of the project's `.env`."""
+    good, env_file = project.defs_yaml.read_text(), project.root / ".env"
+    dotenv = env_file.read_text()
+    project.defs_yaml.write_text(
+        good + "  chroma: {host: localhost, port: 8123}\n  executor:\n    celery: {broker: {env: HANDBOOK_BROKER}}\n"
+    )
+    env_file.write_text(dotenv + "HANDBOOK_BROKER=redis://localhost:6399/5\n")
+    try:
+        asked = "from s3sync_dagster.commands.celery_worker import app; print(app.conf.broker_url)"
+        done = subprocess.run(
+            [sys.executable, "-c", asked], cwd=project.root, env=project.env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip() == "redis://localhost:6399/5"
+    finally:
+        project.defs_yaml.write_text(good)
+        env_file.write_text(dotenv)
+
+
 @pytest.fixture(scope="module")
 def served(project: Project, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
     home = project.root / ".s3sync" / "dagster"

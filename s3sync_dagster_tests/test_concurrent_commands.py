@@ -34,7 +34,7 @@ from s3sync_dagster.commands.repair import RepairResult, repair
 from s3sync_dagster.commands.source_admin import remove_source
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.defs.names import partitions_name
-from s3sync_dagster.defs.resources import chroma_resource
+from s3sync_dagster.defs.resources import chroma_outside_runs
 from s3sync_dagster_tests.conftest import Chunks, ConfigFactory, Row, put, store_chunks
 
 pytestmark = pytest.mark.reliability("shared stores")
@@ -75,10 +75,10 @@ class Source:
         }
 
     def chunks(self) -> list[tuple[str, str, str]]:
-        return store_chunks(chroma_resource(self.config.chroma).process_config_and_initialize().client())
+        return store_chunks(chroma_outside_runs(self.config.chroma).client())
 
     def remove_chunks(self, object_key: str) -> None:
-        client = chroma_resource(self.config.chroma).process_config_and_initialize().client()
+        client = chroma_outside_runs(self.config.chroma).client()
         if COLLECTION in [collection.name for collection in client.list_collections()]:
             client.get_collection(COLLECTION).delete(where={"object_key": object_key})
 

@@ -102,6 +102,15 @@ def test_an_asset_key_prefix_names_the_asset_and_every_run_of_it(
         records = instance.fetch_materializations(key, limit=10).records
         assert sorted(keys.to_object_key(r.partition_key or "") for r in records) == ["p/a.txt", "p/a.txt", "p/b.txt"]
         assert instance.fetch_materializations(dg.AssetKey(["docs", "documents"]), limit=1).records == []
+        # Neither run plans the source's checks (they compare the whole source and run on their own): none is
+        # planned, none skipped.
+        runs = instance.get_runs()
+        assert len(runs) == 2 and {run.job_name for run in runs} == {"docs_documents"}
+        for run in runs:
+            unwanted = {dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED, dg.DagsterEventType.STEP_SKIPPED}
+            assert [
+                e.dagster_event_type for e in instance.all_logs(run.run_id) if e.dagster_event_type in unwanted
+            ] == []
     # Two sources may not share a key.
     raw = yaml.safe_load(path.read_text())
     raw["sources"].append({**raw["sources"][0], "name": "other", "collection_name": "other-collection",

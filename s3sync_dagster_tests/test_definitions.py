@@ -51,6 +51,9 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
         "events_backfill",
         "polled_backfill",
         "manual_backfill",
+        "events_documents",
+        "polled_documents",
+        "manual_documents",
     }
     sensors = {sensor.name: sensor for sensor in repository.sensor_defs}
     assert set(sensors) == {"events_sqs", "polled_poll", "s3sync_run_workers", "s3sync_invocations"}

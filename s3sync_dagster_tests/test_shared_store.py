@@ -21,7 +21,7 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.local_s3 import LOOPBACK
 from s3sync_dagster.config import load_config
-from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
+from s3sync_dagster.defs.resources import chroma_outside_runs, embedding_resource
 from s3sync_dagster_tests.conftest import Chunks, Row, put
 
 pytestmark = pytest.mark.reliability("shared stores")
@@ -58,7 +58,7 @@ class Project:
     def opened(self) -> Any:
         """Its collection, as its syncs open it (to write a stranger's chunk into)."""
         config = load_config(self.path)
-        chroma = chroma_resource(config.chroma).process_config_and_initialize()
+        chroma = chroma_outside_runs(config.chroma)
         return chroma.collection(self.collection, embedding_resource(config.embedding))
 
     def expected(self) -> Chunks:
@@ -119,7 +119,7 @@ def make_project(
 def store(project: Project) -> list[tuple[str, str, str]]:
     """(collection, id, text) of every chunk in the two projects' collections."""
     config = load_config(project.path)
-    client = chroma_resource(config.chroma).process_config_and_initialize().client()
+    client = chroma_outside_runs(config.chroma).client()
     found: list[tuple[str, str, str]] = []
     for collection in client.list_collections():
         if collection.name.endswith(project.bucket.rsplit("-p", 1)[0]):
@@ -265,7 +265,7 @@ def test_naming_a_project_later_upgrades_the_chunks_without_a_sync(
     code, result = first.cli("sync", "docs", "--all")
     assert code == 0 and result["counts"] == {"unchanged": 1}, result  # nothing read again, nothing embedded
     config = load_config(first.path)
-    client = chroma_resource(config.chroma).process_config_and_initialize().client()
+    client = chroma_outside_runs(config.chroma).client()
     stored = client.get_collection(first.collection).get(include=["metadatas"])
     assert {m["project"] for m in stored["metadatas"]} == {"handbook"}
     code, result = first.cli("repair", "docs")

@@ -24,7 +24,7 @@ from s3sync_dagster.commands.runner import reports_of
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import repair_job_name
-from s3sync_dagster.defs.resources import chroma_resource, embedding_resource
+from s3sync_dagster.defs.resources import chroma_outside_runs, embedding_resource
 from s3sync_dagster.defs.run_config import repair_run_config
 from s3sync_dagster_tests.conftest import Chunks, Row, put
 
@@ -85,7 +85,7 @@ class Tenants:
             "source": "a", "object_key": "tenant-a/own.txt", "metadata_key": meta_key, "document_id": document_id,
             "chunk_index": 0, "chunk_count": 1, "etag": "x", "bucket_name": self.suffix,
         }  # fmt: skip
-        chroma = chroma_resource(self.config.chroma).process_config_and_initialize()
+        chroma = chroma_outside_runs(self.config.chroma)
         collection = chroma.collection(collection_name, embedding_resource(self.config.embedding))
         collection.upsert(ids=[f"{document_id}-0"], documents=[OWN], metadatas=[metadata])
 

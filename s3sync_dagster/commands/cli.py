@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3sync_dagster.commands.errors import InvocationError, RunError, UsageError
-from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError, config_file, is_component, project_root
+from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError, config_file, is_component, load_project_env
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.objects import ObjectError
 
@@ -43,24 +43,16 @@ def _config(args: argparse.Namespace) -> AppConfig:
     """The sources, from --config (an s3sync.yaml or a component's defs.yaml), $S3SYNC_CONFIG, ./s3sync.yaml, or
     the S3ChromaSync component of the Dagster project around the working directory."""
     path = Path(args.config) if args.config else config_file()
-    if is_component(path):
+    component = is_component(path)
+    if component:
         load_project_env(path)
-    if args.config or is_component(path):
+    if args.config or component:
         # Runs on Celery workers rebuild their job from the config by this variable, in this process too
         # (definitions.documents_job): it must name the file found here.
         os.environ[CONFIG_ENV_VAR] = str(path.resolve())
     from s3sync_dagster.commands.query import load_sources
 
     return load_sources(path)
-
-
-def load_project_env(component: Path) -> None:
-    """The Dagster project's `.env`, as `dg dev` and `dg check` load it: variables already set keep their value."""
-    root = project_root(component.resolve().parent)
-    if root is not None and (root / ".env").is_file():
-        from dotenv import load_dotenv
-
-        load_dotenv(root / ".env", override=False)
 
 
 def cmd_sources(args: argparse.Namespace) -> int:

@@ -28,7 +28,13 @@ from s3sync_dagster.defs.invocation_sensor import (
     recorded_requests,
     runs_of_invocations,
 )
-from s3sync_dagster.defs.names import asset_op_name, documents_asset_key, partitions_name, sync_op_name
+from s3sync_dagster.defs.names import (
+    asset_op_name,
+    documents_asset_key,
+    documents_job_name,
+    partitions_name,
+    sync_op_name,
+)
 from s3sync_dagster.defs.run_config import QUIET_LOGGERS, invocation_run_config
 from s3sync_dagster.defs.tags import (
     BACKFILL_TAG,
@@ -113,13 +119,13 @@ def execute_partition_run(
     tags: Mapping[str, str],
 ) -> str:
     """Run one partition in this process (no daemon serves the queue), recorded on the instance as the
-    queued run would be: same job, config, tags and events, so the UI and `s3sync invocations` show it."""
+    queued run would be: same asset, config, tags and events, so the UI and `s3sync invocations` show it. The
+    source's documents job runs it (the asset without its checks, as the sensor's run request selects)."""
     execution = (
         build_definitions(config)
-        .resolve_implicit_global_asset_job_def()
+        .resolve_job_def(documents_job_name(source_name))
         .execute_in_process(
             instance=instance,
-            asset_selection=[documents_asset_key(config.source(source_name))],
             tags={**tags, PARTITION_TAG: partition_key},
             run_config=invocation_run_config(config.source(source_name), invocation, loggers=QUIET_LOGGERS),
             raise_on_error=False,

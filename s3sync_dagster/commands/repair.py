@@ -17,7 +17,7 @@ from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.checks import drift_of
 from s3sync_dagster.defs.names import repair_job_name
 from s3sync_dagster.defs.repair import unlinked_waiting
-from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_resource, embedding_resource
+from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
 from s3sync_dagster.defs.run_config import repair_run_config
 from s3sync_dagster.pipeline import audit
 
@@ -68,7 +68,7 @@ def repair(
     started = time.perf_counter()
     source = config.source(source_name)
     s3 = s3_client(source)  # checks credentials and bucket before anything runs
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    chroma = chroma_outside_runs(config.chroma)
     embedding = embedding_resource(config.embedding)
     before = _audit(source, instance, s3, chroma, embedding)
     result = RepairResult(source=source_name, before=_described(before), after=_described(before))

@@ -26,7 +26,7 @@ from s3sync_dagster.commands.errors import RunError, UsageError
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_file, state_dir
 from s3sync_dagster.definitions import build_definitions, documents_job
 from s3sync_dagster.defs.links import InstanceMetaLinks
-from s3sync_dagster.defs.names import documents_asset_key, partitions_name, register_partitions
+from s3sync_dagster.defs.names import documents_job_name, partitions_name, register_partitions
 from s3sync_dagster.defs.resources import s3_connection
 from s3sync_dagster.defs.run_config import QUIET_LOGGERS
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG, SOURCE_TAG
@@ -610,14 +610,14 @@ def _execute_runs(
     orchestrated from a process of a pool while its step executes on a worker (`_orchestrate`).
     A caller that stops early (a run failed as a whole) leaves the batches not yet started untried.
     """
-    asset_key = documents_asset_key(config.source(source_name))
 
     def run_tags(batch: list[str]) -> dict[str, str]:
         return {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1], SOURCE_TAG: source_name, **tags}
 
     celery = config.executor.celery
     if celery is None:
-        job = build_definitions(config).resolve_implicit_global_asset_job_def()
+        # The source's documents job: the asset without its checks (defs/source.py), as on Celery.
+        job = build_definitions(config).resolve_job_def(documents_job_name(source_name))
         for batch in batches:
             run_started = time.perf_counter()
             if not _ends_registered(instance, source_name, batch):
@@ -627,7 +627,6 @@ def _execute_runs(
             try:
                 execution = job.execute_in_process(
                     instance=instance,
-                    asset_selection=[asset_key],
                     tags=run_tags(batch),
                     run_config=QUIET_RUN_CONFIG,
                     raise_on_error=False,

@@ -12,7 +12,7 @@ import dagster as dg
 from s3sync_dagster.commands.invocations import database_name, source_id
 from s3sync_dagster.config import AppConfig, EnvRef, SourceConfig
 from s3sync_dagster.defs.names import partitions_name
-from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_resource, embedding_resource
+from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
 from s3sync_dagster.defs.state import clear_poll_state
 from s3sync_dagster.pipeline import index
 
@@ -52,7 +52,7 @@ def _ours(chroma: ChromaResource, embedding: EmbeddingResource) -> Iterator[Any]
 
 def chunk_counts(config: AppConfig, source_name: str) -> dict[str, int]:
     """Chunks this source wrote, per collection that holds any (never another project's same-named source's)."""
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    chroma = chroma_outside_runs(config.chroma)
     embedding = embedding_resource(config.embedding)
     owner = config.source(source_name).spec(config.embedding.spec()).owner
     counts = {}
@@ -113,7 +113,7 @@ def remove_source(config: AppConfig, source_name: str, instance: dg.DagsterInsta
     same-named source's chunks of another project (or bucket) stay."""
     owner = config.source(source_name).spec(config.embedding.spec()).owner
     result = RemovedSource(source=source_name)
-    chroma = chroma_resource(config.chroma).process_config_and_initialize()
+    chroma = chroma_outside_runs(config.chroma)
     embedding = embedding_resource(config.embedding)
     with chroma.write_lock():
         for collection in _ours(chroma, embedding):

@@ -1,7 +1,7 @@
 """Where runs' steps execute: in the run's own process, or on Celery workers (`executor: {celery: ...}`).
 
 One place for the Celery settings, read by both sides: the run, which sends its step to the broker through
-dagster-celery's `celery_executor`, and the workers (s3sync_dagster/defs/celery_worker.py), which take it.
+dagster-celery's `celery_executor`, and the workers (s3sync_dagster/commands/celery_worker.py), which take it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import dagster as dg
 
 from s3sync_dagster.config import AppConfig, CeleryConfig, EnvRef
 
-# `celery -A s3sync_dagster.defs.celery_worker worker` serves the steps; the same config file tells it the broker.
-WORKER_APP = "s3sync_dagster.defs.celery_worker"
+# `celery -A s3sync_dagster.commands.celery_worker worker` serves the steps; the same config file tells it the broker.
+WORKER_APP = "s3sync_dagster.commands.celery_worker"
 
 
 def celery_settings(celery: CeleryConfig) -> dict[str, Any]:

@@ -330,6 +330,18 @@ def chroma_resource(chroma: ChromaConfig) -> ChromaResource:
     )
 
 
+def chroma_outside_runs(chroma: ChromaConfig) -> ChromaResource:
+    """The store's resource for a command or a check outside any run, its Cloud key read now.
+
+    Not `process_config_and_initialize()`: the init context it makes enters an ephemeral instance that stays
+    the process's current one once gone, and definitions built afterwards fail ('undefined DagsterInstance
+    weakref')."""
+    resource = chroma_resource(chroma)
+    if chroma.cloud is None:
+        return resource
+    return resource.model_copy(update={"cloud_api_key": chroma.cloud.api_key.resolve("chroma.cloud api_key")})
+
+
 def embedding_resource(embedding: EmbeddingConfig) -> EmbeddingResource:
     return EmbeddingResource(
         function=embedding.function,

@@ -136,7 +136,15 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
     def backfill_job() -> None:
         backfill_keys()
 
-    jobs = [repair_job, backfill_job]
+    # The asset alone, for `s3sync sync`'s runs (commands/runner.py) and the Celery workers that rebuild them
+    # (definitions.documents_job): the checks compare the whole source, so they run on their own, not after
+    # each run of keys (selected, they would be planned and skipped in every run, the asset having no output).
+    documents_job = dg.define_asset_job(
+        names.documents_job_name(source.name),
+        selection=dg.AssetSelection.assets(asset_key).without_checks(),
+        description=f"The {asset_key.to_user_string()} asset without its checks: the runs of `s3sync sync`.",
+    )
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [repair_job, backfill_job, documents_job]
     sensors: list[dg.SensorDefinition] = []
     if source.auto_sync != "none" or source.poll_interval_seconds is not None:
         # Keys from events are scattered over the partition list, so they cannot form one partition
