@@ -1,5 +1,5 @@
 """Progress on long work, as a person sees it: `s3sync sync --all` on a pseudo-terminal shows the listing, then the
-keys done, failed and unchanged growing while the runs work, with a rate and the time left; off a terminal, and
+keys done, failed and unchanged growing while a run works (from its events, key by key), with a rate and the time left; off a terminal, and
 under --json, nothing but the result; `invoke --wait` shows its key's run the same way."""
 
 from __future__ import annotations
@@ -31,8 +31,13 @@ def test_sync_shows_live_progress_on_a_terminal_and_nothing_off_one(
     s3: Any, bucket: str, make_config: ConfigFactory, dagster_home: Path, tmp_path: Path
 ) -> None:
     put(s3, bucket, FILES)
-    _, config_file = make_config(bucket, name="notes")
-    env = dict(os.environ, TERM="xterm-256color", COLUMNS="160", LINES="40")
+    _, config_file = make_config(bucket, name="notes", keys_per_run=1000)  # one run: counts from inside it
+    # A new home with Dagster's telemetry on, as a user's first: Dagster prints its notice once, in the first run.
+    home = tmp_path / "new-home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: true\n")
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="160", LINES="40", DAGSTER_HOME=str(home))
+    env.pop("DAGSTER_DISABLE_TELEMETRY", None)
     command = [str(BIN / "s3sync"), "sync", "notes", "--all", "--config", str(config_file)]
     terminal = pexpect.spawn(command[0], command[1:], env=env, timeout=600, dimensions=(40, 160))
     terminal.logfile_read = io.BytesIO()
@@ -47,12 +52,16 @@ def test_sync_shows_live_progress_on_a_terminal_and_nothing_off_one(
     everything = terminal.logfile_read.getvalue().decode(errors="replace")
     assert terminal.exitstatus == 1, everything[-3000:]  # one key failed: the command says so by its status
     assert seen and seen[-1] == KEYS + 1  # every key counted, the failed one too
-    assert any(0 < count < KEYS + 1 for count in seen), seen  # drawn while the runs worked, not only at the end
+    assert any(0 < count < KEYS + 1 for count in seen), seen  # drawn while the run worked, not only at its end
     assert seen == sorted(seen)
     # The last frame: one failed, none unchanged on a first sync, a rate; then the result's own lines.
     assert "failed 1, unchanged 0" in everything and "keys/s" in everything
     assert f"1 failed, {KEYS} indexed" in everything
     assert TEST_SECRET not in everything
+    # The notice comes once, above the display, never inside it.
+    assert everything.count("Telemetry:") == 1, everything[:3000]
+    first_frame = re.search(COUNT.pattern.decode(), everything)
+    assert first_frame is not None and everything.index("Telemetry:") < first_frame.start(), everything[:3000]
 
     # The same keys again, off a terminal: the result only, and every key now unchanged.
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

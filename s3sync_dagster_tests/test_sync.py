@@ -278,6 +278,38 @@ def test_the_next_keys_are_read_and_chunked_while_the_model_embeds(
             assert "".join(text for text, _ in rows) == contents[report.object_key]
 
 
+def test_keys_prepared_before_a_slow_one_are_reported_while_it_is_read(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    # Ten new objects, the sixth slow to read (its GET held 4 s, as a large object or a slow endpoint is): the five
+    # before it are written and reported about a second into the wait (write.PATIENCE_S), not with the last
+    # batch; a run's progress counts them then. Without a wait, the batch stays whole: one embedding call.
+    contents = {f"slow/{n:02d}.txt": numbered_lines(3, tag=f"object {n}") for n in range(10)}
+    put(s3, spec.bucket_name, contents)
+    released: list[float] = []
+
+    def hold(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"] == "slow/05.txt":
+            time.sleep(4)
+            released.append(time.monotonic())
+
+    reported: dict[str, float] = {}
+    s3.meta.events.register("provide-client-params.s3.GetObject", hold)
+    try:
+        reports = sync_keys(
+            s3, spec, lambda _: collection, embedder, sorted(contents),
+            on_report=lambda report: reported.setdefault(report.object_key, time.monotonic()),
+        )  # fmt: skip
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.GetObject", hold)
+    assert [r.object_key for r in reports] == sorted(contents) and {r.status for r in reports} == {"indexed"}
+    early = [key for key in sorted(contents) if reported[key] < released[0] - 2]
+    assert early == [f"slow/{n:02d}.txt" for n in range(5)], (reported, released)
+    assert embedder.calls == 2  # the five before, then the five from the slow one on
+    again = sync_keys(s3, spec, lambda _: collection, embedder, sorted(contents))
+    assert {r.status for r in again} == {"unchanged"}
+
+
 def test_staging_holds_at_most_one_large_object_besides_the_one_written(
     s3: Any, spec: SourceSpec, collection: Any, embedding_function: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

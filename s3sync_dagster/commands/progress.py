@@ -71,6 +71,7 @@ class RunsProgress:
     def begin(self, total: int) -> None:
         if total <= 0 or self._progress is not None:
             return
+        _notices_first(self._instance)
         self._progress = _bar(Console(stderr=True), total)
         self._task = self._progress.add_task(self._description, total=total, failed=0, unchanged=0)
         self._progress.start()
@@ -120,6 +121,16 @@ class RunsProgress:
             self.unchanged += 1
         else:
             self.done += 1
+
+
+def _notices_first(instance: dg.DagsterInstance) -> None:
+    """Dagster prints its telemetry notice the first time a home with telemetry on records an action: during the
+    first run, through click onto the terminal's own standard error, past rich's redirection, so into the
+    display. Recorded now, before the display starts, the notice comes above it, and the runs print nothing."""
+    if instance.telemetry_enabled:
+        from dagster_shared.telemetry import get_or_set_instance_id
+
+        get_or_set_instance_id()
 
 
 class Counting:

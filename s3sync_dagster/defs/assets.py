@@ -1,8 +1,11 @@
 """A run of a source's asset or jobs: sync the objects behind its partition keys, one materialisation per key."""
 
+import queue
+import threading
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeAlias
 
 import dagster as dg
 
@@ -18,6 +21,35 @@ from s3sync_dagster.pipeline.reports import KeyReport
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster.pipeline.targets import Collections
+
+KeyEvent: TypeAlias = dg.AssetMaterialization | dg.AssetObservation
+# A key's entry in the run: its event, or a line of the run's log (level, text).
+Said: TypeAlias = KeyEvent | tuple[Literal["info", "warning", "error"], str]
+
+
+def _told(context: dg.OpExecutionContext | dg.AssetExecutionContext, said: Iterable[Said]) -> Iterator[KeyEvent]:
+    """Each line logged and each event yielded to Dagster, which stores it before taking the next."""
+    for item in said:
+        if isinstance(item, (dg.AssetMaterialization, dg.AssetObservation)):  # named tuples both: asked first
+            yield item
+            if isinstance(item, dg.AssetMaterialization):
+                failpoints.reached("run:reported")  # a test's kill -9 of the run, its first key's outcome stored
+            continue
+        level, text = item
+        getattr(context.log, level)(text)
+
+
+def _until_done(said: queue.SimpleQueue[Said | None]) -> Iterator[Said]:
+    """What the syncing thread says, until it says None; waiting in short steps, so that a signal stopping the run
+    (Dagster raises it in this thread) is taken at once."""
+    while True:
+        try:
+            item = said.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if item is None:
+            return
+        yield item
 
 
 def _key_metadata(report: KeyReport) -> dict[str, Any]:
@@ -85,8 +117,9 @@ def index_partitions(
     embedding: EmbeddingResource,
     documents: DocumentsResource,
     invocation: Invocation | None = None,
-) -> None:
-    """Sync the objects behind these partition keys, one materialisation (or failure) per key.
+) -> Iterator[KeyEvent]:
+    """Sync the objects behind these partition keys, one materialisation (or failure) per key, yielded as each
+    key is done (the caller yields them on to Dagster).
 
     Shared by the asset (UI launches, backfills, `s3sync sync`) and the sensors' sync job, so both
     record the same per-key materialisations of the same partitions.
@@ -127,27 +160,23 @@ def index_partitions(
     if stamped:
         context.log.info(f"source '{spec.name}': {stamped} chunk(s) of it recorded as project '{spec.project}'")
 
-    def record(report: KeyReport, partition_key: str | None = None) -> None:
+    def record(report: KeyReport, partition_key: str | None = None) -> Iterator[Said]:
+        """What the run's log gets for one key: its materialisation (or failure), with any lines first."""
         partition_key = partition_key or keys.to_partition_key(report.object_key)
         if report.status == "ignored":  # a document in metadata mode: not a partition; its metadata files are
-            context.log.info(report.message)
+            yield "info", report.message
             return
         if report.status == "failed":
-            context.log.error(f"object '{report.object_key}' failed: {report.message}")
-            context.log_event(
-                dg.AssetObservation(
-                    asset_key=asset_key, partition=partition_key, metadata={"error": report.message, "status": "failed"}
-                )
+            yield "error", f"object '{report.object_key}' failed: {report.message}"
+            yield dg.AssetObservation(
+                asset_key=asset_key, partition=partition_key, metadata={"error": report.message, "status": "failed"}
             )
             return
         for warning in report.warnings:
-            context.log.warning(warning)
-        # No log line per key: the materialisation below is the run log's entry for it (with its
-        # metadata), and every event costs a write to the event log (~30 ms each on SQLite).
-        context.log_event(
-            dg.AssetMaterialization(asset_key=asset_key, partition=partition_key, metadata=_key_metadata(report))
-        )
-        failpoints.reached("run:reported")  # a test's kill -9 of the run, its first key's outcome stored
+            yield "warning", warning
+        # No log line per key: the materialisation is the run log's entry for it (with its metadata), and
+        # every event costs a write to the event log (~30 ms each on SQLite).
+        yield dg.AssetMaterialization(asset_key=asset_key, partition=partition_key, metadata=_key_metadata(report))
 
     if invocation is not None and invocation.custom_id is not None and len(partition_keys) > 1:
         raise dg.Failure(
@@ -158,22 +187,44 @@ def index_partitions(
             allow_retries=False,
         )
     for report in refused:
-        record(report, partition_key=report.object_key)
+        yield from _told(context, record(report, partition_key=report.object_key))
     embed = embedding.embedding_function()
     # Worker processes start only if a document turns up, and stay warm for the process's next runs.
     pool = DocumentPool.shared(documents.workers)
-    with chroma.write_lock():
-        reports = refused + sync_keys(
-            client,
-            spec,
-            collection_for,
-            embed,
-            object_keys,
-            on_report=record,
-            pool=pool,
-            invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
-            links=InstanceMetaLinks(context.instance, spec.name),
-        )
+    # The keys sync in a thread of their own while this one hands each key's events to Dagster as it is
+    # reported: Dagster writes an op's logged events only when the op yields, so a run's materialisations
+    # (and the progress counted from them, commands/progress.py) would otherwise all arrive at its end.
+    said: queue.SimpleQueue[Said | None] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def reported(report: KeyReport) -> None:
+        for item in record(report):
+            said.put(item)
+
+    def synced() -> list[KeyReport]:
+        try:
+            return sync_keys(
+                client,
+                spec,
+                collection_for,
+                embed,
+                object_keys,
+                on_report=reported,
+                pool=pool,
+                invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
+                links=InstanceMetaLinks(context.instance, spec.name),
+                stop=stop,
+            )
+        finally:
+            said.put(None)
+
+    with chroma.write_lock(), ThreadPoolExecutor(1, thread_name_prefix="s3sync-sync") as syncing:
+        running = syncing.submit(synced)
+        try:
+            yield from _told(context, _until_done(said))
+        finally:
+            stop.set()  # the run stopped early (terminated, interrupted): begin no further key
+        reports = refused + running.result()
     if source.forget_deleted_keys:
         forget_removed(context.instance, spec, client, reports)
     counts = Counter(report.status for report in reports)

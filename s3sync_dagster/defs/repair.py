@@ -7,11 +7,13 @@ Metadata files waiting for their document are synced only if no sync has recorde
 they name yet (so that its upload completes them).
 """
 
+from collections.abc import Iterator
+
 import dagster as dg
 from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.config import SourceConfig
-from s3sync_dagster.defs.assets import index_partitions
+from s3sync_dagster.defs.assets import KeyEvent, index_partitions
 from s3sync_dagster.defs.checks import audited_collections, drift_of
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_partitions
@@ -111,8 +113,9 @@ def repair_drift(
     chroma: ChromaResource,
     embedding: EmbeddingResource,
     documents: DocumentsResource,
-) -> None:
-    """The repair job's run: the given keys (else what an audit finds) are synced, unselected chunks deleted."""
+) -> Iterator[KeyEvent]:
+    """The repair job's run: the given keys (else what an audit finds) are synced, unselected chunks deleted;
+    each key's event yielded as it is done."""
     object_keys, unselected = config.object_keys, config.unselected
     misplaced, foreign, indexes = config.misplaced, config.foreign, config.lexicon
     if object_keys is None:
@@ -146,4 +149,6 @@ def repair_drift(
     if not object_keys:
         return
     partitions = register_new(context.instance, source, object_keys)
-    index_partitions(context, source, partitions, s3=s3, chroma=chroma, embedding=embedding, documents=documents)
+    yield from index_partitions(
+        context, source, partitions, s3=s3, chroma=chroma, embedding=embedding, documents=documents
+    )

@@ -12,7 +12,7 @@ import dagster as dg
 
 from s3sync_dagster.config import ResourceKeysConfig, SourceConfig
 from s3sync_dagster.defs import names
-from s3sync_dagster.defs.assets import index_partitions
+from s3sync_dagster.defs.assets import KeyEvent, index_partitions
 from s3sync_dagster.defs.backfill import request_backfill
 from s3sync_dagster.defs.checks import drift_check, index_check
 from s3sync_dagster.defs.repair import repair_drift
@@ -60,15 +60,14 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
         # The run's tags are the launcher's (a UI backfill has none of ours): the pool is the op's own.
         pool=names.pool_name(source.name),
     )
-    def documents_asset(context: dg.AssetExecutionContext, config: InvocationConfig) -> Iterator[dg.Output[None]]:
-        index_partitions(
+    def documents_asset(context: dg.AssetExecutionContext, config: InvocationConfig) -> Iterator[KeyEvent]:
+        yield from index_partitions(
             context,
             source,
             context.partition_keys,
             **taking(context, "s3", "chroma", "embedding", "documents"),
             invocation=config.invocation(),
         )
-        yield from ()
 
     @dg.asset_check(
         asset=asset_key,
@@ -105,8 +104,8 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
         required_resource_keys=writing,
         out=no_value,
     )
-    def repair_keys(context: dg.OpExecutionContext, config: RepairConfig) -> None:
-        repair_drift(context, source, config, **taking(context, "s3", "chroma", "embedding", "documents"))
+    def repair_keys(context: dg.OpExecutionContext, config: RepairConfig) -> Iterator[KeyEvent]:
+        yield from repair_drift(context, source, config, **taking(context, "s3", "chroma", "embedding", "documents"))
 
     @dg.job(name=names.repair_job_name(source.name), tags={SOURCE_TAG: source.name, TRIGGER_TAG: "repair"})
     def repair_job() -> None:
@@ -156,9 +155,9 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
             required_resource_keys=writing,
             out=no_value,
         )
-        def sync_keys(context: dg.OpExecutionContext, config: SyncKeysConfig) -> None:
+        def sync_keys(context: dg.OpExecutionContext, config: SyncKeysConfig) -> Iterator[KeyEvent]:
             partition_keys = [object_keys.to_partition_key(object_key) for object_key in config.object_keys]
-            index_partitions(
+            yield from index_partitions(
                 context, source, partition_keys, **taking(context, "s3", "chroma", "embedding", "documents")
             )
 

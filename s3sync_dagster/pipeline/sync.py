@@ -211,6 +211,7 @@ def sync_keys(
     invocations: Mapping[str, Invocation] | None = None,
     links: MetaLinks | None = None,
     ahead: int = STAGE_AHEAD,
+    stop: threading.Event | None = None,
 ) -> list[KeyReport]:
     """Sync many keys; a key that fails is reported as failed and never stops the others.
 
@@ -222,6 +223,9 @@ def sync_keys(
     (settle), as any sync is. With a pool, documents are converted in its worker processes; a few
     conversions are kept in flight so every core stays busy. A document's sync also syncs the metadata
     files that name it (links), after it; in metadata mode only they index it.
+
+    stop: once set (the run is being stopped), no further key is begun, conversions in flight are cancelled
+    and objects waiting for a shared write are dropped; what was reported stays reported.
     """
     links = links if links is not None else InMemoryMetaLinks()
     worklist = deque(dict.fromkeys(object_keys))
@@ -340,6 +344,7 @@ def sync_keys(
 
     def drain_one() -> None:
         fetched, future = in_flight.popleft()
+        new_objects.wait_for(future)  # the new objects prepared meanwhile are written, not held behind it
         try:
             mark = time.perf_counter()
             extracted = documents.result_of(
@@ -358,7 +363,9 @@ def sync_keys(
             drain_one()
 
     def take_staged(object_key: str) -> None:
-        result = staged.pop(object_key).result()
+        future = staged.pop(object_key)
+        new_objects.wait_for(future)
+        result = future.result()
         held.release(result.held)
         if result.error is not None:
             failed(object_key, result.error, result.started)
@@ -399,8 +406,11 @@ def sync_keys(
         except Exception as error:  # one bad object fails its own key, never the others
             failed(object_key, error, started)
 
+    def stopping() -> bool:
+        return stop is not None and stop.is_set()
+
     try:
-        while worklist:
+        while worklist and not stopping():
             if stager is not None:
                 stage_ahead()
             object_key = worklist.popleft()
@@ -412,10 +422,13 @@ def sync_keys(
                     failed(object_key, error, started)
                 continue
             sync_one(object_key, started)
-        while in_flight:
+        while in_flight and not stopping():
             drain_one()
-        new_objects.flush()
+        if not stopping():
+            new_objects.flush()
     finally:
+        for _, future in in_flight:  # left only when stopped
+            future.cancel()
         if stager is not None:
             held.close()  # a staging thread waiting for room stops waiting
             stager.shutdown(wait=True, cancel_futures=True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
+from typing import Any
 
 from s3sync_dagster.pipeline import chunk, events, extract, index, keys
 from s3sync_dagster.pipeline.fetch import Fetched, own_chunks
@@ -180,6 +182,10 @@ def finish(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec, emb
 # size up to a few hundred records: 1,000 per-object upserts were 20% of a bulk sync; benchmarks/).
 BATCH_CHUNKS = 256
 BATCH_OBJECTS = 64
+# ... unless the sync has to wait on something else (a document's conversion, a key read ahead) while they have
+# waited this long: then they are written, and their keys reported, instead of waiting on with it. A slow PDF
+# does not hold back the keys prepared before it (nor a run's progress); a sync that never waits keeps full batches.
+PATIENCE_S = 1.0
 
 
 def batch_is_full(chunks: int, objects: int) -> bool:
@@ -201,6 +207,7 @@ class NewObjects:
         self._embed, self._done, self._failed, self._written = embed, done, failed, written
         self._waiting: list[Prepared] = []
         self._chunks = 0
+        self._since = 0.0  # when the first of the waiting objects came
 
     def takes(self, prepared: Prepared) -> bool:
         fetched = prepared.fetched
@@ -217,7 +224,19 @@ class NewObjects:
             return bool(self._waiting)
         return any(object_key in (p.fetched.report.object_key, p.fetched.report.document_key) for p in self._waiting)
 
+    def wait_for(self, future: Future[Any]) -> None:
+        """Return once `future` is done, writing the objects waiting here first if they have waited PATIENCE_S
+        by then: the keys already prepared are reported while a slow one is still read or converted."""
+        if not self._waiting or future.done():
+            return
+        wait([future], timeout=max(0.0, PATIENCE_S - (time.perf_counter() - self._since)))
+        if not future.done():
+            self.flush()
+        wait([future])
+
     def add(self, prepared: Prepared) -> None:
+        if not self._waiting:
+            self._since = time.perf_counter()
         self._waiting.append(prepared)
         self._chunks += len(prepared.records)
         if batch_is_full(self._chunks, len(self._waiting)):
