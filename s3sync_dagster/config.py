@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 import re
 from pathlib import Path
@@ -828,7 +830,13 @@ def component_schema() -> dict[str, Any]:
     """What `dg check yaml` checks a component's attributes against, and `s3sync` too: AppConfig's JSON schema,
     where a value may also be written as AppConfig's own validators take it (`embedding: default`, a function's
     name) or as a Dagster template wherever free text is not what the field takes (a number, a flag, a choice,
-    a name with a pattern). Whatever the schema lets through is then validated by AppConfig, rendered."""
+    a name with a pattern). Whatever the schema lets through is then validated by AppConfig, rendered. A copy:
+    the caller may change it."""
+    return copy.deepcopy(_component_schema())
+
+
+@functools.cache
+def _component_schema() -> dict[str, Any]:
     schema = AppConfig.model_json_schema()
     embedding = schema["properties"]["embedding"]
     schema["properties"]["embedding"] = {"anyOf": [embedding, {"type": "string", "description": "a function's name"}]}
@@ -855,13 +863,18 @@ def _templated(node: Any) -> Any:
     return out
 
 
+@functools.cache
+def _component_validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(_component_schema())
+
+
 def schema_problems(attributes: Any, origin: str, lines: Lines) -> list[str]:
     """A component's attributes against component_schema(), each problem as `dg check yaml` prints it:
     `FILE:LINE - attributes.PATH MESSAGE`."""
-    from jsonschema import Draft202012Validator
-
     problems = []
-    for error in sorted(Draft202012Validator(component_schema()).iter_errors(attributes), key=lambda e: list(e.path)):
+    for error in sorted(_component_validator().iter_errors(attributes), key=lambda e: list(e.path)):
         loc = tuple(error.path)
         where = ".".join(["attributes", *(str(part) for part in loc)])
         problems.append(f"{origin}:{line_of(lines, loc) or 1} - {where} {_message(error)}")

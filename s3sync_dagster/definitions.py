@@ -13,6 +13,7 @@ import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
 from s3sync_dagster.config import (
+    COMPONENT_FILES,
     COMPONENT_TYPE,
     DEFAULT_CHROMA_PATH,
     AppConfig,
@@ -187,8 +188,11 @@ class S3ChromaSync(dg.Component):
         # As written, checked as `dg check yaml` checks it (for `dg check defs --no-check-yaml`, `dg dev` and
         # `s3sync`); Dagster's templates then rendered, and the values validated by AppConfig, file and line named.
         raw = attributes.model_dump(mode="json", exclude_unset=True) if attributes is not None else {}
-        origin = component_file(context.component_path.file_path) or context.component_path.file_path
-        lines = yaml_lines(Path(origin).read_text(encoding="utf-8"), under=("attributes",)) if origin.is_file() else {}
+        path = Path(context.component_path.file_path)
+        origin = (
+            next((path / name for name in COMPONENT_FILES if (path / name).is_file()), path) if path.is_dir() else path
+        )
+        lines = yaml_lines(origin.read_text(encoding="utf-8"), under=("attributes",)) if origin.is_file() else {}
         problems = schema_problems(raw, str(origin), lines)
         if problems:
             raise ConfigError("\n".join([f"{origin}: {len(problems)} problem(s):", *problems]))
