@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,8 +163,9 @@ def test_a_resident_process_answers_later_queries_and_sees_other_writers(
     answers the next ones as it would, importing nothing on the caller's side, and sees what another process
     writes to the store after it opened it (an embedded client keeps its index in memory)."""
     config, path = searched
-    run_dir = tmp_path / "run"
-    run_dir.mkdir(mode=0o700)
+    # A short folder, as $XDG_RUNTIME_DIR is (/run/user/UID): a socket's path may hold 107 bytes, and tmp_path
+    # under pytest-xdist is longer than that allows.
+    run_dir = Path(tempfile.mkdtemp(prefix="s3q-"))
     env = dict(
         os.environ, S3SYNC_QUERY_SERVER="1", XDG_RUNTIME_DIR=str(run_dir), S3SYNC_QUERY_IDLE_SECONDS="120",
         S3SYNC_TEST_KEY_ID=TEST_KEY_ID, S3SYNC_TEST_SECRET=TEST_SECRET,
@@ -187,7 +190,7 @@ def test_a_resident_process_answers_later_queries_and_sees_other_writers(
         while served() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         before = served()
-        assert before is not None, (run_dir / "s3sync-0").iterdir()
+        assert before is not None, [(p.name, p.read_text()[-2000:]) for p in run_dir.glob("*/*.log")]
         assert query("RT-7788 hold the reset pin") == ["manuals/router.txt"]
         assert served() == before + 1
         # The caller imports none of chromadb, Dagster or the config on that path.
@@ -220,3 +223,10 @@ def test_a_resident_process_answers_later_queries_and_sees_other_writers(
         stopped = json.loads(s3sync("query-server", "stop", "--json").stdout)
     assert "pid" in stopped and not stopped["running"]
     assert served() is None
+    shutil.rmtree(run_dir)
+    # A socket path too long to bind: no resident process, and the reason; queries are answered in their own.
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / ("long-" * 20))
+    Path(env["XDG_RUNTIME_DIR"]).mkdir(mode=0o700)
+    refused = json.loads(s3sync("query-server", "start", "--json").stdout)
+    assert not refused["running"] and "longer than 103 bytes" in refused["why"], refused
+    assert query("RT-7788 hold the reset pin") == ["manuals/router.txt"]

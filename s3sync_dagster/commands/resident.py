@@ -39,6 +39,9 @@ START_WAIT_SECONDS = 120.0  # how long `s3sync query-server start` waits for the
 # Variables a shell changes between two commands without changing what a query means: not in the digest.
 VOLATILE = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES", "PYTEST_CURRENT_TEST", SERVER_ENV})
 PACKAGE = Path(__file__).resolve().parent.parent
+# A Unix socket's path may hold 107 bytes on Linux, 103 on macOS: past that, bind() fails and queries are answered
+# in their own process.
+MAX_SOCKET_PATH = 103
 
 
 def enabled() -> bool:
@@ -96,8 +99,8 @@ def ask(request: dict[str, Any], where: Path | None = None, timeout: float = 300
 def start(where: Path, environment: dict[str, str], warm: Sequence[str] | None = None) -> bool:
     """Start the resident process of socket `where` in the background, in `environment` (the one `where` is the
     digest of), warmed with the query `warm` if given; False when it cannot be (a socket folder that is not
-    the user's alone)."""
-    if _private_folder() is None:
+    the user's alone, a socket path too long to bind)."""
+    if _private_folder() is None or len(os.fsencode(where)) > MAX_SOCKET_PATH:
         return False
     log = open(where.with_suffix(".log"), "ab")  # noqa: SIM115 -- handed to the child, closed here after
     try:
@@ -135,7 +138,11 @@ def control(action: str) -> dict[str, Any]:
     environment, where = _launched or (dict(os.environ), address())
     if action == "start" and ask({"control": "status"}, where) is None:
         if not start(where, environment):
-            return {"running": False, "why": f"{folder()} is not this user's alone"}
+            if len(os.fsencode(where)) > MAX_SOCKET_PATH:
+                why = f"the socket path {where} is longer than {MAX_SOCKET_PATH} bytes: set XDG_RUNTIME_DIR shorter"
+            else:
+                why = f"{folder()} is not this user's alone"
+            return {"running": False, "why": why}
         deadline = time.monotonic() + START_WAIT_SECONDS
         while ask({"control": "status"}, where) is None and time.monotonic() < deadline:
             time.sleep(0.1)
