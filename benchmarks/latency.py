@@ -16,10 +16,11 @@ from typing import Any
 import boto3
 import yaml
 
-from benchmarks import common
+from benchmarks import common, latency_floor
 from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 
 WAIT_S = 300
+FLOOR_BUCKET = "latency-floor"
 
 
 @contextmanager
@@ -80,7 +81,7 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
-def _run_stages(instance: Any, run_id: str) -> dict[str, float]:
+def _run_stages(instance: Any, run_id: str, sent_tag: str | None = None) -> dict[str, float]:
     """Epoch seconds at which the run reached each stage (from its own events), and its materialisations."""
     import dagster as dg
 
@@ -88,7 +89,7 @@ def _run_stages(instance: Any, run_id: str) -> dict[str, float]:
 
     record = instance.get_run_record_by_id(run_id)
     stages: dict[str, float] = {"run_created": record.create_timestamp.timestamp()}
-    sent = record.dagster_run.tags.get(SQS_SENT_TAG)
+    sent = record.dagster_run.tags.get(sent_tag or SQS_SENT_TAG)
     if sent and int(sent) > 0:
         stages["sqs_sent"] = int(sent) / 1000
     for entry in instance.all_logs(run_id):
@@ -121,7 +122,7 @@ def _written_at(instance: Any, run_id: str) -> dict[str, tuple[float, float]]:
 
 
 def measure(
-    endpoint_url: str, workdir: Path, uploads: int = 30, spacing_s: float = 3.0, burst: int = 100
+    endpoint_url: str, workdir: Path, uploads: int = 30, spacing_s: float = 8.0, burst: int = 100
 ) -> dict[str, Any]:
     """Single uploads `spacing_s` apart (each timed from PutObject's return to a query finding its chunk),
     then a burst of uploads at once; every stage of each single upload from its run's events."""
@@ -132,6 +133,21 @@ def measure(
     s3 = common.s3_client(endpoint_url)
     s3.create_bucket(Bucket=bucket)
     queue_url = notifying_queue(endpoint_url, bucket)
+    # The floor (benchmarks/latency_floor.py): its own bucket and queue, its own code location in the same daemon.
+    s3.create_bucket(Bucket=FLOOR_BUCKET)
+    floor_queue_url = notifying_queue(endpoint_url, FLOOR_BUCKET)
+    workdir.mkdir(parents=True, exist_ok=True)
+    workspace = workdir / "workspace.yaml"
+    workspace.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {"python_module": {"module_name": module, "working_directory": str(common.REPO)}}
+                    for module in ("s3sync_dagster.definitions", "benchmarks.latency_floor")
+                ]
+            }
+        )
+    )
     home = common.dagster_home(workdir / "home")
     with chroma_server(workdir / "chroma-server") as port:
         config_file = workdir / "latency.yaml"
@@ -156,9 +172,10 @@ def measure(
             )
         )
         env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file))
+        env |= {latency_floor.FLOOR_QUEUE_ENV: floor_queue_url, latency_floor.FLOOR_ENDPOINT_ENV: endpoint_url}
         log = workdir / "daemon.log"
         daemon = subprocess.Popen(
-            [str(common.BIN / "dagster-daemon"), "run", "-w", str(common.REPO / "workspace.yaml")],
+            [str(common.BIN / "dagster-daemon"), "run", "-w", str(workspace)],
             cwd=common.REPO,
             env=env,
             stdout=log.open("wb"),
@@ -187,21 +204,30 @@ def measure(
                     queryable_at.setdefault(str(metadata["object_key"]), now)
                 time.sleep(0.1)
 
-        def upload(object_key: str) -> None:
-            s3.put_object(Bucket=bucket, Key=object_key, Body=f"{object_key} reached the index\n".encode())
+        def upload(object_key: str, into: str = bucket) -> None:
+            s3.put_object(Bucket=into, Key=object_key, Body=f"{object_key} reached the index\n".encode())
             put_at[object_key] = time.time()
 
         try:
-            # A warm-up upload: the daemon's start (code server, first sensor tick) is not latency.
+            # A warm-up upload each: the daemon's start (code servers, first sensor ticks) is not latency.
             upload("warmup/file.txt")
+            upload("floor-warmup/file.txt", FLOOR_BUCKET)
             watch(["warmup/file.txt"], WAIT_S)
+            _floor_done(home, ["floor-warmup/file.txt"], WAIT_S)
             singles = [f"single/file-{number:03d}.txt" for number in range(uploads)]
-            watcher = threading.Thread(target=watch, args=(singles, WAIT_S + uploads * spacing_s), daemon=True)
+            floors = [f"floor/file-{number:03d}.txt" for number in range(uploads)]
+            watcher = threading.Thread(target=watch, args=(singles, WAIT_S + 2 * uploads * spacing_s), daemon=True)
             watcher.start()
-            for object_key in singles:
-                upload(object_key)
+            # Ours and the floor's in turn, `spacing_s` apart: each sees the same machine, daemon and queue, and the
+            # runs do not overlap (a run's process start takes most of 2 cores for seconds: 4 s apart, each run
+            # slowed the next and a queue built up; it measured that, not an upload's latency).
+            for ours, floors_key in zip(singles, floors, strict=True):
+                upload(ours)
+                time.sleep(spacing_s)
+                upload(floors_key, FLOOR_BUCKET)
                 time.sleep(spacing_s)
             watcher.join()
+            floor_at = _floor_done(home, floors, WAIT_S)
             bursts = [f"burst/file-{number:03d}.txt" for number in range(burst)]
             burst_started = time.time()
             for object_key in bursts:
@@ -217,6 +243,7 @@ def measure(
                 daemon.wait()
     latencies = [queryable_at[key] - put_at[key] for key in singles]
     stages = _stages_of_singles(home, singles, put_at, queryable_at)
+    floor_latencies = [floor_at[key] - put_at[key] for key in floors]
     return {
         "uploads": len(latencies),
         "spacing_s": spacing_s,
@@ -228,7 +255,67 @@ def measure(
         "burst": burst,
         "burst_all_queryable_s": burst_s,
         "stages_median_s": stages,
+        "floor": {
+            "median_s": common.median(floor_latencies),
+            "p95_s": _percentile(floor_latencies, 0.95),
+            "all_s": [round(value, 2) for value in floor_latencies],
+            "stages_median_s": _stages_of_floor(home, floors, put_at),
+        },
     }
+
+
+def _floor_runs(instance: Any) -> dict[str, str]:
+    """The floor's partition -> its latest run's id, for the runs that materialised it."""
+    import dagster as dg
+
+    done: dict[str, str] = {}
+    for record in instance.fetch_materializations(dg.AssetKey("floor"), limit=10_000).records:
+        if record.partition_key is not None:
+            done.setdefault(record.partition_key, record.run_id)
+    return done
+
+
+def _floor_done(home: Path, object_keys: list[str], deadline_s: float) -> dict[str, float]:
+    """Wait until the floor's asset has materialised each key; when each was, in epoch seconds."""
+    import dagster as dg
+
+    deadline = time.monotonic() + deadline_s
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        while True:
+            at = {
+                str(record.partition_key): record.timestamp
+                for record in instance.fetch_materializations(dg.AssetKey("floor"), limit=10_000).records
+                if record.partition_key in object_keys
+            }
+            if len(at) == len(object_keys):
+                return at
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(object_keys) - len(at)} floor upload(s) not materialised")
+            time.sleep(0.2)
+
+
+def _stages_of_floor(home: Path, object_keys: list[str], put_at: dict[str, float]) -> dict[str, float]:
+    """Median seconds after PutObject at which each floor upload reached each stage ('written': materialised)."""
+    offsets: dict[str, list[float]] = {name: [] for name, _ in STAGES}
+    with dg_instance(home) as instance:
+        runs = _floor_runs(instance)
+        written = _floor_done(home, object_keys, 0)
+        for object_key in object_keys:
+            reached = {
+                **_run_stages(instance, runs[object_key], latency_floor.SENT_TAG),
+                "written": written[object_key],
+            }
+            for name, at in reached.items():
+                offsets[name].append(at - put_at[object_key])
+    return {name: round(common.median(values), 2) for name, values in offsets.items() if values}
+
+
+@contextmanager
+def dg_instance(home: Path) -> Iterator[Any]:
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance
 
 
 def _stages_of_singles(

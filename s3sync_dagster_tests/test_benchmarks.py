@@ -44,6 +44,10 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert incremental["after_change"]["keys"] == incremental["changed"] + incremental["deleted"]
     assert raw["latency"]["uploads"] == 1 and raw["latency"]["burst"] == 3
     assert raw["latency"]["stages_median_s"]["queryable"] > raw["latency"]["stages_median_s"]["run_created"]
+    # The floor: a run of an asset that does nothing, through the same daemon, measured beside ours.
+    floor = raw["latency"]["floor"]
+    assert floor["median_s"] > 0 and floor["stages_median_s"]["written"] >= floor["stages_median_s"]["run_created"]
+    assert "| ours / floor |" in text
     assert raw["inrun"]["in_run"]["texts"] == raw["inrun"]["bare"]["texts"] > 0
     assert raw["inrun"]["changed"]["runs"] == 1
     # The before/after measurements wrote the same chunks both ways and compared real vectors.

@@ -22,6 +22,14 @@ from s3sync_dagster.pipeline import events, keys, objects
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
 READ_BUDGET_S = 25.0
+# How long an SQS tick waits for the first message (SQS's long poll; it answers at once when one comes). The
+# daemon starts sensor ticks every 5 s at most (Dagster's sensor loop) and none while the sensor's last is still
+# running: a 4 s wait ends before the next loop, so the queue is read about 4 s of every 5, an upload's event is
+# seen the moment it lands most of the time, and an idle queue gets one request per tick.
+FIRST_WAIT_S = 4
+# The sensor's minimum_interval_seconds: not what paces it (the long poll and the daemon's loop do), so that a
+# tick is started at every loop once the last one has ended.
+SQS_TICK_INTERVAL_S = 1
 # Messages awaiting deletion travel in the sensor's cursor (their receipt handles): a bound on its size.
 MAX_MESSAGES_PER_TICK = 1000
 LIST_PAGE_SIZE = 1000  # ListObjectsV2's own maximum
@@ -53,7 +61,7 @@ def receive_messages(
             break
         # A long wait only while nothing has arrived yet (an upload during it is seen at once); once
         # messages flow, polls that do not wait drain the rest, and the first empty one ends the read.
-        wait = min(5, int(remaining) - 1) if not messages else 0
+        wait = min(FIRST_WAIT_S, int(remaining) - 1) if not messages else 0
         response = client.receive_message(
             QueueUrl=queue_url,
             MaxNumberOfMessages=10,

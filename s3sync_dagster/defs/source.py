@@ -18,7 +18,7 @@ from s3sync_dagster.defs.checks import drift_check, index_check
 from s3sync_dagster.defs.repair import repair_drift
 from s3sync_dagster.defs.resources import required, taken
 from s3sync_dagster.defs.run_config import BackfillConfig, InvocationConfig, RepairConfig, SyncKeysConfig
-from s3sync_dagster.defs.sensors import poll_tick, sqs_tick
+from s3sync_dagster.defs.sensors import SQS_TICK_INTERVAL_S, poll_tick, sqs_tick
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import keys as object_keys
 
@@ -179,7 +179,7 @@ def _sensors(source: SourceConfig, job: dg.JobDefinition, keys: ResourceKeysConf
         @dg.sensor(
             name=names.sqs_sensor_name(source.name),
             job=job,
-            minimum_interval_seconds=5,
+            minimum_interval_seconds=SQS_TICK_INTERVAL_S,
             # A user who configured auto-sync expects it on as soon as `dagster dev` starts.
             default_status=dg.DefaultSensorStatus.RUNNING,
             description=f"S3 event notifications for source '{source.name}' ({source.auto_sync} mode) from SQS.",
