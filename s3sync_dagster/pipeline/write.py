@@ -225,8 +225,9 @@ class NewObjects:
         return any(object_key in (p.fetched.report.object_key, p.fetched.report.document_key) for p in self._waiting)
 
     def wait_for(self, future: Future[Any]) -> None:
-        """Return once `future` is done, writing the objects waiting here first if they have waited PATIENCE_S
-        by then: the keys already prepared are reported while a slow one is still read or converted."""
+        """Before the caller waits on `future`: if it is not done and objects wait here, wait for it until they
+        have waited PATIENCE_S, then write them and wait on; the keys already prepared are reported while a slow
+        one is still read or converted. With nothing waiting here, returns at once (the caller waits)."""
         if not self._waiting or future.done():
             return
         wait([future], timeout=max(0.0, PATIENCE_S - (time.perf_counter() - self._since)))
