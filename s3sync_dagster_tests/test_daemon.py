@@ -192,6 +192,10 @@ class LiveSource:
             time.sleep(1)
 
 
+# The key under which Dagster's event-log consumer (run retries) keeps its place in the log of run failures.
+RETRY_CURSOR = f"EVENT_LOG_CONSUMER_CURSOR-{dg.DagsterEventType.RUN_FAILURE.value}"
+
+
 def expected_chunks(files: dict[str, str]) -> dict[str, str]:
     return {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
 
@@ -247,6 +251,14 @@ def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_retried(
                         return record.dagster_run.run_id, worker[0]
                 return None
 
+            # Dagster's retries come from the daemon's event-log consumer, which on its first look ever starts at
+            # the log's end ("No cursor ..., ignoring older events"). Killed before that first look (a loaded
+            # machine), the restarted daemon would skip the failure it is about to record: Dagster's design, not
+            # ours. Kill only once the consumer has its place in the log.
+            live.wait_until(
+                "the daemon's retry consumer reading the event log",
+                lambda: bool(instance.daemon_cursor_storage.get_cursor_values({RETRY_CURSOR})),
+            )
             live.wait_until("a run in progress", lambda: worker_in_progress() is not None)
             found = worker_in_progress()
             assert found is not None
