@@ -353,6 +353,10 @@ class SourceConfig(_Model):
     # How long a received event stays hidden from other readers. Its message is deleted only once the
     # runs it asked for exist (a later tick); a tick that dies before has it delivered again after this.
     sqs_visibility_timeout_seconds: int = Field(default=300, ge=10, le=43200)
+    # After its keys, the SQS sensor's run reads the queue itself this long since its last event, syncing each new
+    # one at once (a fraction of a second) instead of leaving it to a new run (seconds to start); the sensor
+    # leaves the queue to that run meanwhile. It gives its run slot up early when another run is queued. 0: off.
+    sqs_linger_seconds: int = Field(default=60, ge=0, le=3600)
     poll_interval_seconds: int | None = Field(default=None, ge=1)  # prefix polling; absent: none
     document_limit: int | None = Field(default=None, ge=1)  # at most this many keys are registered
     # Keys per run for backfills, `s3sync sync` and the sensors: one run start-up is shared by these.

@@ -99,6 +99,7 @@ attributes:
       # Auto-sync: S3 event notifications through SQS (every upload, or only .meta.json files) ...
       # auto_sync: direct                                     # with sqs_queue_url
       # sqs_queue_url: https://sqs.us-east-1.amazonaws.com/123456789012/my-queue
+      # sqs_linger_seconds: 60          # the run then reads the queue itself this long: new uploads in < 1 s
       # ... or polling the prefix for new, changed and deleted objects:
       # poll_interval_seconds: 300
       # keys_per_run: 100

@@ -135,6 +135,10 @@ def make_config(tmp_path: Path, moto_endpoint: str) -> ConfigFactory:
             "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
         }
         entry.update(source)
+        if "auto_sync" in source:
+            # The sensor's run ends with its keys, as a test of anything else expects; test_sensors' linger tests
+            # (and the benchmarks) read the queue from the run as the default does.
+            entry.setdefault("sqs_linger_seconds", 0)
         path = tmp_path / "s3sync.yaml"
         path.write_text(yaml.safe_dump({"chroma": {"path": "chroma"}, "sources": [entry]}), encoding="utf-8")
         return load_config(path), path

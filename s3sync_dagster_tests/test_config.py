@@ -283,7 +283,7 @@ def test_every_hint_the_scaffold_writes_is_valid_uncommented_for_dg_and_for_s3sy
     assert S3ChromaSync.get_model_cls().model_json_schema() == component_schema()
     text = scaffolded(tmp_path)
     hints = [n for n, line in enumerate(text.splitlines()) if HINT.match(line)]
-    assert len(hints) == 18, text
+    assert len(hints) == 19, text
     for position in hints:
         variant = uncommented(text, position)
         attributes = yaml.safe_load(variant)["attributes"]

@@ -18,6 +18,7 @@ import yaml
 
 from s3sync_dagster.commands.local_s3 import LOOPBACK
 from s3sync_dagster.defs.monitor import worker_pid
+from s3sync_dagster.defs.sensors import IN_PROGRESS
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster_tests.conftest import Row, notifying_queue, put, store_chunks
 
@@ -59,6 +60,9 @@ def test_daemon_syncs_uploads_end_to_end(
                 "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
                 "auto_sync": "direct",
                 "sqs_queue_url": queue_url,
+                # The first upload's run reads the queue after it: the next uploads are that run's (short here, so
+                # that the run ends on its own within the test).
+                "sqs_linger_seconds": 10,
             }
         ],
     }
@@ -91,6 +95,17 @@ def test_daemon_syncs_uploads_end_to_end(
             query_texts=["upload number 0 reached the index"], n_results=1
         )
         assert hit["metadatas"][0][0]["object_key"] == "live/upload-0.txt"
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            # One run took every upload: the first from the sensor's tick, the others from the queue itself. It
+            # ends on its own once the queue has been quiet for sqs_linger_seconds.
+            deadline = time.monotonic() + WAIT_S
+            while instance.get_runs_count(dg.RunsFilter(statuses=IN_PROGRESS)):
+                assert time.monotonic() < deadline, "the run reading the queue did not end"
+                time.sleep(1)
+            runs = instance.get_runs(dg.RunsFilter(job_name="live_auto_sync"))
+            assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS], runs
+            written = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            assert len(written) == UPLOADS
     finally:
         daemon.terminate()
         try:
@@ -127,6 +142,8 @@ class LiveSource:
                     "sqs_queue_url": self.queue_url,
                     # Short, so a tick that died is redelivered within the test.
                     "sqs_visibility_timeout_seconds": 15,
+                    # Each run ends with its keys: these tests kill daemons and runs around the sensor's ticks.
+                    "sqs_linger_seconds": 0,
                 }
             ],
         }

@@ -71,6 +71,13 @@ class AutoSync:
     def store_chunks(self) -> list[tuple[str, str, str]]:
         return store_chunks(ChromaResource(path=self.config.chroma.path).client())
 
+    def chunks_or_none(self, object_key: str) -> dict[str, str] | None:
+        """Its chunks, or None while the collection does not exist yet (the first run makes it)."""
+        try:
+            return self.chunks(object_key)
+        except Exception:
+            return None
+
     def chunks(self, object_key: str, collection: str | None = None) -> dict[str, str]:
         found = self.collection(collection).get(where={"object_key": object_key})
         return dict(zip(found["ids"], found["documents"], strict=True))
@@ -252,6 +259,70 @@ def test_metadata_mode(
 
 def test_sensor_is_on_by_default(direct: AutoSync) -> None:
     assert direct.sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def run_events(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> list[Any]:
+    return [entry for entry in instance.all_logs(run_id, of_type=kind) if entry.dagster_event is not None]
+
+
+def test_the_sensors_run_reads_the_queue_after_its_keys_and_the_sensor_leaves_it_to_the_run(
+    make_config: ConfigFactory, s3: Any, bucket: str, sqs: Any, queue_url: str, instance: dg.DagsterInstance
+) -> None:
+    """The default: the tick's run, its keys done, syncs what the queue brings next itself (each key its own
+    materialisation and partition, each message deleted once its key is reported); the sensor meanwhile leaves
+    the queue to it, and reads it again once the run has seen no event for sqs_linger_seconds."""
+    import threading
+
+    config, _ = make_config(
+        bucket, path_prefix="in/", auto_sync="direct", sqs_queue_url=queue_url, sqs_linger_seconds=4
+    )
+    live = AutoSync(config, instance)
+    put(s3, bucket, {"in/first.txt": "the first upload\n"})
+    with dg.build_sensor_context(instance=instance, resources=live.defs.resources) as context:
+        result = sensor_tick(live.sensor, context)
+    live.cursor = result.cursor
+    [request] = result.run_requests or []
+    assert request.run_config["ops"]["docs_sync_keys"]["config"]["linger_seconds"] == 4
+    assert request.tags["s3sync/reads_queue"] == "true"
+    for partitions in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys or []))
+    outcome: list[dg.ExecuteInProcessResult] = []
+    run = threading.Thread(
+        target=lambda: outcome.append(
+            live.job.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags)
+        )
+    )
+    run.start()
+    deadline = time.monotonic() + 120
+    while not live.chunks_or_none("in/first.txt"):
+        assert time.monotonic() < deadline and run.is_alive(), "the run's own key was not indexed"
+        time.sleep(0.2)
+    # The run now reads the queue: later uploads are its, and the sensor leaves the queue alone.
+    put(s3, bucket, {"in/second.txt": "the second upload\n", "out/elsewhere.txt": "not the source's\n"})
+    time.sleep(1)
+    put(s3, bucket, {"in/third.txt": "the third upload\n"})
+    result, runs = live.tick()
+    assert runs == [] and result.skip_reason is not None
+    assert "reads the queue" in (result.skip_reason.skip_message or ""), result.skip_reason
+    run.join(timeout=120)
+    assert not run.is_alive() and outcome and outcome[0].success
+    run_id = outcome[0].run_id
+    materialized = {
+        entry.dagster_event.partition
+        for entry in run_events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    }
+    assert materialized == {keys.to_partition_key(k) for k in ("in/first.txt", "in/second.txt", "in/third.txt")}
+    assert set(instance.get_dynamic_partitions(partitions_name("docs"))) == materialized
+    assert list(live.chunks("in/third.txt").values()) == ["the third upload\n"]
+    said = [entry.user_message for entry in instance.all_logs(run_id)]
+    assert any("stopped reading its queue: no S3 event for 4 s" in line for line in said), said
+    # The run's messages are gone (the first tick's with the next tick); the sensor reads the queue again.
+    put(s3, bucket, {"in/fourth.txt": "the fourth upload\n"})
+    result, runs = live.tick()
+    assert [run.success for run in runs] == [True]
+    assert list(live.chunks("in/fourth.txt").values()) == ["the fourth upload\n"]
+    live.tick()
+    assert queue_depth(sqs, queue_url) == 0
 
 
 @pytest.fixture

@@ -32,6 +32,9 @@ class SyncKeysConfig(dg.Config):
     """Object keys to bring up to date: created or changed ones are indexed, deleted ones removed."""
 
     object_keys: list[str]
+    # Set by the SQS sensor (the source's sqs_linger_seconds): after these keys, the run reads the queue itself until
+    # it has seen no event this long (defs/linger.py).
+    linger_seconds: int = 0
 
 
 class RepairConfig(dg.Config):
@@ -65,8 +68,10 @@ class BackfillConfig(dg.Config):
     pattern: str = ""
 
 
-def sync_run_config(source_name: str, object_keys: list[str]) -> dg.RunConfig:
-    return dg.RunConfig(ops={sync_op_name(source_name): SyncKeysConfig(object_keys=object_keys)})
+def sync_run_config(source_name: str, object_keys: list[str], linger_seconds: int = 0) -> dg.RunConfig:
+    return dg.RunConfig(
+        ops={sync_op_name(source_name): SyncKeysConfig(object_keys=object_keys, linger_seconds=linger_seconds)}
+    )
 
 
 def repair_run_config(

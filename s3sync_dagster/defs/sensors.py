@@ -17,7 +17,7 @@ from s3sync_dagster.defs.names import partitions_name, register_requests
 from s3sync_dagster.defs.resources import S3Connections
 from s3sync_dagster.defs.run_config import sync_run_config
 from s3sync_dagster.defs.state import poll_state
-from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
+from s3sync_dagster.defs.tags import LINGER_TAG, SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import events, keys, objects
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
@@ -30,6 +30,15 @@ FIRST_WAIT_S = 4
 # The sensor's minimum_interval_seconds: not what paces it (the long poll and the daemon's loop do), so that a
 # tick is started at every loop once the last one has ended.
 SQS_TICK_INTERVAL_S = 1
+# The longest a run reads its source's queue after its keys (sqs_linger_seconds), counted from the run's creation;
+# the sensor leaves the queue to such a run no longer than this, whatever became of it.
+LINGER_MAX_S = 600
+IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 # Messages awaiting deletion travel in the sensor's cursor (their receipt handles): a bound on its size.
 MAX_MESSAGES_PER_TICK = 1000
 LIST_PAGE_SIZE = 1000  # ListObjectsV2's own maximum
@@ -47,9 +56,13 @@ def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
 
 
 def receive_messages(
-    client: Any, queue_url: str, visibility_timeout_s: int, budget_s: float = READ_BUDGET_S
+    client: Any,
+    queue_url: str,
+    visibility_timeout_s: int,
+    budget_s: float = READ_BUDGET_S,
+    first_wait_s: int = FIRST_WAIT_S,
 ) -> list[dict[str, Any]]:
-    """Long-poll the queue until it is drained or the budget is spent.
+    """Long-poll the queue (`first_wait_s` at most) until it is drained or the budget is spent.
 
     The budget stays well inside the visibility timeout, so no message comes back while its tick runs.
     """
@@ -61,7 +74,7 @@ def receive_messages(
             break
         # A long wait only while nothing has arrived yet (an upload during it is seen at once); once
         # messages flow, polls that do not wait drain the rest, and the first empty one ends the read.
-        wait = min(FIRST_WAIT_S, int(remaining) - 1) if not messages else 0
+        wait = min(first_wait_s, int(remaining) - 1) if not messages else 0
         response = client.receive_message(
             QueueUrl=queue_url,
             MaxNumberOfMessages=10,
@@ -77,7 +90,10 @@ def receive_messages(
 
 
 def delete_messages(
-    context: dg.SensorEvaluationContext, client: Any, queue_url: str, receipt_handles: Sequence[str]
+    context: dg.SensorEvaluationContext | dg.OpExecutionContext,
+    client: Any,
+    queue_url: str,
+    receipt_handles: Sequence[str],
 ) -> None:
     """Best effort: a message that stays is delivered again later, which is harmless (idempotent syncs)."""
     for start in range(0, len(receipt_handles), 10):
@@ -107,7 +123,7 @@ class KeptMessage:
 
 
 def plan_sync(
-    context: dg.SensorEvaluationContext,
+    context: dg.SensorEvaluationContext | dg.OpExecutionContext,
     source: SourceConfig,
     messages: Sequence[dict[str, Any]],
 ) -> tuple[list[str], list[str], list[KeptMessage]]:
@@ -135,7 +151,7 @@ def plan_sync(
 
 
 def plan_keys(
-    context: dg.SensorEvaluationContext, source: SourceConfig, wanted: dict[str, str]
+    context: dg.SensorEvaluationContext | dg.OpExecutionContext, source: SourceConfig, wanted: dict[str, str]
 ) -> tuple[list[str], list[str]]:
     """Which of the wanted keys to sync and which partitions to register (document_limit applied).
 
@@ -185,15 +201,25 @@ def _sync_result(
     run_key_seed: Sequence[str],
     trigger: str,
     extra_tags: dict[str, str] | None = None,
+    linger_seconds: int = 0,
 ) -> dg.SensorResult:
-    run_requests = [
-        dg.RunRequest(
-            run_key=hashlib.sha256("\n".join([*run_key_seed, *batch]).encode()).hexdigest()[:32],
-            run_config=sync_run_config(source.name, batch),
-            tags={SOURCE_TAG: source.name, TRIGGER_TAG: trigger, **(extra_tags or {})},
+    """The runs of these keys, keys_per_run each; with linger_seconds, the last one reads the queue after its keys."""
+    batches = list(_batches(to_sync, source.keys_per_run))
+    run_requests = []
+    for number, batch in enumerate(batches):
+        lingers = linger_seconds if number == len(batches) - 1 else 0
+        run_requests.append(
+            dg.RunRequest(
+                run_key=hashlib.sha256("\n".join([*run_key_seed, *batch]).encode()).hexdigest()[:32],
+                run_config=sync_run_config(source.name, batch, lingers),
+                tags={
+                    SOURCE_TAG: source.name,
+                    TRIGGER_TAG: trigger,
+                    **(extra_tags or {}),
+                    **({LINGER_TAG: "true"} if lingers else {}),
+                },
+            )
         )
-        for batch in _batches(to_sync, source.keys_per_run)
-    ]
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=register_requests(source.name, to_register),
@@ -253,12 +279,30 @@ def settle_pending(
     return waiting
 
 
+def reading_run(instance: dg.DagsterInstance, source: SourceConfig) -> str | None:
+    """The run of this source that reads its queue after its keys (or is about to), if one is in progress and
+    was made less than LINGER_MAX_S ago: the sensor leaves the queue to it."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={SOURCE_TAG: source.name, LINGER_TAG: "true"}, statuses=IN_PROGRESS), limit=1
+    )
+    for record in records:
+        if time.time() - record.create_timestamp.timestamp() < LINGER_MAX_S:
+            return record.dagster_run.run_id
+    return None
+
+
 def sqs_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Connections) -> dg.SensorResult:
     """Settle the messages of earlier ticks whose runs exist, read new ones, and request their runs."""
     assert source.sqs_queue_url is not None
     queue_url, visibility_s = source.sqs_queue_url, source.sqs_visibility_timeout_seconds
     client = s3.sqs_client(source.name)
     pending = settle_pending(context, client, queue_url, pending_deletes(context.cursor), visibility_s)
+    reader = reading_run(context.instance, source)
+    if reader is not None:
+        return dg.SensorResult(
+            skip_reason=f"run {reader} of source '{source.name}' reads the queue (sqs_linger_seconds)",
+            cursor=_cursor(pending),
+        )
     messages = receive_messages(client, queue_url, visibility_s)
     if not messages:
         return dg.SensorResult(skip_reason="no S3 events in the queue", cursor=_cursor(pending))
@@ -274,6 +318,7 @@ def sqs_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Co
         message_ids,
         f"sqs:{source.auto_sync}",
         {SQS_BATCH_TAG: batch, SQS_SENT_TAG: str(min(sent))},
+        source.sqs_linger_seconds,
     )
     # A kept message is never deleted, by this tick or a later one: it stays invisible for the visibility
     # timeout, is read (and reported) again after it, and leaves for the dead-letter queue in the end.
@@ -305,7 +350,9 @@ def _skip_message(result: dg.SensorResult) -> str | None:
 MAX_KEPT_REPORTED = 20
 
 
-def report_kept(context: dg.SensorEvaluationContext, source: SourceConfig, kept: Sequence[KeptMessage]) -> str | None:
+def report_kept(
+    context: dg.SensorEvaluationContext | dg.OpExecutionContext, source: SourceConfig, kept: Sequence[KeptMessage]
+) -> str | None:
     """Log each kept message (its id, how often it was received, why); a short summary for the tick, or None."""
     for entry in kept[:MAX_KEPT_REPORTED]:
         context.log.warning(

@@ -3,6 +3,8 @@
 SOURCE_TAG = "s3sync/source"  # the source a run syncs
 TRIGGER_TAG = "s3sync/trigger"  # why: sync, repair, poll, sqs:direct, sqs:metadata (UI runs carry none)
 INVOCATION_TAG = "s3sync/invocation"  # set on runs `s3sync invoke` made
+# On the SQS sensor's run that reads the queue itself after its keys (defs/linger.py): the sensor leaves it the queue.
+LINGER_TAG = "s3sync/reads_queue"
 # Dagster's own tags: a run of one partition, of a range of partitions (many keys in one run), of a backfill.
 PARTITION_TAG = "dagster/partition"
 BACKFILL_TAG = "dagster/backfill"

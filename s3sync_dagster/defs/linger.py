@@ -1,0 +1,110 @@
+"""A sync run that reads its source's queue after its keys: events that come meanwhile are synced by a process
+that has already started, imported and loaded everything (a fraction of a second), instead of by a new run
+(seconds to start: Dagster's run worker, then the imports, the model, the clients).
+
+The SQS sensor asks for it (the source's `sqs_linger_seconds`, on the last run of a tick) and, while such a run is
+in progress, leaves the queue to it (sensors.reading_run). Each event it takes is handled as the sensor would
+(sensors.plan_sync: direct and metadata modes, ignored and not-understood records, document_limit), its keys are
+registered as partitions and synced in this run with their own materialisations, and its messages are deleted
+only once their keys are reported: a run that dies before leaves them to come back after the visibility timeout,
+for the sensor to read again (at-least-once, as a tick's). The run stops reading when no event has come for
+`sqs_linger_seconds`, when another run waits in the queue (its slot is given up), when it has taken keys_per_run
+keys from the queue, or LINGER_MAX_S after it was made: then the sensor reads the queue again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import dagster as dg
+
+from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.defs.assets import KeyEvent, index_partitions
+from s3sync_dagster.defs.names import partitions_name
+from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
+from s3sync_dagster.defs.sensors import LINGER_MAX_S, delete_messages, plan_sync, receive_messages, report_kept
+from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.store import close_clients
+
+# Each read of the queue waits this long at most for an event (SQS's long poll answers at once when one comes):
+# how often the run looks whether another run waits for its slot, and at most one request a second when idle.
+WAIT_S = 2
+
+
+def _why_stop(
+    context: dg.OpExecutionContext, source: SourceConfig, quiet_until: float, ends_at: float, taken: int
+) -> str | None:
+    if time.monotonic() >= quiet_until:
+        return f"no S3 event for {source.sqs_linger_seconds} s"
+    if time.time() >= ends_at:
+        return f"{LINGER_MAX_S} s since the run was made: the next event gets a run of its own"
+    if taken >= source.keys_per_run:
+        return f"{taken} key(s) taken from the queue (keys_per_run): the next event gets a run of its own"
+    if context.instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED])):
+        return "another run is waiting in the queue: this run's slot is given up"
+    return None
+
+
+def read_queue(
+    context: dg.OpExecutionContext,
+    source: SourceConfig,
+    linger_seconds: int,
+    *,
+    s3: S3Connections,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+    documents: DocumentsResource,
+) -> Iterator[KeyEvent]:
+    """Sync what the queue brings until one of the stops above; each key's events yielded as index_partitions'."""
+    queue_url = source.sqs_queue_url
+    if linger_seconds <= 0 or queue_url is None:
+        return
+    client = s3.sqs_client(source.name)
+    record = context.instance.get_run_record_by_id(context.run_id)
+    ends_at = (record.create_timestamp.timestamp() if record is not None else time.time()) + LINGER_MAX_S
+    quiet_until = time.monotonic() + linger_seconds
+    store = chroma.store()
+    # An embedded store's writes by other processes since this run's last one: this process's copy of its index
+    # is then stale (Store.write_lock), so it is opened again before the next write.
+    seen = store.disk_state()
+    taken = 0
+    context.log.info(
+        f"source '{source.name}': reading its queue until no event has come for {linger_seconds} s (sqs_linger_seconds)"
+    )
+    while (why := _why_stop(context, source, quiet_until, ends_at, taken)) is None:
+        wait = max(0, min(WAIT_S, int(quiet_until - time.monotonic())))
+        messages = receive_messages(
+            client, queue_url, source.sqs_visibility_timeout_seconds, budget_s=wait + 2, first_wait_s=wait
+        )
+        if not messages:
+            continue
+        quiet_until = time.monotonic() + linger_seconds
+        to_sync, to_register, kept = plan_sync(context, source, messages)
+        report_kept(context, source, kept)
+        kept_ids = {entry.message_id for entry in kept}
+        handles = [str(m["ReceiptHandle"]) for m in messages if str(m.get("MessageId")) not in kept_ids]
+        if to_register:
+            context.instance.add_dynamic_partitions(partitions_name(source.name), to_register)
+        if to_sync:
+            with chroma.write_lock():
+                if seen is not None and store.disk_state() != seen:
+                    close_clients()
+                try:
+                    yield from index_partitions(
+                        context,
+                        source,
+                        [keys.to_partition_key(object_key) for object_key in to_sync],
+                        s3=s3,
+                        chroma=chroma,
+                        embedding=embedding,
+                        documents=documents,
+                    )
+                except dg.Failure as failure:
+                    if "failed_keys" in (failure.metadata or {}):  # every key reported: their messages are done
+                        delete_messages(context, client, queue_url, handles)
+                    raise
+                seen = store.disk_state()
+            taken += len(to_sync)
+        delete_messages(context, client, queue_url, handles)
+    context.log.info(f"source '{source.name}': stopped reading its queue: {why}")
