@@ -3,6 +3,7 @@ chunks in a `chroma run` server (what a deployment would use; an embedded store 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,18 +123,74 @@ def _written_at(instance: Any, run_id: str) -> dict[str, tuple[float, float]]:
     return written
 
 
+@dataclass
+class Source:
+    """One of the benchmark's sources: its bucket, queue and collection, and the uploads made to it."""
+
+    name: str
+    bucket: str
+    collection: str
+    linger: bool  # the default (sqs_linger_seconds: 60), or every upload a run of its own
+    queue_url: str = ""
+    uploads: list[str] = field(default_factory=list)
+
+
+def _idle_costs(daemon_pid: int, requests_log: Path, seconds: float) -> dict[str, Any]:
+    """CPU of the daemon and every process under it (code servers, run workers), and SQS requests by queue, over
+    `seconds` with no upload."""
+    import psutil
+
+    def cpu_s() -> float:
+        total = 0.0
+        root = psutil.Process(daemon_pid)
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system + times.children_user + times.children_system
+        return total
+
+    lines_before = len(requests_log.read_text(errors="replace").splitlines())
+    cpu_before, started = cpu_s(), time.monotonic()
+    time.sleep(seconds)
+    cpu_after, elapsed = cpu_s(), time.monotonic() - started
+    lines = requests_log.read_text(errors="replace").splitlines()[lines_before:]
+    by_queue: dict[str, int] = {}
+    for line in lines:
+        if "sqs " in line:
+            queue = line.split("sqs ", 1)[1].strip()
+            by_queue[queue] = by_queue.get(queue, 0) + 1
+    return {
+        "seconds": round(elapsed, 1),
+        "cpu_percent_of_one_core": round(100 * (cpu_after - cpu_before) / elapsed, 2),
+        "sqs_requests_per_s_by_queue": {queue: round(count / elapsed, 3) for queue, count in sorted(by_queue.items())},
+    }
+
+
 def measure(
-    endpoint_url: str, workdir: Path, uploads: int = 30, spacing_s: float = 8.0, burst: int = 100
+    endpoint_url: str,
+    workdir: Path,
+    uploads: int = 30,
+    spacing_s: float = 8.0,
+    burst: int = 100,
+    chroma: str = "server",
+    cold: bool = True,
+    idle_s: float = 0.0,
+    requests_log: Path | None = None,
 ) -> dict[str, Any]:
-    """Single uploads `spacing_s` apart (each timed from PutObject's return to a query finding its chunk),
-    then a burst of uploads at once; every stage of each single upload from its run's events."""
+    """Single uploads `spacing_s` apart (each timed from PutObject's return to a query finding its chunk), in turn
+    with the floor's and, with `cold`, a source's whose runs end with their keys (sqs_linger_seconds: 0); then a
+    burst of uploads at once; then, with `idle_s`, what the daemon costs with no upload (needs `requests_log`, the
+    moto server's request log, benchmarks/requests_log.py)."""
     import chromadb
 
     common.credentials()
-    bucket = "latency"
     s3 = common.s3_client(endpoint_url)
-    s3.create_bucket(Bucket=bucket)
-    queue_url = notifying_queue(endpoint_url, bucket)
+    sources = [Source("live", "latency", "live-chunks", linger=True)]
+    if cold:
+        sources.append(Source("cold", "latency-cold", "cold-chunks", linger=False))
+    for source in sources:
+        s3.create_bucket(Bucket=source.bucket)
+        source.queue_url = notifying_queue(endpoint_url, source.bucket)
     # The floor (benchmarks/latency_floor.py): its own bucket and queue, its own code location in the same daemon.
     s3.create_bucket(Bucket=FLOOR_BUCKET)
     floor_queue_url = notifying_queue(endpoint_url, FLOOR_BUCKET)
@@ -149,24 +207,33 @@ def measure(
         )
     )
     home = common.dagster_home(workdir / "home")
-    with chroma_server(workdir / "chroma-server") as port:
+    with contextlib.ExitStack() as stack:
+        if chroma == "server":
+            port = stack.enter_context(chroma_server(workdir / "chroma-server"))
+            target: dict[str, Any] = {"host": LOOPBACK, "port": port}
+            client = chromadb.HttpClient(host=LOOPBACK, port=port)
+        else:
+            target = {"path": str(workdir / "chroma")}
+            client = None  # opened once the first run has made the store
         config_file = workdir / "latency.yaml"
         config_file.write_text(
             yaml.safe_dump(
                 {
-                    "chroma": {"host": LOOPBACK, "port": port},
+                    "chroma": target,
                     "sources": [
                         {
-                            "name": "live",
-                            "bucket_name": bucket,
+                            "name": source.name,
+                            "bucket_name": source.bucket,
                             "region": "us-east-1",
-                            "collection_name": "live-chunks",
+                            "collection_name": source.collection,
                             "endpoint_url": endpoint_url,
                             "aws_access_key_id": {"env": common.KEY_ID_VAR},
                             "aws_secret_access_key": {"env": common.SECRET_VAR},
                             "auto_sync": "direct",
-                            "sqs_queue_url": queue_url,
+                            "sqs_queue_url": source.queue_url,
+                            **({} if source.linger else {"sqs_linger_seconds": 0}),
                         }
+                        for source in sources
                     ],
                 }
             )
@@ -182,9 +249,14 @@ def measure(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        client = chromadb.HttpClient(host=LOOPBACK, port=port)
         put_at: dict[str, float] = {}  # object key -> epoch seconds PutObject returned
         queryable_at: dict[str, float] = {}
+
+        def store() -> Any:
+            nonlocal client
+            if client is None:
+                client = chromadb.PersistentClient(path=str(workdir / "chroma"))
+            return client
 
         def watch(object_keys: list[str], deadline_s: float) -> None:
             """Poll Chroma until every key has a chunk, noting when each first did."""
@@ -195,45 +267,58 @@ def measure(
                     raise TimeoutError(
                         f"{len(missing)} upload(s) not queryable, {missing[:3]}...:\n{log.read_text()[-3000:]}"
                     )
-                try:
-                    metadatas = client.get_collection("live-chunks").get(include=["metadatas"])["metadatas"] or []
-                except Exception:  # the collection comes with the first run
-                    metadatas = []
-                now = time.time()
-                for metadata in metadatas:
-                    queryable_at.setdefault(str(metadata["object_key"]), now)
+                for source in sources:
+                    try:
+                        found = store().get_collection(source.collection).get(include=["metadatas"])["metadatas"]
+                    except Exception:  # the collection (an embedded store: the store) comes with the first run
+                        found = []
+                    now = time.time()
+                    for metadata in found or []:
+                        queryable_at.setdefault(str(metadata["object_key"]), now)
                 time.sleep(0.1)
 
-        def upload(object_key: str, into: str = bucket) -> None:
+        def upload(object_key: str, into: str) -> None:
             s3.put_object(Bucket=into, Key=object_key, Body=f"{object_key} reached the index\n".encode())
             put_at[object_key] = time.time()
 
+        idle: dict[str, Any] = {}
         try:
             # A warm-up upload each: the daemon's start (code servers, first sensor ticks) is not latency.
-            upload("warmup/file.txt")
+            warmups = [f"warmup/{source.name}.txt" for source in sources]
+            for source, object_key in zip(sources, warmups, strict=True):
+                upload(object_key, source.bucket)
             upload("floor-warmup/file.txt", FLOOR_BUCKET)
-            watch(["warmup/file.txt"], WAIT_S)
+            watch(warmups, WAIT_S)
             _floor_done(home, ["floor-warmup/file.txt"], WAIT_S)
-            singles = [f"single/file-{number:03d}.txt" for number in range(uploads)]
+            for source in sources:
+                source.uploads = [f"single/{source.name}-{number:03d}.txt" for number in range(uploads)]
             floors = [f"floor/file-{number:03d}.txt" for number in range(uploads)]
-            watcher = threading.Thread(target=watch, args=(singles, WAIT_S + 2 * uploads * spacing_s), daemon=True)
+            singles = [object_key for source in sources for object_key in source.uploads]
+            rounds = len(sources) + 1
+            watcher = threading.Thread(target=watch, args=(singles, WAIT_S + rounds * uploads * spacing_s), daemon=True)
             watcher.start()
             # Ours and the floor's in turn, `spacing_s` apart: each sees the same machine, daemon and queue, and the
             # runs do not overlap (a run's process start takes most of 2 cores for seconds: 4 s apart, each run
             # slowed the next and a queue built up; it measured that, not an upload's latency).
-            for ours, floors_key in zip(singles, floors, strict=True):
-                upload(ours)
-                time.sleep(spacing_s)
-                upload(floors_key, FLOOR_BUCKET)
+            for number in range(uploads):
+                for source in sources:
+                    upload(source.uploads[number], source.bucket)
+                    time.sleep(spacing_s)
+                upload(floors[number], FLOOR_BUCKET)
                 time.sleep(spacing_s)
             watcher.join()
             floor_at = _floor_done(home, floors, WAIT_S)
             bursts = [f"burst/file-{number:03d}.txt" for number in range(burst)]
             burst_started = time.time()
             for object_key in bursts:
-                upload(object_key)
+                upload(object_key, sources[0].bucket)
             watch(bursts, WAIT_S)
             burst_s = max(queryable_at[key] for key in bursts) - burst_started
+            if idle_s and requests_log is not None:
+                idle = _idle_costs(daemon.pid, requests_log, idle_s)
+                idle["queues"] = {source.queue_url.rsplit("/", 1)[-1]: source.name for source in sources} | {
+                    floor_queue_url.rsplit("/", 1)[-1]: "floor"
+                }
         finally:
             os.killpg(daemon.pid, signal.SIGTERM)
             try:
@@ -241,10 +326,11 @@ def measure(
             except subprocess.TimeoutExpired:
                 os.killpg(daemon.pid, signal.SIGKILL)
                 daemon.wait()
-    latencies = [queryable_at[key] - put_at[key] for key in singles]
-    stages = _stages_of_singles(home, singles, put_at, queryable_at)
-    floor_latencies = [floor_at[key] - put_at[key] for key in floors]
-    return {
+    live = sources[0]
+    latencies = [queryable_at[key] - put_at[key] for key in live.uploads]
+    by_run = _runs_of(home, live)
+    result: dict[str, Any] = {
+        "chroma": chroma,
         "uploads": len(latencies),
         "spacing_s": spacing_s,
         "median_s": common.median(latencies),
@@ -252,16 +338,48 @@ def measure(
         "max_s": max(latencies),
         "min_s": min(latencies),
         "all_s": [round(value, 2) for value in latencies],
+        # How many single uploads a run already reading the queue took; the others started a run of their own.
+        "taken_by_a_reading_run": sum(1 for key in live.uploads if not by_run[key][1]),
         "burst": burst,
         "burst_all_queryable_s": burst_s,
-        "stages_median_s": stages,
+        "burst_runs": len({by_run[key][0] for key in bursts}),
         "floor": {
-            "median_s": common.median(floor_latencies),
+            "median_s": common.median(floor_latencies := [floor_at[key] - put_at[key] for key in floors]),
             "p95_s": _percentile(floor_latencies, 0.95),
             "all_s": [round(value, 2) for value in floor_latencies],
             "stages_median_s": _stages_of_floor(home, floors, put_at),
         },
     }
+    if cold:
+        cold_source = sources[1]
+        cold_latencies = [queryable_at[key] - put_at[key] for key in cold_source.uploads]
+        result["cold"] = {
+            "median_s": common.median(cold_latencies),
+            "p95_s": _percentile(cold_latencies, 0.95),
+            "all_s": [round(value, 2) for value in cold_latencies],
+            "stages_median_s": _stages_of_singles(home, cold_source, put_at, queryable_at),
+        }
+    if idle:
+        result["idle"] = idle
+    return result
+
+
+def _runs_of(home: Path, source: Source) -> dict[str, tuple[str, bool]]:
+    """Object key -> (the run that wrote it, whether the run was requested for it: the key in its config, not
+    taken from the queue by a run reading it)."""
+    import dagster as dg
+
+    from s3sync_dagster.defs.tags import SOURCE_TAG
+
+    taken: dict[str, tuple[str, bool]] = {}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for record in instance.get_run_records(dg.RunsFilter(tags={SOURCE_TAG: source.name})):
+            run = record.dagster_run
+            ops: list[Any] = list(dict(run.run_config.get("ops") or {}).values())  # type: ignore[call-overload]
+            own = set(ops[0].get("config", {}).get("object_keys", [])) if ops else set()
+            for object_key in _written_at(instance, run.run_id):
+                taken[object_key] = (run.run_id, object_key in own)
+    return taken
 
 
 def _floor_runs(instance: Any) -> dict[str, str]:
@@ -319,9 +437,9 @@ def dg_instance(home: Path) -> Iterator[Any]:
 
 
 def _stages_of_singles(
-    home: Path, singles: list[str], put_at: dict[str, float], queryable_at: dict[str, float]
+    home: Path, source: Source, put_at: dict[str, float], queryable_at: dict[str, float]
 ) -> dict[str, float]:
-    """Median seconds after PutObject at which each single upload reached each stage."""
+    """Median seconds after PutObject at which each single upload of the source reached each stage."""
     import dagster as dg
 
     from s3sync_dagster.defs.tags import SOURCE_TAG
@@ -329,13 +447,13 @@ def _stages_of_singles(
     offsets: dict[str, list[float]] = {name: [] for name, _ in STAGES}
     embed: list[float] = []
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        runs = instance.get_run_records(dg.RunsFilter(tags={SOURCE_TAG: "live"}))
+        runs = instance.get_run_records(dg.RunsFilter(tags={SOURCE_TAG: source.name}))
         for record in runs:
             run_id = record.dagster_run.run_id
             stages = _run_stages(instance, run_id)
             written_by_run = _written_at(instance, run_id)
             for object_key, (written, embed_s) in written_by_run.items():
-                if object_key not in singles:
+                if object_key not in source.uploads:
                     continue
                 start = put_at[object_key]
                 reached = {**stages, "written": written, "queryable": queryable_at[object_key]}

@@ -181,58 +181,86 @@ def incremental_markdown(result: dict[str, Any], bulk_seconds: float) -> str:
     )
 
 
-def latency_markdown(result: dict[str, Any]) -> str:
-    stages = result.get("stages_median_s", {})
-    floor = result.get("floor") or {}
-    floor_stages = floor.get("stages_median_s", {})
-    stage_rows = [
-        f"| {label} | {stages[name]:.2f} | {floor_stages[name]:.2f} |" if name in floor_stages
-        else f"| {label} | {stages[name]:.2f} | |"
-        for name, label in latency.STAGES if name in stages
-    ]  # fmt: skip
-    floor_rows = []
+def latency_markdown(results: dict[str, Any]) -> str:
+    """Section 3 from latency.measure's results, one per Chroma target ('server', 'embedded')."""
+    rows = []
+    for chroma, result in results.items():
+        rows.append(
+            f"| {chroma} | {result['uploads']} | {result['median_s']:.2f} | {result['p95_s']:.2f} | "
+            f"{result['max_s']:.2f} | {result['min_s']:.2f} | {result.get('taken_by_a_reading_run', 0)} | "
+            f"{result.get('burst_all_queryable_s', 0):.1f} ({result.get('burst_runs', 0)} run(s)) |"
+        )
+    lines = [
+        "## 3. Latency",
+        "",
+        "Upload -> queryable with `dagster-daemon` running, the SQS sensor in direct mode and default settings "
+        "(`sqs_linger_seconds: 60`: the sensor's run reads the queue itself after its keys), each upload timed from "
+        "PutObject's return until a read of the collection finds its chunk. Single uploads after one warm-up, in "
+        "turn with the uploads below, each 8 s after the last; then a burst of uploads at once.",
+        "",
+        "| Chroma | uploads | p50 s | p95 s | max s | min s | taken by a run reading the queue | burst: all "
+        "queryable after s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+    ]
+    server = results.get("server") or next(iter(results.values()))
+    floor, cold = server.get("floor") or {}, server.get("cold")
     if floor:
-        floor_rows = [
+        lines += [
             "",
-            "The floor, in the same run: the same path with an asset that does nothing (benchmarks/latency_floor.py: "
-            "its own code location in the same daemon, a sensor long-polling its own queue as ours does, one "
-            "partition's run per upload, queued and launched as ours), its uploads in turn with ours. Its "
-            "'chunks written' is its materialisation.",
+            f"In the same run ({server['chroma']} Chroma): a source whose every upload is a run of its own "
+            "(`sqs_linger_seconds: 0`, the first upload after a quiet minute), and the floor: the same path with an "
+            "asset that does nothing (benchmarks/latency_floor.py: its own code location in the same daemon, a "
+            "sensor long-polling its own queue as ours does, one partition's run per upload, queued and launched as "
+            "ours). The floor's 'chunks written' is its materialisation.",
             "",
-            "| | p50 s | p95 s |",
-            "| --- | ---: | ---: |",
-            f"| ours, upload -> queryable | {result['median_s']:.2f} | {result.get('p95_s', result['max_s']):.2f} |",
-            f"| floor, upload -> materialised | {floor['median_s']:.2f} | {floor['p95_s']:.2f} |",
-            f"| ours / floor | {result['median_s'] / floor['median_s']:.2f}x | "
-            f"{result.get('p95_s', result['max_s']) / floor['p95_s']:.2f}x |",
+            "| | p50 s | p95 s | p50 / floor | p95 / floor |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            f"| ours, default | {server['median_s']:.2f} | {server['p95_s']:.2f} | "
+            f"{server['median_s'] / floor['median_s']:.2f}x | {server['p95_s'] / floor['p95_s']:.2f}x |",
         ]
-    return "\n".join(
-        [
-            "## 3. Latency",
+        if cold:
+            lines.append(
+                f"| ours, a run per upload | {cold['median_s']:.2f} | {cold['p95_s']:.2f} | "
+                f"{cold['median_s'] / floor['median_s']:.2f}x | {cold['p95_s'] / floor['p95_s']:.2f}x |"
+            )
+        lines.append(f"| floor | {floor['median_s']:.2f} | {floor['p95_s']:.2f} | 1.00x | 1.00x |")
+        stages = (cold or {}).get("stages_median_s", {})
+        floor_stages = floor.get("stages_median_s", {})
+        if stages:
+            lines += [
+                "",
+                "Where a run's upload's time goes (a run per upload): median seconds after PutObject at which it "
+                "reached each stage, from its run's events.",
+                "",
+                "| stage | ours, a run per upload | floor |",
+                "| --- | ---: | ---: |",
+                *[
+                    f"| {label} | {stages[name]:.2f} | "
+                    + (f"{floor_stages[name]:.2f} |" if name in floor_stages else " |")
+                    for name, label in latency.STAGES
+                    if name in stages
+                ],
+                f"| (embedding, duration) | {stages.get('embed_duration', 0.0):.3f} | |",
+            ]
+    idle = server.get("idle")
+    if idle:
+        queues = idle.get("queues", {})
+        per_queue = ", ".join(
+            f"{queues.get(queue, queue)} {rate:.2f}/s" for queue, rate in idle["sqs_requests_per_s_by_queue"].items()
+        )
+        lines += [
             "",
-            f"Upload -> queryable with `dagster-daemon` running, the SQS sensor in direct mode, default settings, "
-            f"a `chroma run` server: {result['uploads']} single uploads, in turn with the floor's, {result.get('spacing_s', 0):g} s apart "
-            "(each timed from PutObject's return until a query of the collection finds its chunk), after one "
-            f"warm-up upload; then a burst of {result.get('burst', 0)} uploads at once.",
-            "",
-            "| uploads | p50 s | p95 s | max s | min s | burst: all queryable after s |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: |",
-            f"| {result['uploads']} | {result['median_s']:.1f} | {result.get('p95_s', result['max_s']):.1f} | "
-            f"{result['max_s']:.1f} | {result['min_s']:.1f} | {result.get('burst_all_queryable_s', 0):.1f} |",
-            "",
-            "Where a single upload's time goes: median seconds after PutObject at which it reached each stage "
-            "(from its run's events; `embed` is how long the embedding itself took).",
-            "",
-            "| stage | median s after PutObject | floor |",
-            "| --- | ---: | ---: |",
-            *stage_rows,
-            f"| (embedding, duration) | {stages.get('embed_duration', 0.0):.3f} | |",
-            *floor_rows,
-            "",
-            f"All: {result['all_s']}",
-            *([f"Floor, all: {floor['all_s']}"] if floor else []),
+            f"Idle, after the burst: {idle['seconds']:.0f} s with no upload (the run reading the queue ends after its "
+            f"quiet minute). The daemon and every process under it (code servers, runs): "
+            f"**{idle['cpu_percent_of_one_core']:.1f}% of one core**; SQS requests per second by queue: {per_queue}.",
         ]
-    )
+    lines += ["", *[f"All ({chroma}): {result['all_s']}" for chroma, result in results.items()]]
+    if cold:
+        lines.append(f"A run per upload, all: {cold['all_s']}")
+    if floor:
+        lines.append(f"Floor, all: {floor['all_s']}")
+    return "\n".join(lines)
 
 
 def profile_markdown(result: dict[str, Any]) -> str:
@@ -410,9 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         "--uploads",
         type=int,
         default=30,
-        help="latency: single uploads (and as many of the floor's), 8 s apart in turn",
+        help="latency: single uploads (and as many of the floor's and the run-per-upload source's), 8 s apart in turn",
     )
     parser.add_argument("--burst", type=int, default=100, help="latency: uploads in the burst")
+    parser.add_argument(
+        "--latency-chroma", default="server,embedded", help="latency: the Chroma targets, the first with the floor"
+    )
+    parser.add_argument("--idle-seconds", type=float, default=600.0, help="latency: the idle measurement's length")
     parser.add_argument("--inrun-objects", type=int, default=150, help="section 9: text objects synced")
     parser.add_argument("--scale-keys", type=int, default=100_000)
     parser.add_argument("--big-object-mb", type=int, default=200)
@@ -553,14 +585,24 @@ def main(argv: list[str] | None = None) -> int:
             write()
             log(f"fixes: {result}")
         if "3" not in skip:
-            result = latency.measure(
-                server.endpoint_url, workdir / "latency", args.uploads, spacing_s=1.0 if args.smoke else 8.0,
-                burst=args.burst,
-            )  # fmt: skip
-            raw["latency"] = result
-            sections.append(latency_markdown(result))
+            from benchmarks.requests_log import proxied
+
+            latencies: dict[str, Any] = {}
+            for chroma in args.latency_chroma.split(","):
+                requests = workdir / f"latency-{chroma}-requests.log"
+                first = not latencies  # the idle figures and the run-per-upload source: once, with the first target
+                with proxied(server.endpoint_url, requests) as endpoint:
+                    latencies[chroma] = latency.measure(
+                        endpoint, workdir / f"latency-{chroma}", args.uploads,
+                        spacing_s=1.0 if args.smoke else 8.0, burst=args.burst, chroma=chroma, cold=first,
+                        idle_s=(5.0 if args.smoke else args.idle_seconds) if first else 0.0, requests_log=requests,
+                    )  # fmt: skip
+                log(
+                    f"latency ({chroma}): p50 {latencies[chroma]['median_s']:.2f} s, p95 {latencies[chroma]['p95_s']:.2f} s"
+                )
+            raw["latency"] = latencies
+            sections.append(latency_markdown(latencies))
             write()
-            log(f"latency: median {result['median_s']:.1f} s, max {result['max_s']:.1f} s")
         if "4" not in skip:
             from benchmarks import scale
 

@@ -42,12 +42,23 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     incremental = raw["incremental"]
     assert incremental["unchanged_pass"]["runs"] == 0
     assert incremental["after_change"]["keys"] == incremental["changed"] + incremental["deleted"]
-    assert raw["latency"]["uploads"] == 1 and raw["latency"]["burst"] == 3
-    assert raw["latency"]["stages_median_s"]["queryable"] > raw["latency"]["stages_median_s"]["run_created"]
+    latencies = raw["latency"]
+    assert set(latencies) == {"server", "embedded"}
+    for result in latencies.values():
+        assert result["uploads"] == 1 and result["burst"] == 3 and result["median_s"] > 0
+        # The single upload came after the warm-up's run had read its keys: that run, reading the queue, took it.
+        assert result["taken_by_a_reading_run"] == 1
+    server = latencies["server"]
+    cold = server["cold"]["stages_median_s"]
+    assert cold["queryable"] > cold["run_created"]  # a run per upload: every stage of its run
     # The floor: a run of an asset that does nothing, through the same daemon, measured beside ours.
-    floor = raw["latency"]["floor"]
+    floor = server["floor"]
     assert floor["median_s"] > 0 and floor["stages_median_s"]["written"] >= floor["stages_median_s"]["run_created"]
-    assert "| ours / floor |" in text
+    assert "| ours, a run per upload |" in text
+    # The idle figures: the daemon's processes measured, and each queue's requests counted through the proxy.
+    idle = server["idle"]
+    assert idle["cpu_percent_of_one_core"] > 0
+    assert {idle["queues"][queue] for queue in idle["sqs_requests_per_s_by_queue"]} >= {"live", "floor"}
     assert raw["inrun"]["in_run"]["texts"] == raw["inrun"]["bare"]["texts"] > 0
     assert raw["inrun"]["changed"]["runs"] == 1
     # The before/after measurements wrote the same chunks both ways and compared real vectors.

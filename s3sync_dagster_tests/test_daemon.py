@@ -122,7 +122,16 @@ def test_daemon_syncs_uploads_end_to_end(
 class LiveSource:
     """A direct-mode source on a real queue, a Dagster home with this repo's dagster.yaml, and daemons run on it."""
 
-    def __init__(self, s3: Any, bucket: str, moto_endpoint: str, chroma_port: int, tmp_path: Path, name: str) -> None:
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        moto_endpoint: str,
+        chroma_port: int,
+        tmp_path: Path,
+        name: str,
+        linger_seconds: int = 0,
+    ) -> None:
         self.s3, self.bucket, self.tmp_path = s3, bucket, tmp_path
         self.sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
         self.queue_url = notifying_queue(self.sqs, s3, bucket, f"{bucket}-{name}")
@@ -142,8 +151,8 @@ class LiveSource:
                     "sqs_queue_url": self.queue_url,
                     # Short, so a tick that died is redelivered within the test.
                     "sqs_visibility_timeout_seconds": 15,
-                    # Each run ends with its keys: these tests kill daemons and runs around the sensor's ticks.
-                    "sqs_linger_seconds": 0,
+                    # 0: each run ends with its keys (the tests that kill daemons and runs around the sensor's ticks).
+                    "sqs_linger_seconds": linger_seconds,
                 }
             ],
         }
@@ -237,6 +246,37 @@ def test_no_event_is_lost_when_the_daemon_dies(
         assert crashing.returncode == -signal.SIGKILL
         live.start_daemon()
         want = expected_chunks(files)
+        live.wait_until("every upload indexed", lambda: live.chunks() == want, timeout_s=2 * WAIT_S)
+        live.wait_until("the queue drained", lambda: live.queue_depth() == 0)
+        fault_row.observe({(live.collection_name, i): text for i, text in want.items()}, live.store_chunks())
+        assert live.chunks() == want  # exactly these ids and texts: nothing lost, nothing twice
+        fault_row.passed = True
+    finally:
+        live.stop()
+
+
+@pytest.mark.reliability
+def test_no_event_is_lost_when_the_run_reading_the_queue_dies(
+    s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path, fault_row: Row
+) -> None:
+    """kill -9 of the daemon's process group (the run with it) once the run reading the queue after its keys has
+    written the keys it took, before it deletes their messages: they come back after the visibility timeout and
+    every upload is indexed exactly once."""
+    live = LiveSource(s3, bucket, moto_endpoint, chroma_server, tmp_path, "lingering", linger_seconds=5)
+    first = {"lingering/first.txt": "the upload that starts the run\n"}
+    later = {f"lingering/later-{n}.txt": f"upload {n}, taken from the queue by the run\n" for n in range(4)}
+    put(s3, bucket, first)
+    try:
+        crashing = live.start_daemon(S3SYNC_FAILPOINTS="linger:written")
+        live.wait_until("the first upload indexed", lambda: live.chunks() == expected_chunks(first))
+        put(s3, bucket, later)
+        try:
+            crashing.wait(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run never reached linger:written; logs:\n{live.logs()}")
+        assert crashing.returncode == -signal.SIGKILL
+        live.start_daemon()
+        want = expected_chunks(first | later)
         live.wait_until("every upload indexed", lambda: live.chunks() == want, timeout_s=2 * WAIT_S)
         live.wait_until("the queue drained", lambda: live.queue_depth() == 0)
         fault_row.observe({(live.collection_name, i): text for i, text in want.items()}, live.store_chunks())

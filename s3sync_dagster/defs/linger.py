@@ -8,18 +8,20 @@ in progress, leaves the queue to it (sensors.reading_run). Each event it takes i
 registered as partitions and synced in this run with their own materialisations, and its messages are deleted
 only once their keys are reported: a run that dies before leaves them to come back after the visibility timeout,
 for the sensor to read again (at-least-once, as a tick's). The run stops reading when no event has come for
-`sqs_linger_seconds`, when another run waits in the queue (its slot is given up), when it has taken keys_per_run
-keys from the queue, or LINGER_MAX_S after it was made: then the sensor reads the queue again.
+`sqs_linger_seconds`, when another run waits in the queue for a slot (it gives its own up), or LINGER_MAX_S after it
+was made: then the sensor reads the queue again.
 """
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Iterator
 
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.assets import KeyEvent, index_partitions
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
@@ -30,19 +32,23 @@ from s3sync_dagster.pipeline.store import close_clients
 # Each read of the queue waits this long at most for an event (SQS's long poll answers at once when one comes):
 # how often the run looks whether another run waits for its slot, and at most one request a second when idle.
 WAIT_S = 2
+# A run queued longer than this waits for a slot (the queue daemon's dequeue interval is 1-5 s).
+SLOT_WAIT_S = 10
 
 
-def _why_stop(
-    context: dg.OpExecutionContext, source: SourceConfig, quiet_until: float, ends_at: float, taken: int
-) -> str | None:
+def _why_stop(context: dg.OpExecutionContext, linger_seconds: int, quiet_until: float, ends_at: float) -> str | None:
     if time.monotonic() >= quiet_until:
-        return f"no S3 event for {source.sqs_linger_seconds} s"
+        return f"no S3 event for {linger_seconds} s"
     if time.time() >= ends_at:
         return f"{LINGER_MAX_S} s since the run was made: the next event gets a run of its own"
-    if taken >= source.keys_per_run:
-        return f"{taken} key(s) taken from the queue (keys_per_run): the next event gets a run of its own"
-    if context.instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED])):
-        return "another run is waiting in the queue: this run's slot is given up"
+    # Every run passes through the queue (for up to the coordinator's dequeue interval); one still there after
+    # SLOT_WAIT_S waits for a slot, which this run gives up.
+    waiting = dg.RunsFilter(
+        statuses=[dg.DagsterRunStatus.QUEUED],
+        created_before=datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=SLOT_WAIT_S),
+    )
+    if context.instance.get_runs_count(waiting):
+        return "another run waits in the queue for a slot: this run gives its slot up"
     return None
 
 
@@ -68,11 +74,10 @@ def read_queue(
     # An embedded store's writes by other processes since this run's last one: this process's copy of its index
     # is then stale (Store.write_lock), so it is opened again before the next write.
     seen = store.disk_state()
-    taken = 0
     context.log.info(
         f"source '{source.name}': reading its queue until no event has come for {linger_seconds} s (sqs_linger_seconds)"
     )
-    while (why := _why_stop(context, source, quiet_until, ends_at, taken)) is None:
+    while (why := _why_stop(context, linger_seconds, quiet_until, ends_at)) is None:
         wait = max(0, min(WAIT_S, int(quiet_until - time.monotonic())))
         messages = receive_messages(
             client, queue_url, source.sqs_visibility_timeout_seconds, budget_s=wait + 2, first_wait_s=wait
@@ -105,6 +110,6 @@ def read_queue(
                         delete_messages(context, client, queue_url, handles)
                     raise
                 seen = store.disk_state()
-            taken += len(to_sync)
+        failpoints.reached("linger:written")  # a test's kill -9: the keys written, their messages not yet deleted
         delete_messages(context, client, queue_url, handles)
     context.log.info(f"source '{source.name}': stopped reading its queue: {why}")

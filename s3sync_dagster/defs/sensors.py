@@ -31,8 +31,9 @@ FIRST_WAIT_S = 4
 # tick is started at every loop once the last one has ended.
 SQS_TICK_INTERVAL_S = 1
 # The longest a run reads its source's queue after its keys (sqs_linger_seconds), counted from the run's creation;
-# the sensor leaves the queue to such a run no longer than this, whatever became of it.
-LINGER_MAX_S = 600
+# the sensor leaves the queue to such a run no longer than this, whatever became of it (a run whose worker died
+# is failed sooner: defs/monitor.py). A steady flow of uploads gets a new run each hour.
+LINGER_MAX_S = 3600
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
