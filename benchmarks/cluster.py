@@ -230,6 +230,95 @@ def workers(workdir: Path, size: int = WORKERS_SIZE) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def latency(workdir: Path, uploads: int = 15, spacing_s: float = 8.0) -> dict[str, Any]:
+    """Section 3's path on this section's deployment, once: the instance on PostgreSQL (deploy/dagster.yaml),
+    dagster-webserver and dagster-daemon apart, steps on a Celery worker on a host of its own, a `chroma run`
+    server; the SQS sensor in direct mode, default settings. Single uploads `spacing_s` apart after a warm-up,
+    each timed from PutObject's return until a read of the collection finds its chunk."""
+    import boto3
+    import chromadb
+    import dagster as dg
+
+    from benchmarks.dagster_server import webserver_and_daemon
+    from benchmarks.latency import _percentile
+
+    common.credentials()
+    with celery_cluster.hosts(1) as where, celery_cluster.services(where, workdir / "services") as up:
+        s3 = boto3.client("s3", endpoint_url=up.s3_endpoint, region_name="us-east-1")
+        sqs = boto3.client("sqs", endpoint_url=up.s3_endpoint, region_name="us-east-1")
+        queue_url = sqs.create_queue(QueueName="latency-production-events")["QueueUrl"]
+        cluster = celery_cluster.Cluster(where, up, workdir / "cluster", {}, batch=KEYS_PER_RUN,
+                                         source_settings={"auto_sync": "direct", "sqs_queue_url": queue_url})  # fmt: skip
+        bucket = cluster.bucket
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
+            },
+        )
+        postgres = up.postgres
+        assert postgres is not None
+        client = chromadb.HttpClient(host=up.address, port=up.chroma_port)
+        put_at: dict[str, float] = {}
+        found_at: dict[str, float] = {}
+
+        def upload_and_wait(object_key: str) -> None:
+            s3.put_object(Bucket=bucket, Key=object_key, Body=f"{object_key} reached the index\n".encode())
+            put_at[object_key] = time.time()
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    ids = client.get_collection(cluster.collection_name).get(where={"object_key": object_key})["ids"]
+                except Exception:  # the first run makes the collection
+                    ids = []
+                if ids:
+                    found_at[object_key] = time.time()
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{object_key} not queryable after 300 s")
+                time.sleep(0.1)
+
+        try:
+            cluster.start_workers([celery_cluster.SOLO])
+            with (
+                webserver_and_daemon(cluster.home, cluster.config_path, workdir / "dagster.log", cluster.served_env()),
+                postgres.exported(),
+            ):
+                upload_and_wait("warmup/file.txt")
+                singles = [f"single/file-{number:03d}.txt" for number in range(uploads)]
+                for object_key in singles:
+                    upload_and_wait(object_key)
+                    time.sleep(max(0.0, spacing_s - (found_at[object_key] - put_at[object_key])))
+                with dg.DagsterInstance.from_config(str(cluster.home)) as instance:
+                    runs = instance.get_run_records()
+                    own = len(
+                        [
+                            object_key
+                            for record in runs
+                            for op in dict(record.dagster_run.run_config.get("ops") or {}).values()  # type: ignore[call-overload]
+                            for object_key in op.get("config", {}).get("object_keys", [])
+                            if object_key in singles
+                        ]
+                    )
+        finally:
+            cluster.stop()
+    latencies = [found_at[key] - put_at[key] for key in singles]
+    return {
+        "measured": common.machine(),
+        "uploads": uploads,
+        "spacing_s": spacing_s,
+        "median_s": common.median(latencies),
+        "p95_s": _percentile(latencies, 0.95),
+        "max_s": max(latencies),
+        "min_s": min(latencies),
+        "all_s": [round(value, 2) for value in latencies],
+        "runs": len(runs),
+        "taken_by_a_reading_run": uploads - own,
+        "namespaces": where.namespaces,
+    }
+
+
 def _update(json_file: Path, part: str, figures: dict[str, Any]) -> None:
     earlier = json.loads(json_file.read_text()) if json_file.is_file() else {}
     earlier[part] = figures
@@ -357,6 +446,28 @@ def section_markdown(figures: dict[str, Any]) -> str:
         lines += ["", "; ".join(ratios) + "."]
         if workers_figures.get("remarks"):
             lines += ["", workers_figures["remarks"]]
+    latency_figures = figures.get("latency")
+    if latency_figures:
+        measured = latency_figures["measured"]
+        lines += [
+            "",
+            f"### Upload to queryable on this deployment (measured {measured['date']}, commit {measured['commit']})",
+            "",
+            "Section 3's path, once, on the deployment above (`python -m benchmarks.cluster latency`): the instance "
+            "on PostgreSQL (deploy/dagster.yaml), dagster-webserver and dagster-daemon apart, steps on one Celery "
+            "worker on a host of its own, a `chroma run` server; the SQS sensor in direct mode, default settings "
+            f"(the sensor's run reads the queue after its keys). {latency_figures['uploads']} single uploads "
+            f"{latency_figures['spacing_s']:g} s apart after a warm-up, each timed from PutObject's return until a "
+            "read of the collection finds its chunk.",
+            "",
+            "| uploads | p50 s | p95 s | max s | min s | taken by a run reading the queue | runs |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| {latency_figures['uploads']} | {latency_figures['median_s']:.2f} | {latency_figures['p95_s']:.2f} | "
+            f"{latency_figures['max_s']:.2f} | {latency_figures['min_s']:.2f} | "
+            f"{latency_figures['taken_by_a_reading_run']} | {latency_figures['runs']} |",
+            "",
+            f"All: {latency_figures['all_s']}",
+        ]
     return "\n".join(lines)
 
 
@@ -371,7 +482,9 @@ def write_section(out: Path, figures: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
     parser.add_argument(
-        "part", choices=["bulk", "reads", "workers", "section"], help="section: only rewrite section 10"
+        "part",
+        choices=["bulk", "reads", "workers", "latency", "section"],
+        help="section: only rewrite section 10",
     )
     parser.add_argument("--json", required=True, help="where the figures go (other parts' figures are kept)")
     parser.add_argument("--workdir", help="buckets' stores and instances (kept; required to measure)")
@@ -388,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             figures = bulk(workdir, tuple(int(size) for size in args.sizes.split(",")))
         elif args.part == "reads":
             figures = reads(workdir, tuple(int(size) for size in args.sizes.split(",")))
+        elif args.part == "latency":
+            figures = latency(workdir)
         else:
             figures = workers(workdir, args.size)
         _update(Path(args.json), args.part, figures)

@@ -314,6 +314,9 @@ def measure(
                 upload(object_key, sources[0].bucket)
             watch(bursts, WAIT_S)
             burst_s = max(queryable_at[key] for key in bursts) - burst_started
+            # A key is queryable a moment before its run records its materialisation: wait for those before the
+            # daemon (and the run reading the queue) is stopped.
+            _materialised(home, live_source := sources[0], bursts, WAIT_S)
             if idle_s and requests_log is not None:
                 idle = _idle_costs(daemon.pid, requests_log, idle_s)
                 idle["queues"] = {source.queue_url.rsplit("/", 1)[-1]: source.name for source in sources} | {
@@ -326,7 +329,7 @@ def measure(
             except subprocess.TimeoutExpired:
                 os.killpg(daemon.pid, signal.SIGKILL)
                 daemon.wait()
-    live = sources[0]
+    live = live_source
     latencies = [queryable_at[key] - put_at[key] for key in live.uploads]
     by_run = _runs_of(home, live)
     result: dict[str, Any] = {
@@ -362,6 +365,14 @@ def measure(
     if idle:
         result["idle"] = idle
     return result
+
+
+def _materialised(home: Path, source: Source, object_keys: list[str], deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not set(object_keys) <= _runs_of(home, source).keys():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"uploads of source '{source.name}' queryable but not materialised")
+        time.sleep(0.5)
 
 
 def _runs_of(home: Path, source: Source) -> dict[str, tuple[str, bool]]:

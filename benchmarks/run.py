@@ -597,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
                         spacing_s=1.0 if args.smoke else 8.0, burst=args.burst, chroma=chroma, cold=first,
                         idle_s=(5.0 if args.smoke else args.idle_seconds) if first else 0.0, requests_log=requests,
                     )  # fmt: skip
+                (workdir / f"latency-{chroma}.json").write_text(
+                    json.dumps(latencies[chroma])
+                )  # kept if a later one fails
                 log(
                     f"latency ({chroma}): p50 {latencies[chroma]['median_s']:.2f} s, p95 {latencies[chroma]['p95_s']:.2f} s"
                 )

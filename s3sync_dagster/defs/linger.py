@@ -8,8 +8,9 @@ in progress, leaves the queue to it (sensors.reading_run). Each event it takes i
 registered as partitions and synced in this run with their own materialisations, and its messages are deleted
 only once their keys are reported: a run that dies before leaves them to come back after the visibility timeout,
 for the sensor to read again (at-least-once, as a tick's). The run stops reading when no event has come for
-`sqs_linger_seconds`, when another run waits in the queue for a slot (it gives its own up), or LINGER_MAX_S after it
-was made: then the sensor reads the queue again.
+`sqs_linger_seconds`, when another run waits in the queue for a slot (it gives its own up), on Celery when another run
+has started (its steps may wait for this one's worker), or LINGER_MAX_S after it was made: then the sensor reads the
+queue again.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def _why_stop(context: dg.OpExecutionContext, linger_seconds: int, quiet_until: 
     )
     if context.instance.get_runs_count(waiting):
         return "another run waits in the queue for a slot: this run gives its slot up"
+    if context.job_def.executor_def.name != dg.in_process_executor.name:
+        # Steps on shared workers (Celery): another run's step may be waiting for the worker this one holds.
+        started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+        if any(
+            record.dagster_run.run_id != context.run_id for record in context.instance.get_run_records(started, limit=2)
+        ):
+            return "another run has started, its steps maybe waiting for this one's worker: the worker is given up"
     return None
 
 
