@@ -10,8 +10,10 @@ environment (FLOOR_QUEUE_ENV, FLOOR_ENDPOINT_ENV).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from typing import Any
 from urllib.parse import unquote_plus
 
 import boto3
@@ -40,9 +42,15 @@ floor_job = dg.define_asset_job(
 )
 
 
+@functools.cache
+def _sqs() -> Any:
+    """One client for the process, as s3sync's sensors keep theirs (defs/resources.boto_client)."""
+    return boto3.client("sqs", endpoint_url=os.environ[FLOOR_ENDPOINT_ENV], region_name="us-east-1")
+
+
 @dg.sensor(job=floor_job, minimum_interval_seconds=TICK_INTERVAL_S, default_status=dg.DefaultSensorStatus.RUNNING)
 def floor_sqs(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    sqs = boto3.client("sqs", endpoint_url=os.environ[FLOOR_ENDPOINT_ENV], region_name="us-east-1")
+    sqs = _sqs()
     queue_url = os.environ[FLOOR_QUEUE_ENV]
     messages = sqs.receive_message(
         QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=FIRST_WAIT_S, AttributeNames=["SentTimestamp"]

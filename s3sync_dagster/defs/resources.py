@@ -4,7 +4,9 @@ Chroma store, the embedding model, document extraction. What a source is lives i
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -57,19 +59,48 @@ def boto_client(
 
     S3Resource's own client has botocore's 60 s connect and read timeouts, and its max_attempts=5 is
     botocore's retry count: one HEAD to a frozen endpoint took 362 s (6 attempts) before an error.
+
+    One client per process for each set of arguments (boto3's clients are thread-safe): making one loads the
+    service's model, ~0.2 s of CPU, which a sensor ticking every 5 s would otherwise pay at every tick.
     """
+    return _cached_client(
+        service, connect_timeout_seconds, read_timeout_seconds, max_attempts, region_name, endpoint_url,
+        aws_access_key_id, aws_secret_access_key, aws_session_token, profile_name, unsigned,
+        tuple(sorted(client_options.items())),
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_client(
+    service: str,
+    connect_timeout_seconds: float,
+    read_timeout_seconds: float,
+    max_attempts: int,
+    region_name: str | None,
+    endpoint_url: str | None,
+    aws_access_key_id: str | None,
+    aws_secret_access_key: str | None,
+    aws_session_token: str | None,
+    profile_name: str | None,
+    unsigned: bool,
+    client_options: tuple[tuple[str, Any], ...],
+) -> Any:
     import boto3
 
-    return boto3.session.Session(profile_name=profile_name).client(
-        service,
-        region_name=region_name,
-        endpoint_url=endpoint_url,
-        aws_access_key_id=aws_access_key_id,
-        aws_secret_access_key=aws_secret_access_key,
-        aws_session_token=aws_session_token,
-        config=_client_config(connect_timeout_seconds, read_timeout_seconds, max_attempts, unsigned),
-        **client_options,
-    )
+    with _making:  # a boto3 Session is not thread-safe; its clients are
+        return boto3.session.Session(profile_name=profile_name).client(
+            service,
+            region_name=region_name,
+            endpoint_url=endpoint_url,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            config=_client_config(connect_timeout_seconds, read_timeout_seconds, max_attempts, unsigned),
+            **dict(client_options),
+        )
+
+
+_making = threading.Lock()
 
 
 def _client_config(
