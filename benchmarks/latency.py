@@ -52,6 +52,52 @@ def chroma_server(path: Path) -> Iterator[int]:
         process.wait(timeout=30)
 
 
+LOCATIONS = ("s3sync_dagster.definitions", "benchmarks.latency_floor")
+
+
+@contextmanager
+def code_servers(
+    modules: tuple[str, ...], env: dict[str, str], workdir: Path
+) -> Iterator[dict[str, tuple[int, subprocess.Popen[bytes]]]]:
+    """A code server of each module's own (`dagster api grpc`), as a deployment runs it (deploy/k8s) and `dagster
+    dev` does: the daemon does not manage it. A daemon given python_module locations starts their servers itself
+    and replaces them every 60 s (Dagster's workspace refresh): a new process importing the project each minute,
+    most of what an idle daemon cost (docs/auto-sync.md, "What it costs")."""
+    # The instance's databases first: two servers making a fresh SQLite home at once race.
+    subprocess.run([str(common.BIN / "dagster"), "instance", "migrate"], env=env, check=True, capture_output=True)
+    servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+    try:
+        for module in modules:
+            port = free_port()
+            process = subprocess.Popen(
+                [str(common.BIN / "dagster"), "api", "grpc", "-h", LOOPBACK, "-p", str(port), "-m", module],
+                cwd=common.REPO,
+                env=env,
+                stdout=(workdir / f"code-server-{module}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            servers[module] = (port, process)
+        for module, (port, process) in servers.items():
+            deadline = time.monotonic() + 120
+            while subprocess.run(
+                [str(common.BIN / "dagster"), "api", "grpc-health-check", "-p", str(port), "-h", LOOPBACK],
+                capture_output=True,
+            ).returncode:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the code server of {module} did not start (see its log in {workdir})")
+                time.sleep(1)
+        yield servers
+    finally:
+        for _, process in servers.values():
+            process.terminate()
+        for _, process in servers.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def notifying_queue(endpoint_url: str, bucket: str) -> str:
     sqs = boto3.client("sqs", endpoint_url=endpoint_url, region_name="us-east-1")
     s3 = common.s3_client(endpoint_url)
@@ -135,18 +181,19 @@ class Source:
     uploads: list[str] = field(default_factory=list)
 
 
-def _idle_costs(daemon_pid: int, requests_log: Path, seconds: float) -> dict[str, Any]:
-    """CPU of the daemon and every process under it (code servers, run workers), and SQS requests by queue, over
-    `seconds` with no upload."""
+def _idle_costs(pids: list[int], requests_log: Path, seconds: float) -> dict[str, Any]:
+    """CPU of these processes and every process under them (the daemon and its threads, the code server, run
+    workers), and SQS requests by queue, over `seconds` with no upload."""
     import psutil
 
     def cpu_s() -> float:
         total = 0.0
-        root = psutil.Process(daemon_pid)
-        for process in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system + times.children_user + times.children_system
+        for pid in pids:
+            root = psutil.Process(pid)
+            for process in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    total += times.user + times.system + times.children_user + times.children_system
         return total
 
     lines_before = len(requests_log.read_text(errors="replace").splitlines())
@@ -195,17 +242,6 @@ def measure(
     s3.create_bucket(Bucket=FLOOR_BUCKET)
     floor_queue_url = notifying_queue(endpoint_url, FLOOR_BUCKET)
     workdir.mkdir(parents=True, exist_ok=True)
-    workspace = workdir / "workspace.yaml"
-    workspace.write_text(
-        yaml.safe_dump(
-            {
-                "load_from": [
-                    {"python_module": {"module_name": module, "working_directory": str(common.REPO)}}
-                    for module in ("s3sync_dagster.definitions", "benchmarks.latency_floor")
-                ]
-            }
-        )
-    )
     home = common.dagster_home(workdir / "home")
     with contextlib.ExitStack() as stack:
         if chroma == "server":
@@ -241,6 +277,18 @@ def measure(
         env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file))
         env |= {latency_floor.FLOOR_QUEUE_ENV: floor_queue_url, latency_floor.FLOOR_ENDPOINT_ENV: endpoint_url}
         log = workdir / "daemon.log"
+        servers = stack.enter_context(code_servers(LOCATIONS, env, workdir))
+        workspace = workdir / "workspace.yaml"
+        workspace.write_text(
+            yaml.safe_dump(
+                {
+                    "load_from": [
+                        {"grpc_server": {"host": LOOPBACK, "port": port, "location_name": module}}
+                        for module, (port, _) in servers.items()
+                    ]
+                }
+            )
+        )
         daemon = subprocess.Popen(
             [str(common.BIN / "dagster-daemon"), "run", "-w", str(workspace)],
             cwd=common.REPO,
@@ -318,7 +366,10 @@ def measure(
             # daemon (and the run reading the queue) is stopped.
             _materialised(home, live_source := sources[0], bursts, WAIT_S)
             if idle_s and requests_log is not None:
-                idle = _idle_costs(daemon.pid, requests_log, idle_s)
+                # The floor's sensor is stopped: what is measured is the daemon and s3sync's code server.
+                stop = ["sensor", "stop", "floor_sqs", "-w", str(workspace), "-l", LOCATIONS[1]]
+                subprocess.run([str(common.BIN / "dagster"), *stop], env=env, check=True, capture_output=True)
+                idle = _idle_costs([daemon.pid, servers[LOCATIONS[0]][1].pid], requests_log, idle_s)
                 idle["queues"] = {source.queue_url.rsplit("/", 1)[-1]: source.name for source in sources} | {
                     floor_queue_url.rsplit("/", 1)[-1]: "floor"
                 }

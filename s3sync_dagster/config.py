@@ -357,6 +357,12 @@ class SourceConfig(_Model):
     # one at once (a fraction of a second) instead of leaving it to a new run (seconds to start); the sensor
     # leaves the queue to that run meanwhile. It gives its run slot up early when another run is queued. 0: off.
     sqs_linger_seconds: int = Field(default=60, ge=0, le=3600)
+    # How long a tick of the SQS sensor waits on an empty queue (SQS's long poll, 20 s at most; a message ends it at
+    # once). Dagster's daemon starts sensor ticks every 5 s at most and none while the sensor's last one runs: a
+    # wait just under a multiple of 5 ends right before a loop, so the queue goes unread about 1 s in 5, 10, 15 or
+    # 20 whatever the value, and an upload's event is seen the moment it lands most of the time. What the value
+    # sets is the idle cost: a tick (a Dagster instance, the tick's records, an SQS request) every wait + 1 s.
+    sqs_wait_seconds: int = Field(default=19, ge=1, le=20)
     poll_interval_seconds: int | None = Field(default=None, ge=1)  # prefix polling; absent: none
     document_limit: int | None = Field(default=None, ge=1)  # at most this many keys are registered
     # Keys per run for backfills, `s3sync sync` and the sensors: one run start-up is shared by these.

@@ -139,6 +139,8 @@ def make_config(tmp_path: Path, moto_endpoint: str) -> ConfigFactory:
             # The sensor's run ends with its keys, as a test of anything else expects; test_sensors' linger tests
             # (and the benchmarks) read the queue from the run as the default does.
             entry.setdefault("sqs_linger_seconds", 0)
+            # A tick of an empty queue in a test returns in 4 s, not the default 19.
+            entry.setdefault("sqs_wait_seconds", 4)
         path = tmp_path / "s3sync.yaml"
         path.write_text(yaml.safe_dump({"chroma": {"path": "chroma"}, "sources": [entry]}), encoding="utf-8")
         return load_config(path), path

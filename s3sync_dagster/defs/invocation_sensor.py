@@ -29,6 +29,10 @@ REQUEST_MARKER = "s3sync_request"
 REQUEST_KIND = "invocation"
 # Requests read per source and tick; more wait for the next tick (the cursor stops before them).
 REQUESTS_PER_TICK = 500
+# Each tick costs a Dagster instance in the code server and the tick's records in the daemon's: at Dagster's 5 s
+# it was a third of what an idle daemon spent (docs/auto-sync.md, "What it costs"). An invocation's run is
+# requested within 15 s of it.
+INVOCATION_INTERVAL_S = 15
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ def build_invocation_sensor(sources: Sequence[SourceConfig]) -> dg.SensorDefinit
     @dg.sensor(
         name=INVOCATION_SENSOR,
         asset_selection=[documents_asset_key(source) for source in sources],
-        minimum_interval_seconds=5,
+        minimum_interval_seconds=INVOCATION_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Runs the invocations `s3sync invoke` records: one run of the object's partition each.",
     )

@@ -22,11 +22,6 @@ from s3sync_dagster.pipeline import events, keys, objects
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
 READ_BUDGET_S = 25.0
-# How long an SQS tick waits for the first message (SQS's long poll; it answers at once when one comes). The
-# daemon starts sensor ticks every 5 s at most (Dagster's sensor loop) and none while the sensor's last is still
-# running: a 4 s wait ends before the next loop, so the queue is read about 4 s of every 5, an upload's event is
-# seen the moment it lands most of the time, and an idle queue gets one request per tick.
-FIRST_WAIT_S = 4
 # The sensor's minimum_interval_seconds: not what paces it (the long poll and the daemon's loop do), so that a
 # tick is started at every loop once the last one has ended.
 SQS_TICK_INTERVAL_S = 1
@@ -61,7 +56,8 @@ def receive_messages(
     queue_url: str,
     visibility_timeout_s: int,
     budget_s: float = READ_BUDGET_S,
-    first_wait_s: int = FIRST_WAIT_S,
+    *,
+    first_wait_s: int,
 ) -> list[dict[str, Any]]:
     """Long-poll the queue (`first_wait_s` at most) until it is drained or the budget is spent.
 
@@ -304,7 +300,7 @@ def sqs_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Co
             skip_reason=f"run {reader} of source '{source.name}' reads the queue (sqs_linger_seconds)",
             cursor=_cursor(pending),
         )
-    messages = receive_messages(client, queue_url, visibility_s)
+    messages = receive_messages(client, queue_url, visibility_s, first_wait_s=source.sqs_wait_seconds)
     if not messages:
         return dg.SensorResult(skip_reason="no S3 events in the queue", cursor=_cursor(pending))
     to_sync, to_register, kept = plan_sync(context, source, messages)
