@@ -75,6 +75,9 @@ def code_servers(
                 env=env,
                 stdout=(workdir / f"code-server-{module}.log").open("wb"),
                 stderr=subprocess.STDOUT,
+                # Its own process group, stopped whole: the runs it launched (a run still reading its queue
+                # included) are its children, and would read the next measurement's queue otherwise.
+                start_new_session=True,
             )
             servers[module] = (port, process)
         for module, (port, process) in servers.items():
@@ -89,13 +92,16 @@ def code_servers(
         yield servers
     finally:
         for _, process in servers.values():
-            process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
         for _, process in servers.values():
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # a run worker that outlived its server's SIGTERM
 
 
 def notifying_queue(endpoint_url: str, bucket: str) -> str:

@@ -55,10 +55,11 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     floor = server["floor"]
     assert floor["median_s"] > 0 and floor["stages_median_s"]["written"] >= floor["stages_median_s"]["run_created"]
     assert "| ours, a run per upload |" in text
-    # The idle figures: the daemon's processes measured, and each queue's requests counted through the proxy.
+    # The idle figures: the daemon and the code server measured, each queue's requests counted through the proxy
     idle = server["idle"]
     assert idle["cpu_percent_of_one_core"] > 0
-    assert {idle["queues"][queue] for queue in idle["sqs_requests_per_s_by_queue"]} >= {"live", "floor"}
+    # (the floor's sensor is stopped for it: what is measured is the daemon and s3sync's code server)
+    assert "live" in {idle["queues"][queue] for queue in idle["sqs_requests_per_s_by_queue"]}
     assert raw["inrun"]["in_run"]["texts"] == raw["inrun"]["bare"]["texts"] > 0
     assert raw["inrun"]["changed"]["runs"] == 1
     # The before/after measurements wrote the same chunks both ways and compared real vectors.
