@@ -240,7 +240,7 @@ def latency(workdir: Path, uploads: int = 15, spacing_s: float = 8.0) -> dict[st
     import dagster as dg
 
     from benchmarks.dagster_server import webserver_and_daemon
-    from benchmarks.latency import _percentile
+    from benchmarks.latency import summary
 
     common.credentials()
     with celery_cluster.hosts(1) as where, celery_cluster.services(where, workdir / "services") as up:
@@ -308,11 +308,7 @@ def latency(workdir: Path, uploads: int = 15, spacing_s: float = 8.0) -> dict[st
         "measured": common.machine(),
         "uploads": uploads,
         "spacing_s": spacing_s,
-        "median_s": common.median(latencies),
-        "p95_s": _percentile(latencies, 0.95),
-        "max_s": max(latencies),
-        "min_s": min(latencies),
-        "all_s": [round(value, 2) for value in latencies],
+        **summary(latencies),
         "runs": len(runs),
         "taken_by_a_reading_run": uploads - own,
         "namespaces": where.namespaces,

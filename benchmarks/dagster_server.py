@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 
@@ -385,13 +386,30 @@ def dg_dev(project: Path, home: Path, log: Path, env: dict[str, str]) -> Iterato
 def webserver_and_daemon(
     home: Path, config_file: Path, log: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[DagsterDev]:
-    """dagster-webserver and dagster-daemon as separate processes on one instance, as deployed."""
-    port = free_port()
+    """dagster-webserver, dagster-daemon and the project's code server as separate processes on one instance, as
+    deployed (docs/deployment.md, deploy/workspace.yaml): the code server on a free port instead of 4000."""
+    port, grpc_port = free_port(), free_port()
     env = dict(os.environ, DAGSTER_HOME=str(home), S3SYNC_CONFIG=str(config_file), **(extra_env or {}))
-    workspace = str(REPO / "workspace.yaml")
+    workspace = home / "workspace.yaml"
+    deployed = yaml.safe_load((REPO / "deploy" / "workspace.yaml").read_text())
+    deployed["load_from"][0]["grpc_server"] |= {"host": LOOPBACK, "port": grpc_port}
+    workspace.write_text(yaml.safe_dump(deployed))
     # As deployed (docs/deployment.md): the schema first, once. Two services creating the tables of a fresh
     # database at once race ("type event_logs already exists") and one of them exits.
     subprocess.run([_bin("dagster"), "instance", "migrate"], env=env, check=True, capture_output=True)
-    webserver = [_bin("dagster-webserver"), "-w", workspace, "-h", LOOPBACK, "-p", str(port)]
-    with _serving([webserver, [_bin("dagster-daemon"), "run", "-w", workspace]], env, port, log) as server:
-        yield server
+    code_server = _spawn(
+        [_bin("dagster"), "api", "grpc", "-h", LOOPBACK, "-p", str(grpc_port), "-m", LOCATION_NAME], env, log
+    )
+    try:
+        deadline = time.monotonic() + 180
+        health = [_bin("dagster"), "api", "grpc-health-check", "-h", LOOPBACK, "-p", str(grpc_port)]
+        while subprocess.run(health, capture_output=True).returncode:
+            if code_server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the code server did not start; see {log}")
+            time.sleep(1)
+        webserver = [_bin("dagster-webserver"), "-w", str(workspace), "-h", LOOPBACK, "-p", str(port)]
+        daemon = [_bin("dagster-daemon"), "run", "-w", str(workspace)]
+        with _serving([webserver, daemon], env, port, log) as server:
+            yield server
+    finally:
+        _stop(code_server)  # its process group: the runs it launched with it

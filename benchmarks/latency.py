@@ -135,6 +135,17 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
+def summary(latencies: list[float]) -> dict[str, Any]:
+    """Upload-to-queryable seconds as the results keep them: median, p95, extremes, and each one."""
+    return {
+        "median_s": common.median(latencies),
+        "p95_s": _percentile(latencies, 0.95),
+        "max_s": max(latencies),
+        "min_s": min(latencies),
+        "all_s": [round(value, 2) for value in latencies],
+    }
+
+
 def _run_stages(instance: Any, run_id: str, sent_tag: str | None = None) -> dict[str, float]:
     """Epoch seconds at which the run reached each stage (from its own events), and its materialisations."""
     import dagster as dg
@@ -370,7 +381,7 @@ def measure(
             burst_s = max(queryable_at[key] for key in bursts) - burst_started
             # A key is queryable a moment before its run records its materialisation: wait for those before the
             # daemon (and the run reading the queue) is stopped.
-            _materialised(home, live_source := sources[0], bursts, WAIT_S)
+            _materialised(home, sources[0], bursts, WAIT_S)
             if idle_s and requests_log is not None:
                 # The floor's sensor is stopped: what is measured is the daemon and s3sync's code server.
                 stop = ["sensor", "stop", "floor_sqs", "-w", str(workspace), "-l", LOCATIONS[1]]
@@ -386,27 +397,21 @@ def measure(
             except subprocess.TimeoutExpired:
                 os.killpg(daemon.pid, signal.SIGKILL)
                 daemon.wait()
-    live = live_source
+    live = sources[0]
     latencies = [queryable_at[key] - put_at[key] for key in live.uploads]
     by_run = _runs_of(home, live)
     result: dict[str, Any] = {
         "chroma": chroma,
         "uploads": len(latencies),
         "spacing_s": spacing_s,
-        "median_s": common.median(latencies),
-        "p95_s": _percentile(latencies, 0.95),
-        "max_s": max(latencies),
-        "min_s": min(latencies),
-        "all_s": [round(value, 2) for value in latencies],
+        **summary(latencies),
         # How many single uploads a run already reading the queue took; the others started a run of their own.
         "taken_by_a_reading_run": sum(1 for key in live.uploads if not by_run[key][1]),
         "burst": burst,
         "burst_all_queryable_s": burst_s,
         "burst_runs": len({by_run[key][0] for key in bursts}),
         "floor": {
-            "median_s": common.median(floor_latencies := [floor_at[key] - put_at[key] for key in floors]),
-            "p95_s": _percentile(floor_latencies, 0.95),
-            "all_s": [round(value, 2) for value in floor_latencies],
+            **summary([floor_at[key] - put_at[key] for key in floors]),
             "stages_median_s": _stages_of_floor(home, floors, put_at),
         },
     }
@@ -414,9 +419,7 @@ def measure(
         cold_source = sources[1]
         cold_latencies = [queryable_at[key] - put_at[key] for key in cold_source.uploads]
         result["cold"] = {
-            "median_s": common.median(cold_latencies),
-            "p95_s": _percentile(cold_latencies, 0.95),
-            "all_s": [round(value, 2) for value in cold_latencies],
+            **summary(cold_latencies),
             "stages_median_s": _stages_of_singles(home, cold_source, put_at, queryable_at),
         }
     if idle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -27,6 +28,7 @@ from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.commands.resident import SERVER_ENV as RESIDENT_ENV
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
+from s3sync_dagster.pipeline.store import close_clients
 
 # Credentials the tests hand over through the environment, as users do. Moto accepts anything; the
 # values are distinctive so a test can prove they never leak into output, events or metadata.
@@ -43,6 +45,24 @@ os.environ[RESIDENT_ENV] = "0"
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+OPEN_FILES_COLLECTED = 300
+
+
+@pytest.fixture(autouse=True)
+def _closes_its_stores(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test's embedded stores are closed after it. Chroma keeps an engine per store path for the life of
+    the process (its SQLite files, its threads' event fds): a worker running ~400 tests reached 1,756 open
+    files, past select()'s 1,024 (pexpect failed). A module whose fixture holds a client across its tests
+    is marked `keeps_clients`; its stores close with the next test of another module. An engine left in a
+    reference cycle (a collection kept by Dagster's objects of the test) closes when the cycle is collected:
+    collected here once over OPEN_FILES_COLLECTED files are open (a collection takes ~0.1 s)."""
+    yield
+    if request.node.get_closest_marker("keeps_clients") is None:
+        close_clients()
+        if len(os.listdir("/proc/self/fd")) > OPEN_FILES_COLLECTED:
+            gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -211,6 +211,14 @@ class LiveSource:
         attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)["Attributes"]
         return sum(int(attributes[name]) for name in names)
 
+    def assert_indexed_once(self, want: dict[str, str], fault_row: Row) -> None:
+        """Every upload indexed, the queue drained, and then exactly these chunks: nothing lost, nothing twice."""
+        self.wait_until("every upload indexed", lambda: self.chunks() == want, timeout_s=2 * WAIT_S)
+        self.wait_until("the queue drained", lambda: self.queue_depth() == 0)
+        fault_row.observe({(self.collection_name, i): text for i, text in want.items()}, self.store_chunks())
+        assert self.chunks() == want  # exactly these ids and texts: nothing lost, nothing twice
+        fault_row.passed = True
+
     def wait_until(self, what: str, condition: Any, timeout_s: float = WAIT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while not condition():
@@ -245,12 +253,7 @@ def test_no_event_is_lost_when_the_daemon_dies(
             pytest.fail(f"the daemon never reached {failpoint}; logs:\n{live.logs()}")
         assert crashing.returncode == -signal.SIGKILL
         live.start_daemon()
-        want = expected_chunks(files)
-        live.wait_until("every upload indexed", lambda: live.chunks() == want, timeout_s=2 * WAIT_S)
-        live.wait_until("the queue drained", lambda: live.queue_depth() == 0)
-        fault_row.observe({(live.collection_name, i): text for i, text in want.items()}, live.store_chunks())
-        assert live.chunks() == want  # exactly these ids and texts: nothing lost, nothing twice
-        fault_row.passed = True
+        live.assert_indexed_once(expected_chunks(files), fault_row)
     finally:
         live.stop()
 
@@ -276,12 +279,7 @@ def test_no_event_is_lost_when_the_run_reading_the_queue_dies(
             pytest.fail(f"the run never reached linger:written; logs:\n{live.logs()}")
         assert crashing.returncode == -signal.SIGKILL
         live.start_daemon()
-        want = expected_chunks(first | later)
-        live.wait_until("every upload indexed", lambda: live.chunks() == want, timeout_s=2 * WAIT_S)
-        live.wait_until("the queue drained", lambda: live.queue_depth() == 0)
-        fault_row.observe({(live.collection_name, i): text for i, text in want.items()}, live.store_chunks())
-        assert live.chunks() == want  # exactly these ids and texts: nothing lost, nothing twice
-        fault_row.passed = True
+        live.assert_indexed_once(expected_chunks(first | later), fault_row)
     finally:
         live.stop()
 

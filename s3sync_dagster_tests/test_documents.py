@@ -17,6 +17,8 @@ from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster_tests import document_fixtures as fx
 from s3sync_dagster_tests.conftest import put
 
+pytestmark = pytest.mark.keeps_clients  # `synced` holds one client for the module
+
 ALL_SUFFIXES = sorted(DOCUMENT_SUFFIXES | {".html", ".htm", ".csv"})
 
 

@@ -39,7 +39,7 @@ def test_sync_shows_live_progress_on_a_terminal_and_nothing_off_one(
     env = dict(os.environ, TERM="xterm-256color", COLUMNS="160", LINES="40", DAGSTER_HOME=str(home))
     env.pop("DAGSTER_DISABLE_TELEMETRY", None)
     command = [str(BIN / "s3sync"), "sync", "notes", "--all", "--config", str(config_file)]
-    terminal = pexpect.spawn(command[0], command[1:], env=env, timeout=600, dimensions=(40, 160))
+    terminal = pexpect.spawn(command[0], command[1:], env=env, timeout=600, dimensions=(40, 160), use_poll=True)
     terminal.logfile_read = io.BytesIO()
     terminal.expect(rb"discover notes: listing")
     seen: list[int] = []
@@ -69,7 +69,9 @@ def test_sync_shows_live_progress_on_a_terminal_and_nothing_off_one(
     assert "keys/s" not in done.stderr + done.stdout and "listing" not in done.stderr
     assert f"{KEYS} unchanged" in done.stdout
     # --json on a terminal: the JSON alone.
-    terminal = pexpect.spawn(command[0], [*command[1:], "--json"], env=env, timeout=600, dimensions=(40, 160))
+    terminal = pexpect.spawn(
+        command[0], [*command[1:], "--json"], env=env, timeout=600, dimensions=(40, 160), use_poll=True
+    )
     terminal.expect(pexpect.EOF)
     terminal.close()
     payload = json.loads(terminal.before.decode())
@@ -77,7 +79,9 @@ def test_sync_shows_live_progress_on_a_terminal_and_nothing_off_one(
 
     # invoke --wait (no daemon: it runs the key here) shows its one key's progress from its run's events.
     invoke = [str(BIN / "s3sync"), "invoke", "notes", "notes/note-007.txt", "--custom-id", "gate-7", "--wait"]
-    terminal = pexpect.spawn(invoke[0], [*invoke[1:], "--config", str(config_file)], env=env, timeout=600)
+    terminal = pexpect.spawn(
+        invoke[0], [*invoke[1:], "--config", str(config_file)], env=env, timeout=600, use_poll=True
+    )
     terminal.logfile_read = io.BytesIO()
     terminal.expect(rb"invocation \S+ .*1/1")
     terminal.expect(pexpect.EOF)

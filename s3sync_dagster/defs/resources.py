@@ -39,6 +39,10 @@ _TIMEOUTS = TimeoutsConfig()  # the defaults, for resources made without a confi
 SQS_MAX_WAIT_SECONDS = 20
 
 
+_making = threading.Lock()
+
+
+@functools.lru_cache(maxsize=64)
 def boto_client(
     service: str,
     *,
@@ -63,28 +67,6 @@ def boto_client(
     One client per process for each set of arguments (boto3's clients are thread-safe): making one loads the
     service's model, ~0.2 s of CPU, which a sensor ticking every 5 s would otherwise pay at every tick.
     """
-    return _cached_client(
-        service, connect_timeout_seconds, read_timeout_seconds, max_attempts, region_name, endpoint_url,
-        aws_access_key_id, aws_secret_access_key, aws_session_token, profile_name, unsigned,
-        tuple(sorted(client_options.items())),
-    )  # fmt: skip
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_client(
-    service: str,
-    connect_timeout_seconds: float,
-    read_timeout_seconds: float,
-    max_attempts: int,
-    region_name: str | None,
-    endpoint_url: str | None,
-    aws_access_key_id: str | None,
-    aws_secret_access_key: str | None,
-    aws_session_token: str | None,
-    profile_name: str | None,
-    unsigned: bool,
-    client_options: tuple[tuple[str, Any], ...],
-) -> Any:
     import boto3
 
     with _making:  # a boto3 Session is not thread-safe; its clients are
@@ -96,11 +78,8 @@ def _cached_client(
             aws_secret_access_key=aws_secret_access_key,
             aws_session_token=aws_session_token,
             config=_client_config(connect_timeout_seconds, read_timeout_seconds, max_attempts, unsigned),
-            **dict(client_options),
+            **client_options,
         )
-
-
-_making = threading.Lock()
 
 
 def _client_config(

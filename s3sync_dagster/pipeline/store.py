@@ -12,6 +12,7 @@ import fcntl
 import functools
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -229,14 +230,13 @@ _held_locks = threading.local()  # the store locks this thread holds, by lock fi
 
 def close_clients() -> None:
     """Close every client this process opened (chromadb keeps one engine a store path for the life of the
-    process): the next client reads its store from disk again, with other processes' writes."""
-    if _opened:
-        _opened[-1].clear_system_cache()  # every engine of the process, not only this client's
-    _opened.clear()
+    process): the next client reads its store from disk again, with other processes' writes. Clients made
+    directly with chromadb are closed too: an engine holds its store's files and its threads' descriptors."""
+    if "chromadb" in sys.modules:  # nothing to close in a process that never imported it
+        from chromadb.api.client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()  # every engine of the process
     _client.cache_clear()
-
-
-_opened: list[ClientAPI] = []  # the clients _client made, until close_clients
 
 
 @functools.lru_cache(maxsize=8)
@@ -260,6 +260,4 @@ def _client(
         )
     if host:
         return chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=dict(headers), settings=settings)
-    client = embedded_client(path or DEFAULT_EMBEDDED_PATH)
-    _opened.append(client)
-    return client
+    return embedded_client(path or DEFAULT_EMBEDDED_PATH)
