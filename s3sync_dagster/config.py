@@ -364,6 +364,11 @@ class SourceConfig(_Model):
     # sets is the idle cost: a tick (a Dagster instance, the tick's records, an SQS request) every wait + 1 s.
     sqs_wait_seconds: int = Field(default=19, ge=1, le=20)
     poll_interval_seconds: int | None = Field(default=None, ge=1)  # prefix polling; absent: none
+    # After its keys, the poll sensor's run passes over the prefix itself every poll_interval_seconds until its
+    # passes have found no change this long: a change is then synced by a process already warm (a fraction of a
+    # second after the pass that finds it) instead of by a new run (seconds to start); the sensor leaves the prefix
+    # to that run meanwhile. Only where poll_interval_seconds is at most this (a run would wait for no pass). 0: off.
+    poll_linger_seconds: int = Field(default=60, ge=0, le=3600)
     document_limit: int | None = Field(default=None, ge=1)  # at most this many keys are registered
     # Keys per run for backfills, `s3sync sync` and the sensors: one run start-up is shared by these.
     keys_per_run: int = Field(default=100, ge=1)

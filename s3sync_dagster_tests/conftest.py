@@ -161,6 +161,8 @@ def make_config(tmp_path: Path, moto_endpoint: str) -> ConfigFactory:
             entry.setdefault("sqs_linger_seconds", 0)
             # A tick of an empty queue in a test returns in 4 s, not the default 19.
             entry.setdefault("sqs_wait_seconds", 4)
+        if "poll_interval_seconds" in source:
+            entry.setdefault("poll_linger_seconds", 0)  # as sqs_linger_seconds: the linger tests set it
         path = tmp_path / "s3sync.yaml"
         path.write_text(yaml.safe_dump({"chroma": {"path": "chroma"}, "sources": [entry]}), encoding="utf-8")
         return load_config(path), path

@@ -325,6 +325,64 @@ def test_the_sensors_run_reads_the_queue_after_its_keys_and_the_sensor_leaves_it
     assert queue_depth(sqs, queue_url) == 0
 
 
+def test_the_poll_sensors_run_passes_over_the_prefix_after_its_keys_and_the_sensor_leaves_it_to_the_run(
+    make_config: ConfigFactory, s3: Any, bucket: str, instance: dg.DagsterInstance
+) -> None:
+    """The default: the poll tick's run, its keys done, passes over the prefix itself every poll_interval_seconds
+    (new, changed and vanished keys synced there, each its own materialisation); the sensor meanwhile leaves the
+    prefix to it, and passes over it again once the run's passes have found nothing for poll_linger_seconds."""
+    import threading
+
+    config, _ = make_config(bucket, path_prefix="p/", poll_interval_seconds=1, poll_linger_seconds=4)
+    live = AutoSync(config, instance, sensor="poll")
+    put(s3, bucket, {"p/first.txt": "the first upload\n", "p/gone.txt": "deleted while the run passes\n"})
+    with dg.build_sensor_context(instance=instance, resources=live.defs.resources) as context:
+        result = sensor_tick(live.sensor, context)
+    [request] = result.run_requests or []
+    assert request.run_config["ops"]["docs_sync_keys"]["config"]["poll_linger_seconds"] == 4
+    assert request.tags["s3sync/reads_prefix"] == "true" and "s3sync/reads_queue" not in request.tags
+    for partitions in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys or []))
+    outcome: list[dg.ExecuteInProcessResult] = []
+    run = threading.Thread(
+        target=lambda: outcome.append(
+            live.job.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags)
+        )
+    )
+    run.start()
+    deadline = time.monotonic() + 120
+    while not live.chunks_or_none("p/first.txt"):
+        assert time.monotonic() < deadline and run.is_alive(), "the run's own keys were not indexed"
+        time.sleep(0.2)
+    # The run now passes over the prefix: a new key, a changed one and a deleted one are its.
+    put(s3, bucket, {"p/second.txt": "the second upload\n", "p/first.txt": "the first upload, changed\n"})
+    s3.delete_object(Bucket=bucket, Key="p/gone.txt")
+    while not live.chunks("p/second.txt"):
+        assert time.monotonic() < deadline and run.is_alive(), "the run's pass did not sync the new key"
+        time.sleep(0.2)
+    result, runs = live.tick()
+    assert runs == [] and result.skip_reason is not None
+    assert "passes over the prefix" in (result.skip_reason.skip_message or ""), result.skip_reason
+    run.join(timeout=120)
+    assert not run.is_alive() and outcome and outcome[0].success
+    run_id = outcome[0].run_id
+    materialized = {
+        entry.dagster_event.partition
+        for entry in run_events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    }
+    assert materialized == {keys.to_partition_key(k) for k in ("p/first.txt", "p/gone.txt", "p/second.txt")}
+    assert list(live.chunks("p/first.txt").values()) == ["the first upload, changed\n"]
+    assert live.chunks("p/gone.txt") == {}
+    said = [entry.user_message for entry in instance.all_logs(run_id)]
+    assert any("stopped passing over its prefix: no change for 4 s" in line for line in said), said
+    # The sensor passes over the prefix again, from where the run's passes left it: only what changed since.
+    put(s3, bucket, {"p/third.txt": "the third upload\n"})
+    result, runs = live.tick()
+    assert [run.success for run in runs] == [True]
+    assert runs[0].dagster_run.run_config["ops"]["docs_sync_keys"]["config"]["object_keys"] == ["p/third.txt"]
+    assert list(live.chunks("p/third.txt").values()) == ["the third upload\n"]
+
+
 @pytest.fixture
 def polled(make_config: ConfigFactory, bucket: str, instance: dg.DagsterInstance) -> AutoSync:
     config, _ = make_config(bucket, path_prefix="p/", poll_interval_seconds=30, exclude=["*.tmp"])

@@ -1,6 +1,7 @@
-"""A sync run that reads its source's queue after its keys: events that come meanwhile are synced by a process
-that has already started, imported and loaded everything (a fraction of a second), instead of by a new run
-(seconds to start: Dagster's run worker, then the imports, the model, the clients).
+"""A sync run that reads its source's queue after its keys: events that come meanwhile are synced by a process that
+has already started, imported and loaded everything (a fraction of a second), instead of by a new run (seconds to
+start: Dagster's run worker, then the imports, the model, the clients). The poll sensor's run does the same with
+the prefix (read_prefix, at the end).
 
 The SQS sensor asks for it (the source's `sqs_linger_seconds`, on the last run of a tick) and, while such a run is
 in progress, leaves the queue to it (sensors.reading_run). Each event it takes is handled as the sensor would
@@ -26,7 +27,17 @@ from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.assets import KeyEvent, index_partitions
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
-from s3sync_dagster.defs.sensors import LINGER_MAX_S, delete_messages, plan_sync, receive_messages, report_kept
+from s3sync_dagster.defs.sensors import (
+    LINGER_MAX_S,
+    READ_BUDGET_S,
+    delete_messages,
+    pass_over_prefix,
+    plan_keys,
+    plan_sync,
+    receive_messages,
+    report_kept,
+)
+from s3sync_dagster.defs.state import poll_state
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.store import close_clients
 
@@ -37,9 +48,9 @@ WAIT_S = 2
 SLOT_WAIT_S = 10
 
 
-def _why_stop(context: dg.OpExecutionContext, linger_seconds: int, quiet_until: float, ends_at: float) -> str | None:
+def _why_stop(context: dg.OpExecutionContext, quiet: str, quiet_until: float, ends_at: float) -> str | None:
     if time.monotonic() >= quiet_until:
-        return f"no S3 event for {linger_seconds} s"
+        return quiet
     if time.time() >= ends_at:
         return f"{LINGER_MAX_S} s since the run was made: the next event gets a run of its own"
     # Every run passes through the queue (for up to the coordinator's dequeue interval); one still there after
@@ -60,6 +71,11 @@ def _why_stop(context: dg.OpExecutionContext, linger_seconds: int, quiet_until: 
     return None
 
 
+def _made_at(context: dg.OpExecutionContext) -> float:
+    record = context.instance.get_run_record_by_id(context.run_id)
+    return record.create_timestamp.timestamp() if record is not None else time.time()
+
+
 def read_queue(
     context: dg.OpExecutionContext,
     source: SourceConfig,
@@ -75,8 +91,7 @@ def read_queue(
     if linger_seconds <= 0 or queue_url is None:
         return
     client = s3.sqs_client(source.name)
-    record = context.instance.get_run_record_by_id(context.run_id)
-    ends_at = (record.create_timestamp.timestamp() if record is not None else time.time()) + LINGER_MAX_S
+    ends_at = _made_at(context) + LINGER_MAX_S
     quiet_until = time.monotonic() + linger_seconds
     store = chroma.store()
     # An embedded store's writes by other processes since this run's last one: this process's copy of its index
@@ -85,7 +100,7 @@ def read_queue(
     context.log.info(
         f"source '{source.name}': reading its queue until no event has come for {linger_seconds} s (sqs_linger_seconds)"
     )
-    while (why := _why_stop(context, linger_seconds, quiet_until, ends_at)) is None:
+    while (why := _why_stop(context, f"no S3 event for {linger_seconds} s", quiet_until, ends_at)) is None:
         wait = max(0, min(WAIT_S, int(quiet_until - time.monotonic())))
         messages = receive_messages(
             client, queue_url, source.sqs_visibility_timeout_seconds, budget_s=wait + 2, first_wait_s=wait
@@ -121,3 +136,72 @@ def read_queue(
         failpoints.reached("linger:written")  # a test's kill -9: the keys written, their messages not yet deleted
         delete_messages(context, client, queue_url, handles)
     context.log.info(f"source '{source.name}': stopped reading its queue: {why}")
+
+
+def read_prefix(
+    context: dg.OpExecutionContext,
+    source: SourceConfig,
+    linger_seconds: int,
+    *,
+    s3: S3Connections,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+    documents: DocumentsResource,
+) -> Iterator[KeyEvent]:
+    """Pass over the prefix every poll_interval_seconds, as the poll sensor would, syncing what each pass finds, until
+    one of the stops above; each key's events yielded as index_partitions'. The listing state is the sensor's
+    (committed once a pass's keys are reported: a run that dies before leaves them to the next pass)."""
+    interval = source.poll_interval_seconds
+    if linger_seconds <= 0 or interval is None:
+        return
+    client = s3.client(source.name)
+    made_at = _made_at(context)
+    ends_at = made_at + LINGER_MAX_S
+    next_pass = made_at + interval  # the sensor's tick passed over the prefix when it made this run
+    quiet_until = time.monotonic() + linger_seconds
+    store = chroma.store()
+    seen = store.disk_state()
+    context.log.info(
+        f"source '{source.name}': passing over its prefix every {interval} s until no change has come for "
+        f"{linger_seconds} s (poll_linger_seconds)"
+    )
+    quiet = f"no change for {linger_seconds} s"
+    while (why := _why_stop(context, quiet, quiet_until, ends_at)) is None:
+        if (wait := next_pass - time.time()) > 0:
+            time.sleep(min(WAIT_S, wait))
+            continue
+        next_pass = max(next_pass + interval, time.time())
+        state = poll_state(context.instance, source.name)
+        try:
+            found = pass_over_prefix(client, source, state, READ_BUDGET_S)
+            to_sync, to_register = plan_keys(context, source, found.wanted())
+            if to_register:
+                context.instance.add_dynamic_partitions(partitions_name(source.name), to_register)
+            if to_sync:
+                quiet_until = time.monotonic() + linger_seconds
+                context.log.info(
+                    f"source '{source.name}': pass {found.number}: {len(found.changed)} new or changed, "
+                    f"{len(found.vanished)} vanished"
+                )
+                with chroma.write_lock():
+                    if seen is not None and store.disk_state() != seen:
+                        close_clients()
+                    try:
+                        yield from index_partitions(
+                            context,
+                            source,
+                            [keys.to_partition_key(object_key) for object_key in to_sync],
+                            s3=s3,
+                            chroma=chroma,
+                            embedding=embedding,
+                            documents=documents,
+                        )
+                    except dg.Failure as failure:
+                        if "failed_keys" in (failure.metadata or {}):  # every key reported: the pass is done
+                            state.commit()
+                        raise
+                    seen = store.disk_state()
+            state.commit()
+        finally:
+            state.close()
+    context.log.info(f"source '{source.name}': stopped passing over its prefix: {why}")

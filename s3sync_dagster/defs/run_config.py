@@ -35,6 +35,9 @@ class SyncKeysConfig(dg.Config):
     # Set by the SQS sensor (the source's sqs_linger_seconds): after these keys, the run reads the queue itself until
     # it has seen no event this long (defs/linger.py).
     linger_seconds: int = 0
+    # Set by the poll sensor (the source's poll_linger_seconds): after these keys, the run passes over the prefix
+    # itself every poll_interval_seconds until its passes have found no change this long (defs/linger.py).
+    poll_linger_seconds: int = 0
 
 
 class RepairConfig(dg.Config):
@@ -68,10 +71,13 @@ class BackfillConfig(dg.Config):
     pattern: str = ""
 
 
-def sync_run_config(source_name: str, object_keys: list[str], linger_seconds: int = 0) -> dg.RunConfig:
-    return dg.RunConfig(
-        ops={sync_op_name(source_name): SyncKeysConfig(object_keys=object_keys, linger_seconds=linger_seconds)}
+def sync_run_config(
+    source_name: str, object_keys: list[str], linger_seconds: int = 0, poll_linger_seconds: int = 0
+) -> dg.RunConfig:
+    config = SyncKeysConfig(
+        object_keys=object_keys, linger_seconds=linger_seconds, poll_linger_seconds=poll_linger_seconds
     )
+    return dg.RunConfig(ops={sync_op_name(source_name): config})
 
 
 def repair_run_config(

@@ -17,8 +17,9 @@ from s3sync_dagster.defs.names import partitions_name, register_requests
 from s3sync_dagster.defs.resources import S3Connections
 from s3sync_dagster.defs.run_config import sync_run_config
 from s3sync_dagster.defs.state import poll_state
-from s3sync_dagster.defs.tags import LINGER_TAG, SOURCE_TAG, TRIGGER_TAG
+from s3sync_dagster.defs.tags import LINGER_TAG, PREFIX_LINGER_TAG, SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import events, keys, objects
+from s3sync_dagster.pipeline.poll import PollState
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
 READ_BUDGET_S = 25.0
@@ -199,21 +200,25 @@ def _sync_result(
     trigger: str,
     extra_tags: dict[str, str] | None = None,
     linger_seconds: int = 0,
+    poll_linger_seconds: int = 0,
 ) -> dg.SensorResult:
-    """The runs of these keys, keys_per_run each; with linger_seconds, the last one reads the queue after its keys."""
+    """The runs of these keys, keys_per_run each; with linger_seconds, the last one reads the queue after its keys,
+    with poll_linger_seconds it passes over the prefix."""
     batches = list(_batches(to_sync, source.keys_per_run))
     run_requests = []
     for number, batch in enumerate(batches):
-        lingers = linger_seconds if number == len(batches) - 1 else 0
+        last = number == len(batches) - 1
+        lingers, poll_lingers = (linger_seconds, poll_linger_seconds) if last else (0, 0)
         run_requests.append(
             dg.RunRequest(
                 run_key=hashlib.sha256("\n".join([*run_key_seed, *batch]).encode()).hexdigest()[:32],
-                run_config=sync_run_config(source.name, batch, lingers),
+                run_config=sync_run_config(source.name, batch, lingers, poll_lingers),
                 tags={
                     SOURCE_TAG: source.name,
                     TRIGGER_TAG: trigger,
                     **(extra_tags or {}),
                     **({LINGER_TAG: "true"} if lingers else {}),
+                    **({PREFIX_LINGER_TAG: "true"} if poll_lingers else {}),
                 },
             )
         )
@@ -276,11 +281,12 @@ def settle_pending(
     return waiting
 
 
-def reading_run(instance: dg.DagsterInstance, source: SourceConfig) -> str | None:
-    """The run of this source that reads its queue after its keys (or is about to), if one is in progress and
-    was made less than LINGER_MAX_S ago: the sensor leaves the queue to it."""
+def reading_run(instance: dg.DagsterInstance, source: SourceConfig, tag: str = LINGER_TAG) -> str | None:
+    """The run of this source that reads its queue (or with PREFIX_LINGER_TAG, passes over its prefix) after its
+    keys, or is about to, if one is in progress and was made less than LINGER_MAX_S ago: the sensor leaves the
+    queue (the prefix) to it."""
     records = instance.get_run_records(
-        dg.RunsFilter(tags={SOURCE_TAG: source.name, LINGER_TAG: "true"}, statuses=IN_PROGRESS), limit=1
+        dg.RunsFilter(tags={SOURCE_TAG: source.name, tag: "true"}, statuses=IN_PROGRESS), limit=1
     )
     for record in records:
         if time.time() - record.create_timestamp.timestamp() < LINGER_MAX_S:
@@ -372,45 +378,76 @@ def _cursor(pending: Sequence[PendingDelete]) -> str:
     return json.dumps({"pending": [asdict(entry) for entry in pending]}, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class PrefixPass:
+    """What one stretch of a pass over a source's prefix found (a large bucket's pass spans several)."""
+
+    number: int
+    changed: list[str]
+    vanished: list[str]
+
+    def wanted(self) -> dict[str, str]:
+        return dict.fromkeys(self.changed, "index") | dict.fromkeys(self.vanished, "remove")
+
+
+def pass_over_prefix(client: Any, source: SourceConfig, state: PollState, budget_s: float) -> PrefixPass:
+    """Go on with the pass over the source's prefix for up to budget_s (one page at least): new and changed keys,
+    and, if the pass ends, vanished ones. The state is the caller's to commit once what was found is handled."""
+    deadline = time.monotonic() + budget_s
+    changed: list[str] = []
+    vanished: list[str] = []
+    pass_number = state.pass_number
+    # One page at a time, resumed from the stored token: a large bucket spans several ticks.
+    while True:
+        request: dict[str, Any] = {
+            "Bucket": source.bucket_name,
+            "Prefix": source.path_prefix,
+            "MaxKeys": LIST_PAGE_SIZE,
+        }
+        if state.continuation_token:
+            request["ContinuationToken"] = state.continuation_token
+        page = client.list_objects_v2(**request)
+        changed += state.observe(
+            objects.ObjectInfo(e["Key"], int(e["Size"]), e["ETag"].strip('"'), e["LastModified"].isoformat())
+            for e in page.get("Contents", [])
+            if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
+        )
+        state.next_page(page.get("NextContinuationToken"))
+        if not page.get("IsTruncated"):
+            vanished = state.finish_pass()
+            break
+        if time.monotonic() >= deadline:
+            break
+    return PrefixPass(pass_number, changed, vanished)
+
+
+def poll_lingers(source: SourceConfig) -> int:
+    """How long the poll sensor's run passes over the prefix after its keys: poll_linger_seconds, where a pass
+    comes within it."""
+    interval = source.poll_interval_seconds
+    return source.poll_linger_seconds if interval is not None and interval <= source.poll_linger_seconds else 0
+
+
 def poll_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Connections) -> dg.SensorResult:
     """Go on with the pass over the source's prefix: new and changed keys are synced, vanished ones removed."""
+    reader = reading_run(context.instance, source, PREFIX_LINGER_TAG)
+    if reader is not None:
+        return dg.SensorResult(
+            skip_reason=f"run {reader} of source '{source.name}' passes over the prefix (poll_linger_seconds)"
+        )
     client = s3.client(source.name)
     state = poll_state(context.instance, source.name)
     try:
-        deadline = time.monotonic() + READ_BUDGET_S
-        changed: list[str] = []
-        vanished: list[str] = []
-        pass_number = state.pass_number
-        # One page at a time, resumed from the stored token: a large bucket spans several ticks
-        # (at least one page each, whatever the budget).
-        while True:
-            request: dict[str, Any] = {
-                "Bucket": source.bucket_name,
-                "Prefix": source.path_prefix,
-                "MaxKeys": LIST_PAGE_SIZE,
-            }
-            if state.continuation_token:
-                request["ContinuationToken"] = state.continuation_token
-            page = client.list_objects_v2(**request)
-            changed += state.observe(
-                objects.ObjectInfo(e["Key"], int(e["Size"]), e["ETag"].strip('"'), e["LastModified"].isoformat())
-                for e in page.get("Contents", [])
-                if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
-            )
-            state.next_page(page.get("NextContinuationToken"))
-            if not page.get("IsTruncated"):
-                vanished = state.finish_pass()
-                break
-            if time.monotonic() >= deadline:
-                break
-        wanted = dict.fromkeys(changed, "index") | dict.fromkeys(vanished, "remove")
-        to_sync, to_register = plan_keys(context, source, wanted)
-        result = _sync_result(source, to_sync, to_register, [f"poll-{pass_number}"], "poll")
+        found = pass_over_prefix(client, source, state, READ_BUDGET_S)
+        to_sync, to_register = plan_keys(context, source, found.wanted())
+        result = _sync_result(
+            source, to_sync, to_register, [f"poll-{found.number}"], "poll", poll_linger_seconds=poll_lingers(source)
+        )
         state.commit()  # only now that the result covering these changes is built
     finally:
         state.close()
     context.log.info(
-        f"source '{source.name}': pass {pass_number}: {len(changed)} new or changed, {len(vanished)} vanished, "
-        f"{len(result.run_requests or [])} run(s)"
+        f"source '{source.name}': pass {found.number}: {len(found.changed)} new or changed, "
+        f"{len(found.vanished)} vanished, {len(result.run_requests or [])} run(s)"
     )
     return result

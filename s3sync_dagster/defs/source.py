@@ -15,7 +15,7 @@ from s3sync_dagster.defs import names
 from s3sync_dagster.defs.assets import KeyEvent, index_partitions
 from s3sync_dagster.defs.backfill import request_backfill
 from s3sync_dagster.defs.checks import drift_check, index_check
-from s3sync_dagster.defs.linger import read_queue
+from s3sync_dagster.defs.linger import read_prefix, read_queue
 from s3sync_dagster.defs.repair import repair_drift
 from s3sync_dagster.defs.resources import required, taken
 from s3sync_dagster.defs.run_config import BackfillConfig, InvocationConfig, RepairConfig, SyncKeysConfig
@@ -162,6 +162,8 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
             yield from index_partitions(context, source, partition_keys, **resources)
             # The SQS sensor's run: the queue's next events are synced here, by a process already warm.
             yield from read_queue(context, source, config.linger_seconds, **resources)
+            # The poll sensor's run: the prefix's next passes are made here.
+            yield from read_prefix(context, source, config.poll_linger_seconds, **resources)
 
         @dg.job(name=names.sync_job_name(source.name), tags={SOURCE_TAG: source.name})
         def sync_job() -> None:

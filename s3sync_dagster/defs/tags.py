@@ -5,6 +5,8 @@ TRIGGER_TAG = "s3sync/trigger"  # why: sync, repair, poll, sqs:direct, sqs:metad
 INVOCATION_TAG = "s3sync/invocation"  # set on runs `s3sync invoke` made
 # On the SQS sensor's run that reads the queue itself after its keys (defs/linger.py): the sensor leaves it the queue.
 LINGER_TAG = "s3sync/reads_queue"
+# On the poll sensor's run that passes over the prefix itself after its keys: the sensor leaves it the prefix.
+PREFIX_LINGER_TAG = "s3sync/reads_prefix"
 # Dagster's own tags: a run of one partition, of a range of partitions (many keys in one run), of a backfill.
 PARTITION_TAG = "dagster/partition"
 BACKFILL_TAG = "dagster/backfill"
