@@ -22,6 +22,8 @@ from benchmarks import common, latency_floor
 from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 
 WAIT_S = 300
+# The poll-mode source's poll_interval_seconds: its uploads are queryable within this plus what the run adds.
+POLL_INTERVAL_S = 10
 FLOOR_BUCKET = "latency-floor"
 
 
@@ -193,8 +195,8 @@ class Source:
     name: str
     bucket: str
     collection: str
-    linger: bool  # the default (sqs_linger_seconds: 60), or every upload a run of its own
-    queue_url: str = ""
+    linger: bool  # the default (sqs_linger_seconds, poll_linger_seconds: 60), or every upload a run of its own
+    queue_url: str = ""  # SQS in direct mode; none: the prefix polled every POLL_INTERVAL_S
     uploads: list[str] = field(default_factory=list)
 
 
@@ -240,11 +242,13 @@ def measure(
     cold: bool = True,
     idle_s: float = 0.0,
     requests_log: Path | None = None,
+    poll: bool = True,
 ) -> dict[str, Any]:
     """Single uploads `spacing_s` apart (each timed from PutObject's return to a query finding its chunk), in turn
-    with the floor's and, with `cold`, a source's whose runs end with their keys (sqs_linger_seconds: 0); then a
-    burst of uploads at once; then, with `idle_s`, what the daemon costs with no upload (needs `requests_log`, the
-    moto server's request log, benchmarks/requests_log.py)."""
+    with the floor's and, with `cold`, a source's whose runs end with their keys (sqs_linger_seconds: 0), and with
+    `poll`, a poll-mode source's (every POLL_INTERVAL_S, default settings otherwise); then a burst of uploads at
+    once; then, with `idle_s`, what the daemon costs with no upload (needs `requests_log`, the moto server's request
+    log, benchmarks/requests_log.py)."""
     import chromadb
 
     common.credentials()
@@ -252,9 +256,13 @@ def measure(
     sources = [Source("live", "latency", "live-chunks", linger=True)]
     if cold:
         sources.append(Source("cold", "latency-cold", "cold-chunks", linger=False))
+    if poll:
+        sources.append(Source("polled", "latency-polled", "polled-chunks", linger=True))
     for source in sources:
         s3.create_bucket(Bucket=source.bucket)
-        source.queue_url = notifying_queue(endpoint_url, source.bucket)
+        if source.name != "polled":
+            source.queue_url = notifying_queue(endpoint_url, source.bucket)
+    sqs_sources = [source for source in sources if source.queue_url]
     # The floor (benchmarks/latency_floor.py): its own bucket and queue, its own code location in the same daemon.
     s3.create_bucket(Bucket=FLOOR_BUCKET)
     floor_queue_url = notifying_queue(endpoint_url, FLOOR_BUCKET)
@@ -282,8 +290,11 @@ def measure(
                             "endpoint_url": endpoint_url,
                             "aws_access_key_id": {"env": common.KEY_ID_VAR},
                             "aws_secret_access_key": {"env": common.SECRET_VAR},
-                            "auto_sync": "direct",
-                            "sqs_queue_url": source.queue_url,
+                            **(
+                                {"auto_sync": "direct", "sqs_queue_url": source.queue_url}
+                                if source.queue_url
+                                else {"poll_interval_seconds": POLL_INTERVAL_S}
+                            ),
                             **({} if source.linger else {"sqs_linger_seconds": 0}),
                         }
                         for source in sources
@@ -349,8 +360,8 @@ def measure(
         idle: dict[str, Any] = {}
         try:
             # A warm-up upload each: the daemon's start (code servers, first sensor ticks) is not latency.
-            warmups = [f"warmup/{source.name}.txt" for source in sources]
-            for source, object_key in zip(sources, warmups, strict=True):
+            warmups = [f"warmup/{source.name}.txt" for source in sqs_sources]
+            for source, object_key in zip(sqs_sources, warmups, strict=True):
                 upload(object_key, source.bucket)
             upload("floor-warmup/file.txt", FLOOR_BUCKET)
             watch(warmups, WAIT_S)
@@ -358,15 +369,15 @@ def measure(
             for source in sources:
                 source.uploads = [f"single/{source.name}-{number:03d}.txt" for number in range(uploads)]
             floors = [f"floor/file-{number:03d}.txt" for number in range(uploads)]
-            singles = [object_key for source in sources for object_key in source.uploads]
-            rounds = len(sources) + 1
+            singles = [object_key for source in sqs_sources for object_key in source.uploads]
+            rounds = len(sqs_sources) + 1
             watcher = threading.Thread(target=watch, args=(singles, WAIT_S + rounds * uploads * spacing_s), daemon=True)
             watcher.start()
             # Ours and the floor's in turn, `spacing_s` apart: each sees the same machine, daemon and queue, and the
             # runs do not overlap (a run's process start takes most of 2 cores for seconds: 4 s apart, each run
             # slowed the next and a queue built up; it measured that, not an upload's latency).
             for number in range(uploads):
-                for source in sources:
+                for source in sqs_sources:
                     upload(source.uploads[number], source.bucket)
                     time.sleep(spacing_s)
                 upload(floors[number], FLOOR_BUCKET)
@@ -382,14 +393,30 @@ def measure(
             # A key is queryable a moment before its run records its materialisation: wait for those before the
             # daemon (and the run reading the queue) is stopped.
             _materialised(home, sources[0], bursts, WAIT_S)
+            if poll:
+                # The poll-mode source on its own (its run and the SQS sources' would hold both run slots, and a
+                # run waiting 10 s for one makes them give theirs up): a warm-up, then single uploads.
+                polled = sources[-1]
+                upload("warmup/polled.txt", polled.bucket)
+                watch(["warmup/polled.txt"], WAIT_S)
+                for object_key in polled.uploads:
+                    upload(object_key, polled.bucket)
+                    watch([object_key], WAIT_S)
+                    time.sleep(max(0.0, spacing_s - (queryable_at[object_key] - put_at[object_key])))
             if idle_s and requests_log is not None:
-                # The floor's sensor is stopped: what is measured is the daemon and s3sync's code server.
-                stop = ["sensor", "stop", "floor_sqs", "-w", str(workspace), "-l", LOCATIONS[1]]
-                subprocess.run([str(common.BIN / "dagster"), *stop], env=env, check=True, capture_output=True)
+                # The floor's sensor and the poll-mode source's (a pass every 10 s is no deployment's idle) are
+                # stopped, and the runs still reading have ended: what is measured is the daemon and s3sync's code
+                # server with the two SQS sources.
+                stops = [("floor_sqs", LOCATIONS[1])] + [("polled_poll", LOCATIONS[0])] * poll
+                for sensor, location in stops:
+                    stop = ["sensor", "stop", sensor, "-w", str(workspace), "-l", location]
+                    subprocess.run([str(common.BIN / "dagster"), *stop], env=env, check=True, capture_output=True)
+                if idle_s >= 60:  # a figure, not the smoke's few seconds: once the lingering runs have ended
+                    _runs_ended(home, WAIT_S)
                 idle = _idle_costs([daemon.pid, servers[LOCATIONS[0]][1].pid], requests_log, idle_s)
-                idle["queues"] = {source.queue_url.rsplit("/", 1)[-1]: source.name for source in sources} | {
-                    floor_queue_url.rsplit("/", 1)[-1]: "floor"
-                }
+                idle["queues"] = {
+                    source.queue_url.rsplit("/", 1)[-1]: source.name for source in sources if source.queue_url
+                } | {floor_queue_url.rsplit("/", 1)[-1]: "floor"}
         finally:
             os.killpg(daemon.pid, signal.SIGTERM)
             try:
@@ -415,6 +442,16 @@ def measure(
             "stages_median_s": _stages_of_floor(home, floors, put_at),
         },
     }
+    if poll:
+        polled = sources[-1]
+        polled_latencies = [queryable_at[key] - put_at[key] for key in polled.uploads]
+        by_run = _runs_of(home, polled)
+        result["poll"] = {
+            "interval_s": POLL_INTERVAL_S,
+            **summary(polled_latencies),
+            "max_over_interval_s": max(polled_latencies) - POLL_INTERVAL_S,
+            "taken_by_a_passing_run": sum(1 for key in polled.uploads if not by_run[key][1]),
+        }
     if cold:
         cold_source = sources[1]
         cold_latencies = [queryable_at[key] - put_at[key] for key in cold_source.uploads]
@@ -425,6 +462,21 @@ def measure(
     if idle:
         result["idle"] = idle
     return result
+
+
+def _runs_ended(home: Path, deadline_s: float) -> None:
+    """Wait until no run is queued or in progress (the runs reading a queue or passing over a prefix end after a
+    quiet minute)."""
+    import dagster as dg
+
+    from s3sync_dagster.defs.sensors import IN_PROGRESS
+
+    deadline = time.monotonic() + deadline_s
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        while instance.get_runs_count(dg.RunsFilter(statuses=IN_PROGRESS)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"runs still in progress after {deadline_s} s")
+            time.sleep(1)
 
 
 def _materialised(home: Path, source: Source, object_keys: list[str], deadline_s: float) -> None:

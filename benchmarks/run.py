@@ -205,6 +205,18 @@ def latency_markdown(results: dict[str, Any]) -> str:
     ]
     server = results.get("server") or next(iter(results.values()))
     floor, cold = server.get("floor") or {}, server.get("cold")
+    polled = server.get("poll")
+    if polled:
+        lines += [
+            "",
+            f"A poll-mode source ({server['chroma']} Chroma, `poll_interval_seconds: {polled['interval_s']}`, default "
+            "settings otherwise: its run passes over the prefix itself after its keys, `poll_linger_seconds: 60`), "
+            f"after the burst, on its own: {len(polled['all_s'])} single "
+            f"uploads after a warm-up, each 8 s after the last was queryable. p50 {polled['median_s']:.2f} s, p95 "
+            f"{polled['p95_s']:.2f} s, max {polled['max_s']:.2f} s: **the interval + {polled['max_over_interval_s']:.2f}"
+            f" s** at most; {polled['taken_by_a_passing_run']} found by a run already passing over the prefix. "
+            f"All: {polled['all_s']}",
+        ]
     if floor:
         lines += [
             "",
@@ -596,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                         endpoint, workdir / f"latency-{chroma}", args.uploads,
                         spacing_s=1.0 if args.smoke else 8.0, burst=args.burst, chroma=chroma, cold=first,
                         idle_s=(5.0 if args.smoke else args.idle_seconds) if first else 0.0, requests_log=requests,
+                        poll=first,
                     )  # fmt: skip
                 (workdir / f"latency-{chroma}.json").write_text(
                     json.dumps(latencies[chroma])
