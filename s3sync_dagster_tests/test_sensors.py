@@ -325,31 +325,38 @@ def test_the_sensors_run_reads_the_queue_after_its_keys_and_the_sensor_leaves_it
     assert queue_depth(sqs, queue_url) == 0
 
 
+def tick_and_run_in_background(live: AutoSync) -> tuple[dg.RunRequest, Any, list[dg.ExecuteInProcessResult]]:
+    """The sensor's first tick, and its one run started in a thread (it lingers): the request, the thread, and
+    the run's result once the thread ends."""
+    import threading
+
+    with dg.build_sensor_context(instance=live.instance, resources=live.defs.resources) as context:
+        result = sensor_tick(live.sensor, context)
+    [request] = result.run_requests or []
+    for partitions in result.dynamic_partitions_requests or []:
+        live.instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys or []))
+    outcome: list[dg.ExecuteInProcessResult] = []
+    run = threading.Thread(
+        target=lambda: outcome.append(
+            live.job.execute_in_process(run_config=request.run_config, instance=live.instance, tags=request.tags)
+        )
+    )
+    run.start()
+    return request, run, outcome
+
+
 def test_the_poll_sensors_run_passes_over_the_prefix_after_its_keys_and_the_sensor_leaves_it_to_the_run(
     make_config: ConfigFactory, s3: Any, bucket: str, instance: dg.DagsterInstance
 ) -> None:
     """The default: the poll tick's run, its keys done, passes over the prefix itself every poll_interval_seconds
     (new, changed and vanished keys synced there, each its own materialisation); the sensor meanwhile leaves the
     prefix to it, and passes over it again once the run's passes have found nothing for poll_linger_seconds."""
-    import threading
-
     config, _ = make_config(bucket, path_prefix="p/", poll_interval_seconds=1, poll_linger_seconds=4)
     live = AutoSync(config, instance, sensor="poll")
     put(s3, bucket, {"p/first.txt": "the first upload\n", "p/gone.txt": "deleted while the run passes\n"})
-    with dg.build_sensor_context(instance=instance, resources=live.defs.resources) as context:
-        result = sensor_tick(live.sensor, context)
-    [request] = result.run_requests or []
+    request, run, outcome = tick_and_run_in_background(live)
     assert request.run_config["ops"]["docs_sync_keys"]["config"]["poll_linger_seconds"] == 4
     assert request.tags["s3sync/reads_prefix"] == "true" and "s3sync/reads_queue" not in request.tags
-    for partitions in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys or []))
-    outcome: list[dg.ExecuteInProcessResult] = []
-    run = threading.Thread(
-        target=lambda: outcome.append(
-            live.job.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags)
-        )
-    )
-    run.start()
     deadline = time.monotonic() + 120
     while not live.chunks_or_none("p/first.txt"):
         assert time.monotonic() < deadline and run.is_alive(), "the run's own keys were not indexed"
