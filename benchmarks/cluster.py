@@ -230,7 +230,7 @@ def workers(workdir: Path, size: int = WORKERS_SIZE) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def latency(workdir: Path, uploads: int = 15, spacing_s: float = 8.0) -> dict[str, Any]:
+def latency(workdir: Path, uploads: int = 30, spacing_s: float = 8.0) -> dict[str, Any]:
     """Section 3's path on this section's deployment, once: the instance on PostgreSQL (deploy/dagster.yaml),
     dagster-webserver and dagster-daemon apart, steps on a Celery worker on a host of its own, a `chroma run`
     server; the SQS sensor in direct mode, default settings. Single uploads `spacing_s` apart after a warm-up,

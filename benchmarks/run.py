@@ -212,10 +212,11 @@ def latency_markdown(results: dict[str, Any]) -> str:
             f"A poll-mode source ({server['chroma']} Chroma, `poll_interval_seconds: {polled['interval_s']}`, default "
             "settings otherwise: its run passes over the prefix itself after its keys, `poll_linger_seconds: 60`), "
             f"after the burst, on its own: {len(polled['all_s'])} single "
-            f"uploads after a warm-up, each 8 s after the last was queryable. p50 {polled['median_s']:.2f} s, p95 "
-            f"{polled['p95_s']:.2f} s, max {polled['max_s']:.2f} s: **the interval + {polled['max_over_interval_s']:.2f}"
-            f" s** at most; {polled['taken_by_a_passing_run']} found by a run already passing over the prefix. "
-            f"All: {polled['all_s']}",
+            "uploads after a warm-up, each made once the last was queryable (8 s after it at the soonest): right "
+            "after a pass, so each waits for nearly a whole interval, the worst case. p50 "
+            f"{polled['median_s']:.2f} s, p95 {polled['p95_s']:.2f} s, max {polled['max_s']:.2f} s: **at most the "
+            f"interval {polled['max_over_interval_s']:+.2f} s**; {polled['taken_by_a_passing_run']} found by a run "
+            f"already passing over the prefix. All: {polled['all_s']}",
         ]
     if floor:
         lines += [
@@ -263,8 +264,10 @@ def latency_markdown(results: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            f"Idle, after the burst: {idle['seconds']:.0f} s with no upload (the run reading the queue ends after its "
-            f"quiet minute). The daemon and every process under it (code servers, runs): "
+            f"Idle, after the burst and the poll-mode uploads: {idle['seconds']:.0f} s with no upload, once the runs "
+            "reading the queue or passing over the prefix had ended (after their quiet minute), the floor's sensor and "
+            "the poll-mode source's (a pass every 10 s) stopped: the two SQS sources. The daemon and s3sync's code "
+            "server, and every process under them: "
             f"**{idle['cpu_percent_of_one_core']:.1f}% of one core**; SQS requests per second by queue: {per_queue}.",
         ]
     lines += ["", *[f"All ({chroma}): {result['all_s']}" for chroma, result in results.items()]]
