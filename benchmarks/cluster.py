@@ -450,7 +450,8 @@ def section_markdown(figures: dict[str, Any]) -> str:
             f"### Upload to queryable on this deployment (measured {measured['date']}, commit {measured['commit']})",
             "",
             "Section 3's path, once, on the deployment above (`python -m benchmarks.cluster latency`): the instance "
-            "on PostgreSQL (deploy/dagster.yaml), dagster-webserver and dagster-daemon apart, steps on one Celery "
+            "on PostgreSQL (deploy/dagster.yaml), dagster-webserver, dagster-daemon and the code server apart "
+            "(deploy/workspace.yaml), steps on one Celery "
             "worker on a host of its own, a `chroma run` server; the SQS sensor in direct mode, default settings "
             f"(the sensor's run reads the queue after its keys). {latency_figures['uploads']} single uploads "
             f"{latency_figures['spacing_s']:g} s apart after a warm-up, each timed from PutObject's return until a "
@@ -468,11 +469,13 @@ def section_markdown(figures: dict[str, Any]) -> str:
 
 
 def write_section(out: Path, figures: dict[str, Any]) -> None:
-    """Section 10 of `out` replaced (or added after the others) by what `figures` hold."""
+    """Section 10 of `out` replaced where it stands (or added after the others) by what `figures` hold."""
     text = out.read_text() if out.is_file() else "# Benchmark results\n"
-    parts = re.split(r"\n(?=## \d+\. )", text.rstrip("\n"))
-    kept = [part.rstrip("\n") for part in parts if not part.startswith(SECTION[:7])]
-    out.write_text("\n\n".join([*kept, section_markdown(figures)]) + "\n")
+    parts = [part.rstrip("\n") for part in re.split(r"\n(?=## \d+\. )", text.rstrip("\n"))]
+    ours = [index for index, part in enumerate(parts) if part.startswith(SECTION[:7])]
+    kept = [part for part in parts if not part.startswith(SECTION[:7])]
+    kept.insert(ours[0] if ours else len(kept), section_markdown(figures))
+    out.write_text("\n\n".join(kept) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
