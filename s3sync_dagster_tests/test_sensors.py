@@ -265,34 +265,41 @@ def run_events(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventT
     return [entry for entry in instance.all_logs(run_id, of_type=kind) if entry.dagster_event is not None]
 
 
+def tick_and_run_in_background(live: AutoSync) -> tuple[dg.RunRequest, Any, list[dg.ExecuteInProcessResult]]:
+    """The sensor's first tick, and its one run started in a thread (it lingers): the request, the thread, and
+    the run's result once the thread ends."""
+    import threading
+
+    with dg.build_sensor_context(instance=live.instance, resources=live.defs.resources) as context:
+        result = sensor_tick(live.sensor, context)
+    live.cursor = result.cursor
+    [request] = result.run_requests or []
+    for partitions in result.dynamic_partitions_requests or []:
+        live.instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys or []))
+    outcome: list[dg.ExecuteInProcessResult] = []
+    run = threading.Thread(
+        target=lambda: outcome.append(
+            live.job.execute_in_process(run_config=request.run_config, instance=live.instance, tags=request.tags)
+        )
+    )
+    run.start()
+    return request, run, outcome
+
+
 def test_the_sensors_run_reads_the_queue_after_its_keys_and_the_sensor_leaves_it_to_the_run(
     make_config: ConfigFactory, s3: Any, bucket: str, sqs: Any, queue_url: str, instance: dg.DagsterInstance
 ) -> None:
     """The default: the tick's run, its keys done, syncs what the queue brings next itself (each key its own
     materialisation and partition, each message deleted once its key is reported); the sensor meanwhile leaves
     the queue to it, and reads it again once the run has seen no event for sqs_linger_seconds."""
-    import threading
-
     config, _ = make_config(
         bucket, path_prefix="in/", auto_sync="direct", sqs_queue_url=queue_url, sqs_linger_seconds=4
     )
     live = AutoSync(config, instance)
     put(s3, bucket, {"in/first.txt": "the first upload\n"})
-    with dg.build_sensor_context(instance=instance, resources=live.defs.resources) as context:
-        result = sensor_tick(live.sensor, context)
-    live.cursor = result.cursor
-    [request] = result.run_requests or []
+    request, run, outcome = tick_and_run_in_background(live)
     assert request.run_config["ops"]["docs_sync_keys"]["config"]["linger_seconds"] == 4
     assert request.tags["s3sync/reads_queue"] == "true"
-    for partitions in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys or []))
-    outcome: list[dg.ExecuteInProcessResult] = []
-    run = threading.Thread(
-        target=lambda: outcome.append(
-            live.job.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags)
-        )
-    )
-    run.start()
     deadline = time.monotonic() + 120
     while not live.chunks_or_none("in/first.txt"):
         assert time.monotonic() < deadline and run.is_alive(), "the run's own key was not indexed"
@@ -323,26 +330,6 @@ def test_the_sensors_run_reads_the_queue_after_its_keys_and_the_sensor_leaves_it
     assert list(live.chunks("in/fourth.txt").values()) == ["the fourth upload\n"]
     live.tick()
     assert queue_depth(sqs, queue_url) == 0
-
-
-def tick_and_run_in_background(live: AutoSync) -> tuple[dg.RunRequest, Any, list[dg.ExecuteInProcessResult]]:
-    """The sensor's first tick, and its one run started in a thread (it lingers): the request, the thread, and
-    the run's result once the thread ends."""
-    import threading
-
-    with dg.build_sensor_context(instance=live.instance, resources=live.defs.resources) as context:
-        result = sensor_tick(live.sensor, context)
-    [request] = result.run_requests or []
-    for partitions in result.dynamic_partitions_requests or []:
-        live.instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys or []))
-    outcome: list[dg.ExecuteInProcessResult] = []
-    run = threading.Thread(
-        target=lambda: outcome.append(
-            live.job.execute_in_process(run_config=request.run_config, instance=live.instance, tags=request.tags)
-        )
-    )
-    run.start()
-    return request, run, outcome
 
 
 def test_the_poll_sensors_run_passes_over_the_prefix_after_its_keys_and_the_sensor_leaves_it_to_the_run(

@@ -17,8 +17,10 @@ queue again.
 from __future__ import annotations
 
 import datetime
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
 import dagster as dg
 
@@ -76,6 +78,42 @@ def _made_at(context: dg.OpExecutionContext) -> float:
     return record.create_timestamp.timestamp() if record is not None else time.time()
 
 
+def _index_taken(
+    context: dg.OpExecutionContext,
+    source: SourceConfig,
+    object_keys: list[str],
+    seen: Any,
+    reported: Callable[[], object],
+    *,
+    s3: S3Connections,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+    documents: DocumentsResource,
+) -> Generator[KeyEvent, None, Any]:
+    """Sync the keys a lingering run took, under the store's write lock, reopening the store when another process
+    wrote to it since `seen`; returns the store's state after. A failure that reported every key calls `reported`
+    (the keys are done with) before it is raised."""
+    store = chroma.store()
+    with chroma.write_lock():
+        if seen is not None and store.disk_state() != seen:
+            close_clients()
+        try:
+            yield from index_partitions(
+                context,
+                source,
+                [keys.to_partition_key(object_key) for object_key in object_keys],
+                s3=s3,
+                chroma=chroma,
+                embedding=embedding,
+                documents=documents,
+            )
+        except dg.Failure as failure:
+            if "failed_keys" in (failure.metadata or {}):
+                reported()
+            raise
+        return store.disk_state()
+
+
 def read_queue(
     context: dg.OpExecutionContext,
     source: SourceConfig,
@@ -93,10 +131,9 @@ def read_queue(
     client = s3.sqs_client(source.name)
     ends_at = _made_at(context) + LINGER_MAX_S
     quiet_until = time.monotonic() + linger_seconds
-    store = chroma.store()
     # An embedded store's writes by other processes since this run's last one: this process's copy of its index
     # is then stale (Store.write_lock), so it is opened again before the next write.
-    seen = store.disk_state()
+    seen = chroma.store().disk_state()
     context.log.info(
         f"source '{source.name}': reading its queue until no event has come for {linger_seconds} s (sqs_linger_seconds)"
     )
@@ -115,24 +152,10 @@ def read_queue(
         if to_register:
             context.instance.add_dynamic_partitions(partitions_name(source.name), to_register)
         if to_sync:
-            with chroma.write_lock():
-                if seen is not None and store.disk_state() != seen:
-                    close_clients()
-                try:
-                    yield from index_partitions(
-                        context,
-                        source,
-                        [keys.to_partition_key(object_key) for object_key in to_sync],
-                        s3=s3,
-                        chroma=chroma,
-                        embedding=embedding,
-                        documents=documents,
-                    )
-                except dg.Failure as failure:
-                    if "failed_keys" in (failure.metadata or {}):  # every key reported: their messages are done
-                        delete_messages(context, client, queue_url, handles)
-                    raise
-                seen = store.disk_state()
+            done = functools.partial(delete_messages, context, client, queue_url, handles)
+            seen = yield from _index_taken(
+                context, source, to_sync, seen, done, s3=s3, chroma=chroma, embedding=embedding, documents=documents
+            )
         failpoints.reached("linger:written")  # a test's kill -9: the keys written, their messages not yet deleted
         delete_messages(context, client, queue_url, handles)
     context.log.info(f"source '{source.name}': stopped reading its queue: {why}")
@@ -159,8 +182,7 @@ def read_prefix(
     ends_at = made_at + LINGER_MAX_S
     next_pass = made_at + interval  # the sensor's tick passed over the prefix when it made this run
     quiet_until = time.monotonic() + linger_seconds
-    store = chroma.store()
-    seen = store.disk_state()
+    seen = chroma.store().disk_state()
     context.log.info(
         f"source '{source.name}': passing over its prefix every {interval} s until no change has come for "
         f"{linger_seconds} s (poll_linger_seconds)"
@@ -183,24 +205,10 @@ def read_prefix(
                     f"source '{source.name}': pass {found.number}: {len(found.changed)} new or changed, "
                     f"{len(found.vanished)} vanished"
                 )
-                with chroma.write_lock():
-                    if seen is not None and store.disk_state() != seen:
-                        close_clients()
-                    try:
-                        yield from index_partitions(
-                            context,
-                            source,
-                            [keys.to_partition_key(object_key) for object_key in to_sync],
-                            s3=s3,
-                            chroma=chroma,
-                            embedding=embedding,
-                            documents=documents,
-                        )
-                    except dg.Failure as failure:
-                        if "failed_keys" in (failure.metadata or {}):  # every key reported: the pass is done
-                            state.commit()
-                        raise
-                    seen = store.disk_state()
+                seen = yield from _index_taken(
+                    context, source, to_sync, seen, state.commit, s3=s3, chroma=chroma, embedding=embedding,
+                    documents=documents,
+                )  # fmt: skip
             state.commit()
         finally:
             state.close()
