@@ -58,10 +58,11 @@ class SourceSearch:
         self.every_writer = every_writer
         spec = self.config.embedding.spec()
         self.owner = self.source.spec(spec).owner
-        self.embedding_function = spec.build()  # the model loads at the first query, then stays loaded
         store = self.config.chroma.store()
         try:
-            self.collection: Collection = store.collection(self.source.collection_name, spec, create=False)
+            self.collection: Collection = store.collection(
+                self.source.collection_name, spec, create=False, queries=True
+            )
         except NotFoundError:
             raise UsageError(
                 f"source '{self.source.name}' has not been synced yet: "
@@ -71,6 +72,10 @@ class SourceSearch:
             if store.unreachable(error) is None:
                 raise
             raise UsageError(store.failure(error)) from None  # the store itself: named, with the setting to correct
+        # The collection's own function (an int8 collection's queries embed in int8): the model loads at the
+        # first query, then stays loaded.
+        recorded = (self.collection.configuration_json or {}).get("embedding_function")
+        self.embedding_function = spec.reading(recorded).build()
 
     def owns(self, metadata: Mapping[str, Any]) -> bool:
         return self.every_writer or self.owner.owns(metadata)

@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 # chromadb (ONNXMiniLM_L6_V2._download_model_if_not_exists) downloads onnx.tar.gz as soon as any one of
@@ -24,6 +25,7 @@ _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _OUTPUT_NAME = "last_hidden_state"
 _STAGING_MARK = ".staging-"
 _TRASH_MARK = ".old-"
+INT8_SUFFIX = "-int8"  # the int8 model's folder: the float32 one's name and this
 
 
 def bundled_model_path() -> str:
@@ -45,6 +47,12 @@ def is_complete(folder: Path) -> bool:
     return all((folder / name).exists() for name in ONNX_FILES)
 
 
+def int8_target(float_folder: Path | None = None) -> Path:
+    """The folder of the int8 model (`embedding.precision: int8`), beside the float32 one."""
+    folder = Path(float_folder) if float_folder is not None else default_target()
+    return folder.with_name(folder.name + INT8_SUFFIX)
+
+
 def ensure_default_model(target: Path | None = None, *, force: bool = False) -> Path:
     """Make the six files of Chroma's default embedding function in `target`, unless they are all there.
 
@@ -52,6 +60,27 @@ def ensure_default_model(target: Path | None = None, *, force: bool = False) -> 
     files are copied from it. Nothing is downloaded. Returns the folder.
     """
     folder = Path(target) if target is not None else default_target()
+    source = Path(bundled_model_path())
+    return _ensure(folder, source, lambda model: _export_onnx(source, model), force)
+
+
+def ensure_int8_model(target: Path | None = None, *, source: Path | None = None, force: bool = False) -> Path:
+    """Make the int8 model's files in `target` (default: int8_target()), unless they are all there, from the
+    float32 model in `source` (default: default_target(), made first if missing).
+
+    Its model.onnx is the float32 one (ensure_default_model) quantised by ONNX Runtime, offline, in about a
+    second: each MatMul's weights to int8, one scale per output channel, the activations to uint8 as each batch
+    runs, so the products run on this CPU's u8 x s8 kernels (VNNI where it has them; benchmarks/RESULTS.md,
+    section 11). Per-tensor scales, or quantising the other operators too, lose more (mean cosine to the
+    float32 vectors 0.92 against 0.99, measured). The vectors differ from float32's: a collection records
+    which it holds (pipeline/embed.py). Returns the folder.
+    """
+    folder = Path(target) if target is not None else int8_target()
+    float_folder = ensure_default_model(source)
+    return _ensure(folder, float_folder, lambda model: _quantise(float_folder / "model.onnx", model), force)
+
+
+def _ensure(folder: Path, files_from: Path, make_model: Callable[[Path], None], force: bool) -> Path:
     if not force and is_complete(folder):
         return folder
     parent = folder.parent
@@ -71,15 +100,40 @@ def ensure_default_model(target: Path | None = None, *, force: bool = False) -> 
         staging = parent / f".{folder.name}{_STAGING_MARK}{os.getpid()}"
         staging.mkdir()
         try:
-            source = Path(bundled_model_path())
-            _export_onnx(source, staging / "model.onnx")
+            make_model(staging / "model.onnx")
             for name in _COPIED_FILES:
-                shutil.copyfile(source / name, staging / name)
+                shutil.copyfile(files_from / name, staging / name)
             _fsync_tree(staging)
             _swap_in(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _quantise(model: Path, destination: Path) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # It logs its advice to pre-process the model (shape inference; measured, it changes nothing here) with
+    # logging.warning on the root logger, which would also give a bare root logger a stderr handler for good:
+    # a handler of ours holds that place meanwhile, and the level keeps the advice out of the process's logs.
+    root = logging.getLogger()
+    level = root.level
+    quiet = logging.NullHandler()
+    root.addHandler(quiet)
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(
+            model,
+            destination,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+        )
+    finally:
+        root.removeHandler(quiet)
+        root.setLevel(level)
 
 
 def _export_onnx(model_dir: Path, destination: Path) -> None:
@@ -174,6 +228,7 @@ def _swap_in(staging: Path, folder: Path) -> None:
 
 def main() -> None:
     print(ensure_default_model())
+    print(ensure_int8_model())
 
 
 if __name__ == "__main__":

