@@ -479,15 +479,17 @@ def measure(
     config: Path | None = None,
     source: str | None = None,
     costs: bool = True,
+    function: Any = None,
 ) -> dict[str, Any]:
-    """Section 7's hybrid figures on a synced collection (opened with the engine's embedding function);
+    """Section 7's hybrid figures on a synced collection (opened with the engine's embedding function, which
+    embeds the queries: `function`, the default one's if None);
     `known` are retrieval.py's known-item probes (`.sentence`, `.third`, `.object_key`); with the `config`
     that synced it and its `source`, the wall time of `s3sync query` on it too. costs=False: the quality
     figures alone (no latency, no synthetic collection, no full-text index costs)."""
     from s3sync_dagster.pipeline.embed import EmbeddingSpec
 
     load_before = os.getloadavg()[0]
-    function = EmbeddingSpec().build()
+    function = function or EmbeddingSpec().build()
     normalised = {chunk_id: " ".join(document.split()) for chunk_id, document in zip(ids, documents, strict=True)}
     text_of = dict(zip(ids, documents, strict=True))
     object_of = dict(zip(ids, object_keys, strict=True))

@@ -263,16 +263,18 @@ def chunking(budget: int | None) -> dict[str, Any]:
     return settings
 
 
-def read_chunks(chroma_path: Path, collection_name: str) -> tuple[Any, list[str], list[str], list[dict[str, Any]]]:
-    """The collection (opened as the engine opens it, so with the store's lexical index) and all its chunks:
-    ids, documents, metadatas."""
+def read_chunks(
+    chroma_path: Path, collection_name: str, spec: EmbeddingSpec | None = None
+) -> tuple[Any, list[str], list[str], list[dict[str, Any]]]:
+    """The collection (opened as the engine opens it, so with the store's lexical index, with `spec`'s function,
+    the default one's if None) and all its chunks: ids, documents, metadatas."""
     from s3sync_dagster.pipeline import index
     from s3sync_dagster.pipeline.store import embedded_client
 
     client = embedded_client(chroma_path)
     try:
         # The engine's own function, as `s3sync query` opens it: hybrid.py's dense side embeds query texts.
-        collection = index.get_collection(client, collection_name, EmbeddingSpec().build())  # type: ignore[arg-type]
+        collection = index.get_collection(client, collection_name, (spec or EmbeddingSpec()).build())  # type: ignore[arg-type]
     except Exception:  # a record of another function (an earlier commit's "before"): queried by vectors only
         collection = client.get_collection(collection_name)
     ids: list[str] = []
@@ -376,6 +378,27 @@ def measure_synced(
     )  # fmt: skip
 
 
+def fill_corpus(
+    endpoint_url: str, files: int, seed: int, max_bytes: int, semantic: int, paraphrase: int | None
+) -> tuple[dict[str, Any], list[hybrid.SemanticProbe], list[hybrid.ParaphraseProbe]]:
+    """Section 7's corpus in the bucket (`files` sampled files, plus the modules of up to `semantic` semantic
+    probes and the pages of `paraphrase` paraphrase probes where the sample lacks them): its description and
+    the two probe sets."""
+    corpus = select_files(files, seed, max_bytes)
+    sampled = len(corpus)
+    semantic_probes, added = hybrid.choose_semantic(HTML_ROOT, py_files(max_bytes), set(corpus), semantic, seed)
+    paraphrase_probes = hybrid.load_paraphrase(paraphrase)
+    for probe in paraphrase_probes:
+        if probe.object_key not in corpus and probe.object_key not in added:
+            added[probe.object_key] = (HTML_ROOT / probe.page).read_bytes()
+    corpus.update(added)
+    common.fill_bucket(common.s3_client(endpoint_url), BUCKET, corpus)
+    described = describe(corpus)
+    described["html_root"], described["stdlib_root"] = str(HTML_ROOT), str(stdlib_root())
+    described["sampled"], described["added_for_semantic"] = sampled, sorted(added)
+    return described, semantic_probes, paraphrase_probes
+
+
 def measure(
     endpoint_url: str,
     workdir: Path,
@@ -394,18 +417,9 @@ def measure(
     lacks them), each budget synced into a fresh store; with ``before`` (a git revision), first the same corpus
     by that commit's engine and default chunking. The budget None (unset) also measures hybrid search
     (hybrid.py)."""
-    corpus = select_files(files, seed, max_bytes)
-    sampled = len(corpus)
-    semantic_probes, added = hybrid.choose_semantic(HTML_ROOT, py_files(max_bytes), set(corpus), semantic, seed)
-    paraphrase_probes = hybrid.load_paraphrase(paraphrase)
-    for probe in paraphrase_probes:
-        if probe.object_key not in corpus and probe.object_key not in added:
-            added[probe.object_key] = (HTML_ROOT / probe.page).read_bytes()
-    corpus.update(added)
-    common.fill_bucket(common.s3_client(endpoint_url), BUCKET, corpus)
-    described = describe(corpus)
-    described["html_root"], described["stdlib_root"] = str(HTML_ROOT), str(stdlib_root())
-    described["sampled"], described["added_for_semantic"] = sampled, sorted(added)
+    described, semantic_probes, paraphrase_probes = fill_corpus(
+        endpoint_url, files, seed, max_bytes, semantic, paraphrase
+    )
     return {
         "corpus": described,
         "seed": seed,

@@ -1,0 +1,206 @@
+"""`embedding.precision: int8` against float32 (issue 39, part 2): quality on section 7's probe sets.
+
+    python -m benchmarks.precision quality WORKDIR --files 200 --probes 1200 --semantic 160
+
+Section 7's corpus is synced once by the engine in float32 (as `benchmarks.retrieval` does; a store an earlier
+run left in WORKDIR/budget-unset is reused with --reuse), then every chunk, exactly as stored (same ids, texts,
+metadata), is embedded again in int8 into a second store: both collections hold the same chunks and differ only
+in their vectors. Each probe set of section 7 (known-item sentences, semantic questions, paraphrase questions)
+is then asked of both, each collection embedding its queries with its own precision, and scored as section 7
+scores it (hybrid.py): recall@1 and @5 of dense search and of the default hybrid search. The cosine of each
+chunk's int8 vector to its float32 one is reported too. Speed is measured elsewhere: section 1 (B at 500 objects,
+`benchmarks.throughput --precisions`) and section 11 (`benchmarks.flops`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common, hybrid, retrieval
+from s3sync_dagster.pipeline.embed import EmbeddingSpec
+
+ALLOWED_DELTA = 0.01  # the issue's bound on recall@1 and @5, every set
+SETS = ("known", "semantic", "paraphrase")
+PAGE = 500  # chunks read, embedded and written at a time
+
+
+def int8_copy(chroma_path: Path, into: Path, name: str) -> dict[str, Any]:
+    """Every chunk of the float32 collection, embedded again in int8 into a fresh store `into`: the copy's
+    cosines to the float32 vectors and the seconds the embedding took."""
+    import numpy as np
+
+    from s3sync_dagster.pipeline import index, lexicon
+    from s3sync_dagster.pipeline.store import embedded_client
+
+    shutil.rmtree(into, ignore_errors=True)
+    source = retrieval.read_chunks(chroma_path, name)[0]
+    spec = EmbeddingSpec(precision="int8")
+    function = spec.build()
+    copy = index.open_collection(embedded_client(into), name, function, metadata={"created_by": "benchmark"})
+    cosines: list[float] = []
+    seconds = 0.0
+    offset = 0
+    while True:
+        page = source.get(limit=PAGE, offset=offset, include=["documents", "metadatas", "embeddings"])
+        if not page["ids"]:
+            break
+        documents = [document or "" for document in page["documents"] or []]
+        started = time.perf_counter()
+        vectors = np.array(function(documents))
+        seconds += time.perf_counter() - started
+        exact = np.array(page["embeddings"])
+        cosines += list((vectors * exact).sum(axis=1) / np.linalg.norm(exact, axis=1))
+        copy.add(ids=page["ids"], embeddings=vectors, documents=documents, metadatas=page["metadatas"])  # type: ignore[arg-type]
+        offset += len(page["ids"])
+    index_of = lexicon.of(copy)
+    if index_of is not None:  # the copy's lexical index, as a sync would have written it
+        index_of.rebuild(copy)
+    ordered = sorted(cosines)
+    return {
+        "chunks": len(cosines),
+        "embed_s": seconds,
+        "texts_per_s": len(cosines) / seconds if seconds else None,
+        "cosine_mean": float(np.mean(cosines)),
+        "cosine_min": ordered[0],
+        "cosine_p1": ordered[len(ordered) // 100],
+        "cosine_p5": ordered[len(ordered) // 20],
+    }
+
+
+def figures(
+    store: Path, name: str, spec: EmbeddingSpec, probes: int, seed: int, semantic: Any, paraphrase: Any, workdir: Path
+) -> dict[str, Any]:
+    """Section 7's sets asked of one store, its queries embedded by `spec`: recall per set, dense and hybrid."""
+    collection, ids, documents, metadatas = retrieval.read_chunks(store, name, spec)
+    object_keys = [str(metadata.get("object_key", "")) for metadata in metadatas]
+    chosen = retrieval.sample_probes(ids, documents, object_keys, probes, seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    measured = hybrid.measure(
+        collection, store, ids, documents, object_keys, chosen, semantic, workdir,
+        seed=seed, paraphrase=paraphrase, costs=False, function=spec.build(),
+    )  # fmt: skip
+    default = next(row for row in measured["variants"] if row["default"])
+    out: dict[str, Any] = {"chunks": len(ids)}
+    for set_name in SETS:
+        out[set_name] = {
+            "n": measured["modes"]["dense"][set_name]["n"],
+            "dense": {k: measured["modes"]["dense"][set_name][k] for k in ("recall_at_1", "recall_at_5")},
+            "hybrid": {k: default["sets"][set_name][k] for k in ("recall_at_1", "recall_at_5")},
+        }
+    return out
+
+
+def quality(
+    workdir: Path, files: int, probes: int, seed: int, semantic: int, max_bytes: int, reuse: bool
+) -> dict[str, Any]:
+    from s3sync_dagster.commands import local_s3
+
+    name = f"{retrieval.SOURCE}-chunks"
+    base = workdir / f"budget-{retrieval.label(None)}"
+    common.credentials()
+    server = local_s3.start()
+    try:
+        described, semantic_probes, paraphrase_probes = retrieval.fill_corpus(
+            server.endpoint_url, files, seed, max_bytes, semantic, None
+        )
+        synced: dict[str, Any] = {}
+        if not (reuse and (base / "chroma").exists()):
+            synced = retrieval.measure_budget(server.endpoint_url, workdir, None, described, probes, seed)["sync"]
+    finally:
+        server.stop()
+    copy = int8_copy(base / "chroma", workdir / "int8" / "chroma", name)
+    runs = {
+        "float32": figures(
+            base / "chroma", name, EmbeddingSpec(), probes, seed, semantic_probes, paraphrase_probes, workdir / "q-f32"
+        ),
+        "int8": figures(
+            workdir / "int8" / "chroma", name, EmbeddingSpec(precision="int8"), probes, seed, semantic_probes,
+            paraphrase_probes, workdir / "q-int8",
+        ),
+    }  # fmt: skip
+    deltas = {
+        set_name: {
+            mode: {
+                k: (runs["int8"][set_name][mode][k] or 0) - (runs["float32"][set_name][mode][k] or 0)
+                for k in ("recall_at_1", "recall_at_5")
+            }
+            for mode in ("dense", "hybrid")
+        }
+        for set_name in SETS
+    }
+    worst = min(value for by_mode in deltas.values() for by_k in by_mode.values() for value in by_k.values())
+    return {
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": common.machine().get("commit", ""),
+        "corpus": {k: described[k] for k in ("objects", "bytes") if k in described},
+        "sync": synced,
+        "copy": copy,
+        "runs": runs,
+        "deltas": deltas,
+        "worst_delta": worst,
+        "within_bound": worst >= -ALLOWED_DELTA,
+        "load_average": os.getloadavg(),
+    }
+
+
+def section(result: dict[str, Any]) -> str:
+    copy = result["copy"]
+    lines = [
+        f"### int8 against float32 (issue 39; measured {result['measured_at']})",
+        "",
+        "Section 7's corpus synced once in float32 by the engine; every chunk then embedded again in int8 "
+        "(`embedding.precision: int8`) into a second store, with the same ids, texts and metadata "
+        "(`python -m benchmarks.precision quality`). Each collection embeds its queries with its own precision; "
+        "the sets and their scoring are section 7's; hybrid is the default fusion.",
+        "",
+        "| set | n | mode | float32 @1 | int8 @1 | delta @1 | float32 @5 | int8 @5 | delta @5 |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for set_name in SETS:
+        f32, i8 = result["runs"]["float32"][set_name], result["runs"]["int8"][set_name]
+        for mode in ("dense", "hybrid"):
+            a, b = f32[mode], i8[mode]
+            d = result["deltas"][set_name][mode]
+            lines.append(
+                f"| {set_name} | {f32['n']} | {mode} | {a['recall_at_1']:.3f} | {b['recall_at_1']:.3f} | "
+                f"{d['recall_at_1']:+.3f} | {a['recall_at_5']:.3f} | {b['recall_at_5']:.3f} | {d['recall_at_5']:+.3f} |"
+            )
+    lines += [
+        "",
+        f"- Worst delta {result['worst_delta']:+.3f} (bound: -{ALLOWED_DELTA}): "
+        f"{'within' if result['within_bound'] else 'NOT within'} the bound on every set.",
+        f"- Cosine of each chunk's int8 vector to its float32 one ({copy['chunks']:,} chunks): mean "
+        f"{copy['cosine_mean']:.4f}, 5th percentile {copy['cosine_p5']:.4f}, 1st {copy['cosine_p1']:.4f}, "
+        f"lowest {copy['cosine_min']:.4f}.",
+        f"- The int8 copy embedded {copy['chunks']:,} chunks in {copy['embed_s']:.0f} s "
+        f"({copy['texts_per_s']:.1f} texts/s; not a speed figure: the machine was not kept idle for it).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True)
+    q = sub.add_parser("quality", help="recall on section 7's sets, int8 against float32")
+    q.add_argument("workdir", type=Path)
+    q.add_argument("--files", type=int, default=200)
+    q.add_argument("--probes", type=int, default=1200)
+    q.add_argument("--seed", type=int, default=7)
+    q.add_argument("--semantic", type=int, default=hybrid.SEMANTIC_PROBES)
+    q.add_argument("--max-bytes", type=int, default=retrieval.MAX_BYTES)
+    q.add_argument("--reuse", action="store_true", help="keep the float32 store an earlier run left in WORKDIR")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    result = quality(args.workdir, args.files, args.probes, args.seed, args.semantic, args.max_bytes, args.reuse)
+    (args.workdir / "precision-quality.json").write_text(json.dumps(result, indent=2, default=str))
+    print(section(result))
+
+
+if __name__ == "__main__":
+    main()
