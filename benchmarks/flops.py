@@ -93,6 +93,7 @@ COLUMN_NAMES = {
 # (label, runtime, precision): the default function's paths, in the order they run.
 PATHS: tuple[tuple[str, embed.Runtime, embed.Precision], ...] = (
     ("ONNX Runtime float32", "onnx", "float32"),
+    ("ONNX Runtime int8", "onnx", "int8"),  # embedding.precision int8: one text a run (pipeline/embed.py)
     ("torch float32", "torch", "float32"),
     ("torch bfloat16", "torch", "bfloat16"),
 )
@@ -331,7 +332,7 @@ def measure_paths(texts: list[str], warm: list[str], shape: ModelShape, budget_s
     load_avg = [os.getloadavg()[0]]
     for group in groups:
         group_texts = [texts[index] for index in group]
-        for label, runtime, _precision in PATHS:
+        for label, runtime, precision in PATHS:
             path_groups = done[label]
             if path_groups and sum(g["seconds"] for g in path_groups) + path_groups[-1]["seconds"] > budget_s:
                 continue  # its next group would take it past the budget
@@ -339,7 +340,9 @@ def measure_paths(texts: list[str], warm: list[str], shape: ModelShape, budget_s
             begun = time.perf_counter()
             vectors = functions[label](group_texts)
             seconds = time.perf_counter() - begun
-            if runtime == "onnx":
+            if precision == "int8":  # each text alone: no padding
+                batches = [(1, tokens[index]) for index in group]
+            elif runtime == "onnx":
                 batches = _onnx_batches(group_texts, [tokens[index] for index in group])
             else:
                 batches = [(rows, length) for rows, length in recorded_shapes]
@@ -379,7 +382,7 @@ def measure_paths(texts: list[str], warm: list[str], shape: ModelShape, budget_s
         "load_avg_by_group": load_avg,
         "waste_if_sorted_by_tokens": {
             str(size): _token_sorted_waste(tokens, groups, shape, size)
-            for size in (onnx_minilm.BATCH_SIZE, functions[PATHS[1][0]].batch_size)
+            for size in (onnx_minilm.BATCH_SIZE, functions["torch float32"].batch_size)
         },
         "common": {
             "groups": common_groups,
@@ -501,7 +504,7 @@ def measure(texts_count: int, budget_s: float, repeats: int, case_budget_s: floa
     first_group = texts[: write.BATCH_CHUNKS]
     inside = onnx_inside(first_group)
     for run in model["runs"]:
-        family = "bfloat16" if run["precision"] == "bfloat16" else "float32"
+        family = run["precision"] if run["precision"] in ("bfloat16", "int8") else "float32"
         run["peak_gflop_s"] = peak["peaks"][family]["gflop_s"]
         run["useful_to_peak"] = run["useful_gflop_s"] / run["peak_gflop_s"]
         run["computed_to_peak"] = run["computed_gflop_s"] / run["peak_gflop_s"]
@@ -651,6 +654,18 @@ def section_markdown(figures: dict[str, Any], number: int = SECTION_NUMBER) -> s
             + "; then "
             + ", ".join(others)
             + ".",
+        ]
+    int8 = by_path.get("ONNX Runtime int8")
+    if int8:
+        run8 = next(run for run in runs if run["label"] == "ONNX Runtime int8")
+        lines += [
+            "",
+            f"**int8 (`embedding.precision: int8`, issue 39)** on {which}: {int8['texts_s']:.1f} texts/s against "
+            f"ONNX Runtime float32's {reference['texts_s']:.1f}, **{int8['texts_s'] / reference['texts_s']:.2f}x** "
+            f"(goal >= 1.8x); {run8['useful_gflop_s']:.1f} useful GFLOP/s, {run8['useful_to_peak'] * 100:.0f}% of the "
+            f"int8 peak ({run8['peak_gflop_s']:.1f}). It runs each text alone (no padding, and no vector depends on "
+            "its batch-mates: ONNX Runtime quantises a product's activations with one scale per batch), which costs "
+            "it the larger products of a batch.",
         ]
     lines += ["", f"A bulk sync's default function here: {figures['default_path']}."]
     if figures.get("remarks"):

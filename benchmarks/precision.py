@@ -1,6 +1,11 @@
-"""`embedding.precision: int8` against float32 (issue 39, part 2): quality on section 7's probe sets.
+"""`embedding.precision: int8` against float32 (issue 39, part 2): quality on section 7's probe sets, and B's
+bulk sync of section 1's corpus in each precision.
 
     python -m benchmarks.precision quality WORKDIR --files 200 --probes 1200 --semantic 160
+    python -m benchmarks.precision speed WORKDIR --objects 500
+
+Each writes its JSON in WORKDIR and its subsection into benchmarks/RESULTS.md (section 7's or section 1's,
+replaced where it stands); `section` rewrites both from the JSON files.
 
 Section 7's corpus is synced once by the engine in float32 (as `benchmarks.retrieval` does; a store an earlier
 run left in WORKDIR/budget-unset is reused with --reuse), then every chunk, exactly as stored (same ids, texts,
@@ -17,14 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, hybrid, retrieval
+import yaml
+
+from benchmarks import common, corpus, hybrid, retrieval, throughput
 from s3sync_dagster.pipeline.embed import EmbeddingSpec
 
+HERE = Path(__file__).resolve().parent
 ALLOWED_DELTA = 0.01  # the issue's bound on recall@1 and @5, every set
 SETS = ("known", "semantic", "paraphrase")
 PAGE = 500  # chunks read, embedded and written at a time
@@ -184,6 +193,87 @@ def section(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def speed(workdir: Path, objects: int) -> dict[str, Any]:
+    """B (`s3sync sync --all`, a fresh process, the default instance, embedded Chroma) over section 1's corpus,
+    once with `embedding.precision: float32` and once with `int8`, one after the other in this one run."""
+    from s3sync_dagster.commands import local_s3
+
+    common.credentials()
+    data = corpus.generate(objects)
+    bucket = f"precision-{objects}"
+    server = local_s3.start()
+    runs: dict[str, Any] = {}
+    try:
+        common.fill_bucket(common.s3_client(server.endpoint_url), bucket, data)
+        load = [os.getloadavg()[0]]
+        for precision in ("float32", "int8"):
+            base = workdir / f"speed-{precision}"
+            shutil.rmtree(base, ignore_errors=True)
+            config = common.write_config(base / "config.yaml", server.endpoint_url, bucket, base / "chroma")
+            settings = yaml.safe_load(config.read_text())
+            config.write_text(yaml.safe_dump({**settings, "embedding": {"precision": precision}}))
+            run = throughput.run_dagster(config, base / "home")
+            run.update(throughput.rates(run))
+            runs[precision] = {k: v for k, v in run.items() if not isinstance(v, list | dict)}
+            load.append(os.getloadavg()[0])
+            print(f"B {precision}: {run['seconds']:.1f} s, {run['chunks']} chunks", flush=True)
+    finally:
+        server.stop()
+    return {
+        "measured": common.machine(),
+        "objects": objects,
+        "corpus": corpus.describe(data),
+        "runs": runs,
+        "speedup": runs["float32"]["seconds"] / runs["int8"]["seconds"],
+        "load_average": load,
+    }
+
+
+def speed_section(result: dict[str, Any]) -> str:
+    f32, i8 = result["runs"]["float32"], result["runs"]["int8"]
+    lines = [
+        f"### int8 against float32 (issue 39; measured {result['measured']['date']}, commit "
+        f"{result['measured']['commit']})",
+        "",
+        f"B (`s3sync sync --all`) over this section's corpus at {result['objects']:,} objects, once with "
+        "`embedding.precision: float32` (ONNX Runtime, batches of 16) and once with `int8` (the quantised model, "
+        "each text alone), one after the other in one run (`python -m benchmarks.precision speed`), each in a "
+        "fresh process into its own embedded Chroma and instance. Load average "
+        + ", ".join(f"{value:.1f}" for value in result["load_average"])
+        + " (before, after float32, after int8).",
+        "",
+        "| precision | seconds | objects/s | chunks/s | chunks |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, run in (("float32", f32), ("int8", i8)):
+        lines.append(
+            f"| {name} | {run['seconds']:.1f} | {run['objects_s']:.2f} | {run['chunks_s']:.1f} | {run['chunks']:,} |"
+        )
+    lines += [
+        "",
+        f"B in int8 against B in float32: **{result['speedup']:.2f}x** (goal >= 1.4x). The embedding alone: "
+        "section 11.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_subsection(out: Path, number: int, text: str) -> None:
+    """`text` (a `### ` subsection) at the end of section `number` of `out`, replacing the one of the same title
+    prefix (up to its first parenthesis) where it stands."""
+    document = out.read_text()
+    parts = re.split(r"\n(?=## \d+\. )", document.rstrip("\n"))
+    title = text.split("(", 1)[0]
+    for index, part in enumerate(parts):
+        if part.startswith(f"## {number}. "):
+            pieces = re.split(r"\n(?=### )", part)
+            kept = [piece.rstrip("\n") for piece in pieces if not piece.startswith(title)]
+            parts[index] = "\n\n".join([*kept, text.rstrip("\n")])
+            break
+    else:
+        raise ValueError(f"{out} has no section {number}")
+    out.write_text("\n\n".join(part.rstrip("\n") for part in parts) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -195,11 +285,23 @@ def main() -> None:
     q.add_argument("--semantic", type=int, default=hybrid.SEMANTIC_PROBES)
     q.add_argument("--max-bytes", type=int, default=retrieval.MAX_BYTES)
     q.add_argument("--reuse", action="store_true", help="keep the float32 store an earlier run left in WORKDIR")
+    q.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    b = sub.add_parser("speed", help="B over section 1's corpus, float32 then int8")
+    b.add_argument("workdir", type=Path)
+    b.add_argument("--objects", type=int, default=500)
+    b.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    result = quality(args.workdir, args.files, args.probes, args.seed, args.semantic, args.max_bytes, args.reuse)
-    (args.workdir / "precision-quality.json").write_text(json.dumps(result, indent=2, default=str))
-    print(section(result))
+    if args.what == "quality":
+        result = quality(args.workdir, args.files, args.probes, args.seed, args.semantic, args.max_bytes, args.reuse)
+        (args.workdir / "precision-quality.json").write_text(json.dumps(result, indent=2, default=str))
+        text, number = section(result), 7
+    else:
+        result = speed(args.workdir, args.objects)
+        (args.workdir / "precision-speed.json").write_text(json.dumps(result, indent=2, default=str))
+        text, number = speed_section(result), 1
+    print(text)
+    write_subsection(args.out, number, text)
 
 
 if __name__ == "__main__":
