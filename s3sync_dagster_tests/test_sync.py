@@ -97,6 +97,62 @@ def test_shifted_chunks_reuse_stored_vectors(
     assert report.chunks_embedded == 1 and len(embedder.texts) == 1
 
 
+LICENCE = "".join(f"Apache License clause {n}.\n" for n in range(10))
+
+
+def test_a_text_stored_for_another_object_of_the_source_reuses_its_vector(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    # A copy under another key, and a shared licence header (its own chunk of 10 lines): the model sees each
+    # distinct text once in the collection, and the copy's vectors are the original's, exactly.
+    original = LICENCE + numbered_lines(10, "alpha")
+    put(
+        s3, spec.bucket_name, {"a.txt": original, "copy/a.txt": original, "b.txt": LICENCE + numbered_lines(10, "beta")}
+    )
+    first = sync_object(s3, spec, lambda _: collection, embedder, "a.txt")
+    assert first.chunks_embedded == 2 and len(embedder.texts) == 2
+    embedder.texts.clear()
+    copied = sync_object(s3, spec, lambda _: collection, embedder, "copy/a.txt")
+    assert copied.chunks_written == 2 and copied.chunks_embedded == 0 and embedder.texts == []
+    other = sync_object(s3, spec, lambda _: collection, embedder, "b.txt")
+    assert other.chunks_written == 2 and other.chunks_embedded == 1 and len(embedder.texts) == 1
+    assert embedder.texts[0].startswith("beta number 0")
+
+    def vectors(key: str) -> dict[str, Any]:
+        found = collection.get(where={"object_key": key}, include=["documents", "embeddings", "metadatas"])
+        return {
+            text: (vector, meta)
+            for text, vector, meta in zip(found["documents"], found["embeddings"], found["metadatas"], strict=True)
+        }
+
+    a, copy, b = vectors("a.txt"), vectors("copy/a.txt"), vectors("b.txt")
+    assert set(a) == set(copy) and all((a[t][0] == copy[t][0]).all() for t in a)
+    assert (a[LICENCE][0] == b[LICENCE][0]).all()
+    # The hash is of the text and of the function the collection records.
+    function = index.function_record(collection)
+    assert '"name": "default"' in function
+    assert a[LICENCE][1]["text_hash"] == b[LICENCE][1]["text_hash"] == index.text_hash(LICENCE, function)
+    assert index.text_hash(LICENCE, function) != index.text_hash(
+        LICENCE, function.replace("{}", '{"precision": "int8"}')
+    )
+
+
+def test_a_vector_is_never_taken_from_another_writers_chunk(collection: Any, embedder: CountingEmbedder) -> None:
+    # Another source's chunk with the same text (and a planted hash): its vector is not this source's to trust.
+    text = "the same sentence in two sources"
+    planted = {
+        "source": "other",
+        "object_key": "x.txt",
+        "text_hash": index.text_hash(text, index.function_record(collection)),
+    }
+    collection.add(ids=["other-0"], documents=[text], embeddings=[[0.0] * 383 + [1.0]], metadatas=[planted])
+    record = index.ChunkRecord("mine-0", text, {"source": "docs", "object_key": "y.txt", "chunk_index": 0})
+    stats = index.replace_chunks(collection, [record], {}, embedder)
+    assert stats.embedded == 1 and embedder.texts == [text]
+    mine = collection.get(ids=["mine-0"], include=["embeddings"])["embeddings"][0]
+    assert abs(mine[-1] - 1.0) > 0.1  # the model's vector, not the planted one
+
+
 def test_chunk_metadata_and_custom_id(s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder) -> None:
     put(s3, spec.bucket_name, {"src/app.py": "def main():\n    return 1\n"})
     report = sync_object(
@@ -345,13 +401,14 @@ class ReadCountingCollection:
         return getattr(self.inner, name)
 
 
-@pytest.mark.parametrize(("ahead", "reads"), [(STAGE_AHEAD, 4), (0, 72)])
+@pytest.mark.parametrize(("ahead", "reads"), [(STAGE_AHEAD, 6), (0, 74)])
 def test_a_bulk_sync_reads_stored_chunks_for_many_keys_at_once(
     s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder, ahead: int, reads: int
 ) -> None:
-    # Embedded Chroma scans the collection for any metadata filter, so 70 new objects cost 4 reads staged (the
-    # skip checks of 64 keys, then of the last 6; the settle checks of each written batch of 64, then of 6), not
-    # 2 per key. Unstaged (ahead=0), each skip check reads for itself: 70, and the settle checks still 2.
+    # Embedded Chroma scans the collection for any metadata filter, so 70 new objects cost 6 reads staged (the
+    # skip checks of 64 keys, then of the last 6; for each written batch, of 64 and then of 6, its texts' stored
+    # vectors by text hash and its settle checks), not 2 per key. Unstaged (ahead=0), each skip check reads for
+    # itself: 70, and the batches' reads still 4.
     contents = {f"many/{n:02d}.txt": numbered_lines(12, tag=f"object {n}") for n in range(70)}
     put(s3, spec.bucket_name, contents)
     counted = ReadCountingCollection(collection)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -31,9 +32,19 @@ RESERVED_METADATA_KEYS = frozenset(
         "object_key", "bucket_name", "source", "etag", "last_modified", "size_bytes",
         "chunk_index", "chunk_count", "start_line", "end_line", "language", "chunker",
         "custom_id", "document_id", "sync_signature", "extractor", "page", "slide", "sheet",
-        "page_end", "metadata_key", "container_tag", "project",
+        "page_end", "metadata_key", "container_tag", "project", "text_hash",
     }
 )  # fmt: skip
+
+# Every chunk records a hash of its text and of the embedding function its collection records: a chunk of
+# another object of the same writer with the same text (a copy, a licence header, a template) takes its vector
+# from there instead of from the model (_vectors_for). The function is in the hash, so a vector is never taken
+# across functions (a rebuild copy under another model, or int8 beside float32).
+TEXT_HASH = "text_hash"
+# Hashes one read asks for: a `$in` of a write group's texts.
+READ_HASHES = 256
+# The metadata that says whose a chunk is (owners.Owner.stamp, the bucket): vectors are taken from the writer's own.
+WRITER_FIELDS = ("source", "project", "bucket_name")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,25 @@ class WriteStats:
     unchanged: int = 0
     deleted: int = 0
     embed_seconds: float = 0.0  # time in the model, included in the write
+    embedded_texts: set[str] = dataclasses.field(default_factory=set)  # the texts the model embedded
+
+
+def function_record(collection: Collection) -> str:
+    """The embedding function its collection records (name and config), as text: what a vector depends on."""
+    recorded = (collection.configuration_json or {}).get("embedding_function") or {}
+    return json.dumps({"name": recorded.get("name"), "config": recorded.get("config") or {}}, sort_keys=True)
+
+
+def text_hash(text: str, function: str) -> str:
+    """The hash of a chunk's text and its collection's function (function_record): equal hashes, equal vectors."""
+    return hashlib.sha256(f"{function}\n{text}".encode()).hexdigest()[:32]
+
+
+def _hashed(records: Sequence[ChunkRecord], function: str) -> list[ChunkRecord]:
+    return [
+        dataclasses.replace(record, metadata={**record.metadata, TEXT_HASH: text_hash(record.text, function)})
+        for record in records
+    ]
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -284,6 +314,7 @@ def replace_chunks(
     """
     stats = WriteStats()
     batch = max_batch_size(collection)
+    records = _hashed(records, function_record(collection))
     to_write: list[ChunkRecord] = []
     to_update: list[ChunkRecord] = []
     for record in records:
@@ -349,7 +380,8 @@ def _vectors_for(
     embed: Embedder,
     stats: WriteStats,
 ) -> list[Any]:
-    """Embeddings for records, reusing the stored vector of any chunk with the same text (a shifted chunk)."""
+    """Embeddings for records, reusing the stored vector of any chunk with the same text: of this object (a
+    shifted chunk), else any other chunk of the same writer whose text hash is the record's."""
     if not records:
         return []
     reusable_ids: dict[str, str] = {}
@@ -366,13 +398,34 @@ def _vectors_for(
             for text, vector in zip(documents, embeddings, strict=True):
                 if text is not None:
                     reused[text] = vector
+    reused.update(_vectors_by_hash(collection, [r for r in records if r.text not in reused]))
     # Each distinct new text is embedded once, even when it repeats within the object.
     fresh_texts = sorted({r.text for r in records if r.text not in reused})
     started = time.perf_counter()
     fresh = dict(zip(fresh_texts, _embed(embed, fresh_texts), strict=True)) if fresh_texts else {}
     stats.embed_seconds = time.perf_counter() - started
     stats.embedded = len(fresh_texts)
+    stats.embedded_texts = set(fresh_texts)
     return [reused[r.text] if r.text in reused else fresh[r.text] for r in records]
+
+
+def _vectors_by_hash(collection: Collection, records: Sequence[ChunkRecord]) -> dict[str, Any]:
+    """Stored vectors of the records' texts, by text: from chunks of the same writer with the same text hash."""
+    by_hash: dict[str, ChunkRecord] = {}
+    for record in records:
+        by_hash.setdefault(str(record.metadata[TEXT_HASH]), record)
+    reused: dict[str, Any] = {}
+    for part in _batches(sorted(by_hash), READ_HASHES):
+        where: Any = {TEXT_HASH: {"$in": list(part)}}
+        found = collection.get(where=where, include=["metadatas", "embeddings"])
+        embeddings = found.get("embeddings")
+        if embeddings is None:
+            continue
+        for metadata, vector in zip(found.get("metadatas") or [], embeddings, strict=True):
+            wanted = by_hash.get(str((metadata or {}).get(TEXT_HASH)))
+            if wanted is not None and all(metadata.get(f) == wanted.metadata.get(f) for f in WRITER_FIELDS):
+                reused.setdefault(wanted.text, vector)
+    return reused
 
 
 # While a collection is rebuilt under a new configuration, the copy has this name; it takes the

@@ -268,9 +268,10 @@ class NewObjects:
             self._written(group)
         seen: set[str] = set()
         for prepared in group:
-            # The batch's time is shared out by chunk count; each distinct text counts where it first appears.
+            # The batch's time is shared out by chunk count; each text the model embedded counts where it first
+            # appears (one whose vector was stored already, in this object or another, counts nowhere).
             share = len(prepared.records) / len(records)
-            fresh = {record.text for record in prepared.records} - seen
+            fresh = ({record.text for record in prepared.records} & stats.embedded_texts) - seen
             seen |= fresh
             own = index.WriteStats(
                 written=len(prepared.records), embedded=len(fresh), embed_seconds=stats.embed_seconds * share
