@@ -15,6 +15,7 @@ import yaml
 
 from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import load_config
+from s3sync_dagster.pipeline import reembed
 from s3sync_dagster.pipeline.default_model import ONNX_FILES, ensure_default_model, ensure_int8_model, int8_target
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction, EmbeddingSpec
 from s3sync_dagster.pipeline.sync import sync_keys
@@ -79,7 +80,7 @@ def test_int8_is_the_bundled_models_on_the_cpu_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("store", ["embedded", "server"])
-def test_an_int8_collection_records_it_refuses_float32_writes_and_is_queried_in_int8(
+def test_an_int8_collection_records_it_and_is_queried_in_int8_whatever_the_config_says(
     request: pytest.FixtureRequest, store: str, s3: Any, bucket: str, tmp_path: Path, moto_endpoint: str
 ) -> None:
     chroma: dict[str, Any] = {"path": "chroma"}
@@ -110,17 +111,20 @@ def test_an_int8_collection_records_it_refuses_float32_writes_and_is_queried_in_
         stored = collection.get(ids=collection.get(limit=1)["ids"], include=["embeddings", "documents"])
         assert np.allclose(stored["embeddings"][0], ChromaDefaultFunction(precision="int8")(stored["documents"])[0])
 
-        # The config turned back to float32: writing is refused, naming the collection and both precisions.
+        # The config turned back to float32: the collection still takes writes in int8, and a write begins its
+        # re-embedding into a float32 copy (test_reembed.py), never a mix of the two in one collection.
         float32 = configured("float32")
-        with pytest.raises(
-            ValueError, match=rf"collection '{source['collection_name']}' holds .* int8 vectors.*float32"
-        ):
-            float32.chroma.store().collection(source["collection_name"], float32.embedding.spec())
+        reopened = float32.chroma.store().collection(source["collection_name"], float32.embedding.spec())
+        assert reopened.configuration_json["embedding_function"]["config"] == {"precision": "int8"}
+        client = float32.chroma.store().client()
+        copy = reembed.underway(client, reopened)
+        assert copy is not None and copy.configuration_json["embedding_function"]["config"] == {}
         # A search still embeds its query as the collection holds it.
         searcher = SourceSearch("notes", float32)
         assert isinstance(searcher.embedding_function, ChromaDefaultFunction)
         assert searcher.embedding_function.precision == "int8"
         assert searcher.search("when are taxes due", mode="dense", n=1)[0].object_key == "notes/2.txt"
+        assert reembed.abandon(client, reopened) and reembed.underway(client, reopened) is None
         if store == "embedded":  # chromadb alone, in a fresh process, queries it with its own float32 function
             soup = collection.get(where={"object_key": "notes/1.txt"})["ids"]
             assert (

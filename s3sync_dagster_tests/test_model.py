@@ -115,15 +115,25 @@ def test_opening_a_collection_does_not_load_a_model() -> None:
 
 
 def test_one_collection_never_mixes_two_models(tmp_path: Path) -> None:
+    # Another function than the recorded one writes into a copy under the new function (pipeline/reembed.py),
+    # never into the collection: it keeps its own function for its writes and its queries until the swap.
+    from s3sync_dagster.pipeline import reembed
+
     chroma = ChromaResource(path=str(tmp_path))
     chroma.collection("one-model", EmbeddingResource())
     chroma.collection("one-model", EmbeddingResource())  # same model: fine
     other = tmp_path / "another-model"
     shutil.copytree(bundled_model_path(), other)
-    with pytest.raises(ValueError, match="collection 'one-model' was built with another embedding function"):
-        chroma.collection("one-model", EmbeddingResource(function="sentence_transformer", model=str(other)))
+    opened = chroma.collection("one-model", EmbeddingResource(function="sentence_transformer", model=str(other)))
+    assert opened.configuration_json["embedding_function"]["name"] == "default"
+    copy = reembed.underway(chroma.client(), opened)
+    assert copy is not None and copy.name == "one-model" + index.REBUILD_SUFFIX
+    recorded = copy.configuration_json["embedding_function"]
+    assert (recorded["name"], recorded["config"]["model_name"]) == ("sentence_transformer", "another-model")
+    # A collection of a model recorded by a name this machine cannot resolve (a directory's name): its writes
+    # and queries need that model until the swap, so the config's change is refused, naming both.
     chroma.collection("st-model", EmbeddingResource(function="sentence_transformer", model=str(other)))
-    with pytest.raises(ValueError, match=r"built with embedding function sentence_transformer \(another-model\)"):
+    with pytest.raises(ValueError, match=r"'st-model' holds .* another embedding function than default.*another-model"):
         chroma.collection("st-model", EmbeddingResource())
 
 

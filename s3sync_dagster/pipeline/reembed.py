@@ -1,0 +1,327 @@
+"""A collection re-embedded under another embedding function without downtime (issue 39).
+
+Chroma records one embedding function per collection and will not change it in place, and a collection
+holding two models' vectors answers every query wrong. So a model change (another function, another model,
+`precision: int8`) is carried by a copy, `<name>-s3sync-rebuild`, recording the new function:
+
+1. **Begun**: the copy is created (`begin`), recording on its metadata which function it re-embeds from.
+   From then on every write through pipeline/index.py to the collection lands in the copy too, in the new
+   function (`index.attach_copy`): a sync during the re-embedding keeps the copy exact.
+2. **Filled** (`fill`): every chunk of the collection, page by page, its stored text embedded by the new
+   function and added to the copy with its id and metadata. No S3 read, no extraction. `add` leaves a chunk a
+   sync already wrote to the copy as it is; chunks already in the copy (an earlier, interrupted pass) are
+   skipped before they are embedded.
+3. **Reconciled** (`reconcile`), until a pass finds nothing: every chunk whose id, text or metadata differ
+   between the two is embedded again, or removed from the copy (what a write racing a page left).
+4. **Swapped** (`swap`): the collection is renamed `<name>-s3sync-retired`, the copy takes its name, and the
+   retired one is dropped. Between the two renames (milliseconds) the name is missing: our readers wait for
+   it (`wait_for_swap`), and a crash there is finished on the next open (`recover`).
+
+Throughout, queries go to the collection under its own name and embed with its recorded function, so they are
+answered from the old vectors until the swap and from the new ones after. A crash at any step leaves a state
+the next `run` resumes (the copy kept, filled further) and the next open makes consistent (`recover`).
+`step` names each point (a test kills the process there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
+from chromadb.api.types import Documents, EmbeddingFunction
+
+from s3sync_dagster.pipeline import index, lexicon
+
+RETIRED_SUFFIX = "-s3sync-retired"
+# On the copy's metadata (and the collection's once swapped): the function record it was re-embedded from.
+FROM_KEY = "s3sync_reembedded_from"
+PAGE = 500  # chunks read, embedded and added at a time
+RECONCILE_ROUNDS = 5  # passes that still found differences before giving up (writes outpacing the copy)
+SWAP_WAIT_S = 10.0  # how long a reader waits for a swap's second rename
+
+Step = Callable[[str], None]
+
+
+@dataclass
+class Progress:
+    """Where a re-embedding stands: `done` of `total` chunks are in the copy."""
+
+    total: int = 0
+    done: int = 0
+    embedded: int = 0  # texts the new function embedded
+    reconciled: int = 0  # chunks the reconcile passes embedded again or removed
+    seconds: float = 0.0
+    phase: str = "begun"
+
+    def line(self) -> str:
+        share = f" ({self.done / self.total:.0%})" if self.total else ""
+        rate = f", {self.embedded / self.seconds:.0f} texts/s" if self.seconds and self.embedded else ""
+        return f"{self.phase}: {self.done:,} of {self.total:,} chunks in the copy{share}{rate}"
+
+
+def _nothing(_: str) -> None:
+    return None
+
+
+def copy_name(name: str) -> str:
+    return name + index.REBUILD_SUFFIX
+
+
+def _get(client: ClientAPI, name: str, function: EmbeddingFunction[Documents] | None = None) -> Collection | None:
+    from chromadb.errors import NotFoundError
+
+    try:
+        if function is None:
+            return client.get_collection(name=name)
+        return index.get_collection(client, name, function)
+    except (NotFoundError, ValueError):
+        return None
+
+
+def underway(client: ClientAPI, collection: Collection) -> Collection | None:
+    """The re-embed copy of `collection`, if a re-embedding is underway (begun, not yet swapped)."""
+    copy = _get(client, copy_name(collection.name))
+    if copy is None or FROM_KEY not in (copy.metadata or {}):
+        return None
+    return copy
+
+
+def _records(collection: Collection, function: EmbeddingFunction[Documents]) -> bool:
+    """Whether `collection` records `function` (its name and config)."""
+    recorded = (collection.configuration_json or {}).get("embedding_function") or {}
+    return bool(recorded.get("name") == function.name() and (recorded.get("config") or {}) == function.get_config())
+
+
+def abandon(client: ClientAPI, collection: Collection) -> bool:
+    """Drop the re-embedding copy of `collection` (a rollback: the collection was never touched); True if one was."""
+    copy = underway(client, collection)
+    if copy is None:
+        return False
+    index.detach_copy(collection)
+    _drop(client, copy.name)
+    return True
+
+
+def begin(client: ClientAPI, collection: Collection, function: EmbeddingFunction[Documents]) -> Collection:
+    """The copy (created if missing) that re-embeds `collection` under `function`, its writes attached. A copy
+    under another function (the config changed again meanwhile) is dropped and begun anew."""
+    copy = underway(client, collection)
+    if copy is not None and not _records(copy, function):
+        abandon(client, collection)
+        copy = None
+    if copy is None:
+        stale = _get(client, copy_name(collection.name))
+        if stale is not None:  # a same-model rebuild's copy a crash left (index.rebuild_collection): not ours
+            raise ValueError(
+                f"collection '{stale.name}' exists and is not a re-embedding's copy: a rebuild of "
+                f"'{collection.name}' was interrupted; open the collection with its recorded function first"
+            )
+        hnsw = (collection.configuration or {}).get("hnsw")
+        recorded = (collection.configuration_json or {}).get("embedding_function") or {}
+        with contextlib.suppress(Exception):  # another writer created it first: take theirs
+            client.create_collection(
+                name=copy_name(collection.name),
+                configuration={"hnsw": dict(hnsw)} if hnsw else None,  # type: ignore[arg-type,typeddict-item]
+                embedding_function=function,  # type: ignore[arg-type]
+                metadata={
+                    **{k: v for k, v in (collection.metadata or {}).items() if k != FROM_KEY},
+                    FROM_KEY: json.dumps(recorded, sort_keys=True),
+                },
+            )
+    copy = index.get_collection(client, copy_name(collection.name), function)
+    index_of = lexicon.of(copy)
+    if index_of is not None:
+        index_of.create_if_empty(copy)
+    index.attach_copy(collection, copy, function)
+    return copy
+
+
+def _hashed(metadata: Mapping[str, Any] | None, text: str, function: str) -> dict[str, Any]:
+    return {**dict(metadata or {}), index.TEXT_HASH: index.text_hash(text, function)}
+
+
+def _embed_into(
+    copy: Collection,
+    function: EmbeddingFunction[Documents],
+    ids: list[str],
+    documents: list[str],
+    metadatas: list[Any],
+    upsert: bool,
+) -> int:
+    """Embed documents once per distinct text and write them to the copy; returns the texts embedded."""
+    record = index.function_record(copy)
+    distinct = sorted(set(documents))
+    vectors = dict(zip(distinct, function(distinct), strict=True)) if distinct else {}
+    write = copy.upsert if upsert else copy.add
+    with lexicon.mirrored(copy, ids):
+        write(
+            ids=ids,
+            embeddings=[vectors[text] for text in documents],  # type: ignore[arg-type]
+            documents=documents,
+            metadatas=[_hashed(m, t, record) for m, t in zip(metadatas, documents, strict=True)],  # type: ignore[misc]
+        )
+    return len(distinct)
+
+
+def fill(
+    collection: Collection,
+    copy: Collection,
+    function: EmbeddingFunction[Documents],
+    progress: Progress,
+    report: Callable[[Progress], None],
+    step: Step,
+    page_size: int = PAGE,
+) -> None:
+    """Every chunk of the collection not yet in the copy, embedded by `function` and added, page by page."""
+    progress.phase, progress.total, progress.done = "re-embedding", collection.count(), copy.count()
+    report(progress)
+    started, offset = time.perf_counter(), 0
+    while True:
+        page = collection.get(limit=page_size, offset=offset, include=["documents", "metadatas"])  # type: ignore[list-item]
+        if not page["ids"]:
+            break
+        offset += len(page["ids"])
+        present = set(copy.get(ids=page["ids"], include=[])["ids"])
+        todo = [i for i, chunk_id in enumerate(page["ids"]) if chunk_id not in present]
+        if todo:
+            documents = [(page["documents"] or [])[i] or "" for i in todo]
+            metadatas = [(page["metadatas"] or [])[i] for i in todo]
+            progress.embedded += _embed_into(
+                copy, function, [page["ids"][i] for i in todo], documents, metadatas, upsert=False
+            )
+        progress.done = copy.count()
+        progress.seconds = time.perf_counter() - started
+        report(progress)
+        step("reembed:page")
+
+
+def _digests(collection: Collection) -> dict[str, str]:
+    """Each chunk's text and metadata (but its text hash, which names the function), as one digest by id."""
+    out: dict[str, str] = {}
+    offset = 0
+    while True:
+        page = collection.get(limit=PAGE * 4, offset=offset, include=["documents", "metadatas"])  # type: ignore[list-item]
+        if not page["ids"]:
+            return out
+        offset += len(page["ids"])
+        for chunk_id, text, metadata in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True):
+            kept = {k: v for k, v in (metadata or {}).items() if k != index.TEXT_HASH}
+            out[chunk_id] = hashlib.sha256(json.dumps([text, kept], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def reconcile(collection: Collection, copy: Collection, function: EmbeddingFunction[Documents]) -> int:
+    """Make the copy hold exactly the collection's chunks (ids, texts, metadata): returns how many it fixed."""
+    theirs, ours = _digests(collection), _digests(copy)
+    extra = sorted(set(ours) - set(theirs))
+    differing = sorted(chunk_id for chunk_id, digest in theirs.items() if ours.get(chunk_id) != digest)
+    if extra:
+        index.delete_ids(copy, extra)
+    for start in range(0, len(differing), PAGE):
+        found = collection.get(ids=differing[start : start + PAGE], include=["documents", "metadatas"])  # type: ignore[list-item]
+        if found["ids"]:
+            documents = [text or "" for text in found["documents"] or []]
+            _embed_into(copy, function, list(found["ids"]), documents, list(found["metadatas"] or []), upsert=True)
+    return len(extra) + len(differing)
+
+
+def swap(client: ClientAPI, name: str, function: EmbeddingFunction[Documents], step: Step = _nothing) -> Collection:
+    """The copy takes the collection's name; the old collection is dropped. Each rename is one step; another
+    process finding the name missing between them finishes the swap itself (recover, or index.open_collection)."""
+    old = client.get_collection(name=name)
+    old.modify(name=name + RETIRED_SUFFIX)
+    step("reembed:retired")
+    recover(client, name)
+    step("reembed:swapped")
+    return index.get_collection(client, name, function)
+
+
+def _drop(client: ClientAPI, name: str) -> None:
+    from chromadb.errors import NotFoundError
+
+    with contextlib.suppress(NotFoundError, ValueError):
+        retired = client.get_collection(name=name)
+        index.detach_copy(retired)
+        index_of = lexicon.of(index.opened(client, retired))
+        client.delete_collection(name)
+        if index_of is not None:
+            index_of.drop(retired.id)
+
+
+def recover(client: ClientAPI, name: str) -> bool:
+    """Finish a swap a crash interrupted between its renames (or drop what it left): True if it did anything.
+
+    The collection's name missing, a retired collection and the copy there: the copy takes the name (the swap
+    goes on); no copy: the retired one takes its name back. The name there and a retired one too: it is dropped.
+    """
+    from chromadb.errors import NotFoundError
+
+    retired = _get(client, name + RETIRED_SUFFIX)
+    if retired is None:
+        return False
+    if _get(client, name) is None:
+        copy = _get(client, copy_name(name))
+        with contextlib.suppress(NotFoundError, ValueError):  # another process may be finishing it too
+            (copy or retired).modify(name=name)
+        if copy is None:
+            return True
+    _drop(client, name + RETIRED_SUFFIX)
+    return True
+
+
+def wait_for_swap(client: ClientAPI, name: str, timeout_s: float = SWAP_WAIT_S) -> bool:
+    """For a reader that did not find `name`: whether a swap is underway (a retired collection is there), after
+    waiting for its second rename (or finishing it past `timeout_s`). False: no swap; the name is missing."""
+    deadline = time.monotonic() + timeout_s
+    while _get(client, name + RETIRED_SUFFIX) is not None:
+        if _get(client, name) is not None:
+            return True
+        if time.monotonic() > deadline:
+            return recover(client, name)
+        time.sleep(0.05)
+    return _get(client, name) is not None
+
+
+def run(
+    client: ClientAPI,
+    collection: Collection,
+    function: EmbeddingFunction[Documents],
+    report: Callable[[Progress], None] = lambda _: None,
+    step: Step = _nothing,
+    page_size: int = PAGE,
+) -> tuple[Collection, Progress]:
+    """Re-embed `collection` under `function` and swap the copy in: begin (or resume), fill, reconcile, swap."""
+    recover(client, collection.name)
+    progress = Progress()
+    copy = begin(client, collection, function)
+    step("reembed:begun")
+    fill(collection, copy, function, progress, report, step, page_size)
+    progress.phase = "reconciling"
+    report(progress)
+    for _ in range(RECONCILE_ROUNDS):
+        fixed = reconcile(collection, copy, function)
+        progress.reconciled += fixed
+        if not fixed:
+            break
+    else:
+        raise RuntimeError(
+            f"collection '{collection.name}': writes kept changing it faster than its copy caught up "
+            f"({RECONCILE_ROUNDS} passes); run the re-embedding again"
+        )
+    step("reembed:copied")
+    progress.done = copy.count()
+    progress.phase = "swapping"
+    report(progress)
+    index_of = lexicon.of(copy)
+    if index_of is not None:  # the copy's lexical index, whole, before it answers queries
+        index_of.rebuild(copy)
+    swapped = swap(client, collection.name, function, step)
+    progress.phase = "swapped"
+    report(progress)
+    return swapped, progress
