@@ -161,7 +161,7 @@ def quality(
 def section(result: dict[str, Any]) -> str:
     copy = result["copy"]
     lines = [
-        f"### int8 against float32 (issue 39; measured {result['measured_at']})",
+        f"### int8 against float32 (issue 39; measured {result['measured_at']}, commit {result['commit']})",
         "",
         "Section 7's corpus synced once in float32 by the engine; every chunk then embedded again in int8 "
         "(`embedding.precision: int8`) into a second store, with the same ids, texts and metadata "
@@ -290,8 +290,16 @@ def main() -> None:
     b.add_argument("workdir", type=Path)
     b.add_argument("--objects", type=int, default=500)
     b.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    again = sub.add_parser("section", help="write the subsections again from the JSON an earlier run left")
+    again.add_argument("workdir", type=Path)
+    again.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.what == "section":
+        for file, write, number in (("precision-quality.json", section, 7), ("precision-speed.json", speed_section, 1)):
+            if (args.workdir / file).is_file():
+                write_subsection(args.out, number, write(json.loads((args.workdir / file).read_text())))
+        return
     if args.what == "quality":
         result = quality(args.workdir, args.files, args.probes, args.seed, args.semantic, args.max_bytes, args.reuse)
         (args.workdir / "precision-quality.json").write_text(json.dumps(result, indent=2, default=str))
