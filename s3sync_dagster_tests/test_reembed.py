@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import numpy as np
 import pytest
 import yaml
@@ -41,9 +42,11 @@ QUESTION, ANSWER = "how do I reset my wifi router", "manuals/router.txt"
 
 
 @pytest.fixture(params=["embedded", "server"])
-def synced(request: pytest.FixtureRequest, s3: Any, bucket: str, tmp_path: Path, moto_endpoint: str) -> Any:
+def synced(
+    request: pytest.FixtureRequest, s3: Any, bucket: str, tmp_path: Path, moto_endpoint: str, dagster_home: Path
+) -> Any:
     """A source synced in float32 (lines chunking, one line a chunk: 40 chunks); `configure` writes its config
-    again with another precision."""
+    again with another precision. `s3sync reembed` runs the source's reembed job on the Dagster home."""
     chroma: dict[str, Any] = {"path": "chroma"}
     if request.param == "server":
         chroma = {"host": "127.0.0.1", "port": request.getfixturevalue("chroma_server")}
@@ -149,6 +152,16 @@ def test_a_model_change_reembeds_from_stored_texts_and_swaps_with_queries_answer
         thread.join(timeout=60)
     assert asked[0] >= 3 and failures == [], (asked[0], failures[:5])
     assert_whole_in_int8(int8, name, before)
+    # A run of the source's reembed job on the instance, as the UI shows it: its progress in its log.
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(job_name="manuals_reembed"))
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        lines = [r.user_message for r in instance.all_logs(run.run_id) if r.dagster_event is None]
+        assert any("re-embedding: " in line and "of 41 chunks in the copy" in line for line in lines), lines
+        assert any(
+            line.endswith("swapped: 41 of 41 chunks in the copy (100%)") or "swapped: 41 of 41" in line
+            for line in lines
+        ), lines
     assert searcher.embedding_function.precision == "int8"  # type: ignore[attr-defined]
     assert answers(int8)[0] == ANSWER
     # Nothing to do the second time; going back to float32 is another re-embedding.

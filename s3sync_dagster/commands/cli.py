@@ -524,58 +524,69 @@ def cmd_rebuild_lexicon(args: argparse.Namespace) -> int:
 
 
 def cmd_reembed(args: argparse.Namespace) -> int:
-    from chromadb.errors import NotFoundError
+    """A run of the source's reembed job on the instance (the UI shows it, with its progress in its log),
+    executed here; its progress lines shown as they are logged."""
+    import threading
 
-    from s3sync_dagster.defs import failpoints
-    from s3sync_dagster.pipeline import reembed
-    from s3sync_dagster.pipeline.embed import same_function
+    from s3sync_dagster.commands.runner import run_failure
+    from s3sync_dagster.definitions import build_definitions
+    from s3sync_dagster.defs.names import reembed_job_name, reembed_op_name
+    from s3sync_dagster.defs.reembed import PROGRESS_PREFIX
+    from s3sync_dagster.defs.run_config import reembed_run_config
 
     config = _config(args)
     source = config.source(args.source)
-    spec = config.embedding.spec()
-    store = config.chroma.store()
-    name = source.collection_name
-    payload: dict[str, Any] = {"source": source.name, "collection": name, "to": spec.describe()}
+    job = build_definitions(config).get_job_def(reembed_job_name(source.name))
+    run_id = str(uuid.uuid4())
+    with _instance(args) as instance:
+        done = threading.Event()
+        shown_lines: list[str] = []
 
-    def report(progress: reembed.Progress) -> None:
-        if not args.json:
-            print(f"  {progress.line()}", file=sys.stderr, flush=True)
+        def follow() -> None:  # the run's progress lines, as the op logs them
+            seen = 0
+            while True:
+                finished = done.is_set()
+                records = instance.all_logs(run_id)
+                for record in records[seen:]:
+                    if record.dagster_event is None and record.user_message.startswith(PROGRESS_PREFIX):
+                        shown_lines.append(record.user_message[len(PROGRESS_PREFIX) :])
+                        if not args.json:
+                            print(f"  {shown_lines[-1]}", file=sys.stderr, flush=True)
+                seen = len(records)
+                if finished:
+                    return
+                done.wait(0.5)
 
-    # An embedded store is one process's at a time: syncs wait for the re-embedding (queries do not).
-    with store.write_lock():
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
         try:
-            collection = store.collection(name, spec, create=False)  # in the function it records
-        except NotFoundError:
-            raise UsageError(
-                f"source '{source.name}' has not been synced yet: collection '{name}' does not exist"
-            ) from None
-        client = store.client()
-        recorded = (collection.configuration_json or {}).get("embedding_function")
-        if args.abandon or same_function(recorded, spec):
-            dropped = reembed.abandon(client, collection)
-            payload.update(status="abandoned" if dropped else "current", dropped_copy=dropped)
-            why = "as asked" if args.abandon else f"the config embeds with its own function again ({spec.describe()})"
-            text = (
-                f"source '{source.name}': collection '{name}' " + (f"kept; its re-embedding copy dropped ({why})" if dropped else
-                f"already holds {spec.describe()}'s vectors: nothing to re-embed" if not args.abandon else "has no re-embedding underway")
-            )  # fmt: skip
-            _emit(args, payload, text)
-            return EXIT_OK
-        if not args.json:
-            print(f"source '{source.name}': re-embedding collection '{name}' with {spec.describe()}", file=sys.stderr)
-        started = time.perf_counter()
-        _, progress = reembed.run(
-            client, collection, spec.build(), report=report, step=failpoints.reached, page_size=args.batch_size
+            execution = job.execute_in_process(
+                instance=instance,
+                run_id=run_id,
+                run_config=reembed_run_config(source.name, args.abandon, args.batch_size),
+                raise_on_error=False,
+            )
+        finally:
+            done.set()
+            follower.join(timeout=30)
+        if not execution.success:
+            raise RunError(
+                f"source '{source.name}': the re-embedding failed (run {run_id}): {run_failure(instance, run_id)}"
+            )
+    figures: dict[str, Any] = {}
+    for event in execution.events_for_node(reembed_op_name(source.name)):
+        if event.is_successful_output and event.step_output_data.metadata:
+            figures = {key: value.value for key, value in event.step_output_data.metadata.items()}
+    payload = {"source": source.name, "run_id": run_id, **figures}
+    if figures.get("status") == "swapped":
+        text = (
+            f"source '{source.name}': collection '{figures['collection']}' now holds {figures['embedding']}'s vectors: "
+            f"{figures['chunks']:,} chunk(s), {figures['texts_embedded']:,} text(s) embedded in {figures['seconds']} s, "
+            f"queries answered throughout (run {run_id})"
         )
-    seconds = time.perf_counter() - started
-    payload.update(status="swapped", chunks=progress.done, embedded=progress.embedded, seconds=seconds,
-                   reconciled=progress.reconciled)  # fmt: skip
-    _emit(
-        args,
-        payload,
-        f"source '{source.name}': collection '{name}' now holds {spec.describe()}'s vectors: {progress.done:,} chunk(s), "
-        f"{progress.embedded:,} text(s) embedded in {seconds:.1f} s, queries answered throughout",
-    )
+    else:
+        text = f"source '{source.name}': " + (shown_lines[-1] if shown_lines else str(figures.get("status")))
+    _emit(args, payload, text)
     return EXIT_OK
 
 

@@ -84,6 +84,14 @@ def repair_op_name(source_name: str) -> str:
     return f"{source_name}_repair_drift"
 
 
+def reembed_job_name(source_name: str) -> str:
+    return f"{source_name}_reembed"
+
+
+def reembed_op_name(source_name: str) -> str:
+    return f"{source_name}_reembed_collection"
+
+
 def backfill_job_name(source_name: str) -> str:
     return f"{source_name}_backfill"
 

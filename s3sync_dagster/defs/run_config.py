@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
-from s3sync_dagster.defs.names import asset_op_name, repair_op_name, sync_op_name
+from s3sync_dagster.defs.names import asset_op_name, reembed_op_name, repair_op_name, sync_op_name
 from s3sync_dagster.pipeline.spec import Invocation
 
 # Run logs of the command line's in-process runs stay off the terminal: the command says what happened.
@@ -51,6 +51,18 @@ class RepairConfig(dg.Config):
     foreign: bool = False  # delete the chunks other sources wrote into the source's own collection
     # Collections whose lexical index is built again from their chunks (pipeline/lexicon.py).
     lexicon: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
+
+
+class ReembedConfig(dg.Config):
+    """A re-embedding of the source's collection under the configured embedding function (pipeline/reembed.py)."""
+
+    abandon: bool = False  # drop the re-embedding underway instead: the collection is left as it is
+    batch_size: int = 500  # chunks read, embedded and written at a time (and a progress line each)
+
+
+def reembed_run_config(source_name: str, abandon: bool = False, batch_size: int = 500) -> dg.RunConfig:
+    config = ReembedConfig(abandon=abandon, batch_size=batch_size)
+    return dg.RunConfig(ops={reembed_op_name(source_name): config}, loggers=QUIET_LOGGERS)
 
 
 class Selection(enum.Enum):

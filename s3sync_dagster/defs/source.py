@@ -16,9 +16,16 @@ from s3sync_dagster.defs.assets import KeyEvent, index_partitions
 from s3sync_dagster.defs.backfill import request_backfill
 from s3sync_dagster.defs.checks import drift_check, index_check
 from s3sync_dagster.defs.linger import read_prefix, read_queue
+from s3sync_dagster.defs.reembed import reembed_source
 from s3sync_dagster.defs.repair import repair_drift
 from s3sync_dagster.defs.resources import required, taken
-from s3sync_dagster.defs.run_config import BackfillConfig, InvocationConfig, RepairConfig, SyncKeysConfig
+from s3sync_dagster.defs.run_config import (
+    BackfillConfig,
+    InvocationConfig,
+    ReembedConfig,
+    RepairConfig,
+    SyncKeysConfig,
+)
 from s3sync_dagster.defs.sensors import SQS_TICK_INTERVAL_S, poll_tick, sqs_tick
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import keys as object_keys
@@ -113,6 +120,29 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
         repair_keys()
 
     @dg.op(
+        name=names.reembed_op_name(source.name),
+        description=(
+            f"Re-embeds the collection of source '{source.name}' with the configured embedding function from its "
+            "stored chunk texts, then swaps it in; queries are answered throughout (abandon: drop it instead)."
+        ),
+        required_resource_keys=required(keys, "chroma", "embedding"),
+        out=no_value,
+    )
+    def reembed_collection(context: dg.OpExecutionContext, config: ReembedConfig) -> dg.Output[None]:
+        return reembed_source(context, source, config, **taking(context, "chroma", "embedding"))
+
+    @dg.job(
+        name=names.reembed_job_name(source.name),
+        tags={SOURCE_TAG: source.name, TRIGGER_TAG: "reembed"},
+        description=(
+            f"After a change of `embedding:`: re-embed source '{source.name}''s collection into the new model and "
+            "swap it in, without downtime (`s3sync reembed`). Its progress is in the run's log."
+        ),
+    )
+    def reembed_job() -> None:
+        reembed_collection()
+
+    @dg.op(
         name=names.backfill_op_name(source.name),
         description=(
             f"Starts Dagster's own backfill of source '{source.name}''s asset over the keys chosen: all, "
@@ -144,7 +174,12 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
         selection=dg.AssetSelection.assets(asset_key).without_checks(),
         description=f"The {asset_key.to_user_string()} asset without its checks: the runs of `s3sync sync`.",
     )
-    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [repair_job, backfill_job, documents_job]
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [
+        repair_job,
+        backfill_job,
+        reembed_job,
+        documents_job,
+    ]
     sensors: list[dg.SensorDefinition] = []
     if source.auto_sync != "none" or source.poll_interval_seconds is not None:
         # Keys from events are scattered over the partition list, so they cannot form one partition

@@ -181,11 +181,10 @@ class ChromaDefaultFunction(EmbeddingFunction[Documents]):
 
             # The model files setup made (made now, offline, if they are missing).
             if self.precision == INT8:
-                # One text a batch: ONNX Runtime quantises a product's activations with one scale for the whole
+                # Each text alone: ONNX Runtime quantises a product's activations with one scale for the whole
                 # batch, so in a batch a text's vector would depend on the texts beside it (cosine 0.992 to its
                 # own, measured); alone it is the same whatever call it comes in, as the reuse of vectors needs.
-                # It costs ~10% of int8's speed: 1.9-2.0x float32's texts a second, not 2.2x (benchmarks, section 11).
-                return onnx_minilm.encode(ensure_int8_model(), list(input), batch_size=1)
+                return onnx_minilm.encode_each(ensure_int8_model(), list(input))
             return onnx_minilm.encode(ensure_default_model(), list(input))
         return _encode(bundled_model_path(), self.device, input, self.batch_size, self.precision, normalize=True)
 
