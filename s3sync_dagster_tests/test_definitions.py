@@ -51,6 +51,9 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
         "events_backfill",
         "polled_backfill",
         "manual_backfill",
+        "events_reembed",
+        "polled_reembed",
+        "manual_reembed",
         "events_documents",
         "polled_documents",
         "manual_documents",
@@ -84,9 +87,10 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
         **{f"{name}_sync_keys": f"s3sync_{name}" for name in ("events", "polled")},
     }
     # The checks only read; the backfill job's op only asks the webserver for a backfill, whose runs are the
-    # asset's (in the pool).
+    # asset's (in the pool). The re-embedding writes only its copy and the swap, and the source's syncs must go
+    # on beside it (they keep the copy exact): were it in the pool, they would wait for the whole of it.
     assert {op_name for op_name, pool in pools.items() if pool is None} == {
         f"{name}__documents_{check}"
         for name in ("events", "polled", "manual")
         for check in ("drift", "indexed_keys_have_chunks")
-    } | {f"{name}_request_backfill" for name in ("events", "polled", "manual")}
+    } | {f"{name}_{op}" for name in ("events", "polled", "manual") for op in ("request_backfill", "reembed_collection")}
