@@ -93,7 +93,7 @@ COLUMN_NAMES = {
 # (label, runtime, precision): the default function's paths, in the order they run.
 PATHS: tuple[tuple[str, embed.Runtime, embed.Precision], ...] = (
     ("ONNX Runtime float32", "onnx", "float32"),
-    ("ONNX Runtime int8", "onnx", "int8"),  # embedding.precision int8: one text a run (pipeline/embed.py)
+    ("ONNX Runtime int8", "onnx", "int8"),  # embedding.precision int8: each text alone, a core each (onnx_minilm)
     ("torch float32", "torch", "float32"),
     ("torch bfloat16", "torch", "bfloat16"),
 )
@@ -664,8 +664,9 @@ def section_markdown(figures: dict[str, Any], number: int = SECTION_NUMBER) -> s
             f"ONNX Runtime float32's {reference['texts_s']:.1f}, **{int8['texts_s'] / reference['texts_s']:.2f}x** "
             f"(goal >= 1.8x); {run8['useful_gflop_s']:.1f} useful GFLOP/s, {run8['useful_to_peak'] * 100:.0f}% of the "
             f"int8 peak ({run8['peak_gflop_s']:.1f}). It runs each text alone (no padding, and no vector depends on "
-            "its batch-mates: ONNX Runtime quantises a product's activations with one scale per batch), which costs "
-            "it the larger products of a batch.",
+            "its batch-mates: ONNX Runtime quantises a product's activations with one scale per batch), the cores "
+            "sharing the texts, each on a session of one thread: its products are one text's rows, not the peak's "
+            "2,048.",
         ]
     lines += ["", f"A bulk sync's default function here: {figures['default_path']}."]
     if figures.get("remarks"):
