@@ -3,6 +3,7 @@ bulk sync of section 1's corpus in each precision.
 
     python -m benchmarks.precision quality WORKDIR --files 200 --probes 1200 --semantic 160
     python -m benchmarks.precision speed WORKDIR --objects 500
+    python -m benchmarks.precision duplicates WORKDIR --objects 300   # part 3: copies take stored vectors
 
 Each writes its JSON in WORKDIR and its subsection into benchmarks/RESULTS.md (section 7's or section 1's,
 replaced where it stands); `section` rewrites both from the JSON files.
@@ -214,7 +215,7 @@ def speed(workdir: Path, objects: int) -> dict[str, Any]:
             config.write_text(yaml.safe_dump({**settings, "embedding": {"precision": precision}}))
             run = throughput.run_dagster(config, base / "home")
             run.update(throughput.rates(run))
-            runs[precision] = {k: v for k, v in run.items() if not isinstance(v, list | dict)}
+            runs[precision] = {k: v for k, v in run.items() if not isinstance(v, list)}
             load.append(os.getloadavg()[0])
             print(f"B {precision}: {run['seconds']:.1f} s, {run['chunks']} chunks", flush=True)
     finally:
@@ -257,6 +258,80 @@ def speed_section(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The commit before part 3 (one embedding per distinct text in a collection): the duplicates' "before".
+BEFORE_REUSE = "619817e"
+
+
+def duplicates(workdir: Path, objects: int = 300, copies: float = 0.25, before: str = BEFORE_REUSE) -> dict[str, Any]:
+    """A (the engine, a fresh process, embedded Chroma) over section 1's corpus plus copies of a share of its
+    objects under `copy/` (the same bytes, another key), by the engine of `before` and by this one, in one run:
+    chunks written, chunks the model embedded, seconds."""
+    import random
+
+    from s3sync_dagster.commands import local_s3
+
+    common.credentials()
+    data = corpus.generate(objects)
+    copied = random.Random(7).sample(sorted(data), int(objects * copies))
+    data.update({f"copy/{key}": data[key] for key in copied})
+    bucket = f"duplicates-{objects}"
+    server = local_s3.start()
+    runs: dict[str, Any] = {}
+    try:
+        common.fill_bucket(common.s3_client(server.endpoint_url), bucket, data)
+        for label, tree in (("before", common.snapshot(before, workdir / "before-tree")), ("now", None)):
+            base = workdir / f"duplicates-{label}"
+            shutil.rmtree(base, ignore_errors=True)
+            config = common.write_config(base / "config.yaml", server.endpoint_url, bucket, base / "chroma")
+            run = throughput.run_engine(config, tree)
+            runs[label] = {k: v for k, v in run.items() if not isinstance(v, list)}
+            print(
+                f"A {label}: {run['seconds']:.1f} s, {run['chunks']} chunks, {run.get('embedded')} embedded", flush=True
+            )
+    finally:
+        server.stop()
+    return {
+        "measured": common.machine(),
+        "before": before,
+        "objects": objects,
+        "copies": len(copied),
+        "corpus": corpus.describe(data),
+        "runs": runs,
+    }
+
+
+def duplicates_section(result: dict[str, Any]) -> str:
+    before, now = result["runs"]["before"], result["runs"]["now"]
+    total = now["chunks"]
+    reused = total - now["embedded"]
+    return (
+        "\n".join(
+            [
+                f"### Duplicate texts: one embedding per distinct text (issue 39; measured {result['measured']['date']}, "
+                f"commit {result['measured']['commit']})",
+                "",
+                f"A (the engine) over {result['objects']:,} objects of this section's corpus plus {result['copies']:,} "
+                "copies of some of them under `copy/` (the same bytes under another key, as a team's copies and "
+                f"exports are), {result['objects'] + result['copies']:,} objects in all, each engine in a fresh process "
+                f"into its own embedded Chroma, one after the other in one run (`python -m benchmarks.precision "
+                f"duplicates`): before, the engine of commit {result['before']} (a text embedded once per object, or per "
+                "write group of new objects); now, a chunk whose text the collection already holds for the source takes "
+                "that vector (its text hash).",
+                "",
+                "| engine | seconds | chunks | embedded by the model | took a stored vector |",
+                "| --- | ---: | ---: | ---: | ---: |",
+                f"| before ({result['before']}) | {before['seconds']:.1f} | {before['chunks']:,} | not counted | |",
+                f"| now | {now['seconds']:.1f} | {total:,} | {now['embedded']:,} | {reused:,} ({reused / total:.0%}) |",
+                "",
+                f"Duplicates' share of the corpus: {result['copies'] / (result['objects'] + result['copies']):.0%} of the "
+                f"objects; {reused / total:.0%} of the chunks took a stored vector. Now against before: "
+                f"**{before['seconds'] / now['seconds']:.2f}x** the speed.",
+            ]
+        )
+        + "\n"
+    )
+
+
 def write_subsection(out: Path, number: int, text: str) -> None:
     """`text` (a `### ` subsection) at the end of section `number` of `out`, replacing the one of the same title
     prefix (up to its first parenthesis) where it stands."""
@@ -290,13 +365,21 @@ def main() -> None:
     b.add_argument("workdir", type=Path)
     b.add_argument("--objects", type=int, default=500)
     b.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    d = sub.add_parser("duplicates", help="A before and after one embedding per distinct text, on copies")
+    d.add_argument("workdir", type=Path)
+    d.add_argument("--objects", type=int, default=300)
+    d.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     again = sub.add_parser("section", help="write the subsections again from the JSON an earlier run left")
     again.add_argument("workdir", type=Path)
     again.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.what == "section":
-        for file, write, number in (("precision-quality.json", section, 7), ("precision-speed.json", speed_section, 1)):
+        for file, write, number in (
+            ("precision-quality.json", section, 7),
+            ("precision-speed.json", speed_section, 1),
+            ("precision-duplicates.json", duplicates_section, 1),
+        ):
             if (args.workdir / file).is_file():
                 write_subsection(args.out, number, write(json.loads((args.workdir / file).read_text())))
         return
@@ -304,6 +387,10 @@ def main() -> None:
         result = quality(args.workdir, args.files, args.probes, args.seed, args.semantic, args.max_bytes, args.reuse)
         (args.workdir / "precision-quality.json").write_text(json.dumps(result, indent=2, default=str))
         text, number = section(result), 7
+    elif args.what == "duplicates":
+        result = duplicates(args.workdir, args.objects)
+        (args.workdir / "precision-duplicates.json").write_text(json.dumps(result, indent=2, default=str))
+        text, number = duplicates_section(result), 1
     else:
         result = speed(args.workdir, args.objects)
         (args.workdir / "precision-speed.json").write_text(json.dumps(result, indent=2, default=str))

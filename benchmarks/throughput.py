@@ -39,6 +39,8 @@ def summarise(reports: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
         "key_seconds": sum(float(r.get("duration_s", 0.0) or 0.0) for r in reports),
         "timings": timings,
         "statuses": statuses,
+        # Chunks whose text the model embedded (the rest took a stored vector: the same text stored already).
+        "embedded": sum(int(r.get("chunks_embedded", 0) or 0) for r in reports),
     }
 
 

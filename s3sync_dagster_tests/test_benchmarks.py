@@ -235,6 +235,26 @@ def test_cluster_bulk_part_measures_and_writes_section_10_once(tmp_path: Path) -
     assert "### Chroma's reads against the collection's size" in text and "\n| 30 | 510 | " in text
 
 
+def test_precision_benchmark_smoke_runs_b_in_both_and_writes_its_subsection_in_place(tmp_path: Path) -> None:
+    from benchmarks import precision
+
+    result = precision.speed(tmp_path / "work", objects=12)
+    for name in ("float32", "int8"):
+        assert result["runs"][name]["objects"] == 12 and result["runs"][name]["statuses"] == {"indexed": 12}
+    assert result["runs"]["int8"]["chunks"] == result["runs"]["float32"]["chunks"] > 12
+    out = tmp_path / "RESULTS.md"
+    out.write_text(
+        "# Benchmark results\n\n## 1. Bulk sync throughput\n\none\n\n### Other\n\nkept\n\n## 2. Next\n\ntwo\n"
+    )
+    for _ in range(2):  # written again, it replaces itself where it stands
+        precision.write_subsection(out, 1, precision.speed_section(result))
+    text = out.read_text()
+    assert text.count("### int8 against float32") == 1
+    assert text.index("one") < text.index("kept") < text.index("### int8 against float32") < text.index("## 2. Next")
+    with pytest.raises(ValueError, match="no section 5"):
+        precision.write_subsection(out, 5, precision.speed_section(result))
+
+
 def test_million_benchmark_steps_smoke(tmp_path: Path) -> None:
     """The key steps of benchmarks/million.py at 300 keys, each in its own process as the benchmark runs them
     (its `dagster dev` part is what test_ui_backfill.py tests at a million keys)."""
