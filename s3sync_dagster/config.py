@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline import cloud_limits, keys
 from s3sync_dagster.pipeline.conversion import DEFAULT_MAX_PAGES, DocumentOptions
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision, Runtime
 from s3sync_dagster.pipeline.index import REBUILD_SUFFIX
@@ -405,6 +405,7 @@ class SourceConfig(_Model):
     # The collections the other sources of the same config write, by name -> their source (set by AppConfig).
     _collection_owners: dict[str, str] = PrivateAttr(default_factory=dict)
     _project: str = PrivateAttr(default="")  # the config's project (set by AppConfig)
+    _cloud_limits: bool = PrivateAttr(default=False)  # the store is Chroma Cloud (set by AppConfig)
 
     _literal = field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before")(
         _secret_must_be_env_ref
@@ -483,6 +484,7 @@ class SourceConfig(_Model):
             collection_owners=tuple(sorted(self._collection_owners.items())),
             target_collections=tuple(self.target_collections),
             project=self._project,
+            cloud_limits=self._cloud_limits,
         )
 
     @property
@@ -493,6 +495,11 @@ class SourceConfig(_Model):
     def set_collection_owners(self, owners: dict[str, str]) -> None:
         """Which source writes which collection, over the whole config: the others' are never this one's."""
         self._collection_owners = {name: owner for name, owner in owners.items() if owner != self.name}
+
+    def set_cloud_limits(self, cloud: bool) -> None:
+        """Whether the store is Chroma Cloud, whose quotas per record the sync checks before a write (set by
+        AppConfig once the source's settings are known to fit them)."""
+        self._cloud_limits = cloud
 
     def set_project(self, project: str) -> None:
         """The config's project, recorded on every chunk the source writes (set by AppConfig)."""
@@ -655,6 +662,19 @@ class AppConfig(_Model):
                 spec.token_budget(source.chunking.max_tokens)
             except ValueError as error:
                 raise ValueError(f"source '{source.name}': {error}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _settings_fit_chroma_cloud(self) -> AppConfig:
+        # Chroma Cloud's quotas (pipeline/cloud_limits.py): a setting that would break one is refused at load,
+        # naming the source and the setting; what only an object can break is checked before its write.
+        cloud = self.chroma.cloud
+        if cloud is not None:
+            cloud_limits.check_database(cloud.database)
+            for source in self.sources:
+                cloud_limits.check_source(source.name, source.chunking.max_size_bytes, source.collection_name)
+        for source in self.sources:
+            source.set_cloud_limits(cloud is not None)
         return self
 
     def source(self, name: str) -> SourceConfig:

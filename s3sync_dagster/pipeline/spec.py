@@ -47,6 +47,8 @@ class SourceSpec:
     # The deployment the source belongs to (`project` in the config; "" when it names none): recorded on
     # every chunk, so two projects sharing a store never count, replace or delete each other's chunks.
     project: str = ""
+    # The store is Chroma Cloud: its quotas per record are rules (pipeline/cloud_limits.py), checked before a write.
+    cloud_limits: bool = False
 
     @property
     def owner(self) -> Owner:

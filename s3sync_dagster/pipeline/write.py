@@ -10,7 +10,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
-from s3sync_dagster.pipeline import chunk, events, extract, index, keys
+from s3sync_dagster.pipeline import chunk, cloud_limits, events, extract, index, keys
 from s3sync_dagster.pipeline.fetch import Fetched, own_chunks
 from s3sync_dagster.pipeline.reports import KeyReport, lap
 from s3sync_dagster.pipeline.spec import SourceSpec
@@ -81,6 +81,9 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
             if extracted.page_label != "page":
                 chunk_metadata[extracted.page_label] = page
         records.append(index.ChunkRecord(keys.chunk_id(fetched.document_id, position), piece.text, chunk_metadata))
+    if spec.cloud_limits:  # before anything of the object is written: a quota broken fails its key alone
+        what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
+        cloud_limits.check_records(records, what)
     empty_message = (
         "; ".join(extracted.warnings) or f"object '{object_key}' has no text ({info.size} bytes): nothing indexed"
     )
