@@ -13,16 +13,22 @@ from s3sync_dagster.commands import resident
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `s3sync` command: a query goes to the resident process if one is running; anything else (and a
-    query with none) is answered here, by commands/cli.py."""
+    query with none, or with one that does not answer within resident.ANSWER_WAIT_S) is answered here, by
+    commands/cli.py."""
     args = list(sys.argv[1:] if argv is None else argv)
     querying = args[:1] == ["query"] and resident.enabled() and not _asks_for_help(args)
     environment, where = resident.launched(dict(os.environ), resident.address())
     if querying:
-        answer = resident.ask({"argv": args, "cwd": os.getcwd()}, where)
-        if answer is not None and isinstance(answer.get("code"), int):
-            sys.stdout.write(answer.get("stdout", ""))
-            sys.stderr.write(answer.get("stderr", ""))
-            return int(answer["code"])
+        try:
+            answer = resident.consult({"argv": args, "cwd": os.getcwd()}, where)
+        except resident.Unanswered as unanswered:
+            if str(unanswered):  # said once: a process that does not answer, or a path it did not make
+                print(f"s3sync: {unanswered}; answered here", file=sys.stderr)
+        else:
+            if isinstance(answer.get("code"), int):
+                sys.stdout.write(answer.get("stdout", ""))
+                sys.stderr.write(answer.get("stderr", ""))
+                return int(answer["code"])
     from s3sync_dagster.commands.cli import main as answer_here
 
     code = answer_here(args)

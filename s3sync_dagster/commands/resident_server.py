@@ -1,5 +1,11 @@
 """The resident query process (commands/resident.py): started in the background by `s3sync query`, it answers
-the queries sent to its socket with the store and the model kept open, one at a time, until idle."""
+the queries sent to its socket with the store and the model kept open, one at a time, until idle.
+
+Its command line is `python -m s3sync_dagster.commands.resident_server` and nothing more: the socket's path and
+the warm query come on its standard input. The main thread answers queries, one at a time; a thread accepts
+connections and one a connection checks the caller (the user's own, asking for this very socket), answers a
+status or a stop at once, and sends a space every HEARTBEAT_S while its query waits or runs, so that a client
+can tell a process at work from one that is frozen (resident.ANSWER_WAIT_S)."""
 
 from __future__ import annotations
 
@@ -8,20 +14,38 @@ import fcntl
 import io
 import json
 import os
+import queue
+import shutil
 import socket
+import stat
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from s3sync_dagster.commands import cli
-from s3sync_dagster.commands.resident import DEFAULT_IDLE_SECONDS, IDLE_ENV
+from s3sync_dagster.commands.resident import DEFAULT_IDLE_SECONDS, HEARTBEAT_S, IDLE_ENV, peer_uid
+
+LOCK_WAIT_S = 10.0  # a process whose socket was replaced leaves within a second: its successor waits this long
+REQUEST_WAIT_S = 10.0  # for a client to send its request once connected
+
+
+@dataclass
+class Pending:
+    """A query handed from its connection's thread to the main thread, and its reply."""
+
+    request: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: dict[str, Any] = field(default_factory=dict)
+    abandoned: bool = False  # its client went away before it was answered
 
 
 class Server:
-    """The resident process: answers one request at a time on its socket until idle."""
+    """The resident process: answers one query at a time on its socket until idle."""
 
     def __init__(self, where: Path, idle: float) -> None:
         self.where = where
@@ -30,60 +54,152 @@ class Server:
         self.served = 0
         self.last = time.monotonic()
         self.stopping = False
+        self.inode = -1
+        self.queries: queue.Queue[Pending | None] = queue.Queue()
 
-    def run(self, warm: Sequence[str]) -> None:
+    def run(self, warm: dict[str, Any] | None) -> None:
         # One process a socket: the lock is held for the process's life, so a second one started at the same
         # moment leaves, and a socket file left by a process that died is replaced.
         with open(self.where.with_suffix(".lock"), "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _locked(lock, LOCK_WAIT_S):
                 return
             cli.keep_searchers_open()
             if warm:
-                self.answer({"argv": list(warm), "cwd": os.getcwd()})
-            with contextlib.suppress(FileNotFoundError):
-                self.where.unlink()
+                self.answer(warm)
+            _clear(self.where)
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
                 listener.bind(str(self.where))
-                inode = self.where.stat().st_ino
+                self.inode = self.where.lstat().st_ino
                 listener.listen(16)
-                listener.settimeout(1.0)
+                threading.Thread(target=self.accept, args=(listener,), daemon=True).start()
                 try:
-                    self.serve(listener, inode)
+                    self.work()
                 finally:
-                    if self._same_socket(inode):
+                    self.stopping = True
+                    if self._same_socket():
                         self.where.unlink()
+                    self.release()
 
-    def serve(self, listener: socket.socket, inode: int) -> None:
-        while not self.stopping and self._same_socket(inode) and time.monotonic() - self.last < self.idle:
+    def work(self) -> None:
+        """Answer the queries the connections hand over, one at a time, until stopped, idle or replaced."""
+        while not self.stopping and self._same_socket() and time.monotonic() - self.last < self.idle:
             try:
-                connection, _ = listener.accept()
-            except TimeoutError:
+                pending = self.queries.get(timeout=1.0)
+            except queue.Empty:
                 continue
-            with connection:
-                connection.settimeout(60)
-                try:
-                    request = json.loads(connection.makefile("rb").readline())
-                    reply = self.answer(request)
-                    connection.sendall(json.dumps(reply).encode())
-                except (OSError, ValueError) as error:
-                    print(f"s3sync query-server: a request failed: {type(error).__name__}", file=sys.stderr)
+            if pending is not None and not pending.abandoned:
+                pending.reply = self.answer(pending.request)
+            if pending is not None:
+                pending.done.set()
             self.last = time.monotonic()
 
+    def release(self) -> None:
+        """Tell the clients still waiting that their query will not be answered here (they answer it)."""
+        while True:
+            try:
+                pending = self.queries.get_nowait()
+            except queue.Empty:
+                return
+            if pending is not None:
+                pending.reply = {"refused": "the resident query process stopped before answering"}
+                pending.done.set()
+
+    def accept(self, listener: socket.socket) -> None:
+        while not self.stopping:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the listener closed: the process is leaving
+                return
+            self.last = time.monotonic()
+            threading.Thread(target=self.converse, args=(connection,), daemon=True).start()
+
+    def converse(self, connection: socket.socket) -> None:
+        """One client: checked, answered (a query by the main thread, with a heartbeat meanwhile)."""
+        with connection:
+            try:
+                connection.settimeout(REQUEST_WAIT_S)
+                request = json.loads(connection.makefile("rb").readline())
+                why = self.refusal(connection, request)
+                if why:
+                    reply = {"refused": why}
+                elif "control" in request:
+                    reply = self.control(request["control"])
+                else:
+                    reply = self.wait_for(connection, Pending(request))
+                connection.sendall(json.dumps(reply).encode())
+            except (OSError, ValueError, AttributeError) as error:
+                print(f"s3sync query-server: a request failed: {type(error).__name__}", file=sys.__stderr__)
+
+    def refusal(self, connection: socket.socket, request: Any) -> str | None:
+        """Why this client is not answered: another user's process, or a request for another socket (a link to
+        this one from another environment's path)."""
+        uid = peer_uid(connection)
+        if uid is not None and uid != os.getuid():
+            return f"the resident query process answers user {os.getuid()} only"
+        if not isinstance(request, dict) or request.get("socket") != str(self.where):
+            return "the resident query process answers its own socket only, not a link to it"
+        return None
+
+    def wait_for(self, connection: socket.socket, pending: Pending) -> dict[str, Any]:
+        """Hand the query to the main thread: a space to the client at once (received; and a client that has
+        gone is not answered) and every HEARTBEAT_S until it is answered."""
+        connection.sendall(b" ")
+        self.queries.put(pending)
+        while not pending.done.wait(HEARTBEAT_S):
+            try:
+                connection.sendall(b" ")
+            except OSError:
+                pending.abandoned = True
+                raise
+        return pending.reply
+
+    def control(self, action: Any) -> dict[str, Any]:
+        status = {"pid": os.getpid(), "socket": str(self.where), "served": self.served, "since": self.started}
+        if action == "stop":
+            self.stopping = True
+            if self._same_socket():  # gone before the caller hears it stopped: the next client starts anew
+                self.where.unlink()
+            self.queries.put(None)
+        return status
+
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        action = request.get("control")
-        if action is not None:
-            self.stopping = action == "stop"
-            return {"pid": os.getpid(), "socket": str(self.where), "served": self.served, "since": self.started}
         self.served += 1
         return run_command(request["argv"], request["cwd"])
 
-    def _same_socket(self, inode: int) -> bool:
+    def _same_socket(self) -> bool:
         try:
-            return self.where.stat().st_ino == inode
+            return self.where.lstat().st_ino == self.inode
         except FileNotFoundError:
             return False
+
+
+def _locked(lock: Any, patience: float) -> bool:
+    """Take the socket's lock, waiting up to `patience` seconds for a process that is leaving."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+
+def _clear(where: Path) -> None:
+    """Remove whatever is at the socket's path (the lock is ours: no live process of ours serves it): a socket
+    left by a process that died, or what is not ours to answer, a folder or a symlink to another socket."""
+    try:
+        found = where.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(found.st_mode):
+        print(f"s3sync query-server: {where} was a folder, not a socket: replaced", file=sys.stderr)
+        shutil.rmtree(where)
+    else:
+        if not stat.S_ISSOCK(found.st_mode):
+            print(f"s3sync query-server: {where} was not a socket: replaced", file=sys.stderr)
+        where.unlink()
 
 
 def run_command(argv: Sequence[str], cwd: str) -> dict[str, Any]:
@@ -110,6 +226,15 @@ def run_command(argv: Sequence[str], cwd: str) -> dict[str, Any]:
     return {"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
+def handed_over() -> tuple[Path, dict[str, Any] | None]:
+    """The socket's path and the warm query, read from standard input (then closed: /dev/null in its place)."""
+    handover = json.loads(sys.stdin.buffer.read())
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return Path(handover["socket"]), handover.get("warm")
+
+
 if __name__ == "__main__":
-    where, warm = Path(sys.argv[1]), json.loads(sys.argv[2])
+    where, warm = handed_over()
     Server(where, float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_SECONDS))).run(warm)

@@ -13,6 +13,9 @@ at once need:
   one row (BM25's average length), each token's document frequency in another (a query's terms are looked
   up, not counted: a common word is in tens of thousands of chunks).
 
+A search's reads are bounded (READ_TIMEOUT_S: connecting, and each read's transaction): a database that does
+not answer, stopped or cut off, fails the read then, and the search asks Chroma's filter instead.
+
 Tables (made at the first use, shared by every collection): s3sync_lexicon_collections, _chunks (digest and
 length of each chunk's text), _postings (a token's count in a chunk), _terms (a token's document frequency)
 and _pending.
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +50,10 @@ if TYPE_CHECKING:
 
 BM25_K1, BM25_B = 1.2, 0.75  # FTS5's, as the embedded index ranks
 CONNECT_TIMEOUT_S = 10
+# A search's reads (the index's state, document frequencies, the best chunks: milliseconds each at 100,000 chunks)
+# give up after this long: on the server (statement_timeout), and here, where a database that is stopped (or a
+# host gone) never answers at all, by closing the connection's socket under the waiting read.
+READ_TIMEOUT_S = 5.0
 TABLES = ("chunks", "postings", "terms", "pending", "collections")
 
 SCHEMA = """
@@ -81,27 +90,45 @@ class PostgresLexicon:
         return "PostgresLexicon(<dsn>)"  # the connection string holds a password
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, bound: float | None = None) -> Iterator[Any]:
+        """One transaction on this thread's connection; with `bound`, connecting and the whole transaction
+        take at most that many seconds (psycopg2.OperationalError after)."""
         import psycopg2
 
         thread = (os.getpid(), threading.get_ident())
         with self._lock:
             db = self._open.get(thread)
         if db is None or db.closed:
-            db = psycopg2.connect(self._dsn, connect_timeout=CONNECT_TIMEOUT_S)
+            # libpq's connect_timeout covers the whole handshake (a stopped server accepts the TCP connection).
+            wait = CONNECT_TIMEOUT_S if bound is None else max(2, math.ceil(bound))
+            db = psycopg2.connect(self._dsn, connect_timeout=wait)
             with self._lock:
                 self._open[thread] = db
+        watchdog = _Watchdog(db, bound) if bound is not None else None
         try:
             with db, db.cursor() as cursor:  # one transaction: committed, or rolled back on an error
+                if bound is not None:
+                    cursor.execute("SET LOCAL statement_timeout = %s", (int(bound * 1000),))
                 if not self._made:
                     cursor.execute("SELECT pg_advisory_xact_lock(hashtext('s3sync_lexicon_schema'))")
                     cursor.execute(SCHEMA)
                     self._made = True
                 yield cursor
-        except psycopg2.InterfaceError:
-            with self._lock:
-                self._open.pop(thread, None)
+        except psycopg2.Error as error:
+            fired = watchdog is not None and watchdog.stop()
+            if fired or isinstance(error, psycopg2.InterfaceError):
+                self._forget(thread, db)
+            if fired:
+                raise psycopg2.OperationalError(f"PostgreSQL did not answer within {bound:g} s") from None
             raise
+        finally:
+            if watchdog is not None and watchdog.stop():  # it fired, if only as the transaction ended
+                self._forget(thread, db)
+
+    def _forget(self, thread: tuple[int, int], db: Any) -> None:
+        with self._lock:
+            self._open.pop(thread, None)
+        db.close()
 
     def close(self) -> None:
         with self._lock:
@@ -249,7 +276,7 @@ class PostgresLexicon:
         import psycopg2
 
         try:
-            with self._transaction() as cursor:
+            with self._transaction(READ_TIMEOUT_S) as cursor:
                 cursor.execute(
                     "SELECT version, complete, chunks, EXISTS (SELECT 1 FROM s3sync_lexicon_pending p "
                     "WHERE p.collection_id = c.collection_id) FROM s3sync_lexicon_collections c "
@@ -283,7 +310,7 @@ class PostgresLexicon:
 
     def document_frequency(self, collection: Collection, terms: Sequence[str]) -> tuple[dict[str, int], int]:
         tokens = {token(term): term for term in terms}
-        with self._transaction() as cursor:
+        with self._transaction(READ_TIMEOUT_S) as cursor:
             cursor.execute(
                 "SELECT token, chunks FROM s3sync_lexicon_terms WHERE collection_id = %s AND token = ANY(%s)",
                 (str(collection.id), list(tokens)),
@@ -300,7 +327,7 @@ class PostgresLexicon:
         k1 1.2, b 0.75, idf log((N - n + 0.5) / (n + 0.5)))."""
         if not terms:
             return []
-        with self._transaction() as cursor:
+        with self._transaction(READ_TIMEOUT_S) as cursor:
             cursor.execute(
                 """
                 WITH totals AS (
@@ -326,6 +353,31 @@ class PostgresLexicon:
             )
             rows = cursor.fetchall()
         return [(str(chunk_id), float(score)) for chunk_id, score in rows]
+
+
+class _Watchdog:
+    """Closes a connection's socket under a read that has waited `bound` seconds: libpq then fails the read (a
+    server-side statement_timeout cannot end a wait on a server that is stopped)."""
+
+    def __init__(self, db: Any, bound: float) -> None:
+        self.fired = False
+        self._db = db
+        self._timer = threading.Timer(bound, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        import psycopg2
+
+        self.fired = True
+        with contextlib.suppress(OSError, psycopg2.Error), socket.socket(fileno=os.dup(self._db.fileno())) as shut:
+            shut.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> bool:
+        """Stop the timer; whether it fired (the connection is then unusable)."""
+        self._timer.cancel()
+        self._timer.join()
+        return self.fired
 
 
 def serve(host: str, port: int | str, dsn: str) -> LexicalIndex:
