@@ -102,6 +102,7 @@ def _child(options: dict[str, Any]) -> dict[str, Any]:
         "foreign": 0,
         "misplaced": 0,
         "lexicon": 0,  # the benchmark's store is written straight into Chroma: no lexical index of ours
+        "misembedded": 0,
     }
     assert drift.counts() == expected, (drift.counts(), expected)
     return {

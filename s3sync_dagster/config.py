@@ -26,7 +26,6 @@ from pydantic import (
 from s3sync_dagster.pipeline import cloud_limits, keys
 from s3sync_dagster.pipeline.conversion import DEFAULT_MAX_PAGES, DocumentOptions
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision, Runtime
-from s3sync_dagster.pipeline.index import REBUILD_SUFFIX
 from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.store import Store
@@ -417,12 +416,15 @@ class SourceConfig(_Model):
     def _chroma_collection_name(cls, value: str) -> str:
         # Chroma's own rule, checked here so the error names the source instead of failing mid-run.
         keys.validate_collection_name(value, "collection_name")
-        if value.endswith(REBUILD_SUFFIX):
-            # Another source's first open would take such a collection for its interrupted rebuild and rename it.
-            raise ValueError(
-                f"collection name '{value}' ends in '{REBUILD_SUFFIX}', which is reserved for the copy a rebuild "
-                "makes of a collection; choose another name"
-            )
+        # Another source's swap or first open would take such a collection for its own copy and rename it.
+        return keys.check_not_reserved(value, "collection_name")
+
+    @field_validator("target_collections")
+    @classmethod
+    def _targets_not_reserved(cls, value: list[str]) -> list[str]:
+        # A glob may match a reserved name (the write refuses it); a name that is one is refused here.
+        for pattern in value:
+            keys.check_not_reserved(pattern, "target_collections")
         return value
 
     @field_validator("container_tag_regex")

@@ -144,6 +144,7 @@ def test_repair_fixes_exactly_the_drift_and_the_check_says_so(
         "foreign": 1,
         "misplaced": 0,
         "lexicon": 1,
+        "misembedded": 0,
     }
     assert payload["after"]["clean"] is True
     statuses = {r["object_key"]: r["status"] for r in payload["reports"]}
@@ -207,7 +208,8 @@ def test_metadata_mode_audits_orphans_only(
     assert not sync(config, "docs", instance, ["a/doc.meta.json"]).failed
     put(s3, bucket, {"a/unnamed.txt": "no meta file names me\n"})
     assert _drift(config, instance, s3).counts() == {
-        "missing": None, "stale": 0, "orphaned": 0, "foreign": 0, "misplaced": 0, "lexicon": 0
+        "missing": None, "stale": 0, "orphaned": 0, "foreign": 0, "misplaced": 0, "lexicon": 0,
+        "misembedded": 0,
     }  # fmt: skip
     s3.delete_object(Bucket=bucket, Key="a/doc.meta.json")
     drift = _drift(config, instance, s3)

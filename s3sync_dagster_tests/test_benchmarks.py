@@ -142,8 +142,8 @@ def test_audit_benchmark_smoke_finds_the_planted_drift(tmp_path: Path) -> None:
     # Each size's audit runs in a child process that asserts it found exactly the planted drift.
     result = audit_benchmark.measure(tmp_path / "audit", keys=500, moto_keys=0)
     assert [run["counts"] for run in result["runs"]] == [
-        {"missing": 1, "stale": 1, "orphaned": 1, "foreign": 0, "misplaced": 0, "lexicon": 0},
-        {"missing": 5, "stale": 5, "orphaned": 5, "foreign": 0, "misplaced": 0, "lexicon": 0},
+        {"missing": 1, "stale": 1, "orphaned": 1, "foreign": 0, "misplaced": 0, "lexicon": 0, "misembedded": 0},
+        {"missing": 5, "stale": 5, "orphaned": 5, "foreign": 0, "misplaced": 0, "lexicon": 0, "misembedded": 0},
     ]
     assert "## Drift audit" in audit_benchmark.section_markdown(result)
 

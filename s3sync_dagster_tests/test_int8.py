@@ -114,7 +114,11 @@ def test_an_int8_collection_records_it_and_is_queried_in_int8_whatever_the_confi
         # The config turned back to float32: the collection still takes writes in int8, and a write begins its
         # re-embedding into a float32 copy (test_reembed.py), never a mix of the two in one collection.
         float32 = configured("float32")
-        reopened = float32.chroma.store().collection(source["collection_name"], float32.embedding.spec())
+        reopened = float32.chroma.store().collection(
+            source["collection_name"],
+            float32.embedding.spec(),
+            owner=float32.sources[0].spec(float32.embedding.spec()).owner,  # a write of the source, as a run's
+        )
         assert reopened.configuration_json["embedding_function"]["config"] == {"precision": "int8"}
         client = float32.chroma.store().client()
         copy = reembed.underway(client, reopened)

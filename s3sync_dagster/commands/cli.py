@@ -584,6 +584,8 @@ def cmd_reembed(args: argparse.Namespace) -> int:
             f"{figures['chunks']:,} chunk(s), {figures['texts_embedded']:,} text(s) embedded in {figures['seconds']} s, "
             f"queries answered throughout (run {run_id})"
         )
+        also = [line for line in figures.get("collections") or [] if not line.startswith(f"{figures['collection']}:")]
+        text += "; also " + ", ".join(also) if also else ""
     else:
         text = f"source '{source.name}': " + (shown_lines[-1] if shown_lines else str(figures.get("status")))
     _emit(args, payload, text)

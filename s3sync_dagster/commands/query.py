@@ -16,6 +16,7 @@ from chromadb.errors import NotFoundError
 
 from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.config import AppConfig, config_file, is_component, load_config
+from s3sync_dagster.pipeline import index
 from s3sync_dagster.pipeline import search as engine
 from s3sync_dagster.pipeline.embed import function_of_record
 from s3sync_dagster.pipeline.search import FUSION, Fusion, Hit, Mode
@@ -69,7 +70,8 @@ class SourceSearch:
             )
         except NotFoundError:
             raise UsageError(
-                f"source '{self.source.name}' has not been synced yet: "
+                index.moved(store.client(), self.source.collection_name, self.owner)
+                or f"source '{self.source.name}' has not been synced yet: "
                 f"collection '{self.source.collection_name}' does not exist"
             ) from None
         except Exception as error:
@@ -102,12 +104,29 @@ class SourceSearch:
         if per_object is not None and per_object < 1:
             raise ValueError(f"per_object must be at least 1, got {per_object}")
         try:
-            return self._search_scopes(text, mode, n, context, per_object, fusion)
-        except NotFoundError:
+            hits = self._search_scopes(text, mode, n, context, per_object, fusion)
+            if not hits and not self.every_writer:  # none of its chunks here, perhaps: the collection renamed?
+                why = index.moved(self.config.chroma.store().client(), self.collection.name, self.owner)
+                if why is not None:
+                    raise UsageError(why)
+            return hits
+        except Exception as error:
             # The collection was swapped for its re-embedded copy meanwhile (pipeline/reembed.py): the name now
-            # holds the new one, whose queries embed with its own function. Asked once more, there.
+            # holds the new one, whose queries embed with its own function. Asked once more, there. The old one's
+            # drop shows as NotFoundError, or on a server mid-drop as another ChromaError ("Missing metadata
+            # segment"): any error is retried only when the name holds another collection now.
+            if not isinstance(error, NotFoundError) and not self._swapped():
+                raise
             self._open()
             return self._search_scopes(text, mode, n, context, per_object, fusion)
+
+    def _swapped(self) -> bool:
+        try:
+            return bool(
+                self.config.chroma.store().client().get_collection(self.collection.name).id != self.collection.id
+            )
+        except Exception:  # the name missing between a swap's renames: _open waits for the second one
+            return True
 
     def _search_scopes(
         self, text: str, mode: Mode, n: int, context: int, per_object: int | None, fusion: Fusion

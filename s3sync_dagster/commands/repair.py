@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.commands.runner import key_outcomes, run_failure, s3_client
 from s3sync_dagster.config import AppConfig, SourceConfig
 from s3sync_dagster.definitions import build_definitions
@@ -19,7 +20,7 @@ from s3sync_dagster.defs.names import repair_job_name
 from s3sync_dagster.defs.repair import unlinked_waiting
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
 from s3sync_dagster.defs.run_config import repair_run_config
-from s3sync_dagster.pipeline import audit
+from s3sync_dagster.pipeline import audit, index
 
 
 @dataclass
@@ -70,6 +71,9 @@ def repair(
     s3 = s3_client(source)  # checks credentials and bucket before anything runs
     chroma = chroma_outside_runs(config.chroma)
     embedding = embedding_resource(config.embedding)
+    why = index.moved(chroma.client(), source.collection_name, source.spec(embedding.spec()).owner)
+    if why is not None:  # an audit would count its chunks where they are as a target's: no drift, and none repaired
+        raise UsageError(why)
     before = _audit(source, instance, s3, chroma, embedding)
     result = RepairResult(source=source_name, before=_described(before), after=_described(before))
     # Waiting metadata files are no drift: only those no sync has linked to their document are synced.
@@ -90,6 +94,7 @@ def repair(
             sorted(before.misplaced),
             bool(before.foreign),
             sorted(before.lexicon),
+            sorted(before.misembedded),
         ),
         raise_on_error=False,
     )

@@ -146,7 +146,7 @@ def index_partitions(
     except objects.BucketError as error:
         raise dg.Failure(description=str(error), allow_retries=error.transient) from None
     collection_for = Collections(
-        lambda name: chroma.collection(name, embedding),
+        lambda name: chroma.collection(name, embedding, owner=spec.owner),
         lambda: [collection.name for collection in chroma.client().list_collections()],
     )
     try:

@@ -143,7 +143,13 @@ def empty_at(instance: dg.DagsterInstance, asset_key: dg.AssetKey, object_keys: 
 def audited_collections(chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig) -> Iterator[Any]:
     """The source's collection first, then every other collection of our model (targets of invocations
     and .meta.json files): a removal searches them all, so orphans are looked for in them all."""
-    names = [collection.name for collection in chroma.client().list_collections()]
+    # A copy being filled or a retired collection (a re-embedding's, pipeline/reembed.py) is the re-embedding's
+    # to keep exact and drop: never audited, so a repair never deletes from it.
+    names = [
+        collection.name
+        for collection in chroma.client().list_collections()
+        if not collection.name.endswith(keys.RESERVED_SUFFIXES)
+    ]
     for name in sorted(names, key=lambda name: name != source.collection_name):
         try:
             yield chroma.collection(name, embedding, create=False)

@@ -2,6 +2,7 @@
 (pipeline/reembed.py), its progress in the run's log line by line, its figures on the run's output."""
 
 import time
+from typing import Any
 
 import dagster as dg
 
@@ -9,8 +10,10 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.defs.run_config import ReembedConfig
-from s3sync_dagster.pipeline import reembed
-from s3sync_dagster.pipeline.embed import same_function
+from s3sync_dagster.pipeline import index, keys, reembed
+from s3sync_dagster.pipeline.embed import EmbeddingSpec, same_function
+from s3sync_dagster.pipeline.owners import Owner
+from s3sync_dagster.pipeline.store import Store
 
 # The first words of every progress line the run logs (what `s3sync reembed` shows as it goes).
 PROGRESS_PREFIX = "reembed: "
@@ -23,55 +26,85 @@ def reembed_source(
     chroma: ChromaResource,
     embedding: EmbeddingResource,
 ) -> dg.Output[None]:
-    """Re-embed the source's collection with the configured function and swap it in; with `abandon` (or when
-    the config embeds with the collection's own function again), drop the copy of a re-embedding underway."""
+    """Re-embed with the configured function, and swap in, what the source owns: its own collection, then each
+    collection holding only its chunks (the targets its metadata files name; index.may_reembed). With `abandon`
+    (or when the config embeds with a collection's own function again), drop the copy of a re-embedding underway.
+    Nothing of another source or project is copied or swapped."""
     from chromadb.errors import NotFoundError
 
     spec = embedding.spec()
     store = chroma.store()
     name = source.collection_name
     started = time.perf_counter()
+    figures: dict[str, Any] = {"status": "current", "collection": name, "chunks": 0, "texts_embedded": 0}
     # An embedded store is one process's at a time: syncs wait for the re-embedding (queries do not).
     with store.write_lock():
         try:
-            collection = store.collection(name, spec, create=False)  # opened in the function it records
+            store.collection(name, spec, create=False)
         except NotFoundError:
             raise dg.Failure(
                 f"source '{source.name}' has not been synced yet: collection '{name}' does not exist"
             ) from None
-        client = store.client()
-        recorded = (collection.configuration_json or {}).get("embedding_function")
-        if config.abandon or same_function(recorded, spec):
-            dropped = reembed.abandon(client, collection)
-            status = "abandoned" if dropped else ("nothing underway" if config.abandon else "current")
-            context.log.info(
-                f"{PROGRESS_PREFIX}collection '{name}': "
-                + (
-                    "its re-embedding copy dropped, the collection as it was"
-                    if dropped
-                    else f"{status}: it holds {spec.describe() if status == 'current' else 'its own'} vectors"
-                )
+        owner = source.spec(spec).owner
+        for target in _owned(store, name, spec, owner):
+            status, progress = _reembed_one(context, store, target, spec, config)
+            if target == name or status != "current":
+                figures["status"] = status if target == name else figures["status"]
+                figures.setdefault("collections", []).append(f"{target}: {status}")
+            if progress is not None:
+                figures["chunks"] += progress.done
+                figures["texts_embedded"] += progress.embedded
+                figures["reconciled"] = figures.get("reconciled", 0) + progress.reconciled
+    if figures["status"] == "swapped":
+        figures["embedding"] = spec.describe()
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    return dg.Output(None, metadata=figures)
+
+
+def _owned(store: Store, name: str, spec: EmbeddingSpec, owner: Owner) -> list[str]:
+    """The source's own collection, then the other collections a model change of it re-embeds."""
+    from chromadb.errors import NotFoundError
+
+    others = []
+    for listed in store.client().list_collections():
+        if listed.name == name or listed.name.endswith(keys.RESERVED_SUFFIXES):
+            continue
+        try:
+            collection = store.collection(listed.name, spec, create=False)
+        except (NotFoundError, ValueError):  # gone meanwhile, or a function this machine cannot run: not ours
+            continue
+        unbound = (collection.metadata or {}).get(index.OWNER_KEY) is None
+        if unbound and collection.count() and index.may_reembed(collection, owner):
+            others.append(listed.name)
+    return [name, *sorted(others)]
+
+
+def _reembed_one(
+    context: dg.OpExecutionContext, store: Store, name: str, spec: EmbeddingSpec, config: ReembedConfig
+) -> tuple[str, reembed.Progress | None]:
+    """Re-embed one collection and swap it in (or abandon its copy); its status and progress."""
+    collection = store.collection(name, spec, create=False)  # opened in the function it records
+    client = store.client()
+    recorded = (collection.configuration_json or {}).get("embedding_function")
+    if config.abandon or same_function(recorded, spec):
+        dropped = reembed.abandon(client, collection)
+        status = "abandoned" if dropped else ("nothing underway" if config.abandon else "current")
+        context.log.info(
+            f"{PROGRESS_PREFIX}collection '{name}': "
+            + (
+                "its re-embedding copy dropped, the collection as it was"
+                if dropped
+                else f"{status}: it holds {spec.describe() if status == 'current' else 'its own'} vectors"
             )
-            return dg.Output(None, metadata={"status": status, "collection": name})
-        context.log.info(f"{PROGRESS_PREFIX}collection '{name}': re-embedding with {spec.describe()}")
-        _, progress = reembed.run(
-            client,
-            collection,
-            spec.build(),
-            report=lambda progress: context.log.info(PROGRESS_PREFIX + progress.line()),
-            step=failpoints.reached,
-            page_size=config.batch_size,
         )
-    seconds = time.perf_counter() - started
-    return dg.Output(
-        None,
-        metadata={
-            "status": "swapped",
-            "collection": name,
-            "embedding": spec.describe(),
-            "chunks": progress.done,
-            "texts_embedded": progress.embedded,
-            "reconciled": progress.reconciled,
-            "seconds": round(seconds, 1),
-        },
+        return status, None
+    context.log.info(f"{PROGRESS_PREFIX}collection '{name}': re-embedding with {spec.describe()}")
+    _, progress = reembed.run(
+        client,
+        collection,
+        spec.build(),
+        report=lambda progress: context.log.info(PROGRESS_PREFIX + progress.line()),
+        step=failpoints.reached,
+        page_size=config.batch_size,
     )
+    return "swapped", progress

@@ -73,6 +73,27 @@ def delete_misplaced(
     return deleted
 
 
+def embed_misembedded(
+    chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig, collection_names: list[str]
+) -> dict[str, int]:
+    """Embed again, from their stored texts, the source's chunks whose text hash is not their text's."""
+    from chromadb.errors import NotFoundError
+
+    spec = source.spec(embedding.spec())
+    fixed: dict[str, int] = {}
+    for name in collection_names:
+        if not audit.may_write(spec, name):
+            continue
+        try:
+            collection = chroma.collection(name, embedding, create=False)
+        except NotFoundError:
+            continue
+        fixed[name] = index.embed_again(
+            collection, index.misembedded(collection, spec.owner), embedding.embedding_function()
+        )
+    return fixed
+
+
 def unlinked_waiting(instance: dg.DagsterInstance, source_name: str, drift: audit.Drift) -> list[str]:
     """The waiting metadata files no sync has linked to their document yet (uploaded while nothing listened):
     a sync of each records the link, so the document's upload completes it; linked ones need nothing."""
@@ -118,12 +139,14 @@ def repair_drift(
     each key's event yielded as it is done."""
     object_keys, unselected = config.object_keys, config.unselected
     misplaced, foreign, indexes = config.misplaced, config.foreign, config.lexicon
+    misembedded = config.misembedded
     if object_keys is None:
         drift = drift_of(source, context.instance, s3.client(source.name), chroma, embedding)
         context.log.info(drift.summary())
         object_keys = sorted({*drift.to_sync(), *unlinked_waiting(context.instance, source.name, drift)})
         unselected = drift.unselected
         misplaced, foreign, indexes = sorted(drift.misplaced), bool(drift.foreign), sorted(drift.lexicon)
+        misembedded = sorted(drift.misembedded)
     if foreign:
         with chroma.write_lock():
             by_writer = delete_foreign(chroma, embedding, source)
@@ -145,6 +168,13 @@ def repair_drift(
             built = lexicon.rebuild_all(chroma.collection(name, embedding, create=False) for name in indexes)
         context.log.info(
             "built the lexical index again: " + ", ".join(f"{name} ({n} chunks)" for name, n in built.items())
+        )
+    if misembedded:
+        with chroma.write_lock():
+            fixed = embed_misembedded(chroma, embedding, source, misembedded)
+        context.log.info(
+            "embedded again the chunks whose text hash was not their text's: "
+            + ", ".join(f"{name} ({n} chunks)" for name, n in fixed.items())
         )
     if not object_keys:
         return

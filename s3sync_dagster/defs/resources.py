@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Documents, EmbeddingFunction
 
+    from s3sync_dagster.pipeline.owners import Owner
+
 
 _TIMEOUTS = TimeoutsConfig()  # the defaults, for resources made without a config file
 # SQS's longest long poll: a receive may rightly wait this long before its answer starts.
@@ -311,9 +313,12 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def client(self) -> ClientAPI:
         return self.store().client()
 
-    def collection(self, name: str, embedding: EmbeddingResource, create: bool = True) -> Collection:
-        """The collection, opened (or created) as Store.collection opens it, with this embedding function."""
-        return self.store().collection(name, embedding.spec(), create=create)
+    def collection(
+        self, name: str, embedding: EmbeddingResource, create: bool = True, owner: Owner | None = None
+    ) -> Collection:
+        """The collection, opened (or created) as Store.collection opens it, with this embedding function; a write
+        by `owner` begins a model change's copy where the collection is the owner's to re-embed."""
+        return self.store().collection(name, embedding.spec(), create=create, owner=owner)
 
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:

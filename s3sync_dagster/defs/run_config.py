@@ -51,6 +51,8 @@ class RepairConfig(dg.Config):
     foreign: bool = False  # delete the chunks other sources wrote into the source's own collection
     # Collections whose lexical index is built again from their chunks (pipeline/lexicon.py).
     lexicon: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
+    # Collections whose misembedded chunks (text hash not their text's) are embedded again from their texts.
+    misembedded: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
 
 
 class ReembedConfig(dg.Config):
@@ -99,6 +101,7 @@ def repair_run_config(
     misplaced: list[str] | None = None,
     foreign: bool = False,
     lexicon: list[str] | None = None,
+    misembedded: list[str] | None = None,
 ) -> dg.RunConfig:
     config = RepairConfig(
         object_keys=object_keys,
@@ -106,6 +109,7 @@ def repair_run_config(
         misplaced=misplaced or [],
         foreign=foreign,
         lexicon=lexicon or [],
+        misembedded=misembedded or [],
     )
     return dg.RunConfig(ops={repair_op_name(source_name): config}, loggers=QUIET_LOGGERS)
 

@@ -84,10 +84,16 @@ class Drift:
     incomplete: int = 0  # of the stale documents, those missing some of their chunks (or holding extra ones)
     # Metadata files without chunks naming a document not in the bucket yet -> that document (not drift).
     waiting: dict[str, str] = field(default_factory=dict)
+    # Chunks of the source whose recorded text hash is not their text's, by collection (index.misembedded):
+    # their vectors are not their texts'; a repair embeds their stored texts again.
+    misembedded: dict[str, int] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.stale or self.orphaned or self.foreign or self.misplaced or self.lexicon)
+        return (
+            not (self.missing or self.stale or self.orphaned or self.foreign or self.misplaced or self.lexicon)
+            and not self.misembedded
+        )
 
     def counts(self) -> dict[str, int | None]:
         return {
@@ -97,6 +103,7 @@ class Drift:
             "foreign": sum(self.foreign.values()),
             "misplaced": sum(self.misplaced.values()),
             "lexicon": len(self.lexicon),
+            "misembedded": sum(self.misembedded.values()),
         }
 
     def to_sync(self) -> list[str]:
@@ -383,6 +390,9 @@ def audit(
     )
     drift.collections = read
     drift.lexicon = lexicon_drift(written)
+    drift.misembedded = {
+        collection.name: n for collection in written if (n := len(index.misembedded(collection, target.owner)))
+    }
     drift.seconds = {
         "list": listed - started,
         "chroma": chroma - listed,

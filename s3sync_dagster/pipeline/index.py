@@ -235,6 +235,46 @@ def owned(collection: Collection, owner: Owner) -> Iterator[tuple[str, Mapping[s
         yield from ((chunk_id, metadata) for chunk_id, metadata in page if owner.owns(metadata))
 
 
+def misembedded(collection: Collection, owner: Owner) -> list[str]:
+    """The ids of one owner's chunks whose recorded text hash is not their stored text's: another hand changed
+    the text (or planted the chunk) without embedding it, so the vector cannot be trusted to be the text's.
+
+    The hash says which text was embedded; it cannot prove the vector is that text's (only the model can), so
+    a vector changed alone, with text and hash left as they were, is not seen here. Chunks from before the hash
+    was recorded carry none and are left alone. The cost is one read of the owner's texts, page by page.
+    """
+    record, found = function_record(collection), []
+    size, offset = max_batch_size(collection), 0
+    while True:
+        page = collection.get(where=owner.where(), include=["metadatas", "documents"], limit=size, offset=offset)
+        rows = zip(page["ids"], page.get("metadatas") or [], page.get("documents") or [], strict=True)
+        for chunk_id, metadata, text in rows:
+            recorded = (metadata or {}).get(TEXT_HASH)
+            if owner.owns(metadata or {}) and recorded is not None and recorded != text_hash(text or "", record):
+                found.append(chunk_id)
+        if len(page["ids"]) < size:
+            return found
+        offset += size
+
+
+def embed_again(collection: Collection, chunk_ids: Sequence[str], embed: Embedder) -> int:
+    """Embed the chunks' stored texts again with the function the collection records and record their hash:
+    the repair of misembedded chunks (no S3 read; texts and the rest of their metadata stay)."""
+    embed, record, done = _functions.get(collection.id, embed), function_record(collection), 0
+    for part in _batches(list(chunk_ids), max_batch_size(collection)):
+        found = collection.get(ids=list(part), include=["documents"])
+        texts = [text or "" for text in found.get("documents") or []]
+        if not texts:
+            continue
+        collection.update(
+            ids=list(found["ids"]),
+            embeddings=list(_embed(embed, texts)),  # type: ignore[arg-type]
+            metadatas=[{TEXT_HASH: text_hash(text, record)} for text in texts],
+        )
+        done += len(texts)
+    return done
+
+
 def delete_owned(collection: Collection, owner: Owner) -> int:
     """Delete every chunk of one owner in a collection (a removed source's, a source's misplaced ones)."""
     return delete_ids(collection, [chunk_id for chunk_id, _ in owned(collection, owner)])
@@ -430,8 +470,11 @@ def _vectors_for(
     if not records:
         return []
     reusable_ids: dict[str, str] = {}
+    record = function_record(collection)
     for chunk in stored.values():
-        if chunk.text is not None:
+        recorded = chunk.metadata.get(TEXT_HASH)
+        # A chunk whose recorded hash is not its text's was changed by another hand: its vector is not trusted.
+        if chunk.text is not None and (recorded is None or recorded == text_hash(chunk.text, record)):
             reusable_ids.setdefault(chunk.text, chunk.chunk_id)
     wanted = {reusable_ids[r.text] for r in records if r.text in reusable_ids}
     reused: dict[str, Any] = {}
@@ -455,27 +498,57 @@ def _vectors_for(
 
 
 def _vectors_by_hash(collection: Collection, records: Sequence[ChunkRecord]) -> dict[str, Any]:
-    """Stored vectors of the records' texts, by text: from chunks of the same writer with the same text hash."""
+    """Stored vectors of the records' texts, by text: from chunks of the same writer with the same text hash
+    and the very same stored text. The hash alone is not trusted (a chunk another tool edited in place keeps its
+    old hash), and where several such chunks disagree on the vector none is taken: the model embeds it."""
     by_hash: dict[str, ChunkRecord] = {}
     for record in records:
         by_hash.setdefault(str(record.metadata[TEXT_HASH]), record)
-    reused: dict[str, Any] = {}
+    donors: dict[str, list[Any]] = {}
     for part in _batches(sorted(by_hash), READ_HASHES):
         where: Any = {TEXT_HASH: {"$in": list(part)}}
-        found = collection.get(where=where, include=["metadatas", "embeddings"])
+        found = collection.get(where=where, include=["metadatas", "embeddings", "documents"])
         embeddings = found.get("embeddings")
         if embeddings is None:
             continue
-        for metadata, vector in zip(found.get("metadatas") or [], embeddings, strict=True):
+        rows = zip(found.get("metadatas") or [], found.get("documents") or [], embeddings, strict=True)
+        for metadata, document, vector in rows:
             wanted = by_hash.get(str((metadata or {}).get(TEXT_HASH)))
-            if wanted is not None and all(metadata.get(f) == wanted.metadata.get(f) for f in WRITER_FIELDS):
-                reused.setdefault(wanted.text, vector)
-    return reused
+            if (
+                wanted is not None
+                and document == wanted.text
+                and all(metadata.get(f) == wanted.metadata.get(f) for f in WRITER_FIELDS)
+            ):
+                donors.setdefault(wanted.text, []).append(vector)
+    return {
+        text: vectors[0]
+        for text, vectors in donors.items()
+        if all(_same_vector(vectors[0], other) for other in vectors[1:])
+    }
+
+
+def _same_vector(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    return len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-6, atol=1e-7))
 
 
 # While a collection is rebuilt under a new configuration, the copy has this name; it takes the
 # collection's name only once complete, and a copy left by a crash is finished or dropped on next open.
-REBUILD_SUFFIX = "-s3sync-rebuild"
+REBUILD_SUFFIX = keys.REBUILD_SUFFIX
+# On a copy this project made (a rebuild's, a re-embedding's): the name of the collection it copies. A collection
+# of a reserved name without it is not this project's (another tool's, another release's) and is never renamed
+# or dropped here.
+COPY_OF_KEY = "s3sync_copy_of"
+
+
+def is_copy_of(collection: Collection, name: str) -> bool:
+    """Whether `collection` is the copy this project made of collection `name` (COPY_OF_KEY; a re-embedding's
+    copy of an earlier release records `s3sync_reembedded_from` instead)."""
+    metadata = collection.metadata or {}
+    return collection.name == name + REBUILD_SUFFIX and (
+        metadata.get(COPY_OF_KEY) == name or (COPY_OF_KEY not in metadata and "s3sync_reembedded_from" in metadata)
+    )
 
 
 def open_collection(
@@ -494,13 +567,16 @@ def open_collection(
     except NotFoundError:
         pass
     try:
-        # The copy is complete once the original is gone (it is deleted only after the last page).
+        # The copy is complete once the original is gone (it is deleted only after the last page). A collection of
+        # that name this project did not make as the copy of this one is not taken: a new collection is.
         copy = client.get_collection(name=name + REBUILD_SUFFIX, embedding_function=function)  # type: ignore[arg-type]
+        if not is_copy_of(copy, name):
+            raise NotFoundError(f"collection '{copy.name}' is not a copy of '{name}'")
     except NotFoundError:
         created = client.get_or_create_collection(
             name=name,
             embedding_function=function,  # type: ignore[arg-type]
-            metadata=dict(metadata),
+            metadata=dict(metadata) or None,  # Chroma refuses an empty metadata
             schema=schema,
         )
         opened = _opened(client, created)
@@ -528,6 +604,12 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
     name = collection.name
     copy_name = name + REBUILD_SUFFIX
     with contextlib.suppress(NotFoundError, ValueError):
+        left = client.get_collection(copy_name)
+        if not is_copy_of(left, name):
+            raise RuntimeError(
+                f"collection '{copy_name}' is in the way of the rebuild of collection '{name}' and is not a copy "
+                "s3sync-dagster made: it is left as it is; rename or remove it, then sync again"
+            )
         client.delete_collection(copy_name)  # a copy a crash left before the original was deleted
     hnsw = (collection.configuration or {}).get("hnsw")
     copy = client.create_collection(
@@ -535,7 +617,7 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
         # The same index settings: the old record's "cosine" space must not become the new function's "l2".
         configuration={"hnsw": dict(hnsw)} if hnsw else None,  # type: ignore[arg-type,typeddict-item]
         embedding_function=function,  # type: ignore[arg-type]
-        metadata=dict(collection.metadata or {}) or None,
+        metadata={**dict(collection.metadata or {}), COPY_OF_KEY: name},
     )
     page = int(client.get_max_batch_size())
     offset = 0
@@ -553,6 +635,8 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
     client.delete_collection(name)
     copy.modify(name=name)
     rebuilt = get_collection(client, name, function)
+    # The marker stays on the collection the copy became: it names that very collection, so it never reads as
+    # the copy of another (is_copy_of also asks for the copy's name).
     index = lexicon.of(rebuilt)
     if index is not None:  # the copy is a new collection: its lexical index is built anew, the old one's dropped
         index.rebuild(rebuilt)
@@ -615,6 +699,40 @@ def bind_owner(collection: Collection, owner: Owner, store: Callable[[], Iterabl
             stamped += len(ids)
     collection.modify(metadata={**metadata, OWNER_KEY: owner.record()})
     return stamped
+
+
+def moved(client: ClientAPI, name: str, owner: Owner) -> str | None:
+    """Why a source finds none of its chunks in its own collection `name` while another collection of the store
+    records it as its own (its collection_name was changed since it synced), with the fix; None otherwise."""
+    from chromadb.errors import NotFoundError
+
+    others = [c for c in client.list_collections() if c.name != name and c.metadata and c.metadata.get(OWNER_KEY) == owner.record()]  # fmt: skip
+    if not others:
+        return None
+    try:
+        if client.get_collection(name).get(where=owner.where(), limit=1, include=[])["ids"]:
+            return None
+    except (NotFoundError, ValueError):
+        pass
+    other = others[0]
+    return (
+        f"{owner.describe()} has no chunks in collection '{name}' (its collection_name), while collection "
+        f"'{other.name}' records it as its own and holds {other.count():,} chunk(s): was collection_name changed? "
+        f"Set it back to '{other.name}', or remove the source's chunks there (s3sync remove-source with the old "
+        "collection_name) and sync again"
+    )
+
+
+def may_reembed(collection: Collection, owner: Owner) -> bool:
+    """Whether a model change of `owner` re-embeds `collection`: its own collection (it records the owner), or a
+    collection no source records as its own that holds only the owner's chunks (where its metadata files or
+    invocations wrote). Another source's or project's collection, or a shared one, keeps its own function."""
+    if collection.name.endswith(keys.RESERVED_SUFFIXES):
+        return False
+    recorded = (collection.metadata or {}).get(OWNER_KEY)
+    if recorded is not None:
+        return bool(recorded == owner.record())
+    return all(owner.owns(metadata) for page in pages(collection) for _, metadata in page)
 
 
 def _recorded(record: Any) -> str:

@@ -67,6 +67,26 @@ def validate_custom_id(custom_id: str) -> str:
     return custom_id
 
 
+# The names this project gives collections of its own making: the copy a rebuild or a re-embedding fills
+# (pipeline/reembed.py, index.rebuild_collection) and a re-embedded collection's old self between the two
+# renames of its swap. No source may name a collection so, nor write one: its owner's swap would take it.
+REBUILD_SUFFIX = "-s3sync-rebuild"
+RETIRED_SUFFIX = "-s3sync-retired"
+RESERVED_SUFFIXES = (REBUILD_SUFFIX, RETIRED_SUFFIX)
+
+
+def check_not_reserved(name: str, what: str) -> str:
+    """Refuse a collection name ending in a suffix this project gives its own collections (RESERVED_SUFFIXES)."""
+    for suffix in RESERVED_SUFFIXES:
+        if name.endswith(suffix):
+            raise ValueError(
+                f"{what}: collection name '{name}' ends in '{suffix}', which s3sync-dagster reserves for the "
+                "collections a rebuild or a re-embedding makes of another; no source may name or write one: "
+                "choose another name"
+            )
+    return name
+
+
 def validate_collection_name(name: str, what: str) -> str:
     """Chroma's rule for collection names, checked before a run so the error names who asked for it."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", name):

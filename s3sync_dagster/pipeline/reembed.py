@@ -37,11 +37,15 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
-from s3sync_dagster.pipeline import index, lexicon
+from s3sync_dagster.pipeline import index, keys, lexicon
 
-RETIRED_SUFFIX = "-s3sync-retired"
+RETIRED_SUFFIX = keys.RETIRED_SUFFIX
+# On a collection renamed `<name>-s3sync-retired` by a swap: `<name>`. A collection of that name without it is not
+# a swap's (another tool's, or a user's from before the name was reserved): never renamed or dropped here.
+RETIRED_KEY = "s3sync_retired_from"
 # On the copy's metadata (and the collection's once swapped): the function record it was re-embedded from.
 FROM_KEY = "s3sync_reembedded_from"
+_MARKERS = frozenset({FROM_KEY, RETIRED_KEY, index.COPY_OF_KEY})
 PAGE = 500  # chunks read, embedded and added at a time
 RECONCILE_ROUNDS = 5  # passes that still found differences before giving up (writes outpacing the copy)
 SWAP_WAIT_S = 10.0  # how long a reader waits for a swap's second rename
@@ -66,6 +70,10 @@ class Progress:
         return f"{self.phase}: {self.done:,} of {self.total:,} chunks in the copy{share}{rate}"
 
 
+class InTheWay(ValueError):
+    """A collection this project did not make as a copy holds the name a re-embedding's copy needs."""
+
+
 def _nothing(_: str) -> None:
     return None
 
@@ -88,9 +96,17 @@ def _get(client: ClientAPI, name: str, function: EmbeddingFunction[Documents] | 
 def underway(client: ClientAPI, collection: Collection) -> Collection | None:
     """The re-embed copy of `collection`, if a re-embedding is underway (begun, not yet swapped)."""
     copy = _get(client, copy_name(collection.name))
-    if copy is None or FROM_KEY not in (copy.metadata or {}):
+    if copy is None or FROM_KEY not in (copy.metadata or {}) or not index.is_copy_of(copy, collection.name):
         return None
     return copy
+
+
+def _retired(client: ClientAPI, name: str) -> Collection | None:
+    """The collection a swap of `name` retired, if one is there (marked by the swap: RETIRED_KEY)."""
+    retired = _get(client, name + RETIRED_SUFFIX)
+    if retired is None or (retired.metadata or {}).get(RETIRED_KEY) != name:
+        return None
+    return retired
 
 
 def _records(collection: Collection, function: EmbeddingFunction[Documents]) -> bool:
@@ -118,10 +134,11 @@ def begin(client: ClientAPI, collection: Collection, function: EmbeddingFunction
         copy = None
     if copy is None:
         stale = _get(client, copy_name(collection.name))
-        if stale is not None:  # a same-model rebuild's copy a crash left (index.rebuild_collection): not ours
-            raise ValueError(
-                f"collection '{stale.name}' exists and is not a re-embedding's copy: a rebuild of "
-                f"'{collection.name}' was interrupted; open the collection with its recorded function first"
+        if stale is not None:  # another tool's collection, or a same-model rebuild's copy a crash left: not ours
+            raise InTheWay(
+                f"collection '{stale.name}' is in the way of the re-embedding of collection '{collection.name}' and "
+                "is not a re-embedding's copy (another tool's, or an interrupted rebuild's): it is left as it is; "
+                "rename or remove it, then run the re-embedding again"
             )
         hnsw = (collection.configuration or {}).get("hnsw")
         recorded = (collection.configuration_json or {}).get("embedding_function") or {}
@@ -131,8 +148,9 @@ def begin(client: ClientAPI, collection: Collection, function: EmbeddingFunction
                 configuration={"hnsw": dict(hnsw)} if hnsw else None,  # type: ignore[arg-type,typeddict-item]
                 embedding_function=function,  # type: ignore[arg-type]
                 metadata={
-                    **{k: v for k, v in (collection.metadata or {}).items() if k != FROM_KEY},
+                    **{k: v for k, v in (collection.metadata or {}).items() if k not in _MARKERS},
                     FROM_KEY: json.dumps(recorded, sort_keys=True),
+                    index.COPY_OF_KEY: collection.name,
                 },
             )
     copy = index.get_collection(client, copy_name(collection.name), function)
@@ -235,7 +253,8 @@ def swap(client: ClientAPI, name: str, function: EmbeddingFunction[Documents], s
     """The copy takes the collection's name; the old collection is dropped. Each rename is one step; another
     process finding the name missing between them finishes the swap itself (recover, or index.open_collection)."""
     old = client.get_collection(name=name)
-    old.modify(name=name + RETIRED_SUFFIX)
+    # Renamed and marked in one request: a retired collection is always known for a swap's.
+    old.modify(name=name + RETIRED_SUFFIX, metadata={**(old.metadata or {}), RETIRED_KEY: name})
     step("reembed:retired")
     recover(client, name)
     step("reembed:swapped")
@@ -262,16 +281,23 @@ def recover(client: ClientAPI, name: str) -> bool:
     """
     from chromadb.errors import NotFoundError
 
-    retired = _get(client, name + RETIRED_SUFFIX)
+    retired = _retired(client, name)
     if retired is None:
         return False
     if _get(client, name) is None:
         copy = _get(client, copy_name(name))
+        if copy is not None and not index.is_copy_of(copy, name):
+            copy = None
         with contextlib.suppress(NotFoundError, ValueError):  # another process may be finishing it too
-            (copy or retired).modify(name=name)
+            if copy is not None:
+                copy.modify(name=name)
+            else:  # no copy: the swap is undone, the collection back under its name, unmarked
+                kept = {k: v for k, v in (retired.metadata or {}).items() if k != RETIRED_KEY}
+                retired.modify(name=name, metadata=kept or None)
         if copy is None:
             return True
-    _drop(client, name + RETIRED_SUFFIX)
+    if _retired(client, name) is not None:
+        _drop(client, name + RETIRED_SUFFIX)
     return True
 
 
@@ -279,7 +305,7 @@ def wait_for_swap(client: ClientAPI, name: str, timeout_s: float = SWAP_WAIT_S) 
     """For a reader that did not find `name`: whether a swap is underway (a retired collection is there), after
     waiting for its second rename (or finishing it past `timeout_s`). False: no swap; the name is missing."""
     deadline = time.monotonic() + timeout_s
-    while _get(client, name + RETIRED_SUFFIX) is not None:
+    while _retired(client, name) is not None:
         if _get(client, name) is not None:
             return True
         if time.monotonic() > deadline:

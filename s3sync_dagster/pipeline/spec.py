@@ -69,11 +69,7 @@ class SourceSpec:
         they match its `target_collections` globs (when given); errors name the asker, the sources and the rule."""
         if collection_name == self.collection_name:
             return
-        if collection_name.endswith(index.REBUILD_SUFFIX):  # the copy of a collection being rebuilt: its owner's
-            raise ValueError(
-                f"{what}: collection names ending in '{index.REBUILD_SUFFIX}' are reserved for the copy a rebuild "
-                "makes of a collection; no source may write to one"
-            )
+        keys.check_not_reserved(collection_name, what)  # a copy or a retired collection: its owner's swap's
         owner = dict(self.collection_owners).get(collection_name)
         if owner is not None and owner != self.name:
             raise ValueError(

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Documents, EmbeddingFunction
 
+    from s3sync_dagster.pipeline.owners import Owner
+
 DEFAULT_EMBEDDED_PATH = ".s3sync/chroma"  # an embedded store's folder when the config names none
 # Lock files in an embedded store's folder. Two, not one: a run holds the write lock for all its writes
 # (minutes), and opening the store (a status command, a check, another run's first look) must not wait that long.
@@ -126,7 +128,9 @@ class Store:
             lexicon_postgres.serve(self.host, self.port, self.lexicon_dsn)
         return client
 
-    def collection(self, name: str, spec: EmbeddingSpec, create: bool = True, *, queries: bool = False) -> Collection:
+    def collection(
+        self, name: str, spec: EmbeddingSpec, create: bool = True, *, queries: bool = False, owner: Owner | None = None
+    ) -> Collection:
         """The collection, created with the embedding function recorded in its configuration if missing.
 
         A collection an earlier version recorded as `sentence_transformer` over this machine's copy of
@@ -134,9 +138,10 @@ class Store:
         configured function. With create=False a missing collection raises chromadb's NotFoundError.
         A collection recording another function than the config's (a model change) is opened with its own
         (embed.function_of_record): it answers queries, and takes writes, in the model its vectors are of. A
-        write (create=True) begins its re-embedding into a copy under the config's function, which every write
-        then keeps exact (pipeline/reembed.py; `s3sync reembed` fills it and swaps it in). queries=True: for
-        searches, which begin nothing.
+        write by `owner` begins its re-embedding into a copy under the config's function, which every write then
+        keeps exact (pipeline/reembed.py; `s3sync reembed` fills it and swaps it in), where the collection is the
+        owner's to re-embed (index.may_reembed: its own, or a target holding only its chunks); anyone else's
+        collection goes on in its own function and is never copied. queries=True: for searches, which begin nothing.
         """
         function = spec.build()
         client = self.client()
@@ -178,8 +183,11 @@ class Store:
             ) from None
         collection = index.get_collection(client, name, own)
         index.embed_with(collection, own)
-        if create and not queries:
-            reembed.begin(client, collection, function)
+        if create and not queries and owner is not None and index.may_reembed(collection, owner):
+            # A collection of the copy's name that is not one (another tool's) is never taken: writes go on in the
+            # recorded function, and `s3sync reembed` says what is in the way.
+            with contextlib.suppress(reembed.InTheWay):
+                reembed.begin(client, collection, function)
         else:
             copy = reembed.underway(client, collection)
             if copy is not None:  # an open for reading (an audit, a repair) still keeps the copy exact

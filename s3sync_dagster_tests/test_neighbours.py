@@ -1,0 +1,262 @@
+"""The newest features against a hostile neighbour (issue 49): vectors reused only for the very same text, names
+the project gives its collections reserved, a model change that touches only what the source owns, a renamed
+collection said. Moto over HTTP -> the engine and `s3sync` -> real Chroma, embedded and a `chroma run` server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from s3sync_dagster.commands.cli import main
+from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.pipeline import index, keys, store
+from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
+from s3sync_dagster.pipeline.sync import sync_keys, sync_object
+from s3sync_dagster_tests.conftest import Row, put, store_chunks
+
+pytestmark = pytest.mark.reliability("newest features")
+
+SENTENCE = "The quarterly audit of the warehouse stock is done by the night shift.\n"
+OTHER = "Penguins huddle together to keep warm through the antarctic winter.\n"
+Configure = Callable[..., AppConfig]
+
+
+@pytest.fixture(params=["embedded", "server"])
+def neighbourhood(
+    request: pytest.FixtureRequest, s3: Any, bucket: str, tmp_path: Path, moto_endpoint: str, dagster_home: Path
+) -> Iterator[tuple[Path, Configure]]:
+    """`configure(**sources)` writes the config of the named sources (each a dict of settings over a default on
+    the bucket: lines chunking, one line a chunk) and loads it; the store is embedded or a `chroma run` server."""
+    chroma: dict[str, Any] = {"path": "chroma"}
+    if request.param == "server":
+        chroma = {"host": "127.0.0.1", "port": request.getfixturevalue("chroma_server")}
+    path = tmp_path / "s3sync.yaml"
+    prefix = f"n{bucket}"[:40]
+    made: set[str] = set()
+
+    def configure(embedding: dict[str, Any] | None = None, **sources: dict[str, Any]) -> AppConfig:
+        listed = []
+        for name, settings in sources.items():
+            source = {
+                "name": name, "bucket_name": bucket, "region": "us-east-1", "endpoint_url": moto_endpoint,
+                "collection_name": f"{prefix}-{name}", "path_prefix": f"{name}/",
+                "chunking": {"type": "lines", "max_lines": 1},
+                "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"}, "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
+            }  # fmt: skip
+            source.update(settings)
+            made.add(str(source["collection_name"]).split("-s3sync")[0])
+            listed.append(source)
+        config = {"chroma": chroma, "embedding": embedding or {}, "sources": listed}
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        return load_config(path)
+
+    yield path, configure
+    if request.param == "server":
+        store.close_clients()
+        client = configure().chroma.store().client()
+        for collection in client.list_collections():
+            if any(collection.name.startswith(name) for name in made):
+                client.delete_collection(collection.name)
+
+
+def sync(s3: Any, config: AppConfig, source_name: str, object_keys: list[str]) -> list[Any]:
+    spec = config.embedding.spec()
+    source = config.source(source_name)
+    collection = config.chroma.store().collection(source.collection_name, spec)
+    return sync_keys(s3, source.spec(spec), lambda _: collection, spec.build(), object_keys)
+
+
+def cosine(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_a_stored_vector_is_reused_only_for_the_very_same_text_and_repair_embeds_misembedded_chunks(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chunk another tool edited in place keeps the text hash of its old text: its vector is not that text's.
+    A new chunk of the old text must not take it, and the drift audit finds it and `repair` embeds it again."""
+    path, configure = neighbourhood
+    config = configure(docs={})
+    model = ChromaDefaultFunction()
+    put(s3, bucket, {"docs/a.txt": SENTENCE + OTHER})
+    assert [r.status for r in sync(s3, config, "docs", ["docs/a.txt"])] == ["indexed"]
+    collection = config.chroma.store().collection(config.sources[0].collection_name, config.embedding.spec())
+    edited = keys.chunk_id(keys.object_id("docs/a.txt"), 0)
+    # Another tool edits chunk 0 in place: a new text with another text's vector; the metadata left as it was.
+    collection.update(ids=[edited], documents=["An edited line."], embeddings=[model([OTHER])[0]])
+    put(s3, bucket, {"docs/b.txt": "An edited line.\n" + SENTENCE})
+    (report,) = sync(s3, config, "docs", ["docs/b.txt"])
+    assert report.status == "indexed"
+    found = collection.get(where={"object_key": "docs/b.txt"}, include=["documents", "embeddings"])
+    for text, vector in zip(found["documents"], found["embeddings"], strict=True):
+        assert cosine(vector, model([text])[0]) > 0.99, text  # the model's vector of its own text
+    capsys.readouterr()
+    assert main(["repair", "docs", "--config", str(path), "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["before"]["misembedded"] == {collection.name: 1}, done["before"]
+    assert done["after"]["clean"], done["after"]
+    store.close_clients()  # the repair ran in-process on its own clients: read the store afresh
+    collection = config.chroma.store().collection(config.sources[0].collection_name, config.embedding.spec())
+    got = collection.get(ids=[edited], include=["documents", "embeddings", "metadatas"])
+    assert got["documents"] == ["An edited line."]
+    assert cosine(got["embeddings"][0], model(["An edited line."])[0]) > 0.99
+    assert got["metadatas"][0]["text_hash"] == index.text_hash("An edited line.", index.function_record(collection))
+    expected = {
+        (collection.name, keys.chunk_id(keys.object_id(key), n)): text
+        for key, lines in {
+            "docs/a.txt": ["An edited line.", OTHER],
+            "docs/b.txt": ["An edited line.\n", SENTENCE],
+        }.items()
+        for n, text in enumerate(lines)
+    }
+    fault_row.observe(expected, [c for c in store_chunks(config.chroma.store().client()) if c[0] == collection.name])
+    fault_row.passed = True
+
+
+def test_a_reserved_collection_name_is_refused_at_load_and_at_write(make_config: Any) -> None:
+    for field_name, value in [("collection_name", "docs-s3sync-retired"), ("target_collections", ["t-s3sync-rebuild"])]:
+        with pytest.raises(ValueError, match=f"{field_name}.*ends in '-s3sync-"):
+            make_config("a-bucket", **{field_name: value})
+    config, _ = make_config("a-bucket")
+    spec = config.sources[0].spec(config.embedding.spec())
+    for name in ("docs-s3sync-retired", "docs-s3sync-rebuild", "a-s3sync-rebuild-s3sync-rebuild"):
+        with pytest.raises(ValueError, match=r"metadata file 'x.meta.json': collection name .* reserves"):
+            spec.check_target(name, "metadata file 'x.meta.json'")
+
+
+def test_a_collection_of_a_reserved_name_a_source_did_not_make_is_never_renamed_or_dropped(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Collections named like a swap's retired collection and a rebuild's copy, made by another tool beside a
+    source that owns the base name: the source's query, sync, repair and re-embedding leave them as they are."""
+    path, configure = neighbourhood
+    config = configure(docs={})
+    base = config.sources[0].collection_name
+    client = config.chroma.store().client()
+    theirs = {}
+    for suffix in ("-s3sync-retired", "-s3sync-rebuild"):
+        made = client.create_collection(base + suffix, embedding_function=ChromaDefaultFunction())  # type: ignore[arg-type]
+        made.add(ids=[f"theirs{suffix}"], documents=[f"another tool's chunk in {suffix}"])
+        theirs[(made.name, f"theirs{suffix}")] = f"another tool's chunk in {suffix}"
+    main(["query", "docs", "anything", "--config", str(path), "--json"])  # never synced: nothing to find
+    put(s3, bucket, {"docs/a.txt": SENTENCE})
+    assert [r.status for r in sync(s3, config, "docs", ["docs/a.txt"])] == ["indexed"]
+    assert main(["query", "docs", "warehouse audit", "--config", str(path), "--json"]) == 0
+    assert main(["repair", "docs", "--config", str(path), "--json"]) == 0
+    int8 = configure(embedding={"precision": "int8"}, docs={})
+    put(s3, bucket, {"docs/a.txt": SENTENCE + OTHER})
+    assert [r.status for r in sync(s3, int8, "docs", ["docs/a.txt"])] == ["indexed"]  # writes go on, no copy
+    put(s3, bucket, {"docs/a.txt": SENTENCE})
+    assert [r.status for r in sync(s3, int8, "docs", ["docs/a.txt"])] == ["indexed"]
+    capsys.readouterr()
+    assert main(["reembed", "docs", "--config", str(path)]) != 0
+    assert f"collection '{base}-s3sync-rebuild' is in the way" in capsys.readouterr().err
+    store.close_clients()
+    client = config.chroma.store().client()
+    ours = {(base, keys.chunk_id(keys.object_id("docs/a.txt"), 0)): SENTENCE}
+    found = [chunk for chunk in store_chunks(client) if chunk[0].startswith(base)]
+    fault_row.observe({**theirs, **ours}, found)
+    assert sorted((name, chunk_id) for name, chunk_id, _ in found) == sorted({**theirs, **ours})
+    fault_row.passed = True
+
+
+def test_a_model_change_copies_and_swaps_only_what_the_source_owns(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row
+) -> None:
+    """A source's model change: its own collection and a target holding only its chunks are re-embedded and
+    swapped by one `reembed`; a target it shares with another source and another project's collection it may
+    write are never copied, and no copy of a copy is ever made."""
+    path, configure = neighbourhood
+    config = configure(docs={}, other={})
+    base = config.sources[0].collection_name
+    mine, shared, elsewhere = f"{base}-mine", f"{base}-shared", f"{base}-elsewhere"
+    client = config.chroma.store().client()
+    record = json.dumps({"source": "docs", "bucket_name": bucket, "path_prefix": "docs/", "project": "elsewhere"})
+    client.create_collection(elsewhere, embedding_function=ChromaDefaultFunction(), metadata={index.OWNER_KEY: record})  # type: ignore[arg-type]
+    files = {
+        "docs/a.txt": SENTENCE, "docs/m.txt": "Mine alone.\n", "docs/s.txt": "Shared by two.\n",
+        "docs/e.txt": "Written elsewhere.\n", "other/s.txt": "The other source's shared line.\n",
+    }  # fmt: skip
+    put(s3, bucket, files)
+    targets = {"docs/a.txt": None, "docs/m.txt": mine, "docs/s.txt": shared, "docs/e.txt": elsewhere}
+
+    def sync_all(config: AppConfig) -> None:
+        spec = config.embedding.spec()
+        for name, object_keys in [("docs", targets), ("other", {"other/s.txt": shared})]:
+            source = config.source(name).spec(spec)
+
+            def collection_for(collection_name: str, owner: Any = source.owner) -> Any:
+                return config.chroma.store().collection(collection_name, spec, owner=owner)
+
+            for object_key, target in object_keys.items():
+                report = sync_object(
+                    s3, source, collection_for, spec.build(), object_key, target_collection_name=target
+                )
+                assert report.status in {"indexed", "unchanged"}, report
+
+    sync_all(config)
+    int8 = configure(embedding={"precision": "int8"}, docs={}, other={})
+    sync_all(int8)  # unchanged objects: the copies of what docs owns are begun, nothing else
+    store.close_clients()
+    names = sorted(c.name for c in int8.chroma.store().client().list_collections() if c.name.startswith(base))
+    assert names == sorted([base, mine, shared, elsewhere, base + "-s3sync-rebuild", mine + "-s3sync-rebuild"])
+    assert main(["reembed", "docs", "--config", str(path)]) == 0
+    store.close_clients()
+    client = int8.chroma.store().client()
+    precision = {
+        c.name: (c.configuration_json["embedding_function"]["config"] or {}).get("precision", "float32")
+        for c in client.list_collections()
+        if c.name.startswith(base)
+    }
+    assert precision == {
+        base: "int8",
+        mine: "int8",
+        shared: "float32",
+        elsewhere: "float32",
+    }, precision
+    expected = {
+        (targets[key] or base, keys.chunk_id(keys.object_id(key), n)): text
+        for key, text in files.items()
+        if key.startswith("docs/")
+        for n in [0]
+    }
+    expected[(shared, keys.chunk_id(keys.object_id("other/s.txt"), 0))] = files["other/s.txt"]
+    fault_row.observe(expected, [chunk for chunk in store_chunks(client) if chunk[0].startswith(base)])
+    assert fault_row.lost == fault_row.duplicated == fault_row.stray == 0, fault_row
+    fault_row.passed = True
+
+
+def test_a_changed_collection_name_is_said_by_query_and_repair(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chunks sit in the collection the source synced into; its config now names another: `query` and
+    `repair` say where its chunks are and how to fix it, instead of "no results" and "no drift"."""
+    path, configure = neighbourhood
+    config = configure(docs={})
+    old = config.sources[0].collection_name
+    put(s3, bucket, {"docs/a.txt": SENTENCE + OTHER})
+    assert main(["sync", "docs", "--all", "--config", str(path)]) == 0
+    configure(docs={"collection_name": old + "-renamed"})
+    capsys.readouterr()
+    for command in (["query", "docs", "warehouse audit"], ["repair", "docs"]):
+        assert main([*command, "--config", str(path)]) != 0, command
+        said = capsys.readouterr().err
+        assert f"collection '{old}' records it as its own" in said and f"Set it back to '{old}'" in said, said
+    # Once its collection is there and holds none of its chunks (a sync began it), the same is said.
+    store.close_clients()
+    configure(docs={"collection_name": old + "-renamed"}).chroma.store().client().create_collection(old + "-renamed")
+    assert main(["query", "docs", "warehouse audit", "--config", str(path)]) != 0
+    assert f"Set it back to '{old}'" in capsys.readouterr().err
+    store.close_clients()
+    client = config.chroma.store().client()
+    expected = {(old, keys.chunk_id(keys.object_id("docs/a.txt"), n)): text for n, text in enumerate([SENTENCE, OTHER])}
+    fault_row.observe(expected, [chunk for chunk in store_chunks(client) if chunk[0].startswith(old)])
+    assert fault_row.lost == fault_row.stray == 0
+    fault_row.passed = True
