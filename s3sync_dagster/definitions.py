@@ -43,7 +43,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         executor=executor_for(config),
     )
     return dg.Definitions.merge(
-        shared, *(source_definitions(source, config.resource_keys) for source in config.sources)
+        shared, *(source_definitions(source, config.resource_keys, config.sources) for source in config.sources)
     )
 
 

@@ -8,8 +8,9 @@ in progress, leaves the queue to it (sensors.reading_run). Each event it takes i
 (sensors.plan_sync: direct and metadata modes, ignored and not-understood records, document_limit), its keys are
 registered as partitions and synced in this run with their own materialisations, and its messages are deleted
 only once their keys are reported: a run that dies before leaves them to come back after the visibility timeout,
-for the sensor to read again (at-least-once, as a tick's). The run stops reading when no event has come for
-`sqs_linger_seconds`, when another run waits in the queue for a slot (it gives its own up), on Celery when another run
+for the sensor to read again (at-least-once, as a tick's). Tagged to (defs/queues.py), it reads the queues of the code
+location's other SQS sources the same way, a thread long-polling each, their sensors leaving them to it. The run stops
+reading when no event has come for `sqs_linger_seconds` (on any of its queues, each its source's), when another run waits in the queue for a slot (it gives its own up), on Celery when another run
 has started (its steps may wait for this one's worker), or LINGER_MAX_S after it was made: then the sensor reads the
 queue again.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import datetime
 import functools
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -28,8 +29,10 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.assets import KeyEvent, index_partitions
 from s3sync_dagster.defs.names import partitions_name
+from s3sync_dagster.defs.queues import WAIT_S, QueueReaders, Watched, lingers_on_queue, read_by
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.sensors import (
+    IN_PROGRESS,
     LINGER_MAX_S,
     READ_BUDGET_S,
     delete_messages,
@@ -40,12 +43,10 @@ from s3sync_dagster.defs.sensors import (
     report_kept,
 )
 from s3sync_dagster.defs.state import poll_state
+from s3sync_dagster.defs.tags import LINGER_TAG, READS_QUEUES_TAG
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster.pipeline.store import close_clients
 
-# Each read of the queue waits this long at most for an event (SQS's long poll answers at once when one comes):
-# how often the run looks whether another run waits for its slot, and at most one request a second when idle.
-WAIT_S = 2
 # A run queued longer than this waits for a slot (the queue daemon's dequeue interval is 1-5 s).
 SLOT_WAIT_S = 10
 
@@ -114,51 +115,123 @@ def _index_taken(
         return store.disk_state()
 
 
+def _deferred(context: dg.OpExecutionContext, names: set[str]) -> set[str]:
+    """Which of these sources' queues an older lingering run in progress reads (or is about to): this run leaves
+    them to it (two sensors' runs made at once, both reading every queue, or a sensor's tick that read its
+    queue as another source's run began to)."""
+    record = context.instance.get_run_record_by_id(context.run_id)
+    if record is None:
+        return set()
+    older = context.instance.get_run_records(
+        dg.RunsFilter(tags={LINGER_TAG: "true"}, statuses=IN_PROGRESS, created_before=record.create_timestamp)
+    )
+    return names & {
+        name for run in older if run.dagster_run.run_id != context.run_id for name in read_by(run.dagster_run)
+    }
+
+
+def _queues_to_read(
+    context: dg.OpExecutionContext, source: SourceConfig, linger_seconds: int, peers: Mapping[str, SourceConfig]
+) -> list[tuple[SourceConfig, int]]:
+    """The queues this run reads and how long each may stay quiet: its source's, and those of the sources its
+    READS_QUEUES_TAG names (each for its own sqs_linger_seconds), but those an older run reads."""
+    named = [peers[name] for name in context.run.tags.get(READS_QUEUES_TAG, "").split(",") if name in peers]
+    wanted = [(source, linger_seconds)] + [(peer, peer.sqs_linger_seconds) for peer in named if lingers_on_queue(peer)]
+    deferred = _deferred(context, {entry.name for entry, _ in wanted})
+    if deferred:
+        left = [entry.name for entry, _ in wanted if entry.name in deferred]
+        context.log.info(f"the queues of {_names(left)} are read by an older run: left to it")
+    return [(entry, seconds) for entry, seconds in wanted if entry.name not in deferred]
+
+
+def _names(names: Sequence[str]) -> str:
+    return ("source " if len(names) == 1 else "sources ") + ", ".join(f"'{name}'" for name in names)
+
+
+def _take(
+    context: dg.OpExecutionContext,
+    watched: Watched,
+    messages: list[dict[str, Any]],
+    seen: Any,
+    resources: dict[str, Any],
+) -> Generator[KeyEvent, None, Any]:
+    """Sync what one read of a queue brought, as its sensor would, and delete its messages once their keys are
+    reported; returns the store's state after."""
+    source, client, queue_url = watched.source, watched.client, str(watched.source.sqs_queue_url)
+    to_sync, to_register, kept = plan_sync(context, source, messages)
+    report_kept(context, source, kept)
+    kept_ids = {entry.message_id for entry in kept}
+    handles = [str(m["ReceiptHandle"]) for m in messages if str(m.get("MessageId")) not in kept_ids]
+    if to_register:
+        context.instance.add_dynamic_partitions(partitions_name(source.name), to_register)
+    if to_sync:
+        done = functools.partial(delete_messages, context, client, queue_url, handles)
+        seen = yield from _index_taken(context, source, to_sync, seen, done, **resources)
+    failpoints.reached("linger:written")  # a test's kill -9: the keys written, their messages not yet deleted
+    delete_messages(context, client, queue_url, handles)
+    return seen
+
+
 def read_queue(
     context: dg.OpExecutionContext,
     source: SourceConfig,
     linger_seconds: int,
     *,
+    peers: Mapping[str, SourceConfig] | None = None,
     s3: S3Connections,
     chroma: ChromaResource,
     embedding: EmbeddingResource,
     documents: DocumentsResource,
 ) -> Iterator[KeyEvent]:
-    """Sync what the queue brings until one of the stops above; each key's events yielded as index_partitions'."""
-    queue_url = source.sqs_queue_url
-    if linger_seconds <= 0 or queue_url is None:
+    """Sync what the queues bring (the source's, and those of the `peers` its run is tagged to read: defs/queues.py)
+    until one of the stops above; each key's events yielded as index_partitions'."""
+    if linger_seconds <= 0 or source.sqs_queue_url is None:
         return
-    client = s3.sqs_client(source.name)
+    queues = _queues_to_read(context, source, linger_seconds, peers or {})
+    if not queues:
+        return
+    now = time.monotonic()
+    watched = [Watched(entry, s3.sqs_client(entry.name), seconds, now + seconds) for entry, seconds in queues]
+    resources = {"s3": s3, "chroma": chroma, "embedding": embedding, "documents": documents}
     ends_at = _made_at(context) + LINGER_MAX_S
-    quiet_until = time.monotonic() + linger_seconds
     # An embedded store's writes by other processes since this run's last one: this process's copy of its index
     # is then stale (Store.write_lock), so it is opened again before the next write.
     seen = chroma.store().disk_state()
-    context.log.info(
-        f"source '{source.name}': reading its queue until no event has come for {linger_seconds} s (sqs_linger_seconds)"
-    )
-    while (why := _why_stop(context, f"no S3 event for {linger_seconds} s", quiet_until, ends_at)) is None:
-        wait = max(0, min(WAIT_S, int(quiet_until - time.monotonic())))
-        messages = receive_messages(
-            client, queue_url, source.sqs_visibility_timeout_seconds, budget_s=wait + 2, first_wait_s=wait
+    if len(watched) == 1:
+        whose, quiet = f"source '{source.name}': ", f"no S3 event for {linger_seconds} s"
+        context.log.info(
+            f"{whose}reading its queue until no event has come for {linger_seconds} s (sqs_linger_seconds)"
         )
-        if not messages:
-            continue
-        quiet_until = time.monotonic() + linger_seconds
-        to_sync, to_register, kept = plan_sync(context, source, messages)
-        report_kept(context, source, kept)
-        kept_ids = {entry.message_id for entry in kept}
-        handles = [str(m["ReceiptHandle"]) for m in messages if str(m.get("MessageId")) not in kept_ids]
-        if to_register:
-            context.instance.add_dynamic_partitions(partitions_name(source.name), to_register)
-        if to_sync:
-            done = functools.partial(delete_messages, context, client, queue_url, handles)
-            seen = yield from _index_taken(
-                context, source, to_sync, seen, done, s3=s3, chroma=chroma, embedding=embedding, documents=documents
-            )
-        failpoints.reached("linger:written")  # a test's kill -9: the keys written, their messages not yet deleted
-        delete_messages(context, client, queue_url, handles)
-    context.log.info(f"source '{source.name}': stopped reading its queue: {why}")
+    else:
+        names = [entry.source.name for entry in watched]
+        whose, quiet = f"{_names(names)}: ", "none has brought an S3 event for its source's sqs_linger_seconds"
+        context.log.info(f"{whose}reading their queues until none has brought an event for its sqs_linger_seconds")
+
+    def receive(entry: Watched) -> list[dict[str, Any]]:
+        # WAIT_S at a time: how often the run looks whether another run waits for its slot, and at most one request
+        # a second a queue when idle.
+        visibility_s = entry.source.sqs_visibility_timeout_seconds
+        return receive_messages(
+            entry.client, str(entry.source.sqs_queue_url), visibility_s, budget_s=WAIT_S + 2, first_wait_s=WAIT_S
+        )
+
+    readers = QueueReaders(watched, receive)
+    try:
+        quiet_until = max(entry.quiet_until for entry in watched)
+        while (why := _why_stop(context, quiet, quiet_until, ends_at)) is None:
+            taken = readers.next(timeout_s=WAIT_S)
+            if taken is None:
+                continue
+            entry, messages = taken
+            entry.quiet_until = time.monotonic() + entry.linger_s
+            quiet_until = max(entry.quiet_until for entry in watched)
+            seen = yield from _take(context, entry, messages, seen, resources)
+        # What the threads read as the run stopped reading is synced here all the same.
+        for entry, messages in readers.stop():
+            seen = yield from _take(context, entry, messages, seen, resources)
+    finally:
+        readers.give_back(context.log)  # a failure or a stop: what was read but not synced is visible again
+    context.log.info(f"{whose}stopped reading {'its queue' if len(watched) == 1 else 'their queues'}: {why}")
 
 
 def read_prefix(

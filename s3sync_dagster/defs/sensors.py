@@ -14,10 +14,11 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_requests
+from s3sync_dagster.defs.queues import queues_read_with, read_by, release_messages
 from s3sync_dagster.defs.resources import S3Connections
 from s3sync_dagster.defs.run_config import sync_run_config
 from s3sync_dagster.defs.state import poll_state
-from s3sync_dagster.defs.tags import LINGER_TAG, PREFIX_LINGER_TAG, SOURCE_TAG, TRIGGER_TAG
+from s3sync_dagster.defs.tags import LINGER_TAG, PREFIX_LINGER_TAG, READS_QUEUES_TAG, SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import events, keys, objects
 from s3sync_dagster.pipeline.poll import PollState
 
@@ -200,10 +201,11 @@ def _sync_result(
     trigger: str,
     extra_tags: dict[str, str] | None = None,
     linger_seconds: int = 0,
+    reads_queues_of: Sequence[str] = (),
     poll_linger_seconds: int = 0,
 ) -> dg.SensorResult:
-    """The runs of these keys, keys_per_run each; with linger_seconds, the last one reads the queue after its keys,
-    with poll_linger_seconds it passes over the prefix."""
+    """The runs of these keys, keys_per_run each; with linger_seconds, the last one reads the queue after its keys
+    (and those of the sources `reads_queues_of` names), with poll_linger_seconds it passes over the prefix."""
     batches = list(_batches(to_sync, source.keys_per_run))
     run_requests = []
     for number, batch in enumerate(batches):
@@ -218,6 +220,7 @@ def _sync_result(
                     TRIGGER_TAG: trigger,
                     **(extra_tags or {}),
                     **({LINGER_TAG: "true"} if lingers else {}),
+                    **({READS_QUEUES_TAG: ",".join(reads_queues_of)} if lingers and reads_queues_of else {}),
                     **({PREFIX_LINGER_TAG: "true"} if poll_lingers else {}),
                 },
             )
@@ -282,20 +285,26 @@ def settle_pending(
 
 
 def reading_run(instance: dg.DagsterInstance, source: SourceConfig, tag: str = LINGER_TAG) -> str | None:
-    """The run of this source that reads its queue (or with PREFIX_LINGER_TAG, passes over its prefix) after its
-    keys, or is about to, if one is in progress and was made less than LINGER_MAX_S ago: the sensor leaves the
-    queue (the prefix) to it."""
-    records = instance.get_run_records(
-        dg.RunsFilter(tags={SOURCE_TAG: source.name, tag: "true"}, statuses=IN_PROGRESS), limit=1
-    )
-    for record in records:
-        if time.time() - record.create_timestamp.timestamp() < LINGER_MAX_S:
+    """The run that reads this source's queue (with PREFIX_LINGER_TAG, passes over its prefix) after its keys, or is
+    about to, if one is in progress and was made less than LINGER_MAX_S ago: the sensor leaves the queue (the
+    prefix) to it. A run reading queues may be another source's, reading this one's too (defs/queues.py)."""
+    tags = {tag: "true"} if tag == LINGER_TAG else {SOURCE_TAG: source.name, tag: "true"}
+    for record in instance.get_run_records(dg.RunsFilter(tags=tags, statuses=IN_PROGRESS)):
+        if time.time() - record.create_timestamp.timestamp() < LINGER_MAX_S and source.name in read_by(
+            record.dagster_run
+        ):
             return record.dagster_run.run_id
     return None
 
 
-def sqs_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Connections) -> dg.SensorResult:
-    """Settle the messages of earlier ticks whose runs exist, read new ones, and request their runs."""
+def sqs_tick(
+    context: dg.SensorEvaluationContext,
+    source: SourceConfig,
+    s3: S3Connections,
+    sources: Sequence[SourceConfig] = (),
+) -> dg.SensorResult:
+    """Settle the messages of earlier ticks whose runs exist, read new ones, and request their runs; the last run
+    reads, after its keys, this queue and those of the other lingering SQS `sources` (defs/queues.py)."""
     assert source.sqs_queue_url is not None
     queue_url, visibility_s = source.sqs_queue_url, source.sqs_visibility_timeout_seconds
     client = s3.sqs_client(source.name)
@@ -303,12 +312,21 @@ def sqs_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Co
     reader = reading_run(context.instance, source)
     if reader is not None:
         return dg.SensorResult(
-            skip_reason=f"run {reader} of source '{source.name}' reads the queue (sqs_linger_seconds)",
+            skip_reason=f"run {reader} reads the queue of source '{source.name}' (sqs_linger_seconds)",
             cursor=_cursor(pending),
         )
     messages = receive_messages(client, queue_url, visibility_s, first_wait_s=source.sqs_wait_seconds)
     if not messages:
         return dg.SensorResult(skip_reason="no S3 events in the queue", cursor=_cursor(pending))
+    # Another source's run may have begun reading this queue too during the long poll: the messages are its, made
+    # visible again at once, rather than a run of their own (seconds to start).
+    reader = reading_run(context.instance, source)
+    if reader is not None:
+        release_messages(context.log, client, queue_url, [str(message["ReceiptHandle"]) for message in messages])
+        return dg.SensorResult(
+            skip_reason=f"run {reader} reads the queue of source '{source.name}': {len(messages)} message(s) left to it",
+            cursor=_cursor(pending),
+        )
     to_sync, to_register, kept = plan_sync(context, source, messages)
     # Keyed by the messages it covers: a redelivered message never launches a second run.
     message_ids = sorted(str(message.get("MessageId")) for message in messages)
@@ -322,6 +340,7 @@ def sqs_tick(context: dg.SensorEvaluationContext, source: SourceConfig, s3: S3Co
         f"sqs:{source.auto_sync}",
         {SQS_BATCH_TAG: batch, SQS_SENT_TAG: str(min(sent))},
         source.sqs_linger_seconds,
+        queues_read_with(context.instance, source, sources),
     )
     # A kept message is never deleted, by this tick or a later one: it stays invisible for the visibility
     # timeout, is read (and reported) again after it, and leaves for the dead-letter queue in the end.

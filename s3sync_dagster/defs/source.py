@@ -5,7 +5,7 @@ for by the keys the config names (config.ResourceKeysConfig, `s3sync_*`: never a
 (indexing), defs/checks.py, defs/sensors.py and defs/repair.py.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -31,9 +31,12 @@ from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline import keys as object_keys
 
 
-def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Definitions:
+def source_definitions(
+    source: SourceConfig, keys: ResourceKeysConfig, sources: Sequence[SourceConfig] = ()
+) -> dg.Definitions:
     """The asset (one partition per object key), its two checks, the repair job, and with auto-sync or
-    polling configured, the sync job and the sensors that launch it."""
+    polling configured, the sync job and the sensors that launch it. `sources` are the code location's, this one
+    among them: the SQS sensor's run reads the queues of the others too (defs/queues.py)."""
     asset_key = names.documents_asset_key(source)
     writing = required(keys, "s3", "chroma", "embedding", "documents")
     # Our ops output no value: to our own IO manager, so a run never starts the project's `io_manager`.
@@ -182,6 +185,8 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
     ]
     sensors: list[dg.SensorDefinition] = []
     if source.auto_sync != "none" or source.poll_interval_seconds is not None:
+        peers = {peer.name: peer for peer in sources if peer.name != source.name}
+
         # Keys from events are scattered over the partition list, so they cannot form one partition
         # range; this job takes them as a list and records the same per-key materialisations.
         @dg.op(
@@ -195,8 +200,8 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
             partition_keys = [object_keys.to_partition_key(object_key) for object_key in config.object_keys]
             resources = taking(context, "s3", "chroma", "embedding", "documents")
             yield from index_partitions(context, source, partition_keys, **resources)
-            # The SQS sensor's run: the queue's next events are synced here, by a process already warm.
-            yield from read_queue(context, source, config.linger_seconds, **resources)
+            # The SQS sensor's run: the queues' next events are synced here, by a process already warm.
+            yield from read_queue(context, source, config.linger_seconds, peers=peers, **resources)
             # The poll sensor's run: the prefix's next passes are made here.
             yield from read_prefix(context, source, config.poll_linger_seconds, **resources)
 
@@ -205,13 +210,15 @@ def source_definitions(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Def
             sync_keys()
 
         jobs.append(sync_job)
-        sensors += _sensors(source, sync_job, keys)
+        sensors += _sensors(source, sync_job, keys, sources)
     return dg.Definitions(
         assets=[documents_asset], asset_checks=[indexed_keys_have_chunks, drift], jobs=jobs, sensors=sensors
     )
 
 
-def _sensors(source: SourceConfig, job: dg.JobDefinition, keys: ResourceKeysConfig) -> list[dg.SensorDefinition]:
+def _sensors(
+    source: SourceConfig, job: dg.JobDefinition, keys: ResourceKeysConfig, sources: Sequence[SourceConfig]
+) -> list[dg.SensorDefinition]:
     sensors = []
     if source.auto_sync != "none":
 
@@ -225,7 +232,7 @@ def _sensors(source: SourceConfig, job: dg.JobDefinition, keys: ResourceKeysConf
             required_resource_keys=required(keys, "s3"),
         )
         def sqs_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-            return sqs_tick(context, source, taken(context.resources, keys, "s3"))
+            return sqs_tick(context, source, taken(context.resources, keys, "s3"), sources)
 
         sensors.append(sqs_sensor)
     if source.poll_interval_seconds is not None:

@@ -12,3 +12,5 @@ PARTITION_TAG = "dagster/partition"
 BACKFILL_TAG = "dagster/backfill"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+# On a run that reads the queues of other SQS sources beside its own (defs/queues.py): their names, comma-separated.
+READS_QUEUES_TAG = "s3sync/reads_queues_of"
