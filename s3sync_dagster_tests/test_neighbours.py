@@ -260,3 +260,208 @@ def test_a_changed_collection_name_is_said_by_query_and_repair(
     fault_row.observe(expected, [chunk for chunk in store_chunks(client) if chunk[0].startswith(old)])
     assert fault_row.lost == fault_row.stray == 0
     fault_row.passed = True
+
+
+# --- writers beside a re-embedding's swap (item 4): each race made certain by running the other side at a
+# chosen point (a report of the sync, a step of the re-embedding), in this process.
+
+LINES = {f"docs/{n}.txt": f"Line {n} of the docs, about topic number {n}.\n" for n in range(6)}
+
+
+def int8_whole(config: AppConfig, name: str) -> dict[str, str]:
+    """The collection's chunks (id -> text), after checking it records int8 and every vector is its text's."""
+    collection = config.chroma.store().client().get_collection(name)
+    assert collection.configuration_json["embedding_function"]["config"] == {"precision": "int8"}
+    found = collection.get(include=["documents", "embeddings"])
+    exact = ChromaDefaultFunction(precision="int8")(list(found["documents"]))
+    assert np.allclose(np.array(found["embeddings"]), np.array(exact), atol=1e-5)
+    return dict(zip(found["ids"], found["documents"], strict=True))
+
+
+def expected_lines(name: str, files: dict[str, str]) -> dict[tuple[str, str], str]:
+    return {(name, keys.chunk_id(keys.object_id(key), 0)): text for key, text in files.items()}
+
+
+def test_a_sync_beside_a_swap_retries_its_keys_on_the_swapped_collection(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row
+) -> None:
+    """A sync whose collection is swapped for its re-embedded copy after its first key (the re-embedding runs to
+    the end inside that key's report): its later keys, written to the old collection's handle, are synced again
+    on the swapped-in one; none fails, none stays stale."""
+    from s3sync_dagster.pipeline import reembed
+    from s3sync_dagster.pipeline.sync import sync_keys_following_swaps
+    from s3sync_dagster.pipeline.targets import Collections
+
+    _, configure = neighbourhood
+    float32 = configure(docs={})
+    put(s3, bucket, dict(list(LINES.items())[:2]))
+    sync(s3, float32, "docs", sorted(LINES)[:2])
+    int8 = configure(embedding={"precision": "int8"}, docs={})
+    put(s3, bucket, LINES)
+    spec = int8.embedding.spec()
+    source = int8.sources[0].spec(spec)
+    store_ = int8.chroma.store()
+    collections = Collections(lambda name: store_.collection(name, spec, owner=source.owner))
+    swapped: list[str] = []
+
+    def on_report(report: Any) -> None:
+        if not swapped:  # the whole re-embedding, between this key and the next
+            old = store_.collection(source.collection_name, spec, create=False)
+            reembed.run(store_.client(), old, spec.build())
+            swapped.append(old.name)
+
+    reports = sync_keys_following_swaps(
+        s3, source, collections, spec.build(), sorted(LINES), on_report=on_report, ahead=0
+    )
+    assert swapped and [r.status for r in reports if r.status == "failed"] == [], [r.message for r in reports]
+    store.close_clients()
+    fault_row.observe(expected_lines(source.collection_name, LINES), [
+        (source.collection_name, i, t) for i, t in int8_whole(int8, source.collection_name).items()
+    ])  # fmt: skip
+    assert fault_row.lost == fault_row.duplicated == fault_row.stray == 0, fault_row
+    fault_row.passed = True
+
+
+def test_a_write_that_reached_the_old_collection_after_its_last_check_is_in_the_swapped_one(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row
+) -> None:
+    """Another process's writer that opened the collection before the copy was begun writes it alone: a change it
+    made after the last reconcile pass (and one after the first rename, before the drop) reaches the new one."""
+    from s3sync_dagster.pipeline import reembed
+
+    _, configure = neighbourhood
+    float32 = configure(docs={})
+    put(s3, bucket, LINES)
+    sync(s3, float32, "docs", sorted(LINES))
+    int8 = configure(embedding={"precision": "int8"}, docs={})
+    spec = int8.embedding.spec()
+    name = int8.sources[0].collection_name
+    ids = [keys.chunk_id(keys.object_id(key), 0) for key in sorted(LINES)]
+    raw = int8.chroma.store().client()  # its raw writes go through no index function: they reach no copy
+    late = {"reembed:copied": (ids[0], "Changed after the last check.\n"), "reembed:retired": (ids[1], None)}
+
+    def step(point: str) -> None:
+        if point in late:
+            chunk_id, text = late[point]
+            collection = raw.get_collection(name if point == "reembed:copied" else name + reembed.RETIRED_SUFFIX)
+            if text is None:
+                collection.delete(ids=[chunk_id])
+            else:
+                collection.update(ids=[chunk_id], documents=[text], embeddings=[ChromaDefaultFunction()([text])[0]])
+
+    old = int8.chroma.store().collection(name, spec, create=False)
+    reembed.run(int8.chroma.store().client(), old, spec.build(), step=step)
+    store.close_clients()
+    held = int8_whole(int8, name)
+    files = dict(LINES)
+    files[sorted(LINES)[0]] = "Changed after the last check.\n"
+    del files[sorted(LINES)[1]]
+    fault_row.observe(expected_lines(name, files), [(name, i, t) for i, t in held.items()])
+    assert held == {i: t for (_, i), t in expected_lines(name, files).items()}
+    fault_row.passed = True
+
+
+def test_abandon_sticks_and_a_write_to_a_dropped_copy_fails_nothing(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--abandon` while a sync has the copy attached: the sync's next write goes on without it; a later sync
+    under the same config begins no copy (`s3sync reembed` does, and says what it did)."""
+    from s3sync_dagster.pipeline import reembed
+
+    path, configure = neighbourhood
+    configure(docs={})
+    put(s3, bucket, dict(list(LINES.items())[:3]))
+    sync(s3, configure(docs={}), "docs", sorted(LINES)[:3])
+    int8 = configure(embedding={"precision": "int8"}, docs={})
+    name = int8.sources[0].collection_name
+    spec = int8.embedding.spec()
+    owner = int8.sources[0].spec(spec).owner
+    writer = int8.chroma.store().collection(name, spec, owner=owner)  # the copy begun and attached here
+    copy_name = reembed.copy_name(name)
+    int8.chroma.store().client().get_collection(copy_name)
+    assert main(["reembed", "docs", "--config", str(path), "--abandon"]) == 0  # another process's abandon
+    store.close_clients()
+    client = int8.chroma.store().client()
+    assert copy_name not in [c.name for c in client.list_collections()]
+    put(s3, bucket, {sorted(LINES)[0]: "Changed while the copy was dropped.\n"})
+    spec_ = int8.sources[0].spec(spec)
+    reports = sync_keys(s3, spec_, lambda _: writer, spec.build(), [sorted(LINES)[0]])
+    assert [r.status for r in reports] == ["indexed"], [r.message for r in reports]
+    # Under the same config, a write begins no copy again.
+    sync(s3, int8, "docs", sorted(LINES)[:3])
+    assert copy_name not in [c.name for c in int8.chroma.store().client().list_collections()]
+    assert main(["reembed", "docs", "--config", str(path)]) == 0
+    store.close_clients()
+    held = int8_whole(int8, name)
+    files = {**dict(list(LINES.items())[:3]), sorted(LINES)[0]: "Changed while the copy was dropped.\n"}
+    fault_row.observe(expected_lines(name, files), [(name, i, t) for i, t in held.items()])
+    assert held == {i: t for (_, i), t in expected_lines(name, files).items()}
+    fault_row.passed = True
+
+
+def test_two_reembeds_at_once_both_end_with_the_swapped_collection(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row
+) -> None:
+    """A second re-embedding runs whole while the first stands between its last reconcile and its swap: the
+    first finds the collection swapped and ends with it, instead of failing or swapping the new one away."""
+    from s3sync_dagster.pipeline import reembed
+
+    _, configure = neighbourhood
+    put(s3, bucket, LINES)
+    sync(s3, configure(docs={}), "docs", sorted(LINES))
+    int8 = configure(embedding={"precision": "int8"}, docs={})
+    spec, name = int8.embedding.spec(), int8.sources[0].collection_name
+    second: list[str] = []
+
+    def step(point: str) -> None:
+        if point == "reembed:copied" and not second:
+            second.append("ran")
+            client = int8.chroma.store().client()
+            reembed.run(client, client.get_collection(name), spec.build())
+
+    first = int8.chroma.store().collection(name, spec, create=False)
+    swapped, progress = reembed.run(int8.chroma.store().client(), first, spec.build(), step=step)
+    assert second and progress.phase == "swapped by another re-embedding" and swapped.name == name
+    store.close_clients()
+    held = int8_whole(int8, name)
+    names = [c.name for c in int8.chroma.store().client().list_collections() if c.name.startswith(name)]
+    assert names == [name], names
+    fault_row.observe(expected_lines(name, LINES), [(name, i, t) for i, t in held.items()])
+    assert held == {i: t for (_, i), t in expected_lines(name, LINES).items()}
+    fault_row.passed = True
+
+
+def test_a_killed_reembeds_run_is_failed_not_left_started(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row
+) -> None:
+    """`s3sync reembed` killed mid-way leaves its run STARTED; the next reembed (and the run monitor) fail it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import dagster as dg
+
+    path, configure = neighbourhood
+    put(s3, bucket, LINES)
+    sync(s3, configure(docs={}), "docs", sorted(LINES))
+    int8 = configure(embedding={"precision": "int8"}, docs={})
+    store.close_clients()
+    killed = subprocess.run(
+        [str(Path(sys.executable).parent / "s3sync"), "reembed", "docs", "--config", str(path), "--batch-size", "2"],
+        env=dict(os.environ, S3SYNC_FAILPOINTS="reembed:page"), capture_output=True, text=True, timeout=300,
+        start_new_session=True,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(job_name="docs_reembed"))
+        assert run.status == dg.DagsterRunStatus.STARTED  # what the kill left
+    assert main(["reembed", "docs", "--config", str(path)]) == 0
+    with dg.DagsterInstance.get() as instance:
+        statuses = sorted(r.status.value for r in instance.get_runs(dg.RunsFilter(job_name="docs_reembed")))
+    assert statuses == ["FAILURE", "SUCCESS"], statuses
+    store.close_clients()
+    name = int8.sources[0].collection_name
+    held = int8_whole(int8, name)
+    fault_row.observe(expected_lines(name, LINES), [(name, i, t) for i, t in held.items()])
+    fault_row.passed = True

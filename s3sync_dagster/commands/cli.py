@@ -530,6 +530,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
 
     from s3sync_dagster.commands.runner import run_failure
     from s3sync_dagster.definitions import build_definitions
+    from s3sync_dagster.defs.monitor import fail_dead, in_process_tags
     from s3sync_dagster.defs.names import reembed_job_name, reembed_op_name
     from s3sync_dagster.defs.reembed import PROGRESS_PREFIX
     from s3sync_dagster.defs.run_config import reembed_run_config
@@ -539,6 +540,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     job = build_definitions(config).get_job_def(reembed_job_name(source.name))
     run_id = str(uuid.uuid4())
     with _instance(args) as instance:
+        fail_dead(instance)  # an earlier re-embedding killed with its process: failed, as the run monitor would
         done = threading.Event()
         shown_lines: list[str] = []
 
@@ -563,6 +565,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
             execution = job.execute_in_process(
                 instance=instance,
                 run_id=run_id,
+                tags=in_process_tags(),
                 run_config=reembed_run_config(source.name, args.abandon, args.batch_size),
                 raise_on_error=False,
             )

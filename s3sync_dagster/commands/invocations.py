@@ -28,6 +28,7 @@ from s3sync_dagster.defs.invocation_sensor import (
     recorded_requests,
     runs_of_invocations,
 )
+from s3sync_dagster.defs.monitor import in_process_tags
 from s3sync_dagster.defs.names import (
     asset_op_name,
     documents_asset_key,
@@ -126,7 +127,7 @@ def execute_partition_run(
         .resolve_job_def(documents_job_name(source_name))
         .execute_in_process(
             instance=instance,
-            tags={**tags, PARTITION_TAG: partition_key},
+            tags={**tags, PARTITION_TAG: partition_key, **in_process_tags()},
             run_config=invocation_run_config(config.source(source_name), invocation, loggers=QUIET_LOGGERS),
             raise_on_error=False,
         )

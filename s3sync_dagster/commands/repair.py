@@ -16,6 +16,7 @@ from s3sync_dagster.commands.runner import key_outcomes, run_failure, s3_client
 from s3sync_dagster.config import AppConfig, SourceConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.checks import drift_of
+from s3sync_dagster.defs.monitor import in_process_tags
 from s3sync_dagster.defs.names import repair_job_name
 from s3sync_dagster.defs.repair import unlinked_waiting
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
@@ -86,7 +87,7 @@ def repair(
         on_start(len(to_sync))
     execution = job.execute_in_process(
         instance=instance,
-        tags=tags,
+        tags={**(tags or {}), **in_process_tags()},
         run_config=repair_run_config(
             source_name,
             to_sync,

@@ -26,6 +26,7 @@ from s3sync_dagster.commands.errors import RunError, UsageError
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig, config_file, state_dir
 from s3sync_dagster.definitions import build_definitions, documents_job
 from s3sync_dagster.defs.links import InstanceMetaLinks
+from s3sync_dagster.defs.monitor import in_process_tags
 from s3sync_dagster.defs.names import documents_job_name, partitions_name, register_partitions
 from s3sync_dagster.defs.resources import s3_connection
 from s3sync_dagster.defs.run_config import QUIET_LOGGERS
@@ -627,7 +628,7 @@ def _execute_runs(
             try:
                 execution = job.execute_in_process(
                     instance=instance,
-                    tags=run_tags(batch),
+                    tags={**run_tags(batch), **in_process_tags()},
                     run_config=QUIET_RUN_CONFIG,
                     raise_on_error=False,
                     run_id=run_id,

@@ -14,12 +14,12 @@ from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
-from s3sync_dagster.pipeline import index, keys, objects
+from s3sync_dagster.pipeline import index, keys, objects, reembed
 from s3sync_dagster.pipeline.documents import DocumentPool
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.reports import KeyReport
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
-from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.sync import sync_keys_following_swaps
 from s3sync_dagster.pipeline.targets import Collections
 
 KeyEvent: TypeAlias = dg.AssetMaterialization | dg.AssetObservation
@@ -159,6 +159,13 @@ def index_partitions(
         raise dg.Failure(description=f"source '{spec.name}': {error}", allow_retries=False) from None
     if stamped:
         context.log.info(f"source '{spec.name}': {stamped} chunk(s) of it recorded as project '{spec.project}'")
+    embed = embedding.embedding_function()
+    if reembed.abandoned(own, embed):  # --abandon sticks: said on every run until it is begun again
+        context.log.warning(
+            f"source '{spec.name}': the re-embedding of collection '{own.name}' to {embedding.spec().describe()} "
+            "was abandoned (s3sync reembed --abandon): writes go on in the function it records; start it again "
+            f"with `s3sync reembed {spec.name}`, or set the old `embedding:` back"
+        )
 
     def record(report: KeyReport, partition_key: str | None = None) -> Iterator[Said]:
         """What the run's log gets for one key: its materialisation (or failure), with any lines first."""
@@ -188,7 +195,6 @@ def index_partitions(
         )
     for report in refused:
         yield from _told(context, record(report, partition_key=report.object_key))
-    embed = embedding.embedding_function()
     # Worker processes start only if a document turns up, and stay warm for the process's next runs.
     pool = DocumentPool.shared(documents.workers)
     # The keys sync in a thread of their own while this one hands each key's events to Dagster as it is
@@ -203,7 +209,7 @@ def index_partitions(
 
     def synced() -> list[KeyReport]:
         try:
-            return sync_keys(
+            return sync_keys_following_swaps(
                 client,
                 spec,
                 collection_for,

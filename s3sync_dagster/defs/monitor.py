@@ -10,10 +10,14 @@ so the retry finishes what the dead worker started without duplicating anything.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
 import psutil
+
+from s3sync_dagster.defs.tags import PROCESS_TAG
 
 RUN_MONITOR_NAME = "s3sync_run_workers"
 # Before the daemon's first look at a run there is nothing to judge; after, every 30 s is enough to
@@ -60,10 +64,32 @@ def dead_workers(instance: dg.DagsterInstance) -> list[DeadWorker]:
     in_progress = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
     for record in instance.get_run_records(dg.RunsFilter(statuses=in_progress)):
         worker = worker_pid(instance, record.dagster_run.run_id)
-        # No pid: not started yet (Dagster's start timeout covers it), or a run executed in the launching
-        # process (`s3sync sync`), which reports its own end.
+        launcher = record.dagster_run.tags.get(PROCESS_TAG)
+        if worker is None and launcher is not None and launcher.isdigit():
+            # A run executed in the `s3sync` command's own process (sync, repair, reembed, invoke): that process.
+            worker = int(launcher), record.create_timestamp.timestamp()
+        # No pid: not started yet (Dagster's start timeout covers it).
         if worker is not None and not worker_alive(*worker):
             dead.append(DeadWorker(record.dagster_run, worker[0]))
+    return dead
+
+
+def in_process_tags() -> dict[str, str]:
+    """The tags of a run executed in this process (execute_in_process): the monitor fails it once it is gone."""
+    return {PROCESS_TAG: str(os.getpid())}
+
+
+def fail_dead(instance: dg.DagsterInstance, log: Callable[[str], None] | None = None) -> list[DeadWorker]:
+    """Mark failed every in-progress run whose worker (or launching `s3sync` process) is gone."""
+    dead = dead_workers(instance)
+    for worker in dead:
+        message = (
+            f"run worker process {worker.pid} is gone (killed or crashed) while the run was in progress: "
+            "marked failed so that run retries launch it again"
+        )
+        if log is not None:
+            log(f"run {worker.run.run_id}: {message}")
+        instance.report_run_failed(worker.run, message)
     return dead
 
 
@@ -75,14 +101,7 @@ def build_run_monitor() -> dg.SensorDefinition:
         description="Marks runs whose local worker process died as failed, so run retries launch them again.",
     )
     def run_monitor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        dead = dead_workers(context.instance)
-        for worker in dead:
-            message = (
-                f"run worker process {worker.pid} is gone (killed or crashed) while the run was in progress: "
-                "marked failed so that run retries launch it again"
-            )
-            context.log.warning(f"run {worker.run.run_id}: {message}")
-            context.instance.report_run_failed(worker.run, message)
+        dead = fail_dead(context.instance, context.log.warning)
         return dg.SkipReason(
             f"{len(dead)} run(s) with a dead worker marked failed" if dead else "all run workers alive"
         )

@@ -83,11 +83,12 @@ def _reembed_one(
     context: dg.OpExecutionContext, store: Store, name: str, spec: EmbeddingSpec, config: ReembedConfig
 ) -> tuple[str, reembed.Progress | None]:
     """Re-embed one collection and swap it in (or abandon its copy); its status and progress."""
-    collection = store.collection(name, spec, create=False)  # opened in the function it records
     client = store.client()
+    reembed.recover(client, name)  # a swap a kill cut short: finished (its retired collection dropped) first
+    collection = store.collection(name, spec, create=False)  # opened in the function it records
     recorded = (collection.configuration_json or {}).get("embedding_function")
     if config.abandon or same_function(recorded, spec):
-        dropped = reembed.abandon(client, collection)
+        dropped = reembed.abandon(client, collection, sticks=config.abandon)
         status = "abandoned" if dropped else ("nothing underway" if config.abandon else "current")
         context.log.info(
             f"{PROGRESS_PREFIX}collection '{name}': "

@@ -7,6 +7,9 @@ INVOCATION_TAG = "s3sync/invocation"  # set on runs `s3sync invoke` made
 LINGER_TAG = "s3sync/reads_queue"
 # On the poll sensor's run that passes over the prefix itself after its keys: the sensor leaves it the prefix.
 PREFIX_LINGER_TAG = "s3sync/reads_prefix"
+# On a run the `s3sync` command executes in its own process (no run worker records a pid): that process's pid,
+# so the run monitor (defs/monitor.py) fails the run once the process is gone.
+PROCESS_TAG = "s3sync/process"
 # Dagster's own tags: a run of one partition, of a range of partitions (many keys in one run), of a backfill.
 PARTITION_TAG = "dagster/partition"
 BACKFILL_TAG = "dagster/backfill"

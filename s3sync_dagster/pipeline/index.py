@@ -143,8 +143,22 @@ def delete_ids(collection: Collection, ids: Sequence[str]) -> int:
             collection.delete(ids=list(part))
     copy = _copies.get(collection.id)
     if copy is not None:
-        delete_ids(copy, ids)
+        with _copy_gone(collection):
+            delete_ids(copy, ids)
     return len(ids)
+
+
+@contextlib.contextmanager
+def _copy_gone(collection: Collection) -> Iterator[None]:
+    """A write to a re-embedding's copy that is no longer there (abandoned, or swapped in and so the collection
+    retired) is no longer needed: the copy is let go and the write to the collection goes on (a swap's own
+    checks, and sync.sync_keys_following_swaps, bring what the collection took into the swapped-in one)."""
+    from chromadb.errors import NotFoundError
+
+    try:
+        yield
+    except NotFoundError:
+        detach_copy(collection)
 
 
 @dataclass(frozen=True)
@@ -387,18 +401,8 @@ def replace_chunks(
     embed = _functions.get(collection.id, embed)
     copy = _copies.get(collection.id)
     if copy is not None:  # the same write in the copy first, in its function: it never lags the collection
-        in_copy = copy.get(ids=sorted({*stored, *(r.chunk_id for r in records)}), include=["documents", "metadatas"])
-        replace_chunks(
-            copy,
-            records,
-            {
-                chunk_id: StoredChunk(chunk_id, text, metadata or {})
-                for chunk_id, text, metadata in zip(
-                    in_copy["ids"], in_copy["documents"] or [], in_copy["metadatas"] or [], strict=True
-                )
-            },
-            embed,
-        )
+        with _copy_gone(collection):
+            _write_copy(copy, records, stored, embed)
     records = _hashed(records, function_record(collection))
     to_write: list[ChunkRecord] = []
     to_update: list[ChunkRecord] = []
@@ -456,6 +460,24 @@ def replace_chunks(
             collection.delete(ids=list(part_ids))
     stats.deleted = len(stale)
     return stats
+
+
+def _write_copy(
+    copy: Collection, records: Sequence[ChunkRecord], stored: Mapping[str, StoredChunk], embed: Embedder
+) -> None:
+    """The write of `records` to a re-embedding's copy, read as the copy holds them, in its own function."""
+    in_copy = copy.get(ids=sorted({*stored, *(r.chunk_id for r in records)}), include=["documents", "metadatas"])
+    replace_chunks(
+        copy,
+        records,
+        {
+            chunk_id: StoredChunk(chunk_id, text, metadata or {})
+            for chunk_id, text, metadata in zip(
+                in_copy["ids"], in_copy["documents"] or [], in_copy["metadatas"] or [], strict=True
+            )
+        },
+        embed,
+    )
 
 
 def _vectors_for(

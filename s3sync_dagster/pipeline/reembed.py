@@ -43,9 +43,12 @@ RETIRED_SUFFIX = keys.RETIRED_SUFFIX
 # On a collection renamed `<name>-s3sync-retired` by a swap: `<name>`. A collection of that name without it is not
 # a swap's (another tool's, or a user's from before the name was reserved): never renamed or dropped here.
 RETIRED_KEY = "s3sync_retired_from"
+# On a collection whose re-embedding was abandoned: the function it was to (a sync under that config does not
+# begin it again; `s3sync reembed` does).
+ABANDONED_KEY = "s3sync_reembed_abandoned"
 # On the copy's metadata (and the collection's once swapped): the function record it was re-embedded from.
 FROM_KEY = "s3sync_reembedded_from"
-_MARKERS = frozenset({FROM_KEY, RETIRED_KEY, index.COPY_OF_KEY})
+_MARKERS = frozenset({FROM_KEY, RETIRED_KEY, ABANDONED_KEY, index.COPY_OF_KEY})
 PAGE = 500  # chunks read, embedded and added at a time
 RECONCILE_ROUNDS = 5  # passes that still found differences before giving up (writes outpacing the copy)
 SWAP_WAIT_S = 10.0  # how long a reader waits for a swap's second rename
@@ -72,6 +75,20 @@ class Progress:
 
 class InTheWay(ValueError):
     """A collection this project did not make as a copy holds the name a re-embedding's copy needs."""
+
+
+class Abandoned(ValueError):
+    """The re-embedding to this function was abandoned (`s3sync reembed --abandon`): a write does not begin it
+    again; `s3sync reembed` does."""
+
+
+def _function_json(function: EmbeddingFunction[Documents]) -> str:
+    return json.dumps({"name": function.name(), "config": function.get_config()}, sort_keys=True, default=str)
+
+
+def abandoned(collection: Collection, function: EmbeddingFunction[Documents]) -> bool:
+    """Whether the re-embedding of `collection` to `function` was abandoned (ABANDONED_KEY)."""
+    return (collection.metadata or {}).get(ABANDONED_KEY) == _function_json(function)
 
 
 def _nothing(_: str) -> None:
@@ -115,19 +132,37 @@ def _records(collection: Collection, function: EmbeddingFunction[Documents]) -> 
     return bool(recorded.get("name") == function.name() and (recorded.get("config") or {}) == function.get_config())
 
 
-def abandon(client: ClientAPI, collection: Collection) -> bool:
-    """Drop the re-embedding copy of `collection` (a rollback: the collection was never touched); True if one was."""
+def abandon(client: ClientAPI, collection: Collection, *, sticks: bool = False) -> bool:
+    """Drop the re-embedding copy of `collection` (a rollback: the collection was never touched); True if one was.
+    sticks: recorded on the collection, so that a write under the same config does not begin it again."""
     copy = underway(client, collection)
     if copy is None:
         return False
+    if sticks:
+        recorded = (copy.configuration_json or {}).get("embedding_function") or {}
+        target = json.dumps({"name": recorded.get("name"), "config": recorded.get("config") or {}}, sort_keys=True)
+        collection.modify(metadata={**(collection.metadata or {}), ABANDONED_KEY: target})
     index.detach_copy(collection)
     _drop(client, copy.name)
     return True
 
 
-def begin(client: ClientAPI, collection: Collection, function: EmbeddingFunction[Documents]) -> Collection:
+def begin(
+    client: ClientAPI, collection: Collection, function: EmbeddingFunction[Documents], *, again: bool = False
+) -> Collection:
     """The copy (created if missing) that re-embeds `collection` under `function`, its writes attached. A copy
-    under another function (the config changed again meanwhile) is dropped and begun anew."""
+    under another function (the config changed again meanwhile) is dropped and begun anew. A re-embedding to
+    `function` that was abandoned is begun only `again` (`s3sync reembed`): Abandoned otherwise."""
+    if abandoned(collection, function):
+        if not again:
+            raise Abandoned(
+                f"collection '{collection.name}': its re-embedding to {function.name()} "
+                f"{json.dumps(function.get_config(), default=str)} was abandoned (s3sync reembed --abandon); writes go "
+                "on in the function it records. Start it again with `s3sync reembed SOURCE`, or set the old "
+                "`embedding:` back"
+            )
+        metadata = {k: v for k, v in (collection.metadata or {}).items() if k != ABANDONED_KEY}
+        collection.modify(metadata=metadata or None)
     copy = underway(client, collection)
     if copy is not None and not _records(copy, function):
         abandon(client, collection)
@@ -234,31 +269,82 @@ def _digests(collection: Collection) -> dict[str, str]:
             out[chunk_id] = hashlib.sha256(json.dumps([text, kept], sort_keys=True, default=str).encode()).hexdigest()
 
 
-def reconcile(collection: Collection, copy: Collection, function: EmbeddingFunction[Documents]) -> int:
-    """Make the copy hold exactly the collection's chunks (ids, texts, metadata): returns how many it fixed."""
+def reconcile(
+    collection: Collection, copy: Collection, function: EmbeddingFunction[Documents]
+) -> tuple[int, dict[str, str]]:
+    """Make the copy hold exactly the collection's chunks (ids, texts, metadata): returns how many it fixed, and
+    the collection's digests as read (what the copy holds now, unless written meanwhile)."""
     theirs, ours = _digests(collection), _digests(copy)
     extra = sorted(set(ours) - set(theirs))
     differing = sorted(chunk_id for chunk_id, digest in theirs.items() if ours.get(chunk_id) != digest)
     if extra:
         index.delete_ids(copy, extra)
-    for start in range(0, len(differing), PAGE):
-        found = collection.get(ids=differing[start : start + PAGE], include=["documents", "metadatas"])  # type: ignore[list-item]
+    _copy_chunks(collection, copy, function, differing)
+    return len(extra) + len(differing), theirs
+
+
+def _copy_chunks(source: Collection, copy: Collection, function: EmbeddingFunction[Documents], ids: list[str]) -> None:
+    for start in range(0, len(ids), PAGE):
+        found = source.get(ids=ids[start : start + PAGE], include=["documents", "metadatas"])  # type: ignore[list-item]
         if found["ids"]:
             documents = [text or "" for text in found["documents"] or []]
             _embed_into(copy, function, list(found["ids"]), documents, list(found["metadatas"] or []), upsert=True)
-    return len(extra) + len(differing)
 
 
-def swap(client: ClientAPI, name: str, function: EmbeddingFunction[Documents], step: Step = _nothing) -> Collection:
-    """The copy takes the collection's name; the old collection is dropped. Each rename is one step; another
-    process finding the name missing between them finishes the swap itself (recover, or index.open_collection)."""
+def catch_up(
+    retired: Collection, swapped: Collection, snapshot: Mapping[str, str], function: EmbeddingFunction[Documents]
+) -> int:
+    """Bring into the swapped-in collection what reached the old one after the last reconcile pass read it
+    (`snapshot`) and before it was retired: a writer that opened the collection before the copy was begun writes
+    it alone. A chunk the new collection changed since too (a newer write, to both or after the swap) is left
+    as it is. Returns how many chunks it wrote or removed."""
+    now_old, now_new = _digests(retired), _digests(swapped)
+    changed = [
+        chunk_id
+        for chunk_id in sorted(set(now_old) | set(snapshot))
+        if now_old.get(chunk_id) != snapshot.get(chunk_id) and now_new.get(chunk_id) == snapshot.get(chunk_id)
+    ]
+    gone = [chunk_id for chunk_id in changed if chunk_id not in now_old]
+    if gone:
+        index.delete_ids(swapped, gone)
+    _copy_chunks(retired, swapped, function, [chunk_id for chunk_id in changed if chunk_id in now_old])
+    return len(changed)
+
+
+def swap(
+    client: ClientAPI,
+    name: str,
+    function: EmbeddingFunction[Documents],
+    step: Step = _nothing,
+    snapshot: Mapping[str, str] | None = None,
+) -> Collection:
+    """The copy takes the collection's name; what reached the old one after `snapshot` is caught up; the old one
+    is dropped. Each rename is one step; another process finding the name missing between them finishes the swap
+    itself (recover, or index.open_collection)."""
     old = client.get_collection(name=name)
     # Renamed and marked in one request: a retired collection is always known for a swap's.
     old.modify(name=name + RETIRED_SUFFIX, metadata={**(old.metadata or {}), RETIRED_KEY: name})
     step("reembed:retired")
-    recover(client, name)
+    _promote(client, name)
     step("reembed:swapped")
-    return index.get_collection(client, name, function)
+    swapped = index.get_collection(client, name, function)
+    retired = _retired(client, name)
+    if snapshot is not None and retired is not None:
+        catch_up(index.opened(client, retired), swapped, snapshot, function)
+    recover(client, name)  # drops the retired collection
+    return swapped
+
+
+def _promote(client: ClientAPI, name: str) -> bool:
+    """The copy (if this project's) takes the free name; True if it did (or another process did meanwhile)."""
+    from chromadb.errors import NotFoundError
+
+    copy = _get(client, copy_name(name))
+    if copy is None or not index.is_copy_of(copy, name):
+        return False
+    with contextlib.suppress(NotFoundError, ValueError):  # another process may be finishing it too
+        copy.modify(name=name)
+    return True
 
 
 def _drop(client: ClientAPI, name: str) -> None:
@@ -284,18 +370,11 @@ def recover(client: ClientAPI, name: str) -> bool:
     retired = _retired(client, name)
     if retired is None:
         return False
-    if _get(client, name) is None:
-        copy = _get(client, copy_name(name))
-        if copy is not None and not index.is_copy_of(copy, name):
-            copy = None
-        with contextlib.suppress(NotFoundError, ValueError):  # another process may be finishing it too
-            if copy is not None:
-                copy.modify(name=name)
-            else:  # no copy: the swap is undone, the collection back under its name, unmarked
-                kept = {k: v for k, v in (retired.metadata or {}).items() if k != RETIRED_KEY}
-                retired.modify(name=name, metadata=kept or None)
-        if copy is None:
-            return True
+    if _get(client, name) is None and not _promote(client, name):
+        with contextlib.suppress(NotFoundError, ValueError):  # no copy: the swap undone, the collection unmarked
+            kept = {k: v for k, v in (retired.metadata or {}).items() if k != RETIRED_KEY}
+            retired.modify(name=name, metadata=kept or None)
+        return True
     if _retired(client, name) is not None:
         _drop(client, name + RETIRED_SUFFIX)
     return True
@@ -322,16 +401,45 @@ def run(
     step: Step = _nothing,
     page_size: int = PAGE,
 ) -> tuple[Collection, Progress]:
-    """Re-embed `collection` under `function` and swap the copy in: begin (or resume), fill, reconcile, swap."""
+    """Re-embed `collection` under `function` and swap the copy in: begin (or resume), fill, reconcile, swap.
+
+    Another re-embedding of the same collection at the same time (two runs launched together on a server): the
+    first to swap wins; this one, finding its collection swapped or gone, ends with the swapped-in collection
+    when that records `function`, and says who changed it otherwise."""
+    from chromadb.errors import NotFoundError
+
     recover(client, collection.name)
     progress = Progress()
-    copy = begin(client, collection, function)
+    try:
+        return _run(client, collection, function, progress, report, step, page_size), progress
+    except NotFoundError:
+        current = _get(client, collection.name)
+        if current is not None and current.id != collection.id and _records(current, function):
+            progress.phase = "swapped by another re-embedding"
+            report(progress)
+            return index.get_collection(client, collection.name, function), progress
+        raise RuntimeError(
+            f"collection '{collection.name}' or its re-embedding copy '{copy_name(collection.name)}' was removed "
+            "while it was re-embedded (by another re-embedding abandoned meanwhile, or by hand): run it again"
+        ) from None
+
+
+def _run(
+    client: ClientAPI,
+    collection: Collection,
+    function: EmbeddingFunction[Documents],
+    progress: Progress,
+    report: Callable[[Progress], None],
+    step: Step,
+    page_size: int,
+) -> Collection:
+    copy = begin(client, collection, function, again=True)
     step("reembed:begun")
     fill(collection, copy, function, progress, report, step, page_size)
     progress.phase = "reconciling"
     report(progress)
     for _ in range(RECONCILE_ROUNDS):
-        fixed = reconcile(collection, copy, function)
+        fixed, snapshot = reconcile(collection, copy, function)
         progress.reconciled += fixed
         if not fixed:
             break
@@ -347,7 +455,11 @@ def run(
     index_of = lexicon.of(copy)
     if index_of is not None:  # the copy's lexical index, whole, before it answers queries
         index_of.rebuild(copy)
-    swapped = swap(client, collection.name, function, step)
+    if client.get_collection(name=collection.name).id != collection.id:  # another re-embedding swapped first
+        from chromadb.errors import NotFoundError
+
+        raise NotFoundError(f"collection '{collection.name}' was swapped meanwhile")
+    swapped = swap(client, collection.name, function, step, snapshot)
     progress.phase = "swapped"
     report(progress)
-    return swapped, progress
+    return swapped

@@ -186,7 +186,7 @@ class Store:
         if create and not queries and owner is not None and index.may_reembed(collection, owner):
             # A collection of the copy's name that is not one (another tool's) is never taken: writes go on in the
             # recorded function, and `s3sync reembed` says what is in the way.
-            with contextlib.suppress(reembed.InTheWay):
+            with contextlib.suppress(reembed.InTheWay, reembed.Abandoned):
                 reembed.begin(client, collection, function)
         else:
             copy = reembed.underway(client, collection)

@@ -19,7 +19,7 @@ from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.owners import Owner
 from s3sync_dagster.pipeline.reports import KeyReport, failure_message, lap
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
-from s3sync_dagster.pipeline.targets import CollectionFor, searchable
+from s3sync_dagster.pipeline.targets import CollectionFor, Collections, searchable
 from s3sync_dagster.pipeline.write import NewObjects, Prepared, finish, prepare, write
 
 
@@ -433,3 +433,55 @@ def sync_keys(
             held.close()  # a staging thread waiting for room stops waiting
             stager.shutdown(wait=True, cancel_futures=True)
     return reports
+
+
+def sync_keys_following_swaps(
+    s3: S3Client,
+    spec: SourceSpec,
+    collections: Collections,
+    embed: index.Embedder,
+    object_keys: Iterable[str],
+    on_report: Callable[[KeyReport], None] | None = None,
+    **options: Any,
+) -> list[KeyReport]:
+    """sync_keys, beside a re-embedding that may swap a collection for its copy while the keys are written: a key
+    that failed once the swap was done is not reported, and every key that wrote to a swapped collection (or
+    failed) is synced once more on the swapped-in one. A write that reached the old collection after its last
+    check is in the new one then (the skip check reads the new one), none fails for the swap, nothing stays stale.
+    A key failing again says which collection was swapped."""
+    held: set[str] = set()
+
+    def told(report: KeyReport) -> None:
+        if report.status == "failed" and collections.swapped():
+            held.add(report.object_key)
+        elif on_report is not None:
+            on_report(report)
+
+    reports = sync_keys(s3, spec, collections, embed, object_keys, on_report=told, **options)
+    swapped = collections.swapped()
+    if not swapped and not held:
+        return reports
+    if not swapped:  # failed for another reason after all (a swap's check found none at the end): told as they are
+        for report in reports:
+            if report.object_key in held and on_report is not None:
+                on_report(report)
+        return reports
+    collections.refresh(swapped)
+    # An unchanged key wrote nothing: the copy was reconciled with what it had.
+    again = [
+        r.object_key
+        for r in reports
+        if r.object_key in held or (r.collection_name in swapped and r.status != "unchanged")
+    ]
+
+    def retold(report: KeyReport) -> None:
+        if report.status == "failed":
+            report.message = (
+                f"collection(s) {', '.join(repr(name) for name in swapped)} were swapped for their re-embedded "
+                f"copy while this key was written, and syncing it again there failed: {report.message}"
+            )
+        if on_report is not None:
+            on_report(report)
+
+    redone = {r.object_key: r for r in sync_keys(s3, spec, collections, embed, again, on_report=retold, **options)}
+    return [redone.get(report.object_key, report) for report in reports]

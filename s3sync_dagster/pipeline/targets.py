@@ -32,6 +32,26 @@ class Collections:
                 self._opened[name] = self._open(name)
             return self._opened[name]
 
+    def swapped(self) -> list[str]:
+        """The collections opened here that the name no longer holds: a re-embedding's swap put its copy there
+        (pipeline/reembed.py), and writes to the old one would fail or be dropped with it."""
+        with self._lock:
+            opened = dict(self._opened)
+        changed = []
+        for name, collection in opened.items():
+            try:
+                if self._open(name).id != collection.id:
+                    changed.append(name)
+            except Exception:  # gone, or unreachable: the retry says what is wrong
+                changed.append(name)
+        return changed
+
+    def refresh(self, names: Iterable[str]) -> None:
+        """Open these collections again at their next use (the swapped-in ones)."""
+        with self._lock:
+            for name in names:
+                self._opened.pop(name, None)
+
     def searchable(self, default: str) -> list[Collection]:
         found = [self(default)]
         for name in self._list_names() if self._list_names else []:
