@@ -253,3 +253,42 @@ def test_a_non_canonical_registered_key_is_left_out_of_a_selection_naming_it(
     assert all(f"{selection.value} selection" in message for message in warnings), warnings
     fault_row.observe({}, [])
     fault_row.passed = True
+
+
+@pytest.mark.reliability("shared stores")
+@pytest.mark.parametrize(
+    ("selection", "pattern"),
+    [
+        pytest.param(Selection.PREFIX, "other/", id="prefix-selection-foreign-key"),
+        pytest.param(Selection.GLOB, "**/*.txt", id="glob-selection-foreign-key"),
+    ],
+)
+def test_a_key_registered_by_hand_outside_the_sources_prefix_is_left_out_of_a_selection(
+    selection: Selection,
+    pattern: str,
+    fault_row: Row,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another source's key typed into this source's partitions (the UI's "add partition"): a selection leaves it
+    out and names it, instead of sending it to a run that refuses it."""
+    source = SourceConfig(
+        name="docs", bucket_name="bucket", region="us-east-1", collection_name="docs-collection", path_prefix="d/"
+    )
+    instance.add_dynamic_partitions(partitions_name(source.name), ["d/b.txt", "other/hand.txt"])
+    context = dg.build_op_context(instance=instance)
+    context.log.addHandler(caplog.handler)
+    selected = selected_partitions(
+        context,
+        source,
+        BackfillConfig(selection=selection, pattern=pattern),
+        S3Connections(connections=[]),
+        ChromaResource(path=str(tmp_path / "chroma")),
+        EmbeddingResource(),
+    )
+    assert selected == ([] if selection is Selection.PREFIX else ["d/b.txt"])
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any("'other/hand.txt', which is not under the source's path_prefix 'd/'" in w for w in warnings), warnings
+    fault_row.observe({}, [])
+    fault_row.passed = True

@@ -39,10 +39,13 @@ REQUESTED_BY_RUN_TAG = "s3sync/requested_by_run"  # on the backfill and its runs
 MAX_REFUSALS_LOGGED = 20  # keys a selection leaves out named one warning each; past them, one warning counts them
 
 
-def select_by_object_key(partition_keys: Iterable[str], wanted: Callable[[str], bool]) -> tuple[list[str], list[str]]:
-    """The partition keys whose object key is wanted, sorted, and why each key naming no object key was left out:
-    one registered by hand (the UI, the API) not in canonical form, say 'a%41' for 'aA'. A backfill of it could
-    only fail, and it must not take the rest of the selection with it."""
+def select_by_object_key(
+    partition_keys: Iterable[str], wanted: Callable[[str], bool], path_prefix: str = ""
+) -> tuple[list[str], list[str]]:
+    """The partition keys whose object key is wanted, sorted, and why each key naming no object key of the source
+    was left out: one registered by hand (the UI, the API) not in canonical form, say 'a%41' for 'aA', or naming a
+    key outside the source's path_prefix (another source's). A backfill of it could only fail, and it must not take
+    the rest of the selection with it."""
     selected: list[str] = []
     refused: list[str] = []
     for partition_key in partition_keys:
@@ -51,8 +54,15 @@ def select_by_object_key(partition_keys: Iterable[str], wanted: Callable[[str], 
         except ValueError as error:  # names the key and the rule it breaks
             refused.append(str(error))
             continue
-        if wanted(object_key):
-            selected.append(partition_key)
+        if not wanted(object_key):
+            continue
+        if not object_key.startswith(path_prefix):
+            refused.append(
+                f"partition key '{partition_key}' names object '{object_key}', which is not under the source's "
+                f"path_prefix '{path_prefix}' (registered by hand?)"
+            )
+            continue
+        selected.append(partition_key)
     return sorted(selected), refused
 
 
@@ -88,14 +98,14 @@ def selected_partitions(
                 return objects.glob_matches(config.pattern, object_key)
             return object_key.startswith(config.pattern)
 
-        selected, refused = select_by_object_key(registered, wanted)
+        selected, refused = select_by_object_key(registered, wanted, source.path_prefix)
         what = f"{config.selection.value} selection '{config.pattern}'"
         for reason in refused[:MAX_REFUSALS_LOGGED]:
             context.log.warning(f"source '{source.name}': {reason}; the {what} leaves it out")
         if len(refused) > MAX_REFUSALS_LOGGED:
             context.log.warning(
                 f"source '{source.name}': the {what} leaves out {len(refused) - MAX_REFUSALS_LOGGED:,} more "
-                "partition keys that name no object key"
+                "partition keys that name no object key of the source"
             )
         return selected
     statuses = (
