@@ -216,6 +216,31 @@ REGISTERED = [
 ]
 
 
+def select(
+    instance: dg.DagsterInstance,
+    source: SourceConfig,
+    registered: list[str],
+    selection: Selection,
+    pattern: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> tuple[list[str] | None, list[str]]:
+    """The keys a backfill's selection covers over these registered partitions, as the job's op selects them on a
+    real instance, and the warnings its run log got."""
+    instance.add_dynamic_partitions(partitions_name(source.name), registered)
+    context = dg.build_op_context(instance=instance)
+    context.log.addHandler(caplog.handler)  # the run's log: Dagster's log manager is no child of the root logger
+    selected = selected_partitions(
+        context,
+        source,
+        BackfillConfig(selection=selection, pattern=pattern),
+        S3Connections(connections=[]),
+        ChromaResource(path=str(tmp_path / "chroma")),
+        EmbeddingResource(),
+    )
+    return selected, [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+
+
 @pytest.mark.reliability("shared stores")
 @pytest.mark.parametrize(
     ("selection", "pattern"),
@@ -235,19 +260,8 @@ def test_a_non_canonical_registered_key_is_left_out_of_a_selection_naming_it(
     """A real instance's dynamic partitions; the selection runs as the backfill job's op does, before it reaches
     the webserver (which test_ui_backfill starts): every other key is selected, each bad one is named."""
     source = SourceConfig(name="docs", bucket_name="bucket", region="us-east-1", collection_name="docs-collection")
-    instance.add_dynamic_partitions(partitions_name(source.name), REGISTERED)
-    context = dg.build_op_context(instance=instance)
-    context.log.addHandler(caplog.handler)  # the run's log: Dagster's log manager is no child of the root logger
-    selected = selected_partitions(
-        context,
-        source,
-        BackfillConfig(selection=selection, pattern=pattern),
-        S3Connections(connections=[]),
-        ChromaResource(path=str(tmp_path / "chroma")),
-        EmbeddingResource(),
-    )
+    selected, warnings = select(instance, source, REGISTERED, selection, pattern, tmp_path, caplog)
     assert selected == ["d/aA.txt", "d/b.txt", "d/x%2C.txt"]
-    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert any("'d/a%41.txt' is not in canonical form" in message for message in warnings), warnings
     assert any("'d/%FF.txt' percent-decodes to bytes that are not UTF-8" in message for message in warnings)
     assert all(f"{selection.value} selection" in message for message in warnings), warnings
@@ -276,19 +290,9 @@ def test_a_key_registered_by_hand_outside_the_sources_prefix_is_left_out_of_a_se
     source = SourceConfig(
         name="docs", bucket_name="bucket", region="us-east-1", collection_name="docs-collection", path_prefix="d/"
     )
-    instance.add_dynamic_partitions(partitions_name(source.name), ["d/b.txt", "other/hand.txt"])
-    context = dg.build_op_context(instance=instance)
-    context.log.addHandler(caplog.handler)
-    selected = selected_partitions(
-        context,
-        source,
-        BackfillConfig(selection=selection, pattern=pattern),
-        S3Connections(connections=[]),
-        ChromaResource(path=str(tmp_path / "chroma")),
-        EmbeddingResource(),
-    )
+    registered = ["d/b.txt", "other/hand.txt"]
+    selected, warnings = select(instance, source, registered, selection, pattern, tmp_path, caplog)
     assert selected == ([] if selection is Selection.PREFIX else ["d/b.txt"])
-    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert any("'other/hand.txt', which is not under the source's path_prefix 'd/'" in w for w in warnings), warnings
     fault_row.observe({}, [])
     fault_row.passed = True
