@@ -101,7 +101,15 @@ def render(rows: Sequence[dict[str, Any]], exit_code: int, seconds: float, machi
         "repair), a project named later (test_shared_store.py); `sync --all` while `repair`, `remove-source` "
         "or a partition removed as Dagster checks a run's range, and a waiting metadata file "
         "(test_concurrent_commands.py); lexical search across case and Unicode forms (test_search.py); globs "
-        "that backtracked and hand-registered keys in a selection (test_selections.py).",
+        "that backtracked and hand-registered keys in a selection (test_selections.py). The *newest features* "
+        "cases (issue 49, embedded and server where a store is involved): collections of the names a re-embedding "
+        "gives its copy and its retired collection made by another tool, refused as settings and never renamed "
+        "or dropped; a stored vector offered for a text it is not (a chunk edited in place), and repair of such "
+        "chunks; a model change beside a shared target and another project's collection; a sync, a late write, "
+        "`--abandon` and a second re-embedding racing a swap, each at a chosen point; a killed re-embedding's "
+        "run; a renamed collection (test_neighbours.py); the resident query process seen by another user, "
+        "frozen, its socket replaced by a folder or a link, its digest, a frozen PostgreSQL (test_resident.py); "
+        "Chroma Cloud's quotas (test_cloud_limits.py); several SQS sources on the default run slots.",
         "",
         "| family " + header,
         "| --- " + "| ---: " * 8 + "|",

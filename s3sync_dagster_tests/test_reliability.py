@@ -1040,7 +1040,7 @@ CONFIG_CASES = {
     ),
     "collection-name-with-the-rebuild-suffix": ConfigCase(
         {"collection_name": "docs-s3sync-rebuild"},
-        said=(f"{WHERE}.collection_name", "reserved for the copy a rebuild makes of a collection"),
+        said=(f"{WHERE}.collection_name", "which s3sync-dagster reserves for the collections a rebuild"),
     ),
     "prefixes-overlapping-as-strings": ConfigCase(
         top={
