@@ -168,6 +168,31 @@ def test_one_run_reads_the_queues_of_every_sqs_source_and_their_sensors_leave_th
     assert request.tags[READS_QUEUES_TAG] == "one,two,four"
 
 
+def test_ticks_that_find_events_at_once_make_one_run_and_the_others_give_it_their_messages(
+    sources: Sources, sqs: Any
+) -> None:
+    """An upload to every source at once, no run reading yet: the first tick makes the run that reads every queue;
+    the others, ticking before the daemon has stored that run, launch nothing and give their messages back (visible
+    at once), and the run syncs them."""
+    burst = {name: f"burst/{name}.txt" for name in NAMES}
+    for name, object_key in burst.items():
+        put(sources.s3, sources.buckets[name], {object_key: f"at once, to source {name}\n"})
+    [request] = sources.tick("one").run_requests or []
+    assert request.tags[READS_QUEUES_TAG] == "two,three,four"
+    for name in NAMES[1:]:
+        result = sources.tick(name)
+        assert not result.run_requests, f"source '{name}' made a run of its own"
+        assert "the run source 'one''s sensor makes reads the queue" in str(result.skip_reason), result.skip_reason
+        assert queue_counts(sqs, sources.queues[name]) == (1, 0)
+    thread, outcome = sources.run_in_background("one", request)
+    for name, object_key in burst.items():
+        sources.wait_for(name, object_key, thread)
+    thread.join(timeout=DEADLINE_S)
+    assert not thread.is_alive() and outcome and outcome[0].success
+    for name in NAMES[1:]:
+        assert queue_counts(sqs, sources.queues[name]) == (0, 0)
+
+
 def test_a_run_leaves_queues_an_older_run_reads_to_it(sources: Sources, sqs: Any) -> None:
     """Two sensors' runs made at once both name every queue: the newer syncs its own keys and reads no queue, and
     the messages that come stay on their queues for the older one. (The older run is a run record on the instance,
@@ -246,3 +271,6 @@ def test_an_instance_holding_each_source_to_one_writer_keeps_each_run_to_its_own
         put(s3, pooled.buckets["one"], {"b.txt": "b\n"})
         [request] = pooled.tick("one").run_requests or []
         assert request.tags[READS_QUEUES_TAG] == "two,four"
+        put(s3, pooled.buckets["three"], {"c.txt": "c\n"})
+        [request] = pooled.tick("three").run_requests or []
+        assert request.tags[LINGER_TAG] == "true" and READS_QUEUES_TAG not in request.tags

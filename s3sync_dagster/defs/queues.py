@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +57,7 @@ def queues_read_with(instance: dg.DagsterInstance, source: SourceConfig, sources
     if not peers or not lingers_on_queue(source):
         return []
     limited = _limited_pools(instance)
-    if limited is None:
+    if limited is None or pool_name(source.name) in limited:  # a source held to its own writers reads its own queue
         return []
     return [peer.name for peer in peers if pool_name(peer.name) not in limited]
 
@@ -163,3 +165,34 @@ class QueueReaders:
             if not isinstance(messages, Exception):
                 handles = [str(message["ReceiptHandle"]) for message in messages]
                 release_messages(log, watched.client, str(watched.source.sqs_queue_url), handles)
+
+
+# Sensor ticks that found events in the same moment, no run reading their queues yet, elect one of them to make the
+# run that reads them all; the others give their messages back to it (instead of four runs on two slots). A ticket
+# in the instance's key-value store; fresh this long: from a tick's election until the daemon has stored its run
+# (then the sensors see the run itself: sensors.reading_run).
+ELECTION_KEY = "s3sync/queue_reader_ticket"
+ELECTION_FRESH_S = 10.0
+# Between writing a ticket and reading it back: the last ticket written in a moment names the winner.
+ELECTION_SETTLE_S = 0.5
+
+
+def elected(instance: dg.DagsterInstance, source_name: str) -> str | None:
+    """None if this tick makes the run that reads every queue, else the source whose tick does."""
+    storage = instance.run_storage
+
+    def ticket() -> tuple[str, str, float] | None:
+        stored = storage.get_cursor_values({ELECTION_KEY}).get(ELECTION_KEY)
+        if not stored:
+            return None
+        owner, token, at = stored.split("|")
+        return (owner, token, float(at)) if time.time() - float(at) < ELECTION_FRESH_S else None
+
+    current = ticket()
+    if current is not None:
+        return current[0]
+    mine = uuid.uuid4().hex
+    storage.set_cursor_values({ELECTION_KEY: f"{source_name}|{mine}|{time.time()}"})
+    time.sleep(ELECTION_SETTLE_S)
+    current = ticket()
+    return None if current is None or current[1] == mine else current[0]

@@ -14,7 +14,7 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_requests
-from s3sync_dagster.defs.queues import queues_read_with, read_by, release_messages
+from s3sync_dagster.defs.queues import elected, queues_read_with, read_by, release_messages
 from s3sync_dagster.defs.resources import S3Connections
 from s3sync_dagster.defs.run_config import sync_run_config
 from s3sync_dagster.defs.state import poll_state
@@ -297,6 +297,21 @@ def reading_run(instance: dg.DagsterInstance, source: SourceConfig, tag: str = L
     return None
 
 
+def _reader_after_read(
+    context: dg.SensorEvaluationContext, source: SourceConfig, sources: Sequence[SourceConfig]
+) -> tuple[list[str], str | None]:
+    """After a tick's read: the other sources whose queues its run would read, and who reads this queue instead if
+    not its run (the messages are then given back, visible at once, rather than a run of their own: seconds to
+    start, a run slot). Another source's run may have begun reading this queue during the long poll; or other
+    sources' ticks found events in the same moment, and one of them was elected to make the run (defs/queues.py)."""
+    reader = reading_run(context.instance, source)
+    if reader is not None:
+        return [], f"run {reader}"
+    reads_with = queues_read_with(context.instance, source, sources)
+    maker = elected(context.instance, source.name) if reads_with else None
+    return reads_with, None if maker is None else f"the run source '{maker}''s sensor makes"
+
+
 def sqs_tick(
     context: dg.SensorEvaluationContext,
     source: SourceConfig,
@@ -318,13 +333,11 @@ def sqs_tick(
     messages = receive_messages(client, queue_url, visibility_s, first_wait_s=source.sqs_wait_seconds)
     if not messages:
         return dg.SensorResult(skip_reason="no S3 events in the queue", cursor=_cursor(pending))
-    # Another source's run may have begun reading this queue too during the long poll: the messages are its, made
-    # visible again at once, rather than a run of their own (seconds to start).
-    reader = reading_run(context.instance, source)
+    reads_with, reader = _reader_after_read(context, source, sources)
     if reader is not None:
         release_messages(context.log, client, queue_url, [str(message["ReceiptHandle"]) for message in messages])
         return dg.SensorResult(
-            skip_reason=f"run {reader} reads the queue of source '{source.name}': {len(messages)} message(s) left to it",
+            skip_reason=f"{reader} reads the queue of source '{source.name}': {len(messages)} message(s) left to it",
             cursor=_cursor(pending),
         )
     to_sync, to_register, kept = plan_sync(context, source, messages)
@@ -340,7 +353,7 @@ def sqs_tick(
         f"sqs:{source.auto_sync}",
         {SQS_BATCH_TAG: batch, SQS_SENT_TAG: str(min(sent))},
         source.sqs_linger_seconds,
-        queues_read_with(context.instance, source, sources),
+        reads_with,
     )
     # A kept message is never deleted, by this tick or a later one: it stays invisible for the visibility
     # timeout, is read (and reported) again after it, and leaves for the dead-letter queue in the end.
