@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             write()
         if "6" not in skip:
             result = fixes.measure(
-                24 if args.smoke else 1000, 16 if args.smoke else 128, 10 if args.smoke else 100, fixes_parts
+                24 if args.smoke else 1000, 4 if args.smoke else 128, 10 if args.smoke else 100, fixes_parts
             )
             for figures in result.values():
                 figures["measured"] = f"{machine['date']}, commit {machine['commit']}"

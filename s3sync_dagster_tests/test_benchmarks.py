@@ -3,31 +3,48 @@ working. It measures nothing worth keeping; the real figures are in benchmarks/R
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from benchmarks import fixes
 from benchmarks.run import CARRIED_NOTE, _earlier_fixes, _earlier_raw, _earlier_sections, main
 
+# Every section's smoke run, in two invocations of `benchmarks.run` (each skips the other's sections) with a budget
+# each: all in one took 10 min on a quiet 2-core machine and over 15 with two CPU-bound processes beside it. Section 6
+# goes with section 1, whose figures it reads.
+SMOKE_HALVES = {"bulk": ("1", "2", "5", "6", "9"), "live": ("3", "4", "7")}
+HEADINGS = {
+    "1": "## 1. Bulk sync throughput",
+    "2": "## 2. Incremental cost",
+    "3": "## 3. Latency",
+    "4": "## 4. Scale",
+    "5": "## 5. Where the time goes",
+    "6": "## 6. Fixes: before and after",
+    "7": "## 7. Retrieval quality",
+    "9": "## 9. Embedding inside a run; a run of changed keys",
+}
 
-@pytest.mark.timeout(900)  # the smoke run of seven sections, past the suite's 600 s default on 2 cores
-def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
-    out = tmp_path / "RESULTS.md"
-    # A0 and B0: the engine and the command of a commit (here the checked-out one), from its own snapshot.
-    assert main(["--smoke", "--bulk-before", "HEAD", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+
+def smoke_run(tmp_path: Path, half: str, *argv: str) -> tuple[str, dict[str, Any]]:
+    """`python -m benchmarks.run --smoke` of one half's sections: the RESULTS.md it wrote and its results.json."""
+    skipped = ",".join(sorted(set(HEADINGS) - set(SMOKE_HALVES[half])))
+    out, workdir = tmp_path / "RESULTS.md", tmp_path / "work"
+    assert main(["--smoke", *argv, "--skip", skipped, "--out", str(out), "--workdir", str(workdir)]) == 0
     text = out.read_text()
-    for heading in (
-        "## 1. Bulk sync throughput",
-        "## 2. Incremental cost",
-        "## 3. Latency",
-        "## 4. Scale",
-        "## 5. Where the time goes",
-        "## 6. Fixes: before and after",
-        "## 7. Retrieval quality",
-        "## 9. Embedding inside a run; a run of changed keys",
-    ):
-        assert heading in text, heading
-    raw = json.loads((tmp_path / "results.json").read_text())
+    for number, heading in HEADINGS.items():
+        assert (heading in text) == (number in SMOKE_HALVES[half]), heading  # its sections, nothing carried
+    return text, json.loads((tmp_path / "results.json").read_text())
+
+
+def test_the_smoke_halves_write_every_section_between_them() -> None:
+    assert sorted(number for half in SMOKE_HALVES.values() for number in half) == sorted(HEADINGS)
+
+
+@pytest.mark.timeout(900)  # 4 min on a quiet 2-core machine; 8 with two CPU-bound processes beside the suite
+def test_benchmark_smoke_run_writes_the_bulk_sections(tmp_path: Path) -> None:
+    # A0 and B0: the engine and the command of a commit (here the checked-out one), from its own snapshot.
+    text, raw = smoke_run(tmp_path, "bulk", "--bulk-before", "HEAD")
     bulk = raw["bulk"][0]["median"]
     # Every pipeline indexed the whole corpus (24 objects, each kind at least once).
     assert bulk["A"]["objects"] == bulk["B"]["objects"] == 24
@@ -42,6 +59,25 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     incremental = raw["incremental"]
     assert incremental["unchanged_pass"]["runs"] == 0
     assert incremental["after_change"]["keys"] == incremental["changed"] + incremental["deleted"]
+    assert raw["inrun"]["in_run"]["texts"] == raw["inrun"]["bare"]["texts"] > 0
+    assert raw["inrun"]["changed"]["runs"] == 1
+    # The before/after measurements wrote the same chunks both ways and compared real vectors.
+    fixes = raw["fixes"]
+    assert fixes["writes"]["chunks"] > fixes["writes"]["objects"] > 0
+    assert fixes["embedding"]["min_cosine"] > 0.999
+    # The event log's cost: a real run of keys on the project's instance (stock storage) and in memory.
+    events = fixes["events"]
+    assert events["storage"] == "SqliteEventLogStorage"
+    assert events["asset_events_per_run"] == 2 * events["keys_per_run"] > 0
+    assert events["events_per_run"] > events["asset_events_per_run"]
+    assert events["disk_s"] > 0 and events["memory_s"] > 0 and events["postgres_s"] > 0
+    # Section 6 sets the event log's cost beside what a key cost B in section 1 of the same run.
+    assert "of what a key costs B in section 1" in text
+
+
+@pytest.mark.timeout(900)  # 5 min on a quiet 2-core machine; 9 with two CPU-bound processes beside the suite
+def test_benchmark_smoke_run_writes_the_live_sections(tmp_path: Path) -> None:
+    text, raw = smoke_run(tmp_path, "live")
     latencies = raw["latency"]
     assert set(latencies) == {"server", "embedded"}
     for result in latencies.values():
@@ -60,18 +96,6 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert idle["cpu_percent_of_one_core"] > 0
     # (the floor's sensor is stopped for it: what is measured is the daemon and s3sync's code server)
     assert "live" in {idle["queues"][queue] for queue in idle["sqs_requests_per_s_by_queue"]}
-    assert raw["inrun"]["in_run"]["texts"] == raw["inrun"]["bare"]["texts"] > 0
-    assert raw["inrun"]["changed"]["runs"] == 1
-    # The before/after measurements wrote the same chunks both ways and compared real vectors.
-    fixes = raw["fixes"]
-    assert fixes["writes"]["chunks"] > fixes["writes"]["objects"] > 0
-    assert fixes["embedding"]["min_cosine"] > 0.999
-    # The event log's cost: a real run of keys on the project's instance (stock storage) and in memory.
-    events = fixes["events"]
-    assert events["storage"] == "SqliteEventLogStorage"
-    assert events["asset_events_per_run"] == 2 * events["keys_per_run"] > 0
-    assert events["events_per_run"] > events["asset_events_per_run"]
-    assert events["disk_s"] > 0 and events["memory_s"] > 0 and events["postgres_s"] > 0
     # Real documentation and stdlib files went through the engine; every probe was asked and scored.
     retrieval = raw["retrieval"]
     corpus = retrieval["corpus"]

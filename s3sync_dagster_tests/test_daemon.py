@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from s3sync_dagster.commands.local_s3 import LOOPBACK
+from s3sync_dagster.defs.failpoints import FAILPOINTS_ENV
 from s3sync_dagster.defs.monitor import worker_pid
 from s3sync_dagster.defs.sensors import IN_PROGRESS
 from s3sync_dagster.pipeline import keys
@@ -228,6 +229,26 @@ class LiveSource:
 
 # The key under which Dagster's event-log consumer (run retries) keeps its place in the log of run failures.
 RETRY_CURSOR = f"EVENT_LOG_CONSUMER_CURSOR-{dg.DagsterEventType.RUN_FAILURE.value}"
+# The tags Dagster's run retries put on a failed run: whether it will be retried, and the retry's run id.
+WILL_RETRY_TAG, RETRY_RUN_TAG = "dagster/will_retry", "dagster/auto_retry_run_id"
+
+
+def run_of(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun:
+    run = instance.get_run_by_id(run_id)
+    assert run is not None, run_id
+    return run
+
+
+def wait_for_retry(live: LiveSource, instance: dg.DagsterInstance, run_id: str) -> str:
+    """The id of the run Dagster's run retries made of this failed run; fails at once if they decided against one."""
+
+    def retried() -> bool:
+        tags = run_of(instance, run_id).tags
+        assert tags.get(WILL_RETRY_TAG) != "false", f"run {run_id} will not be retried; logs:\n{live.logs()}"
+        return RETRY_RUN_TAG in tags
+
+    live.wait_until("the failed run's retry made", retried)
+    return run_of(instance, run_id).tags[RETRY_RUN_TAG]
 
 
 def expected_chunks(files: dict[str, str]) -> dict[str, str]:
@@ -265,7 +286,9 @@ def test_no_event_is_lost_when_the_run_reading_the_queue_dies(
     """kill -9 of the daemon's process group (the run with it) once the run reading the queue after its keys has
     written the keys it took, before it deletes their messages: they come back after the visibility timeout and
     every upload is indexed exactly once."""
-    live = LiveSource(s3, bucket, moto_endpoint, chroma_server, tmp_path, "lingering", linger_seconds=5)
+    # The later uploads must reach the queue while the first run still reads it: the run waits this long for an
+    # event, ample for the test's look at Chroma and four uploads even on a busy machine (a kill ends the wait).
+    live = LiveSource(s3, bucket, moto_endpoint, chroma_server, tmp_path, "lingering", linger_seconds=30)
     first = {"lingering/first.txt": "the upload that starts the run\n"}
     later = {f"lingering/later-{n}.txt": f"upload {n}, taken from the queue by the run\n" for n in range(4)}
     put(s3, bucket, first)
@@ -290,57 +313,52 @@ def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_retried(
 ) -> None:
     """kill -9 of the daemon's process group while a run is in progress takes the run worker and the code
     server that watched it: after a restart the run is marked failed (not left in progress forever) and its
-    retry indexes the keys exactly once. (A worker killed alone is failed by its code server: Dagster's own.)"""
+    retry indexes the keys exactly once. (A worker killed alone is failed by its code server: Dagster's own.)
+
+    No clock decides the moments: the failpoint `run:reported` kills the group right after the run stored its
+    first key's outcome (in progress, two keys to go, its worker's pid recorded), and each later step is awaited
+    as the instance records it: the run failed, its retry made, the retry ended."""
     live = LiveSource(s3, bucket, moto_endpoint, chroma_server, tmp_path, "workers")
     files = {f"workers/file-{n}.txt": f"worker test file {n}\n" for n in range(3)}
-    put(s3, bucket, files)
     try:
-        first = live.start_daemon()
+        live.start_daemon()
         with dg.DagsterInstance.from_config(str(live.home)) as instance:
-
-            def worker_in_progress() -> tuple[str, int] | None:
-                statuses = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-                for record in instance.get_run_records(dg.RunsFilter(statuses=statuses)):
-                    worker = worker_pid(instance, record.dagster_run.run_id)
-                    if worker is not None:
-                        return record.dagster_run.run_id, worker[0]
-                return None
-
             # Dagster's retries come from the daemon's event-log consumer, which on its first look ever starts at
-            # the log's end ("No cursor ..., ignoring older events"). Killed before that first look (a loaded
-            # machine), the restarted daemon would skip the failure it is about to record: Dagster's design, not
-            # ours. Kill only once the consumer has its place in the log.
+            # the log's end ("No cursor ..., ignoring older events"): a run that failed before that look would never
+            # be retried (Dagster's design, not ours). A first daemon gives the consumer its place, then stops; the
+            # uploads come after it, all in the queue before the next daemon reads it (one tick, one run).
             live.wait_until(
                 "the daemon's retry consumer reading the event log",
                 lambda: bool(instance.daemon_cursor_storage.get_cursor_values({RETRY_CURSOR})),
             )
-            live.wait_until("a run in progress", lambda: worker_in_progress() is not None)
-            found = worker_in_progress()
-            assert found is not None
-            run_id, pid = found
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(timeout=30)
+            live.stop()
+            put(s3, bucket, files)
+            crashing = live.start_daemon(**{FAILPOINTS_ENV: "run:reported"})
+            try:
+                crashing.wait(timeout=WAIT_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the run never reached run:reported; logs:\n{live.logs()}")
+            assert crashing.returncode == -signal.SIGKILL
+            [record] = instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS))
+            run_id = record.dagster_run.run_id
+            assert record.dagster_run.status == dg.DagsterRunStatus.STARTED  # nobody said it ended
+            assert len(instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)) == 1
+            worker = worker_pid(instance, run_id)
+            assert worker is not None  # the pid the run monitor judges it by
+
             live.start_daemon()
             live.wait_until(
-                "the run marked failed",
-                lambda: instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE,  # type: ignore[union-attr]
+                "the run marked failed", lambda: run_of(instance, run_id).status == dg.DagsterRunStatus.FAILURE
             )
-            live.wait_until("every file indexed by the retry", lambda: live.chunks() == expected_chunks(files))
             failure = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-            assert f"run worker process {pid} is gone" in (failure[-1].dagster_event.message or "")  # type: ignore[union-attr]
-            live.wait_until(
-                "the retry finished",
-                lambda: (
-                    [
-                        record.dagster_run.status
-                        for record in instance.get_run_records(dg.RunsFilter(tags={"dagster/parent_run_id": run_id}))
-                    ]
-                    == [dg.DagsterRunStatus.SUCCESS]
-                ),
-            )
+            assert f"run worker process {worker[0]} is gone" in (failure[-1].dagster_event.message or "")  # type: ignore[union-attr]
+            retry_id = wait_for_retry(live, instance, run_id)
+            live.wait_until("the retry ended", lambda: run_of(instance, retry_id).is_finished)
+            assert run_of(instance, retry_id).status == dg.DagsterRunStatus.SUCCESS, live.logs()
+            live.wait_until("every run ended", lambda: not instance.get_runs_count(dg.RunsFilter(statuses=IN_PROGRESS)))
             want = expected_chunks(files)
             fault_row.observe({(live.collection_name, i): text for i, text in want.items()}, live.store_chunks())
-            assert live.chunks() == want
+            assert live.chunks() == want  # every key indexed once: nothing lost, nothing twice
             fault_row.passed = True
     finally:
         live.stop()
