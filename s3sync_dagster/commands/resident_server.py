@@ -32,6 +32,7 @@ from s3sync_dagster.commands.resident import DEFAULT_IDLE_SECONDS, HEARTBEAT_S, 
 
 LOCK_WAIT_S = 10.0  # a process whose socket was replaced leaves within a second: its successor waits this long
 REQUEST_WAIT_S = 10.0  # for a client to send its request once connected
+REPLY_WAIT_S = 5.0  # for the replies being sent when the process leaves (a stop's own) to reach their clients
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Server:
         self.stopping = False
         self.inode = -1
         self.queries: queue.Queue[Pending | None] = queue.Queue()
+        self.conversations: list[threading.Thread] = []  # each client's thread: their replies are sent before exit
 
     def run(self, warm: dict[str, Any] | None) -> None:
         # One process a socket: the lock is held for the process's life, so a second one started at the same
@@ -79,6 +81,7 @@ class Server:
                     if self._same_socket():
                         self.where.unlink()
                     self.release()
+                    self.finish_conversations()
 
     def work(self) -> None:
         """Answer the queries the connections hand over, one at a time, until stopped, idle or replaced."""
@@ -92,6 +95,14 @@ class Server:
             if pending is not None:
                 pending.done.set()
             self.last = time.monotonic()
+
+    def finish_conversations(self) -> None:
+        """Let the replies being sent (a `stop`'s own, those release() gave) reach their clients before the
+        process leaves: its threads are daemons, cut off at exit. Bounded: a client that reads nothing is not
+        waited for past REPLY_WAIT_S."""
+        deadline = time.monotonic() + REPLY_WAIT_S
+        for thread in list(self.conversations):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def release(self) -> None:
         """Tell the clients still waiting that their query will not be answered here (they answer it)."""
@@ -111,7 +122,9 @@ class Server:
             except OSError:  # the listener closed: the process is leaving
                 return
             self.last = time.monotonic()
-            threading.Thread(target=self.converse, args=(connection,), daemon=True).start()
+            conversation = threading.Thread(target=self.converse, args=(connection,), daemon=True)
+            conversation.start()
+            self.conversations = [thread for thread in self.conversations if thread.is_alive()] + [conversation]
 
     def converse(self, connection: socket.socket) -> None:
         """One client: checked, answered (a query by the main thread, with a heartbeat meanwhile)."""
