@@ -14,14 +14,14 @@ import pytest
 import yaml
 from dagster._core.test_utils import create_run_for_test
 
-from benchmarks.common import sensor_tick
+from benchmarks.common import REPO, sensor_tick
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import partitions_name, sync_job_name
 from s3sync_dagster.defs.resources import ChromaResource
 from s3sync_dagster.defs.tags import LINGER_TAG, READS_QUEUES_TAG, SOURCE_TAG
 from s3sync_dagster.pipeline import keys
-from s3sync_dagster_tests.conftest import notifying_queue, put
+from s3sync_dagster_tests.conftest import Row, notifying_queue, put, store_chunks
 
 NAMES = ("one", "two", "three", "four")
 DEADLINE_S = 180  # how long a test waits for what must happen before failing (never a figure it checks)
@@ -168,29 +168,52 @@ def test_one_run_reads_the_queues_of_every_sqs_source_and_their_sensors_leave_th
     assert request.tags[READS_QUEUES_TAG] == "one,two,four"
 
 
-def test_ticks_that_find_events_at_once_make_one_run_and_the_others_give_it_their_messages(
-    sources: Sources, sqs: Any
+@pytest.mark.reliability("newest features")
+def test_four_sqs_sources_on_two_run_slots_each_upload_indexed_no_source_waiting_for_a_slot(
+    tmp_path: Path, moto_endpoint: str, s3: Any, sqs: Any, fault_row: Row
 ) -> None:
-    """An upload to every source at once, no run reading yet: the first tick makes the run that reads every queue;
+    """Issue 49's row "four SQS sources on the default two run slots" (the third and fourth sources' runs started
+    12-21 s after being made: they waited for a slot). On this repo's dagster.yaml run queue (two run slots), an
+    upload to every source at once, no run reading yet: the first tick makes the one run, which reads every queue;
     the others, ticking before the daemon has stored that run, launch nothing and give their messages back (visible
-    at once), and the run syncs them."""
-    burst = {name: f"burst/{name}.txt" for name in NAMES}
-    for name, object_key in burst.items():
-        put(sources.s3, sources.buckets[name], {object_key: f"at once, to source {name}\n"})
-    [request] = sources.tick("one").run_requests or []
-    assert request.tags[READS_QUEUES_TAG] == "two,three,four"
-    for name in NAMES[1:]:
-        result = sources.tick(name)
-        assert not result.run_requests, f"source '{name}' made a run of its own"
-        assert "the run source 'one''s sensor makes reads the queue" in str(result.skip_reason), result.skip_reason
-        assert queue_counts(sqs, sources.queues[name]) == (1, 0)
-    thread, outcome = sources.run_in_background("one", request)
-    for name, object_key in burst.items():
-        sources.wait_for(name, object_key, thread)
-    thread.join(timeout=DEADLINE_S)
-    assert not thread.is_alive() and outcome and outcome[0].success
-    for name in NAMES[1:]:
-        assert queue_counts(sqs, sources.queues[name]) == (0, 0)
+    at once); that run indexes all four uploads, each exactly once, and it is the only run the instance holds, so
+    no source's upload waits for a slot.
+
+    Before defs/queues.py the first tick's request named no other queue (no READS_QUEUES_TAG: the first assertion
+    fails), each other sensor made a run of its own (four runs for two slots), and the first run indexed only its
+    own source's upload."""
+    run_queue = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))["run_queue"]
+    with dg.instance_for_test(overrides={"run_queue": run_queue}) as instance:
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
+        sources = Sources(tmp_path, moto_endpoint, s3, sqs, instance)
+        burst = {name: f"burst/{name}.txt" for name in NAMES}
+        for name, object_key in burst.items():
+            put(sources.s3, sources.buckets[name], {object_key: f"at once, to source {name}\n"})
+        [request] = sources.tick("one").run_requests or []
+        assert request.tags[READS_QUEUES_TAG] == "two,three,four"
+        for name in NAMES[1:]:
+            result = sources.tick(name)
+            assert not result.run_requests, f"source '{name}' made a run of its own"
+            assert "the run source 'one''s sensor makes reads the queue" in str(result.skip_reason), result.skip_reason
+            assert queue_counts(sqs, sources.queues[name]) == (1, 0)
+        thread, outcome = sources.run_in_background("one", request)
+        for name, object_key in burst.items():
+            sources.wait_for(name, object_key, thread)
+        thread.join(timeout=DEADLINE_S)
+        assert not thread.is_alive() and outcome and outcome[0].success
+        # One run made for the four sources, and it indexed every upload: none waited for a run slot.
+        assert [run.run_id for run in instance.get_runs()] == [outcome[0].run_id]
+        expected_partitions = {(f"{name}/documents", keys.to_partition_key(burst[name])) for name in NAMES}
+        assert materialised(instance, outcome[0].run_id) == expected_partitions
+        for name in NAMES[1:]:
+            assert queue_counts(sqs, sources.queues[name]) == (0, 0)
+        expected = {
+            (f"{name}-chunks", keys.chunk_id(keys.object_id(object_key), 0)): f"at once, to source {name}\n"
+            for name, object_key in burst.items()
+        }
+        fault_row.observe(expected, store_chunks(ChromaResource(path=sources.config.chroma.path).client()))
+        assert fault_row.lost == fault_row.duplicated == fault_row.stray == 0, fault_row
+    fault_row.passed = True
 
 
 def test_a_run_leaves_queues_an_older_run_reads_to_it(sources: Sources, sqs: Any) -> None:
