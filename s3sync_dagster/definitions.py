@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from s3sync_dagster.config import (
     COMPONENT_FILES,
@@ -24,10 +25,12 @@ from s3sync_dagster.config import (
     find_component,
     load_config,
     parse_config,
+    refuse_literal_secrets,
     schema_problems,
     yaml_lines,
 )
 from s3sync_dagster.defs.executor import executor_for
+from s3sync_dagster.defs.index_view import IndexSummary, summarize
 from s3sync_dagster.defs.invocation_sensor import build_invocation_sensor
 from s3sync_dagster.defs.monitor import build_run_monitor
 from s3sync_dagster.defs.names import documents_job_name
@@ -55,13 +58,28 @@ def defs() -> dg.Definitions:
 
 
 class ScaffoldParams(BaseModel):
-    """`dg scaffold defs s3sync_dagster.S3ChromaSync NAME [--bucket-name ...]`: the first source's place."""
+    """`dg scaffold defs s3sync_dagster.S3ChromaSync NAME --bucket-name ...`: the first source's place. Dagster
+    makes each field an option; the component's help lists them with these descriptions (scaffold_options_help)."""
 
-    bucket_name: str = "my-bucket"
-    region: str = "us-east-1"
-    path_prefix: str = ""
-    collection_name: str | None = None  # default: the source's name
-    endpoint_url: str | None = None  # MinIO, R2, a local endpoint; absent: AWS
+    bucket_name: str = Field(default="my-bucket", description="the S3 bucket")
+    region: str = Field(default="us-east-1", description="the bucket's AWS region")
+    path_prefix: str = Field(default="", description="only the objects under this prefix, e.g. guides/")
+    collection_name: str | None = Field(default=None, description="the Chroma collection; default: NAME-chunks")
+    endpoint_url: str | None = Field(
+        default=None, description="an S3-compatible endpoint (MinIO, R2, a local one); default: AWS"
+    )
+
+
+def scaffold_options_help() -> str:
+    """The scaffold's options in words, for `dg scaffold defs s3sync_dagster.S3ChromaSync --help`: Dagster adds
+    an option per ScaffoldParams field, but its help, drawn by typer, leaves out options it did not make itself
+    (typer 0.12 and later), so the component's own description lists them."""
+    lines = ["Scaffold options (dg scaffold defs s3sync_dagster.S3ChromaSync NAME --bucket-name acme-docs ...):"]
+    for name, field in ScaffoldParams.model_fields.items():
+        default = f" (default: {field.default!r})" if field.default not in (None, "") else ""
+        lines.append(f"  --{name.replace('_', '-')} TEXT: {field.description}{default}")
+    lines.append("  --json-params JSON: all of them as one JSON object, instead of the options")
+    return "\n".join(lines)
 
 
 # What `dg scaffold defs` writes: one source, every other setting shown commented at its default.
@@ -105,6 +123,13 @@ attributes:
       # keys_per_run: 100
       # group_name: {name}            # the asset group in the UI
       # asset_key_prefix: [{name}]    # the asset's key: <prefix>/documents
+      # The asset's other attributes, as Dagster names them (docs/component.md):
+      # asset:
+      #   description: "The staff handbook, chunked for search"
+      #   tags: {{domain: handbook}}
+      #   owners: ["team:docs"]
+      #   kinds: [markdown]
+      #   automation_condition: "{{{{ dg.AutomationCondition.on_missing() }}}}"
       # forget_deleted_keys: false    # keep a deleted object's partition: set when assets of yours use its partitions
 """
 
@@ -173,7 +198,8 @@ class S3ChromaSync(dg.Component):
     bucket and prefix) and the settings they share, `chroma`, `embedding`, `documents`, `webserver` and
     `executor`. One component holds all of a project's sources. Secrets are environment variables, written
     `{env: VAR_NAME}`; other text fields take Dagster's templates (`{{ env.VAR_NAME }}`). A relative
-    `chroma.path` (default `.s3sync/chroma`) is under the project's root.
+    `chroma.path` (default `.s3sync/chroma`) is under the project's root. Per source, `asset:` sets the asset's
+    description, tags, owners, kinds and automation condition; `post_processing:` works as on any component.
     """
 
     def __init__(self, config: AppConfig) -> None:
@@ -194,6 +220,8 @@ class S3ChromaSync(dg.Component):
             next((path / name for name in COMPONENT_FILES if (path / name).is_file()), path) if path.is_dir() else path
         )
         lines = yaml_lines(origin.read_text(encoding="utf-8"), under=("attributes",)) if origin.is_file() else {}
+        # A literal secret first, before anything that could show it (dg's schema check passes it: config.py).
+        refuse_literal_secrets(raw, str(origin), lines)
         problems = schema_problems(raw, str(origin), lines)
         if problems:
             raise ConfigError("\n".join([f"{origin}: {len(problems)} problem(s):", *problems]))
@@ -201,10 +229,14 @@ class S3ChromaSync(dg.Component):
         # A second one is refused: the sources' shared resources (chroma, s3, ...) are one per code location.
         find_component(context.project_root, within=context.defs_module_path)
         config = _chroma_under(dict(rendered), context.project_root)
-        return cls(parse_config(config, origin=str(origin), lines=lines))
+        return cls(parse_config(config, origin=str(origin), lines=lines, written=raw))
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         return build_definitions(self.config)
+
+
+# `dg scaffold defs ... --help` shows the component's description: its options are said there.
+S3ChromaSync.__doc__ = f"{S3ChromaSync.__doc__}\n{textwrap.indent(scaffold_options_help(), '    ')}\n"
 
 
 def _chroma_under(raw: dict[str, Any], project_root: Path) -> dict[str, Any]:
@@ -237,6 +269,27 @@ def load_app_config(path: str | os.PathLike[str] | None = None) -> AppConfig:
             raise cause from None
         # The project cannot be imported, the file is broken: say which.
         raise ConfigError(f"{component}: the {COMPONENT_TYPE} component could not be loaded: {error}") from None
+
+
+def read_index(source_name: str, config: AppConfig | str | os.PathLike[str] | None = None) -> IndexSummary:
+    """A source's documents and their chunk counts as Chroma holds them now, for an asset of yours downstream of
+    the source's: a deleted object is gone from it as soon as its sync removed its chunks (Dagster's partitions
+    keep its key where `forget_deleted_keys: false`). docs/component.md.
+
+        @dg.asset(deps=[dg.AssetKey(["handbook", "documents"])])
+        def handbook_stats() -> dg.MaterializeResult:
+            indexed = s3sync_dagster.read_index("handbook")
+            return dg.MaterializeResult(metadata={"documents": len(indexed), "chunks": indexed.chunk_count})
+
+    config: the loaded config, or the s3sync.yaml, the component's defs.yaml or a folder of the Dagster project
+    holding it; absent, found as `s3sync` finds it ($S3SYNC_CONFIG, ./s3sync.yaml, the project around the working
+    directory, which is the project's root in the runs `dg dev` and its code servers launch)."""
+    if not isinstance(config, AppConfig):
+        where = Path(config) if config is not None else None
+        if where is not None and where.is_dir():
+            where = find_component(where) or where / "s3sync.yaml"
+        config = load_app_config(where)
+    return summarize(config, source_name)
 
 
 def documents_job(source_name: str) -> dg.JobDefinition:

@@ -11,6 +11,7 @@ import dagster as dg
 
 from s3sync_dagster.config import ConfigError, SourceConfig
 from s3sync_dagster.defs import failpoints
+from s3sync_dagster.defs.checks import evaluate_in_run
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
@@ -105,6 +106,14 @@ def forget_removed(
             instance.delete_dynamic_partition(partitions_name(spec.name), partition_key)
             forgotten.append(partition_key)
     return forgotten
+
+
+def _existing(chroma: ChromaResource, embedding: EmbeddingResource, name: str) -> Any | None:
+    """The collection, if it exists (a check's read creates none)."""
+    try:
+        return chroma.collection(name, embedding, create=False)
+    except Exception:  # gone or never made: it holds no chunk
+        return None
 
 
 def index_partitions(
@@ -233,6 +242,8 @@ def index_partitions(
         reports = refused + running.result()
     if source.forget_deleted_keys:
         forget_removed(context.instance, spec, client, reports)
+    if isinstance(context, dg.AssetExecutionContext):  # a run of the asset: the checks it planned, on its keys
+        evaluate_in_run(context, source, reports, lambda name: _existing(chroma, embedding, name), spec.owner)
     counts = Counter(report.status for report in reports)
     context.log.info(
         f"source '{spec.name}': {len(reports)} object(s): "

@@ -1,16 +1,23 @@
-"""What the asset checks of a source find (defs/source.py makes the checks): every key the asset says it indexed has chunks in Chroma; and no drift
-between the bucket and the collection (missing, stale and orphaned keys)."""
+"""What the asset checks of a source find (defs/source.py makes the checks): every key the asset says it indexed has
+chunks in Chroma; and no drift between the bucket and the collection (missing, stale and orphaned keys).
 
-from collections.abc import Iterator, Sequence
+Executed on their own (the UI's Execute, a schedule) they compare the whole source. A launch from the UI and a
+backfill select them with the asset (Dagster's asset job holds every check, and the UI selects them all): there
+the asset's own step evaluates them on the run's keys (evaluate_in_run), cheaply, so no run plans a check it skips
+and no sync pays for listing the whole bucket."""
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
-from s3sync_dagster.defs.names import documents_asset_key, repair_job_name
+from s3sync_dagster.defs.names import DRIFT_CHECK_NAME, INDEX_CHECK_NAME, documents_asset_key, repair_job_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.pipeline import audit, index, keys
 from s3sync_dagster.pipeline.owners import Owner
+from s3sync_dagster.pipeline.reports import KeyReport
 
 SHOWN = 20
 # Statuses whose object must have chunks in Chroma ("empty" and "removed" must not have any).
@@ -245,3 +252,132 @@ def drift_check(
             "seconds": {step: round(seconds, 3) for step, seconds in found.seconds.items()},
         },
     )
+
+
+# --- in a run that materialises keys: the run's own keys --------------------------------------------------------
+
+# What a check found in a run: passed, severity, description, metadata.
+Finding = tuple[bool, dg.AssetCheckSeverity, str, dict[str, Any]]
+
+
+def planned_checks(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> set[str]:
+    """The names of the asset's checks this run planned (a launch from the UI, a backfill's runs)."""
+    records = context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED)
+    planned = [record.dagster_event.asset_check_planned_data for record in records if record.dagster_event]
+    return {check.check_name for check in planned if check.asset_key == asset_key}
+
+
+def run_chunks(
+    reports: Sequence[KeyReport], opened: Callable[[str], Any | None], owner: Owner
+) -> dict[str, list[Mapping[str, Any]]]:
+    """Each reported key's chunks (their metadata) as they are now, read where its sync wrote them: one read per
+    64 documents (index.chunks_of_keys). A key indexed through a .meta.json file owns the chunks it named."""
+    wanted: dict[str, dict[str, list[KeyReport]]] = defaultdict(lambda: defaultdict(list))
+    for report in reports:
+        if report.collection_name:
+            wanted[report.collection_name][report.document_key or report.object_key].append(report)
+    found: dict[str, list[Mapping[str, Any]]] = {report.object_key: [] for report in reports}
+    for collection_name, documents in wanted.items():
+        collection = opened(collection_name)
+        if collection is None:
+            continue
+        for document_key, chunks in index.chunks_of_keys(collection, list(documents), owner).items():
+            for report in documents[document_key]:
+                found[report.object_key] += [
+                    chunk.metadata
+                    for chunk in chunks.values()
+                    if report.document_key is None or chunk.metadata.get("metadata_key") == report.object_key
+                ]
+    return found
+
+
+def index_in_run(reports: Sequence[KeyReport], found: Mapping[str, list[Mapping[str, Any]]]) -> Finding:
+    """The index check on the run's keys: those it indexed have chunks, those it emptied or removed have none."""
+    expected = [report.object_key for report in reports if report.status in HAS_CHUNKS]
+    missing = sorted(key for key in expected if not found.get(key))
+    unreported = sorted(
+        report.object_key
+        for report in reports
+        if report.status not in HAS_CHUNKS and report.status != "failed" and found.get(report.object_key)
+    )
+    description = (
+        f"{len(missing)} of this run's {len(expected)} indexed key(s) have no chunks in Chroma"
+        if missing
+        else f"this run's {len(expected)} indexed key(s) have chunks in Chroma"
+    )
+    return (
+        not missing,
+        dg.AssetCheckSeverity.ERROR,
+        f"{description} (the run's keys only: execute the check for the whole source)",
+        {
+            "scope": "this run's keys",
+            "indexed_keys": len(expected),
+            "missing_count": len(missing),
+            "missing": _listing(missing),
+            "unreported_count": len(unreported),
+            "unreported": _listing(unreported),
+        },
+    )
+
+
+def drift_in_run(reports: Sequence[KeyReport], found: Mapping[str, list[Mapping[str, Any]]]) -> Finding:
+    """The drift check on the run's keys, against what their sync read in the bucket: an object's chunks carry
+    the ETag it read and are as many as they record (else stale); a removed object leaves none (else orphaned);
+    a key that failed is not in sync."""
+    stale, orphaned = [], []
+    for report in reports:
+        chunks = found.get(report.object_key, [])
+        if report.status == "removed" and chunks:
+            orphaned.append(report.object_key)
+        elif report.status in HAS_CHUNKS and chunks:
+            etags = {str(chunk.get("etag", "")) for chunk in chunks}
+            whole = {chunk.get("chunk_count") for chunk in chunks} <= {len(chunks), None}  # None: not recorded
+            if not whole or (report.document_key is None and etags != {report.etag}):
+                stale.append(report.object_key)
+    failed = sorted(report.object_key for report in reports if report.status == "failed")
+    clean = not (stale or orphaned or failed)
+    summary = f"{len(stale)} stale, {len(orphaned)} orphaned, {len(failed)} failed of this run's {len(reports)} key(s)"
+    return (
+        clean,
+        dg.AssetCheckSeverity.WARN,
+        (f"no drift in this run's {len(reports)} key(s)" if clean else summary)
+        + " (the run's keys only: execute the check for the whole source)",
+        {
+            "scope": "this run's keys",
+            "keys": len(reports),
+            "stale_count": len(stale),
+            "orphaned_count": len(orphaned),
+            "failed_count": len(failed),
+            "drifted": _listing(sorted(stale + orphaned + failed)),
+        },
+    )
+
+
+def evaluate_in_run(
+    context: dg.AssetExecutionContext,
+    source: SourceConfig,
+    reports: Sequence[KeyReport],
+    opened: Callable[[str], Any | None],
+    owner: Owner,
+) -> None:
+    """The source's checks this run planned, evaluated on its keys and logged from the asset's step (their own
+    steps then find no output to follow and are skipped, their checks evaluated): one read of the keys' chunks."""
+    asset_key = documents_asset_key(source)
+    planned = planned_checks(context, asset_key)
+    if not planned:
+        return
+    keyed = [report for report in reports if report.status != "ignored"]
+    found = run_chunks(keyed, opened, owner)
+    findings = {INDEX_CHECK_NAME: index_in_run, DRIFT_CHECK_NAME: drift_in_run}
+    for check_name in sorted(planned & set(findings)):
+        passed, severity, description, metadata = findings[check_name](keyed, found)
+        context.log_event(
+            dg.AssetCheckEvaluation(
+                asset_key=asset_key,
+                check_name=check_name,
+                passed=passed,
+                severity=severity,
+                description=description,
+                metadata=metadata,
+            )
+        )

@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from s3sync_dagster.config import ResourceKeysConfig, SourceConfig
+from s3sync_dagster.config import SOURCE_KINDS, ConfigError, ResourceKeysConfig, SourceConfig
 from s3sync_dagster.defs import names
 from s3sync_dagster.defs.assets import KeyEvent, index_partitions
 from s3sync_dagster.defs.backfill import request_backfill
@@ -45,20 +45,28 @@ def source_definitions(
     def taking(context: Any, *roles: str) -> dict[str, Any]:
         return {role: taken(context.resources, keys, role) for role in roles}
 
+    # What the user's `asset:` says (config.AssetAttributes) beside what the source itself says.
+    attributes = source.asset
+
     @dg.asset(
         key=asset_key,
         partitions_def=names.partitions_def(source.name),
-        kinds={"s3", "chroma"},
+        kinds={*SOURCE_KINDS, *attributes.kinds},
         group_name=source.group_name or source.name,
+        tags=attributes.tag_values(),
+        owners=attributes.owners,
+        automation_condition=automation_condition(source),
         required_resource_keys=writing,
         io_manager_key=keys.io_manager,
-        description=(
+        description=attributes.description
+        or (
             f"Chunks of the objects in s3://{source.bucket_name}/{source.path_prefix} "
             f"in Chroma collection '{source.collection_name}'. One partition per object key. "
             f"To backfill all, missing, failed or stale keys, or a prefix or glob, at any number of keys, "
             f"launch the job {names.backfill_job_name(source.name)}."
         ),
         metadata={
+            **attributes.metadata,
             "collection": source.collection_name,
             "bucket": source.bucket_name,
             "path_prefix": source.path_prefix,
@@ -118,7 +126,15 @@ def source_definitions(
     def repair_keys(context: dg.OpExecutionContext, config: RepairConfig) -> Iterator[KeyEvent]:
         yield from repair_drift(context, source, config, **taking(context, "s3", "chroma", "embedding", "documents"))
 
-    @dg.job(name=names.repair_job_name(source.name), tags={SOURCE_TAG: source.name, TRIGGER_TAG: "repair"})
+    @dg.job(
+        name=names.repair_job_name(source.name),
+        tags={SOURCE_TAG: source.name, TRIGGER_TAG: "repair"},
+        description=(
+            f"Repair source '{source.name}': audit it, then sync exactly the drift its `drift` check reports "
+            "(objects missing from the index or indexed at an old ETag, chunks whose object is gone); launched "
+            f"with nothing set from the launchpad, or by `s3sync repair {source.name}` with the keys it found."
+        ),
+    )
     def repair_job() -> None:
         repair_keys()
 
@@ -205,7 +221,14 @@ def source_definitions(
             # The poll sensor's run: the prefix's next passes are made here.
             yield from read_prefix(context, source, config.poll_linger_seconds, **resources)
 
-        @dg.job(name=names.sync_job_name(source.name), tags={SOURCE_TAG: source.name})
+        @dg.job(
+            name=names.sync_job_name(source.name),
+            tags={SOURCE_TAG: source.name},
+            description=(
+                f"The runs of source '{source.name}''s sensors: the object keys they found (S3 events, or a pass "
+                "over the prefix) synced into Chroma, then the next ones read by the run itself while it lingers."
+            ),
+        )
         def sync_job() -> None:
             sync_keys()
 
@@ -253,3 +276,19 @@ def _sensors(
 
         sensors.append(poll_sensor)
     return sensors
+
+
+def automation_condition(source: SourceConfig) -> dg.AutomationCondition | None:
+    """The condition of the source's `asset:` block: rendered by Dagster already in a component's defs.yaml, the
+    template as written in s3sync.yaml (rendered here, with Dagster's own template scope)."""
+    condition = source.asset.automation_condition
+    if not isinstance(condition, str):
+        return condition
+    where = f"source '{source.name}': asset.automation_condition"
+    try:
+        rendered = dg.ResolutionContext.default().resolve_value(condition)
+    except Exception as error:
+        raise ConfigError(f"{where}: {error}") from None
+    if not isinstance(rendered, dg.AutomationCondition):
+        raise ConfigError(f"{where}: the template made a {type(rendered).__name__}, not an AutomationCondition")
+    return rendered
