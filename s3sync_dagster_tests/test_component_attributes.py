@@ -215,3 +215,30 @@ def test_a_partition_run_evaluates_every_check_it_plans_and_read_index_has_a_del
         assert list(indexed.documents) == ["notes/herons.md"] and len(indexed) == 1
         assert "notes/otters.txt" not in indexed
         assert len(instance.get_materialized_partitions(ASSET)) == 2
+
+
+SOURCE_ENTRY = {"name": "docs", "bucket_name": "docs-bucket", "region": "us-east-1", "collection_name": "docs-chunks"}
+
+
+def test_in_s3sync_yaml_the_same_block_is_rendered_and_a_wrong_value_is_named() -> None:
+    """s3sync.yaml has no Dagster templates: its condition stays text, rendered where the asset is made."""
+    from s3sync_dagster.config import ConfigError, parse_config
+    from s3sync_dagster.definitions import build_definitions
+
+    asset = {"automation_condition": "{{ dg.AutomationCondition.on_cron('0 3 * * *') }}", "tags": {"live": True}}
+    config = parse_config({"sources": [{**SOURCE_ENTRY, "asset": asset}]}, "s3sync.yaml")
+    [spec] = build_definitions(config).resolve_assets_def(["docs", "documents"]).specs
+    assert spec.automation_condition is not None and spec.automation_condition.get_label() == "on_cron(0 3 * * *, UTC)"
+    assert spec.tags["live"] == "true"
+    for block, said in (
+        ({"owners": ["ana"]}, "(source 'docs').asset.owners: Value error, owner 'ana': an email address"),
+        ({"tags": {"dagster/kind/x": ""}}, "(source 'docs').asset.tags: Value error, tag key 'dagster/kind/x'"),
+        ({"automation_condition": "eager"}, "(source 'docs').asset.automation_condition: Value error, write a Dagster"),
+        ({"group_name": "docs"}, "(source 'docs').asset: Value error, `group_name` is the source's own"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            parse_config({"sources": [{**SOURCE_ENTRY, "asset": block}]}, "s3sync.yaml")
+        assert said in str(refused.value)
+    config = parse_config({"sources": [{**SOURCE_ENTRY, "asset": {"automation_condition": "{{ 1 + 1 }}"}}]}, "x")
+    with pytest.raises(ConfigError, match=r"source 'docs': asset.automation_condition: the template made a int, not"):
+        build_definitions(config)
