@@ -132,8 +132,9 @@ def test_one_run_reads_the_queues_of_every_sqs_source_and_their_sensors_leave_th
 ) -> None:
     """The first source's run, its key done, syncs what every source's queue brings, each key a materialisation of
     its own source's partition, its messages deleted; the other sensors meanwhile launch nothing."""
-    # A quiet spell long enough for the other sensors' ticks below to come while the run reads, on a busy machine.
-    sources = Sources(tmp_path, moto_endpoint, s3, sqs, instance, linger_s=15)
+    # A quiet spell long enough for the other sensors' ticks below (each waits READER_WAIT_S for the run to stop) to
+    # come while the run reads, on a busy machine.
+    sources = Sources(tmp_path, moto_endpoint, s3, sqs, instance, linger_s=25)
     put(sources.s3, sources.buckets["one"], {"first.txt": "the upload that starts the run\n"})
     result = sources.tick("one")
     [request] = result.run_requests or []
@@ -297,3 +298,22 @@ def test_an_instance_holding_each_source_to_one_writer_keeps_each_run_to_its_own
         put(s3, pooled.buckets["three"], {"c.txt": "c\n"})
         [request] = pooled.tick("three").run_requests or []
         assert request.tags[LINGER_TAG] == "true" and READS_QUEUES_TAG not in request.tags
+
+
+def test_a_tick_that_finds_a_reading_run_waits_for_it_to_stop_and_then_reads_the_queue(sources: Sources) -> None:
+    """A tick that begins while another run reads its queue waits (READER_WAIT_S) for that run to stop before it
+    skips: an upload that came as the run stopped is taken by this tick, not by one a daemon loop (5 s) later and
+    then a new run (issue 49, item 8: the first upload after the lingering run ended)."""
+    reader = create_run_for_test(
+        sources.instance,
+        job_name=sync_job_name("one"),
+        tags={SOURCE_TAG: "one", LINGER_TAG: "true", READS_QUEUES_TAG: "two,three,four"},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    put(sources.s3, sources.buckets["two"], {"as-it-stopped.txt": "uploaded as the reading run stopped\n"})
+    stopping = threading.Timer(1.0, lambda: sources.instance.report_run_failed(reader))
+    stopping.start()
+    result = sources.tick("two")
+    stopping.join()
+    [request] = result.run_requests or []
+    assert request.run_config["ops"]["two_sync_keys"]["config"]["object_keys"] == ["as-it-stopped.txt"]

@@ -293,12 +293,12 @@ def test_the_sensors_run_reads_the_queue_after_its_keys_and_the_sensor_leaves_it
     materialisation and partition, each message deleted once its key is reported); the sensor meanwhile leaves
     the queue to it, and reads it again once the run has seen no event for sqs_linger_seconds."""
     config, _ = make_config(
-        bucket, path_prefix="in/", auto_sync="direct", sqs_queue_url=queue_url, sqs_linger_seconds=4
+        bucket, path_prefix="in/", auto_sync="direct", sqs_queue_url=queue_url, sqs_linger_seconds=8
     )
     live = AutoSync(config, instance)
     put(s3, bucket, {"in/first.txt": "the first upload\n"})
     request, run, outcome = tick_and_run_in_background(live)
-    assert request.run_config["ops"]["docs_sync_keys"]["config"]["linger_seconds"] == 4
+    assert request.run_config["ops"]["docs_sync_keys"]["config"]["linger_seconds"] == 8
     assert request.tags["s3sync/reads_queue"] == "true"
     deadline = time.monotonic() + 120
     while not live.chunks_or_none("in/first.txt"):
@@ -308,7 +308,7 @@ def test_the_sensors_run_reads_the_queue_after_its_keys_and_the_sensor_leaves_it
     put(s3, bucket, {"in/second.txt": "the second upload\n", "out/elsewhere.txt": "not the source's\n"})
     time.sleep(1)
     put(s3, bucket, {"in/third.txt": "the third upload\n"})
-    result, runs = live.tick()
+    result, runs = live.tick()  # it waits for the run to stop (READER_WAIT_S, under the run's 8 s), then skips
     assert runs == [] and result.skip_reason is not None
     assert "reads the queue" in (result.skip_reason.skip_message or ""), result.skip_reason
     run.join(timeout=120)
@@ -322,7 +322,7 @@ def test_the_sensors_run_reads_the_queue_after_its_keys_and_the_sensor_leaves_it
     assert set(instance.get_dynamic_partitions(partitions_name("docs"))) == materialized
     assert list(live.chunks("in/third.txt").values()) == ["the third upload\n"]
     said = [entry.user_message for entry in instance.all_logs(run_id)]
-    assert any("stopped reading its queue: no S3 event for 4 s" in line for line in said), said
+    assert any("stopped reading its queue: no S3 event for 8 s" in line for line in said), said
     # The run's messages are gone (the first tick's with the next tick); the sensor reads the queue again.
     put(s3, bucket, {"in/fourth.txt": "the fourth upload\n"})
     result, runs = live.tick()

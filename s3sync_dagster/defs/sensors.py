@@ -37,6 +37,12 @@ IN_PROGRESS = [
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
+# While another run reads the queue, a tick waits up to this long for it to stop before it skips: the daemon starts
+# a sensor's next tick at its next loop (every 5 s), so an upload that came as that run stopped would otherwise wait
+# for that loop, and then for a new run. Ending just before the next loop, the ticks leave no gap.
+READER_WAIT_S = 4.5
+# How often a waiting tick looks at the reading run again.
+READER_POLL_S = 0.5
 # Messages awaiting deletion travel in the sensor's cursor (their receipt handles): a bound on its size.
 MAX_MESSAGES_PER_TICK = 1000
 LIST_PAGE_SIZE = 1000  # ListObjectsV2's own maximum
@@ -297,6 +303,16 @@ def reading_run(instance: dg.DagsterInstance, source: SourceConfig, tag: str = L
     return None
 
 
+def reader_until_stopped(instance: dg.DagsterInstance, source: SourceConfig, wait_s: float) -> str | None:
+    """The run reading this source's queue (reading_run), waited for up to `wait_s`: None once it has stopped."""
+    deadline = time.monotonic() + wait_s
+    reader = reading_run(instance, source)
+    while reader is not None and time.monotonic() + READER_POLL_S < deadline:
+        time.sleep(READER_POLL_S)
+        reader = reading_run(instance, source)
+    return reader
+
+
 def _reader_after_read(
     context: dg.SensorEvaluationContext, source: SourceConfig, sources: Sequence[SourceConfig]
 ) -> tuple[list[str], str | None]:
@@ -324,13 +340,15 @@ def sqs_tick(
     queue_url, visibility_s = source.sqs_queue_url, source.sqs_visibility_timeout_seconds
     client = s3.sqs_client(source.name)
     pending = settle_pending(context, client, queue_url, pending_deletes(context.cursor), visibility_s)
-    reader = reading_run(context.instance, source)
+    started = time.monotonic()
+    reader = reader_until_stopped(context.instance, source, min(READER_WAIT_S, source.sqs_wait_seconds))
     if reader is not None:
         return dg.SensorResult(
             skip_reason=f"run {reader} reads the queue of source '{source.name}' (sqs_linger_seconds)",
             cursor=_cursor(pending),
         )
-    messages = receive_messages(client, queue_url, visibility_s, first_wait_s=source.sqs_wait_seconds)
+    budget_s = READ_BUDGET_S - (time.monotonic() - started)
+    messages = receive_messages(client, queue_url, visibility_s, budget_s, first_wait_s=source.sqs_wait_seconds)
     if not messages:
         return dg.SensorResult(skip_reason="no S3 events in the queue", cursor=_cursor(pending))
     reads_with, reader = _reader_after_read(context, source, sources)
