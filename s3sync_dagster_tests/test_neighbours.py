@@ -233,6 +233,102 @@ def test_a_model_change_copies_and_swaps_only_what_the_source_owns(
     fault_row.passed = True
 
 
+def test_repair_drops_the_copies_earlier_releases_left_that_no_reembed_swaps_in(
+    neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An earlier release's model change copied every collection a source could write, `<name>-s3sync-rebuild`
+    marked with `s3sync_reembedded_from` alone: a shared target, another project's collection, a copy of a copy.
+    `repair` drops those, and their lexical index; it keeps the single copy of the source's own collection
+    (`reembed` resumes it), a reserved name another tool made, and a copy whose base is missing (it may hold the
+    only data an interrupted swap left). Every chunk of the base collections stays."""
+    from s3sync_dagster.pipeline import lexicon, reembed
+
+    path, configure = neighbourhood
+    config = configure(docs={}, other={})
+    base = config.sources[0].collection_name
+    shared, elsewhere, gone = f"{base}-shared", f"{base}-elsewhere", f"{base}-gone"
+    client = config.chroma.store().client()
+    record = json.dumps({"source": "docs", "bucket_name": bucket, "path_prefix": "docs/", "project": "elsewhere"})
+    client.create_collection(elsewhere, embedding_function=ChromaDefaultFunction(), metadata={index.OWNER_KEY: record})  # type: ignore[arg-type]
+    files = {
+        "docs/a.txt": SENTENCE, "docs/s.txt": "Shared by two.\n", "docs/e.txt": "Written elsewhere.\n",
+        "other/s.txt": "The other source's shared line.\n",
+    }  # fmt: skip
+    put(s3, bucket, files)
+    targets = {"docs/a.txt": base, "docs/s.txt": shared, "docs/e.txt": elsewhere, "other/s.txt": shared}
+    spec = config.embedding.spec()
+    for object_key, target in targets.items():
+        source = config.source(object_key.split("/")[0]).spec(spec)
+
+        def collection_for(collection_name: str, owner: Any = source.owner) -> Any:
+            return config.chroma.store().collection(collection_name, spec, owner=owner)
+
+        report = sync_object(s3, source, collection_for, spec.build(), object_key, target_collection_name=target)
+        assert report.status == "indexed", report
+    store.close_clients()
+    client = config.chroma.store().client()
+    # What an earlier release left, made by hand as it made it: the original's metadata and chunks, FROM_KEY.
+    earlier = json.dumps({"name": "default", "config": {}}, sort_keys=True)
+
+    def copy_of(name: str, original: str, marked: bool = True) -> Any:
+        held = client.get_collection(original).get(include=["documents", "metadatas", "embeddings"])
+        metadata = {**(client.get_collection(original).metadata or {}), reembed.FROM_KEY: earlier}
+        copy = client.create_collection(
+            name,
+            embedding_function=ChromaDefaultFunction(),  # type: ignore[arg-type]
+            metadata=metadata if marked else {"made_by": "another tool"},
+        )
+        copy.add(
+            ids=held["ids"], documents=held["documents"], metadatas=held["metadatas"], embeddings=held["embeddings"]
+        )
+        return copy
+
+    own, chain = base + "-s3sync-rebuild", base + "-s3sync-rebuild-s3sync-rebuild"
+    copy_of(own, base)
+    chained = copy_of(chain, own)
+    copy_of(shared + "-s3sync-rebuild", shared)
+    copy_of(elsewhere + "-s3sync-rebuild", elsewhere)
+    theirs = copy_of(shared + "-s3sync-rebuild-s3sync-rebuild", shared, marked=False)  # another tool's, same shape
+    orphan = copy_of(gone + "-s3sync-rebuild-s3sync-rebuild", base)  # its base gone: never dropped
+    orphan.modify(metadata={reembed.FROM_KEY: earlier})
+    index_of = lexicon.of(index.opened(client, chained))
+    if index_of is not None:  # an embedded store: the copy's lexical index goes with it
+        index_of.rebuild(chained)
+        assert index_of.state(chained) is None
+    kept = {own, theirs.name, orphan.name}
+    dropped = {chain, shared + "-s3sync-rebuild", elsewhere + "-s3sync-rebuild"}
+    capsys.readouterr()
+    assert main(["repair", "docs", "--config", str(path), "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    store.close_clients()
+    client = config.chroma.store().client()
+    names = {c.name for c in client.list_collections() if c.name.startswith(base)}
+    assert names == {base, shared, elsewhere, *kept}, names
+    said = {left["collection"]: left for left in done["leftovers"]}
+    assert {name for name, left in said.items() if left["dropped"]} == dropped, said
+    assert {name for name, left in said.items() if not left["dropped"]} == {own, orphan.name}, said
+    assert "missing" in said[orphan.name]["why"] and "s3sync reembed" in said[own]["why"], said
+    if index_of is not None:
+        assert index_of.state(chained) == "no lexical index was built for it"
+    # Every chunk of the base collections intact, and the kept copies as they were.
+    expected = {(target, keys.chunk_id(keys.object_id(key), 0)): files[key] for key, target in targets.items()}
+    expected |= {
+        (name, chunk_id): text
+        for (target, chunk_id), text in expected.items()
+        if target == base
+        for name in (own, orphan.name)
+    }
+    expected |= {(theirs.name, chunk_id): text for (target, chunk_id), text in expected.items() if target == shared}
+    fault_row.observe(expected, [chunk for chunk in store_chunks(client) if chunk[0].startswith(base)])
+    assert fault_row.lost == fault_row.stray == 0 and fault_row.chunks_found == len(expected), fault_row
+    capsys.readouterr()
+    assert main(["repair", "docs", "--config", str(path)]) == 0  # said in words too; nothing more to drop
+    words = capsys.readouterr().out
+    assert f"kept collection '{own}'" in words and f"kept collection '{orphan.name}'" in words, words
+    assert "dropped collection" not in words, words
+    fault_row.passed = True
+
+
 def test_a_changed_collection_name_is_said_by_query_and_repair(
     neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -471,6 +471,10 @@ def cmd_repair(args: argparse.Namespace) -> int:
         return said + (f"; {len(waiting)} waiting for their document" if waiting else "")
 
     lines = [f"source '{result.source}': before: {drift_text(result.before)}"]
+    lines += [  # copies earlier releases' re-embeddings left
+        f"  {'dropped' if left['dropped'] else 'kept'} collection '{left['collection']}': {left['why']}"
+        for left in result.leftovers
+    ]
     if result.run_id is None:
         lines.append("  no drift: nothing to repair")
     else:

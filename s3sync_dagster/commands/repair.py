@@ -1,5 +1,8 @@
 """`s3sync repair`: audit a source, repair exactly the drift found in one run of its repair job, audit again.
 
+First it drops the re-embedding copies earlier releases left of collections the source writes that no
+re-embedding will swap in (pipeline/reembed.py, `drop_leftovers`), and says which, and which it kept.
+
 It may run beside syncs, sensors' runs and other repairs of the source: each audit is read between their
 writes, and the run's keys are the audit's, whatever those others sync or remove meanwhile.
 """
@@ -21,7 +24,7 @@ from s3sync_dagster.defs.names import repair_job_name
 from s3sync_dagster.defs.repair import unlinked_waiting
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
 from s3sync_dagster.defs.run_config import repair_run_config
-from s3sync_dagster.pipeline import audit, index
+from s3sync_dagster.pipeline import audit, index, reembed
 
 
 @dataclass
@@ -34,6 +37,9 @@ class RepairResult:
     synced: int = 0
     reports: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
+    # The copies earlier releases' re-embeddings left of collections the source writes: each with whether it was
+    # dropped and why (pipeline/reembed.py, `leftovers`).
+    leftovers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -75,8 +81,11 @@ def repair(
     why = index.moved(chroma.client(), source.collection_name, source.spec(embedding.spec()).owner)
     if why is not None:  # an audit would count its chunks where they are as a target's: no drift, and none repaired
         raise UsageError(why)
+    with chroma.write_lock():  # between the writes of other commands' runs, as an audit
+        left = reembed.drop_leftovers(chroma.client(), source.spec(embedding.spec()))
     before = _audit(source, instance, s3, chroma, embedding)
     result = RepairResult(source=source_name, before=_described(before), after=_described(before))
+    result.leftovers = [asdict(leftover) for leftover in left]
     # Waiting metadata files are no drift: only those no sync has linked to their document are synced.
     to_sync = sorted({*before.to_sync(), *unlinked_waiting(instance, source_name, before)})
     if before.clean and not to_sync:
