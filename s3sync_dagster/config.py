@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -36,14 +38,28 @@ DEFAULT_CHROMA_PATH = ".s3sync/chroma"
 # Chroma Sync's own limit per file; configurable per source.
 
 SOURCE_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
-_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The rules on secrets are patterns, each written once: the model's validators, literal_secrets() (what `s3sync`
+# and the component's load refuse first) and the JSON schema `dg check yaml` is given all use these strings.
+_ENV_VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_ENV_VAR_NAME = re.compile(_ENV_VAR_NAME_PATTERN)
+_ENV_VAR_NAME_SCHEMA = {"type": "string", "pattern": _ENV_VAR_NAME_PATTERN}
 # Shapes of real credentials: refused wherever they appear as a literal in the file.
-_LITERAL_SECRET_SHAPES = (
-    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
-    re.compile(r"\bck-[A-Za-z0-9]{20,}\b"),  # Chroma Cloud API keys
-    re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"),  # OpenAI API keys (embedding functions)
+_CREDENTIAL_SHAPE = "|".join(
+    (
+        r"\b(AKIA|ASIA)[0-9A-Z]{16}\b",
+        r"\bck-[A-Za-z0-9]{20,}\b",  # Chroma Cloud API keys
+        r"\bsk-[A-Za-z0-9_-]{20,}",  # OpenAI API keys (embedding functions)
+    )
 )
 _SECRET_HEADER_WORDS = ("auth", "token", "key", "secret", "password", "cookie")
+# A key that names a secret (a header's, an embedding function's config's), in any case: written without inline
+# flags, which JSON schema's patterns (ECMA 262) lack.
+_SECRET_NAME = "|".join("".join(f"[{c.upper()}{c}]" for c in word) for word in _SECRET_HEADER_WORDS)
+# chromadb's own way to name a variable in a function's config: `api_key_env_var: OPENAI_API_KEY`.
+_ENV_VAR_KEY = r"_env_var$"
+_SECRET_CONFIG_KEY = rf"^(?!.*_env_var$).*({_SECRET_NAME})"
+# `user:password@` in a URL (`scheme://user:password@host`) or a host (`user:password@host`).
+_URL_CREDENTIALS = r"^[^:/?#]+://[^/?#]*@|^(?!.*://).*@"
 
 
 def _function_config(value: dict[str, Any], where: str) -> dict[str, Any]:
@@ -63,7 +79,7 @@ def _function_config(value: dict[str, Any], where: str) -> dict[str, Any]:
             if not isinstance(item, str) or not _ENV_VAR_NAME.match(item):
                 raise ValueError(f"{name}: must be an environment variable's name (the value is not shown)")
             config[key] = item
-        elif isinstance(item, str) and any(word in str(key).lower() for word in _SECRET_HEADER_WORDS):
+        elif isinstance(item, str) and re.search(_SECRET_CONFIG_KEY, str(key)):
             raise ValueError(f"{name}: a literal secret is refused: write it as {{env: VAR_NAME}}")
         else:
             config[key] = item
@@ -76,7 +92,7 @@ class ConfigError(ValueError):
 
 def _no_credentials_in_url(value: str | None) -> str | None:
     """A URL or host with `user:password@` would carry a secret into logs, run config and `sources`."""
-    if value is not None and "@" in (urlsplit(value).netloc if "://" in value else value):
+    if value is not None and re.search(_URL_CREDENTIALS, value):
         raise ValueError(
             "carries credentials (user:password@...), which are refused and not shown: give S3 credentials as "
             "aws_access_key_id / aws_secret_access_key {env: VAR}, Chroma's as headers {env: VAR}"
@@ -193,7 +209,7 @@ class ChromaConfig(_Model):
                 "folder, Chroma Cloud its own BM25 index"
             )
         for header, value in self.headers.items():
-            if isinstance(value, str) and any(word in header.lower() for word in _SECRET_HEADER_WORDS):
+            if isinstance(value, str) and re.search(_SECRET_NAME, header):
                 raise ValueError(f"headers.{header}: a literal secret is refused: write it as {{env: VAR_NAME}}")
         return self
 
@@ -338,6 +354,91 @@ class TimeoutsConfig(_Model):
     max_attempts: int = Field(default=3, ge=1)  # the first request counts
 
 
+# An asset's tags, owners and kinds by Dagster's rules (strict tags: letters, digits, `_`, `-`, `.`), checked at load
+# so that the error names the source and the field. Dagster allows an asset ten kinds: s3 and chroma are the source's.
+_TAG_KEY = re.compile(r"^([A-Za-z0-9_.-]{1,63}/)?[A-Za-z0-9_.-]{1,63}$")
+_TAG_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
+_OWNER_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,7}$")
+_KIND = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+_TEMPLATE = re.compile(r"^\s*\{\{.*\}\}\s*$", re.DOTALL)
+SOURCE_KINDS = ("s3", "chroma")
+_CONDITION_SCHEMA = {"type": "string", "description": '"{{ dg.AutomationCondition.on_missing() }}": a Dagster template'}
+
+
+class AssetAttributes(_Model):
+    """`asset:` on a source: its asset's attributes as Dagster names them (dagster-sling's and dagster-dbt's
+    translators set the same), beside the source's own `group_name` and `asset_key_prefix`. docs/component.md."""
+
+    description: str | None = Field(default=None, min_length=1)  # instead of the asset's own
+    tags: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    owners: list[str] = Field(default_factory=list)
+    kinds: list[str] = Field(default_factory=list, max_length=10 - len(SOURCE_KINDS))  # beside s3 and chroma
+    # A Dagster template that makes an AutomationCondition. A component's defs.yaml has it rendered by Dagster before
+    # this model sees it (the object); s3sync.yaml keeps the text, rendered where the asset is made (defs/source.py).
+    automation_condition: Annotated[Any, WithJsonSchema(_CONDITION_SCHEMA)] = None
+    # Beside the asset's own (collection, bucket, path_prefix, chunking), which keep their values.
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_the_sources_own(cls, value: Any) -> Any:
+        own = {"group_name": "group_name", "key_prefix": "asset_key_prefix", "asset_key_prefix": "asset_key_prefix"}
+        for name in set(own) & set(value if isinstance(value, dict) else ()):
+            raise ValueError(f"`{name}` is the source's own: write `{own[name]}:` beside `name:`, not under `asset:`")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _dagster_tags(cls, tags: dict[str, Any]) -> dict[str, Any]:
+        for key, value in tags.items():
+            if not _TAG_KEY.match(key) or key.startswith("dagster/"):
+                raise ValueError(f"tag key '{key}': letters, digits, '_', '-', '.' (63 at most), one 'namespace/' "
+                                 "before them at most, and not 'dagster/'")  # fmt: skip
+            if not _TAG_VALUE.match(_tag_text(value)):
+                raise ValueError(f"tag '{key}': its value must be letters, digits, '_', '-', '.' (63 at most)")
+        return tags
+
+    @field_validator("owners")
+    @classmethod
+    def _dagster_owners(cls, owners: list[str]) -> list[str]:
+        for owner in owners:
+            if not (owner.startswith("team:") and len(owner) > len("team:")) and not _OWNER_EMAIL.match(owner):
+                raise ValueError(f"owner '{owner}': an email address, or a team written 'team:NAME'")
+        return owners
+
+    @field_validator("kinds")
+    @classmethod
+    def _dagster_kinds(cls, kinds: list[str]) -> list[str]:
+        for kind in kinds:
+            if not _KIND.match(kind):
+                raise ValueError(f"kind '{kind}': letters, digits, '_', '-', '.' (63 at most)")
+        return kinds
+
+    @field_validator("automation_condition")
+    @classmethod
+    def _a_condition(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and _TEMPLATE.match(value)):
+            return value
+        if isinstance(value, str):
+            raise ValueError(
+                'write a Dagster template that makes the condition: "{{ dg.AutomationCondition.on_missing() }}" '
+                "(or .eager(), .on_cron('0 3 * * *'), ...)"
+            )
+        from dagster import AutomationCondition  # rendered by Dagster: Dagster is loaded already
+
+        if not isinstance(value, AutomationCondition):
+            raise ValueError(f"the template made a {type(value).__name__}, not an AutomationCondition")
+        return value
+
+    def tag_values(self) -> dict[str, str]:
+        """The tags as Dagster stores them: text (`true` for a flag)."""
+        return {key: _tag_text(value) for key, value in self.tags.items()}
+
+
+def _tag_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 class SourceConfig(_Model):
     """One S3 source: a bucket (and prefix) synced into one Chroma collection."""
 
@@ -401,6 +502,8 @@ class SourceConfig(_Model):
     forget_deleted_keys: bool = True
     # The asset's key is this prefix, then `documents`: default [name] (the key `<name>/documents`, as before).
     asset_key_prefix: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]] | None = Field(default=None, min_length=1)
+    # The asset's other attributes, as Dagster's (description, tags, owners, kinds, automation condition).
+    asset: AssetAttributes = Field(default_factory=AssetAttributes)
     # The collections the other sources of the same config write, by name -> their source (set by AppConfig).
     _collection_owners: dict[str, str] = PrivateAttr(default_factory=dict)
     _project: str = PrivateAttr(default="")  # the config's project (set by AppConfig)
@@ -533,7 +636,7 @@ class CeleryConfig(_Model):
     @field_validator("broker", "backend")
     @classmethod
     def _no_password(cls, value: str | EnvRef | None) -> str | EnvRef | None:
-        if isinstance(value, str) and "@" in urlsplit(value).netloc:
+        if isinstance(value, str) and re.search(_URL_CREDENTIALS, value):
             raise ValueError(
                 "carries credentials (user:password@...), which are refused and not shown: "
                 "give the whole URL as {env: VAR_NAME}"
@@ -782,12 +885,15 @@ def state_dir(path: Path) -> Path:
     return path.resolve().parent
 
 
+_CHUNKERS = ("tree_sitter", "lines")  # the chunking union's tags
+
+
 def _where(raw: Any, loc: tuple[int | str, ...]) -> str:
     """Render a pydantic error location, naming a source by its name: `sources[1] (source 'docs').region`."""
     parts: list[str] = []
     node = raw
     for step in loc:
-        if parts and parts[-1] == "chunking" and step in ("tree_sitter", "lines"):
+        if parts and parts[-1] == "chunking" and step in _CHUNKERS:
             continue  # the discriminator tag pydantic adds to the location
         if isinstance(step, int):
             name = (
@@ -808,7 +914,8 @@ def _has(node: dict[Any, Any] | list[Any], step: int | str) -> bool:
     return isinstance(step, int) and step < len(node)
 
 
-Lines = dict[tuple[int | str, ...], int]  # a YAML file's line (1-based) of each value, by its path
+Loc = tuple[int | str, ...]  # where a value stands in the settings: keys and list indices
+Lines = dict[Loc, int]  # a YAML file's line (1-based) of each value, by its path
 
 
 def yaml_lines(text: str, under: tuple[int | str, ...] = ()) -> Lines:
@@ -822,17 +929,18 @@ def yaml_lines(text: str, under: tuple[int | str, ...] = ()) -> Lines:
     root = next((doc for doc in documents if under and _declares_component(doc)), documents[0] if documents else None)
     lines: Lines = {}
 
-    def walk(node: yaml.Node, path: tuple[int | str, ...]) -> None:
-        lines[path] = node.start_mark.line + 1
+    def walk(node: yaml.Node, path: tuple[int | str, ...], line: int) -> None:
+        lines[path] = line
         if isinstance(node, yaml.MappingNode):
+            # A setting's line is its key's, as `dg check yaml` gives it (a block value starts below).
             for key, value in node.value:
-                walk(value, (*path, key.value))
+                walk(value, (*path, key.value), key.start_mark.line + 1)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
-                walk(item, (*path, index))
+                walk(item, (*path, index), item.start_mark.line + 1)
 
     if root is not None:
-        walk(root, ())
+        walk(root, (), root.start_mark.line + 1)
     return {path[len(under) :]: line for path, line in lines.items() if path[: len(under)] == under}
 
 
@@ -850,22 +958,91 @@ def line_of(lines: Lines, loc: tuple[int | str, ...]) -> int | None:
     return None
 
 
-def parse_config(raw: Any, origin: str = "<config>", lines: Lines | None = None) -> AppConfig:
-    """The settings, validated; an error names the file, each problem's line (where `lines` tell it) and field."""
+def parse_config(raw: Any, origin: str = "<config>", lines: Lines | None = None, written: Any = None) -> AppConfig:
+    """The settings, validated; an error names the file, each problem's line (where `lines` tell it) and field.
+    `written`: a component's attributes as written, of which `raw` is the rendering (its templates' values)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping with chroma, embedding and sources")
-    _refuse_literal_secrets(raw, origin)
+    refuse_literal_secrets(raw, origin, lines)
     try:
         return AppConfig.model_validate(raw)
     except ValidationError as error:
+        empty = dict(_rendered_empty(written, raw))
         problems = [f"{origin}: {error.error_count()} problem(s):"]
         for problem in error.errors():
-            loc = tuple(problem["loc"])
+            loc = _untagged(tuple(problem["loc"]))
             line = line_of(lines or {}, loc)
-            problems.append(f"  {f'line {line}: ' if line else ''}{_where(raw, loc)}: {problem['msg']}")
+            said = _said(problem["type"], loc, problem["msg"], empty)
+            problems.append(f"  {f'line {line}: ' if line else ''}{_where(raw, loc)}: {said}")
         raise ConfigError("\n".join(problems)) from None
+
+
+def _untagged(loc: Loc) -> Loc:
+    """A pydantic location without the discriminator tag it adds after `chunking`: a path in the file."""
+    return tuple(
+        step for index, step in enumerate(loc) if not (index and loc[index - 1] == "chunking" and step in _CHUNKERS)
+    )
+
+
+def _said(kind: str, loc: Loc, message: str, empty: dict[Loc, str]) -> str:
+    """A problem in words that name the fix: an unset variable a template read, the setting a typo meant."""
+    template = next((text for at, text in empty.items() if loc[: len(at)] == at), None)
+    if template is not None:
+        return _renders_nothing(template, message)
+    if kind == "extra_forbidden" and loc:
+        return f"{message}{did_you_mean(loc[-1], _fields_at(loc[:-1]))}"
+    return message
+
+
+def _rendered_empty(written: Any, rendered: Any, loc: Loc = ()) -> Iterator[tuple[Loc, str]]:
+    """Where a template of the settings as written rendered nothing (`{{ env.X }}` with X unset renders None)."""
+    if isinstance(written, str) and "{{" in written and rendered is None:
+        yield loc, written
+    elif isinstance(written, dict) and isinstance(rendered, dict):
+        for key, value in written.items():
+            yield from _rendered_empty(value, rendered.get(key), (*loc, key))
+    elif isinstance(written, list) and isinstance(rendered, list):
+        for index, (value, rendering) in enumerate(zip(written, rendered, strict=False)):
+            yield from _rendered_empty(value, rendering, (*loc, index))
+
+
+_TEMPLATE_VARIABLE = re.compile(r"\benv(?:\.|\(\s*['\"])([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _renders_nothing(template: str, message: str) -> str:
+    unset = [name for name in dict.fromkeys(_TEMPLATE_VARIABLE.findall(template)) if name not in os.environ]
+    if not unset:
+        return f"{template} renders nothing ({message})"
+    names = ", ".join(unset)
+    return (
+        f"{template} renders nothing: environment variable {names} {'is' if len(unset) == 1 else 'are'} not set: "
+        "set it where dg and s3sync run (the shell, the project's .env, the deployment's environment), or give "
+        f"the template a default: {{{{ env('{unset[0]}', 'VALUE') }}}}"
+    )
+
+
+def did_you_mean(name: str | int, names: list[str] | Any) -> str:
+    """`: did you mean `bucket_name`?` for a setting the model does not take, when one is close to it."""
+    close = difflib.get_close_matches(str(name), [str(known) for known in names], n=1)
+    return f": did you mean `{close[0]}`?" if close else ""
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    """The settings the model takes at `loc` (the fields of each model a union there may be)."""
+    models: list[type[BaseModel]] = [AppConfig]
+    for step in loc:
+        if isinstance(step, str) and any(step in model.model_fields for model in models):
+            fields = [model.model_fields[step] for model in models if step in model.model_fields]
+            models = [inner for field in fields for inner in _models_in(field.annotation)]
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in get_args(annotation) for model in _models_in(argument)]
 
 
 # A Dagster template (`{{ env.VAR }}`), which a component's attributes may hold in place of any value: Dagster
@@ -887,7 +1064,18 @@ def _component_schema() -> dict[str, Any]:
     schema = AppConfig.model_json_schema()
     embedding = schema["properties"]["embedding"]
     schema["properties"]["embedding"] = {"anyOf": [embedding, {"type": "string", "description": "a function's name"}]}
-    return _templated(schema)
+    settings = _templated(schema)
+    # Attributes that hold a literal secret anywhere pass as they are: `dg check yaml` prints the file's lines
+    # around each problem it finds (the value of a secret next to any of them), and a problem in an object quotes
+    # the whole object. The component's load then refuses the secret, naming its field, never its value.
+    return {
+        "$defs": {**settings.pop("$defs", {}), **_SECRET_DEFINITIONS},
+        "title": settings.pop("title", "AppConfig"),
+        "type": "object",
+        "if": literal_secret_schema(),
+        "then": {},
+        "else": settings,
+    }
 
 
 def _templated(node: Any) -> Any:
@@ -921,11 +1109,28 @@ def schema_problems(attributes: Any, origin: str, lines: Lines) -> list[str]:
     """A component's attributes against component_schema(), each problem as `dg check yaml` prints it:
     `FILE:LINE - attributes.PATH MESSAGE`."""
     problems = []
-    for error in sorted(_component_validator().iter_errors(attributes), key=lambda e: list(e.path)):
-        loc = tuple(error.path)
-        where = ".".join(["attributes", *(str(part) for part in loc)])
-        problems.append(f"{origin}:{line_of(lines, loc) or 1} - {where} {_message(error)}")
-    return problems
+    for error in _component_validator().iter_errors(attributes):
+        for loc, message in _located(error):
+            where = ".".join(["attributes", *(str(part) for part in loc)])
+            problems.append((loc, f"{origin}:{line_of(lines, loc) or 1} - {where} {message}"))
+    return [problem for _, problem in sorted(problems, key=lambda item: [str(part) for part in item[0]])]
+
+
+def _located(error: Any) -> list[tuple[Loc, str]]:
+    """Where a problem stands and what it is; a setting the model does not take at its own line (dg places it
+    there too), with the one it may have meant."""
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+        return [(tuple(error.path), _message(error))]
+    known = error.schema.get("properties", {})
+    patterns = error.schema.get("patternProperties", {})
+    unexpected = [key for key in error.instance if key not in known and not any(re.search(p, key) for p in patterns)]
+    return [
+        (
+            (*error.path, key),
+            f"Additional properties are not allowed ('{key}' was unexpected){did_you_mean(key, known)}",
+        )
+        for key in unexpected
+    ]
 
 
 def _message(error: Any) -> str:
@@ -938,16 +1143,174 @@ def _message(error: Any) -> str:
     return str(error.message)
 
 
-def _refuse_literal_secrets(node: Any, origin: str, path: str = "") -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            _refuse_literal_secrets(value, origin, f"{path}.{key}" if path else str(key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            _refuse_literal_secrets(value, origin, f"{path}[{index}]")
-    elif isinstance(node, str) and any(shape.search(node) for shape in _LITERAL_SECRET_SHAPES):
-        # The value itself is never echoed: only where it is.
-        raise ConfigError(f"{origin}: {path}: looks like a literal credential: write it as {{env: VAR_NAME}}")
+# Where the settings' secrets stand (`*`: each item of a list), each with the variable it is most often kept in:
+# the value must be `{env: VAR}`.
+SECRET_FIELDS: dict[tuple[str, ...], str] = {
+    ("sources", "*", "aws_access_key_id"): "AWS_ACCESS_KEY_ID",
+    ("sources", "*", "aws_secret_access_key"): "AWS_SECRET_ACCESS_KEY",
+    ("sources", "*", "aws_session_token"): "AWS_SESSION_TOKEN",
+    ("chroma", "cloud", "api_key"): "CHROMA_API_KEY",
+    ("chroma", "lexicon_postgres"): "S3SYNC_LEXICON_URL",
+    ("webserver", "api_token"): "DAGSTER_CLOUD_API_TOKEN",
+}
+# URLs and hosts: a `user:password@` in them is a secret; where the credentials go instead.
+_S3_CREDENTIALS = "give S3 credentials as aws_access_key_id and aws_secret_access_key {env: VAR_NAME}"
+_WHOLE_URL = "give the whole URL as {env: VAR_NAME}"
+URL_FIELDS: dict[tuple[str, ...], str] = {
+    ("sources", "*", "endpoint_url"): _S3_CREDENTIALS,
+    ("sources", "*", "sqs_queue_url"): _S3_CREDENTIALS,
+    ("chroma", "host"): "give Chroma's credentials as headers, each {env: VAR_NAME}",
+    ("webserver", "url"): "give the token as api_token: {env: VAR_NAME}",
+    ("executor", "celery", "broker"): _WHOLE_URL,
+    ("executor", "celery", "backend"): _WHOLE_URL,
+}
+_HEADERS = ("chroma", "headers")  # a text under a header that names a secret is one
+_FUNCTION_CONFIG = ("embedding", "config")  # the same at any depth, and `*_env_var` holds a variable's name
+
+
+_DEFINITIONS = "#/$defs/"
+_ENV_REF_SCHEMA = {
+    "type": "object",
+    "required": ["env"],
+    "additionalProperties": False,
+    "properties": {"env": {"type": "string", "pattern": _ENV_VAR_NAME_PATTERN}},
+}
+_SECRET_DEFINITIONS: dict[str, Any] = {
+    # A function config's key that names a secret holds a text, or a `*_env_var` no variable's name, at any depth.
+    "S3SyncSecretInConfig": {
+        "type": "object",
+        "anyOf": [
+            {"not": {"patternProperties": {_ENV_VAR_KEY: {"anyOf": [{"type": "object"}, _ENV_VAR_NAME_SCHEMA]}}}},
+            {"not": {"patternProperties": {_SECRET_CONFIG_KEY: {"not": {"type": "string"}}}}},
+            {"not": {"additionalProperties": {"not": {"$ref": f"{_DEFINITIONS}S3SyncSecretInConfig"}}}},
+        ],
+    },
+    # A credential-shaped text, or `{env: ...}` holding no variable's name, wherever it stands.
+    "S3SyncSecretAnywhere": {
+        "anyOf": [
+            {"type": "string", "pattern": _CREDENTIAL_SHAPE},
+            {
+                "type": "object",
+                "required": ["env"],
+                "maxProperties": 1,
+                "properties": {"env": {"type": "string", "not": {"pattern": _ENV_VAR_NAME_PATTERN}}},
+            },
+            {"type": "array", "contains": {"$ref": f"{_DEFINITIONS}S3SyncSecretAnywhere"}},
+            {
+                "type": "object",
+                "not": {"additionalProperties": {"not": {"$ref": f"{_DEFINITIONS}S3SyncSecretAnywhere"}}},
+            },
+        ]
+    },
+}
+
+
+def _secret_at(path: tuple[str, ...], leaf: dict[str, Any]) -> dict[str, Any]:
+    """Valid where the value at `path` (any item of a list, for `*`) is valid under `leaf`."""
+    if not path:
+        return leaf
+    inner = _secret_at(path[1:], leaf)
+    if path[0] == "*":
+        return {"type": "array", "contains": inner}
+    return {"type": "object", "required": [path[0]], "properties": {path[0]: inner}}
+
+
+def literal_secret_schema() -> dict[str, Any]:
+    """literal_secrets() as JSON schema (its definitions in _SECRET_DEFINITIONS): valid where settings hold one."""
+    branches = [_secret_at(path, {"not": {"anyOf": [{"type": "null"}, _ENV_REF_SCHEMA]}}) for path in SECRET_FIELDS]
+    branches += [_secret_at(path, {"type": "string", "pattern": _URL_CREDENTIALS}) for path in URL_FIELDS]
+    named = {"patternProperties": {_SECRET_NAME: {"not": {"type": "string"}}}}
+    branches.append(_secret_at(_HEADERS, {"type": "object", "not": named}))
+    branches.append(_secret_at(_FUNCTION_CONFIG, {"$ref": f"{_DEFINITIONS}S3SyncSecretInConfig"}))
+    branches.append({"$ref": f"{_DEFINITIONS}S3SyncSecretAnywhere"})
+    return {"anyOf": branches}
+
+
+def _secret_rule(field: str | int, variable: str, value: Any) -> str:
+    example = f"`{field}: {{env: {variable}}}`, the name of the environment variable that holds it"
+    if isinstance(value, str) and "{{" in value:
+        return f"a template would render the secret into the settings (not shown): write {example}"
+    if isinstance(value, dict):
+        return f"{{env: ...}} takes a variable's name, not the secret itself (not shown): write {example}"
+    return f"a literal secret is refused (not shown): write {example}"
+
+
+_SHAPE_RULE = (
+    "looks like a literal credential (an AWS access key, a Chroma Cloud or OpenAI API key; not shown): keep it in "
+    "an environment variable and write {env: VARIABLE_NAME} where the secret goes"
+)
+
+
+def _is_env_ref(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str)
+
+
+def _values_at(node: Any, path: tuple[str, ...], loc: Loc = ()) -> Iterator[tuple[Loc, Any]]:
+    if not path:
+        yield loc, node
+    elif path[0] == "*" and isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _values_at(item, path[1:], (*loc, index))
+    elif isinstance(node, dict) and path[0] in node:
+        yield from _values_at(node[path[0]], path[1:], (*loc, path[0]))
+
+
+def _named_secrets(node: Any, loc: Loc, deep: bool) -> Iterator[tuple[Loc, str]]:
+    """Texts under keys that name a secret (a header's, a function config's at any depth when `deep`)."""
+    for key, value in node.items() if isinstance(node, dict) else ():
+        here = (*loc, key)
+        if deep and isinstance(value, dict):
+            yield from _named_secrets(value, here, deep)
+        elif deep and re.search(_ENV_VAR_KEY, str(key)):
+            if not (isinstance(value, str) and _ENV_VAR_NAME.match(value)):
+                name = str(key).removesuffix("_env_var")
+                yield here, f"takes a variable's name, not the secret itself (not shown): write `{name}: {{env: NAME}}`"
+        elif isinstance(value, str) and re.search(_SECRET_CONFIG_KEY if deep else _SECRET_NAME, str(key)):
+            yield here, f"a literal secret is refused (not shown): write `{key}: {{env: VARIABLE_NAME}}`"
+
+
+def _anywhere(node: Any, loc: Loc = ()) -> Iterator[tuple[Loc, str]]:
+    """Credential-shaped texts, and `{env: ...}` holding no variable's name, wherever they stand."""
+    if isinstance(node, str) and re.search(_CREDENTIAL_SHAPE, node):
+        yield loc, _SHAPE_RULE
+    elif _is_env_ref(node) and not _ENV_VAR_NAME.match(node["env"]):
+        yield loc, _secret_rule(str(loc[-1]) if loc else "field", "VARIABLE_NAME", node)
+    elif isinstance(node, (dict, list)):
+        for key, item in node.items() if isinstance(node, dict) else enumerate(node):
+            yield from _anywhere(item, (*loc, key))
+
+
+def literal_secrets(raw: Any) -> list[tuple[Loc, str]]:
+    """Each secret written as a literal in the settings (a component's as written, before Dagster renders its
+    templates): where it stands and the rule, never the value. literal_secret_schema() is the same, in JSON schema."""
+    found: dict[Loc, str] = {}
+    for path, variable in SECRET_FIELDS.items():
+        for loc, value in _values_at(raw, path):
+            if value is not None and not (_is_env_ref(value) and _ENV_VAR_NAME.match(value["env"])):
+                found.setdefault(loc, _secret_rule(path[-1], variable, value))
+    for path, instead in URL_FIELDS.items():
+        for loc, value in _values_at(raw, path):
+            if isinstance(value, str) and re.search(_URL_CREDENTIALS, value):
+                found.setdefault(loc, f"carries credentials (user:password@...), refused and not shown: {instead}")
+    for path in (_HEADERS, _FUNCTION_CONFIG):
+        for loc, value in _values_at(raw, path):
+            for where, rule in _named_secrets(value, loc, deep=path == _FUNCTION_CONFIG):
+                found.setdefault(where, rule)
+    for loc, rule in _anywhere(raw):
+        found.setdefault(loc, rule)
+    return sorted(found.items(), key=lambda item: [str(part) for part in item[0]])
+
+
+def refuse_literal_secrets(raw: Any, origin: str, lines: Lines | None = None) -> None:
+    """A ConfigError naming the file, line and field of each literal secret and the `{env: VAR}` to write instead;
+    before anything else reads the settings, so that no later message (nor `dg`'s view of the file) can show one."""
+    found = literal_secrets(raw)
+    if found:
+        problems = [f"{origin}: {len(found)} literal secret(s) refused; their values are not shown:"]
+        for loc, rule in found:
+            line = line_of(lines or {}, loc)
+            problems.append(f"  {f'line {line}: ' if line else ''}{_where(raw, loc)}: {rule}")
+        raise ConfigError("\n".join(problems))
 
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> AppConfig:

@@ -57,7 +57,7 @@ def test_key_shaped_literal_anywhere_is_refused() -> None:
     key_shaped = "AKIA" + "ABCDEFGHIJKLMNOP"  # built here so no key-shaped literal sits in the repo
     with pytest.raises(ConfigError) as caught:
         parse_config({"sources": [{**SOURCE, "path_prefix": key_shaped}]})
-    assert "sources[0].path_prefix" in str(caught.value)
+    assert "sources[0] (source 'docs').path_prefix" in str(caught.value)
     assert key_shaped not in str(caught.value)
 
 
