@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from s3sync_dagster.commands.local_s3 import free_port
+from s3sync_dagster.pipeline import onnx_minilm
 from s3sync_dagster.pipeline.default_model import ONNX_FILES, bundled_model_path, default_target, ensure_default_model
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction, LazySentenceTransformer
 
@@ -79,6 +80,28 @@ def test_export_makes_exactly_the_six_files_once(tmp_path: Path) -> None:
     assert ensure_default_model(target) == target
     assert sorted(os.listdir(target)) == sorted(ONNX_FILES)
     assert sorted(os.listdir(tmp_path)) == [".onnx.lock", "onnx"]
+
+
+def test_the_model_written_without_torch_matches_sentence_transformers(tmp_path: Path) -> None:
+    """model.onnx is written from the safetensors with numpy (pipeline/bert_onnx.py), with no torch in the process;
+    its vectors are sentence-transformers' (torch) to float32 rounding, padding and the 256-token cut included."""
+    target = tmp_path / "onnx"
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from s3sync_dagster.pipeline.default_model import ensure_default_model
+
+        ensure_default_model(Path(sys.argv[1]))
+        assert not {"torch", "transformers", "sentence_transformers"} & set(sys.modules), sorted(sys.modules)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script, str(target)], check=True, timeout=300)
+    texts = ["x", "The deploy runbook: drain the node, roll the release.", CODE, PROSE * 3]
+    ours = np.array(onnx_minilm.encode(target, texts))
+    torch_vectors = np.array(LazySentenceTransformer(precision="float32")(texts))
+    cosines = (ours * torch_vectors).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(torch_vectors, axis=1)
+    assert cosines.min() >= 0.99999, cosines
 
 
 def test_chroma_default_function_matches_sentence_transformers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -130,10 +130,10 @@ def dockerfile_args() -> dict[str, str]:
 
 
 def project_requirement(name: str) -> Requirement:
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    (requirement,) = [
-        Requirement(text) for text in pyproject["project"]["dependencies"] if Requirement(text).name == name
-    ]
+    """`name`'s requirement in pyproject.toml: the runtime's, or an extra's (torch is the [torch] extra's)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    texts = [*project["dependencies"], *(text for extra in project["optional-dependencies"].values() for text in extra)]
+    (requirement,) = [Requirement(text) for text in texts if Requirement(text).name == name]
     return requirement
 
 

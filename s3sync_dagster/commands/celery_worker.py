@@ -11,12 +11,17 @@ and be given the sources the code location loads.
 
 from __future__ import annotations
 
-from dagster_celery.make_app import make_app
-from dagster_celery.tasks import create_task
-
 from s3sync_dagster.config import ConfigError, config_file, is_component, load_project_env
-from s3sync_dagster.definitions import load_app_config
-from s3sync_dagster.defs.executor import celery_settings, resolved_url
+from s3sync_dagster.pipeline import extras
+
+# dagster-celery, celery and redis are the [celery] extra: a worker started without them says which command adds them.
+extras.require("celery", "a Celery worker (celery -A s3sync_dagster.commands.celery_worker)", ConfigError)
+
+from dagster_celery.make_app import make_app  # noqa: E402
+from dagster_celery.tasks import create_task  # noqa: E402
+
+from s3sync_dagster.definitions import load_app_config  # noqa: E402
+from s3sync_dagster.defs.executor import celery_settings, resolved_url  # noqa: E402
 
 _where = config_file()
 if is_component(_where):

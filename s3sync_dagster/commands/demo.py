@@ -13,6 +13,9 @@ from typing import Any
 
 import yaml
 
+from s3sync_dagster.commands.errors import UsageError
+from s3sync_dagster.pipeline import extras
+
 DEMO_BUCKET = "s3sync-demo"
 DEMO_PREFIX = "samples/"
 DEMO_SOURCE = "demo"
@@ -73,6 +76,8 @@ def upload_sample(endpoint_url: str) -> int:
 
 
 def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
+    # Its local S3 endpoint (moto's server) and the UI it can start are the [demo] extra, not the runtime's.
+    extras.require("demo", "s3sync demo", UsageError)
     import dagster as dg
 
     from s3sync_dagster.commands import local_s3

@@ -10,7 +10,8 @@ from typing import Any, cast
 
 import dagster as dg
 
-from s3sync_dagster.config import AppConfig, CeleryConfig, EnvRef
+from s3sync_dagster.config import AppConfig, CeleryConfig, ConfigError, EnvRef
+from s3sync_dagster.pipeline import extras
 
 # `celery -A s3sync_dagster.commands.celery_worker worker` serves the steps; the same config file tells it the broker.
 WORKER_APP = "s3sync_dagster.commands.celery_worker"
@@ -59,6 +60,8 @@ def executor_for(config: AppConfig) -> dg.ExecutorDefinition:
         # of everything (~3 s before the step, ~2.6 s after it; benchmarks, section 9). A step that dies
         # takes its run with it either way: run retries and the run-worker monitor handle that.
         return dg.in_process_executor
+    # dagster-celery and redis are the [celery] extra: without them the code location fails to load here, naming it.
+    extras.require("celery", "executor.celery", ConfigError)
     from dagster_celery import celery_executor
 
     return celery_executor.configured(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +19,6 @@ ONNX_FILES = (
     "vocab.txt",
 )
 _COPIED_FILES = tuple(name for name in ONNX_FILES if name != "model.onnx")
-# The session's feed and the one output chromadb reads back (`model.run(None, feed)[0]`), in its names.
-_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-_OUTPUT_NAME = "last_hidden_state"
 _STAGING_MARK = ".staging-"
 _TRASH_MARK = ".old-"
 INT8_SUFFIX = "-int8"  # the int8 model's folder: the float32 one's name and this
@@ -137,65 +133,25 @@ def _quantise(model: Path, destination: Path) -> None:
 
 
 def _export_onnx(model_dir: Path, destination: Path) -> None:
-    # Heavy imports stay here: importing this module (from setup or a CLI) must not load torch.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # Written from the safetensors with numpy (pipeline/bert_onnx.py): no torch, so the runtime need not carry
+    # it; the vectors equal sentence-transformers' (tested). Heavy imports stay here: importing this module
+    # (from setup or a CLI) loads neither onnx nor ONNX Runtime.
     import numpy as np
-    import onnx
     import onnxruntime
-    import torch
-    from transformers import BertModel
-    from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
-    # Eager attention: SDPA takes trace-time decisions on the mask; eager traces to plain MatMul/Softmax.
-    bert = BertModel.from_pretrained(str(model_dir), attn_implementation="eager")
+    from s3sync_dagster.pipeline import bert_onnx
 
-    class LastHiddenState(torch.nn.Module):
-        # transformers 5's BertModel.forward takes keyword arguments only; the tracer passes positionals.
-        def __init__(self, model: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-        ) -> torch.Tensor:
-            output = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-            return output.last_hidden_state
-
-    wrapper = LastHiddenState(bert).eval()
-    # A padded row, so the mask is traced as data (an all-ones example could let it be dropped).
-    input_ids = torch.tensor([[101, 7592, 2088, 2003, 102], [101, 7592, 102, 0, 0]], dtype=torch.int64)
-    attention_mask = (input_ids != 0).to(torch.int64)
-    token_type_ids = torch.zeros_like(input_ids)
-    example = (input_ids, attention_mask, token_type_ids)
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in (*_INPUT_NAMES, _OUTPUT_NAME)}
-    with warnings.catch_warnings():
-        # The TorchScript exporter's deprecation notice and the tracer's shape-check notes: expected here.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            example,
-            str(destination),
-            dynamo=False,
-            opset_version=17,
-            input_names=list(_INPUT_NAMES),
-            output_names=[_OUTPUT_NAME],
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
-    onnx.checker.check_model(str(destination))
-
-    # Checked on another shape than the traced one, so a size frozen into the graph would show.
-    probe_ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102, 0, 0, 0]] * 3, dtype=torch.int64)
-    probe = (probe_ids, (probe_ids != 0).to(torch.int64), torch.zeros_like(probe_ids))
-    with torch.no_grad():
-        expected = wrapper(*probe).numpy()
+    bert_onnx.export(model_dir, destination)
+    # Run on another shape than any example, padding included, so a graph that only works for one would show.
+    probe_ids = np.array([[101, 2023, 2003, 1037, 3231, 102, 0, 0, 0]] * 3, dtype=np.int64)
+    feed = {"input_ids": probe_ids, "attention_mask": (probe_ids != 0).astype(np.int64)}
+    feed["token_type_ids"] = np.zeros_like(probe_ids)
     session = onnxruntime.InferenceSession(str(destination), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {name: tensor.numpy() for name, tensor in zip(_INPUT_NAMES, probe, strict=True)})
-    real = probe[1].numpy().astype(bool)
-    if not np.allclose(got[real], expected[real], atol=1e-4):
-        raise RuntimeError(f"exported model.onnx disagrees with torch (max diff {np.abs(got - expected)[real].max()})")
+    (got,) = session.run([bert_onnx.OUTPUT_NAME], feed)
+    if got.shape[:2] != probe_ids.shape or not np.isfinite(got).all():
+        raise RuntimeError(
+            f"exported {destination} gives {got.shape} or non-finite values for a {probe_ids.shape} probe"
+        )
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -18,6 +18,7 @@ from chromadb.utils.embedding_functions.sentence_transformer_embedding_function 
     SentenceTransformerEmbeddingFunction,
 )
 
+from s3sync_dagster.pipeline import extras
 from s3sync_dagster.pipeline.default_model import bundled_model_path, ensure_default_model, ensure_int8_model
 from s3sync_dagster.pipeline.tokens import TokenBudget
 
@@ -65,6 +66,11 @@ _models: dict[tuple[str, str], Any] = {}  # (model directory or name, device) ->
 
 
 @functools.cache
+def _torch_installed() -> bool:
+    return extras.installed("torch")
+
+
+@functools.cache
 def _this_cpu_has_native_bf16() -> bool:
     try:  # read once per process: Chroma rebuilds the function each time it opens a collection
         return cpu_has_native_bf16(Path("/proc/cpuinfo").read_text())
@@ -96,6 +102,8 @@ def _load(model_path: str, device: str) -> Any:
     with _load_lock:
         model = _models.get((model_path, device))
         if model is None:
+            # A collection recorded with the sentence_transformer function, opened where the [torch] extra is not.
+            extras.require("torch", f"embedding with sentence-transformers (model {Path(model_path).name})")
             # Never reach for the hub: the model is a local directory or already cached (offline is the rule).
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -169,7 +177,8 @@ class ChromaDefaultFunction(EmbeddingFunction[Documents]):
             return True
         if self.runtime != "auto":
             return self.runtime == "onnx"
-        return self.precision == "float32" or _texts_embedded[0] < TORCH_AFTER_TEXTS
+        # Without the [torch] extra, auto stays on ONNX Runtime: same vectors, only no bfloat16 speed-up.
+        return self.precision == "float32" or _texts_embedded[0] < TORCH_AFTER_TEXTS or not _torch_installed()
 
     def __call__(self, input: Documents) -> Embeddings:
         if not input:
@@ -274,6 +283,23 @@ class EmbeddingSpec:
                 f"embedding.precision int8 is the bundled model's (function: default), not {self.function}'s: "
                 "use auto, float32 or bfloat16"
             )
+        setting = self.torch_setting()
+        if setting is not None:
+            extras.require("torch", setting)
+
+    def torch_setting(self) -> str | None:
+        """The setting that makes this spec compute with torch (the [torch] extra), if one does."""
+        if self.function == SENTENCE_TRANSFORMER:
+            return "embedding.function sentence_transformer"
+        if self.function != DEFAULT_FUNCTION:
+            return None
+        if self.runtime == "torch":
+            return "embedding.runtime torch"
+        if self.device != "cpu":
+            return f"embedding.device {self.device}"
+        if self.precision == "bfloat16":
+            return "embedding.precision bfloat16"
+        return None
 
     def build(self) -> EmbeddingFunction[Documents]:
         """The function; building it loads no model (and for a registered one, calls out to nothing)."""

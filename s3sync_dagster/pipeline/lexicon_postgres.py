@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from s3sync_dagster.pipeline import extras
 from s3sync_dagster.pipeline.lexicon import (
     VERSION,
     LexicalIndex,
@@ -383,6 +384,8 @@ class _Watchdog:
 def serve(host: str, port: int | str, dsn: str) -> LexicalIndex:
     """The lexical index, in the PostgreSQL database at `dsn`, of the Chroma server at host:port's collections
     as they are opened from now on; the one already kept if it is of the same database."""
+    # psycopg2 comes with dagster-postgres, the [postgres] extra: refused here, before any collection is opened.
+    extras.require("postgres", "chroma.lexicon_postgres")
 
     def made(known: LexicalIndex | None) -> LexicalIndex:
         if isinstance(known, PostgresLexicon) and known.dsn_digest == digest(dsn):
