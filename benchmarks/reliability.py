@@ -130,10 +130,32 @@ def render(rows: Sequence[dict[str, Any]], exit_code: int, seconds: float, machi
     return "\n".join(lines) + "\n"
 
 
+def _render_written(rows_file: Path, exit_code: int, seconds: float) -> int:
+    """Write RELIABILITY.md from the rows of a suite run made elsewhere (say the whole suite under xdist)."""
+    files = [rows_file] if rows_file.exists() else sorted(rows_file.parent.glob(rows_file.name + ".gw*"))
+    if not files:
+        print(f"no rows at {rows_file} (nor {rows_file}.gw*)", file=sys.stderr)
+        return 1
+    rows = [row for file in files for row in json.loads(file.read_text(encoding="utf-8"))]
+    TARGET.write_text(render(rows, exit_code, seconds, common.machine()), encoding="utf-8")
+    print(f"{sum(1 for row in rows if row['passed'])}/{len(rows)} cases passed; wrote {TARGET}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
+    parser.add_argument(
+        "--rows",
+        type=Path,
+        help="render the rows a suite run already wrote (its S3SYNC_RELIABILITY_REPORT, and with xdist that path "
+        "plus .gw0, .gw1, ...) instead of running the suite; --exit-code and --seconds describe that run",
+    )
+    parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=0.0)
     args = parser.parse_args(argv)
+    if args.rows is not None:
+        return _render_written(args.rows, args.exit_code, args.seconds)
     with tempfile.TemporaryDirectory() as folder:
         rows_file = Path(folder) / "rows.json"
         exit_code, seconds = run_suite(rows_file, args.pytest_args)

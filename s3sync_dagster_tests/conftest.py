@@ -265,7 +265,10 @@ def reliability_rows() -> Iterator[list[Row]]:
     yield rows
     target = os.environ.get(REPORT_ENV)
     if target:
-        Path(target).write_text(json.dumps([asdict(row) for row in rows], indent=1), encoding="utf-8")
+        worker = os.environ.get("PYTEST_XDIST_WORKER")  # each xdist worker its own file: TARGET.gw0, TARGET.gw1
+        Path(f"{target}.{worker}" if worker else target).write_text(
+            json.dumps([asdict(row) for row in rows], indent=1), encoding="utf-8"
+        )
 
 
 @pytest.fixture
