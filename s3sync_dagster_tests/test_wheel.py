@@ -73,7 +73,7 @@ EXTRA_SETTINGS = {
     "postgres": "chroma.lexicon_postgres",
     "torch": "embedding.runtime torch",
 }
-FILES = {
+FILES: dict[str, bytes | str] = {
     "guides/otters.md": "# Otters\n\nThe otter enclosure is cleaned every Tuesday before nine.\n",
     "guides/herons.txt": "Herons are fed smelt at noon; the keeper logs each feeding in ledger HX-42.\n",
 }
