@@ -56,11 +56,14 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
+    from s3sync_dagster.commands.runner import home_in_words
     from s3sync_dagster.commands.source_admin import describe_source
 
     config = _config(args)
+    chosen = "DAGSTER_HOME" in os.environ  # the shell's, or a component project's .env (read by _config)
     with _instance(args) as instance:
         rows = [describe_source(config, source, instance) for source in config.sources]
+        home = Path(instance.root_directory)
     lines = []
     for row in rows:
         s3 = row["payload"]["s3"]
@@ -70,7 +73,14 @@ def cmd_sources(args: argparse.Namespace) -> int:
             f"{row['registered_keys']} registered key(s), "
             + (f"{row['indexed_chunks']} indexed chunk(s)" if "counts_error" not in row else row["counts_error"])
         )
-    _emit(args, {"sources": rows}, "\n".join(lines) or "no sources configured")
+    # The counts are this home's: `dg dev` without DAGSTER_HOME keeps its own, so say which and how to share it.
+    said_home = home_in_words(home, chosen, is_component(Path(args.config) if args.config else config_file()))
+    dagster_home = {"path": str(home), "from": "DAGSTER_HOME" if chosen else "default"}
+    _emit(
+        args,
+        {"sources": rows, "dagster_home": dagster_home},
+        "\n".join([*(lines or ["no sources configured"]), said_home]),
+    )
     return EXIT_OK
 
 

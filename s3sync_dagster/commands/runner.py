@@ -50,6 +50,21 @@ def ensure_dagster_home(explicit_config: str | None = None) -> Path:
     return path
 
 
+def home_in_words(home: Path, from_variable: bool, component: bool) -> str:
+    """Which Dagster home the command read, why, and how the UI shares it: its keys, runs and partitions are that
+    home's, and `dg dev` (or `dagster dev`) without DAGSTER_HOME uses a temporary one of its own."""
+    if from_variable:
+        return f"Dagster home: {home} (DAGSTER_HOME)"
+    where = "in the shell, or in the Dagster project's .env (dg and s3sync both read it)"
+    where = where if component else "in the shell where both run"
+    return (
+        f"Dagster home: {home} (DAGSTER_HOME is not set: s3sync's default, .s3sync/dagster beside the "
+        f"{'Dagster project' if component else 'config file'}). `dg dev` and `dagster dev` without DAGSTER_HOME "
+        "use a temporary home of their own, removed when they stop, so the UI and s3sync see different keys, runs "
+        f"and partitions: to share this one, set DAGSTER_HOME={home} {where}"
+    )
+
+
 @contextlib.contextmanager
 def home_lock(home: str | os.PathLike[str]) -> Iterator[None]:
     """One s3sync process at a time sets up a Dagster home's databases or registers partitions in it.

@@ -23,6 +23,7 @@ from s3sync_dagster.config import (
     SourceConfig,
     TimeoutsConfig,
 )
+from s3sync_dagster.pipeline import objects
 from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
 from s3sync_dagster.pipeline.store import Store
@@ -72,7 +73,7 @@ def boto_client(
     import boto3
 
     with _making:  # a boto3 Session is not thread-safe; its clients are
-        return boto3.session.Session(profile_name=profile_name).client(
+        client = boto3.session.Session(profile_name=profile_name).client(
             service,
             region_name=region_name,
             endpoint_url=endpoint_url,
@@ -82,6 +83,8 @@ def boto_client(
             config=_client_config(connect_timeout_seconds, read_timeout_seconds, max_attempts, unsigned),
             **client_options,
         )
+    # A web app where the endpoint should be answers 200 to everything: its page is refused, not read as no keys.
+    return objects.refuse_non_s3_answers(client) if service == "s3" else client
 
 
 def _client_config(

@@ -87,10 +87,78 @@ class BucketError(ObjectError):
 _REFUSED = {"403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
 
 
+class NotS3Error(BucketError):
+    """The endpoint answered, but not as S3 does (a web app's page, another service): endpoint_url points elsewhere.
+    Read as S3, its listing would hold no key (every registered one would look deleted), a HEAD no ETag."""
+
+
+# A field every S3 store (AWS, MinIO, R2, GCS's XML API, moto) puts in its answer to each of these operations.
+_ALWAYS_ANSWERED = {"ListObjectsV2": "IsTruncated", "HeadObject": "ETag", "GetObject": "ETag"}
+
+
+def not_s3(operation: str, response: dict[str, Any]) -> str | None:
+    """What in botocore's `response` to `operation` (a result, or a ClientError's) no S3 store would send, in words."""
+    meta = response.get("ResponseMetadata", {})
+    status = int(meta.get("HTTPStatusCode") or 0)
+    content_type = str(meta.get("HTTPHeaders", {}).get("content-type", "")).split(";")[0].strip()
+    field = _ALWAYS_ANSWERED.get(operation)
+    if field is None:
+        return None
+    if operation == "ListObjectsV2" and content_type == "text/html":  # S3 lists in XML, its errors too
+        return f"a web page (HTTP {status}, text/html)"
+    if 200 <= status < 300 and field not in response:
+        return f"an answer without {field} (HTTP {status}, {content_type or 'no content type'})"
+    return None
+
+
+def _not_s3_error(endpoint: str, operation: str, what: str, status: int) -> NotS3Error:
+    return NotS3Error(
+        f"endpoint_url: {endpoint} answered {operation} with {what}: it did not answer as S3 does; endpoint_url "
+        "must be the address of an S3 API (AWS, an S3-compatible store's API port), not a web app or a console",
+        transient=status >= 500,  # a proxy's error page in front of S3 may pass
+    )
+
+
+def refuse_non_s3_answers(s3: S3Client) -> S3Client:
+    """Have the client raise NotS3Error, whoever calls it (a listing, a HEAD, a sensor's page), for an answer no S3
+    store gives, instead of reading a web app's page as a bucket with no keys or an object with no ETag."""
+    endpoint = _endpoint(s3)
+
+    def check(http_response: Any, parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        what = not_s3(model.name, parsed)
+        if what is not None:
+            raise _not_s3_error(endpoint, model.name, what, int(http_response.status_code))
+
+    s3.meta.events.register("after-call.s3", check, unique_id="s3sync-refuse-non-s3-answers")
+    return s3
+
+
+def _answered_as_s3(s3: S3Client, operation: str, answer: dict[str, Any]) -> None:
+    """NotS3Error where the client's answer is no S3 store's (a client without refuse_non_s3_answers)."""
+    what = not_s3(operation, answer)
+    if what is not None:
+        status = int(answer.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        raise _not_s3_error(_endpoint(s3), operation, what, status)
+
+
+def _listing_problem(s3: S3Client, bucket_name: str) -> NotS3Error | None:
+    """One key listed, to tell an S3 endpoint from anything else that answers a HEAD with 200 (a web app does)."""
+    try:
+        answer = s3.list_objects_v2(Bucket=bucket_name, MaxKeys=1)
+    except NotS3Error as error:
+        return error
+    except ClientError as error:  # refused to list, or not S3 (for a client without refuse_non_s3_answers)
+        answer = error.response
+    what = not_s3("ListObjectsV2", answer)
+    status = int(answer.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return _not_s3_error(_endpoint(s3), "ListObjectsV2", what, status) if what else None
+
+
 def check_bucket(s3: S3Client, bucket_name: str, source_name: str, credentials: str) -> None:
-    """HEAD the bucket once, before any key: a wrong bucket name, refused credentials or an endpoint that does
-    not answer is the source's one failure, said once with the field to correct. Without it each key's HEAD
-    would answer 404 for a bucket that is not there, which reads as an object deleted: its chunks removed.
+    """HEAD the bucket and list one key, once, before any key: a wrong bucket name, refused credentials, an
+    endpoint that does not answer or is not S3 is the source's one failure, said once with the field to correct.
+    Without it each key's HEAD would answer 404 for a bucket that is not there, which reads as an object deleted:
+    its chunks removed.
 
     `credentials`: what the source authenticates with, in words (SourceConfig.credentials_in_words).
     """
@@ -125,6 +193,14 @@ def check_bucket(s3: S3Client, bucket_name: str, source_name: str, credentials: 
             f"{where} endpoint_url: {endpoint_failure(s3, error)}: correct endpoint_url, or start the endpoint",
             transient=True,
         ) from None
+    except NotS3Error as error:
+        raise NotS3Error(f"{where} {error}", error.transient) from None
+    try:
+        problem = _listing_problem(s3, bucket_name)
+    except EndpointError as error:
+        raise BucketError(f"{where} endpoint_url: {endpoint_failure(s3, error)}", transient=True) from None
+    if problem is not None:
+        raise NotS3Error(f"{where} {problem}", problem.transient)
 
 
 def _endpoint(s3: S3Client) -> str:
@@ -147,6 +223,7 @@ def head_object(s3: S3Client, bucket_name: str, object_key: str) -> ObjectInfo:
         raise ObjectError(
             f"object '{object_key}' in bucket '{bucket_name}': HEAD failed: {endpoint_failure(s3, error)}"
         ) from None
+    _answered_as_s3(s3, "HeadObject", head)
     return ObjectInfo(
         object_key=object_key,
         size=int(head["ContentLength"]),
@@ -410,6 +487,7 @@ def list_objects(
         for page in paginator.paginate(
             Bucket=bucket_name, Prefix=path_prefix, PaginationConfig={"PageSize": page_size}
         ):
+            _answered_as_s3(s3, "ListObjectsV2", page)
             for entry in page.get("Contents", []):
                 if key_selected(entry["Key"], path_prefix, include, exclude):
                     yield ObjectInfo(
