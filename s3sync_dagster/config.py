@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from s3sync_dagster.pipeline import cloud_limits, keys
+from s3sync_dagster.pipeline import cloud_limits, extras, keys
 from s3sync_dagster.pipeline.conversion import DEFAULT_MAX_PAGES, DocumentOptions
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision, Runtime
 from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
@@ -208,6 +208,8 @@ class ChromaConfig(_Model):
                 "lexicon_postgres is for a Chroma server (host): an embedded store keeps its lexical index in its "
                 "folder, Chroma Cloud its own BM25 index"
             )
+        if self.lexicon_postgres is not None:  # at load, not at the first query: the pip command that adds it
+            extras.require("postgres", "chroma.lexicon_postgres")
         for header, value in self.headers.items():
             if isinstance(value, str) and re.search(_SECRET_NAME, header):
                 raise ValueError(f"headers.{header}: a literal secret is refused: write it as {{env: VAR_NAME}}")

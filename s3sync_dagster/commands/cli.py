@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3sync_dagster.commands.errors import InvocationError, RunError, UsageError
 from s3sync_dagster.config import CONFIG_ENV_VAR, AppConfig, ConfigError, config_file, is_component, load_project_env
 from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.extras import MissingExtra
 from s3sync_dagster.pipeline.objects import ObjectError
 
 # Dagster, and the modules that import it, are imported by the commands that use them: `s3sync query` needs
@@ -763,7 +764,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
     try:
         return int(args.run(args))
-    except (ConfigError, UsageError, InvocationError, ObjectError, BotoCoreError, ClientError, RunError) as error:
+    except (
+        ConfigError,
+        UsageError,
+        InvocationError,
+        ObjectError,
+        MissingExtra,
+        BotoCoreError,
+        ClientError,
+        RunError,
+    ) as error:
         # Nothing (more) was synced: the request, the config or the store is wrong. Said in one line;
         # a run's traceback is in its log on the instance (the UI, or `dagster run` commands).
         print(f"s3sync: {error}", file=sys.stderr)
