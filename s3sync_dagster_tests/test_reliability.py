@@ -974,18 +974,24 @@ class ConfigCase:
         return yaml.safe_dump({"sources": [entry], **self.top}, allow_unicode=True).encode()
 
 
-CREDENTIALS = "carries credentials (user:password@...), which are refused and not shown"
+CREDENTIALS = "carries credentials (user:password@...), refused and not shown"
 ENV_PAIR = {"aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"}}
 WHERE = "sources[0] (source 'docs')"
 
 CONFIG_CASES = {
     "literal-secret": ConfigCase(
         {**ENV_PAIR, "aws_secret_access_key": TEST_SECRET},
-        said=(f"{WHERE}.aws_secret_access_key", "a literal secret is refused: write it as {env: VAR_NAME}"),
+        said=(
+            f"{WHERE}.aws_secret_access_key",
+            "a literal secret is refused (not shown): write `aws_secret_access_key: {env: ",
+        ),
     ),
     "secret-pasted-as-env-name": ConfigCase(
         {**ENV_PAIR, "aws_secret_access_key": {"env": TEST_SECRET}},
-        said=(f"{WHERE}.aws_secret_access_key.env", "is not an environment variable name"),
+        said=(
+            f"{WHERE}.aws_secret_access_key",
+            "{env: ...} takes a variable's name, not the secret itself (not shown)",
+        ),
     ),
     "secret-in-endpoint-url": ConfigCase(
         {"endpoint_url": f"http://minio:{TEST_SECRET}@localhost:9000"}, said=(f"{WHERE}.endpoint_url", CREDENTIALS)
@@ -1006,7 +1012,7 @@ CONFIG_CASES = {
         said=("config.api_key", "a literal secret is refused"),
     ),
     "key-shaped-literal-anywhere": ConfigCase(
-        {"path_prefix": f"in/{KEY_SHAPED}/"}, said=("sources[0].path_prefix", "looks like a literal credential")
+        {"path_prefix": f"in/{KEY_SHAPED}/"}, said=(f"{WHERE}.path_prefix", "looks like a literal credential")
     ),
     "unknown-source-field": ConfigCase({"bucket": "typo"}, said=(f"{WHERE}.bucket", "Extra inputs are not permitted")),
     "unknown-top-level-field": ConfigCase(top={"sourcse": []}, said=("sourcse", "Extra inputs are not permitted")),
