@@ -292,3 +292,45 @@ def test_a_postgresql_lexical_index_that_does_not_answer_fails_the_lexical_side_
             lexicon.forget_server("127.0.0.1", chroma_server)
             held.close()
     fault_row.passed = True
+
+
+def test_a_stop_is_answered_before_the_process_leaves_however_its_threads_are_scheduled(
+    monkeypatch: pytest.MonkeyPatch, fault_row: Row
+) -> None:
+    """The reply to `query-server stop` reaches the client before the process may leave, even when the thread
+    answering it is slow to send and the thread accepting it slow to list it (a loaded machine): the process's
+    threads are daemons, cut off at exit, so `run` must not return before the reply is sent."""
+    from s3sync_dagster.commands import resident_server
+
+    control, start = resident_server.Server.control, resident_server.threading.Thread.start
+
+    def slow_control(self: resident_server.Server, action: Any) -> dict[str, Any]:
+        status = control(self, action)
+        time.sleep(0.5)  # decided to stop, not yet sent: the main thread leaves meanwhile
+        return status
+
+    def slow_start(thread: Any) -> None:
+        start(thread)
+        time.sleep(0.3)  # started, not yet listed by the accepting thread
+
+    monkeypatch.setattr(resident_server.Server, "control", slow_control)
+    monkeypatch.setattr(resident_server.threading.Thread, "start", slow_start)
+    with tempfile.TemporaryDirectory(prefix="s3r-") as folder:
+        where = Path(folder) / "s.sock"
+        server = resident_server.Server(where, idle=60.0)
+        serving = resident_server.threading.Thread(target=server.run, args=(None,), daemon=True)
+        serving.start()
+        deadline = time.monotonic() + 30
+        while not where.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answers: list[dict[str, Any]] = []
+        client = resident_server.threading.Thread(
+            target=lambda: answers.append(resident.consult({"control": "stop"}, where)), daemon=True
+        )
+        client.start()
+        serving.join(30)
+        assert not serving.is_alive()
+        # `run` returned: the process would exit now. The reply was sent before; the client reads it at once.
+        client.join(0.2)
+        assert answers and answers[0]["pid"] == os.getpid(), answers
+    fault_row.passed = True

@@ -102,7 +102,10 @@ class Server:
         waited for past REPLY_WAIT_S."""
         deadline = time.monotonic() + REPLY_WAIT_S
         for thread in list(self.conversations):
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.ident is None and time.monotonic() < deadline:  # listed, about to start
+                time.sleep(0.01)
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def release(self) -> None:
         """Tell the clients still waiting that their query will not be answered here (they answer it)."""
@@ -123,8 +126,9 @@ class Server:
                 return
             self.last = time.monotonic()
             conversation = threading.Thread(target=self.converse, args=(connection,), daemon=True)
-            conversation.start()
+            # Listed before it starts: a stop it answers ends the main thread, which must find it to wait for.
             self.conversations = [thread for thread in self.conversations if thread.is_alive()] + [conversation]
+            conversation.start()
 
     def converse(self, connection: socket.socket) -> None:
         """One client: checked, answered (a query by the main thread, with a heartbeat meanwhile)."""
