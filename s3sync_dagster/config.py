@@ -1070,10 +1070,14 @@ def _component_schema() -> dict[str, Any]:
     # Attributes that hold a literal secret anywhere pass as they are: `dg check yaml` prints the file's lines
     # around each problem it finds (the value of a secret next to any of them), and a problem in an object quotes
     # the whole object. The component's load then refuses the secret, naming its field, never its value.
+    # Each attribute is also shown at the top, where `dg utils inspect-component` and editors read the attributes,
+    # as its schema or anything (`{}`): the `else` branch alone validates.
+    shown = {name: {"anyOf": [field, {}]} for name, field in settings["properties"].items()}
     return {
         "$defs": {**settings.pop("$defs", {}), **_SECRET_DEFINITIONS},
         "title": settings.pop("title", "AppConfig"),
         "type": "object",
+        "properties": shown,
         "if": literal_secret_schema(),
         "then": {},
         "else": settings,

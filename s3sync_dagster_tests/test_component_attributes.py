@@ -22,6 +22,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
+import yaml
 
 import s3sync_dagster
 from s3sync_dagster.definitions import ScaffoldParams
@@ -153,6 +154,16 @@ def test_the_scaffold_help_lists_every_option_and_the_scaffold_takes_them(projec
     text = project.defs_yaml.read_text()
     for written in ('path_prefix: "notes/"', 'collection_name: "heronry-ledger"', "{{ env.HERONRY_ENDPOINT }}"):
         assert written in text, text
+
+
+def test_inspect_component_lists_every_attribute_and_a_sources_settings(project: Project) -> None:
+    """`dg utils inspect-component` (and an editor, from the same schema) shows the attributes and a source's settings,
+    though the schema lets a literal secret through to the load, which refuses it without echoing it."""
+    said = project.dg("utils", "inspect-component", "s3sync_dagster.S3ChromaSync", "--defs-yaml-example-values")
+    assert said.returncode == 0, said.stderr[-2000:]
+    example = yaml.safe_load(said.stdout)["attributes"]
+    assert {"project", "chroma", "embedding", "sources"} <= set(example), said.stdout
+    assert {"name", "bucket_name", "collection_name", "asset"} <= set(example["sources"][0]), said.stdout
 
 
 def test_a_sources_asset_attributes_read_back_from_dg_list_defs(listed: dict[str, Any]) -> None:
