@@ -52,7 +52,9 @@ def test_sync_shows_live_progress_on_a_terminal_and_nothing_off_one(
     everything = terminal.logfile_read.getvalue().decode(errors="replace")
     assert terminal.exitstatus == 1, everything[-3000:]  # one key failed: the command says so by its status
     assert seen and seen[-1] == KEYS + 1  # every key counted, the failed one too
-    assert any(0 < count < KEYS + 1 for count in seen), seen  # drawn while the run worked, not only at its end
+    # Drawn while the run worked, batch by batch, not only at its end: on a busy machine the display stood at 0 until
+    # the run was over (drawn on descriptor 2, which Dagster points at the step's log file while a step runs).
+    assert len({count for count in seen if 0 < count < KEYS + 1}) >= 3, seen
     assert seen == sorted(seen)
     # The last frame: one failed, none unchanged on a first sync, a rate; then the result's own lines.
     assert "failed 1, unchanged 0" in everything and "keys/s" in everything

@@ -4,6 +4,7 @@ reports it, like one in this process), drawn by rich on standard error. Quiet un
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -41,6 +42,22 @@ class _Rate(ProgressColumn):
         return Text(f"{task.speed:.1f} keys/s" if task.speed else "- keys/s", style="progress.data.speed")
 
 
+def _terminal() -> Console:
+    """rich's console on a copy of the terminal's standard error, taken before a run starts.
+
+    While a step runs in this process Dagster points file descriptor 2 at the step's log file and copies that
+    file to the terminal through a process of its own; on a busy machine that copy falls behind and is cut off
+    when the step ends, so a display drawn on descriptor 2 stood at 0 keys until the run was over. The copy of
+    the descriptor still reaches the terminal. Closed by _close."""
+    stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+    return Console(file=stream)
+
+
+def _close(progress: Progress) -> None:
+    progress.stop()
+    progress.console.file.close()
+
+
 def _bar(console: Console, total: int | None) -> Progress:
     counted = TextColumn("failed {task.fields[failed]}, unchanged {task.fields[unchanged]}")
     if total is None:  # a listing: no end known ahead
@@ -72,7 +89,7 @@ class RunsProgress:
         if total <= 0 or self._progress is not None:
             return
         _notices_first(self._instance)
-        self._progress = _bar(Console(stderr=True), total)
+        self._progress = _bar(_terminal(), total)
         self._task = self._progress.add_task(self._description, total=total, failed=0, unchanged=0)
         self._progress.start()
         self._thread.start()
@@ -88,7 +105,7 @@ class RunsProgress:
         try:
             self._poll()  # what the last runs reported after the last look
         finally:
-            self._progress.stop()
+            _close(self._progress)
 
     def _watch(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
@@ -149,9 +166,12 @@ def counting(description: str, enabled: bool) -> Iterator[Counting | None]:
     if not enabled:
         yield None
         return
-    progress = _bar(Console(stderr=True), None)
-    with progress:
+    progress = _bar(_terminal(), None)
+    progress.start()
+    try:
         yield Counting(progress, progress.add_task(description, total=None, failed=0, unchanged=0))
+    finally:
+        _close(progress)
 
 
 @contextmanager
