@@ -3,7 +3,7 @@ sync (sync_object).
 
 A key travels read (HEAD, skip check, GET: fetch) -> extract (its text) -> chunk (its records: write.prepare) ->
 embed and write (write.NewObjects: new objects in shared batches, the others alone) -> settle (checked against
-the bucket again: settle.RunChecks) -> report (Reporter: in key order, to on_report). One bad key fails only
+the bucket again: settle.RunChecks) -> report (Reporter: kept, and told to on_report). One bad key fails only
 itself: every stage turns its key's error into that key's failed report.
 
 How the stages overlap, said here once:
@@ -11,8 +11,8 @@ How the stages overlap, said here once:
   stage                        runs on                       ahead of the write      holds in memory
   read, extract, chunk         the staging thread            up to STAGE_AHEAD keys  the objects' bytes, under
     (plain keys)               (staging.Stager)                                      STAGE_BYTES (staging.Held)
-  extract (documents,          the pool's worker processes   a window of 2 per       the documents in the window
-    with a pool)               (extracting.Conversions)      worker, in key order
+  extract (documents,          the pool's worker processes   a window of 2 per       the window's documents, in
+    with a pool)               (extracting.Conversions)      worker, in key order    the workers (not here)
   read (other keys), embed,    this thread                   -                       new objects waiting for a
     write, settle, report      (write.NewObjects, ...)                               shared write: BATCH_OBJECTS
                                                                                      objects, BATCH_CHUNKS chunks
@@ -25,8 +25,9 @@ What waits for what:
 - The staging thread reads the next key only while the staged bytes not yet taken are under STAGE_BYTES.
 - Staging runs only where no key's sync reads or writes another's chunks (staging.stages_ahead): no .meta.json,
   no document named by one, not metadata mode; an invoked key is never staged.
-- A key is reported only once written and settled; the settle checks after a batch of new objects read their
-  stored chunks in one go (RunChecks.read_written).
+- A key is reported only once written and settled, on this thread: in key order, but for new objects waiting
+  for a shared write, reported once it is done (after any key written alone meanwhile); the settle checks
+  after such a batch read their stored chunks in one go (RunChecks.read_written).
 - stop: once set, no further key is begun, conversions in flight are cancelled and objects waiting for a shared
   write are dropped; what was reported stays reported.
 """
@@ -127,7 +128,7 @@ def document_in_metadata_mode(
 class Reporter:
     """The settle and report stages of a run: each key's report settled (settle.RunChecks), a metadata file's
     link to a document it no longer names dropped, and the report kept and told (on_report), in the order the
-    keys finish their write (key order, as every write is on this thread)."""
+    keys' writes finish on this thread (see the module's docstring)."""
 
     def __init__(
         self,
@@ -147,6 +148,7 @@ class Reporter:
         self.reports: list[KeyReport] = []
 
     def done(self, report: KeyReport) -> None:
+        """A key's sync has its outcome: settle it, then keep and tell the report."""
         report = self._checks.settled(report)
         document = self._worklist.named_document(report.object_key)
         if document is not None and report.status != "failed" and report.document_key != document:
@@ -156,6 +158,7 @@ class Reporter:
             self._on_report(report)
 
     def failed(self, object_key: str, error: Exception, started: float) -> None:
+        """A key failed at some stage: reported as failed, with the error's message naming it."""
         self.done(
             KeyReport(
                 object_key=object_key,
