@@ -251,7 +251,8 @@ def test_reporter_keeps_tells_and_drops_a_link_no_longer_true(
     links = InMemoryMetaLinks()
     links.link("d/doc.txt", "d/doc.meta.json")
     links.link("d/kept.txt", "d/kept.meta.json")
-    worklist = Worklist(["d/doc.txt", "d/kept.txt"], links)
+    links.link("d/failing.txt", "d/failing.meta.json")
+    worklist = Worklist(["d/doc.txt", "d/kept.txt", "d/failing.txt"], links)
     checks = RunChecks(s3, spec, lambda _: collection, embedder, extract_with(None, spec), None, links)
     told: list[str] = []
     reporter = Reporter(spec, checks, worklist, links, lambda report: told.append(report.object_key))
@@ -263,8 +264,11 @@ def test_reporter_keeps_tells_and_drops_a_link_no_longer_true(
         )
     )
     reporter.failed("d/x.txt", ValueError("no such rule"), 0.0)
-    assert told == ["d/doc.meta.json", "d/kept.meta.json", "d/x.txt"] == [r.object_key for r in reporter.reports]
-    assert links.by_document == {"d/kept.txt": ["d/kept.meta.json"]}  # doc.meta.json names d/doc.txt no more
+    reporter.failed("d/failing.meta.json", ValueError("unreadable"), 0.0)  # a failure says nothing of its link
+    told_in_order = ["d/doc.meta.json", "d/kept.meta.json", "d/x.txt", "d/failing.meta.json"]
+    assert told == told_in_order == [r.object_key for r in reporter.reports]
+    # doc.meta.json names d/doc.txt no more: its link goes; the others stay.
+    assert links.by_document == {"d/kept.txt": ["d/kept.meta.json"], "d/failing.txt": ["d/failing.meta.json"]}
     failed = reporter.reports[2]
     assert (failed.status, failed.message, failed.collection_name) == (
         "failed",
