@@ -242,6 +242,45 @@ def join(
 
     named: the documents metadata files name, asked for those that look missing (None: none is waiting).
     """
+    chunks, misplaced = _placed(chunks, target)
+    placed = _against_listing(chunks, listing, target)
+    chunk_total = int(chunks["chunks"].sum()) + sum(misplaced.values())
+    selected_listing = listing[listing["selected"]]
+    indexed_partitions = set(chunks["partition"])
+    indexed = int(selected_listing["object_key"].isin(indexed_partitions).sum())
+    stale_etag, incomplete = _stale(placed.live, target)
+    incomplete_partitions = set(incomplete.index.get_level_values("partition"))
+    if target.metadata_mode:
+        return Drift(
+            target.name, True, len(selected_listing), chunk_total, indexed, None, sorted(incomplete_partitions),
+            placed.orphaned, placed.unselected, incomplete=len(incomplete),
+            foreign=dict(foreign or {}), misplaced=misplaced,
+        )  # fmt: skip
+
+    stale = sorted(stale_etag | incomplete_partitions)
+    unindexed = selected_listing[~selected_listing["object_key"].isin(indexed_partitions)]
+    missing, empty, waiting = _missing(listing, unindexed, known_empty, named)
+    return Drift(
+        target.name,
+        False,
+        len(selected_listing),
+        chunk_total,
+        indexed,
+        missing,
+        stale,
+        placed.orphaned,
+        placed.unselected,
+        empty=empty,
+        foreign=dict(foreign or {}),
+        misplaced=misplaced,
+        incomplete=len(incomplete),
+        waiting=dict(sorted(waiting.items())),
+    )
+
+
+def _placed(chunks: pd.DataFrame, target: SourceSpec) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The chunk rows with their partition (`.meta.json` or object key) and whether they are in the source's
+    own collection (`home`), less those in a collection the source may not write: counted by collection."""
     if chunks.empty:
         chunks = _empty_chunk_frame()
     chunks = chunks.assign(
@@ -254,7 +293,20 @@ def join(
     placed = chunks["collection"].map(allowed).astype(bool) if len(chunks) else chunks["home"]
     misplaced_rows = chunks[~placed]
     misplaced = {str(name): int(n) for name, n in misplaced_rows.groupby("collection")["chunks"].sum().items()}
-    chunks = chunks[placed]
+    return chunks[placed], misplaced
+
+
+@dataclass
+class _Placed:
+    """The chunk rows set against the listing: the partitions whose chunks must go, and the rows that stay."""
+
+    orphaned: list[str]  # gone or unselected
+    unselected: list[str]  # of those, the ones whose object exists but is not selected
+    live: pd.DataFrame  # the rest, each with its document's listed ETag (`listed_etag`)
+
+
+def _against_listing(chunks: pd.DataFrame, listing: pd.DataFrame, target: SourceSpec) -> _Placed:
+    """Which chunk rows' document or partition is gone from the bucket, or not selected by the source."""
     # The document's listing entry (any object under the prefix) and the partition's (selected or not).
     present = listing[["object_key", "etag", "selected"]].astype({"object_key": "object", "etag": "object"})
     with_document = chunks.merge(
@@ -284,13 +336,16 @@ def join(
     # A key outside the prefix cannot be synced by the source: its chunks are deleted, never re-synced.
     unselected |= outside
     gone &= ~outside
-    orphaned = sorted(set(with_both.loc[gone | unselected, "partition"]))
-    unselected_keys = sorted(set(with_both.loc[unselected, "partition"]) - set(with_both.loc[gone, "partition"]))
-    chunk_total = int(chunks["chunks"].sum()) + sum(misplaced.values())
-    selected_listing = listing[listing["selected"]]
-    indexed_partitions = set(chunks["partition"])
-    indexed = int(selected_listing["object_key"].isin(indexed_partitions).sum())
-    live = with_both[~gone & ~unselected]
+    return _Placed(
+        orphaned=sorted(set(with_both.loc[gone | unselected, "partition"])),
+        unselected=sorted(set(with_both.loc[unselected, "partition"]) - set(with_both.loc[gone, "partition"])),
+        live=with_both[~gone & ~unselected],
+    )
+
+
+def _stale(live: pd.DataFrame, target: SourceSpec) -> tuple[set[str], pd.DataFrame]:
+    """The partitions whose chunks carry another ETag than the listing, and the documents (by collection,
+    document_id, partition) missing some of their chunks or holding extra ones."""
     # In metadata mode a metadata file's document counts wherever it was sent.
     comparable = live if target.metadata_mode else live[live["home"] | (live["metadata_key"] != "")]
     stale_etag = set(comparable.loc[comparable["etag"] != comparable["listed_etag"], "partition"])
@@ -302,17 +357,14 @@ def join(
     incomplete = per_document[
         (per_document["present"] != per_document["high"]) | (per_document["low"] != per_document["high"])
     ]
-    incomplete_partitions = set(incomplete.index.get_level_values("partition"))
-    if target.metadata_mode:
-        return Drift(
-            target.name, True, len(selected_listing), chunk_total, indexed, None, sorted(incomplete_partitions),
-            orphaned, unselected_keys, incomplete=len(incomplete),
-            foreign=dict(foreign or {}), misplaced=misplaced,
-        )  # fmt: skip
+    return stale_etag, incomplete
 
-    stale = sorted(stale_etag | incomplete_partitions)
 
-    unindexed = selected_listing[~selected_listing["object_key"].isin(indexed_partitions)]
+def _missing(
+    listing: pd.DataFrame, unindexed: pd.DataFrame, known_empty: EmptyLookup | None, named: NamedLookup | None
+) -> tuple[list[str], int, dict[str, str]]:
+    """Of the selected keys without chunks: the missing ones, how many are excused as empty at their ETag, and the
+    metadata files waiting for their document (metadata file -> document)."""
     empty_at = dict(known_empty(list(unindexed["object_key"]))) if known_empty is not None and len(unindexed) else {}
     excused = [
         object_key in empty_at and (empty_at[object_key] == etag or events.is_meta_key(object_key))
@@ -325,22 +377,7 @@ def join(
         listed = set(listing["object_key"])
         waiting = {meta_key: document for meta_key, document in named(unnamed).items() if document not in listed}
         missing = [object_key for object_key in missing if object_key not in waiting]
-    return Drift(
-        target.name,
-        False,
-        len(selected_listing),
-        chunk_total,
-        indexed,
-        missing,
-        stale,
-        orphaned,
-        unselected_keys,
-        empty=sum(excused),
-        foreign=dict(foreign or {}),
-        misplaced=misplaced,
-        incomplete=len(incomplete),
-        waiting=dict(sorted(waiting.items())),
-    )
+    return missing, sum(excused), waiting
 
 
 def lexicon_drift(collections: Iterable[Collection]) -> dict[str, str]:

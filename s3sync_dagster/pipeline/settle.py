@@ -1,15 +1,20 @@
-"""Settling a sync against concurrent writers: check its outcome against the bucket, sync again until they agree."""
+"""The settle stage: a sync's outcome checked against the bucket (concurrent writers), synced again until they
+agree; in a run of many keys, the stored chunks of a batch of new objects read for their checks at once."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from s3sync_dagster.pipeline import extract, index
-from s3sync_dagster.pipeline.fetch import Fetched
+from s3sync_dagster.pipeline import events, extract, index
+from s3sync_dagster.pipeline.fetch import Fetched, fetch
+from s3sync_dagster.pipeline.meta_links import MetaLinks
+from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.reports import KeyReport, Status, failure_message, lap
-from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.write import finish
+from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
+from s3sync_dagster.pipeline.staging import ReadAhead
+from s3sync_dagster.pipeline.targets import CollectionFor
+from s3sync_dagster.pipeline.write import Prepared, finish
 
 # Two writers of one key (a sensor run and a backfill, two hosts on one Chroma server) take no lock
 # together, and can interleave: one reads version 1, the other writes version 2, then the first writes
@@ -75,3 +80,60 @@ def settle(
             f"synced {resyncs} more time(s): another writer changed the object or its chunks meanwhile"
         )
     return report
+
+
+class RunChecks:
+    """The settle stage of a run of many keys: each key's check as its sync ran it (its invocation, the run's
+    metadata links), its resyncs extracted as the run extracts, and the stored chunks of a batch of plain new
+    objects read for their checks in one go once the batch is written (read_written), each key's share of that
+    read counted in its settle time."""
+
+    def __init__(
+        self,
+        s3: S3Client,
+        spec: SourceSpec,
+        collection_for: CollectionFor,
+        embed: index.Embedder,
+        extract_text: Extract,
+        invocations: Mapping[str, Invocation] | None,
+        links: MetaLinks,
+    ) -> None:
+        self._s3, self._spec, self._collection_for, self._embed = s3, spec, collection_for, embed
+        self._extract_text, self._invocations, self._links = extract_text, invocations or {}, links
+        self._reads = ReadAhead()
+        self._read_share: dict[str, float] = {}
+
+    def read_written(self, group: list[Prepared]) -> None:
+        """A batch of new objects is in Chroma: read their chunks for the settle checks in one go."""
+        plain = [
+            prepared.fetched.report.object_key
+            for prepared in group
+            if prepared.fetched.meta_key is None
+            and prepared.fetched.custom_id is None
+            and not prepared.fetched.shared
+            and prepared.fetched.report.object_key not in self._invocations
+            and not events.is_meta_key(prepared.fetched.report.object_key)
+        ]
+        if len(plain) > 1:  # plain: the source's own
+            self._reads.read(self._collection_for, self._spec.collection_name, plain, self._spec.owner)
+
+    def settled(self, report: KeyReport) -> KeyReport:
+        """The key's report once settled (settle), its share of a batch's read counted in its settle time."""
+        report = settle(report, self._check, self._extract_text, self._spec, self._embed)
+        self._reads.take(report.object_key)  # unread where the settle check did not run: never used later
+        share = self._read_share.pop(report.object_key, 0.0)
+        if "settle" in report.timings:
+            report.timings["settle"] += share
+        return report
+
+    def _check(self, report: KeyReport) -> KeyReport | Fetched:
+        invocation = self._invocations.get(report.object_key, Invocation())
+        stored, share = self._reads.take(report.object_key)  # only a plain key's, once, just after its write
+        if share:
+            self._read_share[report.object_key] = share
+        return fetch(
+            self._s3, self._spec, self._collection_for, report.object_key,
+            custom_id=invocation.custom_id, user_metadata=invocation.metadata,
+            target_collection_name=invocation.target_collection_name, links=self._links,
+            empty_etag=report.etag if report.status == "empty" else None, stored=stored,
+        )  # fmt: skip

@@ -1,41 +1,68 @@
-"""One object, top to bottom: fetch (HEAD, skip check, bytes) -> text -> chunks -> Chroma -> settle; and the loop
-over a run's keys, which batches new objects and keeps documents converting in a pool while it writes others."""
+"""A key's sync as named stages joined in one place: the loop over a run's keys (sync_keys), and one object's
+sync (sync_object).
+
+A key travels read (HEAD, skip check, GET: fetch) -> extract (its text) -> chunk (its records: write.prepare) ->
+embed and write (write.NewObjects: new objects in shared batches, the others alone) -> settle (checked against
+the bucket again: settle.RunChecks) -> report (Reporter: kept, and told to on_report). One bad key fails only
+itself: every stage turns its key's error into that key's failed report.
+
+How the stages overlap, said here once:
+
+  stage                        runs on                       ahead of the write      holds in memory
+  read, extract, chunk         the staging thread            up to STAGE_AHEAD keys  the objects' bytes, under
+    (plain keys)               (staging.Stager)                                      STAGE_BYTES (staging.Held)
+  extract (documents,          the pool's worker processes   a window of 2 per       the window's documents, in
+    with a pool)               (extracting.Conversions)      worker, in key order    the workers (not here)
+  read (other keys), embed,    this thread                   -                       new objects waiting for a
+    write, settle, report      (write.NewObjects, ...)                               shared write: BATCH_OBJECTS
+                                                                                     objects, BATCH_CHUNKS chunks
+
+What waits for what:
+- Before this thread waits on a staged key or a conversion, the new objects waiting for a shared write are
+  written once they have waited write.PATIENCE_S (NewObjects.wait_for): a slow key holds back none before it.
+- A key is read on this thread only once the chunks it could read or replace are written (NewObjects.holds, then
+  flush): its own, or for a .meta.json any waiting.
+- The staging thread reads the next key only while the staged bytes not yet taken are under STAGE_BYTES.
+- Staging runs only where no key's sync reads or writes another's chunks (staging.stages_ahead): no .meta.json,
+  no document named by one, not metadata mode; an invoked key is never staged.
+- A key is reported only once written and settled, on this thread: in key order, but for new objects waiting
+  for a shared write, reported once it is done (after any key written alone meanwhile); the settle checks
+  after such a batch read their stored chunks in one go (RunChecks.read_written).
+- stop: once set, no further key is begun, conversions in flight are cancelled and objects waiting for a shared
+  write are dropped; what was reported stays reported.
+"""
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from s3sync_dagster.pipeline import documents, events, extract, index, settle
+from s3sync_dagster.pipeline.extracting import (
+    Conversions,
+    chunked_in_process,
+    extract_in_process,
+    extract_with,
+)
 from s3sync_dagster.pipeline.fetch import Fetched, fetch
 from s3sync_dagster.pipeline.meta_links import InMemoryMetaLinks, MetaLinks
 from s3sync_dagster.pipeline.objects import S3Client
-from s3sync_dagster.pipeline.owners import Owner
 from s3sync_dagster.pipeline.reports import KeyReport, failure_message, lap
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
+from s3sync_dagster.pipeline.staging import Staged, Stager, stages_ahead
 from s3sync_dagster.pipeline.targets import CollectionFor, Collections, searchable
-from s3sync_dagster.pipeline.write import NewObjects, Prepared, finish, prepare, write
+from s3sync_dagster.pipeline.worklist import Worklist
+from s3sync_dagster.pipeline.write import NewObjects, finish
 
-
-def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extract.Extracted:
-    if documents.is_converted(object_key):
-        return documents.convert_document(object_key, data, spec.document_options).to_extracted()
-    return extract.extract_text(object_key, data)
-
-
-def chunked_in_process(fetched: Fetched, spec: SourceSpec) -> Prepared:
-    """A fetched object's text, extracted in this process, cut into the records its write needs."""
-    mark = time.perf_counter()
-    extracted = extract_in_process(fetched.report.document_key or fetched.report.object_key, fetched.data, spec)
-    lap(fetched.report, "extract", mark)
-    fetched.data = b""  # chunked next: the text is what the write needs
-    return prepare(fetched, extracted, spec)
+# How many keys ahead of the one being written a sync fetches, extracts and chunks in its staging thread:
+# one batch of new objects (write.BATCH_OBJECTS), so the next batch is ready when the model finishes one.
+STAGE_AHEAD = 64
+# ... and while the objects staged and not yet written hold fewer bytes than this: of a run of large objects,
+# at most one is held besides the one being written (a sync without staging holds that one).
+STAGE_BYTES = 64 * 1024 * 1024
 
 
 def sync_object(
@@ -70,7 +97,7 @@ def sync_object(
     return settle.settle(finish(fetched, extracted, spec, embed), check, extract_text, spec, embed)
 
 
-def _document_in_metadata_mode(
+def document_in_metadata_mode(
     spec: SourceSpec, collection_for: CollectionFor, object_key: str, linked: list[str]
 ) -> tuple[KeyReport, list[str]]:
     """In metadata mode a document is indexed only through the metadata files naming it, which are synced
@@ -98,106 +125,108 @@ def _document_in_metadata_mode(
     return report, meta_keys
 
 
-# How many keys ahead of the one being written a sync fetches, extracts and chunks in its staging thread:
-# one batch of new objects (write.BATCH_OBJECTS), so the next batch is ready when the model finishes one.
-STAGE_AHEAD = 64
-# ... and while the objects staged and not yet written hold fewer bytes than this: of a run of large objects,
-# at most one is held besides the one being written (a sync without staging holds that one).
-STAGE_BYTES = 64 * 1024 * 1024
+class Reporter:
+    """The settle and report stages of a run: each key's report settled (settle.RunChecks), a metadata file's
+    link to a document it no longer names dropped, and the report kept and told (on_report), in the order the
+    keys' writes finish on this thread (see the module's docstring)."""
 
+    def __init__(
+        self,
+        spec: SourceSpec,
+        checks: settle.RunChecks,
+        worklist: Worklist,
+        links: MetaLinks,
+        on_report: Callable[[KeyReport], None] | None,
+    ) -> None:
+        self._spec, self._checks, self._worklist, self._links, self._on_report = (
+            spec,
+            checks,
+            worklist,
+            links,
+            on_report,
+        )
+        self.reports: list[KeyReport] = []
 
-class _Held:
-    """The bytes of the objects staged and not yet taken by the writing thread; the staging thread reads
-    the next key only while they are under the limit (one object of any size when none is held)."""
+    def done(self, report: KeyReport) -> None:
+        """A key's sync has its outcome: settle it, then keep and tell the report."""
+        report = self._checks.settled(report)
+        document = self._worklist.named_document(report.object_key)
+        if document is not None and report.status != "failed" and report.document_key != document:
+            self._links.unlink(document, report.object_key)  # the metadata file is gone or names another object now
+        self.reports.append(report)
+        if self._on_report is not None:
+            self._on_report(report)
 
-    def __init__(self, limit: int) -> None:
-        self._limit, self._bytes, self._closed = limit, 0, False
-        self._changed = threading.Condition()
-
-    def wait_for_room(self) -> bool:
-        """Wait until the next key may be read; False once the sync is closing."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._closed or self._bytes < self._limit)
-            return not self._closed
-
-    def add(self, count: int) -> None:
-        with self._changed:
-            self._bytes += count
-
-    def release(self, count: int) -> None:
-        with self._changed:
-            self._bytes -= count
-            self._changed.notify_all()
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-
-
-class _ReadAhead:
-    """Stored chunks read for many keys at once (index.chunks_of_keys), each key's taken once by its check;
-    with each, its share of the read's time."""
-
-    def __init__(self) -> None:
-        self._found: dict[str, tuple[dict[str, index.StoredChunk], float]] = {}
-        self._lock = threading.Lock()
-
-    def read(self, collection_for: CollectionFor, collection_name: str, object_keys: list[str], owner: Owner) -> None:
-        started = time.perf_counter()
-        try:
-            found = index.chunks_of_keys(collection_for(collection_name), object_keys, owner)
-        except Exception:  # each key's check reads for itself then, and fails on its own
-            return
-        share = (time.perf_counter() - started) / len(object_keys)
-        with self._lock:
-            self._found.update({key: (chunks, share) for key, chunks in found.items()})
-
-    def take(self, object_key: str) -> tuple[dict[str, index.StoredChunk] | None, float]:
-        """The key's chunks as read (None where it was not read, or its read failed), and its share of the time."""
-        with self._lock:
-            return self._found.pop(object_key, (None, 0.0))
+    def failed(self, object_key: str, error: Exception, started: float) -> None:
+        """A key failed at some stage: reported as failed, with the error's message naming it."""
+        self.done(
+            KeyReport(
+                object_key=object_key,
+                status="failed",
+                collection_name=self._spec.collection_name,
+                message=failure_message(object_key, error),
+                duration_s=time.perf_counter() - started,
+            )
+        )
 
 
 @dataclass
-class _Staged:
-    """A key fetched (and, unless a document for the pool, extracted and chunked) ahead of its write."""
+class RunStages:
+    """The stages of one run, joined: where a key goes on this thread after it is read here or taken from the
+    staging thread. Each method reports a key's failure as the key's own (Reporter.failed)."""
 
-    result: KeyReport | Fetched | Prepared | None = None
-    error: Exception | None = None
-    started: float = 0.0
-    held: int = 0  # the object's bytes, counted in _Held until the writing thread takes it
+    s3: S3Client
+    spec: SourceSpec
+    collection_for: CollectionFor
+    invocations: Mapping[str, Invocation]
+    links: MetaLinks
+    worklist: Worklist
+    reporter: Reporter
+    new_objects: NewObjects
+    conversions: Conversions
 
+    def sync_one(self, object_key: str, started: float) -> None:
+        """The read stage on this thread (a key not staged): its invocation, the metadata files to follow it, and
+        the fetch once no write waiting could change what it reads; then on to extract or straight to report."""
+        try:
+            invocation = self.invocations.get(object_key, Invocation())
+            invocation.validate(self.spec, object_key)
+            if not events.is_meta_key(object_key):
+                meta_keys = self.worklist.naming.get(object_key, [])
+                if self.spec.auto_sync == "metadata" and invocation == Invocation():
+                    report, meta_keys = document_in_metadata_mode(self.spec, self.collection_for, object_key, meta_keys)
+                    self.worklist.then_sync(object_key, meta_keys)
+                    self.reporter.done(report)
+                    return
+                self.worklist.then_sync(object_key, meta_keys)
+            if self.new_objects.holds(object_key):
+                # Its chunks (or those its .meta.json names) must be in Chroma before it is looked at again.
+                self.new_objects.flush()
+            fetched = fetch(
+                self.s3, self.spec, self.collection_for, object_key,
+                custom_id=invocation.custom_id, user_metadata=invocation.metadata,
+                target_collection_name=invocation.target_collection_name,
+                links=self.links,
+            )  # fmt: skip
+            if isinstance(fetched, KeyReport):
+                self.reporter.done(fetched)
+            elif self.conversions.takes(fetched.report.document_key or object_key):
+                self.conversions.submit(fetched)
+            else:
+                self.new_objects.deliver(chunked_in_process(fetched, self.spec))
+        except Exception as error:  # one bad object fails its own key, never the others
+            self.reporter.failed(object_key, error, started)
 
-def _stage(
-    s3: S3Client,
-    spec: SourceSpec,
-    collection_for: CollectionFor,
-    object_key: str,
-    pooled: bool,
-    held: _Held,
-    reads: _ReadAhead,
-) -> _Staged:
-    """The read side of one plain key, in the staging thread: HEAD, skip check, GET, text, chunks."""
-    staged = _Staged(started=time.perf_counter())
-    stored, read_share = reads.take(object_key)
-    if not held.wait_for_room():
-        staged.error = RuntimeError(f"object '{object_key}': the sync stopped before it was read")
-        return staged
-    try:
-        fetched = fetch(s3, spec, collection_for, object_key, stored=stored)
-        report = fetched if isinstance(fetched, KeyReport) else fetched.report
-        report.timings["chroma_read"] = report.timings.get("chroma_read", 0.0) + read_share
-        if isinstance(fetched, Fetched):
-            staged.held = fetched.info.size
-            held.add(staged.held)
-        if isinstance(fetched, KeyReport) or (pooled and documents.is_converted(object_key)):
-            staged.result = fetched  # final, or a document for the run's converter pool (submitted in order)
-            return staged
-        staged.result = chunked_in_process(fetched, spec)
-    except Exception as error:  # the key's own failure, reported in its turn
-        staged.error = error
-    return staged
+    def take_staged(self, object_key: str, staged: Staged) -> None:
+        """A key the staging thread read: failed, final (report), a document to convert, or chunks to write."""
+        if staged.error is not None:
+            self.reporter.failed(object_key, staged.error, staged.started)
+        elif isinstance(staged.result, KeyReport):
+            self.reporter.done(staged.result)
+        elif isinstance(staged.result, Fetched):
+            self.conversions.submit(staged.result)
+        elif staged.result is not None:
+            self.new_objects.deliver(staged.result)
 
 
 def sync_keys(
@@ -215,196 +244,29 @@ def sync_keys(
 ) -> list[KeyReport]:
     """Sync many keys; a key that fails is reported as failed and never stops the others.
 
-    The stages overlap: a staging thread reads, extracts and chunks up to `ahead` plain keys (no
-    `.meta.json`, no invocation, not metadata mode; under STAGE_BYTES held) ahead of the one this
-    thread embeds and writes,
-    so S3 and extraction wait while the model works; writes, settle checks and reports stay on this
-    thread, in key order. A key staged ahead is checked against the bucket again after its write
-    (settle), as any sync is. With a pool, documents are converted in its worker processes; a few
-    conversions are kept in flight so every core stays busy. A document's sync also syncs the metadata
-    files that name it (links), after it; in metadata mode only they index it.
+    The stages overlap as the module's docstring says: a staging thread reads, extracts and chunks up to
+    `ahead` plain keys ahead of the one this thread embeds and writes; with a pool, documents are converted
+    in its worker processes; writes, settle checks and reports stay on this thread, in key order. A key
+    staged ahead is checked against the bucket again after its write (settle), as any sync is. A document's
+    sync also syncs the metadata files that name it (links), after it; in metadata mode only they index it.
 
     stop: once set (the run is being stopped), no further key is begun, conversions in flight are cancelled
     and objects waiting for a shared write are dropped; what was reported stays reported.
     """
     links = links if links is not None else InMemoryMetaLinks()
-    worklist = deque(dict.fromkeys(object_keys))
-    queued = set(worklist)
-    naming = links.naming(key for key in worklist if not events.is_meta_key(key))
-    named_document = {meta_key: document for document, metas in naming.items() for meta_key in metas}
-    reports: list[KeyReport] = []
-    in_flight: deque[tuple[Fetched, Future[documents.Converted]]] = deque()
-    window = 2 * pool.workers if pool is not None else 0
-    # Staging ahead only where no key's sync reads or writes another's chunks: a .meta.json (and the
-    # documents named by one) is synced in order after every earlier write, as before.
-    staging = (
-        ahead > 0
-        and len(worklist) > 1
-        and spec.auto_sync != "metadata"
-        and not naming
-        and not any(events.is_meta_key(key) for key in worklist)
-    )
-    stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3sync-stage") if staging else None
-    staged: dict[str, Future[_Staged]] = {}
-    held = _Held(STAGE_BYTES)
-    # The skip checks of staged keys, and the settle checks after a batch of new objects is written, read the
-    # stored chunks of many keys at once: in embedded Chroma a read costs about the same for 1 key or 64.
-    staged_reads, settle_reads = _ReadAhead(), _ReadAhead()
-    settle_read_share: dict[str, float] = {}
-
-    def stage_ahead() -> None:
-        """Top the staged keys up to `ahead` once half of them are taken: one read of stored chunks each time."""
-        assert stager is not None
-        if len(staged) > ahead // 2:
-            return
-        wanted = [
-            key for key in itertools.islice(worklist, ahead) if key not in staged and key not in (invocations or {})
-        ][: ahead - len(staged)]
-        if not wanted:
-            return
-        stager.submit(staged_reads.read, collection_for, spec.collection_name, wanted, spec.owner)
-        for key in wanted:
-            staged[key] = stager.submit(_stage, s3, spec, collection_for, key, pool is not None, held, staged_reads)
-
-    def then_sync(document_key: str, meta_keys: list[str]) -> None:
-        """The metadata files naming a document are synced after it, in this run."""
-        for meta_key in meta_keys:
-            named_document.setdefault(meta_key, document_key)
-            if meta_key not in queued:
-                worklist.append(meta_key)
-                queued.add(meta_key)
-
-    def check(report: KeyReport) -> KeyReport | Fetched:
-        invocation = (invocations or {}).get(report.object_key, Invocation())
-        stored, share = settle_reads.take(report.object_key)  # only a plain key's, once, just after its write
-        if share:
-            settle_read_share[report.object_key] = share
-        return fetch(
-            s3, spec, collection_for, report.object_key,
-            custom_id=invocation.custom_id, user_metadata=invocation.metadata,
-            target_collection_name=invocation.target_collection_name, links=links,
-            empty_etag=report.etag if report.status == "empty" else None, stored=stored,
-        )  # fmt: skip
-
-    def extract_text(key: str, data: bytes) -> extract.Extracted:
-        if pool is not None and documents.is_converted(key):
-            return documents.result_of(key, pool.submit(key, data, spec.document_options), spec.document_options)
-        return extract_in_process(key, data, spec)
-
-    def done(report: KeyReport) -> None:
-        report = settle.settle(report, check, extract_text, spec, embed)
-        settle_reads.take(report.object_key)  # unread where the settle check did not run: never used later
-        share = settle_read_share.pop(report.object_key, 0.0)
-        if "settle" in report.timings:
-            report.timings["settle"] += share
-        document = named_document.get(report.object_key)
-        if document is not None and report.status != "failed" and report.document_key != document:
-            links.unlink(document, report.object_key)  # the metadata file is gone or names another object now
-        reports.append(report)
-        if on_report is not None:
-            on_report(report)
-
-    def failed(object_key: str, error: Exception, started: float) -> None:
-        done(
-            KeyReport(
-                object_key=object_key,
-                status="failed",
-                collection_name=spec.collection_name,
-                message=failure_message(object_key, error),
-                duration_s=time.perf_counter() - started,
-            )
-        )
-
-    def written(group: list[Prepared]) -> None:
-        """A batch of new objects is in Chroma: read their chunks for the settle checks in one go."""
-        plain = [
-            prepared.fetched.report.object_key
-            for prepared in group
-            if prepared.fetched.meta_key is None
-            and prepared.fetched.custom_id is None
-            and not prepared.fetched.shared
-            and prepared.fetched.report.object_key not in (invocations or {})
-            and not events.is_meta_key(prepared.fetched.report.object_key)
-        ]
-        if len(plain) > 1:
-            settle_reads.read(collection_for, spec.collection_name, plain, spec.owner)  # plain: the source's own
-
+    worklist = Worklist(object_keys, links)
+    checks = settle.RunChecks(s3, spec, collection_for, embed, extract_with(pool, spec), invocations, links)
+    reporter = Reporter(spec, checks, worklist, links, on_report)
     new_objects = NewObjects(
-        embed, done, lambda fetched, error: failed(fetched.report.object_key, error, fetched.started), written
+        embed,
+        reporter.done,
+        lambda fetched, error: reporter.failed(fetched.report.object_key, error, fetched.started),
+        checks.read_written,
     )
-
-    def deliver(fetched: Fetched, extracted: extract.Extracted) -> None:
-        deliver_prepared(prepare(fetched, extracted, spec))
-
-    def deliver_prepared(prepared: Prepared) -> None:
-        if new_objects.takes(prepared):
-            new_objects.add(prepared)
-        else:
-            done(write(prepared, embed))
-
-    def drain_one() -> None:
-        fetched, future = in_flight.popleft()
-        new_objects.wait_for(future)  # the new objects prepared meanwhile are written, not held behind it
-        try:
-            mark = time.perf_counter()
-            extracted = documents.result_of(
-                fetched.report.document_key or fetched.report.object_key, future, spec.document_options
-            )
-            lap(fetched.report, "extract", mark)
-            deliver(fetched, extracted)
-        except Exception as error:  # one bad object fails its own key, never the others
-            failed(fetched.report.object_key, error, fetched.started)
-
-    def submit_document(fetched: Fetched) -> None:
-        document_key = fetched.report.document_key or fetched.report.object_key
-        in_flight.append((fetched, pool.submit(document_key, fetched.data, spec.document_options)))  # type: ignore[union-attr]
-        fetched.data = b""  # the worker has its copy; do not hold every document in memory
-        while len(in_flight) >= window:
-            drain_one()
-
-    def take_staged(object_key: str) -> None:
-        future = staged.pop(object_key)
-        new_objects.wait_for(future)
-        result = future.result()
-        held.release(result.held)
-        if result.error is not None:
-            failed(object_key, result.error, result.started)
-        elif isinstance(result.result, KeyReport):
-            done(result.result)
-        elif isinstance(result.result, Fetched):
-            submit_document(result.result)
-        elif result.result is not None:
-            deliver_prepared(result.result)
-
-    def sync_one(object_key: str, started: float) -> None:
-        try:
-            invocation = (invocations or {}).get(object_key, Invocation())
-            invocation.validate(spec, object_key)
-            if not events.is_meta_key(object_key):
-                meta_keys = naming.get(object_key, [])
-                if spec.auto_sync == "metadata" and invocation == Invocation():
-                    report, meta_keys = _document_in_metadata_mode(spec, collection_for, object_key, meta_keys)
-                    then_sync(object_key, meta_keys)
-                    done(report)
-                    return
-                then_sync(object_key, meta_keys)
-            if new_objects.holds(object_key):
-                # Its chunks (or those its .meta.json names) must be in Chroma before it is looked at again.
-                new_objects.flush()
-            fetched = fetch(
-                s3, spec, collection_for, object_key,
-                custom_id=invocation.custom_id, user_metadata=invocation.metadata,
-                target_collection_name=invocation.target_collection_name,
-                links=links,
-            )  # fmt: skip
-            if isinstance(fetched, KeyReport):
-                done(fetched)
-            elif pool is not None and documents.is_converted(fetched.report.document_key or object_key):
-                submit_document(fetched)
-            else:
-                deliver_prepared(chunked_in_process(fetched, spec))
-        except Exception as error:  # one bad object fails its own key, never the others
-            failed(object_key, error, started)
+    conversions = Conversions(pool, spec, new_objects, reporter.failed)
+    stages = RunStages(s3, spec, collection_for, invocations or {}, links, worklist, reporter, new_objects, conversions)
+    staging = stages_ahead(worklist, spec, ahead, bool(worklist.naming))
+    stager = Stager(s3, spec, collection_for, pool is not None, ahead, STAGE_BYTES, invocations) if staging else None
 
     def stopping() -> bool:
         return stop is not None and stop.is_set()
@@ -412,27 +274,24 @@ def sync_keys(
     try:
         while worklist and not stopping():
             if stager is not None:
-                stage_ahead()
+                stager.top_up(worklist)
             object_key = worklist.popleft()
             started = time.perf_counter()
-            if object_key in staged:
+            if stager is not None and stager.has(object_key):
                 try:
-                    take_staged(object_key)
+                    stages.take_staged(object_key, stager.take(object_key, new_objects))
                 except Exception as error:  # one bad object fails its own key, never the others
-                    failed(object_key, error, started)
+                    reporter.failed(object_key, error, started)
                 continue
-            sync_one(object_key, started)
-        while in_flight and not stopping():
-            drain_one()
+            stages.sync_one(object_key, started)
+        conversions.drain(stopping)
         if not stopping():
             new_objects.flush()
     finally:
-        for _, future in in_flight:  # left only when stopped
-            future.cancel()
+        conversions.cancel()  # left only when stopped
         if stager is not None:
-            held.close()  # a staging thread waiting for room stops waiting
-            stager.shutdown(wait=True, cancel_futures=True)
-    return reports
+            stager.close()  # a staging thread waiting for room stops waiting
+    return reporter.reports
 
 
 def sync_keys_following_swaps(

@@ -227,6 +227,14 @@ class NewObjects:
             return bool(self._waiting)
         return any(object_key in (p.fetched.report.object_key, p.fetched.report.document_key) for p in self._waiting)
 
+    def deliver(self, prepared: Prepared) -> None:
+        """The write stage of a prepared object: it waits here for the shared write if it can (takes), else it is
+        embedded and written alone now and reported (done)."""
+        if self.takes(prepared):
+            self.add(prepared)
+        else:
+            self._done(write(prepared, self._embed))
+
     def wait_for(self, future: Future[Any]) -> None:
         """Before the caller waits on `future`: if it is not done and objects wait here, wait for it until they
         have waited PATIENCE_S, then write them and wait on; the keys already prepared are reported while a slow
