@@ -23,7 +23,7 @@ from s3sync_dagster.defs.backfill import selected_partitions
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import BackfillConfig, Selection
-from s3sync_dagster.pipeline import objects
+from s3sync_dagster.pipeline import globs, objects
 from s3sync_dagster_tests.conftest import Row
 
 # --- the reference: the documented glob syntax, matched by counting the ways a key matches -------------------
@@ -122,7 +122,7 @@ def keys_for(draw: Any, pattern: str) -> str:
 
 
 def on_regex_path(pattern: str) -> bool:
-    return isinstance(getattr(objects._glob_matcher(pattern), "__self__", None), re.Pattern)
+    return isinstance(getattr(globs._glob_matcher(pattern), "__self__", None), re.Pattern)
 
 
 @pytest.mark.reliability("shared stores")
@@ -141,7 +141,7 @@ def test_a_glob_matches_the_keys_its_documented_syntax_matches(case: str, fault_
         old_matched, visits = backtracking(pattern, object_key)
         assert old_matched == matches  # the two references agree
         assert objects.glob_matches(pattern, object_key) == matches
-        automaton = objects._GlobAutomaton(objects._glob_tokens(pattern))
+        automaton = globs._GlobAutomaton(globs._glob_tokens(pattern))
         assert (automaton.fullmatch(object_key) is not None) == matches
         automaton._MAX_REMEMBERED = 3  # its table full at once: on with plain sets of states
         assert (automaton.fullmatch(object_key + "b") is not None) == (parses(pattern, object_key + "b") > 0)
@@ -158,7 +158,7 @@ def test_a_glob_matches_the_keys_its_documented_syntax_matches(case: str, fault_
 
 
 def traced_lines(pattern: str, object_key: str) -> tuple[bool, int]:
-    """glob_matches, and the lines of objects.py it executed: its work, counted rather than timed."""
+    """glob_matches, and the lines of globs.py it executed: its work, counted rather than timed."""
     lines = 0
 
     def in_objects(frame: FrameType, event: str, arg: Any) -> Any:
@@ -167,7 +167,7 @@ def traced_lines(pattern: str, object_key: str) -> tuple[bool, int]:
         return in_objects
 
     def tracer(frame: FrameType, event: str, arg: Any) -> Any:
-        return in_objects if frame.f_code.co_filename == objects.__file__ else None
+        return in_objects if frame.f_code.co_filename == globs.__file__ else None
 
     previous = sys.gettrace()
     sys.settrace(tracer)

@@ -10,13 +10,16 @@ from typing import Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline import events, index, keys, objects
+from s3sync_dagster.pipeline import claims, events, keys, objects
+from s3sync_dagster.pipeline.claims import own_chunks as own_chunks
 from s3sync_dagster.pipeline.meta_links import InMemoryMetaLinks, MetaLinks
+from s3sync_dagster.pipeline.metadata_rules import Metadata, validate_user_metadata
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.owners import Owner
 from s3sync_dagster.pipeline.reports import KeyReport, lap
 from s3sync_dagster.pipeline.spec import SourceSpec, check_key_in_source, sync_signature
-from s3sync_dagster.pipeline.targets import CollectionFor, check_id_free, searchable
+from s3sync_dagster.pipeline.stored import StoredChunk, chunks_of, delete_ids, delete_of, is_current, stored_chunks
+from s3sync_dagster.pipeline.targets import CollectionFor, searchable
 
 
 @dataclass
@@ -29,7 +32,7 @@ class Fetched:
     collection: Collection
     document_id: str
     signature: str
-    metadata: index.Metadata
+    metadata: Metadata
     custom_id: str | None
     had_chunks: bool
     started: float
@@ -50,12 +53,12 @@ def fetch(
     meta_key: str | None = None,
     links: MetaLinks | None = None,
     empty_etag: str | None = None,
-    stored: Mapping[str, index.StoredChunk] | None = None,
+    stored: Mapping[str, StoredChunk] | None = None,
 ) -> KeyReport | Fetched:
     """Validate, HEAD, skip if current (a final report), else read the bytes for extraction.
 
     stored: the object's chunks of this source in its target collection, read for many keys at once
-    (index.chunks_of_keys) after any write of it by this sync; else they are read here.
+    (stored.chunks_of_keys) after any write of it by this sync; else they are read here.
 
     empty_etag: the ETag at which the object was just found empty (no chunks): at that ETag with no
     chunks stored it is current too (a settle check, which must not read it again).
@@ -66,7 +69,7 @@ def fetch(
     check_key_in_source(spec, object_key)
     if custom_id is not None:
         keys.validate_custom_id(custom_id)
-    metadata = index.validate_user_metadata(user_metadata or {}, f"object '{object_key}'")
+    metadata = validate_user_metadata(user_metadata or {}, f"object '{object_key}'")
     collection_name = target_collection_name or spec.collection_name
     spec.check_target(collection_name, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'")
     collection = collection_for(collection_name)
@@ -86,10 +89,10 @@ def fetch(
     document_id = custom_id or keys.object_id(object_key)
     signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
     if stored is None:
-        stored = index.stored_chunks(collection, object_key, spec.owner, with_text=False)
+        stored = stored_chunks(collection, object_key, spec.owner, with_text=False)
     stored = own_chunks(dict(stored), meta_key)
     mark = lap(report, "chroma_read", mark)
-    if index.is_current(stored, document_id, info.etag, signature):
+    if is_current(stored, document_id, info.etag, signature):
         report.status = "unchanged"
         report.chunk_count = report.chunks_unchanged = len(stored)
         report.chunker = str(next(iter(stored.values())).metadata.get("chunker", ""))
@@ -103,7 +106,7 @@ def fetch(
         return report
     shared = collection_name != spec.collection_name
     if shared:  # a collection other sources may write too: the id must be free (checked again at the write)
-        check_id_free(
+        claims.check_id_free(
             collection, spec.owner, document_id, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'"
         )
 
@@ -121,12 +124,6 @@ def fetch(
 
 
 MAX_META_FILE_BYTES = 1024 * 1024
-
-
-def own_chunks(stored: dict[str, index.StoredChunk], meta_key: str | None) -> dict[str, index.StoredChunk]:
-    """The object's chunks that this sync owns: each .meta.json naming the object is its own document,
-    and the object's own (direct) chunks are those no metadata file wrote."""
-    return {chunk_id: chunk for chunk_id, chunk in stored.items() if chunk.metadata.get("metadata_key") == meta_key}
 
 
 def _fetch_by_meta_file(
@@ -152,8 +149,7 @@ def _fetch_by_meta_file(
         # The metadata file is gone: so are the chunks it asked for, wherever it had sent them.
         report = KeyReport(object_key=meta_key, status="removed", collection_name=spec.collection_name)
         report.chunks_deleted = sum(
-            index.delete_of(c, "metadata_key", meta_key, spec.owner)
-            for c in searchable(collection_for, spec.collection_name)
+            delete_of(c, "metadata_key", meta_key, spec.owner) for c in searchable(collection_for, spec.collection_name)
         )
         report.message = f"metadata file '{meta_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
         report.duration_s = time.perf_counter() - started
@@ -163,10 +159,14 @@ def _fetch_by_meta_file(
     target = meta.target_collection_name or spec.collection_name
     # Every check comes before anything is deleted: a refused metadata file changes nothing.
     spec.check_target(target, f"metadata file '{meta_key}'")
-    taken_over = _claim_document_id(s3, spec, collection_for(target), meta)
+    taken_over = claims.claim_document_id(
+        s3, collection_for(target), spec.owner,
+        own_collection=spec.collection_name, bucket_name=spec.bucket_name, metadata_mode=spec.metadata_mode,
+        meta_key=meta.meta_key, document_id=meta.document_id,
+    )  # fmt: skip
     for collection in searchable(collection_for, target):
-        asked = index.chunks_of(collection, "metadata_key", meta_key, spec.owner)
-        index.delete_ids(
+        asked = chunks_of(collection, "metadata_key", meta_key, spec.owner)
+        delete_ids(
             collection,
             sorted(
                 chunk_id
@@ -174,7 +174,7 @@ def _fetch_by_meta_file(
                 if collection.name != target or chunk.metadata.get("object_key") != meta.path
             ),
         )
-    index.delete_ids(collection_for(target), taken_over)
+    delete_ids(collection_for(target), taken_over)
     links.link(meta.path, meta_key)
     fetched = fetch(
         s3, spec, collection_for, meta.path,
@@ -186,55 +186,12 @@ def _fetch_by_meta_file(
     return fetched
 
 
-def _claim_document_id(s3: S3Client, spec: SourceSpec, collection: Collection, meta: events.MetaFile) -> list[str]:
-    """One id, one document: a metadata file may not take over the chunks of another document that still exists.
-    Raises naming the other document; else returns the ids of the chunks it takes over (the caller deletes them).
-
-    Whose chunks hold the id decides, wherever that document lives: another source's are never taken (in
-    this source's own collection, where no other source may write, they are an intrusion and replaced);
-    this source's are taken only when the document that wrote them is gone (its metadata file, or, for
-    chunks an object's own sync wrote, the object) or when an invocation wrote them.
-    """
-    what = f"metadata file '{meta.meta_key}'"
-    found = collection.get(where={"document_id": meta.document_id}, include=["metadatas"])
-    stale: list[str] = []
-    for chunk_id, metadata in zip(found["ids"], found.get("metadatas") or [], strict=True):
-        metadata = metadata or {}
-        other_meta = str(metadata.get("metadata_key") or "")
-        if not spec.owner.owns(metadata):
-            if collection.name != spec.collection_name:
-                check_id_free(collection, spec.owner, meta.document_id, what)
-            stale.append(chunk_id)
-            continue
-        if other_meta == meta.meta_key:
-            continue
-        # An object's own chunks, in metadata mode, are leftovers: that mode indexes documents only through
-        # their metadata files (the object's next sync removes them anyway).
-        direct = not metadata.get("custom_id") and not spec.metadata_mode
-        claimer = other_meta or (str(metadata.get("object_key") or "") if direct else None)
-        if claimer:
-            try:
-                objects.head_object(s3, str(metadata.get("bucket_name") or spec.bucket_name), claimer)
-            except objects.ObjectMissing:
-                stale.append(chunk_id)
-                continue
-            kind = f"metadata file '{claimer}'" if other_meta else f"object '{claimer}'"
-            raise ValueError(
-                f"{what}: id '{meta.document_id}' is already the id of the document of {kind} in collection "
-                f"'{collection.name}'; each metadata file is its own document and needs its own id"
-            )
-        stale.append(chunk_id)
-    return stale
-
-
 def _waiting(
     report: KeyReport, spec: SourceSpec, collection_for: CollectionFor, meta_key: str, started: float
 ) -> KeyReport:
     """A metadata file names an object that is not in the bucket (yet): nothing of it stays indexed."""
     searched = searchable(collection_for, report.collection_name)
-    report.chunks_deleted = sum(
-        index.delete_of(collection, "metadata_key", meta_key, spec.owner) for collection in searched
-    )
+    report.chunks_deleted = sum(delete_of(collection, "metadata_key", meta_key, spec.owner) for collection in searched)
     report.status = "waiting"
     report.message = (
         f"metadata file '{meta_key}' names '{report.object_key}', which is not in the bucket: waiting for it "
@@ -249,7 +206,7 @@ def _removed(report: KeyReport, spec: SourceSpec, collection_for: CollectionFor,
     """The object is gone from the bucket: its chunks go too, so the collection mirrors the bucket."""
     searched = searchable(collection_for, report.collection_name)
     report.chunks_deleted = sum(
-        index.delete_of(collection, "object_key", report.object_key, spec.owner) for collection in searched
+        delete_of(collection, "object_key", report.object_key, spec.owner) for collection in searched
     )
     report.status = "removed"
     report.message = f"object '{report.object_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"

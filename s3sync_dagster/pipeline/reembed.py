@@ -6,7 +6,7 @@ holding two models' vectors answers every query wrong. So a model change (anothe
 
 1. **Begun**: the copy is created (`begin`), recording on its metadata which function it re-embeds from.
    From then on every write through pipeline/index.py to the collection lands in the copy too, in the new
-   function (`index.attach_copy`): a sync during the re-embedding keeps the copy exact.
+   function (`lifecycle.attach_copy`): a sync during the re-embedding keeps the copy exact.
 2. **Filled** (`fill`): every chunk of the collection, page by page, its stored text embedded by the new
    function and added to the copy with its id and metadata. No S3 read, no extraction. `add` leaves a chunk a
    sync already wrote to the copy as it is; chunks already in the copy (an earlier, interrupted pass) are
@@ -21,6 +21,8 @@ Throughout, queries go to the collection under its own name and embed with its r
 answered from the old vectors until the swap and from the new ones after. A crash at any step leaves a state
 the next `run` resumes (the copy kept, filled further) and the next open makes consistent (`recover`).
 `step` names each point (a test kills the process there).
+
+The copies earlier releases left, and which a repair drops, are pipeline/leftovers.py's (importable from here).
 """
 
 from __future__ import annotations
@@ -31,27 +33,36 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
-from s3sync_dagster.pipeline import audit, index, keys, lexicon
+from s3sync_dagster.pipeline import lexicon
+from s3sync_dagster.pipeline.leftovers import Leftover as Leftover
+from s3sync_dagster.pipeline.leftovers import drop_leftovers as drop_leftovers
+from s3sync_dagster.pipeline.leftovers import leftovers as leftovers
+from s3sync_dagster.pipeline.lifecycle import (
+    COPY_OF_KEY,
+    FROM_KEY,
+    REBUILD_SUFFIX,
+    RETIRED_KEY,
+    RETIRED_SUFFIX,
+    attach_copy,
+    detach_copy,
+    drop_collection,
+    get_collection,
+    is_copy_of,
+    opened,
+)
+from s3sync_dagster.pipeline.stored import delete_ids
+from s3sync_dagster.pipeline.vectors import TEXT_HASH, function_record, text_hash
 
-if TYPE_CHECKING:
-    from s3sync_dagster.pipeline.spec import SourceSpec
-
-RETIRED_SUFFIX = keys.RETIRED_SUFFIX
-# On a collection renamed `<name>-s3sync-retired` by a swap: `<name>`. A collection of that name without it is not
-# a swap's (another tool's, or a user's from before the name was reserved): never renamed or dropped here.
-RETIRED_KEY = "s3sync_retired_from"
 # On a collection whose re-embedding was abandoned: the function it was to (a sync under that config does not
 # begin it again; `s3sync reembed` does).
 ABANDONED_KEY = "s3sync_reembed_abandoned"
-# On the copy's metadata (and the collection's once swapped): the function record it was re-embedded from.
-FROM_KEY = "s3sync_reembedded_from"
-_MARKERS = frozenset({FROM_KEY, RETIRED_KEY, ABANDONED_KEY, index.COPY_OF_KEY})
+_MARKERS = frozenset({FROM_KEY, RETIRED_KEY, ABANDONED_KEY, COPY_OF_KEY})
 PAGE = 500  # chunks read, embedded and added at a time
 RECONCILE_ROUNDS = 5  # passes that still found differences before giving up (writes outpacing the copy)
 SWAP_WAIT_S = 10.0  # how long a reader waits for a swap's second rename
@@ -99,7 +110,7 @@ def _nothing(_: str) -> None:
 
 
 def copy_name(name: str) -> str:
-    return name + index.REBUILD_SUFFIX
+    return name + REBUILD_SUFFIX
 
 
 def _get(client: ClientAPI, name: str, function: EmbeddingFunction[Documents] | None = None) -> Collection | None:
@@ -108,7 +119,7 @@ def _get(client: ClientAPI, name: str, function: EmbeddingFunction[Documents] | 
     try:
         if function is None:
             return client.get_collection(name=name)
-        return index.get_collection(client, name, function)
+        return get_collection(client, name, function)
     except (NotFoundError, ValueError):
         return None
 
@@ -116,7 +127,7 @@ def _get(client: ClientAPI, name: str, function: EmbeddingFunction[Documents] | 
 def underway(client: ClientAPI, collection: Collection) -> Collection | None:
     """The re-embed copy of `collection`, if a re-embedding is underway (begun, not yet swapped)."""
     copy = _get(client, copy_name(collection.name))
-    if copy is None or FROM_KEY not in (copy.metadata or {}) or not index.is_copy_of(copy, collection.name):
+    if copy is None or FROM_KEY not in (copy.metadata or {}) or not is_copy_of(copy, collection.name):
         return None
     return copy
 
@@ -145,7 +156,7 @@ def abandon(client: ClientAPI, collection: Collection, *, sticks: bool = False) 
         recorded = (copy.configuration_json or {}).get("embedding_function") or {}
         target = json.dumps({"name": recorded.get("name"), "config": recorded.get("config") or {}}, sort_keys=True)
         collection.modify(metadata={**(collection.metadata or {}), ABANDONED_KEY: target})
-    index.detach_copy(collection)
+    detach_copy(collection)
     _drop(client, copy.name)
     return True
 
@@ -188,19 +199,19 @@ def begin(
                 metadata={
                     **{k: v for k, v in (collection.metadata or {}).items() if k not in _MARKERS},
                     FROM_KEY: json.dumps(recorded, sort_keys=True),
-                    index.COPY_OF_KEY: collection.name,
+                    COPY_OF_KEY: collection.name,
                 },
             )
-    copy = index.get_collection(client, copy_name(collection.name), function)
+    copy = get_collection(client, copy_name(collection.name), function)
     index_of = lexicon.of(copy)
     if index_of is not None:
         index_of.create_if_empty(copy)
-    index.attach_copy(collection, copy, function)
+    attach_copy(collection, copy, function)
     return copy
 
 
 def _hashed(metadata: Mapping[str, Any] | None, text: str, function: str) -> dict[str, Any]:
-    return {**dict(metadata or {}), index.TEXT_HASH: index.text_hash(text, function)}
+    return {**dict(metadata or {}), TEXT_HASH: text_hash(text, function)}
 
 
 def _embed_into(
@@ -212,7 +223,7 @@ def _embed_into(
     upsert: bool,
 ) -> int:
     """Embed documents once per distinct text and write them to the copy; returns the texts embedded."""
-    record = index.function_record(copy)
+    record = function_record(copy)
     distinct = sorted(set(documents))
     vectors = dict(zip(distinct, function(distinct), strict=True)) if distinct else {}
     write = copy.upsert if upsert else copy.add
@@ -268,7 +279,7 @@ def _digests(collection: Collection) -> dict[str, str]:
             return out
         offset += len(page["ids"])
         for chunk_id, text, metadata in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True):
-            kept = {k: v for k, v in (metadata or {}).items() if k != index.TEXT_HASH}
+            kept = {k: v for k, v in (metadata or {}).items() if k != TEXT_HASH}
             out[chunk_id] = hashlib.sha256(json.dumps([text, kept], sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -281,7 +292,7 @@ def reconcile(
     extra = sorted(set(ours) - set(theirs))
     differing = sorted(chunk_id for chunk_id, digest in theirs.items() if ours.get(chunk_id) != digest)
     if extra:
-        index.delete_ids(copy, extra)
+        delete_ids(copy, extra)
     _copy_chunks(collection, copy, function, differing)
     return len(extra) + len(differing), theirs
 
@@ -309,7 +320,7 @@ def catch_up(
     ]
     gone = [chunk_id for chunk_id in changed if chunk_id not in now_old]
     if gone:
-        index.delete_ids(swapped, gone)
+        delete_ids(swapped, gone)
     _copy_chunks(retired, swapped, function, [chunk_id for chunk_id in changed if chunk_id in now_old])
     return len(changed)
 
@@ -323,17 +334,17 @@ def swap(
 ) -> Collection:
     """The copy takes the collection's name; what reached the old one after `snapshot` is caught up; the old one
     is dropped. Each rename is one step; another process finding the name missing between them finishes the swap
-    itself (recover, or index.open_collection)."""
+    itself (recover, or lifecycle.open_collection)."""
     old = client.get_collection(name=name)
     # Renamed and marked in one request: a retired collection is always known for a swap's.
     old.modify(name=name + RETIRED_SUFFIX, metadata={**(old.metadata or {}), RETIRED_KEY: name})
     step("reembed:retired")
     _promote(client, name)
     step("reembed:swapped")
-    swapped = index.get_collection(client, name, function)
+    swapped = get_collection(client, name, function)
     retired = _retired(client, name)
     if snapshot is not None and retired is not None:
-        catch_up(index.opened(client, retired), swapped, snapshot, function)
+        catch_up(opened(client, retired), swapped, snapshot, function)
     recover(client, name)  # drops the retired collection
     return swapped
 
@@ -343,7 +354,7 @@ def _promote(client: ClientAPI, name: str) -> bool:
     from chromadb.errors import NotFoundError
 
     copy = _get(client, copy_name(name))
-    if copy is None or not index.is_copy_of(copy, name):
+    if copy is None or not is_copy_of(copy, name):
         return False
     with contextlib.suppress(NotFoundError, ValueError):  # another process may be finishing it too
         copy.modify(name=name)
@@ -354,16 +365,7 @@ def _drop(client: ClientAPI, name: str) -> None:
     from chromadb.errors import NotFoundError
 
     with contextlib.suppress(NotFoundError, ValueError):
-        _delete(client, client.get_collection(name=name))
-
-
-def _delete(client: ClientAPI, collection: Collection) -> None:
-    """Delete a collection of this project's making, and its lexical index where the store keeps one."""
-    index.detach_copy(collection)
-    index_of = lexicon.of(index.opened(client, collection))
-    client.delete_collection(collection.name)
-    if index_of is not None:
-        index_of.drop(collection.id)
+        drop_collection(client, client.get_collection(name=name))
 
 
 def recover(client: ClientAPI, name: str) -> bool:
@@ -424,7 +426,7 @@ def run(
         if current is not None and current.id != collection.id and _records(current, function):
             progress.phase = "swapped by another re-embedding"
             report(progress)
-            return index.get_collection(client, collection.name, function), progress
+            return get_collection(client, collection.name, function), progress
         raise RuntimeError(
             f"collection '{collection.name}' or its re-embedding copy '{copy_name(collection.name)}' was removed "
             "while it was re-embedded (by another re-embedding abandoned meanwhile, or by hand): run it again"
@@ -470,97 +472,3 @@ def _run(
     progress.phase = "swapped"
     report(progress)
     return swapped
-
-
-# --- what earlier releases left -------------------------------------------------------------------------------
-# Before COPY_OF_KEY, a model change of a source copied every collection it could write, `<name>-s3sync-rebuild`
-# marked with FROM_KEY alone (and the original's metadata): shared metadata-file targets, another project's
-# collection, even a copy of a copy. Only the source's own collection (and targets holding only its chunks) is
-# ever re-embedded and swapped now: the rest stay stale until `s3sync repair` of a source that writes their base
-# drops them (`leftovers`).
-
-
-@dataclass(frozen=True)
-class Leftover:
-    """A re-embedding copy an earlier release made of collection `base`, and what a repair does with it."""
-
-    collection: str
-    base: str
-    dropped: bool
-    why: str
-
-
-def _base_of(name: str) -> tuple[str, int]:
-    """The collection a copy's name copies, every rebuild suffix stripped, and how many there were."""
-    base, depth = name, 0
-    while base.endswith(index.REBUILD_SUFFIX):
-        base, depth = base[: -len(index.REBUILD_SUFFIX)], depth + 1
-    return base, depth
-
-
-def _earlier_copy(metadata: Mapping[str, Any]) -> bool:
-    """Made by an earlier release's re-embedding (FROM_KEY), and unmarked by this one (a copy this release makes
-    records COPY_OF_KEY; a collection its swap retired, RETIRED_KEY)."""
-    return FROM_KEY in metadata and index.COPY_OF_KEY not in metadata and RETIRED_KEY not in metadata
-
-
-def _writes(target: SourceSpec, name: str, holder: Collection) -> bool:
-    """Whether collection `name` is one the source writes: its own, or one it may write that holds a chunk of it
-    (`holder`: the collection itself, or, where it is missing, a copy of it)."""
-    if name == target.collection_name:
-        return True
-    return audit.may_write(target, name) and next(index.owned(holder, target.owner), None) is not None
-
-
-def _verdict(target: SourceSpec, base: Collection | None, base_name: str, depth: int) -> tuple[bool, str]:
-    if base is None:
-        return False, (
-            f"its base collection '{base_name}' is missing: it may hold the only copy of what an interrupted swap of "
-            f"an earlier release left, so it is left as it is (rename it '{base_name}', or remove it by hand)"
-        )
-    if depth > 1:
-        return True, f"a copy of a copy of collection '{base_name}' an earlier release made: never swapped in"
-    if not index.may_reembed(base, target.owner):
-        return True, (
-            f"a copy an earlier release made of collection '{base_name}', which a model change of source "
-            f"'{target.name}' does not re-embed (another source's or project's, or shared): never swapped in"
-        )
-    return False, f"the re-embedding of collection '{base_name}' an earlier release began: `s3sync reembed` resumes it"
-
-
-def leftovers(client: ClientAPI, target: SourceSpec) -> list[Leftover]:
-    """The copies earlier releases left of collections the source writes, each with whether `drop_leftovers`
-    drops it and why. A collection of a reserved name without FROM_KEY (another tool's) is none of them."""
-    listed = {collection.name: collection for collection in client.list_collections()}
-    found = []
-    for name, copy in sorted(listed.items()):
-        base_name, depth = _base_of(name)
-        if not depth or not _earlier_copy(copy.metadata or {}):
-            continue
-        base = listed.get(base_name)
-        if _writes(target, base_name, copy if base is None else base):
-            found.append(Leftover(name, base_name, *_verdict(target, base, base_name, depth)))
-    return found
-
-
-def drop_leftovers(client: ClientAPI, target: SourceSpec) -> list[Leftover]:
-    """Drop the copies earlier releases left that no re-embedding will swap in (`leftovers`, `dropped`), each
-    read again just before (a copy this release marked meanwhile is kept); returns every leftover found."""
-    from chromadb.errors import NotFoundError
-
-    found = leftovers(client, target)
-    for leftover in found:
-        if not leftover.dropped:
-            continue
-        try:
-            copy = client.get_collection(name=leftover.collection)
-            if _earlier_copy(copy.metadata or {}):
-                _delete(client, copy)
-        except NotFoundError:  # dropped meanwhile (another repair)
-            continue
-        except Exception as error:
-            raise RuntimeError(
-                f"collection '{leftover.collection}' (a copy an earlier release left of collection "
-                f"'{leftover.base}') could not be dropped: {type(error).__name__}: {error}"
-            ) from error
-    return found

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from s3sync_dagster.pipeline import index, lexicon_postgres, reembed, search
+from s3sync_dagster.pipeline import claims, lexicon_postgres, lifecycle, reembed, search
 from s3sync_dagster.pipeline.embed import (
     DEFAULT_FUNCTION,
     ChromaDefaultFunction,
@@ -124,7 +124,7 @@ class Store:
             self.cloud_tenant, self.cloud_database, self.cloud_api_key,
         )  # fmt: skip
         if self.host and self.lexicon_dsn:
-            # The server's collections, as index.py opens them, keep their lexical index there.
+            # The server's collections, as pipeline/lifecycle.py opens them, keep their lexical index there.
             lexicon_postgres.serve(self.host, self.port, self.lexicon_dsn)
         return client
 
@@ -140,7 +140,7 @@ class Store:
         (embed.function_of_record): it answers queries, and takes writes, in the model its vectors are of. A
         write by `owner` begins its re-embedding into a copy under the config's function, which every write then
         keeps exact (pipeline/reembed.py; `s3sync reembed` fills it and swaps it in), where the collection is the
-        owner's to re-embed (index.may_reembed: its own, or a target holding only its chunks); anyone else's
+        owner's to re-embed (claims.may_reembed: its own, or a target holding only its chunks); anyone else's
         collection goes on in its own function and is never copied. queries=True: for searches, which begin nothing.
         """
         function = spec.build()
@@ -149,7 +149,7 @@ class Store:
             if create:
                 # On Chroma Cloud a collection gets Chroma's BM25 sparse index beside the dense one, for search.
                 schema = search.hybrid_schema() if self.cloud_tenant else None
-                collection = index.open_collection(
+                collection = lifecycle.open_collection(
                     client, name, function, metadata={"created_by": "s3sync-dagster"}, schema=schema
                 )
             else:
@@ -159,15 +159,15 @@ class Store:
                 raise
             # chromadb refuses a function named otherwise than the recorded one, but any named `default` (and
             # builds none itself, which for a local model would load it): opened so, its record says which it is.
-            collection = index.get_collection(client, name, ChromaDefaultFunction())
+            collection = lifecycle.get_collection(client, name, ChromaDefaultFunction())
         recorded = (collection.configuration_json or {}).get("embedding_function")
         if is_old_bundled_record(recorded) and spec.function == DEFAULT_FUNCTION:
             if create:
                 # One rebuild at a time: a second run must not delete the first one's copy mid-way.
                 with self.write_lock():
-                    collection = index.open_collection(client, name, function, metadata={})  # rebuilt meanwhile?
+                    collection = lifecycle.open_collection(client, name, function, metadata={})  # rebuilt meanwhile?
                     if is_old_bundled_record((collection.configuration_json or {}).get("embedding_function")):
-                        collection = index.rebuild_collection(client, collection, function)
+                        collection = lifecycle.rebuild_collection(client, collection, function)
             return collection
         if same_function(recorded, spec):
             return collection
@@ -181,9 +181,9 @@ class Store:
                 f"and that function cannot run here ({error}): until `s3sync reembed` has swapped in the new "
                 "model's copy, its writes and queries need the recorded one"
             ) from None
-        collection = index.get_collection(client, name, own)
-        index.embed_with(collection, own)
-        if create and not queries and owner is not None and index.may_reembed(collection, owner):
+        collection = lifecycle.get_collection(client, name, own)
+        lifecycle.embed_with(collection, own)
+        if create and not queries and owner is not None and claims.may_reembed(collection, owner):
             # A collection of the copy's name that is not one (another tool's) is never taken: writes go on in the
             # recorded function, and `s3sync reembed` says what is in the way.
             with contextlib.suppress(reembed.InTheWay, reembed.Abandoned):
@@ -191,7 +191,7 @@ class Store:
         else:
             copy = reembed.underway(client, collection)
             if copy is not None:  # an open for reading (an audit, a repair) still keeps the copy exact
-                index.attach_copy(collection, copy, function)
+                lifecycle.attach_copy(collection, copy, function)
         return collection
 
     @staticmethod
@@ -201,11 +201,11 @@ class Store:
         from chromadb.errors import NotFoundError
 
         try:
-            return index.get_collection(client, name, function)
+            return lifecycle.get_collection(client, name, function)
         except NotFoundError:
             if not reembed.wait_for_swap(client, name):
                 raise
-        return index.get_collection(client, name, function)
+        return lifecycle.get_collection(client, name, function)
 
     def disk_state(self) -> tuple[tuple[str, int, int], ...] | None:
         """An embedded store's SQLite files (Chroma's, the lexical index's) by name, modification time and size;

@@ -1,4 +1,5 @@
-"""The collections a sync writes to and searches, and the rule that a source never takes another's document id."""
+"""The collections a sync writes to and searches (whether a source may take a document id there is
+pipeline/claims.py's to say: `check_id_free`, importable from here too)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from collections.abc import Callable, Iterable
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline import index
-from s3sync_dagster.pipeline.owners import Owner, describe
+from s3sync_dagster.pipeline.claims import check_id_free as check_id_free
 
 CollectionFor = Callable[[str], Collection]
 
@@ -67,14 +67,3 @@ def searchable(collection_for: CollectionFor, default: str) -> list[Collection]:
     if isinstance(collection_for, Collections):
         return collection_for.searchable(default)
     return [collection_for(default)]
-
-
-def check_id_free(collection: Collection, owner: Owner, document_id: str, what: str) -> None:
-    """A source never takes the id of another writer's document: its chunks would replace theirs."""
-    others = index.chunks_of(collection, "document_id", document_id, owner, own=False)
-    if others:
-        other = describe(next(iter(others.values())).metadata)
-        raise ValueError(
-            f"{what}: id '{document_id}' in collection '{collection.name}' is the id of a document of {other}; "
-            f"{owner.describe()} replaces or deletes only its own chunks, so it may not take that id"
-        )
