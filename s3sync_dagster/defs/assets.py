@@ -3,7 +3,7 @@
 import queue
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeAlias
 
@@ -135,6 +135,57 @@ def index_partitions(
     """
     asset_key = documents_asset_key(source)
     spec = source.spec(embedding.spec(), documents.options())
+    object_keys, refused = _object_keys(partition_keys)
+    context.log.info(f"syncing {len(object_keys)} object(s) of source '{spec.name}' into {chroma.describe()}")
+    client = _checked_bucket(source, s3)
+    collection_for, own = _own_collection(context, spec, chroma, embedding)
+    embed = embedding.embedding_function()
+    if reembed.abandoned(own, embed):  # --abandon sticks: said on every run until it is begun again
+        context.log.warning(
+            f"source '{spec.name}': the re-embedding of collection '{own.name}' to {embedding.spec().describe()} "
+            "was abandoned (s3sync reembed --abandon): writes go on in the function it records; start it again "
+            f"with `s3sync reembed {spec.name}`, or set the old `embedding:` back"
+        )
+    if invocation is not None and invocation.custom_id is not None and len(partition_keys) > 1:
+        raise dg.Failure(
+            description=(
+                f"custom_id '{invocation.custom_id}' names one document, but this run covers "
+                f"{len(partition_keys)} object keys: invoke one key per run"
+            ),
+            allow_retries=False,
+        )
+    for report in refused:
+        yield from _told(context, _record(asset_key, report, partition_key=report.object_key))
+
+    # Worker processes start only if a document turns up, and stay warm for the process's next runs.
+    pool = DocumentPool.shared(documents.workers)
+
+    def synced(reported: Callable[[KeyReport], None], stop: threading.Event) -> list[KeyReport]:
+        return sync_keys_following_swaps(
+            client,
+            spec,
+            collection_for,
+            embed,
+            object_keys,
+            on_report=reported,
+            pool=pool,
+            invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
+            links=InstanceMetaLinks(context.instance, spec.name),
+            stop=stop,
+        )
+
+    with chroma.write_lock():
+        reports = refused + (yield from _synced_as_reported(context, asset_key, synced))
+    if source.forget_deleted_keys:
+        forget_removed(context.instance, spec, client, reports)
+    if isinstance(context, dg.AssetExecutionContext):  # a run of the asset: the checks it planned, on its keys
+        evaluate_in_run(context, source, reports, lambda name: _existing(chroma, embedding, name), spec.owner)
+    _log_summary(context, spec, reports)
+    _fail_on_failed_keys(reports)
+
+
+def _object_keys(partition_keys: Sequence[str]) -> tuple[list[str], list[KeyReport]]:
+    """The object key of each partition key, and a failed report for each partition key that names none."""
     object_keys: list[str] = []
     refused: list[KeyReport] = []
     for partition_key in partition_keys:
@@ -142,11 +193,16 @@ def index_partitions(
             object_keys.append(keys.to_object_key(partition_key))
         except ValueError as error:  # a partition typed by hand in the UI: fails alone
             refused.append(KeyReport(object_key=partition_key, status="failed", collection_name="", message=str(error)))
-    context.log.info(f"syncing {len(object_keys)} object(s) of source '{spec.name}' into {chroma.describe()}")
-    # The bucket and the store are tried once, outside the per-key isolation: a missing bucket, refused
-    # credentials, an unset variable, an unreachable endpoint or store, a model mismatch is the run's failure,
-    # said once with the field to correct, not the same error repeated for every key (nor, for a bucket name
-    # that is wrong, every key's HEAD answering 404, which would read as objects deleted).
+    return object_keys, refused
+
+
+def _checked_bucket(source: SourceConfig, s3: S3Connections) -> S3Client:
+    """The source's S3 client, its bucket tried once (and the store, by `_own_collection`).
+
+    The bucket and the store are tried once, outside the per-key isolation: a missing bucket, refused
+    credentials, an unset variable, an unreachable endpoint or store, a model mismatch is the run's failure,
+    said once with the field to correct, not the same error repeated for every key (nor, for a bucket name
+    that is wrong, every key's HEAD answering 404, which would read as objects deleted)."""
     try:
         client = s3.client(source.name)
         objects.check_bucket(client, source.bucket_name, source.name, source.credentials_in_words())
@@ -154,6 +210,17 @@ def index_partitions(
         raise dg.Failure(description=str(error), allow_retries=False) from None
     except objects.BucketError as error:
         raise dg.Failure(description=str(error), allow_retries=error.transient) from None
+    return client
+
+
+def _own_collection(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext,
+    spec: SourceSpec,
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+) -> tuple[Collections, Any]:
+    """The run's collections by name, and the source's own, opened once and bound to the source's project (a
+    store or owner that refuses it fails the run, said once)."""
     collection_for = Collections(
         lambda name: chroma.collection(name, embedding, owner=spec.owner),
         lambda: [collection.name for collection in chroma.client().list_collections()],
@@ -168,82 +235,65 @@ def index_partitions(
         raise dg.Failure(description=f"source '{spec.name}': {error}", allow_retries=False) from None
     if stamped:
         context.log.info(f"source '{spec.name}': {stamped} chunk(s) of it recorded as project '{spec.project}'")
-    embed = embedding.embedding_function()
-    if reembed.abandoned(own, embed):  # --abandon sticks: said on every run until it is begun again
-        context.log.warning(
-            f"source '{spec.name}': the re-embedding of collection '{own.name}' to {embedding.spec().describe()} "
-            "was abandoned (s3sync reembed --abandon): writes go on in the function it records; start it again "
-            f"with `s3sync reembed {spec.name}`, or set the old `embedding:` back"
-        )
+    return collection_for, own
 
-    def record(report: KeyReport, partition_key: str | None = None) -> Iterator[Said]:
-        """What the run's log gets for one key: its materialisation (or failure), with any lines first."""
-        partition_key = partition_key or keys.to_partition_key(report.object_key)
-        if report.status == "ignored":  # a document in metadata mode: not a partition; its metadata files are
-            yield "info", report.message
-            return
-        if report.status == "failed":
-            yield "error", f"object '{report.object_key}' failed: {report.message}"
-            yield dg.AssetObservation(
-                asset_key=asset_key, partition=partition_key, metadata={"error": report.message, "status": "failed"}
-            )
-            return
-        for warning in report.warnings:
-            yield "warning", warning
-        # No log line per key: the materialisation is the run log's entry for it (with its metadata), and
-        # every event costs a write to the event log (~30 ms each on SQLite).
-        yield dg.AssetMaterialization(asset_key=asset_key, partition=partition_key, metadata=_key_metadata(report))
 
-    if invocation is not None and invocation.custom_id is not None and len(partition_keys) > 1:
-        raise dg.Failure(
-            description=(
-                f"custom_id '{invocation.custom_id}' names one document, but this run covers "
-                f"{len(partition_keys)} object keys: invoke one key per run"
-            ),
-            allow_retries=False,
+def _record(asset_key: dg.AssetKey, report: KeyReport, partition_key: str | None = None) -> Iterator[Said]:
+    """What the run's log gets for one key: its materialisation (or failure), with any lines first."""
+    partition_key = partition_key or keys.to_partition_key(report.object_key)
+    if report.status == "ignored":  # a document in metadata mode: not a partition; its metadata files are
+        yield "info", report.message
+        return
+    if report.status == "failed":
+        yield "error", f"object '{report.object_key}' failed: {report.message}"
+        yield dg.AssetObservation(
+            asset_key=asset_key, partition=partition_key, metadata={"error": report.message, "status": "failed"}
         )
-    for report in refused:
-        yield from _told(context, record(report, partition_key=report.object_key))
-    # Worker processes start only if a document turns up, and stay warm for the process's next runs.
-    pool = DocumentPool.shared(documents.workers)
-    # The keys sync in a thread of their own while this one hands each key's events to Dagster as it is
-    # reported: Dagster writes an op's logged events only when the op yields, so a run's materialisations
-    # (and the progress counted from them, commands/progress.py) would otherwise all arrive at its end.
+        return
+    for warning in report.warnings:
+        yield "warning", warning
+    # No log line per key: the materialisation is the run log's entry for it (with its metadata), and
+    # every event costs a write to the event log (~30 ms each on SQLite).
+    yield dg.AssetMaterialization(asset_key=asset_key, partition=partition_key, metadata=_key_metadata(report))
+
+
+def _synced_as_reported(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext,
+    asset_key: dg.AssetKey,
+    synced: Callable[[Callable[[KeyReport], None], threading.Event], list[KeyReport]],
+) -> Generator[KeyEvent, None, list[KeyReport]]:
+    """Run `synced` (given what to call with each key's report, and an event that stops it before its next key),
+    handing each key's events to Dagster as it is reported; returns its reports.
+
+    The keys sync in a thread of their own while this one hands each key's events to Dagster as it is
+    reported: Dagster writes an op's logged events only when the op yields, so a run's materialisations
+    (and the progress counted from them, commands/progress.py) would otherwise all arrive at its end."""
     said: queue.SimpleQueue[Said | None] = queue.SimpleQueue()
     stop = threading.Event()
 
     def reported(report: KeyReport) -> None:
-        for item in record(report):
+        for item in _record(asset_key, report):
             said.put(item)
 
-    def synced() -> list[KeyReport]:
+    def syncing_thread() -> list[KeyReport]:
         try:
-            return sync_keys_following_swaps(
-                client,
-                spec,
-                collection_for,
-                embed,
-                object_keys,
-                on_report=reported,
-                pool=pool,
-                invocations=dict.fromkeys(object_keys, invocation) if invocation is not None else None,
-                links=InstanceMetaLinks(context.instance, spec.name),
-                stop=stop,
-            )
+            return synced(reported, stop)
         finally:
             said.put(None)
 
-    with chroma.write_lock(), ThreadPoolExecutor(1, thread_name_prefix="s3sync-sync") as syncing:
-        running = syncing.submit(synced)
+    with ThreadPoolExecutor(1, thread_name_prefix="s3sync-sync") as syncing:
+        running = syncing.submit(syncing_thread)
         try:
             yield from _told(context, _until_done(said))
         finally:
             stop.set()  # the run stopped early (terminated, interrupted): begin no further key
-        reports = refused + running.result()
-    if source.forget_deleted_keys:
-        forget_removed(context.instance, spec, client, reports)
-    if isinstance(context, dg.AssetExecutionContext):  # a run of the asset: the checks it planned, on its keys
-        evaluate_in_run(context, source, reports, lambda name: _existing(chroma, embedding, name), spec.owner)
+        return running.result()
+
+
+def _log_summary(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext, spec: SourceSpec, reports: Sequence[KeyReport]
+) -> None:
+    """One line for the run: how many objects ended how, and the chunks written and deleted."""
     counts = Counter(report.status for report in reports)
     context.log.info(
         f"source '{spec.name}': {len(reports)} object(s): "
@@ -251,6 +301,10 @@ def index_partitions(
         + f"; {sum(report.chunks_written for report in reports)} chunk(s) written, "
         f"{sum(report.chunks_deleted for report in reports)} deleted"
     )
+
+
+def _fail_on_failed_keys(reports: Sequence[KeyReport]) -> None:
+    """The run fails when a key failed, naming the first 20 of them; the others were indexed."""
     failed = [report for report in reports if report.status == "failed"]
     if failed:
         shown = "\n".join(f"- {report.object_key}: {report.message}" for report in failed[:20])

@@ -37,26 +37,51 @@ def source_definitions(
     """The asset (one partition per object key), its two checks, the repair job, and with auto-sync or
     polling configured, the sync job and the sensors that launch it. `sources` are the code location's, this one
     among them: the SQS sensor's run reads the queues of the others too (defs/queues.py)."""
-    asset_key = names.documents_asset_key(source)
-    writing = required(keys, "s3", "chroma", "embedding", "documents")
-    # Our ops output no value: to our own IO manager, so a run never starts the project's `io_manager`.
-    no_value = dg.Out(dg.Nothing, io_manager_key=keys.io_manager)
+    documents_asset = _documents_asset(source, keys)
+    checks = _checks(source, keys)
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [
+        _repair_job(source, keys),
+        _backfill_job(source, keys),
+        _reembed_job(source, keys),
+        _documents_job(source),
+    ]
+    sensors: list[dg.SensorDefinition] = []
+    if source.auto_sync != "none" or source.poll_interval_seconds is not None:
+        sync_job = _sync_job(source, keys, sources)
+        jobs.append(sync_job)
+        sensors += _sensors(source, sync_job, keys, sources)
+    return dg.Definitions(assets=[documents_asset], asset_checks=checks, jobs=jobs, sensors=sensors)
 
-    def taking(context: Any, *roles: str) -> dict[str, Any]:
-        return {role: taken(context.resources, keys, role) for role in roles}
 
+def _taking(context: Any, keys: ResourceKeysConfig, *roles: str) -> dict[str, Any]:
+    """The resources of these roles that a run or check holds, by role (the keyword arguments of what it calls)."""
+    return {role: taken(context.resources, keys, role) for role in roles}
+
+
+def _writing(keys: ResourceKeysConfig) -> set[str]:
+    """The resource keys of what writes a source's chunks: its asset and the ops that sync keys."""
+    return required(keys, "s3", "chroma", "embedding", "documents")
+
+
+def _no_value(keys: ResourceKeysConfig) -> dg.Out:
+    """Our ops output no value: to our own IO manager, so a run never starts the project's `io_manager`."""
+    return dg.Out(dg.Nothing, io_manager_key=keys.io_manager)
+
+
+def _documents_asset(source: SourceConfig, keys: ResourceKeysConfig) -> dg.AssetsDefinition:
+    """The source's asset: one partition per object key, each run indexing its keys' chunks."""
     # What the user's `asset:` says (config.AssetAttributes) beside what the source itself says.
     attributes = source.asset
 
     @dg.asset(
-        key=asset_key,
+        key=names.documents_asset_key(source),
         partitions_def=names.partitions_def(source.name),
         kinds={*SOURCE_KINDS, *attributes.kinds},
         group_name=source.group_name or source.name,
         tags=attributes.tag_values(),
         owners=attributes.owners,
         automation_condition=automation_condition(source),
-        required_resource_keys=writing,
+        required_resource_keys=_writing(keys),
         io_manager_key=keys.io_manager,
         description=attributes.description
         or (
@@ -84,9 +109,16 @@ def source_definitions(
             context,
             source,
             context.partition_keys,
-            **taking(context, "s3", "chroma", "embedding", "documents"),
+            **_taking(context, keys, "s3", "chroma", "embedding", "documents"),
             invocation=config.invocation(),
         )
+
+    return documents_asset
+
+
+def _checks(source: SourceConfig, keys: ResourceKeysConfig) -> list[dg.AssetChecksDefinition]:
+    """The asset's two checks: every indexed key has chunks, and the index matches the bucket (its drift)."""
+    asset_key = names.documents_asset_key(source)
 
     @dg.asset_check(
         asset=asset_key,
@@ -99,7 +131,7 @@ def source_definitions(
         ),
     )
     def indexed_keys_have_chunks(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        return index_check(context, source, **taking(context, "chroma", "embedding"))
+        return index_check(context, source, **_taking(context, keys, "chroma", "embedding"))
 
     @dg.asset_check(
         asset=asset_key,
@@ -114,17 +146,25 @@ def source_definitions(
     )
     def drift(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         s3 = taken(context.resources, keys, "s3")
-        return drift_check(context, source, s3.client(source.name), **taking(context, "chroma", "embedding"))
+        return drift_check(context, source, s3.client(source.name), **_taking(context, keys, "chroma", "embedding"))
+
+    return [indexed_keys_have_chunks, drift]
+
+
+def _repair_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefinition:
+    """The job that syncs exactly the drift the `drift` check reports (`s3sync repair`)."""
 
     @dg.op(
         name=names.repair_op_name(source.name),
         description=f"Syncs the keys of source '{source.name}' that drifted from the bucket (its `drift` check).",
         pool=names.pool_name(source.name),
-        required_resource_keys=writing,
-        out=no_value,
+        required_resource_keys=_writing(keys),
+        out=_no_value(keys),
     )
     def repair_keys(context: dg.OpExecutionContext, config: RepairConfig) -> Iterator[KeyEvent]:
-        yield from repair_drift(context, source, config, **taking(context, "s3", "chroma", "embedding", "documents"))
+        yield from repair_drift(
+            context, source, config, **_taking(context, keys, "s3", "chroma", "embedding", "documents")
+        )
 
     @dg.job(
         name=names.repair_job_name(source.name),
@@ -138,6 +178,12 @@ def source_definitions(
     def repair_job() -> None:
         repair_keys()
 
+    return repair_job
+
+
+def _reembed_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefinition:
+    """The job that re-embeds the source's collection into the configured model and swaps it in (`s3sync reembed`)."""
+
     @dg.op(
         name=names.reembed_op_name(source.name),
         description=(
@@ -145,10 +191,10 @@ def source_definitions(
             "stored chunk texts, then swaps it in; queries are answered throughout (abandon: drop it instead)."
         ),
         required_resource_keys=required(keys, "chroma", "embedding"),
-        out=no_value,
+        out=_no_value(keys),
     )
     def reembed_collection(context: dg.OpExecutionContext, config: ReembedConfig) -> dg.Output[None]:
-        return reembed_source(context, source, config, **taking(context, "chroma", "embedding"))
+        return reembed_source(context, source, config, **_taking(context, keys, "chroma", "embedding"))
 
     @dg.job(
         name=names.reembed_job_name(source.name),
@@ -161,6 +207,12 @@ def source_definitions(
     def reembed_job() -> None:
         reembed_collection()
 
+    return reembed_job
+
+
+def _backfill_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefinition:
+    """The launchpad's backfill: starts Dagster's own backfill of the asset over the keys chosen."""
+
     @dg.op(
         name=names.backfill_op_name(source.name),
         description=(
@@ -168,10 +220,12 @@ def source_definitions(
             "missing, failed, stale, a prefix or a glob. Through the webserver, in seconds at a million keys."
         ),
         required_resource_keys=required(keys, "webserver", "s3", "chroma", "embedding"),
-        out=no_value,
+        out=_no_value(keys),
     )
     def backfill_keys(context: dg.OpExecutionContext, config: BackfillConfig) -> dg.Output[None]:
-        return request_backfill(context, source, config, **taking(context, "webserver", "s3", "chroma", "embedding"))
+        return request_backfill(
+            context, source, config, **_taking(context, keys, "webserver", "s3", "chroma", "embedding")
+        )
 
     @dg.job(
         name=names.backfill_job_name(source.name),
@@ -185,58 +239,56 @@ def source_definitions(
     def backfill_job() -> None:
         backfill_keys()
 
-    # The asset alone, for `s3sync sync`'s runs (commands/runner.py) and the Celery workers that rebuild them
-    # (definitions.documents_job): the checks compare the whole source, so they run on their own, not after
-    # each run of keys (selected, they would be planned and skipped in every run, the asset having no output).
-    documents_job = dg.define_asset_job(
+    return backfill_job
+
+
+def _documents_job(source: SourceConfig) -> "dg.UnresolvedAssetJobDefinition":  # a name only for type checkers
+    """The asset alone, for `s3sync sync`'s runs (commands/runner.py) and the Celery workers that rebuild them
+    (definitions.documents_job): the checks compare the whole source, so they run on their own, not after
+    each run of keys (selected, they would be planned and skipped in every run, the asset having no output)."""
+    asset_key = names.documents_asset_key(source)
+    return dg.define_asset_job(
         names.documents_job_name(source.name),
         selection=dg.AssetSelection.assets(asset_key).without_checks(),
         description=f"The {asset_key.to_user_string()} asset without its checks: the runs of `s3sync sync`.",
     )
-    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [
-        repair_job,
-        backfill_job,
-        reembed_job,
-        documents_job,
-    ]
-    sensors: list[dg.SensorDefinition] = []
-    if source.auto_sync != "none" or source.poll_interval_seconds is not None:
-        peers = {peer.name: peer for peer in sources if peer.name != source.name}
 
-        # Keys from events are scattered over the partition list, so they cannot form one partition
-        # range; this job takes them as a list and records the same per-key materialisations.
-        @dg.op(
-            name=names.sync_op_name(source.name),
-            description=f"Syncs the given object keys of source '{source.name}' into Chroma.",
-            pool=names.pool_name(source.name),
-            required_resource_keys=writing,
-            out=no_value,
-        )
-        def sync_keys(context: dg.OpExecutionContext, config: SyncKeysConfig) -> Iterator[KeyEvent]:
-            partition_keys = [object_keys.to_partition_key(object_key) for object_key in config.object_keys]
-            resources = taking(context, "s3", "chroma", "embedding", "documents")
-            yield from index_partitions(context, source, partition_keys, **resources)
-            # The SQS sensor's run: the queues' next events are synced here, by a process already warm.
-            yield from read_queue(context, source, config.linger_seconds, peers=peers, **resources)
-            # The poll sensor's run: the prefix's next passes are made here.
-            yield from read_prefix(context, source, config.poll_linger_seconds, **resources)
 
-        @dg.job(
-            name=names.sync_job_name(source.name),
-            tags={SOURCE_TAG: source.name},
-            description=(
-                f"The runs of source '{source.name}''s sensors: the object keys they found (S3 events, or a pass "
-                "over the prefix) synced into Chroma, then the next ones read by the run itself while it lingers."
-            ),
-        )
-        def sync_job() -> None:
-            sync_keys()
+def _sync_job(source: SourceConfig, keys: ResourceKeysConfig, sources: Sequence[SourceConfig]) -> dg.JobDefinition:
+    """The job the source's sensors launch: the keys they found, then the next ones read by the run itself while it
+    lingers (the queues of the other `sources` too)."""
+    peers = {peer.name: peer for peer in sources if peer.name != source.name}
 
-        jobs.append(sync_job)
-        sensors += _sensors(source, sync_job, keys, sources)
-    return dg.Definitions(
-        assets=[documents_asset], asset_checks=[indexed_keys_have_chunks, drift], jobs=jobs, sensors=sensors
+    # Keys from events are scattered over the partition list, so they cannot form one partition
+    # range; this job takes them as a list and records the same per-key materialisations.
+    @dg.op(
+        name=names.sync_op_name(source.name),
+        description=f"Syncs the given object keys of source '{source.name}' into Chroma.",
+        pool=names.pool_name(source.name),
+        required_resource_keys=_writing(keys),
+        out=_no_value(keys),
     )
+    def sync_keys(context: dg.OpExecutionContext, config: SyncKeysConfig) -> Iterator[KeyEvent]:
+        partition_keys = [object_keys.to_partition_key(object_key) for object_key in config.object_keys]
+        resources = _taking(context, keys, "s3", "chroma", "embedding", "documents")
+        yield from index_partitions(context, source, partition_keys, **resources)
+        # The SQS sensor's run: the queues' next events are synced here, by a process already warm.
+        yield from read_queue(context, source, config.linger_seconds, peers=peers, **resources)
+        # The poll sensor's run: the prefix's next passes are made here.
+        yield from read_prefix(context, source, config.poll_linger_seconds, **resources)
+
+    @dg.job(
+        name=names.sync_job_name(source.name),
+        tags={SOURCE_TAG: source.name},
+        description=(
+            f"The runs of source '{source.name}''s sensors: the object keys they found (S3 events, or a pass "
+            "over the prefix) synced into Chroma, then the next ones read by the run itself while it lingers."
+        ),
+    )
+    def sync_job() -> None:
+        sync_keys()
+
+    return sync_job
 
 
 def _sensors(

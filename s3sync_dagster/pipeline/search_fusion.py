@@ -1,0 +1,266 @@
+"""How hybrid search joins its two sides: the fusions (two rankings as they are, or every candidate scored on
+both sides and weighted by how much of the query its words cover), and the candidates scored on both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from chromadb.api.models.Collection import Collection
+
+from s3sync_dagster.pipeline.search_dense import distances
+from s3sync_dagster.pipeline.search_hits import Hit
+from s3sync_dagster.pipeline.search_lexical import (
+    LEXICON_POOL_FACTOR,
+    Lexical,
+    average_words,
+    indexed,
+    lexical_side,
+    lexicon_side,
+)
+from s3sync_dagster.pipeline.search_rows import chroma_where, plain_metadata, query_input, query_rows
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid merges the two sides.
+
+    `rrf` (k) and `relative` fuse the two rankings as they are: a chunk only one side offered has nothing on
+    the other (RRF: no term; relative: 0). `scored` scores every candidate of either side on both
+    (`scored_candidates`: a distance for the lexical side's, a BM25 score for the dense side's), scales each
+    side's scores to 0-1 over them all and sums them. The lexical side counts `lexical_weight`, or, with
+    `coverage_power` set, `lexical_weight * coverage ** coverage_power` (`lexical_weight()`).
+    """
+
+    method: Literal["rrf", "relative", "scored"] = "rrf"
+    lexical_weight: float = 0.5
+    k: int = 60
+    # Each side offers this many candidates times the results asked for (at least `min_pool`).
+    pool_factor: int = 4
+    min_pool: int = 20
+    coverage_power: float | None = None
+
+    def pool(self, n: int) -> int:
+        return max(self.min_pool, self.pool_factor * n)
+
+
+# The two rankings fused as they are (issue 26's default): what Chroma Cloud's BM25 index, which scores only
+# its own candidates, is fused with; a `scored` fusion asked of a Cloud collection runs as this.
+RANKINGS_FUSION = Fusion(method="relative", lexical_weight=0.6, pool_factor=2, min_pool=10)
+# Measured (benchmarks/RESULTS.md section 7: 1,200 known-item, 126 semantic and 187 paraphrase probes, 56
+# variants, the rule written before their figures; re-measured with the lexical index): every candidate scored
+# on both sides, the lexical side at 0.9 x coverage^4, 20 candidates a side. The rule put first the variants
+# missing the fewest of issue 36's figures: this one misses only paraphrase recall@5 (0.225, dense's; it asks
+# +0.02), where coverage^2 also fell one probe short of dense's paraphrase recall@1. A remembered sentence
+# (coverage near 1) is found by its words: known-item recall@1 0.917/0.910/0.865 by third (dense 0.53),
+# recall@5 0.99/0.98/0.97; a question in the user's own words (coverage low) is left to meaning: paraphrase
+# recall@1 0.11, MRR@10 0.16 (dense's); semantic recall@1 0.48, @5 0.75 (dense 0.39, 0.67).
+FUSION = Fusion(method="scored", lexical_weight=0.9, pool_factor=4, min_pool=20, coverage_power=4.0)
+# The lexical side's best candidates whose coverage of the query is read (`Candidates.coverage`).
+COVERAGE_TOP = 3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A chunk either side offered, scored on both: its dense distance to the query and its BM25 score."""
+
+    chunk_id: str
+    document: str
+    metadata: Mapping[str, Any]
+    distance: float
+    bm25: float
+    dense_rank: int | None
+    lexical_rank: int | None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Both sides' candidates for one query, each scored on both sides; `coverage`: the most of the query's
+    idf any of the lexical side's best candidates holds (0 when it offered none): how much the query's own
+    words say where its answer is."""
+
+    rows: tuple[Candidate, ...]
+    coverage: float
+
+
+def scored_candidates(
+    collection: Collection,
+    text: str,
+    pool: int,
+    where: Mapping[str, Any] | None = None,
+    embedding_function: Callable[[list[str]], Any] | None = None,
+) -> Candidates:
+    """The pool best chunks of each side, every one scored on both: a chunk the dense side did not offer is
+    given its distance, one the lexical side did not offer its BM25 score.
+
+    The lexical side comes from an embedded store's lexical index (pipeline/lexicon.py) when it can answer and
+    no filter is asked (each term's document frequency and the candidates; BM25 is computed from the texts),
+    else from Chroma's full-text filter (`lexical_side`). With the query's vector known (embedding_function),
+    a lexical candidate's distance is computed from its stored vector, as Chroma's index computes it; else a
+    dense query narrowed to those ids asks Chroma for it."""
+    embedded = embedding_function([text])[0] if embedding_function is not None else None
+    asked = query_input(text, embedded)
+    dense = collection.query(
+        **asked, n_results=pool, where=chroma_where(where), include=["documents", "metadatas", "distances"]
+    )
+    rows: dict[str, tuple[str, dict[str, Any]]] = {}
+    distance: dict[str, float] = {}
+    for chunk_id, document, metadata, far in query_rows(dense):
+        rows[chunk_id], distance[chunk_id] = (document, metadata), far
+    index = indexed(collection) if not where else None
+    side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * pool) if index else None
+    if side is not None and embedded is not None:
+        _read_with_distances(collection, side, embedded, rows, distance)
+    else:
+        side = side or lexical_side(collection, text, pool, where)
+        lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
+        if lexical_only:
+            got = collection.query(
+                **asked, ids=lexical_only, n_results=len(lexical_only), include=["documents", "metadatas", "distances"]
+            )
+            for chunk_id, document, metadata, far in query_rows(got):
+                rows[chunk_id], distance[chunk_id] = (document, metadata), far
+    average = average_words([document for document, _ in rows.values()])
+    return _candidates(
+        rows, distance, {c: side.bm25(document, average) for c, (document, _) in rows.items()}, side, pool
+    )
+
+
+def _read_with_distances(
+    collection: Collection,
+    side: Lexical,
+    embedded: Any,
+    rows: dict[str, tuple[str, dict[str, Any]]],
+    distance: dict[str, float],
+) -> None:
+    """Read the lexical candidates the dense side did not offer into rows, by id with their vectors, and their
+    distances to the query's vector (`distances`): a dense query narrowed to ids reads every chunk's metadata
+    (138 ms at 100,000 chunks), this reads only theirs."""
+    lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
+    if not lexical_only:
+        return
+    got = collection.get(ids=lexical_only, include=["documents", "metadatas", "embeddings"])  # type: ignore[list-item]
+    far_of = distances(collection, embedded, got["embeddings"])
+    for chunk_id, document, metadata, far in zip(
+        got["ids"], got["documents"] or [], got["metadatas"] or [], far_of, strict=True
+    ):
+        rows[chunk_id], distance[chunk_id] = (document or "", plain_metadata(metadata)), far
+
+
+def _candidates(
+    rows: Mapping[str, tuple[str, dict[str, Any]]],
+    distance: Mapping[str, float],
+    bm25: Mapping[str, float],
+    side: Lexical,
+    pool: int,
+) -> Candidates:
+    """Each side's pool best of the chunks read, each scored on both, and the query's coverage."""
+    dense_order = sorted(distance, key=lambda chunk_id: (distance[chunk_id], chunk_id))
+    lexical_order = sorted(
+        (chunk_id for chunk_id in side.candidate_ids if chunk_id in rows), key=lambda c: (-bm25[c], c)
+    )
+    dense_rank = {chunk_id: rank for rank, chunk_id in enumerate(dense_order[:pool], 1)}
+    lexical_rank = {chunk_id: rank for rank, chunk_id in enumerate(lexical_order[:pool], 1)}
+    kept = set(dense_rank) | set(lexical_rank)
+    coverage = max((side.coverage(rows[chunk_id][0]) for chunk_id in lexical_order[:COVERAGE_TOP]), default=0.0)
+    made = [
+        Candidate(
+            chunk_id,
+            *rows[chunk_id],
+            distance[chunk_id],
+            bm25[chunk_id],
+            dense_rank.get(chunk_id),
+            lexical_rank.get(chunk_id),
+        )
+        for chunk_id in sorted(kept)
+    ]
+    return Candidates(tuple(made), coverage)
+
+
+def lexical_weight(fusion: Fusion, coverage: float) -> float:
+    """How much the lexical side counts for a query: `lexical_weight` itself, or, when the fusion is
+    adaptive, that much times the query's coverage to the power `coverage_power` (a question in a user's own
+    words, whose terms no chunk holds together, leaves the answer to meaning)."""
+    if fusion.coverage_power is None:
+        return fusion.lexical_weight
+    return fusion.lexical_weight * max(0.0, min(1.0, coverage)) ** fusion.coverage_power
+
+
+def fuse_scored(candidates: Candidates, n: int, fusion: Fusion) -> list[Hit]:
+    """One ranking of candidates scored on both sides: each side's scores scaled to 0-1 over all the
+    candidates (similarity as 1 - distance, BM25 as it is), summed with the query's lexical weight."""
+    rows = candidates.rows
+    if not rows:
+        return []
+    weight = lexical_weight(fusion, candidates.coverage)
+    dense = _scaled({row.chunk_id: -row.distance for row in rows})
+    lexical = _scaled({row.chunk_id: row.bm25 for row in rows}) if any(row.bm25 for row in rows) else {}
+    scores = {
+        row.chunk_id: (1 - weight) * dense[row.chunk_id] + weight * lexical.get(row.chunk_id, 0.0) for row in rows
+    }
+    ranked = sorted(rows, key=lambda row: (-scores[row.chunk_id], row.distance, row.chunk_id))[:n]
+    return [
+        Hit(
+            row.chunk_id,
+            row.document,
+            row.metadata,
+            scores[row.chunk_id],
+            row.dense_rank,
+            row.lexical_rank,
+            row.distance,
+        )
+        for row in ranked
+    ]
+
+
+def fuse(
+    dense: Sequence[tuple[str, str, dict[str, Any], float]],
+    lexical: Sequence[tuple[str, str, dict[str, Any], float]],
+    n: int,
+    fusion: Fusion = RANKINGS_FUSION,
+) -> list[Hit]:
+    """One ranking from the dense one (by distance, lower first) and the lexical one (by score, higher first)."""
+    rows = {chunk_id: (document, metadata) for chunk_id, document, metadata, _ in [*dense, *lexical]}
+    dense_rank = {row[0]: rank for rank, row in enumerate(dense, 1)}
+    lexical_rank = {row[0]: rank for rank, row in enumerate(lexical, 1)}
+    distance = {row[0]: row[3] for row in dense}
+    weights = (1.0 - fusion.lexical_weight, fusion.lexical_weight)
+    if fusion.method == "rrf":
+        scores = {
+            chunk_id: sum(
+                weight / (fusion.k + ranks[chunk_id])
+                for weight, ranks in zip(weights, (dense_rank, lexical_rank), strict=True)
+                if chunk_id in ranks
+            )
+            for chunk_id in rows
+        }
+    else:
+        dense_scaled = _scaled({row[0]: -row[3] for row in dense})
+        lexical_scaled = _scaled({row[0]: row[3] for row in lexical})
+        scores = {
+            chunk_id: weights[0] * dense_scaled.get(chunk_id, 0.0) + weights[1] * lexical_scaled.get(chunk_id, 0.0)
+            for chunk_id in rows
+        }
+    ranked = sorted(scores, key=lambda chunk_id: (-scores[chunk_id], chunk_id))[:n]
+    return [
+        Hit(
+            chunk_id,
+            rows[chunk_id][0],
+            rows[chunk_id][1],
+            scores[chunk_id],
+            dense_rank.get(chunk_id),
+            lexical_rank.get(chunk_id),
+            distance.get(chunk_id),
+        )
+        for chunk_id in ranked
+    ]
+
+
+def _scaled(scores: Mapping[str, float]) -> dict[str, float]:
+    if not scores:
+        return {}
+    low, high = min(scores.values()), max(scores.values())
+    if high == low:
+        return dict.fromkeys(scores, 1.0)
+    return {chunk_id: (score - low) / (high - low) for chunk_id, score in scores.items()}

@@ -1,0 +1,150 @@
+"""The lexical side of search: each query term's BM25 idf in the collection and the chunks holding its rarest terms,
+from the collection's lexical index (pipeline/lexicon.py) or Chroma's full-text filter, ranked by BM25."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chromadb.api.models.Collection import Collection
+
+from s3sync_dagster.pipeline import lexicon
+from s3sync_dagster.pipeline.lexicon import LexicalIndex
+from s3sync_dagster.pipeline.search_rows import Ranking, chroma_where, plain_metadata
+from s3sync_dagster.pipeline.terms import (  # how text becomes terms, read by both sides of search
+    fold,
+    query_terms,
+    term_frequency,
+    term_pattern,
+)
+
+_WORD = re.compile(r"\w+")
+
+# A term in more chunks than this, or with a BM25 idf under MIN_IDF (in over ~80% of the chunks of a large
+# collection, in both of two), is common: it scores, but picks no candidates.
+DF_LIMIT = 2000
+MIN_IDF = 0.2
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+# The lexical index path: the lexical side offers this many times the pool, best first by BM25 on the
+# query's rarer terms, and every candidate is then scored on all of them.
+LEXICON_POOL_FACTOR = 2
+# The rarer terms that pick the index's candidates hold at most this many chunks together (past the first),
+# as Chroma's path keeps at most DF_LIMIT // 4 candidates: BM25 ranks each chunk holding one of them.
+CANDIDATE_DF = DF_LIMIT // 4
+
+
+@dataclass(frozen=True)
+class Lexical:
+    """What the lexical side knows of one query: its terms, each term's BM25 idf (from its document frequency
+    in the collection, read from Chroma's full-text index), and the ids of the chunks holding the rarest
+    terms (its candidates). `score` gives BM25 for any chunk's text, offered by this side or not."""
+
+    terms: tuple[str, ...]
+    idf: Mapping[str, float]
+    candidate_ids: tuple[str, ...]
+
+    def bm25(self, document: str, average_words: float) -> float:
+        words = len(_WORD.findall(document))
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * words / (average_words or 1.0))
+        folded = fold(document)
+        score = 0.0
+        for term in self.terms:
+            frequency = term_frequency(term, folded)
+            if frequency:
+                score += self.idf[term] * frequency * (BM25_K1 + 1) / (frequency + norm)
+        return score
+
+    def coverage(self, document: str) -> float:
+        """The share of the query's idf the text holds (each term counted once): 1.0 when it holds every term."""
+        total = sum(self.idf.values())
+        if total <= 0:
+            return 0.0
+        folded = fold(document)
+        return sum(idf for term, idf in self.idf.items() if term_frequency(term, folded)) / total
+
+
+def lexical_side(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Lexical:
+    """Looks each query term up whole-word in the collection (`where_document` `$regex`) for its document
+    frequency, and picks the chunks holding the rarest terms as candidates."""
+    terms = query_terms(text)
+    matching: dict[str, list[str]] = {}
+    for term in terms:
+        found = collection.get(
+            where=chroma_where(where), where_document={"$regex": term_pattern(term)}, include=[], limit=DF_LIMIT
+        )
+        matching[term] = list(found["ids"])
+    total = max(collection.count(), 1) if terms else 1
+    idf = {term: bm25_idf(total, len(ids)) for term, ids in matching.items()}
+    # Candidates: the chunks holding the rarest terms, until there are enough to rank. A common term (past
+    # DF_LIMIT, or with an idf under MIN_IDF: in most chunks) picks none: it says little, and a ranking of
+    # near-equal scores would only push the dense side's answer down in a fusion. Only common terms: no answer.
+    candidates: dict[str, None] = {}
+    for term in sorted(terms, key=lambda term: len(matching[term])):
+        if len(matching[term]) >= DF_LIMIT or idf[term] < MIN_IDF:
+            break
+        candidates.update(dict.fromkeys(matching[term]))
+        if len(candidates) >= max(n, DF_LIMIT // 4):
+            break
+    return Lexical(tuple(terms), idf, tuple(candidates))
+
+
+def bm25_idf(total: int, count: int) -> float:
+    """A term's BM25 idf (the non-negative form) in `total` chunks of which `count` hold it."""
+    return math.log(1 + (total - count + 0.5) / (count + 0.5))
+
+
+def indexed(collection: Collection) -> LexicalIndex | None:
+    """The collection's lexical index (pipeline/lexicon.py) when it can answer for it now, else None."""
+    found = lexicon.of(collection)
+    return found if found is not None and found.state(collection) is None else None
+
+
+def lexicon_side(index: LexicalIndex, collection: Collection, text: str, n: int) -> Lexical:
+    """The lexical side from the index: each term's idf from its exact document frequency, and as
+    candidates the n chunks BM25 ranks best on the rarer terms (as `lexical_side` picks them: a common
+    term scores, but picks no candidates)."""
+    terms = query_terms(text)
+    frequency, total = index.document_frequency(collection, terms)
+    total = max(total, 1)
+    idf = {term: bm25_idf(total, count) for term, count in frequency.items()}
+    rarer: list[str] = []
+    held = 0
+    for term in sorted(terms, key=lambda term: (frequency[term], term)):
+        if not frequency[term]:
+            continue
+        if frequency[term] >= DF_LIMIT or idf[term] < MIN_IDF or (rarer and held + frequency[term] > CANDIDATE_DF):
+            break
+        rarer.append(term)
+        held += frequency[term]
+    best = index.best(collection, rarer, n)
+    return Lexical(tuple(terms), idf, tuple(chunk_id for chunk_id, _ in best))
+
+
+def average_words(documents: Sequence[str]) -> float:
+    """The mean number of words of the texts (1.0 for none): BM25's length norm."""
+    return sum(len(_WORD.findall(document)) for document in documents) / max(len(documents), 1) or 1.0
+
+
+def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Ranking:
+    """(chunk id, text, metadata, BM25 score) of the n best chunks for the query's words."""
+    index = indexed(collection) if not where else None
+    if index is not None:
+        side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * n)
+    else:
+        side = lexical_side(collection, text, n, where)
+    if not side.candidate_ids:
+        return []
+    got = collection.get(ids=list(side.candidate_ids), include=["documents", "metadatas"])
+    rows = [
+        (chunk_id, document or "", plain_metadata(metadata))
+        for chunk_id, document, metadata in zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True)
+    ]
+    average = average_words([document for _, document, _ in rows])
+    scored = [(chunk_id, document, metadata, side.bm25(document, average)) for chunk_id, document, metadata in rows]
+    scored.sort(key=lambda row: (-row[3], row[0]))
+    return scored[:n]
