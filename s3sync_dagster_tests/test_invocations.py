@@ -310,7 +310,10 @@ def test_a_sensor_that_started_before_any_request_reads_every_later_one(
     assert [r.run_key for r in daemon.tick(instance)] == [request.invocation_id]
 
 
-@pytest.mark.parametrize("module", ["commands/invocations.py", "commands/cli.py", "defs/invocation_sensor.py"])
+@pytest.mark.parametrize(
+    "module",
+    ["commands/invocations.py", "commands/cli.py", "commands/invocation_commands.py", "defs/invocation_sensor.py"],
+)
 def test_the_invocation_path_names_nothing_private_of_dagster(module: str) -> None:
     source = (Path(__file__).parent.parent / "s3sync_dagster" / module).read_text()
     assert "dagster._" not in source and "__ASSET_JOB" not in source

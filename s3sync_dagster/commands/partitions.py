@@ -1,0 +1,62 @@
+"""A source's object keys as Dagster partitions: registered under the home's lock, and in metadata mode a
+document stood in for by the metadata files naming it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+from sqlalchemy.exc import IntegrityError
+
+from s3sync_dagster.commands.dagster_home import home_lock
+from s3sync_dagster.commands.errors import UsageError
+from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.defs.links import InstanceMetaLinks
+from s3sync_dagster.defs.names import partitions_name, register_partitions
+from s3sync_dagster.pipeline import events, keys
+
+
+def add_partitions(
+    instance: dg.DagsterInstance, source_name: str, partition_keys: Sequence[str]
+) -> tuple[list[str], set[str]]:
+    """Register the keys not registered yet: returns those this call added, and those there before."""
+    with home_lock(instance.root_directory):
+        for attempt in range(2):
+            existing = set(instance.get_dynamic_partitions(partitions_name(source_name)))
+            new = [partition_key for partition_key in dict.fromkeys(partition_keys) if partition_key not in existing]
+            try:
+                register_partitions(instance, source_name, new)
+                break
+            except IntegrityError:
+                # A writer outside this lock (the daemon's sensors) registered some of them meanwhile.
+                if attempt:
+                    raise
+    return new, existing
+
+
+def unnamed_document(source: SourceConfig, document: str) -> str:
+    """Why a document of a metadata-mode source that no synced metadata file names cannot be synced by itself."""
+    return (
+        f"source '{source.name}' syncs in metadata mode: object '{document}' is indexed only through a "
+        f"{events.META_SUFFIX} file naming it, and no metadata file synced so far names it"
+    )
+
+
+def meta_keys_for(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> list[str]:
+    """Metadata mode: a document is synced through the .meta.json files naming it, which take its place."""
+    documents = [object_key for object_key in object_keys if not events.is_meta_key(object_key)]
+    named = InstanceMetaLinks(instance, source.name).naming(documents)
+    for document in documents:
+        if document not in named:
+            raise UsageError(f"{unnamed_document(source, document)} (sync the metadata file)")
+    return list(
+        dict.fromkeys(
+            meta_key
+            for object_key in object_keys
+            for meta_key in ([object_key] if events.is_meta_key(object_key) else named[object_key])
+        )
+    )
+
+
+def register_keys(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> None:
+    add_partitions(instance, source.name, [keys.to_partition_key(k) for k in object_keys])

@@ -1,0 +1,120 @@
+"""Searching a source from the command line: `s3sync query`, its hits in words or JSON, and the searchers a
+process that answers many queries keeps open between them (commands/resident.py)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from s3sync_dagster.commands.errors import UsageError
+from s3sync_dagster.commands.subcommand import EXIT_OK, Subcommands, emit, load_config
+
+if TYPE_CHECKING:
+    from s3sync_dagster.commands.query import OpenSearchers
+
+
+# The sources' searchers, kept open across the queries of a process that answers many (commands/resident.py);
+# a process that answers one opens its store for it.
+_searchers: OpenSearchers | None = None
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from s3sync_dagster.commands.query import search_source
+    from s3sync_dagster.pipeline.owners import describe
+
+    config = load_config(args)
+    source = config.source(args.source)
+    try:
+        found = (_searchers.search if _searchers is not None else search_source)(
+            args.source, args.text, mode=args.mode, n=args.n, config=config, every_writer=args.every_writer,
+            context=args.context, per_object=args.per_object,
+        )  # fmt: skip
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    hits = [
+        {
+            "id": hit.chunk_id,
+            "score": hit.score,
+            "distance": hit.distance,
+            "dense_rank": hit.dense_rank,
+            "lexical_rank": hit.lexical_rank,
+            "object_key": hit.metadata.get("object_key"),
+            "source": hit.metadata.get("source"),  # whose chunk it is
+            "project": hit.metadata.get("project"),
+            "chunk_index": hit.metadata.get("chunk_index"),
+            "start_line": hit.metadata.get("start_line"),
+            "end_line": hit.metadata.get("end_line"),
+            "document": hit.document,
+            **(
+                {
+                    "context": [
+                        {"id": p.chunk_id, "chunk_index": p.chunk_index, "document": p.document} for p in hit.context
+                    ]
+                }
+                if args.context
+                else {}
+            ),
+        }
+        for hit in found
+    ]
+    lines = []
+    for rank, hit in enumerate(found, 1):
+        sides = ", ".join(
+            f"{side} #{place}" for side, place in (("dense", hit.dense_rank), ("lexical", hit.lexical_rank)) if place
+        )
+        lines.append(
+            f"{rank}. {hit.metadata.get('object_key')} lines {hit.metadata.get('start_line')}-"
+            f"{hit.metadata.get('end_line')} ({sides}{'; ' + describe(hit.metadata) if args.every_writer else ''})"
+        )
+        if hit.context:
+            # The hit and its neighbours, in the object's order; the hit's own chunk marked.
+            lines += [
+                f"   {'>' if passage.chunk_id == hit.chunk_id else ' '} {' '.join(passage.document.split())[:160]}"
+                for passage in hit.context
+            ]
+        else:
+            lines.append(f"   {' '.join(hit.document.split())[:160]}")
+    emit(
+        args,
+        {"query": args.text, "mode": args.mode, "collection": source.collection_name, "results": hits},
+        "\n".join(lines) or "no results",
+    )
+    return EXIT_OK
+
+
+def add_query(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`s3sync query SOURCE TEXT`."""
+    parser = commands.add_parser("query", parents=[common], help="search a source's collection")
+    parser.add_argument("source")
+    parser.add_argument("text")
+    parser.add_argument("-n", type=int, default=5, help="number of results (default 5)")
+    parser.add_argument(
+        "--mode",
+        choices=["dense", "lexical", "hybrid"],
+        default="hybrid",
+        help="by meaning (dense), by exact words (lexical), or both fused (hybrid, the default)",
+    )
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        metavar="N",
+        help="show each hit with the N chunks before and after it in its object (default 0)",
+    )
+    parser.add_argument(
+        "--per-object", type=int, metavar="K", help="keep at most K hits of one object (1: one hit per object)"
+    )
+    parser.add_argument(
+        "--every-writer",
+        action="store_true",
+        help="search every chunk of the collection, not only the source's own (each hit says whose it is)",
+    )
+    parser.set_defaults(run=cmd_query)
+
+
+def keep_searchers_open() -> None:
+    """From now on `s3sync query`s in this process keep their store and model open for the next."""
+    global _searchers
+    from s3sync_dagster.commands.query import OpenSearchers
+
+    _searchers = _searchers or OpenSearchers()
