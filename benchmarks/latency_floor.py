@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus
 import boto3
 import dagster as dg
 
-# The same pacing as s3sync's SQS sensor (sqs_wait_seconds' default in config.py, SQS_TICK_INTERVAL_S in
+# The same pacing as s3sync's SQS sensor (sqs_wait_seconds' default in config/source.py, SQS_TICK_INTERVAL_S in
 # defs/sensors.py), written out: importing them would bring s3sync's imports into this location's run processes.
 FIRST_WAIT_S = 19
 TICK_INTERVAL_S = 1

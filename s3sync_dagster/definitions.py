@@ -220,7 +220,7 @@ class S3ChromaSync(dg.Component):
             next((path / name for name in COMPONENT_FILES if (path / name).is_file()), path) if path.is_dir() else path
         )
         lines = yaml_lines(origin.read_text(encoding="utf-8"), under=("attributes",)) if origin.is_file() else {}
-        # A literal secret first, before anything that could show it (dg's schema check passes it: config.py).
+        # A literal secret first, before anything that could show it (dg's schema check passes it: config/schema.py).
         refuse_literal_secrets(raw, str(origin), lines)
         problems = schema_problems(raw, str(origin), lines)
         if problems:

@@ -1,6 +1,6 @@
 """`s3sync query` and its Python form: search a source's collection by meaning, by exact words, or both.
 
-Nothing here imports Dagster (test_cli asserts it for `s3sync query`): the config is read by config.py, the
+Nothing here imports Dagster (test_cli asserts it for `s3sync query`): the config is read by config/, the
 store opened by pipeline/store.py, as a run opens them. Only a component's defs.yaml needs Dagster, to render
 its templates.
 """

@@ -4,8 +4,8 @@ start: Dagster's run worker, then the imports, the model, the clients). The poll
 the prefix (read_prefix, at the end).
 
 The SQS sensor asks for it (the source's `sqs_linger_seconds`, on the last run of a tick) and, while such a run is
-in progress, leaves the queue to it (sensors.reading_run). Each event it takes is handled as the sensor would
-(sensors.plan_sync: direct and metadata modes, ignored and not-understood records, document_limit), its keys are
+in progress, leaves the queue to it (readers.reading_run). Each event it takes is handled as the sensor would
+(sqs_messages.plan_sync: direct and metadata modes, ignored and not-understood records, document_limit), its keys are
 registered as partitions and synced in this run with their own materialisations, and its messages are deleted
 only once their keys are reported: a run that dies before leaves them to come back after the visibility timeout,
 for the sensor to read again (at-least-once, as a tick's). Tagged to (defs/queues.py), it reads the queues of the code

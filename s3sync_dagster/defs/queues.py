@@ -170,7 +170,7 @@ class QueueReaders:
 # Sensor ticks that found events in the same moment, no run reading their queues yet, elect one of them to make the
 # run that reads them all; the others give their messages back to it (instead of four runs on two slots). A ticket
 # in the instance's key-value store; fresh this long: from a tick's election until the daemon has stored its run
-# (then the sensors see the run itself: sensors.reading_run).
+# (then the sensors see the run itself: readers.reading_run).
 ELECTION_KEY = "s3sync/queue_reader_ticket"
 ELECTION_FRESH_S = 10.0
 # Between writing a ticket and reading it back: the last ticket written in a moment names the winner.

@@ -35,7 +35,7 @@ def _load(folder: Path, threads: int = 0) -> tuple[Any, Any]:
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 3
             # Chroma's own threads share the cores inside a run: ONNX Runtime's workers must sleep while they
-            # wait, not spin (as OMP_WAIT_POLICY=PASSIVE does for torch; pipeline/embed.py).
+            # wait, not spin (as OMP_WAIT_POLICY=PASSIVE does for torch; pipeline/embed_runtimes.py).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if threads:
                 options.intra_op_num_threads = threads
