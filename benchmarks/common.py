@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -136,3 +137,14 @@ def sensor_tick(sensor: Any, context: Any) -> Any:
         dynamic_partitions_requests=list(data.dynamic_partitions_requests or []),
         skip_reason=None if data.run_requests else data.skip_message,
     )
+
+
+def stop_group(process: subprocess.Popen[Any], grace_s: float = 30.0) -> None:
+    """Stop a process started in a session of its own (a daemon and the code servers and runs under it): SIGTERM to
+    its group, then SIGKILL after `grace_s`."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -418,12 +418,7 @@ def measure(
                     source.queue_url.rsplit("/", 1)[-1]: source.name for source in sources if source.queue_url
                 } | {floor_queue_url.rsplit("/", 1)[-1]: "floor"}
         finally:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
+            common.stop_group(daemon)
     live = sources[0]
     latencies = [queryable_at[key] - put_at[key] for key in live.uploads]
     by_run = _runs_of(home, live)

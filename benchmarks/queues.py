@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -176,12 +175,7 @@ def measure_location(
             if not set(every) <= location.queryable_at.keys():
                 raise TimeoutError(f"uploads not queryable (see {workdir})")
         finally:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
+            common.stop_group(daemon)
     return {
         "sources": {name: latency.summary(location.latency_of(singles[name])) for name in names},
         "first_s": {name: round(location.latency_of([warmups[name]])[0], 2) for name in names},
