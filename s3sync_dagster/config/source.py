@@ -61,6 +61,10 @@ ChunkingConfig = Annotated[
 ]
 
 
+# An IAM role's ARN, in any AWS partition (aws, aws-cn, aws-us-gov): arn:aws:iam::123456789012:role/path/name.
+ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$"
+
+
 class TimeoutsConfig(_Model):
     """How long a source's S3 (and SQS) endpoint may take, and how often a request is tried.
 
@@ -84,6 +88,13 @@ class SourceConfig(_Model):
     aws_access_key_id: EnvRef | None = None
     aws_secret_access_key: EnvRef | None = None
     aws_session_token: EnvRef | None = None
+    # A role to assume through STS (another account's, as a company's buckets are reached), from the credentials
+    # above or the default chain; refreshed before it expires. STS is asked at endpoint_url when one is set (MinIO
+    # and moto serve it there), else at AWS's regional endpoint.
+    role_arn: str | None = Field(default=None, pattern=ROLE_ARN_PATTERN, max_length=2048)
+    external_id: EnvRef | None = None  # the role's trust policy's sts:ExternalId: a secret, as {env: VAR}
+    role_session_name: str = Field(default="s3sync-dagster", pattern=r"^[\w+=,.@-]{2,64}$")
+    role_duration_seconds: int = Field(default=3600, ge=900, le=43200)  # STS's range; the role's maximum applies
     path_prefix: str = ""
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
@@ -144,9 +155,9 @@ class SourceConfig(_Model):
     _project: str = PrivateAttr(default="")  # the config's project (set by AppConfig)
     _cloud_limits: bool = PrivateAttr(default=False)  # the store is Chroma Cloud (set by AppConfig)
 
-    _literal = field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", mode="before")(
-        _secret_must_be_env_ref
-    )
+    _literal = field_validator(
+        "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "external_id", mode="before"
+    )(_secret_must_be_env_ref)
     _urls = field_validator("endpoint_url", "sqs_queue_url")(_no_credentials_in_url)
 
     @field_validator("collection_name")
@@ -192,6 +203,9 @@ class SourceConfig(_Model):
             for field_name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
             if (ref := getattr(self, field_name)) is not None
         ]
+        if self.role_arn is not None:
+            through = " and ".join(named) if named else "the default AWS credential chain"
+            return f"the role {self.role_arn}, assumed through STS with {through}"
         if named:
             return " and ".join(named)
         return (
@@ -244,6 +258,12 @@ class SourceConfig(_Model):
     def set_project(self, project: str) -> None:
         """The config's project, recorded on every chunk the source writes (set by AppConfig)."""
         self._project = project
+
+    @model_validator(mode="after")
+    def _external_id_with_a_role(self) -> SourceConfig:
+        if self.external_id is not None and self.role_arn is None:
+            raise ValueError("external_id is sent when assuming role_arn: give role_arn too")
+        return self
 
     @model_validator(mode="after")
     def _credentials_in_pairs(self) -> SourceConfig:

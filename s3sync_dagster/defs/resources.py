@@ -22,7 +22,7 @@ from s3sync_dagster.config import (
     SourceConfig,
     TimeoutsConfig,
 )
-from s3sync_dagster.pipeline import objects
+from s3sync_dagster.pipeline import objects, roles
 from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
 from s3sync_dagster.pipeline.store import Store
@@ -58,6 +58,7 @@ def boto_client(
     aws_session_token: str | None,
     profile_name: str | None = None,
     unsigned: bool = False,
+    role: roles.Role | None = None,
     **client_options: Any,
 ) -> Any:
     """An S3 or SQS client that gives up on a silent endpoint: connect and read timeouts, and retries
@@ -72,16 +73,22 @@ def boto_client(
     """
     import boto3
 
+    config = _client_config(connect_timeout_seconds, read_timeout_seconds, max_attempts, unsigned)
     with _making:  # a boto3 Session is not thread-safe; its clients are
-        client = boto3.session.Session(profile_name=profile_name).client(
-            service,
-            region_name=region_name,
-            endpoint_url=endpoint_url,
-            aws_access_key_id=aws_access_key_id,
-            aws_secret_access_key=aws_secret_access_key,
-            aws_session_token=aws_session_token,
-            config=_client_config(connect_timeout_seconds, read_timeout_seconds, max_attempts, unsigned),
-            **client_options,
+        keys = {
+            "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+            "aws_session_token": aws_session_token,
+        }
+        if role is None:
+            session, signing = boto3.session.Session(profile_name=profile_name), keys
+        else:  # the source's own credentials (or the chain's) ask STS for the role's; STS where S3 is, if set
+            base = boto3.session.Session(profile_name=profile_name, **keys)
+            sts = {"endpoint_url": endpoint_url, "region_name": region_name, "config": config}
+            session = roles.session_with(roles.assumed_role_credentials(base, role, sts), profile_name)
+            signing = {}
+        client = session.client(
+            service, region_name=region_name, endpoint_url=endpoint_url, config=config, **signing, **client_options
         )
     # A web app where the endpoint should be answers 200 to everything: its page is refused, not read as no keys.
     return objects.refuse_non_s3_answers(client) if service == "s3" else client
@@ -149,6 +156,11 @@ class S3Connection(dg.ConfigurableResource):  # type: ignore[type-arg]
     aws_access_key_id_env: str | None = None
     aws_secret_access_key_env: str | None = None
     aws_session_token_env: str | None = None
+    # The role the source assumes through STS (config's role_arn), its external id's variable, its session.
+    role_arn: str | None = None
+    external_id_env: str | None = None
+    role_session_name: str = "s3sync-dagster"
+    role_duration_seconds: int = 3600
 
     def get_client(self) -> Any:
         """An S3 client as S3Resource's get_client makes one, with this source's timeouts (it sets only
@@ -173,7 +185,18 @@ class S3Connection(dg.ConfigurableResource):  # type: ignore[type-arg]
             aws_session_token=self._credential("aws_session_token"),
             profile_name=self.profile_name,
             unsigned=self.use_unsigned_session,
+            role=self._role(),
             **client_options,
+        )
+
+    def _role(self) -> roles.Role | None:
+        if self.role_arn is None:
+            return None
+        external_id = None
+        if self.external_id_env is not None:
+            external_id = EnvRef(env=self.external_id_env).resolve(f"source '{self.source_name}' external_id")
+        return roles.Role(
+            self.role_arn, self.source_name, external_id, self.role_session_name, self.role_duration_seconds
         )
 
     def _credential(self, field_name: str) -> str | None:
@@ -252,6 +275,10 @@ def s3_connection(source: SourceConfig) -> S3Connection:
         aws_access_key_id_env=source.aws_access_key_id.env if source.aws_access_key_id else None,
         aws_secret_access_key_env=source.aws_secret_access_key.env if source.aws_secret_access_key else None,
         aws_session_token_env=source.aws_session_token.env if source.aws_session_token else None,
+        role_arn=source.role_arn,
+        external_id_env=source.external_id.env if source.external_id else None,
+        role_session_name=source.role_session_name,
+        role_duration_seconds=source.role_duration_seconds,
     )
 
 
