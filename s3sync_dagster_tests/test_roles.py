@@ -55,7 +55,7 @@ def account() -> Iterator[Account]:
     try:
         options: dict[str, Any] = {
             "endpoint_url": server.endpoint_url, "region_name": "us-east-1",
-            "aws_access_key_id": "AKIASETUPSETUPSETUP1", "aws_secret_access_key": "setup",
+            "aws_access_key_id": "moto-setup-key-id", "aws_secret_access_key": "setup",
         }  # fmt: skip
         iam = boto3.client("iam", **options)
         keys, arns = {}, {}
