@@ -61,6 +61,13 @@ ChunkingConfig = Annotated[
 ]
 
 
+# S3 user metadata names (x-amz-meta-<name>, which S3 returns lowercased) and tag keys (S3's tag characters).
+METADATA_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
+TAG_KEY_PATTERN = r"^[\w.:/=+@ -]+$"  # at most 128 characters (max_length)
+# One reader in a readers tag's value (`alice+group:finance`: `+` separates them).
+PRINCIPAL_PATTERN = r"^[\w.:/=@-]+$"  # at most 256 characters (max_length)
+
+
 # An IAM role's ARN, in any AWS partition (aws, aws-cn, aws-us-gov): arn:aws:iam::123456789012:role/path/name.
 ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$"
 
@@ -95,6 +102,18 @@ class SourceConfig(_Model):
     external_id: EnvRef | None = None  # the role's trust policy's sts:ExternalId: a secret, as {env: VAR}
     role_session_name: str = Field(default="s3sync-dagster", pattern=r"^[\w+=,.@-]{2,64}$")
     role_duration_seconds: int = Field(default=3600, ge=900, le=43200)  # STS's range; the role's maximum applies
+    # What of an object besides its text reaches its chunks (issue 52): user metadata `x-amz-meta-<name>` as
+    # `meta_<name>`, S3 tags as `tag_<name>`; a change of them alone updates the chunks without re-embedding.
+    object_metadata: list[Annotated[str, Field(pattern=METADATA_NAME_PATTERN)]] = Field(default_factory=list)
+    object_tags: list[Annotated[str, Field(pattern=TAG_KEY_PATTERN, max_length=128)]] = Field(default_factory=list)
+    # A tag whose value lists who may read the object (`alice+group:finance`); its chunks carry the list as
+    # `readers` and a search names its principals. An object without the tag: `default_readers` (none: operators).
+    readers_tag: str | None = Field(default=None, pattern=TAG_KEY_PATTERN, max_length=128)
+    default_readers: list[Annotated[str, Field(pattern=PRINCIPAL_PATTERN, max_length=256)]] = Field(
+        default_factory=list
+    )
+    # Requester-pays buckets: sent on every request that reads the bucket, as S3 asks.
+    request_payer: Literal["requester"] | None = None
     path_prefix: str = ""
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
@@ -239,6 +258,11 @@ class SourceConfig(_Model):
             target_collections=tuple(self.target_collections),
             project=self._project,
             cloud_limits=self._cloud_limits,
+            object_metadata=tuple(self.object_metadata),
+            object_tags=tuple(self.object_tags),
+            readers_tag=self.readers_tag,
+            default_readers=tuple(self.default_readers),
+            request_payer=self.request_payer,
         )
 
     @property

@@ -49,6 +49,13 @@ class SourceSpec:
     project: str = ""
     # The store is Chroma Cloud: its quotas per record are rules (pipeline/cloud_limits.py), checked before a write.
     cloud_limits: bool = False
+    # Issue 52: user metadata names and tag keys carried into the chunks (`meta_<name>`, `tag_<name>`); the tag
+    # listing an object's readers and the readers of an object without it; requester pays.
+    object_metadata: tuple[str, ...] = ()
+    object_tags: tuple[str, ...] = ()
+    readers_tag: str | None = None
+    default_readers: tuple[str, ...] = ()
+    request_payer: str | None = None
 
     @property
     def owner(self) -> Owner:
