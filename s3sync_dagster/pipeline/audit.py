@@ -123,21 +123,33 @@ class Drift:
 
 def listing_frame(s3: S3Client, target: SourceSpec) -> pd.DataFrame:
     """Every object under the prefix: object_key, etag, and whether the source selects it."""
+    return frame_of(objects.list_objects(s3, target.bucket_name, target.path_prefix), target)
+
+
+def frame_of(listing: Iterable[objects.ObjectInfo], target: SourceSpec) -> pd.DataFrame:
+    """A listing as the join reads it: object_key, etag, whether the source selects it, and each object's size
+    and storage class (which the plan reads: pipeline/plan.py)."""
     import pandas as pd
 
     object_keys: list[str] = []
     etags: list[str] = []
     selected: list[bool] = []
-    for info in objects.list_objects(s3, target.bucket_name, target.path_prefix):
+    sizes: list[int] = []
+    storage_classes: list[str] = []
+    for info in listing:
         object_keys.append(info.object_key)
         etags.append(info.etag)
         selected.append(objects.key_selected(info.object_key, target.path_prefix, target.include, target.exclude))
+        sizes.append(info.size)
+        storage_classes.append(info.storage_class)
     # Typed, so an empty prefix is an empty frame of the same columns, not one pandas cannot join.
     return pd.DataFrame(
         {
             "object_key": pd.Series(object_keys, dtype="object"),
             "etag": pd.Series(etags, dtype="object"),
             "selected": pd.Series(selected, dtype="bool"),
+            "size": pd.Series(sizes, dtype="int64"),
+            "storage_class": pd.Series(storage_classes, dtype="object"),
         }
     )
 
