@@ -97,4 +97,8 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
         f"{name}__documents_{check}"
         for name in ("events", "polled", "manual")
         for check in ("drift", "indexed_keys_have_chunks")
-    } | {f"{name}_{op}" for name in ("events", "polled", "manual") for op in ("request_backfill", "reembed_collection", "plan_sync")}
+    } | {
+        f"{name}_{op}"
+        for name in ("events", "polled", "manual")
+        for op in ("request_backfill", "reembed_collection", "plan_sync")
+    }

@@ -101,9 +101,7 @@ def test_plan_job_output_holds_the_counts(planned: tuple[AppConfig, Path], insta
     job = build_definitions(config).get_job_def(plan_job_name("docs"))
     result = job.execute_in_process(instance=instance)
     assert result.success
-    [output] = [
-        event for event in result.events_for_node(plan_op_name("docs")) if event.is_successful_output
-    ]
+    [output] = [event for event in result.events_for_node(plan_op_name("docs")) if event.is_successful_output]
     metadata = output.step_output_data.metadata
     assert {kind: metadata[kind].value for kind in EXPECTED} == EXPECTED
     assert isinstance(metadata["plan"], dg.MarkdownMetadataValue) and "| deleted | 1 |" in str(metadata["plan"].value)
@@ -131,7 +129,9 @@ def test_an_empty_source_plans_every_object_new(
     )
     assert found.counts() == {"new": 3, "changed": 0, "deleted": 0, "unchanged": 0, "archived": 0, "refused": 0}
     assert set(found.by_kind) == {"text", "code", "document"}
-    assert all(basis.endswith("(default (none of this kind indexed to measure))") for basis in found.chunk_basis.values())
+    assert all(
+        basis.endswith("(default (none of this kind indexed to measure))") for basis in found.chunk_basis.values()
+    )
     assert found.chroma_sync["pages"] == 1 and found.embedding_seconds is None
     assert found.to_register == 3
     assert isinstance(found, plan.Plan)

@@ -34,9 +34,7 @@ def plan_of(
 
     def read_index() -> Any:
         try:
-            collection = chroma.store().collection(
-                source.collection_name, embedding.spec(), create=False, queries=True
-            )
+            collection = chroma.store().collection(source.collection_name, embedding.spec(), create=False, queries=True)
         except NotFoundError:
             return plan.index_frame(None, spec)
         # As the drift audit reads: between the writes of runs, never halfway through a document's.
