@@ -4,9 +4,10 @@ A real Dagster instance (SQLite, in WORKDIR) holds the source's partitions, regi
 100,000 as the tests at a million keys do. The listing is generated ObjectInfo rows handed to the planner (listing
 a million keys from moto is out of scope: moto sorts the whole bucket for every page, and a real listing's time is
 S3's, 1,000 keys a request). The index is the frame the audit reads from Chroma (one row per key and ETag),
-generated too, so the plan's own work is measured at the full size; Chroma's read of a source's chunk metadata is
-timed apart, on an embedded store of --chroma-keys records, as a rate: the plan reads it on a thread while the
-bucket is listed, so it adds to the time after the listing only where it outlasts the listing.
+generated too, so the plan's own work is measured at the full size. Chroma's read of a source's documents (each
+one's first chunk: plan.index_frame) is timed apart, on an embedded store of --chroma-keys chunk records, three a
+document, as a rate: the plan reads it on a thread while the bucket is listed, so it adds to the time after the
+listing only where it outlasts the listing.
 
 Planted: 1% of keys new (not registered, no chunks), 1% changed (chunks at an old ETag), 0.5% registered but never
 indexed (their materialisations are looked up, as a plan does for registered keys without chunks), 0.1% in
@@ -126,8 +127,8 @@ def expected(keys: int) -> dict[str, int]:
 
 
 def chroma_read(workdir: Path, count: int) -> dict[str, Any]:
-    """Chroma's read of a source's chunk metadata (plan.index_frame) on an embedded store of `count` records, each
-    stamped as a sync stamps its chunks (source, bucket), with tiny vectors (the read takes no vector)."""
+    """Chroma's read of a source's documents (plan.index_frame) on an embedded store of `count` records, three
+    chunks a document, each stamped as a sync stamps its chunks, with tiny vectors (the read takes no vector)."""
     import numpy as np
 
     from s3sync_dagster.pipeline.store import embedded_client
@@ -136,30 +137,30 @@ def chroma_read(workdir: Path, count: int) -> dict[str, Any]:
     collection = client.get_or_create_collection(COLLECTION)
     batch = client.get_max_batch_size()
     vectors = np.random.default_rng(7).random((batch, 8), dtype=np.float32)
+    records = [(i // CHUNKS_PER_KEY, i % CHUNKS_PER_KEY) for i in range(count - count % CHUNKS_PER_KEY)]
     started = time.perf_counter()
-    for start in range(0, count, batch):
-        part = range(start, min(count, start + batch))
+    for start in range(0, len(records), batch):
+        part = records[start : start + batch]
         collection.add(
-            ids=[f"{_key(i)}-0" for i in part],
+            ids=[f"{_key(i)}-{position}" for i, position in part],
             embeddings=vectors[: len(part)],
             metadatas=[
-                {
-                    "object_key": _key(i),
-                    "source": SOURCE,
-                    "bucket_name": BUCKET,
-                    "etag": f"{i:032x}",
-                    "document_id": _key(i),
-                    "chunk_index": 0,
-                    "chunk_count": 1,
-                }
-                for i in part
+                {"object_key": _key(i), "source": SOURCE, "bucket_name": BUCKET, "etag": f"{i:032x}",
+                 "document_id": _key(i), "chunk_index": position, "chunk_count": CHUNKS_PER_KEY}
+                for i, position in part
             ],
-        )
+        )  # fmt: skip
     fill_s = time.perf_counter() - started
     started = time.perf_counter()
     frame = plan.index_frame(collection, _target())
     seconds = time.perf_counter() - started
-    return {"records": count, "rows": len(frame), "fill_s": round(fill_s, 1), "read_s": round(seconds, 3)}
+    return {
+        "records": len(records),
+        "documents": len(frame),
+        "chunks": int(frame["chunks"].sum()),
+        "fill_s": round(fill_s, 1),
+        "read_s": round(seconds, 3),
+    }
 
 
 def _target() -> SourceSpec:
@@ -213,10 +214,11 @@ def summary(result: dict[str, Any]) -> str:
     ]
     chroma = result.get("chroma")
     if chroma:
-        rate = chroma["records"] / max(chroma["read_s"], 1e-9)
+        per_second = chroma["documents"] / max(chroma["read_s"], 1e-9)
         lines.append(
-            f"Chroma's read of the chunks' metadata: {chroma['records']:,} records in {chroma['read_s']:.1f} s "
-            f"({rate:,.0f} records/s, {chroma['rows']:,} rows; filled in {chroma['fill_s']:.0f} s), on the plan's thread during the listing"
+            f"Chroma's read of the index: {chroma['records']:,} chunk records ({chroma['documents']:,} documents, "
+            f"{chroma['chunks']:,} chunks counted) in {chroma['read_s']:.1f} s ({per_second:,.0f} documents/s; "
+            f"filled in {chroma['fill_s']:.0f} s), on the plan's thread during the listing"
         )
     return "\n".join(lines)
 
