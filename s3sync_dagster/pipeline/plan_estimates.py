@@ -113,7 +113,8 @@ def chunk_rates(unchanged: pd.DataFrame, target: SourceSpec) -> dict[str, ChunkR
         if kind in measured.index and int(measured.loc[kind, "chunks"]) > 0:
             size, chunks = int(measured.loc[kind, "size"]), int(measured.loc[kind, "chunks"])
             rates[kind] = ChunkRate(
-                size / chunks, f"measured: {int(counted[kind])} indexed object(s), {size} bytes in {chunks} chunk(s)"
+                size / chunks,
+                f"measured: {int(counted[kind]):,} indexed object(s), {size:,} bytes in {chunks:,} chunk(s)",
             )
         else:
             rates[kind] = ChunkRate(float(default), "default (none of this kind indexed to measure)")
