@@ -151,15 +151,20 @@ def chroma_read(workdir: Path, count: int) -> dict[str, Any]:
             ],
         )  # fmt: skip
     fill_s = time.perf_counter() - started
-    started = time.perf_counter()
-    frame = plan.index_frame(collection, _target())
-    seconds = time.perf_counter() - started
+    # Read twice: the first read follows the fill at once (Chroma may still be settling what it took), the second
+    # is a plan's on a store at rest.
+    reads = []
+    for _ in range(2):
+        started = time.perf_counter()
+        frame = plan.index_frame(collection, _target())
+        reads.append(time.perf_counter() - started)
     return {
         "records": len(records),
         "documents": len(frame),
         "chunks": int(frame["chunks"].sum()),
         "fill_s": round(fill_s, 1),
-        "read_s": round(seconds, 3),
+        "first_read_s": round(reads[0], 3),
+        "read_s": round(reads[1], 3),
     }
 
 
@@ -218,7 +223,8 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(
             f"Chroma's read of the index: {chroma['records']:,} chunk records ({chroma['documents']:,} documents, "
             f"{chroma['chunks']:,} chunks counted) in {chroma['read_s']:.1f} s ({per_second:,.0f} documents/s; "
-            f"filled in {chroma['fill_s']:.0f} s), on the plan's thread during the listing"
+            f"{chroma['first_read_s']:.1f} s right after the fill, which took {chroma['fill_s']:.0f} s), on the plan's "
+            "thread during the listing"
         )
     return "\n".join(lines)
 
