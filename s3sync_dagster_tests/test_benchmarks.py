@@ -289,3 +289,16 @@ def test_million_benchmark_steps_smoke(tmp_path: Path) -> None:
     assert found["poll"]["registered"] == 300 and found["poll"]["runs"] == 3
     assert found["poll_again"]["runs"] == 0
     assert all(step["peak_rss_mb"] >= step["stand_in_mb"] > 0 for step in found.values())
+
+
+def test_plan_benchmark_smoke_finds_the_planted_plan(tmp_path: Path) -> None:
+    """benchmarks/plan.py at 2,000 keys: the plan it measures finds exactly what it planted (it asserts so), and
+    Chroma's read returns one row per document it filled."""
+    from benchmarks import plan as plan_benchmark
+
+    result = plan_benchmark.measure(tmp_path / "plan", keys=2_000, chroma_keys=301)
+    assert result["counts"] == plan_benchmark.expected(2_000)
+    assert result["counts"]["deleted"] == 20 and result["counts"]["archived"] == 2
+    # 100 documents of 3 chunks: their first chunks read, their chunks counted from what each records.
+    assert (result["chroma"]["records"], result["chroma"]["documents"], result["chroma"]["chunks"]) == (300, 100, 300)
+    assert "the plan after the listing" in plan_benchmark.summary(result)

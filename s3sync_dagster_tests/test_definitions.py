@@ -57,6 +57,9 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
         "events_documents",
         "polled_documents",
         "manual_documents",
+        "events_plan",
+        "polled_plan",
+        "manual_plan",
     }
     sensors = {sensor.name: sensor for sensor in repository.sensor_defs}
     assert set(sensors) == {"events_sqs", "polled_poll", "s3sync_run_workers", "s3sync_invocations"}
@@ -88,9 +91,14 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
     }
     # The checks only read; the backfill job's op only asks the webserver for a backfill, whose runs are the
     # asset's (in the pool). The re-embedding writes only its copy and the swap, and the source's syncs must go
-    # on beside it (they keep the copy exact): were it in the pool, they would wait for the whole of it.
+    # on beside it (they keep the copy exact): were it in the pool, they would wait for the whole of it. The plan
+    # writes nothing.
     assert {op_name for op_name, pool in pools.items() if pool is None} == {
         f"{name}__documents_{check}"
         for name in ("events", "polled", "manual")
         for check in ("drift", "indexed_keys_have_chunks")
-    } | {f"{name}_{op}" for name in ("events", "polled", "manual") for op in ("request_backfill", "reembed_collection")}
+    } | {
+        f"{name}_{op}"
+        for name in ("events", "polled", "manual")
+        for op in ("request_backfill", "reembed_collection", "plan_sync")
+    }

@@ -2,7 +2,7 @@
 
 Its parser is put together here from each subcommand's piece, which sits beside the subcommand's handler in the
 module of its idea: syncing (sync_commands.py), source administration (source_commands.py), the Sync API's
-invocations (invocation_commands.py), query (query_commands.py), and the processes it starts (server_commands.py);
+invocations (invocation_commands.py), the plan before a sync (plan_commands.py), query (query_commands.py), and the processes it starts (server_commands.py);
 what they share is subcommand.py's."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from s3sync_dagster.commands import (
     invocation_commands,
+    plan_commands,
     query_commands,
     server_commands,
     source_commands,
@@ -37,6 +38,7 @@ SUBCOMMANDS = (
     source_commands.add_sources,
     sync_commands.add_discover,
     sync_commands.add_sync,
+    plan_commands.add_plan,
     query_commands.add_query,
     server_commands.add_query_server,
     invocation_commands.add_invoke,

@@ -100,6 +100,14 @@ def backfill_op_name(source_name: str) -> str:
     return f"{source_name}_request_backfill"
 
 
+def plan_job_name(source_name: str) -> str:
+    return f"{source_name}_plan"
+
+
+def plan_op_name(source_name: str) -> str:
+    return f"{source_name}_plan_sync"
+
+
 def sqs_sensor_name(source_name: str) -> str:
     return f"{source_name}_sqs"
 

@@ -16,6 +16,7 @@ from s3sync_dagster.defs.assets import KeyEvent, index_partitions
 from s3sync_dagster.defs.backfill import request_backfill
 from s3sync_dagster.defs.checks import drift_check, index_check
 from s3sync_dagster.defs.linger import read_prefix, read_queue
+from s3sync_dagster.defs.plan import plan_output
 from s3sync_dagster.defs.reembed import reembed_source
 from s3sync_dagster.defs.repair import repair_drift
 from s3sync_dagster.defs.resources import required, taken
@@ -44,6 +45,7 @@ def source_definitions(
         _backfill_job(source, keys),
         _reembed_job(source, keys),
         _documents_job(source),
+        _plan_job(source, keys),
     ]
     sensors: list[dg.SensorDefinition] = []
     if source.auto_sync != "none" or source.poll_interval_seconds is not None:
@@ -240,6 +242,35 @@ def _backfill_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefin
         backfill_keys()
 
     return backfill_job
+
+
+def _plan_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefinition:
+    """The plan before a sync (`s3sync plan`): what a sync would do now, as the run's output, writing nothing."""
+
+    @dg.op(
+        name=names.plan_op_name(source.name),
+        description=(
+            f"Plans a sync of source '{source.name}' without writing anything: new, changed, deleted, unchanged, "
+            "archived and refused objects, bytes by kind, chunks, embedding time and Chroma Sync's price."
+        ),
+        required_resource_keys=required(keys, "s3", "chroma", "embedding"),
+        out=_no_value(keys),
+    )
+    def plan_sync(context: dg.OpExecutionContext) -> dg.Output[None]:
+        return plan_output(context, source, **_taking(context, keys, "s3", "chroma", "embedding"))
+
+    @dg.job(
+        name=names.plan_job_name(source.name),
+        tags={SOURCE_TAG: source.name, TRIGGER_TAG: "plan"},
+        description=(
+            f"Plan a sync of source '{source.name}' (`s3sync plan {source.name}`): the plan is the output's "
+            "metadata (a table, and the counts as numbers); nothing is written to Chroma or the instance."
+        ),
+    )
+    def plan_job() -> None:
+        plan_sync()
+
+    return plan_job
 
 
 def _documents_job(source: SourceConfig) -> "dg.UnresolvedAssetJobDefinition":  # a name only for type checkers

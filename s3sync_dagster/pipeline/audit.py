@@ -123,21 +123,33 @@ class Drift:
 
 def listing_frame(s3: S3Client, target: SourceSpec) -> pd.DataFrame:
     """Every object under the prefix: object_key, etag, and whether the source selects it."""
+    return frame_of(objects.list_objects(s3, target.bucket_name, target.path_prefix), target)
+
+
+def frame_of(listing: Iterable[objects.ObjectInfo], target: SourceSpec) -> pd.DataFrame:
+    """A listing as the join reads it: object_key, etag, whether the source selects it, and each object's size
+    and storage class (which the plan reads: pipeline/plan.py)."""
     import pandas as pd
 
     object_keys: list[str] = []
     etags: list[str] = []
     selected: list[bool] = []
-    for info in objects.list_objects(s3, target.bucket_name, target.path_prefix):
+    sizes: list[int] = []
+    storage_classes: list[str] = []
+    for info in listing:
         object_keys.append(info.object_key)
         etags.append(info.etag)
         selected.append(objects.key_selected(info.object_key, target.path_prefix, target.include, target.exclude))
+        sizes.append(info.size)
+        storage_classes.append(info.storage_class)
     # Typed, so an empty prefix is an empty frame of the same columns, not one pandas cannot join.
     return pd.DataFrame(
         {
             "object_key": pd.Series(object_keys, dtype="object"),
             "etag": pd.Series(etags, dtype="object"),
             "selected": pd.Series(selected, dtype="bool"),
+            "size": pd.Series(sizes, dtype="int64"),
+            "storage_class": pd.Series(storage_classes, dtype="object"),
         }
     )
 
@@ -146,7 +158,10 @@ _CHUNK_COLUMNS = ["collection", "object_key", "metadata_key", "document_id", "et
 
 
 def chunk_frame(
-    collections: Iterable[Collection], target: SourceSpec, foreign: dict[str, int] | None = None
+    collections: Iterable[Collection],
+    target: SourceSpec,
+    foreign: dict[str, int] | None = None,
+    first_chunks: bool = False,
 ) -> pd.DataFrame:
     """The source's chunks as distinct (collection, object_key, metadata_key, document_id, etag, chunk_count)
     rows with how many chunks each has.
@@ -154,6 +169,9 @@ def chunk_frame(
     Paged at the client's batch size and folded page by page, so a frame never holds a row per chunk.
     foreign: given, the source's own collection is read whole in the same pass, and every chunk in it that
     is not the source's (pipeline/owners.py) is counted there by who wrote it.
+    first_chunks: read each document's first chunk only and count the chunks it records (`chunk_count`): a read
+    that follows the documents, not their chunks (the plan's, pipeline/plan.py); a document missing some of its
+    chunks then looks whole, so the audit itself never asks for it.
     """
     import pandas as pd
 
@@ -161,7 +179,8 @@ def chunk_frame(
     folded: list[pd.DataFrame] = []
     for collection in collections:
         home = foreign is not None and collection.name == target.collection_name
-        for page in index.pages(collection, None if home else owner.where()):
+        where = {"chunk_index": 0} if first_chunks else None if home else owner.where()
+        for page in index.pages(collection, where):
             metadatas: list[Mapping[str, Any]] = []
             for _, metadata in page:
                 if owner.owns(metadata):
@@ -180,7 +199,11 @@ def chunk_frame(
                         "chunk_count": [_count(m.get("chunk_count")) for m in metadatas],
                     }
                 )
-                folded.append(rows.groupby(_CHUNK_COLUMNS, sort=False).size().rename("chunks").reset_index())
+                if first_chunks:
+                    rows = rows.assign(chunks=rows["chunk_count"].clip(lower=1))
+                    folded.append(rows.groupby(_CHUNK_COLUMNS, sort=False)["chunks"].sum().reset_index())
+                else:
+                    folded.append(rows.groupby(_CHUNK_COLUMNS, sort=False).size().rename("chunks").reset_index())
     if not folded:
         return _empty_chunk_frame()
     frame = pd.concat(folded, ignore_index=True)

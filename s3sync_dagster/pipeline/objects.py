@@ -39,6 +39,8 @@ class ObjectInfo:
     size: int
     etag: str
     last_modified: str  # ISO 8601, UTC
+    # The listing's StorageClass (ListObjectsV2 names it; a HEAD does only when not STANDARD).
+    storage_class: str = "STANDARD"
 
 
 def _etag(raw: str) -> str:
@@ -296,6 +298,7 @@ def list_objects(
                         size=int(entry["Size"]),
                         etag=_etag(entry["ETag"]),
                         last_modified=entry["LastModified"].isoformat(),
+                        storage_class=str(entry.get("StorageClass") or "STANDARD"),
                     )
     except ClientError as error:
         raise ObjectError(f"listing bucket '{bucket_name}' under '{path_prefix}' failed ({_describe(error)})") from None

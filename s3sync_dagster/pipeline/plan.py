@@ -1,0 +1,310 @@
+"""A plan before a sync: what a sync of a source would do now, read from its listing and its collection, writing
+nothing: new, changed, deleted and unchanged objects, those it would refuse and why, bytes by kind, and estimates
+of chunks, embedding time and the same work's price on Chroma Sync (pipeline/plan_estimates.py).
+
+Which objects are new, changed or deleted is the drift audit's join (pipeline/audit.py: the listing's ETags
+against the chunks' `object_key`/`etag` in the source's collection), not a second one:
+- *new*: selected and listed, without chunks (the audit's missing; an object whose last sync found no text at this
+  ETag is unchanged, asked of the caller only for keys registered as partitions: no other has a materialisation);
+- *changed*: indexed at another ETag (stale; each document's first chunk is read, see `index_frame`);
+- *deleted*: chunks whose object is gone from the bucket (orphaned); those whose object is still there but no
+  longer selected are counted apart (`unselected`: a repair deletes them, a sync does not);
+- *unchanged*: the rest of the selected objects.
+Of the new and changed, those a sync would refuse are counted as *refused* instead, each with why: in an archive
+storage class (GLACIER, DEEP_ARCHIVE by the listing's StorageClass; a restore is not visible in a listing, and an
+INTELLIGENT_TIERING archive tier only in a HEAD), over `max_object_bytes`, or of a format that is neither text nor
+a document (plan_estimates.UNSUPPORTED_SUFFIXES). *archived* counts every selected object in an archive class.
+
+The collection's chunks are read while the bucket is listed (on a thread): after the listing, the plan is the
+join, a few seconds at a million keys (benchmarks/plan.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from s3sync_dagster.pipeline import audit, keys, objects
+from s3sync_dagster.pipeline import plan_estimates as estimates
+from s3sync_dagster.pipeline.objects import S3Client
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from s3sync_dagster.pipeline.spec import SourceSpec
+
+ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+COUNTED = ("new", "changed", "deleted", "unchanged", "archived", "refused")
+SHOWN = 1000  # keys listed per kind in a plan's JSON (every count is whole)
+MEASURED = 100_000  # indexed objects at most that bytes per chunk are measured on
+
+
+@dataclass(frozen=True)
+class Refusal:
+    object_key: str
+    size: int
+    reason: str
+
+
+@dataclass
+class Plan:
+    """What a sync of one source would do now; key lists sorted."""
+
+    source: str
+    metadata_mode: bool
+    listed: int  # objects the source selects in the bucket
+    new: list[str]
+    changed: list[str]
+    deleted: list[str]
+    unchanged: int
+    archived: list[str]
+    refused: list[Refusal]
+    unselected: list[str] = field(default_factory=list)
+    empty: int = 0  # of the unchanged, objects whose last sync found no text at this ETag
+    waiting: int = 0  # metadata files naming a document not in the bucket yet (a sync indexes nothing)
+    to_register: int | None = None  # selected keys not yet partitions of the source (None: not asked)
+    by_kind: dict[str, dict[str, int]] = field(default_factory=dict)  # the work (new + changed): objects, bytes
+    chunks: dict[str, int] = field(default_factory=dict)  # estimated, by kind
+    chunk_basis: dict[str, str] = field(default_factory=dict)  # bytes per chunk by kind, and whence
+    embedding_seconds: float | None = None
+    embedding_basis: str = "not measured"
+    chroma_sync: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "new": len(self.new),
+            "changed": len(self.changed),
+            "deleted": len(self.deleted),
+            "unchanged": self.unchanged,
+            "archived": len(self.archived),
+            "refused": len(self.refused),
+        }
+
+    @property
+    def chunk_total(self) -> int:
+        return sum(self.chunks.values())
+
+    def payload(self, shown: int = SHOWN) -> dict[str, Any]:
+        """The plan as JSON: the counts at the top level, then the keys (the first `shown` of each kind)."""
+        refusals = [{"object_key": r.object_key, "size": r.size, "reason": r.reason} for r in self.refused]
+        return {
+            "source": self.source,
+            **self.counts(),
+            "listed": self.listed,
+            "unselected": len(self.unselected),
+            "empty": self.empty,
+            "waiting": self.waiting,
+            "to_register": self.to_register,
+            "metadata_mode": self.metadata_mode,
+            "bytes_by_kind": self.by_kind,
+            "chunks": {"total": self.chunk_total, "by_kind": self.chunks, "bytes_per_chunk": self.chunk_basis},
+            "embedding": {"seconds": self.embedding_seconds, "basis": self.embedding_basis},
+            "chroma_sync": self.chroma_sync,
+            "seconds": self.seconds,
+            "keys": {
+                "new": self.new[:shown],
+                "changed": self.changed[:shown],
+                "deleted": self.deleted[:shown],
+                "unselected": self.unselected[:shown],
+                "archived": self.archived[:shown],
+                "refused": refusals[:shown],
+            },
+        }
+
+    def table(self) -> str:
+        """The plan as a short markdown table, then the estimates in words."""
+        counts = self.counts()
+        rows = ["| | objects | bytes |", "| --- | ---: | ---: |"]
+        rows += [f"| {kind} | {n:,} | |" for kind, n in counts.items()]
+        rows += [f"| work: {kind} | {t['objects']:,} | {t['bytes']:,} |" for kind, t in self.by_kind.items()]
+        lines = [f"Plan for source '{self.source}': {self.listed:,} object(s) selected in the bucket.", "", *rows, ""]
+        lines += [f"- refused: {r.object_key}: {r.reason}" for r in self.refused[:20]]
+        if len(self.refused) > 20:
+            lines.append(f"- ... and {len(self.refused) - 20:,} more refused")
+        seconds = "n/a" if self.embedding_seconds is None else f"{self.embedding_seconds:,.1f} s"
+        cost = self.chroma_sync
+        lines += [
+            f"- chunks (estimate): {self.chunk_total:,}; bytes per chunk: "
+            + "; ".join(f"{kind} {basis}" for kind, basis in self.chunk_basis.items()),
+            f"- embedding time (estimate): {seconds} ({self.embedding_basis})",
+            f"- the same work on Chroma Sync: ${cost.get('total_usd', 0):,.2f} "
+            f"({cost.get('gib', 0):.3f} GiB, {cost.get('pages', 0):,} page(s); {cost.get('terms', '')})",
+        ]
+        if self.metadata_mode:
+            lines.append("- metadata mode: documents are indexed through their .meta.json files; none counted new")
+        return "\n".join(lines)
+
+
+def refusal(size: int, storage_class: str, suffix: str, max_object_bytes: int) -> str | None:
+    """Why a sync would refuse an object now, or None."""
+    if storage_class in ARCHIVED_STORAGE_CLASSES:
+        return (
+            f"archived: storage class {storage_class} is not readable until restored (a restore in progress or "
+            "done is not visible in a listing: the sync reads it then)"
+        )
+    if size > max_object_bytes:
+        return f"too large: {size:,} bytes is over max_object_bytes ({max_object_bytes:,})"
+    if suffix in estimates.UNSUPPORTED_SUFFIXES:
+        return f"unsupported: '{suffix}' is neither UTF-8 text nor a document format"
+    return None
+
+
+def make_plan(
+    listing: pd.DataFrame,
+    chunks: pd.DataFrame,
+    target: SourceSpec,
+    *,
+    rate: estimates.EmbeddingRate | None = None,
+    known_empty: audit.EmptyLookup | None = None,
+    registered: Collection[str] | None = None,
+    named: audit.NamedLookup | None = None,
+) -> Plan:
+    """The plan from a listing (audit.frame_of) and the source's chunks (audit.chunk_frame), joined by the audit.
+
+    registered: the source's partition keys (None: not known); known_empty is asked only for those of them.
+    """
+    empty_lookup = known_empty
+    if known_empty is not None and registered is not None:
+        ask = known_empty
+
+        def empty_lookup(object_keys: Sequence[str]) -> Mapping[str, str]:
+            return ask([k for k in object_keys if keys.to_partition_key(k) in registered])
+
+    drift = audit.join(listing, chunks, target, empty_lookup, None, named)
+    selected = listing[listing["selected"]]
+    gone = set(drift.orphaned) - set(drift.unselected)
+    work_keys = set(drift.missing or []) | set(drift.stale or [])
+    work = selected[selected["object_key"].isin(work_keys)]
+    suffixes = estimates.suffixes_of(work["object_key"]) if len(work) else work["object_key"]
+    reasons = [
+        refusal(size, storage_class, suffix, target.max_object_bytes)
+        for size, storage_class, suffix in zip(work["size"], work["storage_class"], suffixes, strict=True)
+    ]
+    refused = [
+        Refusal(object_key, int(size), reason)
+        for object_key, size, reason in zip(work["object_key"], work["size"], reasons, strict=True)
+        if reason is not None
+    ]
+    refused_keys = {r.object_key for r in refused}
+    accepted = work[[reason is None for reason in reasons]] if len(work) else work
+    plan = Plan(
+        source=target.name,
+        metadata_mode=target.metadata_mode,
+        listed=len(selected),
+        new=[k for k in drift.missing or [] if k not in refused_keys],
+        changed=[k for k in drift.stale or [] if k not in refused_keys],
+        deleted=sorted(gone),
+        unchanged=len(selected) - len(drift.missing or []) - len(drift.stale or []) - len(drift.waiting),
+        archived=sorted(selected.loc[selected["storage_class"].isin(ARCHIVED_STORAGE_CLASSES), "object_key"]),
+        refused=sorted(refused, key=lambda r: r.object_key),
+        unselected=drift.unselected,
+        empty=drift.empty,
+        waiting=len(drift.waiting),
+    )
+    if registered is not None:
+        plan.to_register = sum(1 for k in selected["object_key"] if keys.to_partition_key(k) not in registered)
+    _estimate(plan, accepted, _unchanged(selected, chunks, target, work_keys), target, rate)
+    return plan
+
+
+def _unchanged(selected: pd.DataFrame, chunks: pd.DataFrame, target: SourceSpec, work: set[str]) -> pd.DataFrame:
+    """Objects indexed at their listed ETag in the source's collection (kind, size, chunks), which bytes per chunk
+    are measured on: MEASURED of them at most, evenly spread over the listing (a million keys' kinds cost seconds
+    and tell no more)."""
+    candidates = selected[~selected["object_key"].isin(work)]
+    step = max(1, -(-len(candidates) // MEASURED))
+    sample = candidates.iloc[::step][["object_key", "etag", "size"]]
+    home = chunks.loc[chunks["collection"] == target.collection_name, ["object_key", "etag", "chunks"]]
+    indexed = sample.merge(home, on=["object_key", "etag"], how="inner")
+    indexed = indexed.groupby(["object_key", "etag"], sort=False).agg(size=("size", "first"), chunks=("chunks", "sum"))
+    indexed = indexed.reset_index()
+    return indexed.assign(kind=estimates.kinds(indexed["object_key"]) if len(indexed) else indexed["object_key"])
+
+
+def _estimate(
+    plan: Plan,
+    accepted: pd.DataFrame,
+    unchanged: pd.DataFrame,
+    target: SourceSpec,
+    rate: estimates.EmbeddingRate | None,
+) -> None:
+    """Bytes by kind, chunks, embedding time and the Chroma Sync price of the accepted work."""
+    kinds = estimates.kinds(accepted["object_key"]) if len(accepted) else accepted["object_key"]
+    accepted = accepted.assign(kind=kinds)
+    totals = accepted.groupby("kind")["size"].agg(["count", "sum"])
+    plan.by_kind = {
+        str(kind): {"objects": int(row["count"]), "bytes": int(row["sum"])} for kind, row in totals.iterrows()
+    }
+    rates = estimates.chunk_rates(unchanged, target)
+    plan.chunks = estimates.estimate_chunks(plan.by_kind, rates)
+    plan.chunk_basis = {kind: f"{r.bytes_per_chunk:,.0f} ({r.basis})" for kind, r in rates.items()}
+    if rate is not None:
+        plan.embedding_seconds = round(plan.chunk_total / rate.chunks_per_second, 1)
+        plan.embedding_basis = f"{rate.chunks_per_second:,.1f} chunks/s, {rate.basis}"
+    documents = accepted[accepted["kind"] == "document"]
+    plan.chroma_sync = estimates.chroma_sync_cost(int(accepted["size"].sum()), estimates.pages(documents))
+
+
+def index_frame(collection: Any | None, target: SourceSpec) -> pd.DataFrame:
+    """The source's documents in its own collection (None: not made yet) as the audit's join reads them: each one's
+    first chunk only, with the chunks it records, sorted by owner here. The read follows the documents, not their
+    chunks (a third of the time at 3 chunks a document), and Chroma answers this one-field filter as fast as none,
+    where the owner's (source and bucket, an `$and`) read 100,000 chunks 4 times slower (benchmarks/plan.py). A
+    document missing some of its chunks (a write cut short) is the drift audit's to find: here it looks whole."""
+    return audit.chunk_frame([collection] if collection is not None else [], target, first_chunks=True)
+
+
+def plan_source(
+    s3: S3Client,
+    target: SourceSpec,
+    read_index: Callable[[], pd.DataFrame],
+    *,
+    measure: Callable[[], estimates.EmbeddingRate] | None = None,
+    known_empty: audit.EmptyLookup | None = None,
+    registered: Callable[[], Collection[str]] | None = None,
+    listing: Iterable[objects.ObjectInfo] | None = None,
+) -> Plan:
+    """List the bucket while the index is read (and the embedding rate measured) on a thread, then plan.
+
+    listing: the bucket's objects under the prefix as given (a benchmark's), instead of listing the bucket.
+    """
+    started = time.perf_counter()
+    ahead_seconds: dict[str, float] = {}
+
+    def ahead() -> tuple[pd.DataFrame, estimates.EmbeddingRate | None]:
+        began = time.perf_counter()
+        chunks = read_index()
+        ahead_seconds["chroma"] = time.perf_counter() - began
+        began = time.perf_counter()
+        rate = measure() if measure is not None else None
+        ahead_seconds["embedding_sample"] = time.perf_counter() - began
+        return chunks, rate
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3sync-plan") as pool:
+        reading = pool.submit(ahead)
+        rows = listing if listing is not None else objects.list_objects(s3, target.bucket_name, target.path_prefix)
+        frame = audit.frame_of(rows, target)
+        listed = time.perf_counter()
+        chunks, rate = reading.result()
+    partitions = registered() if registered is not None else None
+    plan = make_plan(
+        frame,
+        chunks,
+        target,
+        rate=rate,
+        known_empty=known_empty,
+        registered=partitions,
+        named=lambda meta_keys: audit.named_documents(s3, target, meta_keys),
+    )
+    finished = time.perf_counter()
+    plan.seconds = {
+        "list": round(listed - started, 3),
+        **{name: round(seconds, 3) for name, seconds in ahead_seconds.items()},
+        "after_listing": round(finished - listed, 3),
+        "total": round(finished - started, 3),
+    }
+    return plan
