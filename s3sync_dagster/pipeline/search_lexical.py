@@ -20,6 +20,7 @@ from s3sync_dagster.pipeline.terms import (  # how text becomes terms, read by b
     term_frequency,
     term_pattern,
 )
+from s3sync_dagster.pipeline.where_match import matches
 
 _WORD = re.compile(r"\w+")
 
@@ -36,6 +37,8 @@ LEXICON_POOL_FACTOR = 2
 # The rarer terms that pick the index's candidates hold at most this many chunks together (past the first),
 # as Chroma's path keeps at most DF_LIMIT // 4 candidates: BM25 ranks each chunk holding one of them.
 CANDIDATE_DF = DF_LIMIT // 4
+# Under a filter, the index's ranking is read this many times further at each step until enough pass it.
+FILTER_WIDEN = 4
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,17 @@ def indexed(collection: Collection) -> LexicalIndex | None:
     return found if found is not None and found.state(collection) is None else None
 
 
-def lexicon_side(index: LexicalIndex, collection: Collection, text: str, n: int) -> Lexical:
+def lexicon_side(
+    index: LexicalIndex, collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None
+) -> Lexical:
     """The lexical side from the index: each term's idf from its exact document frequency, and as
     candidates the n chunks BM25 ranks best on the rarer terms (as `lexical_side` picks them: a common
-    term scores, but picks no candidates)."""
+    term scores, but picks no candidates).
+
+    Under a filter (`where`) the candidates are the n best of the chunks it admits, not those admitted among
+    the n best: the index holds no metadata, so its ranking is read further (`admitted_best`) until n of it
+    pass Chroma's filter or it has no more; and every term that is not common picks candidates (an admitted
+    chunk may hold none of the collection's rarest terms). The idf stays the collection's, as unfiltered."""
     terms = query_terms(text)
     frequency, total = index.document_frequency(collection, terms)
     total = max(total, 1)
@@ -117,12 +127,40 @@ def lexicon_side(index: LexicalIndex, collection: Collection, text: str, n: int)
     for term in sorted(terms, key=lambda term: (frequency[term], term)):
         if not frequency[term]:
             continue
-        if frequency[term] >= DF_LIMIT or idf[term] < MIN_IDF or (rarer and held + frequency[term] > CANDIDATE_DF):
+        common = frequency[term] >= DF_LIMIT or idf[term] < MIN_IDF
+        if common or (not where and rarer and held + frequency[term] > CANDIDATE_DF):
             break
         rarer.append(term)
         held += frequency[term]
-    best = index.best(collection, rarer, n)
-    return Lexical(tuple(terms), idf, tuple(chunk_id for chunk_id, _ in best))
+    return Lexical(tuple(terms), idf, tuple(admitted_best(index, collection, rarer, n, where)))
+
+
+def admitted_best(
+    index: LexicalIndex, collection: Collection, terms: Sequence[str], n: int, where: Mapping[str, Any] | None
+) -> list[str]:
+    """The ids of the n chunks the index ranks best on the terms among those `where` admits (all: None),
+    best first. The index is asked for FILTER_WIDEN times more at each step; each id's metadata is read once,
+    by id, and tested as Chroma tests it (pipeline/where_match.py: Chroma's own `get(ids, where)` reads the
+    filter over the whole collection first, seconds at 100,000 chunks)."""
+    if not where:
+        return [chunk_id for chunk_id, _ in index.best(collection, terms, n)]
+    admitted: dict[str, bool] = {}
+    asked = n * FILTER_WIDEN
+    while True:
+        ranked = [chunk_id for chunk_id, _ in index.best(collection, terms, asked)]
+        unknown = [chunk_id for chunk_id in ranked if chunk_id not in admitted]
+        for start in range(0, len(unknown), lexicon.READ_PAGE):
+            page = unknown[start : start + lexicon.READ_PAGE]
+            got = collection.get(ids=page, include=["metadatas"])
+            admitted.update(dict.fromkeys(page, False))  # an id gone since the index answered: not admitted
+            admitted.update(
+                (chunk_id, matches(where, metadata or {}))
+                for chunk_id, metadata in zip(got["ids"], got["metadatas"] or [], strict=True)
+            )
+        kept = [chunk_id for chunk_id in ranked if admitted[chunk_id]]
+        if len(kept) >= n or len(ranked) < asked:
+            return kept[:n]
+        asked *= FILTER_WIDEN
 
 
 def average_words(documents: Sequence[str]) -> float:
@@ -132,9 +170,9 @@ def average_words(documents: Sequence[str]) -> float:
 
 def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Ranking:
     """(chunk id, text, metadata, BM25 score) of the n best chunks for the query's words."""
-    index = indexed(collection) if not where else None
+    index = indexed(collection)
     if index is not None:
-        side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * n)
+        side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * n, where)
     else:
         side = lexical_side(collection, text, n, where)
     if not side.candidate_ids:
