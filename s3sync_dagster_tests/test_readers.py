@@ -10,6 +10,12 @@ lexical side is Chroma's full-text filter); their `readers` and `meta_team` are 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,9 @@ from s3sync_dagster.pipeline.search import distances, indexed
 from s3sync_dagster.pipeline.search_filter import READERS_KEY
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster.pipeline.where_match import matches
-from s3sync_dagster_tests.conftest import put
+from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, put
+
+BIN = Path(sys.executable).parent
 
 # One line a chunk. Bob's herd: 18 chunks that say "zebra" three times each, so every one of them outranks
 # alice's single zebra line on the word, and 32 of his about hay; a finance note alice and group:finance may
@@ -247,3 +255,44 @@ def test_a_where_clause_is_tested_as_chroma_tests_it(tmp_path: Path) -> None:
     for clause in CLAUSES:
         chroma = set(collection.get(where=clause)["ids"])  # type: ignore[arg-type]
         assert {chunk_id for chunk_id in ids if matches(clause, stored[chunk_id] or {})} == chroma, clause
+
+
+@pytest.mark.parametrize("readers_source", ["embedded"], indirect=True)
+def test_the_resident_query_process_applies_the_same_filters(readers_source: tuple[AppConfig, Path]) -> None:
+    """`s3sync query --as/--where/--all-readers` answered by the resident query process (commands/resident.py),
+    which runs the same command: the options reach it, its stderr comes back."""
+    _, path = readers_source
+    run_dir = Path(tempfile.mkdtemp(prefix="s3r-"))  # short: a socket's path holds at most 107 bytes
+    env = dict(
+        os.environ, S3SYNC_QUERY_SERVER="1", XDG_RUNTIME_DIR=str(run_dir), S3SYNC_QUERY_IDLE_SECONDS="120",
+        S3SYNC_TEST_KEY_ID=TEST_KEY_ID, S3SYNC_TEST_SECRET=TEST_SECRET,
+    )  # fmt: skip
+
+    def s3sync(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "s3sync"), *args], capture_output=True, text=True, env=env, timeout=300)
+
+    def served() -> int | None:
+        status = json.loads(s3sync("query-server", "status", "--json").stdout)
+        return status["served"] if status["running"] else None
+
+    query = ["query", "zoo", "zebra", "--config", str(path), "-n", "3", "--json"]
+    try:
+        assert s3sync("query-server", "start").returncode == 0
+        deadline = time.monotonic() + 120
+        while served() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        before = served()
+        assert before is not None
+        alice = s3sync(*query, "--as", "alice", "--where", '{"meta_team": "finance"}')
+        assert alice.returncode == 0, alice.stderr[-2000:]
+        assert {hit["object_key"] for hit in json.loads(alice.stdout)["results"]} == {"finance/notes.txt"}
+        nobody = s3sync(*query)
+        assert json.loads(nobody.stdout)["results"] == [] and "name --as PRINCIPAL" in nobody.stderr
+        every = s3sync(*query, "--all-readers", "--where", '{"meta_team": "ops"}', "--mode", "lexical")
+        assert {hit["object_key"] for hit in json.loads(every.stdout)["results"]} <= {*HERD, "misc/untagged.txt"}
+        bad = s3sync(*query, "--where", "{")
+        assert bad.returncode == 2 and "--where is not JSON" in bad.stderr
+        assert served() == before + 4  # each answered there, not in its own process
+    finally:
+        s3sync("query-server", "stop")
+        shutil.rmtree(run_dir, ignore_errors=True)
