@@ -26,6 +26,7 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.pipeline import lexicon
 from s3sync_dagster.pipeline.search import distances, indexed
 from s3sync_dagster.pipeline.search_filter import READERS_KEY
 from s3sync_dagster.pipeline.sync import sync_keys
@@ -65,14 +66,29 @@ def _prefix(object_key: str) -> str:
     return object_key.split("/")[0] + "/"
 
 
-@pytest.fixture(params=["embedded", "server"])
+@pytest.fixture(scope="session")
+def readers_lexicon() -> Iterator[str]:
+    """A PostgreSQL database for a server's lexical index (pipeline/lexicon_postgres.py): its URL."""
+    from benchmarks import postgres_server
+
+    with postgres_server.running(db_name="readers") as server:
+        yield f"postgresql://{server.user}@{server.host}:{server.port}/{server.db_name}"
+
+
+@pytest.fixture(params=["embedded", "server", "server+postgres"])
 def readers_source(
     request: pytest.FixtureRequest, s3: Any, bucket: str, tmp_path: Path, moto_endpoint: str
 ) -> Iterator[tuple[AppConfig, Path]]:
-    """A source with readers_tag over FILES, synced, each chunk given its object's readers and team."""
+    """A source with readers_tag over FILES, synced, each chunk given its object's readers and team: in an
+    embedded store (its lexical index in SQLite), on a `chroma run` server (Chroma's full-text filter), and on
+    one whose lexical index is in PostgreSQL."""
     chroma: dict[str, Any] = {"path": "chroma"}
-    if request.param == "server":
+    if request.param.startswith("server"):
         chroma = {"host": "127.0.0.1", "port": request.getfixturevalue("chroma_server")}
+    if request.param == "server+postgres":
+        lexicon_url = request.getfixturevalue("readers_lexicon")
+        request.getfixturevalue("monkeypatch").setenv("S3SYNC_TEST_READERS_LEXICON", lexicon_url)
+        chroma["lexicon_postgres"] = {"env": "S3SYNC_TEST_READERS_LEXICON"}
     source = {
         "name": "zoo", "bucket_name": bucket, "region": "us-east-1", "collection_name": f"r-{bucket}"[:60],
         "endpoint_url": moto_endpoint, "chunking": {"type": "lines", "max_lines": 1}, "readers_tag": "readers",
@@ -104,6 +120,8 @@ def readers_source(
         labelled.append({**metadata, **extra})
     collection.update(ids=stored["ids"], metadatas=labelled)  # type: ignore[arg-type]
     yield config, path
+    if request.param == "server+postgres":  # the session's server is shared: later tests open it without one
+        lexicon.forget_server("127.0.0.1", chroma["port"])
     config.chroma.store().client().delete_collection(spec.collection_name)
     config.chroma.store().client().delete_collection(config.source("plain").collection_name)
 
@@ -165,9 +183,9 @@ def test_a_filtered_search_ranks_among_the_admitted_chunks(readers_source: tuple
     )
 
 
-def test_the_embedded_lexical_index_answers_under_the_filter(readers_source: tuple[AppConfig, Path]) -> None:
+def test_the_lexical_index_answers_under_the_filter(readers_source: tuple[AppConfig, Path]) -> None:
     config, _ = readers_source
-    if not config.chroma.is_embedded:
+    if not config.chroma.is_embedded and config.chroma.lexicon_postgres is None:
         pytest.skip("a server without PostgreSQL has no lexical index: Chroma's full-text filter answers")
     searcher = SourceSearch("zoo", config)
     assert indexed(searcher.collection) is not None  # the index (not Chroma's full-text filter) ranks
