@@ -224,6 +224,10 @@ def test_s3sync_query_as_where_and_all_readers(
         return {hit["object_key"] for hit in json.loads(capsys.readouterr().out)["results"]}
 
     assert keys("--as", "alice") == {"finance/notes.txt"}
+    assert main([*argv, "--as", "group:finance"]) == 0  # each hit says who may read it
+    assert {tuple(hit["readers"]) for hit in json.loads(capsys.readouterr().out)["results"]} == {
+        ("alice", "group:finance")
+    }
     assert keys("--as", "mallory", "--as", "alice") == {"finance/notes.txt"}
     assert keys("--all-readers", "-n", "60", "--where", '{"meta_team": "ops"}') >= {*HERD, "misc/untagged.txt"}
     assert keys("--all-readers", "-n", "60", "--where", '{"meta_team": "finance"}') == {"finance/notes.txt"}

@@ -23,7 +23,7 @@ _searchers: OpenSearchers | None = None
 def cmd_query(args: argparse.Namespace) -> int:
     from s3sync_dagster.commands.query import search_source
     from s3sync_dagster.pipeline.owners import describe
-    from s3sync_dagster.pipeline.search_filter import search_filter
+    from s3sync_dagster.pipeline.search_filter import READERS_KEY, search_filter
 
     config = load_config(args)
     source = config.source(args.source)
@@ -56,6 +56,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             "start_line": hit.metadata.get("start_line"),
             "end_line": hit.metadata.get("end_line"),
             "document": hit.document,
+            **({"readers": hit.metadata.get(READERS_KEY, [])} if source.readers_tag else {}),  # who may read it
             **(
                 {
                     "context": [
