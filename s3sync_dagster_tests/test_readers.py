@@ -120,10 +120,10 @@ def readers_source(
         labelled.append({**metadata, **extra})
     collection.update(ids=stored["ids"], metadatas=labelled)  # type: ignore[arg-type]
     yield config, path
-    if request.param == "server+postgres":  # the session's server is shared: later tests open it without one
-        lexicon.forget_server("127.0.0.1", chroma["port"])
     config.chroma.store().client().delete_collection(spec.collection_name)
     config.chroma.store().client().delete_collection(config.source("plain").collection_name)
+    if request.param == "server+postgres":  # the session's server is shared: later tests open it without one
+        lexicon.forget_server("127.0.0.1", chroma["port"])
 
 
 def _keys(hits: Any) -> list[str]:
