@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.search_dense import distances
+from s3sync_dagster.pipeline.search_dense import distances, nearest
 from s3sync_dagster.pipeline.search_hits import Hit
 from s3sync_dagster.pipeline.search_lexical import (
     LEXICON_POOL_FACTOR,
@@ -19,7 +19,7 @@ from s3sync_dagster.pipeline.search_lexical import (
     lexical_side,
     lexicon_side,
 )
-from s3sync_dagster.pipeline.search_rows import chroma_where, plain_metadata, query_input, query_rows
+from s3sync_dagster.pipeline.search_rows import plain_metadata, query_input, query_rows
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,9 @@ def scored_candidates(
     dense query narrowed to those ids asks Chroma for it."""
     embedded = embedding_function([text])[0] if embedding_function is not None else None
     asked = query_input(text, embedded)
-    dense = collection.query(
-        **asked, n_results=pool, where=chroma_where(where), include=["documents", "metadatas", "distances"]
-    )
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
     distance: dict[str, float] = {}
-    for chunk_id, document, metadata, far in query_rows(dense):
+    for chunk_id, document, metadata, far in nearest(collection, asked, pool, where):
         rows[chunk_id], distance[chunk_id] = (document, metadata), far
     index = indexed(collection)
     side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * pool, where) if index else None
