@@ -28,6 +28,7 @@ from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline import lexicon
 from s3sync_dagster.pipeline.search import distances, indexed
+from s3sync_dagster.pipeline.search_dense import FILTERED_WIDEN, nearest
 from s3sync_dagster.pipeline.search_filter import READERS_KEY
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster.pipeline.where_match import matches
@@ -318,3 +319,20 @@ def test_the_resident_query_process_applies_the_same_filters(readers_source: tup
     finally:
         s3sync("query-server", "stop")
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_the_dense_side_tests_a_prefix_or_asks_chromas_filter(readers_source: tuple[AppConfig, Path]) -> None:
+    """`search_dense.nearest` under a filter: the admitted among the unfiltered 16 x n nearest when n are there
+    (a query like alice's note), Chroma's filtered query when not (a query like the herd, which fills the
+    prefix); either way what Chroma's filtered query answers."""
+    config, _ = readers_source
+    searcher = SourceSearch("zoo", config)
+    collection = searcher.collection
+    alice = {READERS_KEY: {"$contains": "alice"}}
+    for text, n in (("the zebra crossing near the office entrance is closed", 1), ("zebra grazing by the fence", 2)):
+        asked = {"query_embeddings": [searcher.embedding_function([text])[0]]}
+        chroma = collection.query(**asked, n_results=n, where=alice, include=[])["ids"][0]  # type: ignore[arg-type]
+        assert [row[0] for row in nearest(collection, asked, n, alice)] == chroma, text
+        prefix = collection.query(**asked, n_results=n * FILTERED_WIDEN, include=["metadatas"])  # type: ignore[arg-type]
+        held = sum("alice" in (metadata or {}).get(READERS_KEY, []) for metadata in prefix["metadatas"][0])  # type: ignore[index, operator]
+        assert (held >= n) == text.startswith("the zebra crossing"), (text, held)  # both paths taken
