@@ -587,6 +587,7 @@ def measure(
         result["command_wall"] = search_cost.command_wall(config, source, queries)
     big, built = search_cost.large_collection(workdir / "large", documents, large, seed)
     result["latency_large"] = {**built, "modes": search_cost.latency(big, queries, fusions, TOP)}
+    result["latency_large"].update(search_cost.readers_latency(big, queries, TOP))
     result["load_average"] = [load_before, os.getloadavg()[0]]
     result["fts"] = {
         **search_cost.fts_cost(workdir / "fts", collection, ids),
@@ -725,6 +726,12 @@ def section_lines(result: dict[str, Any]) -> list[str]:
         big = result["latency_large"]["modes"][label]
         lines.append(
             f"| {label} | {small['p50_ms']:.0f} | {small['p95_ms']:.0f} | {small['max_ms']:.0f} | "
+            f"{big['p50_ms']:.0f} | {big['p95_ms']:.0f} | {big['max_ms']:.0f} |"
+        )
+    readers = result["latency_large"].get("readers")
+    for label, big in (readers or {}).get("modes", {}).items():
+        lines.append(
+            f"| {label}, as a reader of {readers['share']:.0%} of the chunks | — | — | — | "
             f"{big['p50_ms']:.0f} | {big['p95_ms']:.0f} | {big['max_ms']:.0f} |"
         )
     wall = result.get("command_wall")

@@ -18,6 +18,10 @@ LARGE_CHUNKS = 100_000
 WRITE_BATCH = 5000
 FTS_CHUNKS = 10_000  # chunks written with the full-text index on and off
 FTS_ROUNDS = 3
+# The synthetic chunks' readers (issue 52): each synthetic object (20 chunks) is read by one of READER_GROUPS
+# readers, in turn, so a search as READER may read one chunk in READER_GROUPS, the rest unread.
+READER_GROUPS = 10
+READER = "reader-0"
 
 
 # --- latency --------------------------------------------------------------------------------------
@@ -29,21 +33,34 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 def latency(
-    collection: Any, queries: Sequence[str], fusions: dict[str, Fusion], n: int = 5, embedding_function: Any = None
+    collection: Any,
+    queries: Sequence[str],
+    fusions: dict[str, Fusion],
+    n: int = 5,
+    embedding_function: Any = None,
+    where: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Milliseconds of `search.search` (top n) per mode, the modes taking turns query by query after a
     warm-up; hybrid once per fusion given (by label). embedding_function: the collection's, held by the
-    caller as `SourceSearch` holds it (the query embedded once, a lexical candidate's distance computed)."""
-    modes: list[tuple[str, str, Fusion]] = [("dense", "dense", search.FUSION), ("lexical", "lexical", search.FUSION)]
+    caller as `SourceSearch` holds it (the query embedded once, a lexical candidate's distance computed).
+    where: every search under this filter (`readers_filter()`: a principal's view)."""
+    modes: list[tuple[str, search.Mode, Fusion]] = [
+        ("dense", "dense", search.FUSION),
+        ("lexical", "lexical", search.FUSION),
+    ]
     modes += [(f"hybrid ({label})", "hybrid", fusion) for label, fusion in fusions.items()]
     for query in queries[:3]:
         for _, mode, fusion in modes:
-            search.search(collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function)  # type: ignore[arg-type]
+            search.search(
+                collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function, where=where
+            )
     timings: dict[str, list[float]] = {label: [] for label, _, _ in modes}
     for query in queries:
         for label, mode, fusion in modes:
             started = time.perf_counter()
-            search.search(collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function)  # type: ignore[arg-type]
+            search.search(
+                collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function, where=where
+            )
             timings[label].append((time.perf_counter() - started) * 1000)
     return {
         label: {
@@ -54,6 +71,27 @@ def latency(
         }
         for label, values in timings.items()
     }
+
+
+def readers_filter() -> dict[str, Any]:
+    """The filter a search as READER applies (pipeline/search_filter.py): one chunk in READER_GROUPS."""
+    from s3sync_dagster.pipeline.search_filter import readable_by
+
+    return readable_by([READER])
+
+
+def readers_latency(
+    collection: Any, queries: Sequence[str], n: int = 5, embedding_function: Any = None
+) -> dict[str, Any]:
+    """Hybrid, lexical and dense latency of a search as READER (None where the collection's chunks list no
+    readers: one an earlier run made)."""
+    from s3sync_dagster.pipeline.search_filter import READERS_KEY
+
+    first = collection.get(limit=1, include=["metadatas"])["metadatas"] or [{}]
+    if READERS_KEY not in (first[0] or {}):
+        return {"readers": None}
+    modes = latency(collection, queries, {"default": search.FUSION}, n, embedding_function, where=readers_filter())
+    return {"readers": {"principal": READER, "share": 1 / READER_GROUPS, "modes": modes}}
 
 
 def command_wall(config: Path, source: str, queries: Sequence[str], rounds: int = 5) -> dict[str, Any]:
@@ -128,7 +166,11 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
             documents=texts,
             embeddings=vectors,
             metadatas=[
-                {"object_key": f"synthetic/{(start + i) // 20:05d}.txt", "chunk_index": (start + i) % 20}
+                {
+                    "object_key": f"synthetic/{(start + i) // 20:05d}.txt",
+                    "chunk_index": (start + i) % 20,
+                    "readers": [f"reader-{(start + i) // 20 % READER_GROUPS}"],  # an object's chunks share them
+                }
                 for i in range(count)
             ],
         )
@@ -289,6 +331,7 @@ def part3(
         big, built = large_collection(workdir / "large", documents, chunks, seed)
     result: dict[str, Any] = {"built": built, "queries": len(queries)}
     result["embedded"] = latency(big, queries, fusions, embedding_function=function)
+    result["embedded_readers"] = readers_latency(big, queries, embedding_function=function)["readers"]
     from s3sync_dagster.pipeline import lexicon
 
     detached = lexicon.detach(big)  # as another tool opens the store: Chroma's full-text filter answers

@@ -137,6 +137,9 @@ def test_benchmark_smoke_run_writes_the_live_sections(tmp_path: Path) -> None:
         assert {"dense", "lexical", "hybrid (default)"} <= set(latency["modes"])
         assert all(mode["p50_ms"] > 0 for mode in latency["modes"].values())
     assert hybrid["latency_large"]["chunks"] == 2000 and hybrid["latency_large"]["dimension"] == 384
+    readers = hybrid["latency_large"]["readers"]  # the same searches as a reader of one chunk in ten (issue 52)
+    assert readers["share"] == 0.1 and {"dense", "lexical", "hybrid (default)"} == set(readers["modes"])
+    assert all(mode["p50_ms"] > 0 for mode in readers["modes"].values())
     wall = hybrid["command_wall"]  # `s3sync query` beside a bare `import chromadb`, each in a fresh process
     assert wall["s3sync query"]["runs"] == wall["s3sync query, resident"]["runs"] == wall["import chromadb"]["runs"] > 0
     assert wall["s3sync query"]["p50_s"] > wall["import chromadb"]["p50_s"] > 0

@@ -8,7 +8,7 @@ its templates.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from s3sync_dagster.pipeline import index
 from s3sync_dagster.pipeline import search as engine
 from s3sync_dagster.pipeline.embed import function_of_record
 from s3sync_dagster.pipeline.search import FUSION, Fusion, Hit, Mode
+from s3sync_dagster.pipeline.search_filter import all_of, search_filter
 from s3sync_dagster.pipeline.store import close_clients
 
 if TYPE_CHECKING:
@@ -52,6 +53,11 @@ class SourceSearch:
     Only the source's own chunks are answers (pipeline/owners.py): a chunk another writer put into its
     collection is not one of this source's documents. every_writer=True searches the whole collection; each
     hit's metadata says whose it is (`source`, `project`).
+
+    A search may filter by metadata (`where`, a Chroma where clause: `{"meta_team": "finance"}`), and of a source
+    with `readers_tag` returns only what one of `principals` may read (none named: nothing, unless
+    `all_readers`, an operator's view): pipeline/search_filter.py. Both sides rank among the chunks the filter
+    admits, so the n best of those are found however many others rank above them.
     """
 
     def __init__(self, source_name: str, config: AppConfig | None = None, *, every_writer: bool = False) -> None:
@@ -96,15 +102,25 @@ class SourceSearch:
         context: int = 0,
         per_object: int | None = None,
         fusion: Fusion = FUSION,
+        where: Mapping[str, Any] | None = None,
+        principals: Sequence[str] | None = None,
+        all_readers: bool = False,
     ) -> list[Hit]:
         """The n best answers to `text` (see pipeline/search.py for the modes).
 
         context: each hit comes with the `context` chunks before and after it in its object (`Hit.context`,
-        in the object's order, the hit among them). per_object: at most this many hits of one object."""
+        in the object's order, the hit among them). per_object: at most this many hits of one object.
+        where, principals, all_readers: which chunks may answer (the class's docstring)."""
         if per_object is not None and per_object < 1:
             raise ValueError(f"per_object must be at least 1, got {per_object}")
+        allowed = search_filter(
+            self.source.name, self.source.readers_tag, where=where, principals=principals, all_readers=all_readers
+        )
+        if allowed.closed is not None:
+            return []
+        filtered = allowed.where
         try:
-            hits = self._search_scopes(text, mode, n, context, per_object, fusion)
+            hits = self._search_scopes(text, mode, n, context, per_object, fusion, filtered)
             if not hits and not self.every_writer:  # none of its chunks here, perhaps: the collection renamed?
                 why = index.moved(self.config.chroma.store().client(), self.collection.name, self.owner)
                 if why is not None:
@@ -118,7 +134,7 @@ class SourceSearch:
             if not isinstance(error, NotFoundError) and not self._swapped():
                 raise
             self._open()
-            return self._search_scopes(text, mode, n, context, per_object, fusion)
+            return self._search_scopes(text, mode, n, context, per_object, fusion, filtered)
 
     def _swapped(self) -> bool:
         try:
@@ -129,13 +145,27 @@ class SourceSearch:
             return True
 
     def _search_scopes(
-        self, text: str, mode: Mode, n: int, context: int, per_object: int | None, fusion: Fusion
+        self,
+        text: str,
+        mode: Mode,
+        n: int,
+        context: int,
+        per_object: int | None,
+        fusion: Fusion,
+        filtered: Mapping[str, Any] | None = None,
     ) -> list[Hit]:
         # First without Chroma's metadata filter, which reads every chunk of the collection (0.6 s a query
-        # at 100,000 chunks, and it keeps the lexical index from answering): the owner rule is tested on
-        # each hit, and only if too few are the source's own (asking WIDEN times more once) does the search
-        # ask Chroma to filter.
-        scopes = [(None, MAX_ASKED)] if self.every_writer else [(None, n * WIDEN), (self.owner.where(), MAX_ASKED)]
+        # at 100,000 chunks): the owner rule is tested on each hit, and only if too few are the source's own
+        # (asking WIDEN times more once) does the search ask Chroma to filter. A caller's filter (where,
+        # readers) cannot be tested after the ranking, or the best admitted chunks below the first n * WIDEN
+        # would be lost: it is Chroma's (and the lexical index's) from the start, and the owner's with it.
+        scopes: list[tuple[Mapping[str, Any] | None, int]]
+        if filtered:
+            scopes = [(filtered if self.every_writer else all_of(self.owner.where(), filtered), MAX_ASKED)]
+        elif self.every_writer:
+            scopes = [(None, MAX_ASKED)]
+        else:
+            scopes = [(None, n * WIDEN), (self.owner.where(), MAX_ASKED)]
         for where, most in scopes:
             kept, exhausted = self._search(text, where, mode, n, most, per_object, fusion)
             if len(kept) >= n or exhausted:
@@ -219,8 +249,14 @@ def search_source(
     every_writer: bool = False,
     context: int = 0,
     per_object: int | None = None,
+    where: Mapping[str, Any] | None = None,
+    principals: Sequence[str] | None = None,
+    all_readers: bool = False,
 ) -> list[Hit]:
     """The n chunks of a configured source that best answer `text`, found as `s3sync query` finds them: one
     query of a `SourceSearch` (which a program asking many keeps, so the store and the model stay open)."""
     searcher = SourceSearch(source_name, config, every_writer=every_writer)
-    return searcher.search(text, mode=mode, n=n, fusion=fusion, context=context, per_object=per_object)
+    return searcher.search(
+        text, mode=mode, n=n, fusion=fusion, context=context, per_object=per_object, where=where,
+        principals=principals, all_readers=all_readers,
+    )  # fmt: skip

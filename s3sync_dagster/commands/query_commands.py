@@ -4,7 +4,9 @@ process that answers many queries keeps open between them (commands/resident.py)
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import json
+import sys
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.commands.subcommand import EXIT_OK, Subcommands, emit, load_config
@@ -21,13 +23,22 @@ _searchers: OpenSearchers | None = None
 def cmd_query(args: argparse.Namespace) -> int:
     from s3sync_dagster.commands.query import search_source
     from s3sync_dagster.pipeline.owners import describe
+    from s3sync_dagster.pipeline.search_filter import READERS_KEY, search_filter
 
     config = load_config(args)
     source = config.source(args.source)
+    where = where_option(args.where)
+    principals = args.principals or []
     try:
+        closed = search_filter(
+            source.name, source.readers_tag, where=where, principals=principals, all_readers=args.all_readers
+        ).closed
+        if closed is not None:
+            print(f"s3sync query: {closed}", file=sys.stderr)
         found = (_searchers.search if _searchers is not None else search_source)(
             args.source, args.text, mode=args.mode, n=args.n, config=config, every_writer=args.every_writer,
-            context=args.context, per_object=args.per_object,
+            context=args.context, per_object=args.per_object, where=where, principals=principals,
+            all_readers=args.all_readers,
         )  # fmt: skip
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -45,6 +56,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             "start_line": hit.metadata.get("start_line"),
             "end_line": hit.metadata.get("end_line"),
             "document": hit.document,
+            **({"readers": hit.metadata.get(READERS_KEY, [])} if source.readers_tag else {}),  # who may read it
             **(
                 {
                     "context": [
@@ -82,6 +94,24 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def where_option(text: str | None) -> dict[str, Any] | None:
+    """--where's JSON as a where clause Chroma takes; else a usage error naming --where and the rule."""
+    from s3sync_dagster.pipeline.search_filter import checked_where
+
+    if text is None:
+        return None
+    try:
+        where = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(
+            f'--where is not JSON ({error}): give a Chroma where clause, e.g. \'{{"meta_team": "finance"}}\''
+        ) from None
+    try:
+        return checked_where(where)
+    except ValueError as error:
+        raise UsageError(f"--where: {error}") from None
+
+
 def add_query(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     """`s3sync query SOURCE TEXT`."""
     parser = commands.add_parser("query", parents=[common], help="search a source's collection")
@@ -103,6 +133,23 @@ def add_query(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--per-object", type=int, metavar="K", help="keep at most K hits of one object (1: one hit per object)"
+    )
+    parser.add_argument(
+        "--where",
+        metavar="JSON",
+        help='only chunks whose metadata pass this Chroma where clause, e.g. \'{"meta_team": "finance"}\'',
+    )
+    parser.add_argument(
+        "--as",
+        dest="principals",
+        action="append",
+        metavar="PRINCIPAL",
+        help="search as this reader (repeatable): of a source with readers_tag, only what one of them may read",
+    )
+    parser.add_argument(
+        "--all-readers",
+        action="store_true",
+        help="of a source with readers_tag, search every chunk whoever may read it (an operator's view)",
     )
     parser.add_argument(
         "--every-writer",

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.search_dense import distances
+from s3sync_dagster.pipeline.search_dense import distances, nearest
 from s3sync_dagster.pipeline.search_hits import Hit
 from s3sync_dagster.pipeline.search_lexical import (
     LEXICON_POOL_FACTOR,
@@ -19,7 +19,7 @@ from s3sync_dagster.pipeline.search_lexical import (
     lexical_side,
     lexicon_side,
 )
-from s3sync_dagster.pipeline.search_rows import chroma_where, plain_metadata, query_input, query_rows
+from s3sync_dagster.pipeline.search_rows import plain_metadata, query_input, query_rows
 
 
 @dataclass(frozen=True)
@@ -94,22 +94,19 @@ def scored_candidates(
     """The pool best chunks of each side, every one scored on both: a chunk the dense side did not offer is
     given its distance, one the lexical side did not offer its BM25 score.
 
-    The lexical side comes from an embedded store's lexical index (pipeline/lexicon.py) when it can answer and
-    no filter is asked (each term's document frequency and the candidates; BM25 is computed from the texts),
-    else from Chroma's full-text filter (`lexical_side`). With the query's vector known (embedding_function),
+    The lexical side comes from the store's lexical index (pipeline/lexicon.py) when it can answer (each term's
+    document frequency and the candidates, the best the filter admits under one; BM25 is computed from the
+    texts), else from Chroma's full-text filter (`lexical_side`, under the filter too). With the query's vector known (embedding_function),
     a lexical candidate's distance is computed from its stored vector, as Chroma's index computes it; else a
     dense query narrowed to those ids asks Chroma for it."""
     embedded = embedding_function([text])[0] if embedding_function is not None else None
     asked = query_input(text, embedded)
-    dense = collection.query(
-        **asked, n_results=pool, where=chroma_where(where), include=["documents", "metadatas", "distances"]
-    )
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
     distance: dict[str, float] = {}
-    for chunk_id, document, metadata, far in query_rows(dense):
+    for chunk_id, document, metadata, far in nearest(collection, asked, pool, where):
         rows[chunk_id], distance[chunk_id] = (document, metadata), far
-    index = indexed(collection) if not where else None
-    side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * pool) if index else None
+    index = indexed(collection)
+    side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * pool, where) if index else None
     if side is not None and embedded is not None:
         _read_with_distances(collection, side, embedded, rows, distance)
     else:

@@ -20,6 +20,7 @@ from s3sync_dagster.pipeline.terms import (  # how text becomes terms, read by b
     term_frequency,
     term_pattern,
 )
+from s3sync_dagster.pipeline.where_match import matches
 
 _WORD = re.compile(r"\w+")
 
@@ -36,6 +37,8 @@ LEXICON_POOL_FACTOR = 2
 # The rarer terms that pick the index's candidates hold at most this many chunks together (past the first),
 # as Chroma's path keeps at most DF_LIMIT // 4 candidates: BM25 ranks each chunk holding one of them.
 CANDIDATE_DF = DF_LIMIT // 4
+# Under a filter, the index's ranking is read in steps this many times longer until enough pass it.
+FILTER_WIDEN = 4
 
 
 @dataclass(frozen=True)
@@ -104,25 +107,77 @@ def indexed(collection: Collection) -> LexicalIndex | None:
     return found if found is not None and found.state(collection) is None else None
 
 
-def lexicon_side(index: LexicalIndex, collection: Collection, text: str, n: int) -> Lexical:
+def lexicon_side(
+    index: LexicalIndex, collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None
+) -> Lexical:
     """The lexical side from the index: each term's idf from its exact document frequency, and as
     candidates the n chunks BM25 ranks best on the rarer terms (as `lexical_side` picks them: a common
-    term scores, but picks no candidates)."""
+    term scores, but picks no candidates).
+
+    Under a filter (`where`) the candidates are the n best of the chunks it admits, not those admitted among
+    the n best (`admitted_best`); the idf stays the collection's, as unfiltered."""
     terms = query_terms(text)
     frequency, total = index.document_frequency(collection, terms)
     total = max(total, 1)
     idf = {term: bm25_idf(total, count) for term, count in frequency.items()}
-    rarer: list[str] = []
-    held = 0
+    uncommon: list[str] = []  # rarest first, up to the first common one
     for term in sorted(terms, key=lambda term: (frequency[term], term)):
         if not frequency[term]:
             continue
-        if frequency[term] >= DF_LIMIT or idf[term] < MIN_IDF or (rarer and held + frequency[term] > CANDIDATE_DF):
+        if frequency[term] >= DF_LIMIT or idf[term] < MIN_IDF:
             break
-        rarer.append(term)
-        held += frequency[term]
-    best = index.best(collection, rarer, n)
-    return Lexical(tuple(terms), idf, tuple(chunk_id for chunk_id, _ in best))
+        uncommon.append(term)
+    rarer, held = 0, 0  # the rarer terms: together in at most CANDIDATE_DF chunks past the first
+    while rarer < len(uncommon) and (not rarer or held + frequency[uncommon[rarer]] <= CANDIDATE_DF):
+        held += frequency[uncommon[rarer]]
+        rarer += 1
+    if not where:
+        best = [chunk_id for chunk_id, _ in index.best(collection, uncommon[:rarer], n)]
+    else:
+        best = admitted_best(index, collection, uncommon, rarer, n, where)
+    return Lexical(tuple(terms), idf, tuple(best))
+
+
+def admitted_best(
+    index: LexicalIndex,
+    collection: Collection,
+    uncommon: Sequence[str],
+    rarer: int,
+    n: int,
+    where: Mapping[str, Any],
+) -> list[str]:
+    """The ids of the n chunks the index ranks best among those `where` admits, best first, on the rarer
+    terms: the first `rarer` of `uncommon`, and more of them (twice as many each time) while fewer than n
+    admitted chunks hold one, as the rarer terms are picked until they hold enough candidates (an admitted
+    chunk may hold none of the collection's rarest terms).
+
+    The index holds no metadata: it ranks every chunk holding one of the terms, in one request (none is
+    common, so each is in fewer than DF_LIMIT chunks), and the ranking is read in steps FILTER_WIDEN times
+    longer until n pass, each id's metadata read once, by id, and tested as Chroma tests it
+    (pipeline/where_match.py: Chroma's own `get(ids, where)` reads the filter over the whole collection
+    first, seconds at 100,000 chunks)."""
+    admitted: dict[str, bool] = {}
+    while True:
+        terms = uncommon[:rarer]
+        ranked = [chunk_id for chunk_id, _ in index.best(collection, terms, DF_LIMIT * len(terms))]
+        kept: list[str] = []
+        read, step = 0, n * FILTER_WIDEN
+        while len(kept) < n and read < len(ranked):
+            page = ranked[read : read + step]
+            unknown = [chunk_id for chunk_id in page if chunk_id not in admitted]
+            for start in range(0, len(unknown), lexicon.READ_PAGE):
+                got = collection.get(ids=unknown[start : start + lexicon.READ_PAGE], include=["metadatas"])
+                admitted.update(dict.fromkeys(unknown[start : start + lexicon.READ_PAGE], False))  # gone: not
+                admitted.update(
+                    (chunk_id, matches(where, metadata or {}))
+                    for chunk_id, metadata in zip(got["ids"], got["metadatas"] or [], strict=True)
+                )
+            kept += [chunk_id for chunk_id in page if admitted[chunk_id]]
+            read += step
+            step *= FILTER_WIDEN
+        if len(kept) >= n or rarer >= len(uncommon):
+            return kept[:n]
+        rarer = min(len(uncommon), rarer * 2)
 
 
 def average_words(documents: Sequence[str]) -> float:
@@ -132,9 +187,9 @@ def average_words(documents: Sequence[str]) -> float:
 
 def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Ranking:
     """(chunk id, text, metadata, BM25 score) of the n best chunks for the query's words."""
-    index = indexed(collection) if not where else None
+    index = indexed(collection)
     if index is not None:
-        side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * n)
+        side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * n, where)
     else:
         side = lexical_side(collection, text, n, where)
     if not side.candidate_ids:
