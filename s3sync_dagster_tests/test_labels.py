@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from s3sync_dagster.pipeline.events import Ignored, SyncRequest, parse_message
+from s3sync_dagster.pipeline.objects import ObjectInfo
+from s3sync_dagster.pipeline.poll import InMemoryStore, PollState
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync import sync_keys, sync_object
 from s3sync_dagster_tests.conftest import CountingEmbedder
@@ -172,3 +174,14 @@ def test_tag_events_index_the_key_of_a_source_with_tags(body: str) -> None:
     assert isinstance(item, SyncRequest) and item.action == "index" and item.object_key == "docs/a.txt"
     [ignored] = parse_message(body, "bkt", "docs/")  # a source whose chunks carry no tags
     assert isinstance(ignored, Ignored) and "needs no sync" in ignored.reason
+
+
+def test_the_poll_sees_a_copy_in_place_only_where_metadata_is_indexed() -> None:
+    """A copy in place with new metadata keeps the ETag and changes LastModified (a listing shows no metadata)."""
+    before = ObjectInfo("a.txt", 5, "etag-1", "2026-01-01T00:00:00+00:00")
+    copied = dataclasses.replace(before, last_modified="2026-01-02T00:00:00+00:00")
+    for last_modified, seen in ((True, ["a.txt"]), (False, [])):
+        state = PollState(InMemoryStore())
+        assert state.observe([before], last_modified=last_modified) == ["a.txt"]
+        state.finish_pass()
+        assert state.observe([copied], last_modified=last_modified) == seen
