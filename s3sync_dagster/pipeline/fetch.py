@@ -96,7 +96,9 @@ def fetch(
     mark = lap(report, "chroma_read", mark)
     if is_current(stored, document_id, info.etag, signature):
         relabel = labels.changed(spec, stored, object_labels)
-        if relabel:  # the tags or user metadata alone changed: the chunks' metadata, no GET, no embedding
+        # The tags or user metadata alone changed: the chunks' metadata, no GET, no embedding. Written here, on the
+        # thread that reads the key (a staging thread too): the key's own chunks only, as its skip check reads them.
+        if relabel:
             report.status = "indexed"
             report.chunk_count = report.chunks_metadata_only = labels.update_labels(collection, list(stored), relabel)
             report.message = f"labels updated: {report.chunk_count} chunk(s), nothing re-embedded"
