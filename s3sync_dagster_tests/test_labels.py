@@ -155,8 +155,8 @@ def s3_event(key: str, name: str) -> str:
     return json.dumps({"Records": [record]})
 
 
-def eventbridge(key: str, detail_type: str) -> str:
-    detail = {"bucket": {"name": "bkt"}, "object": {"key": key}}
+def eventbridge(key: str, detail_type: str, **more: str) -> str:
+    detail = {"bucket": {"name": "bkt"}, "object": {"key": key}, **more}
     return json.dumps({"detail-type": detail_type, "source": "aws.s3", "detail": detail})
 
 
@@ -167,6 +167,7 @@ def eventbridge(key: str, detail_type: str) -> str:
         s3_event("docs/a.txt", "ObjectTagging:Delete"),
         eventbridge("docs/a.txt", "Object Tags Added"),
         eventbridge("docs/a.txt", "Object Tags Deleted"),
+        eventbridge("docs/a.txt", "Object Tags Added", reason="PutObjectTagging"),  # shown as "... (reason)"
     ],
 )
 def test_tag_events_index_the_key_of_a_source_with_tags(body: str) -> None:

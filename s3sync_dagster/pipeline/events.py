@@ -71,7 +71,8 @@ def parse_message(body: str, bucket_name: str, path_prefix: str, *, tag_events: 
 
 
 def is_tag_event(event_name: str) -> bool:
-    return event_name.startswith(TAGGING_EVENT_PREFIX) or event_name in EVENTBRIDGE_TAG_EVENTS
+    """A tag change, by its notification's eventName or its EventBridge detail-type (with its reason, if any)."""
+    return event_name.startswith((TAGGING_EVENT_PREFIX, *EVENTBRIDGE_TAG_EVENTS))
 
 
 def _tags_ignored(item: Parsed) -> Parsed:
