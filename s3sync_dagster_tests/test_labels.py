@@ -186,3 +186,22 @@ def test_the_poll_sees_a_copy_in_place_only_where_metadata_is_indexed() -> None:
         assert state.observe([before], last_modified=last_modified) == ["a.txt"]
         state.finish_pass()
         assert state.observe([copied], last_modified=last_modified) == seen
+
+
+def test_label_updates_in_a_sync_of_many_keys(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder, requests: Counter[str]
+) -> None:
+    """Many keys: read ahead on the staging thread (pipeline/staging.py), where the label update is written."""
+    object_keys = [f"k{n}.txt" for n in range(6)]
+    for key in object_keys:
+        put(s3, spec.bucket_name, key, f"{key}\n{TEXT}", tags="cls=a")
+    assert {r.status for r in sync_keys(s3, spec, lambda _: collection, embedder, object_keys)} == {"indexed"}
+    embedded = len(embedder.texts)
+    for key in object_keys[::2]:
+        s3.put_object_tagging(Bucket=spec.bucket_name, Key=key, Tagging={"TagSet": [{"Key": "cls", "Value": "b"}]})
+    requests.clear()
+    reports = {r.object_key: r for r in sync_keys(s3, spec, lambda _: collection, embedder, object_keys)}
+    assert requests["GetObject"] == 0 and len(embedder.texts) == embedded
+    for n, key in enumerate(object_keys):
+        assert reports[key].status == ("indexed" if n % 2 == 0 else "unchanged"), reports[key].message
+        assert {m["tag_cls"] for m in metadatas(collection, key)} == {"b" if n % 2 == 0 else "a"}
