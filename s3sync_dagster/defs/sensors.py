@@ -151,9 +151,12 @@ def pass_over_prefix(client: Any, source: SourceConfig, state: PollState, budget
             request["ContinuationToken"] = state.continuation_token
         page = client.list_objects_v2(**request)
         changed += state.observe(
-            objects.ObjectInfo(e["Key"], int(e["Size"]), e["ETag"].strip('"'), e["LastModified"].isoformat())
-            for e in page.get("Contents", [])
-            if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
+            (
+                objects.ObjectInfo(e["Key"], int(e["Size"]), e["ETag"].strip('"'), e["LastModified"].isoformat())
+                for e in page.get("Contents", [])
+                if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
+            ),
+            last_modified=bool(source.object_metadata),  # a copy in place with new metadata keeps the ETag
         )
         state.next_page(page.get("NextContinuationToken"))
         if not page.get("IsTruncated"):

@@ -103,7 +103,10 @@ def plan_sync(
     wanted: dict[str, str] = {}  # object key -> action; syncing HEADs the object, so the last event decides
     kept: list[KeptMessage] = []
     for message in messages:
-        items = events.parse_message(message.get("Body", ""), source.bucket_name, source.path_prefix)
+        items = events.parse_message(
+            message.get("Body", ""), source.bucket_name, source.path_prefix,
+            tag_events=bool(source.object_tags or source.readers_tag),
+        )  # fmt: skip
         for item in items:
             if isinstance(item, events.Ignored):
                 context.log.info(f"source '{source.name}': ignored: {item.reason}")

@@ -13,9 +13,13 @@ from s3sync_dagster.pipeline import index, keys
 
 META_SUFFIX = ".meta.json"
 META_VERSION = "chroma-v1"
-# EventBridge's S3 detail-types that change what an object holds; every other one (restores, tags, ACLs,
+# EventBridge's S3 detail-types that change what an object holds; every other one (restores, ACLs,
 # storage classes) leaves its text as it was.
 EVENTBRIDGE_ACTIONS: Mapping[str, Literal["index", "remove"]] = {"Object Created": "index", "Object Deleted": "remove"}
+# A tag change leaves the text as it was but may change the chunks' labels (pipeline/labels.py): the key is synced
+# again, which for a source without labels is a HEAD that finds it current (no GET, no write).
+EVENTBRIDGE_TAG_EVENTS = frozenset({"Object Tags Added", "Object Tags Deleted"})
+TAGGING_EVENT_PREFIX = "ObjectTagging:"
 
 
 @dataclass(frozen=True)
@@ -50,16 +54,31 @@ class NotUnderstood:
 Parsed = SyncRequest | Ignored | NotUnderstood
 
 
-def parse_message(body: str, bucket_name: str, path_prefix: str) -> list[Parsed]:
+def parse_message(body: str, bucket_name: str, path_prefix: str, *, tag_events: bool = False) -> list[Parsed]:
     """What one SQS message body asks for, in order, for a source's bucket and prefix.
+
+    tag_events: a tag change (ObjectTagging:*, "Object Tags Added/Deleted") syncs the key, for a source whose
+    chunks carry tags (object_tags, readers_tag); else it is ignored, as its text did not change.
 
     Never raises: a message we cannot read comes back as NotUnderstood, so it neither stalls the queue
     nor is dropped.
     """
     try:
-        return _parse_message(body, bucket_name, path_prefix)
+        parsed = _parse_message(body, bucket_name, path_prefix)
+        return parsed if tag_events else [_tags_ignored(item) for item in parsed]
     except Exception as error:  # a rule missing below: the message is kept and reported, not lost
         return [NotUnderstood(f"unreadable S3 event ({type(error).__name__})")]
+
+
+def is_tag_event(event_name: str) -> bool:
+    """A tag change, by its notification's eventName or its EventBridge detail-type (with its reason, if any)."""
+    return event_name.startswith((TAGGING_EVENT_PREFIX, *EVENTBRIDGE_TAG_EVENTS))
+
+
+def _tags_ignored(item: Parsed) -> Parsed:
+    if isinstance(item, SyncRequest) and is_tag_event(item.event_name):
+        return Ignored(f"event {_short(item.event_name)} for '{item.object_key}' needs no sync (no tags are indexed)")
+    return item
 
 
 def not_understood(items: Sequence[Parsed]) -> str | None:
@@ -126,7 +145,7 @@ def _parse_records(records: Any, bucket_name: str, path_prefix: str) -> list[Par
                     NotUnderstood(f"record {number} ({_short(event_name)}): s3.object.key is not URL-encoded UTF-8")
                 )
                 continue
-            if event_name.startswith("ObjectCreated:"):
+            if event_name.startswith(("ObjectCreated:", TAGGING_EVENT_PREFIX)):
                 action: Literal["index", "remove"] | None = "index"
             elif event_name.startswith(("ObjectRemoved:", "LifecycleExpiration:")):
                 action = "remove"  # a lifecycle rule's expiration deletes the object (or hides it behind a marker)
@@ -157,7 +176,10 @@ def _parse_eventbridge(event: Mapping[str, Any], bucket_name: str, path_prefix: 
         return NotUnderstood(f"EventBridge S3 event ({_short(detail_type)}) has no detail.object.key")
     reason = detail.get("reason") if isinstance(detail, dict) else None
     event_name = _short(f"{detail_type} ({reason})" if isinstance(reason, str) and reason else detail_type)
-    return _request(event_name, EVENTBRIDGE_ACTIONS.get(detail_type), bucket, object_key, bucket_name, path_prefix)
+    action: Literal["index", "remove"] | None = (
+        "index" if detail_type in EVENTBRIDGE_TAG_EVENTS else EVENTBRIDGE_ACTIONS.get(detail_type)
+    )
+    return _request(event_name, action, bucket, object_key, bucket_name, path_prefix)
 
 
 def _short(text: str, limit: int = 60) -> str:

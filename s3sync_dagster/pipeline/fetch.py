@@ -10,7 +10,7 @@ from typing import Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline import claims, events, keys, objects
+from s3sync_dagster.pipeline import claims, events, keys, labels, objects
 from s3sync_dagster.pipeline.claims import own_chunks as own_chunks
 from s3sync_dagster.pipeline.meta_links import InMemoryMetaLinks, MetaLinks
 from s3sync_dagster.pipeline.metadata_rules import Metadata, validate_user_metadata
@@ -70,6 +70,7 @@ def fetch(
     if custom_id is not None:
         keys.validate_custom_id(custom_id)
     metadata = validate_user_metadata(user_metadata or {}, f"object '{object_key}'")
+    labels.check_user_keys(spec, metadata, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'")
     collection_name = target_collection_name or spec.collection_name
     spec.check_target(collection_name, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'")
     collection = collection_for(collection_name)
@@ -78,6 +79,7 @@ def fetch(
     mark = time.perf_counter()
     try:
         info = objects.head_object(s3, spec.bucket_name, object_key)
+        object_labels = labels.object_labels(s3, spec, info, metadata)  # {} (no request) without label fields
     except objects.ObjectMissing:
         if meta_key is not None:
             return _waiting(report, spec, collection_for, meta_key, started)
@@ -93,6 +95,15 @@ def fetch(
     stored = own_chunks(dict(stored), meta_key)
     mark = lap(report, "chroma_read", mark)
     if is_current(stored, document_id, info.etag, signature):
+        relabel = labels.changed(spec, stored, object_labels)
+        # The tags or user metadata alone changed: the chunks' metadata, no GET, no embedding. Written here, on the
+        # thread that reads the key (a staging thread too): the key's own chunks only, as its skip check reads them.
+        if relabel:
+            report.status = "indexed"
+            report.chunk_count = report.chunks_metadata_only = labels.update_labels(collection, list(stored), relabel)
+            report.message = f"labels updated: {report.chunk_count} chunk(s), nothing re-embedded"
+            report.duration_s = time.perf_counter() - started
+            return report
         report.status = "unchanged"
         report.chunk_count = report.chunks_unchanged = len(stored)
         report.chunker = str(next(iter(stored.values())).metadata.get("chunker", ""))
@@ -118,7 +129,7 @@ def fetch(
         return _removed(report, spec, collection_for, started)
     lap(report, "s3_read", mark)
     return Fetched(
-        report, info, data, collection, document_id, signature, metadata, custom_id, bool(stored), started,
+        report, info, data, collection, document_id, signature, {**metadata, **object_labels}, custom_id, bool(stored), started,
         spec.owner, meta_key, shared,
     )  # fmt: skip
 

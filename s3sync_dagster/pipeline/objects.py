@@ -41,6 +41,7 @@ class ObjectInfo:
     last_modified: str  # ISO 8601, UTC
     # The listing's StorageClass (ListObjectsV2 names it; a HEAD does only when not STANDARD).
     storage_class: str = "STANDARD"
+    user_metadata: tuple[tuple[str, str], ...] = ()  # x-amz-meta-* from a HEAD (names lowercased); a listing has none
 
 
 def _etag(raw: str) -> str:
@@ -232,6 +233,7 @@ def head_object(s3: S3Client, bucket_name: str, object_key: str) -> ObjectInfo:
         size=int(head["ContentLength"]),
         etag=_etag(head["ETag"]),
         last_modified=head["LastModified"].isoformat(),
+        user_metadata=tuple(sorted((str(k).lower(), str(v)) for k, v in (head.get("Metadata") or {}).items())),
     )
 
 

@@ -125,10 +125,14 @@ class PollState:
             self._previous = self._read_pages(self.pass_number - 1, self._progress.previous_pages)
         return self._previous
 
-    def observe(self, listed: Iterable[ObjectInfo]) -> list[str]:
-        """Record one page of the listing; returns the keys that are new or whose ETag changed."""
+    def observe(self, listed: Iterable[ObjectInfo], *, last_modified: bool = False) -> list[str]:
+        """Record one page of the listing; returns the keys that are new or whose ETag changed.
+
+        last_modified: the LastModified too (stored as `etag@time`), for a source whose chunks carry the objects'
+        user metadata: a copy in place with new metadata keeps the ETag but not the time (pipeline/labels.py).
+        """
         previous = self._previous_pass()
-        page = {info.object_key: info.etag for info in listed}
+        page = {info.object_key: f"{info.etag}@{info.last_modified}" if last_modified else info.etag for info in listed}
         self._staged[page_entry(self.pass_number, self._progress.pages)] = json.dumps(page, separators=(",", ":"))
         self._progress = replace(self._progress, pages=self._progress.pages + 1)
         return [object_key for object_key, etag in page.items() if previous.get(object_key) != etag]

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# The chunk metadata field listing an object's readers (written at ingestion from the source's readers_tag).
-READERS_KEY = "readers"
+# The chunk metadata field listing an object's readers, written at ingestion from the source's readers_tag.
+from s3sync_dagster.pipeline.labels import READERS_KEY as READERS_KEY
 
 
 @dataclass(frozen=True)
