@@ -2,9 +2,9 @@
 metadata and a source's readers rule (pipeline/search_filter.py), through the Python API and `s3sync query`, exact
 on both sides of search: the n best of the chunks the filter admits, however many others outrank them.
 
-The chunks are synced from moto over HTTP by the engine into embedded Chroma (and a `chroma run` server, whose
-lexical side is Chroma's full-text filter); their `readers` and `meta_team` are then set with Chroma's
-`collection.update`, as ingestion will write them (test setup, not the thing under test).
+The objects are put in moto over HTTP with their readers as an S3 tag and their team as `x-amz-meta-team`, and
+synced by the engine (pipeline/labels.py writes `readers` and `meta_team` on each chunk) into embedded Chroma, a
+`chroma run` server (whose lexical side is Chroma's full-text filter) and one whose lexical index is in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -32,7 +33,7 @@ from s3sync_dagster.pipeline.search_dense import FILTERED_WIDEN, nearest
 from s3sync_dagster.pipeline.search_filter import READERS_KEY
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster.pipeline.where_match import matches
-from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, put
+from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET
 
 BIN = Path(sys.executable).parent
 
@@ -93,33 +94,35 @@ def readers_source(
     source = {
         "name": "zoo", "bucket_name": bucket, "region": "us-east-1", "collection_name": f"r-{bucket}"[:60],
         "endpoint_url": moto_endpoint, "chunking": {"type": "lines", "max_lines": 1}, "readers_tag": "readers",
+        "object_metadata": ["team"],
         "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"}, "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
     }  # fmt: skip
     plain = {
         **source,
         "name": "plain",
         "readers_tag": None,
+        "object_metadata": [],
         "bucket_name": f"{bucket}-plain",
         "collection_name": f"p-{bucket}"[:60],
     }
     path = tmp_path / "s3sync.yaml"
     path.write_text(yaml.safe_dump({"chroma": chroma, "sources": [source, plain]}), encoding="utf-8")
     config = load_config(path)
-    put(s3, bucket, FILES)
+    for object_key, body in FILES.items():  # readers as the tag lists them ('+' between), the team as metadata
+        prefix = _prefix(object_key)
+        tagging = f"readers={quote('+'.join(READERS[prefix]))}" if prefix in READERS else ""
+        s3.put_object(
+            Bucket=bucket, Key=object_key, Body=str(body).encode(), Metadata={"team": TEAMS[prefix]}, Tagging=tagging
+        )
     spec = config.source("zoo").spec(config.embedding.spec())
     collection = config.chroma.store().collection(spec.collection_name, config.embedding.spec())
     config.chroma.store().collection(config.source("plain").collection_name, config.embedding.spec())
     reports = sync_keys(s3, spec, lambda _: collection, config.embedding.spec().build(), sorted(FILES))
     assert [report.status for report in reports] == ["indexed"] * len(FILES), reports
-    stored = collection.get(include=["metadatas"])
-    labelled = []
-    for metadata in stored["metadatas"] or []:
+    for metadata in collection.get(include=["metadatas"])["metadatas"] or []:  # as ingestion wrote them
         prefix = _prefix(str(metadata["object_key"]))
-        extra: dict[str, Any] = {"meta_team": TEAMS[prefix]}
-        if prefix in READERS:
-            extra[READERS_KEY] = READERS[prefix]
-        labelled.append({**metadata, **extra})
-    collection.update(ids=stored["ids"], metadatas=labelled)  # type: ignore[arg-type]
+        assert metadata["meta_team"] == TEAMS[prefix]
+        assert metadata.get(READERS_KEY) == (sorted(READERS[prefix]) if prefix in READERS else None)
     yield config, path
     config.chroma.store().client().delete_collection(spec.collection_name)
     config.chroma.store().client().delete_collection(config.source("plain").collection_name)
