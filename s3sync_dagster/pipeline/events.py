@@ -13,9 +13,12 @@ from s3sync_dagster.pipeline import index, keys
 
 META_SUFFIX = ".meta.json"
 META_VERSION = "chroma-v1"
-# EventBridge's S3 detail-types that change what an object holds; every other one (restores, tags, ACLs,
-# storage classes) leaves its text as it was.
-EVENTBRIDGE_ACTIONS: Mapping[str, Literal["index", "remove"]] = {"Object Created": "index", "Object Deleted": "remove"}
+# EventBridge's S3 detail-types that change what an object holds, or (a completed restore) make an archived object
+# readable (pipeline/archive.py); every other one (a restore begun or expired, tags, ACLs, storage classes) leaves
+# its text as it was.
+EVENTBRIDGE_ACTIONS: Mapping[str, Literal["index", "remove"]] = {
+    "Object Created": "index", "Object Deleted": "remove", "Object Restore Completed": "index",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def _parse_records(records: Any, bucket_name: str, path_prefix: str) -> list[Par
                     NotUnderstood(f"record {number} ({_short(event_name)}): s3.object.key is not URL-encoded UTF-8")
                 )
                 continue
-            if event_name.startswith("ObjectCreated:"):
+            if event_name.startswith("ObjectCreated:") or event_name == "ObjectRestore:Completed":
                 action: Literal["index", "remove"] | None = "index"
             elif event_name.startswith(("ObjectRemoved:", "LifecycleExpiration:")):
                 action = "remove"  # a lifecycle rule's expiration deletes the object (or hides it behind a marker)

@@ -17,6 +17,7 @@ RESERVED_METADATA_KEYS = frozenset(
         "chunk_index", "chunk_count", "start_line", "end_line", "language", "chunker",
         "custom_id", "document_id", "sync_signature", "extractor", "page", "slide", "sheet",
         "page_end", "metadata_key", "container_tag", "project", "text_hash",
+        "version_id",
     }
 )  # fmt: skip
 
