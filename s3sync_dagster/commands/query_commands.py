@@ -45,6 +45,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             "start_line": hit.metadata.get("start_line"),
             "end_line": hit.metadata.get("end_line"),
             "document": hit.document,
+            # A versioned bucket's: the object version the chunk's text was read from.
+            **({"version_id": hit.metadata["version_id"]} if hit.metadata.get("version_id") else {}),
             **(
                 {
                     "context": [
@@ -63,7 +65,9 @@ def cmd_query(args: argparse.Namespace) -> int:
             f"{side} #{place}" for side, place in (("dense", hit.dense_rank), ("lexical", hit.lexical_rank)) if place
         )
         lines.append(
-            f"{rank}. {hit.metadata.get('object_key')} lines {hit.metadata.get('start_line')}-"
+            f"{rank}. {hit.metadata.get('object_key')}"
+            + (f" (version {hit.metadata['version_id']})" if hit.metadata.get("version_id") else "")
+            + f" lines {hit.metadata.get('start_line')}-"
             f"{hit.metadata.get('end_line')} ({sides}{'; ' + describe(hit.metadata) if args.every_writer else ''})"
         )
         if hit.context:

@@ -24,9 +24,11 @@ class RequestSettings:
 
 def refusal_hint(operation: str, status: int, code: str, settings: RequestSettings) -> str:
     """The setting to look at for S3's refusal of `operation` (HTTP `status`, error `code`), or ''."""
+    if code == "InvalidObjectState":  # an archived object (pipeline/archive.py): no setting helps
+        return ""
     if status == 403 and settings.request_payer is None and operation in REQUESTER_PAYS_OPERATIONS:
         return "if the bucket is requester-pays, set request_payer: requester"
-    if status == 400 and operation in CUSTOMER_KEY_OPERATIONS and code not in ("InvalidObjectState",):
+    if status == 400 and operation in CUSTOMER_KEY_OPERATIONS:
         if settings.sse_customer_key is None:
             return "if the object is encrypted with a customer key (SSE-C), set sse_customer_key: {env: VAR}"
         return "check sse_customer_key: S3 refuses a key other than the one the object was written with"
