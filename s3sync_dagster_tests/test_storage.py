@@ -172,3 +172,44 @@ def test_refusals_name_the_setting() -> None:
     assert "set sse_customer_key" in refusal_hint("HeadObject", 400, "400", none)
     assert "check sse_customer_key" in refusal_hint("GetObject", 400, "InvalidArgument", RequestSettings(None, "k"))
     assert refusal_hint("GetObject", 403, "InvalidObjectState", none) == ""
+
+
+def test_audit_counts_archived_keys_apart_from_drift_until_restored(
+    s3: Any, bucket: str, chroma_client: Any, embedder: CountingEmbedder
+) -> None:
+    from s3sync_dagster.pipeline.audit import audit
+
+    spec = SourceSpec(name="docs", bucket_name=bucket, collection_name="audit-archive", chunking_mode="lines")
+    collection = chroma_client.get_or_create_collection("audit-archive")
+    put(s3, bucket, {"plain.txt": "an indexed object\n"})
+    s3.put_object(Bucket=bucket, Key="cold.txt", Body=b"archived before it was indexed\n", StorageClass="GLACIER")
+    assert sync_object(s3, spec, lambda _: collection, embedder, "plain.txt").status == "indexed"
+    assert sync_object(s3, spec, lambda _: collection, embedder, "cold.txt").status == "archived"
+    drift = audit(s3, spec, [collection])
+    assert drift.missing == [] and drift.clean
+    assert drift.archived == {"cold.txt": "in storage class GLACIER, not restored"}
+    assert "1 archived (not restored)" in drift.summary()
+    s3.restore_object(Bucket=bucket, Key="cold.txt", RestoreRequest={"Days": 1})
+    restored = audit(s3, spec, [collection])
+    assert restored.missing == ["cold.txt"] and restored.archived == {}
+
+
+def test_poll_passes_request_archived_keys_again_only_every_recheck_pass() -> None:
+    from s3sync_dagster.pipeline.objects import ObjectInfo
+    from s3sync_dagster.pipeline.poll import ARCHIVE_RECHECK_PASSES, InMemoryStore, PollState
+
+    listing = [
+        ObjectInfo("cold.txt", 10, "e1", "2026-01-01T00:00:00+00:00", storage_class="GLACIER"),
+        ObjectInfo("plain.txt", 10, "e2", "2026-01-01T00:00:00+00:00", storage_class="STANDARD"),
+    ]
+    store = InMemoryStore()
+    requested = {}
+    for _ in range(2 * ARCHIVE_RECHECK_PASSES):
+        state = PollState(store)
+        number = state.pass_number
+        requested[number] = state.observe(listing)
+        state.finish_pass()
+        state.commit()
+    assert requested[1] == ["cold.txt", "plain.txt"]  # new
+    assert requested[ARCHIVE_RECHECK_PASSES] == requested[2 * ARCHIVE_RECHECK_PASSES] == ["cold.txt"]
+    assert all(not keys for number, keys in requested.items() if number % ARCHIVE_RECHECK_PASSES and number > 1)

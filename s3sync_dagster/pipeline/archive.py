@@ -29,6 +29,12 @@ def archived_reason(head: Mapping[str, Any]) -> str | None:
     return f"in storage class {where}, {state}"
 
 
+def listed_as_archived(storage_class: str) -> bool:
+    """Whether a listing's StorageClass may be an unrestored archive (a listing says nothing of restores, nor of
+    Intelligent-Tiering's tier: HEAD tells, archived_reason)."""
+    return storage_class in ARCHIVE_CLASSES
+
+
 def archived_message(object_key: str, reason: str, chunks_kept: int) -> str:
     """The report's message: what was not done, what stays, and what brings it in."""
     kept = f"its {chunks_kept} earlier chunk(s) kept" if chunks_kept else "nothing of it is indexed yet"

@@ -42,6 +42,7 @@ class ObjectInfo:
     last_modified: str  # ISO 8601, UTC
     archived: str | None = None  # why a GET is refused until restored (pipeline/archive.py); None: readable
     version_id: str | None = None  # HEAD's VersionId in a versioned bucket; None in an unversioned one
+    storage_class: str = ""  # a listing's StorageClass (S3 leaves it out of a HEAD of STANDARD)
 
 
 def _etag(raw: str) -> str:
@@ -311,6 +312,7 @@ def list_objects(
                         size=int(entry["Size"]),
                         etag=_etag(entry["ETag"]),
                         last_modified=entry["LastModified"].isoformat(),
+                        storage_class=str(entry.get("StorageClass") or ""),
                     )
     except ClientError as error:
         raise ObjectError(f"listing bucket '{bucket_name}' under '{path_prefix}' failed ({_describe(error)})") from None
