@@ -4,6 +4,7 @@ SSE-C requests without enforcing them (any key decrypts), so those tests read wh
 (botocore's before-send, the real request) and the refusal's wording is checked on its own."""
 
 import base64
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -161,7 +162,27 @@ def test_requester_pays_and_customer_key_are_sent_on_every_request_and_never_sho
         for _, headers in objects_read
     )
     assert not any("x-amz-server-side-encryption-customer-key" in headers for headers in listings)
-    assert customer_key not in report.message and customer_key not in repr(RequestSettings(None, customer_key))
+    # The key itself, not its base64 text, is what S3 gets: its MD5 is the decoded key's.
+    key_md5 = base64.b64encode(hashlib.md5(base64.b64decode(customer_key)).digest()).decode()
+    assert {headers["x-amz-server-side-encryption-customer-key-md5"] for _, headers in objects_read} == {key_md5}
+    assert customer_key not in report.message
+    raw_key = base64.b64decode(customer_key)
+    assert repr(raw_key) not in repr(RequestSettings(None, raw_key))
+
+
+def test_customer_key_and_literal_secret_are_refused_naming_the_field(
+    bucket: str, make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3sync_dagster.config import ConfigError
+
+    with pytest.raises(ConfigError, match="sse_customer_key") as refused:
+        make_config(bucket, sse_customer_key="c2VjcmV0LXZhbHVlLW5vdC1zaG93bi1hbnl3aGVyZS0xMjM0NTY=")
+    assert "c2VjcmV0" not in str(refused.value)
+    monkeypatch.setenv("S3SYNC_TEST_SSE_KEY", "not base64 at all")
+    config, _ = make_config(bucket, sse_customer_key={"env": "S3SYNC_TEST_SSE_KEY"})
+    with pytest.raises(ValueError, match=r"source 'docs' sse_customer_key: .*32-byte") as wrong:
+        s3_connection(config.source("docs")).get_client()
+    assert "not base64 at all" not in str(wrong.value)
 
 
 def test_refusals_name_the_setting() -> None:
@@ -170,7 +191,7 @@ def test_refusals_name_the_setting() -> None:
     assert "set request_payer: requester" in refusal_hint("GetObject", 403, "AccessDenied", none)
     assert refusal_hint("GetObject", 403, "AccessDenied", RequestSettings(request_payer="requester")) == ""
     assert "set sse_customer_key" in refusal_hint("HeadObject", 400, "400", none)
-    assert "check sse_customer_key" in refusal_hint("GetObject", 400, "InvalidArgument", RequestSettings(None, "k"))
+    assert "check sse_customer_key" in refusal_hint("GetObject", 400, "InvalidArgument", RequestSettings(None, b"k"))
     assert refusal_hint("GetObject", 403, "InvalidObjectState", none) == ""
 
 

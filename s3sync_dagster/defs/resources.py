@@ -25,7 +25,7 @@ from s3sync_dagster.config import (
 from s3sync_dagster.pipeline import objects, roles
 from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
-from s3sync_dagster.pipeline.request_settings import RequestSettings, send_request_settings
+from s3sync_dagster.pipeline.request_settings import RequestSettings, customer_key, send_request_settings
 from s3sync_dagster.pipeline.store import Store
 
 if TYPE_CHECKING:
@@ -179,10 +179,11 @@ class S3Connection(dg.ConfigurableResource):  # type: ignore[type-arg]
             "s3", self.read_timeout_seconds, use_ssl=self.use_ssl, verify=self.verify, request_settings=settings
         )
 
-    def _sse_customer_key(self) -> str | None:
+    def _sse_customer_key(self) -> bytes | None:
         if self.sse_customer_key_env is None:
             return None
-        return EnvRef(env=self.sse_customer_key_env).resolve(f"source '{self.source_name}' sse_customer_key")
+        what = f"source '{self.source_name}' sse_customer_key"
+        return customer_key(EnvRef(env=self.sse_customer_key_env).resolve(what), what)
 
     def get_sqs_client(self) -> Any:
         """The source's event queue is reached as its bucket is (same endpoint, region and credentials)."""

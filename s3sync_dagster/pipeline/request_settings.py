@@ -3,6 +3,8 @@ itself so that every call site sends them; and a refusal that names the setting 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,13 +15,25 @@ CUSTOMER_KEY_OPERATIONS = ("HeadObject", "GetObject")
 
 @dataclass(frozen=True)
 class RequestSettings:
-    """A source's `request_payer` and `sse_customer_key` (the key's value, resolved from its variable: never shown)."""
+    """A source's `request_payer` and `sse_customer_key` (the key's 32 bytes, from its variable: never shown)."""
 
     request_payer: str | None = None
-    sse_customer_key: str | None = field(default=None, repr=False)
+    sse_customer_key: bytes | None = field(default=None, repr=False)
 
     def __bool__(self) -> bool:
         return self.request_payer is not None or self.sse_customer_key is not None
+
+
+def customer_key(encoded: str, what: str) -> bytes:
+    """The AES-256 key a variable holds as base64 (botocore sends it base64-encoded, with its MD5, from the bytes).
+    A value that is not the base64 of 32 bytes is refused, naming `what` (the source and field), never the value."""
+    try:
+        key = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ValueError(f"{what}: the variable must hold the base64 of a 256-bit (32-byte) AES key (value not shown)")
+    return key
 
 
 def refusal_hint(operation: str, status: int, code: str, settings: RequestSettings) -> str:
