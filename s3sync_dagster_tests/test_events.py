@@ -112,13 +112,13 @@ def test_eventbridge_s3_events(body: str, expected: SyncRequest) -> None:
         (s3_event("docs/a.txt", bucket="other"), "not this source's bucket 'bkt'"),
         (s3_event("elsewhere/a.txt"), "outside this source's path_prefix 'docs/'"),
         (s3_event("docs/folder/"), "folder marker"),
-        (s3_event("docs/a.txt", "ObjectRestore:Completed"), "needs no sync"),
+        (s3_event("docs/a.txt", "ObjectRestore:Post"), "needs no sync"),
         (eventbridge("docs/a.txt", bucket="other"), "in bucket 'other', not this source's bucket 'bkt'"),
         (eventbridge("elsewhere/a.txt"), "outside this source's path_prefix 'docs/'"),
         (eventbridge("docs/folder/"), "folder marker"),
         (
-            eventbridge("docs/a.txt", "Object Restore Completed"),
-            "event Object Restore Completed for 'docs/a.txt' needs",
+            eventbridge("docs/a.txt", "Object Restore Initiated"),
+            "event Object Restore Initiated for 'docs/a.txt' needs",
         ),
         (eventbridge("docs/a.txt", "Object Tags Added"), "needs no sync"),
         (eventbridge("docs/a.txt", "Object Storage Class Changed"), "needs no sync"),
@@ -246,3 +246,16 @@ def test_meta_file_rules(content: bytes, rule: str) -> None:
         parse_meta_file("t1/doc.meta.json", content, "t1/")
     assert str(caught.value).startswith("metadata file 't1/doc.meta.json'")
     assert rule in str(caught.value)
+
+
+def test_restore_completed_indexes_and_delete_marker_removes() -> None:
+    """Issue 52: a completed restore makes an archived object readable; a delete marker hides it as a delete does."""
+    assert parse_message(s3_event("docs/a.txt", "ObjectRestore:Completed"), "bkt", "docs/") == [
+        SyncRequest("index", "docs/a.txt", "ObjectRestore:Completed")
+    ]
+    assert parse_message(eventbridge("docs/a.txt", "Object Restore Completed"), "bkt", "docs/") == [
+        SyncRequest("index", "docs/a.txt", "Object Restore Completed")
+    ]
+    assert parse_message(s3_event("docs/a.txt", "ObjectRemoved:DeleteMarkerCreated"), "bkt", "docs/") == [
+        SyncRequest("remove", "docs/a.txt", "ObjectRemoved:DeleteMarkerCreated")
+    ]

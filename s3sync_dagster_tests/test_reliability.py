@@ -732,7 +732,13 @@ SQS_CASES = {
     "not-an-s3-event-source": SqsCase(
         lambda bucket: [notification(s3_record(bucket, "in/a.txt", eventSource="aws:sns"))], kept=1
     ),
-    "restore-event": SqsCase(lambda bucket: [notification(s3_record(bucket, "in/a.txt", "ObjectRestore:Completed"))]),
+    # A completed restore makes an archived object readable: it is indexed (issue 52); a restore begun changes nothing.
+    "restore-event": SqsCase(
+        lambda bucket: [notification(s3_record(bucket, "in/a.txt", "ObjectRestore:Completed"))],
+        indexed=("in/a.txt",),
+        runs=1,
+    ),
+    "restore-begun-event": SqsCase(lambda bucket: [notification(s3_record(bucket, "in/a.txt", "ObjectRestore:Post"))]),
     "huge-message": SqsCase(huge_message, objects=("in/a.txt", "in/b.txt"), indexed=("in/a.txt", "in/b.txt"), runs=1),
     "duplicate-redelivery": SqsCase(lambda bucket: created("in/a.txt")(bucket) * 3, indexed=("in/a.txt",), runs=1),
     "removed-never-indexed": SqsCase(removed("in/ghost.txt")),
@@ -814,7 +820,7 @@ SQS_CASES = {
             eventbridge_event(bucket, "in/b.txt"),
         ],
         objects=("in/a.txt", "in/b.txt"),
-        indexed=("in/b.txt",),
+        indexed=("in/a.txt", "in/b.txt"),  # in/a.txt by its completed restore
         runs=1,
     ),
     # An EventBridge rule may target an SNS topic that the queue subscribes to.

@@ -57,6 +57,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             "end_line": hit.metadata.get("end_line"),
             "document": hit.document,
             **({"readers": hit.metadata.get(READERS_KEY, [])} if source.readers_tag else {}),  # who may read it
+            # A versioned bucket's: the object version the chunk's text was read from.
+            **({"version_id": hit.metadata["version_id"]} if hit.metadata.get("version_id") else {}),
             **(
                 {
                     "context": [
@@ -75,7 +77,9 @@ def cmd_query(args: argparse.Namespace) -> int:
             f"{side} #{place}" for side, place in (("dense", hit.dense_rank), ("lexical", hit.lexical_rank)) if place
         )
         lines.append(
-            f"{rank}. {hit.metadata.get('object_key')} lines {hit.metadata.get('start_line')}-"
+            f"{rank}. {hit.metadata.get('object_key')}"
+            + (f" (version {hit.metadata['version_id']})" if hit.metadata.get("version_id") else "")
+            + f" lines {hit.metadata.get('start_line')}-"
             f"{hit.metadata.get('end_line')} ({sides}{'; ' + describe(hit.metadata) if args.every_writer else ''})"
         )
         if hit.context:

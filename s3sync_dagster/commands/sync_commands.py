@@ -186,7 +186,12 @@ def cmd_repair(args: argparse.Namespace) -> int:
         said = ", ".join(f"{'n/a' if n is None else n} {kind}" for kind, n in drift["counts"].items())
         # Not drift: metadata files whose document is not in the bucket yet (its upload completes them).
         waiting = drift.get("waiting") or {}
-        return said + (f"; {len(waiting)} waiting for their document" if waiting else "")
+        archived = drift.get("archived") or {}  # not drift either: no sync can read them until restored
+        return (
+            said
+            + (f"; {len(waiting)} waiting for their document" if waiting else "")
+            + (f"; {len(archived)} archived (not restored)" if archived else "")
+        )
 
     lines = [f"source '{result.source}': before: {drift_text(result.before)}"]
     lines += [  # copies earlier releases' re-embeddings left

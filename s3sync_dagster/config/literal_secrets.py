@@ -28,6 +28,7 @@ SECRET_FIELDS: dict[tuple[str, ...], str] = {
     ("sources", "*", "aws_secret_access_key"): "AWS_SECRET_ACCESS_KEY",
     ("sources", "*", "aws_session_token"): "AWS_SESSION_TOKEN",
     ("sources", "*", "external_id"): "S3SYNC_EXTERNAL_ID",
+    ("sources", "*", "sse_customer_key"): "S3SYNC_SSE_CUSTOMER_KEY",
     ("chroma", "cloud", "api_key"): "CHROMA_API_KEY",
     ("chroma", "lexicon_postgres"): "S3SYNC_LEXICON_URL",
     ("webserver", "api_token"): "DAGSTER_CLOUD_API_TOKEN",

@@ -114,6 +114,9 @@ class SourceConfig(_Model):
     )
     # Requester-pays buckets: sent on every request that reads the bucket, as S3 asks.
     request_payer: Literal["requester"] | None = None
+    # Objects encrypted with a customer-provided key (SSE-C): the base64 of the 256-bit AES key, a secret as
+    # {env: VAR}; sent (with its MD5) on every HEAD and GET, never logged or shown.
+    sse_customer_key: EnvRef | None = None
     path_prefix: str = ""
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
@@ -175,7 +178,12 @@ class SourceConfig(_Model):
     _cloud_limits: bool = PrivateAttr(default=False)  # the store is Chroma Cloud (set by AppConfig)
 
     _literal = field_validator(
-        "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "external_id", mode="before"
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "external_id",
+        "sse_customer_key",
+        mode="before",
     )(_secret_must_be_env_ref)
     _urls = field_validator("endpoint_url", "sqs_queue_url")(_no_credentials_in_url)
 

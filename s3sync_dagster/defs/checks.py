@@ -22,6 +22,8 @@ from s3sync_dagster.pipeline.reports import KeyReport
 SHOWN = 20
 # Statuses whose object must have chunks in Chroma ("empty" and "removed" must not have any).
 HAS_CHUNKS = frozenset({"indexed", "unchanged"})
+# An archived object (pipeline/archive.py) keeps whatever chunks an earlier version left: not unreported ones.
+MAY_KEEP_CHUNKS = HAS_CHUNKS | {"archived"}
 
 
 def latest_statuses(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> dict[str, dict[str, Any]]:
@@ -85,7 +87,7 @@ def index_check(
     unknown = sorted(
         keys.to_object_key(partition)
         for partition in with_chunks
-        if statuses.get(partition, {}).get("status") not in HAS_CHUNKS
+        if statuses.get(partition, {}).get("status") not in MAY_KEEP_CHUNKS
     )
     context.log.info(
         f"{len(expected)} key(s) indexed, {len(missing)} without chunks, {len(unknown)} with chunks "
@@ -298,7 +300,7 @@ def index_in_run(reports: Sequence[KeyReport], found: Mapping[str, list[Mapping[
     unreported = sorted(
         report.object_key
         for report in reports
-        if report.status not in HAS_CHUNKS and report.status != "failed" and found.get(report.object_key)
+        if report.status not in MAY_KEEP_CHUNKS and report.status != "failed" and found.get(report.object_key)
     )
     description = (
         f"{len(missing)} of this run's {len(expected)} indexed key(s) have no chunks in Chroma"

@@ -25,6 +25,7 @@ from s3sync_dagster.config import (
 from s3sync_dagster.pipeline import objects, roles
 from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
+from s3sync_dagster.pipeline.request_settings import RequestSettings, customer_key, send_request_settings
 from s3sync_dagster.pipeline.store import Store
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def boto_client(
     profile_name: str | None = None,
     unsigned: bool = False,
     role: roles.Role | None = None,
+    request_settings: RequestSettings | None = None,
     **client_options: Any,
 ) -> Any:
     """An S3 or SQS client that gives up on a silent endpoint: connect and read timeouts, and retries
@@ -90,8 +92,12 @@ def boto_client(
         client = session.client(
             service, region_name=region_name, endpoint_url=endpoint_url, config=config, **signing, **client_options
         )
+    if service != "s3":
+        return client
+    # Requester pays and an SSE-C key on every request that needs them; a refusal names the setting to look at.
+    send_request_settings(client, request_settings or RequestSettings())
     # A web app where the endpoint should be answers 200 to everything: its page is refused, not read as no keys.
-    return objects.refuse_non_s3_answers(client) if service == "s3" else client
+    return objects.refuse_non_s3_answers(client)
 
 
 def _client_config(
@@ -161,11 +167,23 @@ class S3Connection(dg.ConfigurableResource):  # type: ignore[type-arg]
     external_id_env: str | None = None
     role_session_name: str = "s3sync-dagster"
     role_duration_seconds: int = 3600
+    # Sent on every request that reads the bucket (config's request_payer), and the SSE-C key's variable.
+    request_payer: str | None = None
+    sse_customer_key_env: str | None = None
 
     def get_client(self) -> Any:
         """An S3 client as S3Resource's get_client makes one, with this source's timeouts (it sets only
         max_attempts)."""
-        return self._boto("s3", self.read_timeout_seconds, use_ssl=self.use_ssl, verify=self.verify)
+        settings = RequestSettings(self.request_payer, self._sse_customer_key())
+        return self._boto(
+            "s3", self.read_timeout_seconds, use_ssl=self.use_ssl, verify=self.verify, request_settings=settings
+        )
+
+    def _sse_customer_key(self) -> bytes | None:
+        if self.sse_customer_key_env is None:
+            return None
+        what = f"source '{self.source_name}' sse_customer_key"
+        return customer_key(EnvRef(env=self.sse_customer_key_env).resolve(what), what)
 
     def get_sqs_client(self) -> Any:
         """The source's event queue is reached as its bucket is (same endpoint, region and credentials)."""
@@ -279,6 +297,8 @@ def s3_connection(source: SourceConfig) -> S3Connection:
         external_id_env=source.external_id.env if source.external_id else None,
         role_session_name=source.role_session_name,
         role_duration_seconds=source.role_duration_seconds,
+        request_payer=source.request_payer,
+        sse_customer_key_env=source.sse_customer_key.env if source.sse_customer_key else None,
     )
 
 

@@ -152,7 +152,13 @@ def pass_over_prefix(client: Any, source: SourceConfig, state: PollState, budget
         page = client.list_objects_v2(**request)
         changed += state.observe(
             (
-                objects.ObjectInfo(e["Key"], int(e["Size"]), e["ETag"].strip('"'), e["LastModified"].isoformat())
+                objects.ObjectInfo(
+                    e["Key"],
+                    int(e["Size"]),
+                    e["ETag"].strip('"'),
+                    e["LastModified"].isoformat(),
+                    storage_class=str(e.get("StorageClass") or "STANDARD"),
+                )
                 for e in page.get("Contents", [])
                 if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
             ),

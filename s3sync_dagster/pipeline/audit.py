@@ -21,6 +21,9 @@ Which chunks count:
 - A chunk is *orphaned* when its object (or the `.meta.json` that named it) is no longer in the
   bucket, or no longer selected by the source's prefix and include/exclude globs (`unselected`:
   a sync would index such an object again, so those chunks are deleted instead of re-synced).
+- A key that looks missing or stale but is *archived* (listed in an archive storage class, or Intelligent-Tiering,
+  and HEAD says it is not restored: pipeline/archive.py) is counted apart, not drift: no sync can read it until it
+  is restored, and its earlier chunks, if any, stay. One HEAD per such key, so the cost follows the drift.
 
 Tenancy (pipeline/owners.py): every chunk in this source's own collection that is not the source's
 (another configured source's, another project's, a writer that recorded no source: none may write
@@ -42,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline import events, index, lexicon, objects
+from s3sync_dagster.pipeline import archive, events, index, lexicon, objects
 from s3sync_dagster.pipeline.fetch import MAX_META_FILE_BYTES
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.owners import describe
@@ -56,6 +59,8 @@ if TYPE_CHECKING:  # pandas loads when an audit runs, not with the definitions e
 EmptyLookup = Callable[[Sequence[str]], Mapping[str, str]]
 # Given metadata files that look missing, the document each names (a file that cannot be read is left out).
 NamedLookup = Callable[[Sequence[str]], Mapping[str, str]]
+# Given keys that look missing or stale and are listed in a class that may be archived, those not restored -> why.
+ArchivedLookup = Callable[[Sequence[str]], Mapping[str, str]]
 
 
 @dataclass
@@ -87,6 +92,8 @@ class Drift:
     # Chunks of the source whose recorded text hash is not their text's, by collection (index.misembedded):
     # their vectors are not their texts'; a repair embeds their stored texts again.
     misembedded: dict[str, int] = field(default_factory=dict)
+    # Keys in an archive storage class and not restored -> why (not drift: no sync can read them yet).
+    archived: dict[str, str] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -116,6 +123,7 @@ class Drift:
         counts = self.counts()
         shown = ", ".join(f"{'n/a' if n is None else n} {kind}" for kind, n in counts.items())
         waiting = f"; {len(self.waiting)} metadata file(s) waiting for their document" if self.waiting else ""
+        waiting += f"; {len(self.archived)} archived (not restored)" if self.archived else ""
         return (
             f"source '{self.source}': {self.listed} object(s) listed, {self.chunks} chunk(s); drift: {shown}{waiting}"
         )
@@ -136,9 +144,11 @@ def frame_of(listing: Iterable[objects.ObjectInfo], target: SourceSpec) -> pd.Da
     selected: list[bool] = []
     sizes: list[int] = []
     storage_classes: list[str] = []
+    archivable: list[bool] = []
     for info in listing:
         object_keys.append(info.object_key)
         etags.append(info.etag)
+        archivable.append(archive.listed_as_archived(info.storage_class) or info.storage_class == "INTELLIGENT_TIERING")
         selected.append(objects.key_selected(info.object_key, target.path_prefix, target.include, target.exclude))
         sizes.append(info.size)
         storage_classes.append(info.storage_class)
@@ -150,6 +160,7 @@ def frame_of(listing: Iterable[objects.ObjectInfo], target: SourceSpec) -> pd.Da
             "selected": pd.Series(selected, dtype="bool"),
             "size": pd.Series(sizes, dtype="int64"),
             "storage_class": pd.Series(storage_classes, dtype="object"),
+            "archivable": pd.Series(archivable, dtype="bool"),
         }
     )
 
@@ -260,6 +271,7 @@ def join(
     known_empty: EmptyLookup | None = None,
     foreign: Mapping[str, int] | None = None,
     named: NamedLookup | None = None,
+    archived: ArchivedLookup | None = None,
 ) -> Drift:
     """Missing, stale, orphaned and waiting keys from the two frames (see the module's docstring for the rules).
 
@@ -283,6 +295,9 @@ def join(
     stale = sorted(stale_etag | incomplete_partitions)
     unindexed = selected_listing[~selected_listing["object_key"].isin(indexed_partitions)]
     missing, empty, waiting = _missing(listing, unindexed, known_empty, named)
+    not_restored = _archived(listing, {*missing, *stale}, archived)
+    missing = [object_key for object_key in missing if object_key not in not_restored]
+    stale = [object_key for object_key in stale if object_key not in not_restored]
     return Drift(
         target.name,
         False,
@@ -298,7 +313,29 @@ def join(
         misplaced=misplaced,
         incomplete=len(incomplete),
         waiting=dict(sorted(waiting.items())),
+        archived=dict(sorted(not_restored.items())),
     )
+
+
+def _archived(listing: pd.DataFrame, drifted: set[str], archived: ArchivedLookup | None) -> dict[str, str]:
+    """Of the keys that look missing or stale, those listed in a class that may be archived and not restored."""
+    if archived is None or not drifted or "archivable" not in listing:
+        return {}
+    candidates = sorted(set(listing.loc[listing["archivable"], "object_key"]) & drifted)
+    return dict(archived(candidates)) if candidates else {}
+
+
+def archived_keys(s3: S3Client, target: SourceSpec, object_keys: Sequence[str]) -> dict[str, str]:
+    """HEAD each key: those not restored -> why (a key that cannot be read now is left to the sync to report)."""
+    found = {}
+    for object_key in object_keys:
+        try:
+            reason = objects.head_object(s3, target.bucket_name, object_key).archived
+        except objects.ObjectError:
+            continue
+        if reason is not None:
+            found[object_key] = reason
+    return found
 
 
 def _placed(chunks: pd.DataFrame, target: SourceSpec) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -446,8 +483,9 @@ def audit(
     chunks = chunk_frame(reading(), target, foreign)
     chroma = time.perf_counter()
     drift = join(
-        listing, chunks, target, known_empty, foreign, lambda meta_keys: named_documents(s3, target, meta_keys)
-    )
+        listing, chunks, target, known_empty, foreign, lambda meta_keys: named_documents(s3, target, meta_keys),
+        lambda object_keys: archived_keys(s3, target, object_keys),
+    )  # fmt: skip
     drift.collections = read
     drift.lexicon = lexicon_drift(written)
     drift.misembedded = {

@@ -13,9 +13,12 @@ from s3sync_dagster.pipeline import index, keys
 
 META_SUFFIX = ".meta.json"
 META_VERSION = "chroma-v1"
-# EventBridge's S3 detail-types that change what an object holds; every other one (restores, ACLs,
-# storage classes) leaves its text as it was.
-EVENTBRIDGE_ACTIONS: Mapping[str, Literal["index", "remove"]] = {"Object Created": "index", "Object Deleted": "remove"}
+# EventBridge's S3 detail-types that change what an object holds, or (a completed restore) make an archived object
+# readable (pipeline/archive.py); tags apart (below); every other one (a restore begun or expired, ACLs, storage classes) leaves
+# its text as it was.
+EVENTBRIDGE_ACTIONS: Mapping[str, Literal["index", "remove"]] = {
+    "Object Created": "index", "Object Deleted": "remove", "Object Restore Completed": "index",
+}  # fmt: skip
 # A tag change leaves the text as it was but may change the chunks' labels (pipeline/labels.py): the key is synced
 # again, which for a source without labels is a HEAD that finds it current (no GET, no write).
 EVENTBRIDGE_TAG_EVENTS = frozenset({"Object Tags Added", "Object Tags Deleted"})
@@ -145,7 +148,10 @@ def _parse_records(records: Any, bucket_name: str, path_prefix: str) -> list[Par
                     NotUnderstood(f"record {number} ({_short(event_name)}): s3.object.key is not URL-encoded UTF-8")
                 )
                 continue
-            if event_name.startswith(("ObjectCreated:", TAGGING_EVENT_PREFIX)):
+            if (
+                event_name.startswith(("ObjectCreated:", TAGGING_EVENT_PREFIX))
+                or event_name == "ObjectRestore:Completed"
+            ):
                 action: Literal["index", "remove"] | None = "index"
             elif event_name.startswith(("ObjectRemoved:", "LifecycleExpiration:")):
                 action = "remove"  # a lifecycle rule's expiration deletes the object (or hides it behind a marker)

@@ -11,6 +11,7 @@ from typing import Any
 from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline import claims, events, keys, labels, objects
+from s3sync_dagster.pipeline.archive import archived_message
 from s3sync_dagster.pipeline.claims import own_chunks as own_chunks
 from s3sync_dagster.pipeline.meta_links import InMemoryMetaLinks, MetaLinks
 from s3sync_dagster.pipeline.metadata_rules import Metadata, validate_user_metadata
@@ -113,6 +114,11 @@ def fetch(
     if not stored and empty_etag == info.etag:
         report.status = "unchanged"
         report.message = "empty at this ETag: nothing read or written"
+        report.duration_s = time.perf_counter() - started
+        return report
+    if info.archived is not None:  # S3 refuses its GET until restored: not a failure, and nothing removed
+        report.status, report.chunk_count = "archived", len(stored)
+        report.message = archived_message(object_key, info.archived, len(stored))
         report.duration_s = time.perf_counter() - started
         return report
     shared = collection_name != spec.collection_name

@@ -18,6 +18,7 @@ RESERVED_METADATA_KEYS = frozenset(
         "custom_id", "document_id", "sync_signature", "extractor", "page", "slide", "sheet",
         "page_end", "metadata_key", "container_tag", "project", "text_hash",
         "readers",  # who may read the object: only a source's readers_tag or default_readers (pipeline/labels.py)
+        "version_id",
     }
 )  # fmt: skip
 

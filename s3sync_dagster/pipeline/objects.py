@@ -18,6 +18,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from s3sync_dagster.pipeline.archive import archived_reason
 from s3sync_dagster.pipeline.globs import glob_matches as glob_matches
 from s3sync_dagster.pipeline.globs import key_selected as key_selected
 
@@ -42,6 +43,8 @@ class ObjectInfo:
     # The listing's StorageClass (ListObjectsV2 names it; a HEAD does only when not STANDARD).
     storage_class: str = "STANDARD"
     user_metadata: tuple[tuple[str, str], ...] = ()  # x-amz-meta-* from a HEAD (names lowercased); a listing has none
+    archived: str | None = None  # why a GET is refused until restored (pipeline/archive.py); None: readable
+    version_id: str | None = None  # HEAD's VersionId in a versioned bucket; None in an unversioned one
 
 
 def _etag(raw: str) -> str:
@@ -219,7 +222,9 @@ def head_object(s3: S3Client, bucket_name: str, object_key: str) -> ObjectInfo:
     except ClientError as error:
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if status == 404:
-            raise ObjectMissing(f"object '{object_key}' does not exist in bucket '{bucket_name}'") from None
+            headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            marker = " (its current version is a delete marker)" if headers.get("x-amz-delete-marker") == "true" else ""
+            raise ObjectMissing(f"object '{object_key}' does not exist in bucket '{bucket_name}'{marker}") from None
         raise ObjectError(
             f"object '{object_key}' in bucket '{bucket_name}': HEAD failed ({_describe(error)})"
         ) from None
@@ -234,7 +239,15 @@ def head_object(s3: S3Client, bucket_name: str, object_key: str) -> ObjectInfo:
         etag=_etag(head["ETag"]),
         last_modified=head["LastModified"].isoformat(),
         user_metadata=tuple(sorted((str(k).lower(), str(v)) for k, v in (head.get("Metadata") or {}).items())),
+        archived=archived_reason(head),
+        version_id=_version_id(head),
     )
+
+
+def _version_id(head: dict[str, Any]) -> str | None:
+    """A versioned bucket's version id; an unversioned bucket's objects have none (S3 may answer 'null')."""
+    version_id = head.get("VersionId")
+    return str(version_id) if version_id and version_id != "null" else None
 
 
 def check_size(info: ObjectInfo, max_object_bytes: int) -> None:
@@ -246,13 +259,15 @@ def check_size(info: ObjectInfo, max_object_bytes: int) -> None:
 
 
 def read_object(s3: S3Client, bucket_name: str, info: ObjectInfo, max_object_bytes: int) -> bytes:
-    """GET the very version HEAD saw (If-Match on its ETag), refusing it before download if too large."""
+    """GET the very version HEAD saw (If-Match on its ETag, and its VersionId in a versioned bucket, so the text and
+    the version id recorded agree), refusing it before download if too large."""
     check_size(info, max_object_bytes)
+    version = {"VersionId": info.version_id} if info.version_id else {}
     try:
-        response = s3.get_object(Bucket=bucket_name, Key=info.object_key, IfMatch=f'"{info.etag}"')
+        response = s3.get_object(Bucket=bucket_name, Key=info.object_key, IfMatch=f'"{info.etag}"', **version)
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code")
-        if code in ("NoSuchKey", "404"):
+        if code in ("NoSuchKey", "NoSuchVersion", "404"):
             raise ObjectMissing(f"object '{info.object_key}' was deleted while it was being read") from None
         if code == "PreconditionFailed":
             raise ObjectError(

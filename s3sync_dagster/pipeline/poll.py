@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from s3sync_dagster.pipeline.archive import listed_as_archived
 from s3sync_dagster.pipeline.objects import ObjectInfo
 
 PROGRESS_ENTRY = "progress"
@@ -32,6 +33,10 @@ PROGRESS_ENTRY = "progress"
 READ_BATCH = 500
 # Keys per page when a legacy file's keys become the previous pass (ListObjectsV2's own page size).
 LEGACY_PAGE_SIZE = 1000
+# A restore leaves an archived object's ETag as it was, so no pass sees it change: every this many passes, the
+# unchanged keys a listing shows in an archive class (pipeline/archive.py) are requested again, to be indexed once
+# restored. Cost: one HEAD and one read of its stored chunks' metadata per such key (unchanged ones write nothing).
+ARCHIVE_RECHECK_PASSES = 10
 
 
 class KeyValueStore(Protocol):
@@ -126,16 +131,24 @@ class PollState:
         return self._previous
 
     def observe(self, listed: Iterable[ObjectInfo], *, last_modified: bool = False) -> list[str]:
-        """Record one page of the listing; returns the keys that are new or whose ETag changed.
+        """Record one page of the listing; returns the keys that are new or whose ETag changed, and on every
+        ARCHIVE_RECHECK_PASSES-th pass the unchanged ones in an archive class (their restore changes no ETag).
 
         last_modified: the LastModified too (stored as `etag@time`), for a source whose chunks carry the objects'
         user metadata: a copy in place with new metadata keeps the ETag but not the time (pipeline/labels.py).
         """
         previous = self._previous_pass()
-        page = {info.object_key: f"{info.etag}@{info.last_modified}" if last_modified else info.etag for info in listed}
+        infos = list(listed)
+        page = {info.object_key: f"{info.etag}@{info.last_modified}" if last_modified else info.etag for info in infos}
+        recheck = self.pass_number % ARCHIVE_RECHECK_PASSES == 0
+        archived = {info.object_key for info in infos if recheck and listed_as_archived(info.storage_class)}
         self._staged[page_entry(self.pass_number, self._progress.pages)] = json.dumps(page, separators=(",", ":"))
         self._progress = replace(self._progress, pages=self._progress.pages + 1)
-        return [object_key for object_key, etag in page.items() if previous.get(object_key) != etag]
+        return [
+            object_key
+            for object_key, etag in page.items()
+            if previous.get(object_key) != etag or object_key in archived
+        ]
 
     def next_page(self, token: str | None) -> None:
         self._progress = replace(self._progress, token=token)

@@ -9,8 +9,9 @@ from typing import Any, Literal
 from s3sync_dagster.pipeline import extract, index, objects
 
 # waiting: a .meta.json names an object not in the bucket (yet); ignored: a document in metadata mode,
-# indexed only through the .meta.json files naming it (reported in the run's log, not on a partition).
-Status = Literal["indexed", "unchanged", "empty", "removed", "waiting", "ignored", "failed"]
+# indexed only through the .meta.json files naming it (reported in the run's log, not on a partition); archived:
+# in an archive storage class and not restored (pipeline/archive.py): not read, not failed, its chunks kept.
+Status = Literal["indexed", "unchanged", "empty", "removed", "waiting", "ignored", "archived", "failed"]
 
 
 @dataclass

@@ -76,6 +76,8 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
             chunk_metadata["metadata_key"] = fetched.meta_key
         if container_tag is not None:
             chunk_metadata["container_tag"] = container_tag
+        if info.version_id is not None:  # a versioned bucket's: the version the text was read from (GET by it)
+            chunk_metadata["version_id"] = info.version_id
         if page is not None:
             chunk_metadata["page"] = page
             if extracted.page_label != "page":
