@@ -47,15 +47,17 @@ def cache_dir(path: str | Path | None = None) -> Path:
 
 
 def package_file(cache: str | Path | None = None) -> Path:
-    """The newest `python-django-doc_*_all.deb` in the cache folder; a clear error naming the fetch command."""
+    """The `python-django-doc_*_all.deb` in the cache folder: the checked version if it is there, else the one
+    fetched last (names do not sort by version: deb12u10 < deb12u7); a clear error naming the fetch command."""
     folder = cache_dir(cache)
-    found = sorted(path for path in folder.glob(f"{PACKAGE}_*_all.deb") if _DEB_NAME.match(path.name))
+    found = [path for path in folder.glob(f"{PACKAGE}_*_all.deb") if _DEB_NAME.match(path.name)]
     if not found:
         raise FileNotFoundError(
             f"no {PACKAGE}_*_all.deb in {folder}: the second retrieval corpus is Debian's {PACKAGE}; "
             f"fetch it with `{FETCH_COMMAND}`, or `cd {folder} && apt-get download {PACKAGE}`"
         )
-    return found[-1]
+    checked = [path for path in found if package_version(path) == CHECKED_VERSION]
+    return checked[0] if checked else max(found, key=lambda path: (path.stat().st_mtime, path.name))
 
 
 def package_version(path: Path) -> str:
