@@ -248,19 +248,20 @@ def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     try:
         s3 = common.s3_client(server.endpoint_url)
         fresh = not (workdir / "python" / "chroma").exists()
-        if fresh or (args.before and not (workdir / "python-before" / "chroma").exists()):
+        if args.no_first:
+            pass
+        elif fresh or (args.before and not (workdir / "python-before" / "chroma").exists()):
             retrieval.fill_corpus(
                 server.endpoint_url, args.files, args.seed, retrieval.MAX_BYTES, args.semantic, args.paraphrase
             )
-        stores = [synced_store("python", workdir, server.endpoint_url, retrieval.BUCKET)]
-        if args.before:
+        stores = [] if args.no_first else [synced_store("python", workdir, server.endpoint_url, retrieval.BUCKET)]
+        if args.before and not args.no_first:
             stores.append(
                 synced_store("python-before", workdir, server.endpoint_url, retrieval.BUCKET, before=args.before)
             )
-        first = first_sets(stores[0], args.files, args.probes, args.seed, args.semantic)
         for store in stores:
-            # The probes' answers are chunk ids of their own store: the sets are made again for each.
-            sets = first if store is stores[0] else first_sets(store, args.files, args.probes, args.seed, args.semantic)
+            # The probes' answers are chunk ids of their own store: the sets are made for each.
+            sets = first_sets(store, args.files, args.probes, args.seed, args.semantic)
             result["stores"][store.name] = measure_store(store, sets)
         if args.second:
             from benchmarks import second_corpus
@@ -282,6 +283,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.answers", description=__doc__)
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--second", help="the second question set's name (benchmarks/probes/NAME.json)")
+    parser.add_argument("--no-first", action="store_true", help="the second corpus only")
     parser.add_argument("--before", help="a git revision whose engine syncs each corpus again ('today')")
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--probes", type=int, default=1200)
