@@ -33,7 +33,7 @@ CLOUD = {"tenant": "t", "database": "d", "api_key": {"env": "S3SYNC_TEST_CLOUD_K
 OURS: Metadata = {
     "object_key": "docs/a.txt", "bucket_name": "b", "source": "docs", "etag": "e", "last_modified": "2025-01-01",
     "size_bytes": 10, "chunk_index": 0, "chunk_count": 1, "start_line": 1, "end_line": 1, "chunker": "lines",
-    "extractor": "text", "document_id": "d" * 64, "sync_signature": "s" * 16,
+    "extractor": "text", "document_id": "d" * 64, "sync_signature": "s" * 16, "chunk_context": "docs/a.txt",
 }  # fmt: skip
 
 

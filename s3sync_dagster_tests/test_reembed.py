@@ -23,6 +23,7 @@ from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline import reembed, store
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster_tests.conftest import put
@@ -83,13 +84,15 @@ def sync(s3: Any, config: AppConfig, keys: list[str]) -> None:
 
 
 def held(config: AppConfig, name: str) -> dict[str, Any]:
-    """What the store holds under the name: precision recorded, chunks (id -> text, vector), the other names."""
+    """What the store holds under the name: precision recorded, chunks (id -> text, vector), what was embedded for
+    each (its context line and text), the other names."""
     client = config.chroma.store().client()
     collection = client.get_collection(name)
-    found = collection.get(include=["documents", "embeddings"])
+    found = collection.get(include=["documents", "embeddings", "metadatas"])
     return {
         "precision": (collection.configuration_json["embedding_function"]["config"] or {}).get("precision", "float32"),
         "chunks": {i: (d, np.array(v)) for i, d, v in zip(found["ids"], found["documents"], found["embeddings"], strict=True)},
+        "inputs": {i: embedding_input(d, m) for i, d, m in zip(found["ids"], found["documents"], found["metadatas"], strict=True)},
         "names": sorted(c.name for c in client.list_collections() if c.name.startswith(name) and c.name != name),
     }  # fmt: skip
 
@@ -101,7 +104,7 @@ def assert_whole_in_int8(config: AppConfig, name: str, before: dict[str, Any]) -
         i: text for i, (text, _) in before["chunks"].items()
     }
     ids = sorted(after["chunks"])
-    exact = np.array(ChromaDefaultFunction(precision="int8")([after["chunks"][i][0] for i in ids]))
+    exact = np.array(ChromaDefaultFunction(precision="int8")([after["inputs"][i] for i in ids]))
     assert np.allclose(np.array([after["chunks"][i][1] for i in ids]), exact, atol=1e-5)
 
 
