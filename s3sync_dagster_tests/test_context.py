@@ -132,6 +132,8 @@ def test_a_long_context_is_cut_from_its_least_specific_end_and_the_chunk_never()
     assert "".join(chunks) == text  # the chunker alone decides the chunks
     whole = context_lines("deep/very/long/path/to/a/guide.md", "markdown", chunks, None)
     cut = context_lines("deep/very/long/path/to/a/guide.md", "markdown", chunks, budget)
+    # The write path's lines (its chunks are the chunker's: most lines are counted alone) are the same.
+    assert context_lines("deep/very/long/path/to/a/guide.md", "markdown", chunks, budget, chunked=True) == cut
     counter = budget.counter()
     assert counter is not None
     inputs = [embedding_input(chunk, {CONTEXT_KEY: line}) for chunk, line in zip(chunks, cut, strict=True)]

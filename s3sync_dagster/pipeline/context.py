@@ -58,12 +58,20 @@ def _joined(context: str, text: str) -> str:
     return f"{context}{_JOIN}{text}" if context else text
 
 
-def context_lines(object_key: str, language: str | None, texts: Sequence[str], budget: TokenBudget | None) -> list[str]:
+def context_lines(
+    object_key: str,
+    language: str | None,
+    texts: Sequence[str],
+    budget: TokenBudget | None,
+    *,
+    chunked: bool = False,
+) -> list[str]:
     """The context line of each chunk of one object, given its chunks' texts in order (blank chunks may be
     left out: they hold no heading), each cut to what the window leaves beside its chunk (`fit`).
 
     language: the chunk metadata's `language`: "markdown" (markdown files and converted documents: headings),
-    a programming language (its enclosing definitions), or None (the key alone)."""
+    a programming language (its enclosing definitions), or None (the key alone). chunked: the texts are the
+    chunker's under this very budget (each within its max_tokens), which spares counting most of them."""
     if not texts:
         return []
     title: str | None = None
@@ -83,30 +91,52 @@ def context_lines(object_key: str, language: str | None, texts: Sequence[str], b
         while len(parts) > 1 and len(SEPARATOR.join(parts)) > CONTEXT_CHARS:
             parts.pop(0)
         lines.append(SEPARATOR.join(parts))
-    return fit(lines, texts, budget)
+    return fit(lines, texts, budget, chunked=chunked)
 
 
 # --- the cut ----------------------------------------------------------------------------------
 
 
-def fit(contexts: Sequence[str], texts: Sequence[str], budget: TokenBudget | None) -> list[str]:
+def fit(
+    contexts: Sequence[str], texts: Sequence[str], budget: TokenBudget | None, *, chunked: bool = False
+) -> list[str]:
     """Each context cut until it and its chunk fit the model's window together (the chunk is never cut):
     whole parts from its least specific end first, then words of the last part, else nothing. No budget (no
-    window known): as they are."""
+    window known): as they are. chunked: as `context_lines`."""
     if budget is None:
         return list(contexts)
     cost = _Cost(budget)
-    inputs = [_joined(context, text) for context, text in zip(contexts, texts, strict=True)]
+    sure = cost.beside_any_chunk(set(contexts)) if chunked else set()
+    unsure = [index for index, context in enumerate(contexts) if context and context not in sure]
     fitted = list(contexts)
-    for index, fits in enumerate(cost.fit(inputs)):
-        if not fits and contexts[index]:
+    fits = cost.fit([_joined(contexts[index], texts[index]) for index in unsure])
+    for index, fit_whole in zip(unsure, fits, strict=True):
+        if not fit_whole:
             fitted[index] = _cut(contexts[index], texts[index], cost)
     return fitted
+
+
+# Tokens the join may cost beyond the line's and the chunk's own (a byte-level BPE's token for the blank line).
+_JOIN_TOKENS: Final = 2
 
 
 @dataclass(frozen=True)
 class _Cost:
     budget: TokenBudget
+
+    def beside_any_chunk(self, contexts: set[str]) -> set[str]:
+        """The lines that fit beside any chunk within the budget's max_tokens: counted alone (a few distinct lines
+        an object), so most chunks are never tokenized again."""
+        counter = self.budget.counter()
+        if counter is None:
+            return set()
+        window, distinct = self.budget.window or self.budget.max_tokens, sorted(contexts)
+        room = window - self.budget.max_tokens - _JOIN_TOKENS
+        return {
+            line
+            for line, count in zip(distinct, counter.count(distinct), strict=True)
+            if count - counter.special_tokens <= room
+        }
 
     def fit(self, inputs: Sequence[str]) -> list[bool]:
         """Whether each input fits the window (special tokens included; without a tokenizer a byte a token)."""

@@ -37,7 +37,8 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
     # Whitespace alone is nothing anyone can find: an object of only blanks is empty, not one blank chunk.
     pieces = [(piece, page) for piece, page in pieces if piece.text.strip()]
     # Over the whole object, not page by page: a heading on one page is in effect on the next.
-    contexts = context.context_lines(object_key, chunked.language, [piece.text for piece, _ in pieces], spec.tokens)
+    texts = [piece.text for piece, _ in pieces]
+    contexts = context.context_lines(object_key, chunked.language, texts, spec.tokens, chunked=True)
     lap(report, "chunk", mark)
     report.chunker, report.language, report.extractor = chunked.chunker, chunked.language, extracted.extractor
     report.chunk_count = len(pieces)
