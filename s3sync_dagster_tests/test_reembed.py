@@ -142,9 +142,10 @@ def test_a_model_change_reembeds_from_stored_texts_and_swaps_with_queries_answer
     sync(s3, int8, ["manuals/lamp.txt"])
     assert held(int8, name)["precision"] == "float32" and held(int8, name)["names"] == [reembed.copy_name(name)]
     copy = held(int8, reembed.copy_name(name))
-    (lamp,) = [(text, vector) for text, vector in copy["chunks"].values() if "desk lamp" in text]
+    (lamp,) = [(i, text, vector) for i, (text, vector) in copy["chunks"].items() if "desk lamp" in text]
     assert copy["precision"] == "int8" and len(copy["chunks"]) == 1
-    assert np.allclose(lamp[1], ChromaDefaultFunction(precision="int8")([lamp[0]])[0], atol=1e-5)
+    assert copy["inputs"][lamp[0]] == f"manuals/lamp.txt\n\n{lamp[1]}"  # its context line, then its text
+    assert np.allclose(lamp[2], ChromaDefaultFunction(precision="int8")([copy["inputs"][lamp[0]]])[0], atol=1e-5)
     before = held(int8, name)
     assert any("desk lamp" in text for text, _ in before["chunks"].values())  # in the collection too, in float32
     thread = threading.Thread(target=ask, daemon=True)
