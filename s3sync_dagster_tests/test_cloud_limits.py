@@ -33,7 +33,7 @@ CLOUD = {"tenant": "t", "database": "d", "api_key": {"env": "S3SYNC_TEST_CLOUD_K
 OURS: Metadata = {
     "object_key": "docs/a.txt", "bucket_name": "b", "source": "docs", "etag": "e", "last_modified": "2025-01-01",
     "size_bytes": 10, "chunk_index": 0, "chunk_count": 1, "start_line": 1, "end_line": 1, "chunker": "lines",
-    "extractor": "text", "document_id": "d" * 64, "sync_signature": "s" * 16,
+    "extractor": "text", "document_id": "d" * 64, "sync_signature": "s" * 16, "chunk_context": "docs/a.txt",
 }  # fmt: skip
 
 
@@ -128,7 +128,7 @@ def test_32_user_keys_break_clouds_32_keys_a_record(fault_row: Row) -> None:
     with pytest.raises(ValueError) as caught:
         check_records([record(), record(**thirty_two)], "object 'docs/a.txt'")
     message = str(caught.value)
-    assert message.startswith("object 'docs/a.txt': chunk 0 would carry 47 metadata keys"), message
+    assert message.startswith("object 'docs/a.txt': chunk 0 would carry 48 metadata keys"), message
     assert "Maximum number of record metadata keys" in message and "nothing of it was written" in message
     fault_row.passed = True
 

@@ -16,6 +16,7 @@ import yaml
 from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import load_config
 from s3sync_dagster.pipeline import reembed
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.default_model import ONNX_FILES, ensure_default_model, ensure_int8_model, int8_target
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction, EmbeddingSpec
 from s3sync_dagster.pipeline.sync import sync_keys
@@ -108,8 +109,9 @@ def test_an_int8_collection_records_it_and_is_queried_in_int8_whatever_the_confi
     try:
         recorded = collection.configuration_json["embedding_function"]
         assert (recorded["name"], recorded["config"]) == ("default", {"precision": "int8"})
-        stored = collection.get(ids=collection.get(limit=1)["ids"], include=["embeddings", "documents"])
-        assert np.allclose(stored["embeddings"][0], ChromaDefaultFunction(precision="int8")(stored["documents"])[0])
+        stored = collection.get(ids=collection.get(limit=1)["ids"], include=["embeddings", "documents", "metadatas"])
+        embedded = [embedding_input(stored["documents"][0], stored["metadatas"][0])]  # context line and text
+        assert np.allclose(stored["embeddings"][0], ChromaDefaultFunction(precision="int8")(embedded)[0])
 
         # The config turned back to float32: the collection still takes writes in int8, and a write begins its
         # re-embedding into a float32 copy (test_reembed.py), never a mix of the two in one collection.

@@ -16,6 +16,7 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline import index, keys, store
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
 from s3sync_dagster.pipeline.sync import sync_keys, sync_object
 from s3sync_dagster_tests.conftest import Row, put, store_chunks
@@ -94,9 +95,10 @@ def test_a_stored_vector_is_reused_only_for_the_very_same_text_and_repair_embeds
     put(s3, bucket, {"docs/b.txt": "An edited line.\n" + SENTENCE})
     (report,) = sync(s3, config, "docs", ["docs/b.txt"])
     assert report.status == "indexed"
-    found = collection.get(where={"object_key": "docs/b.txt"}, include=["documents", "embeddings"])
-    for text, vector in zip(found["documents"], found["embeddings"], strict=True):
-        assert cosine(vector, model([text])[0]) > 0.99, text  # the model's vector of its own text
+    found = collection.get(where={"object_key": "docs/b.txt"}, include=["documents", "embeddings", "metadatas"])
+    for text, vector, metadata in zip(found["documents"], found["embeddings"], found["metadatas"], strict=True):
+        embedded = embedding_input(text, metadata)  # its context line and its own text
+        assert cosine(vector, model([embedded])[0]) > 0.99, text
     capsys.readouterr()
     assert main(["repair", "docs", "--config", str(path), "--json"]) == 0
     done = json.loads(capsys.readouterr().out)
@@ -106,8 +108,10 @@ def test_a_stored_vector_is_reused_only_for_the_very_same_text_and_repair_embeds
     collection = config.chroma.store().collection(config.sources[0].collection_name, config.embedding.spec())
     got = collection.get(ids=[edited], include=["documents", "embeddings", "metadatas"])
     assert got["documents"] == ["An edited line."]
-    assert cosine(got["embeddings"][0], model(["An edited line."])[0]) > 0.99
-    assert got["metadatas"][0]["text_hash"] == index.text_hash("An edited line.", index.function_record(collection))
+    embedded = embedding_input("An edited line.", got["metadatas"][0])
+    assert embedded == "docs/a.txt\n\nAn edited line."
+    assert cosine(got["embeddings"][0], model([embedded])[0]) > 0.99
+    assert got["metadatas"][0]["text_hash"] == index.text_hash(embedded, index.function_record(collection))
     expected = {
         (collection.name, keys.chunk_id(keys.object_id(key), n)): text
         for key, lines in {
@@ -365,11 +369,13 @@ LINES = {f"docs/{n}.txt": f"Line {n} of the docs, about topic number {n}.\n" for
 
 
 def int8_whole(config: AppConfig, name: str) -> dict[str, str]:
-    """The collection's chunks (id -> text), after checking it records int8 and every vector is its text's."""
+    """The collection's chunks (id -> text), after checking it records int8 and every vector is its context line's
+    and text's."""
     collection = config.chroma.store().client().get_collection(name)
     assert collection.configuration_json["embedding_function"]["config"] == {"precision": "int8"}
-    found = collection.get(include=["documents", "embeddings"])
-    exact = ChromaDefaultFunction(precision="int8")(list(found["documents"]))
+    found = collection.get(include=["documents", "embeddings", "metadatas"])
+    inputs = [embedding_input(d, m) for d, m in zip(found["documents"], found["metadatas"], strict=True)]
+    exact = ChromaDefaultFunction(precision="int8")(inputs)
     assert np.allclose(np.array(found["embeddings"]), np.array(exact), atol=1e-5)
     return dict(zip(found["ids"], found["documents"], strict=True))
 

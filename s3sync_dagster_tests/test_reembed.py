@@ -23,6 +23,7 @@ from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline import reembed, store
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster_tests.conftest import put
@@ -83,13 +84,15 @@ def sync(s3: Any, config: AppConfig, keys: list[str]) -> None:
 
 
 def held(config: AppConfig, name: str) -> dict[str, Any]:
-    """What the store holds under the name: precision recorded, chunks (id -> text, vector), the other names."""
+    """What the store holds under the name: precision recorded, chunks (id -> text, vector), what was embedded for
+    each (its context line and text), the other names."""
     client = config.chroma.store().client()
     collection = client.get_collection(name)
-    found = collection.get(include=["documents", "embeddings"])
+    found = collection.get(include=["documents", "embeddings", "metadatas"])
     return {
         "precision": (collection.configuration_json["embedding_function"]["config"] or {}).get("precision", "float32"),
         "chunks": {i: (d, np.array(v)) for i, d, v in zip(found["ids"], found["documents"], found["embeddings"], strict=True)},
+        "inputs": {i: embedding_input(d, m) for i, d, m in zip(found["ids"], found["documents"], found["metadatas"], strict=True)},
         "names": sorted(c.name for c in client.list_collections() if c.name.startswith(name) and c.name != name),
     }  # fmt: skip
 
@@ -101,7 +104,7 @@ def assert_whole_in_int8(config: AppConfig, name: str, before: dict[str, Any]) -
         i: text for i, (text, _) in before["chunks"].items()
     }
     ids = sorted(after["chunks"])
-    exact = np.array(ChromaDefaultFunction(precision="int8")([after["chunks"][i][0] for i in ids]))
+    exact = np.array(ChromaDefaultFunction(precision="int8")([after["inputs"][i] for i in ids]))
     assert np.allclose(np.array([after["chunks"][i][1] for i in ids]), exact, atol=1e-5)
 
 
@@ -139,9 +142,10 @@ def test_a_model_change_reembeds_from_stored_texts_and_swaps_with_queries_answer
     sync(s3, int8, ["manuals/lamp.txt"])
     assert held(int8, name)["precision"] == "float32" and held(int8, name)["names"] == [reembed.copy_name(name)]
     copy = held(int8, reembed.copy_name(name))
-    (lamp,) = [(text, vector) for text, vector in copy["chunks"].values() if "desk lamp" in text]
+    (lamp,) = [(i, text, vector) for i, (text, vector) in copy["chunks"].items() if "desk lamp" in text]
     assert copy["precision"] == "int8" and len(copy["chunks"]) == 1
-    assert np.allclose(lamp[1], ChromaDefaultFunction(precision="int8")([lamp[0]])[0], atol=1e-5)
+    assert copy["inputs"][lamp[0]] == f"manuals/lamp.txt\n\n{lamp[1]}"  # its context line, then its text
+    assert np.allclose(lamp[2], ChromaDefaultFunction(precision="int8")([copy["inputs"][lamp[0]]])[0], atol=1e-5)
     before = held(int8, name)
     assert any("desk lamp" in text for text, _ in before["chunks"].values())  # in the collection too, in float32
     thread = threading.Thread(target=ask, daemon=True)

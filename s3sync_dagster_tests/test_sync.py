@@ -100,41 +100,49 @@ def test_shifted_chunks_reuse_stored_vectors(
 LICENCE = "".join(f"Apache License clause {n}.\n" for n in range(10))
 
 
-def test_a_text_stored_for_another_object_of_the_source_reuses_its_vector(
+def test_a_vector_is_reused_only_for_the_same_context_and_text(
     s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
 ) -> None:
-    # A copy under another key, and a shared licence header (its own chunk of 10 lines): the model sees each
-    # distinct text once in the collection, and the copy's vectors are the original's, exactly.
+    # What is embedded for a chunk is its context line and its text (pipeline/context.py), and its hash is of both:
+    # a copy under another key stands elsewhere (its line names its key), so its chunks are embedded for it.
     original = LICENCE + numbered_lines(10, "alpha")
-    put(
-        s3, spec.bucket_name, {"a.txt": original, "copy/a.txt": original, "b.txt": LICENCE + numbered_lines(10, "beta")}
-    )
+    put(s3, spec.bucket_name, {"a.txt": original, "copy/a.txt": original})
     first = sync_object(s3, spec, lambda _: collection, embedder, "a.txt")
-    assert first.chunks_embedded == 2 and len(embedder.texts) == 2
+    assert first.chunks_embedded == 2 and embedder.texts == [
+        f"a.txt\n\n{LICENCE}",
+        f"a.txt\n\n{original[len(LICENCE) :]}",
+    ]
     embedder.texts.clear()
     copied = sync_object(s3, spec, lambda _: collection, embedder, "copy/a.txt")
-    assert copied.chunks_written == 2 and copied.chunks_embedded == 0 and embedder.texts == []
-    other = sync_object(s3, spec, lambda _: collection, embedder, "b.txt")
-    assert other.chunks_written == 2 and other.chunks_embedded == 1 and len(embedder.texts) == 1
-    assert embedder.texts[0].startswith("beta number 0")
+    assert copied.chunks_embedded == 2 and embedder.texts[0] == f"copy/a.txt\n\n{LICENCE}"
 
-    def vectors(key: str) -> dict[str, Any]:
+    def rows(key: str) -> dict[str, Any]:
         found = collection.get(where={"object_key": key}, include=["documents", "embeddings", "metadatas"])
         return {
             text: (vector, meta)
             for text, vector, meta in zip(found["documents"], found["embeddings"], found["metadatas"], strict=True)
         }
 
-    a, copy, b = vectors("a.txt"), vectors("copy/a.txt"), vectors("b.txt")
-    assert set(a) == set(copy) and all((a[t][0] == copy[t][0]).all() for t in a)
-    assert (a[LICENCE][0] == b[LICENCE][0]).all()
-    # The hash is of the text and of the function the collection records.
+    a, copy = rows("a.txt"), rows("copy/a.txt")
+    assert set(a) == set(copy) and not (a[LICENCE][0] == copy[LICENCE][0]).all()
+    # The hash is of what was embedded and of the function the collection records.
     function = index.function_record(collection)
     assert '"name": "default"' in function
-    assert a[LICENCE][1]["text_hash"] == b[LICENCE][1]["text_hash"] == index.text_hash(LICENCE, function)
+    assert a[LICENCE][1]["text_hash"] == index.text_hash(f"a.txt\n\n{LICENCE}", function)
+    assert copy[LICENCE][1]["text_hash"] == index.text_hash(f"copy/a.txt\n\n{LICENCE}", function)
     assert index.text_hash(LICENCE, function) != index.text_hash(
         LICENCE, function.replace("{}", '{"precision": "int8"}')
     )
+    # Another object's chunk of the very same context line and text (written as such) takes the stored vector.
+    embedder.texts.clear()
+    donor = collection.get(where={"object_key": "a.txt"}, include=["metadatas"])
+    line = next(m["chunk_context"] for m in donor["metadatas"] if m["chunk_index"] == 0)
+    twin = index.ChunkRecord("twin-0", LICENCE, {"source": "docs", "bucket_name": spec.bucket_name, "object_key": "t",
+                                                  "chunk_index": 0, "chunk_context": line})  # fmt: skip
+    stats = index.replace_chunks(collection, [twin], {}, embedder)
+    assert stats.written == 1 and stats.embedded == 0 and embedder.texts == []
+    (vector,) = collection.get(ids=["twin-0"], include=["embeddings"])["embeddings"]
+    assert (vector == a[LICENCE][0]).all()
 
 
 def test_a_vector_is_never_taken_from_another_writers_chunk(collection: Any, embedder: CountingEmbedder) -> None:

@@ -1,5 +1,6 @@
 """The re-embed job's run: a source's collection re-embedded under the configured function and swapped in
-(pipeline/reembed.py), its progress in the run's log line by line, its figures on the run's output."""
+(pipeline/reembed.py), or, under the function it records, its chunks written before context lines given them in
+place (pipeline/context_backfill.py); its progress in the run's log line by line, its figures on the run's output."""
 
 import time
 from typing import Any
@@ -10,9 +11,10 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.defs.run_config import ReembedConfig
-from s3sync_dagster.pipeline import index, keys, reembed
+from s3sync_dagster.pipeline import context_backfill, index, keys, reembed
 from s3sync_dagster.pipeline.embed import EmbeddingSpec, same_function
 from s3sync_dagster.pipeline.owners import Owner
+from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.store import Store
 
 # The first words of every progress line the run logs (what `s3sync reembed` shows as it goes).
@@ -28,8 +30,9 @@ def reembed_source(
 ) -> dg.Output[None]:
     """Re-embed with the configured function, and swap in, what the source owns: its own collection, then each
     collection holding only its chunks (the targets its metadata files name; index.may_reembed). With `abandon`
-    (or when the config embeds with a collection's own function again), drop the copy of a re-embedding underway.
-    Nothing of another source or project is copied or swapped."""
+    (or when the config embeds with a collection's own function again), drop the copy of a re-embedding underway;
+    under the function a collection records, its chunks of this source written before context lines get them
+    (embedded again in place, no S3 read). Nothing of another source or project is copied or swapped."""
     from chromadb.errors import NotFoundError
 
     spec = embedding.spec()
@@ -45,9 +48,10 @@ def reembed_source(
             raise dg.Failure(
                 f"source '{source.name}' has not been synced yet: collection '{name}' does not exist"
             ) from None
-        owner = source.spec(spec).owner
+        source_spec = source.spec(spec)
+        owner = source_spec.owner
         for target in _owned(store, name, spec, owner):
-            status, progress = _reembed_one(context, store, target, spec, config)
+            status, progress = _reembed_one(context, store, target, spec, config, source_spec)
             if target == name or status != "current":
                 figures["status"] = status if target == name else figures["status"]
                 figures.setdefault("collections", []).append(f"{target}: {status}")
@@ -80,9 +84,15 @@ def _owned(store: Store, name: str, spec: EmbeddingSpec, owner: Owner) -> list[s
 
 
 def _reembed_one(
-    context: dg.OpExecutionContext, store: Store, name: str, spec: EmbeddingSpec, config: ReembedConfig
+    context: dg.OpExecutionContext,
+    store: Store,
+    name: str,
+    spec: EmbeddingSpec,
+    config: ReembedConfig,
+    source: SourceSpec,
 ) -> tuple[str, reembed.Progress | None]:
-    """Re-embed one collection and swap it in (or abandon its copy); its status and progress."""
+    """Re-embed one collection and swap it in (or abandon its copy; or, under its own function, give its chunks
+    written before context lines theirs); its status and progress."""
     client = store.client()
     reembed.recover(client, name)  # a swap a kill cut short: finished (its retired collection dropped) first
     collection = store.collection(name, spec, create=False)  # opened in the function it records
@@ -98,7 +108,9 @@ def _reembed_one(
                 else f"{status}: it holds {spec.describe() if status == 'current' else 'its own'} vectors"
             )
         )
-        return status, None
+        if config.abandon:
+            return status, None
+        return _add_contexts(context, collection, spec, source, status)
     context.log.info(f"{PROGRESS_PREFIX}collection '{name}': re-embedding with {spec.describe()}")
     _, progress = reembed.run(
         client,
@@ -107,5 +119,26 @@ def _reembed_one(
         report=lambda progress: context.log.info(PROGRESS_PREFIX + progress.line()),
         step=failpoints.reached,
         page_size=config.batch_size,
+        contexts=source.tokens,
     )
     return "swapped", progress
+
+
+def _add_contexts(
+    context: dg.OpExecutionContext, collection: Any, spec: EmbeddingSpec, source: SourceSpec, status: str
+) -> tuple[str, reembed.Progress | None]:
+    """Under the function the collection records: its chunks of `source` written before context lines given theirs
+    from their objects' stored chunks, embedded again in place (docs/search.md, "What is embedded")."""
+
+    def report(chunks: int, objects: int) -> None:
+        context.log.info(
+            f"{PROGRESS_PREFIX}collection '{collection.name}': context lines: {chunks:,} chunks of {objects:,} objects"
+        )
+
+    chunks, objects = context_backfill.add_missing(collection, spec.build(), source.tokens, source.owner, report)
+    if not chunks:
+        return status, None
+    context.log.info(
+        f"{PROGRESS_PREFIX}collection '{collection.name}': context lines added to {chunks:,} chunks of {objects:,} objects"
+    )
+    return "contexts added", reembed.Progress(total=chunks, done=chunks, embedded=chunks, phase="contexts added")

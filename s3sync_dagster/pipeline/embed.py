@@ -182,6 +182,7 @@ class EmbeddingSpec:
             max_tokens=chunk_max_tokens or self.default_chunk_tokens(),
             tokenizer_file=str(tokenizer) if tokenizer is not None and tokenizer.is_file() else None,
             model=self.describe(),
+            window=window,
         )
 
 

@@ -27,6 +27,7 @@ from s3sync_dagster.pipeline.claims import (
     owned,
     strangers,
 )
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.lifecycle import (
     COPY_OF_KEY,
     FALLBACK_MAX_BATCH,
@@ -116,7 +117,8 @@ class WriteStats:
     unchanged: int = 0
     deleted: int = 0
     embed_seconds: float = 0.0  # time in the model, included in the write
-    embedded_texts: set[str] = dataclasses.field(default_factory=set)  # the texts the model embedded
+    # What the model embedded (context.embedding_input: context line and text).
+    embedded_texts: set[str] = dataclasses.field(default_factory=set)
 
 
 def _with_deletions(new: Metadata, old: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,7 +156,8 @@ def replace_chunks(
     to_update: list[ChunkRecord] = []
     for record in records:
         old = stored.get(record.chunk_id)
-        if old is None or old.text != record.text:
+        # Same text under another context (a heading renamed, a section moved): embedded again.
+        if old is None or old.text != record.text or embedding_input(record.text, old.metadata) != record.embedded:
             to_write.append(record)
         elif dict(old.metadata) != record.metadata:
             to_update.append(record)
@@ -179,7 +182,7 @@ def replace_chunks(
             [v for i, v in enumerate(vectors) if i not in held],
         )
     for part in batches(list(range(len(to_write))), batch):
-        written = {to_write[i].chunk_id: to_write[i].text for i in part}
+        written = {to_write[i].chunk_id: to_write[i].embedded for i in part}  # the lexical index holds context + text
         with lexicon.mirrored(collection, list(written), written):
             collection.upsert(
                 ids=[to_write[i].chunk_id for i in part],

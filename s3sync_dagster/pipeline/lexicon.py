@@ -20,9 +20,11 @@ It is derived, and exact as the chunks are:
   in PostgreSQL where its config names one (pipeline/lexicon_postgres.py), else the lexical side asks the
   server's full-text filter; Chroma Cloud answers with its own BM25 index.
 
-Tokens: every term of a chunk's text as search.py reads them (`terms.text_terms`: folded, words joined by
-. and -), each hashed to an ASCII token, so FTS5's `ascii` tokenizer takes it whole whatever its letters.
-BM25 is FTS5's (k1 1.2, b 0.75, over every term of every chunk in the collection).
+Tokens: every term of what is embedded for a chunk (its context line and its text, `context.embedding_input`:
+a chunk under a heading "Server Memory" is found by "memory" though its text lacks the word) as search.py reads
+them (`terms.text_terms`: folded, words joined by . and -), each hashed to an ASCII token, so FTS5's `ascii`
+tokenizer takes it whole whatever its letters. BM25 is FTS5's (k1 1.2, b 0.75, over every term of every chunk in
+the collection).
 """
 
 from __future__ import annotations
@@ -39,13 +41,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.terms import text_terms
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
 FILE = "s3sync-lexicon.sqlite3"
-# Of the tokens (the term rule, the folding, the hash): an index of another version is rebuilt, not read.
+# Of the tokens (the term rule, the folding, the hash): an index of another version is rebuilt, not read. The
+# context line did not change it: a chunk without one is indexed as before, so an index built before is exact.
 VERSION = 1
 READ_PAGE = 2000  # chunks read from Chroma at a time when building or verifying
 BUSY_MS = 60_000
@@ -173,9 +177,9 @@ class Lexicon:
                 db.executemany(f"INSERT OR IGNORE INTO {pending} VALUES (?)", [(chunk_id,) for chunk_id in ids])
 
     def refresh(self, collection: Collection, ids: Sequence[str], held: Mapping[str, str] | None = None) -> None:
-        """Make the index hold, for these ids, what Chroma now holds: `held` (id -> text; an id not in it is
-        gone) where the caller knows it (an upsert's texts, a delete's nothing), else their texts read back
-        from Chroma by id."""
+        """Make the index hold, for these ids, what Chroma now holds: `held` (id -> context line and text; an id
+        not in it is gone) where the caller knows it (an upsert's, a delete's nothing), else read back from
+        Chroma by id (`read_texts`)."""
         if not ids:
             return
         if held is None:
@@ -253,7 +257,8 @@ class Lexicon:
         return None
 
     def verify(self, collection: Collection) -> list[str]:
-        """The chunk ids whose text the index does not hold as Chroma does (missing, extra or changed)."""
+        """The chunk ids whose context line and text the index does not hold as Chroma does (missing, extra or
+        changed)."""
         with self._connection() as db:
             _, chunks, _ = _tables(collection.id)
             try:
@@ -288,23 +293,37 @@ class Lexicon:
         return [(str(chunk_id), float(score)) for chunk_id, score in rows]
 
 
+def _indexed(found: Mapping[str, Any]) -> dict[str, str]:
+    """id -> what the index holds for a chunk of a Chroma read: its context line and text (its `documents` and
+    `metadatas`)."""
+    ids = found["ids"]
+    documents = found.get("documents") or [""] * len(ids)
+    metadatas = found.get("metadatas") or [None] * len(ids)
+    return {
+        chunk_id: embedding_input(document or "", metadata)
+        for chunk_id, document, metadata in zip(ids, documents, metadatas, strict=True)
+    }
+
+
 def read_texts(collection: Collection, ids: Sequence[str]) -> dict[str, str]:
-    """What Chroma holds for these ids, read by id (an id it does not hold is absent)."""
+    """What the index should hold for these ids (context line and text), as Chroma holds them, read by id (an id
+    it does not hold is absent)."""
     read: dict[str, str] = {}
     for start in range(0, len(ids), READ_PAGE):
-        found = collection.get(ids=list(ids[start : start + READ_PAGE]), include=["documents"])
-        read.update(zip(found["ids"], [document or "" for document in found["documents"] or []], strict=True))
+        read.update(
+            _indexed(collection.get(ids=list(ids[start : start + READ_PAGE]), include=["documents", "metadatas"]))
+        )
     return read
 
 
 def pages(collection: Collection) -> Iterator[dict[str, str]]:
-    """Every chunk's text, READ_PAGE chunks at a time (id -> text)."""
+    """What the index should hold for every chunk (context line and text), READ_PAGE chunks at a time."""
     offset = 0
     while True:
-        found = collection.get(limit=READ_PAGE, offset=offset, include=["documents"])
+        found = collection.get(limit=READ_PAGE, offset=offset, include=["documents", "metadatas"])
         if not found["ids"]:
             return
-        yield dict(zip(found["ids"], [document or "" for document in found["documents"] or []], strict=True))
+        yield _indexed(found)
         offset += len(found["ids"])
 
 
@@ -410,8 +429,9 @@ def of(collection: Collection) -> LexicalIndex | None:
 
 @contextlib.contextmanager
 def mirrored(collection: Collection, ids: Sequence[str], written: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Around a write of these ids to Chroma: pending before, mirrored after. written: what Chroma holds for
-    them once the write succeeded (an upsert's texts; {} for a delete), else (an `add`, which leaves an id
+    """Around a write of these ids to Chroma: pending before, mirrored after. written: what the index holds for
+    them once the write succeeded (an upsert's context lines and texts, `ChunkRecord.embedded`; {} for a
+    delete), else (an `add`, which leaves an id
     another writer holds as it is) it is read back; a failed write's ids are read back too."""
     lexicon = of(collection)
     if lexicon is None:

@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from s3sync_dagster.pipeline.context import CONTEXT_KEY
+
 MetadataValue = str | int | float | bool | list[str] | list[int] | list[float] | list[bool]
 Metadata = dict[str, MetadataValue]
 
@@ -19,6 +21,7 @@ RESERVED_METADATA_KEYS = frozenset(
         "page_end", "metadata_key", "container_tag", "project", "text_hash",
         "readers",  # who may read the object: only a source's readers_tag or default_readers (pipeline/labels.py)
         "version_id",
+        CONTEXT_KEY,  # where the chunk stands in its object: embedded and indexed before its text
     }
 )  # fmt: skip
 

@@ -7,8 +7,9 @@ holding two models' vectors answers every query wrong. So a model change (anothe
 1. **Begun**: the copy is created (`begin`), recording on its metadata which function it re-embeds from.
    From then on every write through pipeline/index.py to the collection lands in the copy too, in the new
    function (`lifecycle.attach_copy`): a sync during the re-embedding keeps the copy exact.
-2. **Filled** (`fill`): every chunk of the collection, page by page, its stored text embedded by the new
-   function and added to the copy with its id and metadata. No S3 read, no extraction. `add` leaves a chunk a
+2. **Filled** (`fill`): every chunk of the collection, page by page, its stored context line and text embedded by
+   the new function and added to the copy with its id and metadata (a chunk written before context lines gets
+   one, from its object's stored chunks: pipeline/context_backfill.py). No S3 read, no extraction. `add` leaves a chunk a
    sync already wrote to the copy as it is; chunks already in the copy (an earlier, interrupted pass) are
    skipped before they are embedded.
 3. **Reconciled** (`reconcile`), until a pass finds nothing: every chunk whose id, text or metadata differ
@@ -22,24 +23,25 @@ answered from the old vectors until the swap and from the new ones after. A cras
 the next `run` resumes (the copy kept, filled further) and the next open makes consistent (`recover`).
 `step` names each point (a test kills the process there).
 
-The copies earlier releases left, and which a repair drops, are pipeline/leftovers.py's (importable from here).
+What is written to the copy (each chunk's context line and text embedded; the two collections compared) is
+pipeline/reembed_copy.py's; the copies earlier releases left, and which a repair drops, are pipeline/leftovers.py's
+(both importable from here).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
-from s3sync_dagster.pipeline import lexicon
+from s3sync_dagster.pipeline import lexicon, reembed_copy
+from s3sync_dagster.pipeline.context_backfill import completed
 from s3sync_dagster.pipeline.leftovers import Leftover as Leftover
 from s3sync_dagster.pipeline.leftovers import drop_leftovers as drop_leftovers
 from s3sync_dagster.pipeline.leftovers import leftovers as leftovers
@@ -56,14 +58,15 @@ from s3sync_dagster.pipeline.lifecycle import (
     is_copy_of,
     opened,
 )
-from s3sync_dagster.pipeline.stored import delete_ids
-from s3sync_dagster.pipeline.vectors import TEXT_HASH, function_record, text_hash
+from s3sync_dagster.pipeline.reembed_copy import Digest, embed_into, reconcile
+from s3sync_dagster.pipeline.reembed_copy import catch_up as catch_up
+from s3sync_dagster.pipeline.tokens import TokenBudget
 
 # On a collection whose re-embedding was abandoned: the function it was to (a sync under that config does not
 # begin it again; `s3sync reembed` does).
 ABANDONED_KEY = "s3sync_reembed_abandoned"
 _MARKERS = frozenset({FROM_KEY, RETIRED_KEY, ABANDONED_KEY, COPY_OF_KEY})
-PAGE = 500  # chunks read, embedded and added at a time
+PAGE = reembed_copy.PAGE  # chunks read, embedded and added at a time
 RECONCILE_ROUNDS = 5  # passes that still found differences before giving up (writes outpacing the copy)
 SWAP_WAIT_S = 10.0  # how long a reader waits for a swap's second rename
 
@@ -210,33 +213,6 @@ def begin(
     return copy
 
 
-def _hashed(metadata: Mapping[str, Any] | None, text: str, function: str) -> dict[str, Any]:
-    return {**dict(metadata or {}), TEXT_HASH: text_hash(text, function)}
-
-
-def _embed_into(
-    copy: Collection,
-    function: EmbeddingFunction[Documents],
-    ids: list[str],
-    documents: list[str],
-    metadatas: list[Any],
-    upsert: bool,
-) -> int:
-    """Embed documents once per distinct text and write them to the copy; returns the texts embedded."""
-    record = function_record(copy)
-    distinct = sorted(set(documents))
-    vectors = dict(zip(distinct, function(distinct), strict=True)) if distinct else {}
-    write = copy.upsert if upsert else copy.add
-    with lexicon.mirrored(copy, ids):
-        write(
-            ids=ids,
-            embeddings=[vectors[text] for text in documents],  # type: ignore[arg-type]
-            documents=documents,
-            metadatas=[_hashed(m, t, record) for m, t in zip(metadatas, documents, strict=True)],  # type: ignore[misc]
-        )
-    return len(distinct)
-
-
 def fill(
     collection: Collection,
     copy: Collection,
@@ -245,8 +221,10 @@ def fill(
     report: Callable[[Progress], None],
     step: Step,
     page_size: int = PAGE,
+    contexts: TokenBudget | None = None,
 ) -> None:
-    """Every chunk of the collection not yet in the copy, embedded by `function` and added, page by page."""
+    """Every chunk of the collection not yet in the copy, embedded by `function` and added, page by page; one
+    without a context line given one, cut to `contexts` (None: copied without)."""
     progress.phase, progress.total, progress.done = "re-embedding", collection.count(), copy.count()
     report(progress)
     started, offset = time.perf_counter(), 0
@@ -258,71 +236,14 @@ def fill(
         present = set(copy.get(ids=page["ids"], include=[])["ids"])
         todo = [i for i, chunk_id in enumerate(page["ids"]) if chunk_id not in present]
         if todo:
+            ids = [page["ids"][i] for i in todo]
             documents = [(page["documents"] or [])[i] or "" for i in todo]
-            metadatas = [(page["metadatas"] or [])[i] for i in todo]
-            progress.embedded += _embed_into(
-                copy, function, [page["ids"][i] for i in todo], documents, metadatas, upsert=False
-            )
+            metadatas = completed(collection, ids, [(page["metadatas"] or [])[i] for i in todo], contexts)
+            progress.embedded += embed_into(copy, function, ids, documents, metadatas, upsert=False)
         progress.done = copy.count()
         progress.seconds = time.perf_counter() - started
         report(progress)
         step("reembed:page")
-
-
-def _digests(collection: Collection) -> dict[str, str]:
-    """Each chunk's text and metadata (but its text hash, which names the function), as one digest by id."""
-    out: dict[str, str] = {}
-    offset = 0
-    while True:
-        page = collection.get(limit=PAGE * 4, offset=offset, include=["documents", "metadatas"])  # type: ignore[list-item]
-        if not page["ids"]:
-            return out
-        offset += len(page["ids"])
-        for chunk_id, text, metadata in zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True):
-            kept = {k: v for k, v in (metadata or {}).items() if k != TEXT_HASH}
-            out[chunk_id] = hashlib.sha256(json.dumps([text, kept], sort_keys=True, default=str).encode()).hexdigest()
-
-
-def reconcile(
-    collection: Collection, copy: Collection, function: EmbeddingFunction[Documents]
-) -> tuple[int, dict[str, str]]:
-    """Make the copy hold exactly the collection's chunks (ids, texts, metadata): returns how many it fixed, and
-    the collection's digests as read (what the copy holds now, unless written meanwhile)."""
-    theirs, ours = _digests(collection), _digests(copy)
-    extra = sorted(set(ours) - set(theirs))
-    differing = sorted(chunk_id for chunk_id, digest in theirs.items() if ours.get(chunk_id) != digest)
-    if extra:
-        delete_ids(copy, extra)
-    _copy_chunks(collection, copy, function, differing)
-    return len(extra) + len(differing), theirs
-
-
-def _copy_chunks(source: Collection, copy: Collection, function: EmbeddingFunction[Documents], ids: list[str]) -> None:
-    for start in range(0, len(ids), PAGE):
-        found = source.get(ids=ids[start : start + PAGE], include=["documents", "metadatas"])  # type: ignore[list-item]
-        if found["ids"]:
-            documents = [text or "" for text in found["documents"] or []]
-            _embed_into(copy, function, list(found["ids"]), documents, list(found["metadatas"] or []), upsert=True)
-
-
-def catch_up(
-    retired: Collection, swapped: Collection, snapshot: Mapping[str, str], function: EmbeddingFunction[Documents]
-) -> int:
-    """Bring into the swapped-in collection what reached the old one after the last reconcile pass read it
-    (`snapshot`) and before it was retired: a writer that opened the collection before the copy was begun writes
-    it alone. A chunk the new collection changed since too (a newer write, to both or after the swap) is left
-    as it is. Returns how many chunks it wrote or removed."""
-    now_old, now_new = _digests(retired), _digests(swapped)
-    changed = [
-        chunk_id
-        for chunk_id in sorted(set(now_old) | set(snapshot))
-        if now_old.get(chunk_id) != snapshot.get(chunk_id) and now_new.get(chunk_id) == snapshot.get(chunk_id)
-    ]
-    gone = [chunk_id for chunk_id in changed if chunk_id not in now_old]
-    if gone:
-        delete_ids(swapped, gone)
-    _copy_chunks(retired, swapped, function, [chunk_id for chunk_id in changed if chunk_id in now_old])
-    return len(changed)
 
 
 def swap(
@@ -330,7 +251,8 @@ def swap(
     name: str,
     function: EmbeddingFunction[Documents],
     step: Step = _nothing,
-    snapshot: Mapping[str, str] | None = None,
+    snapshot: Mapping[str, Digest] | None = None,
+    contexts: TokenBudget | None = None,
 ) -> Collection:
     """The copy takes the collection's name; what reached the old one after `snapshot` is caught up; the old one
     is dropped. Each rename is one step; another process finding the name missing between them finishes the swap
@@ -344,7 +266,7 @@ def swap(
     swapped = get_collection(client, name, function)
     retired = _retired(client, name)
     if snapshot is not None and retired is not None:
-        catch_up(opened(client, retired), swapped, snapshot, function)
+        catch_up(opened(client, retired), swapped, snapshot, function, contexts)
     recover(client, name)  # drops the retired collection
     return swapped
 
@@ -409,8 +331,11 @@ def run(
     report: Callable[[Progress], None] = lambda _: None,
     step: Step = _nothing,
     page_size: int = PAGE,
+    contexts: TokenBudget | None = None,
 ) -> tuple[Collection, Progress]:
     """Re-embed `collection` under `function` and swap the copy in: begin (or resume), fill, reconcile, swap.
+    contexts: what the context line of a chunk written without one is cut to (the source's token budget, its
+    `window` the new model's); None: such chunks are copied without one.
 
     Another re-embedding of the same collection at the same time (two runs launched together on a server): the
     first to swap wins; this one, finding its collection swapped or gone, ends with the swapped-in collection
@@ -420,7 +345,7 @@ def run(
     recover(client, collection.name)
     progress = Progress()
     try:
-        return _run(client, collection, function, progress, report, step, page_size), progress
+        return _run(client, collection, function, progress, report, step, page_size, contexts), progress
     except NotFoundError:
         current = _get(client, collection.name)
         if current is not None and current.id != collection.id and _records(current, function):
@@ -441,14 +366,15 @@ def _run(
     report: Callable[[Progress], None],
     step: Step,
     page_size: int,
+    contexts: TokenBudget | None,
 ) -> Collection:
     copy = begin(client, collection, function, again=True)
     step("reembed:begun")
-    fill(collection, copy, function, progress, report, step, page_size)
+    fill(collection, copy, function, progress, report, step, page_size, contexts)
     progress.phase = "reconciling"
     report(progress)
     for _ in range(RECONCILE_ROUNDS):
-        fixed, snapshot = reconcile(collection, copy, function)
+        fixed, snapshot = reconcile(collection, copy, function, contexts)
         progress.reconciled += fixed
         if not fixed:
             break
@@ -468,7 +394,7 @@ def _run(
         from chromadb.errors import NotFoundError
 
         raise NotFoundError(f"collection '{collection.name}' was swapped meanwhile")
-    swapped = swap(client, collection.name, function, step, snapshot)
+    swapped = swap(client, collection.name, function, step, snapshot, contexts)
     progress.phase = "swapped"
     report(progress)
     return swapped

@@ -12,6 +12,7 @@ from typing import Any
 from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline import lexicon
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.lexicon import LexicalIndex
 from s3sync_dagster.pipeline.search_rows import Ranking, chroma_where, plain_metadata
 from s3sync_dagster.pipeline.terms import (  # how text becomes terms, read by both sides of search
@@ -73,7 +74,8 @@ class Lexical:
 
 def lexical_side(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Lexical:
     """Looks each query term up whole-word in the collection (`where_document` `$regex`) for its document
-    frequency, and picks the chunks holding the rarest terms as candidates."""
+    frequency, and picks the chunks holding the rarest terms as candidates. Chroma's filter reads the chunks'
+    texts only: a term only a chunk's context line holds (a heading's) is not found this way."""
     terms = query_terms(text)
     matching: dict[str, list[str]] = {}
     for term in terms:
@@ -199,7 +201,13 @@ def lexical_ranking(collection: Collection, text: str, n: int, where: Mapping[st
         (chunk_id, document or "", plain_metadata(metadata))
         for chunk_id, document, metadata in zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True)
     ]
-    average = average_words([document for _, document, _ in rows])
-    scored = [(chunk_id, document, metadata, side.bm25(document, average)) for chunk_id, document, metadata in rows]
+    # BM25 counts the terms of what the lexical index holds, context line and text (context.embedding_input);
+    # the hit keeps the chunk's own text.
+    indexed_texts = {chunk_id: embedding_input(document, metadata) for chunk_id, document, metadata in rows}
+    average = average_words(list(indexed_texts.values()))
+    scored = [
+        (chunk_id, document, metadata, side.bm25(indexed_texts[chunk_id], average))
+        for chunk_id, document, metadata in rows
+    ]
     scored.sort(key=lambda row: (-row[3], row[0]))
     return scored[:n]

@@ -10,6 +10,7 @@ from typing import Any
 from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline import keys, lexicon
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.lifecycle import copy_gone, copy_of, max_batch_size
 from s3sync_dagster.pipeline.metadata_rules import Metadata
 from s3sync_dagster.pipeline.owners import Owner
@@ -20,6 +21,11 @@ class ChunkRecord:
     chunk_id: str
     text: str
     metadata: Metadata
+
+    @property
+    def embedded(self) -> str:
+        """What is embedded and lexically indexed for it: its context line and its text (pipeline/context.py)."""
+        return embedding_input(self.text, self.metadata)
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

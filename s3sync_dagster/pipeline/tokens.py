@@ -129,15 +129,20 @@ class TokenBudget:
 
     ``max_tokens`` counts what the model receives, special tokens included (its maximum sequence
     length). With no ``tokenizer_file`` (a model behind an API) every UTF-8 byte counts as a token.
+    ``window`` is the model's whole window (None: ``max_tokens``): what a chunk leaves of it, its context
+    line may take (pipeline/context.py). It is not in the signature: a chunk's cuts do not depend on it.
     """
 
     max_tokens: int
     tokenizer_file: str | None = None
     model: str = ""  # what the tokens are of, for the sync signature and messages
+    window: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.window is not None and self.window < self.max_tokens:
+            raise ValueError(f"window {self.window} is smaller than max_tokens {self.max_tokens}")
 
     def counter(self) -> TokenCounter | None:
         return _counter(self.tokenizer_file) if self.tokenizer_file else None

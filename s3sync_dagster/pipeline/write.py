@@ -10,7 +10,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
-from s3sync_dagster.pipeline import chunk, cloud_limits, events, extract, index, keys
+from s3sync_dagster.pipeline import chunk, cloud_limits, context, events, extract, index, keys
 from s3sync_dagster.pipeline.fetch import Fetched, own_chunks
 from s3sync_dagster.pipeline.reports import KeyReport, lap
 from s3sync_dagster.pipeline.spec import SourceSpec
@@ -36,6 +36,9 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
     pieces, chunked = _chunk_by_page(extracted, object_key, spec)
     # Whitespace alone is nothing anyone can find: an object of only blanks is empty, not one blank chunk.
     pieces = [(piece, page) for piece, page in pieces if piece.text.strip()]
+    # Over the whole object, not page by page: a heading on one page is in effect on the next.
+    texts = [piece.text for piece, _ in pieces]
+    contexts = context.context_lines(object_key, chunked.language, texts, spec.tokens, chunked=True)
     lap(report, "chunk", mark)
     report.chunker, report.language, report.extractor = chunked.chunker, chunked.language, extracted.extractor
     report.chunk_count = len(pieces)
@@ -48,7 +51,7 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
     match = re.search(spec.container_tag_regex, object_key) if spec.container_tag_regex else None
     container_tag = match.group("container_tag") if match and match.group("container_tag") else None
     records = []
-    for position, (piece, page) in enumerate(pieces):
+    for position, ((piece, page), context_line) in enumerate(zip(pieces, contexts, strict=True)):
         chunk_metadata: index.Metadata = dict(fetched.metadata)
         chunk_metadata.update(
             {
@@ -66,6 +69,7 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
                 "extractor": extracted.extractor,
                 "document_id": fetched.document_id,
                 "sync_signature": fetched.signature,
+                context.CONTEXT_KEY: context_line,
             }
         )
         if chunked.language is not None:
@@ -281,10 +285,11 @@ class NewObjects:
             self._written(group)
         seen: set[str] = set()
         for prepared in group:
-            # The batch's time is shared out by chunk count; each text the model embedded counts where it first
+            # The batch's time is shared out by chunk count; each input the model embedded counts where it first
             # appears (one whose vector was stored already, in this object or another, counts nowhere).
             share = len(prepared.records) / len(records)
-            fresh = ({record.text for record in prepared.records} & stats.embedded_texts) - seen
+            inputs = {context.embedding_input(record.text, record.metadata) for record in prepared.records}
+            fresh = (inputs & stats.embedded_texts) - seen
             seen |= fresh
             own = index.WriteStats(
                 written=len(prepared.records), embedded=len(fresh), embed_seconds=stats.embed_seconds * share
