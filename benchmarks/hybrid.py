@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from benchmarks import search_cost
 from s3sync_dagster.pipeline import search, terms
@@ -207,9 +207,22 @@ def answer_words(text: str) -> str:
     return words_of(_MARKDOWN_LINK.sub("]", text))
 
 
+class Anchored(Protocol):
+    """A question answered on one object by the passage holding its anchor (ParaphraseProbe, answers.Question)."""
+
+    @property
+    def object_key(self) -> str: ...
+
+    @property
+    def anchor(self) -> str: ...
+
+
+AnchoredT = TypeVar("AnchoredT", bound=Anchored)
+
+
 def paraphrase_targets(
-    probes: Sequence[ParaphraseProbe], ids: list[str], documents: list[str], object_keys: list[str]
-) -> tuple[list[ParaphraseProbe], list[set[str]], dict[str, int]]:
+    probes: Sequence[AnchoredT], ids: list[str], documents: list[str], object_keys: list[str]
+) -> tuple[list[AnchoredT], list[set[str]], dict[str, int]]:
     """Each probe's answer chunks: those of its page holding its anchor's words in a row; where the chunking
     cut the anchor in two, those holding its first or its last half. A probe whose anchor no chunk of its page
     holds (the conversion changed its words) is left out and counted."""
@@ -217,7 +230,7 @@ def paraphrase_targets(
     by_page: dict[str, list[str]] = {}
     for chunk_id, object_key in zip(ids, object_keys, strict=True):
         by_page.setdefault(object_key, []).append(chunk_id)
-    kept: list[ParaphraseProbe] = []
+    kept: list[AnchoredT] = []
     targets: list[set[str]] = []
     left_out = {"anchor_not_found": 0, "anchor_split": 0}
     for probe in probes:

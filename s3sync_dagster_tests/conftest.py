@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -125,6 +126,18 @@ def chroma_client(tmp_path: Path) -> Any:
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture
+def home_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
+    """A real instance in $DAGSTER_HOME, so a command the test runs (`s3sync plan`, `s3sync repair`, which open
+    that) and the test share it."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as opened:
+        yield opened
 
 
 @pytest.fixture
@@ -289,3 +302,35 @@ def store_chunks(client: Any) -> list[tuple[str, str, str]]:
         rows = collection.get(include=["documents"])
         found += [(collection.name, i, text) for i, text in zip(rows["ids"], rows["documents"], strict=True)]
     return found
+
+
+class ResidentCommands:
+    """`s3sync` commands run as a user runs them with the resident query process on (commands/resident.py),
+    their runtime folder a short one of their own: a socket's path holds at most 107 bytes, and tmp_path under
+    pytest-xdist is longer than that allows. `env` is theirs to change."""
+
+    def __init__(self) -> None:
+        self.run_dir = Path(tempfile.mkdtemp(prefix="s3q-"))
+        self.env = dict(
+            os.environ, S3SYNC_QUERY_SERVER="1", XDG_RUNTIME_DIR=str(self.run_dir), S3SYNC_QUERY_IDLE_SECONDS="120",
+            S3SYNC_TEST_KEY_ID=TEST_KEY_ID, S3SYNC_TEST_SECRET=TEST_SECRET,
+        )  # fmt: skip
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(Path(sys.executable).parent / "s3sync"), *args]
+        return subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=300)
+
+    def served(self) -> int | None:
+        """How many queries the resident process answered; None when none runs."""
+        status = json.loads(self("query-server", "status", "--json").stdout)
+        return status["served"] if status["running"] else None
+
+    def wait_until_serving(self, seconds: float = 120) -> int | None:
+        deadline = time.monotonic() + seconds
+        while self.served() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.served()
+
+    def close(self) -> None:
+        self("query-server", "stop")
+        shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,49 +39,38 @@ def _chunks(config: AppConfig, collection_name: str) -> dict[str, tuple[str, str
     }
 
 
-def _drift(config: AppConfig, instance: dg.DagsterInstance, s3: Any) -> audit.Drift:
+def _drift(config: AppConfig, home_instance: dg.DagsterInstance, s3: Any) -> audit.Drift:
     source = config.source("docs")
     chroma = chroma_outside_runs(config.chroma)
-    return drift_of(source, instance, s3, chroma, embedding_resource(config.embedding))
+    return drift_of(source, home_instance, s3, chroma, embedding_resource(config.embedding))
 
 
-def _check_result(config: AppConfig, instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
+def _check_result(config: AppConfig, home_instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
     """Run the drift check alone, through Dagster, as the UI's "Execute" does."""
     check_key = dg.AssetCheckKey(documents_asset_key("docs"), DRIFT_CHECK_NAME)
     job = dg.define_asset_job("drift_only", selection=dg.AssetSelection.checks(check_key))
     defs = dg.Definitions.merge(build_definitions(config), dg.Definitions(jobs=[job]))
-    result = defs.resolve_job_def("drift_only").execute_in_process(instance=instance)
+    result = defs.resolve_job_def("drift_only").execute_in_process(instance=home_instance)
     assert result.success
     [evaluation] = result.get_asset_check_evaluations()
     return evaluation
 
 
 @pytest.fixture
-def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
-    """A real instance in $DAGSTER_HOME, so `s3sync repair` (which opens that) and the test share it."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.get() as home_instance:
-        yield home_instance
-
-
-@pytest.fixture
 def drifted(
-    s3: Any, bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance, embedding_function: Any
+    s3: Any, bucket: str, make_config: ConfigFactory, home_instance: dg.DagsterInstance, embedding_function: Any
 ) -> tuple[AppConfig, Path, dict[str, tuple[str, str]]]:
     """A source synced once, then changed behind its back; returns the chunks the sync had written."""
     config, path = make_config(bucket, path_prefix="a/")
     put(s3, bucket, FILES)
-    result = sync(config, "docs", instance, list(FILES))
+    result = sync(config, "docs", home_instance, list(FILES))
     assert not result.failed
     assert {r["object_key"]: r["status"] for r in result.reports}["a/empty.txt"] == "empty"
     synced = _chunks(config, "docs-collection")
     # Sync runs do not audit the whole bucket: Dagster skips the asset's checks in them.
     for run in result.runs:
-        assert not instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-    assert _drift(config, instance, s3).clean  # the empty object is not missing
+        assert not home_instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    assert _drift(config, home_instance, s3).clean  # the empty object is not missing
 
     put(s3, bucket, {"a/new.txt": "uploaded while nobody listened\n", "a/change.txt": "second version\n"})
     s3.delete_object(Bucket=bucket, Key="a/gone.txt")
@@ -102,9 +90,9 @@ def drifted(
     return config, path, synced
 
 
-def test_audit_reports_exactly_the_drift(drifted: Any, s3: Any, instance: dg.DagsterInstance) -> None:
+def test_audit_reports_exactly_the_drift(drifted: Any, s3: Any, home_instance: dg.DagsterInstance) -> None:
     config, _, _ = drifted
-    drift = _drift(config, instance, s3)
+    drift = _drift(config, home_instance, s3)
     assert drift.missing == ["a/new.txt"]
     assert drift.stale == ["a/change.txt"]
     assert drift.orphaned == ["a/gone.txt", "a/phantom.txt"]
@@ -115,10 +103,10 @@ def test_audit_reports_exactly_the_drift(drifted: Any, s3: Any, instance: dg.Dag
 
 
 def test_repair_fixes_exactly_the_drift_and_the_check_says_so(
-    drifted: Any, s3: Any, bucket: str, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
+    drifted: Any, s3: Any, bucket: str, home_instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, path, synced = drifted
-    failing = _check_result(config, instance)
+    failing = _check_result(config, home_instance)
     assert not failing.passed and failing.severity == dg.AssetCheckSeverity.WARN
     assert failing.metadata["missing_count"].value == 1
     assert failing.metadata["stale_count"].value == 1
@@ -167,34 +155,34 @@ def test_repair_fixes_exactly_the_drift_and_the_check_says_so(
     # Keys that had not drifted were not rewritten: same ids, same metadata as after the first sync.
     untouched = {cid: v for cid, v in synced.items() if v[0] in ("a/keep.txt", "a/two.md")}
     assert untouched and all(after[cid] == v for cid, v in untouched.items())
-    assert _check_result(config, instance).passed
+    assert _check_result(config, home_instance).passed
 
 
-def test_repair_job_from_the_ui_audits_first(drifted: Any, s3: Any, instance: dg.DagsterInstance) -> None:
+def test_repair_job_from_the_ui_audits_first(drifted: Any, s3: Any, home_instance: dg.DagsterInstance) -> None:
     config, _, _ = drifted
     job = build_definitions(config).get_job_def(repair_job_name("docs"))
-    result = job.execute_in_process(instance=instance)  # no config: as launched from the UI
+    result = job.execute_in_process(instance=home_instance)  # no config: as launched from the UI
     assert result.success
-    assert _drift(config, instance, s3).clean
+    assert _drift(config, home_instance, s3).clean
 
 
 def test_unselected_chunks_are_deleted_not_resynced(
-    s3: Any, bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance
+    s3: Any, bucket: str, make_config: ConfigFactory, home_instance: dg.DagsterInstance
 ) -> None:
     config, _ = make_config(bucket)
     put(s3, bucket, {"a/doc.txt": "text\n", "a/skip.log": "a log line\n"})
-    assert not sync(config, "docs", instance, ["a/doc.txt", "a/skip.log"]).failed
+    assert not sync(config, "docs", home_instance, ["a/doc.txt", "a/skip.log"]).failed
     # The user now excludes logs: their chunks are left behind, the objects are still there.
     config, _ = make_config(bucket, exclude=["*.log"])
-    drift = _drift(config, instance, s3)
+    drift = _drift(config, home_instance, s3)
     assert drift.orphaned == drift.unselected == ["a/skip.log"] and drift.to_sync() == []
-    result = repair(config, "docs", instance)
+    result = repair(config, "docs", home_instance)
     assert result.success and result.after["clean"]
     assert {v[0] for v in _chunks(config, "docs-collection").values()} == {"a/doc.txt"}
 
 
 def test_metadata_mode_audits_orphans_only(
-    s3: Any, bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance
+    s3: Any, bucket: str, make_config: ConfigFactory, home_instance: dg.DagsterInstance
 ) -> None:
     config, _ = make_config(bucket, auto_sync="metadata", sqs_queue_url="http://127.0.0.1:1/queue")
     put(
@@ -205,14 +193,14 @@ def test_metadata_mode_audits_orphans_only(
             "a/doc.meta.json": json.dumps({"version": "chroma-v1", "id": "doc-1", "path": "a/doc.txt"}),
         },
     )
-    assert not sync(config, "docs", instance, ["a/doc.meta.json"]).failed
+    assert not sync(config, "docs", home_instance, ["a/doc.meta.json"]).failed
     put(s3, bucket, {"a/unnamed.txt": "no meta file names me\n"})
-    assert _drift(config, instance, s3).counts() == {
+    assert _drift(config, home_instance, s3).counts() == {
         "missing": None, "stale": 0, "orphaned": 0, "foreign": 0, "misplaced": 0, "lexicon": 0,
         "misembedded": 0,
     }  # fmt: skip
     s3.delete_object(Bucket=bucket, Key="a/doc.meta.json")
-    drift = _drift(config, instance, s3)
+    drift = _drift(config, home_instance, s3)
     assert drift.orphaned == ["a/doc.meta.json"] and drift.to_sync() == ["a/doc.meta.json"]
-    assert repair(config, "docs", instance).after["clean"]
+    assert repair(config, "docs", home_instance).after["clean"]
     assert keys.to_partition_key("a/doc.meta.json") == "a/doc.meta.json"

@@ -305,3 +305,23 @@ def test_plan_benchmark_smoke_finds_the_planted_plan(tmp_path: Path) -> None:
     # 100 documents of 3 chunks: their first chunks read, their chunks counted from what each records.
     assert (result["chroma"]["records"], result["chroma"]["documents"], result["chroma"]["chunks"]) == (300, 100, 300)
     assert "the plan after the listing" in plan_benchmark.summary(result)
+
+
+def test_answers_scores_rankings_as_issue_53_counts_them() -> None:
+    """benchmarks/answers.py's figures on rankings made by hand: recall at each depth, MRR@10, the right page, and
+    how often the store's largest object crowds the top 5 of a probe answered elsewhere; and its plain BM25."""
+    from benchmarks.answers import Probe, Store, figures, load_questions, plain_bm25
+
+    ids = ["big-0", "big-1", "big-2", "a-0", "b-0", "b-1"]
+    keys = ["big.md", "big.md", "big.md", "a.md", "b.md", "b.md"]
+    documents = ["release notes", "more notes", "notes again", "how to rotate a token", "cache", "timeout retry"]
+    store = Store("s", Path("."), None, ids, documents, keys)
+    probes = [Probe("rotate", "a.md", frozenset({"a-0"})), Probe("retry", "b.md", frozenset({"b-1"}))]
+    found = figures(store, probes, [["a-0", "big-0"], ["big-0", "big-1", "b-0", "x", "y", "b-1"]])
+    assert (found["recall_at_1"], found["recall_at_5"], found["recall_at_10"]) == (0.5, 0.5, 1.0)
+    assert found["mrr_at_10"] == pytest.approx((1 + 1 / 6) / 2)
+    assert found["page_at_5"] == 1.0 and found["largest_object"] == "big.md"
+    assert (found["largest_in_top_5"], found["largest_first"]) == (1.0, 0.5)
+    assert [ids[i] for i in plain_bm25(documents)("Rotate the token", 3)] == ["a-0"]
+    questions = load_questions("django")
+    assert len(questions) >= 100 and all(q.object_key.startswith("django/") and q.anchor for q in questions)

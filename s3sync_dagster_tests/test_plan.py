@@ -4,7 +4,6 @@ Dagster instance; a source synced once, then changed behind its back in every wa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +29,13 @@ EXPECTED = {"new": 1, "changed": 1, "deleted": 1, "unchanged": 1, "archived": 1,
 
 
 @pytest.fixture
-def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
-    """A real instance in $DAGSTER_HOME, so `s3sync plan` (which opens that) and the test share it."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.get() as home_instance:
-        yield home_instance
-
-
-@pytest.fixture
-def planned(s3: Any, bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance) -> tuple[AppConfig, Path]:
+def planned(
+    s3: Any, bucket: str, make_config: ConfigFactory, home_instance: dg.DagsterInstance
+) -> tuple[AppConfig, Path]:
     """Synced once; then one object new, one overwritten, one removed, one too large, one in GLACIER, one binary."""
     config, path = make_config(bucket, path_prefix="a/", max_object_bytes=MAX_OBJECT_BYTES)
     put(s3, bucket, SYNCED)
-    assert not sync(config, "docs", instance, list(SYNCED)).failed
+    assert not sync(config, "docs", home_instance, list(SYNCED)).failed
     put(s3, bucket, {"a/new.txt": "uploaded while nobody listened\n", "a/change.txt": "second version\n"})
     s3.delete_object(Bucket=bucket, Key="a/gone.txt")
     put(s3, bucket, {"a/big.txt": "x" * (MAX_OBJECT_BYTES + 1), "a/lib.zip": b"PK\x03\x04 not text"})
@@ -54,18 +44,18 @@ def planned(s3: Any, bucket: str, make_config: ConfigFactory, instance: dg.Dagst
     return config, path
 
 
-def _state(config: AppConfig, instance: dg.DagsterInstance) -> tuple[int, list[str], int]:
+def _state(config: AppConfig, home_instance: dg.DagsterInstance) -> tuple[int, list[str], int]:
     """What a plan must not change: the collection's chunks, the source's partitions, the instance's runs."""
     collection = chroma_outside_runs(config.chroma).client().get_collection("docs-collection")
-    partitions = sorted(instance.get_dynamic_partitions(partitions_name("docs")))
-    return collection.count(), partitions, instance.get_runs_count()
+    partitions = sorted(home_instance.get_dynamic_partitions(partitions_name("docs")))
+    return collection.count(), partitions, home_instance.get_runs_count()
 
 
 def test_plan_counts_each_kind_and_writes_nothing(
-    planned: tuple[AppConfig, Path], instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
+    planned: tuple[AppConfig, Path], home_instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, path = planned
-    before = _state(config, instance)
+    before = _state(config, home_instance)
     code = cli.main(["plan", "docs", "--config", str(path), "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == cli.EXIT_OK, payload
@@ -86,32 +76,32 @@ def test_plan_counts_each_kind_and_writes_nothing(
     assert payload["chunks"]["total"] == 4
     assert payload["embedding"]["seconds"] is not None and "measured at plan time" in payload["embedding"]["basis"]
     assert payload["chroma_sync"]["pages"] == 0 and payload["chroma_sync"]["total_usd"] == 0.0
-    assert _state(config, instance) == before
+    assert _state(config, home_instance) == before
 
     code = cli.main(["plan", "docs", "--config", str(path), "--no-embedding-sample"])
     text = capsys.readouterr().out
     assert code == cli.EXIT_OK
     assert "| new | 1 |" in text and "| refused | 3 |" in text and "a/cold.txt: archived" in text
-    assert _state(config, instance) == before
+    assert _state(config, home_instance) == before
 
 
-def test_plan_job_output_holds_the_counts(planned: tuple[AppConfig, Path], instance: dg.DagsterInstance) -> None:
+def test_plan_job_output_holds_the_counts(planned: tuple[AppConfig, Path], home_instance: dg.DagsterInstance) -> None:
     config, _ = planned
-    before_chunks, before_partitions, _ = _state(config, instance)
+    before_chunks, before_partitions, _ = _state(config, home_instance)
     job = build_definitions(config).get_job_def(plan_job_name("docs"))
-    result = job.execute_in_process(instance=instance)
+    result = job.execute_in_process(instance=home_instance)
     assert result.success
     [output] = [event for event in result.events_for_node(plan_op_name("docs")) if event.is_successful_output]
     metadata = output.step_output_data.metadata
     assert {kind: metadata[kind].value for kind in EXPECTED} == EXPECTED
     assert isinstance(metadata["plan"], dg.MarkdownMetadataValue) and "| deleted | 1 |" in str(metadata["plan"].value)
     assert metadata["chunks_estimate"].value == 4
-    after_chunks, after_partitions, _ = _state(config, instance)
+    after_chunks, after_partitions, _ = _state(config, home_instance)
     assert (after_chunks, after_partitions) == (before_chunks, before_partitions)
 
 
 def test_an_empty_source_plans_every_object_new(
-    s3: Any, bucket: str, make_config: ConfigFactory, instance: dg.DagsterInstance
+    s3: Any, bucket: str, make_config: ConfigFactory, home_instance: dg.DagsterInstance
 ) -> None:
     """No collection yet: every selected object is new, and the chunk estimate rests on the stated default."""
     config, _ = make_config(bucket, path_prefix="a/")
@@ -121,7 +111,7 @@ def test_an_empty_source_plans_every_object_new(
 
     found = plan_of(
         config.source("docs"),
-        instance,
+        home_instance,
         s3,
         chroma_outside_runs(config.chroma),
         embedding_resource(config.embedding),

@@ -9,8 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline.sync import sync_keys
-from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, put
+from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ResidentCommands, put
 
 # One line a chunk (lines chunking, max_lines 1): each manual is a numbered procedure, so a hit's neighbours
 # are known by their place. Every step names its manual's code, so a query for a code matches each step.
@@ -163,33 +161,18 @@ def test_a_resident_process_answers_later_queries_and_sees_other_writers(
     answers the next ones as it would, importing nothing on the caller's side, and sees what another process
     writes to the store after it opened it (an embedded client keeps its index in memory)."""
     config, path = searched
-    # A short folder, as $XDG_RUNTIME_DIR is (/run/user/UID): a socket's path may hold 107 bytes, and tmp_path
-    # under pytest-xdist is longer than that allows.
-    run_dir = Path(tempfile.mkdtemp(prefix="s3q-"))
-    env = dict(
-        os.environ, S3SYNC_QUERY_SERVER="1", XDG_RUNTIME_DIR=str(run_dir), S3SYNC_QUERY_IDLE_SECONDS="120",
-        S3SYNC_TEST_KEY_ID=TEST_KEY_ID, S3SYNC_TEST_SECRET=TEST_SECRET,
-    )  # fmt: skip
-
-    def s3sync(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "s3sync"), *args], capture_output=True, text=True, env=env, timeout=300)
+    s3sync = ResidentCommands()
+    env, run_dir, served = s3sync.env, s3sync.run_dir, s3sync.served
 
     def query(text: str, mode: str = "lexical") -> list[str]:
         done = s3sync("query", "manuals", text, "--config", str(path), "--mode", mode, "-n", "1", "--json")
         assert done.returncode == 0, done.stderr[-2000:]
         return [hit["object_key"] for hit in json.loads(done.stdout)["results"]]
 
-    def served() -> int | None:
-        status = json.loads(s3sync("query-server", "status", "--json").stdout)
-        return status["served"] if status["running"] else None
-
     try:
         assert served() is None
         assert query("KT-2093 descale the element") == ["manuals/kettle.txt"]  # answered here; one is started
-        deadline = time.monotonic() + 120
-        while served() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        before = served()
+        before = s3sync.wait_until_serving()
         assert before is not None, [(p.name, p.read_text()[-2000:]) for p in run_dir.glob("*/*.log")]
         assert query("RT-7788 hold the reset pin") == ["manuals/router.txt"]
         assert served() == before + 1

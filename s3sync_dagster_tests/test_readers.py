@@ -10,12 +10,7 @@ synced by the engine (pipeline/labels.py writes `readers` and `meta_team` on eac
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +28,7 @@ from s3sync_dagster.pipeline.search_dense import FILTERED_WIDEN, nearest
 from s3sync_dagster.pipeline.search_filter import READERS_KEY
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster.pipeline.where_match import matches
-from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET
+from s3sync_dagster_tests.conftest import ResidentCommands
 
 BIN = Path(sys.executable).parent
 
@@ -288,26 +283,12 @@ def test_the_resident_query_process_applies_the_same_filters(readers_source: tup
     """`s3sync query --as/--where/--all-readers` answered by the resident query process (commands/resident.py),
     which runs the same command: the options reach it, its stderr comes back."""
     _, path = readers_source
-    run_dir = Path(tempfile.mkdtemp(prefix="s3r-"))  # short: a socket's path holds at most 107 bytes
-    env = dict(
-        os.environ, S3SYNC_QUERY_SERVER="1", XDG_RUNTIME_DIR=str(run_dir), S3SYNC_QUERY_IDLE_SECONDS="120",
-        S3SYNC_TEST_KEY_ID=TEST_KEY_ID, S3SYNC_TEST_SECRET=TEST_SECRET,
-    )  # fmt: skip
-
-    def s3sync(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "s3sync"), *args], capture_output=True, text=True, env=env, timeout=300)
-
-    def served() -> int | None:
-        status = json.loads(s3sync("query-server", "status", "--json").stdout)
-        return status["served"] if status["running"] else None
+    s3sync = ResidentCommands()
 
     query = ["query", "zoo", "zebra", "--config", str(path), "-n", "3", "--json"]
     try:
         assert s3sync("query-server", "start").returncode == 0
-        deadline = time.monotonic() + 120
-        while served() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        before = served()
+        before = s3sync.wait_until_serving()
         assert before is not None
         alice = s3sync(*query, "--as", "alice", "--where", '{"meta_team": "finance"}')
         assert alice.returncode == 0, alice.stderr[-2000:]
@@ -318,10 +299,9 @@ def test_the_resident_query_process_applies_the_same_filters(readers_source: tup
         assert {hit["object_key"] for hit in json.loads(every.stdout)["results"]} <= {*HERD, "misc/untagged.txt"}
         bad = s3sync(*query, "--where", "{")
         assert bad.returncode == 2 and "--where is not JSON" in bad.stderr
-        assert served() == before + 4  # each answered there, not in its own process
+        assert s3sync.served() == before + 4  # each answered there, not in its own process
     finally:
-        s3sync("query-server", "stop")
-        shutil.rmtree(run_dir, ignore_errors=True)
+        s3sync.close()
 
 
 def test_the_dense_side_tests_a_prefix_or_asks_chromas_filter(readers_source: tuple[AppConfig, Path]) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import chromadb
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from s3sync_dagster.pipeline import index, keys, lexicon, search, terms
 from s3sync_dagster.pipeline.search import Fusion, fuse
@@ -322,3 +324,53 @@ def test_the_folding_tables_are_kept_between_processes_and_rebuilt_when_damaged(
         assert terms._folding() == scanned and json.loads(cache.read_text())["word_extra"]
     finally:
         terms._folding.cache_clear()
+
+
+# --- rankings that do not depend on n (issue 53) ----------------------------------------------------------------
+
+TOPICS = ("deployment", "memory", "workers", "parcel", "invoice", "certificate", "cache", "timeout", "retry", "token")
+VERBS = ("configure", "restart", "measure", "renew", "limit", "inspect", "upload", "rotate")
+
+
+def tiers_corpus() -> dict[str, str]:
+    """Thirty pages of six sections on overlapping words: many chunks share each term and near-ties abound, so
+    a ranking read from a pool that grows with n would reorder its first hits."""
+    pages = {}
+    for page in range(30):
+        sections = []
+        for section in range(6):
+            topic, other = TOPICS[(page + section) % 10], TOPICS[(page * 3 + section * 7) % 10]
+            verb = VERBS[(page + 2 * section) % 8]
+            sections.append(
+                f"## {topic.title()} {section}\n\nTo {verb} the {topic}, first check the {other} settings of "
+                f"page {page}. The {topic} {verb} step waits for the {other} and logs code P{page}-S{section}.\n"
+            )
+        pages[f"guide/page-{page:02d}.md"] = f"# Guide {page}\n\n" + "\n".join(sections)
+    return pages
+
+
+@pytest.mark.parametrize("client", ["embedded", "unindexed"], indirect=True)
+@pytest.mark.parametrize("mode", search.MODES)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    words=st.lists(st.sampled_from(TOPICS + VERBS + ("settings", "logs", "P7-S3", "page")), min_size=1, max_size=4),
+    n=st.integers(1, 90),
+    data=st.data(),
+)
+def test_the_first_k_hits_are_the_same_for_every_n_asked(
+    s3: Any,
+    spec: SourceSpec,
+    collection: Any,
+    embedder: CountingEmbedder,
+    mode: search.Mode,
+    words: list[str],
+    n: int,
+    data: st.DataObject,
+) -> None:
+    if not collection.count():
+        synced(s3, spec, collection, embedder, tiers_corpus())
+    text = " ".join(words)
+    k = data.draw(st.integers(1, n), label="k")
+    many = search.search(collection, text, mode=mode, n=n)
+    few = search.search(collection, text, mode=mode, n=k)
+    assert [hit.chunk_id for hit in many[:k]] == [hit.chunk_id for hit in few], (text, n, k)

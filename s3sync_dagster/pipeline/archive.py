@@ -35,6 +35,12 @@ def listed_as_archived(storage_class: str) -> bool:
     return storage_class in ARCHIVE_CLASSES
 
 
+def may_be_archived(storage_class: str) -> bool:
+    """Whether an object listed in this class may be unreadable until restored: an archive class, or
+    INTELLIGENT_TIERING, whose archive tiers only a HEAD names."""
+    return listed_as_archived(storage_class) or storage_class == "INTELLIGENT_TIERING"
+
+
 def archived_message(object_key: str, reason: str, chunks_kept: int) -> str:
     """The report's message: what was not done, what stays, and what brings it in."""
     kept = f"its {chunks_kept} earlier chunk(s) kept" if chunks_kept else "nothing of it is indexed yet"

@@ -144,11 +144,9 @@ def frame_of(listing: Iterable[objects.ObjectInfo], target: SourceSpec) -> pd.Da
     selected: list[bool] = []
     sizes: list[int] = []
     storage_classes: list[str] = []
-    archivable: list[bool] = []
     for info in listing:
         object_keys.append(info.object_key)
         etags.append(info.etag)
-        archivable.append(archive.listed_as_archived(info.storage_class) or info.storage_class == "INTELLIGENT_TIERING")
         selected.append(objects.key_selected(info.object_key, target.path_prefix, target.include, target.exclude))
         sizes.append(info.size)
         storage_classes.append(info.storage_class)
@@ -160,7 +158,6 @@ def frame_of(listing: Iterable[objects.ObjectInfo], target: SourceSpec) -> pd.Da
             "selected": pd.Series(selected, dtype="bool"),
             "size": pd.Series(sizes, dtype="int64"),
             "storage_class": pd.Series(storage_classes, dtype="object"),
-            "archivable": pd.Series(archivable, dtype="bool"),
         }
     )
 
@@ -319,9 +316,10 @@ def join(
 
 def _archived(listing: pd.DataFrame, drifted: set[str], archived: ArchivedLookup | None) -> dict[str, str]:
     """Of the keys that look missing or stale, those listed in a class that may be archived and not restored."""
-    if archived is None or not drifted or "archivable" not in listing:
+    if archived is None or not drifted or "storage_class" not in listing:
         return {}
-    candidates = sorted(set(listing.loc[listing["archivable"], "object_key"]) & drifted)
+    may_be = listing["storage_class"].map(archive.may_be_archived).astype(bool)
+    candidates = sorted(set(listing.loc[may_be, "object_key"]) & drifted)
     return dict(archived(candidates)) if candidates else {}
 
 

@@ -71,37 +71,93 @@ def search(
     """The n chunks of the collection that best answer `text`: by meaning (dense), by its words (lexical), or
     both fused (hybrid). `where` filters by chunk metadata, as in Chroma (`{"source": "docs"}`).
     embedding_function: the collection's own, when the caller holds it: the query is then embedded once for
-    both of the dense side's requests (else Chroma embeds it for each)."""
+    both of the dense side's requests (else Chroma embeds it for each).
+
+    The ranking does not depend on n: the first k hits of a search for n >= k are those of a search for k
+    (`in_tiers`)."""
     if mode not in MODES:
         raise ValueError(f"search mode '{mode}' is not one of {', '.join(MODES)}")
     if n < 1:
         raise ValueError(f"the number of results must be at least 1, got {n}")
     if not text.strip():
         raise ValueError("the query is empty: give the words or the meaning to search for")
+    if embedding_function is not None and mode != "lexical":
+        embedding_function = _embedded_once(embedding_function, text)
+    return in_tiers(
+        lambda pool: ranked(collection, text, mode, pool, where, fusion, embedding_function),
+        n,
+        max(1, fusion.min_pool),
+    )
+
+
+def _embedded_once(embedding_function: Callable[[list[str]], Any], text: str) -> Callable[[list[str]], Any]:
+    """The query's vector, computed once whatever the tiers read."""
+    vector = embedding_function([text])[0]
+
+    def embedded(_texts: list[str]) -> Any:
+        return [vector]
+
+    return embedded
+
+
+def in_tiers(rank: Callable[[int], list[Hit]], n: int, first: int) -> list[Hit]:
+    """The first n hits of one list that does not depend on n: its first `first` are `rank(first)`'s (the best
+    of a pool of that many candidates a side), the next `first` the best of `rank(2 * first)` not yet taken,
+    the next 2 * first the best of `rank(4 * first)`'s, and so on, until n are taken or a pool ranks fewer
+    hits than it was asked (the collection has no more)."""
+    hits: list[Hit] = []
+    taken: set[str] = set()
+    pool = first
+    while True:
+        found = rank(pool)
+        for hit in found:
+            if len(hits) >= pool:
+                break
+            if hit.chunk_id not in taken:
+                hits.append(hit)
+                taken.add(hit.chunk_id)
+        if len(hits) >= n or len(found) < pool:
+            return hits[:n]
+        pool *= 2
+
+
+def ranked(
+    collection: Collection,
+    text: str,
+    mode: Mode,
+    pool: int,
+    where: Mapping[str, Any] | None,
+    fusion: Fusion,
+    embedding_function: Callable[[list[str]], Any] | None,
+) -> list[Hit]:
+    """Every candidate of a pool of `pool` a side, best first, as `mode` ranks them (at least `pool` hits
+    when the collection holds that many)."""
     if mode == "dense":
         return [
             Hit(chunk_id, document, metadata, -distance, rank, None, distance)
             for rank, (chunk_id, document, metadata, distance) in enumerate(
-                dense_ranking(collection, text, n, where, embedding_function), 1
+                dense_ranking(collection, text, pool, where, embedding_function), 1
             )
         ]
-    pool = fusion.pool(n)
     if has_sparse_index(collection):
         dense, lexical = sparse_rankings(collection, text, pool, where)
         if mode == "lexical":
             return [
                 Hit(chunk_id, document, metadata, score, None, rank)
-                for rank, (chunk_id, document, metadata, score) in enumerate(lexical[:n], 1)
+                for rank, (chunk_id, document, metadata, score) in enumerate(lexical, 1)
             ]
         # Chroma Cloud's BM25 scores only its own candidates: its two rankings are fused as they are.
         if fusion.method == "scored":
             fusion = dataclasses.replace(RANKINGS_FUSION, pool_factor=fusion.pool_factor, min_pool=fusion.min_pool)
-        return fuse(dense, lexical, n, fusion)
+        return fuse(dense, lexical, 2 * pool, fusion)
     if mode == "lexical":
         return [
             Hit(chunk_id, document, metadata, score, None, rank)
-            for rank, (chunk_id, document, metadata, score) in enumerate(lexical_ranking(collection, text, n, where), 1)
+            for rank, (chunk_id, document, metadata, score) in enumerate(
+                lexical_ranking(collection, text, pool, where), 1
+            )
         ]
     if fusion.method == "scored":
-        return fuse_scored(scored_candidates(collection, text, pool, where, embedding_function), n, fusion)
-    return fuse(dense_ranking(collection, text, pool, where), lexical_ranking(collection, text, pool, where), n, fusion)
+        return fuse_scored(scored_candidates(collection, text, pool, where, embedding_function), 2 * pool, fusion)
+    dense_side = dense_ranking(collection, text, pool, where, embedding_function)
+    return fuse(dense_side, lexical_ranking(collection, text, pool, where), 2 * pool, fusion)

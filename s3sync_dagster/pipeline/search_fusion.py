@@ -36,7 +36,9 @@ class Fusion:
     method: Literal["rrf", "relative", "scored"] = "rrf"
     lexical_weight: float = 0.5
     k: int = 60
-    # Each side offers this many candidates times the results asked for (at least `min_pool`).
+    # Each side offers `min_pool` candidates for the first `min_pool` hits, twice as many for the next ones,
+    # and so on (search.in_tiers): the ranking does not depend on the number of hits asked. `pool_factor`
+    # sizes the pool of benchmarks/hybrid.py's variants (`pool`), which rank for one n only.
     pool_factor: int = 4
     min_pool: int = 20
     coverage_power: float | None = None
