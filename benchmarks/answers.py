@@ -99,19 +99,33 @@ def plain_bm25(documents: Sequence[str]) -> Callable[[str, int], list[int]]:
     return best
 
 
-def rankings(store: Store, probes: Sequence[Probe], function: Any) -> dict[str, list[list[str]]]:
-    """Each probe's first TOP chunk ids by each mode of search.search and by a plain BM25."""
+# A ranking's hits: each the chunk ids it returns, its own first (one, or with its section: `--context section`).
+Ranked = list[list[tuple[str, ...]]]
+SECTION_RANKING = "hybrid, --context section"
+
+
+def rankings(store: Store, probes: Sequence[Probe], function: Any) -> dict[str, Ranked]:
+    """Each probe's first TOP hits by each mode of search.search, by hybrid with each hit's section (a hit counts
+    when its returned text holds the answer), and by a plain BM25."""
     best = plain_bm25(store.documents)
-    found: dict[str, list[list[str]]] = {mode: [] for mode in (*search.MODES, "bm25")}
+    found: dict[str, Ranked] = {mode: [] for mode in (*search.MODES, SECTION_RANKING, "bm25")}
     for probe in probes:
         for mode in search.MODES:
             hits = search.search(store.collection, probe.text, mode=mode, n=TOP, embedding_function=function)
-            found[mode].append([hit.chunk_id for hit in hits])
-        found["bm25"].append([store.ids[i] for i in best(probe.text, TOP)])
+            found[mode].append([(hit.chunk_id,) for hit in hits])
+            if mode == "hybrid":
+                sections = search.with_context(store.collection, hits, "section")
+                found[SECTION_RANKING].append(
+                    [
+                        (hit.chunk_id, *(p.chunk_id for p in hit.context if p.chunk_id != hit.chunk_id))
+                        for hit in sections
+                    ]
+                )
+        found["bm25"].append([(store.ids[i],) for i in best(probe.text, TOP)])
     return found
 
 
-def figures(store: Store, probes: Sequence[Probe], ranked: list[list[str]]) -> dict[str, Any]:
+def figures(store: Store, probes: Sequence[Probe], ranked: Ranked) -> dict[str, Any]:
     """Recall@1/@5/@10, MRR@10, right page@5 and crowding of one ranking over one set."""
     object_of = dict(zip(store.ids, store.object_keys, strict=True))
     sizes: dict[str, int] = {}
@@ -122,7 +136,7 @@ def figures(store: Store, probes: Sequence[Probe], ranked: list[list[str]]) -> d
     if not n:
         return {"n": 0}
     ranks = [
-        next((rank for rank, chunk_id in enumerate(top, 1) if chunk_id in probe.answers), None)
+        next((rank for rank, hit in enumerate(top, 1) if probe.answers.intersection(hit)), None)
         for probe, top in zip(probes, ranked, strict=True)
     ]
     elsewhere = [i for i, probe in enumerate(probes) if probe.object_key != largest]
@@ -133,15 +147,15 @@ def figures(store: Store, probes: Sequence[Probe], ranked: list[list[str]]) -> d
         "recall_at_10": sum(rank is not None for rank in ranks) / n,
         "mrr_at_10": sum(1 / rank for rank in ranks if rank is not None) / n,
         "page_at_5": sum(
-            any(object_of.get(chunk_id) == probe.object_key for chunk_id in top[:5])
+            any(object_of.get(hit[0]) == probe.object_key for hit in top[:5])
             for probe, top in zip(probes, ranked, strict=True)
         )
         / n,
         "largest_object": largest,
         "largest_share_of_chunks": sizes.get(largest, 0) / max(1, len(store.ids)),
-        "largest_in_top_5": sum(any(object_of.get(c) == largest for c in ranked[i][:5]) for i in elsewhere)
+        "largest_in_top_5": sum(any(object_of.get(hit[0]) == largest for hit in ranked[i][:5]) for i in elsewhere)
         / max(1, len(elsewhere)),
-        "largest_first": sum(bool(ranked[i]) and object_of.get(ranked[i][0]) == largest for i in elsewhere)
+        "largest_first": sum(bool(ranked[i]) and object_of.get(ranked[i][0][0]) == largest for i in elsewhere)
         / max(1, len(elsewhere)),
     }
 

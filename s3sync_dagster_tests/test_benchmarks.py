@@ -317,11 +317,14 @@ def test_answers_scores_rankings_as_issue_53_counts_them() -> None:
     documents = ["release notes", "more notes", "notes again", "how to rotate a token", "cache", "timeout retry"]
     store = Store("s", Path("."), None, ids, documents, keys)
     probes = [Probe("rotate", "a.md", frozenset({"a-0"})), Probe("retry", "b.md", frozenset({"b-1"}))]
-    found = figures(store, probes, [["a-0", "big-0"], ["big-0", "big-1", "b-0", "x", "y", "b-1"]])
+    ranked = [[("a-0",), ("big-0",)], [("big-0",), ("big-1",), ("b-0",), ("x",), ("y",), ("b-1",)]]
+    found = figures(store, probes, ranked)
     assert (found["recall_at_1"], found["recall_at_5"], found["recall_at_10"]) == (0.5, 0.5, 1.0)
     assert found["mrr_at_10"] == pytest.approx((1 + 1 / 6) / 2)
     assert found["page_at_5"] == 1.0 and found["largest_object"] == "big.md"
     assert (found["largest_in_top_5"], found["largest_first"]) == (1.0, 0.5)
     assert [ids[i] for i in plain_bm25(documents)("Rotate the token", 3)] == ["a-0"]
+    # A hit with its section counts when any chunk it returns is an answer.
+    assert figures(store, probes[1:], [[("big-0",), ("b-0", "b-1")]])["recall_at_5"] == 1.0
     questions = load_questions("django")
     assert len(questions) >= 100 and all(q.object_key.startswith("django/") and q.anchor for q in questions)

@@ -125,7 +125,15 @@ def test_s3sync_query_shows_context_and_one_hit_per_object(
     assert main([*argv, "--mode", "lexical", "-n", "1", "--context", "1"]) == 0
     shown = capsys.readouterr().out.splitlines()
     assert shown[0].startswith("1. manuals/router.txt") and shown[2].startswith("   > Step 1 of the router manual")
-    for bad, rule in (("--context=-1", "--context must be at least 0"), ("--per-object=0", "--per-object must be")):
+    # Lines chunking: no headings, so the section is the object (at most SECTION_REACH chunks each side).
+    assert main([*argv, "--mode", "lexical", "-n", "1", "--context", "section", "--json"]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)["results"]
+    assert [c["document"] for c in hit["context"]] == lines_of("router")
+    for bad, rule in (
+        ("--context=-1", "--context must be at least 0"),
+        ("--context=page", "give a number of chunks or 'section'"),
+        ("--per-object=0", "--per-object must be"),
+    ):
         assert main([*argv, bad]) == 2
         assert rule in capsys.readouterr().err
 

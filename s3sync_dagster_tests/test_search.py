@@ -3,6 +3,7 @@ embedded and a `chroma run` server, queried as `s3sync query` and the Python API
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import unicodedata
@@ -374,3 +375,42 @@ def test_the_first_k_hits_are_the_same_for_every_n_asked(
     many = search.search(collection, text, mode=mode, n=n)
     few = search.search(collection, text, mode=mode, n=k)
     assert [hit.chunk_id for hit in many[:k]] == [hit.chunk_id for hit in few], (text, n, k)
+
+
+# --- the answer's section (issue 53, item 2) --------------------------------------------------------------------
+
+MANUAL = (
+    "# Kettle manual\n\nRead this first.\n\n"
+    "## Descaling\n\n"
+    + "".join(
+        f"Descaling step {n}: pour the vinegar mix, code DS-{n}0{n}, and wait before rinsing.\n\n" for n in range(1, 5)
+    )
+    + "## Warranty\n\n"
+    + "".join(f"Warranty clause {n}: the element is covered for {n} years.\n\n" for n in range(1, 4))
+)
+
+
+@pytest.mark.parametrize("client", ["embedded"], indirect=True)
+def test_a_hit_comes_back_with_its_section_and_nothing_of_the_next(
+    s3: Any, bucket: str, collection: Any, embedder: CountingEmbedder
+) -> None:
+    """`context="section"`: the hit's chunks under the same heading, in the object's order; none of the section
+    before or after it. Small chunks (one paragraph each), so a section is several."""
+    spec = SourceSpec(name="docs", bucket_name=bucket, collection_name=collection.name, max_size_bytes=100)
+    synced(s3, spec, collection, embedder, {"manuals/kettle.md": MANUAL})
+    (hit,) = search.search(collection, "DS-303", mode="lexical", n=1)
+    assert "Descaling step 3" in hit.document
+    (with_section,) = search.with_context(collection, [hit], "section")
+    texts = [passage.document for passage in with_section.context]
+    assert any("## Descaling" in text for text in texts)
+    assert [n for n in range(1, 5) if any(f"Descaling step {n}:" in text for text in texts)] == [1, 2, 3, 4]
+    assert not any("Warranty" in text or "Read this first" in text for text in texts), texts
+    assert [passage.chunk_index for passage in with_section.context] == sorted(
+        passage.chunk_index for passage in with_section.context
+    )
+    # A chunk written before context lines (none in its metadata) comes back alone.
+    bare = dataclasses.replace(hit, metadata={k: v for k, v in hit.metadata.items() if k != "chunk_context"})
+    (alone,) = search.with_context(collection, [bare], "section")
+    assert [passage.chunk_id for passage in alone.context] == [hit.chunk_id]
+    with pytest.raises(ValueError, match="'section'"):
+        search.with_context(collection, [hit], "page")  # type: ignore[arg-type]

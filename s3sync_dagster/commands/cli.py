@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"s3sync: {flag} must be at least 1", file=sys.stderr)
             return EXIT_USAGE
     for option in ("offset", "context"):
-        if getattr(args, option, 0) < 0:
+        value = getattr(args, option, 0)
+        if isinstance(value, int) and value < 0:  # --context may be 'section'
             print(f"s3sync: --{option} must be at least 0", file=sys.stderr)
             return EXIT_USAGE
     try:

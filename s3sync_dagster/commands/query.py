@@ -21,6 +21,7 @@ from s3sync_dagster.pipeline import search as engine
 from s3sync_dagster.pipeline.embed import function_of_record
 from s3sync_dagster.pipeline.search import FUSION, Fusion, Hit, Mode
 from s3sync_dagster.pipeline.search_filter import all_of, search_filter
+from s3sync_dagster.pipeline.search_hits import Context
 from s3sync_dagster.pipeline.store import close_clients
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class SourceSearch:
         *,
         mode: Mode = "hybrid",
         n: int = 5,
-        context: int = 0,
+        context: Context = 0,
         per_object: int | None = None,
         fusion: Fusion = FUSION,
         where: Mapping[str, Any] | None = None,
@@ -109,7 +110,8 @@ class SourceSearch:
         """The n best answers to `text` (see pipeline/search.py for the modes).
 
         context: each hit comes with the `context` chunks before and after it in its object (`Hit.context`,
-        in the object's order, the hit among them). per_object: at most this many hits of one object.
+        in the object's order, the hit among them), or with `context="section"` the chunks of its section (those
+        around it under the same headings, or in the same definition: `search_hits.with_context`). per_object: at most this many hits of one object.
         where, principals, all_readers: which chunks may answer (the class's docstring)."""
         if per_object is not None and per_object < 1:
             raise ValueError(f"per_object must be at least 1, got {per_object}")
@@ -149,7 +151,7 @@ class SourceSearch:
         text: str,
         mode: Mode,
         n: int,
-        context: int,
+        context: Context,
         per_object: int | None,
         fusion: Fusion,
         filtered: Mapping[str, Any] | None = None,
@@ -247,7 +249,7 @@ def search_source(
     config: AppConfig | None = None,
     fusion: Fusion = FUSION,
     every_writer: bool = False,
-    context: int = 0,
+    context: Context = 0,
     per_object: int | None = None,
     where: Mapping[str, Any] | None = None,
     principals: Sequence[str] | None = None,

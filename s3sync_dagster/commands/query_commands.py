@@ -98,6 +98,16 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def context_option(text: str) -> int | str:
+    """--context's value: a number of chunks (0 or more), or 'section'."""
+    if text == "section":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of chunks or 'section', not {text!r}") from None
+
+
 def where_option(text: str | None) -> dict[str, Any] | None:
     """--where's JSON as a where clause Chroma takes; else a usage error naming --where and the rule."""
     from s3sync_dagster.pipeline.search_filter import checked_where
@@ -130,10 +140,11 @@ def add_query(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--context",
-        type=int,
+        type=context_option,
         default=0,
-        metavar="N",
-        help="show each hit with the N chunks before and after it in its object (default 0)",
+        metavar="N|section",
+        help="show each hit with the N chunks before and after it in its object (default 0), or with 'section' "
+        "the chunks of its section (under the same headings, or in the same definition)",
     )
     parser.add_argument(
         "--per-object", type=int, metavar="K", help="keep at most K hits of one object (1: one hit per object)"
