@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from chromadb.api.models.Collection import Collection
 
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.search_dense import distances, nearest
 from s3sync_dagster.pipeline.search_hits import Hit
 from s3sync_dagster.pipeline.search_lexical import (
@@ -120,10 +121,11 @@ def scored_candidates(
             )
             for chunk_id, document, metadata, far in query_rows(got):
                 rows[chunk_id], distance[chunk_id] = (document, metadata), far
-    average = average_words([document for document, _ in rows.values()])
-    return _candidates(
-        rows, distance, {c: side.bm25(document, average) for c, (document, _) in rows.items()}, side, pool
-    )
+    # BM25 and coverage count what the lexical index holds for a chunk: its context line and its text.
+    indexed_texts = {chunk_id: embedding_input(document, metadata) for chunk_id, (document, metadata) in rows.items()}
+    average = average_words(list(indexed_texts.values()))
+    bm25 = {chunk_id: side.bm25(text, average) for chunk_id, text in indexed_texts.items()}
+    return _candidates(rows, distance, bm25, side, pool, indexed_texts)
 
 
 def _read_with_distances(
@@ -153,8 +155,10 @@ def _candidates(
     bm25: Mapping[str, float],
     side: Lexical,
     pool: int,
+    indexed_texts: Mapping[str, str],
 ) -> Candidates:
-    """Each side's pool best of the chunks read, each scored on both, and the query's coverage."""
+    """Each side's pool best of the chunks read, each scored on both, and the query's coverage (of the texts the
+    lexical index holds: context line and text)."""
     dense_order = sorted(distance, key=lambda chunk_id: (distance[chunk_id], chunk_id))
     lexical_order = sorted(
         (chunk_id for chunk_id in side.candidate_ids if chunk_id in rows), key=lambda c: (-bm25[c], c)
@@ -162,7 +166,7 @@ def _candidates(
     dense_rank = {chunk_id: rank for rank, chunk_id in enumerate(dense_order[:pool], 1)}
     lexical_rank = {chunk_id: rank for rank, chunk_id in enumerate(lexical_order[:pool], 1)}
     kept = set(dense_rank) | set(lexical_rank)
-    coverage = max((side.coverage(rows[chunk_id][0]) for chunk_id in lexical_order[:COVERAGE_TOP]), default=0.0)
+    coverage = max((side.coverage(indexed_texts[chunk_id]) for chunk_id in lexical_order[:COVERAGE_TOP]), default=0.0)
     made = [
         Candidate(
             chunk_id,
