@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3sync_dagster.pipeline import index, keys, lexicon, search, terms
+from s3sync_dagster.pipeline import index, keys, lexicon, search, search_lexical, terms
 from s3sync_dagster.pipeline.search import Fusion, fuse
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync import sync_keys
@@ -414,3 +414,52 @@ def test_a_hit_comes_back_with_its_section_and_nothing_of_the_next(
     assert [passage.chunk_id for passage in alone.context] == [hit.chunk_id]
     with pytest.raises(ValueError, match="'section'"):
         search.with_context(collection, [hit], "page")  # type: ignore[arg-type]
+
+
+# --- every word of the query (issue 53, item 4) ---------------------------------------------------------------
+
+# Lines someone copies from a page: numbers, a line of code, a sentence of short common words. Each is told from
+# its neighbours only by words the term rule leaves out of `query_terms` (under three characters, stop words).
+COPIED = {
+    "numbers-a": "Sample: [30, 83, 16, 4, 8, 81, 41, 50, 18, 33]",
+    "numbers-b": "Sample: [12, 47, 16, 9, 2, 65, 71, 50, 28, 39]",
+    "numbers-c": "Sample: [30, 14, 77, 6, 3, 95, 44, 21, 58, 19]",
+    "code-a": "assert i == (i // j) * j + (i % j)",
+    "code-b": "assert x == (x // k) * k + (x % k)",
+    "said-a": "Write it down: it is what it was, and that is all of it.",
+    "said-b": "Write it down once more, before the end of the day.",
+}
+
+
+@pytest.mark.parametrize(
+    ("query", "chunk_id"),
+    [
+        pytest.param("[30, 83, 16, 4, 8, 81, 41, 50, 18, 33]", "numbers-a", id="numbers"),
+        pytest.param("i == (i // j) * j + (i % j)", "code-a", id="code"),
+        pytest.param("it is what it was", "said-a", id="short-common-words"),
+    ],
+)
+def test_a_copied_line_is_found_by_its_short_and_common_words(
+    query: str, chunk_id: str, chroma_client: Any, embedding_function: Any
+) -> None:
+    collection = index.open_collection(chroma_client, "copied", embedding_function, metadata={"created_by": "t"})
+    collection.add(ids=list(COPIED), documents=list(COPIED.values()), metadatas=[{"object_key": i} for i in COPIED])
+    found = lexicon.of(collection)
+    assert found is not None and found.rebuild(collection) == len(COPIED)
+    assert search_lexical.indexed(collection) is not None  # the store's lexical index: every word is looked up
+    assert query_terms(query) == [] or chunk_id == "said-a"  # no word the full-text filter would look up
+    lexical = search.search(collection, query, mode="lexical", n=3)
+    assert lexical and lexical[0].chunk_id == chunk_id, lexical
+    assert search.search(collection, query, n=3, embedding_function=embedding_function)[0].chunk_id == chunk_id
+
+
+@given(st.text(alphabet="ab.-_ \u03011", max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_term_counts_are_each_terms_frequency(text: str) -> None:
+    folded = terms.fold(text)
+    counts = terms.term_counts(folded)
+    assert all(count > 0 for count in counts.values())
+    for term in {*counts, *terms.text_terms(text), "a", "b", "a.b", "ab", "1"}:
+        if len(re.findall(f"(?={re.escape(term)})", folded)) != folded.count(term):
+            continue  # where a run overlaps itself ("1.1" in "1.1.1") `term_frequency` counts it once
+        assert counts.get(term, 0) == terms.term_frequency(term, folded), (text, term)

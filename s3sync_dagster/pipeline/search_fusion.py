@@ -13,6 +13,7 @@ from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.search_dense import distances, nearest
 from s3sync_dagster.pipeline.search_hits import Hit
 from s3sync_dagster.pipeline.search_lexical import (
+    LEXICAL_CANDIDATES,
     LEXICON_POOL_FACTOR,
     Lexical,
     average_words,
@@ -51,6 +52,15 @@ class Fusion:
 # The two rankings fused as they are (issue 26's default): what Chroma Cloud's BM25 index, which scores only
 # its own candidates, is fused with; a `scored` fusion asked of a Cloud collection runs as this.
 RANKINGS_FUSION = Fusion(method="relative", lexical_weight=0.6, pool_factor=2, min_pool=10)
+# Measured (benchmarks/RESULTS.md section 7, issue 53: 1,200 known-item, 126 semantic and 187 paraphrase
+# probes and Django's 203 questions; 25 variants, the rule written before their figures): every candidate scored
+# on both sides, the lexical side at 0.8 x coverage, 20 candidates a side. The rule put first the variants
+# meeting the most of issue 53's checks (hybrid at or above dense and a plain BM25 at @1/@5/@10 on every set,
+# known-item >= 0.85 / 0.97 by third, the question sets' targets), then the best mean MRR@10. A remembered
+# sentence (coverage near 1) is found by its words: known-item recall@1 0.945/0.932/0.920 by third,
+# recall@5 0.995/0.990/0.988; a question in the user's own words (coverage low) leans on meaning: Django's
+# recall@1 0.286 (dense 0.251), semantic 0.563 (dense 0.429, BM25 0.516).
+FUSION = Fusion(method="scored", lexical_weight=0.8, pool_factor=4, min_pool=20, coverage_power=1.0)
 # Measured (benchmarks/RESULTS.md section 7: 1,200 known-item, 126 semantic and 187 paraphrase probes, 56
 # variants, the rule written before their figures; re-measured with the lexical index): every candidate scored
 # on both sides, the lexical side at 0.9 x coverage^4, 20 candidates a side. The rule put first the variants
@@ -109,44 +119,67 @@ def scored_candidates(
     for chunk_id, document, metadata, far in nearest(collection, asked, pool, where):
         rows[chunk_id], distance[chunk_id] = (document, metadata), far
     index = indexed(collection)
-    side = lexicon_side(index, collection, text, LEXICON_POOL_FACTOR * pool, where) if index else None
+    side = (
+        lexicon_side(index, collection, text, max(LEXICAL_CANDIDATES, LEXICON_POOL_FACTOR * pool), where)
+        if index
+        else None
+    )
     if side is not None and embedded is not None:
-        _read_with_distances(collection, side, embedded, rows, distance)
-    else:
-        side = side or lexical_side(collection, text, pool, where)
-        lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
-        if lexical_only:
-            got = collection.query(
-                **asked, ids=lexical_only, n_results=len(lexical_only), include=["documents", "metadatas", "distances"]
-            )
-            for chunk_id, document, metadata, far in query_rows(got):
-                rows[chunk_id], distance[chunk_id] = (document, metadata), far
-    # BM25 and coverage count what the lexical index holds for a chunk: its context line and its text.
-    indexed_texts = {chunk_id: embedding_input(document, metadata) for chunk_id, (document, metadata) in rows.items()}
+        bm25 = _read_lexical_best(collection, side, embedded, pool, rows, distance)
+        return _candidates(rows, distance, bm25, side, pool, _indexed_texts(rows))
+    side = side or lexical_side(collection, text, pool, where)
+    lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
+    if lexical_only:
+        got = collection.query(
+            **asked, ids=lexical_only, n_results=len(lexical_only), include=["documents", "metadatas", "distances"]
+        )
+        for chunk_id, document, metadata, far in query_rows(got):
+            rows[chunk_id], distance[chunk_id] = (document, metadata), far
+    indexed_texts = _indexed_texts(rows)
     average = average_words(list(indexed_texts.values()))
     bm25 = {chunk_id: side.bm25(text, average) for chunk_id, text in indexed_texts.items()}
     return _candidates(rows, distance, bm25, side, pool, indexed_texts)
 
 
-def _read_with_distances(
+def _indexed_texts(rows: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
+    """BM25 and coverage count what the lexical index holds for a chunk: its context line and its text."""
+    return {chunk_id: embedding_input(document, metadata) for chunk_id, (document, metadata) in rows.items()}
+
+
+def _read_lexical_best(
     collection: Collection,
     side: Lexical,
     embedded: Any,
+    pool: int,
     rows: dict[str, tuple[str, dict[str, Any]]],
     distance: dict[str, float],
-) -> None:
-    """Read the lexical candidates the dense side did not offer into rows, by id with their vectors, and their
-    distances to the query's vector (`distances`): a dense query narrowed to ids reads every chunk's metadata
-    (138 ms at 100,000 chunks), this reads only theirs."""
+) -> dict[str, float]:
+    """Every chunk's BM25, the lexical side's `pool` best of its candidates added to rows (the dense side's) with
+    their distances to the query's vector; returns the BM25 of the chunks in rows.
+
+    The lexical side's candidates (LEXICAL_CANDIDATES, as lexical mode ranks them) are read by id, texts and
+    metadata only, and BM25 ranks them on every word of the query; only the `pool` best not already offered by
+    the dense side are read again with their vectors (`distances`: a dense query narrowed to ids reads every
+    chunk's metadata, 138 ms at 100,000 chunks)."""
     lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
-    if not lexical_only:
-        return
-    got = collection.get(ids=lexical_only, include=["documents", "metadatas", "embeddings"])  # type: ignore[list-item]
-    far_of = distances(collection, embedded, got["embeddings"])
-    for chunk_id, document, metadata, far in zip(
-        got["ids"], got["documents"] or [], got["metadatas"] or [], far_of, strict=True
-    ):
-        rows[chunk_id], distance[chunk_id] = (document or "", plain_metadata(metadata)), far
+    read: dict[str, tuple[str, dict[str, Any]]] = {}
+    if lexical_only:
+        got = collection.get(ids=lexical_only, include=["documents", "metadatas"])
+        for chunk_id, document, metadata in zip(
+            got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True
+        ):
+            read[chunk_id] = (document or "", plain_metadata(metadata))
+    indexed_texts = _indexed_texts({**rows, **read})
+    average = average_words(list(indexed_texts.values()))
+    bm25 = {chunk_id: side.bm25(text, average) for chunk_id, text in indexed_texts.items()}
+    offered = [chunk_id for chunk_id in side.candidate_ids if chunk_id in indexed_texts]
+    best = sorted(offered, key=lambda chunk_id: (-bm25[chunk_id], chunk_id))[:pool]
+    wanted = [chunk_id for chunk_id in best if chunk_id in read]
+    if wanted:
+        got = collection.get(ids=wanted, include=["embeddings"])  # type: ignore[list-item]
+        for chunk_id, far in zip(got["ids"], distances(collection, embedded, got["embeddings"]), strict=True):
+            rows[chunk_id], distance[chunk_id] = read[chunk_id], far
+    return {chunk_id: bm25[chunk_id] for chunk_id in rows}
 
 
 def _candidates(
