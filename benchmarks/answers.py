@@ -1,6 +1,7 @@
 """Issue 53: does a search return the passage that answers, on every probe set, beside dense search and a plain BM25?
 
-`python -m benchmarks.answers WORKDIR [--second NAME] [--before REV] [--files 200] [--probes 1200] [--semantic 160]`
+`python -m benchmarks.answers WORKDIR [--second NAME] [--before REV] [--files 200] [--probes 1200] [--semantic 160]
+[--large DIR]`
 
 1. Stores. Section 7's corpus (retrieval.fill_corpus: python3.11-doc pages and standard-library modules) and, with
    `--second`, a second corpus no one here wrote (benchmarks/second_corpus.py), each uploaded to its own moto
@@ -18,6 +19,10 @@
 4. Figures per set and ranking: recall@1/@5/@10 (an answer in the top k), MRR@10, right page@5 (a chunk of the
    answer's object in the top 5), and crowding: the share of probes whose top 5 holds a chunk of the store's
    largest object, and whose first hit is one, for probes whose answer is elsewhere.
+
+5. With `--large DIR` (a store of 100,000 synthetic chunks that `benchmarks.search_cost` made, `large-chunks`):
+   hybrid's p50/p95 milliseconds there, with up to LATENCY_PROBES of each set's probes as the queries
+   (search_cost.latency: the modes take turns, query by query, after a warm-up).
 
 It prints the figures as JSON (and writes WORKDIR/answers.json), then a markdown table per store. Nothing here
 asserts a figure.
@@ -39,6 +44,7 @@ from s3sync_dagster.commands import local_s3
 from s3sync_dagster.pipeline import search
 
 TOP = 10
+LATENCY_PROBES = 60
 PROBES_DIR = Path(__file__).parent / "probes"
 _WORDS = re.compile(r"\w+")
 
@@ -252,8 +258,33 @@ def markdown(result: dict[str, Any]) -> str:
                     f"{f['recall_at_10']:.2f} | {f['mrr_at_10']:.2f} | {f['page_at_5']:.2f} | "
                     f"{f['largest_in_top_5']:.2f} |"
                 )
+        large = store.get("large")
+        if large:
+            lines += [f"At {large['chunks']:,} chunks, ms a search (p50 / p95):", ""]
+            for set_name, modes in large.items():
+                if isinstance(modes, dict):
+                    timed = ", ".join(f"{mode} {t['p50_ms']:.0f} / {t['p95_ms']:.0f}" for mode, t in modes.items())
+                    lines.append(f"- {set_name}: {timed}")
         lines.append("")
     return "\n".join(lines)
+
+
+def large_latency(large: Path, sets: dict[str, list[str]]) -> dict[str, Any]:
+    """Hybrid's (and each side's) p50/p95 ms on the 100,000 synthetic chunks at `large`, each set's first
+    LATENCY_PROBES queries asked for 10 hits, as the figures' rankings ask."""
+    from benchmarks import search_cost
+    from s3sync_dagster.pipeline import index
+    from s3sync_dagster.pipeline.embed import EmbeddingSpec
+    from s3sync_dagster.pipeline.store import embedded_client
+
+    function = EmbeddingSpec().build()
+    collection = index.get_collection(embedded_client(large), "large-chunks", function)  # type: ignore[arg-type]
+    timed: dict[str, Any] = {"chunks": collection.count()}
+    for name, queries in sets.items():
+        timed[name] = search_cost.latency(
+            collection, queries[:LATENCY_PROBES], {"default": search.FUSION}, TOP, function
+        )
+    return timed
 
 
 def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -277,6 +308,9 @@ def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             # The probes' answers are chunk ids of their own store: the sets are made for each.
             sets = first_sets(store, args.files, args.probes, args.seed, args.semantic)
             result["stores"][store.name] = measure_store(store, sets)
+            if args.large and store.name == "python":
+                queries = {name: [probe.text for probe in probes] for name, probes in sets.items()}
+                result["stores"][store.name]["large"] = large_latency(args.large, queries)
         if args.second:
             from benchmarks import second_corpus
 
@@ -288,6 +322,8 @@ def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
                 probes, left_out = question_probes(store, questions)
                 result["stores"][name] = measure_store(store, {args.second: probes})
                 result["stores"][name]["left_out"] = left_out
+                if args.large and before is None:
+                    result["stores"][name]["large"] = large_latency(args.large, {name: [p.text for p in probes]})
     finally:
         server.stop()
     return result
@@ -304,6 +340,7 @@ def main() -> None:
     parser.add_argument("--semantic", type=int, default=hybrid.SEMANTIC_PROBES)
     parser.add_argument("--paraphrase", type=int, help="paraphrase pages' questions added to the corpus (all)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--large", type=Path, help="benchmarks.search_cost's store of 100,000 chunks: hybrid p50/p95")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     result = measure(args.workdir, args)

@@ -61,15 +61,6 @@ RANKINGS_FUSION = Fusion(method="relative", lexical_weight=0.6, pool_factor=2, m
 # recall@5 0.995/0.990/0.988; a question in the user's own words (coverage low) leans on meaning: Django's
 # recall@1 0.286 (dense 0.251), semantic 0.563 (dense 0.429, BM25 0.516).
 FUSION = Fusion(method="scored", lexical_weight=0.8, pool_factor=4, min_pool=20, coverage_power=1.0)
-# Measured (benchmarks/RESULTS.md section 7: 1,200 known-item, 126 semantic and 187 paraphrase probes, 56
-# variants, the rule written before their figures; re-measured with the lexical index): every candidate scored
-# on both sides, the lexical side at 0.9 x coverage^4, 20 candidates a side. The rule put first the variants
-# missing the fewest of issue 36's figures: this one misses only paraphrase recall@5 (0.225, dense's; it asks
-# +0.02), where coverage^2 also fell one probe short of dense's paraphrase recall@1. A remembered sentence
-# (coverage near 1) is found by its words: known-item recall@1 0.917/0.910/0.865 by third (dense 0.53),
-# recall@5 0.99/0.98/0.97; a question in the user's own words (coverage low) is left to meaning: paraphrase
-# recall@1 0.11, MRR@10 0.16 (dense's); semantic recall@1 0.48, @5 0.75 (dense 0.39, 0.67).
-FUSION = Fusion(method="scored", lexical_weight=0.9, pool_factor=4, min_pool=20, coverage_power=4.0)
 # The lexical side's best candidates whose coverage of the query is read (`Candidates.coverage`).
 COVERAGE_TOP = 3
 
