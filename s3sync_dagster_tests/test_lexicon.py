@@ -241,3 +241,24 @@ def test_a_servers_index_in_postgres_answers_s3sync_query_counts_writers_and_is_
     assert cli.main(["rebuild-lexicon", "docs", "--config", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["collections"] == {spec.collection_name: len(collection.get()["ids"])}
     assert search.indexed(collection) is index_of and index_of.verify(collection) == []
+
+
+def test_document_frequencies_kept_between_queries_follow_every_write(
+    chroma_client: Any, embedding_function: Any, tmp_path: Path
+) -> None:
+    collection = index.open_collection(chroma_client, "kept", embedding_function, metadata={"created_by": "t"})
+    reader = lexicon.of(collection)
+    assert isinstance(reader, lexicon.Lexicon)
+    collection.add(ids=["a", "b"], documents=["the parcel left", "the van came"], metadatas=[{"k": 1}, {"k": 2}])
+    assert reader.rebuild(collection) == 2
+    assert reader.document_frequency(collection, ["parcel", "the"]) == ({"parcel": 1, "the": 2}, 2)
+    # Another process's index of the same store (its own connection) writes: the reader's kept counts go.
+    writer = lexicon.Lexicon(reader.path.parent)
+    collection.add(ids=["c"], documents=["the parcel came back"], metadatas=[{"k": 3}])
+    writer.refresh(collection, ["c"])
+    assert reader.document_frequency(collection, ["parcel", "the"]) == ({"parcel": 2, "the": 3}, 3)
+    # Its own writes too.
+    collection.delete(ids=["a"])
+    reader.refresh(collection, ["a"])
+    assert reader.document_frequency(collection, ["parcel", "the"]) == ({"parcel": 1, "the": 2}, 2)
+    writer.close()

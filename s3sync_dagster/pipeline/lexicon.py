@@ -53,6 +53,8 @@ FILE = "s3sync-lexicon.sqlite3"
 VERSION = 1
 READ_PAGE = 2000  # chunks read from Chroma at a time when building or verifying
 BUSY_MS = 60_000
+# The most document frequencies a thread keeps between writes (`Lexicon.document_frequency`).
+MAX_KEPT_FREQUENCIES = 100_000
 
 
 def token(term: str) -> str:
@@ -100,6 +102,10 @@ class Lexicon:
         # By process and thread: a connection is one thread's at a time, and a forked child (a Celery worker's
         # pool) must not use its parent's.
         self._open: dict[tuple[int, int], sqlite3.Connection] = {}
+        # Each thread's document frequencies read (`document_frequency`), kept while no connection has written
+        # the file since: SQLite's data_version (another connection's commit) and this object's own writes.
+        self._writes = 0
+        self._frequencies: dict[tuple[int, int], tuple[tuple[int, int], dict[tuple[str, str], int]]] = {}
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -142,6 +148,9 @@ class Lexicon:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            finally:
+                with self._lock:
+                    self._writes += 1
             db.execute("COMMIT")
 
     # --- writing ----------------------------------------------------------------------------------
@@ -268,16 +277,31 @@ class Lexicon:
         return differing(collection, indexed)
 
     def document_frequency(self, collection: Collection, terms: Sequence[str]) -> tuple[dict[str, int], int]:
-        """How many chunks hold each term, and how many chunks there are."""
+        """How many chunks hold each term, and how many chunks there are.
+
+        fts5vocab counts a term's chunks by reading its whole list: 2 ms for a word in most of 100,000 chunks
+        ("the"), which a query scoring every word (search_lexical.lexicon_side) asks again and again. Each
+        thread keeps what it read until the file is written (`_frequencies`)."""
         fts, chunks, _ = _tables(collection.id)
+        thread = (os.getpid(), threading.get_ident())
         with self._connection() as db:
+            with self._lock:
+                generation = (int(db.execute("PRAGMA data_version").fetchone()[0]), self._writes)
+                kept = self._frequencies.get(thread)
+                if kept is None or kept[0] != generation or len(kept[1]) > MAX_KEPT_FREQUENCIES:
+                    kept = self._frequencies[thread] = (generation, {})
+            known = kept[1]
             db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab_{fts} USING fts5vocab(main, {fts}, 'row')")
             found = {}
             for term in terms:  # one lookup a term: fts5vocab seeks an equal term, but scans for IN
-                row = db.execute(f"SELECT doc FROM temp.vocab_{fts} WHERE term = ?", (token(term),)).fetchone()
-                found[term] = int(row[0]) if row else 0
-            total = db.execute(f"SELECT count(*) FROM {chunks}").fetchone()[0]
-        return found, int(total)
+                key = (fts, term)
+                if key not in known:
+                    row = db.execute(f"SELECT doc FROM temp.vocab_{fts} WHERE term = ?", (token(term),)).fetchone()
+                    known[key] = int(row[0]) if row else 0
+                found[term] = known[key]
+            if (fts, "") not in known:
+                known[(fts, "")] = int(db.execute(f"SELECT count(*) FROM {chunks}").fetchone()[0])
+        return found, known[(fts, "")]
 
     def best(self, collection: Collection, terms: Sequence[str], limit: int) -> list[tuple[str, float]]:
         """(chunk id, BM25) of the `limit` chunks scoring best on any of the terms, best first."""
