@@ -53,8 +53,9 @@ FILE = "s3sync-lexicon.sqlite3"
 VERSION = 1
 READ_PAGE = 2000  # chunks read from Chroma at a time when building or verifying
 BUSY_MS = 60_000
-# The most document frequencies a thread keeps between writes (`Lexicon.document_frequency`).
-MAX_KEPT_FREQUENCIES = 100_000
+# The most document frequencies a thread keeps between writes (`Lexicon.document_frequency`): about 2 MB,
+# kept as long as the thread's connection (`Lexicon._connection`).
+MAX_KEPT_FREQUENCIES = 20_000
 
 
 def token(term: str) -> str:
@@ -135,6 +136,7 @@ class Lexicon:
         """Close every thread's connection (a later use opens one again)."""
         with self._lock:
             opened, self._open = self._open, {}
+            self._frequencies = {}
         for (pid, _), db in opened.items():
             if pid == os.getpid():
                 db.close()
