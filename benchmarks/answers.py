@@ -20,7 +20,12 @@
    answer's object in the top 5), and crowding: the share of probes whose top 5 holds a chunk of the store's
    largest object, and whose first hit is one, for probes whose answer is elsewhere.
 
-5. With `--large DIR` (a store of 100,000 synthetic chunks that `benchmarks.search_cost` made, `large-chunks`):
+5. With `--crowd`, a third store where one object crowds the rest (issue 53, item 5): the paraphrase
+   questions' pages (faq/, howto/, tutorial/) and Python 3.11's changelog as one object (`CROWD_KEY`, most
+   of the chunks), asked the paraphrase questions (their answers elsewhere: how often the changelog takes
+   their top 5, "largest object in top 5") and questions whose answer is in the changelog
+   (benchmarks/probes/changelog.json: is it still found).
+6. With `--large DIR` (a store of 100,000 synthetic chunks that `benchmarks.search_cost` made, `large-chunks`):
    hybrid's p50/p95 milliseconds there, with up to LATENCY_PROBES of each set's probes as the queries
    (search_cost.latency: the modes take turns, query by query, after a warm-up).
 
@@ -44,6 +49,9 @@ from s3sync_dagster.commands import local_s3
 from s3sync_dagster.pipeline import search
 
 TOP = 10
+# The crowding object: Python 3.11's changelog, one page of 3.9 MB of HTML (python3.11-doc ships it gzipped).
+CROWD_KEY = "html/whatsnew/changelog.html"
+CROWD_BUCKET = "crowded"
 LATENCY_PROBES = 60
 PROBES_DIR = Path(__file__).parent / "probes"
 _WORDS = re.compile(r"\w+")
@@ -287,6 +295,21 @@ def large_latency(large: Path, sets: dict[str, list[str]]) -> dict[str, Any]:
     return timed
 
 
+def measure_crowded(workdir: Path, s3: Any, endpoint_url: str) -> dict[str, Any]:
+    """The crowded store (the paraphrase pages and the changelog), synced unless there, and its two sets."""
+    import gzip
+
+    pages = {probe.object_key: (retrieval.HTML_ROOT / probe.page).read_bytes() for probe in hybrid.load_paraphrase()}
+    page = CROWD_KEY.removeprefix("html/")
+    pages[CROWD_KEY] = gzip.decompress((retrieval.HTML_ROOT / f"{page}.gz").read_bytes())
+    common.fill_bucket(s3, CROWD_BUCKET, pages)
+    store = synced_store("crowded", workdir, endpoint_url, CROWD_BUCKET)
+    sets = {name: question_probes(store, load_questions(name, "html/"))[0] for name in ("paraphrase", "changelog")}
+    measured = measure_store(store, sets)
+    measured["crowd_share"] = store.object_keys.count(CROWD_KEY) / max(1, len(store.object_keys))
+    return measured
+
+
 def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": common.machine(), "stores": {}}
     server = local_s3.start()
@@ -311,6 +334,8 @@ def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             if args.large and store.name == "python":
                 queries = {name: [probe.text for probe in probes] for name, probes in sets.items()}
                 result["stores"][store.name]["large"] = large_latency(args.large, queries)
+        if args.crowd:
+            result["stores"]["crowded"] = measure_crowded(workdir, s3, server.endpoint_url)
         if args.second:
             from benchmarks import second_corpus
 
@@ -340,6 +365,7 @@ def main() -> None:
     parser.add_argument("--semantic", type=int, default=hybrid.SEMANTIC_PROBES)
     parser.add_argument("--paraphrase", type=int, help="paraphrase pages' questions added to the corpus (all)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--crowd", action="store_true", help="a store where the changelog crowds the rest")
     parser.add_argument("--large", type=Path, help="benchmarks.search_cost's store of 100,000 chunks: hybrid p50/p95")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
