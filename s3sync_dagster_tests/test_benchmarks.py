@@ -328,3 +328,7 @@ def test_answers_scores_rankings_as_issue_53_counts_them() -> None:
     assert figures(store, probes[1:], [[("big-0",), ("b-0", "b-1")]])["recall_at_5"] == 1.0
     questions = load_questions("django")
     assert len(questions) >= 100 and all(q.object_key.startswith("django/") and q.anchor for q in questions)
+    from benchmarks.answers import CROWD_KEY
+
+    crowd = load_questions("changelog", "html/")  # item 5's crowded store: every answer in the one huge object
+    assert len(crowd) >= 50 and {q.object_key for q in crowd} == {CROWD_KEY}
