@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3sync_dagster.pipeline import index, keys, lexicon, search, search_lexical, terms
+from s3sync_dagster.pipeline import index, keys, lexicon, search, search_fusion, search_lexical, terms
 from s3sync_dagster.pipeline.search import Fusion, fuse
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync import sync_keys
@@ -463,3 +463,36 @@ def test_term_counts_are_each_terms_frequency(text: str) -> None:
         if len(re.findall(f"(?={re.escape(term)})", folded)) != folded.count(term):
             continue  # where a run overlaps itself ("1.1" in "1.1.1") `term_frequency` counts it once
         assert counts.get(term, 0) == terms.term_frequency(term, folded), (text, term)
+
+
+# --- a quoted line comes first (issue 53, item 4) -------------------------------------------------------------
+
+# One chunk holds the line word for word, in a longer text; the others hold its words more often and nearer in
+# meaning, but never in its order: BM25 and the dense side both put one of them first.
+QUOTED = {
+    "holds-it": "Shutdown notes. **The cache is flushed** when the worker stops. Other settings: retries, timeouts, "
+    "logging levels and the metrics port are read once at start and kept for the worker's life.",
+    "near-1": "Flushed cache, worker stops: when the worker stops the cache is flushed; the cache is flushed.",
+    "near-2": "When stops the worker, flushed is the cache. Worker stops: cache flushed, cache is flushed.",
+    "near-3": "The worker stops when the cache is flushed, and the cache is flushed when the worker halts.",
+    **{f"other-{n}": f"Release {n}: the installer now checks disk space and signs package {n}." for n in range(12)},
+}
+
+
+def test_a_quoted_line_comes_first_where_it_is_written(chroma_client: Any, embedding_function: Any) -> None:
+    collection = index.open_collection(chroma_client, "quoted", embedding_function, metadata={"created_by": "t"})
+    collection.add(ids=list(QUOTED), documents=list(QUOTED.values()), metadatas=[{"object_key": i} for i in QUOTED])
+    found = lexicon.of(collection)
+    assert found is not None and found.rebuild(collection) == len(QUOTED)
+    line = "the cache is flushed when the Worker stops"
+    assert search.search(collection, line, mode="lexical", n=1)[0].chunk_id != "holds-it"
+    assert search.search(collection, line, mode="dense", n=1, embedding_function=embedding_function)[0].chunk_id != (
+        "holds-it"
+    )
+    hits = search.search(collection, line, n=4, embedding_function=embedding_function)
+    assert hits[0].chunk_id == "holds-it", hits
+    assert hits[0].score > 1 >= hits[1].score  # the quoted chunk's score says so
+    # Shorter lines: "near-3" holds this one too.
+    assert search_fusion.quoted("cache is flushed when the worker", QUOTED) == {"holds-it", "near-3"}
+    assert search_fusion.quoted("os.path join(", {"a": "`os.path.join(x)`", "b": "os path"}) == {"a"}
+    assert search_fusion.quoted("cache flushed", QUOTED) == frozenset()  # two words: not a quoted line

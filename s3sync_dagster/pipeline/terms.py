@@ -190,6 +190,12 @@ def scoring_terms(text: str) -> list[str]:
     return list(dict.fromkeys(text_terms(text)))[:MAX_SCORING_TERMS]
 
 
+def words(text: str) -> list[str]:
+    """The words of a text, in order, folded (`fold`): its terms (`text_terms`) split at . and -, so that
+    `path.join(` is found in `os.path.join(`."""
+    return [word for term in text_terms(text) for word in _SEPARATOR.split(term)[0::2] if word]
+
+
 def _alternatives(texts: Sequence[str]) -> str:
     escaped = [re.escape(text) for text in texts]
     return escaped[0] if len(escaped) == 1 else f"(?:{'|'.join(escaped)})"
