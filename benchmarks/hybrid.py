@@ -260,10 +260,12 @@ def paraphrase_targets(
 @dataclass(frozen=True)
 class Candidates:
     """One probe's candidates, as `search.scored_candidates` gives them: each side's POOL best, every one
-    scored on both sides; (chunk id, distance, BM25, dense rank or None, lexical rank or None)."""
+    scored on both sides; (chunk id, distance, BM25, dense rank or None, lexical rank or None), and the ids of
+    those holding the query word for word (`search.Candidates.quoted`)."""
 
     rows: list[tuple[str, float, float, int | None, int | None]]
     coverage: float
+    quoted: tuple[str, ...] = ()  # sorted: the lists are written as JSON
 
     @property
     def dense(self) -> list[tuple[str, float]]:  # (chunk id, distance), nearest first
@@ -285,7 +287,7 @@ def gather(
     for query in queries:
         found = search.scored_candidates(collection, query, pool, None, embedding_function)
         rows = [(row.chunk_id, row.distance, row.bm25, row.dense_rank, row.lexical_rank) for row in found.rows]
-        out.append(Candidates(rows, found.coverage))
+        out.append(Candidates(rows, found.coverage, tuple(sorted(found.quoted))))
     return out, {"scored": time.perf_counter() - started}
 
 
@@ -340,6 +342,7 @@ def ranked(candidates: Candidates, mode: str, fusion: Fusion | None = None, n: i
         scored = search.Candidates(
             tuple(search.Candidate(row[0], "", {}, row[1], row[2], row[3], row[4]) for row in inside),
             candidates.coverage,
+            frozenset(candidates.quoted).intersection(row[0] for row in inside),
         )
         return [hit.chunk_id for hit in search.fuse_scored(scored, n, fusion)]
 

@@ -2,6 +2,7 @@
 working. It measures nothing worth keeping; the real figures are in benchmarks/RESULTS.md."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,18 @@ def test_flops_benchmark_counts_by_hand_and_renders_its_section() -> None:
         assert f"\n| {label} |" in section
 
 
+def test_the_fusion_tables_rank_as_the_engine_a_quoted_chunk_first() -> None:
+    # benchmarks/hybrid.py ranks stored candidate lists again for each fusion variant: a chunk holding the query
+    # word for word comes first there as in search (fuse_scored), though both sides put another chunk first.
+    from benchmarks import hybrid
+    from s3sync_dagster.pipeline import search
+
+    rows = [("near", 0.1, 9.0, 1, 1), ("quoted", 0.4, 3.0, 2, 2)]
+    assert hybrid.ranked(hybrid.Candidates(rows, 1.0), "hybrid", search.FUSION)[0] == "near"
+    assert hybrid.ranked(hybrid.Candidates(rows, 1.0, ("quoted",)), "hybrid", search.FUSION)[0] == "quoted"
+    assert json.loads(json.dumps(asdict(hybrid.Candidates(rows, 1.0, ("quoted",)))))["quoted"] == ["quoted"]
+
+
 def test_writers_benchmark_smoke_measures_both_arms() -> None:
     from benchmarks import writers
 
@@ -310,7 +323,7 @@ def test_plan_benchmark_smoke_finds_the_planted_plan(tmp_path: Path) -> None:
 def test_answers_scores_rankings_as_issue_53_counts_them() -> None:
     """benchmarks/answers.py's figures on rankings made by hand: recall at each depth, MRR@10, the right page, and
     how often the store's largest object crowds the top 5 of a probe answered elsewhere; and its plain BM25."""
-    from benchmarks.answers import Probe, Store, figures, load_questions, plain_bm25
+    from benchmarks.answers import CROWD_KEY, Probe, Store, figures, load_questions, plain_bm25
 
     ids = ["big-0", "big-1", "big-2", "a-0", "b-0", "b-1"]
     keys = ["big.md", "big.md", "big.md", "a.md", "b.md", "b.md"]
@@ -328,7 +341,5 @@ def test_answers_scores_rankings_as_issue_53_counts_them() -> None:
     assert figures(store, probes[1:], [[("big-0",), ("b-0", "b-1")]])["recall_at_5"] == 1.0
     questions = load_questions("django")
     assert len(questions) >= 100 and all(q.object_key.startswith("django/") and q.anchor for q in questions)
-    from benchmarks.answers import CROWD_KEY
-
     crowd = load_questions("changelog", "html/")  # item 5's crowded store: every answer in the one huge object
     assert len(crowd) >= 50 and {q.object_key for q in crowd} == {CROWD_KEY}

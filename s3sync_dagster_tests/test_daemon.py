@@ -27,6 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 # S3SYNC_LATENCY_UPLOADS=10 turns this test into the latency measurement quoted in the notes.
 UPLOADS = int(os.environ.get("S3SYNC_LATENCY_UPLOADS", "2"))
 WAIT_S = 300
+# The crash tests chain their waits (a first upload indexed, the crash, every upload indexed: 2 x WAIT_S, the queue
+# drained; 5 x WAIT_S at most): their own messages, with the daemons' logs, must come before pytest's timeout, and a
+# slow but sound recovery on a busy machine must pass (under load one took over 600 s, the default timeout, in all).
+CHAINED_TIMEOUT_S = 5 * WAIT_S + 120
 
 
 def wait_for_chunk(collection_getter: Any, object_key: str, deadline: float) -> bool:
@@ -256,6 +260,7 @@ def expected_chunks(files: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(CHAINED_TIMEOUT_S)
 @pytest.mark.parametrize("failpoint", ["sqs:received", "sqs:deleting", "sqs:deleted"])
 def test_no_event_is_lost_when_the_daemon_dies(
     failpoint: str, s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path, fault_row: Row
@@ -280,6 +285,7 @@ def test_no_event_is_lost_when_the_daemon_dies(
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(CHAINED_TIMEOUT_S)
 def test_no_event_is_lost_when_the_run_reading_the_queue_dies(
     s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path, fault_row: Row
 ) -> None:

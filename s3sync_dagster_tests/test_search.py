@@ -496,3 +496,10 @@ def test_a_quoted_line_comes_first_where_it_is_written(chroma_client: Any, embed
     assert search_fusion.quoted("cache is flushed when the worker", QUOTED) == {"holds-it", "near-3"}
     assert search_fusion.quoted("os.path join(", {"a": "`os.path.join(x)`", "b": "os path"}) == {"a"}
     assert search_fusion.quoted("cache flushed", QUOTED) == frozenset()  # two words: not a quoted line
+    # The tier holds where scores tie: last on both sides, a quoted chunk scores 1, as one first on both does.
+    rows = (
+        search_fusion.Candidate("first", "", {}, 0.1, 9.0, 1, 1),
+        search_fusion.Candidate("quoted", "", {}, 0.4, 3.0, 2, 2),
+    )
+    tie = search_fusion.Candidates(rows, 1.0, frozenset({"quoted"}))
+    assert [hit.chunk_id for hit in search_fusion.fuse_scored(tie, 2, search_fusion.FUSION)] == ["quoted", "first"]

@@ -89,7 +89,6 @@ class Candidates:
 
     rows: tuple[Candidate, ...]
     coverage: float
-    # The candidates whose indexed text holds the query's words in the query's order (`quoted`).
     quoted: frozenset[str] = frozenset()
 
 
@@ -237,7 +236,7 @@ def lexical_weight(fusion: Fusion, coverage: float) -> float:
 def fuse_scored(candidates: Candidates, n: int, fusion: Fusion) -> list[Hit]:
     """One ranking of candidates scored on both sides: each side's scores scaled to 0-1 over all the
     candidates (similarity as 1 - distance, BM25 as it is), summed with the query's lexical weight; a chunk
-    holding the query word for word (`Candidates.quoted`) scores 1 more, before any that does not.
+    holding the query word for word (`Candidates.quoted`) scores 1 more and ranks before any that does not.
 
     The quoted ones first: on section 7's 1,200 known-item probes (sentences copied from a chunk) the fused
     score alone ranked the sentence's chunk below a plain BM25 in 31 of them, each time a candidate holding it
@@ -255,7 +254,11 @@ def fuse_scored(candidates: Candidates, n: int, fusion: Fusion) -> list[Hit]:
         + (row.chunk_id in candidates.quoted)
         for row in rows
     }
-    ranked = sorted(rows, key=lambda row: (-scores[row.chunk_id], row.distance, row.chunk_id))[:n]
+    # The quoted tier first even where a score ties: a quoted chunk last on both sides scores 1, as one first on both.
+    ranked = sorted(
+        rows,
+        key=lambda row: (row.chunk_id not in candidates.quoted, -scores[row.chunk_id], row.distance, row.chunk_id),
+    )[:n]
     return [
         Hit(
             row.chunk_id,
