@@ -78,11 +78,12 @@ def cosine(a: Any, b: Any) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def test_a_stored_vector_is_reused_only_for_the_very_same_text_and_repair_embeds_misembedded_chunks(
+def test_a_stored_vector_is_reused_only_for_the_very_same_text_and_repair_writes_misembedded_chunks_from_s3(
     neighbourhood: tuple[Path, Configure], s3: Any, bucket: str, fault_row: Row, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A chunk another tool edited in place keeps the text hash of its old text: its vector is not that text's.
-    A new chunk of the old text must not take it, and the drift audit finds it and `repair` embeds it again."""
+    A new chunk of the old text must not take it, and the drift audit finds it and `repair` writes it again from
+    what S3 holds (issue 62: never embedded again from its own, edited, text)."""
     path, configure = neighbourhood
     config = configure(docs={})
     model = ChromaDefaultFunction()
@@ -107,15 +108,15 @@ def test_a_stored_vector_is_reused_only_for_the_very_same_text_and_repair_embeds
     store.close_clients()  # the repair ran in-process on its own clients: read the store afresh
     collection = config.chroma.store().collection(config.sources[0].collection_name, config.embedding.spec())
     got = collection.get(ids=[edited], include=["documents", "embeddings", "metadatas"])
-    assert got["documents"] == ["An edited line."]
-    embedded = embedding_input("An edited line.", got["metadatas"][0])
-    assert embedded == "docs/a.txt\n\nAn edited line."
+    assert got["documents"] == [SENTENCE]  # S3's text again, not the edit
+    embedded = embedding_input(SENTENCE, got["metadatas"][0])
+    assert embedded == "docs/a.txt\n\n" + SENTENCE
     assert cosine(got["embeddings"][0], model([embedded])[0]) > 0.99
     assert got["metadatas"][0]["text_hash"] == index.text_hash(embedded, index.function_record(collection))
     expected = {
         (collection.name, keys.chunk_id(keys.object_id(key), n)): text
         for key, lines in {
-            "docs/a.txt": ["An edited line.", OTHER],
+            "docs/a.txt": [SENTENCE, OTHER],
             "docs/b.txt": ["An edited line.\n", SENTENCE],
         }.items()
         for n, text in enumerate(lines)

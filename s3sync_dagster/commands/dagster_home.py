@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from s3sync_dagster.config import config_file, state_dir
+from s3sync_dagster.config import config_file, require_instance_extras, state_dir
 
 
 def ensure_dagster_home(explicit_config: str | None = None) -> Path:
@@ -51,7 +51,7 @@ def home_lock(home: str | os.PathLike[str]) -> Iterator[None]:
     (IntegrityError on the partitions' unique index).
     """
     Path(home).mkdir(parents=True, exist_ok=True)
-    with open(Path(home) / ".s3sync-setup.lock", "w") as handle:
+    with open(Path(home) / ".s3sync-setup.lock", "a") as handle:  # appended to, never truncated: no write
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -60,8 +60,10 @@ def home_lock(home: str | os.PathLike[str]) -> Iterator[None]:
 
 
 def open_instance(explicit_config: str | None = None) -> dg.DagsterInstance:
-    """The instance in `ensure_dagster_home()`, its databases created by one process at a time."""
+    """The instance in `ensure_dagster_home()`, its databases created by one process at a time; an extra its
+    dagster.yaml needs and this install lacks (`storage: postgres`) named with its pip command first."""
     home = ensure_dagster_home(explicit_config)
+    require_instance_extras(home)
     with home_lock(home):
         instance = dg.DagsterInstance.get()
         warn_of_missing_settings(instance, home)

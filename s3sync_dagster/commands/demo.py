@@ -82,7 +82,7 @@ def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
 
     from s3sync_dagster.commands import local_s3
     from s3sync_dagster.commands.runner import discover, sync
-    from s3sync_dagster.config import load_config
+    from s3sync_dagster.config import load_config, require_instance_extras
 
     def say(message: str) -> None:
         if not as_json:
@@ -94,6 +94,7 @@ def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
         os.environ.setdefault(name, value)
     os.environ.setdefault("DAGSTER_HOME", str(work / "dagster"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    require_instance_extras()  # before the endpoint starts: an extra the instance needs, with its pip command
 
     server = local_s3.start()
     try:

@@ -7,7 +7,8 @@ asset (a source's `asset:` attributes), chroma, embedding, deployment (documents
 keys), secret_rules (`{env: VAR}` and the patterns of a literal secret), errors (ConfigError).
 Reading it: discovery (which file, the project's `.env`, where `.s3sync/` goes), loading (parse_config,
 load_config), lines (a value's YAML line), problems (an error in words that name the fix), literal_secrets (secrets
-written as literals, refused before anything reads them), schema (the component's JSON schema for `dg check yaml`).
+written as literals, refused before anything reads them), schema (the component's JSON schema for `dg check yaml`),
+instance (the extras the Dagster instance's own dagster.yaml needs).
 """
 
 from s3sync_dagster.config.app import AppConfig
@@ -36,6 +37,7 @@ from s3sync_dagster.config.discovery import (
 )
 from s3sync_dagster.config.embedding import EmbeddingConfig
 from s3sync_dagster.config.errors import ConfigError
+from s3sync_dagster.config.instance import require_instance_extras
 from s3sync_dagster.config.lines import Lines, Loc, line_of, yaml_lines
 from s3sync_dagster.config.literal_secrets import (
     SECRET_FIELDS,
@@ -102,6 +104,7 @@ __all__ = [
     "parse_config",
     "project_root",
     "refuse_literal_secrets",
+    "require_instance_extras",
     "schema_problems",
     "state_dir",
     "yaml_lines",

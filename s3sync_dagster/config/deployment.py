@@ -14,6 +14,7 @@ from s3sync_dagster.config.secret_rules import (
     _no_credentials_in_url,
     _secret_must_be_env_ref,
 )
+from s3sync_dagster.pipeline import extras
 
 
 class DocumentsConfig(_Model):
@@ -55,6 +56,15 @@ class ExecutorConfig(_Model):
     """Where a run's step executes: in the run's own process (default), or on Celery workers."""
 
     celery: CeleryConfig | None = None
+
+    @field_validator("celery")
+    @classmethod
+    def _celery_installed(cls, celery: CeleryConfig | None) -> CeleryConfig | None:
+        # At load, as chroma.lexicon_postgres: every door (each `s3sync` command, the code location, a worker)
+        # refuses a config this install cannot run, naming the pip command, where the definitions alone did.
+        if celery is not None:
+            extras.require("celery", "executor.celery")
+        return celery
 
 
 class WebserverConfig(_Model):

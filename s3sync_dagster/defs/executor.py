@@ -10,8 +10,7 @@ from typing import Any, cast
 
 import dagster as dg
 
-from s3sync_dagster.config import AppConfig, CeleryConfig, ConfigError, EnvRef
-from s3sync_dagster.pipeline import extras
+from s3sync_dagster.config import AppConfig, CeleryConfig, EnvRef
 
 # `celery -A s3sync_dagster.commands.celery_worker worker` serves the steps; the same config file tells it the broker.
 WORKER_APP = "s3sync_dagster.commands.celery_worker"
@@ -60,8 +59,8 @@ def executor_for(config: AppConfig) -> dg.ExecutorDefinition:
         # of everything (~3 s before the step, ~2.6 s after it; benchmarks, section 9). A step that dies
         # takes its run with it either way: run retries and the run-worker monitor handle that.
         return dg.in_process_executor
-    # dagster-celery and redis are the [celery] extra: without them the code location fails to load here, naming it.
-    extras.require("celery", "executor.celery", ConfigError)
+    # dagster-celery and redis are the [celery] extra: without them the config is refused as it loads, naming it
+    # (config/deployment.py), so the code location fails to load before this.
     from dagster_celery import celery_executor
 
     return celery_executor.configured(

@@ -3,11 +3,14 @@
 Missing and stale keys are registered as partitions and indexed; keys whose object is gone are
 synced too, which removes their chunks (and records `removed` on their partition); chunks of keys
 the source no longer selects are deleted directly, since a sync would index those objects again.
+Misembedded chunks are deleted and their keys synced, which writes them again from S3; keys whose
+labels are not S3's are synced, which updates them alone.
 Metadata files waiting for their document are synced only if no sync has recorded which document
 they name yet (so that its upload completes them).
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +22,8 @@ from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_partitions
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import RepairConfig
-from s3sync_dagster.pipeline import audit, events, index, keys, lexicon
+from s3sync_dagster.pipeline import audit, chunk_drift, events, index, keys, lexicon
+from s3sync_dagster.pipeline.spec import SourceSpec
 
 
 def delete_unselected(
@@ -73,14 +77,18 @@ def delete_misplaced(
     return deleted
 
 
-def embed_misembedded(
+def delete_misembedded(
     chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig, collection_names: list[str]
-) -> dict[str, int]:
-    """Embed again, from their stored texts, the source's chunks whose text hash is not their text's."""
+) -> tuple[dict[str, int], list[str]]:
+    """Delete the source's chunks whose text hash is not their text's (chunk_drift.misembedded_partitions), so a
+    sync of their partitions writes them again from what S3 holds (never from their own texts): how many went, by
+    collection, and those partitions. A chunk no sync of the source writes again (an invocation's, in another
+    collection) takes the rest of its document there with it: an absent document, not a partial one."""
     from chromadb.errors import NotFoundError
 
     spec = source.spec(embedding.spec())
-    fixed: dict[str, int] = {}
+    deleted: dict[str, int] = {}
+    partitions: set[str] = set()
     for name in collection_names:
         if not audit.may_write(spec, name):
             continue
@@ -88,10 +96,19 @@ def embed_misembedded(
             collection = chroma.collection(name, embedding, create=False)
         except NotFoundError:
             continue
-        fixed[name] = index.embed_again(
-            collection, index.misembedded(collection, spec.owner), embedding.embedding_function()
-        )
-    return fixed
+        found = chunk_drift.misembedded_partitions(collection, spec.owner)
+        rewritten = {partition for partition in found.values() if chunk_drift.rewritten(spec, name, partition)}
+        whole = sorted(set(found.values()) - rewritten)
+        ids = {*found, *(chunk_id for object_key in whole for chunk_id in _invoked(collection, object_key, spec))}
+        deleted[name] = index.delete_ids(collection, sorted(ids))
+        partitions |= rewritten
+    return deleted, sorted(partitions)
+
+
+def _invoked(collection: Any, object_key: str, spec: SourceSpec) -> list[str]:
+    """The ids of the object's chunks an invocation wrote to this collection (none a metadata file sent)."""
+    chunks = index.chunks_of(collection, "object_key", object_key, spec.owner)
+    return [chunk_id for chunk_id, chunk in chunks.items() if not chunk.metadata.get("metadata_key")]
 
 
 def unlinked_waiting(instance: dg.DagsterInstance, source_name: str, drift: audit.Drift) -> list[str]:
@@ -171,10 +188,12 @@ def repair_drift(
         )
     if misembedded:
         with chroma.write_lock():
-            fixed = embed_misembedded(chroma, embedding, source, misembedded)
+            deleted_by_collection, rewritten = delete_misembedded(chroma, embedding, source, misembedded)
+        # Found since the audit or not: every partition that lost a chunk here is synced below.
+        object_keys = sorted({*object_keys, *(set(rewritten) - set(unselected))})
         context.log.info(
-            "embedded again the chunks whose text hash was not their text's: "
-            + ", ".join(f"{name} ({n} chunks)" for name, n in fixed.items())
+            "deleted the chunks whose text hash was not their text's, to be written again from S3: "
+            + ", ".join(f"{name} ({n} chunks)" for name, n in deleted_by_collection.items())
         )
     if not object_keys:
         return

@@ -51,7 +51,7 @@ class RepairConfig(dg.Config):
     foreign: bool = False  # delete the chunks other sources wrote into the source's own collection
     # Collections whose lexical index is built again from their chunks (pipeline/lexicon.py).
     lexicon: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
-    # Collections whose misembedded chunks (text hash not their text's) are embedded again from their texts.
+    # Collections whose misembedded chunks (text hash not their text's) are deleted, their keys then synced from S3.
     misembedded: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
 
 

@@ -25,6 +25,13 @@ Which chunks count:
   and HEAD says it is not restored: pipeline/archive.py) is counted apart, not drift: no sync can read it until it
   is restored, and its earlier chunks, if any, stay. One HEAD per such key, so the cost follows the drift.
 
+What the chunks hold, beyond the ETag (pipeline/chunk_drift.py), in the collections the source may write:
+- A chunk is *misembedded* when its recorded `text_hash` is not its stored context line's and text's (another
+  hand changed its text or hash, or planted it): a repair deletes it and syncs its partition (`misembedded_keys`),
+  so it is written again from what S3 holds, never embedded again from its own text.
+- A partition is *relabel* when its chunks' labels (pipeline/labels.py: user metadata, tags, readers) are not
+  what S3 gives its object now; a sync of it brings them back to S3's. n/a for a source without labels.
+
 Tenancy (pipeline/owners.py): every chunk in this source's own collection that is not the source's
 (another configured source's, another project's, a writer that recorded no source: none may write
 there) is *foreign*; this source's chunks in a collection it may not write (another source's, or one
@@ -45,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline import archive, events, index, lexicon, objects
+from s3sync_dagster.pipeline import archive, chunk_drift, events, index, labels, lexicon, objects
 from s3sync_dagster.pipeline.fetch import MAX_META_FILE_BYTES
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.owners import describe
@@ -61,6 +68,8 @@ EmptyLookup = Callable[[Sequence[str]], Mapping[str, str]]
 NamedLookup = Callable[[Sequence[str]], Mapping[str, str]]
 # Given keys that look missing or stale and are listed in a class that may be archived, those not restored -> why.
 ArchivedLookup = Callable[[Sequence[str]], Mapping[str, str]]
+# Given partitions with their document's key and the label sets their chunks carry, those whose labels S3 changed.
+LabelLookup = Callable[[chunk_drift.Carried], Sequence[str]]
 
 
 @dataclass
@@ -90,8 +99,12 @@ class Drift:
     # Metadata files without chunks naming a document not in the bucket yet -> that document (not drift).
     waiting: dict[str, str] = field(default_factory=dict)
     # Chunks of the source whose recorded text hash is not their text's, by collection (index.misembedded):
-    # their vectors are not their texts'; a repair embeds their stored texts again.
+    # neither their texts nor their vectors can be trusted to be their objects'; a repair deletes them and syncs
+    # `misembedded_keys`, so they are written again from what S3 holds.
     misembedded: dict[str, int] = field(default_factory=dict)
+    misembedded_keys: list[str] = field(default_factory=list)  # the partitions a sync writes them again for
+    # Partitions whose chunks' labels (metadata, tags, readers) are not S3's now; None: the source has no labels.
+    relabel: list[str] | None = None
     # Keys in an archive storage class and not restored -> why (not drift: no sync can read them yet).
     archived: dict[str, str] = field(default_factory=dict)
 
@@ -100,6 +113,7 @@ class Drift:
         return (
             not (self.missing or self.stale or self.orphaned or self.foreign or self.misplaced or self.lexicon)
             and not self.misembedded
+            and not self.relabel
         )
 
     def counts(self) -> dict[str, int | None]:
@@ -111,13 +125,17 @@ class Drift:
             "misplaced": sum(self.misplaced.values()),
             "lexicon": len(self.lexicon),
             "misembedded": sum(self.misembedded.values()),
+            # Only for a source with labels: a source without has nothing of the kind to count.
+            **({} if self.relabel is None else {"relabel": len(self.relabel)}),
         }
 
     def to_sync(self) -> list[str]:
-        """The keys a sync repairs: missing and stale ones are indexed, gone ones lose their chunks."""
+        """The keys a sync repairs: missing and stale ones are indexed, gone ones lose their chunks, those whose
+        misembedded chunks a repair deletes are written again from S3, relabelled ones get S3's labels."""
         unselected = set(self.unselected)
         gone = [key for key in self.orphaned if key not in unselected]
-        return sorted({*(self.missing or []), *(self.stale or []), *gone})
+        rewritten = [key for key in [*self.misembedded_keys, *(self.relabel or [])] if key not in unselected]
+        return sorted({*(self.missing or []), *(self.stale or []), *gone, *rewritten})
 
     def summary(self) -> str:
         counts = self.counts()
@@ -170,6 +188,8 @@ def chunk_frame(
     target: SourceSpec,
     foreign: dict[str, int] | None = None,
     first_chunks: bool = False,
+    label_keys: Sequence[str] = (),
+    signatures: bool = False,
 ) -> pd.DataFrame:
     """The source's chunks as distinct (collection, object_key, metadata_key, document_id, etag, chunk_count)
     rows with how many chunks each has.
@@ -180,9 +200,14 @@ def chunk_frame(
     first_chunks: read each document's first chunk only and count the chunks it records (`chunk_count`): a read
     that follows the documents, not their chunks (the plan's, pipeline/plan.py); a document missing some of its
     chunks then looks whole, so the audit itself never asks for it.
+    label_keys: given (labels.label_keys), each row also holds the values its chunks carry for them (`labels`, as
+    JSON), so one object's chunks fold into one row while they agree.
+    signatures: each row also holds its chunks' `sync_signature` (the settings they were written under: the plan's).
     """
     import pandas as pd
 
+    columns = [*_CHUNK_COLUMNS, "labels"] if label_keys else _CHUNK_COLUMNS
+    columns = [*columns, "sync_signature"] if signatures else columns
     owner = target.owner
     folded: list[pd.DataFrame] = []
     for collection in collections:
@@ -207,15 +232,19 @@ def chunk_frame(
                         "chunk_count": [_count(m.get("chunk_count")) for m in metadatas],
                     }
                 )
+                if label_keys:
+                    rows["labels"] = [chunk_drift.label_set(m, label_keys) for m in metadatas]
+                if signatures:
+                    rows["sync_signature"] = [str(m.get("sync_signature") or "") for m in metadatas]
                 if first_chunks:
                     rows = rows.assign(chunks=rows["chunk_count"].clip(lower=1))
-                    folded.append(rows.groupby(_CHUNK_COLUMNS, sort=False)["chunks"].sum().reset_index())
+                    folded.append(rows.groupby(columns, sort=False)["chunks"].sum().reset_index())
                 else:
-                    folded.append(rows.groupby(_CHUNK_COLUMNS, sort=False).size().rename("chunks").reset_index())
+                    folded.append(rows.groupby(columns, sort=False).size().rename("chunks").reset_index())
     if not folded:
-        return _empty_chunk_frame()
+        return _empty_chunk_frame(bool(label_keys))
     frame = pd.concat(folded, ignore_index=True)
-    return frame.groupby(_CHUNK_COLUMNS, sort=False)["chunks"].sum().reset_index()
+    return frame.groupby(columns, sort=False)["chunks"].sum().reset_index()
 
 
 def writer_of(metadata: Mapping[str, Any], target: SourceSpec) -> str:
@@ -231,10 +260,10 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
-def _empty_chunk_frame() -> pd.DataFrame:
+def _empty_chunk_frame(labelled: bool = False) -> pd.DataFrame:
     import pandas as pd
 
-    columns = {column: pd.Series(dtype="object") for column in _CHUNK_COLUMNS}
+    columns = {column: pd.Series(dtype="object") for column in [*_CHUNK_COLUMNS, *(["labels"] if labelled else [])]}
     return pd.DataFrame({**columns, "chunk_count": pd.Series(dtype="int64"), "chunks": pd.Series(dtype="int64")})
 
 
@@ -269,10 +298,13 @@ def join(
     foreign: Mapping[str, int] | None = None,
     named: NamedLookup | None = None,
     archived: ArchivedLookup | None = None,
+    labelled: LabelLookup | None = None,
 ) -> Drift:
     """Missing, stale, orphaned and waiting keys from the two frames (see the module's docstring for the rules).
 
     named: the documents metadata files name, asked for those that look missing (None: none is waiting).
+    labelled: the partitions whose labels S3 changed, asked for every indexed one a sync would not read anyway
+    (the chunk frame must hold `labels`: chunk_frame's label_keys); None: the source has no labels.
     """
     chunks, misplaced = _placed(chunks, target)
     placed = _against_listing(chunks, listing, target)
@@ -282,11 +314,12 @@ def join(
     indexed = int(selected_listing["object_key"].isin(indexed_partitions).sum())
     stale_etag, incomplete = _stale(placed.live, target)
     incomplete_partitions = set(incomplete.index.get_level_values("partition"))
+    relabel = _relabel(placed.live, target, stale_etag | incomplete_partitions, labelled)
     if target.metadata_mode:
         return Drift(
             target.name, True, len(selected_listing), chunk_total, indexed, None, sorted(incomplete_partitions),
             placed.orphaned, placed.unselected, incomplete=len(incomplete),
-            foreign=dict(foreign or {}), misplaced=misplaced,
+            foreign=dict(foreign or {}), misplaced=misplaced, relabel=relabel,
         )  # fmt: skip
 
     stale = sorted(stale_etag | incomplete_partitions)
@@ -311,7 +344,21 @@ def join(
         incomplete=len(incomplete),
         waiting=dict(sorted(waiting.items())),
         archived=dict(sorted(not_restored.items())),
+        relabel=relabel,
     )
+
+
+def _relabel(live: pd.DataFrame, target: SourceSpec, stale: set[str], labelled: LabelLookup | None) -> list[str] | None:
+    """Of the partitions with chunks a sync could bring up to date, and not stale (read whole by their sync
+    anyway), those whose chunks' labels are not what S3 gives their document now."""
+    if labelled is None:
+        return None
+    comparable = _comparable(live, target)
+    if "labels" not in comparable or comparable.empty:
+        return []
+    rows = comparable[~comparable["partition"].isin(stale)]
+    carried = chunk_drift.carried(rows["partition"], rows["object_key"], rows["labels"])
+    return sorted(labelled(carried)) if carried else []
 
 
 def _archived(listing: pd.DataFrame, drifted: set[str], archived: ArchivedLookup | None) -> dict[str, str]:
@@ -340,7 +387,7 @@ def _placed(chunks: pd.DataFrame, target: SourceSpec) -> tuple[pd.DataFrame, dic
     """The chunk rows with their partition (`.meta.json` or object key) and whether they are in the source's
     own collection (`home`), less those in a collection the source may not write: counted by collection."""
     if chunks.empty:
-        chunks = _empty_chunk_frame()
+        chunks = _empty_chunk_frame("labels" in chunks)
     chunks = chunks.assign(
         partition=chunks["metadata_key"].where(chunks["metadata_key"] != "", chunks["object_key"]).astype("object"),
         home=chunks["collection"] == target.collection_name,
@@ -401,11 +448,17 @@ def _against_listing(chunks: pd.DataFrame, listing: pd.DataFrame, target: Source
     )
 
 
+def _comparable(live: pd.DataFrame, target: SourceSpec) -> pd.DataFrame:
+    """The chunk rows a sync of their partition writes: in the source's collection, or sent by a metadata file
+    (an invocation's chunks elsewhere are left out: a sync could never bring them up to date there)."""
+    # In metadata mode a metadata file's document counts wherever it was sent.
+    return live if target.metadata_mode else live[live["home"] | (live["metadata_key"] != "")]
+
+
 def _stale(live: pd.DataFrame, target: SourceSpec) -> tuple[set[str], pd.DataFrame]:
     """The partitions whose chunks carry another ETag than the listing, and the documents (by collection,
     document_id, partition) missing some of their chunks or holding extra ones."""
-    # In metadata mode a metadata file's document counts wherever it was sent.
-    comparable = live if target.metadata_mode else live[live["home"] | (live["metadata_key"] != "")]
+    comparable = _comparable(live, target)
     stale_etag = set(comparable.loc[comparable["etag"] != comparable["listed_etag"], "partition"])
     # A document missing some of its chunks (or holding more than it says): each chunk records how many
     # its document has, so the chunks present in one collection under one id must be exactly that many.
@@ -478,17 +531,28 @@ def audit(
             yield collection
 
     foreign: dict[str, int] = {}
-    chunks = chunk_frame(reading(), target, foreign)
+    label_keys = sorted(labels.label_keys(target)) if labels.wanted(target) else []
+    chunks = chunk_frame(reading(), target, foreign, label_keys=label_keys)
     chroma = time.perf_counter()
     drift = join(
         listing, chunks, target, known_empty, foreign, lambda meta_keys: named_documents(s3, target, meta_keys),
         lambda object_keys: archived_keys(s3, target, object_keys),
+        (lambda carried: chunk_drift.relabelled(s3, target, carried)) if labels.wanted(target) else None,
     )  # fmt: skip
     drift.collections = read
     drift.lexicon = lexicon_drift(written)
-    drift.misembedded = {
-        collection.name: n for collection in written if (n := len(index.misembedded(collection, target.owner)))
+    misembedded = {
+        collection.name: chunk_drift.misembedded_partitions(collection, target.owner) for collection in written
     }
+    drift.misembedded = {name: len(found) for name, found in misembedded.items() if found}
+    drift.misembedded_keys = sorted(
+        {
+            partition
+            for name, found in misembedded.items()
+            for partition in found.values()
+            if chunk_drift.rewritten(target, name, partition)
+        }
+    )
     drift.seconds = {
         "list": listed - started,
         "chroma": chroma - listed,

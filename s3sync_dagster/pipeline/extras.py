@@ -9,7 +9,7 @@ DISTRIBUTION = "s3sync-dagster"
 # Extra -> the modules its features import (each one's absence is what the error names).
 MODULES: dict[str, tuple[str, ...]] = {
     "celery": ("dagster_celery", "celery", "redis"),
-    "postgres": ("psycopg2",),
+    "postgres": ("dagster_postgres", "psycopg2"),
     "demo": ("moto", "flask", "dagster_webserver"),  # moto's server runs on flask
     "torch": ("torch", "sentence_transformers"),
 }
@@ -30,6 +30,12 @@ def absent(extra: str) -> list[str]:
 
 def installed(extra: str) -> bool:
     return not absent(extra)
+
+
+def extra_of(module: str) -> str | None:
+    """The extra that installs `module` (a dotted name: its top package decides), if one does."""
+    package = module.split(".")[0]
+    return next((extra for extra, modules in MODULES.items() if package in modules), None)
 
 
 def require(extra: str, setting: str, error: type[Exception] = MissingExtra) -> None:

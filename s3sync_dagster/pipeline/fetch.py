@@ -80,21 +80,35 @@ def fetch(
     mark = time.perf_counter()
     try:
         info = objects.head_object(s3, spec.bucket_name, object_key)
-        object_labels = labels.object_labels(s3, spec, info, metadata)  # {} (no request) without label fields
     except objects.ObjectMissing:
         if meta_key is not None:
             return _waiting(report, spec, collection_for, meta_key, started)
         return _removed(report, spec, collection_for, started)
     mark = lap(report, "s3_head", mark)
     report.size_bytes, report.etag = info.size, info.etag
-    objects.check_size(info, spec.max_object_bytes)
-
-    document_id = custom_id or keys.object_id(object_key)
-    signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
     if stored is None:
         stored = stored_chunks(collection, object_key, spec.owner, with_text=False)
     stored = own_chunks(dict(stored), meta_key)
     mark = lap(report, "chroma_read", mark)
+    if info.archived is not None:  # S3 refuses its GET until restored: its HEAD alone, not a failure, nothing removed
+        report.status, report.chunk_count = "archived", len(stored)
+        report.message = archived_message(object_key, info.archived, len(stored))
+        report.duration_s = time.perf_counter() - started
+        return report
+    objects.check_size(info, spec.max_object_bytes)
+    try:
+        object_labels = labels.object_labels(s3, spec, info, metadata)  # {} (no request) without label fields
+    except objects.ObjectMissing:
+        if meta_key is not None:
+            return _waiting(report, spec, collection_for, meta_key, started)
+        return _removed(report, spec, collection_for, started)
+    except (ValueError, objects.ObjectError) as error:
+        # Who may read it is unknown now: its chunks are closed to every reader before the key fails.
+        raise labels.closed(collection, stored, spec, error) from None
+    mark = lap(report, "s3_head", mark)
+
+    document_id = custom_id or keys.object_id(object_key)
+    signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
     if is_current(stored, document_id, info.etag, signature):
         relabel = labels.changed(spec, stored, object_labels)
         # The tags or user metadata alone changed: the chunks' metadata, no GET, no embedding. Written here, on the
@@ -114,11 +128,6 @@ def fetch(
     if not stored and empty_etag == info.etag:
         report.status = "unchanged"
         report.message = "empty at this ETag: nothing read or written"
-        report.duration_s = time.perf_counter() - started
-        return report
-    if info.archived is not None:  # S3 refuses its GET until restored: not a failure, and nothing removed
-        report.status, report.chunk_count = "archived", len(stored)
-        report.message = archived_message(object_key, info.archived, len(stored))
         report.duration_s = time.perf_counter() - started
         return report
     shared = collection_name != spec.collection_name

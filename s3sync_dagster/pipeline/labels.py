@@ -68,8 +68,8 @@ def object_tags(s3: S3Client, bucket_name: str, object_key: str) -> dict[str, st
         if code in {"NoSuchKey", "404"}:
             raise objects.ObjectMissing(f"object '{object_key}' does not exist in bucket '{bucket_name}'") from None
         raise ObjectError(
-            f"object '{object_key}' in bucket '{bucket_name}': GetObjectTagging failed ({code or 'error'}); "
-            "object_tags and readers_tag need s3:GetObjectTagging"
+            f"object '{object_key}' in bucket '{bucket_name}': GetObjectTagging failed "
+            f"({objects.error_meaning(error, 's3:GetObjectTagging (object_tags and readers_tag read the tags)')})"
         ) from None
     except objects.EndpointError as error:
         raise ObjectError(
@@ -116,6 +116,26 @@ def object_labels(
     if readers:
         labels[READERS_KEY] = readers
     return labels
+
+
+class ReadersUnknown(ObjectError):
+    """An object's labels could not be read (a bad readers tag, a tag S3 would not give): its chunks were closed
+    to every reader and its key fails, naming what broke."""
+
+
+def closed(collection: Collection, stored: Mapping[str, StoredChunk], spec: SourceSpec, error: Exception) -> Exception:
+    """Fail closed: when a source lists readers per object and an object's labels cannot be read, the chunks it
+    has lose their readers (an operator's search alone sees them) until its tag reads again; the error to raise,
+    saying so. A source without readers_tag has no readers to withdraw: the error as it is."""
+    if not spec.readers_tag:
+        return error
+    held = [chunk_id for chunk_id, chunk in stored.items() if chunk.metadata.get(READERS_KEY)]
+    if held:
+        update_labels(collection, held, {READERS_KEY: None})
+    return ReadersUnknown(
+        f"{error}; until tag '{spec.readers_tag}' reads again, no reader sees this object "
+        f"({len(stored)} chunk(s) closed to every reader)"
+    )
 
 
 def changed(spec: SourceSpec, stored: Mapping[str, StoredChunk], labels: Metadata) -> dict[str, Any]:

@@ -56,6 +56,32 @@ def _describe(error: ClientError) -> str:
     return f"{details.get('Code', 'error')}: {details.get('Message', '') or 'no message'}".rstrip(": ")
 
 
+# What an S3 error code means to the person reading a key's failure; a code not here is shown with S3's message.
+# A missing permission is said only for AccessDenied: an archived object, a gone bucket or a throttle is not one.
+ERROR_MEANINGS = {
+    "AccessDenied": "access denied: the credentials lack {permission} on it",
+    "AllAccessDisabled": "access to the bucket is disabled",
+    "InvalidObjectState": "the object is archived and not restored (S3 answers it only after a RestoreObject)",
+    "NoSuchBucket": "the bucket does not exist",
+    "InvalidAccessKeyId": "the access key id is not known to the endpoint",
+    "SignatureDoesNotMatch": "the secret key does not match the access key id",
+    "ExpiredToken": "the temporary credentials have expired",
+    "SlowDown": "S3 throttled the requests (SlowDown) after the client's retries",
+    "ServiceUnavailable": "S3 could not answer (ServiceUnavailable) after the client's retries",
+    "InternalError": "S3 failed inside (InternalError) after the client's retries",
+}
+
+
+def error_meaning(error: ClientError, permission: str) -> str:
+    """An S3 error as its code and what it means here: 'AccessDenied: access denied: the credentials lack
+    s3:GetObjectTagging on it'; `permission` is the IAM action the request needed."""
+    code = str(error.response.get("Error", {}).get("Code", "") or "error")
+    meaning = ERROR_MEANINGS.get(code)
+    if meaning is None:
+        return _describe(error)
+    return f"{code}: {meaning.format(permission=permission)}"
+
+
 # What botocore raises when the endpoint itself fails (no answer, or none in time), after its retries.
 EndpointError = (BotoConnectionError, HTTPClientError)
 

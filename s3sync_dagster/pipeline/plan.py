@@ -2,18 +2,27 @@
 nothing: new, changed, deleted and unchanged objects, those it would refuse and why, bytes by kind, and estimates
 of chunks, embedding time and the same work's price on Chroma Sync (pipeline/plan_estimates.py).
 
-Which objects are new, changed or deleted is the drift audit's join (pipeline/audit.py: the listing's ETags
-against the chunks' `object_key`/`etag` in the source's collection), not a second one:
-- *new*: selected and listed, without chunks (the audit's missing; an object whose last sync found no text at this
-  ETag is unchanged, asked of the caller only for keys registered as partitions: no other has a materialisation);
-- *changed*: indexed at another ETag (stale; each document's first chunk is read, see `index_frame`);
+It is the sync's dry run: each selected object is counted as the sync's fetch (pipeline/fetch.py) would decide it,
+in the same order, and in one kind only. Which objects are new, changed or deleted is the drift audit's join
+(pipeline/audit.py: the listing's ETags against the chunks' `object_key`/`etag` in the source's collection):
+- *archived*: in an archive storage class (GLACIER, DEEP_ARCHIVE by the listing's StorageClass): the sync's HEAD
+  finds it unreadable and reads nothing more (a restore is not visible in a listing, and an INTELLIGENT_TIERING
+  archive tier only in a HEAD);
+- *refused*: what the sync fails: over `max_object_bytes` (checked on every object, as the sync does after its
+  HEAD), or, of those it would read, of a format that is neither text nor a document
+  (plan_estimates.UNSUPPORTED_SUFFIXES);
+- *new*: selected and listed, without chunks (the audit's missing);
+- *changed*: indexed at another ETag (stale; each document's first chunk is read, see `index_frame`), or at this
+  ETag under other settings than the source's now (its chunks' `sync_signature`: chunking, the model's window,
+  the pipeline's version, which decide the chunks), as the sync's `is_current` compares them;
+- *relabel*: indexed and current, its labels (user metadata, tags, readers) changed in S3 alone: the sync writes
+  them on the chunks, reading nothing else (one HEAD and one GetObjectTagging per indexed object, as the sync
+  does; a source without labels asks nothing);
+- *empty*: without chunks, and found empty at this ETag by its last materialisation: the sync reads it again
+  (asked of the caller only for keys registered as partitions: no other has a materialisation);
 - *deleted*: chunks whose object is gone from the bucket (orphaned); those whose object is still there but no
   longer selected are counted apart (`unselected`: a repair deletes them, a sync does not);
-- *unchanged*: the rest of the selected objects.
-Of the new and changed, those a sync would refuse are counted as *refused* instead, each with why: in an archive
-storage class (GLACIER, DEEP_ARCHIVE by the listing's StorageClass; a restore is not visible in a listing, and an
-INTELLIGENT_TIERING archive tier only in a HEAD), over `max_object_bytes`, or of a format that is neither text nor
-a document (plan_estimates.UNSUPPORTED_SUFFIXES). *archived* counts every selected object in an archive class.
+- *unchanged*: the rest of the selected objects (metadata files waiting for their document apart).
 
 The collection's chunks are read while the bucket is listed (on a thread): after the listing, the plan is the
 join, a few seconds at a million keys (benchmarks/plan.py).
@@ -27,9 +36,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from s3sync_dagster.pipeline import audit, keys, objects
+from s3sync_dagster.pipeline import audit, chunk_drift, keys, labels, objects
 from s3sync_dagster.pipeline import plan_estimates as estimates
 from s3sync_dagster.pipeline.objects import S3Client
+from s3sync_dagster.pipeline.spec import sync_signature
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +47,7 @@ if TYPE_CHECKING:
     from s3sync_dagster.pipeline.spec import SourceSpec
 
 ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
-COUNTED = ("new", "changed", "deleted", "unchanged", "archived", "refused")
+COUNTED = ("new", "changed", "relabel", "deleted", "unchanged", "empty", "archived", "refused")
 SHOWN = 1000  # keys listed per kind in a plan's JSON (every count is whole)
 MEASURED = 100_000  # indexed objects at most that bytes per chunk are measured on
 
@@ -63,7 +73,8 @@ class Plan:
     archived: list[str]
     refused: list[Refusal]
     unselected: list[str] = field(default_factory=list)
-    empty: int = 0  # of the unchanged, objects whose last sync found no text at this ETag
+    relabel: list[str] = field(default_factory=list)  # current, their labels alone changed in S3
+    empty: list[str] = field(default_factory=list)  # without chunks, found empty at this ETag: read again
     waiting: int = 0  # metadata files naming a document not in the bucket yet (a sync indexes nothing)
     to_register: int | None = None  # selected keys not yet partitions of the source (None: not asked)
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)  # the work (new + changed): objects, bytes
@@ -78,8 +89,10 @@ class Plan:
         return {
             "new": len(self.new),
             "changed": len(self.changed),
+            "relabel": len(self.relabel),
             "deleted": len(self.deleted),
             "unchanged": self.unchanged,
+            "empty": len(self.empty),
             "archived": len(self.archived),
             "refused": len(self.refused),
         }
@@ -96,7 +109,6 @@ class Plan:
             **self.counts(),
             "listed": self.listed,
             "unselected": len(self.unselected),
-            "empty": self.empty,
             "waiting": self.waiting,
             "to_register": self.to_register,
             "metadata_mode": self.metadata_mode,
@@ -108,7 +120,9 @@ class Plan:
             "keys": {
                 "new": self.new[:shown],
                 "changed": self.changed[:shown],
+                "relabel": self.relabel[:shown],
                 "deleted": self.deleted[:shown],
+                "empty": self.empty[:shown],
                 "unselected": self.unselected[:shown],
                 "archived": self.archived[:shown],
                 "refused": refusals[:shown],
@@ -162,53 +176,84 @@ def make_plan(
     known_empty: audit.EmptyLookup | None = None,
     registered: Collection[str] | None = None,
     named: audit.NamedLookup | None = None,
+    labelled: audit.LabelLookup | None = None,
 ) -> Plan:
     """The plan from a listing (audit.frame_of) and the source's chunks (audit.chunk_frame), joined by the audit.
 
     registered: the source's partition keys (None: not known); known_empty is asked only for those of them.
+    labelled: which indexed partitions' labels S3 changed (audit.LabelLookup; None: the source has no labels).
     """
-    empty_lookup = known_empty
-    if known_empty is not None and registered is not None:
-        ask = known_empty
+    found_empty: dict[str, str] = {}
 
-        def empty_lookup(object_keys: Sequence[str]) -> Mapping[str, str]:
-            return ask([k for k in object_keys if keys.to_partition_key(k) in registered])
+    def empty_lookup(object_keys: Sequence[str]) -> Mapping[str, str]:
+        if known_empty is None:
+            return {}
+        asked = [k for k in object_keys if registered is None or keys.to_partition_key(k) in registered]
+        found_empty.update(known_empty(asked))
+        return found_empty
 
-    drift = audit.join(listing, chunks, target, empty_lookup, None, named)
+    drift = audit.join(listing, chunks, target, empty_lookup, None, named, None, labelled)
     selected = listing[listing["selected"]]
+    listed = dict(zip(selected["object_key"], selected["etag"], strict=True))
     gone = set(drift.orphaned) - set(drift.unselected)
-    work_keys = set(drift.missing or []) | set(drift.stale or [])
-    work = selected[selected["object_key"].isin(work_keys)]
+    # The sync's order: its HEAD finds the object archived (nothing more is read), then too large; then current?
+    archived = set(selected.loc[selected["storage_class"].isin(ARCHIVED_STORAGE_CLASSES), "object_key"])
+    refused = {
+        key: refusal(size, "", "", target.max_object_bytes)
+        for key, size in zip(selected["object_key"], selected["size"], strict=True)
+        if key not in archived and size > target.max_object_bytes
+    }
+    missing = set(drift.missing or [])
+    changed = (set(drift.stale or []) | settings_changed(chunks, listed, target)) - missing
+    work = selected[selected["object_key"].isin((missing | changed) - archived - set(refused))]
     suffixes = estimates.suffixes_of(work["object_key"]) if len(work) else work["object_key"]
-    reasons = [
-        refusal(size, storage_class, suffix, target.max_object_bytes)
-        for size, storage_class, suffix in zip(work["size"], work["storage_class"], suffixes, strict=True)
-    ]
-    refused = [
-        Refusal(object_key, int(size), reason)
-        for object_key, size, reason in zip(work["object_key"], work["size"], reasons, strict=True)
-        if reason is not None
-    ]
-    refused_keys = {r.object_key for r in refused}
-    accepted = work[[reason is None for reason in reasons]] if len(work) else work
+    for object_key, size, suffix in zip(work["object_key"], work["size"], suffixes, strict=True):
+        reason = refusal(size, "", suffix, target.max_object_bytes)
+        if reason is not None:
+            refused[object_key] = reason
+    settled = archived | set(refused)
+    empty = {k for k, etag in found_empty.items() if listed.get(k) == etag} - missing - changed - settled
+    kinds = {
+        "new": missing - settled,
+        "changed": changed - settled,
+        "relabel": set(drift.relabel or []) - missing - changed - settled - empty,
+        "empty": empty,
+    }
+    counted = set().union(*kinds.values()) | settled | set(drift.waiting)
+    sizes = dict(zip(selected["object_key"], selected["size"], strict=True))
     plan = Plan(
         source=target.name,
         metadata_mode=target.metadata_mode,
         listed=len(selected),
-        new=[k for k in drift.missing or [] if k not in refused_keys],
-        changed=[k for k in drift.stale or [] if k not in refused_keys],
+        new=sorted(kinds["new"]),
+        changed=sorted(kinds["changed"]),
         deleted=sorted(gone),
-        unchanged=len(selected) - len(drift.missing or []) - len(drift.stale or []) - len(drift.waiting),
-        archived=sorted(selected.loc[selected["storage_class"].isin(ARCHIVED_STORAGE_CLASSES), "object_key"]),
-        refused=sorted(refused, key=lambda r: r.object_key),
+        unchanged=len(set(listed) - counted),
+        archived=sorted(archived),
+        refused=sorted((Refusal(k, int(sizes[k]), str(r)) for k, r in refused.items()), key=lambda r: r.object_key),
         unselected=drift.unselected,
-        empty=drift.empty,
+        relabel=sorted(kinds["relabel"]),
+        empty=sorted(kinds["empty"]),
         waiting=len(drift.waiting),
     )
     if registered is not None:
         plan.to_register = sum(1 for k in selected["object_key"] if keys.to_partition_key(k) not in registered)
-    _estimate(plan, accepted, _unchanged(selected, chunks, target, work_keys), target, rate)
+    accepted = work[~work["object_key"].isin(set(refused))]
+    _estimate(plan, accepted, _unchanged(selected, chunks, target, set(work["object_key"])), target, rate)
     return plan
+
+
+def settings_changed(chunks: pd.DataFrame, listed: Mapping[str, str], target: SourceSpec) -> set[str]:
+    """The objects indexed in the source's own collection at their listed ETag under other settings than a sync of
+    them writes now: their chunks' `sync_signature` is not the source's (spec.sync_signature of a plain sync, as
+    the sync's is_current compares it). A metadata file's document (its signature holds the file's own fields) and
+    chunks that record none (`sync_signature` not read) are left to the ETag."""
+    if "sync_signature" not in chunks or chunks.empty:
+        return set()
+    wanted = sync_signature(target, None, {})
+    home = chunks[(chunks["collection"] == target.collection_name) & (chunks["metadata_key"] == "")]
+    at_etag = home[[listed.get(k) == etag for k, etag in zip(home["object_key"], home["etag"], strict=True)]]
+    return set(at_etag.loc[at_etag["sync_signature"] != wanted, "object_key"])
 
 
 def _unchanged(selected: pd.DataFrame, chunks: pd.DataFrame, target: SourceSpec, work: set[str]) -> pd.DataFrame:
@@ -255,7 +300,11 @@ def index_frame(collection: Any | None, target: SourceSpec) -> pd.DataFrame:
     chunks (a third of the time at 3 chunks a document), and Chroma answers this one-field filter as fast as none,
     where the owner's (source and bucket, an `$and`) read 100,000 chunks 4 times slower (benchmarks/plan.py). A
     document missing some of its chunks (a write cut short) is the drift audit's to find: here it looks whole."""
-    return audit.chunk_frame([collection] if collection is not None else [], target, first_chunks=True)
+    label_keys = sorted(labels.label_keys(target)) if labels.wanted(target) else []
+    return audit.chunk_frame(
+        [collection] if collection is not None else [], target, first_chunks=True, label_keys=label_keys,
+        signatures=True,
+    )  # fmt: skip
 
 
 def plan_source(
@@ -299,6 +348,7 @@ def plan_source(
         known_empty=known_empty,
         registered=partitions,
         named=lambda meta_keys: audit.named_documents(s3, target, meta_keys),
+        labelled=(lambda carried: chunk_drift.relabelled(s3, target, carried)) if labels.wanted(target) else None,
     )
     finished = time.perf_counter()
     plan.seconds = {

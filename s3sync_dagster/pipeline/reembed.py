@@ -4,7 +4,9 @@ Chroma records one embedding function per collection and will not change it in p
 holding two models' vectors answers every query wrong. So a model change (another function, another model,
 `precision: int8`) is carried by a copy, `<name>-s3sync-rebuild`, recording the new function:
 
-1. **Begun**: the copy is created (`begin`), recording on its metadata which function it re-embeds from.
+1. **Begun**: the copy is created (`begin`), recording on its metadata which function it re-embeds from. A
+   collection of either name that the re-embedding did not make (another tool's) stops it first, named, with
+   nothing made (`in_the_way`): the copy could not take its name, or the swap could not retire the collection.
    From then on every write through pipeline/index.py to the collection lands in the copy too, in the new
    function (`lifecycle.attach_copy`): a sync during the re-embedding keeps the copy exact.
 2. **Filled** (`fill`): every chunk of the collection, page by page, its stored context line and text embedded by
@@ -149,6 +151,38 @@ def _records(collection: Collection, function: EmbeddingFunction[Documents]) -> 
     return bool(recorded.get("name") == function.name() and (recorded.get("config") or {}) == function.get_config())
 
 
+def in_the_way(client: ClientAPI, name: str) -> dict[str, str]:
+    """The collections of the names a re-embedding of collection `name` needs that it did not make, each with why
+    it blocks: a `-s3sync-rebuild` that is not its copy, a `-s3sync-retired` no swap of `name` marked."""
+    blocking = {}
+    rebuild = _get(client, copy_name(name))
+    if rebuild is not None and (FROM_KEY not in (rebuild.metadata or {}) or not is_copy_of(rebuild, name)):
+        blocking[rebuild.name] = (
+            "its copy takes that name, and this is not a re-embedding's copy (another tool's, or an interrupted "
+            "rebuild's)"
+        )
+    retired = _get(client, name + RETIRED_SUFFIX)
+    if retired is not None and (retired.metadata or {}).get(RETIRED_KEY) != name:
+        blocking[name + RETIRED_SUFFIX] = (
+            "its swap renames the collection to that name, and this is not one a swap retired (another tool's)"
+        )
+    return blocking
+
+
+def refuse_what_is_in_the_way(client: ClientAPI, collection: Collection) -> None:
+    """InTheWay, naming each collection of in_the_way, before a re-embedding makes or renames anything: they are
+    left as they are, and so is the collection."""
+    blocking = in_the_way(client, collection.name)
+    if blocking:
+        raise InTheWay(
+            "; ".join(
+                f"collection '{name}' is in the way of the re-embedding of collection '{collection.name}': {why}"
+                for name, why in blocking.items()
+            )
+            + ". Each is left as it is: rename or remove it, then run the re-embedding again"
+        )
+
+
 def abandon(client: ClientAPI, collection: Collection, *, sticks: bool = False) -> bool:
     """Drop the re-embedding copy of `collection` (a rollback: the collection was never touched); True if one was.
     sticks: recorded on the collection, so that a write under the same config does not begin it again."""
@@ -170,6 +204,7 @@ def begin(
     """The copy (created if missing) that re-embeds `collection` under `function`, its writes attached. A copy
     under another function (the config changed again meanwhile) is dropped and begun anew. A re-embedding to
     `function` that was abandoned is begun only `again` (`s3sync reembed`): Abandoned otherwise."""
+    refuse_what_is_in_the_way(client, collection)
     if abandoned(collection, function):
         if not again:
             raise Abandoned(
@@ -185,13 +220,6 @@ def begin(
         abandon(client, collection)
         copy = None
     if copy is None:
-        stale = _get(client, copy_name(collection.name))
-        if stale is not None:  # another tool's collection, or a same-model rebuild's copy a crash left: not ours
-            raise InTheWay(
-                f"collection '{stale.name}' is in the way of the re-embedding of collection '{collection.name}' and "
-                "is not a re-embedding's copy (another tool's, or an interrupted rebuild's): it is left as it is; "
-                "rename or remove it, then run the re-embedding again"
-            )
         hnsw = (collection.configuration or {}).get("hnsw")
         recorded = (collection.configuration_json or {}).get("embedding_function") or {}
         with contextlib.suppress(Exception):  # another writer created it first: take theirs
@@ -258,6 +286,7 @@ def swap(
     is dropped. Each rename is one step; another process finding the name missing between them finishes the swap
     itself (recover, or lifecycle.open_collection)."""
     old = client.get_collection(name=name)
+    refuse_what_is_in_the_way(client, old)  # made since the copy was begun: the copy is kept, to resume
     # Renamed and marked in one request: a retired collection is always known for a swap's.
     old.modify(name=name + RETIRED_SUFFIX, metadata={**(old.metadata or {}), RETIRED_KEY: name})
     step("reembed:retired")

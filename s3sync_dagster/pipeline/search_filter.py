@@ -57,6 +57,19 @@ def checked_where(where: Any) -> dict[str, Any] | None:
     return dict(where) or None
 
 
+def principal_list(principals: Any) -> list[str]:
+    """The principals a search names, as a list; a value that is not a list of them (a bare string would be read
+    as its letters, each a principal) is refused, naming the parameter."""
+    if principals is None:
+        return []
+    if isinstance(principals, (str, bytes, Mapping)) or not isinstance(principals, (Sequence, set, frozenset)):
+        raise TypeError(
+            f"principals must be a list of principals, e.g. ['alice', 'group:finance'], not a "
+            f"{type(principals).__name__} ({str(principals)[:40]!r}): a string would be read as its letters"
+        )
+    return list(principals)
+
+
 def search_filter(
     source_name: str,
     readers_tag: str | None,
@@ -67,7 +80,7 @@ def search_filter(
 ) -> SearchFilter:
     """The filter of one search of a source: the caller's where, and-ed with the readers rule."""
     asked = checked_where(where)
-    named = list(principals or ())
+    named = principal_list(principals)
     if any(not isinstance(principal, str) or not principal.strip() for principal in named):
         raise ValueError("a principal is a non-empty string (as a readers tag lists it: alice, group:finance)")
     if readers_tag is None:

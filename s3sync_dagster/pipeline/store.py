@@ -267,7 +267,8 @@ def _store_lock(path: str | os.PathLike[str], lock_name: str) -> Iterator[None]:
         yield
         return
     Path(path).mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "w") as handle:
+    # Opened to append, never truncated: taking the lock changes no file (a plan, an audit writes nothing).
+    with open(lock_file, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         held.add(lock_file)
         try:
