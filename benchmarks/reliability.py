@@ -109,7 +109,16 @@ def render(rows: Sequence[dict[str, Any]], exit_code: int, seconds: float, machi
         "`--abandon` and a second re-embedding racing a swap, each at a chosen point; a killed re-embedding's "
         "run; a renamed collection (test_neighbours.py); the resident query process seen by another user, "
         "frozen, its socket replaced by a folder or a link, its digest, a frozen PostgreSQL (test_resident.py); "
-        "Chroma Cloud's quotas (test_cloud_limits.py); several SQS sources on the default run slots.",
+        "Chroma Cloud's quotas (test_cloud_limits.py); several SQS sources on the default run slots. The *fail "
+        "closed* cases (issue 62, a hostile neighbour's ring of the last round's features): principals given as a "
+        "string, refused naming the parameter; a readers tag changed to a value that does not read, through a "
+        "sync of a changed object, the metadata-only update, a `.meta.json` file's document and the SQS sensor's "
+        "tagging event, the removed reader seeing nothing at once (test_fail_closed.py); an archived object read "
+        "by its HEAD alone, an S3 error said by its code; repair of chunks edited in place, from S3, and of labels "
+        "changed after a sync (test_repair_from_s3.py); the plan against the next sync case by case (a chunking "
+        "change, tag- and metadata-only changes, empty and archived objects) and the files it leaves as they "
+        "were (test_plan_dry_run.py); a re-embedding beside another tool's retired collection, and a lean install "
+        "configured for PostgreSQL storage or Celery (test_named_blocks.py).",
         "",
         "| family " + header,
         "| --- " + "| ---: " * 8 + "|",

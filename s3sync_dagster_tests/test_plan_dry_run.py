@@ -20,7 +20,7 @@ import yaml
 
 from s3sync_dagster.commands import cli
 from s3sync_dagster.pipeline import store
-from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ConfigFactory, Row, put, store_chunks
+from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ConfigFactory, Row, put
 
 pytestmark = pytest.mark.reliability("fail closed")
 
@@ -62,7 +62,7 @@ def test_the_plan_counts_what_the_next_sync_does_case_by_case(
     s3: Any, bucket: str, make_config: ConfigFactory, home_instance: dg.DagsterInstance,
     capsys: pytest.CaptureFixture[str], fault_row: Row,
 ) -> None:  # fmt: skip
-    config, path = make_config(
+    _, path = make_config(
         bucket, path_prefix="a/", max_object_bytes=MAX_OBJECT_BYTES, object_tags=["cls"], object_metadata=["team"],
         chunking={"type": "tree_sitter", "max_size_bytes": 4096},
     )  # fmt: skip
@@ -98,7 +98,7 @@ def test_the_plan_counts_what_the_next_sync_does_case_by_case(
     assert sync_all(path, capsys) == expected
 
     # A chunking change re-indexes every object it chunks: the plan says changed, not unchanged.
-    config, path = make_config(
+    _, path = make_config(
         bucket, path_prefix="a/", max_object_bytes=MAX_OBJECT_BYTES, object_tags=["cls"], object_metadata=["team"],
         chunking={"type": "tree_sitter", "max_size_bytes": 200},
     )  # fmt: skip
@@ -106,8 +106,7 @@ def test_the_plan_counts_what_the_next_sync_does_case_by_case(
     assert third["changed"] >= 3, third
     assert planned_as_synced(third) == sync_all(path, capsys)
     assert planned_as_synced(plan(path, capsys)) == sync_all(path, capsys)
-    fault_row.observe({}, [])
-    fault_row.chunks_found = len(store_chunks(config.chroma.store().client()))
+    fault_row.observe({}, [])  # a case of counts: its chunks are the other cases'
     fault_row.passed = True
 
 
@@ -137,7 +136,7 @@ def test_the_plan_writes_nothing_anywhere(
     """The embedded store's files byte for byte (chroma.sqlite3, the HNSW files, the lexical index, the write lock),
     the Dagster home's, and the bucket's objects and tags."""
     _, path = make_config(bucket, path_prefix="a/", object_tags=["cls"], chunking={"type": "lines", "max_lines": 1})
-    files = {f"a/{n}.txt": "".join(f"line {i} of file {n}\n" for i in range(400)) for n in range(4)}
+    files = {f"a/{n}.txt": "".join(f"line {i} of file {n}\n" for i in range(300)) for n in range(4)}
     put(s3, bucket, files)
     assert cli.main(["sync", "docs", "--all", "--config", str(path), "--json"]) == cli.EXIT_OK
     put(s3, bucket, {"a/new.txt": "a new one\n"})
