@@ -235,3 +235,53 @@ def test_an_archived_object_costs_one_head_and_an_s3_error_says_its_code_and_mea
     assert error_meaning(failure("SomethingNew"), "s3:X") == "SomethingNew: S3 says SomethingNew"
     fault_row.observe(expected(config, {"warm.txt": OTTER}), store_chunks(config.chroma.store().client()))
     fault_row.passed = True
+
+
+def test_an_archived_object_and_an_invocations_copy_follow_a_readers_tag_too(
+    s3: Any, bucket: str, make_config: ConfigFactory, fault_row: Row
+) -> None:
+    """An object indexed, then archived (GLACIER, its ETag kept), then retagged: its chunks stay searchable, so the
+    removed reader must see nothing of them (moto refuses an archived object's tags, as S3 does not: closed, and
+    reported archived). An invocation's copy of another object in a target collection is closed with it when that
+    object's tag stops reading."""
+    from s3sync_dagster.pipeline.spec import Invocation
+    from s3sync_dagster.pipeline.targets import Collections
+
+    config, _ = make_config(bucket, readers_tag="readers", chunking={"type": "lines", "max_lines": 1})
+    put(s3, bucket, "cold.txt", ZEBRA, readers="alice")
+    put(s3, bucket, "copied.txt", OTTER, readers="alice")
+    embedding = config.embedding.spec()
+    store = config.chroma.store()
+    source = config.sources[0]
+    collections = Collections(
+        lambda name: store.collection(name, embedding), lambda: [c.name for c in store.client().list_collections()]
+    )
+    spec = source.spec(embedding)
+    sync_keys(s3, spec, collections, embedding.build(), ["cold.txt", "copied.txt"])
+    target = f"{source.collection_name}-target"
+    invoked = {"copied.txt": Invocation(custom_id="copied-doc", target_collection_name=target)}
+    (report,) = sync_keys(s3, spec, collections, embedding.build(), ["copied.txt"], invocations=invoked)
+    assert report.status == "indexed" and report.collection_name == target, report
+    assert "cold.txt" in seen_by(config, "alice", "zebra fence")
+
+    s3.copy_object(
+        Bucket=bucket, Key="cold.txt", CopySource={"Bucket": bucket, "Key": "cold.txt"}, StorageClass="GLACIER"
+    )
+    retag(s3, bucket, "cold.txt", "bob")
+    retag(s3, bucket, "copied.txt", BAD_READERS)
+    reports = {r.object_key: r for r in sync_keys(s3, spec, collections, embedding.build(), ["cold.txt", "copied.txt"])}
+    assert "cold.txt" not in seen_by(config, "alice", "zebra fence")
+    assert reports["cold.txt"].status == "archived", reports["cold.txt"]
+    assert reports["copied.txt"].status == "failed" and "tag 'readers'" in reports["copied.txt"].message
+    there = store.collection(target, embedding).get(include=["metadatas"])["metadatas"]
+    assert there and all(READERS_KEY not in metadata for metadata in there), there
+    fault_row.observe(
+        {
+            (source.collection_name, keys.chunk_id(keys.object_id("cold.txt"), 0)): ZEBRA,
+            (source.collection_name, keys.chunk_id(keys.object_id("copied.txt"), 0)): OTTER,
+            (target, keys.chunk_id("copied-doc", 0)): OTTER,
+        },
+        store_chunks(store.client()),
+    )
+    assert fault_row.lost == fault_row.duplicated == fault_row.stray == 0, fault_row
+    fault_row.passed = True

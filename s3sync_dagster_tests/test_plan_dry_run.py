@@ -169,3 +169,41 @@ def test_the_plan_writes_nothing_anywhere(
     assert after[2] == before[2]
     fault_row.observe({}, [])
     fault_row.passed = True
+
+
+def meta_file(document_id: str, path: str, **fields: Any) -> str:
+    return json.dumps({"version": "chroma-v1", "id": document_id, "path": path, **fields})
+
+
+def test_the_plan_counts_metadata_files_and_unreadable_labels_as_the_sync_does(
+    s3: Any, bucket: str, make_config: ConfigFactory, home_instance: dg.DagsterInstance,
+    capsys: pytest.CaptureFixture[str], fault_row: Row,
+) -> None:  # fmt: skip
+    """A metadata file's document under a chunking change or a changed file, an empty document a metadata file
+    names, and an indexed object whose readers tag stops reading: each counted as the next sync counts it."""
+    settings = {"path_prefix": "m/", "readers_tag": "readers", "default_readers": ["staff"]}
+    _, path = make_config(bucket, chunking={"type": "tree_sitter", "max_size_bytes": 4096}, **settings)
+    put(s3, bucket, {f"m/doc{n}.md": f"# Doc {n}\n\n{PARAGRAPHS}" for n in range(2)})
+    put(s3, bucket, {"m/doc0.meta.json": meta_file("doc-0", "m/doc0.md", metadata={"team": "a"})})
+    put(s3, bucket, {"m/doc1.meta.json": meta_file("doc-1", "m/doc1.md")})
+    put(s3, bucket, {"m/blank.txt": "", "m/blank.meta.json": meta_file("blank", "m/blank.txt")})
+    s3.put_object(Bucket=bucket, Key="m/tagged.txt", Body=b"a tagged note\n", Tagging="readers=alice")
+    sync_all(path, capsys)
+    assert planned_as_synced(plan(path, capsys)) == sync_all(path, capsys)
+
+    put(s3, bucket, {"m/doc1.meta.json": meta_file("doc-1", "m/doc1.md", metadata={"team": "b"})})  # the file alone
+    s3.put_object_tagging(
+        Bucket=bucket, Key="m/tagged.txt", Tagging={"TagSet": [{"Key": "readers", "Value": "bob+eve smith"}]}
+    )
+    second = plan(path, capsys)
+    assert second["changed"] == 1 and second["keys"]["changed"] == ["m/doc1.meta.json"], second["keys"]
+    assert second["empty"] == 2 and second["refused"] == 1, second  # the blank object and its metadata file
+    assert "labels cannot be read" in second["keys"]["refused"][0]["reason"]
+    assert planned_as_synced(second) == sync_all(path, capsys)
+
+    _, path = make_config(bucket, chunking={"type": "tree_sitter", "max_size_bytes": 200}, **settings)
+    third = plan(path, capsys)
+    assert {"m/doc0.meta.json", "m/doc1.meta.json", "m/doc0.md", "m/doc1.md"} <= set(third["keys"]["changed"])
+    assert planned_as_synced(third) == sync_all(path, capsys)
+    fault_row.observe({}, [])  # a case of counts
+    fault_row.passed = True

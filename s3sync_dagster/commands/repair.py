@@ -57,9 +57,9 @@ def _audit(
     source: SourceConfig, instance: dg.DagsterInstance, s3: Any, chroma: ChromaResource, embedding: EmbeddingResource
 ) -> audit.Drift:
     """The drift, read between the writes of other commands' runs (each holds the store's write lock for all
-    of its writes): a sync or a sensor's run at work is never caught halfway through a document."""
-    with chroma.write_lock():
-        return drift_of(source, instance, s3, chroma, embedding)
+    of its writes): a sync or a sensor's run at work is never caught halfway through a document. The lock is held
+    while the store is read, not while S3 answers for each object."""
+    return drift_of(source, instance, s3, chroma, embedding, hold=chroma.write_lock)
 
 
 def repair(

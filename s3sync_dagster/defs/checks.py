@@ -6,8 +6,10 @@ backfill select them with the asset (Dagster's asset job holds every check, and 
 the asset's own step evaluates them on the run's keys (evaluate_in_run), cheaply, so no run plans a check it skips
 and no sync pays for listing the whole bucket."""
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import dagster as dg
@@ -172,14 +174,17 @@ def drift_of(
     s3: Any,
     chroma: ChromaResource,
     embedding: EmbeddingResource,
+    hold: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> audit.Drift:
-    """The source's drift; objects whose last sync found no text at their ETag are not missing."""
+    """The source's drift; objects whose last sync found no text at their ETag are not missing. hold: held while
+    the store is read (audit.audit)."""
     asset_key = documents_asset_key(source)
     return audit.audit(
         s3,
         source.spec(embedding.spec()),
         audited_collections(chroma, embedding, source),
         known_empty=lambda object_keys: empty_at(instance, asset_key, object_keys),
+        hold=hold,
     )
 
 

@@ -9,7 +9,8 @@ Metadata files waiting for their document are synced only if no sync has recorde
 they name yet (so that its upload completes them).
 """
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dagster as dg
@@ -22,7 +23,7 @@ from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_partitions
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import RepairConfig
-from s3sync_dagster.pipeline import audit, chunk_drift, events, index, keys, lexicon
+from s3sync_dagster.pipeline import audit, chunk_drift, events, index, keys, lexicon, objects
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 
@@ -78,12 +79,19 @@ def delete_misplaced(
 
 
 def delete_misembedded(
-    chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig, collection_names: list[str]
+    chroma: ChromaResource,
+    embedding: EmbeddingResource,
+    source: SourceConfig,
+    collection_names: list[str],
+    readable: Callable[[str], bool] = lambda object_key: True,
 ) -> tuple[dict[str, int], list[str]]:
     """Delete the source's chunks whose text hash is not their text's (chunk_drift.misembedded_partitions), so a
     sync of their partitions writes them again from what S3 holds (never from their own texts): how many went, by
     collection, and those partitions. A chunk no sync of the source writes again (an invocation's, in another
-    collection) takes the rest of its document there with it: an absent document, not a partial one."""
+    collection) takes the rest of its document there with it: an absent document, not a partial one.
+
+    readable: whether a sync could read the chunk's object now (not archived, not too large): a chunk of one it
+    could not is left as it is, to be written again once it can (the audit still counts it)."""
     from chromadb.errors import NotFoundError
 
     spec = source.spec(embedding.spec())
@@ -97,18 +105,47 @@ def delete_misembedded(
         except NotFoundError:
             continue
         found = chunk_drift.misembedded_partitions(collection, spec.owner)
-        rewritten = {partition for partition in found.values() if chunk_drift.rewritten(spec, name, partition)}
-        whole = sorted(set(found.values()) - rewritten)
-        ids = {*found, *(chunk_id for object_key in whole for chunk_id in _invoked(collection, object_key, spec))}
+        held = collection.get(ids=sorted(found), include=["metadatas"]) if found else {"ids": [], "metadatas": []}
+        ids: set[str] = set()
+        for chunk_id, metadata in zip(held["ids"], held.get("metadatas") or [], strict=True):
+            metadata = metadata or {}
+            object_key, partition = str(metadata.get("object_key", "")), found[chunk_id]
+            if not readable(object_key):
+                continue
+            if chunk_drift.rewritten(spec, name, partition):
+                ids.add(chunk_id)
+                partitions.add(partition)
+            else:  # the invocation's whole document in this collection, no other document of the object
+                ids |= set(_invoked(collection, object_key, str(metadata.get("document_id", "")), spec))
         deleted[name] = index.delete_ids(collection, sorted(ids))
-        partitions |= rewritten
     return deleted, sorted(partitions)
 
 
-def _invoked(collection: Any, object_key: str, spec: SourceSpec) -> list[str]:
-    """The ids of the object's chunks an invocation wrote to this collection (none a metadata file sent)."""
+def _invoked(collection: Any, object_key: str, document_id: str, spec: SourceSpec) -> list[str]:
+    """The ids of one document's chunks an invocation wrote to this collection for the object (none a metadata
+    file sent)."""
     chunks = index.chunks_of(collection, "object_key", object_key, spec.owner)
-    return [chunk_id for chunk_id, chunk in chunks.items() if not chunk.metadata.get("metadata_key")]
+    return [
+        chunk_id
+        for chunk_id, chunk in chunks.items()
+        if not chunk.metadata.get("metadata_key") and chunk.metadata.get("document_id") == document_id
+    ]
+
+
+def readable_now(s3: Any, spec: SourceSpec) -> Callable[[str], bool]:
+    """Whether a sync could read each object now (one HEAD each): not archived and not over max_object_bytes. A
+    gone object is readable in this sense: its sync removes its chunks anyway."""
+
+    def readable(object_key: str) -> bool:
+        try:
+            info = objects.head_object(s3, spec.bucket_name, object_key)
+        except objects.ObjectMissing:
+            return True
+        except objects.ObjectError:
+            return False
+        return info.archived is None and info.size <= spec.max_object_bytes
+
+    return functools.lru_cache(maxsize=None)(readable)
 
 
 def unlinked_waiting(instance: dg.DagsterInstance, source_name: str, drift: audit.Drift) -> list[str]:
@@ -188,7 +225,10 @@ def repair_drift(
         )
     if misembedded:
         with chroma.write_lock():
-            deleted_by_collection, rewritten = delete_misembedded(chroma, embedding, source, misembedded)
+            deleted_by_collection, rewritten = delete_misembedded(
+                chroma, embedding, source, misembedded,
+                readable_now(s3.client(source.name), source.spec(embedding.spec())),
+            )  # fmt: skip
         # Found since the audit or not: every partition that lost a chunk here is synced below.
         object_keys = sorted({*object_keys, *(set(rewritten) - set(unselected))})
         context.log.info(

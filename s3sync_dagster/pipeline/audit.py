@@ -45,14 +45,16 @@ There a document need not match the globs, only lie under the prefix.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline import archive, chunk_drift, events, index, labels, lexicon, objects
+from s3sync_dagster.pipeline import archive, chunk_drift, events, index, lexicon, objects
 from s3sync_dagster.pipeline.fetch import MAX_META_FILE_BYTES
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.owners import describe
@@ -68,8 +70,9 @@ EmptyLookup = Callable[[Sequence[str]], Mapping[str, str]]
 NamedLookup = Callable[[Sequence[str]], Mapping[str, str]]
 # Given keys that look missing or stale and are listed in a class that may be archived, those not restored -> why.
 ArchivedLookup = Callable[[Sequence[str]], Mapping[str, str]]
-# Given partitions with their document's key and the label sets their chunks carry, those whose labels S3 changed.
-LabelLookup = Callable[[chunk_drift.Carried], Sequence[str]]
+# Given partitions with their document's key and the label sets their chunks carry, those whose labels S3 changed,
+# each with None or why S3's labels cannot be read (chunk_drift.label_drift).
+LabelLookup = Callable[[chunk_drift.Carried], Mapping[str, str | None]]
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Drift:
     misembedded_keys: list[str] = field(default_factory=list)  # the partitions a sync writes them again for
     # Partitions whose chunks' labels (metadata, tags, readers) are not S3's now; None: the source has no labels.
     relabel: list[str] | None = None
+    unreadable: dict[str, str] = field(default_factory=dict)  # of relabel, those whose labels S3 would not give: why
     # Keys in an archive storage class and not restored -> why (not drift: no sync can read them yet).
     archived: dict[str, str] = field(default_factory=dict)
 
@@ -242,7 +246,7 @@ def chunk_frame(
                 else:
                     folded.append(rows.groupby(columns, sort=False).size().rename("chunks").reset_index())
     if not folded:
-        return _empty_chunk_frame(bool(label_keys))
+        return _empty_chunk_frame(bool(label_keys), signatures)
     frame = pd.concat(folded, ignore_index=True)
     return frame.groupby(columns, sort=False)["chunks"].sum().reset_index()
 
@@ -260,10 +264,11 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
-def _empty_chunk_frame(labelled: bool = False) -> pd.DataFrame:
+def _empty_chunk_frame(labelled: bool = False, signatures: bool = False) -> pd.DataFrame:
     import pandas as pd
 
-    columns = {column: pd.Series(dtype="object") for column in [*_CHUNK_COLUMNS, *(["labels"] if labelled else [])]}
+    named = [*_CHUNK_COLUMNS, *(["labels"] if labelled else []), *(["sync_signature"] if signatures else [])]
+    columns = {column: pd.Series(dtype="object") for column in named}
     return pd.DataFrame({**columns, "chunk_count": pd.Series(dtype="int64"), "chunks": pd.Series(dtype="int64")})
 
 
@@ -314,12 +319,12 @@ def join(
     indexed = int(selected_listing["object_key"].isin(indexed_partitions).sum())
     stale_etag, incomplete = _stale(placed.live, target)
     incomplete_partitions = set(incomplete.index.get_level_values("partition"))
-    relabel = _relabel(placed.live, target, stale_etag | incomplete_partitions, labelled)
+    relabel, unreadable = _relabel(placed.live, target, stale_etag | incomplete_partitions, labelled)
     if target.metadata_mode:
         return Drift(
             target.name, True, len(selected_listing), chunk_total, indexed, None, sorted(incomplete_partitions),
             placed.orphaned, placed.unselected, incomplete=len(incomplete),
-            foreign=dict(foreign or {}), misplaced=misplaced, relabel=relabel,
+            foreign=dict(foreign or {}), misplaced=misplaced, relabel=relabel, unreadable=unreadable,
         )  # fmt: skip
 
     stale = sorted(stale_etag | incomplete_partitions)
@@ -345,20 +350,25 @@ def join(
         waiting=dict(sorted(waiting.items())),
         archived=dict(sorted(not_restored.items())),
         relabel=relabel,
+        unreadable=unreadable,
     )
 
 
-def _relabel(live: pd.DataFrame, target: SourceSpec, stale: set[str], labelled: LabelLookup | None) -> list[str] | None:
+def _relabel(
+    live: pd.DataFrame, target: SourceSpec, stale: set[str], labelled: LabelLookup | None
+) -> tuple[list[str] | None, dict[str, str]]:
     """Of the partitions with chunks a sync could bring up to date, and not stale (read whole by their sync
-    anyway), those whose chunks' labels are not what S3 gives their document now."""
+    anyway), those whose chunks' labels are not what S3 gives their document now; and of them, those whose labels
+    S3 would not give, with why."""
     if labelled is None:
-        return None
+        return None, {}
     comparable = _comparable(live, target)
     if "labels" not in comparable or comparable.empty:
-        return []
+        return [], {}
     rows = comparable[~comparable["partition"].isin(stale)]
     carried = chunk_drift.carried(rows["partition"], rows["object_key"], rows["labels"])
-    return sorted(labelled(carried)) if carried else []
+    found = labelled(carried) if carried else {}
+    return sorted(found), {partition: why for partition, why in found.items() if why}
 
 
 def _archived(listing: pd.DataFrame, drifted: set[str], archived: ArchivedLookup | None) -> dict[str, str]:
@@ -515,8 +525,12 @@ def audit(
     target: SourceSpec,
     collections: Iterable[Collection],
     known_empty: EmptyLookup | None = None,
+    hold: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> Drift:
-    """List the bucket, read the source's chunk metadata from the collections, and join the two."""
+    """List the bucket, read the source's chunk metadata from the collections, and join the two.
+
+    hold: held while the store is read (a command's: the store's write lock, so no run is caught halfway through
+    a document), and only then: S3's answers (metadata files, archives, each object's labels) are asked after."""
     started = time.perf_counter()
     listing = listing_frame(s3, target)
     listed = time.perf_counter()
@@ -531,19 +545,19 @@ def audit(
             yield collection
 
     foreign: dict[str, int] = {}
-    label_keys = sorted(labels.label_keys(target)) if labels.wanted(target) else []
-    chunks = chunk_frame(reading(), target, foreign, label_keys=label_keys)
+    with hold():
+        chunks = chunk_frame(reading(), target, foreign, label_keys=chunk_drift.frame_label_keys(target))
+        lexicon = lexicon_drift(written)
+        misembedded = {
+            collection.name: chunk_drift.misembedded_partitions(collection, target.owner) for collection in written
+        }
     chroma = time.perf_counter()
     drift = join(
         listing, chunks, target, known_empty, foreign, lambda meta_keys: named_documents(s3, target, meta_keys),
-        lambda object_keys: archived_keys(s3, target, object_keys),
-        (lambda carried: chunk_drift.relabelled(s3, target, carried)) if labels.wanted(target) else None,
+        lambda object_keys: archived_keys(s3, target, object_keys), chunk_drift.lookup(s3, target),
     )  # fmt: skip
     drift.collections = read
-    drift.lexicon = lexicon_drift(written)
-    misembedded = {
-        collection.name: chunk_drift.misembedded_partitions(collection, target.owner) for collection in written
-    }
+    drift.lexicon = lexicon
     drift.misembedded = {name: len(found) for name, found in misembedded.items() if found}
     drift.misembedded_keys = sorted(
         {

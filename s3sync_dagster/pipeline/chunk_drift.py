@@ -15,7 +15,7 @@ threads; a source without labels asks nothing. The rule for what a chunk should 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -69,32 +69,46 @@ def carried(partitions: Iterable[str], object_keys: Iterable[str], label_sets: I
     return found
 
 
-def relabelled(s3: S3Client, spec: SourceSpec, carried: Carried) -> list[str]:
-    """The partitions whose chunks' labels are not what S3 gives their object now, sorted."""
+def frame_label_keys(spec: SourceSpec) -> list[str]:
+    """The label keys the audit's chunk frame reads for a source (none for a source without labels)."""
+    return sorted(labels.label_keys(spec)) if labels.wanted(spec) else []
+
+
+def label_drift(s3: S3Client, spec: SourceSpec, carried: Carried) -> dict[str, str | None]:
+    """The partitions whose chunks' labels are not what S3 gives their object now, each with None, or with why
+    S3's labels cannot be read (a readers tag that breaks the rule for a principal, a refused GetObjectTagging):
+    such chunks cannot be shown to carry S3's labels, and a sync of the key fails, closing them where labels.py
+    says so. An object gone since the listing is not label drift (the next audit finds its chunks orphaned)."""
     if not carried or not labels.wanted(spec):
-        return []
+        return {}
     partitions = sorted(carried)
     with ThreadPoolExecutor(min(LABEL_THREADS, len(partitions)), thread_name_prefix="s3sync-audit-labels") as pool:
-        differ = pool.map(lambda partition: labels_differ(s3, spec, *carried[partition]), partitions)
-        return [partition for partition, different in zip(partitions, differ, strict=True) if different]
+        found = pool.map(lambda partition: _labels_differ(s3, spec, *carried[partition]), partitions)
+        return {partition: why for partition, (differ, why) in zip(partitions, found, strict=True) if differ}
 
 
-def labels_differ(s3: S3Client, spec: SourceSpec, object_key: str, label_sets: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether chunks carrying these label sets differ from what S3 gives the object now (labels.changed).
+def relabelled(s3: S3Client, spec: SourceSpec, carried: Carried) -> list[str]:
+    """The partitions whose chunks' labels are not S3's now (label_drift), sorted."""
+    return sorted(label_drift(s3, spec, carried))
 
-    An object gone since the listing is not label drift (the next audit finds its chunks orphaned), nor is an
-    archived one (no sync reads it until it is restored). Labels that cannot be read (a readers tag that breaks
-    the rule for a principal, a refused GetObjectTagging) are drift: the chunks cannot be shown to carry S3's
-    labels, and a sync of the key reports why (and closes the chunks where labels.py says so).
-    """
+
+def lookup(s3: S3Client, spec: SourceSpec) -> Callable[[Carried], Mapping[str, str | None]] | None:
+    """The audit's relabel lookup of a source (label_drift; None: it has no labels to compare)."""
+    return (lambda carried: label_drift(s3, spec, carried)) if labels.wanted(spec) else None
+
+
+def _labels_differ(
+    s3: S3Client, spec: SourceSpec, object_key: str, label_sets: Sequence[Mapping[str, Any]]
+) -> tuple[bool, str | None]:
+    """Whether chunks carrying these label sets differ from what S3 gives the object now (labels.changed), and
+    why S3's cannot be read where they cannot. An archived object's labels are read as any other's: its chunks
+    stay searchable, so who may read them follows its tags (pipeline/fetch.py)."""
     try:
         info = objects.head_object(s3, spec.bucket_name, object_key)
-        if info.archived is not None:
-            return False
         wanted = labels.object_labels(s3, spec, info, None)
     except objects.ObjectMissing:
-        return False
-    except Exception:  # any failure to read one object's labels is that object's drift, never the audit's crash
-        return True
+        return False, None
+    except Exception as error:  # any failure to read one object's labels is that object's drift, never the audit's
+        return True, str(error) or type(error).__name__
     stored = {str(n): StoredChunk(str(n), None, label_set) for n, label_set in enumerate(label_sets)}
-    return bool(labels.changed(spec, stored, wanted))
+    return bool(labels.changed(spec, stored, wanted)), None

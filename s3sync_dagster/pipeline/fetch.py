@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,36 +81,43 @@ def fetch(
     try:
         info = objects.head_object(s3, spec.bucket_name, object_key)
     except objects.ObjectMissing:
-        if meta_key is not None:
-            return _waiting(report, spec, collection_for, meta_key, started)
-        return _removed(report, spec, collection_for, started)
+        return _gone(report, spec, collection_for, meta_key, started)
     mark = lap(report, "s3_head", mark)
     report.size_bytes, report.etag = info.size, info.etag
     if stored is None:
         stored = stored_chunks(collection, object_key, spec.owner, with_text=False)
     stored = own_chunks(dict(stored), meta_key)
     mark = lap(report, "chroma_read", mark)
-    if info.archived is not None:  # S3 refuses its GET until restored: its HEAD alone, not a failure, nothing removed
-        report.status, report.chunk_count = "archived", len(stored)
-        report.message = archived_message(object_key, info.archived, len(stored))
-        report.duration_s = time.perf_counter() - started
-        return report
-    objects.check_size(info, spec.max_object_bytes)
+    if info.archived is not None and not (stored and labels.wanted(spec)):
+        # S3 refuses its GET until restored: its HEAD alone (nothing of it indexed, or no labels to keep current).
+        return _archived(report, info, stored, started)
+    if info.archived is None:
+        objects.check_size(info, spec.max_object_bytes)
     try:
         object_labels = labels.object_labels(s3, spec, info, metadata)  # {} (no request) without label fields
     except objects.ObjectMissing:
-        if meta_key is not None:
-            return _waiting(report, spec, collection_for, meta_key, started)
-        return _removed(report, spec, collection_for, started)
+        return _gone(report, spec, collection_for, meta_key, started)
     except (ValueError, objects.ObjectError) as error:
-        # Who may read it is unknown now: its chunks are closed to every reader before the key fails.
-        raise labels.closed(collection, stored, spec, error) from None
+        # Who may read it is unknown now: its chunks, wherever they are, are closed to every reader before it fails.
+        if spec.readers_tag:
+            _close_elsewhere(spec, collection_for, collection, object_key)
+        failure = labels.closed(collection, stored, spec, error)
+        if info.archived is not None and labels.refused_as_archived(error):
+            report.warnings.append(str(failure))
+            return _archived(report, info, stored, started)
+        raise failure from None
     mark = lap(report, "s3_head", mark)
+    relabel = labels.changed(spec, stored, object_labels) if stored else {}
+    if relabel:  # the object's chunks in other collections (an invocation's, a metadata file's) follow its labels
+        _relabel_elsewhere(spec, collection_for, collection, object_key, object_labels)
+    if info.archived is not None:  # indexed before it was archived: who may read it stays as S3 says now
+        if relabel:
+            report.chunks_metadata_only = labels.update_labels(collection, list(stored), relabel)
+        return _archived(report, info, stored, started)
 
     document_id = custom_id or keys.object_id(object_key)
     signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
     if is_current(stored, document_id, info.etag, signature):
-        relabel = labels.changed(spec, stored, object_labels)
         # The tags or user metadata alone changed: the chunks' metadata, no GET, no embedding. Written here, on the
         # thread that reads the key (a staging thread too): the key's own chunks only, as its skip check reads them.
         if relabel:
@@ -139,9 +146,7 @@ def fetch(
     try:
         data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
     except objects.ObjectMissing:  # deleted between HEAD and GET
-        if meta_key is not None:
-            return _waiting(report, spec, collection_for, meta_key, started)
-        return _removed(report, spec, collection_for, started)
+        return _gone(report, spec, collection_for, meta_key, started)
     lap(report, "s3_read", mark)
     return Fetched(
         report, info, data, collection, document_id, signature, {**metadata, **object_labels}, custom_id, bool(stored), started,
@@ -210,6 +215,55 @@ def _fetch_by_meta_file(
     report = fetched if isinstance(fetched, KeyReport) else fetched.report
     report.document_key, report.object_key = meta.path, meta_key
     return fetched
+
+
+def _gone(
+    report: KeyReport, spec: SourceSpec, collection_for: CollectionFor, meta_key: str | None, started: float
+) -> KeyReport:
+    """The object is not in the bucket: a metadata file naming it waits for it, an object's chunks go."""
+    if meta_key is not None:
+        return _waiting(report, spec, collection_for, meta_key, started)
+    return _removed(report, spec, collection_for, started)
+
+
+def _archived(
+    report: KeyReport, info: objects.ObjectInfo, stored: Mapping[str, StoredChunk], started: float
+) -> KeyReport:
+    """Archived (S3 refuses its GET until restored): not a failure, and nothing of it removed."""
+    report.status, report.chunk_count = "archived", len(stored)
+    report.message = archived_message(info.object_key, str(info.archived), len(stored))
+    if report.chunks_metadata_only:
+        report.message += f"; its labels updated on {report.chunks_metadata_only} chunk(s)"
+    report.message += "".join(f"; {warning}" for warning in report.warnings)
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _elsewhere(
+    spec: SourceSpec, collection_for: CollectionFor, home: Collection, object_key: str
+) -> Iterator[tuple[Collection, dict[str, StoredChunk]]]:
+    """The object's chunks of this source in each collection besides `home` that it wrote (an invocation's target,
+    a metadata file's): a label change reaches every copy of its object, not only the one synced. Read only when
+    the labels changed or cannot be read, never on every sync."""
+    for collection in searchable(collection_for, home.name):
+        if collection.name != home.name:
+            there = chunks_of(collection, "object_key", object_key, spec.owner)
+            if there:
+                yield collection, there
+
+
+def _relabel_elsewhere(
+    spec: SourceSpec, collection_for: CollectionFor, home: Collection, object_key: str, wanted: Metadata
+) -> None:
+    for collection, there in _elsewhere(spec, collection_for, home, object_key):
+        update = labels.changed(spec, there, wanted)
+        if update:
+            labels.update_labels(collection, list(there), update)
+
+
+def _close_elsewhere(spec: SourceSpec, collection_for: CollectionFor, home: Collection, object_key: str) -> None:
+    for collection, there in _elsewhere(spec, collection_for, home, object_key):
+        labels.close(collection, there)
 
 
 def _waiting(

@@ -59,6 +59,20 @@ def check_user_keys(spec: SourceSpec, user_metadata: Mapping[str, Any], what: st
         )
 
 
+class TagsRefused(ObjectError):
+    """S3 answered GetObjectTagging with an error: `code` is S3's (AccessDenied, InvalidObjectState, ...)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def refused_as_archived(error: Exception) -> bool:
+    """Whether the endpoint refused an archived object's tags for its storage class (as moto does; S3 answers
+    them): the object stays `archived`, not failed, and its chunks are closed where it has readers."""
+    return isinstance(error, TagsRefused) and error.code == "InvalidObjectState"
+
+
 def object_tags(s3: S3Client, bucket_name: str, object_key: str) -> dict[str, str]:
     """The object's tags (one GetObjectTagging); a gone object is ObjectMissing, as its HEAD."""
     try:
@@ -67,9 +81,10 @@ def object_tags(s3: S3Client, bucket_name: str, object_key: str) -> dict[str, st
         code = str(error.response.get("Error", {}).get("Code", ""))
         if code in {"NoSuchKey", "404"}:
             raise objects.ObjectMissing(f"object '{object_key}' does not exist in bucket '{bucket_name}'") from None
-        raise ObjectError(
+        raise TagsRefused(
             f"object '{object_key}' in bucket '{bucket_name}': GetObjectTagging failed "
-            f"({objects.error_meaning(error, 's3:GetObjectTagging (object_tags and readers_tag read the tags)')})"
+            f"({objects.error_meaning(error, 's3:GetObjectTagging (object_tags and readers_tag read the tags)')})",
+            code,
         ) from None
     except objects.EndpointError as error:
         raise ObjectError(
@@ -129,13 +144,19 @@ def closed(collection: Collection, stored: Mapping[str, StoredChunk], spec: Sour
     saying so. A source without readers_tag has no readers to withdraw: the error as it is."""
     if not spec.readers_tag:
         return error
-    held = [chunk_id for chunk_id, chunk in stored.items() if chunk.metadata.get(READERS_KEY)]
-    if held:
-        update_labels(collection, held, {READERS_KEY: None})
+    close(collection, stored)
     return ReadersUnknown(
         f"{error}; until tag '{spec.readers_tag}' reads again, no reader sees this object "
         f"({len(stored)} chunk(s) closed to every reader)"
     )
+
+
+def close(collection: Collection, stored: Mapping[str, StoredChunk]) -> None:
+    """Withdraw the chunks' readers (metadata only, in the re-embedding copy too): an operator's search alone sees
+    them."""
+    held = [chunk_id for chunk_id, chunk in stored.items() if chunk.metadata.get(READERS_KEY)]
+    if held:
+        update_labels(collection, held, {READERS_KEY: None})
 
 
 def changed(spec: SourceSpec, stored: Mapping[str, StoredChunk], labels: Metadata) -> dict[str, Any]:

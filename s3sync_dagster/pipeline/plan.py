@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from s3sync_dagster.pipeline import audit, chunk_drift, keys, labels, objects
+from s3sync_dagster.pipeline import audit, chunk_drift, events, keys, objects
 from s3sync_dagster.pipeline import plan_estimates as estimates
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.spec import sync_signature
@@ -177,11 +177,14 @@ def make_plan(
     registered: Collection[str] | None = None,
     named: audit.NamedLookup | None = None,
     labelled: audit.LabelLookup | None = None,
+    meta_signatures: MetaSignatures | None = None,
 ) -> Plan:
     """The plan from a listing (audit.frame_of) and the source's chunks (audit.chunk_frame), joined by the audit.
 
     registered: the source's partition keys (None: not known); known_empty is asked only for those of them.
     labelled: which indexed partitions' labels S3 changed (audit.LabelLookup; None: the source has no labels).
+    meta_signatures: the signature a sync of each metadata file would write (`meta_signatures_of`; None: the
+    documents of metadata files are left to their ETag).
     """
     found_empty: dict[str, str] = {}
 
@@ -203,8 +206,12 @@ def make_plan(
         for key, size in zip(selected["object_key"], selected["size"], strict=True)
         if key not in archived and size > target.max_object_bytes
     }
+    for key, why in drift.unreadable.items():  # the sync reads labels before anything else it decides
+        if key not in archived:
+            refused.setdefault(key, f"labels cannot be read: {why}")
     missing = set(drift.missing or [])
-    changed = (set(drift.stale or []) | settings_changed(chunks, listed, target)) - missing
+    resettled = settings_changed(chunks, listed, target) | _meta_settings_changed(chunks, listed, meta_signatures)
+    changed = (set(drift.stale or []) | resettled) - missing
     work = selected[selected["object_key"].isin((missing | changed) - archived - set(refused))]
     suffixes = estimates.suffixes_of(work["object_key"]) if len(work) else work["object_key"]
     for object_key, size, suffix in zip(work["object_key"], work["size"], suffixes, strict=True):
@@ -212,7 +219,9 @@ def make_plan(
         if reason is not None:
             refused[object_key] = reason
     settled = archived | set(refused)
-    empty = {k for k, etag in found_empty.items() if listed.get(k) == etag} - missing - changed - settled
+    # As the audit excuses them: at this ETag, or a metadata file whose document was empty (its ETag is the document's).
+    empty = {k for k, etag in found_empty.items() if listed.get(k) == etag or events.is_meta_key(k)}
+    empty = empty - missing - changed - settled
     kinds = {
         "new": missing - settled,
         "changed": changed - settled,
@@ -252,8 +261,51 @@ def settings_changed(chunks: pd.DataFrame, listed: Mapping[str, str], target: So
         return set()
     wanted = sync_signature(target, None, {})
     home = chunks[(chunks["collection"] == target.collection_name) & (chunks["metadata_key"] == "")]
-    at_etag = home[[listed.get(k) == etag for k, etag in zip(home["object_key"], home["etag"], strict=True)]]
+    at_etag = home[home["object_key"].map(listed) == home["etag"]]
     return set(at_etag.loc[at_etag["sync_signature"] != wanted, "object_key"])
+
+
+# Metadata file keys -> the sync signature a sync of each would write for its document (unreadable ones left out).
+MetaSignatures = Callable[[Sequence[str]], Mapping[str, str]]
+
+
+def _meta_settings_changed(
+    chunks: pd.DataFrame, listed: Mapping[str, str], meta_signatures: MetaSignatures | None
+) -> set[str]:
+    """The metadata files whose document is indexed at its listed ETag under another signature than a sync of the
+    file writes now (the source's settings changed, or the file's own fields: its id, metadata, target)."""
+    if meta_signatures is None or "sync_signature" not in chunks or chunks.empty:
+        return set()
+    sent = chunks[chunks["metadata_key"] != ""]
+    at_etag = sent[sent["object_key"].map(listed) == sent["etag"]]
+    recorded = dict(zip(at_etag["metadata_key"], at_etag["sync_signature"], strict=True))
+    wanted = meta_signatures(sorted(recorded))
+    return {
+        meta_key for meta_key, signature in recorded.items() if meta_key in wanted and wanted[meta_key] != signature
+    }
+
+
+def meta_signatures_of(s3: S3Client, target: SourceSpec, meta_keys: Sequence[str]) -> dict[str, str]:
+    """The signature a sync of each metadata file writes for its document (fetch's `sync_signature` of the file's
+    id, metadata and target): one HEAD and one GET of each, as the sync's, on a few threads. A file that cannot be
+    read or is not valid is left out: a sync of it says what is wrong."""
+    from s3sync_dagster.pipeline.metadata_rules import validate_user_metadata
+
+    def signature(meta_key: str) -> str | None:
+        try:
+            info = objects.head_object(s3, target.bucket_name, meta_key)
+            data = objects.read_object(s3, target.bucket_name, info, audit.MAX_META_FILE_BYTES)
+            meta = events.parse_meta_file(meta_key, data, target.path_prefix)
+            metadata = validate_user_metadata(meta.metadata or {}, f"metadata file '{meta_key}'")
+        except (objects.ObjectError, ValueError):
+            return None
+        return sync_signature(target, meta.document_id, metadata, meta_key, meta.target_collection_name)
+
+    if not meta_keys:
+        return {}
+    with ThreadPoolExecutor(min(chunk_drift.LABEL_THREADS, len(meta_keys)), thread_name_prefix="s3sync-plan") as pool:
+        found = dict(zip(meta_keys, pool.map(signature, meta_keys), strict=True))
+    return {meta_key: signature for meta_key, signature in found.items() if signature is not None}
 
 
 def _unchanged(selected: pd.DataFrame, chunks: pd.DataFrame, target: SourceSpec, work: set[str]) -> pd.DataFrame:
@@ -300,10 +352,9 @@ def index_frame(collection: Any | None, target: SourceSpec) -> pd.DataFrame:
     chunks (a third of the time at 3 chunks a document), and Chroma answers this one-field filter as fast as none,
     where the owner's (source and bucket, an `$and`) read 100,000 chunks 4 times slower (benchmarks/plan.py). A
     document missing some of its chunks (a write cut short) is the drift audit's to find: here it looks whole."""
-    label_keys = sorted(labels.label_keys(target)) if labels.wanted(target) else []
     return audit.chunk_frame(
-        [collection] if collection is not None else [], target, first_chunks=True, label_keys=label_keys,
-        signatures=True,
+        [collection] if collection is not None else [], target, first_chunks=True,
+        label_keys=chunk_drift.frame_label_keys(target), signatures=True,
     )  # fmt: skip
 
 
@@ -348,7 +399,8 @@ def plan_source(
         known_empty=known_empty,
         registered=partitions,
         named=lambda meta_keys: audit.named_documents(s3, target, meta_keys),
-        labelled=(lambda carried: chunk_drift.relabelled(s3, target, carried)) if labels.wanted(target) else None,
+        labelled=chunk_drift.lookup(s3, target),
+        meta_signatures=lambda meta_keys: meta_signatures_of(s3, target, meta_keys),
     )
     finished = time.perf_counter()
     plan.seconds = {

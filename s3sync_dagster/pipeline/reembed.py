@@ -203,8 +203,11 @@ def begin(
 ) -> Collection:
     """The copy (created if missing) that re-embeds `collection` under `function`, its writes attached. A copy
     under another function (the config changed again meanwhile) is dropped and begun anew. A re-embedding to
-    `function` that was abandoned is begun only `again` (`s3sync reembed`): Abandoned otherwise."""
-    refuse_what_is_in_the_way(client, collection)
+    `function` that was abandoned is begun only `again` (`s3sync reembed`): Abandoned otherwise. A collection in
+    the way (`in_the_way`) stops it before its copy is made; a copy underway stays attached whatever appears
+    meanwhile (its writes keep it exact), and `swap` checks again before it renames anything."""
+    if underway(client, collection) is None:
+        refuse_what_is_in_the_way(client, collection)  # before anything is written, the abandoned mark included
     if abandoned(collection, function):
         if not again:
             raise Abandoned(
@@ -220,6 +223,7 @@ def begin(
         abandon(client, collection)
         copy = None
     if copy is None:
+        refuse_what_is_in_the_way(client, collection)
         hnsw = (collection.configuration or {}).get("hnsw")
         recorded = (collection.configuration_json or {}).get("embedding_function") or {}
         with contextlib.suppress(Exception):  # another writer created it first: take theirs
