@@ -10,7 +10,7 @@ they name yet (so that its upload completes them).
 """
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -105,10 +105,13 @@ def delete_misembedded(
         except NotFoundError:
             continue
         found = chunk_drift.misembedded_partitions(collection, spec.owner)
-        held = collection.get(ids=sorted(found), include=["metadatas"]) if found else {"ids": [], "metadatas": []}
+        if not found:
+            deleted[name] = 0
+            continue
+        held = collection.get(ids=sorted(found), include=["metadatas"])
         ids: set[str] = set()
-        for chunk_id, metadata in zip(held["ids"], held.get("metadatas") or [], strict=True):
-            metadata = metadata or {}
+        for chunk_id, held_metadata in zip(held["ids"], held.get("metadatas") or [], strict=True):
+            metadata: Mapping[str, Any] = held_metadata or {}
             object_key, partition = str(metadata.get("object_key", "")), found[chunk_id]
             if not readable(object_key):
                 continue
