@@ -19,4 +19,5 @@ def test_demo_syncs_the_sample_and_answers(
     assert f"synced {len(sample_files())} keys in 1 Dagster run(s)" in out
     assert f"{len(sample_files())} indexed" in out
     assert "1. samples/docs/sync-semantics.md" in out
+    assert "When an object changes, its chunks are replaced" in out  # the passage that answers, shown
     assert "stopped the local S3 endpoint" in out

@@ -124,7 +124,10 @@ def test_s3sync_query_shows_context_and_one_hit_per_object(
     assert sorted(keys) == sorted(MANUALS)
     assert main([*argv, "--mode", "lexical", "-n", "1", "--context", "1"]) == 0
     shown = capsys.readouterr().out.splitlines()
-    assert shown[0].startswith("1. manuals/router.txt") and shown[2].startswith("   > Step 1 of the router manual")
+    # The hit, its passage (the part of its section that answers), then its neighbours with the hit marked.
+    assert shown[0].startswith("1. manuals/router.txt") and "RT-7788" in shown[1]
+    marked = [line for line in shown if line.startswith("   > ")]
+    assert len(marked) == 1 and marked[0].startswith("   > Step 1 of the router manual")
     # Lines chunking: no headings, so the section is the object (at most SECTION_REACH chunks each side).
     assert main([*argv, "--mode", "lexical", "-n", "1", "--context", "section", "--json"]) == 0
     (hit,) = json.loads(capsys.readouterr().out)["results"]

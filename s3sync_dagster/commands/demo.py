@@ -116,9 +116,10 @@ def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
         )
         answer = _query(config_file)
         say(f"\nquery: {DEMO_QUERY!r}")
-        for rank, hit in enumerate(answer["results"], 1):
-            snippet = " ".join(str(hit["document"]).split())[:150]
-            say(f"{rank}. {hit['object_key']} lines {hit['start_line']}-{hit['end_line']}: {snippet}")
+        for rank, hit in enumerate(answer["results"], 1):  # each hit's passage: what of it answers
+            say(f"{rank}. {hit['object_key']} lines {hit['start_line']}-{hit['end_line']}")
+            for line in str(hit["passage"]).splitlines():
+                say(f"   {line}")
         if as_json:
             print(json.dumps({"sync": counts, "runs": len(result.runs), "query": answer}, indent=2, default=str))
         if result.failed:
@@ -152,6 +153,7 @@ def _query(config_file: Path) -> dict[str, Any]:
                 "start_line": hit.metadata.get("start_line"),
                 "end_line": hit.metadata.get("end_line"),
                 "document": hit.document,
+                "passage": hit.passage,
             }
             for hit in hits
         ],

@@ -172,7 +172,7 @@ class SourceSearch:
             kept, exhausted = self._search(text, where, mode, n, most, per_object, fusion)
             if len(kept) >= n or exhausted:
                 break
-        return engine.with_context(self.collection, kept[:n], context, self.owns)
+        return engine.with_passages(self.collection, kept[:n], text, self.owns, context)
 
     def _search(
         self,

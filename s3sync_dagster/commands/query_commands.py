@@ -56,6 +56,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             "start_line": hit.metadata.get("start_line"),
             "end_line": hit.metadata.get("end_line"),
             "document": hit.document,
+            "passage": hit.passage,  # what the terminal shows of the hit
             **({"readers": hit.metadata.get(READERS_KEY, [])} if source.readers_tag else {}),  # who may read it
             # A versioned bucket's: the object version the chunk's text was read from.
             **({"version_id": hit.metadata["version_id"]} if hit.metadata.get("version_id") else {}),
@@ -71,6 +72,13 @@ def cmd_query(args: argparse.Namespace) -> int:
         }
         for hit in found
     ]
+    from s3sync_dagster.pipeline.passages import marked
+
+    terminal = not args.json and sys.stdout.isatty()
+
+    def bold(word: str) -> str:
+        return f"\033[1m{word}\033[0m" if terminal else word
+
     lines = []
     for rank, hit in enumerate(found, 1):
         sides = ", ".join(
@@ -82,14 +90,15 @@ def cmd_query(args: argparse.Namespace) -> int:
             + f" lines {hit.metadata.get('start_line')}-"
             f"{hit.metadata.get('end_line')} ({sides}{'; ' + describe(hit.metadata) if args.every_writer else ''})"
         )
+        # The part of its section that answers the question, the question's words in bold on a terminal.
+        shown = marked(hit.passage, args.text, bold) if hit.passage else " ".join(hit.document.split())[:160]
+        lines += [f"   {line}" for line in shown.splitlines()]
         if hit.context:
             # The hit and its neighbours, in the object's order; the hit's own chunk marked.
             lines += [
                 f"   {'>' if passage.chunk_id == hit.chunk_id else ' '} {' '.join(passage.document.split())[:160]}"
                 for passage in hit.context
             ]
-        else:
-            lines.append(f"   {' '.join(hit.document.split())[:160]}")
     emit(
         args,
         {"query": args.text, "mode": args.mode, "collection": source.collection_name, "results": hits},

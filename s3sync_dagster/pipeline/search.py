@@ -45,6 +45,7 @@ from s3sync_dagster.pipeline.search_hits import Hit as Hit
 from s3sync_dagster.pipeline.search_hits import Passage as Passage
 from s3sync_dagster.pipeline.search_hits import per_object as per_object
 from s3sync_dagster.pipeline.search_hits import with_context as with_context
+from s3sync_dagster.pipeline.search_hits import with_passages as with_passages
 from s3sync_dagster.pipeline.search_lexical import indexed as indexed
 from s3sync_dagster.pipeline.search_lexical import lexical_ranking as lexical_ranking
 from s3sync_dagster.pipeline.search_lexical import lexical_side as lexical_side

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from chromadb.api.models.Collection import Collection
 
@@ -37,6 +37,9 @@ class Hit:
     # With context (`with_context`): the chunks of the same object around this one, this one among them, in
     # the object's order; empty when none was asked for.
     context: tuple[Passage, ...] = ()
+    # With passages (`with_passages`): the part of its section that answers the question, under its heading path:
+    # what a person reads of the hit (pipeline/passages.py); "" when none was chosen.
+    passage: str = ""
 
     @property
     def object_key(self) -> str:
@@ -56,7 +59,7 @@ def per_object(hits: Sequence[Hit], most: int) -> list[Hit]:
 
 # `context="section"` (`--context section`): each hit with the chunks of its section around it, at most this many
 # on each side (about 2,000 tokens of the default 128-token chunks in all).
-SECTION = "section"
+SECTION: Final = "section"
 SECTION_REACH = 8
 Context = int | Literal["section"]
 
@@ -143,3 +146,27 @@ def same_place(line: str, other: str | None) -> bool:
     if not line or not other:
         return False
     return line == other or line.endswith(" " + other) or other.endswith(" " + line)
+
+
+def with_passages(
+    collection: Collection,
+    hits: Sequence[Hit],
+    question: str,
+    keep: Callable[[Mapping[str, Any]], bool] | None = None,
+    context: Context = 0,
+) -> list[Hit]:
+    """Each hit with its passage (pipeline/passages.py), chosen from its section (`with_context`'s `section`, read
+    in one request), and with the `context` asked (`with_context`; the section itself, not read twice)."""
+    from s3sync_dagster.pipeline import passages
+    from s3sync_dagster.pipeline.context import CONTEXT_KEY
+
+    sections = with_context(collection, hits, SECTION, keep)
+    chosen = []
+    for hit, in_section in zip(hits, sections, strict=True):
+        texts = [passage.document for passage in in_section.context] or [hit.document]
+        line = hit.metadata.get(CONTEXT_KEY)
+        heading = passages.heading_path(line if isinstance(line, str) else None, hit.object_key)
+        prose = passages.is_prose(hit.metadata.get("language"))
+        shown = passages.choose(question, texts, hit.document, heading, prose=prose)
+        chosen.append(dataclasses.replace(in_section if context == SECTION else hit, passage=shown))
+    return chosen if context in (0, SECTION) else with_context(collection, chosen, context, keep)

@@ -36,7 +36,8 @@ MAX_PARTS = 16
 _ASCII_TERM = re.compile(_TERM.format(word=r"\w"))
 # Chroma's full-text index is of trigrams: a shorter term cannot use it, and finds nearly everything anyway.
 MIN_TERM_CHARS = 3
-_STOPWORDS = frozenset(DEFAULT_CHROMA_BM25_STOPWORDS)
+# Words too common to choose a chunk or a passage by: Chroma BM25's list.
+STOPWORDS = frozenset(DEFAULT_CHROMA_BM25_STOPWORDS)
 # The most terms of one query looked up (the rarest-looking first: longest, with digits); each is one read.
 MAX_TERMS = 12
 # The most terms of one query the lexical index scores it on (`scoring_terms`): a quoted paragraph's words.
@@ -175,7 +176,7 @@ def query_terms(text: str) -> list[str]:
     """The query's distinct terms worth looking up, folded (`fold`), the rarest-looking first."""
     seen: dict[str, None] = {}
     for term in text_terms(text):
-        if len(term) >= MIN_TERM_CHARS and term not in _STOPWORDS:
+        if len(term) >= MIN_TERM_CHARS and term not in STOPWORDS:
             seen.setdefault(term)
     ranked = sorted(seen, key=lambda term: (not any(c.isdigit() for c in term), -len(term)))
     return ranked[:MAX_TERMS]

@@ -1,0 +1,165 @@
+"""The passage a hit shows: the part of its section that answers the question, not the chunk's first characters.
+
+A hit's section (search_hits.with_context, `context="section"`: the chunks around it under the same headings) is
+cut into units, sentences of prose and lines of code, lists and tables, and each unit is scored by the question's
+words it holds, in any English form (Snowball's stemmer: `milliseconds` holds `millisecond`), each word weighed
+by how few of the section's units hold it. The best unit, then its neighbours while they fit the budget (the
+better-scoring side first), make the passage, in the document's order, under the hit's heading path (its context
+line less the object's key). A section none of whose units holds a word of the question shows the hit's own
+chunk from its start. `marked` puts the question's words in bold for a terminal.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from s3sync_dagster.pipeline import terms
+
+PASSAGE_CHARS = 400  # the passage's text at most (a unit longer than this is cut at a word)
+HEADING_JOIN = " > "  # the context line's separator (pipeline/context.py)
+# A sentence ends at . ! ? (or their run, or a closing quote or bracket after them) before a space and a capital,
+# a digit, a quote or a bracket; `e.g. this` and `v1.2` stay whole.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[A-Z0-9\"'(\[`*])")
+# A line that is code, a list item, a table row or a heading stands alone: it is not joined into a sentence.
+_OWN_LINE = re.compile(r"^(\s{2,}|\t|[-*+] |\d+[.)] |\||#|>|```)")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One sentence or line of a section: its text, and whether it joins its neighbours with a space (prose)."""
+
+    text: str
+    prose: bool
+
+
+def units(section: Sequence[str], prose: bool = True) -> list[Unit]:
+    """The section's text (its chunks in order) as sentences of prose and lines of everything else; of code
+    (prose False: a source file, chunked by its syntax), every line."""
+    if not prose:
+        return [Unit(line.rstrip(), False) for line in "".join(section).splitlines() if line.strip()]
+    found: list[Unit] = []
+    paragraph: list[str] = []
+    fenced = False
+
+    def flush() -> None:
+        if paragraph:
+            joined = " ".join(line.strip() for line in paragraph)
+            found.extend(Unit(sentence, True) for sentence in _SENTENCE_END.split(joined) if sentence.strip())
+            paragraph.clear()
+
+    for line in "".join(section).splitlines():
+        if line.lstrip().startswith("```"):
+            flush()
+            fenced = not fenced
+            found.append(Unit(line.rstrip(), False))
+        elif fenced or _OWN_LINE.match(line):
+            flush()
+            if line.strip():
+                found.append(Unit(line.rstrip(), False))
+        elif not line.strip():
+            flush()
+        else:
+            paragraph.append(line)
+    flush()
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _stemmer() -> Callable[[str], str]:
+    import snowballstemmer
+
+    stem = snowballstemmer.stemmer("english").stemWord
+    return functools.lru_cache(maxsize=65536)(stem)
+
+
+def stems(text: str) -> set[str]:
+    """The distinct stems of a text's words (folded, split at . and -: `terms.words`)."""
+    stem = _stemmer()
+    return {stem(word) for word in terms.words(text)}
+
+
+def question_stems(question: str) -> set[str]:
+    """The stems worth matching of a question: its words less stop words and one-letter words."""
+    stem = _stemmer()
+    kept = {stem(word) for word in terms.words(question) if len(word) > 1 and word not in terms.STOPWORDS}
+    return kept or stems(question)
+
+
+def choose(
+    question: str, section: Sequence[str], own: str, heading: str = "", budget: int = PASSAGE_CHARS, prose: bool = True
+) -> str:
+    """The passage of a hit: `section` its section's chunk texts in order, `own` the hit's own chunk text,
+    `heading` its heading path ('' for none); prose False for code, read line by line."""
+    wanted = question_stems(question)
+    found = units(section, prose) or units([own], prose)
+    held = [stems(unit.text) & wanted for unit in found]
+    weight = {s: math.log(1 + len(found) / (1 + sum(s in h for h in held))) for s in wanted}
+    scores = [sum(weight[s] for s in h) for h in held]
+    if not found or max(scores, default=0.0) <= 0:  # nothing of the question here: the hit's own chunk
+        text = _joined(units([own], prose), budget)
+    else:
+        best = max(range(len(found)), key=lambda at: (scores[at], -at))
+        first = last = best
+        size = len(found[best].text)
+        while True:
+            sides = [at for at in (first - 1, last + 1) if 0 <= at < len(found)]
+            sides = [at for at in sides if size + 1 + len(found[at].text) <= budget]
+            if not sides:
+                break
+            take = max(sides, key=lambda at: (scores[at], at < best))
+            size += 1 + len(found[take].text)
+            first, last = min(first, take), max(last, take)
+        named = {part.strip() for part in heading.split(HEADING_JOIN)}
+        while first < last and found[first].text.startswith("#") and found[first].text.lstrip("#").strip() in named:
+            first += 1  # a heading the heading path already names
+        text = _joined(found[first : last + 1], budget)
+    return f"{heading}\n{text}" if heading else text
+
+
+def is_prose(language: object) -> bool:
+    """Whether a chunk's `language` (its metadata) is read in sentences: markdown (documents converted to it
+    included) and plain text; code is read line by line."""
+    return language in (None, "", "markdown")
+
+
+def heading_path(context_line: str | None, object_key: str) -> str:
+    """A context line less its object's key: the headings or definitions the hit stands under ('' for none)."""
+    if not context_line:
+        return ""
+    parts = context_line.split(HEADING_JOIN)
+    if parts and parts[0] == object_key:
+        parts = parts[1:]
+    return HEADING_JOIN.join(parts)
+
+
+def marked(passage: str, question: str, bold: Callable[[str], str]) -> str:
+    """The passage with each word holding a question's stem put through `bold` (a terminal's escape codes)."""
+    wanted = question_stems(question)
+    stem = _stemmer()
+
+    def mark(match: re.Match[str]) -> str:
+        word = match.group(0)
+        return bold(word) if stem(terms.fold(word)) in wanted else word
+
+    return re.sub(r"\w+", mark, passage)
+
+
+def _joined(chosen: Sequence[Unit], budget: int) -> str:
+    """Sentences of one paragraph joined by a space, anything else by a new line."""
+    text = ""
+    for before, unit in zip([None, *chosen], chosen, strict=False):
+        if before is not None:
+            text += " " if before.prose and unit.prose else "\n"
+        text += unit.text
+    return _cut(text, budget)
+
+
+def _cut(text: str, budget: int) -> str:
+    if len(text) <= budget:
+        return text
+    cut = text[:budget].rsplit(" ", 1)[0].rstrip()
+    return f"{cut} ..."

@@ -1,0 +1,103 @@
+"""The passage a hit shows (issue 63, item 1; pipeline/passages.py): the part of its section that answers the
+question, in the document's order under its heading path, words matched in any English form; `s3sync query`
+prints it (the question's words in bold on a terminal) and `--json` returns exactly that text. Moto over HTTP,
+embedded Chroma, the real command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3sync_dagster.commands.cli import main
+from s3sync_dagster.commands.query import search_source
+from s3sync_dagster.config import AppConfig
+from s3sync_dagster.pipeline import passages
+from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster_tests.conftest import ConfigFactory, put
+
+# A section of three chunks (120 bytes each at most): the answer to "which days is recycling collected" sits in the
+# second, after a chunk that names the topic and before one about something else.
+GUIDE = """# City services
+
+## Waste collection
+
+The city collects household waste from every street once a week, in the early morning.
+
+Recycling bins are emptied on Tuesday and Saturday, so put them out the evening before.
+
+Garden waste goes out monthly from March to November, on the first Monday.
+
+## Parking
+
+Residents park free with a permit; visitors pay two euros an hour in the centre.
+"""
+
+
+def test_the_passage_is_the_sentence_that_answers_in_its_sections_order() -> None:
+    section = [
+        "The city collects household waste every week. Recycling bins are emptied on Tuesday and Saturday. ",
+        "Garden waste goes out monthly.\n\n" + "Bulky items need a booking two days ahead. " * 12,
+    ]
+    shown = passages.choose("which days are the recycling bins emptied", section, section[0], "Waste", budget=120)
+    assert shown.splitlines()[0] == "Waste"
+    assert "Recycling bins are emptied on Tuesday and Saturday." in shown
+    assert "Bulky" not in shown and len(shown.splitlines()[1]) <= 120
+    # Word forms: the question's `millisecond` and `timeouts` hold the text's `milliseconds` and `timeout`.
+    text = ["Connections are kept alive for a while. The timeout is given in milliseconds and defaults to 500.\n"]
+    assert passages.choose("timeouts in millisecond", text, text[0], budget=80) == (
+        "The timeout is given in milliseconds and defaults to 500."
+    )
+    assert passages.marked("The timeout is in milliseconds", "millisecond timeouts", "[{}]".format) == (
+        "The [timeout] is in [milliseconds]"
+    )
+    # Code and list lines stay lines; nothing of the question found: the hit's own chunk from its start.
+    code = ["```python\nclient = connect(host)\nclient.retry(times=3)\n```\n"]
+    assert passages.choose("retry times", code, code[0]).splitlines()[1:3] == [
+        "client = connect(host)",
+        "client.retry(times=3)",
+    ]
+    assert passages.choose("zebra", ["One. Two."], "One. Two.") == "One. Two."
+    # Code (a source file chunked by its syntax) is read line by line, its indentation kept.
+    source = "def retry(times):\n    for attempt in range(times):\n        wait(2 ** attempt)\n"
+    assert passages.choose("how long does it wait", [source], source, "retry", prose=False) == (
+        "retry\ndef retry(times):\n    for attempt in range(times):\n        wait(2 ** attempt)"
+    )
+    assert not passages.is_prose("python") and passages.is_prose("markdown") and passages.is_prose(None)
+
+
+@pytest.fixture
+def guide(s3: Any, bucket: str, make_config: ConfigFactory) -> tuple[AppConfig, Path]:
+    config, path = make_config(bucket, chunking={"type": "tree_sitter", "max_size_bytes": 120})
+    put(s3, bucket, {"guide.md": GUIDE})
+    embedding = config.embedding.spec()
+    collection = config.chroma.store().collection(config.sources[0].collection_name, embedding)
+    reports = sync_keys(s3, config.sources[0].spec(embedding), lambda _: collection, embedding.build(), ["guide.md"])
+    assert [r.status for r in reports] == ["indexed"]
+    return config, path
+
+
+def test_a_hit_shows_the_answer_from_its_section_and_the_command_prints_exactly_it(
+    guide: tuple[AppConfig, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, path = guide
+    question = "on which days are recycling bins emptied"
+    hits = search_source("docs", question, config=config, n=3)
+    with_answer = [hit for hit in hits if "Tuesday and Saturday" in hit.passage]
+    assert with_answer, [(hit.document, hit.passage) for hit in hits]
+    assert with_answer[0].passage.startswith("City services > Waste collection\n")
+    assert all(hit.passage for hit in hits)
+    # A hit whose own chunk does not hold the answer shows it from the next chunk of its section.
+    assert any("Tuesday" not in hit.document and "Tuesday and Saturday" in hit.passage for hit in hits)
+
+    capsys.readouterr()
+    assert main(["query", "docs", question, "--config", str(path), "--json", "-n", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["passage"] for r in results] == [hit.passage for hit in hits]
+    assert main(["query", "docs", question, "--config", str(path), "-n", "3"]) == 0
+    printed = capsys.readouterr().out
+    for result in results:  # the terminal shows each passage, line by line (no escape codes off a terminal)
+        assert "\n".join(f"   {line}" for line in result["passage"].splitlines()) in printed
+    assert "\033[" not in printed
