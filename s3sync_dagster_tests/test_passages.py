@@ -101,3 +101,8 @@ def test_a_hit_shows_the_answer_from_its_section_and_the_command_prints_exactly_
     for result in results:  # the terminal shows each passage, line by line (no escape codes off a terminal)
         assert "\n".join(f"   {line}" for line in result["passage"].splitlines()) in printed
     assert "\033[" not in printed
+    # On a terminal (or with --bold, which the command adds when the resident process answers for a terminal) the
+    # question's words are set in bold, in any form; the text around them is the passage's.
+    assert main(["query", "docs", question, "--config", str(path), "-n", "1", "--bold"]) == 0
+    bold = capsys.readouterr().out
+    assert "\033[1mRecycling\033[0m \033[1mbins\033[0m are \033[1memptied\033[0m on Tuesday" in bold, bold

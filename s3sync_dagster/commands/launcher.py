@@ -20,7 +20,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     environment, where = resident.launched(dict(os.environ), resident.address())
     if querying:
         try:
-            answer = resident.consult({"argv": args, "cwd": os.getcwd()}, where)
+            # Its output is captured there: whether the words may be set in bold is this terminal's to say.
+            shown = [*args, "--bold"] if sys.stdout.isatty() and "--bold" not in args else args
+            answer = resident.consult({"argv": shown, "cwd": os.getcwd()}, where)
         except resident.Unanswered as unanswered:
             if str(unanswered):  # said once: a process that does not answer, or a path it did not make
                 print(f"s3sync: {unanswered}; answered here", file=sys.stderr)

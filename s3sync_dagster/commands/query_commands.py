@@ -74,7 +74,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     ]
     from s3sync_dagster.pipeline.passages import marked
 
-    terminal = not args.json and sys.stdout.isatty()
+    terminal = not args.json and (args.bold or sys.stdout.isatty())
 
     def bold(word: str) -> str:
         return f"\033[1m{word}\033[0m" if terminal else word
@@ -157,6 +157,11 @@ def add_query(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--per-object", type=int, metavar="K", help="keep at most K hits of one object (1: one hit per object)"
+    )
+    parser.add_argument(
+        "--bold",
+        action="store_true",
+        help="set the question's words in each passage in bold (terminal escape codes; the default on a terminal)",
     )
     parser.add_argument(
         "--where",
