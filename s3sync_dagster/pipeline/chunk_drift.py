@@ -87,11 +87,6 @@ def label_drift(s3: S3Client, spec: SourceSpec, carried: Carried) -> dict[str, s
         return {partition: why for partition, (differ, why) in zip(partitions, found, strict=True) if differ}
 
 
-def relabelled(s3: S3Client, spec: SourceSpec, carried: Carried) -> list[str]:
-    """The partitions whose chunks' labels are not S3's now (label_drift), sorted."""
-    return sorted(label_drift(s3, spec, carried))
-
-
 def lookup(s3: S3Client, spec: SourceSpec) -> Callable[[Carried], Mapping[str, str | None]] | None:
     """The audit's relabel lookup of a source (label_drift; None: it has no labels to compare)."""
     return (lambda carried: label_drift(s3, spec, carried)) if labels.wanted(spec) else None

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline import audit, chunk_drift, events, keys, objects
 from s3sync_dagster.pipeline import plan_estimates as estimates
+from s3sync_dagster.pipeline.archive import listed_as_archived
 from s3sync_dagster.pipeline.objects import S3Client
 from s3sync_dagster.pipeline.spec import sync_signature
 
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
     from s3sync_dagster.pipeline.spec import SourceSpec
 
-ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 COUNTED = ("new", "changed", "relabel", "deleted", "unchanged", "empty", "archived", "refused")
 SHOWN = 1000  # keys listed per kind in a plan's JSON (every count is whole)
 MEASURED = 100_000  # indexed objects at most that bytes per chunk are measured on
@@ -153,13 +153,8 @@ class Plan:
         return "\n".join(lines)
 
 
-def refusal(size: int, storage_class: str, suffix: str, max_object_bytes: int) -> str | None:
-    """Why a sync would refuse an object now, or None."""
-    if storage_class in ARCHIVED_STORAGE_CLASSES:
-        return (
-            f"archived: storage class {storage_class} is not readable until restored (a restore in progress or "
-            "done is not visible in a listing: the sync reads it then)"
-        )
+def refusal(size: int, suffix: str, max_object_bytes: int) -> str | None:
+    """Why a sync would fail an object it reads now (an archived one it does not read: counted apart), or None."""
     if size > max_object_bytes:
         return f"too large: {size:,} bytes is over max_object_bytes ({max_object_bytes:,})"
     if suffix in estimates.UNSUPPORTED_SUFFIXES:
@@ -200,9 +195,11 @@ def make_plan(
     listed = dict(zip(selected["object_key"], selected["etag"], strict=True))
     gone = set(drift.orphaned) - set(drift.unselected)
     # The sync's order: its HEAD finds the object archived (nothing more is read), then too large; then current?
-    archived = set(selected.loc[selected["storage_class"].isin(ARCHIVED_STORAGE_CLASSES), "object_key"])
+    archived = {
+        k for k, c in zip(selected["object_key"], selected["storage_class"], strict=True) if listed_as_archived(c)
+    }
     refused = {
-        key: refusal(size, "", "", target.max_object_bytes)
+        key: refusal(size, "", target.max_object_bytes)
         for key, size in zip(selected["object_key"], selected["size"], strict=True)
         if key not in archived and size > target.max_object_bytes
     }
@@ -215,7 +212,7 @@ def make_plan(
     work = selected[selected["object_key"].isin((missing | changed) - archived - set(refused))]
     suffixes = estimates.suffixes_of(work["object_key"]) if len(work) else work["object_key"]
     for object_key, size, suffix in zip(work["object_key"], work["size"], suffixes, strict=True):
-        reason = refusal(size, "", suffix, target.max_object_bytes)
+        reason = refusal(size, suffix, target.max_object_bytes)
         if reason is not None:
             refused[object_key] = reason
     settled = archived | set(refused)
