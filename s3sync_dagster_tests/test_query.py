@@ -19,6 +19,7 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.pipeline import search as engine
 from s3sync_dagster.pipeline.sync import sync_keys
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ResidentCommands, put
 
@@ -44,6 +45,12 @@ def searched(
     chroma: dict[str, Any] = {"path": "chroma"}
     if request.param == "server":
         chroma = {"host": "127.0.0.1", "port": request.getfixturevalue("chroma_server")}
+    yield from synced(s3, bucket, tmp_path, moto_endpoint, chroma, MANUALS)
+
+
+def synced(
+    s3: Any, bucket: str, tmp_path: Path, moto_endpoint: str, chroma: dict[str, Any], objects: dict[str, str]
+) -> Iterator[tuple[AppConfig, Path]]:
     source = {
         "name": "manuals", "bucket_name": bucket, "region": "us-east-1", "collection_name": f"q-{bucket}"[:60],
         "endpoint_url": moto_endpoint, "path_prefix": "manuals/", "chunking": {"type": "lines", "max_lines": 1},
@@ -52,11 +59,11 @@ def searched(
     path = tmp_path / "s3sync.yaml"
     path.write_text(yaml.safe_dump({"chroma": chroma, "sources": [source]}), encoding="utf-8")
     config = load_config(path)
-    put(s3, bucket, MANUALS)
+    put(s3, bucket, objects)
     spec = config.sources[0].spec(config.embedding.spec())
     collection = config.chroma.store().collection(spec.collection_name, config.embedding.spec())
-    reports = sync_keys(s3, spec, lambda _: collection, config.embedding.spec().build(), sorted(MANUALS))
-    assert [report.status for report in reports] == ["indexed"] * len(MANUALS), reports
+    reports = sync_keys(s3, spec, lambda _: collection, config.embedding.spec().build(), sorted(objects))
+    assert [report.status for report in reports] == ["indexed"] * len(objects), reports
     yield config, path
     config.chroma.store().client().delete_collection(spec.collection_name)
 
@@ -97,6 +104,41 @@ def test_per_object_keeps_each_objects_best_hit(searched: tuple[AppConfig, Path]
         assert {hit.object_key: hit.chunk_id for hit in one_each} == best, mode
         two_each = searcher.search("BX-4410", mode=mode, n=5, per_object=2)
         assert max(sum(h.object_key == key for h in two_each) for key in MANUALS) <= 2, mode
+
+
+def test_per_object_reads_past_one_long_object_ranking_each_pool_once(
+    s3: Any, bucket: str, tmp_path: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One long manual whose 60 steps all name the code (three times) ahead of three short ones (once, among lines
+    # that do not): the first pool's 20 best are all the long one's, so the short ones are found further down. Each is ranked
+    # once (the widening used to ask for 3 hits, then 12, then 48, ranking the first pool again each time).
+    objects = {
+        "manuals/long.txt": "".join(f"Step {i}: code QZ-5150 QZ-5150 QZ-5150, press the button.\n" for i in range(60)),
+        **{
+            f"manuals/short{i}.txt": f"Note {i}: code QZ-5150 appears once here.\n"
+            + "".join(f"Line {j} is about something else.\n" for j in range(60))
+            for i in range(3)
+        },
+    }
+    configured = synced(s3, bucket, tmp_path, moto_endpoint, {"path": "chroma"}, objects)
+    config, _ = next(configured)
+    searcher = SourceSearch("manuals", config)
+    pools: list[int] = []
+    ranked = engine.ranked
+
+    def counted(*args: Any) -> list[Any]:
+        pools.append(args[3])
+        return ranked(*args)
+
+    monkeypatch.setattr(engine, "ranked", counted)
+    for mode in ("lexical", "hybrid"):
+        pools.clear()
+        one_each = searcher.search("code QZ-5150", mode=mode, n=4, per_object=1)
+        assert sorted(hit.object_key for hit in one_each) == sorted(objects), mode
+        assert len(pools) == len(set(pools)) > 1, (mode, pools)  # more than one pool read, none of them twice
+        every = searcher.search("code QZ-5150", mode=mode, n=63)
+        assert [hit.chunk_id for hit in one_each] == [hit.chunk_id for hit in engine.per_object(every, 1)][:4], mode
+    next(configured, None)
 
 
 def test_one_searcher_answers_many_queries_as_one_off_searches_do(searched: tuple[AppConfig, Path]) -> None:

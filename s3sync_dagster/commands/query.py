@@ -27,8 +27,8 @@ from s3sync_dagster.pipeline.store import close_clients
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
-# A search that must drop hits (another writer's chunks, a second hit of one object) asks again for this many
-# times more, up to MAX_ASKED, until it has the number asked for.
+# A search that must drop hits (another writer's chunks, a second hit of one object) reads its ranking on past
+# them, up to MAX_ASKED hits; once more than WIDEN x n were another writer's, Chroma's filter is asked instead.
 WIDEN = 4
 MAX_ASKED = 1000
 
@@ -157,20 +157,20 @@ class SourceSearch:
         filtered: Mapping[str, Any] | None = None,
     ) -> list[Hit]:
         # First without Chroma's metadata filter, which reads every chunk of the collection (0.6 s a query
-        # at 100,000 chunks): the owner rule is tested on each hit, and only if too few are the source's own
-        # (asking WIDEN times more once) does the search ask Chroma to filter. A caller's filter (where,
+        # at 100,000 chunks): the owner rule is tested on each hit as the ranking is read, and only if more than
+        # WIDEN x n of them are another writer's does the search ask Chroma to filter. A caller's filter (where,
         # readers) cannot be tested after the ranking, or the best admitted chunks below the first n * WIDEN
         # would be lost: it is Chroma's (and the lexical index's) from the start, and the owner's with it.
-        scopes: list[tuple[Mapping[str, Any] | None, int]]
+        scopes: list[tuple[Mapping[str, Any] | None, int | None]]
         if filtered:
-            scopes = [(filtered if self.every_writer else all_of(self.owner.where(), filtered), MAX_ASKED)]
+            scopes = [(filtered if self.every_writer else all_of(self.owner.where(), filtered), None)]
         elif self.every_writer:
-            scopes = [(None, MAX_ASKED)]
+            scopes = [(None, None)]
         else:
-            scopes = [(None, n * WIDEN), (self.owner.where(), MAX_ASKED)]
-        for where, most in scopes:
-            kept, exhausted = self._search(text, where, mode, n, most, per_object, fusion)
-            if len(kept) >= n or exhausted:
+            scopes = [(None, n * WIDEN), (self.owner.where(), None)]
+        for where, foreign in scopes:
+            kept, over = self._search(text, where, mode, n, foreign, per_object, fusion)
+            if over:
                 break
         return engine.with_passages(self.collection, kept[:n], text, self.owns, context)
 
@@ -180,25 +180,38 @@ class SourceSearch:
         where: Mapping[str, Any] | None,
         mode: Mode,
         n: int,
-        most: int,
+        foreign: int | None,
         per_object: int | None,
         fusion: Fusion,
     ) -> tuple[list[Hit], bool]:
-        """The hits kept (the source's own, at most per_object of one object), asking for more until n are
-        kept or `most` were asked; and whether the collection had no more to offer."""
-        asked = n
-        while True:
-            found = engine.search(
-                self.collection, text, mode=mode, n=asked, where=where, fusion=fusion,
-                embedding_function=self.embedding_function,
+        """The hits kept (the source's own, at most per_object of one object), read down the ranking until n
+        are kept or MAX_ASKED were read, each pool ranked once (`search.in_tiers`); and whether the search is
+        over (n kept, or the collection had no more). With `foreign`, the reading stops, as not over, once more
+        than that many hits were another writer's: Chroma's filter is then asked to leave them out."""
+        read = refused = 0
+
+        def owned(hit: Hit) -> bool:  # the prefix, which Chroma's filter cannot test, is tested on each hit
+            nonlocal read, refused
+            read += 1
+            if self.owns(hit.metadata):
+                return True
+            refused += 1
+            if foreign is not None and refused > foreign:
+                raise _MostlyForeign
+            return False
+
+        try:
+            kept = engine.search(
+                self.collection, text, mode=mode, n=n, where=where, fusion=fusion,
+                embedding_function=self.embedding_function, keep=owned, per_object=per_object, most=MAX_ASKED,
             )  # fmt: skip
-            # The prefix, which Chroma's filter cannot test, is tested on each hit.
-            kept = [hit for hit in found if self.owns(hit.metadata)]
-            if per_object is not None:
-                kept = engine.per_object(kept, per_object)
-            if len(kept) >= n or len(found) < asked or asked >= most:
-                return kept, len(found) < asked
-            asked = min(asked * WIDEN, most)
+        except _MostlyForeign:
+            return [], False
+        return kept, len(kept) >= n or read < MAX_ASKED
+
+
+class _MostlyForeign(Exception):
+    """A ranking read unfiltered holds more of other writers' chunks than a search reads past."""
 
 
 class OpenSearchers:

@@ -68,11 +68,19 @@ def search(
     where: Mapping[str, Any] | None = None,
     fusion: Fusion = FUSION,
     embedding_function: Callable[[list[str]], Any] | None = None,
+    keep: Callable[[Hit], bool] | None = None,
+    per_object: int | None = None,
+    most: int | None = None,
 ) -> list[Hit]:
     """The n chunks of the collection that best answer `text`: by meaning (dense), by its words (lexical), or
     both fused (hybrid). `where` filters by chunk metadata, as in Chroma (`{"source": "docs"}`).
     embedding_function: the collection's own, when the caller holds it: the query is then embedded once for
     both of the dense side's requests (else Chroma embeds it for each).
+
+    keep: which hits may be returned, tested on each as the ranking is read (a test Chroma's filter cannot make:
+    an owner's prefix); per_object: at most this many hits of one object; most: read at most this many of the
+    ranking for them (None: all it has). Both are applied while the tiers are read (`in_tiers`), so each pool is
+    ranked once, however many hits they drop.
 
     The ranking does not depend on n: the first k hits of a search for n >= k are those of a search for k
     (`in_tiers`)."""
@@ -84,11 +92,33 @@ def search(
         raise ValueError("the query is empty: give the words or the meaning to search for")
     if embedding_function is not None and mode != "lexical":
         embedding_function = _embedded_once(embedding_function, text)
+    if per_object is not None and per_object < 1:
+        raise ValueError(f"per_object must be at least 1, got {per_object}")
     return in_tiers(
         lambda pool: ranked(collection, text, mode, pool, where, fusion, embedding_function),
         n,
         max(1, fusion.min_pool),
+        admitted(keep, per_object),
+        most,
     )
+
+
+def admitted(keep: Callable[[Hit], bool] | None, per_object: int | None) -> Callable[[Hit], bool] | None:
+    """One test of the hits in ranking order: `keep`'s, and at most `per_object` of one object (counting the
+    hits admitted before it); None when there is nothing to test."""
+    if keep is None and per_object is None:
+        return None
+    seen: dict[str, int] = {}
+
+    def test(hit: Hit) -> bool:
+        if keep is not None and not keep(hit):
+            return False
+        if per_object is None:
+            return True
+        seen[hit.object_key] = seen.get(hit.object_key, 0) + 1
+        return seen[hit.object_key] <= per_object
+
+    return test
 
 
 def _embedded_once(embedding_function: Callable[[list[str]], Any], text: str) -> Callable[[list[str]], Any]:
@@ -101,24 +131,38 @@ def _embedded_once(embedding_function: Callable[[list[str]], Any], text: str) ->
     return embedded
 
 
-def in_tiers(rank: Callable[[int], list[Hit]], n: int, first: int) -> list[Hit]:
+def in_tiers(
+    rank: Callable[[int], list[Hit]],
+    n: int,
+    first: int,
+    admit: Callable[[Hit], bool] | None = None,
+    most: int | None = None,
+) -> list[Hit]:
     """The first n hits of one list that does not depend on n: its first `first` are `rank(first)`'s (the best
     of a pool of that many candidates a side), the next `first` the best of `rank(2 * first)` not yet taken,
     the next 2 * first the best of `rank(4 * first)`'s, and so on, until n are taken or a pool ranks fewer
-    hits than it was asked (the collection has no more)."""
+    hits than it was asked (the collection has no more).
+
+    With `admit`, the hits it refuses are read past, as they come: the n are the first n of that list it admits
+    (so still not depending on n), read from each tier once; `most` caps how many of the list are read."""
     hits: list[Hit] = []
     taken: set[str] = set()
+    read = 0
     pool = first
     while True:
         found = rank(pool)
         for hit in found:
-            if len(hits) >= pool:
+            if read >= pool or (most is not None and read >= most):
                 break
             if hit.chunk_id not in taken:
-                hits.append(hit)
                 taken.add(hit.chunk_id)
-        if len(hits) >= n or len(found) < pool:
-            return hits[:n]
+                read += 1
+                if admit is None or admit(hit):
+                    hits.append(hit)
+                    if len(hits) >= n:
+                        return hits
+        if len(found) < pool or (most is not None and read >= most):
+            return hits
         pool *= 2
 
 
