@@ -59,12 +59,14 @@ _WORDS = re.compile(r"\w+")
 
 @dataclass(frozen=True)
 class Question:
-    """A question of a set, answered on `object_key` by the passage holding `anchor`."""
+    """A question of a set, answered on `object_key` by the passage holding `anchor` (`answer`: the words of it
+    that answer, where the set names them)."""
 
     question: str
     object_key: str
     kind: str
     anchor: str
+    answer: str = ""
 
 
 def load_questions(name: str, prefix: str = "") -> list[Question]:
@@ -72,7 +74,13 @@ def load_questions(name: str, prefix: str = "") -> list[Question]:
     `prefix` (paraphrase.json's pages are the bucket's `html/` keys)."""
     raw = json.loads((PROBES_DIR / f"{name}.json").read_text(encoding="utf-8"))
     return [
-        Question(p["question"], p.get("object_key") or f"{prefix}{p['page']}", p.get("kind", ""), p["anchor"])
+        Question(
+            p["question"],
+            p.get("object_key") or f"{prefix}{p['page']}",
+            p.get("kind", ""),
+            p["anchor"],
+            p.get("answer", ""),
+        )
         for p in raw["probes"]
     ]
 
@@ -85,6 +93,7 @@ class Probe:
     object_key: str
     answers: frozenset[str]  # chunk ids
     group: str = ""  # the known-item probe's third, the question's kind
+    anchor: str = ""  # the words a shown passage must hold to show the answer ("" for a set without: semantic)
 
 
 @dataclass(frozen=True)
@@ -118,15 +127,23 @@ Ranked = list[list[tuple[str, ...]]]
 SECTION_RANKING = "hybrid, --context section"
 
 
-def rankings(store: Store, probes: Sequence[Probe], function: Any) -> dict[str, Ranked]:
+# A ranking's passages: each hit's as `s3sync query` shows it (search.with_passages), for the rankings shown.
+Shown = list[list[str]]
+SHOWN_RANKINGS = ("hybrid",)
+
+
+def rankings(store: Store, probes: Sequence[Probe], function: Any) -> tuple[dict[str, Ranked], dict[str, Shown]]:
     """Each probe's first TOP hits by each mode of search.search, by hybrid with each hit's section (a hit counts
-    when its returned text holds the answer), and by a plain BM25."""
+    when its returned text holds the answer), and by a plain BM25; and the passages hybrid's hits show."""
     best = plain_bm25(store.documents)
     found: dict[str, Ranked] = {mode: [] for mode in (*search.MODES, SECTION_RANKING, "bm25")}
+    shown: dict[str, Shown] = {mode: [] for mode in SHOWN_RANKINGS}
     for probe in probes:
         for mode in search.MODES:
             hits = search.search(store.collection, probe.text, mode=mode, n=TOP, embedding_function=function)
             found[mode].append([(hit.chunk_id,) for hit in hits])
+            if mode in SHOWN_RANKINGS:
+                shown[mode].append([hit.passage for hit in search.with_passages(store.collection, hits, probe.text)])
             if mode == "hybrid":
                 sections = search.with_context(store.collection, hits, "section")
                 found[SECTION_RANKING].append(
@@ -136,7 +153,33 @@ def rankings(store: Store, probes: Sequence[Probe], function: Any) -> dict[str, 
                     ]
                 )
         found["bm25"].append([(store.ids[i],) for i in best(probe.text, TOP)])
-    return found
+    return found, shown
+
+
+def holds(passage: str, anchor: str) -> bool:
+    """Whether a shown passage holds the answer: the anchor's words in a row (as the answer's chunk is found:
+    hybrid.answer_words, markdown link targets aside)."""
+    wanted = hybrid.words_of(anchor)
+    return bool(wanted) and f" {wanted} " in f" {hybrid.answer_words(passage)} "
+
+
+def shown_figures(probes: Sequence[Probe], shown: Shown) -> dict[str, Any]:
+    """How often the passages shown hold the answer: in the first, in the first 5, in all 10 (the probes with an
+    anchor)."""
+    asked = [(probe, passages) for probe, passages in zip(probes, shown, strict=True) if probe.anchor]
+    if not asked:
+        return {"shown_n": 0}
+    ranks = [
+        next((rank for rank, passage in enumerate(passages, 1) if holds(passage, probe.anchor)), None)
+        for probe, passages in asked
+    ]
+    n = len(asked)
+    return {
+        "shown_n": n,
+        "shown_at_1": sum(rank == 1 for rank in ranks) / n,
+        "shown_at_5": sum(rank is not None and rank <= 5 for rank in ranks) / n,
+        "shown_at_10": sum(rank is not None for rank in ranks) / n,
+    }
 
 
 def figures(store: Store, probes: Sequence[Probe], ranked: Ranked) -> dict[str, Any]:
@@ -177,7 +220,7 @@ def figures(store: Store, probes: Sequence[Probe], ranked: Ranked) -> dict[str, 
 def question_probes(store: Store, questions: Sequence[Question]) -> tuple[list[Probe], dict[str, int]]:
     kept, targets, left_out = hybrid.paraphrase_targets(questions, store.ids, store.documents, store.object_keys)
     probes = [
-        Probe(question.question, question.object_key, frozenset(found), question.kind)
+        Probe(question.question, question.object_key, frozenset(found), question.kind, question.anchor)
         for question, found in zip(kept, targets, strict=True)
     ]
     return probes, left_out
@@ -194,6 +237,7 @@ def first_sets(store: Store, files: int, probes: int, seed: int, semantic: int) 
                 probe.object_key,
                 frozenset(c for c, text in zip(store.ids, normalised, strict=True) if probe.sentence in text),
                 probe.third,
+                probe.sentence,
             )
             for probe in known
         ]
@@ -235,8 +279,10 @@ def measure_store(store: Store, sets: dict[str, list[Probe]]) -> dict[str, Any]:
     result: dict[str, Any] = {"chunks": len(store.ids), "objects": len(set(store.object_keys)), "sets": {}}
     for set_name, probes in sets.items():
         started = time.perf_counter()
-        ranked = rankings(store, probes, function)
+        ranked, shown = rankings(store, probes, function)
         result["sets"][set_name] = {mode: figures(store, probes, top) for mode, top in ranked.items()}
+        for mode, passages in shown.items():
+            result["sets"][set_name][mode].update(shown_figures(probes, passages))
         if set_name == "known":
             for third in retrieval.THIRDS:
                 members = [i for i, probe in enumerate(probes) if probe.group == third]
@@ -244,6 +290,10 @@ def measure_store(store: Store, sets: dict[str, list[Probe]]) -> dict[str, Any]:
                     mode: figures(store, [probes[i] for i in members], [top[i] for i in members])
                     for mode, top in ranked.items()
                 }
+                for mode, passages in shown.items():
+                    result["sets"][f"known, {third} third"][mode].update(
+                        shown_figures([probes[i] for i in members], [passages[i] for i in members])
+                    )
         print(f"{store.name} {set_name}: {len(probes)} probes in {time.perf_counter() - started:.0f} s", flush=True)
     return result
 
@@ -254,17 +304,19 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"{store_name}: {store['chunks']:,} chunks of {store['objects']} objects",
             "",
-            "| set | ranking | n | recall@1 | recall@5 | recall@10 | MRR@10 | right page@5 | largest object in top 5 |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| set | ranking | n | recall@1 | recall@5 | recall@10 | MRR@10 | right page@5 | largest object in top 5 "
+            "| shown passage holds the answer @1 / @5 |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for set_name, by_mode in store["sets"].items():
             for mode, f in by_mode.items():
                 if not f.get("n"):
                     continue
+                passage = f"{f['shown_at_1']:.3f} / {f['shown_at_5']:.3f}" if f.get("shown_n") else ""
                 lines.append(
-                    f"| {set_name} | {mode} | {f['n']} | {f['recall_at_1']:.2f} | {f['recall_at_5']:.2f} | "
-                    f"{f['recall_at_10']:.2f} | {f['mrr_at_10']:.2f} | {f['page_at_5']:.2f} | "
-                    f"{f['largest_in_top_5']:.2f} |"
+                    f"| {set_name} | {mode} | {f['n']} | {f['recall_at_1']:.3f} | {f['recall_at_5']:.3f} | "
+                    f"{f['recall_at_10']:.3f} | {f['mrr_at_10']:.3f} | {f['page_at_5']:.3f} | "
+                    f"{f['largest_in_top_5']:.3f} | {passage} |"
                 )
         large = store.get("large")
         if large:
@@ -290,7 +342,7 @@ def large_latency(large: Path, sets: dict[str, list[str]]) -> dict[str, Any]:
     timed: dict[str, Any] = {"chunks": collection.count()}
     for name, queries in sets.items():
         timed[name] = search_cost.latency(
-            collection, queries[:LATENCY_PROBES], {"default": search.FUSION}, TOP, function
+            collection, queries[:LATENCY_PROBES], {"default": search.FUSION}, TOP, function, shown=True
         )
     return timed
 
@@ -336,16 +388,18 @@ def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
                 result["stores"][store.name]["large"] = large_latency(args.large, queries)
         if args.crowd:
             result["stores"]["crowded"] = measure_crowded(workdir, s3, server.endpoint_url)
-        if args.second:
+        for corpus in args.second or []:
             from benchmarks import second_corpus
 
-            common.fill_bucket(s3, "second", second_corpus.load())
-            questions = load_questions(args.second)
-            names = [args.second, *([f"{args.second}-before"] if args.before else [])]
+            # Each corpus in a bucket of its own name (Django's in "second", where its store was first synced).
+            bucket = "second" if corpus == "django" else corpus
+            common.fill_bucket(s3, bucket, second_corpus.load(corpus=corpus))
+            questions = load_questions(corpus)
+            names = [corpus, *([f"{corpus}-before"] if args.before else [])]
             for name, before in zip(names, [None, args.before], strict=False):
-                store = synced_store(name, workdir, server.endpoint_url, "second", before=before)
+                store = synced_store(name, workdir, server.endpoint_url, bucket, before=before)
                 probes, left_out = question_probes(store, questions)
-                result["stores"][name] = measure_store(store, {args.second: probes})
+                result["stores"][name] = measure_store(store, {corpus: probes})
                 result["stores"][name]["left_out"] = left_out
                 if args.large and before is None:
                     result["stores"][name]["large"] = large_latency(args.large, {name: [p.text for p in probes]})
@@ -357,7 +411,11 @@ def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.answers", description=__doc__)
     parser.add_argument("workdir", type=Path)
-    parser.add_argument("--second", help="the second question set's name (benchmarks/probes/NAME.json)")
+    parser.add_argument(
+        "--second",
+        action="append",
+        help="a corpus of benchmarks/second_corpus.py and its questions (benchmarks/probes/NAME.json); repeatable",
+    )
     parser.add_argument("--no-first", action="store_true", help="the second corpus only")
     parser.add_argument("--before", help="a git revision whose engine syncs each corpus again ('today')")
     parser.add_argument("--files", type=int, default=200)

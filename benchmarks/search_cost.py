@@ -7,7 +7,7 @@ import shutil
 import sqlite3
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from s3sync_dagster.pipeline.search import Fusion
 
 LARGE_CHUNKS = 100_000
 WRITE_BATCH = 5000
+OBJECT_CHUNKS, SECTION_CHUNKS = 20, 5  # the synthetic objects: chunks each, and chunks a section
 FTS_CHUNKS = 10_000  # chunks written with the full-text index on and off
 FTS_ROUNDS = 3
 # The synthetic chunks' readers (issue 52): each synthetic object (20 chunks) is read by one of READER_GROUPS
@@ -39,28 +40,38 @@ def latency(
     n: int = 5,
     embedding_function: Any = None,
     where: dict[str, Any] | None = None,
+    shown: bool = False,
 ) -> dict[str, Any]:
     """Milliseconds of `search.search` (top n) per mode, the modes taking turns query by query after a
     warm-up; hybrid once per fusion given (by label). embedding_function: the collection's, held by the
     caller as `SourceSearch` holds it (the query embedded once, a lexical candidate's distance computed).
-    where: every search under this filter (`readers_filter()`: a principal's view)."""
-    modes: list[tuple[str, search.Mode, Fusion]] = [
-        ("dense", "dense", search.FUSION),
-        ("lexical", "lexical", search.FUSION),
-    ]
-    modes += [(f"hybrid ({label})", "hybrid", fusion) for label, fusion in fusions.items()]
+    where: every search under this filter (`readers_filter()`: a principal's view). shown: hybrid (the first
+    fusion) also as `s3sync query` shows it, each hit with its passage (`search.with_passages`), and with
+    `--per-object 1` (one hit an object, read down the same ranking)."""
+
+    def searched(mode: search.Mode, fusion: Fusion, **options: Any) -> Callable[[str], Any]:
+        return lambda query: search.search(
+            collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function, where=where,
+            **options,
+        )  # fmt: skip
+
+    modes: dict[str, Callable[[str], Any]] = {
+        "dense": searched("dense", search.FUSION),
+        "lexical": searched("lexical", search.FUSION),
+    }
+    modes |= {f"hybrid ({label})": searched("hybrid", fusion) for label, fusion in fusions.items()}
+    if shown:
+        first = searched("hybrid", next(iter(fusions.values())))
+        modes["hybrid, with passages"] = lambda query: search.with_passages(collection, first(query), query)
+        modes["hybrid, --per-object 1"] = searched("hybrid", next(iter(fusions.values())), per_object=1)
     for query in queries[:3]:
-        for _, mode, fusion in modes:
-            search.search(
-                collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function, where=where
-            )
-    timings: dict[str, list[float]] = {label: [] for label, _, _ in modes}
+        for run in modes.values():
+            run(query)
+    timings: dict[str, list[float]] = {label: [] for label in modes}
     for query in queries:
-        for label, mode, fusion in modes:
+        for label, run in modes.items():
             started = time.perf_counter()
-            search.search(
-                collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function, where=where
-            )
+            run(query)
             timings[label].append((time.perf_counter() - started) * 1000)
     return {
         label: {
@@ -137,9 +148,13 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
     """An embedded collection of `size` synthetic chunks, made in a fresh store at `path`: each as many
     words as the real chunk it stands for, drawn at random from all the real chunks' words (so a term is
     about as common as in the real text), with a random unit vector of the model's dimension. Its
-    embedding function is the engine's, so a dense query embeds its text as a real one does."""
+    embedding function is the engine's, so a dense query embeds its text as a real one does. Each object
+    has OBJECT_CHUNKS chunks, ids and metadata as a sync writes them, under a context line naming one of its
+    sections of SECTION_CHUNKS chunks (so a hit's passage reads its section as on a synced store)."""
     import numpy as np
 
+    from s3sync_dagster.pipeline import keys
+    from s3sync_dagster.pipeline.context import CONTEXT_KEY
     from s3sync_dagster.pipeline.embed import EmbeddingSpec
     from s3sync_dagster.pipeline.store import embedded_client
 
@@ -161,17 +176,23 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
         ]
         vectors = generator.standard_normal((count, dimension), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        keys_of = [f"synthetic/{(start + i) // OBJECT_CHUNKS:05d}.txt" for i in range(count)]
+        places = [(start + i) % OBJECT_CHUNKS for i in range(count)]
         collection.add(
-            ids=[f"synthetic-{start + i:07d}" for i in range(count)],
+            ids=[keys.chunk_id(keys.object_id(key), at) for key, at in zip(keys_of, places, strict=True)],
             documents=texts,
             embeddings=vectors,
             metadatas=[
                 {
-                    "object_key": f"synthetic/{(start + i) // 20:05d}.txt",
-                    "chunk_index": (start + i) % 20,
-                    "readers": [f"reader-{(start + i) // 20 % READER_GROUPS}"],  # an object's chunks share them
+                    "object_key": key,
+                    "document_id": keys.object_id(key),
+                    "chunk_index": at,
+                    "chunk_count": OBJECT_CHUNKS,
+                    # Sections of SECTION_CHUNKS chunks (a hit's passage is chosen from its section's).
+                    CONTEXT_KEY: f"{key} > Section {at // SECTION_CHUNKS}",
+                    "readers": [f"reader-{(start + i) // OBJECT_CHUNKS % READER_GROUPS}"],  # an object's share them
                 }
-                for i in range(count)
+                for i, (key, at) in enumerate(zip(keys_of, places, strict=True))
             ],
         )
     built_s = time.perf_counter() - started

@@ -18,7 +18,8 @@ from benchmarks import postgres_server
 from s3sync_dagster.commands import cli
 from s3sync_dagster.commands.runner import sync
 from s3sync_dagster.config import load_config
-from s3sync_dagster.pipeline import audit, index, lexicon, search
+from s3sync_dagster.pipeline import audit, index, lexicon, search, search_lexical, terms
+from s3sync_dagster.pipeline.context import embedding_input
 from s3sync_dagster.pipeline.lexicon_postgres import PostgresLexicon
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.store import Store, embedded_client
@@ -31,6 +32,7 @@ FILES = {
     "notes/c.py": "def ship(parcel):\n    return os.path.join('warehouse', parcel)\n",
     "notes/d.txt": "The warehouse ships every parcel on time; the customer signs for it.\n",
 }
+PARCEL_THE = terms.indexed_forms(["parcel", "the"])  # the index's terms for them: their stems
 QUERIES = ["QX-7741-B", "istanbul warehouse", "strasse audit invoice", "os.path.join", "parcel customer", "nothing"]
 
 
@@ -103,14 +105,51 @@ def test_the_index_follows_every_sync_and_answers_as_chromas_filter_does(
 
 
 def assert_answers_as_chroma(index_of: Any, collection: Any, queries: list[str]) -> None:
+    """The index answers as Chroma's filter does, word forms aside: it looks up the same words, each by its stem
+    (an identifier also whole), each term's idf is that of the chunks whose text and context line hold it as
+    the chunks themselves say, and it offers every chunk Chroma's filter offers."""
+    got = collection.get(include=["documents", "metadatas"])
+    held = [
+        search_lexical.counted(embedding_input(document or "", metadata))[0]
+        for document, metadata in zip(got["documents"], got["metadatas"], strict=True)
+    ]
     for query in queries:
         from_index = search.lexicon_side(index_of, collection, query, 50)
         from_chroma = search.lexical_side(collection, query, 50)
-        # The words Chroma's filter looks up, with the same idf; the index also scores the query's short and
-        # common words (search_lexical.lexicon_side), each one lookup there.
-        assert from_index.key_terms == from_chroma.terms
-        assert {term: from_index.idf[term] for term in from_chroma.terms} == pytest.approx(from_chroma.idf), query
-        assert set(from_index.candidate_ids) == set(from_chroma.candidate_ids), query
+        assert from_index.key_terms == tuple(terms.indexed_forms(from_chroma.terms)), query
+        assert from_index.idf == pytest.approx(
+            {
+                term: search_lexical.bm25_idf(len(held), sum(term in counts for counts in held))
+                for term in from_index.terms
+            }
+        ), query
+        assert set(from_chroma.candidate_ids) <= set(from_index.candidate_ids), query
+
+
+def test_a_word_is_found_in_any_english_form_an_identifier_whole_and_by_its_words(
+    s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
+) -> None:
+    synced(s3, spec, collection, embedder, {
+        "forms/timeout.md": "# Timeouts\n\nThe request gives up after 300 milliseconds of silence.\n",
+        "forms/paths.py": "def joined(parts):\n    return os.path.join(*parts)\n",
+        "forms/headers.py": "def parse_headers(lines):\n    return lines\n",
+        "forms/other.txt": "Nothing about waiting here, only the weather report for Tuesday.\n",
+    })  # fmt: skip
+    assert search.indexed(collection) is not None  # the index answers, not Chroma's filter
+    assert keys_found(collection, "millisecond timeout") == ["forms/timeout.md"]  # singular asked, plural stored
+    assert keys_found(collection, "gave up timing out")[:1] == ["forms/timeout.md"]  # "gives", "timeouts"
+    assert keys_found(collection, "os.path.join") == ["forms/paths.py"]  # whole
+    assert keys_found(collection, "join") == ["forms/paths.py"]  # and by its words
+    assert keys_found(collection, "parse_headers") == ["forms/headers.py"]
+    assert keys_found(collection, "parse_header") == []  # an identifier is not an English word: its own form
+    # Chroma's filter, where there is no index (a store another tool made), still matches words whole.
+    index_of = lexicon.detach(collection)
+    try:
+        assert keys_found(collection, "millisecond") == []
+        assert keys_found(collection, "milliseconds") == ["forms/timeout.md"]
+    finally:
+        if index_of is not None:
+            lexicon.attach_index(collection, index_of)
 
 
 def test_while_a_write_is_not_mirrored_chromas_filter_answers_and_a_rebuild_mends_it(
@@ -251,14 +290,14 @@ def test_document_frequencies_kept_between_queries_follow_every_write(
     assert isinstance(reader, lexicon.Lexicon)
     collection.add(ids=["a", "b"], documents=["the parcel left", "the van came"], metadatas=[{"k": 1}, {"k": 2}])
     assert reader.rebuild(collection) == 2
-    assert reader.document_frequency(collection, ["parcel", "the"]) == ({"parcel": 1, "the": 2}, 2)
+    assert reader.document_frequency(collection, PARCEL_THE) == ({"~parcel": 1, "~the": 2}, 2)
     # Another process's index of the same store (its own connection) writes: the reader's kept counts go.
     writer = lexicon.Lexicon(reader.path.parent)
     collection.add(ids=["c"], documents=["the parcel came back"], metadatas=[{"k": 3}])
     writer.refresh(collection, ["c"])
-    assert reader.document_frequency(collection, ["parcel", "the"]) == ({"parcel": 2, "the": 3}, 3)
+    assert reader.document_frequency(collection, PARCEL_THE) == ({"~parcel": 2, "~the": 3}, 3)
     # Its own writes too.
     collection.delete(ids=["a"])
     reader.refresh(collection, ["a"])
-    assert reader.document_frequency(collection, ["parcel", "the"]) == ({"parcel": 1, "the": 2}, 2)
+    assert reader.document_frequency(collection, PARCEL_THE) == ({"~parcel": 1, "~the": 2}, 2)
     writer.close()

@@ -22,7 +22,8 @@ It is derived, and exact as the chunks are:
 
 Tokens: every term of what is embedded for a chunk (its context line and its text, `context.embedding_input`:
 a chunk under a heading "Server Memory" is found by "memory" though its text lacks the word) as search.py reads
-them (`terms.text_terms`: folded, words joined by . and -), each hashed to an ASCII token, so FTS5's `ascii`
+them (`terms.index_terms`: folded, each word by its English stem, so "milliseconds" finds "millisecond"; words
+joined by . and - also whole, so `os.path.join` is found whole and by "join"), each hashed to an ASCII token, so FTS5's `ascii`
 tokenizer takes it whole whatever its letters. BM25 is FTS5's (k1 1.2, b 0.75, over every term of every chunk in
 the collection).
 """
@@ -42,15 +43,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from s3sync_dagster.pipeline.context import embedding_input
-from s3sync_dagster.pipeline.terms import text_terms
+from s3sync_dagster.pipeline.terms import index_terms
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
 FILE = "s3sync-lexicon.sqlite3"
-# Of the tokens (the term rule, the folding, the hash): an index of another version is rebuilt, not read. The
-# context line did not change it: a chunk without one is indexed as before, so an index built before is exact.
-VERSION = 1
+# Of the tokens (the term rule, the folding, the stems, the hash): an index of another version is not read (a
+# search asks Chroma's filter, the drift audit names it) until `s3sync rebuild-lexicon` or a repair builds it
+# again. The context line did not change it; the stems did (2: words by their English stem, `index_terms`).
+VERSION = 2
 READ_PAGE = 2000  # chunks read from Chroma at a time when building or verifying
 BUSY_MS = 60_000
 # The most document frequencies a thread keeps between writes (`Lexicon.document_frequency`): about 2 MB,
@@ -64,8 +66,8 @@ def token(term: str) -> str:
 
 
 def tokens(text: str) -> str:
-    """Every term of a chunk's text, in order, as index tokens joined by spaces."""
-    return " ".join(token(term) for term in text_terms(text))
+    """Every term the index holds of a chunk's text (`terms.index_terms`), in order, as tokens joined by spaces."""
+    return " ".join(token(term) for term in index_terms(text))
 
 
 def digest(text: str) -> str:

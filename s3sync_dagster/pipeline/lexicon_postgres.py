@@ -44,7 +44,7 @@ from s3sync_dagster.pipeline.lexicon import (
     register_server,
     token,
 )
-from s3sync_dagster.pipeline.terms import text_terms
+from s3sync_dagster.pipeline.terms import index_terms
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -211,7 +211,7 @@ class PostgresLexicon:
         for chunk_id in ids:
             if chunk_id not in held:
                 continue
-            counts = collections.Counter(token(term) for term in text_terms(held[chunk_id]))
+            counts = collections.Counter(token(term) for term in index_terms(held[chunk_id]))
             chunks.append((collection_id, chunk_id, digest(held[chunk_id]), sum(counts.values())))
             postings += [(collection_id, name, chunk_id, count) for name, count in counts.items()]
             change.update(counts.keys())

@@ -11,7 +11,6 @@ chunk from its start. `marked` puts the question's words in bold for a terminal.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -68,24 +67,14 @@ def units(section: Sequence[str], prose: bool = True) -> list[Unit]:
     return found
 
 
-@functools.lru_cache(maxsize=1)
-def _stemmer() -> Callable[[str], str]:
-    import snowballstemmer
-
-    stem = snowballstemmer.stemmer("english").stemWord
-    return functools.lru_cache(maxsize=65536)(stem)
-
-
 def stems(text: str) -> set[str]:
     """The distinct stems of a text's words (folded, split at . and -: `terms.words`)."""
-    stem = _stemmer()
-    return {stem(word) for word in terms.words(text)}
+    return {terms.stem(word) for word in terms.words(text)}
 
 
 def question_stems(question: str) -> set[str]:
     """The stems worth matching of a question: its words less stop words and one-letter words."""
-    stem = _stemmer()
-    kept = {stem(word) for word in terms.words(question) if len(word) > 1 and word not in terms.STOPWORDS}
+    kept = {terms.stem(word) for word in terms.words(question) if len(word) > 1 and word not in terms.STOPWORDS}
     return kept or stems(question)
 
 
@@ -139,11 +128,10 @@ def heading_path(context_line: str | None, object_key: str) -> str:
 def marked(passage: str, question: str, bold: Callable[[str], str]) -> str:
     """The passage with each word holding a question's stem put through `bold` (a terminal's escape codes)."""
     wanted = question_stems(question)
-    stem = _stemmer()
 
     def mark(match: re.Match[str]) -> str:
         word = match.group(0)
-        return bold(word) if stem(terms.fold(word)) in wanted else word
+        return bold(word) if terms.stem(terms.fold(word)) in wanted else word
 
     return re.sub(r"\w+", mark, passage)
 

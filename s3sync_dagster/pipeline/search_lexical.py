@@ -19,8 +19,10 @@ from s3sync_dagster.pipeline.lexicon import LexicalIndex
 from s3sync_dagster.pipeline.search_rows import Ranking, chroma_where, plain_metadata
 from s3sync_dagster.pipeline.terms import (  # how text becomes terms, read by both sides of search
     fold,
+    indexed_forms,
     query_terms,
     scoring_terms,
+    stem_counts,
     term_counts,
     term_pattern,
 )
@@ -92,9 +94,13 @@ class Lexical:
 
 @functools.lru_cache(maxsize=1024)
 def counted(document: str) -> tuple[Counter[str], int]:
-    """A text's terms, each with how often it stands in the text (`term_counts`), and its number of words
-    (BM25's length): read once for a query's BM25, coverage and mean length."""
-    return term_counts(fold(document)), len(_WORD.findall(document))
+    """A text's terms, each with how often it stands in the text: its whole terms (`term_counts`, what Chroma's
+    filter finds) and its words' stems (`stem_counts`, what the lexical index holds beside identifiers); and its
+    number of words (BM25's length): read once for a query's BM25, coverage and mean length."""
+    folded = fold(document)
+    counts = term_counts(folded)
+    counts.update(stem_counts(folded))
+    return counts, len(_WORD.findall(document))
 
 
 def lexical_side(collection: Collection, text: str, n: int, where: Mapping[str, Any] | None = None) -> Lexical:
@@ -144,13 +150,15 @@ def lexicon_side(
     Under a filter (`where`) the candidates are the n best of the chunks it admits, not those admitted among
     the n best (`admitted_best`); the idf stays the collection's, as unfiltered.
 
-    BM25 scores on every word of the query (`scoring_terms`: stop words and short words too, each one lookup
-    in the index); coverage is read on the words worth looking up (`query_terms`), as on Chroma's path. The
+    The terms are the index's (`terms.index_terms`): each word by its English stem, so "milliseconds" finds and
+    scores "millisecond", an identifier joined by . or - whole and by its words. BM25 scores on every word of the
+    query (`scoring_terms`: stop words and short words too, each one lookup in the index); coverage is read on the
+    words worth looking up (`query_terms`), as on Chroma's path. The
     rarest words pick: of every word unfiltered (a line of code or numbers, `i == (i // j) * j`, has no
     other); under a filter, of the words worth looking up while one of them is in the collection (a short
     word in thousands of chunks would have each of them read, FILTERED_CANDIDATE_DF)."""
-    key = query_terms(text)
-    terms = list(dict.fromkeys([*scoring_terms(text), *key]))
+    key = indexed_forms(query_terms(text))
+    terms = list(dict.fromkeys([*indexed_forms(scoring_terms(text)), *key]))
     frequency, total = index.document_frequency(collection, terms)
     total = max(total, 1)
     idf = {term: bm25_idf(total, count) for term, count in frequency.items()}

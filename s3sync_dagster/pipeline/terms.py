@@ -1,5 +1,6 @@
-"""How text becomes terms for lexical search: folding (`fold`), the term rule, the query's terms, and the
-pattern Chroma's full-text filter runs for a term (`term_pattern`).
+"""How text becomes terms for lexical search: folding (`fold`), the term rule, the query's terms, the terms the
+lexical index holds (`index_terms`: words by their English stem, identifiers whole too), and the pattern Chroma's
+full-text filter runs for a term (`term_pattern`).
 
 pipeline/search.py reads queries and chunks with it; pipeline/lexicon.py indexes chunks with it, so the
 index and Chroma's filter agree on what a word is. See search.py for why each rule is as it is.
@@ -17,7 +18,7 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ STOPWORDS = frozenset(DEFAULT_CHROMA_BM25_STOPWORDS)
 MAX_TERMS = 12
 # The most terms of one query the lexical index scores it on (`scoring_terms`): a quoted paragraph's words.
 MAX_SCORING_TERMS = 64
+# What marks a stem among the lexical index's terms (`index_terms`): not a word character, so no term is one.
+STEM_MARK = "~"
 
 
 def fold(text: str) -> str:
@@ -195,6 +198,46 @@ def words(text: str) -> list[str]:
     """The words of a text, in order, folded (`fold`): its terms (`text_terms`) split at . and -, so that
     `path.join(` is found in `os.path.join(`."""
     return [word for term in text_terms(text) for word in _SEPARATOR.split(term)[0::2] if word]
+
+
+@functools.lru_cache(maxsize=1)
+def _stemmer() -> Callable[[str], str]:
+    import snowballstemmer
+
+    return functools.lru_cache(maxsize=65536)(snowballstemmer.stemmer("english").stemWord)
+
+
+def stem(word: str) -> str:
+    """A folded word's English stem (Snowball's Porter2: `milliseconds`, `millisecond` -> `millisecond`;
+    `running`, `runs` -> `run`). A word that is not letters alone is an identifier, its own stem: `parse_headers`
+    is not `parse_header`, `utf8` not `utf`."""
+    return _stemmer()(word) if word.isalpha() else word
+
+
+def index_terms(text: str) -> Iterator[str]:
+    """The terms the lexical index holds for a text (pipeline/lexicon.py), in order: each word's stem, marked
+    (`STEM_MARK`), so a word is found in any English form; and a term joined by . or - (`os.path.join`,
+    `XK-42`) also whole, so an identifier is found whole and by each of its words."""
+    for term in text_terms(text):
+        parts = _SEPARATOR.split(term)[0::2]
+        if len(parts) > 1:
+            yield term
+        for word in parts:
+            if word:
+                yield STEM_MARK + stem(word)
+
+
+def indexed_forms(query: Sequence[str]) -> list[str]:
+    """A query's terms (`query_terms`, `scoring_terms`) as the lexical index holds them (`index_terms`),
+    distinct, in order: a word by its stem, an identifier joined by . or - whole (asked whole, it is not
+    any chunk holding one of its words: `QX-7741-B` is not every "b")."""
+    return list(dict.fromkeys(term if _SEPARATOR.search(term) else STEM_MARK + stem(term) for term in query))
+
+
+def stem_counts(text: str) -> Counter[str]:
+    """How often each marked stem stands in a text (`index_terms`' stems): what BM25 counts of a chunk for the
+    lexical index's terms, beside `term_counts`' whole terms."""
+    return Counter(STEM_MARK + stem(word) for word in words(text))
 
 
 def _alternatives(texts: Sequence[str]) -> str:
