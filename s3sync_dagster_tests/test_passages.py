@@ -68,6 +68,24 @@ def test_the_passage_is_the_sentence_that_answers_in_its_sections_order() -> Non
     assert not passages.is_prose("python") and passages.is_prose("markdown") and passages.is_prose(None)
 
 
+def test_the_hits_own_chunk_comes_first_then_the_sections_words_and_a_gap_is_marked() -> None:
+    # The ranking chose the second chunk for the question's meaning: its answer, in other words than the
+    # question's, is shown, though the first chunk's sentences hold more of the question's words.
+    section = [
+        "Questions about how often the recycling bins are emptied go to the city office. "
+        "The recycling bins are blue. Bins that are emptied late are reported online. ",
+        "Collection happens twice a week, on Tuesday and Saturday. Lorries start at six. ",
+        "Parking near the depot is free. ",
+    ]
+    shown = passages.choose("how often are the recycling bins emptied", section, section[1], budget=170, own_at=1)
+    assert shown.startswith("Questions about how often the recycling bins are emptied go to the city office. ... ")
+    assert "Collection happens twice a week, on Tuesday and Saturday. Lorries start at six." in shown
+    assert "Parking" not in shown and "blue" not in shown and len(shown) <= 170
+    # Where the own chunk is not named, it is found in the section; one alone is read alone.
+    assert passages.choose("how often are the recycling bins emptied", section, section[1], budget=170) == shown
+    assert passages.choose("tuesday", [], "Lorries start at six.") == "Lorries start at six."
+
+
 @pytest.fixture
 def guide(s3: Any, bucket: str, make_config: ConfigFactory) -> tuple[AppConfig, Path]:
     config, path = make_config(bucket, chunking={"type": "tree_sitter", "max_size_bytes": 120})

@@ -164,9 +164,10 @@ def with_passages(
     chosen = []
     for hit, in_section in zip(hits, sections, strict=True):
         texts = [passage.document for passage in in_section.context] or [hit.document]
+        own_at = next((at for at, p in enumerate(in_section.context) if p.chunk_id == hit.chunk_id), 0)
         line = hit.metadata.get(CONTEXT_KEY)
         heading = passages.heading_path(line if isinstance(line, str) else None, hit.object_key)
         prose = passages.is_prose(hit.metadata.get("language"))
-        shown = passages.choose(question, texts, hit.document, heading, prose=prose)
+        shown = passages.choose(question, texts, hit.document, heading, prose=prose, own_at=own_at)
         chosen.append(dataclasses.replace(in_section if context == SECTION else hit, passage=shown))
     return chosen if context in (0, SECTION) else with_context(collection, chosen, context, keep)
