@@ -137,10 +137,9 @@ def choose(
         if before is None or at != before + 1:
             runs.append([])
         runs[-1].append(found[at])
-    text = ""
-    for before, run in zip([None, *runs], runs, strict=False):
-        if before is not None:
-            text += " ... " if before[-1].prose and run[0].prose else "\n...\n"
+    text = _joined(runs[0], budget)
+    for previous, run in zip(runs, runs[1:], strict=False):
+        text += " ... " if previous[-1].prose and run[0].prose else "\n...\n"
         text += _joined(run, budget)
     text = _cut(text, budget)
     return f"{heading}\n{text}" if heading else text
