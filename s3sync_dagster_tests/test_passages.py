@@ -124,3 +124,25 @@ def test_a_hit_shows_the_answer_from_its_section_and_the_command_prints_exactly_
     assert main(["query", "docs", question, "--config", str(path), "-n", "1", "--bold"]) == 0
     bold = capsys.readouterr().out
     assert "\033[1mRecycling\033[0m \033[1mbins\033[0m are \033[1memptied\033[0m on Tuesday" in bold, bold
+
+
+def test_sections_ranked_each_once_by_all_their_chunks_words(
+    guide: tuple[AppConfig, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, path = guide
+    # The question's words are spread over the waste section's chunks: "collects", "street", "morning" in its
+    # first, "recycling", "bins", "tuesday" in its second.
+    question = "which morning does the city collect recycling bins from my street, tuesday"
+    chunks = search_source("docs", question, config=config, n=6)
+    places = [(hit.metadata["document_id"], hit.metadata["chunk_context"]) for hit in chunks]
+    assert len(set(places)) < len(places)  # ranked by chunk: the waste section more than once
+    ranked = search_source("docs", question, config=config, n=6, sections=True)
+    places = [(hit.metadata["document_id"], hit.metadata["chunk_context"]) for hit in ranked]
+    assert len(set(places)) == len(places)  # each section once
+    assert ranked[0].metadata["chunk_context"].endswith("Waste collection")
+    assert ranked[0].chunk_id == chunks[0].chunk_id  # the section stands by its best chunk
+    assert "Tuesday and Saturday" in ranked[0].passage
+    capsys.readouterr()
+    assert main(["query", "docs", question, "--config", str(path), "--json", "--sections"]) == 0
+    shown = [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert shown == [hit.chunk_id for hit in ranked[:5]]

@@ -106,13 +106,15 @@ class SourceSearch:
         where: Mapping[str, Any] | None = None,
         principals: Sequence[str] | None = None,
         all_readers: bool = False,
+        sections: bool = False,
     ) -> list[Hit]:
         """The n best answers to `text` (see pipeline/search.py for the modes).
 
         context: each hit comes with the `context` chunks before and after it in its object (`Hit.context`,
         in the object's order, the hit among them), or with `context="section"` the chunks of its section (those
         around it under the same headings, or in the same definition: `search_hits.with_context`). per_object: at most this many hits of one object.
-        where, principals, all_readers: which chunks may answer (the class's docstring)."""
+        where, principals, all_readers: which chunks may answer (the class's docstring). sections: rank sections,
+        each once by all its chunks' evidence, not chunks (`search.search`)."""
         if per_object is not None and per_object < 1:
             raise ValueError(f"per_object must be at least 1, got {per_object}")
         allowed = search_filter(
@@ -122,7 +124,7 @@ class SourceSearch:
             return []
         filtered = allowed.where
         try:
-            hits = self._search_scopes(text, mode, n, context, per_object, fusion, filtered)
+            hits = self._search_scopes(text, mode, n, context, per_object, fusion, filtered, sections)
             if not hits and not self.every_writer:  # none of its chunks here, perhaps: the collection renamed?
                 why = index.moved(self.config.chroma.store().client(), self.collection.name, self.owner)
                 if why is not None:
@@ -136,7 +138,7 @@ class SourceSearch:
             if not isinstance(error, NotFoundError) and not self._swapped():
                 raise
             self._open()
-            return self._search_scopes(text, mode, n, context, per_object, fusion, filtered)
+            return self._search_scopes(text, mode, n, context, per_object, fusion, filtered, sections)
 
     def _swapped(self) -> bool:
         try:
@@ -155,6 +157,7 @@ class SourceSearch:
         per_object: int | None,
         fusion: Fusion,
         filtered: Mapping[str, Any] | None = None,
+        sections: bool = False,
     ) -> list[Hit]:
         # First without Chroma's metadata filter, which reads every chunk of the collection (0.6 s a query
         # at 100,000 chunks): the owner rule is tested on each hit as the ranking is read, and only if more than
@@ -169,7 +172,7 @@ class SourceSearch:
         else:
             scopes = [(None, n * WIDEN), (self.owner.where(), None)]
         for where, foreign in scopes:
-            kept, over = self._search(text, where, mode, n, foreign, per_object, fusion)
+            kept, over = self._search(text, where, mode, n, foreign, per_object, fusion, sections)
             if over:
                 break
         return engine.with_passages(self.collection, kept[:n], text, self.owns, context)
@@ -183,6 +186,7 @@ class SourceSearch:
         foreign: int | None,
         per_object: int | None,
         fusion: Fusion,
+        sections: bool = False,
     ) -> tuple[list[Hit], bool]:
         """The hits kept (the source's own, at most per_object of one object), read down the ranking until n
         are kept or MAX_ASKED were read, each pool ranked once (`search.in_tiers`); and whether the search is
@@ -204,6 +208,7 @@ class SourceSearch:
             kept = engine.search(
                 self.collection, text, mode=mode, n=n, where=where, fusion=fusion,
                 embedding_function=self.embedding_function, keep=owned, per_object=per_object, most=MAX_ASKED,
+                sections=sections,
             )  # fmt: skip
         except _MostlyForeign:
             return [], False
@@ -267,11 +272,12 @@ def search_source(
     where: Mapping[str, Any] | None = None,
     principals: Sequence[str] | None = None,
     all_readers: bool = False,
+    sections: bool = False,
 ) -> list[Hit]:
     """The n chunks of a configured source that best answer `text`, found as `s3sync query` finds them: one
     query of a `SourceSearch` (which a program asking many keeps, so the store and the model stay open)."""
     searcher = SourceSearch(source_name, config, every_writer=every_writer)
     return searcher.search(
         text, mode=mode, n=n, fusion=fusion, context=context, per_object=per_object, where=where,
-        principals=principals, all_readers=all_readers,
+        principals=principals, all_readers=all_readers, sections=sections,
     )  # fmt: skip

@@ -38,7 +38,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         found = (_searchers.search if _searchers is not None else search_source)(
             args.source, args.text, mode=args.mode, n=args.n, config=config, every_writer=args.every_writer,
             context=args.context, per_object=args.per_object, where=where, principals=principals,
-            all_readers=args.all_readers,
+            all_readers=args.all_readers, sections=args.sections,
         )  # fmt: skip
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -157,6 +157,11 @@ def add_query(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--per-object", type=int, metavar="K", help="keep at most K hits of one object (1: one hit per object)"
+    )
+    parser.add_argument(
+        "--sections",
+        action="store_true",
+        help="rank sections, not chunks: each section once, scored by all its chunks (hybrid); see docs/search.md",
     )
     parser.add_argument(
         "--bold",

@@ -12,6 +12,7 @@ bold for a terminal.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -138,7 +139,7 @@ def choose(
             runs.append([])
         runs[-1].append(found[at])
     text = _joined(runs[0], budget)
-    for previous, run in zip(runs, runs[1:], strict=False):
+    for previous, run in itertools.pairwise(runs):
         text += " ... " if previous[-1].prose and run[0].prose else "\n...\n"
         text += _joined(run, budget)
     text = _cut(text, budget)

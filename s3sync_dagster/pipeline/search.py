@@ -41,6 +41,7 @@ from s3sync_dagster.pipeline.search_fusion import fuse as fuse
 from s3sync_dagster.pipeline.search_fusion import fuse_scored as fuse_scored
 from s3sync_dagster.pipeline.search_fusion import lexical_weight as lexical_weight
 from s3sync_dagster.pipeline.search_fusion import scored_candidates as scored_candidates
+from s3sync_dagster.pipeline.search_fusion import section_of as section_of
 from s3sync_dagster.pipeline.search_hits import Hit as Hit
 from s3sync_dagster.pipeline.search_hits import Passage as Passage
 from s3sync_dagster.pipeline.search_hits import per_object as per_object
@@ -71,6 +72,7 @@ def search(
     keep: Callable[[Hit], bool] | None = None,
     per_object: int | None = None,
     most: int | None = None,
+    sections: bool = False,
 ) -> list[Hit]:
     """The n chunks of the collection that best answer `text`: by meaning (dense), by its words (lexical), or
     both fused (hybrid). `where` filters by chunk metadata, as in Chroma (`{"source": "docs"}`).
@@ -81,6 +83,11 @@ def search(
     an owner's prefix); per_object: at most this many hits of one object; most: read at most this many of the
     ranking for them (None: all it has). Both are applied while the tiers are read (`in_tiers`), so each pool is
     ranked once, however many hits they drop.
+
+    sections: hybrid ranks sections, not chunks (`search_fusion.ranked_sections`): each section of the candidates
+    once, scored by all its chunks' evidence, the hit its best chunk. Measured against the chunks' ranking
+    (benchmarks/RESULTS.md section 7, issue 63), it found the answer's section more often and showed the answer's
+    passage less often, so chunks are the default.
 
     The ranking does not depend on n: the first k hits of a search for n >= k are those of a search for k
     (`in_tiers`)."""
@@ -95,24 +102,33 @@ def search(
     if per_object is not None and per_object < 1:
         raise ValueError(f"per_object must be at least 1, got {per_object}")
     return in_tiers(
-        lambda pool: ranked(collection, text, mode, pool, where, fusion, embedding_function),
+        lambda pool: ranked(collection, text, mode, pool, where, fusion, embedding_function, sections),
         n,
         max(1, fusion.min_pool),
-        admitted(keep, per_object),
+        admitted(keep, per_object, sections),
         most,
     )
 
 
-def admitted(keep: Callable[[Hit], bool] | None, per_object: int | None) -> Callable[[Hit], bool] | None:
-    """One test of the hits in ranking order: `keep`'s, and at most `per_object` of one object (counting the
-    hits admitted before it); None when there is nothing to test."""
-    if keep is None and per_object is None:
+def admitted(
+    keep: Callable[[Hit], bool] | None, per_object: int | None, sections: bool = False
+) -> Callable[[Hit], bool] | None:
+    """One test of the hits in ranking order: `keep`'s, at most `per_object` of one object (counting the hits
+    admitted before it), and with `sections` one hit a section (a wider pool may stand for a section by another
+    of its chunks); None when there is nothing to test."""
+    if keep is None and per_object is None and not sections:
         return None
     seen: dict[str, int] = {}
+    places: set[Any] = set()
 
     def test(hit: Hit) -> bool:
         if keep is not None and not keep(hit):
             return False
+        if sections:
+            place = section_of(hit.metadata) or hit.chunk_id
+            if place in places:
+                return False
+            places.add(place)
         if per_object is None:
             return True
         seen[hit.object_key] = seen.get(hit.object_key, 0) + 1
@@ -174,9 +190,10 @@ def ranked(
     where: Mapping[str, Any] | None,
     fusion: Fusion,
     embedding_function: Callable[[list[str]], Any] | None,
+    sections: bool = False,
 ) -> list[Hit]:
     """Every candidate of a pool of `pool` a side, best first, as `mode` ranks them (at least `pool` hits
-    when the collection holds that many)."""
+    when the collection holds that many); with `sections`, hybrid's (scored fusion) sections, each once."""
     if mode == "dense":
         return [
             Hit(chunk_id, document, metadata, -distance, rank, None, distance)
@@ -203,6 +220,8 @@ def ranked(
             )
         ]
     if fusion.method == "scored":
-        return fuse_scored(scored_candidates(collection, text, pool, where, embedding_function), 2 * pool, fusion)
+        return fuse_scored(
+            scored_candidates(collection, text, pool, where, embedding_function), 2 * pool, fusion, sections
+        )
     dense_side = dense_ranking(collection, text, pool, where, embedding_function)
     return fuse(dense_side, lexical_ranking(collection, text, pool, where), 2 * pool, fusion)

@@ -3,13 +3,14 @@ both sides and weighted by how much of the query its words cover), and the candi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.context import embedding_input
+from s3sync_dagster.pipeline.context import CONTEXT_KEY, embedding_input
 from s3sync_dagster.pipeline.search_dense import distances, nearest
 from s3sync_dagster.pipeline.search_hits import Hit
 from s3sync_dagster.pipeline.search_lexical import (
@@ -90,6 +91,10 @@ class Candidates:
     rows: tuple[Candidate, ...]
     coverage: float
     quoted: frozenset[str] = frozenset()
+    # BM25 of any text on the query's terms (the lexical side's, with its mean length): a section's chunks
+    # scored together (`fuse_scored`'s sections); None where the side cannot score a text.
+    score_text: Callable[[str], float] | None = None
+    texts: Mapping[str, str] = dataclasses.field(default_factory=dict)  # each row's indexed text
 
 
 def scored_candidates(
@@ -120,8 +125,8 @@ def scored_candidates(
         else None
     )
     if side is not None and embedded is not None:
-        bm25 = _read_lexical_best(collection, side, embedded, pool, rows, distance)
-        return _candidates(text, rows, distance, bm25, side, pool, _indexed_texts(rows))
+        bm25, average = _read_lexical_best(collection, side, embedded, pool, rows, distance)
+        return _candidates(text, rows, distance, bm25, side, pool, _indexed_texts(rows), average)
     side = side or lexical_side(collection, text, pool, where)
     lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]
     if lexical_only:
@@ -133,7 +138,7 @@ def scored_candidates(
     indexed_texts = _indexed_texts(rows)
     average = average_words(list(indexed_texts.values()))
     bm25 = {chunk_id: side.bm25(text, average) for chunk_id, text in indexed_texts.items()}
-    return _candidates(text, rows, distance, bm25, side, pool, indexed_texts)
+    return _candidates(text, rows, distance, bm25, side, pool, indexed_texts, average)
 
 
 def _indexed_texts(rows: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
@@ -148,9 +153,9 @@ def _read_lexical_best(
     pool: int,
     rows: dict[str, tuple[str, dict[str, Any]]],
     distance: dict[str, float],
-) -> dict[str, float]:
+) -> tuple[dict[str, float], float]:
     """Every chunk's BM25, the lexical side's `pool` best of its candidates added to rows (the dense side's) with
-    their distances to the query's vector; returns the BM25 of the chunks in rows.
+    their distances to the query's vector; returns the BM25 of the chunks in rows, and the mean length it used.
 
     The lexical side's candidates (LEXICAL_CANDIDATES, as lexical mode ranks them) are read by id, texts and
     metadata only, and BM25 ranks them on every word of the query; only the `pool` best not already offered by
@@ -174,7 +179,7 @@ def _read_lexical_best(
         got = collection.get(ids=wanted, include=["embeddings"])  # type: ignore[list-item]
         for chunk_id, far in zip(got["ids"], distances(collection, embedded, got["embeddings"]), strict=True):
             rows[chunk_id], distance[chunk_id] = read[chunk_id], far
-    return {chunk_id: bm25[chunk_id] for chunk_id in rows}
+    return {chunk_id: bm25[chunk_id] for chunk_id in rows}, average
 
 
 def _candidates(
@@ -185,6 +190,7 @@ def _candidates(
     side: Lexical,
     pool: int,
     indexed_texts: Mapping[str, str],
+    average: float,
 ) -> Candidates:
     """Each side's pool best of the chunks read, each scored on both, the query's coverage (of the texts the
     lexical index holds: context line and text) and the candidates holding it word for word."""
@@ -207,7 +213,8 @@ def _candidates(
         )
         for chunk_id in sorted(kept)
     ]
-    return Candidates(tuple(made), coverage, quoted(text, {chunk_id: indexed_texts[chunk_id] for chunk_id in kept}))
+    texts = {chunk_id: indexed_texts[chunk_id] for chunk_id in kept}
+    return Candidates(tuple(made), coverage, quoted(text, texts), lambda joined: side.bm25(joined, average), texts)
 
 
 def quoted(text: str, indexed_texts: Mapping[str, str]) -> frozenset[str]:
@@ -233,7 +240,7 @@ def lexical_weight(fusion: Fusion, coverage: float) -> float:
     return fusion.lexical_weight * max(0.0, min(1.0, coverage)) ** fusion.coverage_power
 
 
-def fuse_scored(candidates: Candidates, n: int, fusion: Fusion) -> list[Hit]:
+def fuse_scored(candidates: Candidates, n: int, fusion: Fusion, sections: bool = False) -> list[Hit]:
     """One ranking of candidates scored on both sides: each side's scores scaled to 0-1 over all the
     candidates (similarity as 1 - distance, BM25 as it is), summed with the query's lexical weight; a chunk
     holding the query word for word (`Candidates.quoted`) scores 1 more and ranks before any that does not.
@@ -241,7 +248,9 @@ def fuse_scored(candidates: Candidates, n: int, fusion: Fusion) -> list[Hit]:
     The quoted ones first: on section 7's 1,200 known-item probes (sentences copied from a chunk) the fused
     score alone ranked the sentence's chunk below a plain BM25 in 31 of them, each time a candidate holding it
     word for word; quoted first, recall@1 went from 0.945 / 0.932 / 0.920 by third to 0.980 / 0.978 / 0.980,
-    and no question set's figure moved (benchmarks/RESULTS.md section 7, "a quoted line first")."""
+    and no question set's figure moved (benchmarks/RESULTS.md section 7, "a quoted line first").
+
+    sections: rank the candidates' sections (`section_of`), each once, by all its candidates' evidence (`ranked_sections`)."""
     rows = candidates.rows
     if not rows:
         return []
@@ -258,7 +267,9 @@ def fuse_scored(candidates: Candidates, n: int, fusion: Fusion) -> list[Hit]:
     ranked = sorted(
         rows,
         key=lambda row: (row.chunk_id not in candidates.quoted, -scores[row.chunk_id], row.distance, row.chunk_id),
-    )[:n]
+    )
+    if sections:
+        ranked, scores = ranked_sections(candidates, ranked, dense, weight)
     return [
         Hit(
             row.chunk_id,
@@ -269,8 +280,45 @@ def fuse_scored(candidates: Candidates, n: int, fusion: Fusion) -> list[Hit]:
             row.lexical_rank,
             row.distance,
         )
-        for row in ranked
+        for row in ranked[:n]
     ]
+
+
+def section_of(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Where a chunk stands: its document and its context line (its headings or definitions), None for a chunk
+    without one (its section is itself)."""
+    document_id, line = metadata.get("document_id"), metadata.get(CONTEXT_KEY)
+    return (document_id, line) if isinstance(document_id, str) and isinstance(line, str) and line else None
+
+
+def ranked_sections(
+    candidates: Candidates, ranked: Sequence[Candidate], dense: Mapping[str, float], weight: float
+) -> tuple[list[Candidate], dict[str, float]]:
+    """The sections of the ranked candidates, each once, best first, each by its best chunk: a section scores its
+    best chunk's similarity and the BM25 of all its candidates' texts together (a question whose words are spread
+    over a section's chunks finds it), scaled over the sections and weighed as chunks are; a section holding a
+    quoted chunk comes first. Returns the chunks standing for them and their sections' scores."""
+    groups: dict[Any, list[Candidate]] = {}
+    for row in ranked:
+        groups.setdefault(section_of(row.metadata) or row.chunk_id, []).append(row)
+    joined = {
+        key: "\n".join(
+            candidates.texts.get(row.chunk_id, row.document)
+            for row in sorted(group, key=lambda row: (row.metadata.get("chunk_index", 0), row.chunk_id))
+        )
+        for key, group in groups.items()
+    }
+    score_text = candidates.score_text
+    bm25 = {key: score_text(text) for key, text in joined.items()} if score_text is not None else {}
+    lexical = _scaled(bm25) if any(bm25.values()) else {}
+    score = {
+        key: (1 - weight) * max(dense[row.chunk_id] for row in group)
+        + weight * lexical.get(key, 0.0)
+        + any(row.chunk_id in candidates.quoted for row in group)
+        for key, group in groups.items()
+    }
+    order = sorted(groups, key=lambda key: (-score[key], groups[key][0].distance, groups[key][0].chunk_id))
+    return [groups[key][0] for key in order], {groups[key][0].chunk_id: score[key] for key in order}
 
 
 def fuse(
