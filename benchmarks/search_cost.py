@@ -46,8 +46,8 @@ def latency(
     warm-up; hybrid once per fusion given (by label). embedding_function: the collection's, held by the
     caller as `SourceSearch` holds it (the query embedded once, a lexical candidate's distance computed).
     where: every search under this filter (`readers_filter()`: a principal's view). shown: hybrid (the first
-    fusion) also as `s3sync query` shows it, each hit with its passage (`search.with_passages`), and with
-    `--per-object 1` (one hit an object, read down the same ranking)."""
+    fusion) also as `s3sync query` shows it, each hit with its passage (`search.with_passages`), with
+    `--per-object 1` (one hit an object, read down the same ranking), and ranking sections (`--sections`)."""
 
     def searched(mode: search.Mode, fusion: Fusion, **options: Any) -> Callable[[str], Any]:
         return lambda query: search.search(
@@ -64,6 +64,7 @@ def latency(
         first = searched("hybrid", next(iter(fusions.values())))
         modes["hybrid, with passages"] = lambda query: search.with_passages(collection, first(query), query)
         modes["hybrid, --per-object 1"] = searched("hybrid", next(iter(fusions.values())), per_object=1)
+        modes["hybrid, --sections"] = searched("hybrid", next(iter(fusions.values())), sections=True)
     for query in queries[:3]:
         for run in modes.values():
             run(query)

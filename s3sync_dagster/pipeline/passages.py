@@ -139,10 +139,9 @@ def choose(
             runs.append([])
         runs[-1].append(found[at])
     text = _joined(runs[0], budget)
-    for previous, run in itertools.pairwise(runs):
+    for previous, run in itertools.pairwise(runs):  # the budget counts the units, not the marks between them
         text += " ... " if previous[-1].prose and run[0].prose else "\n...\n"
         text += _joined(run, budget)
-    text = _cut(text, budget)
     return f"{heading}\n{text}" if heading else text
 
 
