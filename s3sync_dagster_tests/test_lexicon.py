@@ -6,6 +6,7 @@ while it may be wrong, found by the audit and built again by `s3sync repair` and
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,43 @@ def test_a_store_synced_before_the_index_is_searched_through_chroma_until_rebuil
     built = json.loads(capsys.readouterr().out)
     assert code == 0 and built["collections"] == {"docs-collection": 4}
     assert search.indexed(collection) is index_of and index_of.verify(collection) == []
+
+
+def test_an_index_of_the_release_before_word_forms_is_not_read_until_rebuild_lexicon(
+    make_config: ConfigFactory, bucket: str, s3: Any, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {**FILES, "notes/t.md": "# Timeouts\n\nThe request gives up after 300 milliseconds.\n"}
+    config, path = make_config(bucket)
+    put(s3, bucket, files)
+    assert not sync(config, "docs", instance, list(files)).failed
+    collection = index.get_collection(embedded_client(path.parent / "chroma"), "docs-collection", None)  # type: ignore[arg-type]
+    index_of = lexicon.of(collection)
+    assert isinstance(index_of, lexicon.Lexicon)
+    # The store as the release before stems left it: every term whole, version 1.
+    fts, chunks, _ = lexicon._tables(collection.id)
+    texts = lexicon.read_texts(collection, collection.get(include=[])["ids"])
+    with sqlite3.connect(index_of.path) as db:
+        for chunk_id, rowid in db.execute(f"SELECT chunk_id, rowid FROM {chunks}").fetchall():
+            whole = " ".join(lexicon.token(term) for term in terms.text_terms(texts[chunk_id]))
+            db.execute(f"UPDATE {fts} SET tokens = ? WHERE rowid = ?", (whole, rowid))
+        db.execute("UPDATE collections SET version = 1 WHERE collection_id = ?", (str(collection.id),))
+    index_of.close()
+
+    def found(word: str) -> list[str]:
+        code = cli.main(["query", "docs", word, "--mode", "lexical", "--config", str(path), "--json"])
+        assert code == 0
+        return [hit["object_key"] for hit in json.loads(capsys.readouterr().out)["results"]]
+
+    # Not read: Chroma's filter answers, whole words only, and the audit names why.
+    assert index_of.state(collection) == f"its lexical index is of version 1, not {lexicon.VERSION}"
+    assert search.indexed(collection) is None
+    assert found("millisecond") == [] and found("milliseconds") == ["notes/t.md"]
+    assert audit.lexicon_drift([collection]) == {"docs-collection": "its lexical index is of version 1, not 2"}
+    # Built again from the collection alone: read, and a word is found in any form.
+    assert cli.main(["rebuild-lexicon", "docs", "--config", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["collections"] == {"docs-collection": len(texts)}
+    assert search.indexed(collection) is index_of and audit.lexicon_drift([collection]) == {}
+    assert found("millisecond") == ["notes/t.md"] and found("timeout") == ["notes/t.md"]
 
 
 def test_a_servers_index_in_postgres_answers_s3sync_query_counts_writers_and_is_built_again(
