@@ -165,9 +165,10 @@ def rankings(store: Store, probes: Sequence[Probe], function: Any) -> tuple[dict
 
 
 def holds(passage: str, anchor: str) -> bool:
-    """Whether a shown passage holds the answer: the anchor's words in a row (as the answer's chunk is found:
-    hybrid.answer_words, markdown link targets aside)."""
-    wanted = hybrid.words_of(anchor)
+    """Whether a shown passage holds the answer: the anchor's words in a row, both read as the answer's chunk is
+    found (hybrid.answer_words: markdown link targets aside; a known-item sentence is markdown, a question's
+    anchor the page's visible text)."""
+    wanted = hybrid.answer_words(anchor)
     return bool(wanted) and f" {wanted} " in f" {hybrid.answer_words(passage)} "
 
 

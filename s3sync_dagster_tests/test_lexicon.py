@@ -111,7 +111,7 @@ def assert_answers_as_chroma(index_of: Any, collection: Any, queries: list[str])
     the chunks themselves say, and it offers every chunk Chroma's filter offers."""
     got = collection.get(include=["documents", "metadatas"])
     held = [
-        search_lexical.counted(embedding_input(document or "", metadata))[0]
+        set(terms.index_terms(embedding_input(document or "", metadata)))
         for document, metadata in zip(got["documents"], got["metadatas"], strict=True)
     ]
     for query in queries:

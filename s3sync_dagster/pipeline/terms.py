@@ -234,12 +234,6 @@ def indexed_forms(query: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(term if _SEPARATOR.search(term) else STEM_MARK + stem(term) for term in query))
 
 
-def stem_counts(text: str) -> Counter[str]:
-    """How often each marked stem stands in a text (`index_terms`' stems): what BM25 counts of a chunk for the
-    lexical index's terms, beside `term_counts`' whole terms."""
-    return Counter(STEM_MARK + stem(word) for word in words(text))
-
-
 def _alternatives(texts: Sequence[str]) -> str:
     escaped = [re.escape(text) for text in texts]
     return escaped[0] if len(escaped) == 1 else f"(?:{'|'.join(escaped)})"
