@@ -3,7 +3,6 @@ both sides and weighted by how much of the query its words cover), and the candi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -94,7 +93,6 @@ class Candidates:
     # BM25 of any text on the query's terms (the lexical side's, with its mean length): a section's chunks
     # scored together (`fuse_scored`'s sections); None where the side cannot score a text.
     score_text: Callable[[str], float] | None = None
-    texts: Mapping[str, str] = dataclasses.field(default_factory=dict)  # each row's indexed text
 
 
 def scored_candidates(
@@ -214,7 +212,7 @@ def _candidates(
         for chunk_id in sorted(kept)
     ]
     texts = {chunk_id: indexed_texts[chunk_id] for chunk_id in kept}
-    return Candidates(tuple(made), coverage, quoted(text, texts), lambda joined: side.bm25(joined, average), texts)
+    return Candidates(tuple(made), coverage, quoted(text, texts), lambda joined: side.bm25(joined, average))
 
 
 def quoted(text: str, indexed_texts: Mapping[str, str]) -> frozenset[str]:
@@ -303,7 +301,7 @@ def ranked_sections(
         groups.setdefault(section_of(row.metadata) or row.chunk_id, []).append(row)
     joined = {
         key: "\n".join(
-            candidates.texts.get(row.chunk_id, row.document)
+            embedding_input(row.document, row.metadata)  # what the lexical index holds of each
             for row in sorted(group, key=lambda row: (row.metadata.get("chunk_index", 0), row.chunk_id))
         )
         for key, group in groups.items()

@@ -103,14 +103,16 @@ class Held:
 
     def __init__(self, counts: Counter[str]) -> None:
         self.counts = counts
-        self._by_letter: dict[str, list[str]] = {}
-        for term in counts:
-            if "." not in term and "-" not in term:
-                self._by_letter.setdefault(term[:1], []).append(term)
+        self._by_letter: dict[str, list[str]] | None = None  # the words by first letter, at the first stem asked
 
     def frequency(self, term: str) -> int:
         if not term.startswith(STEM_MARK):
             return self.counts.get(term, 0)
+        if self._by_letter is None:
+            self._by_letter = {}
+            for word in self.counts:
+                if "." not in word and "-" not in word:
+                    self._by_letter.setdefault(word[:1], []).append(word)
         wanted = term[len(STEM_MARK) :]
         head = wanted[:-1] or wanted  # a stem is its word's beginning, but for its last letter (happy: happi)
         return sum(
