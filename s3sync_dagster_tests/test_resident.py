@@ -53,8 +53,8 @@ class Shell:
     def env(self) -> dict[str, str]:
         return dict(
             os.environ, S3SYNC_QUERY_SERVER="1", XDG_RUNTIME_DIR=str(self.run_dir), S3SYNC_QUERY_IDLE_SECONDS="120",
-            S3SYNC_TEST_KEY_ID=TEST_KEY_ID, S3SYNC_TEST_SECRET=TEST_SECRET, **self.extra,
-        )  # fmt: skip
+            S3SYNC_TEST_KEY_ID=TEST_KEY_ID, S3SYNC_TEST_SECRET=TEST_SECRET,
+        ) | self.extra  # fmt: skip
 
     def s3sync(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "s3sync"), *args], capture_output=True, text=True, env=self.env, timeout=300)
@@ -334,3 +334,29 @@ def test_a_stop_is_answered_before_the_process_leaves_however_its_threads_are_sc
         client.join(0.2)
         assert answers and answers[0]["pid"] == os.getpid(), answers
     fault_row.passed = True
+
+
+@pytest.mark.parametrize("searched", ["embedded"], indirect=True)
+@pytest.mark.parametrize("resident_on", ["1", "0"], ids=["resident", "answered here"])
+def test_a_closed_pipe_ends_the_command_quietly(shells: list[Shell], resident_on: str) -> None:
+    """`s3sync query ... --json | head`: what reads the output is gone before the answer is written. The command
+    ends as a Unix tool killed by SIGPIPE does (status 141), with no traceback, whoever answered the query."""
+    shell = shells[0]
+    shell.extra["S3SYNC_QUERY_SERVER"] = resident_on
+    if resident_on == "1":
+        shell.query("KT-2093 descale the element")
+        shell.running()
+    argv = ["query", "manuals", "descale the kettle", "--config", str(shell.config), "-n", "5", "--json"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `head` has read its lines and left
+    try:
+        done = subprocess.run(
+            [str(BIN / "s3sync"), *argv], stdout=write_end, stderr=subprocess.PIPE, text=True, env=shell.env,
+            timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr[-2000:]
+    if resident_on == "1":
+        assert shell.status()["served"] == 2  # the resident process answered it

@@ -11,7 +11,25 @@ from collections.abc import Sequence
 from s3sync_dagster.commands import resident
 
 
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `s3sync` command, ended quietly when what reads its output stops reading (`s3sync query ... | head`):
+    the exit status a Unix tool killed by SIGPIPE gives, and no traceback."""
+    try:
+        code = _answer(argv)
+        sys.stdout.flush()  # inside the try: what is still buffered meets the closed pipe here, not at exit
+    except BrokenPipeError:
+        # Python flushes standard output again as it exits; pointed at /dev/null, that flush has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_CLOSED_PIPE
+    return code
+
+
+def _answer(argv: Sequence[str] | None) -> int:
     """The `s3sync` command: a query goes to the resident process if one is running; anything else (and a
     query with none, or with one that does not answer within resident.ANSWER_WAIT_S) is answered here, by
     commands/cli.py."""
