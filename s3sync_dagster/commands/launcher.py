@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 from s3sync_dagster.commands import resident
 
-
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
 
 
