@@ -108,6 +108,12 @@ query RunFailure($runId: ID!) {
       ... on ExecutionStepFailureEvent { stepKey error { message } failureMetadata { description } } } }
   }
 }"""
+RUN_LOG = """
+query RunLog($runId: ID!) {
+  logsForRun(runId: $runId, limit: 5000) {
+    ... on EventConnection { events { __typename ... on MessageEvent { message stepKey } } }
+  }
+}"""
 PARTITIONS = """
 query AssetPartitions($assetKey: AssetKeyInput!) {
   assetNodeOrError(assetKey: $assetKey) {
@@ -259,6 +265,10 @@ class DagsterDev:
     def run(self, run_id: str) -> dict[str, Any]:
         return dict(self.gql(RUN, runId=run_id)["runOrError"])
 
+    def run_log(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's events as its page in the UI lists them: each one's type, step and message."""
+        return list(self.gql(RUN_LOG, runId=run_id)["logsForRun"]["events"])
+
     def wait_run(self, run_id: str, timeout_s: float = 180) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -356,6 +366,37 @@ def _serving(
         client.close()
         for process in processes:
             _stop(process)
+
+
+# Headless Chromium as the UI tests drive it; without the network flags it keeps dialling out on a closed network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def chromium_page() -> Iterator[Any]:
+    """A Playwright page in Debian's Chromium, the Dagster community banner dismissed, waiting up to 60 s for what
+    it is asked (on a busy 2-core machine a page can take well over Playwright's default 5 s to load)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
+            yield page
+        finally:
+            browser.close()
 
 
 def _bin(name: str) -> str:

@@ -26,7 +26,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from benchmarks.dagster_server import DagsterDev, dg_dev
+from benchmarks.dagster_server import LATEST, PARTITIONS, DagsterDev, chromium_page, dg_dev
 from s3sync_dagster.pipeline import keys
 from s3sync_dagster_tests.conftest import TEST_SECRET, put
 
@@ -344,9 +344,60 @@ def served(project: Project, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def test_a_partition_launched_from_the_webserver_indexes_exact_chunks(project: Project, served: DagsterDev) -> None:
     object_key = "guides/herons.txt"
-    run_id = served.launch_partition(ASSET, keys.to_partition_key(object_key))
+    run_id = served.launch_partition(ASSET, keys.to_partition_key(object_key))  # with the checks, as the UI does
     assert served.wait_run(run_id)["status"] == "SUCCESS", served.tail()
     assert stored(project, {object_key: FILES[object_key]}) == expected_chunks({object_key: FILES[object_key]})
+    # Its log says only what ran: the checks the UI selected are evaluated in the asset's step, on its key, and
+    # no step is skipped (a step of theirs would have had no output to follow).
+    events = served.run_log(run_id)
+    kinds = [event["__typename"] for event in events]
+    assert "ExecutionStepSkippedEvent" not in kinds and not any("Skipping" in e.get("message", "") for e in events)
+    assert {event["stepKey"] for event in events if event.get("stepKey")} == {"__".join(ASSET)}
+    assert kinds.count("AssetCheckEvaluationEvent") == 2, kinds
+
+
+ARCHIVE_FILES = {
+    "archive/2019/report.md": "# 2019\n\nThe heron colony counted 212 nests.\n",
+    "archive/2020/report.md": "# 2020\n\nThe heron colony counted 198 nests.\n",
+    "archive/minutes.txt": "Minutes: the boardwalk closes for repairs in March.\n",
+}
+
+
+def test_a_ui_user_indexes_a_bucket_with_clicks_only(project: Project, served: DagsterDev, s3: Any) -> None:
+    """In Chromium, on `dg dev` at a port of its own (the component names no webserver.url): a source no command has
+    discovered, its backfill job launched from the launchpad as it opens. Every key in the bucket is registered and
+    materialised, and a partition's run, opened, shows the asset's step alone, nothing skipped."""
+    from playwright.sync_api import expect
+
+    put(s3, project.bucket, ARCHIVE_FILES)
+    archive = ["archive", "documents"]
+    assert served.gql(PARTITIONS, assetKey={"path": archive})["assetNodeOrError"]["partitionKeys"] == []
+    repository = served.repository()
+    location = f"{repository['repositoryName']}@{repository['repositoryLocationName']}"
+    with chromium_page() as page:
+        page.goto(f"{served.url}/locations/{location}/jobs/archive_backfill/playground", wait_until="domcontentloaded")
+        page.get_by_role("button", name=re.compile("Launch run", re.IGNORECASE)).click()
+        page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
+        job_run = re.findall(r"/runs/([0-9a-f-]{36})", page.url)[0]
+        assert served.wait_run(job_run)["status"] == "SUCCESS", served.tail()
+        wanted = sorted(keys.to_partition_key(object_key) for object_key in ARCHIVE_FILES)
+        deadline = time.monotonic() + 300
+        while (done := served.gql(PARTITIONS, assetKey={"path": archive})["assetNodeOrError"])[
+            "assetPartitionStatuses"
+        ]["materializedPartitions"] != wanted:
+            assert time.monotonic() < deadline, f"not materialised: {done}\n{served.tail()}"
+            time.sleep(2)
+        assert sorted(done["partitionKeys"]) == wanted
+
+        latest = served.gql(LATEST, assetKey={"path": archive}, partitions=wanted[:1])["assetNodeOrError"]
+        run_id = latest["latestMaterializationByPartition"][0]["runId"]
+        page.goto(f"{served.url}/runs/{run_id}", wait_until="domcontentloaded")
+        expect(page.get_by_text("archive__documents").first).to_be_visible()
+        expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible()
+        expect(page.get_by_text("Skipping", exact=False)).to_have_count(0)
+    events = served.run_log(run_id)
+    assert "ExecutionStepSkippedEvent" not in [event["__typename"] for event in events]
+    assert {event["stepKey"] for event in events if event.get("stepKey")} == {"archive__documents"}
 
 
 def test_the_poll_sensor_on_the_daemon_indexes_new_objects(project: Project, served: DagsterDev, s3: Any) -> None:

@@ -81,23 +81,19 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
     # What a source is (bucket, prefix, chunking) is its config's business, not a resource's.
     assert "bucket_name" not in type(connections[0]).model_fields
     # Every op that writes a source's collection is in the source's pool, whichever job runs it (the asset's
-    # op in a UI backfill's run too): the instance's pool limit holds them all (deploy/dagster.yaml). The
-    # checks only read.
+    # op in a UI backfill's run too): the instance's pool limit holds them all (deploy/dagster.yaml). The asset's
+    # checks are its own op's (a run of keys evaluates them there, none of their own to skip), so executed alone
+    # they wait in the pool too, for a source at rest.
     pools = {op.name: op.pool for job in repository.get_all_jobs() for op in job.graph.node_defs}
     assert {op_name: pool for op_name, pool in pools.items() if pool is not None} == {
         **{f"{name}__documents": f"s3sync_{name}" for name in ("events", "polled", "manual")},
         **{f"{name}_repair_drift": f"s3sync_{name}" for name in ("events", "polled", "manual")},
         **{f"{name}_sync_keys": f"s3sync_{name}" for name in ("events", "polled")},
     }
-    # The checks only read; the backfill job's op only asks the webserver for a backfill, whose runs are the
-    # asset's (in the pool). The re-embedding writes only its copy and the swap, and the source's syncs must go
-    # on beside it (they keep the copy exact): were it in the pool, they would wait for the whole of it. The plan
-    # writes nothing.
+    # The backfill job's op only asks the webserver for a backfill, whose runs are the asset's (in the pool). The
+    # re-embedding writes only its copy and the swap, and the source's syncs must go on beside it (they keep the
+    # copy exact): were it in the pool, they would wait for the whole of it. The plan writes nothing.
     assert {op_name for op_name, pool in pools.items() if pool is None} == {
-        f"{name}__documents_{check}"
-        for name in ("events", "polled", "manual")
-        for check in ("drift", "indexed_keys_have_chunks")
-    } | {
         f"{name}_{op}"
         for name in ("events", "polled", "manual")
         for op in ("request_backfill", "reembed_collection", "plan_sync")

@@ -23,12 +23,17 @@ from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.defs.backfill import LAUNCH_BACKFILL
 from s3sync_dagster.defs.names import backfill_job_name, backfill_op_name, partitions_name
-from s3sync_dagster.defs.resources import DagsterWebserver, WebserverError
+from s3sync_dagster.defs.webserver import DagsterWebserver, WebserverError
 from s3sync_dagster_tests.conftest import TEST_SECRET, put
 
 SOURCE = "ui"
 BIG = "big"  # an empty prefix whose partitions the last test registers directly: a million of them
 BIG_KEYS = 1_000_000
+FRESH = "fresh"  # a source no one has discovered: the launchpad's default run indexes its bucket
+FRESH_FILES = {
+    "fresh/otters.md": "# Otters\n\nThe otter enclosure is cleaned every Tuesday.\n",
+    "fresh/herons.txt": "Herons are fed smelt at noon.\n",
+}
 FILES: dict[str, bytes | str] = {
     "ui/guide.md": "# Guide\n\nThe quokka enclosure opens at nine.\n",
     "ui/notes.txt": "Notes: the capybara pond is cleaned on Mondays.\n",
@@ -65,12 +70,12 @@ class Live:
     collection_name: str
     chroma_port: int
 
-    def launch(self, source_name: str, selection: str, pattern: str = "") -> dict[str, Any]:
-        """The launchpad: the source's backfill job with a selection; the finished run's output metadata."""
+    def launch(self, source_name: str, selection: str | None = None, pattern: str = "") -> dict[str, Any]:
+        """The launchpad: the source's backfill job with a selection (None: as the launchpad opens, nothing
+        typed); the finished run's output metadata."""
         config = {"selection": selection, "pattern": pattern}
-        run_id = self.server.launch_job(
-            backfill_job_name(source_name), {"ops": {backfill_op_name(source_name): {"config": config}}}
-        )
+        run_config = {"ops": {backfill_op_name(source_name): {"config": config}}} if selection is not None else {}
+        run_id = self.server.launch_job(backfill_job_name(source_name), run_config)
         run = self.server.wait_run(run_id)
         events = self.server.gql(RUN_OUTPUT, runId=run_id)["logsForRun"]["events"]
         failures = [e for e in events if e["__typename"] == "ExecutionStepFailureEvent"]
@@ -88,8 +93,9 @@ class Live:
         assert main([*argv, "--config", str(self.config_file), "--json"]) == 0
         return json.loads(capsys.readouterr().out)
 
-    def indexed_keys(self) -> set[str]:
-        collection = chromadb.HttpClient(host=LOOPBACK, port=self.chroma_port).get_collection(self.collection_name)
+    def indexed_keys(self, collection_name: str | None = None) -> set[str]:
+        client = chromadb.HttpClient(host=LOOPBACK, port=self.chroma_port)
+        collection = client.get_collection(collection_name or self.collection_name)
         return {str(m["object_key"]) for m in collection.get(include=["metadatas"])["metadatas"] or []}
 
 
@@ -98,7 +104,7 @@ def live(s3: Any, moto_endpoint: str, chroma_server: int, tmp_path_factory: pyte
     base = tmp_path_factory.mktemp("ui-backfill")
     bucket = f"s3sync-ui-backfill-{os.getpid()}"
     s3.create_bucket(Bucket=bucket)
-    put(s3, bucket, FILES)
+    put(s3, bucket, FILES | FRESH_FILES)
     port = free_port()
     collection_name = f"ui-backfill-{os.getpid()}"
     source = {
@@ -111,9 +117,10 @@ def live(s3: Any, moto_endpoint: str, chroma_server: int, tmp_path_factory: pyte
     }
     config = {
         "chroma": {"host": LOOPBACK, "port": chroma_server},
-        "webserver": {"url": f"http://{LOOPBACK}:{port}"},
+        # No webserver.url: the backfill job finds the webserver `dagster dev -p PORT` started beside its run.
         "sources": [
             {"name": SOURCE, "path_prefix": "ui/", "collection_name": collection_name, **source},
+            {"name": FRESH, "path_prefix": "fresh/", "collection_name": f"{collection_name}-fresh", **source},
             {"name": BIG, "path_prefix": "big/", "collection_name": f"{collection_name}-big", **source},
         ],
     }
@@ -142,6 +149,29 @@ def cancel(live: Live, backfill_id: str) -> None:
     """The Backfills page's "Cancel"; the daemon finishes the cancellation on its next look."""
     answer = live.server.gql(CANCEL, backfillId=backfill_id)["cancelPartitionBackfill"]
     assert answer["__typename"] == "CancelBackfillSuccess", answer
+
+
+def test_the_launchpad_as_it_opens_lists_the_bucket_registers_its_keys_and_backfills_them(
+    s3: Any, live: Live
+) -> None:
+    """A UI user with an empty instance and no shell: the backfill job launched with nothing typed (selection ALL)
+    registers every key in the bucket and indexes them; launched again, it adds the key uploaded since."""
+    instance = dg.DagsterInstance.get()
+    assert instance.get_dynamic_partitions(partitions_name(FRESH)) == []
+    first = live.launch(FRESH)
+    assert first["status"] == "SUCCESS", first
+    assert first["metadata"]["selection"] == "all" and first["metadata"]["new_partitions"] == len(FRESH_FILES)
+    assert first["metadata"]["partitions"] == len(FRESH_FILES)
+    assert first["metadata"]["backfill"].startswith(f"{live.server.url}/runs/b/")  # the webserver found
+    assert live.server.wait_backfill(first["metadata"]["backfill_id"])["status"] == "COMPLETED_SUCCESS"
+    collection_name = f"{live.collection_name}-fresh"
+    assert live.indexed_keys(collection_name) == set(FRESH_FILES)
+
+    put(s3, live.bucket, {"fresh/kingfishers.txt": "Kingfisher nest boxes are checked monthly.\n"})
+    again = live.launch(FRESH)
+    assert again["metadata"]["new_partitions"] == 1 and again["metadata"]["listed"] == len(FRESH_FILES) + 1
+    assert live.server.wait_backfill(again["metadata"]["backfill_id"])["status"] == "COMPLETED_SUCCESS"
+    assert live.indexed_keys(collection_name) == {*FRESH_FILES, "fresh/kingfishers.txt"}
 
 
 def test_each_selection_backfills_exactly_its_keys(s3: Any, live: Live, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,6 +22,7 @@ from benchmarks.dagster_server import (
     RUN_FAILURES,
     RUNS,
     DagsterDev,
+    chromium_page,
     dagster_dev,
 )
 from s3sync_dagster.commands.cli import main
@@ -251,39 +252,19 @@ def test_cli_lists_the_same_runs_as_the_ui(live: Live, capsys: pytest.CaptureFix
 
 
 def test_browser_lists_partitions_and_shows_a_keys_metadata(live: Live) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]  # fmt: skip  (without the network flags Chromium keeps dialling out on this closed network)
     shot = live.output / "asset-partition.png"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=args, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
-            page.set_default_timeout(60_000)
-            # Assertions wait as long as actions: on a busy 2-core machine the asset page can take
-            # well over expect()'s default 5 s to load the code location and its partitions.
-            expect.set_options(timeout=60_000)
-            page.goto(f"{live.server.url}/assets/{SOURCE}/documents?view=partitions", wait_until="domcontentloaded")
-            for partition_key in ("web/alpha.md", "web/beta.py", "web/gamma.txt"):
-                expect(page.get_by_text(partition_key, exact=True).first).to_be_visible()
-            page.get_by_text("web/gamma.txt", exact=True).first.click()
-            page.wait_for_url(lambda url: "partition=web%2Fgamma.txt" in url or "partition=web/gamma.txt" in url)
-            expect(page.get_by_text("chunks_written", exact=True).first).to_be_visible()
-            expect(page.get_by_text("indexed", exact=True).first).to_be_visible()
-            expect(page.get_by_text("Join the Dagster community")).to_have_count(0)
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(f"{live.server.url}/assets/{SOURCE}/documents?view=partitions", wait_until="domcontentloaded")
+        for partition_key in ("web/alpha.md", "web/beta.py", "web/gamma.txt"):
+            expect(page.get_by_text(partition_key, exact=True).first).to_be_visible()
+        page.get_by_text("web/gamma.txt", exact=True).first.click()
+        page.wait_for_url(lambda url: "partition=web%2Fgamma.txt" in url or "partition=web/gamma.txt" in url)
+        expect(page.get_by_text("chunks_written", exact=True).first).to_be_visible()
+        expect(page.get_by_text("indexed", exact=True).first).to_be_visible()
+        expect(page.get_by_text("Join the Dagster community")).to_have_count(0)
+        page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
 

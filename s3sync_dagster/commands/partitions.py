@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import dagster as dg
-from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.commands.dagster_home import home_lock
 from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.links import InstanceMetaLinks
-from s3sync_dagster.defs.names import partitions_name, register_partitions
+from s3sync_dagster.defs.names import partitions_name, register_new
 from s3sync_dagster.pipeline import events, keys
 
 
@@ -21,17 +20,10 @@ def add_partitions(
 ) -> tuple[list[str], set[str]]:
     """Register the keys not registered yet: returns those this call added, and those there before."""
     with home_lock(instance.root_directory):
-        for attempt in range(2):
-            existing = set(instance.get_dynamic_partitions(partitions_name(source_name)))
-            new = [partition_key for partition_key in dict.fromkeys(partition_keys) if partition_key not in existing]
-            try:
-                register_partitions(instance, source_name, new)
-                break
-            except IntegrityError:
-                # A writer outside this lock (the daemon's sensors) registered some of them meanwhile.
-                if attempt:
-                    raise
-    return new, existing
+        existing = set(instance.get_dynamic_partitions(partitions_name(source_name)))
+        before = set(existing)
+        new = register_new(instance, source_name, partition_keys, existing)
+    return new, before
 
 
 def unnamed_document(source: SourceConfig, document: str) -> str:

@@ -27,9 +27,10 @@ from s3sync_dagster.commands.ranged_runs import Executed, execute_runs, outside_
 from s3sync_dagster.commands.run_reports import failed_report, key_outcomes, object_key_or_partition, reports_of
 from s3sync_dagster.commands.run_reports import run_failure as run_failure
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig
+from s3sync_dagster.defs.backfill import listed_object_keys
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import s3_connection
-from s3sync_dagster.pipeline import events, keys, objects
+from s3sync_dagster.pipeline import keys, objects
 
 
 def s3_client(source: SourceConfig) -> Any:
@@ -82,12 +83,8 @@ def discover(
     result = DiscoverResult(source=source_name)
     listed: list[str] = []
     told = 0
-    for info in objects.list_objects(
-        s3_client(source), source.bucket_name, source.path_prefix, source.include, source.exclude
-    ):
-        # In metadata mode only .meta.json files are partitions: the documents they name are not.
-        if source.auto_sync != "metadata" or events.is_meta_key(info.object_key):
-            listed.append(info.object_key)
+    for object_key in listed_object_keys(source, s3_client(source)):
+        listed.append(object_key)
         if on_listed is not None and len(listed) - told >= LISTED_STEP:
             on_listed(len(listed) - told)
             told = len(listed)

@@ -71,7 +71,9 @@ class WebserverConfig(_Model):
     """Where the Dagster webserver answers: each source's backfill job starts Dagster's own partition backfills
     through its GraphQL API (the call the UI's own Materialize dialog makes), the only public way to start one."""
 
-    url: str = "http://localhost:3000"  # `dagster dev`'s default; in a deployment, the webserver's service
+    # In a deployment, the webserver's service. Unset: found on this machine (`dagster dev`/`dg dev` on any port,
+    # defs/webserver.py), else http://localhost:3000.
+    url: str | None = None
     # Dagster+ (or a proxy in front of the webserver): the API token, sent as `Dagster-Cloud-Api-Token`.
     api_token: EnvRef | None = None
 

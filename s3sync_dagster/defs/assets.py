@@ -24,6 +24,8 @@ from s3sync_dagster.pipeline.sync import sync_keys_following_swaps
 from s3sync_dagster.pipeline.targets import Collections
 
 KeyEvent: TypeAlias = dg.AssetMaterialization | dg.AssetObservation
+# What a run of keys yields: each key's event, then the checks it selected, evaluated on its keys.
+RunEvent: TypeAlias = KeyEvent | dg.AssetCheckResult
 # A key's entry in the run: its event, or a line of the run's log (level, text).
 Said: TypeAlias = KeyEvent | tuple[Literal["info", "warning", "error"], str]
 
@@ -126,7 +128,7 @@ def index_partitions(
     embedding: EmbeddingResource,
     documents: DocumentsResource,
     invocation: Invocation | None = None,
-) -> Iterator[KeyEvent]:
+) -> Iterator[RunEvent]:
     """Sync the objects behind these partition keys, one materialisation (or failure) per key, yielded as each
     key is done (the caller yields them on to Dagster).
 
@@ -178,8 +180,10 @@ def index_partitions(
         reports = refused + (yield from _synced_as_reported(context, asset_key, synced))
     if source.forget_deleted_keys:
         forget_removed(context.instance, spec, client, reports)
-    if isinstance(context, dg.AssetExecutionContext):  # a run of the asset: the checks it planned, on its keys
-        evaluate_in_run(context, source, reports, lambda name: _existing(chroma, embedding, name), spec.owner)
+    if isinstance(context, dg.AssetExecutionContext):  # a run of the asset: the checks it selected, on its keys
+        yield from evaluate_in_run(
+            context, source, reports, lambda name: _existing(chroma, embedding, name), spec.owner
+        )
     _log_summary(context, spec, reports)
     _fail_on_failed_keys(reports)
 

@@ -9,18 +9,27 @@ a million keys travels, and that is what keeps it to seconds where the dialog's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.checks import drift_of
-from s3sync_dagster.defs.names import documents_asset_key, partitions_def, partitions_name, register_partitions
-from s3sync_dagster.defs.resources import ChromaResource, DagsterWebserver, EmbeddingResource, S3Connections
+from s3sync_dagster.defs.names import (
+    REGISTER_BATCH,
+    documents_asset_key,
+    partitions_def,
+    partitions_name,
+    register_new,
+    register_partitions,
+)
+from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import BackfillConfig, Selection
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
-from s3sync_dagster.pipeline import keys, objects
+from s3sync_dagster.defs.webserver import DagsterWebserver
+from s3sync_dagster.pipeline import events, keys, objects
 
 LAUNCH_BACKFILL = """
 mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
@@ -36,7 +45,47 @@ mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
   }
 }"""
 REQUESTED_BY_RUN_TAG = "s3sync/requested_by_run"  # on the backfill and its runs: the job run that started it
+# The selections that read the bucket first, registering the keys uploaded since: a UI user never needs
+# `s3sync discover`. FAILED keys are registered by definition; STALE's audit lists the bucket itself.
+LISTED_FIRST = (Selection.ALL, Selection.MISSING, Selection.PREFIX, Selection.GLOB)
 MAX_REFUSALS_LOGGED = 20  # keys a selection leaves out named one warning each; past them, one warning counts them
+
+
+def listed_object_keys(source: SourceConfig, client: Any) -> Iterator[str]:
+    """The object keys under the source's prefix that are its partitions, as the listing pages come: those its
+    include/exclude admit, and in metadata mode the .meta.json files alone (the documents they name are not)."""
+    for info in objects.list_objects(client, source.bucket_name, source.path_prefix, source.include, source.exclude):
+        if source.auto_sync != "metadata" or events.is_meta_key(info.object_key):
+            yield info.object_key
+
+
+@dataclass
+class Registered:
+    listed: int = 0  # the source's object keys in the bucket now
+    new: int = 0  # partitions this listing added
+
+
+def register_bucket(context: dg.OpExecutionContext, source: SourceConfig, client: Any) -> Registered:
+    """List the source's prefix and register each key found that is not a partition yet, a page at a time, so a
+    million-key bucket is never held whole; the keys uploaded since the last listing are the new ones."""
+    instance = context.instance
+    existing = set(instance.get_dynamic_partitions(partitions_name(source.name)))
+    found = Registered()
+    page: list[str] = []
+    for object_key in listed_object_keys(source, client):
+        found.listed += 1
+        partition_key = keys.to_partition_key(object_key)
+        if partition_key not in existing:
+            page.append(partition_key)
+        if len(page) >= REGISTER_BATCH:
+            found.new += len(register_new(instance, source.name, page, existing))
+            page = []
+    found.new += len(register_new(instance, source.name, page, existing))
+    context.log.info(
+        f"source '{source.name}': {found.listed:,} object(s) listed in s3://{source.bucket_name}/{source.path_prefix}"
+        f", {found.new:,} of them new partitions"
+    )
+    return found
 
 
 def select_by_object_key(
@@ -75,14 +124,9 @@ def selected_partitions(
     embedding: EmbeddingResource,
 ) -> list[str] | None:
     """The partition keys the backfill covers, sorted; None for every key of the source."""
-    if config.selection in (Selection.PREFIX, Selection.GLOB) and not config.pattern:
-        raise dg.Failure(
-            f"source '{source.name}': selection '{config.selection.value}' needs a pattern "
-            "(a key prefix, or a glob such as 'reports/**/*.pdf')"
-        )
+    instance = context.instance
     if config.selection is Selection.ALL:
         return None
-    instance = context.instance
     if config.selection is Selection.STALE:
         drift = drift_of(source, instance, s3.client(source.name), chroma, embedding)
         stale = drift.stale or []
@@ -144,7 +188,7 @@ def launch_backfill(webserver: DagsterWebserver, params: dict[str, Any]) -> str:
     answer = webserver.graphql(LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
     if answer["__typename"] != "LaunchBackfillSuccess":
         raise dg.Failure(
-            f"the Dagster webserver at {webserver.url} refused the backfill: "
+            f"the Dagster webserver at {webserver.address()[0]} refused the backfill: "
             f"{answer['__typename']}: {str(answer.get('message', ''))[:1000]}"
         )
     return str(answer["backfillId"])
@@ -161,15 +205,26 @@ def request_backfill(
     embedding: EmbeddingResource,
 ) -> dg.Output[None]:
     """Starts the backfill; its id, page and size are the output's metadata (the output has no value)."""
+    if config.selection in (Selection.PREFIX, Selection.GLOB) and not config.pattern:
+        raise dg.Failure(
+            f"source '{source.name}': selection '{config.selection.value}' needs a pattern "
+            "(a key prefix, or a glob such as 'reports/**/*.pdf')"
+        )
+    listing: dict[str, Any] = {}
+    if config.selection in LISTED_FIRST:
+        found = register_bucket(context, source, s3.client(source.name))
+        listing = {"listed": found.listed, "new_partitions": found.new}
     partition_keys = selected_partitions(context, source, config, s3, chroma, embedding)
     what = config.selection.value + (f" '{config.pattern}'" if config.pattern else "")
-    if partition_keys == []:
+    if partition_keys is None:
+        count = len(context.instance.get_dynamic_partitions(partitions_name(source.name)))
+    else:
+        count = len(partition_keys)
+    if count == 0:  # an empty bucket, or a selection matching nothing: no backfill to start
         context.log.info(f"source '{source.name}': no key is {what}; nothing to backfill")
-        return dg.Output(None, metadata={"selection": what, "partitions": 0})
-    registered = partition_keys or context.instance.get_dynamic_partitions(partitions_name(source.name))
-    count = len(registered)
+        return dg.Output(None, metadata={"selection": what, "partitions": 0, **listing})
     backfill_id = launch_backfill(webserver, backfill_params(source, partition_keys, what, context.run_id))
-    page = f"{webserver.url.rstrip('/')}/runs/b/{backfill_id}"
+    page = f"{webserver.address()[0].rstrip('/')}/runs/b/{backfill_id}"
     context.log.info(f"source '{source.name}': backfill {backfill_id} of {count} keys ({what}): {page}")
     return dg.Output(
         None,
@@ -179,5 +234,6 @@ def request_backfill(
             "selection": what,
             "partitions": count,
             "keys_per_run": source.keys_per_run,
+            **listing,
         },
     )

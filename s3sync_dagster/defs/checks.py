@@ -68,7 +68,7 @@ def _listing(items: list[str]) -> dg.MetadataValue:
 
 
 def index_check(
-    context: dg.AssetCheckExecutionContext, source: SourceConfig, chroma: ChromaResource, embedding: EmbeddingResource
+    context: dg.AssetExecutionContext, source: SourceConfig, chroma: ChromaResource, embedding: EmbeddingResource
 ) -> dg.AssetCheckResult:
     """Every key the asset last reported as indexed has chunks in Chroma; chunks of other keys are reported."""
     asset_key = documents_asset_key(source)
@@ -96,6 +96,8 @@ def index_check(
         "the asset does not report as indexed"
     )
     return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=INDEX_CHECK_NAME,
         passed=not missing,
         severity=dg.AssetCheckSeverity.ERROR,
         description=(
@@ -221,7 +223,7 @@ def drift_table(drift: audit.Drift) -> dg.MetadataValue:
 
 
 def drift_check(
-    context: dg.AssetCheckExecutionContext,
+    context: dg.AssetExecutionContext,
     source: SourceConfig,
     s3: Any,
     chroma: ChromaResource,
@@ -229,13 +231,15 @@ def drift_check(
 ) -> dg.AssetCheckResult:
     """The bucket against the collection: objects missing from the index, at an old ETag, or gone.
 
-    Executed on its own (the UI's Execute, a schedule): in a sync run the asset yields no output, so
-    Dagster skips its checks and no sync pays for listing the whole bucket.
+    Executed on its own (the UI's Execute, a schedule): a run of keys evaluates it on its keys alone
+    (evaluate_in_run), so no sync pays for listing the whole bucket.
     """
     found = drift_of(source, context.instance, s3, chroma, embedding)
     context.log.info(found.summary())
     counts = found.counts()
     return dg.AssetCheckResult(
+        asset_key=documents_asset_key(source),
+        check_name=DRIFT_CHECK_NAME,
         passed=found.clean,
         severity=dg.AssetCheckSeverity.WARN,
         description=(
@@ -265,13 +269,6 @@ def drift_check(
 
 # What a check found in a run: passed, severity, description, metadata.
 Finding = tuple[bool, dg.AssetCheckSeverity, str, dict[str, Any]]
-
-
-def planned_checks(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> set[str]:
-    """The names of the asset's checks this run planned (a launch from the UI, a backfill's runs)."""
-    records = context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED)
-    planned = [record.dagster_event.asset_check_planned_data for record in records if record.dagster_event]
-    return {check.check_name for check in planned if check.asset_key == asset_key}
 
 
 def run_chunks(
@@ -366,25 +363,23 @@ def evaluate_in_run(
     reports: Sequence[KeyReport],
     opened: Callable[[str], Any | None],
     owner: Owner,
-) -> None:
-    """The source's checks this run planned, evaluated on its keys and logged from the asset's step (their own
-    steps then find no output to follow and are skipped, their checks evaluated): one read of the keys' chunks."""
+) -> Iterator[dg.AssetCheckResult]:
+    """The source's checks this run selected (a launch from the UI, a backfill's runs), evaluated on its keys from
+    one read of their chunks, as results of the asset's own step."""
     asset_key = documents_asset_key(source)
-    planned = planned_checks(context, asset_key)
-    if not planned:
+    selected = {check.name for check in context.selected_asset_check_keys if check.asset_key == asset_key}
+    if not selected:
         return
     keyed = [report for report in reports if report.status != "ignored"]
     found = run_chunks(keyed, opened, owner)
     findings = {INDEX_CHECK_NAME: index_in_run, DRIFT_CHECK_NAME: drift_in_run}
-    for check_name in sorted(planned & set(findings)):
+    for check_name in sorted(selected & set(findings)):
         passed, severity, description, metadata = findings[check_name](keyed, found)
-        context.log_event(
-            dg.AssetCheckEvaluation(
-                asset_key=asset_key,
-                check_name=check_name,
-                passed=passed,
-                severity=severity,
-                description=description,
-                metadata=metadata,
-            )
+        yield dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=check_name,
+            passed=passed,
+            severity=severity,
+            description=description,
+            metadata=metadata,
         )

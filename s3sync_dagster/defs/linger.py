@@ -27,7 +27,7 @@ import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
-from s3sync_dagster.defs.assets import KeyEvent, index_partitions
+from s3sync_dagster.defs.assets import RunEvent, index_partitions
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.queues import WAIT_S, QueueReaders, Watched, lingers_on_queue, read_by
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
@@ -90,7 +90,7 @@ def _index_taken(
     chroma: ChromaResource,
     embedding: EmbeddingResource,
     documents: DocumentsResource,
-) -> Generator[KeyEvent, None, Any]:
+) -> Generator[RunEvent, None, Any]:
     """Sync the keys a lingering run took, under the store's write lock, reopening the store when another process
     wrote to it since `seen`; returns the store's state after. A failure that reported every key calls `reported`
     (the keys are done with) before it is raised."""
@@ -154,7 +154,7 @@ def _take(
     messages: list[dict[str, Any]],
     seen: Any,
     resources: dict[str, Any],
-) -> Generator[KeyEvent, None, Any]:
+) -> Generator[RunEvent, None, Any]:
     """Sync what one read of a queue brought, as its sensor would, and delete its messages once their keys are
     reported; returns the store's state after."""
     source, client, queue_url = watched.source, watched.client, str(watched.source.sqs_queue_url)
@@ -182,7 +182,7 @@ def read_queue(
     chroma: ChromaResource,
     embedding: EmbeddingResource,
     documents: DocumentsResource,
-) -> Iterator[KeyEvent]:
+) -> Iterator[RunEvent]:
     """Sync what the queues bring (the source's, and those of the `peers` its run is tagged to read: defs/queues.py)
     until one of the stops above; each key's events yielded as index_partitions'."""
     if linger_seconds <= 0 or source.sqs_queue_url is None:
@@ -243,7 +243,7 @@ def read_prefix(
     chroma: ChromaResource,
     embedding: EmbeddingResource,
     documents: DocumentsResource,
-) -> Iterator[KeyEvent]:
+) -> Iterator[RunEvent]:
     """Pass over the prefix every poll_interval_seconds, as the poll sensor would, syncing what each pass finds, until
     one of the stops above; each key's events yielded as index_partitions'. The listing state is the sensor's
     (committed once a pass's keys are reported: a run that dies before leaves them to the next pass)."""

@@ -9,6 +9,7 @@ key), its checks, the jobs `docs_auto_sync` (its sensors' runs), `docs_repair` a
 from collections.abc import Sequence
 
 import dagster as dg
+from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.config import SourceConfig
 
@@ -52,6 +53,23 @@ def register_partitions(instance: dg.DagsterInstance, source_name: str, partitio
     """Register keys as the source's partitions (keys already there are left as they are), in batches."""
     for start in range(0, len(partition_keys), REGISTER_BATCH):
         instance.add_dynamic_partitions(partitions_name(source_name), partition_keys[start : start + REGISTER_BATCH])
+
+
+def register_new(
+    instance: dg.DagsterInstance, source_name: str, partition_keys: Sequence[str], existing: set[str]
+) -> list[str]:
+    """Register the keys not in `existing` (the source's partitions as last read, brought up to date here); those
+    this call added. A writer that registers beside it (the daemon's sensors) makes Dagster refuse a key it
+    added meanwhile: the partitions are read again and the rest registered once more."""
+    new = [partition_key for partition_key in dict.fromkeys(partition_keys) if partition_key not in existing]
+    try:
+        register_partitions(instance, source_name, new)
+    except IntegrityError:
+        existing |= set(instance.get_dynamic_partitions(partitions_name(source_name)))
+        new = [partition_key for partition_key in new if partition_key not in existing]
+        register_partitions(instance, source_name, new)
+    existing.update(new)
+    return new
 
 
 def register_requests(source_name: str, partition_keys: Sequence[str]) -> list[dg.AddDynamicPartitionsRequest]:

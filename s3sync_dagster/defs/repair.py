@@ -17,7 +17,7 @@ import dagster as dg
 from sqlalchemy.exc import IntegrityError
 
 from s3sync_dagster.config import SourceConfig
-from s3sync_dagster.defs.assets import KeyEvent, index_partitions
+from s3sync_dagster.defs.assets import RunEvent, index_partitions
 from s3sync_dagster.defs.checks import audited_collections, drift_of
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_partitions
@@ -191,7 +191,7 @@ def repair_drift(
     chroma: ChromaResource,
     embedding: EmbeddingResource,
     documents: DocumentsResource,
-) -> Iterator[KeyEvent]:
+) -> Iterator[RunEvent]:
     """The repair job's run: the given keys (else what an audit finds) are synced, unselected chunks deleted;
     each key's event yielded as it is done."""
     object_keys, unselected = config.object_keys, config.unselected

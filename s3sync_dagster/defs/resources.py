@@ -22,6 +22,7 @@ from s3sync_dagster.config import (
     SourceConfig,
     TimeoutsConfig,
 )
+from s3sync_dagster.defs.webserver import DagsterWebserver
 from s3sync_dagster.pipeline import objects, roles
 from s3sync_dagster.pipeline.conversion import DocumentOptions
 from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
@@ -241,40 +242,6 @@ class S3Connections(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def sqs_client(self, source_name: str) -> Any:
         return self.for_source(source_name).get_sqs_client()
-
-
-class WebserverError(RuntimeError):
-    """The Dagster webserver did not answer, or answered with an error."""
-
-
-class DagsterWebserver(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The Dagster webserver's GraphQL API, the one the UI itself calls (a backfill starts only there)."""
-
-    url: str
-    api_token: str | None = None  # Dagster+ (or a proxy): sent as Dagster-Cloud-Api-Token, never logged
-
-    def graphql(self, query: str, variables: dict[str, Any], timeout_seconds: float = 600) -> dict[str, Any]:
-        import httpx
-
-        headers = {"Dagster-Cloud-Api-Token": self.api_token} if self.api_token else {}
-        endpoint = f"{self.url.rstrip('/')}/graphql"
-        try:
-            response = httpx.post(
-                endpoint, json={"query": query, "variables": variables}, headers=headers, timeout=timeout_seconds
-            )
-        except httpx.HTTPError as error:
-            raise WebserverError(
-                f"the Dagster webserver at {self.url} did not answer ({type(error).__name__}: {error}); "
-                "webserver.url in the config file says where it serves"
-            ) from None
-        if response.status_code != 200:
-            raise WebserverError(
-                f"the Dagster webserver at {endpoint} answered HTTP {response.status_code}: {response.text[:500]}"
-            )
-        body = response.json()
-        if body.get("errors"):
-            raise WebserverError(f"the Dagster webserver at {endpoint} refused the query: {str(body['errors'])[:1000]}")
-        return dict(body["data"])
 
 
 def _env(ref: EnvRef | None) -> Any:

@@ -70,18 +70,18 @@ def reembed_run_config(source_name: str, abandon: bool = False, batch_size: int 
 class Selection(enum.Enum):
     """Which keys of the source a backfill covers (the launchpad shows these as a drop-down)."""
 
-    ALL = "all"  # every registered key
-    MISSING = "missing"  # registered keys never materialised (the grey of the partition bar)
+    ALL = "all"  # every key: the bucket listed, the keys found registered, with those registered before
+    MISSING = "missing"  # keys never materialised (the grey of the partition bar), the bucket listed first
     FAILED = "failed"  # keys whose last run failed (the red)
     STALE = "stale"  # objects changed in the bucket since they were indexed, or missing some chunks (the audit)
-    PREFIX = "prefix"  # registered keys whose object key starts with `pattern`
-    GLOB = "glob"  # registered keys whose object key matches `pattern` (the include/exclude glob syntax)
+    PREFIX = "prefix"  # keys whose object key starts with `pattern`, the bucket listed first
+    GLOB = "glob"  # keys whose object key matches `pattern` (the include/exclude glob syntax), listed first
 
 
 class BackfillConfig(dg.Config):
     """What to backfill. `pattern` is the prefix or the glob of those two selections, ignored by the others."""
 
-    selection: Selection = Selection.MISSING
+    selection: Selection = Selection.ALL  # launched as it opens, the job indexes the whole bucket
     pattern: str = ""
 
 

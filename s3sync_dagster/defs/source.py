@@ -12,7 +12,7 @@ import dagster as dg
 
 from s3sync_dagster.config import SOURCE_KINDS, ConfigError, ResourceKeysConfig, SourceConfig
 from s3sync_dagster.defs import names
-from s3sync_dagster.defs.assets import KeyEvent, index_partitions
+from s3sync_dagster.defs.assets import RunEvent, index_partitions
 from s3sync_dagster.defs.backfill import request_backfill
 from s3sync_dagster.defs.checks import drift_check, index_check
 from s3sync_dagster.defs.linger import read_prefix, read_queue
@@ -35,11 +35,10 @@ from s3sync_dagster.pipeline import keys as object_keys
 def source_definitions(
     source: SourceConfig, keys: ResourceKeysConfig, sources: Sequence[SourceConfig] = ()
 ) -> dg.Definitions:
-    """The asset (one partition per object key), its two checks, the repair job, and with auto-sync or
+    """The asset (one partition per object key) with its two checks, the repair job, and with auto-sync or
     polling configured, the sync job and the sensors that launch it. `sources` are the code location's, this one
     among them: the SQS sensor's run reads the queues of the others too (defs/queues.py)."""
     documents_asset = _documents_asset(source, keys)
-    checks = _checks(source, keys)
     jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [
         _repair_job(source, keys),
         _backfill_job(source, keys),
@@ -52,7 +51,7 @@ def source_definitions(
         sync_job = _sync_job(source, keys, sources)
         jobs.append(sync_job)
         sensors += _sensors(source, sync_job, keys, sources)
-    return dg.Definitions(assets=[documents_asset], asset_checks=checks, jobs=jobs, sensors=sensors)
+    return dg.Definitions(assets=[documents_asset], jobs=jobs, sensors=sensors)
 
 
 def _taking(context: Any, keys: ResourceKeysConfig, *roles: str) -> dict[str, Any]:
@@ -71,27 +70,20 @@ def _no_value(keys: ResourceKeysConfig) -> dg.Out:
 
 
 def _documents_asset(source: SourceConfig, keys: ResourceKeysConfig) -> dg.AssetsDefinition:
-    """The source's asset: one partition per object key, each run indexing its keys' chunks."""
+    """The source's asset: one partition per object key, each run indexing its keys' chunks. Its two checks are
+    its own step's: a run of keys evaluates the ones it selected on its keys (no step of theirs to skip), and
+    executed alone (the Checks tab) they compare the whole source."""
     # What the user's `asset:` says (config.AssetAttributes) beside what the source itself says.
     attributes = source.asset
-
-    @dg.asset(
-        key=names.documents_asset_key(source),
-        partitions_def=names.partitions_def(source.name),
+    asset_key = names.documents_asset_key(source)
+    spec = dg.AssetSpec(
+        key=asset_key,
         kinds={*SOURCE_KINDS, *attributes.kinds},
         group_name=source.group_name or source.name,
         tags=attributes.tag_values(),
         owners=attributes.owners,
         automation_condition=automation_condition(source),
-        required_resource_keys=_writing(keys),
-        io_manager_key=keys.io_manager,
-        description=attributes.description
-        or (
-            f"Chunks of the objects in s3://{source.bucket_name}/{source.path_prefix} "
-            f"in Chroma collection '{source.collection_name}'. One partition per object key. "
-            f"To backfill all, missing, failed or stale keys, or a prefix or glob, at any number of keys, "
-            f"launch the job {names.backfill_job_name(source.name)}."
-        ),
+        description=attributes.description or _asset_description(source),
         metadata={
             **attributes.metadata,
             "collection": source.collection_name,
@@ -99,14 +91,27 @@ def _documents_asset(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Asset
             "path_prefix": source.path_prefix,
             "chunking": source.chunking.signature(),
         },
+        # Each key reports its own materialisation; the step itself yields no output.
+        skippable=True,
+    ).with_io_manager_key(keys.io_manager)
+
+    @dg.multi_asset(
+        name="__".join(asset_key.path),
+        specs=[spec],
+        check_specs=_check_specs(source),
+        # The asset without its checks (`s3sync sync`, the sensors), or the checks without the asset (Execute).
+        can_subset=True,
+        partitions_def=names.partitions_def(source.name),
+        required_resource_keys=_writing(keys),
         # A UI backfill over many keys becomes runs of keys_per_run keys, never one run per object.
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=source.keys_per_run),
-        # Each key reports its own materialisation; the step itself yields no output.
-        output_required=False,
         # The run's tags are the launcher's (a UI backfill has none of ours): the pool is the op's own.
         pool=names.pool_name(source.name),
     )
-    def documents_asset(context: dg.AssetExecutionContext, config: InvocationConfig) -> Iterator[KeyEvent]:
+    def documents_asset(context: dg.AssetExecutionContext, config: InvocationConfig) -> Iterator[RunEvent]:
+        if asset_key not in context.selected_asset_keys:  # the checks alone: the whole source
+            yield from _whole_source_checks(context, source, keys)
+            return
         yield from index_partitions(
             context,
             source,
@@ -118,39 +123,55 @@ def _documents_asset(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Asset
     return documents_asset
 
 
-def _checks(source: SourceConfig, keys: ResourceKeysConfig) -> list[dg.AssetChecksDefinition]:
+def _asset_description(source: SourceConfig) -> str:
+    """What the asset page says of a source: where its chunks come from and go, and how to index it from the UI."""
+    backfill = names.backfill_job_name(source.name)
+    return (
+        f"Chunks of the objects in s3://{source.bucket_name}/{source.path_prefix} "
+        f"in Chroma collection '{source.collection_name}'. One partition per object key. "
+        f"To index the bucket from here, launch the job {backfill} (Jobs, then Launchpad) with its default "
+        "selection ALL: it lists the bucket, adds a partition for each key it finds, and backfills them all; launched "
+        "again, it adds the keys uploaded since. Its other selections backfill missing, failed or stale keys, or a "
+        "prefix or glob."
+    )
+
+
+def _check_specs(source: SourceConfig) -> list[dg.AssetCheckSpec]:
     """The asset's two checks: every indexed key has chunks, and the index matches the bucket (its drift)."""
     asset_key = names.documents_asset_key(source)
-
-    @dg.asset_check(
-        asset=asset_key,
-        name=names.INDEX_CHECK_NAME,
-        blocking=False,
-        required_resource_keys=required(keys, "chroma", "embedding"),
-        description=(
-            "Compares the keys this asset last reported as indexed with the chunks in Chroma: a key "
-            "with no chunks fails the check; chunks of keys the asset does not know are reported."
+    return [
+        dg.AssetCheckSpec(
+            names.INDEX_CHECK_NAME,
+            asset=asset_key,
+            blocking=False,
+            description=(
+                "Compares the keys this asset last reported as indexed with the chunks in Chroma: a key "
+                "with no chunks fails the check; chunks of keys the asset does not know are reported."
+            ),
         ),
-    )
-    def indexed_keys_have_chunks(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        return index_check(context, source, **_taking(context, keys, "chroma", "embedding"))
-
-    @dg.asset_check(
-        asset=asset_key,
-        name=names.DRIFT_CHECK_NAME,
-        blocking=False,
-        required_resource_keys=required(keys, "s3", "chroma", "embedding"),
-        description=(
-            "Joins the bucket listing with the chunks' metadata: objects missing from the index, indexed at "
-            f"an old ETag, and chunks whose object is gone. `s3sync repair {source.name}` (or the "
-            f"{names.repair_job_name(source.name)} job) fixes exactly those."
+        dg.AssetCheckSpec(
+            names.DRIFT_CHECK_NAME,
+            asset=asset_key,
+            blocking=False,
+            description=(
+                "Joins the bucket listing with the chunks' metadata: objects missing from the index, indexed at "
+                f"an old ETag, and chunks whose object is gone. `s3sync repair {source.name}` (or the "
+                f"{names.repair_job_name(source.name)} job) fixes exactly those."
+            ),
         ),
-    )
-    def drift(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    ]
+
+
+def _whole_source_checks(
+    context: dg.AssetExecutionContext, source: SourceConfig, keys: ResourceKeysConfig
+) -> Iterator[dg.AssetCheckResult]:
+    """The checks this run selected, each comparing the whole source: every key's chunks, the bucket's listing."""
+    selected = {check.name for check in context.selected_asset_check_keys}
+    if names.INDEX_CHECK_NAME in selected:
+        yield index_check(context, source, **_taking(context, keys, "chroma", "embedding"))
+    if names.DRIFT_CHECK_NAME in selected:
         s3 = taken(context.resources, keys, "s3")
-        return drift_check(context, source, s3.client(source.name), **_taking(context, keys, "chroma", "embedding"))
-
-    return [indexed_keys_have_chunks, drift]
+        yield drift_check(context, source, s3.client(source.name), **_taking(context, keys, "chroma", "embedding"))
 
 
 def _repair_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefinition:
@@ -163,7 +184,7 @@ def _repair_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefinit
         required_resource_keys=_writing(keys),
         out=_no_value(keys),
     )
-    def repair_keys(context: dg.OpExecutionContext, config: RepairConfig) -> Iterator[KeyEvent]:
+    def repair_keys(context: dg.OpExecutionContext, config: RepairConfig) -> Iterator[RunEvent]:
         yield from repair_drift(
             context, source, config, **_taking(context, keys, "s3", "chroma", "embedding", "documents")
         )
@@ -299,7 +320,7 @@ def _sync_job(source: SourceConfig, keys: ResourceKeysConfig, sources: Sequence[
         required_resource_keys=_writing(keys),
         out=_no_value(keys),
     )
-    def sync_keys(context: dg.OpExecutionContext, config: SyncKeysConfig) -> Iterator[KeyEvent]:
+    def sync_keys(context: dg.OpExecutionContext, config: SyncKeysConfig) -> Iterator[RunEvent]:
         partition_keys = [object_keys.to_partition_key(object_key) for object_key in config.object_keys]
         resources = _taking(context, keys, "s3", "chroma", "embedding", "documents")
         yield from index_partitions(context, source, partition_keys, **resources)
