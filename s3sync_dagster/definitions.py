@@ -99,6 +99,9 @@ attributes:
     # cloud: {{tenant: my-tenant, database: my-db, api_key: {{env: CHROMA_API_KEY}}}}   # instead of path
   # embedding: default          # Chroma's own all-MiniLM-L6-v2, bundled: nothing downloaded
   # documents: {{timeout_seconds: 300, workers: 2, ocr: true}}
+  # Where the Dagster webserver answers, for each source's <name>_backfill job. Unset, `dg dev` and `dagster dev`
+  # on this machine are found on any port; a deployment's webserver on another host is named here.
+  # webserver: {{url: "http://dagster-webserver:80"}}
   # The resources' keys in this project (s3sync_s3, s3sync_chroma, ...): rename one that meets one of yours.
   # resource_keys: {{s3: s3sync_s3, chroma: s3sync_chroma, io_manager: s3sync_io_manager}}
   sources:

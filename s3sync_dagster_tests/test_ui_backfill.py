@@ -151,9 +151,7 @@ def cancel(live: Live, backfill_id: str) -> None:
     assert answer["__typename"] == "CancelBackfillSuccess", answer
 
 
-def test_the_launchpad_as_it_opens_lists_the_bucket_registers_its_keys_and_backfills_them(
-    s3: Any, live: Live
-) -> None:
+def test_the_launchpad_as_it_opens_lists_the_bucket_registers_its_keys_and_backfills_them(s3: Any, live: Live) -> None:
     """A UI user with an empty instance and no shell: the backfill job launched with nothing typed (selection ALL)
     registers every key in the bucket and indexes them; launched again, it adds the key uploaded since."""
     instance = dg.DagsterInstance.get()
@@ -247,3 +245,20 @@ def test_an_unreachable_webserver_fails_the_run_with_where_it_looked() -> None:
         DagsterWebserver(url=nowhere, api_token="tok-secret-1").graphql(LAUNCH_BACKFILL, {"backfillParams": {}})
     assert nowhere in str(caught.value) and "webserver.url" in str(caught.value)
     assert "tok-secret-1" not in str(caught.value)
+
+
+def test_an_unset_webserver_url_is_found_from_the_environment_else_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `dagster dev` above this test's process: DAGSTER_WEBSERVER_PORT where set, else dagster dev's default,
+    and a webserver that does not answer is said with how its address was found."""
+    port = free_port()
+    monkeypatch.setenv("DAGSTER_WEBSERVER_PORT", str(port))
+    assert DagsterWebserver().address() == (f"http://127.0.0.1:{port}", "from DAGSTER_WEBSERVER_PORT")
+    monkeypatch.delenv("DAGSTER_WEBSERVER_PORT")
+    url, how = DagsterWebserver().address()
+    assert url == "http://localhost:3000" and "no webserver was found beside this run" in how
+    with pytest.raises(WebserverError) as caught:  # nothing listens on the port the variable names
+        monkeypatch.setenv("DAGSTER_WEBSERVER_PORT", str(port))
+        DagsterWebserver().graphql(LAUNCH_BACKFILL, {"backfillParams": {}}, timeout_seconds=5)
+    said = str(caught.value)
+    assert f"http://127.0.0.1:{port} (from DAGSTER_WEBSERVER_PORT) did not answer" in said
+    assert "set webserver.url" in said
