@@ -255,7 +255,7 @@ def test_an_unset_webserver_url_is_found_from_the_environment_else_said(monkeypa
     assert DagsterWebserver().address() == (f"http://127.0.0.1:{port}", "from DAGSTER_WEBSERVER_PORT")
     monkeypatch.delenv("DAGSTER_WEBSERVER_PORT")
     url, how = DagsterWebserver().address()
-    assert url == "http://localhost:3000" and "no webserver was found beside this run" in how
+    assert url == "http://localhost:3000" and "no webserver was found above this run" in how
     with pytest.raises(WebserverError) as caught:  # nothing listens on the port the variable names
         monkeypatch.setenv("DAGSTER_WEBSERVER_PORT", str(port))
         DagsterWebserver().graphql(LAUNCH_BACKFILL, {"backfillParams": {}}, timeout_seconds=5)

@@ -5,6 +5,7 @@ commands/cli.py."""
 from __future__ import annotations
 
 import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -20,12 +21,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _answer(argv)
         sys.stdout.flush()  # inside the try: what is still buffered meets the closed pipe here, not at exit
     except BrokenPipeError:
+        if not _stdout_closed():  # a pipe to another process broke: an error of its own, said as one
+            raise
         # Python flushes standard output again as it exits; pointed at /dev/null, that flush has nowhere to fail.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_CLOSED_PIPE
     return code
+
+
+def _stdout_closed() -> bool:
+    """Whether what reads standard output has gone (the pipe reports an error to a writer)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _answer(argv: Sequence[str] | None) -> int:

@@ -21,9 +21,8 @@ def add_partitions(
     """Register the keys not registered yet: returns those this call added, and those there before."""
     with home_lock(instance.root_directory):
         existing = set(instance.get_dynamic_partitions(partitions_name(source_name)))
-        before = set(existing)
         new = register_new(instance, source_name, partition_keys, existing)
-    return new, before
+    return new, existing - set(new)  # with any the daemon registered meanwhile
 
 
 def unnamed_document(source: SourceConfig, document: str) -> str:

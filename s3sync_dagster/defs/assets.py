@@ -139,7 +139,7 @@ def index_partitions(
     spec = source.spec(embedding.spec(), documents.options())
     object_keys, refused = _object_keys(partition_keys)
     context.log.info(f"syncing {len(object_keys)} object(s) of source '{spec.name}' into {chroma.describe()}")
-    client = _checked_bucket(source, s3)
+    client = checked_bucket(source, s3)
     collection_for, own = _own_collection(context, spec, chroma, embedding)
     embed = embedding.embedding_function()
     if reembed.abandoned(own, embed):  # --abandon sticks: said on every run until it is begun again
@@ -200,7 +200,7 @@ def _object_keys(partition_keys: Sequence[str]) -> tuple[list[str], list[KeyRepo
     return object_keys, refused
 
 
-def _checked_bucket(source: SourceConfig, s3: S3Connections) -> S3Client:
+def checked_bucket(source: SourceConfig, s3: S3Connections) -> S3Client:
     """The source's S3 client, its bucket tried once (and the store, by `_own_collection`).
 
     The bucket and the store are tried once, outside the per-key isolation: a missing bucket, refused

@@ -4,7 +4,9 @@ A backfill is started the way the UI's Materialize dialog starts one, through th
 (`launchPartitionBackfill`): Dagster has no public Python call that creates a backfill. So the backfill is an
 ordinary one, on the Backfills page, cancellable there, and cut into runs of `keys_per_run` keys by the
 asset's backfill policy. "Every key" goes as `allPartitions`, which the webserver expands itself: no list of
-a million keys travels, and that is what keeps it to seconds where the dialog's own "All" freezes the browser.
+a million keys travels, and that is what keeps the start to seconds where the dialog's own "All" freezes the
+browser. Most selections list the bucket first (register_bucket), which at a million objects costs what a listing
+costs (1,000 pages).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
+from s3sync_dagster.defs.assets import checked_bucket
 from s3sync_dagster.defs.checks import drift_of
 from s3sync_dagster.defs.names import (
     REGISTER_BATCH,
@@ -63,11 +66,17 @@ def listed_object_keys(source: SourceConfig, client: Any) -> Iterator[str]:
 class Registered:
     listed: int = 0  # the source's object keys in the bucket now
     new: int = 0  # partitions this listing added
+    partitions: int = 0  # the source's partitions after it
 
 
-def register_bucket(context: dg.OpExecutionContext, source: SourceConfig, client: Any) -> Registered:
-    """List the source's prefix and register each key found that is not a partition yet, a page at a time, so a
-    million-key bucket is never held whole; the keys uploaded since the last listing are the new ones."""
+LISTING_LOGGED_EVERY = 100_000  # a line in the run's log per this many objects listed
+
+
+def register_bucket(context: dg.OpExecutionContext, source: SourceConfig, s3: S3Connections) -> Registered:
+    """List the source's prefix and register each key found that is not a partition yet, 10,000 at a time as the
+    listing pages come; the keys uploaded since the last listing are the new ones. The partition keys already
+    registered are held as a set (about the bucket's size); the listing itself is never held whole."""
+    client = checked_bucket(source, s3)
     instance = context.instance
     existing = set(instance.get_dynamic_partitions(partitions_name(source.name)))
     found = Registered()
@@ -80,7 +89,10 @@ def register_bucket(context: dg.OpExecutionContext, source: SourceConfig, client
         if len(page) >= REGISTER_BATCH:
             found.new += len(register_new(instance, source.name, page, existing))
             page = []
+        if found.listed % LISTING_LOGGED_EVERY == 0:
+            context.log.info(f"source '{source.name}': {found.listed:,} objects listed, {found.new:,} new so far")
     found.new += len(register_new(instance, source.name, page, existing))
+    found.partitions = len(existing)
     context.log.info(
         f"source '{source.name}': {found.listed:,} object(s) listed in s3://{source.bucket_name}/{source.path_prefix}"
         f", {found.new:,} of them new partitions"
@@ -183,12 +195,13 @@ def backfill_params(
     return params
 
 
-def launch_backfill(webserver: DagsterWebserver, params: dict[str, Any]) -> str:
-    """Start the backfill through the webserver; its id, or dg.Failure with the webserver's reason."""
-    answer = webserver.graphql(LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
+def launch_backfill(webserver: DagsterWebserver, params: dict[str, Any], address: tuple[str, str]) -> str:
+    """Start the backfill through the webserver at `address`; its id, or dg.Failure with the webserver's reason."""
+    answer = webserver.graphql(LAUNCH_BACKFILL, {"backfillParams": params}, address=address)
+    answer = answer["launchPartitionBackfill"]
     if answer["__typename"] != "LaunchBackfillSuccess":
         raise dg.Failure(
-            f"the Dagster webserver at {webserver.address()[0]} refused the backfill: "
+            f"the Dagster webserver at {address[0]} refused the backfill: "
             f"{answer['__typename']}: {str(answer.get('message', ''))[:1000]}"
         )
     return str(answer["backfillId"])
@@ -211,20 +224,20 @@ def request_backfill(
             "(a key prefix, or a glob such as 'reports/**/*.pdf')"
         )
     listing: dict[str, Any] = {}
+    found: Registered | None = None
     if config.selection in LISTED_FIRST:
-        found = register_bucket(context, source, s3.client(source.name))
+        found = register_bucket(context, source, s3)
         listing = {"listed": found.listed, "new_partitions": found.new}
     partition_keys = selected_partitions(context, source, config, s3, chroma, embedding)
     what = config.selection.value + (f" '{config.pattern}'" if config.pattern else "")
-    if partition_keys is None:
-        count = len(context.instance.get_dynamic_partitions(partitions_name(source.name)))
-    else:
-        count = len(partition_keys)
+    # ALL (None) was listed first, so its count is known.
+    count = len(partition_keys) if partition_keys is not None else (found.partitions if found else 0)
     if count == 0:  # an empty bucket, or a selection matching nothing: no backfill to start
         context.log.info(f"source '{source.name}': no key is {what}; nothing to backfill")
         return dg.Output(None, metadata={"selection": what, "partitions": 0, **listing})
-    backfill_id = launch_backfill(webserver, backfill_params(source, partition_keys, what, context.run_id))
-    page = f"{webserver.address()[0].rstrip('/')}/runs/b/{backfill_id}"
+    address = webserver.address()  # found once: the backfill's call and its link name the same webserver
+    backfill_id = launch_backfill(webserver, backfill_params(source, partition_keys, what, context.run_id), address)
+    page = f"{address[0].rstrip('/')}/runs/b/{backfill_id}"
     context.log.info(f"source '{source.name}': backfill {backfill_id} of {count} keys ({what}): {page}")
     return dg.Output(
         None,

@@ -128,7 +128,7 @@ def invocation_run_request(request: InvocationRequest, source: SourceConfig | st
         # The daemon makes no second run for a run key it has seen: a tick that is evaluated again is harmless.
         run_key=request.invocation_id,
         asset_selection=[documents_asset_key(source)],
-        # The source's checks compare the whole source: they run on their own, not after each key.
+        # An invocation's run evaluates no check: the invocation's own status says what its key did.
         asset_check_keys=[],
         partition_key=request.partition_key,
         run_config=invocation_run_config(source, request.invocation),

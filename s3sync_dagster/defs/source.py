@@ -96,10 +96,11 @@ def _documents_asset(source: SourceConfig, keys: ResourceKeysConfig) -> dg.Asset
     ).with_io_manager_key(keys.io_manager)
 
     @dg.multi_asset(
-        name="__".join(asset_key.path),
+        name=names.asset_op_name(source),
+        description=spec.description,
         specs=[spec],
         check_specs=_check_specs(source),
-        # The asset without its checks (`s3sync sync`, the sensors), or the checks without the asset (Execute).
+        # The asset without its checks (`s3sync sync`, invocations), or the checks without the asset (Execute).
         can_subset=True,
         partitions_def=names.partitions_def(source.name),
         required_resource_keys=_writing(keys),
@@ -240,7 +241,8 @@ def _backfill_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefin
         name=names.backfill_op_name(source.name),
         description=(
             f"Starts Dagster's own backfill of source '{source.name}''s asset over the keys chosen: all, "
-            "missing, failed, stale, a prefix or a glob. Through the webserver, in seconds at a million keys."
+            "missing, failed, stale, a prefix or a glob, the bucket listed first and its new keys registered. "
+            "Through the webserver: the backfill itself starts in seconds at a million keys."
         ),
         required_resource_keys=required(keys, "webserver", "s3", "chroma", "embedding"),
         out=_no_value(keys),
@@ -296,8 +298,8 @@ def _plan_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefinitio
 
 def _documents_job(source: SourceConfig) -> "dg.UnresolvedAssetJobDefinition":  # a name only for type checkers
     """The asset alone, for `s3sync sync`'s runs (commands/runner.py) and the Celery workers that rebuild them
-    (definitions.documents_job): the checks compare the whole source, so they run on their own, not after
-    each run of keys (selected, they would be planned and skipped in every run, the asset having no output)."""
+    (definitions.documents_job): a run of keys the command started evaluates no check (selected, each would be
+    evaluated on the run's keys in the asset's step; the command's own report says what each key did)."""
     asset_key = names.documents_asset_key(source)
     return dg.define_asset_job(
         names.documents_job_name(source.name),

@@ -2,15 +2,16 @@
 where it answers, and the call.
 
 `webserver.url` says where, when set. Unset, the webserver is found as `dagster dev` and `dg dev` run it on
-one machine: the port `DAGSTER_WEBSERVER_PORT` gives it (how dagster-webserver reads its options from the
-environment), else the port the webserver started beside this run's own processes listens on (`dg dev -p 3456`,
-or the free port taken when 3000 is in use), else `dagster dev`'s default, http://localhost:3000. A deployment
-whose webserver is another host's sets `webserver.url`; the error of a webserver that does not answer says so.
+one machine: the port the webserver started by the `dagster dev` above this run listens on (`dg dev -p 3456`, or
+the free port taken when 3000 is in use), else the port `DAGSTER_WEBSERVER_PORT` gives (how dagster-webserver
+reads its options from the environment), else `dagster dev`'s default, http://localhost:3000. A deployment whose
+webserver is another host's sets `webserver.url`; the error of a webserver that does not answer says so.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -26,23 +27,37 @@ class WebserverError(RuntimeError):
 
 def _host_for_url(host: str) -> str:
     """A listening address as a URL's host: any interface is reached on loopback, IPv6 in brackets."""
-    if host in ("", "0.0.0.0", "::"):
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
         return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
     return f"[{host}]" if ":" in host else host
 
 
-def _is_webserver(process: psutil.Process) -> bool:
+def _command(process: psutil.Process) -> list[str]:
     try:
-        command = process.cmdline()
+        return process.cmdline()
     except (psutil.Error, OSError):
-        return False
-    return any(part.endswith(WEBSERVER_MODULES) or part in WEBSERVER_MODULES for part in command[:3])
+        return []
+
+
+def _is_webserver(process: psutil.Process) -> bool:
+    return any(part.endswith(WEBSERVER_MODULES) for part in _command(process)[:3])
+
+
+def _is_dev(process: psutil.Process) -> bool:
+    """`dagster dev` or `dg dev` (by its script, or `python -m dagster dev`)."""
+    command = _command(process)
+    return "dev" in command[1:4] and any(Path(part).name in ("dagster", "dg") for part in command[:3])
 
 
 def _listening(process: psutil.Process) -> str | None:
     """The URL the process serves HTTP on: its listening TCP socket."""
+    # psutil 6 renamed connections() to net_connections(); the package admits psutil 5.9.
+    read = getattr(process, "net_connections", None) or process.connections
     try:
-        sockets = process.net_connections(kind="tcp")
+        sockets = read(kind="tcp")
     except (psutil.Error, OSError):
         return None
     for socket in sockets:
@@ -52,13 +67,17 @@ def _listening(process: psutil.Process) -> str | None:
 
 
 def webserver_beside_this_run() -> str | None:
-    """The URL of the webserver started beside this process's ancestors (`dagster dev` starts the webserver,
-    the daemon and the code servers that launch runs as siblings), if one listens; else None."""
+    """The URL of the webserver that the `dagster dev` above this process started (it starts the webserver,
+    the daemon and the code servers that launch runs as its children), if one listens; else None. Only a
+    `dagster dev` or `dg dev` ancestor is looked under: another project's webserver elsewhere on the machine is
+    never taken."""
     try:
         ancestors = psutil.Process().parents()
     except (psutil.Error, OSError):
         return None
     for ancestor in ancestors:
+        if ancestor.pid <= 1 or not _is_dev(ancestor):
+            continue
         try:
             children = ancestor.children()
         except (psutil.Error, OSError):
@@ -71,14 +90,14 @@ def webserver_beside_this_run() -> str | None:
 
 def found_url() -> tuple[str, str]:
     """Where the webserver answers when `webserver.url` is not set, and how that was found (for an error)."""
+    beside = webserver_beside_this_run()
+    if beside is not None:
+        return beside, "the webserver that `dagster dev` / `dg dev` started above this run"
     port = os.environ.get("DAGSTER_WEBSERVER_PORT")
     if port:
         host = _host_for_url(os.environ.get("DAGSTER_WEBSERVER_HOST", ""))
         return f"http://{host}:{port}", "from DAGSTER_WEBSERVER_PORT"
-    beside = webserver_beside_this_run()
-    if beside is not None:
-        return beside, "the webserver that `dagster dev` / `dg dev` started beside this run"
-    return DEFAULT_URL, "dagster dev's default: no webserver was found beside this run"
+    return DEFAULT_URL, "dagster dev's default: no webserver was found above this run"
 
 
 class DagsterWebserver(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -93,10 +112,17 @@ class DagsterWebserver(dg.ConfigurableResource):  # type: ignore[type-arg]
             return self.url, "webserver.url"
         return found_url()
 
-    def graphql(self, query: str, variables: dict[str, Any], timeout_seconds: float = 600) -> dict[str, Any]:
+    def graphql(
+        self,
+        query: str,
+        variables: dict[str, Any],
+        timeout_seconds: float = 600,
+        address: tuple[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The answer's data; `address`: where it answers and how that is known, if already found."""
         import httpx
 
-        url, how = self.address()
+        url, how = address or self.address()
         headers = {"Dagster-Cloud-Api-Token": self.api_token} if self.api_token else {}
         endpoint = f"{url.rstrip('/')}/graphql"
         try:
