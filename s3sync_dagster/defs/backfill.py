@@ -12,7 +12,7 @@ costs (1,000 pages).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -66,7 +66,7 @@ def listed_object_keys(source: SourceConfig, client: Any) -> Iterator[str]:
 class Registered:
     listed: int = 0  # the source's object keys in the bucket now
     new: int = 0  # partitions this listing added
-    partitions: int = 0  # the source's partitions after it
+    partition_keys: set[str] = field(default_factory=set)  # the source's partitions after it
 
 
 LISTING_LOGGED_EVERY = 100_000  # a line in the run's log per this many objects listed
@@ -92,7 +92,7 @@ def register_bucket(context: dg.OpExecutionContext, source: SourceConfig, s3: S3
         if found.listed % LISTING_LOGGED_EVERY == 0:
             context.log.info(f"source '{source.name}': {found.listed:,} objects listed, {found.new:,} new so far")
     found.new += len(register_new(instance, source.name, page, existing))
-    found.partitions = len(existing)
+    found.partition_keys = existing
     context.log.info(
         f"source '{source.name}': {found.listed:,} object(s) listed in s3://{source.bucket_name}/{source.path_prefix}"
         f", {found.new:,} of them new partitions"
@@ -134,8 +134,10 @@ def selected_partitions(
     s3: S3Connections,
     chroma: ChromaResource,
     embedding: EmbeddingResource,
+    registered: Iterable[str] | None = None,
 ) -> list[str] | None:
-    """The partition keys the backfill covers, sorted; None for every key of the source."""
+    """The partition keys the backfill covers, sorted; None for every key of the source. registered: the source's
+    partitions, where a listing just read them (else read here)."""
     instance = context.instance
     if config.selection is Selection.ALL:
         return None
@@ -146,7 +148,9 @@ def selected_partitions(
         # needs them registered.
         register_partitions(instance, source.name, stale)
         return sorted(stale)
-    registered = instance.get_dynamic_partitions(partitions_name(source.name))
+    if registered is None:
+        registered = instance.get_dynamic_partitions(partitions_name(source.name))
+    registered = list(registered)
     if config.selection in (Selection.PREFIX, Selection.GLOB):
 
         def wanted(object_key: str) -> bool:
@@ -228,10 +232,11 @@ def request_backfill(
     if config.selection in LISTED_FIRST:
         found = register_bucket(context, source, s3)
         listing = {"listed": found.listed, "new_partitions": found.new}
-    partition_keys = selected_partitions(context, source, config, s3, chroma, embedding)
+    registered = found.partition_keys if found is not None else None
+    partition_keys = selected_partitions(context, source, config, s3, chroma, embedding, registered)
     what = config.selection.value + (f" '{config.pattern}'" if config.pattern else "")
     # ALL (None) was listed first, so its count is known.
-    count = len(partition_keys) if partition_keys is not None else (found.partitions if found else 0)
+    count = len(partition_keys) if partition_keys is not None else len(registered or ())
     if count == 0:  # an empty bucket, or a selection matching nothing: no backfill to start
         context.log.info(f"source '{source.name}': no key is {what}; nothing to backfill")
         return dg.Output(None, metadata={"selection": what, "partitions": 0, **listing})
