@@ -46,7 +46,7 @@ from typing import Any
 
 from benchmarks import common, hybrid, retrieval, throughput
 from s3sync_dagster.commands import local_s3
-from s3sync_dagster.pipeline import search
+from s3sync_dagster.pipeline.search import query as search
 
 TOP = 10
 # The crowding object: Python 3.11's changelog, one page of 3.9 MB of HTML (python3.11-doc ships it gzipped).
@@ -282,7 +282,7 @@ def synced_store(name: str, workdir: Path, endpoint_url: str, bucket: str, befor
 
 
 def measure_store(store: Store, sets: dict[str, list[Probe]]) -> dict[str, Any]:
-    from s3sync_dagster.pipeline.embed import EmbeddingSpec
+    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 
     function = EmbeddingSpec().build()
     result: dict[str, Any] = {"chunks": len(store.ids), "objects": len(set(store.object_keys)), "sets": {}}
@@ -342,8 +342,8 @@ def large_latency(large: Path, sets: dict[str, list[str]]) -> dict[str, Any]:
     """Hybrid's (and each side's) p50/p95 ms on the 100,000 synthetic chunks at `large`, each set's first
     LATENCY_PROBES queries asked for 10 hits, as the figures' rankings ask."""
     from benchmarks import search_cost
-    from s3sync_dagster.pipeline import index
-    from s3sync_dagster.pipeline.embed import EmbeddingSpec
+    from s3sync_dagster.pipeline.chroma import replace as index
+    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
     from s3sync_dagster.pipeline.store import embedded_client
 
     function = EmbeddingSpec().build()

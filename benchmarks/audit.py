@@ -28,7 +28,7 @@ import psutil
 
 from benchmarks import common, scale
 from s3sync_dagster.commands import local_s3
-from s3sync_dagster.pipeline import audit
+from s3sync_dagster.pipeline.audit import drift as audit
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 SOURCE = "audit"

@@ -111,8 +111,9 @@ def reads(
 
     from s3sync_dagster.config import load_config
     from s3sync_dagster.defs.resources import chroma_outside_runs, embedding_resource
-    from s3sync_dagster.pipeline import index, keys
-    from s3sync_dagster.pipeline.owners import Owner
+    from s3sync_dagster.pipeline.chroma import replace as index
+    from s3sync_dagster.pipeline.records import keys
+    from s3sync_dagster.pipeline.records.owners import Owner
 
     common.credentials()
     config = load_config(common.write_config(workdir / "reads.yaml", "http://localhost:1", "reads", workdir / "chroma"))

@@ -24,8 +24,11 @@ import numpy as np
 
 from benchmarks import common, corpus, postgres_server
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
-from s3sync_dagster.pipeline import chunk, index, keys, write
-from s3sync_dagster.pipeline.embed import LazySentenceTransformer, cpu_has_native_bf16
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chunking import chunk
+from s3sync_dagster.pipeline.embedding.functions import LazySentenceTransformer, cpu_has_native_bf16
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.sync import write
 
 
 def _corpus_chunks(objects: int) -> list[list[str]]:

@@ -20,8 +20,8 @@ GFLOP/s = 2 M N K / seconds (an int8 multiply-add counts as two operations, as a
 
 The model: --texts chunk texts of this repository's .py and .md files, cut by the project's chunker with the
 default budget (128 tokens) and shuffled with a fixed seed, embedded in the engine's write groups
-(pipeline/write.py BATCH_CHUNKS) through each path of the `default` function: ONNX Runtime float32
-(pipeline/onnx_minilm.py), torch float32 and torch bfloat16 (autocast; pipeline/embed.py). One untimed
+(pipeline/sync/write.py BATCH_CHUNKS) through each path of the `default` function: ONNX Runtime float32
+(pipeline/embedding/onnx_minilm.py), torch float32 and torch bfloat16 (autocast; pipeline/embedding/functions.py). One untimed
 call on 16 other texts warms each path (model load, kernel set-up). Then the paths take each group in turn,
 so load from other work on the machine falls on all of them alike; a path skips the groups that would take
 it past --budget-s (judged by its last group), so a slow path covers the first groups of the same texts,
@@ -58,12 +58,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
+from s3sync_dagster.pipeline.chunking.chunk import chunk_text
+from s3sync_dagster.pipeline.chunking.tokens import TokenCounter
 
 # embed is imported before any torch import: it sets OMP_WAIT_POLICY as the project's processes run with it.
-from s3sync_dagster.pipeline import embed, onnx_minilm, write
-from s3sync_dagster.pipeline.chunk import chunk_text
-from s3sync_dagster.pipeline.default_model import bundled_model_path, ensure_default_model
-from s3sync_dagster.pipeline.tokens import TokenCounter
+from s3sync_dagster.pipeline.embedding import functions as embed
+from s3sync_dagster.pipeline.embedding import onnx_minilm
+from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path, ensure_default_model
+from s3sync_dagster.pipeline.sync import write
 
 HERE = Path(__file__).resolve().parent
 JSON_FILE = HERE / "results-flops.json"
@@ -272,7 +274,7 @@ def chunk_sample(count: int) -> tuple[list[str], list[str], dict[str, Any]]:
         if not path.is_file():
             continue
         chunked = chunk_text(path.read_text(errors="surrogateescape"), name, tokens=budget)
-        texts.extend(piece.text for piece in chunked.chunks if piece.text.strip())  # as pipeline/write.py keeps
+        texts.extend(piece.text for piece in chunked.chunks if piece.text.strip())  # as pipeline/sync/write.py keeps
     random.Random(SEED).shuffle(texts)
     warm = texts[count : count + WARM_TEXTS] or texts[:WARM_TEXTS]
     return texts[:count], warm, {"files": len(listed), "chunks": len(texts), "chunk_tokens": budget.max_tokens}

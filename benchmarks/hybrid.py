@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from benchmarks import search_cost
-from s3sync_dagster.pipeline import search, terms
-from s3sync_dagster.pipeline.search import Fusion
+from s3sync_dagster.pipeline.lexicon import terms
+from s3sync_dagster.pipeline.search import query as search
+from s3sync_dagster.pipeline.search.query import Fusion
 
 POOL = 50  # candidates each side offers per probe, asked once
 POOLS = (10, 20, 50)  # the candidates per side the variants read (search.search asks for Fusion.pool(n))
@@ -502,7 +503,7 @@ def measure(
     `known` are retrieval.py's known-item probes (`.sentence`, `.third`, `.object_key`); with the `config`
     that synced it and its `source`, the wall time of `s3sync query` on it too. costs=False: the quality
     figures alone (no latency, no synthetic collection, no full-text index costs)."""
-    from s3sync_dagster.pipeline.embed import EmbeddingSpec
+    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 
     load_before = os.getloadavg()[0]
     function = function or EmbeddingSpec().build()

@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks import common, corpus
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".ts", ".go", ".java")
-GROUP = 256  # the engine's shared write (pipeline/write.py BATCH_CHUNKS)
+GROUP = 256  # the engine's shared write (pipeline/sync/write.py BATCH_CHUNKS)
 CHANGED_KEYS = 20
 
 

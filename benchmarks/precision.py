@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from benchmarks import common, corpus, hybrid, retrieval, throughput
-from s3sync_dagster.pipeline.embed import EmbeddingSpec
+from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 
 HERE = Path(__file__).resolve().parent
 ALLOWED_DELTA = 0.01  # the issue's bound on recall@1 and @5, every set
@@ -45,7 +45,8 @@ def int8_copy(chroma_path: Path, into: Path, name: str) -> dict[str, Any]:
     cosines to the float32 vectors and the seconds the embedding took."""
     import numpy as np
 
-    from s3sync_dagster.pipeline import index, lexicon
+    from s3sync_dagster.pipeline.chroma import replace as index
+    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
     from s3sync_dagster.pipeline.store import embedded_client
 
     shutil.rmtree(into, ignore_errors=True)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common, hybrid, search_cost, throughput
-from s3sync_dagster.pipeline.embed import EmbeddingSpec, default_token_budget
+from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec, default_token_budget
 
 HTML_ROOT = Path("/usr/share/doc/python3.11/html")  # Debian package python3.11-doc
 SYSTEM_PYTHON = "/usr/bin/python3.11"
@@ -136,7 +136,7 @@ def normalise(text: str) -> str:
 
 
 def model_window() -> int:
-    from s3sync_dagster.pipeline.default_model import bundled_model_path
+    from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path
 
     settings = json.loads((Path(bundled_model_path()) / "sentence_bert_config.json").read_text())
     return int(settings["max_seq_length"])
@@ -145,7 +145,7 @@ def model_window() -> int:
 def _tokenizer() -> Any:
     from tokenizers import Tokenizer
 
-    from s3sync_dagster.pipeline.default_model import bundled_model_path
+    from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path
 
     tokenizer = Tokenizer.from_file(str(Path(bundled_model_path()) / "tokenizer.json"))
     tokenizer.no_truncation()
@@ -268,7 +268,7 @@ def read_chunks(
 ) -> tuple[Any, list[str], list[str], list[dict[str, Any]]]:
     """The collection (opened as the engine opens it, so with the store's lexical index, with `spec`'s function,
     the default one's if None) and all its chunks: ids, documents, metadatas."""
-    from s3sync_dagster.pipeline import index
+    from s3sync_dagster.pipeline.chroma import replace as index
     from s3sync_dagster.pipeline.store import embedded_client
 
     client = embedded_client(chroma_path)

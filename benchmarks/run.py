@@ -22,7 +22,7 @@ import yaml
 
 from benchmarks import common, corpus, fixes, incremental, latency, queues, throughput
 from s3sync_dagster.commands import local_s3
-from s3sync_dagster.pipeline.embed import default_token_budget, resolve_precision
+from s3sync_dagster.pipeline.embedding.functions import default_token_budget, resolve_precision
 
 HERE = Path(__file__).resolve().parent
 PIPELINES = {

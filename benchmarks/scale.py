@@ -49,7 +49,7 @@ from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name, sync_op_name
 from s3sync_dagster.defs.resources import S3Connection
 from s3sync_dagster.defs.state import poll_state
-from s3sync_dagster.pipeline import keys as partition_keys
+from s3sync_dagster.pipeline.records import keys as partition_keys
 
 SOURCE = "scale"
 BUCKET = "s3sync-scale"

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from s3sync_dagster.pipeline import search
-from s3sync_dagster.pipeline.search import Fusion
+from s3sync_dagster.pipeline.search import query as search
+from s3sync_dagster.pipeline.search.query import Fusion
 
 LARGE_CHUNKS = 100_000
 WRITE_BATCH = 5000
@@ -86,8 +86,8 @@ def latency(
 
 
 def readers_filter() -> dict[str, Any]:
-    """The filter a search as READER applies (pipeline/search_filter.py): one chunk in READER_GROUPS."""
-    from s3sync_dagster.pipeline.search_filter import readable_by
+    """The filter a search as READER applies (pipeline/search/filters.py): one chunk in READER_GROUPS."""
+    from s3sync_dagster.pipeline.search.filters import readable_by
 
     return readable_by([READER])
 
@@ -97,7 +97,7 @@ def readers_latency(
 ) -> dict[str, Any]:
     """Hybrid, lexical and dense latency of a search as READER (None where the collection's chunks list no
     readers: one an earlier run made)."""
-    from s3sync_dagster.pipeline.search_filter import READERS_KEY
+    from s3sync_dagster.pipeline.search.filters import READERS_KEY
 
     first = collection.get(limit=1, include=["metadatas"])["metadatas"] or [{}]
     if READERS_KEY not in (first[0] or {}):
@@ -154,9 +154,9 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
     sections of SECTION_CHUNKS chunks (so a hit's passage reads its section as on a synced store)."""
     import numpy as np
 
-    from s3sync_dagster.pipeline import keys
-    from s3sync_dagster.pipeline.context import CONTEXT_KEY
-    from s3sync_dagster.pipeline.embed import EmbeddingSpec
+    from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY
+    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+    from s3sync_dagster.pipeline.records import keys
     from s3sync_dagster.pipeline.store import embedded_client
 
     shutil.rmtree(path, ignore_errors=True)
@@ -199,7 +199,8 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
     built_s = time.perf_counter() - started
     # Opened as the engine opens a collection, then its lexical index built from the chunks (written above
     # straight into Chroma, for speed), as `s3sync rebuild-lexicon` builds one.
-    from s3sync_dagster.pipeline import index, lexicon
+    from s3sync_dagster.pipeline.chroma import replace as index
+    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
 
     collection = index.get_collection(client, "large-chunks", function)  # type: ignore[arg-type]
     started = time.perf_counter()
@@ -322,7 +323,7 @@ def part3(
     at `synced`; reuse: those an earlier run made in `workdir`) in one run: embedded with the lexical index,
     the same collection as another tool opens it (Chroma's full-text filter: the path before the index), and
     through a `chroma run` server on a copy, first without a lexical index, then with one in PostgreSQL
-    (pipeline/lexicon_postgres.py, built from the server's collection)."""
+    (pipeline/lexicon/postgres.py, built from the server's collection)."""
     import json
     import random
 
@@ -331,8 +332,8 @@ def part3(
     from benchmarks import postgres_server
     from benchmarks.latency import chroma_server
     from s3sync_dagster.commands.local_s3 import LOOPBACK
-    from s3sync_dagster.pipeline import index
-    from s3sync_dagster.pipeline.embed import EmbeddingSpec
+    from s3sync_dagster.pipeline.chroma import replace as index
+    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
     from s3sync_dagster.pipeline.store import Store, embedded_client
 
     source = embedded_client(synced).get_collection(collection_name)
@@ -354,7 +355,7 @@ def part3(
     result: dict[str, Any] = {"built": built, "queries": len(queries)}
     result["embedded"] = latency(big, queries, fusions, embedding_function=function)
     result["embedded_readers"] = readers_latency(big, queries, embedding_function=function)["readers"]
-    from s3sync_dagster.pipeline import lexicon
+    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
 
     detached = lexicon.detach(big)  # as another tool opens the store: Chroma's full-text filter answers
     result["embedded_chroma_filter"] = latency(big, queries, fusions, embedding_function=function)
@@ -386,7 +387,8 @@ def lexicon_write_cost(
     vectors, so no model runs) written object by object (`per_object` chunks each) through
     `index.replace_chunks`, as a sync writes, into a fresh collection with the index and one without, the two
     taking turns `rounds` times."""
-    from s3sync_dagster.pipeline import index, lexicon
+    from s3sync_dagster.pipeline.chroma import replace as index
+    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
     from s3sync_dagster.pipeline.store import embedded_client
 
     got = source.get(limit=chunks, include=["documents", "embeddings"])

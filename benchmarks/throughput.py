@@ -54,10 +54,10 @@ def engine_main(config_file: str) -> None:
         embedding_resource,
         s3_connection,
     )
-    from s3sync_dagster.pipeline import objects
-    from s3sync_dagster.pipeline.documents import DocumentPool
-    from s3sync_dagster.pipeline.sync import sync_keys
-    from s3sync_dagster.pipeline.targets import Collections
+    from s3sync_dagster.pipeline.chroma.targets import Collections
+    from s3sync_dagster.pipeline.extraction.documents import DocumentPool
+    from s3sync_dagster.pipeline.s3 import objects
+    from s3sync_dagster.pipeline.sync.stages import sync_keys
 
     config = load_config(config_file)
     source = config.sources[0]

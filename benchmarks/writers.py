@@ -1,5 +1,5 @@
 """What the two-writers check costs: a 100-key sync through the moto server and embedded Chroma, with and
-without the settle check (pipeline/settle.py `settle`: a HEAD and a read of the stored chunks' metadata per
+without the settle check (pipeline/sync/settle.py `settle`: a HEAD and a read of the stored chunks' metadata per
 key that wrote), in one run.
 
 `python -m benchmarks.writers [--keys 100] [--rounds 3]`. The two arms alternate in each round (which goes
@@ -21,10 +21,12 @@ from typing import Any
 
 from benchmarks import common
 from s3sync_dagster.commands import local_s3
-from s3sync_dagster.pipeline import index, settle, sync
-from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
-from s3sync_dagster.pipeline.reports import KeyReport
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.spec import SourceSpec
+from s3sync_dagster.pipeline.sync import settle
+from s3sync_dagster.pipeline.sync import stages as sync
+from s3sync_dagster.pipeline.sync.reports import KeyReport
 
 DIMENSIONS = 384
 

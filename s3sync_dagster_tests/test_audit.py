@@ -17,7 +17,8 @@ from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.checks import drift_of
 from s3sync_dagster.defs.names import DRIFT_CHECK_NAME, documents_asset_key, repair_job_name
 from s3sync_dagster.defs.resources import chroma_outside_runs, embedding_resource
-from s3sync_dagster.pipeline import audit, keys
+from s3sync_dagster.pipeline.audit import drift as audit
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
 FILES: dict[str, bytes | str] = {

@@ -198,7 +198,7 @@ def test_the_fusion_tables_rank_as_the_engine_a_quoted_chunk_first() -> None:
     # benchmarks/hybrid.py ranks stored candidate lists again for each fusion variant: a chunk holding the query
     # word for word comes first there as in search (fuse_scored), though both sides put another chunk first.
     from benchmarks import hybrid
-    from s3sync_dagster.pipeline import search
+    from s3sync_dagster.pipeline.search import query as search
 
     rows = [("near", 0.1, 9.0, 1, 1), ("quoted", 0.4, 3.0, 2, 2)]
     assert hybrid.ranked(hybrid.Candidates(rows, 1.0), "hybrid", search.FUSION)[0] == "near"

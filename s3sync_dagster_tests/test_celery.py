@@ -26,7 +26,7 @@ import pytest
 
 from benchmarks import celery_cluster
 from benchmarks.celery_cluster import PREFORK, REDIS, SOLO, WAIT_S, Cluster, Hosts, Services, Worker
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 
 KEYS = int(os.environ.get("S3SYNC_CELERY_KEYS", "200"))
 BATCH = 5  # keys per run: forty runs for two workers to share

@@ -23,7 +23,7 @@ from benchmarks import celery_cluster
 from benchmarks.celery_cluster import REDIS, SOLO, WAIT_S, Cluster, Hosts, Services
 from benchmarks.dagster_server import DagsterDev, webserver_and_daemon
 from s3sync_dagster.defs import names
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 
 KEYS = 20
 KEYS_PER_RUN = 10  # a backfill of two runs; the sensor's first pass asks for two more

@@ -4,9 +4,9 @@ from typing import Any
 
 from s3sync_dagster.commands.local_s3 import LOOPBACK
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import sync_object
+from s3sync_dagster.pipeline.sync.stages import sync_object
 from s3sync_dagster_tests.conftest import CountingEmbedder, put
 
 

@@ -1,4 +1,4 @@
-"""Tests for s3sync_dagster.pipeline.chunk: hard properties over generated input, plus examples."""
+"""Tests for s3sync_dagster.pipeline.chunking.chunk: hard properties over generated input, plus examples."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3sync_dagster.pipeline import chunk, grammars
-from s3sync_dagster.pipeline.chunk import ChunkResult, chunk_text
-from s3sync_dagster.pipeline.cuts import Limits
-from s3sync_dagster.pipeline.embed import EmbeddingSpec
-from s3sync_dagster.pipeline.grammars import SUPPORTED_LANGUAGES, language_for
-from s3sync_dagster.pipeline.tokens import TokenBudget
+from s3sync_dagster.pipeline.chunking import chunk, grammars
+from s3sync_dagster.pipeline.chunking.chunk import ChunkResult, chunk_text
+from s3sync_dagster.pipeline.chunking.cuts import Limits
+from s3sync_dagster.pipeline.chunking.grammars import SUPPORTED_LANGUAGES, language_for
+from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
+from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 
 PROPERTY_SETTINGS = settings(
     max_examples=120,
@@ -831,7 +831,7 @@ def test_pieces_that_tokenize_differently_alone_are_cut_again() -> None:
 def test_a_long_text_without_newlines_is_tokenized_in_pieces_with_the_same_starts() -> None:
     # A minified file: one line of 300,000 characters is tokenized in pieces cut after a space (so the
     # tokenizer never holds the whole file's tokens at once), and the starts equal one whole encoding's.
-    from s3sync_dagster.pipeline import tokens
+    from s3sync_dagster.pipeline.chunking import tokens
 
     text = " ".join(f"var{n % 977}=é{n}" for n in range(30_000))
     assert "\n" not in text and len(tokens._segments(text)) > 2

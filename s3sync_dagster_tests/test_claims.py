@@ -47,11 +47,11 @@ def worker(
     import boto3
     import chromadb
 
-    from s3sync_dagster.pipeline import index
-    from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
+    from s3sync_dagster.pipeline.chroma import replace as index
+    from s3sync_dagster.pipeline.chroma.targets import Collections
+    from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction
     from s3sync_dagster.pipeline.spec import SourceSpec
-    from s3sync_dagster.pipeline.sync import sync_keys
-    from s3sync_dagster.pipeline.targets import Collections
+    from s3sync_dagster.pipeline.sync.stages import sync_keys
 
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     client = chromadb.HttpClient(host=LOOPBACK, port=port)

@@ -9,7 +9,7 @@ import pytest
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.local_s3 import free_port
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ConfigFactory, put
 
 

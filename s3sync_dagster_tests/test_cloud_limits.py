@@ -1,4 +1,4 @@
-"""Chroma Cloud's quotas as rules (pipeline/cloud_limits.py): a `cloud:` config that would break one is refused at
+"""Chroma Cloud's quotas as rules (pipeline/chroma/limits.py): a `cloud:` config that would break one is refused at
 load, and an object whose records would break one fails its own key before anything of it is written. No Chroma
 Cloud is reachable here: the engine test writes to an embedded store with the Cloud rules switched on, as a
 `cloud:` config switches them on."""
@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from s3sync_dagster.config import ConfigError, load_config
-from s3sync_dagster.pipeline import cloud_limits, keys
-from s3sync_dagster.pipeline.cloud_limits import (
+from s3sync_dagster.pipeline.chroma import limits as cloud_limits
+from s3sync_dagster.pipeline.chroma.limits import (
     DOCUMENT_BYTES,
     ID_BYTES,
     KEY_BYTES,
@@ -23,9 +23,10 @@ from s3sync_dagster.pipeline.cloud_limits import (
     check_records,
     record_problem,
 )
-from s3sync_dagster.pipeline.index import TEXT_HASH, ChunkRecord, Metadata
+from s3sync_dagster.pipeline.chroma.replace import TEXT_HASH, ChunkRecord, Metadata
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.spec import Invocation
-from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import Row, put, store_chunks
 
 CLOUD = {"tenant": "t", "database": "d", "api_key": {"env": "S3SYNC_TEST_CLOUD_KEY"}}

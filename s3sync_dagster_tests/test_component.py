@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from benchmarks.dagster_server import LATEST, PARTITIONS, DagsterDev, chromium_page, dg_dev
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import TEST_SECRET, put
 
 PROJECT = "riverbank"

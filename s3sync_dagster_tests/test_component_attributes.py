@@ -27,7 +27,7 @@ import yaml
 import s3sync_dagster
 from s3sync_dagster.definitions import ScaffoldParams
 from s3sync_dagster.defs.names import DRIFT_CHECK_NAME, INDEX_CHECK_NAME
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import put
 
 PROJECT = "heronry"

@@ -16,13 +16,18 @@ import pytest
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.config import AppConfig
-from s3sync_dagster.pipeline import index, lexicon, reembed, search, search_lexical, store
-from s3sync_dagster.pipeline.chunk import chunk_text
-from s3sync_dagster.pipeline.context import CONTEXT_KEY, context_lines, embedding_input
-from s3sync_dagster.pipeline.embed import ChromaDefaultFunction, EmbeddingSpec
+from s3sync_dagster.pipeline import store
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chunking.chunk import chunk_text
+from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY, context_lines, embedding_input
+from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
+from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction, EmbeddingSpec
+from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+from s3sync_dagster.pipeline.reembed import swap as reembed
+from s3sync_dagster.pipeline.search import lexical as search_lexical
+from s3sync_dagster.pipeline.search import query as search
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import sync_keys
-from s3sync_dagster.pipeline.tokens import TokenBudget
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import ConfigFactory, CountingEmbedder, put
 
 KEY = "deployment/concepts.md"

@@ -20,7 +20,7 @@ from s3sync_dagster.commands.local_s3 import LOOPBACK
 from s3sync_dagster.defs.failpoints import FAILPOINTS_ENV
 from s3sync_dagster.defs.monitor import worker_pid
 from s3sync_dagster.defs.sensors import IN_PROGRESS
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import Row, notifying_queue, put, store_chunks
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from s3sync_dagster.config import ConfigError, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests import document_fixtures as fx
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 

@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 
 from s3sync_dagster.commands.local_s3 import free_port
-from s3sync_dagster.pipeline import onnx_minilm
-from s3sync_dagster.pipeline.default_model import ONNX_FILES, bundled_model_path, default_target, ensure_default_model
-from s3sync_dagster.pipeline.embed import ChromaDefaultFunction, LazySentenceTransformer
+from s3sync_dagster.pipeline.embedding import onnx_minilm
+from s3sync_dagster.pipeline.embedding.default_model import (
+    ONNX_FILES,
+    bundled_model_path,
+    default_target,
+    ensure_default_model,
+)
+from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction, LazySentenceTransformer
 
 MAX_TOKENS = 256  # chromadb's ONNXMiniLM_L6_V2 truncates (and pads) to this; so does sentence-transformers
 
@@ -83,14 +88,14 @@ def test_export_makes_exactly_the_six_files_once(tmp_path: Path) -> None:
 
 
 def test_the_model_written_without_torch_matches_sentence_transformers(tmp_path: Path) -> None:
-    """model.onnx is written from the safetensors with numpy (pipeline/bert_onnx.py), with no torch in the process;
+    """model.onnx is written from the safetensors with numpy (pipeline/embedding/bert_onnx.py), with no torch in the process;
     its vectors are sentence-transformers' (torch) to float32 rounding, padding and the 256-token cut included."""
     target = tmp_path / "onnx"
     script = textwrap.dedent(
         """
         import sys
         from pathlib import Path
-        from s3sync_dagster.pipeline.default_model import ensure_default_model
+        from s3sync_dagster.pipeline.embedding.default_model import ensure_default_model
 
         ensure_default_model(Path(sys.argv[1]))
         assert not {"torch", "transformers", "sentence_transformers"} & set(sys.modules), sorted(sys.modules)

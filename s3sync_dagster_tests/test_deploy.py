@@ -23,7 +23,7 @@ from s3sync_dagster.commands.local_s3 import LOOPBACK
 from s3sync_dagster.config import load_config
 from s3sync_dagster.defs import names
 from s3sync_dagster.defs.tags import BACKFILL_TAG, SOURCE_TAG, TRIGGER_TAG
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import put
 from s3sync_dagster_tests.test_daemon import WAIT_S, expected_chunks
 

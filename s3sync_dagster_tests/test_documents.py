@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from s3sync_dagster.pipeline.conversion import DocumentOptions
-from s3sync_dagster.pipeline.documents import IMAGE_SUFFIXES, DocumentPool, convert_document
-from s3sync_dagster.pipeline.extract import DOCUMENT_SUFFIXES, ExtractionError
-from s3sync_dagster.pipeline.reports import KeyReport
+from s3sync_dagster.pipeline.extraction.conversion import DocumentOptions
+from s3sync_dagster.pipeline.extraction.documents import IMAGE_SUFFIXES, DocumentPool, convert_document
+from s3sync_dagster.pipeline.extraction.extract import DOCUMENT_SUFFIXES, ExtractionError
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.sync.reports import KeyReport
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests import document_fixtures as fx
 from s3sync_dagster_tests.conftest import put
 
@@ -34,7 +34,7 @@ def synced(s3: Any, tmp_path_factory: pytest.TempPathFactory, pool: DocumentPool
     """Every format uploaded to one bucket and synced once, in one batch, through the worker pool."""
     import chromadb
 
-    from s3sync_dagster.pipeline.embed import LazySentenceTransformer
+    from s3sync_dagster.pipeline.embedding.functions import LazySentenceTransformer
 
     bucket = "s3sync-documents"
     s3.create_bucket(Bucket=bucket)
@@ -219,7 +219,7 @@ def test_importing_the_project_loads_no_docling_or_torch() -> None:
 
     script = (
         "import sys\n"
-        "from s3sync_dagster.pipeline.documents import DocumentPool, is_converted\n"
+        "from s3sync_dagster.pipeline.extraction.documents import DocumentPool, is_converted\n"
         "from s3sync_dagster.pipeline import sync\n"
         "import s3sync_dagster.definitions, s3sync_dagster.commands.runner\n"
         "assert not is_converted('a/b.py') and not is_converted('README.md') and is_converted('x.PDF')\n"

@@ -28,7 +28,7 @@ from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port, start
 from s3sync_dagster.config import load_config
 from s3sync_dagster.definitions import build_definitions, load_app_config
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ConfigFactory, put
 
 Raw = dict[str, Any]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from s3sync_dagster.pipeline.events import (
+from s3sync_dagster.pipeline.s3.events import (
     Ignored,
     NotUnderstood,
     SyncRequest,

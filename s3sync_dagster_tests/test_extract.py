@@ -2,8 +2,8 @@
 
 import pytest
 
-from s3sync_dagster.pipeline.documents import is_converted
-from s3sync_dagster.pipeline.extract import ExtractionError, extract_text
+from s3sync_dagster.pipeline.extraction.documents import is_converted
+from s3sync_dagster.pipeline.extraction.extract import ExtractionError, extract_text
 
 
 def test_utf8_text_and_markdown_flag() -> None:

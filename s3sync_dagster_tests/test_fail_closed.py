@@ -14,9 +14,9 @@ import pytest
 
 from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig
-from s3sync_dagster.pipeline import keys
-from s3sync_dagster.pipeline.search_filter import READERS_KEY
-from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.search.filters import READERS_KEY
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import ConfigFactory, Row, notifying_queue, store_chunks
 from s3sync_dagster_tests.test_sensors import AutoSync
 
@@ -221,7 +221,7 @@ def test_an_archived_object_costs_one_head_and_an_s3_error_says_its_code_and_mea
 
     from botocore.exceptions import ClientError
 
-    from s3sync_dagster.pipeline.objects import error_meaning
+    from s3sync_dagster.pipeline.s3.objects import error_meaning
 
     def failure(code: str) -> ClientError:
         return ClientError({"Error": {"Code": code, "Message": f"S3 says {code}"}}, "GetObjectTagging")
@@ -244,8 +244,8 @@ def test_an_archived_object_and_an_invocations_copy_follow_a_readers_tag_too(
     removed reader must see nothing of them (moto refuses an archived object's tags, as S3 does not: closed, and
     reported archived). An invocation's copy of another object in a target collection is closed with it when that
     object's tag stops reading."""
+    from s3sync_dagster.pipeline.chroma.targets import Collections
     from s3sync_dagster.pipeline.spec import Invocation
-    from s3sync_dagster.pipeline.targets import Collections
 
     config, _ = make_config(bucket, readers_tag="readers", chunking={"type": "lines", "max_lines": 1})
     put(s3, bucket, "cold.txt", ZEBRA, readers="alice")

@@ -309,7 +309,7 @@ CASES = {
         (1, "failed"),
     ),
     # Each repair case first indexes an object of its own: an audit of a bucket or a store with nothing in it
-    # fails (pipeline/audit.py reads columns of an empty frame).
+    # fails (pipeline/audit/drift.py reads columns of an empty frame).
     "repair of an object that fails": Case(
         {"d/bad.txt": b"\x80", "d/ok.txt": "ok\n"},
         repair,

@@ -27,7 +27,7 @@ from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import S3Connection, s3_connection
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import ConfigFactory, Row, put, store_chunks
 
 REPO = Path(__file__).resolve().parents[1]

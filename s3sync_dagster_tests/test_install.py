@@ -75,7 +75,7 @@ def test_the_wheel_installs_into_a_fresh_dagster_project_and_syncs_there(
     assert Path(where).is_relative_to(own), where
     assert (own / "s3sync_dagster" / "commands" / "demo_data").is_dir()
     assert (venv / "bin" / "s3sync").is_file()
-    run([str(python), "-m", "s3sync_dagster.pipeline.default_model"], root, env)  # the model step
+    run([str(python), "-m", "s3sync_dagster.pipeline.embedding.default_model"], root, env)  # the model step
 
     dg = [str(python), "-c", "import sys; from dagster_dg_cli.cli import main; sys.argv[0] = 'dg'; main()"]
     listed = run([*dg, "list", "components"], root, env)

@@ -15,11 +15,16 @@ import yaml
 
 from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import load_config
-from s3sync_dagster.pipeline import reembed
-from s3sync_dagster.pipeline.context import embedding_input
-from s3sync_dagster.pipeline.default_model import ONNX_FILES, ensure_default_model, ensure_int8_model, int8_target
-from s3sync_dagster.pipeline.embed import ChromaDefaultFunction, EmbeddingSpec
-from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.chunking.context import embedding_input
+from s3sync_dagster.pipeline.embedding.default_model import (
+    ONNX_FILES,
+    ensure_default_model,
+    ensure_int8_model,
+    int8_target,
+)
+from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction, EmbeddingSpec
+from s3sync_dagster.pipeline.reembed import swap as reembed
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import put
 from s3sync_dagster_tests.test_model import plain_client_query
 

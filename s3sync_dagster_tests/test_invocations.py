@@ -21,7 +21,7 @@ from s3sync_dagster.defs import invocation_sensor
 from s3sync_dagster.defs.invocation_sensor import INVOCATION_SENSOR, record_request
 from s3sync_dagster.defs.names import asset_op_name
 from s3sync_dagster.defs.resources import ChromaResource
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.spec import Invocation
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 

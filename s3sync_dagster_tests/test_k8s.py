@@ -370,7 +370,9 @@ def test_dockerfile_copies_what_exists_and_runs_modules_that_exist() -> None:
 
     commands = " ".join(arguments for name, arguments in instructions if name in ("RUN", "CMD"))
     modules = re.findall(r"(?:python -m|\"-m\",)\s*\"?([\w.]+)", commands)
-    assert "s3sync_dagster.pipeline.default_model" in modules, "the image makes Chroma's default model at build time"
+    assert "s3sync_dagster.pipeline.embedding.default_model" in modules, (
+        "the image makes Chroma's default model at build time"
+    )
     for module in modules:
         assert importlib.util.find_spec(module) is not None, f"the Dockerfile runs {module}, which does not exist"
     grpc_args = user_deployment()["dagsterApiGrpcArgs"]

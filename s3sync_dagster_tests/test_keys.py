@@ -9,7 +9,7 @@ from dagster._core.definitions.partitions.utils.base import INVALID_PARTITION_SU
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 
 HOSTILE = [
     "a...b",

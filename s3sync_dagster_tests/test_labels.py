@@ -1,4 +1,4 @@
-"""Labels (pipeline/labels.py): user metadata, tags and readers from S3 on every chunk; a change of them alone
+"""Labels (pipeline/chroma/labels.py): user metadata, tags and readers from S3 on every chunk; a change of them alone
 updates the chunks' metadata without a GET or an embedding. Real moto over HTTP, embedded Chroma."""
 
 import dataclasses
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from s3sync_dagster.pipeline.events import Ignored, SyncRequest, parse_message
-from s3sync_dagster.pipeline.objects import ObjectInfo
-from s3sync_dagster.pipeline.poll import InMemoryStore, PollState
+from s3sync_dagster.pipeline.s3.events import Ignored, SyncRequest, parse_message
+from s3sync_dagster.pipeline.s3.objects import ObjectInfo
+from s3sync_dagster.pipeline.s3.poll import InMemoryStore, PollState
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import sync_keys, sync_object
+from s3sync_dagster.pipeline.sync.stages import sync_keys, sync_object
 from s3sync_dagster_tests.conftest import CountingEmbedder
 
 
@@ -191,7 +191,7 @@ def test_the_poll_sees_a_copy_in_place_only_where_metadata_is_indexed() -> None:
 def test_label_updates_in_a_sync_of_many_keys(
     s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder, requests: Counter[str]
 ) -> None:
-    """Many keys: read ahead on the staging thread (pipeline/staging.py), where the label update is written."""
+    """Many keys: read ahead on the staging thread (pipeline/sync/staging.py), where the label update is written."""
     object_keys = [f"k{n}.txt" for n in range(6)]
     for key in object_keys:
         put(s3, spec.bucket_name, key, f"{key}\n{TEXT}", tags="cls=a")

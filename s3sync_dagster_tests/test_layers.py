@@ -88,7 +88,7 @@ def test_the_engine_imports_no_dagster(graph: grimp.ImportGraph) -> None:
 @pytest.mark.parametrize(
     ("importer", "imported"),
     [
-        (f"{ENGINE}.embed", f"{PACKAGE}.defs.resources"),  # the engine reaching into the Dagster layer
+        (f"{ENGINE}.embedding.functions", f"{PACKAGE}.defs.resources"),  # the engine reaching into the Dagster layer
         (f"{PACKAGE}.defs.source", f"{PACKAGE}.commands.runner"),  # the factory importing a command
         (f"{PACKAGE}.config", f"{PACKAGE}.definitions"),
     ],
@@ -107,5 +107,5 @@ def test_an_upward_import_is_caught_as_a_layer_breach_and_a_circle(
 
 def test_a_dagster_import_in_the_engine_is_caught(graph: grimp.ImportGraph) -> None:
     broken = copy.deepcopy(graph)
-    broken.add_import(importer=f"{ENGINE}.keys", imported="dagster")
-    assert engine_dagster_imports(broken) == [f"{ENGINE}.keys -> dagster"]
+    broken.add_import(importer=f"{ENGINE}.records.keys", imported="dagster")
+    assert engine_dagster_imports(broken) == [f"{ENGINE}.records.keys -> dagster"]

@@ -1,5 +1,5 @@
-"""The lexical index of an embedded store (pipeline/lexicon.py) and of a `chroma run` server's collections, in
-PostgreSQL (pipeline/lexicon_postgres.py): written with the chunks through real syncs (moto over HTTP, embedded
+"""The lexical index of an embedded store (pipeline/lexicon/embedded.py) and of a `chroma run` server's collections, in
+PostgreSQL (pipeline/lexicon/postgres.py): written with the chunks through real syncs (moto over HTTP, embedded
 Chroma, a `chroma run` server, Debian's PostgreSQL), answering as Chroma's own full-text filter does, refused
 while it may be wrong, found by the audit and built again by `s3sync repair` and `s3sync rebuild-lexicon`."""
 
@@ -19,12 +19,17 @@ from benchmarks import postgres_server
 from s3sync_dagster.commands import cli
 from s3sync_dagster.commands.runner import sync
 from s3sync_dagster.config import load_config
-from s3sync_dagster.pipeline import audit, index, lexicon, search, search_lexical, terms
-from s3sync_dagster.pipeline.context import embedding_input
-from s3sync_dagster.pipeline.lexicon_postgres import PostgresLexicon
+from s3sync_dagster.pipeline.audit import drift as audit
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chunking.context import embedding_input
+from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+from s3sync_dagster.pipeline.lexicon import terms
+from s3sync_dagster.pipeline.lexicon.postgres import PostgresLexicon
+from s3sync_dagster.pipeline.search import lexical as search_lexical
+from s3sync_dagster.pipeline.search import query as search
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.store import Store, embedded_client
-from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import ConfigFactory, CountingEmbedder, put
 
 FILES = {

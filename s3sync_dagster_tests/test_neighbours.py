@@ -15,10 +15,12 @@ import yaml
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.config import AppConfig, load_config
-from s3sync_dagster.pipeline import index, keys, store
-from s3sync_dagster.pipeline.context import embedding_input
-from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
-from s3sync_dagster.pipeline.sync import sync_keys, sync_object
+from s3sync_dagster.pipeline import store
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chunking.context import embedding_input
+from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.sync.stages import sync_keys, sync_object
 from s3sync_dagster_tests.conftest import Row, put, store_chunks
 
 pytestmark = pytest.mark.reliability("newest features")
@@ -246,7 +248,8 @@ def test_repair_drops_the_copies_earlier_releases_left_that_no_reembed_swaps_in(
     `repair` drops those, and their lexical index; it keeps the single copy of the source's own collection
     (`reembed` resumes it), a reserved name another tool made, and a copy whose base is missing (it may hold the
     only data an interrupted swap left). Every chunk of the base collections stays."""
-    from s3sync_dagster.pipeline import lexicon, reembed
+    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+    from s3sync_dagster.pipeline.reembed import swap as reembed
 
     path, configure = neighbourhood
     config = configure(docs={}, other={})
@@ -391,9 +394,9 @@ def test_a_sync_beside_a_swap_retries_its_keys_on_the_swapped_collection(
     """A sync whose collection is swapped for its re-embedded copy after its first key (the re-embedding runs to
     the end inside that key's report): its later keys, written to the old collection's handle, are synced again
     on the swapped-in one; none fails, none stays stale."""
-    from s3sync_dagster.pipeline import reembed
-    from s3sync_dagster.pipeline.sync import sync_keys_following_swaps
-    from s3sync_dagster.pipeline.targets import Collections
+    from s3sync_dagster.pipeline.chroma.targets import Collections
+    from s3sync_dagster.pipeline.reembed import swap as reembed
+    from s3sync_dagster.pipeline.sync.stages import sync_keys_following_swaps
 
     _, configure = neighbourhood
     float32 = configure(docs={})
@@ -430,7 +433,7 @@ def test_a_write_that_reached_the_old_collection_after_its_last_check_is_in_the_
 ) -> None:
     """Another process's writer that opened the collection before the copy was begun writes it alone: a change it
     made after the last reconcile pass (and one after the first rename, before the drop) reaches the new one."""
-    from s3sync_dagster.pipeline import reembed
+    from s3sync_dagster.pipeline.reembed import swap as reembed
 
     _, configure = neighbourhood
     float32 = configure(docs={})
@@ -469,7 +472,7 @@ def test_abandon_sticks_and_a_write_to_a_dropped_copy_fails_nothing(
 ) -> None:
     """`--abandon` while a sync has the copy attached: the sync's next write goes on without it; a later sync
     under the same config begins no copy (`s3sync reembed` does, and says what it did)."""
-    from s3sync_dagster.pipeline import reembed
+    from s3sync_dagster.pipeline.reembed import swap as reembed
 
     path, configure = neighbourhood
     configure(docs={})
@@ -507,7 +510,7 @@ def test_two_reembeds_at_once_both_end_with_the_swapped_collection(
 ) -> None:
     """A second re-embedding runs whole while the first stands between its last reconcile and its swap: the
     first finds the collection swapped and ends with it, instead of failing or swapping the new one away."""
-    from s3sync_dagster.pipeline import reembed
+    from s3sync_dagster.pipeline.reembed import swap as reembed
 
     _, configure = neighbourhood
     put(s3, bucket, LINES)

@@ -1,4 +1,4 @@
-"""The passage a hit shows (issue 63, item 1; pipeline/passages.py): the part of its section that answers the
+"""The passage a hit shows (issue 63, item 1; pipeline/search/passages.py): the part of its section that answers the
 question, in the document's order under its heading path, words matched in any English form; `s3sync query`
 prints it (the question's words in bold on a terminal) and `--json` returns exactly that text. Moto over HTTP,
 embedded Chroma, the real command."""
@@ -14,8 +14,8 @@ import pytest
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import search_source
 from s3sync_dagster.config import AppConfig
-from s3sync_dagster.pipeline import passages
-from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.search import passages
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
 # A section of three chunks (120 bytes each at most): the answer to "which days is recycling collected" sits in the

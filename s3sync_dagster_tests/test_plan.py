@@ -16,7 +16,7 @@ from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import partitions_name, plan_job_name, plan_op_name
 from s3sync_dagster.defs.resources import chroma_outside_runs
-from s3sync_dagster.pipeline import plan
+from s3sync_dagster.pipeline.audit import plan
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
 SYNCED: dict[str, bytes | str] = {

@@ -20,10 +20,10 @@ from s3sync_dagster.defs.state import (
     poll_state,
     poll_store,
 )
-from s3sync_dagster.pipeline import poll
-from s3sync_dagster.pipeline.keys import to_partition_key
-from s3sync_dagster.pipeline.objects import ObjectInfo
-from s3sync_dagster.pipeline.poll import InMemoryStore, KeyValueStore, PollState, migrate_legacy_file
+from s3sync_dagster.pipeline.records.keys import to_partition_key
+from s3sync_dagster.pipeline.s3 import poll
+from s3sync_dagster.pipeline.s3.objects import ObjectInfo
+from s3sync_dagster.pipeline.s3.poll import InMemoryStore, KeyValueStore, PollState, migrate_legacy_file
 from s3sync_dagster_tests.conftest import ConfigFactory, put
 
 Listing = list[dict[str, str]]  # pages of {object_key: etag}

@@ -19,8 +19,8 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
-from s3sync_dagster.pipeline import search as engine
-from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.search import query as engine
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ResidentCommands, put
 
 # One line a chunk (lines chunking, max_lines 1): each manual is a numbered procedure, so a hit's neighbours

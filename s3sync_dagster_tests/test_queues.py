@@ -20,7 +20,7 @@ from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import partitions_name, sync_job_name
 from s3sync_dagster.defs.resources import ChromaResource
 from s3sync_dagster.defs.tags import LINGER_TAG, READS_QUEUES_TAG, SOURCE_TAG
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import Row, notifying_queue, put, store_chunks
 
 NAMES = ("one", "two", "three", "four")

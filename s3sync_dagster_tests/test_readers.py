@@ -1,9 +1,9 @@
 """Who may read what a search returns (issue 52, items 2 and 3, the search side): `where` filters over chunk
-metadata and a source's readers rule (pipeline/search_filter.py), through the Python API and `s3sync query`, exact
+metadata and a source's readers rule (pipeline/search/filters.py), through the Python API and `s3sync query`, exact
 on both sides of search: the n best of the chunks the filter admits, however many others outrank them.
 
 The objects are put in moto over HTTP with their readers as an S3 tag and their team as `x-amz-meta-team`, and
-synced by the engine (pipeline/labels.py writes `readers` and `meta_team` on each chunk) into embedded Chroma, a
+synced by the engine (pipeline/chroma/labels.py writes `readers` and `meta_team` on each chunk) into embedded Chroma, a
 `chroma run` server (whose lexical side is Chroma's full-text filter) and one whose lexical index is in PostgreSQL.
 """
 
@@ -22,12 +22,12 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
-from s3sync_dagster.pipeline import lexicon
-from s3sync_dagster.pipeline.search import distances, indexed
-from s3sync_dagster.pipeline.search_dense import FILTERED_WIDEN, nearest
-from s3sync_dagster.pipeline.search_filter import READERS_KEY
-from s3sync_dagster.pipeline.sync import sync_keys
-from s3sync_dagster.pipeline.where_match import matches
+from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+from s3sync_dagster.pipeline.search.dense import FILTERED_WIDEN, nearest
+from s3sync_dagster.pipeline.search.filters import READERS_KEY
+from s3sync_dagster.pipeline.search.query import distances, indexed
+from s3sync_dagster.pipeline.search.where_match import matches
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import ResidentCommands
 
 BIN = Path(sys.executable).parent
@@ -65,7 +65,7 @@ def _prefix(object_key: str) -> str:
 
 @pytest.fixture(scope="session")
 def readers_lexicon() -> Iterator[str]:
-    """A PostgreSQL database for a server's lexical index (pipeline/lexicon_postgres.py): its URL."""
+    """A PostgreSQL database for a server's lexical index (pipeline/lexicon/postgres.py): its URL."""
     from benchmarks import postgres_server
 
     with postgres_server.running(db_name="readers") as server:
@@ -257,7 +257,7 @@ CLAUSES: list[dict[str, Any]] = [
 
 
 def test_a_where_clause_is_tested_as_chroma_tests_it(tmp_path: Path) -> None:
-    """The lexical index's candidates are tested here (pipeline/where_match.py): clause by clause, the same
+    """The lexical index's candidates are tested here (pipeline/search/where_match.py): clause by clause, the same
     chunks as Chroma's own filter admits."""
     import chromadb
 

@@ -18,9 +18,12 @@ import pytest
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import AppConfig
-from s3sync_dagster.pipeline import audit, index, keys, store
-from s3sync_dagster.pipeline.context import embedding_input
-from s3sync_dagster.pipeline.embed import ChromaDefaultFunction
+from s3sync_dagster.pipeline import store
+from s3sync_dagster.pipeline.audit import drift as audit
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chunking.context import embedding_input
+from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import ConfigFactory, Row, store_chunks
 
 pytestmark = pytest.mark.reliability("fail closed")

@@ -26,8 +26,10 @@ import pytest
 from benchmarks import postgres_server
 from s3sync_dagster.commands import resident
 from s3sync_dagster.config import AppConfig
-from s3sync_dagster.pipeline import index, lexicon, search
-from s3sync_dagster.pipeline.lexicon_postgres import READ_TIMEOUT_S, PostgresLexicon
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+from s3sync_dagster.pipeline.lexicon.postgres import READ_TIMEOUT_S, PostgresLexicon
+from s3sync_dagster.pipeline.search import query as search
 from s3sync_dagster.pipeline.store import Store
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, Row
 from s3sync_dagster_tests.test_query import BIN, searched  # noqa: F401 -- the fixture, used by name

@@ -22,7 +22,7 @@ from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.local_s3 import start
 from s3sync_dagster.config import ConfigError, load_config
 from s3sync_dagster.defs.resources import s3_connection
-from s3sync_dagster.pipeline import roles
+from s3sync_dagster.pipeline.s3 import roles
 
 BUCKET = "company-handbook"
 FILES = {

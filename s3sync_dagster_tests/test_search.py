@@ -1,4 +1,4 @@
-"""Search by meaning and by exact words (pipeline/search.py): moto over HTTP -> the engine -> real Chroma,
+"""Search by meaning and by exact words (pipeline/search/query.py): moto over HTTP -> the engine -> real Chroma,
 embedded and a `chroma run` server, queried as `s3sync query` and the Python API query it."""
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3sync_dagster.pipeline import index, keys, lexicon, search, search_fusion, search_lexical, terms
-from s3sync_dagster.pipeline.search import Fusion, fuse
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+from s3sync_dagster.pipeline.lexicon import terms
+from s3sync_dagster.pipeline.lexicon.terms import query_terms, term_pattern
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.search import fusion as search_fusion
+from s3sync_dagster.pipeline.search import lexical as search_lexical
+from s3sync_dagster.pipeline.search import query as search
+from s3sync_dagster.pipeline.search.query import Fusion, fuse
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import sync_keys
-from s3sync_dagster.pipeline.terms import query_terms, term_pattern
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import CountingEmbedder, Row, put, store_chunks
 
 # Prose on one theme, so meaning alone cannot tell them apart; each holds one exact thing someone remembers.
@@ -30,7 +36,7 @@ NOTES = {
 }
 
 
-# embedded: the store's lexical index answers the lexical side (pipeline/lexicon.py); unindexed: an embedded
+# embedded: the store's lexical index answers the lexical side (pipeline/lexicon/embedded.py); unindexed: an embedded
 # collection opened as another tool opens it, where Chroma's full-text filter does; server: a `chroma run` one.
 @pytest.fixture(params=["embedded", "unindexed", "server"])
 def client(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:

@@ -23,7 +23,7 @@ from s3sync_dagster.defs.backfill import selected_partitions
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import BackfillConfig, Selection
-from s3sync_dagster.pipeline import globs, objects
+from s3sync_dagster.pipeline.s3 import globs, objects
 from s3sync_dagster_tests.conftest import Row
 
 # --- the reference: the documented glob syntax, matched by counting the ways a key matches -------------------

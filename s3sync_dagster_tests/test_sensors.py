@@ -14,7 +14,7 @@ from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name, sync_job_name
 from s3sync_dagster.defs.resources import ChromaResource
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import TEST_SECRET, ConfigFactory, Row, notifying_queue, put, store_chunks
 
 

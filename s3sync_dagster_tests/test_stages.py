@@ -1,4 +1,4 @@
-"""A key's sync stage by stage (pipeline/sync.py joins them): read ahead, extract, chunk, embed and write, settle,
+"""A key's sync stage by stage (pipeline/sync/stages.py joins them): read ahead, extract, chunk, embed and write, settle,
 report, and the worklist that orders them; moto S3 over HTTP and embedded Chroma, no Dagster."""
 
 import threading
@@ -6,17 +6,18 @@ from typing import Any
 
 import pytest
 
-from s3sync_dagster.pipeline import documents, keys
-from s3sync_dagster.pipeline.extracting import Conversions, chunked_in_process, extract_with
-from s3sync_dagster.pipeline.fetch import Fetched, fetch
-from s3sync_dagster.pipeline.meta_links import InMemoryMetaLinks
-from s3sync_dagster.pipeline.reports import KeyReport
-from s3sync_dagster.pipeline.settle import RunChecks
+from s3sync_dagster.pipeline.extraction import documents
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3.meta_links import InMemoryMetaLinks
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.staging import Held, ReadAhead, Stager, stage, stages_ahead
-from s3sync_dagster.pipeline.sync import Reporter
-from s3sync_dagster.pipeline.worklist import Worklist
-from s3sync_dagster.pipeline.write import NewObjects, Prepared, write
+from s3sync_dagster.pipeline.sync.extracting import Conversions, chunked_in_process, extract_with
+from s3sync_dagster.pipeline.sync.fetch import Fetched, fetch
+from s3sync_dagster.pipeline.sync.reports import KeyReport
+from s3sync_dagster.pipeline.sync.settle import RunChecks
+from s3sync_dagster.pipeline.sync.stages import Reporter
+from s3sync_dagster.pipeline.sync.staging import Held, ReadAhead, Stager, stage, stages_ahead
+from s3sync_dagster.pipeline.sync.worklist import Worklist
+from s3sync_dagster.pipeline.sync.write import NewObjects, Prepared, write
 from s3sync_dagster_tests.conftest import CountingEmbedder, put
 
 

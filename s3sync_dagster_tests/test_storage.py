@@ -14,10 +14,10 @@ import pytest
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.defs.resources import s3_connection
-from s3sync_dagster.pipeline import archive
-from s3sync_dagster.pipeline.request_settings import RequestSettings, refusal_hint
+from s3sync_dagster.pipeline.s3 import archive
+from s3sync_dagster.pipeline.s3.request_settings import RequestSettings, refusal_hint
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import sync_object
+from s3sync_dagster.pipeline.sync.stages import sync_object
 from s3sync_dagster_tests.conftest import ConfigFactory, CountingEmbedder, put
 
 
@@ -144,7 +144,7 @@ def test_requester_pays_and_customer_key_are_sent_on_every_request_and_never_sho
     try:
         spec: SourceSpec = source.spec()
         collection = chroma_client.get_or_create_collection(spec.collection_name)
-        from s3sync_dagster.pipeline.objects import list_objects
+        from s3sync_dagster.pipeline.s3.objects import list_objects
 
         assert [info.object_key for info in list_objects(client, bucket, "k/")] == ["k/secret.txt"]
         report = sync_object(client, spec, lambda _: collection, embedder, "k/secret.txt")
@@ -198,7 +198,7 @@ def test_refusals_name_the_setting() -> None:
 def test_audit_counts_archived_keys_apart_from_drift_until_restored(
     s3: Any, bucket: str, chroma_client: Any, embedder: CountingEmbedder
 ) -> None:
-    from s3sync_dagster.pipeline.audit import audit
+    from s3sync_dagster.pipeline.audit.drift import audit
 
     spec = SourceSpec(name="docs", bucket_name=bucket, collection_name="audit-archive", chunking_mode="lines")
     collection = chroma_client.get_or_create_collection("audit-archive")
@@ -216,8 +216,8 @@ def test_audit_counts_archived_keys_apart_from_drift_until_restored(
 
 
 def test_poll_passes_request_archived_keys_again_only_every_recheck_pass() -> None:
-    from s3sync_dagster.pipeline.objects import ObjectInfo
-    from s3sync_dagster.pipeline.poll import ARCHIVE_RECHECK_PASSES, InMemoryStore, PollState
+    from s3sync_dagster.pipeline.s3.objects import ObjectInfo
+    from s3sync_dagster.pipeline.s3.poll import ARCHIVE_RECHECK_PASSES, InMemoryStore, PollState
 
     listing = [
         ObjectInfo("cold.txt", 10, "e1", "2026-01-01T00:00:00+00:00", storage_class="GLACIER"),

@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 
-from s3sync_dagster.pipeline import index, keys, sync
-from s3sync_dagster.pipeline.objects import ObjectMissing, head_object, list_objects, read_object
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3.objects import ObjectMissing, head_object, list_objects, read_object
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import STAGE_AHEAD, sync_keys, sync_object
+from s3sync_dagster.pipeline.sync import stages as sync
+from s3sync_dagster.pipeline.sync.stages import STAGE_AHEAD, sync_keys, sync_object
 from s3sync_dagster_tests.conftest import CountingEmbedder, put
 
 
@@ -103,7 +105,7 @@ LICENCE = "".join(f"Apache License clause {n}.\n" for n in range(10))
 def test_a_vector_is_reused_only_for_the_same_context_and_text(
     s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedder
 ) -> None:
-    # What is embedded for a chunk is its context line and its text (pipeline/context.py), and its hash is of both:
+    # What is embedded for a chunk is its context line and its text (pipeline/chunking/context.py), and its hash is of both:
     # a copy under another key stands elsewhere (its line names its key), so its chunks are embedded for it.
     original = LICENCE + numbered_lines(10, "alpha")
     put(s3, spec.bucket_name, {"a.txt": original, "copy/a.txt": original})
@@ -563,7 +565,7 @@ def test_every_word_of_a_long_document_reaches_the_embedding(
     # Paragraphs of ~90 words under one heading: 4096-byte chunks would hold ~800 tokens, and the model
     # reads 256. With the default budget (128, what the model was trained on) every chunk fits, and a
     # sentence from the end of a long section is found.
-    from s3sync_dagster.pipeline.embed import EmbeddingSpec
+    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 
     spec = SourceSpec(name="docs", bucket_name=bucket, collection_name="engine-test")
     topics = ["glaciers", "bread", "compilers", "tides", "violins", "taxes", "bees", "volcanoes"]

@@ -28,7 +28,7 @@ from benchmarks.dagster_server import (
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.local_s3 import LOOPBACK
 from s3sync_dagster.defs.names import INDEX_CHECK_NAME as CHECK_NAME
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, put
 from s3sync_dagster_tests.test_invocations import validate_jobs
 

@@ -49,7 +49,7 @@ TORCH_STACK = ("torch", "transformers", "sentence-transformers")
 PROJECT = "harbour"
 REPORT_AND_MODEL_STEP = """
 import importlib.util, json, dagster, s3sync_dagster
-from s3sync_dagster.pipeline.default_model import ensure_default_model, ensure_int8_model
+from s3sync_dagster.pipeline.embedding.default_model import ensure_default_model, ensure_int8_model
 folders = [str(ensure_default_model()), str(ensure_int8_model())]
 print(json.dumps([s3sync_dagster.__file__, dagster.__version__, importlib.util.find_spec("torch") is not None, folders]))
 """
@@ -60,7 +60,7 @@ import json
 from s3sync_dagster.config import parse_config
 from s3sync_dagster.defs.executor import executor_for
 from s3sync_dagster.pipeline import lexicon_postgres
-from s3sync_dagster.pipeline.embed import EmbeddingSpec
+from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 
 said = {}
 

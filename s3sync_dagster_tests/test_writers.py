@@ -20,12 +20,13 @@ import pytest
 from botocore.response import StreamingBody
 
 from s3sync_dagster.commands.local_s3 import LOOPBACK
-from s3sync_dagster.pipeline import index, terms
-from s3sync_dagster.pipeline.documents import DocumentPool
-from s3sync_dagster.pipeline.reports import KeyReport
-from s3sync_dagster.pipeline.settle import MAX_RESYNCS
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.extraction.documents import DocumentPool
+from s3sync_dagster.pipeline.lexicon import terms
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import sync_keys
+from s3sync_dagster.pipeline.sync.reports import KeyReport
+from s3sync_dagster.pipeline.sync.settle import MAX_RESYNCS
+from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import CountingEmbedder, Row, put
 
 HANG = 120  # seconds: only against a hang; no assertion depends on time

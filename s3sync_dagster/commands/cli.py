@@ -29,7 +29,7 @@ from s3sync_dagster.commands.subcommand import EXIT_SOME_FAILED as EXIT_SOME_FAI
 from s3sync_dagster.commands.subcommand import EXIT_USAGE, common_options
 from s3sync_dagster.config import ConfigError
 from s3sync_dagster.pipeline.extras import MissingExtra
-from s3sync_dagster.pipeline.objects import ObjectError
+from s3sync_dagster.pipeline.s3.objects import ObjectError
 
 # Each subcommand's piece, in the order `s3sync --help` lists them. Dagster, and the modules that import it, are
 # imported by the handlers that use them: `s3sync query` needs none of it (test_cli asserts it), and importing

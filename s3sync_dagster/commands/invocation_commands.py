@@ -20,7 +20,7 @@ from s3sync_dagster.commands.subcommand import (
     emit,
     load_config,
 )
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 
 # Dagster, and the modules that import it, are imported by the commands that use them (commands/cli.py).
 if TYPE_CHECKING:

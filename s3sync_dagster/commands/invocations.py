@@ -46,7 +46,8 @@ from s3sync_dagster.defs.tags import (
     SOURCE_TAG,
     TRIGGER_TAG,
 )
-from s3sync_dagster.pipeline import events, keys, objects
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3 import events, objects
 from s3sync_dagster.pipeline.spec import Invocation
 
 Status = str  # pending | processing | complete | failed | cancelled
@@ -97,7 +98,7 @@ def check_indexable(
     """An invocation that could index nothing is refused, not run and reported complete.
 
     In metadata mode a document is indexed only through the .meta.json files naming it, unless the
-    invocation's own parameters index it directly (pipeline/sync.py `sync_keys`): with none given and no
+    invocation's own parameters index it directly (pipeline/sync/stages.py `sync_keys`): with none given and no
     metadata file naming it, its run would index nothing.
     """
     if source.auto_sync != "metadata" or events.is_meta_key(object_key) or invocation != Invocation():

@@ -12,7 +12,8 @@ from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_new
-from s3sync_dagster.pipeline import events, keys
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3 import events
 
 
 def add_partitions(

@@ -1,4 +1,4 @@
-"""`s3sync plan SOURCE`: what a sync of the source would do now (pipeline/plan.py), writing nothing."""
+"""`s3sync plan SOURCE`: what a sync of the source would do now (pipeline/audit/plan.py), writing nothing."""
 
 from __future__ import annotations
 

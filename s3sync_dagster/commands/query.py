@@ -16,12 +16,12 @@ from chromadb.errors import NotFoundError
 
 from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.config import AppConfig, config_file, is_component, load_config
-from s3sync_dagster.pipeline import index
-from s3sync_dagster.pipeline import search as engine
-from s3sync_dagster.pipeline.embed import function_of_record
-from s3sync_dagster.pipeline.search import FUSION, Fusion, Hit, Mode
-from s3sync_dagster.pipeline.search_filter import all_of, search_filter
-from s3sync_dagster.pipeline.search_hits import Context
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.embedding.functions import function_of_record
+from s3sync_dagster.pipeline.search import query as engine
+from s3sync_dagster.pipeline.search.filters import all_of, search_filter
+from s3sync_dagster.pipeline.search.hits import Context
+from s3sync_dagster.pipeline.search.query import FUSION, Fusion, Hit, Mode
 from s3sync_dagster.pipeline.store import close_clients
 
 if TYPE_CHECKING:
@@ -51,13 +51,13 @@ class SourceSearch:
         for hit in searcher.search("how do I reset my password", n=3, context=1):
             print(hit.object_key, [passage.document for passage in hit.context])
 
-    Only the source's own chunks are answers (pipeline/owners.py): a chunk another writer put into its
+    Only the source's own chunks are answers (pipeline/records/owners.py): a chunk another writer put into its
     collection is not one of this source's documents. every_writer=True searches the whole collection; each
     hit's metadata says whose it is (`source`, `project`).
 
     A search may filter by metadata (`where`, a Chroma where clause: `{"meta_team": "finance"}`), and of a source
     with `readers_tag` returns only what one of `principals` may read (none named: nothing, unless
-    `all_readers`, an operator's view): pipeline/search_filter.py. Both sides rank among the chunks the filter
+    `all_readers`, an operator's view): pipeline/search/filters.py. Both sides rank among the chunks the filter
     admits, so the n best of those are found however many others rank above them.
     """
 
@@ -108,7 +108,7 @@ class SourceSearch:
         all_readers: bool = False,
         sections: bool = False,
     ) -> list[Hit]:
-        """The n best answers to `text` (see pipeline/search.py for the modes).
+        """The n best answers to `text` (see pipeline/search/query.py for the modes).
 
         context: each hit comes with the `context` chunks before and after it in its object (`Hit.context`,
         in the object's order, the hit among them), or with `context="section"` the chunks of its section (those
@@ -131,7 +131,7 @@ class SourceSearch:
                     raise UsageError(why)
             return hits
         except Exception as error:
-            # The collection was swapped for its re-embedded copy meanwhile (pipeline/reembed.py): the name now
+            # The collection was swapped for its re-embedded copy meanwhile (pipeline/reembed/swap.py): the name now
             # holds the new one, whose queries embed with its own function. Asked once more, there. The old one's
             # drop shows as NotFoundError, or on a server mid-drop as another ChromaError ("Missing metadata
             # segment"): any error is retried only when the name holds another collection now.

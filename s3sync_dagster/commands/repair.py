@@ -1,7 +1,7 @@
 """`s3sync repair`: audit a source, repair exactly the drift found in one run of its repair job, audit again.
 
 First it drops the re-embedding copies earlier releases left of collections the source writes that no
-re-embedding will swap in (pipeline/reembed.py, `drop_leftovers`), and says which, and which it kept.
+re-embedding will swap in (pipeline/reembed/swap.py, `drop_leftovers`), and says which, and which it kept.
 
 It may run beside syncs, sensors' runs and other repairs of the source: each audit is read between their
 writes, and the run's keys are the audit's, whatever those others sync or remove meanwhile.
@@ -24,7 +24,9 @@ from s3sync_dagster.defs.names import repair_job_name
 from s3sync_dagster.defs.repair import unlinked_waiting
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
 from s3sync_dagster.defs.run_config import repair_run_config
-from s3sync_dagster.pipeline import audit, index, reembed
+from s3sync_dagster.pipeline.audit import drift as audit
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.reembed import swap as reembed
 
 
 @dataclass
@@ -38,7 +40,7 @@ class RepairResult:
     reports: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
     # The copies earlier releases' re-embeddings left of collections the source writes: each with whether it was
-    # dropped and why (pipeline/reembed.py, `leftovers`).
+    # dropped and why (pipeline/reembed/swap.py, `leftovers`).
     leftovers: list[dict[str, Any]] = field(default_factory=list)
 
     @property

@@ -9,7 +9,8 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
-from s3sync_dagster.pipeline import events, keys
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3 import events
 
 
 def _metadata_value(value: Any) -> Any:
@@ -63,7 +64,7 @@ def failed_report(object_key: str, message: str) -> dict[str, Any]:
 
 def _logged_about(instance: dg.DagsterInstance, run_id: str, documents: Sequence[str]) -> dict[str, str]:
     """What a run's log says of documents it recorded no event for: the engine's "ignored" report of a
-    document in metadata mode is a log line that starts with the quoted key (pipeline/sync.py)."""
+    document in metadata mode is a log line that starts with the quoted key (pipeline/sync/stages.py)."""
     wanted = {f"'{document}' ": document for document in documents}
     said: dict[str, str] = {}
     for entry in instance.all_logs(run_id):

@@ -30,7 +30,8 @@ from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig
 from s3sync_dagster.defs.backfill import listed_object_keys
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import s3_connection
-from s3sync_dagster.pipeline import keys, objects
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3 import objects
 
 
 def s3_client(source: SourceConfig) -> Any:

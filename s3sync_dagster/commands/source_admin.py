@@ -14,7 +14,7 @@ from s3sync_dagster.config import AppConfig, EnvRef, SourceConfig
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
 from s3sync_dagster.defs.state import clear_poll_state
-from s3sync_dagster.pipeline import index
+from s3sync_dagster.pipeline.chroma import replace as index
 
 
 def _masked(ref: EnvRef | None) -> dict[str, Any] | None:

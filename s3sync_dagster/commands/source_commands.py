@@ -106,7 +106,7 @@ def add_remove_source(commands: Subcommands, common: argparse.ArgumentParser) ->
 def cmd_rebuild_lexicon(args: argparse.Namespace) -> int:
     from chromadb.errors import NotFoundError
 
-    from s3sync_dagster.pipeline import lexicon
+    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
 
     config = load_config(args)
     source = config.source(args.source)

@@ -16,13 +16,13 @@ from s3sync_dagster.config.embedding import EmbeddingConfig
 from s3sync_dagster.config.errors import ConfigError
 from s3sync_dagster.config.secret_rules import _Model
 from s3sync_dagster.config.source import SourceConfig
-from s3sync_dagster.pipeline import cloud_limits
+from s3sync_dagster.pipeline.chroma import limits as cloud_limits
 
 
 class AppConfig(_Model):
     # The deployment these sources belong to, recorded on every chunk they write: two projects sharing one
     # Chroma store (or server) whose sources read the same bucket tell their chunks apart by it. Absent,
-    # sources are told apart by name, bucket and prefix (pipeline/owners.py). Not a secret: it is in metadata.
+    # sources are told apart by name, bucket and prefix (pipeline/records/owners.py). Not a secret: it is in metadata.
     project: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
     chroma: ChromaConfig = Field(default_factory=ChromaConfig)
     webserver: WebserverConfig = Field(default_factory=WebserverConfig)
@@ -102,7 +102,7 @@ class AppConfig(_Model):
 
     @model_validator(mode="after")
     def _settings_fit_chroma_cloud(self) -> AppConfig:
-        # Chroma Cloud's quotas (pipeline/cloud_limits.py): a setting that would break one is refused at load,
+        # Chroma Cloud's quotas (pipeline/chroma/limits.py): a setting that would break one is refused at load,
         # naming the source and the setting; what only an object can break is checked before its write.
         cloud = self.chroma.cloud
         if cloud is not None:

@@ -37,7 +37,7 @@ class ChromaConfig(_Model):
     ssl: bool = False
     headers: dict[str, str | EnvRef] = Field(default_factory=dict)
     cloud: ChromaCloudConfig | None = None
-    # A server's lexical index (pipeline/lexicon_postgres.py): a PostgreSQL connection URL, in a variable
+    # A server's lexical index (pipeline/lexicon/postgres.py): a PostgreSQL connection URL, in a variable
     # (postgresql://user:password@host:port/database), that every host writing or searching the server reaches.
     lexicon_postgres: EnvRef | None = None
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from s3sync_dagster.config.secret_rules import _ENV_VAR_NAME, _SECRET_CONFIG_KEY, EnvRef, _Model
-from s3sync_dagster.pipeline.embed import EmbeddingSpec, Precision, Runtime
+from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec, Precision, Runtime
 
 
 def _function_config(value: dict[str, Any], where: str) -> dict[str, Any]:
@@ -83,7 +83,12 @@ class EmbeddingConfig(_Model):
 
     @model_validator(mode="after")
     def _known_function(self) -> EmbeddingConfig:
-        from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, INT8, SENTENCE_TRANSFORMER, registered_names
+        from s3sync_dagster.pipeline.embedding.functions import (
+            DEFAULT_FUNCTION,
+            INT8,
+            SENTENCE_TRANSFORMER,
+            registered_names,
+        )
 
         if self.precision == INT8 and (
             self.function != DEFAULT_FUNCTION or self.device != "cpu" or self.runtime == "torch"
@@ -110,7 +115,7 @@ class EmbeddingConfig(_Model):
         return self
 
     def spec(self) -> EmbeddingSpec:
-        from s3sync_dagster.pipeline.embed import EmbeddingSpec
+        from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 
         return EmbeddingSpec(
             function=self.function,

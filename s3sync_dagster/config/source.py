@@ -12,10 +12,11 @@ from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model
 from s3sync_dagster.config.asset import AssetAttributes
 from s3sync_dagster.config.embedding import EmbeddingConfig
 from s3sync_dagster.config.secret_rules import EnvRef, _Model, _no_credentials_in_url, _secret_must_be_env_ref
-from s3sync_dagster.pipeline import keys, labels
-from s3sync_dagster.pipeline.conversion import DEFAULT_MAX_PAGES, DocumentOptions
-from s3sync_dagster.pipeline.embed import EmbeddingSpec
-from s3sync_dagster.pipeline.objects import DEFAULT_MAX_OBJECT_BYTES
+from s3sync_dagster.pipeline.chroma import labels
+from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+from s3sync_dagster.pipeline.extraction.conversion import DEFAULT_MAX_PAGES, DocumentOptions
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3.objects import DEFAULT_MAX_OBJECT_BYTES
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 SOURCE_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -65,7 +66,7 @@ ChunkingConfig = Annotated[
 METADATA_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 TAG_KEY_PATTERN = r"^[\w.:/=+@ -]+$"  # at most 128 characters (max_length)
 # One reader in a readers tag's value (`alice+group:finance`: `+` separates them).
-PRINCIPAL_PATTERN = labels.PRINCIPAL_PATTERN  # at most 256 characters (max_length); pipeline/labels.py owns it
+PRINCIPAL_PATTERN = labels.PRINCIPAL_PATTERN  # at most 256 characters (max_length); pipeline/chroma/labels.py owns it
 
 
 # An IAM role's ARN, in any AWS partition (aws, aws-cn, aws-us-gov): arn:aws:iam::123456789012:role/path/name.

@@ -15,13 +15,16 @@ from s3sync_dagster.defs.checks import evaluate_in_run
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
-from s3sync_dagster.pipeline import index, keys, objects, reembed
-from s3sync_dagster.pipeline.documents import DocumentPool
-from s3sync_dagster.pipeline.objects import S3Client
-from s3sync_dagster.pipeline.reports import KeyReport
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma.targets import Collections
+from s3sync_dagster.pipeline.extraction.documents import DocumentPool
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.reembed import swap as reembed
+from s3sync_dagster.pipeline.s3 import objects
+from s3sync_dagster.pipeline.s3.objects import S3Client
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
-from s3sync_dagster.pipeline.sync import sync_keys_following_swaps
-from s3sync_dagster.pipeline.targets import Collections
+from s3sync_dagster.pipeline.sync.reports import KeyReport
+from s3sync_dagster.pipeline.sync.stages import sync_keys_following_swaps
 
 KeyEvent: TypeAlias = dg.AssetMaterialization | dg.AssetObservation
 # What a run of keys yields: each key's event, then the checks it selected, evaluated on its keys.

@@ -32,7 +32,8 @@ from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, S3C
 from s3sync_dagster.defs.run_config import BackfillConfig, Selection
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.defs.webserver import DagsterWebserver
-from s3sync_dagster.pipeline import events, keys, objects
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3 import events, objects
 
 LAUNCH_BACKFILL = """
 mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {

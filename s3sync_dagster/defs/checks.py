@@ -17,14 +17,16 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.names import DRIFT_CHECK_NAME, INDEX_CHECK_NAME, documents_asset_key, repair_job_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
-from s3sync_dagster.pipeline import audit, index, keys
-from s3sync_dagster.pipeline.owners import Owner
-from s3sync_dagster.pipeline.reports import KeyReport
+from s3sync_dagster.pipeline.audit import drift as audit
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.records.owners import Owner
+from s3sync_dagster.pipeline.sync.reports import KeyReport
 
 SHOWN = 20
 # Statuses whose object must have chunks in Chroma ("empty" and "removed" must not have any).
 HAS_CHUNKS = frozenset({"indexed", "unchanged"})
-# An archived object (pipeline/archive.py) keeps whatever chunks an earlier version left: not unreported ones.
+# An archived object (pipeline/s3/archive.py) keeps whatever chunks an earlier version left: not unreported ones.
 MAY_KEEP_CHUNKS = HAS_CHUNKS | {"archived"}
 
 
@@ -156,7 +158,7 @@ def empty_at(instance: dg.DagsterInstance, asset_key: dg.AssetKey, object_keys: 
 def audited_collections(chroma: ChromaResource, embedding: EmbeddingResource, source: SourceConfig) -> Iterator[Any]:
     """The source's collection first, then every other collection of our model (targets of invocations
     and .meta.json files): a removal searches them all, so orphans are looked for in them all."""
-    # A copy being filled or a retired collection (a re-embedding's, pipeline/reembed.py) is the re-embedding's
+    # A copy being filled or a retired collection (a re-embedding's, pipeline/reembed/swap.py) is the re-embedding's
     # to keep exact and drop: never audited, so a repair never deletes from it.
     names = [
         collection.name

@@ -12,7 +12,8 @@ from typing import Any
 from chromadb.errors import NotFoundError
 
 from s3sync_dagster.config import AppConfig
-from s3sync_dagster.pipeline import index, keys
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.records import keys
 
 
 @dataclass(frozen=True)

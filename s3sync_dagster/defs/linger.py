@@ -44,7 +44,7 @@ from s3sync_dagster.defs.sensors import (
 )
 from s3sync_dagster.defs.state import poll_state
 from s3sync_dagster.defs.tags import LINGER_TAG, READS_QUEUES_TAG
-from s3sync_dagster.pipeline import keys
+from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.store import close_clients
 
 # A run queued longer than this waits for a slot (the queue daemon's dequeue interval is 1-5 s).

@@ -1,4 +1,4 @@
-"""The `.meta.json` -> document links of a source (pipeline/meta_links.py), kept in the Dagster instance.
+"""The `.meta.json` -> document links of a source (pipeline/s3/meta_links.py), kept in the Dagster instance.
 
 They live in the instance's key-value store, beside the sensors' cursors, so the daemon, the
 webserver and runs on other hosts share them; one entry per document: its key's hash -> the

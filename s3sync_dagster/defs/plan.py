@@ -1,4 +1,4 @@
-"""A source's plan before a sync (pipeline/plan.py) from Dagster's side: its registered partitions and the empty
+"""A source's plan before a sync (pipeline/audit/plan.py) from Dagster's side: its registered partitions and the empty
 objects its materialisations recorded, its collection opened for reading only; the `<source>_plan` job's output."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.checks import empty_at
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
-from s3sync_dagster.pipeline import plan, plan_estimates
-from s3sync_dagster.pipeline.objects import ObjectInfo
+from s3sync_dagster.pipeline.audit import estimates as plan_estimates
+from s3sync_dagster.pipeline.audit import plan
+from s3sync_dagster.pipeline.s3.objects import ObjectInfo
 
 
 def plan_of(

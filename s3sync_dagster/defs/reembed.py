@@ -1,6 +1,6 @@
 """The re-embed job's run: a source's collection re-embedded under the configured function and swapped in
-(pipeline/reembed.py), or, under the function it records, its chunks written before context lines given them in
-place (pipeline/context_backfill.py); its progress in the run's log line by line, its figures on the run's output."""
+(pipeline/reembed/swap.py), or, under the function it records, its chunks written before context lines given them in
+place (pipeline/reembed/context_backfill.py); its progress in the run's log line by line, its figures on the run's output."""
 
 import time
 from typing import Any
@@ -11,9 +11,12 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.defs.run_config import ReembedConfig
-from s3sync_dagster.pipeline import context_backfill, index, keys, reembed
-from s3sync_dagster.pipeline.embed import EmbeddingSpec, same_function
-from s3sync_dagster.pipeline.owners import Owner
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec, same_function
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.records.owners import Owner
+from s3sync_dagster.pipeline.reembed import context_backfill
+from s3sync_dagster.pipeline.reembed import swap as reembed
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.store import Store
 

@@ -23,7 +23,12 @@ from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_partitions
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import RepairConfig
-from s3sync_dagster.pipeline import audit, chunk_drift, events, index, keys, lexicon, objects
+from s3sync_dagster.pipeline.audit import chunks as chunk_drift
+from s3sync_dagster.pipeline.audit import drift as audit
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3 import events, objects
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 

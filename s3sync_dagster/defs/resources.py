@@ -23,10 +23,10 @@ from s3sync_dagster.config import (
     TimeoutsConfig,
 )
 from s3sync_dagster.defs.webserver import DagsterWebserver
-from s3sync_dagster.pipeline import objects, roles
-from s3sync_dagster.pipeline.conversion import DocumentOptions
-from s3sync_dagster.pipeline.embed import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
-from s3sync_dagster.pipeline.request_settings import RequestSettings, customer_key, send_request_settings
+from s3sync_dagster.pipeline.embedding.functions import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
+from s3sync_dagster.pipeline.extraction.conversion import DocumentOptions
+from s3sync_dagster.pipeline.s3 import objects, roles
+from s3sync_dagster.pipeline.s3.request_settings import RequestSettings, customer_key, send_request_settings
 from s3sync_dagster.pipeline.store import Store
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Documents, EmbeddingFunction
 
-    from s3sync_dagster.pipeline.owners import Owner
+    from s3sync_dagster.pipeline.records.owners import Owner
 
 
 _TIMEOUTS = TimeoutsConfig()  # the defaults, for resources made without a config file

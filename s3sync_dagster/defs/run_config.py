@@ -49,14 +49,14 @@ class RepairConfig(dg.Config):
     # Collections where the source's chunks are deleted: it may not write there (another source's).
     misplaced: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
     foreign: bool = False  # delete the chunks other sources wrote into the source's own collection
-    # Collections whose lexical index is built again from their chunks (pipeline/lexicon.py).
+    # Collections whose lexical index is built again from their chunks (pipeline/lexicon/embedded.py).
     lexicon: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
     # Collections whose misembedded chunks (text hash not their text's) are deleted, their keys then synced from S3.
     misembedded: list[str] = []  # noqa: RUF012 - a pydantic field: copied per instance
 
 
 class ReembedConfig(dg.Config):
-    """A re-embedding of the source's collection under the configured embedding function (pipeline/reembed.py)."""
+    """A re-embedding of the source's collection under the configured embedding function (pipeline/reembed/swap.py)."""
 
     abandon: bool = False  # drop the re-embedding underway instead: the collection is left as it is
     batch_size: int = 500  # chunks read, embedded and written at a time (and a progress line each)

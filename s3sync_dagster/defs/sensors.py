@@ -38,8 +38,8 @@ from s3sync_dagster.defs.tags import PREFIX_LINGER_TAG
 from s3sync_dagster.defs.tick_runs import READ_BUDGET_S as READ_BUDGET_S
 from s3sync_dagster.defs.tick_runs import plan_keys as plan_keys
 from s3sync_dagster.defs.tick_runs import sync_result
-from s3sync_dagster.pipeline import objects
-from s3sync_dagster.pipeline.poll import PollState
+from s3sync_dagster.pipeline.s3 import objects
+from s3sync_dagster.pipeline.s3.poll import PollState
 
 # The sensor's minimum_interval_seconds: not what paces it (the long poll and the daemon's loop do), so that a
 # tick is started at every loop once the last one has ended.

@@ -29,7 +29,7 @@ from s3sync_dagster.defs.run_config import (
 )
 from s3sync_dagster.defs.sensors import SQS_TICK_INTERVAL_S, poll_tick, sqs_tick
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
-from s3sync_dagster.pipeline import keys as object_keys
+from s3sync_dagster.pipeline.records import keys as object_keys
 
 
 def source_definitions(

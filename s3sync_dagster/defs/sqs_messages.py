@@ -12,7 +12,7 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.tick_runs import READ_BUDGET_S, plan_keys
-from s3sync_dagster.pipeline import events
+from s3sync_dagster.pipeline.s3 import events
 
 # Messages awaiting deletion travel in the sensor's cursor (their receipt handles): a bound on its size.
 MAX_MESSAGES_PER_TICK = 1000

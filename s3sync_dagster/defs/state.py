@@ -2,7 +2,7 @@
 
 There the daemon, the webserver and runs on other hosts share it (the instance root is one host's
 disk). Each kind of state gets its own name prefix per source: `s3sync/<source>/poll/` for the poll
-sensor's listing state (pipeline/poll.py), `s3sync/<source>/meta-links/` for the metadata links.
+sensor's listing state (pipeline/s3/poll.py), `s3sync/<source>/meta-links/` for the metadata links.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from s3sync_dagster.pipeline import poll
+from s3sync_dagster.pipeline.s3 import poll
 
 
 class InstanceKeyValues:

@@ -11,7 +11,8 @@ from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_requests
 from s3sync_dagster.defs.run_config import sync_run_config
 from s3sync_dagster.defs.tags import LINGER_TAG, PREFIX_LINGER_TAG, READS_QUEUES_TAG, SOURCE_TAG, TRIGGER_TAG
-from s3sync_dagster.pipeline import events, keys
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.s3 import events
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
 READ_BUDGET_S = 25.0

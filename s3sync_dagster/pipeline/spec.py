@@ -9,11 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from s3sync_dagster.pipeline import events, index, keys, objects
-from s3sync_dagster.pipeline.conversion import DocumentOptions
-from s3sync_dagster.pipeline.embed import default_token_budget
-from s3sync_dagster.pipeline.owners import Owner
-from s3sync_dagster.pipeline.tokens import TokenBudget
+from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
+from s3sync_dagster.pipeline.embedding.functions import default_token_budget
+from s3sync_dagster.pipeline.extraction.conversion import DocumentOptions
+from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.records import metadata as metadata_rules
+from s3sync_dagster.pipeline.records.owners import Owner
+from s3sync_dagster.pipeline.s3 import events, objects
 
 # Bump when chunking or extraction changes what a given object produces: every object re-indexes once.
 PIPELINE_VERSION = "3"  # 2: HTML and CSV are converted to markdown by docling; 3: chunks fit the model's window
@@ -47,7 +49,7 @@ class SourceSpec:
     # The deployment the source belongs to (`project` in the config; "" when it names none): recorded on
     # every chunk, so two projects sharing a store never count, replace or delete each other's chunks.
     project: str = ""
-    # The store is Chroma Cloud: its quotas per record are rules (pipeline/cloud_limits.py), checked before a write.
+    # The store is Chroma Cloud: its quotas per record are rules (pipeline/chroma/limits.py), checked before a write.
     cloud_limits: bool = False
     # Issue 52: user metadata names and tag keys carried into the chunks (`meta_<name>`, `tag_<name>`); the tag
     # listing an object's readers and the readers of an object without it; requester pays.
@@ -59,7 +61,7 @@ class SourceSpec:
 
     @property
     def owner(self) -> Owner:
-        """Whose chunks this source may read as its own, replace and delete (pipeline/owners.py)."""
+        """Whose chunks this source may read as its own, replace and delete (pipeline/records/owners.py)."""
         return Owner(self.name, self.bucket_name, self.path_prefix, self.project)
 
     @property
@@ -143,7 +145,7 @@ class Invocation:
                 keys.validate_custom_id(self.custom_id)
             except ValueError as error:
                 raise ValueError(f"object '{object_key}': {error}") from None
-        index.validate_user_metadata(self.metadata, f"object '{object_key}'")
+        metadata_rules.validate_user_metadata(self.metadata, f"object '{object_key}'")
         if self.target_collection_name is not None:
             keys.validate_collection_name(self.target_collection_name, f"object '{object_key}' target collection")
             spec.check_target(self.target_collection_name, f"object '{object_key}'")

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from s3sync_dagster.pipeline import claims, lexicon_postgres, lifecycle, reembed, search
-from s3sync_dagster.pipeline.embed import (
+from s3sync_dagster.pipeline.chroma import claims, lifecycle
+from s3sync_dagster.pipeline.embedding.functions import (
     DEFAULT_FUNCTION,
     ChromaDefaultFunction,
     EmbeddingSpec,
@@ -28,13 +28,16 @@ from s3sync_dagster.pipeline.embed import (
     is_old_bundled_record,
     same_function,
 )
+from s3sync_dagster.pipeline.lexicon import postgres as lexicon_postgres
+from s3sync_dagster.pipeline.reembed import swap as reembed
+from s3sync_dagster.pipeline.search import query as search
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Documents, EmbeddingFunction
 
-    from s3sync_dagster.pipeline.owners import Owner
+    from s3sync_dagster.pipeline.records.owners import Owner
 
 DEFAULT_EMBEDDED_PATH = ".s3sync/chroma"  # an embedded store's folder when the config names none
 # Lock files in an embedded store's folder. Two, not one: a run holds the write lock for all its writes
@@ -56,7 +59,7 @@ class Store:
     cloud_tenant: str | None = None
     cloud_database: str | None = None
     cloud_api_key: str | None = None
-    # A server's lexical index in PostgreSQL (pipeline/lexicon_postgres.py): its connection URL, a secret.
+    # A server's lexical index in PostgreSQL (pipeline/lexicon/postgres.py): its connection URL, a secret.
     lexicon_dsn: str | None = field(default=None, repr=False)
 
     def describe(self) -> str:
@@ -124,7 +127,7 @@ class Store:
             self.cloud_tenant, self.cloud_database, self.cloud_api_key,
         )  # fmt: skip
         if self.host and self.lexicon_dsn:
-            # The server's collections, as pipeline/lifecycle.py opens them, keep their lexical index there.
+            # The server's collections, as pipeline/chroma/lifecycle.py opens them, keep their lexical index there.
             lexicon_postgres.serve(self.host, self.port, self.lexicon_dsn)
         return client
 
@@ -139,7 +142,7 @@ class Store:
         A collection recording another function than the config's (a model change) is opened with its own
         (embed.function_of_record): it answers queries, and takes writes, in the model its vectors are of. A
         write by `owner` begins its re-embedding into a copy under the config's function, which every write then
-        keeps exact (pipeline/reembed.py; `s3sync reembed` fills it and swaps it in), where the collection is the
+        keeps exact (pipeline/reembed/swap.py; `s3sync reembed` fills it and swaps it in), where the collection is the
         owner's to re-embed (claims.may_reembed: its own, or a target holding only its chunks); anyone else's
         collection goes on in its own function and is never copied. queries=True: for searches, which begin nothing.
         """
@@ -172,7 +175,7 @@ class Store:
         if same_function(recorded, spec):
             return collection
         # Another function than the config's: the collection keeps answering (and taking writes) in its own until
-        # a re-embedding swaps in the copy under the config's (pipeline/reembed.py), which a write begins.
+        # a re-embedding swaps in the copy under the config's (pipeline/reembed/swap.py), which a write begins.
         try:
             own = function_of_record(recorded, spec)
         except ValueError as error:
@@ -197,7 +200,7 @@ class Store:
     @staticmethod
     def _existing(client: ClientAPI, name: str, function: EmbeddingFunction[Documents]) -> Collection:
         """The collection (NotFoundError if none); found missing in the middle of a re-embedding's swap, once the
-        swap's second rename is done (pipeline/reembed.py)."""
+        swap's second rename is done (pipeline/reembed/swap.py)."""
         from chromadb.errors import NotFoundError
 
         try:
@@ -227,7 +230,7 @@ class Store:
 
         It guards the store, not the keys: a PersistentClient is not process-safe (each process keeps
         its own HNSW index in memory; chroma-core/chroma#3792), so it cannot be narrowed to single
-        writes. Two writers of one key are reconciled by the engine (pipeline/settle.py).
+        writes. Two writers of one key are reconciled by the engine (pipeline/sync/settle.py).
 
         Re-entrant within a thread (a run holding it may open, and so rebuild, another collection).
         """
