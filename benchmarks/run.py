@@ -20,8 +20,11 @@ from typing import Any
 
 import yaml
 
-from benchmarks import common, corpus, fixes, incremental, latency, queues, throughput
-from s3sync_dagster.commands import local_s3
+from benchmarks import common
+from benchmarks.latency import queues
+from benchmarks.latency import upload as latency
+from benchmarks.sync import corpus, fixes, incremental, throughput
+from s3sync_dagster.commands.demo import local_s3
 from s3sync_dagster.pipeline.embedding.functions import default_token_budget, resolve_precision
 
 HERE = Path(__file__).resolve().parent
@@ -223,7 +226,7 @@ def latency_markdown(results: dict[str, Any]) -> str:
             "",
             f"In the same run ({server['chroma']} Chroma): a source whose every upload is a run of its own "
             "(`sqs_linger_seconds: 0`, the first upload after a quiet minute), and the floor: the same path with an "
-            "asset that does nothing (benchmarks/latency_floor.py: its own code location in the same daemon, a "
+            "asset that does nothing (benchmarks/latency/floor.py: its own code location in the same daemon, a "
             "sensor long-polling its own queue as ours does, one partition's run per upload, queued and launched as "
             "ours). The floor's 'chunks written' is its materialisation.",
             "",
@@ -361,10 +364,10 @@ def _sync_ms_per_key(raw: dict[str, Any]) -> float | None:
 # Where each section's raw figures sit in results.json (section 5 reads section 1's).
 RAW_KEYS = {"1": ("bulk", "bulk_measured"), "2": ("incremental",), "3": ("latency",), "4": ("scale",),
             "5": (), "6": ("fixes",), "7": ("retrieval",), "8": (), "9": ("inrun",), "10": (), "11": (), "12": ()}  # fmt: skip
-# Measured on their own, always carried over here: section 8 (drift audit, `python -m benchmarks.audit
-# WORKDIR`), section 10 (beyond one machine, `python -m benchmarks.cluster`, which writes it) and section 11
-# (the model against the CPU's peak, `python -m benchmarks.flops`, its figures in results-flops.json) and
-# section 12 (a million keys, `python -m benchmarks.million WORKDIR`).
+# Measured on their own, always carried over here: section 8 (drift audit, `python -m benchmarks.scale.audit
+# WORKDIR`), section 10 (beyond one machine, `python -m benchmarks.scale.cluster`, which writes it) and section 11
+# (the model against the CPU's peak, `python -m benchmarks.sync.flops`, its figures in results-flops.json) and
+# section 12 (a million keys, `python -m benchmarks.scale.million WORKDIR`).
 STANDALONE = {"8", "10", "11", "12"}
 CARRIED_NOTE = "_Not measured by the invocation above: carried over from the earlier run that wrote this file"
 
@@ -494,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         help="section 6: the parts to measure; the others are carried over from the results.json beside --out",
     )
     parser.add_argument(
-        "--scale-json", help="section 4 from an earlier `python -m benchmarks.scale` run's JSON instead of measuring"
+        "--scale-json",
+        help="section 4 from an earlier `python -m benchmarks.scale.many_keys` run's JSON instead of measuring",
     )
     parser.add_argument(
         "--bulk-json",
@@ -600,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             write()
             log(f"fixes: {result}")
         if "3" not in skip:
-            from benchmarks.requests_log import proxied
+            from benchmarks.servers.requests_log import proxied
 
             latencies: dict[str, Any] = {}
             for chroma in args.latency_chroma.split(","):
@@ -620,15 +624,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"latency ({chroma}): p50 {latencies[chroma]['median_s']:.2f} s, p95 {latencies[chroma]['p95_s']:.2f} s"
                 )
             raw["latency"] = latencies
-            # The four-source subsection (python -m benchmarks.queues) is measured apart: kept as it stands.
+            # The four-source subsection (python -m benchmarks.latency.queues) is measured apart: kept as it stands.
             sections.append(latency_markdown(latencies) + queues.earlier(Path(args.out)))
             write()
         if "4" not in skip:
-            from benchmarks import scale
+            from benchmarks.scale import many_keys as scale
 
             if args.scale_json:
                 result = json.loads(Path(args.scale_json).read_text())
-                log(f"section 4 from {args.scale_json} (measured earlier by python -m benchmarks.scale)")
+                log(f"section 4 from {args.scale_json} (measured earlier by python -m benchmarks.scale.many_keys)")
             else:
                 result = scale.measure(
                     workdir / "scale", args.scale_keys, args.big_object_mb, smoke=args.smoke,
@@ -638,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(scale.section_markdown(result))
             write()
         if "9" not in skip:
-            from benchmarks import inrun
+            from benchmarks.sync import inrun
 
             result = inrun.measure(server.endpoint_url, workdir / "inrun", 20 if args.smoke else args.inrun_objects)
             raw["inrun"] = result
@@ -646,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             write()
             log(f"in-run embedding: {result['ratio']:.2f}x the bare function")
         if "7" not in skip:
-            from benchmarks import retrieval
+            from benchmarks.retrieval import chunks as retrieval
 
             result = retrieval.measure(
                 server.endpoint_url, workdir / "retrieval", retrieval.parse_budgets(args.retrieval_budgets),

@@ -23,10 +23,10 @@ import pytest
 import yaml
 from hypothesis import settings
 
-from benchmarks.reliability import REPORT_ENV
-from s3sync_dagster.commands import local_s3
-from s3sync_dagster.commands.local_s3 import LOOPBACK, free_port
-from s3sync_dagster.commands.resident import SERVER_ENV as RESIDENT_ENV
+from benchmarks.scale.reliability import REPORT_ENV
+from s3sync_dagster.commands.demo import local_s3
+from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.query.resident import SERVER_ENV as RESIDENT_ENV
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.store import close_clients
@@ -232,7 +232,7 @@ def notifying_queue(sqs: Any, s3: Any, bucket_name: str, queue_name: str) -> str
     return str(url)
 
 
-# --- the reliability table (RELIABILITY.md, `python -m benchmarks.reliability`) ----------------------------
+# --- the reliability table (RELIABILITY.md, `python -m benchmarks.scale.reliability`) ----------------------------
 
 # (collection name, chunk id) -> chunk text: what Chroma must hold, all collections together.
 Chunks = dict[tuple[str, str], str]
@@ -305,7 +305,7 @@ def store_chunks(client: Any) -> list[tuple[str, str, str]]:
 
 
 class ResidentCommands:
-    """`s3sync` commands run as a user runs them with the resident query process on (commands/resident.py),
+    """`s3sync` commands run as a user runs them with the resident query process on (commands/query/resident.py),
     their runtime folder a short one of their own: a socket's path holds at most 107 bytes, and tmp_path under
     pytest-xdist is longer than that allows. `env` is theirs to change."""
 

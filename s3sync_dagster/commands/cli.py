@@ -14,19 +14,17 @@ from collections.abc import Sequence
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3sync_dagster.commands import (
-    invocation_commands,
-    plan_commands,
-    query_commands,
-    server_commands,
-    source_commands,
-    sync_commands,
-)
 from s3sync_dagster.commands.errors import InvocationError, RunError, UsageError
-from s3sync_dagster.commands.query_commands import keep_searchers_open as keep_searchers_open
 from s3sync_dagster.commands.subcommand import EXIT_OK as EXIT_OK
 from s3sync_dagster.commands.subcommand import EXIT_SOME_FAILED as EXIT_SOME_FAILED
 from s3sync_dagster.commands.subcommand import EXIT_USAGE, common_options
+from s3sync_dagster.commands.subcommands import invocations as invocation_commands
+from s3sync_dagster.commands.subcommands import plan as plan_commands
+from s3sync_dagster.commands.subcommands import query as query_commands
+from s3sync_dagster.commands.subcommands import servers as server_commands
+from s3sync_dagster.commands.subcommands import sources as source_commands
+from s3sync_dagster.commands.subcommands import sync as sync_commands
+from s3sync_dagster.commands.subcommands.query import keep_searchers_open as keep_searchers_open
 from s3sync_dagster.config import ConfigError
 from s3sync_dagster.pipeline.extras import MissingExtra
 from s3sync_dagster.pipeline.s3.objects import ObjectError

@@ -48,13 +48,13 @@ def load_config(args: argparse.Namespace) -> AppConfig:
         # Runs on Celery workers rebuild their job from the config by this variable, in this process too
         # (definitions.documents_job): it must name the file found here.
         os.environ[CONFIG_ENV_VAR] = str(path.resolve())
-    from s3sync_dagster.commands.query import load_sources
+    from s3sync_dagster.commands.query.search import load_sources
 
     return load_sources(path)
 
 
 def dagster_instance(args: argparse.Namespace) -> Any:
-    """The Dagster instance of the home --config implies (commands/dagster_home.py), opened when a command needs it."""
-    from s3sync_dagster.commands.runner import open_instance
+    """The Dagster instance of the home --config implies (commands/runs/dagster_home.py), opened when a command needs it."""
+    from s3sync_dagster.commands.runs.runner import open_instance
 
     return open_instance(args.config)

@@ -33,10 +33,10 @@ class SyncKeysConfig(dg.Config):
 
     object_keys: list[str]
     # Set by the SQS sensor (the source's sqs_linger_seconds): after these keys, the run reads the queue itself until
-    # it has seen no event this long (defs/linger.py).
+    # it has seen no event this long (defs/runs/linger.py).
     linger_seconds: int = 0
     # Set by the poll sensor (the source's poll_linger_seconds): after these keys, the run passes over the prefix
-    # itself every poll_interval_seconds until its passes have found no change this long (defs/linger.py).
+    # itself every poll_interval_seconds until its passes have found no change this long (defs/runs/linger.py).
     poll_linger_seconds: int = 0
 
 

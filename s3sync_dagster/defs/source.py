@@ -1,8 +1,8 @@
 """One source's Dagster objects, all made here: its asset, checks, jobs and sensors (definitions.py merges them).
 
 Everything a source is comes from its SourceConfig (the user's YAML); resources are connections only, asked
-for by the keys the config names (config.ResourceKeysConfig, `s3sync_*`: never a key of the user's project). What the objects do on a run or a tick lives beside them: defs/assets.py
-(indexing), defs/checks.py, defs/sensors.py and defs/repair.py.
+for by the keys the config names (config.ResourceKeysConfig, `s3sync_*`: never a key of the user's project). What the objects do on a run or a tick lives beside them: defs/runs/assets.py
+(indexing), defs/runs/checks.py, defs/sensors/ticks.py and defs/runs/repair.py.
 """
 
 from collections.abc import Iterator, Sequence
@@ -12,13 +12,6 @@ import dagster as dg
 
 from s3sync_dagster.config import SOURCE_KINDS, ConfigError, ResourceKeysConfig, SourceConfig
 from s3sync_dagster.defs import names
-from s3sync_dagster.defs.assets import RunEvent, index_partitions
-from s3sync_dagster.defs.backfill import request_backfill
-from s3sync_dagster.defs.checks import drift_check, index_check
-from s3sync_dagster.defs.linger import read_prefix, read_queue
-from s3sync_dagster.defs.plan import plan_output
-from s3sync_dagster.defs.reembed import reembed_source
-from s3sync_dagster.defs.repair import repair_drift
 from s3sync_dagster.defs.resources import required, taken
 from s3sync_dagster.defs.run_config import (
     BackfillConfig,
@@ -27,7 +20,14 @@ from s3sync_dagster.defs.run_config import (
     RepairConfig,
     SyncKeysConfig,
 )
-from s3sync_dagster.defs.sensors import SQS_TICK_INTERVAL_S, poll_tick, sqs_tick
+from s3sync_dagster.defs.runs.assets import RunEvent, index_partitions
+from s3sync_dagster.defs.runs.backfill import request_backfill
+from s3sync_dagster.defs.runs.checks import drift_check, index_check
+from s3sync_dagster.defs.runs.linger import read_prefix, read_queue
+from s3sync_dagster.defs.runs.plan import plan_output
+from s3sync_dagster.defs.runs.reembed import reembed_source
+from s3sync_dagster.defs.runs.repair import repair_drift
+from s3sync_dagster.defs.sensors.ticks import SQS_TICK_INTERVAL_S, poll_tick, sqs_tick
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline.records import keys as object_keys
 
@@ -37,7 +37,7 @@ def source_definitions(
 ) -> dg.Definitions:
     """The asset (one partition per object key) with its two checks, the repair job, and with auto-sync or
     polling configured, the sync job and the sensors that launch it. `sources` are the code location's, this one
-    among them: the SQS sensor's run reads the queues of the others too (defs/queues.py)."""
+    among them: the SQS sensor's run reads the queues of the others too (defs/sensors/queues.py)."""
     documents_asset = _documents_asset(source, keys)
     jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [
         _repair_job(source, keys),
@@ -297,7 +297,7 @@ def _plan_job(source: SourceConfig, keys: ResourceKeysConfig) -> dg.JobDefinitio
 
 
 def _documents_job(source: SourceConfig) -> "dg.UnresolvedAssetJobDefinition":  # a name only for type checkers
-    """The asset alone, for `s3sync sync`'s runs (commands/runner.py) and the Celery workers that rebuild them
+    """The asset alone, for `s3sync sync`'s runs (commands/runs/runner.py) and the Celery workers that rebuild them
     (definitions.documents_job): a run of keys the command started evaluates no check (selected, each would be
     evaluated on the run's keys in the asset's step; the command's own report says what each key did)."""
     asset_key = names.documents_asset_key(source)

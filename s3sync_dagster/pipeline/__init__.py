@@ -1,5 +1,5 @@
 """The engine: plain functions and classes, no Dagster import. One sub-package per stage of a key's way
-into Chroma and of a query's way out, each importing only those below it (s3sync_dagster_tests/test_layers.py
+into Chroma and of a query's way out, each importing only those below it (s3sync_dagster_tests/house/test_layers.py
 reads each one's "May import" line and fails on any other import):
 
     chunking, extraction        text cut into chunks; documents turned into text         (nothing of the engine)

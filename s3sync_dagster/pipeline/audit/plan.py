@@ -25,7 +25,7 @@ in the same order, and in one kind only. Which objects are new, changed or delet
 - *unchanged*: the rest of the selected objects (metadata files waiting for their document apart).
 
 The collection's chunks are read while the bucket is listed (on a thread): after the listing, the plan is the
-join, a few seconds at a million keys (benchmarks/plan.py).
+join, a few seconds at a million keys (benchmarks/scale/plan.py).
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ def index_frame(collection: Any | None, target: SourceSpec) -> pd.DataFrame:
     """The source's documents in its own collection (None: not made yet) as the audit's join reads them: each one's
     first chunk only, with the chunks it records, sorted by owner here. The read follows the documents, not their
     chunks (a third of the time at 3 chunks a document), and Chroma answers this one-field filter as fast as none,
-    where the owner's (source and bucket, an `$and`) read 100,000 chunks 4 times slower (benchmarks/plan.py). A
+    where the owner's (source and bucket, an `$and`) read 100,000 chunks 4 times slower (benchmarks/scale/plan.py). A
     document missing some of its chunks (a write cut short) is the drift audit's to find: here it looks whole."""
     return audit.chunk_frame(
         [collection] if collection is not None else [], target, first_chunks=True,

@@ -6,7 +6,7 @@ the padding mask added as the float32 minimum, softmax), the output projection a
 (erf) GELU feed-forward and LayerNorm; the graph's one output is `last_hidden_state`. Linear layers are a
 MatMul by the transposed weight and an Add, as torch exports them, so ONNX Runtime's dynamic quantisation
 (pipeline/embedding/default_model.py, int8) finds the same products. The vectors equal sentence-transformers' to
-float32 rounding (s3sync_dagster_tests/test_default_model.py).
+float32 rounding (s3sync_dagster_tests/engine/test_default_model.py).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class Fusion:
     k: int = 60
     # Each side offers `min_pool` candidates for the first `min_pool` hits, twice as many for the next ones,
     # and so on (search.in_tiers): the ranking does not depend on the number of hits asked. `pool_factor`
-    # sizes the pool of benchmarks/hybrid.py's variants (`pool`), which rank for one n only.
+    # sizes the pool of benchmarks/retrieval/hybrid.py's variants (`pool`), which rank for one n only.
     pool_factor: int = 4
     min_pool: int = 20
     coverage_power: float | None = None

@@ -42,7 +42,7 @@ BM25_B = 0.75
 # query's rarer terms, and every candidate is then scored on all of them.
 LEXICON_POOL_FACTOR = 2
 # Lexical mode ranks at least this many of the index's candidates on every term: measured on Django's 203
-# questions (benchmarks/answers.py, 18,852 chunks), the 40 best on the rarer terms ranked below a plain BM25
+# questions (benchmarks/retrieval/answers.py, 18,852 chunks), the 40 best on the rarer terms ranked below a plain BM25
 # over all the chunks at @5 and @10 (0.153 / 0.197 against 0.192 / 0.241); the 200 best ranked at or above it
 # at every depth (0.099 / 0.207 / 0.251, MRR@10 0.144 against 0.123), in 9 ms a query there.
 LEXICAL_CANDIDATES = 200

@@ -1,0 +1,127 @@
+"""`s3sync repair`: audit a source, repair exactly the drift found in one run of its repair job, audit again.
+
+First it drops the re-embedding copies earlier releases left of collections the source writes that no
+re-embedding will swap in (pipeline/reembed/swap.py, `drop_leftovers`), and says which, and which it kept.
+
+It may run beside syncs, sensors' runs and other repairs of the source: each audit is read between their
+writes, and the run's keys are the audit's, whatever those others sync or remove meanwhile.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from s3sync_dagster.commands.errors import UsageError
+from s3sync_dagster.commands.runs.runner import key_outcomes, run_failure, s3_client
+from s3sync_dagster.config import AppConfig, SourceConfig
+from s3sync_dagster.definitions import build_definitions
+from s3sync_dagster.defs.names import repair_job_name
+from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
+from s3sync_dagster.defs.run_config import repair_run_config
+from s3sync_dagster.defs.runs.checks import drift_of
+from s3sync_dagster.defs.runs.repair import unlinked_waiting
+from s3sync_dagster.defs.sensors.monitor import in_process_tags
+from s3sync_dagster.pipeline.audit import drift as audit
+from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.reembed import swap as reembed
+
+
+@dataclass
+class RepairResult:
+    source: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+    run_id: str | None = None
+    success: bool = True
+    synced: int = 0
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    duration_s: float = 0.0
+    # The copies earlier releases' re-embeddings left of collections the source writes: each with whether it was
+    # dropped and why (pipeline/reembed/swap.py, `leftovers`).
+    leftovers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [report for report in self.reports if report.get("status") == "failed"]
+
+
+def _described(drift: audit.Drift) -> dict[str, Any]:
+    described = asdict(drift)
+    described["counts"] = drift.counts()
+    described["clean"] = drift.clean
+    return described
+
+
+def _audit(
+    source: SourceConfig, instance: dg.DagsterInstance, s3: Any, chroma: ChromaResource, embedding: EmbeddingResource
+) -> audit.Drift:
+    """The drift, read between the writes of other commands' runs (each holds the store's write lock for all
+    of its writes): a sync or a sensor's run at work is never caught halfway through a document. The lock is held
+    while the store is read, not while S3 answers for each object."""
+    return drift_of(source, instance, s3, chroma, embedding, hold=chroma.write_lock)
+
+
+def repair(
+    config: AppConfig,
+    source_name: str,
+    instance: dg.DagsterInstance,
+    tags: dict[str, str] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> RepairResult:
+    """Audit the source, repair exactly the drift found in one run on the instance, and audit again.
+
+    on_start: told how many keys the run will sync, just before it starts (a progress display).
+    """
+    started = time.perf_counter()
+    source = config.source(source_name)
+    s3 = s3_client(source)  # checks credentials and bucket before anything runs
+    chroma = chroma_outside_runs(config.chroma)
+    embedding = embedding_resource(config.embedding)
+    why = index.moved(chroma.client(), source.collection_name, source.spec(embedding.spec()).owner)
+    if why is not None:  # an audit would count its chunks where they are as a target's: no drift, and none repaired
+        raise UsageError(why)
+    with chroma.write_lock():  # between the writes of other commands' runs, as an audit
+        left = reembed.drop_leftovers(chroma.client(), source.spec(embedding.spec()))
+    before = _audit(source, instance, s3, chroma, embedding)
+    result = RepairResult(source=source_name, before=_described(before), after=_described(before))
+    result.leftovers = [asdict(leftover) for leftover in left]
+    # Waiting metadata files are no drift: only those no sync has linked to their document are synced.
+    to_sync = sorted({*before.to_sync(), *unlinked_waiting(instance, source_name, before)})
+    if before.clean and not to_sync:
+        result.duration_s = time.perf_counter() - started
+        return result
+    job = build_definitions(config).get_job_def(repair_job_name(source_name))
+    if on_start is not None:
+        on_start(len(to_sync))
+    execution = job.execute_in_process(
+        instance=instance,
+        tags={**(tags or {}), **in_process_tags()},
+        run_config=repair_run_config(
+            source_name,
+            to_sync,
+            before.unselected,
+            sorted(before.misplaced),
+            bool(before.foreign),
+            sorted(before.lexicon),
+            sorted(before.misembedded),
+        ),
+        raise_on_error=False,
+    )
+    result.run_id, result.success, result.synced = execution.run_id, execution.success, len(to_sync)
+    # Each key with the reason for its outcome (a key the run recorded nothing for says why), then the
+    # metadata files synced along with a document.
+    own, also_synced = key_outcomes(
+        instance,
+        source,
+        execution.run_id,
+        to_sync,
+        None if execution.success else run_failure(instance, execution.run_id),
+    )
+    result.reports = own + also_synced
+    after = _audit(source, instance, s3, chroma, embedding)
+    result.after = _described(after)
+    result.duration_s = time.perf_counter() - started
+    return result

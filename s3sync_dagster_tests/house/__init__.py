@@ -1,0 +1,1 @@
+"""The house: layers, public names only, the benchmarks' smoke run."""
