@@ -26,7 +26,7 @@ from hypothesis import settings
 from benchmarks.scale.reliability import REPORT_ENV
 from s3sync_dagster.commands.demo import local_s3
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
-from s3sync_dagster.commands.query.resident import SERVER_ENV as RESIDENT_ENV
+from s3sync_dagster.commands.resident import SERVER_ENV as RESIDENT_ENV
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.store import close_clients
@@ -305,7 +305,7 @@ def store_chunks(client: Any) -> list[tuple[str, str, str]]:
 
 
 class ResidentCommands:
-    """`s3sync` commands run as a user runs them with the resident query process on (commands/query/resident.py),
+    """`s3sync` commands run as a user runs them with the resident query process on (commands/resident.py),
     their runtime folder a short one of their own: a socket's path holds at most 107 bytes, and tmp_path under
     pytest-xdist is longer than that allows. `env` is theirs to change."""
 

@@ -759,7 +759,7 @@ def section_lines(result: dict[str, Any]) -> list[str]:
             f"search), p50 {wall['s3sync query']['p50_s']:.2f} s (max {wall['s3sync query']['max_s']:.2f} s) over "
             f"{wall['s3sync query']['runs']} runs, taking turns with a process that only imports chromadb: p50 "
             f"{wall['import chromadb']['p50_s']:.2f} s (max {wall['import chromadb']['max_s']:.2f} s). Answered by "
-            f"the resident query process (commands/query/resident.py; started, and asked once, before the runs): p50 "
+            f"the resident query process (commands/resident.py; started, and asked once, before the runs): p50 "
             f"{wall['s3sync query, resident']['p50_s']:.2f} s (max {wall['s3sync query, resident']['max_s']:.2f} s).",
         ]
     fts, store = result["fts"], result["fts"]["store"]

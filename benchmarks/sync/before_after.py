@@ -27,7 +27,7 @@ from s3sync_dagster.commands.demo import local_s3
 # Run by each side's code in a fresh process (PYTHONPATH: its tree): the hybrid queries, timed one by one.
 QUERY_SCRIPT = """
 import json, sys, time
-from s3sync_dagster.commands.query.search import SourceSearch
+from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import load_config
 config_file, texts = sys.argv[1], json.loads(sys.argv[2])
 searcher = SourceSearch("bench", config=load_config(config_file))

@@ -1,5 +1,5 @@
 """Where the `s3sync` command starts: a query goes to the resident query process when one is running, importing
-nothing else (commands/query/resident.py); anything else, and a query with none running, is answered by
+nothing else (commands/resident.py); anything else, and a query with none running, is answered by
 commands/cli.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import select
 import sys
 from collections.abc import Sequence
 
-from s3sync_dagster.commands.query import resident
+from s3sync_dagster.commands import resident
 
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
 

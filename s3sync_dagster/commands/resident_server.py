@@ -1,4 +1,4 @@
-"""The resident query process (commands/query/resident.py): started in the background by `s3sync query`, it answers
+"""The resident query process (commands/resident.py): started in the background by `s3sync query`, it answers
 the queries sent to its socket with the store and the model kept open, one at a time, until idle.
 
 Its command line is `python -m s3sync_dagster.commands.resident_server` and nothing more: the socket's path and
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from s3sync_dagster.commands import cli
-from s3sync_dagster.commands.query.resident import DEFAULT_IDLE_SECONDS, HEARTBEAT_S, IDLE_ENV, peer_uid
+from s3sync_dagster.commands.resident import DEFAULT_IDLE_SECONDS, HEARTBEAT_S, IDLE_ENV, peer_uid
 
 LOCK_WAIT_S = 10.0  # a process whose socket was replaced leaves within a second: its successor waits this long
 REQUEST_WAIT_S = 10.0  # for a client to send its request once connected

@@ -48,7 +48,7 @@ def load_config(args: argparse.Namespace) -> AppConfig:
         # Runs on Celery workers rebuild their job from the config by this variable, in this process too
         # (definitions.documents_job): it must name the file found here.
         os.environ[CONFIG_ENV_VAR] = str(path.resolve())
-    from s3sync_dagster.commands.query.search import load_sources
+    from s3sync_dagster.commands.query import load_sources
 
     return load_sources(path)
 

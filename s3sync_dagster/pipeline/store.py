@@ -1,7 +1,7 @@
 """The Chroma store a config names, opened without Dagster: its client, its collections and its locks.
 
 `defs.resources.ChromaResource` is this for Dagster's runs, sensors and checks; `s3sync query` and the
-Python search API (commands/query/search.py) open the same store the same way, without importing Dagster.
+Python search API (commands/query.py) open the same store the same way, without importing Dagster.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from s3sync_dagster.commands.cli import main
-from s3sync_dagster.commands.query.search import SourceSearch
+from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline import store
 from s3sync_dagster.pipeline.chunking.context import embedding_input

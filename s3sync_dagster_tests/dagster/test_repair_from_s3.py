@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from s3sync_dagster.commands.cli import main
-from s3sync_dagster.commands.query.search import SourceSearch
+from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.pipeline import store
 from s3sync_dagster.pipeline.audit import drift as audit

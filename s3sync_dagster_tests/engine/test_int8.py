@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from s3sync_dagster.commands.query.search import SourceSearch
+from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import load_config
 from s3sync_dagster.pipeline.chunking.context import embedding_input
 from s3sync_dagster.pipeline.embedding.default_model import (

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import dagster as dg
 import pytest
 
-from s3sync_dagster.commands.query.search import SourceSearch, search_source
+from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.search.filters import READERS_KEY

@@ -162,7 +162,7 @@ def test_a_second_project_writing_the_first_ones_collection_is_told_so_at_its_fi
 def test_a_query_answers_from_the_sources_own_chunks_and_says_whose_each_hit_is(
     make_project: ProjectFactory, fault_row: Row
 ) -> None:
-    from s3sync_dagster.commands.query.search import search_source
+    from s3sync_dagster.commands.query import search_source
 
     first = make_project(1)
     synced(first)

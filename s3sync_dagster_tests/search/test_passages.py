@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from s3sync_dagster.commands.cli import main
-from s3sync_dagster.commands.query.search import search_source
+from s3sync_dagster.commands.query import search_source
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.pipeline.search import passages
 from s3sync_dagster.pipeline.sync.stages import sync_keys

@@ -1,4 +1,4 @@
-"""Where people search (commands/query/search.py): the Python API object that keeps the store and the model open,
+"""Where people search (commands/query.py): the Python API object that keeps the store and the model open,
 hits with the chunks around them (`context`), one hit per object (`per_object`), and `s3sync query`, which
 imports no Dagster. Moto over HTTP -> the engine -> real Chroma, embedded and a `chroma run` server."""
 
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from s3sync_dagster.commands.cli import main
-from s3sync_dagster.commands.query.search import SourceSearch, search_source
+from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline.search import query as engine
 from s3sync_dagster.pipeline.sync.stages import sync_keys
@@ -210,7 +210,7 @@ def test_s3sync_query_imports_no_dagster(searched: tuple[AppConfig, Path]) -> No
 def test_a_resident_process_answers_later_queries_and_sees_other_writers(
     searched: tuple[AppConfig, Path], s3: Any, bucket: str, tmp_path: Path
 ) -> None:
-    """`s3sync query` answers the first query itself and leaves a resident process (commands/query/resident.py) that
+    """`s3sync query` answers the first query itself and leaves a resident process (commands/resident.py) that
     answers the next ones as it would, importing nothing on the caller's side, and sees what another process
     writes to the store after it opened it (an embedded client keeps its index in memory)."""
     config, path = searched

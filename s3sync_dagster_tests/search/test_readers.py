@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from s3sync_dagster.commands.cli import main
-from s3sync_dagster.commands.query.search import SourceSearch, search_source
+from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline.lexicon import embedded as lexicon
 from s3sync_dagster.pipeline.search.dense import FILTERED_WIDEN, nearest
@@ -280,7 +280,7 @@ def test_a_where_clause_is_tested_as_chroma_tests_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("readers_source", ["embedded"], indirect=True)
 def test_the_resident_query_process_applies_the_same_filters(readers_source: tuple[AppConfig, Path]) -> None:
-    """`s3sync query --as/--where/--all-readers` answered by the resident query process (commands/query/resident.py),
+    """`s3sync query --as/--where/--all-readers` answered by the resident query process (commands/resident.py),
     which runs the same command: the options reach it, its stderr comes back."""
     _, path = readers_source
     s3sync = ResidentCommands()

@@ -1,4 +1,4 @@
-"""The resident query process (commands/query/resident.py) under attack: it shows nothing of its queries, a client never
+"""The resident query process (commands/resident.py) under attack: it shows nothing of its queries, a client never
 hangs on one that is frozen, a socket path it did not make is refused and replaced, its digest leaves out what only
 a shell reads, and a PostgreSQL lexical index that does not answer fails a search's lexical side within its bound.
 
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from benchmarks.servers import postgres_server
-from s3sync_dagster.commands.query import resident
+from s3sync_dagster.commands import resident
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.pipeline.chroma import replace as index
 from s3sync_dagster.pipeline.lexicon import embedded as lexicon
@@ -86,7 +86,7 @@ class Shell:
         return status
 
     def address(self) -> Path:
-        code = "from s3sync_dagster.commands.query.resident import address; print(address())"
+        code = "from s3sync_dagster.commands.resident import address; print(address())"
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=60)
         return Path(done.stdout.strip())
 

@@ -140,7 +140,7 @@ def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
 
 def _query(config_file: Path) -> dict[str, Any]:
     """The demo's question, asked as `s3sync query` asks it (hybrid: by meaning and by its words)."""
-    from s3sync_dagster.commands.query.search import search_source
+    from s3sync_dagster.commands.query import search_source
     from s3sync_dagster.config import load_config
 
     hits = search_source(DEMO_SOURCE, DEMO_QUERY, n=3, config=load_config(config_file))

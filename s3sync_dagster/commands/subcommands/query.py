@@ -1,5 +1,5 @@
 """Searching a source from the command line: `s3sync query`, its hits in words or JSON, and the searchers a
-process that answers many queries keeps open between them (commands/query/resident.py)."""
+process that answers many queries keeps open between them (commands/resident.py)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.commands.subcommand import EXIT_OK, Subcommands, emit, load_config
 
 if TYPE_CHECKING:
-    from s3sync_dagster.commands.query.search import OpenSearchers
+    from s3sync_dagster.commands.query import OpenSearchers
 
 
-# The sources' searchers, kept open across the queries of a process that answers many (commands/query/resident.py);
+# The sources' searchers, kept open across the queries of a process that answers many (commands/resident.py);
 # a process that answers one opens its store for it.
 _searchers: OpenSearchers | None = None
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.query.search import search_source
+    from s3sync_dagster.commands.query import search_source
     from s3sync_dagster.pipeline.records.owners import describe
     from s3sync_dagster.pipeline.search.filters import READERS_KEY, search_filter
 
@@ -196,6 +196,6 @@ def add_query(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 def keep_searchers_open() -> None:
     """From now on `s3sync query`s in this process keep their store and model open for the next."""
     global _searchers
-    from s3sync_dagster.commands.query.search import OpenSearchers
+    from s3sync_dagster.commands.query import OpenSearchers
 
     _searchers = _searchers or OpenSearchers()

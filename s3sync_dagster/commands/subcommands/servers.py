@@ -9,7 +9,7 @@ from s3sync_dagster.commands.subcommand import EXIT_OK, EXIT_USAGE, Subcommands,
 
 
 def cmd_query_server(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.query import resident
+    from s3sync_dagster.commands import resident
 
     status = resident.control(args.action)
     if status.get("running"):

@@ -73,7 +73,7 @@ COSMETIC = frozenset(
     }
 )  # fmt: skip
 COSMETIC_PREFIXES = ("HIST", "LESS", "TERM_", "TMUX", "ITERM", "KONSOLE_", "GNOME_TERMINAL_", "VSCODE_", "WT_")
-PACKAGE = Path(__file__).resolve().parents[2]
+PACKAGE = Path(__file__).resolve().parents[1]
 # A Unix socket's path may hold 107 bytes on Linux, 103 on macOS: past that, bind() fails and queries are answered
 # in their own process.
 MAX_SOCKET_PATH = 103

@@ -220,7 +220,7 @@ class _MostlyForeign(Exception):
 
 
 class OpenSearchers:
-    """The searchers of a process that answers many `s3sync query`s (commands/query/resident.py), one a source as
+    """The searchers of a process that answers many `s3sync query`s (commands/resident.py), one a source as
     configured, each kept open while its store is as it left it.
 
     Another process's writes to an embedded store are not in this process's client (it keeps the HNSW index in
