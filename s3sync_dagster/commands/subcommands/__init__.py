@@ -2,5 +2,5 @@
 repair), sources (sources, remove-source, rebuild-lexicon, reembed), invocations (invoke, invocations, cancel),
 plan, query, servers (query-server, demo).
 
-May import: demo, errors, query, runs, subcommand.
+May import: demo, errors, query, resident, runs, subcommand.
 """
