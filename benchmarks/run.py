@@ -372,7 +372,7 @@ STANDALONE = {"8", "10", "11", "12"}
 CARRIED_NOTE = "_Not measured by the invocation above: carried over from the earlier run that wrote this file"
 
 
-def _earlier_sections(out: Path, skip: set[str]) -> list[str]:
+def earlier_sections(out: Path, skip: set[str]) -> list[str]:
     """The skipped sections as the file at ``out`` has them, each with a line saying where it came from."""
     if not out.is_file():
         return []
@@ -406,7 +406,7 @@ def _origin(text: str, number: str) -> str:
     return f"{measured.group(1)}, commit {measured.group(2)}" if measured else "an earlier run"
 
 
-def _earlier_fixes(out: Path, parts: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+def carried_fixes(out: Path, parts: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Section 6's figures for the parts this run does not measure, from the results.json beside ``out``,
     and for each the run that measured it."""
     results_json = out.with_name("results.json")
@@ -439,7 +439,7 @@ def _earlier_retrieval(out: Path) -> list[dict[str, Any]]:
     return carried
 
 
-def _earlier_raw(results_json: Path, skip: set[str]) -> dict[str, Any]:
+def earlier_raw(results_json: Path, skip: set[str]) -> dict[str, Any]:
     if not results_json.is_file():
         return {}
     earlier = json.loads(results_json.read_text())
@@ -526,10 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, Any] = {"machine": machine, "argv": sys.argv[1:] if argv is None else argv}
 
     # Sections this invocation skips keep what an earlier run wrote to the same file, marked as such.
-    carried = _earlier_sections(Path(args.out), skip)
-    raw.update(_earlier_raw(Path(args.out).with_name("results.json"), skip))
+    carried = earlier_sections(Path(args.out), skip)
+    raw.update(earlier_raw(Path(args.out).with_name("results.json"), skip))
     fixes_parts = [part.strip() for part in args.fixes_parts.split(",") if part.strip()]
-    earlier_fixes, fixes_carried = ({}, {}) if "6" in skip else _earlier_fixes(Path(args.out), fixes_parts)
+    earlier_fixes, fixes_carried = ({}, {}) if "6" in skip else carried_fixes(Path(args.out), fixes_parts)
     earlier_retrieval = [] if "7" in skip else _earlier_retrieval(Path(args.out))
 
     def write() -> None:

@@ -155,7 +155,7 @@ def measure_location(
             location.watch(client, list(warmups.values()), WAIT_S)
             # Once the warm-up's runs have ended (a quiet sqs_linger_seconds): one upload to every source at once, no
             # run reading any queue, the sensors' runs to make (what four runs on two slots made slow).
-            latency._runs_ended(location.home, WAIT_S)
+            latency.runs_ended(location.home, WAIT_S)
             quiet = {name: f"quiet/{name}.txt" for name in names}
             for name, object_key in quiet.items():
                 location.upload(name, object_key)

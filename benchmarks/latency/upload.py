@@ -413,7 +413,7 @@ def measure(
                     stop = ["sensor", "stop", sensor, "-w", str(workspace), "-l", location]
                     subprocess.run([str(common.BIN / "dagster"), *stop], env=env, check=True, capture_output=True)
                 if idle_s >= 60:  # a figure, not the smoke's few seconds: once the lingering runs have ended
-                    _runs_ended(home, WAIT_S)
+                    runs_ended(home, WAIT_S)
                 idle = _idle_costs([daemon.pid, servers[LOCATIONS[0]][1].pid], requests_log, idle_s)
                 idle["queues"] = {
                     source.queue_url.rsplit("/", 1)[-1]: source.name for source in sources if source.queue_url
@@ -460,7 +460,7 @@ def measure(
     return result
 
 
-def _runs_ended(home: Path, deadline_s: float) -> None:
+def runs_ended(home: Path, deadline_s: float) -> None:
     """Wait until no run is queued or in progress (the runs reading a queue or passing over a prefix end after a
     quiet minute)."""
     import dagster as dg

@@ -56,7 +56,7 @@ def fill_chroma(path: Path, count: int, etag_of: Any) -> float:
     for index in range(count):
         kind = _kind(index)
         if kind != "missing":
-            records.append((scale._object_key(index), "0" * 32 if kind == "stale" else etag_of(index)))
+            records.append((scale.object_key_at(index), "0" * 32 if kind == "stale" else etag_of(index)))
     records += [(_orphan_key(index), "f" * 32) for index in range(count // 100)]
     started = time.perf_counter()
     batch = client.get_max_batch_size()
@@ -79,7 +79,7 @@ def _memory_etag(index: int) -> str:
 
 
 def _moto_etag(index: int) -> str:
-    return hashlib.md5(f"note {index}\n".encode()).hexdigest()  # scale._fill's body
+    return hashlib.md5(f"note {index}\n".encode()).hexdigest()  # scale.fill_bucket's body
 
 
 def _child(options: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def measure(workdir: Path, keys: int = 100_000, moto_keys: int = 2_000, smoke: b
         result["runs"].append(run)
     if moto_keys:
         with local_s3.running() as server:
-            upload = scale._fill(server.endpoint_url, moto_keys)
+            upload = scale.fill_bucket(server.endpoint_url, moto_keys)
             chroma = workdir / f"chroma-moto-{moto_keys}"
             setup = fill_chroma(chroma, moto_keys, _moto_etag)
             run = _audit_in_child(chroma, moto_keys, server.endpoint_url)

@@ -78,12 +78,12 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _object_key(index: int) -> str:
+def object_key_at(index: int) -> str:
     # 100 folders, as a real prefix has some depth; every key is distinct and sorts by index.
     return f"{PREFIX}{index % 100:02d}/doc-{index:07d}.txt"
 
 
-def _fill(endpoint_url: str, count: int, threads: int = 32) -> float:
+def fill_bucket(endpoint_url: str, count: int, threads: int = 32) -> float:
     """N tiny objects in parallel (setup, not measured); returns the seconds it took."""
     common.credentials()
     s3 = boto3.client(
@@ -93,7 +93,7 @@ def _fill(endpoint_url: str, count: int, threads: int = 32) -> float:
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         for _ in pool.map(
-            lambda index: s3.put_object(Bucket=BUCKET, Key=_object_key(index), Body=f"note {index}\n".encode()),
+            lambda index: s3.put_object(Bucket=BUCKET, Key=object_key_at(index), Body=f"note {index}\n".encode()),
             range(count),
         ):
             pass
@@ -101,7 +101,7 @@ def _fill(endpoint_url: str, count: int, threads: int = 32) -> float:
 
 
 @contextmanager
-def _instance(home: Path) -> Iterator[dg.DagsterInstance]:
+def dagster_instance(home: Path) -> Iterator[dg.DagsterInstance]:
     """A fresh (or existing) instance in `home`, with the project's dagster.yaml."""
     common.dagster_home(home)
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -119,11 +119,11 @@ class MemoryS3:
     def __init__(self, count: int) -> None:
         # Only the sorted keys stay in memory (about 100 MB at a million); a page's entries are made when it is
         # listed, so the memory measured is the project's, not the stand-in's.
-        self._indices = sorted(range(count), key=_object_key)
+        self._indices = sorted(range(count), key=object_key_at)
         self._modified = datetime(2026, 1, 1, tzinfo=UTC)
 
     def _entry(self, index: int) -> dict[str, Any]:
-        return {"Key": _object_key(index), "Size": 10, "ETag": f'"{index:032x}"', "LastModified": self._modified}
+        return {"Key": object_key_at(index), "Size": 10, "ETag": f'"{index:032x}"', "LastModified": self._modified}
 
     def head_bucket(self, **_: Any) -> dict[str, Any]:
         return {}
@@ -158,7 +158,7 @@ class MemoryS3:
 
 
 @contextmanager
-def _listing(fake: MemoryS3 | None) -> Iterator[None]:
+def listing_from(fake: MemoryS3 | None) -> Iterator[None]:
     """With a MemoryS3, discovery and the poll sensor list from it instead of the S3 endpoint."""
     if fake is None:
         yield
@@ -174,7 +174,7 @@ def _listing(fake: MemoryS3 | None) -> Iterator[None]:
 
 
 def _discover_once(config: AppConfig, home: Path, count: int) -> dict[str, float]:
-    with _instance(home) as instance:
+    with dagster_instance(home) as instance:
         first_s, first = _timed(lambda: discover(config, SOURCE, instance))
         again_s, again = _timed(lambda: discover(config, SOURCE, instance))
     assert first.new == count and again.new == 0 and again.registered == count, (first, again)
@@ -182,8 +182,8 @@ def _discover_once(config: AppConfig, home: Path, count: int) -> dict[str, float
 
 
 def _register_once(home: Path, count: int) -> float:
-    names = [partition_keys.to_partition_key(_object_key(index)) for index in range(count)]
-    with _instance(home) as instance:
+    names = [partition_keys.to_partition_key(object_key_at(index)) for index in range(count)]
+    with dagster_instance(home) as instance:
         seconds, _ = _timed(lambda: instance.add_dynamic_partitions(partitions_name(SOURCE), names))
         assert len(instance.get_dynamic_partitions(partitions_name(SOURCE))) == count
     return seconds
@@ -200,7 +200,7 @@ def _completed_passes(instance: dg.DagsterInstance) -> int:
         state.close()
 
 
-def _poll_pass(instance: dg.DagsterInstance, defs: dg.Definitions, sensor: dg.SensorDefinition) -> dict[str, Any]:
+def poll_pass(instance: dg.DagsterInstance, defs: dg.Definitions, sensor: dg.SensorDefinition) -> dict[str, Any]:
     """Tick until the pass ends, applying each tick's partition requests as the daemon does."""
     target = _completed_passes(instance) + 1
     ticks: list[float] = []
@@ -237,9 +237,9 @@ def _poll_pass(instance: dg.DagsterInstance, defs: dg.Definitions, sensor: dg.Se
 def _poll_once(config: AppConfig, home: Path, count: int) -> dict[str, Any]:
     defs = build_definitions(config)
     sensor = defs.resolve_sensor_def(f"{SOURCE}_poll")
-    with _instance(home) as instance:
-        first = _poll_pass(instance, defs, sensor)
-        again = _poll_pass(instance, defs, sensor)
+    with dagster_instance(home) as instance:
+        first = poll_pass(instance, defs, sensor)
+        again = poll_pass(instance, defs, sensor)
     assert first["run_keys"] == count and first["registered"] == count, first
     assert again["runs"] == 0, f"an unchanged bucket launched {again['runs']} run(s)"
     return {"first": first, "again": again}
@@ -252,10 +252,10 @@ def _materialize_some(home: Path, count: int) -> float:
     """Record materialisations for a share of the partitions, so statuses have both kinds (setup)."""
     asset_key = documents_asset_key(SOURCE)
     started = time.perf_counter()
-    with _instance(home) as instance:
+    with dagster_instance(home) as instance:
         # One key in 100: the statuses need both kinds, and each event is a write (~40 ms on SQLite).
         for index in range(0, count, 100):
-            partition = partition_keys.to_partition_key(_object_key(index))
+            partition = partition_keys.to_partition_key(object_key_at(index))
             instance.report_runless_asset_event(
                 dg.AssetMaterialization(asset_key=asset_key, partition=partition, metadata={"status": "indexed"})
             )
@@ -264,7 +264,7 @@ def _materialize_some(home: Path, count: int) -> float:
 
 def _webserver(home: Path, config_file: Path, count: int, workdir: Path) -> dict[str, Any]:
     asset = {"path": list(documents_asset_key(SOURCE).path)}
-    some = [partition_keys.to_partition_key(_object_key(index)) for index in range(0, min(count, 50), 10)]
+    some = [partition_keys.to_partition_key(object_key_at(index)) for index in range(0, min(count, 50), 10)]
     queries: dict[str, Callable[[dagster_server.DagsterDev], Any]] = {
         "partitions + statuses": lambda server: server.gql(dagster_server.PARTITIONS, assetKey=asset),
         "partition stats": lambda server: server.gql(PARTITION_STATS, assetKey=asset),
@@ -550,7 +550,7 @@ def measure(
 
     with local_s3.running() as server:
         loads["upload"] = _load()
-        walls["upload"] = result["upload_s"] = _fill(server.endpoint_url, moto_keys)
+        walls["upload"] = result["upload_s"] = fill_bucket(server.endpoint_url, moto_keys)
         # Two configs over the same source: with polling (the sensor exists) and without, so the
         # daemon of `dagster dev` has no sensor launching runs while the asset page is timed.
         plain = common.write_config(
@@ -563,7 +563,7 @@ def measure(
         config, poll_config = load_config(plain), load_config(polled)
 
         started = time.perf_counter()
-        with _listing(MemoryS3(keys)):
+        with listing_from(MemoryS3(keys)):
             result["memory"] = _key_steps(config, poll_config, workdir, "memory", keys, repeats)
         walls["key_steps_memory"] = time.perf_counter() - started
         started = time.perf_counter()

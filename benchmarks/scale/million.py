@@ -78,9 +78,9 @@ def run_step(step: str, workdir: Path, keys: int) -> dict[str, Any]:
     fake = scale.MemoryS3(keys)
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out: dict[str, Any] = {"step": step, "keys": keys}
-    with scale._listing(fake):
+    with scale.listing_from(fake):
         if step.startswith("discover"):
-            with scale._instance(workdir / "home") as instance:
+            with scale.dagster_instance(workdir / "home") as instance:
                 started = time.perf_counter()
                 found = discover(load_config(plain), SOURCE, instance)
                 out["seconds"] = time.perf_counter() - started
@@ -89,8 +89,8 @@ def run_step(step: str, workdir: Path, keys: int) -> dict[str, Any]:
             config = load_config(polled)
             defs = build_definitions(config)
             sensor = defs.resolve_sensor_def(f"{SOURCE}_poll")
-            with scale._instance(workdir / "home-poll") as instance:
-                passed = scale._poll_pass(instance, defs, sensor)
+            with scale.dagster_instance(workdir / "home-poll") as instance:
+                passed = scale.poll_pass(instance, defs, sensor)
             out.update(
                 seconds=passed["pass_s"] + passed["register_s"],
                 sensor_s=passed["pass_s"],

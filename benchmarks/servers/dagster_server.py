@@ -315,7 +315,7 @@ def _ready(server: DagsterDev, deadline: float) -> None:
     raise TimeoutError(f"dagster not ready; log tail:\n{server.tail()}")
 
 
-def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+def stop_group(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
     """The whole process group: code servers outlive a SIGTERM to `dagster dev` otherwise."""
 
     def alive() -> bool:
@@ -336,7 +336,7 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
     process.wait()
 
 
-def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
+def spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
     """One Dagster process in its own process group (its code servers and run workers with it); logs appended."""
     return subprocess.Popen(
         argv, cwd=cwd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
@@ -356,7 +356,7 @@ def _serving(
     processes: list[subprocess.Popen[bytes]] = []
     client = httpx.Client(base_url=f"http://{LOOPBACK}:{port}", timeout=60)
     try:
-        processes += [_spawn(argv, env, log, cwd) for argv in argvs]
+        processes += [spawn(argv, env, log, cwd) for argv in argvs]
         server = DagsterDev(f"http://{LOOPBACK}:{port}", processes[0], log, client, tuple(processes[1:]), location)
         _ready(server, time.monotonic() + 180)
         # The "Join the Dagster community" dialog would cover the page in the browser test.
@@ -365,7 +365,7 @@ def _serving(
     finally:
         client.close()
         for process in processes:
-            _stop(process)
+            stop_group(process)
 
 
 # Headless Chromium as the UI tests drive it; without the network flags it keeps dialling out on a closed network.
@@ -438,7 +438,7 @@ def webserver_and_daemon(
     # As deployed (docs/deployment.md): the schema first, once. Two services creating the tables of a fresh
     # database at once race ("type event_logs already exists") and one of them exits.
     subprocess.run([_bin("dagster"), "instance", "migrate"], env=env, check=True, capture_output=True)
-    code_server = _spawn(
+    code_server = spawn(
         [_bin("dagster"), "api", "grpc", "-h", LOOPBACK, "-p", str(grpc_port), "-m", LOCATION_NAME], env, log
     )
     try:
@@ -453,4 +453,4 @@ def webserver_and_daemon(
         with _serving([webserver, daemon], env, port, log) as server:
             yield server
     finally:
-        _stop(code_server)  # its process group: the runs it launched with it
+        stop_group(code_server)  # its process group: the runs it launched with it

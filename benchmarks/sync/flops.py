@@ -63,7 +63,7 @@ from s3sync_dagster.pipeline.chunking.tokens import TokenCounter
 
 # embed is imported before any torch import: it sets OMP_WAIT_POLICY as the project's processes run with it.
 from s3sync_dagster.pipeline.embedding import functions as embed
-from s3sync_dagster.pipeline.embedding import onnx_minilm
+from s3sync_dagster.pipeline.embedding import onnx_minilm, runtimes
 from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path, ensure_default_model
 from s3sync_dagster.pipeline.sync import write
 
@@ -323,7 +323,7 @@ def measure_paths(texts: list[str], warm: list[str], shape: ModelShape, budget_s
     import torch
 
     # The padded shapes sentence-transformers really runs, from the model the torch paths loaded (one for both).
-    model = embed._load(bundled_model_path(), "cpu")
+    model = runtimes.load_model(bundled_model_path(), "cpu")
     transformer: torch.nn.Module = model[0]
     transformer.register_forward_pre_hook(
         lambda _module, args: recorded_shapes.append(tuple(args[0]["input_ids"].shape))
@@ -433,7 +433,7 @@ def onnx_inside(texts: list[str]) -> dict[str, Any]:
     import onnxruntime
 
     folder = ensure_default_model()
-    session, tokenizer = onnx_minilm._load(folder)  # the very session and tokenizer the path ran
+    session, tokenizer = onnx_minilm.load_session(folder)  # the very session and tokenizer the path ran
     feeds = [feed for _batch, feed in onnx_minilm.batch_feeds(tokenizer, texts)]
     path_s, session_s = float("inf"), float("inf")
     for _round in range(2):  # alternating, the best of two each: load from other work falls on both alike

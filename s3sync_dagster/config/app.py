@@ -14,12 +14,12 @@ from s3sync_dagster.config.deployment import (
 )
 from s3sync_dagster.config.embedding import EmbeddingConfig
 from s3sync_dagster.config.errors import ConfigError
-from s3sync_dagster.config.secret_rules import _Model
+from s3sync_dagster.config.secret_rules import StrictModel
 from s3sync_dagster.config.source import SourceConfig
 from s3sync_dagster.pipeline.chroma import limits as cloud_limits
 
 
-class AppConfig(_Model):
+class AppConfig(StrictModel):
     # The deployment these sources belong to, recorded on every chunk they write: two projects sharing one
     # Chroma store (or server) whose sources read the same bucket tell their chunks apart by it. Absent,
     # sources are told apart by name, bucket and prefix (pipeline/records/owners.py). Not a secret: it is in metadata.

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
-from s3sync_dagster.config.secret_rules import _Model
+from s3sync_dagster.config.secret_rules import StrictModel
 
 # An asset's tags, owners and kinds by Dagster's rules (strict tags: letters, digits, `_`, `-`, `.`), checked at load
 # so that the error names the source and the field. Dagster allows an asset ten kinds: s3 and chroma are the source's.
@@ -21,7 +21,7 @@ SOURCE_KINDS = ("s3", "chroma")
 _CONDITION_SCHEMA = {"type": "string", "description": '"{{ dg.AutomationCondition.on_missing() }}": a Dagster template'}
 
 
-class AssetAttributes(_Model):
+class AssetAttributes(StrictModel):
     """`asset:` on a source: its asset's attributes as Dagster names them (dagster-sling's and dagster-dbt's
     translators set the same), beside the source's own `group_name` and `asset_key_prefix`. docs/component.md."""
 

@@ -10,9 +10,9 @@ from pydantic import Field, field_validator, model_validator
 from s3sync_dagster.config.secret_rules import (
     _SECRET_NAME,
     EnvRef,
-    _Model,
-    _no_credentials_in_url,
-    _secret_must_be_env_ref,
+    StrictModel,
+    no_credentials_in_url,
+    secret_must_be_env_ref,
 )
 from s3sync_dagster.pipeline import extras
 from s3sync_dagster.pipeline.store import Store
@@ -20,15 +20,15 @@ from s3sync_dagster.pipeline.store import Store
 DEFAULT_CHROMA_PATH = ".s3sync/chroma"
 
 
-class ChromaCloudConfig(_Model):
+class ChromaCloudConfig(StrictModel):
     tenant: str
     database: str
     api_key: Annotated[EnvRef, Field()]
 
-    _literal = field_validator("api_key", mode="before")(_secret_must_be_env_ref)
+    _literal = field_validator("api_key", mode="before")(secret_must_be_env_ref)
 
 
-class ChromaConfig(_Model):
+class ChromaConfig(StrictModel):
     """Where the vectors go: embedded (`path`), a Chroma server (`host`), or Chroma Cloud (`cloud`)."""
 
     path: str | None = None
@@ -41,8 +41,8 @@ class ChromaConfig(_Model):
     # (postgresql://user:password@host:port/database), that every host writing or searching the server reaches.
     lexicon_postgres: EnvRef | None = None
 
-    _host = field_validator("host")(_no_credentials_in_url)
-    _lexicon_postgres = field_validator("lexicon_postgres", mode="before")(_secret_must_be_env_ref)
+    _host = field_validator("host")(no_credentials_in_url)
+    _lexicon_postgres = field_validator("lexicon_postgres", mode="before")(secret_must_be_env_ref)
 
     @model_validator(mode="after")
     def _one_target(self) -> ChromaConfig:

@@ -10,14 +10,14 @@ from pydantic import Field, field_validator, model_validator
 from s3sync_dagster.config.secret_rules import (
     _URL_CREDENTIALS,
     EnvRef,
-    _Model,
-    _no_credentials_in_url,
-    _secret_must_be_env_ref,
+    StrictModel,
+    no_credentials_in_url,
+    secret_must_be_env_ref,
 )
 from s3sync_dagster.pipeline import extras
 
 
-class DocumentsConfig(_Model):
+class DocumentsConfig(StrictModel):
     """Document extraction (PDF, Office, OpenDocument, HTML, EPUB, images), shared by all sources."""
 
     # docling's model weights for the full PDF layout pipeline; absent: the Hugging Face cache, and
@@ -28,7 +28,7 @@ class DocumentsConfig(_Model):
     ocr: bool = True  # Tesseract for images and PDF pages without a text layer, when installed
 
 
-class CeleryConfig(_Model):
+class CeleryConfig(StrictModel):
     """Steps run on Celery workers (dagster-celery) that share this config file: where their broker is."""
 
     # redis://host:port/db. A URL with a password is a secret: give it as {env: VAR_NAME}.
@@ -52,7 +52,7 @@ class CeleryConfig(_Model):
         return value
 
 
-class ExecutorConfig(_Model):
+class ExecutorConfig(StrictModel):
     """Where a run's step executes: in the run's own process (default), or on Celery workers."""
 
     celery: CeleryConfig | None = None
@@ -67,7 +67,7 @@ class ExecutorConfig(_Model):
         return celery
 
 
-class WebserverConfig(_Model):
+class WebserverConfig(StrictModel):
     """Where the Dagster webserver answers: each source's backfill job starts Dagster's own partition backfills
     through its GraphQL API (the call the UI's own Materialize dialog makes), the only public way to start one."""
 
@@ -77,14 +77,14 @@ class WebserverConfig(_Model):
     # Dagster+ (or a proxy in front of the webserver): the API token, sent as `Dagster-Cloud-Api-Token`.
     api_token: EnvRef | None = None
 
-    _url = field_validator("url")(_no_credentials_in_url)
-    _literal = field_validator("api_token", mode="before")(_secret_must_be_env_ref)
+    _url = field_validator("url")(no_credentials_in_url)
+    _literal = field_validator("api_token", mode="before")(secret_must_be_env_ref)
 
 
 _RESOURCE_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"  # a Python identifier: Dagster's rule for resource keys
 
 
-class ResourceKeysConfig(_Model):
+class ResourceKeysConfig(StrictModel):
     """The keys the sources' resources take in the code location. Namespaced, so a Dagster project's own `s3`,
     `chroma` or `io_manager` resources are left alone; change one if it still meets one of the project's."""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from s3sync_dagster.config.secret_rules import _ENV_VAR_NAME, _SECRET_CONFIG_KEY, EnvRef, _Model
+from s3sync_dagster.config.secret_rules import _ENV_VAR_NAME, _SECRET_CONFIG_KEY, EnvRef, StrictModel
 from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec, Precision, Runtime
 
 
@@ -35,7 +35,7 @@ def _function_config(value: dict[str, Any], where: str) -> dict[str, Any]:
     return config
 
 
-class EmbeddingConfig(_Model):
+class EmbeddingConfig(StrictModel):
     """The embedding function, as Chroma names it; the default is Chroma's own (all-MiniLM-L6-v2, bundled).
 
     `default`: Chroma's default function; collections record it with no path, so any chromadb client

@@ -9,7 +9,7 @@ from typing import Any
 
 from s3sync_dagster.config.errors import ConfigError
 from s3sync_dagster.config.lines import Lines, Loc, line_of
-from s3sync_dagster.config.problems import _where
+from s3sync_dagster.config.problems import location_text
 from s3sync_dagster.config.secret_rules import (
     _CREDENTIAL_SHAPE,
     _ENV_VAR_KEY,
@@ -189,5 +189,5 @@ def refuse_literal_secrets(raw: Any, origin: str, lines: Lines | None = None) ->
         problems = [f"{origin}: {len(found)} literal secret(s) refused; their values are not shown:"]
         for loc, rule in found:
             line = line_of(lines or {}, loc)
-            problems.append(f"  {f'line {line}: ' if line else ''}{_where(raw, loc)}: {rule}")
+            problems.append(f"  {f'line {line}: ' if line else ''}{location_text(raw, loc)}: {rule}")
         raise ConfigError("\n".join(problems))

@@ -13,7 +13,7 @@ from s3sync_dagster.config.discovery import CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE,
 from s3sync_dagster.config.errors import ConfigError
 from s3sync_dagster.config.lines import Lines, line_of, yaml_lines
 from s3sync_dagster.config.literal_secrets import refuse_literal_secrets
-from s3sync_dagster.config.problems import _rendered_empty, _said, _untagged, _where
+from s3sync_dagster.config.problems import location_text, problem_said, rendered_empty, untagged_location
 
 
 def parse_config(raw: Any, origin: str = "<config>", lines: Lines | None = None, written: Any = None) -> AppConfig:
@@ -27,13 +27,13 @@ def parse_config(raw: Any, origin: str = "<config>", lines: Lines | None = None,
     try:
         return AppConfig.model_validate(raw)
     except ValidationError as error:
-        empty = dict(_rendered_empty(written, raw))
+        empty = dict(rendered_empty(written, raw))
         problems = [f"{origin}: {error.error_count()} problem(s):"]
         for problem in error.errors():
-            loc = _untagged(tuple(problem["loc"]))
+            loc = untagged_location(tuple(problem["loc"]))
             line = line_of(lines or {}, loc)
-            said = _said(problem["type"], loc, problem["msg"], empty)
-            problems.append(f"  {f'line {line}: ' if line else ''}{_where(raw, loc)}: {said}")
+            said = problem_said(problem["type"], loc, problem["msg"], empty)
+            problems.append(f"  {f'line {line}: ' if line else ''}{location_text(raw, loc)}: {said}")
         raise ConfigError("\n".join(problems)) from None
 
 

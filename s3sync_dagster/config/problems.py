@@ -17,7 +17,7 @@ from s3sync_dagster.config.lines import Loc
 _CHUNKERS = ("tree_sitter", "lines")  # the chunking union's tags
 
 
-def _where(raw: Any, loc: tuple[int | str, ...]) -> str:
+def location_text(raw: Any, loc: tuple[int | str, ...]) -> str:
     """Render a pydantic error location, naming a source by its name: `sources[1] (source 'docs').region`."""
     parts: list[str] = []
     node = raw
@@ -43,14 +43,14 @@ def _has(node: dict[Any, Any] | list[Any], step: int | str) -> bool:
     return isinstance(step, int) and step < len(node)
 
 
-def _untagged(loc: Loc) -> Loc:
+def untagged_location(loc: Loc) -> Loc:
     """A pydantic location without the discriminator tag it adds after `chunking`: a path in the file."""
     return tuple(
         step for index, step in enumerate(loc) if not (index and loc[index - 1] == "chunking" and step in _CHUNKERS)
     )
 
 
-def _said(kind: str, loc: Loc, message: str, empty: dict[Loc, str]) -> str:
+def problem_said(kind: str, loc: Loc, message: str, empty: dict[Loc, str]) -> str:
     """A problem in words that name the fix: an unset variable a template read, the setting a typo meant."""
     template = next((text for at, text in empty.items() if loc[: len(at)] == at), None)
     if template is not None:
@@ -60,16 +60,16 @@ def _said(kind: str, loc: Loc, message: str, empty: dict[Loc, str]) -> str:
     return message
 
 
-def _rendered_empty(written: Any, rendered: Any, loc: Loc = ()) -> Iterator[tuple[Loc, str]]:
+def rendered_empty(written: Any, rendered: Any, loc: Loc = ()) -> Iterator[tuple[Loc, str]]:
     """Where a template of the settings as written rendered nothing (`{{ env.X }}` with X unset renders None)."""
     if isinstance(written, str) and "{{" in written and rendered is None:
         yield loc, written
     elif isinstance(written, dict) and isinstance(rendered, dict):
         for key, value in written.items():
-            yield from _rendered_empty(value, rendered.get(key), (*loc, key))
+            yield from rendered_empty(value, rendered.get(key), (*loc, key))
     elif isinstance(written, list) and isinstance(rendered, list):
         for index, (value, rendering) in enumerate(zip(written, rendered, strict=False)):
-            yield from _rendered_empty(value, rendering, (*loc, index))
+            yield from rendered_empty(value, rendering, (*loc, index))
 
 
 _TEMPLATE_VARIABLE = re.compile(r"\benv(?:\.|\(\s*['\"])([A-Za-z_][A-Za-z0-9_]*)")

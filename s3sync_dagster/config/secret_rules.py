@@ -35,7 +35,7 @@ _SECRET_CONFIG_KEY = rf"^(?!.*_env_var$).*({_SECRET_NAME})"
 _URL_CREDENTIALS = r"^[^:/?#]+://[^/?#]*@|^(?!.*://).*@"
 
 
-def _no_credentials_in_url(value: str | None) -> str | None:
+def no_credentials_in_url(value: str | None) -> str | None:
     """A URL or host with `user:password@` would carry a secret into logs, run config and `sources`."""
     if value is not None and re.search(_URL_CREDENTIALS, value):
         raise ValueError(
@@ -45,12 +45,12 @@ def _no_credentials_in_url(value: str | None) -> str | None:
     return value
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
     # Errors never echo what was written: a value in the wrong field is most often a secret.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
-class EnvRef(_Model):
+class EnvRef(StrictModel):
     """A secret written as `{env: VAR_NAME}`: the file holds the variable's name, never its value."""
 
     env: str
@@ -73,7 +73,7 @@ class EnvRef(_Model):
         return value
 
 
-def _secret_must_be_env_ref(value: Any) -> Any:
+def secret_must_be_env_ref(value: Any) -> Any:
     if isinstance(value, str):
         raise ValueError("a literal secret is refused: write it as {env: VAR_NAME}")
     return value

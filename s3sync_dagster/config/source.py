@@ -11,7 +11,7 @@ from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model
 
 from s3sync_dagster.config.asset import AssetAttributes
 from s3sync_dagster.config.embedding import EmbeddingConfig
-from s3sync_dagster.config.secret_rules import EnvRef, _Model, _no_credentials_in_url, _secret_must_be_env_ref
+from s3sync_dagster.config.secret_rules import EnvRef, StrictModel, no_credentials_in_url, secret_must_be_env_ref
 from s3sync_dagster.pipeline.chroma import labels
 from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 from s3sync_dagster.pipeline.extraction.conversion import DEFAULT_MAX_PAGES, DocumentOptions
@@ -22,7 +22,7 @@ from s3sync_dagster.pipeline.spec import SourceSpec
 SOURCE_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
 
-class TreeSitterChunking(_Model):
+class TreeSitterChunking(StrictModel):
     """Chroma Sync API `{type: tree_sitter, max_size_bytes}`: code, then markdown, then lines."""
 
     type: Literal["tree_sitter"] = "tree_sitter"
@@ -38,7 +38,7 @@ class TreeSitterChunking(_Model):
         )
 
 
-class LinesChunking(_Model):
+class LinesChunking(StrictModel):
     """Chroma Sync API `{type: lines, max_lines, max_size_bytes}`: every file by lines."""
 
     type: Literal["lines"]
@@ -73,7 +73,7 @@ PRINCIPAL_PATTERN = labels.PRINCIPAL_PATTERN  # at most 256 characters (max_leng
 ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$"
 
 
-class TimeoutsConfig(_Model):
+class TimeoutsConfig(StrictModel):
     """How long a source's S3 (and SQS) endpoint may take, and how often a request is tried.
 
     A request that times out or cannot connect is tried again after an exponential backoff with
@@ -85,7 +85,7 @@ class TimeoutsConfig(_Model):
     max_attempts: int = Field(default=3, ge=1)  # the first request counts
 
 
-class SourceConfig(_Model):
+class SourceConfig(StrictModel):
     """One S3 source: a bucket (and prefix) synced into one Chroma collection."""
 
     name: str = Field(pattern=SOURCE_NAME_PATTERN)
@@ -185,8 +185,8 @@ class SourceConfig(_Model):
         "external_id",
         "sse_customer_key",
         mode="before",
-    )(_secret_must_be_env_ref)
-    _urls = field_validator("endpoint_url", "sqs_queue_url")(_no_credentials_in_url)
+    )(secret_must_be_env_ref)
+    _urls = field_validator("endpoint_url", "sqs_queue_url")(no_credentials_in_url)
 
     @field_validator("collection_name")
     @classmethod

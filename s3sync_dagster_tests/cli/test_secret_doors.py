@@ -35,7 +35,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from benchmarks.servers.dagster_server import _spawn, _stop
+from benchmarks.servers.dagster_server import spawn, stop_group
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.config import ConfigError, component_schema, literal_secret_schema, literal_secrets, parse_config
@@ -126,7 +126,7 @@ def ui_load_error(project: DagsterProject, home: Path, log: Path) -> str:
     """The code location's load error as `dg dev`'s webserver gives it to the UI (all of it, as JSON)."""
     port = free_port()
     argv = [str(BIN / "dg"), "dev", "--host", LOOPBACK, "--port", str(port)]
-    process = _spawn(argv, {**project.env, "DAGSTER_HOME": str(home)}, log, project.root)
+    process = spawn(argv, {**project.env, "DAGSTER_HOME": str(home)}, log, project.root)
     try:
         with httpx.Client(base_url=f"http://{LOOPBACK}:{port}", timeout=30) as client:
             deadline = time.monotonic() + 180
@@ -142,7 +142,7 @@ def ui_load_error(project: DagsterProject, home: Path, log: Path) -> str:
                 time.sleep(0.5)
         raise TimeoutError(log.read_text(errors="replace")[-3000:])
     finally:
-        _stop(process)
+        stop_group(process)
 
 
 def test_no_door_of_a_component_echoes_a_literal_secret(tmp_path: Path, moto_endpoint: str, bucket: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.run import CARRIED_NOTE, _earlier_fixes, _earlier_raw, _earlier_sections, main
+from benchmarks.run import CARRIED_NOTE, carried_fixes, earlier_raw, earlier_sections, main
 from benchmarks.sync import fixes
 
 # Every section's smoke run, in two invocations of `benchmarks.run` (each skips the other's sections) with a budget
@@ -156,12 +156,12 @@ def test_sections_a_run_skips_keep_the_earlier_figures_and_say_so(tmp_path: Path
         "## 1. Bulk sync throughput\n\nbulk table\n\n## 3. Latency\n\nlatency table\n"
     )
     (tmp_path / "results.json").write_text(json.dumps({"bulk": [1], "latency": {"median_s": 9}}))
-    carried = _earlier_sections(out, {"3", "4"})
+    carried = earlier_sections(out, {"3", "4"})
     assert carried == [f"## 3. Latency\n\n{CARRIED_NOTE} (2026-01-02 03:04 UTC, commit abc1234)._\n\nlatency table"]
-    assert _earlier_raw(tmp_path / "results.json", {"3", "4"}) == {"latency": {"median_s": 9}}
+    assert earlier_raw(tmp_path / "results.json", {"3", "4"}) == {"latency": {"median_s": 9}}
     # Carried again by a later run, it still names the run that measured it.
     out.write_text("# Benchmark results\n\nMeasured 2026-02-03 at commit def5678 with `...`.\n\n" + carried[0])
-    assert _earlier_sections(out, {"3"}) == carried
+    assert earlier_sections(out, {"3"}) == carried
 
 
 def test_audit_benchmark_smoke_finds_the_planted_drift(tmp_path: Path) -> None:
@@ -244,14 +244,14 @@ def test_section_6_can_measure_some_parts_and_carry_the_others(tmp_path: Path) -
     writes = {"objects": 2, "chunks": 4, "per_object_s": 2.0, "shared_s": 1.0, "measured": "2026-03-04, commit 0a1b2c3"}
     (tmp_path / "results.json").write_text(json.dumps({"fixes": {"embedding": embedding, "writes": writes}}))
 
-    figures, carried = _earlier_fixes(out, ["events"])
+    figures, carried = carried_fixes(out, ["events"])
     # Each part names the run that measured it: its own stamp, else the run section 6 says it came from.
     assert carried == {"embedding": "2026-01-02 03:04 UTC, commit abc1234", "writes": "2026-03-04, commit 0a1b2c3"}
     assert figures == {
         part: {**values, "measured": carried[part]} for part, values in (("embedding", embedding), ("writes", writes))
     }
     with pytest.raises(SystemExit, match="no earlier 'events' figures"):
-        _earlier_fixes(out, ["embedding"])
+        carried_fixes(out, ["embedding"])
     with pytest.raises(ValueError, match="no part"):
         fixes.measure(parts=["event"])
 

@@ -27,7 +27,6 @@ from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction as 
 from s3sync_dagster.pipeline.embedding.runtimes import LazySentenceTransformer as LazySentenceTransformer
 from s3sync_dagster.pipeline.embedding.runtimes import Precision as Precision
 from s3sync_dagster.pipeline.embedding.runtimes import Runtime as Runtime
-from s3sync_dagster.pipeline.embedding.runtimes import _load as _load
 from s3sync_dagster.pipeline.embedding.runtimes import cpu_has_native_bf16 as cpu_has_native_bf16
 from s3sync_dagster.pipeline.embedding.runtimes import is_bundled_name
 from s3sync_dagster.pipeline.embedding.runtimes import recorded_precision as recorded_precision

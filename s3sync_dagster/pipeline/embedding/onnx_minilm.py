@@ -23,7 +23,7 @@ _lock = threading.Lock()
 _loaded: dict[tuple[str, int], tuple[Any, Any]] = {}
 
 
-def _load(folder: Path, threads: int = 0) -> tuple[Any, Any]:
+def load_session(folder: Path, threads: int = 0) -> tuple[Any, Any]:
     with _lock:
         if (str(folder), threads) not in _loaded:
             import onnxruntime
@@ -74,7 +74,7 @@ def encode(folder: Path, texts: list[str], batch_size: int = BATCH_SIZE) -> list
     """Unit-length float32 vectors of texts, in their order."""
     import numpy as np
 
-    session, tokenizer = _load(folder)
+    session, tokenizer = load_session(folder)
     vectors: list[Any] = [None] * len(texts)
     for batch, feed in batch_feeds(tokenizer, texts, batch_size):
         (hidden,) = session.run(["last_hidden_state"], feed)
@@ -105,7 +105,7 @@ def encode_each(folder: Path, texts: list[str]) -> list[Any]:
 
     import numpy as np
 
-    session, tokenizer = _load(folder, threads=1)
+    session, tokenizer = load_session(folder, threads=1)
     encoded = tokenizer.encode_batch(texts)
 
     def one(ids: list[int]) -> Any:

@@ -79,7 +79,7 @@ def resolve_precision(precision: Precision, device: str) -> Literal["float32", "
     return precision
 
 
-def _load(model_path: str, device: str) -> Any:
+def load_model(model_path: str, device: str) -> Any:
     with _load_lock:
         model = _models.get((model_path, device))
         if model is None:
@@ -106,7 +106,7 @@ def _encode(
     import numpy as np
     import torch
 
-    model = _load(model_path, device)
+    model = load_model(model_path, device)
     # bfloat16 autocast: the weights stay float32 and matrix products run in bfloat16 with float32
     # accumulation, which halves the model's time on CPUs with native bfloat16 (benchmarks/RESULTS.md).
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
