@@ -24,8 +24,8 @@ from benchmarks import common
 from benchmarks.latency import queues
 from benchmarks.latency import upload as latency
 from benchmarks.sync import corpus, fixes, incremental, throughput
-from s3sync_dagster.commands.demo import local_s3
-from s3sync_dagster.pipeline.embedding.functions import default_token_budget, resolve_precision
+from s3sync_dagster.commands.demo import start
+from s3sync_dagster.pipeline.embedding import default_token_budget, resolve_precision
 
 HERE = Path(__file__).resolve().parent
 PIPELINES = {
@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text("\n\n".join(["\n".join(header), *ordered]) + "\n")
         Path(args.out).with_name("results.json").write_text(json.dumps(raw, indent=2, default=str))
 
-    server = local_s3.start()
+    server = start()
     try:
         bulks: list[dict[str, Any]] | None = None
         if args.bulk_json:

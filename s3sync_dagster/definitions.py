@@ -33,8 +33,7 @@ from s3sync_dagster.defs.executor import executor_for
 from s3sync_dagster.defs.index_view import IndexSummary, summarize
 from s3sync_dagster.defs.names import documents_job_name
 from s3sync_dagster.defs.resources import resources_for
-from s3sync_dagster.defs.sensors.invocations import build_invocation_sensor
-from s3sync_dagster.defs.sensors.monitor import build_run_monitor
+from s3sync_dagster.defs.sensors import build_invocation_sensor, build_run_monitor
 from s3sync_dagster.defs.source import source_definitions
 
 

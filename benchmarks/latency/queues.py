@@ -27,8 +27,7 @@ import yaml
 
 from benchmarks import common
 from benchmarks.latency import upload as latency
-from s3sync_dagster.commands.demo import local_s3
-from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
+from s3sync_dagster.commands.demo import LOOPBACK, running
 
 WAIT_S = 300
 HEADING = "### Four SQS sources, each fresh"
@@ -276,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "uploads": args.uploads,
         "spacing_s": args.spacing,
     }
-    with local_s3.running() as server:
+    with running() as server:
         for key, names in (("one", ["alone"]), ("four", ["one", "two", "three", "four"])):
             result[key] = measure_location(
                 server.endpoint_url, args.workdir / key, names, args.uploads, args.spacing, args.chroma

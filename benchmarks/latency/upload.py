@@ -20,7 +20,7 @@ import yaml
 
 from benchmarks import common
 from benchmarks.latency import floor as latency_floor
-from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.demo import LOOPBACK, free_port
 
 WAIT_S = 300
 # The poll-mode source's poll_interval_seconds: its uploads are queryable within this plus what the run adds.
@@ -153,7 +153,7 @@ def _run_stages(instance: Any, run_id: str, sent_tag: str | None = None) -> dict
     """Epoch seconds at which the run reached each stage (from its own events), and its materialisations."""
     import dagster as dg
 
-    from s3sync_dagster.defs.sensors.ticks import SQS_SENT_TAG
+    from s3sync_dagster.defs.sensors import SQS_SENT_TAG
 
     record = instance.get_run_record_by_id(run_id)
     stages: dict[str, float] = {"run_created": record.create_timestamp.timestamp()}
@@ -465,7 +465,7 @@ def runs_ended(home: Path, deadline_s: float) -> None:
     quiet minute)."""
     import dagster as dg
 
-    from s3sync_dagster.defs.sensors.ticks import IN_PROGRESS
+    from s3sync_dagster.defs.sensors import IN_PROGRESS
 
     deadline = time.monotonic() + deadline_s
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -48,8 +48,8 @@ from benchmarks import common
 from benchmarks.retrieval import chunks as retrieval
 from benchmarks.retrieval import hybrid
 from benchmarks.sync import throughput
-from s3sync_dagster.commands.demo import local_s3
-from s3sync_dagster.pipeline.search import query as search
+from s3sync_dagster.commands.demo import start
+from s3sync_dagster.pipeline.search import FUSION, MODES, search, with_context, with_passages
 
 TOP = 10
 # The crowding object: Python 3.11's changelog, one page of 3.9 MB of HTML (python3.11-doc ships it gzipped).
@@ -139,24 +139,22 @@ def rankings(store: Store, probes: Sequence[Probe], function: Any) -> tuple[dict
     """Each probe's first TOP hits by each mode of search.search, by hybrid with each hit's section (a hit counts
     when its returned text holds the answer), and by a plain BM25; and the passages hybrid's hits show."""
     best = plain_bm25(store.documents)
-    found: dict[str, Ranked] = {mode: [] for mode in (*search.MODES, SECTION_RANKING, "hybrid, sections", "bm25")}
+    found: dict[str, Ranked] = {mode: [] for mode in (*MODES, SECTION_RANKING, "hybrid, sections", "bm25")}
     shown: dict[str, Shown] = {mode: [] for mode in SHOWN_RANKINGS}
     for probe in probes:
-        for mode in search.MODES:
-            hits = search.search(store.collection, probe.text, mode=mode, n=TOP, embedding_function=function)
+        for mode in MODES:
+            hits = search(store.collection, probe.text, mode=mode, n=TOP, embedding_function=function)
             found[mode].append([(hit.chunk_id,) for hit in hits])
             if mode in SHOWN_RANKINGS:
-                shown[mode].append([hit.passage for hit in search.with_passages(store.collection, hits, probe.text)])
+                shown[mode].append([hit.passage for hit in with_passages(store.collection, hits, probe.text)])
             if mode == "hybrid":
                 # Sections ranked (search.search sections=True): each once, a hit its best chunk.
-                by_section = search.search(
-                    store.collection, probe.text, n=TOP, embedding_function=function, sections=True
-                )
+                by_section = search(store.collection, probe.text, n=TOP, embedding_function=function, sections=True)
                 found["hybrid, sections"].append([(hit.chunk_id,) for hit in by_section])
                 shown["hybrid, sections"].append(
-                    [hit.passage for hit in search.with_passages(store.collection, by_section, probe.text)]
+                    [hit.passage for hit in with_passages(store.collection, by_section, probe.text)]
                 )
-                sections = search.with_context(store.collection, hits, "section")
+                sections = with_context(store.collection, hits, "section")
                 found[SECTION_RANKING].append(
                     [
                         (hit.chunk_id, *(p.chunk_id for p in hit.context if p.chunk_id != hit.chunk_id))
@@ -285,7 +283,7 @@ def synced_store(name: str, workdir: Path, endpoint_url: str, bucket: str, befor
 
 
 def measure_store(store: Store, sets: dict[str, list[Probe]]) -> dict[str, Any]:
-    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+    from s3sync_dagster.pipeline.embedding import EmbeddingSpec
 
     function = EmbeddingSpec().build()
     result: dict[str, Any] = {"chunks": len(store.ids), "objects": len(set(store.object_keys)), "sets": {}}
@@ -345,16 +343,16 @@ def large_latency(large: Path, sets: dict[str, list[str]]) -> dict[str, Any]:
     """Hybrid's (and each side's) p50/p95 ms on the 100,000 synthetic chunks at `large`, each set's first
     LATENCY_PROBES queries asked for 10 hits, as the figures' rankings ask."""
     from benchmarks.retrieval import search_cost
-    from s3sync_dagster.pipeline.chroma import replace as index
-    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+    from s3sync_dagster.pipeline.chroma import get_collection
+    from s3sync_dagster.pipeline.embedding import EmbeddingSpec
     from s3sync_dagster.pipeline.store import embedded_client
 
     function = EmbeddingSpec().build()
-    collection = index.get_collection(embedded_client(large), "large-chunks", function)  # type: ignore[arg-type]
+    collection = get_collection(embedded_client(large), "large-chunks", function)  # type: ignore[arg-type]
     timed: dict[str, Any] = {"chunks": collection.count()}
     for name, queries in sets.items():
         timed[name] = search_cost.latency(
-            collection, queries[:LATENCY_PROBES], {"default": search.FUSION}, TOP, function, shown=True
+            collection, queries[:LATENCY_PROBES], {"default": FUSION}, TOP, function, shown=True
         )
     return timed
 
@@ -376,7 +374,7 @@ def measure_crowded(workdir: Path, s3: Any, endpoint_url: str) -> dict[str, Any]
 
 def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": common.machine(), "stores": {}}
-    server = local_s3.start()
+    server = start()
     try:
         s3 = common.s3_client(server.endpoint_url)
         fresh = not (workdir / "python" / "chroma").exists()

@@ -40,7 +40,7 @@ from typing import Any
 from benchmarks import common
 from benchmarks.retrieval import hybrid, search_cost
 from benchmarks.sync import throughput
-from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec, default_token_budget
+from s3sync_dagster.pipeline.embedding import EmbeddingSpec, default_token_budget
 
 HTML_ROOT = Path("/usr/share/doc/python3.11/html")  # Debian package python3.11-doc
 SYSTEM_PYTHON = "/usr/bin/python3.11"
@@ -138,7 +138,7 @@ def normalise(text: str) -> str:
 
 
 def model_window() -> int:
-    from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path
+    from s3sync_dagster.pipeline.embedding import bundled_model_path
 
     settings = json.loads((Path(bundled_model_path()) / "sentence_bert_config.json").read_text())
     return int(settings["max_seq_length"])
@@ -147,7 +147,7 @@ def model_window() -> int:
 def _tokenizer() -> Any:
     from tokenizers import Tokenizer
 
-    from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path
+    from s3sync_dagster.pipeline.embedding import bundled_model_path
 
     tokenizer = Tokenizer.from_file(str(Path(bundled_model_path()) / "tokenizer.json"))
     tokenizer.no_truncation()
@@ -270,13 +270,13 @@ def read_chunks(
 ) -> tuple[Any, list[str], list[str], list[dict[str, Any]]]:
     """The collection (opened as the engine opens it, so with the store's lexical index, with `spec`'s function,
     the default one's if None) and all its chunks: ids, documents, metadatas."""
-    from s3sync_dagster.pipeline.chroma import replace as index
+    from s3sync_dagster.pipeline.chroma import get_collection
     from s3sync_dagster.pipeline.store import embedded_client
 
     client = embedded_client(chroma_path)
     try:
         # The engine's own function, as `s3sync query` opens it: hybrid.py's dense side embeds query texts.
-        collection = index.get_collection(client, collection_name, (spec or EmbeddingSpec()).build())  # type: ignore[arg-type]
+        collection = get_collection(client, collection_name, (spec or EmbeddingSpec()).build())  # type: ignore[arg-type]
     except Exception:  # a record of another function (an earlier commit's "before"): queried by vectors only
         collection = client.get_collection(collection_name)
     ids: list[str] = []
@@ -557,7 +557,7 @@ def parse_budgets(text: str) -> list[int | None]:
 
 
 def main() -> None:
-    from s3sync_dagster.commands.demo import local_s3
+    from s3sync_dagster.commands import demo
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieval.chunks", description=__doc__)
     parser.add_argument("workdir", type=Path)
@@ -589,7 +589,7 @@ def main() -> None:
         print(json.dumps({"modes": again["modes"], "default": default, "winner": again["winner"]}, indent=2))
         return
     common.credentials()
-    server = local_s3.start()
+    server = demo.start()
     try:
         result = measure(
             server.endpoint_url,

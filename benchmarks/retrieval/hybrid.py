@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from benchmarks.retrieval import search_cost
-from s3sync_dagster.pipeline.lexicon import terms
-from s3sync_dagster.pipeline.search import query as search
-from s3sync_dagster.pipeline.search.query import Fusion
+from s3sync_dagster.pipeline import search
+from s3sync_dagster.pipeline.lexicon import query_terms, term_pattern
+from s3sync_dagster.pipeline.search import FUSION, Candidate, Fusion, fuse, fuse_scored, scored_candidates
 
 POOL = 50  # candidates each side offers per probe, asked once
 POOLS = (10, 20, 50)  # the candidates per side the variants read (search.search asks for Fusion.pool(n))
@@ -164,10 +164,10 @@ def semantic_targets(
 
 def term_overlap(query: str, document: str) -> float:
     """The share of the query's looked-up terms (terms.query_terms) that the document holds as whole words."""
-    looked_up = terms.query_terms(query)
+    looked_up = query_terms(query)
     if not looked_up:
         return 0.0
-    return sum(bool(re.search(terms.term_pattern(term), document)) for term in looked_up) / len(looked_up)
+    return sum(bool(re.search(term_pattern(term), document)) for term in looked_up) / len(looked_up)
 
 
 # --- paraphrase probes (issue 36) -----------------------------------------------------------------
@@ -286,7 +286,7 @@ def gather(
     out = []
     started = time.perf_counter()
     for query in queries:
-        found = search.scored_candidates(collection, query, pool, None, embedding_function)
+        found = scored_candidates(collection, query, pool, None, embedding_function)
         rows = [(row.chunk_id, row.distance, row.bm25, row.dense_rank, row.lexical_rank) for row in found.rows]
         out.append(Candidates(rows, found.coverage, tuple(sorted(found.quoted))))
     return out, {"scored": time.perf_counter() - started}
@@ -315,7 +315,7 @@ def variants() -> list[Fusion]:
         for weight in SCORED_WEIGHTS
         for power in COVERAGE_POWERS
     ]
-    return tried if search.FUSION in tried else [*tried, search.FUSION]
+    return tried if FUSION in tried else [*tried, FUSION]
 
 
 def describe_fusion(fusion: Fusion) -> str:
@@ -341,16 +341,16 @@ def ranked(candidates: Candidates, mode: str, fusion: Fusion | None = None, n: i
     if fusion.method == "scored":
         inside = [row for row in candidates.rows if (row[3] or pool + 1) <= pool or (row[4] or pool + 1) <= pool]
         scored = search.Candidates(
-            tuple(search.Candidate(row[0], "", {}, row[1], row[2], row[3], row[4]) for row in inside),
+            tuple(Candidate(row[0], "", {}, row[1], row[2], row[3], row[4]) for row in inside),
             candidates.coverage,
             frozenset(candidates.quoted).intersection(row[0] for row in inside),
         )
-        return [hit.chunk_id for hit in search.fuse_scored(scored, n, fusion)]
+        return [hit.chunk_id for hit in fuse_scored(scored, n, fusion)]
 
     def rows(side: list[tuple[str, float]]) -> list[tuple[str, str, dict[str, Any], float]]:
         return [(chunk_id, "", {}, score) for chunk_id, score in side[:pool]]
 
-    return [hit.chunk_id for hit in search.fuse(rows(candidates.dense), rows(candidates.lexical), n, fusion)]
+    return [hit.chunk_id for hit in fuse(rows(candidates.dense), rows(candidates.lexical), n, fusion)]
 
 
 def _rate(hits: list[bool]) -> float | None:
@@ -457,7 +457,7 @@ def compare(sets: list[ProbeSet]) -> dict[str, Any]:
                 "fusion": asdict(fusion),
                 "repr": repr(fusion),
                 "pool": fusion.pool(TOP),
-                "default": fusion == search.FUSION,
+                "default": fusion == FUSION,
                 "sets": figures,
                 "mean_recall_at_5": _mean([group["recall_at_5"] for group in present]),
                 "mean_recall_at_1": _mean([group["recall_at_1"] for group in present]),
@@ -503,7 +503,7 @@ def measure(
     `known` are retrieval.py's known-item probes (`.sentence`, `.third`, `.object_key`); with the `config`
     that synced it and its `source`, the wall time of `s3sync query` on it too. costs=False: the quality
     figures alone (no latency, no synthetic collection, no full-text index costs)."""
-    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+    from s3sync_dagster.pipeline.embedding import EmbeddingSpec
 
     load_before = os.getloadavg()[0]
     function = function or EmbeddingSpec().build()
@@ -594,8 +594,8 @@ def measure(
     )
     if not costs:
         return result
-    fusions = {"default": search.FUSION}
-    if winner != search.FUSION:
+    fusions = {"default": FUSION}
+    if winner != FUSION:
         fusions["winner"] = winner
     queries = [probe.sentence for probe in known][:: max(1, len(known) // (LATENCY_QUERIES * 2 // 3))]
     queries = queries[: LATENCY_QUERIES * 2 // 3] + [probe.query for probe in kept][: LATENCY_QUERIES // 3]

@@ -35,7 +35,7 @@ from benchmarks import common
 from benchmarks.retrieval import chunks as retrieval
 from benchmarks.retrieval import hybrid
 from benchmarks.sync import corpus, throughput
-from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+from s3sync_dagster.pipeline.embedding import EmbeddingSpec
 
 HERE = Path(__file__).resolve().parents[1]
 ALLOWED_DELTA = 0.01  # the issue's bound on recall@1 and @5, every set
@@ -48,15 +48,15 @@ def int8_copy(chroma_path: Path, into: Path, name: str) -> dict[str, Any]:
     cosines to the float32 vectors and the seconds the embedding took."""
     import numpy as np
 
-    from s3sync_dagster.pipeline.chroma import replace as index
-    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+    from s3sync_dagster.pipeline.chroma import open_collection
+    from s3sync_dagster.pipeline.lexicon import of
     from s3sync_dagster.pipeline.store import embedded_client
 
     shutil.rmtree(into, ignore_errors=True)
     source = retrieval.read_chunks(chroma_path, name)[0]
     spec = EmbeddingSpec(precision="int8")
     function = spec.build()
-    copy = index.open_collection(embedded_client(into), name, function, metadata={"created_by": "benchmark"})
+    copy = open_collection(embedded_client(into), name, function, metadata={"created_by": "benchmark"})
     cosines: list[float] = []
     seconds = 0.0
     offset = 0
@@ -72,7 +72,7 @@ def int8_copy(chroma_path: Path, into: Path, name: str) -> dict[str, Any]:
         cosines += list((vectors * exact).sum(axis=1) / np.linalg.norm(exact, axis=1))
         copy.add(ids=page["ids"], embeddings=vectors, documents=documents, metadatas=page["metadatas"])  # type: ignore[arg-type]
         offset += len(page["ids"])
-    index_of = lexicon.of(copy)
+    index_of = of(copy)
     if index_of is not None:  # the copy's lexical index, as a sync would have written it
         index_of.rebuild(copy)
     ordered = sorted(cosines)
@@ -113,12 +113,12 @@ def figures(
 def quality(
     workdir: Path, files: int, probes: int, seed: int, semantic: int, max_bytes: int, reuse: bool
 ) -> dict[str, Any]:
-    from s3sync_dagster.commands.demo import local_s3
+    from s3sync_dagster.commands.demo import start
 
     name = f"{retrieval.SOURCE}-chunks"
     base = workdir / f"budget-{retrieval.label(None)}"
     common.credentials()
-    server = local_s3.start()
+    server = start()
     try:
         described, semantic_probes, paraphrase_probes = retrieval.fill_corpus(
             server.endpoint_url, files, seed, max_bytes, semantic, None
@@ -201,12 +201,12 @@ def section(result: dict[str, Any]) -> str:
 def speed(workdir: Path, objects: int) -> dict[str, Any]:
     """B (`s3sync sync --all`, a fresh process, the default instance, embedded Chroma) over section 1's corpus,
     once with `embedding.precision: float32` and once with `int8`, one after the other in this one run."""
-    from s3sync_dagster.commands.demo import local_s3
+    from s3sync_dagster.commands.demo import start
 
     common.credentials()
     data = corpus.generate(objects)
     bucket = f"precision-{objects}"
-    server = local_s3.start()
+    server = start()
     runs: dict[str, Any] = {}
     try:
         common.fill_bucket(common.s3_client(server.endpoint_url), bucket, data)
@@ -275,14 +275,14 @@ def duplicates(
     before, now, now, before, ... (a drift of the machine's speed falls on both alike); the mean counts."""
     import random
 
-    from s3sync_dagster.commands.demo import local_s3
+    from s3sync_dagster.commands.demo import start
 
     common.credentials()
     data = corpus.generate(objects)
     copied = random.Random(7).sample(sorted(data), int(objects * copies))
     data.update({f"copy/{key}": data[key] for key in copied})
     bucket = f"duplicates-{objects}"
-    server = local_s3.start()
+    server = start()
     runs: dict[str, Any] = {}
     every: dict[str, list[float]] = {"before": [], "now": []}
     trees = {"before": common.snapshot(before, workdir / "before-tree"), "now": None}

@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from s3sync_dagster.pipeline.search import query as search
-from s3sync_dagster.pipeline.search.query import Fusion
+from s3sync_dagster.pipeline.search import FUSION, Fusion, Mode, search, with_passages
 
 LARGE_CHUNKS = 100_000
 WRITE_BATCH = 5000
@@ -49,20 +48,20 @@ def latency(
     fusion) also as `s3sync query` shows it, each hit with its passage (`search.with_passages`), with
     `--per-object 1` (one hit an object, read down the same ranking), and ranking sections (`--sections`)."""
 
-    def searched(mode: search.Mode, fusion: Fusion, **options: Any) -> Callable[[str], Any]:
-        return lambda query: search.search(
+    def searched(mode: Mode, fusion: Fusion, **options: Any) -> Callable[[str], Any]:
+        return lambda query: search(
             collection, query, mode=mode, n=n, fusion=fusion, embedding_function=embedding_function, where=where,
             **options,
         )  # fmt: skip
 
     modes: dict[str, Callable[[str], Any]] = {
-        "dense": searched("dense", search.FUSION),
-        "lexical": searched("lexical", search.FUSION),
+        "dense": searched("dense", FUSION),
+        "lexical": searched("lexical", FUSION),
     }
     modes |= {f"hybrid ({label})": searched("hybrid", fusion) for label, fusion in fusions.items()}
     if shown:
         first = searched("hybrid", next(iter(fusions.values())))
-        modes["hybrid, with passages"] = lambda query: search.with_passages(collection, first(query), query)
+        modes["hybrid, with passages"] = lambda query: with_passages(collection, first(query), query)
         modes["hybrid, --per-object 1"] = searched("hybrid", next(iter(fusions.values())), per_object=1)
         modes["hybrid, --sections"] = searched("hybrid", next(iter(fusions.values())), sections=True)
     for query in queries[:3]:
@@ -87,7 +86,7 @@ def latency(
 
 def readers_filter() -> dict[str, Any]:
     """The filter a search as READER applies (pipeline/search/filters.py): one chunk in READER_GROUPS."""
-    from s3sync_dagster.pipeline.search.filters import readable_by
+    from s3sync_dagster.pipeline.search import readable_by
 
     return readable_by([READER])
 
@@ -97,12 +96,12 @@ def readers_latency(
 ) -> dict[str, Any]:
     """Hybrid, lexical and dense latency of a search as READER (None where the collection's chunks list no
     readers: one an earlier run made)."""
-    from s3sync_dagster.pipeline.search.filters import READERS_KEY
+    from s3sync_dagster.pipeline.chroma import READERS_KEY
 
     first = collection.get(limit=1, include=["metadatas"])["metadatas"] or [{}]
     if READERS_KEY not in (first[0] or {}):
         return {"readers": None}
-    modes = latency(collection, queries, {"default": search.FUSION}, n, embedding_function, where=readers_filter())
+    modes = latency(collection, queries, {"default": FUSION}, n, embedding_function, where=readers_filter())
     return {"readers": {"principal": READER, "share": 1 / READER_GROUPS, "modes": modes}}
 
 
@@ -154,9 +153,9 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
     sections of SECTION_CHUNKS chunks (so a hit's passage reads its section as on a synced store)."""
     import numpy as np
 
-    from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY
-    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
-    from s3sync_dagster.pipeline.records import keys
+    from s3sync_dagster.pipeline.chunking import CONTEXT_KEY
+    from s3sync_dagster.pipeline.embedding import EmbeddingSpec
+    from s3sync_dagster.pipeline.records import chunk_id, object_id
     from s3sync_dagster.pipeline.store import embedded_client
 
     shutil.rmtree(path, ignore_errors=True)
@@ -180,13 +179,13 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
         keys_of = [f"synthetic/{(start + i) // OBJECT_CHUNKS:05d}.txt" for i in range(count)]
         places = [(start + i) % OBJECT_CHUNKS for i in range(count)]
         collection.add(
-            ids=[keys.chunk_id(keys.object_id(key), at) for key, at in zip(keys_of, places, strict=True)],
+            ids=[chunk_id(object_id(key), at) for key, at in zip(keys_of, places, strict=True)],
             documents=texts,
             embeddings=vectors,
             metadatas=[
                 {
                     "object_key": key,
-                    "document_id": keys.object_id(key),
+                    "document_id": object_id(key),
                     "chunk_index": at,
                     "chunk_count": OBJECT_CHUNKS,
                     # Sections of SECTION_CHUNKS chunks (a hit's passage is chosen from its section's).
@@ -199,12 +198,12 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
     built_s = time.perf_counter() - started
     # Opened as the engine opens a collection, then its lexical index built from the chunks (written above
     # straight into Chroma, for speed), as `s3sync rebuild-lexicon` builds one.
-    from s3sync_dagster.pipeline.chroma import replace as index
-    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+    from s3sync_dagster.pipeline.chroma import get_collection
+    from s3sync_dagster.pipeline.lexicon import FILE, of
 
-    collection = index.get_collection(client, "large-chunks", function)  # type: ignore[arg-type]
+    collection = get_collection(client, "large-chunks", function)  # type: ignore[arg-type]
     started = time.perf_counter()
-    indexed = lexicon.of(collection)
+    indexed = of(collection)
     assert indexed is not None
     indexed.rebuild(collection)
     return collection, {
@@ -212,7 +211,7 @@ def large_collection(path: Path, documents: Sequence[str], size: int, seed: int)
         "dimension": dimension,
         "build_s": built_s,
         "lexicon_build_s": time.perf_counter() - started,
-        "lexicon_bytes": (path / lexicon.FILE).stat().st_size,
+        "lexicon_bytes": (path / FILE).stat().st_size,
     }
 
 
@@ -331,9 +330,9 @@ def part3(
 
     from benchmarks.latency.upload import chroma_server
     from benchmarks.servers import postgres_server
-    from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
-    from s3sync_dagster.pipeline.chroma import replace as index
-    from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+    from s3sync_dagster.commands.demo import LOOPBACK
+    from s3sync_dagster.pipeline.chroma import get_collection
+    from s3sync_dagster.pipeline.embedding import EmbeddingSpec
     from s3sync_dagster.pipeline.store import Store, embedded_client
 
     source = embedded_client(synced).get_collection(collection_name)
@@ -347,33 +346,33 @@ def part3(
         "probes"
     ]
     queries = remembered + [probe["question"] for probe in chooser.sample(probes, queries_n - len(remembered))]
-    fusions = {"default": search.FUSION}
+    fusions = {"default": FUSION}
     function = EmbeddingSpec().build()
     if reuse and (workdir / "large").exists():
-        big = index.get_collection(embedded_client(workdir / "large"), "large-chunks", function)  # type: ignore[arg-type]
+        big = get_collection(embedded_client(workdir / "large"), "large-chunks", function)  # type: ignore[arg-type]
         built: dict[str, Any] = {"chunks": big.count(), "reused": str(workdir / "large")}
     else:
         big, built = large_collection(workdir / "large", documents, chunks, seed)
     result: dict[str, Any] = {"built": built, "queries": len(queries)}
     result["embedded"] = latency(big, queries, fusions, embedding_function=function)
     result["embedded_readers"] = readers_latency(big, queries, embedding_function=function)["readers"]
-    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+    from s3sync_dagster.pipeline.lexicon import attach_index, detach, of
 
-    detached = lexicon.detach(big)  # as another tool opens the store: Chroma's full-text filter answers
+    detached = detach(big)  # as another tool opens the store: Chroma's full-text filter answers
     result["embedded_chroma_filter"] = latency(big, queries, fusions, embedding_function=function)
     assert detached is not None
-    lexicon.attach_index(big, detached)
+    attach_index(big, detached)
     copy = workdir / "server-copy"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(workdir / "large", copy)
     with chroma_server(copy) as port, postgres_server.running(db_name="lexicon") as database:
-        remote = index.get_collection(chromadb.HttpClient(host=LOOPBACK, port=port), "large-chunks", function)  # type: ignore[arg-type]
+        remote = get_collection(chromadb.HttpClient(host=LOOPBACK, port=port), "large-chunks", function)  # type: ignore[arg-type]
         result["server"] = latency(remote, queries, fusions, embedding_function=function)
         # The same server with its lexical index in PostgreSQL, as `chroma.lexicon_postgres` makes it.
         dsn = f"postgresql://{database.user}@{database.host}:{database.port}/{database.db_name}"
         served = Store(host=LOOPBACK, port=port, lexicon_dsn=dsn)
-        remote = index.get_collection(served.client(), "large-chunks", function)  # type: ignore[arg-type]
-        index_of = lexicon.of(remote)
+        remote = get_collection(served.client(), "large-chunks", function)  # type: ignore[arg-type]
+        index_of = of(remote)
         assert index_of is not None
         started = time.perf_counter()
         result["server_index"] = {"chunks": index_of.rebuild(remote), "build_s": time.perf_counter() - started}
@@ -389,16 +388,14 @@ def lexicon_write_cost(
     vectors, so no model runs) written object by object (`per_object` chunks each) through
     `index.replace_chunks`, as a sync writes, into a fresh collection with the index and one without, the two
     taking turns `rounds` times."""
-    from s3sync_dagster.pipeline.chroma import replace as index
-    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+    from s3sync_dagster.pipeline.chroma import ChunkRecord, open_collection, replace_chunks
+    from s3sync_dagster.pipeline.lexicon import FILE, detach
     from s3sync_dagster.pipeline.store import embedded_client
 
     got = source.get(limit=chunks, include=["documents", "embeddings"])
     vector_of = {document: vector for document, vector in zip(got["documents"], got["embeddings"], strict=True)}
     records = [
-        index.ChunkRecord(
-            f"doc-{i // per_object:05d}-{i % per_object}", document or "", {"chunk_index": i % per_object}
-        )
+        ChunkRecord(f"doc-{i // per_object:05d}-{i % per_object}", document or "", {"chunk_index": i % per_object})
         for i, document in enumerate(got["documents"] or [])
     ]
     shutil.rmtree(path, ignore_errors=True)
@@ -407,13 +404,13 @@ def lexicon_write_cost(
     for round_number in range(rounds):
         for state in ("with", "without") if round_number % 2 == 0 else ("without", "with"):
             name = f"writes-{state}-{round_number}"
-            collection = index.open_collection(client, name, None, metadata={"round": round_number})  # type: ignore[arg-type]
+            collection = open_collection(client, name, None, metadata={"round": round_number})  # type: ignore[arg-type]
             if state == "without":
-                lexicon.detach(collection)
+                detach(collection)
             started = time.perf_counter()
             for start in range(0, len(records), per_object):
                 part = records[start : start + per_object]
-                index.replace_chunks(collection, part, {}, lambda texts: [vector_of[text] for text in texts])
+                replace_chunks(collection, part, {}, lambda texts: [vector_of[text] for text in texts])
             seconds[state].append(time.perf_counter() - started)
     with_s, without_s = statistics.median(seconds["with"]), statistics.median(seconds["without"])
     return {
@@ -424,7 +421,7 @@ def lexicon_write_cost(
         "with_chunks_s": len(records) / with_s,
         "without_chunks_s": len(records) / without_s,
         "with_over_without": with_s / without_s,  # write time with the index, as a multiple of without
-        "lexicon_bytes": (path / lexicon.FILE).stat().st_size,
+        "lexicon_bytes": (path / FILE).stat().st_size,
     }
 
 

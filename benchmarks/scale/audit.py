@@ -28,8 +28,8 @@ import psutil
 
 from benchmarks import common
 from benchmarks.scale import many_keys as scale
-from s3sync_dagster.commands.demo import local_s3
-from s3sync_dagster.pipeline.audit import drift as audit
+from s3sync_dagster.commands.demo import running
+from s3sync_dagster.pipeline.audit import audit
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 SOURCE = "audit"
@@ -93,7 +93,7 @@ def _child(options: dict[str, Any]) -> dict[str, Any]:
     target = SourceSpec(SOURCE, scale.BUCKET, COLLECTION, path_prefix=scale.PREFIX)
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
-    drift = audit.audit(s3, target, [collection])
+    drift = audit(s3, target, [collection])
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     expected = {
@@ -145,7 +145,7 @@ def measure(workdir: Path, keys: int = 100_000, moto_keys: int = 2_000, smoke: b
         run["setup_chroma_s"] = setup
         result["runs"].append(run)
     if moto_keys:
-        with local_s3.running() as server:
+        with running() as server:
             upload = scale.fill_bucket(server.endpoint_url, moto_keys)
             chroma = workdir / f"chroma-moto-{moto_keys}"
             setup = fill_chroma(chroma, moto_keys, _moto_etag)

@@ -32,7 +32,7 @@ from typing import Any
 from benchmarks import common
 from benchmarks.servers import celery_cluster
 from benchmarks.sync import corpus, throughput
-from s3sync_dagster.commands.demo import local_s3
+from s3sync_dagster.commands import demo
 
 HERE = Path(__file__).resolve().parents[1]
 SECTION = "## 10. Beyond one machine"
@@ -77,7 +77,7 @@ class LoadSampler:
 def bulk(workdir: Path, sizes: tuple[int, ...] = BULK_SIZES) -> dict[str, Any]:
     """B at each size, in order, each in a fresh process on a fresh instance and store."""
     common.credentials()
-    server = local_s3.start()
+    server = demo.start()
     results: list[dict[str, Any]] = []
     try:
         s3 = common.s3_client(server.endpoint_url)
@@ -113,9 +113,8 @@ def reads(
 
     from s3sync_dagster.config import load_config
     from s3sync_dagster.defs.resources import chroma_outside_runs, embedding_resource
-    from s3sync_dagster.pipeline.chroma import replace as index
-    from s3sync_dagster.pipeline.records import keys
-    from s3sync_dagster.pipeline.records.owners import Owner
+    from s3sync_dagster.pipeline.chroma import stored_chunks
+    from s3sync_dagster.pipeline.records import Owner, chunk_id, object_id
 
     common.credentials()
     config = load_config(common.write_config(workdir / "reads.yaml", "http://localhost:1", "reads", workdir / "chroma"))
@@ -128,9 +127,9 @@ def reads(
     def add(first: int, last: int) -> None:
         ids, texts, metadatas = [], [], []
         for number in range(first, last):
-            document_id = keys.object_id(object_key(number))
+            document_id = object_id(object_key(number))
             for position in range(chunks_per_object):
-                ids.append(keys.chunk_id(document_id, position))
+                ids.append(chunk_id(document_id, position))
                 texts.append(f"object {number} chunk {position}: def handler_{number}_{position}(event): return event")
                 metadatas.append({
                     "object_key": object_key(number), "bucket_name": "reads", "source": source, "etag": "0" * 32,
@@ -155,11 +154,11 @@ def reads(
         "both fields in Chroma's filter (before)": lambda number: collection.get(
             where={"$and": [{"object_key": object_key(number)}, {"source": source}]}, include=["metadatas"]
         ),
-        "object_key in Chroma, source tested here (now)": lambda number: index.stored_chunks(
+        "object_key in Chroma, source tested here (now)": lambda number: stored_chunks(
             collection, object_key(number), Owner(source), with_text=False
         ),
         "by chunk ids (no filter: a floor)": lambda number: collection.get(
-            ids=[keys.chunk_id(keys.object_id(object_key(number)), p) for p in range(chunks_per_object + 1)],
+            ids=[chunk_id(object_id(object_key(number)), p) for p in range(chunks_per_object + 1)],
             include=["metadatas"],
         ),
     }
@@ -210,7 +209,7 @@ def workers(workdir: Path, size: int = WORKERS_SIZE) -> dict[str, Any]:
     common.credentials()
     data = corpus.generate(size)
     runs: dict[str, dict[str, Any]] = {}
-    server = local_s3.start()
+    server = demo.start()
     try:
         common.fill_bucket(common.s3_client(server.endpoint_url), "workers-b", data)
         base = workdir / "b"

@@ -43,14 +43,14 @@ from botocore.config import Config as BotoConfig
 from benchmarks import common
 from benchmarks.servers import dagster_server
 from benchmarks.sync.corpus import WORDS
-from s3sync_dagster.commands.demo import local_s3
-from s3sync_dagster.commands.runs.runner import discover
+from s3sync_dagster.commands.demo import running
+from s3sync_dagster.commands.runs import discover
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name, sync_op_name
 from s3sync_dagster.defs.resources import S3Connection
 from s3sync_dagster.defs.state import poll_state
-from s3sync_dagster.pipeline.records import keys as partition_keys
+from s3sync_dagster.pipeline.records import to_partition_key
 
 SOURCE = "scale"
 BUCKET = "s3sync-scale"
@@ -182,7 +182,7 @@ def _discover_once(config: AppConfig, home: Path, count: int) -> dict[str, float
 
 
 def _register_once(home: Path, count: int) -> float:
-    names = [partition_keys.to_partition_key(object_key_at(index)) for index in range(count)]
+    names = [to_partition_key(object_key_at(index)) for index in range(count)]
     with dagster_instance(home) as instance:
         seconds, _ = _timed(lambda: instance.add_dynamic_partitions(partitions_name(SOURCE), names))
         assert len(instance.get_dynamic_partitions(partitions_name(SOURCE))) == count
@@ -255,7 +255,7 @@ def _materialize_some(home: Path, count: int) -> float:
     with dagster_instance(home) as instance:
         # One key in 100: the statuses need both kinds, and each event is a write (~40 ms on SQLite).
         for index in range(0, count, 100):
-            partition = partition_keys.to_partition_key(object_key_at(index))
+            partition = to_partition_key(object_key_at(index))
             instance.report_runless_asset_event(
                 dg.AssetMaterialization(asset_key=asset_key, partition=partition, metadata={"status": "indexed"})
             )
@@ -264,7 +264,7 @@ def _materialize_some(home: Path, count: int) -> float:
 
 def _webserver(home: Path, config_file: Path, count: int, workdir: Path) -> dict[str, Any]:
     asset = {"path": list(documents_asset_key(SOURCE).path)}
-    some = [partition_keys.to_partition_key(object_key_at(index)) for index in range(0, min(count, 50), 10)]
+    some = [to_partition_key(object_key_at(index)) for index in range(0, min(count, 50), 10)]
     queries: dict[str, Callable[[dagster_server.DagsterDev], Any]] = {
         "partitions + statuses": lambda server: server.gql(dagster_server.PARTITIONS, assetKey=asset),
         "partition stats": lambda server: server.gql(PARTITION_STATS, assetKey=asset),
@@ -548,7 +548,7 @@ def measure(
     result: dict[str, Any] = {"keys": keys, "repeats": repeats, "smoke": smoke, "step_wall_s": {}, "load": {}}
     walls, loads = result["step_wall_s"], result["load"]
 
-    with local_s3.running() as server:
+    with running() as server:
         loads["upload"] = _load()
         walls["upload"] = result["upload_s"] = fill_bucket(server.endpoint_url, moto_keys)
         # Two configs over the same source: with polling (the sensor exists) and without, so the

@@ -41,7 +41,7 @@ import yaml
 from benchmarks import common
 from benchmarks.scale import many_keys as scale
 from benchmarks.servers import dagster_server
-from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.demo import LOOPBACK, free_port
 
 SOURCE = scale.SOURCE
 NOWHERE = f"http://{LOOPBACK}:9"  # the runs' S3 endpoint: refused at once, so a backfill's runs fail fast
@@ -69,7 +69,7 @@ def _configs(workdir: Path, webserver_url: str = "http://localhost:3000") -> tup
 
 def run_step(step: str, workdir: Path, keys: int) -> dict[str, Any]:
     """One step in this process (a fresh one): its seconds, what it found, and the process's peak RSS."""
-    from s3sync_dagster.commands.runs.runner import discover
+    from s3sync_dagster.commands.runs import discover
     from s3sync_dagster.config import load_config
     from s3sync_dagster.definitions import build_definitions
 

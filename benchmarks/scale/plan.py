@@ -31,9 +31,9 @@ import dagster as dg
 
 from benchmarks import common
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
-from s3sync_dagster.defs.runs.checks import empty_at
-from s3sync_dagster.pipeline.audit import plan
-from s3sync_dagster.pipeline.s3.objects import ObjectInfo
+from s3sync_dagster.defs.runs import empty_at
+from s3sync_dagster.pipeline.audit import index_frame, plan_source
+from s3sync_dagster.pipeline.s3 import ObjectInfo
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 SOURCE = "planned"
@@ -158,7 +158,7 @@ def chroma_read(workdir: Path, count: int) -> dict[str, Any]:
     reads = []
     for _ in range(2):
         started = time.perf_counter()
-        frame = plan.index_frame(collection, _target())
+        frame = index_frame(collection, _target())
         reads.append(time.perf_counter() - started)
     return {
         "records": len(records),
@@ -192,7 +192,7 @@ def measure(workdir: Path, keys: int, chroma_keys: int) -> dict[str, Any]:
             registered_s.append(time.perf_counter() - started)
             return found
 
-        found = plan.plan_source(
+        found = plan_source(
             None,
             target,
             lambda: frame,

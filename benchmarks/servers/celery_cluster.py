@@ -26,8 +26,7 @@ import yaml
 
 from benchmarks import common
 from benchmarks.servers import postgres_server
-from s3sync_dagster.commands.demo import local_s3
-from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.demo import LOOPBACK, free_port, start
 from s3sync_dagster.defs.executor import WORKER_APP
 from s3sync_dagster.defs.names import pool_name
 
@@ -156,7 +155,7 @@ def services(where: Hosts, workdir: Path, postgres: bool = True) -> Iterator[Ser
             lambda: answers(lambda: chromadb.HttpClient(host=where.address, port=chroma_port).heartbeat()),
             chroma,
         )
-        s3_server = local_s3.start(host=where.address)
+        s3_server = start(host=where.address)
         stack.callback(s3_server.stop)
         database = stack.enter_context(postgres_server.running(host=where.address)) if postgres else None
         yield Services(where.address, s3_server.endpoint_url, f"redis://{where.address}:{redis_port}/0", chroma_port,

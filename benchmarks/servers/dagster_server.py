@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.demo import LOOPBACK, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 REPOSITORY = "__repository__"  # the repository of a plain Definitions object

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
+from s3sync_dagster.commands.demo import LOOPBACK, free_port
 
 BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # the newest version first
 SYSTEM_USER = "postgres"

@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.sync import corpus, throughput
-from s3sync_dagster.commands.demo import local_s3
+from s3sync_dagster.commands import demo
 
 # Run by each side's code in a fresh process (PYTHONPATH: its tree): the hybrid queries, timed one by one.
 QUERY_SCRIPT = """
@@ -75,7 +75,7 @@ def measure(workdir: Path, before: str, objects: int, rounds: int, queries: int)
     common.credentials()
     workdir.mkdir(parents=True, exist_ok=True)
     tree = common.snapshot(before, workdir / "before-tree")
-    server = local_s3.start()
+    server = demo.start()
     try:
         data = corpus.generate(objects)
         bucket = "before-after"

@@ -26,11 +26,11 @@ from benchmarks import common
 from benchmarks.servers import postgres_server
 from benchmarks.sync import corpus
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.chunking import chunk
-from s3sync_dagster.pipeline.embedding.functions import LazySentenceTransformer, cpu_has_native_bf16
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.sync import write
+from s3sync_dagster.pipeline.chroma import ChunkRecord, replace_chunks
+from s3sync_dagster.pipeline.chunking import chunk_text
+from s3sync_dagster.pipeline.embedding import LazySentenceTransformer, cpu_has_native_bf16
+from s3sync_dagster.pipeline.records import chunk_id, object_id
+from s3sync_dagster.pipeline.sync import BATCH_CHUNKS, BATCH_OBJECTS, batch_is_full
 
 
 def _corpus_chunks(objects: int) -> list[list[str]]:
@@ -44,7 +44,7 @@ def _corpus_chunks(objects: int) -> list[list[str]]:
             continue  # documents: their text comes from docling, not what is measured here
         if "<html" in text[:200].lower():
             continue
-        out.append([piece.text for piece in chunk.chunk_text(text, object_key).chunks])
+        out.append([piece.text for piece in chunk_text(text, object_key).chunks])
     return out
 
 
@@ -65,15 +65,13 @@ def _embedding(texts: list[str]) -> dict[str, Any]:
     return result
 
 
-def _records(objects: list[list[str]]) -> list[list[index.ChunkRecord]]:
+def _records(objects: list[list[str]]) -> list[list[ChunkRecord]]:
     out = []
     for number, texts in enumerate(objects):
-        document_id = keys.object_id(f"fixes/{number}")
+        document_id = object_id(f"fixes/{number}")
         out.append(
             [
-                index.ChunkRecord(
-                    keys.chunk_id(document_id, n), text, {"object_key": f"fixes/{number}", "chunk_index": n}
-                )
+                ChunkRecord(chunk_id(document_id, n), text, {"object_key": f"fixes/{number}", "chunk_index": n})
                 for n, text in enumerate(texts)
             ]
         )
@@ -89,7 +87,7 @@ def _writes(objects: list[list[str]]) -> dict[str, Any]:
     def embed(texts: list[str]) -> list[Any]:
         return [vector_for[text] for text in texts]
 
-    small = [texts for texts in objects if 0 < len(texts) < write.BATCH_CHUNKS]
+    small = [texts for texts in objects if 0 < len(texts) < BATCH_CHUNKS]
     records = _records(small)
     result: dict[str, Any] = {"objects": len(small), "chunks": sum(len(r) for r in records)}
     with tempfile.TemporaryDirectory(prefix="fixes-chroma-") as path:
@@ -97,20 +95,20 @@ def _writes(objects: list[list[str]]) -> dict[str, Any]:
         alone = client.create_collection("per-object", embedding_function=None)
         started = time.perf_counter()
         for object_records in records:
-            index.replace_chunks(alone, object_records, {}, embed)
+            replace_chunks(alone, object_records, {}, embed)
         result["per_object_s"] = time.perf_counter() - started
         shared = client.create_collection("shared", embedding_function=None)
         started = time.perf_counter()
-        group: list[index.ChunkRecord] = []
+        group: list[ChunkRecord] = []
         count = 0
         for object_records in records:
             group += object_records
             count += 1
-            if write.batch_is_full(len(group), count):
-                index.replace_chunks(shared, group, {}, embed)
+            if batch_is_full(len(group), count):
+                replace_chunks(shared, group, {}, embed)
                 group, count = [], 0
         if group:
-            index.replace_chunks(shared, group, {}, embed)
+            replace_chunks(shared, group, {}, embed)
         result["shared_s"] = time.perf_counter() - started
         assert alone.count() == shared.count() == result["chunks"]
     return result
@@ -275,7 +273,7 @@ def section_markdown(
             f"| embedding, {emb['chunks']} corpus chunks: float32 -> bfloat16 matrix products (ms per chunk) | "
             f"{emb['float32_ms_per_chunk']:.1f} | {emb['bfloat16_ms_per_chunk']:.1f} | {speedup:.2f}x |",
             f"| Chroma writes of {writes['objects']:,} new objects ({writes['chunks']:,} chunks): one upsert per "
-            f"object -> shared upserts of up to {write.BATCH_OBJECTS} objects / {write.BATCH_CHUNKS} chunks (s) | "
+            f"object -> shared upserts of up to {BATCH_OBJECTS} objects / {BATCH_CHUNKS} chunks (s) | "
             f"{writes['per_object_s']:.1f} | {writes['shared_s']:.1f} | {writes['per_object_s'] / writes['shared_s']:.2f}x |",
             "",
             f"bfloat16 vectors against float32 ones: minimum cosine {emb['min_cosine']:.6f}; each text's nearest "

@@ -58,14 +58,29 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from s3sync_dagster.pipeline.chunking.chunk import chunk_text
-from s3sync_dagster.pipeline.chunking.tokens import TokenCounter
+from s3sync_dagster.pipeline import embedding
+from s3sync_dagster.pipeline.chunking import TokenCounter, chunk_text
 
 # embed is imported before any torch import: it sets OMP_WAIT_POLICY as the project's processes run with it.
-from s3sync_dagster.pipeline.embedding import functions as embed
-from s3sync_dagster.pipeline.embedding import onnx_minilm, runtimes
-from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path, ensure_default_model
-from s3sync_dagster.pipeline.sync import write
+from s3sync_dagster.pipeline.embedding import (
+    BATCH_SIZE,
+    DEFAULT_MODEL_CHUNK_TOKENS,
+    MAX_TOKENS,
+    TORCH_AFTER_TEXTS,
+    ChromaDefaultFunction,
+    Precision,
+    Runtime,
+    batch_feeds,
+    bundled_model_path,
+    cpu_has_native_bf16,
+    default_token_budget,
+    encode,
+    ensure_default_model,
+    load_model,
+    load_session,
+    resolve_precision,
+)
+from s3sync_dagster.pipeline.sync import BATCH_CHUNKS
 
 HERE = Path(__file__).resolve().parents[1]
 JSON_FILE = HERE / "results-flops.json"
@@ -93,7 +108,7 @@ COLUMN_NAMES = {
     ("onnxruntime", "int8 s8s8"): "ONNX Runtime int8 (s8 x s8)",
 }
 # (label, runtime, precision): the default function's paths, in the order they run.
-PATHS: tuple[tuple[str, embed.Runtime, embed.Precision], ...] = (
+PATHS: tuple[tuple[str, Runtime, Precision], ...] = (
     ("ONNX Runtime float32", "onnx", "float32"),
     ("ONNX Runtime int8", "onnx", "int8"),  # embedding.precision int8: each text alone, a core each (onnx_minilm)
     ("torch float32", "torch", "float32"),
@@ -151,14 +166,14 @@ def cpu_facts() -> dict[str, Any]:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "flags": {flag: flag in flags for flag in CPU_FLAGS},
-        "native_bf16": embed.cpu_has_native_bf16(),
+        "native_bf16": cpu_has_native_bf16(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
     }
 
 
 def gemm_shapes(shape: ModelShape) -> list[tuple[str, int, int, int]]:
     """(name, M, K, N) of the products timed: the model's, with one ONNX batch of full chunks as M, and a square."""
-    rows = onnx_minilm.BATCH_SIZE * embed.DEFAULT_MODEL_CHUNK_TOKENS
+    rows = BATCH_SIZE * DEFAULT_MODEL_CHUNK_TOKENS
     h, i = shape.hidden, shape.intermediate
     return [
         ("projection (Q, K, V, output)", rows, h, h),
@@ -267,7 +282,7 @@ def chunk_sample(count: int) -> tuple[list[str], list[str], dict[str, Any]]:
     listed = subprocess.run(
         ["git", "ls-files", *SOURCE_GLOBS], cwd=common.REPO, capture_output=True, text=True, check=True
     ).stdout.split()
-    budget = embed.default_token_budget()
+    budget = default_token_budget()
     texts: list[str] = []
     for name in sorted(listed):
         path = common.REPO / name
@@ -282,7 +297,7 @@ def chunk_sample(count: int) -> tuple[list[str], list[str], dict[str, Any]]:
 
 def _onnx_batches(texts: Sequence[str], tokens: Sequence[int]) -> list[tuple[int, int]]:
     """(texts, padded length) of each batch onnx_minilm.encode runs for one call with ``texts``."""
-    return [(len(batch), max(tokens[index] for index in batch)) for batch in onnx_minilm.batches(tokens)]
+    return [(len(batch), max(tokens[index] for index in batch)) for batch in embedding.batches(tokens)]
 
 
 def _token_sorted_waste(tokens: Sequence[int], groups: Sequence[range], shape: ModelShape, batch_size: int) -> float:
@@ -307,23 +322,23 @@ def _cosines(a: Sequence[Any], b: Sequence[Any]) -> float:
 
 def measure_paths(texts: list[str], warm: list[str], shape: ModelShape, budget_s: float) -> dict[str, Any]:
     counter = TokenCounter(str(Path(bundled_model_path()) / "tokenizer.json"))
-    tokens = [min(count, onnx_minilm.MAX_TOKENS) for count in counter.count(texts)]
+    tokens = [min(count, MAX_TOKENS) for count in counter.count(texts)]
     flops = [shape.sequence_flops(count) for count in tokens]
-    group_size = write.BATCH_CHUNKS
+    group_size = BATCH_CHUNKS
     groups = [range(start, min(start + group_size, len(texts))) for start in range(0, len(texts), group_size)]
     ensure_default_model()  # the ONNX files (made offline if missing), outside any timing
     recorded_shapes: list[tuple[int, int]] = []
-    functions: dict[str, embed.ChromaDefaultFunction] = {}
+    functions: dict[str, ChromaDefaultFunction] = {}
     warm_s: dict[str, float] = {}
     for label, runtime, precision in PATHS:
-        functions[label] = embed.ChromaDefaultFunction(runtime=runtime, precision=precision)
+        functions[label] = ChromaDefaultFunction(runtime=runtime, precision=precision)
         begun = time.perf_counter()
         functions[label](warm)  # untimed: model load, kernel set-up
         warm_s[label] = time.perf_counter() - begun
     import torch
 
     # The padded shapes sentence-transformers really runs, from the model the torch paths loaded (one for both).
-    model = runtimes.load_model(bundled_model_path(), "cpu")
+    model = load_model(bundled_model_path(), "cpu")
     transformer: torch.nn.Module = model[0]
     transformer.register_forward_pre_hook(
         lambda _module, args: recorded_shapes.append(tuple(args[0]["input_ids"].shape))
@@ -384,7 +399,7 @@ def measure_paths(texts: list[str], warm: list[str], shape: ModelShape, budget_s
         "load_avg_by_group": load_avg,
         "waste_if_sorted_by_tokens": {
             str(size): _token_sorted_waste(tokens, groups, shape, size)
-            for size in (onnx_minilm.BATCH_SIZE, functions["torch float32"].batch_size)
+            for size in (BATCH_SIZE, functions["torch float32"].batch_size)
         },
         "common": {
             "groups": common_groups,
@@ -433,12 +448,12 @@ def onnx_inside(texts: list[str]) -> dict[str, Any]:
     import onnxruntime
 
     folder = ensure_default_model()
-    session, tokenizer = onnx_minilm.load_session(folder)  # the very session and tokenizer the path ran
-    feeds = [feed for _batch, feed in onnx_minilm.batch_feeds(tokenizer, texts)]
+    session, tokenizer = load_session(folder)  # the very session and tokenizer the path ran
+    feeds = [feed for _batch, feed in batch_feeds(tokenizer, texts)]
     path_s, session_s = float("inf"), float("inf")
     for _round in range(2):  # alternating, the best of two each: load from other work falls on both alike
         begun = time.perf_counter()
-        onnx_minilm.encode(folder, texts)
+        encode(folder, texts)
         path_s = min(path_s, time.perf_counter() - begun)
         begun = time.perf_counter()
         for feed in feeds:
@@ -483,9 +498,9 @@ def onnx_inside(texts: list[str]) -> dict[str, Any]:
 
 def default_path() -> str:
     """Which path a bulk sync with the `default` function takes on this machine (embed.ChromaDefaultFunction, auto)."""
-    if embed.resolve_precision("auto", "cpu") == "bfloat16":
+    if resolve_precision("auto", "cpu") == "bfloat16":
         return (
-            f"ONNX Runtime float32 for a process's first {embed.TORCH_AFTER_TEXTS:,} texts, then torch bfloat16 "
+            f"ONNX Runtime float32 for a process's first {TORCH_AFTER_TEXTS:,} texts, then torch bfloat16 "
             "(this CPU has native bfloat16)"
         )
     return "ONNX Runtime float32 throughout (this CPU has no native bfloat16, so `auto` never turns to torch)"
@@ -500,10 +515,10 @@ def measure(texts_count: int, budget_s: float, repeats: int, case_budget_s: floa
     peak = measure_peak(shape, repeats, case_budget_s)
     log(f"chunking this repository's files into {texts_count} texts")
     texts, warm, corpus = chunk_sample(texts_count)
-    log(f"the model on each path ({len(texts)} texts, groups of {write.BATCH_CHUNKS}, {budget_s:.0f} s a path at most)")
+    log(f"the model on each path ({len(texts)} texts, groups of {BATCH_CHUNKS}, {budget_s:.0f} s a path at most)")
     model = measure_paths(texts, warm, shape, budget_s)
     log("inside the ONNX Runtime path: its first group again, the session alone and profiled")
-    first_group = texts[: write.BATCH_CHUNKS]
+    first_group = texts[:BATCH_CHUNKS]
     inside = onnx_inside(first_group)
     for run in model["runs"]:
         family = run["precision"] if run["precision"] in ("bfloat16", "int8") else "float32"

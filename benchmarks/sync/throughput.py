@@ -54,10 +54,10 @@ def engine_main(config_file: str) -> None:
         embedding_resource,
         s3_connection,
     )
-    from s3sync_dagster.pipeline.chroma.targets import Collections
-    from s3sync_dagster.pipeline.extraction.documents import DocumentPool
-    from s3sync_dagster.pipeline.s3 import objects
-    from s3sync_dagster.pipeline.sync.stages import sync_keys
+    from s3sync_dagster.pipeline.chroma import Collections
+    from s3sync_dagster.pipeline.extraction import DocumentPool
+    from s3sync_dagster.pipeline.s3 import list_objects
+    from s3sync_dagster.pipeline.sync import sync_keys
 
     config = load_config(config_file)
     source = config.sources[0]
@@ -66,7 +66,7 @@ def engine_main(config_file: str) -> None:
     spec = source.spec(config.embedding.spec(), documents.options())
     chroma = chroma_outside_runs(config.chroma)
     embedding = embedding_resource(config.embedding)
-    object_keys = [info.object_key for info in objects.list_objects(s3, source.bucket_name, source.path_prefix, (), ())]
+    object_keys = [info.object_key for info in list_objects(s3, source.bucket_name, source.path_prefix, (), ())]
     collections = Collections(lambda name: chroma.collection(name, embedding))
     pool = DocumentPool(documents.workers)
     try:

@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from s3sync_dagster.commands.demo import local_s3
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction
+from s3sync_dagster.commands.demo import running
+from s3sync_dagster.pipeline.chroma import open_collection
+from s3sync_dagster.pipeline.embedding import ChromaDefaultFunction
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync import settle
-from s3sync_dagster.pipeline.sync import stages as sync
-from s3sync_dagster.pipeline.sync.reports import KeyReport
+from s3sync_dagster.pipeline.sync import KeyReport, settle, sync_keys
 
 DIMENSIONS = 384
 
@@ -62,14 +60,14 @@ def timed_sync(
         settle.settle = lambda report, *_: report  # type: ignore[assignment]
     try:
         started = time.perf_counter()
-        reports = sync.sync_keys(s3, spec, lambda _: collection, hash_vectors, object_keys)
+        reports = sync_keys(s3, spec, lambda _: collection, hash_vectors, object_keys)
         return time.perf_counter() - started, reports
     finally:
         settle.settle = real_settle  # type: ignore[assignment]
 
 
 def measure(keys: int = 100, rounds: int = 3) -> dict[str, Any]:
-    with local_s3.running() as server, tempfile.TemporaryDirectory() as workdir:
+    with running() as server, tempfile.TemporaryDirectory() as workdir:
         from s3sync_dagster.pipeline.store import embedded_client
 
         s3 = common.s3_client(server.endpoint_url)
@@ -98,7 +96,7 @@ def measure(keys: int = 100, rounds: int = 3) -> dict[str, Any]:
         for round_number in range(rounds):
             order = ["checked", "bare"] if round_number % 2 == 0 else ["bare", "checked"]
             collections = {
-                arm: index.open_collection(store, f"r{round_number}-{arm}", function, {"created_by": "benchmark"})
+                arm: open_collection(store, f"r{round_number}-{arm}", function, {"created_by": "benchmark"})
                 for arm in order
             }
             upload(s3, bucket, objects(keys, f"round {round_number} first"))

@@ -15,38 +15,45 @@ from collections.abc import Sequence
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3sync_dagster.commands.errors import InvocationError, RunError, UsageError
-from s3sync_dagster.commands.subcommand import EXIT_OK as EXIT_OK
-from s3sync_dagster.commands.subcommand import EXIT_SOME_FAILED as EXIT_SOME_FAILED
 from s3sync_dagster.commands.subcommand import EXIT_USAGE, common_options
-from s3sync_dagster.commands.subcommands import invocations as invocation_commands
-from s3sync_dagster.commands.subcommands import plan as plan_commands
-from s3sync_dagster.commands.subcommands import query as query_commands
-from s3sync_dagster.commands.subcommands import servers as server_commands
-from s3sync_dagster.commands.subcommands import sources as source_commands
-from s3sync_dagster.commands.subcommands import sync as sync_commands
-from s3sync_dagster.commands.subcommands.query import keep_searchers_open as keep_searchers_open
+from s3sync_dagster.commands.subcommands import (
+    add_cancel,
+    add_demo,
+    add_discover,
+    add_invocations,
+    add_invoke,
+    add_plan,
+    add_query,
+    add_query_server,
+    add_rebuild_lexicon,
+    add_reembed,
+    add_remove_source,
+    add_repair,
+    add_sources,
+    add_sync,
+)
 from s3sync_dagster.config import ConfigError
 from s3sync_dagster.pipeline.extras import MissingExtra
-from s3sync_dagster.pipeline.s3.objects import ObjectError
+from s3sync_dagster.pipeline.s3 import ObjectError
 
 # Each subcommand's piece, in the order `s3sync --help` lists them. Dagster, and the modules that import it, are
 # imported by the handlers that use them: `s3sync query` needs none of it (test_cli asserts it), and importing
 # Dagster takes longer than answering a search.
 SUBCOMMANDS = (
-    source_commands.add_sources,
-    sync_commands.add_discover,
-    sync_commands.add_sync,
-    plan_commands.add_plan,
-    query_commands.add_query,
-    server_commands.add_query_server,
-    invocation_commands.add_invoke,
-    invocation_commands.add_invocations,
-    invocation_commands.add_cancel,
-    source_commands.add_remove_source,
-    sync_commands.add_repair,
-    source_commands.add_rebuild_lexicon,
-    source_commands.add_reembed,
-    server_commands.add_demo,
+    add_sources,
+    add_discover,
+    add_sync,
+    add_plan,
+    add_query,
+    add_query_server,
+    add_invoke,
+    add_invocations,
+    add_cancel,
+    add_remove_source,
+    add_repair,
+    add_rebuild_lexicon,
+    add_reembed,
+    add_demo,
 )
 
 

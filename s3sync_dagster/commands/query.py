@@ -16,12 +16,10 @@ from chromadb.errors import NotFoundError
 
 from s3sync_dagster.commands.errors import UsageError
 from s3sync_dagster.config import AppConfig, config_file, is_component, load_config
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.embedding.functions import function_of_record
-from s3sync_dagster.pipeline.search import query as engine
-from s3sync_dagster.pipeline.search.filters import all_of, search_filter
-from s3sync_dagster.pipeline.search.hits import Context
-from s3sync_dagster.pipeline.search.query import FUSION, Fusion, Hit, Mode
+from s3sync_dagster.pipeline import search as engine
+from s3sync_dagster.pipeline.chroma import moved
+from s3sync_dagster.pipeline.embedding import function_of_record
+from s3sync_dagster.pipeline.search import FUSION, Context, Fusion, Hit, Mode, all_of, search_filter, with_passages
 from s3sync_dagster.pipeline.store import close_clients
 
 if TYPE_CHECKING:
@@ -77,7 +75,7 @@ class SourceSearch:
             )
         except NotFoundError:
             raise UsageError(
-                index.moved(store.client(), self.source.collection_name, self.owner)
+                moved(store.client(), self.source.collection_name, self.owner)
                 or f"source '{self.source.name}' has not been synced yet: "
                 f"collection '{self.source.collection_name}' does not exist"
             ) from None
@@ -126,7 +124,7 @@ class SourceSearch:
         try:
             hits = self._search_scopes(text, mode, n, context, per_object, fusion, filtered, sections)
             if not hits and not self.every_writer:  # none of its chunks here, perhaps: the collection renamed?
-                why = index.moved(self.config.chroma.store().client(), self.collection.name, self.owner)
+                why = moved(self.config.chroma.store().client(), self.collection.name, self.owner)
                 if why is not None:
                     raise UsageError(why)
             return hits
@@ -175,7 +173,7 @@ class SourceSearch:
             kept, over = self._search(text, where, mode, n, foreign, per_object, fusion, sections)
             if over:
                 break
-        return engine.with_passages(self.collection, kept[:n], text, self.owns, context)
+        return with_passages(self.collection, kept[:n], text, self.owns, context)
 
     def _search(
         self,

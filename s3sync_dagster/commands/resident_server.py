@@ -29,6 +29,7 @@ from typing import Any
 
 from s3sync_dagster.commands import cli
 from s3sync_dagster.commands.resident import DEFAULT_IDLE_SECONDS, HEARTBEAT_S, IDLE_ENV, peer_uid
+from s3sync_dagster.commands.subcommands import keep_searchers_open
 
 LOCK_WAIT_S = 10.0  # a process whose socket was replaced leaves within a second: its successor waits this long
 REQUEST_WAIT_S = 10.0  # for a client to send its request once connected
@@ -65,7 +66,7 @@ class Server:
         with open(self.where.with_suffix(".lock"), "w") as lock:
             if not _locked(lock, LOCK_WAIT_S):
                 return
-            cli.keep_searchers_open()
+            keep_searchers_open()
             if warm:
                 self.answer(warm)
             _clear(self.where)

@@ -55,6 +55,6 @@ def load_config(args: argparse.Namespace) -> AppConfig:
 
 def dagster_instance(args: argparse.Namespace) -> Any:
     """The Dagster instance of the home --config implies (commands/runs/dagster_home.py), opened when a command needs it."""
-    from s3sync_dagster.commands.runs.runner import open_instance
+    from s3sync_dagster.commands.runs import open_instance
 
     return open_instance(args.config)

@@ -49,7 +49,7 @@ from s3sync_dagster.config.literal_secrets import (
 from s3sync_dagster.config.loading import load_config, parse_config
 from s3sync_dagster.config.problems import did_you_mean
 from s3sync_dagster.config.schema import component_schema, schema_problems
-from s3sync_dagster.config.secret_rules import _CREDENTIAL_SHAPE, EnvRef
+from s3sync_dagster.config.secret_rules import CREDENTIAL_SHAPE, EnvRef
 from s3sync_dagster.config.source import (
     SOURCE_NAME_PATTERN,
     ChunkingConfig,
@@ -63,13 +63,13 @@ __all__ = [
     "COMPONENT_FILES",
     "COMPONENT_TYPE",
     "CONFIG_ENV_VAR",
+    "CREDENTIAL_SHAPE",
     "DEFAULT_CHROMA_PATH",
     "DEFAULT_CONFIG_FILE",
     "SECRET_FIELDS",
     "SOURCE_KINDS",
     "SOURCE_NAME_PATTERN",
     "URL_FIELDS",
-    "_CREDENTIAL_SHAPE",
     "AppConfig",
     "AssetAttributes",
     "CeleryConfig",

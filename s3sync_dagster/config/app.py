@@ -16,7 +16,7 @@ from s3sync_dagster.config.embedding import EmbeddingConfig
 from s3sync_dagster.config.errors import ConfigError
 from s3sync_dagster.config.secret_rules import StrictModel
 from s3sync_dagster.config.source import SourceConfig
-from s3sync_dagster.pipeline.chroma import limits as cloud_limits
+from s3sync_dagster.pipeline.chroma import check_database, check_source
 
 
 class AppConfig(StrictModel):
@@ -106,9 +106,9 @@ class AppConfig(StrictModel):
         # naming the source and the setting; what only an object can break is checked before its write.
         cloud = self.chroma.cloud
         if cloud is not None:
-            cloud_limits.check_database(cloud.database)
+            check_database(cloud.database)
             for source in self.sources:
-                cloud_limits.check_source(source.name, source.chunking.max_size_bytes, source.collection_name)
+                check_source(source.name, source.chunking.max_size_bytes, source.collection_name)
         for source in self.sources:
             source.set_cloud_limits(cloud is not None)
         return self

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from s3sync_dagster.config.secret_rules import (
-    _SECRET_NAME,
+    SECRET_NAME,
     EnvRef,
     StrictModel,
     no_credentials_in_url,
@@ -57,7 +57,7 @@ class ChromaConfig(StrictModel):
         if self.lexicon_postgres is not None:  # at load, not at the first query: the pip command that adds it
             extras.require("postgres", "chroma.lexicon_postgres")
         for header, value in self.headers.items():
-            if isinstance(value, str) and re.search(_SECRET_NAME, header):
+            if isinstance(value, str) and re.search(SECRET_NAME, header):
                 raise ValueError(f"headers.{header}: a literal secret is refused: write it as {{env: VAR_NAME}}")
         return self
 

@@ -8,7 +8,7 @@ import re
 from pydantic import Field, field_validator, model_validator
 
 from s3sync_dagster.config.secret_rules import (
-    _URL_CREDENTIALS,
+    URL_CREDENTIALS,
     EnvRef,
     StrictModel,
     no_credentials_in_url,
@@ -44,7 +44,7 @@ class CeleryConfig(StrictModel):
     @field_validator("broker", "backend")
     @classmethod
     def _no_password(cls, value: str | EnvRef | None) -> str | EnvRef | None:
-        if isinstance(value, str) and re.search(_URL_CREDENTIALS, value):
+        if isinstance(value, str) and re.search(URL_CREDENTIALS, value):
             raise ValueError(
                 "carries credentials (user:password@...), which are refused and not shown: "
                 "give the whole URL as {env: VAR_NAME}"

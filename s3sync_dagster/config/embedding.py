@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from s3sync_dagster.config.secret_rules import _ENV_VAR_NAME, _SECRET_CONFIG_KEY, EnvRef, StrictModel
-from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec, Precision, Runtime
+from s3sync_dagster.config.secret_rules import ENV_VAR_NAME, SECRET_CONFIG_KEY, EnvRef, StrictModel
+from s3sync_dagster.pipeline.embedding import EmbeddingSpec, Precision, Runtime
 
 
 def _function_config(value: dict[str, Any], where: str) -> dict[str, Any]:
@@ -25,10 +25,10 @@ def _function_config(value: dict[str, Any], where: str) -> dict[str, Any]:
         elif isinstance(item, dict):
             config[key] = _function_config(item, name)
         elif str(key).endswith("_env_var"):
-            if not isinstance(item, str) or not _ENV_VAR_NAME.match(item):
+            if not isinstance(item, str) or not ENV_VAR_NAME.match(item):
                 raise ValueError(f"{name}: must be an environment variable's name (the value is not shown)")
             config[key] = item
-        elif isinstance(item, str) and re.search(_SECRET_CONFIG_KEY, str(key)):
+        elif isinstance(item, str) and re.search(SECRET_CONFIG_KEY, str(key)):
             raise ValueError(f"{name}: a literal secret is refused: write it as {{env: VAR_NAME}}")
         else:
             config[key] = item
@@ -83,12 +83,7 @@ class EmbeddingConfig(StrictModel):
 
     @model_validator(mode="after")
     def _known_function(self) -> EmbeddingConfig:
-        from s3sync_dagster.pipeline.embedding.functions import (
-            DEFAULT_FUNCTION,
-            INT8,
-            SENTENCE_TRANSFORMER,
-            registered_names,
-        )
+        from s3sync_dagster.pipeline.embedding import DEFAULT_FUNCTION, INT8, SENTENCE_TRANSFORMER, registered_names
 
         if self.precision == INT8 and (
             self.function != DEFAULT_FUNCTION or self.device != "cpu" or self.runtime == "torch"
@@ -115,7 +110,7 @@ class EmbeddingConfig(StrictModel):
         return self
 
     def spec(self) -> EmbeddingSpec:
-        from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+        from s3sync_dagster.pipeline.embedding import EmbeddingSpec
 
         return EmbeddingSpec(
             function=self.function,

@@ -11,14 +11,14 @@ from s3sync_dagster.config.errors import ConfigError
 from s3sync_dagster.config.lines import Lines, Loc, line_of
 from s3sync_dagster.config.problems import location_text
 from s3sync_dagster.config.secret_rules import (
-    _CREDENTIAL_SHAPE,
-    _ENV_VAR_KEY,
-    _ENV_VAR_NAME,
-    _ENV_VAR_NAME_PATTERN,
-    _ENV_VAR_NAME_SCHEMA,
-    _SECRET_CONFIG_KEY,
-    _SECRET_NAME,
-    _URL_CREDENTIALS,
+    CREDENTIAL_SHAPE,
+    ENV_VAR_KEY,
+    ENV_VAR_NAME,
+    ENV_VAR_NAME_PATTERN,
+    ENV_VAR_NAME_SCHEMA,
+    SECRET_CONFIG_KEY,
+    SECRET_NAME,
+    URL_CREDENTIALS,
 )
 
 # Where the settings' secrets stand (`*`: each item of a list), each with the variable it is most often kept in:
@@ -53,27 +53,27 @@ _ENV_REF_SCHEMA = {
     "type": "object",
     "required": ["env"],
     "additionalProperties": False,
-    "properties": {"env": {"type": "string", "pattern": _ENV_VAR_NAME_PATTERN}},
+    "properties": {"env": {"type": "string", "pattern": ENV_VAR_NAME_PATTERN}},
 }
-_SECRET_DEFINITIONS: dict[str, Any] = {
+SECRET_DEFINITIONS: dict[str, Any] = {
     # A function config's key that names a secret holds a text, or a `*_env_var` no variable's name, at any depth.
     "S3SyncSecretInConfig": {
         "type": "object",
         "anyOf": [
-            {"not": {"patternProperties": {_ENV_VAR_KEY: {"anyOf": [{"type": "object"}, _ENV_VAR_NAME_SCHEMA]}}}},
-            {"not": {"patternProperties": {_SECRET_CONFIG_KEY: {"not": {"type": "string"}}}}},
+            {"not": {"patternProperties": {ENV_VAR_KEY: {"anyOf": [{"type": "object"}, ENV_VAR_NAME_SCHEMA]}}}},
+            {"not": {"patternProperties": {SECRET_CONFIG_KEY: {"not": {"type": "string"}}}}},
             {"not": {"additionalProperties": {"not": {"$ref": f"{_DEFINITIONS}S3SyncSecretInConfig"}}}},
         ],
     },
     # A credential-shaped text, or `{env: ...}` holding no variable's name, wherever it stands.
     "S3SyncSecretAnywhere": {
         "anyOf": [
-            {"type": "string", "pattern": _CREDENTIAL_SHAPE},
+            {"type": "string", "pattern": CREDENTIAL_SHAPE},
             {
                 "type": "object",
                 "required": ["env"],
                 "maxProperties": 1,
-                "properties": {"env": {"type": "string", "not": {"pattern": _ENV_VAR_NAME_PATTERN}}},
+                "properties": {"env": {"type": "string", "not": {"pattern": ENV_VAR_NAME_PATTERN}}},
             },
             {"type": "array", "contains": {"$ref": f"{_DEFINITIONS}S3SyncSecretAnywhere"}},
             {
@@ -96,10 +96,10 @@ def _secret_at(path: tuple[str, ...], leaf: dict[str, Any]) -> dict[str, Any]:
 
 
 def literal_secret_schema() -> dict[str, Any]:
-    """literal_secrets() as JSON schema (its definitions in _SECRET_DEFINITIONS): valid where settings hold one."""
+    """literal_secrets() as JSON schema (its definitions in SECRET_DEFINITIONS): valid where settings hold one."""
     branches = [_secret_at(path, {"not": {"anyOf": [{"type": "null"}, _ENV_REF_SCHEMA]}}) for path in SECRET_FIELDS]
-    branches += [_secret_at(path, {"type": "string", "pattern": _URL_CREDENTIALS}) for path in URL_FIELDS]
-    named = {"patternProperties": {_SECRET_NAME: {"not": {"type": "string"}}}}
+    branches += [_secret_at(path, {"type": "string", "pattern": URL_CREDENTIALS}) for path in URL_FIELDS]
+    named = {"patternProperties": {SECRET_NAME: {"not": {"type": "string"}}}}
     branches.append(_secret_at(_HEADERS, {"type": "object", "not": named}))
     branches.append(_secret_at(_FUNCTION_CONFIG, {"$ref": f"{_DEFINITIONS}S3SyncSecretInConfig"}))
     branches.append({"$ref": f"{_DEFINITIONS}S3SyncSecretAnywhere"})
@@ -141,19 +141,19 @@ def _named_secrets(node: Any, loc: Loc, deep: bool) -> Iterator[tuple[Loc, str]]
         here = (*loc, key)
         if deep and isinstance(value, dict):
             yield from _named_secrets(value, here, deep)
-        elif deep and re.search(_ENV_VAR_KEY, str(key)):
-            if not (isinstance(value, str) and _ENV_VAR_NAME.match(value)):
+        elif deep and re.search(ENV_VAR_KEY, str(key)):
+            if not (isinstance(value, str) and ENV_VAR_NAME.match(value)):
                 name = str(key).removesuffix("_env_var")
                 yield here, f"takes a variable's name, not the secret itself (not shown): write `{name}: {{env: NAME}}`"
-        elif isinstance(value, str) and re.search(_SECRET_CONFIG_KEY if deep else _SECRET_NAME, str(key)):
+        elif isinstance(value, str) and re.search(SECRET_CONFIG_KEY if deep else SECRET_NAME, str(key)):
             yield here, f"a literal secret is refused (not shown): write `{key}: {{env: VARIABLE_NAME}}`"
 
 
 def _anywhere(node: Any, loc: Loc = ()) -> Iterator[tuple[Loc, str]]:
     """Credential-shaped texts, and `{env: ...}` holding no variable's name, wherever they stand."""
-    if isinstance(node, str) and re.search(_CREDENTIAL_SHAPE, node):
+    if isinstance(node, str) and re.search(CREDENTIAL_SHAPE, node):
         yield loc, _SHAPE_RULE
-    elif _is_env_ref(node) and not _ENV_VAR_NAME.match(node["env"]):
+    elif _is_env_ref(node) and not ENV_VAR_NAME.match(node["env"]):
         yield loc, _secret_rule(str(loc[-1]) if loc else "field", "VARIABLE_NAME", node)
     elif isinstance(node, (dict, list)):
         for key, item in node.items() if isinstance(node, dict) else enumerate(node):
@@ -166,11 +166,11 @@ def literal_secrets(raw: Any) -> list[tuple[Loc, str]]:
     found: dict[Loc, str] = {}
     for path, variable in SECRET_FIELDS.items():
         for loc, value in _values_at(raw, path):
-            if value is not None and not (_is_env_ref(value) and _ENV_VAR_NAME.match(value["env"])):
+            if value is not None and not (_is_env_ref(value) and ENV_VAR_NAME.match(value["env"])):
                 found.setdefault(loc, _secret_rule(path[-1], variable, value))
     for path, instead in URL_FIELDS.items():
         for loc, value in _values_at(raw, path):
-            if isinstance(value, str) and re.search(_URL_CREDENTIALS, value):
+            if isinstance(value, str) and re.search(URL_CREDENTIALS, value):
                 found.setdefault(loc, f"carries credentials (user:password@...), refused and not shown: {instead}")
     for path in (_HEADERS, _FUNCTION_CONFIG):
         for loc, value in _values_at(raw, path):

@@ -10,7 +10,7 @@ from typing import Any
 
 from s3sync_dagster.config.app import AppConfig
 from s3sync_dagster.config.lines import Lines, Loc, line_of
-from s3sync_dagster.config.literal_secrets import _SECRET_DEFINITIONS, literal_secret_schema
+from s3sync_dagster.config.literal_secrets import SECRET_DEFINITIONS, literal_secret_schema
 from s3sync_dagster.config.problems import did_you_mean
 
 # A Dagster template (`{{ env.VAR }}`), which a component's attributes may hold in place of any value: Dagster
@@ -40,7 +40,7 @@ def _component_schema() -> dict[str, Any]:
     # as its schema or anything (`{}`): the `else` branch alone validates.
     shown = {name: {"anyOf": [field, {}]} for name, field in settings["properties"].items()}
     return {
-        "$defs": {**settings.pop("$defs", {}), **_SECRET_DEFINITIONS},
+        "$defs": {**settings.pop("$defs", {}), **SECRET_DEFINITIONS},
         "title": settings.pop("title", "AppConfig"),
         "type": "object",
         "properties": shown,

@@ -13,11 +13,11 @@ from s3sync_dagster.config.errors import ConfigError
 
 # The rules on secrets are patterns, each written once: the model's validators, literal_secrets() (what `s3sync`
 # and the component's load refuse first) and the JSON schema `dg check yaml` is given all use these strings.
-_ENV_VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_ENV_VAR_NAME = re.compile(_ENV_VAR_NAME_PATTERN)
-_ENV_VAR_NAME_SCHEMA = {"type": "string", "pattern": _ENV_VAR_NAME_PATTERN}
+ENV_VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENV_VAR_NAME = re.compile(ENV_VAR_NAME_PATTERN)
+ENV_VAR_NAME_SCHEMA = {"type": "string", "pattern": ENV_VAR_NAME_PATTERN}
 # Shapes of real credentials: refused wherever they appear as a literal in the file.
-_CREDENTIAL_SHAPE = "|".join(
+CREDENTIAL_SHAPE = "|".join(
     (
         r"\b(AKIA|ASIA)[0-9A-Z]{16}\b",
         r"\bck-[A-Za-z0-9]{20,}\b",  # Chroma Cloud API keys
@@ -27,17 +27,17 @@ _CREDENTIAL_SHAPE = "|".join(
 _SECRET_HEADER_WORDS = ("auth", "token", "key", "secret", "password", "cookie")
 # A key that names a secret (a header's, an embedding function's config's), in any case: written without inline
 # flags, which JSON schema's patterns (ECMA 262) lack.
-_SECRET_NAME = "|".join("".join(f"[{c.upper()}{c}]" for c in word) for word in _SECRET_HEADER_WORDS)
+SECRET_NAME = "|".join("".join(f"[{c.upper()}{c}]" for c in word) for word in _SECRET_HEADER_WORDS)
 # chromadb's own way to name a variable in a function's config: `api_key_env_var: OPENAI_API_KEY`.
-_ENV_VAR_KEY = r"_env_var$"
-_SECRET_CONFIG_KEY = rf"^(?!.*_env_var$).*({_SECRET_NAME})"
+ENV_VAR_KEY = r"_env_var$"
+SECRET_CONFIG_KEY = rf"^(?!.*_env_var$).*({SECRET_NAME})"
 # `user:password@` in a URL (`scheme://user:password@host`) or a host (`user:password@host`).
-_URL_CREDENTIALS = r"^[^:/?#]+://[^/?#]*@|^(?!.*://).*@"
+URL_CREDENTIALS = r"^[^:/?#]+://[^/?#]*@|^(?!.*://).*@"
 
 
 def no_credentials_in_url(value: str | None) -> str | None:
     """A URL or host with `user:password@` would carry a secret into logs, run config and `sources`."""
-    if value is not None and re.search(_URL_CREDENTIALS, value):
+    if value is not None and re.search(URL_CREDENTIALS, value):
         raise ValueError(
             "carries credentials (user:password@...), which are refused and not shown: give S3 credentials as "
             "aws_access_key_id / aws_secret_access_key {env: VAR}, Chroma's as headers {env: VAR}"
@@ -58,7 +58,7 @@ class EnvRef(StrictModel):
     @field_validator("env")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _ENV_VAR_NAME.match(value):
+        if not ENV_VAR_NAME.match(value):
             # Not echoed: what stands here by mistake is most often the secret itself.
             raise ValueError("is not an environment variable name (letters, digits, _; the value is not shown)")
         return value

@@ -12,11 +12,11 @@ from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model
 from s3sync_dagster.config.asset import AssetAttributes
 from s3sync_dagster.config.embedding import EmbeddingConfig
 from s3sync_dagster.config.secret_rules import EnvRef, StrictModel, no_credentials_in_url, secret_must_be_env_ref
-from s3sync_dagster.pipeline.chroma import labels
-from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
-from s3sync_dagster.pipeline.extraction.conversion import DEFAULT_MAX_PAGES, DocumentOptions
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3.objects import DEFAULT_MAX_OBJECT_BYTES
+from s3sync_dagster.pipeline import chroma
+from s3sync_dagster.pipeline.embedding import EmbeddingSpec
+from s3sync_dagster.pipeline.extraction import DEFAULT_MAX_PAGES, DocumentOptions
+from s3sync_dagster.pipeline.records import check_not_reserved, validate_collection_name
+from s3sync_dagster.pipeline.s3 import DEFAULT_MAX_OBJECT_BYTES
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 SOURCE_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -66,7 +66,7 @@ ChunkingConfig = Annotated[
 METADATA_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 TAG_KEY_PATTERN = r"^[\w.:/=+@ -]+$"  # at most 128 characters (max_length)
 # One reader in a readers tag's value (`alice+group:finance`: `+` separates them).
-PRINCIPAL_PATTERN = labels.PRINCIPAL_PATTERN  # at most 256 characters (max_length); pipeline/chroma/labels.py owns it
+PRINCIPAL_PATTERN = chroma.PRINCIPAL_PATTERN  # at most 256 characters (max_length); pipeline/chroma/labels.py owns it
 
 
 # An IAM role's ARN, in any AWS partition (aws, aws-cn, aws-us-gov): arn:aws:iam::123456789012:role/path/name.
@@ -192,16 +192,16 @@ class SourceConfig(StrictModel):
     @classmethod
     def _chroma_collection_name(cls, value: str) -> str:
         # Chroma's own rule, checked here so the error names the source instead of failing mid-run.
-        keys.validate_collection_name(value, "collection_name")
+        validate_collection_name(value, "collection_name")
         # Another source's swap or first open would take such a collection for its own copy and rename it.
-        return keys.check_not_reserved(value, "collection_name")
+        return check_not_reserved(value, "collection_name")
 
     @field_validator("target_collections")
     @classmethod
     def _targets_not_reserved(cls, value: list[str]) -> list[str]:
         # A glob may match a reserved name (the write refuses it); a name that is one is refused here.
         for pattern in value:
-            keys.check_not_reserved(pattern, "target_collections")
+            check_not_reserved(pattern, "target_collections")
         return value
 
     @field_validator("container_tag_regex")

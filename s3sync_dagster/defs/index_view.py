@@ -12,8 +12,8 @@ from typing import Any
 from chromadb.errors import NotFoundError
 
 from s3sync_dagster.config import AppConfig
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.chroma import owned
+from s3sync_dagster.pipeline.records import to_partition_key
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,14 @@ def summarize(config: AppConfig, source_name: str) -> IndexSummary:
     except NotFoundError:
         return IndexSummary(source.name, source.collection_name)
     found: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for _, metadata in index.owned(collection, owner):
+    for _, metadata in owned(collection, owner):
         object_key = metadata.get("object_key")
         if isinstance(object_key, str):
             found[object_key].append(metadata)
     documents = {
         object_key: IndexedDocument(
             object_key=object_key,
-            partition_key=keys.to_partition_key(str(chunks[0].get("metadata_key") or object_key)),
+            partition_key=to_partition_key(str(chunks[0].get("metadata_key") or object_key)),
             chunks=len(chunks),
             etag=str(chunks[0].get("etag", "")),
         )

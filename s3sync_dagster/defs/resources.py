@@ -23,10 +23,17 @@ from s3sync_dagster.config import (
     TimeoutsConfig,
 )
 from s3sync_dagster.defs.webserver import DagsterWebserver
-from s3sync_dagster.pipeline.embedding.functions import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
-from s3sync_dagster.pipeline.extraction.conversion import DocumentOptions
-from s3sync_dagster.pipeline.s3 import objects, roles
-from s3sync_dagster.pipeline.s3.request_settings import RequestSettings, customer_key, send_request_settings
+from s3sync_dagster.pipeline.embedding import DEFAULT_FUNCTION, EmbeddingSpec, Precision, Runtime
+from s3sync_dagster.pipeline.extraction import DocumentOptions
+from s3sync_dagster.pipeline.s3 import (
+    RequestSettings,
+    Role,
+    assumed_role_credentials,
+    customer_key,
+    refuse_non_s3_answers,
+    send_request_settings,
+    session_with,
+)
 from s3sync_dagster.pipeline.store import Store
 
 if TYPE_CHECKING:
@@ -35,7 +42,7 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Documents, EmbeddingFunction
 
-    from s3sync_dagster.pipeline.records.owners import Owner
+    from s3sync_dagster.pipeline.records import Owner
 
 
 _TIMEOUTS = TimeoutsConfig()  # the defaults, for resources made without a config file
@@ -60,7 +67,7 @@ def boto_client(
     aws_session_token: str | None,
     profile_name: str | None = None,
     unsigned: bool = False,
-    role: roles.Role | None = None,
+    role: Role | None = None,
     request_settings: RequestSettings | None = None,
     **client_options: Any,
 ) -> Any:
@@ -88,7 +95,7 @@ def boto_client(
         else:  # the source's own credentials (or the chain's) ask STS for the role's; STS where S3 is, if set
             base = boto3.session.Session(profile_name=profile_name, **keys)
             sts = {"endpoint_url": endpoint_url, "region_name": region_name, "config": config}
-            session = roles.session_with(roles.assumed_role_credentials(base, role, sts), profile_name)
+            session = session_with(assumed_role_credentials(base, role, sts), profile_name)
             signing = {}
         client = session.client(
             service, region_name=region_name, endpoint_url=endpoint_url, config=config, **signing, **client_options
@@ -98,7 +105,7 @@ def boto_client(
     # Requester pays and an SSE-C key on every request that needs them; a refusal names the setting to look at.
     send_request_settings(client, request_settings or RequestSettings())
     # A web app where the endpoint should be answers 200 to everything: its page is refused, not read as no keys.
-    return objects.refuse_non_s3_answers(client)
+    return refuse_non_s3_answers(client)
 
 
 def _client_config(
@@ -208,15 +215,13 @@ class S3Connection(dg.ConfigurableResource):  # type: ignore[type-arg]
             **client_options,
         )
 
-    def _role(self) -> roles.Role | None:
+    def _role(self) -> Role | None:
         if self.role_arn is None:
             return None
         external_id = None
         if self.external_id_env is not None:
             external_id = EnvRef(env=self.external_id_env).resolve(f"source '{self.source_name}' external_id")
-        return roles.Role(
-            self.role_arn, self.source_name, external_id, self.role_session_name, self.role_duration_seconds
-        )
+        return Role(self.role_arn, self.source_name, external_id, self.role_session_name, self.role_duration_seconds)
 
     def _credential(self, field_name: str) -> str | None:
         variable = getattr(self, f"{field_name}_env")

@@ -20,16 +20,21 @@ from s3sync_dagster.defs.run_config import (
     RepairConfig,
     SyncKeysConfig,
 )
-from s3sync_dagster.defs.runs.assets import RunEvent, index_partitions
-from s3sync_dagster.defs.runs.backfill import request_backfill
-from s3sync_dagster.defs.runs.checks import drift_check, index_check
-from s3sync_dagster.defs.runs.linger import read_prefix, read_queue
-from s3sync_dagster.defs.runs.plan import plan_output
-from s3sync_dagster.defs.runs.reembed import reembed_source
-from s3sync_dagster.defs.runs.repair import repair_drift
-from s3sync_dagster.defs.sensors.ticks import SQS_TICK_INTERVAL_S, poll_tick, sqs_tick
+from s3sync_dagster.defs.runs import (
+    RunEvent,
+    drift_check,
+    index_check,
+    index_partitions,
+    plan_output,
+    read_prefix,
+    read_queue,
+    reembed_source,
+    repair_drift,
+    request_backfill,
+)
+from s3sync_dagster.defs.sensors import SQS_TICK_INTERVAL_S, poll_tick, sqs_tick
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
-from s3sync_dagster.pipeline.records import keys as object_keys
+from s3sync_dagster.pipeline.records import to_partition_key
 
 
 def source_definitions(
@@ -323,7 +328,7 @@ def _sync_job(source: SourceConfig, keys: ResourceKeysConfig, sources: Sequence[
         out=_no_value(keys),
     )
     def sync_keys(context: dg.OpExecutionContext, config: SyncKeysConfig) -> Iterator[RunEvent]:
-        partition_keys = [object_keys.to_partition_key(object_key) for object_key in config.object_keys]
+        partition_keys = [to_partition_key(object_key) for object_key in config.object_keys]
         resources = _taking(context, keys, "s3", "chroma", "embedding", "documents")
         yield from index_partitions(context, source, partition_keys, **resources)
         # The SQS sensor's run: the queues' next events are synced here, by a process already warm.

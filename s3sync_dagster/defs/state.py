@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from s3sync_dagster.pipeline.s3 import poll
+from s3sync_dagster.pipeline.s3 import PollState, clear, has_state, migrate_legacy_file
 
 
 class InstanceKeyValues:
@@ -53,19 +53,19 @@ def legacy_poll_file(instance: dg.DagsterInstance, source_name: str) -> Path:
     return Path(instance.root_directory) / "s3sync" / f"{source_name}-poll.sqlite"
 
 
-def poll_state(instance: dg.DagsterInstance, source_name: str) -> poll.PollState:
+def poll_state(instance: dg.DagsterInstance, source_name: str) -> PollState:
     """The source's poll state, after moving a legacy state file into the instance if there is one."""
     store = poll_store(instance, source_name)
-    poll.migrate_legacy_file(store, legacy_poll_file(instance, source_name))
-    return poll.PollState(store)
+    migrate_legacy_file(store, legacy_poll_file(instance, source_name))
+    return PollState(store)
 
 
 def clear_poll_state(instance: dg.DagsterInstance, source_name: str) -> bool:
     """Forget the source's listing state; True when there was some."""
     store = poll_store(instance, source_name)
-    had_state = poll.has_state(store)
+    had_state = has_state(store)
     if had_state:
-        poll.clear(store)
+        clear(store)
     legacy = legacy_poll_file(instance, source_name)
     if legacy.is_file():  # never migrated: it must not come back if the source is added again
         legacy.unlink()

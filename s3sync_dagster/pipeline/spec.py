@@ -9,13 +9,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
-from s3sync_dagster.pipeline.embedding.functions import default_token_budget
-from s3sync_dagster.pipeline.extraction.conversion import DocumentOptions
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.records import metadata as metadata_rules
-from s3sync_dagster.pipeline.records.owners import Owner
-from s3sync_dagster.pipeline.s3 import events, objects
+from s3sync_dagster.pipeline.chunking import TokenBudget
+from s3sync_dagster.pipeline.embedding import default_token_budget
+from s3sync_dagster.pipeline.extraction import DocumentOptions
+from s3sync_dagster.pipeline.records import (
+    Owner,
+    check_not_reserved,
+    validate_collection_name,
+    validate_custom_id,
+    validate_user_metadata,
+)
+from s3sync_dagster.pipeline.s3 import DEFAULT_MAX_OBJECT_BYTES, is_meta_key
 
 # Bump when chunking or extraction changes what a given object produces: every object re-indexes once.
 PIPELINE_VERSION = "3"  # 2: HTML and CSV are converted to markdown by docling; 3: chunks fit the model's window
@@ -36,7 +40,7 @@ class SourceSpec:
     max_lines: int = 10
     # No chunk costs the embedding model more tokens than this; the default is the bundled model's window.
     tokens: TokenBudget | None = field(default_factory=default_token_budget)
-    max_object_bytes: int = objects.DEFAULT_MAX_OBJECT_BYTES
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     document_options: DocumentOptions = field(default_factory=DocumentOptions)
     container_tag_regex: str | None = None
     # metadata: only .meta.json files index (each is its own document); a document's own sync only
@@ -78,7 +82,7 @@ class SourceSpec:
         they match its `target_collections` globs (when given); errors name the asker, the sources and the rule."""
         if collection_name == self.collection_name:
             return
-        keys.check_not_reserved(collection_name, what)  # a copy or a retired collection: its owner's swap's
+        check_not_reserved(collection_name, what)  # a copy or a retired collection: its owner's swap's
         owner = dict(self.collection_owners).get(collection_name)
         if owner is not None and owner != self.name:
             raise ValueError(
@@ -136,18 +140,18 @@ class Invocation:
     def validate(self, spec: SourceSpec, object_key: str) -> None:
         """The Sync API's checks, before anything runs; errors name the object and the rule."""
         check_key_in_source(spec, object_key)
-        if events.is_meta_key(object_key) and self != Invocation():
+        if is_meta_key(object_key) and self != Invocation():
             raise ValueError(
                 f"object '{object_key}' is a .meta.json file: it carries its own custom id, metadata and target"
             )
         if self.custom_id is not None:
             try:
-                keys.validate_custom_id(self.custom_id)
+                validate_custom_id(self.custom_id)
             except ValueError as error:
                 raise ValueError(f"object '{object_key}': {error}") from None
-        metadata_rules.validate_user_metadata(self.metadata, f"object '{object_key}'")
+        validate_user_metadata(self.metadata, f"object '{object_key}'")
         if self.target_collection_name is not None:
-            keys.validate_collection_name(self.target_collection_name, f"object '{object_key}' target collection")
+            validate_collection_name(self.target_collection_name, f"object '{object_key}' target collection")
             spec.check_target(self.target_collection_name, f"object '{object_key}'")
 
 

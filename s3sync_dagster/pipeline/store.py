@@ -19,8 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from s3sync_dagster.pipeline.chroma import claims, lifecycle
-from s3sync_dagster.pipeline.embedding.functions import (
+from s3sync_dagster.pipeline.chroma import (
+    attach_copy,
+    embed_with,
+    get_collection,
+    may_reembed,
+    open_collection,
+    rebuild_collection,
+)
+from s3sync_dagster.pipeline.embedding import (
     DEFAULT_FUNCTION,
     ChromaDefaultFunction,
     EmbeddingSpec,
@@ -28,16 +35,16 @@ from s3sync_dagster.pipeline.embedding.functions import (
     is_old_bundled_record,
     same_function,
 )
-from s3sync_dagster.pipeline.lexicon import postgres as lexicon_postgres
-from s3sync_dagster.pipeline.reembed import swap as reembed
-from s3sync_dagster.pipeline.search import query as search
+from s3sync_dagster.pipeline.lexicon import serve
+from s3sync_dagster.pipeline.reembed import Abandoned, InTheWay, begin, underway, wait_for_swap
+from s3sync_dagster.pipeline.search import hybrid_schema
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Documents, EmbeddingFunction
 
-    from s3sync_dagster.pipeline.records.owners import Owner
+    from s3sync_dagster.pipeline.records import Owner
 
 DEFAULT_EMBEDDED_PATH = ".s3sync/chroma"  # an embedded store's folder when the config names none
 # Lock files in an embedded store's folder. Two, not one: a run holds the write lock for all its writes
@@ -128,7 +135,7 @@ class Store:
         )  # fmt: skip
         if self.host and self.lexicon_dsn:
             # The server's collections, as pipeline/chroma/lifecycle.py opens them, keep their lexical index there.
-            lexicon_postgres.serve(self.host, self.port, self.lexicon_dsn)
+            serve(self.host, self.port, self.lexicon_dsn)
         return client
 
     def collection(
@@ -151,8 +158,8 @@ class Store:
         try:
             if create:
                 # On Chroma Cloud a collection gets Chroma's BM25 sparse index beside the dense one, for search.
-                schema = search.hybrid_schema() if self.cloud_tenant else None
-                collection = lifecycle.open_collection(
+                schema = hybrid_schema() if self.cloud_tenant else None
+                collection = open_collection(
                     client, name, function, metadata={"created_by": "s3sync-dagster"}, schema=schema
                 )
             else:
@@ -162,15 +169,15 @@ class Store:
                 raise
             # chromadb refuses a function named otherwise than the recorded one, but any named `default` (and
             # builds none itself, which for a local model would load it): opened so, its record says which it is.
-            collection = lifecycle.get_collection(client, name, ChromaDefaultFunction())
+            collection = get_collection(client, name, ChromaDefaultFunction())
         recorded = (collection.configuration_json or {}).get("embedding_function")
         if is_old_bundled_record(recorded) and spec.function == DEFAULT_FUNCTION:
             if create:
                 # One rebuild at a time: a second run must not delete the first one's copy mid-way.
                 with self.write_lock():
-                    collection = lifecycle.open_collection(client, name, function, metadata={})  # rebuilt meanwhile?
+                    collection = open_collection(client, name, function, metadata={})  # rebuilt meanwhile?
                     if is_old_bundled_record((collection.configuration_json or {}).get("embedding_function")):
-                        collection = lifecycle.rebuild_collection(client, collection, function)
+                        collection = rebuild_collection(client, collection, function)
             return collection
         if same_function(recorded, spec):
             return collection
@@ -184,17 +191,17 @@ class Store:
                 f"and that function cannot run here ({error}): until `s3sync reembed` has swapped in the new "
                 "model's copy, its writes and queries need the recorded one"
             ) from None
-        collection = lifecycle.get_collection(client, name, own)
-        lifecycle.embed_with(collection, own)
-        if create and not queries and owner is not None and claims.may_reembed(collection, owner):
+        collection = get_collection(client, name, own)
+        embed_with(collection, own)
+        if create and not queries and owner is not None and may_reembed(collection, owner):
             # A collection of the copy's name that is not one (another tool's) is never taken: writes go on in the
             # recorded function, and `s3sync reembed` says what is in the way.
-            with contextlib.suppress(reembed.InTheWay, reembed.Abandoned):
-                reembed.begin(client, collection, function)
+            with contextlib.suppress(InTheWay, Abandoned):
+                begin(client, collection, function)
         else:
-            copy = reembed.underway(client, collection)
+            copy = underway(client, collection)
             if copy is not None:  # an open for reading (an audit, a repair) still keeps the copy exact
-                lifecycle.attach_copy(collection, copy, function)
+                attach_copy(collection, copy, function)
         return collection
 
     @staticmethod
@@ -204,11 +211,11 @@ class Store:
         from chromadb.errors import NotFoundError
 
         try:
-            return lifecycle.get_collection(client, name, function)
+            return get_collection(client, name, function)
         except NotFoundError:
-            if not reembed.wait_for_swap(client, name):
+            if not wait_for_swap(client, name):
                 raise
-        return lifecycle.get_collection(client, name, function)
+        return get_collection(client, name, function)
 
     def disk_state(self) -> tuple[tuple[str, int, int], ...] | None:
         """An embedded store's SQLite files (Chroma's, the lexical index's) by name, modification time and size;

@@ -30,7 +30,7 @@ import pytest
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.runs import runner
-from s3sync_dagster.commands.runs.repair import RepairResult, repair
+from s3sync_dagster.commands.runs.audited_repair import RepairResult, repair
 from s3sync_dagster.commands.runs.source_admin import remove_source
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.defs.names import partitions_name

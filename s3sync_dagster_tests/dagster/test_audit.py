@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from s3sync_dagster.commands import cli
-from s3sync_dagster.commands.runs.repair import repair
+from s3sync_dagster.commands.runs.audited_repair import repair
 from s3sync_dagster.commands.runs.runner import sync
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions

@@ -19,7 +19,7 @@ import yaml
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
 from s3sync_dagster.defs.failpoints import FAILPOINTS_ENV
 from s3sync_dagster.defs.sensors.monitor import worker_pid
-from s3sync_dagster.defs.sensors.ticks import IN_PROGRESS
+from s3sync_dagster.defs.sensors.readers import IN_PROGRESS
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import Row, notifying_queue, put, store_chunks
 

@@ -29,7 +29,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from s3sync_dagster.config import _CREDENTIAL_SHAPE, parse_config
+from s3sync_dagster.config import CREDENTIAL_SHAPE, parse_config
 from s3sync_dagster.defs.tags import SOURCE_TAG
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ def literal_secrets(node: Any, path: str = "") -> list[str]:
     elif isinstance(node, list):
         for index, value in enumerate(node):
             found.extend(literal_secrets(value, f"{path}[{index}]"))
-    elif isinstance(node, str) and re.search(_CREDENTIAL_SHAPE, node):
+    elif isinstance(node, str) and re.search(CREDENTIAL_SHAPE, node):
         found.append(f"{path}: looks like a credential")
     return found
 

@@ -23,8 +23,10 @@ from s3sync_dagster.pipeline.chroma.limits import (
     check_records,
     record_problem,
 )
-from s3sync_dagster.pipeline.chroma.replace import TEXT_HASH, ChunkRecord, Metadata
+from s3sync_dagster.pipeline.chroma.stored import ChunkRecord
+from s3sync_dagster.pipeline.chroma.vectors import TEXT_HASH
 from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.records.metadata import Metadata
 from s3sync_dagster.pipeline.spec import Invocation
 from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import Row, put, store_chunks

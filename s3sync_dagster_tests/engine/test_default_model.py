@@ -19,7 +19,7 @@ from s3sync_dagster.pipeline.embedding.default_model import (
     default_target,
     ensure_default_model,
 )
-from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction, LazySentenceTransformer
+from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction, LazySentenceTransformer
 
 MAX_TOKENS = 256  # chromadb's ONNXMiniLM_L6_V2 truncates (and pads) to this; so does sentence-transformers
 

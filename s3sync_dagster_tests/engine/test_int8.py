@@ -22,7 +22,8 @@ from s3sync_dagster.pipeline.embedding.default_model import (
     ensure_int8_model,
     int8_target,
 )
-from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction, EmbeddingSpec
+from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
 from s3sync_dagster.pipeline.reembed import swap as reembed
 from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import put

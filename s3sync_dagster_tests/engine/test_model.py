@@ -13,12 +13,9 @@ import pytest
 
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.embedding.functions import (
-    ChromaDefaultFunction,
-    EmbeddingSpec,
-    LazySentenceTransformer,
-    bundled_model_path,
-)
+from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path
+from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
+from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction, LazySentenceTransformer
 from s3sync_dagster.pipeline.records.owners import Owner
 
 # sha256 of sentence-transformers/all-MiniLM-L6-v2 model.safetensors upstream: the wheel's packager is
@@ -249,7 +246,7 @@ def test_a_model_not_on_this_machine_is_refused_before_anything_downloads() -> N
 
 
 def test_auto_precision_takes_bfloat16_only_where_the_cpu_has_it() -> None:
-    from s3sync_dagster.pipeline.embedding.functions import cpu_has_native_bf16
+    from s3sync_dagster.pipeline.embedding.runtimes import cpu_has_native_bf16
 
     assert cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
     assert cpu_has_native_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")

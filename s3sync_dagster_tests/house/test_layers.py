@@ -215,3 +215,100 @@ def test_each_allowed_sibling_exists() -> None:
         assert {
             f"{folder}.{home}: {name}" for home, names in may_import(folder).items() for name in names - siblings
         } == set()
+
+
+# An import of an engine module by a benchmark that patches it (the settle stage replaced to measure without it).
+PATCHED = {("benchmarks.sync.writers", f"{ENGINE}.sync.settle")}
+
+
+def sub_packages() -> list[str]:
+    return [
+        f"{folder}.{init.parent.name}"
+        for folder in RULED
+        for init in sorted((REPO / folder.replace(".", "/")).glob("*/__init__.py"))
+    ]
+
+
+def past_faces(graph: grimp.ImportGraph) -> list[str]:
+    """Each import, from outside a sub-package of the package, of one of its inner modules instead of its face.
+
+    The benchmarks' areas are not faces (their modules are measurements, imported as modules by the run); every caller
+    of the package, the benchmarks included, imports a sub-package's public names from the sub-package itself."""
+    faces = [name for name in sub_packages() if name.startswith(PACKAGE)]
+    found = []
+    for face in faces:
+        for inner in graph.find_descendants(face):
+            for importer in graph.find_modules_that_directly_import(inner):
+                if importer != face and not importer.startswith(face + ".") and (importer, inner) not in PATCHED:
+                    found.append(f"{importer} -> {inner}")
+    return sorted(found)
+
+
+def private_imports() -> list[str]:
+    """Each underscore name one of our modules takes from another: imported, or read off an imported module."""
+    found = []
+    for top in (PACKAGE, "benchmarks"):
+        for path in sorted((REPO / top).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            ours: set[str] = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (PACKAGE, "benchmarks"):
+                    for alias in node.names:
+                        if alias.name.startswith("_") and not alias.name.startswith("__"):
+                            found.append(f"{path.relative_to(REPO)}:{node.lineno} imports {alias.name}")
+                        ours.add(alias.asname or alias.name)
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id in ours
+                    and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                ):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} reads {node.value.id}.{node.attr}")
+    return found
+
+
+def re_exports() -> list[str]:
+    """Names a module that is not a face passes on from another (`import x as x`, or in its `__all__` unmade)."""
+    found = []
+    for top in (PACKAGE, "benchmarks"):
+        for path in sorted((REPO / top).rglob("*.py")):
+            if path.name == "__init__.py":
+                continue
+            tree = ast.parse(path.read_text())
+            imported = {
+                alias.asname or alias.name
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom | ast.Import)
+                for alias in node.names
+            }
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and any(alias.asname == alias.name for alias in node.names):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} re-exports with 'x as x'")
+                if (
+                    isinstance(node, ast.Assign)
+                    and any(isinstance(target, ast.Name) and target.id == "__all__" for target in node.targets)
+                    and isinstance(node.value, ast.List | ast.Tuple)
+                ):
+                    passed = [e.value for e in node.value.elts if isinstance(e, ast.Constant) and e.value in imported]
+                    found += [f"{path.relative_to(REPO)}: __all__ passes on {name}" for name in passed]
+    return found
+
+
+def test_callers_import_a_sub_package_through_its_face(whole: grimp.ImportGraph) -> None:
+    assert past_faces(whole) == []
+
+
+def test_an_import_past_a_face_is_caught(whole: grimp.ImportGraph) -> None:
+    broken = copy.deepcopy(whole)
+    broken.add_import(importer=f"{PACKAGE}.defs.runs.assets", imported=f"{ENGINE}.sync.fetch")
+    assert past_faces(broken) == [f"{PACKAGE}.defs.runs.assets -> {ENGINE}.sync.fetch"]
+
+
+def test_no_underscore_name_crosses_modules() -> None:
+    assert private_imports() == []
+
+
+def test_no_module_but_a_face_re_exports() -> None:
+    assert re_exports() == []

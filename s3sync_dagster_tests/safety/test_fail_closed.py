@@ -14,8 +14,8 @@ import pytest
 
 from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig
+from s3sync_dagster.pipeline.chroma.labels import READERS_KEY
 from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.search.filters import READERS_KEY
 from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import ConfigFactory, Row, notifying_queue, store_chunks
 from s3sync_dagster_tests.dagster.test_sensors import AutoSync

@@ -30,7 +30,7 @@ import yaml
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
-from s3sync_dagster.commands.runs.runner import home_lock
+from s3sync_dagster.commands.runs.dagster_home import home_lock
 from s3sync_dagster.config import load_config
 from s3sync_dagster.defs.failpoints import FAILPOINTS_ENV
 from s3sync_dagster_tests import document_fixtures as fx

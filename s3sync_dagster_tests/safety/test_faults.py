@@ -21,7 +21,10 @@ from chromadb.config import Settings
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
-from s3sync_dagster.commands.runs.runner import QUIET_RUN_CONFIG, open_instance, register_keys, reports_of
+from s3sync_dagster.commands.runs.dagster_home import open_instance
+from s3sync_dagster.commands.runs.partitions import register_keys
+from s3sync_dagster.commands.runs.ranged import QUIET_RUN_CONFIG
+from s3sync_dagster.commands.runs.reports import reports_of
 from s3sync_dagster.config import load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name

@@ -20,7 +20,7 @@ import yaml
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
-from s3sync_dagster.commands.runs.runner import reports_of
+from s3sync_dagster.commands.runs.reports import reports_of
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import repair_job_name

@@ -20,9 +20,9 @@ import chromadb
 import pytest
 
 from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction
+from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
 from s3sync_dagster.pipeline.search import query as search
-from s3sync_dagster.pipeline.search.query import SPARSE_KEY
+from s3sync_dagster.pipeline.search.rows import SPARSE_KEY
 
 # What the stand-in answers to a search request of two searches: the dense ranking, then the BM25 one.
 DENSE_ROWS = [("c-near", 0.20), ("c-both", 0.30), ("c-far", 0.90)]

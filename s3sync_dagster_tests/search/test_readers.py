@@ -22,10 +22,10 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.pipeline.chroma.labels import READERS_KEY
 from s3sync_dagster.pipeline.lexicon import embedded as lexicon
-from s3sync_dagster.pipeline.search.dense import FILTERED_WIDEN, nearest
-from s3sync_dagster.pipeline.search.filters import READERS_KEY
-from s3sync_dagster.pipeline.search.query import distances, indexed
+from s3sync_dagster.pipeline.search.dense import FILTERED_WIDEN, distances, nearest
+from s3sync_dagster.pipeline.search.lexical import indexed
 from s3sync_dagster.pipeline.search.where_match import matches
 from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import ResidentCommands

@@ -23,7 +23,7 @@ from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.search import fusion as search_fusion
 from s3sync_dagster.pipeline.search import lexical as search_lexical
 from s3sync_dagster.pipeline.search import query as search
-from s3sync_dagster.pipeline.search.query import Fusion, fuse
+from s3sync_dagster.pipeline.search.fusion import Fusion, fuse
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import CountingEmbedder, Row, put, store_chunks

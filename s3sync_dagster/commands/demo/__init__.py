@@ -3,3 +3,10 @@ itself (the bundled sample in `commands/demo_data/`, a sync into embedded Chroma
 
 May import: errors, query, runs.
 """
+
+from __future__ import annotations
+
+from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port, running, start
+from s3sync_dagster.commands.demo.run import run_demo
+
+__all__ = ["LOOPBACK", "free_port", "run_demo", "running", "start"]

@@ -81,7 +81,7 @@ def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
     import dagster as dg
 
     from s3sync_dagster.commands.demo import local_s3
-    from s3sync_dagster.commands.runs.runner import discover, sync
+    from s3sync_dagster.commands.runs import discover, sync
     from s3sync_dagster.config import load_config, require_instance_extras
 
     def say(message: str) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 import dagster as dg
 
-from s3sync_dagster.commands.errors import InvocationError
-from s3sync_dagster.commands.runs.runner import UsageError, meta_keys_for, reports_of, run_failure, unnamed_document
+from s3sync_dagster.commands.errors import InvocationError, UsageError
+from s3sync_dagster.commands.runs.partitions import meta_keys_for, unnamed_document
+from s3sync_dagster.commands.runs.reports import reports_of, run_failure
 from s3sync_dagster.config import AppConfig, EmbeddingConfig, SourceConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import (
@@ -30,13 +31,13 @@ from s3sync_dagster.defs.names import (
     sync_op_name,
 )
 from s3sync_dagster.defs.run_config import QUIET_LOGGERS, invocation_run_config
-from s3sync_dagster.defs.sensors.invocations import (
+from s3sync_dagster.defs.sensors import (
     INVOCATION_SENSOR,
     InvocationRequest,
+    in_process_tags,
     recorded_requests,
     runs_of_invocations,
 )
-from s3sync_dagster.defs.sensors.monitor import in_process_tags
 from s3sync_dagster.defs.tags import (
     BACKFILL_TAG,
     INVOCATION_TAG,
@@ -46,8 +47,8 @@ from s3sync_dagster.defs.tags import (
     SOURCE_TAG,
     TRIGGER_TAG,
 )
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3 import events, objects
+from s3sync_dagster.pipeline.records import to_object_key, to_partition_key
+from s3sync_dagster.pipeline.s3 import ObjectMissing, head_object, is_meta_key
 from s3sync_dagster.pipeline.spec import Invocation
 
 Status = str  # pending | processing | complete | failed | cancelled
@@ -77,15 +78,15 @@ def validate_invocation(
     try:
         spec = source.spec(embedding.spec())
         invocation.validate(spec, object_key)
-        keys.to_partition_key(object_key)
+        to_partition_key(object_key)
     except ValueError as error:
         raise InvocationError(str(error)) from None
 
 
 def check_object_exists(client: Any, source: SourceConfig, object_key: str) -> None:
     try:
-        objects.head_object(client, source.bucket_name, object_key)
-    except objects.ObjectMissing:
+        head_object(client, source.bucket_name, object_key)
+    except ObjectMissing:
         raise InvocationError(
             f"object '{object_key}' does not exist in bucket '{source.bucket_name}' "
             f"(to remove the chunks of a deleted object: s3sync sync {source.name} --key KEY)"
@@ -101,7 +102,7 @@ def check_indexable(
     invocation's own parameters index it directly (pipeline/sync/stages.py `sync_keys`): with none given and no
     metadata file naming it, its run would index nothing.
     """
-    if source.auto_sync != "metadata" or events.is_meta_key(object_key) or invocation != Invocation():
+    if source.auto_sync != "metadata" or is_meta_key(object_key) or invocation != Invocation():
         return
     try:
         meta_keys_for(instance, source, [object_key])
@@ -225,7 +226,7 @@ def run_scope(run: dg.DagsterRun, config: AppConfig) -> RunScope | None:
 
 def _object_key(partition_key: str) -> str:
     try:
-        return keys.to_object_key(partition_key)
+        return to_object_key(partition_key)
     except ValueError:  # a non-canonical key typed in the UI: shown as typed
         return partition_key
 

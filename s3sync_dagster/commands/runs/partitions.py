@@ -12,8 +12,8 @@ from s3sync_dagster.commands.runs.dagster_home import home_lock
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_new
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3 import events
+from s3sync_dagster.pipeline.records import to_partition_key
+from s3sync_dagster.pipeline.s3 import META_SUFFIX, is_meta_key
 
 
 def add_partitions(
@@ -30,13 +30,13 @@ def unnamed_document(source: SourceConfig, document: str) -> str:
     """Why a document of a metadata-mode source that no synced metadata file names cannot be synced by itself."""
     return (
         f"source '{source.name}' syncs in metadata mode: object '{document}' is indexed only through a "
-        f"{events.META_SUFFIX} file naming it, and no metadata file synced so far names it"
+        f"{META_SUFFIX} file naming it, and no metadata file synced so far names it"
     )
 
 
 def meta_keys_for(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> list[str]:
     """Metadata mode: a document is synced through the .meta.json files naming it, which take its place."""
-    documents = [object_key for object_key in object_keys if not events.is_meta_key(object_key)]
+    documents = [object_key for object_key in object_keys if not is_meta_key(object_key)]
     named = InstanceMetaLinks(instance, source.name).naming(documents)
     for document in documents:
         if document not in named:
@@ -45,10 +45,10 @@ def meta_keys_for(instance: dg.DagsterInstance, source: SourceConfig, object_key
         dict.fromkeys(
             meta_key
             for object_key in object_keys
-            for meta_key in ([object_key] if events.is_meta_key(object_key) else named[object_key])
+            for meta_key in ([object_key] if is_meta_key(object_key) else named[object_key])
         )
     )
 
 
 def register_keys(instance: dg.DagsterInstance, source: SourceConfig, object_keys: Sequence[str]) -> None:
-    add_partitions(instance, source.name, [keys.to_partition_key(k) for k in object_keys])
+    add_partitions(instance, source.name, [to_partition_key(k) for k in object_keys])

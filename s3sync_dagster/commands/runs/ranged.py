@@ -22,7 +22,7 @@ from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions, documents_job
 from s3sync_dagster.defs.names import documents_job_name, partitions_name
 from s3sync_dagster.defs.run_config import QUIET_LOGGERS
-from s3sync_dagster.defs.sensors.monitor import in_process_tags
+from s3sync_dagster.defs.sensors import in_process_tags
 from s3sync_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG, SOURCE_TAG
 
 # The CLI prints its own summary, a line per failed key or failed run; the run's full event log,

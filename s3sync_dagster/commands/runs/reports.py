@@ -9,8 +9,8 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.config import SourceConfig
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3 import events
+from s3sync_dagster.pipeline.records import to_object_key
+from s3sync_dagster.pipeline.s3 import META_SUFFIX, is_meta_key
 
 
 def _metadata_value(value: Any) -> Any:
@@ -35,13 +35,13 @@ def key_outcomes(
     recorded = reports_of(instance, run_id) if recorded is None else recorded
     by_key = {report["object_key"]: report for report in recorded}
     unreported = [object_key for object_key in object_keys if object_key not in by_key]
-    documents = [k for k in unreported if source.auto_sync == "metadata" and not events.is_meta_key(k)]
+    documents = [k for k in unreported if source.auto_sync == "metadata" and not is_meta_key(k)]
     logged = _logged_about(instance, run_id, documents) if documents else {}
     for object_key in unreported:
         if object_key in logged or (object_key in documents and failure is None):
             message = logged.get(object_key) or (
                 f"source '{source.name}' syncs in metadata mode: object '{object_key}' is indexed only through "
-                f"the {events.META_SUFFIX} files naming it, never by itself; run {run_id} recorded nothing for it"
+                f"the {META_SUFFIX} files naming it, never by itself; run {run_id} recorded nothing for it"
             )
             by_key[object_key] = {"object_key": object_key, "status": "ignored", "message": message}
         elif failure is not None:
@@ -78,7 +78,7 @@ def _logged_about(instance: dg.DagsterInstance, run_id: str, documents: Sequence
 
 def object_key_or_partition(partition_key: str) -> str:
     try:
-        return keys.to_object_key(partition_key)
+        return to_object_key(partition_key)
     except ValueError:
         return partition_key
 

@@ -17,21 +17,20 @@ import dagster as dg
 from botocore.exceptions import BotoCoreError
 
 from s3sync_dagster.commands.errors import RunError, UsageError
-from s3sync_dagster.commands.runs.dagster_home import home_in_words as home_in_words
-from s3sync_dagster.commands.runs.dagster_home import home_lock as home_lock
-from s3sync_dagster.commands.runs.dagster_home import open_instance as open_instance
 from s3sync_dagster.commands.runs.partitions import add_partitions, meta_keys_for, register_keys
-from s3sync_dagster.commands.runs.partitions import unnamed_document as unnamed_document
-from s3sync_dagster.commands.runs.ranged import QUIET_RUN_CONFIG as QUIET_RUN_CONFIG
 from s3sync_dagster.commands.runs.ranged import Executed, execute_runs, outside_range
-from s3sync_dagster.commands.runs.reports import failed_report, key_outcomes, object_key_or_partition, reports_of
-from s3sync_dagster.commands.runs.reports import run_failure as run_failure
+from s3sync_dagster.commands.runs.reports import (
+    failed_report,
+    key_outcomes,
+    object_key_or_partition,
+    reports_of,
+)
 from s3sync_dagster.config import AppConfig, ConfigError, SourceConfig
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import s3_connection
-from s3sync_dagster.defs.runs.backfill import listed_object_keys
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3 import objects
+from s3sync_dagster.defs.runs import listed_object_keys
+from s3sync_dagster.pipeline.records import to_object_key, to_partition_key
+from s3sync_dagster.pipeline.s3 import BucketError, ObjectError, ObjectMissing, check_bucket, head_object
 
 
 def s3_client(source: SourceConfig) -> Any:
@@ -40,8 +39,8 @@ def s3_client(source: SourceConfig) -> Any:
     # init context is needed, whose ephemeral instance would stay the process's current one after it is gone.
     client = s3_connection(source).get_client()
     try:
-        objects.check_bucket(client, source.bucket_name, source.name, source.credentials_in_words())
-    except objects.BucketError as error:
+        check_bucket(client, source.bucket_name, source.name, source.credentials_in_words())
+    except BucketError as error:
         raise ConfigError(str(error)) from None
     except BotoCoreError as error:
         raise ConfigError(f"source '{source.name}': the S3 client failed ({error})") from None
@@ -92,10 +91,10 @@ def discover(
     if on_listed is not None and len(listed) > told:
         on_listed(len(listed) - told)
     result.listed = len(listed)
-    listed_partitions = [keys.to_partition_key(object_key) for object_key in listed]
+    listed_partitions = [to_partition_key(object_key) for object_key in listed]
     new, existing = add_partitions(instance, source_name, listed_partitions)
     result.new = len(new)
-    result.new_keys = [keys.to_object_key(partition_key) for partition_key in new]
+    result.new_keys = [to_object_key(partition_key) for partition_key in new]
     result.registered = len(existing) + len(new)
     result.missing = len(existing - set(listed_partitions))
     return result
@@ -192,7 +191,7 @@ def sync(
     s3 = s3_client(source)  # fail fast, once, on credentials or bucket, before any run starts
     check_store(config)  # and on the store: no run is made (nor its partitions marked failed) to say it
     ordered = instance.get_dynamic_partitions(partitions_name(source_name))
-    wanted = ordered if object_keys is None else list(dict.fromkeys(keys.to_partition_key(k) for k in object_keys))
+    wanted = ordered if object_keys is None else list(dict.fromkeys(to_partition_key(k) for k in object_keys))
     result = SyncResult(source=source_name, asked=len(wanted))
     if not wanted:
         return result
@@ -275,8 +274,8 @@ def _settle_vanished(
     for partition_key in partition_keys:
         object_key = object_key_or_partition(partition_key)
         try:
-            objects.head_object(s3, source.bucket_name, object_key)
-        except objects.ObjectMissing:
+            head_object(s3, source.bucket_name, object_key)
+        except ObjectMissing:
             result.removed_elsewhere.append(object_key)
             result.reports.append(
                 {
@@ -289,7 +288,7 @@ def _settle_vanished(
                     ),
                 }
             )
-        except objects.ObjectError as error:
+        except ObjectError as error:
             unknown = f"another command removed the partition of object '{object_key}' while this sync ran"
             result.reports.append(
                 failed_report(object_key, f"{unknown}, and the object could not be looked up: {error}")

@@ -14,7 +14,7 @@ from s3sync_dagster.config import AppConfig, EnvRef, SourceConfig
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
 from s3sync_dagster.defs.state import clear_poll_state
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import delete_owned, owned
 
 
 def _masked(ref: EnvRef | None) -> dict[str, Any] | None:
@@ -57,7 +57,7 @@ def chunk_counts(config: AppConfig, source_name: str) -> dict[str, int]:
     owner = config.source(source_name).spec(config.embedding.spec()).owner
     counts = {}
     for collection in _ours(chroma, embedding):
-        found = sum(1 for _ in index.owned(collection, owner))
+        found = sum(1 for _ in owned(collection, owner))
         if found:
             counts[collection.name] = found
     return counts
@@ -117,7 +117,7 @@ def remove_source(config: AppConfig, source_name: str, instance: dg.DagsterInsta
     embedding = embedding_resource(config.embedding)
     with chroma.write_lock():
         for collection in _ours(chroma, embedding):
-            deleted = index.delete_owned(collection, owner)
+            deleted = delete_owned(collection, owner)
             if deleted:
                 result.chunks_deleted[collection.name] = deleted
     name = partitions_name(source_name)

@@ -20,11 +20,11 @@ from s3sync_dagster.commands.subcommand import (
     emit,
     load_config,
 )
-from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.records import to_partition_key
 
 # Dagster, and the modules that import it, are imported by the commands that use them (commands/cli.py).
 if TYPE_CHECKING:
-    from s3sync_dagster.commands.runs.progress import RunsProgress
+    from s3sync_dagster.commands.runs import RunsProgress
 
 
 def _parse_metadata(text: str | None) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def _status_text(status: Any) -> str:
 @contextlib.contextmanager
 def _invocation_progress(args: argparse.Namespace, instance: Any, invocation_id: str) -> Iterator[RunsProgress | None]:
     """invoke --wait on a terminal: its one key's progress, from the events of the run carrying its id."""
-    from s3sync_dagster.commands.runs.progress import runs_progress, shown
+    from s3sync_dagster.commands.runs import runs_progress, shown
     from s3sync_dagster.defs.tags import INVOCATION_TAG
 
     with runs_progress(
@@ -62,26 +62,36 @@ def _invocation_progress(args: argparse.Namespace, instance: Any, invocation_id:
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.runs import invocations
-    from s3sync_dagster.commands.runs.runner import register_keys, s3_client
-    from s3sync_dagster.defs.sensors.invocations import invocation_tags, new_invocation_id, record_request
+    from s3sync_dagster.commands.runs import (
+        check_indexable,
+        check_object_exists,
+        daemon_running,
+        execute_partition_run,
+        list_invocations_by_id,
+        register_keys,
+        s3_client,
+        validate_invocation,
+        wait_for,
+        wait_for_run,
+    )
+    from s3sync_dagster.defs.sensors import invocation_tags, new_invocation_id, record_request
     from s3sync_dagster.pipeline.spec import Invocation
 
     config = load_config(args)
     source = config.source(args.source)
     invocation = Invocation(args.custom_id, _parse_metadata(args.metadata), args.target_collection)
-    invocations.validate_invocation(source, args.object_key, invocation, config.embedding)
-    invocations.check_object_exists(s3_client(source), source, args.object_key)
+    validate_invocation(source, args.object_key, invocation, config.embedding)
+    check_object_exists(s3_client(source), source, args.object_key)
     with dagster_instance(args) as instance:
-        invocations.check_indexable(instance, source, args.object_key, invocation)
+        check_indexable(instance, source, args.object_key, invocation)
         register_keys(instance, source, [args.object_key])
-        partition_key = keys.to_partition_key(args.object_key)
-        daemon = invocations.daemon_running(instance)
+        partition_key = to_partition_key(args.object_key)
+        daemon = daemon_running(instance)
         if args.wait and not daemon:
             # Nobody would make its run: run it here, now, recorded on the instance as the sensor's run would be.
             invocation_id = new_invocation_id()
             with _invocation_progress(args, instance, invocation_id):
-                invocations.execute_partition_run(
+                execute_partition_run(
                     instance,
                     config,
                     source.name,
@@ -101,9 +111,9 @@ def cmd_invoke(args: argparse.Namespace) -> int:
             if args.wait:
                 deadline = time.monotonic() + args.timeout
                 with _invocation_progress(args, instance, invocation_id) as progress:
-                    run_id = invocations.wait_for_run(instance, invocation_id, args.timeout)
+                    run_id = wait_for_run(instance, invocation_id, args.timeout)
                     if run_id is not None:
-                        invocations.wait_for(
+                        wait_for(
                             instance,
                             run_id,
                             max(0.0, deadline - time.monotonic()),
@@ -111,7 +121,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
                             if args.json or progress is not None
                             else lambda status: print(f"invocation {invocation_id}: {status}", file=sys.stderr),
                         )
-        row = invocations.list_invocations_by_id(instance, config, invocation_id)
+        row = list_invocations_by_id(instance, config, invocation_id)
     emit(args, row, f"invocation {row['id']}: {_status_text(row['status'])}")
     if not args.wait:
         return EXIT_OK
@@ -136,7 +146,7 @@ def add_invoke(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_invocations(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.runs.invocations import list_invocations
+    from s3sync_dagster.commands.runs import list_invocations
 
     config = load_config(args)
     with dagster_instance(args) as instance:
@@ -162,7 +172,7 @@ def add_invocations(commands: Subcommands, common: argparse.ArgumentParser) -> N
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.runs.invocations import cancel
+    from s3sync_dagster.commands.runs import cancel
 
     config = load_config(args)
     with dagster_instance(args) as instance:

@@ -26,9 +26,9 @@ def add_plan(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.runs.runner import s3_client
+    from s3sync_dagster.commands.runs import s3_client
     from s3sync_dagster.defs.resources import chroma_outside_runs, embedding_resource
-    from s3sync_dagster.defs.runs.plan import plan_of
+    from s3sync_dagster.defs.runs import plan_of
 
     config = load_config(args)
     source = config.source(args.source)

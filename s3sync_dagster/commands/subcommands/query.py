@@ -22,8 +22,9 @@ _searchers: OpenSearchers | None = None
 
 def cmd_query(args: argparse.Namespace) -> int:
     from s3sync_dagster.commands.query import search_source
-    from s3sync_dagster.pipeline.records.owners import describe
-    from s3sync_dagster.pipeline.search.filters import READERS_KEY, search_filter
+    from s3sync_dagster.pipeline.chroma import READERS_KEY
+    from s3sync_dagster.pipeline.records import describe
+    from s3sync_dagster.pipeline.search import search_filter
 
     config = load_config(args)
     source = config.source(args.source)
@@ -72,7 +73,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         }
         for hit in found
     ]
-    from s3sync_dagster.pipeline.search.passages import marked
+    from s3sync_dagster.pipeline.search import marked
 
     terminal = not args.json and (args.bold or sys.stdout.isatty())
 
@@ -119,7 +120,7 @@ def context_option(text: str) -> int | str:
 
 def where_option(text: str | None) -> dict[str, Any] | None:
     """--where's JSON as a where clause Chroma takes; else a usage error naming --where and the rule."""
-    from s3sync_dagster.pipeline.search.filters import checked_where
+    from s3sync_dagster.pipeline.search import checked_where
 
     if text is None:
         return None

@@ -34,7 +34,7 @@ def add_query_server(commands: Subcommands, common: argparse.ArgumentParser) -> 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.demo.run import run_demo
+    from s3sync_dagster.commands.demo import run_demo
 
     return run_demo(workdir=args.workdir, ui=args.ui, as_json=args.json)
 

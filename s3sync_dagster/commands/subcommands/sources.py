@@ -20,8 +20,7 @@ from s3sync_dagster.config import config_file, is_component
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.runs.runner import home_in_words
-    from s3sync_dagster.commands.runs.source_admin import describe_source
+    from s3sync_dagster.commands.runs import describe_source, home_in_words
 
     config = load_config(args)
     chosen = "DAGSTER_HOME" in os.environ  # the shell's, or a component project's .env (read by _config)
@@ -54,8 +53,7 @@ def add_sources(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_remove_source(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.runs.invocations import source_runs_in_flight
-    from s3sync_dagster.commands.runs.source_admin import chunk_counts, remove_source
+    from s3sync_dagster.commands.runs import chunk_counts, remove_source, source_runs_in_flight
 
     config = load_config(args)
     source = config.source(args.source)
@@ -106,7 +104,7 @@ def add_remove_source(commands: Subcommands, common: argparse.ArgumentParser) ->
 def cmd_rebuild_lexicon(args: argparse.Namespace) -> int:
     from chromadb.errors import NotFoundError
 
-    from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+    from s3sync_dagster.pipeline.lexicon import rebuild_all
 
     config = load_config(args)
     source = config.source(args.source)
@@ -129,7 +127,7 @@ def cmd_rebuild_lexicon(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     with store.write_lock():  # no sync writes meanwhile
-        built = lexicon.rebuild_all(written())
+        built = rebuild_all(written())
     seconds = time.perf_counter() - started
     text = f"source '{source.name}': lexical index built again in {seconds:.1f} s" + "".join(
         f"\n  {name}: {count} chunk(s)" for name, count in built.items()
@@ -158,12 +156,12 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     executed here; its progress lines shown as they are logged."""
     import threading
 
-    from s3sync_dagster.commands.runs.runner import run_failure
+    from s3sync_dagster.commands.runs import run_failure
     from s3sync_dagster.definitions import build_definitions
     from s3sync_dagster.defs.names import reembed_job_name, reembed_op_name
     from s3sync_dagster.defs.run_config import reembed_run_config
-    from s3sync_dagster.defs.runs.reembed import PROGRESS_PREFIX
-    from s3sync_dagster.defs.sensors.monitor import fail_dead, in_process_tags
+    from s3sync_dagster.defs.runs import PROGRESS_PREFIX
+    from s3sync_dagster.defs.sensors import fail_dead, in_process_tags
 
     config = load_config(args)
     source = config.source(args.source)

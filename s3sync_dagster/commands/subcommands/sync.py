@@ -26,13 +26,12 @@ from s3sync_dagster.config import AppConfig
 
 # Dagster, and the modules that import it, are imported by the commands that use them (commands/cli.py).
 if TYPE_CHECKING:
-    from s3sync_dagster.commands.runs.runner import DiscoverResult, SyncResult
+    from s3sync_dagster.commands.runs import DiscoverResult, SyncResult
 
 
 def _discover(args: argparse.Namespace, config: AppConfig, source_name: str, instance: Any) -> DiscoverResult:
     """discover, with the objects listed so far counted on a terminal."""
-    from s3sync_dagster.commands.runs.progress import counting, shown
-    from s3sync_dagster.commands.runs.runner import discover
+    from s3sync_dagster.commands.runs import counting, discover, shown
 
     with counting(f"discover {source_name}: listing", shown(args.json)) as listed:
         return discover(config, source_name, instance, on_listed=listed.advance if listed is not None else None)
@@ -68,8 +67,7 @@ def add_discover(commands: Subcommands, common: argparse.ArgumentParser) -> None
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.runs.progress import COMMAND_TAG, runs_progress, shown
-    from s3sync_dagster.commands.runs.runner import sync
+    from s3sync_dagster.commands.runs import COMMAND_TAG, runs_progress, shown, sync
 
     config = load_config(args)
     config.source(args.source)
@@ -167,8 +165,7 @@ def add_sync(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from s3sync_dagster.commands.runs.progress import COMMAND_TAG, runs_progress, shown
-    from s3sync_dagster.commands.runs.repair import repair
+    from s3sync_dagster.commands.runs import COMMAND_TAG, repair, runs_progress, shown
 
     config = load_config(args)
     config.source(args.source)

@@ -15,16 +15,13 @@ from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.runs.checks import evaluate_in_run
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.chroma.targets import Collections
-from s3sync_dagster.pipeline.extraction.documents import DocumentPool
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.reembed import swap as reembed
-from s3sync_dagster.pipeline.s3 import objects
-from s3sync_dagster.pipeline.s3.objects import S3Client
+from s3sync_dagster.pipeline.chroma import Collections, bind_owner
+from s3sync_dagster.pipeline.extraction import DocumentPool
+from s3sync_dagster.pipeline.records import to_object_key, to_partition_key
+from s3sync_dagster.pipeline.reembed import abandoned
+from s3sync_dagster.pipeline.s3 import BucketError, ObjectMissing, S3Client, check_bucket, head_object
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
-from s3sync_dagster.pipeline.sync.reports import KeyReport
-from s3sync_dagster.pipeline.sync.stages import sync_keys_following_swaps
+from s3sync_dagster.pipeline.sync import KeyReport, sync_keys_following_swaps
 
 KeyEvent: TypeAlias = dg.AssetMaterialization | dg.AssetObservation
 # What a run of keys yields: each key's event, then the checks it selected, evaluated on its keys.
@@ -105,9 +102,9 @@ def forget_removed(
         if report.status != "removed":
             continue
         try:
-            objects.head_object(s3, spec.bucket_name, report.object_key)
-        except objects.ObjectMissing:
-            partition_key = keys.to_partition_key(report.object_key)
+            head_object(s3, spec.bucket_name, report.object_key)
+        except ObjectMissing:
+            partition_key = to_partition_key(report.object_key)
             instance.delete_dynamic_partition(partitions_name(spec.name), partition_key)
             forgotten.append(partition_key)
     return forgotten
@@ -145,7 +142,7 @@ def index_partitions(
     client = checked_bucket(source, s3)
     collection_for, own = _own_collection(context, spec, chroma, embedding)
     embed = embedding.embedding_function()
-    if reembed.abandoned(own, embed):  # --abandon sticks: said on every run until it is begun again
+    if abandoned(own, embed):  # --abandon sticks: said on every run until it is begun again
         context.log.warning(
             f"source '{spec.name}': the re-embedding of collection '{own.name}' to {embedding.spec().describe()} "
             "was abandoned (s3sync reembed --abandon): writes go on in the function it records; start it again "
@@ -197,7 +194,7 @@ def _object_keys(partition_keys: Sequence[str]) -> tuple[list[str], list[KeyRepo
     refused: list[KeyReport] = []
     for partition_key in partition_keys:
         try:
-            object_keys.append(keys.to_object_key(partition_key))
+            object_keys.append(to_object_key(partition_key))
         except ValueError as error:  # a partition typed by hand in the UI: fails alone
             refused.append(KeyReport(object_key=partition_key, status="failed", collection_name="", message=str(error)))
     return object_keys, refused
@@ -212,10 +209,10 @@ def checked_bucket(source: SourceConfig, s3: S3Connections) -> S3Client:
     that is wrong, every key's HEAD answering 404, which would read as objects deleted)."""
     try:
         client = s3.client(source.name)
-        objects.check_bucket(client, source.bucket_name, source.name, source.credentials_in_words())
+        check_bucket(client, source.bucket_name, source.name, source.credentials_in_words())
     except ConfigError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
-    except objects.BucketError as error:
+    except BucketError as error:
         raise dg.Failure(description=str(error), allow_retries=error.transient) from None
     return client
 
@@ -237,7 +234,7 @@ def _own_collection(
     except Exception as error:
         raise dg.Failure(description=chroma.failure(error)) from error
     try:
-        stamped = index.bind_owner(own, spec.owner, lambda: chroma.client().list_collections())
+        stamped = bind_owner(own, spec.owner, lambda: chroma.client().list_collections())
     except ValueError as error:  # another project's source: every key would be refused alike
         raise dg.Failure(description=f"source '{spec.name}': {error}", allow_retries=False) from None
     if stamped:
@@ -247,7 +244,7 @@ def _own_collection(
 
 def _record(asset_key: dg.AssetKey, report: KeyReport, partition_key: str | None = None) -> Iterator[Said]:
     """What the run's log gets for one key: its materialisation (or failure), with any lines first."""
-    partition_key = partition_key or keys.to_partition_key(report.object_key)
+    partition_key = partition_key or to_partition_key(report.object_key)
     if report.status == "ignored":  # a document in metadata mode: not a partition; its metadata files are
         yield "info", report.message
         return

@@ -32,8 +32,8 @@ from s3sync_dagster.defs.runs.assets import checked_bucket
 from s3sync_dagster.defs.runs.checks import drift_of
 from s3sync_dagster.defs.tags import SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.defs.webserver import DagsterWebserver
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3 import events, objects
+from s3sync_dagster.pipeline.records import to_object_key, to_partition_key
+from s3sync_dagster.pipeline.s3 import glob_matches, is_meta_key, list_objects
 
 LAUNCH_BACKFILL = """
 mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
@@ -58,8 +58,8 @@ MAX_REFUSALS_LOGGED = 20  # keys a selection leaves out named one warning each; 
 def listed_object_keys(source: SourceConfig, client: Any) -> Iterator[str]:
     """The object keys under the source's prefix that are its partitions, as the listing pages come: those its
     include/exclude admit, and in metadata mode the .meta.json files alone (the documents they name are not)."""
-    for info in objects.list_objects(client, source.bucket_name, source.path_prefix, source.include, source.exclude):
-        if source.auto_sync != "metadata" or events.is_meta_key(info.object_key):
+    for info in list_objects(client, source.bucket_name, source.path_prefix, source.include, source.exclude):
+        if source.auto_sync != "metadata" or is_meta_key(info.object_key):
             yield info.object_key
 
 
@@ -84,7 +84,7 @@ def register_bucket(context: dg.OpExecutionContext, source: SourceConfig, s3: S3
     page: list[str] = []
     for object_key in listed_object_keys(source, client):
         found.listed += 1
-        partition_key = keys.to_partition_key(object_key)
+        partition_key = to_partition_key(object_key)
         if partition_key not in existing:
             page.append(partition_key)
         if len(page) >= REGISTER_BATCH:
@@ -112,7 +112,7 @@ def select_by_object_key(
     refused: list[str] = []
     for partition_key in partition_keys:
         try:
-            object_key = keys.to_object_key(partition_key)
+            object_key = to_object_key(partition_key)
         except ValueError as error:  # names the key and the rule it breaks
             refused.append(str(error))
             continue
@@ -156,7 +156,7 @@ def selected_partitions(
 
         def wanted(object_key: str) -> bool:
             if config.selection is Selection.GLOB:
-                return objects.glob_matches(config.pattern, object_key)
+                return glob_matches(config.pattern, object_key)
             return object_key.startswith(config.pattern)
 
         selected, refused = select_by_object_key(registered, wanted, source.path_prefix)

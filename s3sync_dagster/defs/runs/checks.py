@@ -17,11 +17,10 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.names import DRIFT_CHECK_NAME, INDEX_CHECK_NAME, documents_asset_key, repair_job_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
-from s3sync_dagster.pipeline.audit import drift as audit
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.records.owners import Owner
-from s3sync_dagster.pipeline.sync.reports import KeyReport
+from s3sync_dagster.pipeline.audit import Drift, audit
+from s3sync_dagster.pipeline.chroma import chunks_of_keys, owned
+from s3sync_dagster.pipeline.records import RESERVED_SUFFIXES, Owner, to_object_key, to_partition_key
+from s3sync_dagster.pipeline.sync import KeyReport
 
 SHOWN = 20
 # Statuses whose object must have chunks in Chroma ("empty" and "removed" must not have any).
@@ -55,7 +54,7 @@ def _chunk_keys(collections: Iterator[Any], owner: Owner) -> set[str]:
     """Partition object keys (an object's, or its .meta.json's) with at least one chunk of this source."""
     found: set[str] = set()
     for collection in collections:
-        for _, metadata in index.owned(collection, owner):
+        for _, metadata in owned(collection, owner):
             # A document indexed through a .meta.json belongs to that file's partition.
             key = metadata.get("metadata_key") or metadata.get("object_key")
             if key:
@@ -86,10 +85,10 @@ def index_check(
             yield chroma.collection(name, embedding, create=False)
 
     owner = source.spec(embedding.spec()).owner
-    with_chunks = {keys.to_partition_key(key) for key in _chunk_keys(opened(), owner)}
-    missing = sorted(keys.to_object_key(partition) for partition in expected - with_chunks)
+    with_chunks = {to_partition_key(key) for key in _chunk_keys(opened(), owner)}
+    missing = sorted(to_object_key(partition) for partition in expected - with_chunks)
     unknown = sorted(
-        keys.to_object_key(partition)
+        to_object_key(partition)
         for partition in with_chunks
         if statuses.get(partition, {}).get("status") not in MAY_KEEP_CHUNKS
     )
@@ -131,7 +130,7 @@ def empty_at(instance: dg.DagsterInstance, asset_key: dg.AssetKey, object_keys: 
     """
     found: dict[str, str] = {}
     for start in range(0, len(object_keys), 500):
-        partitions = [keys.to_partition_key(object_key) for object_key in object_keys[start : start + 500]]
+        partitions = [to_partition_key(object_key) for object_key in object_keys[start : start + 500]]
         seen: set[str] = set()
         cursor = None
         while True:
@@ -148,7 +147,7 @@ def empty_at(instance: dg.DagsterInstance, asset_key: dg.AssetKey, object_keys: 
                 seen.add(materialization.partition)
                 metadata = {name: getattr(value, "value", value) for name, value in materialization.metadata.items()}
                 if metadata.get("status") == "empty":
-                    found[keys.to_object_key(materialization.partition)] = str(metadata.get("etag", ""))
+                    found[to_object_key(materialization.partition)] = str(metadata.get("etag", ""))
             if not result.has_more:
                 break
             cursor = result.cursor
@@ -163,7 +162,7 @@ def audited_collections(chroma: ChromaResource, embedding: EmbeddingResource, so
     names = [
         collection.name
         for collection in chroma.client().list_collections()
-        if not collection.name.endswith(keys.RESERVED_SUFFIXES)
+        if not collection.name.endswith(RESERVED_SUFFIXES)
     ]
     for name in sorted(names, key=lambda name: name != source.collection_name):
         try:
@@ -179,11 +178,11 @@ def drift_of(
     chroma: ChromaResource,
     embedding: EmbeddingResource,
     hold: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> audit.Drift:
+) -> Drift:
     """The source's drift; objects whose last sync found no text at their ETag are not missing. hold: held while
     the store is read (audit.audit)."""
     asset_key = documents_asset_key(source)
-    return audit.audit(
+    return audit(
         s3,
         source.spec(embedding.spec()),
         audited_collections(chroma, embedding, source),
@@ -200,7 +199,7 @@ _REPAIRS = {
 }
 
 
-def drift_rows(drift: audit.Drift, shown: int = DRIFT_SHOWN) -> list[dict[str, str]]:
+def drift_rows(drift: Drift, shown: int = DRIFT_SHOWN) -> list[dict[str, str]]:
     """The first `shown` drifted keys of each kind, with what a repair does to them."""
     unselected = set(drift.unselected)
     rows: list[dict[str, str]] = []
@@ -211,7 +210,7 @@ def drift_rows(drift: audit.Drift, shown: int = DRIFT_SHOWN) -> list[dict[str, s
     return rows
 
 
-def drift_table(drift: audit.Drift) -> dg.MetadataValue:
+def drift_table(drift: Drift) -> dg.MetadataValue:
     return dg.MetadataValue.table(
         records=[dg.TableRecord(row) for row in drift_rows(drift)],
         schema=dg.TableSchema(
@@ -287,7 +286,7 @@ def run_chunks(
         collection = opened(collection_name)
         if collection is None:
             continue
-        for document_key, chunks in index.chunks_of_keys(collection, list(documents), owner).items():
+        for document_key, chunks in chunks_of_keys(collection, list(documents), owner).items():
             for report in documents[document_key]:
                 found[report.object_key] += [
                     chunk.metadata

@@ -30,21 +30,25 @@ from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.runs.assets import RunEvent, index_partitions
-from s3sync_dagster.defs.sensors.queues import WAIT_S, QueueReaders, Watched, lingers_on_queue, read_by
-from s3sync_dagster.defs.sensors.ticks import (
+from s3sync_dagster.defs.sensors import (
     IN_PROGRESS,
     LINGER_MAX_S,
     READ_BUDGET_S,
+    WAIT_S,
+    QueueReaders,
+    Watched,
     delete_messages,
+    lingers_on_queue,
     pass_over_prefix,
     plan_keys,
     plan_sync,
+    read_by,
     receive_messages,
     report_kept,
 )
 from s3sync_dagster.defs.state import poll_state
 from s3sync_dagster.defs.tags import LINGER_TAG, READS_QUEUES_TAG
-from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.records import to_partition_key
 from s3sync_dagster.pipeline.store import close_clients
 
 # A run queued longer than this waits for a slot (the queue daemon's dequeue interval is 1-5 s).
@@ -102,7 +106,7 @@ def _index_taken(
             yield from index_partitions(
                 context,
                 source,
-                [keys.to_partition_key(object_key) for object_key in object_keys],
+                [to_partition_key(object_key) for object_key in object_keys],
                 s3=s3,
                 chroma=chroma,
                 embedding=embedding,

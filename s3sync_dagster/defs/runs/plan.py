@@ -12,9 +12,8 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.defs.runs.checks import empty_at
-from s3sync_dagster.pipeline.audit import estimates as plan_estimates
-from s3sync_dagster.pipeline.audit import plan
-from s3sync_dagster.pipeline.s3.objects import ObjectInfo
+from s3sync_dagster.pipeline.audit import EmbeddingRate, Plan, index_frame, measure_rate, plan_source
+from s3sync_dagster.pipeline.s3 import ObjectInfo
 
 
 def plan_of(
@@ -26,7 +25,7 @@ def plan_of(
     *,
     measure: bool = True,
     listing: Iterable[ObjectInfo] | None = None,
-) -> plan.Plan:
+) -> Plan:
     """The source's plan: nothing is written to Chroma or the instance (the collection is opened for queries,
     which begins nothing; a missing one holds no chunks). measure: time the embedding function on a sample."""
     from chromadb.errors import NotFoundError
@@ -37,16 +36,16 @@ def plan_of(
         try:
             collection = chroma.store().collection(source.collection_name, embedding.spec(), create=False, queries=True)
         except NotFoundError:
-            return plan.index_frame(None, spec)
+            return index_frame(None, spec)
         # As the drift audit reads: between the writes of runs, never halfway through a document's.
         with chroma.write_lock():
-            return plan.index_frame(collection, spec)
+            return index_frame(collection, spec)
 
-    def rate() -> plan_estimates.EmbeddingRate:
-        return plan_estimates.measure_rate(embedding.embedding_function(), embedding.spec().describe())
+    def rate() -> EmbeddingRate:
+        return measure_rate(embedding.embedding_function(), embedding.spec().describe())
 
     asset_key = documents_asset_key(source)
-    return plan.plan_source(
+    return plan_source(
         s3,
         spec,
         read_index,
@@ -57,7 +56,7 @@ def plan_of(
     )
 
 
-def plan_metadata(result: plan.Plan) -> dict[str, Any]:
+def plan_metadata(result: Plan) -> dict[str, Any]:
     """The plan as a run's output metadata: the table in markdown, the counts and estimates as numbers."""
     cost = result.chroma_sync
     metadata: dict[str, Any] = {"plan": dg.MetadataValue.md(result.table())}

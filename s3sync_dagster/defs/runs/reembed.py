@@ -11,12 +11,10 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.defs.run_config import ReembedConfig
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec, same_function
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.records.owners import Owner
-from s3sync_dagster.pipeline.reembed import context_backfill
-from s3sync_dagster.pipeline.reembed import swap as reembed
+from s3sync_dagster.pipeline.chroma import OWNER_KEY, may_reembed
+from s3sync_dagster.pipeline.embedding import EmbeddingSpec, same_function
+from s3sync_dagster.pipeline.records import RESERVED_SUFFIXES, Owner
+from s3sync_dagster.pipeline.reembed import Progress, abandon, add_missing, recover, run
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.store import Store
 
@@ -74,14 +72,14 @@ def _owned(store: Store, name: str, spec: EmbeddingSpec, owner: Owner) -> list[s
 
     others = []
     for listed in store.client().list_collections():
-        if listed.name == name or listed.name.endswith(keys.RESERVED_SUFFIXES):
+        if listed.name == name or listed.name.endswith(RESERVED_SUFFIXES):
             continue
         try:
             collection = store.collection(listed.name, spec, create=False)
         except (NotFoundError, ValueError):  # gone meanwhile, or a function this machine cannot run: not ours
             continue
-        unbound = (collection.metadata or {}).get(index.OWNER_KEY) is None
-        if unbound and collection.count() and index.may_reembed(collection, owner):
+        unbound = (collection.metadata or {}).get(OWNER_KEY) is None
+        if unbound and collection.count() and may_reembed(collection, owner):
             others.append(listed.name)
     return [name, *sorted(others)]
 
@@ -93,15 +91,15 @@ def _reembed_one(
     spec: EmbeddingSpec,
     config: ReembedConfig,
     source: SourceSpec,
-) -> tuple[str, reembed.Progress | None]:
+) -> tuple[str, Progress | None]:
     """Re-embed one collection and swap it in (or abandon its copy; or, under its own function, give its chunks
     written before context lines theirs); its status and progress."""
     client = store.client()
-    reembed.recover(client, name)  # a swap a kill cut short: finished (its retired collection dropped) first
+    recover(client, name)  # a swap a kill cut short: finished (its retired collection dropped) first
     collection = store.collection(name, spec, create=False)  # opened in the function it records
     recorded = (collection.configuration_json or {}).get("embedding_function")
     if config.abandon or same_function(recorded, spec):
-        dropped = reembed.abandon(client, collection, sticks=config.abandon)
+        dropped = abandon(client, collection, sticks=config.abandon)
         status = "abandoned" if dropped else ("nothing underway" if config.abandon else "current")
         context.log.info(
             f"{PROGRESS_PREFIX}collection '{name}': "
@@ -115,7 +113,7 @@ def _reembed_one(
             return status, None
         return _add_contexts(context, collection, spec, source, status)
     context.log.info(f"{PROGRESS_PREFIX}collection '{name}': re-embedding with {spec.describe()}")
-    _, progress = reembed.run(
+    _, progress = run(
         client,
         collection,
         spec.build(),
@@ -129,7 +127,7 @@ def _reembed_one(
 
 def _add_contexts(
     context: dg.OpExecutionContext, collection: Any, spec: EmbeddingSpec, source: SourceSpec, status: str
-) -> tuple[str, reembed.Progress | None]:
+) -> tuple[str, Progress | None]:
     """Under the function the collection records: its chunks of `source` written before context lines given theirs
     from their objects' stored chunks, embedded again in place (docs/search.md, "What is embedded")."""
 
@@ -138,10 +136,10 @@ def _add_contexts(
             f"{PROGRESS_PREFIX}collection '{collection.name}': context lines: {chunks:,} chunks of {objects:,} objects"
         )
 
-    chunks, objects = context_backfill.add_missing(collection, spec.build(), source.tokens, source.owner, report)
+    chunks, objects = add_missing(collection, spec.build(), source.tokens, source.owner, report)
     if not chunks:
         return status, None
     context.log.info(
         f"{PROGRESS_PREFIX}collection '{collection.name}': context lines added to {chunks:,} chunks of {objects:,} objects"
     )
-    return "contexts added", reembed.Progress(total=chunks, done=chunks, embedded=chunks, phase="contexts added")
+    return "contexts added", Progress(total=chunks, done=chunks, embedded=chunks, phase="contexts added")

@@ -23,12 +23,12 @@ from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, Emb
 from s3sync_dagster.defs.run_config import RepairConfig
 from s3sync_dagster.defs.runs.assets import RunEvent, index_partitions
 from s3sync_dagster.defs.runs.checks import audited_collections, drift_of
-from s3sync_dagster.pipeline.audit import chunks as chunk_drift
-from s3sync_dagster.pipeline.audit import drift as audit
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3 import events, objects
+from s3sync_dagster.pipeline import audit
+from s3sync_dagster.pipeline.audit import Drift, may_write, misembedded_partitions, writer_of
+from s3sync_dagster.pipeline.chroma import chunks_of, delete_ids, delete_owned, strangers
+from s3sync_dagster.pipeline.lexicon import rebuild_all
+from s3sync_dagster.pipeline.records import to_partition_key
+from s3sync_dagster.pipeline.s3 import ObjectError, ObjectMissing, head_object, is_meta_key
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 
@@ -39,16 +39,16 @@ def delete_unselected(
     deleted = 0
     for collection in audited_collections(chroma, embedding, source):
         for partition in partitions:
-            field_name = "metadata_key" if events.is_meta_key(partition) else "object_key"
+            field_name = "metadata_key" if is_meta_key(partition) else "object_key"
             ids = [
                 chunk_id
                 # A chunk a .meta.json indexed belongs to that file's partition, not to its document's.
-                for chunk_id, chunk in index.chunks_of(
+                for chunk_id, chunk in chunks_of(
                     collection, field_name, partition, source.spec(embedding.spec()).owner
                 ).items()
                 if field_name == "metadata_key" or not chunk.metadata.get("metadata_key")
             ]
-            deleted += index.delete_ids(collection, ids)
+            deleted += delete_ids(collection, ids)
     return deleted
 
 
@@ -58,8 +58,8 @@ def delete_foreign(chroma: ChromaResource, embedding: EmbeddingResource, source:
     ids; counted by who wrote them."""
     collection = chroma.collection(source.collection_name, embedding)
     spec = source.spec(embedding.spec())
-    found = index.strangers(collection, spec.owner, lambda metadata: audit.writer_of(metadata, spec))
-    index.delete_ids(collection, [chunk_id for ids in found.values() for chunk_id in ids])
+    found = strangers(collection, spec.owner, lambda metadata: writer_of(metadata, spec))
+    delete_ids(collection, [chunk_id for ids in found.values() for chunk_id in ids])
     return {writer: len(ids) for writer, ids in found.items()}
 
 
@@ -73,13 +73,13 @@ def delete_misplaced(
     spec = source.spec(embedding.spec())
     deleted = 0
     for name in collection_names:
-        if audit.may_write(spec, name):
+        if may_write(spec, name):
             continue
         try:
             collection = chroma.collection(name, embedding, create=False)
         except NotFoundError:  # dropped since the audit: nothing of the source is left there
             continue
-        deleted += index.delete_owned(collection, spec.owner)  # never a same-named source's of another project
+        deleted += delete_owned(collection, spec.owner)  # never a same-named source's of another project
     return deleted
 
 
@@ -103,13 +103,13 @@ def delete_misembedded(
     deleted: dict[str, int] = {}
     partitions: set[str] = set()
     for name in collection_names:
-        if not audit.may_write(spec, name):
+        if not may_write(spec, name):
             continue
         try:
             collection = chroma.collection(name, embedding, create=False)
         except NotFoundError:
             continue
-        found = chunk_drift.misembedded_partitions(collection, spec.owner)
+        found = misembedded_partitions(collection, spec.owner)
         if not found:
             deleted[name] = 0
             continue
@@ -120,19 +120,19 @@ def delete_misembedded(
             object_key, partition = str(metadata.get("object_key", "")), found[chunk_id]
             if not readable(object_key):
                 continue
-            if chunk_drift.rewritten(spec, name, partition):
+            if audit.rewritten(spec, name, partition):
                 ids.add(chunk_id)
                 partitions.add(partition)
             else:  # the invocation's whole document in this collection, no other document of the object
                 ids |= set(_invoked(collection, object_key, str(metadata.get("document_id", "")), spec))
-        deleted[name] = index.delete_ids(collection, sorted(ids))
+        deleted[name] = delete_ids(collection, sorted(ids))
     return deleted, sorted(partitions)
 
 
 def _invoked(collection: Any, object_key: str, document_id: str, spec: SourceSpec) -> list[str]:
     """The ids of one document's chunks an invocation wrote to this collection for the object (none a metadata
     file sent)."""
-    chunks = index.chunks_of(collection, "object_key", object_key, spec.owner)
+    chunks = chunks_of(collection, "object_key", object_key, spec.owner)
     return [
         chunk_id
         for chunk_id, chunk in chunks.items()
@@ -146,17 +146,17 @@ def readable_now(s3: Any, spec: SourceSpec) -> Callable[[str], bool]:
 
     def readable(object_key: str) -> bool:
         try:
-            info = objects.head_object(s3, spec.bucket_name, object_key)
-        except objects.ObjectMissing:
+            info = head_object(s3, spec.bucket_name, object_key)
+        except ObjectMissing:
             return True
-        except objects.ObjectError:
+        except ObjectError:
             return False
         return info.archived is None and info.size <= spec.max_object_bytes
 
     return functools.lru_cache(maxsize=None)(readable)
 
 
-def unlinked_waiting(instance: dg.DagsterInstance, source_name: str, drift: audit.Drift) -> list[str]:
+def unlinked_waiting(instance: dg.DagsterInstance, source_name: str, drift: Drift) -> list[str]:
     """The waiting metadata files no sync has linked to their document yet (uploaded while nothing listened):
     a sync of each records the link, so the document's upload completes it; linked ones need nothing."""
     linked = InstanceMetaLinks(instance, source_name).naming(set(drift.waiting.values()))
@@ -169,13 +169,13 @@ def register_new(instance: dg.DagsterInstance, source: SourceConfig, object_keys
     In metadata mode documents are not partitions: their sync brings the metadata files naming them up to date.
     """
     name = partitions_name(source.name)
-    partitions = [keys.to_partition_key(object_key) for object_key in object_keys]
+    partitions = [to_partition_key(object_key) for object_key in object_keys]
     for attempt in range(2):
         registered = set(instance.get_dynamic_partitions(name))
         new = [
             partition
             for partition, object_key in zip(partitions, object_keys, strict=True)
-            if partition not in registered and (source.auto_sync != "metadata" or events.is_meta_key(object_key))
+            if partition not in registered and (source.auto_sync != "metadata" or is_meta_key(object_key))
         ]
         try:
             register_partitions(instance, source.name, new)
@@ -227,7 +227,7 @@ def repair_drift(
         context.log.info(f"deleted {deleted} chunk(s) of {len(unselected)} key(s) the source no longer selects")
     if indexes:
         with chroma.write_lock():
-            built = lexicon.rebuild_all(chroma.collection(name, embedding, create=False) for name in indexes)
+            built = rebuild_all(chroma.collection(name, embedding, create=False) for name in indexes)
         context.log.info(
             "built the lexical index again: " + ", ".join(f"{name} ({n} chunks)" for name, n in built.items())
         )

@@ -12,7 +12,7 @@ import dagster as dg
 from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.sensors.tick_runs import READ_BUDGET_S, plan_keys
-from s3sync_dagster.pipeline.s3 import events
+from s3sync_dagster.pipeline.s3 import Ignored, SyncRequest, not_understood, parse_message
 
 # Messages awaiting deletion travel in the sensor's cursor (their receipt handles): a bound on its size.
 MAX_MESSAGES_PER_TICK = 1000
@@ -103,17 +103,17 @@ def plan_sync(
     wanted: dict[str, str] = {}  # object key -> action; syncing HEADs the object, so the last event decides
     kept: list[KeptMessage] = []
     for message in messages:
-        items = events.parse_message(
+        items = parse_message(
             message.get("Body", ""), source.bucket_name, source.path_prefix,
             tag_events=bool(source.object_tags or source.readers_tag),
         )  # fmt: skip
         for item in items:
-            if isinstance(item, events.Ignored):
+            if isinstance(item, Ignored):
                 context.log.info(f"source '{source.name}': ignored: {item.reason}")
-            elif isinstance(item, events.SyncRequest):
+            elif isinstance(item, SyncRequest):
                 wanted.pop(item.object_key, None)
                 wanted[item.object_key] = item.action
-        reason = events.not_understood(items)
+        reason = not_understood(items)
         if reason is not None:
             receive_count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 0))
             kept.append(KeptMessage(str(message.get("MessageId")), receive_count, reason))

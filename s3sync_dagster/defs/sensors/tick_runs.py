@@ -11,8 +11,8 @@ from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import partitions_name, register_requests
 from s3sync_dagster.defs.run_config import sync_run_config
 from s3sync_dagster.defs.tags import LINGER_TAG, PREFIX_LINGER_TAG, READS_QUEUES_TAG, SOURCE_TAG, TRIGGER_TAG
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3 import events
+from s3sync_dagster.pipeline.records import to_partition_key
+from s3sync_dagster.pipeline.s3 import META_SUFFIX, is_meta_key
 
 # A tick may run 60 s by default; reading stops well before, so building the result always fits.
 READ_BUDGET_S = 25.0
@@ -38,20 +38,20 @@ def plan_keys(
     room = None if source.document_limit is None else max(source.document_limit - len(registered), 0)
     metadata_mode = source.auto_sync == "metadata"
     named = (
-        InstanceMetaLinks(context.instance, source.name).naming(k for k in wanted if not events.is_meta_key(k))
+        InstanceMetaLinks(context.instance, source.name).naming(k for k in wanted if not is_meta_key(k))
         if metadata_mode
         else {}
     )
     to_sync: list[str] = []
     to_register: list[str] = []
     for object_key, action in wanted.items():
-        partition_key = keys.to_partition_key(object_key)
-        if metadata_mode and not events.is_meta_key(object_key):
+        partition_key = to_partition_key(object_key)
+        if metadata_mode and not is_meta_key(object_key):
             if action == "remove" or object_key in named:
                 to_sync.append(object_key)
             else:
                 context.log.info(
-                    f"source '{source.name}': ignored: '{object_key}' is named by no {events.META_SUFFIX} file "
+                    f"source '{source.name}': ignored: '{object_key}' is named by no {META_SUFFIX} file "
                     "and this source syncs in metadata mode"
                 )
         elif partition_key in registered:

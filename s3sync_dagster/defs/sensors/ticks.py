@@ -18,28 +18,27 @@ from s3sync_dagster.config import SourceConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.resources import S3Connections
 from s3sync_dagster.defs.sensors.queues import release_messages
-from s3sync_dagster.defs.sensors.readers import IN_PROGRESS as IN_PROGRESS
-from s3sync_dagster.defs.sensors.readers import LINGER_MAX_S as LINGER_MAX_S
-from s3sync_dagster.defs.sensors.readers import READER_WAIT_S, reader_after_read, reader_until_stopped
-from s3sync_dagster.defs.sensors.readers import reading_run as reading_run
+from s3sync_dagster.defs.sensors.readers import (
+    READER_WAIT_S,
+    reader_after_read,
+    reader_until_stopped,
+    reading_run,
+)
 from s3sync_dagster.defs.sensors.sqs_messages import (
     SQS_BATCH_TAG,
     PendingDelete,
+    delete_messages,
     pending_cursor,
     pending_deletes,
+    plan_sync,
+    receive_messages,
+    report_kept,
     settle_pending,
 )
-from s3sync_dagster.defs.sensors.sqs_messages import delete_messages as delete_messages
-from s3sync_dagster.defs.sensors.sqs_messages import plan_sync as plan_sync
-from s3sync_dagster.defs.sensors.sqs_messages import receive_messages as receive_messages
-from s3sync_dagster.defs.sensors.sqs_messages import report_kept as report_kept
-from s3sync_dagster.defs.sensors.tick_runs import READ_BUDGET_S as READ_BUDGET_S
-from s3sync_dagster.defs.sensors.tick_runs import plan_keys as plan_keys
-from s3sync_dagster.defs.sensors.tick_runs import sync_result
+from s3sync_dagster.defs.sensors.tick_runs import READ_BUDGET_S, plan_keys, sync_result
 from s3sync_dagster.defs.state import poll_state
 from s3sync_dagster.defs.tags import PREFIX_LINGER_TAG
-from s3sync_dagster.pipeline.s3 import objects
-from s3sync_dagster.pipeline.s3.poll import PollState
+from s3sync_dagster.pipeline.s3 import ObjectInfo, PollState, key_selected
 
 # The sensor's minimum_interval_seconds: not what paces it (the long poll and the daemon's loop do), so that a
 # tick is started at every loop once the last one has ended.
@@ -152,7 +151,7 @@ def pass_over_prefix(client: Any, source: SourceConfig, state: PollState, budget
         page = client.list_objects_v2(**request)
         changed += state.observe(
             (
-                objects.ObjectInfo(
+                ObjectInfo(
                     e["Key"],
                     int(e["Size"]),
                     e["ETag"].strip('"'),
@@ -160,7 +159,7 @@ def pass_over_prefix(client: Any, source: SourceConfig, state: PollState, budget
                     storage_class=str(e.get("StorageClass") or "STANDARD"),
                 )
                 for e in page.get("Contents", [])
-                if objects.key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
+                if key_selected(e["Key"], source.path_prefix, source.include, source.exclude)
             ),
             last_modified=bool(source.object_metadata),  # a copy in place with new metadata keeps the ETag
         )

@@ -21,13 +21,10 @@ from typing import Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.chroma import labels
-from s3sync_dagster.pipeline.chroma.lifecycle import max_batch_size
-from s3sync_dagster.pipeline.chroma.stored import StoredChunk, batches
-from s3sync_dagster.pipeline.chroma.vectors import misembedded
-from s3sync_dagster.pipeline.records.owners import Owner
-from s3sync_dagster.pipeline.s3 import events, objects
-from s3sync_dagster.pipeline.s3.objects import S3Client
+from s3sync_dagster.pipeline import chroma
+from s3sync_dagster.pipeline.chroma import StoredChunk, batches, changed, max_batch_size, misembedded, object_labels
+from s3sync_dagster.pipeline.records import Owner
+from s3sync_dagster.pipeline.s3 import ObjectMissing, S3Client, head_object, is_meta_key
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 # Under botocore's default pool of 10 connections a client, so no request waits for a connection.
@@ -53,7 +50,7 @@ def rewritten(spec: SourceSpec, collection_name: str, partition: str) -> bool:
     them; an object's, in the source's own collection (in metadata mode documents are no partitions). An
     invocation's chunks in another collection are not: no sync of the source could write them again."""
     own = collection_name == spec.collection_name and not spec.metadata_mode
-    return events.is_meta_key(partition) or own
+    return is_meta_key(partition) or own
 
 
 def label_set(metadata: Mapping[str, Any], label_keys: Sequence[str]) -> str:
@@ -72,7 +69,7 @@ def carried(partitions: Iterable[str], object_keys: Iterable[str], label_sets: I
 
 def frame_label_keys(spec: SourceSpec) -> list[str]:
     """The label keys the audit's chunk frame reads for a source (none for a source without labels)."""
-    return sorted(labels.label_keys(spec)) if labels.wanted(spec) else []
+    return sorted(chroma.label_keys(spec)) if chroma.wanted(spec) else []
 
 
 def label_drift(s3: S3Client, spec: SourceSpec, carried: Carried) -> dict[str, str | None]:
@@ -80,7 +77,7 @@ def label_drift(s3: S3Client, spec: SourceSpec, carried: Carried) -> dict[str, s
     S3's labels cannot be read (a readers tag that breaks the rule for a principal, a refused GetObjectTagging):
     such chunks cannot be shown to carry S3's labels, and a sync of the key fails, closing them where labels.py
     says so. An object gone since the listing is not label drift (the next audit finds its chunks orphaned)."""
-    if not carried or not labels.wanted(spec):
+    if not carried or not chroma.wanted(spec):
         return {}
     partitions = sorted(carried)
     with ThreadPoolExecutor(min(LABEL_THREADS, len(partitions)), thread_name_prefix="s3sync-audit-labels") as pool:
@@ -90,7 +87,7 @@ def label_drift(s3: S3Client, spec: SourceSpec, carried: Carried) -> dict[str, s
 
 def lookup(s3: S3Client, spec: SourceSpec) -> Callable[[Carried], Mapping[str, str | None]] | None:
     """The audit's relabel lookup of a source (label_drift; None: it has no labels to compare)."""
-    return (lambda carried: label_drift(s3, spec, carried)) if labels.wanted(spec) else None
+    return (lambda carried: label_drift(s3, spec, carried)) if chroma.wanted(spec) else None
 
 
 def _labels_differ(
@@ -100,11 +97,11 @@ def _labels_differ(
     why S3's cannot be read where they cannot. An archived object's labels are read as any other's: its chunks
     stay searchable, so who may read them follows its tags (pipeline/sync/fetch.py)."""
     try:
-        info = objects.head_object(s3, spec.bucket_name, object_key)
-        wanted = labels.object_labels(s3, spec, info, None)
-    except objects.ObjectMissing:
+        info = head_object(s3, spec.bucket_name, object_key)
+        wanted = object_labels(s3, spec, info, None)
+    except ObjectMissing:
         return False, None
     except Exception as error:  # any failure to read one object's labels is that object's drift, never the audit's
         return True, str(error) or type(error).__name__
     stored = {str(n): StoredChunk(str(n), None, label_set) for n, label_set in enumerate(label_sets)}
-    return bool(labels.changed(spec, stored, wanted)), None
+    return bool(changed(spec, stored, wanted)), None

@@ -55,12 +55,22 @@ from typing import TYPE_CHECKING, Any
 from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline.audit import chunks as chunk_drift
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
-from s3sync_dagster.pipeline.records.owners import describe
-from s3sync_dagster.pipeline.s3 import archive, events, objects
-from s3sync_dagster.pipeline.s3.objects import S3Client
-from s3sync_dagster.pipeline.sync.fetch import MAX_META_FILE_BYTES
+from s3sync_dagster.pipeline.chroma import pages
+from s3sync_dagster.pipeline.lexicon import of
+from s3sync_dagster.pipeline.records import describe
+from s3sync_dagster.pipeline.s3 import (
+    ObjectError,
+    ObjectInfo,
+    S3Client,
+    head_object,
+    is_meta_key,
+    key_selected,
+    list_objects,
+    may_be_archived,
+    parse_meta_file,
+    read_object,
+)
+from s3sync_dagster.pipeline.sync import MAX_META_FILE_BYTES
 
 if TYPE_CHECKING:  # pandas loads when an audit runs, not with the definitions every run process imports
     import pandas as pd
@@ -156,10 +166,10 @@ class Drift:
 
 def listing_frame(s3: S3Client, target: SourceSpec) -> pd.DataFrame:
     """Every object under the prefix: object_key, etag, and whether the source selects it."""
-    return frame_of(objects.list_objects(s3, target.bucket_name, target.path_prefix), target)
+    return frame_of(list_objects(s3, target.bucket_name, target.path_prefix), target)
 
 
-def frame_of(listing: Iterable[objects.ObjectInfo], target: SourceSpec) -> pd.DataFrame:
+def frame_of(listing: Iterable[ObjectInfo], target: SourceSpec) -> pd.DataFrame:
     """A listing as the join reads it: object_key, etag, whether the source selects it, and each object's size
     and storage class (which the plan reads: pipeline/audit/plan.py)."""
     import pandas as pd
@@ -172,7 +182,7 @@ def frame_of(listing: Iterable[objects.ObjectInfo], target: SourceSpec) -> pd.Da
     for info in listing:
         object_keys.append(info.object_key)
         etags.append(info.etag)
-        selected.append(objects.key_selected(info.object_key, target.path_prefix, target.include, target.exclude))
+        selected.append(key_selected(info.object_key, target.path_prefix, target.include, target.exclude))
         sizes.append(info.size)
         storage_classes.append(info.storage_class)
     # Typed, so an empty prefix is an empty frame of the same columns, not one pandas cannot join.
@@ -220,7 +230,7 @@ def chunk_frame(
     for collection in collections:
         home = foreign is not None and collection.name == target.collection_name
         where = {"chunk_index": 0} if first_chunks else None if home else owner.where()
-        for page in index.pages(collection, where):
+        for page in pages(collection, where):
             metadatas: list[Mapping[str, Any]] = []
             for _, metadata in page:
                 if owner.owns(metadata):
@@ -281,10 +291,10 @@ def named_documents(s3: S3Client, target: SourceSpec, meta_keys: Sequence[str]) 
     named: dict[str, str] = {}
     for meta_key in meta_keys:
         try:
-            info = objects.head_object(s3, target.bucket_name, meta_key)
-            data = objects.read_object(s3, target.bucket_name, info, MAX_META_FILE_BYTES)
-            named[meta_key] = events.parse_meta_file(meta_key, data, target.path_prefix).path
-        except (objects.ObjectError, ValueError):
+            info = head_object(s3, target.bucket_name, meta_key)
+            data = read_object(s3, target.bucket_name, info, MAX_META_FILE_BYTES)
+            named[meta_key] = parse_meta_file(meta_key, data, target.path_prefix).path
+        except (ObjectError, ValueError):
             continue
     return named
 
@@ -378,7 +388,7 @@ def _archived(listing: pd.DataFrame, drifted: set[str], archived: ArchivedLookup
     """Of the keys that look missing or stale, those listed in a class that may be archived and not restored."""
     if archived is None or not drifted or "storage_class" not in listing:
         return {}
-    may_be = listing["storage_class"].map(archive.may_be_archived).astype(bool)
+    may_be = listing["storage_class"].map(may_be_archived).astype(bool)
     candidates = sorted(set(listing.loc[may_be, "object_key"]) & drifted)
     return dict(archived(candidates)) if candidates else {}
 
@@ -388,8 +398,8 @@ def archived_keys(s3: S3Client, target: SourceSpec, object_keys: Sequence[str]) 
     found = {}
     for object_key in object_keys:
         try:
-            reason = objects.head_object(s3, target.bucket_name, object_key).archived
-        except objects.ObjectError:
+            reason = head_object(s3, target.bucket_name, object_key).archived
+        except ObjectError:
             continue
         if reason is not None:
             found[object_key] = reason
@@ -491,12 +501,12 @@ def _missing(
     metadata files waiting for their document (metadata file -> document)."""
     empty_at = dict(known_empty(list(unindexed["object_key"]))) if known_empty is not None and len(unindexed) else {}
     excused = [
-        object_key in empty_at and (empty_at[object_key] == etag or events.is_meta_key(object_key))
+        object_key in empty_at and (empty_at[object_key] == etag or is_meta_key(object_key))
         for object_key, etag in zip(unindexed["object_key"], unindexed["etag"], strict=True)
     ]
     missing = sorted(unindexed.loc[[not e for e in excused], "object_key"]) if excused else []
     waiting: dict[str, str] = {}
-    unnamed = [object_key for object_key in missing if events.is_meta_key(object_key)]
+    unnamed = [object_key for object_key in missing if is_meta_key(object_key)]
     if named is not None and unnamed:
         listed = set(listing["object_key"])
         waiting = {meta_key: document for meta_key, document in named(unnamed).items() if document not in listed}
@@ -510,7 +520,7 @@ def lexicon_drift(collections: Iterable[Collection]) -> dict[str, str]:
     or Chroma Cloud have none."""
     found = {}
     for collection in collections:
-        index_of = lexicon.of(collection)
+        index_of = of(collection)
         if index_of is None:
             continue
         problem = index_of.state(collection)

@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from s3sync_dagster.pipeline.chunking.grammars import SUPPORTED_LANGUAGES
-from s3sync_dagster.pipeline.extraction.documents import CONVERTED_SUFFIXES, IMAGE_SUFFIXES
-from s3sync_dagster.pipeline.s3.events import META_SUFFIX
+from s3sync_dagster.pipeline.chunking import SUPPORTED_LANGUAGES
+from s3sync_dagster.pipeline.extraction import CONVERTED_SUFFIXES, IMAGE_SUFFIXES
+from s3sync_dagster.pipeline.s3 import META_SUFFIX
 
 if TYPE_CHECKING:
     import pandas as pd

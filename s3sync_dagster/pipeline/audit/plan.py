@@ -39,10 +39,18 @@ from typing import TYPE_CHECKING, Any
 from s3sync_dagster.pipeline.audit import chunks as chunk_drift
 from s3sync_dagster.pipeline.audit import drift as audit
 from s3sync_dagster.pipeline.audit import estimates
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3 import events, objects
-from s3sync_dagster.pipeline.s3.archive import listed_as_archived
-from s3sync_dagster.pipeline.s3.objects import S3Client
+from s3sync_dagster.pipeline.records import to_partition_key
+from s3sync_dagster.pipeline.s3 import (
+    ObjectError,
+    ObjectInfo,
+    S3Client,
+    head_object,
+    is_meta_key,
+    list_objects,
+    listed_as_archived,
+    parse_meta_file,
+    read_object,
+)
 from s3sync_dagster.pipeline.spec import sync_signature
 
 if TYPE_CHECKING:
@@ -189,7 +197,7 @@ def make_plan(
     def empty_lookup(object_keys: Sequence[str]) -> Mapping[str, str]:
         if known_empty is None:
             return {}
-        asked = [k for k in object_keys if registered is None or keys.to_partition_key(k) in registered]
+        asked = [k for k in object_keys if registered is None or to_partition_key(k) in registered]
         found_empty.update(known_empty(asked))
         return found_empty
 
@@ -220,7 +228,7 @@ def make_plan(
             refused[object_key] = reason
     settled = archived | set(refused)
     # As the audit excuses them: at this ETag, or a metadata file whose document was empty (its ETag is the document's).
-    empty = {k for k, etag in found_empty.items() if listed.get(k) == etag or events.is_meta_key(k)}
+    empty = {k for k, etag in found_empty.items() if listed.get(k) == etag or is_meta_key(k)}
     empty = empty - missing - changed - settled
     kinds = {
         "new": missing - settled,
@@ -246,7 +254,7 @@ def make_plan(
         waiting=len(drift.waiting),
     )
     if registered is not None:
-        plan.to_register = sum(1 for k in selected["object_key"] if keys.to_partition_key(k) not in registered)
+        plan.to_register = sum(1 for k in selected["object_key"] if to_partition_key(k) not in registered)
     accepted = work[~work["object_key"].isin(set(refused))]
     _estimate(plan, accepted, _unchanged(selected, chunks, target, set(work["object_key"])), target, rate)
     return plan
@@ -289,15 +297,15 @@ def meta_signatures_of(s3: S3Client, target: SourceSpec, meta_keys: Sequence[str
     """The signature a sync of each metadata file writes for its document (fetch's `sync_signature` of the file's
     id, metadata and target): one HEAD and one GET of each, as the sync's, on a few threads. A file that cannot be
     read or is not valid is left out: a sync of it says what is wrong."""
-    from s3sync_dagster.pipeline.records.metadata import validate_user_metadata
+    from s3sync_dagster.pipeline.records import validate_user_metadata
 
     def signature(meta_key: str) -> str | None:
         try:
-            info = objects.head_object(s3, target.bucket_name, meta_key)
-            data = objects.read_object(s3, target.bucket_name, info, audit.MAX_META_FILE_BYTES)
-            meta = events.parse_meta_file(meta_key, data, target.path_prefix)
+            info = head_object(s3, target.bucket_name, meta_key)
+            data = read_object(s3, target.bucket_name, info, audit.MAX_META_FILE_BYTES)
+            meta = parse_meta_file(meta_key, data, target.path_prefix)
             metadata = validate_user_metadata(meta.metadata or {}, f"metadata file '{meta_key}'")
-        except (objects.ObjectError, ValueError):
+        except (ObjectError, ValueError):
             return None
         return sync_signature(target, meta.document_id, metadata, meta_key, meta.target_collection_name)
 
@@ -366,7 +374,7 @@ def plan_source(
     measure: Callable[[], estimates.EmbeddingRate] | None = None,
     known_empty: audit.EmptyLookup | None = None,
     registered: Callable[[], Collection[str]] | None = None,
-    listing: Iterable[objects.ObjectInfo] | None = None,
+    listing: Iterable[ObjectInfo] | None = None,
 ) -> Plan:
     """List the bucket while the index is read (and the embedding rate measured) on a thread, then plan.
 
@@ -386,7 +394,7 @@ def plan_source(
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3sync-plan") as pool:
         reading = pool.submit(ahead)
-        rows = listing if listing is not None else objects.list_objects(s3, target.bucket_name, target.path_prefix)
+        rows = listing if listing is not None else list_objects(s3, target.bucket_name, target.path_prefix)
         frame = audit.frame_of(rows, target)
         listed = time.perf_counter()
         chunks, rate = reading.result()

@@ -15,11 +15,9 @@ from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline.chroma.lifecycle import max_batch_size
 from s3sync_dagster.pipeline.chroma.stored import ChunkRecord, StoredChunk, batches, chunks_of, delete_ids, pages
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.records.owners import Owner, describe
-from s3sync_dagster.pipeline.s3 import objects
-from s3sync_dagster.pipeline.s3.objects import S3Client
+from s3sync_dagster.pipeline.lexicon import mirrored
+from s3sync_dagster.pipeline.records import RESERVED_SUFFIXES, Owner, describe
+from s3sync_dagster.pipeline.s3 import ObjectMissing, S3Client, head_object
 
 
 def owned(collection: Collection, owner: Owner) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -131,7 +129,7 @@ def may_reembed(collection: Collection, owner: Owner) -> bool:
     """Whether a model change of `owner` re-embeds `collection`: its own collection (it records the owner), or a
     collection no source records as its own that holds only the owner's chunks (where its metadata files or
     invocations wrote). Another source's or project's collection, or a shared one, keeps its own function."""
-    if collection.name.endswith(keys.RESERVED_SUFFIXES):
+    if collection.name.endswith(RESERVED_SUFFIXES):
         return False
     recorded = (collection.metadata or {}).get(OWNER_KEY)
     if recorded is not None:
@@ -177,7 +175,7 @@ def claim(
     for phase in (phase for phase in phases if phase):
         ids = [records[i].chunk_id for i in phase]
         for part in batches(phase, batch):
-            with lexicon.mirrored(collection, [records[i].chunk_id for i in part]):
+            with mirrored(collection, [records[i].chunk_id for i in part]):
                 collection.add(
                     ids=[records[i].chunk_id for i in part],
                     documents=[records[i].text for i in part],
@@ -252,8 +250,8 @@ def claim_document_id(
         claimer = other_meta or (str(metadata.get("object_key") or "") if direct else None)
         if claimer:
             try:
-                objects.head_object(s3, str(metadata.get("bucket_name") or bucket_name), claimer)
-            except objects.ObjectMissing:
+                head_object(s3, str(metadata.get("bucket_name") or bucket_name), claimer)
+            except ObjectMissing:
                 stale.append(chunk_id)
                 continue
             kind = f"metadata file '{claimer}'" if other_meta else f"object '{claimer}'"

@@ -18,9 +18,16 @@ from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline.chroma.lifecycle import copy_of, max_batch_size
 from s3sync_dagster.pipeline.chroma.stored import StoredChunk, batches
-from s3sync_dagster.pipeline.records.metadata import Metadata, validate_user_metadata
-from s3sync_dagster.pipeline.s3 import objects
-from s3sync_dagster.pipeline.s3.objects import ObjectError, ObjectInfo, S3Client
+from s3sync_dagster.pipeline.records import Metadata, validate_user_metadata
+from s3sync_dagster.pipeline.s3 import (
+    EndpointError,
+    ObjectError,
+    ObjectInfo,
+    ObjectMissing,
+    S3Client,
+    endpoint_failure,
+    error_meaning,
+)
 from s3sync_dagster.pipeline.spec import SourceSpec
 
 # One reader in a readers tag's value (`alice+group:finance`: `+` separates them); config.source's rule too.
@@ -80,16 +87,15 @@ def object_tags(s3: S3Client, bucket_name: str, object_key: str) -> dict[str, st
     except ClientError as error:
         code = str(error.response.get("Error", {}).get("Code", ""))
         if code in {"NoSuchKey", "404"}:
-            raise objects.ObjectMissing(f"object '{object_key}' does not exist in bucket '{bucket_name}'") from None
+            raise ObjectMissing(f"object '{object_key}' does not exist in bucket '{bucket_name}'") from None
         raise TagsRefused(
             f"object '{object_key}' in bucket '{bucket_name}': GetObjectTagging failed "
-            f"({objects.error_meaning(error, 's3:GetObjectTagging (object_tags and readers_tag read the tags)')})",
+            f"({error_meaning(error, 's3:GetObjectTagging (object_tags and readers_tag read the tags)')})",
             code,
         ) from None
-    except objects.EndpointError as error:
+    except EndpointError as error:
         raise ObjectError(
-            f"object '{object_key}' in bucket '{bucket_name}': GetObjectTagging failed: "
-            f"{objects.endpoint_failure(s3, error)}"
+            f"object '{object_key}' in bucket '{bucket_name}': GetObjectTagging failed: {endpoint_failure(s3, error)}"
         ) from None
     return {str(tag["Key"]): str(tag["Value"]) for tag in answer.get("TagSet", [])}
 

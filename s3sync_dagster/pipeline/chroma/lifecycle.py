@@ -13,8 +13,8 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
-from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline import lexicon, records
+from s3sync_dagster.pipeline.lexicon import attach, attach_index, of
 
 Embedder = Callable[[list[str]], Sequence[Any]]
 
@@ -30,9 +30,9 @@ def _opened(client: ClientAPI, collection: Collection) -> Collection:
     _max_batch[collection.id] = int(client.get_max_batch_size())
     settings = client.get_settings()
     if settings.is_persistent:  # an embedded store: its lexical index lies in its folder (pipeline/lexicon/embedded.py)
-        lexicon.attach(collection, settings.persist_directory)
+        attach(collection, settings.persist_directory)
     elif (served := lexicon.served(settings.chroma_server_host, settings.chroma_server_http_port)) is not None:
-        lexicon.attach_index(collection, served)  # a server's, in PostgreSQL (pipeline/lexicon/postgres.py)
+        attach_index(collection, served)  # a server's, in PostgreSQL (pipeline/lexicon/postgres.py)
     return collection
 
 
@@ -92,7 +92,7 @@ def copy_gone(collection: Collection) -> Iterator[None]:
 
 # While a collection is rebuilt under a new configuration, the copy has this name; it takes the
 # collection's name only once complete, and a copy left by a crash is finished or dropped on next open.
-REBUILD_SUFFIX = keys.REBUILD_SUFFIX
+REBUILD_SUFFIX = records.REBUILD_SUFFIX
 # On a copy this project made (a rebuild's, a re-embedding's): the name of the collection it copies. A collection
 # of a reserved name without it is not this project's (another tool's, another release's) and is never renamed
 # or dropped here.
@@ -100,7 +100,7 @@ COPY_OF_KEY = "s3sync_copy_of"
 # On a re-embedding's copy (and the collection once swapped): the function record it was re-embedded from
 # (pipeline/reembed/swap.py).
 FROM_KEY = "s3sync_reembedded_from"
-RETIRED_SUFFIX = keys.RETIRED_SUFFIX
+RETIRED_SUFFIX = records.RETIRED_SUFFIX
 # On a collection renamed `<name>-s3sync-retired` by a swap: `<name>`. A collection of that name without it is not
 # a swap's (another tool's, or a user's from before the name was reserved): never renamed or dropped here.
 RETIRED_KEY = "s3sync_retired_from"
@@ -144,7 +144,7 @@ def open_collection(
             schema=schema,
         )
         opened = _opened(client, created)
-        index = lexicon.of(opened)
+        index = of(opened)
         if index is not None:
             index.create_if_empty(opened)
         return opened
@@ -201,7 +201,7 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
     rebuilt = get_collection(client, name, function)
     # The marker stays on the collection the copy became: it names that very collection, so it never reads as
     # the copy of another (is_copy_of also asks for the copy's name).
-    index = lexicon.of(rebuilt)
+    index = of(rebuilt)
     if index is not None:  # the copy is a new collection: its lexical index is built anew, the old one's dropped
         index.rebuild(rebuilt)
         index.drop(collection.id)
@@ -211,7 +211,7 @@ def rebuild_collection(client: ClientAPI, collection: Collection, function: Embe
 def drop_collection(client: ClientAPI, collection: Collection) -> None:
     """Delete a collection of this project's making, and its lexical index where the store keeps one."""
     detach_copy(collection)
-    index_of = lexicon.of(opened(client, collection))
+    index_of = of(opened(client, collection))
     client.delete_collection(collection.name)
     if index_of is not None:
         index_of.drop(collection.id)

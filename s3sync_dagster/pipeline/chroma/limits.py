@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from s3sync_dagster.pipeline.chroma.stored import ChunkRecord
 from s3sync_dagster.pipeline.chroma.vectors import TEXT_HASH
-from s3sync_dagster.pipeline.records.metadata import RESERVED_METADATA_KEYS, MetadataValue
+from s3sync_dagster.pipeline.records import RESERVED_METADATA_KEYS, MetadataValue
 
 # Its table "Quotas & Limits"; the values as of chroma-core/chroma docs (commit 956cdd6).
 SOURCE = "https://docs.trychroma.com/cloud/quotas-limits"

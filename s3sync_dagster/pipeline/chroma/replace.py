@@ -1,9 +1,8 @@
 """Chunks -> Chroma: replace an object's chunks exactly, skip what did not change, in client batches.
 
-The rest of what a write needs has its own module, and its names stay importable from here: collections and
-their lifecycle (pipeline/chroma/lifecycle.py), chunks as stored, read and deleted (pipeline/chroma/stored.py), who may write
-where (pipeline/chroma/claims.py), vectors by text hash (pipeline/chroma/vectors.py), the metadata rules
-(pipeline/records/metadata.py).
+The rest of what a write needs has its own module: collections and their lifecycle (chroma/lifecycle.py), chunks as
+stored, read and deleted (chroma/stored.py), who may write where (chroma/claims.py), vectors by text hash
+(chroma/vectors.py), the metadata rules (records/metadata.py).
 """
 
 from __future__ import annotations
@@ -16,97 +15,31 @@ from typing import Any
 from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline.chroma.claims import (
-    OWNER_KEY,
-    ClaimLost,
-    bind_owner,
     claim,
-    delete_owned,
-    may_reembed,
-    moved,
-    owned,
-    strangers,
 )
 from s3sync_dagster.pipeline.chroma.lifecycle import (
-    COPY_OF_KEY,
-    FALLBACK_MAX_BATCH,
-    REBUILD_SUFFIX,
     Embedder,
     copy_gone,
     copy_of,
     function_of,
-    get_collection,
     max_batch_size,
-    open_collection,
-    opened,
 )
 from s3sync_dagster.pipeline.chroma.stored import (
     ChunkRecord,
     StoredChunk,
     batches,
-    chunks_of,
-    chunks_of_keys,
-    delete_ids,
-    pages,
-    stored_chunks,
 )
 from s3sync_dagster.pipeline.chroma.vectors import (
-    TEXT_HASH,
-    EmbeddingError,
-    embed_again,
     function_record,
     hashed,
-    misembedded,
-    text_hash,
     vectors_for,
 )
-from s3sync_dagster.pipeline.chunking.context import embedding_input
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
-from s3sync_dagster.pipeline.records.metadata import (
-    RESERVED_METADATA_KEYS,
+from s3sync_dagster.pipeline.chunking import embedding_input
+from s3sync_dagster.pipeline.lexicon import mirrored
+from s3sync_dagster.pipeline.records import (
     Metadata,
-    MetadataValue,
-    validate_user_metadata,
+    Owner,
 )
-from s3sync_dagster.pipeline.records.owners import Owner
-
-# What callers know from here: the write, and the names of the other concerns, each now in its own module.
-__all__ = [
-    "COPY_OF_KEY",
-    "FALLBACK_MAX_BATCH",
-    "OWNER_KEY",
-    "REBUILD_SUFFIX",
-    "RESERVED_METADATA_KEYS",
-    "TEXT_HASH",
-    "ChunkRecord",
-    "ClaimLost",
-    "Embedder",
-    "EmbeddingError",
-    "Metadata",
-    "MetadataValue",
-    "StoredChunk",
-    "WriteStats",
-    "bind_owner",
-    "chunks_of",
-    "chunks_of_keys",
-    "delete_ids",
-    "delete_owned",
-    "embed_again",
-    "function_record",
-    "get_collection",
-    "max_batch_size",
-    "may_reembed",
-    "misembedded",
-    "moved",
-    "open_collection",
-    "opened",
-    "owned",
-    "pages",
-    "replace_chunks",
-    "stored_chunks",
-    "strangers",
-    "text_hash",
-    "validate_user_metadata",
-]
 
 
 @dataclass
@@ -183,7 +116,7 @@ def replace_chunks(
         )
     for part in batches(list(range(len(to_write))), batch):
         written = {to_write[i].chunk_id: to_write[i].embedded for i in part}  # the lexical index holds context + text
-        with lexicon.mirrored(collection, list(written), written):
+        with mirrored(collection, list(written), written):
             collection.upsert(
                 ids=[to_write[i].chunk_id for i in part],
                 documents=[to_write[i].text for i in part],
@@ -206,7 +139,7 @@ def replace_chunks(
     keep = {record.chunk_id for record in records}
     stale = sorted(chunk_id for chunk_id in stored if chunk_id not in keep)
     for part_ids in batches(stale, batch):
-        with lexicon.mirrored(collection, part_ids, written={}):
+        with mirrored(collection, part_ids, written={}):
             collection.delete(ids=list(part_ids))
     stats.deleted = len(stale)
     return stats

@@ -9,12 +9,11 @@ from typing import Any
 
 from chromadb.api.models.Collection import Collection
 
+from s3sync_dagster.pipeline import records
 from s3sync_dagster.pipeline.chroma.lifecycle import copy_gone, copy_of, max_batch_size
-from s3sync_dagster.pipeline.chunking.context import embedding_input
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.records.metadata import Metadata
-from s3sync_dagster.pipeline.records.owners import Owner
+from s3sync_dagster.pipeline.chunking import embedding_input
+from s3sync_dagster.pipeline.lexicon import mirrored
+from s3sync_dagster.pipeline.records import Metadata, Owner
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def delete_ids(collection: Collection, ids: Sequence[str]) -> int:
     for part in batches(ids, max_batch_size(collection)):
-        with lexicon.mirrored(collection, part, written={}):
+        with mirrored(collection, part, written={}):
             collection.delete(ids=list(part))
     copy = copy_of(collection)
     if copy is not None:
@@ -133,7 +132,7 @@ def is_current(stored: Mapping[str, StoredChunk], document_id: str, etag: str, s
     count = next(iter(stored.values())).metadata.get("chunk_count")
     if not isinstance(count, int) or count != len(stored):
         return False
-    expected_ids = {keys.chunk_id(document_id, index) for index in range(count)}
+    expected_ids = {records.chunk_id(document_id, index) for index in range(count)}
     return set(stored) == expected_ids and all(
         chunk.metadata.get("etag") == etag and chunk.metadata.get("sync_signature") == sync_signature
         for chunk in stored.values()

@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterable
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.chroma.claims import check_id_free as check_id_free
-
 CollectionFor = Callable[[str], Collection]
 
 

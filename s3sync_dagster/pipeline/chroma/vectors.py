@@ -15,8 +15,8 @@ from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline.chroma.lifecycle import Embedder, function_of, max_batch_size
 from s3sync_dagster.pipeline.chroma.stored import ChunkRecord, StoredChunk, batches
-from s3sync_dagster.pipeline.chunking.context import embedding_input
-from s3sync_dagster.pipeline.records.owners import Owner
+from s3sync_dagster.pipeline.chunking import embedding_input
+from s3sync_dagster.pipeline.records import Owner
 
 # Every chunk records a hash of what was embedded for it (context.embedding_input: its context line and its text)
 # and of the embedding function its collection records: a chunk of another object of the same writer with the

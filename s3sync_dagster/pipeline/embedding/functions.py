@@ -15,22 +15,21 @@ from typing import Any
 from chromadb.api.types import Documents, EmbeddingFunction
 
 from s3sync_dagster.pipeline import extras
-from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
-from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path as bundled_model_path
-from s3sync_dagster.pipeline.embedding.runtimes import DEFAULT_FUNCTION as DEFAULT_FUNCTION
-from s3sync_dagster.pipeline.embedding.runtimes import DEFAULT_MODEL as DEFAULT_MODEL
-from s3sync_dagster.pipeline.embedding.runtimes import DEFAULT_MODEL_MAX_TOKENS as DEFAULT_MODEL_MAX_TOKENS
-from s3sync_dagster.pipeline.embedding.runtimes import INT8 as INT8
-from s3sync_dagster.pipeline.embedding.runtimes import SENTENCE_TRANSFORMER as SENTENCE_TRANSFORMER
-from s3sync_dagster.pipeline.embedding.runtimes import TORCH_AFTER_TEXTS as TORCH_AFTER_TEXTS
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction as ChromaDefaultFunction
-from s3sync_dagster.pipeline.embedding.runtimes import LazySentenceTransformer as LazySentenceTransformer
-from s3sync_dagster.pipeline.embedding.runtimes import Precision as Precision
-from s3sync_dagster.pipeline.embedding.runtimes import Runtime as Runtime
-from s3sync_dagster.pipeline.embedding.runtimes import cpu_has_native_bf16 as cpu_has_native_bf16
-from s3sync_dagster.pipeline.embedding.runtimes import is_bundled_name
-from s3sync_dagster.pipeline.embedding.runtimes import recorded_precision as recorded_precision
-from s3sync_dagster.pipeline.embedding.runtimes import resolve_precision as resolve_precision
+from s3sync_dagster.pipeline.chunking import TokenBudget
+from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path
+from s3sync_dagster.pipeline.embedding.runtimes import (
+    DEFAULT_FUNCTION,
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_MAX_TOKENS,
+    INT8,
+    SENTENCE_TRANSFORMER,
+    ChromaDefaultFunction,
+    LazySentenceTransformer,
+    Precision,
+    Runtime,
+    is_bundled_name,
+    recorded_precision,
+)
 
 # all-MiniLM-L6-v2 reads 256 tokens but was trained on texts of at most 128: its chunks default to that
 # length, where a sentence finds its chunk more often (benchmarks/RESULTS.md, section 7; docs/sources.md).

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from s3sync_dagster.pipeline.chunking.context import embedding_input
+from s3sync_dagster.pipeline.chunking import embedding_input
 from s3sync_dagster.pipeline.lexicon.terms import index_terms
 
 if TYPE_CHECKING:

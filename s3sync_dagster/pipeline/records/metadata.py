@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY
+from s3sync_dagster.pipeline.chunking import CONTEXT_KEY
 
 MetadataValue = str | int | float | bool | list[str] | list[int] | list[float] | list[bool]
 Metadata = dict[str, MetadataValue]

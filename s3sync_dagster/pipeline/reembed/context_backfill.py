@@ -15,13 +15,20 @@ from typing import Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.chroma.lifecycle import Embedder, function_of, max_batch_size
-from s3sync_dagster.pipeline.chroma.stored import batches, pages
-from s3sync_dagster.pipeline.chroma.vectors import TEXT_HASH, embed_texts, function_record, text_hash
-from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY, context_lines, embedding_input
-from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
-from s3sync_dagster.pipeline.records.owners import Owner
+from s3sync_dagster.pipeline.chroma import (
+    TEXT_HASH,
+    Embedder,
+    batches,
+    embed_texts,
+    function_of,
+    function_record,
+    max_batch_size,
+    pages,
+    text_hash,
+)
+from s3sync_dagster.pipeline.chunking import CONTEXT_KEY, TokenBudget, context_lines, embedding_input
+from s3sync_dagster.pipeline.lexicon import mirrored
+from s3sync_dagster.pipeline.records import Owner
 
 # Documents whose chunks one read asks for (`$in` of their ids: embedded Chroma scans the collection for a
 # metadata filter whatever it matches, so one read of 64 costs about what one of one does; stored.READ_KEYS).
@@ -133,7 +140,7 @@ def add_missing(
         for written in batches(todo, max_batch_size(collection)):
             inputs = [embedding_input(row.text, {CONTEXT_KEY: line}) for row, line in written]
             ids = [row.chunk_id for row, _ in written]
-            with lexicon.mirrored(collection, ids, dict(zip(ids, inputs, strict=True))):
+            with mirrored(collection, ids, dict(zip(ids, inputs, strict=True))):
                 collection.update(
                     ids=ids,
                     embeddings=list(embed_texts(embed, inputs)),  # type: ignore[arg-type]

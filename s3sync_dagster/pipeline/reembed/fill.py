@@ -12,11 +12,9 @@ from typing import Any
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
-from s3sync_dagster.pipeline.chroma.stored import delete_ids
-from s3sync_dagster.pipeline.chroma.vectors import TEXT_HASH, function_record, text_hash
-from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY, embedding_input
-from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+from s3sync_dagster.pipeline.chroma import TEXT_HASH, delete_ids, function_record, text_hash
+from s3sync_dagster.pipeline.chunking import CONTEXT_KEY, TokenBudget, embedding_input
+from s3sync_dagster.pipeline.lexicon import mirrored
 from s3sync_dagster.pipeline.reembed.context_backfill import completed
 
 PAGE = 500  # chunks read, embedded and written at a time
@@ -41,7 +39,7 @@ def embed_into(
     distinct = sorted(set(inputs))
     vectors = dict(zip(distinct, function(distinct), strict=True)) if distinct else {}
     write = copy.upsert if upsert else copy.add
-    with lexicon.mirrored(copy, ids):
+    with mirrored(copy, ids):
         write(
             ids=ids,
             embeddings=[vectors[embedded] for embedded in inputs],  # type: ignore[arg-type]

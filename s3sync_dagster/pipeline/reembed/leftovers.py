@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING, Any
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.audit import drift as audit
-from s3sync_dagster.pipeline.chroma.claims import may_reembed, owned
-from s3sync_dagster.pipeline.chroma.lifecycle import COPY_OF_KEY, FROM_KEY, REBUILD_SUFFIX, RETIRED_KEY, drop_collection
+from s3sync_dagster.pipeline.audit import may_write
+from s3sync_dagster.pipeline.chroma import (
+    COPY_OF_KEY,
+    FROM_KEY,
+    REBUILD_SUFFIX,
+    RETIRED_KEY,
+    drop_collection,
+    may_reembed,
+    owned,
+)
 
 if TYPE_CHECKING:
     from s3sync_dagster.pipeline.spec import SourceSpec
@@ -53,7 +60,7 @@ def _writes(target: SourceSpec, name: str, holder: Collection) -> bool:
     (`holder`: the collection itself, or, where it is missing, a copy of it)."""
     if name == target.collection_name:
         return True
-    return audit.may_write(target, name) and next(owned(holder, target.owner), None) is not None
+    return may_write(target, name) and next(owned(holder, target.owner), None) is not None
 
 
 def _verdict(target: SourceSpec, base: Collection | None, base_name: str, depth: int) -> tuple[bool, str]:

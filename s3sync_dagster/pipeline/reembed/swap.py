@@ -42,7 +42,7 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
-from s3sync_dagster.pipeline.chroma.lifecycle import (
+from s3sync_dagster.pipeline.chroma import (
     COPY_OF_KEY,
     FROM_KEY,
     REBUILD_SUFFIX,
@@ -55,15 +55,11 @@ from s3sync_dagster.pipeline.chroma.lifecycle import (
     is_copy_of,
     opened,
 )
-from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
+from s3sync_dagster.pipeline.chunking import TokenBudget
+from s3sync_dagster.pipeline.lexicon import of
 from s3sync_dagster.pipeline.reembed import fill as reembed_copy
 from s3sync_dagster.pipeline.reembed.context_backfill import completed
-from s3sync_dagster.pipeline.reembed.fill import Digest, embed_into, reconcile
-from s3sync_dagster.pipeline.reembed.fill import catch_up as catch_up
-from s3sync_dagster.pipeline.reembed.leftovers import Leftover as Leftover
-from s3sync_dagster.pipeline.reembed.leftovers import drop_leftovers as drop_leftovers
-from s3sync_dagster.pipeline.reembed.leftovers import leftovers as leftovers
+from s3sync_dagster.pipeline.reembed.fill import Digest, catch_up, embed_into, reconcile
 
 # On a collection whose re-embedding was abandoned: the function it was to (a sync under that config does not
 # begin it again; `s3sync reembed` does).
@@ -239,7 +235,7 @@ def begin(
                 },
             )
     copy = get_collection(client, copy_name(collection.name), function)
-    index_of = lexicon.of(copy)
+    index_of = of(copy)
     if index_of is not None:
         index_of.create_if_empty(copy)
     attach_copy(collection, copy, function)
@@ -421,7 +417,7 @@ def _run(
     progress.done = copy.count()
     progress.phase = "swapping"
     report(progress)
-    index_of = lexicon.of(copy)
+    index_of = of(copy)
     if index_of is not None:  # the copy's lexical index, whole, before it answers queries
         index_of.rebuild(copy)
     if client.get_collection(name=collection.name).id != collection.id:  # another re-embedding swapped first

@@ -9,8 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.records import metadata as metadata_rules
+from s3sync_dagster.pipeline.records import (
+    Metadata,
+    validate_collection_name,
+    validate_custom_id,
+    validate_user_metadata,
+)
 
 META_SUFFIX = ".meta.json"
 META_VERSION = "chroma-v1"
@@ -233,7 +237,7 @@ class MetaFile:
     document_id: str
     path: str
     target_collection_name: str | None
-    metadata: metadata_rules.Metadata
+    metadata: Metadata
 
 
 def is_meta_key(object_key: str) -> bool:
@@ -258,7 +262,7 @@ def parse_meta_file(meta_key: str, data: bytes, path_prefix: str) -> MetaFile:
     if not isinstance(document_id, str):
         raise ValueError(f"{where}: id is required and must be a string")
     try:
-        keys.validate_custom_id(document_id)
+        validate_custom_id(document_id)
     except ValueError as error:
         raise ValueError(f"{where}: id: {error}") from None
     path = content.get("path")
@@ -273,10 +277,10 @@ def parse_meta_file(meta_key: str, data: bytes, path_prefix: str) -> MetaFile:
     if target is not None and not isinstance(target, str):
         raise ValueError(f"{where}: target_collection_name must be a string")
     if target is not None:
-        keys.validate_collection_name(target, f"{where}: target_collection_name")
+        validate_collection_name(target, f"{where}: target_collection_name")
     metadata = content.get("metadata", {})
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
         raise ValueError(f"{where}: metadata must be an object")
-    return MetaFile(meta_key, document_id, path, target, metadata_rules.validate_user_metadata(metadata, where))
+    return MetaFile(meta_key, document_id, path, target, validate_user_metadata(metadata, where))

@@ -19,8 +19,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from s3sync_dagster.pipeline.s3.archive import archived_reason
-from s3sync_dagster.pipeline.s3.globs import glob_matches as glob_matches
-from s3sync_dagster.pipeline.s3.globs import key_selected as key_selected
+from s3sync_dagster.pipeline.s3.globs import key_selected
 
 S3Client = Any  # a boto3 S3 client; boto3 ships no type stubs
 DEFAULT_MAX_OBJECT_BYTES = 200 * 1024 * 1024  # refused before download when larger (Chroma Sync's limit)

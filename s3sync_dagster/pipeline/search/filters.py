@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # The chunk metadata field listing an object's readers, written at ingestion from the source's readers_tag.
-from s3sync_dagster.pipeline.chroma.labels import READERS_KEY as READERS_KEY
+from s3sync_dagster.pipeline.chroma import READERS_KEY
 
 
 @dataclass(frozen=True)

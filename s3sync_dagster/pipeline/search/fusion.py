@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY, embedding_input
-from s3sync_dagster.pipeline.lexicon.terms import words
+from s3sync_dagster.pipeline.chunking import CONTEXT_KEY, embedding_input
+from s3sync_dagster.pipeline.lexicon import words
 from s3sync_dagster.pipeline.search.dense import distances, nearest
 from s3sync_dagster.pipeline.search.hits import Hit
 from s3sync_dagster.pipeline.search.lexical import (

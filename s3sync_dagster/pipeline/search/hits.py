@@ -10,7 +10,7 @@ from typing import Any, Final, Literal
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline import records
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def with_context(
         if not isinstance(document_id, str) or not isinstance(position, int) or not isinstance(count, int):
             continue  # not a chunk s3sync wrote: no neighbours known
         for at in range(max(0, position - reach), min(count, position + reach + 1)):
-            wanted[keys.chunk_id(document_id, at)] = (document_id, at)
+            wanted[records.chunk_id(document_id, at)] = (document_id, at)
     found = collection.get(ids=list(wanted), include=["documents", "metadatas"]) if wanted else None
     passages: dict[tuple[str, int], tuple[Passage, Mapping[str, Any]]] = {}
     if found is not None:
@@ -124,7 +124,7 @@ def _section(
 ) -> list[Passage]:
     """The hit's passage and its neighbours in a row that stand in the same place (`same_place`); the hit alone
     when it has no context line (a chunk written before them: `s3sync reembed` adds them)."""
-    from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY
+    from s3sync_dagster.pipeline.chunking import CONTEXT_KEY
 
     def line(at: int) -> str | None:
         found = passages.get((document_id, at))
@@ -157,7 +157,7 @@ def with_passages(
 ) -> list[Hit]:
     """Each hit with its passage (pipeline/search/passages.py), chosen from its section (`with_context`'s `section`, read
     in one request), and with the `context` asked (`with_context`; the section itself, not read twice)."""
-    from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY
+    from s3sync_dagster.pipeline.chunking import CONTEXT_KEY
     from s3sync_dagster.pipeline.search import passages
 
     sections = with_context(collection, hits, SECTION, keep)

@@ -13,13 +13,14 @@ from typing import Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.chunking.context import embedding_input
-from s3sync_dagster.pipeline.lexicon import embedded as lexicon
-from s3sync_dagster.pipeline.lexicon.embedded import LexicalIndex
-from s3sync_dagster.pipeline.lexicon.terms import (  # how text becomes terms, read by both sides of search
-    STEM_MARK,
+from s3sync_dagster.pipeline.chunking import embedding_input
+from s3sync_dagster.pipeline.lexicon import (
+    READ_PAGE,
+    STEM_MARK,  # how text becomes terms, read by both sides of search
+    LexicalIndex,
     fold,
     indexed_forms,
+    of,
     query_terms,
     scoring_terms,
     stem,
@@ -162,7 +163,7 @@ def bm25_idf(total: int, count: int) -> float:
 
 def indexed(collection: Collection) -> LexicalIndex | None:
     """The collection's lexical index (pipeline/lexicon/embedded.py) when it can answer for it now, else None."""
-    found = lexicon.of(collection)
+    found = of(collection)
     return found if found is not None and found.state(collection) is None else None
 
 
@@ -237,9 +238,9 @@ def admitted_best(
         while len(kept) < n and read < len(ranked):
             page = ranked[read : read + step]
             unknown = [chunk_id for chunk_id in page if chunk_id not in admitted]
-            for start in range(0, len(unknown), lexicon.READ_PAGE):
-                got = collection.get(ids=unknown[start : start + lexicon.READ_PAGE], include=["metadatas"])
-                admitted.update(dict.fromkeys(unknown[start : start + lexicon.READ_PAGE], False))  # gone: not
+            for start in range(0, len(unknown), READ_PAGE):
+                got = collection.get(ids=unknown[start : start + READ_PAGE], include=["metadatas"])
+                admitted.update(dict.fromkeys(unknown[start : start + READ_PAGE], False))  # gone: not
                 admitted.update(
                     (chunk_id, matches(where, metadata or {}))
                     for chunk_id, metadata in zip(got["ids"], got["metadatas"] or [], strict=True)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from s3sync_dagster.pipeline.lexicon import terms
+from s3sync_dagster.pipeline.lexicon import STOPWORDS, fold, stem, words
 
 PASSAGE_CHARS = 600  # the passage's text at most (a unit longer than this is cut at a word)
 HEADING_JOIN = " > "  # the context line's separator (pipeline/chunking/context.py)
@@ -71,12 +71,12 @@ def units(section: Sequence[str], prose: bool = True) -> list[Unit]:
 
 def stems(text: str) -> set[str]:
     """The distinct stems of a text's words (folded, split at . and -: `terms.words`)."""
-    return {terms.stem(word) for word in terms.words(text)}
+    return {stem(word) for word in words(text)}
 
 
 def question_stems(question: str) -> set[str]:
     """The stems worth matching of a question: its words less stop words and one-letter words."""
-    kept = {terms.stem(word) for word in terms.words(question) if len(word) > 1 and word not in terms.STOPWORDS}
+    kept = {stem(word) for word in words(question) if len(word) > 1 and word not in STOPWORDS}
     return kept or stems(question)
 
 
@@ -167,7 +167,7 @@ def marked(passage: str, question: str, bold: Callable[[str], str]) -> str:
 
     def mark(match: re.Match[str]) -> str:
         word = match.group(0)
-        return bold(word) if terms.stem(terms.fold(word)) in wanted else word
+        return bold(word) if stem(fold(word)) in wanted else word
 
     return re.sub(r"\w+", mark, passage)
 

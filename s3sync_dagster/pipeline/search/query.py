@@ -30,31 +30,19 @@ from typing import Any, Literal
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.search.dense import dense_ranking as dense_ranking
-from s3sync_dagster.pipeline.search.dense import distances as distances
-from s3sync_dagster.pipeline.search.fusion import FUSION as FUSION
-from s3sync_dagster.pipeline.search.fusion import RANKINGS_FUSION as RANKINGS_FUSION
-from s3sync_dagster.pipeline.search.fusion import Candidate as Candidate
-from s3sync_dagster.pipeline.search.fusion import Candidates as Candidates
-from s3sync_dagster.pipeline.search.fusion import Fusion as Fusion
-from s3sync_dagster.pipeline.search.fusion import fuse as fuse
-from s3sync_dagster.pipeline.search.fusion import fuse_scored as fuse_scored
-from s3sync_dagster.pipeline.search.fusion import lexical_weight as lexical_weight
-from s3sync_dagster.pipeline.search.fusion import scored_candidates as scored_candidates
-from s3sync_dagster.pipeline.search.fusion import section_of as section_of
-from s3sync_dagster.pipeline.search.hits import Hit as Hit
-from s3sync_dagster.pipeline.search.hits import Passage as Passage
-from s3sync_dagster.pipeline.search.hits import per_object as per_object
-from s3sync_dagster.pipeline.search.hits import with_context as with_context
-from s3sync_dagster.pipeline.search.hits import with_passages as with_passages
-from s3sync_dagster.pipeline.search.lexical import indexed as indexed
-from s3sync_dagster.pipeline.search.lexical import lexical_ranking as lexical_ranking
-from s3sync_dagster.pipeline.search.lexical import lexical_side as lexical_side
-from s3sync_dagster.pipeline.search.lexical import lexicon_side as lexicon_side
-from s3sync_dagster.pipeline.search.rows import SPARSE_KEY as SPARSE_KEY
-from s3sync_dagster.pipeline.search.sparse import has_sparse_index as has_sparse_index
-from s3sync_dagster.pipeline.search.sparse import hybrid_schema as hybrid_schema
-from s3sync_dagster.pipeline.search.sparse import sparse_rankings as sparse_rankings
+from s3sync_dagster.pipeline.search.dense import dense_ranking
+from s3sync_dagster.pipeline.search.fusion import (
+    FUSION,
+    RANKINGS_FUSION,
+    Fusion,
+    fuse,
+    fuse_scored,
+    scored_candidates,
+    section_of,
+)
+from s3sync_dagster.pipeline.search.hits import Hit
+from s3sync_dagster.pipeline.search.lexical import lexical_ranking
+from s3sync_dagster.pipeline.search.sparse import has_sparse_index, sparse_rankings
 
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")

@@ -4,3 +4,20 @@ after their document), fetch, the read stage run ahead (staging), extract and ch
 
 May import: chroma, chunking, extraction, records, s3, spec.
 """
+
+from __future__ import annotations
+
+from s3sync_dagster.pipeline.sync.fetch import MAX_META_FILE_BYTES
+from s3sync_dagster.pipeline.sync.reports import KeyReport
+from s3sync_dagster.pipeline.sync.stages import sync_keys, sync_keys_following_swaps
+from s3sync_dagster.pipeline.sync.write import BATCH_CHUNKS, BATCH_OBJECTS, batch_is_full
+
+__all__ = [
+    "BATCH_CHUNKS",
+    "BATCH_OBJECTS",
+    "MAX_META_FILE_BYTES",
+    "KeyReport",
+    "batch_is_full",
+    "sync_keys",
+    "sync_keys_following_swaps",
+]

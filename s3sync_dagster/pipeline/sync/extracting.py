@@ -8,29 +8,35 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from s3sync_dagster.pipeline.extraction import documents, extract
+from s3sync_dagster.pipeline import extraction
+from s3sync_dagster.pipeline.extraction import (
+    Converted,
+    DocumentPool,
+    Extracted,
+    convert_document,
+    is_converted,
+    result_of,
+)
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync.fetch import Fetched
 from s3sync_dagster.pipeline.sync.reports import lap
 from s3sync_dagster.pipeline.sync.write import NewObjects, Prepared, prepare
 
 
-def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> extract.Extracted:
+def extract_in_process(object_key: str, data: bytes, spec: SourceSpec) -> Extracted:
     """An object's text, extracted (a document converted) in this process."""
-    if documents.is_converted(object_key):
-        return documents.convert_document(object_key, data, spec.document_options).to_extracted()
-    return extract.extract_text(object_key, data)
+    if is_converted(object_key):
+        return convert_document(object_key, data, spec.document_options).to_extracted()
+    return extraction.extract_text(object_key, data)
 
 
-def extract_with(pool: documents.DocumentPool | None, spec: SourceSpec) -> Callable[[str, bytes], extract.Extracted]:
+def extract_with(pool: DocumentPool | None, spec: SourceSpec) -> Callable[[str, bytes], Extracted]:
     """Object key, bytes -> text as a sync of the run extracts it: a document in the run's pool (its timeout, its
     isolation) where there is one, anything else in this process. One at a time: for the settle check's resyncs."""
 
-    def extract_text(object_key: str, data: bytes) -> extract.Extracted:
-        if pool is not None and documents.is_converted(object_key):
-            return documents.result_of(
-                object_key, pool.submit(object_key, data, spec.document_options), spec.document_options
-            )
+    def extract_text(object_key: str, data: bytes) -> Extracted:
+        if pool is not None and is_converted(object_key):
+            return result_of(object_key, pool.submit(object_key, data, spec.document_options), spec.document_options)
         return extract_in_process(object_key, data, spec)
 
     return extract_text
@@ -54,16 +60,14 @@ class Conversions:
     stays busy while this thread writes; each result, once taken (in order), is chunked and handed to the write
     stage. Submitting past the window takes the oldest first; a conversion that fails fails its key alone."""
 
-    def __init__(
-        self, pool: documents.DocumentPool | None, spec: SourceSpec, new_objects: NewObjects, failed: Failed
-    ) -> None:
+    def __init__(self, pool: DocumentPool | None, spec: SourceSpec, new_objects: NewObjects, failed: Failed) -> None:
         self._pool, self._spec, self._new_objects, self._failed = pool, spec, new_objects, failed
         self._window = 2 * pool.workers if pool is not None else 0
-        self._in_flight: deque[tuple[Fetched, Future[documents.Converted]]] = deque()
+        self._in_flight: deque[tuple[Fetched, Future[Converted]]] = deque()
 
     def takes(self, document_key: str) -> bool:
         """Whether the object is converted in the pool (a document, and the run has a pool)."""
-        return self._pool is not None and documents.is_converted(document_key)
+        return self._pool is not None and is_converted(document_key)
 
     def submit(self, fetched: Fetched) -> None:
         assert self._pool is not None, "documents are submitted only to a run with a pool (takes)"
@@ -88,7 +92,7 @@ class Conversions:
         self._new_objects.wait_for(future)  # the new objects prepared meanwhile are written, not held behind it
         try:
             mark = time.perf_counter()
-            extracted = documents.result_of(
+            extracted = result_of(
                 fetched.report.document_key or fetched.report.object_key, future, self._spec.document_options
             )
             lap(fetched.report, "extract", mark)

@@ -10,24 +10,41 @@ from typing import Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.chroma import claims, labels
-from s3sync_dagster.pipeline.chroma.claims import own_chunks as own_chunks
-from s3sync_dagster.pipeline.chroma.stored import (
+from s3sync_dagster.pipeline import chroma
+from s3sync_dagster.pipeline.chroma import (
+    CollectionFor,
     StoredChunk,
+    changed,
+    check_id_free,
+    check_user_keys,
     chunks_of,
+    claim_document_id,
+    close,
+    closed,
     delete_ids,
     delete_of,
     is_current,
+    own_chunks,
+    refused_as_archived,
+    searchable,
     stored_chunks,
+    update_labels,
 )
-from s3sync_dagster.pipeline.chroma.targets import CollectionFor, searchable
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.records.metadata import Metadata, validate_user_metadata
-from s3sync_dagster.pipeline.records.owners import Owner
-from s3sync_dagster.pipeline.s3 import events, objects
-from s3sync_dagster.pipeline.s3.archive import archived_message
-from s3sync_dagster.pipeline.s3.meta_links import InMemoryMetaLinks, MetaLinks
-from s3sync_dagster.pipeline.s3.objects import S3Client
+from s3sync_dagster.pipeline.records import Metadata, Owner, object_id, validate_custom_id, validate_user_metadata
+from s3sync_dagster.pipeline.s3 import (
+    InMemoryMetaLinks,
+    MetaLinks,
+    ObjectError,
+    ObjectInfo,
+    ObjectMissing,
+    S3Client,
+    archived_message,
+    check_size,
+    head_object,
+    is_meta_key,
+    parse_meta_file,
+    read_object,
+)
 from s3sync_dagster.pipeline.spec import SourceSpec, check_key_in_source, sync_signature
 from s3sync_dagster.pipeline.sync.reports import KeyReport, lap
 
@@ -37,7 +54,7 @@ class Fetched:
     """An object whose bytes were read because its chunks are not current: extraction comes next."""
 
     report: KeyReport
-    info: objects.ObjectInfo
+    info: ObjectInfo
     data: bytes
     collection: Collection
     document_id: str
@@ -73,14 +90,14 @@ def fetch(
     empty_etag: the ETag at which the object was just found empty (no chunks): at that ETag with no
     chunks stored it is current too (a settle check, which must not read it again).
     """
-    if events.is_meta_key(object_key):
+    if is_meta_key(object_key):
         return _fetch_by_meta_file(s3, spec, collection_for, object_key, links or InMemoryMetaLinks(), empty_etag)
     started = time.perf_counter()
     check_key_in_source(spec, object_key)
     if custom_id is not None:
-        keys.validate_custom_id(custom_id)
+        validate_custom_id(custom_id)
     metadata = validate_user_metadata(user_metadata or {}, f"object '{object_key}'")
-    labels.check_user_keys(spec, metadata, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'")
+    check_user_keys(spec, metadata, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'")
     collection_name = target_collection_name or spec.collection_name
     spec.check_target(collection_name, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'")
     collection = collection_for(collection_name)
@@ -88,8 +105,8 @@ def fetch(
 
     mark = time.perf_counter()
     try:
-        info = objects.head_object(s3, spec.bucket_name, object_key)
-    except objects.ObjectMissing:
+        info = head_object(s3, spec.bucket_name, object_key)
+    except ObjectMissing:
         return _gone(report, spec, collection_for, meta_key, started)
     mark = lap(report, "s3_head", mark)
     report.size_bytes, report.etag = info.size, info.etag
@@ -97,41 +114,41 @@ def fetch(
         stored = stored_chunks(collection, object_key, spec.owner, with_text=False)
     stored = own_chunks(dict(stored), meta_key)
     mark = lap(report, "chroma_read", mark)
-    if info.archived is not None and not (stored and labels.wanted(spec)):
+    if info.archived is not None and not (stored and chroma.wanted(spec)):
         # S3 refuses its GET until restored: its HEAD alone (nothing of it indexed, or no labels to keep current).
         return _archived(report, info, stored, started)
     if info.archived is None:
-        objects.check_size(info, spec.max_object_bytes)
+        check_size(info, spec.max_object_bytes)
     try:
-        object_labels = labels.object_labels(s3, spec, info, metadata)  # {} (no request) without label fields
-    except objects.ObjectMissing:
+        object_labels = chroma.object_labels(s3, spec, info, metadata)  # {} (no request) without label fields
+    except ObjectMissing:
         return _gone(report, spec, collection_for, meta_key, started)
-    except (ValueError, objects.ObjectError) as error:
+    except (ValueError, ObjectError) as error:
         # Who may read it is unknown now: its chunks, wherever they are, are closed to every reader before it fails.
         if spec.readers_tag:
             _close_elsewhere(spec, collection_for, collection, object_key)
-        failure = labels.closed(collection, stored, spec, error)
-        if info.archived is not None and labels.refused_as_archived(error):
+        failure = closed(collection, stored, spec, error)
+        if info.archived is not None and refused_as_archived(error):
             report.warnings.append(str(failure))
             return _archived(report, info, stored, started)
         raise failure from None
     mark = lap(report, "s3_head", mark)
-    relabel = labels.changed(spec, stored, object_labels) if stored else {}
+    relabel = changed(spec, stored, object_labels) if stored else {}
     if relabel:  # the object's chunks in other collections (an invocation's, a metadata file's) follow its labels
         _relabel_elsewhere(spec, collection_for, collection, object_key, object_labels)
     if info.archived is not None:  # indexed before it was archived: who may read it stays as S3 says now
         if relabel:
-            report.chunks_metadata_only = labels.update_labels(collection, list(stored), relabel)
+            report.chunks_metadata_only = update_labels(collection, list(stored), relabel)
         return _archived(report, info, stored, started)
 
-    document_id = custom_id or keys.object_id(object_key)
+    document_id = custom_id or object_id(object_key)
     signature = sync_signature(spec, custom_id, metadata, meta_key, target_collection_name)
     if is_current(stored, document_id, info.etag, signature):
         # The tags or user metadata alone changed: the chunks' metadata, no GET, no embedding. Written here, on the
         # thread that reads the key (a staging thread too): the key's own chunks only, as its skip check reads them.
         if relabel:
             report.status = "indexed"
-            report.chunk_count = report.chunks_metadata_only = labels.update_labels(collection, list(stored), relabel)
+            report.chunk_count = report.chunks_metadata_only = update_labels(collection, list(stored), relabel)
             report.message = f"labels updated: {report.chunk_count} chunk(s), nothing re-embedded"
             report.duration_s = time.perf_counter() - started
             return report
@@ -148,13 +165,13 @@ def fetch(
         return report
     shared = collection_name != spec.collection_name
     if shared:  # a collection other sources may write too: the id must be free (checked again at the write)
-        claims.check_id_free(
+        check_id_free(
             collection, spec.owner, document_id, f"metadata file '{meta_key}'" if meta_key else f"object '{object_key}'"
         )
 
     try:
-        data = objects.read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
-    except objects.ObjectMissing:  # deleted between HEAD and GET
+        data = read_object(s3, spec.bucket_name, info, spec.max_object_bytes)
+    except ObjectMissing:  # deleted between HEAD and GET
         return _gone(report, spec, collection_for, meta_key, started)
     lap(report, "s3_read", mark)
     return Fetched(
@@ -178,14 +195,14 @@ def _fetch_by_meta_file(
     started = time.perf_counter()
     check_key_in_source(spec, meta_key)
     try:
-        info = objects.head_object(s3, spec.bucket_name, meta_key)
+        info = head_object(s3, spec.bucket_name, meta_key)
         if info.size > MAX_META_FILE_BYTES:
             raise ValueError(
                 f"metadata file '{meta_key}' is {info.size:,} bytes, over the limit of {MAX_META_FILE_BYTES:,} "
                 "bytes for a .meta.json file"
             )
-        data = objects.read_object(s3, spec.bucket_name, info, MAX_META_FILE_BYTES)
-    except objects.ObjectMissing:
+        data = read_object(s3, spec.bucket_name, info, MAX_META_FILE_BYTES)
+    except ObjectMissing:
         # The metadata file is gone: so are the chunks it asked for, wherever it had sent them.
         report = KeyReport(object_key=meta_key, status="removed", collection_name=spec.collection_name)
         report.chunks_deleted = sum(
@@ -194,12 +211,12 @@ def _fetch_by_meta_file(
         report.message = f"metadata file '{meta_key}' no longer exists; removed {report.chunks_deleted} chunk(s)"
         report.duration_s = time.perf_counter() - started
         return report
-    meta = events.parse_meta_file(meta_key, data, spec.path_prefix)
+    meta = parse_meta_file(meta_key, data, spec.path_prefix)
     # A metadata file that now names another path or collection: what it asked for before goes.
     target = meta.target_collection_name or spec.collection_name
     # Every check comes before anything is deleted: a refused metadata file changes nothing.
     spec.check_target(target, f"metadata file '{meta_key}'")
-    taken_over = claims.claim_document_id(
+    taken_over = claim_document_id(
         s3, collection_for(target), spec.owner,
         own_collection=spec.collection_name, bucket_name=spec.bucket_name, metadata_mode=spec.metadata_mode,
         meta_key=meta.meta_key, document_id=meta.document_id,
@@ -235,9 +252,7 @@ def _gone(
     return _removed(report, spec, collection_for, started)
 
 
-def _archived(
-    report: KeyReport, info: objects.ObjectInfo, stored: Mapping[str, StoredChunk], started: float
-) -> KeyReport:
+def _archived(report: KeyReport, info: ObjectInfo, stored: Mapping[str, StoredChunk], started: float) -> KeyReport:
     """Archived (S3 refuses its GET until restored): not a failure, and nothing of it removed."""
     report.status, report.chunk_count = "archived", len(stored)
     report.message = archived_message(info.object_key, str(info.archived), len(stored))
@@ -265,14 +280,14 @@ def _relabel_elsewhere(
     spec: SourceSpec, collection_for: CollectionFor, home: Collection, object_key: str, wanted: Metadata
 ) -> None:
     for collection, there in _elsewhere(spec, collection_for, home, object_key):
-        update = labels.changed(spec, there, wanted)
+        update = changed(spec, there, wanted)
         if update:
-            labels.update_labels(collection, list(there), update)
+            update_labels(collection, list(there), update)
 
 
 def _close_elsewhere(spec: SourceSpec, collection_for: CollectionFor, home: Collection, object_key: str) -> None:
     for collection, there in _elsewhere(spec, collection_for, home, object_key):
-        labels.close(collection, there)
+        close(collection, there)
 
 
 def _waiting(

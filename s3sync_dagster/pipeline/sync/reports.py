@@ -6,9 +6,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from s3sync_dagster.pipeline.chroma import vectors
-from s3sync_dagster.pipeline.extraction import extract
-from s3sync_dagster.pipeline.s3 import objects
+from s3sync_dagster.pipeline.chroma import EmbeddingError
+from s3sync_dagster.pipeline.extraction import ExtractionError
+from s3sync_dagster.pipeline.s3 import ObjectError
 
 # waiting: a .meta.json names an object not in the bucket (yet); ignored: a document in metadata mode,
 # indexed only through the .meta.json files naming it (reported in the run's log, not on a partition); archived:
@@ -56,8 +56,8 @@ def failure_message(object_key: str, error: Exception) -> str:
     """Our own errors already name the object and rule; anything else gets the object named for it, and
     an error with no text is named by its type: never an empty message."""
     text = str(error).strip()
-    if isinstance(error, (objects.ObjectError, extract.ExtractionError, ValueError)) and object_key in text:
+    if isinstance(error, (ObjectError, ExtractionError, ValueError)) and object_key in text:
         return text
-    if isinstance(error, (vectors.EmbeddingError, ValueError)) and text:
+    if isinstance(error, (EmbeddingError, ValueError)) and text:
         return f"object '{object_key}': {text}"
     return f"object '{object_key}': {type(error).__name__}" + (f": {text}" if text else " (the error gave no reason)")

@@ -6,12 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.chroma.targets import CollectionFor
-from s3sync_dagster.pipeline.extraction import extract
-from s3sync_dagster.pipeline.s3 import events
-from s3sync_dagster.pipeline.s3.meta_links import MetaLinks
-from s3sync_dagster.pipeline.s3.objects import S3Client
+from s3sync_dagster.pipeline.chroma import CollectionFor, Embedder
+from s3sync_dagster.pipeline.extraction import Extracted
+from s3sync_dagster.pipeline.s3 import MetaLinks, S3Client, is_meta_key
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
 from s3sync_dagster.pipeline.sync.fetch import Fetched, fetch
 from s3sync_dagster.pipeline.sync.reports import KeyReport, Status, failure_message, lap
@@ -31,12 +28,10 @@ _WRITES: frozenset[Status] = frozenset({"indexed", "empty", "removed", "waiting"
 # The skip check of an object key, as the sync that produced a report ran it (same invocation).
 Check = Callable[[KeyReport], "KeyReport | Fetched"]
 # Object key, bytes -> text: in this process, or in the run's document pool (its timeout, its isolation).
-Extract = Callable[[str, bytes], extract.Extracted]
+Extract = Callable[[str, bytes], Extracted]
 
 
-def settle(
-    report: KeyReport, check: Check, extract_text: Extract, spec: SourceSpec, embed: index.Embedder
-) -> KeyReport:
+def settle(report: KeyReport, check: Check, extract_text: Extract, spec: SourceSpec, embed: Embedder) -> KeyReport:
     """Check a sync's outcome against the bucket's current version; sync again until they agree."""
     if report.status not in _WRITES:
         return report  # nothing written: nothing another writer could have raced
@@ -95,7 +90,7 @@ class RunChecks:
         s3: S3Client,
         spec: SourceSpec,
         collection_for: CollectionFor,
-        embed: index.Embedder,
+        embed: Embedder,
         extract_text: Extract,
         invocations: Mapping[str, Invocation] | None,
         links: MetaLinks,
@@ -114,7 +109,7 @@ class RunChecks:
             and prepared.fetched.custom_id is None
             and not prepared.fetched.shared
             and prepared.fetched.report.object_key not in self._invocations
-            and not events.is_meta_key(prepared.fetched.report.object_key)
+            and not is_meta_key(prepared.fetched.report.object_key)
         ]
         if len(plain) > 1:  # plain: the source's own
             self._reads.read(self._collection_for, self._spec.collection_name, plain, self._spec.owner)

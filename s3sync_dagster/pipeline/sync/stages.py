@@ -40,12 +40,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.chroma.targets import CollectionFor, Collections, searchable
-from s3sync_dagster.pipeline.extraction import documents, extract
-from s3sync_dagster.pipeline.s3 import events
-from s3sync_dagster.pipeline.s3.meta_links import InMemoryMetaLinks, MetaLinks
-from s3sync_dagster.pipeline.s3.objects import S3Client
+from s3sync_dagster.pipeline.chroma import CollectionFor, Collections, Embedder, delete_ids, searchable, stored_chunks
+from s3sync_dagster.pipeline.extraction import DocumentPool, Extracted
+from s3sync_dagster.pipeline.s3 import InMemoryMetaLinks, MetaLinks, S3Client, is_meta_key
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
 from s3sync_dagster.pipeline.sync import settle
 from s3sync_dagster.pipeline.sync.extracting import (
@@ -72,7 +69,7 @@ def sync_object(
     s3: S3Client,
     spec: SourceSpec,
     collection_for: CollectionFor,
-    embed: index.Embedder,
+    embed: Embedder,
     object_key: str,
     *,
     custom_id: str | None = None,
@@ -88,7 +85,7 @@ def sync_object(
             empty_etag=report.etag if report is not None and report.status == "empty" else None,
         )  # fmt: skip
 
-    def extract_text(key: str, data: bytes) -> extract.Extracted:
+    def extract_text(key: str, data: bytes) -> Extracted:
         return extract_in_process(key, data, spec)
 
     fetched = check()
@@ -110,14 +107,14 @@ def document_in_metadata_mode(
     meta_keys = list(linked)
     for collection in searchable(collection_for, spec.collection_name):
         own = []
-        for chunk_id, chunk in index.stored_chunks(collection, object_key, spec.owner, with_text=False).items():
+        for chunk_id, chunk in stored_chunks(collection, object_key, spec.owner, with_text=False).items():
             meta_key = chunk.metadata.get("metadata_key")
             if not meta_key:
                 own.append(chunk_id)
             elif meta_key not in meta_keys:
                 meta_keys.append(str(meta_key))
         if own:
-            index.delete_ids(collection, own)
+            delete_ids(collection, own)
             report.chunks_deleted += len(own)
     report.message = (
         f"'{object_key}' is indexed through its metadata file(s) {', '.join(meta_keys)}"
@@ -194,7 +191,7 @@ class RunStages:
         try:
             invocation = self.invocations.get(object_key, Invocation())
             invocation.validate(self.spec, object_key)
-            if not events.is_meta_key(object_key):
+            if not is_meta_key(object_key):
                 meta_keys = self.worklist.naming.get(object_key, [])
                 if self.spec.auto_sync == "metadata" and invocation == Invocation():
                     report, meta_keys = document_in_metadata_mode(self.spec, self.collection_for, object_key, meta_keys)
@@ -236,10 +233,10 @@ def sync_keys(
     s3: S3Client,
     spec: SourceSpec,
     collection_for: CollectionFor,
-    embed: index.Embedder,
+    embed: Embedder,
     object_keys: Iterable[str],
     on_report: Callable[[KeyReport], None] | None = None,
-    pool: documents.DocumentPool | None = None,
+    pool: DocumentPool | None = None,
     invocations: Mapping[str, Invocation] | None = None,
     links: MetaLinks | None = None,
     ahead: int = STAGE_AHEAD,
@@ -301,7 +298,7 @@ def sync_keys_following_swaps(
     s3: S3Client,
     spec: SourceSpec,
     collections: Collections,
-    embed: index.Embedder,
+    embed: Embedder,
     object_keys: Iterable[str],
     on_report: Callable[[KeyReport], None] | None = None,
     **options: Any,

@@ -11,12 +11,10 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.chroma.targets import CollectionFor
-from s3sync_dagster.pipeline.extraction import documents
-from s3sync_dagster.pipeline.records.owners import Owner
-from s3sync_dagster.pipeline.s3 import events
-from s3sync_dagster.pipeline.s3.objects import S3Client
+from s3sync_dagster.pipeline.chroma import CollectionFor, StoredChunk, chunks_of_keys
+from s3sync_dagster.pipeline.extraction import is_converted
+from s3sync_dagster.pipeline.records import Owner
+from s3sync_dagster.pipeline.s3 import S3Client, is_meta_key
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
 from s3sync_dagster.pipeline.sync.extracting import chunked_in_process
 from s3sync_dagster.pipeline.sync.fetch import Fetched, fetch
@@ -59,20 +57,20 @@ class ReadAhead:
     with each, its share of the read's time."""
 
     def __init__(self) -> None:
-        self._found: dict[str, tuple[dict[str, index.StoredChunk], float]] = {}
+        self._found: dict[str, tuple[dict[str, StoredChunk], float]] = {}
         self._lock = threading.Lock()
 
     def read(self, collection_for: CollectionFor, collection_name: str, object_keys: list[str], owner: Owner) -> None:
         started = time.perf_counter()
         try:
-            found = index.chunks_of_keys(collection_for(collection_name), object_keys, owner)
+            found = chunks_of_keys(collection_for(collection_name), object_keys, owner)
         except Exception:  # each key's check reads for itself then, and fails on its own
             return
         share = (time.perf_counter() - started) / len(object_keys)
         with self._lock:
             self._found.update({key: (chunks, share) for key, chunks in found.items()})
 
-    def take(self, object_key: str) -> tuple[dict[str, index.StoredChunk] | None, float]:
+    def take(self, object_key: str) -> tuple[dict[str, StoredChunk] | None, float]:
         """The key's chunks as read (None where it was not read, or its read failed), and its share of the time."""
         with self._lock:
             return self._found.pop(object_key, (None, 0.0))
@@ -111,7 +109,7 @@ def stage(
         if isinstance(fetched, Fetched):
             staged.held = fetched.info.size
             held.add(staged.held)
-        if isinstance(fetched, KeyReport) or (pooled and documents.is_converted(object_key)):
+        if isinstance(fetched, KeyReport) or (pooled and is_converted(object_key)):
             staged.result = fetched  # final, or a document for the run's converter pool (submitted in order)
             return staged
         staged.result = chunked_in_process(fetched, spec)
@@ -130,7 +128,7 @@ def stages_ahead(object_keys: Worklist, spec: SourceSpec, ahead: int, named: boo
         and len(object_keys) > 1
         and spec.auto_sync != "metadata"
         and not named
-        and not any(events.is_meta_key(key) for key in object_keys)
+        and not any(is_meta_key(key) for key in object_keys)
     )
 
 

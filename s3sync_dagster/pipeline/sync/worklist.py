@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-from s3sync_dagster.pipeline.s3 import events
-from s3sync_dagster.pipeline.s3.meta_links import MetaLinks
+from s3sync_dagster.pipeline.s3 import MetaLinks, is_meta_key
 
 
 class Worklist:
@@ -17,7 +16,7 @@ class Worklist:
         self._keys = deque(dict.fromkeys(object_keys))
         self._queued = set(self._keys)
         # The metadata files naming each document of the run (not .meta.json keys themselves), as the links say.
-        self.naming = links.naming(key for key in self._keys if not events.is_meta_key(key))
+        self.naming = links.naming(key for key in self._keys if not is_meta_key(key))
         self._named_document = {meta_key: document for document, metas in self.naming.items() for meta_key in metas}
 
     def __bool__(self) -> bool:

@@ -10,15 +10,23 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
-from s3sync_dagster.pipeline.chroma import limits as cloud_limits
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.chroma.targets import check_id_free
-from s3sync_dagster.pipeline.chunking import chunk, context
-from s3sync_dagster.pipeline.extraction import extract
-from s3sync_dagster.pipeline.records import keys
-from s3sync_dagster.pipeline.s3 import events
+from s3sync_dagster.pipeline.chroma import (
+    ChunkRecord,
+    ClaimLost,
+    Embedder,
+    WriteStats,
+    check_id_free,
+    check_records,
+    own_chunks,
+    replace_chunks,
+    stored_chunks,
+)
+from s3sync_dagster.pipeline.chunking import CONTEXT_KEY, Chunk, ChunkResult, chunk_text, context_lines, embedding_input
+from s3sync_dagster.pipeline.extraction import Extracted
+from s3sync_dagster.pipeline.records import Metadata, chunk_id
+from s3sync_dagster.pipeline.s3 import is_meta_key
 from s3sync_dagster.pipeline.spec import SourceSpec
-from s3sync_dagster.pipeline.sync.fetch import Fetched, own_chunks
+from s3sync_dagster.pipeline.sync.fetch import Fetched
 from s3sync_dagster.pipeline.sync.reports import KeyReport, lap
 
 PREVIEW_CHARS = 160
@@ -29,11 +37,11 @@ class Prepared:
     """An object chunked into the records it should have in Chroma: writing them comes next."""
 
     fetched: Fetched
-    records: list[index.ChunkRecord]
+    records: list[ChunkRecord]
     empty_message: str
 
 
-def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) -> Prepared:
+def prepare(fetched: Fetched, extracted: Extracted, spec: SourceSpec) -> Prepared:
     """Chunk the extracted text into the records (ids, text, metadata) the object should have."""
     report, info = fetched.report, fetched.info
     object_key = report.document_key or report.object_key
@@ -43,7 +51,7 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
     pieces = [(piece, page) for piece, page in pieces if piece.text.strip()]
     # Over the whole object, not page by page: a heading on one page is in effect on the next.
     texts = [piece.text for piece, _ in pieces]
-    contexts = context.context_lines(object_key, chunked.language, texts, spec.tokens, chunked=True)
+    contexts = context_lines(object_key, chunked.language, texts, spec.tokens, chunked=True)
     lap(report, "chunk", mark)
     report.chunker, report.language, report.extractor = chunked.chunker, chunked.language, extracted.extractor
     report.chunk_count = len(pieces)
@@ -57,7 +65,7 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
     container_tag = match.group("container_tag") if match and match.group("container_tag") else None
     records = []
     for position, ((piece, page), context_line) in enumerate(zip(pieces, contexts, strict=True)):
-        chunk_metadata: index.Metadata = dict(fetched.metadata)
+        chunk_metadata: Metadata = dict(fetched.metadata)
         chunk_metadata.update(
             {
                 "object_key": object_key,
@@ -74,7 +82,7 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
                 "extractor": extracted.extractor,
                 "document_id": fetched.document_id,
                 "sync_signature": fetched.signature,
-                context.CONTEXT_KEY: context_line,
+                CONTEXT_KEY: context_line,
             }
         )
         if chunked.language is not None:
@@ -91,10 +99,10 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
             chunk_metadata["page"] = page
             if extracted.page_label != "page":
                 chunk_metadata[extracted.page_label] = page
-        records.append(index.ChunkRecord(keys.chunk_id(fetched.document_id, position), piece.text, chunk_metadata))
+        records.append(ChunkRecord(chunk_id(fetched.document_id, position), piece.text, chunk_metadata))
     if spec.cloud_limits:  # before anything of the object is written: a quota broken fails its key alone
         what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
-        cloud_limits.check_records(records, what)
+        check_records(records, what)
     empty_message = (
         "; ".join(extracted.warnings) or f"object '{object_key}' has no text ({info.size} bytes): nothing indexed"
     )
@@ -102,12 +110,12 @@ def prepare(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec) ->
 
 
 def _chunk_by_page(
-    extracted: extract.Extracted, object_key: str, spec: SourceSpec
-) -> tuple[list[tuple[chunk.Chunk, int | None]], chunk.ChunkResult]:
+    extracted: Extracted, object_key: str, spec: SourceSpec
+) -> tuple[list[tuple[Chunk, int | None]], ChunkResult]:
     """Chunks with their page (slide, sheet): each page is chunked on its own, so no chunk spans two."""
 
-    def chunk_part(text: str) -> chunk.ChunkResult:
-        return chunk.chunk_text(
+    def chunk_part(text: str) -> ChunkResult:
+        return chunk_text(
             text,
             object_key,
             mode=spec.chunking_mode,
@@ -123,8 +131,8 @@ def _chunk_by_page(
     lines = extracted.text.split("\n")
     lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])  # as conversion.join_pages counts
     bounds = [start for start, _ in extracted.page_starts[1:]] + [len(lines) + 1]
-    pieces: list[tuple[chunk.Chunk, int | None]] = []
-    result = chunk.ChunkResult([], "", None)
+    pieces: list[tuple[Chunk, int | None]] = []
+    result = ChunkResult([], "", None)
     previous_end = 1
     for (start, page), end in zip(extracted.page_starts, bounds, strict=True):
         # Text before the first page mark (none, as conversion.join_pages joins them) stays with that page.
@@ -132,14 +140,13 @@ def _chunk_by_page(
         result = chunk_part("".join(lines[first - 1 : end - 1]))
         offset = first - 1
         pieces.extend(
-            (chunk.Chunk(piece.text, piece.start_line + offset, piece.end_line + offset), page)
-            for piece in result.chunks
+            (Chunk(piece.text, piece.start_line + offset, piece.end_line + offset), page) for piece in result.chunks
         )
         previous_end = end
     return pieces, result
 
 
-def completed(prepared: Prepared, stats: index.WriteStats, write_seconds: float) -> KeyReport:
+def completed(prepared: Prepared, stats: WriteStats, write_seconds: float) -> KeyReport:
     """The report of a prepared object once its records are in Chroma (write_seconds includes the model)."""
     report = prepared.fetched.report
     report.timings["chroma_write"] = report.timings.get("chroma_write", 0.0) + write_seconds - stats.embed_seconds
@@ -157,7 +164,7 @@ def completed(prepared: Prepared, stats: index.WriteStats, write_seconds: float)
     return report
 
 
-def write(prepared: Prepared, embed: index.Embedder) -> KeyReport:
+def write(prepared: Prepared, embed: Embedder) -> KeyReport:
     """Make the collection hold exactly the prepared records for this object, touching only what differs."""
     fetched = prepared.fetched
     mark = time.perf_counter()
@@ -168,25 +175,25 @@ def write(prepared: Prepared, embed: index.Embedder) -> KeyReport:
         what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
         check_id_free(fetched.collection, fetched.owner, fetched.document_id, what)
     full_stored = (
-        own_chunks(index.stored_chunks(fetched.collection, object_key, fetched.owner, with_text=True), fetched.meta_key)
+        own_chunks(stored_chunks(fetched.collection, object_key, fetched.owner, with_text=True), fetched.meta_key)
         if fetched.had_chunks
         else {}
     )
     try:
-        stats = index.replace_chunks(
+        stats = replace_chunks(
             fetched.collection,
             prepared.records,
             full_stored,
             embed,
             claim_for=fetched.owner if fetched.shared else None,
         )
-    except index.ClaimLost as lost:
+    except ClaimLost as lost:
         what = f"metadata file '{fetched.meta_key}'" if fetched.meta_key else f"object '{object_key}'"
         raise ValueError(f"{what} ({fetched.owner.describe()}): {lost}") from None
     return completed(prepared, stats, time.perf_counter() - mark)
 
 
-def finish(fetched: Fetched, extracted: extract.Extracted, spec: SourceSpec, embed: index.Embedder) -> KeyReport:
+def finish(fetched: Fetched, extracted: Extracted, spec: SourceSpec, embed: Embedder) -> KeyReport:
     """Chunk the extracted text and make the collection hold exactly those chunks for the object."""
     return write(prepare(fetched, extracted, spec), embed)
 
@@ -212,7 +219,7 @@ class NewObjects:
 
     def __init__(
         self,
-        embed: index.Embedder,
+        embed: Embedder,
         done: Callable[[KeyReport], None],
         failed: Callable[[Fetched, Exception], None],
         written: Callable[[list[Prepared]], None] | None = None,
@@ -234,7 +241,7 @@ class NewObjects:
 
     def holds(self, object_key: str) -> bool:
         """Whether syncing object_key now could read or replace chunks still waiting here."""
-        if events.is_meta_key(object_key):
+        if is_meta_key(object_key):
             return bool(self._waiting)
         return any(object_key in (p.fetched.report.object_key, p.fetched.report.document_key) for p in self._waiting)
 
@@ -277,7 +284,7 @@ class NewObjects:
         records = [record for prepared in group for record in prepared.records]
         started = time.perf_counter()
         try:
-            stats = index.replace_chunks(group[0].fetched.collection, records, {}, self._embed)
+            stats = replace_chunks(group[0].fetched.collection, records, {}, self._embed)
         except Exception:  # one object's records spoil the batch: write each alone, so only it fails
             for prepared in group:
                 try:
@@ -293,10 +300,10 @@ class NewObjects:
             # The batch's time is shared out by chunk count; each input the model embedded counts where it first
             # appears (one whose vector was stored already, in this object or another, counts nowhere).
             share = len(prepared.records) / len(records)
-            inputs = {context.embedding_input(record.text, record.metadata) for record in prepared.records}
+            inputs = {embedding_input(record.text, record.metadata) for record in prepared.records}
             fresh = (inputs & stats.embedded_texts) - seen
             seen |= fresh
-            own = index.WriteStats(
+            own = WriteStats(
                 written=len(prepared.records), embedded=len(fresh), embed_seconds=stats.embed_seconds * share
             )
             self._done(completed(prepared, own, elapsed * share))

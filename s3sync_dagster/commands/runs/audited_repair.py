@@ -15,18 +15,18 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.commands.errors import UsageError
-from s3sync_dagster.commands.runs.runner import key_outcomes, run_failure, s3_client
+from s3sync_dagster.commands.runs.reports import key_outcomes, run_failure
+from s3sync_dagster.commands.runs.runner import s3_client
 from s3sync_dagster.config import AppConfig, SourceConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import repair_job_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, chroma_outside_runs, embedding_resource
 from s3sync_dagster.defs.run_config import repair_run_config
-from s3sync_dagster.defs.runs.checks import drift_of
-from s3sync_dagster.defs.runs.repair import unlinked_waiting
-from s3sync_dagster.defs.sensors.monitor import in_process_tags
-from s3sync_dagster.pipeline.audit import drift as audit
-from s3sync_dagster.pipeline.chroma import replace as index
-from s3sync_dagster.pipeline.reembed import swap as reembed
+from s3sync_dagster.defs.runs import drift_of, unlinked_waiting
+from s3sync_dagster.defs.sensors import in_process_tags
+from s3sync_dagster.pipeline.audit import Drift
+from s3sync_dagster.pipeline.chroma import moved
+from s3sync_dagster.pipeline.reembed import drop_leftovers
 
 
 @dataclass
@@ -48,7 +48,7 @@ class RepairResult:
         return [report for report in self.reports if report.get("status") == "failed"]
 
 
-def _described(drift: audit.Drift) -> dict[str, Any]:
+def _described(drift: Drift) -> dict[str, Any]:
     described = asdict(drift)
     described["counts"] = drift.counts()
     described["clean"] = drift.clean
@@ -57,7 +57,7 @@ def _described(drift: audit.Drift) -> dict[str, Any]:
 
 def _audit(
     source: SourceConfig, instance: dg.DagsterInstance, s3: Any, chroma: ChromaResource, embedding: EmbeddingResource
-) -> audit.Drift:
+) -> Drift:
     """The drift, read between the writes of other commands' runs (each holds the store's write lock for all
     of its writes): a sync or a sensor's run at work is never caught halfway through a document. The lock is held
     while the store is read, not while S3 answers for each object."""
@@ -80,11 +80,11 @@ def repair(
     s3 = s3_client(source)  # checks credentials and bucket before anything runs
     chroma = chroma_outside_runs(config.chroma)
     embedding = embedding_resource(config.embedding)
-    why = index.moved(chroma.client(), source.collection_name, source.spec(embedding.spec()).owner)
+    why = moved(chroma.client(), source.collection_name, source.spec(embedding.spec()).owner)
     if why is not None:  # an audit would count its chunks where they are as a target's: no drift, and none repaired
         raise UsageError(why)
     with chroma.write_lock():  # between the writes of other commands' runs, as an audit
-        left = reembed.drop_leftovers(chroma.client(), source.spec(embedding.spec()))
+        left = drop_leftovers(chroma.client(), source.spec(embedding.spec()))
     before = _audit(source, instance, s3, chroma, embedding)
     result = RepairResult(source=source_name, before=_described(before), after=_described(before))
     result.leftovers = [asdict(leftover) for leftover in left]
