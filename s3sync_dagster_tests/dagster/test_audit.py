@@ -12,6 +12,7 @@ import pytest
 from s3sync_dagster.commands import cli
 from s3sync_dagster.commands.runs.audited_repair import repair
 from s3sync_dagster.commands.runs.runner import sync
+from s3sync_dagster.commands.subcommand import EXIT_OK
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import DRIFT_CHECK_NAME, documents_asset_key, repair_job_name
@@ -125,7 +126,7 @@ def test_repair_fixes_exactly_the_drift_and_the_check_says_so(
     # The CLI opens the instance of $DAGSTER_HOME: the one this test reads.
     code = cli.main(["repair", "docs", "--config", str(path), "--json"])
     payload = json.loads(capsys.readouterr().out)
-    assert code == cli.EXIT_OK, payload
+    assert code == EXIT_OK, payload
     assert payload["before"]["counts"] == {
         "missing": 1,
         "stale": 1,

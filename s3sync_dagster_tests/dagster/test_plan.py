@@ -12,6 +12,7 @@ import pytest
 
 from s3sync_dagster.commands import cli
 from s3sync_dagster.commands.runs.runner import sync
+from s3sync_dagster.commands.subcommand import EXIT_OK
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.definitions import build_definitions
 from s3sync_dagster.defs.names import partitions_name, plan_job_name, plan_op_name
@@ -59,7 +60,7 @@ def test_plan_counts_each_kind_and_writes_nothing(
     before = _state(config, home_instance)
     code = cli.main(["plan", "docs", "--config", str(path), "--json"])
     payload = json.loads(capsys.readouterr().out)
-    assert code == cli.EXIT_OK, payload
+    assert code == EXIT_OK, payload
     assert {kind: payload[kind] for kind in EXPECTED} == EXPECTED
     assert payload["keys"]["new"] == ["a/new.txt"]
     assert payload["keys"]["changed"] == ["a/change.txt"]
@@ -81,7 +82,7 @@ def test_plan_counts_each_kind_and_writes_nothing(
 
     code = cli.main(["plan", "docs", "--config", str(path), "--no-embedding-sample"])
     text = capsys.readouterr().out
-    assert code == cli.EXIT_OK
+    assert code == EXIT_OK
     assert "| new | 1 |" in text and "| refused | 2 |" in text and "| archived | 1 |" in text
     assert _state(config, home_instance) == before
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from s3sync_dagster.commands import cli
+from s3sync_dagster.commands.subcommand import EXIT_OK
 from s3sync_dagster.pipeline import store
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ConfigFactory, Row, put
 
@@ -32,7 +33,7 @@ PARAGRAPHS = "".join(
 
 def plan(path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     capsys.readouterr()
-    assert cli.main(["plan", "docs", "--config", str(path), "--json", "--no-embedding-sample"]) == cli.EXIT_OK
+    assert cli.main(["plan", "docs", "--config", str(path), "--json", "--no-embedding-sample"]) == EXIT_OK
     return dict(json.loads(capsys.readouterr().out))
 
 
@@ -138,7 +139,7 @@ def test_the_plan_writes_nothing_anywhere(
     _, path = make_config(bucket, path_prefix="a/", object_tags=["cls"], chunking={"type": "lines", "max_lines": 1})
     files = {f"a/{n}.txt": "".join(f"line {i} of file {n}\n" for i in range(300)) for n in range(4)}
     put(s3, bucket, files)
-    assert cli.main(["sync", "docs", "--all", "--config", str(path), "--json"]) == cli.EXIT_OK
+    assert cli.main(["sync", "docs", "--all", "--config", str(path), "--json"]) == EXIT_OK
     put(s3, bucket, {"a/new.txt": "a new one\n"})
     chroma = Path(yaml.safe_load(path.read_text())["chroma"]["path"])
     chroma = chroma if chroma.is_absolute() else path.parent / chroma

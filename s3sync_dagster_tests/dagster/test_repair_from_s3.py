@@ -20,7 +20,7 @@ from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.pipeline import store
 from s3sync_dagster.pipeline.audit import drift as audit
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import vectors
 from s3sync_dagster.pipeline.chunking.context import embedding_input
 from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
 from s3sync_dagster.pipeline.records import keys
@@ -105,10 +105,10 @@ def test_repair_writes_chunks_edited_in_place_again_from_s3(
     found = collection.get(include=["documents", "embeddings", "metadatas"])
     texts = {(collection.name, chunk_id): text for chunk_id, text in zip(found["ids"], found["documents"], strict=True)}
     assert texts == truth  # S3's texts, not the edits
-    function = index.function_record(collection)
+    function = vectors.function_record(collection)
     for text, vector, metadata in zip(found["documents"], found["embeddings"], found["metadatas"], strict=True):
         embedded = embedding_input(text, metadata)
-        assert metadata["text_hash"] == index.text_hash(embedded, function), text
+        assert metadata["text_hash"] == vectors.text_hash(embedded, function), text
         assert cosine(vector, model([embedded])[0]) > 0.99, text  # the vector is its text's, not the tool's
     assert repaired["before"]["misembedded_keys"] == ["docs/a.txt", "docs/b.txt"]
 

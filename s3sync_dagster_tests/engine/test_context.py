@@ -17,7 +17,7 @@ import pytest
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.pipeline import store
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import lifecycle, vectors
 from s3sync_dagster.pipeline.chunking.chunk import chunk_text
 from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY, context_lines, embedding_input
 from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
@@ -172,7 +172,7 @@ def spec(bucket: str) -> SourceSpec:
 @pytest.fixture
 def collection(chroma_client: Any, embedding_function: Any, spec: SourceSpec) -> Any:
     # Opened as the engine opens collections: with the store's lexical index.
-    return index.open_collection(
+    return lifecycle.open_collection(
         chroma_client, spec.collection_name, embedding_function, metadata={"created_by": "s3sync-dagster"}
     )
 
@@ -202,12 +202,12 @@ def test_what_is_embedded_is_context_and_text_and_the_stored_document_is_the_tex
     assert the_chunk(rows, "one worker per core")[1] == f"{KEY} > Deployments Concepts > Server Memory > Workers"
     assert the_chunk(rows, "```python")[1] == f"{KEY} > Deployments Concepts > Server Memory"  # mid-section
     assert the_chunk(rows, "Written for")[1].startswith(f"{KEY} > Deployments Concepts")
-    function = index.function_record(collection)
+    function = vectors.function_record(collection)
     model = ChromaDefaultFunction()
     for text, line, metadata, vector in rows + contexts_of(collection, "src/shapes.py"):
         embedded = f"{line}\n\n{text}"
         assert embedded in embedder.texts and text not in embedder.texts
-        assert metadata["text_hash"] == index.text_hash(embedded, function)
+        assert metadata["text_hash"] == vectors.text_hash(embedded, function)
         assert same_vector(vector, model([embedded])[0])
     # Hits read as before: the chunk's own text.
     (hit,) = search.search(collection, "how many models do four copies hold", mode="dense", n=1)
@@ -277,11 +277,11 @@ def without_contexts(collection: Any) -> None:
     """Make the collection as an earlier release wrote it: no context line, each vector and hash of the text."""
     found = collection.get(include=["documents"])
     model = ChromaDefaultFunction()
-    function = index.function_record(collection)
+    function = vectors.function_record(collection)
     collection.update(
         ids=found["ids"],
         embeddings=list(model(found["documents"])),
-        metadatas=[{CONTEXT_KEY: None, "text_hash": index.text_hash(text, function)} for text in found["documents"]],
+        metadatas=[{CONTEXT_KEY: None, "text_hash": vectors.text_hash(text, function)} for text in found["documents"]],
     )
     built = lexicon.of(collection)
     if built is not None:
@@ -310,8 +310,8 @@ def assert_contexts_as_written(collection: Any, written: dict[str, Any], functio
     inputs = [embedding_input(t, m) for t, m in zip(found["documents"], found["metadatas"], strict=True)]
     computed = function(inputs)
     assert all(same_vector(stored, vector) for stored, vector in zip(found["embeddings"], computed, strict=True))
-    record = index.function_record(collection)
-    assert [m["text_hash"] for m in found["metadatas"]] == [index.text_hash(i, record) for i in inputs]
+    record = vectors.function_record(collection)
+    assert [m["text_hash"] for m in found["metadatas"]] == [vectors.text_hash(i, record) for i in inputs]
 
 
 @pytest.fixture

@@ -18,13 +18,15 @@ import pytest
 from benchmarks.servers import postgres_server
 from s3sync_dagster.commands import cli
 from s3sync_dagster.commands.runs.runner import sync
+from s3sync_dagster.commands.subcommand import EXIT_OK
 from s3sync_dagster.config import load_config
 from s3sync_dagster.pipeline.audit import drift as audit
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import lifecycle
 from s3sync_dagster.pipeline.chunking.context import embedding_input
 from s3sync_dagster.pipeline.lexicon import embedded as lexicon
 from s3sync_dagster.pipeline.lexicon import terms
 from s3sync_dagster.pipeline.lexicon.postgres import PostgresLexicon
+from s3sync_dagster.pipeline.search import dense, lexical
 from s3sync_dagster.pipeline.search import lexical as search_lexical
 from s3sync_dagster.pipeline.search import query as search
 from s3sync_dagster.pipeline.spec import SourceSpec
@@ -71,7 +73,7 @@ def collection(request: pytest.FixtureRequest, spec: SourceSpec, embedding_funct
         port, dsn = request.getfixturevalue("chroma_server"), request.getfixturevalue("lexicon_database")
         store = Store(host="127.0.0.1", port=port, lexicon_dsn=dsn)
         client = store.client()
-    return index.open_collection(
+    return lifecycle.open_collection(
         client, spec.collection_name, embedding_function, metadata={"created_by": "s3sync-dagster"}
     )
 
@@ -92,7 +94,7 @@ def test_the_index_follows_every_sync_and_answers_as_chromas_filter_does(
     index_of = lexicon.of(collection)
     assert index_of is not None and index_of.state(collection) is None  # a new collection: empty and complete
     synced(s3, spec, collection, embedder, FILES)
-    assert search.indexed(collection) is index_of and index_of.verify(collection) == []
+    assert lexical.indexed(collection) is index_of and index_of.verify(collection) == []
     assert_answers_as_chroma(index_of, collection, QUERIES)
     assert keys_found(collection, "QX-7741-B") == ["notes/a.md"]
     assert keys_found(collection, "strasse") == ["notes/b.md"]  # folded as the query is
@@ -120,8 +122,8 @@ def assert_answers_as_chroma(index_of: Any, collection: Any, queries: list[str])
         for document, metadata in zip(got["documents"], got["metadatas"], strict=True)
     ]
     for query in queries:
-        from_index = search.lexicon_side(index_of, collection, query, 50)
-        from_chroma = search.lexical_side(collection, query, 50)
+        from_index = lexical.lexicon_side(index_of, collection, query, 50)
+        from_chroma = lexical.lexical_side(collection, query, 50)
         assert from_index.key_terms == tuple(terms.indexed_forms(from_chroma.terms)), query
         assert from_index.idf == pytest.approx(
             {
@@ -141,7 +143,7 @@ def test_a_word_is_found_in_any_english_form_an_identifier_whole_and_by_its_word
         "forms/headers.py": "def parse_headers(lines):\n    return lines\n",
         "forms/other.txt": "Nothing about waiting here, only the weather report for Tuesday.\n",
     })  # fmt: skip
-    assert search.indexed(collection) is not None  # the index answers, not Chroma's filter
+    assert lexical.indexed(collection) is not None  # the index answers, not Chroma's filter
     assert keys_found(collection, "millisecond timeout") == ["forms/timeout.md"]  # singular asked, plural stored
     assert keys_found(collection, "gave up timing out")[:1] == ["forms/timeout.md"]  # "gives", "timeouts"
     assert keys_found(collection, "os.path.join") == ["forms/paths.py"]  # whole
@@ -169,7 +171,7 @@ def test_while_a_write_is_not_mirrored_chromas_filter_answers_and_a_rebuild_mend
     index_of.pending(collection, [chunk_id])
     collection.update(ids=[chunk_id], documents=["The lighthouse keeper logs every storm."])
     assert index_of.state(collection) == "writes to it are not yet in its lexical index"
-    assert search.indexed(collection) is None
+    assert lexical.indexed(collection) is None
     assert keys_found(collection, "lighthouse") == ["notes/d.txt"]  # Chroma's filter: exact as the chunks are
     assert audit.lexicon_drift([collection]) == {collection.name: "writes to it are not yet in its lexical index"}
 
@@ -198,7 +200,7 @@ def test_a_distance_computed_from_a_stored_vector_is_chromas(chroma_client: Any,
     collection.add(ids=[f"v{i}" for i in range(20)], embeddings=vectors, documents=[f"d{i}" for i in range(20)])
     query = vectors[0] + 0.1
     found = collection.query(query_embeddings=[query], n_results=20, include=["distances", "embeddings"])
-    computed = search.distances(collection, query, found["embeddings"][0])
+    computed = dense.distances(collection, query, found["embeddings"][0])
     assert computed == pytest.approx(found["distances"][0], rel=1e-4, abs=1e-5)
 
 
@@ -213,7 +215,7 @@ def test_a_store_synced_before_the_index_is_searched_through_chroma_until_rebuil
     config, path = make_config(bucket)
     put(s3, bucket, FILES)
     assert not sync(config, "docs", instance, list(FILES)).failed
-    collection = index.get_collection(embedded_client(path.parent / "chroma"), "docs-collection", None)  # type: ignore[arg-type]
+    collection = lifecycle.get_collection(embedded_client(path.parent / "chroma"), "docs-collection", None)  # type: ignore[arg-type]
     index_of = lexicon.of(collection)
     assert index_of is not None and index_of.state(collection) is None
     index_of.drop(collection.id)  # as an earlier release left the store: chunks, no index
@@ -223,16 +225,16 @@ def test_a_store_synced_before_the_index_is_searched_through_chroma_until_rebuil
     # The audit says what is wrong, the repair builds it again, and the audit is clean.
     code = cli.main(["repair", "docs", "--config", str(path), "--json"])
     payload = json.loads(capsys.readouterr().out)
-    assert code == cli.EXIT_OK, payload
+    assert code == EXIT_OK, payload
     assert payload["before"]["lexicon"] == {"docs-collection": "no lexical index was built for it"}
     assert payload["after"]["clean"] and payload["after"]["lexicon"] == {}
 
     index_of.drop(collection.id)
-    assert search.indexed(collection) is None
+    assert lexical.indexed(collection) is None
     code = cli.main(["rebuild-lexicon", "docs", "--config", str(path), "--json"])
     built = json.loads(capsys.readouterr().out)
     assert code == 0 and built["collections"] == {"docs-collection": 4}
-    assert search.indexed(collection) is index_of and index_of.verify(collection) == []
+    assert lexical.indexed(collection) is index_of and index_of.verify(collection) == []
 
 
 def test_an_index_of_the_release_before_word_forms_is_not_read_until_rebuild_lexicon(
@@ -242,7 +244,7 @@ def test_an_index_of_the_release_before_word_forms_is_not_read_until_rebuild_lex
     config, path = make_config(bucket)
     put(s3, bucket, files)
     assert not sync(config, "docs", instance, list(files)).failed
-    collection = index.get_collection(embedded_client(path.parent / "chroma"), "docs-collection", None)  # type: ignore[arg-type]
+    collection = lifecycle.get_collection(embedded_client(path.parent / "chroma"), "docs-collection", None)  # type: ignore[arg-type]
     index_of = lexicon.of(collection)
     assert isinstance(index_of, lexicon.Lexicon)
     # The store as the release before stems left it: every term whole, version 1.
@@ -262,13 +264,13 @@ def test_an_index_of_the_release_before_word_forms_is_not_read_until_rebuild_lex
 
     # Not read: Chroma's filter answers, whole words only, and the audit names why.
     assert index_of.state(collection) == f"its lexical index is of version 1, not {lexicon.VERSION}"
-    assert search.indexed(collection) is None
+    assert lexical.indexed(collection) is None
     assert found("millisecond") == [] and found("milliseconds") == ["notes/t.md"]
     assert audit.lexicon_drift([collection]) == {"docs-collection": "its lexical index is of version 1, not 2"}
     # Built again from the collection alone: read, and a word is found in any form.
     assert cli.main(["rebuild-lexicon", "docs", "--config", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["collections"] == {"docs-collection": len(texts)}
-    assert search.indexed(collection) is index_of and audit.lexicon_drift([collection]) == {}
+    assert lexical.indexed(collection) is index_of and audit.lexicon_drift([collection]) == {}
     assert found("millisecond") == ["notes/t.md"] and found("timeout") == ["notes/t.md"]
 
 
@@ -300,7 +302,7 @@ def test_a_servers_index_in_postgres_answers_s3sync_query_counts_writers_and_is_
     collection = config.chroma.store().collection(spec.collection_name, config.embedding.spec())
     synced(s3, spec, collection, embedder, FILES)
     index_of = lexicon.of(collection)
-    assert isinstance(index_of, PostgresLexicon) and search.indexed(collection) is index_of
+    assert isinstance(index_of, PostgresLexicon) and lexical.indexed(collection) is index_of
     assert index_of.verify(collection) == []
     argv = ["query", "docs", "QX-7741-B", "--mode", "lexical", "--config", str(path), "--json"]
     assert cli.main(argv) == 0
@@ -319,16 +321,16 @@ def test_a_servers_index_in_postgres_answers_s3sync_query_counts_writers_and_is_
     assert keys_found(collection, "lighthouse") == ["notes/d.txt"]
 
     index_of.drop(collection.id)
-    assert search.indexed(collection) is None
+    assert lexical.indexed(collection) is None
     assert cli.main(["rebuild-lexicon", "docs", "--config", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["collections"] == {spec.collection_name: len(collection.get()["ids"])}
-    assert search.indexed(collection) is index_of and index_of.verify(collection) == []
+    assert lexical.indexed(collection) is index_of and index_of.verify(collection) == []
 
 
 def test_document_frequencies_kept_between_queries_follow_every_write(
     chroma_client: Any, embedding_function: Any, tmp_path: Path
 ) -> None:
-    collection = index.open_collection(chroma_client, "kept", embedding_function, metadata={"created_by": "t"})
+    collection = lifecycle.open_collection(chroma_client, "kept", embedding_function, metadata={"created_by": "t"})
     reader = lexicon.of(collection)
     assert isinstance(reader, lexicon.Lexicon)
     collection.add(ids=["a", "b"], documents=["the parcel left", "the van came"], metadatas=[{"k": 1}, {"k": 2}])

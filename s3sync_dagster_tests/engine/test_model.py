@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import lifecycle
 from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path
 from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction, LazySentenceTransformer
@@ -128,7 +128,7 @@ def test_one_collection_never_mixes_two_models(tmp_path: Path) -> None:
     )
     assert opened.configuration_json["embedding_function"]["name"] == "default"
     copy = reembed.underway(chroma.client(), opened)
-    assert copy is not None and copy.name == "one-model" + index.REBUILD_SUFFIX
+    assert copy is not None and copy.name == "one-model" + lifecycle.REBUILD_SUFFIX
     recorded = copy.configuration_json["embedding_function"]
     assert (recorded["name"], recorded["config"]["model_name"]) == ("sentence_transformer", "another-model")
     # A collection of a model recorded by a name this machine cannot resolve (a directory's name): its writes
@@ -197,16 +197,16 @@ def test_a_rebuild_a_crash_interrupted_is_finished_on_next_open(tmp_path: Path) 
     copy = client.create_collection(
         "crashed-s3sync-rebuild",
         embedding_function=ChromaDefaultFunction(),  # type: ignore[arg-type]
-        metadata={index.COPY_OF_KEY: "crashed"},  # as rebuild_collection marks its copy
+        metadata={lifecycle.COPY_OF_KEY: "crashed"},  # as rebuild_collection marks its copy
     )
     copy.add(ids=["a"], documents=["kept through the crash"], embeddings=[[0.0] * 383 + [1.0]])
-    opened = index.open_collection(client, "crashed", ChromaDefaultFunction(), metadata={})
+    opened = lifecycle.open_collection(client, "crashed", ChromaDefaultFunction(), metadata={})
     assert opened.get()["documents"] == ["kept through the crash"]
     assert sorted(collection.name for collection in client.list_collections()) == ["crashed"]
     # A collection of that name this project did not make (another tool's) is never taken: a new one is made.
     theirs = client.create_collection("fresh-s3sync-rebuild", embedding_function=ChromaDefaultFunction())  # type: ignore[arg-type]
     theirs.add(ids=["t"], documents=["another tool's"], embeddings=[[1.0] + [0.0] * 383])
-    assert index.open_collection(client, "fresh", ChromaDefaultFunction(), metadata={}).count() == 0
+    assert lifecycle.open_collection(client, "fresh", ChromaDefaultFunction(), metadata={}).count() == 0
     assert client.get_collection("fresh-s3sync-rebuild").get()["documents"] == ["another tool's"]
 
 

@@ -23,7 +23,7 @@ from s3sync_dagster.defs.names import partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.run_config import BackfillConfig, Selection
 from s3sync_dagster.defs.runs.backfill import selected_partitions
-from s3sync_dagster.pipeline.s3 import globs, objects
+from s3sync_dagster.pipeline.s3 import globs
 from s3sync_dagster_tests.conftest import Row
 
 # --- the reference: the documented glob syntax, matched by counting the ways a key matches -------------------
@@ -140,7 +140,7 @@ def test_a_glob_matches_the_keys_its_documented_syntax_matches(case: str, fault_
         matches = parses(pattern, object_key) > 0
         old_matched, visits = backtracking(pattern, object_key)
         assert old_matched == matches  # the two references agree
-        assert objects.glob_matches(pattern, object_key) == matches
+        assert globs.glob_matches(pattern, object_key) == matches
         automaton = globs._GlobAutomaton(globs._glob_tokens(pattern))
         assert (automaton.fullmatch(object_key) is not None) == matches
         automaton._MAX_REMEMBERED = 3  # its table full at once: on with plain sets of states
@@ -172,7 +172,7 @@ def traced_lines(pattern: str, object_key: str) -> tuple[bool, int]:
     previous = sys.gettrace()
     sys.settrace(tracer)
     try:
-        matched = objects.glob_matches(pattern, object_key)
+        matched = globs.glob_matches(pattern, object_key)
     finally:
         sys.settrace(previous)
     return matched, lines
@@ -194,7 +194,7 @@ def test_a_backtracking_glob_matches_long_keys_in_linear_steps(pattern: str, fau
     the key: the old code hangs here until pytest's timeout (600 s). The work is counted in executed lines, never
     timed; a regex path would not be counted, so the pattern must finish at all first."""
     for length in range(100, 1001, 47):  # 20 keys of 100-993 characters
-        assert objects.glob_matches(pattern, "a" * length) is False
+        assert globs.glob_matches(pattern, "a" * length) is False
     cases = {"a" * 2000: False, "a" * 1999 + "b": True, "a/" * 1000 + "b": pattern.startswith("**")}
     for object_key, expected in cases.items():
         matched, lines = traced_lines(pattern, object_key)

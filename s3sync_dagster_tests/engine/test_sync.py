@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from s3sync_dagster.pipeline.chroma import lifecycle, stored, vectors
 from s3sync_dagster.pipeline.chroma import replace as index
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.s3.objects import ObjectMissing, head_object, list_objects, read_object
@@ -128,18 +129,18 @@ def test_a_vector_is_reused_only_for_the_same_context_and_text(
     a, copy = rows("a.txt"), rows("copy/a.txt")
     assert set(a) == set(copy) and not (a[LICENCE][0] == copy[LICENCE][0]).all()
     # The hash is of what was embedded and of the function the collection records.
-    function = index.function_record(collection)
+    function = vectors.function_record(collection)
     assert '"name": "default"' in function
-    assert a[LICENCE][1]["text_hash"] == index.text_hash(f"a.txt\n\n{LICENCE}", function)
-    assert copy[LICENCE][1]["text_hash"] == index.text_hash(f"copy/a.txt\n\n{LICENCE}", function)
-    assert index.text_hash(LICENCE, function) != index.text_hash(
+    assert a[LICENCE][1]["text_hash"] == vectors.text_hash(f"a.txt\n\n{LICENCE}", function)
+    assert copy[LICENCE][1]["text_hash"] == vectors.text_hash(f"copy/a.txt\n\n{LICENCE}", function)
+    assert vectors.text_hash(LICENCE, function) != vectors.text_hash(
         LICENCE, function.replace("{}", '{"precision": "int8"}')
     )
     # Another object's chunk of the very same context line and text (written as such) takes the stored vector.
     embedder.texts.clear()
     donor = collection.get(where={"object_key": "a.txt"}, include=["metadatas"])
     line = next(m["chunk_context"] for m in donor["metadatas"] if m["chunk_index"] == 0)
-    twin = index.ChunkRecord("twin-0", LICENCE, {"source": "docs", "bucket_name": spec.bucket_name, "object_key": "t",
+    twin = stored.ChunkRecord("twin-0", LICENCE, {"source": "docs", "bucket_name": spec.bucket_name, "object_key": "t",
                                                   "chunk_index": 0, "chunk_context": line})  # fmt: skip
     stats = index.replace_chunks(collection, [twin], {}, embedder)
     assert stats.written == 1 and stats.embedded == 0 and embedder.texts == []
@@ -153,10 +154,10 @@ def test_a_vector_is_never_taken_from_another_writers_chunk(collection: Any, emb
     planted = {
         "source": "other",
         "object_key": "x.txt",
-        "text_hash": index.text_hash(text, index.function_record(collection)),
+        "text_hash": vectors.text_hash(text, vectors.function_record(collection)),
     }
     collection.add(ids=["other-0"], documents=[text], embeddings=[[0.0] * 383 + [1.0]], metadatas=[planted])
-    record = index.ChunkRecord("mine-0", text, {"source": "docs", "object_key": "y.txt", "chunk_index": 0})
+    record = stored.ChunkRecord("mine-0", text, {"source": "docs", "object_key": "y.txt", "chunk_index": 0})
     stats = index.replace_chunks(collection, [record], {}, embedder)
     assert stats.embedded == 1 and embedder.texts == [text]
     mine = collection.get(ids=["mine-0"], include=["embeddings"])["embeddings"][0]
@@ -509,7 +510,7 @@ def test_writes_respect_the_client_batch_limit(
     )
     put(s3, bucket, {"many.txt": "same line\n" * 6000})
     report = sync_object(s3, spec, lambda _: collection, embedder, "many.txt")
-    assert index.max_batch_size(collection) == index.FALLBACK_MAX_BATCH  # opened by chromadb directly
+    assert lifecycle.max_batch_size(collection) == lifecycle.FALLBACK_MAX_BATCH  # opened by chromadb directly
     assert report.chunk_count == report.chunks_written == 6000 and report.chunks_embedded == 1
     assert collection.count() == 6000
 
@@ -518,8 +519,8 @@ def test_a_collection_opened_here_knows_its_clients_batch_limit(
     s3: Any, bucket: str, chroma_client: Any, embedding_function: Any, embedder: CountingEmbedder
 ) -> None:
     # Chroma's Collection does not say how large a batch its client takes: open_collection records it.
-    collection = index.open_collection(chroma_client, "engine-batches", embedding_function, metadata={"by": "test"})
-    assert index.max_batch_size(collection) == chroma_client.get_max_batch_size() < 6000
+    collection = lifecycle.open_collection(chroma_client, "engine-batches", embedding_function, metadata={"by": "test"})
+    assert lifecycle.max_batch_size(collection) == chroma_client.get_max_batch_size() < 6000
     spec = SourceSpec(
         name="docs", bucket_name=bucket, collection_name="engine-batches", chunking_mode="lines", max_lines=1
     )

@@ -16,7 +16,7 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline import store
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import claims, lifecycle, vectors
 from s3sync_dagster.pipeline.chunking.context import embedding_input
 from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
 from s3sync_dagster.pipeline.records import keys
@@ -114,7 +114,7 @@ def test_a_stored_vector_is_reused_only_for_the_very_same_text_and_repair_writes
     embedded = embedding_input(SENTENCE, got["metadatas"][0])
     assert embedded == "docs/a.txt\n\n" + SENTENCE
     assert cosine(got["embeddings"][0], model([embedded])[0]) > 0.99
-    assert got["metadatas"][0]["text_hash"] == index.text_hash(embedded, index.function_record(collection))
+    assert got["metadatas"][0]["text_hash"] == vectors.text_hash(embedded, vectors.function_record(collection))
     expected = {
         (collection.name, keys.chunk_id(keys.object_id(key), n)): text
         for key, lines in {
@@ -186,7 +186,7 @@ def test_a_model_change_copies_and_swaps_only_what_the_source_owns(
     mine, shared, elsewhere = f"{base}-mine", f"{base}-shared", f"{base}-elsewhere"
     client = config.chroma.store().client()
     record = json.dumps({"source": "docs", "bucket_name": bucket, "path_prefix": "docs/", "project": "elsewhere"})
-    client.create_collection(elsewhere, embedding_function=ChromaDefaultFunction(), metadata={index.OWNER_KEY: record})  # type: ignore[arg-type]
+    client.create_collection(elsewhere, embedding_function=ChromaDefaultFunction(), metadata={claims.OWNER_KEY: record})  # type: ignore[arg-type]
     files = {
         "docs/a.txt": SENTENCE, "docs/m.txt": "Mine alone.\n", "docs/s.txt": "Shared by two.\n",
         "docs/e.txt": "Written elsewhere.\n", "other/s.txt": "The other source's shared line.\n",
@@ -257,7 +257,7 @@ def test_repair_drops_the_copies_earlier_releases_left_that_no_reembed_swaps_in(
     shared, elsewhere, gone = f"{base}-shared", f"{base}-elsewhere", f"{base}-gone"
     client = config.chroma.store().client()
     record = json.dumps({"source": "docs", "bucket_name": bucket, "path_prefix": "docs/", "project": "elsewhere"})
-    client.create_collection(elsewhere, embedding_function=ChromaDefaultFunction(), metadata={index.OWNER_KEY: record})  # type: ignore[arg-type]
+    client.create_collection(elsewhere, embedding_function=ChromaDefaultFunction(), metadata={claims.OWNER_KEY: record})  # type: ignore[arg-type]
     files = {
         "docs/a.txt": SENTENCE, "docs/s.txt": "Shared by two.\n", "docs/e.txt": "Written elsewhere.\n",
         "other/s.txt": "The other source's shared line.\n",
@@ -299,7 +299,7 @@ def test_repair_drops_the_copies_earlier_releases_left_that_no_reembed_swaps_in(
     theirs = copy_of(shared + "-s3sync-rebuild-s3sync-rebuild", shared, marked=False)  # another tool's, same shape
     orphan = copy_of(gone + "-s3sync-rebuild-s3sync-rebuild", base)  # its base gone: never dropped
     orphan.modify(metadata={reembed.FROM_KEY: earlier})
-    index_of = lexicon.of(index.opened(client, chained))
+    index_of = lexicon.of(lifecycle.opened(client, chained))
     if index_of is not None:  # an embedded store: the copy's lexical index goes with it
         index_of.rebuild(chained)
         assert index_of.state(chained) is None

@@ -20,7 +20,7 @@ import pytest
 from botocore.response import StreamingBody
 
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import lifecycle
 from s3sync_dagster.pipeline.extraction.documents import DocumentPool
 from s3sync_dagster.pipeline.lexicon import terms
 from s3sync_dagster.pipeline.spec import SourceSpec
@@ -140,7 +140,7 @@ def spec(bucket: str) -> SourceSpec:
 
 @pytest.fixture
 def collection(store: Any, spec: SourceSpec, embedding_function: Any) -> Any:
-    return index.open_collection(store, spec.collection_name, embedding_function, {"created_by": "test_writers"})
+    return lifecycle.open_collection(store, spec.collection_name, embedding_function, {"created_by": "test_writers"})
 
 
 def rows_of(collection: Any, object_keys: list[str]) -> Rows:
@@ -159,7 +159,7 @@ def fresh_sync(
 ) -> Rows:
     """What one sync of the bucket as it is now produces, into an empty collection: the expected chunks."""
     fresh_spec = dataclasses.replace(spec, collection_name=spec.collection_name + "-fresh")
-    fresh = index.open_collection(store, fresh_spec.collection_name, function, {"created_by": "test_writers"})
+    fresh = lifecycle.open_collection(store, fresh_spec.collection_name, function, {"created_by": "test_writers"})
     fresh_reports = sync_keys(s3, fresh_spec, lambda _: fresh, embed, object_keys)
     assert all(r.status != "failed" for r in fresh_reports), fresh_reports
     return rows_of(fresh, documents or object_keys)
@@ -398,7 +398,7 @@ def test_a_sensor_sync_and_a_backfill_of_the_same_key_at_once(
 
     store = chromadb.HttpClient(host=LOOPBACK, port=chroma_server)
     spec = SourceSpec(name="docs", bucket_name=bucket, collection_name=f"{bucket}-w", chunking_mode="lines")
-    collection = index.open_collection(store, spec.collection_name, embedding_function, {"created_by": "test"})
+    collection = lifecycle.open_collection(store, spec.collection_name, embedding_function, {"created_by": "test"})
     backfill_keys = [f"docs/{n:02}.txt" for n in range(6)] + [KEY]
     put(s3, bucket, {key: version(f"first {key}", 15) for key in backfill_keys})
     gate = Gate()
@@ -498,7 +498,7 @@ def test_a_document_synced_again_is_converted_in_the_runs_pool(
 ) -> None:
     """The resync of a converted document goes through the pool too: its timeout, its isolation."""
     table = "docs/table.csv"
-    collection = index.open_collection(chroma_client, spec.collection_name, embedding_function, {"created_by": "t"})
+    collection = lifecycle.open_collection(chroma_client, spec.collection_name, embedding_function, {"created_by": "t"})
     put(s3, spec.bucket_name, {table: "name,colour\n" + "".join(f"first {n},red\n" for n in range(30))})
     gate = Gate()
     pool = DocumentPool(1)

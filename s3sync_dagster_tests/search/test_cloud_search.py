@@ -19,9 +19,11 @@ from typing import Any, ClassVar
 import chromadb
 import pytest
 
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import lifecycle
 from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
+from s3sync_dagster.pipeline.search import fusion
 from s3sync_dagster.pipeline.search import query as search
+from s3sync_dagster.pipeline.search import sparse as sparse_index
 from s3sync_dagster.pipeline.search.rows import SPARSE_KEY
 
 # What the stand-in answers to a search request of two searches: the dense ranking, then the BM25 one.
@@ -116,12 +118,14 @@ def test_a_cloud_collection_is_created_with_chromas_bm25_index_and_its_texts_get
     cloud: tuple[Any, type[FakeCloud]],
 ) -> None:
     client, server = cloud
-    collection = index.open_collection(client, "docs", ChromaDefaultFunction(), {}, schema=search.hybrid_schema())
+    collection = lifecycle.open_collection(
+        client, "docs", ChromaDefaultFunction(), {}, schema=sparse_index.hybrid_schema()
+    )
     created = next(body for method, path, body in server.requests if method == "POST" and path.endswith("/collections"))
     sparse = created["schema"]["keys"][SPARSE_KEY]["sparse_vector"]["sparse_vector_index"]
     assert sparse["enabled"] and sparse["config"]["source_key"] == "#document" and sparse["config"]["bm25"]
     assert sparse["config"]["embedding_function"]["name"] == "chroma_bm25"
-    assert search.has_sparse_index(collection)
+    assert sparse_index.has_sparse_index(collection)
     collection.upsert(ids=["c-1"], documents=["the XK-42 flag parser"], embeddings=[[0.0] * 384])
     sent = next(body for method, path, body in server.requests if path.endswith("/upsert"))
     vector = sent["metadatas"][0][SPARSE_KEY]
@@ -132,13 +136,15 @@ def test_hybrid_search_on_cloud_asks_both_rankings_in_one_request_and_fuses_them
     cloud: tuple[Any, type[FakeCloud]],
 ) -> None:
     client, server = cloud
-    collection = index.open_collection(client, "docs", ChromaDefaultFunction(), {}, schema=search.hybrid_schema())
+    collection = lifecycle.open_collection(
+        client, "docs", ChromaDefaultFunction(), {}, schema=sparse_index.hybrid_schema()
+    )
     hits = search.search(collection, "XK-42 flag", n=3, where={"source": "docs"})
     [(_, _, body)] = [request for request in server.requests if request[1].endswith("/search")]
     dense, sparse = body["searches"]
     assert dense["rank"]["$knn"]["key"] == "#embedding" and len(dense["rank"]["$knn"]["query"]) == 384
     assert sparse["rank"]["$knn"]["key"] == SPARSE_KEY and sparse["rank"]["$knn"]["query"]["#type"] == "sparse_vector"
-    pool = search.FUSION.pool(3)
+    pool = fusion.FUSION.pool(3)
     assert dense["limit"]["limit"] == sparse["limit"]["limit"] == pool
     assert dense["filter"] == sparse["filter"] == {"source": {"$eq": "docs"}}
     # Relative-score fusion of the answer: each side scaled 0-1 (distances turned round), lexical weighted 0.6.
@@ -155,6 +161,6 @@ def test_hybrid_search_on_cloud_asks_both_rankings_in_one_request_and_fuses_them
 
 def test_a_collection_without_the_sparse_index_is_searched_the_portable_way(tmp_path: Any) -> None:
     collection = chromadb.PersistentClient(path=str(tmp_path)).create_collection("plain")
-    assert not search.has_sparse_index(collection)
+    assert not sparse_index.has_sparse_index(collection)
     collection.add(ids=["a", "b"], documents=["the XK-42 flag", "other words"], embeddings=[[1.0, 0.0], [0.0, 1.0]])
     assert [hit.chunk_id for hit in search.search(collection, "xk-42", mode="lexical")] == ["a"]

@@ -19,6 +19,7 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch, search_source
 from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.pipeline.search import hits
 from s3sync_dagster.pipeline.search import query as engine
 from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ResidentCommands, put
@@ -137,7 +138,7 @@ def test_per_object_reads_past_one_long_object_ranking_each_pool_once(
         assert sorted(hit.object_key for hit in one_each) == sorted(objects), mode
         assert len(pools) == len(set(pools)) > 1, (mode, pools)  # more than one pool read, none of them twice
         every = searcher.search("code QZ-5150", mode=mode, n=63)
-        assert [hit.chunk_id for hit in one_each] == [hit.chunk_id for hit in engine.per_object(every, 1)][:4], mode
+        assert [hit.chunk_id for hit in one_each] == [hit.chunk_id for hit in hits.per_object(every, 1)][:4], mode
     next(configured, None)
 
 

@@ -26,9 +26,10 @@ import pytest
 from benchmarks.servers import postgres_server
 from s3sync_dagster.commands import resident
 from s3sync_dagster.config import AppConfig
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import lifecycle
 from s3sync_dagster.pipeline.lexicon import embedded as lexicon
 from s3sync_dagster.pipeline.lexicon.postgres import READ_TIMEOUT_S, PostgresLexicon
+from s3sync_dagster.pipeline.search import lexical
 from s3sync_dagster.pipeline.search import query as search
 from s3sync_dagster.pipeline.store import Store
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, Row
@@ -265,13 +266,15 @@ def test_a_postgresql_lexical_index_that_does_not_answer_fails_the_lexical_side_
         dsn = f"postgresql://{server.user}@{server.host}:{server.port}/{server.db_name}"
         client = Store(host="127.0.0.1", port=chroma_server, lexicon_dsn=dsn).client()
         name = f"frozen-{os.getpid()}-{time.time_ns()}"[:60]
-        collection = index.open_collection(client, name, embedding_function, metadata={"created_by": "s3sync-dagster"})
+        collection = lifecycle.open_collection(
+            client, name, embedding_function, metadata={"created_by": "s3sync-dagster"}
+        )
         held = lexicon.of(collection)
         assert isinstance(held, PostgresLexicon)
         try:
             texts = {"a": "The parcel QX-7741-B left the warehouse.", "b": "Invoice RB-1020-A was paid."}
             collection.add(ids=list(texts), documents=list(texts.values()), metadatas=[{"k": i} for i in texts])
-            assert held.rebuild(collection) == 2 and search.indexed(collection) is held
+            assert held.rebuild(collection) == 2 and lexical.indexed(collection) is held
             assert [hit.chunk_id for hit in search.search(collection, "QX-7741-B", mode="lexical", n=1)] == ["a"]
             frozen = postgres_processes(server.port)
             for pid in frozen:
@@ -288,7 +291,7 @@ def test_a_postgresql_lexical_index_that_does_not_answer_fails_the_lexical_side_
             finally:
                 for pid in frozen:
                     os.kill(pid, signal.SIGCONT)
-            assert search.indexed(collection) is held  # answering again
+            assert lexical.indexed(collection) is held  # answering again
         finally:
             client.delete_collection(name)
             lexicon.forget_server("127.0.0.1", chroma_server)

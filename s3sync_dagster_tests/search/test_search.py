@@ -15,12 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3sync_dagster.pipeline.chroma import replace as index
+from s3sync_dagster.pipeline.chroma import lifecycle
 from s3sync_dagster.pipeline.lexicon import embedded as lexicon
 from s3sync_dagster.pipeline.lexicon import terms
 from s3sync_dagster.pipeline.lexicon.terms import query_terms, term_pattern
 from s3sync_dagster.pipeline.records import keys
+from s3sync_dagster.pipeline.search import dense
 from s3sync_dagster.pipeline.search import fusion as search_fusion
+from s3sync_dagster.pipeline.search import hits as search_hits
 from s3sync_dagster.pipeline.search import lexical as search_lexical
 from s3sync_dagster.pipeline.search import query as search
 from s3sync_dagster.pipeline.search.fusion import Fusion, fuse
@@ -57,7 +59,7 @@ def collection(request: pytest.FixtureRequest, client: Any, spec: SourceSpec, em
     if request.node.callspec.params["client"] == "unindexed":
         collection = client.get_or_create_collection(spec.collection_name, embedding_function=embedding_function)
     else:
-        collection = index.open_collection(
+        collection = lifecycle.open_collection(
             client, spec.collection_name, embedding_function, metadata={"created_by": "s3sync-dagster"}
         )
     assert (lexicon.of(collection) is not None) == (request.node.callspec.params["client"] == "embedded")
@@ -71,7 +73,7 @@ def synced(s3: Any, spec: SourceSpec, collection: Any, embedder: CountingEmbedde
     assert all(report.status in ("indexed", "unchanged") for report in reports), reports
 
 
-def first_key(hits: list[search.Hit]) -> str | None:
+def first_key(hits: list[search_hits.Hit]) -> str | None:
     return str(hits[0].metadata["object_key"]) if hits else None
 
 
@@ -252,8 +254,8 @@ def test_query_terms_are_folded_and_a_combining_mark_belongs_to_its_word() -> No
 SCORED = Fusion("scored", lexical_weight=0.7, coverage_power=2.0, pool_factor=2, min_pool=10)
 
 
-def candidate(chunk_id: str, distance: float, bm25: float) -> search.Candidate:
-    return search.Candidate(chunk_id, chunk_id, {}, distance, bm25, None, None)
+def candidate(chunk_id: str, distance: float, bm25: float) -> search_fusion.Candidate:
+    return search_fusion.Candidate(chunk_id, chunk_id, {}, distance, bm25, None, None)
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.3, 0.5, 0.8, 1.0])
@@ -262,20 +264,20 @@ def test_a_chunk_both_sides_score_best_comes_first_whatever_the_weights(weight: 
     rows = (candidate("best", 0.2, 9.0), candidate("near", 0.3, 1.0), candidate("wordy", 0.9, 8.9))
     for power in (None, 1.0, 3.0):
         fusion = Fusion("scored", lexical_weight=weight, coverage_power=power)
-        hits = search.fuse_scored(search.Candidates(rows, coverage), 3, fusion)
+        hits = search_fusion.fuse_scored(search_fusion.Candidates(rows, coverage), 3, fusion)
         assert hits[0].chunk_id == "best", (weight, coverage, power)
 
 
 def test_the_lexical_weight_follows_how_much_of_the_query_the_best_candidates_hold() -> None:
     adaptive = Fusion("scored", lexical_weight=0.8, coverage_power=2.0)
-    assert search.lexical_weight(adaptive, 1.0) == pytest.approx(0.8)
-    assert search.lexical_weight(adaptive, 0.5) == pytest.approx(0.2)
-    assert search.lexical_weight(adaptive, 0.0) == 0.0
-    assert search.lexical_weight(Fusion("scored", lexical_weight=0.4), 0.1) == 0.4  # static
+    assert search_fusion.lexical_weight(adaptive, 1.0) == pytest.approx(0.8)
+    assert search_fusion.lexical_weight(adaptive, 0.5) == pytest.approx(0.2)
+    assert search_fusion.lexical_weight(adaptive, 0.0) == 0.0
+    assert search_fusion.lexical_weight(Fusion("scored", lexical_weight=0.4), 0.1) == 0.4  # static
     # A question whose words no chunk holds together: dense decides; the same words held whole: BM25 does.
     rows = (candidate("meaning", 0.2, 0.5), candidate("words", 0.6, 6.0))
-    assert search.fuse_scored(search.Candidates(rows, 0.2), 1, adaptive)[0].chunk_id == "meaning"
-    assert search.fuse_scored(search.Candidates(rows, 1.0), 1, adaptive)[0].chunk_id == "words"
+    assert search_fusion.fuse_scored(search_fusion.Candidates(rows, 0.2), 1, adaptive)[0].chunk_id == "meaning"
+    assert search_fusion.fuse_scored(search_fusion.Candidates(rows, 1.0), 1, adaptive)[0].chunk_id == "words"
 
 
 def test_scored_fusion_scores_each_sides_candidates_on_the_other(
@@ -283,7 +285,7 @@ def test_scored_fusion_scores_each_sides_candidates_on_the_other(
 ) -> None:
     synced(s3, spec, collection, embedder, {**NOTES, "kb/codes.txt": "Codes: ZZ-9999-Q\n"})
     query = "the parcel reached the customer on time ZZ-9999-Q"
-    found = search.scored_candidates(collection, query, 1, None, embedding_function)
+    found = search_fusion.scored_candidates(collection, query, 1, None, embedding_function)
     (dense_first,) = (row for row in found.rows if row.dense_rank == 1)
     (lexical_first,) = (row for row in found.rows if row.lexical_rank == 1)
     # Each side's first is the other side's stranger: a note by meaning, the codes file by its rare word.
@@ -291,7 +293,7 @@ def test_scored_fusion_scores_each_sides_candidates_on_the_other(
     assert lexical_first.metadata["object_key"] == "kb/codes.txt" and lexical_first.dense_rank is None
     assert len(found.rows) == 2 and found.coverage < 1.0  # no chunk holds every word of the query
     # Scored on both: the distance a full dense query gives each, and BM25 for the note's shared words.
-    distances = {row[0]: row[3] for row in search.dense_ranking(collection, query, len(NOTES) + 1)}
+    distances = {row[0]: row[3] for row in dense.dense_ranking(collection, query, len(NOTES) + 1)}
     for row in found.rows:
         assert row.distance == pytest.approx(distances[row.chunk_id], abs=1e-4), row.chunk_id
     assert dense_first.bm25 > 0 and lexical_first.bm25 > 0
@@ -406,7 +408,7 @@ def test_a_hit_comes_back_with_its_section_and_nothing_of_the_next(
     synced(s3, spec, collection, embedder, {"manuals/kettle.md": MANUAL})
     (hit,) = search.search(collection, "DS-303", mode="lexical", n=1)
     assert "Descaling step 3" in hit.document
-    (with_section,) = search.with_context(collection, [hit], "section")
+    (with_section,) = search_hits.with_context(collection, [hit], "section")
     texts = [passage.document for passage in with_section.context]
     assert any("## Descaling" in text for text in texts)
     assert [n for n in range(1, 5) if any(f"Descaling step {n}:" in text for text in texts)] == [1, 2, 3, 4]
@@ -416,10 +418,10 @@ def test_a_hit_comes_back_with_its_section_and_nothing_of_the_next(
     )
     # A chunk written before context lines (none in its metadata) comes back alone.
     bare = dataclasses.replace(hit, metadata={k: v for k, v in hit.metadata.items() if k != "chunk_context"})
-    (alone,) = search.with_context(collection, [bare], "section")
+    (alone,) = search_hits.with_context(collection, [bare], "section")
     assert [passage.chunk_id for passage in alone.context] == [hit.chunk_id]
     with pytest.raises(ValueError, match="'section'"):
-        search.with_context(collection, [hit], "page")  # type: ignore[arg-type]
+        search_hits.with_context(collection, [hit], "page")  # type: ignore[arg-type]
 
 
 # --- every word of the query (issue 53, item 4) ---------------------------------------------------------------
@@ -448,7 +450,7 @@ COPIED = {
 def test_a_copied_line_is_found_by_its_short_and_common_words(
     query: str, chunk_id: str, chroma_client: Any, embedding_function: Any
 ) -> None:
-    collection = index.open_collection(chroma_client, "copied", embedding_function, metadata={"created_by": "t"})
+    collection = lifecycle.open_collection(chroma_client, "copied", embedding_function, metadata={"created_by": "t"})
     collection.add(ids=list(COPIED), documents=list(COPIED.values()), metadatas=[{"object_key": i} for i in COPIED])
     found = lexicon.of(collection)
     assert found is not None and found.rebuild(collection) == len(COPIED)
@@ -486,7 +488,7 @@ QUOTED = {
 
 
 def test_a_quoted_line_comes_first_where_it_is_written(chroma_client: Any, embedding_function: Any) -> None:
-    collection = index.open_collection(chroma_client, "quoted", embedding_function, metadata={"created_by": "t"})
+    collection = lifecycle.open_collection(chroma_client, "quoted", embedding_function, metadata={"created_by": "t"})
     collection.add(ids=list(QUOTED), documents=list(QUOTED.values()), metadatas=[{"object_key": i} for i in QUOTED])
     found = lexicon.of(collection)
     assert found is not None and found.rebuild(collection) == len(QUOTED)
@@ -508,4 +510,7 @@ def test_a_quoted_line_comes_first_where_it_is_written(chroma_client: Any, embed
         search_fusion.Candidate("quoted", "", {}, 0.4, 3.0, 2, 2),
     )
     tie = search_fusion.Candidates(rows, 1.0, frozenset({"quoted"}))
-    assert [hit.chunk_id for hit in search_fusion.fuse_scored(tie, 2, search_fusion.FUSION)] == ["quoted", "first"]
+    assert [hit.chunk_id for hit in search_fusion.fuse_scored(tie, 2, search_fusion.FUSION)] == [
+        "quoted",
+        "first",
+    ]
