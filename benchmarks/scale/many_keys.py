@@ -366,7 +366,7 @@ STUB_EMBEDDING_S3SYNC = """
 import sys
 import numpy as np
 from s3sync_dagster.commands.cli import main
-from s3sync_dagster.pipeline import embed
+from s3sync_dagster.pipeline.embedding import runtimes as embed
 def vectors(self, input):  # Chroma checks the parameter's name
     found = np.random.default_rng(len(input)).standard_normal((len(input), 384), dtype=np.float32)
     return list(found / np.linalg.norm(found, axis=1, keepdims=True))

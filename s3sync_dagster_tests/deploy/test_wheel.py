@@ -59,7 +59,7 @@ import json
 
 from s3sync_dagster.config import parse_config
 from s3sync_dagster.defs.executor import executor_for
-from s3sync_dagster.pipeline import lexicon_postgres
+from s3sync_dagster.pipeline.lexicon import postgres as lexicon_postgres
 from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
 
 said = {}

@@ -47,10 +47,11 @@ def worker(
     import boto3
     import chromadb
 
-    from s3sync_dagster.pipeline.chroma import replace as index
+    from s3sync_dagster.pipeline.chroma import lifecycle
     from s3sync_dagster.pipeline.chroma.targets import Collections
     from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
     from s3sync_dagster.pipeline.spec import SourceSpec
+    from s3sync_dagster.pipeline.sync import write as sync_write
     from s3sync_dagster.pipeline.sync.stages import sync_keys
 
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
@@ -62,15 +63,15 @@ def worker(
         chunking_mode="lines", max_lines=1, collection_owners=owners,
     )  # fmt: skip
     collections = Collections(
-        lambda name: index.open_collection(client, name, function, {"created_by": "s3sync-dagster"})
+        lambda name: lifecycle.open_collection(client, name, function, {"created_by": "s3sync-dagster"})
     )
-    write = index.replace_chunks
+    write = sync_write.replace_chunks  # the write as the sync's write stage calls it
 
     def replace_together(*args: Any, **kwargs: Any) -> Any:
         barrier.wait(timeout=120)  # the other worker is at the same point: both write now
         return write(*args, **kwargs)
 
-    index.replace_chunks = replace_together  # type: ignore[assignment]
+    sync_write.replace_chunks = replace_together  # type: ignore[assignment]
     for round_number in range(ROUNDS):
         (report,) = sync_keys(s3, spec, collections, function, [f"{source}/{round_number}.meta.json"])
         results.put((round_number, source, report.status, report.message))

@@ -119,7 +119,7 @@ def died_run(world: World, object_key: str) -> Said:
     clock decides whether the kill comes before the sync ends. Then the run is marked failed as the run monitor
     marks a run whose worker died (defs/sensors/monitor.py, or Dagster's run monitoring). The runner reads each key's
     outcome in that run back from the instance."""
-    from s3sync_dagster.commands.runs import runner  # what it reads a run with is the subject here
+    from s3sync_dagster.commands.runs.reports import key_outcomes, reports_of, run_failure  # how the command reads a run
 
     argv = ["sync", "docs", "--key", "d/gone.txt", "--key", object_key, "--config", str(world.config_path)]
     process = subprocess.Popen(
@@ -134,17 +134,15 @@ def died_run(world: World, object_key: str) -> Said:
         assert process.wait(timeout=180) == -signal.SIGKILL, "the sync was not killed at its first key's outcome"
         with dg.DagsterInstance.get() as instance:
             records = instance.get_run_records()
-            assert len(records) == 1 and runner.reports_of(instance, records[0].dagster_run.run_id)
+            assert len(records) == 1 and reports_of(instance, records[0].dagster_run.run_id)
             run = instance.get_run_by_id(records[0].dagster_run.run_id)
             assert run is not None and run.status == dg.DagsterRunStatus.STARTED  # nobody said it ended
             instance.report_run_failed(
                 run, f"run worker process {process.pid} is gone (killed or crashed) while the run was in progress"
             )
             source = load_config(world.config_path).source("docs")
-            failure = runner.run_failure(instance, run.run_id)
-            reports, also_synced = runner.key_outcomes(
-                instance, source, run.run_id, ["d/gone.txt", object_key], failure
-            )
+            failure = run_failure(instance, run.run_id)
+            reports, also_synced = key_outcomes(instance, source, run.run_id, ["d/gone.txt", object_key], failure)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

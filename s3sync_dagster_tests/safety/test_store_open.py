@@ -35,7 +35,7 @@ OPENER = r"""
 import fcntl, sys
 import chromadb
 from chromadb.config import Settings
-from s3sync_dagster.pipeline import index
+from s3sync_dagster.pipeline.chroma import lifecycle
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 
 locked, collection_name = sys.argv[1] == "locked", sys.argv[2]
@@ -58,7 +58,7 @@ for line in sys.stdin:
             step = "collection"
             function = embedding.spec().build()
             metadata = {"created_by": "s3sync-dagster"}
-            collection = index.open_collection(client, collection_name, function, metadata=metadata)
+            collection = lifecycle.open_collection(client, collection_name, function, metadata=metadata)
         step = "add"
         with resource.write_lock():
             collection.add(ids=[record_id], embeddings=[[float(record_id)] * 384], documents=[f"record {record_id}"])

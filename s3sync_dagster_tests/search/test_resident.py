@@ -305,7 +305,7 @@ def test_a_stop_is_answered_before_the_process_leaves_however_its_threads_are_sc
     """The reply to `query-server stop` reaches the client before the process may leave, even when the thread
     answering it is slow to send and the thread accepting it slow to list it (a loaded machine): the process's
     threads are daemons, cut off at exit, so `run` must not return before the reply is sent."""
-    from s3sync_dagster.commands.query import resident_server
+    from s3sync_dagster.commands import resident_server
 
     control, start = resident_server.Server.control, resident_server.threading.Thread.start
 

@@ -1,10 +1,9 @@
 """What a source's sensors do on each tick: S3 event notifications read from SQS, or a pass over the prefix,
 become sync runs of the keys they name (defs/source.py makes the sensors).
 
-The ticks themselves live here; what they share is beside them: an SQS tick's messages (defs/sensors/sqs_messages.py),
-the runs a tick requests (defs/sensors/tick_runs.py), who else reads a queue or prefix now (defs/sensors/readers.py). The names the
-lingering run (defs/runs/linger.py) and the tests import from here are still importable here; READ_BUDGET_S and
-LIST_PAGE_SIZE are read from this module at each tick, so setting them here changes the next tick."""
+The ticks themselves live here; what they share is beside them: an SQS tick's messages (sqs_messages.py), the runs
+a tick requests (tick_runs.py), who else reads a queue or prefix now (readers.py). READ_BUDGET_S and LIST_PAGE_SIZE
+are read from this module at each tick, so setting them here changes the next tick."""
 
 import hashlib
 import time

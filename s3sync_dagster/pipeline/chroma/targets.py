@@ -1,5 +1,5 @@
 """The collections a sync writes to and searches (whether a source may take a document id there is
-pipeline/chroma/claims.py's to say: `check_id_free`, importable from here too)."""
+chroma/claims.py's to say: `check_id_free`)."""
 
 from __future__ import annotations
 

@@ -26,8 +26,7 @@ the next `run` resumes (the copy kept, filled further) and the next open makes c
 `step` names each point (a test kills the process there).
 
 What is written to the copy (each chunk's context line and text embedded; the two collections compared) is
-pipeline/reembed/fill.py's; the copies earlier releases left, and which a repair drops, are pipeline/reembed/leftovers.py's
-(both importable from here).
+reembed/fill.py's; the copies earlier releases left, and which a repair drops, are reembed/leftovers.py's.
 """
 
 from __future__ import annotations
