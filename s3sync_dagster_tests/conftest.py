@@ -50,6 +50,79 @@ if os.environ.get("CI"):
 
 OPEN_FILES_COLLECTED = 300
 
+TESTS = Path(__file__).resolve().parent
+# Modules whose tests start processes of their own: a Dagster webserver or daemon, `dg` and `create-dagster`
+# projects, Celery workers, PostgreSQL, a `chroma run` server, the resident query process, Chromium, fresh
+# virtualenvs, or `s3sync` commands killed, raced and watched on a terminal. They carry the `servers` mark; so does
+# any test elsewhere that uses a server (SERVER_FIXTURES: the moto S3 endpoint, `chroma run`, PostgreSQL), directly
+# or through its fixtures. `./scripts/test --fast` leaves them out.
+SERVER_MODULES = frozenset(
+    {
+        "cli/test_concurrent_commands.py",
+        "cli/test_demo.py",
+        "cli/test_named_blocks.py",
+        "cli/test_named_errors.py",
+        "cli/test_progress.py",
+        "cli/test_secret_doors.py",
+        "dagster/test_component.py",
+        "dagster/test_component_attributes.py",
+        "dagster/test_daemon.py",
+        "dagster/test_queues.py",
+        "dagster/test_ui_backfill.py",
+        "dagster/test_webserver.py",
+        "deploy/test_celery.py",
+        "deploy/test_celery_daemon.py",
+        "deploy/test_chroma_server.py",
+        "deploy/test_deploy.py",
+        "deploy/test_install.py",
+        "deploy/test_wheel.py",
+        "house/test_benchmarks.py",
+        "safety/test_claims.py",
+        "safety/test_faults.py",
+        "safety/test_store_open.py",
+        "search/test_resident.py",
+    }
+)
+SERVER_FIXTURES = frozenset(
+    {"moto_endpoint", "chroma_server", "postgres", "postgres_database", "lexicon_database", "readers_lexicon"}
+)
+# The longest modules first (measured by the suite's own durations): two workers take whole modules in this order
+# (scripts/test), so none of the long ones starts last and leaves one worker running alone at the end.
+LONGEST_FIRST = (
+    "house/test_benchmarks.py",
+    "dagster/test_daemon.py",
+    "dagster/test_sensors.py",
+    "dagster/test_component.py",
+    "deploy/test_deploy.py",
+    "dagster/test_ui_backfill.py",
+    "engine/test_sync.py",
+    "dagster/test_webserver.py",
+    "safety/test_tenancy.py",
+    "deploy/test_celery_daemon.py",
+    "safety/test_reliability.py",
+    "dagster/test_reembed.py",
+    "deploy/test_wheel.py",
+    "deploy/test_celery.py",
+    "cli/test_concurrent_commands.py",
+    "safety/test_faults.py",
+    "search/test_resident.py",
+    "cli/test_progress.py",
+    "cli/test_secret_doors.py",
+    "cli/test_named_errors.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark what starts servers (see SERVER_MODULES), and put the longest modules first."""
+    for item in items:
+        module = item.path.relative_to(TESTS).as_posix()
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        served = any(isinstance(value, str) and value == "server" for value in params.values())
+        if module in SERVER_MODULES or SERVER_FIXTURES & set(item.fixturenames) or served:
+            item.add_marker(pytest.mark.servers)
+    rank = {module: index for index, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(TESTS).as_posix(), len(rank)))
+
 
 @pytest.fixture(autouse=True)
 def _closes_its_stores(request: pytest.FixtureRequest) -> Iterator[None]:

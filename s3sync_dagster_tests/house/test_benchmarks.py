@@ -187,7 +187,7 @@ def test_flops_benchmark_counts_by_hand_and_renders_its_section() -> None:
     # onnx_minilm's batches: texts sorted by characters, 16 a batch, each padded to its longest.
     lengths = list(range(20, 0, -1))
     assert flops._onnx_batches(["x" * n for n in lengths], lengths) == [(16, 16), (4, 20)]
-    figures = json.loads((Path(flops.__file__).parent / "results-flops.json").read_text())
+    figures = json.loads(flops.JSON_FILE.read_text())
     section = flops.section_markdown(figures)
     assert section.startswith("## 11. Embedding against the CPU's peak (issue 27)\n")
     for label, _runtime, _precision in flops.PATHS:

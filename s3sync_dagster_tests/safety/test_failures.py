@@ -119,7 +119,11 @@ def died_run(world: World, object_key: str) -> Said:
     clock decides whether the kill comes before the sync ends. Then the run is marked failed as the run monitor
     marks a run whose worker died (defs/sensors/monitor.py, or Dagster's run monitoring). The runner reads each key's
     outcome in that run back from the instance."""
-    from s3sync_dagster.commands.runs.reports import key_outcomes, reports_of, run_failure  # how the command reads a run
+    from s3sync_dagster.commands.runs.reports import (  # how the command reads a run
+        key_outcomes,
+        reports_of,
+        run_failure,
+    )
 
     argv = ["sync", "docs", "--key", "d/gone.txt", "--key", object_key, "--config", str(world.config_path)]
     process = subprocess.Popen(
