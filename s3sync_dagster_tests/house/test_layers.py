@@ -312,3 +312,22 @@ def test_no_underscore_name_crosses_modules() -> None:
 
 def test_no_module_but_a_face_re_exports() -> None:
     assert re_exports() == []
+
+
+def own_face_imports() -> list[str]:
+    """Each inner module that imports through its own sub-package's face (`from P import x` inside P): the face
+    imports the module back, a circle grimp's graph does not show (it resolves `x` to the submodule)."""
+    faces = {name for name in sub_packages() if name.startswith(PACKAGE)}
+    found = []
+    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+        home = ".".join(path.relative_to(REPO).parent.parts)
+        if path.name == "__init__.py" or home not in faces:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == home:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} imports through {home}")
+    return found
+
+
+def test_no_module_imports_through_its_own_face() -> None:
+    assert own_face_imports() == []

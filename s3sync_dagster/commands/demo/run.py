@@ -80,7 +80,7 @@ def run_demo(workdir: str, ui: bool = False, as_json: bool = False) -> int:
     extras.require("demo", "s3sync demo", UsageError)
     import dagster as dg
 
-    from s3sync_dagster.commands.demo import local_s3
+    import s3sync_dagster.commands.demo.local_s3 as local_s3
     from s3sync_dagster.commands.runs import discover, sync
     from s3sync_dagster.config import load_config, require_instance_extras
 

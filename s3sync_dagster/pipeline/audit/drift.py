@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from chromadb.api.models.Collection import Collection
 
-from s3sync_dagster.pipeline.audit import chunks as chunk_drift
+import s3sync_dagster.pipeline.audit.chunks as chunk_drift
 from s3sync_dagster.pipeline.chroma import pages
 from s3sync_dagster.pipeline.lexicon import of
 from s3sync_dagster.pipeline.records import describe

@@ -36,9 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from s3sync_dagster.pipeline.audit import chunks as chunk_drift
-from s3sync_dagster.pipeline.audit import drift as audit
-from s3sync_dagster.pipeline.audit import estimates
+import s3sync_dagster.pipeline.audit.chunks as chunk_drift
+import s3sync_dagster.pipeline.audit.drift as audit
+import s3sync_dagster.pipeline.audit.estimates as estimates
 from s3sync_dagster.pipeline.records import to_partition_key
 from s3sync_dagster.pipeline.s3 import (
     ObjectError,

@@ -139,7 +139,7 @@ def _export_onnx(model_dir: Path, destination: Path) -> None:
     import numpy as np
     import onnxruntime
 
-    from s3sync_dagster.pipeline.embedding import bert_onnx
+    import s3sync_dagster.pipeline.embedding.bert_onnx as bert_onnx
 
     bert_onnx.export(model_dir, destination)
     # Run on another shape than any example, padding included, so a graph that only works for one would show.

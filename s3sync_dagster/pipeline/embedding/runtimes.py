@@ -167,7 +167,7 @@ class ChromaDefaultFunction(EmbeddingFunction[Documents]):
         onnx = self.uses_onnx()
         _texts_embedded[0] += len(input)
         if onnx:
-            from s3sync_dagster.pipeline.embedding import onnx_minilm
+            import s3sync_dagster.pipeline.embedding.onnx_minilm as onnx_minilm
 
             # The model files setup made (made now, offline, if they are missing).
             if self.precision == INT8:

@@ -41,6 +41,7 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction
 
+import s3sync_dagster.pipeline.reembed.fill as reembed_copy
 from s3sync_dagster.pipeline.chroma import (
     COPY_OF_KEY,
     FROM_KEY,
@@ -56,7 +57,6 @@ from s3sync_dagster.pipeline.chroma import (
 )
 from s3sync_dagster.pipeline.chunking import TokenBudget
 from s3sync_dagster.pipeline.lexicon import of
-from s3sync_dagster.pipeline.reembed import fill as reembed_copy
 from s3sync_dagster.pipeline.reembed.context_backfill import completed
 from s3sync_dagster.pipeline.reembed.fill import Digest, catch_up, embed_into, reconcile
 

@@ -157,8 +157,8 @@ def with_passages(
 ) -> list[Hit]:
     """Each hit with its passage (pipeline/search/passages.py), chosen from its section (`with_context`'s `section`, read
     in one request), and with the `context` asked (`with_context`; the section itself, not read twice)."""
+    import s3sync_dagster.pipeline.search.passages as passages
     from s3sync_dagster.pipeline.chunking import CONTEXT_KEY
-    from s3sync_dagster.pipeline.search import passages
 
     sections = with_context(collection, hits, SECTION, keep)
     chosen = []

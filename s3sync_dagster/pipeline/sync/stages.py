@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import s3sync_dagster.pipeline.sync.settle as settle
 from s3sync_dagster.pipeline.chroma import CollectionFor, Collections, Embedder, delete_ids, searchable, stored_chunks
 from s3sync_dagster.pipeline.extraction import DocumentPool, Extracted
 from s3sync_dagster.pipeline.s3 import InMemoryMetaLinks, MetaLinks, S3Client, is_meta_key
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
-from s3sync_dagster.pipeline.sync import settle
 from s3sync_dagster.pipeline.sync.extracting import (
     Conversions,
     chunked_in_process,
