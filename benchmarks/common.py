@@ -9,6 +9,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -23,6 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY_SETTINGS = REPO / "deploy" / "dagster.yaml"
 BIN = Path(sys.executable).parent
 KEY_ID_VAR, SECRET_VAR = "S3SYNC_BENCH_KEY_ID", "S3SYNC_BENCH_SECRET"
+
+
+def log(message: str) -> None:
+    """A benchmark's progress line, stamped with the time."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def credentials() -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
+from benchmarks.common import log
 from benchmarks.servers import celery_cluster
 from benchmarks.sync import corpus, throughput
 from s3sync_dagster.commands import demo
@@ -42,10 +43,6 @@ KEYS_PER_RUN = 10
 CONCURRENT_RUNS = 4
 # (label, workers, instance on PostgreSQL): the Celery ways the workers part syncs the corpus.
 CELERY_WAYS = (("1 worker, PostgreSQL", 1, True), ("2 workers, PostgreSQL", 2, True), ("2 workers, SQLite", 2, False))
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class LoadSampler:

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
+from benchmarks.common import log
 from s3sync_dagster.pipeline import embedding
 from s3sync_dagster.pipeline.chunking import TokenCounter, chunk_text
 
@@ -114,10 +115,6 @@ PATHS: tuple[tuple[str, Runtime, Precision], ...] = (
     ("torch float32", "torch", "float32"),
     ("torch bfloat16", "torch", "bfloat16"),
 )
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,29 @@ def measure(
         "after_change": after_change,
         "unchanged_pass": unchanged,
     }
+
+
+def section_markdown(result: dict[str, Any], bulk_seconds: float) -> str:
+    after, unchanged, first = result["after_change"], result["unchanged_pass"], result["first_pass"]
+    return "\n".join(
+        [
+            "## 2. Incremental cost",
+            "",
+            f"After the bulk sync of {result['objects']:,} objects: {result['changed']} changed (a line appended), "
+            f"{result['deleted']} deleted. Poll sensor passes on the bulk sync's instance; its runs executed in-process.",
+            "",
+            "| pass | ticks | poll s | runs | keys | re-sync s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            f"| first poll after the bulk sync (nothing recorded yet: every key checked) | {first['ticks']} | "
+            f"{first['poll_s']:.2f} | {first['runs']} | {first['keys']:,} | {first['resync_s']:.1f} |",
+            f"| after 1% changed + 1% deleted | {after['ticks']} | {after['poll_s']:.2f} | {after['runs']} | "
+            f"{after['keys']} | {after['resync_s']:.1f} |",
+            f"| unchanged bucket | {unchanged['ticks']} | {unchanged['poll_s']:.2f} | {unchanged['runs']} | "
+            f"{unchanged['keys']} | {unchanged['resync_s']:.1f} |",
+            "",
+            f"An unchanged pass launched {unchanged['runs']} runs and cost {unchanged['poll_s']:.2f} s: "
+            f"{bulk_seconds / max(unchanged['poll_s'], 1e-3):,.0f}x less than the bulk sync ({bulk_seconds:.1f} s). "
+            f"The 2% change cost {after['poll_s'] + after['resync_s']:.1f} s "
+            f"({(after['poll_s'] + after['resync_s']) / bulk_seconds * 100:.1f}% of the bulk sync).",
+        ]
+    )

@@ -121,3 +121,28 @@ def measure(endpoint_url: str, workdir: Path, objects: int = 150) -> dict[str, A
 if __name__ == "__main__":
     if sys.argv[1:2] == ["bare"]:
         bare(sys.argv[2], sys.argv[3])
+
+
+def section_markdown(result: dict[str, Any]) -> str:
+    in_run, bare, changed = result["in_run"], result["bare"], result["changed"]
+    return "\n".join(
+        [
+            "## 9. Embedding inside a run; a run of changed keys",
+            "",
+            f"{result['objects']} generated text and code objects synced by `s3sync sync --all` in a fresh process "
+            f"({result['sync_all_s']:.1f} s): the embedding time the run's keys report against the same embedding "
+            "function, in another fresh process, on the very texts the run stored (each distinct text once, in the "
+            "engine's write groups). Both pay their own model load, as a run does.",
+            "",
+            "| | texts | embedding s | texts/s |",
+            "| --- | ---: | ---: | ---: |",
+            f"| inside the run | {in_run['texts']} | {in_run['embed_s']:.2f} | {in_run['texts_per_s']:.1f} |",
+            f"| bare function | {bare['texts']} | {bare['seconds']:.2f} | {bare['texts_per_s']:.1f} |",
+            "",
+            f"In-run / bare throughput: **{result['ratio']:.2f}**.",
+            "",
+            f"Then {changed['keys']} neighbouring keys change and `s3sync sync --key ...` syncs them: "
+            f"{changed['runs']} run, **{changed['run_start_to_last_write_s']:.1f} s from the run's start to its "
+            f"last write** ({changed['command_s']:.1f} s for the whole command, process start included).",
+        ]
+    )

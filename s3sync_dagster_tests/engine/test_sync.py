@@ -1,5 +1,6 @@
 """The engine without Dagster: moto server over HTTP -> chunks -> embedded Chroma; replace and skip semantics."""
 
+import hashlib
 import re
 import time
 from typing import Any
@@ -12,6 +13,7 @@ from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.s3.objects import ObjectMissing, head_object, list_objects, read_object
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync import stages as sync
+from s3sync_dagster.pipeline.sync import write
 from s3sync_dagster.pipeline.sync.stages import STAGE_AHEAD, sync_keys, sync_object
 from s3sync_dagster_tests.conftest import CountingEmbedder, put
 
@@ -316,11 +318,13 @@ class WatchingEmbedder(CountingEmbedder):
 
 @pytest.mark.parametrize("ahead", [STAGE_AHEAD, 0])
 def test_the_next_keys_are_read_and_chunked_while_the_model_embeds(
-    s3: Any, spec: SourceSpec, collection: Any, embedding_function: Any, ahead: int
+    s3: Any, spec: SourceSpec, collection: Any, embedding_function: Any, ahead: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 70 new objects: the first 64 are embedded in one call, and meanwhile the staging thread reads (and chunks)
     # the last 6. One of those is rewritten after it was read: the write is of the version read, and the settle
-    # check syncs it again, so the collection ends with the new version's text.
+    # check syncs it again, so the collection ends with the new version's text. The batch waits for its 64 keys
+    # however slowly a busy machine reads them (no early write after PATIENCE_S, which another test covers).
+    monkeypatch.setattr(write, "PATIENCE_S", 600.0)
     contents = {f"many/{n:02d}.txt": numbered_lines(12, tag=f"object {n}") for n in range(70)}
     put(s3, spec.bucket_name, contents)
     embedder = WatchingEmbedder(embedding_function, s3, spec.bucket_name)
@@ -377,8 +381,14 @@ def test_keys_prepared_before_a_slow_one_are_reported_while_it_is_read(
     assert {r.status for r in again} == {"unchanged"}
 
 
+def stand_in_model(texts: list[str]) -> list[list[float]]:
+    """384 numbers per text from its hash: what the staging test needs of a model (its calls, not its meaning)
+    in milliseconds, where the real one takes a minute over 771 chunks."""
+    return [[b / 255 for b in hashlib.sha384(text.encode()).digest()] * 8 for text in texts]
+
+
 def test_staging_holds_at_most_one_large_object_besides_the_one_written(
-    s3: Any, spec: SourceSpec, collection: Any, embedding_function: Any, monkeypatch: pytest.MonkeyPatch
+    s3: Any, spec: SourceSpec, collection: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Objects of 257 chunks are written one by one (past write.BATCH_CHUNKS); each is over STAGE_BYTES here, as
     # objects near max_object_bytes are over the real limit: while the first is embedded, the staging thread
@@ -386,7 +396,7 @@ def test_staging_holds_at_most_one_large_object_besides_the_one_written(
     monkeypatch.setattr(sync, "STAGE_BYTES", 1000)
     contents = {f"big/{n}.txt": numbered_lines(2570, tag=f"o{n}") for n in range(3)}
     put(s3, spec.bucket_name, contents)
-    embedder = WatchingEmbedder(embedding_function, s3, spec.bucket_name, rewrite=False, linger=1.0)
+    embedder = WatchingEmbedder(stand_in_model, s3, spec.bucket_name, rewrite=False, linger=1.0)
     s3.meta.events.register("provide-client-params.s3.GetObject", embedder.noted)
     try:
         reports = sync_keys(s3, spec, lambda _: collection, embedder, sorted(contents))

@@ -1,5 +1,10 @@
 """The benchmark suite's smoke version: tiny sizes, every section, so `python -m benchmarks.run` keeps
-working. It measures nothing worth keeping; the real figures are in benchmarks/RESULTS.md."""
+working. It measures nothing worth keeping; the real figures are in benchmarks/RESULTS.md.
+
+The smoke runs that take minutes (every section of `benchmarks.run`, the precision, cluster and million-key
+benchmarks) carry the `benchmarks` mark: `./scripts/test --benchmarks` runs them (about 12 minutes), the suite
+leaves them out. The suite keeps what checks the harness in seconds: each section rendered from the figures the
+last real run committed, the quick benchmarks' smoke runs, and the carried-section rules."""
 
 import json
 from dataclasses import asdict
@@ -8,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from benchmarks.latency import report as latency_report
 from benchmarks.run import CARRIED_NOTE, carried_fixes, earlier_raw, earlier_sections, main
-from benchmarks.sync import fixes
+from benchmarks.scale import many_keys
+from benchmarks.sync import bulk, fixes, incremental, inrun
 
 # Every section's smoke run, in two invocations of `benchmarks.run` (each skips the other's sections) with a budget
 # each: all in one took 10 min on a quiet 2-core machine and over 15 with two CPU-bound processes beside it. Section 6
@@ -42,6 +49,7 @@ def test_the_smoke_halves_write_every_section_between_them() -> None:
     assert sorted(number for half in SMOKE_HALVES.values() for number in half) == sorted(HEADINGS)
 
 
+@pytest.mark.benchmarks
 @pytest.mark.timeout(900)  # 4 min on a quiet 2-core machine; 8 with two CPU-bound processes beside the suite
 def test_benchmark_smoke_run_writes_the_bulk_sections(tmp_path: Path) -> None:
     # A0 and B0: the engine and the command of a commit (here the checked-out one), from its own snapshot.
@@ -76,6 +84,7 @@ def test_benchmark_smoke_run_writes_the_bulk_sections(tmp_path: Path) -> None:
     assert "of what a key costs B in section 1" in text
 
 
+@pytest.mark.benchmarks
 @pytest.mark.timeout(900)  # 5 min on a quiet 2-core machine; 9 with two CPU-bound processes beside the suite
 def test_benchmark_smoke_run_writes_the_live_sections(tmp_path: Path) -> None:
     text, raw = smoke_run(tmp_path, "live")
@@ -147,6 +156,26 @@ def test_benchmark_smoke_run_writes_the_live_sections(tmp_path: Path) -> None:
     fts = hybrid["fts"]
     assert fts["fts_rows"]["on"] == fts["chunks"] == run["chunks"] and fts["on_s"] > 0 and fts["off_s"] > 0
     assert 0 < fts["store"]["fts_bytes"] < fts["store"]["sqlite_bytes"]
+
+
+# Each area's section, rendered from the raw figures of the last real run (benchmarks/results.json). Section 7's
+# renderer reads figures added after that run: the smoke run renders it.
+RENDERED = {
+    "1": lambda raw: bulk.section_markdown(raw["bulk"]),
+    "2": lambda raw: incremental.section_markdown(raw["incremental"], raw["bulk"][-1]["median"]["B"]["seconds"]),
+    "3": lambda raw: latency_report.section_markdown(raw["latency"]),
+    "4": lambda raw: many_keys.section_markdown(raw["scale"]),
+    "5": lambda raw: bulk.profile_markdown(raw["bulk"][-1]),
+    "6": lambda raw: fixes.section_markdown(raw["fixes"], bulk.sync_ms_per_key(raw), {}),
+    "9": lambda raw: inrun.section_markdown(raw["inrun"]),
+}
+
+
+@pytest.mark.parametrize("number", sorted(RENDERED))
+def test_each_area_renders_its_section_from_the_committed_figures(number: str) -> None:
+    raw = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results.json").read_text())
+    text = RENDERED[number](raw)
+    assert text.startswith(HEADINGS[number] + "\n") and "| --- |" in text
 
 
 def test_sections_a_run_skips_keep_the_earlier_figures_and_say_so(tmp_path: Path) -> None:
@@ -256,6 +285,7 @@ def test_section_6_can_measure_some_parts_and_carry_the_others(tmp_path: Path) -
         fixes.measure(parts=["event"])
 
 
+@pytest.mark.benchmarks
 def test_cluster_bulk_part_measures_and_writes_section_10_once(tmp_path: Path) -> None:
     from benchmarks.scale import cluster
 
@@ -275,6 +305,7 @@ def test_cluster_bulk_part_measures_and_writes_section_10_once(tmp_path: Path) -
     assert "### Chroma's reads against the collection's size" in text and "\n| 30 | 510 | " in text
 
 
+@pytest.mark.benchmarks
 def test_precision_benchmark_smoke_runs_b_in_both_and_writes_its_subsection_in_place(tmp_path: Path) -> None:
     from benchmarks.retrieval import precision
 
@@ -295,6 +326,7 @@ def test_precision_benchmark_smoke_runs_b_in_both_and_writes_its_subsection_in_p
         precision.write_subsection(out, 5, precision.speed_section(result))
 
 
+@pytest.mark.benchmarks
 def test_million_benchmark_steps_smoke(tmp_path: Path) -> None:
     """The key steps of benchmarks/scale/million.py at 300 keys, each in its own process as the benchmark runs them
     (its `dagster dev` part is what test_ui_backfill.py tests at a million keys)."""
