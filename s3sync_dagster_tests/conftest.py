@@ -86,21 +86,20 @@ SERVER_MODULES = frozenset(
 SERVER_FIXTURES = frozenset(
     {"moto_endpoint", "chroma_server", "postgres", "postgres_database", "lexicon_database", "readers_lexicon"}
 )
-# The longest modules first (measured by the suite's own durations): two workers take whole modules in this order
+# The longest modules first (measured by the suite's own durations): the workers take whole modules in this order
 # (scripts/test), so none of the long ones starts last and leaves one worker running alone at the end.
 LONGEST_FIRST = (
-    "house/test_benchmarks.py",
     "dagster/test_daemon.py",
     "dagster/test_sensors.py",
     "dagster/test_component.py",
     "deploy/test_deploy.py",
     "dagster/test_ui_backfill.py",
-    "engine/test_sync.py",
     "dagster/test_webserver.py",
     "safety/test_tenancy.py",
     "deploy/test_celery_daemon.py",
     "safety/test_reliability.py",
     "dagster/test_reembed.py",
+    "engine/test_sync.py",
     "deploy/test_wheel.py",
     "deploy/test_celery.py",
     "cli/test_concurrent_commands.py",
@@ -109,6 +108,7 @@ LONGEST_FIRST = (
     "cli/test_progress.py",
     "cli/test_secret_doors.py",
     "cli/test_named_errors.py",
+    "search/test_query.py",
 )
 
 
