@@ -20,6 +20,7 @@ import yaml
 
 from benchmarks import common
 from benchmarks.latency import floor as latency_floor
+from benchmarks.servers import dagster_server
 from s3sync_dagster.commands.demo import LOOPBACK, free_port
 
 WAIT_S = 300
@@ -84,14 +85,8 @@ def code_servers(
             )
             servers[module] = (port, process)
         for module, (port, process) in servers.items():
-            deadline = time.monotonic() + 120
-            while subprocess.run(
-                [str(common.BIN / "dagster"), "api", "grpc-health-check", "-p", str(port), "-h", LOOPBACK],
-                capture_output=True,
-            ).returncode:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the code server of {module} did not start (see its log in {workdir})")
-                time.sleep(1)
+            failure = f"the code server of {module} did not start (see its log in {workdir})"
+            dagster_server.wait_serving(process, port, failure, timeout_s=120)
         yield servers
     finally:
         for _, process in servers.values():

@@ -343,6 +343,31 @@ def spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> 
     )
 
 
+def code_server_serving(port: int, host: str = LOOPBACK) -> bool:
+    """Whether the code server on `port` answers gRPC's health check as serving: what `dagster api
+    grpc-health-check` asks, asked from this process (that command is a Python start importing Dagster, about a
+    second of CPU, which a wait of a second per try spent beside the code server's own start)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(f"{host}:{port}") as channel:
+            request = health_pb2.HealthCheckRequest(service="DagsterApi")
+            response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
+    except grpc.RpcError:
+        return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_serving(process: subprocess.Popen[bytes], port: int, failure: str, timeout_s: float = 180) -> None:
+    """Wait for a `dagster api grpc` process to serve on `port`; RuntimeError(failure) if it exits or never does."""
+    deadline = time.monotonic() + timeout_s
+    while not code_server_serving(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(failure)
+        time.sleep(0.5)
+
+
 @contextmanager
 def _serving(
     argvs: list[list[str]],
@@ -442,12 +467,7 @@ def webserver_and_daemon(
         [_bin("dagster"), "api", "grpc", "-h", LOOPBACK, "-p", str(grpc_port), "-m", LOCATION_NAME], env, log
     )
     try:
-        deadline = time.monotonic() + 180
-        health = [_bin("dagster"), "api", "grpc-health-check", "-h", LOOPBACK, "-p", str(grpc_port)]
-        while subprocess.run(health, capture_output=True).returncode:
-            if code_server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the code server did not start; see {log}")
-            time.sleep(1)
+        wait_serving(code_server, grpc_port, f"the code server did not start; see {log}")
         webserver = [_bin("dagster-webserver"), "-w", str(workspace), "-h", LOOPBACK, "-p", str(port)]
         daemon = [_bin("dagster-daemon"), "run", "-w", str(workspace)]
         with _serving([webserver, daemon], env, port, log) as server:

@@ -112,6 +112,9 @@ def wait_until(what: str, condition: Any, logs: Any) -> None:
         time.sleep(1)
 
 
+# About 5 min on a quiet 2-core machine beside the rest of the suite, and twice that with two CPU-bound processes
+# beside it: pytest's default 600 s is a guard against hangs, not this test's length.
+@pytest.mark.timeout(1200)
 def test_production_instance_syncs_through_sensors_and_backfills(
     s3: Any,
     bucket: str,
