@@ -33,7 +33,10 @@ def sample_files() -> dict[str, bytes]:
     def walk(node: Any, prefix: str) -> None:
         for child in node.iterdir():
             if child.is_dir():
-                walk(child, f"{prefix}{child.name}/")
+                # Not bytecode: pip compiles the sample's Python file when it installs the package (and set-up does
+                # here), into a __pycache__ beside it.
+                if child.name != "__pycache__":
+                    walk(child, f"{prefix}{child.name}/")
             elif not child.name.startswith("."):
                 found[f"{DEMO_PREFIX}{prefix}{child.name}"] = child.read_bytes()
 
