@@ -28,7 +28,7 @@ from s3sync_dagster.commands.demo import local_s3
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.commands.resident import SERVER_ENV as RESIDENT_ENV
 from s3sync_dagster.config import AppConfig, load_config
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.store import close_clients
 
 # Credentials the tests hand over through the environment, as users do. Moto accepts anything; the

@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chromadb.errors import NotFoundError
-
 from s3sync_dagster.config import AppConfig
 from s3sync_dagster.pipeline.chroma import owned
 from s3sync_dagster.pipeline.records import to_partition_key
@@ -48,6 +46,8 @@ class IndexSummary:
 def summarize(config: AppConfig, source_name: str) -> IndexSummary:
     """The source's documents and their chunk counts as its collection holds them now: one read of the source's
     chunks' metadata (no text, no vectors), page by page. A collection not made yet holds none."""
+    from chromadb.errors import NotFoundError
+
     source = config.source(source_name)
     embedding = config.embedding.spec()
     owner = source.spec(embedding).owner

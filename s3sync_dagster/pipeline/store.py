@@ -29,7 +29,6 @@ from s3sync_dagster.pipeline.chroma import (
 )
 from s3sync_dagster.pipeline.embedding import (
     DEFAULT_FUNCTION,
-    ChromaDefaultFunction,
     EmbeddingSpec,
     function_of_record,
     is_old_bundled_record,
@@ -169,6 +168,8 @@ class Store:
                 raise
             # chromadb refuses a function named otherwise than the recorded one, but any named `default` (and
             # builds none itself, which for a local model would load it): opened so, its record says which it is.
+            from s3sync_dagster.pipeline.embedding import ChromaDefaultFunction
+
             collection = get_collection(client, name, ChromaDefaultFunction())
         recorded = (collection.configuration_json or {}).get("embedding_function")
         if is_old_bundled_record(recorded) and spec.function == DEFAULT_FUNCTION:

@@ -20,7 +20,7 @@ import yaml
 import s3sync_dagster
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.pipeline import store
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, Row, put, store_chunks
 from s3sync_dagster_tests.safety.test_neighbours import SENTENCE, Configure, neighbourhood, sync

@@ -1,6 +1,8 @@
 """The whole Definitions for a config of three sources (SQS, polling, neither): the exact set of Dagster
 objects each source gets, so a renamed asset, a lost sensor or a broken import fails here, in one place."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -98,3 +100,22 @@ def test_three_sources_get_exactly_their_assets_checks_jobs_and_sensors(tmp_path
         for name in ("events", "polled", "manual")
         for op in ("request_backfill", "reembed_collection", "plan_sync")
     }
+
+
+def test_loading_the_definitions_and_the_command_imports_no_chromadb(tmp_path: Path) -> None:
+    """A code server, a webserver, a `dg` command and `s3sync --help` load the definitions or the command, never a
+    collection: chromadb's import (about a CPU second) waits for the first store opened."""
+    path = tmp_path / "s3sync.yaml"
+    source = {"name": "docs", "bucket_name": "bucket", "region": "us-east-1", "collection_name": "docs-chunks"}
+    path.write_text(yaml.safe_dump({"sources": [source | {"poll_interval_seconds": 60}]}))
+    script = (
+        "import sys\n"
+        "from s3sync_dagster.config import load_config\n"
+        "from s3sync_dagster.definitions import build_definitions\n"
+        "import s3sync_dagster.commands.cli\n"
+        f"build_definitions(load_config({str(path)!r})).get_repository_def().get_all_jobs()\n"
+        "assert 'chromadb' not in sys.modules, 'chromadb was imported'\n"
+        "from s3sync_dagster.pipeline.embedding import ChromaDefaultFunction\n"  # the face still gives it
+        "assert ChromaDefaultFunction.name() == 'default' and 'chromadb' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)

@@ -24,7 +24,7 @@ from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline import store
 from s3sync_dagster.pipeline.chunking.context import embedding_input
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.reembed import swap as reembed
 from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import put

@@ -22,7 +22,7 @@ from s3sync_dagster.pipeline import store
 from s3sync_dagster.pipeline.audit import drift as audit
 from s3sync_dagster.pipeline.chroma import vectors
 from s3sync_dagster.pipeline.chunking.context import embedding_input
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import ConfigFactory, Row, store_chunks
 

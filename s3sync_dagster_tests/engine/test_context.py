@@ -21,8 +21,8 @@ from s3sync_dagster.pipeline.chroma import lifecycle, vectors
 from s3sync_dagster.pipeline.chunking.chunk import chunk_text
 from s3sync_dagster.pipeline.chunking.context import CONTEXT_KEY, context_lines, embedding_input
 from s3sync_dagster.pipeline.chunking.tokens import TokenBudget
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
 from s3sync_dagster.pipeline.lexicon import embedded as lexicon
 from s3sync_dagster.pipeline.reembed import swap as reembed
 from s3sync_dagster.pipeline.search import lexical as search_lexical

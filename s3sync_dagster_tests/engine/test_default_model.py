@@ -13,13 +13,13 @@ import pytest
 
 from s3sync_dagster.commands.demo.local_s3 import free_port
 from s3sync_dagster.pipeline.embedding import onnx_minilm
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction, LazySentenceTransformer
 from s3sync_dagster.pipeline.embedding.default_model import (
     ONNX_FILES,
     bundled_model_path,
     default_target,
     ensure_default_model,
 )
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction, LazySentenceTransformer
 
 MAX_TOKENS = 256  # chromadb's ONNXMiniLM_L6_V2 truncates (and pads) to this; so does sentence-transformers
 

@@ -34,7 +34,7 @@ def synced(s3: Any, tmp_path_factory: pytest.TempPathFactory, pool: DocumentPool
     """Every format uploaded to one bucket and synced once, in one batch, through the worker pool."""
     import chromadb
 
-    from s3sync_dagster.pipeline.embedding.runtimes import LazySentenceTransformer
+    from s3sync_dagster.pipeline.embedding.chroma_functions import LazySentenceTransformer
 
     bucket = "s3sync-documents"
     s3.create_bucket(Bucket=bucket)

@@ -16,6 +16,7 @@ import yaml
 from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import load_config
 from s3sync_dagster.pipeline.chunking.context import embedding_input
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.embedding.default_model import (
     ONNX_FILES,
     ensure_default_model,
@@ -23,7 +24,6 @@ from s3sync_dagster.pipeline.embedding.default_model import (
     int8_target,
 )
 from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
 from s3sync_dagster.pipeline.reembed import swap as reembed
 from s3sync_dagster.pipeline.sync.stages import sync_keys
 from s3sync_dagster_tests.conftest import put

@@ -13,9 +13,9 @@ import pytest
 
 from s3sync_dagster.defs.resources import ChromaResource, EmbeddingResource
 from s3sync_dagster.pipeline.chroma import lifecycle
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction, LazySentenceTransformer
 from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path
 from s3sync_dagster.pipeline.embedding.functions import EmbeddingSpec
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction, LazySentenceTransformer
 from s3sync_dagster.pipeline.records.owners import Owner
 
 # sha256 of sentence-transformers/all-MiniLM-L6-v2 model.safetensors upstream: the wheel's packager is
@@ -99,7 +99,7 @@ def test_opening_a_collection_does_not_load_a_model() -> None:
     # (ONNX) never imports torch.
     script = (
         "import sys, chromadb\n"
-        "from s3sync_dagster.pipeline.embedding.functions import ChromaDefaultFunction\n"
+        "from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction\n"
         "client = chromadb.EphemeralClient()\n"
         "client.get_or_create_collection('no-torch', embedding_function=ChromaDefaultFunction())\n"
         "client.get_collection('no-torch', embedding_function=ChromaDefaultFunction())\n"

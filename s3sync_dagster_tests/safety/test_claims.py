@@ -49,7 +49,7 @@ def worker(
 
     from s3sync_dagster.pipeline.chroma import lifecycle
     from s3sync_dagster.pipeline.chroma.targets import Collections
-    from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
+    from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
     from s3sync_dagster.pipeline.spec import SourceSpec
     from s3sync_dagster.pipeline.sync import write as sync_write
     from s3sync_dagster.pipeline.sync.stages import sync_keys

@@ -18,7 +18,7 @@ from s3sync_dagster.config import AppConfig, load_config
 from s3sync_dagster.pipeline import store
 from s3sync_dagster.pipeline.chroma import claims, lifecycle, vectors
 from s3sync_dagster.pipeline.chunking.context import embedding_input
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.sync.stages import sync_keys, sync_object
 from s3sync_dagster_tests.conftest import Row, put, store_chunks

@@ -20,7 +20,7 @@ import chromadb
 import pytest
 
 from s3sync_dagster.pipeline.chroma import lifecycle
-from s3sync_dagster.pipeline.embedding.runtimes import ChromaDefaultFunction
+from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
 from s3sync_dagster.pipeline.search import fusion
 from s3sync_dagster.pipeline.search import query as search
 from s3sync_dagster.pipeline.search import sparse as sparse_index

@@ -17,15 +17,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline import chroma
 from s3sync_dagster.pipeline.chroma import StoredChunk, batches, changed, max_batch_size, misembedded, object_labels
 from s3sync_dagster.pipeline.records import Owner
 from s3sync_dagster.pipeline.s3 import ObjectMissing, S3Client, head_object, is_meta_key
 from s3sync_dagster.pipeline.spec import SourceSpec
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 # Under botocore's default pool of 10 connections a client, so no request waits for a connection.
 LABEL_THREADS = 8

@@ -52,8 +52,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from chromadb.api.models.Collection import Collection
-
 import s3sync_dagster.pipeline.audit.chunks as chunk_drift
 from s3sync_dagster.pipeline.chroma import pages
 from s3sync_dagster.pipeline.lexicon import of
@@ -74,6 +72,7 @@ from s3sync_dagster.pipeline.sync import MAX_META_FILE_BYTES
 
 if TYPE_CHECKING:  # pandas loads when an audit runs, not with the definitions every run process imports
     import pandas as pd
+    from chromadb.api.models.Collection import Collection
 
     from s3sync_dagster.pipeline.spec import SourceSpec
 

@@ -8,16 +8,17 @@ import dataclasses
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
-
-from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.chroma.lifecycle import max_batch_size
 from s3sync_dagster.pipeline.chroma.stored import ChunkRecord, StoredChunk, batches, chunks_of, delete_ids, pages
 from s3sync_dagster.pipeline.lexicon import mirrored
 from s3sync_dagster.pipeline.records import RESERVED_SUFFIXES, Owner, describe
 from s3sync_dagster.pipeline.s3 import ObjectMissing, S3Client, head_object
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
 
 
 def owned(collection: Collection, owner: Owner) -> Iterator[tuple[str, Mapping[str, Any]]]:

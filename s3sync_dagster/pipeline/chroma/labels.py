@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
-from chromadb.api.models.Collection import Collection
 
 from s3sync_dagster.pipeline.chroma.lifecycle import copy_of, max_batch_size
 from s3sync_dagster.pipeline.chroma.stored import StoredChunk, batches
@@ -29,6 +28,9 @@ from s3sync_dagster.pipeline.s3 import (
     error_meaning,
 )
 from s3sync_dagster.pipeline.spec import SourceSpec
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 # One reader in a readers tag's value (`alice+group:finance`: `+` separates them); config.source's rule too.
 PRINCIPAL_PATTERN = r"^[\w.:/=@-]+$"

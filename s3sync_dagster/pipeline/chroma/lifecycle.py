@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
-
-from chromadb import Schema
-from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
-from chromadb.api.types import Documents, EmbeddingFunction
 
 from s3sync_dagster.pipeline import lexicon, records
 from s3sync_dagster.pipeline.lexicon import attach, attach_index, of
+
+if TYPE_CHECKING:
+    from chromadb import Schema
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Documents, EmbeddingFunction
 
 Embedder = Callable[[list[str]], Sequence[Any]]
 

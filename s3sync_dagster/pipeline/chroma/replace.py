@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.chroma.claims import (
     claim,
@@ -40,6 +38,9 @@ from s3sync_dagster.pipeline.records import (
     Metadata,
     Owner,
 )
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 
 @dataclass

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline import records
 from s3sync_dagster.pipeline.chroma.lifecycle import copy_gone, copy_of, max_batch_size
 from s3sync_dagster.pipeline.chunking import embedding_input
 from s3sync_dagster.pipeline.lexicon import mirrored
 from s3sync_dagster.pipeline.records import Metadata, Owner
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 
 @dataclass(frozen=True)

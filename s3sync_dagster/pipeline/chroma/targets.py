@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from chromadb.api.models.Collection import Collection
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
-CollectionFor = Callable[[str], Collection]
+CollectionFor = Callable[[str], "Collection"]
 
 
 class Collections:

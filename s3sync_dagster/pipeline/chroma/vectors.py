@@ -9,14 +9,15 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.chroma.lifecycle import Embedder, function_of, max_batch_size
 from s3sync_dagster.pipeline.chroma.stored import ChunkRecord, StoredChunk, batches
 from s3sync_dagster.pipeline.chunking import embedding_input
 from s3sync_dagster.pipeline.records import Owner
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 # Every chunk records a hash of what was embedded for it (context.embedding_input: its context line and its text)
 # and of the embedding function its collection records: a chunk of another object of the same writer with the

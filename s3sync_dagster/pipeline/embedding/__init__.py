@@ -6,6 +6,9 @@ May import: chunking, extras.
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from s3sync_dagster.pipeline.embedding.default_model import bundled_model_path, ensure_default_model
 from s3sync_dagster.pipeline.embedding.functions import (
     DEFAULT_MODEL_CHUNK_TOKENS,
@@ -29,14 +32,26 @@ from s3sync_dagster.pipeline.embedding.runtimes import (
     INT8,
     SENTENCE_TRANSFORMER,
     TORCH_AFTER_TEXTS,
-    ChromaDefaultFunction,
-    LazySentenceTransformer,
     Precision,
     Runtime,
     cpu_has_native_bf16,
     load_model,
     resolve_precision,
 )
+
+if TYPE_CHECKING:
+    from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction, LazySentenceTransformer
+
+# chromadb's classes, imported when first asked for: loading the config or the definitions reads this face, and
+# chromadb's import is about a CPU second of every process that never opens a collection.
+LAZY = {"ChromaDefaultFunction", "LazySentenceTransformer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in LAZY:
+        return getattr(import_module("s3sync_dagster.pipeline.embedding.chroma_functions"), name)
+    raise AttributeError(f"module 's3sync_dagster.pipeline.embedding' has no attribute '{name}'")
+
 
 __all__ = [
     "BATCH_SIZE",

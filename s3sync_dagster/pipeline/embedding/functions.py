@@ -10,9 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-from chromadb.api.types import Documents, EmbeddingFunction
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline import extras
 from s3sync_dagster.pipeline.chunking import TokenBudget
@@ -23,13 +21,14 @@ from s3sync_dagster.pipeline.embedding.runtimes import (
     DEFAULT_MODEL_MAX_TOKENS,
     INT8,
     SENTENCE_TRANSFORMER,
-    ChromaDefaultFunction,
-    LazySentenceTransformer,
     Precision,
     Runtime,
     is_bundled_name,
     recorded_precision,
 )
+
+if TYPE_CHECKING:
+    from chromadb.api.types import Documents, EmbeddingFunction
 
 # all-MiniLM-L6-v2 reads 256 tokens but was trained on texts of at most 128: its chunks default to that
 # length, where a sentence finds its chunk more often (benchmarks/RESULTS.md, section 7; docs/sources.md).
@@ -200,6 +199,8 @@ def _sentence_transformer_window(model_dir: str) -> int | None:
 
 @functools.lru_cache(maxsize=16)
 def _build(spec_json: str) -> EmbeddingFunction[Documents]:
+    from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction, LazySentenceTransformer
+
     spec = EmbeddingSpec(**json.loads(spec_json))
     if spec.function == DEFAULT_FUNCTION:
         return ChromaDefaultFunction(
@@ -259,6 +260,8 @@ def function_of_record(recorded: Mapping[str, Any] | None, spec: EmbeddingSpec) 
     name = str(recorded.get("name"))
     config = dict(recorded.get("config") or {})
     if name == DEFAULT_FUNCTION:
+        from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
+
         return ChromaDefaultFunction.build_from_config(config)
     if name == SENTENCE_TRANSFORMER:
         model = str(config.get("model_name") or DEFAULT_MODEL)

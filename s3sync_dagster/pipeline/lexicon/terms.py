@@ -22,8 +22,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import DEFAULT_CHROMA_BM25_STOPWORDS
-
 # A term: a word, or words joined by . - (an identifier path, a product code: `os.path.join`, `XK-42`); a
 # word of the characters Chroma's regex counts as word characters (`_Folding.word_extra`).
 _TERM = r"{word}+(?:[.\-]{word}+)*"
@@ -37,8 +35,6 @@ MAX_PARTS = 16
 _ASCII_TERM = re.compile(_TERM.format(word=r"\w"))
 # Chroma's full-text index is of trigrams: a shorter term cannot use it, and finds nearly everything anyway.
 MIN_TERM_CHARS = 3
-# Words too common to choose a chunk or a passage by: Chroma BM25's list.
-STOPWORDS = frozenset(DEFAULT_CHROMA_BM25_STOPWORDS)
 # The most terms of one query looked up (the rarest-looking first: longest, with digits); each is one read.
 MAX_TERMS = 12
 # The most terms of one query the lexical index scores it on (`scoring_terms`): a quoted paragraph's words.
@@ -167,6 +163,15 @@ def _folding() -> _Folding:
     )
 
 
+@functools.cache
+def stopwords() -> frozenset[str]:
+    """Words too common to choose a chunk or a passage by: Chroma BM25's list (read when first asked for, so that
+    loading the config or the definitions does not import chromadb)."""
+    from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import DEFAULT_CHROMA_BM25_STOPWORDS
+
+    return frozenset(DEFAULT_CHROMA_BM25_STOPWORDS)
+
+
 def text_terms(text: str) -> Iterator[str]:
     """Every term of a text, in order, folded (`fold`): what the lexical index (pipeline/lexicon/embedded.py) holds."""
     for match in _folding().term.finditer(fold(text)):
@@ -179,7 +184,7 @@ def query_terms(text: str) -> list[str]:
     """The query's distinct terms worth looking up, folded (`fold`), the rarest-looking first."""
     seen: dict[str, None] = {}
     for term in text_terms(text):
-        if len(term) >= MIN_TERM_CHARS and term not in STOPWORDS:
+        if len(term) >= MIN_TERM_CHARS and term not in stopwords():
             seen.setdefault(term)
     ranked = sorted(seen, key=lambda term: (not any(c.isdigit() for c in term), -len(term)))
     return ranked[:MAX_TERMS]

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.chroma import (
     TEXT_HASH,
@@ -29,6 +27,9 @@ from s3sync_dagster.pipeline.chroma import (
 from s3sync_dagster.pipeline.chunking import CONTEXT_KEY, TokenBudget, context_lines, embedding_input
 from s3sync_dagster.pipeline.lexicon import mirrored
 from s3sync_dagster.pipeline.records import Owner
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 # Documents whose chunks one read asks for (`$in` of their ids: embedded Chroma scans the collection for a
 # metadata filter whatever it matches, so one read of 64 costs about what one of one does; stored.READ_KEYS).

@@ -7,15 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
-
-from chromadb.api.models.Collection import Collection
-from chromadb.api.types import Documents, EmbeddingFunction
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.chroma import TEXT_HASH, delete_ids, function_record, text_hash
 from s3sync_dagster.pipeline.chunking import CONTEXT_KEY, TokenBudget, embedding_input
 from s3sync_dagster.pipeline.lexicon import mirrored
 from s3sync_dagster.pipeline.reembed.context_backfill import completed
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Documents, EmbeddingFunction
 
 PAGE = 500  # chunks read, embedded and written at a time
 

@@ -13,9 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
-
 from s3sync_dagster.pipeline.audit import may_write
 from s3sync_dagster.pipeline.chroma import (
     COPY_OF_KEY,
@@ -28,6 +25,9 @@ from s3sync_dagster.pipeline.chroma import (
 )
 
 if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
     from s3sync_dagster.pipeline.spec import SourceSpec
 
 

@@ -36,10 +36,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
-from chromadb.api.types import Documents, EmbeddingFunction
+from typing import TYPE_CHECKING
 
 import s3sync_dagster.pipeline.reembed.fill as reembed_copy
 from s3sync_dagster.pipeline.chroma import (
@@ -59,6 +56,11 @@ from s3sync_dagster.pipeline.chunking import TokenBudget
 from s3sync_dagster.pipeline.lexicon import of
 from s3sync_dagster.pipeline.reembed.context_backfill import completed
 from s3sync_dagster.pipeline.reembed.fill import Digest, catch_up, embed_into, reconcile
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Documents, EmbeddingFunction
 
 # On a collection whose re-embedding was abandoned: the function it was to (a sync under that config does not
 # begin it again; `s3sync reembed` does).

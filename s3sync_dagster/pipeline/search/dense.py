@@ -4,12 +4,13 @@ distance to the query's as Chroma's index measures it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.search.rows import Ranking, chroma_where, query_input, query_rows
 from s3sync_dagster.pipeline.search.where_match import matches
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 # Under a filter the dense side first asks this many times the chunks wanted, unfiltered (`nearest`).
 FILTERED_WIDEN = 16

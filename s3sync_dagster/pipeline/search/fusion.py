@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any, Literal
 
 from s3sync_dagster.pipeline.chunking import CONTEXT_KEY, embedding_input
 from s3sync_dagster.pipeline.lexicon import words
@@ -23,6 +21,9 @@ from s3sync_dagster.pipeline.search.lexical import (
     lexicon_side,
 )
 from s3sync_dagster.pipeline.search.rows import plain_metadata, query_input, query_rows
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 
 @dataclass(frozen=True)

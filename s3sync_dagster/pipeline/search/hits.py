@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from s3sync_dagster.pipeline import records
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 
 @dataclass(frozen=True)

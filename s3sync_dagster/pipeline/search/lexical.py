@@ -9,9 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.chunking import embedding_input
 from s3sync_dagster.pipeline.lexicon import (
@@ -29,6 +27,9 @@ from s3sync_dagster.pipeline.lexicon import (
 )
 from s3sync_dagster.pipeline.search.rows import Ranking, chroma_where, plain_metadata
 from s3sync_dagster.pipeline.search.where_match import matches
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 _WORD = re.compile(r"\w+")
 

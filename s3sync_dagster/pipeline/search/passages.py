@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from s3sync_dagster.pipeline.lexicon import STOPWORDS, fold, stem, words
+from s3sync_dagster.pipeline.lexicon import fold, stem, stopwords, words
 
 PASSAGE_CHARS = 600  # the passage's text at most (a unit longer than this is cut at a word)
 HEADING_JOIN = " > "  # the context line's separator (pipeline/chunking/context.py)
@@ -76,7 +76,7 @@ def stems(text: str) -> set[str]:
 
 def question_stems(question: str) -> set[str]:
     """The stems worth matching of a question: its words less stop words and one-letter words."""
-    kept = {stem(word) for word in words(question) if len(word) > 1 and word not in STOPWORDS}
+    kept = {stem(word) for word in words(question) if len(word) > 1 and word not in stopwords()}
     return kept or stems(question)
 
 

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any, Literal
 
 from s3sync_dagster.pipeline.search.dense import dense_ranking
 from s3sync_dagster.pipeline.search.fusion import (
@@ -43,6 +41,9 @@ from s3sync_dagster.pipeline.search.fusion import (
 from s3sync_dagster.pipeline.search.hits import Hit
 from s3sync_dagster.pipeline.search.lexical import lexical_ranking
 from s3sync_dagster.pipeline.search.sparse import has_sparse_index, sparse_rankings
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")

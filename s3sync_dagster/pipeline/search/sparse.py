@@ -4,17 +4,20 @@ has it, and both sides' rankings read from it and the dense index in one Search 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-from chromadb import K, Knn, Schema, Search, SparseVectorIndexConfig
-from chromadb.api.models.Collection import Collection
-from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import ChromaBm25EmbeddingFunction
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.search.rows import SPARSE_KEY, Ranking, plain_metadata
+
+if TYPE_CHECKING:
+    from chromadb import Schema, Search
+    from chromadb.api.models.Collection import Collection
 
 
 def hybrid_schema() -> Schema:
     """A Chroma Cloud collection's indexes: the dense one, and Chroma's BM25 sparse index over the chunk texts."""
+    from chromadb import K, Schema, SparseVectorIndexConfig
+    from chromadb.utils.embedding_functions.chroma_bm25_embedding_function import ChromaBm25EmbeddingFunction
+
     return Schema().create_index(
         config=SparseVectorIndexConfig(
             source_key=K.DOCUMENT.name, embedding_function=ChromaBm25EmbeddingFunction(), bm25=True
@@ -34,6 +37,8 @@ def has_sparse_index(collection: Collection) -> bool:
 
 def search_requests(text: str, pool: int, where: Mapping[str, Any] | None = None) -> list[Search]:
     """Chroma Search API requests, sent together: the pool nearest chunks by the dense index, then by BM25."""
+    from chromadb import K, Knn, Search
+
     select = (K.DOCUMENT, K.METADATA, K.SCORE)
     requests = []
     for key in (K.EMBEDDING, SPARSE_KEY):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from chromadb.api.models.Collection import Collection
+from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline import chroma
 from s3sync_dagster.pipeline.chroma import (
@@ -47,6 +45,9 @@ from s3sync_dagster.pipeline.s3 import (
 )
 from s3sync_dagster.pipeline.spec import SourceSpec, check_key_in_source, sync_signature
 from s3sync_dagster.pipeline.sync.reports import KeyReport, lap
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
 
 
 @dataclass
