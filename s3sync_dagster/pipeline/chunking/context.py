@@ -296,16 +296,28 @@ def _definition_paths(texts: Sequence[str], language: str) -> list[list[str]]:
     paths, offset = [], 0
     for part in data_parts:
         first = offset + len(part) - len(part.lstrip()) if part.strip() else offset
-        node = tree.root_node.descendant_for_byte_range(first, first)
-        path: list[str] = []
-        while node is not None:
-            label = _label(node, data) if _is_definition(node) else None
-            if label:
-                path.append(label)
-            node = node.parent
-        paths.append(path[::-1])
+        paths.append(_enclosing_definitions(tree, first, data))
         offset += len(part)
     return paths
+
+
+def _enclosing_definitions(tree: Any, first: int, data: bytes) -> list[str]:
+    """The definitions on the way from the root down to byte `first`, outermost first.
+
+    Walked down with a cursor: tree-sitter's nodes do not keep their parent (a node's `parent` searches down from
+    the root again), so walking up from the innermost node took time in the square of the nesting depth, 8 s for
+    one file of 5,000 nested parentheses; down, it is linear."""
+    cursor = tree.walk()
+    path: list[str] = []
+    while cursor.node.start_byte <= first:
+        node = cursor.node
+        if _is_definition(node):
+            label = _label(node, data)
+            if label:
+                path.append(label)
+        if cursor.goto_first_child_for_byte(first) is None:
+            break
+    return path
 
 
 def _is_definition(node: Any) -> bool:
