@@ -206,24 +206,32 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield test_instance
 
 
+@pytest.fixture(scope="session")
+def home_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Dagster home whose databases Dagster made, copied for each test that needs a home: making them takes
+    ~0.5 CPU s (each stamped with Dagster's migrations), a copy opened ~0.1 s."""
+    home = tmp_path_factory.mktemp("dagster_home_template")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    dg.DagsterInstance.from_config(str(home)).dispose()
+    return home
+
+
 @pytest.fixture
-def home_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
+def home_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home_template: Path) -> Iterator[dg.DagsterInstance]:
     """A real instance in $DAGSTER_HOME, so a command the test runs (`s3sync plan`, `s3sync repair`, which open
     that) and the test share it."""
     home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    shutil.copytree(home_template, home)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as opened:
         yield opened
 
 
 @pytest.fixture
-def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home_template: Path) -> Path:
     """A real Dagster home in $DAGSTER_HOME, the one the `s3sync` command opens (and the test may read)."""
     home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    shutil.copytree(home_template, home)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
 
