@@ -127,6 +127,22 @@ def test_code_chunks_carry_their_enclosing_definitions() -> None:
     assert context_lines("cmd/main.go", "go", go, None)[1:] == ["cmd/main.go > func (s *Server) Start"] * 2
 
 
+def test_nested_definitions_are_found_at_any_depth_and_deep_nesting_of_no_definition_gives_none() -> None:
+    """Walked down the tree from the root: twelve nested functions each in the path of a chunk inside the
+    innermost, a chunk after them back at the top, and 5,000 nested parentheses (no definition) in none."""
+    depth = 12
+    nested = "".join(f"{'    ' * n}def f{n}():\n" for n in range(depth)) + f"{'    ' * depth}return 1\n"
+    texts = [nested[: nested.index("def f6")], nested[nested.index("def f6") :], "\n\nx = 2\n"]
+    assert context_lines("deep.py", "python", texts, None) == [
+        "deep.py > def f0",  # its first byte is f0's
+        "deep.py > " + " > ".join(f"def f{n}" for n in range(7)),
+        "deep.py",
+    ]
+    parentheses = "x = " + "(" * 5000 + "1" + ")" * 5000 + "\n"
+    pieces = [parentheses[start : start + 800] for start in range(0, len(parentheses), 800)]
+    assert context_lines("parens.py", "python", pieces, None) == ["parens.py"] * len(pieces)
+
+
 def test_a_long_context_is_cut_from_its_least_specific_end_and_the_chunk_never() -> None:
     counter_file = EmbeddingSpec().token_budget().tokenizer_file
     budget = TokenBudget(max_tokens=40, tokenizer_file=counter_file, model="test", window=64)
