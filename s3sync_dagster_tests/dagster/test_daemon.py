@@ -18,8 +18,9 @@ import yaml
 
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
 from s3sync_dagster.defs.failpoints import FAILPOINTS_ENV
-from s3sync_dagster.defs.sensors.monitor import worker_pid
+from s3sync_dagster.defs.sensors.monitor import fail_dead, worker_pid
 from s3sync_dagster.defs.sensors.readers import IN_PROGRESS
+from s3sync_dagster.defs.tags import AUTO_RETRY_RUN_TAG, RETRY_NUDGED_TAG, WILL_RETRY_TAG
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import Row, notifying_queue, put, store_chunks
 
@@ -201,9 +202,20 @@ class LiveSource:
                     os.killpg(daemon.pid, signal.SIGKILL)
 
     def logs(self) -> str:
-        return "\n".join(
-            path.read_text(errors="replace")[-3000:] for path in sorted(self.tmp_path.glob("daemon-*.log"))
-        )
+        """Each daemon's log, its every-second lines left out (a sensor checked, skipped; Dagster's beta warnings),
+        the last 4,000 characters of each; then every run of the home with its status and tags."""
+        noise = ("Checking for new runs for sensor", " skipped: ", "BetaWarning", "return SensorDefinition(")
+        said = []
+        for path in sorted(self.tmp_path.glob("daemon-*.log")):
+            lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+            said.append(
+                f"--- {path.name}\n" + "\n".join(line for line in lines if not any(n in line for n in noise))[-4000:]
+            )
+        with dg.DagsterInstance.from_config(str(self.home)) as instance:
+            for run in instance.get_runs():
+                tags = {key: value for key, value in run.tags.items() if not key.startswith(".dagster")}
+                said.append(f"--- run {run.run_id} {run.status.value} {tags}")
+        return "\n".join(said)
 
     def chunks(self) -> dict[str, str]:
         try:
@@ -238,8 +250,6 @@ class LiveSource:
 
 # The key under which Dagster's event-log consumer (run retries) keeps its place in the log of run failures.
 RETRY_CURSOR = f"EVENT_LOG_CONSUMER_CURSOR-{dg.DagsterEventType.RUN_FAILURE.value}"
-# The tags Dagster's run retries put on a failed run: whether it will be retried, and the retry's run id.
-WILL_RETRY_TAG, RETRY_RUN_TAG = "dagster/will_retry", "dagster/auto_retry_run_id"
 
 
 def run_of(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun:
@@ -254,10 +264,10 @@ def wait_for_retry(live: LiveSource, instance: dg.DagsterInstance, run_id: str) 
     def retried() -> bool:
         tags = run_of(instance, run_id).tags
         assert tags.get(WILL_RETRY_TAG) != "false", f"run {run_id} will not be retried; logs:\n{live.logs()}"
-        return RETRY_RUN_TAG in tags
+        return AUTO_RETRY_RUN_TAG in tags
 
     live.wait_until("the failed run's retry made", retried)
-    return run_of(instance, run_id).tags[RETRY_RUN_TAG]
+    return run_of(instance, run_id).tags[AUTO_RETRY_RUN_TAG]
 
 
 def expected_chunks(files: dict[str, str]) -> dict[str, str]:
@@ -319,8 +329,9 @@ def test_no_event_is_lost_when_the_run_reading_the_queue_dies(
 
 
 @pytest.mark.reliability
+@pytest.mark.parametrize("retries", ["take the failure", "miss the failure"])
 def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_retried(
-    s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path, fault_row: Row
+    retries: str, s3: Any, bucket: str, moto_endpoint: str, chroma_server: int, tmp_path: Path, fault_row: Row
 ) -> None:
     """kill -9 of the daemon's process group while a run is in progress takes the run worker and the code
     server that watched it: after a restart the run is marked failed (not left in progress forever) and its
@@ -328,7 +339,12 @@ def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_retried(
 
     No clock decides the moments: the failpoint `run:reported` kills the group right after the run stored its
     first key's outcome (in progress, two keys to go, its worker's pid recorded), and each later step is awaited
-    as the instance records it: the run failed, its retry made, the retry ended."""
+    as the instance records it: the run failed, its retry made, the retry ended.
+
+    "miss the failure": Dagster's retry consumer reads a failure once, and if it reads it before the instance has
+    marked the run failed it passes the run over (seen under load: a start timeout never retried). Here the run is
+    failed while no daemon runs, as the monitor fails it, and the consumer's place is set past its failure, as if it
+    had read it too early: the run monitor must see the missed retry and report the failure again."""
     live = LiveSource(s3, bucket, moto_endpoint, chroma_server, tmp_path, "workers")
     files = {f"workers/file-{n}.txt": f"worker test file {n}\n" for n in range(3)}
     try:
@@ -357,13 +373,27 @@ def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_retried(
             worker = worker_pid(instance, run_id)
             assert worker is not None  # the pid the run monitor judges it by
 
+            if retries == "miss the failure":
+                assert [dead.pid for dead in fail_dead(instance)] == [worker[0]]
+                assert run_of(instance, run_id).tags.get(WILL_RETRY_TAG) == "true"
+                end = instance.event_log_storage.get_maximum_record_id()
+                instance.daemon_cursor_storage.set_cursor_values({RETRY_CURSOR: str(end)})
             live.start_daemon()
             live.wait_until(
                 "the run marked failed", lambda: run_of(instance, run_id).status == dg.DagsterRunStatus.FAILURE
             )
             failure = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-            assert f"run worker process {worker[0]} is gone" in (failure[-1].dagster_event.message or "")  # type: ignore[union-attr]
+            assert f"run worker process {worker[0]} is gone" in (failure[0].dagster_event.message or "")  # type: ignore[union-attr]
             retry_id = wait_for_retry(live, instance, run_id)
+            failures = [
+                entry.dagster_event.message or ""  # type: ignore[union-attr]
+                for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+            ]
+            if retries == "miss the failure":  # reported again by the monitor, which the retry followed
+                assert len(failures) == 2 and "reported failed again" in failures[1], failures
+                assert RETRY_NUDGED_TAG in run_of(instance, run_id).tags
+            else:
+                assert len(failures) == 1, failures
             live.wait_until("the retry ended", lambda: run_of(instance, retry_id).is_finished)
             assert run_of(instance, retry_id).status == dg.DagsterRunStatus.SUCCESS, live.logs()
             live.wait_until("every run ended", lambda: not instance.get_runs_count(dg.RunsFilter(statuses=IN_PROGRESS)))
