@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from botocore.response import StreamingBody
+from chromadb.errors import InternalError
 
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
 from s3sync_dagster.pipeline.chroma import lifecycle
@@ -409,9 +410,45 @@ def test_a_sensor_sync_and_a_backfill_of_the_same_key_at_once(
     assert sync_now(s3, spec, collection, embedder) == ["indexed"]  # the sensor's run for the upload event
     gate.opened.set()
     reports = {report.object_key: report for report in backfill.result()}
-    assert_newest_wins(s3, spec, store, embedding_function, embedder, collection, fault_row, backfill_keys)
     assert sorted(reports) == sorted(backfill_keys)
+    # First, so that a key that failed is named with its error, not found later as chunks missing.
     assert all(report.status == "indexed" for report in reports.values()), reports
+    assert_newest_wins(s3, spec, store, embedding_function, embedder, collection, fault_row, backfill_keys)
+
+
+class VectorsNotReadableYet:
+    """A collection whose first reads asking for embeddings fail as a `chroma run` server's (1.5) do while another
+    writer's first write to the new collection is under way, even when no row matches the read."""
+
+    def __init__(self, collection: Any, failures: int) -> None:
+        self._collection, self.failures = collection, failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    def get(self, **kwargs: Any) -> Any:
+        if "embeddings" in (kwargs.get("include") or []) and self.failures:
+            self.failures -= 1
+            raise InternalError(
+                "Error executing plan: Internal error: Error creating hnsw segment reader: Nothing found on disk"
+            )
+        return self._collection.get(**kwargs)
+
+
+def test_a_store_that_cannot_read_vectors_yet_costs_embeddings_not_keys(
+    s3: Any, spec: SourceSpec, collection: Any, embedding_function: Any, embedder: CountingEmbedder, store: Any
+) -> None:
+    """Found under load in (4): the sensor's first write to a new collection on a `chroma run` server under way, the
+    backfill's read of stored vectors to reuse failed, and so did its first key, the write and then the key alone
+    (its chunks never written). The read only saves the model's time: every key is indexed."""
+    object_keys = [f"docs/{n:02}.txt" for n in range(6)]
+    put(s3, spec.bucket_name, {key: version(f"first {key}", 15) for key in object_keys})
+    # Two: the write of the batch, and then of its first key alone (as the window lasted under load).
+    window = VectorsNotReadableYet(collection, failures=2)
+    reports = sync_keys(s3, spec, lambda _: window, embedder, object_keys)
+    assert window.failures < 2  # the read was tried, and failed
+    assert {report.object_key: report.status for report in reports} == dict.fromkeys(object_keys, "indexed"), reports
+    assert rows_of(collection, object_keys) == fresh_sync(s3, spec, store, embedding_function, embedder, object_keys)
 
 
 # The bound: a key rewritten under every sync fails, naming the object and the rule.

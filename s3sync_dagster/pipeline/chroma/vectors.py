@@ -89,9 +89,9 @@ def vectors_for(
     wanted = {reusable_ids[r.embedded] for r in records if r.embedded in reusable_ids}
     reused: dict[str, Any] = {}
     if wanted:
-        found = collection.get(ids=sorted(wanted), include=["embeddings", "documents", "metadatas"])  # type: ignore[list-item]
-        embeddings = found.get("embeddings")
-        if embeddings is not None:
+        found = _reuse_read(collection, ids=sorted(wanted), include=["embeddings", "documents", "metadatas"])
+        embeddings = found.get("embeddings") if found is not None else None
+        if found is not None and embeddings is not None:
             rows = zip(found.get("documents") or [], found.get("metadatas") or [], embeddings, strict=True)
             for text, metadata, vector in rows:
                 if text is not None:
@@ -105,6 +105,19 @@ def vectors_for(
     return [reused[r.embedded] if r.embedded in reused else fresh[r.embedded] for r in records], fresh_inputs, seconds
 
 
+def _reuse_read(collection: Collection, **query: Any) -> Any | None:
+    """A read of stored vectors to reuse: best effort, None where the store cannot answer it (then the model embeds).
+
+    A `chroma run` server (1.5) fails every read that asks for embeddings while a new collection's first write is
+    under way ("Error creating hnsw segment reader: Nothing found on disk", even when no row matches): a second
+    writer's first write to the same new collection (a sensor's run beside a backfill) then failed its keys. What
+    this read saves is embedding time, never correctness: the write goes on without it."""
+    try:
+        return collection.get(**query)
+    except Exception:  # any failure of this read costs only the model's time
+        return None
+
+
 def _vectors_by_hash(collection: Collection, records: Sequence[ChunkRecord]) -> dict[str, Any]:
     """Stored vectors of the records' inputs, by input: from chunks of the same writer with the same text hash
     and the very same stored text and context. The hash alone is not trusted (a chunk another tool edited in place
@@ -115,9 +128,9 @@ def _vectors_by_hash(collection: Collection, records: Sequence[ChunkRecord]) -> 
     donors: dict[str, list[Any]] = {}
     for part in batches(sorted(by_hash), READ_HASHES):
         where: Any = {TEXT_HASH: {"$in": list(part)}}
-        found = collection.get(where=where, include=["metadatas", "embeddings", "documents"])
-        embeddings = found.get("embeddings")
-        if embeddings is None:
+        found = _reuse_read(collection, where=where, include=["metadatas", "embeddings", "documents"])
+        embeddings = found.get("embeddings") if found is not None else None
+        if found is None or embeddings is None:
             continue
         rows = zip(found.get("metadatas") or [], found.get("documents") or [], embeddings, strict=True)
         for metadata, document, vector in rows:
