@@ -9,6 +9,8 @@ import pytest
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.demo.local_s3 import free_port
+from s3sync_dagster.defs import failpoints
+from s3sync_dagster.defs.failpoints import FAILPOINTS_ENV
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import TEST_KEY_ID, TEST_SECRET, ConfigFactory, put
 
@@ -180,3 +182,68 @@ def test_a_plain_chromadb_client_elsewhere_gets_the_same_top_results_as_s3sync_q
     # query is the dense side of ours.
     store = Path(str(config.chroma.path))
     assert plain_client_query(store, "docs-collection", queries) == ours
+
+
+RETRIES = "telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 2\n"
+
+
+@pytest.mark.parametrize("retries", ["on", "off"])
+def test_a_run_that_fails_as_a_whole_is_tried_again_and_says_why(
+    retries: str,
+    s3: Any,
+    bucket: str,
+    make_config: ConfigFactory,
+    dagster_home: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon cannot retry the runs `s3sync sync` executes (they have no code location to be launched from
+    again): the command tries again the keys a run that failed as a whole did not reach, within the instance's
+    run_retries (on in the repo's dagster.yaml), and every failed run says why. The run fails after its first key
+    is reported (failpoint run:lost, raised once in the process: as a lost worker)."""
+    if retries == "on":
+        (dagster_home / "dagster.yaml").write_text(RETRIES)
+    files = {f"r/file-{n}.txt": f"retried file number {n}\n" for n in range(4)}
+    put(s3, bucket, files)
+    config, path = make_config(bucket, path_prefix="r/")
+    monkeypatch.setenv(FAILPOINTS_ENV, "run:lost")
+    monkeypatch.setattr(failpoints, "_failed", set())  # once in this test, whatever ran before in the process
+    code, result = run_json(capsys, "sync", "docs", "--all", "--config", str(path))
+    first = result["runs"][0]
+    assert not first["success"] and first["keys"] == 4 and first["retry"] == 0
+    assert "FailpointError: failpoint run:lost: this run fails here" in first["error"], first
+    if retries == "on":
+        assert code == 0, result
+        assert [(run["success"], run["keys"], run["retry"], run["error"]) for run in result["runs"][1:]] == [
+            (True, 3, 1, "")
+        ]
+        assert sum(result["counts"].values()) == 4 and set(result["counts"]) <= {"indexed", "unchanged"}, result
+        assert result["failed"] == [] and result["not_tried"] == []
+    else:
+        assert code == 1 and len(result["runs"]) == 1, result
+        assert result["counts"] == {"indexed": 1, "failed": 3}, result
+        assert all(f"run {first['run_id']} failed before it reported" in k["message"] for k in result["failed"])
+        assert all("failpoint run:lost" in k["message"] for k in result["failed"])
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_run_records()) == len(result["runs"])
+    store = config.chroma.store().client().get_collection(config.source("docs").collection_name)
+    found = store.get(include=["documents"])
+    stored = dict(zip(found["ids"], found["documents"], strict=True))
+    every = {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
+    if retries == "on":
+        assert stored == every
+    else:  # the keys reported failed may have been written before the run stopped: never anything else
+        reported = {
+            keys.chunk_id(keys.object_id(k["object_key"]), 0) for k in result["keys"] if k["status"] == "indexed"
+        }
+        assert reported <= set(stored) and stored.items() <= every.items(), stored
+
+    # A run that fails after its one key is reported: nothing to try again, the key synced, the run's line says why.
+    capsys.readouterr()
+    monkeypatch.setattr(failpoints, "_failed", set())
+    put(s3, bucket, {"r/file-0.txt": "retried file number 0, changed\n"})
+    code = main(["sync", "docs", "--key", "r/file-0.txt", "--config", str(path)])
+    said = capsys.readouterr().out
+    assert (
+        code == 0 and "1 indexed" in said and "FAILED: s3sync_dagster.defs.failpoints.FailpointError: failpoint" in said
+    ), said

@@ -25,12 +25,13 @@ from s3sync_dagster.commands.runs.invocations import (
 from s3sync_dagster.commands.runs.partitions import register_keys
 from s3sync_dagster.commands.runs.progress import COMMAND_TAG, RunsProgress, counting, runs_progress, shown
 from s3sync_dagster.commands.runs.reports import run_failure
-from s3sync_dagster.commands.runs.runner import DiscoverResult, SyncResult, discover, s3_client, sync
+from s3sync_dagster.commands.runs.runner import DiscoverResult, RunSummary, SyncResult, discover, s3_client, sync
 from s3sync_dagster.commands.runs.source_admin import chunk_counts, describe_source, remove_source
 
 __all__ = [
     "COMMAND_TAG",
     "DiscoverResult",
+    "RunSummary",
     "RunsProgress",
     "SyncResult",
     "cancel",

@@ -123,6 +123,12 @@ class RunSummary:
     partition_range: tuple[str, str]
     keys: int
     duration_s: float
+    # Why it failed, in one line (its step's error, or the run's own failure: a lost worker, a run marked failed
+    # from outside); "" when it succeeded.
+    error: str = ""
+    # 0 for a first run of its keys; n when its keys are those a run that failed as a whole left, tried again the
+    # nth time (the instance's run_retries.max_retries bounds it, as the daemon's retries of the UI's runs).
+    retry: int = 0
 
 
 NOT_TRIED = "not_tried"  # the outcome of a key asked for whose run never came: one before it failed as a whole
@@ -236,7 +242,8 @@ def _sync_rounds(
     """
     name = partitions_name(source.name)
     pending = list(wanted)
-    for attempt in range(REPLANS + 1):
+    tries = Retries(instance)
+    for _round in range(max(REPLANS, tries.bound) + 1):
         registered = set(ordered)
         present = [partition_key for partition_key in pending if partition_key in registered]
         vanished = [partition_key for partition_key in pending if partition_key not in registered]
@@ -247,12 +254,11 @@ def _sync_rounds(
                 config, source.name, instance, contiguous_batches(ordered, present, batch_size), tags or {}
             )
             with contextlib.closing(runs):  # a RunError below: runs not started yet are not started
-                again += _collect(result, instance, source, runs)
+                again += _collect(result, instance, source, runs, tries)
         pending = list(dict.fromkeys(again))
         if not pending:
             return
-        if attempt < REPLANS:
-            ordered = instance.get_dynamic_partitions(name)
+        ordered = instance.get_dynamic_partitions(name)
     for partition_key in pending:
         object_key = object_key_or_partition(partition_key)
         result.reports.append(
@@ -299,6 +305,26 @@ def _settle_vanished(
     return back
 
 
+class Retries:
+    """How often the keys of runs that failed as a whole (a lost worker, a dropped link, a store gone) were tried
+    again: up to the instance's run_retries.max_retries times when its run retries are on (dagster.yaml), the
+    bound the daemon keeps for the UI's and the sensors' runs; the keys a failed run reached keep their outcome."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.bound = instance.run_retries_max_retries if instance.run_retries_enabled else 0
+        self._tries: Counter[str] = Counter()
+
+    def of(self, batch: Sequence[str]) -> int:
+        return max((self._tries[partition_key] for partition_key in batch), default=0)
+
+    def again(self, partition_keys: Sequence[str]) -> bool:
+        """Whether these keys, left by a run that failed as a whole, are tried again (counted if so)."""
+        if not partition_keys or self.of(partition_keys) >= self.bound:
+            return False
+        self._tries.update(partition_keys)
+        return True
+
+
 def _before_it(result: SyncResult) -> str:
     """For the line of a run that failed as a whole: what the runs before it did. Only keys that were
     synced count as synced; failed ones are counted apart (and listed with their reasons by the caller)."""
@@ -319,10 +345,12 @@ def _collect(
     instance: dg.DagsterInstance,
     source: SourceConfig,
     runs: Generator[tuple[list[str], Executed, float]],
+    tries: Retries,
 ) -> list[str]:
     """Each run's keys with their outcomes into the result. Returns the partition keys to plan again: those of
-    batches no run was made for, and those a run could not reach because another command removed their
-    partition (or registered it again, at the end of the order) once the run's range was set."""
+    batches no run was made for, those a run could not reach because another command removed their partition (or
+    registered it again, at the end of the order) once the run's range was set, and those a run that failed as a
+    whole did not reach, while `tries` allows."""
     again: list[str] = []
     for batch, execution, duration_s in runs:
         if not execution.launched:
@@ -336,24 +364,35 @@ def _collect(
                 partition_range=(object_keys[0], object_keys[-1]),
                 keys=len(batch),
                 duration_s=duration_s,
+                error=execution.error,
+                retry=tries.of(batch),
             )
         )
         recorded = reports_of(instance, execution.run_id)
         reached = {report["object_key"] for report in recorded}
         unreached = [pk for pk, object_key in zip(batch, object_keys, strict=True) if object_key not in reached]
         moved = set(outside_range(instance, source.name, batch, unreached)) if unreached else set()
-        if not execution.success and not recorded:
-            if moved:
-                # Its range broke between the run's creation and its step (Dagster failed the step): tried again.
-                again.extend(batch)
-                continue
+        if not execution.success and not recorded and moved:
+            # Its range broke between the run's creation and its step (Dagster failed the step): tried again.
+            again.extend(batch)
+            continue
+        lost = [pk for pk in unreached if pk not in moved] if not execution.success else []
+        if tries.again(lost):
+            lost_set = set(lost)  # the run failed before them: tried again, as the daemon retries a run
+        elif not recorded and not execution.success:
             raise RunError(f"run {execution.run_id} failed: {execution.error}")
-        again.extend(partition_key for partition_key in batch if partition_key in moved)
+        else:
+            lost_set = set()
+        again.extend(partition_key for partition_key in batch if partition_key in moved or partition_key in lost_set)
         own, also_synced = key_outcomes(
             instance,
             source,
             execution.run_id,
-            [object_key for pk, object_key in zip(batch, object_keys, strict=True) if pk not in moved],
+            [
+                object_key
+                for pk, object_key in zip(batch, object_keys, strict=True)
+                if pk not in moved and pk not in lost_set
+            ],
             None if execution.success else execution.error,
             recorded,
         )

@@ -26,7 +26,7 @@ from s3sync_dagster.config import AppConfig
 
 # Dagster, and the modules that import it, are imported by the commands that use them (commands/cli.py).
 if TYPE_CHECKING:
-    from s3sync_dagster.commands.runs import DiscoverResult, SyncResult
+    from s3sync_dagster.commands.runs import DiscoverResult, RunSummary, SyncResult
 
 
 def _discover(args: argparse.Namespace, config: AppConfig, source_name: str, instance: Any) -> DiscoverResult:
@@ -125,7 +125,7 @@ def _sync_lines(result: SyncResult, counts: dict[str, int]) -> list[str]:
         f"source '{result.source}': {result.asked} key(s) asked, {len(result.runs)} run(s), "
         f"{result.duration_s:.1f} s: {_count_text(counts) or 'nothing to do'}"
     ]
-    lines += [f"  run {run.run_id}: {run.keys} key(s), {'ok' if run.success else 'FAILED'}" for run in result.runs]
+    lines += [_run_line(run) for run in result.runs]
     if result.also_synced:
         also = Counter(str(report["status"]) for report in result.also_synced)
         lines.append(
@@ -147,6 +147,12 @@ def _sync_lines(result: SyncResult, counts: dict[str, int]) -> list[str]:
         for line in str(report.get("warnings") or "").splitlines()
     ]
     return lines
+
+
+def _run_line(run: RunSummary) -> str:
+    """A run's line: its keys, ok or FAILED with why, and whether its keys were those of a failed run, tried again."""
+    retry = f" (retry {run.retry} of the keys a failed run left)" if run.retry else ""
+    return f"  run {run.run_id}: {run.keys} key(s){retry}, " + ("ok" if run.success else f"FAILED: {run.error}")
 
 
 def _some(object_keys: Sequence[str], shown: int = 10) -> str:

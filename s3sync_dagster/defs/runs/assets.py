@@ -37,6 +37,7 @@ def _told(context: dg.OpExecutionContext | dg.AssetExecutionContext, said: Itera
             yield item
             if isinstance(item, dg.AssetMaterialization):
                 failpoints.reached("run:reported")  # a test's kill -9 of the run, its first key's outcome stored
+                failpoints.fails_once("run:lost")  # a test's run failing as a whole there, once per process
             continue
         level, text = item
         getattr(context.log, level)(text)
