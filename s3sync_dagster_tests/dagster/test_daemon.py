@@ -171,6 +171,8 @@ class LiveSource:
         # retries try it again): after start_timeout_seconds, 180 in the repo's instance. 60 here, still far above
         # a run's start on a busy machine, so the crash tests wait one minute on it, not three.
         settings["run_monitoring"]["start_timeout_seconds"] = 60
+        # Checked every 5 s, not 30: such a run is failed a minute after its start, not up to a minute and a half.
+        settings["run_monitoring"]["poll_interval_seconds"] = 5
         (self.home / "dagster.yaml").write_text(yaml.safe_dump(settings))
         # The databases are made before any daemon starts: two processes creating a fresh SQLite home at once
         # can both stamp its schema version, and then neither can open it.

@@ -86,8 +86,8 @@ def test_daemon_launched_runs_execute_their_steps_on_a_celery_worker(
     files = {f"docs/note-{index:02}.txt": note(index) for index in range(KEYS)}
     cluster = Cluster(hosts, services, tmp_path / "cluster", files, batch=KEYS_PER_RUN,
                       source_settings={"keys_per_run": KEYS_PER_RUN, "poll_interval_seconds": POLL_INTERVAL_S,
-                                       # the poll run's pass after its keys: 5 s, not the default minute waited out
-                                       "poll_linger_seconds": POLL_INTERVAL_S})  # fmt: skip
+                                       # each poll run ends with its keys, not a minute's pass after them
+                                       "poll_linger_seconds": 0})  # fmt: skip
     asset_key = names.documents_asset_key("docs")
     postgres = services.postgres
     assert postgres is not None

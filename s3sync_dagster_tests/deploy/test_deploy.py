@@ -136,9 +136,9 @@ def test_production_instance_syncs_through_sensors_and_backfills(
     config = {
         "chroma": {"host": LOOPBACK, "port": chroma_server},
         "sources": [
-            # A polled source's last run passes over the prefix after its keys (poll_linger_seconds), holding the
-            # source's slot meanwhile: 5 s of it here, not the default minute, which the test would wait out twice.
-            *(source(name, poll_interval_seconds=2, keys_per_run=1, poll_linger_seconds=5) for name in POLLED),
+            # Each poll run ends with its keys (poll_linger_seconds 0): one run per key (keys_per_run 1, counted
+            # below), none passing over the prefix after them for the default minute, which the test would wait out.
+            *(source(name, poll_interval_seconds=2, keys_per_run=1, poll_linger_seconds=0) for name in POLLED),
             source(BACKFILLED, keys_per_run=2),
         ],
     }
