@@ -15,7 +15,7 @@ from s3sync_dagster.config.secret_rules import (
     secret_must_be_env_ref,
 )
 from s3sync_dagster.pipeline import extras
-from s3sync_dagster.pipeline.store import Store
+from s3sync_dagster.pipeline.store import DEFAULT_TIMEOUT_S, Store
 
 DEFAULT_CHROMA_PATH = ".s3sync/chroma"
 
@@ -40,6 +40,11 @@ class ChromaConfig(StrictModel):
     # A server's lexical index (pipeline/lexicon/postgres.py): a PostgreSQL connection URL, in a variable
     # (postgresql://user:password@host:port/database), that every host writing or searching the server reaches.
     lexicon_postgres: EnvRef | None = None
+    # A server's (or Chroma Cloud's) answer to each request, in seconds. Past it the request's key fails naming
+    # this setting, the run's later requests fail at once for as long again (no key waits out a silent server),
+    # and the next sync or retry writes what was not written. Chroma's own client would wait for ever. Above the
+    # longest write a busy server takes (a batch of new objects' chunks); ignored by an embedded store.
+    timeout_seconds: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
 
     _host = field_validator("host")(no_credentials_in_url)
     _lexicon_postgres = field_validator("lexicon_postgres", mode="before")(secret_must_be_env_ref)
@@ -86,4 +91,5 @@ class ChromaConfig(StrictModel):
             cloud_database=self.cloud.database if self.cloud else None,
             cloud_api_key=self.cloud.api_key.resolve("chroma cloud api_key") if self.cloud else None,
             lexicon_dsn=self.lexicon_postgres.resolve("chroma lexicon_postgres") if self.lexicon_postgres else None,
+            timeout_s=self.timeout_seconds,
         )

@@ -34,7 +34,7 @@ from s3sync_dagster.pipeline.s3 import (
     send_request_settings,
     session_with,
 )
-from s3sync_dagster.pipeline.store import Store
+from s3sync_dagster.pipeline.store import DEFAULT_TIMEOUT_S, Store
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -333,6 +333,7 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     cloud_api_key: str | None = None
     # The environment variable holding the PostgreSQL URL of a server's lexical index, read when opened.
     lexicon_postgres_env: str | None = None
+    timeout_seconds: float = DEFAULT_TIMEOUT_S  # a server's answer to each request (pipeline/chroma/bounded.py)
 
     def store(self) -> Store:
         """The store itself (pipeline/store.py), its secrets read now from their variables."""
@@ -343,7 +344,7 @@ class ChromaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return Store(
             self.path, self.host, self.port, self.ssl, tuple(sorted(headers.items())),
             self.cloud_tenant, self.cloud_database, self.cloud_api_key,
-            EnvRef(env=lexicon).resolve("chroma lexicon_postgres") if lexicon else None,
+            EnvRef(env=lexicon).resolve("chroma lexicon_postgres") if lexicon else None, self.timeout_seconds,
         )  # fmt: skip
 
     def _named(self) -> Store:
@@ -393,6 +394,7 @@ def chroma_resource(chroma: ChromaConfig) -> ChromaResource:
         cloud_database=cloud.database if cloud else None,
         cloud_api_key=dg.EnvVar(cloud.api_key.env) if cloud else None,  # type: ignore[arg-type]
         lexicon_postgres_env=chroma.lexicon_postgres.env if chroma.lexicon_postgres else None,
+        timeout_seconds=chroma.timeout_seconds,
     )
 
 

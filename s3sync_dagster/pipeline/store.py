@@ -17,10 +17,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from s3sync_dagster.pipeline.chroma import (
+    ChromaTimeout,
     attach_copy,
+    bounded_client,
+    could_not_ask,
     embed_with,
     get_collection,
     may_reembed,
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     from s3sync_dagster.pipeline.records import Owner
 
 DEFAULT_EMBEDDED_PATH = ".s3sync/chroma"  # an embedded store's folder when the config names none
+# chroma.timeout_seconds: a server's (or Chroma Cloud's) answer to one request; Chroma's own client waits for ever.
+DEFAULT_TIMEOUT_S = 60.0
 # Lock files in an embedded store's folder. Two, not one: a run holds the write lock for all its writes
 # (minutes), and opening the store (a status command, a check, another run's first look) must not wait that long.
 WRITE_LOCK_FILE = ".s3sync-write.lock"
@@ -67,6 +72,8 @@ class Store:
     cloud_api_key: str | None = None
     # A server's lexical index in PostgreSQL (pipeline/lexicon/postgres.py): its connection URL, a secret.
     lexicon_dsn: str | None = field(default=None, repr=False)
+    # How long a server or Chroma Cloud may take to answer one request (pipeline/chroma/bounded.py).
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     def describe(self) -> str:
         if self.cloud_tenant:
@@ -79,6 +86,8 @@ class Store:
         """One line naming the store, what went wrong and the setting to correct, e.g. 'Chroma server
         http://127.0.0.1:8000 cannot be reached: Connection refused: check chroma.host and chroma.port, ...'
         (the full chain stays in the run's log)."""
+        if isinstance(error, ChromaTimeout):
+            return str(error)  # names the store and the setting already
         reason = self.unreachable(error)
         if reason is not None:
             if self.is_embedded:
@@ -94,13 +103,11 @@ class Store:
     def unreachable(error: BaseException) -> str | None:
         """Why the store itself could not be opened or reached (an OS or network error anywhere in the chain,
         its last cause's words), or None when the error is about something else (a model mismatch, ...)."""
-        import httpx
-
+        if not could_not_ask(error):
+            return None
         chain = [error]
         while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
             chain.append(nxt)
-        if not any(isinstance(link, (OSError, httpx.TransportError)) for link in chain):
-            return None
         return re.sub(r"^\[Errno -?\d+\]\s*", "", str(chain[-1]).strip()) or type(chain[-1]).__name__
 
     def _fix(self) -> str:
@@ -130,7 +137,7 @@ class Store:
     def client(self) -> ClientAPI:
         client = _client(
             self.path, self.host, self.port, self.ssl, tuple(sorted(self.headers)),
-            self.cloud_tenant, self.cloud_database, self.cloud_api_key,
+            self.cloud_tenant, self.cloud_database, self.cloud_api_key, self.describe(), self.timeout_s,
         )  # fmt: skip
         if self.host and self.lexicon_dsn:
             # The server's collections, as pipeline/chroma/lifecycle.py opens them, keep their lexical index there.
@@ -313,15 +320,23 @@ def _client(
     cloud_tenant: str | None,
     cloud_database: str | None,
     cloud_api_key: str | None,
+    described: str,
+    timeout_s: float,
 ) -> ClientAPI:
+    """One client a store for the process: an embedded one as it is, a server's or Chroma Cloud's with each request
+    bounded by timeout_s (pipeline/chroma/bounded.py), made itself within the bound (it asks the server at once)."""
     import chromadb
     from chromadb.config import Settings
 
     settings = Settings(anonymized_telemetry=False)
     if cloud_tenant:
-        return chromadb.CloudClient(
-            tenant=cloud_tenant, database=cloud_database, api_key=cloud_api_key, settings=settings
+        make = functools.partial(
+            chromadb.CloudClient, tenant=cloud_tenant, database=cloud_database, api_key=cloud_api_key, settings=settings
         )
-    if host:
-        return chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=dict(headers), settings=settings)
-    return embedded_client(path or DEFAULT_EMBEDDED_PATH)
+    elif host:
+        make = functools.partial(
+            chromadb.HttpClient, host=host, port=port, ssl=ssl, headers=dict(headers), settings=settings
+        )
+    else:
+        return embedded_client(path or DEFAULT_EMBEDDED_PATH)
+    return cast("ClientAPI", bounded_client(make, described, timeout_s))

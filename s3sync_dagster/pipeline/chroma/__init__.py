@@ -1,12 +1,14 @@
 """A collection's chunks in Chroma: collections opened, created and rebuilt (lifecycle), chunks as stored and read
 back by owner, vectors by text hash, who may write where (claims), the collections a source writes and searches,
-labels (metadata, tags, readers), Chroma Cloud's limits, and the write that replaces an object's chunks exactly.
+labels (metadata, tags, readers), Chroma Cloud's limits, the write that replaces an object's chunks exactly, and a
+server's requests bounded in time (bounded).
 
 May import: chunking, lexicon, records, s3, spec.
 """
 
 from __future__ import annotations
 
+from s3sync_dagster.pipeline.chroma.bounded import ChromaTimeout, bounded_client, could_not_ask
 from s3sync_dagster.pipeline.chroma.claims import (
     OWNER_KEY,
     ClaimLost,
@@ -86,6 +88,7 @@ __all__ = [
     "RETIRED_KEY",
     "RETIRED_SUFFIX",
     "TEXT_HASH",
+    "ChromaTimeout",
     "ChunkRecord",
     "ClaimLost",
     "CollectionFor",
@@ -97,6 +100,7 @@ __all__ = [
     "attach_copy",
     "batches",
     "bind_owner",
+    "bounded_client",
     "changed",
     "check_database",
     "check_id_free",
@@ -108,6 +112,7 @@ __all__ = [
     "claim_document_id",
     "close",
     "closed",
+    "could_not_ask",
     "delete_ids",
     "delete_of",
     "delete_owned",

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from s3sync_dagster.pipeline.chroma.bounded import could_not_ask
+
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
@@ -42,8 +44,12 @@ class Collections:
             try:
                 if self._open(name).id != collection.id:
                     changed.append(name)
-            except Exception:  # gone, or unreachable: the retry says what is wrong
-                changed.append(name)
+            except Exception as error:
+                if could_not_ask(error):
+                    # The store did not answer (gone, cut off): no swap is known. The keys it failed said so; the
+                    # ones written stand, and a swap done meanwhile is followed by the next sync's skip check.
+                    continue
+                changed.append(name)  # gone: the retry says what is wrong
         return changed
 
     def refresh(self, names: Iterable[str]) -> None:
