@@ -23,6 +23,7 @@ from s3sync_dagster.pipeline.chroma import (
     ChromaTimeout,
     attach_copy,
     bounded_client,
+    causes,
     could_not_ask,
     embed_with,
     get_collection,
@@ -105,10 +106,8 @@ class Store:
         its last cause's words), or None when the error is about something else (a model mismatch, ...)."""
         if not could_not_ask(error):
             return None
-        chain = [error]
-        while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
-            chain.append(nxt)
-        return re.sub(r"^\[Errno -?\d+\]\s*", "", str(chain[-1]).strip()) or type(chain[-1]).__name__
+        last = causes(error)[-1]
+        return re.sub(r"^\[Errno -?\d+\]\s*", "", str(last).strip()) or type(last).__name__
 
     def _fix(self) -> str:
         if self.cloud_tenant:

@@ -161,7 +161,7 @@ def test_a_burst_becomes_a_few_runs(s3: Any, bucket: str, direct: AutoSync, sqs:
     # A tick reads for at most READ_BUDGET_S: on a slow machine moto may hand out fewer than 300
     # messages in that time, and the next tick takes the rest. Either way: runs of up to 100 keys.
     # Each tick's keys in runs of 100 (keys_per_run): as few runs as its keys allow, whatever a tick read.
-    requests = []
+    requested: list[list[str]] = []
     for _ in range(5):
         result, runs = direct.tick()
         assert all(run.success for run in runs)
@@ -170,10 +170,9 @@ def test_a_burst_becomes_a_few_runs(s3: Any, bucket: str, direct: AutoSync, sqs:
             for request in result.run_requests or []
         ]
         assert len(ticked) == -(-sum(map(len, ticked)) // 100) and all(len(keys) <= 100 for keys in ticked), ticked
-        requests += result.run_requests or []
+        requested += ticked
         if queue_depth(sqs, queue_url) == 0:
             break
-    requested = [request.run_config["ops"]["docs_sync_keys"]["config"]["object_keys"] for request in requests]
     assert sorted(key for object_keys in requested for key in object_keys) == sorted(
         f"in/burst/{n:03d}.txt" for n in range(300)
     )

@@ -8,7 +8,7 @@ May import: chunking, lexicon, records, s3, spec.
 
 from __future__ import annotations
 
-from s3sync_dagster.pipeline.chroma.bounded import ChromaTimeout, bounded_client, could_not_ask
+from s3sync_dagster.pipeline.chroma.bounded import ChromaTimeout, bounded_client, causes, could_not_ask
 from s3sync_dagster.pipeline.chroma.claims import (
     OWNER_KEY,
     ClaimLost,
@@ -101,6 +101,7 @@ __all__ = [
     "batches",
     "bind_owner",
     "bounded_client",
+    "causes",
     "changed",
     "check_database",
     "check_id_free",

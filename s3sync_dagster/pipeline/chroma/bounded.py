@@ -58,15 +58,20 @@ class _Silence:
             self.since = time.monotonic()
 
 
+def causes(error: BaseException) -> list[BaseException]:
+    """`error` and what it was raised from or during, first to last."""
+    chain = [error]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    return chain
+
+
 def could_not_ask(error: BaseException) -> bool:
     """Whether `error` says the store could not be asked (unreachable, refused, not answering: an OS or network
     error anywhere in its chain), not what it answered."""
     import httpx
 
-    seen: list[BaseException] = [error]
-    while (cause := seen[-1].__cause__ or seen[-1].__context__) is not None and cause not in seen:
-        seen.append(cause)
-    return any(isinstance(link, (OSError, httpx.TransportError)) for link in seen)
+    return any(isinstance(link, (OSError, httpx.TransportError)) for link in causes(error))
 
 
 def _call(silence: _Silence, what: str, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
