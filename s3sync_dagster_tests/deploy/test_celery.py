@@ -9,7 +9,7 @@ of the bucket. The killed worker runs Celery's default pool (prefork), where the
 acknowledged by the worker's main process: without late acknowledgement (defs/executor.py) the step
 would be lost with it. Without root (no namespaces) the workers are two processes on this host.
 
-`S3SYNC_CELERY_KEYS` sets the number of keys (default 200, about a minute and a half here; 60 for a quick check).
+`S3SYNC_CELERY_KEYS` sets the number of keys (default 100, about a minute here; 60 for a quick check).
 Throughput with one and two workers is measured in benchmarks (section 10, `python -m benchmarks.scale.cluster`).
 """
 
@@ -28,8 +28,8 @@ from benchmarks.servers import celery_cluster
 from benchmarks.servers.celery_cluster import PREFORK, REDIS, SOLO, WAIT_S, Cluster, Hosts, Services, Worker
 from s3sync_dagster.pipeline.records import keys
 
-KEYS = int(os.environ.get("S3SYNC_CELERY_KEYS", "200"))
-BATCH = 5  # keys per run: forty runs for two workers to share
+KEYS = int(os.environ.get("S3SYNC_CELERY_KEYS", "100"))
+BATCH = 5  # keys per run: twenty runs for two workers to share
 RUNS = -(-KEYS // BATCH)
 # A message taken by a worker that vanished returns to the queue after this; a run of BATCH keys takes
 # a few seconds, so a live worker's message is never handed out twice.
