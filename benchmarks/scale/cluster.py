@@ -1,4 +1,5 @@
-"""Section 10, beyond one machine: `python -m benchmarks.scale.cluster PART --json FILE` (parts: bulk, reads, workers).
+"""Section 10, beyond one machine: `python -m benchmarks.scale.cluster PART --json FILE` (parts: bulk, reads, workers,
+latency, submission).
 
 workers: one corpus synced four ways, one after the other in this one invocation: B (`s3sync sync --all`,
 its runs in the sync's own process, the default instance, embedded Chroma), then through Celery workers
@@ -12,6 +13,9 @@ hence a part of its own, run when the machine is otherwise idle.
 
 reads: what one key's skip check (and settle check) costs in Chroma at 500 objects' chunks and at
 10,000's, the filter before issue 27 and now, in one process (a few minutes).
+
+submission: how fast a backfill of a million registered keys becomes runs on the production instance, at each run
+size (benchmarks/scale/submission.py; the run queue held, so the submission alone is measured).
 
 Each part writes its figures into FILE under its own name, keeping the other part's (a part's "remarks",
 added by hand, say what the figures cannot: what else ran beside them), and (re)writes
@@ -31,6 +35,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.common import log
+from benchmarks.scale import submission
 from benchmarks.servers import celery_cluster
 from benchmarks.sync import corpus, throughput
 from s3sync_dagster.commands import demo
@@ -464,6 +469,12 @@ def section_markdown(figures: dict[str, Any]) -> str:
             "",
             f"All: {latency_figures['all_s']}",
         ]
+    submission_figures = figures.get("submission")
+    if submission_figures:
+        lines += ["", "### Submitting a million keys to the workers (issue 66, item 5)", ""]
+        lines.append(submission.section_markdown(submission_figures))
+        if submission_figures.get("remarks"):
+            lines += ["", submission_figures["remarks"]]
     return "\n".join(lines)
 
 
@@ -481,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale.cluster", description=__doc__)
     parser.add_argument(
         "part",
-        choices=["bulk", "reads", "workers", "latency", "section"],
+        choices=["bulk", "reads", "workers", "latency", "submission", "section"],
         help="section: only rewrite section 10",
     )
     parser.add_argument("--json", required=True, help="where the figures go (other parts' figures are kept)")
@@ -489,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--sizes", default=",".join(str(size) for size in BULK_SIZES), help="bulk: corpus sizes")
     parser.add_argument("--size", type=int, default=WORKERS_SIZE, help="workers: corpus size")
+    parser.add_argument("--keys", type=int, default=1_000_000, help="submission: keys registered")
+    parser.add_argument("--run-sizes", default="100,1000", help="submission: keys a run, comma-separated")
+    parser.add_argument("--watch", type=float, default=180.0, help="submission: seconds each backfill is watched")
     args = parser.parse_args(argv)
     if args.part != "section":
         if not args.workdir:
@@ -501,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
             figures = reads(workdir, tuple(int(size) for size in args.sizes.split(",")))
         elif args.part == "latency":
             figures = latency(workdir)
+        elif args.part == "submission":
+            sizes = [int(size) for size in args.run_sizes.split(",")]
+            figures = submission.measure(workdir / "submission", args.keys, sizes, args.watch)
         else:
             figures = workers(workdir, args.size)
         _update(Path(args.json), args.part, figures)

@@ -339,6 +339,19 @@ def test_million_benchmark_steps_smoke(tmp_path: Path) -> None:
     assert all(step["peak_rss_mb"] >= step["stand_in_mb"] > 0 for step in found.values())
 
 
+@pytest.mark.benchmarks
+def test_submission_benchmark_smoke_counts_a_backfills_queued_runs(tmp_path: Path) -> None:
+    """benchmarks/scale/submission.py at 1,000 keys in runs of 100, watched 60 s: the backfill of every key makes
+    its runs (queued, never started: the queue is held) and the subsection renders."""
+    from benchmarks.scale import submission
+
+    result = submission.measure(tmp_path / "work", 1_000, [100], 60)
+    [size] = result["sizes"]
+    assert 0 < size["runs_made"] <= 10 and size["first_run_s"] is not None, size
+    assert result["postgres_rows"]["runs"] >= size["runs_made"]
+    assert "| 100 | " in submission.section_markdown(result)
+
+
 def test_plan_benchmark_smoke_finds_the_planted_plan(tmp_path: Path) -> None:
     """benchmarks/scale/plan.py at 2,000 keys: the plan it measures finds exactly what it planted (it asserts so), and
     Chroma's read returns one row per document it filled."""
