@@ -42,6 +42,14 @@ _bucket_numbers = itertools.count()
 # tests of the resident process turn it on for themselves (test_query).
 os.environ[RESIDENT_ENV] = "0"
 
+# The Dagster daemons the tests start look for backfill work every DAEMON_INTERVAL_S seconds, not Dagster's 30
+# (daemon_pace/sitecustomize.py says how and why): a backfill of a few keys is done in seconds instead of ~1 minute.
+DAEMON_INTERVAL_S = 5
+os.environ["S3SYNC_TEST_DAEMON_INTERVAL_S"] = str(DAEMON_INTERVAL_S)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(Path(__file__).resolve().parent / "daemon_pace"), os.environ.get("PYTHONPATH")])
+)
+
 # CI must be repeatable: the same examples every run there; locally each run explores new ones.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):

@@ -21,22 +21,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import psutil
 import psycopg2
 import yaml
 
 from benchmarks import common
-from benchmarks.scale.million import CANCEL
+from benchmarks.scale.million import CANCEL, Sampler
 from benchmarks.servers import dagster_server, postgres_server
 from s3sync_dagster.commands.demo import LOOPBACK
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
+from s3sync_dagster.defs.tags import BACKFILL_TAG
 from s3sync_dagster.pipeline.records import to_partition_key
 
 SOURCE = "scale"
@@ -45,7 +44,6 @@ REGISTER_BATCH = 10_000
 SAMPLE_S = 5.0
 WORKERS = 8
 WORKER_KEYS_PER_S = (2.0, 4.0)  # one worker's rate, low and high (RESULTS.md section 10)
-BACKFILL_TAG = "dagster/backfill"
 
 
 def held_home(path: Path) -> Path:
@@ -65,31 +63,6 @@ def register(home: Path, count: int) -> float:
         for start in range(0, count, REGISTER_BATCH):
             instance.add_dynamic_partitions(partitions_name(SOURCE), partition_keys[start : start + REGISTER_BATCH])
     return time.perf_counter() - started
-
-
-class PeakRss:
-    """The peak RSS in MB of a process with its children, sampled every 0.5 s until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        self.root, self.peak_mb = psutil.Process(pid), 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                processes = [self.root, *self.root.children(recursive=True)]
-                rss = sum(process.memory_info().rss for process in processes)
-            except psutil.Error:
-                rss = 0
-            self.peak_mb = max(self.peak_mb, rss / 2**20)
-            time.sleep(0.5)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak_mb
 
 
 def table_rows(postgres: postgres_server.LocalPostgres) -> dict[str, int]:
@@ -112,8 +85,8 @@ def submit(workdir: Path, home: Path, keys_per_run: int, watch_s: float) -> dict
     with (
         dagster_server.webserver_and_daemon(home, config, log) as server,
         dg.DagsterInstance.from_config(str(home)) as instance,
+        Sampler(server.others[0].pid) as daemon,  # the daemon process's own peak RSS (webserver_and_daemon: 2nd)
     ):
-        daemon = PeakRss(server.others[0].pid) if server.others else None
         started = time.perf_counter()
         backfill_id = server.backfill(list(documents_asset_key(SOURCE).path))
         launched_s = time.perf_counter() - started
@@ -122,14 +95,17 @@ def submit(workdir: Path, home: Path, keys_per_run: int, watch_s: float) -> dict
             runs = instance.get_runs_count(dg.RunsFilter(tags={BACKFILL_TAG: backfill_id}))
             samples.append((round(time.perf_counter() - started, 1), runs))
             time.sleep(SAMPLE_S)
-        daemon_mb = daemon.stop() if daemon is not None else None
         server.gql(CANCEL, backfillId=backfill_id)
+    daemon_mb = daemon.peaks.get("daemon")
     made = [(at, runs) for at, runs in samples if runs]
-    first_s = made[0][0] if made else None
+    first_s: float | None = None
+    runs_per_s = 0.0
+    if made:
+        first_s = made[0][0]
+        # The rate once runs come: from the first sample with a run to the last sample.
+        span_s = samples[-1][0] - first_s
+        runs_per_s = (samples[-1][1] - made[0][1]) / span_s if span_s > 0 else 0.0
     runs_made = samples[-1][1] if samples else 0
-    # The rate once runs come: from the first sample with a run to the last sample.
-    span_s = samples[-1][0] - first_s if made and samples[-1][0] > first_s else None  # type: ignore[operator]
-    runs_per_s = (runs_made - made[0][1]) / span_s if span_s else 0.0
     return {
         "keys_per_run": keys_per_run,
         "launch_request_s": round(launched_s, 1),

@@ -279,7 +279,8 @@ class DagsterDev:
         raise TimeoutError(f"run {run_id} still {self.run(run_id)['status']}; log tail:\n{self.tail()}")
 
     def wait_backfill(self, backfill_id: str, timeout_s: float = 300) -> dict[str, Any]:
-        """The backfill daemon ticks every 30 s: a backfill takes about a minute however small."""
+        """Dagster's backfill daemon looks every 30 s: a backfill takes about a minute however small (the suite's
+        daemons look every few seconds: s3sync_dagster_tests/daemon_pace)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             backfill = self.gql(BACKFILL_STATUS, backfillId=backfill_id)["partitionBackfillOrError"]

@@ -173,7 +173,8 @@ def test_the_launchpad_as_it_opens_lists_the_bucket_registers_its_keys_and_backf
 
 
 def test_each_selection_backfills_exactly_its_keys(s3: Any, live: Live, capsys: pytest.CaptureFixture[str]) -> None:
-    """The backfill daemon looks every 30 s: one backfill is waited for, the others are checked and cancelled."""
+    """One backfill is waited for; the others are checked and cancelled as soon as they are launched (the tests'
+    backfill daemon looks every few seconds: conftest's DAEMON_INTERVAL_S)."""
     assert live.cli(capsys, "discover", SOURCE)["registered"] == len(FILES)
     assert live.cli(capsys, "sync", SOURCE, "--key", "ui/reports/q1.txt", "--key", "ui/reports/q2.txt")
 
@@ -208,11 +209,12 @@ def test_each_selection_backfills_exactly_its_keys(s3: Any, live: Live, capsys: 
     # Failed: the broken key alone. Stale: an object changed in the bucket since it was indexed (the audit).
     failed = live.launch(SOURCE, "FAILED")["metadata"]["backfill_id"]
     assert targeted(live, failed) == ["ui/broken.txt"]
+    cancel(live, failed)
     put(s3, live.bucket, {"ui/notes.txt": "Notes: the capybara pond is now cleaned on Fridays.\n"})
     stale = live.launch(SOURCE, "STALE")["metadata"]["backfill_id"]
     assert targeted(live, stale) == ["ui/notes.txt"]
+    cancel(live, stale)
     for backfill_id in (failed, stale):
-        cancel(live, backfill_id)
         assert live.backfill(backfill_id)["status"] in ("CANCELING", "CANCELED")
 
 
@@ -234,7 +236,7 @@ def test_a_backfill_of_a_million_keys_starts_from_the_launchpad_and_cancels(live
     assert tags["s3sync/source"] == BIG and tags["s3sync/trigger"] == "backfill"
     assert backfill["status"] == "REQUESTED"
     cancel(live, backfill_id)
-    # The daemon finishes the cancellation on its next look (every 30 s), after any run it already launched.
+    # The daemon finishes the cancellation on its next look, after any run it already launched.
     assert live.backfill(backfill_id)["status"] in ("CANCELING", "CANCELED")
     assert TEST_SECRET not in live.server.tail()
 

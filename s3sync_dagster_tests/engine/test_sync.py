@@ -290,11 +290,21 @@ class WatchingEmbedder(CountingEmbedder):
     call it rewrites the first object read meanwhile (one another writer changes after this sync read it)."""
 
     def __init__(
-        self, inner: Any, s3: Any, bucket_name: str, rewrite: bool = True, linger: float = 0.0, read_wait_s: float = 60
+        self,
+        inner: Any,
+        s3: Any,
+        bucket_name: str,
+        rewrite: bool = True,
+        linger: float = 0.0,
+        read_wait_s: float = 60,
+        reads_by_first_end: int | None = None,
     ) -> None:
         super().__init__(inner)
         self.s3, self.bucket_name, self.rewrite, self.linger = s3, bucket_name, rewrite, linger
         self.read_wait_s = read_wait_s  # how long the first call waits for the staging thread's next read (ends at it)
+        # Or, where given, for this many reads in all (one made before the call began counts), then linger: a read
+        # that never comes is not waited for read_wait_s.
+        self.reads_by_first_end = reads_by_first_end
         self.read: list[str] = []  # object keys in the order their GETs were made
         self.read_during: list[list[str]] = []
         self.rewritten: str | None = None
@@ -307,8 +317,13 @@ class WatchingEmbedder(CountingEmbedder):
         before = len(self.read)
         vectors = super().__call__(texts)
         # The first call is the one the tests look into; a later one waits a moment at most.
-        deadline = time.monotonic() + (self.read_wait_s if not self.read_during else min(3.0, self.read_wait_s))
-        while len(self.read) == before and time.monotonic() < deadline:
+        if not self.read_during:
+            wait_s = self.read_wait_s
+        else:  # a later call waits a moment at most, none where only the first call's reads are looked into
+            wait_s = 0.0 if self.reads_by_first_end is not None else min(3.0, self.read_wait_s)
+        deadline = time.monotonic() + wait_s
+        enough = before + 1 if self.read_during or self.reads_by_first_end is None else self.reads_by_first_end
+        while len(self.read) < enough and time.monotonic() < deadline:
             time.sleep(0.05)  # the staging thread, if any, reads on meanwhile
         during = self.read[before:]
         if self.rewrite and during and not self.read_during:
@@ -402,7 +417,8 @@ def test_staging_holds_at_most_one_large_object_besides_the_one_written(
     monkeypatch.setattr(sync, "STAGE_BYTES", 1000)
     contents = {f"big/{n}.txt": numbered_lines(2570, tag=f"o{n}") for n in range(3)}
     put(s3, spec.bucket_name, contents)
-    embedder = WatchingEmbedder(stand_in_model, s3, spec.bucket_name, rewrite=False, linger=1.0)
+    # The first call waits for the second object's read (however slow the machine), then a second for a third.
+    embedder = WatchingEmbedder(stand_in_model, s3, spec.bucket_name, rewrite=False, linger=1.0, reads_by_first_end=2)
     s3.meta.events.register("provide-client-params.s3.GetObject", embedder.noted)
     try:
         reports = sync_keys(s3, spec, lambda _: collection, embedder, sorted(contents))
