@@ -45,7 +45,8 @@ os.environ[RESIDENT_ENV] = "0"
 # The Dagster daemons the tests start look for backfill work every DAEMON_INTERVAL_S seconds, not Dagster's 30
 # (daemon_pace/sitecustomize.py says how and why): a backfill of a few keys is done in seconds instead of ~1 minute.
 DAEMON_INTERVAL_S = 5
-os.environ["S3SYNC_TEST_DAEMON_INTERVAL_S"] = str(DAEMON_INTERVAL_S)
+DAEMON_INTERVAL_ENV = "S3SYNC_TEST_DAEMON_INTERVAL_S"
+os.environ[DAEMON_INTERVAL_ENV] = str(DAEMON_INTERVAL_S)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(Path(__file__).resolve().parent / "daemon_pace"), os.environ.get("PYTHONPATH")])
 )
@@ -77,6 +78,7 @@ SERVER_MODULES = frozenset(
         "dagster/test_daemon.py",
         "dagster/test_queues.py",
         "dagster/test_ui_backfill.py",
+        "dagster/test_ui_backfill_million.py",
         "dagster/test_webserver.py",
         "deploy/test_celery.py",
         "deploy/test_celery_daemon.py",
@@ -105,6 +107,7 @@ LONGEST_FIRST = (
     "dagster/test_sensors.py",
     "dagster/test_component.py",
     "dagster/test_webserver.py",
+    "dagster/test_ui_backfill_million.py",
     "safety/test_tenancy.py",
     "deploy/test_celery.py",
     "safety/test_reliability.py",

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,19 @@ WAIT_S = 600  # against hangs only
 
 @dataclass
 class Hosts:
-    """Where the services listen (`address`) and the command prefix that puts a worker on a host of its own."""
+    """Where the services listen (`address`) and the command prefix that puts a worker on a host of its own;
+    with namespaces, each worker's address and the bridge's end of its link, to cut."""
 
     address: str
     worker_prefixes: list[list[str]]
     namespaces: bool
+    worker_addresses: list[str] = field(default_factory=list)
+    worker_links: list[str] = field(default_factory=list)
+
+    def link(self, worker: int, up: bool) -> None:
+        """Worker `worker`'s cable in (`up`) or out, at the bridge's end: what it sends and what is sent to it is
+        lost meanwhile, and nothing tells it so (its connections stay open, a new one waits for an answer)."""
+        _ip("link", "set", self.worker_links[worker], "up" if up else "down")
 
 
 def _ip(*argv: str) -> None:
@@ -82,7 +90,13 @@ def hosts(count: int = 2) -> Iterator[Hosts]:
             _ip("-n", namespace, "addr", "add", f"{subnet}.{index}/24", "dev", worker_end)
             _ip("-n", namespace, "link", "set", worker_end, "up")
             _ip("-n", namespace, "link", "set", "lo", "up")
-        yield Hosts(f"{subnet}.1", [["ip", "netns", "exec", namespace] for namespace in namespaces], namespaces=True)
+        yield Hosts(
+            f"{subnet}.1",
+            [["ip", "netns", "exec", namespace] for namespace in namespaces],
+            namespaces=True,
+            worker_addresses=[f"{subnet}.{index}" for index in range(2, count + 2)],
+            worker_links=[f"s3h{tag}{index}" for index in range(2, count + 2)],
+        )
     finally:
         for namespace in namespaces:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)  # takes its veth pair with it
@@ -113,6 +127,17 @@ class Services:
     broker: str
     chroma_port: int
     postgres: postgres_server.LocalPostgres | None  # None: the instance is SQLite files in DAGSTER_HOME
+    chroma_pid: int = 0  # the `chroma run` server's process, to pause (SIGSTOP: it takes connections, answers none)
+
+    def forget_redis_clients(self, client_address: str) -> int:
+        """Redis's side of every connection from `client_address` destroyed at once (`ss -K`: the kernel sends
+        one reset and keeps nothing), as a server does that gave up on a client; how many there were. Sent
+        while that client's link is cut, the resets are lost: the client learns of it only when it next writes."""
+        port = self.broker.rsplit(":", 1)[1].split("/")[0]
+        selector = ["state", "established", "dst", client_address, "sport", "=", f":{port}"]
+        listed = subprocess.run(["ss", "-H", "-t", *selector], check=True, capture_output=True, text=True)
+        subprocess.run(["ss", "-K", "-t", *selector], check=True, capture_output=True)
+        return len(listed.stdout.splitlines())
 
 
 @contextmanager
@@ -159,7 +184,7 @@ def services(where: Hosts, workdir: Path, postgres: bool = True) -> Iterator[Ser
         stack.callback(s3_server.stop)
         database = stack.enter_context(postgres_server.running(host=where.address)) if postgres else None
         yield Services(where.address, s3_server.endpoint_url, f"redis://{where.address}:{redis_port}/0", chroma_port,
-                       database)  # fmt: skip
+                       database, chroma.pid)  # fmt: skip
 
 
 class Worker:
@@ -268,10 +293,10 @@ class Cluster:
         self.sync_log = workdir / "sync.json"
         self.sync: subprocess.Popen[bytes] | None = None
 
-    def start_workers(self, pools: list[list[str]]) -> list[Worker]:
-        """One worker per entry of `pools` (its pool options), each on a host of its own."""
+    def start_workers(self, pools: list[list[str]], env: Mapping[str, str] | None = None) -> list[Worker]:
+        """One worker per entry of `pools` (its pool options), each on a host of its own; `env` added to theirs."""
         self.workers = [
-            Worker(f"w{index}", prefix, self.env, self.workdir / f"w{index}.log", pool)
+            Worker(f"w{index}", prefix, {**self.env, **(env or {})}, self.workdir / f"w{index}.log", pool)
             for index, (prefix, pool) in enumerate(zip(self.hosts.worker_prefixes, pools, strict=False), start=1)
         ]
         for worker in self.workers:

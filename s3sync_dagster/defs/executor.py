@@ -16,6 +16,12 @@ from s3sync_dagster.config import AppConfig, CeleryConfig, EnvRef
 WORKER_APP = "s3sync_dagster.commands.celery_worker"
 
 
+# Celery's bounds for storing or reading a step's result again after a lost backend connection (exponential
+# backoff with full jitter: each wait between 0 and the cap, 2.5 s on average once capped).
+RESULT_RETRIES = 60
+RESULT_RETRY_CAP_MS = 5000
+
+
 def celery_settings(celery: CeleryConfig) -> dict[str, Any]:
     """Celery settings under dagster-celery's defaults: a step's message survives the worker that took it.
 
@@ -32,6 +38,15 @@ def celery_settings(celery: CeleryConfig) -> dict[str, Any]:
         **DEFAULT_CONFIG,  # among them one message at a time per worker (prefetch 1): a dead one holds back one step
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A step's result is stored again on a new connection when the backend's connection was lost, and read
+        # again by the run the same way: a worker whose link was cut while it ended a step had Redis give up its
+        # connection, its write of the result failed ("Broken pipe"), and the run whose step had succeeded ended
+        # FAILURE (test_celery.py cuts a worker's link at that moment). Retried RESULT_RETRIES times, at most
+        # RESULT_RETRY_CAP_MS apart (about 2.5 minutes in all): a backend gone longer fails the step, as before.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": RESULT_RETRIES,
+        "result_backend_base_sleep_between_retries_ms": 100,
+        "result_backend_max_sleep_between_retries_ms": RESULT_RETRY_CAP_MS,
         "broker_transport_options": {
             **cast("dict[str, Any]", DEFAULT_CONFIG["broker_transport_options"]),
             "visibility_timeout": celery.visibility_timeout_s,

@@ -188,6 +188,53 @@ RETRIES = "telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_re
 
 
 @pytest.mark.parametrize("retries", ["on", "off"])
+def test_a_repair_run_that_fails_as_a_whole_is_tried_again_on_the_drift_it_left(
+    retries: str,
+    s3: Any,
+    bucket: str,
+    make_config: ConfigFactory,
+    dagster_home: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`s3sync repair`'s run is executed by the command, which the daemon cannot retry: the command audits again
+    and repairs what the failed run left, within the instance's run_retries. 200 objects never synced (four write
+    batches of up to 64); the run fails once its first key is reported (failpoint run:lost, raised once in the
+    process: as a lost worker), and the keys it had not written yet are left as drift."""
+    if retries == "on":
+        (dagster_home / "dagster.yaml").write_text(RETRIES)
+    files = {f"p/file-{n:03d}.txt": f"repaired file number {n}\n" for n in range(200)}
+    put(s3, bucket, files)
+    config, path = make_config(bucket, path_prefix="p/")
+    monkeypatch.setenv(FAILPOINTS_ENV, "run:lost")
+    monkeypatch.setattr(failpoints, "_failed", set())  # once in this test, whatever ran before in the process
+    code, result = run_json(capsys, "repair", "docs", "--config", str(path))
+    first = result["runs"][0]
+    assert not first["success"] and first["keys"] == 200 and first["retry"] == 0, result["runs"]
+    assert "FailpointError: failpoint run:lost: this run fails here" in first["error"], first
+    store = config.chroma.store().client().get_collection(config.source("docs").collection_name)
+    found = store.get(include=["documents"])
+    stored = dict(zip(found["ids"], found["documents"], strict=True))
+    every = {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
+    reported = sorted(report["object_key"] for report in result["reports"])
+    if retries == "on":
+        assert code == 0, result
+        [second] = result["runs"][1:]
+        assert (second["success"], second["retry"], second["error"]) == (True, 1, ""), second
+        assert 1 <= second["keys"] < 200  # the drift the failed run left: the keys it had not written
+        assert result["success"] and result["after"]["clean"] and result["failed"] == [], result
+        assert result["synced"] == 200 and reported == sorted(files), reported
+        assert stored == every
+    else:
+        assert code == 1 and len(result["runs"]) == 1 and not result["after"]["clean"], result
+        assert result["failed"] and reported == sorted(files), result["failed"]
+        assert all("failpoint run:lost" in report["message"] for report in result["failed"]), result["failed"]
+        assert stored.items() <= every.items() and 1 <= len(stored) < 200, len(stored)
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_run_records()) == len(result["runs"])
+
+
+@pytest.mark.parametrize("retries", ["on", "off"])
 def test_a_run_that_fails_as_a_whole_is_tried_again_and_says_why(
     retries: str,
     s3: Any,

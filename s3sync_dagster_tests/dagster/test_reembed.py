@@ -6,6 +6,7 @@ The model change is a real one that runs offline: the bundled model in float32, 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import yaml
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.query import SourceSearch
 from s3sync_dagster.config import AppConfig, load_config
+from s3sync_dagster.defs import failpoints
 from s3sync_dagster.pipeline import store
 from s3sync_dagster.pipeline.chunking.context import embedding_input
 from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
@@ -195,6 +197,42 @@ def test_a_kill_at_any_step_leaves_queries_answered_and_the_next_run_finishes(sy
     assert answers(int8)[0] == ANSWER
     assert main(["reembed", "manuals", "--config", str(path), "--batch-size", "8"]) == 0
     assert_whole_in_int8(int8, name, before)
+    assert answers(int8)[0] == ANSWER
+
+
+RETRIES = "telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 2\n"
+
+
+@pytest.mark.parametrize("synced", ["embedded"], indirect=True)  # the store makes no difference to the command
+@pytest.mark.parametrize("retries", ["on", "off"])
+def test_a_run_that_fails_at_a_step_is_run_again_by_the_command(
+    synced: Any, dagster_home: Path, retries: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon cannot retry the run `s3sync reembed` executes: the command runs it again from the step it
+    recorded, within the instance's run_retries. The run fails once the copy is made (failpoint reembed:copied:lost,
+    raised once in the process, as a store gone there would)."""
+    if retries == "on":
+        (dagster_home / "dagster.yaml").write_text(RETRIES)
+    path, configure, name = synced
+    before = held(configure("float32"), name)
+    int8 = configure("int8")
+    monkeypatch.setenv("S3SYNC_FAILPOINTS", "reembed:copied:lost")
+    monkeypatch.setattr(failpoints, "_failed", set())  # once in this test, whatever ran before in the process
+    code = main(["reembed", "manuals", "--config", str(path), "--batch-size", "8", "--json"])
+    said = capsys.readouterr()
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name="manuals_reembed"))
+        statuses = sorted(run.status.value for run in runs)
+    if retries == "on":
+        assert code == 0, said.err[-2000:]
+        payload = json.loads(said.out)
+        assert [(run["success"], run["retry"]) for run in payload["runs"]] == [(False, 0), (True, 1)], payload
+        assert "FailpointError: failpoint reembed:copied:lost" in payload["runs"][0]["error"]
+        assert payload["status"] == "swapped" and statuses == ["FAILURE", "SUCCESS"]
+        assert_whole_in_int8(int8, name, before)
+    else:
+        assert code != 0 and statuses == ["FAILURE"], said.err[-2000:]
+        assert "the re-embedding failed" in said.err and "failpoint reembed:copied:lost" in said.err, said.err[-2000:]
     assert answers(int8)[0] == ANSWER
 
 

@@ -1,5 +1,5 @@
 """The backfill job from the UI's launchpad: each selection starts Dagster's own backfill over exactly its keys,
-through the webserver of `dagster dev`; at 1,000,000 registered keys, a backfill of every key in one run.
+through the webserver of `dagster dev` (at 1,000,000 registered keys: test_ui_backfill_million.py).
 
 The tests share one server and run in file order: each builds on what the previous one left.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,10 @@ from s3sync_dagster.commands.demo.local_s3 import LOOPBACK, free_port
 from s3sync_dagster.defs.names import backfill_job_name, backfill_op_name, partitions_name
 from s3sync_dagster.defs.runs.backfill import LAUNCH_BACKFILL
 from s3sync_dagster.defs.webserver import DagsterWebserver, WebserverError
-from s3sync_dagster_tests.conftest import TEST_SECRET, put
+from s3sync_dagster_tests.conftest import DAEMON_INTERVAL_ENV, put
 
 SOURCE = "ui"
-BIG = "big"  # an empty prefix whose partitions the last test registers directly: a million of them
-BIG_KEYS = 1_000_000
+BIG = "big"  # an empty prefix whose partitions test_ui_backfill_million.py registers directly: a million of them
 FRESH = "fresh"  # a source no one has discovered: the launchpad's default run indexes its bucket
 FRESH_FILES = {
     "fresh/otters.md": "# Otters\n\nThe otter enclosure is cleaned every Tuesday.\n",
@@ -99,14 +99,15 @@ class Live:
         return {str(m["object_key"]) for m in collection.get(include=["metadatas"])["metadatas"] or []}
 
 
-@pytest.fixture(scope="module")
-def live(s3: Any, moto_endpoint: str, chroma_server: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    base = tmp_path_factory.mktemp("ui-backfill")
-    bucket = f"s3sync-ui-backfill-{os.getpid()}"
+@contextmanager
+def serving(s3: Any, moto_endpoint: str, chroma_server: int, base: Path, paced: bool = True) -> Iterator[Live]:
+    """`dagster dev` on a bucket of the sources' files and this repo's instance settings. `paced`: its daemon looks
+    for backfill work every few seconds (conftest's DAEMON_INTERVAL_S), else every 30 s, as Dagster's does."""
+    bucket = f"s3sync-{base.name}-{os.getpid()}"
     s3.create_bucket(Bucket=bucket)
     put(s3, bucket, FILES | FRESH_FILES)
     port = free_port()
-    collection_name = f"ui-backfill-{os.getpid()}"
+    collection_name = f"{base.name}-{os.getpid()}"
     source = {
         "bucket_name": bucket,
         "region": "us-east-1",
@@ -131,14 +132,25 @@ def live(s3: Any, moto_endpoint: str, chroma_server: int, tmp_path_factory: pyte
     (home / "dagster.yaml").write_text((Path(__file__).parents[2] / "dagster.yaml").read_text())
     saved = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(home)  # the CLI and the test's instance work on the server's instance
+    pace = None if paced else os.environ.pop(DAEMON_INTERVAL_ENV, None)  # for the processes started now
     try:
         with dagster_dev(home, config_file, base / "dagster-dev.log", port=port) as server:
+            if pace is not None:
+                os.environ[DAEMON_INTERVAL_ENV], pace = pace, None
             yield Live(server, config_file, bucket, collection_name, chroma_server)
     finally:
+        if pace is not None:
+            os.environ[DAEMON_INTERVAL_ENV] = pace
         if saved is None:
             os.environ.pop("DAGSTER_HOME", None)
         else:
             os.environ["DAGSTER_HOME"] = saved
+
+
+@pytest.fixture(scope="module")
+def live(s3: Any, moto_endpoint: str, chroma_server: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    with serving(s3, moto_endpoint, chroma_server, tmp_path_factory.mktemp("ui-backfill")) as served:
+        yield served
 
 
 def targeted(live: Live, backfill_id: str) -> list[str]:
@@ -216,29 +228,6 @@ def test_each_selection_backfills_exactly_its_keys(s3: Any, live: Live, capsys: 
     cancel(live, stale)
     for backfill_id in (failed, stale):
         assert live.backfill(backfill_id)["status"] in ("CANCELING", "CANCELED")
-
-
-def test_a_backfill_of_a_million_keys_starts_from_the_launchpad_and_cancels(live: Live) -> None:
-    """Registered directly (as discover would, without a million objects in moto): the launchpad's run must
-    start a backfill of every key, which the Materialize dialog's "All" cannot at this size."""
-    instance = dg.DagsterInstance.get()
-    partition_keys = [f"big/{index:07d}.txt" for index in range(BIG_KEYS)]
-    for start in range(0, BIG_KEYS, 100_000):
-        instance.add_dynamic_partitions(partitions_name(BIG), partition_keys[start : start + 100_000])
-
-    launched = live.launch(BIG, "ALL")
-    assert launched["status"] == "SUCCESS", launched
-    assert launched["metadata"]["partitions"] == BIG_KEYS
-    backfill_id = launched["metadata"]["backfill_id"]
-    backfill = live.backfill(backfill_id)
-    assert backfill["numPartitions"] == BIG_KEYS and backfill["title"] == "big: all"
-    tags = {tag["key"]: tag["value"] for tag in backfill["tags"]}
-    assert tags["s3sync/source"] == BIG and tags["s3sync/trigger"] == "backfill"
-    assert backfill["status"] == "REQUESTED"
-    cancel(live, backfill_id)
-    # The daemon finishes the cancellation on its next look, after any run it already launched.
-    assert live.backfill(backfill_id)["status"] in ("CANCELING", "CANCELED")
-    assert TEST_SECRET not in live.server.tail()
 
 
 def test_an_unreachable_webserver_fails_the_run_with_where_it_looked() -> None:

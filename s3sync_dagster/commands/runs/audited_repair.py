@@ -5,6 +5,10 @@ re-embedding will swap in (pipeline/reembed/swap.py, `drop_leftovers`), and says
 
 It may run beside syncs, sensors' runs and other repairs of the source: each audit is read between their
 writes, and the run's keys are the audit's, whatever those others sync or remove meanwhile.
+
+A run that fails as a whole before it reached its keys (the store gone, a link cut) is tried again, as the daemon
+retries the UI's runs and `s3sync sync` its own: up to the instance's run_retries.max_retries times when its run
+retries are on, each time on the drift a new audit finds; the keys a failed run reached keep their outcome.
 """
 
 import time
@@ -15,7 +19,7 @@ from typing import Any
 import dagster as dg
 
 from s3sync_dagster.commands.errors import UsageError
-from s3sync_dagster.commands.runs.reports import key_outcomes, run_failure
+from s3sync_dagster.commands.runs.reports import key_outcomes, reports_of, run_failure
 from s3sync_dagster.commands.runs.runner import s3_client
 from s3sync_dagster.config import AppConfig, SourceConfig
 from s3sync_dagster.definitions import build_definitions
@@ -42,6 +46,8 @@ class RepairResult:
     # The copies earlier releases' re-embeddings left of collections the source writes: each with whether it was
     # dropped and why (pipeline/reembed/swap.py, `leftovers`).
     leftovers: list[dict[str, Any]] = field(default_factory=list)
+    # Each run: its id, keys, success, why it failed ("" if it did not) and which retry it is (0: the first run).
+    runs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -64,6 +70,48 @@ def _audit(
     return drift_of(source, instance, s3, chroma, embedding, hold=chroma.write_lock)
 
 
+def _run(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    tags: dict[str, str] | None,
+    drift: Drift,
+    to_sync: list[str],
+    source: SourceConfig,
+    result: RepairResult,
+    retry: int,
+    retried: bool,
+) -> list[str]:
+    """One run of the repair job on this drift, its keys' outcomes into the result; the keys it did not reach
+    when it failed as a whole. `retried`: such keys are tried again, so their outcome comes from a later run."""
+    execution = job.execute_in_process(
+        instance=instance,
+        tags={**(tags or {}), **in_process_tags()},
+        run_config=repair_run_config(
+            source.name,
+            to_sync,
+            drift.unselected,
+            sorted(drift.misplaced),
+            bool(drift.foreign),
+            sorted(drift.lexicon),
+            sorted(drift.misembedded),
+        ),
+        raise_on_error=False,
+    )
+    error = "" if execution.success else run_failure(instance, execution.run_id)
+    result.run_id, result.success = execution.run_id, execution.success
+    result.runs.append(
+        {"run_id": execution.run_id, "keys": len(to_sync), "success": execution.success, "error": error, "retry": retry}
+    )
+    reached = {report["object_key"] for report in reports_of(instance, execution.run_id)}
+    unreached = [] if execution.success else [key for key in to_sync if key not in reached]
+    # Each key with the reason for its outcome (a key the run recorded nothing for says why), then the
+    # metadata files synced along with a document.
+    settled = [key for key in to_sync if key not in unreached] if retried else to_sync
+    own, also_synced = key_outcomes(instance, source, execution.run_id, settled, error or None)
+    result.reports += own + also_synced
+    return unreached
+
+
 def repair(
     config: AppConfig,
     source_name: str,
@@ -71,7 +119,8 @@ def repair(
     tags: dict[str, str] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> RepairResult:
-    """Audit the source, repair exactly the drift found in one run on the instance, and audit again.
+    """Audit the source, repair exactly the drift found in one run on the instance (tried again on a new audit's
+    drift when it fails as a whole before its keys, while run retries allow), and audit again.
 
     on_start: told how many keys the run will sync, just before it starts (a progress display).
     """
@@ -88,39 +137,38 @@ def repair(
     before = _audit(source, instance, s3, chroma, embedding)
     result = RepairResult(source=source_name, before=_described(before), after=_described(before))
     result.leftovers = [asdict(leftover) for leftover in left]
-    # Waiting metadata files are no drift: only those no sync has linked to their document are synced.
-    to_sync = sorted({*before.to_sync(), *unlinked_waiting(instance, source_name, before)})
-    if before.clean and not to_sync:
+    job = build_definitions(config).get_job_def(repair_job_name(source_name))
+    bound = instance.run_retries_max_retries if instance.run_retries_enabled else 0
+    drift, asked, pending = before, set[str](), list[str]()
+    while True:
+        # Waiting metadata files are no drift: only those no sync has linked to their document are synced.
+        to_sync = sorted({*drift.to_sync(), *unlinked_waiting(instance, source_name, drift)})
+        # A failed run's keys it did not report that the audit now finds current: written before it stopped.
+        result.reports += [
+            {
+                "object_key": key,
+                "status": "unchanged",
+                "message": f"run {result.run_id} failed before it reported object '{key}', which the audit after it "
+                "finds current",
+            }
+            for key in pending
+            if key not in to_sync
+        ]
+        if drift.clean and not to_sync:
+            result.success = True  # nothing was to repair, or nothing is left after a run that failed as a whole
+            break
+        if on_start is not None and not result.runs:
+            on_start(len(to_sync))
+        asked.update(to_sync)
+        retry = len(result.runs)
+        pending = _run(job, instance, tags, drift, to_sync, source, result, retry, retried=retry < bound)
+        if not pending or retry >= bound:
+            break
+        drift = _audit(source, instance, s3, chroma, embedding)  # what the failed run left, and anything since
+    result.synced = len(asked)
+    if not result.runs:
         result.duration_s = time.perf_counter() - started
         return result
-    job = build_definitions(config).get_job_def(repair_job_name(source_name))
-    if on_start is not None:
-        on_start(len(to_sync))
-    execution = job.execute_in_process(
-        instance=instance,
-        tags={**(tags or {}), **in_process_tags()},
-        run_config=repair_run_config(
-            source_name,
-            to_sync,
-            before.unselected,
-            sorted(before.misplaced),
-            bool(before.foreign),
-            sorted(before.lexicon),
-            sorted(before.misembedded),
-        ),
-        raise_on_error=False,
-    )
-    result.run_id, result.success, result.synced = execution.run_id, execution.success, len(to_sync)
-    # Each key with the reason for its outcome (a key the run recorded nothing for says why), then the
-    # metadata files synced along with a document.
-    own, also_synced = key_outcomes(
-        instance,
-        source,
-        execution.run_id,
-        to_sync,
-        None if execution.success else run_failure(instance, execution.run_id),
-    )
-    result.reports = own + also_synced
     after = _audit(source, instance, s3, chroma, embedding)
     result.after = _described(after)
     result.duration_s = time.perf_counter() - started

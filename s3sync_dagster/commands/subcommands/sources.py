@@ -151,64 +151,98 @@ def add_rebuild_lexicon(commands: Subcommands, common: argparse.ArgumentParser) 
     parser.set_defaults(run=cmd_rebuild_lexicon)
 
 
-def cmd_reembed(args: argparse.Namespace) -> int:
-    """A run of the source's reembed job on the instance (the UI shows it, with its progress in its log),
-    executed here; its progress lines shown as they are logged."""
+def _deliberate(instance: Any, run_id: str) -> bool:
+    """Whether the run failed on a refusal of the op's own (a `dg.Failure`: the source not synced yet, say), which
+    another run would meet again, rather than on what happened to it (the store gone, a link cut)."""
+    import dagster as dg
+
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        event = record.dagster_event
+        error = event.step_failure_data.error if event is not None else None
+        if error is not None and error.cls_name == "Failure":
+            return True
+    return False
+
+
+def _reembed_run(args: argparse.Namespace, job: Any, instance: Any, run_config: Any) -> tuple[Any, list[str]]:
+    """One run of the reembed job, executed here; its progress lines, shown as the op logs them."""
     import threading
 
+    from s3sync_dagster.defs.runs import PROGRESS_PREFIX
+    from s3sync_dagster.defs.sensors import in_process_tags
+
+    run_id = str(uuid.uuid4())
+    done = threading.Event()
+    shown_lines: list[str] = []
+
+    def follow() -> None:  # the run's progress lines, as the op logs them
+        seen = 0
+        while True:
+            finished = done.is_set()
+            records = instance.all_logs(run_id)
+            for record in records[seen:]:
+                if record.dagster_event is None and record.user_message.startswith(PROGRESS_PREFIX):
+                    shown_lines.append(record.user_message[len(PROGRESS_PREFIX) :])
+                    if not args.json:
+                        print(f"  {shown_lines[-1]}", file=sys.stderr, flush=True)
+            seen = len(records)
+            if finished:
+                return
+            done.wait(0.5)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        execution = job.execute_in_process(
+            instance=instance, run_id=run_id, tags=in_process_tags(), run_config=run_config, raise_on_error=False
+        )
+    finally:
+        done.set()
+        follower.join(timeout=30)
+    return execution, shown_lines
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    """A run of the source's reembed job on the instance (the UI shows it, with its progress in its log),
+    executed here; its progress lines shown as they are logged. A run that fails on what happened to it (the
+    store gone, a link cut) is run again, resuming from the step the last one recorded, as the daemon retries the
+    UI's runs: up to the instance's run_retries.max_retries times when its run retries are on."""
     from s3sync_dagster.commands.runs import run_failure
     from s3sync_dagster.definitions import build_definitions
     from s3sync_dagster.defs.names import reembed_job_name, reembed_op_name
     from s3sync_dagster.defs.run_config import reembed_run_config
-    from s3sync_dagster.defs.runs import PROGRESS_PREFIX
-    from s3sync_dagster.defs.sensors import fail_dead, in_process_tags
+    from s3sync_dagster.defs.sensors import fail_dead
 
     config = load_config(args)
     source = config.source(args.source)
     job = build_definitions(config).get_job_def(reembed_job_name(source.name))
-    run_id = str(uuid.uuid4())
+    run_config = reembed_run_config(source.name, args.abandon, args.batch_size)
+    runs: list[dict[str, Any]] = []
     with dagster_instance(args) as instance:
         fail_dead(instance)  # an earlier re-embedding killed with its process: failed, as the run monitor would
-        done = threading.Event()
-        shown_lines: list[str] = []
-
-        def follow() -> None:  # the run's progress lines, as the op logs them
-            seen = 0
-            while True:
-                finished = done.is_set()
-                records = instance.all_logs(run_id)
-                for record in records[seen:]:
-                    if record.dagster_event is None and record.user_message.startswith(PROGRESS_PREFIX):
-                        shown_lines.append(record.user_message[len(PROGRESS_PREFIX) :])
-                        if not args.json:
-                            print(f"  {shown_lines[-1]}", file=sys.stderr, flush=True)
-                seen = len(records)
-                if finished:
-                    return
-                done.wait(0.5)
-
-        follower = threading.Thread(target=follow, daemon=True)
-        follower.start()
-        try:
-            execution = job.execute_in_process(
-                instance=instance,
-                run_id=run_id,
-                tags=in_process_tags(),
-                run_config=reembed_run_config(source.name, args.abandon, args.batch_size),
-                raise_on_error=False,
-            )
-        finally:
-            done.set()
-            follower.join(timeout=30)
+        bound = instance.run_retries_max_retries if instance.run_retries_enabled else 0
+        while True:
+            execution, shown_lines = _reembed_run(args, job, instance, run_config)
+            run_id = execution.run_id
+            error = "" if execution.success else run_failure(instance, run_id)
+            runs.append({"run_id": run_id, "success": execution.success, "error": error, "retry": len(runs)})
+            if execution.success or len(runs) > bound or _deliberate(instance, run_id):
+                break
+            if not args.json:
+                print(
+                    f"source '{source.name}': the re-embedding's run {run_id} failed: {error}; running it again "
+                    f"from the step it recorded (retry {len(runs)} of {bound})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if not execution.success:
-            raise RunError(
-                f"source '{source.name}': the re-embedding failed (run {run_id}): {run_failure(instance, run_id)}"
-            )
+            earlier = "".join(f"; run {run['run_id']} before it: {run['error']}" for run in runs[:-1])
+            raise RunError(f"source '{source.name}': the re-embedding failed (run {run_id}): {error}{earlier}")
     figures: dict[str, Any] = {}
     for event in execution.events_for_node(reembed_op_name(source.name)):
         if event.is_successful_output and event.step_output_data.metadata:
             figures = {key: value.value for key, value in event.step_output_data.metadata.items()}
-    payload = {"source": source.name, "run_id": run_id, **figures}
+    payload = {"source": source.name, "run_id": run_id, **figures, "runs": runs}
     if figures.get("status") == "swapped":
         text = (
             f"source '{source.name}': collection '{figures['collection']}' now holds {figures['embedding']}'s vectors: "

@@ -204,9 +204,15 @@ def cmd_repair(args: argparse.Namespace) -> int:
     if result.run_id is None:
         lines.append("  no drift: nothing to repair")
     else:
+        # A run that failed as a whole before its keys, then the run that tried them again (audited_repair.py).
+        lines += [
+            f"  run {run['run_id']}: {run['keys']} key(s), FAILED: {run['error']}; the keys it did not reach tried again"
+            for run in result.runs[:-1]
+        ]
+        failed_as_a_whole = f": {result.runs[-1]['error']}" if result.runs and not result.success else ""
         lines.append(
-            f"  run {result.run_id}: {result.synced} key(s) synced, {'ok' if result.success else 'FAILED'}; "
-            f"after: {drift_text(result.after)}"
+            f"  run {result.run_id}: {result.synced} key(s) synced, {'ok' if result.success else 'FAILED'}"
+            f"{failed_as_a_whole}; after: {drift_text(result.after)}"
         )
     lines += [f"  failed: {report['object_key']}: {report['message']}" for report in result.failed]
     payload = {**asdict(result), "failed": result.failed}

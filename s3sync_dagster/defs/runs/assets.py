@@ -38,6 +38,7 @@ def _told(context: dg.OpExecutionContext | dg.AssetExecutionContext, said: Itera
             if isinstance(item, dg.AssetMaterialization):
                 failpoints.reached("run:reported")  # a test's kill -9 of the run, its first key's outcome stored
                 failpoints.fails_once("run:lost")  # a test's run failing as a whole there, once per process
+                failpoints.holds("hold:reported")  # a test cuts the worker's link here, mid-step
             continue
         level, text = item
         getattr(context.log, level)(text)
@@ -186,6 +187,7 @@ def index_partitions(
             context, source, reports, lambda name: _existing(chroma, embedding, name), spec.owner
         )
     _log_summary(context, spec, reports)
+    failpoints.holds("hold:done")  # a test cuts the worker's link here: the keys written, the step's end not yet stored
     _fail_on_failed_keys(reports)
 
 

@@ -118,11 +118,18 @@ def _reembed_one(
         collection,
         spec.build(),
         report=lambda progress: context.log.info(PROGRESS_PREFIX + progress.line()),
-        step=failpoints.reached,
+        step=_at_step,
         page_size=config.batch_size,
         contexts=source.tokens,
     )
     return "swapped", progress
+
+
+def _at_step(name: str) -> None:
+    """A test's fault at a step of the re-embedding: kill -9 of the process (`reembed:copied`), or its run failing
+    there once, as a store gone would fail it (`reembed:copied:lost`)."""
+    failpoints.reached(name)
+    failpoints.fails_once(f"{name}:lost")
 
 
 def _add_contexts(
