@@ -33,6 +33,7 @@ from s3sync_dagster.pipeline.s3 import (
     refuse_non_s3_answers,
     send_request_settings,
     session_with,
+    skip_while_silent,
 )
 from s3sync_dagster.pipeline.store import DEFAULT_TIMEOUT_S, Store
 
@@ -105,7 +106,8 @@ def boto_client(
     # Requester pays and an SSE-C key on every request that needs them; a refusal names the setting to look at.
     send_request_settings(client, request_settings or RequestSettings())
     # A web app where the endpoint should be answers 200 to everything: its page is refused, not read as no keys.
-    return refuse_non_s3_answers(client)
+    # An endpoint gone silent costs the next requests a moment each, not their timeouts and attempts.
+    return skip_while_silent(refuse_non_s3_answers(client))
 
 
 def _client_config(

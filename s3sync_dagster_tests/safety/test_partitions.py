@@ -1,4 +1,5 @@
-"""A Chroma server that stops answering for longer than every timeout, in the middle of a sync (issue 66, item 4).
+"""A Chroma server, or an S3 endpoint, that stops answering for longer than every timeout, in the middle of a sync
+(issue 66, item 4).
 
 The server is paused (SIGSTOP): it takes connections and reads nothing, as a host cut off without a word looks
 to its clients, and chromadb's own client would wait for it without end. With `chroma.timeout_seconds` short, the
@@ -19,13 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import chromadb
 import dagster as dg
 import pytest
 import yaml
 
 from s3sync_dagster.commands.cli import main
+from s3sync_dagster.commands.demo import local_s3
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
+from s3sync_dagster.config import load_config
 from s3sync_dagster.defs.names import documents_asset_key
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster.pipeline.store import close_clients
@@ -165,3 +169,75 @@ def test_a_chroma_server_silent_past_its_timeout_fails_keys_by_name_and_the_next
     code, after = sync(capsys, config)
     assert code == 0 and after["failed"] == [] and after["not_tried"] == [], after
     assert chunks(server.port, collection_name) == expected(files("autumn"))
+
+
+S3_TIMEOUT_S = 2
+
+
+def test_an_s3_endpoint_silent_past_its_timeout_fails_the_later_keys_at_once_and_the_next_sync_is_exact(
+    moto_endpoint: str, dagster_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """S3 paused mid-sync (a moto server of the test's own, SIGSTOP: it takes connections and answers nothing): the
+    key whose request went unanswered fails after the source's timeouts, and the keys after it fail at once, unsent,
+    naming the endpoint and the setting (a run of 100 keys would otherwise wait 100 times the timeouts)."""
+    del moto_endpoint  # the suite's S3 endpoint is not used: its fixture sets the credentials' variables
+    with local_s3.running() as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint.endpoint_url, region_name="us-east-1")
+        bucket = "partitioned-s3"
+        s3.create_bucket(Bucket=bucket)
+        collection_name = f"{bucket}-docs"
+        source = {
+            "name": "docs", "bucket_name": bucket, "region": "us-east-1", "path_prefix": "d/",
+            "collection_name": collection_name, "endpoint_url": endpoint.endpoint_url,
+            "aws_access_key_id": {"env": "S3SYNC_TEST_KEY_ID"}, "aws_secret_access_key": {"env": "S3SYNC_TEST_SECRET"},
+            "timeouts": {"connect_seconds": S3_TIMEOUT_S, "read_seconds": S3_TIMEOUT_S, "max_attempts": 1},
+        }  # fmt: skip
+        config = tmp_path / "s3sync.yaml"
+        config.write_text(yaml.safe_dump({"chroma": {"path": str(tmp_path / "chroma")}, "sources": [source]}))
+        put(s3, bucket, files("spring"))
+        code, first = sync(capsys, config)
+        assert code == 0 and first["counts"] == {"indexed": KEYS}, first
+
+        put(s3, bucket, files("autumn"))
+        instance = dg.DagsterInstance.get()
+        written_before = len(instance.fetch_materializations(documents_asset_key("docs"), limit=10_000).records)
+        paused: list[bool] = []
+
+        def pause_after_the_first_key() -> None:
+            deadline = time.monotonic() + BOUND_S
+            while time.monotonic() < deadline:
+                records = instance.fetch_materializations(documents_asset_key("docs"), limit=10_000).records
+                if len(records) > written_before:
+                    os.kill(endpoint.process.pid, signal.SIGSTOP)
+                    paused.append(True)
+                    return
+                time.sleep(0.02)
+
+        threading.Thread(target=pause_after_the_first_key, daemon=True).start()
+        ended: list[tuple[int, Any]] = []
+        syncing = threading.Thread(target=lambda: ended.append(sync(capsys, config)), daemon=True)
+        started = time.monotonic()
+        syncing.start()
+        try:
+            syncing.join(timeout=BOUND_S)
+        finally:
+            if paused:
+                os.kill(endpoint.process.pid, signal.SIGCONT)
+        took = time.monotonic() - started
+        assert paused, f"the sync ended before its first key was reported: {ended}"
+        assert ended, f"the sync had not ended {BOUND_S} s after it began, S3 silent"
+        code, cut = ended[0]
+        assert code == 1 and cut["counts"].get("indexed", 0) >= 1 and cut["failed"], cut
+        messages = [failed["message"] for failed in cut["failed"]]
+        assert all(f"the S3 endpoint {endpoint.endpoint_url}" in message for message in messages), messages
+        assert any(f"did not answer within the read timeout of {S3_TIMEOUT_S} s" in m for m in messages), messages
+        unsent = [message for message in messages if "was not sent" in message]
+        assert unsent and all("timeouts.read_seconds" in message for message in unsent), messages
+        with capsys.disabled():
+            print(f"\nS3 paused mid-sync: {cut['counts']} in {took:.1f} s (timeout {S3_TIMEOUT_S} s); {messages[-1]}")
+
+        time.sleep(S3_TIMEOUT_S)  # the client's pause after an unanswered request ends
+        code, after = sync(capsys, config)
+        assert code == 0 and after["failed"] == [] and after["not_tried"] == [], after
+        found = load_config(config).chroma.store().client().get_collection(collection_name).get()
+        assert dict(zip(found["ids"], found["documents"], strict=True)) == expected(files("autumn"))

@@ -23,6 +23,7 @@ from s3sync_dagster.pipeline.s3.objects import (
     DEFAULT_MAX_OBJECT_BYTES,
     BucketError,
     EndpointError,
+    EndpointSilent,
     ObjectError,
     ObjectInfo,
     ObjectMissing,
@@ -35,6 +36,7 @@ from s3sync_dagster.pipeline.s3.objects import (
     list_objects,
     read_object,
     refuse_non_s3_answers,
+    skip_while_silent,
 )
 from s3sync_dagster.pipeline.s3.poll import PollState, clear, has_state, migrate_legacy_file
 from s3sync_dagster.pipeline.s3.request_settings import RequestSettings, customer_key, send_request_settings
@@ -45,6 +47,7 @@ __all__ = [
     "META_SUFFIX",
     "BucketError",
     "EndpointError",
+    "EndpointSilent",
     "Ignored",
     "InMemoryMetaLinks",
     "MetaLinks",
@@ -80,4 +83,5 @@ __all__ = [
     "refuse_non_s3_answers",
     "send_request_settings",
     "session_with",
+    "skip_while_silent",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,8 +83,13 @@ def error_meaning(error: ClientError, permission: str) -> str:
     return f"{code}: {meaning.format(permission=permission)}"
 
 
-# What botocore raises when the endpoint itself fails (no answer, or none in time), after its retries.
-EndpointError = (BotoConnectionError, HTTPClientError)
+class EndpointSilent(Exception):
+    """A request not sent: the client's endpoint left another unanswered moments ago (`skip_while_silent`)."""
+
+
+# What botocore raises when the endpoint itself fails (no answer, or none in time), after its retries; and a request
+# skip_while_silent did not send.
+EndpointError = (BotoConnectionError, HTTPClientError, EndpointSilent)
 
 
 def endpoint_failure(s3: S3Client, error: Exception, retried: bool = True) -> str:
@@ -100,6 +107,8 @@ def endpoint_failure(s3: S3Client, error: Exception, retried: bool = True) -> st
         what = "cannot be reached" + (f": {cause.group(1).strip()}" if cause else "")
     elif isinstance(error, ConnectionClosedError):
         what = "closed the connection without answering"
+    elif isinstance(error, EndpointSilent):
+        return f"{_endpoint(s3)} {error}"
     else:
         what = f"failed ({type(error).__name__}: {error})"
     return f"{_endpoint(s3)} {what}{tried}"
@@ -162,6 +171,37 @@ def refuse_non_s3_answers(s3: S3Client) -> S3Client:
             raise _not_s3_error(endpoint, model.name, what, int(http_response.status_code))
 
     s3.meta.events.register("after-call.s3", check, unique_id="s3sync-refuse-non-s3-answers")
+    return s3
+
+
+def skip_while_silent(s3: S3Client) -> S3Client:
+    """After a request the endpoint left unanswered through all its attempts (a read or connect timeout), the
+    client sends nothing for its read timeout: each request meanwhile fails at once with EndpointSilent, naming the
+    endpoint and the setting. With S3 silent mid-run, a run's later keys fail in moments, not each after its own
+    attempts x timeouts (a run of 100 keys: hours); the first request after the pause is sent, and answers again
+    if the endpoint is back. As chroma.timeout_seconds bounds a Chroma server's silence (pipeline/chroma/bounded)."""
+    config = s3.meta.config
+    pause_s = float(config.read_timeout)
+    unanswered: list[float] = []  # when a request last went unanswered (monotonic), if one did
+    lock = threading.Lock()
+
+    def failed(exception: Exception | None = None, **_: Any) -> None:
+        if isinstance(exception, (ReadTimeoutError, ConnectTimeoutError)):
+            with lock:
+                unanswered[:] = [time.monotonic()]
+
+    def before_send(event_name: str = "", **_: Any) -> None:
+        with lock:
+            since = time.monotonic() - unanswered[0] if unanswered else None
+        if since is not None and since < pause_s:
+            operation = event_name.rsplit(".", 1)[-1]
+            raise EndpointSilent(
+                f"has not answered a request for {since:.0f} s, so {operation} was not sent (it is sent again "
+                f"{pause_s:g} s after the last unanswered one: timeouts.read_seconds)"
+            )
+
+    s3.meta.events.register("after-call-error.s3", failed, unique_id="s3sync-note-silence")
+    s3.meta.events.register("before-send.s3", before_send, unique_id="s3sync-skip-while-silent")
     return s3
 
 
