@@ -9,6 +9,7 @@ import pytest
 
 from s3sync_dagster.commands.cli import main
 from s3sync_dagster.commands.demo.local_s3 import free_port
+from s3sync_dagster.config import AppConfig
 from s3sync_dagster.defs import failpoints
 from s3sync_dagster.defs.failpoints import FAILPOINTS_ENV
 from s3sync_dagster.pipeline.records import keys
@@ -184,6 +185,14 @@ def test_a_plain_chromadb_client_elsewhere_gets_the_same_top_results_as_s3sync_q
     assert plain_client_query(store, "docs-collection", queries) == ours
 
 
+def stored_and_expected(config: AppConfig, files: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The source's chunks in the store (id: text), and those of `files` (one chunk each), to compare."""
+    store = config.chroma.store().client().get_collection(config.source("docs").collection_name)
+    found = store.get(include=["documents"])
+    stored = dict(zip(found["ids"], found["documents"], strict=True))
+    return stored, {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
+
+
 RETRIES = "telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 2\n"
 
 
@@ -212,10 +221,7 @@ def test_a_repair_run_that_fails_as_a_whole_is_tried_again_on_the_drift_it_left(
     first = result["runs"][0]
     assert not first["success"] and first["keys"] == 200 and first["retry"] == 0, result["runs"]
     assert "FailpointError: failpoint run:lost: this run fails here" in first["error"], first
-    store = config.chroma.store().client().get_collection(config.source("docs").collection_name)
-    found = store.get(include=["documents"])
-    stored = dict(zip(found["ids"], found["documents"], strict=True))
-    every = {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
+    stored, every = stored_and_expected(config, files)
     reported = sorted(report["object_key"] for report in result["reports"])
     if retries == "on":
         assert code == 0, result
@@ -273,10 +279,7 @@ def test_a_run_that_fails_as_a_whole_is_tried_again_and_says_why(
         assert all("failpoint run:lost" in k["message"] for k in result["failed"])
     with dg.DagsterInstance.get() as instance:
         assert len(instance.get_run_records()) == len(result["runs"])
-    store = config.chroma.store().client().get_collection(config.source("docs").collection_name)
-    found = store.get(include=["documents"])
-    stored = dict(zip(found["ids"], found["documents"], strict=True))
-    every = {keys.chunk_id(keys.object_id(object_key), 0): text for object_key, text in files.items()}
+    stored, every = stored_and_expected(config, files)
     if retries == "on":
         assert stored == every
     else:  # the keys reported failed may have been written before the run stopped: never anything else

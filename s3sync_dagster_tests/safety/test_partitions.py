@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,37 @@ def expected(by_key: dict[str, bytes | str]) -> dict[str, str]:
 def sync(capsys: pytest.CaptureFixture[str], config: Path) -> tuple[int, Any]:
     code = main(["sync", "docs", "--all", "--config", str(config), "--json"])
     return code, json.loads(capsys.readouterr().out)
+
+
+def sync_paused_after_the_first_key(
+    capsys: pytest.CaptureFixture[str], config: Path, pause: Callable[[], None], what: str
+) -> tuple[int, Any, float]:
+    """`s3sync sync` on a thread of its own, `pause` called once its run has reported its first key written: the
+    sync's exit code, its report and its seconds. A sync that hangs on the silent service fails the test here, after
+    BOUND_S, not at pytest's timeout (Chroma's own client, unbounded, waits for ever: seen)."""
+    instance = dg.DagsterInstance.get()
+    written_before = len(instance.fetch_materializations(documents_asset_key("docs"), limit=10_000).records)
+    paused: list[bool] = []
+
+    def pause_after_the_first_key() -> None:
+        deadline = time.monotonic() + BOUND_S
+        while time.monotonic() < deadline:
+            if len(instance.fetch_materializations(documents_asset_key("docs"), limit=10_000).records) > written_before:
+                pause()
+                paused.append(True)
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=pause_after_the_first_key, daemon=True).start()
+    ended: list[tuple[int, Any]] = []
+    syncing = threading.Thread(target=lambda: ended.append(sync(capsys, config)), daemon=True)
+    started = time.monotonic()
+    syncing.start()
+    syncing.join(timeout=BOUND_S)
+    took = time.monotonic() - started
+    assert paused, f"the sync ended before its first key was reported: {ended}"
+    assert ended, f"the sync had not ended {BOUND_S} s after it began, {what} silent"
+    return (*ended[0], took)
 
 
 @dataclass
@@ -123,29 +154,7 @@ def test_a_chroma_server_silent_past_its_timeout_fails_keys_by_name_and_the_next
     # Every object changed: each is written alone (a changed object replaces its chunks), one key after another.
     # The server is paused once the run has reported its first key written.
     put(s3, bucket, files("autumn"))
-    instance = dg.DagsterInstance.get()
-    written_before = len(instance.fetch_materializations(documents_asset_key("docs"), limit=10_000).records)
-
-    def pause_after_the_first_key() -> None:
-        deadline = time.monotonic() + BOUND_S
-        while time.monotonic() < deadline:
-            if len(instance.fetch_materializations(documents_asset_key("docs"), limit=10_000).records) > written_before:
-                server.pause()
-                return
-            time.sleep(0.02)
-
-    threading.Thread(target=pause_after_the_first_key, daemon=True).start()
-    # The sync on a thread of its own: one that hangs on the silent server fails the test here, not at pytest's
-    # timeout (Chroma's own client, unbounded, waits for ever: seen).
-    ended: list[tuple[int, Any]] = []
-    syncing = threading.Thread(target=lambda: ended.append(sync(capsys, config)), daemon=True)
-    started = time.monotonic()
-    syncing.start()
-    syncing.join(timeout=BOUND_S)
-    took = time.monotonic() - started
-    assert server.paused, f"the sync ended before its first key was reported: {ended}"
-    assert ended, f"the sync had not ended {BOUND_S} s after it began, the server silent"
-    code, cut = ended[0]
+    code, cut, took = sync_paused_after_the_first_key(capsys, config, server.pause, "the Chroma server")
 
     # Named failures: the keys not written, each saying the store did not answer and which setting bounds it; the
     # key written before stays written.
@@ -199,34 +208,12 @@ def test_an_s3_endpoint_silent_past_its_timeout_fails_the_later_keys_at_once_and
         assert code == 0 and first["counts"] == {"indexed": KEYS}, first
 
         put(s3, bucket, files("autumn"))
-        instance = dg.DagsterInstance.get()
-        written_before = len(instance.fetch_materializations(documents_asset_key("docs"), limit=10_000).records)
-        paused: list[bool] = []
-
-        def pause_after_the_first_key() -> None:
-            deadline = time.monotonic() + BOUND_S
-            while time.monotonic() < deadline:
-                records = instance.fetch_materializations(documents_asset_key("docs"), limit=10_000).records
-                if len(records) > written_before:
-                    os.kill(endpoint.process.pid, signal.SIGSTOP)
-                    paused.append(True)
-                    return
-                time.sleep(0.02)
-
-        threading.Thread(target=pause_after_the_first_key, daemon=True).start()
-        ended: list[tuple[int, Any]] = []
-        syncing = threading.Thread(target=lambda: ended.append(sync(capsys, config)), daemon=True)
-        started = time.monotonic()
-        syncing.start()
         try:
-            syncing.join(timeout=BOUND_S)
+            code, cut, took = sync_paused_after_the_first_key(
+                capsys, config, lambda: os.kill(endpoint.process.pid, signal.SIGSTOP), "S3"
+            )
         finally:
-            if paused:
-                os.kill(endpoint.process.pid, signal.SIGCONT)
-        took = time.monotonic() - started
-        assert paused, f"the sync ended before its first key was reported: {ended}"
-        assert ended, f"the sync had not ended {BOUND_S} s after it began, S3 silent"
-        code, cut = ended[0]
+            os.kill(endpoint.process.pid, signal.SIGCONT)
         assert code == 1 and cut["counts"].get("indexed", 0) >= 1 and cut["failed"], cut
         messages = [failed["message"] for failed in cut["failed"]]
         assert all(f"the S3 endpoint {endpoint.endpoint_url}" in message for message in messages), messages
