@@ -22,6 +22,7 @@ from benchmarks.servers.dagster_server import PARTITIONS, webserver_and_daemon
 from s3sync_dagster.commands.demo.local_s3 import LOOPBACK
 from s3sync_dagster.config import load_config
 from s3sync_dagster.defs import names
+from s3sync_dagster.defs.failpoints import FAILPOINTS_ENV, HOLDS_ENV
 from s3sync_dagster.defs.tags import BACKFILL_TAG, SOURCE_TAG, TRIGGER_TAG
 from s3sync_dagster.pipeline.records import keys
 from s3sync_dagster_tests.conftest import put
@@ -31,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = DEPLOY_SETTINGS.parent
 POLLED = ("alpha", "beta")  # sources the poll sensors sync, one key per run
 CONTENDED = "alpha"  # a polled source that a UI backfill and `s3sync sync` write as well
+OTHER = "beta"  # the other polled source: its objects come while a run of CONTENDED is held
 BACKFILLED = "gamma"  # a source with no sensor: only the backfill syncs it
 STEP_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
@@ -149,19 +151,39 @@ def test_production_instance_syncs_through_sensors_and_backfills(
         name: {f"{name}/note-{n}.txt": f"{name} note {n}: the {name} shelf holds {n + 3} jars\n" for n in range(count)}
         for name, count in {**dict.fromkeys(POLLED, 2), BACKFILLED: 3}.items()
     }
-    # All there before the daemon's first tick: each polled source asks for its two runs at once.
-    for by_key in files.values():
-        put(s3, bucket, dict(by_key))
+    # All but beta's there before the daemon's first tick: alpha asks for its two runs at once. The first of them
+    # to end its step holds there (a failpoint, armed by a file) until a run of beta has started beside it.
+    for name, by_key in files.items():
+        if name != OTHER:
+            put(s3, bucket, dict(by_key))
     home = dagster_home(tmp_path / "dagster_home", settings=DEPLOY_SETTINGS)
     for variable, value in postgres.env().items():
         monkeypatch.setenv(variable, value)
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    (holds / "hold-done").touch()
+    monkeypatch.setenv(FAILPOINTS_ENV, "hold:done")
+    monkeypatch.setenv(HOLDS_ENV, str(holds))
     chroma = chromadb.HttpClient(host=LOOPBACK, port=chroma_server)
 
     with (
         webserver_and_daemon(home, config_file, tmp_path / "dagster.log") as server,
         dg.DagsterInstance.from_config(str(home)) as instance,
     ):
-        # (a) The poll sensors find the uploads and their runs index them: exactly these chunks.
+        # (a) The poll sensors find the uploads and their runs index them: exactly these chunks. While alpha's first
+        # run holds alpha's place in the queue (its tag limit 1), beta's first run starts: the limit is per source.
+        wait_until(f"a run of {CONTENDED} held at its step's end", lambda: any(holds.glob("hold-done-*")), server.tail)
+        put(s3, bucket, dict(files[OTHER]))
+        wait_until(
+            f"a run of {OTHER} started beside it",
+            lambda: any(
+                record.start_time is not None
+                for record in instance.get_run_records(dg.RunsFilter(tags={SOURCE_TAG: OTHER, TRIGGER_TAG: "poll"}))
+            ),
+            server.tail,
+        )
+        for held in holds.glob("hold-done-*"):
+            held.unlink()
         for name in POLLED:
             want = expected_chunks(files[name])
             wait_until(f"{name} indexed", lambda: chunks_of(chroma, f"{bucket}-{name}") == want, server.tail)  # noqa: B023
@@ -226,8 +248,8 @@ def test_production_instance_syncs_through_sensors_and_backfills(
             spans[name] = sorted((record.start_time or 0.0, record.end_time or 0.0) for record in records)
             for (_, earlier_end), (later_start, _) in itertools.pairwise(spans[name]):
                 assert later_start >= earlier_end, (name, spans[name])
-        # Per source, not one run at a time overall: alpha's and beta's first runs are dequeued in one pass
-        # and each lasts seconds, so some pair overlaps (a limit on the tag's key alone would forbid it).
+        # Per source, not one run at a time overall: beta's first run started while alpha's was held in its step
+        # (a limit on the tag's key alone would have kept it queued: the wait in (a) would have failed).
         assert any(
             a_start < b_end and b_start < a_end
             for (a_start, a_end) in spans["alpha"]
