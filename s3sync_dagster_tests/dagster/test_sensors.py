@@ -156,11 +156,16 @@ def test_redelivered_and_foreign_messages_are_harmless(
     fault_row.passed = len(before) == 1
 
 
-def test_a_burst_becomes_a_few_runs(s3: Any, bucket: str, direct: AutoSync, sqs: Any, queue_url: str) -> None:
-    put(s3, bucket, {f"in/burst/{n:03d}.txt": f"burst file {n}\n" for n in range(300)})
-    # A tick reads for at most READ_BUDGET_S: on a slow machine moto may hand out fewer than 300
-    # messages in that time, and the next tick takes the rest. Either way: runs of up to 100 keys.
-    # Each tick's keys in runs of 100 (keys_per_run): as few runs as its keys allow, whatever a tick read.
+def test_a_burst_becomes_a_few_runs(
+    make_config: ConfigFactory, s3: Any, bucket: str, sqs: Any, queue_url: str, instance: dg.DagsterInstance
+) -> None:
+    # keys_per_run 10 over 30 uploads: the same batching as the default 100 over 300, a tenth of the embedding.
+    config, _ = make_config(bucket, path_prefix="in/", auto_sync="direct", sqs_queue_url=queue_url, keys_per_run=10)
+    direct = AutoSync(config, instance)
+    put(s3, bucket, {f"in/burst/{n:03d}.txt": f"burst file {n}\n" for n in range(30)})
+    # A tick reads for at most READ_BUDGET_S: on a slow machine moto may hand out fewer than 30
+    # messages in that time, and the next tick takes the rest. Either way: runs of up to 10 keys.
+    # Each tick's keys in runs of 10 (keys_per_run): as few runs as its keys allow, whatever a tick read.
     requested: list[list[str]] = []
     for _ in range(5):
         result, runs = direct.tick()
@@ -169,14 +174,14 @@ def test_a_burst_becomes_a_few_runs(s3: Any, bucket: str, direct: AutoSync, sqs:
             request.run_config["ops"]["docs_sync_keys"]["config"]["object_keys"]
             for request in result.run_requests or []
         ]
-        assert len(ticked) == -(-sum(map(len, ticked)) // 100) and all(len(keys) <= 100 for keys in ticked), ticked
+        assert len(ticked) == -(-sum(map(len, ticked)) // 10) and all(len(keys) <= 10 for keys in ticked), ticked
         requested += ticked
         if queue_depth(sqs, queue_url) == 0:
             break
     assert sorted(key for object_keys in requested for key in object_keys) == sorted(
-        f"in/burst/{n:03d}.txt" for n in range(300)
+        f"in/burst/{n:03d}.txt" for n in range(30)
     )
-    assert direct.collection().count() == 300
+    assert direct.collection().count() == 30
 
 
 def test_document_limit_caps_registration(
