@@ -30,9 +30,9 @@ from s3sync_dagster_tests.dagster.test_daemon import WAIT_S, expected_chunks
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = DEPLOY_SETTINGS.parent
-POLLED = ("alpha", "beta")  # sources the poll sensors sync, one key per run
 CONTENDED = "alpha"  # a polled source that a UI backfill and `s3sync sync` write as well
 OTHER = "beta"  # the other polled source: its objects come while a run of CONTENDED is held
+POLLED = (CONTENDED, OTHER)  # sources the poll sensors sync, one key per run
 BACKFILLED = "gamma"  # a source with no sensor: only the backfill syncs it
 STEP_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
@@ -252,8 +252,8 @@ def test_production_instance_syncs_through_sensors_and_backfills(
         # (a limit on the tag's key alone would have kept it queued: the wait in (a) would have failed).
         assert any(
             a_start < b_end and b_start < a_end
-            for (a_start, a_end) in spans["alpha"]
-            for (b_start, b_end) in spans["beta"]
+            for (a_start, a_end) in spans[CONTENDED]
+            for (b_start, b_end) in spans[OTHER]
         ), spans
         # Every run, whoever launched it (UI backfill, sensor, `s3sync sync`): the source's pool lets one op
         # write its collection at a time. Without the pool, a backfill's runs carry no s3sync/source tag and
@@ -267,13 +267,13 @@ def test_production_instance_syncs_through_sensors_and_backfills(
         # (d) The wait itself, for a run no queue sees: while another step holds beta's slot (the test claims
         # it through the event log storage, as a run's step does), `s3sync sync beta` starts its run and its
         # step waits on the pool, not started; freed, the step runs and the command succeeds.
-        pool, holder = names.pool_name("beta"), ("held-by-the-test", "holder")
+        pool, holder = names.pool_name(OTHER), ("held-by-the-test", "holder")
         if pool not in {limit.name for limit in instance.event_log_storage.get_pool_limits()}:  # a pool never used
             instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
         assert instance.event_log_storage.claim_concurrency_slot(pool, *holder).is_claimed
         try:
             waiting = subprocess.Popen(
-                sync_command("beta"), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                sync_command(OTHER), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             )
 
             def pending() -> list[str]:
@@ -290,7 +290,7 @@ def test_production_instance_syncs_through_sensors_and_backfills(
             instance.event_log_storage.free_concurrency_slot_for_step(*holder)
         output, _ = waiting.communicate(timeout=WAIT_S)
         assert waiting.returncode == 0, output
-        assert [launcher for *_, launcher in op_spans(instance, "beta")].count("s3sync sync") == 1
+        assert [launcher for *_, launcher in op_spans(instance, OTHER)].count("s3sync sync") == 1
 
         # (e) Everything went to PostgreSQL: Dagster's storages are dagster-postgres's, and no SQLite file exists.
         for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):

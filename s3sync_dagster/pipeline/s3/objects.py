@@ -182,17 +182,18 @@ def skip_while_silent(s3: S3Client) -> S3Client:
     if the endpoint is back. As chroma.timeout_seconds bounds a Chroma server's silence (pipeline/chroma/bounded)."""
     config = s3.meta.config
     pause_s = float(config.read_timeout)
-    unanswered: list[float] = []  # when a request last went unanswered (monotonic), if one did
+    unanswered: float | None = None  # when a request last went unanswered (monotonic), if one did
     lock = threading.Lock()
 
     def failed(exception: Exception | None = None, **_: Any) -> None:
+        nonlocal unanswered
         if isinstance(exception, (ReadTimeoutError, ConnectTimeoutError)):
             with lock:
-                unanswered[:] = [time.monotonic()]
+                unanswered = time.monotonic()
 
     def before_send(event_name: str = "", **_: Any) -> None:
         with lock:
-            since = time.monotonic() - unanswered[0] if unanswered else None
+            since = None if unanswered is None else time.monotonic() - unanswered
         if since is not None and since < pause_s:
             operation = event_name.rsplit(".", 1)[-1]
             raise EndpointSilent(
