@@ -9,6 +9,14 @@ module, and its *stage* the engine's sub-package (or the layer, outside the engi
 *entered* when a stop's room differs from the one before; a *return* is an entry into a room already left. Both
 layouts are measured with the same script: the engine's flat modules of before issue 65 are mapped to the stage
 that holds them now (FLAT_STAGES), so the stage figures compare like with like.
+
+Two readings of "entered". In time (`entries`, `returns`): the stops in the order they come, a room entered each
+time a stop's room differs from the one before; a module whose object is used at the start of a run and again at
+its end (the worklist, a lexical index) counts twice, as a reader paging back to it would. On the call path
+(`in_and_out`): the rooms on the stack when a stop is first called, from the command down; a room is entered
+*again* on a path when it calls into another room that (itself or deeper) calls back into it, A -> B -> A: the
+in and out the issue names (`lifecycle` in and out of `reembed`). `most_on_one_path` is the most times one room
+is on one call path: 1 is a walk with no in and out.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -75,11 +83,17 @@ def stage_of(module: str) -> str:
     return ".".join(parts[1:3]) if len(parts) > 2 else parts[-1]
 
 
+def _generated(frame: FrameType) -> bool:
+    name = frame.f_code.co_qualname
+    return name.startswith("__create_fn__") or name.rpartition(".")[2].startswith("<")
+
+
 class Tracer:
     """The package's functions at their first call, in order, from every thread."""
 
     def __init__(self) -> None:
         self.stops: dict[tuple[str, str], None] = {}
+        self.paths: dict[tuple[str, str], tuple[str, ...]] = {}
         self.lock = threading.Lock()
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
@@ -88,13 +102,20 @@ class Tracer:
         module = frame.f_globals.get("__name__", "")
         if not module.startswith(PACKAGE + ".") and module != PACKAGE:
             return
+        if _generated(frame):
+            return  # a dataclass's generated method, a comprehension, a lambda: no room of its own is entered
         name = frame.f_code.co_qualname
-        if name.startswith("__create_fn__") or name.rpartition(".")[2].startswith("<"):
-            return  # a dataclass's generated method, a comprehension: no room of its own is entered
         stop = (module, name)
         if stop not in self.stops:
+            path = []  # the package's modules on the stack, from the outermost call to this one
+            caller: FrameType | None = frame
+            while caller is not None:
+                if caller.f_globals.get("__name__", "").startswith(PACKAGE + ".") and not _generated(caller):
+                    path.append(caller.f_globals["__name__"])
+                caller = caller.f_back
             with self.lock:
                 self.stops.setdefault(stop, None)
+                self.paths.setdefault(stop, tuple(reversed(path)))
 
     @contextmanager
     def tracing(self) -> Iterator[None]:
@@ -112,9 +133,21 @@ def entries(rooms: Sequence[str]) -> list[str]:
     return [room for index, room in enumerate(rooms) if index == 0 or rooms[index - 1] != room]
 
 
-def figures(stops: Sequence[tuple[str, str]], room: Callable[[str], str]) -> dict[str, Any]:
+def figures(
+    stops: Sequence[tuple[str, str]], paths: Sequence[Sequence[str]], room: Callable[[str], str]
+) -> dict[str, Any]:
+    """The walk's figures, its rooms as `room` names them. paths: each stop's call path (its modules, outermost
+    first), of the modules this part of the walk counts."""
     entered = entries([room(module) for module, _ in stops])
     visits = collections.Counter(entered)
+    again: collections.Counter[str] = collections.Counter()  # stops first called inside a call out of their room
+    most = 1
+    for (_, name), path in zip(stops, paths, strict=True):
+        rooms = collections.Counter(entries([room(module) for module in path]))
+        most = max(most, *rooms.values()) if rooms else most
+        on_path = entries([room(module) for module in path])
+        if on_path and rooms[on_path[-1]] > 1:
+            again[f"{on_path[-1]}:{name}"] += 1
     return {
         "stops": len(stops),
         "rooms": len(visits),
@@ -122,16 +155,21 @@ def figures(stops: Sequence[tuple[str, str]], room: Callable[[str], str]) -> dic
         "returns": len(entered) - len(visits),
         "most_entered": visits.most_common(5),
         "entered_once_or_twice": sum(1 for count in visits.values() if count <= 2),
+        "most_on_one_path": most,
+        "in_and_out": sorted(again),
     }
 
 
-def walk(stops: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """The whole command's walk by module, and the engine's (its stops alone) by module and by stage."""
+def walk(stops: Sequence[tuple[str, str]], paths: Mapping[tuple[str, str], Sequence[str]]) -> dict[str, Any]:
+    """The whole command's walk by module, and the engine's (its stops alone, their paths its modules alone) by
+    module and by stage."""
     engine = [stop for stop in stops if stop[0].startswith(ENGINE + ".")]
+    engine_paths = [[module for module in paths[stop] if module.startswith(ENGINE + ".")] for stop in engine]
+    by_module = lambda module: module.removeprefix(PACKAGE + ".")  # noqa: E731
     return {
-        "command_by_module": figures(stops, lambda module: module.removeprefix(PACKAGE + ".")),
-        "engine_by_module": figures(engine, lambda module: module.removeprefix(PACKAGE + ".")),
-        "engine_by_stage": figures(engine, stage_of),
+        "command_by_module": figures(stops, [paths[stop] for stop in stops], by_module),
+        "engine_by_module": figures(engine, engine_paths, by_module),
+        "engine_by_stage": figures(engine, engine_paths, stage_of),
         "path": [f"{module.removeprefix(PACKAGE + '.')}:{name}" for module, name in stops],
     }
 
@@ -172,21 +210,23 @@ def measure(workdir: Path) -> dict[str, Any]:
         with query.tracing():
             code = launcher.main(["query", demo.DEMO_SOURCE, demo.DEMO_QUERY, "--config", config])
         assert code == 0, code
-    return {"sync": walk(list(sync.stops)), "query": walk(list(query.stops))}
+    return {"sync": walk(list(sync.stops), sync.paths), "query": walk(list(query.stops), query.paths)}
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| walk | part, rooms as | stops | rooms | entries | returns | rooms entered once or twice | most entered |"
+        "| walk | part, rooms as | stops | rooms | entries | returns | rooms entered once or twice | most entered "
+        "| most on one path | in and out |"
     ]
-    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
     for name in ("sync", "query"):
         for kind in ("command_by_module", "engine_by_module", "engine_by_stage"):
             f = result[name][kind]
             most = ", ".join(f"{room} {count}" for room, count in f["most_entered"][:3])
             lines.append(
                 f"| {name} | {kind.replace('_by_', ', ')} | {f['stops']} | {f['rooms']} | {f['entries']} | "
-                f"{f['returns']} | {f['entered_once_or_twice']} of {f['rooms']} | {most} |"
+                f"{f['returns']} | {f['entered_once_or_twice']} of {f['rooms']} | {most} | {f['most_on_one_path']} | "
+                f"{', '.join(f['in_and_out']) or 'none'} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -286,7 +286,8 @@ def gather(
     out = []
     started = time.perf_counter()
     for query in queries:
-        found = scored_candidates(collection, query, pool, None, embedding_function)
+        vector = embedding_function([query])[0] if embedding_function is not None else None
+        found = scored_candidates(collection, query, pool, None, vector)
         rows = [(row.chunk_id, row.distance, row.bm25, row.dense_rank, row.lexical_rank) for row in found.rows]
         out.append(Candidates(rows, found.coverage, tuple(sorted(found.quoted))))
     return out, {"scored": time.perf_counter() - started}

@@ -54,10 +54,9 @@ def engine_main(config_file: str) -> None:
         embedding_resource,
         s3_connection,
     )
-    from s3sync_dagster.pipeline.chroma import Collections
     from s3sync_dagster.pipeline.extraction import DocumentPool
     from s3sync_dagster.pipeline.s3 import list_objects
-    from s3sync_dagster.pipeline.sync import sync_keys
+    from s3sync_dagster.pipeline.sync import Collections, sync_keys
 
     config = load_config(config_file)
     source = config.sources[0]

@@ -13,8 +13,7 @@ from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync.extracting import Conversions, chunked_in_process, extract_with
 from s3sync_dagster.pipeline.sync.fetch import Fetched, fetch
 from s3sync_dagster.pipeline.sync.reports import KeyReport
-from s3sync_dagster.pipeline.sync.settle import RunChecks
-from s3sync_dagster.pipeline.sync.stages import Reporter
+from s3sync_dagster.pipeline.sync.settle import Reporter, RunChecks
 from s3sync_dagster.pipeline.sync.staging import Held, ReadAhead, Stager, stage, stages_ahead
 from s3sync_dagster.pipeline.sync.worklist import Worklist
 from s3sync_dagster.pipeline.sync.write import NewObjects, Prepared, write

@@ -48,11 +48,11 @@ def worker(
     import chromadb
 
     from s3sync_dagster.pipeline.chroma import lifecycle
-    from s3sync_dagster.pipeline.chroma.targets import Collections
     from s3sync_dagster.pipeline.embedding.chroma_functions import ChromaDefaultFunction
     from s3sync_dagster.pipeline.spec import SourceSpec
     from s3sync_dagster.pipeline.sync import write as sync_write
     from s3sync_dagster.pipeline.sync.stages import sync_keys
+    from s3sync_dagster.pipeline.sync.targets import Collections
 
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     client = chromadb.HttpClient(host=LOOPBACK, port=port)

@@ -244,8 +244,8 @@ def test_an_archived_object_and_an_invocations_copy_follow_a_readers_tag_too(
     removed reader must see nothing of them (moto refuses an archived object's tags, as S3 does not: closed, and
     reported archived). An invocation's copy of another object in a target collection is closed with it when that
     object's tag stops reading."""
-    from s3sync_dagster.pipeline.chroma.targets import Collections
     from s3sync_dagster.pipeline.spec import Invocation
+    from s3sync_dagster.pipeline.sync.targets import Collections
 
     config, _ = make_config(bucket, readers_tag="readers", chunking={"type": "lines", "max_lines": 1})
     put(s3, bucket, "cold.txt", ZEBRA, readers="alice")

@@ -394,9 +394,9 @@ def test_a_sync_beside_a_swap_retries_its_keys_on_the_swapped_collection(
     """A sync whose collection is swapped for its re-embedded copy after its first key (the re-embedding runs to
     the end inside that key's report): its later keys, written to the old collection's handle, are synced again
     on the swapped-in one; none fails, none stays stale."""
-    from s3sync_dagster.pipeline.chroma.targets import Collections
     from s3sync_dagster.pipeline.reembed import swap as reembed
     from s3sync_dagster.pipeline.sync.stages import sync_keys_following_swaps
+    from s3sync_dagster.pipeline.sync.targets import Collections
 
     _, configure = neighbourhood
     float32 = configure(docs={})

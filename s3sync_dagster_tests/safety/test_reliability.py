@@ -31,13 +31,13 @@ import yaml
 from s3sync_dagster.config import ConfigError, load_config
 from s3sync_dagster.defs.resources import ChromaResource
 from s3sync_dagster.defs.sensors import ticks as sensors
-from s3sync_dagster.pipeline.chroma.targets import Collections
 from s3sync_dagster.pipeline.chunking import chunk
 from s3sync_dagster.pipeline.extraction.extract import MARKDOWN_SUFFIXES, suffix_of
 from s3sync_dagster.pipeline.s3.objects import list_objects
 from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync.reports import KeyReport
 from s3sync_dagster.pipeline.sync.stages import sync_keys
+from s3sync_dagster.pipeline.sync.targets import Collections
 from s3sync_dagster_tests import document_fixtures as fx
 from s3sync_dagster_tests.conftest import TEST_SECRET, Chunks, ConfigFactory, CountingEmbedder, Row, put
 from s3sync_dagster_tests.dagster.test_sensors import AutoSync, queue_depth

@@ -50,7 +50,7 @@ def test_the_passage_is_the_sentence_that_answers_in_its_sections_order() -> Non
     assert passages.choose("timeouts in millisecond", text, text[0], budget=80) == (
         "The timeout is given in milliseconds and defaults to 500."
     )
-    assert passages.marked("The timeout is in milliseconds", "millisecond timeouts", "[{}]".format) == (
+    assert passages.marked("The timeout is in milliseconds", "millisecond timeouts", "[{}]") == (
         "The [timeout] is in [milliseconds]"
     )
     # Code and list lines stay lines; nothing of the question found: the hit's own chunk from its start.

@@ -285,7 +285,7 @@ def test_scored_fusion_scores_each_sides_candidates_on_the_other(
 ) -> None:
     synced(s3, spec, collection, embedder, {**NOTES, "kb/codes.txt": "Codes: ZZ-9999-Q\n"})
     query = "the parcel reached the customer on time ZZ-9999-Q"
-    found = search_fusion.scored_candidates(collection, query, 1, None, embedding_function)
+    found = search_fusion.scored_candidates(collection, query, 1, None, embedding_function([query])[0])
     (dense_first,) = (row for row in found.rows if row.dense_rank == 1)
     (lexical_first,) = (row for row in found.rows if row.lexical_rank == 1)
     # Each side's first is the other side's stranger: a note by meaning, the codes file by its rare word.

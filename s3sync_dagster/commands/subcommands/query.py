@@ -75,10 +75,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     ]
     from s3sync_dagster.pipeline.search import marked
 
-    terminal = not args.json and (args.bold or sys.stdout.isatty())
-
-    def bold(word: str) -> str:
-        return f"\033[1m{word}\033[0m" if terminal else word
+    bold = "\033[1m{}\033[0m" if not args.json and (args.bold or sys.stdout.isatty()) else "{}"
 
     lines = []
     for rank, hit in enumerate(found, 1):

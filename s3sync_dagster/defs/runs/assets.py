@@ -15,13 +15,13 @@ from s3sync_dagster.defs.links import InstanceMetaLinks
 from s3sync_dagster.defs.names import documents_asset_key, partitions_name
 from s3sync_dagster.defs.resources import ChromaResource, DocumentsResource, EmbeddingResource, S3Connections
 from s3sync_dagster.defs.runs.checks import evaluate_in_run
-from s3sync_dagster.pipeline.chroma import Collections, bind_owner
+from s3sync_dagster.pipeline.chroma import bind_owner
 from s3sync_dagster.pipeline.extraction import DocumentPool
 from s3sync_dagster.pipeline.records import to_object_key, to_partition_key
 from s3sync_dagster.pipeline.reembed import abandoned
 from s3sync_dagster.pipeline.s3 import BucketError, ObjectMissing, S3Client, check_bucket, head_object
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
-from s3sync_dagster.pipeline.sync import KeyReport, sync_keys_following_swaps
+from s3sync_dagster.pipeline.sync import Collections, KeyReport, sync_keys_following_swaps
 
 KeyEvent: TypeAlias = dg.AssetMaterialization | dg.AssetObservation
 # What a run of keys yields: each key's event, then the checks it selected, evaluated on its keys.

@@ -1,5 +1,5 @@
 """A collection's chunks in Chroma: collections opened, created and rebuilt (lifecycle), chunks as stored and read
-back by owner, vectors by text hash, who may write where (claims), the collections a source writes and searches,
+back by owner, vectors by text hash, who may write where (claims),
 labels (metadata, tags, readers), Chroma Cloud's limits, the write that replaces an object's chunks exactly, and a
 server's requests bounded in time (bounded).
 
@@ -68,7 +68,6 @@ from s3sync_dagster.pipeline.chroma.stored import (
     pages,
     stored_chunks,
 )
-from s3sync_dagster.pipeline.chroma.targets import CollectionFor, Collections, searchable
 from s3sync_dagster.pipeline.chroma.vectors import (
     TEXT_HASH,
     EmbeddingError,
@@ -91,8 +90,6 @@ __all__ = [
     "ChromaTimeout",
     "ChunkRecord",
     "ClaimLost",
-    "CollectionFor",
-    "Collections",
     "Embedder",
     "EmbeddingError",
     "StoredChunk",
@@ -140,7 +137,6 @@ __all__ = [
     "rebuild_collection",
     "refused_as_archived",
     "replace_chunks",
-    "searchable",
     "stored_chunks",
     "strangers",
     "text_hash",

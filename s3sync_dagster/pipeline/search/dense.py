@@ -3,7 +3,7 @@ distance to the query's as Chroma's index measures it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline.search.rows import Ranking, chroma_where, query_input, query_rows
@@ -21,12 +21,12 @@ def dense_ranking(
     text: str,
     n: int,
     where: Mapping[str, Any] | None = None,
-    embedding_function: Callable[[list[str]], Any] | None = None,
+    query_vector: Any = None,
 ) -> Ranking:
-    """(chunk id, text, metadata, distance) of the n nearest chunks by the collection's embedding (the query
-    embedded by `embedding_function`, the collection's own, when the caller holds it)."""
-    embedded = embedding_function([text])[0] if embedding_function is not None else None
-    return nearest(collection, query_input(text, embedded), n, where)
+    """(chunk id, text, metadata, distance) of the n nearest chunks by the collection's embedding (to
+    `query_vector`, the query embedded by the collection's own function, when the caller has it; else Chroma
+    embeds the text)."""
+    return nearest(collection, query_input(text, query_vector), n, where)
 
 
 def nearest(collection: Collection, asked: Mapping[str, Any], n: int, where: Mapping[str, Any] | None) -> Ranking:

@@ -101,17 +101,17 @@ def scored_candidates(
     text: str,
     pool: int,
     where: Mapping[str, Any] | None = None,
-    embedding_function: Callable[[list[str]], Any] | None = None,
+    query_vector: Any = None,
 ) -> Candidates:
     """The pool best chunks of each side, every one scored on both: a chunk the dense side did not offer is
     given its distance, one the lexical side did not offer its BM25 score.
 
     The lexical side comes from the store's lexical index (pipeline/lexicon/embedded.py) when it can answer (each term's
     document frequency and the candidates, the best the filter admits under one; BM25 is computed from the
-    texts), else from Chroma's full-text filter (`lexical_side`, under the filter too). With the query's vector known (embedding_function),
+    texts), else from Chroma's full-text filter (`lexical_side`, under the filter too). With the query's vector known (query_vector),
     a lexical candidate's distance is computed from its stored vector, as Chroma's index computes it; else a
     dense query narrowed to those ids asks Chroma for it."""
-    embedded = embedding_function([text])[0] if embedding_function is not None else None
+    embedded = query_vector
     asked = query_input(text, embedded)
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
     distance: dict[str, float] = {}

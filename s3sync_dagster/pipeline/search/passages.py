@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from s3sync_dagster.pipeline.lexicon import fold, stem, stopwords, words
@@ -161,13 +161,14 @@ def heading_path(context_line: str | None, object_key: str) -> str:
     return HEADING_JOIN.join(parts)
 
 
-def marked(passage: str, question: str, bold: Callable[[str], str]) -> str:
-    """The passage with each word holding a question's stem put through `bold` (a terminal's escape codes)."""
+def marked(passage: str, question: str, form: str = "{}") -> str:
+    """The passage with each word holding a question's stem written in `form` (`{}` the word: a terminal's escape
+    codes around it)."""
     wanted = question_stems(question)
 
     def mark(match: re.Match[str]) -> str:
         word = match.group(0)
-        return bold(word) if stem(fold(word)) in wanted else word
+        return form.format(word) if stem(fold(word)) in wanted else word
 
     return re.sub(r"\w+", mark, passage)
 

@@ -65,8 +65,8 @@ def search(
 ) -> list[Hit]:
     """The n chunks of the collection that best answer `text`: by meaning (dense), by its words (lexical), or
     both fused (hybrid). `where` filters by chunk metadata, as in Chroma (`{"source": "docs"}`).
-    embedding_function: the collection's own, when the caller holds it: the query is then embedded once for
-    both of the dense side's requests (else Chroma embeds it for each).
+    embedding_function: the collection's own, when the caller holds it: the query is then embedded once, here,
+    for every request of the dense side (else Chroma embeds it for each).
 
     keep: which hits may be returned, tested on each as the ranking is read (a test Chroma's filter cannot make:
     an owner's prefix); per_object: at most this many hits of one object; most: read at most this many of the
@@ -86,12 +86,11 @@ def search(
         raise ValueError(f"the number of results must be at least 1, got {n}")
     if not text.strip():
         raise ValueError("the query is empty: give the words or the meaning to search for")
-    if embedding_function is not None and mode != "lexical":
-        embedding_function = _embedded_once(embedding_function, text)
+    vector = embedding_function([text])[0] if embedding_function is not None and mode != "lexical" else None
     if per_object is not None and per_object < 1:
         raise ValueError(f"per_object must be at least 1, got {per_object}")
     return in_tiers(
-        lambda pool: ranked(collection, text, mode, pool, where, fusion, embedding_function, sections),
+        lambda pool: ranked(collection, text, mode, pool, where, fusion, vector, sections),
         n,
         max(1, fusion.min_pool),
         admitted(keep, per_object, sections),
@@ -124,16 +123,6 @@ def admitted(
         return seen[hit.object_key] <= per_object
 
     return test
-
-
-def _embedded_once(embedding_function: Callable[[list[str]], Any], text: str) -> Callable[[list[str]], Any]:
-    """The query's vector, computed once whatever the tiers read."""
-    vector = embedding_function([text])[0]
-
-    def embedded(_texts: list[str]) -> Any:
-        return [vector]
-
-    return embedded
 
 
 def in_tiers(
@@ -178,7 +167,7 @@ def ranked(
     pool: int,
     where: Mapping[str, Any] | None,
     fusion: Fusion,
-    embedding_function: Callable[[list[str]], Any] | None,
+    query_vector: Any,
     sections: bool = False,
 ) -> list[Hit]:
     """Every candidate of a pool of `pool` a side, best first, as `mode` ranks them (at least `pool` hits
@@ -187,7 +176,7 @@ def ranked(
         return [
             Hit(chunk_id, document, metadata, -distance, rank, None, distance)
             for rank, (chunk_id, document, metadata, distance) in enumerate(
-                dense_ranking(collection, text, pool, where, embedding_function), 1
+                dense_ranking(collection, text, pool, where, query_vector), 1
             )
         ]
     if has_sparse_index(collection):
@@ -209,8 +198,6 @@ def ranked(
             )
         ]
     if fusion.method == "scored":
-        return fuse_scored(
-            scored_candidates(collection, text, pool, where, embedding_function), 2 * pool, fusion, sections
-        )
-    dense_side = dense_ranking(collection, text, pool, where, embedding_function)
+        return fuse_scored(scored_candidates(collection, text, pool, where, query_vector), 2 * pool, fusion, sections)
+    dense_side = dense_ranking(collection, text, pool, where, query_vector)
     return fuse(dense_side, lexical_ranking(collection, text, pool, where), 2 * pool, fusion)

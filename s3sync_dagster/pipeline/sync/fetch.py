@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from s3sync_dagster.pipeline import chroma
 from s3sync_dagster.pipeline.chroma import (
-    CollectionFor,
     StoredChunk,
     changed,
     check_id_free,
@@ -24,7 +23,6 @@ from s3sync_dagster.pipeline.chroma import (
     is_current,
     own_chunks,
     refused_as_archived,
-    searchable,
     stored_chunks,
     update_labels,
 )
@@ -45,6 +43,7 @@ from s3sync_dagster.pipeline.s3 import (
 )
 from s3sync_dagster.pipeline.spec import SourceSpec, check_key_in_source, sync_signature
 from s3sync_dagster.pipeline.sync.reports import KeyReport, lap
+from s3sync_dagster.pipeline.sync.targets import CollectionFor, searchable
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -109,6 +108,8 @@ def fetch(
         info = head_object(s3, spec.bucket_name, object_key)
     except ObjectMissing:
         return _gone(report, spec, collection_for, meta_key, started)
+    if info.archived is None:  # too large: refused on its HEAD, before anything stored is read
+        check_size(info, spec.max_object_bytes)
     mark = lap(report, "s3_head", mark)
     report.size_bytes, report.etag = info.size, info.etag
     if stored is None:
@@ -118,8 +119,6 @@ def fetch(
     if info.archived is not None and not (stored and chroma.wanted(spec)):
         # S3 refuses its GET until restored: its HEAD alone (nothing of it indexed, or no labels to keep current).
         return _archived(report, info, stored, started)
-    if info.archived is None:
-        check_size(info, spec.max_object_bytes)
     try:
         object_labels = chroma.object_labels(s3, spec, info, metadata)  # {} (no request) without label fields
     except ObjectMissing:

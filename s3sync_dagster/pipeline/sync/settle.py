@@ -1,18 +1,21 @@
-"""The settle stage: a sync's outcome checked against the bucket (concurrent writers), synced again until they
-agree; in a run of many keys, the stored chunks of a batch of new objects read for their checks at once."""
+"""The settle and report stages: a sync's outcome checked against the bucket (concurrent writers), synced again
+until they agree; in a run of many keys, the stored chunks of a batch of new objects read for their checks at once
+(RunChecks), then each key's report kept and told (Reporter), beside a re-embedding's swap too (ToldBesideSwap)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
 
-from s3sync_dagster.pipeline.chroma import CollectionFor, Embedder
+from s3sync_dagster.pipeline.chroma import Embedder
 from s3sync_dagster.pipeline.extraction import Extracted
 from s3sync_dagster.pipeline.s3 import MetaLinks, S3Client, is_meta_key
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
 from s3sync_dagster.pipeline.sync.fetch import Fetched, fetch
 from s3sync_dagster.pipeline.sync.reports import KeyReport, Status, failure_message, lap
 from s3sync_dagster.pipeline.sync.staging import ReadAhead
+from s3sync_dagster.pipeline.sync.targets import CollectionFor, Collections
+from s3sync_dagster.pipeline.sync.worklist import Worklist
 from s3sync_dagster.pipeline.sync.write import Prepared, finish
 
 # Two writers of one key (a sensor run and a backfill, two hosts on one Chroma server) take no lock
@@ -134,3 +137,76 @@ class RunChecks:
             target_collection_name=invocation.target_collection_name, links=self._links,
             empty_etag=report.etag if report.status == "empty" else None, stored=stored,
         )  # fmt: skip
+
+
+class Reporter:
+    """The settle and report stages of a run: each key's report settled (settle.RunChecks), a metadata file's
+    link to a document it no longer names dropped, and the report kept and told (on_report), in the order the
+    keys' writes finish on this thread (see the module's docstring)."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        checks: RunChecks,
+        worklist: Worklist,
+        links: MetaLinks,
+        on_report: Callable[[KeyReport], None] | None,
+    ) -> None:
+        self._spec, self._checks, self._worklist, self._links, self._on_report = (
+            spec,
+            checks,
+            worklist,
+            links,
+            on_report,
+        )
+        self.reports: list[KeyReport] = []
+
+    def done(self, report: KeyReport) -> None:
+        """A key's sync has its outcome: settle it, then keep and tell the report."""
+        report = self._checks.settled(report)
+        document = self._worklist.named_document(report.object_key)
+        if document is not None and report.status != "failed" and report.document_key != document:
+            self._links.unlink(document, report.object_key)  # the metadata file is gone or names another object now
+        self.reports.append(report)
+        if self._on_report is not None:
+            self._on_report(report)
+
+    def failed(self, object_key: str, error: Exception, started: float) -> None:
+        """A key failed at some stage: reported as failed, with the error's message naming it."""
+        self.done(
+            KeyReport(
+                object_key=object_key,
+                status="failed",
+                collection_name=self._spec.collection_name,
+                message=failure_message(object_key, error),
+                duration_s=time.perf_counter() - started,
+            )
+        )
+
+
+class ToldBesideSwap:
+    """A run's reports told (on_report) beside a re-embedding that may swap a collection for its copy while the
+    keys are written (stages.sync_keys_following_swaps). First pass: a key failed once a swap was done is held, not
+    told (it is synced again on the swapped-in collection). Again (`swapped` given: the second pass, on the
+    swapped-in collections): a failure says which collections were swapped."""
+
+    def __init__(
+        self,
+        collections: Collections,
+        on_report: Callable[[KeyReport], None] | None,
+        swapped: list[str] | None = None,
+    ) -> None:
+        self._collections, self._on_report, self._swapped = collections, on_report, swapped
+        self.held: set[str] = set()
+
+    def __call__(self, report: KeyReport) -> None:
+        if report.status == "failed" and self._swapped is None and self._collections.swapped():
+            self.held.add(report.object_key)
+            return
+        if report.status == "failed" and self._swapped:
+            report.message = (
+                f"collection(s) {', '.join(repr(name) for name in self._swapped)} were swapped for their re-embedded "
+                f"copy while this key was written, and syncing it again there failed: {report.message}"
+            )
+        if self._on_report is not None:
+            self._on_report(report)

@@ -3,7 +3,7 @@ sync (sync_object).
 
 A key travels read (HEAD, skip check, GET: fetch) -> extract (its text) -> chunk (its records: write.prepare) ->
 embed and write (write.NewObjects: new objects in shared batches, the others alone) -> settle (checked against
-the bucket again: settle.RunChecks) -> report (Reporter: kept, and told to on_report). One bad key fails only
+the bucket again: settle.RunChecks) -> report (settle.Reporter: kept, and told to on_report). One bad key fails only
 itself: every stage turns its key's error into that key's failed report.
 
 How the stages overlap, said here once:
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import s3sync_dagster.pipeline.sync.settle as settle
-from s3sync_dagster.pipeline.chroma import CollectionFor, Collections, Embedder, delete_ids, searchable, stored_chunks
+from s3sync_dagster.pipeline.chroma import Embedder, delete_ids, stored_chunks
 from s3sync_dagster.pipeline.extraction import DocumentPool, Extracted
 from s3sync_dagster.pipeline.s3 import InMemoryMetaLinks, MetaLinks, S3Client, is_meta_key
 from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
@@ -52,8 +52,9 @@ from s3sync_dagster.pipeline.sync.extracting import (
     extract_with,
 )
 from s3sync_dagster.pipeline.sync.fetch import Fetched, fetch
-from s3sync_dagster.pipeline.sync.reports import KeyReport, failure_message, lap
+from s3sync_dagster.pipeline.sync.reports import KeyReport, lap
 from s3sync_dagster.pipeline.sync.staging import Staged, Stager, stages_ahead
+from s3sync_dagster.pipeline.sync.targets import CollectionFor, Collections, searchable
 from s3sync_dagster.pipeline.sync.worklist import Worklist
 from s3sync_dagster.pipeline.sync.write import NewObjects, finish
 
@@ -125,55 +126,10 @@ def document_in_metadata_mode(
     return report, meta_keys
 
 
-class Reporter:
-    """The settle and report stages of a run: each key's report settled (settle.RunChecks), a metadata file's
-    link to a document it no longer names dropped, and the report kept and told (on_report), in the order the
-    keys' writes finish on this thread (see the module's docstring)."""
-
-    def __init__(
-        self,
-        spec: SourceSpec,
-        checks: settle.RunChecks,
-        worklist: Worklist,
-        links: MetaLinks,
-        on_report: Callable[[KeyReport], None] | None,
-    ) -> None:
-        self._spec, self._checks, self._worklist, self._links, self._on_report = (
-            spec,
-            checks,
-            worklist,
-            links,
-            on_report,
-        )
-        self.reports: list[KeyReport] = []
-
-    def done(self, report: KeyReport) -> None:
-        """A key's sync has its outcome: settle it, then keep and tell the report."""
-        report = self._checks.settled(report)
-        document = self._worklist.named_document(report.object_key)
-        if document is not None and report.status != "failed" and report.document_key != document:
-            self._links.unlink(document, report.object_key)  # the metadata file is gone or names another object now
-        self.reports.append(report)
-        if self._on_report is not None:
-            self._on_report(report)
-
-    def failed(self, object_key: str, error: Exception, started: float) -> None:
-        """A key failed at some stage: reported as failed, with the error's message naming it."""
-        self.done(
-            KeyReport(
-                object_key=object_key,
-                status="failed",
-                collection_name=self._spec.collection_name,
-                message=failure_message(object_key, error),
-                duration_s=time.perf_counter() - started,
-            )
-        )
-
-
 @dataclass
 class RunStages:
     """The stages of one run, joined: where a key goes on this thread after it is read here or taken from the
-    staging thread. Each method reports a key's failure as the key's own (Reporter.failed)."""
+    staging thread. Each method reports a key's failure as the key's own (settle.Reporter.failed)."""
 
     s3: S3Client
     spec: SourceSpec
@@ -181,7 +137,7 @@ class RunStages:
     invocations: Mapping[str, Invocation]
     links: MetaLinks
     worklist: Worklist
-    reporter: Reporter
+    reporter: settle.Reporter
     new_objects: NewObjects
     conversions: Conversions
 
@@ -256,7 +212,7 @@ def sync_keys(
     links = links if links is not None else InMemoryMetaLinks()
     worklist = Worklist(object_keys, links)
     checks = settle.RunChecks(s3, spec, collection_for, embed, extract_with(pool, spec), invocations, links)
-    reporter = Reporter(spec, checks, worklist, links, on_report)
+    reporter = settle.Reporter(spec, checks, worklist, links, on_report)
     new_objects = NewObjects(
         embed,
         reporter.done,
@@ -268,11 +224,9 @@ def sync_keys(
     staging = stages_ahead(worklist, spec, ahead, bool(worklist.naming))
     stager = Stager(s3, spec, collection_for, pool is not None, ahead, STAGE_BYTES, invocations) if staging else None
 
-    def stopping() -> bool:
-        return stop is not None and stop.is_set()
-
+    stop = stop or threading.Event()
     try:
-        while worklist and not stopping():
+        while worklist and not stop.is_set():
             if stager is not None:
                 stager.top_up(worklist)
             object_key = worklist.popleft()
@@ -284,8 +238,8 @@ def sync_keys(
                     reporter.failed(object_key, error, started)
                 continue
             stages.sync_one(object_key, started)
-        conversions.drain(stopping)
-        if not stopping():
+        conversions.drain(stop.is_set)
+        if not stop.is_set():
             new_objects.flush()
     finally:
         conversions.cancel()  # left only when stopped
@@ -308,14 +262,8 @@ def sync_keys_following_swaps(
     failed) is synced once more on the swapped-in one. A write that reached the old collection after its last
     check is in the new one then (the skip check reads the new one), none fails for the swap, nothing stays stale.
     A key failing again says which collection was swapped."""
-    held: set[str] = set()
-
-    def told(report: KeyReport) -> None:
-        if report.status == "failed" and collections.swapped():
-            held.add(report.object_key)
-        elif on_report is not None:
-            on_report(report)
-
+    told = settle.ToldBesideSwap(collections, on_report)
+    held = told.held
     reports = sync_keys(s3, spec, collections, embed, object_keys, on_report=told, **options)
     swapped = collections.swapped()
     if not swapped and not held:
@@ -332,15 +280,6 @@ def sync_keys_following_swaps(
         for r in reports
         if r.object_key in held or (r.collection_name in swapped and r.status != "unchanged")
     ]
-
-    def retold(report: KeyReport) -> None:
-        if report.status == "failed":
-            report.message = (
-                f"collection(s) {', '.join(repr(name) for name in swapped)} were swapped for their re-embedded "
-                f"copy while this key was written, and syncing it again there failed: {report.message}"
-            )
-        if on_report is not None:
-            on_report(report)
-
+    retold = settle.ToldBesideSwap(collections, on_report, swapped)
     redone = {r.object_key: r for r in sync_keys(s3, spec, collections, embed, again, on_report=retold, **options)}
     return [redone.get(report.object_key, report) for report in reports]

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from s3sync_dagster.pipeline.chroma import CollectionFor, StoredChunk, chunks_of_keys
+from s3sync_dagster.pipeline.chroma import StoredChunk, chunks_of_keys
 from s3sync_dagster.pipeline.extraction import is_converted
 from s3sync_dagster.pipeline.records import Owner
 from s3sync_dagster.pipeline.s3 import S3Client, is_meta_key
@@ -19,6 +19,7 @@ from s3sync_dagster.pipeline.spec import Invocation, SourceSpec
 from s3sync_dagster.pipeline.sync.extracting import chunked_in_process
 from s3sync_dagster.pipeline.sync.fetch import Fetched, fetch
 from s3sync_dagster.pipeline.sync.reports import KeyReport
+from s3sync_dagster.pipeline.sync.targets import CollectionFor
 from s3sync_dagster.pipeline.sync.worklist import Worklist
 from s3sync_dagster.pipeline.sync.write import NewObjects, Prepared
 

@@ -1,5 +1,6 @@
-"""The collections a sync writes to and searches (whether a source may take a document id there is
-chroma/claims.py's to say: `check_id_free`)."""
+"""The collections a sync writes to and searches, each opened once (by the store: pipeline/store.py), and whether a
+re-embedding's swap replaced one meanwhile (whether a source may take a document id there is chroma/claims.py's to
+say: `check_id_free`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from s3sync_dagster.pipeline.chroma.bounded import could_not_ask
+from s3sync_dagster.pipeline.chroma import could_not_ask
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
