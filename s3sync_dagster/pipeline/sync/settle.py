@@ -140,9 +140,9 @@ class RunChecks:
 
 
 class Reporter:
-    """The settle and report stages of a run: each key's report settled (settle.RunChecks), a metadata file's
-    link to a document it no longer names dropped, and the report kept and told (on_report), in the order the
-    keys' writes finish on this thread (see the module's docstring)."""
+    """The settle and report stages of a run: each key's report settled (RunChecks), a metadata file's link to a
+    document it no longer names dropped, and the report kept and told (on_report), in the order the keys' writes
+    finish on the run's thread (see stages.py's docstring)."""
 
     def __init__(
         self,
