@@ -107,10 +107,12 @@ class Tracer:
         name = frame.f_code.co_qualname
         stop = (module, name)
         if stop not in self.stops:
-            path = []  # the package's modules on the stack, from the outermost call to this one
+            # The package's modules on this thread's stack, from its outermost call to this one; a lambda or a
+            # comprehension counts in the module that wrote it (a lambda handed to another module is a way back in).
+            path = []
             caller: FrameType | None = frame
             while caller is not None:
-                if caller.f_globals.get("__name__", "").startswith(PACKAGE + ".") and not _generated(caller):
+                if caller.f_globals.get("__name__", "").startswith(PACKAGE + "."):
                     path.append(caller.f_globals["__name__"])
                 caller = caller.f_back
             with self.lock:
@@ -143,9 +145,9 @@ def figures(
     again: collections.Counter[str] = collections.Counter()  # stops first called inside a call out of their room
     most = 1
     for (_, name), path in zip(stops, paths, strict=True):
-        rooms = collections.Counter(entries([room(module) for module in path]))
-        most = max(most, *rooms.values()) if rooms else most
         on_path = entries([room(module) for module in path])
+        rooms = collections.Counter(on_path)
+        most = max(most, *rooms.values()) if rooms else most
         if on_path and rooms[on_path[-1]] > 1:
             again[f"{on_path[-1]}:{name}"] += 1
     return {
@@ -171,6 +173,7 @@ def walk(stops: Sequence[tuple[str, str]], paths: Mapping[tuple[str, str], Seque
         "engine_by_module": figures(engine, engine_paths, by_module),
         "engine_by_stage": figures(engine, engine_paths, stage_of),
         "path": [f"{module.removeprefix(PACKAGE + '.')}:{name}" for module, name in stops],
+        "call_paths": [[module.removeprefix(PACKAGE + ".") for module in paths[stop]] for stop in stops],
     }
 
 

@@ -13,8 +13,9 @@ from s3sync_dagster.pipeline.spec import SourceSpec
 from s3sync_dagster.pipeline.sync.extracting import Conversions, chunked_in_process, extract_with
 from s3sync_dagster.pipeline.sync.fetch import Fetched, fetch
 from s3sync_dagster.pipeline.sync.reports import KeyReport
-from s3sync_dagster.pipeline.sync.settle import Reporter, RunChecks
+from s3sync_dagster.pipeline.sync.settle import Reporter, RunChecks, ToldBesideSwap
 from s3sync_dagster.pipeline.sync.staging import Held, ReadAhead, Stager, stage, stages_ahead
+from s3sync_dagster.pipeline.sync.targets import Collections
 from s3sync_dagster.pipeline.sync.worklist import Worklist
 from s3sync_dagster.pipeline.sync.write import NewObjects, Prepared, write
 from s3sync_dagster_tests.conftest import CountingEmbedder, put
@@ -275,3 +276,46 @@ def test_reporter_keeps_tells_and_drops_a_link_no_longer_true(
         "object 'd/x.txt': no such rule",
         "stages",
     )
+
+
+def test_beside_a_swap_a_failure_is_held_once_the_collection_was_swapped_and_named_on_the_second_pass(
+    chroma_client: Any, embedding_function: Any
+) -> None:
+    """ToldBesideSwap (sync_keys_following_swaps' telling): before a swap every report is told; once the name holds
+    another collection (a re-embedding's swap put its copy there) a failure is held, to be synced again there, and
+    the rest are told; on that second pass a failure says which collections were swapped."""
+
+    def open_collection(name: str) -> Any:
+        return chroma_client.get_or_create_collection(name, embedding_function=embedding_function)
+
+    collections = Collections(open_collection)
+    collections("stages")
+    told: list[KeyReport] = []
+    first = ToldBesideSwap(collections, told.append)
+
+    def report(key: str, status: Any) -> KeyReport:
+        return KeyReport(object_key=key, status=status, collection_name="stages", message=f"{key} said so")
+
+    first(report("s/early.txt", "failed"))  # no swap yet: a failure like any other, told
+    chroma_client.delete_collection("stages")
+    open_collection("stages")  # the name now holds another collection, as after a swap's renames
+    assert collections.swapped() == ["stages"]
+    first(report("s/late.txt", "failed"))
+    first(report("s/written.txt", "indexed"))
+    assert [r.object_key for r in told] == ["s/early.txt", "s/written.txt"]
+    assert first.held == {"s/late.txt"}
+
+    told.clear()
+    again = ToldBesideSwap(collections, told.append, ["stages"])
+    again(report("s/late.txt", "failed"))
+    again(report("s/other.txt", "indexed"))
+    assert [r.object_key for r in told] == ["s/late.txt", "s/other.txt"] and not again.held
+    assert told[0].message == (
+        "collection(s) 'stages' were swapped for their re-embedded copy while this key was written, and syncing it "
+        "again there failed: s/late.txt said so"
+    )
+    assert told[1].message == "s/other.txt said so"
+
+    held_without_caller = ToldBesideSwap(collections, None)
+    held_without_caller(report("s/late.txt", "failed"))  # no on_report: nothing to tell, the hold is still kept
+    assert held_without_caller.held == {"s/late.txt"}

@@ -75,7 +75,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     ]
     from s3sync_dagster.pipeline.search import marked
 
-    bold = "\033[1m{}\033[0m" if not args.json and (args.bold or sys.stdout.isatty()) else "{}"
+    word_form = "\033[1m{}\033[0m" if not args.json and (args.bold or sys.stdout.isatty()) else "{}"  # bold or plain
 
     lines = []
     for rank, hit in enumerate(found, 1):
@@ -89,7 +89,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             f"{hit.metadata.get('end_line')} ({sides}{'; ' + describe(hit.metadata) if args.every_writer else ''})"
         )
         # The part of its section that answers the question, the question's words in bold on a terminal.
-        shown = marked(hit.passage, args.text, bold) if hit.passage else " ".join(hit.document.split())[:160]
+        shown = marked(hit.passage, args.text, word_form) if hit.passage else " ".join(hit.document.split())[:160]
         lines += [f"   {line}" for line in shown.splitlines()]
         if hit.context:
             # The hit and its neighbours, in the object's order; the hit's own chunk marked.

@@ -183,6 +183,10 @@ class Reporter:
             )
         )
 
+    def write_failed(self, fetched: Fetched, error: Exception) -> None:
+        """A key read and prepared failed at its write (write.NewObjects): reported as failed."""
+        self.failed(fetched.report.object_key, error, fetched.started)
+
 
 class ToldBesideSwap:
     """A run's reports told (on_report) beside a re-embedding that may swap a collection for its copy while the

@@ -213,12 +213,7 @@ def sync_keys(
     worklist = Worklist(object_keys, links)
     checks = settle.RunChecks(s3, spec, collection_for, embed, extract_with(pool, spec), invocations, links)
     reporter = settle.Reporter(spec, checks, worklist, links, on_report)
-    new_objects = NewObjects(
-        embed,
-        reporter.done,
-        lambda fetched, error: reporter.failed(fetched.report.object_key, error, fetched.started),
-        checks.read_written,
-    )
+    new_objects = NewObjects(embed, reporter.done, reporter.write_failed, checks.read_written)
     conversions = Conversions(pool, spec, new_objects, reporter.failed)
     stages = RunStages(s3, spec, collection_for, invocations or {}, links, worklist, reporter, new_objects, conversions)
     staging = stages_ahead(worklist, spec, ahead, bool(worklist.naming))
