@@ -111,8 +111,7 @@ def scored_candidates(
     texts), else from Chroma's full-text filter (`lexical_side`, under the filter too). With the query's vector known (query_vector),
     a lexical candidate's distance is computed from its stored vector, as Chroma's index computes it; else a
     dense query narrowed to those ids asks Chroma for it."""
-    embedded = query_vector
-    asked = query_input(text, embedded)
+    asked = query_input(text, query_vector)
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
     distance: dict[str, float] = {}
     for chunk_id, document, metadata, far in nearest(collection, asked, pool, where):
@@ -123,8 +122,8 @@ def scored_candidates(
         if index
         else None
     )
-    if side is not None and embedded is not None:
-        bm25, average = _read_lexical_best(collection, side, embedded, pool, rows, distance)
+    if side is not None and query_vector is not None:
+        bm25, average = _read_lexical_best(collection, side, query_vector, pool, rows, distance)
         return _candidates(text, rows, distance, bm25, side, pool, _indexed_texts(rows), average)
     side = side or lexical_side(collection, text, pool, where)
     lexical_only = [chunk_id for chunk_id in side.candidate_ids if chunk_id not in rows]

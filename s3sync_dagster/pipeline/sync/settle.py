@@ -152,13 +152,8 @@ class Reporter:
         links: MetaLinks,
         on_report: Callable[[KeyReport], None] | None,
     ) -> None:
-        self._spec, self._checks, self._worklist, self._links, self._on_report = (
-            spec,
-            checks,
-            worklist,
-            links,
-            on_report,
-        )
+        self._spec, self._checks, self._worklist, self._links = spec, checks, worklist, links
+        self._on_report = on_report
         self.reports: list[KeyReport] = []
 
     def done(self, report: KeyReport) -> None:
